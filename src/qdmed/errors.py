@@ -1,0 +1,43 @@
+"""Exceptions and warnings raised by qdmed.
+
+``InputError`` (a ``ValueError``) is raised for bad values and files; the CLI turns it into
+one line on stderr and exit code 2. ``OutOfRangeError`` marks a value outside a model's
+validity range. Other ``QdmedError`` subclasses are internal or numerical failures (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class QdmedError(Exception):
+    """Base class of every qdmed exception."""
+
+
+class InputError(QdmedError, ValueError):
+    """A bad value, argument or file. The message names the value and what is accepted."""
+
+
+class OutOfRangeError(InputError):
+    """A value outside the validity range of a model (message gives the range)."""
+
+
+class UnknownNameError(InputError, KeyError):
+    """A name (material, model, ligand...) that is not in a registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FileFormatError(InputError):
+    """A malformed, truncated or inconsistent input file (message names file and field)."""
+
+
+class ConvergenceError(QdmedError):
+    """A numerical method did not converge where the caller asked for strictness."""
+
+
+class QdmedWarning(UserWarning):
+    """Base class of qdmed warnings."""
+
+
+class ExtrapolationWarning(QdmedWarning):
+    """A model was evaluated outside its validity range because ``extrapolate=True``."""

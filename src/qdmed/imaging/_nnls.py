@@ -1,0 +1,858 @@
+"""Exact per-pixel non-negative least squares (NNLS) spectral unmixing.
+
+Every pixel ``y`` (``n_channels`` detector counts) is modelled as a non-negative mixture of
+the columns of the endmember matrix ``A`` (``n_channels x n_components``, each column the
+reference spectrum of one quantum dot or of autofluorescence integrated over the detection
+bands) and solved exactly:
+
+.. math:: \\hat x = \\arg\\min_{x \\ge 0} \\lVert A x - y \\rVert_2^2 .
+
+The solver works in the Gram form (``G = A^T A``, ``b = A^T y``), so after one pass over the
+channels the per-pixel cost is O(K^2) and independent of the channel count. Because ``K`` is
+small (at most 12), the inverse of ``G_SS`` is pre-factorised for every passive set ``S``
+(all ``2^K`` subsets). For a pixel and a candidate passive set the Karush-Kuhn-Tucker (KKT)
+vector is then one ``K x K`` matrix-vector product, and each pixel is solved by block
+principal pivoting with Murty's finite backup rule, falling back to checking every passive
+set (which always terminates) if pivoting has not converged after a fixed number of steps.
+
+Two implementations give the same answer: a vectorised numpy one that groups pixels sharing a
+passive set (the FCNNLS idea of Van Benthem & Keenan) and is the reference, and a numba
+kernel, compiled lazily on first use and parallel over chunks of pixels, that is the fast
+path. A Poisson-weighted variant (per-pixel Gram matrices) uses the numpy path.
+
+Public functions: :func:`unmix_nnls`, :func:`unmix_lstsq`, :func:`unmix_block`,
+:func:`kkt_violation`; result type :class:`UnmixResult`.
+
+References
+----------
+.. [1] C. L. Lawson, R. J. Hanson (1974). Solving Least Squares Problems, ch. 23.
+   Prentice-Hall. doi:10.1137/1.9781611971217
+.. [2] R. Bro, S. De Jong (1997). A fast non-negativity-constrained least squares
+   algorithm. J. Chemometrics 11(5):393-401. doi:10.1002/(SICI)1099-128X(199709/10)11:5<393::AID-CEM483>3.0.CO;2-L
+.. [3] M. H. Van Benthem, M. R. Keenan (2004). Fast algorithm for the solution of
+   large-scale non-negativity-constrained least squares problems. J. Chemometrics
+   18(10):441-450. doi:10.1002/cem.889
+.. [4] J. Kim, H. Park (2011). Fast nonnegative matrix factorization: an active-set-like
+   method and comparisons. SIAM J. Sci. Comput. 33(6):3261-3281. doi:10.1137/110821172
+.. [5] L. F. Portugal, J. J. Judice, L. N. Vicente (1994). A comparison of block pivoting
+   and interior-point algorithms for linear least squares problems with nonnegative
+   variables. Math. Comput. 63(208):625-643. doi:10.1090/S0025-5718-1994-1250776-4
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+
+__all__ = ["MAX_COMPONENTS", "UnmixResult", "kkt_violation", "unmix_block", "unmix_lstsq",
+           "unmix_nnls"]
+
+#: Largest number of components accepted (``2^K`` passive sets are pre-factorised).
+MAX_COMPONENTS = 12
+
+_METHODS = ("auto", "numba", "numpy")
+_DEVICES = ("cpu", "gpu")
+_BACKUP_P = 3  # Judice-Pires: full exchanges allowed without progress before Murty's rule
+_CHUNK = 1024  # pixels per numba work item
+_NATIVE_DTYPES = (np.float64, np.float32, np.uint16, np.uint8)
+
+
+def _max_iter(k: int) -> int:
+    return 3 * k + 10
+
+
+# --------------------------------------------------------------------------------------
+# Validation and pre-factorisation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """Per-endmember-matrix tables (cached)."""
+
+    a: np.ndarray  # (C, K) float64 endmembers
+    norms: np.ndarray  # (K,) column 2-norms
+    kp: int  # K padded to the numba vector width (8 or 16)
+    an_pad: np.ndarray  # (C, KP) column-normalised endmembers, zero padded
+    gram: np.ndarray  # (K, K) normalised Gram matrix (unit diagonal)
+    t: np.ndarray  # (2^K, K, KP): z = b @ t[m]  (KKT vector of passive set m)
+    d: np.ndarray  # (2^K, KP): 1/norm_k on the passive set, 0 off it
+    rtol: float  # relative tolerance of the KKT sign tests
+    cond: float  # condition number of the column-normalised endmember matrix
+
+
+_CACHE: OrderedDict[tuple, _Prepared] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 16
+
+
+def _check_endmembers(endmembers: Any) -> np.ndarray:
+    a = np.asarray(endmembers)
+    if a.ndim != 2:
+        raise InputError(
+            f"endmembers must be a 2-D array (n_channels, n_components); got shape {a.shape}.")
+    if a.dtype.kind not in "fiu":
+        raise InputError(f"endmembers must be a real numeric array; got dtype {a.dtype}.")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    c, k = a.shape
+    if k < 1 or c < 1:
+        raise InputError(f"endmembers must have at least one channel and one component; "
+                         f"got shape {a.shape}.")
+    if k > MAX_COMPONENTS:
+        raise InputError(f"endmembers has {k} components; at most {MAX_COMPONENTS} are "
+                         f"supported (2^K passive sets are pre-factorised).")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"endmembers must be finite; got {int(np.sum(~np.isfinite(a)))} "
+                         f"non-finite entries.")
+    if np.any(a < 0):
+        raise InputError(f"endmembers must be non-negative (spectra integrated over detection "
+                         f"bands); got minimum {a.min():.6g}.")
+    return a
+
+
+def _degeneracy_message(an: np.ndarray, cond: float, max_condition: float) -> str:
+    c, k = an.shape
+    cos = an.T @ an
+    pairs = [(abs(cos[i, j]), i, j) for i in range(k) for j in range(i + 1, k)]
+    pairs = sorted((p for p in pairs if p[0] > 0.99), reverse=True)
+    if pairs:
+        what = "; ".join(f"columns {i} and {j} (cosine {v:.6f})" for v, i, j in pairs[:5])
+        what = f"nearly collinear: {what}"
+    else:
+        _, _, vt = np.linalg.svd(an, full_matrices=True)
+        v = np.abs(vt[-1]) if k <= c else np.abs(vt[min(c, k) - 1])
+        cols = [int(i) for i in np.flatnonzero(v > 0.2 * v.max())]
+        what = f"columns {cols} are nearly linearly dependent"
+    extra = f" (only {c} channels for {k} components)" if k > c else ""
+    return (f"endmembers are rank-deficient or degenerate{extra}: condition number of the "
+            f"column-normalised matrix is {cond:.3g}, above max_condition={max_condition:.3g}; "
+            f"{what}.")
+
+
+def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
+    a = _check_endmembers(endmembers)
+    if not (np.isfinite(max_condition) and max_condition >= 1):
+        raise InputError(f"max_condition must be a finite number >= 1; got {max_condition}.")
+    key = (a.shape, a.tobytes(), float(max_condition))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    prep = _build_tables(a, max_condition)
+    with _CACHE_LOCK:
+        _CACHE[key] = prep
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return prep
+
+
+def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
+    c, k = a.shape
+    norms = np.sqrt(np.sum(a * a, axis=0))
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise InputError(f"endmembers are degenerate: column(s) {zero.tolist()} are all zero.")
+    an = a / norms
+    sv = np.linalg.svd(an, compute_uv=False)
+    cond = float(np.inf) if k > c or sv[-1] == 0 else float(sv[0] / sv[-1])
+    if not cond <= max_condition:
+        raise InputError(_degeneracy_message(an, cond, max_condition))
+    gram = an.T @ an
+    kp = 8 if k <= 8 else 16
+    nsets = 1 << k
+    members = (np.arange(nsets)[:, None] >> np.arange(k)) & 1  # (2^K, K)
+    members = members.astype(bool)
+    sizes = members.sum(axis=1)
+    minv = np.zeros((nsets, k, k))
+    for s in range(1, k + 1):  # batched inverse of every G_SS of size s
+        ms = np.flatnonzero(sizes == s)
+        idx = np.array([np.flatnonzero(members[m]) for m in ms])  # (n_s, s)
+        sub = gram[idx[:, :, None], idx[:, None, :]]
+        inv = np.linalg.inv(sub)
+        minv[ms[:, None, None], idx[:, :, None], idx[:, None, :]] = inv
+    # KKT vector for passive set S: z_S = x_S = Minv_S b on S, z = g = G x - b off S.
+    gx = np.einsum("ij,mjl->mil", gram, minv) - np.eye(k)  # (2^K, K, K): g = gx @ b
+    tk = np.where(members[:, :, None], minv, gx)  # rows: z_i = tk[m, i, :] @ b
+    t = np.zeros((nsets, k, kp))
+    t[:, :, :k] = np.transpose(tk, (0, 2, 1))  # z = b @ t[m]
+    d = np.zeros((nsets, kp))
+    d[:, :k] = np.where(members, 1.0 / norms, 0.0)
+    an_pad = np.zeros((c, kp))
+    an_pad[:, :k] = an
+    # sign tests must ignore rounding noise, which grows with cond(G) = cond(A_n)^2
+    rtol = max(1e-12, 16 * np.finfo(float).eps * cond * cond)
+    for arr in (a, norms, an_pad, gram, t, d):
+        arr.setflags(write=False)
+    return _Prepared(a=a, norms=norms, kp=kp, an_pad=an_pad, gram=gram, t=t, d=d,
+                     rtol=float(rtol), cond=cond)
+
+
+def _check_pixels(pixels: Any, n_channels: int, name: str = "pixels") -> np.ndarray:
+    y = np.asarray(pixels)
+    if y.dtype.kind not in "fiu":
+        raise InputError(f"{name} must be a real numeric array; got dtype {y.dtype}.")
+    if y.ndim != 2 or y.shape[1] != n_channels:
+        raise InputError(f"{name} must have shape (n_pixels, n_channels) with n_channels "
+                         f"matching endmembers; got {name} shape {y.shape} and endmembers "
+                         f"with {n_channels} channels.")
+    if y.dtype.type not in _NATIVE_DTYPES:
+        y = y.astype(np.float64)
+    return np.ascontiguousarray(y)
+
+
+def _raise_nonfinite(count: int, n: int) -> None:
+    raise InputError(f"pixels contain {count} NaN or infinite pixel(s) out of {n}; "
+                     f"mask or fill them before unmixing (nan_policy is 'raise').")
+
+
+def _check_nonfinite(y: np.ndarray) -> None:
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y).all(axis=1)
+        count = int(bad.sum())
+        if count:
+            _raise_nonfinite(count, y.shape[0])
+
+
+def _resolve_weights(weights: Any, y: np.ndarray, endmember_shape: tuple) -> np.ndarray | None:
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        if weights != "poisson":
+            raise InputError(f"weights must be None, 'poisson' or an array; got {weights!r}.")
+        return 1.0 / np.maximum(y.astype(np.float64), 1.0)
+    w = np.asarray(weights)
+    if w.dtype.kind not in "fiu":
+        raise InputError(f"weights must be a real numeric array; got dtype {w.dtype}.")
+    try:
+        w = np.broadcast_to(w.astype(np.float64), y.shape)
+    except ValueError:
+        raise InputError(f"weights shape {np.shape(weights)} does not broadcast to pixels "
+                         f"shape {y.shape} (endmembers shape {endmember_shape}).") from None
+    if not np.all(np.isfinite(w)) or not np.all(w > 0):
+        raise InputError(f"weights must be finite and strictly positive; got minimum "
+                         f"{np.nanmin(w):.6g}.")
+    return w
+
+
+def _resolve_method(method: str, weighted: bool) -> str:
+    if method not in _METHODS:
+        raise InputError(f"method must be one of {_METHODS}; got {method!r}.")
+    if weighted:
+        return "numpy"  # per-pixel Gram matrices: numpy path only
+    if method == "numpy":
+        return "numpy"
+    ok = _numba_available()
+    if method == "numba" and not ok:
+        raise InputError("method='numba' requires numba (pip install numba); use "
+                         "method='numpy' or 'auto'.")
+    return "numba" if ok else "numpy"
+
+
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# numpy reference: vectorised block principal pivoting, pixels grouped by passive set
+# --------------------------------------------------------------------------------------
+
+
+def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
+    """Block principal pivoting for ``n`` pixels; returns (z, masks) at the solution.
+
+    ``zfun(idx, masks)`` returns the KKT vector ``z`` (n_idx, K) of the pixels ``idx`` for
+    the given passive-set bit masks: ``x_S`` on the passive set, the gradient
+    ``G x - b`` off it (both in normalised units). KKT holds iff ``z >= -tol``.
+    """
+    full = (1 << k) - 1
+    bits = xp.asarray(1 << np.arange(k, dtype=np.int64))
+    z_out = xp.zeros((n, k))
+    m_out = xp.full(n, full, dtype=np.int64)
+    act = xp.arange(n)
+    masks = xp.full(n, full, dtype=np.int64)
+    best = xp.full(n, k + 1, dtype=np.int64)
+    back = xp.full(n, _BACKUP_P, dtype=np.int64)
+    for _ in range(max_iter):
+        if act.shape[0] == 0:
+            break
+        z = zfun(act, masks)
+        infeas = z < -tol[act, None]
+        ninf = infeas.sum(axis=1)
+        done = ninf == 0
+        z_out[act[done]] = z[done]
+        m_out[act[done]] = masks[done]
+        keep = ~done
+        act, masks, best, back = act[keep], masks[keep], best[keep], back[keep]
+        infeas, ninf = infeas[keep], ninf[keep]
+        infbits = (infeas * bits).sum(axis=1)
+        improved = ninf < best
+        exchange_all = improved | (back > 0)
+        back = xp.where(improved, _BACKUP_P, xp.where(back > 0, back - 1, back))
+        best = xp.where(improved, ninf, best)
+        highest = (k - 1) - xp.argmax(infeas[:, ::-1], axis=1)  # Murty: largest index
+        masks = masks ^ xp.where(exchange_all, infbits, bits[highest])
+    if act.shape[0]:  # not converged: check every passive set, keep the least violation
+        best_v = xp.full(act.shape[0], np.inf)
+        best_z = xp.zeros((act.shape[0], k))
+        best_m = xp.full(act.shape[0], full, dtype=np.int64)
+        for m in range(full + 1):
+            mm = xp.full(act.shape[0], m, dtype=np.int64)
+            z = zfun(act, mm)
+            v = xp.max(-z, axis=1)
+            better = v < best_v
+            best_v = xp.where(better, v, best_v)
+            best_z = xp.where(better[:, None], z, best_z)
+            best_m = xp.where(better, m, best_m)
+        z_out[act] = best_z
+        m_out[act] = best_m
+    return z_out, m_out
+
+
+def _solve_shared_numpy(y: np.ndarray, prep: _Prepared, xp=np) -> Any:
+    k = prep.gram.shape[0]
+    yf = xp.asarray(y, dtype=np.float64)
+    b = yf @ xp.asarray(prep.an_pad[:, :k])  # (n, K) normalised b = A_n^T y
+    tol = prep.rtol * xp.max(xp.abs(b), axis=1)
+    t = xp.asarray(prep.t[:, :, :k])
+
+    def zfun(idx, masks):
+        ba = b[idx]
+        if int(masks.shape[0]) and bool(xp.all(masks == masks[0])):
+            return ba @ t[int(masks[0])]
+        order = xp.argsort(masks, kind="stable")
+        ms = masks[order]
+        uniq, start = np.unique(_to_numpy(ms), return_index=True)
+        stop = np.append(start[1:], ms.shape[0])
+        z = xp.empty((idx.shape[0], k))
+        for m, s, e in zip(uniq.tolist(), start.tolist(), stop.tolist(), strict=True):
+            sel = order[s:e]
+            z[sel] = ba[sel] @ t[m]
+        return z
+
+    z, masks = _bpp_driver(y.shape[0], k, zfun, tol, xp, _max_iter(k))
+    d = xp.asarray(prep.d[:, :k])
+    return xp.maximum(z, 0.0) * d[masks]
+
+
+def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.ndarray:
+    k = prep.gram.shape[0]
+    sw = np.sqrt(w)
+    aw = sw[:, :, None] * prep.a[None, :, :]  # (n, C, K)
+    g = np.einsum("nck,ncl->nkl", aw, aw)
+    b = np.einsum("nck,nc->nk", aw, sw * y)
+    dn = np.sqrt(np.einsum("nkk->nk", g))  # per-pixel weighted column norms
+    g = g / (dn[:, :, None] * dn[:, None, :])
+    b = b / dn
+    tol = prep.rtol * np.max(np.abs(b), axis=1)
+    eye = np.eye(k, dtype=bool)
+    bitk = np.arange(k)
+
+    def zfun(idx, masks):
+        s = ((masks[:, None] >> bitk) & 1).astype(bool)
+        ss = s[:, :, None] & s[:, None, :]
+        gi = g[idx]
+        mat = np.where(ss, gi, eye)  # G_SS on the passive set, identity elsewhere
+        rhs = np.where(s, b[idx], 0.0)
+        x = np.linalg.solve(mat, rhs[:, :, None])[:, :, 0]
+        grad = np.einsum("nkl,nl->nk", gi, x) - b[idx]
+        return np.where(s, x, grad)
+
+    z, masks = _bpp_driver(y.shape[0], k, zfun, tol, np, _max_iter(k))
+    s = ((masks[:, None] >> bitk) & 1).astype(bool)
+    return np.where(s, np.maximum(z, 0.0), 0.0) / dn
+
+
+def _to_numpy(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+# --------------------------------------------------------------------------------------
+# numba kernel (compiled lazily, on first call)
+# --------------------------------------------------------------------------------------
+
+_KERNELS: dict[int, Any] = {}
+_KERNEL_LOCK = threading.Lock()
+
+
+def _numba_kernel(kp: int):
+    with _KERNEL_LOCK:
+        if kp not in _KERNELS:
+            _KERNELS[kp] = _build_numba_kernel(kp)
+        return _KERNELS[kp]
+
+
+_KERNEL_SOURCE = """
+def kernel(y, an, t, d, k, rtol, max_iter, chunk, x, nonfinite):
+    n, c = y.shape
+    full = (1 << k) - 1
+    nchunks = (n + chunk - 1) // chunk
+    for ci in prange(nchunks):
+        bv = np.zeros(KP)
+        bad = 0
+        stop = min(n, (ci + 1) * chunk)
+        for p in range(ci * chunk, stop):
+            @B_INIT@
+            fin = 0.0
+            for ch in range(c):
+                yc = np.float64(y[p, ch])
+                fin += yc * 0.0  # NaN if yc is NaN or infinite
+                @B_ACC@
+            if fin != 0.0:
+                bad += 1
+                for i in range(k):
+                    x[p, i] = np.nan
+                continue
+            @B_STORE@
+            tol = -rtol * max(@B_ABS@)
+            m = full
+            best = k + 1
+            back = BACKUP
+            converged = False
+            for _ in range(max_iter):
+                @Z_BLOCK@
+                inf = @INF@
+                if inf == 0:
+                    converged = True
+                    break
+                ninf = @NINF@
+                if ninf < best:
+                    best = ninf
+                    back = BACKUP
+                    m ^= inf
+                elif back > 0:
+                    back -= 1
+                    m ^= inf
+                else:  # Murty's rule: exchange only the largest infeasible index
+                    hi = 0
+                    for i in range(k):
+                        if (inf >> i) & 1:
+                            hi = i
+                    m ^= 1 << hi
+            if not converged:  # check every passive set; keep the least violation
+                best_v = np.inf
+                best_m = full
+                for mm in range(full + 1):
+                    m = mm
+                    @Z_BLOCK@
+                    v = -min(@Z_LIST@)
+                    if v < best_v:
+                        best_v = v
+                        best_m = mm
+                m = best_m
+                @Z_BLOCK@
+            @X_STORE@
+        nonfinite[ci] = bad
+"""
+
+
+def _kernel_source(kp: int) -> str:
+    """Source of the numba kernel with the K-vectors held in ``kp`` scalar registers."""
+    r = range(kp)
+
+    def block(lines, indent):
+        return ("\n" + " " * indent).join(lines)
+
+    z_block = block([*(f"z{i} = 0.0" for i in r), "for j in range(k):", "    bj = bv[j]",
+                     "    tj = t[m, j]", *(f"    z{i} += tj[{i}] * bj" for i in r)], 0)
+    subs = {
+        "@B_INIT@": block([f"b{i} = 0.0" for i in r], 12),
+        "@B_ACC@": block(["ar = an[ch]", *(f"b{i} += ar[{i}] * yc" for i in r)], 16),
+        "@B_STORE@": block([f"bv[{i}] = b{i}" for i in r], 12),
+        "@B_ABS@": ", ".join(f"abs(b{i})" for i in r),
+        "@INF@": " | ".join(f"({1 << i} if z{i} < tol else 0)" for i in r),
+        "@NINF@": " + ".join(f"(1 if z{i} < tol else 0)" for i in r),
+        "@Z_LIST@": ", ".join(f"z{i}" for i in r),
+        "@X_STORE@": block(["dm = d[m]", "xp = x[p]",
+                           *(f"if k > {i}:\n{' ' * 16}xp[{i}] = z{i} * dm[{i}] "
+                             f"if z{i} > 0.0 else 0.0" for i in r)], 12),
+    }
+    src = _KERNEL_SOURCE
+    for key, val in subs.items():
+        src = src.replace(key, val)
+    # the z block appears at three indentations
+    out = []
+    for line in src.splitlines():
+        if "@Z_BLOCK@" in line:
+            ind = len(line) - len(line.lstrip())
+            out.extend(" " * ind + z for z in z_block.splitlines())
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _build_numba_kernel(kp: int):  # pragma: no cover - body runs compiled
+    """Compile (lazily) the kernel for K <= kp; K-vectors live in kp scalar variables.
+
+    The source is generated so that the K-vectors are plain local scalars (no array
+    aliasing), which LLVM's SLP vectoriser turns into SIMD registers.
+    """
+    import numba
+    from numba import njit, prange
+
+    namespace = {"np": np, "prange": prange, "KP": kp, "BACKUP": _BACKUP_P}
+    exec(compile(_kernel_source(kp), f"<qdmed._nnls kernel kp={kp}>", "exec"), namespace)
+    return njit(cache=False, fastmath=False, parallel=True, nogil=True)(namespace["kernel"])
+
+
+def _solve_numba(y: np.ndarray, prep: _Prepared) -> np.ndarray:
+    kernel = _numba_kernel(prep.kp)
+    n = y.shape[0]
+    k = prep.gram.shape[0]
+    x = np.empty((n, k))
+    nchunks = max(1, -(-n // _CHUNK))
+    nonfinite = np.zeros(nchunks, dtype=np.int64)
+    kernel(y, prep.an_pad, prep.t, prep.d, k, prep.rtol, _max_iter(k), _CHUNK, x, nonfinite)
+    count = int(nonfinite.sum())
+    if count:
+        _raise_nonfinite(count, n)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnmixResult:
+    """Abundances with per-pixel goodness of fit, returned when ``return_residual=True``.
+
+    Attributes
+    ----------
+    abundances : ndarray, shape (n_pixels, n_components)
+        NNLS abundances ``x >= 0``, in units of the endmember columns.
+    residual_norm : ndarray, shape (n_pixels,)
+        :math:`r = \\lVert W^{1/2} (A x - y) \\rVert_2` (``W = I`` without weights), in the
+        units of the pixel values.
+    relative_residual : ndarray, shape (n_pixels,)
+        :math:`r / \\lVert W^{1/2} y \\rVert_2`, dimensionless in [0, 1] (the NNLS objective
+        is never worse than ``x = 0``); 0 for all-zero pixels.
+    """
+
+    abundances: np.ndarray
+    residual_norm: np.ndarray
+    relative_residual: np.ndarray
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary (shapes and residual statistics, not the arrays)."""
+        rel = self.relative_residual
+        return {
+            "n_pixels": int(self.abundances.shape[0]),
+            "n_components": int(self.abundances.shape[1]),
+            "fraction_zero": float(np.mean(self.abundances == 0)) if rel.size else 0.0,
+            "relative_residual_median": float(np.median(rel)) if rel.size else 0.0,
+            "relative_residual_max": float(np.max(rel)) if rel.size else 0.0,
+        }
+
+
+def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, method="auto",
+               device="cpu", max_condition=1e6):
+    """Exact non-negative least-squares unmixing of every pixel.
+
+    Solves, independently for each pixel ``y`` (a row of `pixels`),
+
+    .. math:: \\hat x = \\arg\\min_{x \\ge 0} \\lVert W^{1/2} (A x - y) \\rVert_2^2
+
+    exactly (to rounding), where ``A`` is `endmembers` and ``W = diag(w)`` the optional
+    weights.
+
+    Parameters
+    ----------
+    pixels : array_like, shape (n_pixels, n_channels), counts
+        Pixel spectra; float64, float32, uint16 and uint8 are read without a copy, other
+        real dtypes are converted to float64. Computation is always in float64.
+    endmembers : array_like, shape (n_channels, n_components)
+        Mixing matrix ``A``: column ``j`` is the reference spectrum of component ``j``
+        integrated over the detection channels (counts per unit abundance). Must be finite,
+        non-negative, with 1 to 12 components and condition number (of the column-normalised
+        matrix) at most `max_condition`.
+    weights : None, 'poisson' or array_like broadcastable to (n_pixels, n_channels)
+        Per-pixel-per-channel weights ``w > 0``. ``'poisson'`` uses
+        ``w = 1 / max(y, 1)`` (inverse Poisson variance). Weighted problems have a Gram
+        matrix per pixel and always run on the (slower) numpy path.
+    return_residual : bool
+        If True return an :class:`UnmixResult` with residual norms; else the abundances.
+    method : {'auto', 'numba', 'numpy'}
+        ``'numba'``: the compiled, multi-threaded kernel (compiled on first call, about a
+        second); ``'numpy'``: the vectorised reference; ``'auto'``: numba if it imports.
+    device : {'cpu', 'gpu'}
+        ``'gpu'`` runs the numpy algorithm on CuPy arrays (needs ``pip install qdmed[gpu]``;
+        unweighted only); the result is returned as a numpy array.
+    max_condition : float
+        Largest accepted condition number of the column-normalised endmember matrix.
+        Accuracy of the Gram-form solution is about ``cond^2 * 1e-16`` relative.
+
+    Returns
+    -------
+    abundances : ndarray, shape (n_pixels, n_components), float64
+        Returned when ``return_residual`` is False.
+    result : UnmixResult
+        Returned when ``return_residual`` is True.
+
+    Raises
+    ------
+    InputError
+        Shape mismatch between `pixels` and `endmembers` (both shapes named); negative,
+        non-finite, all-zero or degenerate endmembers (condition number and the nearly
+        collinear columns named); more than 12 components; NaN or infinite pixels (their
+        count named); bad `weights`, `method`, `device` or `max_condition`; `device='gpu'`
+        without CuPy; `method='numba'` without numba.
+
+    Notes
+    -----
+    Columns are normalised, ``A_n = A D^{-1}`` with ``D = diag(||a_j||)``, and the problem
+    is written in Gram form ``G = A_n^T A_n``, ``b = A_n^T y``. For a passive set ``S`` the
+    candidate solution is ``x_S = (G_SS)^{-1} b_S``, ``x_{~S} = 0``, and the KKT conditions
+    of NNLS are
+
+    .. math:: x_S \\ge 0, \\qquad g_{\\bar S} = (G x - b)_{\\bar S} \\ge 0 ,
+
+    (complementarity ``x_i g_i = 0`` holds by construction). With every ``(G_SS)^{-1}``
+    pre-factorised, the vector ``z = [x_S; g_{~S}] = T_S b`` costs one K x K product. Starting
+    from ``S`` = all components (the unconstrained solution), block principal pivoting
+    [4]_ [5]_ exchanges every variable with ``z_i < -tol`` between the passive and active
+    sets, with Murty's single-exchange backup rule after three exchanges without progress;
+    after ``3K + 10`` steps the pixel falls back to testing all ``2^K`` sets. The solution
+    is unique because ``A`` has full column rank, so it equals that of Lawson-Hanson [1]_
+    (scipy.optimize.nnls) and of FNNLS/FCNNLS [2]_ [3]_. The numpy path groups pixels that
+    share a passive set, as FCNNLS does. ``tol = rtol * max|b_i|`` with
+    ``rtol = max(1e-12, 16 eps cond^2)``; finally ``x = D^{-1} max(z_S, 0)``.
+
+    References
+    ----------
+    .. [1] C. L. Lawson, R. J. Hanson (1974). Solving Least Squares Problems, ch. 23.
+       Prentice-Hall. doi:10.1137/1.9781611971217
+    .. [2] R. Bro, S. De Jong (1997). A fast non-negativity-constrained least squares
+       algorithm. J. Chemometrics 11(5):393-401.
+       doi:10.1002/(SICI)1099-128X(199709/10)11:5<393::AID-CEM483>3.0.CO;2-L
+    .. [3] M. H. Van Benthem, M. R. Keenan (2004). Fast algorithm for the solution of
+       large-scale non-negativity-constrained least squares problems. J. Chemometrics
+       18(10):441-450. doi:10.1002/cem.889
+    .. [4] J. Kim, H. Park (2011). Fast nonnegative matrix factorization: an active-set-like
+       method and comparisons. SIAM J. Sci. Comput. 33(6):3261-3281. doi:10.1137/110821172
+    .. [5] L. F. Portugal, J. J. Judice, L. N. Vicente (1994). A comparison of block
+       pivoting and interior-point algorithms for linear least squares problems with
+       nonnegative variables. Math. Comput. 63(208):625-643.
+       doi:10.1090/S0025-5718-1994-1250776-4
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.array([[1.0, 0.2], [0.5, 1.0], [0.1, 0.6]])
+    >>> y = np.array([[2.0, 1.0, 0.2], [0.0, 1.0, 0.6]])
+    >>> np.round(unmix_nnls(y, A, method="numpy"), 4)
+    array([[1.6667, 0.    ],
+           [0.    , 0.9868]])
+    """
+    prep = _prepare(endmembers, max_condition)
+    y = _check_pixels(pixels, prep.a.shape[0])
+    if device not in _DEVICES:
+        raise InputError(f"device must be one of {_DEVICES}; got {device!r}.")
+    w = _resolve_weights(weights, y, prep.a.shape)
+    how = _resolve_method(method, w is not None)
+    if device == "gpu":
+        x = _solve_gpu(y, prep, w)
+    elif w is not None:
+        _check_nonfinite(y)
+        x = _solve_weighted_numpy(y.astype(np.float64, copy=False), w, prep)
+    elif how == "numba":
+        x = _solve_numba(y, prep)
+    else:
+        _check_nonfinite(y)
+        x = _solve_shared_numpy(y, prep)
+    if not return_residual:
+        return x
+    return _result(y, prep.a, x, w)
+
+
+def _solve_gpu(y: np.ndarray, prep: _Prepared, w) -> np.ndarray:
+    try:
+        import cupy
+    except ImportError:
+        raise InputError("device='gpu' requires cupy (pip install qdmed[gpu]); use "
+                         "device='cpu'.") from None
+    if w is not None:
+        raise InputError("device='gpu' supports unweighted unmixing only; got weights.")
+    _check_nonfinite(y)
+    return cupy.asnumpy(_solve_shared_numpy(y, prep, xp=cupy))
+
+
+def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
+    yf = y.astype(np.float64, copy=False)
+    r = x @ a.T - yf
+    if w is None:
+        rn = np.sqrt(np.einsum("nc,nc->n", r, r))
+        yn = np.sqrt(np.einsum("nc,nc->n", yf, yf))
+    else:
+        rn = np.sqrt(np.einsum("nc,nc,nc->n", w, r, r))
+        yn = np.sqrt(np.einsum("nc,nc,nc->n", w, yf, yf))
+    rel = np.divide(rn, yn, out=np.zeros_like(rn), where=yn > 0)
+    return UnmixResult(abundances=x, residual_norm=rn, relative_residual=rel)
+
+
+def unmix_lstsq(pixels, endmembers):
+    """Unconstrained least-squares unmixing, ``x = A^+ y`` (for comparison with NNLS).
+
+    Parameters
+    ----------
+    pixels : array_like, shape (n_pixels, n_channels), counts
+        Pixel spectra.
+    endmembers : array_like, shape (n_channels, n_components)
+        Mixing matrix ``A`` (validated as for :func:`unmix_nnls`).
+
+    Returns
+    -------
+    abundances : ndarray, shape (n_pixels, n_components), float64
+        ``y @ pinv(A).T``; entries may be negative.
+
+    Raises
+    ------
+    InputError
+        As :func:`unmix_nnls` (shape mismatch, bad endmembers, NaN pixels).
+
+    Notes
+    -----
+    :math:`\\hat x = (A^T A)^{-1} A^T y = A^+ y` minimises :math:`\\lVert Ax - y\\rVert_2`
+    without constraints; clipping it at zero is not the NNLS solution.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> unmix_lstsq(np.array([[1.0, 2.0, 3.0]]), A)
+    array([[1., 2.]])
+    """
+    prep = _prepare(endmembers, 1e6)
+    y = _check_pixels(pixels, prep.a.shape[0])
+    _check_nonfinite(y)
+    return y.astype(np.float64, copy=False) @ np.linalg.pinv(prep.a).T
+
+
+def unmix_block(block, endmembers, *, weights=None, method="auto", device="cpu",
+                max_condition=1e6):
+    """NNLS-unmix an image block with channels last: (..., C) -> (..., K).
+
+    Meant for ``dask.array.map_blocks`` over tiles of a multiplexed image (the channel axis
+    must be a single chunk).
+
+    Parameters
+    ----------
+    block : array_like, shape (Y, X, C) or any (..., C), counts
+        Image block with the channel axis last.
+    endmembers : array_like, shape (C, K)
+        Mixing matrix, as in :func:`unmix_nnls`.
+    weights : None, 'poisson' or array_like broadcastable to `block`
+        As in :func:`unmix_nnls`.
+    method, device, max_condition
+        As in :func:`unmix_nnls`.
+
+    Returns
+    -------
+    abundances : ndarray, shape (Y, X, K), float64
+
+    Raises
+    ------
+    InputError
+        As :func:`unmix_nnls`; also if `block` has no channel axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.eye(3)[:, :2] + 0.1
+    >>> unmix_block(np.zeros((4, 5, 3)), A).shape
+    (4, 5, 2)
+    """
+    arr = np.asarray(block)
+    a = np.asarray(endmembers)
+    if arr.ndim < 1 or a.ndim != 2 or arr.shape[-1] != a.shape[0]:
+        raise InputError(f"block must have the channel axis last with as many channels as "
+                         f"endmembers has rows; got block shape {arr.shape} and endmembers "
+                         f"shape {a.shape}.")
+    lead = arr.shape[:-1]
+    flat = arr.reshape(-1, arr.shape[-1])
+    w = weights
+    if w is not None and not isinstance(w, str):
+        try:
+            w = np.broadcast_to(np.asarray(w), arr.shape).reshape(flat.shape)
+        except ValueError:
+            raise InputError(f"weights shape {np.shape(weights)} does not broadcast to block "
+                             f"shape {arr.shape}.") from None
+    x = unmix_nnls(flat, a, weights=w, method=method, device=device,
+                   max_condition=max_condition)
+    return x.reshape(*lead, a.shape[1])
+
+
+def kkt_violation(pixels, endmembers, abundances, *, weights=None):
+    """Largest scale-free violation of the NNLS optimality (KKT) conditions per pixel.
+
+    Parameters
+    ----------
+    pixels : array_like, shape (n_pixels, n_channels), counts
+    endmembers : array_like, shape (n_channels, n_components)
+    abundances : array_like, shape (n_pixels, n_components)
+        A candidate solution ``x``.
+    weights : None, 'poisson' or array_like
+        As in :func:`unmix_nnls` (KKT of the weighted problem).
+
+    Returns
+    -------
+    violation : ndarray, shape (n_pixels,), dimensionless
+        0 for an exact NNLS solution; about 1e-12 or below is rounding noise.
+
+    Raises
+    ------
+    InputError
+        Shape mismatches (shapes named) or bad endmembers.
+
+    Notes
+    -----
+    With the gradient :math:`g = A^T W (A x - y)`, the (weighted) column norms
+    :math:`n_i = \\lVert W^{1/2} a_i \\rVert` and :math:`s = \\lVert W^{1/2} y \\rVert`
+    (1 if zero), the violation is
+
+    .. math:: \\max_i \\max\\left( \\frac{-x_i n_i}{s},\\; \\frac{-g_i}{n_i s},\\;
+              \\frac{|x_i g_i|}{s^2},\\; 0 \\right),
+
+    i.e. primal feasibility, dual feasibility and complementarity, each invariant to
+    scaling of ``y`` and of each endmember column.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.eye(2)
+    >>> float(kkt_violation([[1.0, -1.0]], A, [[1.0, 0.0]])[0])
+    0.0
+    """
+    a = _check_endmembers(endmembers)
+    y = _check_pixels(pixels, a.shape[0]).astype(np.float64, copy=False)
+    x = np.asarray(abundances, dtype=np.float64)
+    if x.shape != (y.shape[0], a.shape[1]):
+        raise InputError(f"abundances must have shape (n_pixels, n_components) = "
+                         f"{(y.shape[0], a.shape[1])}; got {x.shape} (pixels shape {y.shape},"
+                         f" endmembers shape {a.shape}).")
+    w = _resolve_weights(weights, y, a.shape)
+    r = x @ a.T - y
+    if w is None:
+        g = r @ a
+        nrm = np.broadcast_to(np.sqrt(np.sum(a * a, axis=0)), x.shape)
+        s = np.sqrt(np.einsum("nc,nc->n", y, y))
+    else:
+        g = (w * r) @ a
+        nrm = np.sqrt(w @ (a * a))
+        s = np.sqrt(np.einsum("nc,nc,nc->n", w, y, y))
+    s = np.where(s > 0, s, 1.0)[:, None]
+    primal = -x * nrm / s
+    dual = -g / (nrm * s)
+    comp = np.abs(x * g) / (s * s)
+    return np.max(np.maximum(np.maximum(primal, dual), np.maximum(comp, 0.0)), axis=1)

@@ -1,0 +1,1080 @@
+"""Per-cell scoring: positivity, H-score, phenotypes, HER2 ASCO/CAP-style scoring, agreement.
+
+All functions read the per-cell table of :func:`qdmed.imaging._cells.measure_cells`
+(columns ``{marker}_{compartment}_{statistic}``). Every intensity cut-off is a parameter or
+comes from a calibration on control material: qdmed ships no clinical intensity constants
+for QD signal (imaging reference, sections 2.1-2.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError, UnknownNameError
+
+__all__ = [
+    "BREAST_RULES",
+    "HER2_CATEGORIES",
+    "KNOWN_HER2_CONTROLS",
+    "HScore",
+    "Her2Calibration",
+    "Her2Score",
+    "MarkerGate",
+    "SegmentationMatch",
+    "calibrate_her2",
+    "cohen_kappa",
+    "f1_at_iou",
+    "h_score",
+    "percent_positive",
+    "phenotype",
+    "score_her2",
+    "score_positivity",
+]
+
+HER2_CATEGORIES = ("0", "1+", "2+", "3+")
+_INTENSITY_CLASSES = ("none", "faint", "weak_moderate", "intense")
+_COMPARTMENTS = ("nucleus", "cytoplasm", "membrane", "cell")
+_STATISTICS = ("mean", "total")
+
+REF_WOLFF_2018 = (
+    "Wolff AC, Hammond MEH, Allison KH, et al. Human epidermal growth factor receptor 2 "
+    "testing in breast cancer: ASCO/CAP clinical practice guideline focused update. "
+    "J Clin Oncol 2018;36(20):2105-2122. doi:10.1200/JCO.2018.77.8738"
+)
+REF_HSCORE = (
+    "McCarty KS Jr, Miller LS, Cox EB, Konrath J, McCarty KS Sr. Estrogen receptor analyses: "
+    "correlation of biochemical and immunohistochemical methods using monoclonal antireceptor "
+    "antibodies. Arch Pathol Lab Med 1985;109(8):716-721 (PMID 3893381); Detre S, Saclani "
+    "Jotti G, Dowsett M. A 'quickscore' method for immunohistochemical semiquantitation: "
+    "validation for oestrogen receptor in breast carcinomas. J Clin Pathol 1995;48(9):876-878. "
+    "doi:10.1136/jcp.48.9.876"
+)
+REF_HERMARK = (
+    "Huang W, Reinholz M, Weidler J, et al. Analytical validation of a highly quantitative, "
+    "sensitive, accurate, and reproducible assay (HERmark) for the measurement of HER2 total "
+    "protein and HER2 homodimers in FFPE breast cancer tumor specimens. Patholog Res Int "
+    "2010;2010:814176, Table 1. doi:10.4061/2010/814176"
+)
+
+#: HER2 IHC scores of cell lines used as controls, from HERmark Table 1 (Huang et al. 2010,
+#: doi:10.4061/2010/814176). Lines scored ambiguously there (T47D 0/1+, MDA-MB-361 2/3+)
+#: and lines not in that table (e.g. MCF-7, SK-BR-3) are left out: give their category
+#: explicitly through ``calibrate_her2(..., categories=...)``. Keys are matched ignoring
+#: case, spaces, '-' and '_'.
+KNOWN_HER2_CONTROLS = MappingProxyType(
+    {
+        "BT-474": "3+",
+        "ZR-75-1": "1+",
+        "MDA-MB-231": "0",
+        "MDA-MB-468": "0",
+        "MDA-MB-435": "0",
+        "A431": "0",
+    }
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def _column(df, marker: str, compartment: str, statistic: str = "mean") -> str:
+    if compartment not in _COMPARTMENTS:
+        raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {_COMPARTMENTS}.")
+    if statistic not in _STATISTICS:
+        raise UnknownNameError(f"Unknown statistic {statistic!r}; accepted: {_STATISTICS}.")
+    col = f"{marker}_{compartment}_{statistic}"
+    if col not in df.columns:
+        markers = sorted({c.split("_")[0] for c in df.columns if c.endswith("_mean")})
+        raise UnknownNameError(
+            f"Column {col!r} (marker {marker!r}) is not in the cell table; markers present: {markers}."
+        )
+    return col
+
+
+def _values(df, col: str, nan_policy: str) -> np.ndarray:
+    if nan_policy not in ("raise", "omit", "propagate"):
+        raise UnknownNameError(
+            f"Unknown nan_policy {nan_policy!r}; accepted: 'raise', 'omit', 'propagate'."
+        )
+    v = np.asarray(df[col], dtype=np.float64)
+    if nan_policy == "raise" and np.isnan(v).any():
+        raise InputError(
+            f"Column {col!r} has {int(np.isnan(v).sum())} NaN values (cells with an empty "
+            "compartment); pass nan_policy='omit' to drop them."
+        )
+    return v
+
+
+def _finite(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number; got {value!r}.") from None
+    if not math.isfinite(v):
+        raise InputError(f"{name} must be finite; got {value!r}.")
+    return v
+
+
+def _percent(name: str, value) -> float:
+    v = _finite(name, value)
+    if not 0 <= v <= 100:
+        raise InputError(f"{name} must be a percentage in [0, 100]; got {value!r}.")
+    return v
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- positivity
+def score_positivity(cells_df, *, marker: str, compartment: str, threshold: float, statistic: str = "mean"):
+    """Per-cell positivity: ``value >= threshold``.
+
+    Parameters
+    ----------
+    cells_df : pandas.DataFrame
+        Per-cell table (:func:`measure_cells`).
+    marker, compartment : str
+        Selects column ``{marker}_{compartment}_{statistic}``.
+    threshold : float, abundance units
+    statistic : {'mean', 'total'}
+
+    Returns
+    -------
+    pandas.Series of bool
+        Named ``{marker}_positive``, same index as ``cells_df``; NaN values are negative.
+
+    Raises
+    ------
+    UnknownNameError
+        The column does not exist.
+    InputError
+        Non-finite threshold.
+    """
+    col = _column(cells_df, marker, compartment, statistic)
+    t = _finite("threshold", threshold)
+    v = np.asarray(cells_df[col], dtype=np.float64)
+    import pandas as pd
+
+    return pd.Series(v >= t, index=cells_df.index, name=f"{marker}_positive")
+
+
+def percent_positive(cells_df, *, marker: str, compartment: str, threshold: float, statistic: str = "mean") -> float:
+    """Percentage of cells with ``{marker}_{compartment}_{statistic} >= threshold`` (NaN if none)."""
+    pos = score_positivity(cells_df, marker=marker, compartment=compartment, threshold=threshold, statistic=statistic)
+    return float(100.0 * pos.mean()) if len(pos) else math.nan
+
+
+@dataclass(frozen=True)
+class HScore:
+    """H-score of one marker over a cell population.
+
+    Attributes
+    ----------
+    h_score : float
+        ``1 * percent_weak + 2 * percent_moderate + 3 * percent_strong``, in [0, 300].
+    percent_negative, percent_weak, percent_moderate, percent_strong, percent_positive : float
+        Percent of cells per intensity bin; positive = weak + moderate + strong.
+    n_cells : int
+    thresholds : tuple of 3 float
+    marker, compartment, statistic : str
+    """
+
+    h_score: float
+    percent_negative: float
+    percent_weak: float
+    percent_moderate: float
+    percent_strong: float
+    percent_positive: float
+    n_cells: int
+    thresholds: tuple[float, float, float]
+    marker: str
+    compartment: str
+    statistic: str
+    reference: str = REF_HSCORE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of all fields (NaN -> None)."""
+        return _jsonable(asdict(self))
+
+
+def h_score(
+    cells_df,
+    *,
+    marker: str,
+    compartment: str,
+    thresholds: Sequence[float],
+    statistic: str = "mean",
+    nan_policy: str = "raise",
+) -> HScore:
+    """H-score (0-300) from three intensity thresholds.
+
+    Parameters
+    ----------
+    cells_df : pandas.DataFrame
+    marker, compartment, statistic : str
+        Column ``{marker}_{compartment}_{statistic}``.
+    thresholds : (t1, t2, t3), strictly increasing, abundance units
+        weak: ``t1 <= v < t2``; moderate: ``t2 <= v < t3``; strong: ``v >= t3``.
+    nan_policy : {'raise', 'omit'}
+        Cells with NaN values raise or are dropped.
+
+    Returns
+    -------
+    HScore
+
+    Raises
+    ------
+    InputError
+        Thresholds not three strictly increasing finite numbers; NaN with ``'raise'``.
+    UnknownNameError
+        Missing column or unknown policy.
+
+    Notes
+    -----
+    H = 1 x (% weak) + 2 x (% moderate) + 3 x (% strong) (McCarty et al. 1985; the
+    semiquantitative "H-score" compared in Detre et al. 1995). With no cells all fields are NaN.
+
+    References
+    ----------
+    .. [1] McCarty KS Jr et al., Arch Pathol Lab Med 109, 716-721 (1985). PMID 3893381.
+    .. [2] Detre S, Saclani Jotti G, Dowsett M, J Clin Pathol 48, 876-878 (1995).
+       doi:10.1136/jcp.48.9.876
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"ER_nucleus_mean": [0.0, 1.5, 2.5, 3.5]})
+    >>> h_score(df, marker="ER", compartment="nucleus", thresholds=(1, 2, 3)).h_score
+    150.0
+    """
+    col = _column(cells_df, marker, compartment, statistic)
+    t = tuple(_finite("thresholds", x) for x in thresholds)
+    if len(t) != 3 or not (t[0] < t[1] < t[2]):
+        raise InputError(f"thresholds must be three strictly increasing numbers (t1, t2, t3); got {thresholds!r}.")
+    if nan_policy == "propagate":
+        raise UnknownNameError("nan_policy 'propagate' is not supported by h_score; accepted: 'raise', 'omit'.")
+    v = _values(cells_df, col, nan_policy)
+    v = v[~np.isnan(v)]
+    n = v.size
+    counts = np.bincount(np.searchsorted(np.asarray(t), v, side="right"), minlength=4)
+    pct = 100.0 * counts / n if n else np.full(4, np.nan)
+    return HScore(
+        h_score=float(pct[1] + 2 * pct[2] + 3 * pct[3]),
+        percent_negative=float(pct[0]),
+        percent_weak=float(pct[1]),
+        percent_moderate=float(pct[2]),
+        percent_strong=float(pct[3]),
+        percent_positive=float(pct[1] + pct[2] + pct[3]),
+        n_cells=int(n),
+        thresholds=t,
+        marker=marker,
+        compartment=compartment,
+        statistic=statistic,
+    )
+
+
+# --------------------------------------------------------------------------- phenotypes
+@dataclass(frozen=True)
+class MarkerGate:
+    """Per-cell positivity rule of one marker: ``{marker}_{compartment}_{statistic} >= threshold``."""
+
+    compartment: str
+    threshold: float
+    statistic: str = "mean"
+
+
+#: Per-cell breast phenotypes (first matching rule wins), modelled on the St Gallen 2013
+#: surrogate subtypes without Ki-67 / PR-level splits (Goldhirsch A et al., Ann Oncol
+#: 2013;24:2206-2223, doi:10.1093/annonc/mdt303). A rule is a conjunction
+#: ``{marker: required positivity}`` or a list of such conjunctions (any may match).
+#: Applied to single cells these are labels of cell states, not patient subtypes.
+BREAST_RULES = MappingProxyType(
+    {
+        "luminal HER2+": ({"HER2": True, "ER": True}, {"HER2": True, "PR": True}),
+        "HER2-enriched": ({"HER2": True, "ER": False, "PR": False},),
+        "luminal HER2-": ({"HER2": False, "ER": True}, {"HER2": False, "PR": True}),
+        "triple negative": ({"HER2": False, "ER": False, "PR": False},),
+    }
+)
+
+
+def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, MarkerGate], default: str = "other"):
+    """Assign each cell the first phenotype whose marker rule it satisfies.
+
+    Parameters
+    ----------
+    cells_df : pandas.DataFrame
+    rules : mapping name -> rule, or 'breast'
+        Ordered mapping; a rule is ``{marker: bool}`` (all must hold) or a sequence of such
+        mappings (any may hold). ``'breast'`` uses :data:`BREAST_RULES` (HER2, ER, PR).
+    gates : mapping marker -> MarkerGate or (compartment, threshold)
+        Positivity gate of each marker used by the rules; thresholds are yours to set.
+    default : str
+        Label of cells matching no rule.
+
+    Returns
+    -------
+    pandas.Series of str
+        Named ``'phenotype'``, same index as ``cells_df``.
+
+    Raises
+    ------
+    UnknownNameError
+        Unknown rule set, a marker without a gate, a missing column.
+    InputError
+        Malformed rules or gates.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"HER2_membrane_mean": [5.0, 0.0], "ER_nucleus_mean": [0.0, 3.0],
+    ...                    "PR_nucleus_mean": [0.0, 0.0]})
+    >>> gates = {"HER2": ("membrane", 1.0), "ER": ("nucleus", 1.0), "PR": ("nucleus", 1.0)}
+    >>> phenotype(df, "breast", gates=gates).tolist()
+    ['HER2-enriched', 'luminal HER2-']
+    """
+    import pandas as pd
+
+    if isinstance(rules, str):
+        if rules != "breast":
+            raise UnknownNameError(f"Unknown rule set {rules!r}; accepted: 'breast' or a mapping.")
+        rules = BREAST_RULES
+    if not isinstance(rules, Mapping):
+        raise InputError(f"rules must be a mapping name -> rule or 'breast'; got {type(rules).__name__}.")
+    norm_gates: dict[str, MarkerGate] = {}
+    for m, g in gates.items():
+        if isinstance(g, MarkerGate):
+            norm_gates[m] = g
+        elif isinstance(g, (tuple, list)) and len(g) in (2, 3):
+            norm_gates[m] = MarkerGate(*g)
+        else:
+            raise InputError(f"gate for {m!r} must be a MarkerGate or (compartment, threshold); got {g!r}.")
+    cache: dict[str, np.ndarray] = {}
+
+    def positive(marker: str) -> np.ndarray:
+        if marker not in cache:
+            if marker not in norm_gates:
+                raise UnknownNameError(
+                    f"Rules use marker {marker!r} but gates has no entry for it; gates given: {sorted(norm_gates)}."
+                )
+            g = norm_gates[marker]
+            cache[marker] = np.asarray(
+                score_positivity(cells_df, marker=marker, compartment=g.compartment, threshold=g.threshold, statistic=g.statistic)
+            )
+        return cache[marker]
+
+    n = len(cells_df)
+    out = np.full(n, default, dtype=object)
+    assigned = np.zeros(n, dtype=bool)
+    for name, rule in rules.items():
+        alternatives = (rule,) if isinstance(rule, Mapping) else tuple(rule)
+        match = np.zeros(n, dtype=bool)
+        for alt in alternatives:
+            if not isinstance(alt, Mapping) or not alt:
+                raise InputError(f"rule {name!r} must be a non-empty mapping marker -> bool or a list of them; got {alt!r}.")
+            ok = np.ones(n, dtype=bool)
+            for marker, want in alt.items():
+                ok &= positive(marker) == bool(want)
+            match |= ok
+        new = match & ~assigned
+        out[new] = name
+        assigned |= new
+    return pd.Series(out, index=cells_df.index, name="phenotype")
+
+
+# --------------------------------------------------------------------------- HER2
+def _category(value) -> str:
+    s = str(value).strip()
+    if s in ("1", "2", "3"):
+        s += "+"
+    if s in ("0+", "0.0"):
+        s = "0"
+    if s not in HER2_CATEGORIES:
+        raise InputError(f"HER2 category must be one of {HER2_CATEGORIES}; got {value!r}.")
+    return s
+
+
+def _norm_name(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch not in " -_")
+
+
+@dataclass(frozen=True)
+class Her2Calibration:
+    """Membrane-intensity cut-offs of the HER2 intensity classes.
+
+    Per-cell intensity class of value ``v`` (``{marker}_{compartment}_{statistic}``):
+    none ``v < faint``; faint ``faint <= v < weak_moderate``; weak-to-moderate
+    ``weak_moderate <= v < intense``; intense ``v >= intense``.
+
+    Attributes
+    ----------
+    faint, weak_moderate, intense : float, abundance units
+        Strictly increasing cut-offs.
+    marker, compartment, statistic : str
+        Column the cut-offs apply to.
+    rule : str
+        How the cut-offs were obtained ('explicit' or the calibration rule).
+    scale : str
+        Interpolation scale used by :func:`calibrate_her2` ('log' or 'linear'), or ''.
+    faint_quantile : float or None
+    controls : tuple
+        ``(name, category, n_cells, median, faint_quantile_value_or_nan)`` per control.
+    """
+
+    faint: float
+    weak_moderate: float
+    intense: float
+    marker: str = "HER2"
+    compartment: str = "membrane"
+    statistic: str = "mean"
+    rule: str = "explicit"
+    scale: str = ""
+    faint_quantile: float | None = None
+    controls: tuple = ()
+
+    def __post_init__(self):
+        vals = (self.faint, self.weak_moderate, self.intense)
+        if not all(math.isfinite(float(v)) for v in vals) or not (vals[0] < vals[1] < vals[2]):
+            raise InputError(
+                "HER2 cut-offs must be finite and strictly increasing faint < weak_moderate < "
+                f"intense; got {vals}."
+            )
+
+    @property
+    def cutoffs(self) -> tuple[float, float, float]:
+        """``(faint, weak_moderate, intense)``."""
+        return (float(self.faint), float(self.weak_moderate), float(self.intense))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of all fields (controls as a list of dicts)."""
+        d = asdict(self)
+        d["controls"] = [
+            dict(zip(("name", "category", "n_cells", "median", "faint_quantile_value"), c, strict=True))
+            for c in self.controls
+        ]
+        return _jsonable(d)
+
+
+def calibrate_her2(
+    control_cells: Mapping[str, Any],
+    *,
+    categories: Mapping[str, Any] | None = None,
+    marker: str = "HER2",
+    compartment: str = "membrane",
+    statistic: str = "mean",
+    faint_quantile: float = 0.95,
+    scale: str = "log",
+    min_cells: int = 10,
+) -> Her2Calibration:
+    """Derive HER2 intensity cut-offs from control cell lines of known IHC score.
+
+    Parameters
+    ----------
+    control_cells : mapping name -> pandas.DataFrame
+        Per-cell tables of control cell pellets/lines, e.g. ``{"MDA-MB-231": df0,
+        "BT-474": df3}``.
+    categories : mapping name -> {'0', '1+', '2+', '3+'}, optional
+        Known IHC score of each control; names missing here are looked up in
+        :data:`KNOWN_HER2_CONTROLS`.
+    marker, compartment, statistic : str
+        Column used (default ``HER2_membrane_mean``).
+    faint_quantile : float in (0.5, 1)
+        Quantile defining the faint cut-off (see Notes).
+    scale : {'log', 'linear'}
+        Scale on which cut-offs are interpolated between control medians.
+    min_cells : int
+        Fewest non-NaN cells a control must have.
+
+    Returns
+    -------
+    Her2Calibration
+
+    Raises
+    ------
+    UnknownNameError
+        A control with no known category, unknown ``scale``, missing column.
+    InputError
+        No 0/1+ control or no 3+ control, too few cells, non-positive anchors on the log
+        scale, or controls whose intensities are not ordered like their scores.
+
+    Notes
+    -----
+    The rule (no clinical constant; everything follows from the controls):
+
+    1. faint cut-off: if the lowest-scored control is 0, the ``faint_quantile`` quantile of
+       its values (so ``1 - faint_quantile`` of 0-control cells read as stained); if it is
+       1+, the ``1 - faint_quantile`` quantile of its values (so ``faint_quantile`` of the
+       1+ cells read as at least faint). A 0 or 1+ control is required.
+    2. Anchors on the ordinal score axis: (0.5, faint cut-off) and, for every score
+       s >= 1 present, (s, median of the pooled cells of that score). A 3+ control is
+       required (no extrapolation).
+    3. The weak-to-moderate and intense cut-offs are the class boundaries at scores 1.5
+       and 2.5, by piecewise-linear interpolation of the anchors in ``log(intensity)``
+       (``scale='log'``, since QD signal spans decades between HER2-low and amplified
+       lines) or in intensity.
+
+    Example: 0-control 95th percentile 2, 3+ median 50 (log scale) gives cut-offs 2,
+    2 x 25^(1/2.5) = 7.25 and 2 x 25^(2/2.5) = 26.3. Cut-offs must come out strictly
+    increasing, otherwise the controls are inconsistent and an error is raised. Category
+    definitions follow Wolff et al. 2018; control scores in :data:`KNOWN_HER2_CONTROLS`
+    follow Huang et al. 2010 (HERmark, Table 1).
+
+    References
+    ----------
+    .. [1] Wolff AC et al., J Clin Oncol 36, 2105-2122 (2018). doi:10.1200/JCO.2018.77.8738
+    .. [2] Huang W et al., Patholog Res Int 2010, 814176 (2010). doi:10.4061/2010/814176
+    """
+    if scale not in ("log", "linear"):
+        raise UnknownNameError(f"Unknown scale {scale!r}; accepted: 'log', 'linear'.")
+    q = _finite("faint_quantile", faint_quantile)
+    if not 0.5 < q < 1:
+        raise InputError(f"faint_quantile must be in (0.5, 1); got {faint_quantile!r}.")
+    if not isinstance(control_cells, Mapping) or not control_cells:
+        raise InputError("control_cells must be a non-empty mapping name -> per-cell DataFrame.")
+    given = {k: _category(v) for k, v in (categories or {}).items()}
+    unknown = sorted(set(given) - set(control_cells))
+    if unknown:
+        raise UnknownNameError(f"categories names controls {unknown} that are not in control_cells {sorted(control_cells)}.")
+    known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
+    pooled: dict[int, list[np.ndarray]] = {}
+    info = []
+    for name, df in control_cells.items():
+        if name in given:
+            cat = given[name]
+        elif _norm_name(name) in known:
+            cat = known[_norm_name(name)]
+        else:
+            raise UnknownNameError(
+                f"No known HER2 category for control {name!r}; pass categories={{{name!r}: '0'|'1+'|'2+'|'3+'}} "
+                f"or use one of {sorted(KNOWN_HER2_CONTROLS)}."
+            )
+        col = _column(df, marker, compartment, statistic)
+        v = np.asarray(df[col], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size < int(min_cells):
+            raise InputError(f"control {name!r} has {v.size} measurable cells; need at least {min_cells}.")
+        s = HER2_CATEGORIES.index(cat)
+        pooled.setdefault(s, []).append(v)
+        info.append([name, cat, int(v.size), float(np.median(v)), math.nan])
+    scores = sorted(pooled)
+    low = scores[0]
+    if low > 1:
+        raise InputError(f"calibration needs a 0 or 1+ control; got only scores {[HER2_CATEGORIES[s] for s in scores]}.")
+    if scores[-1] != 3:
+        raise InputError(f"calibration needs a 3+ control; got scores {[HER2_CATEGORIES[s] for s in scores]}.")
+    low_vals = np.concatenate(pooled[low])
+    q_used = q if low == 0 else 1 - q
+    faint = float(np.quantile(low_vals, q_used))
+    for row in info:
+        if HER2_CATEGORIES.index(row[1]) == low:
+            row[4] = faint
+    xs = [0.5] + [float(s) for s in scores if s >= 1]
+    ys = [faint] + [float(np.median(np.concatenate(pooled[s]))) for s in scores if s >= 1]
+    if scale == "log":
+        if min(ys) <= 0:
+            raise InputError(
+                f"scale='log' needs positive anchors (faint cut-off and control medians); got {ys}. "
+                "Use scale='linear' or background-subtracted intensities."
+            )
+        fy = np.log(ys)
+        wm, it = np.exp(np.interp([1.5, 2.5], xs, fy))
+    else:
+        wm, it = np.interp([1.5, 2.5], xs, ys)
+    if not faint < wm < it:
+        raise InputError(
+            "controls are not ordered like their scores: derived cut-offs "
+            f"faint={faint:.4g}, weak_moderate={wm:.4g}, intense={it:.4g} are not increasing "
+            f"(anchors score->intensity: {dict(zip(xs, ys, strict=True))})."
+        )
+    rule = (
+        f"faint = q{q_used:g} of the {HER2_CATEGORIES[low]} control; weak_moderate / intense = "
+        f"{scale} interpolation of anchors (0.5, faint), (s, median of s-controls) at scores 1.5 / 2.5"
+    )
+    return Her2Calibration(
+        faint=faint,
+        weak_moderate=float(wm),
+        intense=float(it),
+        marker=marker,
+        compartment=compartment,
+        statistic=statistic,
+        rule=rule,
+        scale=scale,
+        faint_quantile=q,
+        controls=tuple(tuple(r) for r in info),
+    )
+
+
+@dataclass(frozen=True)
+class Her2Score:
+    """Slide-level ASCO/CAP 2018-style HER2 score of a cell population.
+
+    Attributes
+    ----------
+    category : {'0', '1+', '2+', '3+'}
+    result : {'negative', 'equivocal', 'positive'}
+    rule : str
+        The rule that decided the category.
+    her2_low : bool
+        Category 1+ or 2+ (2+ counts as HER2-low only if ISH is not amplified).
+    her2_ultralow : bool
+        Category 0 with membrane staining in > 0 and <= ``percent_cutoff`` % of cells.
+    ish_reflex : bool
+        Category 2+ (reflex in situ hybridisation required).
+    n_cells : int
+    percent_intense_complete, percent_weak_moderate_complete,
+    percent_moderate_intense_incomplete, percent_faint, percent_stained : float
+        Percent of scored cells per staining pattern (stained = at least faint).
+    percent_cells_0, percent_cells_1plus, percent_cells_2plus, percent_cells_3plus : float
+        Distribution of the per-cell categories.
+    mean_membrane_intensity, median_membrane_intensity : float, abundance units
+    total_her2_load : float, abundance x um^2
+        Sum over cells of compartment mean x compartment area (the "total HER2 load",
+        area x intensity, of Chen et al. 2014); NaN if the area column is absent.
+    percent_positive_area : float
+        Percent of the cell area in cells at least faint; NaN without ``cell_area_um2``.
+    calibration : Her2Calibration
+    parameters : tuple of (name, value)
+    cells : pandas.DataFrame
+        Per cell: ``cell_id`` (if present), ``intensity``, ``completeness``,
+        ``intensity_class``, ``complete``, ``category``. Not in :meth:`to_dict` by default.
+    """
+
+    category: str
+    result: str
+    rule: str
+    her2_low: bool
+    her2_ultralow: bool
+    ish_reflex: bool
+    n_cells: int
+    percent_intense_complete: float
+    percent_weak_moderate_complete: float
+    percent_moderate_intense_incomplete: float
+    percent_faint: float
+    percent_stained: float
+    percent_cells_0: float
+    percent_cells_1plus: float
+    percent_cells_2plus: float
+    percent_cells_3plus: float
+    mean_membrane_intensity: float
+    median_membrane_intensity: float
+    total_her2_load: float
+    percent_positive_area: float
+    calibration: Her2Calibration
+    parameters: tuple
+    cells: Any = field(repr=False, compare=False)
+    reference: str = REF_WOLFF_2018
+
+    def to_dict(self, *, include_cells: bool = False) -> dict[str, Any]:
+        """JSON-safe dict; ``include_cells=True`` adds the per-cell table as lists."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("cells", "calibration", "parameters")}
+        d["calibration"] = self.calibration.to_dict()
+        d["parameters"] = dict(self.parameters)
+        if include_cells:
+            d["cells"] = {c: self.cells[c].tolist() for c in self.cells.columns}
+        return _jsonable(d)
+
+    def report(self) -> str:
+        """One-paragraph text summary."""
+        flags = [f for f, on in (("HER2-low", self.her2_low), ("HER2-ultralow", self.her2_ultralow), ("reflex ISH", self.ish_reflex)) if on]
+        return (
+            f"HER2 IHC {self.category} ({self.result}; {self.rule}) over {self.n_cells} cells; "
+            f"intense complete {self.percent_intense_complete:.1f} %, weak-moderate complete "
+            f"{self.percent_weak_moderate_complete:.1f} %, stained {self.percent_stained:.1f} %"
+            + (f"; {', '.join(flags)}" if flags else "")
+        )
+
+
+def score_her2(
+    cells_df,
+    calibration: Her2Calibration,
+    *,
+    completeness_complete: float = 0.9,
+    percent_cutoff: float = 10.0,
+    incomplete_percent_cutoff: float = 10.0,
+    intense_min_percent: float = 0.0,
+    cell_mask=None,
+    nan_policy: str = "raise",
+) -> Her2Score:
+    """ASCO/CAP 2018-style HER2 IHC category from per-cell membrane intensity and completeness.
+
+    Parameters
+    ----------
+    cells_df : pandas.DataFrame
+        Per-cell table with ``{marker}_{compartment}_{statistic}`` and
+        ``{marker}_membrane_completeness`` (0-1).
+    calibration : Her2Calibration
+        Intensity cut-offs (:func:`calibrate_her2` or explicit).
+    completeness_complete : float in (0, 1]
+        A cell's membrane is complete (circumferential) when its completeness is >= this.
+    percent_cutoff : float, %
+        The guideline's "> 10 % of tumour cells".
+    incomplete_percent_cutoff : float, %
+        Percent of cells with moderate-to-intense incomplete staining above which the
+        unusual pattern calls 2+. The guideline gives no number; 10 % by default.
+    intense_min_percent : float, %
+        Intense complete staining in more than this and at most ``percent_cutoff`` % calls
+        2+ (unusual pattern). The guideline's literal rule is "> 0" (default).
+    cell_mask : array_like of bool, optional
+        Cells to score (invasive tumour cells); default all.
+    nan_policy : {'raise', 'omit'}
+        NaN intensity (cells without membrane) raises or is dropped; NaN completeness counts
+        as incomplete.
+
+    Returns
+    -------
+    Her2Score
+
+    Raises
+    ------
+    InputError
+        No cells to score, bad parameters, NaN with ``'raise'``.
+    UnknownNameError
+        Missing columns or unknown policy.
+
+    Notes
+    -----
+    Per cell: intensity class from the calibration (none / faint / weak-moderate / intense)
+    and complete = completeness >= ``completeness_complete``. Per-cell category: none -> 0;
+    faint (complete or not) -> 1+; weak-moderate or intense but incomplete -> 2+ (the
+    unusual "moderate to intense but incomplete" pattern; with three intensity classes,
+    weak and moderate are not separated, which errs towards equivocal / reflex ISH);
+    weak-moderate complete -> 2+; intense complete -> 3+.
+
+    Slide category, first rule that holds (percentages of scored cells; Wolff et al. 2018,
+    Fig. 1 and its note on unusual patterns):
+
+    1. intense complete > ``percent_cutoff`` -> 3+;
+    2. weak-to-moderate or intense complete > ``percent_cutoff`` -> 2+;
+    3. intense complete > ``intense_min_percent`` (so <= 10 %) -> 2+ (unusual pattern);
+    4. moderate-to-intense incomplete > ``incomplete_percent_cutoff`` -> 2+ (unusual);
+    5. stained (at least faint, incomplete or not) > ``percent_cutoff`` -> 1+;
+    6. otherwise 0; HER2-ultralow when 0 < stained <= ``percent_cutoff`` (faint incomplete
+       staining in <= 10 %, the DESTINY-Breast06 entry criterion, Bardia et al. 2024),
+       HER2-null when nothing is stained.
+
+    HER2-low = 1+ or 2+ (2+ only if ISH is not amplified; Modi et al. 2022).
+
+    References
+    ----------
+    .. [1] Wolff AC et al., J Clin Oncol 36, 2105-2122 (2018). doi:10.1200/JCO.2018.77.8738
+    .. [2] Modi S et al., "Trastuzumab deruxtecan in previously treated HER2-low advanced
+       breast cancer", N Engl J Med 387, 9-20 (2022). doi:10.1056/NEJMoa2203690
+    .. [3] Bardia A et al., "Trastuzumab deruxtecan after endocrine therapy in metastatic
+       breast cancer", N Engl J Med 391, 2110-2122 (2024). doi:10.1056/NEJMoa2407086
+    .. [4] Chen C et al., Int J Nanomedicine 9, 1039 (2014) ("total HER2 load").
+    """
+    import pandas as pd
+
+    if not isinstance(calibration, Her2Calibration):
+        raise InputError(f"calibration must be a Her2Calibration; got {type(calibration).__name__}.")
+    cc = _finite("completeness_complete", completeness_complete)
+    if not 0 < cc <= 1:
+        raise InputError(f"completeness_complete must be in (0, 1]; got {completeness_complete!r}.")
+    pc = _percent("percent_cutoff", percent_cutoff)
+    ipc = _percent("incomplete_percent_cutoff", incomplete_percent_cutoff)
+    imp = _percent("intense_min_percent", intense_min_percent)
+    if nan_policy not in ("raise", "omit"):
+        raise UnknownNameError(f"Unknown nan_policy {nan_policy!r}; accepted: 'raise', 'omit'.")
+    m, c, s = calibration.marker, calibration.compartment, calibration.statistic
+    icol = _column(cells_df, m, c, s)
+    ccol = f"{m}_membrane_completeness"
+    if ccol not in cells_df.columns:
+        raise UnknownNameError(f"Column {ccol!r} is not in the cell table; run measure_cells with marker {m!r}.")
+    df = cells_df
+    if cell_mask is not None:
+        mask = np.asarray(cell_mask, dtype=bool)
+        if mask.shape != (len(df),):
+            raise InputError(f"cell_mask must have one boolean per cell ({len(df)}); got shape {mask.shape}.")
+        df = df[mask]
+    inten = _values(df, icol, nan_policy)
+    keep = ~np.isnan(inten)
+    df = df[keep]
+    inten = inten[keep]
+    n = inten.size
+    if n == 0:
+        raise InputError("no cells to score (empty table, empty cell_mask, or all NaN).")
+    compl = np.asarray(df[ccol], dtype=np.float64)
+    complete = np.nan_to_num(compl, nan=0.0) >= cc
+    klass = np.searchsorted(np.asarray(calibration.cutoffs), inten, side="right")  # 0..3
+    cell_cat = np.select(
+        [klass == 0, klass == 1, klass == 2, (klass == 3) & complete, klass == 3],
+        [0, 1, 2, 3, 2],
+    )
+
+    def pct(x) -> float:
+        return float(100.0 * np.count_nonzero(x) / n)
+
+    p_ic = pct((klass == 3) & complete)
+    p_wmc = pct((klass == 2) & complete)
+    p_mii = pct((klass >= 2) & ~complete)
+    p_faint = pct(klass == 1)
+    p_stained = pct(klass >= 1)
+    if p_ic > pc:
+        cat, rule = "3+", f"intense complete membrane staining in {p_ic:.1f} % > {pc:g} % of cells"
+    elif p_ic + p_wmc > pc:
+        cat, rule = "2+", f"weak-to-moderate (or intense) complete staining in {p_ic + p_wmc:.1f} % > {pc:g} %"
+    elif p_ic > imp:
+        cat, rule = "2+", f"unusual pattern: intense complete staining in only {p_ic:.1f} % <= {pc:g} %"
+    elif p_mii > ipc:
+        cat, rule = "2+", f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %"
+    elif p_stained > pc:
+        cat, rule = "1+", f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
+    elif p_stained > 0:
+        cat, rule = "0", f"faint incomplete staining in {p_stained:.1f} % <= {pc:g} % (ultralow)"
+    else:
+        cat, rule = "0", "no membrane staining (null)"
+    result = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[cat]
+
+    area_col = f"{c}_area_um2"
+    load = float(np.sum(inten * np.asarray(df[area_col], dtype=np.float64))) if (s == "mean" and area_col in df.columns) else math.nan
+    if "cell_area_um2" in df.columns:
+        ca = np.asarray(df["cell_area_um2"], dtype=np.float64)
+        tot = ca.sum()
+        ppa = float(100.0 * ca[klass >= 1].sum() / tot) if tot > 0 else math.nan
+    else:
+        ppa = math.nan
+    cells = pd.DataFrame(
+        {
+            "intensity": inten,
+            "completeness": compl,
+            "intensity_class": np.asarray(_INTENSITY_CLASSES, dtype=object)[klass],
+            "complete": complete,
+            "category": np.asarray(HER2_CATEGORIES, dtype=object)[cell_cat],
+        },
+        index=df.index,
+    )
+    if "cell_id" in df.columns:
+        cells.insert(0, "cell_id", np.asarray(df["cell_id"]))
+    cat_pct = [pct(cell_cat == k) for k in range(4)]
+    return Her2Score(
+        category=cat,
+        result=result,
+        rule=rule,
+        her2_low=cat in ("1+", "2+"),
+        her2_ultralow=cat == "0" and p_stained > 0,
+        ish_reflex=cat == "2+",
+        n_cells=int(n),
+        percent_intense_complete=p_ic,
+        percent_weak_moderate_complete=p_wmc,
+        percent_moderate_intense_incomplete=p_mii,
+        percent_faint=p_faint,
+        percent_stained=p_stained,
+        percent_cells_0=cat_pct[0],
+        percent_cells_1plus=cat_pct[1],
+        percent_cells_2plus=cat_pct[2],
+        percent_cells_3plus=cat_pct[3],
+        mean_membrane_intensity=float(np.mean(inten)),
+        median_membrane_intensity=float(np.median(inten)),
+        total_her2_load=load,
+        percent_positive_area=ppa,
+        calibration=calibration,
+        parameters=(
+            ("completeness_complete", cc),
+            ("percent_cutoff", pc),
+            ("incomplete_percent_cutoff", ipc),
+            ("intense_min_percent", imp),
+        ),
+        cells=cells,
+    )
+
+
+# --------------------------------------------------------------------------- agreement
+def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = None) -> float:
+    """Cohen's kappa between two raters, optionally linearly or quadratically weighted.
+
+    Parameters
+    ----------
+    a, b : array_like, same length
+        Category labels per item (e.g. per-cell HER2 categories).
+    weights : {None, 'linear', 'quadratic'}
+        Disagreement weights ``|i-j|/(k-1)`` or ``((i-j)/(k-1))^2`` over the ordered
+        categories; None is unweighted kappa.
+    labels : sequence, optional
+        Ordered categories (needed for weighted kappa when sorting would misorder them);
+        default: sorted union of the observed labels.
+
+    Returns
+    -------
+    float
+        ``1 - sum(w * O) / sum(w * E)`` with O the observed and E the chance-expected
+        (outer product of the marginals) proportion tables; NaN when chance disagreement
+        is 0 (e.g. both raters used one category).
+
+    Raises
+    ------
+    InputError
+        Different lengths, empty input, labels outside ``labels``.
+    UnknownNameError
+        Unknown ``weights``.
+
+    References
+    ----------
+    .. [1] Cohen J, "A coefficient of agreement for nominal scales", Educ Psychol Meas 20,
+       37-46 (1960). doi:10.1177/001316446002000104
+    .. [2] Cohen J, "Weighted kappa", Psychol Bull 70, 213-220 (1968). doi:10.1037/h0026256
+
+    Examples
+    --------
+    >>> a = ["y"] * 25 + ["n"] * 25
+    >>> b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    >>> round(cohen_kappa(a, b), 6)
+    0.4
+    """
+    if weights not in (None, "linear", "quadratic"):
+        raise UnknownNameError(f"Unknown weights {weights!r}; accepted: None, 'linear', 'quadratic'.")
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise InputError(f"a and b must be 1-D with the same length; got shapes {a.shape} and {b.shape}.")
+    if a.size == 0:
+        raise InputError("a and b are empty; kappa needs at least one item.")
+    if labels is None:
+        cats = np.unique(np.concatenate([a, b]))
+    else:
+        cats = np.asarray(list(labels))
+        if np.unique(cats).size != cats.size:
+            raise InputError(f"labels must be unique; got {list(labels)}.")
+    k = cats.size
+    lut = {v: i for i, v in enumerate(cats.tolist())}
+    try:
+        ia = np.fromiter((lut[v] for v in a.tolist()), dtype=np.int64, count=a.size)
+        ib = np.fromiter((lut[v] for v in b.tolist()), dtype=np.int64, count=b.size)
+    except KeyError as exc:
+        raise InputError(f"label {exc.args[0]!r} is not in labels {cats.tolist()}.") from None
+    obs = np.bincount(ia * k + ib, minlength=k * k).reshape(k, k) / a.size
+    exp = np.outer(obs.sum(axis=1), obs.sum(axis=0))
+    i, j = np.indices((k, k))
+    if weights is None:
+        w = (i != j).astype(np.float64)
+    else:
+        d = np.abs(i - j) / max(k - 1, 1)
+        w = d if weights == "linear" else d**2
+    den = float((w * exp).sum())
+    if den == 0:
+        return math.nan
+    return float(1.0 - (w * obs).sum() / den)
+
+
+@dataclass(frozen=True)
+class SegmentationMatch:
+    """Object-level agreement of two label images at an IoU threshold.
+
+    Attributes
+    ----------
+    precision, recall, f1 : float
+        ``tp/n_pred``, ``tp/n_true``, ``2 tp/(n_pred + n_true)``; NaN when undefined.
+    n_pred, n_true, n_matched : int
+    iou_threshold : float
+    mean_matched_iou : float
+        Mean IoU of matched pairs (NaN if none).
+    """
+
+    precision: float
+    recall: float
+    f1: float
+    n_pred: int
+    n_true: int
+    n_matched: int
+    iou_threshold: float
+    mean_matched_iou: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of all fields."""
+        return _jsonable(asdict(self))
+
+
+def f1_at_iou(pred_labels, true_labels, *, iou: float = 0.5) -> SegmentationMatch:
+    """Precision, recall and F1 of instance segmentation, matching objects by IoU.
+
+    Parameters
+    ----------
+    pred_labels, true_labels : (Y, X) array_like of int
+        Predicted and ground-truth label images (0 = background).
+    iou : float in [0, 1)
+        A predicted and a true object match when their IoU exceeds this (strictly).
+
+    Returns
+    -------
+    SegmentationMatch
+
+    Raises
+    ------
+    InputError
+        Shapes differ, labels invalid, threshold outside [0, 1).
+
+    Notes
+    -----
+    Intersections come from the label contingency table (``np.unique`` of paired ids over
+    pixels where both are foreground), so only overlapping pairs are visited. For
+    ``iou >= 0.5`` each object has at most one partner with IoU > 0.5, so matching is
+    unique; below 0.5, conflicts are resolved by a maximum-cardinality, then maximum-IoU
+    assignment (``scipy.optimize.linear_sum_assignment``) restricted to conflicting objects.
+    F1 at IoU 0.5 as in Caicedo et al. 2019.
+
+    References
+    ----------
+    .. [1] Caicedo JC et al., "Evaluation of deep learning strategies for nucleus
+       segmentation in fluorescence images", Cytometry A 95, 952-965 (2019).
+       doi:10.1002/cyto.a.23863
+    """
+    from qdmed.imaging._cells import _dense_index, _labels2d
+
+    p = _labels2d("pred_labels", pred_labels)
+    t = _labels2d("true_labels", true_labels)
+    if p.shape != t.shape:
+        raise InputError(f"pred_labels and true_labels must have the same shape; got {p.shape} and {t.shape}.")
+    thr = _finite("iou", iou)
+    if not 0 <= thr < 1:
+        raise InputError(f"iou must be in [0, 1); got {iou!r}.")
+    _, pi = _dense_index(p)
+    _, ti = _dense_index(t)
+    n_pred = int(pi.max()) if pi.size else 0
+    n_true = int(ti.max()) if ti.size else 0
+    area_p = np.bincount(pi.ravel(), minlength=n_pred + 1)
+    area_t = np.bincount(ti.ravel(), minlength=n_true + 1)
+    both = (pi > 0) & (ti > 0)
+    code = pi[both].astype(np.int64) * (n_true + 1) + ti[both]
+    pairs, inter = np.unique(code, return_counts=True)
+    pp, tt = np.divmod(pairs, n_true + 1)
+    ious = inter / (area_p[pp] + area_t[tt] - inter)
+    cand = ious > thr
+    pp, tt, ious = pp[cand], tt[cand], ious[cand]
+    if pp.size and (np.unique(pp).size < pp.size or np.unique(tt).size < tt.size):
+        from scipy.optimize import linear_sum_assignment
+
+        up, rp = np.unique(pp, return_inverse=True)
+        ut, rt = np.unique(tt, return_inverse=True)
+        w = np.zeros((up.size, ut.size))
+        w[rp, rt] = (pp.size + 1) + ious
+        r, c = linear_sum_assignment(w, maximize=True)
+        ok = w[r, c] > 0
+        matched_iou = w[r[ok], c[ok]] - (pp.size + 1)
+    else:
+        matched_iou = ious
+    tp = int(matched_iou.size)
+    nan = math.nan
+    return SegmentationMatch(
+        precision=tp / n_pred if n_pred else nan,
+        recall=tp / n_true if n_true else nan,
+        f1=2 * tp / (n_pred + n_true) if (n_pred + n_true) else nan,
+        n_pred=n_pred,
+        n_true=n_true,
+        n_matched=tp,
+        iou_threshold=thr,
+        mean_matched_iou=float(matched_iou.mean()) if tp else nan,
+    )

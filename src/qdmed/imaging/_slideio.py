@@ -1,0 +1,833 @@
+"""Slide file IO: tiled pyramidal OME-TIFF and OME-Zarr writers, a lazy reader, truth files.
+
+Layout conventions
+------------------
+* In memory, images are ``(Y, X, C)`` (channels last), as everywhere in ``qdmed.imaging``.
+* On disk, channels are separate planes: OME-TIFF ``CYX`` pages (one tiled page per channel,
+  reduced resolutions in SubIFDs) and OME-Zarr arrays with axes ``c, y, x``.
+* OME-Zarr is written as **NGFF 0.4 on the Zarr v2 format** (``zarr_format=2``), the version
+  read by the widest set of tools (Bio-Formats, QuPath, napari-ome-zarr, vizarr) at the time
+  of writing. NGFF 0.5 (Zarr v3) is not written.
+
+Every writer is atomic: it writes to a temporary file or folder in the destination folder
+and renames it into place, so a crash never leaves a half-written file under the final name.
+
+References
+----------
+.. [1] Goldberg IG et al. (2005) The Open Microscopy Environment (OME) Data Model and XML
+   file. Genome Biology 6:R47. doi:10.1186/gb-2005-6-5-r47
+.. [2] Moore J et al. (2021) OME-NGFF: a next-generation file format for expanding
+   bioimaging data-access strategies. Nature Methods 18:1496-1498.
+   doi:10.1038/s41592-021-01326-w
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import FileFormatError, InputError
+
+__all__ = [
+    "SlideImage",
+    "read_slide",
+    "read_truth",
+    "write_ome_tiff",
+    "write_ome_zarr",
+    "write_truth",
+]
+
+NGFF_VERSION = "0.4"
+_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
+_ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "nm": 1e-3,
+               "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6}
+_COLORS = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FF8000", "FFFFFF")
+
+
+# --------------------------------------------------------------------------- helpers
+def _default_channel_names(n: int) -> tuple[str, ...]:
+    return tuple(f"C{i}" for i in range(n))
+
+
+def _check_channel_names(channel_names: Sequence[str] | None, n: int) -> tuple[str, ...]:
+    if channel_names is None:
+        return _default_channel_names(n)
+    if isinstance(channel_names, str):
+        raise InputError(f"channel_names must be a sequence of {n} strings, got the string "
+                         f"{channel_names!r}")
+    names = tuple(str(c) for c in channel_names)
+    if len(names) != n:
+        raise InputError(f"channel_names must name all {n} channels of the image, got "
+                         f"{len(names)}: {list(names)}")
+    if len(set(names)) != n:
+        raise InputError(f"channel_names must be unique, got {list(names)}")
+    return names
+
+
+def _check_pixel_size(pixel_size_um: float | None) -> float | None:
+    if pixel_size_um is None:
+        return None
+    ps = float(pixel_size_um)
+    if not np.isfinite(ps) or ps <= 0:
+        raise InputError(f"pixel_size_um must be a positive number (um per pixel), got "
+                         f"{pixel_size_um!r}")
+    return ps
+
+
+def _is_dask(a: Any) -> bool:
+    return type(a).__module__.startswith("dask.")
+
+
+def _check_image(image_yxc: Any) -> Any:
+    if not _is_dask(image_yxc):
+        image_yxc = np.asarray(image_yxc)
+    if image_yxc.ndim == 2:
+        image_yxc = image_yxc[:, :, None]
+    if image_yxc.ndim != 3:
+        raise InputError(f"image must be (Y, X, C) or (Y, X), got shape {image_yxc.shape}")
+    if min(image_yxc.shape) < 1:
+        raise InputError(f"image must not be empty, got shape {image_yxc.shape}")
+    dt = np.dtype(image_yxc.dtype)
+    if dt.kind not in "uif" or dt.itemsize > 8:
+        raise InputError(f"image dtype must be an integer or float type, got {dt}")
+    return image_yxc
+
+
+def _auto_levels(shape_yx: tuple[int, int], tile: int, pyramid_levels: int | str) -> int:
+    if pyramid_levels == "auto" or pyramid_levels is None:
+        n, size = 1, max(shape_yx)
+        while size > tile:
+            size = (size + 1) // 2
+            n += 1
+        return n
+    if isinstance(pyramid_levels, bool) or not isinstance(pyramid_levels, int | np.integer):
+        raise InputError(f"pyramid_levels must be 'auto' or an integer >= 1, got "
+                         f"{pyramid_levels!r}")
+    if pyramid_levels < 1 or min(shape_yx) // 2 ** (pyramid_levels - 1) < 1:
+        raise InputError(f"pyramid_levels must be >= 1 and leave every level at least one "
+                         f"pixel wide for an image of shape {shape_yx}, got {pyramid_levels}")
+    return int(pyramid_levels)
+
+
+def _downsample2(a: np.ndarray) -> np.ndarray:
+    """2x2 mean of a (Y, X, ...) array; a trailing odd row/column is averaged on its own."""
+    y, x = a.shape[:2]
+    f = a.astype(np.float64)
+    if y % 2:
+        f = np.concatenate([f, f[-1:]], axis=0)
+    if x % 2:
+        f = np.concatenate([f, f[:, -1:]], axis=1)
+    out = 0.25 * (f[0::2, 0::2] + f[1::2, 0::2] + f[0::2, 1::2] + f[1::2, 1::2])
+    if a.dtype.kind in "ui":
+        info = np.iinfo(a.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(a.dtype)
+
+
+def _level_arrays(image: Any, n_levels: int) -> list[Any]:
+    levels = [image]
+    for _ in range(1, n_levels):
+        prev = levels[-1]
+        if _is_dask(prev):
+            import dask.array as da
+
+            y, x = prev.shape[:2]
+            padded = prev
+            if y % 2:
+                padded = da.concatenate([padded, padded[-1:]], axis=0)
+            if x % 2:
+                padded = da.concatenate([padded, padded[:, -1:]], axis=1)
+            # chunks must be even for coarsen: rechunk to even sizes
+            ch = tuple(max(2, c - c % 2) for c in (padded.chunksize[0], padded.chunksize[1]))
+            padded = padded.rechunk((ch[0], ch[1], -1))
+            levels.append(padded.map_blocks(_downsample2, chunks=tuple(
+                tuple((c + 1) // 2 for c in cs) for cs in padded.chunks[:2]) + (padded.chunks[2],),
+                dtype=prev.dtype))
+        else:
+            levels.append(_downsample2(prev))
+    return levels
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move folder ``tmp`` to ``path``, replacing what is there (old copy removed last)."""
+    old = None
+    if path.exists() or path.is_symlink():
+        old = _tmp_sibling(path)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
+def _check_dest(path: str | os.PathLike, overwrite: bool) -> Path:
+    p = Path(path)
+    if not p.parent.exists():
+        raise InputError(f"the folder of {str(p)!r} does not exist")
+    if p.exists() and not overwrite:
+        raise InputError(f"{str(p)!r} exists; pass overwrite=True to replace it")
+    return p
+
+
+# --------------------------------------------------------------------------- OME-TIFF
+def write_ome_tiff(
+    path: str | os.PathLike,
+    image_yxc: Any,
+    *,
+    channel_names: Sequence[str] | None = None,
+    pixel_size_um: float | None = None,
+    tile: int = 512,
+    pyramid_levels: int | str = "auto",
+    compression: str | None = "zlib",
+    overwrite: bool = True,
+) -> Path:
+    """Write a tiled, pyramidal OME-TIFF (one tiled page per channel, levels in SubIFDs).
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination, conventionally ``*.ome.tif``.
+    image_yxc : ndarray or dask array, shape (Y, X, C) or (Y, X)
+        Image; integer or float dtype. A dask array is written tile by tile (memory bounded
+        by one tile row of one channel per level).
+    channel_names : sequence of str, optional
+        One name per channel; default ``C0 .. C{n-1}``.
+    pixel_size_um : float, um per pixel, optional
+        Written as OME ``PhysicalSizeX/Y`` (µm) and the TIFF resolution tags.
+    tile : int, px
+        Square tile edge, a multiple of 16.
+    pyramid_levels : int or 'auto'
+        Number of resolution levels including full resolution, each half the previous (2x2
+        mean). ``'auto'`` halves until the largest side fits in one tile.
+    compression : str or None
+        A tifffile compression name (``'zlib'``, ``'zstd'``, ...) or None.
+    overwrite : bool
+        Replace an existing file (atomically).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Raises
+    ------
+    InputError
+        Bad image shape/dtype, channel names, pixel size, tile or level count, or an existing
+        file with ``overwrite=False``.
+    """
+    import tifffile
+
+    p = _check_dest(path, overwrite)
+    image = _check_image(image_yxc)
+    ny, nx, nc = (int(s) for s in image.shape)
+    names = _check_channel_names(channel_names, nc)
+    ps = _check_pixel_size(pixel_size_um)
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 16 or tile % 16:
+        raise InputError(f"tile must be a positive multiple of 16 px, got {tile!r}")
+    n_levels = _auto_levels((ny, nx), int(tile), pyramid_levels)
+    levels = _level_arrays(image, n_levels)
+
+    metadata: dict[str, Any] = {"axes": "CYX", "Channel": {"Name": list(names)}}
+    kw: dict[str, Any] = {}
+    if ps is not None:
+        metadata.update(PhysicalSizeX=ps, PhysicalSizeXUnit="µm", PhysicalSizeY=ps,
+                        PhysicalSizeYUnit="µm")
+        kw = {"resolution": (1e4 / ps, 1e4 / ps), "resolutionunit": "CENTIMETER"}
+    tmp = _tmp_sibling(p)
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+            for i, lev in enumerate(levels):
+                ly, lx = int(lev.shape[0]), int(lev.shape[1])
+                data = _tile_iter(lev, int(tile)) if _is_dask(lev) else np.moveaxis(lev, 2, 0)
+                common = {"tile": (int(tile), int(tile)), "photometric": "minisblack",
+                          "compression": compression}
+                if _is_dask(lev):
+                    common.update(shape=(nc, ly, lx), dtype=lev.dtype)
+                if i == 0:
+                    tif.write(data, subifds=n_levels - 1, metadata=metadata, **common, **kw)
+                else:
+                    lkw = {}
+                    if ps is not None:
+                        f = 2**i
+                        lkw = {"resolution": (1e4 / (ps * f), 1e4 / (ps * f)),
+                               "resolutionunit": "CENTIMETER"}
+                    tif.write(data, subfiletype=1, metadata=None, **common, **lkw)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _tile_iter(level: Any, tile: int) -> Iterator[np.ndarray]:
+    """Tiles of a (Y, X, C) dask array in TIFF order: channel, tile row, tile column."""
+    ny, nx, nc = level.shape
+    for c in range(nc):
+        for y0 in range(0, ny, tile):
+            strip = np.asarray(level[y0:y0 + tile, :, c].compute())
+            for x0 in range(0, nx, tile):
+                yield strip[:, x0:x0 + tile]
+
+
+# --------------------------------------------------------------------------- OME-Zarr
+class _ZarrImageWriter:
+    """Create an NGFF 0.4 image in a temporary folder, fill level 0, then finish it."""
+
+    def __init__(self, path: Path, shape_yxc: tuple[int, int, int], dtype: Any, *,
+                 channel_names: tuple[str, ...], pixel_size_um: float | None,
+                 chunks: tuple[int, int], pyramid_levels: int, name: str) -> None:
+        import zarr
+
+        self.path = path
+        self.tmp = _tmp_sibling(path)
+        self.shape = shape_yxc
+        self.dtype = np.dtype(dtype)
+        self.chunks = chunks
+        self.names = channel_names
+        self.ps = pixel_size_um
+        self.n_levels = pyramid_levels
+        self.name = name
+        self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
+        ny, nx, nc = shape_yxc
+        self.level0 = self._create(self.root, "0", (nc, ny, nx), self.dtype, (1, *chunks))
+
+    def _create(self, group: Any, name: str, shape: tuple[int, ...], dtype: Any,
+                chunks: tuple[int, ...]) -> Any:
+        import numcodecs
+
+        chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape, strict=True))
+        comp = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
+                                  compressors=comp, fill_value=0,
+                                  chunk_key_encoding={"name": "v2", "separator": "/"})
+
+    def write(self, y0: int, x0: int, block_yxc: np.ndarray) -> None:
+        by, bx = block_yxc.shape[:2]
+        self.level0[:, y0:y0 + by, x0:x0 + bx] = np.moveaxis(block_yxc, 2, 0)
+
+    def _build_pyramid(self) -> None:
+        prev = self.level0
+        for lev in range(1, self.n_levels):
+            nc, py, px = prev.shape
+            ny, nx = (py + 1) // 2, (px + 1) // 2
+            cur = self._create(self.root, str(lev), (nc, ny, nx), self.dtype, (1, *self.chunks))
+            cy, cx = self.chunks
+            for y0 in range(0, ny, cy):
+                for x0 in range(0, nx, cx):
+                    src = prev[:, 2 * y0:2 * (y0 + cy), 2 * x0:2 * (x0 + cx)]
+                    cur[:, y0:y0 + cy, x0:x0 + cx] = np.moveaxis(
+                        _downsample2(np.moveaxis(src, 0, 2)), 2, 0)
+            prev = cur
+
+    def _axes(self, channel: bool) -> list[dict[str, str]]:
+        sp = [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")]
+        if self.ps is None:
+            for a in sp:
+                del a["unit"]
+        return ([{"name": "c", "type": "channel"}] if channel else []) + sp
+
+    def _multiscales(self, n_levels: int, channel: bool, name: str) -> list[dict[str, Any]]:
+        ps = 1.0 if self.ps is None else self.ps
+        datasets = []
+        for lev in range(n_levels):
+            s = [ps * 2**lev, ps * 2**lev]
+            datasets.append({"path": str(lev), "coordinateTransformations": [
+                {"type": "scale", "scale": ([1.0] if channel else []) + s}]})
+        return [{"version": NGFF_VERSION, "name": name, "axes": self._axes(channel),
+                 "datasets": datasets, "type": "mean" if channel else "nearest"}]
+
+    def add_label(self, name: str) -> Any:
+        """Create an int32 label image ``labels/<name>`` (single level); return its array."""
+        labels = self.root.require_group("labels")
+        names = list(labels.attrs.get("labels", []))
+        g = labels.create_group(name)
+        ny, nx, _ = self.shape
+        arr = self._create(g, "0", (ny, nx), np.int32, self.chunks)
+        g.attrs.update({"multiscales": self._multiscales(1, False, name),
+                        "image-label": {"version": NGFF_VERSION,
+                                        "source": {"image": "../../"}}})
+        labels.attrs["labels"] = [*names, name]
+        return arr
+
+    def finish(self, extra_attrs: dict[str, Any] | None = None) -> Path:
+        self._build_pyramid()
+        if self.dtype.kind in "ui":
+            lo, hi = 0, int(np.iinfo(self.dtype).max)
+        else:
+            lo, hi = 0, 1
+        channels = [{"label": n, "color": _COLORS[i % len(_COLORS)], "active": True,
+                     "window": {"min": lo, "max": hi, "start": lo, "end": hi}}
+                    for i, n in enumerate(self.names)]
+        attrs: dict[str, Any] = {
+            "multiscales": self._multiscales(self.n_levels, True, self.name),
+            "omero": {"version": NGFF_VERSION, "name": self.name, "channels": channels,
+                      "rdefs": {"model": "color"}},
+        }
+        if extra_attrs:
+            attrs["qdmed"] = extra_attrs
+        self.root.attrs.update(attrs)
+        _replace_dir(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+
+
+def write_ome_zarr(
+    path: str | os.PathLike,
+    image_yxc: Any,
+    *,
+    channel_names: Sequence[str] | None = None,
+    pixel_size_um: float | None = None,
+    chunks: tuple[int, int] = (1024, 1024),
+    pyramid_levels: int | str = "auto",
+    overwrite: bool = True,
+) -> Path:
+    """Write an OME-Zarr image (NGFF 0.4 on Zarr format v2), chunk by chunk.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination folder, conventionally ``*.ome.zarr``.
+    image_yxc : ndarray or dask array, shape (Y, X, C) or (Y, X)
+        Image. A dask array is computed one chunk at a time, so memory stays bounded.
+    channel_names : sequence of str, optional
+        Written as ``omero.channels[].label``; default ``C0 .. C{n-1}``.
+    pixel_size_um : float, um per pixel, optional
+        Written as the ``scale`` coordinate transformation of each level (µm).
+    chunks : (int, int), px
+        Chunk shape in (y, x); each chunk holds one channel.
+    pyramid_levels : int or 'auto'
+        Levels including full resolution (2x2 mean per level); 'auto' halves until the
+        largest side fits in one chunk.
+    overwrite : bool
+        Replace an existing store (atomically: the new store is renamed into place).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    InputError
+        Bad image, channel names, pixel size or chunks, or an existing store with
+        ``overwrite=False``.
+    """
+    p = _check_dest(path, overwrite)
+    image = _check_image(image_yxc)
+    ny, nx, nc = (int(s) for s in image.shape)
+    names = _check_channel_names(channel_names, nc)
+    ps = _check_pixel_size(pixel_size_um)
+    chunks = _check_chunks(chunks)
+    n_levels = _auto_levels((ny, nx), max(chunks), pyramid_levels)
+    w = _ZarrImageWriter(p, (ny, nx, nc), image.dtype, channel_names=names, pixel_size_um=ps,
+                         chunks=chunks, pyramid_levels=n_levels, name=p.name)
+    try:
+        cy, cx = chunks
+        for y0 in range(0, ny, cy):
+            for x0 in range(0, nx, cx):
+                block = image[y0:y0 + cy, x0:x0 + cx, :]
+                if _is_dask(block):
+                    block = block.compute()
+                w.write(y0, x0, np.asarray(block))
+        return w.finish()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def _check_chunks(chunks: Any) -> tuple[int, int]:
+    try:
+        cy, cx = (int(c) for c in chunks)
+    except (TypeError, ValueError):
+        raise InputError(f"chunks must be a pair of positive integers (y, x), got "
+                         f"{chunks!r}") from None
+    if cy < 1 or cx < 1:
+        raise InputError(f"chunks must be a pair of positive integers (y, x), got {chunks!r}")
+    return cy, cx
+
+
+# --------------------------------------------------------------------------- reading
+@dataclass(frozen=True, eq=False)
+class SlideImage:
+    """A slide opened lazily by :func:`read_slide`.
+
+    Attributes
+    ----------
+    data : dask.array.Array, shape (Y, X, C)
+        Full-resolution image; nothing is read until computed.
+    channel_names : tuple of str
+        From the file, else ``C0 .. C{n-1}``.
+    pixel_size_um : float or None
+        um per pixel, from OME/NGFF metadata or TIFF resolution tags; None if absent.
+    path : pathlib.Path
+    format : str
+        ``'ome-tiff'``, ``'tiff'`` or ``'ome-zarr'``.
+    levels : tuple of dask arrays
+        All resolution levels, each (Y_l, X_l, C), level 0 first.
+    """
+
+    data: Any
+    channel_names: tuple[str, ...]
+    pixel_size_um: float | None
+    path: Path
+    format: str
+    levels: tuple[Any, ...] = field(default=(), repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (no pixel data)."""
+        return {"path": str(self.path), "format": self.format, "shape": list(self.shape),
+                "dtype": str(self.dtype), "channel_names": list(self.channel_names),
+                "pixel_size_um": self.pixel_size_um, "n_levels": len(self.levels)}
+
+
+def read_slide(path: str | os.PathLike) -> SlideImage:
+    """Open an OME-TIFF/TIFF (``.ome.tif``, ``.tif``, ``.tiff``) or OME-Zarr (``.zarr``,
+    ``.ome.zarr``) image lazily.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    SlideImage
+        A dask array (Y, X, C) plus channel names and pixel size. No file handle is kept
+        open: each chunk opens, reads and closes the file.
+
+    Raises
+    ------
+    InputError
+        The path does not exist or has an unsupported suffix.
+    FileFormatError
+        The file is not a readable TIFF/OME-Zarr, is truncated, or has inconsistent metadata
+        (the message names the file and what is wrong).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"slide file {str(p)!r} does not exist")
+    name = p.name.lower()
+    if name.endswith(_TIFF_SUFFIXES):
+        return _read_tiff(p)
+    if name.endswith(_ZARR_SUFFIXES):
+        return _read_zarr(p)
+    raise InputError(f"slide file {str(p)!r} has an unsupported suffix; accepted: "
+                     f"{', '.join(_TIFF_SUFFIXES + _ZARR_SUFFIXES)}")
+
+
+def _tiff_open(p: Path) -> Any:
+    import tifffile
+
+    try:
+        return tifffile.TiffFile(p)
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, KeyError) as e:
+        raise FileFormatError(f"{str(p)!r} is not a readable TIFF file: {e}") from e
+
+
+def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None]:
+    if not xml:
+        return None, None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise FileFormatError(f"{str(p)!r}: the OME-XML in ImageDescription is malformed: "
+                              f"{e}") from e
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
+                  None)
+    if pixels is None:
+        return None, None
+    names = [ch.get("Name") for ch in pixels if ch.tag.endswith("Channel")]
+    ps = None
+    if pixels.get("PhysicalSizeX") is not None:
+        unit = pixels.get("PhysicalSizeXUnit", "µm")
+        if unit not in _UNIT_TO_UM:
+            raise FileFormatError(f"{str(p)!r}: OME PhysicalSizeXUnit {unit!r} is not one of "
+                                  f"{sorted(_UNIT_TO_UM)}")
+        try:
+            ps = float(pixels.get("PhysicalSizeX")) * _UNIT_TO_UM[unit]
+        except ValueError as e:
+            raise FileFormatError(f"{str(p)!r}: OME PhysicalSizeX "
+                                  f"{pixels.get('PhysicalSizeX')!r} is not a number") from e
+    if names and any(n is None for n in names):
+        names = None
+    return (names or None), ps
+
+
+def _tiff_resolution_um(page: Any) -> float | None:
+    try:
+        xres = page.tags["XResolution"].value
+        unit = int(page.tags["ResolutionUnit"].value)
+    except KeyError:
+        return None
+    num, den = xres if isinstance(xres, tuple) else (xres, 1)
+    if not num or not den:
+        return None
+    per_unit = num / den
+    if unit == 3:  # centimetre
+        return 1e4 / per_unit
+    if unit == 2:  # inch
+        return 25400.0 / per_unit
+    return None
+
+
+def _read_tiff(p: Path) -> SlideImage:
+    size = p.stat().st_size
+    with _tiff_open(p) as tf:
+        try:
+            series = tf.series[0]
+            axes = series.axes
+            level_shapes = [tuple(lv.shape) for lv in series.levels]
+            for lv_i, lv in enumerate(series.levels):
+                for pg_i, pg in enumerate(lv.pages):
+                    if pg is None:
+                        raise FileFormatError(f"{str(p)!r}: page {pg_i} of level {lv_i} is "
+                                              f"missing (file truncated or corrupted)")
+                    offs, counts = pg.dataoffsets, pg.databytecounts
+                    if len(offs) == 0:
+                        raise FileFormatError(f"{str(p)!r}: page {pg_i} of level {lv_i} has "
+                                              f"no image data offsets")
+                    end = max(int(o) + int(c) for o, c in zip(offs, counts, strict=True))
+                    if end > size:
+                        raise FileFormatError(
+                            f"{str(p)!r} is truncated: page {pg_i} of level {lv_i} needs data "
+                            f"up to byte {end} but the file has {size} bytes")
+            dtype = np.dtype(series.dtype)
+            is_ome = bool(tf.is_ome)
+            names, ps = _ome_info(tf.ome_metadata if is_ome else None, p)
+            if ps is None:
+                ps = _tiff_resolution_um(series.pages[0])
+        except FileFormatError:
+            raise
+        except Exception as e:  # tifffile raises many types on corrupted structures
+            raise FileFormatError(f"{str(p)!r}: cannot parse the TIFF structure: "
+                                  f"{type(e).__name__}: {e}") from e
+    perm, squeeze = _axes_to_yxc(axes, level_shapes[0], p)
+    levels = []
+    for lv_i, shp in enumerate(level_shapes):
+        arr = _tiff_level_dask(p, lv_i, shp, dtype, axes)
+        arr = arr.reshape(tuple(s for i, s in enumerate(shp) if i not in squeeze))
+        arr = arr.transpose(perm) if arr.ndim == 3 else arr[:, :, None]
+        levels.append(arr)
+    nc = int(levels[0].shape[2])
+    if names is not None and len(names) != nc:
+        raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
+                              f"has {nc}")
+    return SlideImage(data=levels[0], channel_names=tuple(names) if names else
+                      _default_channel_names(nc), pixel_size_um=ps, path=p,
+                      format="ome-tiff" if is_ome else "tiff", levels=tuple(levels))
+
+
+def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:
+    """Axis permutation to (Y, X, C) after squeezing singleton non-spatial axes."""
+    squeeze = {i for i, a in enumerate(axes) if a not in "YX" and shape[i] == 1}
+    kept = [a for i, a in enumerate(axes) if i not in squeeze]
+    if "Y" not in kept or "X" not in kept:
+        raise FileFormatError(f"{str(p)!r}: image axes {axes!r} lack Y and X")
+    others = [a for a in kept if a not in "YX"]
+    if len(others) > 1:
+        raise FileFormatError(f"{str(p)!r}: image axes {axes!r} with shape {shape} have more "
+                              f"than one non-singleton non-spatial axis; expected one channel "
+                              f"axis (C, S, I or Q)")
+    if not others:
+        return (kept.index("Y"), kept.index("X")), squeeze
+    return (kept.index("Y"), kept.index("X"), kept.index(others[0])), squeeze
+
+
+def _tiff_level_dask(p: Path, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                     axes: str) -> Any:
+    """Lazy dask array of one TIFF level, read through tifffile's zarr store per chunk."""
+    import dask.array as da
+
+    yi, xi = axes.index("Y"), axes.index("X")
+    chunks = [min(s, 2048) if i in (yi, xi) else s for i, s in enumerate(shape)]
+    return da.map_blocks(_read_tiff_block, dtype=dtype, chunks=da.core.normalize_chunks(
+        tuple(chunks), shape), meta=np.empty((0,) * len(shape), dtype),
+        path=str(p), level=level)
+
+
+def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.ndarray:
+    import tifffile
+    import zarr
+
+    loc = block_info[None]["array-location"]
+    sel = tuple(slice(a, b) for a, b in loc)
+    try:
+        with tifffile.TiffFile(path) as tf:
+            store = tf.series[0].aszarr(level=level)
+            z = zarr.open_array(store, mode="r")
+            return np.asarray(z[sel])
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError) as e:
+        raise FileFormatError(f"{path!r}: cannot read level {level} region {loc}: {e}") from e
+
+
+def _read_zarr(p: Path) -> SlideImage:
+    import dask.array as da
+    import zarr
+
+    try:
+        root = zarr.open_group(str(p), mode="r")
+    except Exception as e:
+        raise FileFormatError(f"{str(p)!r} is not a readable Zarr group: "
+                              f"{type(e).__name__}: {e}") from e
+    attrs = dict(root.attrs)
+    if "ome" in attrs:  # NGFF 0.5 nests everything under "ome"
+        attrs = dict(attrs["ome"])
+    ms = attrs.get("multiscales")
+    if not ms or not isinstance(ms, list) or "datasets" not in ms[0]:
+        raise FileFormatError(f"{str(p)!r}: missing NGFF field 'multiscales' (with "
+                              f"'datasets') in the group attributes")
+    m = ms[0]
+    axes = [a["name"] if isinstance(a, dict) else str(a) for a in m.get("axes", [])]
+    levels, ps = [], None
+    for i, ds in enumerate(m["datasets"]):
+        try:
+            arr = root[ds["path"]]
+        except KeyError as e:
+            raise FileFormatError(f"{str(p)!r}: multiscales dataset path {ds['path']!r} does "
+                                  f"not exist") from e
+        if not axes:
+            axes = ["c", "y", "x"][-arr.ndim:] if arr.ndim <= 3 else []
+        if len(axes) != arr.ndim:
+            raise FileFormatError(f"{str(p)!r}: NGFF axes {axes} do not match array "
+                                  f"'{ds['path']}' with {arr.ndim} dimensions")
+        d = da.from_zarr(arr)
+        if i == 0:
+            for t in ds.get("coordinateTransformations", []):
+                if t.get("type") == "scale":
+                    unit = next((a.get("unit") for a in m.get("axes", [])
+                                 if isinstance(a, dict) and a.get("name") == "x"), None)
+                    ps = float(t["scale"][axes.index("x")]) * _UNIT_TO_UM.get(unit, 1.0) \
+                        if unit is not None else None
+        perm, squeeze = _axes_to_yxc("".join(a.upper() for a in axes), tuple(arr.shape), p)
+        d = d.reshape(tuple(s for j, s in enumerate(arr.shape) if j not in squeeze))
+        d = d.transpose(perm) if d.ndim == 3 else d[:, :, None]
+        levels.append(d)
+    nc = int(levels[0].shape[2])
+    names = None
+    ch = attrs.get("omero", {}).get("channels")
+    if ch:
+        names = [c.get("label") for c in ch]
+        if len(names) != nc or any(n is None for n in names):
+            names = None
+    return SlideImage(data=levels[0], channel_names=tuple(names) if names else
+                      _default_channel_names(nc), pixel_size_um=ps, path=p, format="ome-zarr",
+                      levels=tuple(levels))
+
+
+# --------------------------------------------------------------------------- truth
+def write_truth(directory: str | os.PathLike, field: Any, *, abundances: bool = False) -> Path:
+    """Write the ground truth of a synthetic field beside its image.
+
+    Files written into ``directory`` (created if needed), each atomically:
+    ``truth.parquet`` (the per-cell table), ``cells.tif`` and ``nuclei.tif`` (int32 labels,
+    zlib), ``truth.json`` (``field.to_dict()``: parameters, seed, provenance) and, with
+    ``abundances=True``, ``abundances.tif`` ((K+1, Y, X) float32, markers then
+    autofluorescence).
+
+    Parameters
+    ----------
+    directory : str or path-like
+    field : SyntheticField
+        From :func:`qdmed.imaging.simulate_field`.
+    abundances : bool
+        Also write the abundance maps.
+
+    Returns
+    -------
+    pathlib.Path
+        The directory.
+
+    Raises
+    ------
+    InputError
+        ``field`` lacks the truth attributes, or ``directory`` is a file.
+    """
+    import tifffile
+
+    d = Path(directory)
+    for attr in ("truth", "cells", "nuclei", "to_dict"):
+        if not hasattr(field, attr):
+            raise InputError(f"field must be a SyntheticField (missing attribute {attr!r}), "
+                             f"got {type(field).__name__}")
+    if d.exists() and not d.is_dir():
+        raise InputError(f"truth directory {str(d)!r} exists and is not a folder")
+    d.mkdir(parents=True, exist_ok=True)
+
+    def atomic(name: str, writer: Any) -> None:
+        dest = d / name
+        tmp = _tmp_sibling(dest)
+        try:
+            writer(tmp)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    atomic("truth.parquet", lambda t: field.truth.to_parquet(t, index=False))
+    atomic("cells.tif", lambda t: tifffile.imwrite(t, np.asarray(field.cells, np.int32),
+                                                   compression="zlib"))
+    atomic("nuclei.tif", lambda t: tifffile.imwrite(t, np.asarray(field.nuclei, np.int32),
+                                                    compression="zlib"))
+    if abundances:
+        atomic("abundances.tif", lambda t: tifffile.imwrite(
+            t, np.moveaxis(np.asarray(field.abundances, np.float32), 2, 0),
+            compression="zlib", metadata={"axes": "CYX"}))
+    atomic("truth.json", lambda t: t.write_text(json.dumps(field.to_dict(), sort_keys=True,
+                                                           indent=1)))
+    return d
+
+
+def read_truth(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read what :func:`write_truth` wrote.
+
+    Returns
+    -------
+    dict
+        ``truth`` (DataFrame), ``cells`` and ``nuclei`` (int32 arrays), ``summary`` (dict),
+        and ``abundances`` ((Y, X, K+1) float32) when present.
+
+    Raises
+    ------
+    FileFormatError
+        A file is missing or unreadable (the message names it).
+    """
+    import pandas as pd
+    import tifffile
+
+    d = Path(directory)
+    out: dict[str, Any] = {}
+    try:
+        out["truth"] = pd.read_parquet(d / "truth.parquet")
+        out["cells"] = tifffile.imread(d / "cells.tif")
+        out["nuclei"] = tifffile.imread(d / "nuclei.tif")
+        out["summary"] = json.loads((d / "truth.json").read_text())
+        if (d / "abundances.tif").exists():
+            out["abundances"] = np.moveaxis(tifffile.imread(d / "abundances.tif"), 0, 2)
+    except (OSError, ValueError, tifffile.TiffFileError) as e:
+        raise FileFormatError(f"truth folder {str(d)!r}: {type(e).__name__}: {e}") from e
+    return out
