@@ -81,7 +81,16 @@ def _labels2d(name: str, labels) -> np.ndarray:
         raise InputError(f"{name} must be an integer label image; got dtype {arr.dtype}.")
     if arr.size and arr.min() < 0:
         raise InputError(f"{name} must hold non-negative label ids; got minimum {arr.min()}.")
+    if arr.dtype == bool:
+        return arr.astype(np.int32)
     return arr
+
+
+def _compact_dtype(labels: np.ndarray) -> np.ndarray:
+    """Labels as int32, or int64 when ids do not fit in int32."""
+    if labels.size and int(labels.max()) >= 2**31:
+        return labels.astype(np.int64, copy=False)
+    return labels.astype(np.int32, copy=False)
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -115,8 +124,10 @@ def segment_nuclei(
         pretrained weights are fetched by those packages on first use, and the size filter
         is applied to their output too.
     threshold : {'otsu', 'local'} or float
-        Foreground threshold on the smoothed image: global Otsu, a local (mean of a
-        ``local_block_um`` window) threshold, or a fixed value.
+        Foreground threshold on the smoothed image: global Otsu; ``'local'``, the Bernsen
+        mid-range ``(max + min) / 2`` of a ``local_block_um`` square window (for uneven
+        illumination), floored at half the global Otsu threshold so that windows without
+        nuclei do not turn noise into objects; or a fixed value.
     smoothing_um : float, um
         Gaussian sigma applied before thresholding (0 disables).
     h_um : float, um
@@ -150,7 +161,9 @@ def segment_nuclei(
     ----------
     .. [1] N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans.
        Syst. Man Cybern. 9, 62-66 (1979). doi:10.1109/TSMC.1979.4310076
-    .. [2] N. Malpica et al., "Applying watershed algorithms to the segmentation of
+    .. [2] J. Bernsen, "Dynamic thresholding of grey-level images", Proc. 8th Int. Conf.
+       Pattern Recognition, Paris, 1251-1255 (1986).
+    .. [3] N. Malpica et al., "Applying watershed algorithms to the segmentation of
        clustered nuclei", Cytometry 28, 289-297 (1997).
        doi:10.1002/(SICI)1097-0320(19970801)28:4<289::AID-CYTO3>3.0.CO;2-7
 
@@ -193,7 +206,7 @@ def segment_nuclei(
 
 def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um):
     from scipy import ndimage as ndi
-    from skimage.filters import threshold_local, threshold_otsu
+    from skimage.filters import threshold_otsu
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -206,8 +219,8 @@ def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um):
             mask = smooth > threshold_otsu(smooth)
         elif threshold == "local":
             block = max(3, int(round(local_block_um / px)) | 1)
-            mask = smooth > threshold_local(smooth, block_size=block, method="mean")
-            mask &= smooth > smooth.min() + 0.05 * np.ptp(smooth)
+            local = 0.5 * (ndi.maximum_filter(smooth, size=block) + ndi.minimum_filter(smooth, size=block))
+            mask = (smooth > local) & (smooth > 0.5 * threshold_otsu(smooth))
         else:
             raise UnknownNameError(
                 f"Unknown threshold {threshold!r}; accepted: 'otsu', 'local' or a number."
@@ -280,7 +293,7 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
 
     Returns
     -------
-    cells : (Y, X) ndarray of int32
+    cells : (Y, X) ndarray of int32 (int64 if ids >= 2**31)
         Cell labels with the ids of their nuclei.
 
     Raises
@@ -305,7 +318,8 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     px = _positive("pixel_size_um", pixel_size_um)
     if not (math.isfinite(float(expansion_um)) and expansion_um >= 0):
         raise InputError(f"expansion_um must be a finite number >= 0; got {expansion_um!r}.")
-    return expand_labels(lab.astype(np.int32), distance=float(expansion_um) / px).astype(np.int32)
+    lab = _compact_dtype(lab)
+    return expand_labels(lab, distance=float(expansion_um) / px).astype(lab.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- compartments
@@ -315,7 +329,7 @@ class Compartments:
 
     Attributes
     ----------
-    nucleus, cytoplasm, membrane : ndarray of int32
+    nucleus, cytoplasm, membrane : ndarray of int32 (int64 if ids >= 2**31)
         ``nucleus | cytoplasm | membrane`` partitions ``cell``; the three are disjoint.
     cell : ndarray of int32
         The cell labels.
@@ -387,11 +401,11 @@ def compartments(
         raise InputError(
             f"membrane_width_um must be at least one pixel ({px} um); got {membrane_width_um!r}."
         )
-    cel = cel.astype(np.int32, copy=False)
+    cel = _compact_dtype(cel)
     mem = _membrane_mask(cel, width_px)
     nucm = (cel > 0) & (nuc == cel) & ~mem
     cyto = (cel > 0) & ~mem & ~nucm
-    zero = np.int32(0)
+    zero = cel.dtype.type(0)
     return Compartments(
         nucleus=np.where(nucm, cel, zero),
         cytoplasm=np.where(cyto, cel, zero),
@@ -423,6 +437,7 @@ def measurement_columns(marker_names: Sequence[str]) -> list[str]:
 
 def _dense_index(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cell ids (sorted) and an index image: 0 background, 1..n position in ``ids``."""
+    cells = cells.astype(np.int64, copy=False)
     maxid = int(cells.max()) if cells.size else 0
     if maxid <= 4 * cells.size + 1024:
         present = np.bincount(cells.ravel(), minlength=maxid + 1) > 0

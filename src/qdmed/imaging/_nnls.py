@@ -78,11 +78,13 @@ class _Prepared:
 
     a: np.ndarray  # (C, K) float64 endmembers
     norms: np.ndarray  # (K,) column 2-norms
-    kp: int  # K padded to the numba vector width (8 or 16)
-    an_pad: np.ndarray  # (C, KP) column-normalised endmembers, zero padded
+    an: np.ndarray  # (C, K) column-normalised endmembers A_n
+    pn: np.ndarray  # (C, K) A_n G^-1: unconstrained solution z = y @ pn
     gram: np.ndarray  # (K, K) normalised Gram matrix (unit diagonal)
-    t: np.ndarray  # (2^K, K, KP): z = b @ t[m]  (KKT vector of passive set m)
-    d: np.ndarray  # (2^K, KP): 1/norm_k on the passive set, 0 off it
+    t: np.ndarray  # (2^K, K, K): z = b @ t[m]  (KKT vector of passive set m)
+    d: np.ndarray  # (2^K, K): 1/norm_k on the passive set, 0 off it
+    members: np.ndarray  # (2^K, K) int64: indices in passive set m (first nmem[m] valid)
+    nmem: np.ndarray  # (2^K,) int64: size of passive set m
     rtol: float  # relative tolerance of the KKT sign tests
     cond: float  # condition number of the column-normalised endmember matrix
 
@@ -165,7 +167,6 @@ def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
     if not cond <= max_condition:
         raise InputError(_degeneracy_message(an, cond, max_condition))
     gram = an.T @ an
-    kp = 8 if k <= 8 else 16
     nsets = 1 << k
     members = (np.arange(nsets)[:, None] >> np.arange(k)) & 1  # (2^K, K)
     members = members.astype(bool)
@@ -180,18 +181,20 @@ def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
     # KKT vector for passive set S: z_S = x_S = Minv_S b on S, z = g = G x - b off S.
     gx = np.einsum("ij,mjl->mil", gram, minv) - np.eye(k)  # (2^K, K, K): g = gx @ b
     tk = np.where(members[:, :, None], minv, gx)  # rows: z_i = tk[m, i, :] @ b
-    t = np.zeros((nsets, k, kp))
-    t[:, :, :k] = np.transpose(tk, (0, 2, 1))  # z = b @ t[m]
-    d = np.zeros((nsets, kp))
-    d[:, :k] = np.where(members, 1.0 / norms, 0.0)
-    an_pad = np.zeros((c, kp))
-    an_pad[:, :k] = an
+    t = np.ascontiguousarray(np.transpose(tk, (0, 2, 1)))  # z = b @ t[m]
+    d = np.where(members, 1.0 / norms, 0.0)
+    nmem = sizes.astype(np.int64)
+    memidx = np.zeros((nsets, k), dtype=np.int64)
+    for m in range(nsets):
+        memidx[m, : nmem[m]] = np.flatnonzero(members[m])
+    pn = np.ascontiguousarray(an @ minv[-1])
     # sign tests must ignore rounding noise, which grows with cond(G) = cond(A_n)^2
     rtol = max(1e-12, 16 * np.finfo(float).eps * cond * cond)
-    for arr in (a, norms, an_pad, gram, t, d):
+    an = np.ascontiguousarray(an)
+    for arr in (a, norms, an, pn, gram, t, d, memidx, nmem):
         arr.setflags(write=False)
-    return _Prepared(a=a, norms=norms, kp=kp, an_pad=an_pad, gram=gram, t=t, d=d,
-                     rtol=float(rtol), cond=cond)
+    return _Prepared(a=a, norms=norms, an=an, pn=pn, gram=gram, t=t, d=d, members=memidx,
+                     nmem=nmem, rtol=float(rtol), cond=cond)
 
 
 def _check_pixels(pixels: Any, n_channels: int, name: str = "pixels") -> np.ndarray:
@@ -322,9 +325,9 @@ def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
 def _solve_shared_numpy(y: np.ndarray, prep: _Prepared, xp=np) -> Any:
     k = prep.gram.shape[0]
     yf = xp.asarray(y, dtype=np.float64)
-    b = yf @ xp.asarray(prep.an_pad[:, :k])  # (n, K) normalised b = A_n^T y
-    tol = prep.rtol * xp.max(xp.abs(b), axis=1)
-    t = xp.asarray(prep.t[:, :, :k])
+    b = yf @ xp.asarray(prep.an)  # (n, K) normalised b = A_n^T y
+    tol = prep.rtol * xp.sum(xp.abs(yf), axis=1)
+    t = xp.asarray(prep.t)
 
     def zfun(idx, masks):
         ba = b[idx]
@@ -341,7 +344,7 @@ def _solve_shared_numpy(y: np.ndarray, prep: _Prepared, xp=np) -> Any:
         return z
 
     z, masks = _bpp_driver(y.shape[0], k, zfun, tol, xp, _max_iter(k))
-    d = xp.asarray(prep.d[:, :k])
+    d = xp.asarray(prep.d)
     return xp.maximum(z, 0.0) * d[masks]
 
 
@@ -354,7 +357,7 @@ def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.n
     dn = np.sqrt(np.einsum("nkk->nk", g))  # per-pixel weighted column norms
     g = g / (dn[:, :, None] * dn[:, None, :])
     b = b / dn
-    tol = prep.rtol * np.max(np.abs(b), axis=1)
+    tol = prep.rtol * np.sum(np.abs(sw * y), axis=1)
     eye = np.eye(k, dtype=bool)
     bitk = np.arange(k)
 
@@ -385,134 +388,144 @@ _KERNELS: dict[int, Any] = {}
 _KERNEL_LOCK = threading.Lock()
 
 
-def _numba_kernel(kp: int):
+def _numba_kernel(k: int):
     with _KERNEL_LOCK:
-        if kp not in _KERNELS:
-            _KERNELS[kp] = _build_numba_kernel(kp)
-        return _KERNELS[kp]
+        if k not in _KERNELS:
+            _KERNELS[k] = _build_numba_kernel(k)
+        return _KERNELS[k]
 
 
+# Template of the numba kernel for a fixed K; the @...@ markers expand to one line per
+# component, so that every K-vector lives in K scalar locals (registers) rather than arrays.
 _KERNEL_SOURCE = """
-def kernel(y, an, t, d, k, rtol, max_iter, chunk, x, nonfinite):
+def kernel(y, gram, pn, t, d, members, nmem, rtol, max_iter, chunk, x, nonfinite):
     n, c = y.shape
-    full = (1 << k) - 1
+    full = (1 << K) - 1
     nchunks = (n + chunk - 1) // chunk
     for ci in prange(nchunks):
-        bv = np.zeros(KP)
+        bv = np.zeros(K)
         bad = 0
         stop = min(n, (ci + 1) * chunk)
         for p in range(ci * chunk, stop):
-            @B_INIT@
+            yp = y[p]
+            @INIT@
             fin = 0.0
+            s1 = 0.0
             for ch in range(c):
-                yc = np.float64(y[p, ch])
+                yc = np.float64(yp[ch])
                 fin += yc * 0.0  # NaN if yc is NaN or infinite
-                @B_ACC@
+                s1 += abs(yc)
+                pr = pn[ch]
+                @ACC@
             if fin != 0.0:
                 bad += 1
-                for i in range(k):
+                for i in range(K):
                     x[p, i] = np.nan
                 continue
-            @B_STORE@
-            tol = -rtol * max(@B_ABS@)
+            tol = -rtol * s1
             m = full
-            best = k + 1
-            back = BACKUP
-            converged = False
-            for _ in range(max_iter):
-                @Z_BLOCK@
-                inf = @INF@
-                if inf == 0:
-                    converged = True
-                    break
-                ninf = @NINF@
-                if ninf < best:
-                    best = ninf
-                    back = BACKUP
-                    m ^= inf
-                elif back > 0:
-                    back -= 1
-                    m ^= inf
-                else:  # Murty's rule: exchange only the largest infeasible index
-                    hi = 0
-                    for i in range(k):
-                        if (inf >> i) & 1:
-                            hi = i
-                    m ^= 1 << hi
-            if not converged:  # check every passive set; keep the least violation
-                best_v = np.inf
-                best_m = full
-                for mm in range(full + 1):
-                    m = mm
+            inf = @INF@
+            if inf != 0:  # not feasible: b = G z, then block principal pivoting
+                @B_FROM_Z@
+                @B_STORE@
+                best = K + 1
+                back = BACKUP
+                converged = False
+                for _ in range(max_iter):
+                    ninf = @NINF@
+                    if ninf < best:
+                        best = ninf
+                        back = BACKUP
+                        m ^= inf
+                    elif back > 0:
+                        back -= 1
+                        m ^= inf
+                    else:  # Murty's rule: exchange only the largest infeasible index
+                        hi = 0
+                        for i in range(K):
+                            if (inf >> i) & 1:
+                                hi = i
+                        m ^= 1 << hi
                     @Z_BLOCK@
-                    v = -min(@Z_LIST@)
-                    if v < best_v:
-                        best_v = v
-                        best_m = mm
-                m = best_m
-                @Z_BLOCK@
+                    inf = @INF@
+                    if inf == 0:
+                        converged = True
+                        break
+                if not converged:  # check every passive set; keep the least violation
+                    best_v = np.inf
+                    best_m = full
+                    for mm in range(full + 1):
+                        m = mm
+                        @Z_BLOCK@
+                        v = -min(0.0, @Z_LIST@)
+                        if v < best_v:
+                            best_v = v
+                            best_m = mm
+                    m = best_m
+                    @Z_BLOCK@
+            dm = d[m]
+            xp = x[p]
             @X_STORE@
         nonfinite[ci] = bad
 """
 
 
-def _kernel_source(kp: int) -> str:
-    """Source of the numba kernel with the K-vectors held in ``kp`` scalar registers."""
-    r = range(kp)
-
-    def block(lines, indent):
-        return ("\n" + " " * indent).join(lines)
-
-    z_block = block([*(f"z{i} = 0.0" for i in r), "for j in range(k):", "    bj = bv[j]",
-                     "    tj = t[m, j]", *(f"    z{i} += tj[{i}] * bj" for i in r)], 0)
-    subs = {
-        "@B_INIT@": block([f"b{i} = 0.0" for i in r], 12),
-        "@B_ACC@": block(["ar = an[ch]", *(f"b{i} += ar[{i}] * yc" for i in r)], 16),
-        "@B_STORE@": block([f"bv[{i}] = b{i}" for i in r], 12),
-        "@B_ABS@": ", ".join(f"abs(b{i})" for i in r),
+def _kernel_source(k: int) -> str:
+    """Source of the numba kernel for ``k`` components (K-vectors in scalar locals)."""
+    r = range(k)
+    z_block = [
+        *(f"z{i} = 0.0 if (m >> {i}) & 1 else -b{i}" for i in r),
+        "for jj in range(nmem[m]):",
+        "    j = members[m, jj]",
+        "    bj = bv[j]",
+        "    tj = t[m, j]",
+        *(f"    z{i} += tj[{i}] * bj" for i in r),
+    ]
+    lines = {
+        "@INIT@": [f"z{i} = 0.0" for i in r],
+        "@ACC@": [f"z{i} += pr[{i}] * yc" for i in r],
+        "@B_FROM_Z@": [f"b{i} = " + " + ".join(f"gram[{i}, {j}] * z{j}" for j in r)
+                       for i in r],
+        "@B_STORE@": [f"bv[{i}] = b{i}" for i in r],
+        "@X_STORE@": [f"xp[{i}] = z{i} * dm[{i}] if z{i} > 0.0 else 0.0" for i in r],
+        "@Z_BLOCK@": z_block,
+    }
+    inline = {
         "@INF@": " | ".join(f"({1 << i} if z{i} < tol else 0)" for i in r),
         "@NINF@": " + ".join(f"(1 if z{i} < tol else 0)" for i in r),
         "@Z_LIST@": ", ".join(f"z{i}" for i in r),
-        "@X_STORE@": block(["dm = d[m]", "xp = x[p]",
-                           *(f"if k > {i}:\n{' ' * 16}xp[{i}] = z{i} * dm[{i}] "
-                             f"if z{i} > 0.0 else 0.0" for i in r)], 12),
     }
-    src = _KERNEL_SOURCE
-    for key, val in subs.items():
-        src = src.replace(key, val)
-    # the z block appears at three indentations
     out = []
-    for line in src.splitlines():
-        if "@Z_BLOCK@" in line:
-            ind = len(line) - len(line.lstrip())
-            out.extend(" " * ind + z for z in z_block.splitlines())
-        else:
-            out.append(line)
+    for line in _KERNEL_SOURCE.splitlines():
+        key = line.strip()
+        if key in lines:
+            ind = " " * (len(line) - len(key))
+            out.extend(ind + item for item in lines[key])
+            continue
+        for mark, val in inline.items():
+            line = line.replace(mark, val)
+        out.append(line)
     return "\n".join(out)
 
 
-def _build_numba_kernel(kp: int):  # pragma: no cover - body runs compiled
-    """Compile (lazily) the kernel for K <= kp; K-vectors live in kp scalar variables.
-
-    The source is generated so that the K-vectors are plain local scalars (no array
-    aliasing), which LLVM's SLP vectoriser turns into SIMD registers.
-    """
-    import numba
+def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
+    """Compile the kernel for ``k`` components (lazily: on the first call that needs it)."""
     from numba import njit, prange
 
-    namespace = {"np": np, "prange": prange, "KP": kp, "BACKUP": _BACKUP_P}
-    exec(compile(_kernel_source(kp), f"<qdmed._nnls kernel kp={kp}>", "exec"), namespace)
+    namespace = {"np": np, "prange": prange, "K": k, "BACKUP": _BACKUP_P}
+    exec(compile(_kernel_source(k), f"<qdmed.imaging._nnls kernel K={k}>", "exec"), namespace)
     return njit(cache=False, fastmath=False, parallel=True, nogil=True)(namespace["kernel"])
 
 
 def _solve_numba(y: np.ndarray, prep: _Prepared) -> np.ndarray:
-    kernel = _numba_kernel(prep.kp)
-    n = y.shape[0]
     k = prep.gram.shape[0]
+    kernel = _numba_kernel(k)
+    n = y.shape[0]
     x = np.empty((n, k))
     nchunks = max(1, -(-n // _CHUNK))
     nonfinite = np.zeros(nchunks, dtype=np.int64)
-    kernel(y, prep.an_pad, prep.t, prep.d, k, prep.rtol, _max_iter(k), _CHUNK, x, nonfinite)
+    kernel(y, prep.gram, prep.pn, prep.t, prep.d, prep.members, prep.nmem, prep.rtol,
+           _max_iter(k), _CHUNK, x, nonfinite)
     count = int(nonfinite.sum())
     if count:
         _raise_nonfinite(count, n)
@@ -626,7 +639,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     after ``3K + 10`` steps the pixel falls back to testing all ``2^K`` sets. The solution
     is unique because ``A`` has full column rank, so it equals that of Lawson-Hanson [1]_
     (scipy.optimize.nnls) and of FNNLS/FCNNLS [2]_ [3]_. The numpy path groups pixels that
-    share a passive set, as FCNNLS does. ``tol = rtol * max|b_i|`` with
+    share a passive set, as FCNNLS does; the numba kernel computes the unconstrained
+    solution straight from ``y`` (``z = (A_n G^{-1})^T y``) and forms ``b = G z`` only for
+    pixels that need pivoting. ``tol = rtol * ||y||_1`` with
     ``rtol = max(1e-12, 16 eps cond^2)``; finally ``x = D^{-1} max(z_S, 0)``.
 
     References

@@ -172,7 +172,7 @@ def ensemble_fwhm_meV(material, diameter_nm, size_dispersion, *, sizing_model=No
 
 
 def predict_emission(material, core_diameter_nm, *, shell=None, shell_thickness_nm=0.0,
-                     size_dispersion=0.05, stokes_shift_meV=None, homogeneous_fwhm_meV=0.0,
+                     size_dispersion=0.08, stokes_shift_meV=None, homogeneous_fwhm_meV=0.0,
                      sizing_model=None, extrapolate=False) -> EmissionPrediction:
     """Emission peak and linewidth of a core or core/shell QD.
 
@@ -208,7 +208,7 @@ def predict_emission(material, core_diameter_nm, *, shell=None, shell_thickness_
 
 def core_for_emission(material, emission_nm, *, shell=None, shell_thickness_nm=0.0,
                       stokes_shift_meV=None, sizing_model=None, extrapolate=False,
-                      size_dispersion=0.05) -> EmissionPrediction:
+                      size_dispersion=0.08) -> EmissionPrediction:
     """Solve the core diameter whose (core/shell) emission peaks at ``emission_nm``.
 
     Bracketed root finding (brentq) over the sizing curve's diameter range.
@@ -241,7 +241,7 @@ def core_for_emission(material, emission_nm, *, shell=None, shell_thickness_nm=0
             f"emission {target:g} nm is outside what {curve.material}"
             f"{'/' + shell if shell else ''} reaches inside the validity range of {curve.name}: "
             f"{e_lo:.1f}-{e_hi:.1f} nm (core {lo:.2f}-{hi:.2f} nm)"
-            + ("" if extrapolate else "; pass extrapolate=True to extend it")
+            + ("" if extrapolate else "; pass extrapolate=True (CLI: --extrapolate) to extend it")
         )
     d = brentq(lambda x: em(x).emission_peak_nm - target, lo, hi, xtol=1e-5)
     if extrapolate:

@@ -92,7 +92,7 @@ class SizingCurve:
                 f"of sizing curve {self.name} ({self.reference.citation.split('.')[0]})"
             )
             if not extrapolate:
-                raise OutOfRangeError(msg + "; pass extrapolate=True to evaluate anyway")
+                raise OutOfRangeError(msg + "; pass extrapolate=True (CLI: --extrapolate) to evaluate anyway")
             warnings.warn(msg + "; extrapolating", ExtrapolationWarning, stacklevel=4)
 
     # -- forward / inverse ----------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""The ``qdmed`` command line: parses, calls one library function, prints.
+
+Exit codes: 0 success; 2 bad input (one line on stderr naming the value); 1 internal error.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import typer
+
+from qdmed import __version__
+
+app = typer.Typer(help="qdmed: quantum-dot cancer nanomedicine toolkit.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"qdmed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """qdmed: design QD probes, model their optics, analyse multiplexed QD images."""
+
+
+def _register():
+    from qdmed.cli import demo, design, optics
+
+    app.add_typer(optics.app, name="optics")
+    app.command(name="design")(design.design)
+    app.command(name="demo")(demo.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    import click
+
+    from qdmed.errors import ExtrapolationWarning, InputError, QdmedError
+
+    _register()
+    warnings.simplefilter("default", ExtrapolationWarning)
+    warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
+    try:
+        app(args=argv, prog_name="qdmed", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    except click.UsageError as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except InputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except QdmedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # last resort: one line, exit 1, never a traceback dump
+        typer.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        return 1
+
+
+def _console_main():  # pragma: no cover - console-script wrapper
+    sys.exit(main())

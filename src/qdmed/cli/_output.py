@@ -1,0 +1,51 @@
+"""Printing helpers shared by CLI commands: JSON (sorted keys) to stdout, rich tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, np.generic):
+        return _jsonable(o.item())
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def print_json(obj) -> None:
+    print(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+
+
+def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = columns or (list(rows[0]) if rows else [])
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[_cell(r.get(c, "")) for c in cols])
+    Console().print(t)
+
+
+def print_kv(title: str, data: dict) -> None:
+    print_table(title, [{"quantity": k, "value": v} for k, v in data.items()])
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return ", ".join(_cell(x) for x in v)
+    return "" if v is None else str(v)

@@ -1,0 +1,412 @@
+"""Brightfield haematoxylin-DAB colour deconvolution and per-cell DAB scoring.
+
+Used to compare QD fluorescence scoring with conventional chromogenic IHC. Optical density
+(Beer-Lambert, base 10) of each RGB channel is a non-negative combination of stain OD
+vectors; colour deconvolution inverts that 3 x 3 mixing (Ruifrok & Johnston 2001), with the
+stain vectors either the published H-DAB ones or estimated from the image (Macenko 2009).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError, UnknownNameError
+
+__all__ = [
+    "RUIFROK_H_DAB",
+    "DabScore",
+    "StainSeparation",
+    "deconvolve_dab",
+    "estimate_stain_vectors",
+    "score_dab",
+    "stain_matrix_from_vectors",
+]
+
+_REF_RUIFROK = (
+    "Ruifrok AC, Johnston DA. Quantification of histochemical staining by color "
+    "deconvolution. Anal Quant Cytol Histol 2001;23(4):291-299 (PMID 11531144)"
+)
+_REF_MACENKO = (
+    "Macenko M, Niethammer M, Marron JS, et al. A method for normalizing histology slides "
+    "for quantitative analysis. Proc IEEE ISBI 2009:1107-1110. doi:10.1109/ISBI.2009.5193250"
+)
+
+
+def stain_matrix_from_vectors(hematoxylin, dab) -> np.ndarray:
+    """Stain matrix (rows: haematoxylin, DAB, residual) from two RGB OD vectors.
+
+    Parameters
+    ----------
+    hematoxylin, dab : array_like of 3 float
+        OD of each stain in the R, G, B channels (any positive scale).
+
+    Returns
+    -------
+    (3, 3) ndarray
+        Unit-norm rows; the residual row is the normalised cross product ``h x d``, orthogonal
+        to both stains (as scikit-image's ``rgb_from_hdx``), so the haematoxylin and DAB
+        concentrations are the least-squares fit of each pixel's OD in the stain plane.
+        (Ruifrok & Johnston instead fill the third row with ``sqrt(1 - h_c^2 - d_c^2)``;
+        that row is not orthogonal and leaks part of the off-plane OD into the stains.)
+
+    Raises
+    ------
+    InputError
+        Vectors not three finite non-negative numbers, zero, or parallel.
+    """
+    rows = []
+    for name, v in (("hematoxylin", hematoxylin), ("dab", dab)):
+        a = np.asarray(v, dtype=np.float64)
+        if a.shape != (3,) or not np.all(np.isfinite(a)) or np.any(a < 0) or not a.any():
+            raise InputError(f"{name} stain vector must be 3 finite non-negative OD values, not all 0; got {v!r}.")
+        rows.append(a / np.linalg.norm(a))
+    res = np.cross(rows[0], rows[1])
+    nr = np.linalg.norm(res)
+    if nr < 1e-6:
+        raise InputError("hematoxylin and dab stain vectors are parallel; they cannot be separated.")
+    res = res / nr
+    return np.vstack([rows[0], rows[1], res])
+
+
+#: Ruifrok & Johnston (2001) H-DAB stain OD vectors (R, G, B): haematoxylin
+#: (0.650, 0.704, 0.286), DAB (0.268, 0.570, 0.776); third row = normalised cross product
+#: (orthogonal residual, see :func:`stain_matrix_from_vectors`).
+RUIFROK_H_DAB = stain_matrix_from_vectors((0.650, 0.704, 0.286), (0.268, 0.570, 0.776))
+RUIFROK_H_DAB.setflags(write=False)
+
+
+def _rgb(rgb) -> np.ndarray:
+    """RGB as transmittance in (0, 1]: uint8 / 255, or float already in [0, 1]."""
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise InputError(f"rgb must be a (Y, X, 3) array; got shape {a.shape}.")
+    if a.dtype == np.uint8:
+        t = a.astype(np.float64) / 255.0
+    elif np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"integer rgb must be uint8 (0-255); got dtype {a.dtype}. Convert floats to [0, 1].")
+    elif np.issubdtype(a.dtype, np.floating):
+        t = a.astype(np.float64)
+        if not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > 1:
+            raise InputError(
+                f"float rgb must be finite and within [0, 1]; got min {np.nanmin(t)} and max {np.nanmax(t)}."
+            )
+    else:
+        raise InputError(f"rgb must be uint8 or float; got dtype {a.dtype}.")
+    return np.maximum(t, 1.0 / 255.0)
+
+
+def _optical_density(rgb, background: float) -> np.ndarray:
+    return -np.log10(_rgb(rgb) / background)
+
+
+def _matrix(stain_matrix) -> np.ndarray:
+    m = RUIFROK_H_DAB if stain_matrix is None else np.asarray(stain_matrix, dtype=np.float64)
+    if m.shape != (3, 3) or not np.all(np.isfinite(m)):
+        raise InputError(f"stain_matrix must be a finite (3, 3) array (rows H, DAB, residual); got shape {m.shape}.")
+    if abs(np.linalg.det(m)) < 1e-9:
+        raise InputError("stain_matrix is singular; its three rows must be linearly independent.")
+    return m
+
+
+@dataclass(frozen=True, eq=False)
+class StainSeparation:
+    """Stain concentrations (OD units) of a brightfield H-DAB image.
+
+    Attributes
+    ----------
+    hematoxylin, dab, residual : (Y, X) ndarray of float
+        Concentrations such that ``OD = H h + D d + R r`` (h, d, r the unit stain rows).
+    stain_matrix : (3, 3) ndarray
+    background : float
+        Transmittance taken as unstained glass (1 = pure white).
+    clipped : bool
+        Whether negative concentrations were set to 0.
+    """
+
+    hematoxylin: np.ndarray
+    dab: np.ndarray
+    residual: np.ndarray
+    stain_matrix: np.ndarray
+    background: float
+    clipped: bool
+
+    def to_rgb(self) -> np.ndarray:
+        """Reconstruct the RGB image (float in [0, 1]) from the concentrations."""
+        conc = np.stack([self.hematoxylin, self.dab, self.residual], axis=-1)
+        od = conc @ self.stain_matrix
+        return np.clip(self.background * 10.0 ** (-od), 0.0, 1.0)
+
+
+def deconvolve_dab(rgb, *, stain_matrix=None, background: float = 1.0, clip: bool = True) -> StainSeparation:
+    """Separate haematoxylin and DAB by colour deconvolution.
+
+    Parameters
+    ----------
+    rgb : (Y, X, 3) uint8 or float in [0, 1]
+        Brightfield image.
+    stain_matrix : (3, 3) array_like, optional
+        Rows = unit OD vectors of haematoxylin, DAB, residual. Default
+        :data:`RUIFROK_H_DAB`; :func:`estimate_stain_vectors` gives an image-specific one.
+    background : float in (0, 1]
+        Transmittance of unstained glass (white level); 1 for a white-balanced image.
+    clip : bool
+        Set negative haematoxylin and DAB concentrations (noise, colours outside the stain
+        cone) to 0; the residual (signed, orthogonal to both stains) is never clipped.
+
+    Returns
+    -------
+    StainSeparation
+
+    Raises
+    ------
+    InputError
+        Bad image, stain matrix or background.
+
+    Notes
+    -----
+    ``OD_c = -log10(I_c / I0)`` per channel (intensities floored at 1/255), then
+    ``C = OD M^-1`` (Ruifrok & Johnston 2001). Unlike :func:`skimage.color.rgb2hed`, the
+    output is in base-10 OD units (rgb2hed divides natural-log OD by ``-log(1e-6)``).
+
+    References
+    ----------
+    .. [1] Ruifrok AC, Johnston DA, "Quantification of histochemical staining by color
+       deconvolution", Anal Quant Cytol Histol 23, 291-299 (2001). PMID 11531144.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> white = np.ones((2, 2, 3))
+    >>> float(deconvolve_dab(white).dab.max())
+    0.0
+    """
+    bg = float(background)
+    if not (0 < bg <= 1):
+        raise InputError(f"background must be a transmittance in (0, 1]; got {background!r}.")
+    m = _matrix(stain_matrix)
+    od = _optical_density(rgb, bg)
+    conc = od @ np.linalg.inv(m)
+    if clip:
+        conc[..., :2] = np.maximum(conc[..., :2], 0.0)
+    return StainSeparation(
+        hematoxylin=conc[..., 0],
+        dab=conc[..., 1],
+        residual=conc[..., 2],
+        stain_matrix=m.copy(),
+        background=bg,
+        clipped=bool(clip),
+    )
+
+
+def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, background: float = 1.0) -> np.ndarray:
+    """Estimate H and DAB stain vectors from the image (Macenko et al. 2009).
+
+    Parameters
+    ----------
+    rgb : (Y, X, 3) uint8 or float in [0, 1]
+    beta : float, OD
+        Pixels with OD below ``beta`` in any channel (near-transparent) are ignored.
+    alpha : float, percent
+        Robust extreme angles are the ``alpha`` and ``100 - alpha`` percentiles.
+    background : float in (0, 1]
+        Transmittance of unstained glass.
+
+    Returns
+    -------
+    (3, 3) ndarray
+        Stain matrix (rows H, DAB, residual) for :func:`deconvolve_dab`.
+
+    Raises
+    ------
+    InputError
+        Fewer than 100 stained pixels, bad parameters, or degenerate (single-stain) data.
+
+    Notes
+    -----
+    The OD vectors of stained pixels lie close to the plane of the two stains: take the
+    plane of the two largest eigenvectors of their OD covariance, project, and take the
+    directions at the ``alpha`` / ``100 - alpha`` percentiles of the angle as the stain
+    vectors. The one with the larger red OD component is haematoxylin (blue-purple absorbs
+    red), the other DAB (brown absorbs blue).
+
+    References
+    ----------
+    .. [1] Macenko M et al., "A method for normalizing histology slides for quantitative
+       analysis", Proc. IEEE ISBI 2009, 1107-1110. doi:10.1109/ISBI.2009.5193250
+    """
+    b = float(beta)
+    a = float(alpha)
+    if not (b >= 0 and math.isfinite(b)):
+        raise InputError(f"beta must be a finite OD >= 0; got {beta!r}.")
+    if not 0 <= a < 50:
+        raise InputError(f"alpha must be a percentile in [0, 50); got {alpha!r}.")
+    bg = float(background)
+    if not (0 < bg <= 1):
+        raise InputError(f"background must be a transmittance in (0, 1]; got {background!r}.")
+    od = _optical_density(rgb, bg).reshape(-1, 3)
+    od = od[np.all(od > b, axis=1)]
+    if od.shape[0] < 100:
+        raise InputError(f"only {od.shape[0]} pixels have OD > beta={b} in every channel; need >= 100 to estimate stain vectors.")
+    _, vecs = np.linalg.eigh(np.cov(od, rowvar=False))
+    plane = vecs[:, [2, 1]]  # largest two
+    plane *= np.where(plane[0] < 0, -1.0, 1.0)  # point into the positive-OD octant
+    proj = od @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [a, 100.0 - a])
+    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    v1, v2 = np.maximum(v1, 0.0), np.maximum(v2, 0.0)  # stain OD vectors are non-negative
+    h, d = (v1, v2) if v1[0] / np.linalg.norm(v1) >= v2[0] / np.linalg.norm(v2) else (v2, v1)
+    return stain_matrix_from_vectors(h, d)
+
+
+@dataclass(frozen=True)
+class DabScore:
+    """Per-cell DAB scoring of a brightfield image.
+
+    Attributes
+    ----------
+    n_cells : int
+    percent_0, percent_1plus, percent_2plus, percent_3plus : float
+        Percent of cells per DAB class of their ``compartment`` mean OD.
+    h_score : float
+        ``1 * %1+ + 2 * %2+ + 3 * %3+``.
+    od_cutoffs : tuple of 3 float, OD
+    compartment : str
+    stain_matrix : tuple of tuples
+    cells : pandas.DataFrame
+        :func:`measure_cells` table (markers ``hematoxylin``, ``DAB``) plus ``dab_class``.
+    labels : (Y, X) ndarray of int32
+        Cell labels.
+    """
+
+    n_cells: int
+    percent_0: float
+    percent_1plus: float
+    percent_2plus: float
+    percent_3plus: float
+    h_score: float
+    od_cutoffs: tuple[float, float, float]
+    compartment: str
+    stain_matrix: tuple
+    cells: Any = field(repr=False, compare=False)
+    labels: Any = field(repr=False, compare=False)
+    references: tuple[str, ...] = (_REF_RUIFROK,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the summary fields (no per-cell table or labels)."""
+        d = {k: v for k, v in asdict(self).items() if k not in ("cells", "labels")}
+        d["od_cutoffs"] = list(d["od_cutoffs"])
+        d["stain_matrix"] = [list(r) for r in d["stain_matrix"]]
+        d["references"] = list(d["references"])
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def score_dab(
+    rgb,
+    *,
+    od_cutoffs,
+    pixel_size_um: float = 0.5,
+    stain_matrix="ruifrok",
+    compartment: str = "membrane",
+    expansion_um: float = 5.0,
+    membrane_width_um: float = 1.0,
+    min_area_um2: float = 10.0,
+    max_area_um2: float = 400.0,
+    background: float = 1.0,
+) -> DabScore:
+    """Segment cells on haematoxylin and score their DAB OD into 0 / 1+ / 2+ / 3+.
+
+    Parameters
+    ----------
+    rgb : (Y, X, 3) uint8 or float in [0, 1]
+        Brightfield H-DAB image.
+    od_cutoffs : (t1, t2, t3), strictly increasing, OD
+        Cell class 1+ for ``t1 <= OD < t2``, 2+ for ``t2 <= OD < t3``, 3+ for ``OD >= t3``.
+        Required: chromogen OD depends on protocol and scanner, so no default is shipped;
+        calibrate on control tissue.
+    pixel_size_um : float, um per pixel
+    stain_matrix : 'ruifrok', 'macenko' or (3, 3) array_like
+        Published vectors, vectors estimated from this image, or your own.
+    compartment : {'membrane', 'cell', 'cytoplasm', 'nucleus'}
+        Compartment whose mean DAB OD is scored.
+    expansion_um, membrane_width_um, min_area_um2, max_area_um2 : float
+        Passed to :func:`expand_cells`, :func:`compartments`, :func:`segment_nuclei`.
+    background : float in (0, 1]
+        White level (transmittance of glass).
+
+    Returns
+    -------
+    DabScore
+
+    Raises
+    ------
+    InputError
+        Bad image or cut-offs.
+    UnknownNameError
+        Unknown ``stain_matrix`` name or compartment.
+
+    Notes
+    -----
+    Nuclei: :func:`segment_nuclei` (Otsu + watershed) on the haematoxylin OD; cells: nuclei
+    expanded by ``expansion_um``; per-cell means by :func:`measure_cells` with markers
+    ``hematoxylin`` and ``DAB`` and membrane completeness thresholded at ``t1``. The H-score
+    uses the same three cut-offs (McCarty et al. 1985). DAB is not stoichiometric
+    (enzymatic amplification, and dark brown departs from Beer-Lambert), so OD classes are
+    semi-quantitative; that is why QD signal is preferred for quantification.
+    """
+    from qdmed.imaging._cells import COMPARTMENTS, expand_cells, measure_cells, segment_nuclei
+
+    t = tuple(float(x) for x in np.asarray(od_cutoffs, dtype=np.float64).ravel())
+    if len(t) != 3 or not all(math.isfinite(x) for x in t) or not (t[0] < t[1] < t[2]):
+        raise InputError(f"od_cutoffs must be three strictly increasing finite ODs (t1, t2, t3); got {od_cutoffs!r}.")
+    if compartment not in COMPARTMENTS:
+        raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {COMPARTMENTS}.")
+    if isinstance(stain_matrix, str):
+        if stain_matrix == "ruifrok":
+            m = RUIFROK_H_DAB
+        elif stain_matrix == "macenko":
+            m = estimate_stain_vectors(rgb, background=background)
+        else:
+            raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
+    else:
+        m = stain_matrix
+    sep = deconvolve_dab(rgb, stain_matrix=m, background=background)
+    nuclei = segment_nuclei(
+        sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2, max_area_um2=max_area_um2
+    )
+    cells = expand_cells(nuclei, expansion_um=expansion_um, pixel_size_um=pixel_size_um)
+    ab = np.stack([sep.hematoxylin, sep.dab], axis=-1)
+    df = measure_cells(
+        ab,
+        nuclei,
+        cells,
+        marker_names=["hematoxylin", "DAB"],
+        pixel_size_um=pixel_size_um,
+        membrane_width_um=membrane_width_um,
+        completeness_threshold=t[0],
+    )
+    vals = np.nan_to_num(np.asarray(df[f"DAB_{compartment}_mean"], dtype=np.float64), nan=0.0)
+    klass = np.searchsorted(np.asarray(t), vals, side="right")
+    df["dab_class"] = np.asarray(("0", "1+", "2+", "3+"), dtype=object)[klass]
+    n = len(df)
+    pct = 100.0 * np.bincount(klass, minlength=4) / n if n else np.full(4, np.nan)
+    refs = (_REF_RUIFROK, _REF_MACENKO) if isinstance(stain_matrix, str) and stain_matrix == "macenko" else (_REF_RUIFROK,)
+    return DabScore(
+        n_cells=int(n),
+        percent_0=float(pct[0]),
+        percent_1plus=float(pct[1]),
+        percent_2plus=float(pct[2]),
+        percent_3plus=float(pct[3]),
+        h_score=float(pct[1] + 2 * pct[2] + 3 * pct[3]),
+        od_cutoffs=t,
+        compartment=compartment,
+        stain_matrix=tuple(tuple(float(x) for x in r) for r in sep.stain_matrix),
+        cells=df,
+        labels=cells,
+        references=refs,
+    )

@@ -1,0 +1,15 @@
+"""Reports: render results (their ``to_dict()`` and ``plot()``) into self-contained HTML,
+and write every output file atomically."""
+
+from qdmed.report._atomic import atomic_write_bytes, atomic_write_text
+from qdmed.report._html import (
+    HtmlReport,
+    dict_to_html_table,
+    figure_to_html,
+    records_to_html_table,
+)
+
+__all__ = [
+    "HtmlReport", "atomic_write_bytes", "atomic_write_text", "dict_to_html_table",
+    "figure_to_html", "records_to_html_table",
+]
