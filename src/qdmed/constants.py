@@ -50,8 +50,11 @@ def fwhm_nm_to_mev(fwhm_nm, center_nm):
 
 
 def fwhm_mev_to_nm(fwhm_mev, center_nm):
-    """Inverse of :func:`fwhm_nm_to_mev`: linewidth in nm of a line of width ``fwhm_mev``
-    centred (in energy) at ``center_nm``."""
-    e0 = HC_EV_NM / np.asarray(center_nm, dtype=float)
-    half = np.asarray(fwhm_mev, dtype=float) / 2000.0
-    return HC_EV_NM / (e0 - half) - HC_EV_NM / (e0 + half)
+    """Exact inverse of :func:`fwhm_nm_to_mev`: the width w (nm), centred at ``center_nm``,
+    whose end points differ by ``fwhm_mev`` in photon energy.
+
+    Solves hc w / (lambda^2 - w^2/4) = W for w: w = 2 (sqrt(hc^2 + W^2 lambda^2) - hc) / W.
+    """
+    w_ev = np.asarray(fwhm_mev, dtype=float) / 1000.0
+    lam = np.asarray(center_nm, dtype=float)
+    return 2.0 * (np.sqrt(HC_EV_NM**2 + (w_ev * lam) ** 2) - HC_EV_NM) / w_ev

@@ -38,8 +38,6 @@ def _register():
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
-    import click
-
     from qdmed.errors import ExtrapolationWarning, InputError, QdmedError
 
     _register()
@@ -48,14 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="qdmed", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        return 1
-    except click.UsageError as exc:
-        typer.echo(f"error: {exc.format_message()}", err=True)
-        return 2
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -65,7 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except Exception as exc:  # last resort: one line, exit 1, never a traceback dump
+    except Exception as exc:
+        # click's exceptions, from click or typer's vendored copy, recognised by class name
+        names = {c.__name__ for c in type(exc).__mro__}
+        if "Exit" in names:
+            return int(getattr(exc, "exit_code", 0))
+        if "Abort" in names:
+            typer.echo("aborted", err=True)
+            return 1
+        if "UsageError" in names:
+            msg = exc.format_message()
+            if msg:
+                typer.echo(f"error: {msg}", err=True)
+            return 2
+        # last resort: one line, exit 1, never a traceback dump
         typer.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         return 1
 

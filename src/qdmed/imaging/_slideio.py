@@ -120,14 +120,19 @@ def _auto_levels(shape_yx: tuple[int, int], tile: int, pyramid_levels: int | str
 
 
 def _downsample2(a: np.ndarray) -> np.ndarray:
-    """2x2 mean of a (Y, X, ...) array; a trailing odd row/column is averaged on its own."""
+    """2x2 mean of a (Y, X, ...) array; a trailing odd row/column is averaged on its own.
+
+    Integer results are rounded half to even; sums of <= 16-bit integers are exact in float32.
+    """
     y, x = a.shape[:2]
-    f = a.astype(np.float64)
     if y % 2:
-        f = np.concatenate([f, f[-1:]], axis=0)
+        a = np.concatenate([a, a[-1:]], axis=0)
     if x % 2:
-        f = np.concatenate([f, f[:, -1:]], axis=1)
-    out = 0.25 * (f[0::2, 0::2] + f[1::2, 0::2] + f[0::2, 1::2] + f[1::2, 1::2])
+        a = np.concatenate([a, a[:, -1:]], axis=1)
+    small = a.dtype.kind in "ui" and a.dtype.itemsize <= 2 or a.dtype == np.float32
+    f = a.astype(np.float32 if small else np.float64, copy=False)
+    out = f.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, *a.shape[2:]).sum(axis=(1, 3))
+    out *= 0.25
     if a.dtype.kind in "ui":
         info = np.iinfo(a.dtype)
         out = np.clip(np.rint(out), info.min, info.max)
@@ -305,7 +310,17 @@ class _ZarrImageWriter:
         self.name = name
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
         ny, nx, nc = shape_yxc
-        self.level0 = self._create(self.root, "0", (nc, ny, nx), self.dtype, (1, *chunks))
+        self.levels = []
+        for lev in range(pyramid_levels):
+            # chunks halve with the level (down to 256 px) so that blocks halved from level 0
+            # fill whole chunks: no read-modify-write of compressed chunks
+            lch = tuple(max(min(c, 256), c >> lev) for c in chunks)
+            self.levels.append(self._create(self.root, str(lev), (nc, ny, nx), self.dtype,
+                                            (1, *lch)))
+            ny, nx = (ny + 1) // 2, (nx + 1) // 2
+        # level l is filled while level 0 is written as long as every block can be halved
+        # exactly (even origin, even size or touching the far edge); else rebuilt in finish()
+        self.incremental = [True] * pyramid_levels
 
     def _create(self, group: Any, name: str, shape: tuple[int, ...], dtype: Any,
                 chunks: tuple[int, ...]) -> Any:
@@ -317,23 +332,32 @@ class _ZarrImageWriter:
                                   compressors=comp, fill_value=0,
                                   chunk_key_encoding={"name": "v2", "separator": "/"})
 
-    def write(self, y0: int, x0: int, block_yxc: np.ndarray) -> None:
+    def write(self, y0: int, x0: int, block_yxc: np.ndarray, level: int = 0) -> None:
+        """Write a (Y, X, C) block at (y0, x0) of ``level`` and its reduced versions."""
         by, bx = block_yxc.shape[:2]
-        self.level0[:, y0:y0 + by, x0:x0 + bx] = np.moveaxis(block_yxc, 2, 0)
+        arr = self.levels[level]
+        arr[:, y0:y0 + by, x0:x0 + bx] = np.moveaxis(block_yxc, 2, 0)
+        nxt = level + 1
+        if nxt >= self.n_levels or not self.incremental[nxt]:
+            return
+        _, ly, lx = arr.shape
+        if (y0 % 2 or x0 % 2 or (by % 2 and y0 + by != ly) or (bx % 2 and x0 + bx != lx)):
+            self.incremental[nxt:] = [False] * (self.n_levels - nxt)
+            return
+        self.write(y0 // 2, x0 // 2, _downsample2(block_yxc), nxt)
 
     def _build_pyramid(self) -> None:
-        prev = self.level0
         for lev in range(1, self.n_levels):
-            nc, py, px = prev.shape
-            ny, nx = (py + 1) // 2, (px + 1) // 2
-            cur = self._create(self.root, str(lev), (nc, ny, nx), self.dtype, (1, *self.chunks))
-            cy, cx = self.chunks
-            for y0 in range(0, ny, cy):
-                for x0 in range(0, nx, cx):
-                    src = prev[:, 2 * y0:2 * (y0 + cy), 2 * x0:2 * (x0 + cx)]
-                    cur[:, y0:y0 + cy, x0:x0 + cx] = np.moveaxis(
-                        _downsample2(np.moveaxis(src, 0, 2)), 2, 0)
-            prev = cur
+            if self.incremental[lev]:
+                continue
+            prev, cur = self.levels[lev - 1], self.levels[lev]
+            nc, ny, nx = cur.shape
+            cy, cx = cur.chunks[1:]
+            for c in range(nc):  # one channel plane of one chunk at a time: bounded memory
+                for y0 in range(0, ny, cy):
+                    for x0 in range(0, nx, cx):
+                        src = prev[c, 2 * y0:2 * (y0 + cy), 2 * x0:2 * (x0 + cx)]
+                        cur[c, y0:y0 + cy, x0:x0 + cx] = _downsample2(src)
 
     def _axes(self, channel: bool) -> list[dict[str, str]]:
         sp = [{"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")]

@@ -668,9 +668,9 @@ def _render(sc: _Scene, y0: int, y1: int, x0: int, x1: int, *, want_abundances: 
         if sc.noise:
             gy, gx = (ay0 + by) // nb, (ax0 + bx) // nb
             rng = np.random.default_rng([g.seed, _TAG_NOISE, gy + _OFFSET, gx + _OFFSET])
-            e = rng.poisson(lam).astype(np.float64)
+            e = rng.poisson(lam)
             if sc.read_noise_e > 0:
-                e += rng.normal(0.0, sc.read_noise_e, lam.shape)
+                e = e + rng.normal(0.0, sc.read_noise_e, lam.shape)
         else:
             e = lam
         adu = sc.gain * e + sc.offset if (sc.gain != 1 or sc.offset != 0) else e

@@ -14,7 +14,14 @@ import numpy as np
 from qdmed.constants import AVOGADRO, HC_EV_NM
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.optics._sizing import _as_float_array, get_curve
-from qdmed.references import JASIENIAK2009, MOREELS2007, MOREELS2009, YU2003, YU_NOZIK2005, Reference
+from qdmed.references import (
+    JASIENIAK2009,
+    MOREELS2007,
+    MOREELS2009,
+    YU2003,
+    YU_NOZIK2005,
+    Reference,
+)
 
 #: Conversion of an absorption cross-section (cm^2) to a molar decadic extinction
 #: coefficient (M^-1 cm^-1): epsilon = sigma N_A / (1000 ln 10).

@@ -77,7 +77,7 @@ class ProbeSheet:
 def probe_sheet(probe, *, dose_mg_per_kg=1.0, temperature_C=37.0) -> ProbeSheet:
     from qdmed import __version__
     from qdmed.optics import extinction_first_exciton, get_curve
-    from qdmed.probe._probe import CHOI2010_LIGAND_LIMIT, RENAL_THRESHOLD_NM, REFERENCES
+    from qdmed.probe._probe import CHOI2010_LIGAND_LIMIT, REFERENCES, RENAL_THRESHOLD_NM
     from qdmed.probe._transport import diffusion_coefficient_um2_s, water_viscosity_mPa_s
 
     em = probe.emission()

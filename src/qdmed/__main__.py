@@ -1,0 +1,7 @@
+"""``python -m qdmed``."""
+
+import sys
+
+from qdmed.cli import main
+
+sys.exit(main())

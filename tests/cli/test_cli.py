@@ -1,0 +1,65 @@
+"""The CLI as a subprocess: JSON on stdout, one-line errors, exit codes 0/2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "qdmed", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("qdmed ")
+
+
+def test_size_json():
+    r = run("optics", "size", "CdSe", "600", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["results"][0]["diameter_nm"] == pytest.approx(4.583, rel=1e-3)
+
+
+def test_design_json_issue_example():
+    r = run("design", "--material", "CdSe", "--shell", "ZnS:0.9", "--emission", "605",
+            "--coating", "dhla-peg:2000", "--ligand", "igg:2", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["optics"]["emission_peak_nm"] == pytest.approx(605, abs=0.01)
+    assert d["hydrodynamics"]["renal_clearable"] is False
+    assert "Cd" in d["heavy_metals"]["elements"]
+
+
+@pytest.mark.parametrize("args", [
+    ("optics", "size", "CdSe", "-5"),
+    ("optics", "size", "Vibranium", "500"),
+    ("optics", "size", "CdTe", "440"),
+    ("design", "--material", "CdSe", "--emission", "605", "--shell", "ZnS:thick"),
+    ("design", "--material", "CdSe"),
+    ("optics", "size", "CdSe", "abc"),
+])
+def test_bad_input_exit_2_one_line(args):
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3 and "error" in r.stderr.lower()
+
+
+def test_malformed_yaml_file_exit_2(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("core: {material: CdSe\n")
+    r = run("design", "--file", str(f))
+    assert r.returncode == 2 and str(f) in r.stderr
+
+
+def test_materials_and_models_json():
+    r = run("optics", "materials", "--json")
+    assert r.returncode == 0
+    d = json.loads(r.stdout)
+    assert d["CdSe"]["properties"]["band_gap_eV"]["source"]["citation"]
+    r = run("optics", "models", "--json")
+    assert "yu2003-CdSe" in json.loads(r.stdout)["sizing"]

@@ -1,0 +1,131 @@
+"""Tests of qdmed.imaging._brightfield on synthetic and the bundled real IHC image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+
+from qdmed.errors import InputError, UnknownNameError
+from qdmed.imaging._brightfield import (
+    RUIFROK_H_DAB,
+    deconvolve_dab,
+    estimate_stain_vectors,
+    score_dab,
+    stain_matrix_from_vectors,
+)
+
+
+@pytest.fixture(scope="module")
+def ihc():
+    # real DAB + haematoxylin IHC (colonic glands, FHL2 protein), 512x512, bundled in the
+    # scikit-image wheel: no network needed
+    return skimage.data.immunohistochemistry()
+
+
+def angle_deg(u, v):
+    c = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
+    return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+
+
+def synthetic_rgb(conc, matrix=RUIFROK_H_DAB):
+    """Forward Beer-Lambert model: RGB in [0, 1] from (Y, X, 3) concentrations."""
+    return 10.0 ** (-(conc @ matrix))
+
+
+def test_ruifrok_matrix_rows():
+    assert np.allclose(np.linalg.norm(RUIFROK_H_DAB, axis=1), 1.0)
+    # published vectors (Ruifrok & Johnston 2001), normalised
+    assert angle_deg(RUIFROK_H_DAB[0], [0.650, 0.704, 0.286]) < 1e-6
+    assert angle_deg(RUIFROK_H_DAB[1], [0.268, 0.570, 0.776]) < 1e-6
+    assert abs(RUIFROK_H_DAB[2] @ RUIFROK_H_DAB[0]) < 1e-12 and abs(RUIFROK_H_DAB[2] @ RUIFROK_H_DAB[1]) < 1e-12
+
+
+def test_deconvolution_recovers_synthetic_concentrations():
+    rng = np.random.default_rng(0)
+    conc = np.zeros((32, 32, 3))
+    conc[..., 0] = rng.uniform(0, 0.8, (32, 32))
+    conc[..., 1] = rng.uniform(0, 1.0, (32, 32))
+    sep = deconvolve_dab(synthetic_rgb(conc))
+    assert np.allclose(sep.hematoxylin, conc[..., 0], atol=1e-10)
+    assert np.allclose(sep.dab, conc[..., 1], atol=1e-10)
+    assert np.allclose(sep.residual, 0.0, atol=1e-10)
+
+
+def test_white_is_zero_od():
+    sep = deconvolve_dab(np.full((4, 4, 3), 255, dtype=np.uint8))
+    assert not sep.dab.any() and not sep.hematoxylin.any()
+
+
+def test_real_ihc_dab_nonnegative_and_round_trip(ihc):
+    sep = deconvolve_dab(ihc)
+    assert sep.dab.min() >= 0 and sep.hematoxylin.min() >= 0
+    assert sep.dab.shape == ihc.shape[:2]
+    # brown epithelium carries far more DAB than the pale blue stroma: the image is mostly DAB
+    assert np.median(sep.dab) > np.median(sep.hematoxylin)
+    rgb = ihc / 255.0
+    # without clipping the round trip is exact (up to the 1/255 floor)
+    exact = deconvolve_dab(ihc, clip=False).to_rgb()
+    assert np.allclose(exact, np.maximum(rgb, 1 / 255), atol=1e-9)
+    # with clipping it is approximate: measured mean |error| 0.0018, 99th percentile 0.038
+    err = np.abs(sep.to_rgb() - rgb)
+    assert err.mean() < 0.01
+    assert np.percentile(err, 99) < 0.1
+
+
+def test_macenko_recovers_synthetic_vectors():
+    rng = np.random.default_rng(1)
+    true = stain_matrix_from_vectors((0.60, 0.72, 0.35), (0.30, 0.55, 0.78))
+    conc = np.zeros((64, 64, 3))
+    conc[:32, :, 0] = rng.uniform(0.3, 1.0, (32, 64))  # haematoxylin-only region
+    conc[32:, :, 1] = rng.uniform(0.3, 1.0, (32, 64))  # DAB-only region
+    conc[..., :2] += rng.uniform(0, 0.2, (64, 64, 2))
+    est = estimate_stain_vectors(synthetic_rgb(conc, true), alpha=1.0)
+    assert angle_deg(est[0], true[0]) < 3.0
+    assert angle_deg(est[1], true[1]) < 3.0
+
+
+def test_macenko_on_real_ihc_close_to_published_vectors(ihc):
+    est = estimate_stain_vectors(ihc)
+    # measured: 9.3 deg (haematoxylin) and 5.0 deg (DAB) from the Ruifrok-Johnston vectors
+    assert angle_deg(est[0], RUIFROK_H_DAB[0]) < 15
+    assert angle_deg(est[1], RUIFROK_H_DAB[1]) < 15
+    assert np.all(est[:2] >= 0)
+
+
+def test_score_dab_real_image(ihc):
+    s = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
+    # measured: 238 nuclei/cells. The field holds a few hundred nuclei (two gland profiles
+    # plus stroma); the bounds are a visual plausibility range, not fitted to the output
+    assert 150 <= s.n_cells <= 450
+    assert len(s.cells) == s.n_cells == len(np.unique(s.labels)) - 1
+    assert s.percent_0 + s.percent_1plus + s.percent_2plus + s.percent_3plus == pytest.approx(100.0)
+    assert 0 <= s.h_score <= 300
+    # the membranous DAB stain of the glands: a clear majority of cells are DAB-positive
+    assert s.percent_0 < 60
+    assert set(s.cells["dab_class"]) <= {"0", "1+", "2+", "3+"}
+    json.dumps(s.to_dict())
+    m = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), stain_matrix="macenko")
+    assert 150 <= m.n_cells <= 450
+    assert len(m.references) == 2
+
+
+def test_bad_inputs():
+    with pytest.raises(InputError, match="Y, X, 3"):
+        deconvolve_dab(np.zeros((4, 4)))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        deconvolve_dab(np.full((2, 2, 3), 2.0))
+    with pytest.raises(InputError, match="uint8"):
+        deconvolve_dab(np.zeros((2, 2, 3), dtype=np.uint16))
+    with pytest.raises(InputError, match="singular"):
+        deconvolve_dab(np.ones((2, 2, 3)), stain_matrix=np.ones((3, 3)))
+    with pytest.raises(InputError, match="parallel"):
+        stain_matrix_from_vectors((1, 1, 1), (2, 2, 2))
+    with pytest.raises(InputError, match="need >= 100"):
+        estimate_stain_vectors(np.ones((8, 8, 3)))
+    with pytest.raises(InputError, match="increasing"):
+        score_dab(np.ones((8, 8, 3)), od_cutoffs=(0.5, 0.2, 0.9))
+    with pytest.raises(UnknownNameError, match="ruifrok"):
+        score_dab(np.ones((8, 8, 3)), od_cutoffs=(0.1, 0.2, 0.3), stain_matrix="vahadane")

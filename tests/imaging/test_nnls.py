@@ -1,0 +1,229 @@
+"""Tests of qdmed.imaging._nnls: exact per-pixel NNLS unmixing."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import nnls
+from scipy.special import erf
+
+from qdmed.errors import InputError
+from qdmed.imaging._nnls import (
+    UnmixResult,
+    kkt_violation,
+    unmix_block,
+    unmix_lstsq,
+    unmix_nnls,
+)
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+METHODS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not HAS_NUMBA, reason="numba not installed"))]
+
+
+def qd_endmembers() -> np.ndarray:
+    """5 Gaussian QD emissions (525-705 nm) + broad autofluorescence, 8 bands 500-740 nm."""
+    edges = np.linspace(500.0, 740.0, 9)
+    cols = []
+    for centre, fwhm in zip((525, 565, 605, 655, 705), (30, 32, 34, 37, 40), strict=True):
+        sigma = fwhm / 2.3548
+        cols.append(np.diff(0.5 * (1 + erf((edges - centre) / (sigma * np.sqrt(2))))))
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    auto = np.exp(-0.5 * ((mid - 540) / 70) ** 2) + 0.3 * np.exp(-0.5 * ((mid - 650) / 90) ** 2)
+    cols.append(auto / auto.sum())
+    return np.array(cols).T * 1000.0
+
+
+def realistic(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = qd_endmembers()
+    x = rng.gamma(2.0, 1.0, (n, 6))
+    x[rng.random((n, 6)) < 0.4] = 0.0
+    y = rng.poisson(x @ a.T + 2.0).astype(float) - 2.0
+    return a, x, y
+
+
+def scipy_nnls(a, y):
+    return np.array([nnls(a, row)[0] for row in y])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_agrees_with_scipy_realistic(method):
+    a, _, y = realistic(2000)
+    x = unmix_nnls(y, a, method=method)
+    ref = scipy_nnls(a, y)
+    # both are exact; difference is rounding in the Gram form, cond(A_n)~24
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    assert np.all(x >= 0)
+    assert kkt_violation(y, a, x).max() < 1e-9
+    assert np.mean(x == 0) > 0.1  # exact zeros where markers are absent
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_agrees_with_scipy_random(method, k):
+    rng = np.random.default_rng(k)
+    a = rng.random((12, k)) + 0.05
+    y = rng.normal(size=(300, 12)) + a @ rng.random(k)
+    x = unmix_nnls(y, a, method=method)
+    ref = scipy_nnls(a, y)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert kkt_violation(y, a, x).max() < 1e-9
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint16])
+def test_numba_and_numpy_agree(dtype):
+    a, _, y = realistic(3000, seed=3)
+    y = np.clip(y, 0, None).astype(dtype)
+    xn = unmix_nnls(y, a, method="numba")
+    xp = unmix_nnls(y, a, method="numpy")
+    np.testing.assert_allclose(xn, xp, rtol=0, atol=1e-10 * np.abs(xp).max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exact_recovery_noiseless_with_zeros(method):
+    a, x, _ = realistic(500, seed=5)
+    y = x @ a.T
+    got = unmix_nnls(y, a, method=method)
+    np.testing.assert_allclose(got, x, rtol=0, atol=1e-9 * x.max())
+    assert np.all(got[x == 0] < 1e-9 * x.max())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_pixels_give_zero(method):
+    a = qd_endmembers()
+    x = unmix_nnls(np.zeros((5, 8)), a, method=method)
+    assert x.shape == (5, 6)
+    assert np.all(x == 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_pixels_raise_with_count(method):
+    a, _, y = realistic(50)
+    y[[3, 7, 9], 2] = np.nan
+    y[11, 0] = np.inf
+    with pytest.raises(InputError, match="4 NaN or infinite"):
+        unmix_nnls(y, a, method=method)
+
+
+def test_degenerate_endmembers_raise():
+    a = qd_endmembers()
+    a[:, 2] = a[:, 1] * 1.5  # columns 1 and 2 collinear
+    with pytest.raises(InputError, match=r"condition number.*columns 1 and 2"):
+        unmix_nnls(np.ones((3, 8)), a)
+    with pytest.raises(InputError, match="only 2 channels for 3 components"):
+        unmix_nnls(np.ones((3, 2)), np.ones((2, 3)) + np.eye(2, 3))
+    b = qd_endmembers()
+    b[:, 0] = 0.0
+    with pytest.raises(InputError, match="all zero"):
+        unmix_nnls(np.ones((3, 8)), b)
+
+
+@pytest.mark.parametrize(("bad", "match"), [
+    (-np.eye(3), "non-negative"),
+    (np.full((3, 3), np.nan), "finite"),
+    (np.ones(3), "2-D"),
+    (np.ones((14, 13)), "at most 12"),
+])
+def test_bad_endmembers_raise(bad, match):
+    with pytest.raises(InputError, match=match):
+        unmix_nnls(np.ones((2, bad.shape[0])), bad)
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(InputError, match=r"\(4, 7\).*8 channels"):
+        unmix_nnls(np.ones((4, 7)), qd_endmembers())
+    with pytest.raises(InputError, match=r"\(2, 3, 7\).*\(8, 6\)"):
+        unmix_block(np.ones((2, 3, 7)), qd_endmembers())
+
+
+def test_bad_options_raise():
+    a, _, y = realistic(10)
+    with pytest.raises(InputError, match="method"):
+        unmix_nnls(y, a, method="fast")
+    with pytest.raises(InputError, match="device"):
+        unmix_nnls(y, a, device="tpu")
+    with pytest.raises(InputError, match="weights"):
+        unmix_nnls(y, a, weights="gauss")
+    with pytest.raises(InputError, match="strictly positive"):
+        unmix_nnls(y, a, weights=np.zeros(8))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="cupy installed")
+def test_gpu_without_cupy_raises():
+    a, _, y = realistic(10)
+    with pytest.raises(InputError, match=r"cupy.*qdmed\[gpu\]"):
+        unmix_nnls(y, a, device="gpu")
+
+
+@pytest.mark.parametrize("weights", ["poisson", "array"])
+def test_weighted_agrees_with_scipy_on_row_scaled_problem(weights):
+    a, _, y = realistic(300, seed=7)
+    w = 1.0 / np.maximum(y, 1.0) if weights == "poisson" else \
+        np.random.default_rng(1).uniform(0.2, 3.0, y.shape)
+    x = unmix_nnls(y, a, weights=weights if weights == "poisson" else w)
+    sw = np.sqrt(w)
+    ref = np.array([nnls(a * s[:, None], s * row)[0] for s, row in zip(sw, y, strict=True)])
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    assert kkt_violation(y, a, x, weights=w).max() < 1e-9
+
+
+def test_return_residual_result():
+    a, _, y = realistic(200)
+    res = unmix_nnls(y, a, return_residual=True)
+    assert isinstance(res, UnmixResult)
+    r = np.linalg.norm(res.abundances @ a.T - y, axis=1)
+    np.testing.assert_allclose(res.residual_norm, r, rtol=1e-12)
+    assert np.all((res.relative_residual >= 0) & (res.relative_residual <= 1 + 1e-12))
+    d = res.to_dict()
+    assert d["n_pixels"] == 200 and d["n_components"] == 6
+
+
+def test_lstsq_matches_pinv_and_nnls_beats_clipping():
+    a, _, y = realistic(500)
+    ls = unmix_lstsq(y, a)
+    np.testing.assert_allclose(ls, y @ np.linalg.pinv(a).T, rtol=1e-12, atol=1e-9)
+    x = unmix_nnls(y, a)
+    obj = np.sum((x @ a.T - y) ** 2, axis=1)
+    clip = np.sum((np.clip(ls, 0, None) @ a.T - y) ** 2, axis=1)
+    assert np.all(obj <= clip * (1 + 1e-12) + 1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_block_api_shape(method):
+    a, _, y = realistic(4 * 5)
+    block = y.reshape(4, 5, 8)
+    out = unmix_block(block, a, method=method)
+    assert out.shape == (4, 5, 6)
+    np.testing.assert_allclose(out.reshape(-1, 6), unmix_nnls(y, a, method="numpy"),
+                               atol=1e-10)
+
+
+def test_inputs_not_mutated_and_lists_accepted():
+    a, _, y = realistic(20)
+    y0, a0 = y.copy(), a.copy()
+    unmix_nnls(y, a)
+    assert np.array_equal(y, y0) and np.array_equal(a, a0)
+    np.testing.assert_allclose(unmix_nnls(y.tolist(), a.tolist()), unmix_nnls(y, a))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), c=st.integers(5, 9),
+       scale=st.floats(1e-3, 1e4))
+def test_property_kkt_nonneg_and_objective(seed, k, c, scale):
+    rng = np.random.default_rng(seed)
+    a = rng.random((c, k)) + 0.1 * np.eye(c, k)
+    y = scale * rng.normal(size=(20, c))
+    x = unmix_nnls(y, a, method="numpy")
+    assert np.all(x >= 0)
+    assert kkt_violation(y, a, x).max() < 1e-9
+    obj = np.sum((x @ a.T - y) ** 2, axis=1)
+    clip = np.clip(unmix_lstsq(y, a), 0, None)
+    assert np.all(obj <= np.sum((clip @ a.T - y) ** 2, axis=1) * (1 + 1e-10) + 1e-20)
+    ref = scipy_nnls(a, y)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * max(scale, np.abs(ref).max()))

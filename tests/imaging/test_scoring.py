@@ -1,0 +1,337 @@
+"""Tests of qdmed.imaging._scoring: positivity, H-score, phenotypes, HER2, kappa, F1."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qdmed.errors import InputError, UnknownNameError
+from qdmed.imaging._scoring import (
+    BREAST_RULES,
+    Her2Calibration,
+    MarkerGate,
+    calibrate_her2,
+    cohen_kappa,
+    f1_at_iou,
+    h_score,
+    percent_positive,
+    phenotype,
+    score_her2,
+    score_positivity,
+)
+
+
+# ----------------------------------------------------------------------- positivity, H-score
+def test_positivity_and_percent_positive():
+    df = pd.DataFrame({"ER_nucleus_mean": [0.0, 1.0, 2.0, np.nan]}, index=[5, 6, 7, 8])
+    pos = score_positivity(df, marker="ER", compartment="nucleus", threshold=1.0)
+    assert pos.tolist() == [False, True, True, False]
+    assert list(pos.index) == [5, 6, 7, 8] and pos.name == "ER_positive"
+    assert percent_positive(df, marker="ER", compartment="nucleus", threshold=1.0) == 50.0
+
+
+def test_h_score_constructed_distribution():
+    # 40 negative, 30 weak, 20 moderate, 10 strong -> H = 30 + 2*20 + 3*10 = 100
+    v = np.r_[np.full(40, 0.5), np.full(30, 1.5), np.full(20, 2.5), np.full(10, 9.0)]
+    df = pd.DataFrame({"PR_nucleus_mean": np.random.default_rng(0).permutation(v)})
+    h = h_score(df, marker="PR", compartment="nucleus", thresholds=(1, 2, 3))
+    assert h.h_score == pytest.approx(100.0)
+    assert (h.percent_negative, h.percent_weak, h.percent_moderate, h.percent_strong) == pytest.approx((40, 30, 20, 10))
+    assert h.percent_positive == pytest.approx(60.0)
+    assert h.n_cells == 100
+    json.dumps(h.to_dict())
+    # bin edges belong to the upper bin
+    edge = h_score(pd.DataFrame({"PR_nucleus_mean": [1.0, 2.0, 3.0]}), marker="PR", compartment="nucleus", thresholds=(1, 2, 3))
+    assert edge.h_score == pytest.approx(200.0)
+
+
+def test_h_score_errors_and_nan_policy():
+    df = pd.DataFrame({"PR_nucleus_mean": [0.0, np.nan, 5.0]})
+    with pytest.raises(InputError, match="increasing"):
+        h_score(df, marker="PR", compartment="nucleus", thresholds=(2, 1, 3))
+    with pytest.raises(InputError, match="NaN"):
+        h_score(df, marker="PR", compartment="nucleus", thresholds=(1, 2, 3))
+    assert h_score(df, marker="PR", compartment="nucleus", thresholds=(1, 2, 3), nan_policy="omit").h_score == 150.0
+    with pytest.raises(UnknownNameError, match="PR") as err:
+        h_score(df, marker="Ki67", compartment="nucleus", thresholds=(1, 2, 3))
+    assert isinstance(err.value, KeyError)
+    with pytest.raises(UnknownNameError, match="membrane"):
+        h_score(df, marker="PR", compartment="nuclei", thresholds=(1, 2, 3))
+
+
+# ----------------------------------------------------------------------- phenotypes
+def test_breast_phenotypes():
+    df = pd.DataFrame(
+        {
+            "HER2_membrane_mean": [5, 5, 0, 0, 0, 0],
+            "ER_nucleus_mean": [5, 0, 5, 0, 0, 0],
+            "PR_nucleus_mean": [0, 0, 0, 5, 0, np.nan],
+        }
+    )
+    gates = {"HER2": MarkerGate("membrane", 1.0), "ER": ("nucleus", 1.0), "PR": ("nucleus", 1.0)}
+    got = phenotype(df, "breast", gates=gates).tolist()
+    assert got == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "luminal HER2-", "triple negative", "triple negative"]
+    assert list(BREAST_RULES) == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "triple negative"]
+
+
+def test_custom_rules_first_match_and_default():
+    df = pd.DataFrame({"CD8_membrane_mean": [3.0, 0.0], "CD3_membrane_mean": [3.0, 0.0]})
+    gates = {"CD8": ("membrane", 1.0), "CD3": ("membrane", 1.0)}
+    rules = {"cytotoxic T": {"CD3": True, "CD8": True}, "T": {"CD3": True}}
+    assert phenotype(df, rules, gates=gates, default="none").tolist() == ["cytotoxic T", "none"]
+    with pytest.raises(UnknownNameError, match="CD4"):
+        phenotype(df, {"helper": {"CD4": True}}, gates=gates)
+    with pytest.raises(UnknownNameError, match="breast"):
+        phenotype(df, "lung", gates=gates)
+
+
+# ----------------------------------------------------------------------- HER2 rule table
+CAL = Her2Calibration(faint=1.0, weak_moderate=3.0, intense=10.0)
+LEVEL = {"none": 0.2, "faint": 2.0, "wm": 5.0, "intense": 20.0}
+
+
+def her2_cells(*groups, n_total=100):
+    """Cells from (percent, level, complete) groups; the rest unstained."""
+    inten, compl = [], []
+    for pct, level, complete in groups:
+        inten += [LEVEL[level]] * pct
+        compl += [1.0 if complete else 0.4] * pct
+    rest = n_total - len(inten)
+    inten += [LEVEL["none"]] * rest
+    compl += [0.0] * rest
+    return pd.DataFrame(
+        {
+            "cell_id": np.arange(1, n_total + 1),
+            "HER2_membrane_mean": inten,
+            "HER2_membrane_completeness": compl,
+            "membrane_area_um2": 30.0,
+            "cell_area_um2": 100.0,
+        }
+    )
+
+
+# Each row of the ASCO/CAP 2018 table (imaging.md section 2.1; Wolff et al. 2018, Fig. 1)
+@pytest.mark.parametrize(
+    "groups, category, low, ultralow, rule_word",
+    [
+        # 3+: circumferential complete intense staining in > 10 %
+        ([(20, "intense", True)], "3+", False, False, "intense complete"),
+        ([(11, "intense", True)], "3+", False, False, "intense complete"),
+        # 2+: weak to moderate complete staining in > 10 %
+        ([(30, "wm", True)], "2+", True, False, "weak-to-moderate"),
+        ([(6, "wm", True), (6, "intense", True)], "2+", True, False, "weak-to-moderate"),
+        # 1+: incomplete faint staining in > 10 %
+        ([(50, "faint", False)], "1+", True, False, "faint"),
+        ([(11, "faint", False)], "1+", True, False, "faint"),
+        # 0: no staining
+        ([], "0", False, False, "null"),
+        # 0: incomplete faint staining in <= 10 % (HER2-ultralow when > 0)
+        ([(10, "faint", False)], "0", False, True, "ultralow"),
+        ([(1, "faint", False)], "0", False, True, "ultralow"),
+        # unusual pattern: intense complete but in <= 10 % -> 2+
+        ([(10, "intense", True)], "2+", True, False, "unusual"),
+        ([(1, "intense", True), (60, "faint", False)], "2+", True, False, "unusual"),
+        # unusual pattern: moderate-to-intense but incomplete staining -> 2+
+        ([(30, "intense", False)], "2+", True, False, "incomplete"),
+        ([(30, "wm", False)], "2+", True, False, "incomplete"),
+        # weak-to-moderate complete in only <= 10 % with faint elsewhere -> 1+
+        ([(10, "wm", True), (20, "faint", False)], "1+", True, False, "faint"),
+    ],
+)
+def test_her2_asco_cap_table(groups, category, low, ultralow, rule_word):
+    s = score_her2(her2_cells(*groups), CAL)
+    assert s.category == category, s.rule
+    assert s.her2_low is low
+    assert s.her2_ultralow is ultralow
+    assert s.ish_reflex is (category == "2+")
+    assert s.result == {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[category]
+    assert rule_word in s.rule
+
+
+def test_her2_per_cell_categories_and_continuous_measures():
+    df = her2_cells((10, "intense", True), (10, "intense", False), (20, "wm", True), (30, "faint", False))
+    s = score_her2(df, CAL)
+    cells = s.cells
+    assert cells["category"].tolist() == ["3+"] * 10 + ["2+"] * 30 + ["1+"] * 30 + ["0"] * 30
+    assert cells["intensity_class"].tolist()[:40] == ["intense"] * 20 + ["weak_moderate"] * 20
+    assert (s.percent_cells_0, s.percent_cells_1plus, s.percent_cells_2plus, s.percent_cells_3plus) == (30, 30, 30, 10)
+    assert s.percent_intense_complete == 10 and s.percent_weak_moderate_complete == 20
+    assert s.percent_moderate_intense_incomplete == 10 and s.percent_stained == 70
+    mean = (20 * 20 + 20 * 5 + 30 * 2 + 30 * 0.2) / 100
+    assert s.mean_membrane_intensity == pytest.approx(mean)
+    assert s.total_her2_load == pytest.approx(mean * 100 * 30.0)  # sum of mean x membrane area
+    assert s.percent_positive_area == pytest.approx(70.0)
+    d = s.to_dict()
+    json.dumps(d)
+    assert d["category"] == "2+" and d["calibration"]["intense"] == 10.0
+    assert "cells" not in d and len(s.to_dict(include_cells=True)["cells"]["category"]) == 100
+    assert "HER2 IHC 2+" in s.report()
+
+
+def test_her2_parameters_and_mask():
+    df = her2_cells((5, "intense", True))
+    assert score_her2(df, CAL, intense_min_percent=5.0).category == "0"  # 5 % not > 5 %
+    assert score_her2(df, CAL, percent_cutoff=4.0).category == "3+"
+    mask = np.zeros(100, dtype=bool)
+    mask[:10] = True
+    assert score_her2(df, CAL, cell_mask=mask).category == "3+"  # 5 of 10 tumour cells
+    # completeness just below the "complete" cut-off makes intense staining incomplete
+    df2 = her2_cells((30, "intense", True))
+    df2["HER2_membrane_completeness"] = 0.85
+    assert score_her2(df2, CAL, completeness_complete=0.9).category == "2+"
+    assert score_her2(df2, CAL, completeness_complete=0.8).category == "3+"
+
+
+def test_her2_errors():
+    with pytest.raises(InputError, match="no cells"):
+        score_her2(her2_cells().iloc[:0], CAL)
+    with pytest.raises(UnknownNameError, match="completeness"):
+        score_her2(her2_cells().drop(columns="HER2_membrane_completeness"), CAL)
+    with pytest.raises(InputError, match="increasing"):
+        Her2Calibration(faint=3.0, weak_moderate=2.0, intense=10.0)
+    with pytest.raises(InputError, match="completeness_complete"):
+        score_her2(her2_cells(), CAL, completeness_complete=1.5)
+
+
+# ----------------------------------------------------------------------- calibration
+def control(median, n=400, sigma=0.3, seed=0):
+    v = median * np.exp(np.random.default_rng(seed).normal(0, sigma, n))
+    return pd.DataFrame({"HER2_membrane_mean": v, "HER2_membrane_completeness": 1.0})
+
+
+def test_calibration_rule_two_controls():
+    neg, pos = control(1.0), control(50.0, seed=1)
+    cal = calibrate_her2({"MCF-7": neg, "BT474": pos}, categories={"MCF-7": "0"})
+    faint = np.quantile(neg["HER2_membrane_mean"], 0.95)
+    m3 = np.median(pos["HER2_membrane_mean"])
+    assert cal.faint == pytest.approx(faint)
+    # log-linear interpolation between (0.5, faint) and (3, m3) at scores 1.5 and 2.5
+    assert cal.weak_moderate == pytest.approx(faint * (m3 / faint) ** (1 / 2.5))
+    assert cal.intense == pytest.approx(faint * (m3 / faint) ** (2 / 2.5))
+    assert cal.faint < cal.weak_moderate < cal.intense
+    d = cal.to_dict()
+    json.dumps(d)
+    assert [c["category"] for c in d["controls"]] == ["0", "3+"]  # BT474 found in the known table
+    # the calibrated scorer calls the controls themselves correctly
+    assert score_her2(pos, cal).category == "3+"
+    assert score_her2(neg, cal).category == "0"
+
+
+def test_calibration_with_1plus_and_2plus_controls():
+    ctrls = {"ZR-75-1": control(4.0), "x2": control(12.0, seed=2), "BT-474": control(50.0, seed=3)}
+    cal = calibrate_her2(ctrls, categories={"x2": "2+"}, scale="linear")
+    assert cal.faint == pytest.approx(np.quantile(ctrls["ZR-75-1"]["HER2_membrane_mean"], 0.05))
+    m1, m2, m3 = (np.median(ctrls[k]["HER2_membrane_mean"]) for k in ("ZR-75-1", "x2", "BT-474"))
+    assert cal.weak_moderate == pytest.approx((m1 + m2) / 2)
+    assert cal.intense == pytest.approx((m2 + m3) / 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    low=st.floats(0.1, 10.0),
+    ratio=st.floats(3.0, 1000.0),
+    sigma=st.floats(0.01, 0.4),
+    scale=st.sampled_from(["log", "linear"]),
+)
+def test_calibration_cutoffs_monotone(low, ratio, sigma, scale):
+    cal = calibrate_her2(
+        {"neg": control(low, n=200, sigma=sigma), "pos": control(low * ratio, n=200, sigma=sigma, seed=1)},
+        categories={"neg": "0", "pos": "3+"},
+        scale=scale,
+    )
+    assert 0 < cal.faint < cal.weak_moderate < cal.intense
+
+
+def test_calibration_errors():
+    with pytest.raises(UnknownNameError, match="MCF-7"):
+        calibrate_her2({"MCF-7": control(1.0), "BT474": control(50.0)})
+    with pytest.raises(InputError, match="3\\+ control"):
+        calibrate_her2({"a": control(1.0), "b": control(5.0)}, categories={"a": "0", "b": "2+"})
+    with pytest.raises(InputError, match="0 or 1\\+"):
+        calibrate_her2({"a": control(10.0), "b": control(50.0)}, categories={"a": "2+", "b": "3+"})
+    with pytest.raises(InputError, match="not ordered"):
+        calibrate_her2({"a": control(50.0), "b": control(1.0)}, categories={"a": "0", "b": "3+"})
+    with pytest.raises(InputError, match="category"):
+        calibrate_her2({"a": control(1.0)}, categories={"a": "4+"})
+    with pytest.raises(InputError, match="at least"):
+        calibrate_her2({"a": control(1.0, n=3), "b": control(50.0)}, categories={"a": "0", "b": "3+"})
+
+
+# ----------------------------------------------------------------------- kappa
+def test_cohen_kappa_textbook_example():
+    # 50 items, both "yes" 20, A yes/B no 5, A no/B yes 10, both "no" 15:
+    # p_o = 0.70, p_e = 0.5*0.6 + 0.5*0.4 = 0.50, kappa = 0.2/0.5 = 0.4
+    a = ["yes"] * 25 + ["no"] * 25
+    b = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+
+
+def test_cohen_kappa_weighted_hand_computed():
+    # table O (rows rater A, cols rater B), n = 30; row sums 12,12,6; col sums 11,12,7
+    table = np.array([[10, 2, 0], [1, 8, 3], [0, 2, 4]])
+    a, b = [], []
+    for i in range(3):
+        for j in range(3):
+            a += [i] * table[i, j]
+            b += [j] * table[i, j]
+    # unweighted: p_o = 22/30, p_e = (132 + 144 + 42)/900 -> (660 - 318)/(900 - 318) = 342/582
+    assert cohen_kappa(a, b) == pytest.approx(342 / 582)
+    # linear (w = 0.5, 1): observed 8*0.5/30 = 120/900; expected (432*0.5 + 150)/900 = 366/900
+    assert cohen_kappa(a, b, weights="linear") == pytest.approx(1 - 120 / 366)
+    # quadratic (w = 0.25, 1): observed 60/900; expected (108 + 150)/900
+    assert cohen_kappa(a, b, weights="quadratic") == pytest.approx(1 - 60 / 258)
+    # with HER2 labels and explicit ordering
+    labels = ["0", "1+", "2+", "3+"]
+    ha = [labels[i] for i in a]
+    hb = [labels[i] for i in b]
+    assert cohen_kappa(ha, hb, weights="linear", labels=labels[:3]) == pytest.approx(1 - 120 / 366)
+
+
+def test_cohen_kappa_edges():
+    assert cohen_kappa([1, 2, 3], [1, 2, 3]) == 1.0
+    assert np.isnan(cohen_kappa([1, 1], [1, 1]))
+    with pytest.raises(InputError, match="same length"):
+        cohen_kappa([1, 2], [1])
+    with pytest.raises(UnknownNameError, match="quadratic"):
+        cohen_kappa([1], [1], weights="cubic")
+    with pytest.raises(InputError, match="not in labels"):
+        cohen_kappa([1, 5], [1, 1], labels=[1, 2])
+
+
+# ----------------------------------------------------------------------- F1 at IoU
+def test_f1_at_iou_exact():
+    true = np.zeros((40, 60), dtype=np.int32)
+    true[0:10, 0:10] = 1
+    true[0:10, 20:30] = 2
+    true[20:30, 0:10] = 3
+    true[20:30, 20:30] = 4
+    pred = np.zeros_like(true)
+    pred[0:10, 0:10] = 11  # exact: IoU 1
+    pred[0:10, 22:32] = 12  # shifted 2: IoU 80/120 = 0.667
+    pred[20:30, 5:15] = 13  # shifted 5: IoU 50/150 = 0.333 (no match)
+    pred[30:40, 40:50] = 14  # false positive; true 4 missed
+    m = f1_at_iou(pred, true, iou=0.5)
+    assert (m.n_pred, m.n_true, m.n_matched) == (4, 4, 2)
+    assert (m.precision, m.recall, m.f1) == (0.5, 0.5, 0.5)
+    assert m.mean_matched_iou == pytest.approx((1 + 80 / 120) / 2)
+    m = f1_at_iou(pred, true, iou=0.3)
+    assert m.n_matched == 3 and m.f1 == pytest.approx(0.75)
+    json.dumps(m.to_dict())
+
+
+def test_f1_at_iou_low_threshold_one_to_one():
+    true = np.zeros((10, 20), dtype=np.int32)
+    true[:, 0:10] = 1
+    true[:, 10:20] = 2
+    pred = np.ones_like(true)  # one object covering both: IoU 0.5 with each
+    m = f1_at_iou(pred, true, iou=0.1)
+    assert m.n_matched == 1 and m.precision == 1.0 and m.recall == 0.5
+    empty = f1_at_iou(np.zeros_like(true), true)
+    assert empty.f1 == 0.0 and np.isnan(empty.precision)
+    with pytest.raises(InputError, match="same shape"):
+        f1_at_iou(pred[:, :5], true)

@@ -1,0 +1,93 @@
+"""Emission, linewidth conversions (row 31), spectra and the Qdot catalog (rows 32-33)."""
+
+import numpy as np
+import pytest
+
+from qdmed.constants import fwhm_mev_to_nm, fwhm_nm_to_mev
+from qdmed.errors import InputError, OutOfRangeError, UnknownNameError
+from qdmed.optics import (
+    Spectrum,
+    brightness,
+    core_for_emission,
+    emission_spectrum,
+    ensemble_fwhm_meV,
+    get_qdot,
+    predict_emission,
+    qdot_catalog,
+)
+
+
+def test_row31_fwhm_conversion():
+    # 30 nm at 525 nm = 135 meV (1 meV tolerance); §3.3 also 25 nm @ 605 = 85, 80 nm @ 800 = 155
+    assert fwhm_nm_to_mev(30, 525) == pytest.approx(135, abs=1)
+    assert fwhm_nm_to_mev(25, 605) == pytest.approx(85, abs=1)
+    assert fwhm_nm_to_mev(80, 800) == pytest.approx(155, abs=1)
+    assert fwhm_mev_to_nm(fwhm_nm_to_mev(30, 525), 525) == pytest.approx(30, rel=1e-9)
+
+
+def test_row32_qdot_lookup():
+    q = get_qdot("Qdot 655")
+    assert q.emission_peak_nm == 655 and q.excitation_nm == 405
+    assert get_qdot("qdot605").name == "Qdot 605"
+    assert len(qdot_catalog()) == 9
+    with pytest.raises(UnknownNameError):
+        get_qdot("Qdot 999")
+
+
+def test_row33_qdot_photophysics_from_gaigalas():
+    # Gaigalas 2014: tau ~26 ns (~600 nm) and ~150 ns (~800 nm), +/-20 %; QY 0.4-0.9
+    assert get_qdot("Qdot 605").lifetime_ns == pytest.approx(26, rel=0.2)
+    assert get_qdot("Qdot 800").lifetime_ns == pytest.approx(150, rel=0.2)
+    assert get_qdot("Qdot 655").quantum_yield_range == (0.4, 0.9)
+
+
+def test_emission_spectrum_lineshape():
+    s = emission_spectrum(605, 25, wavelength_nm=np.arange(450, 800, 0.1))
+    assert s.integral() == pytest.approx(1.0, rel=1e-4)
+    # Gaussian in energy: the per-nm density carries the Jacobian hc/lambda^2, which moves
+    # its maximum slightly to the blue of the energy centre (by < 1 nm for a 25 nm line)
+    assert 604.0 < s.peak_nm <= 605.0
+    assert s.fwhm_nm == pytest.approx(25, rel=0.01)
+
+
+def test_spectrum_validation():
+    with pytest.raises(InputError):
+        Spectrum([500, 400], [1, 2])
+    with pytest.raises(InputError):
+        Spectrum([400, 500], [1, np.nan])
+    s = Spectrum([400, 500, 600], [0, 1, 0])
+    with pytest.raises(ValueError):
+        s.values[0] = 3  # immutable
+
+
+def test_predicted_emission_is_red_of_absorption_and_shell_red_shifts():
+    bare = predict_emission("CdSe", 4.0)
+    coated = predict_emission("CdSe", 4.0, shell="ZnS", shell_thickness_nm=0.9)
+    assert bare.emission_peak_nm > bare.absorption_peak_nm
+    assert coated.absorption_peak_nm > bare.absorption_peak_nm
+    # ZnS on 4 nm CdSe: a few nm (reference §5: "a few nm to ~10 nm")
+    assert 0.5 < coated.absorption_peak_nm - bare.absorption_peak_nm < 10
+    assert bare.stokes_source.startswith("M")
+
+
+def test_core_for_emission_roundtrip_and_range():
+    p = core_for_emission("CdSe", 605, shell="ZnS", shell_thickness_nm=0.9)
+    assert p.emission_peak_nm == pytest.approx(605, abs=0.01)
+    with pytest.raises(OutOfRangeError, match="reaches"):
+        core_for_emission("CdSe", 800)
+
+
+def test_linewidth_grows_with_dispersion():
+    a = ensemble_fwhm_meV("CdSe", 4.0, 0.05)
+    b = ensemble_fwhm_meV("CdSe", 4.0, 0.10)
+    assert b == pytest.approx(2 * a, rel=1e-6)
+    assert ensemble_fwhm_meV("CdSe", 4.0, 0.05, homogeneous_fwhm_meV=60) == pytest.approx(
+        np.hypot(a, 60))
+    with pytest.raises(InputError):
+        ensemble_fwhm_meV("CdSe", 4.0, -0.1)
+
+
+def test_brightness():
+    assert brightness(1e5, 0.5) == 5e4
+    with pytest.raises(InputError):
+        brightness(1e5, 1.5)
