@@ -122,9 +122,9 @@ CHOI2010 = Reference(
 GAO2010 = Reference(
     "gao2010",
     "Gao, J.; Chen, K.; Xie, R.; Xie, J.; Yan, Y.; Cheng, Z.; Peng, X.; Chen, X. In vivo tumor-"
-    "targeted fluorescence imaging using near-infrared non-cadmium quantum dots (QD800-RGD). "
-    "Bioconjug. Chem. 2010, 21, 604-609",
-    None,
+    "targeted fluorescence imaging using near-infrared non-cadmium quantum dots. "
+    "Bioconjug. Chem. 2010, 21, 604-609 (QD800-RGD)",
+    "10.1021/bc900323v",
 )
 DEGENNES1980 = Reference(
     "degennes1980",

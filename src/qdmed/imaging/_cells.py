@@ -21,6 +21,9 @@ column                            meaning
                                   (abundance x pixel; multiply by ``pixel_size_um**2`` for
                                   abundance x um^2)
 ``{m}_membrane_completeness``     fraction of the membrane perimeter stained above threshold
+``{m}_membrane_stained_mean``     mean abundance over the stained part of the membrane (the
+                                  intensity a pathologist grades); the membrane mean when no
+                                  part is stained
 ================================  ==========================================================
 
 with ``c`` in ``nucleus, cytoplasm, membrane, cell``. Means over an empty compartment
@@ -103,7 +106,7 @@ def segment_nuclei(
     method: str = "watershed",
     threshold: str | float = "otsu",
     smoothing_um: float = 0.5,
-    h_um: float = 1.0,
+    h_um: float = 0.25,
     local_block_um: float = 25.0,
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
@@ -236,7 +239,11 @@ def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um):
     mask = ndi.binary_fill_holes(mask)
     if not mask.any():
         return np.zeros(img.shape, dtype=np.int32)
-    dist = ndi.distance_transform_edt(mask)
+    # The raw Euclidean distance map of an elongated nucleus has a quantised ridge along its
+    # major axis whose separate plateaus become spurious h-maxima (splitting isolated
+    # ellipses); a Gaussian of 1 px removes them (F1 at IoU 0.5 on synthetic tissue went
+    # from 0.91 to 0.998 in qdmed's tests).
+    dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0)
     h = max(h_um / px, 1e-6)
     markers, _ = ndi.label(h_maxima(dist, h))
     return watershed(-dist, markers, mask=mask).astype(np.int32)
@@ -279,17 +286,31 @@ def _filter_sizes(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarra
     return lut[labels]
 
 
-def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.5) -> np.ndarray:
-    """Cells as nuclei grown by a fixed distance without overlap (QuPath/inForm style).
+def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.5,
+                 membrane_image=None, max_expansion_um: float = 8.0,
+                 distance_weight: float = 0.2) -> np.ndarray:
+    """Cells grown from their nuclei, by a fixed distance or guided by a membrane stain.
 
     Parameters
     ----------
     nuclei : (Y, X) array_like of int
         Nucleus labels (0 = background).
     expansion_um : float, um
-        Growth distance (>= 0); where two growing cells meet, each pixel goes to the nearest
-        nucleus.
+        Without ``membrane_image``: growth distance (>= 0); where two growing cells meet,
+        each pixel goes to the nearest nucleus (QuPath's cell expansion).
     pixel_size_um : float, um per pixel
+    membrane_image : (Y, X) array_like, optional
+        A membrane signal (e.g. the sum of unmixed membrane markers). Cells then grow by
+        seeded watershed on ``smooth(membrane)/p99 + distance_weight * d / max_expansion``
+        (d = distance to the nearest nucleus), within ``max_expansion_um`` of a nucleus, so
+        that cell borders follow stained membranes and fall back to a distance split where no
+        membrane is stained: the propagation idea of CellProfiler's IdentifySecondaryObjects
+        (Jones, Carpenter & Golland, CVBIA 2005, LNCS 3765:535-543,
+        doi:10.1007/11569541_54).
+    max_expansion_um : float, um
+        Largest distance a cell may extend beyond its nucleus (membrane-guided mode).
+    distance_weight : float
+        Weight of the distance term (membrane-guided mode).
 
     Returns
     -------
@@ -299,11 +320,12 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     Raises
     ------
     InputError
-        Bad labels or non-positive sizes.
+        Bad labels, a membrane image of another shape, or non-positive sizes.
 
     Notes
     -----
-    Uses :func:`skimage.segmentation.expand_labels` (Euclidean distance transform).
+    Fixed expansion uses :func:`skimage.segmentation.expand_labels` (Euclidean distance
+    transform); the membrane-guided mode uses :func:`skimage.segmentation.watershed`.
 
     Examples
     --------
@@ -319,7 +341,24 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     if not (math.isfinite(float(expansion_um)) and expansion_um >= 0):
         raise InputError(f"expansion_um must be a finite number >= 0; got {expansion_um!r}.")
     lab = _compact_dtype(lab)
-    return expand_labels(lab, distance=float(expansion_um) / px).astype(lab.dtype, copy=False)
+    if membrane_image is None:
+        return expand_labels(lab, distance=float(expansion_um) / px).astype(lab.dtype, copy=False)
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    memb = _image2d("membrane_image", membrane_image)
+    if memb.shape != lab.shape:
+        raise InputError(f"membrane_image has shape {memb.shape} but nuclei have {lab.shape}")
+    reach_px = _positive("max_expansion_um", max_expansion_um) / px
+    if not lab.any():
+        return lab.copy()
+    reach = expand_labels(lab, distance=reach_px) > 0
+    sm = ndi.gaussian_filter(memb.astype(np.float64), 1.0)
+    scale = float(np.percentile(sm[reach], 99)) if reach.any() else 0.0
+    land = sm / scale if scale > 0 else np.zeros_like(sm)
+    dist = ndi.distance_transform_edt(lab == 0) / reach_px
+    land = land + float(distance_weight) * dist
+    return watershed(land, lab, mask=reach).astype(lab.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- compartments
@@ -432,6 +471,7 @@ def measurement_columns(marker_names: Sequence[str]) -> list[str]:
         for c in COMPARTMENTS:
             cols += [f"{m}_{c}_mean", f"{m}_{c}_total"]
         cols.append(f"{m}_membrane_completeness")
+        cols.append(f"{m}_membrane_stained_mean")
     return cols
 
 
@@ -654,10 +694,17 @@ def measure_cells(
                 stained = (sec_count > 0) & (sec_sum > thr * sec_count)
                 pos = stained.reshape(n, n_sectors).sum(axis=1)
                 compl = np.where(occupied > 0, pos / occupied, np.nan)
+                st_sum = (sec_sum * stained).reshape(n, n_sectors).sum(axis=1)
+                st_cnt = (sec_count * stained).reshape(n, n_sectors).sum(axis=1)
             else:
-                pos = np.bincount(mem_cell - 1, weights=(vals > thr).astype(np.float64), minlength=n)
+                hit = vals > thr
+                pos = np.bincount(mem_cell - 1, weights=hit.astype(np.float64), minlength=n)
                 compl = np.where(careas["membrane"] > 0, pos / careas["membrane"], np.nan)
+                st_sum = np.bincount(mem_cell - 1, weights=vals * hit, minlength=n)
+                st_cnt = pos
             data[f"{m}_membrane_completeness"] = compl
+            data[f"{m}_membrane_stained_mean"] = np.where(
+                st_cnt > 0, st_sum / np.maximum(st_cnt, 1), data[f"{m}_membrane_mean"])
     df = pd.DataFrame(data, columns=cols)
     df.attrs["completeness_threshold"] = thresholds
     return df

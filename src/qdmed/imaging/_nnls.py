@@ -61,6 +61,7 @@ _METHODS = ("auto", "numba", "numpy")
 _DEVICES = ("cpu", "gpu")
 _BACKUP_P = 3  # Judice-Pires: full exchanges allowed without progress before Murty's rule
 _MIN_PIXELS_PER_THREAD = 8192  # below this a numba call runs in the calling thread
+_TILE = 256  # pixels per structure-of-arrays tile of the numba kernel (fits in L1)
 _NATIVE_DTYPES = (np.float64, np.float32, np.uint16, np.uint8)
 
 
@@ -83,6 +84,7 @@ class _Prepared:
     pn: np.ndarray  # (C, K) A_n G^-1: unconstrained solution z = y @ pn
     gram: np.ndarray  # (K, K) normalised Gram matrix (unit diagonal)
     t: np.ndarray  # (2^K, K, K): z = b @ t[m]  (KKT vector of passive set m)
+    u: np.ndarray  # (2^K, K, K): z = z0 @ u[m] = b @ t[m], z0 the unconstrained solution
     d: np.ndarray  # (2^K, K): 1/norm_k on the passive set, 0 off it
     members: np.ndarray  # (2^K, K) int64: indices in passive set m (first nmem[m] valid)
     nmem: np.ndarray  # (2^K,) int64: size of passive set m
@@ -189,12 +191,13 @@ def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
     for m in range(nsets):
         memidx[m, : nmem[m]] = np.flatnonzero(members[m])
     pn = np.ascontiguousarray(an @ minv[-1])
+    u = np.ascontiguousarray(np.einsum("ij,mjl->mil", gram, t))  # b = z0 @ G, G symmetric
     # sign tests must ignore rounding noise, which grows with cond(G) = cond(A_n)^2
     rtol = max(1e-12, 16 * np.finfo(float).eps * cond * cond)
     an = np.ascontiguousarray(an)
-    for arr in (a, norms, an, pn, gram, t, d, memidx, nmem):
+    for arr in (a, norms, an, pn, gram, t, u, d, memidx, nmem):
         arr.setflags(write=False)
-    return _Prepared(a=a, norms=norms, an=an, pn=pn, gram=gram, t=t, d=d, members=memidx,
+    return _Prepared(a=a, norms=norms, an=an, pn=pn, gram=gram, t=t, u=u, d=d, members=memidx,
                      nmem=nmem, rtol=float(rtol), cond=cond)
 
 
@@ -415,101 +418,122 @@ def _numba_kernel(k: int):
 
 
 # Template of the numba kernel for a fixed K; the @...@ markers expand to one line per
-# component, so that every K-vector lives in K scalar locals (registers) rather than arrays.
+# component, so that every K-vector of the pivoting loop lives in K scalar locals
+# (registers) rather than arrays. Pixels are processed in tiles: the unconstrained solution
+# of a whole tile is computed in structure-of-arrays layout (channel-major copy of the tile,
+# loops over pixels innermost, which LLVM vectorises with AVX/FMA), then each pixel whose
+# unconstrained solution is infeasible is pivoted on its own. Candidate KKT vectors come
+# straight from the unconstrained solution, ``z = z0 @ U_S`` with ``U_S = G T_S``.
 _KERNEL_SOURCE = """
-def kernel(y, gram, pn, t, d, members, nmem, rtol, max_iter, x):
+def kernel(y, pn, u, d, rtol, max_iter, tile, x):
     n, c = y.shape
     full = (1 << K) - 1
-    bv = np.zeros(K)
     bad = 0
-    for p in range(n):
-        yp = y[p]
-        @INIT@
-        fin = 0.0
-        s1 = 0.0
+    yt = np.empty((c, tile))
+    zt = np.empty((K, tile))
+    st = np.empty(tile)
+    ft = np.empty(tile)
+    for p0 in range(0, n, tile):
+        nt = min(tile, n - p0)
+        for p in range(nt):
+            yp = y[p0 + p]
+            for ch in range(c):
+                yt[ch, p] = np.float64(yp[ch])
+        for p in range(nt):
+            st[p] = 0.0
+            ft[p] = 0.0
         for ch in range(c):
-            yc = np.float64(yp[ch])
-            fin += yc * 0.0  # NaN if yc is NaN or infinite
-            s1 += abs(yc)
-            pr = pn[ch]
-            @ACC@
-        if fin != 0.0:
-            bad += 1
-            for i in range(K):
-                x[p, i] = np.nan
-            continue
-        tol = -rtol * s1
-        m = full
-        inf = @INF@
-        if inf != 0:  # not feasible: b = G z, then block principal pivoting
-            @B_FROM_Z@
-            @B_STORE@
-            best = K + 1
-            back = BACKUP
-            converged = False
-            for _ in range(max_iter):
-                ninf = @NINF@
-                if ninf < best:
-                    best = ninf
-                    back = BACKUP
-                    m ^= inf
-                elif back > 0:
-                    back -= 1
-                    m ^= inf
-                else:  # Murty's rule: exchange only the largest infeasible index
-                    hi = 0
-                    for i in range(K):
-                        if (inf >> i) & 1:
-                            hi = i
-                    m ^= 1 << hi
-                @Z_BLOCK@
-                inf = @INF@
-                if inf == 0:
-                    converged = True
-                    break
-            if not converged:  # check every passive set; keep the least violation
-                best_v = np.inf
-                best_m = full
-                for mm in range(full + 1):
-                    m = mm
-                    @Z_BLOCK@
-                    v = -min(0.0, @Z_LIST@)
-                    if v < best_v:
-                        best_v = v
-                        best_m = mm
-                m = best_m
-                @Z_BLOCK@
-        dm = d[m]
-        xp = x[p]
-        @X_STORE@
+            yc = yt[ch]
+            for p in range(nt):
+                st[p] += abs(yc[p])
+                ft[p] += yc[p] * 0.0  # NaN if the value is NaN or infinite
+        for i in range(K):
+            zi = zt[i]
+            for p in range(nt):
+                zi[p] = 0.0
+            for ch in range(c):
+                w = pn[ch, i]
+                yc = yt[ch]
+                for p in range(nt):
+                    zi[p] += w * yc[p]
+        for p in range(nt):
+            xp = x[p0 + p]
+            if ft[p] != 0.0:
+                bad += 1
+                for i in range(K):
+                    xp[i] = np.nan
+                continue
+            tol = -rtol * st[p]
+            @Z_LOAD@
+            @W_EQ_Z@
+            m = full
+            inf = @INF@
+            if inf != 0:  # not feasible: block principal pivoting
+                best = K + 1
+                back = BACKUP
+                converged = False
+                for _ in range(max_iter):
+                    ninf = @NINF@
+                    if ninf < best:
+                        best = ninf
+                        back = BACKUP
+                        m ^= inf
+                    elif back > 0:
+                        back -= 1
+                        m ^= inf
+                    else:  # Murty's rule: exchange only the largest infeasible index
+                        hi = 0
+                        for i in range(K):
+                            if (inf >> i) & 1:
+                                hi = i
+                        m ^= 1 << hi
+                    um = u[m]
+                    @W_BLOCK@
+                    inf = @INF@
+                    if inf == 0:
+                        converged = True
+                        break
+                if not converged:  # check every passive set; keep the least violation
+                    best_v = np.inf
+                    best_m = full
+                    for mm in range(full + 1):
+                        um = u[mm]
+                        @W_BLOCK@
+                        v = -min(0.0, @W_LIST@)
+                        if v < best_v:
+                            best_v = v
+                            best_m = mm
+                    m = best_m
+                    um = u[m]
+                    @W_BLOCK@
+            dm = d[m]
+            @X_STORE@
     return bad
 """
+
+
+def _sum_terms(terms: list[str]) -> str:
+    """Sum written as two independent halves (shorter dependency chains)."""
+    if len(terms) < 4:
+        return " + ".join(terms)
+    h = (len(terms) + 1) // 2
+    return f"({' + '.join(terms[:h])}) + ({' + '.join(terms[h:])})"
 
 
 def _kernel_source(k: int) -> str:
     """Source of the numba kernel for ``k`` components (K-vectors in scalar locals)."""
     r = range(k)
-    z_block = [
-        *(f"z{i} = 0.0 if (m >> {i}) & 1 else -b{i}" for i in r),
-        "for jj in range(nmem[m]):",
-        "    j = members[m, jj]",
-        "    bj = bv[j]",
-        "    tj = t[m, j]",
-        *(f"    z{i} += tj[{i}] * bj" for i in r),
-    ]
     lines = {
-        "@INIT@": [f"z{i} = 0.0" for i in r],
-        "@ACC@": [f"z{i} += pr[{i}] * yc" for i in r],
-        "@B_FROM_Z@": [f"b{i} = " + " + ".join(f"gram[{i}, {j}] * z{j}" for j in r)
-                       for i in r],
-        "@B_STORE@": [f"bv[{i}] = b{i}" for i in r],
-        "@X_STORE@": [f"xp[{i}] = z{i} * dm[{i}] if z{i} > 0.0 else 0.0" for i in r],
-        "@Z_BLOCK@": z_block,
+        "@Z_LOAD@": [f"z{i} = zt[{i}, p]" for i in r],
+        "@W_EQ_Z@": [f"w{i} = z{i}" for i in r],
+        "@W_BLOCK@": [f"w{i} = " + _sum_terms([f"z{j} * um[{j}, {i}]" for j in r])
+                      for i in r],
+        "@X_STORE@": [f"xp[{i}] = w{i} * dm[{i}] if w{i} > 0.0 else 0.0" for i in r],
     }
     inline = {
-        "@INF@": " | ".join(f"({1 << i} if z{i} < tol else 0)" for i in r),
-        "@NINF@": " + ".join(f"(1 if z{i} < tol else 0)" for i in r),
-        "@Z_LIST@": ", ".join(f"z{i}" for i in r),
+        "@INF@": " | ".join(f"({1 << i} if w{i} < tol else 0)" for i in r),
+        "@NINF@": " + ".join(f"(1 if w{i} < tol else 0)" for i in r),
+        "@W_LIST@": ", ".join(f"w{i}" for i in r),
     }
     out = []
     for line in _KERNEL_SOURCE.splitlines():
@@ -531,8 +555,10 @@ def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
     namespace = {"np": np, "K": k, "BACKUP": _BACKUP_P}
     exec(compile(_kernel_source(k), f"<qdmed.imaging._nnls kernel K={k}>", "exec"), namespace)
     # serial and nogil: parallelism comes from threads over pixel ranges (_solve_numba),
-    # which compiles ~4x faster than parallel=True and composes with dask's threads
-    return njit(cache=False, fastmath=False, nogil=True)(namespace["kernel"])
+    # which compiles ~4x faster than parallel=True and composes with dask's threads.
+    # 'contract' only fuses a*b+c into one FMA (one rounding instead of two): no
+    # reassociation, so results stay within rounding of the numpy reference.
+    return njit(cache=False, fastmath={"contract"}, nogil=True)(namespace["kernel"])
 
 
 def _solve_numba(y: np.ndarray, prep: _Prepared) -> np.ndarray:
@@ -540,8 +566,7 @@ def _solve_numba(y: np.ndarray, prep: _Prepared) -> np.ndarray:
     kernel = _numba_kernel(k)
     n = y.shape[0]
     x = np.empty((n, k))
-    args = (prep.gram, prep.pn, prep.t, prep.d, prep.members, prep.nmem, prep.rtol,
-            _max_iter(k))
+    args = (prep.pn, prep.u, prep.d, prep.rtol, _max_iter(k), _TILE)
     nthreads = min(_n_threads(), max(1, n // _MIN_PIXELS_PER_THREAD))
     if nthreads == 1:
         count = int(kernel(y, *args, x))
@@ -663,8 +688,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     is unique because ``A`` has full column rank, so it equals that of Lawson-Hanson [1]_
     (scipy.optimize.nnls) and of FNNLS/FCNNLS [2]_ [3]_. The numpy path groups pixels that
     share a passive set, as FCNNLS does; the numba kernel computes the unconstrained
-    solution straight from ``y`` (``z = (A_n G^{-1})^T y``) and forms ``b = G z`` only for
-    pixels that need pivoting. ``tol = rtol * ||y||_1`` with
+    solution ``z0 = (A_n G^{-1})^T y`` of a tile of pixels at once (vectorised over pixels)
+    and pivots the infeasible ones with ``z = U_S^T z0``, ``U_S = G T_S`` pre-computed.
+    ``tol = rtol * ||y||_1`` with
     ``rtol = max(1e-12, 16 eps cond^2)``; finally ``x = D^{-1} max(z_S, 0)``.
 
     References

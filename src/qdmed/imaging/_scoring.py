@@ -40,7 +40,7 @@ __all__ = [
 HER2_CATEGORIES = ("0", "1+", "2+", "3+")
 _INTENSITY_CLASSES = ("none", "faint", "weak_moderate", "intense")
 _COMPARTMENTS = ("nucleus", "cytoplasm", "membrane", "cell")
-_STATISTICS = ("mean", "total")
+_STATISTICS = ("mean", "total", "stained_mean")
 
 REF_WOLFF_2018 = (
     "Wolff AC, Hammond MEH, Allison KH, et al. Human epidermal growth factor receptor 2 "
@@ -56,13 +56,13 @@ REF_HSCORE = (
     "doi:10.1136/jcp.48.9.876"
 )
 REF_HERMARK = (
-    "Huang W, Reinholz M, Weidler J, et al. Analytical validation of a highly quantitative, "
+    "Larson JS, Goodman LJ, Tan Y, et al. Analytical validation of a highly quantitative, "
     "sensitive, accurate, and reproducible assay (HERmark) for the measurement of HER2 total "
     "protein and HER2 homodimers in FFPE breast cancer tumor specimens. Patholog Res Int "
     "2010;2010:814176, Table 1. doi:10.4061/2010/814176"
 )
 
-#: HER2 IHC scores of cell lines used as controls, from HERmark Table 1 (Huang et al. 2010,
+#: HER2 IHC scores of cell lines used as controls, from HERmark Table 1 (Larson et al. 2010,
 #: doi:10.4061/2010/814176). Lines scored ambiguously there (T47D 0/1+, MDA-MB-361 2/3+)
 #: and lines not in that table (e.g. MCF-7, SK-BR-3) are left out: give their category
 #: explicitly through ``calibrate_her2(..., categories=...)``. Keys are matched ignoring
@@ -532,12 +532,12 @@ def calibrate_her2(
     2 x 25^(1/2.5) = 7.25 and 2 x 25^(2/2.5) = 26.3. Cut-offs must come out strictly
     increasing, otherwise the controls are inconsistent and an error is raised. Category
     definitions follow Wolff et al. 2018; control scores in :data:`KNOWN_HER2_CONTROLS`
-    follow Huang et al. 2010 (HERmark, Table 1).
+    follow Larson et al. 2010 (HERmark, Table 1).
 
     References
     ----------
     .. [1] Wolff AC et al., J Clin Oncol 36, 2105-2122 (2018). doi:10.1200/JCO.2018.77.8738
-    .. [2] Huang W et al., Patholog Res Int 2010, 814176 (2010). doi:10.4061/2010/814176
+    .. [2] Larson JS et al., Patholog Res Int 2010, 814176 (2010). doi:10.4061/2010/814176
     """
     if scale not in ("log", "linear"):
         raise UnknownNameError(f"Unknown scale {scale!r}; accepted: 'log', 'linear'.")
@@ -776,7 +776,8 @@ def score_her2(
        breast cancer", N Engl J Med 387, 9-20 (2022). doi:10.1056/NEJMoa2203690
     .. [3] Bardia A et al., "Trastuzumab deruxtecan after endocrine therapy in metastatic
        breast cancer", N Engl J Med 391, 2110-2122 (2024). doi:10.1056/NEJMoa2407086
-    .. [4] Chen C et al., Int J Nanomedicine 9, 1039 (2014) ("total HER2 load").
+    .. [4] Chen C et al., Int J Nanomedicine 9, 1039-1048 (2014) ("total HER2 load").
+       doi:10.2147/IJN.S58270
     """
     import pandas as pd
 
@@ -926,7 +927,8 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
     ----------
     .. [1] Cohen J, "A coefficient of agreement for nominal scales", Educ Psychol Meas 20,
        37-46 (1960). doi:10.1177/001316446002000104
-    .. [2] Cohen J, "Weighted kappa", Psychol Bull 70, 213-220 (1968). doi:10.1037/h0026256
+    .. [2] Cohen J, "Weighted kappa: nominal scale agreement with provision for scaled
+       disagreement or partial credit", Psychol Bull 70, 213-220 (1968). doi:10.1037/h0026256
 
     Examples
     --------

@@ -24,10 +24,13 @@ References
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import struct
 import uuid
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -564,13 +567,36 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
                      f"{', '.join(_TIFF_SUFFIXES + _ZARR_SUFFIXES)}")
 
 
+_TIFF_PARSE_ERRORS = (ValueError, OSError, EOFError, IndexError, KeyError, TypeError,
+                      struct.error)  # what tifffile raises on malformed structures
+
+
 def _tiff_open(p: Path) -> Any:
     import tifffile
 
     try:
         return tifffile.TiffFile(p)
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, KeyError) as e:
-        raise FileFormatError(f"{str(p)!r} is not a readable TIFF file: {e}") from e
+    except (tifffile.TiffFileError, *_TIFF_PARSE_ERRORS) as e:
+        raise FileFormatError(f"{str(p)!r} is not a readable TIFF file: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+class _LogCapture(logging.Handler):
+    """Collect tifffile's log records: it logs (instead of raising) many corruptions."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> _LogCapture:
+        logging.getLogger("tifffile").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("tifffile").removeHandler(self)
 
 
 def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None]:
@@ -621,7 +647,7 @@ def _tiff_resolution_um(page: Any) -> float | None:
 
 def _read_tiff(p: Path) -> SlideImage:
     size = p.stat().st_size
-    with _tiff_open(p) as tf:
+    with _LogCapture() as log, _tiff_open(p) as tf:
         try:
             series = tf.series[0]
             axes = series.axes
@@ -645,11 +671,14 @@ def _read_tiff(p: Path) -> SlideImage:
             names, ps = _ome_info(tf.ome_metadata if is_ome else None, p)
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
-        except FileFormatError:
-            raise
-        except Exception as e:  # tifffile raises many types on corrupted structures
+        except _TIFF_PARSE_ERRORS as e:
             raise FileFormatError(f"{str(p)!r}: cannot parse the TIFF structure: "
                                   f"{type(e).__name__}: {e}") from e
+        bad = [r for r in log.records if r.levelno >= logging.ERROR
+               or "corrupt" in r.getMessage().lower()]
+        if bad:
+            raise FileFormatError(f"{str(p)!r} is corrupted or truncated: tifffile reported "
+                                  f"{bad[0].getMessage()}")
     perm, squeeze = _axes_to_yxc(axes, level_shapes[0], p)
     levels = []
     for lv_i, shp in enumerate(level_shapes):
@@ -705,8 +734,10 @@ def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.nda
             store = tf.series[0].aszarr(level=level)
             z = zarr.open_array(store, mode="r")
             return np.asarray(z[sel])
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError) as e:
-        raise FileFormatError(f"{path!r}: cannot read level {level} region {loc}: {e}") from e
+    except (tifffile.TiffFileError, zlib.error, RuntimeError, *_TIFF_PARSE_ERRORS) as e:
+        # zlib.error / imagecodecs errors (RuntimeError subclasses): corrupted tile data
+        raise FileFormatError(f"{path!r}: cannot decode level {level} region {loc} "
+                              f"(corrupted image data?): {type(e).__name__}: {e}") from e
 
 
 def _read_zarr(p: Path) -> SlideImage:
@@ -820,7 +851,7 @@ def write_truth(directory: str | os.PathLike, field: Any, *, abundances: bool = 
     if abundances:
         atomic("abundances.tif", lambda t: tifffile.imwrite(
             t, np.moveaxis(np.asarray(field.abundances, np.float32), 2, 0),
-            compression="zlib", metadata={"axes": "CYX"}))
+            compression="zlib", photometric="minisblack", metadata={"axes": "CYX"}))
     atomic("truth.json", lambda t: t.write_text(json.dumps(field.to_dict(), sort_keys=True,
                                                            indent=1)))
     return d

@@ -96,6 +96,7 @@ _N_UNIF = 48         # uniforms per lattice site
 _JITTER = 0.25       # jitter radius / lattice spacing
 _OCCUPANCY = 0.92    # fraction of lattice sites that hold a cell (the rest: stroma gaps)
 _TAG_SITES, _TAG_TISSUE, _TAG_AF, _TAG_NOISE = 0x5173, 0x7155, 0xAF, 0x9015E
+_TAG_HER2 = 0x4E52
 _OFFSET = 1 << 24    # keeps RNG keys non-negative for blocks left of / above the origin
 _WORKERS = min(8, os.cpu_count() or 1)  # threads for noise blocks (numpy releases the GIL)
 
@@ -135,10 +136,12 @@ class Preset:
     doi: str | None
     her2_mix: Mapping[str, float]
     markers: Mapping[str, MarkerLevel]
+    her2_patch_um: float | None = None  # correlation length of clonal HER2 patches
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "citation": self.citation, "doi": self.doi, "her2_mix": dict(self.her2_mix),
+                "her2_patch_um": self.her2_patch_um,
                 "markers": {k: vars(v).copy() for k, v in self.markers.items()}}
 
 
@@ -160,6 +163,8 @@ for _args in (
     ("claudin-4", "membrane", "CLDN4", "tight-junction protein; high in ovarian and luminal cancers"),
     ("PSA", "cytoplasm", "KLK3", "prostate-specific antigen (kallikrein 3)"),
     ("AR", "nucleus", "AR", "androgen receptor"),
+    # nuclear counterstain (registered last so the other markers' random draws are unchanged)
+    ("DAPI", "nucleus", "DNA", "nuclear counterstain (DAPI), present in every cell"),
 ):
     _register_marker(*_args)
 
@@ -168,13 +173,15 @@ _MARKER_SLOT0 = 12     # uniforms 12+2i, 13+2i: marker i (registry order) positi
 
 
 def _register_preset(name: str, kind: str, description: str, citation: str, doi: str | None,
-                     her2_mix: dict[str, float], **markers: tuple[float, float, float]) -> None:
+                     her2_mix: dict[str, float], her2_patch_um: float | None = None,
+                     **markers: tuple[float, float, float]) -> None:
     mix = {c: float(her2_mix.get(c, 0.0)) for c in HER2_CATEGORIES}
     assert set(her2_mix) <= set(HER2_CATEGORIES) and abs(sum(mix.values()) - 1) < 1e-9, name
+    markers.setdefault("DAPI", (1.0, 1.0, 0.15))  # every nucleus takes the counterstain
     lv = {k.replace("_", "-"): MarkerLevel(*v) for k, v in markers.items()}
     assert set(lv) <= set(_MARKERS) - {"HER2"}, name
     _PRESETS[name] = Preset(name, kind, description, citation, doi,
-                            MappingProxyType(mix), MappingProxyType(lv))
+                            MappingProxyType(mix), MappingProxyType(lv), her2_patch_um)
 
 
 _NEVE = ("Neve RM et al. (2006) Cancer Cell 10:515-527; Subik K et al. (2010) Breast Cancer "
@@ -215,33 +222,34 @@ _register_preset(
 _register_preset(
     "luminal-A", "tumour", "luminal A breast carcinoma: ER+ PR high, HER2-negative (0/1+)",
     "Goldhirsch A et al. (2013) Ann Oncol 24:2206-2223 (St Gallen surrogate definitions)",
-    "10.1093/annonc/mdt303", {"0": 0.5, "1+": 0.5},
+    "10.1093/annonc/mdt303", {"0": 0.5, "1+": 0.5}, 60.0,
     ER=(0.9, 0.8, 0.4), PR=(0.7, 0.6, 0.5), EGFR=(0.05, 0.1, 0.5), mTOR=(1.0, 0.3, 0.4),
     AR=(0.7, 0.4, 0.5), claudin_4=(0.8, 0.5, 0.4))
 _register_preset(
     "HER2-enriched", "tumour", "HER2-enriched breast carcinoma: HER2 3+ in most tumour cells "
     "(IHC-positive by ASCO/CAP 2018), ER- PR-",
     "Perou CM et al. (2000) Nature 406:747-752; Wolff AC et al. (2018) J Clin Oncol "
-    "36:2105-2122", "10.1200/JCO.2018.77.8738", {"1+": 0.05, "2+": 0.15, "3+": 0.8},
+    "36:2105-2122", "10.1200/JCO.2018.77.8738", {"1+": 0.05, "2+": 0.15, "3+": 0.8}, 60.0,
     ER=(0.05, 0.3, 0.5), EGFR=(0.3, 0.3, 0.5), mTOR=(1.0, 0.6, 0.3), AR=(0.5, 0.4, 0.5),
     claudin_4=(0.8, 0.5, 0.4))
 _register_preset(
     "triple-negative", "tumour", "triple-negative breast carcinoma: ER- PR- HER2 0/1+, EGFR "
     "positive in a subset (basal-like)",
     "Foulkes WD, Smith IE, Reis-Filho JS (2010) N Engl J Med 363:1938-1948",
-    "10.1056/NEJMra1001389", {"0": 0.85, "1+": 0.15},
+    "10.1056/NEJMra1001389", {"0": 0.85, "1+": 0.15}, 60.0,
     EGFR=(0.6, 0.6, 0.5), mTOR=(1.0, 0.6, 0.4), AR=(0.2, 0.3, 0.5), claudin_4=(0.4, 0.3, 0.5))
 _register_preset(
     "her2-heterogeneous", "tumour", "breast carcinoma with intratumoural HER2 heterogeneity: "
-    "a mix of 0, 1+, 2+ and 3+ cells (30/30/20/20 %); ER+ in a subset",
+    "a mix of 0, 1+, 2+ and 3+ cells (30/30/20/20 %) in clonal patches (~150 um correlation "
+    "length, as intratumoural heterogeneity is regional); ER+ in a subset",
     "Wolff AC et al. (2018) J Clin Oncol 36:2105-2122", "10.1200/JCO.2018.77.8738",
-    {"0": 0.3, "1+": 0.3, "2+": 0.2, "3+": 0.2},
+    {"0": 0.3, "1+": 0.3, "2+": 0.2, "3+": 0.2}, 150.0,
     ER=(0.6, 0.6, 0.4), PR=(0.4, 0.4, 0.5), EGFR=(0.2, 0.2, 0.5), mTOR=(1.0, 0.5, 0.3))
 _register_preset(
     "her2-ultralow", "tumour", "ER+ breast carcinoma, HER2-ultralow: faint incomplete "
     "membrane staining in <= 10 % of tumour cells (5 % here)",
     "Wolff AC et al. (2018) J Clin Oncol 36:2105-2122; DESTINY-Breast06 entry criterion "
-    "(Bardia A et al., N Engl J Med 2024)", "10.1200/JCO.2018.77.8738", {"0": 0.95, "1+": 0.05},
+    "(Bardia A et al., N Engl J Med 2024)", "10.1200/JCO.2018.77.8738", {"0": 0.95, "1+": 0.05}, 60.0,
     ER=(0.9, 0.8, 0.4), PR=(0.6, 0.5, 0.5), mTOR=(1.0, 0.3, 0.4))
 
 
@@ -426,7 +434,9 @@ def _build_geometry(shape: tuple[int, int], *, density: float, ps: float,
     y = ii * dy_site + r * np.sin(phi)
     x = (jj + 0.5 * (ii & 1)) * spacing + r * np.cos(phi)
     occ = u[:, 2] < _OCCUPANCY
-    if math.isfinite(thr):
+    if thr == math.inf:
+        occ[:] = False
+    elif math.isfinite(thr):
         occ &= _wave_eval(tissue_modes, y, x) > thr
     y, x, u = y[occ], x[occ], u[occ]
     inside = (y >= 0) & (y < hy) & (x >= 0) & (x < wx)
@@ -549,14 +559,21 @@ class _Expression:
 
 
 def _expression(g: _Geometry, preset: Preset, marker_names: tuple[str, ...]) -> _Expression:
-    from scipy.special import ndtri
+    from scipy.special import ndtr, ndtri
 
     u = np.clip(g.unif, 1e-12, 1 - 1e-12)
     n = g.n
     cum = np.cumsum([preset.her2_mix.get(c, 0.0) for c in HER2_CATEGORIES])
     cum[-1] = 1.0 + 1e-9
     s = _HER2_MARKER_SLOT
-    cat = np.searchsorted(cum, u[:, s], side="right").astype(np.int64)
+    u_cat = u[:, s]
+    if preset.her2_patch_um:
+        # clonal patches: a smooth unit-variance random field at the cell centres (global
+        # coordinates, so tile-independent) with 10 % independent per-cell variance
+        modes = _wave_modes(g.seed, _TAG_HER2, preset.her2_patch_um / 2, preset.her2_patch_um * 2)
+        z = _wave_eval(modes, g.cy * g.ps, g.cx * g.ps)
+        u_cat = ndtr(0.95 * z + math.sqrt(1 - 0.95**2) * ndtri(u[:, s]))
+    cat = np.searchsorted(cum, u_cat, side="right").astype(np.int64)
     cat = np.minimum(cat, len(HER2_CATEGORIES) - 1)
     inten = np.zeros(n)
     compl = np.zeros(n)

@@ -1,0 +1,479 @@
+"""End-to-end analysis: unmix -> segment -> cells -> measurements, for one field in memory or
+a whole slide tile by tile on a Dask cluster (local by default), resumable and atomic.
+
+Tiling and stitching
+--------------------
+The slide is cut into core tiles; each job reads its tile plus a margin (``margin_um``,
+larger than a cell's diameter), segments the padded region and keeps only the cells whose
+*nucleus centroid* lies in its core. Every cell therefore belongs to exactly one tile and is
+measured whole, from pixels on both sides of the border. Thresholds that would otherwise vary
+from tile to tile (the nuclear threshold, membrane-completeness thresholds) are estimated
+once, on a reference region, and passed to every tile, so the result does not depend on the
+tile size. Cell ids are ``tile_index * 1_000_000 + local id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from qdmed.errors import InputError
+from qdmed.imaging._panel import Panel
+
+CELL_ID_STRIDE = 1_000_000
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Parameters of the per-cell analysis (all recorded in the outputs)."""
+
+    pixel_size_um: float = 0.5
+    nuclear_marker: str = "DAPI"
+    expansion_um: float = 5.0
+    membrane_markers: tuple = ("HER2", "EGFR", "CA125", "claudin-4")
+    max_expansion_um: float = 8.0
+    membrane_width_um: float = 1.0
+    min_nucleus_area_um2: float = 10.0
+    max_nucleus_area_um2: float = 400.0
+    nuclear_threshold: float | None = None
+    completeness_threshold: dict | None = None
+    unmix_method: str = "auto"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["membrane_markers"] = list(self.membrane_markers)
+        return d
+
+
+@dataclass(frozen=True, eq=False)
+class FieldAnalysis:
+    """Result of :func:`analyze_field`: arrays plus the per-cell table."""
+
+    abundances: np.ndarray  # (Y, X, K) unmixed
+    residual: np.ndarray  # (Y, X) relative residual (goodness of fit)
+    nuclei: np.ndarray
+    cells: np.ndarray
+    table: object  # pandas.DataFrame, one row per cell
+    settings: AnalysisSettings
+    components: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"n_cells": int(len(self.table)), "components": list(self.components),
+                "settings": self.settings.to_dict(),
+                "median_relative_residual": float(np.median(self.residual))}
+
+
+def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False):
+    """Exact NNLS unmixing of a (Y, X, C) image with the panel's endmembers -> (Y, X, K)."""
+    from qdmed.imaging._nnls import unmix_nnls
+
+    img = np.asarray(image_yxc)
+    if img.ndim != 3 or img.shape[-1] != len(panel.channels):
+        raise InputError(
+            f"image has shape {img.shape} but the panel has {len(panel.channels)} detection "
+            f"channels ({', '.join(panel.channel_names)}): the channel axis must match"
+        )
+    y, x, c = img.shape
+    res = unmix_nnls(img.reshape(-1, c), panel.endmembers, method=method,
+                     return_residual=return_residual)
+    if return_residual:
+        return (res.abundances.reshape(y, x, -1).astype(np.float32),
+                res.relative_residual.reshape(y, x).astype(np.float32))
+    return res.reshape(y, x, -1).astype(np.float32)
+
+
+def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
+                  offset=(0, 0)) -> FieldAnalysis:
+    """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
+    cells, measure every marker in every compartment."""
+    from qdmed.imaging._cells import expand_cells, measure_cells, segment_nuclei
+
+    s = settings or AnalysisSettings()
+    comps = panel.components
+    if s.nuclear_marker not in comps:
+        raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
+                         f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
+    ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True)
+    nuc = ab[..., comps.index(s.nuclear_marker)]
+    nuclei = segment_nuclei(nuc, pixel_size_um=s.pixel_size_um,
+                            min_area_um2=s.min_nucleus_area_um2,
+                            max_area_um2=s.max_nucleus_area_um2,
+                            threshold=s.nuclear_threshold if s.nuclear_threshold is not None
+                            else "otsu")
+    memb = membrane_signal(ab, comps, s.membrane_markers)
+    cells = expand_cells(nuclei, expansion_um=s.expansion_um, pixel_size_um=s.pixel_size_um,
+                         membrane_image=memb, max_expansion_um=s.max_expansion_um)
+    table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
+                          pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
+                          offset=tuple(offset), completeness_threshold=s.completeness_threshold)
+    return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps)
+
+
+def membrane_signal(abundances, components, membrane_markers):
+    """Sum of the unmixed membrane markers present in the panel, each scaled by its 99th
+    percentile (None when the panel has no membrane marker: cells then grow by a fixed
+    distance)."""
+    idx = [components.index(m) for m in membrane_markers if m in components]
+    if not idx:
+        return None
+    out = np.zeros(abundances.shape[:2], np.float32)
+    for i in idx:
+        ch = abundances[..., i]
+        p = float(np.percentile(ch, 99))
+        if p > 0:
+            out += ch / p
+    return out
+
+
+def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -> AnalysisSettings:
+    """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
+    reference region and return settings that fix them, so every tile uses the same values."""
+    from skimage.filters import gaussian, threshold_otsu
+
+    ab = unmix_image(image_yxc, panel, method=settings.unmix_method)
+    comps = panel.components
+    if settings.nuclear_marker not in comps:
+        raise InputError(f"nuclear marker {settings.nuclear_marker!r} is not in the panel "
+                         f"components {list(comps)}")
+    nuc = ab[..., comps.index(settings.nuclear_marker)]
+    thr = settings.nuclear_threshold
+    if thr is None:
+        sm = gaussian(nuc, sigma=max(0.5 / settings.pixel_size_um, 0.5), preserve_range=True)
+        thr = float(threshold_otsu(sm)) if float(np.ptp(sm)) > 0 else float("inf")
+    comp = settings.completeness_threshold
+    if comp is None:
+        fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr))
+        comp = dict(fa.table.attrs.get("completeness_thresholds", {})) or None
+    return replace(settings, nuclear_threshold=thr, completeness_threshold=comp)
+
+
+# ---------------------------------------------------------------------------- slides
+def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
+    """Core tiles (y0, y1, x0, x1) covering the slide, row-major."""
+    h, w = shape_yx
+    if tile < 64:
+        raise InputError(f"tile must be >= 64 px, got {tile}")
+    return [(y, min(y + tile, h), x, min(x + tile, w))
+            for y in range(0, h, tile) for x in range(0, w, tile)]
+
+
+def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int,
+             index: int, outlines: bool = False):
+    """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features)."""
+    from qdmed.imaging._slideio import read_slide
+
+    slide = read_slide(path)
+    panel = Panel.from_dict(panel_doc)
+    s = AnalysisSettings(**settings_doc)
+    h, w, _ = slide.shape
+    y0, y1, x0, x1 = box
+    py0, py1 = max(0, y0 - margin_px), min(h, y1 + margin_px)
+    px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
+    region = np.asarray(slide.data[py0:py1, px0:px1, :].compute())
+    fa = analyze_field(region, panel, s, offset=(py0, px0))
+    df = fa.table
+    if len(df):
+        cy, cx = df["centroid_y"].to_numpy(), df["centroid_x"].to_numpy()
+        # ownership by nucleus centroid (global pixel coordinates)
+        ncy, ncx = _nucleus_centroids(fa.nuclei, df["cell_id"].to_numpy(), py0, px0)
+        keep = (ncy >= y0) & (ncy < y1) & (ncx >= x0) & (ncx < x1)
+        del cy, cx
+        local_ids = df["cell_id"].to_numpy()[keep]
+        df = df.loc[keep].copy()
+        df["cell_id"] = np.int64(index) * CELL_ID_STRIDE + df["cell_id"].astype(np.int64)
+        df["tile"] = np.int32(index)
+        feats = _outlines(fa.cells, local_ids, index, py0, px0) if outlines else []
+    else:
+        df = df.copy()
+        df["tile"] = np.array([], dtype=np.int32)
+        feats = []
+    return df.reset_index(drop=True), feats
+
+
+def _nucleus_centroids(nuclei, ids, oy, ox):
+    from scipy import ndimage
+
+    lab = nuclei
+    cy = np.asarray(ndimage.mean(np.indices(lab.shape)[0], lab, ids)) + oy
+    cx = np.asarray(ndimage.mean(np.indices(lab.shape)[1], lab, ids)) + ox
+    return cy, cx
+
+
+def _outlines(cells, ids, index, oy, ox) -> list[dict]:
+    """GeoJSON polygon features (QuPath 'cell' objects) for the given cell ids."""
+    from skimage.measure import approximate_polygon, find_contours, regionprops
+
+    feats = []
+    want = set(int(i) for i in ids)
+    for rp in regionprops(cells):
+        if rp.label not in want:
+            continue
+        y0, x0, y1, x1 = rp.bbox
+        mask = np.pad(rp.image, 1).astype(float)
+        cs = find_contours(mask, 0.5)
+        if not cs:
+            continue
+        c = approximate_polygon(max(cs, key=len), tolerance=0.75)
+        ring = [[float(x + x0 + ox - 1), float(y + y0 + oy - 1)] for y, x in c]
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        feats.append({"type": "Feature",
+                      "id": str(index * CELL_ID_STRIDE + rp.label),
+                      "geometry": {"type": "Polygon", "coordinates": [ring]},
+                      "properties": {"objectType": "cell",
+                                     "cell_id": int(index * CELL_ID_STRIDE + rp.label)}})
+    return feats
+
+
+@dataclass(frozen=True)
+class SlideResult:
+    """Summary of an analysed slide; the per-cell table lives in ``cells.parquet``."""
+
+    summary: dict
+    out_dir: Path
+    her2: object | None = field(default=None, compare=False)
+
+    @property
+    def cells_path(self) -> Path:
+        return self.out_dir / "cells.parquet"
+
+    def cells(self):
+        import pandas as pd
+
+        return pd.read_parquet(self.cells_path)
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px) -> str:
+    st = path.stat() if path.is_file() else None
+    doc = {"path": str(path.resolve()), "size": st.st_size if st else None,
+           "mtime": st.st_mtime if st else None, "panel": panel.to_yaml_dict(),
+           "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | None = None,
+                  tile: int = 2048, margin_um: float = 30.0, scheduler: str | None = None,
+                  n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
+                  write_unmixed: bool = True, progress: bool = True, resume: bool = True,
+                  reference_region_px: int = 2048) -> SlideResult:
+    """Analyse a whole slide tile by tile.
+
+    Parameters
+    ----------
+    path : str or path-like
+        OME-TIFF/TIFF or OME-Zarr slide, (Y, X, C) with C = the panel's channels.
+    panel : Panel
+    out_dir : path
+        Gets ``cells.parquet``, ``summary.json``, ``cells.geojson`` (if ``outlines``),
+        ``unmixed.ome.zarr`` (if ``write_unmixed``) and ``tiles/`` (finished tiles, for resume).
+    tile : int, px
+        Core tile size.
+    margin_um : float, um
+        Overlap read around each tile (must exceed a cell diameter).
+    scheduler : str, optional
+        Address of an existing Dask distributed scheduler (``tcp://host:8786``). Without it a
+        local cluster is started when there is more than one tile.
+    n_workers : int, optional
+        Workers of the local cluster (default: min(cores, tiles)).
+    her2_calibration : Her2Calibration, optional
+        Enables the slide-level HER2 category.
+    resume : bool
+        Reuse finished tiles of an interrupted run with the same inputs and settings.
+
+    Returns
+    -------
+    SlideResult
+    """
+    import pandas as pd
+
+    from qdmed import __version__
+    from qdmed.imaging._slideio import read_slide
+    from qdmed.report import atomic_write_bytes, atomic_write_text
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    slide = read_slide(path)
+    h, w, c = slide.shape
+    if c != len(panel.channels):
+        raise InputError(
+            f"{path}: the image has {c} channels ({', '.join(slide.channel_names)}) but the panel "
+            f"has {len(panel.channels)} detection channels ({', '.join(panel.channel_names)})"
+        )
+    s = settings or AnalysisSettings()
+    if slide.pixel_size_um and settings is None:
+        s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    margin_px = int(np.ceil(margin_um / s.pixel_size_um))
+    # global thresholds from a central reference region
+    ry0 = max(0, h // 2 - reference_region_px // 2)
+    rx0 = max(0, w // 2 - reference_region_px // 2)
+    ref = np.asarray(slide.data[ry0:ry0 + reference_region_px,
+                                rx0:rx0 + reference_region_px, :].compute())
+    s = fix_global_thresholds(ref, panel, s)
+    out = Path(out_dir)
+    tiles_dir = out / "tiles"
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(path, panel, s, tile, margin_px)
+    manifest = tiles_dir / "run.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if not resume or old.get("fingerprint") != fp:
+            for f in tiles_dir.glob("tile_*"):
+                f.unlink()
+    atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
+    boxes = tile_grid((h, w), tile)
+    todo = [i for i in range(len(boxes)) if not (tiles_dir / f"tile_{i:06d}.parquet").exists()]
+    panel_doc, settings_doc = panel.to_yaml_dict(), s.to_dict()
+
+    def save(i, df, feats):
+        import io
+
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(tiles_dir / f"tile_{i:06d}.geojson.json",
+                           json.dumps(feats).encode()) if outlines else None
+        atomic_write_bytes(tiles_dir / f"tile_{i:06d}.parquet", buf.getvalue())
+
+    client = cluster = None
+    n_used = 1
+    with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
+        if todo and (scheduler or len(todo) > 1):
+            from distributed import Client, LocalCluster, as_completed
+
+            if scheduler:
+                client = Client(scheduler, timeout="30s")
+            else:
+                n_used = n_workers or min(os.cpu_count() or 1, len(todo))
+                cluster = LocalCluster(n_workers=n_used, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
+                client = Client(cluster)
+            n_used = len(client.scheduler_info().get("workers", {})) or n_used
+            try:
+                futs = {client.submit(run_tile, str(path), panel_doc, settings_doc, boxes[i],
+                                      margin_px, i, outlines, pure=False): i for i in todo}
+                for fut in as_completed(futs):
+                    df, feats = fut.result()
+                    save(futs[fut], df, feats)
+                    advance()
+            finally:
+                client.close()
+                if cluster is not None:
+                    cluster.close()
+        else:
+            for i in todo:
+                df, feats = run_tile(str(path), panel_doc, settings_doc, boxes[i], margin_px, i,
+                                     outlines)
+                save(i, df, feats)
+                advance()
+    parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
+    parts = [p for p in parts if len(p)] or parts[:1]
+    cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
+    import io
+
+    buf = io.BytesIO()
+    cells.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "cells.parquet", buf.getvalue())
+    if outlines:
+        feats = []
+        for i in range(len(boxes)):
+            feats += json.loads((tiles_dir / f"tile_{i:06d}.geojson.json").read_text())
+        atomic_write_text(out / "cells.geojson",
+                          json.dumps({"type": "FeatureCollection", "features": feats}))
+    her2 = None
+    if her2_calibration is not None and len(cells):
+        from qdmed.imaging._scoring import score_her2
+
+        her2 = score_her2(cells, her2_calibration, nan_policy="omit")
+    if write_unmixed:
+        _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
+    summary = {
+        "qdmed_version": __version__,
+        "slide": slide.to_dict(),
+        "panel": panel.to_dict(),
+        "settings": s.to_dict(),
+        "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
+        "n_tiles_resumed": len(boxes) - len(todo),
+        "n_workers": n_used, "scheduler": scheduler or ("local" if client else "in-process"),
+        "n_cells": int(len(cells)),
+        "marker_summary": marker_summary(cells, panel.components),
+        "her2": None if her2 is None else her2.to_dict(),
+        "elapsed_s": time.perf_counter() - t0,
+        "outputs": {"cells": "cells.parquet",
+                    "geojson": "cells.geojson" if outlines else None,
+                    "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
+    }
+    atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2,
+                                                      sort_keys=True))
+    return SlideResult(summary, out, her2)
+
+
+def _write_unmixed(slide, panel, s, dest):
+    import dask.array as da
+
+    from qdmed.imaging._nnls import unmix_block
+    from qdmed.imaging._slideio import write_ome_zarr
+
+    em = panel.endmembers
+    data = slide.data.rechunk({2: -1})
+    ab = da.map_blocks(lambda b: unmix_block(b, em, method=s.unmix_method).astype(np.float32),
+                       data, chunks=data.chunks[:2] + ((len(panel.components),),),
+                       dtype=np.float32)
+    write_ome_zarr(dest, ab, channel_names=list(panel.components), pixel_size_um=s.pixel_size_um)
+
+
+def marker_summary(cells, components) -> dict:
+    """Per marker: median cell mean in its compartments (nucleus, cytoplasm, membrane)."""
+    out = {}
+    for m in components:
+        row = {}
+        for comp in ("nucleus", "cytoplasm", "membrane"):
+            col = f"{m}_{comp}_mean"
+            if col in cells:
+                row[f"{comp}_median"] = float(cells[col].median()) if len(cells) else None
+        out[m] = row
+    return out
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+class _progress:
+    """A rich progress bar on stderr (silent when disabled)."""
+
+    def __init__(self, enabled, total, done):
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.p = Progress("[progress.description]{task.description}", BarColumn(),
+                          MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=Console(stderr=True), transient=False)
+        self.p.__enter__()
+        self.task = self.p.add_task("tiles", total=self.total, completed=self.done)
+        return lambda: self.p.advance(self.task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)
+        return False

@@ -1,0 +1,325 @@
+"""Multiplex panel design: QDs -> markers, detection channels, mixing matrix, crosstalk."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qdmed.errors import FileFormatError, InputError
+from qdmed.optics import Spectrum, default_grid, emission_spectrum, gaussian_in_energy
+
+#: Default tissue autofluorescence under violet excitation: a broad band peaking near 520 nm
+#: (flavins, lipofuscin). Shape and position are an unverified [M] default; estimate the real
+#: spectrum from an unstained control (:func:`autofluorescence_from_control`).
+DEFAULT_AF_PEAK_NM = 520.0
+DEFAULT_AF_FWHM_NM = 150.0
+#: Nuclear counterstain DAPI (bound to DNA): emission maximum ~461 nm; excited at 405 nm
+#: (Thermo Fisher DAPI product data [M]); modelled as an energy-Gaussian, FWHM ~ 70 nm [M].
+DAPI_PEAK_NM = 461.0
+DAPI_FWHM_NM = 70.0
+
+
+def autofluorescence_spectrum(peak_nm=DEFAULT_AF_PEAK_NM, fwhm_nm=DEFAULT_AF_FWHM_NM,
+                              wavelength_nm=None) -> Spectrum:
+    s = emission_spectrum(peak_nm, fwhm_nm, wavelength_nm=wavelength_nm, label="autofluorescence")
+    return Spectrum(s.wavelength_nm, s.values, "autofluorescence", "autofluorescence")
+
+
+def spectral_channels(n: int, low_nm: float, high_nm: float) -> list[tuple[float, float]]:
+    """Contiguous equal-width bands of a spectral detector with ``n`` channels."""
+    if n < 1 or not high_nm > low_nm:
+        raise InputError(f"spectral detector needs n >= 1 and high > low, got n={n}, "
+                         f"{low_nm}-{high_nm} nm")
+    edges = np.linspace(low_nm, high_nm, n + 1)
+    return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def mixing_matrix(spectra, channels, brightness=None) -> np.ndarray:
+    """Channels x components matrix: each (area-normalised) spectrum integrated over each band,
+    times the component's relative brightness."""
+    b = np.ones(len(spectra)) if brightness is None else np.asarray(brightness, float)
+    m = np.array([[s.normalized().band_integral(lo, hi) for s in spectra] for lo, hi in channels])
+    return m * b[None, :]
+
+
+def _crosstalk(m: np.ndarray) -> dict:
+    mn = m / np.linalg.norm(m, axis=0, keepdims=True)
+    cos = mn.T @ mn
+    primary = np.argmax(m, axis=0)
+    spill = m[primary, :].T / m[primary, np.arange(m.shape[1])][:, None]  # row i: comp i
+    inv = np.linalg.pinv(m)
+    noise_gain = np.sqrt(np.sum(inv**2, axis=1)) * np.linalg.norm(m, axis=0)
+    return {"cosine": cos, "spillover": spill, "noise_gain": noise_gain,
+            "condition_number": float(np.linalg.cond(m))}
+
+
+@dataclass(frozen=True, eq=False)
+class Panel:
+    """A multiplexed QD panel: one label per marker, detection channels, mixing matrix.
+
+    ``components`` are the marker names followed by ``"autofluorescence"`` (if modelled).
+    ``endmembers`` (channels x components) is what the unmixing uses.
+    """
+
+    markers: tuple[str, ...]
+    labels: tuple[str, ...]
+    spectra: tuple[Spectrum, ...]
+    channels: tuple[tuple[float, float], ...]
+    brightness: tuple[float, ...]
+    excitation_nm: float = 405.0
+    autofluorescence: Spectrum | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self.markers + (("autofluorescence",) if self.autofluorescence is not None else ())
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(f"{lo:.0f}-{hi:.0f}nm" for lo, hi in self.channels)
+
+    @property
+    def endmembers(self) -> np.ndarray:
+        specs = list(self.spectra) + ([self.autofluorescence] if self.autofluorescence else [])
+        b = list(self.brightness) + ([1.0] if self.autofluorescence else [])
+        return mixing_matrix(specs, self.channels, b)
+
+    def crosstalk(self) -> dict:
+        return _crosstalk(self.endmembers)
+
+    def to_dict(self) -> dict:
+        ct = self.crosstalk()
+        return {
+            "excitation_nm": self.excitation_nm,
+            "markers": list(self.markers),
+            "labels": dict(zip(self.markers, self.labels, strict=True)),
+            "label_peaks_nm": {m: s.peak_nm for m, s in zip(self.markers, self.spectra, strict=True)},
+            "channels_nm": [list(c) for c in self.channels],
+            "components": list(self.components),
+            "mixing_matrix": self.endmembers.round(6).tolist(),
+            "condition_number": ct["condition_number"],
+            "max_cosine_similarity": float(np.max(ct["cosine"] - np.eye(len(self.components)))),
+            "spillover": ct["spillover"].round(4).tolist(),
+            "noise_gain": ct["noise_gain"].round(3).tolist(),
+            "warnings": list(self.warnings),
+        }
+
+    def to_yaml_dict(self) -> dict:
+        return {"excitation_nm": self.excitation_nm,
+                "channels_nm": [list(c) for c in self.channels],
+                "markers": {m: {"label": lab, "peak_nm": s.peak_nm, "fwhm_nm": s.fwhm_nm,
+                                "brightness": b}
+                            for m, lab, s, b in zip(self.markers, self.labels, self.spectra,
+                                                    self.brightness, strict=True)},
+                "autofluorescence": None if self.autofluorescence is None else {
+                    "peak_nm": self.autofluorescence.peak_nm,
+                    "fwhm_nm": self.autofluorescence.fwhm_nm}}
+
+    def to_file(self, path) -> Path:
+        import yaml
+
+        from qdmed.report import atomic_write_text
+
+        return atomic_write_text(path, yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
+
+    @classmethod
+    def from_file(cls, path) -> Panel:
+        import yaml
+
+        p = Path(path)
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot read panel file {p}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise FileFormatError(f"{p}:{' line ' + str(mark.line + 1) if mark else ''} "
+                                  f"malformed YAML") from exc
+        return cls.from_dict(doc, source=str(p))
+
+    @classmethod
+    def from_dict(cls, doc, *, source="<panel>") -> Panel:
+        if not isinstance(doc, dict) or "markers" not in doc or "channels_nm" not in doc:
+            raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm'")
+        grid = default_grid(350, 1000, 0.5)
+        markers, labels, spectra, bright = [], [], [], []
+        for m, e in doc["markers"].items():
+            if not isinstance(e, dict):
+                raise FileFormatError(f"{source}: markers.{m} must be a mapping")
+            if "peak_nm" in e:
+                s = emission_spectrum(float(e["peak_nm"]), float(e.get("fwhm_nm", 30.0)),
+                                      wavelength_nm=grid, label=str(e.get("label", m)))
+            elif "label" in e:
+                s = _label_spectrum(e["label"], grid)
+            else:
+                raise FileFormatError(f"{source}: markers.{m} needs 'label' or 'peak_nm'")
+            markers.append(str(m))
+            labels.append(str(e.get("label", f"{s.peak_nm:.0f} nm")))
+            spectra.append(s)
+            bright.append(float(e.get("brightness", 1.0)))
+        try:
+            channels = [(float(a), float(b)) for a, b in doc["channels_nm"]]
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(f"{source}: channels_nm must be a list of [low, high] nm") from exc
+        af = doc.get("autofluorescence", {"peak_nm": DEFAULT_AF_PEAK_NM,
+                                         "fwhm_nm": DEFAULT_AF_FWHM_NM})
+        af_s = None if af is None else autofluorescence_spectrum(af["peak_nm"], af["fwhm_nm"], grid)
+        return build_panel_from_spectra(markers, labels, spectra, channels, brightness=bright,
+                                        excitation_nm=float(doc.get("excitation_nm", 405.0)),
+                                        autofluorescence=af_s)
+
+    def plot(self):
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for i, (m, s) in enumerate(zip(self.markers, self.spectra, strict=True)):
+            axes[0].plot(s.wavelength_nm, s.normalized("peak").values, color=f"C{i}",
+                         label=f"{m}: {self.labels[i]}")
+        if self.autofluorescence is not None:
+            af = self.autofluorescence.normalized("peak")
+            axes[0].plot(af.wavelength_nm, af.values, "k--", label="autofluorescence")
+        for lo, hi in self.channels:
+            axes[0].axvspan(lo, hi, color="grey", alpha=0.08)
+        axes[0].set_xlim(self.channels[0][0] - 60, self.channels[-1][1] + 40)
+        axes[0].set_xlabel("wavelength (nm)")
+        axes[0].set_ylabel("normalised emission")
+        axes[0].legend(fontsize=7, frameon=False)
+        im = axes[1].imshow(self.endmembers / self.endmembers.max(0), aspect="auto", cmap="viridis")
+        axes[1].set_yticks(range(len(self.channels)), self.channel_names, fontsize=7)
+        axes[1].set_xticks(range(len(self.components)), self.components, rotation=45, fontsize=7)
+        axes[1].set_title(f"mixing matrix (cond = {self.crosstalk()['condition_number']:.1f})")
+        fig.colorbar(im, ax=axes[1])
+        fig.tight_layout()
+        return fig
+
+
+def _label_spectrum(label, grid) -> Spectrum:
+    """Emission spectrum of a label: a catalog Qdot name, ``"DAPI"``, or a Probe/Spectrum."""
+    from qdmed.optics import get_qdot
+    from qdmed.probe import Probe
+
+    if isinstance(label, Spectrum):
+        return Spectrum(grid, label.resample(grid), "emission", label.label)
+    if isinstance(label, Probe):
+        return label.emission_spectrum(grid)
+    if str(label).strip().upper() == "DAPI":
+        return emission_spectrum(DAPI_PEAK_NM, DAPI_FWHM_NM, wavelength_nm=grid, label="DAPI")
+    return get_qdot(label).emission_spectrum(grid)
+
+
+def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=None,
+                             excitation_nm=405.0, autofluorescence=None,
+                             max_condition=100.0, max_cosine=0.98) -> Panel:
+    """Assemble a Panel and attach separability warnings."""
+    if len(markers) != len(spectra):
+        raise InputError(f"{len(markers)} markers but {len(spectra)} spectra")
+    if len(set(markers)) != len(markers):
+        raise InputError(f"duplicate marker names in {markers}")
+    n_comp = len(markers) + (autofluorescence is not None)
+    if len(channels) < n_comp:
+        raise InputError(f"{len(channels)} detection channels cannot separate {n_comp} components "
+                         "(need at least as many channels as components)")
+    b = tuple(float(x) for x in (brightness or [1.0] * len(markers)))
+    panel = Panel(tuple(markers), tuple(labels), tuple(spectra), tuple(channels), b,
+                  float(excitation_nm), autofluorescence)
+    ct = panel.crosstalk()
+    warns = []
+    comps = panel.components
+    cos = ct["cosine"]
+    for i, j in itertools.combinations(range(len(comps)), 2):
+        if cos[i, j] > max_cosine:
+            warns.append(f"{comps[i]} and {comps[j]} cannot be separated in these channels "
+                         f"(spectral cosine similarity {cos[i, j]:.3f} > {max_cosine})")
+    if ct["condition_number"] > max_condition:
+        warns.append(f"mixing matrix condition number {ct['condition_number']:.0f} > "
+                     f"{max_condition:.0f}: unmixing will amplify noise")
+    return Panel(panel.markers, panel.labels, panel.spectra, panel.channels, panel.brightness,
+                 panel.excitation_nm, autofluorescence, tuple(warns))
+
+
+def design_panel(markers, available, channels, *, expression=None, brightness=None,
+                 excitation_nm=405.0, autofluorescence="default", fixed=None) -> Panel:
+    """Assign labels to markers so that the mixing matrix is best conditioned.
+
+    Parameters
+    ----------
+    markers : list of str
+        Biomarkers to label, e.g. ``["HER2", "ER", "PR", "EGFR", "mTOR"]``.
+    available : list
+        Candidate labels: catalog names (``"Qdot 605"``), :class:`qdmed.probe.Probe` objects
+        or emission :class:`Spectrum` objects.
+    channels : list of (low_nm, high_nm)
+        Detection bands (filters, or :func:`spectral_channels` for a spectral detector).
+    expression : dict, optional
+        Expected relative abundance per marker; the brightest labels go to the least abundant
+        markers (the usual panel-design rule, as in flow cytometry).
+    brightness : dict, optional
+        Relative brightness per label name (default 1 each: no vendor extinction at 405 nm is
+        verified in the catalog).
+    autofluorescence : "default", Spectrum or None
+    fixed : dict, optional
+        Marker -> label pairs that must be kept (e.g. a nuclear counterstain: ``{"DAPI": "DAPI"}``).
+
+    Every subset of the candidates of the right size is scored by the condition number of the
+    mixing matrix (exhaustive: fine for the <= ~12 candidates of real panels); within the best
+    subset, labels are matched to markers by brightness and expression.
+    """
+    grid = default_grid(350, 1000, 0.5)
+    fixed = dict(fixed or {})
+    free = [m for m in markers if m not in fixed]
+    cands = [a for a in available if a not in fixed.values()]
+    if len(cands) < len(free):
+        raise InputError(f"{len(free)} markers but only {len(cands)} candidate labels")
+    spec = {str(getattr(a, "name", a) or a): _label_spectrum(a, grid) for a in cands}
+    names = list(spec)
+    bright = {n: float((brightness or {}).get(n, 1.0)) for n in names}
+    af = (autofluorescence_spectrum(wavelength_nm=grid) if autofluorescence == "default"
+          else autofluorescence)
+    fixed_specs = [_label_spectrum(v, grid) for v in fixed.values()]
+    best = None
+    for combo in itertools.combinations(names, len(free)):
+        specs = fixed_specs + [spec[n] for n in combo] + ([af] if af is not None else [])
+        b = [1.0] * len(fixed_specs) + [bright[n] for n in combo] + ([1.0] if af else [])
+        cond = np.linalg.cond(mixing_matrix(specs, channels, b))
+        if best is None or cond < best[0]:
+            best = (cond, combo)
+    combo = list(best[1])
+    # brightest label -> least expressed marker; ties keep wavelength order
+    expr = {m: float((expression or {}).get(m, 1.0)) for m in free}
+    order_m = sorted(free, key=lambda m: expr[m])
+    order_l = sorted(combo, key=lambda n: -bright[n]) if brightness else combo
+    assign = dict(zip(order_m, order_l, strict=True)) if expression else dict(zip(free, combo, strict=True))
+    labels = [fixed[m] if m in fixed else assign[m] for m in markers]
+    spectra = [_label_spectrum(fixed[m], grid) if m in fixed else spec[assign[m]] for m in markers]
+    b = [1.0 if m in fixed else bright[assign[m]] for m in markers]
+    return build_panel_from_spectra(list(markers), [str(x) for x in labels], spectra, channels,
+                                    brightness=b, excitation_nm=excitation_nm,
+                                    autofluorescence=af)
+
+
+def breast_panel_5plex(n_channels: int = 8) -> Panel:
+    """The demo panel: HER2, ER, PR, EGFR, mTOR on Qdot 525/565/605/655/705 + DAPI + AF,
+    one 405 nm excitation, an 8-channel spectral detector 440-740 nm (Yezhelyev 2007-style)."""
+    channels = spectral_channels(n_channels, 440.0, 740.0)
+    return design_panel(
+        ["DAPI", "HER2", "ER", "PR", "EGFR", "mTOR"],
+        ["Qdot 525", "Qdot 565", "Qdot 605", "Qdot 655", "Qdot 705"],
+        channels, fixed={"DAPI": "DAPI"},
+    )
+
+
+def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0) -> np.ndarray:
+    """Autofluorescence endmember (per channel, unit sum) from an unstained control image:
+    the channel profile of the tissue pixels (above the ``percentile`` of total intensity)."""
+    img = np.asarray(image_yxc, float)
+    if img.ndim != 3:
+        raise InputError(f"control image must be (Y, X, C), got shape {img.shape}")
+    tot = img.sum(-1)
+    sel = tot > np.percentile(tot, percentile)
+    if sel.sum() < 10:
+        raise InputError("unstained control has too little signal to estimate autofluorescence")
+    prof = img[sel].mean(0)
+    return prof / prof.sum()

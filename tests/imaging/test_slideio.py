@@ -1,0 +1,197 @@
+"""Tests for qdmed.imaging._slideio: OME-TIFF / OME-Zarr writers, reader, truth files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from qdmed.errors import FileFormatError, InputError
+from qdmed.imaging._slideio import (
+    _downsample2,
+    read_slide,
+    read_truth,
+    write_ome_tiff,
+    write_ome_zarr,
+    write_truth,
+)
+from qdmed.imaging._synthetic import simulate_field
+
+NAMES = ("QD525", "QD605", "AF")
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 4000, (600, 700, 3), dtype=np.uint16)
+
+
+def test_ome_tiff_round_trip(tmp_path, image):
+    p = write_ome_tiff(tmp_path / "a.ome.tif", image, channel_names=NAMES, pixel_size_um=0.5,
+                       tile=256)
+    s = read_slide(p)
+    assert s.format == "ome-tiff" and s.path == p
+    assert s.shape == image.shape and s.dtype == np.uint16
+    assert s.channel_names == NAMES
+    assert s.pixel_size_um == pytest.approx(0.5)
+    np.testing.assert_array_equal(s.data.compute(), image)
+    np.testing.assert_array_equal(s.data[100:300, 250:600, 1].compute(),
+                                  image[100:300, 250:600, 1])
+    # pyramid: 700 -> 350 -> 175 px ('auto' halves until one 256 px tile holds the image)
+    assert [lv.shape for lv in s.levels] == [(600, 700, 3), (300, 350, 3), (150, 175, 3)]
+    np.testing.assert_array_equal(s.levels[1].compute(), _downsample2(image))
+    with tifffile.TiffFile(p) as tf:
+        page = tf.series[0].pages[0]
+        assert page.is_tiled and page.tilewidth == 256
+        assert len(page.subifds or ()) == 2
+        assert 'PhysicalSizeX="0.5"' in tf.ome_metadata
+    json.dumps(s.to_dict())
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_ome_tiff_float_dask_and_explicit_levels(tmp_path, image):
+    import dask.array as da
+
+    f = image.astype(np.float32) / 7
+    p1 = write_ome_tiff(tmp_path / "np.ome.tif", f, pixel_size_um=0.25, tile=128,
+                        pyramid_levels=2, compression=None)
+    p2 = write_ome_tiff(tmp_path / "dk.ome.tif", da.from_array(f, chunks=(200, 300, 3)),
+                        pixel_size_um=0.25, tile=128, pyramid_levels=2)
+    a, b = read_slide(p1), read_slide(p2)
+    assert a.channel_names == ("C0", "C1", "C2")  # no names given: defaults
+    for la, lb in zip(a.levels, b.levels, strict=True):
+        np.testing.assert_array_equal(la.compute(), lb.compute())
+    assert len(a.levels) == 2 and a.dtype == np.float32
+    np.testing.assert_array_equal(a.data.compute(), f)
+
+
+def test_plain_tiff_defaults(tmp_path, image):
+    p = tmp_path / "plain.tif"
+    tifffile.imwrite(p, image, photometric="minisblack", planarconfig="contig")
+    s = read_slide(p)
+    assert s.format == "tiff" and s.shape == image.shape
+    assert s.channel_names == ("C0", "C1", "C2") and s.pixel_size_um is None
+    np.testing.assert_array_equal(s.data.compute(), image)
+    p2 = tmp_path / "gray.tiff"
+    tifffile.imwrite(p2, image[..., 0], resolution=(1e4 / 0.65, 1e4 / 0.65),
+                     resolutionunit="CENTIMETER")
+    s2 = read_slide(p2)
+    assert s2.shape == (600, 700, 1) and s2.pixel_size_um == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.97, 64, 7])
+def test_truncated_tiff_raises(tmp_path, image, keep):
+    p = write_ome_tiff(tmp_path / "t.ome.tif", image, channel_names=NAMES, pixel_size_um=0.5,
+                       tile=256)
+    data = p.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep
+    p.write_bytes(data[:n])
+    with pytest.raises(FileFormatError, match="t.ome.tif"):
+        read_slide(p).data.compute()
+
+
+def test_not_a_tiff_and_bad_paths(tmp_path):
+    p = tmp_path / "junk.tif"
+    p.write_bytes(b"this is not a tiff file at all" * 10)
+    with pytest.raises(FileFormatError, match="junk.tif"):
+        read_slide(p)
+    with pytest.raises(InputError, match="does not exist"):
+        read_slide(tmp_path / "missing.ome.tif")
+    q = tmp_path / "x.png"
+    q.write_bytes(b"")
+    with pytest.raises(InputError, match="unsupported suffix"):
+        read_slide(q)
+    with pytest.raises(InputError, match="channel_names"):
+        write_ome_tiff(tmp_path / "a.tif", np.zeros((8, 8, 2), np.uint8), channel_names=["a"])
+    with pytest.raises(InputError, match="tile"):
+        write_ome_tiff(tmp_path / "a.tif", np.zeros((8, 8, 2), np.uint8), tile=100)
+    with pytest.raises(InputError, match="pixel_size_um"):
+        write_ome_zarr(tmp_path / "a.zarr", np.zeros((8, 8, 2), np.uint8), pixel_size_um=0)
+
+
+def test_overwrite_policy(tmp_path):
+    img = np.ones((32, 32, 2), np.uint16)
+    p = write_ome_tiff(tmp_path / "o.ome.tif", img)
+    with pytest.raises(InputError, match="exists"):
+        write_ome_tiff(p, img, overwrite=False)
+    z = write_ome_zarr(tmp_path / "o.ome.zarr", img)
+    write_ome_zarr(z, img * 3)  # replaced atomically
+    np.testing.assert_array_equal(read_slide(z).data.compute(), img * 3)
+    with pytest.raises(InputError, match="exists"):
+        write_ome_zarr(z, img, overwrite=False)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["o.ome.tif", "o.ome.zarr"]
+
+
+def test_ome_zarr_round_trip(tmp_path, image):
+    import dask.array as da
+    import zarr
+
+    p = write_ome_zarr(tmp_path / "a.ome.zarr", image, channel_names=NAMES, pixel_size_um=0.5,
+                       chunks=(256, 256))
+    s = read_slide(p)
+    assert s.format == "ome-zarr" and s.channel_names == NAMES
+    assert s.pixel_size_um == pytest.approx(0.5)
+    np.testing.assert_array_equal(s.data.compute(), image)
+    assert [lv.shape for lv in s.levels] == [(600, 700, 3), (300, 350, 3), (150, 175, 3)]
+    np.testing.assert_array_equal(s.levels[1].compute(), _downsample2(image))
+    np.testing.assert_array_equal(s.levels[2].compute(), _downsample2(_downsample2(image)))
+    root = zarr.open_group(str(p), mode="r")
+    assert root.metadata.zarr_format == 2
+    ms = root.attrs["multiscales"][0]
+    assert ms["version"] == "0.4"
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
+    assert [c["label"] for c in root.attrs["omero"]["channels"]] == list(NAMES)
+    assert root["0"].chunks == (1, 256, 256)
+    # a dask array is written chunk by chunk and gives the same store content
+    q = write_ome_zarr(tmp_path / "b.zarr", da.from_array(image, chunks=(100, 128, 3)),
+                       channel_names=NAMES, pixel_size_um=0.5, chunks=(256, 256))
+    for la, lb in zip(s.levels, read_slide(q).levels, strict=True):
+        np.testing.assert_array_equal(la.compute(), lb.compute())
+
+
+def test_zarr_without_ngff_metadata(tmp_path):
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "bare.zarr"), mode="w", zarr_format=2)
+    g.create_array("0", shape=(2, 8, 8), dtype="uint8")
+    with pytest.raises(FileFormatError, match="multiscales"):
+        read_slide(tmp_path / "bare.zarr")
+    p = write_ome_zarr(tmp_path / "noname.zarr", np.zeros((16, 16, 2), np.uint8))
+    s = read_slide(p)
+    assert s.channel_names == ("C0", "C1") and s.pixel_size_um is None
+
+
+def test_write_truth_round_trip(tmp_path):
+    e = np.array([[1.0, 0.1, 0.2], [0.1, 1.0, 0.3]])
+    f = simulate_field((128, 160), preset="BT474", endmembers=e, marker_names=["HER2", "ER"],
+                       seed=4)
+    d = write_truth(tmp_path / "truth", f, abundances=True)
+    r = read_truth(d)
+    pd.testing.assert_frame_equal(r["truth"], f.truth)
+    np.testing.assert_array_equal(r["cells"], f.cells)
+    np.testing.assert_array_equal(r["nuclei"], f.nuclei)
+    np.testing.assert_array_equal(r["abundances"], f.abundances)
+    assert r["summary"]["params"]["seed"] == 4
+    write_ome_tiff(d / "image.ome.tif", f.image, channel_names=f.channel_names,
+                   pixel_size_um=f.pixel_size_um)
+    assert read_slide(d / "image.ome.tif").channel_names == ("C0", "C1")
+    with pytest.raises(InputError, match="SyntheticField"):
+        write_truth(tmp_path / "t2", object())
+    with pytest.raises(FileFormatError, match="truth folder"):
+        read_truth(tmp_path / "nothing")
+
+
+def test_corrupted_tile_data_raises(tmp_path, image):
+    p = write_ome_tiff(tmp_path / "c.ome.tif", image, channel_names=NAMES, tile=256)
+    with tifffile.TiffFile(p) as tf:
+        off = int(tf.series[0].pages[0].dataoffsets[1])
+    data = bytearray(p.read_bytes())
+    data[off + 10:off + 2000] = np.random.default_rng(1).integers(0, 256, 1990, np.uint8).tobytes()
+    p.write_bytes(bytes(data))
+    s = read_slide(p)  # the structure is intact: it opens; decoding the pixels fails
+    with pytest.raises(FileFormatError, match="c.ome.tif.*corrupted"):
+        s.data.compute()
