@@ -201,7 +201,9 @@ def test_her2_errors():
 # ----------------------------------------------------------------------- calibration
 def control(median, n=400, sigma=0.3, seed=0):
     v = median * np.exp(np.random.default_rng(seed).normal(0, sigma, n))
-    return pd.DataFrame({"HER2_membrane_mean": v, "HER2_membrane_completeness": 1.0})
+    # completeness 1: the whole membrane is stained, so its stained mean equals its mean
+    return pd.DataFrame({"HER2_membrane_mean": v, "HER2_membrane_stained_mean": v,
+                         "HER2_membrane_completeness": 1.0})
 
 
 def test_calibration_rule_two_controls():

@@ -29,11 +29,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register():
-    from qdmed.cli import demo, design, optics
+    from qdmed.cli import demo, design, image, optics
 
     app.add_typer(optics.app, name="optics")
     app.command(name="design")(design.design)
     app.command(name="demo")(demo.demo)
+    app.add_typer(image.app, name="image")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ class AnalysisSettings:
     max_nucleus_area_um2: float = 400.0
     nuclear_threshold: float | None = None
     completeness_threshold: dict | None = None
+    membrane_scales: dict | None = None
     unmix_method: str = "auto"
 
     def to_dict(self) -> dict:
@@ -105,29 +106,38 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                             min_area_um2=s.min_nucleus_area_um2,
                             max_area_um2=s.max_nucleus_area_um2,
                             threshold=s.nuclear_threshold if s.nuclear_threshold is not None
-                            else "otsu")
-    memb = membrane_signal(ab, comps, s.membrane_markers)
+                            else "otsu", offset=tuple(offset))
+    scales = s.membrane_scales or membrane_scales(ab, comps, s.membrane_markers)
+    memb = membrane_signal(ab, comps, scales)
     cells = expand_cells(nuclei, expansion_um=s.expansion_um, pixel_size_um=s.pixel_size_um,
-                         membrane_image=memb, max_expansion_um=s.max_expansion_um)
+                         membrane_image=memb, max_expansion_um=s.max_expansion_um,
+                         membrane_scale=1.0 if s.membrane_scales else None,
+                         offset=tuple(offset))
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
                           offset=tuple(offset), completeness_threshold=s.completeness_threshold)
     return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps)
 
 
-def membrane_signal(abundances, components, membrane_markers):
-    """Sum of the unmixed membrane markers present in the panel, each scaled by its 99th
-    percentile (None when the panel has no membrane marker: cells then grow by a fixed
-    distance)."""
-    idx = [components.index(m) for m in membrane_markers if m in components]
-    if not idx:
+def membrane_scales(abundances, components, membrane_markers) -> dict:
+    """99th percentile of each membrane marker present in the panel (its normaliser)."""
+    out = {}
+    for m in membrane_markers:
+        if m in components:
+            p = float(np.percentile(abundances[..., components.index(m)], 99))
+            if p > 0:
+                out[m] = p
+    return out
+
+
+def membrane_signal(abundances, components, scales: dict):
+    """Sum of the unmixed membrane markers, each divided by its scale (None when the panel
+    has no stained membrane marker: cells then grow by a fixed distance)."""
+    if not scales:
         return None
     out = np.zeros(abundances.shape[:2], np.float32)
-    for i in idx:
-        ch = abundances[..., i]
-        p = float(np.percentile(ch, 99))
-        if p > 0:
-            out += ch / p
+    for m, p in scales.items():
+        out += abundances[..., components.index(m)] / p
     return out
 
 
@@ -146,11 +156,24 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     if thr is None:
         sm = gaussian(nuc, sigma=max(0.5 / settings.pixel_size_um, 0.5), preserve_range=True)
         thr = float(threshold_otsu(sm)) if float(np.ptp(sm)) > 0 else float("inf")
+    scales = settings.membrane_scales
+    if scales is None:
+        scales = membrane_scales(ab, comps, settings.membrane_markers)
+        if scales:
+            # the smoothed membrane landscape's 99th percentile, as expand_cells would use
+            from scipy import ndimage as ndi
+
+            sm = ndi.gaussian_filter(membrane_signal(ab, comps, scales).astype(float), 1.0)
+            q = float(np.percentile(sm, 99))
+            if q > 0:
+                scales = {m: v * q for m, v in scales.items()}
     comp = settings.completeness_threshold
     if comp is None:
-        fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr))
-        comp = dict(fa.table.attrs.get("completeness_thresholds", {})) or None
-    return replace(settings, nuclear_threshold=thr, completeness_threshold=comp)
+        fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
+                                                     membrane_scales=scales or None))
+        comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
+    return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
+                   membrane_scales=scales or None)
 
 
 # ---------------------------------------------------------------------------- slides
@@ -205,29 +228,56 @@ def _nucleus_centroids(nuclei, ids, oy, ox):
     return cy, cx
 
 
-def _outlines(cells, ids, index, oy, ox) -> list[dict]:
-    """GeoJSON polygon features (QuPath 'cell' objects) for the given cell ids."""
-    from skimage.measure import approximate_polygon, find_contours, regionprops
+def _outlines(cells, ids, index, oy, ox, n_vertices: int = 32) -> list[dict]:
+    """GeoJSON polygon features (QuPath ``cell`` objects) for the given cell ids.
 
+    Each outline is the star-shaped polygon through the outermost boundary pixel of the cell
+    in each of ``n_vertices`` angular sectors about its centroid (vectorised over all cells;
+    exact for star-convex cells, which nucleus-seeded cells are to within a pixel or two).
+    """
+    from skimage.segmentation import find_boundaries
+
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return []
+    bnd = find_boundaries(cells, mode="inner") & np.isin(cells, ids)
+    yy, xx = np.nonzero(bnd)
+    lab = cells[yy, xx].astype(np.int64)
+    order = np.searchsorted(ids, lab) if np.all(np.diff(ids) > 0) else None
+    if order is None:
+        srt = np.argsort(ids)
+        ids = ids[srt]
+        order = np.searchsorted(ids, lab)
+    n = ids.size
+    cnt = np.bincount(order, minlength=n).astype(float)
+    cy = np.bincount(order, weights=yy, minlength=n) / np.maximum(cnt, 1)
+    cx = np.bincount(order, weights=xx, minlength=n) / np.maximum(cnt, 1)
+    dy, dx = yy - cy[order], xx - cx[order]
+    sector = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * n_vertices).astype(np.int64)
+    sector = np.minimum(sector, n_vertices - 1)
+    r2 = dy**2 + dx**2
+    key = order * n_vertices + sector
+    best = np.full(n * n_vertices, -1.0)
+    np.maximum.at(best, key, r2)
+    # position of the farthest pixel per (cell, sector)
+    is_best = r2 == best[key]
+    vy = np.full(n * n_vertices, np.nan)
+    vx = np.full(n * n_vertices, np.nan)
+    vy[key[is_best]] = yy[is_best]
+    vx[key[is_best]] = xx[is_best]
+    vy, vx = vy.reshape(n, n_vertices), vx.reshape(n, n_vertices)
     feats = []
-    want = set(int(i) for i in ids)
-    for rp in regionprops(cells):
-        if rp.label not in want:
+    for i in range(n):
+        ok = ~np.isnan(vy[i])
+        if ok.sum() < 3:
             continue
-        y0, x0, y1, x1 = rp.bbox
-        mask = np.pad(rp.image, 1).astype(float)
-        cs = find_contours(mask, 0.5)
-        if not cs:
-            continue
-        c = approximate_polygon(max(cs, key=len), tolerance=0.75)
-        ring = [[float(x + x0 + ox - 1), float(y + y0 + oy - 1)] for y, x in c]
-        if ring[0] != ring[-1]:
-            ring.append(ring[0])
-        feats.append({"type": "Feature",
-                      "id": str(index * CELL_ID_STRIDE + rp.label),
+        ring = [[float(x + ox + 0.5), float(y + oy + 0.5)] for y, x in zip(vy[i, ok], vx[i, ok],
+                                                                           strict=True)]
+        ring.append(ring[0])
+        cid = int(index * CELL_ID_STRIDE + ids[i])
+        feats.append({"type": "Feature", "id": str(cid),
                       "geometry": {"type": "Polygon", "coordinates": [ring]},
-                      "properties": {"objectType": "cell",
-                                     "cell_id": int(index * CELL_ID_STRIDE + rp.label)}})
+                      "properties": {"objectType": "cell", "cell_id": cid}})
     return feats
 
 
@@ -260,11 +310,22 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def check_channels(slide, panel: Panel) -> None:
+    """Raise InputError when a slide's channel count differs from the panel's."""
+    c = slide.shape[-1]
+    if c != len(panel.channels):
+        raise InputError(
+            f"{slide.path}: the image has {c} channels ({', '.join(slide.channel_names)}) but "
+            f"the panel has {len(panel.channels)} detection channels "
+            f"({', '.join(panel.channel_names)}); give the panel the slide was acquired with"
+        )
+
+
 def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | None = None,
                   tile: int = 2048, margin_um: float = 30.0, scheduler: str | None = None,
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
                   write_unmixed: bool = True, progress: bool = True, resume: bool = True,
-                  reference_region_px: int = 2048) -> SlideResult:
+                  reference_region_px: int = 1024, client=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -288,6 +349,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         Enables the slide-level HER2 category.
     resume : bool
         Reuse finished tiles of an interrupted run with the same inputs and settings.
+    client : distributed.Client, optional
+        An existing client to run on (left open); used by cohort runs.
 
     Returns
     -------
@@ -303,11 +366,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     path = Path(path)
     slide = read_slide(path)
     h, w, c = slide.shape
-    if c != len(panel.channels):
-        raise InputError(
-            f"{path}: the image has {c} channels ({', '.join(slide.channel_names)}) but the panel "
-            f"has {len(panel.channels)} detection channels ({', '.join(panel.channel_names)})"
-        )
+    check_channels(slide, panel)
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
@@ -342,29 +401,30 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                            json.dumps(feats).encode()) if outlines else None
         atomic_write_bytes(tiles_dir / f"tile_{i:06d}.parquet", buf.getvalue())
 
-    client = cluster = None
+    own_client = cluster = None
     n_used = 1
+    mode = "in-process"
     with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
-        if todo and (scheduler or len(todo) > 1):
-            from distributed import Client, LocalCluster, as_completed
+        if todo and (client is not None or scheduler or len(todo) > 1):
+            from distributed import as_completed
 
-            if scheduler:
-                client = Client(scheduler, timeout="30s")
-            else:
-                n_used = n_workers or min(os.cpu_count() or 1, len(todo))
-                cluster = LocalCluster(n_workers=n_used, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
-                client = Client(cluster)
-            n_used = len(client.scheduler_info().get("workers", {})) or n_used
+            run_client = client
+            if run_client is None:
+                own_client, cluster = start_client(scheduler, n_workers or min(
+                    os.cpu_count() or 1, len(todo)))
+                run_client = own_client
+            mode = scheduler or ("local" if cluster is not None else "client")
+            n_used = len(run_client.scheduler_info().get("workers", {})) or 1
             try:
-                futs = {client.submit(run_tile, str(path), panel_doc, settings_doc, boxes[i],
-                                      margin_px, i, outlines, pure=False): i for i in todo}
+                futs = {run_client.submit(run_tile, str(path), panel_doc, settings_doc, boxes[i],
+                                          margin_px, i, outlines, pure=False): i for i in todo}
                 for fut in as_completed(futs):
                     df, feats = fut.result()
                     save(futs[fut], df, feats)
                     advance()
             finally:
-                client.close()
+                if own_client is not None:
+                    own_client.close()
                 if cluster is not None:
                     cluster.close()
         else:
@@ -401,7 +461,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "settings": s.to_dict(),
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
         "n_tiles_resumed": len(boxes) - len(todo),
-        "n_workers": n_used, "scheduler": scheduler or ("local" if client else "in-process"),
+        "n_workers": n_used, "scheduler": mode,
         "n_cells": int(len(cells)),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": None if her2 is None else her2.to_dict(),
@@ -413,6 +473,21 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2,
                                                       sort_keys=True))
     return SlideResult(summary, out, her2)
+
+
+def start_client(scheduler: str | None, n_workers: int):
+    """A Dask client on ``scheduler`` or on a new local cluster of ``n_workers`` processes
+    (one thread each). Returns (client, cluster-or-None)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="30s"), None
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
+    cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
+                           processes=True, dashboard_address=":0", silence_logs=40)
+    return Client(cluster), cluster
 
 
 def _write_unmixed(slide, panel, s, dest):

@@ -108,6 +108,7 @@ def segment_nuclei(
     smoothing_um: float = 0.5,
     h_um: float = 0.25,
     local_block_um: float = 25.0,
+    offset: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
 
@@ -201,13 +202,27 @@ def segment_nuclei(
         return np.zeros(img.shape, dtype=np.int32)
 
     if method == "watershed":
-        labels = _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um)
+        labels = _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
+                                   offset)
     else:
         labels = _segment_external(img, method)
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
 
 
-def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um):
+def _global_tiebreak(shape, offset) -> np.ndarray:
+    """A pseudo-random value in [0, 1) per pixel, a function of global coordinates only.
+
+    Added (scaled by ~1e-9) to watershed landscapes so that no two pixels have exactly equal
+    values: the flooding order, and therefore the result, then does not depend on where an
+    image tile starts (skimage breaks ties by insertion order).
+    """
+    gy, gx = np.indices(shape, dtype=np.float64)
+    gy += offset[0]
+    gx += offset[1]
+    return np.abs(np.modf(np.sin(gy * 12.9898 + gx * 78.233) * 43758.5453)[0])
+
+
+def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um, offset=(0, 0)):
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
     from skimage.morphology import h_maxima
@@ -246,7 +261,8 @@ def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um):
     dist = ndi.gaussian_filter(ndi.distance_transform_edt(mask), 1.0)
     h = max(h_um / px, 1e-6)
     markers, _ = ndi.label(h_maxima(dist, h))
-    return watershed(-dist, markers, mask=mask).astype(np.int32)
+    land = -dist + 1e-9 * _global_tiebreak(dist.shape, offset)
+    return watershed(land, markers, mask=mask).astype(np.int32)
 
 
 def _segment_external(img, method):  # pragma: no cover - optional packages not installed in CI
@@ -288,7 +304,8 @@ def _filter_sizes(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarra
 
 def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.5,
                  membrane_image=None, max_expansion_um: float = 8.0,
-                 distance_weight: float = 0.2) -> np.ndarray:
+                 distance_weight: float = 0.2, membrane_scale: float | None = None,
+                 offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Cells grown from their nuclei, by a fixed distance or guided by a membrane stain.
 
     Parameters
@@ -311,6 +328,14 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         Largest distance a cell may extend beyond its nucleus (membrane-guided mode).
     distance_weight : float
         Weight of the distance term (membrane-guided mode).
+    membrane_scale : float, optional
+        Divisor of the smoothed membrane signal; default its 99th percentile within reach of
+        a nucleus. Tiled analyses pass one slide-wide value so that borders do not depend on
+        the tile.
+    offset : (int, int)
+        Global (y, x) position of this image's first pixel. The membrane landscape gets a
+        tie-breaker of ~1e-9 derived from global coordinates, so that the watershed never
+        meets exactly equal values and its result does not depend on where a tile starts.
 
     Returns
     -------
@@ -354,11 +379,30 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         return lab.copy()
     reach = expand_labels(lab, distance=reach_px) > 0
     sm = ndi.gaussian_filter(memb.astype(np.float64), 1.0)
-    scale = float(np.percentile(sm[reach], 99)) if reach.any() else 0.0
+    if membrane_scale is not None:
+        scale = float(membrane_scale)
+    else:
+        scale = float(np.percentile(sm[reach], 99)) if reach.any() else 0.0
     land = sm / scale if scale > 0 else np.zeros_like(sm)
     dist = ndi.distance_transform_edt(lab == 0) / reach_px
-    land = land + float(distance_weight) * dist
-    return watershed(land, lab, mask=reach).astype(lab.dtype, copy=False)
+    land = land + float(distance_weight) * dist + 1e-9 * _global_tiebreak(lab.shape, offset)
+    gy, gx = np.indices(lab.shape, dtype=np.float64)
+    gy += offset[0]
+    gx += offset[1]
+    out = watershed(land, lab, mask=reach)
+    # keep every cell within reach of its own nucleus (a flood can wrap round a neighbour):
+    # distance to the nucleus centroid minus its equivalent radius, vectorised over labels
+    ids, idx = np.unique(lab, return_inverse=True)
+    idx = idx.reshape(lab.shape)
+    cnt = np.bincount(idx.ravel()).astype(float)
+    cy = np.bincount(idx.ravel(), weights=(gy - offset[0]).ravel()) / cnt
+    cx = np.bincount(idx.ravel(), weights=(gx - offset[1]).ravel()) / cnt
+    r_eq = np.sqrt(cnt / np.pi)
+    pos = np.searchsorted(ids, out)
+    pos = np.where((pos < ids.size) & (ids[np.minimum(pos, ids.size - 1)] == out), pos, 0)
+    d_own = np.hypot(gy - offset[0] - cy[pos], gx - offset[1] - cx[pos]) - r_eq[pos]
+    out[(out > 0) & (d_own > reach_px + 1.0)] = 0
+    return out.astype(lab.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- compartments

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import FileFormatError, InputError
-from qdmed.optics import Spectrum, default_grid, emission_spectrum, gaussian_in_energy
+from qdmed.optics import Spectrum, default_grid, emission_spectrum
 
 #: Default tissue autofluorescence under violet excitation: a broad band peaking near 520 nm
 #: (flavins, lipofuscin). Shape and position are an unverified [M] default; estimate the real

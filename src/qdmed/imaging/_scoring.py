@@ -469,6 +469,24 @@ class Her2Calibration:
         ]
         return _jsonable(d)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Her2Calibration:
+        """Inverse of :meth:`to_dict` (e.g. a calibration saved as JSON)."""
+        try:
+            kw = {k: d[k] for k in ("faint", "weak_moderate", "intense")}
+        except (KeyError, TypeError):
+            raise InputError(
+                "a HER2 calibration needs numeric 'faint', 'weak_moderate' and 'intense' cut-offs"
+            ) from None
+        for k in ("marker", "compartment", "statistic", "rule", "scale", "faint_quantile"):
+            if k in d and d[k] is not None:
+                kw[k] = d[k]
+        kw["controls"] = tuple(
+            (c["name"], c["category"], c["n_cells"], c["median"], c.get("faint_quantile_value"))
+            for c in d.get("controls") or ()
+        )
+        return cls(**kw)
+
 
 def calibrate_her2(
     control_cells: Mapping[str, Any],
@@ -476,7 +494,7 @@ def calibrate_her2(
     categories: Mapping[str, Any] | None = None,
     marker: str = "HER2",
     compartment: str = "membrane",
-    statistic: str = "mean",
+    statistic: str = "stained_mean",
     faint_quantile: float = 0.95,
     scale: str = "log",
     min_cells: int = 10,
@@ -492,7 +510,9 @@ def calibrate_her2(
         Known IHC score of each control; names missing here are looked up in
         :data:`KNOWN_HER2_CONTROLS`.
     marker, compartment, statistic : str
-        Column used (default ``HER2_membrane_mean``).
+        Column used (default ``HER2_membrane_stained_mean``: the mean over the stained
+        part of the membrane, the intensity a pathologist grades; ``"mean"`` uses the
+        whole membrane ring).
     faint_quantile : float in (0.5, 1)
         Quantile defining the faint cut-off (see Notes).
     scale : {'log', 'linear'}

@@ -1,0 +1,281 @@
+"""``qdmed image ...``: panels, synthetic slides, unmixing, slide and cohort analysis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qdmed.cli._output import print_json, print_kv, print_table
+
+app = typer.Typer(help="Multiplexed QD imaging: panel, simulate, unmix, analyze, cohort.",
+                  no_args_is_help=True)
+
+JSON = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+PANEL = Annotated[Path | None, typer.Option("--panel", help="Panel YAML (default: the built-in 5-plex breast panel).")]
+NOPROG = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
+
+
+def _panel(path):
+    from qdmed.imaging import Panel, breast_panel_5plex
+
+    return Panel.from_file(path) if path else breast_panel_5plex()
+
+
+def _calibration(path):
+    if path is None:
+        return None
+    from qdmed.errors import FileFormatError, InputError
+    from qdmed.imaging import Her2Calibration
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read calibration file {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
+    return Her2Calibration.from_dict(doc)
+
+
+@app.command()
+def panel(
+    markers: Annotated[str, typer.Option("--markers", help="Comma-separated biomarkers.")] = "HER2,ER,PR,EGFR,mTOR",
+    labels: Annotated[str, typer.Option("--labels", help="Comma-separated candidate labels (catalog Qdots).")] = "Qdot 525,Qdot 565,Qdot 605,Qdot 655,Qdot 705,Qdot 800",
+    channels: Annotated[int, typer.Option("--channels", help="Spectral detector channels.")] = 8,
+    low_nm: Annotated[float, typer.Option("--low-nm")] = 440.0,
+    high_nm: Annotated[float, typer.Option("--high-nm")] = 740.0,
+    filters: Annotated[str | None, typer.Option("--filters", help="Filter bands instead, e.g. 505-545,590-630.")] = None,
+    counterstain: Annotated[str | None, typer.Option("--counterstain", help="Nuclear counterstain label.")] = "DAPI",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the panel YAML here.")] = None,
+    json_: JSON = False,
+):
+    """Assign QDs to markers to minimise crosstalk; report mixing matrix and spillover."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import design_panel, spectral_channels
+
+    if filters:
+        try:
+            bands = [tuple(float(v) for v in b.split("-")) for b in filters.split(",")]
+        except ValueError:
+            raise InputError(f"--filters must look like 505-545,590-630 (nm), got {filters!r}") from None
+        if any(len(b) != 2 or b[1] <= b[0] for b in bands):
+            raise InputError(f"--filters bands must be LOW-HIGH with HIGH > LOW, got {filters!r}")
+    else:
+        bands = spectral_channels(channels, low_nm, high_nm)
+    mk = [m.strip() for m in markers.split(",") if m.strip()]
+    fixed = {counterstain: counterstain} if counterstain else None
+    p = design_panel(([counterstain] if counterstain else []) + mk,
+                     [x.strip() for x in labels.split(",") if x.strip()], bands, fixed=fixed)
+    if out:
+        p.to_file(out)
+    d = p.to_dict()
+    if json_:
+        return print_json(d)
+    print_table("Panel", [{"marker": m, "label": d["labels"][m], "peak_nm": d["label_peaks_nm"][m],
+                           "noise_gain": g} for m, g in zip(p.markers, d["noise_gain"], strict=False)])
+    typer.echo(f"condition number {d['condition_number']:.1f}; channels {', '.join(p.channel_names)}")
+    for w in d["warnings"]:
+        typer.secho(f"! {w}", fg="yellow")
+
+
+@app.command()
+def presets(json_: JSON = False):
+    """List the synthetic expression presets (cell lines, tumour subtypes)."""
+    from qdmed.imaging import list_presets
+
+    d = {k: v.to_dict() for k, v in list_presets().items()}
+    if json_:
+        return print_json(d)
+    print_table("Presets", [{"name": k, "kind": v["kind"], "HER2 mix": v["her2_mix"],
+                             "description": v["description"]} for k, v in d.items()])
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Output slide: .ome.zarr or .ome.tif")] = Path("slide.ome.zarr"),
+    preset: Annotated[str, typer.Option("--preset")] = "her2-heterogeneous",
+    size: Annotated[int, typer.Option("--size", help="Edge length, px.")] = 2048,
+    panel_file: PANEL = None,
+    photons: Annotated[float, typer.Option("--photons", help="Photoelectrons per unit abundance.")] = 300.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    tissue_fraction: Annotated[float, typer.Option("--tissue-fraction")] = 1.0,
+    json_: JSON = False,
+):
+    """Simulate a multiplexed QD slide (with ground truth beside it) from a panel."""
+    from qdmed.imaging import simulate_field, simulate_slide, write_ome_tiff, write_truth
+
+    p = _panel(panel_file)
+    kw = dict(preset=preset, endmembers=p.endmembers, marker_names=list(p.markers),
+              channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
+              tissue_fraction=tissue_fraction)
+    name = out.name.lower()
+    if name.endswith((".zarr",)):
+        s = simulate_slide(out, (size, size), **kw)
+        truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        import io
+
+        from qdmed.report import atomic_write_bytes
+
+        buf = io.BytesIO()
+        s.truth.to_parquet(buf, index=False)
+        atomic_write_bytes(truth_dir / "truth.parquet", buf.getvalue())
+        info = {"slide": str(out), "shape": list(s.shape), "n_cells": s.n_cells,
+                "truth": str(truth_dir / "truth.parquet")}
+    else:
+        f = simulate_field((size, size), **kw)
+        write_ome_tiff(out, f.image, channel_names=list(p.channel_names),
+                       pixel_size_um=f.pixel_size_um)
+        truth_dir = write_truth(out.parent / (out.name.split(".")[0] + "-truth"), f)
+        info = {"slide": str(out), "shape": list(f.image.shape), "n_cells": len(f.truth),
+                "truth": str(truth_dir)}
+    p.to_file(out.parent / (out.name.split(".")[0] + "-panel.yaml"))
+    info["panel"] = str(out.parent / (out.name.split(".")[0] + "-panel.yaml"))
+    return print_json(info) if json_ else print_kv("Simulated slide", info)
+
+
+@app.command()
+def unmix(slide: Path, panel_file: PANEL = None,
+          out: Annotated[Path, typer.Option("--out", help="Unmixed OME-Zarr.")] = Path("unmixed.ome.zarr"),
+          json_: JSON = False):
+    """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
+    from qdmed.imaging import AnalysisSettings, read_slide
+    from qdmed.imaging._analyze import _write_unmixed, check_channels
+
+    p = _panel(panel_file)
+    s = read_slide(slide)
+    check_channels(s, p)
+    _write_unmixed(s, p, AnalysisSettings(), out)
+    info = {"slide": str(slide), "out": str(out), "components": list(p.components)}
+    return print_json(info) if json_ else print_kv("Unmixed", info)
+
+
+@app.command()
+def analyze(
+    slide: Path,
+    panel_file: PANEL = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("qdmed-analysis"),
+    tile: Annotated[int, typer.Option("--tile", help="Tile edge, px.")] = 2048,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, tcp://host:port.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Local Dask workers.")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
+    no_progress: NOPROG = False,
+    json_: JSON = False,
+):
+    """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
+    cells.geojson, unmixed.ome.zarr and report.html in --out."""
+    from qdmed.imaging import analyze_slide
+    from qdmed.imaging._report import write_slide_report
+
+    res = analyze_slide(slide, _panel(panel_file), out, tile=tile, scheduler=scheduler,
+                        n_workers=workers, her2_calibration=_calibration(calibration),
+                        progress=not no_progress)
+    if not no_report:
+        write_slide_report(res)
+    d = res.to_dict()
+    if json_:
+        return print_json(d)
+    info = {"cells": d["n_cells"], "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
+            "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
+    if d["her2"]:
+        info["HER2 category"] = d["her2"]["category"]
+        info["HER2-low"] = d["her2"]["her2_low"]
+        info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
+    print_kv(f"Slide {slide.name}", info)
+
+
+@app.command()
+def calibrate(
+    control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet (repeatable).")],
+    category: Annotated[list[str] | None, typer.Option("--category", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
+    out: Annotated[Path, typer.Option("--out")] = Path("her2-calibration.json"),
+    json_: JSON = False,
+):
+    """Derive HER2 intensity cut-offs from control cell lines of known IHC score."""
+    import pandas as pd
+
+    from qdmed.errors import InputError
+    from qdmed.imaging import calibrate_her2
+    from qdmed.report import atomic_write_text
+
+    ctrls, cats = {}, {}
+    for c in control:
+        name, _, path = c.partition("=")
+        if not path:
+            raise InputError(f"--control must be NAME=cells.parquet, got {c!r}")
+        try:
+            ctrls[name] = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read control table {path!r}: {exc}") from exc
+    for c in category or ():
+        name, _, cat = c.partition("=")
+        cats[name] = cat
+    cal = calibrate_her2(ctrls, categories=cats or None)
+    atomic_write_text(out, json.dumps(cal.to_dict(), indent=2, sort_keys=True))
+    d = cal.to_dict()
+    return print_json(d) if json_ else print_kv(f"HER2 calibration -> {out}", {
+        "faint": d["faint"], "weak_moderate": d["weak_moderate"], "intense": d["intense"],
+        "rule": d["rule"]})
+
+
+@app.command()
+def cohort(
+    folder: Path,
+    panel_file: PANEL = None,
+    out: Annotated[Path, typer.Option("--out")] = Path("qdmed-cohort"),
+    tile: Annotated[int, typer.Option("--tile")] = 2048,
+    scheduler: Annotated[str | None, typer.Option("--scheduler")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
+    no_progress: NOPROG = False,
+    json_: JSON = False,
+):
+    """Analyse every slide in FOLDER; one table for all slides, per-slide status."""
+    from qdmed.imaging._cohort import analyze_cohort
+
+    res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
+                         n_workers=workers, her2_calibration=_calibration(calibration),
+                         progress=not no_progress)
+    if json_:
+        return print_json(res)
+    print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "her2_category",
+                                                   "message"])
+    typer.echo(f"cohort table: {res['cells']}")
+
+
+@app.command()
+def dab(
+    image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG).")] = None,
+    example: Annotated[bool, typer.Option("--example", help="Use scikit-image's bundled IHC image.")] = False,
+    cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+.")] = "0.05,0.15,0.3",
+    pixel_size_um: Annotated[float, typer.Option("--pixel-size-um")] = 0.5,
+    json_: JSON = False,
+):
+    """Conventional DAB IHC: colour deconvolution, per-cell DAB OD, 0/1+/2+/3+, H-score."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import score_dab
+
+    if example == (image is not None):
+        raise InputError("give an image path or --example")
+    if example:
+        from skimage.data import immunohistochemistry
+
+        rgb = immunohistochemistry()
+    else:
+        from skimage.io import imread
+
+        try:
+            rgb = imread(image)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read image {image}: {exc}") from exc
+    try:
+        cut = tuple(float(v) for v in cutoffs.split(","))
+    except ValueError:
+        raise InputError(f"--od-cutoffs must be three numbers, got {cutoffs!r}") from None
+    sc = score_dab(rgb, od_cutoffs=cut, pixel_size_um=pixel_size_um)
+    d = sc.to_dict() if hasattr(sc, "to_dict") else {}
+    return print_json(d) if json_ else print_kv("DAB IHC", {k: v for k, v in d.items()
+                                                             if not isinstance(v, dict | list)})

@@ -1,0 +1,87 @@
+"""Cohort analysis: every slide of a folder on one Dask cluster, one table for all slides,
+and a per-slide status (a failed slide is reported, not fatal)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+from qdmed.errors import InputError, QdmedError
+
+SLIDE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".ome.zarr", ".zarr")
+
+
+def find_slides(folder) -> list[Path]:
+    """Slides directly inside ``folder`` (OME-TIFF/TIFF files and OME-Zarr folders), sorted."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError(f"cohort folder {str(d)!r} does not exist or is not a folder")
+    return sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
+                  and not p.name.startswith("."))
+
+
+def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
+                   her2_calibration=None, progress=True) -> dict:
+    """Analyse all slides of ``folder``; returns the cohort summary (also written as
+    ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
+    ``slide``)."""
+    import pandas as pd
+
+    from qdmed.imaging._analyze import analyze_slide, start_client
+    from qdmed.imaging._report import write_slide_report
+    from qdmed.report import atomic_write_bytes, atomic_write_text
+
+    slides = find_slides(folder)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, tables = [], []
+    client = cluster = None
+    if slides:
+        client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
+    try:
+        from qdmed.imaging._analyze import _progress
+
+        with _progress(progress, len(slides), 0) as advance:
+            for sp in slides:
+                stem = sp.name.split(".")[0]
+                row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
+                       "message": ""}
+                try:
+                    res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
+                                        her2_calibration=her2_calibration, progress=False,
+                                        client=client)
+                    write_slide_report(res)
+                    row["n_cells"] = res.summary["n_cells"]
+                    if res.summary["her2"]:
+                        row["her2_category"] = res.summary["her2"]["category"]
+                        row["her2_low"] = res.summary["her2"]["her2_low"]
+                        row["her2_ultralow"] = res.summary["her2"]["her2_ultralow"]
+                        row["total_her2_load"] = res.summary["her2"]["total_her2_load"]
+                    cells = res.cells()
+                    cells.insert(0, "slide", sp.name)
+                    tables.append(cells)
+                except QdmedError as exc:
+                    row["status"], row["message"] = "failed", str(exc)
+                rows.append(row)
+                advance()
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    if tables:
+        buf = io.BytesIO()
+        pd.concat(tables, ignore_index=True).to_parquet(buf, index=False)
+        atomic_write_bytes(out / "cells.parquet", buf.getvalue())
+    summary = {"folder": str(folder), "n_slides": len(slides),
+               "n_ok": sum(r["status"] == "ok" for r in rows),
+               "n_failed": sum(r["status"] != "ok" for r in rows),
+               "slides": rows, "cells": str(out / "cells.parquet") if tables else None}
+    atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
+                                                     default=str))
+    buf = io.StringIO()
+    pd.DataFrame(rows).to_csv(buf, index=False)
+    atomic_write_text(out / "cohort.csv", buf.getvalue())
+    return summary

@@ -1,0 +1,152 @@
+"""HTML report of an analysed slide: overlays, per-marker histograms, HER2 scatter and the
+score table. Renders what the result holds; the only pixels read are a low-resolution level
+of the unmixed image that the analysis wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_CAT_COLOURS = {"0": "#3b4cc0", "1+": "#7bb0ff", "2+": "#f7a35c", "3+": "#b40426"}
+
+
+def _thumbnail(unmixed_path: Path, max_px: int = 900):
+    """A low-resolution (Y, X, K) level of the unmixed OME-Zarr and its downsampling factor."""
+    from qdmed.imaging._slideio import read_slide
+
+    s = read_slide(unmixed_path)
+    best = s.levels[0] if s.levels else s.data
+    for lev in (s.levels or (s.data,)):
+        best = lev
+        if max(lev.shape[:2]) <= max_px:
+            break
+    factor = s.data.shape[0] / best.shape[0]
+    return np.asarray(best.compute()), factor, s.channel_names
+
+
+def overlay_figure(result, max_px: int = 900):
+    """Composite of the unmixed markers with cell centroids coloured by HER2 category."""
+    import matplotlib.pyplot as plt
+
+    out = Path(result.out_dir)
+    img, factor, names = _thumbnail(out / "unmixed.ome.zarr", max_px)
+    # a readable composite: counterstain blue, then up to three markers red / green / yellow
+    names = list(names)
+    picks = [n for n in names if n == "DAPI"][:1]
+    picks += [n for n in names if n not in ("DAPI", "autofluorescence")][:3]
+    palette = {0: (0.25, 0.45, 1.0), 1: (1.0, 0.15, 0.15), 2: (0.15, 1.0, 0.15), 3: (1.0, 0.85, 0.0)}
+    comp = np.zeros(img.shape[:2] + (3,))
+    legend = []
+    for j, n in enumerate(picks):
+        ch = img[..., names.index(n)]
+        hi = np.percentile(ch, 99.5)
+        if hi > 0:
+            comp += np.clip(ch / hi, 0, 1)[..., None] * np.array(palette[j])
+        legend.append(f"{n} {['blue', 'red', 'green', 'yellow'][j]}")
+    comp = np.clip(comp, 0, 1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+    axes[0].imshow(comp)
+    axes[0].set_title(", ".join(legend), fontsize=9)
+    axes[1].imshow(comp * 0.5)
+    cells = result.cells()
+    if result.her2 is not None and len(cells):
+        cats = result.her2.cells.set_index("cell_id")["category"].reindex(cells["cell_id"])
+        col = [_CAT_COLOURS.get(str(c), "#999999") for c in cats]
+        axes[1].set_title("cells by per-cell HER2 category (0 blue ... 3+ red)", fontsize=9)
+    else:
+        col = "#ffffff"
+        axes[1].set_title("cell centroids", fontsize=9)
+    if len(cells):
+        axes[1].scatter(cells["centroid_x"] / factor, cells["centroid_y"] / factor, s=2, c=col)
+    for a in axes:
+        a.set_xlabel(f"x (px / {factor:g})")
+        a.set_ylabel(f"y (px / {factor:g})")
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(cells, components):
+    import matplotlib.pyplot as plt
+
+    comps = [c for c in components if c != "autofluorescence"]
+    n = len(comps)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6), squeeze=False)
+    for ax, m in zip(axes[0], comps, strict=True):
+        for comp, ls in (("nucleus", "-"), ("cytoplasm", "--"), ("membrane", ":")):
+            col = f"{m}_{comp}_mean"
+            if col in cells and len(cells):
+                v = cells[col].dropna().to_numpy()
+                v = v[v > 0]
+                if v.size:
+                    ax.hist(np.log10(v), bins=40, histtype="step", ls=ls, label=comp)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("log10 mean abundance")
+    axes[0][0].set_ylabel("cells")
+    axes[0][0].legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def her2_figure(her2):
+    import matplotlib.pyplot as plt
+
+    c = her2.cells
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for cat, colour in _CAT_COLOURS.items():
+        sel = c["category"].astype(str) == cat
+        ax.scatter(c.loc[sel, "completeness"], c.loc[sel, "intensity"], s=4, c=colour,
+                   label=f"{cat} ({int(sel.sum())})")
+    cal = her2.calibration
+    cut = cal.cutoffs if hasattr(cal, "cutoffs") else (cal["faint"], cal["weak_moderate"],
+                                                       cal["intense"])
+    for v, name in zip(cut, ("faint", "weak-moderate", "intense"), strict=True):
+        ax.axhline(v, color="grey", lw=0.8, ls="--")
+        ax.text(0.01, v, name, fontsize=7, va="bottom")
+    ax.set_yscale("symlog", linthresh=max(cut[0] / 2, 1e-6))
+    ax.set_xlabel("membrane completeness (fraction of perimeter)")
+    ax.set_ylabel("stained-membrane HER2 (abundance)")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def write_slide_report(result, path=None) -> Path:
+    """Write ``report.html`` beside the analysis outputs."""
+    from qdmed.imaging._panel import Panel
+    from qdmed.report import HtmlReport
+
+    s = result.summary
+    rep = HtmlReport(f"qdmed slide analysis: {Path(s['slide']['path']).name}",
+                     provenance={"slide": s["slide"], "settings": s["settings"]})
+    rep.paragraph(f"{s['n_cells']} cells in {s['n_tiles']} tiles "
+                  f"({s['n_tiles_resumed']} resumed), {s['n_workers']} worker(s), "
+                  f"scheduler {s['scheduler']}, {s['elapsed_s']:.1f} s.")
+    rep.heading("Panel")
+    panel = Panel.from_dict({"markers": {m: {"peak_nm": s["panel"]["label_peaks_nm"][m]}
+                                         for m in s["panel"]["markers"]},
+                             "channels_nm": s["panel"]["channels_nm"]})
+    rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
+               "warnings": s["panel"]["warnings"] or "none"})
+    rep.figure(panel.plot(), "panel")
+    if s["outputs"].get("unmixed"):
+        rep.heading("Unmixed image and cells")
+        rep.figure(overlay_figure(result), "overlay")
+    cells = result.cells()
+    rep.heading("Per-marker distributions")
+    rep.figure(histogram_figure(cells, s["panel"]["components"]), "histograms")
+    rep.table({m: v for m, v in s["marker_summary"].items()})
+    if s.get("her2"):
+        h = s["her2"]
+        rep.heading("HER2 (ASCO/CAP 2018 style, calibrated on controls)")
+        rep.table({k: h[k] for k in ("category", "result", "rule", "her2_low", "her2_ultralow",
+                                     "ish_reflex", "n_cells", "percent_cells_0",
+                                     "percent_cells_1plus", "percent_cells_2plus",
+                                     "percent_cells_3plus", "mean_membrane_intensity",
+                                     "total_her2_load", "percent_positive_area") if k in h})
+        rep.paragraph("Categories follow the ASCO/CAP rules (Wolff et al., J Clin Oncol 2018, "
+                      "doi:10.1200/JCO.2018.77.8738) with intensity cut-offs from control cell "
+                      "lines: a research measure, not a clinical test.", cls="muted")
+        if result.her2 is not None:
+            rep.figure(her2_figure(result.her2), "HER2 scatter")
+    return rep.write(path or Path(result.out_dir) / "report.html")
