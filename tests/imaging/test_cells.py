@@ -263,3 +263,18 @@ def test_measure_cells_throughput():
     rate = len(df) / (time.perf_counter() - t0) * 60
     assert len(df) == 2500
     assert rate > 1e5, f"{rate:.3g} cells/min"
+
+
+def test_otsu_foreground_refuses_pure_noise():
+    from scipy import ndimage as ndi
+
+    from qdmed.imaging._cells import otsu_foreground_threshold
+
+    rng = np.random.default_rng(0)
+    noise = ndi.gaussian_filter(rng.normal(100, 5, (256, 256)), 1.0)
+    assert otsu_foreground_threshold(noise) == np.inf  # theory: separation 2.65 sd < 3.6
+    img = noise.copy()
+    img[100:140, 100:140] += 60
+    t = otsu_foreground_threshold(img)
+    assert 100 < t < 160
+    assert otsu_foreground_threshold(np.zeros((8, 8))) == np.inf

@@ -144,8 +144,6 @@ def membrane_signal(abundances, components, scales: dict):
 def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -> AnalysisSettings:
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
     reference region and return settings that fix them, so every tile uses the same values."""
-    from skimage.filters import gaussian, threshold_otsu
-
     ab = unmix_image(image_yxc, panel, method=settings.unmix_method)
     comps = panel.components
     if settings.nuclear_marker not in comps:
@@ -154,8 +152,12 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     nuc = ab[..., comps.index(settings.nuclear_marker)]
     thr = settings.nuclear_threshold
     if thr is None:
-        sm = gaussian(nuc, sigma=max(0.5 / settings.pixel_size_um, 0.5), preserve_range=True)
-        thr = float(threshold_otsu(sm)) if float(np.ptp(sm)) > 0 else float("inf")
+        from scipy import ndimage as ndi
+
+        from qdmed.imaging._cells import otsu_foreground_threshold
+
+        sm = ndi.gaussian_filter(nuc.astype(np.float64), 0.5 / settings.pixel_size_um)
+        thr = otsu_foreground_threshold(sm)
     scales = settings.membrane_scales
     if scales is None:
         scales = membrane_scales(ab, comps, settings.membrane_markers)
@@ -310,6 +312,26 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def reference_origin(slide, size: int) -> tuple[int, int]:
+    """Top-left corner of the ``size`` x ``size`` window with the most signal, found on the
+    coarsest pyramid level (so that thresholds are not estimated on empty glass)."""
+    from scipy import ndimage as ndi
+
+    h, w, _ = slide.shape
+    if h <= size and w <= size:
+        return 0, 0
+    levels = slide.levels or (slide.data,)
+    low = next((lev for lev in reversed(levels) if max(lev.shape[:2]) >= 64), levels[0])
+    f = h / low.shape[0]
+    tot = np.asarray(low.sum(axis=-1, dtype=np.float64).compute())
+    win = max(1, int(round(size / f)))
+    score = ndi.uniform_filter(tot, size=win, mode="constant")
+    cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
+    y0 = int(np.clip(cy * f - size / 2, 0, max(0, h - size)))
+    x0 = int(np.clip(cx * f - size / 2, 0, max(0, w - size)))
+    return y0, x0
+
+
 def check_channels(slide, panel: Panel) -> None:
     """Raise InputError when a slide's channel count differs from the panel's."""
     c = slide.shape[-1]
@@ -341,7 +363,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     margin_um : float, um
         Overlap read around each tile (must exceed a cell diameter).
     scheduler : str, optional
-        Address of an existing Dask distributed scheduler (``tcp://host:8786``). Without it a
+        Address of an existing Dask distributed scheduler (``tcp://host:8786``), or
+        ``"synchronous"`` to run the tiles one after another in this process. Without it a
         local cluster is started when there is more than one tile.
     n_workers : int, optional
         Workers of the local cluster (default: min(cores, tiles)).
@@ -371,9 +394,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
     margin_px = int(np.ceil(margin_um / s.pixel_size_um))
-    # global thresholds from a central reference region
-    ry0 = max(0, h // 2 - reference_region_px // 2)
-    rx0 = max(0, w // 2 - reference_region_px // 2)
+    # global thresholds from a reference region: the brightest (most tissue) window
+    ry0, rx0 = reference_origin(slide, reference_region_px)
     ref = np.asarray(slide.data[ry0:ry0 + reference_region_px,
                                 rx0:rx0 + reference_region_px, :].compute())
     s = fix_global_thresholds(ref, panel, s)
@@ -405,7 +427,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     n_used = 1
     mode = "in-process"
     with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
-        if todo and (client is not None or scheduler or len(todo) > 1):
+        if todo and scheduler != "synchronous" and (client is not None or scheduler
+                                                     or len(todo) > 1):
             from distributed import as_completed
 
             run_client = client
@@ -461,7 +484,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "settings": s.to_dict(),
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
         "n_tiles_resumed": len(boxes) - len(todo),
-        "n_workers": n_used, "scheduler": mode,
+        "n_workers": n_used, "scheduler": "synchronous" if scheduler == "synchronous" else mode,
         "n_cells": int(len(cells)),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": None if her2 is None else her2.to_dict(),

@@ -209,6 +209,38 @@ def segment_nuclei(
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
 
 
+#: Smallest separation of Otsu's two class means, in standard deviations of the lower
+#: class, for an image to be taken as holding any foreground at all. Pure Gaussian noise gives
+#: 2.65 (half-normal means +/-0.798 sd, lower-half sd 0.603); NNLS-clipped noise on a
+#: tissue-free synthetic field measured 3.2; the haematoxylin channel of scikit-image's real
+#: IHC image 4.1 and unmixed DAPI on synthetic tissue > 10.
+MIN_OTSU_SEPARATION = 3.6
+
+
+def otsu_foreground_threshold(image) -> float:
+    """Otsu's threshold (Otsu, IEEE Trans. Syst. Man Cybern. 1979, 9, 62,
+    doi:10.1109/TSMC.1979.4310076), or +inf when the image holds no foreground.
+
+    Otsu always splits an image in two, so on a glass-only or tissue-free field it would cut
+    pure noise into thousands of "nuclei". The split is accepted only when the two class
+    means differ by at least ``MIN_OTSU_SEPARATION`` standard deviations of the lower class
+    (noise alone gives 2.6-3.2).
+    """
+    from skimage.filters import threshold_otsu
+
+    a = np.asarray(image, dtype=np.float64)
+    if a.size == 0 or float(np.ptp(a)) == 0.0:
+        return float("inf")
+    t = float(threshold_otsu(a))
+    lo, hi = a[a <= t], a[a > t]
+    if lo.size < 2 or hi.size == 0:
+        return float("inf")
+    sd = float(lo.std())
+    if sd > 0 and (float(hi.mean()) - float(lo.mean())) < MIN_OTSU_SEPARATION * sd:
+        return float("inf")
+    return t
+
+
 def _global_tiebreak(shape, offset) -> np.ndarray:
     """A pseudo-random value in [0, 1) per pixel, a function of global coordinates only.
 
@@ -232,9 +264,10 @@ def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um, of
     smooth = ndi.gaussian_filter(img, sigma) if sigma > 0 else img
     if isinstance(threshold, str):
         if threshold == "otsu":
-            if np.ptp(smooth) == 0:
+            t = otsu_foreground_threshold(smooth)
+            if not np.isfinite(t):
                 return np.zeros(img.shape, dtype=np.int32)
-            mask = smooth > threshold_otsu(smooth)
+            mask = smooth > t
         elif threshold == "local":
             block = max(3, int(round(local_block_um / px)) | 1)
             local = 0.5 * (ndi.maximum_filter(smooth, size=block) + ndi.minimum_filter(smooth, size=block))

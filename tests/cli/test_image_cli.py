@@ -1,0 +1,54 @@
+"""`qdmed image ...` as a subprocess: simulate -> analyze -> cohort, and bad input (exit 2)."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "qdmed", *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+def test_simulate_analyze_cohort(tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    r = run("image", "simulate", "--size", "512", "--preset", "HER2-enriched",
+            "--out", str(cohort / "a.ome.tif"), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["n_cells"] > 50
+    # a corrupt slide in the cohort is reported, not fatal
+    (cohort / "broken.ome.tif").write_bytes(b"II*\x00garbage")
+    r = run("image", "analyze", str(cohort / "a.ome.tif"), "--out", str(tmp_path / "one"),
+            "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["n_cells"] > 50 and (tmp_path / "one" / "report.html").exists()
+    r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
+            "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)
+    status = {row["slide"]: row["status"] for row in c["slides"]}
+    assert status == {"a.ome.tif": "ok", "broken.ome.tif": "failed"}
+    assert (tmp_path / "co" / "cells.parquet").exists()
+
+
+def test_panel_json():
+    r = run("image", "panel", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["components"][-1] == "autofluorescence" and d["condition_number"] < 100
+
+
+def test_bad_inputs_exit_2(tmp_path):
+    bad = tmp_path / "bad.ome.tif"
+    bad.write_bytes(b"not a tiff at all")
+    r = run("image", "analyze", str(bad), "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 2 and "bad.ome.tif" in r.stderr and "Traceback" not in r.stderr
+    r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"))
+    assert r.returncode == 2
+    r = run("image", "panel", "--filters", "600-500")
+    assert r.returncode == 2
+    r = run("image", "cohort", str(tmp_path / "nope"))
+    assert r.returncode == 2
