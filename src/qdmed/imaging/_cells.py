@@ -425,17 +425,29 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     out = watershed(land, lab, mask=reach)
     # keep every cell within reach of its own nucleus (a flood can wrap round a neighbour):
     # distance to the nucleus centroid minus its equivalent radius, vectorised over labels
-    ids, idx = np.unique(lab, return_inverse=True)
-    idx = idx.reshape(lab.shape)
-    cnt = np.bincount(idx.ravel()).astype(float)
-    cy = np.bincount(idx.ravel(), weights=(gy - offset[0]).ravel()) / cnt
-    cx = np.bincount(idx.ravel(), weights=(gx - offset[1]).ravel()) / cnt
+    if int(lab.max()) > 2 * lab.size:  # sparse ids: renumber so bincount stays small
+        from skimage.segmentation import relabel_sequential
+
+        seq, fwd, inv = relabel_sequential(lab)
+        out_seq = fwd[out]
+        trimmed = _trim_reach(seq, out_seq, gy, gx, offset, reach_px)
+        return inv[trimmed].astype(lab.dtype, copy=False)
+    return _trim_reach(lab, out, gy, gx, offset, reach_px).astype(lab.dtype, copy=False)
+
+
+def _trim_reach(lab, out, gy, gx, offset, reach_px):
+    """Drop pixels farther than ``reach_px`` from their own nucleus (centroid distance minus
+    equivalent radius); ``lab`` must hold small non-negative ids."""
+    flat = lab.ravel().astype(np.intp, copy=False)
+    cnt = np.bincount(flat).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(flat, weights=(gy - offset[0]).ravel()) / cnt
+        cx = np.bincount(flat, weights=(gx - offset[1]).ravel()) / cnt
     r_eq = np.sqrt(cnt / np.pi)
-    pos = np.searchsorted(ids, out)
-    pos = np.where((pos < ids.size) & (ids[np.minimum(pos, ids.size - 1)] == out), pos, 0)
-    d_own = np.hypot(gy - offset[0] - cy[pos], gx - offset[1] - cx[pos]) - r_eq[pos]
+    d_own = np.hypot(gy - offset[0] - cy[out], gx - offset[1] - cx[out]) - r_eq[out]
+    out = out.copy()
     out[(out > 0) & (d_own > reach_px + 1.0)] = 0
-    return out.astype(lab.dtype, copy=False)
+    return out
 
 
 # --------------------------------------------------------------------------- compartments

@@ -753,14 +753,22 @@ def _solve_gpu(y: np.ndarray, prep: _Prepared, w) -> np.ndarray:
 
 
 def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
-    yf = y.astype(np.float64, copy=False)
-    r = x @ a.T - yf
-    if w is None:
-        rn = np.sqrt(np.einsum("nc,nc->n", r, r))
-        yn = np.sqrt(np.einsum("nc,nc->n", yf, yf))
-    else:
-        rn = np.sqrt(np.einsum("nc,nc,nc->n", w, r, r))
-        yn = np.sqrt(np.einsum("nc,nc,nc->n", w, yf, yf))
+    n = y.shape[0]
+    rn = np.empty(n)
+    yn = np.empty(n)
+    step = 1 << 16  # chunks keep the temporaries in cache (a whole slide tile is ~5e6 px)
+    for i in range(0, n, step):
+        yf = y[i:i + step].astype(np.float64, copy=False)
+        r = x[i:i + step] @ a.T - yf
+        if w is None:
+            rn[i:i + step] = np.einsum("nc,nc->n", r, r)
+            yn[i:i + step] = np.einsum("nc,nc->n", yf, yf)
+        else:
+            ww = w[i:i + step]
+            rn[i:i + step] = np.einsum("nc,nc,nc->n", ww, r, r)
+            yn[i:i + step] = np.einsum("nc,nc,nc->n", ww, yf, yf)
+    np.sqrt(rn, out=rn)
+    np.sqrt(yn, out=yn)
     rel = np.divide(rn, yn, out=np.zeros_like(rn), where=yn > 0)
     return UnmixResult(abundances=x, residual_norm=rn, relative_residual=rel)
 
