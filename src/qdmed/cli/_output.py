@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 
-import numpy as np
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, np.generic):
-        return _jsonable(o.item())
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
+from qdmed.report._json import to_jsonable
 
 
 def print_json(obj) -> None:
-    print(json.dumps(_jsonable(obj), indent=2, sort_keys=True))
+    print(json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
 
 
 def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:

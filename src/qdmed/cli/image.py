@@ -115,13 +115,9 @@ def simulate(
         s = simulate_slide(out, (size, size), **kw)
         truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
-        import io
+        from qdmed.report import atomic_write_parquet
 
-        from qdmed.report import atomic_write_bytes
-
-        buf = io.BytesIO()
-        s.truth.to_parquet(buf, index=False)
-        atomic_write_bytes(truth_dir / "truth.parquet", buf.getvalue())
+        atomic_write_parquet(truth_dir / "truth.parquet", s.truth)
         info = {"slide": str(out), "shape": list(s.shape), "n_cells": s.n_cells,
                 "truth": str(truth_dir / "truth.parquet")}
     else:

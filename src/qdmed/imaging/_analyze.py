@@ -383,7 +383,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
 
     from qdmed import __version__
     from qdmed.imaging._slideio import read_slide
-    from qdmed.report import atomic_write_bytes, atomic_write_text
+    from qdmed.report import (
+        atomic_write_bytes,
+        atomic_write_parquet,
+        atomic_write_text,
+        to_jsonable,
+    )
 
     t0 = time.perf_counter()
     path = Path(path)
@@ -415,13 +420,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     panel_doc, settings_doc = panel.to_yaml_dict(), s.to_dict()
 
     def save(i, df, feats):
-        import io
-
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(tiles_dir / f"tile_{i:06d}.geojson.json",
-                           json.dumps(feats).encode()) if outlines else None
-        atomic_write_bytes(tiles_dir / f"tile_{i:06d}.parquet", buf.getvalue())
+        if outlines:
+            atomic_write_bytes(tiles_dir / f"tile_{i:06d}.geojson.json", json.dumps(feats).encode())
+        atomic_write_parquet(tiles_dir / f"tile_{i:06d}.parquet", df)
 
     own_client = cluster = None
     n_used = 1
@@ -459,11 +460,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
-    import io
-
-    buf = io.BytesIO()
-    cells.to_parquet(buf, index=False)
-    atomic_write_bytes(out / "cells.parquet", buf.getvalue())
+    atomic_write_parquet(out / "cells.parquet", cells)
     if outlines:
         feats = []
         for i in range(len(boxes)):
@@ -493,7 +490,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                     "geojson": "cells.geojson" if outlines else None,
                     "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
     }
-    atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2,
+    atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,
                                                       sort_keys=True))
     return SlideResult(summary, out, her2)
 
@@ -538,18 +535,6 @@ def marker_summary(cells, components) -> dict:
                 row[f"{comp}_median"] = float(cells[col].median()) if len(cells) else None
         out[m] = row
     return out
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
 
 
 class _progress:

@@ -31,7 +31,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
     from qdmed.imaging._analyze import analyze_slide, start_client
     from qdmed.imaging._report import write_slide_report
-    from qdmed.report import atomic_write_bytes, atomic_write_text
+    from qdmed.report import atomic_write_parquet, atomic_write_text
 
     slides = find_slides(folder)
     out = Path(out_dir)
@@ -72,9 +72,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         if cluster is not None:
             cluster.close()
     if tables:
-        buf = io.BytesIO()
-        pd.concat(tables, ignore_index=True).to_parquet(buf, index=False)
-        atomic_write_bytes(out / "cells.parquet", buf.getvalue())
+        atomic_write_parquet(out / "cells.parquet", pd.concat(tables, ignore_index=True))
     summary = {"folder": str(folder), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
                "n_failed": sum(r["status"] != "ok" for r in rows),

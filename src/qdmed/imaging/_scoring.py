@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError, UnknownNameError
+from qdmed.report._json import to_jsonable
 
 __all__ = [
     "BREAST_RULES",
@@ -125,22 +126,6 @@ def _percent(name: str, value) -> float:
     return v
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-# --------------------------------------------------------------------------- positivity
 def score_positivity(cells_df, *, marker: str, compartment: str, threshold: float, statistic: str = "mean"):
     """Per-cell positivity: ``value >= threshold``.
 
@@ -209,7 +194,7 @@ class HScore:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (NaN -> None)."""
-        return _jsonable(asdict(self))
+        return to_jsonable(asdict(self))
 
 
 def h_score(
@@ -467,7 +452,7 @@ class Her2Calibration:
             dict(zip(("name", "category", "n_cells", "median", "faint_quantile_value"), c, strict=True))
             for c in self.controls
         ]
-        return _jsonable(d)
+        return to_jsonable(d)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Her2Calibration:
@@ -706,7 +691,7 @@ class Her2Score:
         d["parameters"] = dict(self.parameters)
         if include_cells:
             d["cells"] = {c: self.cells[c].tolist() for c in self.cells.columns}
-        return _jsonable(d)
+        return to_jsonable(d)
 
     def report(self) -> str:
         """One-paragraph text summary."""
@@ -1017,7 +1002,7 @@ class SegmentationMatch:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields."""
-        return _jsonable(asdict(self))
+        return to_jsonable(asdict(self))
 
 
 def f1_at_iou(pred_labels, true_labels, *, iou: float = 0.5) -> SegmentationMatch:

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError, UnknownNameError
+from qdmed.report._json import to_jsonable
 
 __all__ = [
     "COMPARTMENT_CODES",
@@ -795,22 +796,6 @@ class _TruthAccumulator:
 
 
 # --------------------------------------------------------------------------- results
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict | MappingProxyType):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _json_safe(v.tolist())
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
 def _version() -> str:
     try:
         from qdmed import __version__
@@ -868,7 +853,7 @@ class SyntheticTissue:
         return len(self.cell_table)
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe({"shape": list(self.cells.shape), "n_cells": self.n_cells,
+        return to_jsonable({"shape": list(self.cells.shape), "n_cells": self.n_cells,
                            "tissue_fraction_observed": float(self.tissue.mean()),
                            "pixel_size_um": self.pixel_size_um, "params": self.params})
 
@@ -936,7 +921,7 @@ class SyntheticField:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no pixel arrays, no per-cell table)."""
         img = self.image
-        return _json_safe({
+        return to_jsonable({
             "kind": "SyntheticField", "shape": list(img.shape), "dtype": str(img.dtype),
             "n_cells": self.n_cells, "marker_names": list(self.marker_names),
             "channel_names": list(self.channel_names), "pixel_size_um": self.pixel_size_um,
@@ -1004,7 +989,7 @@ class SyntheticSlide:
                                   "tissue")}
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe({"kind": "SyntheticSlide", "path": str(self.path),
+        return to_jsonable({"kind": "SyntheticSlide", "path": str(self.path),
                            "shape": list(self.shape), "n_cells": self.n_cells,
                            "marker_names": list(self.marker_names),
                            "channel_names": list(self.channel_names),
@@ -1109,7 +1094,7 @@ def simulate_tissue(
     p["qdmed_version"] = _version()
     return SyntheticTissue(nuclei=geo["nuclei"], cells=geo["cells"],
                            compartments=geo["compartments"], tissue=tissue | (geo["cells"] > 0),
-                           cell_table=table, pixel_size_um=g.ps, params=_json_safe(p))
+                           cell_table=table, pixel_size_um=g.ps, params=to_jsonable(p))
 
 
 def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names: Any,
@@ -1195,7 +1180,7 @@ def _provenance(gp: dict[str, Any], sp: dict[str, Any]) -> dict[str, Any]:
              model={"lattice": "hexagonal", "jitter": _JITTER, "occupancy": _OCCUPANCY,
                     "noise_block_px": _NOISE_BLOCK, "her2_category_model":
                     {k: [list(a), list(b)] for k, (a, b) in HER2_CATEGORY_MODEL.items()}})
-    return _json_safe(d)
+    return to_jsonable(d)
 
 
 def simulate_field(

@@ -26,3 +26,12 @@ def atomic_write_bytes(path, data: bytes) -> Path:
 
 def atomic_write_text(path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path, table) -> Path:
+    """Write a pandas DataFrame as Parquet atomically."""
+    import io
+
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    return atomic_write_bytes(path, buf.getvalue())
