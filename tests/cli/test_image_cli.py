@@ -34,6 +34,24 @@ def test_simulate_analyze_cohort(tmp_path):
     assert (tmp_path / "co" / "cells.parquet").exists()
 
 
+def test_calibrate_gates_then_analyze(tmp_path):
+    r = run("image", "simulate", "--size", "384", "--preset", "MDA-MB-468", "--seed", "2",
+            "--out", str(tmp_path / "neg.ome.tif"))
+    assert r.returncode == 0, r.stderr
+    r = run("image", "analyze", str(tmp_path / "neg.ome.tif"), "--out", str(tmp_path / "neg"),
+            "--no-progress", "--no-report")
+    assert r.returncode == 0, r.stderr
+    r = run("image", "calibrate", "--control", f"MDA-MB-468={tmp_path / 'neg' / 'cells.parquet'}",
+            "--negative", "ER=MDA-MB-468", "--out", str(tmp_path / "cal.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "ER" in json.loads(r.stdout)["gates"]
+    r = run("image", "analyze", str(tmp_path / "neg.ome.tif"), "--out", str(tmp_path / "again"),
+            "--calibration", str(tmp_path / "cal.json"), "--no-progress", "--no-report", "--json")
+    assert r.returncode == 0, r.stderr
+    # the negative control scored with its own 99th-percentile gate: ~1 % positive
+    assert json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"] < 5
+
+
 def test_panel_json():
     r = run("image", "panel", "--json")
     assert r.returncode == 0, r.stderr

@@ -25,10 +25,11 @@ def _panel(path):
 
 
 def _calibration(path):
+    """(Her2Calibration or None, gates or None) from a `qdmed image calibrate` JSON file."""
     if path is None:
-        return None
+        return None, None
     from qdmed.errors import FileFormatError, InputError
-    from qdmed.imaging import Her2Calibration
+    from qdmed.imaging import Her2Calibration, MarkerGate
 
     try:
         doc = json.loads(Path(path).read_text())
@@ -36,7 +37,12 @@ def _calibration(path):
         raise InputError(f"cannot read calibration file {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise FileFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
-    return Her2Calibration.from_dict(doc)
+    if not isinstance(doc, dict):
+        raise FileFormatError(f"{path}: expected a JSON object with 'her2' and/or 'gates'")
+    her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
+    gates = {m: MarkerGate(g["compartment"], float(g["threshold"]))
+             for m, g in (doc.get("gates") or {}).items()} or None
+    return her2, gates
 
 
 @app.command()
@@ -166,8 +172,9 @@ def analyze(
     from qdmed.imaging import analyze_slide
     from qdmed.imaging._report import write_slide_report
 
+    her2, gates = _calibration(calibration)
     res = analyze_slide(slide, _panel(panel_file), out, tile=tile, scheduler=scheduler,
-                        n_workers=workers, her2_calibration=_calibration(calibration),
+                        n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress)
     if not no_report:
         write_slide_report(res)
@@ -187,17 +194,19 @@ def analyze(
 def calibrate(
     control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet (repeatable).")],
     category: Annotated[list[str] | None, typer.Option("--category", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
-    out: Annotated[Path, typer.Option("--out")] = Path("her2-calibration.json"),
+    negative: Annotated[list[str] | None, typer.Option("--negative", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
+    out: Annotated[Path, typer.Option("--out")] = Path("calibration.json"),
     json_: JSON = False,
 ):
-    """Derive HER2 intensity cut-offs from control cell lines of known IHC score."""
+    """Calibrate on control cell lines: HER2 intensity cut-offs (controls of known IHC score)
+    and marker positivity gates (controls known negative for a marker)."""
     import pandas as pd
 
     from qdmed.errors import InputError
-    from qdmed.imaging import calibrate_her2
+    from qdmed.imaging import calibrate_her2, gates_from_negative_controls
     from qdmed.report import atomic_write_text
 
-    ctrls, cats = {}, {}
+    ctrls, cats, negs = {}, {}, {}
     for c in control:
         name, _, path = c.partition("=")
         if not path:
@@ -209,12 +218,34 @@ def calibrate(
     for c in category or ():
         name, _, cat = c.partition("=")
         cats[name] = cat
-    cal = calibrate_her2(ctrls, categories=cats or None)
-    atomic_write_text(out, json.dumps(cal.to_dict(), indent=2, sort_keys=True))
-    d = cal.to_dict()
-    return print_json(d) if json_ else print_kv(f"HER2 calibration -> {out}", {
-        "faint": d["faint"], "weak_moderate": d["weak_moderate"], "intense": d["intense"],
-        "rule": d["rule"]})
+    for c in negative or ():
+        marker, _, name = c.partition("=")
+        if not name:
+            raise InputError(f"--negative must be MARKER=CONTROL_NAME, got {c!r}")
+        negs[marker] = name
+    doc = {}
+    from qdmed.imaging._scoring import KNOWN_HER2_CONTROLS, _norm_name
+
+    known = {_norm_name(k) for k in KNOWN_HER2_CONTROLS}
+    her2_ctrls = {n: t for n, t in ctrls.items() if n in cats or _norm_name(n) in known}
+    if len(her2_ctrls) >= 2:
+        doc["her2"] = calibrate_her2(her2_ctrls, categories=cats or None).to_dict()
+    if negs:
+        doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold}
+                        for m, g in gates_from_negative_controls(ctrls, negs).items()}
+    if not doc:
+        raise InputError("nothing to calibrate: give --category for HER2 controls and/or "
+                         "--negative MARKER=CONTROL for positivity gates")
+    atomic_write_text(out, json.dumps(doc, indent=2, sort_keys=True))
+    if json_:
+        return print_json(doc)
+    if "her2" in doc:
+        h = doc["her2"]
+        print_kv(f"HER2 calibration -> {out}", {"faint": h["faint"], "weak_moderate":
+                                                 h["weak_moderate"], "intense": h["intense"],
+                                                 "rule": h["rule"]})
+    if "gates" in doc:
+        print_table("Positivity gates", [{"marker": m, **g} for m, g in doc["gates"].items()])
 
 
 @app.command()
@@ -232,8 +263,9 @@ def cohort(
     """Analyse every slide in FOLDER; one table for all slides, per-slide status."""
     from qdmed.imaging._cohort import analyze_cohort
 
+    her2, gates = _calibration(calibration)
     res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
-                         n_workers=workers, her2_calibration=_calibration(calibration),
+                         n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress)
     if json_:
         return print_json(res)

@@ -16,6 +16,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
         calibrate_her2,
         cohen_kappa,
         f1_at_iou,
+        gates_from_negative_controls,
         score_dab,
         simulate_field,
         write_ome_tiff,
@@ -41,16 +42,23 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
         f = simulate_field((size // 2 + 256,) * 2, preset=name, seed=seed, **kw)
         controls[name] = analyze_field(f.image, panel).table
     cal = calibrate_her2(controls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+    gates = gates_from_negative_controls(
+        controls, {"HER2": "MDA-MB-468", "ER": "MDA-MB-468", "PR": "MDA-MB-468",
+                   "EGFR": "MCF-7"})
     rep.paragraph("HER2 intensity cut-offs calibrated on control cell lines (MDA-MB-468 as 0, "
                   "MCF-7 as 1+, BT474 as 3+):")
     rep.table(cal.to_dict())
+    rep.paragraph("Positivity gates: 99th percentile of a control negative for the marker "
+                  "(MDA-MB-468 for HER2/ER/PR, MCF-7 for EGFR):")
+    rep.table({m: {"compartment": g.compartment, "threshold": g.threshold}
+               for m, g in gates.items()})
     # the tumour field, written as OME-TIFF and analysed like any slide
     field = simulate_field((size, size), preset="her2-heterogeneous", seed=3, **kw)
     slide_path = out / "tumour.ome.tif"
     write_ome_tiff(slide_path, field.image, channel_names=list(panel.channel_names),
                    pixel_size_um=field.pixel_size_um)
     res = analyze_slide(slide_path, panel, out / "tumour-analysis", tile=2048,
-                        her2_calibration=cal, progress=False)
+                        her2_calibration=cal, gates=gates, progress=False)
     write_slide_report(res)
     cells = res.cells()
     her2 = res.her2
@@ -74,6 +82,9 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
                "truth: per-cell HER2 mix": field.to_dict().get("her2_counts", ""),
                "per-cell agreement with truth (linear-weighted Cohen kappa)": kappa,
                "nucleus segmentation F1 at IoU 0.5": f1})
+    scored = res.summary["markers_scored"]
+    rep.table({"percent positive": scored["percent_positive"],
+               "phenotypes (cells)": scored.get("phenotypes", {})})
     rep.paragraph(f"Full slide report: {res.out_dir / 'report.html'}", cls="muted")
     # conventional DAB IHC for comparison (scikit-image's bundled real IHC image)
     from skimage.data import immunohistochemistry
@@ -87,4 +98,5 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
     rep.table({k: v for k, v in d.items() if not isinstance(v, dict | list)})
     return {"slide": str(slide_path), "n_cells": int(len(cells)), "her2_category": h["category"],
             "her2_low": h["her2_low"], "kappa_vs_truth": kappa, "nucleus_f1": f1,
-            "dab_h_score": d.get("h_score")}
+            "dab_h_score": d.get("h_score"), "percent_positive": scored["percent_positive"],
+            "phenotypes": scored.get("phenotypes", {})}

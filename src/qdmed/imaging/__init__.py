@@ -44,10 +44,12 @@ from qdmed.imaging._scoring import (
     calibrate_her2,
     cohen_kappa,
     f1_at_iou,
+    gates_from_negative_controls,
     h_score,
     percent_positive,
     phenotype,
     score_her2,
+    score_markers,
     score_positivity,
 )
 from qdmed.imaging._slideio import read_slide, write_ome_tiff, write_ome_zarr, write_truth
@@ -67,10 +69,10 @@ __all__ = [
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
     "compartments", "deconvolve_dab", "design_panel", "estimate_stain_vectors",
-    "expand_cells", "f1_at_iou", "fix_global_thresholds", "h_score", "kkt_violation",
+    "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score", "kkt_violation",
     "list_markers", "list_presets", "marker_summary", "measure_cells", "mixing_matrix",
     "percent_positive", "phenotype", "read_slide", "score_dab", "score_her2",
-    "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",
+    "score_markers", "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",
     "simulate_tissue", "spectral_channels", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
 ]

@@ -347,7 +347,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   tile: int = 2048, margin_um: float = 30.0, scheduler: str | None = None,
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
                   write_unmixed: bool = True, progress: bool = True, resume: bool = True,
-                  reference_region_px: int = 1024, client=None) -> SlideResult:
+                  reference_region_px: int = 1024, client=None, gates=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -374,6 +374,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         Reuse finished tiles of an interrupted run with the same inputs and settings.
     client : distributed.Client, optional
         An existing client to run on (left open); used by cohort runs.
+    gates : mapping marker -> MarkerGate, optional
+        Positivity gates (:func:`gates_from_negative_controls`): the summary then holds the
+        percent positive per marker and the breast phenotype counts.
 
     Returns
     -------
@@ -472,6 +475,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         from qdmed.imaging._scoring import score_her2
 
         her2 = score_her2(cells, her2_calibration, nan_policy="omit")
+    scored = None
+    if gates:
+        from qdmed.imaging._scoring import score_markers
+
+        scored = score_markers(cells, gates)
     if write_unmixed:
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
     summary = {
@@ -485,6 +493,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_cells": int(len(cells)),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": None if her2 is None else her2.to_dict(),
+        "markers_scored": scored,
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
                     "geojson": "cells.geojson" if outlines else None,

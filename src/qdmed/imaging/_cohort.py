@@ -23,7 +23,7 @@ def find_slides(folder) -> list[Path]:
 
 
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
-                   her2_calibration=None, progress=True) -> dict:
+                   her2_calibration=None, gates=None, progress=True) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``)."""
@@ -51,7 +51,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 try:
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
-                                        client=client)
+                                        client=client, gates=gates)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     if res.summary["her2"]:
@@ -59,6 +59,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         row["her2_low"] = res.summary["her2"]["her2_low"]
                         row["her2_ultralow"] = res.summary["her2"]["her2_ultralow"]
                         row["total_her2_load"] = res.summary["her2"]["total_her2_load"]
+                    if res.summary.get("markers_scored"):
+                        for m, v in res.summary["markers_scored"]["percent_positive"].items():
+                            row[f"{m}_percent_positive"] = v
                     cells = res.cells()
                     cells.insert(0, "slide", sp.name)
                     tables.append(cells)

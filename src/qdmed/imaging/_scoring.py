@@ -26,13 +26,16 @@ __all__ = [
     "HScore",
     "Her2Calibration",
     "Her2Score",
+    "MARKER_COMPARTMENTS",
     "MarkerGate",
     "SegmentationMatch",
     "calibrate_her2",
     "cohen_kappa",
     "f1_at_iou",
+    "gates_from_negative_controls",
     "h_score",
     "percent_positive",
+    "score_markers",
     "phenotype",
     "score_her2",
     "score_positivity",
@@ -1085,3 +1088,77 @@ def f1_at_iou(pred_labels, true_labels, *, iou: float = 0.5) -> SegmentationMatc
         iou_threshold=thr,
         mean_matched_iou=float(matched_iou.mean()) if tp else nan,
     )
+
+
+# ------------------------------------------------------------------ marker positivity gates
+#: Usual subcellular compartment of each marker (where its positivity is read).
+MARKER_COMPARTMENTS = MappingProxyType({
+    "HER2": "membrane", "EGFR": "membrane", "CA125": "membrane", "claudin-4": "membrane",
+    "ER": "nucleus", "PR": "nucleus", "AR": "nucleus", "DAPI": "nucleus",
+    "mTOR": "cytoplasm", "PSA": "cytoplasm",
+})
+
+
+def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping[str, str], *,
+                                 quantile: float = 0.99,
+                                 compartments: Mapping[str, str] | None = None
+                                 ) -> dict[str, MarkerGate]:
+    """Positivity gates from control populations known to be negative for a marker.
+
+    The gate of marker m is the ``quantile`` (default 99th percentile) of m in its compartment
+    over the cells of the negative control ``negatives[m]``: at most 1 % of truly negative
+    cells are then called positive. This is the negative-control gating used in cytometry and
+    quantitative IF; the quantile is a parameter, never a clinical constant.
+
+    The control should share the tissue's co-expression of the other markers: shot noise of
+    a bright co-expressed label spreads into the gated channel through the unmixing, so a gate
+    from a control lacking it is too low (qdmed's tests measured PR positivity 84 % against
+    72 % true in ER-high tissue gated on an ER-negative line). A fluorescence-minus-one
+    control (all labels but the gated one) avoids this.
+
+    Parameters
+    ----------
+    controls : mapping name -> per-cell table
+    negatives : mapping marker -> control name (e.g. ``{"ER": "MDA-MB-468"}``)
+    quantile : float in (0.5, 1)
+    compartments : mapping marker -> compartment, optional (default
+        :data:`MARKER_COMPARTMENTS`).
+    """
+    q = float(quantile)
+    if not 0.5 < q < 1:
+        raise InputError(f"quantile must be in (0.5, 1); got {quantile!r}.")
+    comps = dict(MARKER_COMPARTMENTS)
+    comps.update(compartments or {})
+    gates = {}
+    for marker, ctrl in negatives.items():
+        if ctrl not in controls:
+            raise UnknownNameError(
+                f"negative control {ctrl!r} for {marker} is not among the controls "
+                f"{sorted(controls)}."
+            )
+        if marker not in comps:
+            raise UnknownNameError(
+                f"no compartment known for marker {marker!r}; pass compartments={{...}}."
+            )
+        col = _column(controls[ctrl], marker, comps[marker], "mean")
+        v = _values(controls[ctrl], col, "omit")
+        if v.size < 10:
+            raise InputError(f"negative control {ctrl!r} has {v.size} cells with {col}; need >= 10.")
+        gates[marker] = MarkerGate(comps[marker], float(np.quantile(v, q)))
+    return gates
+
+
+def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
+    """Percent positive per gated marker and, when HER2, ER and PR are all gated, the counts
+    of the breast phenotypes (:data:`BREAST_RULES`)."""
+    out: dict[str, Any] = {"gates": {m: {"compartment": g.compartment, "threshold": g.threshold}
+                                     for m, g in gates.items()},
+                           "percent_positive": {}}
+    for m, g in gates.items():
+        out["percent_positive"][m] = (
+            percent_positive(cells_df, marker=m, compartment=g.compartment,
+                             threshold=g.threshold) if len(cells_df) else None)
+    if {"HER2", "ER", "PR"} <= set(gates) and len(cells_df):
+        ph = phenotype(cells_df, "breast", gates=gates)
+        out["phenotypes"] = {str(k): int(v) for k, v in ph.value_counts().items()}
+    return to_jsonable(out)
