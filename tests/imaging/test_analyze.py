@@ -253,7 +253,9 @@ def test_unmixed_ome_zarr_is_written(slide, tmp_path):
     res = analyze_slide(slide.path, PANEL, tmp_path / "u", tile=2048, progress=False,
                         outlines=False)
     u = read_slide(res.out_dir / "unmixed.ome.zarr")
-    assert u.channel_names == PANEL.components
+    assert u.channel_names == (*PANEL.components, "residual")
+    resid = np.asarray(u.data[..., -1])
+    assert 0 <= resid.min() and np.median(resid) < 0.2  # Poisson noise at 300 e-/unit
     assert u.shape[:2] == slide.shape[:2]
     shutil.rmtree(tmp_path / "u")
 

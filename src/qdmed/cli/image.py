@@ -164,18 +164,21 @@ def analyze(
     workers: Annotated[int | None, typer.Option("--workers", help="Local Dask workers.")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
+    poisson: Annotated[bool, typer.Option("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
-    from qdmed.imaging import analyze_slide
+    from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
     from qdmed.imaging._report import write_slide_report
 
     her2, gates = _calibration(calibration)
+    px = read_slide(slide).pixel_size_um or 0.5
+    settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None)
     res = analyze_slide(slide, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
-                        progress=not no_progress)
+                        progress=not no_progress, settings=settings)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()

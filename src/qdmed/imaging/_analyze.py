@@ -45,6 +45,7 @@ class AnalysisSettings:
     completeness_threshold: dict | None = None
     membrane_scales: dict | None = None
     unmix_method: str = "auto"
+    unmix_weights: str | None = None  # None (ordinary NNLS) or "poisson" (1/max(y, 1) weights)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,8 +71,12 @@ class FieldAnalysis:
                 "median_relative_residual": float(np.median(self.residual))}
 
 
-def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False):
-    """Exact NNLS unmixing of a (Y, X, C) image with the panel's endmembers -> (Y, X, K)."""
+def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False,
+                weights=None):
+    """Exact NNLS unmixing of a (Y, X, C) image with the panel's endmembers -> (Y, X, K).
+
+    ``weights="poisson"`` solves the Poisson-weighted problem (weights 1/max(y, 1) per pixel
+    and channel: the inverse variance of photon counts), exactly but on a slower path."""
     from qdmed.imaging._nnls import unmix_nnls
 
     img = np.asarray(image_yxc)
@@ -82,7 +87,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
         )
     y, x, c = img.shape
     res = unmix_nnls(img.reshape(-1, c), panel.endmembers, method=method,
-                     return_residual=return_residual)
+                     return_residual=return_residual, weights=weights)
     if return_residual:
         return (res.abundances.reshape(y, x, -1).astype(np.float32),
                 res.relative_residual.reshape(y, x).astype(np.float32))
@@ -100,7 +105,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     if s.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
-    ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True)
+    ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True,
+                            weights=s.unmix_weights)
     nuc = ab[..., comps.index(s.nuclear_marker)]
     nuclei = segment_nuclei(nuc, pixel_size_um=s.pixel_size_um,
                             min_area_um2=s.min_nucleus_area_um2,
@@ -144,7 +150,8 @@ def membrane_signal(abundances, components, scales: dict):
 def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -> AnalysisSettings:
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
     reference region and return settings that fix them, so every tile uses the same values."""
-    ab = unmix_image(image_yxc, panel, method=settings.unmix_method)
+    ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
+                     weights=settings.unmix_weights)
     comps = panel.components
     if settings.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {settings.nuclear_marker!r} is not in the panel "
@@ -520,17 +527,29 @@ def start_client(scheduler: str | None, n_workers: int):
 
 
 def _write_unmixed(slide, panel, s, dest):
+    """Unmixed abundances of every component plus a ``residual`` channel (relative residual
+    ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block."""
     import dask.array as da
 
-    from qdmed.imaging._nnls import unmix_block
+    from qdmed.imaging._nnls import unmix_nnls
     from qdmed.imaging._slideio import write_ome_zarr
 
     em = panel.endmembers
+    k = len(panel.components)
+
+    def block(b):
+        y, x, c = b.shape
+        r = unmix_nnls(b.reshape(-1, c), em, method=s.unmix_method, return_residual=True,
+                       weights=s.unmix_weights)
+        out = np.empty((y, x, k + 1), np.float32)
+        out[..., :k] = r.abundances.reshape(y, x, k)
+        out[..., k] = r.relative_residual.reshape(y, x)
+        return out
+
     data = slide.data.rechunk({2: -1})
-    ab = da.map_blocks(lambda b: unmix_block(b, em, method=s.unmix_method).astype(np.float32),
-                       data, chunks=data.chunks[:2] + ((len(panel.components),),),
-                       dtype=np.float32)
-    write_ome_zarr(dest, ab, channel_names=list(panel.components), pixel_size_um=s.pixel_size_um)
+    ab = da.map_blocks(block, data, chunks=data.chunks[:2] + ((k + 1,),), dtype=np.float32)
+    write_ome_zarr(dest, ab, channel_names=[*panel.components, "residual"],
+                   pixel_size_um=s.pixel_size_um)
 
 
 def marker_summary(cells, components) -> dict:
