@@ -280,3 +280,23 @@ def test_positivity_gates_from_negative_controls():
     assert sum(scored["phenotypes"].values()) > 0
     with pytest.raises(InputError):
         gates_from_negative_controls(ctrls, {"ER": "MDA-MB-468"}, quantile=1.5)
+
+
+def test_measured_endmember_from_single_stain_control(tmp_path):
+    from qdmed.imaging import endmember_from_control
+
+    rng = np.random.default_rng(0)
+    k = PANEL.components.index("PR")
+    true_col = PANEL.endmembers[:, k]
+    level = rng.gamma(3.0, 1.0, (128, 128))
+    img = rng.poisson(PPU * level[..., None] * true_col).astype(np.uint16)
+    prof = endmember_from_control(img)
+    np.testing.assert_allclose(prof, true_col / true_col.sum(), atol=2e-3)
+    p2 = PANEL.with_measured({"PR": prof})
+    np.testing.assert_allclose(p2.endmembers[:, k], true_col, rtol=0.02, atol=2e-3 * true_col.sum())
+    # the measured library survives a YAML round trip
+    p2.to_file(tmp_path / "p.yaml")
+    p3 = Panel.from_file(tmp_path / "p.yaml")
+    np.testing.assert_allclose(p3.endmembers[:, k], p2.endmembers[:, k], rtol=1e-3)
+    with pytest.raises(InputError, match="not a panel component"):
+        PANEL.with_measured({"Ki67": prof})

@@ -33,6 +33,7 @@ from qdmed.imaging._panel import (
     autofluorescence_spectrum,
     breast_panel_5plex,
     design_panel,
+    endmember_from_control,
     mixing_matrix,
     spectral_channels,
 )
@@ -68,7 +69,7 @@ __all__ = [
     "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
-    "compartments", "deconvolve_dab", "design_panel", "estimate_stain_vectors",
+    "compartments", "deconvolve_dab", "design_panel", "endmember_from_control", "estimate_stain_vectors",
     "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score", "kkt_violation",
     "list_markers", "list_presets", "marker_summary", "measure_cells", "mixing_matrix",
     "percent_positive", "phenotype", "read_slide", "score_dab", "score_her2",

@@ -72,6 +72,7 @@ class Panel:
     excitation_nm: float = 405.0
     autofluorescence: Spectrum | None = None
     warnings: tuple[str, ...] = field(default=())
+    measured: tuple = ()  # ((component, per-channel vector), ...) replacing modelled columns
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -85,7 +86,31 @@ class Panel:
     def endmembers(self) -> np.ndarray:
         specs = list(self.spectra) + ([self.autofluorescence] if self.autofluorescence else [])
         b = list(self.brightness) + ([1.0] if self.autofluorescence else [])
-        return mixing_matrix(specs, self.channels, b)
+        m = mixing_matrix(specs, self.channels, b)
+        for name, vec in self.measured:
+            j = self.components.index(name)
+            v = np.asarray(vec, float)
+            # keep the modelled column's scale, so abundances stay comparable across components
+            m[:, j] = v / v.sum() * m[:, j].sum()
+        return m
+
+    def with_measured(self, endmembers: dict) -> Panel:
+        """A copy whose endmember columns are replaced by measured channel profiles
+        (e.g. from single-stain controls, :func:`endmember_from_control`), keyed by component
+        name (a marker or ``"autofluorescence"``)."""
+        meas = dict(self.measured)
+        for name, vec in endmembers.items():
+            if name not in self.components:
+                raise InputError(f"measured endmember {name!r} is not a panel component "
+                                 f"{list(self.components)}")
+            v = np.asarray(vec, float)
+            if v.shape != (len(self.channels),) or np.any(v < 0) or not v.sum() > 0:
+                raise InputError(f"measured endmember {name!r} must be {len(self.channels)} "
+                                 f"non-negative values (one per channel), not all zero; got {vec!r}")
+            meas[name] = tuple(float(x) for x in v)
+        p = Panel(self.markers, self.labels, self.spectra, self.channels, self.brightness,
+                  self.excitation_nm, self.autofluorescence, self.warnings, tuple(meas.items()))
+        return _with_warnings(p)
 
     def crosstalk(self) -> dict:
         return _crosstalk(self.endmembers)
@@ -116,7 +141,8 @@ class Panel:
                                                     self.brightness, strict=True)},
                 "autofluorescence": None if self.autofluorescence is None else {
                     "peak_nm": self.autofluorescence.peak_nm,
-                    "fwhm_nm": self.autofluorescence.fwhm_nm}}
+                    "fwhm_nm": self.autofluorescence.fwhm_nm},
+                "measured_endmembers": {k: list(v) for k, v in self.measured}}
 
     def to_file(self, path) -> Path:
         import yaml
@@ -167,9 +193,13 @@ class Panel:
         af = doc.get("autofluorescence", {"peak_nm": DEFAULT_AF_PEAK_NM,
                                          "fwhm_nm": DEFAULT_AF_FWHM_NM})
         af_s = None if af is None else autofluorescence_spectrum(af["peak_nm"], af["fwhm_nm"], grid)
-        return build_panel_from_spectra(markers, labels, spectra, channels, brightness=bright,
-                                        excitation_nm=float(doc.get("excitation_nm", 405.0)),
-                                        autofluorescence=af_s)
+        panel = build_panel_from_spectra(markers, labels, spectra, channels, brightness=bright,
+                                         excitation_nm=float(doc.get("excitation_nm", 405.0)),
+                                         autofluorescence=af_s)
+        meas = doc.get("measured_endmembers") or {}
+        if not isinstance(meas, dict):
+            raise FileFormatError(f"{source}: measured_endmembers must map component -> list")
+        return panel.with_measured(meas) if meas else panel
 
     def plot(self):
         import matplotlib.pyplot as plt
@@ -225,6 +255,11 @@ def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=N
     b = tuple(float(x) for x in (brightness or [1.0] * len(markers)))
     panel = Panel(tuple(markers), tuple(labels), tuple(spectra), tuple(channels), b,
                   float(excitation_nm), autofluorescence)
+    return _with_warnings(panel, max_condition=max_condition, max_cosine=max_cosine)
+
+
+def _with_warnings(panel: Panel, *, max_condition=100.0, max_cosine=0.98) -> Panel:
+    """The panel with separability warnings (cosine similarity, condition number)."""
     ct = panel.crosstalk()
     warns = []
     comps = panel.components
@@ -237,7 +272,7 @@ def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=N
         warns.append(f"mixing matrix condition number {ct['condition_number']:.0f} > "
                      f"{max_condition:.0f}: unmixing will amplify noise")
     return Panel(panel.markers, panel.labels, panel.spectra, panel.channels, panel.brightness,
-                 panel.excitation_nm, autofluorescence, tuple(warns))
+                 panel.excitation_nm, panel.autofluorescence, tuple(warns), panel.measured)
 
 
 def design_panel(markers, available, channels, *, expression=None, brightness=None,
@@ -309,6 +344,25 @@ def breast_panel_5plex(n_channels: int = 8) -> Panel:
         ["Qdot 525", "Qdot 565", "Qdot 605", "Qdot 655", "Qdot 705"],
         channels, fixed={"DAPI": "DAPI"},
     )
+
+
+def endmember_from_control(image_yxc, *, percentile: float = 50.0,
+                           background=None) -> np.ndarray:
+    """A measured endmember (per channel, unit sum) from a control image: a single-stain
+    control for one label, or an unstained section for autofluorescence. It is the mean
+    channel profile of the pixels above the ``percentile`` of total intensity, minus an
+    optional per-channel ``background`` (e.g. the unstained control's profile scaled to it),
+    as inForm builds its spectral library from single-stain slides."""
+    prof = autofluorescence_from_control(image_yxc, percentile=percentile)
+    if background is not None:
+        b = np.asarray(background, float)
+        if b.shape != prof.shape:
+            raise InputError(f"background must have {prof.size} values, got shape {b.shape}")
+        prof = np.clip(prof - b, 0, None)
+        if not prof.sum() > 0:
+            raise InputError("control profile vanishes after background subtraction")
+        prof = prof / prof.sum()
+    return prof
 
 
 def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0) -> np.ndarray:
