@@ -262,3 +262,12 @@ def test_pivot_tables_consistent():
     for m in (0, 5, 37, 63):
         want = b @ prep.t[m]
         np.testing.assert_allclose(z0 @ prep.u[m], want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+def test_caller_endmember_array_is_not_frozen_or_mutated():
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0.1, 1.0, (8, 4))
+    before = a.copy()
+    unmix_nnls(rng.uniform(0, 1, (10, 8)), a)
+    assert a.flags.writeable
+    np.testing.assert_array_equal(a, before)

@@ -159,6 +159,7 @@ def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
 
 
 def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
+    a = np.array(a, dtype=np.float64, copy=True)  # frozen below: never freeze the caller's array
     c, k = a.shape
     norms = np.sqrt(np.sum(a * a, axis=0))
     zero = np.flatnonzero(norms == 0)

@@ -377,3 +377,4 @@ def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0) -> np.
         raise InputError("unstained control has too little signal to estimate autofluorescence")
     prof = img[sel].mean(0)
     return prof / prof.sum()
+
