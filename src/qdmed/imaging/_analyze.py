@@ -58,7 +58,7 @@ class FieldAnalysis:
     """Result of :func:`analyze_field`: arrays plus the per-cell table."""
 
     abundances: np.ndarray  # (Y, X, K) unmixed
-    residual: np.ndarray  # (Y, X) relative residual (goodness of fit)
+    residual: np.ndarray | None  # (Y, X) relative residual (goodness of fit)
     nuclei: np.ndarray
     cells: np.ndarray
     table: object  # pandas.DataFrame, one row per cell
@@ -68,7 +68,8 @@ class FieldAnalysis:
     def to_dict(self) -> dict:
         return {"n_cells": int(len(self.table)), "components": list(self.components),
                 "settings": self.settings.to_dict(),
-                "median_relative_residual": float(np.median(self.residual))}
+                "median_relative_residual": None if self.residual is None
+                else float(np.median(self.residual))}
 
 
 def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False,
@@ -95,9 +96,10 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 
 
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
-                  offset=(0, 0)) -> FieldAnalysis:
+                  offset=(0, 0), residual: bool = True) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
-    cells, measure every marker in every compartment."""
+    cells, measure every marker in every compartment. ``residual=False`` skips the
+    goodness-of-fit map (``FieldAnalysis.residual`` is then None)."""
     from qdmed.imaging._cells import expand_cells, measure_cells, segment_nuclei
 
     s = settings or AnalysisSettings()
@@ -105,8 +107,12 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     if s.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
-    ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True,
-                            weights=s.unmix_weights)
+    if residual:
+        ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True,
+                                weights=s.unmix_weights)
+    else:
+        ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method,
+                                weights=s.unmix_weights), None
     nuc = ab[..., comps.index(s.nuclear_marker)]
     nuclei = segment_nuclei(nuc, pixel_size_um=s.pixel_size_um,
                             min_area_um2=s.min_nucleus_area_um2,
@@ -179,7 +185,8 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     comp = settings.completeness_threshold
     if comp is None:
         fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
-                                                     membrane_scales=scales or None))
+                                                     membrane_scales=scales or None),
+                           residual=False)
         comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
     return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
                    membrane_scales=scales or None)
@@ -208,7 +215,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     py0, py1 = max(0, y0 - margin_px), min(h, y1 + margin_px)
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = np.asarray(slide.data[py0:py1, px0:px1, :].compute())
-    fa = analyze_field(region, panel, s, offset=(py0, px0))
+    fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False)
     df = fa.table
     if len(df):
         cy, cx = df["centroid_y"].to_numpy(), df["centroid_x"].to_numpy()
