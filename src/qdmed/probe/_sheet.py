@@ -48,7 +48,9 @@ class ProbeSheet:
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
         o = self.data["optics"]
-        wl = np.arange(400, 900.5, 0.5)
+        half = max(100.0, 4 * o["emission_fwhm_nm"])
+        lo = max(300.0, min(o["emission_peak_nm"], o["absorption_peak_nm"]) - half)
+        wl = np.arange(lo, o["emission_peak_nm"] + half, 0.5)
         axes[0].plot(wl, gaussian_in_energy(wl, o["emission_peak_nm"], o["emission_fwhm_meV"]),
                      color="C3")
         axes[0].axvline(o["absorption_peak_nm"], ls="--", color="grey", label="first exciton")
