@@ -91,3 +91,27 @@ def test_brightness():
     assert brightness(1e5, 0.5) == 5e4
     with pytest.raises(InputError):
         brightness(1e5, 1.5)
+
+
+def test_core_for_emission_handles_non_monotonic_emission():
+    # InP/CdS: the emission falls with core size over part of the range (shell and Stokes
+    # shifts shrink faster than the core gap); targets inside the reachable span must solve
+    from qdmed.optics import get_curve
+
+    c = get_curve("InP")
+    lo, hi = c.diameter_range_nm
+    ems = [predict_emission("InP", d, shell="CdS", shell_thickness_nm=1.0).emission_peak_nm
+           for d in np.linspace(lo, hi, 21)]
+    target = 0.5 * (min(ems) + max(ems))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = core_for_emission("InP", target, shell="CdS", shell_thickness_nm=1.0)
+    assert p.emission_peak_nm == pytest.approx(target, abs=0.01)
+
+
+def test_inp_zns_shell_shift_is_flagged():
+    p = predict_emission("InP", 1.5, shell="ZnS", shell_thickness_nm=0.6)
+    assert any("shell shift" in w for w in p.warnings)
+    assert not predict_emission("CdSe", 4.0, shell="ZnS", shell_thickness_nm=0.9).warnings

@@ -137,3 +137,9 @@ def test_bad_values():
         Probe("CdSe", 4.0, quantum_yield=2)
     with pytest.raises(InputError):
         Probe("CdSe", 4.0, shell_thickness_nm=1.0)
+
+
+def test_peg_without_named_coating_resists_corona():
+    p = Probe("CdSe", 3.0, peg_mw=2000)
+    assert p.resists_protein_adsorption
+    assert p.serum_hydrodynamic_diameter_nm == p.hydrodynamic_diameter_nm

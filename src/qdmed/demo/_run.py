@@ -17,7 +17,7 @@ def example_probes():
         name="anti-HER2 CdSe/ZnS 605 (IgG, DHLA-PEG2000)",
     )
     inp = Probe.from_emission(
-        "InP", 640.0, shell="ZnS", shell_thickness_nm=0.6, coating="dhla-peg", peg_mw=2000,
+        "InP", 620.0, shell="ZnS", shell_thickness_nm=0.6, coating="dhla-peg", peg_mw=2000,
         ligands=(("igg", 2),), targets=("HER2",), quantum_yield=0.5,
         name="anti-HER2 InP/ZnS (Cd-free alternative)",
     )

@@ -24,7 +24,8 @@ NORRIS1996 = Reference(
 
 @dataclass(frozen=True)
 class StokesModel:
-    """Non-resonant ensemble Stokes shift, dE = a + b / d^2 (eV, d in nm)."""
+    """Non-resonant ensemble Stokes shift, dE = a + b / s^2 (eV), with s the size quantity of
+    the material's default sizing curve in nm (diameter, or edge length for InP)."""
 
     material: str
     a_eV: float
@@ -34,8 +35,9 @@ class StokesModel:
     note: str
 
     def __call__(self, diameter_nm):
-        d = np.asarray(diameter_nm, float)
-        return self.a_eV + self.b_eV_nm2 / d**2
+        curve = get_curve(self.material)
+        s = np.asarray(diameter_nm, float) / curve.to_diameter_factor
+        return self.a_eV + self.b_eV_nm2 / s**2
 
 
 #: Unverified [M] interpolations of typical reported ensemble Stokes shifts. They exist so that
@@ -54,9 +56,9 @@ STOKES_MODELS = {
     ),
     "InP": StokesModel(
         "InP", 0.06, 0.30, NORRIS1996, "M",
-        "InP shows larger Stokes shifts than CdSe (~100-150 meV for green-red dots); this "
-        "interpolation is unverified. The reference entry points to the CdSe assignment paper "
-        "for the mechanism only.",
+        "In terms of the tetrahedron edge length L: ~100-150 meV for green-red InP dots "
+        "(L ~ 2.2-3.2 nm), larger than CdSe; unverified. The reference entry points to the "
+        "CdSe assignment paper for the mechanism only.",
     ),
 }
 
@@ -131,6 +133,7 @@ class EmissionPrediction:
     fwhm_nm: float
     sizing_model: str
     stokes_source: str
+    warnings: tuple = ()
 
     def spectrum(self, wavelength_nm=None) -> Spectrum:
         grid = default_grid() if wavelength_nm is None else np.asarray(wavelength_nm, float)
@@ -138,7 +141,15 @@ class EmissionPrediction:
                         "emission", f"{self.material} {self.emission_peak_nm:.0f} nm")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["warnings"] = list(self.warnings)
+        return d
+
+
+#: Above this shell red shift (eV) for a shell that confines both carriers in bulk (type I),
+#: the effective-mass estimate is flagged: measured ZnS shelling shifts of CdSe and InP are a
+#: few nm to ~10 nm (reference document §5), i.e. tens of meV.
+SHELL_SHIFT_WARN_EV = 0.1
 
 
 def ensemble_fwhm_meV(material, diameter_nm, size_dispersion, *, sizing_model=None,
@@ -197,12 +208,24 @@ def predict_emission(material, core_diameter_nm, *, shell=None, shell_thickness_
     fwhm = ensemble_fwhm_meV(curve.material, d, size_dispersion, sizing_model=curve.name,
                              homogeneous_fwhm_meV=homogeneous_fwhm_meV, extrapolate=True)
     lam_em = HC_EV_NM / e_em
+    warns = []
+    if shell and shell_thickness_nm > 0:
+        from qdmed.optics._ema import bulk_alignment
+
+        label, _, _ = bulk_alignment(curve.material, shell)
+        if label == "type I" and shell_shift > SHELL_SHIFT_WARN_EV:
+            warns.append(
+                f"effective-mass shell shift {shell_shift * 1000:.0f} meV for {curve.material}/"
+                f"{shell} (bulk type I) is far above the few-to-~10 nm measured for ZnS shelling: "
+                "the model lets the confined carrier leak into the shell (parabolic bands, "
+                "uncertain offsets); treat the emission as a lower bound in energy and measure it"
+            )
     return EmissionPrediction(
         material=curve.material, core_diameter_nm=d, shell=shell,
         shell_thickness_nm=float(shell_thickness_nm), absorption_peak_nm=HC_EV_NM / e_abs,
         emission_peak_nm=lam_em, stokes_shift_meV=stokes * 1000, shell_shift_meV=shell_shift * 1000,
         fwhm_meV=fwhm, fwhm_nm=float(fwhm_mev_to_nm(fwhm, lam_em)), sizing_model=curve.name,
-        stokes_source=src,
+        stokes_source=src, warnings=tuple(warns),
     )
 
 
@@ -235,15 +258,31 @@ def core_for_emission(material, emission_nm, *, shell=None, shell_thickness_nm=0
                                 stokes_shift_meV=stokes_shift_meV, sizing_model=curve.name,
                                 extrapolate=True, size_dispersion=size_dispersion)
 
-    e_lo, e_hi = em(lo).emission_peak_nm, em(hi).emission_peak_nm
-    if not (e_lo <= target <= e_hi):
+    # the emission need not be monotonic in the core size (shell shift and Stokes shift both
+    # shrink with size): scan a grid, bracket every crossing, take the smallest core
+    grid = np.linspace(lo, hi, 41)
+    vals = np.array([em(d).emission_peak_nm for d in grid]) - target
+    cross = np.nonzero((vals[:-1] == 0) | (np.sign(vals[:-1]) != np.sign(vals[1:])))[0]
+    if cross.size == 0:
         raise OutOfRangeError(
             f"emission {target:g} nm is outside what {curve.material}"
             f"{'/' + shell if shell else ''} reaches inside the validity range of {curve.name}: "
-            f"{e_lo:.1f}-{e_hi:.1f} nm (core {lo:.2f}-{hi:.2f} nm)"
+            f"{vals.min() + target:.1f}-{vals.max() + target:.1f} nm (core {lo:.2f}-{hi:.2f} nm)"
             + ("" if extrapolate else "; pass extrapolate=True (CLI: --extrapolate) to extend it")
         )
-    d = brentq(lambda x: em(x).emission_peak_nm - target, lo, hi, xtol=1e-5)
+    i = int(cross[0])
+    d = grid[i] if vals[i] == 0 else brentq(lambda x: em(x).emission_peak_nm - target,
+                                              grid[i], grid[i + 1], xtol=1e-5)
+    if cross.size > 1:
+        import warnings
+
+        from qdmed.errors import QdmedWarning
+
+        warnings.warn(
+            f"{cross.size} core sizes give {target:g} nm emission for {curve.material}"
+            f"{'/' + shell if shell else ''}; the smallest ({d:.2f} nm) is used",
+            QdmedWarning, stacklevel=2,
+        )
     if extrapolate:
         clo, chi = curve.diameter_range_nm
         if not clo <= d <= chi:

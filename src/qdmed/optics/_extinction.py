@@ -190,7 +190,7 @@ def extinction_first_exciton(material, *, diameter_nm=None, peak_nm=None, model=
     Examples
     --------
     >>> round(extinction_first_exciton("CdSe", peak_nm=550.0))   # Yu power law
-    111522
+    111534
     """
     m = _resolve(material, model, "first_exciton")
     if hwhm_ev is not None:

@@ -299,10 +299,12 @@ class Probe:
     @property
     def resists_protein_adsorption(self) -> bool:
         """Zwitterionic or PEG-terminated surfaces resist serum-protein adsorption (Choi 2007)."""
+        if self.peg_mw:
+            return True
         if not self.coating:
             return False
         c = get_coating(self.coating)
-        return c.zwitterionic or bool(self.peg_mw or c.default_peg_mw)
+        return c.zwitterionic or bool(c.default_peg_mw)
 
     @property
     def serum_hydrodynamic_diameter_nm(self) -> float:
@@ -375,8 +377,8 @@ class Probe:
         return out
 
     def flags(self) -> list[str]:
-        """Toxicity and clearance warnings."""
-        f = []
+        """Toxicity, clearance and model-reliability warnings."""
+        f = list(self.emission().warnings)
         core = get_material(self.core)
         if core.heavy_metals and not (self.shell and self.shell_thickness_nm > 0):
             f.append(f"heavy-metal core ({', '.join(core.heavy_metals)}) without a passivating "
