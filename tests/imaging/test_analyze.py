@@ -300,3 +300,51 @@ def test_measured_endmember_from_single_stain_control(tmp_path):
     np.testing.assert_allclose(p3.endmembers[:, k], p2.endmembers[:, k], rtol=1e-3)
     with pytest.raises(InputError, match="not a panel component"):
         PANEL.with_measured({"Ki67": prof})
+
+
+def test_completeness_background_is_tissue_not_glass():
+    full = analyze_field(simulate_field((512, 512), preset="HER2-enriched", seed=8, **KW).image,
+                         PANEL).table
+    part = analyze_field(simulate_field((512, 512), preset="HER2-enriched", seed=8,
+                                        tissue_fraction=0.35, **KW).image, PANEL).table
+    t_full = full.attrs["completeness_threshold"]["HER2"]
+    t_part = part.attrs["completeness_threshold"]["HER2"]
+    assert t_part > 0.5 * t_full  # glass would give 0 and make every membrane "complete"
+    assert abs(part["HER2_membrane_completeness"].median()
+               - full["HER2_membrane_completeness"].median()) < 0.15
+
+
+def test_panel_yaml_round_trip_keeps_endmembers(tmp_path):
+    q = PANEL
+    for _ in range(3):
+        q.to_file(tmp_path / "p.yaml")
+        q = Panel.from_file(tmp_path / "p.yaml")
+    np.testing.assert_allclose(q.endmembers, PANEL.endmembers, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", ["markers: [HER2]\nchannels_nm: [[500, 550]]\n",
+                                  "markers: {A: {label: Qdot 605}}\nchannels_nm: [[500, 550], "
+                                  "[550, 600]]\nautofluorescence: {fwhm_nm: 100}\n",
+                                  "markers: {A: {label: Qdot 605, brightness: 0}}\n"
+                                  "channels_nm: [[500, 550], [550, 600]]\n"])
+def test_malformed_panel_files(tmp_path, text):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(FileFormatError, match="bad.yaml"):
+        Panel.from_file(f)
+
+
+def test_wrong_band_panel_is_refused(slide, tmp_path):
+    from qdmed.imaging import spectral_channels
+    from qdmed.imaging._panel import design_panel
+
+    other = design_panel(["DAPI", "HER2", "ER", "PR", "EGFR", "mTOR"],
+                         ["Qdot 525", "Qdot 565", "Qdot 605", "Qdot 655", "Qdot 705"],
+                         spectral_channels(8, 500, 800), fixed={"DAPI": "DAPI"})
+    with pytest.raises(InputError, match="does not match the panel's band"):
+        analyze_slide(slide.path, other, tmp_path / "o", progress=False)
+
+
+def test_margin_smaller_than_a_cell_is_refused(slide, tmp_path):
+    with pytest.raises(InputError, match="margin_um"):
+        analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=10, progress=False)

@@ -271,10 +271,15 @@ def cohort(
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress)
     if json_:
-        return print_json(res)
+        print_json(res)
+        if res["n_ok"] == 0:
+            raise typer.Exit(2)
+        return None
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "her2_category",
                                                    "message"])
     typer.echo(f"cohort table: {res['cells']}")
+    if res["n_ok"] == 0:
+        raise typer.Exit(2)
 
 
 @app.command()

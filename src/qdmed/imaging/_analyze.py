@@ -318,11 +318,24 @@ class SlideResult:
         return self.summary
 
 
-def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px) -> str:
-    st = path.stat() if path.is_file() else None
-    doc = {"path": str(path.resolve()), "size": st.st_size if st else None,
-           "mtime": st.st_mtime if st else None, "panel": panel.to_yaml_dict(),
-           "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px}
+def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
+                 outlines) -> str:
+    """Identity of a run: input file (size and mtime; for an OME-Zarr folder every file's
+    size and the newest mtime), panel, settings, tiling and outputs."""
+    if path.is_file():
+        st = path.stat()
+        ident = [st.st_size, st.st_mtime]
+    else:
+        sizes, newest = 0, 0.0
+        for f in path.rglob("*"):
+            if f.is_file():
+                st = f.stat()
+                sizes += st.st_size
+                newest = max(newest, st.st_mtime)
+        ident = [sizes, newest]
+    doc = {"path": str(path.resolve()), "ident": ident, "panel": panel.to_yaml_dict(),
+           "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px,
+           "outlines": bool(outlines)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -337,6 +350,15 @@ def reference_origin(slide, size: int) -> tuple[int, int]:
     levels = slide.levels or (slide.data,)
     low = next((lev for lev in reversed(levels) if max(lev.shape[:2]) >= 64), levels[0])
     f = h / low.shape[0]
+    # reduce lazily to <= ~1024 px before computing, so memory stays bounded on slides
+    # stored without a pyramid
+    k = max(1, int(np.ceil(max(low.shape[:2]) / 1024)))
+    if k > 1:
+        import dask.array as da
+
+        ly, lx = (low.shape[0] // k) * k, (low.shape[1] // k) * k
+        low = da.coarsen(np.mean, low[:ly, :lx].astype(np.float32), {0: k, 1: k}, trim_excess=True)
+        f = f * k
     tot = np.asarray(low.sum(axis=-1, dtype=np.float64).compute())
     win = max(1, int(round(size / f)))
     score = ndi.uniform_filter(tot, size=win, mode="constant")
@@ -346,9 +368,30 @@ def reference_origin(slide, size: int) -> tuple[int, int]:
     return y0, x0
 
 
+def _band(name: str):
+    """(low, high) nm from a channel name like ``440-478nm``, else None."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*nm\s*", str(name))
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
 def check_channels(slide, panel: Panel) -> None:
-    """Raise InputError when a slide's channel count differs from the panel's."""
+    """Raise InputError when a slide's channels differ from the panel's: by count, or, when
+    the slide names its channels by wavelength band (``440-478nm``), by band."""
     c = slide.shape[-1]
+    if c == len(panel.channels):
+        bands = [_band(n) for n in slide.channel_names]
+        if all(b is not None for b in bands):
+            off = [(n, pb) for n, b, pb in zip(slide.channel_names, bands, panel.channels,
+                                               strict=True)
+                   if abs(b[0] - pb[0]) > 1 or abs(b[1] - pb[1]) > 1]
+            if off:
+                n, pb = off[0]
+                raise InputError(
+                    f"{slide.path}: channel {n} does not match the panel's band "
+                    f"{pb[0]:.0f}-{pb[1]:.0f}nm; give the panel the slide was acquired with"
+                )
     if c != len(panel.channels):
         raise InputError(
             f"{slide.path}: the image has {c} channels ({', '.join(slide.channel_names)}) but "
@@ -358,7 +401,7 @@ def check_channels(slide, panel: Panel) -> None:
 
 
 def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | None = None,
-                  tile: int = 2048, margin_um: float = 30.0, scheduler: str | None = None,
+                  tile: int = 2048, margin_um: float = 40.0, scheduler: str | None = None,
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
                   write_unmixed: bool = True, progress: bool = True, resume: bool = True,
                   reference_region_px: int = 1024, client=None, gates=None) -> SlideResult:
@@ -415,6 +458,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,
+                                                                   s.expansion_um)
+    if margin_um < r_max + 2.0:
+        raise InputError(
+            f"margin_um={margin_um:g} is smaller than the largest cell radius the settings allow "
+            f"({r_max:.1f} um = nucleus radius + expansion) plus 2 um; cells at tile borders "
+            f"would be cut. Use margin_um >= {r_max + 2.0:.0f}"
+        )
     margin_px = int(np.ceil(margin_um / s.pixel_size_um))
     # global thresholds from a reference region: the brightest (most tissue) window
     ry0, rx0 = reference_origin(slide, reference_region_px)
@@ -424,7 +475,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     out = Path(out_dir)
     tiles_dir = out / "tiles"
     tiles_dir.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(path, panel, s, tile, margin_px)
+    fp = _fingerprint(path, panel, s, tile, margin_px, outlines)
+    (out / "summary.json").unlink(missing_ok=True)  # written last: marks a complete output set
     manifest = tiles_dir / "run.json"
     if manifest.exists():
         old = json.loads(manifest.read_text())
@@ -433,7 +485,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 f.unlink()
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
     boxes = tile_grid((h, w), tile)
-    todo = [i for i in range(len(boxes)) if not (tiles_dir / f"tile_{i:06d}.parquet").exists()]
+    def done(i):
+        ok = (tiles_dir / f"tile_{i:06d}.parquet").exists()
+        return ok and (not outlines or (tiles_dir / f"tile_{i:06d}.geojson.json").exists())
+
+    todo = [i for i in range(len(boxes)) if not done(i)]
     panel_doc, settings_doc = panel.to_yaml_dict(), s.to_dict()
 
     def save(i, df, feats):
@@ -500,6 +556,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "qdmed_version": __version__,
         "slide": slide.to_dict(),
         "panel": panel.to_dict(),
+        "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
         "n_tiles_resumed": len(boxes) - len(todo),
@@ -553,7 +610,7 @@ def _write_unmixed(slide, panel, s, dest):
         out[..., k] = r.relative_residual.reshape(y, x)
         return out
 
-    data = slide.data.rechunk({2: -1})
+    data = slide.data.rechunk((1024, 1024, -1))  # = the writer's chunks: each block unmixed once
     ab = da.map_blocks(block, data, chunks=data.chunks[:2] + ((k + 1,),), dtype=np.float32)
     write_ome_zarr(dest, ab, channel_names=[*panel.components, "residual"],
                    pixel_size_um=s.pixel_size_um)

@@ -582,7 +582,12 @@ def _dense_index(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq.astype(np.int64), inv.astype(np.int64) + 1
 
 
-def _completeness_thresholds(ab, cells, marker_names, completeness_threshold) -> dict[str, float]:
+#: Width of the tissue ring around cells whose pixels define the background (um).
+BACKGROUND_RING_UM = 10.0
+
+
+def _completeness_thresholds(ab, cells, marker_names, completeness_threshold,
+                             ring_px: float | None = None) -> dict[str, float]:
     names = list(marker_names)
     if completeness_threshold is None:
         given: dict[str, float] = {}
@@ -604,6 +609,20 @@ def _completeness_thresholds(ab, cells, marker_names, completeness_threshold) ->
         given = dict.fromkeys(names, t)
     out: dict[str, float] = {}
     bg = cells == 0
+    if ring_px is not None and bg.any() and (~bg).any():
+        # background = tissue between cells, not empty glass: pixels outside cells but within
+        # a ring of them (on a slide with little tissue, glass would set every threshold to 0)
+        from scipy import ndimage as ndi
+
+        ring = bg & (ndi.distance_transform_edt(bg) <= ring_px)
+        if int(ring.sum()) >= MIN_BACKGROUND_PIXELS:
+            bg = ring
+        # empty glass next to tissue: a tissue mask from the total signal smoothed over
+        # ~5 ring widths, accepted only where glass and tissue are clearly bimodal
+        total = ndi.gaussian_filter(ab.sum(axis=-1).astype(np.float64), ring_px)
+        t = otsu_foreground_threshold(total)
+        if np.isfinite(t) and int((bg & (total > t)).sum()) >= MIN_BACKGROUND_PIXELS:
+            bg = bg & (total > t)
     for k, m in enumerate(names):
         if m in given:
             out[m] = given[m]
@@ -618,7 +637,9 @@ def _completeness_thresholds(ab, cells, marker_names, completeness_threshold) ->
         vals = ab[..., k][bg]
         med = float(np.median(vals))
         mad = float(np.median(np.abs(vals - med)))
-        out[m] = med + 3.0 * 1.4826 * mad
+        # NNLS returns exact zeros: with most background at 0 the MAD vanishes, and a robust
+        # upper quantile is used instead of a zero threshold
+        out[m] = med + 3.0 * 1.4826 * mad if mad > 0 else float(np.quantile(vals, 0.99))
     return out
 
 
@@ -722,7 +743,8 @@ def measure_cells(
         raise InputError("abundances contain NaN or infinite values; accepted: finite values.")
 
     comp = compartments(nuc, cel, membrane_width_um=membrane_width_um, pixel_size_um=px)
-    thresholds = _completeness_thresholds(ab, cel, names, completeness_threshold)
+    thresholds = _completeness_thresholds(ab, cel, names, completeness_threshold,
+                                          ring_px=BACKGROUND_RING_UM / px)
     ids, idx = _dense_index(comp.cell)
     n = ids.size
     cols = measurement_columns(names)

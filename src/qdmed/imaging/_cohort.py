@@ -22,6 +22,15 @@ def find_slides(folder) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def slide_stem(name: str) -> str:
+    """The slide's name without its image suffix (``pt.A.ome.zarr`` -> ``pt.A``)."""
+    low = name.lower()
+    for suf in SLIDE_SUFFIXES:
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, progress=True) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
@@ -34,6 +43,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
     slides = find_slides(folder)
+    if not slides:
+        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, tables = [], []
@@ -45,7 +56,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
         with _progress(progress, len(slides), 0) as advance:
             for sp in slides:
-                stem = sp.name.split(".")[0]
+                stem = slide_stem(sp.name)
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
                        "message": ""}
                 try:
@@ -83,6 +94,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()
-    pd.DataFrame(rows).to_csv(buf, index=False)
+    cols = ["slide", "status", "n_cells", "her2_category", "message"]
+    table = pd.DataFrame(rows)
+    table = table.reindex(columns=cols + [c for c in table.columns if c not in cols])
+    table.to_csv(buf, index=False)
     atomic_write_text(out / "cohort.csv", buf.getvalue())
     return summary

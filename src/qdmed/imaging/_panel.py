@@ -133,15 +133,31 @@ class Panel:
         }
 
     def to_yaml_dict(self) -> dict:
+        """The panel file layout. Catalog Qdots and DAPI are stored by name; other labels and
+        the autofluorescence store their sampled spectrum (1 nm grid), so that a saved panel
+        reloads with the same endmembers (peak/FWHM are written for reading only)."""
+
+        def spec(s: Spectrum) -> dict:
+            grid = np.arange(float(np.ceil(s.wavelength_nm[0])), float(s.wavelength_nm[-1]) + 0.5)
+            return {"wavelength_nm": grid.tolist(),
+                    "values": [float(f"{v:.6g}") for v in s.resample(grid)]}
+
+        markers = {}
+        for m, lab, s, b in zip(self.markers, self.labels, self.spectra, self.brightness,
+                                strict=True):
+            e = {"label": lab, "peak_nm": round(s.peak_nm, 2), "fwhm_nm": round(s.fwhm_nm, 2),
+                 "brightness": b}
+            if not _resolvable(lab):
+                e["spectrum"] = spec(s)
+            markers[m] = e
+        af = None
+        if self.autofluorescence is not None:
+            af = {"peak_nm": round(self.autofluorescence.peak_nm, 2),
+                  "fwhm_nm": round(self.autofluorescence.fwhm_nm, 2),
+                  "spectrum": spec(self.autofluorescence)}
         return {"excitation_nm": self.excitation_nm,
                 "channels_nm": [list(c) for c in self.channels],
-                "markers": {m: {"label": lab, "peak_nm": s.peak_nm, "fwhm_nm": s.fwhm_nm,
-                                "brightness": b}
-                            for m, lab, s, b in zip(self.markers, self.labels, self.spectra,
-                                                    self.brightness, strict=True)},
-                "autofluorescence": None if self.autofluorescence is None else {
-                    "peak_nm": self.autofluorescence.peak_nm,
-                    "fwhm_nm": self.autofluorescence.fwhm_nm},
+                "markers": markers, "autofluorescence": af,
                 "measured_endmembers": {k: list(v) for k, v in self.measured}}
 
     def to_file(self, path) -> Path:
@@ -170,29 +186,58 @@ class Panel:
     def from_dict(cls, doc, *, source="<panel>") -> Panel:
         if not isinstance(doc, dict) or "markers" not in doc or "channels_nm" not in doc:
             raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm'")
+        if not isinstance(doc["markers"], dict) or not doc["markers"]:
+            raise FileFormatError(f"{source}: 'markers' must map marker names to "
+                                  "{label: ...} or {peak_nm: ..., fwhm_nm: ...}")
         grid = default_grid(350, 1000, 0.5)
         markers, labels, spectra, bright = [], [], [], []
         for m, e in doc["markers"].items():
             if not isinstance(e, dict):
                 raise FileFormatError(f"{source}: markers.{m} must be a mapping")
-            if "peak_nm" in e:
-                s = emission_spectrum(float(e["peak_nm"]), float(e.get("fwhm_nm", 30.0)),
-                                      wavelength_nm=grid, label=str(e.get("label", m)))
-            elif "label" in e:
-                s = _label_spectrum(e["label"], grid)
-            else:
-                raise FileFormatError(f"{source}: markers.{m} needs 'label' or 'peak_nm'")
+            try:
+                if "spectrum" in e:
+                    s = _spectrum_from_doc(e["spectrum"], grid, str(e.get("label", m)))
+                elif "label" in e and _resolvable(e["label"]):
+                    s = _label_spectrum(e["label"], grid)
+                elif "peak_nm" in e:
+                    s = emission_spectrum(float(e["peak_nm"]), float(e.get("fwhm_nm", 30.0)),
+                                          wavelength_nm=grid, label=str(e.get("label", m)))
+                else:
+                    raise FileFormatError(
+                        f"{source}: markers.{m} needs a catalog 'label' (e.g. Qdot 605), "
+                        "'peak_nm' (+ 'fwhm_nm') or a 'spectrum'")
+                b = float(e.get("brightness", 1.0))
+            except (TypeError, ValueError, KeyError) as exc:
+                if isinstance(exc, InputError):
+                    raise FileFormatError(f"{source}: markers.{m}: {exc}") from exc
+                raise FileFormatError(f"{source}: markers.{m}: malformed entry ({exc})") from exc
+            if not b > 0:
+                raise FileFormatError(f"{source}: markers.{m}.brightness must be > 0, got {b}")
             markers.append(str(m))
             labels.append(str(e.get("label", f"{s.peak_nm:.0f} nm")))
             spectra.append(s)
-            bright.append(float(e.get("brightness", 1.0)))
+            bright.append(b)
         try:
             channels = [(float(a), float(b)) for a, b in doc["channels_nm"]]
         except (TypeError, ValueError) as exc:
             raise FileFormatError(f"{source}: channels_nm must be a list of [low, high] nm") from exc
+        if any(not hi > lo for lo, hi in channels):
+            raise FileFormatError(f"{source}: every channel needs high > low nm, got {channels}")
         af = doc.get("autofluorescence", {"peak_nm": DEFAULT_AF_PEAK_NM,
                                          "fwhm_nm": DEFAULT_AF_FWHM_NM})
-        af_s = None if af is None else autofluorescence_spectrum(af["peak_nm"], af["fwhm_nm"], grid)
+        try:
+            if af is None:
+                af_s = None
+            elif isinstance(af, dict) and "spectrum" in af:
+                s = _spectrum_from_doc(af["spectrum"], grid, "autofluorescence")
+                af_s = Spectrum(s.wavelength_nm, s.values, "autofluorescence", "autofluorescence")
+            elif isinstance(af, dict):
+                af_s = autofluorescence_spectrum(float(af["peak_nm"]), float(af["fwhm_nm"]), grid)
+            else:
+                raise TypeError("not a mapping")
+        except (TypeError, ValueError, KeyError) as exc:
+            raise FileFormatError(f"{source}: autofluorescence must be null or a mapping with "
+                                  f"peak_nm and fwhm_nm (or a spectrum) ({exc})") from exc
         panel = build_panel_from_spectra(markers, labels, spectra, channels, brightness=bright,
                                          excitation_nm=float(doc.get("excitation_nm", 405.0)),
                                          autofluorescence=af_s)
@@ -224,6 +269,29 @@ class Panel:
         fig.colorbar(im, ax=axes[1])
         fig.tight_layout()
         return fig
+
+
+def _resolvable(label) -> bool:
+    """True for labels qdmed can rebuild by name (catalog Qdots, DAPI)."""
+    from qdmed.errors import UnknownNameError
+    from qdmed.optics import get_qdot
+
+    if not isinstance(label, str):
+        return False
+    if label.strip().upper() == "DAPI":
+        return True
+    try:
+        get_qdot(label)
+    except UnknownNameError:
+        return False
+    return True
+
+
+def _spectrum_from_doc(d, grid, label) -> Spectrum:
+    if not isinstance(d, dict) or "wavelength_nm" not in d or "values" not in d:
+        raise FileFormatError("a spectrum needs 'wavelength_nm' and 'values' lists")
+    s = Spectrum(d["wavelength_nm"], d["values"], "emission", label)
+    return Spectrum(grid, s.resample(grid), "emission", label)
 
 
 def _label_spectrum(label, grid) -> Spectrum:

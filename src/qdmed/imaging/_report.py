@@ -123,9 +123,7 @@ def write_slide_report(result, path=None) -> Path:
                   f"({s['n_tiles_resumed']} resumed), {s['n_workers']} worker(s), "
                   f"scheduler {s['scheduler']}, {s['elapsed_s']:.1f} s.")
     rep.heading("Panel")
-    panel = Panel.from_dict({"markers": {m: {"peak_nm": s["panel"]["label_peaks_nm"][m]}
-                                         for m in s["panel"]["markers"]},
-                             "channels_nm": s["panel"]["channels_nm"]})
+    panel = Panel.from_dict(s["panel_file"], source="summary.json")
     rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
                "warnings": s["panel"]["warnings"] or "none"})
     rep.figure(panel.plot(), "panel")
