@@ -232,7 +232,10 @@ def calibrate(
     known = {_norm_name(k) for k in KNOWN_HER2_CONTROLS}
     her2_ctrls = {n: t for n, t in ctrls.items() if n in cats or _norm_name(n) in known}
     if len(her2_ctrls) >= 2:
-        doc["her2"] = calibrate_her2(her2_ctrls, categories=cats or None).to_dict()
+        try:
+            doc["her2"] = calibrate_her2(her2_ctrls, categories=cats or None).to_dict()
+        except InputError as exc:
+            raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
     if negs:
         doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold}
                         for m, g in gates_from_negative_controls(ctrls, negs).items()}
