@@ -74,6 +74,14 @@ YU_NOZIK2005 = Reference(
     "quantum dots. J. Phys. Chem. B 2005, 109, 7084-7087",
     "10.1021/jp046127i",
 )
+PENG1998 = Reference(
+    "peng1998",
+    "Peng, X.; Wickham, J.; Alivisatos, A. P. Kinetics of II-VI and III-V colloidal "
+    "semiconductor nanocrystal growth: \"focusing\" of size distributions. J. Am. Chem. Soc. "
+    "1998, 120, 5343-5344 (Supporting Information: InAs absorption peak / PL peak / TEM size "
+    "calibration table)",
+    "10.1021/ja9805425",
+)
 BRUS1984 = Reference(
     "brus1984",
     "Brus, L. E. Electron-electron and electron-hole interactions in small semiconductor "

@@ -129,3 +129,45 @@ def test_inverse_of_forward_is_identity(name, u):
     lo_d, hi_d = c.diameter_range_nm
     dd = lo_d + u * (hi_d - lo_d)
     assert c.diameter_from_peak(c.peak_from_diameter(dd)) == pytest.approx(dd, rel=1e-9)
+
+
+# -- InAs: Peng, Wickham & Alivisatos, JACS 1998 SI table (doi 10.1021/ja9805425) -----------
+def test_inas_table_rows_reproduced_exactly():
+    """The tabulated curve passes through every printed row (absorption nm -> TEM size nm)."""
+    from qdmed.optics._sizing import PENG1998_INAS_TABLE
+
+    rows = np.array(PENG1998_INAS_TABLE, float)
+    assert rows.shape == (20, 3)
+    np.testing.assert_allclose(size_from_peak("InAs", rows[:, 0]), rows[:, 2], atol=1e-9)
+    np.testing.assert_allclose(peak_from_size("InAs", rows[:, 2]), rows[:, 0], atol=1e-6)
+    # spot rows as printed: 838 nm <-> 2.3 nm, 1051 nm <-> 4.0 nm, 1333 nm <-> 6.0 nm
+    assert size_from_peak("InAs", 1051.0) == pytest.approx(4.0, abs=1e-9)
+
+
+def test_inas_curve_is_default_monotone_and_guarded():
+    c = models("InAs")["peng1998-InAs"]
+    assert c.reference.doi == "10.1021/ja9805425"
+    assert c.size_range_nm == pytest.approx((2.3, 6.0))
+    lam = np.linspace(838, 1333, 500)
+    assert np.all(np.diff(size_from_peak("InAs", lam)) > 0)
+    # confinement: every first-exciton energy lies above the bulk InAs gap of the registry
+    from qdmed.materials import get_material
+
+    gap = 1239.841984 / peak_from_size("InAs", np.linspace(2.3, 6.0, 50))
+    assert np.all(gap > get_material("InAs").band_gap_eV + 0.5)
+    with pytest.raises(OutOfRangeError, match="838"):
+        size_from_peak("InAs", 700)
+    with pytest.warns(ExtrapolationWarning):
+        d = size_from_peak("InAs", 1400, extrapolate=True)
+    assert d > 6.0
+
+
+def test_inas_stokes_fit_matches_table_pl():
+    """Stokes fit a + b/d^2 against the table's absorption/PL pairs, within the +/-9 meV the
+    rounding of the printed PL energies (0.01 eV) and peaks (1 nm) allows."""
+    from qdmed.optics import stokes_shift_ev
+    from qdmed.optics._sizing import PENG1998_INAS_TABLE
+
+    rows = np.array(PENG1998_INAS_TABLE, float)
+    measured = 1239.841984 / rows[:, 0] - rows[:, 1]
+    np.testing.assert_allclose(stokes_shift_ev("InAs", rows[:, 2]), measured, atol=0.009)

@@ -722,10 +722,10 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     after ``3K + 10`` steps the pixel falls back to testing all ``2^K`` sets. The solution
     is unique because ``A`` has full column rank, so it equals that of Lawson-Hanson [1]_
     (scipy.optimize.nnls) and of FNNLS/FCNNLS [2]_ [3]_. The numpy path groups pixels that
-    share a passive set, as FCNNLS does; the numba kernel computes the unconstrained
-    solution ``z0 = (A_n G^{-1})^T y`` of a tile of pixels at once (vectorised over pixels)
-    and pivots the infeasible ones with ``z = U_S^T z0``, ``U_S = G T_S`` pre-computed.
-    ``tol = rtol * ||y||_1`` with
+    share a passive set, as FCNNLS does; on the numba path the unconstrained solution
+    ``z0 = (A_n G^{-1})^T y`` of a chunk of pixels is one BLAS product, and the compiled
+    kernel pivots the infeasible pixels in lockstep passes with ``z = U_S^T z0``,
+    ``U_S = G T_S`` pre-computed. ``tol = rtol * ||z0||_1`` with
     ``rtol = max(1e-12, 16 eps cond^2)``; finally ``x = D^{-1} max(z_S, 0)``.
 
     References

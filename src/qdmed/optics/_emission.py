@@ -12,7 +12,7 @@ from qdmed.materials import get_material
 from qdmed.optics._ema import core_shell_gap
 from qdmed.optics._sizing import _as_float_array, get_curve
 from qdmed.optics._spectrum import Spectrum, default_grid, gaussian_in_energy
-from qdmed.references import Reference
+from qdmed.references import PENG1998, Reference
 
 NORRIS1996 = Reference(
     "norris1996",
@@ -40,7 +40,8 @@ class StokesModel:
         return self.a_eV + self.b_eV_nm2 / s**2
 
 
-#: Unverified [M] interpolations of typical reported ensemble Stokes shifts. They exist so that
+#: Ensemble Stokes shifts: unverified [M] interpolations of typically reported values
+#: (CdSe, CdTe, InP) and a fit to a published table (InAs). They exist so that
 #: an emission target can be turned into a core size at all; every probe sheet that uses one
 #: says so, and ``stokes_shift_meV=`` overrides it with a measured value.
 STOKES_MODELS = {
@@ -59,6 +60,12 @@ STOKES_MODELS = {
         "In terms of the tetrahedron edge length L: ~100-150 meV for green-red InP dots "
         "(L ~ 2.2-3.2 nm), larger than CdSe; unverified. The reference entry points to the "
         "CdSe assignment paper for the mechanism only.",
+    ),
+    "InAs": StokesModel(
+        "InAs", 0.0303, 0.2111, PENG1998, "C",
+        "Least-squares fit by qdmed of dE = a + b/d^2 to the 20 absorption-peak / PL-peak "
+        "pairs of the Peng 1998 SI table (30-70 meV for d = 6.0-2.3 nm); residuals within "
+        "+/-9 meV, the rounding of the printed PL energies (0.01 eV).",
     ),
 }
 

@@ -244,10 +244,6 @@ def extinction_from_volume(diameter_nm, intrinsic_absorption_per_cm):
 def _diameter_and_peak(material, diameter_nm, peak_nm, sizing_model, extrapolate):
     if (diameter_nm is None) == (peak_nm is None):
         raise InputError("give exactly one of diameter_nm and peak_nm")
-    if material == "InAs":  # no sizing curve: the InAs relation needs only the size
-        if diameter_nm is None:
-            raise InputError("InAs has no sizing curve in qdmed: give diameter_nm")
-        return _as_float_array(diameter_nm, "diameter_nm"), None
     curve = get_curve(material, sizing_model)
     if diameter_nm is not None:
         d = _as_float_array(diameter_nm, "diameter_nm")
