@@ -139,6 +139,46 @@ def simulate(
 
 
 @app.command()
+def library(
+    panel_file: PANEL = None,
+    unstained: Annotated[Path | None, typer.Option("--unstained", help="Unstained control slide: the autofluorescence endmember.")] = None,
+    single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="LABEL=slide: a single-stain control (repeatable).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
+    plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of measured vs model spectra.")] = None,
+    json_: JSON = False,
+):
+    """Spectral library from control slides: autofluorescence from an unstained section,
+    each label from its single-stain section; writes the panel with measured endmembers."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import spectral_library
+
+    stains = {}
+    for item in single_stain or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--single-stain must be LABEL=slide, got {item!r}")
+        stains[name.strip()] = Path(path)
+    res = spectral_library(_panel(panel_file), unstained=unstained, single_stains=stains)
+    res.panel.to_file(out)
+    if plot:
+        from qdmed.report import atomic_write_bytes, figure_png
+
+        atomic_write_bytes(plot, figure_png(res.plot()))
+    info = {"out": str(out), "components": res.components, "warnings": list(res.warnings)}
+    if json_:
+        return print_json(info)
+    keys = {"n_pixels": "pixels", "cosine_to_model": "cos(model)",
+            "background_fraction": "AF share", "source": "control"}
+    rows = [{"component": k, **{label: (round(d[kk], 4) if isinstance(d.get(kk), float)
+                                        else d.get(kk, "-")) for kk, label in keys.items()}}
+            for k, d in res.components.items()]
+    print_table("Spectral library", rows)
+    for w in res.warnings:
+        typer.echo(f"! {w}")
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
 def unmix(slide: Path, panel_file: PANEL = None,
           out: Annotated[Path, typer.Option("--out", help="Unmixed OME-Zarr.")] = Path("unmixed.ome.zarr"),
           json_: JSON = False):

@@ -26,6 +26,7 @@ from qdmed.imaging._brightfield import (
     score_dab,
 )
 from qdmed.imaging._cells import compartments, expand_cells, measure_cells, segment_nuclei
+from qdmed.imaging._library import LibraryResult, single_stain_endmember, spectral_library
 from qdmed.imaging._nnls import UnmixResult, kkt_violation, unmix_block, unmix_lstsq, unmix_nnls
 from qdmed.imaging._panel import (
     Panel,
@@ -66,7 +67,7 @@ from qdmed.imaging._synthetic import (
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HScore", "Her2Calibration", "Her2Score",
-    "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
+    "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
     "compartments", "deconvolve_dab", "design_panel", "endmember_from_control", "estimate_stain_vectors",
@@ -74,6 +75,6 @@ __all__ = [
     "list_markers", "list_presets", "marker_summary", "measure_cells", "mixing_matrix",
     "percent_positive", "phenotype", "read_slide", "score_dab", "score_her2",
     "score_markers", "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",
-    "simulate_tissue", "spectral_channels", "tile_grid", "unmix_block", "unmix_image",
+    "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
 ]

@@ -5,6 +5,7 @@ from qdmed.report._atomic import atomic_write_bytes, atomic_write_parquet, atomi
 from qdmed.report._html import (
     HtmlReport,
     dict_to_html_table,
+    figure_png,
     figure_to_html,
     records_to_html_table,
 )
@@ -12,5 +13,5 @@ from qdmed.report._json import to_jsonable
 
 __all__ = [
     "HtmlReport", "atomic_write_bytes", "atomic_write_parquet", "atomic_write_text",
-    "dict_to_html_table", "figure_to_html", "records_to_html_table", "to_jsonable",
+    "dict_to_html_table", "figure_png", "figure_to_html", "records_to_html_table", "to_jsonable",
 ]

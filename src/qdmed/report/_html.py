@@ -49,13 +49,18 @@ def records_to_html_table(records: list[dict], columns: list[str] | None = None)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def figure_to_html(fig, *, alt: str = "figure") -> str:
+def figure_png(fig, *, dpi: int = 110) -> bytes:
+    """PNG bytes of a matplotlib figure (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def figure_to_html(fig, *, alt: str = "figure") -> str:
+    b64 = base64.b64encode(figure_png(fig)).decode("ascii")
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'/>"
 
 

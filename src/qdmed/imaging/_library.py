@@ -1,0 +1,253 @@
+"""Spectral library from control slides: autofluorescence from an unstained section and each
+label's endmember from a single-stain section, as inForm builds its library.
+
+The panel's modelled spectra (QD emission from the optics module integrated over the
+detection bands) are a good start, but the detected spectrum of a real conjugate also carries
+the filter transmission, the detector's quantum efficiency and the label's batch; measured
+endmembers replace the model columns (:meth:`Panel.with_measured`), keeping each column's
+scale so that abundances stay comparable.
+
+Estimators (documented assumptions; the result reports how well each measured spectrum agrees
+with the model, so a wrong control shows up):
+
+- unstained control: the autofluorescence profile is the mean channel profile of the tissue
+  pixels (total intensity above the median) -- :func:`autofluorescence_from_control`;
+- single-stain control: the mean profile of the brightest pixels (top 10 % of total intensity)
+  minus the autofluorescence they carry, estimated as the autofluorescence profile scaled by
+  least squares to the mean of dim tissue pixels (25th-50th percentile of intensity among the
+  pixels above the 10th); i.e. autofluorescence is taken as uniform across the control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qdmed.errors import InputError
+from qdmed.imaging._panel import Panel, autofluorescence_from_control
+
+__all__ = ["LibraryResult", "control_image", "single_stain_endmember", "spectral_library"]
+
+#: Largest control image (pixels) read at full detail; larger slides are read at the first
+#: pyramid level at or below this size (levels are 2x2 means, which keep mean profiles).
+MAX_CONTROL_PIXELS = 2048 * 2048
+
+
+def control_image(control, n_channels: int | None = None, *, name: str = "control") -> np.ndarray:
+    """A control as a (Y, X, C) float array: an array, or a slide path / :class:`SlideImage`
+    read at the first pyramid level with at most ``MAX_CONTROL_PIXELS`` pixels."""
+    from qdmed.imaging._slideio import SlideImage, read_slide
+
+    src = control
+    if isinstance(control, (str, bytes)) or hasattr(control, "__fspath__"):
+        src = read_slide(control)
+    if isinstance(src, SlideImage):
+        levels = src.levels or (src.data,)
+        pick = next((lv for lv in levels if lv.shape[0] * lv.shape[1] <= MAX_CONTROL_PIXELS),
+                    levels[-1])
+        if pick.shape[0] * pick.shape[1] > MAX_CONTROL_PIXELS:  # no small level: subsample
+            step = int(np.ceil(np.sqrt(pick.shape[0] * pick.shape[1] / MAX_CONTROL_PIXELS)))
+            pick = pick[::step, ::step]
+        img = np.asarray(pick.compute() if hasattr(pick, "compute") else pick, dtype=np.float64)
+        where = str(src.path)
+    else:
+        img = np.asarray(src, dtype=np.float64)
+        where = name
+    if img.ndim != 3:
+        raise InputError(f"{where}: a control image must be (Y, X, C); got shape {img.shape}")
+    if n_channels is not None and img.shape[2] != n_channels:
+        raise InputError(f"{where}: the control has {img.shape[2]} channels but the panel has "
+                         f"{n_channels}; give controls acquired with the panel's channels")
+    if not np.all(np.isfinite(img)):
+        raise InputError(f"{where}: the control contains NaN or infinite values")
+    return img
+
+
+def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percentile=90.0):
+    """Endmember of one label (per channel, unit sum) from its single-stain control.
+
+    Parameters
+    ----------
+    image_yxc : (Y, X, C) array
+        The single-stain control (label + tissue autofluorescence).
+    autofluorescence_profile : (C,) array
+        Autofluorescence channel profile (from the unstained control, or the panel model).
+    bright_percentile : float
+        Pixels above this percentile of total intensity are the label's.
+
+    Returns
+    -------
+    profile : (C,) ndarray, unit sum
+    info : dict
+        ``n_pixels`` (bright pixels used) and ``background_fraction`` (share of the bright
+        pixels' signal attributed to autofluorescence and subtracted).
+
+    Raises
+    ------
+    InputError
+        Too few pixels, no contrast between bright and dim pixels, or nothing left after
+        removing autofluorescence (the message says which).
+    """
+    img = np.asarray(image_yxc, dtype=np.float64)
+    if img.ndim != 3:
+        raise InputError(f"single-stain control must be (Y, X, C); got shape {img.shape}")
+    a = np.asarray(autofluorescence_profile, dtype=np.float64)
+    if a.shape != (img.shape[2],) or np.any(a < 0) or not a.sum() > 0:
+        raise InputError(f"autofluorescence_profile must be {img.shape[2]} non-negative values, "
+                         f"not all zero; got {autofluorescence_profile!r}")
+    if not 50.0 <= bright_percentile < 100.0:
+        raise InputError(f"bright_percentile must be in [50, 100); got {bright_percentile!r}")
+    pix = img.reshape(-1, img.shape[2])
+    tot = pix.sum(1)
+    bright = tot >= np.percentile(tot, bright_percentile)
+    tissue = tot > np.percentile(tot, 10.0)
+    lo, hi = np.percentile(tot[tissue], [25.0, 50.0]) if tissue.any() else (0.0, 0.0)
+    dim = tissue & (tot >= lo) & (tot <= hi)
+    if bright.sum() < 10 or dim.sum() < 10:
+        raise InputError("single-stain control has too few pixels (need >= 10 bright and 10 dim "
+                         "tissue pixels)")
+    mb, md = pix[bright].mean(0), pix[dim].mean(0)
+    if not mb.sum() > 1.5 * md.sum():
+        raise InputError(f"single-stain control shows no label: its brightest pixels are only "
+                         f"{mb.sum() / max(md.sum(), 1e-12):.2f}x the dim tissue (need > 1.5x)")
+    alpha = max(0.0, float(a @ md) / float(a @ a))  # AF scaled to the dim tissue, least squares
+    prof = np.clip(mb - alpha * a, 0.0, None)
+    if not prof.sum() > 0:
+        raise InputError("single-stain control: nothing is left after removing "
+                         "autofluorescence")
+    return prof / prof.sum(), {"n_pixels": int(bright.sum()),
+                               "background_fraction": float(alpha * a.sum() / mb.sum())}
+
+
+@dataclass(frozen=True)
+class LibraryResult:
+    """A panel with measured endmembers, and how each measured spectrum compares with the model.
+
+    Attributes
+    ----------
+    panel : Panel
+        The input panel with the measured columns (``panel.measured``).
+    components : dict
+        Per measured component: ``source``, ``n_pixels``, ``cosine_to_model`` (1 = same shape as
+        the modelled column) and, for single stains, ``background_fraction``.
+    model : ndarray (C, K)
+        The endmembers before measurement, for comparison.
+    warnings : tuple of str
+    """
+
+    panel: Panel
+    components: dict
+    model: np.ndarray = field(repr=False)
+    warnings: tuple = ()
+
+    def to_dict(self) -> dict:
+        return {"components": self.components, "warnings": list(self.warnings),
+                "panel": self.panel.to_dict()}
+
+    def plot(self):
+        """Model (dashed) and measured (solid) channel profiles of the measured components."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        centres = [0.5 * (lo + hi) for lo, hi in self.panel.channels]
+        new = self.panel.endmembers
+        for i, name in enumerate(self.components):
+            j = self.panel.components.index(name)
+            ax.plot(centres, self.model[:, j] / self.model[:, j].sum(), "--", color=f"C{i}")
+            ax.plot(centres, new[:, j] / new[:, j].sum(), "-o", color=f"C{i}", ms=3,
+                    label=f"{name} (cos {self.components[name]['cosine_to_model']:.3f})")
+        ax.set_xlabel("detection channel centre (nm)")
+        ax.set_ylabel("fraction of signal")
+        ax.set_title("Spectral library: measured (solid) vs model (dashed)")
+        ax.legend(fontsize=7, frameon=False)
+        fig.tight_layout()
+        return fig
+
+
+def _cos(u, v) -> float:
+    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
+                     bright_percentile: float = 90.0, min_cosine: float = 0.9) -> LibraryResult:
+    """Measure endmembers from controls and return the panel with them.
+
+    Parameters
+    ----------
+    panel : Panel
+    unstained : array (Y, X, C), slide path or SlideImage, optional
+        An unstained section of the same tissue type: the autofluorescence endmember.
+    single_stains : mapping component name -> array, path or SlideImage, optional
+        One single-stain section per label (e.g. ``{"HER2": "her2_only.ome.zarr"}``).
+    bright_percentile : float
+        See :func:`single_stain_endmember`.
+    min_cosine : float
+        Measured label spectra whose cosine with the model column is below this get a
+        warning (not autofluorescence, whose default model is only a rough guess).
+
+    Returns
+    -------
+    LibraryResult
+
+    Raises
+    ------
+    InputError
+        No control given, a name that is not a panel component, an unstained control for a
+        panel without autofluorescence, channel-count mismatch, or a control without signal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qdmed.imaging import breast_panel_5plex
+    >>> p = breast_panel_5plex()
+    >>> af = p.endmembers[:, -1]
+    >>> img = np.random.default_rng(0).poisson(50 * af / af.sum() * 8, (64, 64, 8))
+    >>> r = spectral_library(p, unstained=img)
+    >>> r.components["autofluorescence"]["cosine_to_model"] > 0.99
+    True
+    """
+    single_stains = dict(single_stains or {})
+    if unstained is None and not single_stains:
+        raise InputError("give an unstained control, single-stain controls, or both")
+    c = len(panel.channels)
+    model = panel.endmembers
+    comps: dict = {}
+    measured: dict = {}
+    warnings = []
+    if "autofluorescence" in panel.components:
+        af_prof = model[:, panel.components.index("autofluorescence")]
+        af_prof = af_prof / af_prof.sum()
+        af_source = "panel model"
+    else:
+        af_prof, af_source = None, None
+    if unstained is not None:
+        if "autofluorescence" not in panel.components:
+            raise InputError("the panel has no autofluorescence component to measure; add one "
+                             "to the panel before giving an unstained control")
+        img = control_image(unstained, c, name="unstained")
+        af_prof = autofluorescence_from_control(img)
+        af_source = str(unstained) if not hasattr(unstained, "shape") else "array"
+        measured["autofluorescence"] = af_prof
+        comps["autofluorescence"] = {"source": af_source, "n_pixels": int(img.shape[0] * img.shape[1] // 2)}
+    for name, ctrl in single_stains.items():
+        if name not in panel.components or name == "autofluorescence":
+            raise InputError(f"single-stain control {name!r} is not a label of the panel; "
+                             f"labels: {[m for m in panel.components if m != 'autofluorescence']}")
+        img = control_image(ctrl, c, name=name)
+        # without any autofluorescence profile the dim-tissue baseline is taken as flat
+        bg = af_prof if af_prof is not None else np.full(c, 1.0 / c)
+        prof, info = single_stain_endmember(img, bg, bright_percentile=bright_percentile)
+        measured[name] = prof
+        comps[name] = {"source": str(ctrl) if not hasattr(ctrl, "shape") else "array", **info,
+                       "autofluorescence_from": af_source or "none (uniform baseline)"}
+    new = panel.with_measured(measured)
+    for name, info in comps.items():
+        j = panel.components.index(name)
+        info["cosine_to_model"] = _cos(model[:, j], new.endmembers[:, j])
+        # the default autofluorescence model is a rough [M] guess: differing from it is normal
+        if name != "autofluorescence" and info["cosine_to_model"] < min_cosine:
+            warnings.append(f"{name}: measured spectrum differs from the model (cosine "
+                            f"{info['cosine_to_model']:.3f} < {min_cosine}); check the control "
+                            f"and the panel's channels")
+    return LibraryResult(panel=new, components=comps, model=model, warnings=tuple(warnings))

@@ -1,0 +1,123 @@
+"""Spectral library from control slides (unstained -> autofluorescence, single stain -> label).
+
+Ground truth: synthetic controls rendered with endmembers that differ from the panel's model
+(autofluorescence peaking at 575 nm instead of the 520 nm default, the HER2 Qdot 6 nm redder),
+so the measured library must recover the rendered columns, not the model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import (
+    Panel,
+    analyze_field,
+    breast_panel_5plex,
+    simulate_field,
+    spectral_library,
+    write_ome_zarr,
+)
+from qdmed.imaging._panel import autofluorescence_spectrum, mixing_matrix
+from qdmed.optics import emission_spectrum
+
+P = breast_panel_5plex()
+E = P.endmembers
+NAMES = list(P.markers)
+K_HER2 = P.components.index("HER2")
+
+
+def _true_endmembers():
+    t = E.copy()
+    af = mixing_matrix([autofluorescence_spectrum(575.0, 110.0)], P.channels)[:, 0]
+    t[:, -1] = af / af.sum() * E[:, -1].sum()
+    h = mixing_matrix([emission_spectrum(P.spectra[K_HER2].peak_nm + 6.0, 34.0)], P.channels)[:, 0]
+    t[:, K_HER2] = h / h.sum() * E[:, K_HER2].sum()
+    return t
+
+
+TRUE = _true_endmembers()
+OFF = [1e-9] * len(NAMES)  # qd_brightness ~0: no label on the unstained control
+
+
+def _controls(size=384):
+    un = simulate_field((size, size), preset="HER2-enriched", endmembers=TRUE, marker_names=NAMES,
+                        qd_brightness=OFF, autofluorescence=0.5, seed=1)
+    b = list(OFF)
+    b[K_HER2] = 1.0
+    ss = simulate_field((size, size), preset="HER2-enriched", endmembers=TRUE,
+                        marker_names=NAMES, qd_brightness=b, autofluorescence=0.5, seed=2)
+    return un.image, ss.image
+
+
+def _cos(u, v):
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+
+def test_library_recovers_rendered_spectra():
+    un, ss = _controls()
+    r = spectral_library(P, unstained=un, single_stains={"HER2": ss})
+    for name in ("autofluorescence", "HER2"):
+        j = P.components.index(name)
+        measured = _cos(r.panel.endmembers[:, j], TRUE[:, j])
+        assert measured > 0.9999, name  # measured 0.999998 (AF), 0.999999 (HER2)
+        assert measured > _cos(E[:, j], TRUE[:, j])  # model: 0.741 (AF), 0.993 (HER2)
+    # each column keeps the model's scale (abundances stay comparable)
+    np.testing.assert_allclose(r.panel.endmembers.sum(0), E.sum(0), rtol=1e-9)
+    assert r.components["HER2"]["background_fraction"] > 0.05
+    assert not r.warnings  # HER2 cosine to the model 0.993 > 0.9; AF never warns
+    fig = r.plot()
+    assert fig.axes
+
+
+def test_measured_library_improves_unmixing():
+    un, ss = _controls()
+    lib = spectral_library(P, unstained=un, single_stains={"HER2": ss}).panel
+    f = simulate_field((384, 384), preset="HER2-enriched", endmembers=TRUE, marker_names=NAMES,
+                       autofluorescence=0.5, seed=5)
+    truth = f.abundances[..., K_HER2]
+    err = {}
+    for name, panel in (("model", P), ("measured", lib)):
+        a = analyze_field(f.image, panel).abundances[..., K_HER2] / 1000.0  # photons per unit
+        err[name] = float(np.mean(np.abs(a - truth)))
+    assert err["measured"] < 0.5 * err["model"], err
+
+
+def test_library_errors():
+    un, ss = _controls(96)
+    with pytest.raises(InputError, match="unstained control, single-stain"):
+        spectral_library(P)
+    with pytest.raises(InputError, match="not a label"):
+        spectral_library(P, single_stains={"Ki67": ss})
+    with pytest.raises(InputError, match="channels"):
+        spectral_library(P, unstained=un[..., :5])
+    flat = np.random.default_rng(0).poisson(20.0, un.shape).astype(np.uint16)
+    with pytest.raises(InputError, match="shows no label"):
+        spectral_library(P, single_stains={"HER2": flat})
+
+
+def test_library_cli(tmp_path):
+    un, ss = _controls(256)
+    write_ome_zarr(tmp_path / "un.ome.zarr", un, channel_names=P.channel_names)
+    write_ome_zarr(tmp_path / "her2.ome.zarr", ss, channel_names=P.channel_names)
+    P.to_file(tmp_path / "panel.yaml")
+    out = tmp_path / "measured.yaml"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "qdmed", "image", "library", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    res = run("--panel", str(tmp_path / "panel.yaml"), "--unstained", str(tmp_path / "un.ome.zarr"),
+              "--single-stain", f"HER2={tmp_path / 'her2.ome.zarr'}", "--out", str(out),
+              "--plot", str(tmp_path / "lib.png"), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["components"]["HER2"]["cosine_to_model"] > 0.99
+    q = Panel.from_file(out)
+    assert _cos(q.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.9999
+    assert (tmp_path / "lib.png").stat().st_size > 1000
+    bad = run("--single-stain", "HER2")
+    assert bad.returncode == 2 and "LABEL=slide" in bad.stderr
+    bad = run("--single-stain", f"Ki67={tmp_path / 'her2.ome.zarr'}")
+    assert bad.returncode == 2 and "not a label" in bad.stderr
