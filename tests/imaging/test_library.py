@@ -121,3 +121,33 @@ def test_library_cli(tmp_path):
     assert bad.returncode == 2 and "LABEL=slide" in bad.stderr
     bad = run("--single-stain", f"Ki67={tmp_path / 'her2.ome.zarr'}")
     assert bad.returncode == 2 and "not a label" in bad.stderr
+    h = f"HER2={tmp_path / 'her2.ome.zarr'}"
+    bad = run("--single-stain", h, "--single-stain", h)
+    assert bad.returncode == 2 and "given twice" in bad.stderr
+
+
+def test_library_names_the_failing_control_and_handles_offset():
+    un, ss = _controls(128)
+    flat = np.random.default_rng(0).poisson(20.0, un.shape).astype(np.uint16)
+    with pytest.raises(InputError, match=r"^ER single-stain control \(array\): .*no label"):
+        spectral_library(P, single_stains={"HER2": ss, "ER": flat})
+    # a camera offset, given, is removed before estimating
+    r = spectral_library(P, unstained=un.astype(float) + 100.0,
+                         single_stains={"HER2": ss.astype(float) + 100.0}, offset=100.0)
+    assert _cos(r.panel.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.9999
+    with pytest.raises(InputError, match="offset must be"):
+        spectral_library(P, unstained=un, offset=[1.0, 2.0])
+
+
+def test_library_warns_when_label_is_everywhere():
+    """A label expressed in every pixel: the dim pixels carry it, AF is over-subtracted; the
+    result must say so rather than pass silently."""
+    rng = np.random.default_rng(3)
+    af = TRUE[:, -1] / TRUE[:, -1].sum()
+    lab = TRUE[:, K_HER2] / TRUE[:, K_HER2].sum()
+    n = (128, 128)
+    img = rng.poisson(200 * rng.gamma(4, 0.25, n)[..., None] * af
+                      + 300 * rng.gamma(2, 0.5, n)[..., None] * lab)
+    r = spectral_library(P, unstained=rng.poisson(200 * rng.gamma(4, 0.25, n)[..., None] * af),
+                         single_stains={"HER2": img})
+    assert any("uncertain" in w for w in r.warnings), r.components["HER2"]

@@ -271,3 +271,26 @@ def test_caller_endmember_array_is_not_frozen_or_mutated():
     unmix_nnls(rng.uniform(0, 1, (10, 8)), a)
     assert a.flags.writeable
     np.testing.assert_array_equal(a, before)
+
+
+@pytest.mark.parametrize("method", ["numba", "numpy"])
+def test_ill_conditioned_endmembers_exact_or_refused(method):
+    """Two nearly collinear columns: exact (vs scipy) up to the default max_condition 1e4,
+    refused above it (the Gram form squares the condition number)."""
+    from scipy.optimize import nnls
+
+    def case(spread):
+        rng = np.random.default_rng(0)
+        a = rng.random((16, 4))
+        a[:, 1] = np.abs(a[:, 0] + rng.normal(size=16) / spread)
+        y = rng.normal(size=(500, 16)) + rng.random((500, 4)) @ a.T
+        return a, y
+
+    a, y = case(3e3)  # cond 4.9e3
+    ref = np.array([nnls(a, row)[0] for row in y])
+    x = unmix_nnls(y, a, method=method)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-7 * np.abs(ref).max())
+    assert kkt_violation(y, a, x).max() < 1e-8
+    a, y = case(3e4)  # cond 4.9e4
+    with pytest.raises(InputError, match="max_condition=1e\\+04"):
+        unmix_nnls(y, a, method=method)

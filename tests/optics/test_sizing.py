@@ -171,3 +171,22 @@ def test_inas_stokes_fit_matches_table_pl():
     rows = np.array(PENG1998_INAS_TABLE, float)
     measured = 1239.841984 / rows[:, 0] - rows[:, 1]
     np.testing.assert_allclose(stokes_shift_ev("InAs", rows[:, 2]), measured, atol=0.009)
+
+
+@pytest.mark.parametrize("peak", [700.0, 800.0, 1400.0, 1700.0])
+def test_inas_extrapolation_round_trip(peak):
+    """Outside the table the curve continues linearly; forward and inverse stay consistent."""
+    with pytest.warns(ExtrapolationWarning):
+        d = size_from_peak("InAs", peak, extrapolate=True)
+    with pytest.warns(ExtrapolationWarning):
+        assert peak_from_size("InAs", d, extrapolate=True) == pytest.approx(peak, abs=1e-9)
+
+
+def test_inas_extinction_from_size_needs_no_sizing_curve():
+    """Yu/Nozik 2005 covers radii 1.6-3.45 nm (d up to 6.9 nm), beyond Peng's 6.0 nm table."""
+    from qdmed.optics import extinction_first_exciton
+
+    eps = extinction_first_exciton("InAs", diameter_nm=6.9)
+    # sigma = 3.15e-16 R^1.28 cm^2 at R = 3.45 nm, eps = sigma N_A / (1000 ln 10)
+    assert eps == pytest.approx(6.02214e23 / (1000 * np.log(10)) * 3.15e-16 * 3.45**1.28,
+                                rel=1e-4)

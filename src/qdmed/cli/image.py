@@ -145,6 +145,7 @@ def library(
     single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="LABEL=slide: a single-stain control (repeatable).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of measured vs model spectra.")] = None,
+    offset: Annotated[float, typer.Option("--offset", help="Detector dark level (counts) to subtract from the controls.")] = 0.0,
     json_: JSON = False,
 ):
     """Spectral library from control slides: autofluorescence from an unstained section,
@@ -154,11 +155,15 @@ def library(
 
     stains = {}
     for item in single_stain or []:
-        name, sep, path = item.partition("=")
+        name, sep, path = (part.strip() for part in item.partition("="))
         if not sep or not name or not path:
             raise InputError(f"--single-stain must be LABEL=slide, got {item!r}")
-        stains[name.strip()] = Path(path)
-    res = spectral_library(_panel(panel_file), unstained=unstained, single_stains=stains)
+        if name in stains:
+            raise InputError(f"--single-stain {name} is given twice ({stains[name]} and {path}); "
+                             f"give one control per label")
+        stains[name] = Path(path)
+    res = spectral_library(_panel(panel_file), unstained=unstained, single_stains=stains,
+                           offset=offset)
     res.panel.to_file(out)
     if plot:
         from qdmed.report import atomic_write_bytes, figure_png

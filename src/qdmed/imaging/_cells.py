@@ -248,14 +248,17 @@ def _global_tiebreak(shape, offset) -> np.ndarray:
     values: the flooding order, and therefore the result, then does not depend on where an
     image tile starts (skimage breaks ties by insertion order).
     """
-    # integer hash of the global coordinates (multiply-xorshift), broadcast from one row and
-    # one column: ~20x cheaper than a per-pixel sine hash on a 2048 x 2048 tile (measured)
-    gy = (np.arange(shape[0], dtype=np.uint64) + np.uint64(offset[0])) * np.uint64(0x9E3779B1)
-    gx = (np.arange(shape[1], dtype=np.uint64) + np.uint64(offset[1])) * np.uint64(0x85EBCA77)
-    v = gy[:, None] ^ gx[None, :]
-    v ^= v >> np.uint64(15)
-    v *= np.uint64(0x2C1B3C6D)
-    v ^= v >> np.uint64(12)
+    # splitmix64 finaliser (Steele, Lea & Flood, OOPSLA 2014, doi:10.1145/2660193.2660195)
+    # of the packed global coordinates: neighbours are uncorrelated, and it is ~5x cheaper
+    # than a per-pixel sine hash on a 2048 x 2048 tile. Coordinates wrap modulo 2^32.
+    gy = (np.arange(shape[0], dtype=np.int64) + int(offset[0])).astype(np.uint64)
+    gx = (np.arange(shape[1], dtype=np.int64) + int(offset[1])).astype(np.uint64)
+    mask32 = np.uint64(0xFFFFFFFF)
+    v = ((gy & mask32) << np.uint64(32))[:, None] | (gx & mask32)[None, :]
+    v += np.uint64(0x9E3779B97F4A7C15)
+    v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    v ^= v >> np.uint64(31)
     return (v >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 

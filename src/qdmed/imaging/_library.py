@@ -15,7 +15,12 @@ with the model, so a wrong control shows up):
 - single-stain control: the mean profile of the brightest pixels (top 10 % of total intensity)
   minus the autofluorescence they carry, estimated as the autofluorescence profile scaled by
   least squares to the mean of dim tissue pixels (25th-50th percentile of intensity among the
-  pixels above the 10th); i.e. autofluorescence is taken as uniform across the control.
+  pixels above the 10th); i.e. autofluorescence is taken as uniform across the control, and
+  the label as absent from most of it. A label expressed nearly everywhere breaks that
+  assumption (the dim pixels then carry label and autofluorescence is over-subtracted); the
+  result then reports a large ``background_fraction`` or ``clipped_fraction`` and a warning.
+
+Controls must be dark-corrected, or the detector offset given (``offset=``).
 """
 
 from __future__ import annotations
@@ -98,6 +103,8 @@ def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percen
                          f"not all zero; got {autofluorescence_profile!r}")
     if not 50.0 <= bright_percentile < 100.0:
         raise InputError(f"bright_percentile must be in [50, 100); got {bright_percentile!r}")
+    if not np.all(np.isfinite(img)):
+        raise InputError("single-stain control contains NaN or infinite values")
     pix = img.reshape(-1, img.shape[2])
     tot = pix.sum(1)
     bright = tot >= np.percentile(tot, bright_percentile)
@@ -112,12 +119,17 @@ def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percen
         raise InputError(f"single-stain control shows no label: its brightest pixels are only "
                          f"{mb.sum() / max(md.sum(), 1e-12):.2f}x the dim tissue (need > 1.5x)")
     alpha = max(0.0, float(a @ md) / float(a @ a))  # AF scaled to the dim tissue, least squares
-    prof = np.clip(mb - alpha * a, 0.0, None)
+    raw = mb - alpha * a
+    prof = np.clip(raw, 0.0, None)
     if not prof.sum() > 0:
         raise InputError("single-stain control: nothing is left after removing "
                          "autofluorescence")
+    # signal removed by clipping: AF over-subtracted where the label is widespread (the dim
+    # pixels then hold label too) or the AF profile does not fit this tissue
+    clipped = float(-raw[raw < 0].sum() / mb.sum())
     return prof / prof.sum(), {"n_pixels": int(bright.sum()),
-                               "background_fraction": float(alpha * a.sum() / mb.sum())}
+                               "background_fraction": float(alpha * a.sum() / mb.sum()),
+                               "clipped_fraction": clipped}
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,8 @@ def _cos(u, v) -> float:
 
 
 def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
-                     bright_percentile: float = 90.0, min_cosine: float = 0.9) -> LibraryResult:
+                     bright_percentile: float = 90.0, min_cosine: float = 0.9,
+                     offset=0.0) -> LibraryResult:
     """Measure endmembers from controls and return the panel with them.
 
     Parameters
@@ -185,6 +198,9 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
     min_cosine : float
         Measured label spectra whose cosine with the model column is below this get a
         warning (not autofluorescence, whose default model is only a rough guess).
+    offset : float or (C,) floats, counts
+        Detector dark level subtracted from every control first (the estimators assume
+        dark-corrected images: an uncorrected offset adds a flat spectrum to every profile).
 
     Returns
     -------
@@ -211,6 +227,10 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
     if unstained is None and not single_stains:
         raise InputError("give an unstained control, single-stain controls, or both")
     c = len(panel.channels)
+    off = np.asarray(offset, dtype=np.float64)
+    if off.shape not in ((), (c,)) or not np.all(np.isfinite(off)):
+        raise InputError(f"offset must be one number or {c} numbers (one per channel); "
+                         f"got {offset!r}")
     model = panel.endmembers
     comps: dict = {}
     measured: dict = {}
@@ -225,22 +245,37 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
         if "autofluorescence" not in panel.components:
             raise InputError("the panel has no autofluorescence component to measure; add one "
                              "to the panel before giving an unstained control")
-        img = control_image(unstained, c, name="unstained")
-        af_prof = autofluorescence_from_control(img)
         af_source = str(unstained) if not hasattr(unstained, "shape") else "array"
+        img = control_image(unstained, c, name="unstained") - off
+        try:
+            af_prof = autofluorescence_from_control(img)
+        except InputError as exc:
+            raise InputError(f"unstained control ({af_source}): {exc}") from None
+        tot = img.sum(-1)
         measured["autofluorescence"] = af_prof
-        comps["autofluorescence"] = {"source": af_source, "n_pixels": int(img.shape[0] * img.shape[1] // 2)}
+        comps["autofluorescence"] = {"source": af_source,
+                                     "n_pixels": int((tot > np.percentile(tot, 50.0)).sum())}
     for name, ctrl in single_stains.items():
         if name not in panel.components or name == "autofluorescence":
             raise InputError(f"single-stain control {name!r} is not a label of the panel; "
                              f"labels: {[m for m in panel.components if m != 'autofluorescence']}")
-        img = control_image(ctrl, c, name=name)
+        src = str(ctrl) if not hasattr(ctrl, "shape") else "array"
+        img = control_image(ctrl, c, name=name) - off
         # without any autofluorescence profile the dim-tissue baseline is taken as flat
         bg = af_prof if af_prof is not None else np.full(c, 1.0 / c)
-        prof, info = single_stain_endmember(img, bg, bright_percentile=bright_percentile)
+        try:
+            prof, info = single_stain_endmember(img, bg, bright_percentile=bright_percentile)
+        except InputError as exc:
+            raise InputError(f"{name} single-stain control ({src}): {exc}") from None
         measured[name] = prof
-        comps[name] = {"source": str(ctrl) if not hasattr(ctrl, "shape") else "array", **info,
+        comps[name] = {"source": src, **info,
                        "autofluorescence_from": af_source or "none (uniform baseline)"}
+        if info["background_fraction"] > 0.5 or info["clipped_fraction"] > 0.02:
+            warnings.append(
+                f"{name}: autofluorescence removal is uncertain (AF share "
+                f"{info['background_fraction']:.2f}, clipped {info['clipped_fraction']:.2f} of "
+                f"the signal): the label may be widespread in the control (dim pixels then "
+                f"hold label too) or the autofluorescence profile may not fit this tissue")
     new = panel.with_measured(measured)
     for name, info in comps.items():
         j = panel.components.index(name)

@@ -3,8 +3,8 @@
 scikit-image's :func:`skimage.morphology.reconstruction` sorts every pixel value first
 (``rank_order``), which made it the most expensive step of nucleus segmentation (about a
 quarter of a 2048 x 2048 tile's analysis time, measured). Reconstruction is uniquely defined,
-so Vincent's hybrid algorithm (two raster scans, then a FIFO propagation) gives bit-identical
-output in O(n) with only min/max operations; it is compiled with numba when numba is
+so Vincent's hybrid algorithm (two raster scans, then a FIFO propagation) gives identical
+values in O(n) with only min/max operations; it is compiled with numba when numba is
 installed, and scikit-image is used otherwise. The tests compare both on random images.
 
 References
@@ -134,8 +134,10 @@ def _numba_ok() -> bool:
 def reconstruct_dilation(seed, mask):
     """Grey-scale reconstruction by dilation of ``seed`` under ``mask`` (2-D, 8-connected).
 
-    Same result as ``skimage.morphology.reconstruction(seed, mask, method='dilation')``
-    (bit for bit: only comparisons are involved) in linear time when numba is installed.
+    Same values as ``skimage.morphology.reconstruction(seed, mask, method='dilation')``
+    (only comparisons are involved, no arithmetic) in linear time when numba is installed.
+    Unlike scikit-image, a seed above the mask is clipped to it rather than refused; NaN
+    values are not supported.
 
     Parameters
     ----------
@@ -159,7 +161,7 @@ def reconstruct_dilation(seed, mask):
         from skimage.morphology import reconstruction
 
         return reconstruction(s, m, method="dilation")
-    j = np.minimum(s, m)  # a copy; skimage also clips the seed to the mask
+    j = np.minimum(s, m)  # a copy, with the seed clipped to the mask
     return _kernel()(j, np.ascontiguousarray(m))
 
 

@@ -47,6 +47,7 @@ class ExtinctionModel:
     _eps: Callable = field(repr=False)
     note: str = ""
     tag: str = "C"
+    needs_peak: bool = True  # False: eps depends on the size only (no sizing curve needed)
 
     def to_dict(self) -> dict:
         return {
@@ -104,7 +105,7 @@ _MODELS = {
         ExtinctionModel("yu2005-1S-InAs", "InAs", YU_NOZIK2005,
                         "sigma_1S = 3.15e-16 R^1.28 cm^2 (R in nm)", "first_exciton",
                         lambda d, lam, h: SIGMA_CM2_TO_EPSILON * 3.15e-16 * (d / 2) ** 1.28,
-                        "From the abstract [P]; mean radii 1.6-3.45 nm.", "P"),
+                        "From the abstract [P]; mean radii 1.6-3.45 nm.", "P", needs_peak=False),
         ExtinctionModel("yu2005-2.76eV-InAs", "InAs", YU_NOZIK2005,
                         "sigma(2.76 eV) = 6.2e-16 R^3 cm^2 (R in nm)", HC_EV_NM / 2.76,
                         lambda d, lam, h: SIGMA_CM2_TO_EPSILON * 6.2e-16 * (d / 2) ** 3,
@@ -195,7 +196,8 @@ def extinction_first_exciton(material, *, diameter_nm=None, peak_nm=None, model=
     m = _resolve(material, model, "first_exciton")
     if hwhm_ev is not None:
         hwhm_ev = float(_as_float_array(hwhm_ev, "hwhm_ev"))
-    d, lam = _diameter_and_peak(m.material, diameter_nm, peak_nm, sizing_model, extrapolate)
+    d, lam = _diameter_and_peak(m.material, diameter_nm, peak_nm, sizing_model, extrapolate,
+                                need_peak=m.needs_peak)
     out = m._eps(d, lam, hwhm_ev)
     return out if np.ndim(out) else float(out)
 
@@ -241,9 +243,12 @@ def extinction_from_volume(diameter_nm, intrinsic_absorption_per_cm):
     return out if np.ndim(out) else float(out)
 
 
-def _diameter_and_peak(material, diameter_nm, peak_nm, sizing_model, extrapolate):
+def _diameter_and_peak(material, diameter_nm, peak_nm, sizing_model, extrapolate,
+                       need_peak=True):
     if (diameter_nm is None) == (peak_nm is None):
         raise InputError("give exactly one of diameter_nm and peak_nm")
+    if diameter_nm is not None and not need_peak:  # size-only relation: no sizing curve
+        return _as_float_array(diameter_nm, "diameter_nm"), None
     curve = get_curve(material, sizing_model)
     if diameter_nm is not None:
         d = _as_float_array(diameter_nm, "diameter_nm")

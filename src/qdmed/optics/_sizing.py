@@ -256,17 +256,20 @@ def _table_curve(peaks_nm, sizes_nm):
     def slope(lam):
         return np.where(lam < lo, s_lo, np.where(lam > hi, s_hi, df(np.clip(lam, lo, hi))))
 
-    span = hi - lo
-    grid = np.linspace(lo - 0.5 * span, hi + 0.5 * span, 16001)
+    grid = np.linspace(lo, hi, 16001)
     vals = size(grid)
     if not np.all(np.diff(vals) > 0):  # pragma: no cover - registry self-check
         raise RuntimeError("tabulated sizing curve is not increasing")
+    d_lo, d_hi = float(vals[0]), float(vals[-1])
 
     def peak(d):
-        lam = np.interp(d, vals, grid, left=np.nan, right=np.nan)
+        d = np.asarray(d, float)
+        lam = np.interp(d, vals, grid)
         for _ in range(3):
             lam = lam - (size(lam) - d) / slope(lam)
-        return lam
+        # the linear continuations invert exactly
+        return np.where(d < d_lo, lo + (d - d_lo) / s_lo,
+                        np.where(d > d_hi, hi + (d - d_hi) / s_hi, lam))
 
     return size, peak
 
