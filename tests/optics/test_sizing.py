@@ -190,3 +190,13 @@ def test_inas_extinction_from_size_needs_no_sizing_curve():
     # sigma = 3.15e-16 R^1.28 cm^2 at R = 3.45 nm, eps = sigma N_A / (1000 ln 10)
     assert eps == pytest.approx(6.02214e23 / (1000 * np.log(10)) * 3.15e-16 * 3.45**1.28,
                                 rel=1e-4)
+
+
+def test_inas_extinction_guarded_by_its_own_range():
+    """Yu/Nozik 2005 calibrated mean radii 1.6-3.45 nm: outside refused unless extrapolating."""
+    from qdmed.optics import extinction_first_exciton
+
+    with pytest.raises(OutOfRangeError, match="3.2-6.9"):
+        extinction_first_exciton("InAs", diameter_nm=8.0)
+    with pytest.warns(ExtrapolationWarning):
+        assert extinction_first_exciton("InAs", diameter_nm=8.0, extrapolate=True) > 0

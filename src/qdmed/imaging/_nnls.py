@@ -217,8 +217,9 @@ def _check_pixels(pixels: Any, n_channels: int, name: str = "pixels") -> np.ndar
 
 
 def _raise_nonfinite(count: int, n: int) -> None:
-    raise InputError(f"pixels contain {count} NaN or infinite pixel(s) out of {n}; "
-                     f"mask or fill them before unmixing (nan_policy is 'raise').")
+    raise InputError(f"pixels contain {count} NaN or infinite pixel(s) out of {n} (or values "
+                     f"so large that the products overflow); mask or fill them before "
+                     f"unmixing (nan_policy is 'raise').")
 
 
 def _check_nonfinite(y: np.ndarray) -> None:

@@ -6,13 +6,14 @@ per mole of nanocrystals, in M^-1 cm^-1.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from qdmed.constants import AVOGADRO, HC_EV_NM
-from qdmed.errors import InputError, UnknownNameError
+from qdmed.errors import ExtrapolationWarning, InputError, OutOfRangeError, UnknownNameError
 from qdmed.optics._sizing import _as_float_array, get_curve
 from qdmed.references import (
     JASIENIAK2009,
@@ -48,6 +49,7 @@ class ExtinctionModel:
     note: str = ""
     tag: str = "C"
     needs_peak: bool = True  # False: eps depends on the size only (no sizing curve needed)
+    diameter_range_nm: tuple[float, float] | None = None  # own calibration range, if any
 
     def to_dict(self) -> dict:
         return {
@@ -105,7 +107,8 @@ _MODELS = {
         ExtinctionModel("yu2005-1S-InAs", "InAs", YU_NOZIK2005,
                         "sigma_1S = 3.15e-16 R^1.28 cm^2 (R in nm)", "first_exciton",
                         lambda d, lam, h: SIGMA_CM2_TO_EPSILON * 3.15e-16 * (d / 2) ** 1.28,
-                        "From the abstract [P]; mean radii 1.6-3.45 nm.", "P", needs_peak=False),
+                        "From the abstract [P]; mean radii 1.6-3.45 nm.", "P", needs_peak=False,
+                        diameter_range_nm=(3.2, 6.9)),
         ExtinctionModel("yu2005-2.76eV-InAs", "InAs", YU_NOZIK2005,
                         "sigma(2.76 eV) = 6.2e-16 R^3 cm^2 (R in nm)", HC_EV_NM / 2.76,
                         lambda d, lam, h: SIGMA_CM2_TO_EPSILON * 6.2e-16 * (d / 2) ** 3,
@@ -198,6 +201,8 @@ def extinction_first_exciton(material, *, diameter_nm=None, peak_nm=None, model=
         hwhm_ev = float(_as_float_array(hwhm_ev, "hwhm_ev"))
     d, lam = _diameter_and_peak(m.material, diameter_nm, peak_nm, sizing_model, extrapolate,
                                 need_peak=m.needs_peak)
+    if m.diameter_range_nm is not None:
+        _guard_diameter(m, d, extrapolate)
     out = m._eps(d, lam, hwhm_ev)
     return out if np.ndim(out) else float(out)
 
@@ -241,6 +246,17 @@ def extinction_from_volume(diameter_nm, intrinsic_absorption_per_cm):
     volume_cm3 = np.pi / 6.0 * (d * 1e-7) ** 3
     out = AVOGADRO * volume_cm3 * mu / (1000.0 * np.log(10.0))
     return out if np.ndim(out) else float(out)
+
+
+def _guard_diameter(m, d, extrapolate):
+    lo, hi = m.diameter_range_nm
+    bad = (d < lo) | (d > hi)
+    if np.any(bad):
+        msg = (f"diameter {float(np.asarray(d)[bad].ravel()[0]):g} nm is outside the calibration "
+               f"range of {m.name} ({lo:g}-{hi:g} nm)")
+        if not extrapolate:
+            raise OutOfRangeError(msg + "; pass extrapolate=True to use it anyway")
+        warnings.warn(msg + "; extrapolating", ExtrapolationWarning, stacklevel=3)
 
 
 def _diameter_and_peak(material, diameter_nm, peak_nm, sizing_model, extrapolate,

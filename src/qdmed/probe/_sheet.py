@@ -85,9 +85,15 @@ def probe_sheet(probe, *, dose_mg_per_kg=1.0, temperature_C=37.0) -> ProbeSheet:
     em = probe.emission()
     curve = get_curve(probe.core, probe.sizing_model)
     try:
-        eps = extinction_first_exciton(probe.core, diameter_nm=probe.core_diameter_nm,
-                                       sizing_model=curve.name, extrapolate=True)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            eps = extinction_first_exciton(probe.core, diameter_nm=probe.core_diameter_nm,
+                                           sizing_model=curve.name, extrapolate=True)
         eps_note = "first exciton of the core (Yu 2003 power law or material default)"
+        if caught:  # outside the extinction relation's own calibration: say so on the sheet
+            eps_note += "; " + "; ".join(str(w.message) for w in caught)
     except QdmedError as exc:
         eps, eps_note = None, str(exc)
     hd = probe.hydrodynamic_diameter_nm
