@@ -151,3 +151,12 @@ def test_library_warns_when_label_is_everywhere():
     r = spectral_library(P, unstained=rng.poisson(200 * rng.gamma(4, 0.25, n)[..., None] * af),
                          single_stains={"HER2": img})
     assert any("uncertain" in w for w in r.warnings), r.components["HER2"]
+
+
+def test_library_checks_slide_bands_like_analyze(tmp_path):
+    """A control slide whose channels name other detection bands is refused, as a slide is."""
+    un, _ = _controls(96)
+    bands = [f"{500 + 30 * i}-{530 + 30 * i}nm" for i in range(un.shape[2])]
+    write_ome_zarr(tmp_path / "un.ome.zarr", un, channel_names=bands)
+    with pytest.raises(InputError, match="does not match the panel's band"):
+        spectral_library(P, unstained=tmp_path / "un.ome.zarr")

@@ -39,15 +39,20 @@ __all__ = ["LibraryResult", "control_image", "single_stain_endmember", "spectral
 MAX_CONTROL_PIXELS = 2048 * 2048
 
 
-def control_image(control, n_channels: int | None = None, *, name: str = "control") -> np.ndarray:
+def control_image(control, panel: Panel | None = None, *, name: str = "control") -> np.ndarray:
     """A control as a (Y, X, C) float array: an array, or a slide path / :class:`SlideImage`
-    read at the first pyramid level with at most ``MAX_CONTROL_PIXELS`` pixels."""
+    read at the first pyramid level with at most ``MAX_CONTROL_PIXELS`` pixels. With a
+    ``panel``, the channels are checked as for an analysed slide (count, and detection bands
+    where the slide names them)."""
+    from qdmed.imaging._analyze import check_channels
     from qdmed.imaging._slideio import SlideImage, read_slide
 
     src = control
     if isinstance(control, (str, bytes)) or hasattr(control, "__fspath__"):
         src = read_slide(control)
     if isinstance(src, SlideImage):
+        if panel is not None:
+            check_channels(src, panel)
         levels = src.levels or (src.data,)
         pick = next((lv for lv in levels if lv.shape[0] * lv.shape[1] <= MAX_CONTROL_PIXELS),
                     levels[-1])
@@ -61,9 +66,10 @@ def control_image(control, n_channels: int | None = None, *, name: str = "contro
         where = name
     if img.ndim != 3:
         raise InputError(f"{where}: a control image must be (Y, X, C); got shape {img.shape}")
-    if n_channels is not None and img.shape[2] != n_channels:
+    if panel is not None and img.shape[2] != len(panel.channels):
         raise InputError(f"{where}: the control has {img.shape[2]} channels but the panel has "
-                         f"{n_channels}; give controls acquired with the panel's channels")
+                         f"{len(panel.channels)}; give controls acquired with the panel's "
+                         f"channels")
     if not np.all(np.isfinite(img)):
         raise InputError(f"{where}: the control contains NaN or infinite values")
     return img
@@ -246,7 +252,7 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
             raise InputError("the panel has no autofluorescence component to measure; add one "
                              "to the panel before giving an unstained control")
         af_source = str(unstained) if not hasattr(unstained, "shape") else "array"
-        img = control_image(unstained, c, name="unstained") - off
+        img = control_image(unstained, panel, name="unstained") - off
         try:
             af_prof = autofluorescence_from_control(img)
         except InputError as exc:
@@ -260,7 +266,7 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
             raise InputError(f"single-stain control {name!r} is not a label of the panel; "
                              f"labels: {[m for m in panel.components if m != 'autofluorescence']}")
         src = str(ctrl) if not hasattr(ctrl, "shape") else "array"
-        img = control_image(ctrl, c, name=name) - off
+        img = control_image(ctrl, panel, name=name) - off
         # without any autofluorescence profile the dim-tissue baseline is taken as flat
         bg = af_prof if af_prof is not None else np.full(c, 1.0 / c)
         try:

@@ -420,7 +420,9 @@ def endmember_from_control(image_yxc, *, percentile: float = 50.0,
     control for one label, or an unstained section for autofluorescence. It is the mean
     channel profile of the pixels above the ``percentile`` of total intensity, minus an
     optional per-channel ``background`` (e.g. the unstained control's profile scaled to it),
-    as inForm builds its spectral library from single-stain slides."""
+    as inForm builds its spectral library from single-stain slides. For a stained control
+    whose autofluorescence must be removed without knowing its scale, see
+    :func:`qdmed.imaging.single_stain_endmember` and :func:`qdmed.imaging.spectral_library`."""
     prof = autofluorescence_from_control(image_yxc, percentile=percentile)
     if background is not None:
         b = np.asarray(background, float)
