@@ -40,6 +40,7 @@ import numpy as np
 
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._distance import distance_transform_edt
+from qdmed.imaging._watershed import watershed
 
 __all__ = [
     "COMPARTMENTS",
@@ -266,7 +267,6 @@ def _global_tiebreak(shape, offset) -> np.ndarray:
 def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um, offset=(0, 0)):
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
-    from skimage.segmentation import watershed
 
     from qdmed.imaging._reconstruct import h_maxima  # linear time; identical to skimage's
 
@@ -393,7 +393,9 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     Notes
     -----
     Fixed expansion uses :func:`skimage.segmentation.expand_labels` (Euclidean distance
-    transform); the membrane-guided mode uses :func:`skimage.segmentation.watershed`.
+    transform); the membrane-guided mode uses a seeded watershed identical to
+    :func:`skimage.segmentation.watershed` (``qdmed.imaging._watershed``: a bucket queue, about
+    twice as fast).
 
     Examples
     --------
@@ -412,7 +414,6 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     if membrane_image is None:
         return expand_labels(lab, distance=float(expansion_um) / px).astype(lab.dtype, copy=False)
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     memb = _image2d("membrane_image", membrane_image)
     if memb.shape != lab.shape:
