@@ -32,7 +32,24 @@ def test_positivity_and_percent_positive():
     pos = score_positivity(df, marker="ER", compartment="nucleus", threshold=1.0)
     assert pos.tolist() == [False, True, True, False]
     assert list(pos.index) == [5, 6, 7, 8] and pos.name == "ER_positive"
-    assert percent_positive(df, marker="ER", compartment="nucleus", threshold=1.0) == 50.0
+    # the NaN cell (empty compartment: nothing measured) is left out of the denominator,
+    # as h_score(nan_policy='omit') does
+    assert percent_positive(df, marker="ER", compartment="nucleus", threshold=1.0) == \
+        pytest.approx(200 / 3)
+    assert h_score(df, marker="ER", compartment="nucleus", thresholds=(1.0, 5.0, 9.0),
+                   nan_policy="omit").percent_positive == pytest.approx(200 / 3)
+
+
+def test_score_markers_uses_the_gate_statistic_and_gates_skip_nan_cells():
+    from qdmed.imaging._scoring import MarkerGate, gates_from_negative_controls, score_markers
+
+    df = pd.DataFrame({"ER_nucleus_mean": [1.0, 1.0], "ER_nucleus_total": [60.0, 40.0]})
+    out = score_markers(df, {"ER": MarkerGate("nucleus", 50.0, "total")})
+    assert out["percent_positive"]["ER"] == 50.0 and out["gates"]["ER"]["statistic"] == "total"
+    assert score_markers(df, {"ER": ("nucleus", 0.5)})["percent_positive"]["ER"] == 100.0
+    neg = pd.DataFrame({"ER_nucleus_mean": np.r_[np.linspace(0.0, 1.0, 50), np.nan]})
+    gate = gates_from_negative_controls({"neg": neg}, {"ER": "neg"})["ER"]
+    assert gate.threshold == pytest.approx(np.quantile(np.linspace(0.0, 1.0, 50), 0.99))
 
 
 def test_h_score_constructed_distribution():
@@ -123,8 +140,8 @@ def her2_cells(*groups, n_total=100):
         ([(20, "intense", True)], "3+", False, False, "intense complete"),
         ([(11, "intense", True)], "3+", False, False, "intense complete"),
         # 2+: weak to moderate complete staining in > 10 %
-        ([(30, "wm", True)], "2+", True, False, "weak-to-moderate"),
-        ([(6, "wm", True), (6, "intense", True)], "2+", True, False, "weak-to-moderate"),
+        ([(30, "wm", True)], "2+", None, False, "weak-to-moderate"),
+        ([(6, "wm", True), (6, "intense", True)], "2+", None, False, "weak-to-moderate"),
         # 1+: incomplete faint staining in > 10 %
         ([(50, "faint", False)], "1+", True, False, "faint"),
         ([(11, "faint", False)], "1+", True, False, "faint"),
@@ -134,11 +151,11 @@ def her2_cells(*groups, n_total=100):
         ([(10, "faint", False)], "0", False, True, "ultralow"),
         ([(1, "faint", False)], "0", False, True, "ultralow"),
         # unusual pattern: intense complete but in <= 10 % -> 2+
-        ([(10, "intense", True)], "2+", True, False, "unusual"),
-        ([(1, "intense", True), (60, "faint", False)], "2+", True, False, "unusual"),
+        ([(10, "intense", True)], "2+", None, False, "unusual"),
+        ([(2, "intense", True), (60, "faint", False)], "2+", None, False, "unusual"),
         # unusual pattern: moderate-to-intense but incomplete staining -> 2+
-        ([(30, "intense", False)], "2+", True, False, "incomplete"),
-        ([(30, "wm", False)], "2+", True, False, "incomplete"),
+        ([(30, "intense", False)], "2+", None, False, "incomplete"),
+        ([(30, "wm", False)], "2+", None, False, "incomplete"),
         # weak-to-moderate complete in only <= 10 % with faint elsewhere -> 1+
         ([(10, "wm", True), (20, "faint", False)], "1+", True, False, "faint"),
     ],
@@ -187,6 +204,28 @@ def test_her2_parameters_and_mask():
     assert score_her2(df2, CAL, completeness_complete=0.8).category == "3+"
 
 
+def test_her2_single_intense_cell_is_not_a_slide_2plus():
+    # one intense complete cell in 10,000 (a mis-segmented or noisy cell) with 20 % faint:
+    # the literal "> 0 %" rule would call 2+ and reflex ISH; the default 1 % floor reads 1+
+    df = her2_cells((1, "intense", True), (2000, "faint", False), n_total=10_000)
+    assert score_her2(df, CAL).category == "1+"
+    literal = score_her2(df, CAL, intense_min_percent=0.0)
+    assert literal.category == "2+" and "(1 cells)" in literal.rule
+
+
+def test_her2_ultralow_floor_and_total_load_with_stained_mean():
+    df = her2_cells((4, "faint", False))
+    assert score_her2(df, CAL).her2_ultralow  # explicit cut-offs: no null floor
+    assert not score_her2(df, CAL, ultralow_min_percent=5.0).her2_ultralow
+    assert score_her2(df, CAL, ultralow_min_percent=3.0).her2_ultralow
+    # the total HER2 load (mean x area) is reported whatever statistic grades the cells
+    df["HER2_membrane_stained_mean"] = df["HER2_membrane_mean"]
+    cal = Her2Calibration(faint=1.0, weak_moderate=4.0, intense=10.0,
+                          statistic="stained_mean")
+    s = score_her2(df, cal)
+    assert s.total_her2_load == pytest.approx((4 * 2.0 + 96 * 0.2) * 30.0)
+
+
 def test_her2_errors():
     with pytest.raises(InputError, match="no cells"):
         score_her2(her2_cells().iloc[:0], CAL)
@@ -221,7 +260,12 @@ def test_calibration_rule_two_controls():
     assert [c["category"] for c in d["controls"]] == ["0", "3+"]  # BT474 found in the known table
     # the calibrated scorer calls the controls themselves correctly
     assert score_her2(pos, cal).category == "3+"
-    assert score_her2(neg, cal).category == "0"
+    # the 0 control itself: 5 % of its cells lie above the faint cut-off by construction,
+    # which is the calibration's null noise floor, so it is HER2-null, not ultralow
+    s0 = score_her2(neg, cal)
+    assert s0.category == "0" and cal.null_stained_percent == pytest.approx(5.0)
+    assert s0.percent_stained == pytest.approx(5.0) and not s0.her2_ultralow
+    assert "null" in s0.rule
 
 
 def test_calibration_with_1plus_and_2plus_controls():
@@ -258,6 +302,12 @@ def test_calibration_errors():
         calibrate_her2({"a": control(10.0), "b": control(50.0)}, categories={"a": "2+", "b": "3+"})
     with pytest.raises(InputError, match="not ordered"):
         calibrate_her2({"a": control(50.0), "b": control(1.0)}, categories={"a": "0", "b": "3+"})
+    # anchors out of order although the derived cut-offs would still increase: 1+ median
+    # below the 0 control's faint cut-off
+    with pytest.raises(InputError, match="not ordered"):
+        calibrate_her2({"a": control(3.0, sigma=0.3), "b": control(2.9, seed=1),
+                        "c": control(60.0, seed=2)},
+                       categories={"a": "0", "b": "1+", "c": "3+"})
     with pytest.raises(InputError, match="category"):
         calibrate_her2({"a": control(1.0)}, categories={"a": "4+"})
     with pytest.raises(InputError, match="at least"):

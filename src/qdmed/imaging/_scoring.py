@@ -109,6 +109,8 @@ def _values(df, col: str, nan_policy: str) -> np.ndarray:
             f"Column {col!r} has {int(np.isnan(v).sum())} NaN values (cells with an empty "
             "compartment); pass nan_policy='omit' to drop them."
         )
+    if nan_policy == "omit":
+        v = v[~np.isnan(v)]
     return v
 
 
@@ -162,9 +164,16 @@ def score_positivity(cells_df, *, marker: str, compartment: str, threshold: floa
 
 
 def percent_positive(cells_df, *, marker: str, compartment: str, threshold: float, statistic: str = "mean") -> float:
-    """Percentage of cells with ``{marker}_{compartment}_{statistic} >= threshold`` (NaN if none)."""
+    """Percentage of cells with ``{marker}_{compartment}_{statistic} >= threshold``.
+
+    Cells whose value is NaN (an empty compartment: nothing to measure) are left out of the
+    denominator, as in :func:`h_score` with ``nan_policy='omit'``; NaN if no cell remains.
+    """
     pos = score_positivity(cells_df, marker=marker, compartment=compartment, threshold=threshold, statistic=statistic)
-    return float(100.0 * pos.mean()) if len(pos) else math.nan
+    measured = ~np.isnan(np.asarray(cells_df[_column(cells_df, marker, compartment, statistic)],
+                                    dtype=np.float64))
+    n = int(measured.sum())
+    return float(100.0 * np.count_nonzero(np.asarray(pos) & measured) / n) if n else math.nan
 
 
 @dataclass(frozen=True)
@@ -286,6 +295,16 @@ class MarkerGate:
     statistic: str = "mean"
 
 
+def _gate(marker: str, g) -> MarkerGate:
+    """A MarkerGate from a MarkerGate or a (compartment, threshold[, statistic]) tuple."""
+    if isinstance(g, MarkerGate):
+        return g
+    if isinstance(g, (tuple, list)) and len(g) in (2, 3):
+        return MarkerGate(*g)
+    raise InputError(f"gate for {marker!r} must be a MarkerGate or (compartment, threshold[, "
+                     f"statistic]); got {g!r}.")
+
+
 #: Per-cell breast phenotypes (first matching rule wins), modelled on the St Gallen 2013
 #: surrogate subtypes without Ki-67 / PR-level splits (Goldhirsch A et al., Ann Oncol
 #: 2013;24:2206-2223, doi:10.1093/annonc/mdt303). A rule is a conjunction
@@ -344,14 +363,7 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
         rules = BREAST_RULES
     if not isinstance(rules, Mapping):
         raise InputError(f"rules must be a mapping name -> rule or 'breast'; got {type(rules).__name__}.")
-    norm_gates: dict[str, MarkerGate] = {}
-    for m, g in gates.items():
-        if isinstance(g, MarkerGate):
-            norm_gates[m] = g
-        elif isinstance(g, (tuple, list)) and len(g) in (2, 3):
-            norm_gates[m] = MarkerGate(*g)
-        else:
-            raise InputError(f"gate for {m!r} must be a MarkerGate or (compartment, threshold); got {g!r}.")
+    norm_gates = {m: _gate(m, g) for m, g in gates.items()}
     cache: dict[str, np.ndarray] = {}
 
     def positive(marker: str) -> np.ndarray:
@@ -447,6 +459,21 @@ class Her2Calibration:
     def cutoffs(self) -> tuple[float, float, float]:
         """``(faint, weak_moderate, intense)``."""
         return (float(self.faint), float(self.weak_moderate), float(self.intense))
+
+    @property
+    def null_stained_percent(self) -> float:
+        """Percent of HER2-null (0) cells that read as at least faint under this calibration.
+
+        When the faint cut-off is the ``faint_quantile`` quantile of a 0 control, by
+        construction ``100 (1 - faint_quantile)`` % of that control's cells lie above it: the
+        noise floor below which "some staining" cannot be told from a null population. 0 for
+        explicit cut-offs or a faint cut-off taken from a 1+ control.
+        """
+        lows = [c for c in self.controls
+                if c[1] == "0" and c[4] is not None and math.isfinite(float(c[4]))]
+        if not lows or self.faint_quantile is None:
+            return 0.0
+        return float(100.0 * (1.0 - float(self.faint_quantile)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (controls as a list of dicts)."""
@@ -593,6 +620,12 @@ def calibrate_her2(
             row[4] = faint
     xs = [0.5] + [float(s) for s in scores if s >= 1]
     ys = [faint] + [float(np.median(np.concatenate(pooled[s]))) for s in scores if s >= 1]
+    if not all(a < b for a, b in zip(ys[:-1], ys[1:], strict=True)):
+        raise InputError(
+            "controls are not ordered like their scores: anchors score->intensity "
+            f"{dict(zip(xs, ys, strict=True))} (faint cut-off at 0.5, control medians at their "
+            "scores) must increase with the score."
+        )
     if scale == "log":
         if min(ys) <= 0:
             raise InputError(
@@ -637,10 +670,12 @@ class Her2Score:
     result : {'negative', 'equivocal', 'positive'}
     rule : str
         The rule that decided the category.
-    her2_low : bool
-        Category 1+ or 2+ (2+ counts as HER2-low only if ISH is not amplified).
+    her2_low : bool or None
+        True for 1+, False for 0 and 3+, None for 2+ (HER2-low only if ISH is not amplified:
+        pending the reflex ISH).
     her2_ultralow : bool
-        Category 0 with membrane staining in > 0 and <= ``percent_cutoff`` % of cells.
+        Category 0 with membrane staining in more than the calibration's null noise floor
+        (``ultralow_min_percent``) and at most ``percent_cutoff`` % of cells.
     ish_reflex : bool
         Category 2+ (reflex in situ hybridisation required).
     n_cells : int
@@ -665,7 +700,7 @@ class Her2Score:
     category: str
     result: str
     rule: str
-    her2_low: bool
+    her2_low: bool | None
     her2_ultralow: bool
     ish_reflex: bool
     n_cells: int
@@ -698,7 +733,10 @@ class Her2Score:
 
     def report(self) -> str:
         """One-paragraph text summary."""
-        flags = [f for f, on in (("HER2-low", self.her2_low), ("HER2-ultralow", self.her2_ultralow), ("reflex ISH", self.ish_reflex)) if on]
+        flags = [f for f, on in (("HER2-low", self.her2_low is True),
+                                 ("HER2-low if ISH not amplified", self.her2_low is None),
+                                 ("HER2-ultralow", self.her2_ultralow),
+                                 ("reflex ISH", self.ish_reflex)) if on]
         return (
             f"HER2 IHC {self.category} ({self.result}; {self.rule}) over {self.n_cells} cells; "
             f"intense complete {self.percent_intense_complete:.1f} %, weak-moderate complete "
@@ -714,7 +752,8 @@ def score_her2(
     completeness_complete: float = 0.9,
     percent_cutoff: float = 10.0,
     incomplete_percent_cutoff: float = 10.0,
-    intense_min_percent: float = 0.0,
+    intense_min_percent: float = 1.0,
+    ultralow_min_percent: float | None = None,
     cell_mask=None,
     nan_policy: str = "raise",
 ) -> Her2Score:
@@ -736,7 +775,15 @@ def score_her2(
         unusual pattern calls 2+. The guideline gives no number; 10 % by default.
     intense_min_percent : float, %
         Intense complete staining in more than this and at most ``percent_cutoff`` % calls
-        2+ (unusual pattern). The guideline's literal rule is "> 0" (default).
+        2+ (unusual pattern). The guideline's literal rule is "> 0"; an automated per-cell
+        reading would then call a whole slide 2+ (and reflex ISH) on one mis-segmented or
+        noisy cell in ten thousand, so qdmed requires 1 % by default (a qdmed choice, not a
+        guideline number; 0 gives the literal rule). The rule text states the count.
+    ultralow_min_percent : float, %, optional
+        Stained (at least faint) cells above this percentage flag a 0 as HER2-ultralow.
+        Default: the calibration's :attr:`Her2Calibration.null_stained_percent` (5 % with a
+        faint cut-off at the 95th percentile of a 0 control), since that share of truly null
+        cells reads as faint by construction.
     cell_mask : array_like of bool, optional
         Cells to score (invasive tumour cells); default all.
     nan_policy : {'raise', 'omit'}
@@ -771,11 +818,13 @@ def score_her2(
     3. intense complete > ``intense_min_percent`` (so <= 10 %) -> 2+ (unusual pattern);
     4. moderate-to-intense incomplete > ``incomplete_percent_cutoff`` -> 2+ (unusual);
     5. stained (at least faint, incomplete or not) > ``percent_cutoff`` -> 1+;
-    6. otherwise 0; HER2-ultralow when 0 < stained <= ``percent_cutoff`` (faint incomplete
-       staining in <= 10 %, the DESTINY-Breast06 entry criterion, Bardia et al. 2024),
-       HER2-null when nothing is stained.
+    6. otherwise 0; HER2-ultralow when ``ultralow_min_percent`` < stained <=
+       ``percent_cutoff`` (faint incomplete staining in > 0 and <= 10 %, the
+       DESTINY-Breast06 entry criterion, Bardia et al. 2024, read above the calibration's
+       noise floor), HER2-null otherwise.
 
-    HER2-low = 1+ or 2+ (2+ only if ISH is not amplified; Modi et al. 2022).
+    HER2-low = 1+, or 2+ with ISH not amplified (Modi et al. 2022): ``her2_low`` is None for
+    2+ until the reflex ISH is known.
 
     References
     ----------
@@ -797,6 +846,8 @@ def score_her2(
     pc = _percent("percent_cutoff", percent_cutoff)
     ipc = _percent("incomplete_percent_cutoff", incomplete_percent_cutoff)
     imp = _percent("intense_min_percent", intense_min_percent)
+    ulp = (calibration.null_stained_percent if ultralow_min_percent is None
+           else _percent("ultralow_min_percent", ultralow_min_percent))
     if nan_policy not in ("raise", "omit"):
         raise UnknownNameError(f"Unknown nan_policy {nan_policy!r}; accepted: 'raise', 'omit'.")
     m, c, s = calibration.marker, calibration.compartment, calibration.statistic
@@ -838,19 +889,28 @@ def score_her2(
     elif p_ic + p_wmc > pc:
         cat, rule = "2+", f"weak-to-moderate (or intense) complete staining in {p_ic + p_wmc:.1f} % > {pc:g} %"
     elif p_ic > imp:
-        cat, rule = "2+", f"unusual pattern: intense complete staining in only {p_ic:.1f} % <= {pc:g} %"
+        n_ic = int(np.count_nonzero((klass == 3) & complete))
+        cat, rule = "2+", (f"unusual pattern: intense complete staining in only {p_ic:.1f} % "
+                           f"({n_ic} cells) <= {pc:g} %")
     elif p_mii > ipc:
         cat, rule = "2+", f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %"
     elif p_stained > pc:
         cat, rule = "1+", f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
+    elif p_stained > ulp:
+        cat, rule = "0", (f"membrane staining (at least faint) in {p_stained:.1f} % <= {pc:g} % "
+                          f"of cells, above the {ulp:g} % null noise floor (ultralow)")
     elif p_stained > 0:
-        cat, rule = "0", f"faint incomplete staining in {p_stained:.1f} % <= {pc:g} % (ultralow)"
+        cat, rule = "0", (f"membrane staining in {p_stained:.1f} %, within the {ulp:g} % of null "
+                          "cells expected above the faint cut-off (null)")
     else:
         cat, rule = "0", "no membrane staining (null)"
     result = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[cat]
 
     area_col = f"{c}_area_um2"
-    load = float(np.sum(inten * np.asarray(df[area_col], dtype=np.float64))) if (s == "mean" and area_col in df.columns) else math.nan
+    mean_col = f"{m}_{c}_mean"  # the load is intensity x area whatever statistic grades it
+    load = (float(np.nansum(np.asarray(df[mean_col], dtype=np.float64)
+                            * np.asarray(df[area_col], dtype=np.float64)))
+            if (mean_col in df.columns and area_col in df.columns) else math.nan)
     if "cell_area_um2" in df.columns:
         ca = np.asarray(df["cell_area_um2"], dtype=np.float64)
         tot = ca.sum()
@@ -874,8 +934,8 @@ def score_her2(
         category=cat,
         result=result,
         rule=rule,
-        her2_low=cat in ("1+", "2+"),
-        her2_ultralow=cat == "0" and p_stained > 0,
+        her2_low=None if cat == "2+" else cat == "1+",
+        her2_ultralow=cat == "0" and p_stained > ulp,
         ish_reflex=cat == "2+",
         n_cells=int(n),
         percent_intense_complete=p_ic,
@@ -897,6 +957,7 @@ def score_her2(
             ("percent_cutoff", pc),
             ("incomplete_percent_cutoff", ipc),
             ("intense_min_percent", imp),
+            ("ultralow_min_percent", ulp),
         ),
         cells=cells,
     )
@@ -1151,13 +1212,16 @@ def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping
 def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
     """Percent positive per gated marker and, when HER2, ER and PR are all gated, the counts
     of the breast phenotypes (:data:`BREAST_RULES`)."""
-    out: dict[str, Any] = {"gates": {m: {"compartment": g.compartment, "threshold": g.threshold}
+    gates = {m: _gate(m, g) for m, g in gates.items()}
+    out: dict[str, Any] = {"gates": {m: {"compartment": g.compartment, "threshold": g.threshold,
+                                         "statistic": g.statistic}
                                      for m, g in gates.items()},
                            "percent_positive": {}}
     for m, g in gates.items():
         out["percent_positive"][m] = (
             percent_positive(cells_df, marker=m, compartment=g.compartment,
-                             threshold=g.threshold) if len(cells_df) else None)
+                             threshold=g.threshold, statistic=g.statistic)
+            if len(cells_df) else None)
     if {"HER2", "ER", "PR"} <= set(gates) and len(cells_df):
         ph = phenotype(cells_df, "breast", gates=gates)
         out["phenotypes"] = {str(k): int(v) for k, v in ph.value_counts().items()}
