@@ -170,6 +170,18 @@ def test_tiles_stitch_without_duplicates_or_cuts(slide, tmp_path):
     # GeoJSON for QuPath: one feature per cell
     gj = json.loads((tmp_path / "tiled" / "cells.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(many)
+    # QuPath's reader keeps the id only if it is a UUID and reads the nucleus ROI from a
+    # top-level nucleusGeometry; the cell_id join key travels as name and metadata
+    import uuid
+
+    f0 = gj["features"][0]
+    uuid.UUID(f0["id"])
+    assert f0["properties"]["objectType"] == "cell" and "nucleusGeometry" in f0
+    names = {int(f["properties"]["name"]) for f in gj["features"]}
+    assert names == set(many["cell_id"].tolist())
+    assert all(f["properties"]["metadata"]["cell_id"] == f["properties"]["name"]
+               for f in gj["features"])
+    assert "HER2: Membrane: Mean" in f0["properties"]["measurements"]
 
 
 def test_resume_after_kill_gives_identical_output(slide, tmp_path, monkeypatch):
@@ -348,3 +360,14 @@ def test_wrong_band_panel_is_refused(slide, tmp_path):
 def test_margin_smaller_than_a_cell_is_refused(slide, tmp_path):
     with pytest.raises(InputError, match="margin_um"):
         analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=10, progress=False)
+
+
+def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
+    res = analyze_slide(slide.path, PANEL, tmp_path / "her2", tile=512, scheduler="synchronous",
+                        progress=False, write_unmixed=False, her2_calibration=calibration)
+    gj = json.loads((tmp_path / "her2" / "cells.geojson").read_text())
+    per_cell = res.her2.cells.set_index("cell_id")["category"]
+    classes = {int(f["properties"]["name"]): f["properties"]["classification"]["name"]
+               for f in gj["features"]}
+    assert classes and all(v == f"HER2 {per_cell[k]}" for k, v in classes.items())
+    assert res.summary["her2"]["category"] == res.her2.category

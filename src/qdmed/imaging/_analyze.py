@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._panel import Panel
 
 CELL_ID_STRIDE = 1_000_000
@@ -224,10 +225,15 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         keep = (ncy >= y0) & (ncy < y1) & (ncx >= x0) & (ncx < x1)
         del cy, cx
         local_ids = df["cell_id"].to_numpy()[keep]
+        if local_ids.size and int(local_ids.max()) >= CELL_ID_STRIDE:
+            raise InputError(
+                f"tile {index} holds a cell id {int(local_ids.max())} >= {CELL_ID_STRIDE} (the "
+                "per-tile id range of the slide-wide cell_id); use a smaller tile.")
         df = df.loc[keep].copy()
         df["cell_id"] = np.int64(index) * CELL_ID_STRIDE + df["cell_id"].astype(np.int64)
         df["tile"] = np.int32(index)
-        feats = _outlines(fa.cells, local_ids, index, py0, px0) if outlines else []
+        feats = (cell_features(fa.cells, fa.nuclei, df, local_ids, df["cell_id"].to_numpy(),
+                               py0, px0, Path(path).name) if outlines else [])
     else:
         df = df.copy()
         df["tile"] = np.array([], dtype=np.int32)
@@ -244,57 +250,19 @@ def _nucleus_centroids(nuclei, ids, oy, ox):
     return cy, cx
 
 
-def _outlines(cells, ids, index, oy, ox, n_vertices: int = 32) -> list[dict]:
-    """GeoJSON polygon features (QuPath ``cell`` objects) for the given cell ids.
+def _classifier(her2):
+    """cell_id -> (QuPath class name, RGB) from the per-cell HER2 categories, or None."""
+    if her2 is None or "cell_id" not in her2.cells.columns:
+        return None
+    from qdmed.imaging._geojson import HER2_COLOURS
 
-    Each outline is the star-shaped polygon through the outermost boundary pixel of the cell
-    in each of ``n_vertices`` angular sectors about its centroid (vectorised over all cells;
-    exact for star-convex cells, which nucleus-seeded cells are to within a pixel or two).
-    """
-    from skimage.segmentation import find_boundaries
+    cat = dict(zip(her2.cells["cell_id"].astype(np.int64).tolist(),
+                   her2.cells["category"].astype(str).tolist(), strict=True))
 
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size == 0:
-        return []
-    bnd = find_boundaries(cells, mode="inner") & np.isin(cells, ids)
-    yy, xx = np.nonzero(bnd)
-    lab = cells[yy, xx].astype(np.int64)
-    order = np.searchsorted(ids, lab) if np.all(np.diff(ids) > 0) else None
-    if order is None:
-        srt = np.argsort(ids)
-        ids = ids[srt]
-        order = np.searchsorted(ids, lab)
-    n = ids.size
-    cnt = np.bincount(order, minlength=n).astype(float)
-    cy = np.bincount(order, weights=yy, minlength=n) / np.maximum(cnt, 1)
-    cx = np.bincount(order, weights=xx, minlength=n) / np.maximum(cnt, 1)
-    dy, dx = yy - cy[order], xx - cx[order]
-    sector = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * n_vertices).astype(np.int64)
-    sector = np.minimum(sector, n_vertices - 1)
-    r2 = dy**2 + dx**2
-    key = order * n_vertices + sector
-    best = np.full(n * n_vertices, -1.0)
-    np.maximum.at(best, key, r2)
-    # position of the farthest pixel per (cell, sector)
-    is_best = r2 == best[key]
-    vy = np.full(n * n_vertices, np.nan)
-    vx = np.full(n * n_vertices, np.nan)
-    vy[key[is_best]] = yy[is_best]
-    vx[key[is_best]] = xx[is_best]
-    vy, vx = vy.reshape(n, n_vertices), vx.reshape(n, n_vertices)
-    feats = []
-    for i in range(n):
-        ok = ~np.isnan(vy[i])
-        if ok.sum() < 3:
-            continue
-        ring = [[float(x + ox + 0.5), float(y + oy + 0.5)] for y, x in zip(vy[i, ok], vx[i, ok],
-                                                                           strict=True)]
-        ring.append(ring[0])
-        cid = int(index * CELL_ID_STRIDE + ids[i])
-        feats.append({"type": "Feature", "id": str(cid),
-                      "geometry": {"type": "Polygon", "coordinates": [ring]},
-                      "properties": {"objectType": "cell", "cell_id": cid}})
-    return feats
+    def classify(ids):
+        return {i: (f"HER2 {cat[i]}", HER2_COLOURS[cat[i]]) for i in ids if i in cat}
+
+    return classify
 
 
 @dataclass(frozen=True)
@@ -534,12 +502,6 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     parts = [p for p in parts if len(p)] or parts[:1]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
     atomic_write_parquet(out / "cells.parquet", cells)
-    if outlines:
-        feats = []
-        for i in range(len(boxes)):
-            feats += json.loads((tiles_dir / f"tile_{i:06d}.geojson.json").read_text())
-        atomic_write_text(out / "cells.geojson",
-                          json.dumps({"type": "FeatureCollection", "features": feats}))
     her2 = None
     if her2_calibration is not None and len(cells):
         from qdmed.imaging._scoring import score_her2
@@ -550,6 +512,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         from qdmed.imaging._scoring import score_markers
 
         scored = score_markers(cells, gates)
+    if outlines:  # streamed tile by tile: memory bounded whatever the number of cells
+        write_feature_collection(
+            out / "cells.geojson",
+            (tiles_dir / f"tile_{i:06d}.geojson.json" for i in range(len(boxes))),
+            _classifier(her2))
     if write_unmixed:
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
     summary = {
