@@ -371,3 +371,22 @@ def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
                for f in gj["features"]}
     assert classes and all(v == f"HER2 {per_cell[k]}" for k, v in classes.items())
     assert res.summary["her2"]["category"] == res.her2.category
+
+
+def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibration):
+    # the left half of the slide annotated as tumour (QuPath coordinates: x = column)
+    reg = tmp_path / "tumour.geojson"
+    ring = [[0, 0], [512, 0], [512, 1024], [0, 1024], [0, 0]]
+    reg.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}]}))
+    res = analyze_slide(slide.path, PANEL, tmp_path / "reg", tile=512, scheduler="synchronous",
+                        progress=False, write_unmixed=False, outlines=False,
+                        her2_calibration=calibration, regions=reg, region_class="Tumor")
+    cells = res.cells()
+    inside = cells["centroid_x"].to_numpy() + 0.5 < 512
+    assert np.array_equal(cells["in_region"].to_numpy(), inside)
+    sel = res.summary["scored_cells"]
+    assert sel["n_scored"] == int(inside.sum()) and 0 < sel["n_scored"] < len(cells)
+    assert res.her2.n_cells == int(inside.sum())
+    assert res.summary["her2"]["n_cells"] == int(inside.sum())

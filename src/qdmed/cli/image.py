@@ -210,6 +210,8 @@ def analyze(
     calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
     poisson: Annotated[bool, typer.Option("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
+    regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath): score only the cells inside them.")] = None,
+    region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -223,13 +225,15 @@ def analyze(
     settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None)
     res = analyze_slide(slide, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
-                        progress=not no_progress, settings=settings)
+                        progress=not no_progress, settings=settings, regions=regions,
+                        region_class=region_class)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
     if json_:
         return print_json(d)
-    info = {"cells": d["n_cells"], "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
+    info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
+            "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
     if d["her2"]:
         info["HER2 category"] = d["her2"]["category"]

@@ -372,7 +372,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   tile: int = 2048, margin_um: float = 40.0, scheduler: str | None = None,
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
                   write_unmixed: bool = True, progress: bool = True, resume: bool = True,
-                  reference_region_px: int = 1024, client=None, gates=None) -> SlideResult:
+                  reference_region_px: int = 1024, client=None, gates=None,
+                  regions=None, region_class: str | None = None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -402,6 +403,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     gates : mapping marker -> MarkerGate, optional
         Positivity gates (:func:`gates_from_negative_controls`): the summary then holds the
         percent positive per marker and the breast phenotype counts.
+    regions : path, optional
+        GeoJSON annotations (e.g. the invasive tumour drawn in QuPath and exported with
+        File > Export objects as GeoJSON). HER2 and marker scores then use only the cells whose
+        centroid lies inside them, as ASCO/CAP percentages are of invasive tumour cells;
+        cells.parquet gets an ``in_region`` column. Without regions every segmented cell is
+        scored, and the summary says so.
+    region_class : str, optional
+        Use only the annotations with this QuPath classification (e.g. ``"Tumor"``).
 
     Returns
     -------
@@ -420,6 +429,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
 
     t0 = time.perf_counter()
     path = Path(path)
+    reg = None
+    if regions is not None:
+        from qdmed.imaging._regions import read_regions
+
+        reg = read_regions(regions, region_class)  # fail before any tile is analysed
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
@@ -501,17 +515,23 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
+    if reg is not None:
+        cells["in_region"] = reg.contains_cells(cells) if len(cells) else np.array([], bool)
     atomic_write_parquet(out / "cells.parquet", cells)
+    scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]
+    selection = {"cells": "all segmented cells (no tumour region given)" if reg is None else
+                 "cells whose centroid lies in the regions", "n_scored": int(len(scored_cells)),
+                 "regions": None if reg is None else reg.to_dict()}
     her2 = None
-    if her2_calibration is not None and len(cells):
+    if her2_calibration is not None and len(scored_cells):
         from qdmed.imaging._scoring import score_her2
 
-        her2 = score_her2(cells, her2_calibration, nan_policy="omit")
+        her2 = score_her2(scored_cells, her2_calibration, nan_policy="omit")
     scored = None
     if gates:
         from qdmed.imaging._scoring import score_markers
 
-        scored = score_markers(cells, gates)
+        scored = score_markers(scored_cells, gates)
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells
         write_feature_collection(
             out / "cells.geojson",
@@ -532,6 +552,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "marker_summary": marker_summary(cells, panel.components),
         "her2": None if her2 is None else her2.to_dict(),
         "markers_scored": scored,
+        "scored_cells": selection,
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
                     "geojson": "cells.geojson" if outlines else None,

@@ -122,6 +122,11 @@ def write_slide_report(result, path=None) -> Path:
     rep.paragraph(f"{s['n_cells']} cells in {s['n_tiles']} tiles "
                   f"({s['n_tiles_resumed']} resumed), {s['n_workers']} worker(s), "
                   f"scheduler {s['scheduler']}, {s['elapsed_s']:.1f} s.")
+    sel = s.get("scored_cells") or {}
+    if sel:
+        src = (sel.get("regions") or {}).get("source")
+        rep.paragraph(f"Scores use {sel['n_scored']} {sel['cells']}"
+                      + (f" ({Path(src).name})." if src else "."))
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
     rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
