@@ -54,3 +54,28 @@ def test_markers_outside_the_mask_are_dropped():
     mask = np.ones((3, 3), bool)
     mask[0, 0] = False
     assert not watershed(img, markers, mask).any()
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 300),
+       kind=st.sampled_from(["uniform", "wide", "ties", "specials"]))
+def test_radix_argsort_sorts_like_numpy(seed, n, kind):
+    from qdmed.imaging._watershed import _kernel
+
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        v = rng.random(n)
+    elif kind == "wide":  # both signs, exponents from 1e-300 to 1e300
+        v = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-300, 300, n)
+    elif kind == "ties":
+        v = rng.integers(-3, 4, n).astype(np.float64)
+    else:
+        v = rng.choice(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.5, -1.5, 5e-324]), n)
+    order = _kernel()[1](v)
+    assert sorted(order.tolist()) == list(range(n))  # a permutation
+    assert np.array_equal(v[order], np.sort(v), equal_nan=True)
+    ref = np.argsort(v, kind="stable")
+    same = v[order] == v[ref]  # equal keys keep their input order (ties, not -0.0 vs +0.0)
+    if kind in ("uniform", "ties"):
+        assert np.array_equal(order, ref)
+    assert bool(np.all(same | np.isnan(v[ref]) | (v[ref] == 0)))

@@ -622,6 +622,8 @@ def _completeness_thresholds(ab, cells, marker_names, completeness_threshold,
             ) from None
         given = dict.fromkeys(names, t)
     out: dict[str, float] = {}
+    if all(m in given for m in names):  # fixed thresholds (slide tiles): no background needed
+        return {m: given[m] for m in names}
     bg = cells == 0
     if ring_px is not None and bg.any() and (~bg).any():
         # background = tissue between cells, not empty glass: pixels outside cells but within
