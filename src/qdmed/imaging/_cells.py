@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdmed.errors import InputError, UnknownNameError
+from qdmed.imaging._cellsums import compartment_totals, sector_totals
 from qdmed.imaging._distance import distance_transform_edt
 from qdmed.imaging._watershed import watershed
 
@@ -718,8 +719,9 @@ def measure_cells(
 
     Notes
     -----
-    Fully vectorised: per-cell sums are ``np.bincount`` over a dense cell index, so the cost
-    is a few passes over the pixels per marker, independent of the number of cells.
+    Per-cell sums are over a dense cell index in one compiled pass for all markers
+    (:mod:`qdmed.imaging._cellsums`; ``np.bincount`` is the reference), so the cost is
+    independent of the number of cells.
     ``{m}_cell_total`` is the sum of the three disjoint compartment totals.
     """
     import pandas as pd
@@ -783,47 +785,47 @@ def measure_cells(
     data["centroid_x_um"] = data["centroid_x"] * px
     data["cell_area_um2"] = area_px * px2
 
-    cidx = {}
     careas = {}
-    for c in ("nucleus", "cytoplasm", "membrane"):
+    code = np.zeros(flat.shape, dtype=np.int8)  # 1 nucleus, 2 cytoplasm, 3 membrane
+    for j, c in enumerate(("nucleus", "cytoplasm", "membrane")):
         mask = (getattr(comp, c) > 0).ravel()
-        ci = np.where(mask, flat, 0)
-        cidx[c] = ci
-        careas[c] = np.bincount(ci, minlength=n + 1)[1:].astype(np.float64)
+        code[mask] = j + 1
+        careas[c] = np.bincount(flat[mask], minlength=n + 1)[1:].astype(np.float64)
         data[f"{c}_area_um2"] = careas[c] * px2
     careas["cell"] = area_px
+    tot = compartment_totals(ab, flat, code, n)  # (n, 3, K), one pass for all markers
 
     # membrane geometry for completeness
-    mem_sel = np.flatnonzero(cidx["membrane"])
-    mem_cell = cidx["membrane"][mem_sel]  # 1..n
+    mem_sel = np.flatnonzero(code == 3)
+    mem_cell = flat[mem_sel]  # 1..n
     if completeness_method == "sectors":
         theta = np.arctan2(ys[mem_sel] - cy[mem_cell - 1], xs[mem_sel] - cx[mem_cell - 1])
         sector = np.minimum(((theta + np.pi) / (2 * np.pi) * n_sectors).astype(np.int64), n_sectors - 1)
         key = (mem_cell - 1) * n_sectors + sector
         sec_count = np.bincount(key, minlength=n * n_sectors).astype(np.float64)
         occupied = (sec_count > 0).reshape(n, n_sectors).sum(axis=1)
+        sec_all = sector_totals(ab, mem_sel, key, n * n_sectors)
+    ab_flat = ab.reshape(-1, ab.shape[-1])
 
     with np.errstate(invalid="ignore", divide="ignore"):
         for k, m in enumerate(names):
-            chan = ab[..., k].astype(np.float64, copy=False).ravel()
-            totals = {}
-            for c in ("nucleus", "cytoplasm", "membrane"):
-                totals[c] = np.bincount(cidx[c], weights=chan, minlength=n + 1)[1:]
+            totals = {c: np.ascontiguousarray(tot[:, j, k])
+                      for j, c in enumerate(("nucleus", "cytoplasm", "membrane"))}
             totals["cell"] = totals["nucleus"] + totals["cytoplasm"] + totals["membrane"]
             for c in COMPARTMENTS:
                 area = careas[c]
                 data[f"{m}_{c}_mean"] = np.where(area > 0, totals[c] / area, np.nan)
                 data[f"{m}_{c}_total"] = totals[c]
-            vals = chan[mem_sel]
             thr = thresholds[m]
             if completeness_method == "sectors":
-                sec_sum = np.bincount(key, weights=vals, minlength=n * n_sectors)
+                sec_sum = sec_all[:, k]
                 stained = (sec_count > 0) & (sec_sum > thr * sec_count)
                 pos = stained.reshape(n, n_sectors).sum(axis=1)
                 compl = np.where(occupied > 0, pos / occupied, np.nan)
                 st_sum = (sec_sum * stained).reshape(n, n_sectors).sum(axis=1)
                 st_cnt = (sec_count * stained).reshape(n, n_sectors).sum(axis=1)
             else:
+                vals = ab_flat[mem_sel, k].astype(np.float64)
                 hit = vals > thr
                 pos = np.bincount(mem_cell - 1, weights=hit.astype(np.float64), minlength=n)
                 compl = np.where(careas["membrane"] > 0, pos / careas["membrane"], np.nan)
