@@ -390,3 +390,17 @@ def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibrat
     assert sel["n_scored"] == int(inside.sum()) and 0 < sel["n_scored"] < len(cells)
     assert res.her2.n_cells == int(inside.sum())
     assert res.summary["her2"]["n_cells"] == int(inside.sum())
+    # annotations that miss every cell: nothing scored, and the summary says so (the tiles
+    # are reused: regions select cells after the analysis, outside the run fingerprint)
+    far = tmp_path / "far.geojson"
+    ring = [[5000, 5000], [5100, 5000], [5100, 5100], [5000, 5100], [5000, 5000]]
+    far.write_text(json.dumps({"type": "Feature", "properties": {},
+                               "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+    res = analyze_slide(slide.path, PANEL, tmp_path / "reg", tile=512, scheduler="synchronous",
+                        progress=False, write_unmixed=False, outlines=False,
+                        her2_calibration=calibration, regions=far)
+    assert res.summary["n_tiles_resumed"] == res.summary["n_tiles"]
+    assert res.summary["scored_cells"]["n_scored"] == 0 and res.her2 is None
+    assert "none of the" in res.summary["scored_cells"]["warning"]
+    with pytest.raises(InputError, match="needs a regions file"):
+        analyze_slide(slide.path, PANEL, tmp_path / "reg2", region_class="Tumor")

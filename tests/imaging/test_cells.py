@@ -103,6 +103,14 @@ def test_expand_cells_keeps_ids_and_contains_nuclei():
     assert (cells > 0).sum() > (truth > 0).sum()
 
 
+def test_expand_cells_refuses_non_finite_membrane():
+    _, truth = touching_nuclei()
+    memb = np.zeros(truth.shape)
+    memb[3, 4] = np.nan
+    with pytest.raises(InputError, match="1 NaN or infinite"):
+        expand_cells(truth, membrane_image=memb, membrane_scale=1.0)
+
+
 def test_compartments_partition_cells_and_membrane_width():
     nuc = np.zeros((60, 60), dtype=np.int32)
     nuc[disk((30, 30), 5)] = 4

@@ -63,3 +63,57 @@ def test_region_errors_name_the_file_and_feature(tmp_path):
         read_regions(p, region_class="Necrosis")
     with pytest.raises(InputError, match="cannot read"):
         read_regions(tmp_path / "missing.geojson")
+
+
+def test_edges_are_shared_out_whatever_the_ring_orientation(tmp_path):
+    """Half-open crossing rule: abutting squares split their common edge, and a square and
+    its reversed copy agree on every boundary point (matplotlib's contains_points does not)."""
+    cw = _square(0, 0, 10, 10)
+    ccw = cw[::-1]
+    right = _square(10, 0, 20, 10)[::-1]
+    pts_x = np.array([0, 10, 5, 5, 10, 0, 20, 15])
+    pts_y = np.array([5, 5, 0, 10, 0, 0, 5, 10])
+    got = {}
+    for name, ring in (("cw", cw), ("ccw", ccw), ("right", right)):
+        p = _write(tmp_path / f"{name}.geojson", [_feat({"type": "Polygon", "coordinates": [ring]})])
+        got[name] = read_regions(p).contains(pts_x, pts_y)
+    assert got["cw"].tolist() == got["ccw"].tolist()
+    # left and top (small y) edges in, right and bottom out
+    assert got["cw"].tolist() == [True, False, True, False, False, True, False, False]
+    shared = (pts_x == 10) & (pts_y < 10)
+    assert np.all(got["cw"][shared] ^ got["right"][shared])  # exactly one of the two
+    rng = np.random.default_rng(0)  # random points on the integer grid: never in both
+    x, y = rng.integers(-2, 23, 2000), rng.integers(-2, 13, 2000)
+    p = _write(tmp_path / "two.geojson", [_feat({"type": "Polygon", "coordinates": [cw]}),
+                                          _feat({"type": "Polygon", "coordinates": [right]})])
+    a = read_regions(tmp_path / "cw.geojson").contains(x, y)
+    b = read_regions(tmp_path / "right.geojson").contains(x, y)
+    assert not np.any(a & b)
+    assert np.array_equal(read_regions(p).contains(x, y), a | b)
+    inner = (x >= 0) & (x < 20) & (y >= 0) & (y < 10)
+    assert np.array_equal(a | b, inner)
+
+
+def test_cells_and_detections_are_not_regions(tmp_path):
+    """A QuPath export of all objects holds cell polygons classified like the annotation."""
+    cell = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [_square(500, 500, 510, 510)]},
+            "properties": {"objectType": "cell", "classification": {"name": "Tumor"}}}
+    old = {"type": "Feature", "id": "PathDetectionObject",
+           "geometry": {"type": "Polygon", "coordinates": [_square(600, 600, 610, 610)]},
+           "properties": {"classification": {"name": "Tumor"}}}
+    p = _write(tmp_path / "all.geojson", [
+        _feat({"type": "Polygon", "coordinates": [_square(0, 0, 100, 100)]}, "Tumor"), cell, old])
+    reg = read_regions(p, region_class="Tumor")
+    assert reg.to_dict()["n_polygons"] == 1
+    assert reg.contains([505, 605, 50], [505, 605, 50]).tolist() == [False, False, True]
+    only = _write(tmp_path / "cells.geojson", [cell])
+    with pytest.raises(InputError, match="1 of them cells or detections"):
+        read_regions(only)
+
+
+def test_derived_qupath_class_names(tmp_path):
+    f = _feat({"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]})
+    f["properties"]["classification"] = {"names": ["Tumor", "Positive"], "color": [1, 2, 3]}
+    p = _write(tmp_path / "d.geojson", [f])
+    reg = read_regions(p, region_class="Tumor: Positive")
+    assert reg.to_dict()["classes"] == ["Tumor: Positive"]

@@ -213,6 +213,29 @@ def test_her2_single_intense_cell_is_not_a_slide_2plus():
     assert literal.category == "2+" and "(1 cells)" in literal.rule
 
 
+def test_her2_intense_cells_below_the_unusual_floor_are_never_null():
+    # 1 % intense complete (at the 1 % floor) and nothing else: not 2+ by default, but these
+    # are not null-population noise either: 0 with the ultralow flag, cells named for review
+    df = her2_cells((100, "intense", True), n_total=10_000)
+    for ulp in (None, 5.0):
+        s = score_her2(df, CAL, ultralow_min_percent=ulp)
+        assert s.category == "0" and s.her2_ultralow, s.rule
+        assert "(100 cells)" in s.rule and "review" in s.rule
+
+
+def test_her2_nan_cells_are_omitted_on_request():
+    df = her2_cells((20, "intense", True))
+    df.loc[[0, 50], "HER2_membrane_mean"] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        score_her2(df, CAL)
+    s = score_her2(df, CAL, nan_policy="omit")
+    assert s.n_cells == 98 and s.category == "3+"
+    assert s.percent_intense_complete == pytest.approx(100 * 19 / 98)
+    df["HER2_membrane_mean"] = np.nan
+    with pytest.raises(InputError, match="no cells"):
+        score_her2(df, CAL, nan_policy="omit")
+
+
 def test_her2_ultralow_floor_and_total_load_with_stained_mean():
     df = her2_cells((4, "faint", False))
     assert score_her2(df, CAL).her2_ultralow  # explicit cut-offs: no null floor

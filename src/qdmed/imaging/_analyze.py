@@ -28,6 +28,9 @@ from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._panel import Panel
 
 CELL_ID_STRIDE = 1_000_000
+#: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
+#: bump it when they change, so a resumed run never mixes tiles written by another version.
+TILE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,8 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
                 sizes += st.st_size
                 newest = max(newest, st.st_mtime)
         ident = [sizes, newest]
-    doc = {"path": str(path.resolve()), "ident": ident, "panel": panel.to_yaml_dict(),
+    doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": ident,
+           "panel": panel.to_yaml_dict(),
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px,
            "outlines": bool(outlines)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -430,6 +434,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     t0 = time.perf_counter()
     path = Path(path)
     reg = None
+    if regions is None and region_class is not None:
+        raise InputError(f"region_class={region_class!r} needs a regions file (GeoJSON "
+                         "annotations, --regions); none was given.")
     if regions is not None:
         from qdmed.imaging._regions import read_regions
 
@@ -522,6 +529,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     selection = {"cells": "all segmented cells (no tumour region given)" if reg is None else
                  "cells whose centroid lies in the regions", "n_scored": int(len(scored_cells)),
                  "regions": None if reg is None else reg.to_dict()}
+    if reg is not None and len(cells) and not len(scored_cells):
+        selection["warning"] = (f"none of the {len(cells)} cells lies in the regions: nothing "
+                                "was scored (do the annotations belong to this slide?)")
     her2 = None
     if her2_calibration is not None and len(scored_cells):
         from qdmed.imaging._scoring import score_her2

@@ -419,6 +419,9 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     memb = _image2d("membrane_image", membrane_image)
     if memb.shape != lab.shape:
         raise InputError(f"membrane_image has shape {memb.shape} but nuclei have {lab.shape}")
+    if not np.all(np.isfinite(memb)):
+        raise InputError(f"membrane_image has {int(np.sum(~np.isfinite(memb)))} NaN or "
+                         "infinite pixels; accepted: finite values (fill or mask them first).")
     reach_px = _positive("max_expansion_um", max_expansion_um) / px
     if not lab.any():
         return lab.copy()

@@ -16,6 +16,7 @@ References
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +37,34 @@ class Regions:
     classes: tuple
 
     def contains(self, x, y) -> np.ndarray:
-        """Boolean per point: inside some polygon and outside its holes (QuPath x, y)."""
-        from matplotlib.path import Path as MplPath
+        """Boolean per point: inside some polygon and outside its holes (QuPath x, y).
 
-        pts = np.column_stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)])
-        inside = np.zeros(len(pts), dtype=bool)
+        Even-odd crossing rule with half-open edges (W. R. Franklin's PNPOLY; E. Haines,
+        "Point in polygon strategies", Graphics Gems IV, 1994, pp. 24-46,
+        doi:10.1016/B978-0-12-336156-1.50013-6): a point on an edge is inside when the
+        polygon lies on the edge's larger-x or larger-y side (the left and top edges of a
+        square in image coordinates, not its right and bottom ones), whatever the ring
+        orientation, so abutting annotations share out their common edges: every point is
+        in exactly one of them (tested). Written here because matplotlib's ``contains_points`` puts edge
+        points in or out by ring orientation (clockwise and counter-clockwise copies of one
+        square disagree) and scipy/scikit-image offer no polygon test for points.
+        """
+        px = np.ascontiguousarray(np.asarray(x, dtype=float).ravel())
+        py = np.ascontiguousarray(np.asarray(y, dtype=float).ravel())
+        if px.shape != py.shape:
+            raise InputError(f"x and y must have the same length; got {px.size} and {py.size}.")
+        inside = np.zeros(px.size, dtype=bool)
+        kernel = _pnpoly_kernel()
         for rings in self.polygons:
-            hit = MplPath(rings[0]).contains_points(pts)
-            for hole in rings[1:]:
-                hit &= ~MplPath(hole).contains_points(pts)
-            inside |= hit
+            ext = rings[0]
+            sel = np.flatnonzero((px >= ext[:, 0].min()) & (px <= ext[:, 0].max())
+                                 & (py >= ext[:, 1].min()) & (py <= ext[:, 1].max()) & ~inside)
+            if sel.size == 0:
+                continue
+            e = _edges(rings)
+            hit = np.zeros(sel.size, dtype=bool)
+            kernel(px[sel], py[sel], e[0], e[1], e[2], e[3], hit)
+            inside[sel[hit]] = True
         return inside
 
     def contains_cells(self, cells) -> np.ndarray:
@@ -57,6 +76,82 @@ class Regions:
     def to_dict(self) -> dict:
         return {"source": self.source, "n_polygons": len(self.polygons),
                 "classes": sorted({c for c in self.classes if c})}
+
+
+def _edges(rings) -> tuple[np.ndarray, ...]:
+    """Edges of all rings of a polygon as (x1, y1, x2, y2) with y1 <= y2 (canonical order:
+    the crossing abscissa is then computed identically whatever the ring orientation)."""
+    x1, y1, x2, y2 = [], [], [], []
+    for r in rings:
+        a, b = r, np.roll(r, -1, axis=0)  # closing edge included; a repeated closing vertex
+        swap = b[:, 1] < a[:, 1]          # gives a zero-length edge, which never crosses
+        lo = np.where(swap[:, None], b, a)
+        hi = np.where(swap[:, None], a, b)
+        x1.append(lo[:, 0])
+        y1.append(lo[:, 1])
+        x2.append(hi[:, 0])
+        y2.append(hi[:, 1])
+    return tuple(np.ascontiguousarray(np.concatenate(v)) for v in (x1, y1, x2, y2))
+
+
+_KERNEL: list = []
+_LOCK = threading.Lock()
+
+
+def _pnpoly_kernel():
+    with _LOCK:
+        if not _KERNEL:
+            from numba import njit
+
+            @njit(cache=False, nogil=True)
+            def pnpoly(px, py, x1, y1, x2, y2, out):  # pragma: no cover - runs compiled
+                for i in range(px.shape[0]):
+                    x = px[i]
+                    y = py[i]
+                    c = False
+                    for e in range(x1.shape[0]):
+                        if (y1[e] > y) != (y2[e] > y):  # half-open in y
+                            xi = x1[e] + (y - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
+                            if x < xi:
+                                c = not c
+                    out[i] = c
+                return out
+
+            _KERNEL.append(pnpoly)
+        return _KERNEL[0]
+
+
+#: QuPath object types that delimit regions; others (cell, detection, tile) are skipped.
+#: A feature without a type is taken as a region (plain GeoJSON from other tools).
+_REGION_TYPES = ("annotation", "tma_core", None)
+_QUPATH_CLASSES = {"PathAnnotationObject": "annotation", "PathCellObject": "cell",
+                   "PathDetectionObject": "detection", "PathTileObject": "tile",
+                   "TMACoreObject": "tma_core"}
+
+
+def _object_type(feature: dict, props: dict) -> str | None:
+    """QuPath >= 0.4 writes ``properties.objectType`` ('annotation', 'cell', ...); 0.2-0.3
+    wrote the Java class as the feature ``id`` (e.g. 'PathAnnotationObject')."""
+    t = props.get("objectType", feature.get("objectType"))
+    if isinstance(t, str):
+        return t.lower()
+    fid = feature.get("id")
+    return _QUPATH_CLASSES.get(fid) if isinstance(fid, str) else None
+
+
+def _class_name(cls) -> str | None:
+    """Classification name; QuPath writes a derived class ("Tumor: Positive") as
+    ``{"names": ["Tumor", "Positive"]}`` and a simple one as ``{"name": "Tumor"}``."""
+    if isinstance(cls, str):
+        return cls
+    if not isinstance(cls, dict):
+        return None
+    if isinstance(cls.get("name"), str):
+        return cls["name"]
+    names = cls.get("names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return ": ".join(names)
+    return None
 
 
 def _ring(coords, where: str) -> np.ndarray:
@@ -98,13 +193,18 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         raise FileFormatError(f"{p}: expected a GeoJSON FeatureCollection, Feature or a list of "
                               "Features")
     polys, classes = [], []
+    skipped = 0
     for i, f in enumerate(feats):
         where = f"{p}: feature {i}"
         if not isinstance(f, dict):
             raise FileFormatError(f"{where} is not an object")
         props = f.get("properties") or {}
-        cls = props.get("classification") or {}
-        name = cls.get("name") if isinstance(cls, dict) else (cls if isinstance(cls, str) else None)
+        if not isinstance(props, dict):
+            raise FileFormatError(f"{where}: 'properties' is not an object")
+        if _object_type(f, props) not in _REGION_TYPES:
+            skipped += 1
+            continue  # cells, detections, tiles: objects, not regions
+        name = _class_name(props.get("classification"))
         if region_class is not None and name != region_class:
             continue
         geom = f.get("geometry") or {}
@@ -124,6 +224,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             classes.append(name)
     if not polys:
         what = f" classified {region_class!r}" if region_class is not None else ""
+        extra = (f", {skipped} of them cells or detections, which are not regions"
+                 if skipped else "")
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
-                         f"with ({len(feats)} features read).")
+                         f"with ({len(feats)} features read{extra}).")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes))

@@ -821,7 +821,8 @@ def score_her2(
     6. otherwise 0; HER2-ultralow when ``ultralow_min_percent`` < stained <=
        ``percent_cutoff`` (faint incomplete staining in > 0 and <= 10 %, the
        DESTINY-Breast06 entry criterion, Bardia et al. 2024, read above the calibration's
-       noise floor), HER2-null otherwise.
+       noise floor) or when any cell is intense and complete (at most
+       ``intense_min_percent`` %: named in the rule text for review), HER2-null otherwise.
 
     HER2-low = 1+, or 2+ with ISH not amplified (Modi et al. 2022): ``her2_low`` is None for
     2+ until the reflex ISH is known.
@@ -861,8 +862,8 @@ def score_her2(
         if mask.shape != (len(df),):
             raise InputError(f"cell_mask must have one boolean per cell ({len(df)}); got shape {mask.shape}.")
         df = df[mask]
-    inten = _values(df, icol, nan_policy)
-    keep = ~np.isnan(inten)
+    inten = _values(df, icol, "propagate" if nan_policy == "omit" else nan_policy)
+    keep = ~np.isnan(inten)  # 'raise' has raised on NaN; 'omit' drops those cells here
     df = df[keep]
     inten = inten[keep]
     n = inten.size
@@ -896,6 +897,14 @@ def score_her2(
         cat, rule = "2+", f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %"
     elif p_stained > pc:
         cat, rule = "1+", f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
+    elif p_ic > 0:
+        # intense complete cells below the unusual-2+ floor are not null-population noise
+        # (the noise floor is about faint readings): never call such a slide HER2-null
+        n_ic = int(np.count_nonzero((klass == 3) & complete))
+        cat, rule = "0", (f"membrane staining in {p_stained:.1f} % <= {pc:g} % of cells, "
+                          f"including intense complete staining in {p_ic:.2f} % ({n_ic} cells), "
+                          f"at or below the {imp:g} % floor of the unusual 2+ pattern: review "
+                          "these cells (ultralow)")
     elif p_stained > ulp:
         cat, rule = "0", (f"membrane staining (at least faint) in {p_stained:.1f} % <= {pc:g} % "
                           f"of cells, above the {ulp:g} % null noise floor (ultralow)")
@@ -935,7 +944,7 @@ def score_her2(
         result=result,
         rule=rule,
         her2_low=None if cat == "2+" else cat == "1+",
-        her2_ultralow=cat == "0" and p_stained > ulp,
+        her2_ultralow=cat == "0" and (p_stained > ulp or p_ic > 0),
         ish_reflex=cat == "2+",
         n_cells=int(n),
         percent_intense_complete=p_ic,
