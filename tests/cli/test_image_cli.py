@@ -32,6 +32,22 @@ def test_simulate_analyze_cohort(tmp_path):
     status = {row["slide"]: row["status"] for row in c["slides"]}
     assert status == {"a.ome.tif": "ok", "broken.ome.tif": "failed"}
     assert (tmp_path / "co" / "cells.parquet").exists()
+    # per-slide tumour annotations (<stem>.geojson): scored on the cells inside them (the
+    # left half here); tiles are reused from the run above
+    regs = tmp_path / "regions"
+    regs.mkdir()
+    ring = [[0, 0], [256, 0], [256, 512], [0, 512], [0, 0]]
+    (regs / "a.geojson").write_text(json.dumps({"type": "Feature", "geometry": {
+        "type": "Polygon", "coordinates": [ring]}, "properties": {"objectType": "annotation"}}))
+    r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
+            "--no-progress", "--json", "--regions-dir", str(regs))
+    assert r.returncode == 0, r.stderr
+    rows = {row["slide"]: row for row in json.loads(r.stdout)["slides"]}
+    assert rows["a.ome.tif"]["status"] == "ok"
+    assert 0 < rows["a.ome.tif"]["n_scored"] < rows["a.ome.tif"]["n_cells"]
+    r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--region-class",
+            "Tumor", "--no-progress")
+    assert r.returncode == 2 and "needs a regions folder" in r.stderr
 
 
 def test_calibrate_gates_then_analyze(tmp_path):

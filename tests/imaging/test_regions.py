@@ -117,3 +117,13 @@ def test_derived_qupath_class_names(tmp_path):
     p = _write(tmp_path / "d.geojson", [f])
     reg = read_regions(p, region_class="Tumor: Positive")
     assert reg.to_dict()["classes"] == ["Tumor: Positive"]
+
+
+def test_geometry_collection_members_are_regions(tmp_path):
+    geom = {"type": "GeometryCollection", "geometries": [
+        {"type": "LineString", "coordinates": [[0, 0], [5, 5]]},
+        {"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]},
+        {"type": "MultiPolygon", "coordinates": [[_square(20, 0, 30, 10)]]}]}
+    reg = read_regions(_write(tmp_path / "gc.geojson", [_feat(geom, "Tumor")]), "Tumor")
+    assert reg.to_dict()["n_polygons"] == 2
+    assert reg.contains([5, 15, 25], [5, 5, 5]).tolist() == [True, False, True]

@@ -92,7 +92,9 @@ def test_breast_phenotypes():
     )
     gates = {"HER2": MarkerGate("membrane", 1.0), "ER": ("nucleus", 1.0), "PR": ("nucleus", 1.0)}
     got = phenotype(df, "breast", gates=gates).tolist()
-    assert got == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "luminal HER2-", "triple negative", "triple negative"]
+    # a NaN (empty nucleus compartment) is neither positive nor negative: not triple negative
+    assert got == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "luminal HER2-", "triple negative", "unmeasured"]
+    assert phenotype(df, "breast", gates=gates, unmeasured="n/a").tolist()[-1] == "n/a"
     assert list(BREAST_RULES) == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "triple negative"]
 
 

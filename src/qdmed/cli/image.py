@@ -312,6 +312,8 @@ def cohort(
     scheduler: Annotated[str | None, typer.Option("--scheduler")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
+    regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of GeoJSON annotations, one per slide (<slide stem>.geojson): score only the cells inside them.")] = None,
+    region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -321,14 +323,15 @@ def cohort(
     her2, gates = _calibration(calibration)
     res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
-                         progress=not no_progress)
+                         progress=not no_progress, regions_dir=regions_dir,
+                         region_class=region_class)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:
             raise typer.Exit(2)
         return None
-    print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "her2_category",
-                                                   "message"])
+    print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
+                                                   "her2_category", "message"])
     typer.echo(f"cohort table: {res['cells']}")
     if res["n_ok"] == 0:
         raise typer.Exit(2)

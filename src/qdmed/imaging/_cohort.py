@@ -31,17 +31,41 @@ def slide_stem(name: str) -> str:
     return name
 
 
+def regions_file(regions_dir, slide_name: str) -> Path | None:
+    """The annotation file of a slide in ``regions_dir``: ``<stem>.geojson`` or
+    ``<stem>.json`` (QuPath's export names), None if neither exists."""
+    stem = slide_stem(slide_name)
+    for suf in (".geojson", ".json"):
+        p = Path(regions_dir) / f"{stem}{suf}"
+        if p.is_file():
+            return p
+    return None
+
+
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
-                   her2_calibration=None, gates=None, progress=True) -> dict:
+                   her2_calibration=None, gates=None, progress=True, regions_dir=None,
+                   region_class: str | None = None) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
-    ``slide``)."""
+    ``slide``).
+
+    With ``regions_dir``, each slide is scored only on the cells inside its annotations,
+    ``<regions_dir>/<slide stem>.geojson`` (or ``.json``), optionally only those of class
+    ``region_class`` (see :func:`qdmed.imaging.analyze_slide`); a slide without such a file
+    is reported as failed rather than scored on all its cells, so that every score of the
+    cohort refers to the same kind of selection."""
     import pandas as pd
 
     from qdmed.imaging._analyze import analyze_slide, start_client
     from qdmed.imaging._report import write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
+    if regions_dir is None and region_class is not None:
+        raise InputError(f"region_class={region_class!r} needs a regions folder "
+                         "(--regions-dir); none was given.")
+    if regions_dir is not None and not Path(regions_dir).is_dir():
+        raise InputError(f"regions folder {str(regions_dir)!r} does not exist or is not a "
+                         "folder")
     slides = find_slides(folder)
     if not slides:
         raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
@@ -60,11 +84,21 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
                        "message": ""}
                 try:
+                    reg = None
+                    if regions_dir is not None:
+                        reg = regions_file(regions_dir, sp.name)
+                        if reg is None:
+                            raise InputError(f"no annotation file {stem}.geojson (or .json) "
+                                             f"in {regions_dir}")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
-                                        client=client, gates=gates)
+                                        client=client, gates=gates, regions=reg,
+                                        region_class=region_class)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
+                    row["n_scored"] = res.summary["scored_cells"]["n_scored"]
+                    if res.summary["scored_cells"].get("warning"):
+                        row["message"] = res.summary["scored_cells"]["warning"]
                     if res.summary["her2"]:
                         row["her2_category"] = res.summary["her2"]["category"]
                         row["her2_low"] = res.summary["her2"]["her2_low"]
@@ -94,7 +128,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()
-    cols = ["slide", "status", "n_cells", "her2_category", "message"]
+    cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "message"]
     table = pd.DataFrame(rows)
     table = table.reindex(columns=cols + [c for c in table.columns if c not in cols])
     table.to_csv(buf, index=False)

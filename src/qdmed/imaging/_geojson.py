@@ -12,7 +12,7 @@ qdmed writes, per cell: a deterministic UUID (uuid5 of the slide name and the ce
 re-run gives the same ids), ``name`` and ``metadata.cell_id`` = the ``cell_id`` of
 cells.parquet (the join key), the nucleus outline, the cell's area and the mean of every
 component in the compartment where it is scored as measurements, and, once the slide is
-scored, its per-cell HER2 category (or phenotype) as the classification.
+scored, its per-cell HER2 category as the classification.
 
 Outlines are star-shaped polygons: in each of ``n_vertices`` angular sectors about the
 centroid, the boundary pixel farthest from it, moved outwards along the ray by the radial

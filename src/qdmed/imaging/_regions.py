@@ -154,6 +154,25 @@ def _class_name(cls) -> str | None:
     return None
 
 
+def _polygons(geom, where: str) -> list:
+    """Polygon coordinate lists of a geometry: a Polygon, the parts of a MultiPolygon, and
+    those of a GeometryCollection's members (QuPath writes one when an annotation mixes
+    areas and lines); points and lines select nothing."""
+    if not isinstance(geom, dict):
+        raise FileFormatError(f"{where}: 'geometry' is not an object")
+    kind, coords = geom.get("type"), geom.get("coordinates")
+    if kind == "GeometryCollection":
+        members = geom.get("geometries")
+        if not isinstance(members, list):
+            raise FileFormatError(f"{where}: GeometryCollection 'geometries' must be a list")
+        return [p for g in members for p in _polygons(g, where)]
+    if kind not in ("Polygon", "MultiPolygon"):
+        return []
+    if not isinstance(coords, list):
+        raise FileFormatError(f"{where}: {kind} coordinates must be a list")
+    return [coords] if kind == "Polygon" else coords
+
+
 def _ring(coords, where: str) -> np.ndarray:
     try:
         a = np.asarray(coords, dtype=float)
@@ -207,17 +226,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         name = _class_name(props.get("classification"))
         if region_class is not None and name != region_class:
             continue
-        geom = f.get("geometry") or {}
-        kind, coords = geom.get("type"), geom.get("coordinates")
-        if kind == "Polygon":
-            parts = [coords]
-        elif kind == "MultiPolygon":
-            parts = coords
-        else:
-            continue  # points, lines: nothing to select cells with
-        if not isinstance(parts, list):
-            raise FileFormatError(f"{where}: {kind} coordinates must be a list")
-        for j, poly in enumerate(parts):
+        for j, poly in enumerate(_polygons(f.get("geometry") or {}, where)):
             if not isinstance(poly, list) or not poly:
                 raise FileFormatError(f"{where}: polygon {j} has no rings")
             polys.append(tuple(_ring(r, f"{where}, polygon {j}") for r in poly))

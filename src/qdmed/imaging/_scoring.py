@@ -320,7 +320,8 @@ BREAST_RULES = MappingProxyType(
 )
 
 
-def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, MarkerGate], default: str = "other"):
+def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, MarkerGate], default: str = "other",
+              unmeasured: str = "unmeasured"):
     """Assign each cell the first phenotype whose marker rule it satisfies.
 
     Parameters
@@ -333,6 +334,10 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
         Positivity gate of each marker used by the rules; thresholds are yours to set.
     default : str
         Label of cells matching no rule.
+    unmeasured : str
+        Label of cells with a NaN value (an empty compartment) for any marker the rules use:
+        such a cell is neither positive nor negative, so it is not, e.g., triple negative
+        (the same cells are left out of :func:`score_positivity`'s percentages).
 
     Returns
     -------
@@ -376,9 +381,12 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
             cache[marker] = np.asarray(
                 score_positivity(cells_df, marker=marker, compartment=g.compartment, threshold=g.threshold, statistic=g.statistic)
             )
+            col = _column(cells_df, marker, g.compartment, g.statistic)
+            nan_any[:] |= np.isnan(np.asarray(cells_df[col], dtype=np.float64))
         return cache[marker]
 
     n = len(cells_df)
+    nan_any = np.zeros(n, dtype=bool)
     out = np.full(n, default, dtype=object)
     assigned = np.zeros(n, dtype=bool)
     for name, rule in rules.items():
@@ -394,6 +402,7 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
         new = match & ~assigned
         out[new] = name
         assigned |= new
+    out[nan_any] = unmeasured
     return pd.Series(out, index=cells_df.index, name="phenotype")
 
 
