@@ -32,3 +32,22 @@ def test_no_cells():
     flat = np.zeros(16, np.int64)
     code = np.zeros(16, np.int8)
     assert compartment_totals(ab, flat, code, 0).shape == (0, 3, 2)
+
+
+def test_compiled_tiebreak_and_reach_trim_equal_numpy():
+    from qdmed.imaging._cells import (
+        _global_tiebreak,
+        _tiebreak_numpy,
+        _trim_reach,
+        _trim_reach_numpy,
+    )
+
+    for shape, off in (((37, 53), (0, 0)), ((20, 9), (-5, 2**33 + 7)), ((1, 1), (4096, 77))):
+        assert np.array_equal(_global_tiebreak(shape, off), _tiebreak_numpy(shape, off))
+    rng = np.random.default_rng(3)
+    lab = np.zeros((80, 90), np.int32)
+    lab[rng.integers(0, 80, 40), rng.integers(0, 90, 40)] = rng.integers(1, 12, 40)
+    out = rng.integers(0, 12, (80, 90)).astype(np.int32)
+    out[out == 11] = 0
+    for reach in (0.5, 3.0, 20.0):
+        assert np.array_equal(_trim_reach(lab, out, reach), _trim_reach_numpy(lab, out, reach))
