@@ -164,6 +164,30 @@ def test_gpu_without_cupy_raises():
         unmix_nnls(y, a, device="gpu")
 
 
+def test_gpu_path_runs_the_array_module_generic_algorithm(monkeypatch):
+    """No GPU here: a stand-in 'cupy' (numpy under another name, with asnumpy) exercises the
+    device='gpu' code path, which must use only the array module it is given."""
+    import sys
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    calls = []
+
+    def asnumpy(a):
+        calls.append(a.shape)
+        return np.asarray(a)
+
+    fake.asnumpy = asnumpy
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    a, _, y = realistic(500, seed=4)
+    x = unmix_nnls(y, a, device="gpu")
+    assert calls == [(500, a.shape[1])]
+    assert np.allclose(x, unmix_nnls(y, a, method="numpy"), rtol=0, atol=1e-12)
+    with pytest.raises(InputError, match="unweighted"):
+        unmix_nnls(y, a, device="gpu", weights="poisson")
+
+
 @pytest.mark.parametrize("weights", ["poisson", "array"])
 def test_weighted_agrees_with_scipy_on_row_scaled_problem(weights):
     a, _, y = realistic(300, seed=7)

@@ -126,7 +126,8 @@ def write_slide_report(result, path=None) -> Path:
     if sel:
         src = (sel.get("regions") or {}).get("source")
         rep.paragraph(f"Scores use {sel['n_scored']} {sel['cells']}"
-                      + (f" ({Path(src).name})." if src else "."))
+                      + (f" ({Path(src).name})." if src else ".")
+                      + (f" Warning: {sel['warning']}." if sel.get("warning") else ""))
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
     rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
