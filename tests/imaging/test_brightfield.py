@@ -107,6 +107,15 @@ def test_score_dab_real_image(ihc):
     assert s.percent_0 < 60
     assert set(s.cells["dab_class"]) <= {"0", "1+", "2+", "3+"}
     json.dumps(s.to_dict())
+    # the ASCO/CAP rule used for QD signal, with the OD cut-offs as intensity classes: its
+    # per-cell intensity classes are the DAB classes of the membrane OD
+    h = s.her2
+    assert h.calibration.marker == "DAB" and s.to_dict()["her2"]["category"] == h.category
+    assert h.category in {"0", "1+", "2+", "3+"} and h.n_cells == s.n_cells
+    cls = {"none": "0", "faint": "1+", "weak_moderate": "2+", "intense": "3+"}
+    assert [cls[c] for c in h.cells["intensity_class"]] == s.cells["dab_class"].tolist()
+    assert h.percent_stained == pytest.approx(100 - s.percent_0)
+    assert score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), compartment="cell").her2 is None
     m = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), stain_matrix="macenko")
     assert 150 <= m.n_cells <= 450
     assert len(m.references) == 2

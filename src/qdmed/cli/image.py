@@ -370,3 +370,69 @@ def dab(
     d = sc.to_dict() if hasattr(sc, "to_dict") else {}
     return print_json(d) if json_ else print_kv("DAB IHC", {k: v for k, v in d.items()
                                                              if not isinstance(v, dict | list)})
+
+
+def _categories_csv(path: Path, key: str, column: str) -> tuple[dict, list]:
+    """{case: category} from a CSV, and the cases without a category (e.g. failed slides)."""
+    import pandas as pd
+
+    from qdmed.errors import FileFormatError, InputError
+
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
+    for col in (key, column):
+        if col not in df.columns:
+            raise InputError(f"{path}: no column {col!r}; columns: {list(df.columns)}")
+    dup = df[key][df[key].duplicated()].tolist()
+    if dup:
+        raise InputError(f"{path}: case(s) {dup[:5]} appear more than once in column {key!r}")
+    cats = {k: v.strip() for k, v in zip(df[key], df[column], strict=True)}
+    missing = [k for k, v in cats.items() if v == ""]
+    return {k: v for k, v in cats.items() if v != ""}, missing
+
+
+@app.command()
+def compare(
+    table_a: Annotated[Path, typer.Argument(help="CSV with one row per case, e.g. cohort.csv of `qdmed image cohort`.")],
+    table_b: Annotated[Path, typer.Argument(help="CSV of the other scoring (DAB IHC, a pathologist's reads).")],
+    key: Annotated[str, typer.Option("--key", help="Case column in both tables.")] = "slide",
+    column_a: Annotated[str, typer.Option("--column-a", help="HER2 category column of TABLE_A.")] = "her2_category",
+    column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B.")] = "her2_category",
+    name_a: Annotated[str, typer.Option("--name-a")] = "QD-IHC",
+    name_b: Annotated[str, typer.Option("--name-b")] = "DAB IHC",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of the cross-table.")] = None,
+    json_: JSON = False,
+):
+    """Case-by-case agreement of two HER2 scorings: cross-table, % agreement, Cohen's kappa."""
+    from qdmed.imaging import compare_her2
+    from qdmed.report import atomic_write_bytes, figure_png
+
+    a, miss_a = _categories_csv(table_a, key, column_a)
+    b, miss_b = _categories_csv(table_b, key, column_b)
+    common = [k for k in a if k in b]
+    keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
+    excluded = {"no category in " + name_a: miss_a, "no category in " + name_b: miss_b,
+                "only in " + name_a: sorted(keys_a - keys_b),
+                "only in " + name_b: sorted(keys_b - keys_a)}
+    res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
+                       method_a=name_a, method_b=name_b)
+    if plot is not None:
+        atomic_write_bytes(plot, figure_png(res.plot()))
+    d = res.to_dict()
+    d["excluded"] = {k: v for k, v in excluded.items() if v}
+    if json_:
+        return print_json(d)
+    print_kv(f"HER2 agreement: {name_a} vs {name_b}",
+             {k: d[k] for k in ("n_cases", "percent_agreement", "kappa", "kappa_linear",
+                                "kappa_quadratic", "percent_agreement_negative_positive",
+                                "percent_agreement_null_low")})
+    rows = [{name_a + " \\ " + name_b: c, **dict(zip(d["categories"], map(str, r), strict=True))}
+            for c, r in zip(d["categories"], d["table"], strict=True)]
+    print_table("cross-table", rows)
+    for why, cases in d["excluded"].items():
+        typer.echo(f"excluded ({why}): {', '.join(cases[:10])}" + (" ..." if len(cases) > 10 else ""))
+    return None

@@ -7,6 +7,7 @@ QD-stained tissue image is known, so tests and the demo use them (and scikit-ima
 DAB image for brightfield IHC).
 """
 
+from qdmed.imaging._agreement import HER2Agreement, compare_her2
 from qdmed.imaging._analyze import (
     AnalysisSettings,
     FieldAnalysis,
@@ -66,7 +67,8 @@ from qdmed.imaging._synthetic import (
 )
 
 __all__ = [
-    "AnalysisSettings", "DabScore", "FieldAnalysis", "HScore", "Her2Calibration", "Her2Score",
+    "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
+    "Her2Score", "compare_her2",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",

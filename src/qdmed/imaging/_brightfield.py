@@ -9,7 +9,7 @@ stain vectors either the published H-DAB ones or estimated from the image (Macen
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -282,6 +282,10 @@ class DabScore:
         :func:`measure_cells` table (markers ``hematoxylin``, ``DAB``) plus ``dab_class``.
     labels : (Y, X) ndarray of int32
         Cell labels.
+    her2 : Her2Score or None
+        ASCO/CAP 2018-style HER2 category of the image by :func:`score_her2` (the rule used
+        for QD signal) with the OD cut-offs as faint / weak-moderate / intense classes and
+        membrane completeness at ``t1``; None unless ``compartment='membrane'``, or no cells.
     """
 
     n_cells: int
@@ -296,10 +300,13 @@ class DabScore:
     cells: Any = field(repr=False, compare=False)
     labels: Any = field(repr=False, compare=False)
     references: tuple[str, ...] = (_REF_RUIFROK,)
+    her2: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("cells", "labels")}
+        d = {f.name: getattr(self, f.name) for f in fields(self)
+             if f.name not in ("cells", "labels", "her2")}
+        d["her2"] = None if self.her2 is None else self.her2.to_dict()
         d["od_cutoffs"] = list(d["od_cutoffs"])
         d["stain_matrix"] = [list(r) for r in d["stain_matrix"]]
         d["references"] = list(d["references"])
@@ -396,6 +403,14 @@ def score_dab(
     n = len(df)
     pct = 100.0 * np.bincount(klass, minlength=4) / n if n else np.full(4, np.nan)
     refs = (_REF_RUIFROK, _REF_MACENKO) if isinstance(stain_matrix, str) and stain_matrix == "macenko" else (_REF_RUIFROK,)
+    her2 = None
+    if compartment == "membrane" and n:
+        # the same ASCO/CAP rule as for QD signal, with the OD cut-offs as intensity classes
+        from qdmed.imaging._scoring import Her2Calibration, score_her2
+
+        cal = Her2Calibration(faint=t[0], weak_moderate=t[1], intense=t[2], marker="DAB",
+                              compartment="membrane", rule="explicit DAB OD cut-offs")
+        her2 = score_her2(df, cal, nan_policy="omit")
     return DabScore(
         n_cells=int(n),
         percent_0=float(pct[0]),
@@ -409,4 +424,5 @@ def score_dab(
         cells=df,
         labels=cells,
         references=refs,
+        her2=her2,
     )

@@ -1,0 +1,187 @@
+"""Agreement between two HER2 scorings of the same cases (QD-IHC against DAB IHC, qdmed
+against a pathologist, two calibrations), as method-comparison studies report it.
+
+QD-IHC papers compare their categories with conventional DAB IHC and FISH case by case
+(Chen C et al., Biomaterials 2009; Yang XQ et al., Int J Nanomedicine 2011: kappa 0.848
+against IHC; imaging reference, section 2.2): a cross-table of categories, the overall
+agreement, and Cohen's kappa, weighted for the ordered 0 < 1+ < 2+ < 3+ scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+from qdmed.imaging._scoring import HER2_CATEGORIES, _category, cohen_kappa
+from qdmed.report import to_jsonable
+
+__all__ = ["HER2Agreement", "compare_her2"]
+
+
+@dataclass(frozen=True)
+class HER2Agreement:
+    """Case-by-case agreement of two HER2 scorings.
+
+    Attributes
+    ----------
+    method_a, method_b : str
+        Names of the two scorings (rows and columns of ``table``).
+    cases : tuple of str
+        Case names, in input order.
+    a, b : tuple of str
+        Categories per case ('0', '1+', '2+', '3+').
+    table : tuple of tuples of int
+        4 x 4 cross-table, ``table[i][j]`` = cases scored ``HER2_CATEGORIES[i]`` by
+        ``method_a`` and ``HER2_CATEGORIES[j]`` by ``method_b``.
+    percent_agreement : float, %
+        Cases with the same category.
+    kappa, kappa_linear, kappa_quadratic : float
+        Cohen's kappa, unweighted and with linear / quadratic weights over the ordered scale
+        (NaN when undefined, e.g. every case in one category for both methods).
+    percent_agreement_negative_positive : float, %
+        Agreement on the clinical call negative (0, 1+) / equivocal (2+) / positive (3+).
+    percent_agreement_null_low : float, %
+        Agreement on 0 versus any staining (1+ or more), the distinction that decides
+        HER2-low therapy.
+    """
+
+    method_a: str
+    method_b: str
+    cases: tuple
+    a: tuple
+    b: tuple
+    table: tuple
+    percent_agreement: float
+    kappa: float
+    kappa_linear: float
+    kappa_quadratic: float
+    percent_agreement_negative_positive: float
+    percent_agreement_null_low: float
+    references: tuple = field(default=(
+        "Cohen J (1960). A coefficient of agreement for nominal scales. Educ Psychol Meas "
+        "20:37-46. doi:10.1177/001316446002000104",
+        "Cohen J (1968). Weighted kappa. Psychol Bull 70:213-220. doi:10.1037/h0026256",
+    ))
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.cases)
+
+    def disagreements(self) -> list[dict[str, str]]:
+        """Cases whose categories differ: ``[{case, a, b}]``."""
+        return [{"case": c, self.method_a: x, self.method_b: y}
+                for c, x, y in zip(self.cases, self.a, self.b, strict=True) if x != y]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in (
+            "method_a", "method_b", "percent_agreement", "kappa", "kappa_linear",
+            "kappa_quadratic", "percent_agreement_negative_positive",
+            "percent_agreement_null_low", "references")}
+        d["n_cases"] = self.n_cases
+        d["categories"] = list(HER2_CATEGORIES)
+        d["table"] = [list(r) for r in self.table]
+        d["disagreements"] = self.disagreements()
+        return to_jsonable(d)
+
+    def plot(self, ax=None):
+        """Cross-table as an annotated heat map (rows: method_a, columns: method_b)."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.2, 3.8))
+        t = np.asarray(self.table)
+        ax.imshow(t, cmap="Blues")
+        for i in range(4):
+            for j in range(4):
+                ax.text(j, i, str(t[i, j]), ha="center", va="center",
+                        color="white" if t[i, j] > t.max() / 2 else "black")
+        ax.set_xticks(range(4), HER2_CATEGORIES)
+        ax.set_yticks(range(4), HER2_CATEGORIES)
+        ax.set_xlabel(self.method_b)
+        ax.set_ylabel(self.method_a)
+        ax.set_title(f"{self.n_cases} cases: agreement {self.percent_agreement:.0f} %, "
+                     f"linear kappa {self.kappa_linear:.2f}", fontsize=9)
+        return ax.figure
+
+
+def _categories(name: str, values) -> list[str]:
+    out = []
+    for i, v in enumerate(values):
+        cat = getattr(v, "category", v)  # a Her2Score or a label
+        try:
+            out.append(_category(cat))
+        except InputError:
+            raise InputError(f"{name}: case {i} has HER2 category {cat!r}; accepted: "
+                             f"{list(HER2_CATEGORIES)} (also 0/1/2/3).") from None
+    return out
+
+
+def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequence, *,
+                 method_a: str = "QD-IHC", method_b: str = "DAB IHC") -> HER2Agreement:
+    """Agreement of two HER2 scorings of the same cases.
+
+    Parameters
+    ----------
+    a, b : mapping case -> category, or sequences in the same case order
+        Categories ('0', '1+', '2+', '3+', or 0-3) or :class:`Her2Score` objects. Mappings
+        are joined on their keys: both must hold the same cases.
+    method_a, method_b : str
+        Names for the table and the plot.
+
+    Returns
+    -------
+    HER2Agreement
+
+    Raises
+    ------
+    InputError
+        Different case sets or lengths (the missing cases named), fewer than 2 cases, or an
+        unknown category (case and value named).
+
+    Examples
+    --------
+    >>> r = compare_her2({"p1": "3+", "p2": "0", "p3": "1+"}, {"p1": "3+", "p2": "1+", "p3": "1+"})
+    >>> round(r.percent_agreement, 1), r.disagreements()
+    (66.7, [{'case': 'p2', 'QD-IHC': '0', 'DAB IHC': '1+'}])
+    """
+    if isinstance(a, Mapping) != isinstance(b, Mapping):
+        raise InputError("a and b must both be mappings case -> category or both sequences.")
+    if isinstance(a, Mapping):
+        only_a = sorted(set(map(str, a)) - set(map(str, b)))
+        only_b = sorted(set(map(str, b)) - set(map(str, a)))
+        if only_a or only_b:
+            raise InputError(f"the two scorings must cover the same cases; only in "
+                             f"{method_a}: {only_a[:10]}, only in {method_b}: {only_b[:10]}.")
+        cases = [str(k) for k in a]
+        bs = {str(k): v for k, v in b.items()}
+        va, vb = [a[k] for k in a], [bs[c] for c in cases]
+    else:
+        va, vb = list(a), list(b)
+        if len(va) != len(vb):
+            raise InputError(f"a and b must have one category per case; got {len(va)} and "
+                             f"{len(vb)}.")
+        cases = [str(i) for i in range(len(va))]
+    if len(cases) < 2:
+        raise InputError(f"agreement needs at least 2 cases; got {len(cases)}.")
+    ca, cb = _categories(method_a, va), _categories(method_b, vb)
+    ia = np.array([HER2_CATEGORIES.index(c) for c in ca])
+    ib = np.array([HER2_CATEGORIES.index(c) for c in cb])
+    table = np.zeros((4, 4), dtype=int)
+    np.add.at(table, (ia, ib), 1)
+    call = np.array([0, 0, 1, 2])  # negative / equivocal / positive
+
+    def kappa(w):
+        return float(cohen_kappa(ca, cb, weights=w, labels=HER2_CATEGORIES))
+
+    return HER2Agreement(
+        method_a=method_a, method_b=method_b, cases=tuple(cases), a=tuple(ca), b=tuple(cb),
+        table=tuple(tuple(int(v) for v in r) for r in table),
+        percent_agreement=float(100.0 * np.mean(ia == ib)),
+        kappa=kappa(None), kappa_linear=kappa("linear"), kappa_quadratic=kappa("quadratic"),
+        percent_agreement_negative_positive=float(100.0 * np.mean(call[ia] == call[ib])),
+        percent_agreement_null_low=float(100.0 * np.mean((ia == 0) == (ib == 0))),
+    )

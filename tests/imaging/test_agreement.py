@@ -1,0 +1,75 @@
+"""Case-by-case HER2 agreement (QD-IHC vs DAB IHC) and the `qdmed image compare` command."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import cohen_kappa, compare_her2
+
+
+def test_cross_table_agreement_and_kappas():
+    qd = {"p1": "3+", "p2": "0", "p3": "1+", "p4": "2+", "p5": "1+", "p6": "0"}
+    dab = {"p6": "0", "p1": "3+", "p2": "1+", "p3": "1+", "p4": "3+", "p5": "1+"}  # any order
+    r = compare_her2(qd, dab)
+    assert r.n_cases == 6 and r.cases == ("p1", "p2", "p3", "p4", "p5", "p6")
+    t = np.array(r.table)
+    assert t.sum() == 6 and np.trace(t) == 4
+    assert t[0, 1] == 1 and t[2, 3] == 1  # 0 vs 1+ (p2), 2+ vs 3+ (p4)
+    assert r.percent_agreement == pytest.approx(400 / 6)
+    a = [qd[c] for c in r.cases]
+    b = [dab[c] for c in r.cases]
+    labels = ["0", "1+", "2+", "3+"]
+    assert r.kappa == pytest.approx(cohen_kappa(a, b, labels=labels))
+    assert r.kappa_linear == pytest.approx(cohen_kappa(a, b, weights="linear", labels=labels))
+    # clinical calls: negative (0, 1+) / equivocal / positive: p4 differs
+    assert r.percent_agreement_negative_positive == pytest.approx(500 / 6)
+    assert r.percent_agreement_null_low == pytest.approx(500 / 6)  # p2: 0 vs 1+
+    assert [d["case"] for d in r.disagreements()] == ["p2", "p4"]
+    d = r.to_dict()
+    json.dumps(d)
+    assert d["table"] == [list(row) for row in r.table]
+    assert r.plot() is not None
+
+
+def test_perfect_agreement_and_numeric_labels():
+    r = compare_her2([0, 1, 2, 3, 3], ["0", "1+", "2+", "3+", "3+"])
+    assert r.percent_agreement == 100 and r.kappa == pytest.approx(1.0)
+    assert r.kappa_quadratic == pytest.approx(1.0)
+
+
+def test_compare_errors_name_the_cases():
+    with pytest.raises(InputError, match=r"only in QD-IHC: \['b'\]"):
+        compare_her2({"a": "0", "b": "1+"}, {"a": "0", "c": "1+"})
+    with pytest.raises(InputError, match="case 1 has HER2 category '4\\+'"):
+        compare_her2(["0", "4+"], ["0", "1+"])
+    with pytest.raises(InputError, match="at least 2"):
+        compare_her2(["0"], ["0"])
+    with pytest.raises(InputError, match="same length|one category per case"):
+        compare_her2(["0", "1+"], ["0"])
+
+
+def test_compare_cli(tmp_path):
+    a = tmp_path / "cohort.csv"
+    a.write_text("slide,status,her2_category\ns1,ok,3+\ns2,ok,0\ns3,failed,\ns4,ok,1+\ns5,ok,2+\n")
+    b = tmp_path / "dab.csv"
+    b.write_text("case,score\ns1,3+\ns2,1+\ns3,2+\ns4,1+\ns6,0\n")
+    args = [sys.executable, "-m", "qdmed", "image", "compare", str(a), str(b), "--column-b",
+            "score", "--plot", str(tmp_path / "x.png")]
+    r = subprocess.run([*args, "--json"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no column 'slide'" in r.stderr  # table b has 'case'
+    a2 = tmp_path / "dab2.csv"
+    a2.write_text(b.read_text().replace("case,", "slide,"))
+    args[6] = str(a2)
+    r = subprocess.run([*args, "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["n_cases"] == 3 and d["percent_agreement"] == pytest.approx(200 / 3)
+    assert d["excluded"] == {"no category in QD-IHC": ["s3"], "only in QD-IHC": ["s5"],
+                             "only in DAB IHC": ["s6"]}
+    assert (tmp_path / "x.png").stat().st_size > 1000
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0 and "cross-table" in r.stdout and "excluded" in r.stdout
