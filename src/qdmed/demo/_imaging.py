@@ -96,7 +96,14 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
                   "deconvolution, per-cell membrane DAB optical density (cut-offs 0.05 / 0.15 "
                   "/ 0.3 OD are illustrative).")
     rep.table({k: v for k, v in d.items() if not isinstance(v, dict | list)})
+    if dab.her2 is not None:
+        rep.paragraph(f"The same ASCO/CAP rule as for the QD signal, with the OD cut-offs as "
+                      f"intensity classes: {dab.her2.report()}. The image is scikit-image's "
+                      "FHL2 stain of colonic glands, not a HER2 stain: this shows the rule "
+                      "applied to DAB, not a HER2 result.")
     return {"slide": str(slide_path), "n_cells": int(len(cells)), "her2_category": h["category"],
             "her2_low": h["her2_low"], "kappa_vs_truth": kappa, "nucleus_f1": f1,
-            "dab_h_score": d.get("h_score"), "percent_positive": scored["percent_positive"],
+            "dab_h_score": d.get("h_score"),
+            "dab_her2_category": None if dab.her2 is None else dab.her2.category,
+            "percent_positive": scored["percent_positive"],
             "phenotypes": scored.get("phenotypes", {})}
