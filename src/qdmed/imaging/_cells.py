@@ -33,7 +33,6 @@ with ``c`` in ``nucleus, cytoplasm, membrane, cell``. Means over an empty compar
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ import numpy as np
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._cellsums import compartment_totals, sector_totals
 from qdmed.imaging._distance import distance_transform_edt
+from qdmed.imaging._jit import lazy_kernel, numba_available
 from qdmed.imaging._watershed import watershed
 
 __all__ = [
@@ -256,7 +256,7 @@ def _global_tiebreak(shape, offset) -> np.ndarray:
     # of the packed global coordinates: neighbours are uncorrelated. Coordinates wrap modulo
     # 2^32. One compiled pass (10x the numpy expression below on a 2048^2 tile, measured);
     # the numpy form is the reference and the fallback without numba (tested identical).
-    if _numba_ok():
+    if numba_available():
         out = np.empty(shape, dtype=np.float64)
         return _tiebreak_kernel()(int(offset[0]), int(offset[1]), out)
     return _tiebreak_numpy(shape, offset)
@@ -274,78 +274,62 @@ def _tiebreak_numpy(shape, offset) -> np.ndarray:
     return (v >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-_KERNELS: dict = {}
-_KERNEL_LOCK = threading.Lock()
-
-
-def _numba_ok() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return False
-    return True
-
-
+@lazy_kernel
 def _tiebreak_kernel():
-    with _KERNEL_LOCK:
-        if "tiebreak" not in _KERNELS:
-            from numba import njit
+    from numba import njit
 
-            @njit(cache=False, nogil=True)
-            def tiebreak(oy, ox, out):  # pragma: no cover - runs compiled
-                h, w = out.shape
-                m32 = np.uint64(0xFFFFFFFF)
-                scale = 1.0 / float(1 << 53)
-                for i in range(h):
-                    hi = (np.uint64(i + oy) & m32) << np.uint64(32)
-                    for j in range(w):
-                        v = hi | (np.uint64(j + ox) & m32)
-                        v += np.uint64(0x9E3779B97F4A7C15)
-                        v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-                        v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-                        v ^= v >> np.uint64(31)
-                        out[i, j] = np.float64(v >> np.uint64(11)) * scale
-                return out
+    @njit(cache=False, nogil=True)
+    def tiebreak(oy, ox, out):  # pragma: no cover - runs compiled
+        h, w = out.shape
+        m32 = np.uint64(0xFFFFFFFF)
+        scale = 1.0 / float(1 << 53)
+        for i in range(h):
+            hi = (np.uint64(i + oy) & m32) << np.uint64(32)
+            for j in range(w):
+                v = hi | (np.uint64(j + ox) & m32)
+                v += np.uint64(0x9E3779B97F4A7C15)
+                v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                v ^= v >> np.uint64(31)
+                out[i, j] = np.float64(v >> np.uint64(11)) * scale
+        return out
 
-            _KERNELS["tiebreak"] = tiebreak
-        return _KERNELS["tiebreak"]
+    return tiebreak
 
 
+@lazy_kernel
 def _trim_kernel():
-    with _KERNEL_LOCK:
-        if "trim" not in _KERNELS:
-            from numba import njit
+    from numba import njit
 
-            @njit(cache=False, nogil=True)
-            def trim(lab, out, limit):  # pragma: no cover - runs compiled
-                h, w = lab.shape
-                nb = 0
-                for i in range(h):
-                    for j in range(w):
-                        nb = max(nb, lab[i, j] + 1)
-                cnt = np.zeros(nb)
-                sy = np.zeros(nb)
-                sx = np.zeros(nb)
-                for i in range(h):
-                    for j in range(w):
-                        v = lab[i, j]
-                        cnt[v] += 1.0
-                        sy[v] += i
-                        sx[v] += j
-                res = out.copy()
-                for i in range(h):
-                    for j in range(w):
-                        o = out[i, j]
-                        if o <= 0 or o >= nb or cnt[o] == 0:
-                            continue  # labels with no nucleus pixel: NaN distance, kept
-                        d = np.hypot(i - sy[o] / cnt[o], j - sx[o] / cnt[o]) \
-                            - np.sqrt(cnt[o] / np.pi)
-                        if d > limit:
-                            res[i, j] = 0
-                return res
+    @njit(cache=False, nogil=True)
+    def trim(lab, out, limit):  # pragma: no cover - runs compiled
+        h, w = lab.shape
+        nb = 0
+        for i in range(h):
+            for j in range(w):
+                nb = max(nb, lab[i, j] + 1)
+        cnt = np.zeros(nb)
+        sy = np.zeros(nb)
+        sx = np.zeros(nb)
+        for i in range(h):
+            for j in range(w):
+                v = lab[i, j]
+                cnt[v] += 1.0
+                sy[v] += i
+                sx[v] += j
+        res = out.copy()
+        for i in range(h):
+            for j in range(w):
+                o = out[i, j]
+                if o <= 0 or o >= nb or cnt[o] == 0:
+                    continue  # labels with no nucleus pixel: NaN distance, kept
+                d = np.hypot(i - sy[o] / cnt[o], j - sx[o] / cnt[o]) \
+                    - np.sqrt(cnt[o] / np.pi)
+                if d > limit:
+                    res[i, j] = 0
+        return res
 
-            _KERNELS["trim"] = trim
-        return _KERNELS["trim"]
+    return trim
 
 
 def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um, offset=(0, 0)):
@@ -537,7 +521,7 @@ def _trim_reach(lab, out, reach_px):
     """Drop pixels farther than ``reach_px`` from their own nucleus (centroid distance minus
     equivalent radius); ``lab`` must hold small non-negative ids. One compiled pass per
     sum (the numpy form is the reference and the fallback; tested identical)."""
-    if _numba_ok():
+    if numba_available():
         return _trim_kernel()(np.ascontiguousarray(lab), np.ascontiguousarray(out),
                               float(reach_px) + 1.0)
     return _trim_reach_numpy(lab, out, reach_px)

@@ -12,17 +12,15 @@ bit-identical (tested).
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from qdmed.imaging._jit import lazy_kernel, numba_available
 
 __all__ = ["compartment_totals", "sector_totals"]
 
-_KERNELS: list = []
-_LOCK = threading.Lock()
 
-
-def _build():  # pragma: no cover - bodies run compiled
+@lazy_kernel
+def _kernels():  # pragma: no cover - bodies run compiled
     from numba import njit
 
     @njit(cache=False, nogil=True)
@@ -48,21 +46,6 @@ def _build():  # pragma: no cover - bodies run compiled
         return out
 
     return totals, sectors
-
-
-def _kernels():
-    with _LOCK:
-        if not _KERNELS:
-            _KERNELS.append(_build())
-        return _KERNELS[0]
-
-
-def _numba_ok() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return False
-    return True
 
 
 def _pixels_by_component(ab: np.ndarray) -> np.ndarray:
@@ -92,7 +75,7 @@ def compartment_totals(ab, flat, code, n, *, method="auto") -> np.ndarray:
     """
     ab2 = _pixels_by_component(ab)
     kk = ab2.shape[1]
-    if method != "numpy" and _numba_ok():
+    if method != "numpy" and numba_available():
         out = np.zeros((n + 1, 3, kk))
         _kernels()[0](ab2, flat, code, out)
         return out[1:]
@@ -112,7 +95,7 @@ def sector_totals(ab, sel, key, nbins, *, method="auto") -> np.ndarray:
     """
     ab2 = _pixels_by_component(ab)
     kk = ab2.shape[1]
-    if method != "numpy" and _numba_ok():
+    if method != "numpy" and numba_available():
         out = np.zeros((nbins, kk))
         return _kernels()[1](ab2, sel, key, out)
     out = np.empty((nbins, kk))

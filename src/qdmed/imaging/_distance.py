@@ -18,17 +18,15 @@ References
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from qdmed.imaging._jit import lazy_kernel, numba_available
 
 __all__ = ["distance_transform_edt"]
 
-_KERNEL: list = []
-_LOCK = threading.Lock()
 
-
-def _build():  # pragma: no cover - body runs compiled
+@lazy_kernel
+def _kernel():  # pragma: no cover - body runs compiled
     from numba import njit
 
     @njit(cache=False, nogil=True)
@@ -84,21 +82,6 @@ def _build():  # pragma: no cover - body runs compiled
     return edt
 
 
-def _kernel():
-    with _LOCK:
-        if not _KERNEL:
-            _KERNEL.append(_build())
-        return _KERNEL[0]
-
-
-def _numba_ok() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return False
-    return True
-
-
 def distance_transform_edt(mask) -> np.ndarray:
     """Euclidean distance (pixels, float64) from each nonzero pixel of a 2-D ``mask`` to the
     nearest zero pixel; zero pixels get 0. Identical to
@@ -111,7 +94,7 @@ def distance_transform_edt(mask) -> np.ndarray:
     array([[0., 1., 2., 3.]])
     """
     m = np.asarray(mask)
-    if m.ndim != 2 or m.size == 0 or m.all() or not _numba_ok():
+    if m.ndim != 2 or m.size == 0 or m.all() or not numba_available():
         from scipy import ndimage as ndi
 
         return ndi.distance_transform_edt(m)

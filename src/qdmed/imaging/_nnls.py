@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._jit import lazy_kernel, numba_available
 
 __all__ = ["MAX_COMPONENTS", "UnmixResult", "kkt_violation", "unmix_block", "unmix_lstsq",
            "unmix_nnls"]
@@ -258,19 +259,11 @@ def _resolve_method(method: str, weighted: bool) -> str:
         return "numpy"  # per-pixel Gram matrices: numpy path only
     if method == "numpy":
         return "numpy"
-    ok = _numba_available()
+    ok = numba_available()
     if method == "numba" and not ok:
         raise InputError("method='numba' requires numba (pip install numba); use "
                          "method='numpy' or 'auto'.")
     return "numba" if ok else "numpy"
-
-
-def _numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -797,43 +790,38 @@ def _solve_gpu(y: np.ndarray, prep: _Prepared, w) -> np.ndarray:
     return cupy.asnumpy(_solve_shared_numpy(y, prep, xp=cupy))
 
 
-_RESID: list = []
-
-
+@lazy_kernel
 def _residual_kernel():
     """numba: squared norms of ``A x - y`` and ``y`` per pixel in one pass over the rows
     (about 10x faster than the numpy temporaries on a slide tile, measured)."""
-    with _KERNEL_LOCK:
-        if not _RESID:
-            from numba import njit
+    from numba import njit
 
-            @njit(cache=False, nogil=True, fastmath={"contract"})
-            def resid(y, a, x, rn, yn):  # pragma: no cover - body runs compiled
-                n, c = y.shape
-                k = a.shape[1]
-                for p in range(n):
-                    r2 = 0.0
-                    y2 = 0.0
-                    for ch in range(c):
-                        m = 0.0
-                        for j in range(k):
-                            m += a[ch, j] * x[p, j]
-                        yc = np.float64(y[p, ch])
-                        d = m - yc
-                        r2 += d * d
-                        y2 += yc * yc
-                    rn[p] = r2
-                    yn[p] = y2
+    @njit(cache=False, nogil=True, fastmath={"contract"})
+    def resid(y, a, x, rn, yn):  # pragma: no cover - body runs compiled
+        n, c = y.shape
+        k = a.shape[1]
+        for p in range(n):
+            r2 = 0.0
+            y2 = 0.0
+            for ch in range(c):
+                m = 0.0
+                for j in range(k):
+                    m += a[ch, j] * x[p, j]
+                yc = np.float64(y[p, ch])
+                d = m - yc
+                r2 += d * d
+                y2 += yc * yc
+            rn[p] = r2
+            yn[p] = y2
 
-            _RESID.append(resid)
-        return _RESID[0]
+    return resid
 
 
 def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
     n = y.shape[0]
     rn = np.empty(n)
     yn = np.empty(n)
-    if w is None and _numba_available():
+    if w is None and numba_available():
         _residual_kernel()(y, np.ascontiguousarray(a), x, rn, yn)
         return _finish_result(x, rn, yn)
     step = 1 << 16  # chunks keep the temporaries in cache (a whole slide tile is ~5e6 px)

@@ -18,17 +18,15 @@ References
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from qdmed.imaging._jit import lazy_kernel, numba_available
 
 __all__ = ["h_maxima", "reconstruct_dilation"]
 
-_KERNEL: list = []
-_LOCK = threading.Lock()
 
-
-def _build():  # pragma: no cover - body runs compiled
+@lazy_kernel
+def _kernel():  # pragma: no cover - body runs compiled
     from numba import njit
 
     @njit(cache=False, nogil=True)
@@ -116,21 +114,6 @@ def _build():  # pragma: no cover - body runs compiled
     return recon
 
 
-def _kernel():
-    with _LOCK:
-        if not _KERNEL:
-            _KERNEL.append(_build())
-        return _KERNEL[0]
-
-
-def _numba_ok() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def reconstruct_dilation(seed, mask):
     """Grey-scale reconstruction by dilation of ``seed`` under ``mask`` (2-D, 8-connected).
 
@@ -157,7 +140,7 @@ def reconstruct_dilation(seed, mask):
     """
     s = np.asarray(seed, dtype=np.float64)
     m = np.asarray(mask, dtype=np.float64)
-    if s.ndim != 2 or s.shape != m.shape or not _numba_ok():
+    if s.ndim != 2 or s.shape != m.shape or not numba_available():
         from skimage.morphology import reconstruction
 
         return reconstruction(s, m, method="dilation")

@@ -16,13 +16,13 @@ References
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from qdmed.errors import FileFormatError, InputError
+from qdmed.imaging._jit import lazy_kernel
 
 __all__ = ["Regions", "read_regions"]
 
@@ -94,31 +94,25 @@ def _edges(rings) -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(np.concatenate(v)) for v in (x1, y1, x2, y2))
 
 
-_KERNEL: list = []
-_LOCK = threading.Lock()
-
-
+@lazy_kernel
 def _pnpoly_kernel():
-    with _LOCK:
-        if not _KERNEL:
-            from numba import njit
+    from numba import njit
 
-            @njit(cache=False, nogil=True)
-            def pnpoly(px, py, x1, y1, x2, y2, out):  # pragma: no cover - runs compiled
-                for i in range(px.shape[0]):
-                    x = px[i]
-                    y = py[i]
-                    c = False
-                    for e in range(x1.shape[0]):
-                        if (y1[e] > y) != (y2[e] > y):  # half-open in y
-                            xi = x1[e] + (y - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
-                            if x < xi:
-                                c = not c
-                    out[i] = c
-                return out
+    @njit(cache=False, nogil=True)
+    def pnpoly(px, py, x1, y1, x2, y2, out):  # pragma: no cover - runs compiled
+        for i in range(px.shape[0]):
+            x = px[i]
+            y = py[i]
+            c = False
+            for e in range(x1.shape[0]):
+                if (y1[e] > y) != (y2[e] > y):  # half-open in y
+                    xi = x1[e] + (y - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
+                    if x < xi:
+                        c = not c
+            out[i] = c
+        return out
 
-            _KERNEL.append(pnpoly)
-        return _KERNEL[0]
+    return pnpoly
 
 
 #: QuPath object types that delimit regions; others (cell, detection, tile) are skipped.

@@ -25,17 +25,15 @@ References
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
+
+from qdmed.imaging._jit import lazy_kernel, numba_available
 
 __all__ = ["watershed"]
 
-_KERNEL: list = []
-_LOCK = threading.Lock()
 
-
-def _build():  # pragma: no cover - body runs compiled
+@lazy_kernel
+def _kernel():  # pragma: no cover - body runs compiled
     from numba import njit
 
     @njit(cache=False, nogil=True)
@@ -163,21 +161,6 @@ def _build():  # pragma: no cover - body runs compiled
     return flood, argsort_f64
 
 
-def _kernel():
-    with _LOCK:
-        if not _KERNEL:
-            _KERNEL.append(_build())
-        return _KERNEL[0]
-
-
-def _numba_ok() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba is a dependency
-        return False
-    return True
-
-
 def watershed(image, markers, mask=None) -> np.ndarray:
     """Watershed of a 2-D ``image`` flooded from integer ``markers`` (0 = unlabelled) within
     ``mask``, 4-connectivity: :func:`skimage.segmentation.watershed` with its defaults
@@ -195,7 +178,7 @@ def watershed(image, markers, mask=None) -> np.ndarray:
     img = np.asarray(image, dtype=np.float64)
     mk = np.asarray(markers)
     if (img.ndim != 2 or mk.shape != img.shape or mk.dtype.kind not in "iu"
-            or not _numba_ok()):
+            or not numba_available()):
         from skimage.segmentation import watershed as sk_watershed
 
         return sk_watershed(img, mk, mask=mask)
