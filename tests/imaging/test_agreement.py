@@ -73,3 +73,18 @@ def test_compare_cli(tmp_path):
     assert (tmp_path / "x.png").stat().st_size > 1000
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0 and "cross-table" in r.stdout and "excluded" in r.stdout
+    # cohort.csv names slide files, a pathologist's table names cases: matched by stem
+    c = tmp_path / "cohort2.csv"
+    c.write_text("slide,her2_category\ns1.ome.tif,3+\ns2.ome.zarr,0\ns4.tif,1+\n")
+    r = subprocess.run([*args[:5], str(c), str(a2), "--column-b", "score", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_cases"] == 3
+    other = tmp_path / "other.csv"
+    other.write_text("slide,score\nX1,0\nX2,1+\n")
+    r = subprocess.run([*args[:5], str(a), str(other), "--column-b", "score"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "share no case" in r.stderr and "X1" in r.stderr
+    r = subprocess.run([*args[:5], str(a), str(a2), "--column-b", "score", "--plot",
+                        str(a / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot write the plot" in r.stderr

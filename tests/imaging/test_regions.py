@@ -107,7 +107,7 @@ def test_cells_and_detections_are_not_regions(tmp_path):
     assert reg.to_dict()["n_polygons"] == 1
     assert reg.contains([505, 605, 50], [505, 605, 50]).tolist() == [False, False, True]
     only = _write(tmp_path / "cells.geojson", [cell])
-    with pytest.raises(InputError, match="1 of them cells or detections"):
+    with pytest.raises(InputError, match="1 of them cells, detections or other objects"):
         read_regions(only)
 
 
@@ -127,3 +127,30 @@ def test_geometry_collection_members_are_regions(tmp_path):
     reg = read_regions(_write(tmp_path / "gc.geojson", [_feat(geom, "Tumor")]), "Tumor")
     assert reg.to_dict()["n_polygons"] == 2
     assert reg.contains([5, 15, 25], [5, 5, 5]).tolist() == [True, False, True]
+
+
+def test_qupath_object_types_across_versions(tmp_path):
+    """0.4+: properties.objectType ('tmaCore' is a region); 0.3: properties.object_type."""
+    sq = {"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]}
+    far = {"type": "Polygon", "coordinates": [_square(50, 50, 60, 60)]}
+    feats = [{"type": "Feature", "geometry": sq, "properties": {"objectType": "tmaCore"}},
+             {"type": "Feature", "geometry": far, "properties": {"object_type": "cell"}},
+             {"type": "Feature", "geometry": far, "properties": {"object_type": "detection"}}]
+    reg = read_regions(_write(tmp_path / "v.geojson", feats))
+    assert reg.to_dict()["n_polygons"] == 1
+    assert reg.contains([5, 55], [5, 55]).tolist() == [True, False]
+
+
+def test_numpy_crossing_rule_equals_the_compiled_one():
+    from qdmed.imaging._regions import _edges, _pnpoly_kernel, _pnpoly_numpy
+
+    rng = np.random.default_rng(1)
+    t = np.sort(rng.uniform(0, 2 * np.pi, 40))
+    ring = np.column_stack([50 + 40 * np.cos(t) * rng.uniform(0.3, 1, 40), 50 + 40 * np.sin(t)])
+    hole = np.array([[45.0, 45], [55, 45], [55, 55], [45, 55]])
+    e = _edges((ring, hole))
+    x = np.concatenate([rng.uniform(0, 100, 3000), ring[:, 0], [45, 50, 55]])
+    y = np.concatenate([rng.uniform(0, 100, 3000), ring[:, 1], [50, 45, 50]])
+    a = _pnpoly_kernel()(x, y, *e, np.zeros(x.size, bool))
+    b = _pnpoly_numpy(x, y, *e, np.zeros(x.size, bool))
+    assert np.array_equal(a, b) and 0 < a.sum() < x.size

@@ -95,6 +95,15 @@ def test_breast_phenotypes():
     # a NaN (empty nucleus compartment) is neither positive nor negative: not triple negative
     assert got == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "luminal HER2-", "triple negative", "unmeasured"]
     assert phenotype(df, "breast", gates=gates, unmeasured="n/a").tolist()[-1] == "n/a"
+    # a NaN the first satisfied rule does not need leaves the phenotype decided
+    df2 = pd.DataFrame({"HER2_membrane_mean": [5, 0, 5], "ER_nucleus_mean": [5, 5, np.nan],
+                        "PR_nucleus_mean": [np.nan, 0, 0]})
+    assert phenotype(df2, "breast", gates=gates).tolist() == [
+        "luminal HER2+", "luminal HER2-", "unmeasured"]  # ER NaN decides HER2+ luminal/enriched
+    rules = {"luminal": {"ER": True}, "CK+": {"CK": True}}
+    df3 = pd.DataFrame({"ER_nucleus_mean": [5.0, 0.0, np.nan], "CK_cytoplasm_mean": [np.nan, np.nan, 5.0]})
+    g3 = {"ER": ("nucleus", 1.0), "CK": ("cytoplasm", 1.0)}
+    assert phenotype(df3, rules, gates=g3).tolist() == ["luminal", "unmeasured", "unmeasured"]
     assert list(BREAST_RULES) == ["luminal HER2+", "HER2-enriched", "luminal HER2-", "triple negative"]
 
 

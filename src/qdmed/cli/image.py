@@ -166,9 +166,7 @@ def library(
                            offset=offset)
     res.panel.to_file(out)
     if plot:
-        from qdmed.report import atomic_write_bytes, figure_png
-
-        atomic_write_bytes(plot, figure_png(res.plot()))
+        _save_plot(plot, res.plot())
     info = {"out": str(out), "components": res.components, "warnings": list(res.warnings)}
     if json_:
         return print_json(info)
@@ -372,6 +370,17 @@ def dab(
                                                              if not isinstance(v, dict | list)})
 
 
+def _save_plot(path: Path, fig) -> None:
+    """PNG of ``fig`` written atomically; an unwritable path is bad input (exit 2)."""
+    from qdmed.errors import InputError
+    from qdmed.report import atomic_write_bytes, figure_png
+
+    try:
+        atomic_write_bytes(path, figure_png(fig))
+    except OSError as exc:
+        raise InputError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
+
+
 def _categories_csv(path: Path, key: str, column: str) -> tuple[dict, list]:
     """{case: category} from a CSV, and the cases without a category (e.g. failed slides)."""
     import pandas as pd
@@ -387,10 +396,17 @@ def _categories_csv(path: Path, key: str, column: str) -> tuple[dict, list]:
     for col in (key, column):
         if col not in df.columns:
             raise InputError(f"{path}: no column {col!r}; columns: {list(df.columns)}")
-    dup = df[key][df[key].duplicated()].tolist()
-    if dup:
-        raise InputError(f"{path}: case(s) {dup[:5]} appear more than once in column {key!r}")
-    cats = {k: v.strip() for k, v in zip(df[key], df[column], strict=True)}
+    from qdmed.imaging._cohort import slide_stem
+
+    # cases are matched by slide stem: cohort.csv names files (A.ome.tif), reads name cases (A)
+    keys = [slide_stem(str(k).strip()) for k in df[key]]
+    seen: dict[str, str] = {}
+    for raw, k in zip(df[key], keys, strict=True):
+        if k in seen:
+            raise InputError(f"{path}: {seen[k]!r} and {raw!r} in column {key!r} name the same "
+                             f"case {k!r}")
+        seen[k] = raw
+    cats = {k: v.strip() for k, v in zip(keys, df[column], strict=True)}
     missing = [k for k, v in cats.items() if v == ""]
     return {k: v for k, v in cats.items() if v != ""}, missing
 
@@ -407,23 +423,32 @@ def compare(
     plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of the cross-table.")] = None,
     json_: JSON = False,
 ):
-    """Case-by-case agreement of two HER2 scorings: cross-table, % agreement, Cohen's kappa."""
-    from qdmed.imaging import compare_her2
-    from qdmed.report import atomic_write_bytes, figure_png
+    """Case-by-case agreement of two HER2 scorings: cross-table, % agreement, Cohen's kappa.
 
+    Cases are matched on --key by slide stem (A.ome.tif and A are the same case)."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import compare_her2
+
+    if name_a == name_b:
+        raise InputError(f"--name-a and --name-b must differ; both are {name_a!r}")
     a, miss_a = _categories_csv(table_a, key, column_a)
     b, miss_b = _categories_csv(table_b, key, column_b)
-    common = [k for k in a if k in b]
     keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
-    excluded = {"no category in " + name_a: miss_a, "no category in " + name_b: miss_b,
+    if not keys_a & keys_b:
+        raise InputError(f"{table_a} and {table_b} share no case in column {key!r} (e.g. "
+                         f"{sorted(keys_a)[:3]} and {sorted(keys_b)[:3]}); use --key to "
+                         "name the case column")
+    common = [k for k in a if k in b]
+    excluded = {"no category in " + name_a: [k for k in miss_a if k in keys_b],
+                "no category in " + name_b: [k for k in miss_b if k in keys_a],
                 "only in " + name_a: sorted(keys_a - keys_b),
                 "only in " + name_b: sorted(keys_b - keys_a)}
     res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
                        method_a=name_a, method_b=name_b)
-    if plot is not None:
-        atomic_write_bytes(plot, figure_png(res.plot()))
     d = res.to_dict()
     d["excluded"] = {k: v for k, v in excluded.items() if v}
+    if plot is not None:
+        _save_plot(plot, res.plot())
     if json_:
         return print_json(d)
     print_kv(f"HER2 agreement: {name_a} vs {name_b}",

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import FileFormatError, InputError
-from qdmed.imaging._jit import lazy_kernel
+from qdmed.imaging._jit import lazy_kernel, numba_available
 
 __all__ = ["Regions", "read_regions"]
 
@@ -54,7 +54,7 @@ class Regions:
         if px.shape != py.shape:
             raise InputError(f"x and y must have the same length; got {px.size} and {py.size}.")
         inside = np.zeros(px.size, dtype=bool)
-        kernel = _pnpoly_kernel()
+        kernel = _pnpoly_kernel() if numba_available() else _pnpoly_numpy
         for rings in self.polygons:
             ext = rings[0]
             sel = np.flatnonzero((px >= ext[:, 0].min()) & (px <= ext[:, 0].max())
@@ -94,6 +94,19 @@ def _edges(rings) -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(np.concatenate(v)) for v in (x1, y1, x2, y2))
 
 
+def _pnpoly_numpy(px, py, x1, y1, x2, y2, out):
+    """The crossing rule of :func:`_pnpoly_kernel`, one edge at a time over all points
+    (the reference, and the path without numba)."""
+    c = np.zeros(px.shape[0], dtype=bool)
+    for e in range(x1.shape[0]):
+        cross = (y1[e] > py) != (y2[e] > py)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            xi = x1[e] + (py - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
+        c ^= cross & (px < xi)
+    out[:] = c
+    return out
+
+
 @lazy_kernel
 def _pnpoly_kernel():
     from numba import njit
@@ -115,20 +128,22 @@ def _pnpoly_kernel():
     return pnpoly
 
 
-#: QuPath object types that delimit regions; others (cell, detection, tile) are skipped.
-#: A feature without a type is taken as a region (plain GeoJSON from other tools).
-_REGION_TYPES = ("annotation", "tma_core", None)
+#: QuPath object types that delimit regions (normalised: lower case, no '_'); others
+#: (cell, detection, tile) are skipped. A feature without a type is taken as a region (plain
+#: GeoJSON from other tools).
+_REGION_TYPES = ("annotation", "tmacore", None)
 _QUPATH_CLASSES = {"PathAnnotationObject": "annotation", "PathCellObject": "cell",
                    "PathDetectionObject": "detection", "PathTileObject": "tile",
-                   "TMACoreObject": "tma_core"}
+                   "TMACoreObject": "tmacore"}
 
 
 def _object_type(feature: dict, props: dict) -> str | None:
-    """QuPath >= 0.4 writes ``properties.objectType`` ('annotation', 'cell', ...); 0.2-0.3
-    wrote the Java class as the feature ``id`` (e.g. 'PathAnnotationObject')."""
-    t = props.get("objectType", feature.get("objectType"))
-    if isinstance(t, str):
-        return t.lower()
+    """Normalised QuPath object type: >= 0.4 writes ``properties.objectType``
+    ('annotation', 'cell', 'tmaCore', ...), 0.3 ``properties.object_type``, 0.2 the Java
+    class as the feature ``id`` (e.g. 'PathAnnotationObject')."""
+    for t in (props.get("objectType"), props.get("object_type"), feature.get("objectType")):
+        if isinstance(t, str):
+            return t.lower().replace("_", "")
     fid = feature.get("id")
     return _QUPATH_CLASSES.get(fid) if isinstance(fid, str) else None
 
@@ -227,8 +242,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             classes.append(name)
     if not polys:
         what = f" classified {region_class!r}" if region_class is not None else ""
-        extra = (f", {skipped} of them cells or detections, which are not regions"
-                 if skipped else "")
+        extra = (f", {skipped} of them cells, detections or other objects that are not "
+                 "regions" if skipped else "")
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
                          f"with ({len(feats)} features read{extra}).")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes))

@@ -335,9 +335,12 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
     default : str
         Label of cells matching no rule.
     unmeasured : str
-        Label of cells with a NaN value (an empty compartment) for any marker the rules use:
-        such a cell is neither positive nor negative, so it is not, e.g., triple negative
-        (the same cells are left out of :func:`score_positivity`'s percentages).
+        Label of cells whose phenotype depends on a NaN value (an empty compartment): a NaN
+        marker is neither positive nor negative, so a rule that needs it is undecided, and a
+        cell gets ``unmeasured`` when an undecided rule comes before the first rule it
+        satisfies (or it satisfies none). A cell whose first satisfied rule does not need
+        the NaN marker keeps that phenotype (e.g. HER2+ ER+ with PR NaN is luminal HER2+);
+        HER2- ER- with PR NaN is not triple negative but unmeasured.
 
     Returns
     -------
@@ -378,31 +381,37 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
                     f"Rules use marker {marker!r} but gates has no entry for it; gates given: {sorted(norm_gates)}."
                 )
             g = norm_gates[marker]
-            cache[marker] = np.asarray(
+            pos = np.asarray(
                 score_positivity(cells_df, marker=marker, compartment=g.compartment, threshold=g.threshold, statistic=g.statistic)
             )
             col = _column(cells_df, marker, g.compartment, g.statistic)
-            nan_any[:] |= np.isnan(np.asarray(cells_df[col], dtype=np.float64))
+            cache[marker] = (pos, np.isnan(np.asarray(cells_df[col], dtype=np.float64)))
         return cache[marker]
 
+    # three-valued rules: a condition on a NaN marker is unknown; first decided match wins
     n = len(cells_df)
-    nan_any = np.zeros(n, dtype=bool)
     out = np.full(n, default, dtype=object)
-    assigned = np.zeros(n, dtype=bool)
+    settled = np.zeros(n, dtype=bool)  # labelled, or blocked by an undecided earlier rule
     for name, rule in rules.items():
         alternatives = (rule,) if isinstance(rule, Mapping) else tuple(rule)
-        match = np.zeros(n, dtype=bool)
+        true = np.zeros(n, dtype=bool)
+        false = np.ones(n, dtype=bool)
         for alt in alternatives:
             if not isinstance(alt, Mapping) or not alt:
                 raise InputError(f"rule {name!r} must be a non-empty mapping marker -> bool or a list of them; got {alt!r}.")
-            ok = np.ones(n, dtype=bool)
+            alt_true = np.ones(n, dtype=bool)
+            alt_false = np.zeros(n, dtype=bool)
             for marker, want in alt.items():
-                ok &= positive(marker) == bool(want)
-            match |= ok
-        new = match & ~assigned
-        out[new] = name
-        assigned |= new
-    out[nan_any] = unmeasured
+                pos, nan = positive(marker)
+                holds = pos == bool(want)
+                alt_true &= holds & ~nan
+                alt_false |= ~holds & ~nan
+            true |= alt_true
+            false &= alt_false
+        out[true & ~settled] = name
+        undecided = ~true & ~false & ~settled
+        out[undecided] = unmeasured
+        settled |= true | undecided
     return pd.Series(out, index=cells_df.index, name="phenotype")
 
 

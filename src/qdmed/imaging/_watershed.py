@@ -119,15 +119,16 @@ def _kernel():  # pragma: no cover - body runs compiled
         """Indices that sort ``vals`` (float64) ascending: LSD radix sort, 8-bit digits, on
         the order-preserving unsigned image of the IEEE-754 bits (negative values: all bits
         flipped; others: sign bit set). Passes whose digit is the same for every key are
-        skipped. Equal keys keep their input order (stable); -0.0 sorts just before +0.0 and
-        NaNs after +inf, each adjacent to the values they equal under ``np.sort``."""
+        skipped. Equal keys keep their input order (stable); -0.0 sorts just before +0.0,
+        and every NaN (whatever its sign bit) after +inf, as in ``np.sort``."""
         n = vals.shape[0]
         bits = vals.view(np.uint64)
         sign = np.uint64(1) << np.uint64(63)
         key = np.empty(n, dtype=np.uint64)
+        top = ~np.uint64(0)
         for i in range(n):
             u = bits[i]
-            key[i] = ~u if u & sign else u | sign
+            key[i] = top if vals[i] != vals[i] else (~u if u & sign else u | sign)
         hist = np.zeros((8, 256), dtype=np.int64)
         mask = np.uint64(255)
         for i in range(n):
