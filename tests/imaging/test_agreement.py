@@ -61,6 +61,9 @@ def test_compare_cli(tmp_path):
             "score", "--plot", str(tmp_path / "x.png")]
     r = subprocess.run([*args, "--json"], capture_output=True, text=True)
     assert r.returncode == 2 and "no column 'slide'" in r.stderr  # table b has 'case'
+    r = subprocess.run([*args, "--key-b", "case", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_cases"] == 3
     a2 = tmp_path / "dab2.csv"
     a2.write_text(b.read_text().replace("case,", "slide,"))
     args[6] = str(a2)

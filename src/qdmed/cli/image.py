@@ -415,7 +415,8 @@ def _categories_csv(path: Path, key: str, column: str) -> tuple[dict, list]:
 def compare(
     table_a: Annotated[Path, typer.Argument(help="CSV with one row per case, e.g. cohort.csv of `qdmed image cohort`.")],
     table_b: Annotated[Path, typer.Argument(help="CSV of the other scoring (DAB IHC, a pathologist's reads).")],
-    key: Annotated[str, typer.Option("--key", help="Case column in both tables.")] = "slide",
+    key: Annotated[str, typer.Option("--key", help="Case column of TABLE_A (and of TABLE_B unless --key-b).")] = "slide",
+    key_b: Annotated[str | None, typer.Option("--key-b", help="Case column of TABLE_B (default: --key).")] = None,
     column_a: Annotated[str, typer.Option("--column-a", help="HER2 category column of TABLE_A.")] = "her2_category",
     column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B.")] = "her2_category",
     name_a: Annotated[str, typer.Option("--name-a")] = "QD-IHC",
@@ -432,12 +433,11 @@ def compare(
     if name_a == name_b:
         raise InputError(f"--name-a and --name-b must differ; both are {name_a!r}")
     a, miss_a = _categories_csv(table_a, key, column_a)
-    b, miss_b = _categories_csv(table_b, key, column_b)
+    b, miss_b = _categories_csv(table_b, key_b or key, column_b)
     keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
     if not keys_a & keys_b:
-        raise InputError(f"{table_a} and {table_b} share no case in column {key!r} (e.g. "
-                         f"{sorted(keys_a)[:3]} and {sorted(keys_b)[:3]}); use --key to "
-                         "name the case column")
+        raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
+                         f"and {sorted(keys_b)[:3]}); --key and --key-b name the case columns")
     common = [k for k in a if k in b]
     excluded = {"no category in " + name_a: [k for k in miss_a if k in keys_b],
                 "no category in " + name_b: [k for k in miss_b if k in keys_a],
