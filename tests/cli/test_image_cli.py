@@ -32,6 +32,9 @@ def test_simulate_analyze_cohort(tmp_path):
     status = {row["slide"]: row["status"] for row in c["slides"]}
     assert status == {"a.ome.tif": "ok", "broken.ome.tif": "failed"}
     assert (tmp_path / "co" / "cells.parquet").exists()
+    html = (tmp_path / "co" / "report.html").read_text()
+    assert "broken.ome.tif" in html and "slides/a/report.html" in html
+    assert c["report"].endswith("report.html") and c["parameters"]["tile"] == 2048
     # per-slide tumour annotations (<stem>.geojson): scored on the cells inside them (the
     # left half here); tiles are reused from the run above
     regs = tmp_path / "regions"

@@ -91,3 +91,22 @@ def test_compare_cli(tmp_path):
     r = subprocess.run([*args[:5], str(a), str(a2), "--column-b", "score", "--plot",
                         str(a / "x.png")], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot write the plot" in r.stderr
+
+
+def test_cohort_report_figure_and_page(tmp_path):
+    from qdmed.imaging._report import cohort_figure, write_cohort_report
+
+    rows = [{"slide": "a.ome.tif", "status": "ok", "n_cells": 900, "her2_category": "3+",
+             "total_her2_load": 5e4, "her2_mean_membrane": 40.0},
+            {"slide": "b.ome.tif", "status": "ok", "n_cells": 800, "her2_category": "0",
+             "total_her2_load": 1e3, "her2_mean_membrane": 0.5},
+            {"slide": "c.ome.tif", "status": "failed", "n_cells": 0, "her2_category": None,
+             "message": "not a TIFF"}]
+    fig = cohort_figure(rows)
+    assert len(fig.axes) == 2
+    assert [p.get_height() for p in fig.axes[0].patches] == [1, 0, 0, 1]
+    assert [p.get_height() for p in fig.axes[1].patches] == [0.5, 40.0]  # sorted
+    assert cohort_figure(rows[2:]) is None
+    summary = {"folder": str(tmp_path), "n_slides": 3, "n_ok": 2, "n_failed": 1, "slides": rows}
+    html = write_cohort_report(summary, tmp_path).read_text()
+    assert "not a TIFF" in html and "slides/a/report.html" in html and "<img" in html

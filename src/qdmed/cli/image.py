@@ -330,7 +330,7 @@ def cohort(
         return None
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
-    typer.echo(f"cohort table: {res['cells']}")
+    typer.echo(f"cohort table: {res['cells']}; report: {res['report']}")
     if res["n_ok"] == 0:
         raise typer.Exit(2)
 

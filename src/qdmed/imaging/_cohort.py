@@ -106,6 +106,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         row["her2_low"] = res.summary["her2"]["her2_low"]
                         row["her2_ultralow"] = res.summary["her2"]["her2_ultralow"]
                         row["total_her2_load"] = res.summary["her2"]["total_her2_load"]
+                        row["her2_mean_membrane"] = res.summary["her2"][
+                            "mean_membrane_intensity"]
                     if res.summary.get("markers_scored"):
                         for m, v in res.summary["markers_scored"]["percent_positive"].items():
                             row[f"{m}_percent_positive"] = v
@@ -126,7 +128,12 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     summary = {"folder": str(folder), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
                "n_failed": sum(r["status"] != "ok" for r in rows),
-               "slides": rows, "cells": str(out / "cells.parquet") if tables else None}
+               "slides": rows, "cells": str(out / "cells.parquet") if tables else None,
+               "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
+                              else str(regions_dir), "region_class": region_class,
+                              "her2_calibration": None if her2_calibration is None
+                              else her2_calibration.to_dict(),
+                              "gates": None if not gates else sorted(gates)}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()
@@ -135,4 +142,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     table = table.reindex(columns=cols + [c for c in table.columns if c not in cols])
     table.to_csv(buf, index=False)
     atomic_write_text(out / "cohort.csv", buf.getvalue())
+    from qdmed.imaging._report import write_cohort_report
+
+    write_cohort_report(summary, out)
+    summary["report"] = str(out / "report.html")
     return summary

@@ -154,3 +154,68 @@ def write_slide_report(result, path=None) -> Path:
         if result.her2 is not None:
             rep.figure(her2_figure(result.her2), "HER2 scatter")
     return rep.write(path or Path(result.out_dir) / "report.html")
+
+
+def cohort_figure(rows: list[dict]):
+    """Slides' HER2 categories (counts) beside each slide's mean membrane HER2 per scored
+    cell, coloured by its category; None when no slide was scored."""
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r.get("status") == "ok" and r.get("her2_category")]
+    if not scored:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6),
+                                 gridspec_kw={"width_ratios": [1, 2.2]})
+    cats = list(_CAT_COLOURS)
+    counts = [sum(r["her2_category"] == c for r in scored) for c in cats]
+    from matplotlib.ticker import MaxNLocator
+
+    a1.bar(cats, counts, color=[_CAT_COLOURS[c] for c in cats])
+    a1.yaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.set_xlabel("HER2 category (ASCO/CAP 2018 style)")
+    a1.set_ylabel("slides")
+    # the mean per scored cell, not the total load, which grows with the tissue area
+    key = "her2_mean_membrane"
+    order = sorted(scored, key=lambda r: (r.get(key) or 0.0))
+    a2.bar(range(len(order)), [r.get(key) or 0.0 for r in order],
+           color=[_CAT_COLOURS[r["her2_category"]] for r in order])
+    a2.set_xticks(range(len(order)), [r["slide"] for r in order], rotation=60, ha="right",
+                  fontsize=7)
+    a2.set_ylabel("mean membrane HER2 per cell")
+    a2.set_title("continuous QD measure per slide, coloured by category", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_cohort_report(summary: dict, out_dir) -> Path:
+    """``report.html`` of a cohort run: status and scores per slide (linked to each slide's
+    own report), the distribution of HER2 categories and the continuous HER2 measure."""
+    from qdmed.report import HtmlReport
+
+    out = Path(out_dir)
+    rows = summary["slides"]
+    rep = HtmlReport(f"qdmed cohort: {Path(summary['folder']).name}",
+                     provenance={"folder": summary["folder"], "parameters":
+                                 summary.get("parameters", {})})
+    rep.paragraph(f"{summary['n_slides']} slides: {summary['n_ok']} analysed, "
+                  f"{summary['n_failed']} failed. One table for all cells: cells.parquet "
+                  "(column 'slide'); per-slide table: cohort.csv.")
+    fig = cohort_figure(rows)
+    if fig is not None:
+        rep.heading("HER2")
+        rep.figure(fig, "HER2 categories and load per slide")
+    rep.heading("Slides")
+    cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
+            "her2_ultralow", "her2_mean_membrane", "total_her2_load", "message"]
+    rep.table([{c: r.get(c, "") for c in cols} for r in rows])
+    links = [r["slide"] for r in rows if r.get("status") == "ok"]
+    if links:
+        rep.paragraph("Slide reports: " + ", ".join(
+            f"slides/{_stem(n)}/report.html" for n in links), cls="muted")
+    return rep.write(out / "report.html")
+
+
+def _stem(name: str) -> str:
+    from qdmed.imaging._cohort import slide_stem
+
+    return slide_stem(name)
