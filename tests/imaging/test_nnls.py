@@ -318,3 +318,27 @@ def test_ill_conditioned_endmembers_exact_or_refused(method):
     a, y = case(3e4)  # cond 4.9e4
     with pytest.raises(InputError, match="max_condition=1e\\+04"):
         unmix_nnls(y, a, method=method)
+
+
+def test_generated_kernel_cache_and_its_fallback(monkeypatch, tmp_path):
+    """The generated NNLS kernel is written to the cache directory (so numba can cache it);
+    an unwritable cache directory falls back to compiling in memory, same results."""
+    from qdmed.imaging._jit import generated_module
+    from qdmed.imaging._nnls import _build_numba_kernel, _prepare
+
+    monkeypatch.setenv("QDMED_CACHE_DIR", str(tmp_path / "cache"))
+    mod = generated_module("probe", "X = 41 + 1\n")
+    assert mod.X == 42 and len(list((tmp_path / "cache").glob("probe_*.py"))) == 1
+    assert generated_module("probe", "X = 41 + 1\n") is mod  # imported once per process
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("QDMED_CACHE_DIR", str(blocker))
+    assert generated_module("probe2", "X = 1\n") is None
+    a, _, y = realistic(200, seed=9)
+    a2 = a[:, :2]
+    prep = _prepare(a2, 1e4)
+    kern = _build_numba_kernel(2)  # compiled in memory
+    x = np.empty((200, 2))
+    z0 = y @ prep.pn
+    kern(z0, y, prep.u, prep.d, prep.rtol, 16, x)
+    assert np.allclose(x, unmix_nnls(y, a2, method="numpy"), rtol=0, atol=1e-9)

@@ -41,7 +41,7 @@ import numpy as np
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._cellsums import compartment_totals, sector_totals
 from qdmed.imaging._distance import distance_transform_edt
-from qdmed.imaging._jit import lazy_kernel, numba_available
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 from qdmed.imaging._watershed import watershed
 
 __all__ = [
@@ -276,9 +276,7 @@ def _tiebreak_numpy(shape, offset) -> np.ndarray:
 
 @lazy_kernel
 def _tiebreak_kernel():
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def tiebreak(oy, ox, out):  # pragma: no cover - runs compiled
         h, w = out.shape
         m32 = np.uint64(0xFFFFFFFF)
@@ -299,9 +297,7 @@ def _tiebreak_kernel():
 
 @lazy_kernel
 def _trim_kernel():
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def trim(lab, out, limit):  # pragma: no cover - runs compiled
         h, w = lab.shape
         nb = 0

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdmed.imaging._jit import lazy_kernel, numba_available
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
 __all__ = ["compartment_totals", "sector_totals"]
 
 
 @lazy_kernel
 def _kernels():  # pragma: no cover - bodies run compiled
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def totals(ab2, flat, code, out):
         kk = ab2.shape[1]
         for p in range(ab2.shape[0]):
@@ -35,7 +33,7 @@ def _kernels():  # pragma: no cover - bodies run compiled
                 out[i, c - 1, k] += ab2[p, k]
         return out
 
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def sectors(ab2, sel, key, out):
         kk = ab2.shape[1]
         for j in range(sel.shape[0]):

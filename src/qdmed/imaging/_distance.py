@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdmed.imaging._jit import lazy_kernel, numba_available
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
 __all__ = ["distance_transform_edt"]
 
 
 @lazy_kernel
 def _kernel():  # pragma: no cover - body runs compiled
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def edt(mask, out):
         """``out`` = distance from each nonzero pixel of ``mask`` to the nearest zero pixel
         (the image must hold at least one zero)."""

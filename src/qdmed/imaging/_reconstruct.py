@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdmed.imaging._jit import lazy_kernel, numba_available
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
 __all__ = ["h_maxima", "reconstruct_dilation"]
 
 
 @lazy_kernel
 def _kernel():  # pragma: no cover - body runs compiled
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def recon(j, m):
         """In-place reconstruction by dilation of marker ``j`` under mask ``m`` (j <= m),
         8-connectivity (Vincent 1993, hybrid algorithm)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import FileFormatError, InputError
-from qdmed.imaging._jit import lazy_kernel, numba_available
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
 __all__ = ["Regions", "read_regions"]
 
@@ -109,9 +109,7 @@ def _pnpoly_numpy(px, py, x1, y1, x2, y2, out):
 
 @lazy_kernel
 def _pnpoly_kernel():
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def pnpoly(px, py, x1, y1, x2, y2, out):  # pragma: no cover - runs compiled
         for i in range(px.shape[0]):
             x = px[i]

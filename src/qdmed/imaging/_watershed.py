@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdmed.imaging._jit import lazy_kernel, numba_available
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
 __all__ = ["watershed"]
 
 
 @lazy_kernel
 def _kernel():  # pragma: no cover - body runs compiled
-    from numba import njit
-
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def flood(idx, order, sorted_vals, markers, out, rank, nxt):
         """Flood ``out`` (holding the markers, 0 elsewhere) over the masked pixels ``idx``
         (raveled, raster order); ``order`` sorts ``idx`` by value. ``rank`` (filled with -1)
@@ -114,7 +112,7 @@ def _kernel():  # pragma: no cover - body runs compiled
                 tail[b] = q
         return out
 
-    @njit(cache=False, nogil=True)
+    @njit_cached(nogil=True)
     def argsort_f64(vals):
         """Indices that sort ``vals`` (float64) ascending: LSD radix sort, 8-bit digits, on
         the order-preserving unsigned image of the IEEE-754 bits (negative values: all bits
