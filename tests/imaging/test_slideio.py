@@ -195,3 +195,16 @@ def test_corrupted_tile_data_raises(tmp_path, image):
     s = read_slide(p)  # the structure is intact: it opens; decoding the pixels fails
     with pytest.raises(FileFormatError, match="c.ome.tif.*corrupted"):
         s.data.compute()
+
+
+def test_direct_zarr_region_equals_the_dask_view(tmp_path):
+    from qdmed.imaging import read_slide, write_ome_zarr
+
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 4000, (300, 260, 3)).astype(np.uint16)
+    p = write_ome_zarr(tmp_path / "s.ome.zarr", img, chunks=(128, 128))
+    s = read_slide(p)
+    for box in ((0, 300, 0, 260), (100, 229, 37, 200), (250, 400, 250, 400)):
+        got = s.read_region(*box)
+        assert np.array_equal(got, np.asarray(s.data[box[0]:box[1], box[2]:box[3], :]))
+    assert np.array_equal(s.read_region(5, 9, 7, 8), img[5:9, 7:8])

@@ -218,7 +218,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     y0, y1, x0, x1 = box
     py0, py1 = max(0, y0 - margin_px), min(h, y1 + margin_px)
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
-    region = np.asarray(slide.data[py0:py1, px0:px1, :].compute())
+    region = slide.read_region(py0, py1, px0, px1)
     fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False)
     df = fa.table
     if len(df):
@@ -458,8 +458,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     margin_px = int(np.ceil(margin_um / s.pixel_size_um))
     # global thresholds from a reference region: the brightest (most tissue) window
     ry0, rx0 = reference_origin(slide, reference_region_px)
-    ref = np.asarray(slide.data[ry0:ry0 + reference_region_px,
-                                rx0:rx0 + reference_region_px, :].compute())
+    ref = slide.read_region(ry0, min(h, ry0 + reference_region_px), rx0,
+                            min(w, rx0 + reference_region_px))
     s = fix_global_thresholds(ref, panel, s)
     out = Path(out_dir)
     tiles_dir = out / "tiles"

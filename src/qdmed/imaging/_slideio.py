@@ -517,6 +517,17 @@ class SlideImage:
     path: Path
     format: str
     levels: tuple[Any, ...] = field(default=(), repr=False)
+    _direct: Any = field(default=None, repr=False, compare=False)
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Full-resolution pixels ``[y0:y1, x0:x1, :]`` as a numpy (Y, X, C) array.
+
+        OME-Zarr regions are read straight from the store (half the time of building and
+        running a dask graph over the same chunks, measured on 2208^2 x 8 tiles); other
+        formats through :attr:`data`. Both give the same pixels."""
+        if self._direct is not None:
+            return self._direct(int(y0), int(y1), int(x0), int(x1))
+        return np.asarray(self.data[y0:y1, x0:x1, :].compute())
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -778,10 +789,13 @@ def _read_zarr(p: Path) -> SlideImage:
                                  if isinstance(a, dict) and a.get("name") == "x"), None)
                     ps = float(t["scale"][axes.index("x")]) * _UNIT_TO_UM.get(unit, 1.0) \
                         if unit is not None else None
-        perm, squeeze = _axes_to_yxc("".join(a.upper() for a in axes), tuple(arr.shape), p)
+        up = "".join(a.upper() for a in axes)
+        perm, squeeze = _axes_to_yxc(up, tuple(arr.shape), p)
         d = d.reshape(tuple(s for j, s in enumerate(arr.shape) if j not in squeeze))
         d = d.transpose(perm) if d.ndim == 3 else d[:, :, None]
         levels.append(d)
+        if i == 0:
+            direct = _zarr_region_reader(arr, up, perm, squeeze)
     nc = int(levels[0].shape[2])
     names = None
     ch = attrs.get("omero", {}).get("channels")
@@ -791,7 +805,20 @@ def _read_zarr(p: Path) -> SlideImage:
             names = None
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p, format="ome-zarr",
-                      levels=tuple(levels))
+                      levels=tuple(levels), _direct=direct)
+
+
+def _zarr_region_reader(arr: Any, axes: str, perm: tuple[int, ...], squeeze: set):
+    """A function (y0, y1, x0, x1) -> (Y, X, C) numpy array reading ``arr`` (stored axes
+    ``axes``) directly, with the same squeeze and permutation as the dask view."""
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else
+                    0 if j in squeeze else slice(None) for j, a in enumerate(axes))
+        a = np.asarray(arr[idx])
+        return np.transpose(a, perm) if a.ndim == 3 else a[:, :, None]
+
+    return read
 
 
 # --------------------------------------------------------------------------- truth
