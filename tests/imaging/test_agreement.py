@@ -46,6 +46,8 @@ def test_compare_errors_name_the_cases():
         compare_her2({"a": "0", "b": "1+"}, {"a": "0", "c": "1+"})
     with pytest.raises(InputError, match="case 1 has HER2 category '4\\+'"):
         compare_her2(["0", "4+"], ["0", "1+"])
+    with pytest.raises(InputError, match="different names"):
+        compare_her2(["0", "1+"], ["0", "1+"], method_a="IHC", method_b="IHC")
     with pytest.raises(InputError, match="at least 2"):
         compare_her2(["0"], ["0"])
     with pytest.raises(InputError, match="same length|one category per case"):

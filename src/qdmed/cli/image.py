@@ -381,36 +381,6 @@ def _save_plot(path: Path, fig) -> None:
         raise InputError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
 
 
-def _categories_csv(path: Path, key: str, column: str) -> tuple[dict, list]:
-    """{case: category} from a CSV, and the cases without a category (e.g. failed slides)."""
-    import pandas as pd
-
-    from qdmed.errors import FileFormatError, InputError
-
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
-    for col in (key, column):
-        if col not in df.columns:
-            raise InputError(f"{path}: no column {col!r}; columns: {list(df.columns)}")
-    from qdmed.imaging._cohort import slide_stem
-
-    # cases are matched by slide stem: cohort.csv names files (A.ome.tif), reads name cases (A)
-    keys = [slide_stem(str(k).strip()) for k in df[key]]
-    seen: dict[str, str] = {}
-    for raw, k in zip(df[key], keys, strict=True):
-        if k in seen:
-            raise InputError(f"{path}: {seen[k]!r} and {raw!r} in column {key!r} name the same "
-                             f"case {k!r}")
-        seen[k] = raw
-    cats = {k: v.strip() for k, v in zip(keys, df[column], strict=True)}
-    missing = [k for k, v in cats.items() if v == ""]
-    return {k: v for k, v in cats.items() if v != ""}, missing
-
-
 @app.command()
 def compare(
     table_a: Annotated[Path, typer.Argument(help="CSV with one row per case, e.g. cohort.csv of `qdmed image cohort`.")],
@@ -427,26 +397,11 @@ def compare(
     """Case-by-case agreement of two HER2 scorings: cross-table, % agreement, Cohen's kappa.
 
     Cases are matched on --key by slide stem (A.ome.tif and A are the same case)."""
-    from qdmed.errors import InputError
-    from qdmed.imaging import compare_her2
+    from qdmed.imaging import compare_her2_tables
 
-    if name_a == name_b:
-        raise InputError(f"--name-a and --name-b must differ; both are {name_a!r}")
-    a, miss_a = _categories_csv(table_a, key, column_a)
-    b, miss_b = _categories_csv(table_b, key_b or key, column_b)
-    keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
-    if not keys_a & keys_b:
-        raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
-                         f"and {sorted(keys_b)[:3]}); --key and --key-b name the case columns")
-    common = [k for k in a if k in b]
-    excluded = {"no category in " + name_a: [k for k in miss_a if k in keys_b],
-                "no category in " + name_b: [k for k in miss_b if k in keys_a],
-                "only in " + name_a: sorted(keys_a - keys_b),
-                "only in " + name_b: sorted(keys_b - keys_a)}
-    res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
-                       method_a=name_a, method_b=name_b)
+    res = compare_her2_tables(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
+                              column_b=column_b, method_a=name_a, method_b=name_b)
     d = res.to_dict()
-    d["excluded"] = {k: v for k, v in excluded.items() if v}
     if plot is not None:
         _save_plot(plot, res.plot())
     if json_:

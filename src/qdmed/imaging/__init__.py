@@ -7,7 +7,7 @@ QD-stained tissue image is known, so tests and the demo use them (and scikit-ima
 DAB image for brightfield IHC).
 """
 
-from qdmed.imaging._agreement import HER2Agreement, compare_her2
+from qdmed.imaging._agreement import HER2Agreement, compare_her2, compare_her2_tables
 from qdmed.imaging._analyze import (
     AnalysisSettings,
     FieldAnalysis,
@@ -68,7 +68,7 @@ from qdmed.imaging._synthetic import (
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
-    "Her2Score", "compare_her2",
+    "Her2Score", "compare_her2", "compare_her2_tables",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",

@@ -10,16 +10,16 @@ agreement, and Cohen's kappa, weighted for the ordered 0 < 1+ < 2+ < 3+ scale.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from qdmed.errors import InputError
+from qdmed.errors import FileFormatError, InputError
 from qdmed.imaging._scoring import HER2_CATEGORIES, _category, cohen_kappa
 from qdmed.report import to_jsonable
 
-__all__ = ["HER2Agreement", "compare_her2"]
+__all__ = ["HER2Agreement", "compare_her2", "compare_her2_tables"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class HER2Agreement:
     percent_agreement_null_low : float, %
         Agreement on 0 versus any staining (1+ or more), the distinction that decides
         HER2-low therapy.
+    excluded : dict
+        Cases left out of a table comparison, by reason (:func:`compare_her2_tables`).
     """
 
     method_a: str
@@ -61,6 +63,7 @@ class HER2Agreement:
     kappa_quadratic: float
     percent_agreement_negative_positive: float
     percent_agreement_null_low: float
+    excluded: dict = field(default_factory=dict)
     references: tuple = field(default=(
         "Cohen J (1960). A coefficient of agreement for nominal scales. Educ Psychol Meas "
         "20:37-46. doi:10.1177/001316446002000104",
@@ -80,7 +83,7 @@ class HER2Agreement:
         d = {k: getattr(self, k) for k in (
             "method_a", "method_b", "percent_agreement", "kappa", "kappa_linear",
             "kappa_quadratic", "percent_agreement_negative_positive",
-            "percent_agreement_null_low", "references")}
+            "percent_agreement_null_low", "references", "excluded")}
         d["n_cases"] = self.n_cases
         d["categories"] = list(HER2_CATEGORIES)
         d["table"] = [list(r) for r in self.table]
@@ -148,6 +151,8 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
     >>> round(r.percent_agreement, 1), r.disagreements()
     (66.7, [{'case': 'p2', 'QD-IHC': '0', 'DAB IHC': '1+'}])
     """
+    if method_a == method_b:
+        raise InputError(f"the two methods need different names; both are {method_a!r}.")
     if isinstance(a, Mapping) != isinstance(b, Mapping):
         raise InputError("a and b must both be mappings case -> category or both sequences.")
     if isinstance(a, Mapping):
@@ -185,3 +190,64 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
         percent_agreement_negative_positive=float(100.0 * np.mean(call[ia] == call[ib])),
         percent_agreement_null_low=float(100.0 * np.mean((ia == 0) == (ib == 0))),
     )
+
+
+def _categories_csv(path, key: str, column: str) -> tuple[dict, list]:
+    """{case: category} from a CSV table, and the cases without a category (e.g. slides
+    that failed). Cases are slide stems, so ``A.ome.tif`` and ``A`` are the same case."""
+    import pandas as pd
+
+    from qdmed.imaging._cohort import slide_stem
+
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
+    for col in (key, column):
+        if col not in df.columns:
+            raise InputError(f"{path}: no column {col!r}; columns: {list(df.columns)}")
+    keys = [slide_stem(str(k).strip()) for k in df[key]]
+    seen: dict[str, str] = {}
+    for raw, k in zip(df[key], keys, strict=True):
+        if k in seen:
+            raise InputError(f"{path}: {seen[k]!r} and {raw!r} in column {key!r} name the same "
+                             f"case {k!r}")
+        seen[k] = raw
+    cats = {k: v.strip() for k, v in zip(keys, df[column], strict=True)}
+    return {k: v for k, v in cats.items() if v != ""}, [k for k, v in cats.items() if v == ""]
+
+
+def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | None = None,
+                        column_a: str = "her2_category", column_b: str = "her2_category",
+                        method_a: str = "QD-IHC", method_b: str = "DAB IHC") -> HER2Agreement:
+    """:func:`compare_her2` on two CSV tables with one row per case (e.g. ``cohort.csv`` of
+    a cohort run and a pathologist's reads), joined on their case columns ``key`` and
+    ``key_b`` (default ``key``) by slide stem (``A.ome.tif`` and ``A`` are one case).
+
+    Cases without a category in one table (a failed slide) or present in only one table
+    are left out and listed in :attr:`HER2Agreement.excluded`.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, missing column (the columns present named), two rows naming one
+        case, or no case in common (examples from both tables named).
+    FileFormatError
+        Not a CSV table.
+    """
+    a, miss_a = _categories_csv(table_a, key, column_a)
+    b, miss_b = _categories_csv(table_b, key_b or key, column_b)
+    keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
+    if not keys_a & keys_b:
+        raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
+                         f"and {sorted(keys_b)[:3]}); key and key_b name the case columns.")
+    excluded = {"no category in " + method_a: [k for k in miss_a if k in keys_b],
+                "no category in " + method_b: [k for k in miss_b if k in keys_a],
+                "only in " + method_a: sorted(keys_a - keys_b),
+                "only in " + method_b: sorted(keys_b - keys_a)}
+    common = [k for k in a if k in b]
+    res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
+                       method_a=method_a, method_b=method_b)
+    return replace(res, excluded={k: v for k, v in excluded.items() if v})

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdmed.errors import InputError, UnknownNameError
-from qdmed.imaging._cellsums import compartment_totals, sector_totals
+from qdmed.imaging._cellsums import compartment_totals, pixels_by_component, sector_totals
 from qdmed.imaging._distance import distance_transform_edt
 from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 from qdmed.imaging._watershed import watershed
@@ -865,7 +865,8 @@ def measure_cells(
         careas[c] = np.bincount(flat[mask], minlength=n + 1)[1:].astype(np.float64)
         data[f"{c}_area_um2"] = careas[c] * px2
     careas["cell"] = area_px
-    tot = compartment_totals(ab, flat, code, n)  # (n, 3, K), one pass for all markers
+    ab2 = pixels_by_component(ab)  # (Y*X, K)
+    tot = compartment_totals(ab2, flat, code, n)  # (n, 3, K), one pass for all markers
 
     # membrane geometry for completeness
     mem_sel = np.flatnonzero(code == 3)
@@ -876,8 +877,7 @@ def measure_cells(
         key = (mem_cell - 1) * n_sectors + sector
         sec_count = np.bincount(key, minlength=n * n_sectors).astype(np.float64)
         occupied = (sec_count > 0).reshape(n, n_sectors).sum(axis=1)
-        sec_all = sector_totals(ab, mem_sel, key, n * n_sectors)
-    ab_flat = ab.reshape(-1, ab.shape[-1])
+        sec_all = sector_totals(ab2, mem_sel, key, n * n_sectors)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         for k, m in enumerate(names):
@@ -897,7 +897,7 @@ def measure_cells(
                 st_sum = (sec_sum * stained).reshape(n, n_sectors).sum(axis=1)
                 st_cnt = (sec_count * stained).reshape(n, n_sectors).sum(axis=1)
             else:
-                vals = ab_flat[mem_sel, k].astype(np.float64)
+                vals = ab2[mem_sel, k].astype(np.float64)
                 hit = vals > thr
                 pos = np.bincount(mem_cell - 1, weights=hit.astype(np.float64), minlength=n)
                 compl = np.where(careas["membrane"] > 0, pos / careas["membrane"], np.nan)

@@ -16,7 +16,7 @@ import numpy as np
 
 from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
-__all__ = ["compartment_totals", "sector_totals"]
+__all__ = ["compartment_totals", "pixels_by_component", "sector_totals"]
 
 
 @lazy_kernel
@@ -46,19 +46,21 @@ def _kernels():  # pragma: no cover - bodies run compiled
     return totals, sectors
 
 
-def _pixels_by_component(ab: np.ndarray) -> np.ndarray:
+def pixels_by_component(ab: np.ndarray) -> np.ndarray:
+    """(Y, X, K) abundances as a C-contiguous (Y*X, K) float array (float32 kept; other
+    dtypes become float64), the layout both sums read."""
     ab2 = ab.reshape(-1, ab.shape[-1])
     if ab2.dtype not in (np.float32, np.float64):
         ab2 = ab2.astype(np.float64)
     return np.ascontiguousarray(ab2)
 
 
-def compartment_totals(ab, flat, code, n, *, method="auto") -> np.ndarray:
+def compartment_totals(ab2, flat, code, n, *, method="auto") -> np.ndarray:
     """Sums of every component over every cell's compartments.
 
     Parameters
     ----------
-    ab : (Y, X, K) array, abundance units
+    ab2 : (Y*X, K) array from :func:`pixels_by_component`, abundance units
     flat : (Y*X,) int array
         Dense cell index of each pixel (0 background, 1..n cells).
     code : (Y*X,) int8 array
@@ -71,7 +73,6 @@ def compartment_totals(ab, flat, code, n, *, method="auto") -> np.ndarray:
     -------
     (n, 3, K) float64 array: ``[cell - 1, compartment - 1, component]``.
     """
-    ab2 = _pixels_by_component(ab)
     kk = ab2.shape[1]
     if method != "numpy" and numba_available():
         out = np.zeros((n + 1, 3, kk))
@@ -86,12 +87,9 @@ def compartment_totals(ab, flat, code, n, *, method="auto") -> np.ndarray:
     return out
 
 
-def sector_totals(ab, sel, key, nbins, *, method="auto") -> np.ndarray:
-    """Sums of every component over bins ``key`` of the pixels ``sel`` (raveled indices).
-
-    Returns an (nbins, K) float64 array.
-    """
-    ab2 = _pixels_by_component(ab)
+def sector_totals(ab2, sel, key, nbins, *, method="auto") -> np.ndarray:
+    """Sums of every component of ``ab2`` (as in :func:`compartment_totals`) over bins
+    ``key`` of the pixels ``sel`` (raveled indices); an (nbins, K) float64 array."""
     kk = ab2.shape[1]
     if method != "numpy" and numba_available():
         out = np.zeros((nbins, kk))

@@ -59,7 +59,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     import pandas as pd
 
     from qdmed.imaging._analyze import analyze_slide, start_client
-    from qdmed.imaging._report import write_slide_report
+    from qdmed.imaging._report import write_cohort_report, write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
     if regions_dir is None and region_class is not None:
@@ -142,8 +142,6 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     table = table.reindex(columns=cols + [c for c in table.columns if c not in cols])
     table.to_csv(buf, index=False)
     atomic_write_text(out / "cohort.csv", buf.getvalue())
-    from qdmed.imaging._report import write_cohort_report
-
     write_cohort_report(summary, out)
     summary["report"] = str(out / "report.html")
     return summary

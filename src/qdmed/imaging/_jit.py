@@ -1,9 +1,10 @@
 """Lazily compiled numba kernels for the imaging modules.
 
-Each compiled kernel lives next to its numpy reference; it is compiled on first use (a
-second or two per kernel), once per process even when several Dask worker threads ask for
-it at the same moment, so importing qdmed stays fast and a machine without numba still runs
-the numpy paths.
+Each compiled kernel lives next to its numpy reference. It is built on first use, once per
+process even when several Dask worker threads ask for it at the same moment, so importing
+qdmed stays fast and a machine without numba still runs the numpy paths; what numba
+compiles is cached on disk (:func:`njit_cached`), so later processes load it instead of
+compiling it again.
 """
 
 from __future__ import annotations

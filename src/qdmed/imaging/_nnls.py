@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
-from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
+from qdmed.imaging._jit import generated_module, lazy_kernel, njit_cached, numba_available
 
 __all__ = ["MAX_COMPONENTS", "UnmixResult", "kkt_violation", "unmix_block", "unmix_lstsq",
            "unmix_nnls"]
@@ -580,8 +580,6 @@ def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
     caches the compiled kernel (about 3 s saved in every later process: each CLI run and
     Dask worker); without a writable cache directory it is compiled in memory."""
     from numba import njit
-
-    from qdmed.imaging._jit import generated_module
 
     header = (f"import numpy as np\n\nK = {k}\nBACKUP = {_BACKUP_P}\n"
               f"LOCK = {_LOCKSTEP_PASSES}\n\n")

@@ -45,9 +45,10 @@ class Regions:
         polygon lies on the edge's larger-x or larger-y side (the left and top edges of a
         square in image coordinates, not its right and bottom ones), whatever the ring
         orientation, so abutting annotations share out their common edges: every point is
-        in exactly one of them (tested). Written here because matplotlib's ``contains_points`` puts edge
-        points in or out by ring orientation (clockwise and counter-clockwise copies of one
-        square disagree) and scipy/scikit-image offer no polygon test for points.
+        in exactly one of them (tested). Written here because matplotlib's
+        ``contains_points`` puts edge points in or out by ring orientation (clockwise and
+        counter-clockwise copies of one square disagree) and scipy/scikit-image offer no
+        polygon test for points.
         """
         px = np.ascontiguousarray(np.asarray(x, dtype=float).ravel())
         py = np.ascontiguousarray(np.asarray(y, dtype=float).ravel())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qdmed.imaging._cohort import slide_stem
+
 _CAT_COLOURS = {"0": "#3b4cc0", "1+": "#7bb0ff", "2+": "#f7a35c", "3+": "#b40426"}
 
 
@@ -160,6 +162,7 @@ def cohort_figure(rows: list[dict]):
     """Slides' HER2 categories (counts) beside each slide's mean membrane HER2 per scored
     cell, coloured by its category; None when no slide was scored."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     scored = [r for r in rows if r.get("status") == "ok" and r.get("her2_category")]
     if not scored:
@@ -168,8 +171,6 @@ def cohort_figure(rows: list[dict]):
                                  gridspec_kw={"width_ratios": [1, 2.2]})
     cats = list(_CAT_COLOURS)
     counts = [sum(r["her2_category"] == c for r in scored) for c in cats]
-    from matplotlib.ticker import MaxNLocator
-
     a1.bar(cats, counts, color=[_CAT_COLOURS[c] for c in cats])
     a1.yaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set_xlabel("HER2 category (ASCO/CAP 2018 style)")
@@ -203,7 +204,7 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     fig = cohort_figure(rows)
     if fig is not None:
         rep.heading("HER2")
-        rep.figure(fig, "HER2 categories and load per slide")
+        rep.figure(fig, "HER2 categories and mean membrane HER2 per slide")
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "message"]
@@ -211,11 +212,5 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     links = [r["slide"] for r in rows if r.get("status") == "ok"]
     if links:
         rep.paragraph("Slide reports: " + ", ".join(
-            f"slides/{_stem(n)}/report.html" for n in links), cls="muted")
+            f"slides/{slide_stem(n)}/report.html" for n in links), cls="muted")
     return rep.write(out / "report.html")
-
-
-def _stem(name: str) -> str:
-    from qdmed.imaging._cohort import slide_stem
-
-    return slide_stem(name)
