@@ -44,7 +44,7 @@ def test_perfect_agreement_and_numeric_labels():
 def test_compare_errors_name_the_cases():
     with pytest.raises(InputError, match=r"only in QD-IHC: \['b'\]"):
         compare_her2({"a": "0", "b": "1+"}, {"a": "0", "c": "1+"})
-    with pytest.raises(InputError, match="case 1 has HER2 category '4\\+'"):
+    with pytest.raises(InputError, match="case '1' has HER2 category '4\\+'"):
         compare_her2(["0", "4+"], ["0", "1+"])
     with pytest.raises(InputError, match="different names"):
         compare_her2(["0", "1+"], ["0", "1+"], method_a="IHC", method_b="IHC")

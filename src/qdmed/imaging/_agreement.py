@@ -111,14 +111,14 @@ class HER2Agreement:
         return ax.figure
 
 
-def _categories(name: str, values) -> list[str]:
+def _categories(name: str, values, cases) -> list[str]:
     out = []
-    for i, v in enumerate(values):
+    for case, v in zip(cases, values, strict=True):
         cat = getattr(v, "category", v)  # a Her2Score or a label
         try:
             out.append(_category(cat))
         except InputError:
-            raise InputError(f"{name}: case {i} has HER2 category {cat!r}; accepted: "
+            raise InputError(f"{name}: case {case!r} has HER2 category {cat!r}; accepted: "
                              f"{list(HER2_CATEGORIES)} (also 0/1/2/3).") from None
     return out
 
@@ -172,7 +172,7 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
         cases = [str(i) for i in range(len(va))]
     if len(cases) < 2:
         raise InputError(f"agreement needs at least 2 cases; got {len(cases)}.")
-    ca, cb = _categories(method_a, va), _categories(method_b, vb)
+    ca, cb = _categories(method_a, va, cases), _categories(method_b, vb, cases)
     ia = np.array([HER2_CATEGORIES.index(c) for c in ca])
     ib = np.array([HER2_CATEGORIES.index(c) for c in cb])
     table = np.zeros((4, 4), dtype=int)
