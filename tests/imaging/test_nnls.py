@@ -342,3 +342,48 @@ def test_generated_kernel_cache_and_its_fallback(monkeypatch, tmp_path):
     z0 = y @ prep.pn
     kern(z0, y, prep.u, prep.d, prep.rtol, 16, x)
     assert np.allclose(x, unmix_nnls(y, a2, method="numpy"), rtol=0, atol=1e-9)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("k", [1, 8])  # one partial sum; the widest SIMD kernel (~1.5 s each)
+def test_simd_kernel_edges_of_k_agree_with_scipy(k):
+    """The 8-lane kernel serves K = 1..8: K = 1 (one partial sum) and K = 8 (all lanes, the
+    8-bit mask) against scipy.optimize.nnls."""
+    rng = np.random.default_rng(40 + k)
+    a = rng.random((10, k)) + 0.05
+    x_true = rng.gamma(2.0, 1.0, (400, k)) * (rng.random((400, k)) > 0.4)
+    y = x_true @ a.T + rng.normal(scale=0.3, size=(400, 10))
+    x = unmix_nnls(y, a, method="numba")
+    ref = scipy_nnls(a, y)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * max(1.0, np.abs(ref).max()))
+    assert kkt_violation(y, a, x).max() < 1e-9
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_simd_leftover_pixels_go_to_the_safeguarded_scalar_kernel():
+    """Pixels still infeasible after the SIMD kernel's lockstep passes are solved by the
+    scalar kernel (Murty's rule, then all passive sets): with no pass at all every
+    constrained pixel takes that route, across both threads' pixel ranges, and the answer is
+    the same as the normal path's and scipy's."""
+    from qdmed.imaging._nnls import _prepare, _solve_scalar, _solve_simd
+
+    a, _, y = realistic(2 * 8192 + 601, seed=21)
+    prep = _prepare(a, 1e4)
+    normal = _solve_simd(y, prep)
+    for passes in (0, 1):
+        np.testing.assert_allclose(_solve_simd(y, prep, passes=passes), normal, rtol=0,
+                                   atol=1e-10 * np.abs(normal).max())
+    np.testing.assert_allclose(_solve_scalar(y, prep), normal, rtol=0,
+                               atol=1e-10 * np.abs(normal).max())
+    ref = scipy_nnls(a, y[-300:])
+    np.testing.assert_allclose(normal[-300:], ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_more_than_eight_components_use_the_scalar_kernel():
+    rng = np.random.default_rng(9)
+    a = rng.random((14, 9)) + 0.05
+    y = rng.normal(size=(300, 14)) + a @ rng.random(9)
+    x = unmix_nnls(y, a, method="numba")
+    ref = scipy_nnls(a, y)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * max(1.0, np.abs(ref).max()))
