@@ -138,3 +138,31 @@ def test_bad_inputs():
         score_dab(np.ones((8, 8, 3)), od_cutoffs=(0.5, 0.2, 0.9))
     with pytest.raises(UnknownNameError, match="ruifrok"):
         score_dab(np.ones((8, 8, 3)), od_cutoffs=(0.1, 0.2, 0.3), stain_matrix="vahadane")
+
+
+def test_score_dab_leaves_unmeasured_cells_out_of_percentages(ihc, monkeypatch):
+    """A cell without membrane pixels (NaN mean) is 'unmeasured', not class 0: the
+    percentages and H-score are of the measured cells, as in the HER2 rule's omit policy."""
+    import qdmed.imaging._cells as cells_mod
+
+    real = cells_mod.measure_cells
+    base = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
+    first = base.cells.iloc[0]
+
+    def with_nan(*args, **kwargs):
+        df = real(*args, **kwargs).copy()
+        df.loc[df.index[0], "DAB_membrane_mean"] = np.nan
+        return df
+
+    monkeypatch.setattr(cells_mod, "measure_cells", with_nan)
+    s = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
+    assert s.n_cells == base.n_cells and s.n_unmeasured == 1
+    assert s.cells["dab_class"].iloc[0] == "unmeasured"
+    counts = base.cells["dab_class"].value_counts().to_dict()
+    counts[first["dab_class"]] -= 1
+    m = base.n_cells - 1
+    assert s.percent_0 == pytest.approx(100.0 * counts.get("0", 0) / m)
+    assert s.percent_3plus == pytest.approx(100.0 * counts.get("3+", 0) / m)
+    assert s.percent_0 + s.percent_1plus + s.percent_2plus + s.percent_3plus == pytest.approx(100)
+    assert s.her2.n_cells == m  # the HER2 rule omits the same cell
+    assert s.to_dict()["n_unmeasured"] == 1

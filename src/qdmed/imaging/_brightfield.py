@@ -272,7 +272,7 @@ class DabScore:
     ----------
     n_cells : int
     percent_0, percent_1plus, percent_2plus, percent_3plus : float
-        Percent of cells per DAB class of their ``compartment`` mean OD.
+        Percent of the measured cells per DAB class of their ``compartment`` mean OD.
     h_score : float
         ``1 * %1+ + 2 * %2+ + 3 * %3+``.
     od_cutoffs : tuple of 3 float, OD
@@ -286,6 +286,9 @@ class DabScore:
         ASCO/CAP 2018-style HER2 category of the image by :func:`score_her2` (the rule used
         for QD signal) with the OD cut-offs as faint / weak-moderate / intense classes and
         membrane completeness at ``t1``; None unless ``compartment='membrane'``, or no cells.
+    n_unmeasured : int
+        Cells without a pixel in ``compartment`` (NaN mean): ``dab_class`` 'unmeasured', left
+        out of the percentages and the H-score, as :func:`score_her2` leaves them out.
     """
 
     n_cells: int
@@ -301,6 +304,7 @@ class DabScore:
     labels: Any = field(repr=False, compare=False)
     references: tuple[str, ...] = (_REF_RUIFROK,)
     her2: Any = field(default=None, repr=False, compare=False)
+    n_unmeasured: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
@@ -397,11 +401,17 @@ def score_dab(
         membrane_width_um=membrane_width_um,
         completeness_threshold=t[0],
     )
-    vals = np.nan_to_num(np.asarray(df[f"DAB_{compartment}_mean"], dtype=np.float64), nan=0.0)
-    klass = np.searchsorted(np.asarray(t), vals, side="right")
-    df["dab_class"] = np.asarray(("0", "1+", "2+", "3+"), dtype=object)[klass]
+    vals = np.asarray(df[f"DAB_{compartment}_mean"], dtype=np.float64)
+    measured = np.isfinite(vals)  # NaN: the cell has no pixel in this compartment
+    klass = np.searchsorted(np.asarray(t), np.where(measured, vals, 0.0), side="right")
+    names = np.asarray(("0", "1+", "2+", "3+"), dtype=object)[klass]
+    names[~measured] = "unmeasured"
+    df["dab_class"] = names
     n = len(df)
-    pct = 100.0 * np.bincount(klass, minlength=4) / n if n else np.full(4, np.nan)
+    n_measured = int(measured.sum())
+    # percentages of the measured cells, as score_her2(nan_policy="omit") counts them
+    pct = (100.0 * np.bincount(klass[measured], minlength=4) / n_measured if n_measured
+           else np.full(4, np.nan))
     refs = (_REF_RUIFROK, _REF_MACENKO) if isinstance(stain_matrix, str) and stain_matrix == "macenko" else (_REF_RUIFROK,)
     her2 = None
     if compartment == "membrane" and n:
@@ -425,4 +435,5 @@ def score_dab(
         labels=cells,
         references=refs,
         her2=her2,
+        n_unmeasured=n - n_measured,
     )
