@@ -73,7 +73,7 @@ def test_radix_argsort_sorts_like_numpy(seed, n, kind):
         neg_nan = np.array([0x7FF8000000000000 | (1 << 63)], dtype=np.uint64).view(np.float64)[0]
         v = rng.choice(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, neg_nan, 1.5, -1.5,
                                  5e-324]), n)
-    order = _kernel()[1](v)
+    order = _kernel()[1](v, np.arange(n, dtype=np.int32))
     assert sorted(order.tolist()) == list(range(n))  # a permutation
     assert np.array_equal(v[order], np.sort(v), equal_nan=True)
     ref = np.argsort(v, kind="stable")
