@@ -113,6 +113,66 @@ def _kernel():  # pragma: no cover - body runs compiled
         return out
 
     @njit_cached(nogil=True)
+    def flood_distinct(pix, sorted_vals, image, mask, markers, out):
+        """:func:`flood` when the masked values are all distinct (and none is NaN), as in
+        qdmed's landscapes with their tie-breaker: bucket ``r`` then only ever holds its own
+        pixel ``pix[r]`` (the masked pixels in increasing order of value), pushed when it was
+        reached, followed by the pixels pushed at that level because their own level had
+        passed. So no bucket lists and no rank image are needed: a pixel is reached when
+        labelled, and one FIFO serves the current level. Same output as :func:`flood`
+        (tested); about a quarter faster on a 2208^2 tile (measured)."""
+        h, w = out.shape
+        m = pix.shape[0]
+        flat = out.ravel()
+        mk = markers.ravel()
+        img = image.ravel()
+        msk = mask.ravel()
+        for i in range(m):
+            p = pix[i]
+            if mk[p] != 0:
+                flat[p] = mk[p]
+        fifo = np.empty(m, dtype=pix.dtype)
+        for r in range(m):
+            p = pix[r]
+            if flat[p] == 0:  # not reached (yet): nothing at this level
+                continue
+            level = sorted_vals[r]
+            head = 0
+            tail = 0
+            while True:
+                y = p // w
+                x = p - y * w
+                lab = flat[p]
+                for k in range(4):  # scikit-image's order: up, left, right, down
+                    if k == 0:
+                        if y == 0:
+                            continue
+                        q = p - w
+                    elif k == 1:
+                        if x == 0:
+                            continue
+                        q = p - 1
+                    elif k == 2:
+                        if x == w - 1:
+                            continue
+                        q = p + 1
+                    else:
+                        if y == h - 1:
+                            continue
+                        q = p + w
+                    if not msk[q] or flat[q] != 0:
+                        continue
+                    flat[q] = lab  # labelled when pushed
+                    if img[q] < level:  # its own level has passed: queued at this one
+                        fifo[tail] = q
+                        tail += 1
+                if head == tail:
+                    break
+                p = fifo[head]
+                head += 1
+        return out
+
+    @njit_cached(nogil=True)
     def argsort_f64(vals, idx):
         """Sort ``idx`` (``arange(n)``, int32 when that suffices) so that it orders ``vals``
         (float64) ascending: LSD radix sort, 11-bit digits (six passes; 8-bit digits took
@@ -158,7 +218,7 @@ def _kernel():  # pragma: no cover - body runs compiled
             idx, idx2 = idx2, idx
         return idx
 
-    return flood, argsort_f64
+    return flood, argsort_f64, flood_distinct
 
 
 def watershed(image, markers, mask=None) -> np.ndarray:
@@ -187,11 +247,16 @@ def watershed(image, markers, mask=None) -> np.ndarray:
         raise ValueError(f"mask shape {msk.shape} does not match image shape {img.shape}")
     idx = np.flatnonzero(msk)
     vals = img.ravel()[idx]
-    flood, argsort = _kernel()
+    flood, argsort, flood_distinct = _kernel()
     itype = np.int32 if img.size < 2**31 - 1 else np.int64
     # radix sort: 5x faster than np.argsort (2.8e6 values, measured)
     order = argsort(vals, np.arange(vals.size, dtype=itype))
+    sorted_vals = vals[order]
     mk = np.ascontiguousarray(np.where(msk, mk, 0))
     out = np.zeros(img.shape, dtype=mk.dtype)
-    return flood(idx, order, vals[order], mk, out, np.full(img.size, -1, dtype=itype),
+    if sorted_vals.size and not np.isnan(sorted_vals[-1]) and bool(
+            np.all(sorted_vals[1:] != sorted_vals[:-1])):
+        return flood_distinct(idx.astype(itype)[order], sorted_vals, np.ascontiguousarray(img),
+                              np.ascontiguousarray(msk), mk, out)
+    return flood(idx, order, sorted_vals, mk, out, np.full(img.size, -1, dtype=itype),
                  np.empty(img.size, dtype=itype))
