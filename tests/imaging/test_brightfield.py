@@ -166,3 +166,19 @@ def test_score_dab_leaves_unmeasured_cells_out_of_percentages(ihc, monkeypatch):
     assert s.percent_0 + s.percent_1plus + s.percent_2plus + s.percent_3plus == pytest.approx(100)
     assert s.her2.n_cells == m  # the HER2 rule omits the same cell
     assert s.to_dict()["n_unmeasured"] == 1
+
+
+def test_score_dab_with_no_measured_cell_has_no_her2(ihc, monkeypatch):
+    import qdmed.imaging._cells as cells_mod
+
+    real = cells_mod.measure_cells
+
+    def all_nan(*args, **kwargs):
+        df = real(*args, **kwargs).copy()
+        df["DAB_membrane_mean"] = np.nan
+        return df
+
+    monkeypatch.setattr(cells_mod, "measure_cells", all_nan)
+    s = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
+    assert s.n_unmeasured == s.n_cells > 0 and s.her2 is None
+    assert np.isnan(s.percent_0) and s.to_dict()["percent_0"] is None

@@ -387,3 +387,16 @@ def test_more_than_eight_components_use_the_scalar_kernel():
     x = unmix_nnls(y, a, method="numba")
     ref = scipy_nnls(a, y)
     np.testing.assert_allclose(x, ref, rtol=0, atol=1e-8 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("k", [2, 9])  # the SIMD kernel and the scalar one
+def test_finite_pixels_whose_products_overflow_raise(k):
+    """1e308 counts are finite, but the unconstrained solution overflows: the compiled
+    kernels refuse the pixel with a count rather than return NaN abundances (review
+    finding)."""
+    a = np.eye(k) + 0.9 * (1 - np.eye(k))
+    y = np.ones((2, k))
+    y[0, 0] = 1e308
+    with pytest.raises(InputError, match="1 NaN or infinite"):
+        unmix_nnls(y, a, method="numba", max_condition=1e6)

@@ -285,7 +285,8 @@ class DabScore:
     her2 : Her2Score or None
         ASCO/CAP 2018-style HER2 category of the image by :func:`score_her2` (the rule used
         for QD signal) with the OD cut-offs as faint / weak-moderate / intense classes and
-        membrane completeness at ``t1``; None unless ``compartment='membrane'``, or no cells.
+        membrane completeness at ``t1``; None unless ``compartment='membrane'``, or no measured
+        cells.
     n_unmeasured : int
         Cells without a pixel in ``compartment`` (NaN mean): ``dab_class`` 'unmeasured', left
         out of the percentages and the H-score, as :func:`score_her2` leaves them out.
@@ -414,7 +415,7 @@ def score_dab(
            else np.full(4, np.nan))
     refs = (_REF_RUIFROK, _REF_MACENKO) if isinstance(stain_matrix, str) and stain_matrix == "macenko" else (_REF_RUIFROK,)
     her2 = None
-    if compartment == "membrane" and n:
+    if compartment == "membrane" and n_measured:
         # the same ASCO/CAP rule as for QD signal, with the OD cut-offs as intensity classes
         from qdmed.imaging._scoring import Her2Calibration, score_her2
 

@@ -605,8 +605,9 @@ def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
 # pixel is one 8-lane vector, so a pivoting step w = z @ U_S is K broadcast multiply-adds with
 # the rows of U_S (padded to 8 lanes). The unconstrained solution z0 = y @ (A_n G^-1) is
 # computed in the kernel from the pixel's counts as they are read (no BLAS product, no z0
-# array): the pixels are read once and the abundances written once, as by the pinv product
-# itself. Pixels are taken in chunks whose scratch lists stay in the L2 cache; in each chunk
+# array): the pixels are read from memory once, as by the pinv product itself. Pixels are
+# taken in chunks whose scratch lists (and abundance rows, rewritten on each pass until
+# final) stay in the L2 cache; in each chunk
 # the infeasible pixels are pivoted in lockstep passes, as in the scalar kernel above. Pixels
 # still infeasible after `passes` passes (none in the benchmark's 100,000) are returned in
 # `left` for the scalar kernel's safeguarded pivoting.
@@ -631,7 +632,7 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
                 v = np.float64(y[p, ch])
                 s += abs(v)  # tolerance scale ||y||_1
                 z = vfma(vsplat(v), vload(pn, ch * 8), z)
-            if not (s < np.inf):  # NaN or infinite pixel value
+            if not (s < np.inf) or vnonfinite(z) != 0:  # NaN/inf value, or overflow
                 bad += 1
             tol = -rtol * s
             inf = vltmask(z, tol) & full
@@ -700,7 +701,7 @@ def _build_simd_kernel(k: int):  # pragma: no cover - body runs compiled
 
     header = ("import numpy as np\n"
               "from qdmed.imaging._simd import (vadd, vfma, vload, vltmask, vmax0, vmul, "
-              "vsplat, vstore,\n    vstore_row, vzero)\n\n"
+              "vnonfinite,\n    vsplat, vstore, vstore_row, vzero)\n\n"
               f"K = {k}\nCHUNK = {_SIMD_CHUNK}\n# intrinsics: {_simd_version()}\n\n")
     source = header + _simd_kernel_source(k)
     module = generated_module(f"nnls_simd_k{k}", source)
@@ -714,7 +715,12 @@ def _build_simd_kernel(k: int):  # pragma: no cover - body runs compiled
 def _simd_version() -> str:
     """Hash of the intrinsics' source: part of the generated kernel's source, so that a
     changed _simd.py gets a new kernel file (numba's cache only tracks the kernel's file)."""
-    text = Path(__file__).with_name("_simd.py").read_bytes()
+    try:
+        text = Path(__file__).with_name("_simd.py").read_bytes()
+    except OSError:  # installed without sources: the package version stands in
+        from qdmed import __version__
+
+        text = f"qdmed {__version__}".encode()
     return hashlib.sha256(text).hexdigest()[:16]
 
 
@@ -741,6 +747,8 @@ def _simd_tables(prep: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d = np.zeros((1 << k, 8))
     d[:, :k] = prep.d
     out = (pn.ravel(), u.ravel(), d.ravel())
+    for arr in out:
+        arr.setflags(write=False)
     with _CACHE_LOCK:
         if not tables:
             tables.append(out)
@@ -923,8 +931,8 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     unconstrained solution ``z0 = (A_n G^{-1})^T y`` of each pixel as it reads it and pivots
     the infeasible pixels in lockstep passes with ``z = U_S^T z0``, ``U_S = G T_S``
     pre-computed; for ``K <= 8`` every K-vector is one 8-lane SIMD vector (AVX-512 where the
-    CPU has it), so the pixels are read once and the abundances written once, as by the
-    unconstrained ``y @ pinv(A).T`` itself. ``tol = rtol * ||y||_1`` with
+    CPU has it), and the pixels are read from memory once, as by the unconstrained
+    ``y @ pinv(A).T`` itself. ``tol = rtol * ||y||_1`` with
     ``rtol = max(1e-12, 16 eps cond^2)``; finally ``x = D^{-1} max(z_S, 0)``.
 
     References

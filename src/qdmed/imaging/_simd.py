@@ -20,8 +20,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["f64x8", "vadd", "vfma", "vload", "vltmask", "vmax0", "vmul", "vsplat", "vstore",
-           "vstore_row", "vzero"]
+__all__ = ["f64x8", "vadd", "vfma", "vload", "vltmask", "vmax0", "vmul", "vnonfinite", "vsplat",
+           "vstore", "vstore_row", "vzero"]
 
 LANES = 8
 _VT = ir.VectorType(ir.DoubleType(), LANES)
@@ -90,8 +90,8 @@ def vstore(typingctx, arr, index, v):
 
 
 def _masked_store_name() -> str:
-    # LLVM mangles the pointer type into the name: "p0" with opaque pointers (llvmlite
-    # builds on LLVM >= 15), "p0v8f64" with typed ones.
+    # LLVM mangles the pointer type into the name: "p0" when llvmlite writes opaque pointers
+    # ("ptr"), "p0v8f64" when it writes typed ones (LLVM renames it on reading either way).
     return ("llvm.masked.store.v8f64.p0" if str(_VT.as_pointer()) == "ptr"
             else "llvm.masked.store.v8f64.p0v8f64")
 
@@ -182,6 +182,18 @@ def vmax0(typingctx, a):
         return builder.call(fn, [args[0], ir.Constant(_VT, [0.0] * LANES)])
 
     return f64x8(f64x8), codegen
+
+
+@intrinsic
+def vnonfinite(typingctx, a):
+    """Bit mask (int64) with bit ``i`` set where lane ``i`` of ``a`` is NaN or infinite."""
+
+    def codegen(context, builder, sig, args):
+        t = builder.fmul(args[0], ir.Constant(_VT, [0.0] * LANES))  # NaN iff not finite
+        bad = builder.fcmp_unordered("uno", t, t)
+        return builder.zext(builder.bitcast(bad, ir.IntType(LANES)), ir.IntType(64))
+
+    return types.int64(f64x8), codegen
 
 
 @intrinsic

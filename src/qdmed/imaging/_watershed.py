@@ -174,13 +174,14 @@ def _kernel():  # pragma: no cover - body runs compiled
 
     @njit_cached(nogil=True)
     def argsort_f64(vals, idx):
-        """Sort ``idx`` (``arange(n)``, int32 when that suffices) so that it orders ``vals``
-        (float64) ascending: LSD radix sort, 11-bit digits (six passes; 8-bit digits took
-        eight and were 27 % slower on 2.8e6 values, measured), on the order-preserving
-        unsigned image of the IEEE-754 bits (negative values: all bits flipped; others: sign
-        bit set). Passes whose digit is the same for every key are skipped. Equal keys keep
-        their input order (stable); -0.0 sorts just before +0.0, and every NaN (whatever its
-        sign bit) after +inf, as in ``np.sort``."""
+        """The permutation of ``idx`` (``arange(n)``, int32 when that suffices; used as work
+        space and may be overwritten) that sorts ``vals`` (float64) ascending: LSD radix
+        sort, 11-bit digits (six passes; 8-bit digits took eight and were 27 % slower on
+        2.8e6 values, measured), on the order-preserving unsigned image of the IEEE-754 bits
+        (negative values: all bits flipped; others: sign bit set). Passes whose digit is the
+        same for every key are skipped. Equal keys keep their input order (stable); every NaN
+        (whatever its sign bit) sorts after +inf, as in ``np.sort``; -0.0 sorts before +0.0
+        (``np.sort`` keeps the two zeros in input order; the flood gives them one rank)."""
         n = vals.shape[0]
         bits = vals.view(np.uint64)
         sign = np.uint64(1) << np.uint64(63)
