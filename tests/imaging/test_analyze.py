@@ -404,3 +404,20 @@ def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibrat
     assert "none of the" in res.summary["scored_cells"]["warning"]
     with pytest.raises(InputError, match="needs a regions file"):
         analyze_slide(slide.path, PANEL, tmp_path / "reg2", region_class="Tumor")
+
+
+def test_nucleus_centroids_equal_ndimage_means_exactly():
+    """Tile ownership compares nucleus centroids with tile edges, so the bincount over
+    labelled pixels must give the very values of scipy.ndimage.mean over index images."""
+    from scipy import ndimage
+
+    from qdmed.imaging._analyze import _nucleus_centroids
+
+    rng = np.random.default_rng(0)
+    lab, n = ndimage.label(ndimage.gaussian_filter(rng.random((300, 420)), 4) > 0.52)
+    ids = np.arange(1, n + 1)[::-1]  # any order of ids
+    cy, cx = _nucleus_centroids(lab, ids, 40, -3)
+    assert np.array_equal(cy, np.asarray(ndimage.mean(np.indices(lab.shape)[0], lab, ids)) + 40)
+    assert np.array_equal(cx, np.asarray(ndimage.mean(np.indices(lab.shape)[1], lab, ids)) - 3)
+    e = _nucleus_centroids(np.zeros((5, 5), np.int32), np.array([], np.int64), 0, 0)
+    assert e[0].shape == (0,) and e[1].shape == (0,)

@@ -245,12 +245,23 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
 
 
 def _nucleus_centroids(nuclei, ids, oy, ox):
-    from scipy import ndimage
+    """Mean row and column of each nucleus ``ids`` (labels >= 0), plus the tile offset.
 
-    lab = nuclei
-    cy = np.asarray(ndimage.mean(np.indices(lab.shape)[0], lab, ids)) + oy
-    cx = np.asarray(ndimage.mean(np.indices(lab.shape)[1], lab, ids)) + ox
-    return cy, cx
+    Sums over the labelled pixels only, in raster order: the same additions, in the same
+    order, as ``scipy.ndimage.mean(np.indices(...)[k], nuclei, ids)`` (a bincount over the
+    whole image), so the ownership test sees identical values, without two full-image
+    index arrays (~0.15 s per 2208^2 tile, measured)."""
+    w = nuclei.shape[1]
+    flat = nuclei.ravel()
+    sel = np.flatnonzero(flat)
+    lab = flat[sel]
+    n = int(max(lab.max(initial=0), np.max(ids, initial=0))) + 1
+    count = np.bincount(lab, minlength=n)[ids]
+    rows = sel // w
+    with np.errstate(invalid="ignore", divide="ignore"):  # an id without pixels: NaN
+        cy = np.bincount(lab, weights=rows.astype(np.float64), minlength=n)[ids] / count
+        cx = np.bincount(lab, weights=(sel - rows * w).astype(np.float64), minlength=n)[ids] / count
+    return cy + oy, cx + ox
 
 
 def _classifier(her2):
