@@ -34,18 +34,6 @@ __all__ = ["watershed"]
 
 @lazy_kernel
 def _kernel():  # pragma: no cover - body runs compiled
-    @njit_cached(nogil=True, inline="always")
-    def neighbour(p, y, x, k, h, w):
-        """Raveled index of neighbour ``k`` of pixel ``p`` = (y, x) in an h x w image, in
-        scikit-image's order for connectivity 1 (up, left, right, down); -1 off the image."""
-        if k == 0:
-            return p - w if y > 0 else -1
-        if k == 1:
-            return p - 1 if x > 0 else -1
-        if k == 2:
-            return p + 1 if x < w - 1 else -1
-        return p + w if y < h - 1 else -1
-
     @njit_cached(nogil=True)
     def flood(idx, order, sorted_vals, markers, out, rank, nxt):
         """Flood ``out`` (holding the markers, 0 elsewhere) over the masked pixels ``idx``
@@ -93,10 +81,23 @@ def _kernel():  # pragma: no cover - body runs compiled
             y = p // w
             x = p - y * w
             lab = flat[p]
-            for k in range(4):
-                q = neighbour(p, y, x, k, h, w)
-                if q < 0:
-                    continue
+            for k in range(4):  # scikit-image's order for connectivity 1: up, left, right, down
+                if k == 0:
+                    if y == 0:
+                        continue
+                    q = p - w
+                elif k == 1:
+                    if x == 0:
+                        continue
+                    q = p - 1
+                elif k == 2:
+                    if x == w - 1:
+                        continue
+                    q = p + 1
+                else:
+                    if y == h - 1:
+                        continue
+                    q = p + w
                 b = rank[q]
                 if b < 0 or flat[q] != 0:
                     continue
@@ -142,10 +143,23 @@ def _kernel():  # pragma: no cover - body runs compiled
                 y = p // w
                 x = p - y * w
                 lab = flat[p]
-                for k in range(4):
-                    q = neighbour(p, y, x, k, h, w)
-                    if q < 0:
-                        continue
+                for k in range(4):  # scikit-image's order: up, left, right, down
+                    if k == 0:
+                        if y == 0:
+                            continue
+                        q = p - w
+                    elif k == 1:
+                        if x == 0:
+                            continue
+                        q = p - 1
+                    elif k == 2:
+                        if x == w - 1:
+                            continue
+                        q = p + 1
+                    else:
+                        if y == h - 1:
+                            continue
+                        q = p + w
                     if not msk[q] or flat[q] != 0:
                         continue
                     flat[q] = lab  # labelled when pushed
