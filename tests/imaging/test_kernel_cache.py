@@ -1,0 +1,41 @@
+"""The compiled kernels must load from numba's disk cache in a later process (README:
+"a first analysis in a new process then starts in under a second"). A kernel that numba
+cannot cache (e.g. one calling another dispatcher through a closure) recompiles silently in
+every CLI run and every Dask worker; this test catches that."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = """
+import numpy as np
+from qdmed.imaging._nnls import unmix_nnls
+from qdmed.imaging._watershed import watershed
+watershed(np.array([[0., 1., 1., 1., 0.]]), np.array([[1, 0, 0, 0, 2]]))  # ties: bucket flood
+watershed(np.array([[0., 1., 5., 1., 0.]]), np.array([[1, 0, 0, 0, 2]]))  # distinct values
+rng = np.random.default_rng(0)
+unmix_nnls(rng.random((50, 8)), rng.random((8, 6)) + 0.1, method="numba")  # SIMD kernel
+unmix_nnls(rng.random((50, 12)), rng.random((12, 9)) + 0.1, method="numba")  # scalar kernel
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed")
+def test_kernels_load_from_the_disk_cache_in_a_second_process(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+               QDMED_CACHE_DIR=str(tmp_path / "qdmed"), NUMBA_DEBUG_CACHE="1")
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout + out.stderr
+
+    first = run()
+    assert "data saved" in first  # compiled and written
+    second = run()
+    saved = [line for line in second.splitlines() if "data saved" in line]
+    assert not saved, f"kernels recompiled in a second process: {saved}"
+    assert "data loaded" in second
