@@ -19,6 +19,11 @@ watershed(np.array([[0., 1., 5., 1., 0.]]), np.array([[1, 0, 0, 0, 2]]))  # dist
 rng = np.random.default_rng(0)
 unmix_nnls(rng.random((50, 8)), rng.random((8, 6)) + 0.1, method="numba")  # SIMD kernel
 unmix_nnls(rng.random((50, 12)), rng.random((12, 9)) + 0.1, method="numba")  # scalar kernel
+from qdmed.imaging import analyze_field, breast_panel_5plex, simulate_field
+panel = breast_panel_5plex()  # every kernel of a field analysis (EDT, cells, sums, ...)
+f = simulate_field((256, 256), preset="BT474", seed=1, endmembers=panel.endmembers,
+                   marker_names=list(panel.markers), photons_per_unit=300.0)
+assert len(analyze_field(f.image, panel).table) > 0
 """
 
 
