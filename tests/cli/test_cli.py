@@ -1,6 +1,7 @@
 """The CLI as a subprocess: JSON on stdout, one-line errors, exit codes 0/2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -63,3 +64,12 @@ def test_materials_and_models_json():
     assert d["CdSe"]["properties"]["band_gap_eV"]["source"]["citation"]
     r = run("optics", "models", "--json")
     assert "yu2003-CdSe" in json.loads(r.stdout)["sizing"]
+
+
+def test_demo_quick_prints_the_her2_result_and_writes_the_report(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "qdmed", "demo", "--quick", "--out",
+                        str(tmp_path / "demo")], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "COLUMNS": "120"})
+    assert r.returncode == 0, r.stderr
+    assert "HER2 (QD-IHC)" in r.stdout and "report written to" in r.stdout
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000

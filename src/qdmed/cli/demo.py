@@ -14,10 +14,23 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Smaller imaging field (for tests).")] = False,
 ):
     """Run the built-in demo and write qdmed-demo/report.html."""
-    from qdmed.cli._output import print_json
+    from qdmed.cli._output import print_json, print_kv, print_table
     from qdmed.demo import run_demo
 
     summary = run_demo(out, quick=quick)
     if json_:
         return print_json(summary)
+    rows = [{"probe": name, "emission_nm": p.get("emission_peak_nm"),
+             "hydrodynamic_nm": p.get("hydrodynamic_diameter_nm"),
+             "renal_clearable": p.get("renal_clearable")}
+            for name, p in summary.get("probes", {}).items()]
+    if rows:
+        print_table("Probes", rows)
+    im = summary.get("imaging") or {}
+    if im:
+        print_kv("5-plex breast panel on a synthetic tumour field", {
+            "cells": im.get("n_cells"), "nucleus F1 (IoU 0.5)": im.get("nucleus_f1"),
+            "HER2 (QD-IHC)": im.get("her2_category"), "HER2-low": im.get("her2_low"),
+            "per-cell kappa vs truth": im.get("kappa_vs_truth"),
+            "DAB example (FHL2 stain, HER2 rule)": im.get("dab_her2_category")})
     typer.echo(f"report written to {summary['report']}")
