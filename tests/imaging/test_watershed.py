@@ -73,7 +73,8 @@ def test_radix_argsort_sorts_like_numpy(seed, n, kind):
         neg_nan = np.array([0x7FF8000000000000 | (1 << 63)], dtype=np.uint64).view(np.float64)[0]
         v = rng.choice(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, neg_nan, 1.5, -1.5,
                                  5e-324]), n)
-    order = _kernel()[1](v, np.arange(n, dtype=np.int32))
+    order, sv = _kernel()[1](v, np.arange(n, dtype=np.int32))
+    assert np.array_equal(sv, np.sort(v), equal_nan=True)  # the sorted values come back too
     assert sorted(order.tolist()) == list(range(n))  # a permutation
     assert np.array_equal(v[order], np.sort(v), equal_nan=True)
     ref = np.argsort(v, kind="stable")
@@ -98,8 +99,8 @@ def test_distinct_value_flood_equals_the_bucket_flood():
     idx = np.flatnonzero(mask)
     vals = img.ravel()[idx]
     assert np.unique(vals).size == vals.size
-    order = argsort(vals, np.arange(vals.size, dtype=np.int32))
-    general = flood(idx, order, vals[order], np.where(mask, markers, 0),
+    pix, sv = argsort(vals, idx.astype(np.int32))
+    general = flood(idx, pix, sv, np.where(mask, markers, 0),
                     np.zeros(img.shape, np.int32), np.full(img.size, -1, np.int32),
                     np.empty(img.size, np.int32))
     got = watershed(img, markers, mask)

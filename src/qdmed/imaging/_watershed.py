@@ -35,10 +35,10 @@ __all__ = ["watershed"]
 @lazy_kernel
 def _kernel():  # pragma: no cover - body runs compiled
     @njit_cached(nogil=True)
-    def flood(idx, order, sorted_vals, markers, out, rank, nxt):
+    def flood(idx, pix, sorted_vals, markers, out, rank, nxt):
         """Flood ``out`` (holding the markers, 0 elsewhere) over the masked pixels ``idx``
-        (raveled, raster order); ``order`` sorts ``idx`` by value. ``rank`` (filled with -1)
-        and ``nxt`` are work arrays of one entry per pixel, int32 when that suffices (half
+        (raveled, raster order); ``pix`` holds them in increasing order of value. ``rank``
+        (filled with -1) and ``nxt`` are work arrays of one entry per pixel, int32 when that suffices (half
         the memory traffic of int64)."""
         h, w = out.shape
         m = idx.shape[0]
@@ -50,7 +50,7 @@ def _kernel():  # pragma: no cover - body runs compiled
             if i == 0 or v != prev:
                 r += 1
                 prev = v
-            rank[idx[order[i]]] = r
+            rank[pix[i]] = r
         nb = r + 1
         head = np.full(nb, -1, dtype=rank.dtype)
         tail = np.full(nb, -1, dtype=rank.dtype)
@@ -174,8 +174,9 @@ def _kernel():  # pragma: no cover - body runs compiled
 
     @njit_cached(nogil=True)
     def argsort_f64(vals, idx):
-        """The permutation of ``idx`` (``arange(n)``, int32 when that suffices; used as work
-        space and may be overwritten) that sorts ``vals`` (float64) ascending: LSD radix
+        """``(idx, vals)`` both in increasing order of ``vals`` (float64), ``idx`` being any
+        payload of one integer per value (``arange(n)`` gives the permutation; the pixel
+        indices give the pixels in order; used as work space and may be overwritten). LSD radix
         sort, 11-bit digits (six passes; 8-bit digits took eight and were 27 % slower on
         2.8e6 values, measured), on the order-preserving unsigned image of the IEEE-754 bits
         (negative values: all bits flipped; others: sign bit set). Passes whose digit is the
@@ -217,7 +218,12 @@ def _kernel():  # pragma: no cover - body runs compiled
                 idx2[j] = idx[i]
             key, key2 = key2, key
             idx, idx2 = idx2, idx
-        return idx
+        out = np.empty(n)  # the sorted values, back from their keys (no gather)
+        ob = out.view(np.uint64)
+        for i in range(n):
+            u = key[i]
+            ob[i] = u ^ sign if u & sign else ~u  # the key of NaN comes back as a NaN
+        return idx, out
 
     return flood, argsort_f64, flood_distinct
 
@@ -250,14 +256,14 @@ def watershed(image, markers, mask=None) -> np.ndarray:
     vals = img.ravel()[idx]
     flood, argsort, flood_distinct = _kernel()
     itype = np.int32 if img.size < 2**31 - 1 else np.int64
-    # radix sort: 5x faster than np.argsort (2.8e6 values, measured)
-    order = argsort(vals, np.arange(vals.size, dtype=itype))
-    sorted_vals = vals[order]
+    # radix sort: 5x faster than np.argsort (2.8e6 values, measured); it carries the pixel
+    # indices and gives back the sorted values, so neither needs a gather afterwards
+    pix, sorted_vals = argsort(vals, idx.astype(itype))
     mk = np.ascontiguousarray(np.where(msk, mk, 0))
     out = np.zeros(img.shape, dtype=mk.dtype)
     if sorted_vals.size and not np.isnan(sorted_vals[-1]) and bool(
             np.all(sorted_vals[1:] != sorted_vals[:-1])):
-        return flood_distinct(idx.astype(itype)[order], sorted_vals, np.ascontiguousarray(img),
+        return flood_distinct(pix, sorted_vals, np.ascontiguousarray(img),
                               np.ascontiguousarray(msk), mk, out)
-    return flood(idx, order, sorted_vals, mk, out, np.full(img.size, -1, dtype=itype),
+    return flood(idx, pix, sorted_vals, mk, out, np.full(img.size, -1, dtype=itype),
                  np.empty(img.size, dtype=itype))
