@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skimage.draw import disk
 
 from qdmed.errors import InputError, UnknownNameError
@@ -346,3 +348,17 @@ def test_optional_segmenter_adapters(monkeypatch, method):
         assert seen["stardist_model"] == "2D_versatile_fluo"
         lo, hi = seen["stardist_range"]  # percentile normalisation (1 %, 99.8 %)
         assert lo <= 0.0 and 0.99 <= hi <= 1.5
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(1, 40), w=st.integers(1, 40),
+       smooth=st.booleans())
+def test_fill_holes_equals_scipy(seed, h, w, smooth):
+    from scipy import ndimage as ndi
+
+    from qdmed.imaging._cells import _fill_holes
+
+    rng = np.random.default_rng(seed)
+    m = (ndi.gaussian_filter(rng.random((h, w)), 1.5) > 0.5 if smooth
+         else rng.random((h, w)) < rng.uniform(0.2, 0.8))
+    assert np.array_equal(_fill_holes(m), ndi.binary_fill_holes(m))
