@@ -362,3 +362,17 @@ def test_fill_holes_equals_scipy(seed, h, w, smooth):
     m = (ndi.gaussian_filter(rng.random((h, w)), 1.5) > 0.5 if smooth
          else rng.random((h, w)) < rng.uniform(0.2, 0.8))
     assert np.array_equal(_fill_holes(m), ndi.binary_fill_holes(m))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(1, 30), w=st.integers(1, 30),
+       width=st.sampled_from([0.5, 1.0, 2.0, 2.5, 4.0]))
+def test_membrane_mask_kernel_equals_min_max_filters(seed, h, w, width):
+    from scipy import ndimage as ndi
+
+    from qdmed.imaging._cells import _membrane_mask, _membrane_mask_numpy
+
+    rng = np.random.default_rng(seed)
+    lab, _ = ndi.label(rng.random((h, w)) < 0.6)
+    lab = lab.astype(np.int32)
+    assert np.array_equal(_membrane_mask(lab, width), _membrane_mask_numpy(lab, width))

@@ -584,12 +584,50 @@ def _disk_footprint(radius_px: float) -> np.ndarray:
 
 
 def _membrane_mask(cells: np.ndarray, width_px: float) -> np.ndarray:
+    """Cell pixels within ``width_px`` (a disk) of another label or of background, the
+    image edge replicated (``mode='nearest'``). Compiled: one pass that stops at the first
+    differing neighbour (~2x faster than the min and max filters on a 2208^2 label image,
+    measured); :func:`_membrane_mask_numpy` is the reference."""
+    if not numba_available() or cells.ndim != 2:
+        return _membrane_mask_numpy(cells, width_px)
+    fp = _disk_footprint(width_px)
+    r = fp.shape[0] // 2
+    dy, dx = np.nonzero(fp)
+    keep = (dy != r) | (dx != r)
+    return _boundary_kernel()(np.ascontiguousarray(cells), (dy[keep] - r).astype(np.int64),
+                              (dx[keep] - r).astype(np.int64),
+                              np.zeros(cells.shape, dtype=bool))
+
+
+def _membrane_mask_numpy(cells: np.ndarray, width_px: float) -> np.ndarray:
     from scipy import ndimage as ndi
 
     fp = _disk_footprint(width_px)
     lo = ndi.minimum_filter(cells, footprint=fp, mode="nearest")
     hi = ndi.maximum_filter(cells, footprint=fp, mode="nearest")
     return (cells > 0) & ((lo != cells) | (hi != cells))
+
+
+@lazy_kernel
+def _boundary_kernel():
+    @njit_cached(nogil=True)
+    def boundary(cells, dy, dx, out):  # pragma: no cover - runs compiled
+        h, w = cells.shape
+        n = dy.shape[0]
+        for y in range(h):
+            for x in range(w):
+                c = cells[y, x]
+                if c <= 0:
+                    continue
+                for k in range(n):
+                    yy = min(max(y + dy[k], 0), h - 1)
+                    xx = min(max(x + dx[k], 0), w - 1)
+                    if cells[yy, xx] != c:
+                        out[y, x] = True
+                        break
+        return out
+
+    return boundary
 
 
 def compartments(
