@@ -39,8 +39,9 @@ def test_kernels_load_from_the_disk_cache_in_a_second_process(tmp_path):
         return out.stdout + out.stderr
 
     first = run()
-    assert "data saved" in first  # compiled and written
+    n_saved = first.count("data saved")
+    assert n_saved > 5  # compiled and written
     second = run()
     saved = [line for line in second.splitlines() if "data saved" in line]
     assert not saved, f"kernels recompiled in a second process: {saved}"
-    assert "data loaded" in second
+    assert second.count("data loaded") == n_saved  # every kernel written is read back

@@ -245,12 +245,14 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
 
 
 def _nucleus_centroids(nuclei, ids, oy, ox):
-    """Mean row and column of each nucleus ``ids`` (labels >= 0), plus the tile offset.
+    """Mean row and column of each nucleus ``ids`` (positive labels: the tile's cell ids;
+    memory grows with the largest label), plus the tile offset.
 
     Sums over the labelled pixels only, in raster order: the same additions, in the same
     order, as ``scipy.ndimage.mean(np.indices(...)[k], nuclei, ids)`` (a bincount over the
     whole image), so the ownership test sees identical values, without two full-image
     index arrays (~0.15 s per 2208^2 tile, measured)."""
+    ids = np.asarray(ids, dtype=np.int64)
     w = nuclei.shape[1]
     flat = nuclei.ravel()
     sel = np.flatnonzero(flat)

@@ -9,8 +9,9 @@ hierarchical queue of Meyer's flooding algorithm [1]_ [2]_): a FIFO pops equal v
 push order, which is the heap's age order. Ranking the values costs one sort; the flood is
 then linear. On a 2048 x 2048 tile this took the two watersheds of a tile's segmentation from
 about 1.3 s each to well under half of that (measured), and the result is identical to
-scikit-image's whenever the marker pixels have distinct values (the heap orders equal-valued
-markers arbitrarily; here they go in raster order). qdmed's landscapes carry a coordinate
+scikit-image's whenever the marker pixels have distinct values and the image has no NaN (the
+heap orders equal-valued markers arbitrarily, here they go in raster order; NaN compares
+unordered in the heap). qdmed's landscapes carry a coordinate
 tie-breaker, so their values are distinct. The tests compare both on random images, with
 and without plateaus. scikit-image is used when numba is missing.
 
@@ -37,9 +38,9 @@ def _kernel():  # pragma: no cover - body runs compiled
     @njit_cached(nogil=True)
     def flood(idx, pix, sorted_vals, markers, out, rank, nxt):
         """Flood ``out`` (holding the markers, 0 elsewhere) over the masked pixels ``idx``
-        (raveled, raster order); ``pix`` holds them in increasing order of value. ``rank``
-        (filled with -1) and ``nxt`` are work arrays of one entry per pixel, int32 when that suffices (half
-        the memory traffic of int64)."""
+        (raveled, raster order); ``pix`` holds them in increasing order of value.
+        ``rank`` (filled with -1) and ``nxt`` are work arrays of one entry per pixel, int32
+        when that suffices (half the memory traffic of int64)."""
         h, w = out.shape
         m = idx.shape[0]
         # rank of every masked pixel's value (equal values share a rank); -1 = not in mask
