@@ -47,7 +47,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ __all__ = ["MAX_COMPONENTS", "UnmixResult", "kkt_violation", "unmix_block", "unm
 
 #: Largest number of components accepted (``2^K`` passive sets are pre-factorised).
 MAX_COMPONENTS = 12
+#: Largest K served by the SIMD kernel (one 8-lane vector per K-vector).
+_SIMD_MAX_K = 8
 
 _METHODS = ("auto", "numba", "numpy")
 _DEVICES = ("cpu", "gpu")
@@ -96,7 +98,8 @@ class _Prepared:
     nmem: np.ndarray  # (2^K,) int64: size of passive set m
     rtol: float  # relative tolerance of the KKT sign tests
     cond: float  # condition number of the column-normalised endmember matrix
-    simd: list = field(default_factory=list)  # padded tables of the SIMD kernel, when built
+    # the SIMD kernel's pn, u, d with every K-vector padded to 8 lanes, flattened (K <= 8)
+    simd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 _CACHE: OrderedDict[tuple, _Prepared] = OrderedDict()
@@ -203,10 +206,24 @@ def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
     # sign tests must ignore rounding noise, which grows with cond(G) = cond(A_n)^2
     rtol = max(1e-12, 16 * np.finfo(float).eps * cond * cond)
     an = np.ascontiguousarray(an)
-    for arr in (a, norms, an, pn, gram, t, u, d, memidx, nmem):
+    simd = _padded_tables(pn, u, d) if k <= _SIMD_MAX_K else ()
+    for arr in (a, norms, an, pn, gram, t, u, d, memidx, nmem, *simd):
         arr.setflags(write=False)
     return _Prepared(a=a, norms=norms, an=an, pn=pn, gram=gram, t=t, u=u, d=d, members=memidx,
-                     nmem=nmem, rtol=float(rtol), cond=cond)
+                     nmem=nmem, rtol=float(rtol), cond=cond, simd=simd or None)
+
+
+def _padded_tables(pn, u, d) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pn``, ``u`` and ``d`` with every K-vector padded to 8 lanes, flattened: the rows the
+    SIMD kernel loads as one vector each."""
+    c, k = pn.shape
+    pn8 = np.zeros((c, 8))
+    pn8[:, :k] = pn
+    u8 = np.zeros((1 << k, k, 8))
+    u8[:, :, :k] = u
+    d8 = np.zeros((1 << k, 8))
+    d8[:, :k] = d
+    return pn8.ravel(), u8.ravel(), d8.ravel()
 
 
 def _check_pixels(pixels: Any, n_channels: int, name: str = "pixels") -> np.ndarray:
@@ -389,7 +406,7 @@ def _to_numpy(a):
 # numba kernel (compiled lazily, on first call)
 # --------------------------------------------------------------------------------------
 
-_KERNELS: dict[int, Any] = {}
+_KERNELS: dict[tuple[str, int], Any] = {}  # ("scalar" | "simd", K) -> compiled kernel
 _KERNEL_LOCK = threading.Lock()
 _EXECUTOR: list = []
 
@@ -411,11 +428,14 @@ def _executor():
         return _EXECUTOR[0]
 
 
-def _numba_kernel(k: int):
+def _numba_kernel(k: int, kind: str = "scalar"):
+    """The compiled kernel of ``kind`` ('scalar' or 'simd') for ``k`` components, built on
+    first use, once per process."""
     with _KERNEL_LOCK:
-        if k not in _KERNELS:
-            _KERNELS[k] = _build_numba_kernel(k)
-        return _KERNELS[k]
+        if (kind, k) not in _KERNELS:
+            build = _build_simd_kernel if kind == "simd" else _build_numba_kernel
+            _KERNELS[kind, k] = build(k)
+        return _KERNELS[kind, k]
 
 
 # Template of the numba kernel for a fixed K; the @...@ markers expand to one line per
@@ -579,17 +599,21 @@ def _kernel_source(k: int) -> str:
 
 
 def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
-    """Compile the kernel for ``k`` components (lazily: on the first call that needs it).
-
-    The generated source is written to a file in qdmed's cache directory so that numba
-    caches the compiled kernel (about 3 s saved in every later process: each CLI run and
-    Dask worker); without a writable cache directory it is compiled in memory."""
-    from numba import njit
-
+    """Compile the scalar kernel for ``k`` components. Cached on disk by
+    :func:`_compile_generated`: about 3 s saved in every later process (each CLI run and
+    Dask worker)."""
     header = (f"import numpy as np\n\nK = {k}\nBACKUP = {_BACKUP_P}\n"
               f"LOCK = {_LOCKSTEP_PASSES}\n\n")
-    source = header + _kernel_source(k)
-    module = generated_module(f"nnls_kernel_k{k}", source)
+    return _compile_generated(f"nnls_kernel_k{k}", header + _kernel_source(k))
+
+
+def _compile_generated(name: str, source: str):  # pragma: no cover - body runs compiled
+    """Compile the function ``kernel`` of a generated ``source``: imported from a file in
+    qdmed's cache directory, so that numba caches it on disk, or compiled in memory where
+    nothing is writable."""
+    from numba import njit
+
+    module = generated_module(name, source)
     # serial and nogil: parallelism comes from threads over pixel ranges (_solve_numba),
     # which compiles ~4x faster than parallel=True and composes with dask's threads.
     # 'contract' only fuses a*b+c into one FMA (one rounding instead of two): no
@@ -597,7 +621,7 @@ def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
     if module is not None:
         return njit_cached(fastmath={"contract"}, nogil=True)(module.kernel)
     namespace: dict = {}
-    exec(compile(source, f"<qdmed.imaging._nnls kernel K={k}>", "exec"), namespace)
+    exec(compile(source, f"<qdmed.imaging._nnls {name}>", "exec"), namespace)
     return njit(cache=False, fastmath={"contract"}, nogil=True)(namespace["kernel"])
 
 
@@ -607,8 +631,8 @@ def _build_numba_kernel(k: int):  # pragma: no cover - body runs compiled
 # computed in the kernel from the pixel's counts as they are read (no BLAS product, no z0
 # array): the pixels are read from memory once, as by the pinv product itself. Pixels are
 # taken in chunks whose scratch lists (and abundance rows, rewritten on each pass until
-# final) stay in the L2 cache; in each chunk
-# the infeasible pixels are pivoted in lockstep passes, as in the scalar kernel above. Pixels
+# final) stay in the L2 cache; in each chunk the infeasible pixels are pivoted in lockstep
+# passes, as in the scalar kernel above. Pixels
 # still infeasible after `passes` passes (none in the benchmark's 100,000) are returned in
 # `left` for the scalar kernel's safeguarded pivoting.
 _SIMD_SOURCE = """
@@ -667,8 +691,6 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
     return bad, nleft
 """
 
-#: Largest K served by the SIMD kernel (one 8-lane vector per K-vector).
-_SIMD_MAX_K = 8
 _SIMD_CHUNK = 4096  # pixels per chunk: scratch lists of ~350 kB stay in the L2 cache
 
 
@@ -697,19 +719,11 @@ def _simd_kernel_source(k: int) -> str:
 def _build_simd_kernel(k: int):  # pragma: no cover - body runs compiled
     """Compile the SIMD kernel for ``k <= 8`` components (cached on disk like the scalar
     kernel)."""
-    from numba import njit
-
     header = ("import numpy as np\n"
               "from qdmed.imaging._simd import (vadd, vfma, vload, vltmask, vmax0, vmul, "
               "vnonfinite,\n    vsplat, vstore, vstore_row, vzero)\n\n"
               f"K = {k}\nCHUNK = {_SIMD_CHUNK}\n# intrinsics: {_simd_version()}\n\n")
-    source = header + _simd_kernel_source(k)
-    module = generated_module(f"nnls_simd_k{k}", source)
-    if module is not None:
-        return njit_cached(fastmath={"contract"}, nogil=True)(module.kernel)
-    namespace: dict = {}
-    exec(compile(source, f"<qdmed.imaging._nnls SIMD kernel K={k}>", "exec"), namespace)
-    return njit(cache=False, fastmath={"contract"}, nogil=True)(namespace["kernel"])
+    return _compile_generated(f"nnls_simd_k{k}", header + _simd_kernel_source(k))
 
 
 def _simd_version() -> str:
@@ -724,41 +738,10 @@ def _simd_version() -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
-_SIMD_KERNELS: dict[int, Any] = {}
-
-
-def _simd_kernel(k: int):
-    with _KERNEL_LOCK:
-        if k not in _SIMD_KERNELS:
-            _SIMD_KERNELS[k] = _build_simd_kernel(k)
-        return _SIMD_KERNELS[k]
-
-
-def _simd_tables(prep: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``pn``, ``u`` and ``d`` with every K-vector padded to 8 lanes, flattened (cached)."""
-    tables = prep.simd
-    if tables:
-        return tables[0]
-    c, k = prep.pn.shape
-    pn = np.zeros((c, 8))
-    pn[:, :k] = prep.pn
-    u = np.zeros((1 << k, k, 8))
-    u[:, :, :k] = prep.u
-    d = np.zeros((1 << k, 8))
-    d[:, :k] = prep.d
-    out = (pn.ravel(), u.ravel(), d.ravel())
-    for arr in out:
-        arr.setflags(write=False)
-    with _CACHE_LOCK:
-        if not tables:
-            tables.append(out)
-    return tables[0]
-
-
 def _solve_simd(y: np.ndarray, prep: _Prepared, passes: int = _LOCKSTEP_PASSES) -> np.ndarray:
     k = prep.gram.shape[0]
-    kernel = _simd_kernel(k)
-    pn, u, d = _simd_tables(prep)
+    kernel = _numba_kernel(k, "simd")
+    pn, u, d = prep.simd
     n = y.shape[0]
     x = np.empty((n, k))
     left = np.empty(n, dtype=np.int64)
@@ -783,7 +766,7 @@ def _solve_simd(y: np.ndarray, prep: _Prepared, passes: int = _LOCKSTEP_PASSES) 
 
 
 def _solve_numba(y: np.ndarray, prep: _Prepared) -> np.ndarray:
-    if prep.gram.shape[0] <= _SIMD_MAX_K:
+    if prep.simd is not None:
         return _solve_simd(y, prep)
     return _solve_scalar(y, prep)
 
