@@ -6,7 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 from scipy.special import erf
@@ -245,6 +245,10 @@ def test_inputs_not_mutated_and_lists_accepted():
 def test_property_kkt_nonneg_and_objective(seed, k, c, scale):
     rng = np.random.default_rng(seed)
     a = rng.random((c, k)) + 0.1 * np.eye(c, k)
+    # random columns are sometimes nearly collinear; above max_condition unmix_nnls refuses
+    # them by contract (tested elsewhere), so they are not part of this property
+    an = a / np.linalg.norm(a, axis=0)
+    assume(np.linalg.cond(an) <= 1e3)
     y = scale * rng.normal(size=(20, c))
     x = unmix_nnls(y, a, method="numpy")
     assert np.all(x >= 0)
