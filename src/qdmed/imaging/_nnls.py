@@ -428,6 +428,20 @@ def _executor():
         return _EXECUTOR[0]
 
 
+def _ranges(n: int) -> np.ndarray:
+    """Edges of the pixel ranges run in parallel: one per thread, at least
+    ``_MIN_PIXELS_PER_THREAD`` pixels each."""
+    nthreads = min(_n_threads(), max(1, n // _MIN_PIXELS_PER_THREAD))
+    return np.linspace(0, n, nthreads + 1).astype(int)
+
+
+def _run_ranges(kernel, arg_lists: list[tuple]) -> list:
+    """``kernel(*args)`` for every range's arguments, in parallel (the kernels are nogil);
+    the calling thread takes the first range itself (one thread wake-up fewer)."""
+    futures = [_executor().submit(kernel, *a) for a in arg_lists[1:]]
+    return [kernel(*arg_lists[0])] + [f.result() for f in futures]
+
+
 def _numba_kernel(k: int, kind: str = "scalar"):
     """The compiled kernel of ``kind`` ('scalar' or 'simd') for ``k`` components, built on
     first use, once per process."""
@@ -745,16 +759,9 @@ def _solve_simd(y: np.ndarray, prep: _Prepared, passes: int = _LOCKSTEP_PASSES) 
     n = y.shape[0]
     x = np.empty((n, k))
     left = np.empty(n, dtype=np.int64)
-    nthreads = min(_n_threads(), max(1, n // _MIN_PIXELS_PER_THREAD))
-    edges = np.linspace(0, n, nthreads + 1).astype(int)
-    args = [(y[i:j], pn, u, d, prep.rtol, passes, x[i:j], left[i:j])
-            for i, j in zip(edges[:-1], edges[1:], strict=True)]
-    if nthreads == 1:
-        results = [kernel(*args[0])]
-    else:
-        # the calling thread takes the first range itself (one thread wake-up fewer)
-        futures = [_executor().submit(kernel, *a) for a in args[1:]]
-        results = [kernel(*args[0])] + [f.result() for f in futures]
+    edges = _ranges(n)
+    results = _run_ranges(kernel, [(y[i:j], pn, u, d, prep.rtol, passes, x[i:j], left[i:j])
+                                   for i, j in zip(edges[:-1], edges[1:], strict=True)])
     bad = sum(int(r[0]) for r in results)
     if bad:
         _raise_nonfinite(bad, n)
@@ -785,14 +792,10 @@ def _solve_scalar(y: np.ndarray, prep: _Prepared) -> np.ndarray:
         with np.errstate(invalid="ignore", over="ignore"):  # NaN pixels are counted below
             z0 = y[s:e] @ prep.pn if y.dtype == np.float64 else \
                 y[s:e].astype(np.float64) @ prep.pn
-        nthreads = min(_n_threads(), max(1, (e - s) // _MIN_PIXELS_PER_THREAD))
-        if nthreads == 1:
-            count += int(kernel(z0, y[s:e], *args, x[s:e]))
-            continue
-        edges = np.linspace(0, e - s, nthreads + 1).astype(int)
-        futures = [_executor().submit(kernel, z0[i:j], y[s + i:s + j], *args, x[s + i:s + j])
-                   for i, j in zip(edges[:-1], edges[1:], strict=True)]
-        count += sum(int(f.result()) for f in futures)
+        edges = _ranges(e - s)
+        count += sum(int(r) for r in _run_ranges(
+            kernel, [(z0[i:j], y[s + i:s + j], *args, x[s + i:s + j])
+                     for i, j in zip(edges[:-1], edges[1:], strict=True)]))
     if count:
         _raise_nonfinite(count, n)
     return x

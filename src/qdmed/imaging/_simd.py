@@ -61,6 +61,11 @@ def _splat(builder, scalar, vtype=_VT):
                                   ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
 
+def _bitmask(builder, lanes):
+    """An ``<8 x i1>`` comparison as an int64 with bit ``i`` = lane ``i``."""
+    return builder.zext(builder.bitcast(lanes, ir.IntType(LANES)), ir.IntType(64))
+
+
 def _intrinsic_fn(builder, name: str, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
@@ -111,8 +116,7 @@ def vstore_row(typingctx, arr, row, v, mask):
         ptr = builder.gep(ary.data, [builder.mul(args[1], ncol)])
         ptr = builder.bitcast(ptr, _VT.as_pointer())
         i64x8 = ir.VectorType(ir.IntType(64), LANES)
-        bits = builder.shl(ir.Constant(i64x8, [1] * LANES),
-                           ir.Constant(i64x8, list(range(LANES))))
+        bits = ir.Constant(i64x8, [1 << i for i in range(LANES)])
         lanes = builder.and_(_splat(builder, args[3], i64x8), bits)
         on = builder.icmp_unsigned("!=", lanes, ir.Constant(i64x8, [0] * LANES))
         fn = _intrinsic_fn(builder, _masked_store_name(), ir.VoidType(),
@@ -190,8 +194,7 @@ def vnonfinite(typingctx, a):
 
     def codegen(context, builder, sig, args):
         t = builder.fmul(args[0], ir.Constant(_VT, [0.0] * LANES))  # NaN iff not finite
-        bad = builder.fcmp_unordered("uno", t, t)
-        return builder.zext(builder.bitcast(bad, ir.IntType(LANES)), ir.IntType(64))
+        return _bitmask(builder, builder.fcmp_unordered("uno", t, t))
 
     return types.int64(f64x8), codegen
 
@@ -204,7 +207,6 @@ def vltmask(typingctx, a, s):
 
     def codegen(context, builder, sig, args):
         s_ = context.cast(builder, args[1], sig.args[1], types.float64)
-        below = builder.fcmp_ordered("<", args[0], _splat(builder, s_))
-        return builder.zext(builder.bitcast(below, ir.IntType(LANES)), ir.IntType(64))
+        return _bitmask(builder, builder.fcmp_ordered("<", args[0], _splat(builder, s_)))
 
     return types.int64(f64x8, s), codegen

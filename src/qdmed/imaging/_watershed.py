@@ -144,6 +144,9 @@ def _kernel():  # pragma: no cover - body runs compiled
                 y = p // w
                 x = p - y * w
                 lab = flat[p]
+                # the neighbour loop repeats flood's on purpose: a shared jitted helper called
+                # through this closure makes numba recompile both floods in every process
+                # (tried; tests/imaging/test_kernel_cache.py catches it)
                 for k in range(4):  # scikit-image's order: up, left, right, down
                     if k == 0:
                         if y == 0:
