@@ -18,7 +18,15 @@ would in a user's code; the exact solver reads uint16 directly.
 
 Targets (issue acceptance): exact >= 200x scipy, and pinv/exact time ratio <= 1.5.
 
-Usage: ``python benchmarks/bench_unmix.py [--json] [--pixels N] [--repeats R]``.
+The fast methods are timed on all cores and then again in a child process pinned to one
+core (``--one-core``; OpenBLAS and qdmed both size their thread pools from the process's
+CPU affinity). On all cores the comparison is disturbed by OpenBLAS: its idle threads keep
+spinning (sched_yield) for ~0.1 s after a BLAS call (THREAD_TIMEOUT, 2**28 cycles), so a
+method timed right after the pinv product shares the cores with them (measured: the exact
+solver's second thread then got about half a core). On one core nothing competes, so the
+one-core ratio is the cleanest measure of what exactness costs per pixel.
+
+Usage: ``python benchmarks/bench_unmix.py [--json] [--pixels N] [--repeats R] [--one-core]``.
 """
 
 from __future__ import annotations
@@ -27,14 +35,19 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
-import numpy as np
-from scipy.optimize import nnls
-from scipy.special import erf
+if __name__ == "__main__" and "--one-core" in sys.argv:
+    # before numpy loads OpenBLAS, which sizes its thread pool from the affinity
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
-from qdmed.imaging._nnls import kkt_violation, unmix_nnls
+import numpy as np  # noqa: E402
+from scipy.optimize import nnls  # noqa: E402
+from scipy.special import erf  # noqa: E402
+
+from qdmed.imaging._nnls import kkt_violation, unmix_nnls  # noqa: E402
 
 
 def endmembers() -> np.ndarray:
@@ -89,12 +102,25 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def one_core_run(args) -> dict:
+    """The same timings in a child process pinned to one core (see the module docstring)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--one-core", "--json",
+           "--pixels", str(args.pixels), "--scipy-pixels", "200",
+           "--repeats", str(args.repeats)]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    keep = ("px_per_s", "ratio_exact_time_over_pinv_time", "paired_ratio_exact_over_pinv",
+            "uint16_ratio_exact_time_over_pinv_time", "cores_used")
+    return {key: res[key] for key in keep}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print a JSON dict (sorted keys)")
     ap.add_argument("--pixels", type=int, default=100_000)
     ap.add_argument("--scipy-pixels", type=int, default=5_000)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--one-core", action="store_true",
+                    help="pin this process to one core (set before numpy is imported)")
     args = ap.parse_args(argv)
 
     a, _, y = problem(args.pixels)
@@ -146,6 +172,8 @@ def main(argv=None) -> int:
         "uint16_ratio_exact_time_over_pinv_time":
             None if t_exact16 is None else t_exact16 / t_pinv16,
         "paired_ratio_exact_over_pinv": paired,
+        "cores_used": len(os.sched_getaffinity(0)),
+        "one_core": None if args.one_core or t_numba is None else one_core_run(args),
     }
     out["target_200x_scipy_met"] = bool(out["ratio_exact_over_scipy"] >= 200)
     out["target_within_1p5x_pinv_met"] = bool(out["ratio_exact_time_over_pinv_time"] <= 1.5)
@@ -166,6 +194,14 @@ def main(argv=None) -> int:
     if t_exact16 is not None:
         print(f"  uint16 counts: pinv {n / t_pinv16:.3e} px/s, exact {n / t_exact16:.3e} px/s,"
               f" exact time / pinv time {out['uint16_ratio_exact_time_over_pinv_time']:.2f}")
+    one = out["one_core"]
+    if one is not None:
+        pp = one["paired_ratio_exact_over_pinv"]
+        print(f"  one core: pinv {one['px_per_s']['pinv_product']:.3e} px/s, exact "
+              f"{one['px_per_s']['exact_numba']:.3e} px/s; exact time / pinv time "
+              f"{one['ratio_exact_time_over_pinv_time']:.2f} (paired median "
+              f"{pp['float64_median']:.2f}); uint16 {one['uint16_ratio_exact_time_over_pinv_time']:.2f}"
+              f" (paired median {pp['uint16_median']:.2f})")
     print(f"  max KKT violation {out['max_kkt_violation']:.2e}; max |x - scipy| "
           f"{out['max_abs_diff_vs_scipy']:.2e}; zeros {out['fraction_zero_nnls']:.2f}; "
           f"lstsq pixels with a negative coefficient {out['fraction_negative_lstsq']:.2f}")

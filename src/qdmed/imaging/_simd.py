@@ -21,7 +21,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = ["f64x8", "vadd", "vfma", "vload", "vltmask", "vmax0", "vmul", "vnonfinite", "vsplat",
-           "vstore", "vstore_row", "vzero"]
+           "vstore", "vstore_row"]
 
 LANES = 8
 _VT = ir.VectorType(ir.DoubleType(), LANES)
@@ -135,16 +135,6 @@ def vsplat(typingctx, x):
         return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float64))
 
     return f64x8(x), codegen
-
-
-@intrinsic
-def vzero(typingctx):
-    """All lanes 0.0."""
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_VT, [0.0] * LANES)
-
-    return f64x8(), codegen
 
 
 @intrinsic
