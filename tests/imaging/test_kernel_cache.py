@@ -24,6 +24,15 @@ panel = breast_panel_5plex()  # every kernel of a field analysis (EDT, cells, su
 f = simulate_field((256, 256), preset="BT474", seed=1, endmembers=panel.endmembers,
                    marker_names=list(panel.markers), photons_per_unit=300.0)
 assert len(analyze_field(f.image, panel).table) > 0
+import gc
+from numba.core.dispatcher import Dispatcher
+# every qdmed kernel this process compiled for itself instead of loading it from the cache,
+# including any built without cache=True (which the "data saved" log lines never show)
+for d in gc.get_objects():
+    if (isinstance(d, Dispatcher) and d.signatures
+            and (getattr(d.py_func, "__module__", "") or "").startswith("qdmed")
+            and sum(d._cache_hits.values()) < len(d.signatures)):
+        print("NOT FROM CACHE:", d.py_func.__module__, d.py_func.__qualname__)
 """
 
 
@@ -44,4 +53,6 @@ def test_kernels_load_from_the_disk_cache_in_a_second_process(tmp_path):
     second = run()
     saved = [line for line in second.splitlines() if "data saved" in line]
     assert not saved, f"kernels recompiled in a second process: {saved}"
+    fresh = [line for line in second.splitlines() if line.startswith("NOT FROM CACHE")]
+    assert not fresh, f"kernels compiled again in a second process: {fresh}"
     assert second.count("data loaded") == n_saved  # every kernel written is read back

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
@@ -404,3 +405,16 @@ def test_finite_pixels_whose_products_overflow_raise(k):
     y[0, 0] = 1e308
     with pytest.raises(InputError, match="1 NaN or infinite"):
         unmix_nnls(y, a, method="numba", max_condition=1e6)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_numpy_path_refuses_overflowing_pixels_like_the_kernels(weighted):
+    """The numpy path returned inf abundances (with overflow warnings) for a 1e308 pixel;
+    it now refuses it with the compiled kernels' message, and warns nothing."""
+    a = np.array([[1.0, 0.2], [0.5, 1.0], [0.1, 0.6]])
+    y = np.array([[1e308, 1e308, 1e308], [1.0, 2.0, 3.0]])
+    w = np.ones_like(y) if weighted else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="1 NaN or infinite pixel"):
+            unmix_nnls(y, a, method="numpy", weights=w)

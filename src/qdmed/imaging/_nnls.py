@@ -253,6 +253,15 @@ def _check_nonfinite(y: np.ndarray) -> None:
             _raise_nonfinite(count, y.shape[0])
 
 
+def _check_overflow(b, tol, xp=np) -> None:
+    """Refuse finite pixels whose products overflowed (``b = A^T y`` or the tolerance is
+    infinite), as the compiled kernels do, instead of returning inf or NaN abundances."""
+    bad = ~(xp.isfinite(tol) & xp.all(xp.isfinite(b), axis=1))
+    count = int(bad.sum())
+    if count:
+        _raise_nonfinite(count, b.shape[0])
+
+
 def _resolve_weights(weights: Any, y: np.ndarray, endmember_shape: tuple) -> np.ndarray | None:
     if weights is None:
         return None
@@ -347,9 +356,13 @@ def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
 def _solve_shared_numpy(y: np.ndarray, prep: _Prepared, xp=np) -> Any:
     k = prep.gram.shape[0]
     yf = xp.asarray(y, dtype=np.float64)
-    b = yf @ xp.asarray(prep.an)  # (n, K) normalised b = A_n^T y
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = yf @ xp.asarray(prep.an)  # (n, K) normalised b = A_n^T y
+        tol = prep.rtol * xp.sum(xp.abs(yf), axis=1)
+        _check_overflow(b, tol, xp)
+        z0 = b @ xp.asarray(prep.t[-1])  # the unconstrained solution (all components passive)
+    _check_overflow(z0, tol, xp)
     t = xp.asarray(prep.t)
-    tol = prep.rtol * xp.sum(xp.abs(yf), axis=1)
 
     def zfun(idx, masks):
         ba = b[idx]
@@ -375,11 +388,13 @@ def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.n
     sw = np.sqrt(w)
     aw = sw[:, :, None] * prep.a[None, :, :]  # (n, C, K)
     g = np.einsum("nck,ncl->nkl", aw, aw)
-    b = np.einsum("nck,nc->nk", aw, sw * y)
-    dn = np.sqrt(np.einsum("nkk->nk", g))  # per-pixel weighted column norms
-    g = g / (dn[:, :, None] * dn[:, None, :])
-    b = b / dn
-    tol = prep.rtol * np.sum(np.abs(sw * y), axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        b = np.einsum("nck,nc->nk", aw, sw * y)
+        dn = np.sqrt(np.einsum("nkk->nk", g))  # per-pixel weighted column norms
+        g = g / (dn[:, :, None] * dn[:, None, :])
+        b = b / dn
+        tol = prep.rtol * np.sum(np.abs(sw * y), axis=1)
+    _check_overflow(b, tol)
     eye = np.eye(k, dtype=bool)
     bitk = np.arange(k)
 
