@@ -418,3 +418,53 @@ def test_numpy_path_refuses_overflowing_pixels_like_the_kernels(weighted):
         warnings.simplefilter("error")
         with pytest.raises(InputError, match="1 NaN or infinite pixel"):
             unmix_nnls(y, a, method="numpy", weights=w)
+
+
+def test_parallel_pieces_do_not_wait_for_a_busy_pool():
+    """The calling thread claims pieces itself and waits only for pieces another thread
+    took: with every pool thread busy, a call still finishes, results in order. (A fixed
+    one-range-per-thread split waited for a pool thread to become free.)"""
+    import threading
+    import time
+
+    from qdmed.imaging import _nnls
+
+    release = threading.Event()
+    pool = _nnls._executor()
+    blockers = [pool.submit(release.wait, 60) for _ in range(_nnls._n_threads())]
+    try:
+        calls = []
+        t0 = time.monotonic()
+        out = _nnls._run_ranges(lambda i: calls.append(i) or i * i, [(i,) for i in range(7)])
+        assert time.monotonic() - t0 < 10  # not held until the blockers time out (60 s)
+        assert out == [i * i for i in range(7)]
+        assert sorted(calls) == list(range(7))
+    finally:
+        release.set()
+        for b in blockers:
+            b.result()
+
+
+def test_parallel_pieces_reraise_a_kernel_error():
+    from qdmed.imaging import _nnls
+
+    def kernel(i):
+        if i == 3:
+            raise RuntimeError("piece 3 failed")
+        return i
+
+    with pytest.raises(RuntimeError, match="piece 3"):
+        _nnls._run_ranges(kernel, [(i,) for i in range(6)])
+
+
+@pytest.mark.parametrize("n", [100, 20_000, 100_000, 1_000_001])
+def test_pieces_cover_the_pixels(n, monkeypatch):
+    from qdmed.imaging import _nnls
+
+    for threads in (1, 2, 16):
+        monkeypatch.setattr(_nnls, "_n_threads", lambda t=threads: t)
+        e = _nnls._ranges(n)
+        assert e[0] == 0 and e[-1] == n and np.all(np.diff(e) > 0)
+        assert len(e) - 1 <= max(1, _nnls._PIECES_PER_THREAD * threads)
+        if len(e) > 2:
+            assert np.diff(e).min() >= _nnls._MIN_PIXELS_PER_THREAD
