@@ -23,7 +23,10 @@ from qdmed.imaging import analyze_field, breast_panel_5plex, simulate_field
 panel = breast_panel_5plex()  # every kernel of a field analysis (EDT, cells, sums, ...)
 f = simulate_field((256, 256), preset="BT474", seed=1, endmembers=panel.endmembers,
                    marker_names=list(panel.markers), photons_per_unit=300.0)
-assert len(analyze_field(f.image, panel).table) > 0
+fa = analyze_field(f.image, panel)
+assert len(fa.table) > 0
+from qdmed.imaging._outlines import label_outlines
+assert label_outlines(fa.cells, fa.table["cell_id"])  # QuPath outlines
 import gc
 from numba.core.dispatcher import Dispatcher
 # every qdmed kernel this process compiled for itself instead of loading it from the cache,
