@@ -1,4 +1,5 @@
-"""Eight-lane float64 vectors for numba kernels (explicit SIMD, no C compiler needed).
+"""Eight-lane float64 vectors for numba kernels (explicit SIMD, no C compiler needed), and
+a cache prefetch.
 
 Why this exists: numba has no vector type, and LLVM's SLP vectorizer leaves the per-pixel
 K-vector arithmetic of the NNLS kernel scalar (measured: the generated kernel had only
@@ -8,7 +9,14 @@ multiply-adds instead of K^2 scalar ones. These intrinsics emit LLVM's ``<8 x do
 operations directly; LLVM maps them to one AVX-512 register, two AVX2 registers or four
 NEON/SSE registers, so the kernels stay portable (only their speed differs).
 
-Only what the NNLS kernel needs is here. Arrays given to :func:`vload`, :func:`vstore` and
+:func:`prefetch` and :func:`prefetch_write` ask the CPU to start loading an array
+element's cache line ahead of its use (``llvm.prefetch``; a hint, not a load: it never
+faults, and it is dropped on targets without one). The watershed flood visits pixels in the
+order of their values, i.e. all over the image, and each pass of its radix sort scatters
+keys into 2048 places at once; prefetching a few steps ahead made the flood ~30 % and the
+sort ~20-30 % faster on a 2208^2 tile (measured).
+
+Only what the NNLS kernel and the watershed flood need is here. Arrays given to :func:`vload`, :func:`vstore` and
 :func:`vstore_row` must be C-contiguous float64 and the caller keeps every access in bounds
 (no checks: these are inner-loop primitives).
 """
@@ -20,8 +28,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["f64x8", "vadd", "vfma", "vload", "vltmask", "vmax0", "vmul", "vnonfinite", "vsplat",
-           "vstore", "vstore_row"]
+__all__ = ["f64x8", "prefetch", "prefetch_write", "vadd", "vfma", "vload", "vltmask", "vmax0", "vmul",
+           "vnonfinite", "vsplat", "vstore", "vstore_row"]
 
 LANES = 8
 _VT = ir.VectorType(ir.DoubleType(), LANES)
@@ -99,6 +107,39 @@ def _masked_store_name() -> str:
     # ("ptr"), "p0v8f64" when it writes typed ones (LLVM renames it on reading either way).
     return ("llvm.masked.store.v8f64.p0" if str(_VT.as_pointer()) == "ptr"
             else "llvm.masked.store.v8f64.p0v8f64")
+
+
+def _prefetch(arr, index, rw: int):
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(index, types.Integer)):
+        raise TypeError(f"expected a C-contiguous 1-D array and an integer, got {arr}, {index}")
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        i8p = ir.IntType(8).as_pointer()
+        name = "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8"
+        fn = _intrinsic_fn(builder, name, ir.VoidType(), [i8p, _I32, _I32, _I32])
+        # rw (0 read, 1 write), high temporal locality (3), data cache (1)
+        builder.call(fn, [builder.bitcast(builder.gep(ary.data, [idx]), i8p),
+                          ir.Constant(_I32, rw), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Prefetch the cache line of ``arr[index]`` (C-contiguous 1-D array of any dtype) for
+    reading, into all cache levels. A hint only: an index out of bounds does not fault, but
+    callers keep it in bounds anyway."""
+    return _prefetch(arr, index, 0)
+
+
+@intrinsic
+def prefetch_write(typingctx, arr, index):
+    """:func:`prefetch` for a line about to be written (x86 ``prefetchw``)."""
+    return _prefetch(arr, index, 1)
 
 
 @intrinsic
