@@ -177,3 +177,33 @@ def test_outlines_without_numba_are_the_same(monkeypatch):
     want = label_outlines(lab, [1, 2, 3])
     monkeypatch.setattr(_outlines, "numba_available", lambda: False)
     assert label_outlines(lab, [1, 2, 3]) == want
+
+
+def test_a_stray_corner_pixel_does_not_replace_the_cell():
+    """Review finding: expanded cells sometimes carry a pixel touching them only at a
+    corner above their top row; the outline traced from that pixel was a 0.5 px^2 diamond.
+    Each label's largest 4-connected piece is outlined."""
+    lab = np.zeros((30, 30), np.int32)
+    lab[5:25, 5:25] = 4
+    lab[4, 25] = 4  # corner contact only, first in raster order
+    ring = label_outlines(lab, [4])[4]
+    assert _area(ring) == pytest.approx(400, rel=0.01)
+
+
+def test_large_tolerances_keep_at_least_a_triangle():
+    lab = np.zeros((60, 60), np.int32)
+    lab[5:55, 5:55] = 1
+    lab[58, 10:20] = 2  # a 1 x 10 px line
+    for tol in (0.5, 5.0, 40.0, 80.0):
+        rings = label_outlines(lab, [1, 2], tolerance_px=tol)
+        assert 4 <= len(rings[1]) <= 5 + 1 and 4 <= len(rings[2]) <= 22
+        assert _area(rings[1]) > 0 and _area(rings[2]) > 0
+
+
+def test_outline_ids_are_checked_and_cost_nothing_when_huge():
+    lab = np.zeros((5, 6), np.int32)
+    lab[1:3, 1:3] = 7
+    assert set(label_outlines(lab, [7, 10**15])) == {7}  # no array sized by the id
+    assert set(label_outlines(lab, np.array([7.0]))) == {7}
+    with pytest.raises(ValueError, match="ids must be integers"):
+        label_outlines(lab, [7.9])

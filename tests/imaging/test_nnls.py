@@ -468,3 +468,17 @@ def test_pieces_cover_the_pixels(n, monkeypatch):
         assert len(e) - 1 <= max(1, _nnls._PIECES_PER_THREAD * threads)
         if len(e) > 2:
             assert np.diff(e).min() >= _nnls._MIN_PIXELS_PER_THREAD
+
+
+def test_parallel_pieces_run_serially_when_the_pool_is_shut_down(monkeypatch):
+    """At interpreter exit the executor refuses new work (review finding: RuntimeError
+    from a non-daemon thread still unmixing); the caller then runs every piece."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qdmed.imaging import _nnls
+
+    dead = ThreadPoolExecutor(1)
+    dead.shutdown()
+    monkeypatch.setattr(_nnls, "_executor", lambda: dead)
+    monkeypatch.setattr(_nnls, "_n_threads", lambda: 4)
+    assert _nnls._run_ranges(lambda i: -i, [(i,) for i in range(5)]) == [0, -1, -2, -3, -4]

@@ -490,7 +490,10 @@ def _run_ranges(kernel, arg_lists: list[tuple]) -> list:
 
     pool = _executor()
     for _ in range(min(_n_threads(), n) - 1):
-        pool.submit(work)
+        try:
+            pool.submit(work)
+        except RuntimeError:  # the pool is shut down (interpreter exit): run them here
+            break
     work()
     for _ in range(n):
         finished.acquire()
