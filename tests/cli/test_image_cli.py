@@ -42,10 +42,17 @@ def test_simulate_analyze_cohort(tmp_path):
     ring = [[0, 0], [256, 0], [256, 512], [0, 512], [0, 0]]
     (regs / "a.geojson").write_text(json.dumps({"type": "Feature", "geometry": {
         "type": "Polygon", "coordinates": [ring]}, "properties": {"objectType": "annotation"}}))
+    assert (tmp_path / "co" / "slides" / "a" / "cells.geojson").exists()
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
-            "--no-progress", "--json", "--regions-dir", str(regs))
+            "--no-progress", "--json", "--regions-dir", str(regs), "--no-outlines",
+            "--no-unmixed")
     assert r.returncode == 0, r.stderr
-    rows = {row["slide"]: row for row in json.loads(r.stdout)["slides"]}
+    c = json.loads(r.stdout)
+    assert c["parameters"]["outlines"] is False and c["parameters"]["write_unmixed"] is False
+    # the slide folder holds this run's outputs only: the earlier run's optional ones go
+    assert not (tmp_path / "co" / "slides" / "a" / "cells.geojson").exists()
+    assert not (tmp_path / "co" / "slides" / "a" / "unmixed.ome.zarr").exists()
+    rows = {row["slide"]: row for row in c["slides"]}
     assert rows["a.ome.tif"]["status"] == "ok"
     assert 0 < rows["a.ome.tif"]["n_scored"] < rows["a.ome.tif"]["n_cells"]
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--region-class",
@@ -65,8 +72,12 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "ER" in json.loads(r.stdout)["gates"]
     r = run("image", "analyze", str(tmp_path / "neg.ome.tif"), "--out", str(tmp_path / "again"),
-            "--calibration", str(tmp_path / "cal.json"), "--no-progress", "--no-report", "--json")
+            "--calibration", str(tmp_path / "cal.json"), "--no-progress", "--no-report", "--json",
+            "--no-outlines", "--no-unmixed")
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again" / "cells.parquet").exists()
+    assert not (tmp_path / "again" / "cells.geojson").exists()
+    assert not (tmp_path / "again" / "unmixed.ome.zarr").exists()
     # the negative control scored with its own 99th-percentile gate: ~1 % positive
     assert json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"] < 5
 

@@ -16,6 +16,8 @@ app = typer.Typer(help="Multiplexed QD imaging: panel, simulate, unmix, analyze,
 JSON = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 PANEL = Annotated[Path | None, typer.Option("--panel", help="Panel YAML (default: the built-in 5-plex breast panel).")]
 NOPROG = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
+NO_OUTLINES = Annotated[bool, typer.Option("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
+NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
 
 
 def _panel(path):
@@ -210,6 +212,8 @@ def analyze(
     poisson: Annotated[bool, typer.Option("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
     regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath): score only the cells inside them.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
+    no_outlines: NO_OUTLINES = False,
+    no_unmixed: NO_UNMIXED = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -224,7 +228,8 @@ def analyze(
     res = analyze_slide(slide, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress, settings=settings, regions=regions,
-                        region_class=region_class)
+                        region_class=region_class, outlines=not no_outlines,
+                        write_unmixed=not no_unmixed)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -312,6 +317,8 @@ def cohort(
     calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
     regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of GeoJSON annotations, one per slide (<slide stem>.geojson): score only the cells inside them.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
+    no_outlines: NO_OUTLINES = False,
+    no_unmixed: NO_UNMIXED = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -322,7 +329,8 @@ def cohort(
     res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress, regions_dir=regions_dir,
-                         region_class=region_class)
+                         region_class=region_class, outlines=not no_outlines,
+                         write_unmixed=not no_unmixed)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

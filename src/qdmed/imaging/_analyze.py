@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -401,6 +402,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     out_dir : path
         Gets ``cells.parquet``, ``summary.json``, ``cells.geojson`` (if ``outlines``),
         ``unmixed.ome.zarr`` (if ``write_unmixed``) and ``tiles/`` (finished tiles, for resume).
+        A ``cells.geojson`` or ``unmixed.ome.zarr`` an earlier run left there is removed when
+        this run does not write it, so the folder never mixes two runs' outputs.
     tile : int, px
         Core tile size.
     margin_um : float, um
@@ -479,6 +482,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     tiles_dir.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(path, panel, s, tile, margin_px, outlines)
     (out / "summary.json").unlink(missing_ok=True)  # written last: marks a complete output set
+    # the folder holds this run's outputs only: optional ones an earlier run left are removed
+    if not outlines:
+        (out / "cells.geojson").unlink(missing_ok=True)
+    if not write_unmixed and (out / "unmixed.ome.zarr").is_dir():
+        shutil.rmtree(out / "unmixed.ome.zarr")
     manifest = tiles_dir / "run.json"
     if manifest.exists():
         old = json.loads(manifest.read_text())

@@ -46,7 +46,8 @@ def regions_file(regions_dir, slide_name: str) -> Path | None:
 
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, progress=True, regions_dir=None,
-                   region_class: str | None = None) -> dict:
+                   region_class: str | None = None, outlines: bool = True,
+                   write_unmixed: bool = True) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -55,7 +56,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     ``<regions_dir>/<slide stem>.geojson`` (or ``.json``), optionally only those of class
     ``region_class`` (see :func:`qdmed.imaging.analyze_slide`); a slide without such a file
     is reported as failed rather than scored on all its cells, so that every score of the
-    cohort refers to the same kind of selection."""
+    cohort refers to the same kind of selection. ``outlines`` and ``write_unmixed`` are passed
+    to :func:`qdmed.imaging.analyze_slide` for every slide (a whole-slide unmixed image is
+    several GB: a large cohort may want neither)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import analyze_slide, start_client
@@ -95,7 +98,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,
-                                        region_class=region_class)
+                                        region_class=region_class, outlines=outlines,
+                                        write_unmixed=write_unmixed)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -133,7 +137,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
                               else her2_calibration.to_dict(),
-                              "gates": None if not gates else sorted(gates)}}
+                              "gates": None if not gates else sorted(gates),
+                              "outlines": outlines, "write_unmixed": write_unmixed}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()
