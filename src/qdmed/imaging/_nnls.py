@@ -254,13 +254,14 @@ def _check_nonfinite(y: np.ndarray) -> None:
             _raise_nonfinite(count, y.shape[0])
 
 
-def _check_overflow(b, tol, xp=np) -> None:
-    """Refuse finite pixels whose products overflowed (``b = A^T y`` or the tolerance is
-    infinite), as the compiled kernels do, instead of returning inf or NaN abundances."""
-    bad = ~(xp.isfinite(tol) & xp.all(xp.isfinite(b), axis=1))
+def _check_overflow(z, tol, xp=np) -> None:
+    """Refuse finite pixels whose products overflowed (their unconstrained solution ``z`` or
+    their tolerance is not finite), as the compiled kernels do, instead of returning inf or
+    NaN abundances."""
+    bad = ~(xp.isfinite(tol) & xp.all(xp.isfinite(z), axis=1))
     count = int(bad.sum())
     if count:
-        _raise_nonfinite(count, b.shape[0])
+        _raise_nonfinite(count, z.shape[0])
 
 
 def _resolve_weights(weights: Any, y: np.ndarray, endmember_shape: tuple) -> np.ndarray | None:
@@ -318,10 +319,15 @@ def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
     masks = xp.full(n, full, dtype=np.int64)
     best = xp.full(n, k + 1, dtype=np.int64)
     back = xp.full(n, _BACKUP_P, dtype=np.int64)
-    for _ in range(max_iter):
+    for it in range(max_iter):
         if act.shape[0] == 0:
             break
-        z = zfun(act, masks)
+        if it == 0:  # the unconstrained solution of every pixel: refuse overflowed ones
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = zfun(act, masks)
+            _check_overflow(z, tol, xp)
+        else:
+            z = zfun(act, masks)
         infeas = z < -tol[act, None]
         ninf = infeas.sum(axis=1)
         done = ninf == 0
@@ -357,12 +363,9 @@ def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
 def _solve_shared_numpy(y: np.ndarray, prep: _Prepared, xp=np) -> Any:
     k = prep.gram.shape[0]
     yf = xp.asarray(y, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # refused in _bpp_driver
         b = yf @ xp.asarray(prep.an)  # (n, K) normalised b = A_n^T y
         tol = prep.rtol * xp.sum(xp.abs(yf), axis=1)
-        _check_overflow(b, tol, xp)
-        z0 = b @ xp.asarray(prep.t[-1])  # the unconstrained solution (all components passive)
-    _check_overflow(z0, tol, xp)
     t = xp.asarray(prep.t)
 
     def zfun(idx, masks):
@@ -389,13 +392,12 @@ def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.n
     sw = np.sqrt(w)
     aw = sw[:, :, None] * prep.a[None, :, :]  # (n, C, K)
     g = np.einsum("nck,ncl->nkl", aw, aw)
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # refused in _bpp_driver
         b = np.einsum("nck,nc->nk", aw, sw * y)
         dn = np.sqrt(np.einsum("nkk->nk", g))  # per-pixel weighted column norms
         g = g / (dn[:, :, None] * dn[:, None, :])
         b = b / dn
         tol = prep.rtol * np.sum(np.abs(sw * y), axis=1)
-    _check_overflow(b, tol)
     eye = np.eye(k, dtype=bool)
     bitk = np.arange(k)
 
