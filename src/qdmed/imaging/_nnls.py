@@ -116,6 +116,12 @@ def _check_endmembers(endmembers: Any) -> np.ndarray:
     if a.dtype.kind not in "fiu":
         raise InputError(f"endmembers must be a real numeric array; got dtype {a.dtype}.")
     a = np.ascontiguousarray(a, dtype=np.float64)
+    return a
+
+
+def _check_endmember_values(a: np.ndarray) -> np.ndarray:
+    """The checks of an endmember matrix beyond its shape and dtype (run once per matrix:
+    a cached one passed them)."""
     c, k = a.shape
     if k < 1 or c < 1:
         raise InputError(f"endmembers must have at least one channel and one component; "
@@ -158,10 +164,10 @@ def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
     key = (a.shape, a.tobytes(), float(max_condition))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
-        if hit is not None:
+        if hit is not None:  # the same bytes passed every check before
             _CACHE.move_to_end(key)
             return hit
-    prep = _build_tables(a, max_condition)
+    prep = _build_tables(_check_endmember_values(a), max_condition)
     with _CACHE_LOCK:
         _CACHE[key] = prep
         while len(_CACHE) > _CACHE_SIZE:
@@ -447,7 +453,7 @@ def _executor():
         return _EXECUTOR[0]
 
 
-def _ranges(n: int) -> np.ndarray:
+def _ranges(n: int) -> list[int]:
     """Edges of the pixel pieces run in parallel: one piece when there is one thread or
     fewer than ``2 * _MIN_PIXELS_PER_THREAD`` pixels, else up to ``_PIECES_PER_THREAD``
     pieces per thread of at least ``_MIN_PIXELS_PER_THREAD`` pixels each (see
@@ -455,7 +461,7 @@ def _ranges(n: int) -> np.ndarray:
     threads = _n_threads()
     pieces = 1 if threads == 1 else min(_PIECES_PER_THREAD * threads,
                                         max(1, n // _MIN_PIXELS_PER_THREAD))
-    return np.linspace(0, n, pieces + 1).astype(int)
+    return [n * i // pieces for i in range(pieces + 1)]  # Python ints: no numpy call
 
 
 def _run_ranges(kernel, arg_lists: list[tuple]) -> list:
@@ -1237,7 +1243,7 @@ def kkt_violation(pixels, endmembers, abundances, *, weights=None):
     >>> float(kkt_violation([[1.0, -1.0]], A, [[1.0, 0.0]])[0])
     0.0
     """
-    a = _check_endmembers(endmembers)
+    a = _check_endmember_values(_check_endmembers(endmembers))
     y = _check_pixels(pixels, a.shape[0]).astype(np.float64, copy=False)
     x = np.asarray(abundances, dtype=np.float64)
     if x.shape != (y.shape[0], a.shape[1]):
