@@ -144,14 +144,16 @@ def simulate(
 def library(
     panel_file: PANEL = None,
     unstained: Annotated[Path | None, typer.Option("--unstained", help="Unstained control slide: the autofluorescence endmember.")] = None,
+    stained: Annotated[Path | None, typer.Option("--stained", help="Without an unstained control: estimate autofluorescence blindly from this stained slide.")] = None,
     single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="LABEL=slide: a single-stain control (repeatable).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of measured vs model spectra.")] = None,
     offset: Annotated[float, typer.Option("--offset", help="Detector dark level (counts) to subtract from the controls.")] = 0.0,
     json_: JSON = False,
 ):
-    """Spectral library from control slides: autofluorescence from an unstained section,
-    each label from its single-stain section; writes the panel with measured endmembers."""
+    """Spectral library from control slides: autofluorescence from an unstained section
+    (or blindly from a stained one), each label from its single-stain section; writes the
+    panel with measured endmembers."""
     from qdmed.errors import InputError
     from qdmed.imaging import spectral_library
 
@@ -164,8 +166,8 @@ def library(
             raise InputError(f"--single-stain {name} is given twice ({stains[name]} and {path}); "
                              f"give one control per label")
         stains[name] = Path(path)
-    res = spectral_library(_panel(panel_file), unstained=unstained, single_stains=stains,
-                           offset=offset)
+    res = spectral_library(_panel(panel_file), unstained=unstained, stained=stained,
+                           single_stains=stains, offset=offset)
     res.panel.to_file(out)
     if plot:
         _save_plot(plot, res.plot())
@@ -173,7 +175,8 @@ def library(
     if json_:
         return print_json(info)
     keys = {"n_pixels": "pixels", "cosine_to_model": "cos(model)",
-            "background_fraction": "AF share", "source": "control"}
+            "background_fraction": "AF share", "angle_to_labels_deg": "angle to labels",
+            "split_half_cosine": "split-half cos", "source": "control"}
     rows = [{"component": k, **{label: (round(d[kk], 4) if isinstance(d.get(kk), float)
                                         else d.get(kk, "-")) for kk, label in keys.items()}}
             for k, d in res.components.items()]

@@ -19,6 +19,7 @@ from qdmed.imaging._analyze import (
     tile_grid,
     unmix_image,
 )
+from qdmed.imaging._blind_af import autofluorescence_blind, half_sample_mode
 from qdmed.imaging._brightfield import (
     DabScore,
     StainSeparation,
@@ -70,10 +71,12 @@ __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
     "Her2Score", "compare_her2", "compare_her2_tables",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
-    "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_from_control",
+    "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
+    "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
     "compartments", "deconvolve_dab", "design_panel", "endmember_from_control", "estimate_stain_vectors",
-    "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score", "kkt_violation",
+    "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score",
+    "half_sample_mode", "kkt_violation",
     "list_markers", "list_presets", "marker_summary", "measure_cells", "mixing_matrix",
     "percent_positive", "phenotype", "read_slide", "score_dab", "score_her2",
     "score_markers", "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",

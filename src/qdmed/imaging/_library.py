@@ -183,11 +183,29 @@ class LibraryResult:
         return fig
 
 
+_BLIND_ROUNDS = 4  # alternations of blind autofluorescence and single stains, at most
+
+
+def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str):
+    """Blind autofluorescence of a stained image with the labels' columns of `endmembers`."""
+    from qdmed.imaging._blind_af import autofluorescence_blind
+
+    j = panel.components.index("autofluorescence")
+    names = [c for c in panel.components if c != "autofluorescence"]
+    try:
+        prof, info = autofluorescence_blind(img, np.delete(endmembers, j, axis=1),
+                                            label_names=names)
+    except InputError as exc:
+        raise InputError(f"stained slide ({source.removeprefix('blind: ')}): {exc}") from None
+    return prof, {"source": source, "n_pixels": info["n_blocks"] * info["block_px"] ** 2,
+                  **info}
+
+
 def _cos(u, v) -> float:
     return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
 
 
-def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
+def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stains=None,
                      bright_percentile: float = 90.0, min_cosine: float = 0.9,
                      offset=0.0) -> LibraryResult:
     """Measure endmembers from controls and return the panel with them.
@@ -197,6 +215,14 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
     panel : Panel
     unstained : array (Y, X, C), slide path or SlideImage, optional
         An unstained section of the same tissue type: the autofluorescence endmember.
+    stained : array (Y, X, C), slide path or SlideImage, optional
+        Without an unstained control: a stained slide from which the autofluorescence
+        endmember is estimated blindly, given the label spectra
+        (:func:`qdmed.imaging.autofluorescence_blind`: needs more channels than labels, and
+        autofluorescent tissue lacking each label; its diagnostics go to ``components`` and
+        its warnings to ``warnings``). With single stains too, the autofluorescence is
+        estimated with the model labels, the single stains measured with it, and the two
+        alternated until the autofluorescence settles (at most four rounds).
     single_stains : mapping component name -> array, path or SlideImage, optional
         One single-stain section per label (e.g. ``{"HER2": "her2_only.ome.zarr"}``).
     bright_percentile : float
@@ -215,8 +241,9 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
     Raises
     ------
     InputError
-        No control given, a name that is not a panel component, an unstained control for a
-        panel without autofluorescence, channel-count mismatch, or a control without signal.
+        No control given, both an unstained and a stained slide, a name that is not a panel
+        component, an unstained or stained slide for a panel without autofluorescence,
+        channel-count mismatch, or a control without signal.
 
     Examples
     --------
@@ -230,8 +257,13 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
     True
     """
     single_stains = dict(single_stains or {})
-    if unstained is None and not single_stains:
-        raise InputError("give an unstained control, single-stain controls, or both")
+    if unstained is None and stained is None and not single_stains:
+        raise InputError("give an unstained control (or a stained slide for blind "
+                         "autofluorescence), single-stain controls, or both")
+    if unstained is not None and stained is not None:
+        raise InputError("give either an unstained control or a stained slide for the "
+                         "autofluorescence, not both (the unstained control is the direct "
+                         "measurement)")
     c = len(panel.channels)
     off = np.asarray(offset, dtype=np.float64)
     if off.shape not in ((), (c,)) or not np.all(np.isfinite(off)):
@@ -261,27 +293,65 @@ def spectral_library(panel: Panel, *, unstained=None, single_stains=None,
         measured["autofluorescence"] = af_prof
         comps["autofluorescence"] = {"source": af_source,
                                      "n_pixels": int((tot > np.percentile(tot, 50.0)).sum())}
+    blind_img = None
+    if stained is not None:
+        if "autofluorescence" not in panel.components:
+            raise InputError("the panel has no autofluorescence component to estimate; add one "
+                             "to the panel before giving a stained slide")
+        af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
+        blind_img = control_image(stained, panel, name="stained") - off
+        af_prof, info = _blind(blind_img, panel, model, af_source)
+        measured["autofluorescence"] = af_prof
+        comps["autofluorescence"] = info
+    stains = {}
     for name, ctrl in single_stains.items():
         if name not in panel.components or name == "autofluorescence":
             raise InputError(f"single-stain control {name!r} is not a label of the panel; "
                              f"labels: {[m for m in panel.components if m != 'autofluorescence']}")
         src = str(ctrl) if not hasattr(ctrl, "shape") else "array"
-        img = control_image(ctrl, panel, name=name) - off
+        stains[name] = (src, control_image(ctrl, panel, name=name) - off)
+
+    def measure_stains(af):
+        """Each single stain's profile with `af` removed: (profiles, infos, warnings)."""
+        profs, infos, warns = {}, {}, []
         # without any autofluorescence profile the dim-tissue baseline is taken as flat
-        bg = af_prof if af_prof is not None else np.full(c, 1.0 / c)
-        try:
-            prof, info = single_stain_endmember(img, bg, bright_percentile=bright_percentile)
-        except InputError as exc:
-            raise InputError(f"{name} single-stain control ({src}): {exc}") from None
-        measured[name] = prof
-        comps[name] = {"source": src, **info,
-                       "autofluorescence_from": af_source or "none (uniform baseline)"}
-        if info["background_fraction"] > 0.5 or info["clipped_fraction"] > 0.02:
-            warnings.append(
-                f"{name}: autofluorescence removal is uncertain (AF share "
-                f"{info['background_fraction']:.2f}, clipped {info['clipped_fraction']:.2f} of "
-                f"the signal): the label may be widespread in the control (dim pixels then "
-                f"hold label too) or the autofluorescence profile may not fit this tissue")
+        bg = af if af is not None else np.full(c, 1.0 / c)
+        for name, (src, img) in stains.items():
+            try:
+                prof, info = single_stain_endmember(img, bg, bright_percentile=bright_percentile)
+            except InputError as exc:
+                raise InputError(f"{name} single-stain control ({src}): {exc}") from None
+            profs[name] = prof
+            infos[name] = {"source": src, **info,
+                           "autofluorescence_from": af_source or "none (uniform baseline)"}
+            if info["background_fraction"] > 0.5 or info["clipped_fraction"] > 0.02:
+                warns.append(
+                    f"{name}: autofluorescence removal is uncertain (AF share "
+                    f"{info['background_fraction']:.2f}, clipped {info['clipped_fraction']:.2f} "
+                    f"of the signal): the label may be widespread in the control (dim pixels "
+                    f"then hold label too) or the autofluorescence profile may not fit this "
+                    f"tissue")
+        return profs, infos, warns
+
+    profs, infos, warns = measure_stains(af_prof)
+    # blind autofluorescence with single stains: the label spectra and the autofluorescence
+    # depend on each other; alternate until the autofluorescence settles (2-3 rounds)
+    for _ in range(_BLIND_ROUNDS if blind_img is not None and stains else 0):
+        labels = panel.with_measured({**measured, **profs}).endmembers
+        new_af, info = _blind(blind_img, panel, labels, af_source)
+        settled = _cos(new_af, af_prof) > 1.0 - 1e-9
+        af_prof = new_af
+        measured["autofluorescence"] = af_prof
+        comps["autofluorescence"] = info
+        profs, infos, warns = measure_stains(af_prof)
+        if settled:
+            break
+    measured.update(profs)
+    comps.update(infos)
+    warnings.extend(warns)
+    if blind_img is not None:
+        warnings = [f"autofluorescence: {w}" for w in comps["autofluorescence"]["warnings"]] + \
+            warnings
     new = panel.with_measured(measured)
     for name, info in comps.items():
         j = panel.components.index(name)
