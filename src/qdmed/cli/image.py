@@ -18,6 +18,7 @@ PANEL = Annotated[Path | None, typer.Option("--panel", help="Panel YAML (default
 NOPROG = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
 NO_OUTLINES = Annotated[bool, typer.Option("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
 NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
+AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 
 
 def _panel(path):
@@ -217,6 +218,7 @@ def analyze(
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
+    autofluorescence: AUTOFLUOR = "panel",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -232,7 +234,7 @@ def analyze(
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress, settings=settings, regions=regions,
                         region_class=region_class, outlines=not no_outlines,
-                        write_unmixed=not no_unmixed)
+                        write_unmixed=not no_unmixed, autofluorescence=autofluorescence)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -246,6 +248,8 @@ def analyze(
         info["HER2-low"] = d["her2"]["her2_low"]
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
     print_kv(f"Slide {slide.name}", info)
+    for w in (d.get("autofluorescence") or {}).get("warnings", []):
+        typer.echo(f"! autofluorescence: {w}")
 
 
 @app.command()
@@ -322,6 +326,7 @@ def cohort(
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
+    autofluorescence: AUTOFLUOR = "panel",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -333,7 +338,7 @@ def cohort(
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress, regions_dir=regions_dir,
                          region_class=region_class, outlines=not no_outlines,
-                         write_unmixed=not no_unmixed)
+                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -391,7 +391,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
                   write_unmixed: bool = True, progress: bool = True, resume: bool = True,
                   reference_region_px: int = 1024, client=None, gates=None,
-                  regions=None, region_class: str | None = None) -> SlideResult:
+                  regions=None, region_class: str | None = None,
+                  autofluorescence: str = "panel") -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -431,6 +432,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         scored, and the summary says so.
     region_class : str, optional
         Use only the annotations with this QuPath classification (e.g. ``"Tumor"``).
+    autofluorescence : {'panel', 'blind'}
+        ``'panel'``: the panel's autofluorescence column (modelled, or measured with
+        :func:`spectral_library`). ``'blind'``: estimated from this slide itself
+        (:func:`qdmed.imaging.autofluorescence_blind`, on its largest pyramid level of at most
+        ``MAX_CONTROL_PIXELS``), for slides whose autofluorescence differs; its diagnostics and
+        warnings go to the summary under ``autofluorescence``.
 
     Returns
     -------
@@ -457,9 +464,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         from qdmed.imaging._regions import read_regions
 
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
+    if autofluorescence not in ("panel", "blind"):
+        raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {autofluorescence!r}")
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
+    panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence)
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
@@ -576,6 +586,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "panel": panel.to_dict(),
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),
+        "autofluorescence": af_info,
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
         "n_tiles_resumed": len(boxes) - len(todo),
         "n_workers": n_used, "scheduler": "synchronous" if scheduler == "synchronous" else mode,
@@ -592,6 +603,24 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,
                                                       sort_keys=True))
     return SlideResult(summary, out, her2)
+
+
+def _slide_autofluorescence(slide, panel: Panel, how: str) -> tuple[Panel, dict | None]:
+    """The panel to analyse `slide` with, and how its autofluorescence column was had."""
+    has_af = "autofluorescence" in panel.components
+    if how == "panel":
+        if not has_af:
+            return panel, None
+        measured = "autofluorescence" in dict(panel.measured)
+        return panel, {"source": "panel (measured)" if measured else "panel (model)"}
+    if not has_af:
+        raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
+                         "component; add one to the panel")
+    from qdmed.imaging._library import _blind, control_image
+
+    img = control_image(slide, panel)
+    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}")
+    return panel.with_measured({"autofluorescence": prof}), info
 
 
 def start_client(scheduler: str | None, n_workers: int):

@@ -47,7 +47,7 @@ def regions_file(regions_dir, slide_name: str) -> Path | None:
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, progress=True, regions_dir=None,
                    region_class: str | None = None, outlines: bool = True,
-                   write_unmixed: bool = True) -> dict:
+                   write_unmixed: bool = True, autofluorescence: str = "panel") -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -56,9 +56,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     ``<regions_dir>/<slide stem>.geojson`` (or ``.json``), optionally only those of class
     ``region_class`` (see :func:`qdmed.imaging.analyze_slide`); a slide without such a file
     is reported as failed rather than scored on all its cells, so that every score of the
-    cohort refers to the same kind of selection. ``outlines`` and ``write_unmixed`` are passed
-    to :func:`qdmed.imaging.analyze_slide` for every slide (a whole-slide unmixed image is
-    several GB: a large cohort may want neither)."""
+    cohort refers to the same kind of selection. ``outlines``, ``write_unmixed`` and
+    ``autofluorescence`` are passed to :func:`qdmed.imaging.analyze_slide` for every slide (a
+    whole-slide unmixed image is several GB: a large cohort may want neither; ``'blind'``
+    estimates each slide's own autofluorescence)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import analyze_slide, start_client
@@ -99,12 +100,15 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,
                                         region_class=region_class, outlines=outlines,
-                                        write_unmixed=write_unmixed)
+                                        write_unmixed=write_unmixed,
+                                        autofluorescence=autofluorescence)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
-                    if res.summary["scored_cells"].get("warning"):
-                        row["message"] = res.summary["scored_cells"]["warning"]
+                    notes = [res.summary["scored_cells"].get("warning") or ""]
+                    af = res.summary.get("autofluorescence") or {}
+                    notes += [f"autofluorescence: {w}" for w in af.get("warnings", [])]
+                    row["message"] = "; ".join(n for n in notes if n)
                     if res.summary["her2"]:
                         row["her2_category"] = res.summary["her2"]["category"]
                         row["her2_low"] = res.summary["her2"]["her2_low"]
@@ -138,7 +142,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "her2_calibration": None if her2_calibration is None
                               else her2_calibration.to_dict(),
                               "gates": None if not gates else sorted(gates),
-                              "outlines": outlines, "write_unmixed": write_unmixed}}
+                              "outlines": outlines, "write_unmixed": write_unmixed,
+                              "autofluorescence": autofluorescence}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()

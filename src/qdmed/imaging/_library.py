@@ -184,6 +184,7 @@ class LibraryResult:
 
 
 _BLIND_ROUNDS = 4  # alternations of blind autofluorescence and single stains, at most
+_BLIND_SETTLED = 1e-4  # 1 - cosine between two rounds' autofluorescence: settled below this
 
 
 def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str):
@@ -222,7 +223,8 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         autofluorescent tissue lacking each label; its diagnostics go to ``components`` and
         its warnings to ``warnings``). With single stains too, the autofluorescence is
         estimated with the model labels, the single stains measured with it, and the two
-        alternated until the autofluorescence settles (at most four rounds).
+        alternated until the autofluorescence settles (at most four rounds; ``rounds`` and
+        ``last_change`` in its component entry, a warning if it did not settle).
     single_stains : mapping component name -> array, path or SlideImage, optional
         One single-stain section per label (e.g. ``{"HER2": "her2_only.ome.zarr"}``).
     bright_percentile : float
@@ -335,17 +337,28 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
 
     profs, infos, warns = measure_stains(af_prof)
     # blind autofluorescence with single stains: the label spectra and the autofluorescence
-    # depend on each other; alternate until the autofluorescence settles (2-3 rounds)
-    for _ in range(_BLIND_ROUNDS if blind_img is not None and stains else 0):
-        labels = panel.with_measured({**measured, **profs}).endmembers
-        new_af, info = _blind(blind_img, panel, labels, af_source)
-        settled = _cos(new_af, af_prof) > 1.0 - 1e-9
-        af_prof = new_af
-        measured["autofluorescence"] = af_prof
+    # depend on each other; alternate until the autofluorescence settles (its cosine to the
+    # previous round's above 1 - 1e-4; measured: 2 rounds on the library tests' fields, after
+    # which the half-sample mode only jitters, 1 - cos ~ 1e-5)
+    if blind_img is not None and stains:
+        change, rounds = 1.0, 0
+        while rounds < _BLIND_ROUNDS:
+            rounds += 1
+            labels = panel.with_measured({**measured, **profs}).endmembers
+            new_af, info = _blind(blind_img, panel, labels, af_source)
+            change = 1.0 - _cos(new_af, af_prof)
+            af_prof = new_af
+            measured["autofluorescence"] = af_prof
+            profs, infos, warns = measure_stains(af_prof)
+            if change < _BLIND_SETTLED:
+                break
+        info["rounds"] = rounds
+        info["last_change"] = change  # 1 - cosine between the last two estimates
+        if change >= _BLIND_SETTLED:
+            info["warnings"] = [*info["warnings"], (
+                f"the blind autofluorescence and the single stains did not settle in "
+                f"{rounds} rounds (last change 1 - cos = {change:.1e}); check the controls")]
         comps["autofluorescence"] = info
-        profs, infos, warns = measure_stains(af_prof)
-        if settled:
-            break
     measured.update(profs)
     comps.update(infos)
     warnings.extend(warns)
