@@ -45,10 +45,13 @@ def test_simulate_analyze_cohort(tmp_path):
     assert (tmp_path / "co" / "slides" / "a" / "cells.geojson").exists()
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
             "--no-progress", "--json", "--regions-dir", str(regs), "--no-outlines",
-            "--no-unmixed")
+            "--no-unmixed", "--autofluorescence", "blind")
     assert r.returncode == 0, r.stderr
     c = json.loads(r.stdout)
     assert c["parameters"]["outlines"] is False and c["parameters"]["write_unmixed"] is False
+    assert c["parameters"]["autofluorescence"] == "blind"
+    slide_summary = json.loads((tmp_path / "co" / "slides" / "a" / "summary.json").read_text())
+    assert slide_summary["autofluorescence"]["source"].startswith("blind: ")
     # the slide folder holds this run's outputs only: the earlier run's optional ones go
     assert not (tmp_path / "co" / "slides" / "a" / "cells.geojson").exists()
     assert not (tmp_path / "co" / "slides" / "a" / "unmixed.ome.zarr").exists()
@@ -58,6 +61,9 @@ def test_simulate_analyze_cohort(tmp_path):
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--region-class",
             "Tumor", "--no-progress")
     assert r.returncode == 2 and "needs a regions folder" in r.stderr
+    r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--autofluorescence",
+            "unstained", "--no-progress")
+    assert r.returncode == 2 and "'panel' or 'blind'" in r.stderr
 
 
 def test_calibrate_gates_then_analyze(tmp_path):

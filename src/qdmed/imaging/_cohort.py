@@ -66,6 +66,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     from qdmed.imaging._report import write_cohort_report, write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
+    if autofluorescence not in ("panel", "blind"):
+        raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {autofluorescence!r}")
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")
