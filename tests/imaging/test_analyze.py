@@ -443,6 +443,9 @@ def test_slide_autofluorescence_estimated_blindly(tmp_path):
     used = np.array(res.summary["panel"]["mixing_matrix"])[:, -1]
     cos = used @ e[:, -1] / np.linalg.norm(used) / np.linalg.norm(e[:, -1])
     assert cos > 0.999
+    from qdmed.imaging._report import write_slide_report
+
+    assert "Autofluorescence endmember: source blind: " in write_slide_report(res).read_text()
     plain = analyze_slide(s.path, PANEL, tmp_path / "plain", **kw)
     assert plain.summary["autofluorescence"] == {"source": "panel (model)"}
     with pytest.raises(InputError, match="'panel' or 'blind'"):

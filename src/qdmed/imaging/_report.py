@@ -135,6 +135,14 @@ def write_slide_report(result, path=None) -> Path:
     rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
                "warnings": s["panel"]["warnings"] or "none"})
     rep.figure(panel.plot(), "panel")
+    af = s.get("autofluorescence") or {}
+    if af:
+        keys = ("source", "angle_to_labels_deg", "split_half_cosine", "offset_fraction",
+                "map_coherence", "rounds")
+        rep.paragraph("Autofluorescence endmember: " + "; ".join(
+            f"{k.replace('_', ' ')} {af[k]:.4g}" if isinstance(af[k], float) else
+            f"{k.replace('_', ' ')} {af[k]}" for k in keys if k in af) + "."
+            + "".join(f" Warning: {w}." for w in af.get("warnings", [])))
     if s["outputs"].get("unmixed"):
         rep.heading("Unmixed image and cells")
         rep.figure(overlay_figure(result), "overlay")
