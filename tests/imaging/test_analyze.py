@@ -450,3 +450,20 @@ def test_slide_autofluorescence_estimated_blindly(tmp_path):
     assert plain.summary["autofluorescence"] == {"source": "panel (model)"}
     with pytest.raises(InputError, match="'panel' or 'blind'"):
         analyze_slide(s.path, PANEL, tmp_path / "x", autofluorescence="unstained", **kw)
+
+
+def test_blind_autofluorescence_reads_full_resolution_pixels(slide, monkeypatch):
+    """Blocks must stay smaller than the tissue's structure, so a slide larger than
+    MAX_CONTROL_PIXELS gives its brightest window at full resolution, not a pyramid level."""
+    from qdmed.imaging import _library, read_slide
+
+    monkeypatch.setattr(_library, "MAX_CONTROL_PIXELS", 256 * 256)
+    s = read_slide(slide.path)
+    img = _library.blind_image(s, PANEL)
+    assert img.shape == (256, 256, len(PANEL.channels))
+    from qdmed.imaging._analyze import reference_origin
+
+    y0, x0 = reference_origin(s, 256)
+    np.testing.assert_array_equal(img, np.asarray(s.data[y0:y0 + 256, x0:x0 + 256]))
+    tot = np.asarray(s.data).sum(axis=-1, dtype=np.float64)
+    assert tot[y0:y0 + 256, x0:x0 + 256].mean() > tot.mean()  # a bright (tissue) window

@@ -435,9 +435,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     autofluorescence : {'panel', 'blind'}
         ``'panel'``: the panel's autofluorescence column (modelled, or measured with
         :func:`spectral_library`). ``'blind'``: estimated from this slide itself
-        (:func:`qdmed.imaging.autofluorescence_blind`, on its largest pyramid level of at most
-        ``MAX_CONTROL_PIXELS``), for slides whose autofluorescence differs; its diagnostics and
-        warnings go to the summary under ``autofluorescence``.
+        (:func:`qdmed.imaging.autofluorescence_blind`, on the 2048^2 px window with the most
+        signal, at full resolution), for slides whose autofluorescence differs; its
+        diagnostics and warnings go to the summary under ``autofluorescence``.
 
     Returns
     -------
@@ -616,10 +616,10 @@ def _slide_autofluorescence(slide, panel: Panel, how: str) -> tuple[Panel, dict 
     if not has_af:
         raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
                          "component; add one to the panel")
-    from qdmed.imaging._library import _blind, control_image
+    from qdmed.imaging._library import _blind, blind_image
 
-    img = control_image(slide, panel)
-    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}")
+    prof, info = _blind(blind_image(slide, panel), panel, panel.endmembers,
+                        f"blind: {slide.path}")
     return panel.with_measured({"autofluorescence": prof}), info
 
 
