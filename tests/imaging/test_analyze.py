@@ -459,8 +459,8 @@ def test_blind_autofluorescence_reads_full_resolution_pixels(slide, monkeypatch)
 
     monkeypatch.setattr(_library, "MAX_CONTROL_PIXELS", 256 * 256)
     s = read_slide(slide.path)
-    img = _library.blind_image(s, PANEL)
-    assert img.shape == (256, 256, len(PANEL.channels))
+    img, px = _library.blind_image(s, PANEL)
+    assert px == s.pixel_size_um and img.shape == (256, 256, len(PANEL.channels))
     from qdmed.imaging._analyze import reference_origin
 
     y0, x0 = reference_origin(s, 256)

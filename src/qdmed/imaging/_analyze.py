@@ -618,8 +618,8 @@ def _slide_autofluorescence(slide, panel: Panel, how: str) -> tuple[Panel, dict 
                          "component; add one to the panel")
     from qdmed.imaging._library import _blind, blind_image
 
-    prof, info = _blind(blind_image(slide, panel), panel, panel.endmembers,
-                        f"blind: {slide.path}")
+    img, px = blind_image(slide, panel)
+    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", px)
     return panel.with_measured({"autofluorescence": prof}), info
 
 

@@ -75,10 +75,10 @@ def control_image(control, panel: Panel | None = None, *, name: str = "control")
     return img
 
 
-def blind_image(stained, panel: Panel) -> np.ndarray:
-    """The pixels blind autofluorescence is estimated from: an array as given, or from a
-    slide the window of at most ``MAX_CONTROL_PIXELS`` with the most signal, at full
-    resolution. Not a downsampled pyramid level, as for the controls: the estimate needs
+def blind_image(stained, panel: Panel) -> tuple[np.ndarray, float | None]:
+    """The pixels blind autofluorescence is estimated from, and their size in um (None if
+    unknown): an array as given, or from a slide the window of at most
+    ``MAX_CONTROL_PIXELS`` with the most signal, at full resolution. Not a downsampled pyramid level, as for the controls: the estimate needs
     blocks smaller than the tissue's structure (measured on a 2048^2 synthetic field at
     0.5 um per pixel: blocks of 4-8 px gave cosine 0.9999 to the rendered spectrum, 16 px
     0.45 and 32 px 0.74; a level 8x down averages 8 px already)."""
@@ -89,7 +89,7 @@ def blind_image(stained, panel: Panel) -> np.ndarray:
     if isinstance(stained, (str, bytes)) or hasattr(stained, "__fspath__"):
         src = read_slide(stained)
     if not isinstance(src, SlideImage):
-        return control_image(src, panel, name="stained")
+        return control_image(src, panel, name="stained"), None
     check_channels(src, panel)
     h, w, _ = src.shape
     side = int(np.sqrt(MAX_CONTROL_PIXELS))
@@ -97,7 +97,7 @@ def blind_image(stained, panel: Panel) -> np.ndarray:
     img = np.asarray(src.read_region(y0, min(h, y0 + side), x0, min(w, x0 + side)))
     if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
         raise InputError(f"{src.path}: the stained slide contains NaN or infinite values")
-    return img
+    return img, src.pixel_size_um
 
 
 def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percentile=90.0):
@@ -212,15 +212,21 @@ _BLIND_ROUNDS = 4  # alternations of blind autofluorescence and single stains, a
 _BLIND_SETTLED = 1e-4  # 1 - cosine between two rounds' autofluorescence: settled below this
 
 
-def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str):
-    """Blind autofluorescence of a stained image with the labels' columns of `endmembers`."""
+_BLIND_BLOCK_UM = 2.0  # blind autofluorescence blocks: 2 um (4 px at 0.5 um per pixel)
+
+
+def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
+           pixel_size_um: float | None = None):
+    """Blind autofluorescence of a stained image with the labels' columns of `endmembers`,
+    in blocks of ~2 um where the pixel size is known (else 4 px)."""
     from qdmed.imaging._blind_af import autofluorescence_blind
 
     j = panel.components.index("autofluorescence")
     names = [c for c in panel.components if c != "autofluorescence"]
+    block = 4 if not pixel_size_um else max(1, int(round(_BLIND_BLOCK_UM / pixel_size_um)))
     try:
         prof, info = autofluorescence_blind(img, np.delete(endmembers, j, axis=1),
-                                            label_names=names)
+                                            label_names=names, block_px=block)
     except InputError as exc:
         raise InputError(f"stained slide ({source.removeprefix('blind: ')}): {exc}") from None
     return prof, {"source": source, "n_pixels": info["n_blocks"] * info["block_px"] ** 2,
@@ -328,8 +334,9 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
             raise InputError("the panel has no autofluorescence component to estimate; add one "
                              "to the panel before giving a stained slide")
         af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
-        blind_img = blind_image(stained, panel) - off
-        af_prof, info = _blind(blind_img, panel, model, af_source)
+        blind_img, blind_px = blind_image(stained, panel)
+        blind_img = blind_img - off
+        af_prof, info = _blind(blind_img, panel, model, af_source, blind_px)
         measured["autofluorescence"] = af_prof
         comps["autofluorescence"] = info
     stains = {}
@@ -372,7 +379,7 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         while rounds < _BLIND_ROUNDS:
             rounds += 1
             labels = panel.with_measured({**measured, **profs}).endmembers
-            new_af, info = _blind(blind_img, panel, labels, af_source)
+            new_af, info = _blind(blind_img, panel, labels, af_source, blind_px)
             change = 1.0 - _cos(new_af, af_prof)
             af_prof = new_af
             measured["autofluorescence"] = af_prof
