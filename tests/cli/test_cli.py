@@ -72,4 +72,6 @@ def test_demo_quick_prints_the_her2_result_and_writes_the_report(tmp_path):
                        env={**os.environ, "COLUMNS": "120"})
     assert r.returncode == 0, r.stderr
     assert "HER2 (QD-IHC)" in r.stdout and "report written to" in r.stdout
-    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
+    assert "blind autofluorescence" in r.stdout
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert len(html) > 10_000 and "Autofluorescence without an unstained control" in html

@@ -32,5 +32,9 @@ def demo(
             "cells": im.get("n_cells"), "nucleus F1 (IoU 0.5)": im.get("nucleus_f1"),
             "HER2 (QD-IHC)": im.get("her2_category"), "HER2-low": im.get("her2_low"),
             "per-cell kappa vs truth": im.get("kappa_vs_truth"),
+            "blind autofluorescence, cosine to truth (model's)": (
+                f"{im['blind_autofluorescence']['cosine_blind_to_truth']:.4f} "
+                f"({im['blind_autofluorescence']['cosine_model_to_truth']:.3f})"
+                if im.get("blind_autofluorescence") else None),
             "DAB example (FHL2 stain, HER2 rule)": im.get("dab_her2_category")})
     typer.echo(f"report written to {summary['report']}")
