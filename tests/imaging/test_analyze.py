@@ -454,7 +454,9 @@ def test_slide_autofluorescence_estimated_blindly(tmp_path):
 
 def test_blind_autofluorescence_reads_full_resolution_pixels(slide, monkeypatch):
     """Blocks must stay smaller than the tissue's structure, so a slide larger than
-    MAX_CONTROL_PIXELS gives its brightest window at full resolution, not a pyramid level."""
+    MAX_CONTROL_PIXELS gives a window at full resolution, not a pyramid level: the one with
+    the most signal outside the labels' span (label-rich places lack the places without
+    each label that the estimate needs)."""
     from qdmed.imaging import _library, read_slide
 
     monkeypatch.setattr(_library, "MAX_CONTROL_PIXELS", 256 * 256)
@@ -463,7 +465,14 @@ def test_blind_autofluorescence_reads_full_resolution_pixels(slide, monkeypatch)
     assert px == s.pixel_size_um and img.shape == (256, 256, len(PANEL.channels))
     from qdmed.imaging._analyze import reference_origin
 
-    y0, x0 = reference_origin(s, 256)
+    labels = PANEL.endmembers[:, :-1]
+    q, _ = np.linalg.qr(labels)
+    perp = np.eye(len(PANEL.channels)) - q @ q.T
+
+    def outside_labels(a):  # signal outside the labels' span: the autofluorescence's
+        return np.linalg.norm(a @ perp, axis=-1)
+
+    y0, x0 = reference_origin(s, 256, outside_labels)
     np.testing.assert_array_equal(img, np.asarray(s.data[y0:y0 + 256, x0:x0 + 256]))
-    tot = np.asarray(s.data).sum(axis=-1, dtype=np.float64)
-    assert tot[y0:y0 + 256, x0:x0 + 256].mean() > tot.mean()  # a bright (tissue) window
+    af = outside_labels(np.asarray(s.data, dtype=np.float64))
+    assert af[y0:y0 + 256, x0:x0 + 256].mean() > af.mean()  # an autofluorescent window

@@ -325,9 +325,11 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def reference_origin(slide, size: int) -> tuple[int, int]:
+def reference_origin(slide, size: int, score_fn=None) -> tuple[int, int]:
     """Top-left corner of the ``size`` x ``size`` window with the most signal, found on the
-    coarsest pyramid level (so that thresholds are not estimated on empty glass)."""
+    coarsest pyramid level (so that thresholds are not estimated on empty glass).
+    ``score_fn`` maps a (Y, X, C) float array to a (Y, X) per-pixel score (default: the sum
+    over channels)."""
     from scipy import ndimage as ndi
 
     h, w, _ = slide.shape
@@ -345,7 +347,10 @@ def reference_origin(slide, size: int) -> tuple[int, int]:
         ly, lx = (low.shape[0] // k) * k, (low.shape[1] // k) * k
         low = da.coarsen(np.mean, low[:ly, :lx].astype(np.float32), {0: k, 1: k}, trim_excess=True)
         f = f * k
-    tot = np.asarray(low.sum(axis=-1, dtype=np.float64).compute())
+    if score_fn is None:
+        tot = np.asarray(low.sum(axis=-1, dtype=np.float64).compute())
+    else:
+        tot = np.asarray(score_fn(np.asarray(low.compute(), dtype=np.float64)))
     win = max(1, int(round(size / f)))
     score = ndi.uniform_filter(tot, size=win, mode="constant")
     cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
@@ -469,10 +474,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
-    panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence)
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um)
     r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,
                                                                    s.expansion_um)
     if margin_um < r_max + 2.0:
@@ -605,21 +610,29 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     return SlideResult(summary, out, her2)
 
 
-def _slide_autofluorescence(slide, panel: Panel, how: str) -> tuple[Panel, dict | None]:
+def _slide_autofluorescence(slide, panel: Panel, how: str,
+                            pixel_size_um: float) -> tuple[Panel, dict | None]:
     """The panel to analyse `slide` with, and how its autofluorescence column was had."""
     has_af = "autofluorescence" in panel.components
+    measured = has_af and "autofluorescence" in dict(panel.measured)
     if how == "panel":
         if not has_af:
             return panel, None
-        measured = "autofluorescence" in dict(panel.measured)
         return panel, {"source": "panel (measured)" if measured else "panel (model)"}
     if not has_af:
         raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
                          "component; add one to the panel")
     from qdmed.imaging._library import _blind, blind_image
 
-    img, px = blind_image(slide, panel)
-    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", px)
+    img, _ = blind_image(slide, panel)
+    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", pixel_size_um)
+    if measured:
+        info["replaced"] = "panel (measured)"
+        info["warnings"] = [*info["warnings"], "this replaces the autofluorescence the panel "
+                            "had measured (from an unstained control)"]
+    # rounded, so that a last-bit difference (another BLAS, another machine) does not change
+    # the run's fingerprint and throw finished tiles away on resume
+    prof = np.round(prof, 9)
     return panel.with_measured({"autofluorescence": prof}), info
 
 

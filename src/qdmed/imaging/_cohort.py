@@ -68,6 +68,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
     if autofluorescence not in ("panel", "blind"):
         raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {autofluorescence!r}")
+    if autofluorescence == "blind" and "autofluorescence" not in panel.components:
+        raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
+                         "component; add one to the panel")
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")

@@ -78,7 +78,8 @@ def control_image(control, panel: Panel | None = None, *, name: str = "control")
 def blind_image(stained, panel: Panel) -> tuple[np.ndarray, float | None]:
     """The pixels blind autofluorescence is estimated from, and their size in um (None if
     unknown): an array as given, or from a slide the window of at most
-    ``MAX_CONTROL_PIXELS`` with the most signal, at full resolution. Not a downsampled pyramid level, as for the controls: the estimate needs
+    ``MAX_CONTROL_PIXELS`` with the most signal outside the labels' span, at full
+    resolution. Not a downsampled pyramid level, as for the controls: the estimate needs
     blocks smaller than the tissue's structure (measured on a 2048^2 synthetic field at
     0.5 um per pixel: blocks of 4-8 px gave cosine 0.9999 to the rendered spectrum, 16 px
     0.45 and 32 px 0.74; a level 8x down averages 8 px already)."""
@@ -93,7 +94,15 @@ def blind_image(stained, panel: Panel) -> tuple[np.ndarray, float | None]:
     check_channels(src, panel)
     h, w, _ = src.shape
     side = int(np.sqrt(MAX_CONTROL_PIXELS))
-    y0, x0 = reference_origin(src, side)
+    # the window with the most signal outside the labels' span (autofluorescence), not the
+    # most signal (which favours label-rich places, while the estimate needs places lacking
+    # each label)
+    e = panel.endmembers
+    labels = np.delete(e, panel.components.index("autofluorescence"), axis=1) \
+        if "autofluorescence" in panel.components else e
+    q, _ = np.linalg.qr(labels)
+    perp = np.eye(labels.shape[0]) - q @ q.T
+    y0, x0 = reference_origin(src, side, lambda a: np.linalg.norm(a @ perp, axis=-1))
     img = np.asarray(src.read_region(y0, min(h, y0 + side), x0, min(w, x0 + side)))
     if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
         raise InputError(f"{src.path}: the stained slide contains NaN or infinite values")
@@ -223,7 +232,9 @@ def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
 
     j = panel.components.index("autofluorescence")
     names = [c for c in panel.components if c != "autofluorescence"]
-    block = 4 if not pixel_size_um else max(1, int(round(_BLIND_BLOCK_UM / pixel_size_um)))
+    # pixel sizes outside 0.05-5 um are not a microscope's (e.g. a TIFF's default 72 dpi)
+    known = pixel_size_um is not None and 0.05 <= pixel_size_um <= 5.0
+    block = max(1, int(round(_BLIND_BLOCK_UM / pixel_size_um))) if known else 4
     try:
         prof, info = autofluorescence_blind(img, np.delete(endmembers, j, axis=1),
                                             label_names=names, block_px=block)

@@ -142,7 +142,7 @@ def write_slide_report(result, path=None) -> Path:
         rep.paragraph("Autofluorescence endmember: " + "; ".join(
             f"{k.replace('_', ' ')} {af[k]:.4g}" if isinstance(af[k], float) else
             f"{k.replace('_', ' ')} {af[k]}" for k in keys if k in af) + "."
-            + "".join(f" Warning: {w}." for w in af.get("warnings", [])))
+            + "".join(f" Warning: {w.rstrip('.')}." for w in af.get("warnings", [])))
     if s["outputs"].get("unmixed"):
         rep.heading("Unmixed image and cells")
         rep.figure(overlay_figure(result), "overlay")
