@@ -199,3 +199,30 @@ def test_library_blind_autofluorescence_with_single_stains():
         spectral_library(P, stained=simulate_field(
             (256, 256), preset="BT474", endmembers=E, marker_names=NAMES,
             autofluorescence=0.0, seed=3).image)
+
+
+def test_library_blind_retries_with_measured_labels(monkeypatch):
+    """Review finding: when the blind estimate with the model's label spectra is refused,
+    single stains are measured with the model autofluorescence and the estimate retried with
+    the measured labels; without single stains the refusal stands."""
+    from qdmed.imaging import _library
+
+    un, ss = _controls(256)
+    f = simulate_field((256, 256), preset="HER2-enriched", endmembers=TRUE, marker_names=NAMES,
+                       autofluorescence=0.5, seed=5)
+    real = _library._blind
+    calls = []
+
+    def refuse_model_labels(img, panel, endmembers, source, px=None):
+        calls.append(np.array_equal(endmembers, panel.endmembers))
+        if calls[-1]:
+            raise InputError("no autofluorescence found outside the labels' span (stand-in)")
+        return real(img, panel, endmembers, source, px)
+
+    monkeypatch.setattr(_library, "_blind", refuse_model_labels)
+    r = spectral_library(P, stained=f.image, single_stains={"HER2": ss})
+    assert calls[0] and not calls[1]  # refused with the model labels, then retried
+    assert r.components["autofluorescence"]["source"] == "blind: array"
+    assert _cos(r.panel.endmembers[:, -1], TRUE[:, -1]) > 0.999
+    with pytest.raises(InputError, match="stand-in"):
+        spectral_library(P, stained=f.image)

@@ -347,9 +347,16 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
         blind_img, blind_px = blind_image(stained, panel)
         blind_img = blind_img - off
-        af_prof, info = _blind(blind_img, panel, model, af_source, blind_px)
-        measured["autofluorescence"] = af_prof
-        comps["autofluorescence"] = info
+        try:
+            af_prof, info = _blind(blind_img, panel, model, af_source, blind_px)
+            measured["autofluorescence"] = af_prof
+            comps["autofluorescence"] = info
+        except InputError:
+            if not single_stains:
+                raise
+            # the model's label spectra may be what fails: the single stains are measured
+            # with the panel's model autofluorescence first, and the blind estimate is made
+            # with the measured labels below (its error is raised if that fails too)
     stains = {}
     for name, ctrl in single_stains.items():
         if name not in panel.components or name == "autofluorescence":
