@@ -469,8 +469,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         from qdmed.imaging._regions import read_regions
 
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
-    if autofluorescence not in ("panel", "blind"):
-        raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {autofluorescence!r}")
+    check_autofluorescence_option(autofluorescence, panel)
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
@@ -610,18 +609,26 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     return SlideResult(summary, out, her2)
 
 
+def check_autofluorescence_option(how: str, panel: Panel) -> None:
+    """Refuse an `autofluorescence` option other than 'panel' or 'blind', and 'blind' for a
+    panel without an autofluorescence component (before any slide is read)."""
+    if how not in ("panel", "blind"):
+        raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {how!r}")
+    if how == "blind" and "autofluorescence" not in panel.components:
+        raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
+                         "component; add one to the panel")
+
+
 def _slide_autofluorescence(slide, panel: Panel, how: str,
                             pixel_size_um: float) -> tuple[Panel, dict | None]:
-    """The panel to analyse `slide` with, and how its autofluorescence column was had."""
+    """The panel to analyse `slide` with, and how its autofluorescence column was had
+    (`how` checked by :func:`check_autofluorescence_option`)."""
     has_af = "autofluorescence" in panel.components
     measured = has_af and "autofluorescence" in dict(panel.measured)
     if how == "panel":
         if not has_af:
             return panel, None
         return panel, {"source": "panel (measured)" if measured else "panel (model)"}
-    if not has_af:
-        raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
-                         "component; add one to the panel")
     from qdmed.imaging._library import _blind, blind_image
 
     img, _ = blind_image(slide, panel)

@@ -62,15 +62,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     estimates each slide's own autofluorescence)."""
     import pandas as pd
 
-    from qdmed.imaging._analyze import analyze_slide, start_client
+    from qdmed.imaging._analyze import analyze_slide, check_autofluorescence_option, start_client
     from qdmed.imaging._report import write_cohort_report, write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
-    if autofluorescence not in ("panel", "blind"):
-        raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {autofluorescence!r}")
-    if autofluorescence == "blind" and "autofluorescence" not in panel.components:
-        raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
-                         "component; add one to the panel")
+    check_autofluorescence_option(autofluorescence, panel)
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")

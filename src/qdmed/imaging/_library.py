@@ -97,9 +97,7 @@ def blind_image(stained, panel: Panel) -> tuple[np.ndarray, float | None]:
     # the window with the most signal outside the labels' span (autofluorescence), not the
     # most signal (which favours label-rich places, while the estimate needs places lacking
     # each label)
-    e = panel.endmembers
-    labels = np.delete(e, panel.components.index("autofluorescence"), axis=1) \
-        if "autofluorescence" in panel.components else e
+    labels, _ = _label_columns(panel, panel.endmembers)
     q, _ = np.linalg.qr(labels)
     perp = np.eye(labels.shape[0]) - q @ q.T
     y0, x0 = reference_origin(src, side, lambda a: np.linalg.norm(a @ perp, axis=-1))
@@ -219,9 +217,14 @@ class LibraryResult:
 
 _BLIND_ROUNDS = 4  # alternations of blind autofluorescence and single stains, at most
 _BLIND_SETTLED = 1e-4  # 1 - cosine between two rounds' autofluorescence: settled below this
-
-
 _BLIND_BLOCK_UM = 2.0  # blind autofluorescence blocks: 2 um (4 px at 0.5 um per pixel)
+
+
+def _label_columns(panel: Panel, endmembers: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The columns of `endmembers` (laid out as the panel's components) that are labels,
+    i.e. all but autofluorescence, and their names."""
+    keep = [i for i, c in enumerate(panel.components) if c != "autofluorescence"]
+    return endmembers[:, keep], [panel.components[i] for i in keep]
 
 
 def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
@@ -230,14 +233,12 @@ def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
     in blocks of ~2 um where the pixel size is known (else 4 px)."""
     from qdmed.imaging._blind_af import autofluorescence_blind
 
-    j = panel.components.index("autofluorescence")
-    names = [c for c in panel.components if c != "autofluorescence"]
+    labels, names = _label_columns(panel, endmembers)
     # pixel sizes outside 0.05-5 um are not a microscope's (e.g. a TIFF's default 72 dpi)
     known = pixel_size_um is not None and 0.05 <= pixel_size_um <= 5.0
     block = max(1, int(round(_BLIND_BLOCK_UM / pixel_size_um))) if known else 4
     try:
-        prof, info = autofluorescence_blind(img, np.delete(endmembers, j, axis=1),
-                                            label_names=names, block_px=block)
+        prof, info = autofluorescence_blind(img, labels, label_names=names, block_px=block)
     except InputError as exc:
         raise InputError(f"stained slide ({source.removeprefix('blind: ')}): {exc}") from None
     return prof, {"source": source, "n_pixels": info["n_blocks"] * info["block_px"] ** 2,
