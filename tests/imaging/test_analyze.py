@@ -362,15 +362,31 @@ def test_margin_smaller_than_a_cell_is_refused(slide, tmp_path):
         analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=10, progress=False)
 
 
+def test_bad_heterogeneity_regions_are_refused_before_reading(tmp_path):
+    for kw, what in (({"her2_region_um": 0}, "her2_region_um"),
+                     ({"her2_region_um": float("nan")}, "her2_region_um"),
+                     ({"her2_region_min_cells": 0}, "her2_region_min_cells"),
+                     ({"her2_region_min_cells": 2.5}, "her2_region_min_cells")):
+        with pytest.raises(InputError, match=what):
+            analyze_slide(tmp_path / "missing.ome.zarr", PANEL, tmp_path / "o", **kw)
+
+
 def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
     res = analyze_slide(slide.path, PANEL, tmp_path / "her2", tile=512, scheduler="synchronous",
-                        progress=False, write_unmixed=False, her2_calibration=calibration)
+                        progress=False, write_unmixed=False, her2_calibration=calibration,
+                        her2_region_um=256, her2_region_min_cells=30)
     gj = json.loads((tmp_path / "her2" / "cells.geojson").read_text())
     per_cell = res.her2.cells.set_index("cell_id")["category"]
     classes = {int(f["properties"]["name"]): f["properties"]["classification"]["name"]
                for f in gj["features"]}
     assert classes and all(v == f"HER2 {per_cell[k]}" for k, v in classes.items())
     assert res.summary["her2"]["category"] == res.her2.category
+    # HER2 heterogeneity by region: the slide's 512 um side in 256 um squares, each scored
+    het = res.summary["her2_heterogeneity"]
+    assert het["region_um"] == 256.0 and het["n_regions"] == 4
+    assert sum(r["n_cells"] for r in het["regions"]) == res.her2.n_cells
+    assert het["slide_category"] == res.her2.category
+    assert res.her2_heterogeneity.to_dict() == het
 
 
 def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibration):

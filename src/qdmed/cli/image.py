@@ -19,6 +19,8 @@ NOPROG = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
 NO_OUTLINES = Annotated[bool, typer.Option("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
 NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
+REGION_UM = Annotated[float, typer.Option("--her2-region-um", help="Side (um) of the square regions scored one by one to map HER2 heterogeneity.")]
+REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored cells a heterogeneity region needs.")]
 
 
 def _panel(path):
@@ -219,6 +221,8 @@ def analyze(
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
     autofluorescence: AUTOFLUOR = "panel",
+    her2_region_um: REGION_UM = 500.0,
+    her2_region_min_cells: REGION_MIN = 100,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -234,7 +238,9 @@ def analyze(
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress, settings=settings, regions=regions,
                         region_class=region_class, outlines=not no_outlines,
-                        write_unmixed=not no_unmixed, autofluorescence=autofluorescence)
+                        write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
+                        her2_region_um=her2_region_um,
+                        her2_region_min_cells=her2_region_min_cells)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -247,6 +253,12 @@ def analyze(
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
+    het = d.get("her2_heterogeneity")
+    if het and het["n_regions"]:
+        info["HER2 regions"] = ", ".join(
+            f"{c} {p:.0f} %" for c, p in het["percent_regions"].items() if p > 0)
+        info["HER2 heterogeneity (Shannon, tumour / cell level)"] = (
+            f"{het['tumour_level_shannon']:.2f} / {het['cell_level_shannon_mean']:.2f}")
     print_kv(f"Slide {slide.name}", info)
     for w in (d.get("autofluorescence") or {}).get("warnings", []):
         typer.echo(f"! autofluorescence: {w}")
@@ -327,6 +339,8 @@ def cohort(
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
     autofluorescence: AUTOFLUOR = "panel",
+    her2_region_um: REGION_UM = 500.0,
+    her2_region_min_cells: REGION_MIN = 100,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -338,7 +352,9 @@ def cohort(
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress, regions_dir=regions_dir,
                          region_class=region_class, outlines=not no_outlines,
-                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence)
+                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
+                         her2_region_um=her2_region_um,
+                         her2_region_min_cells=her2_region_min_cells)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -28,6 +28,7 @@ from qdmed.imaging._brightfield import (
     score_dab,
 )
 from qdmed.imaging._cells import compartments, expand_cells, measure_cells, segment_nuclei
+from qdmed.imaging._heterogeneity import Her2Heterogeneity, her2_heterogeneity, shannon_index
 from qdmed.imaging._library import LibraryResult, single_stain_endmember, spectral_library
 from qdmed.imaging._nnls import UnmixResult, kkt_violation, unmix_block, unmix_lstsq, unmix_nnls
 from qdmed.imaging._panel import (
@@ -69,7 +70,7 @@ from qdmed.imaging._synthetic import (
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
-    "Her2Score", "compare_her2", "compare_her2_tables",
+    "Her2Heterogeneity", "Her2Score", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
     "autofluorescence_from_control",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 import time
@@ -289,6 +291,7 @@ class SlideResult:
     summary: dict
     out_dir: Path
     her2: object | None = field(default=None, compare=False)
+    her2_heterogeneity: object | None = field(default=None, compare=False)
 
     @property
     def cells_path(self) -> Path:
@@ -397,7 +400,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   write_unmixed: bool = True, progress: bool = True, resume: bool = True,
                   reference_region_px: int = 1024, client=None, gates=None,
                   regions=None, region_class: str | None = None,
-                  autofluorescence: str = "panel") -> SlideResult:
+                  autofluorescence: str = "panel", her2_region_um: float = 500.0,
+                  her2_region_min_cells: int = 100) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -443,6 +447,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         (:func:`qdmed.imaging.autofluorescence_blind`, on the 2048^2 px window with the most
         signal, at full resolution), for slides whose autofluorescence differs; its
         diagnostics and warnings go to the summary under ``autofluorescence``.
+    her2_region_um, her2_region_min_cells : float (um), int
+        With a HER2 score: the side of the square regions scored one by one to map HER2
+        heterogeneity (:func:`qdmed.imaging.her2_heterogeneity`), and the scored cells a
+        region needs; the summary gets ``her2_heterogeneity``.
 
     Returns
     -------
@@ -470,6 +478,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
 
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
     check_autofluorescence_option(autofluorescence, panel)
+    check_region_options(her2_region_um, her2_region_min_cells)
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
@@ -567,11 +576,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if reg is not None and len(cells) and not len(scored_cells):
         selection["warning"] = (f"none of the {len(cells)} cells lies in the regions: nothing "
                                 "was scored (do the annotations belong to this slide?)")
-    her2 = None
+    her2 = het = None
     if her2_calibration is not None and len(scored_cells):
+        from qdmed.imaging._heterogeneity import her2_heterogeneity
         from qdmed.imaging._scoring import score_her2
 
         her2 = score_her2(scored_cells, her2_calibration, nan_policy="omit")
+        het = her2_heterogeneity(her2, region_um=her2_region_um,
+                                 min_cells=her2_region_min_cells)
     scored = None
     if gates:
         from qdmed.imaging._scoring import score_markers
@@ -597,6 +609,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_cells": int(len(cells)),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": None if her2 is None else her2.to_dict(),
+        "her2_heterogeneity": None if het is None else het.to_dict(),
         "markers_scored": scored,
         "scored_cells": selection,
         "elapsed_s": time.perf_counter() - t0,
@@ -606,7 +619,18 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     }
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,
                                                       sort_keys=True))
-    return SlideResult(summary, out, her2)
+    return SlideResult(summary, out, her2, het)
+
+
+def check_region_options(region_um, min_cells) -> None:
+    """Refuse bad HER2 heterogeneity region options before any slide is read."""
+    if not (isinstance(region_um, numbers.Real) and not isinstance(region_um, bool)
+            and math.isfinite(region_um) and region_um > 0):
+        raise InputError(f"her2_region_um must be a positive number of micrometres; got "
+                         f"{region_um!r}.")
+    if (isinstance(min_cells, bool) or not isinstance(min_cells, numbers.Integral)
+            or min_cells < 1):
+        raise InputError(f"her2_region_min_cells must be an integer >= 1; got {min_cells!r}.")
 
 
 def check_autofluorescence_option(how: str, panel: Panel) -> None:

@@ -47,7 +47,8 @@ def regions_file(regions_dir, slide_name: str) -> Path | None:
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, progress=True, regions_dir=None,
                    region_class: str | None = None, outlines: bool = True,
-                   write_unmixed: bool = True, autofluorescence: str = "panel") -> dict:
+                   write_unmixed: bool = True, autofluorescence: str = "panel",
+                   her2_region_um: float = 500.0, her2_region_min_cells: int = 100) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -59,14 +60,22 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     cohort refers to the same kind of selection. ``outlines``, ``write_unmixed`` and
     ``autofluorescence`` are passed to :func:`qdmed.imaging.analyze_slide` for every slide (a
     whole-slide unmixed image is several GB: a large cohort may want neither; ``'blind'``
-    estimates each slide's own autofluorescence)."""
+    estimates each slide's own autofluorescence), and so are ``her2_region_um`` and
+    ``her2_region_min_cells`` (the HER2 heterogeneity regions; the table gets each slide's
+    regional categories and Shannon indices)."""
     import pandas as pd
 
-    from qdmed.imaging._analyze import analyze_slide, check_autofluorescence_option, start_client
+    from qdmed.imaging._analyze import (
+        analyze_slide,
+        check_autofluorescence_option,
+        check_region_options,
+        start_client,
+    )
     from qdmed.imaging._report import write_cohort_report, write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
     check_autofluorescence_option(autofluorescence, panel)
+    check_region_options(her2_region_um, her2_region_min_cells)
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")
@@ -102,7 +111,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         client=client, gates=gates, regions=reg,
                                         region_class=region_class, outlines=outlines,
                                         write_unmixed=write_unmixed,
-                                        autofluorescence=autofluorescence)
+                                        autofluorescence=autofluorescence,
+                                        her2_region_um=her2_region_um,
+                                        her2_region_min_cells=her2_region_min_cells)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -117,6 +128,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         row["total_her2_load"] = res.summary["her2"]["total_her2_load"]
                         row["her2_mean_membrane"] = res.summary["her2"][
                             "mean_membrane_intensity"]
+                    het = res.summary.get("her2_heterogeneity")
+                    if het:
+                        row["her2_n_regions"] = het["n_regions"]
+                        for cat, v in het["percent_regions"].items():
+                            row[f"her2_percent_regions_{cat.replace('+', 'plus')}"] = v
+                        row["her2_highest_region"] = het["highest_region_category"]
+                        row["her2_tumour_level_shannon"] = het["tumour_level_shannon"]
+                        row["her2_cell_level_shannon"] = het["cell_level_shannon_mean"]
                     if res.summary.get("markers_scored"):
                         for m, v in res.summary["markers_scored"]["percent_positive"].items():
                             row[f"{m}_percent_positive"] = v
@@ -144,7 +163,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else her2_calibration.to_dict(),
                               "gates": None if not gates else sorted(gates),
                               "outlines": outlines, "write_unmixed": write_unmixed,
-                              "autofluorescence": autofluorescence}}
+                              "autofluorescence": autofluorescence,
+                              "her2_region_um": her2_region_um,
+                              "her2_region_min_cells": her2_region_min_cells}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()

@@ -163,6 +163,18 @@ def write_slide_report(result, path=None) -> Path:
                       "lines: a research measure, not a clinical test.", cls="muted")
         if result.her2 is not None:
             rep.figure(her2_figure(result.her2), "HER2 scatter")
+        het = getattr(result, "her2_heterogeneity", None)
+        if het is not None:
+            rep.heading("HER2 heterogeneity")
+            rep.paragraph(het.report())
+            rep.paragraph(f"Each {het.region_um:g} um square region with at least "
+                          f"{het.min_cells} scored cells is scored by the slide's rule as if "
+                          "alone. Shannon index of the cells' categories within regions "
+                          "(cell level) and of the regions' categories (tumour level), after "
+                          "Potts et al., Lab Invest 2012 (doi:10.1038/labinvest.2012.91): "
+                          "descriptive, no guideline cut-off.", cls="muted")
+            if het.n_regions:
+                rep.figure(het.plot(), "HER2 by region")
     return rep.write(path or Path(result.out_dir) / "report.html")
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "f1_at_iou",
     "gates_from_negative_controls",
     "h_score",
+    "her2_rule_branch",
     "percent_positive",
     "score_markers",
     "phenotype",
@@ -712,7 +713,9 @@ class Her2Score:
     parameters : tuple of (name, value)
     cells : pandas.DataFrame
         Per cell: ``cell_id`` (if present), ``intensity``, ``completeness``,
-        ``intensity_class``, ``complete``, ``category``. Not in :meth:`to_dict` by default.
+        ``intensity_class``, ``complete``, ``category``, and ``centroid_x_um``,
+        ``centroid_y_um`` where the input has them (for :func:`qdmed.imaging.her2_heterogeneity`).
+        Not in :meth:`to_dict` by default.
     """
 
     category: str
@@ -761,6 +764,31 @@ class Her2Score:
             f"{self.percent_weak_moderate_complete:.1f} %, stained {self.percent_stained:.1f} %"
             + (f"; {', '.join(flags)}" if flags else "")
         )
+
+
+#: Slide category of each branch of :func:`her2_rule_branch` (index into HER2_CATEGORIES),
+#: and the branches that flag a 0 as HER2-ultralow.
+_BRANCH_CATEGORY = (3, 2, 2, 2, 1, 0, 0, 0, 0)
+_BRANCH_ULTRALOW = (5, 6)
+
+
+def her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, percent_cutoff, intense_min_percent,
+                     incomplete_percent_cutoff, ultralow_min_percent):
+    """Which rule of :func:`score_her2` decides the category, for arrays of percentages.
+
+    The percentages (of scored cells) are intense complete, weak-to-moderate complete,
+    moderate-to-intense incomplete and stained (at least faint); the thresholds are those of
+    :func:`score_her2`. Returns the index of the first rule that holds (0: 3+; 1-3: 2+;
+    4: 1+; 5-6: 0 with the ultralow flag; 7-8: 0 null), elementwise. One definition of the
+    rule order for a slide and for its regions (:func:`qdmed.imaging.her2_heterogeneity`).
+    """
+    p_ic, p_wmc, p_mii, p_stained = (np.asarray(v, dtype=np.float64)
+                                     for v in (p_ic, p_wmc, p_mii, p_stained))
+    return np.select(
+        [p_ic > percent_cutoff, p_ic + p_wmc > percent_cutoff, p_ic > intense_min_percent,
+         p_mii > incomplete_percent_cutoff, p_stained > percent_cutoff, p_ic > 0,
+         p_stained > ultralow_min_percent, p_stained > 0],
+        [0, 1, 2, 3, 4, 5, 6, 7], default=8)
 
 
 def score_her2(
@@ -903,34 +931,27 @@ def score_her2(
     p_mii = pct((klass >= 2) & ~complete)
     p_faint = pct(klass == 1)
     p_stained = pct(klass >= 1)
-    if p_ic > pc:
-        cat, rule = "3+", f"intense complete membrane staining in {p_ic:.1f} % > {pc:g} % of cells"
-    elif p_ic + p_wmc > pc:
-        cat, rule = "2+", f"weak-to-moderate (or intense) complete staining in {p_ic + p_wmc:.1f} % > {pc:g} %"
-    elif p_ic > imp:
-        n_ic = int(np.count_nonzero((klass == 3) & complete))
-        cat, rule = "2+", (f"unusual pattern: intense complete staining in only {p_ic:.1f} % "
-                           f"({n_ic} cells) <= {pc:g} %")
-    elif p_mii > ipc:
-        cat, rule = "2+", f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %"
-    elif p_stained > pc:
-        cat, rule = "1+", f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
-    elif p_ic > 0:
+    branch = int(her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, pc, imp, ipc, ulp))
+    cat = HER2_CATEGORIES[_BRANCH_CATEGORY[branch]]
+    n_ic = int(np.count_nonzero((klass == 3) & complete))
+    rule = (
+        f"intense complete membrane staining in {p_ic:.1f} % > {pc:g} % of cells",
+        f"weak-to-moderate (or intense) complete staining in {p_ic + p_wmc:.1f} % > {pc:g} %",
+        f"unusual pattern: intense complete staining in only {p_ic:.1f} % ({n_ic} cells) "
+        f"<= {pc:g} %",
+        f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %",
+        f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %",
         # intense complete cells below the unusual-2+ floor are not null-population noise
         # (the noise floor is about faint readings): never call such a slide HER2-null
-        n_ic = int(np.count_nonzero((klass == 3) & complete))
-        cat, rule = "0", (f"membrane staining in {p_stained:.1f} % <= {pc:g} % of cells, "
-                          f"including intense complete staining in {p_ic:.2f} % ({n_ic} cells), "
-                          f"at or below the {imp:g} % floor of the unusual 2+ pattern: review "
-                          "these cells (ultralow)")
-    elif p_stained > ulp:
-        cat, rule = "0", (f"membrane staining (at least faint) in {p_stained:.1f} % <= {pc:g} % "
-                          f"of cells, above the {ulp:g} % null noise floor (ultralow)")
-    elif p_stained > 0:
-        cat, rule = "0", (f"membrane staining in {p_stained:.1f} %, within the {ulp:g} % of null "
-                          "cells expected above the faint cut-off (null)")
-    else:
-        cat, rule = "0", "no membrane staining (null)"
+        f"membrane staining in {p_stained:.1f} % <= {pc:g} % of cells, including intense "
+        f"complete staining in {p_ic:.2f} % ({n_ic} cells), at or below the {imp:g} % floor "
+        "of the unusual 2+ pattern: review these cells (ultralow)",
+        f"membrane staining (at least faint) in {p_stained:.1f} % <= {pc:g} % of cells, above "
+        f"the {ulp:g} % null noise floor (ultralow)",
+        f"membrane staining in {p_stained:.1f} %, within the {ulp:g} % of null cells expected "
+        "above the faint cut-off (null)",
+        "no membrane staining (null)",
+    )[branch]
     result = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[cat]
 
     area_col = f"{c}_area_um2"
@@ -956,13 +977,16 @@ def score_her2(
     )
     if "cell_id" in df.columns:
         cells.insert(0, "cell_id", np.asarray(df["cell_id"]))
+    for col in ("centroid_x_um", "centroid_y_um"):  # where the cells are: regional scores
+        if col in df.columns:
+            cells[col] = np.asarray(df[col], dtype=np.float64)
     cat_pct = [pct(cell_cat == k) for k in range(4)]
     return Her2Score(
         category=cat,
         result=result,
         rule=rule,
         her2_low=None if cat == "2+" else cat == "1+",
-        her2_ultralow=cat == "0" and (p_stained > ulp or p_ic > 0),
+        her2_ultralow=branch in _BRANCH_ULTRALOW,
         ish_reflex=cat == "2+",
         n_cells=int(n),
         percent_intense_complete=p_ic,
