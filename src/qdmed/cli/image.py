@@ -45,8 +45,14 @@ def _calibration(path):
     if not isinstance(doc, dict):
         raise FileFormatError(f"{path}: expected a JSON object with 'her2' and/or 'gates'")
     her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
-    gates = {m: MarkerGate(g["compartment"], float(g["threshold"]))
-             for m, g in (doc.get("gates") or {}).items()} or None
+    try:
+        gates = {m: MarkerGate(g["compartment"], float(g["threshold"]),
+                               false_positive_percent=g.get("false_positive_percent"),
+                               control_cells=g.get("control_cells"))
+                 for m, g in (doc.get("gates") or {}).items()} or None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path}: 'gates' must map markers to objects with "
+                              f"'compartment' and numeric 'threshold' ({exc})") from None
     return her2, gates
 
 
@@ -253,6 +259,9 @@ def analyze(
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
+    for m, st in ((d.get("markers_scored") or {}).get("receptor_status") or {}).items():
+        info[f"{m} (ASCO/CAP 2020)"] = (f"{st['status']}{' (borderline)' if st['borderline'] else ''}"
+                                        f", {st['percent_positive_corrected']:.1f} % positive")
     het = d.get("her2_heterogeneity")
     if het and het["n_regions"]:
         info["HER2 regions"] = ", ".join(
@@ -308,7 +317,9 @@ def calibrate(
         except InputError as exc:
             raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
     if negs:
-        doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold}
+        doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold,
+                            "false_positive_percent": g.false_positive_percent,
+                            "control_cells": g.control_cells}
                         for m, g in gates_from_negative_controls(ctrls, negs).items()}
     if not doc:
         raise InputError("nothing to calibrate: give --category for HER2 controls and/or "

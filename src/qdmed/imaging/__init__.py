@@ -41,6 +41,7 @@ from qdmed.imaging._panel import (
     mixing_matrix,
     spectral_channels,
 )
+from qdmed.imaging._receptors import ReceptorStatus, receptor_status
 from qdmed.imaging._scoring import (
     Her2Calibration,
     Her2Score,
@@ -70,7 +71,7 @@ from qdmed.imaging._synthetic import (
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
-    "Her2Heterogeneity", "Her2Score", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables",
+    "Her2Heterogeneity", "Her2Score", "ReceptorStatus", "receptor_status", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
     "autofluorescence_from_control",

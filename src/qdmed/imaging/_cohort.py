@@ -139,6 +139,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     if res.summary.get("markers_scored"):
                         for m, v in res.summary["markers_scored"]["percent_positive"].items():
                             row[f"{m}_percent_positive"] = v
+                        for m, st in (res.summary["markers_scored"].get("receptor_status")
+                                      or {}).items():
+                            row[f"{m}_status"] = st["status"] + (" (borderline)"
+                                                                 if st["borderline"] else "")
                     cells = res.cells()
                     cells.insert(0, "slide", sp.name)
                     tables.append(cells)

@@ -150,6 +150,22 @@ def write_slide_report(result, path=None) -> Path:
     rep.heading("Per-marker distributions")
     rep.figure(histogram_figure(cells, s["panel"]["components"]), "histograms")
     rep.table({m: v for m, v in s["marker_summary"].items()})
+    ms = s.get("markers_scored") or {}
+    if ms:
+        rep.heading("Positivity (gates from negative controls)")
+        rep.table({m: {"percent positive": ms["percent_positive"].get(m), **g}
+                   for m, g in ms["gates"].items()})
+        if ms.get("phenotypes"):
+            rep.table({"phenotypes (cells)": ms["phenotypes"]})
+        for m, st in (ms.get("receptor_status") or {}).items():
+            rep.paragraph(f"{m} {st['status']}" + (" (borderline)" if st["borderline"] else "")
+                          + f": {st['rule']}.")
+        if ms.get("receptor_status"):
+            rep.paragraph("ER/PgR status by the ASCO/CAP 2020 percentage rules (Allison et al., "
+                          "J Clin Oncol 2020, doi:10.1200/JCO.19.02309), corrected for the "
+                          "share of negative cells each gate calls positive; borderline when "
+                          "the Wilson 95 % interval straddles a cut-off. A research measure, "
+                          "not a clinical test.", cls="muted")
     if s.get("her2"):
         h = s["her2"]
         rep.heading("HER2 (ASCO/CAP 2018 style, calibrated on controls)")
@@ -227,7 +243,8 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
         rep.figure(fig, "HER2 categories and mean membrane HER2 per slide")
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
-            "her2_ultralow", "her2_mean_membrane", "total_her2_load", "message"]
+            "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
+            "her2_tumour_level_shannon", "ER_status", "PR_status", "message"]
     rep.table([{c: r.get(c, "") for c in cols} for r in rows])
     links = [r["slide"] for r in rows if r.get("status") == "ok"]
     if links:

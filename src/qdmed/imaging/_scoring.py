@@ -289,11 +289,31 @@ def h_score(
 # --------------------------------------------------------------------------- phenotypes
 @dataclass(frozen=True)
 class MarkerGate:
-    """Per-cell positivity rule of one marker: ``{marker}_{compartment}_{statistic} >= threshold``."""
+    """Per-cell positivity rule of one marker: ``{marker}_{compartment}_{statistic} >= threshold``.
+
+    ``false_positive_percent``: the percent of truly negative cells the gate calls positive
+    (``100 (1 - quantile)`` for a gate from :func:`gates_from_negative_controls`), or None
+    when unknown; ``control_cells``: the number of control cells it was estimated on (its
+    uncertainty), or None. :func:`qdmed.imaging.receptor_status` corrects percentages for
+    both.
+    """
 
     compartment: str
     threshold: float
     statistic: str = "mean"
+    false_positive_percent: float | None = None
+    control_cells: int | None = None
+
+    def __post_init__(self):
+        f = self.false_positive_percent
+        if f is not None and not (isinstance(f, int | float) and not isinstance(f, bool)
+                                  and math.isfinite(f) and 0 <= f < 100):
+            raise InputError(f"false_positive_percent must be a number in [0, 100) or None; "
+                             f"got {f!r}.")
+        n = self.control_cells
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer)
+                              or n < 1):
+            raise InputError(f"control_cells must be an integer >= 1 or None; got {n!r}.")
 
 
 def _gate(marker: str, g) -> MarkerGate:
@@ -1256,16 +1276,21 @@ def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping
         v = _values(controls[ctrl], col, "omit")
         if v.size < 10:
             raise InputError(f"negative control {ctrl!r} has {v.size} cells with {col}; need >= 10.")
-        gates[marker] = MarkerGate(comps[marker], float(np.quantile(v, q)))
+        gates[marker] = MarkerGate(comps[marker], float(np.quantile(v, q)),
+                                   false_positive_percent=100.0 * (1.0 - q),
+                                   control_cells=int(v.size))
     return gates
 
 
 def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
-    """Percent positive per gated marker and, when HER2, ER and PR are all gated, the counts
-    of the breast phenotypes (:data:`BREAST_RULES`)."""
+    """Percent positive per gated marker; when HER2, ER and PR are all gated, the counts of
+    the breast phenotypes (:data:`BREAST_RULES`); when ER or PR is gated, its ASCO/CAP 2020
+    status (:func:`qdmed.imaging.receptor_status`) under ``receptor_status``."""
     gates = {m: _gate(m, g) for m, g in gates.items()}
     out: dict[str, Any] = {"gates": {m: {"compartment": g.compartment, "threshold": g.threshold,
-                                         "statistic": g.statistic}
+                                         "statistic": g.statistic,
+                                         "false_positive_percent": g.false_positive_percent,
+                                         "control_cells": g.control_cells}
                                      for m, g in gates.items()},
                            "percent_positive": {}}
     for m, g in gates.items():
@@ -1276,4 +1301,10 @@ def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
     if {"HER2", "ER", "PR"} <= set(gates) and len(cells_df):
         ph = phenotype(cells_df, "breast", gates=gates)
         out["phenotypes"] = {str(k): int(v) for k, v in ph.value_counts().items()}
+    if len(cells_df):
+        from qdmed.imaging._receptors import receptor_status
+
+        status = receptor_status(cells_df, gates)
+        if status:
+            out["receptor_status"] = {m: st.to_dict() for m, st in status.items()}
     return to_jsonable(out)

@@ -1,0 +1,121 @@
+"""ER / PgR status by the ASCO/CAP 2020 percentage rules (Allison et al., J Clin Oncol 2020,
+doi:10.1200/JCO.19.02309): ER < 1 % negative, 1-10 % low positive, > 10 % positive; PgR
+< 1 % negative, >= 1 % positive. The Wilson intervals are checked against Newcombe's worked
+examples (Stat Med 1998;17:857-872, Table II, method 3: 81/263, 15/148, 0/20, 1/29), the
+noise-floor correction against the Rogan-Gladen formula (Am J Epidemiol 1978) by hand."""
+
+import pandas as pd
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import (
+    MarkerGate,
+    analyze_field,
+    breast_panel_5plex,
+    gates_from_negative_controls,
+    receptor_status,
+    score_markers,
+    simulate_field,
+)
+from qdmed.imaging._synthetic import MarkerLevel, Preset, list_presets
+
+
+def _cells(k, n, marker="ER"):
+    return pd.DataFrame({f"{marker}_nucleus_mean": [5.0] * k + [0.0] * (n - k)})
+
+
+@pytest.mark.parametrize(("k", "n", "lo", "hi"), [
+    (81, 263, 25.53, 36.62), (15, 148, 6.24, 16.05), (0, 20, 0.0, 16.11), (1, 29, 0.61, 17.18)])
+def test_wilson_interval_matches_newcombe_1998(k, n, lo, hi):
+    st = receptor_status(_cells(k, n), {"ER": MarkerGate("nucleus", 1.0)})["ER"]
+    assert st.ci95_percent[0] == pytest.approx(lo, abs=0.006)
+    assert st.ci95_percent[1] == pytest.approx(hi, abs=0.006)
+    assert st.percent_positive == pytest.approx(100 * k / n)
+
+
+@pytest.mark.parametrize(("k", "n", "er", "pr"), [
+    (0, 1000, "negative", "negative"),
+    (5, 1000, "negative", "negative"),          # 0.5 %
+    (10, 1000, "low positive", "positive"),      # 1 %: "1 % to 100 % ... positive"
+    (100, 1000, "low positive", "positive"),     # 10 %: top of ER Low Positive
+    (101, 1000, "positive", "positive"),
+    (900, 1000, "positive", "positive"),
+])
+def test_asco_cap_2020_cut_offs(k, n, er, pr):
+    gate = MarkerGate("nucleus", 1.0)
+    cells = _cells(k, n, "ER").join(_cells(k, n, "PR"))
+    st = receptor_status(cells, {"ER": gate, "PR": gate})
+    assert (st["ER"].status, st["PR"].status) == (er, pr)
+    assert st["ER"].gate_false_positive_percent is None
+    assert "not corrected" in st["ER"].rule
+
+
+def test_borderline_when_the_interval_straddles_a_cut_off():
+    gate = {"ER": MarkerGate("nucleus", 1.0)}
+    assert receptor_status(_cells(12, 1000), gate)["ER"].borderline  # 1.2 %, CI 0.69-2.09
+    assert not receptor_status(_cells(300, 1000), gate)["ER"].borderline
+    assert not receptor_status(_cells(0, 5000), gate)["ER"].borderline  # CI 0-0.08 %
+
+
+def test_noise_floor_correction_rogan_gladen():
+    # a gate calling 1 % of negatives positive: 59.5 / 1000 observed -> (5.95 - 1) / 0.99
+    gate = {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=1.0)}
+    cells = pd.DataFrame({"ER_nucleus_mean": [5.0] * 119 + [0.0] * 1881})  # 5.95 %
+    st = receptor_status(cells, gate)["ER"]
+    assert st.percent_positive == pytest.approx(5.95)
+    assert st.percent_positive_corrected == pytest.approx(100 * (0.0595 - 0.01) / 0.99)
+    assert st.status == "low positive" and "noise floor" in st.rule
+    # the noise floor alone reads negative, not "low positive"
+    st = receptor_status(_cells(20, 2000), gate)["ER"]
+    assert st.percent_positive == pytest.approx(1.0)
+    assert st.percent_positive_corrected == 0.0 and st.status == "negative"
+
+
+def test_bad_input():
+    with pytest.raises(InputError, match="no ASCO/CAP percentage rule"):
+        receptor_status(_cells(1, 10, "HER2"), {"HER2": MarkerGate("nucleus", 1.0)},
+                        markers=("HER2",))
+    for bad in (-1, 100, float("nan"), "1"):
+        with pytest.raises(InputError, match="false_positive_percent"):
+            MarkerGate("nucleus", 1.0, false_positive_percent=bad)
+    # ungated markers and empty tables are skipped, not guessed
+    assert receptor_status(_cells(1, 10), {}) == {}
+    assert receptor_status(_cells(0, 0), {"ER": MarkerGate("nucleus", 1.0)}) == {}
+
+
+def test_synthetic_er_negative_low_and_positive_tumours():
+    """Tumour fields simulated with ER in 0 %, 5 % and 90 % of cells and no PR. The ER gate
+    comes from an ER-/PR- line (MDA-MB-468, 99th percentile: a 1 % noise floor); the PR
+    gate from a fluorescence-minus-one style control that has the tumours' ER but no PR: a
+    gate from a control without ER would be too low in ER-high tissue (ER's shot noise
+    spreads into PR through the unmixing; measured 37 % PR "positive" on the 90 % field)."""
+    panel = breast_panel_5plex()
+    kw = dict(endmembers=panel.endmembers, marker_names=list(panel.markers),
+              photons_per_unit=300.0)
+    base = list_presets()["MDA-MB-468"]
+
+    def preset(name, er):
+        markers = dict(base.markers)
+        if er:
+            markers["ER"] = MarkerLevel(er, 0.8, 0.4)
+        return Preset(name, "tumour", "test", "test", None, base.her2_mix, markers)
+
+    def table(p, seed):
+        return analyze_field(simulate_field((1024, 1024), preset=p, seed=seed, **kw).image,
+                             panel).table
+
+    ctrls = {"468": table("MDA-MB-468", 30), "fmo": table(preset("ER+ PR-", 0.9), 34)}
+    gates = gates_from_negative_controls(ctrls, {"ER": "468", "PR": "fmo"})
+    assert gates["ER"].false_positive_percent == pytest.approx(1.0)
+    assert gates["ER"].control_cells == len(ctrls["468"])
+    out = {er: score_markers(table(preset(f"ER {er}", er), seed), gates)["receptor_status"]
+           for er, seed in ((0.0, 31), (0.05, 32), (0.9, 33))}
+    # measured: ER 0.64 % observed -> 0 corrected (CI 0-1.0), negative; 6.4 -> 5.5 %
+    # (3.0-7.9), low positive; 89.8 -> 89.7 %, positive; PR 0-0.5 % observed -> 0, negative
+    assert out[0.0]["ER"]["status"] == "negative"
+    assert out[0.0]["ER"]["percent_positive_corrected"] < 0.5
+    assert out[0.05]["ER"]["status"] == "low positive"
+    assert 2.5 < out[0.05]["ER"]["percent_positive_corrected"] < 8.0
+    assert out[0.9]["ER"]["status"] == "positive"
+    assert out[0.9]["ER"]["percent_positive_corrected"] == pytest.approx(90, abs=5)
+    assert all(o["PR"]["status"] == "negative" for o in out.values())
