@@ -93,6 +93,12 @@ def panel(
     print_table("Panel", [{"marker": m, "label": d["labels"][m], "peak_nm": d["label_peaks_nm"][m],
                            "noise_gain": g} for m, g in zip(p.markers, d["noise_gain"], strict=False)])
     typer.echo(f"condition number {d['condition_number']:.1f}; channels {', '.join(p.channel_names)}")
+    ssm, comps = d["spreading"], d["components"]
+    pairs = sorted(((ssm[i][j], comps[j], comps[i]) for i in range(len(comps))
+                    for j in range(len(comps)) if i != j and "autofluorescence" not in
+                    (comps[i], comps[j])), reverse=True)[:3]
+    typer.echo("largest spillover spreading (bright -> spread into, per sqrt abundance): "
+               + ", ".join(f"{b} -> {t} {v:.2f}" for v, b, t in pairs))
     for w in d["warnings"]:
         typer.secho(f"! {w}", fg="yellow")
 

@@ -40,6 +40,7 @@ from qdmed.imaging._panel import (
     endmember_from_control,
     mixing_matrix,
     spectral_channels,
+    spreading_matrix,
 )
 from qdmed.imaging._receptors import ReceptorStatus, receptor_status
 from qdmed.imaging._scoring import (
@@ -79,7 +80,7 @@ __all__ = [
     "compartments", "deconvolve_dab", "design_panel", "endmember_from_control", "estimate_stain_vectors",
     "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score",
     "half_sample_mode", "kkt_violation",
-    "list_markers", "list_presets", "marker_summary", "measure_cells", "mixing_matrix",
+    "list_markers", "list_presets", "spreading_matrix", "marker_summary", "measure_cells", "mixing_matrix",
     "percent_positive", "phenotype", "read_slide", "score_dab", "score_her2",
     "score_markers", "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",
     "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",

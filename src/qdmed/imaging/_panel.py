@@ -45,6 +45,27 @@ def mixing_matrix(spectra, channels, brightness=None) -> np.ndarray:
     return m * b[None, :]
 
 
+def spreading_matrix(endmembers) -> np.ndarray:
+    """Spillover spreading matrix of least-squares unmixing under shot noise.
+
+    ``S[i, j] = sqrt(sum_c P[i, c]^2 A[c, j])`` with ``P = pinv(A)``: the standard deviation
+    of component ``i``'s unmixed abundance that component ``j`` alone causes, per square root
+    of ``j``'s abundance, when the detected counts are Poisson (variance = mean; counts in
+    photo-electrons: with a gain of ``g`` counts per electron, multiply by ``sqrt(g)``).
+    Element ``(i, j)`` is how much a cell bright in ``j`` widens the negative population of
+    ``i`` (``sd = S[i, j] sqrt(x_j / n_px)`` for a mean over ``n_px`` pixels): a positivity
+    gate for ``i`` from a control lacking ``j`` is too low in tissue rich in ``j``. This is
+    the quantity Nguyen et al. (Cytometry A 2013;83:306-315, doi:10.1002/cyto.a.22251)
+    measure from single-stain controls as the spillover spreading matrix
+    (``sqrt(var_pos - var_neg) / sqrt(signal_pos - signal_neg)``), derived here from the
+    endmembers for the unconstrained estimate; NNLS clips negative values, which narrows the
+    spread below zero but not above it. Diagonal: the component's own shot-noise factor.
+    """
+    a = np.asarray(endmembers, dtype=np.float64)
+    p = np.linalg.pinv(a)
+    return np.sqrt((p * p) @ a)
+
+
 def _crosstalk(m: np.ndarray) -> dict:
     mn = m / np.linalg.norm(m, axis=0, keepdims=True)
     cos = mn.T @ mn
@@ -53,7 +74,7 @@ def _crosstalk(m: np.ndarray) -> dict:
     inv = np.linalg.pinv(m)
     noise_gain = np.sqrt(np.sum(inv**2, axis=1)) * np.linalg.norm(m, axis=0)
     return {"cosine": cos, "spillover": spill, "noise_gain": noise_gain,
-            "condition_number": float(np.linalg.cond(m))}
+            "spreading": spreading_matrix(m), "condition_number": float(np.linalg.cond(m))}
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +150,8 @@ class Panel:
             "max_cosine_similarity": float(np.max(ct["cosine"] - np.eye(len(self.components)))),
             "spillover": ct["spillover"].round(4).tolist(),
             "noise_gain": ct["noise_gain"].round(3).tolist(),
+            # row i, column j: spread of i per sqrt(abundance of j) (spreading_matrix)
+            "spreading": ct["spreading"].round(4).tolist(),
             "warnings": list(self.warnings),
         }
 
@@ -249,7 +272,7 @@ class Panel:
     def plot(self):
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         for i, (m, s) in enumerate(zip(self.markers, self.spectra, strict=True)):
             axes[0].plot(s.wavelength_nm, s.normalized("peak").values, color=f"C{i}",
                          label=f"{m}: {self.labels[i]}")
@@ -267,6 +290,23 @@ class Panel:
         axes[1].set_xticks(range(len(self.components)), self.components, rotation=45, fontsize=7)
         axes[1].set_title(f"mixing matrix (cond = {self.crosstalk()['condition_number']:.1f})")
         fig.colorbar(im, ax=axes[1])
+        ssm = self.crosstalk()["spreading"]
+        off = ssm - np.diag(np.diag(ssm))
+        im2 = axes[2].imshow(off, cmap="magma", aspect="auto")
+        n = len(self.components)
+        axes[2].set_xticks(range(n), self.components, rotation=45, fontsize=7)
+        axes[2].set_yticks(range(n), self.components, fontsize=7)
+        axes[2].set_xlabel("bright component j", fontsize=8)
+        axes[2].set_ylabel("spread into i", fontsize=8)
+        axes[2].set_title("spillover spreading (off-diagonal)", fontsize=9)
+        if n <= 10:
+            for i in range(n):
+                for j in range(n):
+                    if i != j:
+                        axes[2].text(j, i, f"{off[i, j]:.2f}", ha="center", va="center",
+                                     fontsize=6, color="w" if off[i, j] < 0.6 * off.max()
+                                     else "k")
+        fig.colorbar(im2, ax=axes[2])
         fig.tight_layout()
         return fig
 
