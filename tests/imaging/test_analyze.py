@@ -387,6 +387,14 @@ def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
     assert sum(r["n_cells"] for r in het["regions"]) == res.her2.n_cells
     assert het["slide_category"] == res.her2.category
     assert res.her2_heterogeneity.to_dict() == het
+    regions = json.loads((tmp_path / "her2" / "her2_regions.geojson").read_text())["features"]
+    assert len(regions) == 4 and res.summary["outputs"]["her2_regions"] == "her2_regions.geojson"
+    r0 = regions[0]  # 256 um squares at 0.5 um/px: corners on a 512 px grid
+    ring = r0["geometry"]["coordinates"][0]
+    assert {tuple(p) for p in ring} <= {(x, y) for x in (0.0, 512.0, 1024.0)
+                                        for y in (0.0, 512.0, 1024.0)}
+    assert r0["properties"]["objectType"] == "annotation"
+    assert r0["properties"]["classification"]["name"].startswith("HER2 region ")
 
 
 def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibration):

@@ -133,3 +133,23 @@ def test_two_clones_side_by_side_on_a_synthetic_field():
     assert het.cell_level_shannon_max < 0.8
     fig = het.plot()
     assert fig.axes[0].get_title().startswith("HER2 by 250 um region")
+
+
+def test_regions_as_qupath_annotations():
+    cells = pd.DataFrame({"HER2_membrane_mean": [3.5] * 120 + [0.2] * 130,
+                          "HER2_membrane_completeness": [1.0] * 250,
+                          "centroid_x_um": [10.0] * 120 + [600.0] * 130,
+                          "centroid_y_um": [10.0] * 250})
+    het = her2_heterogeneity(score_her2(cells, CAL), region_um=500)
+    gj = het.to_geojson(0.5, shape_yx=(800, 1500))
+    feats = gj["features"]
+    assert [f["properties"]["classification"]["name"] for f in feats] == [
+        "HER2 region 3+", "HER2 region 0"]
+    # 500 um = 1000 px; the second square is clipped at the image's 1500 px width
+    assert feats[1]["geometry"]["coordinates"][0] == [[1000.0, 0.0], [1500.0, 0.0],
+                                                      [1500.0, 800.0], [1000.0, 800.0],
+                                                      [1000.0, 0.0]]
+    m = feats[0]["properties"]["measurements"]
+    assert m["Cells"] == 120 and m["HER2 3+: %"] == 100.0 and m["Shannon index (nats)"] == 0.0
+    with pytest.raises(InputError, match="pixel_size_um"):
+        het.to_geojson(0)

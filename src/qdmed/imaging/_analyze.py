@@ -450,7 +450,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     her2_region_um, her2_region_min_cells : float (um), int
         With a HER2 score: the side of the square regions scored one by one to map HER2
         heterogeneity (:func:`qdmed.imaging.her2_heterogeneity`), and the scored cells a
-        region needs; the summary gets ``her2_heterogeneity``.
+        region needs; the summary gets ``her2_heterogeneity`` and ``her2_regions.geojson``
+        the scored regions as QuPath annotations.
 
     Returns
     -------
@@ -508,6 +509,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     # the folder holds this run's outputs only: optional ones an earlier run left are removed
     if not outlines:
         (out / "cells.geojson").unlink(missing_ok=True)
+    (out / "her2_regions.geojson").unlink(missing_ok=True)  # rewritten when HER2 is scored
     if not write_unmixed and (out / "unmixed.ome.zarr").is_dir():
         shutil.rmtree(out / "unmixed.ome.zarr")
     manifest = tiles_dir / "run.json"
@@ -584,6 +586,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         her2 = score_her2(scored_cells, her2_calibration, nan_policy="omit")
         het = her2_heterogeneity(her2, region_um=her2_region_um,
                                  min_cells=her2_region_min_cells)
+        atomic_write_text(out / "her2_regions.geojson",
+                          json.dumps(het.to_geojson(s.pixel_size_um, shape_yx=(h, w))))
     scored = None
     if gates:
         from qdmed.imaging._scoring import score_markers
@@ -615,6 +619,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
                     "geojson": "cells.geojson" if outlines else None,
+                    "her2_regions": "her2_regions.geojson" if het is not None else None,
                     "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
     }
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,

@@ -169,6 +169,42 @@ class Her2Heterogeneity:
                 f"{self.tumour_level_shannon:.2f}, cell level {self.cell_level_shannon_mean:.2f} "
                 f"(max {self.cell_level_shannon_max:.2f}).")
 
+    def to_geojson(self, pixel_size_um: float, *, shape_yx: tuple[int, int] | None = None
+                   ) -> dict:
+        """The scored regions as a GeoJSON FeatureCollection of QuPath annotations.
+
+        One square per scored region, in pixels of the full-resolution image (``x0_um /
+        pixel_size_um``; clipped to ``shape_yx`` when given), classified ``HER2 region
+        <category>`` and carrying the region's cell count, per-category percentages and
+        Shannon index as measurements; QuPath shows them over the slide (File > Import
+        objects). Sparse regions are left out.
+        """
+        from qdmed.imaging._geojson import HER2_COLOURS
+
+        ps = float(pixel_size_um)
+        if not (math.isfinite(ps) and ps > 0):
+            raise InputError(f"pixel_size_um must be a positive number; got {pixel_size_um!r}.")
+        feats = []
+        for r in self.regions[self.regions["scored"]].itertuples(index=False):
+            x0, y0 = r.x0_um / ps, r.y0_um / ps
+            x1, y1 = (r.x0_um + self.region_um) / ps, (r.y0_um + self.region_um) / ps
+            if shape_yx is not None:
+                x0, x1 = (float(np.clip(v, 0, shape_yx[1])) for v in (x0, x1))
+                y0, y1 = (float(np.clip(v, 0, shape_yx[0])) for v in (y0, y1))
+            ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+            meas = {"Cells": int(r.n_cells), "Shannon index (nats)": float(r.shannon)}
+            meas.update({f"HER2 {c}: %": float(getattr(r, f"percent_cells_{c.replace('+', 'plus')}"))
+                         for c in HER2_CATEGORIES})
+            feats.append({"type": "Feature",
+                          "geometry": {"type": "Polygon", "coordinates": [ring]},
+                          "properties": {
+                              "objectType": "annotation",
+                              "name": f"HER2 region r{r.row} c{r.col}: {r.category}",
+                              "classification": {"name": f"HER2 region {r.category}",
+                                                 "color": HER2_COLOURS[r.category]},
+                              "measurements": meas}})
+        return {"type": "FeatureCollection", "features": feats}
+
     def plot(self, ax=None):
         """Map of the regional categories (sparse regions hatched grey)."""
         import matplotlib.pyplot as plt
