@@ -82,22 +82,29 @@ def test_sparse_regions_are_not_scored():
     d = het.to_dict()
     assert d["regions"][1]["category"] is None and d["parameters"]["region_um"] == 500.0
     assert "regions" not in het.to_dict(include_regions=False)
-    # no region reaches min_cells: nothing scored, NaN indices, a clear report
+    # a map of scored and sparse regions together (pandas 3 made the sparse ones NaN once)
+    assert het.plot().axes[0].get_title().startswith("HER2 by 500 um region")
+    # no region reaches min_cells: nothing scored, NaN indices and shares, a clear report
     none = her2_heterogeneity(score_her2(cells, CAL), min_cells=1000)
     assert none.n_regions == 0 and none.highest_region_category is None
-    assert math.isnan(none.tumour_level_shannon)
+    assert math.isnan(none.tumour_level_shannon) and math.isnan(none.spatial_p_value)
+    assert all(math.isnan(v) for v in none.percent_regions.values())
     assert "no 500 um region" in none.report()
+    none.plot()
 
 
 def test_bad_input():
     cells = _random_cells(np.random.default_rng(0), 200)
     sc = score_her2(cells, CAL)
-    for bad in (0, -5, float("nan"), float("inf")):
+    for bad in (0, -5, 5.0, 1e-300, float("nan"), float("inf"), "wide"):
         with pytest.raises(InputError, match="region_um"):
             her2_heterogeneity(sc, region_um=bad)
     for bad in (0, 2.5, True):
         with pytest.raises(InputError, match="min_cells"):
             her2_heterogeneity(sc, min_cells=bad)
+    for bad in (-1, 1.5):
+        with pytest.raises(InputError, match="n_permutations"):
+            her2_heterogeneity(sc, n_permutations=bad)
     no_xy = score_her2(cells.drop(columns=["centroid_x_um"]), CAL)
     with pytest.raises(InputError, match="centroid_x_um"):
         her2_heterogeneity(no_xy)
@@ -127,6 +134,9 @@ def test_two_clones_side_by_side_on_a_synthetic_field():
                     het.regions["category"], strict=True))
     assert all(cats[c * 10 + r] == ("0" if c < 2 else "3+") for c in range(4) for r in range(2))
     assert het.tumour_level_shannon == pytest.approx(math.log(2))
+    # no shuffle of these cells over their places splits them as cleanly (199 permutations)
+    assert het.spatial_p_value == pytest.approx(1 / 200)
+    assert het.tumour_level_shannon_null < 0.2
     assert het.percent_regions_discordant == 50.0 and het.highest_region_category == "3+"
     # cell level: each region is nearly one population (measured mean 0.38, max 0.62 nats),
     # far below the four-category maximum ln 4 = 1.39
@@ -153,3 +163,27 @@ def test_regions_as_qupath_annotations():
     assert m["Cells"] == 120 and m["HER2 3+: %"] == 100.0 and m["Shannon index (nats)"] == 0.0
     with pytest.raises(InputError, match="pixel_size_um"):
         het.to_geojson(0)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_spatially_random_cells_near_a_cut_off_show_sampling_not_structure(seed):
+    """Cells placed at random, 9 % intense complete (just under the 10 % cut-off): regions
+    of ~150 cells flip between 2+ and 3+ by sampling alone. The permutation null reproduces
+    that spread, and the p-value does not call it spatial structure."""
+    rng = np.random.default_rng(seed)
+    n = 15_000
+    inten = np.where(rng.random(n) < 0.09, 3.5, 0.5)
+    cells = pd.DataFrame({"HER2_membrane_mean": inten,
+                          "HER2_membrane_completeness": np.ones(n),
+                          "centroid_x_um": rng.uniform(0, 5000, n),
+                          "centroid_y_um": rng.uniform(0, 1500, n)})
+    het = her2_heterogeneity(score_her2(cells, CAL), region_um=500)
+    assert het.n_regions == 30 and het.slide_category == "2+"
+    assert 0 < het.percent_regions["3+"] < 100  # sampling alone makes 3+ regions
+    assert het.percent_regions_discordant_null > 5
+    assert het.spatial_p_value > 0.05
+    # reproducible: the permutations follow the seed
+    again = her2_heterogeneity(score_her2(cells, CAL), region_um=500)
+    assert again.spatial_p_value == het.spatial_p_value
+    assert math.isnan(her2_heterogeneity(score_her2(cells, CAL), n_permutations=0)
+                      .spatial_p_value)

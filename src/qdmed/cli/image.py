@@ -272,8 +272,9 @@ def analyze(
     if het and het["n_regions"]:
         info["HER2 regions"] = ", ".join(
             f"{c} {p:.0f} %" for c, p in het["percent_regions"].items() if p > 0)
-        info["HER2 heterogeneity (Shannon, tumour / cell level)"] = (
-            f"{het['tumour_level_shannon']:.2f} / {het['cell_level_shannon_mean']:.2f}")
+        info["HER2 heterogeneity (Shannon, tumour level; shuffled; p)"] = (
+            f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null'] or 0:.2f}; "
+            f"{het['spatial_p_value'] or 1:.3g}")
     print_kv(f"Slide {slide.name}", info)
     for w in (d.get("autofluorescence") or {}).get("warnings", []):
         typer.echo(f"! autofluorescence: {w}")

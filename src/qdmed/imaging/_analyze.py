@@ -629,10 +629,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
 
 def check_region_options(region_um, min_cells) -> None:
     """Refuse bad HER2 heterogeneity region options before any slide is read."""
+    from qdmed.imaging._heterogeneity import MIN_REGION_UM
+
     if not (isinstance(region_um, numbers.Real) and not isinstance(region_um, bool)
-            and math.isfinite(region_um) and region_um > 0):
-        raise InputError(f"her2_region_um must be a positive number of micrometres; got "
-                         f"{region_um!r}.")
+            and math.isfinite(region_um) and region_um >= MIN_REGION_UM):
+        raise InputError(f"her2_region_um must be a number of micrometres >= "
+                         f"{MIN_REGION_UM:g} (about a cell); got {region_um!r}.")
     if (isinstance(min_cells, bool) or not isinstance(min_cells, numbers.Integral)
             or min_cells < 1):
         raise InputError(f"her2_region_min_cells must be an integer >= 1; got {min_cells!r}.")

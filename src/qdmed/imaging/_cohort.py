@@ -134,7 +134,12 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         for cat, v in het["percent_regions"].items():
                             row[f"her2_percent_regions_{cat.replace('+', 'plus')}"] = v
                         row["her2_highest_region"] = het["highest_region_category"]
+                        row["her2_n_regions_sparse"] = het["n_regions_sparse"]
+                        row["her2_percent_regions_discordant"] = het[
+                            "percent_regions_discordant"]
                         row["her2_tumour_level_shannon"] = het["tumour_level_shannon"]
+                        row["her2_tumour_level_shannon_null"] = het["tumour_level_shannon_null"]
+                        row["her2_spatial_p_value"] = het["spatial_p_value"]
                         row["her2_cell_level_shannon"] = het["cell_level_shannon_mean"]
                     if res.summary.get("markers_scored"):
                         for m, v in res.summary["markers_scored"]["percent_positive"].items():

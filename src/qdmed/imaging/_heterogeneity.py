@@ -7,7 +7,8 @@ frequent in heterogeneous tumours (Potts et al. 2012). Following the two levels 
 al.'s HetMap, qdmed reports
 
 - **cell-level heterogeneity**: the Shannon index of the per-cell categories among
-  neighbouring cells, i.e. within each grid region, as its mean and maximum over the regions;
+  neighbouring cells, here the cells of one grid square (Potts et al. use tumour nests), as
+  its mean and maximum over the squares;
 - **tumour-level heterogeneity**: the Shannon index of the regions' categories across the
   section, each region scored by the same rule as the slide (:func:`score_her2`) as if it
   were scored alone;
@@ -18,10 +19,18 @@ regions that disagree with the slide. The Shannon index ``H = -sum_i p_i ln p_i`
 These are descriptive research measures; no guideline defines a heterogeneity cut-off for
 HER2 IHC.
 
+Sampling alone makes regions disagree: a region of a few hundred cells scored by percentage
+cut-offs flips category by chance when the slide lies near a cut-off, and the highest of many
+regions is biased upwards. Every result therefore carries a permutation null (the cells'
+categories shuffled over their positions) and a p-value of the spatial structure; read the
+map against it.
+
 Potts et al. define their indices on pathologist-drawn tumour regions and cell
 neighbourhoods; qdmed uses a square grid of ``region_um`` (default 500 um, a 0.25 mm^2
-field) so the result does not depend on where regions are drawn, and scores a region only
-when it holds at least ``min_cells`` scored cells.
+field) so the result does not depend on a reader's choice of regions. It does depend on the
+grid's size and offset (measured on a synthetic slide: shifting a 128 um grid by a quarter
+to three quarters of a square changed the share of 2+ regions from 26 to 32 %). A region is
+scored only when it holds at least ``min_cells`` scored cells.
 
 References
 ----------
@@ -30,7 +39,10 @@ References
    1342-1357. doi:10.1038/labinvest.2012.91
 .. [2] C. E. Shannon (1948). A mathematical theory of communication. Bell Syst. Tech. J.
    27(3), 379-423. doi:10.1002/j.1538-7305.1948.tb01338.x
-.. [3] A. C. Wolff et al. (2018). Human epidermal growth factor receptor 2 testing in breast
+.. [3] B. Phipson, G. K. Smyth (2010). Permutation p-values should never be zero:
+   calculating exact p-values when permutations are randomly drawn. Stat. Appl. Genet. Mol.
+   Biol. 9(1), Article 39. doi:10.2202/1544-6115.1585
+.. [4] A. C. Wolff et al. (2018). Human epidermal growth factor receptor 2 testing in breast
    cancer: ASCO/CAP clinical practice guideline focused update. J. Clin. Oncol. 36,
    2105-2122. doi:10.1200/JCO.2018.77.8738
 """
@@ -46,6 +58,7 @@ import numpy as np
 from qdmed.errors import InputError
 from qdmed.imaging._scoring import (
     _BRANCH_CATEGORY,
+    _BRANCH_ULTRALOW,
     HER2_CATEGORIES,
     Her2Score,
     her2_rule_branch,
@@ -110,7 +123,7 @@ class Her2Heterogeneity:
         Regions with cells, but fewer than ``min_cells`` (not scored; their cells still
         count for the slide).
     percent_regions : dict
-        Category -> percent of the scored regions.
+        Category -> percent of the scored regions (NaN when none is scored).
     highest_region_category : str or None
         Highest regional category (None without a scored region).
     percent_regions_discordant : float, %
@@ -121,10 +134,17 @@ class Her2Heterogeneity:
     tumour_level_shannon : float, nats
         Shannon index of the scored regions' categories (tumour-level heterogeneity).
     slide_cell_shannon : float, nats
-        Shannon index of all scored cells' categories, regardless of place.
+        Shannon index of all scored cells' categories, regardless of place (what the cell
+        level tends to when the categories are spatially mixed).
+    tumour_level_shannon_null, percent_regions_discordant_null : float
+        Medians of the same measures with the cells' categories shuffled over their
+        positions: what sampling alone gives (NaN without permutations).
+    spatial_p_value : float
+        Share of the permutations whose tumour-level index reaches the slide's,
+        ``(b + 1) / (m + 1)``; small when the regions differ beyond chance placement.
     regions : pandas.DataFrame
         One row per region holding cells: ``row``, ``col``, ``x0_um``, ``y0_um``,
-        ``n_cells``, ``scored``, ``category`` (None when sparse), ``ultralow``,
+        ``n_cells``, ``scored``, ``category`` (object; None when sparse), ``ultralow``,
         ``percent_cells_0`` ... ``percent_cells_3plus``, ``shannon``.
     parameters : tuple of (name, value)
     """
@@ -141,6 +161,9 @@ class Her2Heterogeneity:
     cell_level_shannon_max: float
     tumour_level_shannon: float
     slide_cell_shannon: float
+    tumour_level_shannon_null: float
+    percent_regions_discordant_null: float
+    spatial_p_value: float
     parameters: tuple
     regions: Any = field(repr=False, compare=False)
     reference: str = f"{REF_POTTS_2012}; {REF_SHANNON_1948}"
@@ -162,12 +185,18 @@ class Her2Heterogeneity:
                     f"{self.min_cells} scored cells.")
         cats = ", ".join(f"{c} {self.percent_regions[c]:.0f} %" for c in HER2_CATEGORIES
                          if self.percent_regions[c] > 0)
+        null = ("" if not math.isfinite(self.spatial_p_value) else
+                f" Shuffling the cells over their places gives a tumour level of "
+                f"{self.tumour_level_shannon_null:.2f} and {self.percent_regions_discordant_null:.0f} "
+                f"% discordant regions by sampling alone (permutation p = "
+                f"{self.spatial_p_value:.3g}).")
         return (f"HER2 by {self.region_um:g} um region ({self.n_regions} regions): {cats}; "
                 f"highest {self.highest_region_category}; "
                 f"{self.percent_regions_discordant:.0f} % differ from the slide's "
                 f"{self.slide_category}. Shannon index (nats, max ln 4 = 1.39): tumour level "
-                f"{self.tumour_level_shannon:.2f}, cell level {self.cell_level_shannon_mean:.2f} "
-                f"(max {self.cell_level_shannon_max:.2f}).")
+                f"{self.tumour_level_shannon:.2f}, within regions {self.cell_level_shannon_mean:.2f} "
+                f"(max {self.cell_level_shannon_max:.2f}; all cells "
+                f"{self.slide_cell_shannon:.2f}).{null}")
 
     def to_geojson(self, pixel_size_um: float, *, shape_yx: tuple[int, int] | None = None
                    ) -> dict:
@@ -208,6 +237,7 @@ class Her2Heterogeneity:
     def plot(self, ax=None):
         """Map of the regional categories (sparse regions hatched grey)."""
         import matplotlib.pyplot as plt
+        import pandas as pd
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
@@ -221,7 +251,7 @@ class Her2Heterogeneity:
             grid = np.full((int(r["row"].max()) - r0 + 1, int(r["col"].max()) - c0 + 1), np.nan)
             code = {c: i for i, c in enumerate(HER2_CATEGORIES)}
             for row, col, cat in zip(r["row"], r["col"], r["category"], strict=True):
-                grid[row - r0, col - c0] = code[cat] if cat is not None else -1
+                grid[row - r0, col - c0] = -1 if cat is None or pd.isna(cat) else code[cat]
             cmap = ListedColormap(["#d9d9d9"] + [_CAT_COLOURS[c] for c in HER2_CATEGORIES])
             extent = (c0 * self.region_um / 1000, (c0 + grid.shape[1]) * self.region_um / 1000,
                       (r0 + grid.shape[0]) * self.region_um / 1000, r0 * self.region_um / 1000)
@@ -229,11 +259,13 @@ class Her2Heterogeneity:
                       interpolation="nearest")
         ax.set_xlabel("x (mm)")
         ax.set_ylabel("y (mm)")
+        pv = (f" (p = {self.spatial_p_value:.2g}, shuffled {self.tumour_level_shannon_null:.2f})"
+              if math.isfinite(self.spatial_p_value) else "")
         ax.set_title(f"HER2 by {self.region_um:g} um region; slide {self.slide_category}\n"
-                     f"Shannon: tumour level {self.tumour_level_shannon:.2f}, cell level "
-                     f"{self.cell_level_shannon_mean:.2f} nats", fontsize=9)
-        handles = [Patch(color=_CAT_COLOURS[c], label=f"{c} ({self.percent_regions[c]:.0f} %)")
-                   for c in HER2_CATEGORIES]
+                     f"Shannon: tumour level {self.tumour_level_shannon:.2f}{pv}, within "
+                     f"regions {self.cell_level_shannon_mean:.2f} nats", fontsize=9)
+        handles = [Patch(color=_CAT_COLOURS[c], label=f"{c} ({self.percent_regions[c]:.0f} %)"
+                         if self.n_regions else c) for c in HER2_CATEGORIES]
         handles.append(Patch(color="#d9d9d9", label=f"< {self.min_cells} cells"))
         ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0))
@@ -245,9 +277,30 @@ def _param(her2: Her2Score, name: str) -> float:
     return float(dict(her2.parameters)[name])
 
 
-def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
-                       min_cells: int = 100) -> Her2Heterogeneity:
-    """Regional HER2 categories on a square grid, and HetMap-style diversity indices.
+#: Smallest region side accepted (um): about one cell; smaller squares hold no cell.
+MIN_REGION_UM = 10.0
+
+
+def _region_categories(inv, nreg, n, klass, complete, thresholds) -> tuple[np.ndarray, np.ndarray]:
+    """(rule branch, category code) of every region from its cells' intensity classes."""
+    def pct(mask) -> np.ndarray:
+        return 100.0 * np.bincount(inv, weights=mask.astype(np.float64), minlength=nreg) / n
+
+    branch = her2_rule_branch(pct((klass == 3) & complete), pct((klass == 2) & complete),
+                              pct((klass >= 2) & ~complete), pct(klass >= 1), *thresholds)
+    return branch, np.asarray(_BRANCH_CATEGORY)[branch]
+
+
+def _tumour_level(codes: np.ndarray, slide_code: int) -> tuple[float, float]:
+    """(Shannon index of the regional categories, percent of regions not the slide's)."""
+    return (float(shannon_index(np.bincount(codes, minlength=4))),
+            float(100.0 * np.mean(codes != slide_code)))
+
+
+def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0, min_cells: int = 100,
+                       n_permutations: int = 199, seed: int = 0) -> Her2Heterogeneity:
+    """Regional HER2 categories on a square grid, HetMap-style diversity indices, and a
+    permutation test of their spatial structure.
 
     Parameters
     ----------
@@ -255,9 +308,14 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
         A slide score whose per-cell table holds ``centroid_x_um`` and ``centroid_y_um``
         (as :func:`score_her2` keeps them from a :func:`measure_cells` table).
     region_um : float, um
-        Side of the square regions (> 0); the grid is anchored at the slide origin.
+        Side of the square regions (>= 10 um, about a cell); the grid is anchored at the
+        slide origin.
     min_cells : int
         Scored cells a region needs to be scored (>= 1).
+    n_permutations : int
+        Permutations of the cells' positions for the null (0 to skip).
+    seed : int
+        Seed of the permutations.
 
     Returns
     -------
@@ -278,6 +336,15 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
     counted once (Potts et al. 2012, doi:10.1038/labinvest.2012.91; Shannon 1948,
     doi:10.1002/j.1538-7305.1948.tb01338.x).
 
+    Regions of a few hundred cells scored by percentage cut-offs disagree by sampling alone
+    when the slide lies near a cut-off, even with no spatial structure at all. The null is
+    therefore measured: the cells' categories are shuffled over their positions
+    ``n_permutations`` times (region sizes kept), and the tumour-level index and the
+    discordant share are recomputed; ``spatial_p_value`` is the share of permutations at
+    least as heterogeneous as the slide, ``(b + 1) / (m + 1)`` (Phipson & Smyth 2010,
+    doi:10.2202/1544-6115.1585). A small p-value says the regions differ more than chance
+    placement of the same cells would make them.
+
     Examples
     --------
     >>> import pandas as pd
@@ -292,17 +359,24 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
     >>> het = her2_heterogeneity(score_her2(cells, cal), region_um=500)
     >>> het.percent_regions["0"], het.percent_regions["3+"], round(het.tumour_level_shannon, 4)
     (50.0, 50.0, 0.6931)
+    >>> het.spatial_p_value  # no shuffle of these 200 cells splits them as cleanly
+    0.005
     """
     import pandas as pd
 
     if not isinstance(her2, Her2Score):
         raise InputError(f"her2 must be a Her2Score; got {type(her2).__name__}.")
-    ru = float(region_um)
-    if not (math.isfinite(ru) and ru > 0):
-        raise InputError(f"region_um must be a positive number of micrometres; got {region_um!r}.")
-    if isinstance(min_cells, bool) or int(min_cells) != min_cells or min_cells < 1:
-        raise InputError(f"min_cells must be an integer >= 1; got {min_cells!r}.")
-    min_cells = int(min_cells)
+    try:
+        ru = float(region_um)
+    except (TypeError, ValueError):
+        raise InputError(f"region_um must be a number of micrometres; got {region_um!r}.") from None
+    if not (math.isfinite(ru) and ru >= MIN_REGION_UM):
+        raise InputError(f"region_um must be a finite number >= {MIN_REGION_UM:g} um (about a "
+                         f"cell); got {region_um!r}.")
+    for name, v, lo in (("min_cells", min_cells, 1), ("n_permutations", n_permutations, 0)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise InputError(f"{name} must be an integer >= {lo}; got {v!r}.")
+    min_cells, n_perm = int(min_cells), int(n_permutations)
     c = her2.cells
     missing = [k for k in ("centroid_x_um", "centroid_y_um") if k not in c.columns]
     if missing:
@@ -317,35 +391,28 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
     keys, inv = np.unique(np.stack([row, col], axis=1), axis=0, return_inverse=True)
     inv = inv.ravel()
     nreg = len(keys)
-    klass = pd.Categorical(c["intensity_class"], categories=("none", "faint", "weak_moderate",
-                                                            "intense")).codes
+    klass = np.asarray(pd.Categorical(c["intensity_class"], categories=(
+        "none", "faint", "weak_moderate", "intense")).codes)
     complete = np.asarray(c["complete"], dtype=bool)
-    cat = pd.Categorical(c["category"], categories=HER2_CATEGORIES).codes
+    cat = np.asarray(pd.Categorical(c["category"], categories=HER2_CATEGORIES).codes)
     n = np.bincount(inv, minlength=nreg).astype(np.float64)
-
-    def pct(mask) -> np.ndarray:
-        return 100.0 * np.bincount(inv, weights=mask.astype(np.float64), minlength=nreg) / n
-
-    p_ic = pct((klass == 3) & complete)
-    p_wmc = pct((klass == 2) & complete)
-    p_mii = pct((klass >= 2) & ~complete)
-    p_stained = pct(klass >= 1)
-    branch = her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, _param(her2, "percent_cutoff"),
-                              _param(her2, "intense_min_percent"),
-                              _param(her2, "incomplete_percent_cutoff"),
-                              _param(her2, "ultralow_min_percent"))
-    region_cat = np.asarray(_BRANCH_CATEGORY)[branch]
+    thresholds = tuple(_param(her2, k) for k in ("percent_cutoff", "intense_min_percent",
+                                                 "incomplete_percent_cutoff",
+                                                 "ultralow_min_percent"))
+    branch, region_cat = _region_categories(inv, nreg, n, klass, complete, thresholds)
     counts = np.zeros((nreg, 4))
     np.add.at(counts, (inv, cat), 1.0)
     h_local = shannon_index(counts, axis=1)
     scored = n >= min_cells
+    names = np.asarray(HER2_CATEGORIES, dtype=object)[region_cat]
+    names[~scored] = None
     table = pd.DataFrame({
         "row": keys[:, 0], "col": keys[:, 1],
         "x0_um": keys[:, 1] * ru, "y0_um": keys[:, 0] * ru,
         "n_cells": n.astype(np.int64), "scored": scored,
-        "category": np.where(scored, np.asarray(HER2_CATEGORIES, dtype=object)[region_cat],
-                             None),
-        "ultralow": scored & np.isin(branch, (5, 6)),
+        # object dtype: None stays None for sparse regions (pandas 3 would make str + NaN)
+        "category": pd.Series(names, dtype=object),
+        "ultralow": scored & np.isin(branch, _BRANCH_ULTRALOW),
         **{f"percent_cells_{k.replace('+', 'plus')}": 100.0 * counts[:, i] / n
            for i, k in enumerate(HER2_CATEGORIES)},
         "shannon": h_local,
@@ -353,9 +420,20 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
     rc = region_cat[scored]
     ns = int(scored.sum())
     reg_counts = np.bincount(rc, minlength=4).astype(np.float64)
-    percent = {k: (float(100.0 * reg_counts[i] / ns) if ns else 0.0)
+    percent = {k: (float(100.0 * reg_counts[i] / ns) if ns else math.nan)
                for i, k in enumerate(HER2_CATEGORIES)}
     slide_code = HER2_CATEGORIES.index(her2.category)
+    h_tumour, discordant = _tumour_level(rc, slide_code) if ns else (math.nan, math.nan)
+    null_h = null_disc = p_value = math.nan
+    if ns and n_perm:
+        rng = np.random.default_rng(seed)
+        hs, ds = np.empty(n_perm), np.empty(n_perm)
+        for i in range(n_perm):
+            perm = rng.permutation(len(klass))
+            _, rcp = _region_categories(inv, nreg, n, klass[perm], complete[perm], thresholds)
+            hs[i], ds[i] = _tumour_level(rcp[scored], slide_code)
+        null_h, null_disc = float(np.median(hs)), float(np.median(ds))
+        p_value = float((1 + np.count_nonzero(hs >= h_tumour - 1e-12)) / (n_perm + 1))
     return Her2Heterogeneity(
         slide_category=her2.category,
         region_um=ru,
@@ -364,12 +442,16 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0,
         n_regions_sparse=int(nreg - ns),
         percent_regions=percent,
         highest_region_category=HER2_CATEGORIES[int(rc.max())] if ns else None,
-        percent_regions_discordant=float(100.0 * np.mean(rc != slide_code)) if ns else math.nan,
+        percent_regions_discordant=discordant,
         cell_level_shannon_mean=float(np.mean(h_local[scored])) if ns else math.nan,
         cell_level_shannon_max=float(np.max(h_local[scored])) if ns else math.nan,
-        tumour_level_shannon=float(shannon_index(reg_counts)) if ns else math.nan,
+        tumour_level_shannon=h_tumour,
         slide_cell_shannon=float(shannon_index(np.bincount(cat, minlength=4))),
+        tumour_level_shannon_null=null_h,
+        percent_regions_discordant_null=null_disc,
+        spatial_p_value=p_value,
         parameters=(("region_um", ru), ("min_cells", min_cells),
+                    ("n_permutations", n_perm), ("seed", seed),
                     *((k, v) for k, v in her2.parameters)),
         regions=table,
     )

@@ -188,7 +188,9 @@ def write_slide_report(result, path=None) -> Path:
                           "alone. Shannon index of the cells' categories within regions "
                           "(cell level) and of the regions' categories (tumour level), after "
                           "Potts et al., Lab Invest 2012 (doi:10.1038/labinvest.2012.91): "
-                          "descriptive, no guideline cut-off.", cls="muted")
+                          "descriptive, no guideline cut-off. Regions near a cut-off disagree "
+                          "by sampling alone: compare with the shuffled value and the "
+                          "permutation p-value.", cls="muted")
             if het.n_regions:
                 rep.figure(het.plot(), "HER2 by region")
     return rep.write(path or Path(result.out_dir) / "report.html")
@@ -244,7 +246,8 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
-            "her2_tumour_level_shannon", "ER_status", "PR_status", "message"]
+            "her2_tumour_level_shannon", "her2_spatial_p_value", "ER_status", "PR_status",
+            "message"]
     rep.table([{c: r.get(c, "") for c in cols} for r in rows])
     links = [r["slide"] for r in rows if r.get("status") == "ok"]
     if links:
