@@ -32,6 +32,8 @@ def demo(
             "cells": im.get("n_cells"), "nucleus F1 (IoU 0.5)": im.get("nucleus_f1"),
             "HER2 (QD-IHC)": im.get("her2_category"), "HER2-low": im.get("her2_low"),
             "per-cell kappa vs truth": im.get("kappa_vs_truth"),
+            "ER / PR (ASCO/CAP 2020)": " / ".join((im.get("receptor_status") or {}).values())
+            or None,
             "HER2 by 128 um region": ", ".join(
                 f"{c} {p:.0f} %" for c, p in
                 (im.get("her2_heterogeneity") or {}).get("percent_regions", {}).items() if p > 0)

@@ -91,6 +91,9 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
     scored = res.summary["markers_scored"]
     rep.table({"percent positive": scored["percent_positive"],
                "phenotypes (cells)": scored.get("phenotypes", {})})
+    for m, v in (scored.get("receptor_status") or {}).items():
+        rep.paragraph(f"{m} {v['status']}{' (borderline)' if v['borderline'] else ''}: "
+                      f"{v['rule']}.")
     rep.paragraph(f"Full slide report: {res.out_dir / 'report.html'}", cls="muted")
     blind = _blind_af_demo(rep, panel, kw, 384 if quick else 512)
     # conventional DAB IHC for comparison (scikit-image's bundled real IHC image)
@@ -114,6 +117,8 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
             "dab_her2_category": None if dab.her2 is None else dab.her2.category,
             "percent_positive": scored["percent_positive"],
             "phenotypes": scored.get("phenotypes", {}), "blind_autofluorescence": blind,
+            "receptor_status": {m: v["status"] + (" (borderline)" if v["borderline"] else "")
+                                for m, v in (scored.get("receptor_status") or {}).items()},
             "her2_heterogeneity": het.to_dict(include_regions=False)}
 
 
