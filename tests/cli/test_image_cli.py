@@ -106,3 +106,15 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2
     r = run("image", "cohort", str(tmp_path / "nope"))
     assert r.returncode == 2
+    # malformed calibration files: one line naming the file and the gate, before any slide
+    for doc, what in (({"gates": [1, 2]}, "'gates' must map"),
+                      ({"gates": {"ER": "x"}}, "gate 'ER' needs"),
+                      ({"gates": {"ER": {"compartment": "nucleus", "threshold": 1,
+                                         "false_positive_percent": 200}}},
+                       "false_positive_percent")):
+        cal = tmp_path / "cal.json"
+        cal.write_text(json.dumps(doc))
+        r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--calibration",
+                str(cal))
+        assert r.returncode == 2 and what in r.stderr and "cal.json" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ doi:10.1200/JCO.19.02309): ER < 1 % negative, 1-10 % low positive, > 10 % positi
 examples (Stat Med 1998;17:857-872, Table II, method 3: 81/263, 15/148, 0/20, 1/29), the
 noise-floor correction against the Rogan-Gladen formula (Am J Epidemiol 1978) by hand."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -69,6 +70,36 @@ def test_noise_floor_correction_rogan_gladen():
     st = receptor_status(_cells(20, 2000), gate)["ER"]
     assert st.percent_positive == pytest.approx(1.0)
     assert st.percent_positive_corrected == 0.0 and st.status == "negative"
+
+
+def test_cut_offs_hold_with_the_floor_of_a_99th_percentile_gate():
+    # 100 * (1 - 0.99) is 1.0000000000000009 in binary: the floor is stored rounded, and
+    # the corrected percentage is compared to the decimal cut-offs at 1e-9 %
+    cells = pd.DataFrame({"ER_nucleus_mean": np.r_[np.linspace(0, 1, 1000), [9.0] * 9000]})
+    gates = gates_from_negative_controls({"neg": cells.iloc[:1000]}, {"ER": "neg"})
+    assert gates["ER"].false_positive_percent == 1.0
+    # 199 of 10,000 pass: (1.99 - 1) / 0.99 = 1.0000 % exactly -> low positive, not negative
+    t = pd.DataFrame({"ER_nucleus_mean": [9.0] * 199 + [0.0] * 9801})
+    st = receptor_status(t, {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=1.0)})
+    assert st["ER"].percent_positive_corrected == 1.0 and st["ER"].status == "low positive"
+
+
+def test_too_few_nuclei_get_no_status():
+    gate = {"ER": MarkerGate("nucleus", 1.0)}
+    st = receptor_status(_cells(3, 3), gate)["ER"]
+    assert st.status == "insufficient cells" and "fewer than the 100" in st.rule
+    assert receptor_status(_cells(3, 3), gate, min_cells=3)["ER"].status == "positive"
+    with pytest.raises(InputError, match="min_cells"):
+        receptor_status(_cells(3, 3), gate, min_cells=0)
+
+
+def test_fewer_positives_than_the_noise_floor_is_warned():
+    # 0 of 1000 pass a gate that should let 1 % of negatives through: the tissue's negative
+    # cells are quieter than the control's, and the correction cannot be trusted
+    gate = {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=1.0, control_cells=5000)}
+    st = receptor_status(_cells(0, 1000), gate)["ER"]
+    assert st.status == "negative" and st.warnings and "quieter" in st.warnings[0]
+    assert not receptor_status(_cells(10, 1000), gate)["ER"].warnings
 
 
 def test_bad_input():

@@ -45,15 +45,22 @@ def _calibration(path):
     if not isinstance(doc, dict):
         raise FileFormatError(f"{path}: expected a JSON object with 'her2' and/or 'gates'")
     her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
-    try:
-        gates = {m: MarkerGate(g["compartment"], float(g["threshold"]),
-                               false_positive_percent=g.get("false_positive_percent"),
-                               control_cells=g.get("control_cells"))
-                 for m, g in (doc.get("gates") or {}).items()} or None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FileFormatError(f"{path}: 'gates' must map markers to objects with "
-                              f"'compartment' and numeric 'threshold' ({exc})") from None
-    return her2, gates
+    raw = doc.get("gates") or {}
+    if not isinstance(raw, dict):
+        raise FileFormatError(f"{path}: 'gates' must map marker names to gate objects; got "
+                              f"{type(raw).__name__}")
+    gates = {}
+    for m, g in raw.items():
+        try:
+            gates[m] = MarkerGate(g["compartment"], float(g["threshold"]),
+                                  false_positive_percent=g.get("false_positive_percent"),
+                                  control_cells=g.get("control_cells"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise FileFormatError(f"{path}: gate {m!r} needs 'compartment' and a numeric "
+                                  f"'threshold' ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:  # InputError included: the field it names is in the message
+            raise FileFormatError(f"{path}: gate {m!r}: {exc}") from None
+    return her2, gates or None
 
 
 @app.command()
@@ -266,8 +273,12 @@ def analyze(
         info["HER2-low"] = d["her2"]["her2_low"]
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
     for m, st in ((d.get("markers_scored") or {}).get("receptor_status") or {}).items():
-        info[f"{m} (ASCO/CAP 2020)"] = (f"{st['status']}{' (borderline)' if st['borderline'] else ''}"
-                                        f", {st['percent_positive_corrected']:.1f} % positive")
+        corr = ("corrected for the gate's noise floor" if st["gate_false_positive_percent"]
+                is not None else "not corrected: gate of unknown origin")
+        info[f"{m} (ASCO/CAP 2020)"] = (
+            f"{st['status']}{' (borderline)' if st['borderline'] else ''}"
+            + (f", {st['percent_positive_corrected']:.1f} % positive ({corr})"
+               if st["percent_positive_corrected"] is not None else ""))
     het = d.get("her2_heterogeneity")
     if het and het["n_regions"]:
         info["HER2 regions"] = ", ".join(

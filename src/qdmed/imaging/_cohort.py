@@ -120,6 +120,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     notes = [res.summary["scored_cells"].get("warning") or ""]
                     af = res.summary.get("autofluorescence") or {}
                     notes += [f"autofluorescence: {w}" for w in af.get("warnings", [])]
+                    rs = (res.summary.get("markers_scored") or {}).get("receptor_status") or {}
+                    notes += [f"{m}: {w}" for m, st in rs.items() for w in st.get("warnings", [])]
                     row["message"] = "; ".join(n for n in notes if n)
                     if res.summary["her2"]:
                         row["her2_category"] = res.summary["her2"]["category"]

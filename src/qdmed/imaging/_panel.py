@@ -52,14 +52,20 @@ def spreading_matrix(endmembers) -> np.ndarray:
     of component ``i``'s unmixed abundance that component ``j`` alone causes, per square root
     of ``j``'s abundance, when the detected counts are Poisson (variance = mean; counts in
     photo-electrons: with a gain of ``g`` counts per electron, multiply by ``sqrt(g)``).
-    Element ``(i, j)`` is how much a cell bright in ``j`` widens the negative population of
-    ``i`` (``sd = S[i, j] sqrt(x_j / n_px)`` for a mean over ``n_px`` pixels): a positivity
-    gate for ``i`` from a control lacking ``j`` is too low in tissue rich in ``j``. This is
-    the quantity Nguyen et al. (Cytometry A 2013;83:306-315, doi:10.1002/cyto.a.22251)
-    measure from single-stain controls as the spillover spreading matrix
-    (``sqrt(var_pos - var_neg) / sqrt(signal_pos - signal_neg)``), derived here from the
-    endmembers for the unconstrained estimate; NNLS clips negative values, which narrows the
-    spread below zero but not above it. Diagonal: the component's own shot-noise factor.
+    Element ``(i, j)`` is how much pixels bright in ``j`` widen the negative population of
+    ``i``: a positivity gate for ``i`` from a control lacking ``j`` is too low in tissue rich
+    in ``j``. This is the quantity Nguyen et al. (Cytometry A 2013;83:306-315,
+    doi:10.1002/cyto.a.22251) measure from single-stain controls as the spillover spreading
+    matrix (``sqrt(var_pos - var_neg) / sqrt(signal_pos - signal_neg)``), derived here from
+    the endmembers, and it describes least-squares unmixing without the non-negativity
+    constraint exactly (checked against that definition by simulation). qdmed's NNLS
+    clips the spread: per pixel its upper tail is narrower, but the clipping leaves a
+    positive offset that does not average out over a cell's pixels (built-in panel, pure
+    single-stain pixels of abundance 300: DAPI into HER2, 99th percentile 11
+    against 53 unconstrained; ER into PR, 100-pixel means 1.4 +- 0.2 against 0 +- 0.4).
+    Read ``S`` as a ranking of which pairs matter, not as the per-cell spread of NNLS
+    means. Diagonal: the component's own
+    shot-noise factor.
     """
     a = np.asarray(endmembers, dtype=np.float64)
     p = np.linalg.pinv(a)

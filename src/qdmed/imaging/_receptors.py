@@ -70,6 +70,9 @@ REF_WILSON_1927 = (
 
 #: Receptors with an ASCO/CAP 2020 percentage rule: marker -> (cut-offs in %, statuses).
 #: ER: < 1 negative, 1-10 low positive, > 10 positive; PgR: < 1 negative, >= 1 positive.
+#: Nuclei needed for a status (a qdmed choice; the guideline sets no number).
+MIN_CELLS = 100
+
 _RULES = {
     "ER": ((1.0, 10.0), ("negative", "low positive", "positive")),
     "PR": ((1.0,), ("negative", "positive")),
@@ -84,9 +87,9 @@ class ReceptorStatus:
     ----------
     marker : {'ER', 'PR'}
     status : str
-        'negative', 'low positive' (ER only) or 'positive'.
+        'negative', 'low positive' (ER only), 'positive', or 'insufficient cells'.
     borderline : bool
-        The 95 % interval of the corrected percentage straddles a cut-off.
+        The 95 % interval of the corrected percentage reaches a cut-off.
     n_cells, n_positive : int
         Cells with a nuclear value, and those at or above the gate.
     percent_positive : float, %
@@ -102,6 +105,9 @@ class ReceptorStatus:
         by the noise floor's own interval where the gate's control size is known).
     rule : str
         The guideline rule that decided, with the numbers.
+    warnings : tuple of str
+        E.g. fewer positives than the gate's noise floor predicts (the correction's
+        assumption fails).
     """
 
     marker: str
@@ -114,6 +120,7 @@ class ReceptorStatus:
     percent_positive_corrected: float
     ci95_percent: tuple
     rule: str
+    warnings: tuple = ()
     reference: str = f"{REF_ALLISON_2020}; {REF_ROGAN_GLADEN_1978}; {REF_WILSON_1927}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,8 +133,8 @@ def _corrected(p: float, f: float | None) -> float:
     return float(np.clip((p - f) / (1.0 - f), 0.0, 1.0))
 
 
-def receptor_status(cells_df, gates: Mapping[str, Any], *,
-                    markers=("ER", "PR")) -> dict[str, ReceptorStatus]:
+def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
+                    min_cells: int = MIN_CELLS) -> dict[str, ReceptorStatus]:
     """ER and PgR status by the ASCO/CAP 2020 percentage rules (see the module notes).
 
     Parameters
@@ -137,6 +144,9 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *,
     gates : mapping marker -> MarkerGate
         Positivity gates; markers without a gate are skipped.
     markers : sequence of {'ER', 'PR'}
+    min_cells : int
+        Nuclei needed for a status (default 100, a qdmed choice: the guideline sets no
+        number); below it the status is ``'insufficient cells'``.
 
     Returns
     -------
@@ -152,13 +162,15 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *,
     --------
     >>> import pandas as pd
     >>> from qdmed.imaging import MarkerGate
-    >>> cells = pd.DataFrame({"ER_nucleus_mean": [5.0] * 6 + [0.0] * 94})
+    >>> cells = pd.DataFrame({"ER_nucleus_mean": [5.0] * 6 + [0.0] * 94})  # 6 of 100
     >>> st = receptor_status(cells, {"ER": MarkerGate("nucleus", 1.0)})["ER"]
     >>> st.status, st.percent_positive, st.borderline
     ('low positive', 6.0, True)
     """
     from scipy.stats import binomtest
 
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 1:
+        raise InputError(f"min_cells must be an integer >= 1; got {min_cells!r}.")
     out: dict[str, ReceptorStatus] = {}
     for m in markers:
         if m not in _RULES:
@@ -185,18 +197,36 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *,
             f_lo, f_hi = float(fci.low), min(float(fci.high), 1.0 - 1e-12)
         lo, hi = _corrected(float(ci.low), f_hi), _corrected(float(ci.high), f_lo)
         cuts, names = _RULES[m]
-        pc = 100.0 * p
+        # percentages to 1e-9 %: the cut-offs are decimal, the arithmetic binary
+        pc, lo, hi = round(100.0 * p, 9), round(100.0 * lo, 9), round(100.0 * hi, 9)
+        warnings = []
+        if f is not None and float(ci.high) < f_lo:
+            warnings.append(
+                f"fewer nuclei pass the gate ({100.0 * k / n:.2f} %, 95 % CI up to "
+                f"{100 * float(ci.high):.2f} %) than its noise floor predicts for negative "
+                f"cells ({100 * f:.3g} %): the tumour's negative cells are quieter than the "
+                "control's, so the correction's assumption does not hold (the gate may be "
+                "too high for this tissue)")
+        if n < min_cells:
+            out[m] = ReceptorStatus(
+                marker=m, status="insufficient cells", borderline=False, n_cells=n,
+                n_positive=k, percent_positive=100.0 * k / n,
+                gate_false_positive_percent=None if f is None else 100.0 * f,
+                percent_positive_corrected=pc, ci95_percent=(lo, hi),
+                rule=f"{n} nuclei with a value, fewer than the {min_cells} needed for a status",
+                warnings=tuple(warnings))
+            continue
         # "1 % to 100 % ... positive", "1 % to 10 % ... low positive": a cut-off belongs to
         # the higher category except 10 %, the top of ER low positive
         idx = int(sum(pc >= c if c == 1.0 else pc > c for c in cuts))
-        borderline = any(100.0 * lo <= c <= 100.0 * hi for c in cuts)
+        borderline = any(lo <= c <= hi for c in cuts)
         floor = ("" if f is None else
                  f", corrected for the gate's {100 * f:.3g} % noise floor"
                  + (f" ({100 * f_lo:.2f}-{100 * f_hi:.2f} % from {g.control_cells} control "
                     "cells)" if g.control_cells else "")
                  + f" from {100.0 * k / n:.2f} % observed")
         rule = (f"{pc:.2f} % of {n} nuclei positive{floor} (95 % CI "
-                f"{100 * lo:.2f}-{100 * hi:.2f} %): {names[idx]} (ASCO/CAP 2020: "
+                f"{lo:.2f}-{hi:.2f} %): {names[idx]} (ASCO/CAP 2020: "
                 + ("< 1 % negative, 1-10 % low positive, > 10 % positive" if m == "ER"
                    else "< 1 % negative, >= 1 % positive") + ")"
                 + ("; the gate's noise floor is unknown: not corrected" if f is None else ""))
@@ -204,6 +234,6 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *,
                                 n_cells=n, n_positive=k, percent_positive=100.0 * k / n,
                                 gate_false_positive_percent=None if f is None else 100.0 * f,
                                 percent_positive_corrected=pc,
-                                ci95_percent=(100.0 * lo, 100.0 * hi), rule=rule)
+                                ci95_percent=(lo, hi), rule=rule, warnings=tuple(warnings))
     return out
 

@@ -159,12 +159,13 @@ def write_slide_report(result, path=None) -> Path:
             rep.table({"phenotypes (cells)": ms["phenotypes"]})
         for m, st in (ms.get("receptor_status") or {}).items():
             rep.paragraph(f"{m} {st['status']}" + (" (borderline)" if st["borderline"] else "")
-                          + f": {st['rule']}.")
+                          + f": {st['rule']}."
+                          + "".join(f" Warning: {w}." for w in st.get("warnings") or ()))
         if ms.get("receptor_status"):
             rep.paragraph("ER/PgR status by the ASCO/CAP 2020 percentage rules (Allison et al., "
                           "J Clin Oncol 2020, doi:10.1200/JCO.19.02309), corrected for the "
                           "share of negative cells each gate calls positive; borderline when "
-                          "the Wilson 95 % interval straddles a cut-off. A research measure, "
+                          "the Wilson 95 % interval reaches a cut-off. A research measure, "
                           "not a clinical test.", cls="muted")
     if s.get("her2"):
         h = s["her2"]

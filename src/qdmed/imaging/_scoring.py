@@ -1279,7 +1279,8 @@ def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping
         if v.size < 10:
             raise InputError(f"negative control {ctrl!r} has {v.size} cells with {col}; need >= 10.")
         gates[marker] = MarkerGate(comps[marker], float(np.quantile(v, q)),
-                                   false_positive_percent=100.0 * (1.0 - q),
+                                   # rounded: 100 * (1 - 0.99) is 1.0000000000000009
+                                   false_positive_percent=round(100.0 * (1.0 - q), 9),
                                    control_cells=int(v.size))
     return gates
 
