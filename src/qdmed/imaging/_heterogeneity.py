@@ -72,6 +72,11 @@ REF_POTTS_2012 = (
     "immunohistochemistry-stained breast cancer tissue. Lab Invest 2012;92(9):1342-1357. "
     "doi:10.1038/labinvest.2012.91"
 )
+REF_PHIPSON_SMYTH_2010 = (
+    "Phipson B, Smyth GK. Permutation p-values should never be zero: calculating exact "
+    "p-values when permutations are randomly drawn. Stat Appl Genet Mol Biol 2010;9(1):39. "
+    "doi:10.2202/1544-6115.1585"
+)
 REF_SHANNON_1948 = (
     "Shannon CE. A mathematical theory of communication. Bell Syst Tech J 1948;27(3):379-423. "
     "doi:10.1002/j.1538-7305.1948.tb01338.x"
@@ -166,7 +171,7 @@ class Her2Heterogeneity:
     spatial_p_value: float
     parameters: tuple
     regions: Any = field(repr=False, compare=False)
-    reference: str = f"{REF_POTTS_2012}; {REF_SHANNON_1948}"
+    reference: str = f"{REF_POTTS_2012}; {REF_SHANNON_1948}; {REF_PHIPSON_SMYTH_2010}"
 
     def to_dict(self, *, include_regions: bool = True) -> dict[str, Any]:
         """JSON-safe dict; the region table as a list of records unless
