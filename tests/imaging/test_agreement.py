@@ -112,3 +112,11 @@ def test_cohort_report_figure_and_page(tmp_path):
     summary = {"folder": str(tmp_path), "n_slides": 3, "n_ok": 2, "n_failed": 1, "slides": rows}
     html = write_cohort_report(summary, tmp_path).read_text()
     assert "not a TIFF" in html and "slides/a/report.html" in html and "<img" in html
+    assert "ER / PgR" not in html and "heterogeneity" not in html
+    # receptor statuses counted, and slides with spatial HER2 heterogeneity named
+    rows[0].update(ER_status="positive", PR_status="positive", her2_spatial_p_value=0.005)
+    rows[1].update(ER_status="low positive (borderline)", PR_status="negative",
+                   her2_spatial_p_value=0.4)
+    html = write_cohort_report(summary, tmp_path).read_text()
+    assert "ER / PgR (ASCO/CAP 2020)" in html and "low positive (borderline)" in html
+    assert "(permutation p &lt; 0.05, uncorrected for the 2 slides tested): a.ome.tif." in html

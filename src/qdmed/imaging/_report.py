@@ -244,6 +244,17 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     if fig is not None:
         rep.heading("HER2")
         rep.figure(fig, "HER2 categories and mean membrane HER2 per slide")
+    het = [r for r in rows if r.get("status") == "ok"
+           and r.get("her2_spatial_p_value") is not None]
+    if het:
+        spatial = [r["slide"] for r in het if r["her2_spatial_p_value"] < 0.05]
+        rep.paragraph(f"HER2 regional heterogeneity beyond sampling (permutation p < 0.05, "
+                      f"uncorrected for the {len(het)} slides tested): "
+                      + (", ".join(spatial) if spatial else "none") + ".")
+    status = {m: [r[f"{m}_status"] for r in rows if r.get(f"{m}_status")] for m in ("ER", "PR")}
+    if any(status.values()):
+        rep.heading("ER / PgR (ASCO/CAP 2020)")
+        rep.table({m: {k: v.count(k) for k in sorted(set(v))} for m, v in status.items() if v})
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
