@@ -276,7 +276,7 @@ def analyze(
         corr = ("corrected for the gate's noise floor" if st["gate_false_positive_percent"]
                 is not None else "not corrected: gate of unknown origin")
         info[f"{m} (ASCO/CAP 2020)"] = (
-            f"{st['status']}{' (borderline)' if st['borderline'] else ''}"
+            st["label"]
             + (f", {st['percent_positive_corrected']:.1f} % positive ({corr})"
                if st["percent_positive_corrected"] is not None else ""))
     het = d.get("her2_heterogeneity")

@@ -21,7 +21,12 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
         simulate_field,
         write_ome_tiff,
     )
-    from qdmed.imaging._report import her2_figure, overlay_figure, write_slide_report
+    from qdmed.imaging._report import (
+        her2_figure,
+        overlay_figure,
+        receptor_paragraph,
+        write_slide_report,
+    )
 
     size = 512 if quick else 1024
     panel = breast_panel_5plex()
@@ -92,8 +97,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
     rep.table({"percent positive": scored["percent_positive"],
                "phenotypes (cells)": scored.get("phenotypes", {})})
     for m, v in (scored.get("receptor_status") or {}).items():
-        rep.paragraph(f"{m} {v['status']}{' (borderline)' if v['borderline'] else ''}: "
-                      f"{v['rule']}.")
+        rep.paragraph(receptor_paragraph(m, v))
     rep.paragraph(f"Full slide report: {res.out_dir / 'report.html'}", cls="muted")
     blind = _blind_af_demo(rep, panel, kw, 384 if quick else 512)
     # conventional DAB IHC for comparison (scikit-image's bundled real IHC image)
@@ -117,7 +121,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
             "dab_her2_category": None if dab.her2 is None else dab.her2.category,
             "percent_positive": scored["percent_positive"],
             "phenotypes": scored.get("phenotypes", {}), "blind_autofluorescence": blind,
-            "receptor_status": {m: v["status"] + (" (borderline)" if v["borderline"] else "")
+            "receptor_status": {m: v["label"]
                                 for m, v in (scored.get("receptor_status") or {}).items()},
             "her2_heterogeneity": het.to_dict(include_regions=False)}
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
 import os
 import shutil
 import time
@@ -629,15 +627,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
 
 def check_region_options(region_um, min_cells) -> None:
     """Refuse bad HER2 heterogeneity region options before any slide is read."""
-    from qdmed.imaging._heterogeneity import MIN_REGION_UM
+    from qdmed.imaging._heterogeneity import check_region_args
 
-    if not (isinstance(region_um, numbers.Real) and not isinstance(region_um, bool)
-            and math.isfinite(region_um) and region_um >= MIN_REGION_UM):
-        raise InputError(f"her2_region_um must be a number of micrometres >= "
-                         f"{MIN_REGION_UM:g} (about a cell); got {region_um!r}.")
-    if (isinstance(min_cells, bool) or not isinstance(min_cells, numbers.Integral)
-            or min_cells < 1):
-        raise InputError(f"her2_region_min_cells must be an integer >= 1; got {min_cells!r}.")
+    check_region_args(region_um, min_cells, prefix="her2_")
 
 
 def check_autofluorescence_option(how: str, panel: Panel) -> None:

@@ -148,8 +148,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                             row[f"{m}_percent_positive"] = v
                         for m, st in (res.summary["markers_scored"].get("receptor_status")
                                       or {}).items():
-                            row[f"{m}_status"] = st["status"] + (" (borderline)"
-                                                                 if st["borderline"] else "")
+                            row[f"{m}_status"] = st["label"]
                     cells = res.cells()
                     cells.insert(0, "slide", sp.name)
                     tables.append(cells)

@@ -59,9 +59,11 @@ from qdmed.errors import InputError
 from qdmed.imaging._scoring import (
     _BRANCH_CATEGORY,
     _BRANCH_ULTRALOW,
+    _INTENSITY_CLASSES,
     HER2_CATEGORIES,
     Her2Score,
     her2_rule_branch,
+    staining_patterns,
 )
 from qdmed.report._json import to_jsonable
 
@@ -286,13 +288,32 @@ def _param(her2: Her2Score, name: str) -> float:
 MIN_REGION_UM = 10.0
 
 
+def check_region_args(region_um, min_cells, n_permutations=0, *, prefix: str = ""
+                      ) -> tuple[float, int, int]:
+    """``(region_um, min_cells, n_permutations)`` checked: a finite region side >= 10 um,
+    integers >= 1 and >= 0. ``prefix`` names the options as the caller's user knows them
+    (``'her2_'`` for :func:`qdmed.imaging.analyze_slide`)."""
+    try:
+        ru = float(region_um)
+    except (TypeError, ValueError):
+        ru = math.nan
+    if isinstance(region_um, bool) or not (math.isfinite(ru) and ru >= MIN_REGION_UM):
+        raise InputError(f"{prefix}region_um must be a finite number >= {MIN_REGION_UM:g} um "
+                         f"(about a cell); got {region_um!r}.")
+    for name, v, lo in ((f"{prefix}region_min_cells" if prefix else "min_cells", min_cells, 1),
+                        ("n_permutations", n_permutations, 0)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise InputError(f"{name} must be an integer >= {lo}; got {v!r}.")
+    return ru, int(min_cells), int(n_permutations)
+
+
 def _region_categories(inv, nreg, n, klass, complete, thresholds) -> tuple[np.ndarray, np.ndarray]:
     """(rule branch, category code) of every region from its cells' intensity classes."""
     def pct(mask) -> np.ndarray:
         return 100.0 * np.bincount(inv, weights=mask.astype(np.float64), minlength=nreg) / n
 
-    branch = her2_rule_branch(pct((klass == 3) & complete), pct((klass == 2) & complete),
-                              pct((klass >= 2) & ~complete), pct(klass >= 1), *thresholds)
+    branch = her2_rule_branch(*(pct(m) for m in staining_patterns(klass, complete)),
+                              *thresholds)
     return branch, np.asarray(_BRANCH_CATEGORY)[branch]
 
 
@@ -371,17 +392,7 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0, min_cells: 
 
     if not isinstance(her2, Her2Score):
         raise InputError(f"her2 must be a Her2Score; got {type(her2).__name__}.")
-    try:
-        ru = float(region_um)
-    except (TypeError, ValueError):
-        raise InputError(f"region_um must be a number of micrometres; got {region_um!r}.") from None
-    if not (math.isfinite(ru) and ru >= MIN_REGION_UM):
-        raise InputError(f"region_um must be a finite number >= {MIN_REGION_UM:g} um (about a "
-                         f"cell); got {region_um!r}.")
-    for name, v, lo in (("min_cells", min_cells, 1), ("n_permutations", n_permutations, 0)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
-            raise InputError(f"{name} must be an integer >= {lo}; got {v!r}.")
-    min_cells, n_perm = int(min_cells), int(n_permutations)
+    ru, min_cells, n_perm = check_region_args(region_um, min_cells, n_permutations)
     c = her2.cells
     missing = [k for k in ("centroid_x_um", "centroid_y_um") if k not in c.columns]
     if missing:
@@ -396,8 +407,8 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0, min_cells: 
     keys, inv = np.unique(np.stack([row, col], axis=1), axis=0, return_inverse=True)
     inv = inv.ravel()
     nreg = len(keys)
-    klass = np.asarray(pd.Categorical(c["intensity_class"], categories=(
-        "none", "faint", "weak_moderate", "intense")).codes)
+    klass = np.asarray(pd.Categorical(c["intensity_class"],
+                                      categories=_INTENSITY_CLASSES).codes)
     complete = np.asarray(c["complete"], dtype=bool)
     cat = np.asarray(pd.Categorical(c["category"], categories=HER2_CATEGORIES).codes)
     n = np.bincount(inv, minlength=nreg).astype(np.float64)

@@ -123,8 +123,23 @@ class ReceptorStatus:
     warnings: tuple = ()
     reference: str = f"{REF_ALLISON_2020}; {REF_ROGAN_GLADEN_1978}; {REF_WILSON_1927}"
 
+    @property
+    def label(self) -> str:
+        """The status as reported: e.g. ``'low positive (borderline)'``."""
+        return self.status + (" (borderline)" if self.borderline else "")
+
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
+        """JSON-safe dict of the fields, plus ``label``."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["label"] = self.label
+        return to_jsonable(d)
+
+
+def _wilson95(k: int, n: int):
+    """Wilson score 95 % interval of k successes in n (``.low``, ``.high``; scipy)."""
+    from scipy.stats import binomtest
+
+    return binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
 
 
 def _corrected(p: float, f: float | None) -> float:
@@ -167,8 +182,6 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
     >>> st.status, st.percent_positive, st.borderline
     ('low positive', 6.0, True)
     """
-    from scipy.stats import binomtest
-
     if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 1:
         raise InputError(f"min_cells must be an integer >= 1; got {min_cells!r}.")
     out: dict[str, ReceptorStatus] = {}
@@ -187,13 +200,12 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
             continue
         k = int(np.count_nonzero(v >= g.threshold))
         f = None if g.false_positive_percent is None else g.false_positive_percent / 100.0
-        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        ci = _wilson95(k, n)
         p = _corrected(k / n, f)
         f_lo = f_hi = f
         if f is not None and g.control_cells:
             nc = int(g.control_cells)
-            fci = binomtest(int(round(f * nc)), nc).proportion_ci(confidence_level=0.95,
-                                                                  method="wilson")
+            fci = _wilson95(int(round(f * nc)), nc)
             f_lo, f_hi = float(fci.low), min(float(fci.high), 1.0 - 1e-12)
         lo, hi = _corrected(float(ci.low), f_hi), _corrected(float(ci.high), f_lo)
         cuts, names = _RULES[m]
@@ -208,29 +220,25 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
                 "control's, so the correction's assumption does not hold (the gate may be "
                 "too high for this tissue)")
         if n < min_cells:
-            out[m] = ReceptorStatus(
-                marker=m, status="insufficient cells", borderline=False, n_cells=n,
-                n_positive=k, percent_positive=100.0 * k / n,
-                gate_false_positive_percent=None if f is None else 100.0 * f,
-                percent_positive_corrected=pc, ci95_percent=(lo, hi),
-                rule=f"{n} nuclei with a value, fewer than the {min_cells} needed for a status",
-                warnings=tuple(warnings))
-            continue
-        # "1 % to 100 % ... positive", "1 % to 10 % ... low positive": a cut-off belongs to
-        # the higher category except 10 %, the top of ER low positive
-        idx = int(sum(pc >= c if c == 1.0 else pc > c for c in cuts))
-        borderline = any(lo <= c <= hi for c in cuts)
-        floor = ("" if f is None else
-                 f", corrected for the gate's {100 * f:.3g} % noise floor"
-                 + (f" ({100 * f_lo:.2f}-{100 * f_hi:.2f} % from {g.control_cells} control "
-                    "cells)" if g.control_cells else "")
-                 + f" from {100.0 * k / n:.2f} % observed")
-        rule = (f"{pc:.2f} % of {n} nuclei positive{floor} (95 % CI "
-                f"{lo:.2f}-{hi:.2f} %): {names[idx]} (ASCO/CAP 2020: "
-                + ("< 1 % negative, 1-10 % low positive, > 10 % positive" if m == "ER"
-                   else "< 1 % negative, >= 1 % positive") + ")"
-                + ("; the gate's noise floor is unknown: not corrected" if f is None else ""))
-        out[m] = ReceptorStatus(marker=m, status=names[idx], borderline=bool(borderline),
+            status, borderline = "insufficient cells", False
+            rule = f"{n} nuclei with a value, fewer than the {min_cells} needed for a status"
+        else:
+            # "1 % to 100 % ... positive", "1 % to 10 % ... low positive": a cut-off belongs
+            # to the higher category except 10 %, the top of ER low positive
+            status = names[int(sum(pc >= c if c == 1.0 else pc > c for c in cuts))]
+            borderline = any(lo <= c <= hi for c in cuts)
+            floor = ("" if f is None else
+                     f", corrected for the gate's {100 * f:.3g} % noise floor"
+                     + (f" ({100 * f_lo:.2f}-{100 * f_hi:.2f} % from {g.control_cells} "
+                        "control cells)" if g.control_cells else "")
+                     + f" from {100.0 * k / n:.2f} % observed")
+            rule = (f"{pc:.2f} % of {n} nuclei positive{floor} (95 % CI "
+                    f"{lo:.2f}-{hi:.2f} %): {status} (ASCO/CAP 2020: "
+                    + ("< 1 % negative, 1-10 % low positive, > 10 % positive" if m == "ER"
+                       else "< 1 % negative, >= 1 % positive") + ")"
+                    + ("; the gate's noise floor is unknown: not corrected" if f is None
+                       else ""))
+        out[m] = ReceptorStatus(marker=m, status=status, borderline=bool(borderline),
                                 n_cells=n, n_positive=k, percent_positive=100.0 * k / n,
                                 gate_false_positive_percent=None if f is None else 100.0 * f,
                                 percent_positive_corrected=pc,

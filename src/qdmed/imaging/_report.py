@@ -113,6 +113,12 @@ def her2_figure(her2):
     return fig
 
 
+def receptor_paragraph(marker: str, status: dict) -> str:
+    """One line of text for a receptor status (``ReceptorStatus.to_dict()``)."""
+    return (f"{marker} {status['label']}: {status['rule']}."
+            + "".join(f" Warning: {w}." for w in status.get("warnings") or ()))
+
+
 def write_slide_report(result, path=None) -> Path:
     """Write ``report.html`` beside the analysis outputs."""
     from qdmed.imaging._panel import Panel
@@ -158,9 +164,7 @@ def write_slide_report(result, path=None) -> Path:
         if ms.get("phenotypes"):
             rep.table({"phenotypes (cells)": ms["phenotypes"]})
         for m, st in (ms.get("receptor_status") or {}).items():
-            rep.paragraph(f"{m} {st['status']}" + (" (borderline)" if st["borderline"] else "")
-                          + f": {st['rule']}."
-                          + "".join(f" Warning: {w}." for w in st.get("warnings") or ()))
+            rep.paragraph(receptor_paragraph(m, st))
         if ms.get("receptor_status"):
             rep.paragraph("ER/PgR status by the ASCO/CAP 2020 percentage rules (Allison et al., "
                           "J Clin Oncol 2020, doi:10.1200/JCO.19.02309), corrected for the "

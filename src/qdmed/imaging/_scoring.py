@@ -792,6 +792,15 @@ _BRANCH_CATEGORY = (3, 2, 2, 2, 1, 0, 0, 0, 0)
 _BRANCH_ULTRALOW = (5, 6)
 
 
+def staining_patterns(klass, complete) -> tuple[np.ndarray, ...]:
+    """Per-cell masks of the patterns the slide rule counts, in the order
+    :func:`her2_rule_branch` takes their percentages: intense complete, weak-to-moderate
+    complete, moderate-to-intense incomplete, stained (at least faint). ``klass`` is the
+    intensity class 0-3 (none .. intense), ``complete`` the circumferential flag."""
+    return ((klass == 3) & complete, (klass == 2) & complete, (klass >= 2) & ~complete,
+            klass >= 1)
+
+
 def her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, percent_cutoff, intense_min_percent,
                      incomplete_percent_cutoff, ultralow_min_percent):
     """Which rule of :func:`score_her2` decides the category, for arrays of percentages.
@@ -946,11 +955,8 @@ def score_her2(
     def pct(x) -> float:
         return float(100.0 * np.count_nonzero(x) / n)
 
-    p_ic = pct((klass == 3) & complete)
-    p_wmc = pct((klass == 2) & complete)
-    p_mii = pct((klass >= 2) & ~complete)
+    p_ic, p_wmc, p_mii, p_stained = (pct(m) for m in staining_patterns(klass, complete))
     p_faint = pct(klass == 1)
-    p_stained = pct(klass >= 1)
     branch = int(her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, pc, imp, ipc, ulp))
     cat = HER2_CATEGORIES[_BRANCH_CATEGORY[branch]]
     n_ic = int(np.count_nonzero((klass == 3) & complete))
