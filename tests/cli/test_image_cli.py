@@ -106,6 +106,12 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2
     r = run("image", "cohort", str(tmp_path / "nope"))
     assert r.returncode == 2
+    for cmd in (("analyze", str(tmp_path / "missing.ome.zarr")), ("cohort", str(tmp_path))):
+        r = run("image", *cmd, "--saturation-level", "-5", "--no-progress")
+        assert r.returncode == 2 and "saturation_level must be a positive" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    r = run("image", "simulate", "--bit-depth", "20", "--out", str(tmp_path / "s.ome.tif"))
+    assert r.returncode == 2 and "bit_depth must be an integer from 8 to 16" in r.stderr
     # malformed calibration files: one line naming the file and the gate, before any slide
     for doc, what in (({"gates": [1, 2]}, "'gates' must map"),
                       ({"gates": {"ER": "x"}}, "gate 'ER' needs"),
@@ -118,3 +124,17 @@ def test_bad_inputs_exit_2(tmp_path):
                 str(cal))
         assert r.returncode == 2 and what in r.stderr and "cal.json" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_saturated_slide_is_flagged(tmp_path):
+    """An 8-bit detector (the simulated scene exceeds 255 counts): the OME-TIFF declares it,
+    the analysis flags the cells and prints the warning."""
+    r = run("image", "simulate", "--size", "384", "--bit-depth", "8", "--seed", "3",
+            "--out", str(tmp_path / "s8.ome.tif"), "--json")
+    assert r.returncode == 0, r.stderr
+    r = run("image", "analyze", str(tmp_path / "s8.ome.tif"), "--out", str(tmp_path / "a"),
+            "--no-progress", "--no-report", "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    assert "OME SignificantBits 8" in r.stdout and "! saturation:" in r.stdout
+    sat = json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"]
+    assert sat["level_adu"] == 255 and sat["percent_scored_cells_saturated"] > 1

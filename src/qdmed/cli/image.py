@@ -21,6 +21,7 @@ NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", help="Skip unmixed.ome
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 REGION_UM = Annotated[float, typer.Option("--her2-region-um", help="Side (um) of the square regions scored one by one to map HER2 heterogeneity.")]
 REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored cells a heterogeneity region needs.")]
+SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
 
 def _panel(path):
@@ -131,6 +132,7 @@ def simulate(
     photons: Annotated[float, typer.Option("--photons", help="Photoelectrons per unit abundance.")] = 300.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     tissue_fraction: Annotated[float, typer.Option("--tissue-fraction")] = 1.0,
+    bit_depth: Annotated[int, typer.Option("--bit-depth", help="Detector ADC bits (8-16): counts above 2^bits - 1 saturate there.")] = 16,
     json_: JSON = False,
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel."""
@@ -139,7 +141,7 @@ def simulate(
     p = _panel(panel_file)
     kw = dict(preset=preset, endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
-              tissue_fraction=tissue_fraction)
+              tissue_fraction=tissue_fraction, bit_depth=bit_depth)
     name = out.name.lower()
     if name.endswith((".zarr",)):
         s = simulate_slide(out, (size, size), **kw)
@@ -153,7 +155,8 @@ def simulate(
     else:
         f = simulate_field((size, size), **kw)
         write_ome_tiff(out, f.image, channel_names=list(p.channel_names),
-                       pixel_size_um=f.pixel_size_um)
+                       pixel_size_um=f.pixel_size_um,
+                       significant_bits=bit_depth if bit_depth < 16 else None)
         truth_dir = write_truth(out.parent / (out.name.split(".")[0] + "-truth"), f)
         info = {"slide": str(out), "shape": list(f.image.shape), "n_cells": len(f.truth),
                 "truth": str(truth_dir)}
@@ -242,6 +245,7 @@ def analyze(
     autofluorescence: AUTOFLUOR = "panel",
     her2_region_um: REGION_UM = 500.0,
     her2_region_min_cells: REGION_MIN = 100,
+    saturation_level: SATURATION = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -259,7 +263,8 @@ def analyze(
                         region_class=region_class, outlines=not no_outlines,
                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
                         her2_region_um=her2_region_um,
-                        her2_region_min_cells=her2_region_min_cells)
+                        her2_region_min_cells=her2_region_min_cells,
+                        saturation_level=saturation_level)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -268,6 +273,11 @@ def analyze(
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
             "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
+    sat = d.get("saturation") or {}
+    info["saturated cells"] = (f"{sat['percent_scored_cells_saturated']:.1f} % of scored "
+                               f"(ceiling {sat['level_adu']:g}, {sat['source']})"
+                               if sat.get("percent_scored_cells_saturated") is not None
+                               else sat.get("source", "not checked"))
     if d["her2"]:
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]
@@ -289,6 +299,8 @@ def analyze(
     print_kv(f"Slide {slide.name}", info)
     for w in (d.get("autofluorescence") or {}).get("warnings", []):
         typer.echo(f"! autofluorescence: {w}")
+    for w in (d.get("saturation") or {}).get("warnings", []):
+        typer.echo(f"! saturation: {w}")
 
 
 @app.command()
@@ -370,6 +382,7 @@ def cohort(
     autofluorescence: AUTOFLUOR = "panel",
     her2_region_um: REGION_UM = 500.0,
     her2_region_min_cells: REGION_MIN = 100,
+    saturation_level: SATURATION = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -383,7 +396,8 @@ def cohort(
                          region_class=region_class, outlines=not no_outlines,
                          write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
                          her2_region_um=her2_region_um,
-                         her2_region_min_cells=her2_region_min_cells)
+                         her2_region_min_cells=her2_region_min_cells,
+                         saturation_level=saturation_level)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -31,7 +31,7 @@ from qdmed.imaging._panel import Panel
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, so a resumed run never mixes tiles written by another version.
-TILE_FORMAT = 2
+TILE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class AnalysisSettings:
     membrane_scales: dict | None = None
     unmix_method: str = "auto"
     unmix_weights: str | None = None  # None (ordinary NNLS) or "poisson" (1/max(y, 1) weights)
+    #: detector ceiling, counts; None: the image type's maximum (or the OME SignificantBits
+    #: ceiling of a slide file); float images are then not checked (see _saturation)
+    saturation_level: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -69,12 +72,16 @@ class FieldAnalysis:
     table: object  # pandas.DataFrame, one row per cell
     settings: AnalysisSettings
     components: tuple[str, ...]
+    #: detector ceiling (``level_adu``, ``source``) and per-channel saturated pixels
+    #: (:func:`qdmed.imaging._saturation.channel_stats`) of the field
+    saturation: dict | None = None
 
     def to_dict(self) -> dict:
         return {"n_cells": int(len(self.table)), "components": list(self.components),
                 "settings": self.settings.to_dict(),
                 "median_relative_residual": None if self.residual is None
-                else float(np.median(self.residual))}
+                else float(np.median(self.residual)),
+                "saturation": self.saturation}
 
 
 def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False,
@@ -104,8 +111,18 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                   offset=(0, 0), residual: bool = True) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
     cells, measure every marker in every compartment. ``residual=False`` skips the
-    goodness-of-fit map (``FieldAnalysis.residual`` is then None)."""
+    goodness-of-fit map (``FieldAnalysis.residual`` is then None).
+
+    The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
+    detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
+    a float image without a given ceiling), and ``FieldAnalysis.saturation`` the ceiling and
+    the saturated pixels per channel (:mod:`qdmed.imaging._saturation`)."""
     from qdmed.imaging._cells import expand_cells, measure_cells, segment_nuclei
+    from qdmed.imaging._saturation import (
+        cell_saturated_fraction,
+        channel_stats,
+        saturation_level,
+    )
 
     s = settings or AnalysisSettings()
     comps = panel.components
@@ -133,7 +150,15 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
                           offset=tuple(offset), completeness_threshold=s.completeness_threshold)
-    return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps)
+    image = np.asarray(image_yxc)
+    level, source = saturation_level(image.dtype, level=s.saturation_level)
+    frac = cell_saturated_fraction(image, cells, level)
+    if frac is not None and len(table):
+        table["saturated_fraction"] = frac[table["cell_id"].to_numpy()].astype(np.float32)
+    elif frac is not None:
+        table["saturated_fraction"] = np.array([], np.float32)
+    sat = {"level_adu": level, "source": source, **channel_stats(image, level)}
+    return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat)
 
 
 def membrane_scales(abundances, components, membrane_markers) -> dict:
@@ -209,7 +234,9 @@ def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
 
 def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int,
              index: int, outlines: bool = False):
-    """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features)."""
+    """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features, the
+    tile core's per-channel saturation counts)."""
+    from qdmed.imaging._saturation import channel_stats
     from qdmed.imaging._slideio import read_slide
 
     slide = read_slide(path)
@@ -221,6 +248,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
     fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False)
+    stats = channel_stats(region[y0 - py0:y1 - py0, x0 - px0:x1 - px0], s.saturation_level)
     df = fa.table
     if len(df):
         cy, cx = df["centroid_y"].to_numpy(), df["centroid_x"].to_numpy()
@@ -242,7 +270,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         df = df.copy()
         df["tile"] = np.array([], dtype=np.int32)
         feats = []
-    return df.reset_index(drop=True), feats
+    return df.reset_index(drop=True), feats, stats
 
 
 def _nucleus_centroids(nuclei, ids, oy, ox):
@@ -399,7 +427,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   reference_region_px: int = 1024, client=None, gates=None,
                   regions=None, region_class: str | None = None,
                   autofluorescence: str = "panel", her2_region_um: float = 500.0,
-                  her2_region_min_cells: int = 100) -> SlideResult:
+                  her2_region_min_cells: int = 100,
+                  saturation_level: float | None = None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -450,6 +479,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         heterogeneity (:func:`qdmed.imaging.her2_heterogeneity`), and the scored cells a
         region needs; the summary gets ``her2_heterogeneity`` and ``her2_regions.geojson``
         the scored regions as QuPath annotations.
+    saturation_level : float, counts, optional
+        The detector's ceiling (overrides ``settings.saturation_level``). Default: ``2**b - 1``
+        when the OME-TIFF declares ``b`` SignificantBits, else the integer type's maximum; a
+        float slide without one is not checked. Cells get ``saturated_fraction``; the summary's
+        ``saturation`` block counts saturated pixels per channel and cells holding them,
+        flags a pile-up at a channel's maximum below the ceiling (clipping by a detector the
+        file does not declare), and warns (:mod:`qdmed.imaging._saturation`).
 
     Returns
     -------
@@ -458,6 +494,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     import pandas as pd
 
     from qdmed import __version__
+    from qdmed.imaging._saturation import check_level, merge_channel_stats, saturation_summary
+    from qdmed.imaging._saturation import saturation_level as ceiling
     from qdmed.imaging._slideio import read_slide
     from qdmed.report import (
         atomic_write_bytes,
@@ -478,12 +516,18 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
+    if saturation_level is not None:
+        check_level(saturation_level)
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    sat_level, sat_source = ceiling(
+        slide.dtype, significant_bits=slide.significant_bits,
+        level=s.saturation_level if saturation_level is None else saturation_level)
+    s = replace(s, saturation_level=sat_level)
     panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um)
     r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,
                                                                    s.expansion_um)
@@ -518,14 +562,16 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 f.unlink()
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
     boxes = tile_grid((h, w), tile)
-    def done(i):
+    def done(i):  # the parquet file is written last
         ok = (tiles_dir / f"tile_{i:06d}.parquet").exists()
-        return ok and (not outlines or (tiles_dir / f"tile_{i:06d}.geojson.json").exists())
+        return ok and (tiles_dir / f"tile_{i:06d}.qc.json").exists() and (
+            not outlines or (tiles_dir / f"tile_{i:06d}.geojson.json").exists())
 
     todo = [i for i in range(len(boxes)) if not done(i)]
     panel_doc, settings_doc = panel.to_yaml_dict(), s.to_dict()
 
-    def save(i, df, feats):
+    def save(i, df, feats, stats):
+        atomic_write_text(tiles_dir / f"tile_{i:06d}.qc.json", json.dumps(stats))
         if outlines:
             atomic_write_bytes(tiles_dir / f"tile_{i:06d}.geojson.json", json.dumps(feats).encode())
         atomic_write_parquet(tiles_dir / f"tile_{i:06d}.parquet", df)
@@ -549,8 +595,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 futs = {run_client.submit(run_tile, str(path), panel_doc, settings_doc, boxes[i],
                                           margin_px, i, outlines, pure=False): i for i in todo}
                 for fut in as_completed(futs):
-                    df, feats = fut.result()
-                    save(futs[fut], df, feats)
+                    save(futs[fut], *fut.result())
                     advance()
             finally:
                 if own_client is not None:
@@ -559,9 +604,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                     cluster.close()
         else:
             for i in todo:
-                df, feats = run_tile(str(path), panel_doc, settings_doc, boxes[i], margin_px, i,
-                                     outlines)
-                save(i, df, feats)
+                save(i, *run_tile(str(path), panel_doc, settings_doc, boxes[i], margin_px, i,
+                                  outlines))
                 advance()
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
@@ -598,6 +642,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             _classifier(her2))
     if write_unmixed:
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
+    saturation = saturation_summary(
+        sat_level, sat_source,
+        merge_channel_stats([json.loads((tiles_dir / f"tile_{i:06d}.qc.json").read_text())
+                             for i in range(len(boxes))]),
+        slide.channel_names, cells, scored_cells)
     summary = {
         "qdmed_version": __version__,
         "slide": slide.to_dict(),
@@ -614,6 +663,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "her2_heterogeneity": None if het is None else het.to_dict(),
         "markers_scored": scored,
         "scored_cells": selection,
+        "saturation": saturation,
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
                     "geojson": "cells.geojson" if outlines else None,

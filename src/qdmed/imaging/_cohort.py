@@ -48,7 +48,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    her2_calibration=None, gates=None, progress=True, regions_dir=None,
                    region_class: str | None = None, outlines: bool = True,
                    write_unmixed: bool = True, autofluorescence: str = "panel",
-                   her2_region_um: float = 500.0, her2_region_min_cells: int = 100) -> dict:
+                   her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
+                   saturation_level: float | None = None) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -62,7 +63,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     whole-slide unmixed image is several GB: a large cohort may want neither; ``'blind'``
     estimates each slide's own autofluorescence), and so are ``her2_region_um`` and
     ``her2_region_min_cells`` (the HER2 heterogeneity regions; the table gets each slide's
-    regional categories and Shannon indices)."""
+    regional categories and Shannon indices), and ``saturation_level`` (the detector's
+    ceiling; the table gets each slide's percent of scored cells with saturated pixels)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -76,6 +78,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
+    if saturation_level is not None:
+        from qdmed.imaging._saturation import check_level
+
+        check_level(saturation_level)  # a bad value is refused before any slide is read
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")
@@ -113,7 +119,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         write_unmixed=write_unmixed,
                                         autofluorescence=autofluorescence,
                                         her2_region_um=her2_region_um,
-                                        her2_region_min_cells=her2_region_min_cells)
+                                        her2_region_min_cells=her2_region_min_cells,
+                                        saturation_level=saturation_level)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -122,6 +129,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     notes += [f"autofluorescence: {w}" for w in af.get("warnings", [])]
                     rs = (res.summary.get("markers_scored") or {}).get("receptor_status") or {}
                     notes += [f"{m}: {w}" for m, st in rs.items() for w in st.get("warnings", [])]
+                    sat = res.summary.get("saturation") or {}
+                    notes += [f"saturation: {w}" for w in sat.get("warnings", [])]
+                    row["percent_scored_cells_saturated"] = sat.get(
+                        "percent_scored_cells_saturated")
                     row["message"] = "; ".join(n for n in notes if n)
                     if res.summary["her2"]:
                         row["her2_category"] = res.summary["her2"]["category"]
@@ -174,6 +185,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "gates": None if not gates else sorted(gates),
                               "outlines": outlines, "write_unmixed": write_unmixed,
                               "autofluorescence": autofluorescence,
+                              "saturation_level": saturation_level,
                               "her2_region_um": her2_region_um,
                               "her2_region_min_cells": her2_region_min_cells}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,

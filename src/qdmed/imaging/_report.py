@@ -119,6 +119,21 @@ def receptor_paragraph(marker: str, status: dict) -> str:
             + "".join(f" Warning: {w}." for w in status.get("warnings") or ()))
 
 
+def saturation_paragraph(sat: dict) -> str:
+    """One line on detector saturation from a summary's ``saturation`` block."""
+    if not sat["checked"]:
+        text = f"Detector saturation {sat['source']}."
+    else:
+        chans = ", ".join(f"{c} {v}" for c, v in sat["saturated_pixels"].items() if v)
+        text = (f"Detector saturation (ceiling {sat['level_adu']:g} counts, {sat['source']}): "
+                + (f"{sat['percent_scored_cells_saturated']:.1f} % of scored cells hold "
+                   "saturated pixels; " if sat.get("percent_scored_cells_saturated")
+                   is not None else "")
+                + (f"saturated pixels by channel: {chans}." if chans
+                   else "no saturated pixel."))
+    return text + "".join(f" Warning: {w.rstrip('.')}." for w in sat.get("warnings", []))
+
+
 def write_slide_report(result, path=None) -> Path:
     """Write ``report.html`` beside the analysis outputs."""
     from qdmed.imaging._panel import Panel
@@ -136,6 +151,9 @@ def write_slide_report(result, path=None) -> Path:
         rep.paragraph(f"Scores use {sel['n_scored']} {sel['cells']}"
                       + (f" ({Path(src).name})." if src else ".")
                       + (f" Warning: {sel['warning']}." if sel.get("warning") else ""))
+    sat = s.get("saturation")
+    if sat:
+        rep.paragraph(saturation_paragraph(sat))
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
     rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],

@@ -204,6 +204,7 @@ def write_ome_tiff(
     pyramid_levels: int | str = "auto",
     compression: str | None = "zlib",
     overwrite: bool = True,
+    significant_bits: int | None = None,
 ) -> Path:
     """Write a tiled, pyramidal OME-TIFF (one tiled page per channel, levels in SubIFDs).
 
@@ -227,6 +228,10 @@ def write_ome_tiff(
         A tifffile compression name (``'zlib'``, ``'zstd'``, ...) or None.
     overwrite : bool
         Replace an existing file (atomically).
+    significant_bits : int, optional
+        Bits the detector filled, written as OME ``SignificantBits`` (e.g. 12 for a 12-bit
+        camera stored as uint16): readers then know the saturation ceiling. Integer images
+        only, at most the type's bits.
 
     Returns
     -------
@@ -252,6 +257,14 @@ def write_ome_tiff(
     levels = _level_arrays(image, n_levels)
 
     metadata: dict[str, Any] = {"axes": "CYX", "Channel": {"Name": list(names)}}
+    if significant_bits is not None:
+        dt = np.dtype(image.dtype)
+        if dt.kind not in "ui" or isinstance(significant_bits, bool) or not isinstance(
+                significant_bits, int | np.integer) or not 1 <= significant_bits <= dt.itemsize * 8:
+            raise InputError(f"significant_bits must be an integer from 1 to the image type's "
+                             f"bits ({dt.name}: {dt.itemsize * 8 if dt.kind in 'ui' else 'none, a float type'}), "
+                             f"got {significant_bits!r}")
+        metadata["SignificantBits"] = int(significant_bits)
     kw: dict[str, Any] = {}
     if ps is not None:
         metadata.update(PhysicalSizeX=ps, PhysicalSizeXUnit="µm", PhysicalSizeY=ps,
@@ -509,6 +522,10 @@ class SlideImage:
         ``'ome-tiff'``, ``'tiff'`` or ``'ome-zarr'``.
     levels : tuple of dask arrays
         All resolution levels, each (Y_l, X_l, C), level 0 first.
+    significant_bits : int or None
+        Bits the detector filled (OME ``Pixels/@SignificantBits``) when the file declares
+        fewer than its integer type holds (a 12-bit camera stored as uint16); else None. Sets
+        the saturation ceiling of an analysis (:mod:`qdmed.imaging._saturation`).
     """
 
     data: Any
@@ -517,6 +534,7 @@ class SlideImage:
     path: Path
     format: str
     levels: tuple[Any, ...] = field(default=(), repr=False)
+    significant_bits: int | None = None
     _direct: Any = field(default=None, repr=False, compare=False)
 
     def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -541,7 +559,8 @@ class SlideImage:
         """JSON-safe summary (no pixel data)."""
         return {"path": str(self.path), "format": self.format, "shape": list(self.shape),
                 "dtype": str(self.dtype), "channel_names": list(self.channel_names),
-                "pixel_size_um": self.pixel_size_um, "n_levels": len(self.levels)}
+                "pixel_size_um": self.pixel_size_um, "n_levels": len(self.levels),
+                "significant_bits": self.significant_bits}
 
 
 def read_slide(path: str | os.PathLike) -> SlideImage:
@@ -610,9 +629,10 @@ class _LogCapture(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
-def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None]:
+def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None, int | None]:
+    """Channel names, pixel size (um) and significant bits from OME-XML (None if absent)."""
     if not xml:
-        return None, None
+        return None, None, None
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
@@ -621,7 +641,7 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None]
     pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
                   None)
     if pixels is None:
-        return None, None
+        return None, None, None
     names = [ch.get("Name") for ch in pixels if ch.tag.endswith("Channel")]
     ps = None
     if pixels.get("PhysicalSizeX") is not None:
@@ -636,7 +656,16 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None]
                                   f"{pixels.get('PhysicalSizeX')!r} is not a number") from e
     if names and any(n is None for n in names):
         names = None
-    return (names or None), ps
+    bits = pixels.get("SignificantBits")
+    if bits is not None:
+        try:
+            bits = int(bits)
+        except ValueError as e:
+            raise FileFormatError(f"{str(p)!r}: OME SignificantBits {bits!r} is not an "
+                                  f"integer") from e
+        if bits < 1:
+            raise FileFormatError(f"{str(p)!r}: OME SignificantBits {bits} must be >= 1")
+    return (names or None), ps, bits
 
 
 def _tiff_resolution_um(page: Any) -> float | None:
@@ -679,7 +708,7 @@ def _read_tiff(p: Path) -> SlideImage:
                             f"up to byte {end} but the file has {size} bytes")
             dtype = np.dtype(series.dtype)
             is_ome = bool(tf.is_ome)
-            names, ps = _ome_info(tf.ome_metadata if is_ome else None, p)
+            names, ps, bits = _ome_info(tf.ome_metadata if is_ome else None, p)
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
         except _TIFF_PARSE_ERRORS as e:
@@ -701,9 +730,12 @@ def _read_tiff(p: Path) -> SlideImage:
     if names is not None and len(names) != nc:
         raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
                               f"has {nc}")
+    if bits is not None and not (dtype.kind in "ui" and bits < dtype.itemsize * 8):
+        bits = None  # the whole type is used (or a float image): no narrower ceiling
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
-                      format="ome-tiff" if is_ome else "tiff", levels=tuple(levels))
+                      format="ome-tiff" if is_ome else "tiff", levels=tuple(levels),
+                      significant_bits=bits)
 
 
 def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:

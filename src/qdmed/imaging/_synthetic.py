@@ -649,6 +649,7 @@ class _Scene:
     offset: float
     noise: bool
     dtype: np.dtype
+    bit_depth: int = 16
 
 
 def _render(sc: _Scene, y0: int, y1: int, x0: int, x1: int, *, want_abundances: bool = True
@@ -693,7 +694,7 @@ def _render(sc: _Scene, y0: int, y1: int, x0: int, x1: int, *, want_abundances: 
             e = lam
         adu = sc.gain * e + sc.offset if (sc.gain != 1 or sc.offset != 0) else e
         if sc.dtype.kind == "u":
-            adu = np.clip(np.rint(adu), 0, np.iinfo(sc.dtype).max)
+            adu = np.clip(np.rint(adu), 0, 2 ** sc.bit_depth - 1)  # the detector's ceiling
         img[by:by + nb, bx:bx + nb] = adu.astype(sc.dtype)
 
     starts = [(by, bx) for by in range(0, shp[0], nb) for bx in range(0, shp[1], nb)]
@@ -1100,7 +1101,7 @@ def simulate_tissue(
 def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names: Any,
                   autofluorescence: Any, qd_brightness: Any, photons_per_unit: Any,
                   read_noise_e: Any, gain_adu_per_e: Any, offset_adu: Any, photobleaching: Any,
-                  noise: Any, dtype: Any) -> dict[str, Any]:
+                  noise: Any, dtype: Any, bit_depth: Any = 16) -> dict[str, Any]:
     pr = _get_preset(preset)
     if isinstance(marker_names, str) or marker_names is None:
         raise InputError(f"marker_names must be a sequence of marker names, got "
@@ -1147,6 +1148,13 @@ def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names
     bleach = (1.0 - rate)[None, :] ** np.arange(nc)[:, None]
     if dtype not in ("uint16", "float32", np.uint16, np.float32):
         raise InputError(f"dtype must be 'uint16' or 'float32', got {dtype!r}")
+    if isinstance(bit_depth, bool) or not isinstance(bit_depth, int | np.integer) \
+            or not 8 <= bit_depth <= 16:
+        raise InputError(f"bit_depth must be an integer from 8 to 16 (the detector's ADC bits; "
+                         f"uint16 values are clipped to 2**bit_depth - 1), got {bit_depth!r}")
+    if np.dtype(dtype) != np.uint16 and bit_depth != 16:
+        raise InputError(f"bit_depth={bit_depth} needs dtype='uint16' (float32 images are not "
+                         f"clipped), got dtype={dtype!r}")
     return {
         "preset": pr, "marker_names": names, "channel_names": chn, "endmembers": e,
         "brightness": br, "bleach": bleach, "photobleaching": rate,
@@ -1155,7 +1163,7 @@ def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names
         "read_noise_e": _positive("read_noise_e", read_noise_e, allow_zero=True),
         "gain_adu_per_e": _positive("gain_adu_per_e", gain_adu_per_e),
         "offset_adu": _positive("offset_adu", offset_adu, allow_zero=True),
-        "noise": bool(noise), "dtype": np.dtype(dtype),
+        "noise": bool(noise), "dtype": np.dtype(dtype), "bit_depth": int(bit_depth),
     }
 
 
@@ -1167,7 +1175,7 @@ def _make_scene(gp: dict[str, Any], sp: dict[str, Any]) -> _Scene:
                   autofluorescence=sp["autofluorescence"],
                   photons_per_unit=sp["photons_per_unit"], read_noise_e=sp["read_noise_e"],
                   gain=sp["gain_adu_per_e"], offset=sp["offset_adu"], noise=sp["noise"],
-                  dtype=sp["dtype"])
+                  dtype=sp["dtype"], bit_depth=sp["bit_depth"])
 
 
 def _provenance(gp: dict[str, Any], sp: dict[str, Any]) -> dict[str, Any]:
@@ -1199,6 +1207,7 @@ def simulate_field(
     photobleaching: float | Sequence[float] | None = None,
     noise: bool = True,
     dtype: str = "uint16",
+    bit_depth: int = 16,
     seed: int | None = 0,
     pixel_size_um: float = 0.5,
     cell_density_per_mm2: float = 3000.0,
@@ -1237,7 +1246,10 @@ def simulate_field(
     noise : bool
         False gives the expected counts without shot or read noise.
     dtype : 'uint16' or 'float32'
-        uint16 is rounded and clipped to [0, 65535].
+        uint16 is rounded and clipped to [0, 2**bit_depth - 1].
+    bit_depth : int, 8-16
+        Bits of the detector's ADC (uint16 only): values above ``2**bit_depth - 1`` are
+        clipped there, i.e. saturated (12 for a 12-bit camera).
     seed : int or None
     pixel_size_um, cell_density_per_mm2, nucleus_radius_um, cell_radius_um,
     membrane_thickness_um, tissue_fraction
@@ -1259,7 +1271,8 @@ def simulate_field(
     -----
     Expected counts per pixel and channel c:
     ``lambda_c = photons_per_unit * sum_j E[c, j] * (1 - r_j) ** c * A_j``; the recorded
-    value is ``gain * (Poisson(lambda_c) + Normal(0, read_noise_e)) + offset``. Noise is
+    value is ``gain * (Poisson(lambda_c) + Normal(0, read_noise_e)) + offset`` (uint16:
+    rounded and clipped to ``[0, 2**bit_depth - 1]``, the saturation of a real detector). Noise is
     drawn per aligned 256 x 256 px block from ``default_rng([seed, tag, block_y, block_x])``
     so a field equals the same region of :func:`simulate_slide` with the same parameters.
     """
@@ -1267,7 +1280,7 @@ def simulate_field(
                           cell_radius_um, membrane_thickness_um, tissue_fraction, seed)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
-                       offset_adu, photobleaching, noise, dtype)
+                       offset_adu, photobleaching, noise, dtype, bit_depth)
     sc = _make_scene(gp, sp)
     h, w = gp["shape"]
     r = _render(sc, 0, h, 0, w)
@@ -1302,6 +1315,7 @@ def simulate_slide(
     photobleaching: float | Sequence[float] | None = None,
     noise: bool = True,
     dtype: str = "uint16",
+    bit_depth: int = 16,
     seed: int | None = 0,
     pixel_size_um: float = 0.5,
     cell_density_per_mm2: float = 3000.0,
@@ -1353,7 +1367,7 @@ def simulate_slide(
                           cell_radius_um, membrane_thickness_um, tissue_fraction, seed)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
-                       offset_adu, photobleaching, noise, dtype)
+                       offset_adu, photobleaching, noise, dtype, bit_depth)
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 16:
         raise InputError(f"tile must be an integer >= 16 px, got {tile!r}")
     tile = int(tile)

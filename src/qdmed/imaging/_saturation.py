@@ -1,0 +1,214 @@
+"""Detector saturation: which pixels reached the detector's ceiling, which cells hold them,
+and clipping below the ceiling the file declares.
+
+Why it matters: unmixing assumes that every channel's counts are linear in the labels'
+abundances. A pixel whose channel reached the ceiling (ADC full scale or full well) breaks
+it: the saturated channel reads low, so NNLS gives that label too little and may explain the
+missing counts with its spectral neighbours; the unmixed image does not show it (only the
+residual map does). Quantitative fluorescence microscopy therefore requires images without
+saturated pixels [1]_. qdmed cannot undo saturation; it finds it and says where:
+
+* the ceiling: the largest value of an integer image's type, or ``2**SignificantBits - 1``
+  when an OME-TIFF declares fewer significant bits (a 12-bit camera stored as uint16), or a
+  value given by the user. Float images have no known ceiling: checked only when given;
+* per cell: ``saturated_fraction``, the share of the cell's pixels with at least one channel
+  at or above the ceiling;
+* per channel: the saturated pixels of the slide, and a pile-up at the channel's maximum
+  below the ceiling (many pixels at exactly the largest value, far fewer one count below:
+  clipping by a detector whose range the file does not declare).
+
+References
+----------
+.. [1] J. C. Waters (2009). Accuracy and precision in quantitative fluorescence microscopy.
+   J. Cell Biol. 185(7):1135-1148. doi:10.1083/jcb.200903097
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+
+__all__ = ["cell_saturated_fraction", "channel_stats", "check_level", "merge_channel_stats",
+           "saturation_level", "saturation_summary"]
+
+REF_WATERS_2009 = ("Waters JC (2009) Accuracy and precision in quantitative fluorescence "
+                   "microscopy. J Cell Biol 185:1135-1148. doi:10.1083/jcb.200903097")
+#: Percent of scored cells with saturated pixels above which the summary warns.
+WARN_PERCENT_CELLS = 1.0
+#: A channel's maximum value counts as a pile-up (clipping) when at least this many pixels
+#: hold it and at least PILEUP_RATIO times as many as hold the value one count below.
+PILEUP_MIN_PIXELS = 10
+PILEUP_RATIO = 4.0
+
+
+def check_level(level: Any) -> float:
+    """A user's detector ceiling as a float, or InputError naming the value."""
+    if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating) \
+            or not math.isfinite(float(level)) or float(level) <= 0:
+        raise InputError(f"saturation_level must be a positive number of counts (the "
+                         f"detector's ceiling), got {level!r}")
+    return float(level)
+
+
+def saturation_level(dtype: Any, *, significant_bits: int | None = None,
+                     level: float | None = None) -> tuple[float | None, str]:
+    """The detector ceiling of an image, and where it came from.
+
+    Parameters
+    ----------
+    dtype : numpy dtype of the image
+    significant_bits : int, optional
+        Bits the detector fills (OME ``Pixels/@SignificantBits``); ignored for float images
+        and when it is not below the type's own bits.
+    level : float, optional, counts
+        A ceiling given by the user: it wins.
+
+    Returns
+    -------
+    (level, source) : (float or None, str)
+        None (with the reason) for a float image without a given level.
+
+    Examples
+    --------
+    >>> saturation_level(np.uint16)
+    (65535.0, 'uint16 maximum')
+    >>> saturation_level(np.uint16, significant_bits=12)
+    (4095.0, 'OME SignificantBits 12')
+    """
+    if level is not None:
+        return check_level(level), "given"
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        bits = dt.itemsize * 8 - (dt.kind == "i")
+        if significant_bits is not None and 0 < int(significant_bits) < bits:
+            return float(2 ** int(significant_bits) - 1), \
+                f"OME SignificantBits {int(significant_bits)}"
+        return float(np.iinfo(dt).max), f"{dt.name} maximum"
+    return None, (f"not checked: a {dt.name} image has no known detector ceiling "
+                  "(give saturation_level)")
+
+
+def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
+    """Per channel of a (Y, X, C) region: pixels at or above `level`, the largest value, the
+    pixels holding it and those one count below it (integer images; for the pile-up test).
+    JSON-safe; merged over tiles by :func:`merge_channel_stats`."""
+    img = np.asarray(image_yxc)
+    flat = img.reshape(-1, img.shape[-1])
+    n = int(flat.shape[0])
+    out: dict[str, Any] = {"n_px": n, "integer": bool(img.dtype.kind in "ui")}
+    out["saturated"] = ([0] * flat.shape[1] if level is None or n == 0 else
+                        np.count_nonzero(flat >= level, axis=0).astype(int).tolist())
+    if n and out["integer"]:
+        mx = flat.max(axis=0)
+        out["max"] = mx.astype(np.int64).tolist()
+        out["at_max"] = np.count_nonzero(flat == mx, axis=0).astype(int).tolist()
+        with np.errstate(over="ignore"):  # a maximum of 0 wraps round: nothing is below it
+            below = mx - np.ones_like(mx)
+        out["below_max"] = np.count_nonzero(flat == below, axis=0).astype(int).tolist()
+    return out
+
+
+def merge_channel_stats(parts: list[dict]) -> dict:
+    """Slide-level :func:`channel_stats` from the tiles' (exact: counts at the slide's
+    maximum and one below it are summed over the tiles that reach them)."""
+    parts = [p for p in parts if p and p.get("n_px")]
+    if not parts:
+        return {"n_px": 0, "integer": False, "saturated": []}
+    nc = len(parts[0]["saturated"])
+    out: dict[str, Any] = {"n_px": sum(p["n_px"] for p in parts),
+                           "integer": all(p["integer"] for p in parts),
+                           "saturated": [sum(p["saturated"][c] for p in parts)
+                                         for c in range(nc)]}
+    if out["integer"]:
+        mx = [max(p["max"][c] for p in parts) for c in range(nc)]
+        at = [0] * nc
+        below = [0] * nc
+        for p in parts:
+            for c in range(nc):
+                if p["max"][c] == mx[c]:
+                    at[c] += p["at_max"][c]
+                    below[c] += p["below_max"][c]
+                elif p["max"][c] == mx[c] - 1:
+                    below[c] += p["at_max"][c]
+        out.update(max=mx, at_max=at, below_max=below)
+    return out
+
+
+def cell_saturated_fraction(image_yxc: np.ndarray, cells: np.ndarray,
+                            level: float | None) -> np.ndarray | None:
+    """``frac[label]``: share of each cell label's pixels with at least one channel at or
+    above `level` (index 0 = background); None when `level` is None."""
+    if level is None:
+        return None
+    lab = np.asarray(cells).ravel()
+    n = int(lab.max()) + 1 if lab.size else 1
+    sat = (np.asarray(image_yxc) >= level).any(axis=-1).ravel()
+    area = np.bincount(lab, minlength=n)
+    hit = np.bincount(lab[sat], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(area > 0, hit / np.maximum(area, 1), 0.0)
+
+
+def _pileups(stats: dict, level: float | None, channel_names) -> dict:
+    out = {}
+    if not stats.get("integer") or "max" not in stats:
+        return out
+    for c, name in enumerate(channel_names):
+        m, at, below = stats["max"][c], stats["at_max"][c], stats["below_max"][c]
+        if (level is None or m < level) and m > 0 and at >= PILEUP_MIN_PIXELS \
+                and at >= PILEUP_RATIO * max(below, 1):
+            out[name] = {"value": int(m), "pixels": int(at), "pixels_one_below": int(below)}
+    return out
+
+
+def _bits_note(value: int) -> str:
+    b = (value + 1).bit_length() - 1
+    return f" = 2^{b} - 1" if 2 ** b - 1 == value else ""
+
+
+def saturation_summary(level: float | None, source: str, stats: dict, channel_names,
+                       cells, scored) -> dict:
+    """The ``saturation`` block of a slide summary: ceiling, saturated pixels per channel,
+    cells holding saturated pixels (all and scored), suspected clipping, warnings.
+
+    `cells` and `scored` are the per-cell tables (with ``saturated_fraction`` when the
+    ceiling is known)."""
+    names = list(channel_names)
+    n_px = int(stats.get("n_px", 0))
+    sat = stats.get("saturated") or [0] * len(names)
+    d: dict[str, Any] = {"level_adu": level, "source": source, "checked": level is not None,
+                         "reference": REF_WATERS_2009, "n_pixels": n_px,
+                         "saturated_pixels": dict(zip(names, (int(v) for v in sat),
+                                                      strict=True)) if len(sat) == len(names)
+                         else {},
+                         "warnings": []}
+    d["percent_saturated_pixels"] = {k: (100.0 * v / n_px if n_px else 0.0)
+                                     for k, v in d["saturated_pixels"].items()}
+    if level is not None and "saturated_fraction" in getattr(cells, "columns", ()):
+        hit = np.asarray(cells["saturated_fraction"], dtype=np.float64) > 0
+        shit = np.asarray(scored["saturated_fraction"], dtype=np.float64) > 0
+        d["n_cells_saturated"] = int(hit.sum())
+        d["percent_cells_saturated"] = 100.0 * hit.mean() if hit.size else 0.0
+        d["percent_scored_cells_saturated"] = 100.0 * shit.mean() if shit.size else 0.0
+        if d["percent_scored_cells_saturated"] >= WARN_PERCENT_CELLS:
+            worst = max(d["saturated_pixels"], key=d["saturated_pixels"].get, default=None)
+            d["warnings"].append(
+                f"{d['percent_scored_cells_saturated']:.1f} % of the scored cells hold pixels "
+                f"at the detector ceiling ({level:g} counts"
+                + (f"; most in channel {worst}" if worst else "") + "): their unmixed levels "
+                "are unreliable (the saturated label reads low and unmixing may give its excess "
+                "to spectral neighbours). Re-acquire with a shorter exposure, or leave them out "
+                "(cells.parquet: saturated_fraction > 0)")
+    d["clipping_suspected"] = _pileups(stats, level, names)
+    for ch, p in d["clipping_suspected"].items():
+        d["warnings"].append(
+            f"channel {ch}: {p['pixels']} pixels sit at its largest value {p['value']}"
+            f"{_bits_note(p['value'])} and {p['pixels_one_below']} one count below: the "
+            "detector probably clipped there, below the ceiling checked ("
+            + (f"{level:g}" if level is not None else "none")
+            + f"); give saturation_level={p['value']} (--saturation-level {p['value']})")
+    return d

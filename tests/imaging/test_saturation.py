@@ -1,0 +1,173 @@
+"""Detector saturation: the ceiling, saturated pixels per channel and per cell, and clipping
+below a ceiling the file does not declare, checked against the simulator's own clipping
+(the same scene rendered with a 16-bit and a narrower ADC differs exactly where the counts
+exceeded the narrower ceiling)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from qdmed.errors import FileFormatError, InputError
+from qdmed.imaging import (
+    AnalysisSettings,
+    analyze_field,
+    analyze_slide,
+    breast_panel_5plex,
+    read_slide,
+    simulate_field,
+    write_ome_tiff,
+)
+from qdmed.imaging._saturation import (
+    cell_saturated_fraction,
+    channel_stats,
+    merge_channel_stats,
+    saturation_level,
+    saturation_summary,
+)
+
+PANEL = breast_panel_5plex()
+KW = dict(preset="her2-heterogeneous", endmembers=PANEL.endmembers,
+          marker_names=list(PANEL.markers), channel_names=list(PANEL.channel_names),
+          photons_per_unit=300.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fields():
+    """The same scene with a 16-bit and an 8-bit ADC (its brightest pixels reach ~500
+    counts, so the 8-bit one saturates)."""
+    return simulate_field((640, 640), **KW), simulate_field((640, 640), bit_depth=8, **KW)
+
+
+def test_ceiling_from_type_bits_or_user():
+    assert saturation_level(np.uint16) == (65535.0, "uint16 maximum")
+    assert saturation_level(np.uint8) == (255.0, "uint8 maximum")
+    assert saturation_level(np.uint16, significant_bits=12) == (4095.0, "OME SignificantBits 12")
+    assert saturation_level(np.uint16, significant_bits=16)[0] == 65535.0
+    assert saturation_level(np.uint16, level=1000) == (1000.0, "given")
+    level, why = saturation_level(np.float32)
+    assert level is None and "float32" in why
+    assert saturation_level(np.float32, level=5e4) == (5e4, "given")
+    for bad in (0, -3, float("nan"), float("inf"), "4095", True):
+        with pytest.raises(InputError, match="saturation_level"):
+            saturation_level(np.uint16, level=bad)
+
+
+def test_simulated_adc_clips_at_its_ceiling(fields):
+    f16, f8 = fields
+    assert f16.image.max() > 255  # the scene does exceed the 8-bit range
+    np.testing.assert_array_equal(f8.image, np.minimum(f16.image, 255))
+    with pytest.raises(InputError, match="bit_depth"):
+        simulate_field((64, 64), bit_depth=20, **KW)
+    with pytest.raises(InputError, match="bit_depth"):
+        simulate_field((64, 64), bit_depth=12, dtype="float32", **KW)
+
+
+def test_tile_stats_merge_to_the_whole_image_exactly():
+    rng = np.random.default_rng(0)
+    img = np.minimum(rng.poisson(rng.gamma(2.0, 900.0, (300, 400, 3))), 4095).astype(np.uint16)
+    img[:5, :5, 2] = 60000  # channel 2's maximum sits in one corner tile only
+    whole = channel_stats(img, 4095.0)
+    for ty, tx in ((100, 100), (64, 256), (300, 7)):
+        parts = [channel_stats(img[y:y + ty, x:x + tx], 4095.0)
+                 for y in range(0, 300, ty) for x in range(0, 400, tx)]
+        assert merge_channel_stats(parts) == whole
+    assert whole["saturated"] == [int((img[..., c] >= 4095).sum()) for c in range(3)]
+    assert whole["max"] == [4095, 4095, 60000]
+    assert whole["at_max"][2] == 25
+    assert whole["below_max"][0] == int((img[..., 0] == 4094).sum())
+
+
+def test_pileup_at_an_undeclared_ceiling_is_flagged(fields):
+    f16, f8 = fields
+    names = list(PANEL.channel_names)
+    clipped = {names[c] for c in range(8) if (f16.image[..., c] > 255).any()}
+    assert clipped  # the 8-bit scene is clipped in some channels only
+    d8 = saturation_summary(65535.0, "uint16 maximum", channel_stats(f8.image, 65535.0), names,
+                            None, None)
+    assert set(d8["clipping_suspected"]) == clipped
+    assert all(v["value"] == 255 for v in d8["clipping_suspected"].values())
+    assert any("2^8 - 1" in w and "--saturation-level 255" in w for w in d8["warnings"])
+    d16 = saturation_summary(65535.0, "uint16 maximum", channel_stats(f16.image, 65535.0),
+                             names, None, None)
+    assert d16["clipping_suspected"] == {} and d16["warnings"] == []  # a natural tail
+    # once the ceiling is known, the same pixels are saturation, not suspected clipping
+    d = saturation_summary(255.0, "given", channel_stats(f8.image, 255.0), names, None, None)
+    assert d["clipping_suspected"] == {}
+    assert d["saturated_pixels"] == {n: int((f16.image[..., c] >= 255).sum())
+                                     for c, n in enumerate(names)}
+
+
+def test_cell_fraction_on_a_hand_made_image():
+    img = np.zeros((2, 3, 2), np.uint16)
+    img[0, 0, 1] = 9
+    img[1, 2, 0] = 12
+    cells = np.array([[1, 1, 2], [1, 0, 2]])
+    np.testing.assert_allclose(cell_saturated_fraction(img, cells, 9.0), [0.0, 1 / 3, 0.5])
+    assert cell_saturated_fraction(img, cells, None) is None
+
+
+def test_field_cells_carry_their_saturated_fraction(fields):
+    f16, f8 = fields
+    fa = analyze_field(f8.image, PANEL, AnalysisSettings(saturation_level=255.0))
+    truth = (f16.image >= 255).any(axis=-1)  # where the 16-bit counts reached the ceiling
+    t = fa.table
+    for cid, frac in zip(t["cell_id"], t["saturated_fraction"], strict=True):
+        assert frac == pytest.approx(truth[fa.cells == cid].mean(), abs=1e-6)
+    assert 0.2 < (t["saturated_fraction"] > 0).mean() < 0.7  # measured 0.40
+    assert fa.saturation["level_adu"] == 255.0
+    # default ceiling of a uint16 field: never reached here
+    assert (analyze_field(f8.image, PANEL).table["saturated_fraction"] == 0).all()
+    # a float field is not checked unless a ceiling is given
+    fl = analyze_field(f16.image.astype(np.float32), PANEL)
+    assert "saturated_fraction" not in fl.table and fl.saturation["level_adu"] is None
+
+
+def test_slide_summary_from_the_ome_significant_bits(fields, tmp_path):
+    f16, f8 = fields
+    p = write_ome_tiff(tmp_path / "s8.ome.tif", f8.image, channel_names=list(PANEL.channel_names),
+                       pixel_size_um=0.5, significant_bits=8)
+    assert read_slide(p).significant_bits == 8
+    res = analyze_slide(p, PANEL, tmp_path / "a", tile=256, scheduler="synchronous",
+                        progress=False, outlines=False, write_unmixed=False)
+    sat = res.summary["saturation"]
+    assert (sat["level_adu"], sat["source"]) == (255.0, "OME SignificantBits 8")
+    names = list(PANEL.channel_names)
+    assert sat["saturated_pixels"] == {n: int((f16.image[..., c] >= 255).sum())
+                                       for c, n in enumerate(names)}
+    cells = res.cells()
+    assert sat["n_cells_saturated"] == int((cells["saturated_fraction"] > 0).sum()) > 0
+    assert any("detector ceiling" in w for w in sat["warnings"])
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"][
+        "percent_scored_cells_saturated"] == pytest.approx(sat["percent_scored_cells_saturated"])
+    # the same file without the declaration: the pile-up names the ceiling to give
+    q = write_ome_tiff(tmp_path / "plain.ome.tif", f8.image, pixel_size_um=0.5,
+                       channel_names=names)
+    assert read_slide(q).significant_bits is None
+    res2 = analyze_slide(q, PANEL, tmp_path / "b", tile=256, scheduler="synchronous",
+                         progress=False, outlines=False, write_unmixed=False)
+    s2 = res2.summary["saturation"]
+    assert s2["level_adu"] == 65535.0 and s2["n_cells_saturated"] == 0
+    assert s2["clipping_suspected"] and all(v["value"] == 255
+                                            for v in s2["clipping_suspected"].values())
+    # given explicitly, it equals the declared run
+    res3 = analyze_slide(q, PANEL, tmp_path / "c", tile=256, scheduler="synchronous",
+                         progress=False, outlines=False, write_unmixed=False,
+                         saturation_level=255)
+    np.testing.assert_array_equal(res3.cells()["saturated_fraction"], cells["saturated_fraction"])
+
+
+def test_bad_significant_bits(tmp_path):
+    img = np.zeros((32, 32, 2), np.uint16)
+    for bad in (0, 17, 12.0, True):
+        with pytest.raises(InputError, match="significant_bits"):
+            write_ome_tiff(tmp_path / "x.ome.tif", img, significant_bits=bad)
+    with pytest.raises(InputError, match="significant_bits"):
+        write_ome_tiff(tmp_path / "x.ome.tif", img.astype(np.float32), significant_bits=12)
+    p = write_ome_tiff(tmp_path / "x.ome.tif", img, significant_bits=12)
+    assert read_slide(p).significant_bits == 12
+    text = p.read_bytes().replace(b'SignificantBits="12"', b'SignificantBits="ab"', 1)
+    bad_file = tmp_path / "bad.ome.tif"
+    bad_file.write_bytes(text)
+    with pytest.raises(FileFormatError, match="SignificantBits"):
+        read_slide(bad_file)
