@@ -253,7 +253,10 @@ def analyze(
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
     from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
     from qdmed.imaging._report import write_slide_report
+    from qdmed.imaging._saturation import check_level
 
+    if saturation_level is not None:
+        check_level(saturation_level)  # before the slide is opened
     her2, gates = _calibration(calibration)
     px = read_slide(slide).pixel_size_um or 0.5
     settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None)
