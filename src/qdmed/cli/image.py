@@ -304,6 +304,8 @@ def analyze(
         typer.echo(f"! autofluorescence: {w}")
     for w in (d.get("saturation") or {}).get("warnings", []):
         typer.echo(f"! saturation: {w}")
+    for w in (d.get("focus") or {}).get("warnings", []):
+        typer.echo(f"! focus: {w}")
 
 
 @app.command()

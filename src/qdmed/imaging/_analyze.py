@@ -235,7 +235,8 @@ def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
 def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int,
              index: int, outlines: bool = False):
     """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features, the
-    tile core's per-channel saturation counts)."""
+    tile core's quality-control numbers: per-channel saturation counts and ``blur``)."""
+    from qdmed.imaging._focus import tile_blur
     from qdmed.imaging._saturation import channel_stats
     from qdmed.imaging._slideio import read_slide
 
@@ -248,7 +249,10 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
     fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False)
-    stats = channel_stats(region[y0 - py0:y1 - py0, x0 - px0:x1 - px0], s.saturation_level)
+    core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+    stats = channel_stats(region[core], s.saturation_level)
+    stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
+                              fa.nuclei[core])
     df = fa.table
     if len(df):
         cy, cx = df["centroid_y"].to_numpy(), df["centroid_x"].to_numpy()
@@ -437,7 +441,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         OME-TIFF/TIFF or OME-Zarr slide, (Y, X, C) with C = the panel's channels.
     panel : Panel
     out_dir : path
-        Gets ``cells.parquet``, ``summary.json``, ``cells.geojson`` (if ``outlines``),
+        Gets ``cells.parquet``, ``summary.json``, ``qc_regions.geojson`` (out-of-focus
+        tiles, :mod:`qdmed.imaging._focus`), ``cells.geojson`` (if ``outlines``),
         ``unmixed.ome.zarr`` (if ``write_unmixed``) and ``tiles/`` (finished tiles, for resume).
         A ``cells.geojson`` or ``unmixed.ome.zarr`` an earlier run left there is removed when
         this run does not write it, so the folder never mixes two runs' outputs.
@@ -494,6 +499,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     import pandas as pd
 
     from qdmed import __version__
+    from qdmed.imaging._focus import focus_summary, qc_geojson
     from qdmed.imaging._saturation import check_level, merge_channel_stats, saturation_summary
     from qdmed.imaging._saturation import saturation_level as ceiling
     from qdmed.imaging._slideio import read_slide
@@ -609,11 +615,16 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 advance()
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
+    qc = [json.loads((tiles_dir / f"tile_{i:06d}.qc.json").read_text())
+          for i in range(len(boxes))]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
     if reg is not None:
         cells["in_region"] = reg.contains_cells(cells) if len(cells) else np.array([], bool)
-    atomic_write_parquet(out / "cells.parquet", cells)
     scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]
+    focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells, s.pixel_size_um)
+    cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
+    atomic_write_parquet(out / "cells.parquet", cells)
+    atomic_write_text(out / "qc_regions.geojson", json.dumps(qc_geojson(focus)))
     selection = {"cells": "all segmented cells (no tumour region given)" if reg is None else
                  "cells whose centroid lies in the regions", "n_scored": int(len(scored_cells)),
                  "regions": None if reg is None else reg.to_dict()}
@@ -644,8 +655,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
     saturation = saturation_summary(
         sat_level, sat_source,
-        merge_channel_stats([json.loads((tiles_dir / f"tile_{i:06d}.qc.json").read_text())
-                             for i in range(len(boxes))]),
+        merge_channel_stats(qc),
         slide.channel_names, cells, scored_cells)
     summary = {
         "qdmed_version": __version__,
@@ -664,10 +674,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "markers_scored": scored,
         "scored_cells": selection,
         "saturation": saturation,
+        "focus": focus,
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
                     "geojson": "cells.geojson" if outlines else None,
                     "her2_regions": "her2_regions.geojson" if het is not None else None,
+                    "qc_regions": "qc_regions.geojson",
                     "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
     }
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,

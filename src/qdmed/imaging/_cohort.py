@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from qdmed.errors import InputError, QdmedError
 
 SLIDE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".ome.zarr", ".zarr")
@@ -133,6 +135,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     notes += [f"saturation: {w}" for w in sat.get("warnings", [])]
                     row["percent_scored_cells_saturated"] = sat.get(
                         "percent_scored_cells_saturated")
+                    foc = res.summary.get("focus") or {}
+                    notes += [f"focus: {w}" for w in foc.get("warnings", [])]
+                    row["focus_median_blur"] = foc.get("median")
+                    row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
                     row["message"] = "; ".join(n for n in notes if n)
                     if res.summary["her2"]:
                         row["her2_category"] = res.summary["her2"]["category"]
@@ -172,6 +178,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
             client.close()
         if cluster is not None:
             cluster.close()
+    _flag_blurred_slides(rows)
     if tables:
         atomic_write_parquet(out / "cells.parquet", pd.concat(tables, ignore_index=True))
     summary = {"folder": str(folder), "n_slides": len(slides),
@@ -199,3 +206,20 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     write_cohort_report(summary, out)
     summary["report"] = str(out / "report.html")
     return summary
+
+
+def _flag_blurred_slides(rows: list[dict]) -> None:
+    """Mark the slides whose median blur stands out from the cohort's (the per-tile test
+    cannot see a slide blurred all over; :func:`qdmed.imaging._focus.blur_outliers`)."""
+    from qdmed.imaging._focus import blur_outliers
+
+    vals = [r.get("focus_median_blur") for r in rows]
+    med, _, thr, flagged = blur_outliers([np.nan if v is None else v for v in vals])
+    for r, v, bad in zip(rows, vals, flagged, strict=True):
+        if v is None:
+            continue
+        r["slide_out_of_focus"] = bool(bad)
+        if bad:
+            note = (f"focus: the slide's median blur {v:.3f} is above the cohort's ({med:.3f}; "
+                    f"threshold {thr:.3f}): the whole slide may be out of focus")
+            r["message"] = "; ".join(m for m in (r["message"], note) if m)

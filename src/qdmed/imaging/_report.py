@@ -154,6 +154,18 @@ def write_slide_report(result, path=None) -> Path:
     sat = s.get("saturation")
     if sat:
         rep.paragraph(saturation_paragraph(sat))
+    foc = s.get("focus")
+    if foc and foc["median"] is not None:
+        from qdmed.imaging._focus import focus_figure
+
+        rep.paragraph(f"Focus: blur effect of the nuclear channel (Crete et al., Proc SPIE "
+                      f"2007, doi:10.1117/12.702790; 0 sharp) median {foc['median']:.3f} over "
+                      f"{foc['n_tiles_measured']} measured tiles; "
+                      f"{len(foc['out_of_focus_tiles'])} out of focus (above "
+                      f"{foc['threshold']:.3f})."
+                      + "".join(f" Warning: {w.rstrip('.')}." for w in foc["warnings"]))
+        if foc["out_of_focus_tiles"]:
+            rep.figure(focus_figure(foc, tuple(s["slide"]["shape"][:2])), "focus by tile")
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
     rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
@@ -273,6 +285,19 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
         rep.paragraph(f"HER2 regional heterogeneity beyond sampling (permutation p < 0.05, "
                       f"uncorrected for the {len(het)} slides tested): "
                       + (", ".join(spatial) if spatial else "none") + ".")
+    ok = [r for r in rows if r.get("status") == "ok"]
+    blurred = [r["slide"] for r in ok if r.get("slide_out_of_focus")]
+    patchy = [f"{r['slide']} ({r['n_tiles_out_of_focus']} tiles)" for r in ok
+              if r.get("n_tiles_out_of_focus")]
+    saturated = [f"{r['slide']} ({r['percent_scored_cells_saturated']:.1f} %)" for r in ok
+                 if (r.get("percent_scored_cells_saturated") or 0) >= 1.0]
+    if ok:
+        rep.heading("Quality control")
+        rep.paragraph("Slides out of focus as a whole (median blur above the cohort's): "
+                      + (", ".join(blurred) or "none") + ". Slides with out-of-focus tiles: "
+                      + (", ".join(patchy) or "none") + ". Slides with 1 % or more of the "
+                      "scored cells at the detector ceiling: " + (", ".join(saturated) or "none")
+                      + ".")
     status = {m: [r[f"{m}_status"] for r in rows if r.get(f"{m}_status")] for m in ("ER", "PR")}
     if any(status.values()):
         rep.heading("ER / PgR (ASCO/CAP 2020)")

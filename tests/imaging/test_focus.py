@@ -1,0 +1,91 @@
+"""Focus QC: out-of-focus tiles found by the blur effect of the nuclear channel (Crete et al.
+2007, doi:10.1117/12.702790), on synthetic slides with a known blurred patch: the expected
+counts of one block of tiles are blurred (Gaussian, sigma 1 px = 0.5 um) before the
+photon noise is drawn, as a defocused patch would be recorded."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from qdmed.imaging import analyze_slide, breast_panel_5plex, simulate_field, write_ome_tiff
+from qdmed.imaging._focus import _windows, focus_summary, tile_blur
+
+PANEL = breast_panel_5plex()
+KW = dict(preset="her2-heterogeneous", endmembers=PANEL.endmembers,
+          marker_names=list(PANEL.markers), channel_names=list(PANEL.channel_names),
+          photons_per_unit=300.0, seed=5, noise=False, dtype="float32")
+
+
+def _slide(tmp_path, name, blur_box=None, sigma=1.0, **kw):
+    f = simulate_field((768, 768), **{**KW, **kw})
+    lam = f.image.astype(np.float64)
+    if blur_box is not None:
+        y0, y1, x0, x1 = blur_box
+        for c in range(lam.shape[2]):
+            lam[y0:y1, x0:x1, c] = ndi.gaussian_filter(lam[..., c], sigma)[y0:y1, x0:x1]
+    img = np.random.default_rng(1).poisson(lam).astype(np.uint16)
+    return write_ome_tiff(tmp_path / f"{name}.ome.tif", img, pixel_size_um=0.5,
+                          channel_names=list(PANEL.channel_names))
+
+
+def _run(path, out):
+    return analyze_slide(path, PANEL, out, tile=256, scheduler="synchronous", progress=False,
+                         outlines=False, write_unmixed=False)
+
+
+def test_blurred_patch_is_found_and_nothing_else(tmp_path):
+    # tiles are 256 px, row-major over 3 x 3: the block [512:768, 0:512] is tiles 6 and 7
+    res = _run(_slide(tmp_path, "blurred", blur_box=(512, 768, 0, 512)), tmp_path / "b")
+    foc = res.summary["focus"]
+    assert foc["out_of_focus_tiles"] == [6, 7]
+    blur = {t["tile"]: t["blur"] for t in foc["tiles"]}
+    # measured: 0.31-0.32 sharp, 0.42-0.44 blurred (sigma 1 px)
+    assert max(blur[i] for i in range(6)) < 0.34 < 0.40 < min(blur[6], blur[7])
+    cells = res.cells()
+    np.testing.assert_array_equal(cells["out_of_focus"], cells["tile"].isin([6, 7]))
+    assert foc["percent_scored_cells_out_of_focus"] == pytest.approx(
+        100 * cells["out_of_focus"].mean())
+    assert len(foc["warnings"]) == 1 and "2 of 9 measured tiles" in foc["warnings"][0]
+    gj = json.loads((tmp_path / "b" / "qc_regions.geojson").read_text())
+    boxes = sorted(f["geometry"]["coordinates"][0][0] for f in gj["features"])
+    assert boxes == [[0, 512], [256, 512]]
+    assert gj["features"][0]["properties"]["classification"]["name"] == "Out of focus"
+    # the same scene in focus: no tile flagged
+    sharp = _run(_slide(tmp_path, "sharp"), tmp_path / "s").summary["focus"]
+    assert sharp["out_of_focus_tiles"] == [] and sharp["warnings"] == []
+    assert sharp["n_tiles_measured"] == 9 and sharp["median"] == pytest.approx(0.315, abs=0.02)
+
+
+def test_glass_is_not_judged(tmp_path):
+    """Half the field without tissue: its tiles are not measured (no nuclei) or read sharp,
+    never out of focus."""
+    foc = _run(_slide(tmp_path, "half", tissue_fraction=0.5), tmp_path / "h").summary["focus"]
+    assert foc["out_of_focus_tiles"] == []
+    assert foc["n_tiles_measured"] >= 3
+
+
+def test_tile_blur_needs_nuclei_and_summary_needs_tiles():
+    rng = np.random.default_rng(0)
+    img = rng.random((600, 600))
+    assert tile_blur(img, np.zeros((600, 600), int)) is None
+    lab = np.zeros((600, 600), int)
+    lab[::2] = 1
+    assert 0 <= tile_blur(img, lab) < 0.5  # white noise is sharp
+    assert len(_windows(2048, 2048, 512)) == 4 and _windows(700, 2048, 512) == [(0, 700, 0, 2048)]
+    d = focus_summary([0.3, None], [(0, 1, 0, 1)] * 2, None, None, 0.5)
+    assert d["median"] is None and d["out_of_focus_tiles"] == [] and d["n_tiles_measured"] == 1
+
+
+def test_a_slide_blurred_all_over_stands_out_in_its_cohort():
+    from qdmed.imaging._cohort import _flag_blurred_slides
+
+    rows = [{"slide": f"s{i}", "message": "", "focus_median_blur": v}
+            for i, v in enumerate((0.31, 0.32, 0.315, 0.43, 0.312))]
+    rows.append({"slide": "failed", "message": "cannot read"})
+    _flag_blurred_slides(rows)
+    assert [r.get("slide_out_of_focus") for r in rows] == [False, False, False, True, False,
+                                                          None]
+    assert "whole slide may be out of focus" in rows[3]["message"]
+    assert rows[5]["message"] == "cannot read"
