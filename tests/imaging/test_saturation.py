@@ -171,3 +171,16 @@ def test_bad_significant_bits(tmp_path):
     bad_file.write_bytes(text)
     with pytest.raises(FileFormatError, match="SignificantBits"):
         read_slide(bad_file)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32])
+def test_compiled_stats_equal_the_numpy_reference(dtype, monkeypatch):
+    import qdmed.imaging._saturation as sat
+
+    rng = np.random.default_rng(1)
+    img = np.minimum(rng.poisson(rng.gamma(2.0, 50.0, (300, 400, 3))), 200).astype(dtype)
+    img[5:9, 3, 1] = 120  # a maximum below another channel's, and a core view (strided)
+    views = (img, img[10:250, 7:390])
+    compiled = [sat.channel_stats(v, lv) for v in views for lv in (200.0, None)]
+    monkeypatch.setattr(sat, "numba_available", lambda: False)
+    assert [sat.channel_stats(v, lv) for v in views for lv in (200.0, None)] == compiled

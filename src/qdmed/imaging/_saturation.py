@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
 __all__ = ["cell_saturated_fraction", "channel_stats", "check_level", "merge_channel_stats",
            "saturation_level", "saturation_summary"]
@@ -95,21 +96,62 @@ def saturation_level(dtype: Any, *, significant_bits: int | None = None,
 def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
     """Per channel of a (Y, X, C) region: pixels at or above `level`, the largest value, the
     pixels holding it and those one count below it (integer images; for the pile-up test).
-    JSON-safe; merged over tiles by :func:`merge_channel_stats`."""
+    JSON-safe; merged over tiles by :func:`merge_channel_stats`.
+
+    One compiled pass over the pixels when numba is installed (a 2048^2 x 8 uint16 tile core
+    took 0.8 s with the numpy reductions below, which stay as the reference)."""
     img = np.asarray(image_yxc)
-    flat = img.reshape(-1, img.shape[-1])
-    n = int(flat.shape[0])
+    nc = img.shape[-1]
+    n = int(img.size // nc) if nc else 0
     out: dict[str, Any] = {"n_px": n, "integer": bool(img.dtype.kind in "ui")}
-    out["saturated"] = ([0] * flat.shape[1] if level is None or n == 0 else
-                        np.count_nonzero(flat >= level, axis=0).astype(int).tolist())
-    if n and out["integer"]:
+    if n == 0:
+        out["saturated"] = [0] * nc
+        return out
+    if out["integer"] and img.ndim == 3 and numba_available():
+        sat, mx, at, below = (np.zeros(nc, np.int64) for _ in range(4))
+        _stats_kernel()(img, -1.0 if level is None else float(level), sat, mx, at, below)
+        out.update(saturated=sat.tolist(), max=mx.tolist(), at_max=at.tolist(),
+                   below_max=below.tolist())
+        return out
+    flat = img.reshape(-1, nc)
+    out["saturated"] = ([0] * nc if level is None else
+                        [int(np.count_nonzero(flat[:, c] >= level)) for c in range(nc)])
+    if out["integer"]:
         mx = flat.max(axis=0)
         out["max"] = mx.astype(np.int64).tolist()
-        out["at_max"] = np.count_nonzero(flat == mx, axis=0).astype(int).tolist()
+        out["at_max"] = [int(np.count_nonzero(flat[:, c] == mx[c])) for c in range(nc)]
         with np.errstate(over="ignore"):  # a maximum of 0 wraps round: nothing is below it
             below = mx - np.ones_like(mx)
-        out["below_max"] = np.count_nonzero(flat == below, axis=0).astype(int).tolist()
+        out["below_max"] = [int(np.count_nonzero(flat[:, c] == below[c])) for c in range(nc)]
     return out
+
+
+@lazy_kernel
+def _stats_kernel():  # pragma: no cover - body runs compiled
+    @njit_cached(nogil=True)
+    def stats(img, level, sat, mx, at, below):
+        """One pass: per channel, values >= level (level < 0: none counted), the maximum,
+        its count and the count one below it (updated as the maximum rises)."""
+        h, w, nc = img.shape
+        for k in range(nc):
+            mx[k] = np.int64(img[0, 0, k])
+        for y in range(h):
+            for x in range(w):
+                for k in range(nc):
+                    v = np.int64(img[y, x, k])
+                    if level >= 0 and v >= level:
+                        sat[k] += 1
+                    m = mx[k]
+                    if v > m:
+                        below[k] = at[k] if v == m + 1 else 0
+                        mx[k] = v
+                        at[k] = 1
+                    elif v == m:
+                        at[k] += 1
+                    elif v == m - 1:
+                        below[k] += 1
+
+    return stats
 
 
 def merge_channel_stats(parts: list[dict]) -> dict:
