@@ -112,6 +112,9 @@ def test_bad_inputs_exit_2(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
     r = run("image", "simulate", "--bit-depth", "20", "--out", str(tmp_path / "s.ome.tif"))
     assert r.returncode == 2 and "bit_depth must be an integer from 8 to 16" in r.stderr
+    for value in ("1,2", "abc"):
+        r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--offset", value)
+        assert r.returncode == 2 and "offset must be" in r.stderr, r.stderr
     # malformed calibration files: one line naming the file and the gate, before any slide
     for doc, what in (({"gates": [1, 2]}, "'gates' must map"),
                       ({"gates": {"ER": "x"}}, "gate 'ER' needs"),
@@ -138,3 +141,19 @@ def test_saturated_slide_is_flagged(tmp_path):
     assert "OME SignificantBits 8" in r.stdout and "! saturation:" in r.stdout
     sat = json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"]
     assert sat["level_adu"] == 255 and sat["percent_scored_cells_saturated"] > 1
+
+
+def test_detector_offset(tmp_path):
+    """A camera that is not dark-corrected (100 counts of offset): warned without --offset,
+    subtracted with it."""
+    r = run("image", "simulate", "--size", "384", "--offset", "100", "--preset", "luminal-A",
+            "--out", str(tmp_path / "raw.ome.tif"), "--json")
+    assert r.returncode == 0, r.stderr
+    for name, extra in (("plain", ()), ("fixed", ("--offset", "100"))):
+        r = run("image", "analyze", str(tmp_path / "raw.ome.tif"), "--out", str(tmp_path / name),
+                "--no-progress", "--no-report", "--no-unmixed", *extra)
+        assert r.returncode == 0, r.stderr
+        off = json.loads((tmp_path / name / "summary.json").read_text())["offset"]
+        assert off["suspected"] is (name == "plain")
+        assert ("! offset:" in r.stdout) is (name == "plain")
+    assert set(off["offset_adu"].values()) == {100.0}

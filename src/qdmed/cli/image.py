@@ -21,7 +21,22 @@ NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", help="Skip unmixed.ome
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 REGION_UM = Annotated[float, typer.Option("--her2-region-um", help="Side (um) of the square regions scored one by one to map HER2 heterogeneity.")]
 REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored cells a heterogeneity region needs.")]
+OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
+
+
+def _offset(text: str | None):
+    """--offset: one number or comma-separated numbers (one per channel), or None."""
+    from qdmed.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--offset must be a number or comma-separated numbers (counts, one "
+                         f"per channel); got {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
 
 
 def _panel(path):
@@ -133,6 +148,7 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     tissue_fraction: Annotated[float, typer.Option("--tissue-fraction")] = 1.0,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="Detector ADC bits (8-16): counts above 2^bits - 1 saturate there.")] = 16,
+    offset_adu: Annotated[float, typer.Option("--offset", help="Detector offset (dark level) added to every count, as a camera that is not dark-corrected records it.")] = 0.0,
     json_: JSON = False,
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel."""
@@ -141,7 +157,7 @@ def simulate(
     p = _panel(panel_file)
     kw = dict(preset=preset, endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
-              tissue_fraction=tissue_fraction, bit_depth=bit_depth)
+              tissue_fraction=tissue_fraction, bit_depth=bit_depth, offset_adu=offset_adu)
     name = out.name.lower()
     if name.endswith((".zarr",)):
         s = simulate_slide(out, (size, size), **kw)
@@ -214,15 +230,17 @@ def library(
 @app.command()
 def unmix(slide: Path, panel_file: PANEL = None,
           out: Annotated[Path, typer.Option("--out", help="Unmixed OME-Zarr.")] = Path("unmixed.ome.zarr"),
-          json_: JSON = False):
+          offset: OFFSET = None, json_: JSON = False):
     """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
     from qdmed.imaging import AnalysisSettings, read_slide
     from qdmed.imaging._analyze import _write_unmixed, check_channels
+    from qdmed.imaging._detector import check_offset
 
     p = _panel(panel_file)
+    off = check_offset(_offset(offset), len(p.channels))
     s = read_slide(slide)
     check_channels(s, p)
-    _write_unmixed(s, p, AnalysisSettings(), out)
+    _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out)
     info = {"slide": str(slide), "out": str(out), "components": list(p.components)}
     return print_json(info) if json_ else print_kv("Unmixed", info)
 
@@ -246,28 +264,31 @@ def analyze(
     her2_region_um: REGION_UM = 500.0,
     her2_region_min_cells: REGION_MIN = 100,
     saturation_level: SATURATION = None,
+    offset: OFFSET = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
     from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
+    from qdmed.imaging._detector import check_level, check_offset
     from qdmed.imaging._report import write_slide_report
-    from qdmed.imaging._saturation import check_level
 
-    if saturation_level is not None:
-        check_level(saturation_level)  # before the slide is opened
+    panel = _panel(panel_file)
+    if saturation_level is not None:  # options are checked before the slide is opened
+        check_level(saturation_level)
+    check_offset(_offset(offset), len(panel.channels))
     her2, gates = _calibration(calibration)
     px = read_slide(slide).pixel_size_um or 0.5
     settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None)
-    res = analyze_slide(slide, _panel(panel_file), out, tile=tile, scheduler=scheduler,
+    res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress, settings=settings, regions=regions,
                         region_class=region_class, outlines=not no_outlines,
                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
                         her2_region_um=her2_region_um,
                         her2_region_min_cells=her2_region_min_cells,
-                        saturation_level=saturation_level)
+                        saturation_level=saturation_level, offset_adu=_offset(offset))
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -304,6 +325,8 @@ def analyze(
         typer.echo(f"! autofluorescence: {w}")
     for w in (d.get("saturation") or {}).get("warnings", []):
         typer.echo(f"! saturation: {w}")
+    for w in (d.get("offset") or {}).get("warnings", []):
+        typer.echo(f"! offset: {w}")
     for w in (d.get("focus") or {}).get("warnings", []):
         typer.echo(f"! focus: {w}")
 
@@ -388,6 +411,7 @@ def cohort(
     her2_region_um: REGION_UM = 500.0,
     her2_region_min_cells: REGION_MIN = 100,
     saturation_level: SATURATION = None,
+    offset: OFFSET = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -402,7 +426,7 @@ def cohort(
                          write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
                          her2_region_um=her2_region_um,
                          her2_region_min_cells=her2_region_min_cells,
-                         saturation_level=saturation_level)
+                         saturation_level=saturation_level, offset_adu=_offset(offset))
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

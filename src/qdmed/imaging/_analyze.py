@@ -52,12 +52,17 @@ class AnalysisSettings:
     unmix_method: str = "auto"
     unmix_weights: str | None = None  # None (ordinary NNLS) or "poisson" (1/max(y, 1) weights)
     #: detector ceiling, counts; None: the image type's maximum (or the OME SignificantBits
-    #: ceiling of a slide file); float images are then not checked (see _saturation)
+    #: ceiling of a slide file); float images are then not checked (see _detector)
     saturation_level: float | None = None
+    #: detector offset (bias), counts: one number or one per channel, subtracted before
+    #: unmixing; None: the image is dark-corrected (see _detector)
+    offset_adu: float | tuple | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["membrane_markers"] = list(self.membrane_markers)
+        if isinstance(self.offset_adu, tuple | list):
+            d["offset_adu"] = [float(v) for v in self.offset_adu]
         return d
 
 
@@ -73,7 +78,7 @@ class FieldAnalysis:
     settings: AnalysisSettings
     components: tuple[str, ...]
     #: detector ceiling (``level_adu``, ``source``) and per-channel saturated pixels
-    #: (:func:`qdmed.imaging._saturation.channel_stats`) of the field
+    #: (:func:`qdmed.imaging._detector.channel_stats`) of the field
     saturation: dict | None = None
 
     def to_dict(self) -> dict:
@@ -85,11 +90,14 @@ class FieldAnalysis:
 
 
 def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False,
-                weights=None):
+                weights=None, offset_adu=None):
     """Exact NNLS unmixing of a (Y, X, C) image with the panel's endmembers -> (Y, X, K).
 
     ``weights="poisson"`` solves the Poisson-weighted problem (weights 1/max(y, 1) per pixel
-    and channel: the inverse variance of photon counts), exactly but on a slower path."""
+    and channel: the inverse variance of photon counts), exactly but on a slower path.
+    ``offset_adu`` (one number or one per channel, counts) is the detector's offset,
+    subtracted first (:mod:`qdmed.imaging._detector`)."""
+    from qdmed.imaging._detector import check_offset
     from qdmed.imaging._nnls import unmix_nnls
 
     img = np.asarray(image_yxc)
@@ -98,6 +106,9 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
             f"image has shape {img.shape} but the panel has {len(panel.channels)} detection "
             f"channels ({', '.join(panel.channel_names)}): the channel axis must match"
         )
+    off = check_offset(offset_adu, img.shape[-1])
+    if off is not None:
+        img = img.astype(np.float32) - off.astype(np.float32)
     y, x, c = img.shape
     res = unmix_nnls(img.reshape(-1, c), panel.endmembers, method=method,
                      return_residual=return_residual, weights=weights)
@@ -116,9 +127,9 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
     detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
     a float image without a given ceiling), and ``FieldAnalysis.saturation`` the ceiling and
-    the saturated pixels per channel (:mod:`qdmed.imaging._saturation`)."""
+    the saturated pixels per channel (:mod:`qdmed.imaging._detector`)."""
     from qdmed.imaging._cells import expand_cells, measure_cells, segment_nuclei
-    from qdmed.imaging._saturation import (
+    from qdmed.imaging._detector import (
         cell_saturated_fraction,
         channel_stats,
         saturation_level,
@@ -131,10 +142,10 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
     if residual:
         ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True,
-                                weights=s.unmix_weights)
+                                weights=s.unmix_weights, offset_adu=s.offset_adu)
     else:
         ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method,
-                                weights=s.unmix_weights), None
+                                weights=s.unmix_weights, offset_adu=s.offset_adu), None
     nuc = ab[..., comps.index(s.nuclear_marker)]
     nuclei = segment_nuclei(nuc, pixel_size_um=s.pixel_size_um,
                             min_area_um2=s.min_nucleus_area_um2,
@@ -236,8 +247,8 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
              index: int, outlines: bool = False):
     """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features, the
     tile core's quality-control numbers: per-channel saturation counts and ``blur``)."""
+    from qdmed.imaging._detector import channel_stats
     from qdmed.imaging._focus import tile_blur
-    from qdmed.imaging._saturation import channel_stats
     from qdmed.imaging._slideio import read_slide
 
     slide = read_slide(path)
@@ -432,7 +443,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   regions=None, region_class: str | None = None,
                   autofluorescence: str = "panel", her2_region_um: float = 500.0,
                   her2_region_min_cells: int = 100,
-                  saturation_level: float | None = None) -> SlideResult:
+                  saturation_level: float | None = None, offset_adu=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -490,7 +501,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         float slide without one is not checked. Cells get ``saturated_fraction``; the summary's
         ``saturation`` block counts saturated pixels per channel and cells holding them,
         flags a pile-up at a channel's maximum below the ceiling (clipping by a detector the
-        file does not declare), and warns (:mod:`qdmed.imaging._saturation`).
+        file does not declare), and warns (:mod:`qdmed.imaging._detector`).
+    offset_adu : float or sequence of floats, counts, optional
+        The detector's offset (bias), one number or one per channel, subtracted before
+        unmixing (overrides ``settings.offset_adu``); for images that are not dark-corrected.
+        The summary's ``offset`` block gives each channel's lowest count and warns when every
+        channel keeps a floor (an uncorrected offset).
 
     Returns
     -------
@@ -499,9 +515,15 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     import pandas as pd
 
     from qdmed import __version__
+    from qdmed.imaging._detector import (
+        check_level,
+        check_offset,
+        merge_channel_stats,
+        offset_summary,
+        saturation_summary,
+    )
+    from qdmed.imaging._detector import saturation_level as ceiling
     from qdmed.imaging._focus import focus_summary, qc_geojson
-    from qdmed.imaging._saturation import check_level, merge_channel_stats, saturation_summary
-    from qdmed.imaging._saturation import saturation_level as ceiling
     from qdmed.imaging._slideio import read_slide
     from qdmed.report import (
         atomic_write_bytes,
@@ -524,6 +546,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_region_options(her2_region_um, her2_region_min_cells)
     if saturation_level is not None:
         check_level(saturation_level)
+    if offset_adu is not None:
+        check_offset(offset_adu, len(panel.channels))
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
@@ -534,7 +558,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         slide.dtype, significant_bits=slide.significant_bits,
         level=s.saturation_level if saturation_level is None else saturation_level)
     s = replace(s, saturation_level=sat_level)
-    panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um)
+    if offset_adu is not None:
+        off = check_offset(offset_adu, c)
+        s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
+    off = check_offset(s.offset_adu, c)
+    panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um,
+                                             off)
     r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,
                                                                    s.expansion_um)
     if margin_um < r_max + 2.0:
@@ -653,10 +682,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             _classifier(her2))
     if write_unmixed:
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
-    saturation = saturation_summary(
-        sat_level, sat_source,
-        merge_channel_stats(qc),
-        slide.channel_names, cells, scored_cells)
+    detector_stats = merge_channel_stats(qc)
+    saturation = saturation_summary(sat_level, sat_source, detector_stats, slide.channel_names,
+                                    cells, scored_cells)
     summary = {
         "qdmed_version": __version__,
         "slide": slide.to_dict(),
@@ -674,6 +702,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "markers_scored": scored,
         "scored_cells": selection,
         "saturation": saturation,
+        "offset": offset_summary(detector_stats, off, slide.channel_names),
         "focus": focus,
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
@@ -704,8 +733,8 @@ def check_autofluorescence_option(how: str, panel: Panel) -> None:
                          "component; add one to the panel")
 
 
-def _slide_autofluorescence(slide, panel: Panel, how: str,
-                            pixel_size_um: float) -> tuple[Panel, dict | None]:
+def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
+                            offset=None) -> tuple[Panel, dict | None]:
     """The panel to analyse `slide` with, and how its autofluorescence column was had
     (`how` checked by :func:`check_autofluorescence_option`)."""
     has_af = "autofluorescence" in panel.components
@@ -717,6 +746,8 @@ def _slide_autofluorescence(slide, panel: Panel, how: str,
     from qdmed.imaging._library import _blind, blind_image
 
     img, _ = blind_image(slide, panel)
+    if offset is not None:
+        img = img - offset
     prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", pixel_size_um)
     if measured:
         info["replaced"] = "panel (measured)"
@@ -748,14 +779,18 @@ def _write_unmixed(slide, panel, s, dest):
     ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block."""
     import dask.array as da
 
+    from qdmed.imaging._detector import check_offset
     from qdmed.imaging._nnls import unmix_nnls
     from qdmed.imaging._slideio import write_ome_zarr
 
     em = panel.endmembers
     k = len(panel.components)
+    off = check_offset(s.offset_adu, len(panel.channels))
 
     def block(b):
         y, x, c = b.shape
+        if off is not None:
+            b = b.astype(np.float32) - off.astype(np.float32)
         r = unmix_nnls(b.reshape(-1, c), em, method=s.unmix_method, return_residual=True,
                        weights=s.unmix_weights)
         out = np.empty((y, x, k + 1), np.float32)

@@ -51,7 +51,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    region_class: str | None = None, outlines: bool = True,
                    write_unmixed: bool = True, autofluorescence: str = "panel",
                    her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
-                   saturation_level: float | None = None) -> dict:
+                   saturation_level: float | None = None, offset_adu=None) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -65,8 +65,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     whole-slide unmixed image is several GB: a large cohort may want neither; ``'blind'``
     estimates each slide's own autofluorescence), and so are ``her2_region_um`` and
     ``her2_region_min_cells`` (the HER2 heterogeneity regions; the table gets each slide's
-    regional categories and Shannon indices), and ``saturation_level`` (the detector's
-    ceiling; the table gets each slide's percent of scored cells with saturated pixels)."""
+    regional categories and Shannon indices), ``saturation_level`` (the detector's ceiling;
+    the table gets each slide's percent of scored cells with saturated pixels) and
+    ``offset_adu`` (the detector's offset, subtracted before unmixing)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -81,9 +82,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     if saturation_level is not None:
-        from qdmed.imaging._saturation import check_level
+        from qdmed.imaging._detector import check_level
 
         check_level(saturation_level)  # a bad value is refused before any slide is read
+    if offset_adu is not None:
+        from qdmed.imaging._detector import check_offset
+
+        check_offset(offset_adu, len(panel.channels))
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")
@@ -122,7 +127,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         autofluorescence=autofluorescence,
                                         her2_region_um=her2_region_um,
                                         her2_region_min_cells=her2_region_min_cells,
-                                        saturation_level=saturation_level)
+                                        saturation_level=saturation_level,
+                                        offset_adu=offset_adu)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -135,6 +141,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     notes += [f"saturation: {w}" for w in sat.get("warnings", [])]
                     row["percent_scored_cells_saturated"] = sat.get(
                         "percent_scored_cells_saturated")
+                    offs = res.summary.get("offset") or {}
+                    notes += [f"offset: {w}" for w in offs.get("warnings", [])]
+                    row["offset_suspected"] = offs.get("suspected")
                     foc = res.summary.get("focus") or {}
                     notes += [f"focus: {w}" for w in foc.get("warnings", [])]
                     row["focus_median_blur"] = foc.get("median")
@@ -193,6 +202,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "outlines": outlines, "write_unmixed": write_unmixed,
                               "autofluorescence": autofluorescence,
                               "saturation_level": saturation_level,
+                              "offset_adu": offset_adu,
                               "her2_region_um": her2_region_um,
                               "her2_region_min_cells": her2_region_min_cells}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,

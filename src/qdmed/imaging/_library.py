@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._detector import check_offset
 from qdmed.imaging._panel import Panel, autofluorescence_from_control
 
 __all__ = ["LibraryResult", "control_image", "single_stain_endmember", "spectral_library"]
@@ -312,10 +313,9 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
                          "autofluorescence, not both (the unstained control is the direct "
                          "measurement)")
     c = len(panel.channels)
-    off = np.asarray(offset, dtype=np.float64)
-    if off.shape not in ((), (c,)) or not np.all(np.isfinite(off)):
-        raise InputError(f"offset must be one number or {c} numbers (one per channel); "
-                         f"got {offset!r}")
+    off = check_offset(offset, c)
+    if off is None:
+        off = 0.0
     model = panel.endmembers
     comps: dict = {}
     measured: dict = {}

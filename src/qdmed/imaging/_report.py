@@ -154,6 +154,15 @@ def write_slide_report(result, path=None) -> Path:
     sat = s.get("saturation")
     if sat:
         rep.paragraph(saturation_paragraph(sat))
+    offs = s.get("offset") or {}
+    if offs.get("channel_min"):
+        given = sorted(set(offs["offset_adu"].values()))
+        rep.paragraph("Detector offset subtracted: "
+                      + ("none (dark-corrected image assumed)" if given == [0.0] else
+                         ", ".join(f"{k} {v:g}" for k, v in offs["offset_adu"].items()))
+                      + "; lowest count per channel after it: "
+                      + ", ".join(f"{k} {v:g}" for k, v in offs["floor_after_offset"].items())
+                      + "." + "".join(f" Warning: {w.rstrip('.')}." for w in offs["warnings"]))
     foc = s.get("focus")
     if foc and foc["median"] is not None:
         from qdmed.imaging._focus import focus_figure

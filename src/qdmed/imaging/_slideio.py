@@ -525,7 +525,7 @@ class SlideImage:
     significant_bits : int or None
         Bits the detector filled (OME ``Pixels/@SignificantBits``) when the file declares
         fewer than its integer type holds (a 12-bit camera stored as uint16); else None. Sets
-        the saturation ceiling of an analysis (:mod:`qdmed.imaging._saturation`).
+        the saturation ceiling of an analysis (:mod:`qdmed.imaging._detector`).
     """
 
     data: Any
