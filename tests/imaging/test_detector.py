@@ -220,3 +220,36 @@ def test_offset_values():
     for bad in ([1, 2], "x", float("nan"), [[1, 2, 3]]):
         with pytest.raises(InputError, match="offset must be one number or 3 numbers"):
             check_offset(bad, 3)
+
+
+def test_slide_with_an_offset_equals_the_dark_corrected_slide(tmp_path):
+    """The offset reaches every step of a slide run, the slide-wide thresholds included:
+    the same cells as the dark-corrected slide."""
+    kw = dict(KW, preset="luminal-A")
+    runs = {}
+    for name, off in (("dark", 0.0), ("raw", 100.0)):
+        f = simulate_field((512, 512), offset_adu=off, **kw)
+        p = write_ome_tiff(tmp_path / f"{name}.ome.tif", f.image, pixel_size_um=0.5,
+                           channel_names=list(PANEL.channel_names))
+        runs[name] = analyze_slide(p, PANEL, tmp_path / name, tile=256,
+                                   scheduler="synchronous", progress=False, outlines=False,
+                                   write_unmixed=False, offset_adu=off or None)
+    dark, raw = (runs[k].summary for k in ("dark", "raw"))
+    assert raw["settings"]["nuclear_threshold"] == pytest.approx(
+        dark["settings"]["nuclear_threshold"], rel=0.05)
+    assert abs(raw["n_cells"] - dark["n_cells"]) <= 0.02 * dark["n_cells"]
+    assert raw["offset"]["suspected"] is False and dark["offset"]["suspected"] is False
+    m_dark, m_raw = (runs[k].cells()["EGFR_membrane_mean"].median() for k in ("dark", "raw"))
+    assert m_raw == pytest.approx(m_dark, rel=0.1, abs=0.5)
+
+
+def test_big_endian_store_is_read_in_native_order(tmp_path):
+    from qdmed.imaging import write_ome_zarr
+
+    img = np.arange(64 * 64 * 2, dtype=np.uint16).reshape(64, 64, 2) % 4096
+    p = write_ome_zarr(tmp_path / "be.ome.zarr", img.astype(">u2"))
+    region = read_slide(p).read_region(0, 64, 0, 64)
+    assert region.dtype.isnative
+    np.testing.assert_array_equal(region, img)
+    assert channel_stats(region, 4095.0)["saturated"] == [int((img[..., c] >= 4095).sum())
+                                                         for c in range(2)]

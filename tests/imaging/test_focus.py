@@ -75,7 +75,9 @@ def test_tile_blur_needs_nuclei_and_summary_needs_tiles():
     assert 0 <= tile_blur(img, lab) < 0.5  # white noise is sharp
     assert len(_windows(2048, 2048, 512)) == 4 and _windows(700, 2048, 512) == [(0, 700, 0, 2048)]
     d = focus_summary([0.3, None], [(0, 1, 0, 1)] * 2, None, None, 0.5)
-    assert d["median"] is None and d["out_of_focus_tiles"] == [] and d["n_tiles_measured"] == 1
+    # one measured tile: its value compares the slide with others, but no tile is judged
+    assert d["median"] == 0.3 and d["threshold"] is None and d["out_of_focus_tiles"] == []
+    assert d["n_tiles_measured"] == 1
 
 
 def test_a_slide_blurred_all_over_stands_out_in_its_cohort():

@@ -107,8 +107,9 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
             f"channels ({', '.join(panel.channel_names)}): the channel axis must match"
         )
     off = check_offset(offset_adu, img.shape[-1])
-    if off is not None:
-        img = img.astype(np.float32) - off.astype(np.float32)
+    if off is not None:  # float32 holds every count exactly; float64 input stays float64
+        ft = np.result_type(img.dtype, np.float32)
+        img = img.astype(ft) - off.astype(ft)
     y, x, c = img.shape
     res = unmix_nnls(img.reshape(-1, c), panel.endmembers, method=method,
                      return_residual=return_residual, weights=weights)
@@ -119,7 +120,8 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 
 
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
-                  offset=(0, 0), residual: bool = True) -> FieldAnalysis:
+                  offset=(0, 0), residual: bool = True,
+                  detector_stats: bool = True) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
     cells, measure every marker in every compartment. ``residual=False`` skips the
     goodness-of-fit map (``FieldAnalysis.residual`` is then None).
@@ -127,7 +129,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
     detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
     a float image without a given ceiling), and ``FieldAnalysis.saturation`` the ceiling and
-    the saturated pixels per channel (:mod:`qdmed.imaging._detector`)."""
+    the saturated pixels per channel (:mod:`qdmed.imaging._detector`; not counted with
+    ``detector_stats=False``, as a slide tile counts its core only)."""
     from qdmed.imaging._cells import expand_cells, measure_cells, segment_nuclei
     from qdmed.imaging._detector import (
         cell_saturated_fraction,
@@ -168,7 +171,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         table["saturated_fraction"] = frac[table["cell_id"].to_numpy()].astype(np.float32)
     elif frac is not None:
         table["saturated_fraction"] = np.array([], np.float32)
-    sat = {"level_adu": level, "source": source, **channel_stats(image, level)}
+    sat = {"level_adu": level, "source": source,
+           **(channel_stats(image, level) if detector_stats else {})}
     return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat)
 
 
@@ -198,7 +202,7 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
     reference region and return settings that fix them, so every tile uses the same values."""
     ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
-                     weights=settings.unmix_weights)
+                     weights=settings.unmix_weights, offset_adu=settings.offset_adu)
     comps = panel.components
     if settings.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {settings.nuclear_marker!r} is not in the panel "
@@ -227,7 +231,7 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     if comp is None:
         fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
                                                      membrane_scales=scales or None),
-                           residual=False)
+                           residual=False, detector_stats=False)
         comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
     return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
                    membrane_scales=scales or None)
@@ -259,7 +263,8 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     py0, py1 = max(0, y0 - margin_px), min(h, y1 + margin_px)
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
-    fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False)
+    fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False,
+                       detector_stats=False)
     core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
     stats = channel_stats(region[core], s.saturation_level)
     stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],

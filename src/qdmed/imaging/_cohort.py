@@ -202,7 +202,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "outlines": outlines, "write_unmixed": write_unmixed,
                               "autofluorescence": autofluorescence,
                               "saturation_level": saturation_level,
-                              "offset_adu": offset_adu,
+                              "offset_adu": None if offset_adu is None
+                              else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,
                               "her2_region_min_cells": her2_region_min_cells}}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,

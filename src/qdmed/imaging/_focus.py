@@ -113,7 +113,8 @@ def focus_summary(blur: list[float | None], boxes: list[tuple[int, int, int, int
     Returns
     -------
     dict
-        ``median``, ``mad``, ``threshold``, ``n_tiles_measured``, ``tiles`` (index, box,
+        ``median`` (of the measured tiles, however few), ``mad`` and ``threshold`` (None
+        with fewer than three: no tile is judged), ``n_tiles_measured``, ``tiles`` (index, box,
         blur, out_of_focus), ``out_of_focus_tiles``, ``percent_cells_out_of_focus``,
         ``percent_scored_cells_out_of_focus``, ``warnings``, the metric and its reference.
     """
@@ -126,6 +127,8 @@ def focus_summary(blur: list[float | None], boxes: list[tuple[int, int, int, int
         "percent_cells_out_of_focus": 0.0, "percent_scored_cells_out_of_focus": 0.0,
         "warnings": []}
     med, mad, thr, flagged = blur_outliers(vals)
+    if ok.any():  # the median of a few tiles still compares slides in a cohort
+        med = float(np.median(vals[ok]))
     d.update(median=med, mad=mad, threshold=thr)
     d["tiles"] = [{"tile": i, "box_px": list(map(int, boxes[i])),
                    "blur": None if not ok[i] else float(vals[i]),

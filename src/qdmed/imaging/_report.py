@@ -170,8 +170,9 @@ def write_slide_report(result, path=None) -> Path:
         rep.paragraph(f"Focus: blur effect of the nuclear channel (Crete et al., Proc SPIE "
                       f"2007, doi:10.1117/12.702790; 0 sharp) median {foc['median']:.3f} over "
                       f"{foc['n_tiles_measured']} measured tiles; "
-                      f"{len(foc['out_of_focus_tiles'])} out of focus (above "
-                      f"{foc['threshold']:.3f})."
+                      + (f"{len(foc['out_of_focus_tiles'])} out of focus (above "
+                         f"{foc['threshold']:.3f})." if foc["threshold"] is not None else
+                         "too few tiles to judge one against the others.")
                       + "".join(f" Warning: {w.rstrip('.')}." for w in foc["warnings"]))
         if foc["out_of_focus_tiles"]:
             rep.figure(focus_figure(foc, tuple(s["slide"]["shape"][:2])), "focus by tile")
