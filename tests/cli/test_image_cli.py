@@ -112,6 +112,9 @@ def test_bad_inputs_exit_2(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
     r = run("image", "simulate", "--bit-depth", "20", "--out", str(tmp_path / "s.ome.tif"))
     assert r.returncode == 2 and "bit_depth must be an integer from 8 to 16" in r.stderr
+    r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--exclude-flagged",
+            "saturated,blurry")
+    assert r.returncode == 2 and "exclude_flagged takes" in r.stderr and "'blurry'" in r.stderr
     for value in ("1,2", "abc"):
         r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--offset", value)
         assert r.returncode == 2 and "offset must be" in r.stderr, r.stderr

@@ -142,6 +142,11 @@ def test_slide_summary_from_the_ome_significant_bits(fields, tmp_path):
     assert any("detector ceiling" in w for w in sat["warnings"])
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"][
         "percent_scored_cells_saturated"] == pytest.approx(sat["percent_scored_cells_saturated"])
+    res_x = analyze_slide(p, PANEL, tmp_path / "a", tile=256, scheduler="synchronous",
+                          progress=False, outlines=False, write_unmixed=False,
+                          exclude_flagged="saturated")
+    assert res_x.summary["scored_cells"]["n_scored"] == len(cells) - sat["n_cells_saturated"]
+    assert res_x.summary["scored_cells"]["excluded"]["saturated"] == sat["n_cells_saturated"]
     # the same file without the declaration: the pile-up names the ceiling to give
     q = write_ome_tiff(tmp_path / "plain.ome.tif", f8.image, pixel_size_um=0.5,
                        channel_names=names)

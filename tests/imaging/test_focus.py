@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from qdmed.errors import InputError
 from qdmed.imaging import analyze_slide, breast_panel_5plex, simulate_field, write_ome_tiff
 from qdmed.imaging._focus import _windows, focus_summary, tile_blur
 
@@ -52,6 +53,18 @@ def test_blurred_patch_is_found_and_nothing_else(tmp_path):
     boxes = sorted(f["geometry"]["coordinates"][0][0] for f in gj["features"])
     assert boxes == [[0, 512], [256, 512]]
     assert gj["features"][0]["properties"]["classification"]["name"] == "Out of focus"
+    # left out of the scores on request (the finished tiles are reused)
+    kept = analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b", tile=256,
+                         scheduler="synchronous", progress=False, outlines=False,
+                         write_unmixed=False, exclude_flagged=["out_of_focus"])
+    sel = kept.summary["scored_cells"]
+    assert sel["excluded"] == {"out_of_focus": int(cells["out_of_focus"].sum()),
+                               "total": int(cells["out_of_focus"].sum())}
+    assert sel["n_scored"] == len(cells) - int(cells["out_of_focus"].sum())
+    assert "less out of focus cells" in sel["cells"]
+    with pytest.raises(InputError, match="exclude_flagged takes saturated, out_of_focus"):
+        analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b",
+                      exclude_flagged=("blurred",))
     # the same scene in focus: no tile flagged
     sharp = _run(_slide(tmp_path, "sharp"), tmp_path / "s").summary["focus"]
     assert sharp["out_of_focus_tiles"] == [] and sharp["warnings"] == []

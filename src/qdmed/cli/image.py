@@ -22,6 +22,7 @@ AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the
 REGION_UM = Annotated[float, typer.Option("--her2-region-um", help="Side (um) of the square regions scored one by one to map HER2 heterogeneity.")]
 REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored cells a heterogeneity region needs.")]
 OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
+EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
 
@@ -37,6 +38,11 @@ def _offset(text: str | None):
         raise InputError(f"--offset must be a number or comma-separated numbers (counts, one "
                          f"per channel); got {text!r}") from None
     return vals[0] if len(vals) == 1 else vals
+
+
+def _flags(text: str | None) -> tuple[str, ...]:
+    """--exclude-flagged: comma-separated flag names (out-of-focus = out_of_focus)."""
+    return () if not text else tuple(t.strip().replace("-", "_") for t in text.split(","))
 
 
 def _panel(path):
@@ -265,12 +271,14 @@ def analyze(
     her2_region_min_cells: REGION_MIN = 100,
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
+    exclude_flagged: EXCLUDE = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
     from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
+    from qdmed.imaging._analyze import check_exclude_flagged
     from qdmed.imaging._detector import check_level, check_offset
     from qdmed.imaging._report import write_slide_report
 
@@ -278,6 +286,7 @@ def analyze(
     if saturation_level is not None:  # options are checked before the slide is opened
         check_level(saturation_level)
     check_offset(_offset(offset), len(panel.channels))
+    check_exclude_flagged(_flags(exclude_flagged))
     her2, gates = _calibration(calibration)
     px = read_slide(slide).pixel_size_um or 0.5
     settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None)
@@ -288,7 +297,8 @@ def analyze(
                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
                         her2_region_um=her2_region_um,
                         her2_region_min_cells=her2_region_min_cells,
-                        saturation_level=saturation_level, offset_adu=_offset(offset))
+                        saturation_level=saturation_level, offset_adu=_offset(offset),
+                        exclude_flagged=_flags(exclude_flagged))
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -412,6 +422,7 @@ def cohort(
     her2_region_min_cells: REGION_MIN = 100,
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
+    exclude_flagged: EXCLUDE = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -426,7 +437,8 @@ def cohort(
                          write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
                          her2_region_um=her2_region_um,
                          her2_region_min_cells=her2_region_min_cells,
-                         saturation_level=saturation_level, offset_adu=_offset(offset))
+                         saturation_level=saturation_level, offset_adu=_offset(offset),
+                         exclude_flagged=_flags(exclude_flagged))
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -448,7 +448,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   regions=None, region_class: str | None = None,
                   autofluorescence: str = "panel", her2_region_um: float = 500.0,
                   her2_region_min_cells: int = 100,
-                  saturation_level: float | None = None, offset_adu=None) -> SlideResult:
+                  saturation_level: float | None = None, offset_adu=None,
+                  exclude_flagged: tuple = ()) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -512,6 +513,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         unmixing (overrides ``settings.offset_adu``); for images that are not dark-corrected.
         The summary's ``offset`` block gives each channel's lowest count and warns when every
         channel keeps a floor (an uncorrected offset).
+    exclude_flagged : tuple of {'saturated', 'out_of_focus'}
+        Leave the cells with these quality flags out of the scores (HER2, positivity,
+        receptor status, heterogeneity); ``cells.parquet`` keeps them, and the summary's
+        ``scored_cells`` counts them under ``excluded``. By default nothing is left out.
 
     Returns
     -------
@@ -553,6 +558,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         check_level(saturation_level)
     if offset_adu is not None:
         check_offset(offset_adu, len(panel.channels))
+    exclude_flagged = check_exclude_flagged(exclude_flagged)
     slide = read_slide(path)
     h, w, c = slide.shape
     check_channels(slide, panel)
@@ -657,14 +663,23 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]
     focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells, s.pixel_size_um)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
+    scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]  # + the flag
     atomic_write_parquet(out / "cells.parquet", cells)
     atomic_write_text(out / "qc_regions.geojson", json.dumps(qc_geojson(focus)))
+    detector_stats = merge_channel_stats(qc)
+    saturation = saturation_summary(sat_level, sat_source, detector_stats, slide.channel_names,
+                                    cells, scored_cells)
     selection = {"cells": "all segmented cells (no tumour region given)" if reg is None else
-                 "cells whose centroid lies in the regions", "n_scored": int(len(scored_cells)),
+                 "cells whose centroid lies in the regions",
                  "regions": None if reg is None else reg.to_dict()}
     if reg is not None and len(cells) and not len(scored_cells):
         selection["warning"] = (f"none of the {len(cells)} cells lies in the regions: nothing "
                                 "was scored (do the annotations belong to this slide?)")
+    if exclude_flagged:
+        scored_cells, selection["excluded"] = _drop_flagged(scored_cells, exclude_flagged)
+        selection["cells"] += ", less " + " and ".join(
+            f"{k.replace('_', ' ')} cells" for k in exclude_flagged)
+    selection["n_scored"] = int(len(scored_cells))
     her2 = het = None
     if her2_calibration is not None and len(scored_cells):
         from qdmed.imaging._heterogeneity import her2_heterogeneity
@@ -687,9 +702,6 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             _classifier(her2))
     if write_unmixed:
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
-    detector_stats = merge_channel_stats(qc)
-    saturation = saturation_summary(sat_level, sat_source, detector_stats, slide.channel_names,
-                                    cells, scored_cells)
     summary = {
         "qdmed_version": __version__,
         "slide": slide.to_dict(),
@@ -719,6 +731,37 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,
                                                       sort_keys=True))
     return SlideResult(summary, out, her2, het)
+
+
+QC_FLAGS = ("saturated", "out_of_focus")
+
+
+def check_exclude_flagged(flags) -> tuple[str, ...]:
+    """The quality flags whose cells are left out of the scores, checked (a tuple in
+    :data:`QC_FLAGS` order, without repeats)."""
+    if isinstance(flags, str):
+        flags = (flags,)
+    got = tuple(flags or ())
+    bad = [f for f in got if f not in QC_FLAGS]
+    if bad:
+        raise InputError(f"exclude_flagged takes {', '.join(QC_FLAGS)}; got {bad[0]!r}")
+    return tuple(f for f in QC_FLAGS if f in got)
+
+
+def _drop_flagged(scored, flags: tuple[str, ...]):
+    """`scored` without the cells carrying any of `flags`, and how many each flag took."""
+    drop = np.zeros(len(scored), bool)
+    counts = {}
+    for f in flags:
+        if f == "saturated":
+            hit = (np.asarray(scored["saturated_fraction"], dtype=np.float64) > 0
+                   if "saturated_fraction" in scored else np.zeros(len(scored), bool))
+        else:
+            hit = np.asarray(scored["out_of_focus"], dtype=bool)
+        counts[f] = int(hit.sum())
+        drop |= hit
+    counts["total"] = int(drop.sum())
+    return scored[~drop], counts
 
 
 def check_region_options(region_um, min_cells) -> None:

@@ -51,7 +51,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    region_class: str | None = None, outlines: bool = True,
                    write_unmixed: bool = True, autofluorescence: str = "panel",
                    her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
-                   saturation_level: float | None = None, offset_adu=None) -> dict:
+                   saturation_level: float | None = None, offset_adu=None,
+                   exclude_flagged: tuple = ()) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -67,12 +68,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     ``her2_region_min_cells`` (the HER2 heterogeneity regions; the table gets each slide's
     regional categories and Shannon indices), ``saturation_level`` (the detector's ceiling;
     the table gets each slide's percent of scored cells with saturated pixels) and
-    ``offset_adu`` (the detector's offset, subtracted before unmixing)."""
+    ``offset_adu`` (the detector's offset, subtracted before unmixing), and
+    ``exclude_flagged`` (quality flags whose cells are left out of the scores)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
         analyze_slide,
         check_autofluorescence_option,
+        check_exclude_flagged,
         check_region_options,
         start_client,
     )
@@ -89,6 +92,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         from qdmed.imaging._detector import check_offset
 
         check_offset(offset_adu, len(panel.channels))
+    exclude_flagged = check_exclude_flagged(exclude_flagged)
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
                          "(--regions-dir); none was given.")
@@ -128,7 +132,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         her2_region_um=her2_region_um,
                                         her2_region_min_cells=her2_region_min_cells,
                                         saturation_level=saturation_level,
-                                        offset_adu=offset_adu)
+                                        offset_adu=offset_adu,
+                                        exclude_flagged=exclude_flagged)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -202,6 +207,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "outlines": outlines, "write_unmixed": write_unmixed,
                               "autofluorescence": autofluorescence,
                               "saturation_level": saturation_level,
+                              "exclude_flagged": list(exclude_flagged),
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

@@ -150,6 +150,9 @@ def write_slide_report(result, path=None) -> Path:
         src = (sel.get("regions") or {}).get("source")
         rep.paragraph(f"Scores use {sel['n_scored']} {sel['cells']}"
                       + (f" ({Path(src).name})." if src else ".")
+                      + (" Left out: " + ", ".join(
+                          f"{v} {k.replace('_', ' ')}" for k, v in sel["excluded"].items()
+                          if k != "total") + " cells." if sel.get("excluded") else "")
                       + (f" Warning: {sel['warning']}." if sel.get("warning") else ""))
     sat = s.get("saturation")
     if sat:
