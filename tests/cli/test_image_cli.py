@@ -160,3 +160,12 @@ def test_detector_offset(tmp_path):
         assert off["suspected"] is (name == "plain")
         assert ("! offset:" in r.stdout) is (name == "plain")
     assert set(off["offset_adu"].values()) == {100.0}
+    # quality control alone, on the slide and on its folder
+    r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--json", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["offset"]["suspected"] is True
+    r = run("image", "qc", str(tmp_path), "--out", str(tmp_path / "qc"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "! raw.ome.tif: offset:" in r.stdout and (tmp_path / "qc" / "qc.csv").exists()
+    r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--offset", "1,2")
+    assert r.returncode == 2 and "offset must be" in r.stderr

@@ -12,6 +12,7 @@ from scipy import ndimage as ndi
 from qdmed.errors import InputError
 from qdmed.imaging import analyze_slide, breast_panel_5plex, simulate_field, write_ome_tiff
 from qdmed.imaging._focus import _windows, focus_summary, tile_blur
+from qdmed.imaging._qc import qc_folder, qc_slide
 
 PANEL = breast_panel_5plex()
 KW = dict(preset="her2-heterogeneous", endmembers=PANEL.endmembers,
@@ -53,6 +54,12 @@ def test_blurred_patch_is_found_and_nothing_else(tmp_path):
     boxes = sorted(f["geometry"]["coordinates"][0][0] for f in gj["features"])
     assert boxes == [[0, 512], [256, 512]]
     assert gj["features"][0]["properties"]["classification"]["name"] == "Out of focus"
+    # quality control alone (no segmentation) judges the same tiles with the same values
+    qc = qc_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "qc", tile=256)
+    assert qc["focus"]["out_of_focus_tiles"] == [6, 7]
+    for t_qc, t_an in zip(qc["focus"]["tiles"], foc["tiles"], strict=True):
+        assert t_qc["blur"] == pytest.approx(t_an["blur"], abs=1e-12)
+    assert (tmp_path / "qc" / "qc_regions.geojson").exists()
     # left out of the scores on request (the finished tiles are reused)
     kept = analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b", tile=256,
                          scheduler="synchronous", progress=False, outlines=False,
@@ -104,3 +111,23 @@ def test_a_slide_blurred_all_over_stands_out_in_its_cohort():
                                                           None]
     assert "whole slide may be out of focus" in rows[3]["message"]
     assert rows[5]["message"] == "cannot read"
+
+
+def test_qc_of_a_folder(tmp_path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    _slide(folder, "sharp")
+    _slide(folder, "raw", offset_adu=100.0)
+    (folder / "broken.ome.tif").write_bytes(b"II*\x00garbage")
+    res = qc_folder(folder, PANEL, tmp_path / "qc", tile=256, progress=False)
+    rows = {r["slide"]: r for r in res["slides"]}
+    assert rows["broken.ome.tif"]["status"] == "failed"
+    assert rows["raw.ome.tif"]["offset_suspected"] is True
+    assert any(w.startswith("offset: ") for w in rows["raw.ome.tif"]["warnings"])
+    assert rows["sharp.ome.tif"]["offset_suspected"] is False
+    assert rows["sharp.ome.tif"]["warnings"] == []
+    assert (tmp_path / "qc" / "qc.csv").read_text().startswith("slide,status,message")
+    assert (tmp_path / "qc" / "slides" / "raw" / "qc.json").exists()
+    # the offset given: nothing left to warn
+    res = qc_folder(folder, PANEL, tmp_path / "qc2", tile=256, progress=False, offset_adu=100)
+    assert {r["slide"]: r.get("offset_suspected") for r in res["slides"]}["raw.ome.tif"] is False

@@ -342,6 +342,58 @@ def analyze(
 
 
 @app.command()
+def qc(
+    path: Annotated[Path, typer.Argument(help="A slide, or a folder of slides.")],
+    panel_file: PANEL = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (qc.json, qc_regions.geojson; for a folder also qc.csv and slides/).")] = None,
+    tile: Annotated[int, typer.Option("--tile", help="Tile edge, px (as the analysis's).")] = 2048,
+    saturation_level: SATURATION = None,
+    offset: OFFSET = None,
+    no_progress: NOPROG = False,
+    json_: JSON = False,
+):
+    """Quality control before analysis: saturation, detector offset, out-of-focus tiles
+    (no segmentation; a fraction of the analysis time)."""
+    from qdmed.imaging._cohort import SLIDE_SUFFIXES
+    from qdmed.imaging._qc import qc_folder, qc_slide
+
+    p = _panel(panel_file)
+    if path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES):
+        res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
+                        saturation_level=saturation_level, offset_adu=_offset(offset),
+                        progress=not no_progress)
+        if json_:
+            return print_json(res)
+        print_table(f"QC {path}", res["slides"], ["slide", "status", "focus_median_blur",
+                                                  "n_tiles_out_of_focus", "slide_out_of_focus",
+                                                  "percent_saturated_worst_channel",
+                                                  "offset_suspected"])
+        for row in res["slides"]:
+            for m in row["warnings"]:
+                typer.echo(f"! {row['slide']}: {m}")
+        typer.echo(f"per-slide table: {Path(res['out']) / 'qc.csv'}")
+        if res["n_ok"] == 0:
+            raise typer.Exit(2)
+        return None
+    d = qc_slide(path, p, out, tile=tile, saturation_level=saturation_level,
+                 offset_adu=_offset(offset), progress=not no_progress)
+    if json_:
+        return print_json(d)
+    sat, foc = d["saturation"], d["focus"]
+    worst = max(sat["percent_saturated_pixels"].items(), key=lambda kv: kv[1],
+                default=("none", 0.0))
+    print_kv(f"QC {path.name}", {
+        "saturation ceiling": f"{sat['level_adu']} ({sat['source']})",
+        "most saturated channel": f"{worst[0]}: {worst[1]:.3f} % of pixels",
+        "offset suspected": d["offset"]["suspected"],
+        "focus median blur": foc["median"],
+        "tiles out of focus": f"{len(foc['out_of_focus_tiles'])} of {foc['n_tiles_measured']} measured",
+        "elapsed_s": d["elapsed_s"]})
+    for m in d["warnings"]:
+        typer.echo(f"! {m}")
+
+
+@app.command()
 def calibrate(
     control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet (repeatable).")],
     category: Annotated[list[str] | None, typer.Option("--category", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,

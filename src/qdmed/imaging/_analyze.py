@@ -198,6 +198,17 @@ def membrane_signal(abundances, components, scales: dict):
     return out
 
 
+def nuclear_otsu(nuclear: np.ndarray, pixel_size_um: float) -> float:
+    """Otsu threshold of the nuclear abundance smoothed over 0.5 um (the slide-wide nuclear
+    threshold, taken on a reference region)."""
+    from scipy import ndimage as ndi
+
+    from qdmed.imaging._cells import otsu_foreground_threshold
+
+    sm = ndi.gaussian_filter(np.asarray(nuclear, dtype=np.float64), 0.5 / pixel_size_um)
+    return otsu_foreground_threshold(sm)
+
+
 def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -> AnalysisSettings:
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
     reference region and return settings that fix them, so every tile uses the same values."""
@@ -207,15 +218,9 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     if settings.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {settings.nuclear_marker!r} is not in the panel "
                          f"components {list(comps)}")
-    nuc = ab[..., comps.index(settings.nuclear_marker)]
     thr = settings.nuclear_threshold
     if thr is None:
-        from scipy import ndimage as ndi
-
-        from qdmed.imaging._cells import otsu_foreground_threshold
-
-        sm = ndi.gaussian_filter(nuc.astype(np.float64), 0.5 / settings.pixel_size_um)
-        thr = otsu_foreground_threshold(sm)
+        thr = nuclear_otsu(ab[..., comps.index(settings.nuclear_marker)], settings.pixel_size_um)
     scales = settings.membrane_scales
     if scales is None:
         scales = membrane_scales(ab, comps, settings.membrane_markers)

@@ -240,3 +240,5 @@ def _flag_blurred_slides(rows: list[dict]) -> None:
             note = (f"focus: the slide's median blur {v:.3f} is above the cohort's ({med:.3f}; "
                     f"threshold {thr:.3f}): the whole slide may be out of focus")
             r["message"] = "; ".join(m for m in (r["message"], note) if m)
+            if "warnings" in r:
+                r["warnings"].append(note)

@@ -51,6 +51,9 @@ REF_WATERS_2009 = ("Waters JC (2009) Accuracy and precision in quantitative fluo
                    "microscopy. J Cell Biol 185:1135-1148. doi:10.1083/jcb.200903097")
 #: Percent of scored cells with saturated pixels above which the summary warns.
 WARN_PERCENT_CELLS = 1.0
+#: Without cells (quality control alone): percent of a channel's pixels at the ceiling above
+#: which the summary warns (a few hot pixels stay below it).
+WARN_PERCENT_PIXELS = 0.01
 #: A channel's maximum value counts as a pile-up (clipping) when at least this many pixels
 #: hold it and at least PILEUP_RATIO times as many as hold the value one count below.
 PILEUP_MIN_PIXELS = 10
@@ -282,6 +285,14 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
                 "are unreliable (the saturated label reads low and unmixing may give its excess "
                 "to spectral neighbours). Re-acquire with a shorter exposure, or leave them out "
                 "(cells.parquet: saturated_fraction > 0)")
+    elif level is not None and cells is None and d["percent_saturated_pixels"]:
+        worst = max(d["percent_saturated_pixels"], key=d["percent_saturated_pixels"].get)
+        if d["percent_saturated_pixels"][worst] >= WARN_PERCENT_PIXELS:
+            d["warnings"].append(
+                f"{d['percent_saturated_pixels'][worst]:.3g} % of the pixels of channel "
+                f"{worst} are at the detector ceiling ({level:g} counts): the cells there "
+                "will read low in its label and unmixing may give the excess to spectral "
+                "neighbours; re-acquire with a shorter exposure")
     d["clipping_suspected"] = _pileups(stats, level, names)
     for ch, p in d["clipping_suspected"].items():
         d["warnings"].append(

@@ -82,7 +82,9 @@ def tile_blur(nuclear: np.ndarray, nuclei: np.ndarray, *,
             continue
         if np.count_nonzero(lab[y0:y1, x0:x1]) < MIN_NUCLEUS_COVER * (y1 - y0) * (x1 - x0):
             continue
-        vals.append(float(blur_effect(img[y0:y1, x0:x1])))
+        # a contiguous copy: the float32 filters' rounding then does not depend on how the
+        # caller's array is laid out (a view of a (Y, X, K) stack gave differences of 1e-8)
+        vals.append(float(blur_effect(np.ascontiguousarray(img[y0:y1, x0:x1]))))
     return float(np.median(vals)) if vals else None
 
 
@@ -142,12 +144,16 @@ def focus_summary(blur: list[float | None], boxes: list[tuple[int, int, int, int
     if bad:
         ps = float(pixel_size_um)
         area = sum((b[1] - b[0]) * (b[3] - b[2]) for i, b in enumerate(boxes) if i in bad)
+        with_cells = scored is not None
         d["warnings"].append(
             f"{len(bad)} of {d['n_tiles_measured']} measured tiles look out of focus (blur "
             f"above {d['threshold']:.3f}, the slide median {d['median']:.3f}; "
-            f"{area * ps * ps / 1e6:.2f} mm2, {d['percent_scored_cells_out_of_focus']:.1f} % "
-            "of the scored cells): segmentation and levels are less reliable there; check "
-            "them (qc_regions.geojson; cells.parquet: out_of_focus) or rescan")
+            f"{area * ps * ps / 1e6:.2f} mm2"
+            + (f", {d['percent_scored_cells_out_of_focus']:.1f} % of the scored cells"
+               if with_cells else "")
+            + "): segmentation and levels are less reliable there; check them "
+            "(qc_regions.geojson" + ("; cells.parquet: out_of_focus" if with_cells else "")
+            + ") or rescan")
     return d
 
 
