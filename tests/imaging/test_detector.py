@@ -258,3 +258,28 @@ def test_big_endian_store_is_read_in_native_order(tmp_path):
     np.testing.assert_array_equal(region, img)
     assert channel_stats(region, 4095.0)["saturated"] == [int((img[..., c] >= 4095).sum())
                                                          for c in range(2)]
+
+
+def test_a_declared_ceiling_the_data_exceed_is_warned():
+    img = np.zeros((8, 8, 2), np.uint16)
+    img[0, 0, 1] = 5000
+    d = saturation_summary(4095.0, "OME SignificantBits 12", channel_stats(img, 4095.0),
+                           ["a", "b"], None, None)
+    assert any("holds 5000 counts, above the ceiling the file declares" in w
+               for w in d["warnings"])
+    d = saturation_summary(4095.0, "given", channel_stats(img, 4095.0), ["a", "b"], None, None)
+    assert not any("declares" in w for w in d["warnings"])
+
+
+def test_one_dead_pixel_does_not_hide_an_offset():
+    rng = np.random.default_rng(2)
+    tiles = [channel_stats((100 + rng.poisson(20.0, (64, 64, 3))).astype(np.uint16), None)
+             for _ in range(12)]
+    dead = (100 + rng.poisson(20.0, (64, 64, 3))).astype(np.uint16)
+    dead[3, 3, :] = 0
+    tiles.append(channel_stats(dead, None))
+    merged = merge_channel_stats(tiles)
+    assert merged["min"] == [0, 0, 0]
+    assert not offset_summary(merged, None, "abc")["suspected"]  # the slide minimum alone
+    d = offset_summary(merged, None, "abc", tiles)
+    assert d["suspected"] and min(d["floor_after_offset"].values()) >= 100

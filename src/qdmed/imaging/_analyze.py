@@ -724,7 +724,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "markers_scored": scored,
         "scored_cells": selection,
         "saturation": saturation,
-        "offset": offset_summary(detector_stats, off, slide.channel_names),
+        "offset": offset_summary(detector_stats, off, slide.channel_names, qc),
         "focus": focus,
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",

@@ -23,10 +23,11 @@ counts it as a flat spectrum in every pixel and gives it to the labels and to th
 autofluorescence (measured on a synthetic luminal-A field with a 100-count offset: median
 membrane EGFR 2.6 -> 95, cytoplasmic mTOR 66 -> 268). ``offset_adu`` is subtracted before
 unmixing (raw counts are kept for the saturation test). A floor in every channel at once (the
-lowest count of each channel 10 or more, within a factor 2 of each other, after the given
-offset) is what an uncorrected offset looks like, and is warned: dark-corrected images read
-about 0 on glass and in stroma gaps (measured: 0 in every channel of synthetic fields without
-offset, 90-96 with 100).
+lowest count of each channel, taken as the 10th percentile of the tiles' minima so that a
+dead pixel does not decide it, 10 or more and within a factor 2 of each other after the
+given offset) is what an uncorrected offset looks like, and is warned: dark-corrected images
+read about 0 on glass and in stroma gaps (measured: 0 in every channel of synthetic fields
+without offset, 90-96 with 100).
 
 References
 ----------
@@ -293,6 +294,14 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
                 f"{worst} are at the detector ceiling ({level:g} counts): the cells there "
                 "will read low in its label and unmixing may give the excess to spectral "
                 "neighbours; re-acquire with a shorter exposure")
+    over = [(n, m) for n, m in zip(names, stats.get("max") or [], strict=False)
+            if level is not None and source.startswith("OME") and m > level]
+    if over:
+        d["warnings"].append(
+            f"channel {over[0][0]} holds {over[0][1]} counts, above the ceiling the file "
+            f"declares ({level:g}, {source}): the declaration does not fit the data (rescaled "
+            "or processed counts?), so pixels at or above it are not all saturated; give the "
+            "real ceiling (--saturation-level)")
     d["clipping_suspected"] = _pileups(stats, level, names)
     for ch, p in d["clipping_suspected"].items():
         d["warnings"].append(
@@ -304,10 +313,15 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
     return d
 
 
-def offset_summary(stats: dict, offset: np.ndarray | None, channel_names) -> dict:
+def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
+                   tiles: list[dict] | None = None) -> dict:
     """The ``offset`` block of a slide summary: the offset subtracted, each channel's lowest
-    raw count and what remains of it after the offset, and a warning when every channel keeps
-    a floor (see the module notes)."""
+    raw count, the floor left after the offset, and a warning when every channel keeps a
+    floor (see the module notes).
+
+    With the tiles' own stats (`tiles`), the floor is the 10th percentile of the tiles'
+    minima (the lowest of them below ten tiles), so that one dead or padded pixel does not
+    hide an offset on a large slide; else the slide's minimum."""
     names = list(channel_names)
     off = np.zeros(len(names)) if offset is None else np.asarray(offset, dtype=np.float64)
     mins = stats.get("min")
@@ -316,7 +330,12 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names) -> dic
                          "floor_after_offset": None, "suspected": False, "warnings": []}
     if not mins or len(mins) != len(names):
         return d
-    floor = np.asarray(mins, dtype=np.float64) - off
+    low = np.asarray(mins, dtype=np.float64)
+    tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
+    if len(tile_mins) >= 2:
+        low = np.percentile(np.asarray(tile_mins, dtype=np.float64), 10, axis=0,
+                            method="lower")
+    floor = low - off
     d["channel_min"] = dict(zip(names, (float(v) for v in mins), strict=True))
     d["floor_after_offset"] = dict(zip(names, floor.tolist(), strict=True))
     lo, hi = float(floor.min()), float(floor.max())

@@ -111,7 +111,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         "nuclear_threshold": float(thr),
         "saturation": saturation_summary(level, source, merged, slide.channel_names, None,
                                          None),
-        "offset": offset_summary(merged, off, slide.channel_names),
+        "offset": offset_summary(merged, off, slide.channel_names, stats),
         "focus": focus_summary(blur, boxes, None, None, ps),
     }
     d["warnings"] = [f"{key}: {m}" for key in ("saturation", "offset", "focus")
