@@ -73,5 +73,8 @@ def test_demo_quick_prints_the_her2_result_and_writes_the_report(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "HER2 (QD-IHC)" in r.stdout and "report written to" in r.stdout
     assert "blind autofluorescence" in r.stdout
+    assert "quality control (saturated cells; offset; blur)" in r.stdout
+    assert "0.0 %; none;" in r.stdout  # the demo's 16-bit, dark-corrected field
     html = (tmp_path / "demo" / "report.html").read_text()
     assert len(html) > 10_000 and "Autofluorescence without an unstained control" in html
+    assert "Quality control (as in every analysis)" in html

@@ -42,5 +42,10 @@ def demo(
                 f"{im['blind_autofluorescence']['cosine_blind_to_truth']:.4f} "
                 f"({im['blind_autofluorescence']['cosine_model_to_truth']:.3f})"
                 if im.get("blind_autofluorescence") else None),
+            "quality control (saturated cells; offset; blur)": (
+                f"{im['quality_control']['percent_scored_cells_saturated'] or 0:.1f} %; "
+                f"{'suspected' if im['quality_control']['offset_suspected'] else 'none'}; "
+                f"{im['quality_control']['focus_median_blur']:.3f}"
+                if im.get("quality_control") else None),
             "DAB example (FHL2 stain, HER2 rule)": im.get("dab_her2_category")})
     typer.echo(f"report written to {summary['report']}")

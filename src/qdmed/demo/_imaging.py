@@ -25,6 +25,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
         her2_figure,
         overlay_figure,
         receptor_paragraph,
+        saturation_paragraph,
         write_slide_report,
     )
 
@@ -98,6 +99,15 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
                "phenotypes (cells)": scored.get("phenotypes", {})})
     for m, v in (scored.get("receptor_status") or {}).items():
         rep.paragraph(receptor_paragraph(m, v))
+    sat, offs, foc = (res.summary[k] for k in ("saturation", "offset", "focus"))
+    qc = {"percent_scored_cells_saturated": sat.get("percent_scored_cells_saturated"),
+          "offset_suspected": offs["suspected"], "focus_median_blur": foc["median"],
+          "out_of_focus_tiles": len(foc["out_of_focus_tiles"]),
+          "warnings": [*sat["warnings"], *offs["warnings"], *foc["warnings"]]}
+    rep.paragraph(f"Quality control (as in every analysis): {saturation_paragraph(sat)} "
+                  f"Detector offset suspected: {'yes' if offs['suspected'] else 'no'}. Focus: "
+                  f"blur effect {foc['median']:.3f} (Crete 2007; sharp ~0.31 at 0.5 um/px), "
+                  f"{qc['out_of_focus_tiles']} tile(s) out of focus.")
     rep.paragraph(f"Full slide report: {res.out_dir / 'report.html'}", cls="muted")
     blind = _blind_af_demo(rep, panel, kw, 384 if quick else 512)
     # conventional DAB IHC for comparison (scikit-image's bundled real IHC image)
@@ -123,7 +133,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
             "phenotypes": scored.get("phenotypes", {}), "blind_autofluorescence": blind,
             "receptor_status": {m: v["label"]
                                 for m, v in (scored.get("receptor_status") or {}).items()},
-            "her2_heterogeneity": het.to_dict(include_regions=False)}
+            "her2_heterogeneity": het.to_dict(include_regions=False), "quality_control": qc}
 
 
 def _blind_af_demo(rep, panel, kw, size: int) -> dict:
