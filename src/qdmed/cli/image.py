@@ -331,14 +331,9 @@ def analyze(
             f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null'] or 0:.2f}; "
             f"{het['spatial_p_value'] or 1:.3g}")
     print_kv(f"Slide {slide.name}", info)
-    for w in (d.get("autofluorescence") or {}).get("warnings", []):
-        typer.echo(f"! autofluorescence: {w}")
-    for w in (d.get("saturation") or {}).get("warnings", []):
-        typer.echo(f"! saturation: {w}")
-    for w in (d.get("offset") or {}).get("warnings", []):
-        typer.echo(f"! offset: {w}")
-    for w in (d.get("focus") or {}).get("warnings", []):
-        typer.echo(f"! focus: {w}")
+    for block in ("autofluorescence", "saturation", "offset", "focus"):
+        for w in (d.get(block) or {}).get("warnings", []):
+            typer.echo(f"! {block}: {w}")
 
 
 @app.command()

@@ -15,13 +15,17 @@ from qdmed.errors import InputError, QdmedError
 SLIDE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".ome.zarr", ".zarr")
 
 
-def find_slides(folder) -> list[Path]:
-    """Slides directly inside ``folder`` (OME-TIFF/TIFF files and OME-Zarr folders), sorted."""
+def find_slides(folder, *, required: bool = False) -> list[Path]:
+    """Slides directly inside ``folder`` (OME-TIFF/TIFF files and OME-Zarr folders), sorted;
+    ``required``: InputError when there is none."""
     d = Path(folder)
     if not d.is_dir():
         raise InputError(f"cohort folder {str(d)!r} does not exist or is not a folder")
-    return sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
-                  and not p.name.startswith("."))
+    slides = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
+                    and not p.name.startswith("."))
+    if required and not slides:
+        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
+    return slides
 
 
 def slide_stem(name: str) -> str:
@@ -99,9 +103,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     if regions_dir is not None and not Path(regions_dir).is_dir():
         raise InputError(f"regions folder {str(regions_dir)!r} does not exist or is not a "
                          "folder")
-    slides = find_slides(folder)
-    if not slides:
-        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
+    slides = find_slides(folder, required=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, tables = [], []

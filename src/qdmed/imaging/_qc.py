@@ -142,11 +142,7 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     if saturation_level is not None:
         check_level(saturation_level)
     check_offset(offset_adu, len(panel.channels))
-    slides = find_slides(folder)
-    if not slides:
-        from qdmed.imaging._cohort import SLIDE_SUFFIXES
-
-        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
+    slides = find_slides(folder, required=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
