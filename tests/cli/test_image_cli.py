@@ -169,3 +169,12 @@ def test_detector_offset(tmp_path):
     assert "! raw.ome.tif: offset:" in r.stdout and (tmp_path / "qc" / "qc.csv").exists()
     r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--offset", "1,2")
     assert r.returncode == 2 and "offset must be" in r.stderr
+
+
+def test_a_folder_whose_every_slide_fails_exits_2(tmp_path):
+    (tmp_path / "x.ome.tif").write_bytes(b"II*\x00garbage")
+    for cmd in (("qc", str(tmp_path), "--out", str(tmp_path / "q")),
+                ("qc", str(tmp_path), "--out", str(tmp_path / "q"), "--json"),
+                ("cohort", str(tmp_path), "--out", str(tmp_path / "c"), "--workers", "1")):
+        r = run("image", *cmd, "--no-progress")
+        assert r.returncode == 2, (cmd, r.stdout[-500:], r.stderr[-500:])

@@ -283,3 +283,10 @@ def test_one_dead_pixel_does_not_hide_an_offset():
     assert not offset_summary(merged, None, "abc")["suspected"]  # the slide minimum alone
     d = offset_summary(merged, None, "abc", tiles)
     assert d["suspected"] and min(d["floor_after_offset"].values()) >= 100
+
+
+def test_excluding_saturated_cells_needs_a_ceiling(tmp_path):
+    img = np.zeros((64, 64, 8), np.float32)
+    p = write_ome_tiff(tmp_path / "f.ome.tif", img, channel_names=list(PANEL.channel_names))
+    with pytest.raises(InputError, match="needs a detector ceiling"):
+        analyze_slide(p, PANEL, tmp_path / "o", exclude_flagged="saturated", progress=False)

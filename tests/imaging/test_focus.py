@@ -131,3 +131,14 @@ def test_qc_of_a_folder(tmp_path):
     # the offset given: nothing left to warn
     res = qc_folder(folder, PANEL, tmp_path / "qc2", tile=256, progress=False, offset_adu=100)
     assert {r["slide"]: r.get("offset_suspected") for r in res["slides"]}["raw.ome.tif"] is False
+
+
+def test_qc_folder_refuses_bad_options_and_clashing_names(tmp_path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    p = _slide(folder, "a")
+    with pytest.raises(InputError, match="tile must be"):
+        qc_folder(folder, PANEL, tmp_path / "qc", tile=10, progress=False)
+    (folder / "a.tif").write_bytes(p.read_bytes())
+    with pytest.raises(InputError, match="share the name 'a'"):
+        qc_folder(folder, PANEL, tmp_path / "qc", tile=256, progress=False)

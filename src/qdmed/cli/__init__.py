@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default", ExtrapolationWarning)
     warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
     try:
-        app(args=argv, prog_name="qdmed", standalone_mode=False)
-        return 0
+        # with standalone_mode=False click returns a command's typer.Exit code instead of
+        # raising it (click 8.5): pass it on
+        rc = app(args=argv, prog_name="qdmed", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2

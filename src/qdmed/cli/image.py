@@ -358,7 +358,10 @@ def qc(
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         progress=not no_progress)
         if json_:
-            return print_json(res)
+            print_json(res)
+            if res["n_ok"] == 0:
+                raise typer.Exit(2)
+            return None
         print_table(f"QC {path}", res["slides"], ["slide", "status", "focus_median_blur",
                                                   "n_tiles_out_of_focus", "slide_out_of_focus",
                                                   "percent_saturated_worst_channel",
@@ -379,7 +382,8 @@ def qc(
                 default=("none", 0.0))
     print_kv(f"QC {path.name}", {
         "saturation ceiling": f"{sat['level_adu']} ({sat['source']})",
-        "most saturated channel": f"{worst[0]}: {worst[1]:.3f} % of pixels",
+        "most saturated channel": f"{worst[0]}: {worst[1]:.3f} % of pixels" if sat["checked"]
+        else "not checked",
         "offset suspected": d["offset"]["suspected"],
         "focus median blur": foc["median"],
         "tiles out of focus": f"{len(foc['out_of_focus_tiles'])} of {foc['n_tiles_measured']} measured",

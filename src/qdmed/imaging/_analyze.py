@@ -574,6 +574,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         slide.dtype, significant_bits=slide.significant_bits,
         level=s.saturation_level if saturation_level is None else saturation_level)
     s = replace(s, saturation_level=sat_level)
+    if "saturated" in exclude_flagged and sat_level is None:
+        raise InputError(f"exclude_flagged='saturated' needs a detector ceiling, and "
+                         f"{path.name} has none ({sat_source}): give saturation_level "
+                         "(--saturation-level)")
     if offset_adu is not None:
         off = check_offset(offset_adu, c)
         s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
@@ -681,9 +685,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         selection["warning"] = (f"none of the {len(cells)} cells lies in the regions: nothing "
                                 "was scored (do the annotations belong to this slide?)")
     if exclude_flagged:
+        before = len(scored_cells)
         scored_cells, selection["excluded"] = _drop_flagged(scored_cells, exclude_flagged)
         selection["cells"] += ", less " + " and ".join(
             f"{k.replace('_', ' ')} cells" for k in exclude_flagged)
+        if before and not len(scored_cells):
+            selection["warning"] = (f"every one of the {before} cells to score carries a "
+                                    "flag left out (exclude_flagged): nothing was scored")
     selection["n_scored"] = int(len(scored_cells))
     her2 = het = None
     if her2_calibration is not None and len(scored_cells):

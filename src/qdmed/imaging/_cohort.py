@@ -25,6 +25,13 @@ def find_slides(folder, *, required: bool = False) -> list[Path]:
                     and not p.name.startswith("."))
     if required and not slides:
         raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
+    seen: dict[str, str] = {}
+    for p in slides:  # each slide's outputs go to slides/<stem>/: stems must differ
+        other = seen.setdefault(slide_stem(p.name), p.name)
+        if other != p.name:
+            raise InputError(f"slides {other!r} and {p.name!r} in {folder} share the name "
+                             f"{slide_stem(p.name)!r}, and so would share an output folder; "
+                             "rename one")
     return slides
 
 

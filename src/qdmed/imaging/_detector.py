@@ -342,7 +342,8 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
     if lo >= OFFSET_FLOOR_COUNTS and hi <= OFFSET_FLOOR_SPREAD * lo:
         d["suspected"] = True
         d["warnings"].append(
-            f"every channel's lowest count is {lo:g}-{hi:g}"
+            f"every channel keeps a floor of {lo:g}-{hi:g} counts (the lowest counts of its "
+            "darkest tiles)"
             + (" after the offset given" if offset is not None else "")
             + ": a floor in all channels at once is what an uncorrected detector offset "
             "looks like, and unmixing gives it to the labels. Unless the image has no dark "

@@ -39,6 +39,8 @@ REF_CRETE_2007 = ("Crete F, Dolmiere T, Ladret P, Nicolas M (2007) The blur effe
 #: Edge of the windows a tile is measured on (up to four per tile, at its quadrants'
 #: centres: a quarter of a 2048 px tile, ~0.2 s, where the whole tile took ~0.8 s).
 FOCUS_WINDOW_PX = 512
+#: Narrowest window measured (thin strips of tiles at a slide's edge are skipped).
+MIN_WINDOW_PX = 64
 #: Share of a window's pixels in nuclei for it to be measured.
 MIN_NUCLEUS_COVER = 0.05
 #: A tile is out of focus when its blur exceeds the slide median by more than this many
@@ -78,8 +80,8 @@ def tile_blur(nuclear: np.ndarray, nuclei: np.ndarray, *,
     lab = np.asarray(nuclei)
     vals = []
     for y0, y1, x0, x1 in _windows(*img.shape, window):
-        if y1 - y0 < 16 or x1 - x0 < 16:
-            continue
+        if y1 - y0 < MIN_WINDOW_PX or x1 - x0 < MIN_WINDOW_PX:
+            continue  # a thin strip at the slide's edge reads sharper (0.26 for 20 px)
         if np.count_nonzero(lab[y0:y1, x0:x1]) < MIN_NUCLEUS_COVER * (y1 - y0) * (x1 - x0):
             continue
         # a contiguous copy: the float32 filters' rounding then does not depend on how the

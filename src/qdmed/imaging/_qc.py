@@ -49,7 +49,6 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     """
     from qdmed import __version__
     from qdmed.imaging._analyze import (
-        AnalysisSettings,
         _progress,
         check_channels,
         nuclear_otsu,
@@ -86,12 +85,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     level, source = ceiling(slide.dtype, significant_bits=slide.significant_bits,
                             level=saturation_level)
     ps = float(slide.pixel_size_um or 0.5)
-    comps = panel.components
-    marker = AnalysisSettings().nuclear_marker
-    if marker not in comps:
-        raise InputError(f"focus control needs the nuclear marker {marker} in the panel; its "
-                         f"components are {list(comps)}")
-    k = comps.index(marker)
+    k = _nuclear_index(panel)
     ry, rx = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry, min(h, ry + reference_region_px), rx,
                             min(w, rx + reference_region_px))
@@ -125,6 +119,17 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     return to_jsonable(d)
 
 
+def _nuclear_index(panel) -> int:
+    """Index of the nuclear marker among the panel's components, or InputError."""
+    from qdmed.imaging._analyze import AnalysisSettings
+
+    marker = AnalysisSettings().nuclear_marker
+    if marker not in panel.components:
+        raise InputError(f"focus control needs the nuclear marker {marker} in the panel; its "
+                         f"components are {list(panel.components)}")
+    return panel.components.index(marker)
+
+
 def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None,
               offset_adu=None, progress: bool = True) -> dict:
     """:func:`qc_slide` for every slide of ``folder`` (a slide that cannot be read is
@@ -134,7 +139,7 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     qc_regions.geojson) in ``out_dir``; returns the cohort summary."""
     import pandas as pd
 
-    from qdmed.imaging._analyze import _progress
+    from qdmed.imaging._analyze import _progress, tile_grid
     from qdmed.imaging._cohort import _flag_blurred_slides, find_slides, slide_stem
     from qdmed.imaging._detector import check_level, check_offset
     from qdmed.report import atomic_write_text
@@ -142,6 +147,8 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     if saturation_level is not None:
         check_level(saturation_level)
     check_offset(offset_adu, len(panel.channels))
+    tile_grid((64, 64), tile)  # a bad tile is refused before any slide is read
+    _nuclear_index(panel)
     slides = find_slides(folder, required=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,8 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                 row.update(
                     saturation_level=sat["level_adu"],
                     percent_saturated_worst_channel=max(
-                        sat["percent_saturated_pixels"].values(), default=0.0),
+                        sat["percent_saturated_pixels"].values(), default=0.0)
+                    if sat["checked"] else None,
                     clipping_suspected=",".join(sat["clipping_suspected"]) or None,
                     offset_suspected=offs["suspected"], focus_median_blur=foc["median"],
                     n_tiles=foc["n_tiles"], n_tiles_out_of_focus=len(foc["out_of_focus_tiles"]),
