@@ -278,13 +278,12 @@ def analyze(
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
     from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
-    from qdmed.imaging._analyze import check_exclude_flagged
+    from qdmed.imaging._analyze import check_exclude_flagged, summary_warnings
     from qdmed.imaging._detector import check_level, check_offset
     from qdmed.imaging._report import write_slide_report
 
     panel = _panel(panel_file)
-    if saturation_level is not None:  # options are checked before the slide is opened
-        check_level(saturation_level)
+    check_level(saturation_level)  # options are checked before the slide is opened
     check_offset(_offset(offset), len(panel.channels))
     check_exclude_flagged(_flags(exclude_flagged))
     her2, gates = _calibration(calibration)
@@ -331,9 +330,8 @@ def analyze(
             f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null'] or 0:.2f}; "
             f"{het['spatial_p_value'] or 1:.3g}")
     print_kv(f"Slide {slide.name}", info)
-    for block in ("autofluorescence", "saturation", "offset", "focus"):
-        for w in (d.get(block) or {}).get("warnings", []):
-            typer.echo(f"! {block}: {w}")
+    for w in summary_warnings(d):
+        typer.echo(f"! {w}")
 
 
 @app.command()

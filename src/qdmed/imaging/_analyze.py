@@ -167,10 +167,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     image = np.asarray(image_yxc)
     level, source = saturation_level(image.dtype, level=s.saturation_level)
     frac = cell_saturated_fraction(image, cells, level)
-    if frac is not None and len(table):
+    if frac is not None:  # cell_id is int64, even in an empty table
         table["saturated_fraction"] = frac[table["cell_id"].to_numpy()].astype(np.float32)
-    elif frac is not None:
-        table["saturated_fraction"] = np.array([], np.float32)
     sat = {"level_adu": level, "source": source,
            **(channel_stats(image, level) if detector_stats else {})}
     return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat)
@@ -355,6 +353,15 @@ class SlideResult:
 
     def to_dict(self) -> dict:
         return self.summary
+
+
+#: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
+WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus")
+
+
+def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
+    """``"<block>: <warning>"`` for every warning of the summary's `blocks`."""
+    return [f"{b}: {w}" for b in blocks for w in (summary.get(b) or {}).get("warnings", [])]
 
 
 def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
@@ -559,10 +566,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
-    if saturation_level is not None:
-        check_level(saturation_level)
-    if offset_adu is not None:
-        check_offset(offset_adu, len(panel.channels))
+    check_level(saturation_level)
+    check_offset(offset_adu, len(panel.channels))
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     slide = read_slide(path)
     h, w, c = slide.shape
@@ -578,10 +583,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         raise InputError(f"exclude_flagged='saturated' needs a detector ceiling, and "
                          f"{path.name} has none ({sat_source}): give saturation_level "
                          "(--saturation-level)")
-    if offset_adu is not None:
-        off = check_offset(offset_adu, c)
-        s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
-    off = check_offset(s.offset_adu, c)
+    off = check_offset(s.offset_adu if offset_adu is None else offset_adu, c)
+    s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
     panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um,
                                              off)
     r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,

@@ -89,20 +89,17 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_exclude_flagged,
         check_region_options,
         start_client,
+        summary_warnings,
     )
     from qdmed.imaging._report import write_cohort_report, write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
-    if saturation_level is not None:
-        from qdmed.imaging._detector import check_level
+    from qdmed.imaging._detector import check_level, check_offset
 
-        check_level(saturation_level)  # a bad value is refused before any slide is read
-    if offset_adu is not None:
-        from qdmed.imaging._detector import check_offset
-
-        check_offset(offset_adu, len(panel.channels))
+    check_level(saturation_level)  # bad values are refused before any slide is read
+    check_offset(offset_adu, len(panel.channels))
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     if regions_dir is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions folder "
@@ -147,19 +144,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
                     notes = [res.summary["scored_cells"].get("warning") or ""]
-                    af = res.summary.get("autofluorescence") or {}
-                    notes += [f"autofluorescence: {w}" for w in af.get("warnings", [])]
                     rs = (res.summary.get("markers_scored") or {}).get("receptor_status") or {}
                     notes += [f"{m}: {w}" for m, st in rs.items() for w in st.get("warnings", [])]
-                    sat = res.summary.get("saturation") or {}
-                    notes += [f"saturation: {w}" for w in sat.get("warnings", [])]
-                    row["percent_scored_cells_saturated"] = sat.get(
-                        "percent_scored_cells_saturated")
-                    offs = res.summary.get("offset") or {}
-                    notes += [f"offset: {w}" for w in offs.get("warnings", [])]
-                    row["offset_suspected"] = offs.get("suspected")
-                    foc = res.summary.get("focus") or {}
-                    notes += [f"focus: {w}" for w in foc.get("warnings", [])]
+                    notes += summary_warnings(res.summary)
+                    row["percent_scored_cells_saturated"] = res.summary["saturation"][
+                        "percent_scored_cells_saturated"]
+                    row["offset_suspected"] = res.summary["offset"]["suspected"]
+                    foc = res.summary["focus"]
                     row["focus_median_blur"] = foc.get("median")
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
                     row["message"] = "; ".join(n for n in notes if n)

@@ -81,8 +81,11 @@ def check_offset(offset: Any, n_channels: int) -> np.ndarray | None:
     return None if not off.any() else off
 
 
-def check_level(level: Any) -> float:
-    """A user's detector ceiling as a float, or InputError naming the value."""
+def check_level(level: Any) -> float | None:
+    """A user's detector ceiling as a float (None stays None: not given), or InputError
+    naming the value."""
+    if level is None:
+        return None
     if isinstance(level, bool) or not isinstance(level, int | float | np.integer | np.floating) \
             or not math.isfinite(float(level)) or float(level) <= 0:
         raise InputError(f"saturation_level must be a positive number of counts (the "

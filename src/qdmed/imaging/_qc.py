@@ -53,6 +53,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         check_channels,
         nuclear_otsu,
         reference_origin,
+        summary_warnings,
         tile_grid,
         unmix_image,
     )
@@ -73,8 +74,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     from qdmed.report import atomic_write_text, to_jsonable
 
     t0 = time.perf_counter()
-    if saturation_level is not None:
-        check_level(saturation_level)
+    check_level(saturation_level)
     off = check_offset(offset_adu, len(panel.channels))
     # the panel as an analysis's tiles get it (through its file form, whose rounding moves
     # abundances by ~1e-8): the blur of a tile then equals the analysis's exactly
@@ -108,8 +108,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         "offset": offset_summary(merged, off, slide.channel_names, stats),
         "focus": focus_summary(blur, boxes, None, None, ps),
     }
-    d["warnings"] = [f"{key}: {m}" for key in ("saturation", "offset", "focus")
-                     for m in d[key]["warnings"]]
+    d["warnings"] = summary_warnings(d)
     d["elapsed_s"] = time.perf_counter() - t0
     if out_dir is not None:
         out = Path(out_dir)
@@ -144,8 +143,7 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     from qdmed.imaging._detector import check_level, check_offset
     from qdmed.report import atomic_write_text
 
-    if saturation_level is not None:
-        check_level(saturation_level)
+    check_level(saturation_level)
     check_offset(offset_adu, len(panel.channels))
     tile_grid((64, 64), tile)  # a bad tile is refused before any slide is read
     _nuclear_index(panel)

@@ -163,7 +163,7 @@ def write_slide_report(result, path=None) -> Path:
         rep.paragraph("Detector offset subtracted: "
                       + ("none (dark-corrected image assumed)" if given == [0.0] else
                          ", ".join(f"{k} {v:g}" for k, v in offs["offset_adu"].items()))
-                      + "; lowest count per channel after it: "
+                      + "; floor per channel after it (lowest counts of its darkest tiles): "
                       + ", ".join(f"{k} {v:g}" for k, v in offs["floor_after_offset"].items())
                       + "." + "".join(f" Warning: {w.rstrip('.')}." for w in offs["warnings"]))
     foc = s.get("focus")
