@@ -500,3 +500,65 @@ def test_blind_autofluorescence_reads_full_resolution_pixels(slide, monkeypatch)
     np.testing.assert_array_equal(img, np.asarray(s.data[y0:y0 + 256, x0:x0 + 256]))
     af = outside_labels(np.asarray(s.data, dtype=np.float64))
     assert af[y0:y0 + 256, x0:x0 + 256].mean() > af.mean()  # an autofluorescent window
+
+
+def _circle(cx, cy, r, n=64):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ring = np.column_stack([cx + r * np.cos(t), cy + r * np.sin(t)])
+    return np.vstack([ring, ring[:1]]).round(2).tolist()
+
+
+def _core(name, cx, cy, r, missing=False):
+    """A TMA core as QuPath exports it (PathObjectTypeAdapters: objectType 'tmaCore', name,
+    isMissing; the ellipse ROI as a Polygon flagged isEllipse)."""
+    return {"type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [_circle(cx, cy, r)],
+                         "isEllipse": True},
+            "properties": {"objectType": "tmaCore", "name": name, "isMissing": missing}}
+
+
+def test_tma_cores_are_scored_one_by_one(slide, tmp_path, calibration):
+    cores = tmp_path / "cores.geojson"
+    feats = [_core("A-1", 256, 256, 220), _core("A-2", 768, 256, 220),
+             _core("B-1", 256, 768, 220), _core("B-2", 768, 768, 30),
+             _core("B-3", 1200, 768, 220, missing=True)]
+    cores.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    res = analyze_slide(slide.path, PANEL, tmp_path / "tma", tile=512, scheduler="synchronous",
+                        progress=False, write_unmixed=False, outlines=False,
+                        her2_calibration=calibration, regions=cores)
+    cells = res.cells()
+    x, y = cells["centroid_x"].to_numpy() + 0.5, cells["centroid_y"].to_numpy() + 0.5
+    table = pd.read_csv(tmp_path / "tma" / "regions.csv", keep_default_na=False)
+    assert table["region"].tolist() == ["A-1", "A-2", "B-1", "B-2", "B-3"]
+    assert table["status"].tolist() == ["ok", "ok", "ok", "too few cells", "missing"]
+    for row, (cx, cy, r) in zip(table.itertuples(), [(256, 256, 220), (768, 256, 220),
+                                                    (256, 768, 220), (768, 768, 30)]):
+        # the 64-gon lies inside its circle: cells well inside are in, cells outside are out
+        d = np.hypot(x - cx, y - cy)
+        mine = (cells["region"] == row.region).to_numpy()
+        assert mine[d < r * np.cos(np.pi / 64) - 1e-6].all() and not mine[d > r].any()
+        assert row.n_cells == row.n_scored == int(mine.sum())
+        if row.status == "ok":  # each core scored exactly as a slide of its cells
+            ref = score_her2(cells[mine], calibration, nan_policy="omit")
+            assert row.her2_category == ref.category
+            assert float(row.her2_mean_membrane) == pytest.approx(ref.mean_membrane_intensity)
+    assert (cells["region"] == "").to_numpy().tolist() == (~cells["in_region"]).tolist()
+    block = res.summary["regions_scored"]
+    assert block["by_status"] == {"ok": 3, "too few cells": 1, "missing": 1}
+    assert sum(block["her2_categories"].values()) == 3
+    assert res.summary["scored_cells"]["regions"]["tma"] is True
+    assert res.summary["scored_cells"]["regions"]["missing_cores"] == ["B-3"]
+    from qdmed.imaging._report import write_slide_report
+
+    html = write_slide_report(res).read_text()
+    assert "Regions scored one by one (TMA cores)" in html and "B-3" in html
+    # annotations are not scored one by one unless asked; a file is needed to ask
+    plain = analyze_slide(slide.path, PANEL, tmp_path / "tma", tile=512,
+                          scheduler="synchronous", progress=False, write_unmixed=False,
+                          outlines=False, regions=cores, per_region=False)
+    assert plain.summary["regions_scored"] is None and "region" not in plain.cells()
+    assert not (tmp_path / "tma" / "regions.csv").exists()
+    with pytest.raises(InputError, match="per_region needs a regions file"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", per_region=True)
+    with pytest.raises(InputError, match="region_min_cells"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", regions=cores, region_min_cells=0)

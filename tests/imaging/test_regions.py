@@ -34,7 +34,8 @@ def test_polygon_with_hole_multipolygon_and_class_filter(tmp_path):
         _feat({"type": "Point", "coordinates": [5, 5]}),  # ignored
     ])
     reg = read_regions(p)
-    assert reg.to_dict() == {"source": str(p), "n_polygons": 2, "classes": ["Stroma", "Tumor"]}
+    assert reg.to_dict() == {"source": str(p), "n_polygons": 2, "classes": ["Stroma", "Tumor"],
+                             "n_regions": 2, "tma": False, "missing_cores": []}
     x = np.array([10, 50, 150, 205, 99.9])
     y = np.array([10, 50, 50, 5, 99.9])
     assert reg.contains(x, y).tolist() == [True, False, False, True, True]

@@ -23,6 +23,8 @@ REGION_UM = Annotated[float, typer.Option("--her2-region-um", help="Side (um) of
 REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored cells a heterogeneity region needs.")]
 OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
 EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
+PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
+REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
 
@@ -272,6 +274,8 @@ def analyze(
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
     exclude_flagged: EXCLUDE = None,
+    per_region: PER_REGION = None,
+    region_min_cells: REGION_CELLS = 100,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -297,7 +301,8 @@ def analyze(
                         her2_region_um=her2_region_um,
                         her2_region_min_cells=her2_region_min_cells,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
-                        exclude_flagged=_flags(exclude_flagged))
+                        exclude_flagged=_flags(exclude_flagged), per_region=per_region,
+                        region_min_cells=region_min_cells)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -329,7 +334,16 @@ def analyze(
         info["HER2 heterogeneity (Shannon, tumour level; shuffled; p)"] = (
             f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null'] or 0:.2f}; "
             f"{het['spatial_p_value'] or 1:.3g}")
+    by_region = d.get("regions_scored")
+    if by_region:
+        info["regions"] = ", ".join(f"{n} {k}" for k, n in by_region["by_status"].items())
+        if by_region["her2_categories"]:
+            info["HER2 by region"] = ", ".join(
+                f"{c}: {n}" for c, n in by_region["her2_categories"].items())
     print_kv(f"Slide {slide.name}", info)
+    if by_region:
+        print_table("Regions (regions.csv)", by_region["regions"],
+                    ["region", "status", "n_scored", "her2_category"])
     for w in summary_warnings(d):
         typer.echo(f"! {w}")
 
@@ -472,6 +486,8 @@ def cohort(
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
     exclude_flagged: EXCLUDE = None,
+    per_region: PER_REGION = None,
+    region_min_cells: REGION_CELLS = 100,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -487,7 +503,8 @@ def cohort(
                          her2_region_um=her2_region_um,
                          her2_region_min_cells=her2_region_min_cells,
                          saturation_level=saturation_level, offset_adu=_offset(offset),
-                         exclude_flagged=_flags(exclude_flagged))
+                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
+                         region_min_cells=region_min_cells)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:
@@ -495,7 +512,8 @@ def cohort(
         return None
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
-    typer.echo(f"cohort table: {res['cells']}; report: {res['report']}")
+    typer.echo(f"cohort table: {res['cells']}; report: {res['report']}"
+               + (f"; regions: {res['regions']}" if res["regions"] else ""))
     if res["n_ok"] == 0:
         raise typer.Exit(2)
 

@@ -27,6 +27,13 @@ import numpy as np
 from qdmed.errors import InputError
 from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._panel import Panel
+from qdmed.imaging._region_scores import (
+    check_min_cells,
+    region_table,
+    regions_summary,
+    score_cells,
+    score_regions,
+)
 
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
@@ -461,7 +468,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   autofluorescence: str = "panel", her2_region_um: float = 500.0,
                   her2_region_min_cells: int = 100,
                   saturation_level: float | None = None, offset_adu=None,
-                  exclude_flagged: tuple = ()) -> SlideResult:
+                  exclude_flagged: tuple = (), per_region: bool | None = None,
+                  region_min_cells: int = 100) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -529,6 +537,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         Leave the cells with these quality flags out of the scores (HER2, positivity,
         receptor status, heterogeneity); ``cells.parquet`` keeps them, and the summary's
         ``scored_cells`` counts them under ``excluded``. By default nothing is left out.
+    per_region : bool, optional
+        Also score every region of ``regions`` on its own (each TMA core, or each named
+        annotation; :mod:`qdmed.imaging._region_scores`): cells.parquet gets a ``region``
+        column, the summary ``regions_scored`` and the folder ``regions.csv``. Default: on
+        when the regions are TMA cores (QuPath's TMA grid, or :func:`find_tma_cores`).
+    region_min_cells : int
+        Scored cells a region needs to be scored (default 100).
 
     Returns
     -------
@@ -564,6 +579,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         from qdmed.imaging._regions import read_regions
 
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
+    if per_region and reg is None:
+        raise InputError("per_region needs a regions file (GeoJSON annotations or TMA cores, "
+                         "--regions); none was given.")
+    per_region = reg is not None and (reg.is_tma if per_region is None else bool(per_region))
+    region_min_cells = check_min_cells(region_min_cells)
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)
@@ -610,6 +630,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if not outlines:
         (out / "cells.geojson").unlink(missing_ok=True)
     (out / "her2_regions.geojson").unlink(missing_ok=True)  # rewritten when HER2 is scored
+    (out / "regions.csv").unlink(missing_ok=True)  # rewritten when regions are scored
     if not write_unmixed and (out / "unmixed.ome.zarr").is_dir():
         shutil.rmtree(out / "unmixed.ome.zarr")
     manifest = tiles_dir / "run.json"
@@ -671,7 +692,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
           for i in range(len(boxes))]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
     if reg is not None:
-        cells["in_region"] = reg.contains_cells(cells) if len(cells) else np.array([], bool)
+        where = reg.region_index_cells(cells) if len(cells) else np.array([], np.int64)
+        cells["in_region"] = where >= 0
+        if per_region:
+            cells["region"] = np.array(("",) + reg.names, dtype=object)[where + 1]
     scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]
     focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells, s.pixel_size_um)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
@@ -696,21 +720,22 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             selection["warning"] = (f"every one of the {before} cells to score carries a "
                                     "flag left out (exclude_flagged): nothing was scored")
     selection["n_scored"] = int(len(scored_cells))
-    her2 = het = None
-    if her2_calibration is not None and len(scored_cells):
+    her2, scored = score_cells(scored_cells, her2_calibration, gates)
+    het = None
+    if her2 is not None:
         from qdmed.imaging._heterogeneity import her2_heterogeneity
-        from qdmed.imaging._scoring import score_her2
 
-        her2 = score_her2(scored_cells, her2_calibration, nan_policy="omit")
         het = her2_heterogeneity(her2, region_um=her2_region_um,
                                  min_cells=her2_region_min_cells)
         atomic_write_text(out / "her2_regions.geojson",
                           json.dumps(het.to_geojson(s.pixel_size_um, shape_yx=(h, w))))
-    scored = None
-    if gates:
-        from qdmed.imaging._scoring import score_markers
-
-        scored = score_markers(scored_cells, gates)
+    by_region = None
+    if per_region:
+        rows = score_regions(cells, scored_cells, reg.names, reg.missing,
+                             her2_calibration=her2_calibration, gates=gates,
+                             min_cells=region_min_cells)
+        atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
+        by_region = regions_summary(rows, region_min_cells)
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells
         write_feature_collection(
             out / "cells.geojson",
@@ -734,6 +759,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "her2_heterogeneity": None if het is None else het.to_dict(),
         "markers_scored": scored,
         "scored_cells": selection,
+        "regions_scored": by_region,
         "saturation": saturation,
         "offset": offset_summary(detector_stats, off, slide.channel_names, qc),
         "focus": focus,
@@ -742,6 +768,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                     "geojson": "cells.geojson" if outlines else None,
                     "her2_regions": "her2_regions.geojson" if het is not None else None,
                     "qc_regions": "qc_regions.geojson",
+                    "regions": "regions.csv" if by_region is not None else None,
                     "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
     }
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,

@@ -11,6 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import InputError, QdmedError
+from qdmed.imaging._region_scores import (
+    check_min_cells,
+    receptor_notes,
+    region_table,
+    score_fields,
+)
 
 SLIDE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".ome.zarr", ".zarr")
 
@@ -63,7 +69,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    write_unmixed: bool = True, autofluorescence: str = "panel",
                    her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
                    saturation_level: float | None = None, offset_adu=None,
-                   exclude_flagged: tuple = ()) -> dict:
+                   exclude_flagged: tuple = (), per_region: bool | None = None,
+                   region_min_cells: int = 100) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -79,8 +86,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     ``her2_region_min_cells`` (the HER2 heterogeneity regions; the table gets each slide's
     regional categories and Shannon indices), ``saturation_level`` (the detector's ceiling;
     the table gets each slide's percent of scored cells with saturated pixels) and
-    ``offset_adu`` (the detector's offset, subtracted before unmixing), and
-    ``exclude_flagged`` (quality flags whose cells are left out of the scores)."""
+    ``offset_adu`` (the detector's offset, subtracted before unmixing),
+    ``exclude_flagged`` (quality flags whose cells are left out of the scores), and
+    ``per_region`` and ``region_min_cells`` (every region scored on its own, by default when
+    the regions are TMA cores: the folder then gets ``regions.csv``, one row per slide and
+    region, e.g. one per patient of a TMA cohort)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -101,16 +111,17 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_level(saturation_level)  # bad values are refused before any slide is read
     check_offset(offset_adu, len(panel.channels))
     exclude_flagged = check_exclude_flagged(exclude_flagged)
-    if regions_dir is None and region_class is not None:
-        raise InputError(f"region_class={region_class!r} needs a regions folder "
-                         "(--regions-dir); none was given.")
+    region_min_cells = check_min_cells(region_min_cells)
+    if regions_dir is None and (region_class is not None or per_region):
+        what = "per_region" if per_region else f"region_class={region_class!r}"
+        raise InputError(f"{what} needs a regions folder (--regions-dir); none was given.")
     if regions_dir is not None and not Path(regions_dir).is_dir():
         raise InputError(f"regions folder {str(regions_dir)!r} does not exist or is not a "
                          "folder")
     slides = find_slides(folder, required=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, tables = [], []
+    rows, tables, region_rows = [], [], []
     client = cluster = None
     if slides:
         client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
@@ -139,13 +150,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         her2_region_min_cells=her2_region_min_cells,
                                         saturation_level=saturation_level,
                                         offset_adu=offset_adu,
-                                        exclude_flagged=exclude_flagged)
+                                        exclude_flagged=exclude_flagged,
+                                        per_region=per_region,
+                                        region_min_cells=region_min_cells)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
                     notes = [res.summary["scored_cells"].get("warning") or ""]
-                    rs = (res.summary.get("markers_scored") or {}).get("receptor_status") or {}
-                    notes += [f"{m}: {w}" for m, st in rs.items() for w in st.get("warnings", [])]
+                    notes += receptor_notes(res.summary.get("markers_scored"))
                     notes += summary_warnings(res.summary)
                     row["percent_scored_cells_saturated"] = res.summary["saturation"][
                         "percent_scored_cells_saturated"]
@@ -154,13 +166,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["focus_median_blur"] = foc.get("median")
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
                     row["message"] = "; ".join(n for n in notes if n)
-                    if res.summary["her2"]:
-                        row["her2_category"] = res.summary["her2"]["category"]
-                        row["her2_low"] = res.summary["her2"]["her2_low"]
-                        row["her2_ultralow"] = res.summary["her2"]["her2_ultralow"]
-                        row["total_her2_load"] = res.summary["her2"]["total_her2_load"]
-                        row["her2_mean_membrane"] = res.summary["her2"][
-                            "mean_membrane_intensity"]
+                    row.update(score_fields(res.summary["her2"],
+                                            res.summary.get("markers_scored")))
                     het = res.summary.get("her2_heterogeneity")
                     if het:
                         row["her2_n_regions"] = het["n_regions"]
@@ -174,12 +181,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         row["her2_tumour_level_shannon_null"] = het["tumour_level_shannon_null"]
                         row["her2_spatial_p_value"] = het["spatial_p_value"]
                         row["her2_cell_level_shannon"] = het["cell_level_shannon_mean"]
-                    if res.summary.get("markers_scored"):
-                        for m, v in res.summary["markers_scored"]["percent_positive"].items():
-                            row[f"{m}_percent_positive"] = v
-                        for m, st in (res.summary["markers_scored"].get("receptor_status")
-                                      or {}).items():
-                            row[f"{m}_status"] = st["label"]
+                    by_region = res.summary.get("regions_scored")
+                    if by_region:
+                        row["n_regions"] = by_region["n_regions"]
+                        row["n_regions_scored"] = by_region["by_status"].get("ok", 0)
+                        region_rows += [{"slide": sp.name, **r} for r in by_region["regions"]]
                     cells = res.cells()
                     cells.insert(0, "slide", sp.name)
                     tables.append(cells)
@@ -195,10 +201,16 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     _flag_blurred_slides(rows)
     if tables:
         atomic_write_parquet(out / "cells.parquet", pd.concat(tables, ignore_index=True))
+    (out / "regions.csv").unlink(missing_ok=True)
+    if region_rows:
+        table = region_table(region_rows)
+        table.insert(0, "slide", table.pop("slide"))
+        atomic_write_text(out / "regions.csv", table.to_csv(index=False))
     summary = {"folder": str(folder), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
                "n_failed": sum(r["status"] != "ok" for r in rows),
                "slides": rows, "cells": str(out / "cells.parquet") if tables else None,
+               "regions": str(out / "regions.csv") if region_rows else None,
                "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
@@ -208,6 +220,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "autofluorescence": autofluorescence,
                               "saturation_level": saturation_level,
                               "exclude_flagged": list(exclude_flagged),
+                              "per_region": per_region, "region_min_cells": region_min_cells,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

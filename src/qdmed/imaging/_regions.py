@@ -30,11 +30,44 @@ __all__ = ["Regions", "read_regions"]
 @dataclass(frozen=True)
 class Regions:
     """Polygons (exterior ring plus holes, each an (n, 2) array of x, y in QuPath pixel
-    coordinates) read from a GeoJSON file."""
+    coordinates) read from a GeoJSON file, with the region each belongs to.
+
+    Attributes
+    ----------
+    source : str
+    polygons : tuple
+        One entry per polygon (a MultiPolygon feature gives several).
+    classes : tuple
+        Classification name of each polygon's feature (None if unclassified).
+    labels : tuple of str
+        Name of each polygon's region: the feature's ``properties.name`` (QuPath writes a TMA
+        core's name, e.g. "A-1", and an annotation's name there), else ``"region <n>"`` by
+        the feature's order among the regions read. Polygons of one feature share a label.
+    kinds : tuple of str
+        QuPath object type of each polygon's feature ('annotation', 'tmacore'; 'annotation'
+        for plain GeoJSON without one).
+    missing : tuple of str
+        Names of the regions marked missing (``properties.isMissing``, which QuPath writes
+        on every TMA core: true for a core lost from the section): no tissue to score, so no
+        polygon; listed so that a per-core table keeps their rows.
+    """
 
     source: str
     polygons: tuple
     classes: tuple
+    labels: tuple = ()
+    kinds: tuple = ()
+    missing: tuple = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The regions' names, each once, in file order."""
+        return tuple(dict.fromkeys(self.labels))
+
+    @property
+    def is_tma(self) -> bool:
+        """True when every region is a TMA core (a QuPath TMA grid export)."""
+        return bool(self.kinds) and all(k == "tmacore" for k in self.kinds)
 
     def contains(self, x, y) -> np.ndarray:
         """Boolean per point: inside some polygon and outside its holes (QuPath x, y).
@@ -50,33 +83,49 @@ class Regions:
         counter-clockwise copies of one square disagree) and scipy/scikit-image offer no
         polygon test for points.
         """
+        return self.region_index(x, y) >= 0
+
+    def region_index(self, x, y) -> np.ndarray:
+        """Per point (QuPath x, y): the index in :attr:`names` of the region containing it,
+        -1 outside every region. Where regions overlap, a point goes to the first one in
+        file order (TMA cores never overlap; abutting annotations share their edges out, see
+        :meth:`contains`)."""
         px = np.ascontiguousarray(np.asarray(x, dtype=float).ravel())
         py = np.ascontiguousarray(np.asarray(y, dtype=float).ravel())
         if px.shape != py.shape:
             raise InputError(f"x and y must have the same length; got {px.size} and {py.size}.")
-        inside = np.zeros(px.size, dtype=bool)
+        where = np.full(px.size, -1, dtype=np.int64)
         kernel = _pnpoly_kernel() if numba_available() else _pnpoly_numpy
-        for rings in self.polygons:
+        index = {name: i for i, name in enumerate(self.names)}
+        labels = self.labels or ("region 1",) * len(self.polygons)
+        for rings, label in zip(self.polygons, labels, strict=True):
             ext = rings[0]
             sel = np.flatnonzero((px >= ext[:, 0].min()) & (px <= ext[:, 0].max())
-                                 & (py >= ext[:, 1].min()) & (py <= ext[:, 1].max()) & ~inside)
+                                 & (py >= ext[:, 1].min()) & (py <= ext[:, 1].max())
+                                 & (where < 0))
             if sel.size == 0:
                 continue
             e = _edges(rings)
             hit = np.zeros(sel.size, dtype=bool)
             kernel(px[sel], py[sel], e[0], e[1], e[2], e[3], hit)
-            inside[sel[hit]] = True
-        return inside
+            where[sel[hit]] = index.get(label, 0)
+        return where
 
     def contains_cells(self, cells) -> np.ndarray:
         """Boolean per row of a qdmed cell table (centroids in pixel-index coordinates, which
         are QuPath's minus 0.5)."""
-        return self.contains(np.asarray(cells["centroid_x"]) + 0.5,
-                             np.asarray(cells["centroid_y"]) + 0.5)
+        return self.region_index_cells(cells) >= 0
+
+    def region_index_cells(self, cells) -> np.ndarray:
+        """:meth:`region_index` per row of a qdmed cell table."""
+        return self.region_index(np.asarray(cells["centroid_x"]) + 0.5,
+                                 np.asarray(cells["centroid_y"]) + 0.5)
 
     def to_dict(self) -> dict:
         return {"source": self.source, "n_polygons": len(self.polygons),
-                "classes": sorted({c for c in self.classes if c})}
+                "classes": sorted({c for c in self.classes if c}),
+                "n_regions": len(self.names), "tma": self.is_tma,
+                "missing_cores": list(self.missing)}
 
 
 def _edges(rings) -> tuple[np.ndarray, ...]:
@@ -219,8 +268,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     else:
         raise FileFormatError(f"{p}: expected a GeoJSON FeatureCollection, Feature or a list of "
                               "Features")
-    polys, classes = [], []
-    skipped = 0
+    polys, classes, labels, kinds, missing = [], [], [], [], []
+    skipped = n_regions = 0
     for i, f in enumerate(feats):
         where = f"{p}: feature {i}"
         if not isinstance(f, dict):
@@ -231,18 +280,29 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         if _object_type(f, props) not in _REGION_TYPES:
             skipped += 1
             continue  # cells, detections, tiles: objects, not regions
+        kind = _object_type(f, props) or "annotation"
         name = _class_name(props.get("classification"))
         if region_class is not None and name != region_class:
+            continue
+        n_regions += 1
+        label = props.get("name")
+        label = label.strip() if isinstance(label, str) and label.strip() else \
+            f"region {n_regions}"
+        if props.get("isMissing") is True:  # QuPath's flag of a core lost from the section
+            missing.append(label)  # (qdmed's dearrayer writes it on annotations too)
             continue
         for j, poly in enumerate(_polygons(f.get("geometry") or {}, where)):
             if not isinstance(poly, list) or not poly:
                 raise FileFormatError(f"{where}: polygon {j} has no rings")
             polys.append(tuple(_ring(r, f"{where}, polygon {j}") for r in poly))
             classes.append(name)
+            labels.append(label)
+            kinds.append(kind)
     if not polys:
         what = f" classified {region_class!r}" if region_class is not None else ""
         extra = (f", {skipped} of them cells, detections or other objects that are not "
                  "regions" if skipped else "")
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
                          f"with ({len(feats)} features read{extra}).")
-    return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes))
+    return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes),
+                   labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing))

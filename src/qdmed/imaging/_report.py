@@ -113,6 +113,62 @@ def her2_figure(her2):
     return fig
 
 
+def regions_map_figure(cells, rows: list[dict], pixel_size_um: float):
+    """Where the regions lie (the centroid of their cells; a TMA's grid), each marked by its
+    HER2 category (grey: not scored) and named; None when no region holds cells."""
+    import matplotlib.pyplot as plt
+
+    if "region" not in cells or not len(cells):
+        return None
+    inside = cells[cells["region"] != ""]
+    if not len(inside):
+        return None
+    centre = inside.groupby("region")[["centroid_x", "centroid_y"]].mean() * pixel_size_um
+    cat = {r["region"]: r.get("her2_category") for r in rows}
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for name, (x, y) in centre.iterrows():
+        c = cat.get(name)
+        ax.scatter(x, y, s=500, c=_CAT_COLOURS.get(c, "#bbbbbb"), edgecolors="k",
+                   linewidths=0.5)
+        ax.annotate(f"{name}\n{c or '-'}", (x, y), ha="center", va="center", fontsize=6)
+    for c, colour in _CAT_COLOURS.items():
+        ax.scatter([], [], s=40, c=colour, label=c)
+    ax.scatter([], [], s=40, c="#bbbbbb", label="not scored")
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.margins(0.12)
+    ax.set_xlabel("x (um)")
+    ax.set_ylabel("y (um)")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5),
+              title="HER2", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def regions_section(rep, result, cells) -> None:
+    """The report's per-region section (TMA cores or named annotations), if any."""
+    by_region = result.summary.get("regions_scored")
+    if not by_region:
+        return
+    rows = by_region["regions"]
+    rep.heading("Regions scored one by one" + (" (TMA cores)" if (
+        result.summary["scored_cells"].get("regions") or {}).get("tma") else ""))
+    rep.paragraph(f"{by_region['n_regions']} regions: " + ", ".join(
+        f"{n} {k}" for k, n in by_region["by_status"].items())
+        + f". Each region with at least {by_region['min_cells']} scored cells is scored as a "
+        "slide of its own cells; table: regions.csv.")
+    fig = regions_map_figure(cells, rows, result.summary["settings"]["pixel_size_um"])
+    if fig is not None:
+        rep.figure(fig, "regions by HER2 category")
+    fig = cohort_figure(rows, name_key="region", what="regions")
+    if fig is not None:
+        rep.figure(fig, "HER2 categories and mean membrane HER2 per scored region")
+    cols = [c for c in ("region", "status", "n_cells", "n_scored", "her2_category",
+                        "her2_low", "her2_ultralow", "her2_mean_membrane", "ER_status",
+                        "PR_status", "message") if any(c in r for r in rows)]
+    rep.table([{c: r.get(c, "") for c in cols} for r in rows])
+
+
 def receptor_paragraph(marker: str, status: dict) -> str:
     """One line of text for a receptor status (``ReceptorStatus.to_dict()``)."""
     return (f"{marker} {status['label']}: {status['rule']}."
@@ -241,12 +297,14 @@ def write_slide_report(result, path=None) -> Path:
                           "permutation p-value.", cls="muted")
             if het.n_regions:
                 rep.figure(het.plot(), "HER2 by region")
+    regions_section(rep, result, cells)
     return rep.write(path or Path(result.out_dir) / "report.html")
 
 
-def cohort_figure(rows: list[dict]):
+def cohort_figure(rows: list[dict], name_key: str = "slide", what: str = "slides"):
     """Slides' HER2 categories (counts) beside each slide's mean membrane HER2 per scored
-    cell, coloured by its category; None when no slide was scored."""
+    cell, coloured by its category; None when no slide was scored. The same for the regions
+    of a slide (TMA cores) with ``name_key='region', what='regions'``."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -260,16 +318,17 @@ def cohort_figure(rows: list[dict]):
     a1.bar(cats, counts, color=[_CAT_COLOURS[c] for c in cats])
     a1.yaxis.set_major_locator(MaxNLocator(integer=True))
     a1.set_xlabel("HER2 category (ASCO/CAP 2018 style)")
-    a1.set_ylabel("slides")
+    a1.set_ylabel(what)
     # the mean per scored cell, not the total load, which grows with the tissue area
     key = "her2_mean_membrane"
     order = sorted(scored, key=lambda r: (r.get(key) or 0.0))
     a2.bar(range(len(order)), [r.get(key) or 0.0 for r in order],
            color=[_CAT_COLOURS[r["her2_category"]] for r in order])
-    a2.set_xticks(range(len(order)), [r["slide"] for r in order], rotation=60, ha="right",
+    a2.set_xticks(range(len(order)), [r[name_key] for r in order], rotation=60, ha="right",
                   fontsize=7)
     a2.set_ylabel("mean membrane HER2 per cell")
-    a2.set_title("continuous QD measure per slide, coloured by category", fontsize=9)
+    a2.set_title(f"continuous QD measure per {what.rstrip('s')}, coloured by category",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -315,6 +374,12 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     if any(status.values()):
         rep.heading("ER / PgR (ASCO/CAP 2020)")
         rep.table({m: {k: v.count(k) for k in sorted(set(v))} for m, v in status.items() if v})
+    n_regions = sum(r.get("n_regions", 0) for r in ok)
+    if n_regions:
+        rep.paragraph(f"Regions scored one by one (TMA cores or named annotations): "
+                      f"{n_regions} in {sum('n_regions' in r for r in ok)} slides, "
+                      f"{sum(r.get('n_regions_scored', 0) for r in ok)} scored; one row per "
+                      "slide and region in regions.csv, figures in each slide's report.")
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",

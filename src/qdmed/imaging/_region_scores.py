@@ -1,0 +1,142 @@
+"""Scores region by region: every core of a tissue microarray (one patient each) or every
+named annotation of a slide, scored on its own by the slide's rules, in one table.
+
+QD-IHC cohorts are mostly read on tissue microarrays: one section holds cores of hundreds of
+patients, and each core gets its own HER2 category, marker percentages and receptor status
+(e.g. the 240-patient TMAs of Yang XQ et al., Int J Nanomedicine 6, 2265 (2011), and Chen C
+et al., Int J Nanomedicine 9, 1039-1048 (2014), doi:10.2147/IJN.S58270). A core is scored as a
+slide is (:func:`qdmed.imaging.score_her2`, :func:`qdmed.imaging.score_markers`),
+on the cells whose centroid lies in it; a core with fewer than ``min_cells`` scored cells
+gets no scores (status ``"too few cells"``): a category from a handful of cells is noise, as
+the ASCO/CAP ER/PgR rule's 100-nuclei floor recognises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+
+#: Scored cells a region needs to be scored (as ER/PgR status needs 100 nuclei).
+REGION_MIN_CELLS = 100
+
+#: Columns of a region row before the per-marker ones.
+REGION_COLUMNS = ("region", "status", "n_cells", "n_scored", "her2_category", "message")
+
+
+def check_min_cells(min_cells) -> int:
+    """``min_cells`` checked: an integer >= 1."""
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or \
+            min_cells < 1:
+        raise InputError(f"region_min_cells must be an integer >= 1; got {min_cells!r}")
+    return int(min_cells)
+
+
+def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
+    """The flat table fields of a HER2 score dict (:meth:`Her2Score.to_dict`) and a marker
+    score dict (:func:`score_markers`): one row of cohort.csv or regions.csv."""
+    row: dict[str, Any] = {}
+    if her2:
+        row["her2_category"] = her2["category"]
+        row["her2_low"] = her2["her2_low"]
+        row["her2_ultralow"] = her2["her2_ultralow"]
+        row["total_her2_load"] = her2["total_her2_load"]
+        row["her2_mean_membrane"] = her2["mean_membrane_intensity"]
+    if markers:
+        for m, v in markers["percent_positive"].items():
+            row[f"{m}_percent_positive"] = v
+        for m, st in (markers.get("receptor_status") or {}).items():
+            row[f"{m}_status"] = st["label"]
+    return row
+
+
+def receptor_notes(markers: dict | None) -> list[str]:
+    """The receptor-status warnings of a marker score dict, each prefixed by its marker."""
+    status = (markers or {}).get("receptor_status") or {}
+    return [f"{m}: {w}" for m, st in status.items() for w in st.get("warnings", [])]
+
+
+def score_cells(cells, her2_calibration=None, gates=None):
+    """(HER2 score or None, marker score dict or None) of a cell table, as a slide is scored."""
+    her2 = markers = None
+    if her2_calibration is not None and len(cells):
+        from qdmed.imaging._scoring import score_her2
+
+        her2 = score_her2(cells, her2_calibration, nan_policy="omit")
+    if gates:
+        from qdmed.imaging._scoring import score_markers
+
+        markers = score_markers(cells, gates)
+    return her2, markers
+
+
+def score_regions(cells, scored_cells, names, missing=(), *, her2_calibration=None,
+                  gates=None, min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
+    """One row per region: its cells, scored cells and scores.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        Every cell of the slide, with a ``region`` column ("" outside every region).
+    scored_cells : DataFrame
+        The cells the slide's scores use (in a region, less any excluded by quality flags).
+    names : sequence of str
+        The regions, in table order (:attr:`Regions.names`).
+    missing : sequence of str
+        Regions marked missing (TMA cores lost from the section): rows with status
+        ``"missing"`` and no counts.
+    her2_calibration, gates
+        As for the slide (:func:`qdmed.imaging.analyze_slide`).
+    min_cells : int
+        Scored cells a region needs for scores (:data:`REGION_MIN_CELLS`).
+    """
+    min_cells = check_min_cells(min_cells)
+    n_all = cells["region"].value_counts() if len(cells) else {}
+    groups = dict(tuple(scored_cells.groupby("region", sort=False))) if len(scored_cells) \
+        else {}
+    rows = []
+    for name in names:
+        sub = groups.get(name)
+        n_scored = 0 if sub is None else len(sub)
+        row: dict[str, Any] = {"region": name, "status": "ok",
+                               "n_cells": int(n_all.get(name, 0)), "n_scored": n_scored,
+                               "her2_category": None, "message": ""}
+        if n_scored < min_cells:
+            row["status"] = "no cells" if n_scored == 0 else "too few cells"
+            row["message"] = (f"{n_scored} scored cells, fewer than the {min_cells} a region "
+                              "needs (region_min_cells): not scored")
+        else:
+            her2, markers = score_cells(sub, her2_calibration, gates)
+            row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
+            row["message"] = "; ".join(receptor_notes(markers))
+        rows.append(row)
+    for name in missing:
+        rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,
+                     "her2_category": None,
+                     "message": "marked missing in the regions file (isMissing)"})
+    return rows
+
+
+def region_table(rows: list[dict[str, Any]]):
+    """The rows as a DataFrame, :data:`REGION_COLUMNS` first."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    return table.reindex(columns=list(REGION_COLUMNS)
+                         + [c for c in table.columns if c not in REGION_COLUMNS])
+
+
+def regions_summary(rows: list[dict[str, Any]], min_cells: int) -> dict[str, Any]:
+    """The summary's ``regions_scored`` block: the rows, counts per status and per HER2
+    category of the scored regions."""
+    status: dict[str, int] = {}
+    cats: dict[str, int] = {}
+    for r in rows:
+        status[r["status"]] = status.get(r["status"], 0) + 1
+        if r["status"] == "ok" and r.get("her2_category") is not None:
+            cats[r["her2_category"]] = cats.get(r["her2_category"], 0) + 1
+    return {"n_regions": len(rows), "min_cells": min_cells, "by_status": status,
+            "her2_categories": dict(sorted(cats.items())), "table": "regions.csv",
+            "regions": rows}
