@@ -393,6 +393,30 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def slide_overview(slide, max_px: int = 1024, score_fn=None, min_px: int = 64
+                   ) -> tuple[np.ndarray, float]:
+    """A low-resolution (Y, X) score image of the whole slide and its downsampling factor
+    (full-resolution px per overview px): the coarsest pyramid level at least ``min_px``
+    across (else the full resolution), reduced lazily by block means to at most ``max_px``
+    (memory stays bounded on slides stored without a pyramid). ``score_fn`` maps a
+    (Y, X, C) float array to a (Y, X) score (default: the sum over channels)."""
+    h = slide.shape[0]
+    levels = slide.levels or (slide.data,)
+    low = next((lev for lev in reversed(levels) if max(lev.shape[:2]) >= min_px), levels[0])
+    f = h / low.shape[0]
+    k = max(1, int(np.ceil(max(low.shape[:2]) / max_px)))
+    if k > 1:
+        import dask.array as da
+
+        ly, lx = (low.shape[0] // k) * k, (low.shape[1] // k) * k
+        low = da.coarsen(np.mean, low[:ly, :lx].astype(np.float32), {0: k, 1: k},
+                         trim_excess=True)
+        f = f * k
+    if score_fn is None:
+        return np.asarray(low.sum(axis=-1, dtype=np.float64).compute()), f
+    return np.asarray(score_fn(np.asarray(low.compute(), dtype=np.float64))), f
+
+
 def reference_origin(slide, size: int, score_fn=None) -> tuple[int, int]:
     """Top-left corner of the ``size`` x ``size`` window with the most signal, found on the
     coarsest pyramid level (so that thresholds are not estimated on empty glass).
@@ -403,22 +427,7 @@ def reference_origin(slide, size: int, score_fn=None) -> tuple[int, int]:
     h, w, _ = slide.shape
     if h <= size and w <= size:
         return 0, 0
-    levels = slide.levels or (slide.data,)
-    low = next((lev for lev in reversed(levels) if max(lev.shape[:2]) >= 64), levels[0])
-    f = h / low.shape[0]
-    # reduce lazily to <= ~1024 px before computing, so memory stays bounded on slides
-    # stored without a pyramid
-    k = max(1, int(np.ceil(max(low.shape[:2]) / 1024)))
-    if k > 1:
-        import dask.array as da
-
-        ly, lx = (low.shape[0] // k) * k, (low.shape[1] // k) * k
-        low = da.coarsen(np.mean, low[:ly, :lx].astype(np.float32), {0: k, 1: k}, trim_excess=True)
-        f = f * k
-    if score_fn is None:
-        tot = np.asarray(low.sum(axis=-1, dtype=np.float64).compute())
-    else:
-        tot = np.asarray(score_fn(np.asarray(low.compute(), dtype=np.float64)))
+    tot, f = slide_overview(slide, 1024, score_fn)
     win = max(1, int(round(size / f)))
     score = ndi.uniform_filter(tot, size=win, mode="constant")
     cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)

@@ -281,6 +281,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             skipped += 1
             continue  # cells, detections, tiles: objects, not regions
         kind = _object_type(f, props) or "annotation"
+        if "isMissing" in props:  # written on TMA cores only (QuPath, and qdmed's dearrayer,
+            kind = "tmacore"      # whose cores are annotations so that QuPath imports them)
         name = _class_name(props.get("classification"))
         if region_class is not None and name != region_class:
             continue

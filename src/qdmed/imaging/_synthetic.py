@@ -380,15 +380,27 @@ class _Geometry:
     tissue_thr: float       # -inf: all tissue, +inf: none
     tissue_modes: np.ndarray
     af_modes: np.ndarray
+    discs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # TMA cores: cy, cx, r px
+    core: np.ndarray | None = None  # per cell: index into discs (TMA), else None
 
     @property
     def n(self) -> int:
         return int(self.cy.size)
 
 
+def _disc_index(discs: np.ndarray, y_px: np.ndarray, x_px: np.ndarray) -> np.ndarray:
+    """Per point (pixel coordinates): the index of the disc (cy, cx, r px) holding it, -1
+    outside all (discs do not overlap)."""
+    out = np.full(np.shape(y_px), -1, dtype=np.int64)
+    for i, (cy, cx, r) in enumerate(discs):
+        out[(y_px - cy) ** 2 + (x_px - cx) ** 2 <= r * r] = i
+    return out
+
+
 def _build_geometry(shape: tuple[int, int], *, density: float, ps: float,
                     nucleus_radius: tuple[float, float], cell_radius: tuple[float, float],
-                    membrane_um: float, tissue_fraction: float, seed: int) -> _Geometry:
+                    membrane_um: float, tissue_fraction: float, seed: int,
+                    discs=None) -> _Geometry:
     from scipy.spatial import cKDTree
     from scipy.special import ndtri
 
@@ -439,6 +451,9 @@ def _build_geometry(shape: tuple[int, int], *, density: float, ps: float,
         occ[:] = False
     elif math.isfinite(thr):
         occ &= _wave_eval(tissue_modes, y, x) > thr
+    discs = np.zeros((0, 3)) if discs is None else np.asarray(discs, dtype=np.float64)
+    if discs.size:  # TMA: cells only inside the cores (a cell's centre inside its core)
+        occ &= _disc_index(discs, y / ps - 0.5, x / ps - 0.5) >= 0
     y, x, u = y[occ], x[occ], u[occ]
     inside = (y >= 0) & (y < hy) & (x >= 0) & (x < wx)
     if inside.sum() >= 1 and y.size >= 2:
@@ -463,7 +478,9 @@ def _build_geometry(shape: tuple[int, int], *, density: float, ps: float,
     return _Geometry(shape=(h, w), ps=ps, seed=seed, cy=y / ps - 0.5, cx=x / ps - 0.5,
                      a=a / ps, b=b / ps, theta=theta, radius=radius / ps, unif=u,
                      ring_px=membrane_um / ps, tissue_thr=thr, tissue_modes=tissue_modes,
-                     af_modes=af_modes)
+                     af_modes=af_modes, discs=discs,
+                     core=_disc_index(discs, y / ps - 0.5, x / ps - 0.5) if discs.size
+                     else None)
 
 
 def _max_density(ps: float, membrane_um: float) -> float:
@@ -537,14 +554,21 @@ def _render_geometry(g: _Geometry, y0: int, y1: int, x0: int, x1: int) -> dict[s
 
 def _tissue_maps(g: _Geometry, y0: int, y1: int, x0: int, x1: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(tissue bool, soft tissue weight 0..1) of a region."""
+    """(tissue bool, soft tissue weight 0..1) of a region; TMA cores (``g.discs``) confine
+    the tissue to their discs."""
     shp = (y1 - y0, x1 - x0)
     if g.tissue_thr == -math.inf:
-        return np.ones(shp, bool), np.ones(shp)
-    if g.tissue_thr == math.inf:
+        tissue, soft = np.ones(shp, bool), np.ones(shp)
+    elif g.tissue_thr == math.inf:
         return np.zeros(shp, bool), np.zeros(shp)
-    f = _field_on_pixels(g.tissue_modes, 16.0, y0, y1, x0, x1, g.ps)
-    return f > g.tissue_thr, np.clip((f - g.tissue_thr) / 0.5, 0.0, 1.0)
+    else:
+        f = _field_on_pixels(g.tissue_modes, 16.0, y0, y1, x0, x1, g.ps)
+        tissue, soft = f > g.tissue_thr, np.clip((f - g.tissue_thr) / 0.5, 0.0, 1.0)
+    if g.discs.size:
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        disc = _disc_index(g.discs, yy, xx) >= 0
+        tissue, soft = tissue & disc, soft * disc
+    return tissue, soft
 
 
 # --------------------------------------------------------------------------- expression
@@ -602,6 +626,25 @@ def _expression(g: _Geometry, preset: Preset, marker_names: tuple[str, ...]) -> 
         lv = spec.level * np.exp(sig * ndtri(u[:, slot + 1]) - sig * sig / 2)
         levels[mi, 1:] = np.where(pos, lv, 0.0)
     return _Expression(marker_names, levels, complete, arc, cat, inten, compl)
+
+
+def _expression_by_core(g: _Geometry, presets: Sequence[Preset], marker_names: tuple[str, ...]
+                        ) -> _Expression:
+    """Expression of a TMA: each cell drawn from the preset of its core (``g.core``), from the
+    same per-cell uniforms as :func:`_expression` (a core equals that preset's tissue)."""
+    ex = [_expression(g, pr, marker_names) for pr in presets]
+    core = g.core if g.core is not None else np.zeros(g.n, np.int64)
+    sel = np.asarray(core, dtype=np.int64)
+    pick = np.arange(g.n)
+    levels = np.stack([e.levels for e in ex])  # (cores, K, N+1)
+    complete = np.stack([e.completeness for e in ex])
+    lv = levels[:, :, 0].copy()[0]
+    levels_out = np.concatenate([lv[:, None], levels[sel, :, pick + 1].T], axis=1)
+    complete_out = np.concatenate([complete[0][:, :1], complete[sel, :, pick + 1].T], axis=1)
+    return _Expression(marker_names, levels_out, complete_out, ex[0].arc_start,
+                       np.stack([e.her2_category for e in ex])[sel, pick],
+                       np.stack([e.her2_intensity for e in ex])[sel, pick],
+                       np.stack([e.her2_completeness for e in ex])[sel, pick])
 
 
 def _patterns(g: _Geometry, ex: _Expression, geo: dict[str, np.ndarray], y0: int, x0: int
@@ -791,6 +834,8 @@ class _TruthAccumulator:
                 else:
                     v = np.where(cnt > 0, 0.0, np.nan)
                 d[f"{mname}_{cname}"] = v[keep]
+        if g.core is not None:
+            d["core_index"] = g.core[keep]  # TMA: index of the cell's core
         df = pd.DataFrame(d)
         df["her2_category"] = df["her2_category"].astype(str)
         return df
@@ -1023,7 +1068,8 @@ def _geometry_from(p: dict[str, Any]) -> _Geometry:
                            ps=p["pixel_size_um"], nucleus_radius=p["nucleus_radius_um"],
                            cell_radius=p["cell_radius_um"],
                            membrane_um=p["membrane_thickness_um"],
-                           tissue_fraction=p["tissue_fraction"], seed=p["seed"])
+                           tissue_fraction=p["tissue_fraction"], seed=p["seed"],
+                           discs=p.get("discs"))
 
 
 def simulate_tissue(
@@ -1169,7 +1215,8 @@ def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names
 
 def _make_scene(gp: dict[str, Any], sp: dict[str, Any]) -> _Scene:
     g = _geometry_from(gp)
-    ex = _expression(g, sp["preset"], sp["marker_names"])
+    ex = _expression_by_core(g, sp["core_presets"], sp["marker_names"]) \
+        if sp.get("core_presets") else _expression(g, sp["preset"], sp["marker_names"])
     return _Scene(geometry=g, expression=ex, endmembers=sp["endmembers"],
                   brightness=sp["brightness"], bleach=sp["bleach"],
                   autofluorescence=sp["autofluorescence"],
@@ -1181,7 +1228,11 @@ def _make_scene(gp: dict[str, Any], sp: dict[str, Any]) -> _Scene:
 def _provenance(gp: dict[str, Any], sp: dict[str, Any]) -> dict[str, Any]:
     pr: Preset = sp["preset"]
     d = dict(gp)
-    d.update({k: v for k, v in sp.items() if k not in ("preset", "bleach", "brightness")})
+    d.update({k: v for k, v in sp.items()
+              if k not in ("preset", "bleach", "brightness", "core_presets")})
+    d.pop("discs", None)  # TMA cores are described by simulate_tma's 'cores'
+    if sp.get("core_presets"):
+        d["core_presets"] = [c.name for c in sp["core_presets"]]
     d.update(preset=pr.name, preset_citation=pr.citation, preset_doi=pr.doi,
              qd_brightness=sp["brightness"], dtype=str(sp["dtype"]),
              qdmed_version=_version(),
@@ -1361,13 +1412,21 @@ def simulate_slide(
         As :func:`simulate_field`; also a bad ``tile`` or an existing path with
         ``overwrite=False``.
     """
-    from qdmed.imaging._slideio import _auto_levels, _check_dest, _ZarrImageWriter
-
     gp = _geometry_params(shape, cell_density_per_mm2, pixel_size_um, nucleus_radius_um,
                           cell_radius_um, membrane_thickness_um, tissue_fraction, seed)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
                        offset_adu, photobleaching, noise, dtype, bit_depth)
+    return _write_scene(path, gp, sp, tile=tile, pyramid_levels=pyramid_levels,
+                        write_labels=write_labels, overwrite=overwrite)
+
+
+def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_levels,
+                 write_labels, overwrite, extra: dict[str, Any] | None = None
+                 ) -> SyntheticSlide:
+    """Render a scene tile by tile into an OME-Zarr store (:func:`simulate_slide`)."""
+    from qdmed.imaging._slideio import _auto_levels, _check_dest, _ZarrImageWriter
+
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 16:
         raise InputError(f"tile must be an integer >= 16 px, got {tile!r}")
     tile = int(tile)
@@ -1377,6 +1436,7 @@ def simulate_slide(
     nc = sp["endmembers"].shape[0]
     n_levels = _auto_levels((h, w), tile, pyramid_levels)
     params = _provenance(gp, sp)
+    params.update(extra or {})
     # 1024 px zarr chunks when the tile is a power-of-two multiple of 1024 (so tile writes,
     # halved at every pyramid level, still fill whole chunks): an analysis tile read with its
     # margins then decompresses about half as much as with 2048 px chunks (0.37 -> 0.20 s for

@@ -1,0 +1,427 @@
+"""Tissue microarrays (TMAs): synthetic TMA slides with ground truth, and the cores as
+GeoJSON that QuPath and :func:`qdmed.imaging.analyze_slide` read.
+
+A TMA holds cylinders of tissue from many patients (cores of 0.6-2 mm, one patient each) in
+a grid on one slide (Kononen J et al., Nat Med 4, 844-847, 1998). QD-IHC cohorts are mostly
+read on TMAs (240 patients in Yang XQ et al., Int J Nanomedicine 6, 2265, 2011, and Chen C
+et al., Int J Nanomedicine 9, 1039-1048, 2014, doi:10.2147/IJN.S58270), and scored core by
+core (:mod:`qdmed.imaging._region_scores`).
+
+Cores are named as QuPath's TMA dearrayer names them by default: row labels A, B, C, ...,
+column labels 1, 2, 3, ..., row first, joined by a hyphen ("A-1"; QuPath's
+TMADearrayerPluginIJ, labelOrder "Row first"). They are written as QuPath annotations (a
+Polygon of the core's ellipse with QuPath's ``isEllipse`` flag) carrying ``name`` and
+``isMissing``: QuPath 0.5 and later skip TMA-core objects on import (qupath/qupath#1303), so
+annotations are what opens there, and :func:`qdmed.imaging.read_regions` takes any feature
+with ``isMissing`` for a TMA core.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+
+#: Overview resolution of the dearrayer: the slide reduced to at most this many px across
+#: (a 40 mm slide at 0.5 um/px -> ~20 um/px: a 0.6 mm core spans ~30 px).
+OVERVIEW_PX = 2048
+
+__all__ = ["TmaCores", "cores_geojson", "core_name", "find_tma_cores", "simulate_tma"]
+
+_TAG_TMA = 0x7A  # RNG stream of the core positions
+
+
+def core_name(row: int, col: int) -> str:
+    """QuPath's default TMA core name: row letter (A-Z, then AA, AB, ...), hyphen, column
+    number from 1 (``core_name(0, 0) == "A-1"``)."""
+    letters = ""
+    r = int(row) + 1
+    while r:
+        r, rem = divmod(r - 1, 26)
+        letters = string.ascii_uppercase[rem] + letters
+    return f"{letters}-{int(col) + 1}"
+
+
+def _ellipse_ring(cx: float, cy: float, rx: float, ry: float, n: int = 64) -> list:
+    t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
+    ring = np.column_stack([cx + rx * np.cos(t), cy + ry * np.sin(t)])
+    return np.vstack([ring, ring[:1]]).round(2).tolist()
+
+
+def cores_geojson(cores: Sequence[dict]) -> dict:
+    """TMA cores as a GeoJSON FeatureCollection of QuPath annotations.
+
+    ``cores``: dicts with ``name``, ``center_x``, ``center_y`` and ``radius_px`` (pixel-index
+    coordinates, as qdmed's cell centroids; written in QuPath's, +0.5) and optionally
+    ``radius_y_px`` (an ellipse), ``missing`` and ``classification``."""
+    feats = []
+    for c in cores:
+        rx = float(c["radius_px"])
+        ry = float(c.get("radius_y_px", rx))
+        props: dict[str, Any] = {"objectType": "annotation", "name": str(c["name"]),
+                                 "isMissing": bool(c.get("missing", False))}
+        if c.get("classification"):
+            props["classification"] = {"name": str(c["classification"])}
+        feats.append({"type": "Feature", "properties": props,
+                      "geometry": {"type": "Polygon", "isEllipse": True, "coordinates": [
+                          _ellipse_ring(float(c["center_x"]) + 0.5,
+                                        float(c["center_y"]) + 0.5, rx, ry)]}})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def _check_grid(rows, cols) -> tuple[int, int]:
+    for name, v in (("rows", rows), ("cols", cols)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 1 <= v <= 100:
+            raise InputError(f"{name} must be an integer from 1 to 100 (cores of the TMA "
+                             f"grid); got {v!r}")
+    return int(rows), int(cols)
+
+
+def tma_layout(rows: int, cols: int, *, core_diameter_um: float = 600.0,
+               spacing_um: float | None = None, margin_um: float | None = None,
+               position_jitter_um: float = 15.0, pixel_size_um: float = 0.5,
+               missing: Sequence[str] = (), seed: int = 0
+               ) -> tuple[tuple[int, int], list[dict[str, Any]]]:
+    """Slide shape (px) and cores of a TMA grid: each core's name, row, column, centre and
+    radius (px, pixel-index coordinates) and ``missing`` flag. Centres are placed on the
+    grid at ``spacing_um`` (default: diameter + 200 um, e.g. 0.6 mm cores 0.8 mm apart as
+    a Beecher arrayer spaces them) and moved by up to ``position_jitter_um`` (seeded), as
+    punched cores never sit exactly on the grid."""
+    rows, cols = _check_grid(rows, cols)
+    d = float(core_diameter_um)
+    if not (math.isfinite(d) and d > 0):
+        raise InputError(f"core_diameter_um must be a positive number; got {core_diameter_um!r}")
+    sp = d + 200.0 if spacing_um is None else float(spacing_um)
+    jit = float(position_jitter_um)
+    if not (math.isfinite(jit) and jit >= 0):
+        raise InputError(f"position_jitter_um must be >= 0; got {position_jitter_um!r}")
+    if not (math.isfinite(sp) and sp >= d + 2 * jit + 20.0):
+        raise InputError(f"spacing_um={spacing_um!r} must leave at least 20 um of glass "
+                         f"between cores: >= core_diameter_um + 2 x position_jitter_um + 20 "
+                         f"= {d + 2 * jit + 20:g}")
+    mg = sp / 2 if margin_um is None else float(margin_um)
+    if not (math.isfinite(mg) and mg >= jit):
+        raise InputError(f"margin_um must be >= position_jitter_um ({jit:g}); got {margin_um!r}")
+    names = [core_name(r, c) for r in range(rows) for c in range(cols)]
+    unknown = sorted(set(missing) - set(names))
+    if unknown:
+        raise InputError(f"missing cores {unknown} are not in the {rows} x {cols} grid "
+                         f"(names {names[0]} .. {names[-1]})")
+    ps = float(pixel_size_um)
+    h = int(math.ceil((2 * mg + d + (rows - 1) * sp) / ps))
+    w = int(math.ceil((2 * mg + d + (cols - 1) * sp) / ps))
+    rng = np.random.default_rng([int(seed), _TAG_TMA])
+    cores = []
+    for r in range(rows):
+        for c in range(cols):
+            rad, phi = jit * math.sqrt(rng.random()), 2 * math.pi * rng.random()
+            cy = (mg + d / 2 + r * sp + rad * math.sin(phi)) / ps - 0.5
+            cx = (mg + d / 2 + c * sp + rad * math.cos(phi)) / ps - 0.5
+            name = core_name(r, c)
+            cores.append({"name": name, "row": r, "col": c, "center_y": cy, "center_x": cx,
+                          "radius_px": d / 2 / ps, "missing": name in set(missing)})
+    return (h, w), cores
+
+
+def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembers: Any,
+                 marker_names: Sequence[str], core_diameter_um: float = 600.0,
+                 spacing_um: float | None = None, margin_um: float | None = None,
+                 position_jitter_um: float = 15.0, missing: Sequence[str] = (),
+                 **kwargs):
+    """Simulate a TMA slide: a grid of round cores, each a tissue of its own preset (a
+    patient), written to OME-Zarr like :func:`qdmed.imaging.simulate_slide`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination OME-Zarr folder.
+    rows, cols : int
+        The grid (cores named "A-1", "A-2", ..., "B-1", ...: :func:`core_name`).
+    presets : sequence of preset names or Presets
+        One per core in row-major order, or fewer, repeated over the cores in order.
+    endmembers, marker_names
+        As in :func:`qdmed.imaging.simulate_field`.
+    core_diameter_um, spacing_um, margin_um, position_jitter_um
+        The layout (:func:`tma_layout`).
+    missing : sequence of str
+        Cores lost from the section (no tissue at their place; flagged missing).
+    **kwargs
+        Any other parameter of :func:`qdmed.imaging.simulate_slide` (``tile``, ``seed``,
+        ``pixel_size_um``, ``cell_density_per_mm2``, noise and detector settings, ...);
+        ``tissue_fraction`` < 1 leaves holes in the cores.
+
+    Returns
+    -------
+    SyntheticSlide
+        Its ``truth`` has ``core`` (the cell's core name) and ``params['tma']['cores']``
+        lists the cores (name, row, col, centre and radius in px, preset, missing); write
+        them for QuPath or an analysis with :func:`cores_geojson`.
+    """
+    from qdmed.imaging._synthetic import (
+        _geometry_params,
+        _get_preset,
+        _scene_params,
+        _write_scene,
+    )
+
+    opts = {"tile": 1024, "pyramid_levels": "auto", "write_labels": True, "overwrite": True,
+            "autofluorescence": 0.3, "qd_brightness": 1.0, "photons_per_unit": 1000.0,
+            "read_noise_e": 2.0, "gain_adu_per_e": 1.0, "offset_adu": 0.0,
+            "photobleaching": None, "noise": True, "dtype": "uint16", "bit_depth": 16,
+            "seed": 0, "pixel_size_um": 0.5, "cell_density_per_mm2": 3000.0,
+            "nucleus_radius_um": (4.0, 0.6), "cell_radius_um": (10.0, 1.5),
+            "membrane_thickness_um": 1.0, "tissue_fraction": 1.0, "channel_names": None}
+    unknown = sorted(set(kwargs) - set(opts))
+    if unknown:
+        raise InputError(f"simulate_tma got unknown parameter(s) {unknown}; accepted: "
+                         f"{', '.join(sorted(opts))}")
+    opts.update(kwargs)
+    if isinstance(presets, str) or not isinstance(presets, Sequence) or not presets:
+        raise InputError(f"presets must be a non-empty list of preset names (one per core, "
+                         f"repeated in order); got {presets!r}")
+    gp = _geometry_params((1, 1), opts["cell_density_per_mm2"], opts["pixel_size_um"],
+                          opts["nucleus_radius_um"], opts["cell_radius_um"],
+                          opts["membrane_thickness_um"], opts["tissue_fraction"], opts["seed"])
+    shape, cores = tma_layout(rows, cols, core_diameter_um=core_diameter_um,
+                              spacing_um=spacing_um, margin_um=margin_um,
+                              position_jitter_um=position_jitter_um,
+                              pixel_size_um=gp["pixel_size_um"], missing=missing,
+                              seed=gp["seed"])
+    pres = [_get_preset(presets[i % len(presets)]) for i in range(len(cores))]
+    for c, pr in zip(cores, pres, strict=True):
+        c["preset"] = pr.name
+    present = [i for i, c in enumerate(cores) if not c["missing"]]
+    gp["shape"] = shape
+    if not present:  # every core missing: glass only
+        gp["tissue_fraction"] = 0.0
+    gp["discs"] = np.array([[cores[i]["center_y"], cores[i]["center_x"], cores[i]["radius_px"]]
+                            for i in present]).reshape(-1, 3)
+    sp = _scene_params(pres[0], endmembers, marker_names, opts["channel_names"],
+                       opts["autofluorescence"], opts["qd_brightness"],
+                       opts["photons_per_unit"], opts["read_noise_e"], opts["gain_adu_per_e"],
+                       opts["offset_adu"], opts["photobleaching"], opts["noise"], opts["dtype"],
+                       opts["bit_depth"])
+    sp["core_presets"] = tuple(pres[i] for i in present) or (pres[0],)
+    slide = _write_scene(path, gp, sp, tile=opts["tile"],
+                         pyramid_levels=opts["pyramid_levels"],
+                         write_labels=opts["write_labels"], overwrite=opts["overwrite"],
+                         extra={"tma": {"rows": rows, "cols": cols,
+                                        "core_diameter_um": float(core_diameter_um),
+                                        "cores": cores}})
+    names = np.array([cores[i]["name"] for i in present] or [""], dtype=object)
+    truth = slide.truth
+    if "core_index" in truth:
+        truth.insert(1, "core", names[truth.pop("core_index").to_numpy()])
+    else:
+        truth.insert(1, "core", np.array([], dtype=object))
+    return slide
+
+
+@dataclass(frozen=True)
+class TmaCores:
+    """Cores found on a TMA slide by :func:`find_tma_cores`.
+
+    Attributes
+    ----------
+    cores : tuple of dict
+        Per grid position, row-major: ``name`` ("A-1"), ``row``, ``col``, ``center_x``,
+        ``center_y`` and ``radius_px`` (pixel-index coordinates of the full-resolution
+        slide), ``area_fraction`` (tissue area over the median core's) and ``missing``
+        (no tissue found at that grid position: its centre is the grid's).
+    n_rows, n_cols : int
+    core_diameter_um : float
+        Median diameter of the cores found (equivalent-area circle).
+    pixel_size_um : float
+    overview_um_per_px : float
+        Resolution of the overview the cores were found on.
+    warnings : tuple of str
+    """
+
+    cores: tuple
+    n_rows: int
+    n_cols: int
+    core_diameter_um: float
+    pixel_size_um: float
+    overview_um_per_px: float
+    warnings: tuple = ()
+
+    @property
+    def n_found(self) -> int:
+        return sum(not c["missing"] for c in self.cores)
+
+    def to_dict(self) -> dict[str, Any]:
+        from qdmed.report import to_jsonable
+
+        return to_jsonable({"n_rows": self.n_rows, "n_cols": self.n_cols,
+                            "n_found": self.n_found,
+                            "n_missing": len(self.cores) - self.n_found,
+                            "core_diameter_um": self.core_diameter_um,
+                            "pixel_size_um": self.pixel_size_um,
+                            "overview_um_per_px": self.overview_um_per_px,
+                            "warnings": list(self.warnings), "cores": list(self.cores)})
+
+    def to_geojson(self) -> dict:
+        """The cores as QuPath annotations (:func:`cores_geojson`)."""
+        return cores_geojson(self.cores)
+
+    def plot(self, overview=None, ax=None):
+        """The grid over the slide overview: found cores circled and named, missing ones
+        dashed."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Circle
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(8, 8 * max(self.n_rows, 1) / max(self.n_cols, 1)
+                                          if self.n_cols else 6))
+        f = self.overview_um_per_px / self.pixel_size_um
+        if overview is not None:
+            ax.imshow(np.log1p(np.maximum(overview, 0)), cmap="gray")
+        for c in self.cores:
+            xy = ((c["center_x"] + 0.5) / f - 0.5, (c["center_y"] + 0.5) / f - 0.5)
+            ax.add_patch(Circle(xy, c["radius_px"] / f, fill=False,
+                                ec="#999999" if c["missing"] else "#ff7f0e",
+                                ls="--" if c["missing"] else "-", lw=1))
+            ax.text(*xy, c["name"], color="#ff7f0e" if not c["missing"] else "#999999",
+                    ha="center", va="center", fontsize=7)
+        ax.set_title(f"{self.n_found} cores found, {len(self.cores) - self.n_found} missing "
+                     f"({self.n_rows} x {self.n_cols} grid)", fontsize=9)
+        ax.set_axis_off()
+        ax.autoscale_view()
+        if overview is None:
+            ax.invert_yaxis()
+            ax.set_aspect("equal")
+        return ax.figure
+
+
+def _clusters(values: np.ndarray, gap: float) -> np.ndarray:
+    """1-D clustering: sorted values split where consecutive ones are more than ``gap``
+    apart; returns each value's cluster index (clusters numbered in increasing order)."""
+    order = np.argsort(values)
+    breaks = np.concatenate([[0], np.cumsum(np.diff(values[order]) > gap)])
+    out = np.empty(values.size, dtype=np.int64)
+    out[order] = breaks
+    return out
+
+
+def find_tma_cores(slide, *, core_diameter_um: float | None = None,
+                   min_area_fraction: float = 0.2) -> tuple[TmaCores, np.ndarray]:
+    """Dearray a TMA slide: find its tissue cores and name them by their place in the grid.
+
+    On an overview of the slide (:data:`OVERVIEW_PX` across at most), tissue is told from
+    glass by Otsu's threshold of the smoothed log total signal (N. Otsu, IEEE Trans Syst Man
+    Cybern 9, 62-66, 1979, doi:10.1109/TSMC.1979.4310076), closed and hole-filled; each
+    connected piece of tissue is a core candidate. The grid comes from the candidates'
+    centres: rows are clusters of their y coordinates and columns of their x coordinates
+    (a gap of more than half a core diameter starts a new row or column), so the grid must
+    be roughly aligned with the image axes (a rotation of up to ~10 degrees for a 10 x 10
+    grid of cores at 1.3 diameters' spacing). Pieces falling in one grid cell (a core torn
+    in sectioning) are merged; pieces smaller than ``min_area_fraction`` of the median core
+    (debris) are dropped; grid positions without tissue are returned as missing cores at
+    the grid's position. Names follow QuPath's dearrayer: row letters, column numbers
+    ("A-1", :func:`core_name`).
+
+    Parameters
+    ----------
+    slide : str, path-like or SlideImage
+        A TMA slide (OME-TIFF or OME-Zarr).
+    core_diameter_um : float, optional
+        The cores' nominal diameter; default: the median of the pieces found (robust when
+        most cores are whole).
+    min_area_fraction : float
+        Pieces smaller than this fraction of a core's area are not cores.
+
+    Returns
+    -------
+    (TmaCores, overview)
+        The cores, and the overview image they were found on (for :meth:`TmaCores.plot`).
+
+    Raises
+    ------
+    InputError
+        A slide without pixel size and no way to scale (the default 0.5 um/px is used and
+        said), no tissue, or bad parameters.
+    """
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from qdmed.imaging._analyze import slide_overview
+    from qdmed.imaging._slideio import read_slide
+
+    if not (isinstance(min_area_fraction, float | int) and 0 < min_area_fraction < 1):
+        raise InputError(f"min_area_fraction must be in (0, 1); got {min_area_fraction!r}")
+    if core_diameter_um is not None and not (
+            isinstance(core_diameter_um, float | int) and core_diameter_um > 0):
+        raise InputError(f"core_diameter_um must be a positive number (um); got "
+                         f"{core_diameter_um!r}")
+    img = slide if hasattr(slide, "read_region") else read_slide(slide)
+    warnings = []
+    ps = img.pixel_size_um
+    if not ps:
+        ps = 0.5
+        warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    ov, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX)
+    um_px = f * ps
+    sm = ndi.gaussian_filter(np.log1p(np.maximum(ov, 0.0)), sigma=max(1.0, 4.0 / um_px))
+    if not np.isfinite(sm).all() or sm.max() - sm.min() < 1e-9:
+        raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue to dearray (the "
+                         "overview is uniform)")
+    tissue = sm > threshold_otsu(sm)
+    tissue = ndi.binary_fill_holes(ndi.binary_closing(
+        tissue, structure=np.ones((3, 3), bool), iterations=max(1, int(round(10.0 / um_px)))))
+    lab, n = ndi.label(tissue)
+    if n == 0:
+        raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue found to dearray")
+    idx = np.arange(1, n + 1)
+    area = ndi.sum_labels(np.ones_like(lab), lab, idx).astype(float)
+    cy, cx = (np.asarray(v) for v in zip(*ndi.center_of_mass(tissue, lab, idx), strict=True))
+    if core_diameter_um is None:
+        big = area >= 0.25 * area.max()  # debris does not vote
+        d_px = 2.0 * math.sqrt(float(np.median(area[big])) / math.pi)
+    else:
+        d_px = core_diameter_um / um_px
+    core_area = math.pi * d_px * d_px / 4.0
+    keep = area >= min_area_fraction * core_area
+    if not keep.any():
+        raise InputError(f"no tissue piece is as large as {min_area_fraction:g} of a core "
+                         f"({d_px * um_px:.0f} um across)")
+    area, cy, cx, ids = area[keep], cy[keep], cx[keep], idx[keep]
+    row = _clusters(cy, d_px / 2)
+    col = _clusters(cx, d_px / 2)
+    n_rows, n_cols = int(row.max()) + 1, int(col.max()) + 1
+    row_y = np.array([np.average(cy[row == r], weights=area[row == r]) for r in range(n_rows)])
+    col_x = np.array([np.average(cx[col == c], weights=area[col == c]) for c in range(n_cols)])
+    cores = []
+    for r in range(n_rows):
+        for c in range(n_cols):
+            m = (row == r) & (col == c)
+            name = core_name(r, c)
+            if not m.any():
+                cores.append({"name": name, "row": r, "col": c,
+                              "center_y": (row_y[r] + 0.5) * f - 0.5,
+                              "center_x": (col_x[c] + 0.5) * f - 0.5,
+                              "radius_px": d_px / 2 * f, "area_fraction": 0.0,
+                              "missing": True})
+                continue
+            a = float(area[m].sum())  # pieces of one core merged
+            y = float(np.average(cy[m], weights=area[m]))
+            x = float(np.average(cx[m], weights=area[m]))
+            yy, xx = np.nonzero(np.isin(lab, ids[m]))
+            reach = float(np.sqrt(((yy - y) ** 2 + (xx - x) ** 2).max())) + 0.5
+            cores.append({"name": name, "row": r, "col": c,
+                          "center_y": (y + 0.5) * f - 0.5, "center_x": (x + 0.5) * f - 0.5,
+                          "radius_px": max(reach, d_px / 2) * f,
+                          "area_fraction": a / core_area, "missing": False})
+            if int(m.sum()) > 1:
+                warnings.append(f"core {name}: {int(m.sum())} pieces merged (a torn core, or "
+                                "neighbours closer than half a diameter)")
+    if n_rows * n_cols > 1 and sum(not c["missing"] for c in cores) < 0.5 * n_rows * n_cols:
+        warnings.append(f"fewer than half of the {n_rows} x {n_cols} grid positions hold a "
+                        "core: is the grid rotated, or is this not a TMA?")
+    return TmaCores(tuple(cores), n_rows, n_cols, float(d_px * um_px), float(ps),
+                    float(um_px), tuple(warnings)), sm
