@@ -178,3 +178,37 @@ def test_a_folder_whose_every_slide_fails_exits_2(tmp_path):
                 ("cohort", str(tmp_path), "--out", str(tmp_path / "c"), "--workers", "1")):
         r = run("image", *cmd, "--no-progress")
         assert r.returncode == 2, (cmd, r.stdout[-500:], r.stderr[-500:])
+
+
+def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
+    folder = tmp_path / "tmas"
+    folder.mkdir()
+    r = run("image", "simulate", "--tma", "1x2", "--presets", "HER2-enriched,her2-ultralow",
+            "--core-diameter-um", "250", "--out", str(folder / "tma1.ome.zarr"), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (tmp_path / "tmas" / "tma1-truth" / "cores.geojson").exists()
+    assert info["cores"] == "1x2 (0 missing)"
+    regs = tmp_path / "cores"
+    regs.mkdir()
+    r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out", str(regs / "tma1.geojson"),
+            "--plot", str(tmp_path / "grid.png"), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["n_rows"], d["n_cols"], d["n_found"]) == (1, 2, 2)
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    # TMA cores are scored one by one without being asked: regions.csv per slide and cohort
+    r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--out",
+            str(tmp_path / "co"), "--workers", "1", "--no-progress", "--no-unmixed", "--json")
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)
+    assert c["slides"][0]["n_regions"] == 2
+    table = (tmp_path / "co" / "regions.csv").read_text().splitlines()
+    assert table[0].startswith("slide,region,status,n_cells,n_scored")
+    assert [line.split(",")[1] for line in table[1:]] == ["A-1", "A-2"]
+    assert (tmp_path / "co" / "slides" / "tma1" / "regions.csv").exists()
+    r = run("image", "analyze", str(folder / "tma1.ome.zarr"), "--regions",
+            str(regs / "tma1.geojson"), "--region-min-cells", "0", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "region_min_cells" in r.stderr
+    r = run("image", "simulate", "--tma", "2x2", "--out", str(tmp_path / "x.ome.tif"))
+    assert r.returncode == 2 and "OME-Zarr" in r.stderr

@@ -532,7 +532,7 @@ def test_tma_cores_are_scored_one_by_one(slide, tmp_path, calibration):
     assert table["region"].tolist() == ["A-1", "A-2", "B-1", "B-2", "B-3"]
     assert table["status"].tolist() == ["ok", "ok", "ok", "too few cells", "missing"]
     for row, (cx, cy, r) in zip(table.itertuples(), [(256, 256, 220), (768, 256, 220),
-                                                    (256, 768, 220), (768, 768, 30)]):
+                                                    (256, 768, 220), (768, 768, 30)], strict=False):
         # the 64-gon lies inside its circle: cells well inside are in, cells outside are out
         d = np.hypot(x - cx, y - cy)
         mine = (cells["region"] == row.region).to_numpy()
@@ -562,3 +562,75 @@ def test_tma_cores_are_scored_one_by_one(slide, tmp_path, calibration):
         analyze_slide(slide.path, PANEL, tmp_path / "x", per_region=True)
     with pytest.raises(InputError, match="region_min_cells"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", regions=cores, region_min_cells=0)
+
+
+@pytest.fixture(scope="module")
+def tma_slide(tmp_path_factory):
+    from qdmed.imaging._tma import simulate_tma
+
+    d = tmp_path_factory.mktemp("tma")
+    return simulate_tma(d / "tma.ome.zarr", rows=2, cols=2, core_diameter_um=300.0,
+                        spacing_um=340.0, margin_um=40.0, position_jitter_um=8.0,
+                        presets=["HER2-enriched", "triple-negative", "her2-ultralow"],
+                        missing=["B-2"], channel_names=list(PANEL.channel_names), tile=512,
+                        seed=9, **KW)
+
+
+def test_tma_simulation_places_each_preset_in_its_core(tma_slide):
+    cores = {c["name"]: c for c in tma_slide.params["tma"]["cores"]}
+    assert list(cores) == ["A-1", "A-2", "B-1", "B-2"] and cores["B-2"]["missing"]
+    t = tma_slide.truth
+    assert set(t["core"]) == {"A-1", "A-2", "B-1"}  # nothing where B-2 was lost
+    for name, sub in t.groupby("core"):
+        c = cores[name]
+        d = np.hypot(sub["center_y"] - c["center_y"], sub["center_x"] - c["center_x"])
+        assert (d <= c["radius_px"]).all()
+    # each core is its preset's tissue: HER2-enriched mostly 3+, the others no 2+/3+
+    frac3 = t.groupby("core")["her2_category"].apply(lambda s: (s == "3+").mean())
+    assert frac3["A-1"] > 0.6 and frac3["A-2"] == 0 and frac3["B-1"] == 0
+
+
+def test_dearrayer_finds_and_names_the_cores(tma_slide, tmp_path):
+    from qdmed.imaging._tma import find_tma_cores
+
+    found, overview = find_tma_cores(tma_slide.path)
+    truth = {c["name"]: c for c in tma_slide.params["tma"]["cores"]}
+    assert (found.n_rows, found.n_cols, found.n_found) == (2, 2, 3)
+    assert found.core_diameter_um == pytest.approx(300.0, rel=0.05)
+    for c in found.cores:
+        t = truth[c["name"]]
+        assert c["missing"] == t["missing"]
+        tol = 40.0 if c["missing"] else 6.0  # px: a missing core sits at the grid's place
+        assert abs(c["center_x"] - t["center_x"]) < tol
+        assert abs(c["center_y"] - t["center_y"]) < tol
+    assert found.plot(overview) is not None
+    doc = found.to_geojson()
+    assert doc["features"][3]["properties"] == {"objectType": "annotation", "name": "B-2",
+                                                "isMissing": True}
+    from qdmed.imaging._regions import read_regions
+
+    p = tmp_path / "cores.geojson"
+    p.write_text(json.dumps(doc))
+    reg = read_regions(p)
+    assert reg.is_tma and reg.names == ("A-1", "A-2", "B-1") and reg.missing == ("B-2",)
+
+
+def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibration):
+    from qdmed.imaging._tma import find_tma_cores
+
+    found, _ = find_tma_cores(tma_slide.path)
+    cores = tmp_path / "cores.geojson"
+    cores.write_text(json.dumps(found.to_geojson()))
+    res = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
+                        scheduler="synchronous", progress=False, write_unmixed=False,
+                        outlines=False, her2_calibration=calibration, regions=cores)
+    got = {r["region"]: (r["status"], r["her2_category"])
+           for r in res.summary["regions_scored"]["regions"]}
+    # the slide-level categories of these presets (test_slide_her2_category), core by core
+    assert got == {"A-1": ("ok", "3+"), "A-2": ("ok", "1+"), "B-1": ("ok", "0"),
+                   "B-2": ("missing", None)}
+    cells = res.cells()
+    truth_n = tma_slide.truth["core"].value_counts()
+    for r in res.summary["regions_scored"]["regions"][:3]:  # segmentation finds the cells
+        assert r["n_cells"] == pytest.approx(truth_n[r["region"]], rel=0.05)
+    assert (cells["region"] != "").mean() > 0.97

@@ -47,6 +47,11 @@ def _flags(text: str | None) -> tuple[str, ...]:
     return () if not text else tuple(t.strip().replace("-", "_") for t in text.split(","))
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    """Comma-separated names (core names, presets), as given."""
+    return () if not text else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def _panel(path):
     from qdmed.imaging import Panel, breast_panel_5plex
 
@@ -157,17 +162,45 @@ def simulate(
     tissue_fraction: Annotated[float, typer.Option("--tissue-fraction")] = 1.0,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="Detector ADC bits (8-16): counts above 2^bits - 1 saturate there.")] = 16,
     offset_adu: Annotated[float, typer.Option("--offset", help="Detector offset (dark level) added to every count, as a camera that is not dark-corrected records it.")] = 0.0,
+    tma: Annotated[str | None, typer.Option("--tma", help="A tissue microarray of ROWSxCOLS cores (e.g. 4x6) instead of one tissue; OME-Zarr only. --size is then ignored.")] = None,
+    presets: Annotated[str | None, typer.Option("--presets", help="TMA: presets of the cores, comma-separated, repeated over the cores row by row (default: --preset).")] = None,
+    core_diameter_um: Annotated[float, typer.Option("--core-diameter-um", help="TMA: core diameter, um.")] = 600.0,
+    missing: Annotated[str | None, typer.Option("--missing", help="TMA: cores lost from the section, e.g. B-2,C-5.")] = None,
     json_: JSON = False,
 ):
-    """Simulate a multiplexed QD slide (with ground truth beside it) from a panel."""
+    """Simulate a multiplexed QD slide (with ground truth beside it) from a panel; --tma for a
+    tissue microarray (one preset per core; cores.geojson beside the truth)."""
     from qdmed.imaging import simulate_field, simulate_slide, write_ome_tiff, write_truth
 
     p = _panel(panel_file)
-    kw = dict(preset=preset, endmembers=p.endmembers, marker_names=list(p.markers),
+    kw = dict(endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
               tissue_fraction=tissue_fraction, bit_depth=bit_depth, offset_adu=offset_adu)
     name = out.name.lower()
-    if name.endswith((".zarr",)):
+    if tma is not None:
+        from qdmed.errors import InputError
+        from qdmed.imaging._tma import cores_geojson, simulate_tma
+        from qdmed.report import atomic_write_parquet, atomic_write_text
+
+        grid = tma.lower().split("x")
+        if len(grid) != 2 or not all(g.strip().isdigit() for g in grid):
+            raise InputError(f"--tma must be ROWSxCOLS, e.g. 4x6; got {tma!r}")
+        if not name.endswith(".zarr"):
+            raise InputError(f"--tma writes OME-Zarr: --out must end in .ome.zarr; got {out}")
+        s = simulate_tma(out, rows=int(grid[0]), cols=int(grid[1]),
+                         presets=list(_names(presets or preset)),
+                         core_diameter_um=core_diameter_um, missing=_names(missing), **kw)
+        truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_parquet(truth_dir / "truth.parquet", s.truth)
+        atomic_write_text(truth_dir / "cores.geojson",
+                          json.dumps(cores_geojson(s.params["tma"]["cores"])))
+        info = {"slide": str(out), "shape": list(s.shape), "n_cells": s.n_cells,
+                "cores": f"{tma} ({len(_names(missing))} missing)",
+                "truth": str(truth_dir / "truth.parquet"),
+                "cores_truth": str(truth_dir / "cores.geojson")}
+    elif name.endswith((".zarr",)):
+        kw["preset"] = preset
         s = simulate_slide(out, (size, size), **kw)
         truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +210,7 @@ def simulate(
         info = {"slide": str(out), "shape": list(s.shape), "n_cells": s.n_cells,
                 "truth": str(truth_dir / "truth.parquet")}
     else:
-        f = simulate_field((size, size), **kw)
+        f = simulate_field((size, size), preset=preset, **kw)
         write_ome_tiff(out, f.image, channel_names=list(p.channel_names),
                        pixel_size_um=f.pixel_size_um,
                        significant_bits=bit_depth if bit_depth < 16 else None)
@@ -251,6 +284,36 @@ def unmix(slide: Path, panel_file: PANEL = None,
     _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out)
     info = {"slide": str(slide), "out": str(out), "components": list(p.components)}
     return print_json(info) if json_ else print_kv("Unmixed", info)
+
+
+@app.command()
+def tma(
+    slide: Path,
+    out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the grid over the slide overview.")] = None,
+    core_diameter_um: Annotated[float | None, typer.Option("--core-diameter-um", help="Nominal core diameter, um (default: the median of the cores found).")] = None,
+    json_: JSON = False,
+):
+    """Dearray a tissue microarray: find its cores and name them by row and column, for
+    `qdmed image analyze SLIDE --regions cores.geojson` (one score per core)."""
+    from qdmed.imaging._tma import find_tma_cores
+    from qdmed.report import atomic_write_text
+
+    cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um)
+    atomic_write_text(out, json.dumps(cores.to_geojson()))
+    if plot is not None:
+        _save_plot(plot, cores.plot(overview))
+    d = cores.to_dict()
+    d["geojson"] = str(out)
+    if json_:
+        return print_json(d)
+    print_kv(f"TMA {slide.name}", {
+        "grid": f"{d['n_rows']} x {d['n_cols']}", "cores found": d["n_found"],
+        "missing": ", ".join(c["name"] for c in d["cores"] if c["missing"]) or "none",
+        "core diameter (um)": d["core_diameter_um"], "cores": str(out)})
+    for w in d["warnings"]:
+        typer.echo(f"! {w}")
+    return None
 
 
 @app.command()

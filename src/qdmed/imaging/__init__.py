@@ -43,6 +43,8 @@ from qdmed.imaging._panel import (
     spreading_matrix,
 )
 from qdmed.imaging._receptors import ReceptorStatus, receptor_status
+from qdmed.imaging._region_scores import score_regions
+from qdmed.imaging._regions import Regions, read_regions
 from qdmed.imaging._scoring import (
     Her2Calibration,
     Her2Score,
@@ -69,6 +71,7 @@ from qdmed.imaging._synthetic import (
     simulate_slide,
     simulate_tissue,
 )
+from qdmed.imaging._tma import TmaCores, core_name, cores_geojson, find_tma_cores, simulate_tma
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
@@ -85,4 +88,6 @@ __all__ = [
     "score_markers", "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",
     "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
+    "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
+    "find_tma_cores", "simulate_tma",
 ]
