@@ -45,7 +45,7 @@ def test_simulate_analyze_cohort(tmp_path):
     assert (tmp_path / "co" / "slides" / "a" / "cells.geojson").exists()
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
             "--no-progress", "--json", "--regions-dir", str(regs), "--no-outlines",
-            "--no-unmixed", "--autofluorescence", "blind")
+            "--no-unmixed", "--autofluorescence", "blind", "--exclude-flagged", "saturated")
     assert r.returncode == 0, r.stderr
     c = json.loads(r.stdout)
     assert c["parameters"]["outlines"] is False and c["parameters"]["write_unmixed"] is False
@@ -58,6 +58,7 @@ def test_simulate_analyze_cohort(tmp_path):
     rows = {row["slide"]: row for row in c["slides"]}
     assert rows["a.ome.tif"]["status"] == "ok"
     assert 0 < rows["a.ome.tif"]["n_scored"] < rows["a.ome.tif"]["n_cells"]
+    assert rows["a.ome.tif"]["n_excluded"] == slide_summary["scored_cells"]["excluded"]["total"]
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--region-class",
             "Tumor", "--no-progress")
     assert r.returncode == 2 and "needs a regions folder" in r.stderr

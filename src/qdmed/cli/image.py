@@ -428,7 +428,8 @@ def qc(
     from qdmed.imaging._qc import qc_folder, qc_slide
 
     p = _panel(panel_file)
-    if path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES):
+    zarr_store = any((path / m).exists() for m in (".zattrs", ".zgroup", "zarr.json"))
+    if path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES) and not zarr_store:
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         progress=not no_progress)

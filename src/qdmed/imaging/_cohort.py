@@ -156,6 +156,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
+                    if exclude_flagged:  # cells left out of the scores by quality flags
+                        row["n_excluded"] = res.summary["scored_cells"]["excluded"]["total"]
                     notes = [res.summary["scored_cells"].get("warning") or ""]
                     notes += receptor_notes(res.summary.get("markers_scored"))
                     notes += summary_warnings(res.summary)
