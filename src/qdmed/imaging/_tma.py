@@ -85,14 +85,16 @@ def _check_grid(rows, cols) -> tuple[int, int]:
 
 def tma_layout(rows: int, cols: int, *, core_diameter_um: float = 600.0,
                spacing_um: float | None = None, margin_um: float | None = None,
-               position_jitter_um: float = 15.0, pixel_size_um: float = 0.5,
-               missing: Sequence[str] = (), seed: int = 0
+               position_jitter_um: float = 15.0, rotation_deg: float = 0.0,
+               pixel_size_um: float = 0.5, missing: Sequence[str] = (), seed: int = 0
                ) -> tuple[tuple[int, int], list[dict[str, Any]]]:
     """Slide shape (px) and cores of a TMA grid: each core's name, row, column, centre and
     radius (px, pixel-index coordinates) and ``missing`` flag. Centres are placed on the
     grid at ``spacing_um`` (default: diameter + 200 um, e.g. 0.6 mm cores 0.8 mm apart as
-    a Beecher arrayer spaces them) and moved by up to ``position_jitter_um`` (seeded), as
-    punched cores never sit exactly on the grid."""
+    a Beecher arrayer spaces them), the grid turned by ``rotation_deg`` (a block mounted
+    askew; positive turns the rows from the x axis towards +y), and each centre moved by up
+    to ``position_jitter_um`` (seeded), as punched cores never sit exactly on the grid.
+    The slide is the grid's bounding box plus ``margin_um`` of glass (default spacing / 2)."""
     rows, cols = _check_grid(rows, cols)
     d = float(core_diameter_um)
     if not (math.isfinite(d) and d > 0):
@@ -106,34 +108,42 @@ def tma_layout(rows: int, cols: int, *, core_diameter_um: float = 600.0,
                          f"between cores: >= core_diameter_um + 2 x position_jitter_um + 20 "
                          f"= {d + 2 * jit + 20:g}")
     mg = sp / 2 if margin_um is None else float(margin_um)
-    if not (math.isfinite(mg) and mg >= jit):
-        raise InputError(f"margin_um must be >= position_jitter_um ({jit:g}); got {margin_um!r}")
+    if not (math.isfinite(mg) and mg >= 0):
+        raise InputError(f"margin_um must be >= 0; got {margin_um!r}")
+    rot = float(rotation_deg)
+    if not (math.isfinite(rot) and abs(rot) <= 45):
+        raise InputError(f"rotation_deg must be within [-45, 45]; got {rotation_deg!r}")
     names = [core_name(r, c) for r in range(rows) for c in range(cols)]
     unknown = sorted(set(missing) - set(names))
     if unknown:
         raise InputError(f"missing cores {unknown} are not in the {rows} x {cols} grid "
                          f"(names {names[0]} .. {names[-1]})")
-    ps = float(pixel_size_um)
-    h = int(math.ceil((2 * mg + d + (rows - 1) * sp) / ps))
-    w = int(math.ceil((2 * mg + d + (cols - 1) * sp) / ps))
     rng = np.random.default_rng([int(seed), _TAG_TMA])
-    cores = []
-    for r in range(rows):
-        for c in range(cols):
-            rad, phi = jit * math.sqrt(rng.random()), 2 * math.pi * rng.random()
-            cy = (mg + d / 2 + r * sp + rad * math.sin(phi)) / ps - 0.5
-            cx = (mg + d / 2 + c * sp + rad * math.cos(phi)) / ps - 0.5
-            name = core_name(r, c)
-            cores.append({"name": name, "row": r, "col": c, "center_y": cy, "center_x": cx,
-                          "radius_px": d / 2 / ps, "missing": name in set(missing)})
+    rr, cc = np.divmod(np.arange(rows * cols), cols)
+    gy, gx = rr * sp, cc * sp  # um, grid frame
+    t = math.radians(rot)
+    y = gx * math.sin(t) + gy * math.cos(t)
+    x = gx * math.cos(t) - gy * math.sin(t)
+    u = rng.random((rows * cols, 2))
+    rad, phi = jit * np.sqrt(u[:, 0]), 2 * np.pi * u[:, 1]
+    y, x = y + rad * np.sin(phi), x + rad * np.cos(phi)
+    lo = d / 2 + mg
+    y, x = y - y.min() + lo, x - x.min() + lo
+    ps = float(pixel_size_um)
+    h = int(math.ceil((y.max() + lo) / ps))
+    w = int(math.ceil((x.max() + lo) / ps))
+    cores = [{"name": names[i], "row": int(rr[i]), "col": int(cc[i]),
+              "center_y": float(y[i] / ps - 0.5), "center_x": float(x[i] / ps - 0.5),
+              "radius_px": d / 2 / ps, "missing": names[i] in set(missing)}
+             for i in range(rows * cols)]
     return (h, w), cores
 
 
 def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembers: Any,
                  marker_names: Sequence[str], core_diameter_um: float = 600.0,
                  spacing_um: float | None = None, margin_um: float | None = None,
-                 position_jitter_um: float = 15.0, missing: Sequence[str] = (),
-                 **kwargs):
+                 position_jitter_um: float = 15.0, rotation_deg: float = 0.0,
+                 missing: Sequence[str] = (), **kwargs):
     """Simulate a TMA slide: a grid of round cores, each a tissue of its own preset (a
     patient), written to OME-Zarr like :func:`qdmed.imaging.simulate_slide`.
 
@@ -147,7 +157,7 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
         One per core in row-major order, or fewer, repeated over the cores in order.
     endmembers, marker_names
         As in :func:`qdmed.imaging.simulate_field`.
-    core_diameter_um, spacing_um, margin_um, position_jitter_um
+    core_diameter_um, spacing_um, margin_um, position_jitter_um, rotation_deg
         The layout (:func:`tma_layout`).
     missing : sequence of str
         Cores lost from the section (no tissue at their place; flagged missing).
@@ -191,6 +201,7 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
     shape, cores = tma_layout(rows, cols, core_diameter_um=core_diameter_um,
                               spacing_um=spacing_um, margin_um=margin_um,
                               position_jitter_um=position_jitter_um,
+                              rotation_deg=rotation_deg,
                               pixel_size_um=gp["pixel_size_um"], missing=missing,
                               seed=gp["seed"])
     pres = [_get_preset(presets[i % len(presets)]) for i in range(len(cores))]
@@ -213,6 +224,7 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
                          write_labels=opts["write_labels"], overwrite=opts["overwrite"],
                          extra={"tma": {"rows": rows, "cols": cols,
                                         "core_diameter_um": float(core_diameter_um),
+                                        "rotation_deg": float(rotation_deg),
                                         "cores": cores}})
     names = np.array([cores[i]["name"] for i in present] or [""], dtype=object)
     truth = slide.truth
@@ -241,6 +253,9 @@ class TmaCores:
     overview_um_per_px : float
         Resolution of the overview the cores were found on.
     warnings : tuple of str
+    rotation_deg : float
+        The grid's angle from the image axes (:func:`grid_angle`; positive turns the rows
+        from the x axis towards +y).
     """
 
     cores: tuple
@@ -250,6 +265,7 @@ class TmaCores:
     pixel_size_um: float
     overview_um_per_px: float
     warnings: tuple = ()
+    rotation_deg: float = 0.0
 
     @property
     def n_found(self) -> int:
@@ -264,6 +280,7 @@ class TmaCores:
                             "core_diameter_um": self.core_diameter_um,
                             "pixel_size_um": self.pixel_size_um,
                             "overview_um_per_px": self.overview_um_per_px,
+                            "rotation_deg": self.rotation_deg,
                             "warnings": list(self.warnings), "cores": list(self.cores)})
 
     def to_geojson(self) -> dict:
@@ -309,6 +326,22 @@ def _clusters(values: np.ndarray, gap: float) -> np.ndarray:
     return out
 
 
+def grid_angle(y, x) -> float:
+    """Angle (rad, within +-pi/4) of a square grid of points from the image axes: the
+    circular mean, with period 90 degrees, of the directions to each point's nearest
+    neighbour (a grid's neighbours lie along its rows and columns). 0 for fewer than 3
+    points."""
+    from scipy.spatial import cKDTree
+
+    pts = np.column_stack([np.asarray(y, float), np.asarray(x, float)])
+    if len(pts) < 3:
+        return 0.0
+    _, j = cKDTree(pts).query(pts, k=2)
+    v = pts[j[:, 1]] - pts
+    a = np.arctan2(v[:, 0], v[:, 1])
+    return float(np.angle(np.mean(np.exp(4j * a))) / 4.0)
+
+
 def find_tma_cores(slide, *, core_diameter_um: float | None = None,
                    min_area_fraction: float = 0.2) -> tuple[TmaCores, np.ndarray]:
     """Dearray a TMA slide: find its tissue cores and name them by their place in the grid.
@@ -317,10 +350,11 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     glass by Otsu's threshold of the smoothed log total signal (N. Otsu, IEEE Trans Syst Man
     Cybern 9, 62-66, 1979, doi:10.1109/TSMC.1979.4310076), closed and hole-filled; each
     connected piece of tissue is a core candidate. The grid comes from the candidates'
-    centres: rows are clusters of their y coordinates and columns of their x coordinates
-    (a gap of more than half a core diameter starts a new row or column), so the grid must
-    be roughly aligned with the image axes (a rotation of up to ~10 degrees for a 10 x 10
-    grid of cores at 1.3 diameters' spacing). Pieces falling in one grid cell (a core torn
+    centres: the grid's angle from the image axes is the circular mean (period 90 degrees)
+    of the directions to each centre's nearest neighbour (:func:`grid_angle`); in the
+    grid's frame, rows are clusters of the centres' y coordinates and columns of their x
+    coordinates (a gap of more than half a core diameter starts a new row or column).
+    Pieces falling in one grid cell (a core torn
     in sectioning) are merged; pieces smaller than ``min_area_fraction`` of the median core
     (debris) are dropped; grid positions without tissue are returned as missing cores at
     the grid's position. Names follow QuPath's dearrayer: row letters, column numbers
@@ -372,8 +406,16 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue to dearray (the "
                          "overview is uniform)")
     tissue = sm > threshold_otsu(sm)
+    glass = sm[~tissue]
+    # a slide of glass alone splits its noise in two (classes ~1.6 SD apart): tissue must
+    # stand 5 SD of the glass's smoothed signal above it
+    if glass.size > 1 and np.median(sm[tissue]) - np.median(glass) < 5 * glass.std():
+        raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue found to dearray "
+                         "(no signal stands above the glass)")
+    # closing bridges gaps of a few um between cells of one core (a torn core's pieces are
+    # joined by the grid below): wider closing would join neighbouring cores
     tissue = ndi.binary_fill_holes(ndi.binary_closing(
-        tissue, structure=np.ones((3, 3), bool), iterations=max(1, int(round(10.0 / um_px)))))
+        tissue, structure=np.ones((3, 3), bool), iterations=max(1, int(round(4.0 / um_px)))))
     lab, n = ndi.label(tissue)
     if n == 0:
         raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue found to dearray")
@@ -391,20 +433,34 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         raise InputError(f"no tissue piece is as large as {min_area_fraction:g} of a core "
                          f"({d_px * um_px:.0f} um across)")
     area, cy, cx, ids = area[keep], cy[keep], cx[keep], idx[keep]
-    row = _clusters(cy, d_px / 2)
-    col = _clusters(cx, d_px / 2)
+    big = area >= 0.5 * core_area  # whole cores set the angle; fragments would blur it
+    theta = grid_angle(cy[big], cx[big]) if big.sum() >= 3 else grid_angle(cy, cx)
+    ct, st = math.cos(theta), math.sin(theta)
+    gy, gx = cy * ct - cx * st, cx * ct + cy * st  # centres in the grid's frame
+    row = _clusters(gy, d_px / 2)
+    col = _clusters(gx, d_px / 2)
     n_rows, n_cols = int(row.max()) + 1, int(col.max()) + 1
-    row_y = np.array([np.average(cy[row == r], weights=area[row == r]) for r in range(n_rows)])
-    col_x = np.array([np.average(cx[col == c], weights=area[col == c]) for c in range(n_cols)])
+    # the grid fitted to the whole cores, centre = origin + row * step_r + col * step_c (least
+    # squares): places the missing cores and refines the angle of the nearest-neighbour mean
+    design = np.column_stack([np.ones(row.size), row, col]).astype(float)
+    fit_on = big if big.sum() >= 3 else np.ones(row.size, bool)
+    coef_y, coef_x = (np.linalg.lstsq(design[fit_on], v[fit_on], rcond=None)[0]
+                      for v in (cy, cx))
+    if n_cols > 1 and np.unique(col[fit_on]).size > 1:
+        theta = math.atan2(coef_y[2], coef_x[2])  # the column step runs along a row
+    elif n_rows > 1 and np.unique(row[fit_on]).size > 1:
+        theta = math.atan2(-coef_x[1], coef_y[1])
     cores = []
     for r in range(n_rows):
         for c in range(n_cols):
             m = (row == r) & (col == c)
             name = core_name(r, c)
-            if not m.any():
+            if not m.any():  # the fitted grid's place
+                y = coef_y[0] + r * coef_y[1] + c * coef_y[2]
+                x = coef_x[0] + r * coef_x[1] + c * coef_x[2]
                 cores.append({"name": name, "row": r, "col": c,
-                              "center_y": (row_y[r] + 0.5) * f - 0.5,
-                              "center_x": (col_x[c] + 0.5) * f - 0.5,
+                              "center_y": (y + 0.5) * f - 0.5,
+                              "center_x": (x + 0.5) * f - 0.5,
                               "radius_px": d_px / 2 * f, "area_fraction": 0.0,
                               "missing": True})
                 continue
@@ -417,6 +473,9 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
                           "center_y": (y + 0.5) * f - 0.5, "center_x": (x + 0.5) * f - 0.5,
                           "radius_px": max(reach, d_px / 2) * f,
                           "area_fraction": a / core_area, "missing": False})
+            if a > 1.6 * core_area:
+                warnings.append(f"core {name}: tissue of {a / core_area:.1f} cores in one piece "
+                                "(touching cores, or a smear): check the grid")
             if int(m.sum()) > 1:
                 warnings.append(f"core {name}: {int(m.sum())} pieces merged (a torn core, or "
                                 "neighbours closer than half a diameter)")
@@ -424,4 +483,4 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         warnings.append(f"fewer than half of the {n_rows} x {n_cols} grid positions hold a "
                         "core: is the grid rotated, or is this not a TMA?")
     return TmaCores(tuple(cores), n_rows, n_cols, float(d_px * um_px), float(ps),
-                    float(um_px), tuple(warnings)), sm
+                    float(um_px), tuple(warnings), math.degrees(theta)), sm

@@ -1,0 +1,96 @@
+"""Tissue microarrays: layout and names (QuPath's default "A-1"), the dearrayer on synthetic
+TMAs with known cores (rotated grids, lost cores), and bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import breast_panel_5plex, core_name, cores_geojson, find_tma_cores
+from qdmed.imaging._regions import read_regions
+from qdmed.imaging._tma import grid_angle, simulate_tma, tma_layout
+
+PANEL = breast_panel_5plex()
+KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0,
+          channel_names=list(PANEL.channel_names))
+
+
+def test_core_names_follow_qupaths_default_labels():
+    # QuPath TMADearrayerPluginIJ: row labels A-J, column labels 1-16, row first, "-"
+    assert core_name(0, 0) == "A-1" and core_name(1, 15) == "B-16"
+    assert core_name(25, 0) == "Z-1" and core_name(26, 2) == "AA-3"
+
+
+def test_layout_and_its_bad_input():
+    shape, cores = tma_layout(2, 3, core_diameter_um=600, position_jitter_um=0,
+                              pixel_size_um=0.5, missing=["B-2"])
+    assert [c["name"] for c in cores] == ["A-1", "A-2", "A-3", "B-1", "B-2", "B-3"]
+    assert [c["missing"] for c in cores] == [False] * 4 + [True, False]
+    # default spacing diameter + 200 um = 1600 px; margin half of it (800 px) of glass
+    # between the slide's edge and the cores' (radius 600 px)
+    assert cores[1]["center_x"] - cores[0]["center_x"] == pytest.approx(1600)
+    assert cores[0]["center_x"] == pytest.approx(800 + 600 - 0.5)
+    assert shape == (2 * 1400 + 1600, 2 * 1400 + 2 * 1600)
+    with pytest.raises(InputError, match="not in the 2 x 3 grid"):
+        tma_layout(2, 3, missing=["C-1"])
+    with pytest.raises(InputError, match="at least 20 um of glass"):
+        tma_layout(2, 2, core_diameter_um=600, spacing_um=610)
+    with pytest.raises(InputError, match="rows must be an integer"):
+        tma_layout(0, 2)
+    with pytest.raises(InputError, match="rotation_deg"):
+        tma_layout(2, 2, rotation_deg=60)
+
+
+def test_grid_angle_of_an_exact_grid():
+    rr, cc = np.divmod(np.arange(20), 5)
+    for deg in (0.0, 4.0, -12.0, 30.0):
+        t = math.radians(deg)
+        y = cc * 100 * math.sin(t) + rr * 100 * math.cos(t)
+        x = cc * 100 * math.cos(t) - rr * 100 * math.sin(t)
+        assert math.degrees(grid_angle(y, x)) == pytest.approx(deg, abs=1e-9)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 8.0])
+def test_dearrayer_on_a_rotated_grid_with_lost_cores(tmp_path, rotation):
+    s = simulate_tma(tmp_path / "t.ome.zarr", rows=3, cols=4, presets=["luminal-A"],
+                     core_diameter_um=150.0, spacing_um=230.0, rotation_deg=rotation,
+                     missing=["A-4", "C-2"], tile=1024, seed=2, **KW)
+    found, _ = find_tma_cores(s.path)
+    truth = {c["name"]: c for c in s.params["tma"]["cores"]}
+    assert (found.n_rows, found.n_cols, found.n_found) == (3, 4, 10)
+    assert found.rotation_deg == pytest.approx(rotation, abs=1.5)
+    for c in found.cores:
+        t = truth[c["name"]]
+        assert c["missing"] == t["missing"]
+        # found cores to 6 px (3 um); lost ones at the fitted grid's place, which cannot
+        # know the 15 um the arrayer's jitter moved them (30 px)
+        tol = 50.0 if c["missing"] else 6.0
+        assert math.hypot(c["center_x"] - t["center_x"], c["center_y"] - t["center_y"]) < tol
+    assert not found.warnings
+
+
+def test_cores_geojson_reads_back_as_tma_cores(tmp_path):
+    doc = cores_geojson([{"name": "A-1", "center_x": 100, "center_y": 100, "radius_px": 50},
+                         {"name": "A-2", "center_x": 300, "center_y": 100, "radius_px": 50,
+                          "missing": True}])
+    f = doc["features"][0]
+    assert f["geometry"]["isEllipse"] is True and f["properties"]["objectType"] == "annotation"
+    p = tmp_path / "c.geojson"
+    p.write_text(json.dumps(doc))
+    reg = read_regions(p)
+    assert reg.is_tma and reg.names == ("A-1",) and reg.missing == ("A-2",)
+    # QuPath coordinates are pixel-index + 0.5: the centre pixel (100, 100) is inside
+    assert reg.region_index([100.5, 160.0], [100.5, 100.5]).tolist() == [0, -1]
+
+
+def test_dearrayer_bad_input(tmp_path):
+    with pytest.raises(InputError, match="min_area_fraction"):
+        find_tma_cores(tmp_path / "x.ome.zarr", min_area_fraction=2)
+    with pytest.raises(InputError, match="core_diameter_um"):
+        find_tma_cores(tmp_path / "x.ome.zarr", core_diameter_um=-1)
+    s = simulate_tma(tmp_path / "glass.ome.zarr", rows=1, cols=2, presets=["luminal-A"],
+                     core_diameter_um=100.0, missing=["A-1", "A-2"], tile=512, **KW)
+    with pytest.raises(InputError, match="no tissue"):
+        find_tma_cores(s.path)
