@@ -166,6 +166,7 @@ def simulate(
     presets: Annotated[str | None, typer.Option("--presets", help="TMA: presets of the cores, comma-separated, repeated over the cores row by row (default: --preset).")] = None,
     core_diameter_um: Annotated[float, typer.Option("--core-diameter-um", help="TMA: core diameter, um.")] = 600.0,
     missing: Annotated[str | None, typer.Option("--missing", help="TMA: cores lost from the section, e.g. B-2,C-5.")] = None,
+    rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="TMA: the grid turned by this angle (degrees, within +-45).")] = 0.0,
     json_: JSON = False,
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel; --tma for a
@@ -189,7 +190,8 @@ def simulate(
             raise InputError(f"--tma writes OME-Zarr: --out must end in .ome.zarr; got {out}")
         s = simulate_tma(out, rows=int(grid[0]), cols=int(grid[1]),
                          presets=list(_names(presets or preset)),
-                         core_diameter_um=core_diameter_um, missing=_names(missing), **kw)
+                         core_diameter_um=core_diameter_um, missing=_names(missing),
+                         rotation_deg=rotation_deg, **kw)
         truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_parquet(truth_dir / "truth.parquet", s.truth)
@@ -308,7 +310,8 @@ def tma(
     if json_:
         return print_json(d)
     print_kv(f"TMA {slide.name}", {
-        "grid": f"{d['n_rows']} x {d['n_cols']}", "cores found": d["n_found"],
+        "grid": f"{d['n_rows']} x {d['n_cols']}, turned {d['rotation_deg']:.1f} deg",
+        "cores found": d["n_found"],
         "missing": ", ".join(c["name"] for c in d["cores"] if c["missing"]) or "none",
         "core diameter (um)": d["core_diameter_um"], "cores": str(out)})
     for w in d["warnings"]:
