@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from qdmed.errors import InputError
@@ -94,3 +95,57 @@ def test_dearrayer_bad_input(tmp_path):
                      core_diameter_um=100.0, missing=["A-1", "A-2"], tile=512, **KW)
     with pytest.raises(InputError, match="no tissue"):
         find_tma_cores(s.path)
+
+
+@pytest.mark.parametrize(("rows", "cols", "missing", "rotation"), [
+    (3, 3, ["B-1", "B-2", "B-3"], 0.0),  # a whole row lost inside the grid
+    (1, 4, ["A-2"], 20.0),               # a column lost, grid turned
+    (1, 2, [], 30.0),                    # two cores: their direction is the grid's
+])
+def test_dearrayer_keeps_names_across_lost_rows_and_columns(tmp_path, rows, cols, missing,
+                                                            rotation):
+    s = simulate_tma(tmp_path / "g.ome.zarr", rows=rows, cols=cols, presets=["luminal-A"],
+                     core_diameter_um=80.0, spacing_um=130.0, rotation_deg=rotation,
+                     missing=missing, tile=512, seed=1, **KW)
+    found, _ = find_tma_cores(s.path)
+    truth = {c["name"]: c for c in s.params["tma"]["cores"]}
+    assert (found.n_rows, found.n_cols) == (rows, cols)
+    assert [c["name"] for c in found.cores if c["missing"]] == missing
+    for c in found.cores:
+        t = truth[c["name"]]
+        tol = 40.0 if c["missing"] else 6.0
+        assert math.hypot(c["center_x"] - t["center_x"], c["center_y"] - t["center_y"]) < tol
+    assert bool(found.warnings) == bool(missing)  # an empty line inside the grid is said
+
+
+def test_region_names_duplicates_and_order(tmp_path):
+    from qdmed.imaging._region_scores import score_regions
+
+    sq = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+
+    def feat(props):
+        return {"type": "Feature", "properties": props,
+                "geometry": {"type": "Polygon", "coordinates": [sq]}}
+
+    p = tmp_path / "r.geojson"
+    p.write_text(json.dumps([feat({"name": "region 2"}), feat({}), feat({"name": "T"}),
+                             feat({"name": "T"})]))
+    reg = read_regions(p)  # same-named annotations are one region; auto names stay unique
+    assert reg.names == ("region 2", "region 2'", "T") and not reg.is_tma
+    p.write_text(json.dumps([feat({"name": "A-1", "isMissing": False}),
+                             feat({"name": "A-1", "isMissing": True})]))
+    with pytest.raises(InputError, match="'A-1' is used by features 0 and 1"):
+        read_regions(p)
+    p.write_text(json.dumps([feat({"name": "A-1", "isMissing": True})]))
+    with pytest.raises(InputError, match="marked missing"):
+        read_regions(p)
+    # rows in file (grid) order, missing cores in their place
+    p.write_text(json.dumps([feat({"name": "A-1", "isMissing": False}),
+                             feat({"name": "A-2", "isMissing": True}),
+                             feat({"name": "B-1", "isMissing": False})]))
+    reg = read_regions(p)
+    assert reg.order == ("A-1", "A-2", "B-1")
+    cells = pd.DataFrame({"region": ["A-1"] * 3 + ["B-1"] * 2})
+    rows = score_regions(cells, cells, reg.names, reg.missing, order=reg.order, min_cells=3)
+    assert [(r["region"], r["status"]) for r in rows] == [
+        ("A-1", "ok"), ("A-2", "missing"), ("B-1", "too few cells")]

@@ -401,6 +401,8 @@ def analyze(
             f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null'] or 0:.2f}; "
             f"{het['spatial_p_value'] or 1:.3g}")
     by_region = d.get("regions_scored")
+    if d["scored_cells"].get("note"):
+        info["note"] = d["scored_cells"]["note"]
     if by_region:
         info["regions"] = ", ".join(f"{n} {k}" for k, n in by_region["by_status"].items())
         if by_region["her2_categories"]:

@@ -729,6 +729,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             selection["warning"] = (f"every one of the {before} cells to score carries a "
                                     "flag left out (exclude_flagged): nothing was scored")
     selection["n_scored"] = int(len(scored_cells))
+    if per_region and reg.is_tma:
+        selection["note"] = ("a tissue microarray: the slide-level scores pool every core (every "
+                             "patient); each core's are in regions.csv")
     her2, scored = score_cells(scored_cells, her2_calibration, gates)
     het = None
     if her2 is not None:
@@ -740,7 +743,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                           json.dumps(het.to_geojson(s.pixel_size_um, shape_yx=(h, w))))
     by_region = None
     if per_region:
-        rows = score_regions(cells, scored_cells, reg.names, reg.missing,
+        rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
                              her2_calibration=her2_calibration, gates=gates,
                              min_cells=region_min_cells)
         atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))

@@ -168,8 +168,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["focus_median_blur"] = foc.get("median")
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
                     row["message"] = "; ".join(n for n in notes if n)
-                    row.update(score_fields(res.summary["her2"],
-                                            res.summary.get("markers_scored")))
+                    row.update(score_fields(res.summary["her2"], None))
                     het = res.summary.get("her2_heterogeneity")
                     if het:
                         row["her2_n_regions"] = het["n_regions"]
@@ -183,6 +182,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         row["her2_tumour_level_shannon_null"] = het["tumour_level_shannon_null"]
                         row["her2_spatial_p_value"] = het["spatial_p_value"]
                         row["her2_cell_level_shannon"] = het["cell_level_shannon_mean"]
+                    row.update(score_fields(None, res.summary.get("markers_scored")))
                     by_region = res.summary.get("regions_scored")
                     if by_region:
                         row["n_regions"] = by_region["n_regions"]

@@ -72,7 +72,7 @@ def score_cells(cells, her2_calibration=None, gates=None):
     return her2, markers
 
 
-def score_regions(cells, scored_cells, names, missing=(), *, her2_calibration=None,
+def score_regions(cells, scored_cells, names, missing=(), *, order=(), her2_calibration=None,
                   gates=None, min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
     """One row per region: its cells, scored cells and scores.
 
@@ -86,7 +86,10 @@ def score_regions(cells, scored_cells, names, missing=(), *, her2_calibration=No
         The regions, in table order (:attr:`Regions.names`).
     missing : sequence of str
         Regions marked missing (TMA cores lost from the section): rows with status
-        ``"missing"`` and no counts.
+        ``"missing"`` and no counts (unless the name is also among ``names``).
+    order : sequence of str
+        The rows' order (:attr:`Regions.order`: file order, a TMA's grid order); default
+        ``names`` then ``missing``.
     her2_calibration, gates
         As for the slide (:func:`qdmed.imaging.analyze_slide`).
     min_cells : int
@@ -112,11 +115,13 @@ def score_regions(cells, scored_cells, names, missing=(), *, her2_calibration=No
             row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
             row["message"] = "; ".join(receptor_notes(markers))
         rows.append(row)
-    for name in missing:
-        rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,
-                     "her2_category": None,
-                     "message": "marked missing in the regions file (isMissing)"})
-    return rows
+    for name in dict.fromkeys(missing):
+        if name not in set(names):
+            rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,
+                         "her2_category": None,
+                         "message": "marked missing in the regions file (isMissing)"})
+    place = {name: i for i, name in enumerate(order)}
+    return sorted(rows, key=lambda r: place.get(r["region"], len(place)))
 
 
 def region_table(rows: list[dict[str, Any]]):

@@ -42,10 +42,14 @@ class Regions:
     labels : tuple of str
         Name of each polygon's region: the feature's ``properties.name`` (QuPath writes a TMA
         core's name, e.g. "A-1", and an annotation's name there), else ``"region <n>"`` by
-        the feature's order among the regions read. Polygons of one feature share a label.
+        the feature's order among the regions read (primed if that name is in use).
+        Polygons of one feature share a label, and so do annotations given the same name
+        (one region in several pieces); TMA core names must be unique.
     kinds : tuple of str
         QuPath object type of each polygon's feature ('annotation', 'tmacore'; 'annotation'
         for plain GeoJSON without one).
+    order : tuple of str
+        Every region's name once, present or missing, in file order (a TMA's grid order).
     missing : tuple of str
         Names of the regions marked missing (``properties.isMissing``, which QuPath writes
         on every TMA core: true for a core lost from the section): no tissue to score, so no
@@ -58,6 +62,7 @@ class Regions:
     labels: tuple = ()
     kinds: tuple = ()
     missing: tuple = ()
+    order: tuple = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -269,7 +274,9 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         raise FileFormatError(f"{p}: expected a GeoJSON FeatureCollection, Feature or a list of "
                               "Features")
     polys, classes, labels, kinds, missing = [], [], [], [], []
-    skipped = n_regions = 0
+    order: list = []  # every region (present or missing) once, in file order
+    core_features: dict[str, int] = {}
+    skipped = 0
     for i, f in enumerate(feats):
         where = f"{p}: feature {i}"
         if not isinstance(f, dict):
@@ -286,25 +293,48 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         name = _class_name(props.get("classification"))
         if region_class is not None and name != region_class:
             continue
-        n_regions += 1
         label = props.get("name")
-        label = label.strip() if isinstance(label, str) and label.strip() else \
-            f"region {n_regions}"
+        label = label.strip() if isinstance(label, str) and label.strip() else None
+        if kind == "tmacore" and label is not None:
+            if label in core_features:  # a TMA grid names each core once
+                raise InputError(f"{p}: TMA core name {label!r} is used by features "
+                                 f"{core_features[label]} and {i}; core names must be unique")
+            core_features[label] = i
+        key = label if label is not None else ("unnamed", i)
+        if key not in order:
+            order.append(key)
         if props.get("isMissing") is True:  # QuPath's flag of a core lost from the section
-            missing.append(label)  # (qdmed's dearrayer writes it on annotations too)
+            missing.append(key)  # (qdmed's dearrayer writes it on annotations too)
             continue
         for j, poly in enumerate(_polygons(f.get("geometry") or {}, where)):
             if not isinstance(poly, list) or not poly:
                 raise FileFormatError(f"{where}: polygon {j} has no rings")
             polys.append(tuple(_ring(r, f"{where}, polygon {j}") for r in poly))
             classes.append(name)
-            labels.append(label)
+            labels.append(key)
             kinds.append(kind)
+    # unnamed regions: "region <n>" by their order among the regions, never a name in use
+    used = {k for k in order if isinstance(k, str)}
+    auto, n = {}, 0
+    for k in order:
+        n += 1
+        if not isinstance(k, str):
+            name = f"region {n}"
+            while name in used:
+                name += "'"
+            auto[k] = name
+            used.add(name)
+    order = [auto.get(k, k) for k in order]
+    labels = [auto.get(k, k) for k in labels]
+    missing = [auto.get(k, k) for k in missing]
     if not polys:
         what = f" classified {region_class!r}" if region_class is not None else ""
         extra = (f", {skipped} of them cells, detections or other objects that are not "
                  "regions" if skipped else "")
+        if missing:
+            extra += f"; all {len(missing)} regions read are marked missing (isMissing)"
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
                          f"with ({len(feats)} features read{extra}).")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes),
-                   labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing))
+                   labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing),
+                   order=tuple(order))

@@ -209,7 +209,8 @@ def write_slide_report(result, path=None) -> Path:
                       + (" Left out: " + ", ".join(
                           f"{v} {k.replace('_', ' ')}" for k, v in sel["excluded"].items()
                           if k != "total") + " cells." if sel.get("excluded") else "")
-                      + (f" Warning: {sel['warning']}." if sel.get("warning") else ""))
+                      + (f" Warning: {sel['warning']}." if sel.get("warning") else "")
+                      + (f" Note: {sel['note']}." if sel.get("note") else ""))
     sat = s.get("saturation")
     if sat:
         rep.paragraph(saturation_paragraph(sat))

@@ -565,8 +565,12 @@ def _tissue_maps(g: _Geometry, y0: int, y1: int, x0: int, x1: int
         f = _field_on_pixels(g.tissue_modes, 16.0, y0, y1, x0, x1, g.ps)
         tissue, soft = f > g.tissue_thr, np.clip((f - g.tissue_thr) / 0.5, 0.0, 1.0)
     if g.discs.size:
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        disc = _disc_index(g.discs, yy, xx) >= 0
+        cy, cx, r = g.discs.T
+        near = (cy + r >= y0) & (cy - r <= y1) & (cx + r >= x0) & (cx - r <= x1)
+        yy, xx = np.ogrid[y0:y1, x0:x1]
+        disc = np.zeros(shp, bool)
+        for dy, dx, dr in g.discs[near]:
+            disc |= (yy - dy) ** 2 + (xx - dx) ** 2 <= dr * dr
         tissue, soft = tissue & disc, soft * disc
     return tissue, soft
 

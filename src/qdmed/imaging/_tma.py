@@ -114,6 +114,7 @@ def tma_layout(rows: int, cols: int, *, core_diameter_um: float = 600.0,
     if not (math.isfinite(rot) and abs(rot) <= 45):
         raise InputError(f"rotation_deg must be within [-45, 45]; got {rotation_deg!r}")
     names = [core_name(r, c) for r in range(rows) for c in range(cols)]
+    missing = (missing,) if isinstance(missing, str) else tuple(missing)
     unknown = sorted(set(missing) - set(names))
     if unknown:
         raise InputError(f"missing cores {unknown} are not in the {rows} x {cols} grid "
@@ -326,18 +327,42 @@ def _clusters(values: np.ndarray, gap: float) -> np.ndarray:
     return out
 
 
+def _steps(diffs: np.ndarray) -> float | None:
+    """The grid step from gaps between adjacent rows (or columns): the median of the gaps
+    within 1.5x the smallest (a larger gap spans empty lines); None without gaps."""
+    if diffs.size == 0:
+        return None
+    return float(np.median(diffs[diffs <= 1.5 * diffs.min()]))
+
+
+def _with_empty_lines(labels: np.ndarray, coord: np.ndarray, step: float | None
+                      ) -> tuple[np.ndarray, int]:
+    """Cluster labels renumbered so that a gap of about k grid steps between adjacent
+    clusters leaves k - 1 empty lines (a row or column whose cores were all lost)."""
+    n = int(labels.max()) + 1
+    if n < 2 or step is None:
+        return labels, n
+    means = np.array([coord[labels == i].mean() for i in range(n)])
+    extra = np.maximum(np.rint(np.diff(means) / step).astype(np.int64) - 1, 0)
+    new = np.concatenate([[0], np.cumsum(1 + extra)])
+    return new[labels], int(new[-1]) + 1
+
+
 def grid_angle(y, x) -> float:
     """Angle (rad, within +-pi/4) of a square grid of points from the image axes: the
     circular mean, with period 90 degrees, of the directions to each point's nearest
-    neighbour (a grid's neighbours lie along its rows and columns). 0 for fewer than 3
-    points."""
+    neighbour (a grid's neighbours lie along its rows and columns); for two points, the
+    direction between them. 0 for fewer than 2 points."""
     from scipy.spatial import cKDTree
 
     pts = np.column_stack([np.asarray(y, float), np.asarray(x, float)])
-    if len(pts) < 3:
+    if len(pts) < 2:
         return 0.0
-    _, j = cKDTree(pts).query(pts, k=2)
-    v = pts[j[:, 1]] - pts
+    if len(pts) == 2:
+        v = pts[1:] - pts[:1]
+    else:
+        _, j = cKDTree(pts).query(pts, k=2)
+        v = pts[j[:, 1]] - pts
     a = np.arctan2(v[:, 0], v[:, 1])
     return float(np.angle(np.mean(np.exp(4j * a))) / 4.0)
 
@@ -357,7 +382,10 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     Pieces falling in one grid cell (a core torn
     in sectioning) are merged; pieces smaller than ``min_area_fraction`` of the median core
     (debris) are dropped; grid positions without tissue are returned as missing cores at
-    the grid's position. Names follow QuPath's dearrayer: row letters, column numbers
+    the grid's position (fitted by least squares to the whole cores), including whole rows
+    or columns without a core inside the grid (a gap of k steps between neighbouring rows
+    leaves k - 1 empty ones; warned). A first or last row or column lost entirely cannot be
+    seen: the names then start from the first row found. Names follow QuPath's dearrayer: row letters, column numbers
     ("A-1", :func:`core_name`).
 
     Parameters
@@ -378,8 +406,8 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     Raises
     ------
     InputError
-        A slide without pixel size and no way to scale (the default 0.5 um/px is used and
-        said), no tissue, or bad parameters.
+        No tissue, or bad parameters. (A slide without a pixel size is read at 0.5 um/px,
+        with a warning.)
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
@@ -439,7 +467,16 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     gy, gx = cy * ct - cx * st, cx * ct + cy * st  # centres in the grid's frame
     row = _clusters(gy, d_px / 2)
     col = _clusters(gx, d_px / 2)
-    n_rows, n_cols = int(row.max()) + 1, int(col.max()) + 1
+    gaps = [np.diff(np.sort([v[lab == i].mean() for i in range(int(lab.max()) + 1)]))
+            for lab, v in ((row, gy), (col, gx))]
+    both = _steps(np.concatenate(gaps))
+    n_before = (int(row.max()) + 1, int(col.max()) + 1)
+    row, n_rows = _with_empty_lines(row, gy, _steps(gaps[0]) if gaps[0].size > 1 else both)
+    col, n_cols = _with_empty_lines(col, gx, _steps(gaps[1]) if gaps[1].size > 1 else both)
+    if (n_rows, n_cols) != n_before:
+        warnings.append(f"{n_rows - n_before[0]} row(s) and {n_cols - n_before[1]} column(s) "
+                        "without any core inside the grid: kept as missing cores, so that "
+                        "the names after them stay in place")
     # the grid fitted to the whole cores, centre = origin + row * step_r + col * step_c (least
     # squares): places the missing cores and refines the angle of the nearest-neighbour mean
     design = np.column_stack([np.ones(row.size), row, col]).astype(float)
