@@ -634,3 +634,9 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     for r in res.summary["regions_scored"]["regions"][:3]:  # segmentation finds the cells
         assert r["n_cells"] == pytest.approx(truth_n[r["region"]], rel=0.05)
     assert (cells["region"] != "").mean() > 0.97
+    truth = {c["name"]: c for c in tma_slide.params["tma"]["cores"]}
+    for r in res.summary["regions_scored"]["regions"]:  # the cores' centres, in um
+        t = truth[r["region"]]  # a lost core sits where the fitted grid puts it
+        tol = 25.0 if r["status"] == "missing" else 3.0
+        assert r["center_x_um"] == pytest.approx(t["center_x"] * 0.5, abs=tol)
+        assert r["center_y_um"] == pytest.approx(t["center_y"] * 0.5, abs=tol)

@@ -744,6 +744,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     by_region = None
     if per_region:
         rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
+                             centers=reg.centers, pixel_size_um=s.pixel_size_um,
                              her2_calibration=her2_calibration, gates=gates,
                              min_cells=region_min_cells)
         atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
@@ -872,8 +873,15 @@ def start_client(scheduler: str | None, n_workers: int):
             return Client(scheduler, timeout="30s"), None
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
-    cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
-                           processes=True, dashboard_address=":0", silence_logs=40)
+    try:
+        cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
+                               processes=True, dashboard_address=":0", silence_logs=40)
+    except RuntimeError as exc:  # workers are spawned: each imports the caller's script
+        raise RuntimeError(
+            "Dask could not start its worker processes. Called from a script, the analysis "
+            "must run under `if __name__ == \"__main__\":` (each worker process imports the "
+            "script, which would start the analysis again); or pass "
+            "scheduler='synchronous' to run in this process.") from exc
     return Client(cluster), cluster
 
 

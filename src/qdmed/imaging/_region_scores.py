@@ -72,8 +72,9 @@ def score_cells(cells, her2_calibration=None, gates=None):
     return her2, markers
 
 
-def score_regions(cells, scored_cells, names, missing=(), *, order=(), her2_calibration=None,
-                  gates=None, min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
+def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(),
+                  pixel_size_um: float | None = None, her2_calibration=None, gates=None,
+                  min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
     """One row per region: its cells, scored cells and scores.
 
     Parameters
@@ -90,6 +91,9 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), her2_cali
     order : sequence of str
         The rows' order (:attr:`Regions.order`: file order, a TMA's grid order); default
         ``names`` then ``missing``.
+    centers, pixel_size_um
+        :attr:`Regions.centers` and the pixel size: each row gets ``center_x_um``,
+        ``center_y_um`` (the region's centre, as the cells' ``centroid_x_um``).
     her2_calibration, gates
         As for the slide (:func:`qdmed.imaging.analyze_slide`).
     min_cells : int
@@ -120,6 +124,12 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), her2_cali
             rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,
                          "her2_category": None,
                          "message": "marked missing in the regions file (isMissing)"})
+    if pixel_size_um:
+        where = {name: (x, y) for name, x, y in centers}
+        for r in rows:  # QuPath coordinates are pixel-index + 0.5
+            x, y = where.get(r["region"], (np.nan, np.nan))
+            r["center_x_um"] = (x - 0.5) * pixel_size_um
+            r["center_y_um"] = (y - 0.5) * pixel_size_um
     place = {name: i for i, name in enumerate(order)}
     return sorted(rows, key=lambda r: place.get(r["region"], len(place)))
 

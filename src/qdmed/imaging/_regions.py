@@ -50,6 +50,9 @@ class Regions:
         for plain GeoJSON without one).
     order : tuple of str
         Every region's name once, present or missing, in file order (a TMA's grid order).
+    centers : tuple of (str, float, float)
+        Per region (present, or missing with a geometry): name and the mean of the first
+        polygon's exterior vertices (x, y in QuPath pixel coordinates; a core's centre).
     missing : tuple of str
         Names of the regions marked missing (``properties.isMissing``, which QuPath writes
         on every TMA core: true for a core lost from the section): no tissue to score, so no
@@ -63,6 +66,7 @@ class Regions:
     kinds: tuple = ()
     missing: tuple = ()
     order: tuple = ()
+    centers: tuple = ()  # (name, x, y): centre of each region's first polygon, QuPath px
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -275,6 +279,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
                               "Features")
     polys, classes, labels, kinds, missing = [], [], [], [], []
     order: list = []  # every region (present or missing) once, in file order
+    centres: dict = {}
     core_features: dict[str, int] = {}
     skipped = 0
     for i, f in enumerate(feats):
@@ -303,12 +308,18 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         key = label if label is not None else ("unnamed", i)
         if key not in order:
             order.append(key)
+        geoms = _polygons(f.get("geometry") or {}, where)
+        for j, poly in enumerate(geoms):
+            if not isinstance(poly, list) or not poly:
+                raise FileFormatError(f"{where}: polygon {j} has no rings")
+        if geoms and key not in centres:
+            ext = _ring(geoms[0][0], f"{where}, polygon 0")
+            ext = ext[:-1] if len(ext) > 3 and np.array_equal(ext[0], ext[-1]) else ext
+            centres[key] = (float(ext[:, 0].mean()), float(ext[:, 1].mean()))
         if props.get("isMissing") is True:  # QuPath's flag of a core lost from the section
             missing.append(key)  # (qdmed's dearrayer writes it on annotations too)
             continue
-        for j, poly in enumerate(_polygons(f.get("geometry") or {}, where)):
-            if not isinstance(poly, list) or not poly:
-                raise FileFormatError(f"{where}: polygon {j} has no rings")
+        for j, poly in enumerate(geoms):
             polys.append(tuple(_ring(r, f"{where}, polygon {j}") for r in poly))
             classes.append(name)
             labels.append(key)
@@ -327,6 +338,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     order = [auto.get(k, k) for k in order]
     labels = [auto.get(k, k) for k in labels]
     missing = [auto.get(k, k) for k in missing]
+    centers = tuple((auto.get(k, k), *xy) for k, xy in centres.items())
     if not polys:
         what = f" classified {region_class!r}" if region_class is not None else ""
         extra = (f", {skipped} of them cells, detections or other objects that are not "
@@ -337,4 +349,4 @@ def read_regions(path, region_class: str | None = None) -> Regions:
                          f"with ({len(feats)} features read{extra}).")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes),
                    labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing),
-                   order=tuple(order))
+                   order=tuple(order), centers=centers)

@@ -113,24 +113,26 @@ def her2_figure(her2):
     return fig
 
 
-def regions_map_figure(cells, rows: list[dict], pixel_size_um: float):
-    """Where the regions lie (the centroid of their cells; a TMA's grid), each marked by its
-    HER2 category (grey: not scored) and named; None when no region holds cells."""
+def regions_map_figure(rows: list[dict]):
+    """Where the regions lie (their centres; a TMA's grid), each marked by its HER2
+    category (grey: not scored; hollow: missing) and named; None without centres."""
     import matplotlib.pyplot as plt
 
-    if "region" not in cells or not len(cells):
+    pts = [r for r in rows if np.isfinite(r.get("center_x_um", np.nan))]
+    if not pts:
         return None
-    inside = cells[cells["region"] != ""]
-    if not len(inside):
-        return None
-    centre = inside.groupby("region")[["centroid_x", "centroid_y"]].mean() * pixel_size_um
-    cat = {r["region"]: r.get("her2_category") for r in rows}
     fig, ax = plt.subplots(figsize=(6, 5))
-    for name, (x, y) in centre.iterrows():
-        c = cat.get(name)
-        ax.scatter(x, y, s=500, c=_CAT_COLOURS.get(c, "#bbbbbb"), edgecolors="k",
-                   linewidths=0.5)
-        ax.annotate(f"{name}\n{c or '-'}", (x, y), ha="center", va="center", fontsize=6)
+    for r in pts:
+        c = r.get("her2_category")
+        x, y = r["center_x_um"], r["center_y_um"]
+        if r["status"] == "missing":
+            ax.scatter(x, y, s=500, facecolors="none", edgecolors="#999999", linestyles="--")
+        else:
+            ax.scatter(x, y, s=500, c=_CAT_COLOURS.get(c, "#bbbbbb"), edgecolors="k",
+                       linewidths=0.5)
+        dark = c in ("0", "3+")
+        ax.annotate(f"{r['region']}\n{c or r['status']}", (x, y), ha="center", va="center",
+                    fontsize=6, color="white" if dark else "black")
     for c, colour in _CAT_COLOURS.items():
         ax.scatter([], [], s=40, c=colour, label=c)
     ax.scatter([], [], s=40, c="#bbbbbb", label="not scored")
@@ -145,7 +147,7 @@ def regions_map_figure(cells, rows: list[dict], pixel_size_um: float):
     return fig
 
 
-def regions_section(rep, result, cells) -> None:
+def regions_section(rep, result) -> None:
     """The report's per-region section (TMA cores or named annotations), if any."""
     by_region = result.summary.get("regions_scored")
     if not by_region:
@@ -157,7 +159,7 @@ def regions_section(rep, result, cells) -> None:
         f"{n} {k}" for k, n in by_region["by_status"].items())
         + f". Each region with at least {by_region['min_cells']} scored cells is scored as a "
         "slide of its own cells; table: regions.csv.")
-    fig = regions_map_figure(cells, rows, result.summary["settings"]["pixel_size_um"])
+    fig = regions_map_figure(rows)
     if fig is not None:
         rep.figure(fig, "regions by HER2 category")
     fig = cohort_figure(rows, name_key="region", what="regions")
@@ -298,7 +300,7 @@ def write_slide_report(result, path=None) -> Path:
                           "permutation p-value.", cls="muted")
             if het.n_regions:
                 rep.figure(het.plot(), "HER2 by region")
-    regions_section(rep, result, cells)
+    regions_section(rep, result)
     return rep.write(path or Path(result.out_dir) / "report.html")
 
 
