@@ -379,14 +379,14 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     of the directions to each centre's nearest neighbour (:func:`grid_angle`); in the
     grid's frame, rows are clusters of the centres' y coordinates and columns of their x
     coordinates (a gap of more than half a core diameter starts a new row or column).
-    Pieces falling in one grid cell (a core torn
-    in sectioning) are merged; pieces smaller than ``min_area_fraction`` of the median core
-    (debris) are dropped; grid positions without tissue are returned as missing cores at
-    the grid's position (fitted by least squares to the whole cores), including whole rows
-    or columns without a core inside the grid (a gap of k steps between neighbouring rows
-    leaves k - 1 empty ones; warned). A first or last row or column lost entirely cannot be
-    seen: the names then start from the first row found. Names follow QuPath's dearrayer: row letters, column numbers
-    ("A-1", :func:`core_name`).
+    Pieces falling in one grid cell (a core torn in sectioning) are merged; pieces smaller
+    than ``min_area_fraction`` of the median core (debris) are dropped; grid positions
+    without tissue are returned as missing cores at the grid's position (fitted by least
+    squares to the whole cores), including whole rows or columns without a core inside the
+    grid (a gap of k steps between neighbouring rows leaves k - 1 empty ones; warned). A
+    first or last row or column lost entirely cannot be seen: the names then start from the
+    first row found. Names follow QuPath's dearrayer: row letters, column numbers ("A-1",
+    :func:`core_name`).
 
     Parameters
     ----------
@@ -460,6 +460,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     if not keep.any():
         raise InputError(f"no tissue piece is as large as {min_area_fraction:g} of a core "
                          f"({d_px * um_px:.0f} um across)")
+    boxes = ndi.find_objects(lab)
     area, cy, cx, ids = area[keep], cy[keep], cx[keep], idx[keep]
     big = area >= 0.5 * core_area  # whole cores set the angle; fragments would blur it
     theta = grid_angle(cy[big], cx[big]) if big.sum() >= 3 else grid_angle(cy, cx)
@@ -467,8 +468,8 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     gy, gx = cy * ct - cx * st, cx * ct + cy * st  # centres in the grid's frame
     row = _clusters(gy, d_px / 2)
     col = _clusters(gx, d_px / 2)
-    gaps = [np.diff(np.sort([v[lab == i].mean() for i in range(int(lab.max()) + 1)]))
-            for lab, v in ((row, gy), (col, gx))]
+    gaps = [np.diff(np.sort([v[line == i].mean() for i in range(int(line.max()) + 1)]))
+            for line, v in ((row, gy), (col, gx))]
     both = _steps(np.concatenate(gaps))
     n_before = (int(row.max()) + 1, int(col.max()) + 1)
     row, n_rows = _with_empty_lines(row, gy, _steps(gaps[0]) if gaps[0].size > 1 else both)
@@ -504,8 +505,13 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
             a = float(area[m].sum())  # pieces of one core merged
             y = float(np.average(cy[m], weights=area[m]))
             x = float(np.average(cx[m], weights=area[m]))
-            yy, xx = np.nonzero(np.isin(lab, ids[m]))
-            reach = float(np.sqrt(((yy - y) ** 2 + (xx - x) ** 2).max())) + 0.5
+            reach = 0.0
+            for i in ids[m]:  # the farthest tissue pixel of the core's pieces
+                by, bx = boxes[i - 1]
+                yy, xx = np.nonzero(lab[by, bx] == i)
+                reach = max(reach, float(np.sqrt(((yy + by.start - y) ** 2
+                                                  + (xx + bx.start - x) ** 2).max())))
+            reach += 0.5
             cores.append({"name": name, "row": r, "col": c,
                           "center_y": (y + 0.5) * f - 0.5, "center_x": (x + 0.5) * f - 0.5,
                           "radius_px": max(reach, d_px / 2) * f,
