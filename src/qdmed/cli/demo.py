@@ -47,5 +47,8 @@ def demo(
                 f"{'suspected' if im['quality_control']['offset_suspected'] else 'none'}; "
                 f"{im['quality_control']['focus_median_blur']:.3f}"
                 if im.get("quality_control") else None),
+            "TMA, HER2 per dearrayed core (core tumour)": ", ".join(
+                f"{c} {cat} ({im['tma']['presets'].get(c, '?')})"
+                for c, cat in im["tma"]["cores"].items()) if im.get("tma") else None,
             "DAB example (FHL2 stain, HER2 rule)": im.get("dab_her2_category")})
     typer.echo(f"report written to {summary['report']}")
