@@ -621,9 +621,12 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     found, _ = find_tma_cores(tma_slide.path)
     cores = tmp_path / "cores.geojson"
     cores.write_text(json.dumps(found.to_geojson()))
+    tma_map = tmp_path / "map.csv"  # A-1 and B-1 are one patient's replicate cores
+    tma_map.write_text("core,case\nA-1,P1\nA-2,P2\nB-1,P1\nB-2,P3\n")
     res = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
                         scheduler="synchronous", progress=False, write_unmixed=False,
-                        outlines=False, her2_calibration=calibration, regions=cores)
+                        outlines=False, her2_calibration=calibration, regions=cores,
+                        tma_map=tma_map)
     got = {r["region"]: (r["status"], r["her2_category"])
            for r in res.summary["regions_scored"]["regions"]}
     # the slide-level categories of these presets (test_slide_her2_category), core by core
@@ -634,6 +637,26 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     for r in res.summary["regions_scored"]["regions"][:3]:  # segmentation finds the cells
         assert r["n_cells"] == pytest.approx(truth_n[r["region"]], rel=0.05)
     assert (cells["region"] != "").mean() > 0.97
+    # cases: the scored cells of their cores pooled and scored as one slide
+    cases = {r["case"]: r for r in res.summary["cases_scored"]["cases"]}
+    assert sorted(cases) == ["P1", "P2"]  # P3's only core is lost
+    p1 = cells[cells["region"].isin(["A-1", "B-1"])]
+    assert cases["P1"]["cores"] == "A-1;B-1" and cases["P1"]["n_scored"] == len(p1)
+    assert cases["P1"]["her2_category"] == score_her2(p1, calibration,
+                                                      nan_policy="omit").category
+    assert cases["P2"]["her2_category"] == "1+"
+    assert (tmp_path / "out" / "cases.csv").read_text().startswith(
+        "case,status,n_cores,cores,n_scored,her2_category,message")
+    # per case against a pathologist's reads (P2 read 0 where QD-IHC says 1+)
+    from qdmed.imaging import compare_her2_tables
+
+    reads = tmp_path / "reads.csv"
+    reads.write_text("patient,dab\nP1,3+\nP2,0\n")
+    agree = compare_her2_tables(tmp_path / "out" / "cases.csv", reads, key="case",
+                                key_b="patient", column_b="dab")
+    assert agree.n_cases == 2 and agree.percent_agreement == 50.0
+    with pytest.raises(InputError, match="tma_map needs regions"):
+        analyze_slide(tma_slide.path, PANEL, tmp_path / "x", tma_map=tma_map)
     truth = {c["name"]: c for c in tma_slide.params["tma"]["cores"]}
     for r in res.summary["regions_scored"]["regions"]:  # the cores' centres, in um
         t = truth[r["region"]]  # a lost core sits where the fitted grid puts it

@@ -149,3 +149,41 @@ def test_region_names_duplicates_and_order(tmp_path):
     rows = score_regions(cells, cells, reg.names, reg.missing, order=reg.order, min_cells=3)
     assert [(r["region"], r["status"]) for r in rows] == [
         ("A-1", "ok"), ("A-2", "missing"), ("B-1", "too few cells")]
+
+
+def test_tma_map_reading_and_its_errors(tmp_path):
+    from qdmed.imaging._region_scores import case_column, read_tma_map
+
+    p = tmp_path / "map.csv"
+    p.write_text("slide,core,case\nblock1.ome.zarr,A-1,P1\n,A-2,P2\nblock2,A-1,P9\n")
+    m = read_tma_map(p)
+    assert m == {("block1", "A-1"): "P1", (None, "A-2"): "P2", ("block2", "A-1"): "P9"}
+    # a slide's own rows first, then rows for every slide; unmapped cores get None
+    assert case_column(["A-1", "A-2", "A-3"], "block1.ome.zarr", m) == ["P1", "P2", None]
+    assert case_column(["A-1"], "block2.ome.tif", m) == ["P9"]
+    p.write_text("core,patient\nA-1,P1\n")
+    with pytest.raises(InputError, match="no column 'case'"):
+        read_tma_map(p)
+    p.write_text("core,case\nA-1,P1\nA-1,P2\n")
+    with pytest.raises(InputError, match="line 3: core 'A-1' is given two cases"):
+        read_tma_map(p)
+    p.write_text("core,case\nA-1,\n")
+    with pytest.raises(InputError, match="line 2: empty core or case"):
+        read_tma_map(p)
+    with pytest.raises(InputError, match="cannot read TMA map"):
+        read_tma_map(tmp_path / "none.csv")
+
+
+def test_cases_pool_their_cores_cells():
+    from qdmed.imaging._region_scores import score_cases
+
+    rng = np.random.default_rng(0)
+    cells = pd.DataFrame({"region": ["A-1"] * 150 + ["B-1"] * 60 + ["A-2"] * 50,
+                          "case": ["P1"] * 210 + [None] * 50,
+                          "x": rng.random(260)})
+    rows = score_cases(cells, min_cells=100)
+    assert rows == [{"case": "P1", "status": "ok", "n_cores": 2, "cores": "A-1;B-1",
+                     "n_scored": 210, "her2_category": None, "message": ""}]
+    cells["slide"] = ["s1"] * 150 + ["s2"] * 110  # cores of one case on two blocks
+    rows = score_cases(cells, min_cells=300)
+    assert rows[0]["cores"] == "s1:A-1;s2:B-1" and rows[0]["status"] == "too few cells"

@@ -24,6 +24,7 @@ REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored
 OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
 EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
 PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
+TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case on its cores' cells pooled.")]
 REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
@@ -342,6 +343,7 @@ def analyze(
     exclude_flagged: EXCLUDE = None,
     per_region: PER_REGION = None,
     region_min_cells: REGION_CELLS = 100,
+    tma_map: TMA_MAP = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -368,7 +370,7 @@ def analyze(
                         her2_region_min_cells=her2_region_min_cells,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
-                        region_min_cells=region_min_cells)
+                        region_min_cells=region_min_cells, tma_map=tma_map)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -411,7 +413,11 @@ def analyze(
     print_kv(f"Slide {slide.name}", info)
     if by_region:
         print_table("Regions (regions.csv)", by_region["regions"],
-                    ["region", "status", "n_scored", "her2_category"])
+                    ["region", "status", "n_scored", "her2_category"]
+                    + (["case"] if d.get("cases_scored") else []))
+    if d.get("cases_scored"):
+        print_table("Cases (cases.csv)", d["cases_scored"]["cases"],
+                    ["case", "status", "cores", "n_scored", "her2_category"])
     for w in summary_warnings(d):
         typer.echo(f"! {w}")
 
@@ -557,6 +563,7 @@ def cohort(
     exclude_flagged: EXCLUDE = None,
     per_region: PER_REGION = None,
     region_min_cells: REGION_CELLS = 100,
+    tma_map: TMA_MAP = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -573,7 +580,7 @@ def cohort(
                          her2_region_min_cells=her2_region_min_cells,
                          saturation_level=saturation_level, offset_adu=_offset(offset),
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
-                         region_min_cells=region_min_cells)
+                         region_min_cells=region_min_cells, tma_map=tma_map)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:
@@ -582,7 +589,8 @@ def cohort(
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
     typer.echo(f"cohort table: {res['cells']}; report: {res['report']}"
-               + (f"; regions: {res['regions']}" if res["regions"] else ""))
+               + (f"; regions: {res['regions']}" if res["regions"] else "")
+               + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
     if res["n_ok"] == 0:
         raise typer.Exit(2)
 

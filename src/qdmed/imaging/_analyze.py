@@ -28,9 +28,14 @@ from qdmed.errors import InputError
 from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
+    case_column,
+    case_table,
+    cases_summary,
     check_min_cells,
+    read_tma_map,
     region_table,
     regions_summary,
+    score_cases,
     score_cells,
     score_regions,
 )
@@ -478,7 +483,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   her2_region_min_cells: int = 100,
                   saturation_level: float | None = None, offset_adu=None,
                   exclude_flagged: tuple = (), per_region: bool | None = None,
-                  region_min_cells: int = 100) -> SlideResult:
+                  region_min_cells: int = 100, tma_map=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -553,6 +558,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         when the regions are TMA cores (QuPath's TMA grid, or :func:`find_tma_cores`).
     region_min_cells : int
         Scored cells a region needs to be scored (default 100).
+    tma_map : path or mapping, optional
+        Which case (patient) each core belongs to (:func:`read_tma_map`: a CSV with columns
+        ``core``, ``case`` and optionally ``slide``; or its ``{(slide stem or None, core):
+        case}``). Cells get ``case``, regions.csv a ``case`` column, and ``cases.csv`` one
+        row per case, its cores' scored cells pooled and scored as one slide (summary
+        ``cases_scored``); needs regions scored one by one.
 
     Returns
     -------
@@ -593,6 +604,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                          "--regions); none was given.")
     per_region = reg is not None and (reg.is_tma if per_region is None else bool(per_region))
     region_min_cells = check_min_cells(region_min_cells)
+    if tma_map is not None and not per_region:
+        raise InputError("tma_map needs regions scored one by one (TMA cores in --regions, "
+                         "or per_region=True)")
+    if tma_map is not None and not isinstance(tma_map, dict):
+        tma_map = read_tma_map(tma_map)
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)
@@ -640,6 +656,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         (out / "cells.geojson").unlink(missing_ok=True)
     (out / "her2_regions.geojson").unlink(missing_ok=True)  # rewritten when HER2 is scored
     (out / "regions.csv").unlink(missing_ok=True)  # rewritten when regions are scored
+    (out / "cases.csv").unlink(missing_ok=True)
     if not write_unmixed and (out / "unmixed.ome.zarr").is_dir():
         shutil.rmtree(out / "unmixed.ome.zarr")
     manifest = tiles_dir / "run.json"
@@ -705,6 +722,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         cells["in_region"] = where >= 0
         if per_region:
             cells["region"] = np.array(("",) + reg.names, dtype=object)[where + 1]
+        if tma_map is not None:
+            cases = np.array([None, *case_column(reg.names, path.name, tma_map)],
+                             dtype=object)
+            cells["case"] = cases[where + 1]
     scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]
     focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells, s.pixel_size_um)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
@@ -741,12 +762,24 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                  min_cells=her2_region_min_cells)
         atomic_write_text(out / "her2_regions.geojson",
                           json.dumps(het.to_geojson(s.pixel_size_um, shape_yx=(h, w))))
-    by_region = None
+    by_region = by_case = None
     if per_region:
         rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
                              centers=reg.centers, pixel_size_um=s.pixel_size_um,
                              her2_calibration=her2_calibration, gates=gates,
                              min_cells=region_min_cells)
+        by_case = None
+        if tma_map is not None:
+            names = [r["region"] for r in rows]
+            for r, case in zip(rows, case_column(names, path.name, tma_map), strict=True):
+                r["case"] = case
+                if case is None and r["status"] != "missing":
+                    r["message"] = "; ".join(m for m in (r["message"],
+                                                         "no case in the TMA map") if m)
+            case_rows = score_cases(scored_cells, her2_calibration=her2_calibration,
+                                    gates=gates, min_cells=region_min_cells)
+            atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
+            by_case = cases_summary(case_rows)
         atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
         by_region = regions_summary(rows, region_min_cells)
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells
@@ -773,6 +806,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "markers_scored": scored,
         "scored_cells": selection,
         "regions_scored": by_region,
+        "cases_scored": by_case,
         "saturation": saturation,
         "offset": offset_summary(detector_stats, off, slide.channel_names, qc),
         "focus": focus,
@@ -782,6 +816,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                     "her2_regions": "her2_regions.geojson" if het is not None else None,
                     "qc_regions": "qc_regions.geojson",
                     "regions": "regions.csv" if by_region is not None else None,
+                    "cases": "cases.csv" if by_case is not None else None,
                     "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
     }
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,

@@ -12,9 +12,12 @@ import numpy as np
 
 from qdmed.errors import InputError, QdmedError
 from qdmed.imaging._region_scores import (
+    case_table,
     check_min_cells,
+    read_tma_map,
     receptor_notes,
     region_table,
+    score_cases,
     score_fields,
 )
 
@@ -70,7 +73,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
                    saturation_level: float | None = None, offset_adu=None,
                    exclude_flagged: tuple = (), per_region: bool | None = None,
-                   region_min_cells: int = 100) -> dict:
+                   region_min_cells: int = 100, tma_map=None) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -90,10 +93,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     ``exclude_flagged`` (quality flags whose cells are left out of the scores), and
     ``per_region`` and ``region_min_cells`` (every region scored on its own, by default when
     the regions are TMA cores: the folder then gets ``regions.csv``, one row per slide and
-    region, e.g. one per patient of a TMA cohort)."""
+    region), and ``tma_map`` (:func:`read_tma_map`: the case of each core, per slide; the
+    folder then gets ``cases.csv``, one row per case with the scored cells of all its cores,
+    on every slide, pooled and scored as one slide, for :func:`compare_her2_tables` with
+    ``key='case'``)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
+        _drop_flagged,
         analyze_slide,
         check_autofluorescence_option,
         check_exclude_flagged,
@@ -112,8 +119,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_offset(offset_adu, len(panel.channels))
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
-    if regions_dir is None and (region_class is not None or per_region):
-        what = "per_region" if per_region else f"region_class={region_class!r}"
+    if tma_map is not None and not isinstance(tma_map, dict):
+        tma_map = read_tma_map(tma_map)  # refused before any slide is read
+    if regions_dir is None and (region_class is not None or per_region or tma_map):
+        what = ("per_region" if per_region else "tma_map" if tma_map
+                else f"region_class={region_class!r}")
         raise InputError(f"{what} needs a regions folder (--regions-dir); none was given.")
     if regions_dir is not None and not Path(regions_dir).is_dir():
         raise InputError(f"regions folder {str(regions_dir)!r} does not exist or is not a "
@@ -121,7 +131,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     slides = find_slides(folder, required=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, tables, region_rows = [], [], []
+    rows, tables, region_rows, case_cells = [], [], [], []
     client = cluster = None
     if slides:
         client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
@@ -152,7 +162,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         offset_adu=offset_adu,
                                         exclude_flagged=exclude_flagged,
                                         per_region=per_region,
-                                        region_min_cells=region_min_cells)
+                                        region_min_cells=region_min_cells,
+                                        tma_map=tma_map)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -191,6 +202,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     cells = res.cells()
                     cells.insert(0, "slide", sp.name)
                     tables.append(cells)
+                    if "case" in cells:  # this slide's scored cells, for the pooled cases
+                        scored = cells[cells["in_region"].to_numpy() & cells["case"].notna()]
+                        case_cells.append(_drop_flagged(scored, exclude_flagged)[0]
+                                          if exclude_flagged else scored)
                 except QdmedError as exc:
                     row["status"], row["message"] = "failed", str(exc)
                 rows.append(row)
@@ -204,6 +219,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     if tables:
         atomic_write_parquet(out / "cells.parquet", pd.concat(tables, ignore_index=True))
     (out / "regions.csv").unlink(missing_ok=True)
+    (out / "cases.csv").unlink(missing_ok=True)
+    case_rows = None
+    if tma_map is not None:
+        pooled = pd.concat(case_cells, ignore_index=True) if case_cells else \
+            pd.DataFrame({"case": [], "region": [], "slide": []})
+        case_rows = score_cases(pooled, her2_calibration=her2_calibration, gates=gates,
+                                min_cells=region_min_cells)
+        atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
     if region_rows:
         table = region_table(region_rows)
         table.insert(0, "slide", table.pop("slide"))
@@ -213,6 +236,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "n_failed": sum(r["status"] != "ok" for r in rows),
                "slides": rows, "cells": str(out / "cells.parquet") if tables else None,
                "regions": str(out / "regions.csv") if region_rows else None,
+               "cases": None if case_rows is None else str(out / "cases.csv"),
+               "n_cases": None if case_rows is None else len(case_rows),
                "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None

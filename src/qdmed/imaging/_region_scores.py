@@ -136,22 +136,128 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
 
 def region_table(rows: list[dict[str, Any]]):
     """The rows as a DataFrame, :data:`REGION_COLUMNS` first."""
-    import pandas as pd
-
-    table = pd.DataFrame(rows)
-    return table.reindex(columns=list(REGION_COLUMNS)
-                         + [c for c in table.columns if c not in REGION_COLUMNS])
+    return _ordered_table(rows, REGION_COLUMNS)
 
 
-def regions_summary(rows: list[dict[str, Any]], min_cells: int) -> dict[str, Any]:
-    """The summary's ``regions_scored`` block: the rows, counts per status and per HER2
-    category of the scored regions."""
+def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows counted per status, and the scored ones per HER2 category."""
     status: dict[str, int] = {}
     cats: dict[str, int] = {}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
         if r["status"] == "ok" and r.get("her2_category") is not None:
             cats[r["her2_category"]] = cats.get(r["her2_category"], 0) + 1
-    return {"n_regions": len(rows), "min_cells": min_cells, "by_status": status,
-            "her2_categories": dict(sorted(cats.items())), "table": "regions.csv",
-            "regions": rows}
+    return {"by_status": status, "her2_categories": dict(sorted(cats.items()))}
+
+
+def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...]):
+    """The rows as a DataFrame, the ``first`` columns first."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    return table.reindex(columns=list(first) + [c for c in table.columns if c not in first])
+
+
+def regions_summary(rows: list[dict[str, Any]], min_cells: int) -> dict[str, Any]:
+    """The summary's ``regions_scored`` block: the rows, counts per status and per HER2
+    category of the scored regions."""
+    return {"n_regions": len(rows), "min_cells": min_cells, **_tally(rows),
+            "table": "regions.csv", "regions": rows}
+
+
+#: Columns of a case row before the per-marker ones.
+CASE_COLUMNS = ("case", "status", "n_cores", "cores", "n_scored", "her2_category", "message")
+
+
+def read_tma_map(path) -> dict[tuple[str | None, str], str]:
+    """A TMA map: which case (patient) each core belongs to.
+
+    A CSV table with columns ``core`` (the core's name, e.g. "A-1") and ``case``, and
+    optionally ``slide`` (the TMA block's slide name or stem, for a cohort of several
+    blocks; rows without it apply to every slide). Returns ``{(slide stem or None, core):
+    case}``.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, a missing column (the columns present named), an empty case, or a
+        core given two cases.
+    FileFormatError
+        Not a CSV table.
+    """
+    import pandas as pd
+
+    from qdmed.errors import FileFormatError
+    from qdmed.imaging._cohort import slide_stem
+
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except OSError as exc:
+        raise InputError(f"cannot read TMA map {path}: {exc.strerror or exc}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
+    for col in ("core", "case"):
+        if col not in df.columns:
+            raise InputError(f"TMA map {path}: no column {col!r} (columns core, case and "
+                             f"optionally slide are read); columns: {list(df.columns)}")
+    out: dict[tuple[str | None, str], str] = {}
+    for line, row in enumerate(df.itertuples(index=False), start=2):
+        core, case = str(row.core).strip(), str(row.case).strip()
+        slide = str(getattr(row, "slide", "") or "").strip()
+        key = (slide_stem(slide) if slide else None, core)
+        if not core or not case:
+            raise InputError(f"TMA map {path}, line {line}: empty core or case")
+        if key in out and out[key] != case:
+            raise InputError(f"TMA map {path}, line {line}: core {core!r}"
+                             + (f" of slide {slide!r}" if slide else "")
+                             + f" is given two cases, {out[key]!r} and {case!r}")
+        out[key] = case
+    return out
+
+
+def case_column(regions, slide_name: str, tma_map: dict) -> list:
+    """The case of each region name (None where the map has none): the slide's own rows of
+    the map first, then those without a slide."""
+    from qdmed.imaging._cohort import slide_stem
+
+    stem = slide_stem(slide_name)
+    return [tma_map.get((stem, r), tma_map.get((None, r))) for r in regions]
+
+
+def score_cases(scored_cells, *, her2_calibration=None, gates=None,
+                min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
+    """One row per case (patient) of a TMA: the scored cells of all its cores (column
+    ``case``; on one slide or several, column ``slide``) pooled and scored as one slide, as
+    a case is read from its replicate cores. Cells without a case are left out."""
+    min_cells = check_min_cells(min_cells)
+    rows = []
+    cells = scored_cells[scored_cells["case"].notna()] if len(scored_cells) else scored_cells
+    for case, sub in (cells.groupby("case", sort=True) if len(cells) else ()):
+        names = sub["region"].astype(str)
+        if "slide" in sub:
+            names = sub["slide"].astype(str) + ":" + names
+        cores = sorted(set(names))
+        row: dict[str, Any] = {"case": case, "status": "ok", "n_cores": len(cores),
+                               "cores": ";".join(cores), "n_scored": int(len(sub)),
+                               "her2_category": None, "message": ""}
+        if len(sub) < min_cells:
+            row["status"] = "too few cells"
+            row["message"] = (f"{len(sub)} scored cells, fewer than the {min_cells} a case "
+                              "needs: not scored")
+        else:
+            her2, markers = score_cells(sub, her2_calibration, gates)
+            row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
+            row["message"] = "; ".join(receptor_notes(markers))
+        rows.append(row)
+    return rows
+
+
+def case_table(rows: list[dict[str, Any]]):
+    """The case rows as a DataFrame, :data:`CASE_COLUMNS` first."""
+    return _ordered_table(rows, CASE_COLUMNS)
+
+
+def cases_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``cases_scored`` block: the case rows and their counts per status and
+    per HER2 category."""
+    return {"n_cases": len(rows), **_tally(rows), "table": "cases.csv", "cases": rows}

@@ -165,10 +165,21 @@ def regions_section(rep, result) -> None:
     fig = cohort_figure(rows, name_key="region", what="regions")
     if fig is not None:
         rep.figure(fig, "HER2 categories and mean membrane HER2 per scored region")
-    cols = [c for c in ("region", "status", "n_cells", "n_scored", "her2_category",
+    cols = [c for c in ("region", "case", "status", "n_cells", "n_scored", "her2_category",
                         "her2_low", "her2_ultralow", "her2_mean_membrane", "ER_status",
                         "PR_status", "message") if any(c in r for r in rows)]
     rep.table([{c: r.get(c, "") for c in cols} for r in rows])
+    by_case = result.summary.get("cases_scored")
+    if by_case:
+        cases = by_case["cases"]
+        rep.heading("Cases (TMA map)")
+        rep.paragraph(f"{by_case['n_cases']} cases: each scored on the scored cells of all its "
+                      "cores pooled, as one slide (cases.csv; compare with another scoring by "
+                      "`qdmed image compare cases.csv reads.csv --key case`).")
+        cols = [c for c in ("case", "status", "cores", "n_scored", "her2_category",
+                            "her2_low", "her2_mean_membrane", "ER_status", "PR_status",
+                            "message") if any(c in r for r in cases)]
+        rep.table([{c: r.get(c, "") for c in cols} for r in cases])
 
 
 def receptor_paragraph(marker: str, status: dict) -> str:
@@ -383,6 +394,9 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       f"{n_regions} in {sum('n_regions' in r for r in ok)} slides, "
                       f"{sum(r.get('n_regions_scored', 0) for r in ok)} scored; one row per "
                       "slide and region in regions.csv, figures in each slide's report.")
+    if summary.get("cases"):
+        rep.paragraph(f"Cases of the TMA map: {summary['n_cases']}, each scored on the cells "
+                      "of all its cores, on every slide, pooled (cases.csv).")
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
