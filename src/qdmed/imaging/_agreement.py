@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from qdmed.errors import FileFormatError, InputError
+from qdmed.errors import InputError
 from qdmed.imaging._scoring import HER2_CATEGORIES, _category, cohen_kappa
 from qdmed.report import to_jsonable
 
@@ -195,19 +195,10 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
 def _categories_csv(path, key: str, column: str) -> tuple[dict, list]:
     """{case: category} from a CSV table, and the cases without a category (e.g. slides
     that failed). Cases are slide stems, so ``A.ome.tif`` and ``A`` are the same case."""
-    import pandas as pd
-
     from qdmed.imaging._cohort import slide_stem
+    from qdmed.imaging._csvtable import read_csv_strings
 
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
-    for col in (key, column):
-        if col not in df.columns:
-            raise InputError(f"{path}: no column {col!r}; columns: {list(df.columns)}")
+    df = read_csv_strings(path, columns=(key, column))
     keys = [slide_stem(str(k).strip()) for k in df[key]]
     seen: dict[str, str] = {}
     for raw, k in zip(df[key], keys, strict=True):

@@ -72,6 +72,22 @@ def score_cells(cells, her2_calibration=None, gates=None):
     return her2, markers
 
 
+def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_calibration,
+                gates) -> dict[str, Any]:
+    """``row`` completed with the scores of ``cells`` (None: no cells), or with the status
+    saying why there are none (fewer than ``min_cells``)."""
+    n = 0 if cells is None else len(cells)
+    if n < min_cells:
+        row["status"] = "no cells" if n == 0 else "too few cells"
+        row["message"] = (f"{n} scored cells, fewer than the {min_cells} a {what} needs "
+                          "(region_min_cells): not scored")
+        return row
+    her2, markers = score_cells(cells, her2_calibration, gates)
+    row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
+    row["message"] = "; ".join(receptor_notes(markers))
+    return row
+
+
 def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(),
                   pixel_size_um: float | None = None, her2_calibration=None, gates=None,
                   min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
@@ -110,15 +126,7 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
         row: dict[str, Any] = {"region": name, "status": "ok",
                                "n_cells": int(n_all.get(name, 0)), "n_scored": n_scored,
                                "her2_category": None, "message": ""}
-        if n_scored < min_cells:
-            row["status"] = "no cells" if n_scored == 0 else "too few cells"
-            row["message"] = (f"{n_scored} scored cells, fewer than the {min_cells} a region "
-                              "needs (region_min_cells): not scored")
-        else:
-            her2, markers = score_cells(sub, her2_calibration, gates)
-            row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
-            row["message"] = "; ".join(receptor_notes(markers))
-        rows.append(row)
+        rows.append(_scored_row(row, sub, "region", min_cells, her2_calibration, gates))
     for name in dict.fromkeys(missing):
         if name not in set(names):
             rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,
@@ -185,21 +193,11 @@ def read_tma_map(path) -> dict[tuple[str | None, str], str]:
     FileFormatError
         Not a CSV table.
     """
-    import pandas as pd
-
-    from qdmed.errors import FileFormatError
     from qdmed.imaging._cohort import slide_stem
+    from qdmed.imaging._csvtable import read_csv_strings
 
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except OSError as exc:
-        raise InputError(f"cannot read TMA map {path}: {exc.strerror or exc}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
-    for col in ("core", "case"):
-        if col not in df.columns:
-            raise InputError(f"TMA map {path}: no column {col!r} (columns core, case and "
-                             f"optionally slide are read); columns: {list(df.columns)}")
+    df = read_csv_strings(path, "TMA map (columns core, case, optionally slide)",
+                          ("core", "case"))
     out: dict[tuple[str | None, str], str] = {}
     for line, row in enumerate(df.itertuples(index=False), start=2):
         core, case = str(row.core).strip(), str(row.case).strip()
@@ -240,15 +238,7 @@ def score_cases(scored_cells, *, her2_calibration=None, gates=None,
         row: dict[str, Any] = {"case": case, "status": "ok", "n_cores": len(cores),
                                "cores": ";".join(cores), "n_scored": int(len(sub)),
                                "her2_category": None, "message": ""}
-        if len(sub) < min_cells:
-            row["status"] = "too few cells"
-            row["message"] = (f"{len(sub)} scored cells, fewer than the {min_cells} a case "
-                              "needs: not scored")
-        else:
-            her2, markers = score_cells(sub, her2_calibration, gates)
-            row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
-            row["message"] = "; ".join(receptor_notes(markers))
-        rows.append(row)
+        rows.append(_scored_row(row, sub, "case", min_cells, her2_calibration, gates))
     return rows
 
 
