@@ -209,14 +209,19 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert [line.split(",")[1] for line in table[1:]] == ["A-1", "A-2"]
     assert (tmp_path / "co" / "slides" / "tma1" / "regions.csv").exists()
     # a TMA map (core -> case) gives one row per case (compare --key case reads it)
-    (tmp_path / "map.csv").write_text("slide,core,case\ntma1,A-1,P1\ntma1,A-2,P2\n")
+    (tmp_path / "map.csv").write_text("slide,core,case\ntma1,A-1,P1\ntma1,A-2,P2\n"
+                                      "tma2,A-1,P1\nblockX,A-1,P9\n")
+    (folder / "tma2.ome.tif").write_bytes(b"II*\x00garbage")  # P1's other block fails
     r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--tma-map",
             str(tmp_path / "map.csv"), "--out", str(tmp_path / "co"), "--workers", "1",
             "--no-progress", "--no-unmixed", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["n_cases"] == 2
+    c = json.loads(r.stdout)
+    assert c["n_cases"] == 2 and c["parameters"]["tma_map"].endswith("map.csv")
+    assert c["case_warnings"] == [f"TMA map slides not in {folder}: blockX"]
     cases = (tmp_path / "co" / "cases.csv").read_text().splitlines()
-    assert [line.split(",")[:2] for line in cases[1:]] == [["P1", "ok"], ["P2", "ok"]]
+    assert [line.split(",")[:3] for line in cases[1:]] == [["P1", "ok", "2"], ["P2", "ok", "1"]]
+    assert cases[1].endswith("core A-1 on failed slide tma2.ome.tif")
     r = run("image", "analyze", str(folder / "tma1.ome.zarr"), "--regions",
             str(regs / "tma1.geojson"), "--region-min-cells", "0", "--out", str(tmp_path / "a"))
     assert r.returncode == 2 and "region_min_cells" in r.stderr

@@ -639,7 +639,8 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert (cells["region"] != "").mean() > 0.97
     # cases: the scored cells of their cores pooled and scored as one slide
     cases = {r["case"]: r for r in res.summary["cases_scored"]["cases"]}
-    assert sorted(cases) == ["P1", "P2"]  # P3's only core is lost
+    assert sorted(cases) == ["P1", "P2", "P3"]  # every mapped case has a row:
+    assert (cases["P3"]["status"], cases["P3"]["cores"]) == ("no cells", "B-2")  # lost core
     p1 = cells[cells["region"].isin(["A-1", "B-1"])]
     assert cases["P1"]["cores"] == "A-1;B-1" and cases["P1"]["n_scored"] == len(p1)
     assert cases["P1"]["her2_category"] == score_her2(p1, calibration,

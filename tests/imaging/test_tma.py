@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qdmed.errors import InputError
+from qdmed.errors import FileFormatError, InputError
 from qdmed.imaging import breast_panel_5plex, core_name, cores_geojson, find_tma_cores
 from qdmed.imaging._regions import read_regions
 from qdmed.imaging._tma import grid_angle, simulate_tma, tma_layout
@@ -170,6 +170,20 @@ def test_tma_map_reading_and_its_errors(tmp_path):
     p.write_text("core,case\nA-1,\n")
     with pytest.raises(InputError, match="line 2: empty core or case"):
         read_tma_map(p)
+    p.write_text("core,case\n")
+    with pytest.raises(InputError, match="no rows"):
+        read_tma_map(p)
+    # rows longer than the header, or a repeated column, are refused (pandas would take
+    # the first column for an index, and read case names as cores)
+    p.write_text("core,case\nA-1,P1,block1\n")
+    with pytest.raises(FileFormatError, match="line 2: 3 fields for the 2 columns"):
+        read_tma_map(p)
+    p.write_text("core,case,case\nA-1,P1,P2\n")
+    with pytest.raises(FileFormatError, match="appear more than once"):
+        read_tma_map(p)
+    # a slide given by path, with a trailing slash (shell completion of a zarr folder)
+    p.write_text("slide,core,case\ntmas/block1.ome.zarr/,A-1,P1\n")
+    assert read_tma_map(p) == {("block1", "A-1"): "P1"}
     with pytest.raises(InputError, match="cannot read TMA map"):
         read_tma_map(tmp_path / "none.csv")
 
@@ -187,3 +201,9 @@ def test_cases_pool_their_cores_cells():
     cells["slide"] = ["s1"] * 150 + ["s2"] * 110  # cores of one case on two blocks
     rows = score_cases(cells, min_cells=300)
     assert rows[0]["cores"] == "s1:A-1;s2:B-1" and rows[0]["status"] == "too few cells"
+    # a mapped case with nothing to score (its cores lost) keeps its row
+    rows = score_cases(cells, {"P1": ["s1:A-1", "s2:B-1"], "P7": ["s1:C-3"]}, min_cells=100,
+                       notes={"P7": ["core C-4 on failed slide s3"]})
+    assert [(r["case"], r["status"], r["n_cores"]) for r in rows] == [
+        ("P1", "ok", 2), ("P7", "no cells", 1)]
+    assert rows[1]["message"].endswith("; core C-4 on failed slide s3")

@@ -591,6 +591,8 @@ def cohort(
     typer.echo(f"cohort table: {res['cells']}; report: {res['report']}"
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
+    for w in res.get("case_warnings") or []:
+        typer.echo(f"! {w}")
     if res["n_ok"] == 0:
         raise typer.Exit(2)
 

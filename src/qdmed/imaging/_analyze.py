@@ -32,6 +32,8 @@ from qdmed.imaging._region_scores import (
     case_table,
     cases_summary,
     check_min_cells,
+    expected_cores,
+    map_slide,
     read_tma_map,
     region_table,
     regions_summary,
@@ -368,7 +370,7 @@ class SlideResult:
 
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus")
+WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus", "cases_scored")
 
 
 def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
@@ -609,6 +611,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                          "or per_region=True)")
     if tma_map is not None and not isinstance(tma_map, dict):
         tma_map = read_tma_map(tma_map)
+    if tma_map is not None and not tma_map:
+        raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)
@@ -776,10 +780,15 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 if case is None and r["status"] != "missing":
                     r["message"] = "; ".join(m for m in (r["message"],
                                                          "no case in the TMA map") if m)
-            case_rows = score_cases(scored_cells, her2_calibration=her2_calibration,
-                                    gates=gates, min_cells=region_min_cells)
+            case_rows = score_cases(scored_cells, expected_cores(rows),
+                                    her2_calibration=her2_calibration, gates=gates,
+                                    min_cells=region_min_cells)
             atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
-            by_case = cases_summary(case_rows)
+            unmapped = [r["region"] for r in rows if r["case"] is None]
+            by_case = cases_summary(case_rows, [] if not unmapped else [
+                f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map "
+                f"(e.g. {', '.join(unmapped[:3])}; map rows for this slide name "
+                f"{map_slide(path.name)!r} or no slide)"])
         atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
         by_region = regions_summary(rows, region_min_cells)
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells

@@ -14,6 +14,8 @@ from qdmed.errors import InputError, QdmedError
 from qdmed.imaging._region_scores import (
     case_table,
     check_min_cells,
+    expected_cores,
+    map_slide,
     read_tma_map,
     receptor_notes,
     region_table,
@@ -119,9 +121,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_offset(offset_adu, len(panel.channels))
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
+    map_source = None if tma_map is None or isinstance(tma_map, dict) else str(tma_map)
     if tma_map is not None and not isinstance(tma_map, dict):
         tma_map = read_tma_map(tma_map)  # refused before any slide is read
-    if regions_dir is None and (region_class is not None or per_region or tma_map):
+    if tma_map is not None and not tma_map:
+        raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
+    if regions_dir is None and (region_class is not None or per_region
+                                or tma_map is not None):
         what = ("per_region" if per_region else "tma_map" if tma_map
                 else f"region_class={region_class!r}")
         raise InputError(f"{what} needs a regions folder (--regions-dir); none was given.")
@@ -221,11 +227,24 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     (out / "regions.csv").unlink(missing_ok=True)
     (out / "cases.csv").unlink(missing_ok=True)
     case_rows = None
+    case_warnings: list[str] = []
     if tma_map is not None:
         pooled = pd.concat(case_cells, ignore_index=True) if case_cells else \
             pd.DataFrame({"case": [], "region": [], "slide": []})
-        case_rows = score_cases(pooled, her2_calibration=her2_calibration, gates=gates,
-                                min_cells=region_min_cells)
+        # cases whose cores lie on a failed slide are flagged, not shown as complete
+        failed = {map_slide(r["slide"]): r["slide"] for r in rows if r["status"] != "ok"}
+        notes: dict[str, list[str]] = {}
+        expected = expected_cores(region_rows)
+        for (stem, core), case in tma_map.items():
+            if stem in failed:
+                notes.setdefault(case, []).append(f"core {core} on failed slide {failed[stem]}")
+                expected.setdefault(case, []).append(f"{failed[stem]}:{core}")
+        named = {stem for stem, _ in tma_map if stem is not None}
+        unknown = sorted(named - {map_slide(sp.name) for sp in slides})
+        if unknown:
+            case_warnings.append(f"TMA map slides not in {folder}: {', '.join(unknown[:5])}")
+        case_rows = score_cases(pooled, expected, her2_calibration=her2_calibration,
+                                gates=gates, min_cells=region_min_cells, notes=notes)
         atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
     if region_rows:
         table = region_table(region_rows)
@@ -238,6 +257,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "regions": str(out / "regions.csv") if region_rows else None,
                "cases": None if case_rows is None else str(out / "cases.csv"),
                "n_cases": None if case_rows is None else len(case_rows),
+               "case_warnings": case_warnings,
                "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
@@ -248,6 +268,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "saturation_level": saturation_level,
                               "exclude_flagged": list(exclude_flagged),
                               "per_region": per_region, "region_min_cells": region_min_cells,
+                              "tma_map": map_source,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

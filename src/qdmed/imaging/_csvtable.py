@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 from qdmed.errors import FileFormatError, InputError
 
 
@@ -9,22 +11,44 @@ def read_csv_strings(path, what: str = "", columns=()):
     """The CSV table at ``path`` as strings (no NaN conversion: an empty cell is ""),
     checked to hold ``columns``; ``what`` names the table in errors (e.g. "TMA map").
 
+    Rows are checked against the header first (Python's csv module): a row with more
+    fields than the header, or a repeated column name, is refused, where pandas would
+    silently take the first column for an index or rename the repeat.
+
     Raises
     ------
     InputError
         Unreadable file, or a missing column (the columns present named).
     FileFormatError
-        Not a CSV table.
+        Not a CSV table, a repeated column name, or a row longer than the header (its line
+        named).
     """
     import pandas as pd
 
     name = f"{what} {path}" if what else str(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FileFormatError(f"{name}: not a CSV table ({exc})") from None
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise FileFormatError(f"{name}: not a CSV table (no header line)")
+    header = [c.strip() for c in rows[0]]
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise FileFormatError(f"{name}: column(s) {repeated} appear more than once")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) > len(header):
+            raise FileFormatError(f"{name}, line {line}: {len(row)} fields for the "
+                                  f"{len(header)} columns of the header {header}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False,
+                         encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FileFormatError(f"{path}: not a CSV table ({exc})") from None
+        raise FileFormatError(f"{name}: not a CSV table ({exc})") from None
+    df.columns = header
     for col in columns:
         if col not in df.columns:
             raise InputError(f"{name}: no column {col!r}; columns: {list(df.columns)}")

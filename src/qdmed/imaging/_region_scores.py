@@ -13,6 +13,7 @@ the ASCO/CAP ER/PgR rule's 100-nuclei floor recognises.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,32 +178,43 @@ def regions_summary(rows: list[dict[str, Any]], min_cells: int) -> dict[str, Any
 CASE_COLUMNS = ("case", "status", "n_cores", "cores", "n_scored", "her2_category", "message")
 
 
+def map_slide(name: str) -> str:
+    """A slide as the TMA map names it: its file name's stem, whatever folder or trailing
+    slash is given ("tmas/block1.ome.zarr/" -> "block1")."""
+    from qdmed.imaging._cohort import slide_stem
+
+    return slide_stem(Path(name.strip().rstrip("/\\")).name)
+
+
 def read_tma_map(path) -> dict[tuple[str | None, str], str]:
     """A TMA map: which case (patient) each core belongs to.
 
     A CSV table with columns ``core`` (the core's name, e.g. "A-1") and ``case``, and
-    optionally ``slide`` (the TMA block's slide name or stem, for a cohort of several
-    blocks; rows without it apply to every slide). Returns ``{(slide stem or None, core):
-    case}``.
+    optionally ``slide`` (the TMA block's slide, by name, stem or path, for a cohort of
+    several blocks; rows without it apply to every slide). Returns ``{(slide stem or None,
+    core): case}``.
 
     Raises
     ------
     InputError
-        Unreadable file, a missing column (the columns present named), an empty case, or a
-        core given two cases.
+        Unreadable file, a missing column (the columns present named), no rows, an empty
+        core or case, or a core given two cases (the line named).
     FileFormatError
-        Not a CSV table.
+        Not a CSV table (:func:`qdmed.imaging._csvtable.read_csv_strings`).
     """
-    from qdmed.imaging._cohort import slide_stem
     from qdmed.imaging._csvtable import read_csv_strings
 
     df = read_csv_strings(path, "TMA map (columns core, case, optionally slide)",
                           ("core", "case"))
+    if not len(df):
+        raise InputError(f"TMA map {path} has a header but no rows (one row per core: "
+                         "core,case[,slide])")
     out: dict[tuple[str | None, str], str] = {}
-    for line, row in enumerate(df.itertuples(index=False), start=2):
-        core, case = str(row.core).strip(), str(row.case).strip()
-        slide = str(getattr(row, "slide", "") or "").strip()
-        key = (slide_stem(slide) if slide else None, core)
+    slides = df["slide"] if "slide" in df.columns else [""] * len(df)
+    for line, (core, case, slide) in enumerate(zip(df["core"], df["case"], slides,
+                                                  strict=True), start=2):
+        core, case, slide = core.strip(), case.strip(), slide.strip()
+        key = (map_slide(slide) if slide else None, core)
         if not core or not case:
             raise InputError(f"TMA map {path}, line {line}: empty core or case")
         if key in out and out[key] != case:
@@ -216,29 +228,58 @@ def read_tma_map(path) -> dict[tuple[str | None, str], str]:
 def case_column(regions, slide_name: str, tma_map: dict) -> list:
     """The case of each region name (None where the map has none): the slide's own rows of
     the map first, then those without a slide."""
-    from qdmed.imaging._cohort import slide_stem
-
-    stem = slide_stem(slide_name)
+    stem = map_slide(slide_name)
     return [tma_map.get((stem, r), tma_map.get((None, r))) for r in regions]
 
 
-def score_cases(scored_cells, *, her2_calibration=None, gates=None,
-                min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
+def expected_cores(region_rows: list[dict[str, Any]], slide: str | None = None
+                   ) -> dict[str, list[str]]:
+    """``{case: [core, ...]}`` of region rows carrying a ``case`` (present or missing
+    cores); cores named ``slide:core`` when ``slide`` is given or the rows carry one."""
+    out: dict[str, list[str]] = {}
+    for r in region_rows:
+        if r.get("case") is None:
+            continue
+        where = r.get("slide", slide)
+        out.setdefault(r["case"], []).append(f"{where}:{r['region']}" if where
+                                             else r["region"])
+    return out
+
+
+def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
+                her2_calibration=None, gates=None, min_cells: int = REGION_MIN_CELLS,
+                notes: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """One row per case (patient) of a TMA: the scored cells of all its cores (column
     ``case``; on one slide or several, column ``slide``) pooled and scored as one slide, as
-    a case is read from its replicate cores. Cells without a case are left out."""
+    a case is read from its replicate cores.
+
+    ``expected`` (:func:`expected_cores`) lists every case's mapped cores, so that a case
+    with nothing to score (its cores lost, or every cell excluded) still gets a row, with
+    status "no cells"; without it, cases come from the cells. ``notes`` adds messages per
+    case (e.g. a slide holding some of its cores failed). Cells without a case are left
+    out."""
     min_cells = check_min_cells(min_cells)
-    rows = []
     cells = scored_cells[scored_cells["case"].notna()] if len(scored_cells) else scored_cells
-    for case, sub in (cells.groupby("case", sort=True) if len(cells) else ()):
-        names = sub["region"].astype(str)
-        if "slide" in sub:
-            names = sub["slide"].astype(str) + ":" + names
-        cores = sorted(set(names))
+    groups = dict(tuple(cells.groupby("case", sort=True))) if len(cells) else {}
+    expected = dict(expected or {})
+    rows = []
+    for case in sorted(set(expected) | set(groups)):
+        sub = groups.get(case)
+        if case in expected:
+            cores = sorted(set(expected[case]))
+        else:
+            names = sub["region"].astype(str)
+            if "slide" in sub:
+                names = sub["slide"].astype(str) + ":" + names
+            cores = sorted(set(names))
         row: dict[str, Any] = {"case": case, "status": "ok", "n_cores": len(cores),
-                               "cores": ";".join(cores), "n_scored": int(len(sub)),
+                               "cores": ";".join(cores),
+                               "n_scored": 0 if sub is None else int(len(sub)),
                                "her2_category": None, "message": ""}
-        rows.append(_scored_row(row, sub, "case", min_cells, her2_calibration, gates))
+        row = _scored_row(row, sub, "case", min_cells, her2_calibration, gates)
+        extra = (notes or {}).get(case, [])
+        row["message"] = "; ".join(m for m in (row["message"], *extra) if m)
+        rows.append(row)
     return rows
 
 
@@ -247,7 +288,8 @@ def case_table(rows: list[dict[str, Any]]):
     return _ordered_table(rows, CASE_COLUMNS)
 
 
-def cases_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary's ``cases_scored`` block: the case rows and their counts per status and
-    per HER2 category."""
-    return {"n_cases": len(rows), **_tally(rows), "table": "cases.csv", "cases": rows}
+def cases_summary(rows: list[dict[str, Any]], warnings=()) -> dict[str, Any]:
+    """The summary's ``cases_scored`` block: the case rows, their counts per status and
+    per HER2 category, and ``warnings`` (e.g. no core of the slide in the map)."""
+    return {"n_cases": len(rows), **_tally(rows), "table": "cases.csv",
+            "warnings": list(warnings), "cases": rows}
