@@ -161,26 +161,18 @@ def test_tma_map_reading_and_its_errors(tmp_path):
     # a slide's own rows first, then rows for every slide; unmapped cores get None
     assert case_column(["A-1", "A-2", "A-3"], "block1.ome.zarr", m) == ["P1", "P2", None]
     assert case_column(["A-1"], "block2.ome.tif", m) == ["P9"]
-    p.write_text("core,patient\nA-1,P1\n")
-    with pytest.raises(InputError, match="no column 'case'"):
-        read_tma_map(p)
-    p.write_text("core,case\nA-1,P1\nA-1,P2\n")
-    with pytest.raises(InputError, match="line 3: core 'A-1' is given two cases"):
-        read_tma_map(p)
-    p.write_text("core,case\nA-1,\n")
-    with pytest.raises(InputError, match="line 2: empty core or case"):
-        read_tma_map(p)
-    p.write_text("core,case\n")
-    with pytest.raises(InputError, match="no rows"):
-        read_tma_map(p)
     # rows longer than the header, or a repeated column, are refused (pandas would take
     # the first column for an index, and read case names as cores)
-    p.write_text("core,case\nA-1,P1,block1\n")
-    with pytest.raises(FileFormatError, match="line 2: 3 fields for the 2 columns"):
-        read_tma_map(p)
-    p.write_text("core,case,case\nA-1,P1,P2\n")
-    with pytest.raises(FileFormatError, match="appear more than once"):
-        read_tma_map(p)
+    for text, error, match in (
+            ("core,patient\nA-1,P1\n", InputError, "no column 'case'"),
+            ("core,case\nA-1,P1\nA-1,P2\n", InputError, "line 3: core 'A-1' is given two"),
+            ("core,case\nA-1,\n", InputError, "line 2: empty core or case"),
+            ("core,case\n", InputError, "no rows"),
+            ("core,case\nA-1,P1,block1\n", FileFormatError, "line 2: 3 fields for the 2 "),
+            ("core,case,case\nA-1,P1,P2\n", FileFormatError, "appear more than once")):
+        p.write_text(text)
+        with pytest.raises(error, match=match):
+            read_tma_map(p)
     # a slide given by path, with a trailing slash (shell completion of a zarr folder)
     p.write_text("slide,core,case\ntmas/block1.ome.zarr/,A-1,P1\n")
     assert read_tma_map(p) == {("block1", "A-1"): "P1"}
