@@ -730,10 +730,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             cases = np.array([None, *case_column(reg.names, path.name, tma_map)],
                              dtype=object)
             cells["case"] = cases[where + 1]
-    scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]
-    focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells, s.pixel_size_um)
+    focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells_of(cells),
+                          s.pixel_size_um)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
-    scored_cells = cells if reg is None else cells[cells["in_region"].to_numpy()]  # + the flag
+    scored_cells = scored_cells_of(cells)  # with the flag
     atomic_write_parquet(out / "cells.parquet", cells)
     atomic_write_text(out / "qc_regions.geojson", json.dumps(qc_geojson(focus)))
     detector_stats = merge_channel_stats(qc)
@@ -846,6 +846,13 @@ def check_exclude_flagged(flags) -> tuple[str, ...]:
     if bad:
         raise InputError(f"exclude_flagged takes {', '.join(QC_FLAGS)}; got {bad[0]!r}")
     return tuple(f for f in QC_FLAGS if f in got)
+
+
+def scored_cells_of(cells, flags: tuple[str, ...] = ()):
+    """The cells a slide's scores use: those in its regions (column ``in_region``; every
+    cell without regions), less those carrying any of the quality ``flags``."""
+    sel = cells[cells["in_region"].to_numpy()] if "in_region" in cells else cells
+    return _drop_flagged(sel, flags)[0] if flags else sel
 
 
 def _drop_flagged(scored, flags: tuple[str, ...]):

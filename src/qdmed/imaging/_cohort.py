@@ -102,11 +102,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     import pandas as pd
 
     from qdmed.imaging._analyze import (
-        _drop_flagged,
         analyze_slide,
         check_autofluorescence_option,
         check_exclude_flagged,
         check_region_options,
+        scored_cells_of,
         start_client,
         summary_warnings,
     )
@@ -209,9 +209,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     cells.insert(0, "slide", sp.name)
                     tables.append(cells)
                     if "case" in cells:  # this slide's scored cells, for the pooled cases
-                        scored = cells[cells["in_region"].to_numpy() & cells["case"].notna()]
-                        case_cells.append(_drop_flagged(scored, exclude_flagged)[0]
-                                          if exclude_flagged else scored)
+                        case_cells.append(scored_cells_of(cells, exclude_flagged))
                 except QdmedError as exc:
                     row["status"], row["message"] = "failed", str(exc)
                 rows.append(row)

@@ -162,19 +162,17 @@ def focus_summary(blur: list[float | None], boxes: list[tuple[int, int, int, int
 def qc_geojson(focus: dict) -> dict:
     """Out-of-focus tiles as a GeoJSON FeatureCollection of QuPath annotations (class
     ``Out of focus``, with the tile's blur as a measurement), in full-resolution pixels."""
+    from qdmed.imaging._geojson import annotation_feature, rectangle_ring
+
     feats = []
     for t in focus["tiles"]:
         if not t["out_of_focus"]:
             continue
         y0, y1, x0, x1 = t["box_px"]
-        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-        feats.append({"type": "Feature",
-                      "geometry": {"type": "Polygon", "coordinates": [ring]},
-                      "properties": {"objectType": "annotation",
-                                     "name": f"tile {t['tile']}: out of focus",
-                                     "classification": {"name": "Out of focus",
-                                                        "color": [255, 140, 0]},
-                                     "measurements": {"Blur effect": t["blur"]}}})
+        feats.append(annotation_feature(
+            rectangle_ring(x0, y0, x1, y1), f"tile {t['tile']}: out of focus",
+            classification="Out of focus", color=[255, 140, 0],
+            measurements={"Blur effect": t["blur"]}))
     return {"type": "FeatureCollection", "features": feats}
 
 

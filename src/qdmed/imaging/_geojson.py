@@ -107,3 +107,26 @@ def write_feature_collection(path, parts: Iterable, classify: Callable | None = 
             fh.write(body if first else b", " + body)
             first = False
         fh.write(b"]}")
+
+
+def rectangle_ring(x0: float, y0: float, x1: float, y1: float) -> list:
+    """The closed ring of an axis-aligned rectangle, [x, y] pairs (QuPath pixels)."""
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def annotation_feature(ring, name: str, *, classification: str | None = None,
+                       color=None, measurements: Mapping | None = None,
+                       geometry_extra: Mapping | None = None, **properties) -> dict:
+    """A QuPath annotation (``objectType`` "annotation") as a GeoJSON Feature: the Polygon
+    ``ring`` in full-resolution pixels, its ``name``, any extra ``properties`` (e.g. a TMA
+    core's ``isMissing``), an optional classification (with ``color``) and measurements;
+    ``geometry_extra`` adds foreign members to the geometry (QuPath's ``isEllipse``)."""
+    props: dict = {"objectType": "annotation", "name": name, **properties}
+    if classification is not None:
+        props["classification"] = {"name": classification} if color is None else \
+            {"name": classification, "color": color}
+    if measurements is not None:
+        props["measurements"] = dict(measurements)
+    return {"type": "Feature",
+            "geometry": {"type": "Polygon", **(geometry_extra or {}), "coordinates": [ring]},
+            "properties": props}

@@ -215,7 +215,7 @@ class Her2Heterogeneity:
         Shannon index as measurements; QuPath shows them over the slide (File > Import
         objects). Sparse regions are left out.
         """
-        from qdmed.imaging._geojson import HER2_COLOURS
+        from qdmed.imaging._geojson import HER2_COLOURS, annotation_feature, rectangle_ring
 
         ps = float(pixel_size_um)
         if not (math.isfinite(ps) and ps > 0):
@@ -227,18 +227,13 @@ class Her2Heterogeneity:
             if shape_yx is not None:
                 x0, x1 = (float(np.clip(v, 0, shape_yx[1])) for v in (x0, x1))
                 y0, y1 = (float(np.clip(v, 0, shape_yx[0])) for v in (y0, y1))
-            ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
             meas = {"Cells": int(r.n_cells), "Shannon index (nats)": float(r.shannon)}
             meas.update({f"HER2 {c}: %": float(getattr(r, f"percent_cells_{c.replace('+', 'plus')}"))
                          for c in HER2_CATEGORIES})
-            feats.append({"type": "Feature",
-                          "geometry": {"type": "Polygon", "coordinates": [ring]},
-                          "properties": {
-                              "objectType": "annotation",
-                              "name": f"HER2 region r{r.row} c{r.col}: {r.category}",
-                              "classification": {"name": f"HER2 region {r.category}",
-                                                 "color": HER2_COLOURS[r.category]},
-                              "measurements": meas}})
+            feats.append(annotation_feature(
+                rectangle_ring(x0, y0, x1, y1), f"HER2 region r{r.row} c{r.col}: {r.category}",
+                classification=f"HER2 region {r.category}",
+                color=HER2_COLOURS[r.category], measurements=meas))
         return {"type": "FeatureCollection", "features": feats}
 
     def plot(self, ax=None):

@@ -232,17 +232,15 @@ def case_column(regions, slide_name: str, tma_map: dict) -> list:
     return [tma_map.get((stem, r), tma_map.get((None, r))) for r in regions]
 
 
-def expected_cores(region_rows: list[dict[str, Any]], slide: str | None = None
-                   ) -> dict[str, list[str]]:
+def expected_cores(region_rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """``{case: [core, ...]}`` of region rows carrying a ``case`` (present or missing
-    cores); cores named ``slide:core`` when ``slide`` is given or the rows carry one."""
+    cores); cores named ``slide:core`` when the rows carry a slide (a cohort's)."""
     out: dict[str, list[str]] = {}
     for r in region_rows:
         if r.get("case") is None:
             continue
-        where = r.get("slide", slide)
-        out.setdefault(r["case"], []).append(f"{where}:{r['region']}" if where
-                                             else r["region"])
+        core = f"{r['slide']}:{r['region']}" if r.get("slide") else r["region"]
+        out.setdefault(r["case"], []).append(core)
     return out
 
 

@@ -147,6 +147,12 @@ def regions_map_figure(rows: list[dict]):
     return fig
 
 
+def _columns(rows: list[dict], columns: tuple[str, ...]) -> list[dict]:
+    """The rows with those of ``columns`` that any row has, in that order ("" if absent)."""
+    cols = [c for c in columns if any(c in r for r in rows)]
+    return [{c: r.get(c, "") for c in cols} for r in rows]
+
+
 def regions_section(rep, result) -> None:
     """The report's per-region section (TMA cores or named annotations), if any."""
     by_region = result.summary.get("regions_scored")
@@ -165,10 +171,9 @@ def regions_section(rep, result) -> None:
     fig = cohort_figure(rows, name_key="region", what="regions")
     if fig is not None:
         rep.figure(fig, "HER2 categories and mean membrane HER2 per scored region")
-    cols = [c for c in ("region", "case", "status", "n_cells", "n_scored", "her2_category",
-                        "her2_low", "her2_ultralow", "her2_mean_membrane", "ER_status",
-                        "PR_status", "message") if any(c in r for r in rows)]
-    rep.table([{c: r.get(c, "") for c in cols} for r in rows])
+    rep.table(_columns(rows, ("region", "case", "status", "n_cells", "n_scored",
+                              "her2_category", "her2_low", "her2_ultralow",
+                              "her2_mean_membrane", "ER_status", "PR_status", "message")))
     by_case = result.summary.get("cases_scored")
     if by_case:
         cases = by_case["cases"]
@@ -176,10 +181,9 @@ def regions_section(rep, result) -> None:
         rep.paragraph(f"{by_case['n_cases']} cases: each scored on the scored cells of all its "
                       "cores pooled, as one slide (cases.csv; compare with another scoring by "
                       "`qdmed image compare cases.csv reads.csv --key case`).")
-        cols = [c for c in ("case", "status", "cores", "n_scored", "her2_category",
-                            "her2_low", "her2_mean_membrane", "ER_status", "PR_status",
-                            "message") if any(c in r for r in cases)]
-        rep.table([{c: r.get(c, "") for c in cols} for r in cases])
+        rep.table(_columns(cases, ("case", "status", "cores", "n_scored", "her2_category",
+                                   "her2_low", "her2_mean_membrane", "ER_status",
+                                   "PR_status", "message")))
 
 
 def receptor_paragraph(marker: str, status: dict) -> str:

@@ -18,6 +18,7 @@ with ``isMissing`` for a TMA core.
 
 from __future__ import annotations
 
+import inspect
 import math
 import string
 from collections.abc import Sequence
@@ -60,18 +61,17 @@ def cores_geojson(cores: Sequence[dict]) -> dict:
     ``cores``: dicts with ``name``, ``center_x``, ``center_y`` and ``radius_px`` (pixel-index
     coordinates, as qdmed's cell centroids; written in QuPath's, +0.5) and optionally
     ``radius_y_px`` (an ellipse), ``missing`` and ``classification``."""
+    from qdmed.imaging._geojson import annotation_feature
+
     feats = []
     for c in cores:
         rx = float(c["radius_px"])
         ry = float(c.get("radius_y_px", rx))
-        props: dict[str, Any] = {"objectType": "annotation", "name": str(c["name"]),
-                                 "isMissing": bool(c.get("missing", False))}
-        if c.get("classification"):
-            props["classification"] = {"name": str(c["classification"])}
-        feats.append({"type": "Feature", "properties": props,
-                      "geometry": {"type": "Polygon", "isEllipse": True, "coordinates": [
-                          _ellipse_ring(float(c["center_x"]) + 0.5,
-                                        float(c["center_y"]) + 0.5, rx, ry)]}})
+        feats.append(annotation_feature(
+            _ellipse_ring(float(c["center_x"]) + 0.5, float(c["center_y"]) + 0.5, rx, ry),
+            str(c["name"]), isMissing=bool(c.get("missing", False)),
+            classification=str(c["classification"]) if c.get("classification") else None,
+            geometry_extra={"isEllipse": True}))
     return {"type": "FeatureCollection", "features": feats}
 
 
@@ -179,15 +179,12 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
         _get_preset,
         _scene_params,
         _write_scene,
+        simulate_slide,
     )
 
-    opts = {"tile": 1024, "pyramid_levels": "auto", "write_labels": True, "overwrite": True,
-            "autofluorescence": 0.3, "qd_brightness": 1.0, "photons_per_unit": 1000.0,
-            "read_noise_e": 2.0, "gain_adu_per_e": 1.0, "offset_adu": 0.0,
-            "photobleaching": None, "noise": True, "dtype": "uint16", "bit_depth": 16,
-            "seed": 0, "pixel_size_um": 0.5, "cell_density_per_mm2": 3000.0,
-            "nucleus_radius_um": (4.0, 0.6), "cell_radius_um": (10.0, 1.5),
-            "membrane_thickness_um": 1.0, "tissue_fraction": 1.0, "channel_names": None}
+    # every option of simulate_slide, with its defaults (one list, kept with that function)
+    opts = {k: p.default for k, p in inspect.signature(simulate_slide).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
     unknown = sorted(set(kwargs) - set(opts))
     if unknown:
         raise InputError(f"simulate_tma got unknown parameter(s) {unknown}; accepted: "
