@@ -198,6 +198,18 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     d = json.loads(r.stdout)
     assert (d["n_rows"], d["n_cols"], d["n_found"]) == (1, 2, 2)
     assert (tmp_path / "grid.png").stat().st_size > 0
+    # the array's own labels, QuPath's notation and label order
+    r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out", str(tmp_path / "l.json"),
+            "--row-labels", "7", "--col-labels", "b-a", "--label-order", "column-first",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    assert [c["name"] for c in json.loads(r.stdout)["cores"]] == ["b-7", "a-7"]
+    for bad, said in ((["--row-labels", "A-B"], "the rows present, 'B' or 'A'"),
+                      (["--label-order", "rows"], "row-first or column-first")):
+        r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out",
+                str(tmp_path / "l.json"), *bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert said in r.stderr
     # TMA cores are scored one by one without being asked: regions.csv per slide and cohort
     r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--out",
             str(tmp_path / "co"), "--workers", "1", "--no-progress", "--no-unmixed", "--json")

@@ -199,3 +199,45 @@ def test_cases_pool_their_cores_cells():
     assert [(r["case"], r["status"], r["n_cores"]) for r in rows] == [
         ("P1", "ok", 2), ("P7", "no cells", 1)]
     assert rows[1]["message"].endswith("; core C-4 on failed slide s3")
+
+
+def test_labels_in_qupaths_notation():
+    # QuPath PathObjectTools.parseTMALabelString: number ranges (zero padding kept, counting
+    # down allowed), single-letter ranges, or labels separated by spaces
+    from qdmed.imaging import tma_labels
+
+    assert tma_labels("A-E") == ("A", "B", "C", "D", "E")
+    assert tma_labels("1-3") == ("1", "2", "3")
+    assert tma_labels("08-10") == ("08", "09", "10")
+    assert tma_labels("12-10") == ("12", "11", "10")
+    assert tma_labels("C-A") == ("C", "B", "A")
+    assert tma_labels("A B D") == ("A", "B", "D") == tma_labels("A,B,D")
+    for bad, match in [("A1-B2", "a range is of numbers"), ("a-C", "one case"),
+                       ("", "none given"), ("A B A", "'A' is given twice")]:
+        with pytest.raises(InputError, match=match):
+            tma_labels(bad)
+
+
+def test_labels_name_the_cores_and_a_lost_edge_row_is_refused(tmp_path):
+    # the first row lost entirely: the slide alone shows a 2 x 3 grid (names shifted to A,
+    # B); the array's labels say a row is missing and which labels to give
+    s = simulate_tma(tmp_path / "e.ome.zarr", rows=3, cols=3, presets=["luminal-A"],
+                     core_diameter_um=80.0, spacing_um=130.0, missing=["A-1", "A-2", "A-3"],
+                     tile=512, seed=3, **KW)
+    truth = {c["name"]: c for c in s.params["tma"]["cores"]}
+    found, _ = find_tma_cores(s.path)
+    assert [c["name"] for c in found.cores][:3] == ["A-1", "A-2", "A-3"]  # shifted
+    with pytest.raises(InputError, match="give the labels of the rows present, 'B-C' or "
+                                         "'A-B'"):
+        find_tma_cores(s.path, row_labels="A-C")
+    with pytest.raises(InputError, match=r"3 column\(s\) of cores found, but 4 column"):
+        find_tma_cores(s.path, row_labels="B-C", col_labels="1-4")
+    found, _ = find_tma_cores(s.path, row_labels="B-C")
+    for c in found.cores:
+        t = truth[c["name"]]
+        assert math.hypot(c["center_x"] - t["center_x"], c["center_y"] - t["center_y"]) < 6
+    found, _ = find_tma_cores(s.path, row_labels="B C", col_labels="01-03", row_first=False)
+    assert [c["name"] for c in found.cores] == ["01-B", "02-B", "03-B", "01-C", "02-C",
+                                                "03-C"]
+    with pytest.raises(InputError, match="row_first"):
+        find_tma_cores(s.path, row_first="yes")

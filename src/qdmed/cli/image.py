@@ -295,14 +295,23 @@ def tma(
     out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the grid over the slide overview.")] = None,
     core_diameter_um: Annotated[float | None, typer.Option("--core-diameter-um", help="Nominal core diameter, um (default: the median of the cores found).")] = None,
+    row_labels: Annotated[str | None, typer.Option("--row-labels", help="The array's row labels, top to bottom, as in QuPath: A-J, 1-10, or a list 'A B C E' (default A, B, C, ...). As many as the rows found: a lost first or last row is refused with the labels to give.")] = None,
+    col_labels: Annotated[str | None, typer.Option("--col-labels", help="The array's column labels, left to right: 1-16, A-P, or a list (default 1, 2, 3, ...).")] = None,
+    label_order: Annotated[str, typer.Option("--label-order", help="Core names row label first (row-first: A-1) or column label first (column-first: 1-A).")] = "row-first",
     json_: JSON = False,
 ):
     """Dearray a tissue microarray: find its cores and name them by row and column, for
     `qdmed image analyze SLIDE --regions cores.geojson` (one score per core)."""
+    from qdmed.errors import InputError
     from qdmed.imaging._tma import find_tma_cores
     from qdmed.report import atomic_write_text
 
-    cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um)
+    if label_order not in ("row-first", "column-first"):
+        raise InputError(f"--label-order must be row-first or column-first; got "
+                         f"{label_order!r}")
+    cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um,
+                                     row_labels=row_labels, col_labels=col_labels,
+                                     row_first=label_order == "row-first")
     atomic_write_text(out, json.dumps(cores.to_geojson()))
     if plot is not None:
         _save_plot(plot, cores.plot(overview))

@@ -71,7 +71,14 @@ from qdmed.imaging._synthetic import (
     simulate_slide,
     simulate_tissue,
 )
-from qdmed.imaging._tma import TmaCores, core_name, cores_geojson, find_tma_cores, simulate_tma
+from qdmed.imaging._tma import (
+    TmaCores,
+    core_name,
+    cores_geojson,
+    find_tma_cores,
+    simulate_tma,
+    tma_labels,
+)
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
@@ -89,5 +96,5 @@ __all__ = [
     "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
-    "find_tma_cores", "simulate_tma",
+    "find_tma_cores", "simulate_tma", "tma_labels",
 ]

@@ -33,7 +33,8 @@ from qdmed.errors import InputError
 #: (a 40 mm slide at 0.5 um/px -> ~20 um/px: a 0.6 mm core spans ~30 px).
 OVERVIEW_PX = 2048
 
-__all__ = ["TmaCores", "cores_geojson", "core_name", "find_tma_cores", "simulate_tma"]
+__all__ = ["TmaCores", "cores_geojson", "core_name", "find_tma_cores", "simulate_tma",
+           "tma_labels"]
 
 _TAG_TMA = 0x7A  # RNG stream of the core positions
 
@@ -41,12 +42,88 @@ _TAG_TMA = 0x7A  # RNG stream of the core positions
 def core_name(row: int, col: int) -> str:
     """QuPath's default TMA core name: row letter (A-Z, then AA, AB, ...), hyphen, column
     number from 1 (``core_name(0, 0) == "A-1"``)."""
+    return f"{_row_letters(row)}-{int(col) + 1}"
+
+
+def _row_letters(row: int) -> str:
+    """QuPath's default row label: A-Z, then AA, AB, ... (``_row_letters(26) == "AA"``)."""
     letters = ""
     r = int(row) + 1
     while r:
         r, rem = divmod(r - 1, 26)
         letters = string.ascii_uppercase[rem] + letters
-    return f"{letters}-{int(col) + 1}"
+    return letters
+
+
+def tma_labels(spec: str | Sequence[str], what: str = "labels") -> tuple[str, ...]:
+    """Row or column labels of a TMA grid, in QuPath's notation (PathObjectTools.
+    parseTMALabelString, used by its dearrayer and ``relabelTMAGrid``): a range of numbers
+    ("1-16"; "01-16" keeps the zero padding; "16-1" counts down) or of single letters
+    ("A-J", "J-A"), or a list separated by spaces (or commas): "A B C E F".
+
+    Raises
+    ------
+    InputError
+        An empty spec, a hyphenated token that is no range (e.g. "A1-B2"), a letter range
+        mixing cases, or a label given twice.
+    """
+    if isinstance(spec, str):
+        tokens = [t for t in spec.replace(",", " ").split() if t]
+    else:
+        tokens = [str(t).strip() for t in spec]
+    if not tokens or not all(tokens):
+        raise InputError(f"TMA {what}: none given, or an empty one ({spec!r}); e.g. 'A-J', "
+                         "'1-16' or 'A B C E'")
+    if len(tokens) == 1 and "-" in tokens[0]:
+        a, _, b = tokens[0].partition("-")
+        if a.isdigit() and b.isdigit():
+            i, j = int(a), int(b)
+            step = 1 if j >= i else -1
+            width = len(a) if a.startswith("0") and len(a) > 1 else 0
+            tokens = [str(k).zfill(width) for k in range(i, j + step, step)]
+        elif len(a) == len(b) == 1 and a.isascii() and b.isascii() and a.isalpha() \
+                and b.isalpha() and a.isupper() == b.isupper():
+            step = 1 if b >= a else -1
+            tokens = [chr(k) for k in range(ord(a), ord(b) + step, step)]
+        else:
+            raise InputError(f"TMA {what} {spec!r}: a range is of numbers ('1-16') or of "
+                             "single letters of one case ('A-J'); other labels are listed "
+                             "with spaces between them ('A1 A2 B1')")
+    seen = set()
+    for t in tokens:
+        if t in seen:
+            raise InputError(f"TMA {what} {spec!r}: the label {t!r} is given twice")
+        seen.add(t)
+    return tuple(tokens)
+
+
+def _label_spec(labels: Sequence[str]) -> str:
+    """Labels written back in :func:`tma_labels` notation: a range where they are one."""
+    rng = f"{labels[0]}-{labels[-1]}"
+    try:
+        if len(labels) > 1 and tma_labels(rng) == tuple(labels):
+            return rng
+    except InputError:
+        pass
+    return " ".join(labels)
+
+
+def _grid_labels(spec, found: int, what: str, default) -> tuple[str, ...]:
+    """The labels of ``found`` rows (or columns): ``spec``'s (:func:`tma_labels`), which
+    must be as many, or ``default(i)``."""
+    if spec is None:
+        return tuple(default(i) for i in range(found))
+    labels = tma_labels(spec, f"{what} labels")
+    if len(labels) == found:
+        return labels
+    if len(labels) == found + 1:
+        hint = (f"the first or the last {what} of the array holds no core at all, and the "
+                f"slide cannot tell which: give the labels of the {what}s present, "
+                f"'{_label_spec(labels[1:])}' or '{_label_spec(labels[:-1])}'")
+    else:
+        hint = "check the labels against the grid drawn by qdmed image tma --plot"
+    raise InputError(f"{found} {what}(s) of cores found, but {len(labels)} {what} labels "
+                     f"given ({spec!r}): {hint}")
 
 
 def _ellipse_ring(cx: float, cy: float, rx: float, ry: float, n: int = 64) -> list:
@@ -365,7 +442,8 @@ def grid_angle(y, x) -> float:
 
 
 def find_tma_cores(slide, *, core_diameter_um: float | None = None,
-                   min_area_fraction: float = 0.2) -> tuple[TmaCores, np.ndarray]:
+                   min_area_fraction: float = 0.2, row_labels=None, col_labels=None,
+                   row_first: bool = True) -> tuple[TmaCores, np.ndarray]:
     """Dearray a TMA slide: find its tissue cores and name them by their place in the grid.
 
     On an overview of the slide (:data:`OVERVIEW_PX` across at most), tissue is told from
@@ -381,9 +459,11 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     without tissue are returned as missing cores at the grid's position (fitted by least
     squares to the whole cores), including whole rows or columns without a core inside the
     grid (a gap of k steps between neighbouring rows leaves k - 1 empty ones; warned). A
-    first or last row or column lost entirely cannot be seen: the names then start from the
-    first row found. Names follow QuPath's dearrayer: row letters, column numbers ("A-1",
-    :func:`core_name`).
+    first or last row or column lost entirely cannot be seen from the slide: give the array's
+    labels (``row_labels``, ``col_labels``), and a grid short of a row or column is refused
+    with the labels to give instead. Names follow QuPath's dearrayer: by default row
+    letters, column numbers ("A-1", :func:`core_name`); with labels, as QuPath's "Row
+    labels", "Column labels" and "Label order".
 
     Parameters
     ----------
@@ -394,6 +474,13 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         most cores are whole).
     min_area_fraction : float
         Pieces smaller than this fraction of a core's area are not cores.
+    row_labels, col_labels : str or sequence of str, optional
+        The array's row and column labels, top to bottom and left to right
+        (:func:`tma_labels`: "A-J", "1-16", "A B C E"); as many as the rows (columns) found.
+        Default: A, B, C, ... and 1, 2, 3, ...
+    row_first : bool
+        Names are row label first ("A-1"; QuPath's "Row first") or column label first
+        ("1-A").
 
     Returns
     -------
@@ -403,8 +490,8 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     Raises
     ------
     InputError
-        No tissue, or bad parameters. (A slide without a pixel size is read at 0.5 um/px,
-        with a warning.)
+        No tissue, bad parameters, or labels that are not as many as the rows or columns
+        found. (A slide without a pixel size is read at 0.5 um/px, with a warning.)
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
@@ -418,6 +505,11 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
             isinstance(core_diameter_um, float | int) and core_diameter_um > 0):
         raise InputError(f"core_diameter_um must be a positive number (um); got "
                          f"{core_diameter_um!r}")
+    if not isinstance(row_first, bool):
+        raise InputError(f"row_first must be True or False; got {row_first!r}")
+    for spec, what in ((row_labels, "row labels"), (col_labels, "column labels")):
+        if spec is not None:
+            tma_labels(spec, what)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     warnings = []
     ps = img.pixel_size_um
@@ -475,6 +567,8 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         warnings.append(f"{n_rows - n_before[0]} row(s) and {n_cols - n_before[1]} column(s) "
                         "without any core inside the grid: kept as missing cores, so that "
                         "the names after them stay in place")
+    rl = _grid_labels(row_labels, n_rows, "row", _row_letters)
+    cl = _grid_labels(col_labels, n_cols, "column", lambda i: str(i + 1))
     # the grid fitted to the whole cores, centre = origin + row * step_r + col * step_c (least
     # squares): places the missing cores and refines the angle of the nearest-neighbour mean
     design = np.column_stack([np.ones(row.size), row, col]).astype(float)
@@ -489,7 +583,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     for r in range(n_rows):
         for c in range(n_cols):
             m = (row == r) & (col == c)
-            name = core_name(r, c)
+            name = f"{rl[r]}-{cl[c]}" if row_first else f"{cl[c]}-{rl[r]}"
             if not m.any():  # the fitted grid's place
                 y = coef_y[0] + r * coef_y[1] + c * coef_y[2]
                 x = coef_x[0] + r * coef_x[1] + c * coef_x[2]
