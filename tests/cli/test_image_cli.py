@@ -237,5 +237,8 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     r = run("image", "analyze", str(folder / "tma1.ome.zarr"), "--regions",
             str(regs / "tma1.geojson"), "--region-min-cells", "0", "--out", str(tmp_path / "a"))
     assert r.returncode == 2 and "region_min_cells" in r.stderr
+    r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--case-rule",
+            "highest", "--out", str(tmp_path / "co2"))
+    assert r.returncode == 2 and "needs a TMA map (--tma-map)" in r.stderr
     r = run("image", "simulate", "--tma", "2x2", "--out", str(tmp_path / "x.ome.tif"))
     assert r.returncode == 2 and "OME-Zarr" in r.stderr

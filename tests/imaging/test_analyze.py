@@ -658,6 +658,22 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert agree.n_cases == 2 and agree.percent_agreement == 50.0
     with pytest.raises(InputError, match="tma_map needs regions"):
         analyze_slide(tma_slide.path, PANEL, tmp_path / "x", tma_map=tma_map)
+    # the other rule (Allott 2016's "any positive"): a case takes its highest core's result;
+    # the run resumes from its finished tiles, so only the scoring is redone
+    hi = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
+                       scheduler="synchronous", progress=False, write_unmixed=False,
+                       outlines=False, her2_calibration=calibration, regions=cores,
+                       tma_map=tma_map, case_rule="highest").summary["cases_scored"]
+    core = {r["region"]: r for r in res.summary["regions_scored"]["regions"]}
+    by = {r["case"]: r for r in hi["cases"]}
+    assert hi["rule"] == "highest"
+    assert (by["P1"]["her2_category"], by["P1"]["her2_core"]) == ("3+", "A-1")
+    assert by["P1"]["her2_mean_membrane"] == core["A-1"]["her2_mean_membrane"]
+    assert by["P1"]["n_cores_scored"] == 2 and by["P1"]["n_scored"] == len(p1)
+    assert (by["P2"]["her2_category"], by["P3"]["status"]) == ("1+", "no cells")
+    with pytest.raises(InputError, match="case_rule 'highest' needs a TMA map"):
+        analyze_slide(tma_slide.path, PANEL, tmp_path / "x", regions=cores,
+                      case_rule="highest")
     truth = {c["name"]: c for c in tma_slide.params["tma"]["cores"]}
     for r in res.summary["regions_scored"]["regions"]:  # the cores' centres, in um
         t = truth[r["region"]]  # a lost core sits where the fitted grid puts it

@@ -241,3 +241,45 @@ def test_labels_name_the_cores_and_a_lost_edge_row_is_refused(tmp_path):
                                                 "03-C"]
     with pytest.raises(InputError, match="row_first"):
         find_tma_cores(s.path, row_first="yes")
+
+
+def test_case_rules_pooled_and_highest_core():
+    # Allott EH et al., Cancer Epidemiol Biomarkers Prev 25, 470 (2016): "weighted" (cells
+    # pooled) and "any positive" (a case is as high as its highest core) collapsing
+    from qdmed.imaging._region_scores import score_cases
+
+    def core(name, case, status, n, cat=None, mem=None, er=None):
+        r = {"region": name, "case": case, "status": status, "n_scored": n,
+             "her2_category": cat, "message": ""}
+        if status == "ok":
+            r.update(her2_mean_membrane=mem, ER_percent_positive=er,
+                     ER_status="Positive" if er > 10 else "Low Positive")
+        return r
+
+    rows = [core("A-1", "P1", "ok", 150, "1+", 2.0, 60.0),
+            core("B-1", "P1", "ok", 120, "2+", 1.0, 5.0),
+            core("C-1", "P1", "too few cells", 20),
+            core("A-2", "P2", "ok", 200, "1+", 1.0, 0.5),
+            core("B-2", "P2", "ok", 200, "1+", 3.0, 2.0),
+            core("A-3", "P3", "too few cells", 30),
+            core("B-3", "P4", "missing", 0)]
+    cells = pd.DataFrame({"case": np.repeat([r["case"] for r in rows],
+                                            [r["n_scored"] for r in rows]),
+                          "region": np.repeat([r["region"] for r in rows],
+                                              [r["n_scored"] for r in rows])})
+    expected = {"P1": ["A-1", "B-1", "C-1"], "P2": ["A-2", "B-2"], "P3": ["A-3"],
+                "P4": ["B-3"]}
+    got = {r["case"]: r for r in score_cases(cells, expected, rule="highest",
+                                             region_rows=rows)}
+    p1 = got["P1"]  # HER2 from the 2+ core, ER from the most positive core
+    assert (p1["her2_category"], p1["her2_core"], p1["her2_mean_membrane"]) == ("2+", "B-1",
+                                                                                1.0)
+    assert (p1["ER_percent_positive"], p1["ER_status"]) == (60.0, "Positive")
+    assert (p1["n_cores"], p1["n_cores_scored"], p1["n_scored"]) == (3, 2, 290)
+    assert got["P2"]["her2_core"] == "B-2"  # same category: the stronger membrane signal
+    assert (got["P3"]["status"], got["P4"]["status"]) == ("too few cells", "no cells")
+    assert "no core has the 100 scored cells" in got["P3"]["message"]
+    with pytest.raises(InputError, match="needs the cores' own scores"):
+        score_cases(cells, expected, rule="highest")
+    with pytest.raises(InputError, match="case_rule must be one of pooled, highest"):
+        score_cases(cells, expected, rule="max")

@@ -25,6 +25,7 @@ OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (d
 EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
 PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
 TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case on its cores' cells pooled.")]
+CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
 REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
@@ -353,6 +354,7 @@ def analyze(
     per_region: PER_REGION = None,
     region_min_cells: REGION_CELLS = 100,
     tma_map: TMA_MAP = None,
+    case_rule: CASE_RULE = "pooled",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -379,7 +381,8 @@ def analyze(
                         her2_region_min_cells=her2_region_min_cells,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
-                        region_min_cells=region_min_cells, tma_map=tma_map)
+                        region_min_cells=region_min_cells, tma_map=tma_map,
+                        case_rule=case_rule)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -573,6 +576,7 @@ def cohort(
     per_region: PER_REGION = None,
     region_min_cells: REGION_CELLS = 100,
     tma_map: TMA_MAP = None,
+    case_rule: CASE_RULE = "pooled",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -589,7 +593,8 @@ def cohort(
                          her2_region_min_cells=her2_region_min_cells,
                          saturation_level=saturation_level, offset_adu=_offset(offset),
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
-                         region_min_cells=region_min_cells, tma_map=tma_map)
+                         region_min_cells=region_min_cells, tma_map=tma_map,
+                        case_rule=case_rule)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -31,6 +31,7 @@ from qdmed.imaging._region_scores import (
     case_column,
     case_table,
     cases_summary,
+    check_case_rule,
     check_min_cells,
     expected_cores,
     map_slide,
@@ -485,7 +486,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   her2_region_min_cells: int = 100,
                   saturation_level: float | None = None, offset_adu=None,
                   exclude_flagged: tuple = (), per_region: bool | None = None,
-                  region_min_cells: int = 100, tma_map=None) -> SlideResult:
+                  region_min_cells: int = 100, tma_map=None,
+                  case_rule: str = "pooled") -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -566,6 +568,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         case}``). Cells get ``case``, regions.csv a ``case`` column, and ``cases.csv`` one
         row per case, its cores' scored cells pooled and scored as one slide (summary
         ``cases_scored``); needs regions scored one by one.
+    case_rule : str
+        How a case's cores make its scores (:func:`score_cases`): "pooled" (their cells
+        scored as one slide) or "highest" (the highest-scoring core's result, per marker
+        the most positive core's).
 
     Returns
     -------
@@ -613,6 +619,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         tma_map = read_tma_map(tma_map)
     if tma_map is not None and not tma_map:
         raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
+    check_case_rule(case_rule, tma_map)
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)
@@ -782,10 +789,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                                          "no case in the TMA map") if m)
             case_rows = score_cases(scored_cells, expected_cores(rows),
                                     her2_calibration=her2_calibration, gates=gates,
-                                    min_cells=region_min_cells)
+                                    min_cells=region_min_cells, rule=case_rule,
+                                    region_rows=rows)
             atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
             unmapped = [r["region"] for r in rows if r["case"] is None]
-            by_case = cases_summary(case_rows, [] if not unmapped else [
+            by_case = cases_summary(case_rows, rule=case_rule, warnings=[] if not unmapped else [
                 f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map "
                 f"(e.g. {', '.join(unmapped[:3])}; map rows for this slide name "
                 f"{map_slide(path.name)!r} or no slide)"])

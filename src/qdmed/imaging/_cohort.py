@@ -13,6 +13,7 @@ import numpy as np
 from qdmed.errors import InputError, QdmedError
 from qdmed.imaging._region_scores import (
     case_table,
+    check_case_rule,
     check_min_cells,
     expected_cores,
     map_slide,
@@ -75,7 +76,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
                    saturation_level: float | None = None, offset_adu=None,
                    exclude_flagged: tuple = (), per_region: bool | None = None,
-                   region_min_cells: int = 100, tma_map=None) -> dict:
+                   region_min_cells: int = 100, tma_map=None,
+                   case_rule: str = "pooled") -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -98,7 +100,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     region), and ``tma_map`` (:func:`read_tma_map`: the case of each core, per slide; the
     folder then gets ``cases.csv``, one row per case with the scored cells of all its cores,
     on every slide, pooled and scored as one slide, for :func:`compare_her2_tables` with
-    ``key='case'``)."""
+    ``key='case'``; ``case_rule="highest"`` takes each case's highest-scoring core instead,
+    :func:`score_cases`)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -126,6 +129,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         tma_map = read_tma_map(tma_map)  # refused before any slide is read
     if tma_map is not None and not tma_map:
         raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
+    check_case_rule(case_rule, tma_map)
     if regions_dir is None and (region_class is not None or per_region
                                 or tma_map is not None):
         what = ("per_region" if per_region else "tma_map" if tma_map
@@ -169,7 +173,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         exclude_flagged=exclude_flagged,
                                         per_region=per_region,
                                         region_min_cells=region_min_cells,
-                                        tma_map=tma_map)
+                                        tma_map=tma_map, case_rule=case_rule)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -242,7 +246,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         if unknown:
             case_warnings.append(f"TMA map slides not in {folder}: {', '.join(unknown[:5])}")
         case_rows = score_cases(pooled, expected, her2_calibration=her2_calibration,
-                                gates=gates, min_cells=region_min_cells, notes=notes)
+                                gates=gates, min_cells=region_min_cells, notes=notes,
+                                rule=case_rule, region_rows=region_rows)
         atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
     if region_rows:
         table = region_table(region_rows)
@@ -266,7 +271,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "saturation_level": saturation_level,
                               "exclude_flagged": list(exclude_flagged),
                               "per_region": per_region, "region_min_cells": region_min_cells,
-                              "tma_map": map_source,
+                              "tma_map": map_source, "case_rule": case_rule,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

@@ -178,12 +178,20 @@ def regions_section(rep, result) -> None:
     if by_case:
         cases = by_case["cases"]
         rep.heading("Cases (TMA map)")
-        rep.paragraph(f"{by_case['n_cases']} cases: each scored on the scored cells of all its "
-                      "cores pooled, as one slide (cases.csv; compare with another scoring by "
-                      "`qdmed image compare cases.csv reads.csv --key case`).")
+        rep.paragraph(f"{by_case['n_cases']} cases: {case_rule_text(by_case.get('rule'))} "
+                      "(cases.csv; compare with another scoring by `qdmed image compare "
+                      "cases.csv reads.csv --key case`).")
         rep.table(_columns(cases, ("case", "status", "cores", "n_scored", "her2_category",
-                                   "her2_low", "her2_mean_membrane", "ER_status",
-                                   "PR_status", "message")))
+                                   "her2_core", "her2_low", "her2_mean_membrane",
+                                   "ER_status", "PR_status", "message")))
+
+
+def case_rule_text(rule: str | None) -> str:
+    """How the cases were made from their cores, in words."""
+    if rule == "highest":
+        return ("each takes the HER2 result of its highest-scoring core (her2_core; cores "
+                "with enough cells) and, per marker, its most positive core's")
+    return "each scored on the scored cells of all its cores pooled, as one slide"
 
 
 def receptor_paragraph(marker: str, status: dict) -> str:
@@ -399,8 +407,9 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       f"{sum(r.get('n_regions_scored', 0) for r in ok)} scored; one row per "
                       "slide and region in regions.csv, figures in each slide's report.")
     if summary.get("cases"):
-        rep.paragraph(f"Cases of the TMA map: {summary['n_cases']}, each scored on the cells "
-                      "of all its cores, on every slide, pooled (cases.csv).")
+        rep.paragraph(f"Cases of the TMA map: {summary['n_cases']}, "
+                      f"{case_rule_text(summary['parameters'].get('case_rule'))}, on every "
+                      "slide (cases.csv).")
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
