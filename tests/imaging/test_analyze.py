@@ -632,6 +632,9 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     # the slide-level categories of these presets (test_slide_her2_category), core by core
     assert got == {"A-1": ("ok", "3+"), "A-2": ("ok", "1+"), "B-1": ("ok", "0"),
                    "B-2": ("missing", None)}
+    # no HER2 heterogeneity squares across a TMA: they would mix patients' cores
+    assert res.summary["her2_heterogeneity"] is None
+    assert not (tmp_path / "out" / "her2_regions.geojson").exists()
     cells = res.cells()
     truth_n = tma_slide.truth["core"].value_counts()
     for r in res.summary["regions_scored"]["regions"][:3]:  # segmentation finds the cells

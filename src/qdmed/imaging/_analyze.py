@@ -538,7 +538,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         With a HER2 score: the side of the square regions scored one by one to map HER2
         heterogeneity (:func:`qdmed.imaging.her2_heterogeneity`), and the scored cells a
         region needs; the summary gets ``her2_heterogeneity`` and ``her2_regions.geojson``
-        the scored regions as QuPath annotations.
+        the scored regions as QuPath annotations. Not on a TMA (regions that are TMA
+        cores): squares there would mix the cores of different patients; each core is
+        scored on its own instead.
     saturation_level : float, counts, optional
         The detector's ceiling (overrides ``settings.saturation_level``). Default: ``2**b - 1``
         when the OME-TIFF declares ``b`` SignificantBits, else the integer type's maximum; a
@@ -761,12 +763,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             selection["warning"] = (f"every one of the {before} cells to score carries a "
                                     "flag left out (exclude_flagged): nothing was scored")
     selection["n_scored"] = int(len(scored_cells))
-    if per_region and reg.is_tma:
+    tma = reg is not None and reg.is_tma
+    if per_region and tma:
         selection["note"] = ("a tissue microarray: the slide-level scores pool every core (every "
                              "patient); each core's are in regions.csv")
     her2, scored = score_cells(scored_cells, her2_calibration, gates)
     het = None
-    if her2 is not None:
+    (out / "her2_regions.geojson").unlink(missing_ok=True)
+    if her2 is not None and not tma:  # squares across a TMA would mix patients' cores
         from qdmed.imaging._heterogeneity import her2_heterogeneity
 
         het = her2_heterogeneity(her2, region_um=her2_region_um,
