@@ -216,6 +216,17 @@ def test_offset_is_subtracted_and_an_uncorrected_one_is_suspected():
     assert s1["suspected"] and "uncorrected detector offset" in s1["warnings"][0]
     assert 85 <= min(s1["channel_min"].values()) <= 100
     assert not s2["suspected"] and max(s2["floor_after_offset"].values()) < 0
+    assert s2["issue"] is None and set(s2["percent_pixels_at_or_below_zero"].values()) == {0}
+    # an offset given to the dark-corrected field: its zeros say it was corrected already
+    s3 = offset_summary(channel_stats(f0.image, None), check_offset(100, 8), names)
+    assert (s3["suspected"], s3["issue"], s1["issue"]) == (True, "over-subtracted",
+                                                           "uncorrected")
+    assert "dark-corrected already" in s3["warnings"][0]
+    assert min(s3["percent_pixels_at_or_below_zero"].values()) >= 0.1
+    over = analyze_field(f0.image, PANEL, AnalysisSettings(offset_adu=100.0)).table
+    assert len(over) < 0.8 * len(ref)  # measured: 118 cells of 187; membrane HER2 median 0
+    assert float(over["HER2_membrane_mean"].median()) < 0.1 * float(
+        ref["HER2_membrane_mean"].median())
 
 
 def test_offset_values():

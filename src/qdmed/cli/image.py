@@ -483,7 +483,7 @@ def qc(
         "saturation ceiling": f"{sat['level_adu']} ({sat['source']})",
         "most saturated channel": f"{worst[0]}: {worst[1]:.3f} % of pixels" if sat["checked"]
         else "not checked",
-        "offset suspected": d["offset"]["suspected"],
+        "offset problem": d["offset"]["issue"] or "none seen",
         "focus median blur": foc["median"],
         "tiles out of focus": f"{len(foc['out_of_focus_tiles'])} of {foc['n_tiles_measured']} measured",
         "elapsed_s": d["elapsed_s"]})

@@ -27,7 +27,13 @@ lowest count of each channel, taken as the 10th percentile of the tiles' minima 
 dead pixel does not decide it, 10 or more and within a factor 2 of each other after the
 given offset) is what an uncorrected offset looks like, and is warned: dark-corrected images
 read about 0 on glass and in stroma gaps (measured: 0 in every channel of synthetic fields
-without offset, 90-96 with 100).
+without offset, 90-96 with 100). The opposite mistake, an offset given for an image that was
+dark-corrected already, takes the offset from every dim signal and clips it at 0 (measured
+on the same dark-corrected luminal-A field with 100 counts subtracted: 118 cells found
+instead of 187, median membrane EGFR and HER2 and cytoplasmic mTOR 0, nuclear ER 229 ->
+105). A detector with an offset reads a few read-noise SDs below it at the least, never 0:
+raw zeros in 0.1 % or more of the pixels of every channel the offset is taken from (0.1-25 %
+in that field's channels; none with the 100-count offset) are warned as over-subtraction.
 
 References
 ----------
@@ -63,6 +69,9 @@ PILEUP_RATIO = 4.0
 #: OFFSET_FLOOR_SPREAD of each other: an uncorrected offset is suspected.
 OFFSET_FLOOR_COUNTS = 10.0
 OFFSET_FLOOR_SPREAD = 2.0
+#: An offset is given, yet at least this fraction of the raw pixels reads 0 or less in
+#: every channel it is taken from: the image was dark-corrected already (over-subtraction).
+OFFSET_ZERO_FRACTION = 1e-3
 
 
 def check_offset(offset: Any, n_channels: int) -> np.ndarray | None:
@@ -132,9 +141,10 @@ def saturation_level(dtype: Any, *, significant_bits: int | None = None,
 
 
 def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
-    """Per channel of a (Y, X, C) region: pixels at or above `level`, the largest value, the
-    pixels holding it and those one count below it (integer images; for the pile-up test).
-    JSON-safe; merged over tiles by :func:`merge_channel_stats`.
+    """Per channel of a (Y, X, C) region: pixels at or above `level`, the lowest value, the
+    pixels at or below 0 (``nonpositive``: for the over-subtracted offset test), the largest
+    value, the pixels holding it and those one count below it (integer images; for the
+    pile-up test). JSON-safe; merged over tiles by :func:`merge_channel_stats`.
 
     One compiled pass over the pixels when numba is installed (a 2048^2 x 8 uint16 tile core
     took 0.8 s with the numpy reductions below, which stay as the reference)."""
@@ -146,14 +156,16 @@ def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
         out["saturated"] = [0] * nc
         return out
     if out["integer"] and img.ndim == 3 and numba_available():
-        sat, mn, mx, at, below = (np.zeros(nc, np.int64) for _ in range(5))
-        _stats_kernel()(img, -1.0 if level is None else float(level), sat, mn, mx, at, below)
+        sat, mn, mx, at, below, nonpos = (np.zeros(nc, np.int64) for _ in range(6))
+        _stats_kernel()(img, -1.0 if level is None else float(level), sat, mn, mx, at, below,
+                        nonpos)
         out.update(saturated=sat.tolist(), min=mn.tolist(), max=mx.tolist(), at_max=at.tolist(),
-                   below_max=below.tolist())
+                   below_max=below.tolist(), nonpositive=nonpos.tolist())
         return out
     flat = img.reshape(-1, nc)
     mins = flat.min(axis=0)
     out["min"] = (mins.astype(np.int64) if out["integer"] else mins.astype(np.float64)).tolist()
+    out["nonpositive"] = [int(np.count_nonzero(flat[:, c] <= 0)) for c in range(nc)]
     out["saturated"] = ([0] * nc if level is None else
                         [int(np.count_nonzero(flat[:, c] >= level)) for c in range(nc)])
     if out["integer"]:
@@ -169,9 +181,10 @@ def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
 @lazy_kernel
 def _stats_kernel():  # pragma: no cover - body runs compiled
     @njit_cached(nogil=True)
-    def stats(img, level, sat, mn, mx, at, below):
+    def stats(img, level, sat, mn, mx, at, below, nonpos):
         """One pass: per channel, values >= level (level < 0: none counted), the minimum,
-        the maximum, its count and the count one below it (updated as the maximum rises)."""
+        values <= 0, the maximum, its count and the count one below it (updated as the
+        maximum rises)."""
         h, w, nc = img.shape
         for k in range(nc):
             mx[k] = np.int64(img[0, 0, k])
@@ -184,6 +197,8 @@ def _stats_kernel():  # pragma: no cover - body runs compiled
                         sat[k] += 1
                     if v < mn[k]:
                         mn[k] = v
+                    if v <= 0:
+                        nonpos[k] += 1
                     m = mx[k]
                     if v > m:
                         below[k] = at[k] if v == m + 1 else 0
@@ -209,6 +224,8 @@ def merge_channel_stats(parts: list[dict]) -> dict:
                            "saturated": [sum(p["saturated"][c] for p in parts)
                                          for c in range(nc)],
                            "min": [min(p["min"][c] for p in parts) for c in range(nc)]}
+    if all("nonpositive" in p for p in parts):
+        out["nonpositive"] = [sum(p["nonpositive"][c] for p in parts) for c in range(nc)]
     if out["integer"]:
         mx = [max(p["max"][c] for p in parts) for c in range(nc)]
         at = [0] * nc
@@ -319,8 +336,12 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
 def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                    tiles: list[dict] | None = None) -> dict:
     """The ``offset`` block of a slide summary: the offset subtracted, each channel's lowest
-    raw count, the floor left after the offset, and a warning when every channel keeps a
-    floor (see the module notes).
+    raw count, the floor left after the offset, the percent of raw pixels at or below 0,
+    and ``issue``: "uncorrected" when every channel keeps a floor (see the module notes),
+    "over-subtracted" when an offset is given to an image that reads 0 in at least
+    :data:`OFFSET_ZERO_FRACTION` of the pixels of every channel it is taken from (a
+    detector with an offset reads some read-noise SDs below it at the least, never 0); each
+    with a warning.
 
     With the tiles' own stats (`tiles`), the floor is the 10th percentile of the tiles'
     minima (the lowest of them below ten tiles), so that one dead or padded pixel does not
@@ -330,9 +351,27 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
     mins = stats.get("min")
     d: dict[str, Any] = {"offset_adu": dict(zip(names, off.tolist(), strict=True)),
                          "reference": REF_WATERS_2009, "channel_min": None,
-                         "floor_after_offset": None, "suspected": False, "warnings": []}
+                         "floor_after_offset": None, "percent_pixels_at_or_below_zero": None,
+                         "suspected": False, "issue": None, "warnings": []}
     if not mins or len(mins) != len(names):
         return d
+    nonpos = stats.get("nonpositive")
+    if nonpos and len(nonpos) == len(names) and stats.get("n_px"):
+        frac = np.asarray(nonpos, dtype=np.float64) / stats["n_px"]
+        d["percent_pixels_at_or_below_zero"] = dict(zip(names, (100 * frac).tolist(),
+                                                        strict=True))
+        given = off > 0
+        if given.any() and (frac[given] >= OFFSET_ZERO_FRACTION).all():
+            d["suspected"], d["issue"] = True, "over-subtracted"
+            d["warnings"].append(
+                f"an offset is given, yet {100 * frac[given].min():.2g}-"
+                f"{100 * frac[given].max():.2g} % of the raw pixels read 0 or less in every "
+                "channel it is taken from: a detector with an offset never reads 0, so the "
+                "image was dark-corrected already (or is padded with zeros, or the offset is "
+                "within the read noise of 0), and subtracting the offset again takes it from "
+                "the dim signals and clips them at 0. Leave --offset out for dark-corrected "
+                "images")
+            return d
     low = np.asarray(mins, dtype=np.float64)
     tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
     if len(tile_mins) >= 2:
@@ -343,7 +382,7 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
     d["floor_after_offset"] = dict(zip(names, floor.tolist(), strict=True))
     lo, hi = float(floor.min()), float(floor.max())
     if lo >= OFFSET_FLOOR_COUNTS and hi <= OFFSET_FLOOR_SPREAD * lo:
-        d["suspected"] = True
+        d["suspected"], d["issue"] = True, "uncorrected"
         d["warnings"].append(
             f"every channel keeps a floor of {lo:g}-{hi:g} counts (the lowest counts of its "
             "darkest tiles)"
