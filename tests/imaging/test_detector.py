@@ -147,6 +147,9 @@ def test_slide_summary_from_the_ome_significant_bits(fields, tmp_path):
                           exclude_flagged="saturated")
     assert res_x.summary["scored_cells"]["n_scored"] == len(cells) - sat["n_cells_saturated"]
     assert res_x.summary["scored_cells"]["excluded"]["saturated"] == sat["n_cells_saturated"]
+    # the warning says they are left out, and what that costs (the brightest cells go)
+    warn = [w for w in res_x.summary["saturation"]["warnings"] if "detector ceiling" in w]
+    assert "left out of the scores" in warn[0] and "read low" in warn[0]
     # the same file without the declaration: the pile-up names the ceiling to give
     q = write_ome_tiff(tmp_path / "plain.ome.tif", f8.image, pixel_size_um=0.5,
                        channel_names=names)

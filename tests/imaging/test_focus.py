@@ -69,6 +69,7 @@ def test_blurred_patch_is_found_and_nothing_else(tmp_path):
                                "total": int(cells["out_of_focus"].sum())}
     assert sel["n_scored"] == len(cells) - int(cells["out_of_focus"].sum())
     assert "less out of focus cells" in sel["cells"]
+    assert "their cells are left out of the scores" in kept.summary["focus"]["warnings"][0]
     with pytest.raises(InputError, match="exclude_flagged takes saturated, out_of_focus"):
         analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b",
                       exclude_flagged=("blurred",))

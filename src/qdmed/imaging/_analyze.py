@@ -740,14 +740,15 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                              dtype=object)
             cells["case"] = cases[where + 1]
     focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells_of(cells),
-                          s.pixel_size_um)
+                          s.pixel_size_um, left_out="out_of_focus" in exclude_flagged)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
     scored_cells = scored_cells_of(cells)  # with the flag
     atomic_write_parquet(out / "cells.parquet", cells)
     atomic_write_text(out / "qc_regions.geojson", json.dumps(qc_geojson(focus)))
     detector_stats = merge_channel_stats(qc)
     saturation = saturation_summary(sat_level, sat_source, detector_stats, slide.channel_names,
-                                    cells, scored_cells)
+                                    cells, scored_cells,
+                                    left_out="saturated" in exclude_flagged)
     selection = {"cells": "all segmented cells (no tumour region given)" if reg is None else
                  "cells whose centroid lies in the regions",
                  "regions": None if reg is None else reg.to_dict()}

@@ -274,12 +274,14 @@ def _bits_note(value: int) -> str:
 
 
 def saturation_summary(level: float | None, source: str, stats: dict, channel_names,
-                       cells, scored) -> dict:
+                       cells, scored, *, left_out: bool = False) -> dict:
     """The ``saturation`` block of a slide summary: ceiling, saturated pixels per channel,
     cells holding saturated pixels (all and scored), suspected clipping, warnings.
 
     `cells` and `scored` are the per-cell tables (with ``saturated_fraction`` when the
-    ceiling is known)."""
+    ceiling is known); `scored` before any cells are left out by their flags, and
+    `left_out` says whether the saturated ones are (the warning then says what that
+    costs)."""
     names = list(channel_names)
     n_px = int(stats.get("n_px", 0))
     sat = stats.get("saturated") or [0] * len(names)
@@ -299,13 +301,16 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
         d["percent_scored_cells_saturated"] = 100.0 * shit.mean() if shit.size else 0.0
         if d["percent_scored_cells_saturated"] >= WARN_PERCENT_CELLS:
             worst = max(d["saturated_pixels"], key=d["saturated_pixels"].get, default=None)
-            d["warnings"].append(
-                f"{d['percent_scored_cells_saturated']:.1f} % of the scored cells hold pixels "
-                f"at the detector ceiling ({level:g} counts"
-                + (f"; most in channel {worst}" if worst else "") + "): their unmixed levels "
-                "are unreliable (the saturated label reads low and unmixing may give its excess "
-                "to spectral neighbours). Re-acquire with a shorter exposure, or leave them out "
-                "(cells.parquet: saturated_fraction > 0)")
+            head = (f"{d['percent_scored_cells_saturated']:.1f} % of the cells to score hold "
+                    f"pixels at the detector ceiling ({level:g} counts"
+                    + (f"; most in channel {worst}" if worst else "") + ")")
+            d["warnings"].append(head + (
+                ": they are left out of the scores (exclude_flagged), and as they are the "
+                "brightest cells, the scores may read low. Re-acquire with a shorter exposure"
+                if left_out else
+                ": their unmixed levels are unreliable (the saturated label reads low and "
+                "unmixing may give its excess to spectral neighbours). Re-acquire with a "
+                "shorter exposure, or leave them out (cells.parquet: saturated_fraction > 0)"))
     elif level is not None and cells is None and d["percent_saturated_pixels"]:
         worst = max(d["percent_saturated_pixels"], key=d["percent_saturated_pixels"].get)
         if d["percent_saturated_pixels"][worst] >= WARN_PERCENT_PIXELS:

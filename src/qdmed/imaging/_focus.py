@@ -105,14 +105,18 @@ def blur_outliers(values) -> tuple[float | None, float | None, float | None, np.
 
 
 def focus_summary(blur: list[float | None], boxes: list[tuple[int, int, int, int]],
-                  cells: Any, scored: Any, pixel_size_um: float) -> dict:
+                  cells: Any, scored: Any, pixel_size_um: float, *,
+                  left_out: bool = False) -> dict:
     """The ``focus`` block of a slide summary from the tiles' blur values.
 
     Parameters
     ----------
     blur : per tile, the :func:`tile_blur` value or None
     boxes : per tile, (y0, y1, x0, x1) of its core, px
-    cells, scored : per-cell tables (column ``tile``) of the slide and of its scored cells
+    cells, scored : per-cell tables (column ``tile``) of the slide and of its cells to score
+        (before any are left out by their flags)
+    left_out : whether the cells of out-of-focus tiles are left out of the scores (the
+        warning then says so)
 
     Returns
     -------
@@ -151,11 +155,13 @@ def focus_summary(blur: list[float | None], boxes: list[tuple[int, int, int, int
             f"{len(bad)} of {d['n_tiles_measured']} measured tiles look out of focus (blur "
             f"above {d['threshold']:.3f}, the slide median {d['median']:.3f}; "
             f"{area * ps * ps / 1e6:.2f} mm2"
-            + (f", {d['percent_scored_cells_out_of_focus']:.1f} % of the scored cells"
+            + (f", {d['percent_scored_cells_out_of_focus']:.1f} % of the cells to score"
                if with_cells else "")
-            + "): segmentation and levels are less reliable there; check them "
-            "(qc_regions.geojson" + ("; cells.parquet: out_of_focus" if with_cells else "")
-            + ") or rescan")
+            + "): segmentation and levels are less reliable there; "
+            + ("their cells are left out of the scores (exclude_flagged); check that what "
+               "remains represents the tumour, or rescan" if left_out else
+               "check them (qc_regions.geojson"
+               + ("; cells.parquet: out_of_focus" if with_cells else "") + ") or rescan"))
     return d
 
 
