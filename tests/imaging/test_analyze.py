@@ -622,7 +622,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     cores = tmp_path / "cores.geojson"
     cores.write_text(json.dumps(found.to_geojson()))
     tma_map = tmp_path / "map.csv"  # A-1 and B-1 are one patient's replicate cores
-    tma_map.write_text("core,case\nA-1,P1\nA-2,P2\nB-1,P1\nB-2,P3\n")
+    tma_map.write_text("core,case\nA-1,P1\nA-2,P2\nB-1,P1\nB-2,P3\nC-1,P9\n")
     res = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
                         scheduler="synchronous", progress=False, write_unmixed=False,
                         outlines=False, her2_calibration=calibration, regions=cores,
@@ -642,8 +642,13 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert (cells["region"] != "").mean() > 0.97
     # cases: the scored cells of their cores pooled and scored as one slide
     cases = {r["case"]: r for r in res.summary["cases_scored"]["cases"]}
-    assert sorted(cases) == ["P1", "P2", "P3"]  # every mapped case has a row:
+    assert sorted(cases) == ["P1", "P2", "P3", "P9"]  # every mapped case has a row:
     assert (cases["P3"]["status"], cases["P3"]["cores"]) == ("no cells", "B-2")  # lost core
+    # a core the regions file does not hold (a row left out of the grid's labels)
+    assert cases["P9"]["status"] == "no cells"
+    assert cases["P9"]["message"].endswith("; core C-1 not in the regions file")
+    assert any("not in the regions file (C-1)" in w
+               for w in res.summary["cases_scored"]["warnings"])
     p1 = cells[cells["region"].isin(["A-1", "B-1"])]
     assert cases["P1"]["cores"] == "A-1;B-1" and cases["P1"]["n_scored"] == len(p1)
     assert cases["P1"]["her2_category"] == score_her2(p1, calibration,
@@ -674,6 +679,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert by["P1"]["her2_mean_membrane"] == core["A-1"]["her2_mean_membrane"]
     assert by["P1"]["n_cores_scored"] == 2 and by["P1"]["n_scored"] == len(p1)
     assert (by["P2"]["her2_category"], by["P3"]["status"]) == ("1+", "no cells")
+    assert by["P9"]["message"].endswith("; core C-1 not in the regions file")
     with pytest.raises(InputError, match="case_rule 'highest' needs a TMA map"):
         analyze_slide(tma_slide.path, PANEL, tmp_path / "x", regions=cores,
                       case_rule="highest")

@@ -283,3 +283,17 @@ def test_case_rules_pooled_and_highest_core():
         score_cases(cells, expected, rule="highest")
     with pytest.raises(InputError, match="case_rule must be one of pooled, highest"):
         score_cases(cells, expected, rule="max")
+
+
+def test_map_cores_in_no_regions_file_keep_their_cases():
+    from qdmed.imaging._region_scores import cores_not_in_regions
+
+    tma_map = {("b1", "A-1"): "P1", ("b1", "A-2"): "P2", ("b2", "A-1"): "P3",
+               ("bX", "A-1"): "P4", (None, "Z-9"): "P5", (None, "A-2"): "P2"}
+    held = {"b1": {"A-1"}, "b2": {"A-1", "A-2"}}
+    cores, notes = cores_not_in_regions(tma_map, held, {"b1": "b1.ome.zarr",
+                                                        "b2": "b2.ome.zarr"})
+    # b1 lacks A-2; Z-9 is on no slide; bX was not analysed (the caller's to report);
+    # a slide-less A-2 is held by b2
+    assert cores == {"P2": ["b1.ome.zarr:A-2"], "P5": ["Z-9"]}
+    assert notes["P5"] == ["core Z-9 not in the regions file"]

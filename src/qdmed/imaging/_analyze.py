@@ -33,6 +33,7 @@ from qdmed.imaging._region_scores import (
     cases_summary,
     check_case_rule,
     check_min_cells,
+    cores_not_in_regions,
     expected_cores,
     map_slide,
     read_tma_map,
@@ -792,16 +793,27 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 if case is None and r["status"] != "missing":
                     r["message"] = "; ".join(m for m in (r["message"],
                                                          "no case in the TMA map") if m)
-            case_rows = score_cases(scored_cells, expected_cores(rows),
+            expected = expected_cores(rows)
+            absent, notes = cores_not_in_regions(
+                tma_map, {map_slide(path.name): {r["region"] for r in rows}})
+            for case, cores in absent.items():
+                expected.setdefault(case, []).extend(cores)
+            case_rows = score_cases(scored_cells, expected,
                                     her2_calibration=her2_calibration, gates=gates,
                                     min_cells=region_min_cells, rule=case_rule,
-                                    region_rows=rows)
+                                    region_rows=rows, notes=notes)
             atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
             unmapped = [r["region"] for r in rows if r["case"] is None]
-            by_case = cases_summary(case_rows, rule=case_rule, warnings=[] if not unmapped else [
+            warn = [] if not unmapped else [
                 f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map "
                 f"(e.g. {', '.join(unmapped[:3])}; map rows for this slide name "
-                f"{map_slide(path.name)!r} or no slide)"])
+                f"{map_slide(path.name)!r} or no slide)"]
+            lost = sorted(c for cs in absent.values() for c in cs)
+            if lost:
+                warn.append(f"{len(lost)} cores of the TMA map are not in the regions file "
+                            f"({', '.join(lost[:5])}): their cases read \"no cells\" unless "
+                            "other cores hold them")
+            by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)
         atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
         by_region = regions_summary(rows, region_min_cells)
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells

@@ -15,6 +15,7 @@ from qdmed.imaging._region_scores import (
     case_table,
     check_case_rule,
     check_min_cells,
+    cores_not_in_regions,
     expected_cores,
     map_slide,
     read_tma_map,
@@ -237,6 +238,18 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         failed = {map_slide(r["slide"]): r["slide"] for r in rows if r["status"] != "ok"}
         notes: dict[str, list[str]] = {}
         expected = expected_cores(region_rows)
+        held: dict[str, set[str]] = {}
+        for r in region_rows:
+            held.setdefault(map_slide(r["slide"]), set()).add(r["region"])
+        absent, absent_notes = cores_not_in_regions(
+            tma_map, held, {map_slide(r["slide"]): r["slide"] for r in region_rows})
+        for case, cores in absent.items():
+            expected.setdefault(case, []).extend(cores)
+            notes.setdefault(case, []).extend(absent_notes[case])
+        lost = sorted(c for cs in absent.values() for c in cs)
+        if lost:
+            case_warnings.append(f"{len(lost)} cores of the TMA map are in no regions file "
+                                 f"({', '.join(lost[:5])})")
         for (stem, core), case in tma_map.items():
             if stem in failed:
                 notes.setdefault(case, []).append(f"core {core} on failed slide {failed[stem]}")

@@ -244,6 +244,33 @@ def expected_cores(region_rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
+def cores_not_in_regions(tma_map: dict, present: dict[str, set[str]],
+                         names: dict[str, str] | None = None
+                         ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Cores of the map that no regions file holds (e.g. a row lost from the section and
+    left out of the grid's labels), so that their cases still get a row.
+
+    ``present`` maps each analysed slide's stem to its region names (present or missing).
+    A map row naming a slide counts against that slide (slides not analysed are left to
+    the caller); a row without one, against all. Returns ``({case: [core, ...]}, {case:
+    [note]})``, cores named ``slide:core`` when ``names`` maps stems to slide names (a
+    cohort's, as :func:`expected_cores` names them)."""
+    cores: dict[str, list[str]] = {}
+    for (stem, core), case in tma_map.items():
+        if stem is None:
+            if any(core in held for held in present.values()):
+                continue
+            key = core
+        else:
+            if stem not in present or core in present[stem]:
+                continue
+            key = f"{names[stem]}:{core}" if names else core
+        cores.setdefault(case, []).append(key)
+    notes = {case: [f"core {', '.join(ks)} not in the regions file"] for case, ks in
+             cores.items()}
+    return cores, notes
+
+
 #: How a case's cores make its scores (:func:`score_cases`).
 CASE_RULES = ("pooled", "highest")
 
