@@ -80,7 +80,8 @@ def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_cali
     n = 0 if cells is None else len(cells)
     if n < min_cells:
         row["status"] = "no cells" if n == 0 else "too few cells"
-        row["message"] = (f"{n} scored cells, fewer than the {min_cells} a {what} needs "
+        row["message"] = ("no scored cells" if n == 0 else
+                          f"{n} scored cells, fewer than the {min_cells} a {what} needs "
                           "(region_min_cells): not scored")
         return row
     her2, markers = score_cells(cells, her2_calibration, gates)
@@ -393,7 +394,8 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
                                            if r.get("message"))
             else:
                 row["status"] = "no cells" if row["n_scored"] == 0 else "too few cells"
-                row["message"] = (f"no core has the {min_cells} scored cells a core needs "
+                row["message"] = ("no scored cells" if row["n_scored"] == 0 else
+                                  f"no core has the {min_cells} scored cells a core needs "
                                   "(region_min_cells): not scored")
         extra = (notes or {}).get(case, [])
         row["message"] = "; ".join(m for m in (row["message"], *extra) if m)
