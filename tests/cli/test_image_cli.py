@@ -234,6 +234,31 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     cases = (tmp_path / "co" / "cases.csv").read_text().splitlines()
     assert [line.split(",")[:3] for line in cases[1:]] == [["P1", "ok", "2"], ["P2", "ok", "1"]]
     assert cases[1].endswith("core A-1 on failed slide tma2.ome.tif")
+    # the highest-core rule across the cohort (the slides resume from their finished tiles):
+    # one case of both cores takes the more ER-positive core's percentage; a mapped core
+    # that no regions file holds keeps its case
+    (tmp_path / "map.csv").write_text("slide,core,case\ntma1,A-1,P1\ntma1,A-2,P1\n"
+                                      "tma1,B-7,P7\n")
+    (tmp_path / "gates.json").write_text(json.dumps(
+        {"gates": {"ER": {"compartment": "nucleus", "threshold": 20.0}}}))
+    r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--tma-map",
+            str(tmp_path / "map.csv"), "--case-rule", "highest", "--out", str(tmp_path / "co"),
+            "--calibration", str(tmp_path / "gates.json"), "--workers", "1", "--no-progress",
+            "--no-unmixed", "--json")
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)
+    assert c["parameters"]["case_rule"] == "highest"
+    assert c["case_warnings"] == ["1 cores of the TMA map are in no regions file "
+                                  "(tma1.ome.zarr:B-7)"]
+    import pandas as pd
+
+    cases = pd.read_csv(tmp_path / "co" / "cases.csv").set_index("case")
+    regions = pd.read_csv(tmp_path / "co" / "regions.csv").set_index("region")
+    assert cases.loc["P1", "cores"] == "tma1.ome.zarr:A-1;tma1.ome.zarr:A-2"
+    assert cases.loc["P1", "n_cores_scored"] == (regions["status"] == "ok").sum() == 2
+    assert cases.loc["P1", "ER_percent_positive"] == regions["ER_percent_positive"].max()
+    assert cases.loc["P7", "status"] == "no cells"
+    assert cases.loc["P7", "message"].endswith("core tma1.ome.zarr:B-7 not in the regions file")
     r = run("image", "analyze", str(folder / "tma1.ome.zarr"), "--regions",
             str(regs / "tma1.geojson"), "--region-min-cells", "0", "--out", str(tmp_path / "a"))
     assert r.returncode == 2 and "region_min_cells" in r.stderr

@@ -190,10 +190,19 @@ def test_compiled_stats_equal_the_numpy_reference(dtype, monkeypatch):
     rng = np.random.default_rng(1)
     img = np.minimum(rng.poisson(rng.gamma(2.0, 50.0, (300, 400, 3))), 200).astype(dtype)
     img[5:9, 3, 1] = 120  # a maximum below another channel's, and a core view (strided)
+    img[20:30, 20:30, :] = 0  # padding: 0 in every channel, not counted as nonpositive
+    img[40, 40:50, 0] = 0
+    if np.issubdtype(dtype, np.signedinteger):
+        img[50, 50:60, 2] = -7  # negative counts (a dark-corrected signed image)
     views = (img, img[10:250, 7:390])
     compiled = [sat.channel_stats(v, lv) for v in views for lv in (200.0, None)]
     monkeypatch.setattr(sat, "numba_available", lambda: False)
     assert [sat.channel_stats(v, lv) for v in views for lv in (200.0, None)] == compiled
+    lit = (img > 0).any(axis=2)
+    assert compiled[0]["nonpositive"] == [int(((img[..., c] <= 0) & lit).sum())
+                                          for c in range(3)]
+    assert compiled[0]["nonpositive"][2] >= (10 if np.issubdtype(dtype, np.signedinteger)
+                                             else 0)
 
 
 def test_offset_is_subtracted_and_an_uncorrected_one_is_suspected():
@@ -220,6 +229,10 @@ def test_offset_is_subtracted_and_an_uncorrected_one_is_suspected():
     assert 85 <= min(s1["channel_min"].values()) <= 100
     assert not s2["suspected"] and max(s2["floor_after_offset"].values()) < 0
     assert s2["issue"] is None and set(s2["percent_pixels_at_or_below_zero"].values()) == {0}
+    padded = f1.image.copy()
+    padded[:64, :64] = 0  # 1.6 % of the slide unscanned, 0 in every channel: not signal
+    s2p = offset_summary(channel_stats(padded, None), check_offset(100, 8), names)
+    assert s2p["issue"] is None and s2p["warnings"] == []
     # an offset given to the dark-corrected field: its zeros say it was corrected already
     s3 = offset_summary(channel_stats(f0.image, None), check_offset(100, 8), names)
     assert (s3["suspected"], s3["issue"], s1["issue"]) == (True, "over-subtracted",

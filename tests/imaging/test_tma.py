@@ -211,9 +211,13 @@ def test_labels_in_qupaths_notation():
     assert tma_labels("08-10") == ("08", "09", "10")
     assert tma_labels("12-10") == ("12", "11", "10")
     assert tma_labels("C-A") == ("C", "B", "A")
-    assert tma_labels("A B D") == ("A", "B", "D") == tma_labels("A,B,D")
+    assert tma_labels("A B D") == ("A", "B", "D")
+    assert tma_labels("A,B D") == ("A,B", "D")  # spaces separate labels, not commas
+    assert tma_labels(["A-C", "D"]) == ("A-C", "D")  # a list is the labels themselves
     for bad, match in [("A1-B2", "a range is of numbers"), ("a-C", "one case"),
-                       ("", "none given"), ("A B A", "'A' is given twice")]:
+                       ("A-C,E", "a range is of numbers"), ("\u00b2-\u00b3", "a range"),
+                       ("", "none given"), ("A B A", "'A' is given twice"),
+                       (7, "must be a string"), (b"A-C", "must be a string")]:
         with pytest.raises(InputError, match=match):
             tma_labels(bad)
 
@@ -248,12 +252,13 @@ def test_case_rules_pooled_and_highest_core():
     # pooled) and "any positive" (a case is as high as its highest core) collapsing
     from qdmed.imaging._region_scores import score_cases
 
-    def core(name, case, status, n, cat=None, mem=None, er=None):
+    def core(name, case, status, n, cat=None, mem=None, er=None, er_status=None,
+             ultralow=False):
         r = {"region": name, "case": case, "status": status, "n_scored": n,
              "her2_category": cat, "message": ""}
-        if status == "ok":
-            r.update(her2_mean_membrane=mem, ER_percent_positive=er,
-                     ER_status="Positive" if er > 10 else "Low Positive")
+        if status == "ok":  # the labels ReceptorStatus gives
+            r.update(her2_mean_membrane=mem, her2_ultralow=ultralow, ER_percent_positive=er,
+                     ER_status=er_status or ("positive" if er > 10 else "low positive"))
         return r
 
     rows = [core("A-1", "P1", "ok", 150, "1+", 2.0, 60.0),
@@ -262,23 +267,32 @@ def test_case_rules_pooled_and_highest_core():
             core("A-2", "P2", "ok", 200, "1+", 1.0, 0.5),
             core("B-2", "P2", "ok", 200, "1+", 3.0, 2.0),
             core("A-3", "P3", "too few cells", 30),
-            core("B-3", "P4", "missing", 0)]
+            core("B-3", "P4", "missing", 0),
+            # within 0, ultralow outranks null whatever the mean; a core too small for an
+            # ER status does not give the case its percentage
+            core("A-4", "P5", "ok", 400, "0", 5.0, 12.0),
+            core("B-4", "P5", "ok", 60, "0", 2.0, 30.0, er_status="insufficient cells",
+                 ultralow=True),
+            core("C-4", "P5", "ok", 300, "0", float("nan"), float("nan"))]
     cells = pd.DataFrame({"case": np.repeat([r["case"] for r in rows],
                                             [r["n_scored"] for r in rows]),
                           "region": np.repeat([r["region"] for r in rows],
                                               [r["n_scored"] for r in rows])})
     expected = {"P1": ["A-1", "B-1", "C-1"], "P2": ["A-2", "B-2"], "P3": ["A-3"],
-                "P4": ["B-3"]}
+                "P4": ["B-3"], "P5": ["A-4", "B-4", "C-4"]}
     got = {r["case"]: r for r in score_cases(cells, expected, rule="highest",
                                              region_rows=rows)}
     p1 = got["P1"]  # HER2 from the 2+ core, ER from the most positive core
     assert (p1["her2_category"], p1["her2_core"], p1["her2_mean_membrane"]) == ("2+", "B-1",
                                                                                 1.0)
-    assert (p1["ER_percent_positive"], p1["ER_status"]) == (60.0, "Positive")
+    assert (p1["ER_percent_positive"], p1["ER_status"]) == (60.0, "positive")
     assert (p1["n_cores"], p1["n_cores_scored"], p1["n_scored"]) == (3, 2, 290)
     assert got["P2"]["her2_core"] == "B-2"  # same category: the stronger membrane signal
     assert (got["P3"]["status"], got["P4"]["status"]) == ("too few cells", "no cells")
     assert "no core has the 100 scored cells" in got["P3"]["message"]
+    p5 = got["P5"]
+    assert (p5["her2_core"], p5["her2_ultralow"]) == ("B-4", True)
+    assert (p5["ER_percent_positive"], p5["ER_status"]) == (12.0, "positive")
     with pytest.raises(InputError, match="needs the cores' own scores"):
         score_cases(cells, expected, rule="highest")
     with pytest.raises(InputError, match="case_rule must be one of pooled, highest"):

@@ -106,7 +106,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
           "out_of_focus_tiles": len(foc["out_of_focus_tiles"]),
           "warnings": [*sat["warnings"], *offs["warnings"], *foc["warnings"]]}
     rep.paragraph(f"Quality control (as in every analysis): {saturation_paragraph(sat)} "
-                  f"Detector offset suspected: {'yes' if offs['suspected'] else 'no'}. Focus: "
+                  f"Detector offset: {offs['issue'] or 'no problem seen'}. Focus: "
                   f"blur effect {foc['median']:.3f} (Crete 2007; sharp ~0.31 at 0.5 um/px), "
                   f"{qc['out_of_focus_tiles']} tile(s) out of focus.")
     rep.paragraph(f"Full slide report: {res.out_dir / 'report.html'}", cls="muted")

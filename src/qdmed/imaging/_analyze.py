@@ -569,8 +569,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         Which case (patient) each core belongs to (:func:`read_tma_map`: a CSV with columns
         ``core``, ``case`` and optionally ``slide``; or its ``{(slide stem or None, core):
         case}``). Cells get ``case``, regions.csv a ``case`` column, and ``cases.csv`` one
-        row per case, its cores' scored cells pooled and scored as one slide (summary
-        ``cases_scored``); needs regions scored one by one.
+        row per case, scored from its cores by ``case_rule`` (summary ``cases_scored``);
+        needs regions scored one by one. A mapped core the regions file lacks leaves its
+        case a row ("no cells", the core named) and a warning.
     case_rule : str
         How a case's cores make its scores (:func:`score_cases`): "pooled" (their cells
         scored as one slide) or "highest" (the highest-scoring core's result, per marker

@@ -186,6 +186,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["percent_scored_cells_saturated"] = res.summary["saturation"][
                         "percent_scored_cells_saturated"]
                     row["offset_suspected"] = res.summary["offset"]["suspected"]
+                    row["offset_issue"] = res.summary["offset"]["issue"]
                     foc = res.summary["focus"]
                     row["focus_median_blur"] = foc.get("median")
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))

@@ -142,8 +142,9 @@ def saturation_level(dtype: Any, *, significant_bits: int | None = None,
 
 def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
     """Per channel of a (Y, X, C) region: pixels at or above `level`, the lowest value, the
-    pixels at or below 0 (``nonpositive``: for the over-subtracted offset test), the largest
-    value, the pixels holding it and those one count below it (integer images; for the
+    pixels at or below 0 where another channel is above 0 (``nonpositive``, for the
+    over-subtracted offset test; a pixel 0 in every channel is padding, not signal), the
+    largest value, the pixels holding it and those one count below it (integer images; for the
     pile-up test). JSON-safe; merged over tiles by :func:`merge_channel_stats`.
 
     One compiled pass over the pixels when numba is installed (a 2048^2 x 8 uint16 tile core
@@ -165,7 +166,8 @@ def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
     flat = img.reshape(-1, nc)
     mins = flat.min(axis=0)
     out["min"] = (mins.astype(np.int64) if out["integer"] else mins.astype(np.float64)).tolist()
-    out["nonpositive"] = [int(np.count_nonzero(flat[:, c] <= 0)) for c in range(nc)]
+    lit = (flat > 0).any(axis=1)
+    out["nonpositive"] = [int(np.count_nonzero((flat[:, c] <= 0) & lit)) for c in range(nc)]
     out["saturated"] = ([0] * nc if level is None else
                         [int(np.count_nonzero(flat[:, c] >= level)) for c in range(nc)])
     if out["integer"]:
@@ -183,21 +185,26 @@ def _stats_kernel():  # pragma: no cover - body runs compiled
     @njit_cached(nogil=True)
     def stats(img, level, sat, mn, mx, at, below, nonpos):
         """One pass: per channel, values >= level (level < 0: none counted), the minimum,
-        values <= 0, the maximum, its count and the count one below it (updated as the
-        maximum rises)."""
+        values <= 0 in pixels with some channel > 0, the maximum, its count and the count
+        one below it (updated as the maximum rises)."""
         h, w, nc = img.shape
         for k in range(nc):
             mx[k] = np.int64(img[0, 0, k])
             mn[k] = mx[k]
         for y in range(h):
             for x in range(w):
+                lit = False
+                for k in range(nc):
+                    if img[y, x, k] > 0:
+                        lit = True
+                        break
                 for k in range(nc):
                     v = np.int64(img[y, x, k])
                     if level >= 0 and v >= level:
                         sat[k] += 1
                     if v < mn[k]:
                         mn[k] = v
-                    if v <= 0:
+                    if v <= 0 and lit:
                         nonpos[k] += 1
                     m = mx[k]
                     if v > m:
@@ -360,6 +367,14 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                          "suspected": False, "issue": None, "warnings": []}
     if not mins or len(mins) != len(names):
         return d
+    low = np.asarray(mins, dtype=np.float64)
+    tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
+    if len(tile_mins) >= 2:
+        low = np.percentile(np.asarray(tile_mins, dtype=np.float64), 10, axis=0,
+                            method="lower")
+    floor = low - off
+    d["channel_min"] = dict(zip(names, (float(v) for v in mins), strict=True))
+    d["floor_after_offset"] = dict(zip(names, floor.tolist(), strict=True))
     nonpos = stats.get("nonpositive")
     if nonpos and len(nonpos) == len(names) and stats.get("n_px"):
         frac = np.asarray(nonpos, dtype=np.float64) / stats["n_px"]
@@ -371,20 +386,12 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
             d["warnings"].append(
                 f"an offset is given, yet {100 * frac[given].min():.2g}-"
                 f"{100 * frac[given].max():.2g} % of the raw pixels read 0 or less in every "
-                "channel it is taken from: a detector with an offset never reads 0, so the "
-                "image was dark-corrected already (or is padded with zeros, or the offset is "
-                "within the read noise of 0), and subtracting the offset again takes it from "
-                "the dim signals and clips them at 0. Leave --offset out for dark-corrected "
-                "images")
-            return d
-    low = np.asarray(mins, dtype=np.float64)
-    tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
-    if len(tile_mins) >= 2:
-        low = np.percentile(np.asarray(tile_mins, dtype=np.float64), 10, axis=0,
-                            method="lower")
-    floor = low - off
-    d["channel_min"] = dict(zip(names, (float(v) for v in mins), strict=True))
-    d["floor_after_offset"] = dict(zip(names, floor.tolist(), strict=True))
+                "channel it is taken from (pixels 0 in all channels, padding, not counted): a "
+                "detector with an offset never reads 0, so the image was dark-corrected "
+                "already (or the offset is within the read noise of 0), and subtracting the "
+                "offset again takes it from the dim signals and clips them at 0. Leave "
+                "--offset out for dark-corrected images")
+            return d  # zeros leave no floor: the uncorrected test cannot hold
     lo, hi = float(floor.min()), float(floor.max())
     if lo >= OFFSET_FLOOR_COUNTS and hi <= OFFSET_FLOOR_SPREAD * lo:
         d["suspected"], d["issue"] = True, "uncorrected"

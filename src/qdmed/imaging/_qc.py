@@ -165,7 +165,8 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                         sat["percent_saturated_pixels"].values(), default=0.0)
                     if sat["checked"] else None,
                     clipping_suspected=",".join(sat["clipping_suspected"]) or None,
-                    offset_suspected=offs["suspected"], focus_median_blur=foc["median"],
+                    offset_suspected=offs["suspected"], offset_issue=offs["issue"],
+                    focus_median_blur=foc["median"],
                     n_tiles=foc["n_tiles"], n_tiles_out_of_focus=len(foc["out_of_focus_tiles"]),
                     warnings=d["warnings"], message="; ".join(d["warnings"]))
             except QdmedError as exc:

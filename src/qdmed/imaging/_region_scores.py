@@ -253,13 +253,14 @@ def cores_not_in_regions(tma_map: dict, present: dict[str, set[str]],
 
     ``present`` maps each analysed slide's stem to its region names (present or missing).
     A map row naming a slide counts against that slide (slides not analysed are left to
-    the caller); a row without one, against all. Returns ``({case: [core, ...]}, {case:
-    [note]})``, cores named ``slide:core`` when ``names`` maps stems to slide names (a
-    cohort's, as :func:`expected_cores` names them)."""
+    the caller); a row without one, against every slide whose own rows do not map that
+    core. Returns ``({case: [core, ...]}, {case: [note]})``, cores named ``slide:core``
+    when ``names`` maps stems to slide names (a cohort's, as :func:`expected_cores` names
+    them); a slide-less row's core, held by no slide, keeps its bare name."""
     cores: dict[str, list[str]] = {}
     for (stem, core), case in tma_map.items():
-        if stem is None:
-            if any(core in held for held in present.values()):
+        if stem is None:  # held by a slide whose own rows do not map that core elsewhere
+            if any(core in held and (s, core) not in tma_map for s, held in present.items()):
                 continue
             key = core
         else:
@@ -307,15 +308,17 @@ def _number(v) -> float:
 
 def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
     """A case's fields from its scored cores (region rows with status "ok"): HER2 from the
-    core of the highest category (ties: the higher mean membrane signal), named in
-    ``her2_core``; each marker's percent positive and status from the core with the most
-    positive cells."""
+    core of the highest category (ties: HER2-ultralow over null within 0, then the higher
+    mean membrane signal), named in ``her2_core``; each marker's percent positive and
+    status from the core with the most positive cells among those with a status (a core
+    with too few cells for one, "insufficient cells", only when no core has one)."""
     from qdmed.imaging._scoring import HER2_CATEGORIES
 
     row: dict[str, Any] = {}
     her2 = [r for r in ok if r.get("her2_category") is not None]
     if her2:
         best = max(her2, key=lambda r: (HER2_CATEGORIES.index(r["her2_category"]),
+                                        r.get("her2_ultralow") is True,
                                         _number(r.get("her2_mean_membrane"))))
         row.update({k: best[k] for k in _HER2_FIELDS if k in best})
         row["her2_core"] = _core_key(best)
@@ -325,7 +328,9 @@ def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
         have = [r for r in ok if _number(r.get(f"{m}_percent_positive")) > -np.inf]
         if not have:
             continue
-        best = max(have, key=lambda r: r[f"{m}_percent_positive"])
+        best = max(have, key=lambda r: (
+            not str(r.get(f"{m}_status", "")).startswith("insufficient"),
+            _number(r[f"{m}_percent_positive"])))
         row[f"{m}_percent_positive"] = best[f"{m}_percent_positive"]
         if f"{m}_status" in best:
             row[f"{m}_status"] = best[f"{m}_status"]

@@ -59,42 +59,51 @@ def tma_labels(spec: str | Sequence[str], what: str = "labels") -> tuple[str, ..
     """Row or column labels of a TMA grid, in QuPath's notation (PathObjectTools.
     parseTMALabelString, used by its dearrayer and ``relabelTMAGrid``): a range of numbers
     ("1-16"; "01-16" keeps the zero padding; "16-1" counts down) or of single letters
-    ("A-J", "J-A"), or a list separated by spaces (or commas): "A B C E F".
+    ("A-J", "J-A"), or labels separated by spaces ("A B C E F"). A list or tuple of strings
+    is taken as the labels themselves.
 
     Raises
     ------
     InputError
-        An empty spec, a hyphenated token that is no range (e.g. "A1-B2"), a letter range
-        mixing cases, or a label given twice.
+        Not a string or a sequence of strings, an empty spec or label, a hyphenated token
+        that is no range (e.g. "A1-B2", or "A-C,E": commas do not separate labels), a letter
+        range mixing cases, or a label given twice.
     """
     if isinstance(spec, str):
-        tokens = [t for t in spec.replace(",", " ").split() if t]
+        tokens = spec.split()
+        if len(tokens) == 1 and "-" in tokens[0]:
+            tokens = list(_label_range(tokens[0], what, spec))
+    elif isinstance(spec, list | tuple) and all(isinstance(t, str) for t in spec):
+        tokens = [t.strip() for t in spec]
     else:
-        tokens = [str(t).strip() for t in spec]
+        raise InputError(f"TMA {what} must be a string such as 'A-J', '1-16' or 'A B C E', or "
+                         f"a list of strings; got {spec!r}")
     if not tokens or not all(tokens):
         raise InputError(f"TMA {what}: none given, or an empty one ({spec!r}); e.g. 'A-J', "
                          "'1-16' or 'A B C E'")
-    if len(tokens) == 1 and "-" in tokens[0]:
-        a, _, b = tokens[0].partition("-")
-        if a.isdigit() and b.isdigit():
-            i, j = int(a), int(b)
-            step = 1 if j >= i else -1
-            width = len(a) if a.startswith("0") and len(a) > 1 else 0
-            tokens = [str(k).zfill(width) for k in range(i, j + step, step)]
-        elif len(a) == len(b) == 1 and a.isascii() and b.isascii() and a.isalpha() \
-                and b.isalpha() and a.isupper() == b.isupper():
-            step = 1 if b >= a else -1
-            tokens = [chr(k) for k in range(ord(a), ord(b) + step, step)]
-        else:
-            raise InputError(f"TMA {what} {spec!r}: a range is of numbers ('1-16') or of "
-                             "single letters of one case ('A-J'); other labels are listed "
-                             "with spaces between them ('A1 A2 B1')")
     seen = set()
     for t in tokens:
         if t in seen:
             raise InputError(f"TMA {what} {spec!r}: the label {t!r} is given twice")
         seen.add(t)
     return tuple(tokens)
+
+
+def _label_range(token: str, what: str, spec) -> tuple[str, ...]:
+    """A QuPath label range ("1-16", "01-16", "A-J", descending too) as its labels."""
+    a, _, b = token.partition("-")
+    if a.isascii() and b.isascii() and a.isdecimal() and b.isdecimal():
+        i, j = int(a), int(b)
+        step = 1 if j >= i else -1
+        width = len(a) if a.startswith("0") and len(a) > 1 else 0
+        return tuple(str(k).zfill(width) for k in range(i, j + step, step))
+    if len(a) == len(b) == 1 and a.isascii() and b.isascii() and a.isalpha() \
+            and b.isalpha() and a.isupper() == b.isupper():
+        step = 1 if b >= a else -1
+        return tuple(chr(k) for k in range(ord(a), ord(b) + step, step))
+    raise InputError(f"TMA {what} {spec!r}: a range is of numbers ('1-16') or of single "
+                     "letters of one case ('A-J'); other labels are separated by spaces "
+                     "('A1 A2 B1')")
 
 
 def _label_spec(labels: Sequence[str]) -> str:
