@@ -5,6 +5,7 @@ The numbers in comments were measured when these tests were written; the asserte
 are the accuracy the pipeline must keep (photon budget 300 e- per unit abundance)."""
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -683,6 +684,11 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     with pytest.raises(InputError, match="case_rule 'highest' needs a TMA map"):
         analyze_slide(tma_slide.path, PANEL, tmp_path / "x", regions=cores,
                       case_rule="highest")
+    for r in res.summary["regions_scored"]["regions"][:3]:  # per-core area, density, QC
+        # the dearrayer's circle reaches the farthest tissue pixel: >= the 300 um core
+        assert math.pi * 0.15 ** 2 <= r["area_mm2"] <= math.pi * 0.165 ** 2
+        assert r["cells_per_mm2"] == pytest.approx(r["n_cells"] / r["area_mm2"])
+        assert r["percent_cells_out_of_focus"] == 0.0 and r["percent_cells_saturated"] == 0.0
     truth = {c["name"]: c for c in tma_slide.params["tma"]["cores"]}
     for r in res.summary["regions_scored"]["regions"]:  # the cores' centres, in um
         t = truth[r["region"]]  # a lost core sits where the fitted grid puts it

@@ -84,6 +84,20 @@ def test_cores_geojson_reads_back_as_tma_cores(tmp_path):
     assert reg.is_tma and reg.names == ("A-1",) and reg.missing == ("A-2",)
     # QuPath coordinates are pixel-index + 0.5: the centre pixel (100, 100) is inside
     assert reg.region_index([100.5, 160.0], [100.5, 100.5]).tolist() == [0, -1]
+    # the 64-gon of radius 50 px: area n r^2 sin(2 pi / n) / 2 (shoelace)
+    assert reg.areas["A-1"] == pytest.approx(32 * 2500 * math.sin(2 * math.pi / 64), rel=1e-4)
+
+
+def test_region_areas_less_their_holes(tmp_path):
+    outer = [[0, 0], [100, 0], [100, 50], [0, 50], [0, 0]]
+    hole = [[10, 10], [20, 10], [20, 20], [10, 20], [10, 10]]
+    p = tmp_path / "r.geojson"
+    p.write_text(json.dumps([
+        {"type": "Feature", "properties": {"name": "T"},
+         "geometry": {"type": "Polygon", "coordinates": [outer, hole]}},
+        {"type": "Feature", "properties": {"name": "T"},  # a second piece of the region
+         "geometry": {"type": "Polygon", "coordinates": [hole[::-1]]}}]))
+    assert read_regions(p).areas == {"T": 100 * 50 - 10 * 10 + 10 * 10}
 
 
 def test_dearrayer_bad_input(tmp_path):

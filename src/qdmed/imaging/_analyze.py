@@ -783,7 +783,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     by_region = by_case = None
     if per_region:
         rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
-                             centers=reg.centers, pixel_size_um=s.pixel_size_um,
+                             centers=reg.centers, areas=reg.areas,
+                             pixel_size_um=s.pixel_size_um,
                              her2_calibration=her2_calibration, gates=gates,
                              min_cells=region_min_cells)
         by_case = None

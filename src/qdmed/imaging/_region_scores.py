@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._detector import WARN_PERCENT_CELLS
 
 #: Scored cells a region needs to be scored (as ER/PgR status needs 100 nuclei).
 REGION_MIN_CELLS = 100
@@ -91,8 +92,8 @@ def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_cali
 
 
 def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(),
-                  pixel_size_um: float | None = None, her2_calibration=None, gates=None,
-                  min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
+                  areas=None, pixel_size_um: float | None = None, her2_calibration=None,
+                  gates=None, min_cells: int = REGION_MIN_CELLS) -> list[dict[str, Any]]:
     """One row per region: its cells, scored cells and scores.
 
     Parameters
@@ -109,9 +110,16 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
     order : sequence of str
         The rows' order (:attr:`Regions.order`: file order, a TMA's grid order); default
         ``names`` then ``missing``.
-    centers, pixel_size_um
-        :attr:`Regions.centers` and the pixel size: each row gets ``center_x_um``,
-        ``center_y_um`` (the region's centre, as the cells' ``centroid_x_um``).
+    centers, areas, pixel_size_um
+        :attr:`Regions.centers`, :attr:`Regions.areas` and the pixel size: each row gets
+        ``center_x_um``, ``center_y_um`` (the region's centre, as the cells'
+        ``centroid_x_um``), ``area_mm2`` (the annotation's, not only its tissue) and
+        ``cells_per_mm2`` (a core half lost or torn shows as a low density).
+
+    Rows of present regions also get, from their cells (all of them, flagged or not),
+    ``percent_cells_out_of_focus`` and ``percent_cells_saturated`` where the cells carry
+    those flags: a core out of focus or at the detector ceiling is told apart from the rest
+    of the slide.
     her2_calibration, gates
         As for the slide (:func:`qdmed.imaging.analyze_slide`).
     min_cells : int
@@ -122,13 +130,35 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
     groups = dict(tuple(scored_cells.groupby("region", sort=False))) if len(scored_cells) \
         else {}
     rows = []
+    flags = {}
+    if len(cells) and "out_of_focus" in cells:
+        flags["percent_cells_out_of_focus"] = 100.0 * cells["out_of_focus"].astype(
+            bool).groupby(cells["region"]).mean()
+    if len(cells) and "saturated_fraction" in cells:
+        flags["percent_cells_saturated"] = 100.0 * (cells["saturated_fraction"] > 0).groupby(
+            cells["region"]).mean()
+    mm2 = (pixel_size_um or 0.0) ** 2 / 1e6
     for name in names:
         sub = groups.get(name)
         n_scored = 0 if sub is None else len(sub)
         row: dict[str, Any] = {"region": name, "status": "ok",
                                "n_cells": int(n_all.get(name, 0)), "n_scored": n_scored,
                                "her2_category": None, "message": ""}
-        rows.append(_scored_row(row, sub, "region", min_cells, her2_calibration, gates))
+        row = _scored_row(row, sub, "region", min_cells, her2_calibration, gates)
+        if areas and mm2 and areas.get(name):
+            row["area_mm2"] = areas[name] * mm2
+            row["cells_per_mm2"] = row["n_cells"] / row["area_mm2"]
+        for key, per in flags.items():
+            row[key] = float(per.get(name, 0.0))
+        notes = [row["message"]]
+        if row.get("percent_cells_out_of_focus", 0.0) >= 50.0:
+            notes.append(f"{row['percent_cells_out_of_focus']:.0f} % of its cells in "
+                         "out-of-focus tiles")
+        if row.get("percent_cells_saturated", 0.0) >= WARN_PERCENT_CELLS:
+            notes.append(f"{row['percent_cells_saturated']:.1f} % of its cells hold pixels at "
+                         "the detector ceiling")
+        row["message"] = "; ".join(n for n in notes if n)
+        rows.append(row)
     for name in dict.fromkeys(missing):
         if name not in set(names):
             rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,

@@ -78,6 +78,19 @@ class Regions:
         """True when every region is a TMA core (a QuPath TMA grid export)."""
         return bool(self.kinds) and all(k == "tmacore" for k in self.kinds)
 
+    @property
+    def areas(self) -> dict[str, float]:
+        """Area of each present region, px^2: its polygons' exterior rings less their holes
+        (shoelace formula), summed over the region's polygons (pieces of one region are
+        assumed not to overlap)."""
+        out: dict[str, float] = {}
+        labels = self.labels or ("region 1",) * len(self.polygons)
+        for rings, label in zip(self.polygons, labels, strict=True):
+            a = [0.5 * abs(float(np.dot(r[:, 0], np.roll(r[:, 1], -1))
+                                 - np.dot(r[:, 1], np.roll(r[:, 0], -1)))) for r in rings]
+            out[label] = out.get(label, 0.0) + a[0] - sum(a[1:])
+        return out
+
     def contains(self, x, y) -> np.ndarray:
         """Boolean per point: inside some polygon and outside its holes (QuPath x, y).
 

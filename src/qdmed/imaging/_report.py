@@ -172,7 +172,7 @@ def regions_section(rep, result) -> None:
     if fig is not None:
         rep.figure(fig, "HER2 categories and mean membrane HER2 per scored region")
     rep.table(_columns(rows, ("region", "case", "status", "n_cells", "n_scored",
-                              "her2_category", "her2_low", "her2_ultralow",
+                              "cells_per_mm2", "her2_category", "her2_low", "her2_ultralow",
                               "her2_mean_membrane", "ER_status", "PR_status", "message")))
     by_case = result.summary.get("cases_scored")
     if by_case:
