@@ -70,6 +70,22 @@ def test_blurred_patch_is_found_and_nothing_else(tmp_path):
     assert sel["n_scored"] == len(cells) - int(cells["out_of_focus"].sum())
     assert "less out of focus cells" in sel["cells"]
     assert "their cells are left out of the scores" in kept.summary["focus"]["warnings"][0]
+    # per region: the annotation over the blurred block says so in regions.csv
+    sq = [[[0, 512], [512, 512], [512, 768], [0, 768], [0, 512]]]
+    top = [[[0, 0], [768, 0], [768, 256], [0, 256], [0, 0]]]
+    regs = tmp_path / "regions.geojson"
+    regs.write_text(json.dumps([
+        {"type": "Feature", "properties": {"name": n},
+         "geometry": {"type": "Polygon", "coordinates": g}}
+        for n, g in (("blurred", sq), ("sharp", top))]))
+    per = analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b", tile=256,
+                        scheduler="synchronous", progress=False, outlines=False,
+                        write_unmixed=False, regions=regs, per_region=True)
+    rows = {r["region"]: r for r in per.summary["regions_scored"]["regions"]}
+    assert rows["blurred"]["percent_cells_out_of_focus"] > 95
+    assert "% of its cells in out-of-focus tiles" in rows["blurred"]["message"]
+    assert rows["sharp"]["percent_cells_out_of_focus"] == 0
+    assert rows["sharp"]["area_mm2"] == pytest.approx(768 * 256 * 0.25e-6)
     with pytest.raises(InputError, match="exclude_flagged takes saturated, out_of_focus"):
         analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b",
                       exclude_flagged=("blurred",))
