@@ -193,10 +193,15 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     regs = tmp_path / "cores"
     regs.mkdir()
     r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out", str(regs / "tma1.geojson"),
-            "--plot", str(tmp_path / "grid.png"), "--json")
+            "--plot", str(tmp_path / "grid.png"), "--qptma", str(tmp_path / "tma1.qptma"),
+            "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert (d["n_rows"], d["n_cols"], d["n_found"]) == (1, 2, 2)
+    from qdmed.imaging import read_regions
+
+    grid = read_regions(tmp_path / "tma1.qptma")  # QuPath's TMA grid file, read back
+    assert grid.names == read_regions(regs / "tma1.geojson").names == ("A-1", "A-2")
     assert (tmp_path / "grid.png").stat().st_size > 0
     # the array's own labels, QuPath's notation and label order
     r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out", str(tmp_path / "l.json"),
@@ -205,7 +210,8 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [c["name"] for c in json.loads(r.stdout)["cores"]] == ["b-7", "a-7"]
     for bad, said in ((["--row-labels", "A-B"], "the rows present, 'B' or 'A'"),
-                      (["--label-order", "rows"], "row-first or column-first")):
+                      (["--label-order", "rows"], "row-first or column-first"),
+                      (["--qptma", "grid.txt"], "must end in .qptma")):
         r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out",
                 str(tmp_path / "l.json"), *bad)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -325,3 +325,51 @@ def test_map_cores_in_no_regions_file_keep_their_cases():
     # a slide-less A-2 is held by b2
     assert cores == {"P2": ["b1.ome.zarr:A-2"], "P5": ["Z-9"]}
     assert notes["P5"] == ["core Z-9 not in the regions file"]
+
+
+def test_qupath_tma_grid_file_round_trip_and_errors(tmp_path):
+    # QuPath's .qptma (qupath-gui-fx TMADataIO): image path and name, a blank line, the grid
+    # size, then a tab-separated table of bounding boxes (X, Y top-left), Present
+    from qdmed.errors import FileFormatError
+    from qdmed.imaging._tma import cores_qptma
+
+    cores = [{"name": "A-1", "center_x": 99.5, "center_y": 99.5, "radius_px": 50},
+             {"name": "A-2", "center_x": 299.5, "center_y": 99.5, "radius_px": 50,
+              "missing": True}]
+    text = cores_qptma(cores, 1, 2, image_path="/data/t.ome.tif", image_name="t.ome.tif")
+    lines = text.splitlines()
+    assert lines[:6] == ["/data/t.ome.tif", "t.ome.tif", "", "TMA grid width: 2",
+                         "TMA grid height: 1", "Core name\tX\tY\tWidth\tHeight\tPresent"]
+    assert lines[6:] == ["A-1\t50.00\t50.00\t100.00\t100.00\ttrue",
+                         "A-2\t250.00\t50.00\t100.00\t100.00\tfalse"]
+    p = tmp_path / "t.ome.tif.qptma"
+    p.write_text(text)
+    q = tmp_path / "t.geojson"
+    q.write_text(json.dumps(cores_geojson(cores)))
+    a, b = read_regions(p), read_regions(q)
+    assert (a.names, a.missing, a.is_tma) == (b.names, b.missing, True) == (("A-1",),
+                                                                            ("A-2",), True)
+    assert a.areas["A-1"] == pytest.approx(b.areas["A-1"], rel=1e-6)
+    assert a.centers == b.centers
+    # as QuPath writes it: integer boxes, a Unique ID column, a core without a region
+    p.write_text("x\ny\n\nTMA grid width: 2\nTMA grid height: 2\n"
+                 "Core name\tX\tY\tWidth\tHeight\tPresent\tUnique ID\n"
+                 "A-1\t50\t50\t100\t100\ttrue\tP7\n"
+                 "A-2\t250\t50\t100\t100\tfalse\n"
+                 "B-1\t\t\t\t\n"
+                 "B-2\t250\t250\t100\t80\ttrue\n")
+    r = read_regions(p)
+    assert r.names == ("A-1", "B-2") and r.missing == ("A-2", "B-1")
+    assert r.areas["B-2"] == pytest.approx(math.pi * 50 * 40, rel=2e-3)  # an ellipse
+    for body, match in [("TMA grid width: 2\nX\tY\n", "no 'TMA grid width:'"),
+                        ("TMA grid width: 2\nTMA grid height: 1\nX\tY\tWidth\n",
+                         "no column Height"),
+                        ("TMA grid width: 2\nTMA grid height: 1\nX\tY\tWidth\tHeight\n"
+                         "1\t1\t2\t2\n", "needs 2 cores; the table has 1"),
+                        ("TMA grid width: 1\nTMA grid height: 1\nX\tY\tWidth\tHeight\n"
+                         "1\tone\t2\t2\n", "line 4: X, Y, Width and Height must be numbers")]:
+        p.write_text(body)
+        with pytest.raises(FileFormatError, match=match):
+            read_regions(p)
+    with pytest.raises(InputError, match="needs 4 cores"):
+        cores_qptma(cores, 2, 2)

@@ -295,6 +295,7 @@ def tma(
     slide: Path,
     out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the grid over the slide overview.")] = None,
+    qptma: Annotated[Path | None, typer.Option("--qptma", help="Also write QuPath's TMA grid file (.qptma): dropped on the open image in QuPath, it sets a real TMA grid (TMA data viewer).")] = None,
     core_diameter_um: Annotated[float | None, typer.Option("--core-diameter-um", help="Nominal core diameter, um (default: the median of the cores found).")] = None,
     row_labels: Annotated[str | None, typer.Option("--row-labels", help="The array's row labels, top to bottom, as in QuPath: A-J, 1-10, or a list 'A B C E' (default A, B, C, ...). As many as the rows found: a lost first or last row is refused with the labels to give.")] = None,
     col_labels: Annotated[str | None, typer.Option("--col-labels", help="The array's column labels, left to right: 1-16, A-P, or a list (default 1, 2, 3, ...).")] = None,
@@ -310,21 +311,28 @@ def tma(
     if label_order not in ("row-first", "column-first"):
         raise InputError(f"--label-order must be row-first or column-first; got "
                          f"{label_order!r}")
+    if qptma is not None and qptma.suffix.lower() != ".qptma":
+        raise InputError(f"--qptma must end in .qptma (QuPath reads it by that suffix); got "
+                         f"{qptma}")
     cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um,
                                      row_labels=row_labels, col_labels=col_labels,
                                      row_first=label_order == "row-first")
     atomic_write_text(out, json.dumps(cores.to_geojson()))
+    if qptma is not None:
+        atomic_write_text(qptma, cores.to_qptma(Path(slide).resolve()))
     if plot is not None:
         _save_plot(plot, cores.plot(overview))
     d = cores.to_dict()
     d["geojson"] = str(out)
+    d["qptma"] = None if qptma is None else str(qptma)
     if json_:
         return print_json(d)
     print_kv(f"TMA {slide.name}", {
         "grid": f"{d['n_rows']} x {d['n_cols']}, turned {d['rotation_deg']:.1f} deg",
         "cores found": d["n_found"],
         "missing": ", ".join(c["name"] for c in d["cores"] if c["missing"]) or "none",
-        "core diameter (um)": d["core_diameter_um"], "cores": str(out)})
+        "core diameter (um)": d["core_diameter_um"], "cores": str(out),
+        **({"QuPath TMA grid": str(qptma)} if qptma is not None else {})})
     for w in d["warnings"]:
         typer.echo(f"! {w}")
     return None

@@ -58,12 +58,13 @@ def slide_stem(name: str) -> str:
 
 
 def regions_file(regions_dir, slide_name: str) -> Path | None:
-    """The annotation file of a slide in ``regions_dir``: ``<stem>.geojson`` or
-    ``<stem>.json``, or the full slide name plus one of them (``A.ome.tif.geojson``, as a
-    QuPath export script that appends to the image name writes it); None if none exists."""
+    """The annotation file of a slide in ``regions_dir``: ``<stem>.geojson``,
+    ``<stem>.json`` or ``<stem>.qptma`` (a QuPath TMA grid), or the full slide name plus one
+    of them (``A.ome.tif.geojson``, as a QuPath export script that appends to the image name
+    writes it, or QuPath's own ``A.ome.tif.qptma``); None if none exists."""
     stem = slide_stem(slide_name)
     for base in dict.fromkeys((stem, slide_name)):
-        for suf in (".geojson", ".json"):
+        for suf in (".geojson", ".json", ".qptma"):
             p = Path(regions_dir) / f"{base}{suf}"
             if p.is_file():
                 return p
@@ -160,7 +161,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         reg = regions_file(regions_dir, sp.name)
                         if reg is None:
                             raise InputError(f"no annotation file {stem}.geojson (or .json, "
-                                             f"or {sp.name}.geojson) in {regions_dir}")
+                                             f".qptma, or {sp.name}.geojson) in "
+                                             f"{regions_dir}")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,

@@ -265,7 +265,8 @@ def _ring(coords, where: str) -> np.ndarray:
 
 def read_regions(path, region_class: str | None = None) -> Regions:
     """Polygons of a GeoJSON file (a FeatureCollection, a list of Features or one Feature),
-    optionally only those whose classification name is ``region_class``.
+    optionally only those whose classification name is ``region_class``; or the TMA cores
+    of a QuPath TMA grid file (``.qptma``, :func:`qdmed.imaging._tma.read_qptma`).
 
     Raises
     ------
@@ -275,12 +276,17 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         No Polygon or MultiPolygon is left to select cells with.
     """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except OSError as e:
-        raise InputError(f"cannot read regions file {p}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FileFormatError(f"{p}: not a GeoJSON/JSON file ({e})") from None
+    if p.suffix.lower() == ".qptma":  # QuPath's TMA grid file: its cores
+        from qdmed.imaging._tma import read_qptma
+
+        doc = read_qptma(p)
+    else:
+        try:
+            doc = json.loads(p.read_text())
+        except OSError as e:
+            raise InputError(f"cannot read regions file {p}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FileFormatError(f"{p}: not a GeoJSON/JSON file ({e})") from None
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
         feats = doc.get("features") or []
     elif isinstance(doc, dict) and doc.get("type") == "Feature":

@@ -23,6 +23,7 @@ import math
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,126 @@ def cores_geojson(cores: Sequence[dict]) -> dict:
             classification=str(c["classification"]) if c.get("classification") else None,
             geometry_extra={"isEllipse": True}))
     return {"type": "FeatureCollection", "features": feats}
+
+
+#: QuPath's TMA grid file (TMADataIO: "Export TMA data" writes it, and dropping it on an
+#: open image sets its TMA grid).
+QPTMA_SUFFIX = ".qptma"
+_QPTMA_COLUMNS = ("Core name", "X", "Y", "Width", "Height", "Present")
+
+
+def cores_qptma(cores: Sequence[dict], n_rows: int, n_cols: int, *, image_path: str = "",
+                image_name: str = "") -> str:
+    """TMA cores as QuPath's TMA grid file (``.qptma``), which QuPath reads as a real TMA
+    grid (TMA data viewer, per-core measurements), where GeoJSON gives annotations.
+
+    The layout is QuPath's own (qupath-gui-fx TMADataIO.writeTMAData / importDearrayedTMAData):
+    the image path and name, a blank line, ``TMA grid width: W`` and ``TMA grid height:
+    H``, then a tab-separated table ``Core name, X, Y, Width, Height, Present`` of the cores
+    row by row, X and Y the top-left corner of the core's bounding box in QuPath's
+    coordinates (pixel index + 0.5 at a pixel's centre). ``cores`` as for
+    :func:`cores_geojson`, row-major, ``n_rows * n_cols`` of them."""
+    if len(cores) != n_rows * n_cols:
+        raise InputError(f"a {n_rows} x {n_cols} TMA grid needs {n_rows * n_cols} cores, "
+                         f"missing ones included; got {len(cores)}")
+    lines = [image_path, image_name, "", f"TMA grid width: {n_cols}",
+             f"TMA grid height: {n_rows}", "\t".join(_QPTMA_COLUMNS)]
+    for c in cores:
+        rx = float(c["radius_px"])
+        ry = float(c.get("radius_y_px", rx))
+        name = str(c["name"])
+        if "\t" in name or "\n" in name:
+            raise InputError(f"TMA core name {name!r}: a tab or line break cannot be written")
+        x0 = float(c["center_x"]) + 0.5 - rx
+        y0 = float(c["center_y"]) + 0.5 - ry
+        lines.append("\t".join([name, f"{x0:.2f}", f"{y0:.2f}", f"{2 * rx:.2f}",
+                                f"{2 * ry:.2f}", "false" if c.get("missing") else "true"]))
+    return "\n".join(lines) + "\n"
+
+
+def read_qptma(path) -> dict:
+    """The cores of a QuPath TMA grid file (``.qptma``, :func:`cores_qptma`) as a GeoJSON
+    FeatureCollection of TMA cores (:func:`cores_geojson`; a core written without
+    coordinates is a missing core without geometry), for
+    :func:`qdmed.imaging.read_regions`.
+
+    Raises
+    ------
+    InputError
+        Unreadable file.
+    FileFormatError
+        No grid size, no X/Y/Width/Height columns, a row count other than width x height,
+        or a value that is not a number (the line named).
+    """
+    from qdmed.errors import FileFormatError
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InputError(f"cannot read TMA grid file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{p}: not a QuPath TMA grid file ({e})") from None
+    lines = text.splitlines()
+    size: dict[str, int] = {}
+    i = 0
+    while i < len(lines) and len(size) < 2:
+        for key in ("width", "height"):
+            head = f"TMA grid {key}:"
+            if lines[i].startswith(head):
+                try:
+                    size[key] = int(lines[i][len(head):].strip())
+                except ValueError:
+                    raise FileFormatError(f"{p}, line {i + 1}: {lines[i]!r} is not a grid "
+                                          "size") from None
+        i += 1
+    if len(size) < 2 or min(size.values()) < 1:
+        raise FileFormatError(f"{p}: no 'TMA grid width:' and 'TMA grid height:' lines (a "
+                              "QuPath .qptma file, File > TMA data > Export, has them)")
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i == len(lines):
+        raise FileFormatError(f"{p}: no table of cores after the grid size")
+    sep = "\t" if "\t" in lines[i] else ","  # as QuPath's TMAScoreImporter.readCSV
+    header = [h.strip() for h in lines[i].split(sep)]
+    need = [c for c in ("X", "Y", "Width", "Height") if c not in header]
+    if need:
+        raise FileFormatError(f"{p}, line {i + 1}: no column {', '.join(need)} (columns: "
+                              f"{', '.join(header)})")
+    col = {h: k for k, h in enumerate(header)}
+    rows = [(n + 1, ln.split(sep)) for n, ln in enumerate(lines[i + 1:], start=i + 1)
+            if ln.strip()]
+    w, h = size["width"], size["height"]
+    if len(rows) != w * h:
+        raise FileFormatError(f"{p}: a {h} x {w} grid (height x width) needs {w * h} cores; "
+                              f"the table has {len(rows)}")
+    feats, cores = [], []
+    for k, (line, vals) in enumerate(rows):
+        vals = [v.strip() for v in vals] + [""] * (len(header) - len(vals))
+        name = vals[col["Core name"]] if "Core name" in col and vals[col["Core name"]] \
+            else core_name(*divmod(k, w))
+        present = vals[col["Present"]].lower() != "false" if "Present" in col else True
+        box = [vals[col[c]] for c in ("X", "Y", "Width", "Height")]
+        if not any(box):  # QuPath writes a core without a region this way
+            feats.append({"type": "Feature", "geometry": None,
+                          "properties": {"objectType": "annotation", "name": name,
+                                         "isMissing": True}})
+            continue
+        try:
+            x0, y0, bw, bh = (float(v) for v in box)
+        except ValueError:
+            raise FileFormatError(f"{p}, line {line}: X, Y, Width and Height must be numbers; "
+                                  f"got {box}") from None
+        if not (np.isfinite([x0, y0, bw, bh]).all() and bw > 0 and bh > 0):
+            raise FileFormatError(f"{p}, line {line}: a core needs a positive, finite width "
+                                  f"and height; got {box}")
+        cores.append({"name": name, "center_x": x0 + bw / 2 - 0.5,
+                      "center_y": y0 + bh / 2 - 0.5, "radius_px": bw / 2,
+                      "radius_y_px": bh / 2, "missing": not present})
+        feats.append(None)
+    drawn = iter(cores_geojson(cores)["features"])
+    return {"type": "FeatureCollection",
+            "features": [f if f is not None else next(drawn) for f in feats]}
 
 
 def _check_grid(rows, cols) -> tuple[int, int]:
@@ -370,6 +491,11 @@ class TmaCores:
     def to_geojson(self) -> dict:
         """The cores as QuPath annotations (:func:`cores_geojson`)."""
         return cores_geojson(self.cores)
+
+    def to_qptma(self, image_path: str = "") -> str:
+        """The grid as QuPath's TMA grid file (:func:`cores_qptma`)."""
+        return cores_qptma(self.cores, self.n_rows, self.n_cols, image_path=str(image_path),
+                           image_name=Path(str(image_path)).name)
 
     def plot(self, overview=None, ax=None):
         """The grid over the slide overview: found cores circled and named, missing ones
