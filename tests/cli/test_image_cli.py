@@ -254,7 +254,7 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert r.returncode == 0, r.stderr
     c = json.loads(r.stdout)
     assert c["parameters"]["case_rule"] == "highest"
-    assert c["case_warnings"] == ["1 cores of the TMA map are in no regions file "
+    assert c["case_warnings"] == ["1 core(s) of the TMA map in no regions file "
                                   "(tma1.ome.zarr:B-7)"]
     import pandas as pd
 

@@ -812,7 +812,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 f"{map_slide(path.name)!r} or no slide)"]
             lost = sorted(c for cs in absent.values() for c in cs)
             if lost:
-                warn.append(f"{len(lost)} cores of the TMA map are not in the regions file "
+                warn.append(f"{len(lost)} core(s) of the TMA map not in the regions file "
                             f"({', '.join(lost[:5])}): their cases read \"no cells\" unless "
                             "other cores hold them")
             by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)

@@ -251,7 +251,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
             notes.setdefault(case, []).extend(absent_notes[case])
         lost = sorted(c for cs in absent.values() for c in cs)
         if lost:
-            case_warnings.append(f"{len(lost)} cores of the TMA map are in no regions file "
+            case_warnings.append(f"{len(lost)} core(s) of the TMA map in no regions file "
                                  f"({', '.join(lost[:5])})")
         for (stem, core), case in tma_map.items():
             if stem in failed:
