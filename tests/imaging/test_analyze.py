@@ -681,6 +681,39 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert by["P1"]["n_cores_scored"] == 2 and by["P1"]["n_scored"] == len(p1)
     assert (by["P2"]["her2_category"], by["P3"]["status"]) == ("1+", "no cells")
     assert by["P9"]["message"].endswith("; core C-1 not in the regions file")
+    # tumour drawn inside the cores (here the left half of A-1 only), exported with them
+    # from QuPath in one file: each core is scored on its tumour cells
+    a1 = next(c for c in found.cores if c["name"] == "A-1")
+    x_cut, y0, y1 = (a1["center_x"] + 0.5, a1["center_y"] - a1["radius_px"] - 9,
+                     a1["center_y"] + a1["radius_px"] + 10)
+    x0 = a1["center_x"] - a1["radius_px"] - 9
+    tumour = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[
+        [x0, y0], [x_cut, y0], [x_cut, y1], [x0, y1], [x0, y0]]]},
+              "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}
+    both = tmp_path / "cores+tumour.geojson"
+    both.write_text(json.dumps({"type": "FeatureCollection",
+                                "features": found.to_geojson()["features"] + [tumour]}))
+    kw = dict(tile=768, scheduler="synchronous", progress=False, write_unmixed=False,
+              outlines=False, her2_calibration=calibration)
+    tum = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", regions=both, **kw)
+    rows = {r["region"]: r for r in tum.summary["regions_scored"]["regions"]}
+    left = cells[(cells["region"] == "A-1") & (cells["centroid_x"] + 0.5 < x_cut)]
+    assert 0.3 * core["A-1"]["n_cells"] < rows["A-1"]["n_scored"] == len(left)
+    assert rows["A-1"]["n_cells"] == core["A-1"]["n_cells"]  # the core's cells, all of them
+    assert (rows["A-2"]["status"], rows["A-2"]["message"]) == (
+        "no cells", "no scored cells (none in the tumour annotations)")
+    assert tum.cells()["in_tumour"].sum() == len(left)
+    assert tum.summary["scored_cells"]["cells"].endswith("and in the tumour annotations")
+    # the same from two files (--tumour-regions)
+    (tmp_path / "t.geojson").write_text(json.dumps([tumour]))
+    sep = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", regions=cores,
+                        tumour_regions=tmp_path / "t.geojson", **kw)
+    assert sep.summary["regions_scored"]["regions"] == tum.summary["regions_scored"]["regions"]
+    with pytest.raises(InputError, match="give the regions too"):
+        analyze_slide(tma_slide.path, PANEL, tmp_path / "x", tumour_regions=cores)
+    with pytest.raises(InputError, match="give the tumour in one place"):
+        analyze_slide(tma_slide.path, PANEL, tmp_path / "x", regions=both,
+                      tumour_regions=tmp_path / "t.geojson")
     with pytest.raises(InputError, match="case_rule 'highest' needs a TMA map"):
         analyze_slide(tma_slide.path, PANEL, tmp_path / "x", regions=cores,
                       case_rule="highest")

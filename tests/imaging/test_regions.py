@@ -155,3 +155,32 @@ def test_numpy_crossing_rule_equals_the_compiled_one():
     a = _pnpoly_kernel()(x, y, *e, np.zeros(x.size, bool))
     b = _pnpoly_numpy(x, y, *e, np.zeros(x.size, bool))
     assert np.array_equal(a, b) and 0 < a.sum() < x.size
+
+
+def test_cores_and_annotations_in_one_file(tmp_path):
+    # QuPath exports the TMA cores with the tumour drawn inside them: the class picks the
+    # annotations, the cores are kept whatever theirs, and the two come apart by kind
+    sq = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+    big = [[0, 0], [40, 0], [40, 40], [0, 40], [0, 0]]
+
+    def feat(kind, name=None, cls=None, ring=sq, **extra):
+        props = {"objectType": kind, **extra}
+        if name:
+            props["name"] = name
+        if cls:
+            props["classification"] = {"name": cls}
+        return {"type": "Feature", "properties": props,
+                "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+    p = tmp_path / "both.geojson"
+    p.write_text(json.dumps([feat("tmaCore", "A-1", ring=big, isMissing=False),
+                             feat("tmaCore", "A-2", isMissing=True),
+                             feat("annotation", cls="Tumor"), feat("annotation", cls="Stroma")]))
+    reg = read_regions(p, "Tumor")
+    assert reg.mixes_cores_and_annotations and not reg.is_tma
+    cores, tumour = reg.subset(cores=True), reg.subset(cores=False)
+    assert (cores.names, cores.missing, cores.is_tma) == (("A-1",), ("A-2",), True)
+    assert tumour.names == ("region 3",) and tumour.classes == ("Tumor",)
+    assert [c[0] for c in cores.centers] == ["A-1", "A-2"]
+    with pytest.raises(InputError, match=r"no annotation classified 'Necrosis'.*2 TMA core\(s\)"):
+        read_regions(p, "Necrosis")

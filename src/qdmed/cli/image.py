@@ -351,6 +351,7 @@ def analyze(
     poisson: Annotated[bool, typer.Option("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
     regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath): score only the cells inside them.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
+    tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations (GeoJSON) to narrow --regions down to: e.g. the tumour drawn inside TMA cores, scored core by core. A --regions file holding cores and annotations together is split so without this.")] = None,
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
     autofluorescence: AUTOFLUOR = "panel",
@@ -390,7 +391,7 @@ def analyze(
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                         region_min_cells=region_min_cells, tma_map=tma_map,
-                        case_rule=case_rule)
+                        case_rule=case_rule, tumour_regions=tumour_regions)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -572,6 +573,7 @@ def cohort(
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
     regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of GeoJSON annotations, one per slide (<slide stem>.geojson): score only the cells inside them.")] = None,
+    tumour_regions_dir: Annotated[Path | None, typer.Option("--tumour-regions-dir", help="Folder of tumour annotations, one per slide, to narrow each slide's regions down to (as analyze --tumour-regions).")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
@@ -602,7 +604,7 @@ def cohort(
                          saturation_level=saturation_level, offset_adu=_offset(offset),
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                          region_min_cells=region_min_cells, tma_map=tma_map,
-                        case_rule=case_rule)
+                         case_rule=case_rule, tumour_regions_dir=tumour_regions_dir)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

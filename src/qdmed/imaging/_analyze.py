@@ -488,7 +488,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   saturation_level: float | None = None, offset_adu=None,
                   exclude_flagged: tuple = (), per_region: bool | None = None,
                   region_min_cells: int = 100, tma_map=None,
-                  case_rule: str = "pooled") -> SlideResult:
+                  case_rule: str = "pooled", tumour_regions=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -528,7 +528,15 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         cells.parquet gets an ``in_region`` column. Without regions every segmented cell is
         scored, and the summary says so.
     region_class : str, optional
-        Use only the annotations with this QuPath classification (e.g. ``"Tumor"``).
+        Use only the annotations with this QuPath classification (e.g. ``"Tumor"``); TMA
+        cores are kept whatever their class.
+    tumour_regions : path, optional
+        Annotations of the tumour (GeoJSON, filtered by ``region_class`` too) to narrow the
+        ``regions`` down to: the scores use the cells inside both, e.g. the tumour a
+        pathologist drew inside each TMA core, scored core by core. A regions file that
+        holds TMA cores and annotations together (one QuPath export of both) is split the
+        same way without this: the cores are the regions, the annotations the tumour.
+        cells.parquet then gets ``in_tumour``.
     autofluorescence : {'panel', 'blind'}
         ``'panel'``: the panel's autofluorescence column (modelled, or measured with
         :func:`spectral_library`). ``'blind'``: estimated from this slide itself
@@ -611,6 +619,23 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         from qdmed.imaging._regions import read_regions
 
         reg = read_regions(regions, region_class)  # fail before any tile is analysed
+    tumour = None
+    if tumour_regions is not None:
+        if reg is None:
+            raise InputError("tumour_regions narrows the regions down (e.g. the tumour inside "
+                             "TMA cores): give the regions too, or give the tumour "
+                             "annotations as the regions")
+        tumour = read_regions(tumour_regions, region_class)
+        if tumour.is_tma:
+            raise InputError(f"tumour_regions {tumour_regions}: holds TMA cores only; the "
+                             "tumour is given by annotations")
+        if tumour.mixes_cores_and_annotations:
+            tumour = tumour.subset(cores=False)
+    if reg is not None and reg.mixes_cores_and_annotations:  # one export of both: the
+        if tumour is not None:  # cores are the regions, the annotations the tumour
+            raise InputError(f"{regions} holds TMA cores and annotations, and tumour_regions "
+                             "are given too: give the tumour in one place")
+        reg, tumour = reg.subset(cores=True), reg.subset(cores=False)
     if per_region and reg is None:
         raise InputError("per_region needs a regions file (GeoJSON annotations or TMA cores, "
                          "--regions); none was given.")
@@ -735,6 +760,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if reg is not None:
         where = reg.region_index_cells(cells) if len(cells) else np.array([], np.int64)
         cells["in_region"] = where >= 0
+        if tumour is not None:
+            cells["in_tumour"] = tumour.contains_cells(cells) if len(cells) else \
+                np.zeros(0, bool)
+            cells["in_region"] &= cells["in_tumour"]
         if per_region:
             cells["region"] = np.array(("",) + reg.names, dtype=object)[where + 1]
         if tma_map is not None:
@@ -752,8 +781,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                     cells, scored_cells,
                                     left_out="saturated" in exclude_flagged)
     selection = {"cells": "all segmented cells (no tumour region given)" if reg is None else
-                 "cells whose centroid lies in the regions",
-                 "regions": None if reg is None else reg.to_dict()}
+                 "cells whose centroid lies in the regions"
+                 + ("" if tumour is None else " and in the tumour annotations"),
+                 "regions": None if reg is None else reg.to_dict(),
+                 "tumour": None if tumour is None else tumour.to_dict()}
     if reg is not None and len(cells) and not len(scored_cells):
         selection["warning"] = (f"none of the {len(cells)} cells lies in the regions: nothing "
                                 "was scored (do the annotations belong to this slide?)")
@@ -787,6 +818,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                              pixel_size_um=s.pixel_size_um,
                              her2_calibration=her2_calibration, gates=gates,
                              min_cells=region_min_cells)
+        if tumour is not None:  # say why a region with cells has none to score
+            in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
+            for r in rows:
+                if r["status"] != "missing" and r["n_cells"] and not in_t.get(r["region"], 0):
+                    r["message"] += " (none in the tumour annotations)"
         by_case = None
         if tma_map is not None:
             names = [r["region"] for r in rows]

@@ -79,7 +79,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    saturation_level: float | None = None, offset_adu=None,
                    exclude_flagged: tuple = (), per_region: bool | None = None,
                    region_min_cells: int = 100, tma_map=None,
-                   case_rule: str = "pooled") -> dict:
+                   case_rule: str = "pooled", tumour_regions_dir=None) -> dict:
     """Analyse all slides of ``folder``; returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
@@ -103,7 +103,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     folder then gets ``cases.csv``, one row per case with the scored cells of all its cores,
     on every slide, pooled and scored as one slide, for :func:`compare_her2_tables` with
     ``key='case'``; ``case_rule="highest"`` takes each case's highest-scoring core instead,
-    :func:`score_cases`)."""
+    :func:`score_cases`), and ``tumour_regions_dir`` (per slide, the tumour annotations to
+    narrow its regions down to, as :func:`analyze_slide`'s ``tumour_regions``)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -137,9 +138,12 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         what = ("per_region" if per_region else "tma_map" if tma_map
                 else f"region_class={region_class!r}")
         raise InputError(f"{what} needs a regions folder (--regions-dir); none was given.")
-    if regions_dir is not None and not Path(regions_dir).is_dir():
-        raise InputError(f"regions folder {str(regions_dir)!r} does not exist or is not a "
-                         "folder")
+    if tumour_regions_dir is not None and regions_dir is None:
+        raise InputError("tumour_regions_dir narrows the regions down: it needs a regions "
+                         "folder (--regions-dir) too")
+    for d in (regions_dir, tumour_regions_dir):
+        if d is not None and not Path(d).is_dir():
+            raise InputError(f"regions folder {str(d)!r} does not exist or is not a folder")
     slides = find_slides(folder, required=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +167,12 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                             raise InputError(f"no annotation file {stem}.geojson (or .json, "
                                              f".qptma, or {sp.name}.geojson) in "
                                              f"{regions_dir}")
+                    tum = None
+                    if tumour_regions_dir is not None:
+                        tum = regions_file(tumour_regions_dir, sp.name)
+                        if tum is None:
+                            raise InputError(f"no tumour annotation file {stem}.geojson (or "
+                                             f".json) in {tumour_regions_dir}")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,
@@ -176,7 +186,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         exclude_flagged=exclude_flagged,
                                         per_region=per_region,
                                         region_min_cells=region_min_cells,
-                                        tma_map=tma_map, case_rule=case_rule)
+                                        tma_map=tma_map, case_rule=case_rule,
+                                        tumour_regions=tum)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -288,6 +299,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "exclude_flagged": list(exclude_flagged),
                               "per_region": per_region, "region_min_cells": region_min_cells,
                               "tma_map": map_source, "case_rule": case_rule,
+                              "tumour_regions_dir": None if tumour_regions_dir is None
+                              else str(tumour_regions_dir),
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

@@ -79,6 +79,24 @@ class Regions:
         return bool(self.kinds) and all(k == "tmacore" for k in self.kinds)
 
     @property
+    def mixes_cores_and_annotations(self) -> bool:
+        """True when the file holds TMA cores and annotations (e.g. tumour drawn inside the
+        cores, exported with them from QuPath)."""
+        return "tmacore" in self.kinds and any(k != "tmacore" for k in self.kinds)
+
+    def subset(self, cores: bool) -> Regions:
+        """The TMA cores (``cores=True``, with the missing ones) or the other regions."""
+        keep = [i for i, k in enumerate(self.kinds) if (k == "tmacore") == cores]
+        labels = tuple(self.labels[i] for i in keep)
+        missing = self.missing if cores else ()
+        names = set(labels) | set(missing)
+        return Regions(source=self.source, polygons=tuple(self.polygons[i] for i in keep),
+                       classes=tuple(self.classes[i] for i in keep), labels=labels,
+                       kinds=tuple(self.kinds[i] for i in keep), missing=missing,
+                       order=tuple(n for n in self.order if n in names),
+                       centers=tuple(c for c in self.centers if c[0] in names))
+
+    @property
     def areas(self) -> dict[str, float]:
         """Area of each present region, px^2: its polygons' exterior rings less their holes
         (shoelace formula), summed over the region's polygons (pieces of one region are
@@ -315,8 +333,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         if "isMissing" in props:  # written on TMA cores only (QuPath, and qdmed's dearrayer,
             kind = "tmacore"      # whose cores are annotations so that QuPath imports them)
         name = _class_name(props.get("classification"))
-        if region_class is not None and name != region_class:
-            continue
+        if region_class is not None and name != region_class and kind != "tmacore":
+            continue  # the class picks annotations; TMA cores are kept whatever theirs
         label = props.get("name")
         label = label.strip() if isinstance(label, str) and label.strip() else None
         if kind == "tmacore" and label is not None:
@@ -366,6 +384,11 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             extra += f"; all {len(missing)} regions read are marked missing (isMissing)"
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
                          f"with ({len(feats)} features read{extra}).")
+    if region_class is not None and all(k == "tmacore" for k in kinds):
+        raise InputError(f"{p}: no annotation classified {region_class!r} (the class picks "
+                         f"annotations, e.g. tumour inside TMA cores; "
+                         f"{len(set(labels) | set(missing))} TMA core(s) read, which are kept "
+                         "whatever their class)")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes),
                    labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing),
                    order=tuple(order), centers=centers)
