@@ -264,6 +264,22 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert cases.loc["P1", "n_cores_scored"] == (regions["status"] == "ok").sum() == 2
     assert cases.loc["P1", "ER_percent_positive"] == regions["ER_percent_positive"].max()
     assert cases.loc["P7", "status"] == "no cells"
+    # tumour drawn in core A-1 only, one file per slide: A-2 has nothing to score
+    a1 = d["cores"][0]
+    x, y, r = a1["center_x"] + 0.5, a1["center_y"] + 0.5, a1["radius_px"] + 5
+    (tmp_path / "tumour").mkdir()
+    (tmp_path / "tumour" / "tma1.geojson").write_text(json.dumps([{
+        "type": "Feature", "properties": {"objectType": "annotation"},
+        "geometry": {"type": "Polygon", "coordinates": [[[x - r, y - r], [x + r, y - r],
+                                                         [x + r, y + r], [x - r, y + r],
+                                                         [x - r, y - r]]]}}]))
+    r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--tumour-regions-dir",
+            str(tmp_path / "tumour"), "--out", str(tmp_path / "co"), "--workers", "1",
+            "--no-progress", "--no-unmixed", "--json")
+    assert r.returncode == 0, r.stderr
+    regions = pd.read_csv(tmp_path / "co" / "regions.csv").set_index("region")
+    assert regions.loc["A-1", "n_scored"] == regions.loc["A-1", "n_cells"] > 0
+    assert regions.loc["A-2", "message"] == "no scored cells (none in the tumour annotations)"
     assert cases.loc["P7", "message"].endswith("core tma1.ome.zarr:B-7 not in the regions file")
     r = run("image", "analyze", str(folder / "tma1.ome.zarr"), "--regions",
             str(regs / "tma1.geojson"), "--region-min-cells", "0", "--out", str(tmp_path / "a"))
