@@ -264,6 +264,8 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert cases.loc["P1", "n_cores_scored"] == (regions["status"] == "ok").sum() == 2
     assert cases.loc["P1", "ER_percent_positive"] == regions["ER_percent_positive"].max()
     assert cases.loc["P7", "status"] == "no cells"
+    html = (tmp_path / "co" / "report.html").read_text()
+    assert "Cases (TMA map)" in html and "highest-scoring core" in html and "P7" in html
     # tumour drawn in core A-1 only, one file per slide: A-2 has nothing to score
     a1 = d["cores"][0]
     x, y, r = a1["center_x"] + 0.5, a1["center_y"] + 0.5, a1["radius_px"] + 5

@@ -350,13 +350,27 @@ def cohort_figure(rows: list[dict], name_key: str = "slide", what: str = "slides
     order = sorted(scored, key=lambda r: (r.get(key) or 0.0))
     a2.bar(range(len(order)), [r.get(key) or 0.0 for r in order],
            color=[_CAT_COLOURS[r["her2_category"]] for r in order])
-    a2.set_xticks(range(len(order)), [r[name_key] for r in order], rotation=60, ha="right",
-                  fontsize=7)
+    if len(order) <= 60:
+        a2.set_xticks(range(len(order)), [r[name_key] for r in order], rotation=60,
+                      ha="right", fontsize=7)
+    else:  # hundreds of names are unreadable: ranks instead (the table names them)
+        a2.set_xlabel(f"{what}, ranked")
     a2.set_ylabel("mean membrane HER2 per cell")
     a2.set_title(f"continuous QD measure per {what.rstrip('s')}, coloured by category",
                  fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _case_rows(path) -> list[dict]:
+    """The rows of a cohort's cases.csv (absent values left out), [] without one."""
+    if not path or not Path(path).is_file():
+        return []
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype={"case": str, "her2_category": str})
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))}
+            for r in table.to_dict("records")]
 
 
 def write_cohort_report(summary: dict, out_dir) -> Path:
@@ -406,10 +420,19 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       f"{n_regions} in {sum('n_regions' in r for r in ok)} slides, "
                       f"{sum(r.get('n_regions_scored', 0) for r in ok)} scored; one row per "
                       "slide and region in regions.csv, figures in each slide's report.")
-    if summary.get("cases"):
+    cases = _case_rows(summary.get("cases"))
+    if cases:
+        rep.heading("Cases (TMA map)")
         rep.paragraph(f"Cases of the TMA map: {summary['n_cases']}, "
                       f"{case_rule_text(summary['parameters'].get('case_rule'))}, on every "
-                      "slide (cases.csv).")
+                      "slide (cases.csv; compare with another scoring by `qdmed image compare "
+                      "cases.csv reads.csv --key case`).")
+        fig = cohort_figure(cases, name_key="case", what="cases")
+        if fig is not None:
+            rep.figure(fig, "HER2 categories and mean membrane HER2 per case")
+        rep.table(_columns(cases, ("case", "status", "cores", "n_scored", "her2_category",
+                                   "her2_core", "her2_low", "her2_mean_membrane",
+                                   "ER_status", "PR_status", "message")))
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
