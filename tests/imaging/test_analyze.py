@@ -704,6 +704,15 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
         "no cells", "no scored cells (none in the tumour annotations)")
     assert tum.cells()["in_tumour"].sum() == len(left)
     assert tum.summary["scored_cells"]["cells"].endswith("and in the tumour annotations")
+    # the report's gallery: every core cut from the unmixed image, the lost one an empty frame
+    from qdmed.imaging._report import core_gallery_figure
+
+    with_img = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", regions=cores,
+                             **{**kw, "write_unmixed": True})
+    fig = core_gallery_figure(with_img, with_img.summary["regions_scored"]["regions"])
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    assert titles == ["A-1 3+", "A-2 1+", "B-1 0", "B-2 missing"]
+    assert [len(a.images) for a in fig.axes[:4]] == [1, 1, 1, 0]
     # the same from two files (--tumour-regions)
     (tmp_path / "t.geojson").write_text(json.dumps([tumour]))
     sep = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", regions=cores,

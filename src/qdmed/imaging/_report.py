@@ -27,6 +27,78 @@ def _thumbnail(unmixed_path: Path, max_px: int = 900):
     return np.asarray(best.compute()), factor, s.channel_names
 
 
+_PALETTE = ((0.25, 0.45, 1.0), (1.0, 0.15, 0.15), (0.15, 1.0, 0.15), (1.0, 0.85, 0.0))
+
+
+def _composite(img, names: list[str], top=None):
+    """RGB composite of an unmixed (Y, X, K) image: the counterstain blue, then up to three
+    markers (HER2 first when present) red, green, yellow, each scaled to ``top`` (per
+    channel; default its 99.5th percentile here). Returns (rgb, legend, top)."""
+    picks = [n for n in names if n == "DAPI"][:1]
+    rest = [n for n in names if n not in ("DAPI", "autofluorescence")]
+    picks += sorted(rest, key=lambda n: n != "HER2")[:3]
+    if top is None:
+        top = {n: float(np.percentile(img[..., names.index(n)], 99.5)) for n in picks}
+    comp = np.zeros(img.shape[:2] + (3,))
+    legend = []
+    for j, n in enumerate(picks):
+        if top.get(n, 0) > 0:
+            comp += np.clip(img[..., names.index(n)] / top[n], 0, 1)[..., None] * \
+                np.array(_PALETTE[j])
+        legend.append(f"{n} {['blue', 'red', 'green', 'yellow'][j]}")
+    return np.clip(comp, 0, 1), legend, top
+
+
+def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores: int = 400):
+    """Every region (TMA core) cut from the unmixed image at the pyramid level where it
+    spans about ``target_px``, in the composite of :func:`overlay_figure` on one intensity
+    scale for all cores, titled with its name and HER2 category (missing cores: an empty
+    frame); None without the unmixed image or region centres and areas."""
+    import matplotlib.pyplot as plt
+
+    from qdmed.imaging._slideio import read_slide
+
+    path = Path(result.out_dir) / "unmixed.ome.zarr"
+    shown = [r for r in rows if np.isfinite(r.get("center_x_um", np.nan))][:max_cores]
+    if not path.exists() or not shown or not any(r.get("area_mm2") for r in shown):
+        return None
+    s = read_slide(path)
+    ps = s.pixel_size_um or 0.5
+    levels = list(s.levels or (s.data,))
+    d_um = 2e3 * np.sqrt(np.median([r["area_mm2"] for r in shown if r.get("area_mm2")])
+                         / np.pi)
+    # the coarsest level on which a core still spans target_px
+    lev = levels[0]
+    for cand in levels:
+        if d_um / ps * cand.shape[0] / s.data.shape[0] >= target_px:
+            lev = cand
+    f = s.data.shape[0] / lev.shape[0]
+    thumb, _, _ = _thumbnail(path, 900)
+    names = list(s.channel_names)
+    _, legend, top = _composite(thumb, names)
+    ncol = min(12, len(shown))
+    nrow = -(-len(shown) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.45 * nrow), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    half = d_um / ps / f / 2 * 1.1
+    for ax, r in zip(axes.ravel(), shown, strict=False):
+        cat = r.get("her2_category")
+        ax.set_title(f"{r['region']} {cat or r['status']}", fontsize=6,
+                     color=_CAT_COLOURS.get(cat, "#555555"))
+        if r["status"] == "missing":
+            continue
+        cy, cx = r["center_y_um"] / ps / f, r["center_x_um"] / ps / f
+        y0, x0 = max(int(cy - half), 0), max(int(cx - half), 0)
+        crop = np.asarray(lev[y0:int(cy + half) + 1, x0:int(cx + half) + 1].compute(),
+                          dtype=np.float64)
+        if crop.size:
+            ax.imshow(_composite(crop, names, top)[0])
+    fig.suptitle(f"cores ({', '.join(legend)}; one intensity scale)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def overlay_figure(result, max_px: int = 900):
     """Composite of the unmixed markers with cell centroids coloured by HER2 category."""
     import matplotlib.pyplot as plt
@@ -34,19 +106,7 @@ def overlay_figure(result, max_px: int = 900):
     out = Path(result.out_dir)
     img, factor, names = _thumbnail(out / "unmixed.ome.zarr", max_px)
     # a readable composite: counterstain blue, then up to three markers red / green / yellow
-    names = list(names)
-    picks = [n for n in names if n == "DAPI"][:1]
-    picks += [n for n in names if n not in ("DAPI", "autofluorescence")][:3]
-    palette = {0: (0.25, 0.45, 1.0), 1: (1.0, 0.15, 0.15), 2: (0.15, 1.0, 0.15), 3: (1.0, 0.85, 0.0)}
-    comp = np.zeros(img.shape[:2] + (3,))
-    legend = []
-    for j, n in enumerate(picks):
-        ch = img[..., names.index(n)]
-        hi = np.percentile(ch, 99.5)
-        if hi > 0:
-            comp += np.clip(ch / hi, 0, 1)[..., None] * np.array(palette[j])
-        legend.append(f"{n} {['blue', 'red', 'green', 'yellow'][j]}")
-    comp = np.clip(comp, 0, 1)
+    comp, legend, _ = _composite(img, list(names))
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
     axes[0].imshow(comp)
     axes[0].set_title(", ".join(legend), fontsize=9)
@@ -168,6 +228,10 @@ def regions_section(rep, result) -> None:
     fig = regions_map_figure(rows)
     if fig is not None:
         rep.figure(fig, "regions by HER2 category")
+    if result.summary["outputs"].get("unmixed"):
+        fig = core_gallery_figure(result, rows)
+        if fig is not None:
+            rep.figure(fig, "the regions' images")
     fig = cohort_figure(rows, name_key="region", what="regions")
     if fig is not None:
         rep.figure(fig, "HER2 categories and mean membrane HER2 per scored region")
