@@ -655,6 +655,9 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert cases["P1"]["her2_category"] == score_her2(p1, calibration,
                                                       nan_policy="omit").category
     assert cases["P2"]["her2_category"] == "1+"
+    # its cores disagree (3+ and 0): said beside the pooled category
+    assert (cases["P1"]["her2_core_categories"], cases["P1"]["her2_cores_discordant"]) == (
+        "A-1:3+;B-1:0", True)
     assert (tmp_path / "out" / "cases.csv").read_text().startswith(
         "case,status,n_cores,cores,n_scored,her2_category,message")
     # per case against a pathologist's reads (P2 read 0 where QD-IHC says 1+)

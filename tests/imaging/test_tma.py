@@ -304,6 +304,12 @@ def test_case_rules_pooled_and_highest_core():
     assert got["P2"]["her2_core"] == "B-2"  # same category: the stronger membrane signal
     assert (got["P3"]["status"], got["P4"]["status"]) == ("too few cells", "no cells")
     assert "no core has the 100 scored cells" in got["P3"]["message"]
+    assert (p1["her2_core_categories"], p1["her2_cores_discordant"]) == ("A-1:1+;B-1:2+",
+                                                                          True)
+    assert got["P2"]["her2_cores_discordant"] is False and "her2_cores_discordant" not in \
+        got["P3"]
+    pooled = {r["case"]: r for r in score_cases(cells, expected, region_rows=rows)}
+    assert pooled["P1"]["her2_core_categories"] == "A-1:1+;B-1:2+"
     p5 = got["P5"]
     assert (p5["her2_core"], p5["her2_ultralow"]) == ("B-4", True)
     assert (p5["ER_percent_positive"], p5["ER_status"]) == (12.0, "positive")

@@ -388,6 +388,10 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
       generalised to the four HER2 categories. ``n_cores_scored`` counts the cores that
       had enough cells.
 
+    With ``region_rows``, each case also gets ``her2_core_categories`` (its scored cores'
+    own categories, "A-1:3+;B-1:0") and ``her2_cores_discordant`` (they differ: a
+    heterogeneous tumour, or a core that missed it), whatever the rule.
+
     ``expected`` (:func:`expected_cores`) lists every case's mapped cores, so that a case
     with nothing to score (its cores lost, or every cell excluded) still gets a row, with
     status "no cells"; without it, cases come from the cells. ``notes`` adds messages per
@@ -432,6 +436,12 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
                 row["message"] = ("no scored cells" if row["n_scored"] == 0 else
                                   f"no core has the {min_cells} scored cells a core needs "
                                   "(region_min_cells): not scored")
+        scored = [r for r in by_case.get(case, []) if r["status"] == "ok"
+                  and r.get("her2_category") is not None]
+        if scored:  # the cores' own categories, and whether they disagree
+            row["her2_core_categories"] = ";".join(f"{_core_key(r)}:{r['her2_category']}"
+                                                   for r in scored)
+            row["her2_cores_discordant"] = len({r["her2_category"] for r in scored}) > 1
         extra = (notes or {}).get(case, [])
         row["message"] = "; ".join(m for m in (row["message"], *extra) if m)
         rows.append(row)

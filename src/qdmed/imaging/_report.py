@@ -245,9 +245,13 @@ def regions_section(rep, result) -> None:
         rep.paragraph(f"{by_case['n_cases']} cases: {case_rule_text(by_case.get('rule'))} "
                       "(cases.csv; compare with another scoring by `qdmed image compare "
                       "cases.csv reads.csv --key case`).")
-        rep.table(_columns(cases, ("case", "status", "cores", "n_scored", "her2_category",
-                                   "her2_core", "her2_low", "her2_mean_membrane",
-                                   "ER_status", "PR_status", "message")))
+        rep.table(_columns(cases, _CASE_COLUMNS))
+
+
+#: Columns of the reports' case tables (those present).
+_CASE_COLUMNS = ("case", "status", "cores", "n_scored", "her2_category", "her2_core",
+                 "her2_core_categories", "her2_low", "her2_mean_membrane", "ER_status",
+                 "PR_status", "message")
 
 
 def case_rule_text(rule: str | None) -> str:
@@ -494,9 +498,7 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
         fig = cohort_figure(cases, name_key="case", what="cases")
         if fig is not None:
             rep.figure(fig, "HER2 categories and mean membrane HER2 per case")
-        rep.table(_columns(cases, ("case", "status", "cores", "n_scored", "her2_category",
-                                   "her2_core", "her2_low", "her2_mean_membrane",
-                                   "ER_status", "PR_status", "message")))
+        rep.table(_columns(cases, _CASE_COLUMNS))
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
             "her2_ultralow", "her2_mean_membrane", "total_her2_load", "her2_highest_region",
