@@ -576,9 +576,16 @@ def grid_angle(y, x) -> float:
     return float(np.angle(np.mean(np.exp(4j * a))) / 4.0)
 
 
+def _optical_density(rgb: np.ndarray) -> np.ndarray:
+    """Summed optical density of an 8-bit brightfield (Y, X, 3) image, glass ~0: tissue
+    absorbs, so it stands above the glass as fluorescent tissue does above the dark."""
+    return -np.log10(np.clip(rgb, 1.0, 255.0) / 255.0).sum(axis=-1)
+
+
 def find_tma_cores(slide, *, core_diameter_um: float | None = None,
                    min_area_fraction: float = 0.2, row_labels=None, col_labels=None,
-                   row_first: bool = True) -> tuple[TmaCores, np.ndarray]:
+                   row_first: bool = True, brightfield: bool | None = None
+                   ) -> tuple[TmaCores, np.ndarray]:
     """Dearray a TMA slide: find its tissue cores and name them by their place in the grid.
 
     On an overview of the slide (:data:`OVERVIEW_PX` across at most), tissue is told from
@@ -616,6 +623,14 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     row_first : bool
         Names are row label first ("A-1"; QuPath's "Row first") or column label first
         ("1-A").
+    brightfield : bool, optional
+        A brightfield slide (e.g. DAB IHC): tissue is found by its optical density,
+        ``-log10(I / 255)`` summed over R, G, B, instead of its signal (QuPath's dearrayer
+        asks the same, "fluorescence" or not), split from the glass by the triangle
+        threshold (G. W. Zack, W. E. Rogers, S. A. Latt, J Histochem Cytochem 25, 741-753,
+        1977, doi:10.1177/25.7.70454): pale stroma lies just above the glass, and Otsu's
+        threshold cut a synthetic H-DAB core into pieces. Default: an 8-bit slide of 3
+        channels.
 
     Returns
     -------
@@ -629,7 +644,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         found. (A slide without a pixel size is read at 0.5 um/px, with a warning.)
     """
     from scipy import ndimage as ndi
-    from skimage.filters import threshold_otsu
+    from skimage.filters import threshold_otsu, threshold_triangle
 
     from qdmed.imaging._analyze import slide_overview
     from qdmed.imaging._slideio import read_slide
@@ -651,13 +666,19 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
-    ov, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX)
+    if brightfield is None:
+        brightfield = img.data.dtype == np.uint8 and img.shape[-1] == 3
+    ov, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX,
+                           score_fn=_optical_density if brightfield else None)
     um_px = f * ps
     sm = ndi.gaussian_filter(np.log1p(np.maximum(ov, 0.0)), sigma=max(1.0, 4.0 / um_px))
     if not np.isfinite(sm).all() or sm.max() - sm.min() < 1e-9:
         raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue to dearray (the "
                          "overview is uniform)")
-    tissue = sm > threshold_otsu(sm)
+    # brightfield glass is one narrow peak at OD ~0 and pale stroma sits just above it, so
+    # Otsu's split (which balances the two classes' variances) cuts through the tissue; the
+    # triangle threshold is made for a peak with a long tail
+    tissue = sm > (threshold_triangle(sm) if brightfield else threshold_otsu(sm))
     glass = sm[~tissue]
     # a slide of glass alone splits its noise in two (classes ~1.6 SD apart): tissue must
     # stand 5 SD of the glass's smoothed signal above it
