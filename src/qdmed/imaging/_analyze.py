@@ -28,20 +28,12 @@ from qdmed.errors import InputError
 from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
-    case_column,
-    case_table,
-    cases_summary,
+    assign_regions,
     check_case_rule,
     check_min_cells,
-    cores_not_in_regions,
-    expected_cores,
-    map_slide,
     read_tma_map,
-    region_table,
-    regions_summary,
-    score_cases,
     score_cells,
-    score_regions,
+    score_slide_regions,
 )
 
 CELL_ID_STRIDE = 1_000_000
@@ -758,18 +750,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
           for i in range(len(boxes))]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
     if reg is not None:
-        where = reg.region_index_cells(cells) if len(cells) else np.array([], np.int64)
-        cells["in_region"] = where >= 0
-        if tumour is not None:
-            cells["in_tumour"] = tumour.contains_cells(cells) if len(cells) else \
-                np.zeros(0, bool)
-            cells["in_region"] &= cells["in_tumour"]
-        if per_region:
-            cells["region"] = np.array(("",) + reg.names, dtype=object)[where + 1]
-        if tma_map is not None:
-            cases = np.array([None, *case_column(reg.names, path.name, tma_map)],
-                             dtype=object)
-            cells["case"] = cases[where + 1]
+        assign_regions(cells, reg, path.name, tumour=tumour, per_region=per_region,
+                       tma_map=tma_map)
     focus = focus_summary([q["blur"] for q in qc], boxes, cells, scored_cells_of(cells),
                           s.pixel_size_um, left_out="out_of_focus" in exclude_flagged)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
@@ -813,47 +795,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                           json.dumps(het.to_geojson(s.pixel_size_um, shape_yx=(h, w))))
     by_region = by_case = None
     if per_region:
-        rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
-                             centers=reg.centers, areas=reg.areas,
-                             pixel_size_um=s.pixel_size_um,
-                             her2_calibration=her2_calibration, gates=gates,
-                             min_cells=region_min_cells)
-        if tumour is not None:  # say why a region with cells has none to score
-            in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
-            for r in rows:
-                if r["status"] != "missing" and r["n_cells"] and not in_t.get(r["region"], 0):
-                    r["message"] += " (none in the tumour annotations)"
-        by_case = None
-        if tma_map is not None:
-            names = [r["region"] for r in rows]
-            for r, case in zip(rows, case_column(names, path.name, tma_map), strict=True):
-                r["case"] = case
-                if case is None and r["status"] != "missing":
-                    r["message"] = "; ".join(m for m in (r["message"],
-                                                         "no case in the TMA map") if m)
-            expected = expected_cores(rows)
-            absent, notes = cores_not_in_regions(
-                tma_map, {map_slide(path.name): {r["region"] for r in rows}})
-            for case, cores in absent.items():
-                expected.setdefault(case, []).extend(cores)
-            case_rows = score_cases(scored_cells, expected,
-                                    her2_calibration=her2_calibration, gates=gates,
-                                    min_cells=region_min_cells, rule=case_rule,
-                                    region_rows=rows, notes=notes)
-            atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
-            unmapped = [r["region"] for r in rows if r["case"] is None]
-            warn = [] if not unmapped else [
-                f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map "
-                f"(e.g. {', '.join(unmapped[:3])}; map rows for this slide name "
-                f"{map_slide(path.name)!r} or no slide)"]
-            lost = sorted(c for cs in absent.values() for c in cs)
-            if lost:
-                warn.append(f"{len(lost)} core(s) of the TMA map not in the regions file "
-                            f"({', '.join(lost[:5])}): their cases read \"no cells\" unless "
-                            "other cores hold them")
-            by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)
-        atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
-        by_region = regions_summary(rows, region_min_cells)
+        by_region, by_case = score_slide_regions(
+            cells, scored_cells, reg, path.name, out, tumour=tumour, tma_map=tma_map,
+            case_rule=case_rule, her2_calibration=her2_calibration, gates=gates,
+            pixel_size_um=s.pixel_size_um, min_cells=region_min_cells)
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells
         write_feature_collection(
             out / "cells.geojson",

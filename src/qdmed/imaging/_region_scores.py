@@ -460,3 +460,72 @@ def cases_summary(rows: list[dict[str, Any]], warnings=(), rule: str = "pooled"
     ``warnings`` (e.g. no core of the slide in the map)."""
     return {"n_cases": len(rows), "rule": rule, **_tally(rows), "table": "cases.csv",
             "warnings": list(warnings), "cases": rows}
+
+
+def assign_regions(cells, reg, slide_name: str, *, tumour=None, per_region: bool = True,
+                   tma_map: dict | None = None) -> None:
+    """Columns of a cell table (in place) from its regions: ``in_region`` (the cells the
+    scores use: in a region, and in ``tumour`` when given, which adds ``in_tumour``),
+    ``region`` (its region's name, "" outside; with ``per_region``) and ``case`` (its
+    core's case in ``tma_map``, :func:`case_column`)."""
+    where = reg.region_index_cells(cells) if len(cells) else np.array([], np.int64)
+    cells["in_region"] = where >= 0
+    if tumour is not None:
+        cells["in_tumour"] = tumour.contains_cells(cells) if len(cells) else np.zeros(0, bool)
+        cells["in_region"] &= cells["in_tumour"]
+    if per_region:
+        cells["region"] = np.array(("",) + reg.names, dtype=object)[where + 1]
+    if tma_map is not None:
+        cases = np.array([None, *case_column(reg.names, slide_name, tma_map)], dtype=object)
+        cells["case"] = cases[where + 1]
+
+
+def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumour=None,
+                        tma_map: dict | None = None, case_rule: str = "pooled",
+                        her2_calibration=None, gates=None, pixel_size_um=None,
+                        min_cells: int = REGION_MIN_CELLS) -> tuple[dict, dict | None]:
+    """A slide's regions scored one by one (:func:`score_regions`, ``regions.csv`` in
+    ``out``) and, with a TMA map, its cases (:func:`score_cases`, ``cases.csv``): the
+    summary's ``regions_scored`` and ``cases_scored`` blocks (the latter None without a
+    map). ``cells`` carry :func:`assign_regions`' columns."""
+    from qdmed.report import atomic_write_text
+
+    out = Path(out)
+    rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
+                         centers=reg.centers, areas=reg.areas, pixel_size_um=pixel_size_um,
+                         her2_calibration=her2_calibration, gates=gates, min_cells=min_cells)
+    if tumour is not None:  # say why a region with cells has none to score
+        in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
+        for r in rows:
+            if r["status"] != "missing" and r["n_cells"] and not in_t.get(r["region"], 0):
+                r["message"] += " (none in the tumour annotations)"
+    by_case = None
+    if tma_map is not None:
+        names = [r["region"] for r in rows]
+        for r, case in zip(rows, case_column(names, slide_name, tma_map), strict=True):
+            r["case"] = case
+            if case is None and r["status"] != "missing":
+                r["message"] = "; ".join(m for m in (r["message"], "no case in the TMA map")
+                                         if m)
+        expected = expected_cores(rows)
+        absent, notes = cores_not_in_regions(
+            tma_map, {map_slide(slide_name): {r["region"] for r in rows}})
+        for case, cores in absent.items():
+            expected.setdefault(case, []).extend(cores)
+        case_rows = score_cases(scored_cells, expected, her2_calibration=her2_calibration,
+                                gates=gates, min_cells=min_cells, rule=case_rule,
+                                region_rows=rows, notes=notes)
+        atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
+        unmapped = [r["region"] for r in rows if r["case"] is None]
+        warn = [] if not unmapped else [
+            f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map (e.g. "
+            f"{', '.join(unmapped[:3])}; map rows for this slide name "
+            f"{map_slide(slide_name)!r} or no slide)"]
+        lost = sorted(c for cs in absent.values() for c in cs)
+        if lost:
+            warn.append(f"{len(lost)} core(s) of the TMA map not in the regions file "
+                        f"({', '.join(lost[:5])}): their cases read \"no cells\" unless "
+                        "other cores hold them")
+        by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)
+    atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
+    return regions_summary(rows, min_cells), by_case
