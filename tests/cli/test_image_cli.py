@@ -291,3 +291,27 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert r.returncode == 2 and "needs a TMA map (--tma-map)" in r.stderr
     r = run("image", "simulate", "--tma", "2x2", "--out", str(tmp_path / "x.ome.tif"))
     assert r.returncode == 2 and "OME-Zarr" in r.stderr
+
+
+def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
+    r = run("image", "dab", "--example", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["her2"]["category"] == "3+"
+    # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by
+    # case, for `compare` against the QD-IHC cases
+    slide, _ = brightfield_tma(tmp_path / "bf.ome.tif")
+    r = run("image", "tma", str(slide), "--out", str(tmp_path / "cores.geojson"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_found"] == 5
+    (tmp_path / "map.csv").write_text("core,case\nA-1,P1\nB-1,P1\nA-3,P3\n")
+    r = run("image", "dab", str(slide), "--regions", str(tmp_path / "cores.geojson"),
+            "--tma-map", str(tmp_path / "map.csv"), "--region-min-cells", "20", "--out",
+            str(tmp_path / "dab"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "DAB IHC by region" in r.stdout and "Cases (cases.csv)" in r.stdout
+    assert (tmp_path / "dab" / "cases.csv").read_text().startswith("case,status,n_cores")
+    for bad, said in ((["--example", "--tma-map", str(tmp_path / "map.csv")], "need --regions"),
+                      ([str(slide), "--regions", str(tmp_path / "cores.geojson"),
+                        "--od-cutoffs", "0.3,0.1"], "od_cutoffs must be three")):
+        r = run("image", "dab", *bad, "--out", str(tmp_path / "x"))
+        assert r.returncode == 2 and said in r.stderr, r.stderr

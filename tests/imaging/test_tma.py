@@ -381,41 +381,10 @@ def test_qupath_tma_grid_file_round_trip_and_errors(tmp_path):
         cores_qptma(cores, 2, 2)
 
 
-def _brightfield_tma(path, missing=("B-2",), no_dab=("A-3",)):
-    """A 2 x 3 brightfield TMA: discs of scikit-image's IHC image (real H-DAB tissue) on
-    white glass, 240 px across, 300 px apart; ``no_dab`` cores keep their haematoxylin only
-    (the DAB channel of the colour deconvolution set to 0)."""
-    from skimage.color import hed2rgb, rgb2hed
-    from skimage.data import immunohistochemistry
-
-    from qdmed.imaging import write_ome_tiff
-
-    ihc = immunohistochemistry()
-    hed = rgb2hed(ihc)
-    hed[..., 2] = 0
-    plain = (np.clip(hed2rgb(hed), 0, 1) * 255).astype(np.uint8)
-    img = np.full((2 * 300 + 60, 3 * 300 + 60, 3), 255, np.uint8)
-    yy, xx = np.mgrid[:240, :240]
-    disc = (yy - 119.5) ** 2 + (xx - 119.5) ** 2 <= 120 ** 2
-    truth = {}
-    for r in range(2):
-        for c in range(3):
-            name = core_name(r, c)
-            cy, cx = 180 + 300 * r, 180 + 300 * c
-            truth[name] = (cy - 0.5, cx - 0.5)
-            if name in missing:
-                continue
-            src = (plain if name in no_dab else ihc)[100 + 60 * c:340 + 60 * c,
-                                                     80 + 90 * r:320 + 90 * r]
-            tile = img[cy - 120:cy + 120, cx - 120:cx + 120]
-            tile[disc] = src[disc]
-    return write_ome_tiff(path, img, pixel_size_um=0.5), truth
-
-
-def test_dearrayer_on_a_brightfield_tma(tmp_path):
+def test_dearrayer_on_a_brightfield_tma(tmp_path, brightfield_tma):
     # tissue absorbs: found by its optical density (auto for 8-bit RGB), as QuPath's
     # dearrayer does for brightfield
-    p, truth = _brightfield_tma(tmp_path / "bf.ome.tif")
+    p, truth = brightfield_tma(tmp_path / "bf.ome.tif")
     found, _ = find_tma_cores(p)
     assert (found.n_rows, found.n_cols, found.n_found) == (2, 3, 5)
     assert [c["name"] for c in found.cores if c["missing"]] == ["B-2"]
@@ -424,3 +393,41 @@ def test_dearrayer_on_a_brightfield_tma(tmp_path):
         assert math.hypot(c["center_x"] - tx, c["center_y"] - ty) < (30 if c["missing"] else 6)
     with pytest.raises(InputError, match="no signal stands above the glass|no tissue"):
         find_tma_cores(p, brightfield=False)  # glass is the bright part: no dark tissue
+
+
+def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma):
+    # conventional IHC of the same cases on a brightfield TMA: per core, the ASCO/CAP rule
+    # on membrane DAB OD; a core without DAB is 0, cores of the stained tissue 2+/3+ (the
+    # whole scikit-image IHC image scores 3+ with these cut-offs, test_brightfield)
+    from qdmed.imaging._dab_regions import analyze_dab_regions
+
+    p, _ = brightfield_tma(tmp_path / "bf.ome.tif")
+    found, _ = find_tma_cores(p)
+    cores = tmp_path / "cores.geojson"
+    cores.write_text(json.dumps(found.to_geojson()))
+    tma_map = tmp_path / "map.csv"
+    tma_map.write_text("core,case\nA-1,P1\nB-1,P1\nA-3,P3\nB-2,P4\n")
+    d = analyze_dab_regions(p, cores, tmp_path / "dab", od_cutoffs=(0.05, 0.15, 0.3),
+                            tma_map=tma_map, min_cells=20, progress=False)
+    got = {r["region"]: r for r in d["regions_scored"]["regions"]}
+    assert got["A-3"]["her2_category"] == "0" and got["B-2"]["status"] == "missing"
+    assert {got[c]["her2_category"] for c in ("A-1", "A-2", "B-1", "B-3")} <= {"2+", "3+"}
+    cells = pd.read_parquet(tmp_path / "dab" / "cells.parquet")
+    assert cells["cell_id"].is_unique and set(cells["region"]) == {"A-1", "A-2", "A-3", "B-1",
+                                                                   "B-3"}
+    for name, sub in cells.groupby("region"):  # every cell inside its core
+        assert (read_regions(cores).region_index_cells(sub) ==
+                read_regions(cores).names.index(name)).all()
+        assert got[name]["n_cells"] == len(sub) >= 30
+    cases = {r["case"]: r for r in d["cases_scored"]["cases"]}
+    assert (cases["P1"]["cores"], cases["P3"]["her2_category"], cases["P4"]["status"]) == (
+        "A-1;B-1", "0", "no cells")
+    assert (tmp_path / "dab" / "cases.csv").exists()
+    assert json.loads((tmp_path / "dab" / "summary.json").read_text())["parameters"][
+        "od_cutoffs"] == [0.05, 0.15, 0.3]
+    fluo = simulate_tma(tmp_path / "q.ome.zarr", rows=1, cols=1, presets=["luminal-A"],
+                        core_diameter_um=80.0, tile=256, **KW)
+    with pytest.raises(InputError, match="8-bit RGB brightfield slide; got 8 channels"):
+        analyze_dab_regions(fluo.path, cores, tmp_path / "x", od_cutoffs=(0.05, 0.15, 0.3))
+    with pytest.raises(InputError, match="od_cutoffs must be three"):
+        analyze_dab_regions(p, cores, tmp_path / "x", od_cutoffs=(0.3, 0.15, 0.05))

@@ -623,18 +623,31 @@ def cohort(
 
 @app.command()
 def dab(
-    image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG).")] = None,
+    image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
     example: Annotated[bool, typer.Option("--example", help="Use scikit-image's bundled IHC image.")] = False,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+.")] = "0.05,0.15,0.3",
     pixel_size_um: Annotated[float, typer.Option("--pixel-size-um")] = 0.5,
+    regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
+    region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
+    tma_map: TMA_MAP = None,
+    case_rule: CASE_RULE = "pooled",
+    region_min_cells: REGION_CELLS = 100,
+    out: Annotated[Path, typer.Option("--out", help="Output folder with --regions.")] = Path("qdmed-dab"),
+    no_progress: NOPROG = False,
     json_: JSON = False,
 ):
-    """Conventional DAB IHC: colour deconvolution, per-cell DAB OD, 0/1+/2+/3+, H-score."""
+    """Conventional DAB IHC: colour deconvolution, per-cell DAB OD, 0/1+/2+/3+, H-score;
+    with --regions, a brightfield TMA core by core and case by case."""
     from qdmed.errors import InputError
     from qdmed.imaging import score_dab
 
     if example == (image is not None):
         raise InputError("give an image path or --example")
+    if regions is not None:
+        return _dab_regions(image, regions, cutoffs, region_class, tma_map, case_rule,
+                            region_min_cells, out, not no_progress, json_)
+    if tma_map is not None or region_class is not None:
+        raise InputError("--tma-map and --region-class need --regions")
     if example:
         from skimage.data import immunohistochemistry
 
@@ -646,14 +659,42 @@ def dab(
             rgb = imread(image)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read image {image}: {exc}") from exc
-    try:
-        cut = tuple(float(v) for v in cutoffs.split(","))
-    except ValueError:
-        raise InputError(f"--od-cutoffs must be three numbers, got {cutoffs!r}") from None
-    sc = score_dab(rgb, od_cutoffs=cut, pixel_size_um=pixel_size_um)
+    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um)
     d = sc.to_dict() if hasattr(sc, "to_dict") else {}
     return print_json(d) if json_ else print_kv("DAB IHC", {k: v for k, v in d.items()
                                                              if not isinstance(v, dict | list)})
+
+
+def _od_cutoffs(text: str) -> tuple[float, ...]:
+    from qdmed.errors import InputError
+
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--od-cutoffs must be three numbers, got {text!r}") from None
+
+
+def _dab_regions(slide, regions, cutoffs, region_class, tma_map, case_rule, min_cells, out,
+                 progress, json_):
+    """`qdmed image dab SLIDE --regions ...`: a brightfield TMA core by core."""
+    from qdmed.imaging._dab_regions import analyze_dab_regions
+
+    d = analyze_dab_regions(slide, regions, out, od_cutoffs=_od_cutoffs(cutoffs),
+                            region_class=region_class, tma_map=tma_map,
+                            case_rule=case_rule, min_cells=min_cells, progress=progress)
+    if json_:
+        return print_json(d)
+    rows = d["regions_scored"]["regions"]
+    print_table(f"DAB IHC by region: {Path(slide).name}", rows,
+                [c for c in ("region", "case", "status", "n_cells", "n_scored",
+                             "her2_category", "message") if any(c in r for r in rows)])
+    if d["cases_scored"]:
+        print_table("Cases (cases.csv)", d["cases_scored"]["cases"],
+                    ["case", "status", "cores", "n_scored", "her2_category"])
+    for m in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
+        typer.echo(f"! {m}")
+    typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}")
+    return None
 
 
 def _save_plot(path: Path, fig) -> None:

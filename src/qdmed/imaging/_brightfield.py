@@ -318,6 +318,18 @@ class DabScore:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def check_od_cutoffs(od_cutoffs) -> tuple[float, float, float]:
+    """DAB OD cut-offs checked: three strictly increasing finite ODs (t1, t2, t3)."""
+    try:
+        t = tuple(float(x) for x in np.asarray(od_cutoffs, dtype=np.float64).ravel())
+    except (TypeError, ValueError):
+        t = ()
+    if len(t) != 3 or not all(math.isfinite(x) for x in t) or not (t[0] < t[1] < t[2]):
+        raise InputError(f"od_cutoffs must be three strictly increasing finite ODs (t1, t2, "
+                         f"t3); got {od_cutoffs!r}.")
+    return t
+
+
 def score_dab(
     rgb,
     *,
@@ -373,9 +385,7 @@ def score_dab(
     """
     from qdmed.imaging._cells import COMPARTMENTS, expand_cells, measure_cells, segment_nuclei
 
-    t = tuple(float(x) for x in np.asarray(od_cutoffs, dtype=np.float64).ravel())
-    if len(t) != 3 or not all(math.isfinite(x) for x in t) or not (t[0] < t[1] < t[2]):
-        raise InputError(f"od_cutoffs must be three strictly increasing finite ODs (t1, t2, t3); got {od_cutoffs!r}.")
+    t = check_od_cutoffs(od_cutoffs)
     if compartment not in COMPARTMENTS:
         raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {COMPARTMENTS}.")
     if isinstance(stain_matrix, str):

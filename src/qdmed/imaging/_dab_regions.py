@@ -1,0 +1,168 @@
+"""Conventional DAB IHC of a brightfield slide's regions, one by one: the TMA of the same
+cases stained by DAB, scored core by core and case by case, so that QD-IHC and conventional
+IHC can be set side by side per patient (``qdmed image compare cases.csv dab/cases.csv
+--key case``), as the QD-IHC TMA studies compared them (Chen C et al., Int J Nanomedicine 9,
+1039-1048, 2014, doi:10.2147/IJN.S58270).
+
+Each region (TMA core) is cut from the slide with a margin, its cells are found and scored
+by :func:`qdmed.imaging.score_dab` (colour deconvolution, nuclei on haematoxylin, per-cell
+membrane DAB OD), and the cells whose centroid lies in it are scored by the ASCO/CAP-style
+HER2 rule with the OD cut-offs as intensity classes: the same rule, region table and case
+rules as for QD signal (:mod:`qdmed.imaging._region_scores`). Memory is that of one core.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+
+__all__ = ["analyze_dab_regions"]
+
+#: Glass kept around each region's bounding box, um: cells at its edge are segmented whole.
+MARGIN_UM = 15.0
+
+
+def _region_boxes(reg) -> dict[str, tuple[float, float, float, float]]:
+    """Per present region: (x_min, x_max, y_min, y_max) of its polygons, QuPath coordinates."""
+    boxes: dict[str, list[float]] = {}
+    for rings, label in zip(reg.polygons, reg.labels, strict=True):
+        ext = rings[0]
+        b = [float(ext[:, 0].min()), float(ext[:, 0].max()), float(ext[:, 1].min()),
+             float(ext[:, 1].max())]
+        if label in boxes:
+            o = boxes[label]
+            b = [min(o[0], b[0]), max(o[1], b[1]), min(o[2], b[2]), max(o[3], b[3])]
+        boxes[label] = b
+    return {k: tuple(v) for k, v in boxes.items()}
+
+
+def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ruifrok",
+                        region_class: str | None = None, tma_map=None,
+                        case_rule: str = "pooled", min_cells: int = 100,
+                        progress: bool = True) -> dict[str, Any]:
+    """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations).
+
+    Parameters
+    ----------
+    slide : path or SlideImage
+        An 8-bit RGB brightfield slide (TIFF, OME-TIFF, OME-Zarr).
+    regions : path
+        The regions (GeoJSON, or a QuPath ``.qptma`` TMA grid; :func:`read_regions`), e.g.
+        the cores that :func:`find_tma_cores` found on this slide. A file of TMA cores and
+        annotations together scores each core on its cells in the annotations.
+    out_dir : path
+        Gets ``cells.parquet`` (every cell of the regions, with ``region``, ``dab_class``
+        and, with a map, ``case``), ``regions.csv``, ``cases.csv`` (with a map) and
+        ``summary.json``.
+    od_cutoffs : (t1, t2, t3), OD
+        Membrane DAB OD cut-offs of the 1+, 2+ and 3+ classes (:func:`score_dab`; calibrate
+        them on control tissue: no default is shipped).
+    stain_matrix, region_class, tma_map, case_rule, min_cells
+        As for :func:`score_dab` and :func:`qdmed.imaging.analyze_slide`.
+
+    Returns
+    -------
+    dict
+        The summary (also ``summary.json``): ``regions_scored`` and ``cases_scored`` as an
+        analysed QD slide's, the parameters and the qdmed version.
+
+    Raises
+    ------
+    InputError
+        Not an 8-bit RGB slide, bad cut-offs, options or files.
+    """
+    import pandas as pd
+
+    from qdmed import __version__
+    from qdmed.imaging._analyze import _progress
+    from qdmed.imaging._brightfield import check_od_cutoffs, score_dab
+    from qdmed.imaging._region_scores import (
+        assign_regions,
+        check_case_rule,
+        check_min_cells,
+        read_tma_map,
+        score_slide_regions,
+    )
+    from qdmed.imaging._regions import read_regions
+    from qdmed.imaging._scoring import Her2Calibration
+    from qdmed.imaging._slideio import read_slide
+    from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
+
+    t0 = time.perf_counter()
+    cut = check_od_cutoffs(od_cutoffs)
+    min_cells = check_min_cells(min_cells)
+    map_source = None if tma_map is None or isinstance(tma_map, dict) else str(tma_map)
+    if tma_map is not None and not isinstance(tma_map, dict):
+        tma_map = read_tma_map(tma_map)
+    check_case_rule(case_rule, tma_map)
+    reg = read_regions(regions, region_class)
+    tumour = None
+    if reg.mixes_cores_and_annotations:
+        reg, tumour = reg.subset(cores=True), reg.subset(cores=False)
+    img = slide if hasattr(slide, "read_region") else read_slide(slide)
+    name = Path(getattr(img, "path", slide)).name
+    if img.dtype != np.uint8 or img.shape[-1] != 3:
+        raise InputError(f"{name}: DAB IHC needs an 8-bit RGB brightfield slide; got "
+                         f"{img.shape[-1]} channels of {img.dtype}")
+    warnings = []
+    ps = img.pixel_size_um
+    if not ps:
+        ps = 0.5
+        warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = img.shape[:2]
+    index = {n: i for i, n in enumerate(reg.names)}
+    margin = MARGIN_UM / ps
+    tables = []
+    boxes = _region_boxes(reg)
+    with _progress(progress, len(boxes), 0) as advance:
+        for label, (x0, x1, y0, y1) in boxes.items():
+            # QuPath coordinates are pixel index + 0.5
+            ya, yb = max(int(np.floor(y0 - 0.5 - margin)), 0), min(int(np.ceil(y1 + margin)), h)
+            xa, xb = max(int(np.floor(x0 - 0.5 - margin)), 0), min(int(np.ceil(x1 + margin)), w)
+            if yb - ya < 8 or xb - xa < 8:
+                advance()
+                continue
+            crop = np.asarray(img.read_region(ya, yb, xa, xb))
+            sc = score_dab(crop, od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix)
+            cells = sc.cells.copy()
+            cells["centroid_x"] += xa
+            cells["centroid_y"] += ya
+            for ax in ("x", "y"):
+                if f"centroid_{ax}_um" in cells:
+                    cells[f"centroid_{ax}_um"] = cells[f"centroid_{ax}"] * ps
+            # a cell belongs to the region whose crop found it, if its centroid lies there
+            keep = reg.region_index_cells(cells) == index[label] if len(cells) else []
+            tables.append(cells[keep])
+            advance()
+    cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        {"centroid_x": [], "centroid_y": [], "dab_class": []})
+    cells["cell_id"] = np.arange(len(cells), dtype=np.int64)  # unique over the slide
+    assign_regions(cells, reg, name, tumour=tumour, tma_map=tma_map)
+    scored = cells[cells["in_region"].to_numpy()]
+    cal = Her2Calibration(faint=cut[0], weak_moderate=cut[1], intense=cut[2], marker="DAB",
+                          compartment="membrane", rule="explicit DAB OD cut-offs")
+    by_region, by_case = score_slide_regions(
+        cells, scored, reg, name, out, tumour=tumour, tma_map=tma_map, case_rule=case_rule,
+        her2_calibration=cal, pixel_size_um=ps, min_cells=min_cells)
+    atomic_write_parquet(out / "cells.parquet", cells)
+    summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
+               "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
+               "n_scored": int(len(scored)), "pixel_size_um": ps,
+               "parameters": {"regions": str(regions), "region_class": region_class,
+                              "od_cutoffs": list(cut), "stain_matrix": stain_matrix
+                              if isinstance(stain_matrix, str) else
+                              np.asarray(stain_matrix).tolist(),
+                              "tma_map": map_source, "case_rule": case_rule,
+                              "min_cells": min_cells, "margin_um": MARGIN_UM},
+               "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
+               "elapsed_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=1))
+    return to_jsonable(summary)
