@@ -704,7 +704,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert 0.3 * core["A-1"]["n_cells"] < rows["A-1"]["n_scored"] == len(left)
     assert rows["A-1"]["n_cells"] == core["A-1"]["n_cells"]  # the core's cells, all of them
     assert (rows["A-2"]["status"], rows["A-2"]["message"]) == (
-        "no cells", "no scored cells (none in the tumour annotations)")
+        "no cells", "none of its cells in the tumour annotations; no scored cells")
     assert tum.cells()["in_tumour"].sum() == len(left)
     assert tum.summary["scored_cells"]["cells"].endswith("and in the tumour annotations")
     # the report's gallery: every core cut from the unmixed image, the lost one an empty frame
@@ -716,6 +716,13 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles == ["A-1 3+", "A-2 1+", "B-1 0", "B-2 missing"]
     assert [len(a.images) for a in fig.axes[:4]] == [1, 1, 1, 0]
+    # one window size, centred on each core (the core's bright middle at the centre)
+    arrays = [a.images[0].get_array() for a in fig.axes[:3]]
+    assert len({a.shape for a in arrays}) == 1
+    for a in arrays:
+        n = a.shape[0]
+        mid = a[n // 4:3 * n // 4, n // 4:3 * n // 4].mean()
+        assert mid > 2 * a[:n // 10, :n // 10].mean()  # tissue in the middle, glass corner
     # the same from two files (--tumour-regions)
     (tmp_path / "t.geojson").write_text(json.dumps([tumour]))
     sep = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", regions=cores,

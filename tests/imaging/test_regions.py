@@ -184,3 +184,21 @@ def test_cores_and_annotations_in_one_file(tmp_path):
     assert [c[0] for c in cores.centers] == ["A-1", "A-2"]
     with pytest.raises(InputError, match=r"no annotation classified 'Necrosis'.*2 TMA core\(s\)"):
         read_regions(p, "Necrosis")
+    # split for scoring: annotations of two classes need the class that is the tumour
+    from qdmed.imaging._regions import regions_and_tumour
+
+    with pytest.raises(InputError, match=r"several classes \(Stroma, Tumor\)"):
+        regions_and_tumour(p)
+    reg, tum = regions_and_tumour(p, region_class="Tumor")
+    assert (reg.names, tum.classes) == (("A-1",), ("Tumor",))
+    # cores alone, the tumour in a file of its own: the class picks the tumour, not cores
+    cores = tmp_path / "cores.geojson"
+    cores.write_text(json.dumps([feat("tmaCore", "A-1", ring=big, isMissing=False)]))
+    t = tmp_path / "t.geojson"
+    t.write_text(json.dumps([feat("annotation", cls="Tumor"), feat("annotation", cls="Stroma")]))
+    reg, tum = regions_and_tumour(cores, t, "Tumor")
+    assert (reg.names, reg.is_tma, tum.classes) == (("A-1",), True, ("Tumor",))
+    # in a file of cores alone the class picks cores, as before
+    cores.write_text(json.dumps([feat("tmaCore", "A-1", cls="Tumor", isMissing=False),
+                                 feat("tmaCore", "A-2", cls="Normal", isMissing=False)]))
+    assert read_regions(cores, "Tumor").names == ("A-1",)

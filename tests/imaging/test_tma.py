@@ -415,10 +415,18 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     cells = pd.read_parquet(tmp_path / "dab" / "cells.parquet")
     assert cells["cell_id"].is_unique and set(cells["region"]) == {"A-1", "A-2", "A-3", "B-1",
                                                                    "B-3"}
-    for name, sub in cells.groupby("region"):  # every cell inside its core
-        assert (read_regions(cores).region_index_cells(sub) ==
-                read_regions(cores).names.index(name)).all()
-        assert got[name]["n_cells"] == len(sub) >= 30
+    # the cells of a core are those score_dab finds on that core alone
+    from qdmed.imaging import read_slide, score_dab
+
+    a1 = next(c for c in found.cores if c["name"] == "A-1")
+    r0 = int(a1["radius_px"]) + 30
+    y0, x0 = int(a1["center_y"]) - r0, int(a1["center_x"]) - r0
+    alone = score_dab(read_slide(p).read_region(y0, y0 + 2 * r0, x0, x0 + 2 * r0),
+                      od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5).cells
+    inside = np.hypot(alone["centroid_x"] + x0 - a1["center_x"],
+                      alone["centroid_y"] + y0 - a1["center_y"]) <= a1["radius_px"]
+    assert got["A-1"]["n_cells"] == pytest.approx(int(inside.sum()), rel=0.1)
+    assert (cells["region"] == "A-1").sum() == got["A-1"]["n_cells"] >= 30
     cases = {r["case"]: r for r in d["cases_scored"]["cases"]}
     assert (cases["P1"]["cores"], cases["P3"]["her2_category"], cases["P4"]["status"]) == (
         "A-1;B-1", "0", "no cells")
@@ -431,3 +439,14 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
         analyze_dab_regions(fluo.path, cores, tmp_path / "x", od_cutoffs=(0.05, 0.15, 0.3))
     with pytest.raises(InputError, match="od_cutoffs must be three"):
         analyze_dab_regions(p, cores, tmp_path / "x", od_cutoffs=(0.3, 0.15, 0.05))
+    # a region on glass: no cells, and the cell table keeps its columns
+    glass = tmp_path / "glass.geojson"
+    glass.write_text(json.dumps([{"type": "Feature", "properties": {"name": "G"},
+                                  "geometry": {"type": "Polygon", "coordinates": [[
+                                      [600, 560], [640, 560], [640, 600], [600, 600],
+                                      [600, 560]]]}}]))
+    g = analyze_dab_regions(p, glass, tmp_path / "g", od_cutoffs=(0.05, 0.15, 0.3),
+                            progress=False)
+    assert g["regions_scored"]["regions"][0]["status"] == "no cells"
+    assert {"centroid_x", "dab_class"} <= set(pd.read_parquet(tmp_path / "g" /
+                                                              "cells.parquet").columns)

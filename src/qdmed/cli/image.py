@@ -300,6 +300,7 @@ def tma(
     row_labels: Annotated[str | None, typer.Option("--row-labels", help="The array's row labels, top to bottom, as in QuPath: A-J, 1-10, or a list 'A B C E' (default A, B, C, ...). As many as the rows found: a lost first or last row is refused with the labels to give.")] = None,
     col_labels: Annotated[str | None, typer.Option("--col-labels", help="The array's column labels, left to right: 1-16, A-P, or a list (default 1, 2, 3, ...).")] = None,
     label_order: Annotated[str, typer.Option("--label-order", help="Core names row label first (row-first: A-1) or column label first (column-first: 1-A).")] = "row-first",
+    brightfield: Annotated[bool | None, typer.Option("--brightfield/--fluorescence", help="Tissue darker than the glass (brightfield, found by optical density) or brighter (fluorescence). Default: brightfield for 8-bit RGB slides.")] = None,
     json_: JSON = False,
 ):
     """Dearray a tissue microarray: find its cores and name them by row and column, for
@@ -316,7 +317,8 @@ def tma(
                          f"{qptma}")
     cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um,
                                      row_labels=row_labels, col_labels=col_labels,
-                                     row_first=label_order == "row-first")
+                                     row_first=label_order == "row-first",
+                                     brightfield=brightfield)
     atomic_write_text(out, json.dumps(cores.to_geojson()))
     if qptma is not None:
         atomic_write_text(qptma, cores.to_qptma(Path(slide).resolve()))
@@ -328,7 +330,8 @@ def tma(
     if json_:
         return print_json(d)
     print_kv(f"TMA {slide.name}", {
-        "grid": f"{d['n_rows']} x {d['n_cols']}, turned {d['rotation_deg']:.1f} deg",
+        "grid": f"{d['n_rows']} x {d['n_cols']}, turned {d['rotation_deg']:.1f} deg"
+                + (" (brightfield)" if d["brightfield"] else ""),
         "cores found": d["n_found"],
         "missing": ", ".join(c["name"] for c in d["cores"] if c["missing"]) or "none",
         "core diameter (um)": d["core_diameter_um"], "cores": str(out),
@@ -349,7 +352,7 @@ def analyze(
     calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the HTML report.")] = False,
     poisson: Annotated[bool, typer.Option("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
-    regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath): score only the cells inside them.")] = None,
+    regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath) or TMA cores (GeoJSON or QuPath .qptma): score only the cells inside them.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations (GeoJSON) to narrow --regions down to: e.g. the tumour drawn inside TMA cores, scored core by core. A --regions file holding cores and annotations together is split so without this.")] = None,
     no_outlines: NO_OUTLINES = False,
@@ -572,7 +575,7 @@ def cohort(
     scheduler: Annotated[str | None, typer.Option("--scheduler")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
-    regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of GeoJSON annotations, one per slide (<slide stem>.geojson): score only the cells inside them.")] = None,
+    regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of annotations or TMA cores, one file per slide (<slide stem>.geojson, .json or .qptma): score only the cells inside them.")] = None,
     tumour_regions_dir: Annotated[Path | None, typer.Option("--tumour-regions-dir", help="Folder of tumour annotations, one per slide, to narrow each slide's regions down to (as analyze --tumour-regions).")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     no_outlines: NO_OUTLINES = False,
@@ -626,9 +629,10 @@ def dab(
     image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
     example: Annotated[bool, typer.Option("--example", help="Use scikit-image's bundled IHC image.")] = False,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+.")] = "0.05,0.15,0.3",
-    pixel_size_um: Annotated[float, typer.Option("--pixel-size-um")] = 0.5,
+    pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's, else 0.5).")] = None,
     regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
+    tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations to narrow --regions down to (as analyze --tumour-regions).")] = None,
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     region_min_cells: REGION_CELLS = 100,
@@ -644,10 +648,18 @@ def dab(
     if example == (image is not None):
         raise InputError("give an image path or --example")
     if regions is not None:
-        return _dab_regions(image, regions, cutoffs, region_class, tma_map, case_rule,
-                            region_min_cells, out, not no_progress, json_)
-    if tma_map is not None or region_class is not None:
-        raise InputError("--tma-map and --region-class need --regions")
+        if example:
+            raise InputError("--regions scores a slide given by its path, not --example")
+        from qdmed.imaging._dab_regions import analyze_dab_regions
+
+        d = analyze_dab_regions(image, regions, out, od_cutoffs=_od_cutoffs(cutoffs),
+                                region_class=region_class, tumour_regions=tumour_regions,
+                                tma_map=tma_map, case_rule=case_rule,
+                                min_cells=region_min_cells, pixel_size_um=pixel_size_um,
+                                progress=not no_progress)
+        return print_json(d) if json_ else _print_dab_regions(image, out, d)
+    if tma_map is not None or region_class is not None or tumour_regions is not None:
+        raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
     if example:
         from skimage.data import immunohistochemistry
 
@@ -659,7 +671,7 @@ def dab(
             rgb = imread(image)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read image {image}: {exc}") from exc
-    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um)
+    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5)
     d = sc.to_dict() if hasattr(sc, "to_dict") else {}
     return print_json(d) if json_ else print_kv("DAB IHC", {k: v for k, v in d.items()
                                                              if not isinstance(v, dict | list)})
@@ -674,16 +686,8 @@ def _od_cutoffs(text: str) -> tuple[float, ...]:
         raise InputError(f"--od-cutoffs must be three numbers, got {text!r}") from None
 
 
-def _dab_regions(slide, regions, cutoffs, region_class, tma_map, case_rule, min_cells, out,
-                 progress, json_):
-    """`qdmed image dab SLIDE --regions ...`: a brightfield TMA core by core."""
-    from qdmed.imaging._dab_regions import analyze_dab_regions
-
-    d = analyze_dab_regions(slide, regions, out, od_cutoffs=_od_cutoffs(cutoffs),
-                            region_class=region_class, tma_map=tma_map,
-                            case_rule=case_rule, min_cells=min_cells, progress=progress)
-    if json_:
-        return print_json(d)
+def _print_dab_regions(slide, out, d) -> None:
+    """The tables of `qdmed image dab SLIDE --regions ...`."""
     rows = d["regions_scored"]["regions"]
     print_table(f"DAB IHC by region: {Path(slide).name}", rows,
                 [c for c in ("region", "case", "status", "n_cells", "n_scored",
@@ -694,7 +698,6 @@ def _dab_regions(slide, regions, cutoffs, region_class, tma_map, case_rule, min_
     for m in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
         typer.echo(f"! {m}")
     typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}")
-    return None
 
 
 def _save_plot(path: Path, fig) -> None:

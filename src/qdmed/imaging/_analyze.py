@@ -603,31 +603,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
 
     t0 = time.perf_counter()
     path = Path(path)
-    reg = None
     if regions is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions file (GeoJSON "
                          "annotations, --regions); none was given.")
-    if regions is not None:
-        from qdmed.imaging._regions import read_regions
+    from qdmed.imaging._regions import regions_and_tumour
 
-        reg = read_regions(regions, region_class)  # fail before any tile is analysed
-    tumour = None
-    if tumour_regions is not None:
-        if reg is None:
-            raise InputError("tumour_regions narrows the regions down (e.g. the tumour inside "
-                             "TMA cores): give the regions too, or give the tumour "
-                             "annotations as the regions")
-        tumour = read_regions(tumour_regions, region_class)
-        if tumour.is_tma:
-            raise InputError(f"tumour_regions {tumour_regions}: holds TMA cores only; the "
-                             "tumour is given by annotations")
-        if tumour.mixes_cores_and_annotations:
-            tumour = tumour.subset(cores=False)
-    if reg is not None and reg.mixes_cores_and_annotations:  # one export of both: the
-        if tumour is not None:  # cores are the regions, the annotations the tumour
-            raise InputError(f"{regions} holds TMA cores and annotations, and tumour_regions "
-                             "are given too: give the tumour in one place")
-        reg, tumour = reg.subset(cores=True), reg.subset(cores=False)
+    # fail before any tile is analysed
+    reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     if per_region and reg is None:
         raise InputError("per_region needs a regions file (GeoJSON annotations or TMA cores, "
                          "--regions); none was given.")

@@ -85,7 +85,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     ``slide``).
 
     With ``regions_dir``, each slide is scored only on the cells inside its annotations,
-    ``<regions_dir>/<slide stem>.geojson`` (or ``.json``), optionally only those of class
+    ``<regions_dir>/<slide stem>.geojson`` (or ``.json``, or a QuPath TMA grid ``.qptma``;
+    :func:`regions_file`), optionally only those of class
     ``region_class`` (see :func:`qdmed.imaging.analyze_slide`); a slide without such a file
     is reported as failed rather than scored on all its cells, so that every score of the
     cohort refers to the same kind of selection. ``outlines``, ``write_unmixed`` and

@@ -28,23 +28,19 @@ __all__ = ["analyze_dab_regions"]
 MARGIN_UM = 15.0
 
 
-def _region_boxes(reg) -> dict[str, tuple[float, float, float, float]]:
-    """Per present region: (x_min, x_max, y_min, y_max) of its polygons, QuPath coordinates."""
-    boxes: dict[str, list[float]] = {}
-    for rings, label in zip(reg.polygons, reg.labels, strict=True):
-        ext = rings[0]
-        b = [float(ext[:, 0].min()), float(ext[:, 0].max()), float(ext[:, 1].min()),
-             float(ext[:, 1].max())]
-        if label in boxes:
-            o = boxes[label]
-            b = [min(o[0], b[0]), max(o[1], b[1]), min(o[2], b[2]), max(o[3], b[3])]
-        boxes[label] = b
-    return {k: tuple(v) for k, v in boxes.items()}
+def _polygon_boxes(reg) -> list[tuple[int, str, tuple[float, float, float, float]]]:
+    """Per polygon: its index, its region's name and (x_min, x_max, y_min, y_max) of its
+    exterior ring, QuPath coordinates (each piece of a region is cut on its own, so that a
+    region in far-apart pieces is never one huge crop)."""
+    return [(i, label, (float(r[0][:, 0].min()), float(r[0][:, 0].max()),
+                        float(r[0][:, 1].min()), float(r[0][:, 1].max())))
+            for i, (r, label) in enumerate(zip(reg.polygons, reg.labels, strict=True))]
 
 
 def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ruifrok",
-                        region_class: str | None = None, tma_map=None,
+                        region_class: str | None = None, tumour_regions=None, tma_map=None,
                         case_rule: str = "pooled", min_cells: int = 100,
+                        pixel_size_um: float | None = None,
                         progress: bool = True) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations).
 
@@ -63,8 +59,11 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     od_cutoffs : (t1, t2, t3), OD
         Membrane DAB OD cut-offs of the 1+, 2+ and 3+ classes (:func:`score_dab`; calibrate
         them on control tissue: no default is shipped).
-    stain_matrix, region_class, tma_map, case_rule, min_cells
+    stain_matrix, region_class, tumour_regions, tma_map, case_rule, min_cells
         As for :func:`score_dab` and :func:`qdmed.imaging.analyze_slide`.
+    pixel_size_um : float, optional
+        Overrides the slide's pixel size (um); a slide without one is read at 0.5 um/px
+        with a warning.
 
     Returns
     -------
@@ -89,7 +88,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         read_tma_map,
         score_slide_regions,
     )
-    from qdmed.imaging._regions import read_regions
+    from qdmed.imaging._regions import Regions, regions_and_tumour
     from qdmed.imaging._scoring import Her2Calibration
     from qdmed.imaging._slideio import read_slide
     from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
@@ -101,29 +100,29 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if tma_map is not None and not isinstance(tma_map, dict):
         tma_map = read_tma_map(tma_map)
     check_case_rule(case_rule, tma_map)
-    reg = read_regions(regions, region_class)
-    tumour = None
-    if reg.mixes_cores_and_annotations:
-        reg, tumour = reg.subset(cores=True), reg.subset(cores=False)
+    reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     name = Path(getattr(img, "path", slide)).name
     if img.dtype != np.uint8 or img.shape[-1] != 3:
         raise InputError(f"{name}: DAB IHC needs an 8-bit RGB brightfield slide; got "
                          f"{img.shape[-1]} channels of {img.dtype}")
     warnings = []
-    ps = img.pixel_size_um
+    ps = pixel_size_um or img.pixel_size_um
+    if pixel_size_um is not None and not (isinstance(pixel_size_um, float | int)
+                                          and pixel_size_um > 0):
+        raise InputError(f"pixel_size_um must be a positive number (um); got "
+                         f"{pixel_size_um!r}")
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     h, w = img.shape[:2]
-    index = {n: i for i, n in enumerate(reg.names)}
     margin = MARGIN_UM / ps
     tables = []
-    boxes = _region_boxes(reg)
+    boxes = _polygon_boxes(reg)
     with _progress(progress, len(boxes), 0) as advance:
-        for label, (x0, x1, y0, y1) in boxes.items():
+        for i, label, (x0, x1, y0, y1) in boxes:
             # QuPath coordinates are pixel index + 0.5
             ya, yb = max(int(np.floor(y0 - 0.5 - margin)), 0), min(int(np.ceil(y1 + margin)), h)
             xa, xb = max(int(np.floor(x0 - 0.5 - margin)), 0), min(int(np.ceil(x1 + margin)), w)
@@ -138,12 +137,19 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
             for ax in ("x", "y"):
                 if f"centroid_{ax}_um" in cells:
                     cells[f"centroid_{ax}_um"] = cells[f"centroid_{ax}"] * ps
-            # a cell belongs to the region whose crop found it, if its centroid lies there
-            keep = reg.region_index_cells(cells) == index[label] if len(cells) else []
-            tables.append(cells[keep])
+            # a cell belongs to the piece whose crop found it, if its centroid lies in it
+            piece = Regions(source=reg.source, polygons=(reg.polygons[i],), classes=(None,),
+                            labels=(label,))
+            cells["region"] = label
+            tables.append(cells[piece.contains_cells(cells) if len(cells) else
+                                np.zeros(0, bool)])
             advance()
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": []})
+    if len(cells):  # pieces of one region that overlap find their shared cells twice
+        cells = cells.loc[~cells[["region", "centroid_x", "centroid_y"]].round(1)
+                          .duplicated()].reset_index(drop=True)
+    cells = cells.drop(columns="region", errors="ignore")
     cells["cell_id"] = np.arange(len(cells), dtype=np.int64)  # unique over the slide
     assign_regions(cells, reg, name, tumour=tumour, tma_map=tma_map)
     scored = cells[cells["in_region"].to_numpy()]

@@ -148,8 +148,8 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
         if areas and mm2 and areas.get(name):
             row["area_mm2"] = areas[name] * mm2
             row["cells_per_mm2"] = row["n_cells"] / row["area_mm2"]
-        for key, per in flags.items():
-            row[key] = float(per.get(name, 0.0))
+        for key, per in flags.items():  # NaN for a region without cells
+            row[key] = float(per.get(name, np.nan))
         notes = [row["message"]]
         if row.get("percent_cells_out_of_focus", 0.0) >= 50.0:
             notes.append(f"{row['percent_cells_out_of_focus']:.0f} % of its cells in "
@@ -163,7 +163,8 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
         if name not in set(names):
             rows.append({"region": name, "status": "missing", "n_cells": 0, "n_scored": 0,
                          "her2_category": None,
-                         "message": "marked missing in the regions file (isMissing)"})
+                         "message": "marked missing in the regions file (isMissing; "
+                                    "Present false in a .qptma)"})
     if pixel_size_um:
         where = {name: (x, y) for name, x, y in centers}
         for r in rows:  # QuPath coordinates are pixel-index + 0.5
@@ -441,7 +442,8 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
         if scored:  # the cores' own categories, and whether they disagree
             row["her2_core_categories"] = ";".join(f"{_core_key(r)}:{r['her2_category']}"
                                                    for r in scored)
-            row["her2_cores_discordant"] = len({r["her2_category"] for r in scored}) > 1
+            row["her2_cores_discordant"] = (len({r["her2_category"] for r in scored}) > 1
+                                            if len(scored) > 1 else None)
         extra = (notes or {}).get(case, [])
         row["message"] = "; ".join(m for m in (row["message"], *extra) if m)
         rows.append(row)
@@ -498,7 +500,8 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
         in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
         for r in rows:
             if r["status"] != "missing" and r["n_cells"] and not in_t.get(r["region"], 0):
-                r["message"] += " (none in the tumour annotations)"
+                r["message"] = "; ".join(m for m in ("none of its cells in the tumour "
+                                                     "annotations", r["message"]) if m)
     by_case = None
     if tma_map is not None:
         names = [r["region"] for r in rows]

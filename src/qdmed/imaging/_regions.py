@@ -284,7 +284,9 @@ def _ring(coords, where: str) -> np.ndarray:
 def read_regions(path, region_class: str | None = None) -> Regions:
     """Polygons of a GeoJSON file (a FeatureCollection, a list of Features or one Feature),
     optionally only those whose classification name is ``region_class``; or the TMA cores
-    of a QuPath TMA grid file (``.qptma``, :func:`qdmed.imaging._tma.read_qptma`).
+    of a QuPath TMA grid file (``.qptma``, :func:`qdmed.imaging._tma.read_qptma`). In a file
+    of TMA cores and annotations together, the class picks the annotations and every core
+    is kept.
 
     Raises
     ------
@@ -314,6 +316,11 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     else:
         raise FileFormatError(f"{p}: expected a GeoJSON FeatureCollection, Feature or a list of "
                               "Features")
+    # with annotations beside TMA cores (tumour drawn inside them), the class picks the
+    # annotations and every core is kept; in a file of cores alone it picks cores
+    annotated = any(isinstance(f, dict) and isinstance(f.get("properties") or {}, dict)
+                    and _object_type(f, f.get("properties") or {}) in ("annotation", None)
+                    and "isMissing" not in (f.get("properties") or {}) for f in feats)
     polys, classes, labels, kinds, missing = [], [], [], [], []
     order: list = []  # every region (present or missing) once, in file order
     centres: dict = {}
@@ -333,8 +340,9 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         if "isMissing" in props:  # written on TMA cores only (QuPath, and qdmed's dearrayer,
             kind = "tmacore"      # whose cores are annotations so that QuPath imports them)
         name = _class_name(props.get("classification"))
-        if region_class is not None and name != region_class and kind != "tmacore":
-            continue  # the class picks annotations; TMA cores are kept whatever theirs
+        if region_class is not None and name != region_class and not (
+                kind == "tmacore" and annotated):
+            continue
         label = props.get("name")
         label = label.strip() if isinstance(label, str) and label.strip() else None
         if kind == "tmacore" and label is not None:
@@ -384,11 +392,53 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             extra += f"; all {len(missing)} regions read are marked missing (isMissing)"
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
                          f"with ({len(feats)} features read{extra}).")
-    if region_class is not None and all(k == "tmacore" for k in kinds):
-        raise InputError(f"{p}: no annotation classified {region_class!r} (the class picks "
-                         f"annotations, e.g. tumour inside TMA cores; "
-                         f"{len(set(labels) | set(missing))} TMA core(s) read, which are kept "
-                         "whatever their class)")
+    if region_class is not None and annotated and all(k == "tmacore" for k in kinds):
+        raise InputError(f"{p}: no annotation classified {region_class!r} (beside TMA cores "
+                         f"the class picks the annotations, e.g. tumour inside the cores; "
+                         f"{len(set(labels) | set(missing))} TMA core(s) read, kept whatever "
+                         "their class)")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes),
                    labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing),
                    order=tuple(order), centers=centers)
+
+
+def regions_and_tumour(regions, tumour_regions=None, region_class: str | None = None
+                       ) -> tuple[Regions | None, Regions | None]:
+    """The regions to score and the tumour to narrow them down to, from the files a user
+    gives: ``regions`` alone (``region_class`` picks its annotations); ``regions`` and a
+    separate ``tumour_regions`` file (the class then picks the tumour annotations); or one
+    file of TMA cores and annotations together (the cores are the regions, the annotations
+    the tumour). Tumour annotations of several classes need ``region_class`` to say which.
+
+    Raises
+    ------
+    InputError
+        ``tumour_regions`` without ``regions``, a tumour given twice, a tumour file of TMA
+        cores only, or tumour annotations of several classes and no ``region_class``.
+    """
+    if regions is None:
+        if tumour_regions is not None:
+            raise InputError("tumour_regions narrows the regions down (e.g. the tumour inside "
+                             "TMA cores): give the regions too, or give the tumour "
+                             "annotations as the regions")
+        return None, None
+    reg = read_regions(regions, None if tumour_regions is not None else region_class)
+    tumour = None
+    if tumour_regions is not None:
+        tumour = read_regions(tumour_regions, region_class)
+        if tumour.is_tma:
+            raise InputError(f"tumour_regions {tumour_regions}: holds TMA cores only; the "
+                             "tumour is given by annotations")
+        if tumour.mixes_cores_and_annotations:
+            tumour = tumour.subset(cores=False)
+    if reg.mixes_cores_and_annotations:
+        if tumour is not None:
+            raise InputError(f"{regions} holds TMA cores and annotations, and tumour_regions "
+                             "are given too: give the tumour in one place")
+        reg, tumour = reg.subset(cores=True), reg.subset(cores=False)
+    if tumour is not None and region_class is None and len(set(tumour.classes)) > 1:
+        names = ", ".join(sorted(str(c) for c in set(tumour.classes)))
+        raise InputError(f"the annotations that narrow the regions down carry several classes "
+                         f"({names}): give the tumour's (region_class, --region-class), so "
+                         "that stroma or necrosis is not scored as tumour")
+    return reg, tumour

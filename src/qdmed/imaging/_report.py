@@ -30,13 +30,14 @@ def _thumbnail(unmixed_path: Path, max_px: int = 900):
 _PALETTE = ((0.25, 0.45, 1.0), (1.0, 0.15, 0.15), (0.15, 1.0, 0.15), (1.0, 0.85, 0.0))
 
 
-def _composite(img, names: list[str], top=None):
+def _composite(img, names: list[str], top=None, first: str | None = None):
     """RGB composite of an unmixed (Y, X, K) image: the counterstain blue, then up to three
-    markers (HER2 first when present) red, green, yellow, each scaled to ``top`` (per
-    channel; default its 99.5th percentile here). Returns (rgb, legend, top)."""
+    markers (``first`` first when present, then in panel order) red, green, yellow, each
+    scaled to ``top`` (per channel; default its 99.5th percentile here). Returns (rgb,
+    legend, top)."""
     picks = [n for n in names if n == "DAPI"][:1]
     rest = [n for n in names if n not in ("DAPI", "autofluorescence")]
-    picks += sorted(rest, key=lambda n: n != "HER2")[:3]
+    picks += sorted(rest, key=lambda n: n != first)[:3]
     if top is None:
         top = {n: float(np.percentile(img[..., names.index(n)], 99.5)) for n in picks}
     comp = np.zeros(img.shape[:2] + (3,))
@@ -59,7 +60,8 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
     from qdmed.imaging._slideio import read_slide
 
     path = Path(result.out_dir) / "unmixed.ome.zarr"
-    shown = [r for r in rows if np.isfinite(r.get("center_x_um", np.nan))][:max_cores]
+    placed = [r for r in rows if np.isfinite(r.get("center_x_um", np.nan))]
+    shown = placed[:max_cores]
     if not path.exists() or not shown or not any(r.get("area_mm2") for r in shown):
         return None
     s = read_slide(path)
@@ -75,26 +77,38 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
     f = s.data.shape[0] / lev.shape[0]
     thumb, _, _ = _thumbnail(path, 900)
     names = list(s.channel_names)
-    _, legend, top = _composite(thumb, names)
+    _, legend, top = _composite(thumb, names, first="HER2")
     ncol = min(12, len(shown))
     nrow = -(-len(shown) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.45 * nrow), squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
-    half = d_um / ps / f / 2 * 1.1
+    half = int(np.ceil(d_um / ps / f / 2 * 1.1))
+    hh, ww = lev.shape[:2]
     for ax, r in zip(axes.ravel(), shown, strict=False):
         cat = r.get("her2_category")
         ax.set_title(f"{r['region']} {cat or r['status']}", fontsize=6,
                      color=_CAT_COLOURS.get(cat, "#555555"))
-        if r["status"] == "missing":
+        if r["status"] == "missing":  # an empty, dashed frame
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_linestyle("--")
+                side.set_edgecolor("#999999")
             continue
-        cy, cx = r["center_y_um"] / ps / f, r["center_x_um"] / ps / f
-        y0, x0 = max(int(cy - half), 0), max(int(cx - half), 0)
-        crop = np.asarray(lev[y0:int(cy + half) + 1, x0:int(cx + half) + 1].compute(),
-                          dtype=np.float64)
-        if crop.size:
-            ax.imshow(_composite(crop, names, top)[0])
-    fig.suptitle(f"cores ({', '.join(legend)}; one intensity scale)", fontsize=8)
+        cy = int(round(r["center_y_um"] / ps / f))
+        cx = int(round(r["center_x_um"] / ps / f))
+        # a fixed window around the centre; what falls off the slide stays black
+        canvas = np.zeros((2 * half + 1, 2 * half + 1, len(names)))
+        y0, y1 = max(cy - half, 0), min(cy + half + 1, hh)
+        x0, x1 = max(cx - half, 0), min(cx + half + 1, ww)
+        if y1 > y0 and x1 > x0:
+            canvas[y0 - (cy - half):y1 - (cy - half), x0 - (cx - half):x1 - (cx - half)] = \
+                np.asarray(lev[y0:y1, x0:x1].compute(), dtype=np.float64)
+        ax.imshow(_composite(canvas, names, top)[0])
+    more = f"; the first {len(shown)} of {len(placed)}" if len(placed) > len(shown) else ""
+    fig.suptitle(f"cores ({', '.join(legend)}; one intensity scale{more})", fontsize=8)
     fig.tight_layout()
     return fig
 

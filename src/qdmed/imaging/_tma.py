@@ -461,6 +461,8 @@ class TmaCores:
     rotation_deg : float
         The grid's angle from the image axes (:func:`grid_angle`; positive turns the rows
         from the x axis towards +y).
+    brightfield : bool
+        Found as brightfield tissue (by optical density) rather than fluorescence.
     """
 
     cores: tuple
@@ -471,6 +473,7 @@ class TmaCores:
     overview_um_per_px: float
     warnings: tuple = ()
     rotation_deg: float = 0.0
+    brightfield: bool = False
 
     @property
     def n_found(self) -> int:
@@ -486,6 +489,7 @@ class TmaCores:
                             "pixel_size_um": self.pixel_size_um,
                             "overview_um_per_px": self.overview_um_per_px,
                             "rotation_deg": self.rotation_deg,
+                            "brightfield": self.brightfield,
                             "warnings": list(self.warnings), "cores": list(self.cores)})
 
     def to_geojson(self) -> dict:
@@ -655,8 +659,9 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
             isinstance(core_diameter_um, float | int) and core_diameter_um > 0):
         raise InputError(f"core_diameter_um must be a positive number (um); got "
                          f"{core_diameter_um!r}")
-    if not isinstance(row_first, bool):
-        raise InputError(f"row_first must be True or False; got {row_first!r}")
+    for flag, v in (("row_first", row_first), ("brightfield", brightfield)):
+        if not (isinstance(v, bool) or (flag == "brightfield" and v is None)):
+            raise InputError(f"{flag} must be True or False; got {v!r}")
     for spec, what in ((row_labels, "row labels"), (col_labels, "column labels")):
         if spec is not None:
             tma_labels(spec, what)
@@ -667,7 +672,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
     if brightfield is None:
-        brightfield = img.data.dtype == np.uint8 and img.shape[-1] == 3
+        brightfield = bool(img.dtype == np.uint8 and img.shape[-1] == 3)
     ov, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX,
                            score_fn=_optical_density if brightfield else None)
     um_px = f * ps
@@ -773,4 +778,4 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         warnings.append(f"fewer than half of the {n_rows} x {n_cols} grid positions hold a "
                         "core: is the grid rotated, or is this not a TMA?")
     return TmaCores(tuple(cores), n_rows, n_cols, float(d_px * um_px), float(ps),
-                    float(um_px), tuple(warnings), math.degrees(theta)), sm
+                    float(um_px), tuple(warnings), math.degrees(theta), brightfield), sm
