@@ -972,8 +972,8 @@ def marker_summary(cells, components) -> dict:
 class _progress:
     """A rich progress bar on stderr (silent when disabled)."""
 
-    def __init__(self, enabled, total, done):
-        self.enabled, self.total, self.done = enabled, total, done
+    def __init__(self, enabled, total, done, what: str = "tiles"):
+        self.enabled, self.total, self.done, self.what = enabled, total, done, what
 
     def __enter__(self):
         if not self.enabled:
@@ -985,7 +985,7 @@ class _progress:
                           MofNCompleteColumn(), TimeRemainingColumn(),
                           console=Console(stderr=True), transient=False)
         self.p.__enter__()
-        self.task = self.p.add_task("tiles", total=self.total, completed=self.done)
+        self.task = self.p.add_task(self.what, total=self.total, completed=self.done)
         return lambda: self.p.advance(self.task)
 
     def __exit__(self, *exc):

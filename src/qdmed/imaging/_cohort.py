@@ -155,7 +155,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     try:
         from qdmed.imaging._analyze import _progress
 
-        with _progress(progress, len(slides), 0) as advance:
+        with _progress(progress, len(slides), 0, "slides") as advance:
             for sp in slides:
                 stem = slide_stem(sp.name)
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,

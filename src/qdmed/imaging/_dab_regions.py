@@ -121,7 +121,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     margin = MARGIN_UM / ps
     tables = []
     boxes = _polygon_boxes(reg)
-    with _progress(progress, len(boxes), 0) as advance:
+    with _progress(progress, len(boxes), 0, "regions") as advance:
         for i, label, (x0, x1, y0, y1) in boxes:
             # QuPath coordinates are pixel index + 0.5
             ya, yb = max(int(np.floor(y0 - 0.5 - margin)), 0), min(int(np.ceil(y1 + margin)), h)
