@@ -107,11 +107,11 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         raise InputError(f"{name}: DAB IHC needs an 8-bit RGB brightfield slide; got "
                          f"{img.shape[-1]} channels of {img.dtype}")
     warnings = []
-    ps = pixel_size_um or img.pixel_size_um
     if pixel_size_um is not None and not (isinstance(pixel_size_um, float | int)
                                           and pixel_size_um > 0):
         raise InputError(f"pixel_size_um must be a positive number (um); got "
                          f"{pixel_size_um!r}")
+    ps = pixel_size_um or img.pixel_size_um
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
@@ -163,6 +163,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
                "n_scored": int(len(scored)), "pixel_size_um": ps,
                "parameters": {"regions": str(regions), "region_class": region_class,
+                              "tumour_regions": None if tumour_regions is None
+                              else str(tumour_regions),
                               "od_cutoffs": list(cut), "stain_matrix": stain_matrix
                               if isinstance(stain_matrix, str) else
                               np.asarray(stain_matrix).tolist(),
