@@ -309,7 +309,7 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
             "--tma-map", str(tmp_path / "map.csv"), "--region-min-cells", "20", "--out",
             str(tmp_path / "dab"), "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "DAB IHC by region" in r.stdout and "Cases (cases.csv)" in r.stdout
+    assert "DAB IHC (HER2) by region" in r.stdout and "Cases (cases.csv)" in r.stdout
     assert (tmp_path / "dab" / "cases.csv").read_text().startswith("case,status,n_cores")
     for bad, said in ((["--example", "--tma-map", str(tmp_path / "map.csv")], "need --regions"),
                       (["--example", "--regions", str(tmp_path / "cores.geojson")],

@@ -439,6 +439,19 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
         analyze_dab_regions(fluo.path, cores, tmp_path / "x", od_cutoffs=(0.05, 0.15, 0.3))
     with pytest.raises(InputError, match="od_cutoffs must be three"):
         analyze_dab_regions(p, cores, tmp_path / "x", od_cutoffs=(0.3, 0.15, 0.05))
+    # a nuclear antigen (ER): nuclear DAB OD, positive from t1, percent positive and the
+    # ASCO/CAP status, which needs 100 nuclei (these 120 um cores hold 30-60 cells)
+    er = analyze_dab_regions(p, cores, tmp_path / "er", od_cutoffs=(0.05, 0.15, 0.3),
+                             marker="ER", min_cells=20, progress=False)
+    got = {r["region"]: r for r in er["regions_scored"]["regions"]}
+    assert got["A-3"]["ER_percent_positive"] == 0.0
+    assert min(got[c]["ER_percent_positive"] for c in ("A-1", "A-2", "B-1", "B-3")) > 50
+    assert got["A-1"]["ER_status"] == "insufficient cells" and "her2_category" not in {
+        k for k, v in got["A-1"].items() if v is not None}
+    assert er["parameters"]["compartment"] == "nucleus"
+    with pytest.raises(InputError, match="marker 'Ki67' is not a DAB antigen"):
+        analyze_dab_regions(p, cores, tmp_path / "x", od_cutoffs=(0.05, 0.15, 0.3),
+                            marker="Ki67")
     # a region on glass: no cells, and the cell table keeps its columns
     glass = tmp_path / "glass.geojson"
     glass.write_text(json.dumps([{"type": "Feature", "properties": {"name": "G"},

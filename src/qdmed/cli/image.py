@@ -633,6 +633,7 @@ def dab(
     regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
     tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations to narrow --regions down to (as analyze --tumour-regions).")] = None,
+    marker: Annotated[str, typer.Option("--marker", help="With --regions: the antigen the DAB stains. HER2: membrane OD, the HER2 rule; ER, PR, AR...: its compartment's OD, positive from the first cut-off, percent positive and ER/PgR status.")] = "HER2",
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     region_min_cells: REGION_CELLS = 100,
@@ -656,7 +657,7 @@ def dab(
                                 region_class=region_class, tumour_regions=tumour_regions,
                                 tma_map=tma_map, case_rule=case_rule,
                                 min_cells=region_min_cells, pixel_size_um=pixel_size_um,
-                                progress=not no_progress)
+                                marker=marker, progress=not no_progress)
         return print_json(d) if json_ else _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
@@ -689,12 +690,16 @@ def _od_cutoffs(text: str) -> tuple[float, ...]:
 def _print_dab_regions(slide, out, d) -> None:
     """The tables of `qdmed image dab SLIDE --regions ...`."""
     rows = d["regions_scored"]["regions"]
-    print_table(f"DAB IHC by region: {Path(slide).name}", rows,
-                [c for c in ("region", "case", "status", "n_cells", "n_scored",
-                             "her2_category", "message") if any(c in r for r in rows)])
+    m = d["parameters"]["marker"]
+    score = ["her2_category"] if m == "HER2" else [f"{m}_percent_positive", f"{m}_status"]
+    print_table(f"DAB IHC ({m}) by region: {Path(slide).name}", rows,
+                [c for c in ("region", "case", "status", "n_cells", "n_scored", *score,
+                             "message") if any(c in r for r in rows)])
     if d["cases_scored"]:
-        print_table("Cases (cases.csv)", d["cases_scored"]["cases"],
-                    ["case", "status", "cores", "n_scored", "her2_category"])
+        cases = d["cases_scored"]["cases"]
+        print_table("Cases (cases.csv)", cases,
+                    [c for c in ("case", "status", "cores", "n_scored", *score)
+                     if any(c in r for r in cases)])
     for m in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
         typer.echo(f"! {m}")
     typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}")

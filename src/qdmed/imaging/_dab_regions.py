@@ -40,7 +40,7 @@ def _polygon_boxes(reg) -> list[tuple[int, str, tuple[float, float, float, float
 def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ruifrok",
                         region_class: str | None = None, tumour_regions=None, tma_map=None,
                         case_rule: str = "pooled", min_cells: int = 100,
-                        pixel_size_um: float | None = None,
+                        pixel_size_um: float | None = None, marker: str = "HER2",
                         progress: bool = True) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations).
 
@@ -64,6 +64,13 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     pixel_size_um : float, optional
         Overrides the slide's pixel size (um); a slide without one is read at 0.5 um/px
         with a warning.
+    marker : str
+        The antigen the DAB stains (a marker of :func:`qdmed.imaging.list_markers`). HER2:
+        membrane DAB OD by the ASCO/CAP-style HER2 rule. Any other: its compartment's DAB OD
+        (nucleus for ER, PR and AR), a cell positive at or above ``t1`` (any staining), the
+        percent positive per region and case and, for ER and PR, the ASCO/CAP 2020 status
+        (:func:`qdmed.imaging.receptor_status`); ``t1``-``t3`` also give the H-score
+        classes of the cells' ``dab_class``.
 
     Returns
     -------
@@ -100,6 +107,14 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if tma_map is not None and not isinstance(tma_map, dict):
         tma_map = read_tma_map(tma_map)
     check_case_rule(case_rule, tma_map)
+    from qdmed.imaging._scoring import MarkerGate
+    from qdmed.imaging._synthetic import list_markers
+
+    known = list_markers()
+    if marker not in known or marker == "DAPI":
+        raise InputError(f"marker {marker!r} is not a DAB antigen qdmed knows; accepted: "
+                         f"{', '.join(m for m in known if m != 'DAPI')}")
+    compartment = known[marker].compartment
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     name = Path(getattr(img, "path", slide)).name
@@ -130,7 +145,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                 advance()
                 continue
             crop = np.asarray(img.read_region(ya, yb, xa, xb))
-            sc = score_dab(crop, od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix)
+            sc = score_dab(crop, od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
+                           compartment=compartment)
             cells = sc.cells.copy()
             cells["centroid_x"] += xa
             cells["centroid_y"] += ya
@@ -153,11 +169,19 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     cells["cell_id"] = np.arange(len(cells), dtype=np.int64)  # unique over the slide
     assign_regions(cells, reg, name, tumour=tumour, tma_map=tma_map)
     scored = cells[cells["in_region"].to_numpy()]
-    cal = Her2Calibration(faint=cut[0], weak_moderate=cut[1], intense=cut[2], marker="DAB",
-                          compartment="membrane", rule="explicit DAB OD cut-offs")
+    cal = gates = None
+    if marker == "HER2":
+        cal = Her2Calibration(faint=cut[0], weak_moderate=cut[1], intense=cut[2],
+                              marker="DAB", compartment="membrane",
+                              rule="explicit DAB OD cut-offs")
+    else:  # the antigen's own columns, so that its gate and receptor status read them
+        for col in [c for c in cells.columns if c.startswith("DAB_")]:
+            cells[marker + col[3:]] = cells[col]
+        scored = cells[cells["in_region"].to_numpy()]
+        gates = {marker: MarkerGate(compartment, cut[0])}
     by_region, by_case = score_slide_regions(
         cells, scored, reg, name, out, tumour=tumour, tma_map=tma_map, case_rule=case_rule,
-        her2_calibration=cal, pixel_size_um=ps, min_cells=min_cells)
+        her2_calibration=cal, gates=gates, pixel_size_um=ps, min_cells=min_cells)
     atomic_write_parquet(out / "cells.parquet", cells)
     summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
@@ -168,6 +192,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "od_cutoffs": list(cut), "stain_matrix": stain_matrix
                               if isinstance(stain_matrix, str) else
                               np.asarray(stain_matrix).tolist(),
+                              "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM},
                "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
