@@ -716,6 +716,8 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles == ["A-1 3+", "A-2 1+", "B-1 0", "B-2 missing"]
     assert [len(a.images) for a in fig.axes[:4]] == [1, 1, 1, 0]
+    assert len(fig.axes) == 4 and fig.axes[2].get_position().y0 < fig.axes[0].get_position().y0
+    # laid out as the array: 2 x 2
     # one window size, centred on each core (the core's bright middle at the centre)
     arrays = [a.images[0].get_array() for a in fig.axes[:3]]
     assert len({a.shape for a in arrays}) == 1

@@ -313,6 +313,8 @@ def test_case_rules_pooled_and_highest_core():
     p5 = got["P5"]
     assert (p5["her2_core"], p5["her2_ultralow"]) == ("B-4", True)
     assert (p5["ER_percent_positive"], p5["ER_status"]) == (12.0, "positive")
+    assert [r["case"] for r in score_cases(cells.iloc[:0], {"P10": ["X"], "P2": ["Y"]})] == [
+        "P2", "P10"]  # cases in natural order
     with pytest.raises(InputError, match="needs the cores' own scores"):
         score_cases(cells, expected, rule="highest")
     with pytest.raises(InputError, match="case_rule must be one of pooled, highest"):

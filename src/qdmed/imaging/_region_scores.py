@@ -28,6 +28,14 @@ REGION_MIN_CELLS = 100
 REGION_COLUMNS = ("region", "status", "n_cells", "n_scored", "her2_category", "message")
 
 
+def natural_key(name) -> tuple:
+    """Sort key reading the digits in a name as numbers ("P2" before "P10")."""
+    import re
+
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t)
+                 for t in re.split(r"(\d+)", str(name)) if t)
+
+
 def check_min_cells(min_cells) -> int:
     """``min_cells`` checked: an integer >= 1."""
     if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or \
@@ -410,7 +418,7 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
             by_case.setdefault(r["case"], []).append(r)
     expected = dict(expected or {})
     rows = []
-    for case in sorted(set(expected) | set(groups)):
+    for case in sorted(set(expected) | set(groups), key=natural_key):
         sub = groups.get(case)
         if case in expected:
             cores = sorted(set(expected[case]))

@@ -79,6 +79,11 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
     names = list(s.channel_names)
     _, legend, top = _composite(thumb, names, first="HER2")
     ncol = min(12, len(shown))
+    parts = [str(r["region"]).rsplit("-", 1) for r in shown]
+    if all(len(q) == 2 for q in parts):  # a full grid of "row-column" names: its layout
+        n1, n2 = len({q[0] for q in parts}), len({q[1] for q in parts})
+        if n1 * n2 == len(shown) and n2 <= 24:
+            ncol = n2
     nrow = -(-len(shown) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.45 * nrow), squeeze=False)
     for ax in axes.ravel():
