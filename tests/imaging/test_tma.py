@@ -333,6 +333,12 @@ def test_map_cores_in_no_regions_file_keep_their_cases():
     # a slide-less A-2 is held by b2
     assert cores == {"P2": ["b1.ome.zarr:A-2"], "P5": ["Z-9"]}
     assert notes["P5"] == ["core Z-9 not in the regions file"]
+    # with a slide that failed, a slide-less core may be on it: said so
+    _, notes = cores_not_in_regions(tma_map, held, {"b1": "b1.ome.zarr", "b2": "b2.ome.zarr"},
+                                    failed=("b9.ome.zarr",))
+    assert notes["P5"] == ["core Z-9 in no regions file of the slides analysed (it may be on "
+                           "failed slide b9.ome.zarr)"]
+    assert notes["P2"] == ["core b1.ome.zarr:A-2 not in the regions file"]
 
 
 def test_qupath_tma_grid_file_round_trip_and_errors(tmp_path):

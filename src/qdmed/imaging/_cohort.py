@@ -257,7 +257,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         for r in region_rows:
             held.setdefault(map_slide(r["slide"]), set()).add(r["region"])
         absent, absent_notes = cores_not_in_regions(
-            tma_map, held, {map_slide(r["slide"]): r["slide"] for r in region_rows})
+            tma_map, held, {map_slide(r["slide"]): r["slide"] for r in region_rows},
+            failed=tuple(failed.values()))
         for case, cores in absent.items():
             expected.setdefault(case, []).extend(cores)
             notes.setdefault(case, []).extend(absent_notes[case])

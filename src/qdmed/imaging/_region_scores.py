@@ -285,7 +285,7 @@ def expected_cores(region_rows: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def cores_not_in_regions(tma_map: dict, present: dict[str, set[str]],
-                         names: dict[str, str] | None = None
+                         names: dict[str, str] | None = None, failed: tuple = ()
                          ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Cores of the map that no regions file holds (e.g. a row lost from the section and
     left out of the grid's labels), so that their cases still get a row.
@@ -295,7 +295,8 @@ def cores_not_in_regions(tma_map: dict, present: dict[str, set[str]],
     the caller); a row without one, against every slide whose own rows do not map that
     core. Returns ``({case: [core, ...]}, {case: [note]})``, cores named ``slide:core``
     when ``names`` maps stems to slide names (a cohort's, as :func:`expected_cores` names
-    them); a slide-less row's core, held by no slide, keeps its bare name."""
+    them); a slide-less row's core, held by no slide, keeps its bare name, and its note
+    names the ``failed`` slides it may be on."""
     cores: dict[str, list[str]] = {}
     for (stem, core), case in tma_map.items():
         if stem is None:  # held by a slide whose own rows do not map that core elsewhere
@@ -307,8 +308,16 @@ def cores_not_in_regions(tma_map: dict, present: dict[str, set[str]],
                 continue
             key = f"{names[stem]}:{core}" if names else core
         cores.setdefault(case, []).append(key)
-    notes = {case: [f"core {', '.join(ks)} not in the regions file"] for case, ks in
-             cores.items()}
+    notes: dict[str, list[str]] = {}
+    for case, ks in cores.items():
+        bare = [k for k in ks if (None, k) in tma_map]
+        placed = [k for k in ks if k not in bare]
+        if placed or not failed:
+            notes[case] = [f"core {', '.join(placed or ks)} not in the regions file"]
+        if bare and failed:
+            notes.setdefault(case, []).append(
+                f"core {', '.join(bare)} in no regions file of the slides analysed (it may "
+                f"be on failed slide {', '.join(failed)})")
     return cores, notes
 
 
