@@ -700,8 +700,8 @@ def _print_dab_regions(slide, out, d) -> None:
         print_table("Cases (cases.csv)", cases,
                     [c for c in ("case", "status", "cores", "n_scored", *score)
                      if any(c in r for r in cases)])
-    for m in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
-        typer.echo(f"! {m}")
+    for w in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
+        typer.echo(f"! {w}")
     typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}")
 
 

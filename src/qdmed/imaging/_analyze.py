@@ -29,9 +29,8 @@ from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
     assign_regions,
-    check_case_rule,
     check_min_cells,
-    read_tma_map,
+    load_tma_map,
     score_cells,
     score_slide_regions,
 )
@@ -618,11 +617,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if tma_map is not None and not per_region:
         raise InputError("tma_map needs regions scored one by one (TMA cores in --regions, "
                          "or per_region=True)")
-    if tma_map is not None and not isinstance(tma_map, dict):
-        tma_map = read_tma_map(tma_map)
-    if tma_map is not None and not tma_map:
-        raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
-    check_case_rule(case_rule, tma_map)
+    tma_map, _ = load_tma_map(tma_map, case_rule)
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)

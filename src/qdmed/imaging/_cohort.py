@@ -13,12 +13,11 @@ import numpy as np
 from qdmed.errors import InputError, QdmedError
 from qdmed.imaging._region_scores import (
     case_table,
-    check_case_rule,
     check_min_cells,
     cores_not_in_regions,
     expected_cores,
+    load_tma_map,
     map_slide,
-    read_tma_map,
     receptor_notes,
     region_table,
     score_cases,
@@ -128,12 +127,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_offset(offset_adu, len(panel.channels))
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
-    map_source = None if tma_map is None or isinstance(tma_map, dict) else str(tma_map)
-    if tma_map is not None and not isinstance(tma_map, dict):
-        tma_map = read_tma_map(tma_map)  # refused before any slide is read
-    if tma_map is not None and not tma_map:
-        raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
-    check_case_rule(case_rule, tma_map)
+    tma_map, map_source = load_tma_map(tma_map, case_rule)  # before any slide is read
     if regions_dir is None and (region_class is not None or per_region
                                 or tma_map is not None):
         what = ("per_region" if per_region else "tma_map" if tma_map

@@ -90,9 +90,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     from qdmed.imaging._brightfield import check_od_cutoffs, score_dab
     from qdmed.imaging._region_scores import (
         assign_regions,
-        check_case_rule,
         check_min_cells,
-        read_tma_map,
+        load_tma_map,
         score_slide_regions,
     )
     from qdmed.imaging._regions import Regions, regions_and_tumour
@@ -103,10 +102,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     t0 = time.perf_counter()
     cut = check_od_cutoffs(od_cutoffs)
     min_cells = check_min_cells(min_cells)
-    map_source = None if tma_map is None or isinstance(tma_map, dict) else str(tma_map)
-    if tma_map is not None and not isinstance(tma_map, dict):
-        tma_map = read_tma_map(tma_map)
-    check_case_rule(case_rule, tma_map)
+    tma_map, map_source = load_tma_map(tma_map, case_rule)
     from qdmed.imaging._scoring import MarkerGate
     from qdmed.imaging._synthetic import list_markers
 

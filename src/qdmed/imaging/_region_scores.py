@@ -123,15 +123,15 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
         ``center_x_um``, ``center_y_um`` (the region's centre, as the cells'
         ``centroid_x_um``), ``area_mm2`` (the annotation's, not only its tissue) and
         ``cells_per_mm2`` (a core half lost or torn shows as a low density).
+    her2_calibration, gates
+        As for the slide (:func:`qdmed.imaging.analyze_slide`).
+    min_cells : int
+        Scored cells a region needs for scores (:data:`REGION_MIN_CELLS`).
 
     Rows of present regions also get, from their cells (all of them, flagged or not),
     ``percent_cells_out_of_focus`` and ``percent_cells_saturated`` where the cells carry
     those flags: a core out of focus or at the detector ceiling is told apart from the rest
     of the slide.
-    her2_calibration, gates
-        As for the slide (:func:`qdmed.imaging.analyze_slide`).
-    min_cells : int
-        Scored cells a region needs for scores (:data:`REGION_MIN_CELLS`).
     """
     min_cells = check_min_cells(min_cells)
     n_all = cells["region"].value_counts() if len(cells) else {}
@@ -279,8 +279,7 @@ def expected_cores(region_rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     for r in region_rows:
         if r.get("case") is None:
             continue
-        core = f"{r['slide']}:{r['region']}" if r.get("slide") else r["region"]
-        out.setdefault(r["case"], []).append(core)
+        out.setdefault(r["case"], []).append(_core_key(r))
     return out
 
 
@@ -338,6 +337,19 @@ def check_case_rule(rule, tma_map=True) -> str:
     if rule != "pooled" and tma_map is None:
         raise InputError(f"case_rule {rule!r} needs a TMA map (--tma-map) to make cases")
     return rule
+
+
+def load_tma_map(tma_map, case_rule: str = "pooled") -> tuple[dict | None, str | None]:
+    """A TMA map as the analyses take it (None, a CSV path for :func:`read_tma_map`, or its
+    mapping), checked not empty and with ``case_rule`` (:func:`check_case_rule`); returns
+    the mapping and its source path (None for a mapping given as one)."""
+    source = None if tma_map is None or isinstance(tma_map, dict) else str(tma_map)
+    if source is not None:
+        tma_map = read_tma_map(tma_map)
+    if tma_map is not None and not tma_map:
+        raise InputError("tma_map is empty: it needs one row per core (core,case[,slide])")
+    check_case_rule(case_rule, tma_map)
+    return tma_map, source
 
 
 def _core_key(r: dict[str, Any]) -> str:

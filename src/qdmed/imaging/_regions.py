@@ -225,6 +225,17 @@ _QUPATH_CLASSES = {"PathAnnotationObject": "annotation", "PathCellObject": "cell
                    "TMACoreObject": "tmacore"}
 
 
+def _region_kind(feature: dict, props: dict) -> str | None:
+    """'tmacore' or 'annotation' for a feature that is a region, None for other objects
+    (cells, detections, tiles). A feature with ``isMissing`` is a TMA core: QuPath writes it
+    on cores only, and qdmed's dearrayer on its cores, which are annotations so that QuPath
+    imports them."""
+    kind = _object_type(feature, props)
+    if kind not in _REGION_TYPES:
+        return None
+    return "tmacore" if "isMissing" in props else (kind or "annotation")
+
+
 def _object_type(feature: dict, props: dict) -> str | None:
     """Normalised QuPath object type: >= 0.4 writes ``properties.objectType``
     ('annotation', 'cell', 'tmaCore', ...), 0.3 ``properties.object_type``, 0.2 the Java
@@ -319,8 +330,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     # with annotations beside TMA cores (tumour drawn inside them), the class picks the
     # annotations and every core is kept; in a file of cores alone it picks cores
     annotated = any(isinstance(f, dict) and isinstance(f.get("properties") or {}, dict)
-                    and _object_type(f, f.get("properties") or {}) in ("annotation", None)
-                    and "isMissing" not in (f.get("properties") or {}) for f in feats)
+                    and _region_kind(f, f.get("properties") or {}) == "annotation"
+                    for f in feats)
     polys, classes, labels, kinds, missing = [], [], [], [], []
     order: list = []  # every region (present or missing) once, in file order
     centres: dict = {}
@@ -333,12 +344,10 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         props = f.get("properties") or {}
         if not isinstance(props, dict):
             raise FileFormatError(f"{where}: 'properties' is not an object")
-        if _object_type(f, props) not in _REGION_TYPES:
+        kind = _region_kind(f, props)
+        if kind is None:
             skipped += 1
             continue  # cells, detections, tiles: objects, not regions
-        kind = _object_type(f, props) or "annotation"
-        if "isMissing" in props:  # written on TMA cores only (QuPath, and qdmed's dearrayer,
-            kind = "tmacore"      # whose cores are annotations so that QuPath imports them)
         name = _class_name(props.get("classification"))
         if region_class is not None and name != region_class and not (
                 kind == "tmacore" and annotated):

@@ -253,7 +253,7 @@ def read_qptma(path) -> dict:
     if len(rows) != w * h:
         raise FileFormatError(f"{p}: a {h} x {w} grid (height x width) needs {w * h} cores; "
                               f"the table has {len(rows)}")
-    feats, cores = [], []
+    feats = []
     for k, (line, vals) in enumerate(rows):
         vals = [v.strip() for v in vals] + [""] * (len(header) - len(vals))
         name = vals[col["Core name"]] if "Core name" in col and vals[col["Core name"]] \
@@ -273,13 +273,10 @@ def read_qptma(path) -> dict:
         if not (np.isfinite([x0, y0, bw, bh]).all() and bw > 0 and bh > 0):
             raise FileFormatError(f"{p}, line {line}: a core needs a positive, finite width "
                                   f"and height; got {box}")
-        cores.append({"name": name, "center_x": x0 + bw / 2 - 0.5,
-                      "center_y": y0 + bh / 2 - 0.5, "radius_px": bw / 2,
-                      "radius_y_px": bh / 2, "missing": not present})
-        feats.append(None)
-    drawn = iter(cores_geojson(cores)["features"])
-    return {"type": "FeatureCollection",
-            "features": [f if f is not None else next(drawn) for f in feats]}
+        feats += cores_geojson([{"name": name, "center_x": x0 + bw / 2 - 0.5,
+                                 "center_y": y0 + bh / 2 - 0.5, "radius_px": bw / 2,
+                                 "radius_y_px": bh / 2, "missing": not present}])["features"]
+    return {"type": "FeatureCollection", "features": feats}
 
 
 def _check_grid(rows, cols) -> tuple[int, int]:
