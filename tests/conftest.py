@@ -41,3 +41,48 @@ def brightfield_tma():
     """Builds a synthetic brightfield H-DAB TMA (:func:`_make_brightfield_tma`):
     ``brightfield_tma(path) -> (path, {core: (centre y, centre x)})``."""
     return _make_brightfield_tma
+
+
+def _qpi_description(name, image_type):
+    """One page's XML as Akoya/PerkinElmer QPTIFF writers lay it out (the elements that
+    Bio-Formats' VectraReader reads: Name, Color, ExposureTime, Objective; the declaration
+    says utf-16 although the text is utf-8, as Bio-Formats notes of real files)."""
+    return ('<?xml version="1.0" encoding="utf-16"?>\r\n<PerkinElmer-QPI-ImageDescription>'
+            '<DescriptionVersion>2</DescriptionVersion>'
+            '<AcquisitionSoftware>VectraPolaris</AcquisitionSoftware>'
+            f'<ImageType>{image_type}</ImageType><Identifier>qdmed-test</Identifier>'
+            f'<Name>{name}</Name><Color>255,0,0</Color><ExposureTime>1000</ExposureTime>'
+            '<Objective>20x</Objective></PerkinElmer-QPI-ImageDescription>')
+
+
+def _write_qptiff(path, image_yxc, names, *, pixel_size_um=0.5, tile=None, levels=1,
+                  software="PerkinElmer-QPI"):
+    """A QPTIFF (or inForm component_data.tif) in the page layout of Bio-Formats'
+    VectraReader: one grayscale page per channel (XML description each), an RGB thumbnail,
+    then for tiled files the reduced resolutions (NewSubfileType 1), each halving."""
+    import tifffile
+
+    img = np.asarray(image_yxc)
+    res = dict(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um),
+               resolutionunit="CENTIMETER")
+    kw = dict(software=software, metadata=None, **res, **({"tile": (tile, tile)} if tile else {}))
+    with tifffile.TiffWriter(path) as tw:
+        for c, name in enumerate(names):
+            tw.write(img[..., c], description=_qpi_description(name, "FullResolution"), **kw)
+        thumb = np.zeros((max(1, img.shape[0] // 16), max(1, img.shape[1] // 16), 3), np.uint8)
+        tw.write(thumb, description=_qpi_description("Thumbnail", "Thumbnail"),
+                 software=software, metadata=None)
+        for lv in range(1, levels if tile else 1):
+            f = 2 ** lv
+            for c, name in enumerate(names):
+                tw.write(np.ascontiguousarray(img[::f, ::f, c]), subfiletype=1,
+                         description=_qpi_description(name, "ReducedResolution"), **kw)
+    return path
+
+
+_write_qptiff.description = _qpi_description  # one page's XML, for files made by hand
+
+
+@pytest.fixture
+def write_qptiff():
+    return _write_qptiff

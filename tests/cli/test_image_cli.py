@@ -318,3 +318,47 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
                         "--od-cutoffs", "0.3,0.1"], "od_cutoffs must be three")):
         r = run("image", "dab", *bad, "--out", str(tmp_path / "x"))
         assert r.returncode == 2 and said in r.stderr, r.stderr
+
+
+def test_already_unmixed_qptiff(tmp_path, write_qptiff):
+    """An inForm-style component image (QPTIFF): `image info` lists its channels, `image
+    panel --components --slide` maps markers to them, analyze and cohort run on it."""
+    from qdmed.imaging import breast_panel_5plex, simulate_field, unmixed_panel
+
+    sp = breast_panel_5plex()
+    names = ["DAPI", *sp.labels[1:], "Autofluorescence"]
+    up = unmixed_panel({**dict(zip(sp.markers, sp.labels, strict=True)),
+                        "autofluorescence": "Autofluorescence"}, image_channels=names)
+    f = simulate_field((512, 512), preset="HER2-enriched", seed=2, endmembers=up.endmembers,
+                       marker_names=list(up.markers), photons_per_unit=300.0, dtype="float32")
+    (tmp_path / "co").mkdir()
+    slide = write_qptiff(tmp_path / "co" / "case1.qptiff", f.image, names)
+    r = run("image", "info", str(slide), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["format"] == "qptiff" and info["channels"] == names
+    comps = "DAPI=DAPI,HER2=qdot 525,ER=Qdot 565,PR=Qdot 605,EGFR=Qdot 655,mTOR=Qdot 705," \
+            "autofluorescence=6"
+    r = run("image", "panel", "--components", comps, "--slide", str(slide),
+            "--out", str(tmp_path / "up.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "Autofluorescence" in r.stdout and "6" in r.stdout
+    r = run("image", "analyze", str(slide), "--panel", str(tmp_path / "up.yaml"),
+            "--out", str(tmp_path / "one"), "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    assert abs(json.loads(r.stdout)["n_cells"] - len(f.truth)) <= 0.03 * len(f.truth)
+    assert "unmixed before qdmed read it" in (tmp_path / "one" / "report.html").read_text()
+    r = run("image", "cohort", str(tmp_path / "co"), "--panel", str(tmp_path / "up.yaml"),
+            "--out", str(tmp_path / "cohort"), "--workers", "1", "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [s["status"] for s in json.loads(r.stdout)["slides"]] == ["ok"]
+    # bad input: one line, exit 2
+    for args, msg in (
+            (("image", "panel", "--components", "DAPI=DAPI,HER2=Qdot 999", "--slide",
+              str(slide)), "case1.qptiff: component 'HER2': the image has no channel"),
+            (("image", "panel", "--components", "DAPI"), "COMPONENT=CHANNEL pairs"),
+            (("image", "analyze", str(slide), "--panel", str(tmp_path / "up.yaml"),
+              "--offset", "100", "--out", str(tmp_path / "x")), "already unmixed")):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

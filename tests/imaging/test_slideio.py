@@ -208,3 +208,43 @@ def test_direct_zarr_region_equals_the_dask_view(tmp_path):
         got = s.read_region(*box)
         assert np.array_equal(got, np.asarray(s.data[box[0]:box[1], box[2]:box[3], :]))
     assert np.array_equal(s.read_region(5, 9, 7, 8), img[5:9, 7:8])
+
+
+@pytest.mark.parametrize("software", ["PerkinElmer-QPI", None])
+def test_qptiff_channel_names_levels_and_pixel_size(tmp_path, write_qptiff, software):
+    """Akoya/PerkinElmer QPTIFF in the page layout Bio-Formats' VectraReader documents (one
+    page per channel with an XML description, RGB thumbnail, reduced resolutions); without
+    the Software tag, as an inForm component_data.tif may come, the names are still read
+    (Akoya's phenoptr read_components takes them from each page's <Name>)."""
+    rng = np.random.default_rng(0)
+    img = rng.random((96, 128, 3)).astype(np.float32)
+    names = ["DAPI", "Qdot 605", "Autofluorescence"]
+    p = write_qptiff(tmp_path / "scan.qptiff", img, names, pixel_size_um=0.4972,
+                     tile=32 if software else None, levels=2, software=software)
+    s = read_slide(p)
+    assert s.format == "qptiff"
+    assert s.channel_names == tuple(names)
+    assert s.pixel_size_um == pytest.approx(0.4972, rel=1e-6)
+    assert s.shape == (96, 128, 3) and s.dtype == np.float32
+    np.testing.assert_array_equal(s.read_region(0, 96, 0, 128), img)  # thumbnail left out
+    if software:
+        assert [lv.shape for lv in s.levels] == [(96, 128, 3), (48, 64, 3)]
+        np.testing.assert_array_equal(s.levels[1].compute(), img[::2, ::2])
+
+
+def test_qptiff_with_malformed_or_nameless_xml(tmp_path, write_qptiff):
+    img = np.zeros((32, 32, 2), np.float32)
+    p = write_qptiff(tmp_path / "a_component_data.tif", img, ["DAPI", "X"])
+    good = write_qptiff.description("X", "FullResolution")
+    with tifffile.TiffWriter(tmp_path / "bad.qptiff") as tw:
+        tw.write(img[..., 0], description=good, software="PerkinElmer-QPI", metadata=None)
+        tw.write(img[..., 1], description=good.replace("</Name>", "</Nam>"),
+                 software="PerkinElmer-QPI", metadata=None)
+    with pytest.raises(FileFormatError, match="QPTIFF XML description of page 1 is malformed"):
+        read_slide(tmp_path / "bad.qptiff")
+    with tifffile.TiffWriter(tmp_path / "noname.qptiff") as tw:
+        for c in range(2):
+            tw.write(img[..., c], description=good.replace("<Name>X</Name>", ""),
+                     software="PerkinElmer-QPI", metadata=None)
+    assert read_slide(tmp_path / "noname.qptiff").channel_names == ("C0", "C1")
+    assert read_slide(p).channel_names == ("DAPI", "X")

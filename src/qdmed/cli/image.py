@@ -103,13 +103,20 @@ def panel(
     high_nm: Annotated[float, typer.Option("--high-nm")] = 740.0,
     filters: Annotated[str | None, typer.Option("--filters", help="Filter bands instead, e.g. 505-545,590-630.")] = None,
     counterstain: Annotated[str | None, typer.Option("--counterstain", help="Nuclear counterstain label.")] = "DAPI",
+    components: Annotated[str | None, typer.Option("--components", help="An already-unmixed image instead (inForm component_data.tif, an unmixed QPTIFF): COMPONENT=CHANNEL pairs, comma-separated, e.g. 'DAPI=DAPI,HER2=Qdot 605,autofluorescence=Autofluorescence' (a channel by its name or 0-based index).")] = None,
+    slide: Annotated[Path | None, typer.Option("--slide", help="With --components: check the channels against this image and record its channel names.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the panel YAML here.")] = None,
     json_: JSON = False,
 ):
-    """Assign QDs to markers to minimise crosstalk; report mixing matrix and spillover."""
+    """Assign QDs to markers to minimise crosstalk; report mixing matrix and spillover.
+    With --components, a panel for an image unmixed elsewhere (its channels are the markers)."""
     from qdmed.errors import InputError
     from qdmed.imaging import design_panel, spectral_channels
 
+    if components is not None:
+        return _unmixed_panel_command(components, slide, out, json_)
+    if slide is not None:
+        raise InputError("--slide goes with --components (an already-unmixed image)")
     if filters:
         try:
             bands = [tuple(float(v) for v in b.split("-")) for b in filters.split(",")]
@@ -139,6 +146,62 @@ def panel(
                + ", ".join(f"{b} -> {t} {v:.2f}" for v, b, t in pairs))
     for w in d["warnings"]:
         typer.secho(f"! {w}", fg="yellow")
+
+
+def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None,
+                           json_: bool):
+    from qdmed.errors import InputError
+    from qdmed.imaging import bind_unmixed, read_slide, unmixed_panel
+
+    mapping = {}
+    for pair in (t.strip() for t in components.split(",")):
+        if not pair:
+            continue
+        name, sep, chan = pair.partition("=")
+        if not sep or not name.strip() or not chan.strip():
+            raise InputError(f"--components takes COMPONENT=CHANNEL pairs, comma-separated; got "
+                             f"{pair!r} in {components!r}")
+        if name.strip() in mapping:
+            raise InputError(f"--components names {name.strip()!r} twice")
+        chan = chan.strip()
+        mapping[name.strip()] = int(chan) if chan.isdigit() else chan
+    names = None
+    p = unmixed_panel(mapping)
+    if slide is not None:
+        names = read_slide(slide).channel_names
+        p = bind_unmixed(p, names, where=str(slide))
+    if out:
+        p.to_file(out)
+    d = p.to_dict()
+    if json_:
+        return print_json(d)
+    idx = p.source_channels() if names else [None] * len(p.components)
+    print_table("Already-unmixed panel", [
+        {"component": c, "image channel": names[i] if names else str(src),
+         **({"index": i} if names else {})}
+        for c, src, i in zip(p.components, p.sources, idx, strict=True)])
+    if names:
+        unused = [n for i, n in enumerate(names) if i not in idx]
+        typer.echo(f"{slide.name}: {len(names)} channels"
+                   + (f"; not analysed: {', '.join(unused)}" if unused else ""))
+
+
+@app.command()
+def info(slide: Path, json_: JSON = False):
+    """What a slide file holds: format, size, type, channel names, pixel size, pyramid."""
+    from qdmed.imaging import read_slide
+
+    s = read_slide(slide)
+    d = {"slide": str(slide), "format": s.format, "shape_yxc": list(s.shape),
+         "dtype": str(s.dtype), "channels": list(s.channel_names),
+         "pixel_size_um": s.pixel_size_um,
+         "levels": [list(lv.shape[:2]) for lv in (s.levels or (s.data,))],
+         "significant_bits": s.significant_bits}
+    if json_:
+        return print_json(d)
+    print_kv("Slide", {k: (", ".join(v) if k == "channels" else
+                           " ".join(f"{a}x{b}" for a, b in v) if k == "levels" else v)
+                       for k, v in d.items()})
 
 
 @app.command()
@@ -278,13 +341,12 @@ def unmix(slide: Path, panel_file: PANEL = None,
           offset: OFFSET = None, json_: JSON = False):
     """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
     from qdmed.imaging import AnalysisSettings, read_slide
-    from qdmed.imaging._analyze import _write_unmixed, check_channels
-    from qdmed.imaging._detector import check_offset
+    from qdmed.imaging._analyze import _write_unmixed, check_channels, panel_offset
 
     p = _panel(panel_file)
-    off = check_offset(_offset(offset), len(p.channels))
+    off = panel_offset(p, _offset(offset))
     s = read_slide(slide)
-    check_channels(s, p)
+    p = check_channels(s, p)
     _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out)
     info = {"slide": str(slide), "out": str(out), "components": list(p.components)}
     return print_json(info) if json_ else print_kv("Unmixed", info)
@@ -373,13 +435,13 @@ def analyze(
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
     from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
-    from qdmed.imaging._analyze import check_exclude_flagged, summary_warnings
-    from qdmed.imaging._detector import check_level, check_offset
+    from qdmed.imaging._analyze import check_exclude_flagged, panel_offset, summary_warnings
+    from qdmed.imaging._detector import check_level
     from qdmed.imaging._report import write_slide_report
 
     panel = _panel(panel_file)
     check_level(saturation_level)  # options are checked before the slide is opened
-    check_offset(_offset(offset), len(panel.channels))
+    panel_offset(panel, _offset(offset))
     check_exclude_flagged(_flags(exclude_flagged))
     her2, gates = _calibration(calibration)
     px = read_slide(slide).pixel_size_um or 0.5

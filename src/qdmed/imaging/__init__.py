@@ -35,12 +35,14 @@ from qdmed.imaging._panel import (
     Panel,
     autofluorescence_from_control,
     autofluorescence_spectrum,
+    bind_unmixed,
     breast_panel_5plex,
     design_panel,
     endmember_from_control,
     mixing_matrix,
     spectral_channels,
     spreading_matrix,
+    unmixed_panel,
 )
 from qdmed.imaging._receptors import ReceptorStatus, receptor_status
 from qdmed.imaging._region_scores import score_regions
@@ -96,5 +98,5 @@ __all__ = [
     "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
-    "find_tma_cores", "simulate_tma", "tma_labels",
+    "find_tma_cores", "simulate_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
 ]

@@ -104,16 +104,18 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
     and channel: the inverse variance of photon counts), exactly but on a slower path.
     ``offset_adu`` (one number or one per channel, counts) is the detector's offset,
     subtracted first (:mod:`qdmed.imaging._detector`)."""
-    from qdmed.imaging._detector import check_offset
     from qdmed.imaging._nnls import unmix_nnls
 
     img = np.asarray(image_yxc)
+    if panel.unmixed and not panel.channels:
+        raise InputError("an already-unmixed panel must first be bound to the image's channel "
+                         "names: bind_unmixed(panel, channel_names)")
     if img.ndim != 3 or img.shape[-1] != len(panel.channels):
         raise InputError(
             f"image has shape {img.shape} but the panel has {len(panel.channels)} detection "
             f"channels ({', '.join(panel.channel_names)}): the channel axis must match"
         )
-    off = check_offset(offset_adu, img.shape[-1])
+    off = panel_offset(panel, offset_adu)
     if off is not None:  # float32 holds every count exactly; float64 input stays float64
         ft = np.result_type(img.dtype, np.float32)
         img = img.astype(ft) - off.astype(ft)
@@ -444,9 +446,17 @@ def _band(name: str):
     return (float(m.group(1)), float(m.group(2))) if m else None
 
 
-def check_channels(slide, panel: Panel) -> None:
-    """Raise InputError when a slide's channels differ from the panel's: by count, or, when
-    the slide names its channels by wavelength band (``440-478nm``), by band."""
+def check_channels(slide, panel: Panel) -> Panel:
+    """The panel to analyse `slide` with, or InputError when their channels differ.
+
+    A spectral panel is returned as it is after checking the channels: by count, and, when
+    the slide names its channels by wavelength band (``440-478nm``), by band. An
+    already-unmixed panel is returned bound to the slide's channel names (every component's
+    channel found, :func:`qdmed.imaging.bind_unmixed`)."""
+    from qdmed.imaging._panel import bind_unmixed
+
+    if panel.unmixed:
+        return bind_unmixed(panel, slide.channel_names, where=str(slide.path))
     c = slide.shape[-1]
     if c == len(panel.channels):
         bands = [_band(n) for n in slide.channel_names]
@@ -466,6 +476,21 @@ def check_channels(slide, panel: Panel) -> None:
             f"the panel has {len(panel.channels)} detection channels "
             f"({', '.join(panel.channel_names)}); give the panel the slide was acquired with"
         )
+    return panel
+
+
+def panel_offset(panel: Panel, offset_adu):
+    """A detector offset checked against the panel's channels (None for none): an
+    already-unmixed panel's image is not detector counts, so an offset is refused there."""
+    from qdmed.imaging._detector import check_offset
+
+    if panel.unmixed:
+        if offset_adu is not None:
+            raise InputError(f"a detector offset ({offset_adu!r}) applies to raw detector "
+                             "counts; this panel's image is already unmixed (its channels are "
+                             "components), so give no offset")
+        return None
+    return check_offset(offset_adu, len(panel.channels))
 
 
 def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | None = None,
@@ -585,7 +610,6 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     from qdmed import __version__
     from qdmed.imaging._detector import (
         check_level,
-        check_offset,
         merge_channel_stats,
         offset_summary,
         saturation_summary,
@@ -621,11 +645,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)
-    check_offset(offset_adu, len(panel.channels))
+    panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     slide = read_slide(path)
     h, w, c = slide.shape
-    check_channels(slide, panel)
+    panel = check_channels(slide, panel)
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
@@ -637,7 +661,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         raise InputError(f"exclude_flagged='saturated' needs a detector ceiling, and "
                          f"{path.name} has none ({sat_source}): give saturation_level "
                          "(--saturation-level)")
-    off = check_offset(s.offset_adu if offset_adu is None else offset_adu, c)
+    off = panel_offset(panel, s.offset_adu if offset_adu is None else offset_adu)
     s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
     panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um,
                                              off)
@@ -868,6 +892,10 @@ def check_autofluorescence_option(how: str, panel: Panel) -> None:
     panel without an autofluorescence component (before any slide is read)."""
     if how not in ("panel", "blind"):
         raise InputError(f"autofluorescence must be 'panel' or 'blind'; got {how!r}")
+    if how == "blind" and panel.unmixed:
+        raise InputError("autofluorescence='blind' estimates a spectrum, and an already-unmixed "
+                         "panel has none: its image's autofluorescence was unmixed already "
+                         "(map it as the component 'autofluorescence')")
     if how == "blind" and "autofluorescence" not in panel.components:
         raise InputError("autofluorescence='blind' needs a panel with an autofluorescence "
                          "component; add one to the panel")
@@ -882,6 +910,8 @@ def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
     if how == "panel":
         if not has_af:
             return panel, None
+        if panel.unmixed:
+            return panel, {"source": "image component (already unmixed)"}
         return panel, {"source": "panel (measured)" if measured else "panel (model)"}
     from qdmed.imaging._library import _blind, blind_image
 
@@ -926,13 +956,12 @@ def _write_unmixed(slide, panel, s, dest):
     ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block."""
     import dask.array as da
 
-    from qdmed.imaging._detector import check_offset
     from qdmed.imaging._nnls import unmix_nnls
     from qdmed.imaging._slideio import write_ome_zarr
 
     em = panel.endmembers
     k = len(panel.components)
-    off = check_offset(s.offset_adu, len(panel.channels))
+    off = panel_offset(panel, s.offset_adu)
 
     def block(b):
         y, x, c = b.shape

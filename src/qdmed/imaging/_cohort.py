@@ -23,8 +23,7 @@ from qdmed.imaging._region_scores import (
     score_cases,
     score_fields,
 )
-
-SLIDE_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".ome.zarr", ".zarr")
+from qdmed.imaging._slideio import SLIDE_SUFFIXES
 
 
 def find_slides(folder, *, required: bool = False) -> list[Path]:
@@ -112,6 +111,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_autofluorescence_option,
         check_exclude_flagged,
         check_region_options,
+        panel_offset,
         scored_cells_of,
         start_client,
         summary_warnings,
@@ -121,10 +121,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
     check_autofluorescence_option(autofluorescence, panel)
     check_region_options(her2_region_um, her2_region_min_cells)
-    from qdmed.imaging._detector import check_level, check_offset
+    from qdmed.imaging._detector import check_level
 
     check_level(saturation_level)  # bad values are refused before any slide is read
-    check_offset(offset_adu, len(panel.channels))
+    panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
     tma_map, map_source = load_tma_map(tma_map, case_rule)  # before any slide is read
@@ -191,8 +191,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     notes = [res.summary["scored_cells"].get("warning") or ""]
                     notes += receptor_notes(res.summary.get("markers_scored"))
                     notes += summary_warnings(res.summary)
-                    row["percent_scored_cells_saturated"] = res.summary["saturation"][
-                        "percent_scored_cells_saturated"]
+                    # None where not checked (a float image without a detector ceiling)
+                    row["percent_scored_cells_saturated"] = res.summary["saturation"].get(
+                        "percent_scored_cells_saturated")
                     row["offset_suspected"] = res.summary["offset"]["suspected"]
                     row["offset_issue"] = res.summary["offset"]["issue"]
                     foc = res.summary["focus"]

@@ -304,6 +304,9 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
     >>> r.components["autofluorescence"]["cosine_to_model"] > 0.99
     True
     """
+    if panel.unmixed:
+        raise InputError("an already-unmixed panel has no spectra to measure from controls: "
+                         "its image channels are the components")
     single_stains = dict(single_stains or {})
     if unstained is None and stained is None and not single_stains:
         raise InputError("give an unstained control (or a stained slide for blind "

@@ -1033,7 +1033,14 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         raise InputError(f"device must be one of {_DEVICES}; got {device!r}.")
     w = _resolve_weights(weights, y, prep.a.shape)
     how = _resolve_method(method, w is not None)
-    if device == "gpu":
+    sel = _selection_columns(prep.a)
+    if sel is not None:
+        # every component is one channel of its own (an already-unmixed image): the problem
+        # separates per component, and its exact solution, weighted or not, is that
+        # channel, divided by its entry, clipped at zero
+        _check_nonfinite(y)
+        x = np.maximum(y[:, sel].astype(np.float64) / prep.a[sel, np.arange(sel.size)], 0.0)
+    elif device == "gpu":
         x = _solve_gpu(y, prep, w)
     elif w is not None:
         _check_nonfinite(y)
@@ -1046,6 +1053,16 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     if not return_residual:
         return x
     return _result(y, prep.a, x, w)
+
+
+def _selection_columns(a: np.ndarray) -> np.ndarray | None:
+    """Column j's channel when every column of `a` is one positive entry in a row of its
+    own (a channel-selection matrix), else None."""
+    nz = a != 0
+    if not np.all(nz.sum(axis=0) == 1):
+        return None
+    rows = np.argmax(nz, axis=0)
+    return rows if len(set(rows.tolist())) == len(rows) else None
 
 
 def _solve_gpu(y: np.ndarray, prep: _Prepared, w) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,14 @@ class Panel:
 
     ``components`` are the marker names followed by ``"autofluorescence"`` (if modelled).
     ``endmembers`` (channels x components) is what the unmixing uses.
+
+    An *already-unmixed* panel (:func:`unmixed_panel`; ``unmixed`` is True) describes an image
+    whose channels are per-marker abundances, unmixed elsewhere (an inForm
+    ``component_data.tif``, a Phenochart-unmixed QPTIFF, any image with one channel per
+    marker): ``sources`` names the image channel of each component, and ``channels`` holds
+    the image's channel names once bound to an image (:func:`bind_unmixed`). It has no
+    spectra; its endmembers select each component's channel, so the exact NNLS solution is
+    that channel clipped at zero.
     """
 
     markers: tuple[str, ...]
@@ -100,17 +108,46 @@ class Panel:
     autofluorescence: Spectrum | None = None
     warnings: tuple[str, ...] = field(default=())
     measured: tuple = ()  # ((component, per-channel vector), ...) replacing modelled columns
+    #: already-unmixed panels: the image channel (name, or 0-based index) of each component,
+    #: in component order; empty for a spectral panel
+    sources: tuple = ()
+
+    @property
+    def unmixed(self) -> bool:
+        """True for an already-unmixed panel (image channels = components)."""
+        return bool(self.sources)
 
     @property
     def components(self) -> tuple[str, ...]:
+        if self.unmixed:
+            return self.markers + (("autofluorescence",) if len(self.sources) > len(self.markers)
+                                   else ())
         return self.markers + (("autofluorescence",) if self.autofluorescence is not None else ())
 
     @property
     def channel_names(self) -> tuple[str, ...]:
+        if self.unmixed:
+            return tuple(self.channels)
         return tuple(f"{lo:.0f}-{hi:.0f}nm" for lo, hi in self.channels)
+
+    def source_channels(self) -> tuple[int, ...]:
+        """Already-unmixed panels bound to an image: each component's channel index."""
+        if not self.unmixed:
+            raise InputError("a spectral panel has no source channels: it unmixes spectra")
+        if not self.channels:
+            raise InputError("an already-unmixed panel knows its channels only once bound to "
+                             "an image's channel names (bind_unmixed(panel, names), or "
+                             "image_channels in its file)")
+        return tuple(_source_index(src, self.channels, comp)
+                     for comp, src in zip(self.components, self.sources, strict=True))
 
     @property
     def endmembers(self) -> np.ndarray:
+        if self.unmixed:
+            idx = self.source_channels()
+            m = np.zeros((len(self.channels), len(idx)))
+            m[list(idx), np.arange(len(idx))] = 1.0
+            return m
         specs = list(self.spectra) + ([self.autofluorescence] if self.autofluorescence else [])
         b = list(self.brightness) + ([1.0] if self.autofluorescence else [])
         m = mixing_matrix(specs, self.channels, b)
@@ -125,6 +162,9 @@ class Panel:
         """A copy whose endmember columns are replaced by measured channel profiles
         (e.g. from single-stain controls, :func:`endmember_from_control`), keyed by component
         name (a marker or ``"autofluorescence"``)."""
+        if self.unmixed:
+            raise InputError("an already-unmixed panel has no spectra to measure: its image "
+                             "channels are the components")
         meas = dict(self.measured)
         for name, vec in endmembers.items():
             if name not in self.components:
@@ -143,6 +183,13 @@ class Panel:
         return _crosstalk(self.endmembers)
 
     def to_dict(self) -> dict:
+        if self.unmixed:
+            return {"unmixed": True, "markers": list(self.markers),
+                    "labels": dict(zip(self.components, map(str, self.sources), strict=True)),
+                    "components": list(self.components),
+                    "image_channels": list(self.channels) or None,
+                    # the endmembers select channels: orthonormal columns
+                    "condition_number": 1.0, "warnings": list(self.warnings)}
         ct = self.crosstalk()
         return {
             "excitation_nm": self.excitation_nm,
@@ -165,6 +212,10 @@ class Panel:
         """The panel file layout. Catalog Qdots and DAPI are stored by name; other labels and
         the autofluorescence store their sampled spectrum (1 nm grid), so that a saved panel
         reloads with the same endmembers (peak/FWHM are written for reading only)."""
+
+        if self.unmixed:
+            doc = {"components": dict(zip(self.components, self.sources, strict=True))}
+            return doc | ({"image_channels": list(self.channels)} if self.channels else {})
 
         def spec(s: Spectrum) -> dict:
             grid = np.arange(float(np.ceil(s.wavelength_nm[0])), float(s.wavelength_nm[-1]) + 0.5)
@@ -213,8 +264,11 @@ class Panel:
 
     @classmethod
     def from_dict(cls, doc, *, source="<panel>") -> Panel:
+        if isinstance(doc, dict) and "components" in doc:
+            return _unmixed_from_dict(doc, source)
         if not isinstance(doc, dict) or "markers" not in doc or "channels_nm" not in doc:
-            raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm'")
+            raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm' (a "
+                                  f"spectral panel) or 'components' (an already-unmixed image)")
         if not isinstance(doc["markers"], dict) or not doc["markers"]:
             raise FileFormatError(f"{source}: 'markers' must map marker names to "
                                   "{label: ...} or {peak_nm: ..., fwhm_nm: ...}")
@@ -278,6 +332,17 @@ class Panel:
     def plot(self):
         import matplotlib.pyplot as plt
 
+        if self.unmixed:
+            rows = [[c, str(src)] for c, src in zip(self.components, self.sources, strict=True)]
+            fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(rows) + 0.9))
+            ax.axis("off")
+            t = ax.table(cellText=rows, colLabels=["component", "image channel"], loc="center",
+                         cellLoc="left")
+            t.scale(1, 1.3)
+            ax.set_title("already-unmixed panel: each component read from its channel",
+                         fontsize=9)
+            fig.tight_layout()
+            return fig
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         for i, (m, s) in enumerate(zip(self.markers, self.spectra, strict=True)):
             axes[0].plot(s.wavelength_nm, s.normalized("peak").values, color=f"C{i}",
@@ -315,6 +380,118 @@ class Panel:
         fig.colorbar(im2, ax=axes[2])
         fig.tight_layout()
         return fig
+
+
+def _norm_channel(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def _source_index(src, channel_names, component: str) -> int:
+    """The index of an already-unmixed component's image channel: a 0-based index, or a
+    name matched exactly, else ignoring case and runs of spaces ('Qdot  605' = 'qdot 605')."""
+    names = list(channel_names)
+    if isinstance(src, int | np.integer) and not isinstance(src, bool):
+        if 0 <= int(src) < len(names):
+            return int(src)
+        raise InputError(f"component {component!r}: channel index {src} is out of range; the "
+                         f"image has {len(names)} channels (0-{len(names) - 1}: "
+                         f"{', '.join(names)})")
+    if src in names:
+        return names.index(src)
+    hits = [i for i, n in enumerate(names) if _norm_channel(n) == _norm_channel(src)]
+    if len(hits) == 1:
+        return hits[0]
+    raise InputError(f"component {component!r}: the image has no channel {src!r}"
+                     + (" (several match it)" if hits else "")
+                     + f"; its channels are {', '.join(map(repr, names))} (or give a "
+                     f"0-based index)")
+
+
+def unmixed_panel(components: dict, *, image_channels=None) -> Panel:
+    """A panel for an image whose channels are already per-marker abundances.
+
+    Parameters
+    ----------
+    components : dict
+        Component name -> the image channel holding it: a channel name (as the file names it,
+        e.g. an inForm component ``"Qdot 605"``; case and repeated spaces are ignored) or a
+        0-based channel index. Must include the nuclear counterstain the analysis segments
+        (``DAPI`` by default). A component named ``autofluorescence`` (any case) is the
+        autofluorescence, kept apart from the markers as in a spectral panel. Image channels
+        not named are not analysed.
+    image_channels : list of str, optional
+        The image's channel names, to bind the panel now (the analyses bind it to each slide
+        themselves, :func:`bind_unmixed`).
+
+    The unmixing of such a panel is exact and trivial: each component is its channel,
+    clipped at zero (the non-negative least-squares solution when every component is one
+    channel). Nothing here knows the spectra, so nothing checks crosstalk: the software
+    that unmixed the image is responsible for it.
+    """
+    if not isinstance(components, dict) or not components:
+        raise InputError("an already-unmixed panel needs components: a mapping of component "
+                         "name -> image channel (name or 0-based index)")
+    names, srcs, af = [], [], None
+    for comp, src in components.items():
+        comp = str(comp).strip()
+        if not comp:
+            raise InputError("an already-unmixed panel has an empty component name")
+        ok_int = isinstance(src, int | np.integer) and not isinstance(src, bool) and src >= 0
+        if not (ok_int or (isinstance(src, str) and src.strip())):
+            raise InputError(f"component {comp!r}: the image channel must be a channel name or "
+                             f"a 0-based index, got {src!r}")
+        src = int(src) if ok_int else src.strip()
+        if comp.casefold() == "autofluorescence":
+            af = src
+            continue
+        names.append(comp)
+        srcs.append(src)
+    if af is not None:
+        srcs.append(af)
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate component names in {names}")
+    keys = [s if isinstance(s, int) else _norm_channel(s) for s in srcs]
+    dup = sorted({str(s) for s, k in zip(srcs, keys, strict=True) if keys.count(k) > 1})
+    if dup:
+        raise InputError(f"image channel(s) {', '.join(dup)} are given to more than one "
+                         f"component; each component needs a channel of its own")
+    panel = Panel(tuple(names), tuple(str(s) for s in srcs), (), (), (1.0,) * len(names),
+                  sources=tuple(srcs))
+    return bind_unmixed(panel, image_channels) if image_channels is not None else panel
+
+
+def bind_unmixed(panel: Panel, channel_names, *, where: str = "the image") -> Panel:
+    """An already-unmixed panel bound to an image's channel names (every component's channel
+    found, by name or index; InputError naming the missing one and the channels there are).
+    A spectral panel is returned as it is."""
+    if not panel.unmixed:
+        return panel
+    names = tuple(str(n) for n in channel_names)
+    if not names:
+        raise InputError(f"{where} has no channels")
+    try:
+        for comp, src in zip(panel.components, panel.sources, strict=True):
+            _source_index(src, names, comp)
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+    return replace(panel, channels=names)
+
+
+def _unmixed_from_dict(doc: dict, source: str) -> Panel:
+    extra = sorted(set(doc) - {"components", "image_channels", "unmixed"})
+    if extra:
+        raise FileFormatError(f"{source}: an already-unmixed panel ('components') takes "
+                              f"'components' and optionally 'image_channels', not "
+                              f"{', '.join(map(repr, extra))}; a spectral panel takes "
+                              f"'markers' and 'channels_nm' instead")
+    chans = doc.get("image_channels")
+    if chans is not None and (not isinstance(chans, list)
+                              or not all(isinstance(c, str) for c in chans)):
+        raise FileFormatError(f"{source}: image_channels must be a list of channel names")
+    try:
+        return unmixed_panel(doc["components"], image_channels=chans)
+    except InputError as e:
+        raise FileFormatError(f"{source}: {e}") from None
 
 
 def _resolvable(label) -> bool:

@@ -52,6 +52,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         _progress,
         check_channels,
         nuclear_otsu,
+        panel_offset,
         reference_origin,
         summary_warnings,
         tile_grid,
@@ -60,7 +61,6 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     from qdmed.imaging._detector import (
         channel_stats,
         check_level,
-        check_offset,
         merge_channel_stats,
         offset_summary,
         saturation_summary,
@@ -75,12 +75,12 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
 
     t0 = time.perf_counter()
     check_level(saturation_level)
-    off = check_offset(offset_adu, len(panel.channels))
+    off = panel_offset(panel, offset_adu)
     # the panel as an analysis's tiles get it (through its file form, whose rounding moves
     # abundances by ~1e-8): the blur of a tile then equals the analysis's exactly
     panel = Panel.from_dict(panel.to_yaml_dict())
     slide = read_slide(path)
-    check_channels(slide, panel)
+    panel = check_channels(slide, panel)
     h, w, _ = slide.shape
     level, source = ceiling(slide.dtype, significant_bits=slide.significant_bits,
                             level=saturation_level)
@@ -138,13 +138,13 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     qc_regions.geojson) in ``out_dir``; returns the cohort summary."""
     import pandas as pd
 
-    from qdmed.imaging._analyze import _progress, tile_grid
+    from qdmed.imaging._analyze import _progress, panel_offset, tile_grid
     from qdmed.imaging._cohort import _flag_blurred_slides, find_slides, slide_stem
-    from qdmed.imaging._detector import check_level, check_offset
+    from qdmed.imaging._detector import check_level
     from qdmed.report import atomic_write_text
 
     check_level(saturation_level)
-    check_offset(offset_adu, len(panel.channels))
+    panel_offset(panel, offset_adu)
     tile_grid((64, 64), tile)  # a bad tile is refused before any slide is read
     _nuclear_index(panel)
     slides = find_slides(folder, required=True)

@@ -350,9 +350,17 @@ def write_slide_report(result, path=None) -> Path:
             rep.figure(focus_figure(foc, tuple(s["slide"]["shape"][:2])), "focus by tile")
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
-    rep.table({"labels": s["panel"]["labels"], "condition number": s["panel"]["condition_number"],
-               "warnings": s["panel"]["warnings"] or "none"})
-    rep.figure(panel.plot(), "panel")
+    if panel.unmixed:
+        rep.paragraph("The image was unmixed before qdmed read it (an already-unmixed panel): "
+                      "each component is its image channel, clipped at zero. Crosstalk "
+                      "between the labels is that of the software that unmixed it.")
+        rep.table({"image channel of each component": s["panel"]["labels"],
+                   "image channels": s["panel"]["image_channels"]})
+    else:
+        rep.table({"labels": s["panel"]["labels"],
+                   "condition number": s["panel"]["condition_number"],
+                   "warnings": s["panel"]["warnings"] or "none"})
+        rep.figure(panel.plot(), "panel")
     af = s.get("autofluorescence") or {}
     if af:
         keys = ("source", "angle_to_labels_deg", "split_half_cosine", "offset_fraction",

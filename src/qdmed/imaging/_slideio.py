@@ -50,8 +50,10 @@ __all__ = [
 ]
 
 NGFF_VERSION = "0.4"
-_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
+_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff")
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+#: every suffix read_slide opens (compound suffixes first, as slide names are cut by them)
+SLIDE_SUFFIXES = _TIFF_SUFFIXES + _ZARR_SUFFIXES
 _UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "nm": 1e-3,
                "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6}
 _COLORS = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FF8000", "FFFFFF")
@@ -519,7 +521,8 @@ class SlideImage:
         um per pixel, from OME/NGFF metadata or TIFF resolution tags; None if absent.
     path : pathlib.Path
     format : str
-        ``'ome-tiff'``, ``'tiff'`` or ``'ome-zarr'``.
+        ``'ome-tiff'``, ``'qptiff'`` (Akoya/PerkinElmer: Vectra, Polaris/PhenoImager scans and
+        inForm ``component_data.tif`` exports), ``'tiff'`` or ``'ome-zarr'``.
     levels : tuple of dask arrays
         All resolution levels, each (Y_l, X_l, C), level 0 first.
     significant_bits : int or None
@@ -598,7 +601,7 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
     if name.endswith(_ZARR_SUFFIXES):
         return _read_zarr(p)
     raise InputError(f"slide file {str(p)!r} has an unsupported suffix; accepted: "
-                     f"{', '.join(_TIFF_SUFFIXES + _ZARR_SUFFIXES)}")
+                     f"{', '.join(SLIDE_SUFFIXES)}")
 
 
 _TIFF_PARSE_ERRORS = (ValueError, OSError, EOFError, IndexError, KeyError, TypeError,
@@ -672,6 +675,44 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None,
     return (names or None), ps, bits
 
 
+_QPI_ROOT = "PerkinElmer-QPI-ImageDescription"
+
+
+def _qpi_xml(page: Any) -> str | None:
+    """The page's Akoya/PerkinElmer QPI description (XML rooted at
+    ``<PerkinElmer-QPI-ImageDescription>``), or None for any other page."""
+    desc = getattr(page, "description", "") or ""
+    head = desc.lstrip()[:400]
+    return desc if head.startswith("<") and _QPI_ROOT in head else None
+
+
+def _qpi_channel_names(pages: Sequence[Any], p: Path) -> list[str] | None:
+    """Channel names of an Akoya/PerkinElmer QPTIFF or inForm component export: the
+    ``<Name>`` element of each full-resolution page's XML description, the element that
+    Bio-Formats' VectraReader (ome/bioformats, components/formats-gpl/.../VectraReader.java)
+    and Akoya's own phenoptr ``read_components`` take as the channel (component) name. The
+    pages are one per channel, followed by an RGB thumbnail, reduced resolutions, macro
+    and label images, which tifffile's series already leaves out (its ``qpi`` series, or a
+    generic one that stops where the page shape changes). None when a page has no Name."""
+    names = []
+    for i, page in enumerate(pages):
+        xml = _qpi_xml(page)
+        if xml is None:
+            return None
+        try:
+            # the declaration says utf-16 but the text is utf-8 (Bio-Formats' note); parsing
+            # the decoded str sidesteps the declared encoding
+            root = ET.fromstring(xml.strip())
+        except ET.ParseError as e:
+            raise FileFormatError(f"{str(p)!r}: the QPTIFF XML description of page {i} is "
+                                  f"malformed: {e}") from e
+        el = root.find("Name")
+        if el is None or not (el.text or "").strip():
+            return None
+        names.append(el.text.strip())
+    return names
+
+
 def _tiff_resolution_um(page: Any) -> float | None:
     try:
         xres = page.tags["XResolution"].value
@@ -713,6 +754,9 @@ def _read_tiff(p: Path) -> SlideImage:
             dtype = np.dtype(series.dtype)
             is_ome = bool(tf.is_ome)
             names, ps, bits = _ome_info(tf.ome_metadata if is_ome else None, p)
+            qpi = not is_ome and _qpi_xml(series.pages[0]) is not None
+            if qpi:
+                names = _qpi_channel_names(series.pages, p)
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
         except _TIFF_PARSE_ERRORS as e:
@@ -738,8 +782,8 @@ def _read_tiff(p: Path) -> SlideImage:
         bits = None  # the whole type is used (or a float image): no narrower ceiling
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
-                      format="ome-tiff" if is_ome else "tiff", levels=tuple(levels),
-                      significant_bits=bits)
+                      format="ome-tiff" if is_ome else "qptiff" if qpi else "tiff",
+                      levels=tuple(levels), significant_bits=bits)
 
 
 def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:
