@@ -248,3 +248,35 @@ def test_qptiff_with_malformed_or_nameless_xml(tmp_path, write_qptiff):
                      software="PerkinElmer-QPI", metadata=None)
     assert read_slide(tmp_path / "noname.qptiff").channel_names == ("C0", "C1")
     assert read_slide(p).channel_names == ("DAPI", "X")
+
+
+def test_ome_emission_wavelengths_are_read_and_checked_against_the_panel(tmp_path):
+    """OME Channel/@EmissionWavelength (as Bio-Formats writes converted spectral data): read
+    in nm, and a panel whose bands do not hold them is refused."""
+    from qdmed.imaging import breast_panel_5plex, spectral_channels
+    from qdmed.imaging._analyze import check_channels
+    from qdmed.imaging._panel import build_panel_from_spectra
+
+    panel = breast_panel_5plex()
+    centres = [0.5 * (lo + hi) for lo, hi in panel.channels]
+    img = np.zeros((8, 32, 32), np.uint16)
+    p = tmp_path / "lambda.ome.tif"
+    tifffile.imwrite(p, img, ome=True, metadata={
+        "axes": "CYX", "Channel": {"Name": [f"ChS{i + 1}" for i in range(8)],
+                                   "EmissionWavelength": [c / 1000 for c in centres],
+                                   "EmissionWavelengthUnit": ["µm"] * 8}})
+    s = read_slide(p)
+    assert s.emission_nm == pytest.approx(centres)
+    assert check_channels(s, panel) is panel
+    shifted = build_panel_from_spectra(list(panel.markers), list(panel.labels),
+                                       list(panel.spectra), spectral_channels(8, 500, 800),
+                                       autofluorescence=panel.autofluorescence)
+    with pytest.raises(InputError, match=r"channel 0 \(ChS1\) has emission wavelength "
+                                         r"458\.75 nm \(OME metadata\), outside the panel's "
+                                         r"band 500-538nm"):
+        check_channels(s, shifted)
+    tifffile.imwrite(tmp_path / "bad.ome.tif", img, ome=True, metadata={
+        "axes": "CYX", "Channel": {"EmissionWavelength": [500] * 8,
+                                   "EmissionWavelengthUnit": ["furlong"] * 8}})
+    with pytest.raises(FileFormatError, match="EmissionWavelengthUnit 'furlong'"):
+        read_slide(tmp_path / "bad.ome.tif")

@@ -450,7 +450,8 @@ def check_channels(slide, panel: Panel) -> Panel:
     """The panel to analyse `slide` with, or InputError when their channels differ.
 
     A spectral panel is returned as it is after checking the channels: by count, and, when
-    the slide names its channels by wavelength band (``440-478nm``), by band. An
+    the slide names its channels by wavelength band (``440-478nm``) or gives their OME
+    emission wavelengths, by band. An
     already-unmixed panel is returned bound to the slide's channel names (every component's
     channel found, :func:`qdmed.imaging.bind_unmixed`)."""
     from qdmed.imaging._panel import bind_unmixed
@@ -476,6 +477,17 @@ def check_channels(slide, panel: Panel) -> Panel:
             f"the panel has {len(panel.channels)} detection channels "
             f"({', '.join(panel.channel_names)}); give the panel the slide was acquired with"
         )
+    em = getattr(slide, "emission_nm", None)
+    if em is not None:
+        # an emission wavelength may be given as a band's centre or either edge: half a
+        # band on either side allows all three, and still refuses a shifted panel
+        for i, (e, (lo, hi)) in enumerate(zip(em, panel.channels, strict=True)):
+            half = 0.5 * (hi - lo)
+            if not lo - half <= e <= hi + half:
+                raise InputError(
+                    f"{slide.path}: channel {i} ({slide.channel_names[i]}) has emission "
+                    f"wavelength {e:g} nm (OME metadata), outside the panel's band "
+                    f"{lo:.0f}-{hi:.0f}nm; give the panel the slide was acquired with")
     return panel
 
 

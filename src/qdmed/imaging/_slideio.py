@@ -529,6 +529,10 @@ class SlideImage:
         Bits the detector filled (OME ``Pixels/@SignificantBits``) when the file declares
         fewer than its integer type holds (a 12-bit camera stored as uint16); else None. Sets
         the saturation ceiling of an analysis (:mod:`qdmed.imaging._detector`).
+    emission_nm : tuple of float or None
+        Each channel's emission wavelength, nm (OME ``Channel/@EmissionWavelength``, as
+        Bio-Formats writes it for converted files) when every channel has one; else None.
+        The analyses check it against the panel's detection bands.
     """
 
     data: Any
@@ -538,6 +542,7 @@ class SlideImage:
     format: str
     levels: tuple[Any, ...] = field(default=(), repr=False)
     significant_bits: int | None = None
+    emission_nm: tuple[float, ...] | None = None
     _direct: Any = field(default=None, repr=False, compare=False)
 
     def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -636,10 +641,35 @@ class _LogCapture(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
-def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None, int | None]:
-    """Channel names, pixel size (um) and significant bits from OME-XML (None if absent)."""
+_WAVELENGTH_TO_NM = {"nm": 1.0, "nanometer": 1.0, "µm": 1e3, "um": 1e3, "micrometer": 1e3,
+                     "Å": 0.1, "angstrom": 0.1, "pm": 1e-3}
+
+
+def _ome_emission_nm(channels: list, p: Path) -> list[float] | None:
+    """Each channel's OME ``EmissionWavelength`` in nm (None unless every channel has one)."""
+    out = []
+    for ch in channels:
+        v = ch.get("EmissionWavelength")
+        if v is None:
+            return None
+        unit = ch.get("EmissionWavelengthUnit", "nm")
+        if unit not in _WAVELENGTH_TO_NM:
+            raise FileFormatError(f"{str(p)!r}: OME EmissionWavelengthUnit {unit!r} is not one "
+                                  f"of {sorted(_WAVELENGTH_TO_NM)}")
+        try:
+            out.append(float(v) * _WAVELENGTH_TO_NM[unit])
+        except ValueError as e:
+            raise FileFormatError(f"{str(p)!r}: OME EmissionWavelength {v!r} is not a "
+                                  f"number") from e
+    return out or None
+
+
+def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None, int | None,
+                                                 list[float] | None]:
+    """Channel names, pixel size (um), significant bits and emission wavelengths (nm) from
+    OME-XML (None where absent)."""
     if not xml:
-        return None, None, None
+        return None, None, None, None
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
@@ -648,8 +678,9 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None,
     pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
                   None)
     if pixels is None:
-        return None, None, None
-    names = [ch.get("Name") for ch in pixels if ch.tag.endswith("Channel")]
+        return None, None, None, None
+    channels = [ch for ch in pixels if ch.tag.endswith("Channel")]
+    names = [ch.get("Name") for ch in channels]
     ps = None
     if pixels.get("PhysicalSizeX") is not None:
         unit = pixels.get("PhysicalSizeXUnit", "µm")
@@ -672,7 +703,7 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None,
                                   f"integer") from e
         if bits < 1:
             raise FileFormatError(f"{str(p)!r}: OME SignificantBits {bits} must be >= 1")
-    return (names or None), ps, bits
+    return (names or None), ps, bits, _ome_emission_nm(channels, p)
 
 
 _QPI_ROOT = "PerkinElmer-QPI-ImageDescription"
@@ -753,7 +784,7 @@ def _read_tiff(p: Path) -> SlideImage:
                             f"up to byte {end} but the file has {size} bytes")
             dtype = np.dtype(series.dtype)
             is_ome = bool(tf.is_ome)
-            names, ps, bits = _ome_info(tf.ome_metadata if is_ome else None, p)
+            names, ps, bits, emission = _ome_info(tf.ome_metadata if is_ome else None, p)
             qpi = not is_ome and _qpi_xml(series.pages[0]) is not None
             if qpi:
                 names = _qpi_channel_names(series.pages, p)
@@ -778,12 +809,15 @@ def _read_tiff(p: Path) -> SlideImage:
     if names is not None and len(names) != nc:
         raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
                               f"has {nc}")
+    if emission is not None and len(emission) != nc:
+        emission = None  # channel elements that do not describe the image's channels
     if bits is not None and not (dtype.kind in "ui" and bits < dtype.itemsize * 8):
         bits = None  # the whole type is used (or a float image): no narrower ceiling
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
                       format="ome-tiff" if is_ome else "qptiff" if qpi else "tiff",
-                      levels=tuple(levels), significant_bits=bits)
+                      levels=tuple(levels), significant_bits=bits,
+                      emission_nm=tuple(emission) if emission else None)
 
 
 def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:
