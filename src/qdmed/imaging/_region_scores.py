@@ -558,6 +558,13 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
             warn.append(f"{len(lost)} core(s) of the TMA map not in the regions file "
                         f"({', '.join(lost[:5])}): their cases read \"no cells\" unless "
                         "other cores hold them")
+        bare = [c for c in lost if (None, c) in tma_map]
+        if len(bare) > len(rows):  # more than a lost row or column: other blocks' cores
+            warn.append(f"the TMA map names {len(bare)} cores, without a slide, that this "
+                        f"slide's {len(rows)} regions lack: if the map covers several TMA "
+                        "blocks, give its rows their slide (core,case,slide) or analyse the "
+                        "blocks together (qdmed image cohort), which finds each core on its "
+                        "own block")
         by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)
     atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
     return regions_summary(rows, min_cells), by_case
