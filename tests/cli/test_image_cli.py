@@ -340,23 +340,34 @@ def test_already_unmixed_qptiff(tmp_path, write_qptiff):
     comps = "DAPI=DAPI,HER2=qdot 525,ER=Qdot 565,PR=Qdot 605,EGFR=Qdot 655,mTOR=Qdot 705," \
             "autofluorescence=6"
     r = run("image", "panel", "--components", comps, "--slide", str(slide),
-            "--out", str(tmp_path / "up.yaml"))
+            "--out", str(tmp_path / "up.yaml"), "--json")
     assert r.returncode == 0, r.stderr
-    assert "Autofluorescence" in r.stdout and "6" in r.stdout
+    d = json.loads(r.stdout)
+    assert d["image_channel_index"] == {"DAPI": 0, "HER2": 1, "ER": 2, "PR": 3, "EGFR": 4,
+                                        "mTOR": 5, "autofluorescence": 6}
+    assert d["image_channels"] == names
     r = run("image", "analyze", str(slide), "--panel", str(tmp_path / "up.yaml"),
             "--out", str(tmp_path / "one"), "--no-progress", "--json")
     assert r.returncode == 0, r.stderr
     assert abs(json.loads(r.stdout)["n_cells"] - len(f.truth)) <= 0.03 * len(f.truth)
     assert "unmixed before qdmed read it" in (tmp_path / "one" / "report.html").read_text()
+    # an inForm export folder also holds composite images: --pattern picks the components
+    (tmp_path / "co" / "case1_composite_image.tif").write_bytes(b"II*\x00not read")
     r = run("image", "cohort", str(tmp_path / "co"), "--panel", str(tmp_path / "up.yaml"),
-            "--out", str(tmp_path / "cohort"), "--workers", "1", "--no-progress", "--json")
+            "--out", str(tmp_path / "cohort"), "--workers", "1", "--no-progress", "--json",
+            "--pattern", "*.QPTIFF")
     assert r.returncode == 0, r.stderr
-    assert [s["status"] for s in json.loads(r.stdout)["slides"]] == ["ok"]
+    assert [(s["slide"], s["status"]) for s in json.loads(r.stdout)["slides"]] == [
+        ("case1.qptiff", "ok")]
     # bad input: one line, exit 2
     for args, msg in (
             (("image", "panel", "--components", "DAPI=DAPI,HER2=Qdot 999", "--slide",
               str(slide)), "case1.qptiff: component 'HER2': the image has no channel"),
             (("image", "panel", "--components", "DAPI"), "COMPONENT=CHANNEL pairs"),
+            (("image", "panel", "--components", "DAPI=DAPI", "--filters", "500-540"),
+             "give one of them"),
+            (("image", "cohort", str(tmp_path / "co"), "--pattern", "*.zarr", "--out",
+              str(tmp_path / "y")), "matching '*.zarr'"),
             (("image", "analyze", str(slide), "--panel", str(tmp_path / "up.yaml"),
               "--offset", "100", "--out", str(tmp_path / "x")), "already unmixed")):
         r = run(*args)

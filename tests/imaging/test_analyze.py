@@ -685,16 +685,16 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert (by["P2"]["her2_category"], by["P3"]["status"]) == ("1+", "no cells")
     assert by["P9"]["message"].endswith("; core C-1 not in the regions file")
     assert not any("covers several TMA blocks" in w for w in hi["warnings"])  # one lost core
-    # a slide-less map of two blocks given to one of them: its other cores are flagged as
-    # the other block's, not only as cores lost from this one
+    # a slide-less map of two blocks of the same size (2 x 2) given to one of them: the
+    # other block's cores, more than a lost row or column holds, are flagged as such
     two = tmp_path / "two_blocks.csv"
-    two.write_text(tma_map.read_text() + "".join(f"{r}-{c},Q{r}{c}\n" for r in "DEF"
+    two.write_text(tma_map.read_text() + "".join(f"{r}-{c},Q{r}{c}\n" for r in "EF"
                                                  for c in (1, 2)))
     wide = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
                          scheduler="synchronous", progress=False, write_unmixed=False,
                          outlines=False, her2_calibration=calibration, regions=cores,
                          tma_map=two).summary["cases_scored"]
-    assert any("names 7 cores, without a slide, that this slide's 4 regions lack: if the "
+    assert any("names 5 cores, without a slide, that this slide's 4 regions lack: if the "
                "map covers several TMA blocks" in w for w in wide["warnings"])
     # tumour drawn inside the cores (here the left half of A-1 only), exported with them
     # from QuPath in one file: each core is scored on its tumour cells

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -268,6 +269,14 @@ def test_ome_emission_wavelengths_are_read_and_checked_against_the_panel(tmp_pat
     s = read_slide(p)
     assert s.emission_nm == pytest.approx(centres)
     assert check_channels(s, panel) is panel
+    # given as the bands' edges: accepted; as the centres of the next bands: refused
+    for shift, ok in ((-18.75, True), (18.75, True), (37.5, False)):
+        moved = dataclasses.replace(s, emission_nm=tuple(c + shift for c in centres))
+        if ok:
+            assert check_channels(moved, panel) is panel
+        else:
+            with pytest.raises(InputError, match="outside the panel's band"):
+                check_channels(moved, panel)
     shifted = build_panel_from_spectra(list(panel.markers), list(panel.labels),
                                        list(panel.spectra), spectral_channels(8, 500, 800),
                                        autofluorescence=panel.autofluorescence)
@@ -278,5 +287,18 @@ def test_ome_emission_wavelengths_are_read_and_checked_against_the_panel(tmp_pat
     tifffile.imwrite(tmp_path / "bad.ome.tif", img, ome=True, metadata={
         "axes": "CYX", "Channel": {"EmissionWavelength": [500] * 8,
                                    "EmissionWavelengthUnit": ["furlong"] * 8}})
-    with pytest.raises(FileFormatError, match="EmissionWavelengthUnit 'furlong'"):
-        read_slide(tmp_path / "bad.ome.tif")
+    # an unusual unit leaves the wavelengths out (they only serve this check)
+    assert read_slide(tmp_path / "bad.ome.tif").emission_nm is None
+
+
+def test_brightfield_qptiff_is_read_as_rgb(tmp_path, write_qptiff):
+    """A brightfield QPTIFF is one RGB page (Bio-Formats' VectraReader notes): its one
+    <Name> does not name three channels, which keep the default names."""
+    rgb = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(tmp_path / "bf.qptiff") as tw:
+        tw.write(rgb, photometric="rgb", software="PerkinElmer-QPI", metadata=None,
+                 description=write_qptiff.description("Brightfield", "FullResolution"))
+    s = read_slide(tmp_path / "bf.qptiff")
+    assert s.format == "qptiff" and s.shape == (48, 64, 3) and s.channel_names == ("C0", "C1",
+                                                                                  "C2")
+    np.testing.assert_array_equal(s.read_region(0, 48, 0, 64), rgb)

@@ -70,8 +70,10 @@ def test_unmixed_panel_bad_input():
         unmixed_panel({"HER2": -1})
     with pytest.raises(InputError, match="needs components"):
         unmixed_panel({})
-    with pytest.raises(FileFormatError, match="takes 'components' and optionally"):
+    with pytest.raises(FileFormatError, match="spectral .* or already unmixed .*not both"):
         Panel.from_dict({"components": {"DAPI": "DAPI"}, "channels_nm": [[400, 500]]})
+    with pytest.raises(FileFormatError, match="takes 'components' and optionally"):
+        Panel.from_dict({"components": {"DAPI": "DAPI"}, "excitation_nm": 405})
     with pytest.raises(FileFormatError, match=r"<panel>: .*a channel name or a 0-based"):
         Panel.from_dict({"components": {"DAPI": [1, 2]}})
     unbound = unmixed_panel(MAPPING)
@@ -83,6 +85,27 @@ def test_unmixed_panel_bad_input():
         PANEL.with_measured({"HER2": np.ones(8)})
     with pytest.raises(InputError, match="no spectra to measure from controls"):
         spectral_library(PANEL, unstained=np.ones((8, 8, 8)))
+
+
+def test_a_bound_panel_reads_another_slide_by_name():
+    """Channels given by index on one image (qdmed image panel --slide) are read by their
+    names there on a slide whose channels come in another order."""
+    p = unmixed_panel({"DAPI": 0, "HER2": 1, "PR": "Cy5"}, image_channels=["DAPI", "Cy3", "Cy5"])
+    q = bind_unmixed(p, ["Cy5", "DAPI", "Cy3"])
+    assert q.source_channels() == (1, 2, 0) and q.sources == ("DAPI", "Cy3", "Cy5")
+    with pytest.raises(InputError, match="other.tif: component 'HER2': the image has no "
+                                         "channel 'Cy3'"):
+        bind_unmixed(p, ["DAPI", "FITC", "Cy5"], where="other.tif")
+    with pytest.raises(InputError, match="2 channels named 'Cy5' \\(at 1, 2\\): give the "
+                                         "0-based index"):
+        bind_unmixed(unmixed_panel({"CD8": "Cy5"}), ["DAPI", "Cy5", "Cy5"])
+    with pytest.raises(InputError, match="names the autofluorescence twice"):
+        unmixed_panel({"autofluorescence": "AF1", "Autofluorescence": "AF2"})
+    # more components than the spectral solver's 12: a selection needs no tables
+    big = unmixed_panel({f"M{i}": i for i in range(14)}, image_channels=[str(i) for i in
+                                                                         range(14)])
+    img = np.random.default_rng(0).normal(size=(5, 6, 14)).astype(np.float32)
+    np.testing.assert_array_equal(unmix_image(img, big), np.maximum(img, 0))
 
 
 def test_selection_endmembers_are_solved_exactly():

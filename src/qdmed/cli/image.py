@@ -27,6 +27,7 @@ PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region",
 TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case from its cores (--case-rule).")]
 CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
 REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
+PATTERN = Annotated[str | None, typer.Option("--pattern", help="Only the slides whose names match this shell pattern, case ignored (e.g. '*_component_data.tif' in an inForm export folder).")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
 
@@ -114,6 +115,9 @@ def panel(
     from qdmed.imaging import design_panel, spectral_channels
 
     if components is not None:
+        if filters:
+            raise InputError("--filters describes a spectral panel's detection; --components "
+                             "an already-unmixed image's channels: give one of them")
         return _unmixed_panel_command(components, slide, out, json_)
     if slide is not None:
         raise InputError("--slide goes with --components (an already-unmixed image)")
@@ -164,7 +168,7 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
         if name.strip() in mapping:
             raise InputError(f"--components names {name.strip()!r} twice")
         chan = chan.strip()
-        mapping[name.strip()] = int(chan) if chan.isdigit() else chan
+        mapping[name.strip()] = int(chan) if chan.isascii() and chan.isdigit() else chan
     names = None
     p = unmixed_panel(mapping)
     if slide is not None:
@@ -184,6 +188,12 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
         unused = [n for i, n in enumerate(names) if i not in idx]
         typer.echo(f"{slide.name}: {len(names)} channels"
                    + (f"; not analysed: {', '.join(unused)}" if unused else ""))
+    from qdmed.imaging import AnalysisSettings
+
+    nuc = AnalysisSettings().nuclear_marker
+    if nuc not in p.components:
+        typer.secho(f"! no {nuc} component: the analyses segment nuclei on {nuc}; map the "
+                    f"nuclear counterstain's channel to it ({nuc}=CHANNEL)", fg="yellow")
 
 
 @app.command()
@@ -518,6 +528,7 @@ def qc(
     tile: Annotated[int, typer.Option("--tile", help="Tile edge, px (as the analysis's).")] = 2048,
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
+    pattern: PATTERN = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -531,7 +542,7 @@ def qc(
     if path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES) and not zarr_store:
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
-                        progress=not no_progress)
+                        progress=not no_progress, pattern=pattern)
         if json_:
             print_json(res)
             if res["n_ok"] == 0:
@@ -654,6 +665,7 @@ def cohort(
     region_min_cells: REGION_CELLS = 100,
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
+    pattern: PATTERN = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -671,7 +683,7 @@ def cohort(
                          saturation_level=saturation_level, offset_adu=_offset(offset),
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                          region_min_cells=region_min_cells, tma_map=tma_map,
-                         case_rule=case_rule, tumour_regions_dir=tumour_regions_dir)
+                         case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -479,11 +479,12 @@ def check_channels(slide, panel: Panel) -> Panel:
         )
     em = getattr(slide, "emission_nm", None)
     if em is not None:
-        # an emission wavelength may be given as a band's centre or either edge: half a
-        # band on either side allows all three, and still refuses a shifted panel
+        # an emission wavelength may be given as a band's centre or either edge (or a dye's
+        # peak near a filter's band): a quarter band of slack on either side allows these,
+        # and refuses a panel off by one band or more
         for i, (e, (lo, hi)) in enumerate(zip(em, panel.channels, strict=True)):
-            half = 0.5 * (hi - lo)
-            if not lo - half <= e <= hi + half:
+            slack = 0.25 * (hi - lo)
+            if not lo - slack <= e <= hi + slack:
                 raise InputError(
                     f"{slide.path}: channel {i} ({slide.channel_names[i]}) has emission "
                     f"wavelength {e:g} nm (OME metadata), outside the panel's band "

@@ -26,16 +26,22 @@ from qdmed.imaging._region_scores import (
 from qdmed.imaging._slideio import SLIDE_SUFFIXES
 
 
-def find_slides(folder, *, required: bool = False) -> list[Path]:
-    """Slides directly inside ``folder`` (OME-TIFF/TIFF files and OME-Zarr folders), sorted;
-    ``required``: InputError when there is none."""
+def find_slides(folder, *, required: bool = False, pattern: str | None = None) -> list[Path]:
+    """Slides directly inside ``folder`` (OME-TIFF/TIFF/QPTIFF files and OME-Zarr folders),
+    sorted; ``pattern``: only names matching this shell pattern, case ignored (e.g.
+    ``*_component_data.tif`` in an inForm export folder, which also holds composite
+    images and segmentation maps); ``required``: InputError when there is none."""
+    import fnmatch
+
     d = Path(folder)
     if not d.is_dir():
         raise InputError(f"cohort folder {str(d)!r} does not exist or is not a folder")
     slides = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
-                    and not p.name.startswith("."))
+                    and not p.name.startswith(".")
+                    and (pattern is None or fnmatch.fnmatch(p.name.lower(), pattern.lower())))
     if required and not slides:
-        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)})")
+        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)}"
+                         + (f"; matching {pattern!r}" if pattern is not None else "") + ")")
     seen: dict[str, str] = {}
     for p in slides:  # each slide's outputs go to slides/<stem>/: stems must differ
         other = seen.setdefault(slide_stem(p.name), p.name)
@@ -77,8 +83,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    saturation_level: float | None = None, offset_adu=None,
                    exclude_flagged: tuple = (), per_region: bool | None = None,
                    region_min_cells: int = 100, tma_map=None,
-                   case_rule: str = "pooled", tumour_regions_dir=None) -> dict:
-    """Analyse all slides of ``folder``; returns the cohort summary (also written as
+                   case_rule: str = "pooled", tumour_regions_dir=None,
+                   pattern: str | None = None) -> dict:
+    """Analyse all slides of ``folder`` (those matching ``pattern``, see
+    :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
     ``slide``).
 
@@ -139,7 +147,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     for d in (regions_dir, tumour_regions_dir):
         if d is not None and not Path(d).is_dir():
             raise InputError(f"regions folder {str(d)!r} does not exist or is not a folder")
-    slides = find_slides(folder, required=True)
+    slides = find_slides(folder, required=True, pattern=pattern)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, tables, region_rows, case_cells = [], [], [], []

@@ -157,10 +157,14 @@ def _degeneracy_message(an: np.ndarray, cond: float, max_condition: float) -> st
             f"{what}.")
 
 
-def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
-    a = _check_endmembers(endmembers)
+def _check_max_condition(max_condition: float) -> None:
     if not (np.isfinite(max_condition) and max_condition >= 1):
         raise InputError(f"max_condition must be a finite number >= 1; got {max_condition}.")
+
+
+def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
+    a = _check_endmembers(endmembers)
+    _check_max_condition(max_condition)
     key = (a.shape, a.tobytes(), float(max_condition))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
@@ -937,8 +941,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     endmembers : array_like, shape (n_channels, n_components)
         Mixing matrix ``A``: column ``j`` is the reference spectrum of component ``j``
         integrated over the detection channels (counts per unit abundance). Must be finite,
-        non-negative, with 1 to 12 components and condition number (of the column-normalised
-        matrix) at most `max_condition`.
+        non-negative, with 1 to 12 components (any number for a channel selection, see
+        Notes) and condition number (of the column-normalised matrix) at most
+        `max_condition`.
     weights : None, 'poisson' or array_like broadcastable to (n_pixels, n_channels)
         Per-pixel-per-channel weights ``w > 0``. ``'poisson'`` uses
         ``w = 1 / max(y, 1)`` (inverse Poisson variance). Weighted problems have a Gram
@@ -978,7 +983,12 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
 
     Notes
     -----
-    Columns are normalised, ``A_n = A D^{-1}`` with ``D = diag(||a_j||)``, and the problem
+    When every component is one channel of its own (each column of `endmembers` a single
+    positive entry, in a row of its own: an already-unmixed image), the problem separates
+    per component and the solution is that channel divided by its entry, clipped at zero;
+    it is computed so directly, on the CPU, without a limit on the number of components.
+
+    Otherwise columns are normalised, ``A_n = A D^{-1}`` with ``D = diag(||a_j||)``, and the problem
     is written in Gram form ``G = A_n^T A_n``, ``b = A_n^T y``. For a passive set ``S`` the
     candidate solution is ``x_S = (G_SS)^{-1} b_S``, ``x_{~S} = 0``, and the KKT conditions
     of NNLS are
@@ -1027,19 +1037,23 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     array([[2.    , 0.    ],
            [0.    , 0.9714]])
     """
-    prep = _prepare(endmembers, max_condition)
-    y = _check_pixels(pixels, prep.a.shape[0])
+    a = _check_endmembers(endmembers)
+    _check_max_condition(max_condition)
+    # every component one channel of its own (an already-unmixed image): no tables needed,
+    # and no limit on the number of components
+    sel = _selection_columns(a)
+    prep = _prepare(a, max_condition) if sel is None else None
+    y = _check_pixels(pixels, a.shape[0])
     if device not in _DEVICES:
         raise InputError(f"device must be one of {_DEVICES}; got {device!r}.")
-    w = _resolve_weights(weights, y, prep.a.shape)
+    w = _resolve_weights(weights, y, a.shape)
     how = _resolve_method(method, w is not None)
-    sel = _selection_columns(prep.a)
     if sel is not None:
-        # every component is one channel of its own (an already-unmixed image): the problem
-        # separates per component, and its exact solution, weighted or not, is that
-        # channel, divided by its entry, clipped at zero
+        # the problem separates per component: its exact solution, weighted or not, is
+        # that channel divided by its entry, clipped at zero (on the CPU whatever `device`:
+        # it is a copy)
         _check_nonfinite(y)
-        x = np.maximum(y[:, sel].astype(np.float64) / prep.a[sel, np.arange(sel.size)], 0.0)
+        x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)], 0.0)
     elif device == "gpu":
         x = _solve_gpu(y, prep, w)
     elif w is not None:
@@ -1052,13 +1066,16 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         x = _solve_shared_numpy(y, prep)
     if not return_residual:
         return x
-    return _result(y, prep.a, x, w)
+    return _result(y, a if prep is None else prep.a, x, w)
 
 
 def _selection_columns(a: np.ndarray) -> np.ndarray | None:
     """Column j's channel when every column of `a` is one positive entry in a row of its
-    own (a channel-selection matrix), else None."""
-    nz = a != 0
+    own (a channel-selection matrix), else None (and any other matrix, invalid ones
+    included, goes to the general checks)."""
+    if a.size == 0 or not np.all(np.isfinite(a)) or np.any(a < 0):
+        return None
+    nz = a > 0
     if not np.all(nz.sum(axis=0) == 1):
         return None
     rows = np.argmax(nz, axis=0)

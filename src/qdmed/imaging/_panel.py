@@ -188,6 +188,8 @@ class Panel:
                     "labels": dict(zip(self.components, map(str, self.sources), strict=True)),
                     "components": list(self.components),
                     "image_channels": list(self.channels) or None,
+                    "image_channel_index": dict(zip(self.components, self.source_channels(),
+                                                    strict=True)) if self.channels else None,
                     # the endmembers select channels: orthonormal columns
                     "condition_number": 1.0, "warnings": list(self.warnings)}
         ct = self.crosstalk()
@@ -265,6 +267,10 @@ class Panel:
     @classmethod
     def from_dict(cls, doc, *, source="<panel>") -> Panel:
         if isinstance(doc, dict) and "components" in doc:
+            if "channels_nm" in doc or "markers" in doc:
+                raise FileFormatError(f"{source}: a panel is spectral ('markers' and "
+                                      f"'channels_nm') or already unmixed ('components'), "
+                                      f"not both")
             return _unmixed_from_dict(doc, source)
         if not isinstance(doc, dict) or "markers" not in doc or "channels_nm" not in doc:
             raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm' (a "
@@ -396,15 +402,16 @@ def _source_index(src, channel_names, component: str) -> int:
         raise InputError(f"component {component!r}: channel index {src} is out of range; the "
                          f"image has {len(names)} channels (0-{len(names) - 1}: "
                          f"{', '.join(names)})")
-    if src in names:
-        return names.index(src)
-    hits = [i for i, n in enumerate(names) if _norm_channel(n) == _norm_channel(src)]
+    hits = [i for i, n in enumerate(names) if n == src]  # exact, else loosely
+    hits = hits or [i for i, n in enumerate(names) if _norm_channel(n) == _norm_channel(src)]
     if len(hits) == 1:
         return hits[0]
-    raise InputError(f"component {component!r}: the image has no channel {src!r}"
-                     + (" (several match it)" if hits else "")
-                     + f"; its channels are {', '.join(map(repr, names))} (or give a "
-                     f"0-based index)")
+    if hits:
+        raise InputError(f"component {component!r}: the image has {len(hits)} channels named "
+                         f"{src!r} (at {', '.join(map(str, hits))}): give the 0-based index "
+                         f"of the one to read")
+    raise InputError(f"component {component!r}: the image has no channel {src!r}; its "
+                     f"channels are {', '.join(map(repr, names))} (or give a 0-based index)")
 
 
 def unmixed_panel(components: dict, *, image_channels=None) -> Panel:
@@ -442,6 +449,9 @@ def unmixed_panel(components: dict, *, image_channels=None) -> Panel:
                              f"a 0-based index, got {src!r}")
         src = int(src) if ok_int else src.strip()
         if comp.casefold() == "autofluorescence":
+            if af is not None:
+                raise InputError("an already-unmixed panel names the autofluorescence twice "
+                                 f"({af!r} and {src!r})")
             af = src
             continue
         names.append(comp)
@@ -469,12 +479,24 @@ def bind_unmixed(panel: Panel, channel_names, *, where: str = "the image") -> Pa
     names = tuple(str(n) for n in channel_names)
     if not names:
         raise InputError(f"{where} has no channels")
+    sources = panel.sources
+    if panel.channels and panel.channels != names:
+        # bound before to another image (a panel file made with --slide): a channel given by
+        # its index there is that channel's name here, so that a slide whose channels come
+        # in another order is read by name, not by place
+        try:
+            sources = tuple(panel.channels[_source_index(src, panel.channels, comp)]
+                            if isinstance(src, int) else src
+                            for comp, src in zip(panel.components, sources, strict=True))
+        except InputError as e:
+            raise InputError(f"the panel's own image_channels: {e}") from None
     try:
-        for comp, src in zip(panel.components, panel.sources, strict=True):
+        for comp, src in zip(panel.components, sources, strict=True):
             _source_index(src, names, comp)
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
-    return replace(panel, channels=names)
+    return replace(panel, channels=names, sources=sources,
+                   labels=tuple(str(s) for s in sources))
 
 
 def _unmixed_from_dict(doc: dict, source: str) -> Panel:

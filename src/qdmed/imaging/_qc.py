@@ -130,8 +130,9 @@ def _nuclear_index(panel) -> int:
 
 
 def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None,
-              offset_adu=None, progress: bool = True) -> dict:
-    """:func:`qc_slide` for every slide of ``folder`` (a slide that cannot be read is
+              offset_adu=None, progress: bool = True, pattern: str | None = None) -> dict:
+    """:func:`qc_slide` for every slide of ``folder`` (matching ``pattern``, see
+    :func:`qdmed.imaging._cohort.find_slides`; a slide that cannot be read is
     reported, not fatal), plus slides out of focus as a whole against the others (their
     median blur, :func:`qdmed.imaging._focus.blur_outliers`). Writes ``qc.csv`` (a row per
     slide), ``qc.json`` and ``slides/<stem>/`` (each slide's qc.json and
@@ -147,7 +148,7 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     panel_offset(panel, offset_adu)
     tile_grid((64, 64), tile)  # a bad tile is refused before any slide is read
     _nuclear_index(panel)
-    slides = find_slides(folder, required=True)
+    slides = find_slides(folder, required=True, pattern=pattern)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

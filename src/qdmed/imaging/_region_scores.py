@@ -511,6 +511,17 @@ def assign_regions(cells, reg, slide_name: str, *, tumour=None, per_region: bool
         cells["case"] = cases[where + 1]
 
 
+def _largest_line(names) -> int | None:
+    """The most regions in one row or one column of grid names (``B-3``), else None."""
+    from collections import Counter
+
+    parts = [str(n).rsplit("-", 1) for n in names]
+    if not parts or any(len(q) != 2 for q in parts):
+        return None
+    return max(max(Counter(q[0] for q in parts).values()),
+               max(Counter(q[1] for q in parts).values()))
+
+
 def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumour=None,
                         tma_map: dict | None = None, case_rule: str = "pooled",
                         her2_calibration=None, gates=None, pixel_size_um=None,
@@ -559,7 +570,9 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
                         f"({', '.join(lost[:5])}): their cases read \"no cells\" unless "
                         "other cores hold them")
         bare = [c for c in lost if (None, c) in tma_map]
-        if len(bare) > len(rows):  # more than a lost row or column: other blocks' cores
+        line = _largest_line([r["region"] for r in rows])
+        # more than a lost row or column could hold: another block's cores
+        if len(bare) > (line if line is not None else len(rows) / 2):
             warn.append(f"the TMA map names {len(bare)} cores, without a slide, that this "
                         f"slide's {len(rows)} regions lack: if the map covers several TMA "
                         "blocks, give its rows their slide (core,case,slide) or analyse the "

@@ -646,21 +646,20 @@ _WAVELENGTH_TO_NM = {"nm": 1.0, "nanometer": 1.0, "µm": 1e3, "um": 1e3, "microm
 
 
 def _ome_emission_nm(channels: list, p: Path) -> list[float] | None:
-    """Each channel's OME ``EmissionWavelength`` in nm (None unless every channel has one)."""
+    """Each channel's OME ``EmissionWavelength`` in nm (None unless every channel has one in
+    a unit of ``_WAVELENGTH_TO_NM``)."""
     out = []
     for ch in channels:
         v = ch.get("EmissionWavelength")
         if v is None:
             return None
         unit = ch.get("EmissionWavelengthUnit", "nm")
-        if unit not in _WAVELENGTH_TO_NM:
-            raise FileFormatError(f"{str(p)!r}: OME EmissionWavelengthUnit {unit!r} is not one "
-                                  f"of {sorted(_WAVELENGTH_TO_NM)}")
         try:
             out.append(float(v) * _WAVELENGTH_TO_NM[unit])
-        except ValueError as e:
-            raise FileFormatError(f"{str(p)!r}: OME EmissionWavelength {v!r} is not a "
-                                  f"number") from e
+        except (KeyError, ValueError):
+            # the wavelengths only serve a consistency check: an unusual unit or value
+            # leaves them out instead of making the image unreadable
+            return None
     return out or None
 
 
@@ -806,6 +805,8 @@ def _read_tiff(p: Path) -> SlideImage:
         arr = arr.transpose(perm) if arr.ndim == 3 else arr[:, :, None]
         levels.append(arr)
     nc = int(levels[0].shape[2])
+    if qpi and names is not None and len(names) != nc:
+        names = None  # a brightfield QPTIFF: one RGB page, one <Name> for its three samples
     if names is not None and len(names) != nc:
         raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
                               f"has {nc}")
