@@ -43,7 +43,7 @@ def brightfield_tma():
     return _make_brightfield_tma
 
 
-def _qpi_description(name, image_type):
+def _qpi_description(name, image_type, exposure_us=1000):
     """One page's XML as Akoya/PerkinElmer QPTIFF writers lay it out (the elements that
     Bio-Formats' VectraReader reads: Name, Color, ExposureTime, Objective; the declaration
     says utf-16 although the text is utf-8, as Bio-Formats notes of real files)."""
@@ -51,12 +51,13 @@ def _qpi_description(name, image_type):
             '<DescriptionVersion>2</DescriptionVersion>'
             '<AcquisitionSoftware>VectraPolaris</AcquisitionSoftware>'
             f'<ImageType>{image_type}</ImageType><Identifier>qdmed-test</Identifier>'
-            f'<Name>{name}</Name><Color>255,0,0</Color><ExposureTime>1000</ExposureTime>'
+            f'<Name>{name}</Name><Color>255,0,0</Color>'
+            f'<ExposureTime>{exposure_us}</ExposureTime>'
             '<Objective>20x</Objective></PerkinElmer-QPI-ImageDescription>')
 
 
 def _write_qptiff(path, image_yxc, names, *, pixel_size_um=0.5, tile=None, levels=1,
-                  software="PerkinElmer-QPI"):
+                  software="PerkinElmer-QPI", exposure_us=None):
     """A QPTIFF (or inForm component_data.tif) in the page layout of Bio-Formats'
     VectraReader: one grayscale page per channel (XML description each), an RGB thumbnail,
     then for tiled files the reduced resolutions (NewSubfileType 1), each halving."""
@@ -67,8 +68,10 @@ def _write_qptiff(path, image_yxc, names, *, pixel_size_um=0.5, tile=None, level
                resolutionunit="CENTIMETER")
     kw = dict(software=software, metadata=None, **res, **({"tile": (tile, tile)} if tile else {}))
     with tifffile.TiffWriter(path) as tw:
+        exp = exposure_us or [1000] * len(names)
         for c, name in enumerate(names):
-            tw.write(img[..., c], description=_qpi_description(name, "FullResolution"), **kw)
+            tw.write(img[..., c], description=_qpi_description(name, "FullResolution",
+                                                               exp[c]), **kw)
         thumb = np.zeros((max(1, img.shape[0] // 16), max(1, img.shape[1] // 16), 3), np.uint8)
         tw.write(thumb, description=_qpi_description("Thumbnail", "Thumbnail"),
                  software=software, metadata=None)

@@ -226,6 +226,7 @@ def test_qptiff_channel_names_levels_and_pixel_size(tmp_path, write_qptiff, soft
     assert s.format == "qptiff"
     assert s.channel_names == tuple(names)
     assert s.pixel_size_um == pytest.approx(0.4972, rel=1e-6)
+    assert s.exposure_ms == (1.0, 1.0, 1.0)  # ExposureTime 1000, in microseconds
     assert s.shape == (96, 128, 3) and s.dtype == np.float32
     np.testing.assert_array_equal(s.read_region(0, 96, 0, 128), img)  # thumbnail left out
     if software:
@@ -302,3 +303,28 @@ def test_brightfield_qptiff_is_read_as_rgb(tmp_path, write_qptiff):
     assert s.format == "qptiff" and s.shape == (48, 64, 3) and s.channel_names == ("C0", "C1",
                                                                                   "C2")
     np.testing.assert_array_equal(s.read_region(0, 48, 0, 64), rgb)
+
+
+def test_ome_exposure_times_and_the_cohort_flag(tmp_path):
+    """OME Plane/@ExposureTime (seconds unless ExposureTimeUnit says otherwise) per channel,
+    and the cohort's flag on slides acquired at other exposures than most."""
+    from qdmed.imaging._cohort import _flag_exposure_differences
+
+    tifffile.imwrite(tmp_path / "e.ome.tif", np.zeros((2, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Plane": {"ExposureTime": [0.1, 250],
+                                                        "ExposureTimeUnit": ["s", "ms"]}})
+    assert read_slide(tmp_path / "e.ome.tif").exposure_ms == (100.0, 250.0)
+    assert read_slide(tmp_path / "e.ome.tif").to_dict()["exposure_ms"] == [100.0, 250.0]
+    names = ["DAPI", "Qdot 605"]
+    rows = [{"slide": s, "message": ""} for s in ("a", "b", "c", "d")]
+    warn = _flag_exposure_differences(rows, {"a": (names, [100, 250]), "b": (names, [100, 250]),
+                                             "c": (names, [100.5, 250]),  # within 1 %
+                                             "d": (names, [100, 500])})
+    assert [r.get("exposure_differs", False) for r in rows] == [False, False, False, True]
+    assert rows[3]["message"] == ("exposure differs from the cohort's: Qdot 605 500 ms (most "
+                                  "slides 250)")
+    assert warn and warn[0].startswith("1 of 4 slides were acquired with other exposure times")
+    assert _flag_exposure_differences(rows[:2], {"a": (names, [1, 2])}) == []
+    rows = [{"slide": s, "message": ""} for s in ("a", "b")]  # a tie: the first slide's
+    _flag_exposure_differences(rows, {"a": (names, [1, 2]), "b": (names, [1, 4])})
+    assert rows[1]["message"].endswith("Qdot 605 4 ms (the first slide 2)")

@@ -665,6 +665,7 @@ def cohort(
     region_min_cells: REGION_CELLS = 100,
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
+    case_map: Annotated[Path | None, typer.Option("--case-map", help="CSV of slide,case: each slide's case (patient), for cases imaged as several fields or sections; cases.csv scores each case on the pooled cells of its slides.")] = None,
     pattern: PATTERN = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -683,7 +684,8 @@ def cohort(
                          saturation_level=saturation_level, offset_adu=_offset(offset),
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                          region_min_cells=region_min_cells, tma_map=tma_map,
-                         case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern)
+                         case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern,
+                         case_map=case_map)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:
@@ -694,7 +696,7 @@ def cohort(
     typer.echo(f"cohort table: {res['cells']}; report: {res['report']}"
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
-    for w in res.get("case_warnings") or []:
+    for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []):
         typer.echo(f"! {w}")
     if res["n_ok"] == 0:
         raise typer.Exit(2)

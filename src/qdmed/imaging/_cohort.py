@@ -18,6 +18,7 @@ from qdmed.imaging._region_scores import (
     expected_cores,
     load_tma_map,
     map_slide,
+    read_case_map,
     receptor_notes,
     region_table,
     score_cases,
@@ -84,11 +85,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    exclude_flagged: tuple = (), per_region: bool | None = None,
                    region_min_cells: int = 100, tma_map=None,
                    case_rule: str = "pooled", tumour_regions_dir=None,
-                   pattern: str | None = None) -> dict:
+                   pattern: str | None = None, case_map=None) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
-    ``slide``).
+    ``slide``). The slides run on a local Dask cluster of ``n_workers`` processes, on the
+    cluster at ``scheduler`` (an address), or with ``scheduler="synchronous"`` one after
+    another in this process.
 
     With ``regions_dir``, each slide is scored only on the cells inside its annotations,
     ``<regions_dir>/<slide stem>.geojson`` (or ``.json``, or a QuPath TMA grid ``.qptma``;
@@ -111,7 +114,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     on every slide, pooled and scored as one slide, for :func:`compare_her2_tables` with
     ``key='case'``; ``case_rule="highest"`` takes each case's highest-scoring core instead,
     :func:`score_cases`), and ``tumour_regions_dir`` (per slide, the tumour annotations to
-    narrow its regions down to, as :func:`analyze_slide`'s ``tumour_regions``)."""
+    narrow its regions down to, as :func:`analyze_slide`'s ``tumour_regions``).
+
+    ``case_map`` (a CSV of slide,case, :func:`read_case_map`, or its mapping) gives the
+    case (patient) of each slide, for cases imaged as several fields or sections:
+    ``cases.csv`` then scores every case on the pooled scored cells of its slides, each
+    slide weighing by its cells, as the whole tumour is scored (the slides are listed in
+    the column ``cores``). Not with a ``tma_map``, whose cases come from cores."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -135,7 +144,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
-    tma_map, map_source = load_tma_map(tma_map, case_rule)  # before any slide is read
+    # both maps before any slide is read; the case map's checks first, as they name it
+    slide_cases, case_map_source = _load_case_map(case_map, tma_map, case_rule)
+    tma_map, map_source = load_tma_map(tma_map, case_rule)
     if regions_dir is None and (region_class is not None or per_region
                                 or tma_map is not None):
         what = ("per_region" if per_region else "tma_map" if tma_map
@@ -151,8 +162,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, tables, region_rows, case_cells = [], [], [], []
+    exposures: dict[str, tuple] = {}  # slide -> (channel names, exposure ms per channel)
     client = cluster = None
-    if slides:
+    sync = scheduler == "synchronous"  # every slide in this process, as analyze_slide's
+    if slides and not sync:
         client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
     try:
         from qdmed.imaging._analyze import _progress
@@ -179,6 +192,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,
+                                        scheduler="synchronous" if sync else None,
                                         region_class=region_class, outlines=outlines,
                                         write_unmixed=write_unmixed,
                                         autofluorescence=autofluorescence,
@@ -206,6 +220,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["offset_issue"] = res.summary["offset"]["issue"]
                     foc = res.summary["focus"]
                     row["focus_median_blur"] = foc.get("median")
+                    sl = res.summary["slide"]
+                    if sl.get("exposure_ms"):
+                        exposures[sp.name] = (sl["channel_names"], sl["exposure_ms"])
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
                     row["message"] = "; ".join(n for n in notes if n)
                     row.update(score_fields(res.summary["her2"], None))
@@ -230,6 +247,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         region_rows += [{"slide": sp.name, **r} for r in by_region["regions"]]
                     cells = res.cells()
                     cells.insert(0, "slide", sp.name)
+                    if slide_cases is not None:
+                        cells["case"] = slide_cases.get(map_slide(sp.name))
+                        if cells["case"].isna().all():
+                            row["message"] = "; ".join(m for m in (
+                                row["message"], "no case in the case map") if m)
                     tables.append(cells)
                     if "case" in cells:  # this slide's scored cells, for the pooled cases
                         case_cells.append(scored_cells_of(cells, exclude_flagged))
@@ -243,6 +265,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         if cluster is not None:
             cluster.close()
     _flag_blurred_slides(rows)
+    acquisition_warnings = _flag_exposure_differences(rows, exposures)
     if tables:
         atomic_write_parquet(out / "cells.parquet", pd.concat(tables, ignore_index=True))
     (out / "regions.csv").unlink(missing_ok=True)
@@ -281,6 +304,12 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                 gates=gates, min_cells=region_min_cells, notes=notes,
                                 rule=case_rule, region_rows=region_rows)
         atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
+    if slide_cases is not None:
+        case_rows, more = _score_slide_cases(slide_cases, slides, rows, case_cells,
+                                             her2_calibration=her2_calibration, gates=gates,
+                                             min_cells=region_min_cells)
+        case_warnings += more
+        atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
     if region_rows:
         table = region_table(region_rows)
         table.insert(0, "slide", table.pop("slide"))
@@ -293,6 +322,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "cases": None if case_rows is None else str(out / "cases.csv"),
                "n_cases": None if case_rows is None else len(case_rows),
                "case_warnings": case_warnings,
+               "acquisition_warnings": acquisition_warnings,
                "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
@@ -304,6 +334,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "exclude_flagged": list(exclude_flagged),
                               "per_region": per_region, "region_min_cells": region_min_cells,
                               "tma_map": map_source, "case_rule": case_rule,
+                              "case_map": case_map_source,
                               "tumour_regions_dir": None if tumour_regions_dir is None
                               else str(tumour_regions_dir),
                               "offset_adu": None if offset_adu is None
@@ -321,6 +352,93 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     write_cohort_report(summary, out)
     summary["report"] = str(out / "report.html")
     return summary
+
+
+def _load_case_map(case_map, tma_map, case_rule: str) -> tuple[dict | None, str | None]:
+    """A cohort's case map (None, a CSV path or its mapping) and its source, checked
+    against the other options before any slide is read."""
+    if case_map is None:
+        return None, None
+    if tma_map is not None:
+        raise InputError("give a TMA map (cores -> cases) or a case map (slides -> cases), "
+                         "not both")
+    if case_rule != "pooled":
+        raise InputError(f"a case map pools each case's slides (case_rule 'pooled'); "
+                         f"{case_rule!r} takes a TMA's cores one by one")
+    if isinstance(case_map, dict):
+        out = {map_slide(str(k)): str(v) for k, v in case_map.items()}
+        if not out:
+            raise InputError("case_map is empty: it needs one row per slide (slide,case)")
+        return out, "(a mapping)"
+    return read_case_map(case_map), str(case_map)
+
+
+def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], case_cells,
+                       *, her2_calibration, gates, min_cells: int):
+    """cases.csv's rows from a case map: each case's slides' scored cells pooled (slides
+    that failed, or that the map names but the folder lacks, noted), and the cohort's
+    warnings (slides without a case, map slides not found)."""
+    import pandas as pd
+
+    found = {map_slide(sp.name): sp.name for sp in slides}
+    failed = {map_slide(r["slide"]) for r in rows if r["status"] != "ok"}
+    expected: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {}
+    for stem, case in slide_cases.items():
+        expected.setdefault(case, []).append(found.get(stem, stem))
+        if stem not in found:
+            notes.setdefault(case, []).append(f"slide {stem} not in the folder")
+        elif stem in failed:
+            notes.setdefault(case, []).append(f"slide {found[stem]} failed")
+    pooled = pd.concat(case_cells, ignore_index=True) if case_cells else \
+        pd.DataFrame({"case": [], "slide": []})
+    case_rows = score_cases(pooled, expected, her2_calibration=her2_calibration, gates=gates,
+                            min_cells=min_cells, notes=notes, rule="pooled")
+    warnings = []
+    unmapped = [n for stem, n in found.items() if stem not in slide_cases]
+    if unmapped:
+        warnings.append(f"{len(unmapped)} slide(s) have no case in the case map "
+                        f"({', '.join(unmapped[:5])}): left out of cases.csv")
+    unknown = sorted(set(slide_cases) - set(found))
+    if unknown:
+        warnings.append(f"case map slides not in the folder: {', '.join(unknown[:5])}")
+    return case_rows, warnings
+
+
+def _flag_exposure_differences(rows: list[dict], exposures: dict[str, tuple]) -> list[str]:
+    """Mark the slides acquired with other exposure times than the cohort's most common
+    (per channel name, beyond 1 %): counts scale with exposure, so their intensities, and
+    scores from cut-offs calibrated at another exposure, are not comparable. Returns the
+    cohort's warnings. ``exposures``: slide name -> (channel names, exposure per channel,
+    ms), from the files' metadata (:attr:`qdmed.imaging.SlideImage.exposure_ms`)."""
+    from collections import Counter
+
+    per_channel: dict[str, Counter] = {}
+    for names, ms in exposures.values():
+        for n, t in zip(names, ms, strict=True):
+            per_channel.setdefault(n, Counter())[float(t)] += 1
+    # the most common exposure; on a tie, the first slide's (slides come in name order)
+    usual = {n: c.most_common(1)[0][0] for n, c in per_channel.items()}
+    tie = {n: len(c) > 1 and c.most_common(2)[1][1] == c.most_common(1)[0][1]
+           for n, c in per_channel.items()}
+    differ = {}
+    for slide, (names, ms) in exposures.items():
+        off = [f"{n} {t:g} ms ({'the first slide' if tie[n] else 'most slides'} "
+               f"{usual[n]:g})" for n, t in zip(names, ms, strict=True)
+               if abs(t - usual[n]) > 0.01 * usual[n]]
+        if off:
+            differ[slide] = off
+    for r in rows:
+        if r["slide"] in differ:
+            r["exposure_differs"] = True
+            note = "exposure differs from the cohort's: " + ", ".join(differ[r["slide"]][:3])
+            r["message"] = "; ".join(m for m in (r.get("message"), note) if m)
+    if not differ:
+        return []
+    return [f"{len(differ)} of {len(exposures)} slides were acquired with other exposure times "
+            f"than the others ({', '.join(sorted(differ)[:5])}): counts scale with exposure, so "
+            "their intensities, and scores from cut-offs calibrated at another exposure, are "
+            "not comparable unless the images are normalised to one exposure"]
 
 
 def _flag_blurred_slides(rows: list[dict]) -> None:

@@ -265,6 +265,41 @@ def read_tma_map(path) -> dict[tuple[str | None, str], str]:
     return out
 
 
+def read_case_map(path) -> dict[str, str]:
+    """A case map: which case (patient) each slide or field image of a cohort belongs to,
+    for cases imaged as several fields or sections (e.g. the fields of view of a Vectra or
+    Polaris acquisition, one component image each).
+
+    A CSV table with columns ``slide`` (the image, by name, stem or path) and ``case``.
+    Returns ``{slide stem: case}``.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, a missing column (the columns present named), no rows, an empty
+        slide or case, or a slide given two cases (the line named).
+    FileFormatError
+        Not a CSV table.
+    """
+    from qdmed.imaging._csvtable import read_csv_strings
+
+    df = read_csv_strings(path, "case map (columns slide, case)", ("slide", "case"))
+    if not len(df):
+        raise InputError(f"case map {path} has a header but no rows (one row per slide: "
+                         "slide,case)")
+    out: dict[str, str] = {}
+    for line, (slide, case) in enumerate(zip(df["slide"], df["case"], strict=True), start=2):
+        slide, case = slide.strip(), case.strip()
+        if not slide or not case:
+            raise InputError(f"case map {path}, line {line}: empty slide or case")
+        key = map_slide(slide)
+        if key in out and out[key] != case:
+            raise InputError(f"case map {path}, line {line}: slide {slide!r} is given two "
+                             f"cases, {out[key]!r} and {case!r}")
+        out[key] = case
+    return out
+
+
 def case_column(regions, slide_name: str, tma_map: dict) -> list:
     """The case of each region name (None where the map has none): the slide's own rows of
     the map first, then those without a slide."""

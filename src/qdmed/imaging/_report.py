@@ -504,7 +504,8 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       + (", ".join(blurred) or "none") + ". Slides with out-of-focus tiles: "
                       + (", ".join(patchy) or "none") + ". Slides with 1 % or more of the "
                       "scored cells at the detector ceiling: " + (", ".join(saturated) or "none")
-                      + ".")
+                      + "." + "".join(f" Warning: {w}." for w in
+                                      summary.get("acquisition_warnings") or []))
     status = {m: [r[f"{m}_status"] for r in rows if r.get(f"{m}_status")] for m in ("ER", "PR")}
     if any(status.values()):
         rep.heading("ER / PgR (ASCO/CAP 2020)")
@@ -517,11 +518,14 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       "slide and region in regions.csv, figures in each slide's report.")
     cases = _case_rows(summary.get("cases"))
     if cases:
-        rep.heading("Cases (TMA map)")
-        rep.paragraph(f"Cases of the TMA map: {summary['n_cases']}, "
-                      f"{case_rule_text(summary['parameters'].get('case_rule'))}, on every "
-                      "slide (cases.csv; compare with another scoring by `qdmed image compare "
-                      "cases.csv reads.csv --key case`).")
+        by_slides = summary["parameters"].get("case_map") is not None  # cases of slides
+        rep.heading("Cases (case map)" if by_slides else "Cases (TMA map)")
+        how = ("each scored on the pooled scored cells of its slides (listed as its cores)"
+               if by_slides else
+               f"{case_rule_text(summary['parameters'].get('case_rule'))}, on every slide")
+        rep.paragraph(f"Cases of the {'case' if by_slides else 'TMA'} map: "
+                      f"{summary['n_cases']}, {how} (cases.csv; compare with another scoring "
+                      "by `qdmed image compare cases.csv reads.csv --key case`).")
         fig = cohort_figure(cases, name_key="case", what="cases")
         if fig is not None:
             rep.figure(fig, "HER2 categories and mean membrane HER2 per case")

@@ -533,6 +533,10 @@ class SlideImage:
         Each channel's emission wavelength, nm (OME ``Channel/@EmissionWavelength``, as
         Bio-Formats writes it for converted files) when every channel has one; else None.
         The analyses check it against the panel's detection bands.
+    exposure_ms : tuple of float or None
+        Each channel's exposure time, ms (OME ``Plane/@ExposureTime``; a QPTIFF page's
+        ``ExposureTime``, in microseconds as Bio-Formats reads it) when every channel has
+        one; else None. A cohort warns when its slides' exposures differ.
     """
 
     data: Any
@@ -543,6 +547,7 @@ class SlideImage:
     levels: tuple[Any, ...] = field(default=(), repr=False)
     significant_bits: int | None = None
     emission_nm: tuple[float, ...] | None = None
+    exposure_ms: tuple[float, ...] | None = None
     _direct: Any = field(default=None, repr=False, compare=False)
 
     def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -572,7 +577,9 @@ class SlideImage:
         return {"path": str(self.path), "format": self.format, "shape": list(self.shape),
                 "dtype": str(self.dtype), "channel_names": list(self.channel_names),
                 "pixel_size_um": self.pixel_size_um, "n_levels": len(self.levels),
-                "significant_bits": self.significant_bits}
+                "significant_bits": self.significant_bits,
+                "emission_nm": None if self.emission_nm is None else list(self.emission_nm),
+                "exposure_ms": None if self.exposure_ms is None else list(self.exposure_ms)}
 
 
 def read_slide(path: str | os.PathLike) -> SlideImage:
@@ -663,12 +670,34 @@ def _ome_emission_nm(channels: list, p: Path) -> list[float] | None:
     return out or None
 
 
-def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None, int | None,
-                                                 list[float] | None]:
-    """Channel names, pixel size (um), significant bits and emission wavelengths (nm) from
-    OME-XML (None where absent)."""
+_TIME_TO_MS = {"s": 1e3, "ms": 1.0, "µs": 1e-3, "us": 1e-3, "ns": 1e-6, "min": 6e4}
+
+
+def _ome_exposure_ms(pixels: Any, n_channels: int) -> list[float] | None:
+    """Each channel's exposure time, ms, from the OME ``Plane`` elements (``ExposureTime``,
+    unit ``ExposureTimeUnit``, seconds by default in the OME schema); None unless every
+    channel has one (the first plane of each channel is taken)."""
+    out: dict[int, float] = {}
+    for pl in pixels:
+        if not pl.tag.endswith("Plane") or pl.get("ExposureTime") is None:
+            continue
+        try:
+            c = int(pl.get("TheC", 0))
+            t = float(pl.get("ExposureTime")) * _TIME_TO_MS[pl.get("ExposureTimeUnit", "s")]
+        except (KeyError, ValueError):
+            return None  # an unusual unit or value: recorded nowhere rather than guessed
+        out.setdefault(c, t)
+    return [out[c] for c in range(n_channels)] if n_channels and set(out) >= set(
+        range(n_channels)) else None
+
+
+def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
+    """From OME-XML: channel ``names``, ``pixel_size_um``, significant ``bits``,
+    ``emission_nm`` and ``exposure_ms`` per channel (each None where absent)."""
+    none = {"names": None, "pixel_size_um": None, "bits": None, "emission_nm": None,
+            "exposure_ms": None}
     if not xml:
-        return None, None, None, None
+        return none
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
@@ -677,7 +706,7 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None,
     pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
                   None)
     if pixels is None:
-        return None, None, None, None
+        return none
     channels = [ch for ch in pixels if ch.tag.endswith("Channel")]
     names = [ch.get("Name") for ch in channels]
     ps = None
@@ -702,7 +731,9 @@ def _ome_info(xml: str | None, p: Path) -> tuple[list[str] | None, float | None,
                                   f"integer") from e
         if bits < 1:
             raise FileFormatError(f"{str(p)!r}: OME SignificantBits {bits} must be >= 1")
-    return (names or None), ps, bits, _ome_emission_nm(channels, p)
+    return {"names": names or None, "pixel_size_um": ps, "bits": bits,
+            "emission_nm": _ome_emission_nm(channels, p),
+            "exposure_ms": _ome_exposure_ms(pixels, len(channels))}
 
 
 _QPI_ROOT = "PerkinElmer-QPI-ImageDescription"
@@ -714,6 +745,21 @@ def _qpi_xml(page: Any) -> str | None:
     desc = getattr(page, "description", "") or ""
     head = desc.lstrip()[:400]
     return desc if head.startswith("<") and _QPI_ROOT in head else None
+
+
+def _qpi_channels(pages: Sequence[Any], p: Path) -> dict[str, Any]:
+    """``names`` (:func:`_qpi_channel_names`) and ``exposure_ms`` of a QPTIFF's channels:
+    each page's ``ExposureTime``, which Bio-Formats' VectraReader reads in microseconds
+    (None unless every page has one)."""
+    exposure = []
+    for page in pages:
+        try:
+            el = ET.fromstring((_qpi_xml(page) or "").strip()).find("ExposureTime")
+            exposure.append(float(el.text) * 1e-3)
+        except (ET.ParseError, AttributeError, TypeError, ValueError):
+            exposure = None
+            break
+    return {"names": _qpi_channel_names(pages, p), "exposure_ms": exposure or None}
 
 
 def _qpi_channel_names(pages: Sequence[Any], p: Path) -> list[str] | None:
@@ -783,10 +829,11 @@ def _read_tiff(p: Path) -> SlideImage:
                             f"up to byte {end} but the file has {size} bytes")
             dtype = np.dtype(series.dtype)
             is_ome = bool(tf.is_ome)
-            names, ps, bits, emission = _ome_info(tf.ome_metadata if is_ome else None, p)
+            info = _ome_info(tf.ome_metadata if is_ome else None, p)
             qpi = not is_ome and _qpi_xml(series.pages[0]) is not None
             if qpi:
-                names = _qpi_channel_names(series.pages, p)
+                info.update(_qpi_channels(series.pages, p))
+            names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
         except _TIFF_PARSE_ERRORS as e:
@@ -810,15 +857,17 @@ def _read_tiff(p: Path) -> SlideImage:
     if names is not None and len(names) != nc:
         raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
                               f"has {nc}")
-    if emission is not None and len(emission) != nc:
-        emission = None  # channel elements that do not describe the image's channels
+    # per-channel values of channel elements that do not describe the image's channels
+    emission, exposure = (v if v is not None and len(v) == nc else None
+                          for v in (info["emission_nm"], info["exposure_ms"]))
     if bits is not None and not (dtype.kind in "ui" and bits < dtype.itemsize * 8):
         bits = None  # the whole type is used (or a float image): no narrower ceiling
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
                       format="ome-tiff" if is_ome else "qptiff" if qpi else "tiff",
                       levels=tuple(levels), significant_bits=bits,
-                      emission_nm=tuple(emission) if emission else None)
+                      emission_nm=tuple(emission) if emission else None,
+                      exposure_ms=tuple(exposure) if exposure else None)
 
 
 def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:

@@ -1,0 +1,69 @@
+"""Cases imaged as several fields (a case map, slide -> case): each case scored on the pooled
+cells of its slides, as the whole tumour is scored."""
+
+import pandas as pd
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import (
+    analyze_field,
+    breast_panel_5plex,
+    calibrate_her2,
+    score_her2,
+    simulate_field,
+    write_ome_tiff,
+)
+from qdmed.imaging._cohort import analyze_cohort
+from qdmed.imaging._region_scores import read_case_map
+
+PANEL = breast_panel_5plex()
+KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0)
+
+
+def test_fields_pooled_into_their_cases(tmp_path):
+    ctrls = {name: analyze_field(simulate_field((512, 512), preset=name, seed=s, **KW).image,
+                                 PANEL).table
+             for name, s in (("MDA-MB-468", 10), ("MCF-7", 11), ("BT474", 12))}
+    cal = calibrate_her2(ctrls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+    d = tmp_path / "fields"
+    d.mkdir()
+    for name, preset, seed in (("P1_f1", "HER2-enriched", 1), ("P1_f2", "triple-negative", 2),
+                               ("P2_f1", "luminal-A", 3), ("X_f1", "luminal-A", 4)):
+        f = simulate_field((384, 384), preset=preset, seed=seed, **KW)
+        write_ome_tiff(d / f"{name}.ome.tif", f.image, channel_names=list(PANEL.channel_names),
+                       pixel_size_um=0.5)
+    cmap = tmp_path / "cases.csv"
+    cmap.write_text("slide,case\nP1_f1.ome.tif,P1\nfields/P1_f2,P1\nP2_f1,P2\nP3_f1,P3\n")
+    assert read_case_map(cmap) == {"P1_f1": "P1", "P1_f2": "P1", "P2_f1": "P2", "P3_f1": "P3"}
+    res = analyze_cohort(d, PANEL, tmp_path / "co", her2_calibration=cal, case_map=cmap,
+                         progress=False, scheduler="synchronous", outlines=False,
+                         write_unmixed=False,
+                         region_min_cells=50)
+    cases = pd.read_csv(tmp_path / "co" / "cases.csv", dtype={"her2_category": str},
+                        keep_default_na=False).set_index("case")
+    cells = pd.read_parquet(tmp_path / "co" / "cells.parquet")
+    p1 = cells[cells["case"] == "P1"]
+    assert set(p1["slide"]) == {"P1_f1.ome.tif", "P1_f2.ome.tif"}
+    # a case is scored as one slide of its fields' cells (each field weighs by its cells)
+    assert cases.loc["P1", "cores"] == "P1_f1.ome.tif;P1_f2.ome.tif"
+    assert cases.loc["P1", "n_scored"] == len(p1)
+    assert cases.loc["P1", "her2_category"] == score_her2(p1, cal, nan_policy="omit").category
+    assert cases.loc["P2", "n_scored"] == (cells["slide"] == "P2_f1.ome.tif").sum()
+    # a mapped slide missing from the folder: its case has a row saying so
+    assert cases.loc["P3", "status"] == "no cells"
+    assert "slide P3_f1 not in the folder" in cases.loc["P3", "message"]
+    # a slide without a case: noted on its row, left out of the cases
+    x = next(r for r in res["slides"] if r["slide"] == "X_f1.ome.tif")
+    assert "no case in the case map" in x["message"]
+    assert any("1 slide(s) have no case in the case map (X_f1.ome.tif)" in w
+               for w in res["case_warnings"])
+    assert res["parameters"]["case_map"] == str(cmap)
+    assert "Cases (case map)" in (tmp_path / "co" / "report.html").read_text()
+    with pytest.raises(InputError, match="not both"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, tma_map={(None, "A-1"): "P1"})
+    with pytest.raises(InputError, match="pools each case's slides"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, case_rule="highest")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide,case\nP1_f1,P1\nP1_f1.ome.tif,P2\n")
+    with pytest.raises(InputError, match="line 3: slide 'P1_f1.ome.tif' is given two cases"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_map=bad)
