@@ -207,11 +207,13 @@ def info(slide: Path, json_: JSON = False):
          "pixel_size_um": s.pixel_size_um,
          "levels": [list(lv.shape[:2]) for lv in (s.levels or (s.data,))],
          "significant_bits": s.significant_bits,
-         "emission_nm": list(s.emission_nm) if s.emission_nm else None}
+         "emission_nm": list(s.emission_nm) if s.emission_nm else None,
+         "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None}
     if json_:
         return print_json(d)
     print_kv("Slide", {k: (", ".join(v) if k == "channels" else
-                           ", ".join(f"{x:g}" for x in v) if k == "emission_nm" and v else
+                           ", ".join(f"{x:g}" for x in v) if k in ("emission_nm",
+                                                                   "exposure_ms") and v else
                            " ".join(f"{a}x{b}" for a, b in v) if k == "levels" else v)
                        for k, v in d.items()})
 

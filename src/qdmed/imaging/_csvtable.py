@@ -42,7 +42,9 @@ def read_csv_strings(path, what: str = "", columns=()):
     for line, row in enumerate(rows[1:], start=2):
         if len(row) > len(header):
             raise FileFormatError(f"{name}, line {line}: {len(row)} fields for the "
-                                  f"{len(header)} columns of the header {header}")
+                                  f"{len(header)} columns of the header {header} (a value "
+                                  f"holding a comma, as inForm field names do, must be "
+                                  f"quoted: \"a,b\")")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False,
                          encoding="utf-8-sig")
