@@ -89,3 +89,21 @@ _write_qptiff.description = _qpi_description  # one page's XML, for files made b
 @pytest.fixture
 def write_qptiff():
     return _write_qptiff
+
+
+def _control_calibration(panel, *, size=640, **simulate_kw):
+    """HER2 cut-offs calibrated on synthetic control cell lines of known IHC score
+    (MDA-MB-468 0, MCF-7 1+, BT474 3+), simulated with `simulate_kw` and analysed with
+    `panel`."""
+    from qdmed.imaging import analyze_field, calibrate_her2, simulate_field
+
+    ctrls = {}
+    for name, seed in (("MDA-MB-468", 10), ("MCF-7", 11), ("BT474", 12)):
+        f = simulate_field((size, size), preset=name, seed=seed, **simulate_kw)
+        ctrls[name] = analyze_field(f.image, panel).table
+    return calibrate_her2(ctrls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+
+
+@pytest.fixture(scope="session")
+def control_calibration():
+    return _control_calibration

@@ -23,7 +23,6 @@ from qdmed.imaging import (
     analyze_field,
     analyze_slide,
     breast_panel_5plex,
-    calibrate_her2,
     cohen_kappa,
     f1_at_iou,
     score_her2,
@@ -39,12 +38,8 @@ PPU = 300.0
 
 
 @pytest.fixture(scope="module")
-def calibration():
-    ctrls = {}
-    for name, seed in (("MDA-MB-468", 10), ("MCF-7", 11), ("BT474", 12)):
-        f = simulate_field((640, 640), preset=name, seed=seed, **KW)
-        ctrls[name] = analyze_field(f.image, PANEL).table
-    return calibrate_her2(ctrls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+def calibration(control_calibration):
+    return control_calibration(PANEL, **KW)
 
 
 def _match(field, table):

@@ -6,9 +6,7 @@ import pytest
 
 from qdmed.errors import InputError
 from qdmed.imaging import (
-    analyze_field,
     breast_panel_5plex,
-    calibrate_her2,
     score_her2,
     simulate_field,
     write_ome_tiff,
@@ -20,11 +18,8 @@ PANEL = breast_panel_5plex()
 KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0)
 
 
-def test_fields_pooled_into_their_cases(tmp_path):
-    ctrls = {name: analyze_field(simulate_field((512, 512), preset=name, seed=s, **KW).image,
-                                 PANEL).table
-             for name, s in (("MDA-MB-468", 10), ("MCF-7", 11), ("BT474", 12))}
-    cal = calibrate_her2(ctrls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
+    cal = control_calibration(PANEL, size=512, **KW)
     d = tmp_path / "fields"
     d.mkdir()
     for name, preset, seed in (("P1_f1", "HER2-enriched", 1), ("P1_f2", "triple-negative", 2),

@@ -13,7 +13,6 @@ from qdmed.imaging import (
     analyze_slide,
     bind_unmixed,
     breast_panel_5plex,
-    calibrate_her2,
     cohen_kappa,
     f1_at_iou,
     score_her2,
@@ -127,12 +126,8 @@ def test_selection_endmembers_are_solved_exactly():
 
 
 @pytest.fixture(scope="module")
-def calibration():
-    ctrls = {}
-    for name, seed in (("MDA-MB-468", 10), ("MCF-7", 11), ("BT474", 12)):
-        f = simulate_field((640, 640), preset=name, seed=seed, **KW)
-        ctrls[name] = analyze_field(f.image, PANEL).table
-    return calibrate_her2(ctrls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+def calibration(control_calibration):
+    return control_calibration(PANEL, **KW)
 
 
 def test_component_qptiff_analysed_end_to_end(tmp_path, write_qptiff, calibration):

@@ -226,6 +226,18 @@ def map_slide(name: str) -> str:
     return slide_stem(Path(name.strip().rstrip("/\\")).name)
 
 
+def _map_table(path, what: str, key: str, columns: str, layout: str):
+    """The rows of a map (a TMA map, a case map) as strings: columns `key` and ``case``
+    required, a header without rows refused."""
+    from qdmed.imaging._csvtable import read_csv_strings
+
+    df = read_csv_strings(path, f"{what} {columns}", (key, "case"))
+    if not len(df):
+        raise InputError(f"{what} {path} has a header but no rows (one row per {key}: "
+                         f"{layout})")
+    return df
+
+
 def read_tma_map(path) -> dict[tuple[str | None, str], str]:
     """A TMA map: which case (patient) each core belongs to.
 
@@ -242,13 +254,8 @@ def read_tma_map(path) -> dict[tuple[str | None, str], str]:
     FileFormatError
         Not a CSV table (:func:`qdmed.imaging._csvtable.read_csv_strings`).
     """
-    from qdmed.imaging._csvtable import read_csv_strings
-
-    df = read_csv_strings(path, "TMA map (columns core, case, optionally slide)",
-                          ("core", "case"))
-    if not len(df):
-        raise InputError(f"TMA map {path} has a header but no rows (one row per core: "
-                         "core,case[,slide])")
+    df = _map_table(path, "TMA map", "core", "(columns core, case, optionally slide)",
+                    "core,case[,slide]")
     out: dict[tuple[str | None, str], str] = {}
     slides = df["slide"] if "slide" in df.columns else [""] * len(df)
     for line, (core, case, slide) in enumerate(zip(df["core"], df["case"], slides,
@@ -281,12 +288,7 @@ def read_case_map(path) -> dict[str, str]:
     FileFormatError
         Not a CSV table.
     """
-    from qdmed.imaging._csvtable import read_csv_strings
-
-    df = read_csv_strings(path, "case map (columns slide, case)", ("slide", "case"))
-    if not len(df):
-        raise InputError(f"case map {path} has a header but no rows (one row per slide: "
-                         "slide,case)")
+    df = _map_table(path, "case map", "slide", "(columns slide, case)", "slide,case")
     out: dict[str, str] = {}
     for line, (slide, case) in enumerate(zip(df["slide"], df["case"], strict=True), start=2):
         slide, case = slide.strip(), case.strip()
