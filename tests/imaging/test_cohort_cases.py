@@ -1,6 +1,7 @@
 """Cases imaged as several fields (a case map, slide -> case): each case scored on the pooled
 cells of its slides, as the whole tumour is scored."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -27,9 +28,13 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
         f = simulate_field((384, 384), preset=preset, seed=seed, **KW)
         write_ome_tiff(d / f"{name}.ome.tif", f.image, channel_names=list(PANEL.channel_names),
                        pixel_size_um=0.5)
+    write_ome_tiff(d / "P4_f1.ome.tif", np.zeros((256, 256, 8), np.uint16),  # no tissue
+                   channel_names=list(PANEL.channel_names), pixel_size_um=0.5)
     cmap = tmp_path / "cases.csv"
-    cmap.write_text("slide,case\nP1_f1.ome.tif,P1\nfields/P1_f2,P1\nP2_f1,P2\nP3_f1,P3\n")
-    assert read_case_map(cmap) == {"P1_f1": "P1", "P1_f2": "P1", "P2_f1": "P2", "P3_f1": "P3"}
+    cmap.write_text("slide,case\nP1_f1.ome.tif,P1\nfields/P1_f2,P1\nP2_f1,P2\nP3_f1,P3\n"
+                    "P4_f1,P4\n")
+    assert read_case_map(cmap) == {"P1_f1": "P1", "P1_f2": "P1", "P2_f1": "P2", "P3_f1": "P3",
+                                   "P4_f1": "P4"}
     res = analyze_cohort(d, PANEL, tmp_path / "co", her2_calibration=cal, case_map=cmap,
                          progress=False, scheduler="synchronous", outlines=False,
                          write_unmixed=False,
@@ -46,7 +51,11 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
     assert cases.loc["P2", "n_scored"] == (cells["slide"] == "P2_f1.ome.tif").sum()
     # a mapped slide missing from the folder: its case has a row saying so
     assert cases.loc["P3", "status"] == "no cells"
-    assert "slide P3_f1 not in the folder" in cases.loc["P3", "message"]
+    assert "slide P3_f1 not among the slides analysed" in cases.loc["P3", "message"]
+    # a mapped slide without cells: its case has no cells, the slide its case
+    assert cases.loc["P4", "status"] == "no cells"
+    p4 = next(r for r in res["slides"] if r["slide"] == "P4_f1.ome.tif")
+    assert p4["n_cells"] == 0 and "no case" not in p4["message"]
     # a slide without a case: noted on its row, left out of the cases
     x = next(r for r in res["slides"] if r["slide"] == "X_f1.ome.tif")
     assert "no case in the case map" in x["message"]
@@ -58,6 +67,12 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
         analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, tma_map={(None, "A-1"): "P1"})
     with pytest.raises(InputError, match="pools each case's slides"):
         analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, case_rule="highest")
+    with pytest.raises(InputError, match="must be one of pooled, highest; got 'bogus'"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, case_rule="bogus")
+    for mapping, msg in (({"A_f1.ome.tif": "A", "A_f1": "B"}, "given two cases"),
+                         ({"B": None}, "entry 'B': slide and case must be non-empty text")):
+        with pytest.raises(InputError, match=msg):
+            analyze_cohort(d, PANEL, tmp_path / "x", case_map=mapping)
     bad = tmp_path / "bad.csv"
     bad.write_text("slide,case\nP1_f1,P1\nP1_f1.ome.tif,P2\n")
     with pytest.raises(InputError, match="line 3: slide 'P1_f1.ome.tif' is given two cases"):

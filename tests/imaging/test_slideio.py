@@ -323,8 +323,19 @@ def test_ome_exposure_times_and_the_cohort_flag(tmp_path):
     assert [r.get("exposure_differs", False) for r in rows] == [False, False, False, True]
     assert rows[3]["message"] == ("exposure differs from the cohort's: Qdot 605 500 ms (most "
                                   "slides 250)")
-    assert warn and warn[0].startswith("1 of 4 slides were acquired with other exposure times")
+    assert warn and warn[0].startswith("1 of the 4 slides whose files record exposure times "
+                                       "were acquired with other exposures")
     assert _flag_exposure_differences(rows[:2], {"a": (names, [1, 2])}) == []
     rows = [{"slide": s, "message": ""} for s in ("a", "b")]  # a tie: the first slide's
     _flag_exposure_differences(rows, {"a": (names, [1, 2]), "b": (names, [1, 4])})
-    assert rows[1]["message"].endswith("Qdot 605 4 ms (the first slide 2)")
+    assert rows[1]["message"].endswith("Qdot 605 4 ms (the most common 2)")
+    # exposures within 1 % of each other are one exposure: the majority is not flagged
+    ms = [100, 100.3, 100, 100.3, 250, 250, 250]
+    rows = [{"slide": f"s{i}", "message": ""} for i in range(7)]
+    _flag_exposure_differences(rows, {f"s{i}": (["DAPI"], [t]) for i, t in enumerate(ms)})
+    assert [r["exposure_differs"] for r in rows] == [False] * 4 + [True] * 3
+    assert rows[4]["message"].endswith("DAPI 250 ms (most slides 100.15)")
+    # no usable exposure in the file: none recorded
+    tifffile.imwrite(tmp_path / "n.ome.tif", np.zeros((2, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Plane": {"ExposureTime": [0.1, "NaN"]}})
+    assert read_slide(tmp_path / "n.ome.tif").exposure_ms is None

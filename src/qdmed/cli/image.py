@@ -649,7 +649,7 @@ def cohort(
     panel_file: PANEL = None,
     out: Annotated[Path, typer.Option("--out")] = Path("qdmed-cohort"),
     tile: Annotated[int, typer.Option("--tile")] = 2048,
-    scheduler: Annotated[str | None, typer.Option("--scheduler")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port), or 'synchronous' to run the slides one after another in this process.")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
     regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of annotations or TMA cores, one file per slide (<slide stem>.geojson, .json or .qptma): score only the cells inside them.")] = None,

@@ -12,7 +12,9 @@ import numpy as np
 
 from qdmed.errors import InputError, QdmedError
 from qdmed.imaging._region_scores import (
+    case_map_pairs,
     case_table,
+    check_case_rule,
     check_min_cells,
     cores_not_in_regions,
     expected_cores,
@@ -221,7 +223,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     foc = res.summary["focus"]
                     row["focus_median_blur"] = foc.get("median")
                     sl = res.summary["slide"]
-                    if sl.get("exposure_ms"):
+                    # raw detector counts only: a float image (unmixed, or normalised to
+                    # counts per time) no longer scales with its exposure
+                    if sl.get("exposure_ms") and np.dtype(sl["dtype"]).kind in "ui":
                         exposures[sp.name] = (sl["channel_names"], sl["exposure_ms"])
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
                     row["message"] = "; ".join(n for n in notes if n)
@@ -249,7 +253,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     cells.insert(0, "slide", sp.name)
                     if slide_cases is not None:
                         cells["case"] = slide_cases.get(map_slide(sp.name))
-                        if cells["case"].isna().all():
+                        if map_slide(sp.name) not in slide_cases:
                             row["message"] = "; ".join(m for m in (
                                 row["message"], "no case in the case map") if m)
                     tables.append(cells)
@@ -362,14 +366,14 @@ def _load_case_map(case_map, tma_map, case_rule: str) -> tuple[dict | None, str 
     if tma_map is not None:
         raise InputError("give a TMA map (cores -> cases) or a case map (slides -> cases), "
                          "not both")
+    check_case_rule(case_rule)
     if case_rule != "pooled":
-        raise InputError(f"a case map pools each case's slides (case_rule 'pooled'); "
+        raise InputError(f"a case map pools each case's slides (case rule 'pooled'); "
                          f"{case_rule!r} takes a TMA's cores one by one")
     if isinstance(case_map, dict):
-        out = {map_slide(str(k)): str(v) for k, v in case_map.items()}
-        if not out:
+        if not case_map:
             raise InputError("case_map is empty: it needs one row per slide (slide,case)")
-        return out, "(a mapping)"
+        return case_map_pairs(case_map.items(), "case_map"), "(a mapping)"
     return read_case_map(case_map), str(case_map)
 
 
@@ -387,7 +391,7 @@ def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], 
     for stem, case in slide_cases.items():
         expected.setdefault(case, []).append(found.get(stem, stem))
         if stem not in found:
-            notes.setdefault(case, []).append(f"slide {stem} not in the folder")
+            notes.setdefault(case, []).append(f"slide {stem} not among the slides analysed")
         elif stem in failed:
             notes.setdefault(case, []).append(f"slide {found[stem]} failed")
     pooled = pd.concat(case_cells, ignore_index=True) if case_cells else \
@@ -401,7 +405,8 @@ def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], 
                         f"({', '.join(unmapped[:5])}): left out of cases.csv")
     unknown = sorted(set(slide_cases) - set(found))
     if unknown:
-        warnings.append(f"case map slides not in the folder: {', '.join(unknown[:5])}")
+        warnings.append(f"case map slides not among the slides of the folder (or of "
+                        f"--pattern): {', '.join(unknown[:5])}")
     return case_rows, warnings
 
 
@@ -411,34 +416,50 @@ def _flag_exposure_differences(rows: list[dict], exposures: dict[str, tuple]) ->
     scores from cut-offs calibrated at another exposure, are not comparable. Returns the
     cohort's warnings. ``exposures``: slide name -> (channel names, exposure per channel,
     ms), from the files' metadata (:attr:`qdmed.imaging.SlideImage.exposure_ms`)."""
-    from collections import Counter
-
-    per_channel: dict[str, Counter] = {}
+    per_channel: dict[str, list[float]] = {}
     for names, ms in exposures.values():
         for n, t in zip(names, ms, strict=True):
-            per_channel.setdefault(n, Counter())[float(t)] += 1
-    # the most common exposure; on a tie, the first slide's (slides come in name order)
-    usual = {n: c.most_common(1)[0][0] for n, c in per_channel.items()}
-    tie = {n: len(c) > 1 and c.most_common(2)[1][1] == c.most_common(1)[0][1]
-           for n, c in per_channel.items()}
+            per_channel.setdefault(n, []).append(float(t))
+    usual = {n: _usual_exposure(v) for n, v in per_channel.items()}
     differ = {}
     for slide, (names, ms) in exposures.items():
-        off = [f"{n} {t:g} ms ({'the first slide' if tie[n] else 'most slides'} "
-               f"{usual[n]:g})" for n, t in zip(names, ms, strict=True)
-               if abs(t - usual[n]) > 0.01 * usual[n]]
+        off = []
+        for n, t in zip(names, ms, strict=True):
+            value, share = usual[n]
+            if abs(t - value) > 0.01 * value:
+                who = "most slides" if share > 0.5 else "the most common"
+                off.append(f"{n} {t:g} ms ({who} {value:g})")
         if off:
             differ[slide] = off
     for r in rows:
+        if r["slide"] in exposures:  # compared: True or False; not compared: absent
+            r["exposure_differs"] = r["slide"] in differ
         if r["slide"] in differ:
-            r["exposure_differs"] = True
             note = "exposure differs from the cohort's: " + ", ".join(differ[r["slide"]][:3])
             r["message"] = "; ".join(m for m in (r.get("message"), note) if m)
     if not differ:
         return []
-    return [f"{len(differ)} of {len(exposures)} slides were acquired with other exposure times "
-            f"than the others ({', '.join(sorted(differ)[:5])}): counts scale with exposure, so "
-            "their intensities, and scores from cut-offs calibrated at another exposure, are "
-            "not comparable unless the images are normalised to one exposure"]
+    return [f"{len(differ)} of the {len(exposures)} slides whose files record exposure times "
+            f"were acquired with other exposures than the rest "
+            f"({', '.join(sorted(differ)[:5])}): counts scale with exposure, so their "
+            "intensities, and scores from cut-offs calibrated at another exposure, are not "
+            "comparable unless the images are normalised to one exposure"]
+
+
+def _usual_exposure(values: list[float]) -> tuple[float, float]:
+    """The usual one of a channel's exposures and the share of slides at it: values within
+    1 % of each other are one exposure (its median), and the largest group is the usual
+    one (on a tie, the one of the first slide in name order)."""
+    groups: list[list[float]] = []
+    for v in values:  # slides in name order: a tie goes to the first slide's group
+        for g in groups:
+            if abs(v - g[0]) <= 0.01 * g[0]:
+                g.append(v)
+                break
+        else:
+            groups.append([v])
+    best = max(groups, key=len)  # max keeps the first of equals
+    return float(np.median(best)), len(best) / len(values)
 
 
 def _flag_blurred_slides(rows: list[dict]) -> None:

@@ -289,15 +289,26 @@ def read_case_map(path) -> dict[str, str]:
         Not a CSV table.
     """
     df = _map_table(path, "case map", "slide", "(columns slide, case)", "slide,case")
+    return case_map_pairs(zip(df["slide"], df["case"], strict=True), f"case map {path}",
+                          first_line=2)
+
+
+def case_map_pairs(pairs, source: str, first_line: int | None = None) -> dict[str, str]:
+    """``{slide stem: case}`` from (slide, case) pairs, each a non-empty string, no slide
+    given two cases (InputError naming the line, or the entry when ``first_line`` is
+    None)."""
     out: dict[str, str] = {}
-    for line, (slide, case) in enumerate(zip(df["slide"], df["case"], strict=True), start=2):
+    for i, (slide, case) in enumerate(pairs):
+        where = f"line {first_line + i}" if first_line is not None else f"entry {slide!r}"
+        if not isinstance(slide, str) or not isinstance(case, str) or not slide.strip() \
+                or not case.strip():
+            raise InputError(f"{source}, {where}: slide and case must be non-empty text; got "
+                             f"{slide!r}, {case!r}")
         slide, case = slide.strip(), case.strip()
-        if not slide or not case:
-            raise InputError(f"case map {path}, line {line}: empty slide or case")
         key = map_slide(slide)
         if key in out and out[key] != case:
-            raise InputError(f"case map {path}, line {line}: slide {slide!r} is given two "
-                             f"cases, {out[key]!r} and {case!r}")
+            raise InputError(f"{source}, {where}: slide {slide!r} is given two cases, "
+                             f"{out[key]!r} and {case!r}")
         out[key] = case
     return out
 

@@ -164,7 +164,8 @@ def histogram_figure(cells, components):
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("log10 mean abundance")
     axes[0][0].set_ylabel("cells")
-    axes[0][0].legend(fontsize=6, frameon=False)
+    if axes[0][0].get_legend_handles_labels()[0]:  # no cells, no curves: no legend
+        axes[0][0].legend(fontsize=6, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -670,13 +670,15 @@ def _ome_emission_nm(channels: list, p: Path) -> list[float] | None:
     return out or None
 
 
-_TIME_TO_MS = {"s": 1e3, "ms": 1.0, "µs": 1e-3, "us": 1e-3, "ns": 1e-6, "min": 6e4}
+_TIME_TO_MS = {"s": 1e3, "ms": 1.0, "µs": 1e-3, "\u03bcs": 1e-3, "us": 1e-3, "ns": 1e-6,
+               "min": 6e4, "h": 3.6e6}
 
 
 def _ome_exposure_ms(pixels: Any, n_channels: int) -> list[float] | None:
     """Each channel's exposure time, ms, from the OME ``Plane`` elements (``ExposureTime``,
-    unit ``ExposureTimeUnit``, seconds by default in the OME schema); None unless every
-    channel has one (the first plane of each channel is taken)."""
+    unit ``ExposureTimeUnit``, seconds by default in the OME schema): the first plane of
+    each channel that gives a usable one (a positive, finite number in a unit of
+    ``_TIME_TO_MS``); None unless every channel has one."""
     out: dict[int, float] = {}
     for pl in pixels:
         if not pl.tag.endswith("Plane") or pl.get("ExposureTime") is None:
@@ -685,8 +687,9 @@ def _ome_exposure_ms(pixels: Any, n_channels: int) -> list[float] | None:
             c = int(pl.get("TheC", 0))
             t = float(pl.get("ExposureTime")) * _TIME_TO_MS[pl.get("ExposureTimeUnit", "s")]
         except (KeyError, ValueError):
-            return None  # an unusual unit or value: recorded nowhere rather than guessed
-        out.setdefault(c, t)
+            continue  # an unusual unit or value: that plane says nothing
+        if np.isfinite(t) and t > 0:
+            out.setdefault(c, t)
     return [out[c] for c in range(n_channels)] if n_channels and set(out) >= set(
         range(n_channels)) else None
 
@@ -755,10 +758,13 @@ def _qpi_channels(pages: Sequence[Any], p: Path) -> dict[str, Any]:
     for page in pages:
         try:
             el = ET.fromstring((_qpi_xml(page) or "").strip()).find("ExposureTime")
-            exposure.append(float(el.text) * 1e-3)
+            t = float(el.text) * 1e-3
         except (ET.ParseError, AttributeError, TypeError, ValueError):
+            t = np.nan
+        if not (np.isfinite(t) and t > 0):
             exposure = None
             break
+        exposure.append(t)
     return {"names": _qpi_channel_names(pages, p), "exposure_ms": exposure or None}
 
 
