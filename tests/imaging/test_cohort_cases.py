@@ -74,6 +74,6 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
         with pytest.raises(InputError, match=msg):
             analyze_cohort(d, PANEL, tmp_path / "x", case_map=mapping)
     bad = tmp_path / "bad.csv"
-    bad.write_text("slide,case\nP1_f1,P1\nP1_f1.ome.tif,P2\n")
-    with pytest.raises(InputError, match="line 3: slide 'P1_f1.ome.tif' is given two cases"):
+    bad.write_text("slide,case\nP1_f1,P1\n\nP1_f1.ome.tif,P2\n")  # the file's line, blank
+    with pytest.raises(InputError, match="line 4: slide 'P1_f1.ome.tif' is given two cases"):
         analyze_cohort(d, PANEL, tmp_path / "x", case_map=bad)

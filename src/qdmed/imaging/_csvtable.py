@@ -11,6 +11,7 @@ def read_csv_strings(path, what: str = "", columns=()):
     """The CSV table at ``path`` as strings (no NaN conversion: an empty cell is ""),
     checked to hold ``columns``; ``what`` names the table in errors (e.g. "TMA map").
 
+    ``df.attrs["lines"]`` gives each row's line in the file (blank lines are skipped).
     Rows are checked against the header first (Python's csv module): a row with more
     fields than the header, or a repeated column name, is refused, where pandas would
     silently take the first column for an index or rename the repeat.
@@ -28,7 +29,11 @@ def read_csv_strings(path, what: str = "", columns=()):
     name = f"{what} {path}" if what else str(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+            reader = csv.reader(fh)
+            rows, ends = [], []
+            for row in reader:
+                rows.append(row)
+                ends.append(reader.line_num)  # the file line each row ends on
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -39,7 +44,7 @@ def read_csv_strings(path, what: str = "", columns=()):
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise FileFormatError(f"{name}: column(s) {repeated} appear more than once")
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in zip(ends[1:], rows[1:], strict=True):
         if len(row) > len(header):
             raise FileFormatError(f"{name}, line {line}: {len(row)} fields for the "
                                   f"{len(header)} columns of the header {header} (a value "
@@ -51,6 +56,9 @@ def read_csv_strings(path, what: str = "", columns=()):
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise FileFormatError(f"{name}: not a CSV table ({exc})") from None
     df.columns = header
+    # each row's line in the file (pandas skips blank lines, so the index does not say)
+    lines = [n for n, row in zip(ends[1:], rows[1:], strict=True) if row]
+    df.attrs["lines"] = lines if len(lines) == len(df) else list(range(2, len(df) + 2))
     for col in columns:
         if col not in df.columns:
             raise InputError(f"{name}: no column {col!r}; columns: {list(df.columns)}")

@@ -258,8 +258,8 @@ def read_tma_map(path) -> dict[tuple[str | None, str], str]:
                     "core,case[,slide]")
     out: dict[tuple[str | None, str], str] = {}
     slides = df["slide"] if "slide" in df.columns else [""] * len(df)
-    for line, (core, case, slide) in enumerate(zip(df["core"], df["case"], slides,
-                                                  strict=True), start=2):
+    for line, core, case, slide in zip(df.attrs["lines"], df["core"], df["case"], slides,
+                                       strict=True):
         core, case, slide = core.strip(), case.strip(), slide.strip()
         key = (map_slide(slide) if slide else None, core)
         if not core or not case:
@@ -290,16 +290,15 @@ def read_case_map(path) -> dict[str, str]:
     """
     df = _map_table(path, "case map", "slide", "(columns slide, case)", "slide,case")
     return case_map_pairs(zip(df["slide"], df["case"], strict=True), f"case map {path}",
-                          first_line=2)
+                          lines=df.attrs["lines"])
 
 
-def case_map_pairs(pairs, source: str, first_line: int | None = None) -> dict[str, str]:
+def case_map_pairs(pairs, source: str, lines=None) -> dict[str, str]:
     """``{slide stem: case}`` from (slide, case) pairs, each a non-empty string, no slide
-    given two cases (InputError naming the line, or the entry when ``first_line`` is
-    None)."""
+    given two cases (InputError naming the pair's line in ``lines``, or the entry)."""
     out: dict[str, str] = {}
     for i, (slide, case) in enumerate(pairs):
-        where = f"line {first_line + i}" if first_line is not None else f"entry {slide!r}"
+        where = f"line {lines[i]}" if lines is not None else f"entry {slide!r}"
         if not isinstance(slide, str) or not isinstance(case, str) or not slide.strip() \
                 or not case.strip():
             raise InputError(f"{source}, {where}: slide and case must be non-empty text; got "
