@@ -339,3 +339,21 @@ def test_ome_exposure_times_and_the_cohort_flag(tmp_path):
     tifffile.imwrite(tmp_path / "n.ome.tif", np.zeros((2, 16, 16), np.uint16), ome=True,
                      metadata={"axes": "CYX", "Plane": {"ExposureTime": [0.1, "NaN"]}})
     assert read_slide(tmp_path / "n.ome.tif").exposure_ms is None
+
+
+def test_imagej_tiff_channel_names_and_pixel_size(tmp_path):
+    """A channel stack saved by ImageJ/Fiji (tifffile writes the same hyperstack layout):
+    names from its slice labels, pixel size from the resolution tags in its unit (ImageJ
+    sets the TIFF ResolutionUnit to none and writes unit=micron in its description)."""
+    img = np.arange(3 * 32 * 40, dtype=np.uint16).reshape(3, 32, 40)
+    tifffile.imwrite(tmp_path / "fiji.tif", img, imagej=True, resolution=(1 / 0.325, 1 / 0.325),
+                     metadata={"axes": "CYX", "Labels": ["DAPI", "Qdot 605", "AF"],
+                               "unit": "micron"})
+    s = read_slide(tmp_path / "fiji.tif")
+    assert s.format == "imagej-tiff" and s.channel_names == ("DAPI", "Qdot 605", "AF")
+    assert s.pixel_size_um == pytest.approx(0.325, rel=1e-4)  # rational tags: 1e-4
+    np.testing.assert_array_equal(s.read_region(0, 32, 0, 40), np.moveaxis(img, 0, -1))
+    tifffile.imwrite(tmp_path / "px.tif", img, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "CYX", "unit": "pixel"})
+    s = read_slide(tmp_path / "px.tif")  # no length unit: no pixel size, default names
+    assert s.pixel_size_um is None and s.channel_names == ("C0", "C1", "C2")

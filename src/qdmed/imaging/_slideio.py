@@ -522,7 +522,9 @@ class SlideImage:
     path : pathlib.Path
     format : str
         ``'ome-tiff'``, ``'qptiff'`` (Akoya/PerkinElmer: Vectra, Polaris/PhenoImager scans and
-        inForm ``component_data.tif`` exports), ``'tiff'`` or ``'ome-zarr'``.
+        inForm ``component_data.tif`` exports), ``'imagej-tiff'`` (saved by ImageJ/Fiji:
+        channel names from its slice labels, pixel size from its unit), ``'tiff'`` or
+        ``'ome-zarr'``.
     levels : tuple of dask arrays
         All resolution levels, each (Y_l, X_l, C), level 0 first.
     significant_bits : int or None
@@ -795,6 +797,31 @@ def _qpi_channel_names(pages: Sequence[Any], p: Path) -> list[str] | None:
     return names
 
 
+_IMAGEJ_UNIT_TO_UM = {**_UNIT_TO_UM, "micron": 1.0, "microns": 1.0, "\u03bcm": 1.0}
+
+
+def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
+    """Channel ``names`` and ``pixel_size_um`` of an ImageJ/Fiji TIFF: the slice labels
+    (``Labels``, one per channel of a channel stack) and the resolution tags, which ImageJ
+    writes as pixels per ``unit`` (its ImageDescription) with the TIFF ResolutionUnit
+    "none" (1); absent where these are not there or not usable."""
+    labels = md.get("Labels")
+    names = ([str(x) for x in labels] if isinstance(labels, list | tuple) and labels
+             and all(isinstance(x, str) and x.strip() for x in labels) else None)
+    ps = None
+    unit = str(md.get("unit", "")).strip()
+    try:
+        xres = page.tags["XResolution"].value
+        rel = int(page.tags["ResolutionUnit"].value) == 1
+    except KeyError:
+        xres, rel = None, False
+    if rel and xres and unit in _IMAGEJ_UNIT_TO_UM:
+        num, den = xres if isinstance(xres, tuple) else (xres, 1)
+        if num and den:
+            ps = den / num * _IMAGEJ_UNIT_TO_UM[unit]
+    return {"names": names, "pixel_size_um": ps}
+
+
 def _tiff_resolution_um(page: Any) -> float | None:
     try:
         xres = page.tags["XResolution"].value
@@ -837,8 +864,11 @@ def _read_tiff(p: Path) -> SlideImage:
             is_ome = bool(tf.is_ome)
             info = _ome_info(tf.ome_metadata if is_ome else None, p)
             qpi = not is_ome and _qpi_xml(series.pages[0]) is not None
+            imagej = not is_ome and not qpi and bool(tf.is_imagej)
             if qpi:
                 info.update(_qpi_channels(series.pages, p))
+            elif imagej:
+                info.update(_imagej_info(tf.imagej_metadata or {}, series.pages[0]))
             names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
@@ -858,8 +888,10 @@ def _read_tiff(p: Path) -> SlideImage:
         arr = arr.transpose(perm) if arr.ndim == 3 else arr[:, :, None]
         levels.append(arr)
     nc = int(levels[0].shape[2])
-    if qpi and names is not None and len(names) != nc:
-        names = None  # a brightfield QPTIFF: one RGB page, one <Name> for its three samples
+    if (qpi or imagej) and names is not None and len(names) != nc:
+        # a brightfield QPTIFF: one RGB page, one <Name> for its three samples; an ImageJ
+        # stack whose labels are per plane of a Z or T series
+        names = None
     if names is not None and len(names) != nc:
         raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
                               f"has {nc}")
@@ -870,7 +902,8 @@ def _read_tiff(p: Path) -> SlideImage:
         bits = None  # the whole type is used (or a float image): no narrower ceiling
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
-                      format="ome-tiff" if is_ome else "qptiff" if qpi else "tiff",
+                      format="ome-tiff" if is_ome else "qptiff" if qpi
+                      else "imagej-tiff" if imagej else "tiff",
                       levels=tuple(levels), significant_bits=bits,
                       emission_nm=tuple(emission) if emission else None,
                       exposure_ms=tuple(exposure) if exposure else None)
