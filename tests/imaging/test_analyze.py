@@ -393,6 +393,28 @@ def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
     assert r0["properties"]["classification"]["name"].startswith("HER2 region ")
 
 
+def test_gallery_windows_fit_named_annotations_of_different_sizes(slide, tmp_path):
+    from qdmed.imaging._report import core_gallery_figure
+
+    def square(name, x0, y0, side):
+        ring = [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "name": name}}
+
+    regs = tmp_path / "named.geojson"
+    regs.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        square("big", 100, 100, 600), square("small", 800, 800, 120)]}))
+    res = analyze_slide(slide.path, PANEL, tmp_path / "named", tile=512,
+                        scheduler="synchronous", progress=False, outlines=False,
+                        regions=regs, per_region=True, region_min_cells=5)
+    fig = core_gallery_figure(res, res.summary["regions_scored"]["regions"])
+    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    # windows of 1.5 area-equivalent diameters at 0.5 um per px: 600 px -> 0.51 mm,
+    # 120 px -> 0.1 mm (one window for both, the median, would crop the big one)
+    assert [t.split("(")[-1] for t in titles] == ["0.51 mm)", "0.1 mm)"]
+    assert "each window sized to its region" in " ".join(fig._suptitle.get_text().split())
+
+
 def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibration):
     # the left half of the slide annotated as tumour (QuPath coordinates: x = column)
     reg = tmp_path / "tumour.geojson"

@@ -54,7 +54,9 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
     """Every region (TMA core) cut from the unmixed image at the pyramid level where it
     spans about ``target_px``, in the composite of :func:`overlay_figure` on one intensity
     scale for all cores, titled with its name and HER2 category (missing cores: an empty
-    frame); None without the unmixed image or region centres and areas."""
+    frame); None without the unmixed image or region centres and areas. TMA cores share
+    one window size; named annotations each get a window sized to their own area (its
+    width in the title)."""
     import matplotlib.pyplot as plt
 
     from qdmed.imaging._slideio import read_slide
@@ -67,14 +69,26 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
     s = read_slide(path)
     ps = s.pixel_size_um or 0.5
     levels = list(s.levels or (s.data,))
-    d_um = 2e3 * np.sqrt(np.median([r["area_mm2"] for r in shown if r.get("area_mm2")])
-                         / np.pi)
-    # the coarsest level on which a core still spans target_px
-    lev = levels[0]
-    for cand in levels:
-        if d_um / ps * cand.shape[0] / s.data.shape[0] >= target_px:
-            lev = cand
-    f = s.data.shape[0] / lev.shape[0]
+    d_med = 2e3 * np.sqrt(np.median([r["area_mm2"] for r in shown if r.get("area_mm2")])
+                          / np.pi)
+    # TMA cores (alike in size) share one window, 1.1 diameters of the median core; named
+    # annotations get their own, 1.5 area-equivalent diameters (an ellipse of axes 2.2:1
+    # fits), so a large one is not cropped to its middle nor a small one lost in its
+    # surroundings
+    tma = bool((result.summary.get("scored_cells", {}).get("regions") or {}).get("tma"))
+
+    def window_um(r) -> float:
+        if tma or not r.get("area_mm2"):
+            return 1.1 * d_med
+        return 1.5 * 2e3 * np.sqrt(r["area_mm2"] / np.pi)
+
+    def level_for(w_um: float):
+        """The coarsest level on which the window still spans target_px."""
+        lev = levels[0]
+        for cand in levels:
+            if w_um / 1.1 / ps * cand.shape[0] / s.data.shape[0] >= target_px:
+                lev = cand
+        return lev, s.data.shape[0] / lev.shape[0]
     thumb, _, _ = _thumbnail(path, 900)
     names = list(s.channel_names)
     _, legend, top = _composite(thumb, names, first="HER2")
@@ -85,14 +99,18 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
         if n1 * n2 == len(shown) and n2 <= 24:
             ncol = n2
     nrow = -(-len(shown) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.45 * nrow), squeeze=False)
+    width = max(1.3 * ncol, 4.0)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width, 1.45 * nrow + 0.3), squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
-    half = int(np.ceil(d_um / ps / f / 2 * 1.1))
-    hh, ww = lev.shape[:2]
     for ax, r in zip(axes.ravel(), shown, strict=False):
         cat = r.get("her2_category")
-        ax.set_title(f"{r['region']} {cat or r['status']}", fontsize=6,
+        w_um = window_um(r)
+        lev, f = level_for(w_um)
+        half = int(np.ceil(w_um / ps / f / 2))
+        hh, ww = lev.shape[:2]
+        ax.set_title(f"{r['region']} {cat or r['status']}"
+                     + ("" if tma else f" ({w_um / 1e3:.2g} mm)"), fontsize=6,
                      color=_CAT_COLOURS.get(cat, "#555555"))
         if r["status"] == "missing":  # an empty, dashed frame
             ax.set_axis_on()
@@ -113,7 +131,11 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
                 np.asarray(lev[y0:y1, x0:x1].compute(), dtype=np.float64)
         ax.imshow(_composite(canvas, names, top)[0])
     more = f"; the first {len(shown)} of {len(placed)}" if len(placed) > len(shown) else ""
-    fig.suptitle(f"cores ({', '.join(legend)}; one intensity scale{more})", fontsize=8)
+    import textwrap
+
+    what = "cores" if tma else "regions, each window sized to its region"
+    fig.suptitle(textwrap.fill(f"{what} ({', '.join(legend)}; one intensity scale{more})",
+                               width=int(width * 15)), fontsize=8)
     fig.tight_layout()
     return fig
 
