@@ -59,10 +59,28 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
     # a slide without a case: noted on its row, left out of the cases
     x = next(r for r in res["slides"] if r["slide"] == "X_f1.ome.tif")
     assert "no case in the case map" in x["message"]
-    assert any("1 slide(s) have no case in the case map (X_f1.ome.tif)" in w
-               for w in res["case_warnings"])
+    assert any("1 slide(s) have no case (X_f1.ome.tif)" in w for w in res["case_warnings"])
     assert res["parameters"]["case_map"] == str(cmap)
     assert "Cases (case map)" in (tmp_path / "co" / "report.html").read_text()
+    # the cases from the slides' names instead (as inForm names fields: <case>_[x,y]_...);
+    # the same output folder: the slides' finished tiles are reused
+    named = analyze_cohort(d, PANEL, tmp_path / "co", her2_calibration=cal,
+                           case_from_name=r"^(P\d+)_f", progress=False,
+                           scheduler="synchronous", outlines=False, write_unmixed=False,
+                           region_min_cells=50)
+    by_name = pd.read_csv(tmp_path / "co" / "cases.csv", dtype={"her2_category": str},
+                          keep_default_na=False).set_index("case")
+    assert list(by_name.index) == ["P1", "P2", "P4"]  # no P3: no such slide to name it
+    assert by_name.loc["P1"].to_dict() == cases.loc["P1"].to_dict()
+    x = next(r for r in named["slides"] if r["slide"] == "X_f1.ome.tif")
+    assert "its name gives no case" in x["message"]
+    assert named["parameters"]["case_map"] == r"names: ^(P\d+)_f"
+    with pytest.raises(InputError, match="not a regular expression"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_from_name="(")
+    with pytest.raises(InputError, match="finds a case in no slide name"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_from_name="^Z")
+    with pytest.raises(InputError, match="case map or case_from_name"):
+        analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, case_from_name="^(P1)")
     with pytest.raises(InputError, match="not both"):
         analyze_cohort(d, PANEL, tmp_path / "x", case_map=cmap, tma_map={(None, "A-1"): "P1"})
     with pytest.raises(InputError, match="pools each case's slides"):

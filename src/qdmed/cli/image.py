@@ -668,6 +668,7 @@ def cohort(
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     case_map: Annotated[Path | None, typer.Option("--case-map", help="CSV of slide,case: each slide's case (patient), for cases imaged as several fields or sections; cases.csv scores each case on the pooled cells of its slides.")] = None,
+    case_from_name: Annotated[str | None, typer.Option("--case-from-name", help="Each slide's case from its file name instead: a regular expression whose first group is the case, e.g. '^(.+?)_\\[' for inForm's <case>_[x,y]_component_data.tif.")] = None,
     pattern: PATTERN = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -687,7 +688,7 @@ def cohort(
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                          region_min_cells=region_min_cells, tma_map=tma_map,
                          case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern,
-                         case_map=case_map)
+                         case_map=case_map, case_from_name=case_from_name)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

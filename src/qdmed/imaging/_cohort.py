@@ -87,7 +87,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    exclude_flagged: tuple = (), per_region: bool | None = None,
                    region_min_cells: int = 100, tma_map=None,
                    case_rule: str = "pooled", tumour_regions_dir=None,
-                   pattern: str | None = None, case_map=None) -> dict:
+                   pattern: str | None = None, case_map=None,
+                   case_from_name: str | None = None) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -122,7 +123,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     case (patient) of each slide, for cases imaged as several fields or sections:
     ``cases.csv`` then scores every case on the pooled scored cells of its slides, each
     slide weighing by its cells, as the whole tumour is scored (the slides are listed in
-    the column ``cores``). Not with a ``tma_map``, whose cases come from cores."""
+    the column ``cores``). Not with a ``tma_map``, whose cases come from cores.
+    ``case_from_name`` instead takes each slide's case from its file name: a regular
+    expression whose first group (or whole match) is the case, e.g. ``^(.+?)_\\[`` for
+    inForm's ``<case>_[x,y]_component_data.tif`` field names."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -147,7 +151,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
     # both maps before any slide is read; the case map's checks first, as they name it
-    slide_cases, case_map_source = _load_case_map(case_map, tma_map, case_rule)
+    name_rx = _case_regex(case_from_name, case_map)
+    slide_cases, case_map_source = _load_case_map(
+        case_map if name_rx is None else _NAMES, tma_map, case_rule)
     tma_map, map_source = load_tma_map(tma_map, case_rule)
     if regions_dir is None and (region_class is not None or per_region
                                 or tma_map is not None):
@@ -161,6 +167,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         if d is not None and not Path(d).is_dir():
             raise InputError(f"regions folder {str(d)!r} does not exist or is not a folder")
     slides = find_slides(folder, required=True, pattern=pattern)
+    if name_rx is not None:
+        slide_cases, case_map_source = _cases_from_names(name_rx, slides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, tables, region_rows, case_cells = [], [], [], []
@@ -255,7 +263,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         cells["case"] = slide_cases.get(map_slide(sp.name))
                         if map_slide(sp.name) not in slide_cases:
                             row["message"] = "; ".join(m for m in (
-                                row["message"], "no case in the case map") if m)
+                                row["message"], "no case in the case map" if name_rx is None
+                                else "its name gives no case (case_from_name)") if m)
                     tables.append(cells)
                     if "case" in cells:  # this slide's scored cells, for the pooled cases
                         case_cells.append(scored_cells_of(cells, exclude_flagged))
@@ -358,6 +367,39 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     return summary
 
 
+_NAMES = object()  # _load_case_map: the cases come from the slides' names
+
+
+def _case_regex(case_from_name: str | None, case_map):
+    """``case_from_name`` compiled (None when not given), refused beside a case map."""
+    import re
+
+    if case_from_name is None:
+        return None
+    if case_map is not None:
+        raise InputError("give a case map or case_from_name (--case-from-name), not both")
+    try:
+        return re.compile(case_from_name)
+    except re.error as exc:
+        raise InputError(f"case_from_name {case_from_name!r} is not a regular expression: "
+                         f"{exc}") from None
+
+
+def _cases_from_names(rx, slides: list[Path]) -> tuple[dict[str, str], str]:
+    """``{slide stem: case}`` of the slides whose name `rx` finds a case in (its first
+    group, or the whole match), and the source as the parameters record it."""
+    out = {}
+    for sp in slides:
+        m = rx.search(sp.name)
+        case = (m.group(1) if rx.groups else m.group(0)) if m else None
+        if case and case.strip():
+            out[map_slide(sp.name)] = case.strip()
+    if not out:
+        raise InputError(f"case_from_name {rx.pattern!r} finds a case in no slide name (e.g. "
+                         f"{slides[0].name!r})")
+    return out, f"names: {rx.pattern}"
+
+
 def _load_case_map(case_map, tma_map, case_rule: str) -> tuple[dict | None, str | None]:
     """A cohort's case map (None, a CSV path or its mapping) and its source, checked
     against the other options before any slide is read."""
@@ -370,6 +412,8 @@ def _load_case_map(case_map, tma_map, case_rule: str) -> tuple[dict | None, str 
     if case_rule != "pooled":
         raise InputError(f"a case map pools each case's slides (case rule 'pooled'); "
                          f"{case_rule!r} takes a TMA's cores one by one")
+    if case_map is _NAMES:  # checks only: the cases come from the slides' names
+        return None, None
     if isinstance(case_map, dict):
         if not case_map:
             raise InputError("case_map is empty: it needs one row per slide (slide,case)")
@@ -401,7 +445,7 @@ def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], 
     warnings = []
     unmapped = [n for stem, n in found.items() if stem not in slide_cases]
     if unmapped:
-        warnings.append(f"{len(unmapped)} slide(s) have no case in the case map "
+        warnings.append(f"{len(unmapped)} slide(s) have no case "
                         f"({', '.join(unmapped[:5])}): left out of cases.csv")
     unknown = sorted(set(slide_cases) - set(found))
     if unknown:
