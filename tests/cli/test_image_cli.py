@@ -365,6 +365,13 @@ def test_already_unmixed_qptiff(tmp_path, write_qptiff):
     assert [(s["slide"], s["status"]) for s in co["slides"]] == [("case1.qptiff", "ok"),
                                                                   ("case2.qptiff", "ok")]
     assert "exposure_differs" not in co["slides"][1] and co["acquisition_warnings"] == []
+    # what a folder holds, slide by slide (the bad one said, not fatal)
+    r = run("image", "info", str(tmp_path / "co"), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {d["slide"]: d for d in json.loads(r.stdout)}
+    assert rows["case1_composite_image.tif"]["status"] == "unreadable"
+    assert rows["case2.qptiff"]["exposure_ms"] == [1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert rows["case1.qptiff"]["channels"] == names
     # bad input: one line, exit 2
     for args, msg in (
             (("image", "panel", "--components", "DAPI=DAPI,HER2=Qdot 999", "--slide",

@@ -196,11 +196,45 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
                     f"nuclear counterstain's channel to it ({nuc}=CHANNEL)", fg="yellow")
 
 
+def _slide_folder(path: Path) -> bool:
+    """True for a folder of slides; False for a slide file or an OME-Zarr store."""
+    from qdmed.imaging._cohort import SLIDE_SUFFIXES
+
+    zarr_store = any((path / m).exists() for m in (".zattrs", ".zgroup", "zarr.json"))
+    return path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES) and not zarr_store
+
+
 @app.command()
-def info(slide: Path, json_: JSON = False):
-    """What a slide file holds: format, size, type, channel names, pixel size, pyramid."""
+def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of slides.")],
+         pattern: PATTERN = None, json_: JSON = False):
+    """What a slide file holds: format, size, type, channel names, pixel size, pyramid,
+    emission wavelengths and exposure times; for a folder, one row per slide."""
+    from qdmed.errors import QdmedError
     from qdmed.imaging import read_slide
 
+    if _slide_folder(slide):
+        from qdmed.imaging._cohort import find_slides
+
+        rows = []
+        for sp in find_slides(slide, required=True, pattern=pattern):
+            try:
+                s = read_slide(sp)
+            except QdmedError as exc:
+                rows.append({"slide": sp.name, "status": "unreadable", "message": str(exc)})
+                continue
+            rows.append({"slide": sp.name, "status": "ok", "format": s.format,
+                         "shape_yxc": list(s.shape), "dtype": str(s.dtype),
+                         "channels": list(s.channel_names), "pixel_size_um": s.pixel_size_um,
+                         "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None})
+        if json_:
+            return print_json(rows)
+        print_table(f"Slides in {slide} (channel names: --json, or one slide)", [
+            {**r, "shape_yxc": " x ".join(map(str, r.get("shape_yxc") or [])),
+             "exposures_ms": ", ".join(f"{x:g}" for x in sorted(set(r.get("exposure_ms")
+                                                                     or [])))}
+            for r in rows], ["slide", "status", "format", "shape_yxc", "dtype",
+                             "pixel_size_um", "exposures_ms", "message"])
+        return None
     s = read_slide(slide)
     d = {"slide": str(slide), "format": s.format, "shape_yxc": list(s.shape),
          "dtype": str(s.dtype), "channels": list(s.channel_names),
@@ -536,12 +570,10 @@ def qc(
 ):
     """Quality control before analysis: saturation, detector offset, out-of-focus tiles
     (no segmentation; a fraction of the analysis time)."""
-    from qdmed.imaging._cohort import SLIDE_SUFFIXES
     from qdmed.imaging._qc import qc_folder, qc_slide
 
     p = _panel(panel_file)
-    zarr_store = any((path / m).exists() for m in (".zattrs", ".zgroup", "zarr.json"))
-    if path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES) and not zarr_store:
+    if _slide_folder(path):
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         progress=not no_progress, pattern=pattern)
