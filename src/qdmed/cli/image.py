@@ -198,10 +198,20 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
 
 def _slide_folder(path: Path) -> bool:
     """True for a folder of slides; False for a slide file or an OME-Zarr store."""
-    from qdmed.imaging._cohort import SLIDE_SUFFIXES
+    from qdmed.imaging._slideio import SLIDE_SUFFIXES
 
     zarr_store = any((path / m).exists() for m in (".zattrs", ".zgroup", "zarr.json"))
     return path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES) and not zarr_store
+
+
+def _slide_info(s) -> dict:
+    """What `qdmed image info` says of one slide (a SlideImage)."""
+    return {"format": s.format, "shape_yxc": list(s.shape), "dtype": str(s.dtype),
+            "channels": list(s.channel_names), "pixel_size_um": s.pixel_size_um,
+            "levels": [list(lv.shape[:2]) for lv in (s.levels or (s.data,))],
+            "significant_bits": s.significant_bits,
+            "emission_nm": list(s.emission_nm) if s.emission_nm else None,
+            "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None}
 
 
 @app.command()
@@ -222,10 +232,7 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
             except QdmedError as exc:
                 rows.append({"slide": sp.name, "status": "unreadable", "message": str(exc)})
                 continue
-            rows.append({"slide": sp.name, "status": "ok", "format": s.format,
-                         "shape_yxc": list(s.shape), "dtype": str(s.dtype),
-                         "channels": list(s.channel_names), "pixel_size_um": s.pixel_size_um,
-                         "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None})
+            rows.append({"slide": sp.name, "status": "ok", **_slide_info(s)})
         if json_:
             return print_json(rows)
         print_table(f"Slides in {slide} (channel names: --json, or one slide)", [
@@ -235,14 +242,7 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
             for r in rows], ["slide", "status", "format", "shape_yxc", "dtype",
                              "pixel_size_um", "exposures_ms", "message"])
         return None
-    s = read_slide(slide)
-    d = {"slide": str(slide), "format": s.format, "shape_yxc": list(s.shape),
-         "dtype": str(s.dtype), "channels": list(s.channel_names),
-         "pixel_size_um": s.pixel_size_um,
-         "levels": [list(lv.shape[:2]) for lv in (s.levels or (s.data,))],
-         "significant_bits": s.significant_bits,
-         "emission_nm": list(s.emission_nm) if s.emission_nm else None,
-         "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None}
+    d = {"slide": str(slide), **_slide_info(read_slide(slide))}
     if json_:
         return print_json(d)
     print_kv("Slide", {k: (", ".join(v) if k == "channels" else

@@ -477,7 +477,7 @@ def check_channels(slide, panel: Panel) -> Panel:
             f"the panel has {len(panel.channels)} detection channels "
             f"({', '.join(panel.channel_names)}); give the panel the slide was acquired with"
         )
-    em = getattr(slide, "emission_nm", None)
+    em = slide.emission_nm
     if em is not None:
         # an emission wavelength may be given as a band's centre or either edge (or a dye's
         # peak near a filter's band): a quarter band of slack on either side allows these,

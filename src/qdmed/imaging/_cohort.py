@@ -151,9 +151,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     region_min_cells = check_min_cells(region_min_cells)
     # both maps before any slide is read; the case map's checks first, as they name it
-    name_rx = _case_regex(case_from_name, case_map)
-    slide_cases, case_map_source = _load_case_map(
-        case_map if name_rx is None else _NAMES, tma_map, case_rule)
+    slide_cases, case_map_source, name_rx = _case_source(case_map, case_from_name, tma_map,
+                                                         case_rule)
     tma_map, map_source = load_tma_map(tma_map, case_rule)
     if regions_dir is None and (region_class is not None or per_region
                                 or tma_map is not None):
@@ -367,22 +366,35 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     return summary
 
 
-_NAMES = object()  # _load_case_map: the cases come from the slides' names
-
-
-def _case_regex(case_from_name: str | None, case_map):
-    """``case_from_name`` compiled (None when not given), refused beside a case map."""
+def _case_source(case_map, case_from_name: str | None, tma_map, case_rule: str):
+    """Where a cohort's cases of slides come from, checked before any slide is read:
+    ``(slide_cases, source, name_regex)``. A case map (a CSV path or its mapping) gives
+    ``slide_cases`` now; ``case_from_name`` gives the compiled expression, which
+    :func:`_cases_from_names` applies to the slides found; neither gives Nones."""
     import re
 
-    if case_from_name is None:
-        return None
-    if case_map is not None:
+    if case_map is None and case_from_name is None:
+        return None, None, None
+    if case_map is not None and case_from_name is not None:
         raise InputError("give a case map or case_from_name (--case-from-name), not both")
-    try:
-        return re.compile(case_from_name)
-    except re.error as exc:
-        raise InputError(f"case_from_name {case_from_name!r} is not a regular expression: "
-                         f"{exc}") from None
+    if tma_map is not None:
+        raise InputError("give a TMA map (cores -> cases) or a case map (slides -> cases), "
+                         "not both")
+    check_case_rule(case_rule)
+    if case_rule != "pooled":
+        raise InputError(f"a case map pools each case's slides (case rule 'pooled'); "
+                         f"{case_rule!r} takes a TMA's cores one by one")
+    if case_from_name is not None:
+        try:
+            return None, None, re.compile(case_from_name)
+        except re.error as exc:
+            raise InputError(f"case_from_name {case_from_name!r} is not a regular "
+                             f"expression: {exc}") from None
+    if isinstance(case_map, dict):
+        if not case_map:
+            raise InputError("case_map is empty: it needs one row per slide (slide,case)")
+        return case_map_pairs(case_map.items(), "case_map"), "(a mapping)", None
+    return read_case_map(case_map), str(case_map), None
 
 
 def _cases_from_names(rx, slides: list[Path]) -> tuple[dict[str, str], str]:
@@ -398,27 +410,6 @@ def _cases_from_names(rx, slides: list[Path]) -> tuple[dict[str, str], str]:
         raise InputError(f"case_from_name {rx.pattern!r} finds a case in no slide name (e.g. "
                          f"{slides[0].name!r})")
     return out, f"names: {rx.pattern}"
-
-
-def _load_case_map(case_map, tma_map, case_rule: str) -> tuple[dict | None, str | None]:
-    """A cohort's case map (None, a CSV path or its mapping) and its source, checked
-    against the other options before any slide is read."""
-    if case_map is None:
-        return None, None
-    if tma_map is not None:
-        raise InputError("give a TMA map (cores -> cases) or a case map (slides -> cases), "
-                         "not both")
-    check_case_rule(case_rule)
-    if case_rule != "pooled":
-        raise InputError(f"a case map pools each case's slides (case rule 'pooled'); "
-                         f"{case_rule!r} takes a TMA's cores one by one")
-    if case_map is _NAMES:  # checks only: the cases come from the slides' names
-        return None, None
-    if isinstance(case_map, dict):
-        if not case_map:
-            raise InputError("case_map is empty: it needs one row per slide (slide,case)")
-        return case_map_pairs(case_map.items(), "case_map"), "(a mapping)"
-    return read_case_map(case_map), str(case_map)
 
 
 def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], case_cells,

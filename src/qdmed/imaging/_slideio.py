@@ -54,8 +54,10 @@ _TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff")
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 #: every suffix read_slide opens (compound suffixes first, as slide names are cut by them)
 SLIDE_SUFFIXES = _TIFF_SUFFIXES + _ZARR_SUFFIXES
-_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "nm": 1e-3,
-               "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6}
+#: lengths in um: pixel sizes (OME, NGFF, ImageJ's unit) and wavelengths (OME; x 1e3 for nm)
+_UNIT_TO_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0,
+               "microns": 1.0, "nm": 1e-3, "nanometer": 1e-3, "Å": 1e-4, "angstrom": 1e-4,
+               "pm": 1e-6, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6}
 _COLORS = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FF8000", "FFFFFF")
 
 
@@ -650,13 +652,9 @@ class _LogCapture(logging.Handler):
         logging.getLogger("tifffile").removeHandler(self)
 
 
-_WAVELENGTH_TO_NM = {"nm": 1.0, "nanometer": 1.0, "µm": 1e3, "um": 1e3, "micrometer": 1e3,
-                     "Å": 0.1, "angstrom": 0.1, "pm": 1e-3}
-
-
-def _ome_emission_nm(channels: list, p: Path) -> list[float] | None:
+def _ome_emission_nm(channels: list) -> list[float] | None:
     """Each channel's OME ``EmissionWavelength`` in nm (None unless every channel has one in
-    a unit of ``_WAVELENGTH_TO_NM``)."""
+    a unit of ``_UNIT_TO_UM``)."""
     out = []
     for ch in channels:
         v = ch.get("EmissionWavelength")
@@ -664,7 +662,7 @@ def _ome_emission_nm(channels: list, p: Path) -> list[float] | None:
             return None
         unit = ch.get("EmissionWavelengthUnit", "nm")
         try:
-            out.append(float(v) * _WAVELENGTH_TO_NM[unit])
+            out.append(float(v) * _UNIT_TO_UM[unit] * 1e3)
         except (KeyError, ValueError):
             # the wavelengths only serve a consistency check: an unusual unit or value
             # leaves them out instead of making the image unreadable
@@ -737,7 +735,7 @@ def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
         if bits < 1:
             raise FileFormatError(f"{str(p)!r}: OME SignificantBits {bits} must be >= 1")
     return {"names": names or None, "pixel_size_um": ps, "bits": bits,
-            "emission_nm": _ome_emission_nm(channels, p),
+            "emission_nm": _ome_emission_nm(channels),
             "exposure_ms": _ome_exposure_ms(pixels, len(channels))}
 
 
@@ -753,36 +751,23 @@ def _qpi_xml(page: Any) -> str | None:
 
 
 def _qpi_channels(pages: Sequence[Any], p: Path) -> dict[str, Any]:
-    """``names`` (:func:`_qpi_channel_names`) and ``exposure_ms`` of a QPTIFF's channels:
-    each page's ``ExposureTime``, which Bio-Formats' VectraReader reads in microseconds
-    (None unless every page has one)."""
-    exposure = []
-    for page in pages:
-        try:
-            el = ET.fromstring((_qpi_xml(page) or "").strip()).find("ExposureTime")
-            t = float(el.text) * 1e-3
-        except (ET.ParseError, AttributeError, TypeError, ValueError):
-            t = np.nan
-        if not (np.isfinite(t) and t > 0):
-            exposure = None
-            break
-        exposure.append(t)
-    return {"names": _qpi_channel_names(pages, p), "exposure_ms": exposure or None}
+    """Channel ``names`` and ``exposure_ms`` of an Akoya/PerkinElmer QPTIFF or inForm
+    component export, from each full-resolution page's XML description.
 
-
-def _qpi_channel_names(pages: Sequence[Any], p: Path) -> list[str] | None:
-    """Channel names of an Akoya/PerkinElmer QPTIFF or inForm component export: the
-    ``<Name>`` element of each full-resolution page's XML description, the element that
-    Bio-Formats' VectraReader (ome/bioformats, components/formats-gpl/.../VectraReader.java)
-    and Akoya's own phenoptr ``read_components`` take as the channel (component) name. The
-    pages are one per channel, followed by an RGB thumbnail, reduced resolutions, macro
-    and label images, which tifffile's series already leaves out (its ``qpi`` series, or a
-    generic one that stops where the page shape changes). None when a page has no Name."""
-    names = []
+    The name is the page's ``<Name>``, the element that Bio-Formats' VectraReader
+    (ome/bioformats, components/formats-gpl/.../VectraReader.java) and Akoya's own phenoptr
+    ``read_components`` take as the channel (component) name; the exposure its
+    ``<ExposureTime>``, which VectraReader reads in microseconds. The pages are one per
+    channel, followed by an RGB thumbnail, reduced resolutions, macro and label images,
+    which tifffile's series already leaves out (its ``qpi`` series, or a generic one that
+    stops where the page shape changes). Names are None when a page has no Name, exposures
+    when a page has no usable one (a positive, finite number)."""
+    names: list[str] | None = []
+    exposure: list[float] | None = []
     for i, page in enumerate(pages):
         xml = _qpi_xml(page)
         if xml is None:
-            return None
+            return {"names": None, "exposure_ms": None}
         try:
             # the declaration says utf-16 but the text is utf-8 (Bio-Formats' note); parsing
             # the decoded str sidesteps the declared encoding
@@ -791,13 +776,19 @@ def _qpi_channel_names(pages: Sequence[Any], p: Path) -> list[str] | None:
             raise FileFormatError(f"{str(p)!r}: the QPTIFF XML description of page {i} is "
                                   f"malformed: {e}") from e
         el = root.find("Name")
-        if el is None or not (el.text or "").strip():
-            return None
-        names.append(el.text.strip())
-    return names
-
-
-_IMAGEJ_UNIT_TO_UM = {**_UNIT_TO_UM, "micron": 1.0, "microns": 1.0, "\u03bcm": 1.0}
+        if names is not None and el is not None and (el.text or "").strip():
+            names.append(el.text.strip())
+        else:
+            names = None
+        try:
+            t = float(root.find("ExposureTime").text) * 1e-3
+        except (AttributeError, TypeError, ValueError):
+            t = np.nan
+        if exposure is not None and np.isfinite(t) and t > 0:
+            exposure.append(t)
+        else:
+            exposure = None
+    return {"names": names, "exposure_ms": exposure or None}
 
 
 def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
@@ -815,10 +806,10 @@ def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
         rel = int(page.tags["ResolutionUnit"].value) == 1
     except KeyError:
         xres, rel = None, False
-    if rel and xres and unit in _IMAGEJ_UNIT_TO_UM:
+    if rel and xres and unit in _UNIT_TO_UM:
         num, den = xres if isinstance(xres, tuple) else (xres, 1)
         if num and den:
-            ps = den / num * _IMAGEJ_UNIT_TO_UM[unit]
+            ps = den / num * _UNIT_TO_UM[unit]
     return {"names": names, "pixel_size_um": ps}
 
 
