@@ -103,7 +103,8 @@ class _Prepared:
     simd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-_CACHE: OrderedDict[tuple, _Prepared] = OrderedDict()
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()  # tables and channel selections
+_MISS = object()
 _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 16
 
@@ -162,21 +163,27 @@ def _check_max_condition(max_condition: float) -> None:
         raise InputError(f"max_condition must be a finite number >= 1; got {max_condition}.")
 
 
+def _cached(key: tuple, build):
+    """The value cached under `key` (an endmember matrix's shape and bytes, plus what else
+    the value depends on), built by ``build()`` on a miss; the last ``_CACHE_SIZE`` kept."""
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key, _MISS)
+        if hit is not _MISS:  # the same bytes passed every check before
+            _CACHE.move_to_end(key)
+            return hit
+    value = build()
+    with _CACHE_LOCK:
+        _CACHE[key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
 def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
     a = _check_endmembers(endmembers)
     _check_max_condition(max_condition)
-    key = (a.shape, a.tobytes(), float(max_condition))
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:  # the same bytes passed every check before
-            _CACHE.move_to_end(key)
-            return hit
-    prep = _build_tables(_check_endmember_values(a), max_condition)
-    with _CACHE_LOCK:
-        _CACHE[key] = prep
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return prep
+    return _cached(("tables", a.shape, a.tobytes(), float(max_condition)),
+                   lambda: _build_tables(_check_endmember_values(a), max_condition))
 
 
 def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
@@ -1041,7 +1048,7 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     _check_max_condition(max_condition)
     # every component one channel of its own (an already-unmixed image): no tables needed,
     # and no limit on the number of components
-    sel = _selection_columns(a)
+    sel = _cached(("selection", a.shape, a.tobytes()), lambda: _selection_columns(a))
     prep = _prepare(a, max_condition) if sel is None else None
     y = _check_pixels(pixels, a.shape[0])
     if device not in _DEVICES:
@@ -1079,6 +1086,7 @@ def _selection_columns(a: np.ndarray) -> np.ndarray | None:
     if not np.all(nz.sum(axis=0) == 1):
         return None
     rows = np.argmax(nz, axis=0)
+    rows.setflags(write=False)  # cached (unmix_nnls)
     return rows if len(set(rows.tolist())) == len(rows) else None
 
 
