@@ -357,3 +357,18 @@ def test_imagej_tiff_channel_names_and_pixel_size(tmp_path):
                      metadata={"axes": "CYX", "unit": "pixel"})
     s = read_slide(tmp_path / "px.tif")  # no length unit: no pixel size, default names
     assert s.pixel_size_um is None and s.channel_names == ("C0", "C1", "C2")
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_contiguous_tiff_regions_read_through_a_memory_map(tmp_path, byteorder):
+    """An uncompressed contiguous TIFF (one strip: ImageJ stacks, cellpose masks) is read
+    block by block from a memory map, in either byte order, with the same pixels."""
+    a = (np.arange(3 * 300 * 200, dtype=np.uint32).reshape(3, 300, 200) * 7919) % 65521
+    path = tmp_path / "c.tif"
+    tifffile.imwrite(path, a, byteorder=byteorder, photometric="minisblack")
+    with tifffile.TiffFile(path) as tf:
+        assert tf.series[0].dataoffset is not None and tf.byteorder == byteorder
+    s = read_slide(path)
+    r = s.read_region(10, 250, 20, 180)
+    assert r.dtype == np.uint32 and r.dtype.isnative
+    np.testing.assert_array_equal(r, np.moveaxis(a, 0, -1)[10:250, 20:180])

@@ -27,6 +27,7 @@ PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region",
 TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case from its cores (--case-rule).")]
 CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
 REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
+LABELS_CHANNEL = Annotated[str | None, typer.Option("--labels-channel", help="The channel of the nuclei label images holding the nuclei, by name or 0-based index, when they have several.")]
 PATTERN = Annotated[str | None, typer.Option("--pattern", help="Only the slides whose names match this shell pattern, case ignored (e.g. '*_component_data.tif' in an inForm export folder).")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
@@ -168,7 +169,7 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
         if name.strip() in mapping:
             raise InputError(f"--components names {name.strip()!r} twice")
         chan = chan.strip()
-        mapping[name.strip()] = int(chan) if chan.isascii() and chan.isdigit() else chan
+        mapping[name.strip()] = _index_or_name(chan)
     names = None
     p = unmixed_panel(mapping)
     if slide is not None:
@@ -477,6 +478,9 @@ def analyze(
     region_min_cells: REGION_CELLS = 100,
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
+    nuclei_labels: Annotated[Path | None, typer.Option("--nuclei-labels", help="Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath...): a label image (TIFF, OME-TIFF, OME-Zarr or an NGFF labels folder) pixel-aligned with the slide, 0 = background. Replaces qdmed's nuclear segmentation; cells.parquet gets nucleus_label.")] = None,
+    labels_channel: LABELS_CHANNEL = None,
+    segmentation: Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")] = "watershed",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -493,7 +497,8 @@ def analyze(
     check_exclude_flagged(_flags(exclude_flagged))
     her2, gates = _calibration(calibration)
     px = read_slide(slide).pixel_size_um or 0.5
-    settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None)
+    settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None,
+                                segmentation=segmentation)
     res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress, settings=settings, regions=regions,
@@ -504,7 +509,8 @@ def analyze(
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                         region_min_cells=region_min_cells, tma_map=tma_map,
-                        case_rule=case_rule, tumour_regions=tumour_regions)
+                        case_rule=case_rule, tumour_regions=tumour_regions,
+                        nuclei_labels=nuclei_labels, labels_channel=_index_or_name(labels_channel))
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -513,6 +519,8 @@ def analyze(
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
             "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
+    if d.get("nuclei_labels"):
+        info["nuclei"] = f"from {Path(d['nuclei_labels']['file']).name}"
     sat = d.get("saturation") or {}
     info["saturated cells"] = (f"{sat['percent_scored_cells_saturated']:.1f} % of scored "
                                f"(ceiling {sat['level_adu']:g}, {sat['source']})"
@@ -554,6 +562,15 @@ def analyze(
                     ["case", "status", "cores", "n_scored", "her2_category"])
     for w in summary_warnings(d):
         typer.echo(f"! {w}")
+
+
+def _index_or_name(channel: str | None) -> str | int | None:
+    """A channel given on the command line: a 0-based index when it is all (ASCII) digits,
+    else a name."""
+    if channel is None:
+        return None
+    c = channel.strip()
+    return int(c) if c.isascii() and c.isdigit() else c
 
 
 @app.command()
@@ -702,6 +719,8 @@ def cohort(
     case_map: Annotated[Path | None, typer.Option("--case-map", help="CSV of slide,case: each slide's case (patient), for cases imaged as several fields or sections; cases.csv scores each case on the pooled cells of its slides.")] = None,
     case_from_name: Annotated[str | None, typer.Option("--case-from-name", help="Each slide's case from its file name instead: a regular expression whose first group is the case, e.g. '^(.+?)_\\[' for inForm's <case>_[x,y]_component_data.tif.")] = None,
     pattern: PATTERN = None,
+    nuclei_labels_dir: Annotated[Path | None, typer.Option("--nuclei-labels-dir", help="Folder of each slide's nuclei segmented elsewhere: <stem>.tif (or .ome.tif, .ome.zarr) or one <stem>_*.tif such as cellpose's <stem>_cp_masks.tif; replaces qdmed's nuclear segmentation.")] = None,
+    labels_channel: LABELS_CHANNEL = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -720,7 +739,9 @@ def cohort(
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                          region_min_cells=region_min_cells, tma_map=tma_map,
                          case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern,
-                         case_map=case_map, case_from_name=case_from_name)
+                         case_map=case_map, case_from_name=case_from_name,
+                         nuclei_labels_dir=nuclei_labels_dir,
+                         labels_channel=_index_or_name(labels_channel))
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -27,7 +27,14 @@ from qdmed.imaging._brightfield import (
     estimate_stain_vectors,
     score_dab,
 )
-from qdmed.imaging._cells import compartments, expand_cells, measure_cells, segment_nuclei
+from qdmed.imaging._cells import (
+    compartments,
+    expand_cells,
+    measure_cells,
+    nuclei_from_labels,
+    segment_nuclei,
+)
+from qdmed.imaging._cohort import analyze_cohort
 from qdmed.imaging._heterogeneity import Her2Heterogeneity, her2_heterogeneity, shannon_index
 from qdmed.imaging._library import LibraryResult, single_stain_endmember, spectral_library
 from qdmed.imaging._nnls import UnmixResult, kkt_violation, unmix_block, unmix_lstsq, unmix_nnls
@@ -99,4 +106,5 @@ __all__ = [
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
     "find_tma_cores", "simulate_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
+    "analyze_cohort", "nuclei_from_labels",
 ]

@@ -64,6 +64,10 @@ class AnalysisSettings:
     #: detector offset (bias), counts: one number or one per channel, subtracted before
     #: unmixing; None: the image is dark-corrected (see _detector)
     offset_adu: float | tuple | None = None
+    #: how nuclei are found: 'watershed' (scikit-image pipeline), 'cellpose' or 'stardist'
+    #: (optional packages), or 'labels' (a label image segmented elsewhere, given to
+    #: analyze_field as ``nuclei`` or to analyze_slide as ``nuclei_labels``)
+    segmentation: str = "watershed"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,17 +134,28 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
                   offset=(0, 0), residual: bool = True,
-                  detector_stats: bool = True) -> FieldAnalysis:
+                  detector_stats: bool = True, nuclei=None) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
     cells, measure every marker in every compartment. ``residual=False`` skips the
     goodness-of-fit map (``FieldAnalysis.residual`` is then None).
+
+    ``nuclei`` (a (Y, X) label image aligned with the field, e.g. cellpose or StarDist masks
+    made elsewhere; :func:`qdmed.imaging._cells.nuclei_from_labels`) replaces the nuclear
+    segmentation: cells grow from these nuclei as from qdmed's own, the table gets
+    ``nucleus_label`` (each cell's id in the given labels) and the settings record
+    ``segmentation='labels'``. The size filter of the settings is not applied to them.
 
     The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
     detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
     a float image without a given ceiling), and ``FieldAnalysis.saturation`` the ceiling and
     the saturated pixels per channel (:mod:`qdmed.imaging._detector`; not counted with
     ``detector_stats=False``, as a slide tile counts its core only)."""
-    from qdmed.imaging._cells import expand_cells, measure_cells, segment_nuclei
+    from qdmed.imaging._cells import (
+        expand_cells,
+        measure_cells,
+        nuclei_from_labels,
+        segment_nuclei,
+    )
     from qdmed.imaging._detector import (
         cell_saturated_fraction,
         channel_stats,
@@ -148,6 +163,11 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     )
 
     s = settings or AnalysisSettings()
+    if nuclei is not None:
+        s = replace(s, segmentation="labels")
+    elif s.segmentation == "labels":
+        raise InputError("settings.segmentation='labels' needs the nuclei labels "
+                         "(analyze_field(nuclei=...), or nuclei_labels for a slide)")
     comps = panel.components
     if s.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
@@ -158,12 +178,16 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     else:
         ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method,
                                 weights=s.unmix_weights, offset_adu=s.offset_adu), None
-    nuc = ab[..., comps.index(s.nuclear_marker)]
-    nuclei = segment_nuclei(nuc, pixel_size_um=s.pixel_size_um,
-                            min_area_um2=s.min_nucleus_area_um2,
-                            max_area_um2=s.max_nucleus_area_um2,
-                            threshold=s.nuclear_threshold if s.nuclear_threshold is not None
-                            else "otsu", offset=tuple(offset))
+    source_ids = None
+    if nuclei is not None:
+        nuclei, source_ids = nuclei_from_labels(nuclei, ab.shape[:2])
+    else:
+        nuclei = segment_nuclei(ab[..., comps.index(s.nuclear_marker)],
+                                pixel_size_um=s.pixel_size_um,
+                                min_area_um2=s.min_nucleus_area_um2,
+                                max_area_um2=s.max_nucleus_area_um2, method=s.segmentation,
+                                threshold=s.nuclear_threshold if s.nuclear_threshold is not None
+                                else "otsu", offset=tuple(offset))
     scales = s.membrane_scales or membrane_scales(ab, comps, s.membrane_markers)
     memb = membrane_signal(ab, comps, scales)
     cells = expand_cells(nuclei, expansion_um=s.expansion_um, pixel_size_um=s.pixel_size_um,
@@ -173,6 +197,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
                           offset=tuple(offset), completeness_threshold=s.completeness_threshold)
+    if source_ids is not None:
+        table["nucleus_label"] = source_ids[table["cell_id"].to_numpy()]
     image = np.asarray(image_yxc)
     level, source = saturation_level(image.dtype, level=s.saturation_level)
     frac = cell_saturated_fraction(image, cells, level)
@@ -216,9 +242,11 @@ def nuclear_otsu(nuclear: np.ndarray, pixel_size_um: float) -> float:
     return otsu_foreground_threshold(sm)
 
 
-def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -> AnalysisSettings:
+def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *,
+                          nuclei=None) -> AnalysisSettings:
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
-    reference region and return settings that fix them, so every tile uses the same values."""
+    reference region and return settings that fix them, so every tile uses the same values
+    (``nuclei``: the region's nuclei labels when they were segmented elsewhere)."""
     ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
                      weights=settings.unmix_weights, offset_adu=settings.offset_adu)
     comps = panel.components
@@ -243,7 +271,7 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings) -
     if comp is None:
         fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
                                                      membrane_scales=scales or None),
-                           residual=False, detector_stats=False)
+                           residual=False, detector_stats=False, nuclei=nuclei)
         comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
     return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
                    membrane_scales=scales or None)
@@ -260,9 +288,11 @@ def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
 
 
 def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int,
-             index: int, outlines: bool = False):
+             index: int, outlines: bool = False, labels: tuple | None = None):
     """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features, the
-    tile core's quality-control numbers: per-channel saturation counts and ``blur``)."""
+    tile core's quality-control numbers: per-channel saturation counts and ``blur``).
+    ``labels``: (path, channel index) of a nuclei label image aligned with the slide, read
+    over the same window instead of segmenting the nuclei."""
     from qdmed.imaging._detector import channel_stats
     from qdmed.imaging._focus import tile_blur
     from qdmed.imaging._slideio import read_slide
@@ -275,8 +305,10 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     py0, py1 = max(0, y0 - margin_px), min(h, y1 + margin_px)
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
+    nuclei = None if labels is None else \
+        read_slide(labels[0]).read_region(py0, py1, px0, px1)[..., labels[1]]
     fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False,
-                       detector_stats=False)
+                       detector_stats=False, nuclei=nuclei)
     core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
     stats = channel_stats(region[core], s.saturation_level)
     stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
@@ -289,6 +321,9 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         keep = (ncy >= y0) & (ncy < y1) & (ncx >= x0) & (ncx < x1)
         del cy, cx
         local_ids = df["cell_id"].to_numpy()[keep]
+        if labels is not None:
+            _check_not_cut(fa.cells, df.loc[keep], (py0 > 0, py1 < h, px0 > 0, px1 < w),
+                           labels[0], margin_px * s.pixel_size_um)
         if local_ids.size and int(local_ids.max()) >= CELL_ID_STRIDE:
             raise InputError(
                 f"tile {index} holds a cell id {int(local_ids.max())} >= {CELL_ID_STRIDE} (the "
@@ -303,6 +338,69 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         df["tile"] = np.array([], dtype=np.int32)
         feats = []
     return df.reset_index(drop=True), feats, stats
+
+
+def _check_not_cut(cells, owned, inner_edges, labels_path, margin_um) -> None:
+    """Refuse a tile whose own cells (grown from a label image's nuclei) reach an edge of the
+    window read around it that is not the slide's edge: their nucleus is larger than the
+    margin allows (qdmed's own segmentation drops such objects by size), so the cell was
+    cut and would be measured in part."""
+    top, bottom, left, right = inner_edges
+    edges = [e for e, inner in ((cells[0], top), (cells[-1], bottom), (cells[:, 0], left),
+                                (cells[:, -1], right)) if inner]
+    if not edges or not len(owned):
+        return
+    on_edge = np.intersect1d(np.concatenate(edges), owned["cell_id"].to_numpy())
+    if on_edge.size:
+        row = owned[owned["cell_id"] == on_edge[0]].iloc[0]
+        raise InputError(
+            f"nucleus {int(row['nucleus_label'])} of the labels {Path(labels_path).name} "
+            f"(near x={row['centroid_x']:.0f}, y={row['centroid_y']:.0f} px) reaches beyond "
+            f"the {margin_um:g} um margin read around its tile: it is larger than a nucleus "
+            "(is this a nuclear label image, at the slide's resolution?); raise margin_um "
+            "if the nuclei really are this large")
+
+
+SEGMENTATIONS = ("watershed", "cellpose", "stardist", "labels")
+
+
+def _open_nuclei_labels(nuclei_labels, labels_channel, shape_yx, segmentation: str):
+    """(path, channel index) of a slide's nuclei label image, checked against the slide's
+    (Y, X) shape and the settings' segmentation method; None without labels."""
+    from qdmed.imaging._panel import channel_index
+    from qdmed.imaging._slideio import read_slide
+
+    if segmentation not in SEGMENTATIONS:
+        raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
+                         f"{', '.join(SEGMENTATIONS)}")
+    if nuclei_labels is None:
+        if labels_channel is not None:
+            raise InputError("labels_channel needs nuclei_labels (--nuclei-labels)")
+        if segmentation == "labels":
+            raise InputError("segmentation 'labels' needs the nuclei label image "
+                             "(nuclei_labels, --nuclei-labels)")
+        return None
+    if segmentation not in ("watershed", "labels"):
+        raise InputError(f"nuclei_labels replace the nuclear segmentation; drop "
+                         f"segmentation={segmentation!r} or the labels")
+    lab = read_slide(nuclei_labels)
+    name = Path(nuclei_labels).name
+    if tuple(lab.shape[:2]) != tuple(shape_yx):
+        raise InputError(f"nuclei labels {name} are {lab.shape[0]} x {lab.shape[1]} px (Y x X) "
+                         f"but the slide is {shape_yx[0]} x {shape_yx[1]}: the labels must be "
+                         "pixel-aligned with the slide at full resolution")
+    if lab.dtype.kind not in "iuf":
+        raise InputError(f"nuclei labels {name} are of type {lab.dtype}; a label image holds "
+                         "integer ids (0 = background)")
+    if labels_channel is None:
+        if lab.shape[2] != 1:
+            raise InputError(f"nuclei labels {name} have {lab.shape[2]} channels "
+                             f"({', '.join(map(repr, lab.channel_names))}): say which holds "
+                             "the nuclei (labels_channel, --labels-channel)")
+        ch = 0
+    else:
+        ch = channel_index(labels_channel, lab.channel_names, f"nuclei labels {name}")
+    return str(Path(nuclei_labels)), ch
 
 
 def _nucleus_centroids(nuclei, ids, oy, ox):
@@ -373,25 +471,31 @@ def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
     return [f"{b}: {w}" for b in blocks for w in (summary.get(b) or {}).get("warnings", [])]
 
 
-def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
-                 outlines) -> str:
-    """Identity of a run: input file (size and mtime; for an OME-Zarr folder every file's
-    size and the newest mtime), panel, settings, tiling and outputs."""
+def _file_ident(path: Path) -> list:
+    """A file's size and mtime; for an OME-Zarr folder every file's size and the newest
+    mtime."""
     if path.is_file():
         st = path.stat()
-        ident = [st.st_size, st.st_mtime]
-    else:
-        sizes, newest = 0, 0.0
-        for f in path.rglob("*"):
-            if f.is_file():
-                st = f.stat()
-                sizes += st.st_size
-                newest = max(newest, st.st_mtime)
-        ident = [sizes, newest]
-    doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": ident,
+        return [st.st_size, st.st_mtime]
+    sizes, newest = 0, 0.0
+    for f in path.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            sizes += st.st_size
+            newest = max(newest, st.st_mtime)
+    return [sizes, newest]
+
+
+def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
+                 outlines, labels=None) -> str:
+    """Identity of a run: input file (:func:`_file_ident`), panel, settings, tiling,
+    outputs and the nuclei labels read (file identity and channel)."""
+    doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": _file_ident(path),
            "panel": panel.to_yaml_dict(),
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px,
            "outlines": bool(outlines)}
+    if labels is not None:
+        doc["labels"] = [labels[0], labels[1], _file_ident(Path(labels[0]))]
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -517,7 +621,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   saturation_level: float | None = None, offset_adu=None,
                   exclude_flagged: tuple = (), per_region: bool | None = None,
                   region_min_cells: int = 100, tma_map=None,
-                  case_rule: str = "pooled", tumour_regions=None) -> SlideResult:
+                  case_rule: str = "pooled", tumour_regions=None, nuclei_labels=None,
+                  labels_channel=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -613,6 +718,18 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         How a case's cores make its scores (:func:`score_cases`): "pooled" (their cells
         scored as one slide) or "highest" (the highest-scoring core's result, per marker
         the most positive core's).
+    nuclei_labels : path, optional
+        Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath's labelled-image
+        export...): a label image (TIFF, OME-TIFF or OME-Zarr, e.g. an NGFF
+        ``slide.ome.zarr/labels/nuclei``) pixel-aligned with the slide, 0 = background and
+        one id per nucleus. It replaces the nuclear segmentation (settings record
+        ``segmentation='labels'``); cells grow from these nuclei as from qdmed's own,
+        tile by tile, each nucleus owned by the tile holding its centroid, and
+        cells.parquet gets ``nucleus_label``, each cell's id in this file. No size filter
+        is applied; a nucleus larger than the tile margin is refused.
+    labels_channel : str or int, optional
+        The channel of `nuclei_labels` holding the nuclei when it has several (a name or a
+        0-based index; e.g. Mesmer's whole-cell and nuclear masks in one file).
 
     Returns
     -------
@@ -666,6 +783,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    labels = _open_nuclei_labels(nuclei_labels, labels_channel, (h, w), s.segmentation)
+    if labels is not None:
+        s = replace(s, segmentation="labels")
     sat_level, sat_source = ceiling(
         slide.dtype, significant_bits=slide.significant_bits,
         level=s.saturation_level if saturation_level is None else saturation_level)
@@ -691,11 +811,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     ry0, rx0 = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry0, min(h, ry0 + reference_region_px), rx0,
                             min(w, rx0 + reference_region_px))
-    s = fix_global_thresholds(ref, panel, s)
+    s = fix_global_thresholds(ref, panel, s, nuclei=None if labels is None else read_slide(
+        labels[0]).read_region(ry0, ry0 + ref.shape[0], rx0, rx0 + ref.shape[1])[..., labels[1]])
     out = Path(out_dir)
     tiles_dir = out / "tiles"
     tiles_dir.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(path, panel, s, tile, margin_px, outlines)
+    fp = _fingerprint(path, panel, s, tile, margin_px, outlines, labels)
     (out / "summary.json").unlink(missing_ok=True)  # written last: marks a complete output set
     # the folder holds this run's outputs only: optional ones an earlier run left are removed
     if not outlines:
@@ -744,7 +865,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
             try:
                 futs = {run_client.submit(run_tile, str(path), panel_doc, settings_doc, boxes[i],
-                                          margin_px, i, outlines, pure=False): i for i in todo}
+                                          margin_px, i, outlines, labels, pure=False): i
+                        for i in todo}
                 for fut in as_completed(futs):
                     save(futs[fut], *fut.result())
                     advance()
@@ -756,7 +878,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         else:
             for i in todo:
                 save(i, *run_tile(str(path), panel_doc, settings_doc, boxes[i], margin_px, i,
-                                  outlines))
+                                  outlines, labels))
                 advance()
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
@@ -826,6 +948,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "panel": panel.to_dict(),
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),
+        "nuclei_labels": None if labels is None else {"file": labels[0], "channel": labels[1]},
         "autofluorescence": af_info,
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
         "n_tiles_resumed": len(boxes) - len(todo),

@@ -51,6 +51,7 @@ __all__ = [
     "expand_cells",
     "measure_cells",
     "measurement_columns",
+    "nuclei_from_labels",
     "segment_nuclei",
 ]
 
@@ -211,6 +212,66 @@ def segment_nuclei(
     else:
         labels = _segment_external(img, method)
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
+
+
+def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath, inForm...) as the
+    pipeline's nuclear labels.
+
+    Parameters
+    ----------
+    labels : (Y, X) array_like of integer label ids
+        0 = background, every other value one nucleus (ids need not be consecutive). Float
+        arrays are accepted when every value is a whole number (QuPath and ImageJ write
+        labels as float32).
+    shape_yx : (int, int), optional
+        The image's shape the labels must match.
+    what : str
+        How the labels are named in error messages (e.g. the file).
+
+    Returns
+    -------
+    nuclei : (Y, X) ndarray of int32
+        The same objects numbered 1..n in the order of their given ids.
+    source_ids : (n + 1,) ndarray of int64
+        ``source_ids[k]`` is the given label of nucleus ``k`` (``source_ids[0] = 0``).
+
+    Raises
+    ------
+    InputError
+        Not 2-D, a shape other than `shape_yx`, non-numeric, non-finite, fractional or
+        negative values.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise InputError(f"{what} must be one 2-D label image (Y, X); got shape {arr.shape}.")
+    if shape_yx is not None and tuple(arr.shape) != tuple(shape_yx):
+        raise InputError(f"{what} have shape {tuple(arr.shape)}, but the image is "
+                         f"{tuple(shape_yx)} (Y, X): the labels must be pixel-aligned with it "
+                         "(same size, full resolution).")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{what} hold NaN or infinite values; a label image holds "
+                             "whole numbers only.")
+        if np.any(arr != np.round(arr)):
+            raise InputError(f"{what} hold fractional values (e.g. {arr[arr != np.round(arr)][0]!r}"
+                             "): is this an intensity image? A label image holds whole numbers "
+                             "(0 = background, one id per nucleus).")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iub":
+        raise InputError(f"{what} must be an integer label image; got dtype {arr.dtype}.")
+    if arr.size and arr.min() < 0:
+        raise InputError(f"{what} must hold non-negative ids (0 = background); got "
+                         f"{int(arr.min())}.")
+    flat = arr.ravel()
+    ids = np.unique(flat)
+    ids = ids[ids != 0].astype(np.int64)
+    nuclei = np.zeros(arr.shape, np.int32)
+    if ids.size:
+        nz = np.flatnonzero(flat)
+        nuclei.ravel()[nz] = np.searchsorted(ids, flat[nz]).astype(np.int32) + 1
+    return nuclei, np.concatenate([[0], ids])
 
 
 #: Smallest separation of Otsu's two class means, in standard deviations of the lower

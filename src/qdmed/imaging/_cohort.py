@@ -78,6 +78,32 @@ def regions_file(regions_dir, slide_name: str) -> Path | None:
     return None
 
 
+def labels_file(labels_dir, slide_name: str, stems=()) -> Path:
+    """The nuclei label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
+    (``A.tif``, ``A.ome.zarr``...), else the one ``<stem>_<anything>`` image (cellpose's
+    ``A_cp_masks.tif``, ``A_nuclei.tif``) that no longer slide stem among `stems` claims
+    (``A_2_cp_masks.tif`` belongs to slide ``A_2``, not ``A``). InputError when there is
+    none, or several."""
+    stem = slide_stem(slide_name)
+    d = Path(labels_dir)
+    images = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
+                    and not p.name.startswith("."))
+    exact = [p for p in images if slide_stem(p.name) == stem]
+    if len(exact) == 1:
+        return exact[0]
+    longer = [t for t in stems if t != stem and t.startswith(stem + "_")]
+    found = exact or [p for p in images if slide_stem(p.name).startswith(stem + "_")
+                      and not any(slide_stem(p.name) == t or slide_stem(p.name).startswith(
+                          t + "_") for t in longer)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(f"no nuclei label image {stem}.tif (or {stem}_*.tif, .ome.tif, "
+                         f".ome.zarr...) in {labels_dir}")
+    raise InputError(f"several nuclei label images for {slide_name} in {labels_dir}: "
+                     f"{', '.join(p.name for p in found[:5])}; keep one")
+
+
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, progress=True, regions_dir=None,
                    region_class: str | None = None, outlines: bool = True,
@@ -88,7 +114,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    region_min_cells: int = 100, tma_map=None,
                    case_rule: str = "pooled", tumour_regions_dir=None,
                    pattern: str | None = None, case_map=None,
-                   case_from_name: str | None = None) -> dict:
+                   case_from_name: str | None = None, nuclei_labels_dir=None,
+                   labels_channel=None) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -126,7 +153,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     the column ``cores``). Not with a ``tma_map``, whose cases come from cores.
     ``case_from_name`` instead takes each slide's case from its file name: a regular
     expression whose first group (or whole match) is the case, e.g. ``^(.+?)_\\[`` for
-    inForm's ``<case>_[x,y]_component_data.tif`` field names."""
+    inForm's ``<case>_[x,y]_component_data.tif`` field names.
+
+    ``nuclei_labels_dir`` holds each slide's nuclei segmented elsewhere (cellpose, StarDist,
+    Mesmer...), found by :func:`labels_file` (``<stem>.tif`` or e.g. cellpose's
+    ``<stem>_cp_masks.tif``) and read as :func:`analyze_slide`'s ``nuclei_labels`` (with
+    ``labels_channel``); a slide without one is reported as failed, so that every slide of
+    the cohort is segmented the same way."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -165,7 +198,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     for d in (regions_dir, tumour_regions_dir):
         if d is not None and not Path(d).is_dir():
             raise InputError(f"regions folder {str(d)!r} does not exist or is not a folder")
+    if nuclei_labels_dir is not None and not Path(nuclei_labels_dir).is_dir():
+        raise InputError(f"nuclei labels folder {str(nuclei_labels_dir)!r} does not exist or "
+                         "is not a folder")
+    if labels_channel is not None and nuclei_labels_dir is None:
+        raise InputError("labels_channel needs a nuclei labels folder (--nuclei-labels-dir)")
     slides = find_slides(folder, required=True, pattern=pattern)
+    stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
         slide_cases, case_map_source = _cases_from_names(name_rx, slides)
     out = Path(out_dir)
@@ -198,6 +237,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         if tum is None:
                             raise InputError(f"no tumour annotation file {stem}.geojson (or "
                                              f".json) in {tumour_regions_dir}")
+                    labels = None if nuclei_labels_dir is None else \
+                        labels_file(nuclei_labels_dir, sp.name, stems)
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,
@@ -213,7 +254,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         per_region=per_region,
                                         region_min_cells=region_min_cells,
                                         tma_map=tma_map, case_rule=case_rule,
-                                        tumour_regions=tum)
+                                        tumour_regions=tum, nuclei_labels=labels,
+                                        labels_channel=labels_channel)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -349,6 +391,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "case_map": case_map_source,
                               "tumour_regions_dir": None if tumour_regions_dir is None
                               else str(tumour_regions_dir),
+                              "nuclei_labels_dir": None if nuclei_labels_dir is None
+                              else str(nuclei_labels_dir), "labels_channel": labels_channel,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

@@ -138,7 +138,7 @@ class Panel:
             raise InputError("an already-unmixed panel knows its channels only once bound to "
                              "an image's channel names (bind_unmixed(panel, names), or "
                              "image_channels in its file)")
-        return tuple(_source_index(src, self.channels, comp)
+        return tuple(channel_index(src, self.channels, f"component {comp!r}")
                      for comp, src in zip(self.components, self.sources, strict=True))
 
     @property
@@ -392,14 +392,15 @@ def _norm_channel(name: str) -> str:
     return " ".join(str(name).split()).casefold()
 
 
-def _source_index(src, channel_names, component: str) -> int:
-    """The index of an already-unmixed component's image channel: a 0-based index, or a
-    name matched exactly, else ignoring case and runs of spaces ('Qdot  605' = 'qdot 605')."""
+def channel_index(src, channel_names, what: str) -> int:
+    """The index of an image channel given as a 0-based index, or as a name matched exactly,
+    else ignoring case and runs of spaces ('Qdot  605' = 'qdot 605'); `what` names what it is
+    for in errors (e.g. "component 'HER2'")."""
     names = list(channel_names)
     if isinstance(src, int | np.integer) and not isinstance(src, bool):
         if 0 <= int(src) < len(names):
             return int(src)
-        raise InputError(f"component {component!r}: channel index {src} is out of range; the "
+        raise InputError(f"{what}: channel index {src} is out of range; the "
                          f"image has {len(names)} channels (0-{len(names) - 1}: "
                          f"{', '.join(names)})")
     hits = [i for i, n in enumerate(names) if n == src]  # exact, else loosely
@@ -407,10 +408,10 @@ def _source_index(src, channel_names, component: str) -> int:
     if len(hits) == 1:
         return hits[0]
     if hits:
-        raise InputError(f"component {component!r}: the image has {len(hits)} channels named "
+        raise InputError(f"{what}: the image has {len(hits)} channels named "
                          f"{src!r} (at {', '.join(map(str, hits))}): give the 0-based index "
                          f"of the one to read")
-    raise InputError(f"component {component!r}: the image has no channel {src!r}; its "
+    raise InputError(f"{what}: the image has no channel {src!r}; its "
                      f"channels are {', '.join(map(repr, names))} (or give a 0-based index)")
 
 
@@ -485,14 +486,14 @@ def bind_unmixed(panel: Panel, channel_names, *, where: str = "the image") -> Pa
         # its index there is that channel's name here, so that a slide whose channels come
         # in another order is read by name, not by place
         try:
-            sources = tuple(panel.channels[_source_index(src, panel.channels, comp)]
+            sources = tuple(panel.channels[channel_index(src, panel.channels, f"component {comp!r}")]
                             if isinstance(src, int) else src
                             for comp, src in zip(panel.components, sources, strict=True))
         except InputError as e:
             raise InputError(f"the panel's own image_channels: {e}") from None
     try:
         for comp, src in zip(panel.components, sources, strict=True):
-            _source_index(src, names, comp)
+            channel_index(src, names, f"component {comp!r}")
     except InputError as e:
         raise InputError(f"{where}: {e}") from None
     return replace(panel, channels=names, sources=sources,

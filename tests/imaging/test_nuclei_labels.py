@@ -1,0 +1,241 @@
+"""Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath label exports) as the
+pipeline's nuclei: the label image is read tile by tile, cells grow from it, each nucleus is
+owned by exactly one tile and keeps its given id (``nucleus_label``).
+
+Ground truth: the synthetic slide's own nucleus labels (written beside it as NGFF labels), so
+every true nucleus must come back once, with its exact pixel area, whatever the tiling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from qdmed.errors import InputError
+from qdmed.imaging import (
+    AnalysisSettings,
+    analyze_cohort,
+    analyze_field,
+    analyze_slide,
+    breast_panel_5plex,
+    nuclei_from_labels,
+    simulate_field,
+    simulate_slide,
+)
+
+PANEL = breast_panel_5plex()
+KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0)
+RUN = dict(scheduler="synchronous", progress=False, write_unmixed=False)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labels")
+    return simulate_slide(d / "s.ome.zarr", (1024, 1024), preset="her2-heterogeneous", seed=5,
+                          channel_names=list(PANEL.channel_names), tile=512, write_labels=True,
+                          **KW)
+
+
+def _truth_labels(slide):
+    import zarr
+
+    return np.asarray(zarr.open_group(str(slide.path), mode="r")["labels/nuclei/0"])
+
+
+def test_nuclei_from_labels_renumbers_and_keeps_the_given_ids():
+    given = np.array([[0, 70, 70], [3, 3, 0], [0, 1200, 70]], dtype=np.uint16)
+    nuclei, ids = nuclei_from_labels(given)
+    assert nuclei.dtype == np.int32
+    np.testing.assert_array_equal(ids[nuclei], np.where(given > 0, given, 0))
+    assert sorted(np.unique(nuclei).tolist()) == [0, 1, 2, 3]
+    # QuPath and ImageJ write labels as float32: whole numbers are accepted
+    n2, ids2 = nuclei_from_labels(given.astype(np.float32))
+    np.testing.assert_array_equal(n2, nuclei)
+    np.testing.assert_array_equal(ids2, ids)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((3, 3), 0.5), "fractional"),
+    (np.array([[0, -2], [1, 1]]), "non-negative"),
+    (np.array([[0, np.nan], [1, 1]]), "NaN"),
+    (np.zeros((2, 3, 3), int), "2-D"),
+    (np.array([["a"]]), "integer"),
+])
+def test_nuclei_from_labels_refuses_what_is_not_a_label_image(bad, match):
+    with pytest.raises(InputError, match=match):
+        nuclei_from_labels(bad)
+
+
+def test_field_with_true_nuclei_measures_every_true_nucleus():
+    f = simulate_field((384, 384), preset="BT474", seed=3, **KW)
+    fa = analyze_field(f.image, PANEL, nuclei=f.nuclei * 10 + 5 * (f.nuclei > 0))
+    t = fa.table
+    assert fa.settings.segmentation == "labels"
+    present = np.unique(f.nuclei[f.nuclei > 0])
+    assert len(t) == present.size
+    # each cell keeps its given id, and its nucleus is exactly the given pixels
+    assert sorted(((t["nucleus_label"] - 5) // 10).tolist()) == present.tolist()
+    area = np.bincount(f.nuclei.ravel())[((t["nucleus_label"] - 5) // 10).to_numpy()]
+    np.testing.assert_allclose(t["nucleus_area_um2"], area * f.pixel_size_um ** 2)
+    with pytest.raises(InputError, match="shape"):
+        analyze_field(f.image, PANEL, nuclei=f.nuclei[:-1])
+    with pytest.raises(InputError, match="needs the nuclei labels"):
+        analyze_field(f.image, PANEL, AnalysisSettings(segmentation="labels"))
+
+
+def test_optional_segmenters_are_reached_from_the_settings(monkeypatch):
+    """settings.segmentation picks cellpose/StarDist (not installed here: the adapter is
+    replaced by a stand-in that records the call and returns the true nuclei)."""
+    import qdmed.imaging._cells as cells_mod
+
+    f = simulate_field((256, 256), preset="BT474", seed=4, **KW)
+    seen = []
+
+    def fake(img, method):
+        seen.append((method, img.shape))
+        return f.nuclei
+
+    monkeypatch.setattr(cells_mod, "_segment_external", fake)
+    fa = analyze_field(f.image, PANEL, AnalysisSettings(segmentation="stardist"))
+    assert seen == [("stardist", (256, 256))]
+    assert fa.settings.segmentation == "stardist" and len(fa.table) > 0
+
+
+def test_slide_tiles_own_each_given_nucleus_once(slide, tmp_path):
+    labels = slide.path / "labels" / "nuclei"  # NGFF labels inside the OME-Zarr
+    one = analyze_slide(slide.path, PANEL, tmp_path / "one", tile=2048, outlines=False,
+                        nuclei_labels=labels, **RUN)
+    tiled = analyze_slide(slide.path, PANEL, tmp_path / "tiled", tile=384, nuclei_labels=labels,
+                          **RUN)
+    assert tiled.summary["n_tiles"] == 9
+    assert tiled.summary["settings"]["segmentation"] == "labels"
+    assert tiled.summary["nuclei_labels"]["channel"] == 0
+    a, b = one.cells(), tiled.cells()
+    truth = _truth_labels(slide)
+    true_ids = np.unique(truth[truth > 0])
+    # every true nucleus exactly once, with its exact area, across 9 tiles
+    assert sorted(b["nucleus_label"].tolist()) == true_ids.tolist()
+    area = np.bincount(truth.ravel())[b["nucleus_label"].to_numpy()]
+    np.testing.assert_allclose(b["nucleus_area_um2"], area * 0.25)
+    # the tiling changes nothing but the cell ids
+    m = a.merge(b, on="nucleus_label", suffixes=("_a", "_b"))
+    assert len(m) == len(a) == len(b)
+    for col in ("cell_area_um2", "HER2_membrane_mean", "ER_nucleus_mean"):
+        np.testing.assert_allclose(m[f"{col}_a"], m[f"{col}_b"], rtol=1e-9)
+    gj = json.loads((tmp_path / "tiled" / "cells.geojson").read_text())
+    assert len(gj["features"]) == len(b)
+
+
+def test_labels_as_tiff_with_channels_and_resume(slide, tmp_path):
+    truth = _truth_labels(slide)
+    # a two-channel label file (as Mesmer writes whole-cell and nuclear masks), ids shifted
+    path = tmp_path / "masks.ome.tif"
+    both = np.stack([np.zeros_like(truth), truth + 1000 * (truth > 0)]).astype(np.uint32)
+    tifffile.imwrite(path, both, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["cell", "nucleus"]}})
+    with pytest.raises(InputError, match="2 channels.*'cell', 'nucleus'"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path, **RUN)
+    with pytest.raises(InputError, match="no channel 'nuclear'"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
+                      labels_channel="nuclear", **RUN)
+    r = analyze_slide(slide.path, PANEL, tmp_path / "t", tile=512, outlines=False,
+                      nuclei_labels=path, labels_channel="Nucleus", **RUN)
+    ids = np.unique(truth[truth > 0]) + 1000
+    assert sorted(r.cells()["nucleus_label"].tolist()) == ids.tolist()
+    again = analyze_slide(slide.path, PANEL, tmp_path / "t", tile=512, outlines=False,
+                          nuclei_labels=path, labels_channel=1, **RUN)
+    assert again.summary["n_tiles_resumed"] == 4
+    # other labels: the finished tiles are not reused
+    both[1] = np.where(truth > 0, truth + 2000, 0)
+    tifffile.imwrite(path, both, photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["cell", "nucleus"]}})
+    third = analyze_slide(slide.path, PANEL, tmp_path / "t", tile=512, outlines=False,
+                          nuclei_labels=path, labels_channel=1, **RUN)
+    assert third.summary["n_tiles_resumed"] == 0
+    assert third.cells()["nucleus_label"].min() > 2000
+
+
+def test_labels_that_do_not_fit_the_slide_are_refused(slide, tmp_path):
+    truth = _truth_labels(slide)
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, truth[:512])
+    with pytest.raises(InputError, match=r"512 x 1024 px .* slide is 1024 x 1024"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=small, **RUN)
+    # one "nucleus" as large as a tissue region: larger than a tile's margin, refused
+    blob = tmp_path / "blob.tif"
+    big = truth.copy()
+    big[300:700, 300:700] = 99999
+    tifffile.imwrite(blob, big)
+    with pytest.raises(InputError, match="nucleus 99999 of the labels blob.tif .* margin"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", tile=384, nuclei_labels=blob, **RUN)
+    with pytest.raises(InputError, match="drop segmentation='cellpose'"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=small,
+                      settings=AnalysisSettings(segmentation="cellpose"), **RUN)
+    with pytest.raises(InputError, match="labels_channel needs nuclei_labels"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", labels_channel=1, **RUN)
+    with pytest.raises(InputError, match="unknown segmentation 'otsu'"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x",
+                      settings=AnalysisSettings(segmentation="otsu"), **RUN)
+
+
+def test_cli_nuclei_labels(slide, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "qdmed", "image", "analyze",
+                               str(slide.path), "--no-progress", "--no-report", "--no-unmixed",
+                               *args], capture_output=True, text=True, timeout=600)
+
+    r = run("--out", str(tmp_path / "o"), "--nuclei-labels",
+            str(slide.path / "labels" / "nuclei"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["settings"]["segmentation"] == "labels"
+    r = run("--out", str(tmp_path / "o2"), "--nuclei-labels", str(tmp_path / "missing.tif"))
+    assert r.returncode == 2 and "missing.tif" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_labels_file_matches_each_slide_to_its_own_masks(tmp_path):
+    from qdmed.imaging._cohort import labels_file
+
+    for name in ("A.tif", "A_2_cp_masks.tif", "B_cp_masks.tif", "B_nuclei.tif", "C.ome.zarr",
+                 "notes.txt"):
+        (tmp_path / name).mkdir() if name.endswith(".zarr") else (tmp_path / name).touch()
+    stems = ["A", "A_2", "B", "C", "D"]
+    assert labels_file(tmp_path, "A.ome.tif", stems).name == "A.tif"
+    # A_2's masks are not A's, though their name starts with "A_"
+    assert labels_file(tmp_path, "A_2.ome.tif", stems).name == "A_2_cp_masks.tif"
+    assert labels_file(tmp_path, "C.qptiff", stems).name == "C.ome.zarr"
+    with pytest.raises(InputError, match="several .* B_cp_masks.tif, B_nuclei.tif"):
+        labels_file(tmp_path, "B.tif", stems)
+    with pytest.raises(InputError, match="no nuclei label image D.tif"):
+        labels_file(tmp_path, "D.tif", stems)
+
+
+def test_cohort_with_a_folder_of_masks(tmp_path):
+    folder, masks = tmp_path / "slides", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    truth = {}
+    for name, seed in (("a", 1), ("a_2", 2), ("b", 3)):
+        s = simulate_slide(folder / f"{name}.ome.zarr", (384, 384), preset="BT474", seed=seed,
+                           channel_names=list(PANEL.channel_names), tile=384,
+                           write_labels=True, **KW)
+        truth[name] = _truth_labels(s)
+    for name in ("a", "a_2"):  # b has no masks: failed, not segmented another way
+        tifffile.imwrite(masks / f"{name}_cp_masks.tif", truth[name].astype(np.uint16))
+    res = analyze_cohort(folder, PANEL, tmp_path / "out", scheduler="synchronous",
+                         progress=False, outlines=False, write_unmixed=False,
+                         nuclei_labels_dir=masks)
+    rows = {r["slide"]: r for r in res["slides"]}
+    assert rows["a.ome.zarr"]["status"] == rows["a_2.ome.zarr"]["status"] == "ok"
+    assert rows["b.ome.zarr"]["status"] == "failed"
+    assert "no nuclei label image b.tif" in rows["b.ome.zarr"]["message"]
+    import pandas as pd
+
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    for name in ("a", "a_2"):
+        got = cells.loc[cells["slide"] == f"{name}.ome.zarr", "nucleus_label"]
+        t = truth[name]
+        assert sorted(got.tolist()) == np.unique(t[t > 0]).tolist()
+    assert res["parameters"]["nuclei_labels_dir"] == str(masks)
