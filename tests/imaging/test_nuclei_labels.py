@@ -20,6 +20,7 @@ from qdmed.imaging import (
     analyze_field,
     analyze_slide,
     breast_panel_5plex,
+    cells_from_labels,
     nuclei_from_labels,
     simulate_field,
     simulate_slide,
@@ -111,7 +112,8 @@ def test_slide_tiles_own_each_given_nucleus_once(slide, tmp_path):
                           **RUN)
     assert tiled.summary["n_tiles"] == 9
     assert tiled.summary["settings"]["segmentation"] == "labels"
-    assert tiled.summary["nuclei_labels"]["channel"] == 0
+    assert tiled.summary["labels"]["nuclei"]["channel"] == 0
+    assert tiled.summary["labels"]["cells"] is None
     a, b = one.cells(), tiled.cells()
     truth = _truth_labels(slide)
     true_ids = np.unique(truth[truth > 0])
@@ -173,7 +175,7 @@ def test_labels_that_do_not_fit_the_slide_are_refused(slide, tmp_path):
     with pytest.raises(InputError, match="drop segmentation='cellpose'"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=small,
                       settings=AnalysisSettings(segmentation="cellpose"), **RUN)
-    with pytest.raises(InputError, match="labels_channel needs nuclei_labels"):
+    with pytest.raises(InputError, match=r"labels_channel \(--labels-channel\) needs nuclei_labels"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", labels_channel=1, **RUN)
     with pytest.raises(InputError, match="unknown segmentation 'otsu'"):
         analyze_slide(slide.path, PANEL, tmp_path / "x",
@@ -190,6 +192,11 @@ def test_cli_nuclei_labels(slide, tmp_path):
             str(slide.path / "labels" / "nuclei"), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["settings"]["segmentation"] == "labels"
+    r = run("--out", str(tmp_path / "o3"), "--nuclei-labels",
+            str(slide.path / "labels" / "nuclei"), "--cell-labels",
+            str(slide.path / "labels" / "cells"))
+    assert r.returncode == 0, r.stderr
+    assert "without a nucleus left out" in r.stdout
     r = run("--out", str(tmp_path / "o2"), "--nuclei-labels", str(tmp_path / "missing.tif"))
     assert r.returncode == 2 and "missing.tif" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -239,3 +246,95 @@ def test_cohort_with_a_folder_of_masks(tmp_path):
         t = truth[name]
         assert sorted(got.tolist()) == np.unique(t[t > 0]).tolist()
     assert res["parameters"]["nuclei_labels_dir"] == str(masks)
+
+
+def test_cells_from_labels_pairs_each_cell_with_the_nuclei_inside_it():
+    cells = np.array([[5, 5, 5, 0], [5, 5, 5, 0], [9, 9, 0, 0], [9, 9, 0, 7]])
+    nuc = np.array([[0, 3, 3, 0], [0, 3, 4, 0], [0, 0, 0, 0], [0, 0, 0, 8]])
+    nuclei, out, cell_ids, nucleus_ids, lost = cells_from_labels(cells, nuc)
+    # cell 5 holds nuclei 3 (3 px) and 4 (1 px): one nucleus compartment, labelled 3;
+    # cell 9 holds none and is left out; nucleus ids need not match cell ids
+    np.testing.assert_array_equal(out, [[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 2]])
+    np.testing.assert_array_equal(nuclei, [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0],
+                                           [0, 0, 0, 2]])
+    assert cell_ids.tolist() == [0, 5, 7, 9] and nucleus_ids.tolist() == [0, 3, 8, 0]
+    assert lost == 1
+
+
+def test_field_with_true_cells_keeps_their_outlines():
+    f = simulate_field((384, 384), preset="BT474", seed=3, **KW)
+    with pytest.raises(InputError, match="need nuclei labels too"):
+        analyze_field(f.image, PANEL, cells=f.cells)
+    fa = analyze_field(f.image, PANEL, nuclei=f.nuclei, cells=f.cells + 100 * (f.cells > 0))
+    t = fa.table.set_index("cell_label")
+    truth = f.truth.set_index("cell_id")
+    ids = t.index.to_numpy() - 100
+    # with a nucleus in the field: every true cell, with its exact area
+    with_nucleus = np.unique(f.cells[(f.nuclei > 0) & (f.cells > 0)])
+    assert sorted(ids.tolist()) == with_nucleus.tolist()
+    np.testing.assert_allclose(t["cell_area_um2"].to_numpy(),
+                               np.bincount(f.cells.ravel())[ids] * f.pixel_size_um ** 2)
+    assert (t["nucleus_label"].to_numpy() == ids).all()  # the synthetic ids are shared
+    assert fa.table.attrs["cells_without_nucleus"] == int(np.setdiff1d(
+        np.unique(f.cells[f.cells > 0]), with_nucleus).size)
+    # on the true outlines, the membrane HER2 follows the rendered truth closely
+    got = t["HER2_membrane_mean"].to_numpy()
+    want = truth.loc[ids, "HER2_membrane"].to_numpy()
+    ok = np.isfinite(got) & np.isfinite(want)
+    assert ok.mean() > 0.95 and np.corrcoef(got[ok], want[ok])[0, 1] > 0.9
+
+
+def test_slide_with_cell_and_nuclei_labels_tiles_alike(slide, tmp_path):
+    cells_dir = slide.path / "labels" / "cells"
+    nuc_dir = slide.path / "labels" / "nuclei"
+    one = analyze_slide(slide.path, PANEL, tmp_path / "one", tile=2048, outlines=False,
+                        nuclei_labels=nuc_dir, cell_labels=cells_dir, **RUN)
+    tiled = analyze_slide(slide.path, PANEL, tmp_path / "tiled", tile=384, outlines=False,
+                          nuclei_labels=nuc_dir, cell_labels=cells_dir, **RUN)
+    a, b = one.cells(), tiled.cells()
+    import zarr
+
+    g = zarr.open_group(str(slide.path), mode="r")
+    cl, nl = np.asarray(g["labels/cells/0"]), np.asarray(g["labels/nuclei/0"])
+    with_nucleus = np.unique(cl[(nl > 0) & (cl > 0)])
+    assert sorted(b["cell_label"].tolist()) == with_nucleus.tolist()
+    np.testing.assert_allclose(b["cell_area_um2"],
+                               np.bincount(cl.ravel())[b["cell_label"].to_numpy()] * 0.25)
+    m = a.merge(b, on="cell_label", suffixes=("_a", "_b"))
+    assert len(m) == len(a) == len(b)
+    for col in ("membrane_area_um2", "HER2_membrane_mean", "HER2_membrane_completeness"):
+        np.testing.assert_allclose(m[f"{col}_a"], m[f"{col}_b"], rtol=1e-9)
+    lost = int(np.setdiff1d(np.unique(cl[cl > 0]), with_nucleus).size)
+    assert one.summary["labels"]["cells_without_nucleus"] == lost
+    assert tiled.summary["labels"]["cells_without_nucleus"] == lost
+    assert tiled.summary["labels"]["cells"]["file"].endswith("cells")
+
+
+def test_cell_and_nuclei_labels_in_one_file(slide, tmp_path):
+    """Mesmer-style: whole-cell and nuclear masks as two channels of one TIFF; cells whose
+    nucleus was removed from the file are left out and counted."""
+    import zarr
+
+    g = zarr.open_group(str(slide.path), mode="r")
+    cl, nl = np.asarray(g["labels/cells/0"]), np.asarray(g["labels/nuclei/0"])
+    drop = np.unique(nl[nl > 0])[:5]
+    nl = np.where(np.isin(nl, drop), 0, nl)
+    path = tmp_path / "mesmer.ome.tif"
+    tifffile.imwrite(path, np.stack([cl, nl]).astype(np.int32), photometric="minisblack",
+                     metadata={"axes": "CYX", "Channel": {"Name": ["whole-cell", "nuclear"]}})
+    with pytest.raises(InputError, match="say which to read .*--cell-labels-channel"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path, labels_channel=1,
+                      cell_labels=path, **RUN)
+    with pytest.raises(InputError, match="same image"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path, labels_channel=1,
+                      cell_labels=path, cell_labels_channel="Nuclear", **RUN)
+    r = analyze_slide(slide.path, PANEL, tmp_path / "m", tile=512, outlines=False,
+                      nuclei_labels=path, labels_channel="nuclear", cell_labels=path,
+                      cell_labels_channel="whole-cell", **RUN)
+    with_nucleus = np.unique(cl[(nl > 0) & (cl > 0)])
+    assert sorted(r.cells()["cell_label"].tolist()) == with_nucleus.tolist()
+    assert not np.isin(drop, r.cells()["cell_label"]).any()
+    assert r.summary["labels"]["cells_without_nucleus"] == int(
+        np.setdiff1d(np.unique(cl[cl > 0]), with_nucleus).size)
+    with pytest.raises(InputError, match=r"cell_labels \(--cell-labels\) needs nuclei_labels"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", cell_labels=path, **RUN)

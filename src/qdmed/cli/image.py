@@ -480,6 +480,8 @@ def analyze(
     case_rule: CASE_RULE = "pooled",
     nuclei_labels: Annotated[Path | None, typer.Option("--nuclei-labels", help="Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath...): a label image (TIFF, OME-TIFF, OME-Zarr or an NGFF labels folder) pixel-aligned with the slide, 0 = background. Replaces qdmed's nuclear segmentation; cells.parquet gets nucleus_label.")] = None,
     labels_channel: LABELS_CHANNEL = None,
+    cell_labels: Annotated[Path | None, typer.Option("--cell-labels", help="Whole cells segmented elsewhere too (with --nuclei-labels; may be the same file, another channel): they replace qdmed's cell expansion. cells.parquet gets cell_label.")] = None,
+    cell_labels_channel: Annotated[str | None, typer.Option("--cell-labels-channel", help="The channel of --cell-labels holding the cells, by name or 0-based index.")] = None,
     segmentation: Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")] = "watershed",
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -510,7 +512,9 @@ def analyze(
                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
                         region_min_cells=region_min_cells, tma_map=tma_map,
                         case_rule=case_rule, tumour_regions=tumour_regions,
-                        nuclei_labels=nuclei_labels, labels_channel=_index_or_name(labels_channel))
+                        nuclei_labels=nuclei_labels, labels_channel=_index_or_name(labels_channel),
+                        cell_labels=cell_labels,
+                        cell_labels_channel=_index_or_name(cell_labels_channel))
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -519,8 +523,12 @@ def analyze(
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
             "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
-    if d.get("nuclei_labels"):
-        info["nuclei"] = f"from {Path(d['nuclei_labels']['file']).name}"
+    given = d.get("labels")
+    if given:
+        info["nuclei"] = f"from {Path(given['nuclei']['file']).name}"
+        if given["cells"]:
+            info["cells"] = (f"from {Path(given['cells']['file']).name} "
+                             f"({given['cells_without_nucleus']} without a nucleus left out)")
     sat = d.get("saturation") or {}
     info["saturated cells"] = (f"{sat['percent_scored_cells_saturated']:.1f} % of scored "
                                f"(ceiling {sat['level_adu']:g}, {sat['source']})"

@@ -26,6 +26,7 @@ import numpy as np
 
 from qdmed.errors import InputError
 from qdmed.imaging._geojson import cell_features, write_feature_collection
+from qdmed.imaging._given_labels import open_given_labels
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
     assign_regions,
@@ -134,7 +135,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
                   offset=(0, 0), residual: bool = True,
-                  detector_stats: bool = True, nuclei=None) -> FieldAnalysis:
+                  detector_stats: bool = True, nuclei=None, cells=None) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
     cells, measure every marker in every compartment. ``residual=False`` skips the
     goodness-of-fit map (``FieldAnalysis.residual`` is then None).
@@ -144,6 +145,10 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     segmentation: cells grow from these nuclei as from qdmed's own, the table gets
     ``nucleus_label`` (each cell's id in the given labels) and the settings record
     ``segmentation='labels'``. The size filter of the settings is not applied to them.
+    ``cells`` (whole-cell labels from the same place, with ``nuclei``) replaces the
+    expansion too (:func:`qdmed.imaging._cells.cells_from_labels`: each cell's nucleus is
+    the nuclear pixels inside it; a cell without any is left out, counted in
+    ``table.attrs['cells_without_nucleus']``); the table also gets ``cell_label``.
 
     The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
     detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
@@ -151,6 +156,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     the saturated pixels per channel (:mod:`qdmed.imaging._detector`; not counted with
     ``detector_stats=False``, as a slide tile counts its core only)."""
     from qdmed.imaging._cells import (
+        cells_from_labels,
         expand_cells,
         measure_cells,
         nuclei_from_labels,
@@ -163,6 +169,9 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     )
 
     s = settings or AnalysisSettings()
+    if cells is not None and nuclei is None:
+        raise InputError("cell labels need nuclei labels too (analyze_field(nuclei=...)): the "
+                         "nucleus compartment comes from them")
     if nuclei is not None:
         s = replace(s, segmentation="labels")
     elif s.segmentation == "labels":
@@ -178,8 +187,12 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     else:
         ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method,
                                 weights=s.unmix_weights, offset_adu=s.offset_adu), None
-    source_ids = None
-    if nuclei is not None:
+    source_ids = cell_ids = None
+    lost = 0
+    if cells is not None:
+        nuclei, cells, cell_ids, source_ids, lost = cells_from_labels(cells, nuclei,
+                                                                      ab.shape[:2])
+    elif nuclei is not None:
         nuclei, source_ids = nuclei_from_labels(nuclei, ab.shape[:2])
     else:
         nuclei = segment_nuclei(ab[..., comps.index(s.nuclear_marker)],
@@ -188,17 +201,22 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                                 max_area_um2=s.max_nucleus_area_um2, method=s.segmentation,
                                 threshold=s.nuclear_threshold if s.nuclear_threshold is not None
                                 else "otsu", offset=tuple(offset))
-    scales = s.membrane_scales or membrane_scales(ab, comps, s.membrane_markers)
-    memb = membrane_signal(ab, comps, scales)
-    cells = expand_cells(nuclei, expansion_um=s.expansion_um, pixel_size_um=s.pixel_size_um,
-                         membrane_image=memb, max_expansion_um=s.max_expansion_um,
-                         membrane_scale=1.0 if s.membrane_scales else None,
-                         offset=tuple(offset))
+    if cells is None:
+        scales = s.membrane_scales or membrane_scales(ab, comps, s.membrane_markers)
+        memb = membrane_signal(ab, comps, scales)
+        cells = expand_cells(nuclei, expansion_um=s.expansion_um,
+                             pixel_size_um=s.pixel_size_um, membrane_image=memb,
+                             max_expansion_um=s.max_expansion_um,
+                             membrane_scale=1.0 if s.membrane_scales else None,
+                             offset=tuple(offset))
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
                           offset=tuple(offset), completeness_threshold=s.completeness_threshold)
     if source_ids is not None:
         table["nucleus_label"] = source_ids[table["cell_id"].to_numpy()]
+    if cell_ids is not None:
+        table["cell_label"] = cell_ids[table["cell_id"].to_numpy()]
+        table.attrs["cells_without_nucleus"] = lost
     image = np.asarray(image_yxc)
     level, source = saturation_level(image.dtype, level=s.saturation_level)
     frac = cell_saturated_fraction(image, cells, level)
@@ -243,10 +261,10 @@ def nuclear_otsu(nuclear: np.ndarray, pixel_size_um: float) -> float:
 
 
 def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *,
-                          nuclei=None) -> AnalysisSettings:
+                          nuclei=None, cells=None) -> AnalysisSettings:
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
     reference region and return settings that fix them, so every tile uses the same values
-    (``nuclei``: the region's nuclei labels when they were segmented elsewhere)."""
+    (``nuclei``, ``cells``: the region's labels when they were segmented elsewhere)."""
     ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
                      weights=settings.unmix_weights, offset_adu=settings.offset_adu)
     comps = panel.components
@@ -271,7 +289,8 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
     if comp is None:
         fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
                                                      membrane_scales=scales or None),
-                           residual=False, detector_stats=False, nuclei=nuclei)
+                           residual=False, detector_stats=False, nuclei=nuclei,
+                           cells=cells)
         comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
     return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
                    membrane_scales=scales or None)
@@ -288,11 +307,12 @@ def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
 
 
 def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int,
-             index: int, outlines: bool = False, labels: tuple | None = None):
+             index: int, outlines: bool = False, labels=None):
     """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features, the
     tile core's quality-control numbers: per-channel saturation counts and ``blur``).
-    ``labels``: (path, channel index) of a nuclei label image aligned with the slide, read
-    over the same window instead of segmenting the nuclei."""
+    ``labels``: the slide's :class:`~qdmed.imaging._given_labels.GivenLabels` (nuclei, and
+    maybe cells, segmented elsewhere), read over the same window instead of segmenting;
+    the quality-control numbers then count ``cells_without_nucleus``."""
     from qdmed.imaging._detector import channel_stats
     from qdmed.imaging._focus import tile_blur
     from qdmed.imaging._slideio import read_slide
@@ -305,14 +325,16 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     py0, py1 = max(0, y0 - margin_px), min(h, y1 + margin_px)
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
-    nuclei = None if labels is None else \
-        read_slide(labels[0]).read_region(py0, py1, px0, px1)[..., labels[1]]
+    nuclei, given_cells = (None, None) if labels is None else labels.read(py0, py1, px0, px1)
     fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False,
-                       detector_stats=False, nuclei=nuclei)
+                       detector_stats=False, nuclei=nuclei, cells=given_cells)
     core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
     stats = channel_stats(region[core], s.saturation_level)
     stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
                               fa.nuclei[core])
+    if given_cells is not None:
+        stats["cells_without_nucleus"] = _cells_left_out(given_cells, fa.cells, (py0, px0),
+                                                         box)
     df = fa.table
     if len(df):
         cy, cx = df["centroid_y"].to_numpy(), df["centroid_x"].to_numpy()
@@ -323,7 +345,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         local_ids = df["cell_id"].to_numpy()[keep]
         if labels is not None:
             _check_not_cut(fa.cells, df.loc[keep], (py0 > 0, py1 < h, px0 > 0, px1 < w),
-                           labels[0], margin_px * s.pixel_size_um)
+                           labels, margin_px * s.pixel_size_um)
         if local_ids.size and int(local_ids.max()) >= CELL_ID_STRIDE:
             raise InputError(
                 f"tile {index} holds a cell id {int(local_ids.max())} >= {CELL_ID_STRIDE} (the "
@@ -340,7 +362,21 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     return df.reset_index(drop=True), feats, stats
 
 
-def _check_not_cut(cells, owned, inner_edges, labels_path, margin_um) -> None:
+def _cells_left_out(given_cells, cells, origin, box) -> int:
+    """Given cells of the window left out for want of a nuclear pixel, counted by the tile
+    that holds their centroid (so each is counted once on the slide)."""
+    from qdmed.imaging._cells import nuclei_from_labels
+
+    gone, _ = nuclei_from_labels(np.where(cells == 0, given_cells, 0), what="cell labels")
+    if not gone.any():
+        return 0
+    ids = np.arange(1, int(gone.max()) + 1)
+    cy, cx = _nucleus_centroids(gone, ids, *origin)
+    y0, y1, x0, x1 = box
+    return int(np.sum((cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)))
+
+
+def _check_not_cut(cells, owned, inner_edges, labels, margin_um) -> None:
     """Refuse a tile whose own cells (grown from a label image's nuclei) reach an edge of the
     window read around it that is not the slide's edge: their nucleus is larger than the
     margin allows (qdmed's own segmentation drops such objects by size), so the cell was
@@ -353,54 +389,14 @@ def _check_not_cut(cells, owned, inner_edges, labels_path, margin_um) -> None:
     on_edge = np.intersect1d(np.concatenate(edges), owned["cell_id"].to_numpy())
     if on_edge.size:
         row = owned[owned["cell_id"] == on_edge[0]].iloc[0]
+        what = (f"nucleus {int(row['nucleus_label'])} of the labels "
+                f"{Path(labels.nuclei.path).name}" if labels.cells is None else
+                f"cell {int(row['cell_label'])} of the labels {Path(labels.cells.path).name}")
         raise InputError(
-            f"nucleus {int(row['nucleus_label'])} of the labels {Path(labels_path).name} "
-            f"(near x={row['centroid_x']:.0f}, y={row['centroid_y']:.0f} px) reaches beyond "
-            f"the {margin_um:g} um margin read around its tile: it is larger than a nucleus "
-            "(is this a nuclear label image, at the slide's resolution?); raise margin_um "
-            "if the nuclei really are this large")
-
-
-SEGMENTATIONS = ("watershed", "cellpose", "stardist", "labels")
-
-
-def _open_nuclei_labels(nuclei_labels, labels_channel, shape_yx, segmentation: str):
-    """(path, channel index) of a slide's nuclei label image, checked against the slide's
-    (Y, X) shape and the settings' segmentation method; None without labels."""
-    from qdmed.imaging._panel import channel_index
-    from qdmed.imaging._slideio import read_slide
-
-    if segmentation not in SEGMENTATIONS:
-        raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
-                         f"{', '.join(SEGMENTATIONS)}")
-    if nuclei_labels is None:
-        if labels_channel is not None:
-            raise InputError("labels_channel needs nuclei_labels (--nuclei-labels)")
-        if segmentation == "labels":
-            raise InputError("segmentation 'labels' needs the nuclei label image "
-                             "(nuclei_labels, --nuclei-labels)")
-        return None
-    if segmentation not in ("watershed", "labels"):
-        raise InputError(f"nuclei_labels replace the nuclear segmentation; drop "
-                         f"segmentation={segmentation!r} or the labels")
-    lab = read_slide(nuclei_labels)
-    name = Path(nuclei_labels).name
-    if tuple(lab.shape[:2]) != tuple(shape_yx):
-        raise InputError(f"nuclei labels {name} are {lab.shape[0]} x {lab.shape[1]} px (Y x X) "
-                         f"but the slide is {shape_yx[0]} x {shape_yx[1]}: the labels must be "
-                         "pixel-aligned with the slide at full resolution")
-    if lab.dtype.kind not in "iuf":
-        raise InputError(f"nuclei labels {name} are of type {lab.dtype}; a label image holds "
-                         "integer ids (0 = background)")
-    if labels_channel is None:
-        if lab.shape[2] != 1:
-            raise InputError(f"nuclei labels {name} have {lab.shape[2]} channels "
-                             f"({', '.join(map(repr, lab.channel_names))}): say which holds "
-                             "the nuclei (labels_channel, --labels-channel)")
-        ch = 0
-    else:
-        ch = channel_index(labels_channel, lab.channel_names, f"nuclei labels {name}")
-    return str(Path(nuclei_labels)), ch
+            f"{what} (near x={row['centroid_x']:.0f}, y={row['centroid_y']:.0f} px) reaches "
+            f"beyond the {margin_um:g} um margin read around its tile: it is larger than a "
+            f"{'nucleus' if labels.cells is None else 'cell'} (is this the right label "
+            "image, at the slide's resolution?); raise margin_um if they really are this large")
 
 
 def _nucleus_centroids(nuclei, ids, oy, ox):
@@ -489,13 +485,13 @@ def _file_ident(path: Path) -> list:
 def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
                  outlines, labels=None) -> str:
     """Identity of a run: input file (:func:`_file_ident`), panel, settings, tiling,
-    outputs and the nuclei labels read (file identity and channel)."""
+    outputs and the label images read (:meth:`GivenLabels.ident`)."""
     doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": _file_ident(path),
            "panel": panel.to_yaml_dict(),
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px,
            "outlines": bool(outlines)}
     if labels is not None:
-        doc["labels"] = [labels[0], labels[1], _file_ident(Path(labels[0]))]
+        doc["labels"] = labels.ident()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -622,7 +618,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   exclude_flagged: tuple = (), per_region: bool | None = None,
                   region_min_cells: int = 100, tma_map=None,
                   case_rule: str = "pooled", tumour_regions=None, nuclei_labels=None,
-                  labels_channel=None) -> SlideResult:
+                  labels_channel=None, cell_labels=None,
+                  cell_labels_channel=None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -730,6 +727,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     labels_channel : str or int, optional
         The channel of `nuclei_labels` holding the nuclei when it has several (a name or a
         0-based index; e.g. Mesmer's whole-cell and nuclear masks in one file).
+    cell_labels, cell_labels_channel : path, str or int, optional
+        Whole cells segmented elsewhere too (with `nuclei_labels`; may be the same file,
+        another channel): they replace the expansion. Each cell's nucleus compartment is
+        the nuclear pixels inside it, a cell without any is left out (counted in the
+        summary, ``labels.cells_without_nucleus``), and cells.parquet gets ``cell_label``.
 
     Returns
     -------
@@ -783,7 +785,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
-    labels = _open_nuclei_labels(nuclei_labels, labels_channel, (h, w), s.segmentation)
+    labels = open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
+                               (h, w), s.segmentation)
     if labels is not None:
         s = replace(s, segmentation="labels")
     sat_level, sat_source = ceiling(
@@ -811,8 +814,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     ry0, rx0 = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry0, min(h, ry0 + reference_region_px), rx0,
                             min(w, rx0 + reference_region_px))
-    s = fix_global_thresholds(ref, panel, s, nuclei=None if labels is None else read_slide(
-        labels[0]).read_region(ry0, ry0 + ref.shape[0], rx0, rx0 + ref.shape[1])[..., labels[1]])
+    ref_nuclei, ref_cells = (None, None) if labels is None else labels.read(
+        ry0, ry0 + ref.shape[0], rx0, rx0 + ref.shape[1])
+    s = fix_global_thresholds(ref, panel, s, nuclei=ref_nuclei, cells=ref_cells)
     out = Path(out_dir)
     tiles_dir = out / "tiles"
     tiles_dir.mkdir(parents=True, exist_ok=True)
@@ -948,7 +952,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "panel": panel.to_dict(),
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),
-        "nuclei_labels": None if labels is None else {"file": labels[0], "channel": labels[1]},
+        "labels": None if labels is None else {
+            **labels.to_dict(), "cells_without_nucleus": None if labels.cells is None
+            else sum(int(q.get("cells_without_nucleus", 0)) for q in qc)},
         "autofluorescence": af_info,
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
         "n_tiles_resumed": len(boxes) - len(todo),

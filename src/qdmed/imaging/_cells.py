@@ -47,6 +47,7 @@ from qdmed.imaging._watershed import watershed
 __all__ = [
     "COMPARTMENTS",
     "Compartments",
+    "cells_from_labels",
     "compartments",
     "expand_cells",
     "measure_cells",
@@ -272,6 +273,55 @@ def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
         nz = np.flatnonzero(flat)
         nuclei.ravel()[nz] = np.searchsorted(ids, flat[nz]).astype(np.int32) + 1
     return nuclei, np.concatenate([[0], ids])
+
+
+def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None):
+    """Whole cells and nuclei segmented elsewhere (Mesmer's whole-cell and nuclear masks,
+    cellpose's cyto and nuclei models, QuPath's cell and nucleus labels), paired into the
+    pipeline's cells and nuclei with shared ids.
+
+    Each cell's nucleus compartment is the nuclear pixels inside it (two nuclei in one
+    cell make one nucleus compartment; nuclear pixels outside every cell are not used). A
+    cell without a nuclear pixel is left out: it has no nucleus compartment.
+
+    Parameters
+    ----------
+    cell_labels, nuclei_labels : (Y, X) array_like of label ids
+        As :func:`nuclei_from_labels` accepts them; their ids need not correspond.
+    shape_yx : (int, int), optional
+        The image's shape both must match.
+
+    Returns
+    -------
+    nuclei, cells : (Y, X) ndarray of int32
+        Cells numbered 1..n in the order of their given ids (those left out are 0), each
+        nucleus compartment with its cell's id.
+    cell_ids : (n + 1,) ndarray of int64
+        The given id of cell ``k``.
+    nucleus_ids : (n + 1,) ndarray of int64
+        The given id of the nucleus covering most of cell ``k``'s nuclear pixels (0 for a
+        cell left out).
+    n_without_nucleus : int
+        Cells left out for having no nuclear pixel.
+    """
+    cells, cell_ids = nuclei_from_labels(cell_labels, shape_yx, what="cell labels")
+    nuc, nuc_ids = nuclei_from_labels(nuclei_labels, cells.shape, what="nuclei labels")
+    inside = (nuc > 0) & (cells > 0)
+    nuclei = np.where(inside, cells, 0).astype(np.int32)
+    n = cell_ids.size - 1
+    has = np.bincount(nuclei.ravel(), minlength=n + 1) > 0
+    has[0] = False
+    cells = np.where(has[cells], cells, 0).astype(np.int32)
+    # the nucleus of each cell: the given nucleus with the most pixels inside it
+    pair_cell, pair_nuc = cells[inside], nuc[inside]
+    pairs, counts = np.unique(pair_cell.astype(np.int64) * (nuc_ids.size + 1) + pair_nuc,
+                              return_counts=True)
+    pc, pn = np.divmod(pairs, nuc_ids.size + 1)
+    order = np.lexsort((-counts, pc))  # by cell, most pixels first
+    first = order[np.r_[True, pc[order][1:] != pc[order][:-1]]] if order.size else order
+    nucleus_ids = np.zeros(n + 1, np.int64)
+    nucleus_ids[pc[first]] = nuc_ids[pn[first]]
+    return nuclei, cells, cell_ids, nucleus_ids, int(n - has.sum())
 
 
 #: Smallest separation of Otsu's two class means, in standard deviations of the lower
