@@ -338,3 +338,26 @@ def test_cell_and_nuclei_labels_in_one_file(slide, tmp_path):
         np.setdiff1d(np.unique(cl[cl > 0]), with_nucleus).size)
     with pytest.raises(InputError, match=r"cell_labels \(--cell-labels\) needs nuclei_labels"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", cell_labels=path, **RUN)
+
+
+def test_review_cases_large_ids_long_nuclei_and_masks_beside_slides(tmp_path):
+    from qdmed.imaging._cohort import labels_file
+
+    a = np.zeros((2, 4), np.uint64)
+    a[0, 0], a[0, 1], a[1, 0] = 2**53, 2**53 + 1, 2**53 + 2  # not exact in float64
+    nuclei, ids = nuclei_from_labels(a)
+    assert nuclei[0, :2].tolist() == [1, 2] and nuclei[1, 0] == 3
+    assert ids.tolist() == [0, 2**53, 2**53 + 1, 2**53 + 2]
+    with pytest.raises(InputError, match="below 2\\*\\*63"):
+        nuclei_from_labels(np.array([[2**64 - 1]], np.uint64))
+    # a long thin given nucleus stays whole in its cell (the expansion trims by radius)
+    f = simulate_field((336, 336), preset="BT474", seed=3, **KW)
+    lab = np.zeros((336, 336), np.uint32)
+    lab[150:156, 100:180] = 7
+    t = analyze_field(f.image, PANEL, nuclei=lab).table
+    assert len(t) == 1 and t["nucleus_area_um2"].iloc[0] + t["membrane_area_um2"].iloc[0] \
+        >= 480 * f.pixel_size_um ** 2 * 0.999
+    # masks kept beside the slides: the slide is never its own label image
+    for name in ("A.ome.tif", "A_cp_masks.tif"):
+        (tmp_path / name).touch()
+    assert labels_file(tmp_path, "A.ome.tif", ["A"]).name == "A_cp_masks.tif"

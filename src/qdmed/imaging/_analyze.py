@@ -209,6 +209,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                              max_expansion_um=s.max_expansion_um,
                              membrane_scale=1.0 if s.membrane_scales else None,
                              offset=tuple(offset))
+        if source_ids is not None:  # a given nucleus stays whole in its cell (the
+            cells = np.where(nuclei > 0, nuclei, cells)  # expansion trims long ones)
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
                           offset=tuple(offset), completeness_threshold=s.completeness_threshold)
@@ -344,7 +346,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         del cy, cx
         local_ids = df["cell_id"].to_numpy()[keep]
         if labels is not None:
-            _check_not_cut(fa.cells, df.loc[keep], (py0 > 0, py1 < h, px0 > 0, px1 < w),
+            _check_not_cut(np.maximum(fa.cells, fa.nuclei), df.loc[keep], (py0 > 0, py1 < h, px0 > 0, px1 < w),
                            labels, margin_px * s.pixel_size_um)
         if local_ids.size and int(local_ids.max()) >= CELL_ID_STRIDE:
             raise InputError(

@@ -267,11 +267,14 @@ def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
                          f"{int(arr.min())}.")
     flat = arr.ravel()
     ids = np.unique(flat)
-    ids = ids[ids != 0].astype(np.int64)
+    ids = ids[ids != 0]  # in the file's type: searchsorted then compares exactly
+    if ids.size and int(ids[-1]) > np.iinfo(np.int64).max:
+        raise InputError(f"{what} hold ids up to {int(ids[-1])}; accepted: ids below 2**63.")
     nuclei = np.zeros(arr.shape, np.int32)
     if ids.size:
         nz = np.flatnonzero(flat)
         nuclei.ravel()[nz] = np.searchsorted(ids, flat[nz]).astype(np.int32) + 1
+    ids = ids.astype(np.int64)
     return nuclei, np.concatenate([[0], ids])
 
 

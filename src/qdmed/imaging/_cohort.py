@@ -87,7 +87,7 @@ def labels_file(labels_dir, slide_name: str, stems=()) -> Path:
     stem = slide_stem(slide_name)
     d = Path(labels_dir)
     images = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
-                    and not p.name.startswith("."))
+                    and not p.name.startswith(".") and p.name != slide_name)  # not the slide
     exact = [p for p in images if slide_stem(p.name) == stem]
     if len(exact) == 1:
         return exact[0]
