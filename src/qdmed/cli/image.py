@@ -525,9 +525,9 @@ def analyze(
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
     given = d.get("labels")
     if given:
-        info["nuclei"] = f"from {Path(given['nuclei']['file']).name}"
+        info["nuclei"] = f"from {given['nuclei']['file']}"
         if given["cells"]:
-            info["cells"] = (f"from {Path(given['cells']['file']).name} "
+            info["cells"] = (f"from {given['cells']['file']} "
                              f"({given['cells_without_nucleus']} without a nucleus left out)")
     sat = d.get("saturation") or {}
     info["saturated cells"] = (f"{sat['percent_scored_cells_saturated']:.1f} % of scored "

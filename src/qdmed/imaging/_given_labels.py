@@ -68,8 +68,10 @@ def open_label_image(path, channel, shape_yx, what: str, option: str) -> LabelIm
     from qdmed.imaging._panel import channel_index
     from qdmed.imaging._slideio import read_slide
 
-    lab = read_slide(path)
     name = Path(path).name
+    if not Path(path).exists():
+        raise InputError(f"{what} file {str(path)!r} does not exist")
+    lab = read_slide(path)
     if tuple(lab.shape[:2]) != tuple(shape_yx):
         raise InputError(f"{what} {name} are {lab.shape[0]} x {lab.shape[1]} px (Y x X) but the "
                          f"slide is {shape_yx[0]} x {shape_yx[1]}: the labels must be "
