@@ -35,6 +35,7 @@ from qdmed.imaging._region_scores import (
     score_cells,
     score_slide_regions,
 )
+from qdmed.imaging._slideio import file_ident
 
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
@@ -346,7 +347,8 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         del cy, cx
         local_ids = df["cell_id"].to_numpy()[keep]
         if labels is not None:
-            _check_not_cut(np.maximum(fa.cells, fa.nuclei), df.loc[keep], (py0 > 0, py1 < h, px0 > 0, px1 < w),
+            # fa.cells hold every given nucleus whole (analyze_field), so cells suffice
+            _check_not_cut(fa.cells, df.loc[keep], (py0 > 0, py1 < h, px0 > 0, px1 < w),
                            labels, margin_px * s.pixel_size_um)
         if local_ids.size and int(local_ids.max()) >= CELL_ID_STRIDE:
             raise InputError(
@@ -469,26 +471,11 @@ def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
     return [f"{b}: {w}" for b in blocks for w in (summary.get(b) or {}).get("warnings", [])]
 
 
-def _file_ident(path: Path) -> list:
-    """A file's size and mtime; for an OME-Zarr folder every file's size and the newest
-    mtime."""
-    if path.is_file():
-        st = path.stat()
-        return [st.st_size, st.st_mtime]
-    sizes, newest = 0, 0.0
-    for f in path.rglob("*"):
-        if f.is_file():
-            st = f.stat()
-            sizes += st.st_size
-            newest = max(newest, st.st_mtime)
-    return [sizes, newest]
-
-
 def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
                  outlines, labels=None) -> str:
-    """Identity of a run: input file (:func:`_file_ident`), panel, settings, tiling,
-    outputs and the label images read (:meth:`GivenLabels.ident`)."""
-    doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": _file_ident(path),
+    """Identity of a run: input file (:func:`~qdmed.imaging._slideio.file_ident`), panel,
+    settings, tiling, outputs and the label images read (:meth:`GivenLabels.ident`)."""
+    doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": file_ident(path),
            "panel": panel.to_yaml_dict(),
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px,
            "outlines": bool(outlines)}

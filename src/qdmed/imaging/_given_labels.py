@@ -52,9 +52,9 @@ class GivenLabels:
     def ident(self) -> list:
         """What identifies the labels read (for a run's fingerprint): files, their sizes
         and times, and channels."""
-        from qdmed.imaging._analyze import _file_ident
+        from qdmed.imaging._slideio import file_ident
 
-        return [[li.path, li.channel, _file_ident(Path(li.path))]
+        return [[li.path, li.channel, file_ident(Path(li.path))]
                 for li in (self.nuclei, self.cells) if li is not None]
 
     def to_dict(self) -> dict:

@@ -1124,3 +1124,18 @@ def read_truth(directory: str | os.PathLike) -> dict[str, Any]:
     except (OSError, ValueError, tifffile.TiffFileError) as e:
         raise FileFormatError(f"truth folder {str(d)!r}: {type(e).__name__}: {e}") from e
     return out
+
+
+def file_ident(path: Path) -> list:
+    """A slide file's identity for resuming runs: its size and mtime; for an OME-Zarr folder
+    every file's size and the newest mtime."""
+    if path.is_file():
+        st = path.stat()
+        return [st.st_size, st.st_mtime]
+    sizes, newest = 0, 0.0
+    for f in path.rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            sizes += st.st_size
+            newest = max(newest, st.st_mtime)
+    return [sizes, newest]
