@@ -217,6 +217,8 @@ def test_labels_file_matches_each_slide_to_its_own_masks(tmp_path):
         labels_file(tmp_path, "B.tif", stems)
     with pytest.raises(InputError, match="no nuclei label image D.tif"):
         labels_file(tmp_path, "D.tif", stems)
+    with pytest.raises(InputError, match="no cell label image D.tif"):
+        labels_file(tmp_path, "D.tif", stems, "cell")
 
 
 def test_cohort_with_a_folder_of_masks(tmp_path):
@@ -246,6 +248,48 @@ def test_cohort_with_a_folder_of_masks(tmp_path):
         t = truth[name]
         assert sorted(got.tolist()) == np.unique(t[t > 0]).tolist()
     assert res["parameters"]["nuclei_labels_dir"] == str(masks)
+
+
+def test_cli_cohort_with_mesmer_masks_of_cells_and_nuclei(tmp_path):
+    """A cohort whose masks hold whole cells and nuclei as two channels of one file per
+    slide (Mesmer's output): the same folder for both, told apart by channel."""
+    folder, masks = tmp_path / "slides", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    import zarr
+
+    want = {}
+    for name, seed in (("p1", 4), ("p2", 6)):
+        s = simulate_slide(folder / f"{name}.ome.zarr", (384, 384), preset="BT474", seed=seed,
+                           channel_names=list(PANEL.channel_names), tile=384,
+                           write_labels=True, **KW)
+        g = zarr.open_group(str(s.path), mode="r")
+        cl, nl = np.asarray(g["labels/cells/0"]), np.asarray(g["labels/nuclei/0"])
+        tifffile.imwrite(masks / f"{name}_mesmer.ome.tif", np.stack([cl, nl]).astype(np.int32),
+                         photometric="minisblack",
+                         metadata={"axes": "CYX", "Channel": {"Name": ["whole-cell", "nuclear"]}})
+        want[f"{name}.ome.zarr"] = np.unique(cl[(nl > 0) & (cl > 0)]).tolist()
+    with pytest.raises(InputError, match="needs the nuclei labels folder"):
+        analyze_cohort(folder, PANEL, tmp_path / "x", cell_labels_dir=masks, **RUN)
+    with pytest.raises(InputError, match="cell labels folder .*nowhere.* does not exist"):
+        analyze_cohort(folder, PANEL, tmp_path / "x", nuclei_labels_dir=masks,
+                       cell_labels_dir=tmp_path / "nowhere", **RUN)
+    r = subprocess.run([sys.executable, "-m", "qdmed", "image", "cohort", str(folder),
+                        "--out", str(tmp_path / "out"), "--scheduler", "synchronous",
+                        "--no-progress", "--no-unmixed", "--no-outlines", "--json",
+                        "--nuclei-labels-dir", str(masks), "--labels-channel", "nuclear",
+                        "--cell-labels-dir", str(masks), "--cell-labels-channel", "0"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["parameters"]["cell_labels_dir"] == str(masks)
+    assert res["parameters"]["cell_labels_channel"] == 0
+    import pandas as pd
+
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    for slide_name, ids in want.items():
+        got = cells.loc[cells["slide"] == slide_name, "cell_label"]
+        assert sorted(got.tolist()) == ids
 
 
 def test_cells_from_labels_pairs_each_cell_with_the_nuclei_inside_it():

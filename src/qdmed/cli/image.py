@@ -28,6 +28,7 @@ TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,cas
 CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
 REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
 LABELS_CHANNEL = Annotated[str | None, typer.Option("--labels-channel", help="The channel of the nuclei label images holding the nuclei, by name or 0-based index, when they have several.")]
+CELL_LABELS_CHANNEL = Annotated[str | None, typer.Option("--cell-labels-channel", help="The channel of the cell label images holding the cells, by name or 0-based index, when they have several.")]
 PATTERN = Annotated[str | None, typer.Option("--pattern", help="Only the slides whose names match this shell pattern, case ignored (e.g. '*_component_data.tif' in an inForm export folder).")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
@@ -481,7 +482,7 @@ def analyze(
     nuclei_labels: Annotated[Path | None, typer.Option("--nuclei-labels", help="Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath...): a label image (TIFF, OME-TIFF, OME-Zarr or an NGFF labels folder) pixel-aligned with the slide, 0 = background. Replaces qdmed's nuclear segmentation; cells.parquet gets nucleus_label.")] = None,
     labels_channel: LABELS_CHANNEL = None,
     cell_labels: Annotated[Path | None, typer.Option("--cell-labels", help="Whole cells segmented elsewhere too (with --nuclei-labels; may be the same file, another channel): they replace qdmed's cell expansion. cells.parquet gets cell_label.")] = None,
-    cell_labels_channel: Annotated[str | None, typer.Option("--cell-labels-channel", help="The channel of --cell-labels holding the cells, by name or 0-based index.")] = None,
+    cell_labels_channel: CELL_LABELS_CHANNEL = None,
     segmentation: Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")] = "watershed",
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -729,6 +730,8 @@ def cohort(
     pattern: PATTERN = None,
     nuclei_labels_dir: Annotated[Path | None, typer.Option("--nuclei-labels-dir", help="Folder of each slide's nuclei segmented elsewhere: <stem>.tif (or .ome.tif, .ome.zarr) or one <stem>_*.tif such as cellpose's <stem>_cp_masks.tif; replaces qdmed's nuclear segmentation.")] = None,
     labels_channel: LABELS_CHANNEL = None,
+    cell_labels_dir: Annotated[Path | None, typer.Option("--cell-labels-dir", help="Folder of each slide's whole cells segmented elsewhere too (found like the nuclei; may be the nuclei folder when each file holds both, as channels); replaces qdmed's cell expansion.")] = None,
+    cell_labels_channel: CELL_LABELS_CHANNEL = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -749,7 +752,9 @@ def cohort(
                          case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern,
                          case_map=case_map, case_from_name=case_from_name,
                          nuclei_labels_dir=nuclei_labels_dir,
-                         labels_channel=_index_or_name(labels_channel))
+                         labels_channel=_index_or_name(labels_channel),
+                         cell_labels_dir=cell_labels_dir,
+                         cell_labels_channel=_index_or_name(cell_labels_channel))
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

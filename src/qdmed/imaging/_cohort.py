@@ -78,12 +78,12 @@ def regions_file(regions_dir, slide_name: str) -> Path | None:
     return None
 
 
-def labels_file(labels_dir, slide_name: str, stems=()) -> Path:
-    """The nuclei label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
+def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> Path:
+    """The label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
     (``A.tif``, ``A.ome.zarr``...), else the one ``<stem>_<anything>`` image (cellpose's
     ``A_cp_masks.tif``, ``A_nuclei.tif``) that no longer slide stem among `stems` claims
     (``A_2_cp_masks.tif`` belongs to slide ``A_2``, not ``A``). InputError when there is
-    none, or several."""
+    none, or several; `what` ("nuclei" or "cell") names the labels in it."""
     stem = slide_stem(slide_name)
     d = Path(labels_dir)
     images = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
@@ -98,10 +98,11 @@ def labels_file(labels_dir, slide_name: str, stems=()) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise InputError(f"no nuclei label image {stem}.tif (or {stem}_*.tif, .ome.tif, "
+        raise InputError(f"no {what} label image {stem}.tif (or {stem}_*.tif, .ome.tif, "
                          f".ome.zarr...) in {labels_dir}")
-    raise InputError(f"several nuclei label images for {slide_name} in {labels_dir}: "
-                     f"{', '.join(p.name for p in found[:5])}; keep one")
+    raise InputError(f"several {what} label images for {slide_name} in {labels_dir}: "
+                     f"{', '.join(p.name for p in found[:5])}; keep one (nuclei and cell "
+                     "masks as separate files go in separate folders)")
 
 
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
@@ -115,7 +116,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    case_rule: str = "pooled", tumour_regions_dir=None,
                    pattern: str | None = None, case_map=None,
                    case_from_name: str | None = None, nuclei_labels_dir=None,
-                   labels_channel=None) -> dict:
+                   labels_channel=None, cell_labels_dir=None,
+                   cell_labels_channel=None) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -159,7 +161,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     Mesmer...), found by :func:`labels_file` (``<stem>.tif`` or e.g. cellpose's
     ``<stem>_cp_masks.tif``) and read as :func:`analyze_slide`'s ``nuclei_labels`` (with
     ``labels_channel``); a slide without one is reported as failed, so that every slide of
-    the cohort is segmented the same way."""
+    the cohort is segmented the same way. ``cell_labels_dir`` (with nuclei labels) likewise
+    holds each slide's whole cells, read as ``cell_labels`` (with ``cell_labels_channel``);
+    it may be the nuclei folder itself when each slide has one file with both, as channels
+    (Mesmer's nuclear and whole-cell masks)."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -203,6 +208,16 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                          "is not a folder")
     if labels_channel is not None and nuclei_labels_dir is None:
         raise InputError("labels_channel needs a nuclei labels folder (--nuclei-labels-dir)")
+    if cell_labels_dir is not None:
+        if nuclei_labels_dir is None:
+            raise InputError("a cell labels folder (--cell-labels-dir) needs the nuclei "
+                             "labels folder too (--nuclei-labels-dir): each cell's nucleus "
+                             "comes from it")
+        if not Path(cell_labels_dir).is_dir():
+            raise InputError(f"cell labels folder {str(cell_labels_dir)!r} does not exist or "
+                             "is not a folder")
+    if cell_labels_channel is not None and cell_labels_dir is None:
+        raise InputError("cell_labels_channel needs a cell labels folder (--cell-labels-dir)")
     slides = find_slides(folder, required=True, pattern=pattern)
     stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
@@ -239,6 +254,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                              f".json) in {tumour_regions_dir}")
                     labels = None if nuclei_labels_dir is None else \
                         labels_file(nuclei_labels_dir, sp.name, stems)
+                    cells = None if cell_labels_dir is None else \
+                        labels_file(cell_labels_dir, sp.name, stems, "cell")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,
@@ -255,7 +272,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         region_min_cells=region_min_cells,
                                         tma_map=tma_map, case_rule=case_rule,
                                         tumour_regions=tum, nuclei_labels=labels,
-                                        labels_channel=labels_channel)
+                                        labels_channel=labels_channel, cell_labels=cells,
+                                        cell_labels_channel=cell_labels_channel)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -393,6 +411,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else str(tumour_regions_dir),
                               "nuclei_labels_dir": None if nuclei_labels_dir is None
                               else str(nuclei_labels_dir), "labels_channel": labels_channel,
+                              "cell_labels_dir": None if cell_labels_dir is None
+                              else str(cell_labels_dir),
+                              "cell_labels_channel": cell_labels_channel,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,
