@@ -69,6 +69,29 @@ def test_nuclei_from_labels_refuses_what_is_not_a_label_image(bad, match):
         nuclei_from_labels(bad)
 
 
+def test_binary_masks_and_ids_reused_per_tile_are_refused(slide, tmp_path):
+    """A binary (semantic) mask gives every nucleus one id, and a mask stitched from tiles
+    each numbered from 1 gives one id to nuclei far apart: measured as is, either would
+    make giant objects. A label with one stray piece besides its object is accepted."""
+    truth = _truth_labels(slide)
+    with pytest.raises(InputError, match="label 1 covers [0-9]+ separate regions: .*binary"):
+        nuclei_from_labels(truth > 0)
+    per_tile = np.zeros_like(truth)
+    for y in range(0, truth.shape[0], 256):
+        for x in range(0, truth.shape[1], 256):
+            block = truth[y:y + 256, x:x + 256]
+            _, per_tile[y:y + 256, x:x + 256] = np.unique(block, return_inverse=True)
+    with pytest.raises(InputError, match="numbered anew per tile"):
+        nuclei_from_labels(per_tile, what="masks.tif")
+    stray = truth.copy()
+    stray[0:3, 0:3] = stray[truth > 0][0]  # a second piece of one nucleus, far from it
+    nuclei_from_labels(stray)
+    path = tmp_path / "binary.tif"
+    tifffile.imwrite(path, (truth > 0).astype(np.uint8) * 255)
+    with pytest.raises(InputError, match="label 255 covers"):
+        analyze_slide(slide.path, PANEL, tmp_path / "b", tile=512, nuclei_labels=path, **RUN)
+
+
 def test_field_with_true_nuclei_measures_every_true_nucleus():
     f = simulate_field((384, 384), preset="BT474", seed=3, **KW)
     fa = analyze_field(f.image, PANEL, nuclei=f.nuclei * 10 + 5 * (f.nuclei > 0))

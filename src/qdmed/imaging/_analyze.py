@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._cells import LABEL_NAMES
 from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._given_labels import open_given_labels
 from qdmed.imaging._panel import Panel
@@ -136,7 +137,9 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
                   offset=(0, 0), residual: bool = True,
-                  detector_stats: bool = True, nuclei=None, cells=None) -> FieldAnalysis:
+                  detector_stats: bool = True, nuclei=None, cells=None,
+                  label_names: tuple[str, str] = LABEL_NAMES
+                  ) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
     cells, measure every marker in every compartment. ``residual=False`` skips the
     goodness-of-fit map (``FieldAnalysis.residual`` is then None).
@@ -150,6 +153,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     expansion too (:func:`qdmed.imaging._cells.cells_from_labels`: each cell's nucleus is
     the nuclear pixels inside it; a cell without any is left out, counted in
     ``table.attrs['cells_without_nucleus']``); the table also gets ``cell_label``.
+    ``label_names`` name the two in errors (e.g. with their files).
 
     The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
     detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
@@ -191,10 +195,10 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     source_ids = cell_ids = None
     lost = 0
     if cells is not None:
-        nuclei, cells, cell_ids, source_ids, lost = cells_from_labels(cells, nuclei,
-                                                                      ab.shape[:2])
+        nuclei, cells, cell_ids, source_ids, lost = cells_from_labels(
+            cells, nuclei, ab.shape[:2], names=label_names)
     elif nuclei is not None:
-        nuclei, source_ids = nuclei_from_labels(nuclei, ab.shape[:2])
+        nuclei, source_ids = nuclei_from_labels(nuclei, ab.shape[:2], what=label_names[0])
     else:
         nuclei = segment_nuclei(ab[..., comps.index(s.nuclear_marker)],
                                 pixel_size_um=s.pixel_size_um,
@@ -264,10 +268,13 @@ def nuclear_otsu(nuclear: np.ndarray, pixel_size_um: float) -> float:
 
 
 def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *,
-                          nuclei=None, cells=None) -> AnalysisSettings:
+                          nuclei=None, cells=None,
+                          label_names: tuple[str, str] = LABEL_NAMES
+                          ) -> AnalysisSettings:
     """Estimate the nuclear threshold (Otsu) and the membrane-completeness thresholds on a
     reference region and return settings that fix them, so every tile uses the same values
-    (``nuclei``, ``cells``: the region's labels when they were segmented elsewhere)."""
+    (``nuclei``, ``cells``: the region's labels when they were segmented elsewhere, named
+    in errors by ``label_names``)."""
     ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
                      weights=settings.unmix_weights, offset_adu=settings.offset_adu)
     comps = panel.components
@@ -293,7 +300,7 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
         fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
                                                      membrane_scales=scales or None),
                            residual=False, detector_stats=False, nuclei=nuclei,
-                           cells=cells)
+                           cells=cells, label_names=label_names)
         comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
     return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
                    membrane_scales=scales or None)
@@ -330,7 +337,8 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     region = slide.read_region(py0, py1, px0, px1)
     nuclei, given_cells = (None, None) if labels is None else labels.read(py0, py1, px0, px1)
     fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False,
-                       detector_stats=False, nuclei=nuclei, cells=given_cells)
+                       detector_stats=False, nuclei=nuclei, cells=given_cells,
+                       label_names=_label_names(labels))
     core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
     stats = channel_stats(region[core], s.saturation_level)
     stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
@@ -364,6 +372,11 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
         df["tile"] = np.array([], dtype=np.int32)
         feats = []
     return df.reset_index(drop=True), feats, stats
+
+
+def _label_names(labels) -> tuple[str, str]:
+    """How a slide's given labels are named in errors (the defaults when there are none)."""
+    return LABEL_NAMES if labels is None else labels.names()
 
 
 def _cells_left_out(given_cells, cells, origin, box) -> int:
@@ -805,7 +818,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                             min(w, rx0 + reference_region_px))
     ref_nuclei, ref_cells = (None, None) if labels is None else labels.read(
         ry0, ry0 + ref.shape[0], rx0, rx0 + ref.shape[1])
-    s = fix_global_thresholds(ref, panel, s, nuclei=ref_nuclei, cells=ref_cells)
+    s = fix_global_thresholds(ref, panel, s, nuclei=ref_nuclei, cells=ref_cells,
+                              label_names=_label_names(labels))
     out = Path(out_dir)
     tiles_dir = out / "tiles"
     tiles_dir.mkdir(parents=True, exist_ok=True)

@@ -215,6 +215,10 @@ def segment_nuclei(
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
 
 
+#: How given nuclei and cell labels are named in errors when no file names them.
+LABEL_NAMES = ("nuclei labels", "cell labels")
+
+
 def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath, inForm...) as the
@@ -242,7 +246,8 @@ def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
     ------
     InputError
         Not 2-D, a shape other than `shape_yx`, non-numeric, non-finite, fractional or
-        negative values.
+        negative values; a label covering more than two separate regions (a binary or
+        semantic mask, or ids reused per tile).
     """
     arr = np.asarray(labels)
     if arr.ndim != 2:
@@ -275,10 +280,45 @@ def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
         nz = np.flatnonzero(flat)
         nuclei.ravel()[nz] = np.searchsorted(ids, flat[nz]).astype(np.int32) + 1
     ids = ids.astype(np.int64)
+    _check_one_object_per_id(nuclei, ids, what)
     return nuclei, np.concatenate([[0], ids])
 
 
-def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None):
+#: A label whose bounding box reaches this many pixels on either side is checked for being
+#: one object (smaller ones cannot hold regions far apart; the check then costs ~nothing).
+_SPREAD_PX = 64
+#: Separate regions (8-connected, of at least _PIECE_PX pixels) that make a label more
+#: than one object. Segmenters occasionally give an object a second stray piece; a binary or
+#: semantic mask, or ids numbered anew in every tile or field, give one id hundreds.
+_MAX_PIECES = 2
+_PIECE_PX = 4
+
+
+def _check_one_object_per_id(labels: np.ndarray, ids: np.ndarray, what: str) -> None:
+    """InputError when a label (renumbered 1..n, given ids `ids`) covers several separate
+    regions: a binary or semantic mask (one id for every nucleus) or ids reused per tile
+    would otherwise be measured as one giant object."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None or (box[0].stop - box[0].start < _SPREAD_PX
+                           and box[1].stop - box[1].start < _SPREAD_PX):
+            continue
+        regions, n = ndimage.label(labels[box] == k, structure=eight)
+        if n <= _MAX_PIECES:
+            continue
+        pieces = int(np.sum(np.bincount(regions.ravel())[1:] >= _PIECE_PX))
+        if pieces > _MAX_PIECES:
+            raise InputError(
+                f"{what}: label {int(ids[k - 1])} covers {pieces} separate regions: this "
+                "looks like a binary or semantic mask, or ids numbered anew per tile, not a "
+                "label image with one id per object. Give each object its own id (for a "
+                "binary mask, e.g. skimage.measure.label(mask)).")
+
+
+def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None, *,
+                      names: tuple[str, str] = LABEL_NAMES):
     """Whole cells and nuclei segmented elsewhere (Mesmer's whole-cell and nuclear masks,
     cellpose's cyto and nuclei models, QuPath's cell and nucleus labels), paired into the
     pipeline's cells and nuclei with shared ids.
@@ -293,6 +333,8 @@ def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None):
         As :func:`nuclei_from_labels` accepts them; their ids need not correspond.
     shape_yx : (int, int), optional
         The image's shape both must match.
+    names : (str, str)
+        How the nuclei and the cell labels are named in error messages (e.g. their files).
 
     Returns
     -------
@@ -307,8 +349,8 @@ def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None):
     n_without_nucleus : int
         Cells left out for having no nuclear pixel.
     """
-    cells, cell_ids = nuclei_from_labels(cell_labels, shape_yx, what="cell labels")
-    nuc, nuc_ids = nuclei_from_labels(nuclei_labels, cells.shape, what="nuclei labels")
+    cells, cell_ids = nuclei_from_labels(cell_labels, shape_yx, what=names[1])
+    nuc, nuc_ids = nuclei_from_labels(nuclei_labels, cells.shape, what=names[0])
     inside = (nuc > 0) & (cells > 0)
     nuclei = np.where(inside, cells, 0).astype(np.int32)
     n = cell_ids.size - 1

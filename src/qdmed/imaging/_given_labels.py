@@ -49,6 +49,11 @@ class GivenLabels:
         return (self.nuclei.read(y0, y1, x0, x1),
                 None if self.cells is None else self.cells.read(y0, y1, x0, x1))
 
+    def names(self) -> tuple[str, str | None]:
+        """How the nuclei and the cell labels are named in errors: with their files."""
+        return (f"nuclei labels {Path(self.nuclei.path).name}",
+                None if self.cells is None else f"cell labels {Path(self.cells.path).name}")
+
     def ident(self) -> list:
         """What identifies the labels read (for a run's fingerprint): files, their sizes
         and times, and channels."""
