@@ -182,6 +182,74 @@ def test_labels_as_tiff_with_channels_and_resume(slide, tmp_path):
     assert third.cells()["nucleus_label"].min() > 2000
 
 
+@pytest.mark.parametrize("size", ["ceil", "floor"])
+def test_downsampled_label_image_reads_back_block_by_block(tmp_path, size):
+    """A label pixel of a downsample-3 file covers its 3 x 3 block of slide pixels from the
+    top-left corner; slide pixels beyond a floor-sized file's last pixel are background."""
+    from qdmed.imaging._given_labels import LabelImage
+
+    rng = np.random.default_rng(1)
+    h, w = 100, 77  # not multiples of 3
+    shape = (-(-h // 3), -(-w // 3)) if size == "ceil" else (h // 3, w // 3)
+    small = rng.integers(0, 50, shape).astype(np.uint16)
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, small)
+    full = np.zeros((h, w), np.uint16)
+    up = np.repeat(np.repeat(small, 3, 0), 3, 1)[:h, :w]
+    full[: up.shape[0], : up.shape[1]] = up
+    li = LabelImage(str(path), 0, 3)
+    for y0, y1, x0, x1 in ((0, h, 0, w), (1, 50, 2, 31), (47, 100, 60, 77), (99, 100, 76, 77),
+                           (5, 6, 5, 6)):
+        np.testing.assert_array_equal(li.read(y0, y1, x0, x1), full[y0:y1, x0:x1])
+
+
+def test_slide_with_labels_at_a_downsample(slide, tmp_path):
+    """QuPath-style labels exported at downsample 2: every nucleus that survives the
+    downsampling is found once, whatever the tiling, with 4 slide pixels per label pixel;
+    a wrong or missing factor is refused, naming the right one."""
+    truth = _truth_labels(slide)
+    half = truth[::2, ::2]
+    path = tmp_path / "half.tif"
+    tifffile.imwrite(path, half.astype(np.uint32))
+    with pytest.raises(InputError, match=r"points to a downsample of 2: give labels_downsample=2"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path, **RUN)
+    with pytest.raises(InputError, match="at a downsample of 3; their size points to .* 2"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
+                      labels_downsample=3, **RUN)
+    with pytest.raises(InputError, match="labels_downsample must be a whole number"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
+                      labels_downsample=2.5, **RUN)
+    # the same as its nearest-neighbour upsampling given at full resolution, whatever the
+    # tiling
+    full = tmp_path / "full.tif"
+    up = np.repeat(np.repeat(half, 2, 0), 2, 1)
+    tifffile.imwrite(full, up.astype(np.uint32))
+    one = analyze_slide(slide.path, PANEL, tmp_path / "one", tile=2048, outlines=False,
+                        nuclei_labels=full, **RUN)
+    tiled = analyze_slide(slide.path, PANEL, tmp_path / "tiled", tile=384, outlines=False,
+                          nuclei_labels=path, labels_downsample=2, **RUN)
+    assert tiled.summary["labels"]["nuclei"]["downsample"] == 2
+    a, b = one.cells(), tiled.cells()
+    assert sorted(b["nucleus_label"].tolist()) == np.unique(half[half > 0]).tolist()
+    m = a.merge(b, on="nucleus_label", suffixes=("_a", "_b"))
+    assert len(m) == len(a) == len(b)
+    for col in ("nucleus_area_um2", "cell_area_um2", "HER2_membrane_mean", "ER_nucleus_mean"):
+        np.testing.assert_allclose(m[f"{col}_a"], m[f"{col}_b"], rtol=1e-9)
+    # 4 slide pixels per label pixel (the membrane may take some where a nucleus reaches
+    # its cell's boundary: compartments())
+    want = np.bincount(half.ravel())[b["nucleus_label"].to_numpy()] * 4 * 0.25
+    assert (b["nucleus_area_um2"].to_numpy() <= want).all()
+    assert np.mean(b["nucleus_area_um2"].to_numpy() == want) > 0.95
+    # an OME-TIFF recording its pixel size: 0.5 um/px is the slide's own, not a downsample
+    ome = tmp_path / "half.ome.tif"
+    tifffile.imwrite(ome, half.astype(np.uint32), metadata={"axes": "YX", "PhysicalSizeX": 0.5,
+                                                             "PhysicalSizeY": 0.5})
+    with pytest.raises(InputError, match="record 0.5 um per pixel and the slide 0.5: a "
+                                         "downsample of 1, not 2"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=ome,
+                      labels_downsample=2, **RUN)
+
+
 def test_labels_that_do_not_fit_the_slide_are_refused(slide, tmp_path):
     truth = _truth_labels(slide)
     small = tmp_path / "small.tif"
@@ -294,6 +362,8 @@ def test_cli_cohort_with_mesmer_masks_of_cells_and_nuclei(tmp_path):
         want[f"{name}.ome.zarr"] = np.unique(cl[(nl > 0) & (cl > 0)]).tolist()
     with pytest.raises(InputError, match="needs the nuclei labels folder"):
         analyze_cohort(folder, PANEL, tmp_path / "x", cell_labels_dir=masks, **RUN)
+    with pytest.raises(InputError, match="labels_downsample needs a nuclei labels folder"):
+        analyze_cohort(folder, PANEL, tmp_path / "x", labels_downsample=2, **RUN)
     with pytest.raises(InputError, match="cell labels folder .*nowhere.* does not exist"):
         analyze_cohort(folder, PANEL, tmp_path / "x", nuclei_labels_dir=masks,
                        cell_labels_dir=tmp_path / "nowhere", **RUN)

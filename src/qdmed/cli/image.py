@@ -28,6 +28,7 @@ TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,cas
 CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
 REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
 LABELS_CHANNEL = Annotated[str | None, typer.Option("--labels-channel", help="The channel of the nuclei label images holding the nuclei, by name or 0-based index, when they have several.")]
+LABELS_DOWNSAMPLE = Annotated[int, typer.Option("--labels-downsample", help="Slide pixels per label pixel when the label images were made at a whole-number downsample of the slide (e.g. a QuPath export at downsample 4); each label pixel covers its block of slide pixels.")]
 CELL_LABELS_CHANNEL = Annotated[str | None, typer.Option("--cell-labels-channel", help="The channel of the cell label images holding the cells, by name or 0-based index, when they have several.")]
 PATTERN = Annotated[str | None, typer.Option("--pattern", help="Only the slides whose names match this shell pattern, case ignored (e.g. '*_component_data.tif' in an inForm export folder).")]
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
@@ -483,6 +484,7 @@ def analyze(
     labels_channel: LABELS_CHANNEL = None,
     cell_labels: Annotated[Path | None, typer.Option("--cell-labels", help="Whole cells segmented elsewhere too (with --nuclei-labels; may be the same file, another channel): they replace qdmed's cell expansion. cells.parquet gets cell_label.")] = None,
     cell_labels_channel: CELL_LABELS_CHANNEL = None,
+    labels_downsample: LABELS_DOWNSAMPLE = 1,
     segmentation: Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")] = "watershed",
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -515,7 +517,8 @@ def analyze(
                         case_rule=case_rule, tumour_regions=tumour_regions,
                         nuclei_labels=nuclei_labels, labels_channel=_index_or_name(labels_channel),
                         cell_labels=cell_labels,
-                        cell_labels_channel=_index_or_name(cell_labels_channel))
+                        cell_labels_channel=_index_or_name(cell_labels_channel),
+                        labels_downsample=labels_downsample)
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
@@ -732,6 +735,7 @@ def cohort(
     labels_channel: LABELS_CHANNEL = None,
     cell_labels_dir: Annotated[Path | None, typer.Option("--cell-labels-dir", help="Folder of each slide's whole cells segmented elsewhere too (found like the nuclei; may be the nuclei folder when each file holds both, as channels); replaces qdmed's cell expansion.")] = None,
     cell_labels_channel: CELL_LABELS_CHANNEL = None,
+    labels_downsample: LABELS_DOWNSAMPLE = 1,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -754,7 +758,8 @@ def cohort(
                          nuclei_labels_dir=nuclei_labels_dir,
                          labels_channel=_index_or_name(labels_channel),
                          cell_labels_dir=cell_labels_dir,
-                         cell_labels_channel=_index_or_name(cell_labels_channel))
+                         cell_labels_channel=_index_or_name(cell_labels_channel),
+                        labels_downsample=labels_downsample)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

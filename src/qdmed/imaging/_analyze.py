@@ -621,7 +621,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   region_min_cells: int = 100, tma_map=None,
                   case_rule: str = "pooled", tumour_regions=None, nuclei_labels=None,
                   labels_channel=None, cell_labels=None,
-                  cell_labels_channel=None) -> SlideResult:
+                  cell_labels_channel=None, labels_downsample: int = 1) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -734,6 +734,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         another channel): they replace the expansion. Each cell's nucleus compartment is
         the nuclear pixels inside it, a cell without any is left out (counted in the
         summary, ``labels.cells_without_nucleus``), and cells.parquet gets ``cell_label``.
+    labels_downsample : int
+        Slide pixels per label pixel along each axis, when the label images were made at a
+        whole-number downsample of the slide (QuPath's labelled-image export at
+        ``downsample(4)``, cellpose run on a reduced image): each label pixel is repeated
+        over its block of slide pixels (nearest neighbour, from the top-left corner). A
+        label image whose size (or recorded pixel size) points to another factor is
+        refused, naming it.
 
     Returns
     -------
@@ -788,7 +795,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
     labels = open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
-                               (h, w), s.segmentation)
+                               (h, w), s.segmentation, labels_downsample, slide.pixel_size_um)
     if labels is not None:
         s = replace(s, segmentation="labels")
     sat_level, sat_source = ceiling(

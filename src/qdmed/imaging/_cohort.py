@@ -117,7 +117,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    pattern: str | None = None, case_map=None,
                    case_from_name: str | None = None, nuclei_labels_dir=None,
                    labels_channel=None, cell_labels_dir=None,
-                   cell_labels_channel=None) -> dict:
+                   cell_labels_channel=None, labels_downsample: int = 1) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -164,7 +164,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     the cohort is segmented the same way. ``cell_labels_dir`` (with nuclei labels) likewise
     holds each slide's whole cells, read as ``cell_labels`` (with ``cell_labels_channel``);
     it may be the nuclei folder itself when each slide has one file with both, as channels
-    (Mesmer's nuclear and whole-cell masks)."""
+    (Mesmer's nuclear and whole-cell masks). ``labels_downsample``: the label images'
+    whole-number downsample of their slides, as :func:`analyze_slide` takes it."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (
@@ -218,6 +219,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                              "is not a folder")
     if cell_labels_channel is not None and cell_labels_dir is None:
         raise InputError("cell_labels_channel needs a cell labels folder (--cell-labels-dir)")
+    from qdmed.imaging._given_labels import check_downsample
+
+    labels_downsample = check_downsample(labels_downsample)
+    if labels_downsample != 1 and nuclei_labels_dir is None:
+        raise InputError("labels_downsample needs a nuclei labels folder (--nuclei-labels-dir)")
     slides = find_slides(folder, required=True, pattern=pattern)
     stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
@@ -273,7 +279,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         tma_map=tma_map, case_rule=case_rule,
                                         tumour_regions=tum, nuclei_labels=labels,
                                         labels_channel=labels_channel, cell_labels=cells,
-                                        cell_labels_channel=cell_labels_channel)
+                                        cell_labels_channel=cell_labels_channel,
+                                        labels_downsample=labels_downsample)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -414,6 +421,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "cell_labels_dir": None if cell_labels_dir is None
                               else str(cell_labels_dir),
                               "cell_labels_channel": cell_labels_channel,
+                              "labels_downsample": labels_downsample,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,

@@ -2,9 +2,16 @@
 slide's nuclei, and optionally its whole cells, in place of qdmed's segmentation.
 
 A label image is any slide file qdmed reads (TIFF, OME-TIFF, OME-Zarr, an NGFF
-``labels/<name>`` folder) pixel-aligned with the slide at full resolution, 0 = background and
-one id per object; a file with several channels (Mesmer writes its whole-cell and nuclear
-masks together) names the one to read. Each tile reads its window of it, as of the slide.
+``labels/<name>`` folder) pixel-aligned with the slide, 0 = background and one id per
+object; a file with several channels (Mesmer writes its whole-cell and nuclear masks
+together) names the one to read. Each tile reads its window of it, as of the slide.
+
+It is at the slide's full resolution, or at a whole-number downsample of it (QuPath's
+labelled-image export scripts set ``downsample(4)`` and the like; cellpose is often run on a
+reduced image): each label pixel then stands for a ``downsample x downsample`` block of
+slide pixels from the slide's top-left corner, read back by nearest-neighbour repetition
+(outlines become blocky, areas are multiples of the block). The factor is given, never
+guessed; a mismatched size suggests it.
 """
 
 from __future__ import annotations
@@ -26,15 +33,29 @@ class LabelImage:
 
     path: str
     channel: int
+    downsample: int = 1  # slide pixels per label pixel, along each axis
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """The labels of the window ``[y0:y1, x0:x1]`` as a (Y, X) array."""
+        """The labels of the slide window ``[y0:y1, x0:x1]`` as a (Y, X) array (slide
+        pixels; beyond a downsampled file's last pixel, background)."""
         from qdmed.imaging._slideio import read_slide
 
-        return read_slide(self.path).read_region(y0, y1, x0, x1)[..., self.channel]
+        src = read_slide(self.path)
+        f = self.downsample
+        if f == 1:
+            return src.read_region(y0, y1, x0, x1)[..., self.channel]
+        h, w = src.shape[:2]
+        ly0, lx0 = min(h, y0 // f), min(w, x0 // f)
+        ly1, lx1 = min(h, -(-y1 // f)), min(w, -(-x1 // f))
+        block = src.read_region(ly0, ly1, lx0, lx1)[..., self.channel]
+        up = np.repeat(np.repeat(block, f, axis=0), f, axis=1)
+        up = up[y0 - ly0 * f: y1 - ly0 * f, x0 - lx0 * f: x1 - lx0 * f]
+        out = np.zeros((y1 - y0, x1 - x0), dtype=block.dtype)
+        out[: up.shape[0], : up.shape[1]] = up
+        return out
 
     def to_dict(self) -> dict:
-        return {"file": self.path, "channel": self.channel}
+        return {"file": self.path, "channel": self.channel, "downsample": self.downsample}
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class GivenLabels:
         and times, and channels."""
         from qdmed.imaging._slideio import file_ident
 
-        return [[li.path, li.channel, file_ident(Path(li.path))]
+        return [[li.path, li.channel, li.downsample, file_ident(Path(li.path))]
                 for li in (self.nuclei, self.cells) if li is not None]
 
     def to_dict(self) -> dict:
@@ -67,9 +88,41 @@ class GivenLabels:
                 "cells": None if self.cells is None else self.cells.to_dict()}
 
 
-def open_label_image(path, channel, shape_yx, what: str, option: str) -> LabelImage:
+def check_downsample(downsample) -> int:
+    """The label images' downsample factor: a whole number >= 1."""
+    try:
+        f = int(downsample)
+    except (TypeError, ValueError):
+        f = 0
+    if isinstance(downsample, bool) or f != downsample or f < 1:
+        raise InputError(f"labels_downsample must be a whole number >= 1 (slide pixels per "
+                         f"label pixel); got {downsample!r}. Labels exported at a fractional "
+                         "downsample must be resampled to a whole-number one first")
+    return f
+
+
+def _fits(n_label: int, n_slide: int, f: int) -> bool:
+    """A downsample by `f` of `n_slide` pixels has floor, rounded or ceil(n_slide / f)."""
+    return n_slide // f <= n_label <= -(-n_slide // f)
+
+
+def _likely_downsample(lab_shape, shape_yx, lab_ps, slide_ps) -> int | None:
+    """The whole-number downsample a label image's size (or pixel size) points to."""
+    if lab_ps and slide_ps:
+        f = round(lab_ps / slide_ps)
+        if f >= 1 and abs(lab_ps / (slide_ps * f) - 1) < 0.02:
+            return f
+    for f in range(2, 129):
+        if all(_fits(n, m, f) for n, m in zip(lab_shape, shape_yx, strict=True)):
+            return f
+    return None
+
+
+def open_label_image(path, channel, shape_yx, what: str, option: str, downsample: int = 1,
+                     slide_pixel_size_um: float | None = None) -> LabelImage:
     """The channel of the label image at `path` to read, checked against the slide's (Y, X)
-    shape; `what` names it in errors ("nuclei labels") and `option` its channel option."""
+    shape at `downsample` (and against its pixel size when both files record one); `what`
+    names it in errors ("nuclei labels") and `option` its channel option."""
     from qdmed.imaging._panel import channel_index
     from qdmed.imaging._slideio import read_slide
 
@@ -77,10 +130,23 @@ def open_label_image(path, channel, shape_yx, what: str, option: str) -> LabelIm
     if not Path(path).exists():
         raise InputError(f"{what} file {str(path)!r} does not exist")
     lab = read_slide(path)
-    if tuple(lab.shape[:2]) != tuple(shape_yx):
-        raise InputError(f"{what} {name} are {lab.shape[0]} x {lab.shape[1]} px (Y x X) but the "
-                         f"slide is {shape_yx[0]} x {shape_yx[1]}: the labels must be "
-                         "pixel-aligned with the slide at full resolution")
+    f = downsample
+    if not all(_fits(n, m, f) for n, m in zip(lab.shape[:2], shape_yx, strict=True)):
+        at = "full resolution" if f == 1 else f"a downsample of {f}"
+        hint = _likely_downsample(lab.shape[:2], shape_yx, lab.pixel_size_um,
+                                  slide_pixel_size_um)
+        raise InputError(
+            f"{what} {name} are {lab.shape[0]} x {lab.shape[1]} px (Y x X) but the slide is "
+            f"{shape_yx[0]} x {shape_yx[1]}: the labels must be pixel-aligned with the slide "
+            f"at {at}" + ("" if hint is None or hint == f else
+                          f"; their size points to a downsample of {hint}: give "
+                          f"labels_downsample={hint} (--labels-downsample {hint})"))
+    if f > 1 and lab.pixel_size_um and slide_pixel_size_um and abs(
+            lab.pixel_size_um / (slide_pixel_size_um * f) - 1) > 0.02:
+        raise InputError(
+            f"{what} {name} record {lab.pixel_size_um:g} um per pixel and the slide "
+            f"{slide_pixel_size_um:g}: a downsample of "
+            f"{lab.pixel_size_um / slide_pixel_size_um:.3g}, not {f}")
     if lab.dtype.kind not in "iuf":
         raise InputError(f"{what} {name} are of type {lab.dtype}; a label image holds integer "
                          "ids (0 = background)")
@@ -89,15 +155,18 @@ def open_label_image(path, channel, shape_yx, what: str, option: str) -> LabelIm
             raise InputError(f"{what} {name} have {lab.shape[2]} channels "
                              f"({', '.join(map(repr, lab.channel_names))}): say which to read "
                              f"({option})")
-        return LabelImage(str(Path(path)), 0)
+        return LabelImage(str(Path(path)), 0, f)
     return LabelImage(str(Path(path)), channel_index(channel, lab.channel_names,
-                                                     f"{what} {name}"))
+                                                     f"{what} {name}"), f)
 
 
 def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
-                      shape_yx, segmentation: str) -> GivenLabels | None:
+                      shape_yx, segmentation: str, downsample=1,
+                      slide_pixel_size_um: float | None = None) -> GivenLabels | None:
     """A slide's label images, checked (None when none is given), and the settings'
-    segmentation method against them."""
+    segmentation method against them; both label images are at `downsample` (slide pixels
+    per label pixel)."""
+    downsample = check_downsample(downsample)
     if segmentation not in SEGMENTATIONS:
         raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
                          f"{', '.join(SEGMENTATIONS)}")
@@ -111,6 +180,9 @@ def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_ch
         if segmentation == "labels":
             raise InputError("segmentation 'labels' needs the nuclei label image "
                              "(nuclei_labels, --nuclei-labels)")
+        if downsample != 1:
+            raise InputError("labels_downsample (--labels-downsample) needs nuclei_labels "
+                             "(--nuclei-labels)")
         return None
     if segmentation not in ("watershed", "labels"):
         raise InputError(f"nuclei_labels replace the nuclear segmentation; drop "
@@ -119,10 +191,11 @@ def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_ch
         raise InputError("cell_labels_channel (--cell-labels-channel) needs cell_labels "
                          "(--cell-labels)")
     nuclei = open_label_image(nuclei_labels, labels_channel, shape_yx, "nuclei labels",
-                              "labels_channel, --labels-channel")
+                              "labels_channel, --labels-channel", downsample,
+                              slide_pixel_size_um)
     cells = None if cell_labels is None else open_label_image(
         cell_labels, cell_labels_channel, shape_yx, "cell labels",
-        "cell_labels_channel, --cell-labels-channel")
+        "cell_labels_channel, --cell-labels-channel", downsample, slide_pixel_size_um)
     if cells is not None and cells == nuclei:
         raise InputError(f"the cell labels and the nuclei labels are the same image "
                          f"({Path(cells.path).name}, channel {cells.channel}); give each its "
