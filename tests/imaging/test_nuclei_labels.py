@@ -86,6 +86,20 @@ def test_binary_masks_and_ids_reused_per_tile_are_refused(slide, tmp_path):
     stray = truth.copy()
     stray[0:3, 0:3] = stray[truth > 0][0]  # a second piece of one nucleus, far from it
     nuclei_from_labels(stray)
+    # specks next to an object count as they would at the file's resolution, repeated 4x
+    speck = np.zeros((60, 60), np.int32)
+    speck[5:55, 5:55] = 7
+    speck[1, 1] = speck[1, 58] = speck[58, 1] = 7
+    nuclei_from_labels(np.repeat(np.repeat(speck, 4, 0), 4, 1))
+    # a tile window cuts an irregular object into pieces that join outside it: accepted
+    comb = np.zeros((100, 100), np.int32)
+    comb[60:70, 5:95] = 3
+    for x in (5, 30, 55, 80):
+        comb[70:95, x:x + 10] = 3
+    nuclei_from_labels(comb)
+    nuclei_from_labels(comb[75:])  # four teeth, each cut by the window's top edge
+    with pytest.raises(InputError, match="label 3 covers 4 separate regions"):
+        nuclei_from_labels(np.pad(comb[75:], 1))  # the same teeth inside the window
     path = tmp_path / "binary.tif"
     tifffile.imwrite(path, (truth > 0).astype(np.uint8) * 255)
     with pytest.raises(InputError, match="label 255 covers"):
@@ -240,14 +254,21 @@ def test_slide_with_labels_at_a_downsample(slide, tmp_path):
     want = np.bincount(half.ravel())[b["nucleus_label"].to_numpy()] * 4 * 0.25
     assert (b["nucleus_area_um2"].to_numpy() <= want).all()
     assert np.mean(b["nucleus_area_um2"].to_numpy() == want) > 0.95
-    # an OME-TIFF recording its pixel size: 0.5 um/px is the slide's own, not a downsample
+    # a downsampled export that copied the slide's pixel size: the given factor rules
     ome = tmp_path / "half.ome.tif"
     tifffile.imwrite(ome, half.astype(np.uint32), metadata={"axes": "YX", "PhysicalSizeX": 0.5,
                                                              "PhysicalSizeY": 0.5})
-    with pytest.raises(InputError, match="record 0.5 um per pixel and the slide 0.5: a "
-                                         "downsample of 1, not 2"):
-        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=ome,
-                      labels_downsample=2, **RUN)
+    r = analyze_slide(slide.path, PANEL, tmp_path / "ome", tile=2048, outlines=False,
+                      nuclei_labels=ome, labels_downsample=2, **RUN)
+    assert r.summary["n_cells"] == one.summary["n_cells"]
+    # full-resolution labels given a factor: the message says 1
+    with pytest.raises(InputError, match="points to a downsample of 1: give labels_downsample=1"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=full,
+                      labels_downsample=4, **RUN)
+    for bad in (float("inf"), np.True_, 0, -2, "2"):
+        with pytest.raises(InputError, match="labels_downsample must be a whole number"):
+            analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
+                          labels_downsample=bad, **RUN)
 
 
 def test_labels_that_do_not_fit_the_slide_are_refused(slide, tmp_path):

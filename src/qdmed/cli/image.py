@@ -404,6 +404,35 @@ def unmix(slide: Path, panel_file: PANEL = None,
 
 
 @app.command()
+def rasterize(
+    objects: Path,
+    slide: Annotated[Path, typer.Option("--slide", help="The slide the objects were drawn on: the label image gets its size and pixel size.")],
+    out: Annotated[Path, typer.Option("--out", help="The label image to write (OME-Zarr): channels nuclei and, when the objects have cell outlines, cells.")] = Path("labels.ome.zarr"),
+    no_progress: NOPROG = False,
+    json_: JSON = False,
+):
+    """Draw cells or detections exported from QuPath as GeoJSON (or any polygons) into a label
+    image pixel-aligned with the slide, for --nuclei-labels / --cell-labels (which also take
+    the GeoJSON itself)."""
+    from qdmed.imaging._rasterize import read_label_objects, write_object_labels
+    from qdmed.imaging._slideio import read_slide
+
+    src = read_slide(slide)
+    objs = read_label_objects(objects)
+    path = write_object_labels(objs, src.shape[:2], out, pixel_size_um=src.pixel_size_um,
+                               progress=not no_progress)
+    d = {**objs.to_dict(), "labels": str(path), "shape_yx": list(src.shape[:2]),
+         "channels": ["nuclei"] + ([] if objs.cells is None else ["cells"])}
+    if json_:
+        return print_json(d)
+    print_kv(f"Objects {objects.name}", {
+        "objects": d["n_objects"], "nuclei": d["n_nuclei"], "cells": d["n_cells"],
+        "label image": f"{path} ({', '.join(d['channels'])}; "
+                       f"{d['shape_yx'][0]} x {d['shape_yx'][1]} px)"})
+    return None
+
+
+@app.command()
 def tma(
     slide: Path,
     out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
@@ -759,7 +788,7 @@ def cohort(
                          labels_channel=_index_or_name(labels_channel),
                          cell_labels_dir=cell_labels_dir,
                          cell_labels_channel=_index_or_name(cell_labels_channel),
-                        labels_downsample=labels_downsample)
+                         labels_downsample=labels_downsample)
     if json_:
         print_json(res)
         if res["n_ok"] == 0:

@@ -734,6 +734,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         another channel): they replace the expansion. Each cell's nucleus compartment is
         the nuclear pixels inside it, a cell without any is left out (counted in the
         summary, ``labels.cells_without_nucleus``), and cells.parquet gets ``cell_label``.
+        Either may instead be a GeoJSON file of QuPath cells or detections (File > Export
+        objects as GeoJSON; :mod:`qdmed.imaging._rasterize`): drawn once into
+        ``given_labels.ome.zarr`` in `out_dir` (nuclei from detections or from cells'
+        nucleus outlines; cells, when `cell_labels` names the same file, from the cell
+        outlines) and read from there.
     labels_downsample : int
         Slide pixels per label pixel along each axis, when the label images were made at a
         whole-number downsample of the slide (QuPath's labelled-image export at
@@ -794,6 +799,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
+
+    objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None
+    nuclei_labels, labels_channel, cell_labels, cell_labels_channel = objects_as_labels(
+        nuclei_labels, labels_channel, cell_labels, cell_labels_channel, labels_downsample,
+        (h, w), out_dir, slide.pixel_size_um)
     labels = open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
                                (h, w), s.segmentation, labels_downsample, slide.pixel_size_um)
     if labels is not None:
@@ -963,7 +974,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),
         "labels": None if labels is None else {
-            **labels.to_dict(), "cells_without_nucleus": None if labels.cells is None
+            **labels.to_dict(), "objects": objects_file,
+            "cells_without_nucleus": None if labels.cells is None
             else sum(int(q.get("cells_without_nucleus", 0)) for q in qc)},
         "autofluorescence": af_info,
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),

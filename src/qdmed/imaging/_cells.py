@@ -287,11 +287,16 @@ def nuclei_from_labels(labels, shape_yx=None, *, what: str = "nuclei labels"
 #: A label whose bounding box reaches this many pixels on either side is checked for being
 #: one object (smaller ones cannot hold regions far apart; the check then costs ~nothing).
 _SPREAD_PX = 64
-#: Separate regions (8-connected, of at least _PIECE_PX pixels) that make a label more
-#: than one object. Segmenters occasionally give an object a second stray piece; a binary or
-#: semantic mask, or ids numbered anew in every tile or field, give one id hundreds.
+#: Separate regions (8-connected) that make a label more than one object. Segmenters
+#: occasionally give an object a second stray piece; a binary or semantic mask, or ids
+#: numbered anew in every tile or field, give one id hundreds. A region counts when it has at
+#: least _PIECE_PX pixels and 1/_PIECE_FRACTION of the label's largest region (so that
+#: specks count alike at any resolution, e.g. in labels repeated from a downsampled file),
+#: and the regions touching the array's edge count as one (they may join outside it: a tile
+#: reads a window of the labels).
 _MAX_PIECES = 2
 _PIECE_PX = 4
+_PIECE_FRACTION = 20
 
 
 def _check_one_object_per_id(labels: np.ndarray, ids: np.ndarray, what: str) -> None:
@@ -299,22 +304,35 @@ def _check_one_object_per_id(labels: np.ndarray, ids: np.ndarray, what: str) -> 
     regions: a binary or semantic mask (one id for every nucleus) or ids reused per tile
     would otherwise be measured as one giant object."""
     from scipy import ndimage
+    from skimage.measure import label as regions_of
 
-    eight = np.ones((3, 3), bool)
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None or (box[0].stop - box[0].start < _SPREAD_PX
-                           and box[1].stop - box[1].start < _SPREAD_PX):
-            continue
-        regions, n = ndimage.label(labels[box] == k, structure=eight)
-        if n <= _MAX_PIECES:
-            continue
-        pieces = int(np.sum(np.bincount(regions.ravel())[1:] >= _PIECE_PX))
-        if pieces > _MAX_PIECES:
-            raise InputError(
-                f"{what}: label {int(ids[k - 1])} covers {pieces} separate regions: this "
-                "looks like a binary or semantic mask, or ids numbered anew per tile, not a "
-                "label image with one id per object. Give each object its own id (for a "
-                "binary mask, e.g. skimage.measure.label(mask)).")
+    wide = [k for k, box in enumerate(ndimage.find_objects(labels), start=1)
+            if box is not None and (box[0].stop - box[0].start >= _SPREAD_PX
+                                    or box[1].stop - box[1].start >= _SPREAD_PX)]
+    if not wide:
+        return
+    sub = np.where(np.isin(labels, wide), labels, 0)
+    regions = regions_of(sub, background=0, connectivity=2)  # same-label 8-connected
+    n = int(regions.max())
+    size = np.bincount(regions.ravel(), minlength=n + 1)
+    owner = np.zeros(n + 1, np.int64)
+    owner[regions.ravel()] = sub.ravel()
+    edge = np.zeros(n + 1, bool)
+    for side in (regions[0], regions[-1], regions[:, 0], regions[:, -1]):
+        edge[side] = True
+    largest = np.zeros(ids.size + 1, np.int64)
+    np.maximum.at(largest, owner[1:], size[1:])
+    counts = (size >= _PIECE_PX) & (size * _PIECE_FRACTION >= largest[owner])
+    counts[0] = False
+    pieces = np.bincount(owner[counts & ~edge], minlength=ids.size + 1) + (
+        np.bincount(owner[counts & edge], minlength=ids.size + 1) > 0)
+    k = int(np.argmax(pieces))
+    if pieces[k] > _MAX_PIECES:
+        raise InputError(
+            f"{what}: label {int(ids[k - 1])} covers {int(pieces[k])} separate regions: this "
+            "looks like a binary or semantic mask, or ids numbered anew per tile, not a "
+            "label image with one id per object. Give each object its own id (for a "
+            "binary mask, e.g. skimage.measure.label(mask)).")
 
 
 def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None, *,

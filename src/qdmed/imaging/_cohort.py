@@ -78,28 +78,46 @@ def regions_file(regions_dir, slide_name: str) -> Path | None:
     return None
 
 
+def _labels_stem(name: str) -> str:
+    """The slide stem a label file is named for: without its image suffix, or without
+    ``.geojson``/``.json`` and then the slide's suffix (QuPath names an export after the
+    image: ``A.ome.tif.geojson``)."""
+    from qdmed.imaging._rasterize import OBJECT_SUFFIXES
+
+    low = name.lower()
+    for suf in OBJECT_SUFFIXES:
+        if low.endswith(suf):
+            return slide_stem(name[: -len(suf)])
+    return slide_stem(name)
+
+
 def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> Path:
     """The label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
-    (``A.tif``, ``A.ome.zarr``...), else the one ``<stem>_<anything>`` image (cellpose's
+    (``A.tif``, ``A.ome.zarr``...) or GeoJSON objects (``A.geojson``, QuPath's
+    ``A.ome.tif.geojson``), else the one ``<stem>_<anything>`` image (cellpose's
     ``A_cp_masks.tif``, ``A_nuclei.tif``) that no longer slide stem among `stems` claims
     (``A_2_cp_masks.tif`` belongs to slide ``A_2``, not ``A``). InputError when there is
     none, or several; `what` ("nuclei" or "cell") names the labels in it."""
+    from qdmed.imaging._rasterize import OBJECT_SUFFIXES
+
     stem = slide_stem(slide_name)
     d = Path(labels_dir)
-    images = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
+    images = sorted(p for p in d.iterdir()
+                    if p.name.lower().endswith(SLIDE_SUFFIXES + OBJECT_SUFFIXES)
                     and not p.name.startswith(".") and p.name != slide_name)  # not the slide
-    exact = [p for p in images if slide_stem(p.name) == stem]
+    names = {p: _labels_stem(p.name) for p in images}
+    exact = [p for p in images if names[p] == stem]
     if len(exact) == 1:
         return exact[0]
     longer = [t for t in stems if t != stem and t.startswith(stem + "_")]
-    found = exact or [p for p in images if slide_stem(p.name).startswith(stem + "_")
-                      and not any(slide_stem(p.name) == t or slide_stem(p.name).startswith(
-                          t + "_") for t in longer)]
+    found = exact or [p for p in images if names[p].startswith(stem + "_")
+                      and not any(names[p] == t or names[p].startswith(t + "_")
+                                  for t in longer)]
     if len(found) == 1:
         return found[0]
     if not found:
         raise InputError(f"no {what} label image {stem}.tif (or {stem}_*.tif, .ome.tif, "
-                         f".ome.zarr...) in {labels_dir}")
+                         f".ome.zarr, .geojson...) in {labels_dir}")
     raise InputError(f"several {what} label images for {slide_name} in {labels_dir}: "
                      f"{', '.join(p.name for p in found[:5])}; keep one (nuclei and cell "
                      "masks as separate files go in separate folders)")

@@ -92,9 +92,9 @@ def check_downsample(downsample) -> int:
     """The label images' downsample factor: a whole number >= 1."""
     try:
         f = int(downsample)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         f = 0
-    if isinstance(downsample, bool) or f != downsample or f < 1:
+    if isinstance(downsample, (bool, np.bool_)) or f != downsample or f < 1:
         raise InputError(f"labels_downsample must be a whole number >= 1 (slide pixels per "
                          f"label pixel); got {downsample!r}. Labels exported at a fractional "
                          "downsample must be resampled to a whole-number one first")
@@ -107,22 +107,22 @@ def _fits(n_label: int, n_slide: int, f: int) -> bool:
 
 
 def _likely_downsample(lab_shape, shape_yx, lab_ps, slide_ps) -> int | None:
-    """The whole-number downsample a label image's size (or pixel size) points to."""
-    if lab_ps and slide_ps:
-        f = round(lab_ps / slide_ps)
-        if f >= 1 and abs(lab_ps / (slide_ps * f) - 1) < 0.02:
-            return f
-    for f in range(2, 129):
-        if all(_fits(n, m, f) for n, m in zip(lab_shape, shape_yx, strict=True)):
-            return f
-    return None
+    """The whole-number downsample a label image's size points to (the one its recorded
+    pixel size gives, when that fits the size too)."""
+    fits = [f for f in range(1, 129)
+            if all(_fits(n, m, f) for n, m in zip(lab_shape, shape_yx, strict=True))]
+    if lab_ps and slide_ps and round(lab_ps / slide_ps) in fits:
+        return round(lab_ps / slide_ps)
+    return fits[0] if fits else None
 
 
 def open_label_image(path, channel, shape_yx, what: str, option: str, downsample: int = 1,
                      slide_pixel_size_um: float | None = None) -> LabelImage:
     """The channel of the label image at `path` to read, checked against the slide's (Y, X)
-    shape at `downsample` (and against its pixel size when both files record one); `what`
-    names it in errors ("nuclei labels") and `option` its channel option."""
+    shape at `downsample` (a mismatch names the factor the size points to, preferring the
+    one the recorded pixel sizes give); `what` names it in errors ("nuclei labels") and
+    `option` its channel option. A recorded pixel size never overrides the given factor:
+    exports often copy the slide's metadata."""
     from qdmed.imaging._panel import channel_index
     from qdmed.imaging._slideio import read_slide
 
@@ -141,12 +141,6 @@ def open_label_image(path, channel, shape_yx, what: str, option: str, downsample
             f"at {at}" + ("" if hint is None or hint == f else
                           f"; their size points to a downsample of {hint}: give "
                           f"labels_downsample={hint} (--labels-downsample {hint})"))
-    if f > 1 and lab.pixel_size_um and slide_pixel_size_um and abs(
-            lab.pixel_size_um / (slide_pixel_size_um * f) - 1) > 0.02:
-        raise InputError(
-            f"{what} {name} record {lab.pixel_size_um:g} um per pixel and the slide "
-            f"{slide_pixel_size_um:g}: a downsample of "
-            f"{lab.pixel_size_um / slide_pixel_size_um:.3g}, not {f}")
     if lab.dtype.kind not in "iuf":
         raise InputError(f"{what} {name} are of type {lab.dtype}; a label image holds integer "
                          "ids (0 = background)")

@@ -1,0 +1,225 @@
+"""Cells and nuclei given as GeoJSON polygons (QuPath's File > Export objects as GeoJSON)
+drawn into label images.
+
+References: the pixel-centre rule against scikit-image's ``draw.polygon`` (an independent
+rasterizer) on random polygons; holes against the point-in-polygon test of the regions
+module; the synthetic slides' true nuclei and cells, traced along their pixel edges and
+drawn back, which must return the very same pixels."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qdmed.errors import FileFormatError, InputError
+from qdmed.imaging import analyze_slide, breast_panel_5plex, simulate_slide
+from qdmed.imaging._outlines import label_outlines
+from qdmed.imaging._rasterize import (
+    rasterize_objects,
+    read_label_objects,
+    write_object_labels,
+)
+from qdmed.imaging._regions import _edges, _pnpoly_numpy
+from qdmed.imaging._slideio import read_slide
+
+PANEL = breast_panel_5plex()
+KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0)
+RUN = dict(scheduler="synchronous", progress=False, write_unmixed=False, outlines=False)
+
+
+def _objects(rings_per_object):
+    edges = tuple(_edges([np.asarray(r, float) for r in rings]) for rings in rings_per_object)
+    boxes = np.array([[min(e[0].min(), e[2].min()), e[1].min(), max(e[0].max(), e[2].max()),
+                       e[3].max()] for e in edges])
+    return edges, boxes
+
+
+@pytest.mark.parametrize("method", ["numba", "numpy"])
+def test_random_polygons_match_scikit_image(method):
+    """Pixel (r, c) is drawn when its centre (c + 0.5, r + 0.5) is inside: what
+    skimage.draw.polygon draws for vertices shifted by half a pixel (ties have measure zero
+    for random vertices)."""
+    from skimage.draw import polygon
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        n = int(rng.integers(3, 12))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = rng.uniform(3, 25, n)
+        cx, cy = rng.uniform(-5, 65, 2)  # some reach beyond the 60 x 60 window
+        ring = np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)]
+        edges, boxes = _objects([[ring]])
+        got = rasterize_objects(edges, boxes, 0, 60, 0, 60, method=method)
+        want = np.zeros((60, 60), np.int32)
+        rr, cc = polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=want.shape)
+        want[rr, cc] = 1
+        np.testing.assert_array_equal(got, want)
+
+
+def test_holes_parts_overlaps_and_windows():
+    """A square with a hole and a second part (MultiPolygon), overlapped by a later object:
+    the even-odd rule of the regions module's point test, the later object on top, and any
+    window of the image the same as the whole image's."""
+    donut = [[[4, 4], [30, 4], [30, 30], [4, 30]], [[10, 10], [20, 10], [20, 20], [10, 20]],
+             [[34.2, 2.7], [39.9, 2.7], [39.9, 9.1]]]
+    over = [[[25.5, 25.5], [36, 25.5], [36, 36], [25.5, 36]]]
+    edges, boxes = _objects([donut, over])
+    full = rasterize_objects(edges, boxes, 0, 40, 0, 45)
+    yy, xx = np.mgrid[0:40, 0:45] + 0.5
+    inside = np.zeros(yy.size, bool)
+    for k, e in ((1, edges[0]), (2, edges[1])):
+        hit = _pnpoly_numpy(xx.ravel(), yy.ravel(), *e, np.zeros(yy.size, bool))
+        inside = np.where(hit, k, inside)
+    np.testing.assert_array_equal(full.ravel(), inside)
+    assert (full[12:18, 12:18] == 0).all() and full[27, 27] == 2
+    for y0, y1, x0, x1 in ((0, 13, 0, 45), (5, 31, 26, 45), (39, 40, 44, 45)):
+        np.testing.assert_array_equal(rasterize_objects(edges, boxes, y0, y1, x0, x1),
+                                      full[y0:y1, x0:x1])
+    np.testing.assert_array_equal(rasterize_objects(edges, boxes, 0, 40, 0, 45, "numpy"), full)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    d = tmp_path_factory.mktemp("objects")
+    return simulate_slide(d / "s.ome.zarr", (512, 512), preset="BT474", seed=8,
+                          channel_names=list(PANEL.channel_names), tile=512, write_labels=True,
+                          **KW)
+
+
+def _truth(slide):
+    import zarr
+
+    g = zarr.open_group(str(slide.path), mode="r")
+    return np.asarray(g["labels/nuclei/0"]), np.asarray(g["labels/cells/0"])
+
+
+def _qupath_cells(path, cells, nuclei, tolerance_px):
+    """The true cells as QuPath cell objects (cell outline, nucleusGeometry), in id order,
+    with an annotation first (skipped)."""
+    ids = np.unique(cells[cells > 0])
+    cr = label_outlines(cells, ids, tolerance_px=tolerance_px)
+    nr = label_outlines(nuclei, ids, tolerance_px=tolerance_px)
+    feats = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+        [[0, 0], [10, 0], [10, 10], [0, 0]]]}, "properties": {"objectType": "annotation"}}]
+    for i in ids.tolist():
+        f = {"type": "Feature", "id": f"cell-{i}",
+             "geometry": {"type": "Polygon", "coordinates": [cr[i]]},
+             "properties": {"objectType": "cell"}}
+        if i in nr:
+            f["nucleusGeometry"] = {"type": "Polygon", "coordinates": [nr[i]]}
+        feats.append(f)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return ids
+
+
+def test_traced_outlines_come_back_as_their_pixels(slide, tmp_path):
+    """Outlines traced along pixel edges (label_outlines, unsimplified) are drawn back as the
+    very pixels of every single-piece label; simplified within 0.4 px (as cells.geojson),
+    only boundary pixels can differ, and few do."""
+    from skimage.measure import label as pieces
+    from skimage.segmentation import find_boundaries
+
+    nuclei, cells = _truth(slide)
+    path = tmp_path / "cells.geojson"
+    ids = _qupath_cells(path, cells, nuclei, 0.0)
+    objs = read_label_objects(path)
+    assert objs.to_dict()["n_objects"] == ids.size  # the annotation is skipped
+    out = write_object_labels(objs, cells.shape, tmp_path / "l.ome.zarr", pixel_size_um=0.5,
+                              block=200)
+    img = read_slide(out)
+    assert img.channel_names == ("nuclei", "cells") and img.pixel_size_um == 0.5
+    got = img.read_region(0, 512, 0, 512)
+    want_c = np.where(cells > 0, np.searchsorted(ids, cells) + 1, 0)
+    single = [k + 1 for k, i in enumerate(ids) if pieces(cells == i, connectivity=1).max() == 1]
+    sel = np.isin(want_c, single) | np.isin(got[..., 1], single)
+    np.testing.assert_array_equal(got[..., 1][sel], want_c[sel])
+    inside = (nuclei > 0) & np.isin(nuclei, ids)
+    want_n = np.where(inside, np.searchsorted(ids, nuclei) + 1, 0)
+    np.testing.assert_array_equal(got[..., 0], want_n)
+    # simplified outlines
+    _qupath_cells(path, cells, nuclei, 0.4)
+    simple = rasterize_objects(*(lambda o: (o.cells, o.boxes["cells"]))(read_label_objects(path)),
+                               0, 512, 0, 512)
+    diff = simple != want_c
+    assert diff.mean() < 1e-3
+    assert find_boundaries(want_c, mode="inner")[diff & (want_c > 0)].all()
+
+
+def test_detections_only_and_bad_files(tmp_path):
+    det = {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [
+        [[[1, 1], [5, 1], [5, 5], [1, 5], [1, 1]]]]}, "properties": {"objectType": "detection"}}
+    line = {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 3]]},
+            "properties": {}}
+    p = tmp_path / "det.geojson"
+    p.write_text(json.dumps([det, line]))
+    objs = read_label_objects(p)
+    assert objs.cells is None and objs.to_dict() == {"source": str(p), "n_objects": 1,
+                                                     "n_nuclei": 1, "n_cells": 0}
+    lab = rasterize_objects(objs.nuclei, objs.boxes["nuclei"], 0, 8, 0, 8)
+    assert lab.sum() == 16 and (lab[1:5, 1:5] == 1).all()
+    (tmp_path / "bad.geojson").write_text("{not json")
+    with pytest.raises(FileFormatError, match="bad.geojson: not a GeoJSON file"):
+        read_label_objects(tmp_path / "bad.geojson")
+    (tmp_path / "none.geojson").write_text(json.dumps([line]))
+    with pytest.raises(InputError, match="no cell or detection with an outline"):
+        read_label_objects(tmp_path / "none.geojson")
+    bad_ring = dict(det, geometry={"type": "Polygon", "coordinates": [[[0, 0], [1, "x"]]]})
+    (tmp_path / "ring.geojson").write_text(json.dumps([det, bad_ring]))
+    with pytest.raises(FileFormatError, match="feature 1: a ring"):
+        read_label_objects(tmp_path / "ring.geojson")
+
+
+def test_slide_analysed_from_qupath_cells(slide, tmp_path):
+    """--nuclei-labels / --cell-labels given the GeoJSON: the same cells as from the label
+    image it draws; drawn once, so a second run resumes every tile."""
+    nuclei, cells = _truth(slide)
+    path = tmp_path / "s.ome.zarr.geojson"  # QuPath names exports after the image
+    _qupath_cells(path, cells, nuclei, 0.0)
+    a = analyze_slide(slide.path, PANEL, tmp_path / "a", tile=256, nuclei_labels=path,
+                      cell_labels=path, **RUN)
+    assert a.summary["labels"]["objects"] == str(path)
+    img = tmp_path / "a" / "given_labels.ome.zarr"
+    assert a.summary["labels"]["cells"]["file"] == str(img)
+    b = analyze_slide(slide.path, PANEL, tmp_path / "b", tile=512, nuclei_labels=img,
+                      labels_channel="nuclei", cell_labels=img, cell_labels_channel="cells",
+                      **RUN)
+    ca, cb = a.cells(), b.cells()
+    assert sorted(ca["cell_label"]) == sorted(cb["cell_label"])
+    m = ca.merge(cb, on="cell_label", suffixes=("_a", "_b"))
+    np.testing.assert_allclose(m["HER2_membrane_mean_a"], m["HER2_membrane_mean_b"], rtol=1e-9)
+    again = analyze_slide(slide.path, PANEL, tmp_path / "a", tile=256, nuclei_labels=path,
+                          cell_labels=path, **RUN)
+    assert again.summary["n_tiles_resumed"] == a.summary["n_tiles"] == 4
+    with pytest.raises(InputError, match="has no channels"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
+                      labels_channel=0, **RUN)
+    with pytest.raises(InputError, match="need their nuclei from the same file"):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=img,
+                      labels_channel=0, cell_labels=path, **RUN)
+
+
+def test_cli_rasterize_and_cohort_folder_of_exports(slide, tmp_path):
+    from qdmed.imaging._cohort import labels_file
+
+    nuclei, cells = _truth(slide)
+    path = tmp_path / "s.ome.zarr.geojson"
+    _qupath_cells(path, cells, nuclei, 0.4)
+    r = subprocess.run([sys.executable, "-m", "qdmed", "image", "rasterize", str(path),
+                        "--slide", str(slide.path), "--out", str(tmp_path / "m.ome.zarr"),
+                        "--no-progress", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["channels"] == ["nuclei", "cells"] and d["shape_yx"] == [512, 512]
+    r = subprocess.run([sys.executable, "-m", "qdmed", "image", "rasterize",
+                        str(tmp_path / "missing.geojson"), "--slide", str(slide.path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    for name in ("A.ome.tif.geojson", "B.geojson", "C_2.ome.tif.geojson"):
+        (tmp_path / name).touch()
+    stems = ["A", "B", "C", "C_2"]
+    assert labels_file(tmp_path, "A.ome.tif", stems).name == "A.ome.tif.geojson"
+    assert labels_file(tmp_path, "B.qptiff", stems).name == "B.geojson"
+    with pytest.raises(InputError, match="no nuclei label image C.tif"):
+        labels_file(tmp_path, "C.ome.tif", stems)
