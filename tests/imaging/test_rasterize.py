@@ -17,6 +17,7 @@ from qdmed.errors import FileFormatError, InputError
 from qdmed.imaging import analyze_slide, breast_panel_5plex, simulate_slide
 from qdmed.imaging._outlines import label_outlines
 from qdmed.imaging._rasterize import (
+    Outlines,
     rasterize_objects,
     read_label_objects,
     write_object_labels,
@@ -30,10 +31,8 @@ RUN = dict(scheduler="synchronous", progress=False, write_unmixed=False, outline
 
 
 def _objects(rings_per_object):
-    edges = tuple(_edges([np.asarray(r, float) for r in rings]) for rings in rings_per_object)
-    boxes = np.array([[min(e[0].min(), e[2].min()), e[1].min(), max(e[0].max(), e[2].max()),
-                       e[3].max()] for e in edges])
-    return edges, boxes
+    return Outlines.from_rings([[np.asarray(r, float) for r in rings]
+                                for rings in rings_per_object])
 
 
 @pytest.mark.parametrize("method", ["numba", "numpy"])
@@ -50,8 +49,7 @@ def test_random_polygons_match_scikit_image(method):
         rad = rng.uniform(3, 25, n)
         cx, cy = rng.uniform(-5, 65, 2)  # some reach beyond the 60 x 60 window
         ring = np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)]
-        edges, boxes = _objects([[ring]])
-        got = rasterize_objects(edges, boxes, 0, 60, 0, 60, method=method)
+        got = rasterize_objects(_objects([[ring]]), 0, 60, 0, 60, method=method)
         want = np.zeros((60, 60), np.int32)
         rr, cc = polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=want.shape)
         want[rr, cc] = 1
@@ -65,19 +63,20 @@ def test_holes_parts_overlaps_and_windows():
     donut = [[[4, 4], [30, 4], [30, 30], [4, 30]], [[10, 10], [20, 10], [20, 20], [10, 20]],
              [[34.2, 2.7], [39.9, 2.7], [39.9, 9.1]]]
     over = [[[25.5, 25.5], [36, 25.5], [36, 36], [25.5, 36]]]
-    edges, boxes = _objects([donut, over])
-    full = rasterize_objects(edges, boxes, 0, 40, 0, 45)
+    objs = _objects([donut, over])
+    full = rasterize_objects(objs, 0, 40, 0, 45)
     yy, xx = np.mgrid[0:40, 0:45] + 0.5
-    inside = np.zeros(yy.size, bool)
-    for k, e in ((1, edges[0]), (2, edges[1])):
+    inside = np.zeros(yy.size, int)
+    for k, rings in ((1, donut), (2, over)):
+        e = _edges([np.asarray(r, float) for r in rings])
         hit = _pnpoly_numpy(xx.ravel(), yy.ravel(), *e, np.zeros(yy.size, bool))
         inside = np.where(hit, k, inside)
     np.testing.assert_array_equal(full.ravel(), inside)
     assert (full[12:18, 12:18] == 0).all() and full[27, 27] == 2
     for y0, y1, x0, x1 in ((0, 13, 0, 45), (5, 31, 26, 45), (39, 40, 44, 45)):
-        np.testing.assert_array_equal(rasterize_objects(edges, boxes, y0, y1, x0, x1),
+        np.testing.assert_array_equal(rasterize_objects(objs, y0, y1, x0, x1),
                                       full[y0:y1, x0:x1])
-    np.testing.assert_array_equal(rasterize_objects(edges, boxes, 0, 40, 0, 45, "numpy"), full)
+    np.testing.assert_array_equal(rasterize_objects(objs, 0, 40, 0, 45, "numpy"), full)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,7 @@ def test_traced_outlines_come_back_as_their_pixels(slide, tmp_path):
     np.testing.assert_array_equal(got[..., 0], want_n)
     # simplified outlines
     _qupath_cells(path, cells, nuclei, 0.4)
-    simple = rasterize_objects(*(lambda o: (o.cells, o.boxes["cells"]))(read_label_objects(path)),
-                               0, 512, 0, 512)
+    simple = rasterize_objects(read_label_objects(path).cells, 0, 512, 0, 512)
     diff = simple != want_c
     assert diff.mean() < 1e-3
     assert find_boundaries(want_c, mode="inner")[diff & (want_c > 0)].all()
@@ -157,8 +155,24 @@ def test_detections_only_and_bad_files(tmp_path):
     objs = read_label_objects(p)
     assert objs.cells is None and objs.to_dict() == {"source": str(p), "n_objects": 1,
                                                      "n_nuclei": 1, "n_cells": 0}
-    lab = rasterize_objects(objs.nuclei, objs.boxes["nuclei"], 0, 8, 0, 8)
+    lab = rasterize_objects(objs.nuclei, 0, 8, 0, 8)
     assert lab.sum() == 16 and (lab[1:5, 1:5] == 1).all()
+    # read one feature at a time whatever the layout: keys around "features", one Feature
+    for i, doc in enumerate((
+            '{"bbox": [0, 0, 9, 9], "features": [%s, %s], "type": "FeatureCollection"}',
+            ' {"type": "FeatureCollection",\n "features" : [ %s ,\n%s ] }\n',
+            '%s')):
+        text = doc % ((json.dumps(det), json.dumps(line)) if doc.count("%s") == 2
+                      else json.dumps(det))
+        (tmp_path / f"l{i}.geojson").write_text(text)
+        assert read_label_objects(tmp_path / f"l{i}.geojson").to_dict()["n_nuclei"] == 1
+    for text, match in (('{"type": "FeatureCollection", "features": [%s' % json.dumps(det),
+                         "not a GeoJSON file"),
+                        ('[%s] []' % json.dumps(det), "extra data"),
+                        ('{"type": "Polygon"}', "expected a FeatureCollection")):
+        (tmp_path / "t.geojson").write_text(text)
+        with pytest.raises(FileFormatError, match=match):
+            read_label_objects(tmp_path / "t.geojson")
     (tmp_path / "bad.geojson").write_text("{not json")
     with pytest.raises(FileFormatError, match="bad.geojson: not a GeoJSON file"):
         read_label_objects(tmp_path / "bad.geojson")

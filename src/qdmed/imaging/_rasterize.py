@@ -38,63 +38,167 @@ import numpy as np
 from qdmed.errors import FileFormatError, InputError
 from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 
-__all__ = ["LabelObjects", "rasterize_objects", "read_label_objects", "write_object_labels"]
+__all__ = ["LabelObjects", "Outlines", "rasterize_objects", "read_label_objects",
+           "write_object_labels"]
 
 #: QuPath object types read as objects (normalised: lower case, no '_'); None: untyped.
 _OBJECT_TYPES = ("cell", "detection", None)
 
 
-@dataclass(frozen=True)
-class LabelObjects:
-    """Polygons of objects read from GeoJSON, as edge lists ready to rasterize.
+@dataclass(frozen=True, eq=False)
+class Outlines:
+    """The outlines of n objects as one edge list: object ``k``'s edges (all rings of all
+    its polygons; none for an object without this outline) are rows
+    ``offsets[k]:offsets[k + 1]`` of ``x1, y1, x2, y2`` (float64, ``y1 <= y2``), and
+    ``boxes[k]`` is its bounding box ``x0, y0, x1, y1`` (NaN when it has no edge)."""
 
-    Attributes
-    ----------
-    source : str
-    nuclei, cells : tuple
-        Per object, its edges ``(x1, y1, x2, y2)`` (arrays, ``y1 <= y2``, all rings of
-        all its polygons) or None where the object has no such outline; ``cells`` is
-        None when no object has a cell outline (detections only).
-    boxes : dict
-        ``{"nuclei": (n, 4) float array, "cells": ...}``: each outline's bounding box
-        ``x0, y0, x1, y1`` (NaN where absent).
-    """
+    x1: np.ndarray
+    y1: np.ndarray
+    x2: np.ndarray
+    y2: np.ndarray
+    offsets: np.ndarray
+    boxes: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.offsets.size - 1)
+
+    @property
+    def n_present(self) -> int:
+        return int(np.count_nonzero(np.diff(self.offsets)))
+
+    @classmethod
+    def from_rings(cls, rings_per_object, ring_objects=None, n: int | None = None
+                   ) -> Outlines:
+        """From rings ((m, 2) arrays of x, y; closing vertex optional): either one list of
+        rings per object, or a flat list of rings with the object of each (`ring_objects`,
+        non-decreasing) and the number of objects `n`."""
+        if ring_objects is None:
+            rings = [r for rs in rings_per_object for r in rs]
+            ring_objects = np.repeat(np.arange(len(rings_per_object)),
+                                     [len(rs) for rs in rings_per_object])
+            n = len(rings_per_object)
+        else:
+            rings = rings_per_object
+        ring_objects = np.asarray(ring_objects, dtype=np.int64)
+        lens = np.array([len(r) for r in rings], dtype=np.int64)
+        v = np.concatenate(rings).astype(np.float64) if rings else np.zeros((0, 2))
+        starts = np.cumsum(lens) - lens
+        nxt = np.arange(1, v.shape[0] + 1)
+        nxt[starts + lens - 1] = starts  # each ring's closing edge; a repeated closing
+        a, b = v, v[nxt]                 # vertex gives a zero-length edge, never crossed
+        swap = b[:, 1] < a[:, 1]
+        lo = np.where(swap[:, None], b, a)
+        hi = np.where(swap[:, None], a, b)
+        per_object = np.bincount(ring_objects, weights=lens, minlength=n).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(per_object)])
+        boxes = np.full((n, 4), np.nan)
+        has = per_object > 0
+        if has.any():
+            at = offsets[:-1][has]
+            boxes[has, 0] = np.minimum.reduceat(np.minimum(lo[:, 0], hi[:, 0]), at)
+            boxes[has, 1] = np.minimum.reduceat(lo[:, 1], at)
+            boxes[has, 2] = np.maximum.reduceat(np.maximum(lo[:, 0], hi[:, 0]), at)
+            boxes[has, 3] = np.maximum.reduceat(hi[:, 1], at)
+        return cls(*(np.ascontiguousarray(c) for c in (lo[:, 0], lo[:, 1], hi[:, 0],
+                                                        hi[:, 1])), offsets, boxes)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelObjects:
+    """Objects read from GeoJSON: their nucleus outlines and, when any object has one,
+    their cell outlines (None for detections only), object ``k`` with id ``k + 1``."""
 
     source: str
-    nuclei: tuple
-    cells: tuple | None
-    boxes: dict
+    nuclei: Outlines
+    cells: Outlines | None
 
     @property
     def n_objects(self) -> int:
-        return len(self.nuclei)
+        return self.nuclei.n
 
     def to_dict(self) -> dict:
         return {"source": self.source, "n_objects": self.n_objects,
-                "n_nuclei": sum(e is not None for e in self.nuclei),
-                "n_cells": 0 if self.cells is None else sum(e is not None for e in self.cells)}
+                "n_nuclei": self.nuclei.n_present,
+                "n_cells": 0 if self.cells is None else self.cells.n_present}
 
 
-def _outline_edges(geom, where: str):
-    """Edges of every ring of a Polygon/MultiPolygon geometry (None for a geometry that
-    encloses nothing: points, lines)."""
-    from qdmed.imaging._regions import _edges, _polygons, _ring
-
-    rings = [_ring(r, where) for poly in _polygons(geom, where) for r in poly]
-    return _edges(rings) if rings else None
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
 
 
-def _box(edges) -> list[float]:
-    if edges is None:
-        return [math.nan] * 4
-    x1, y1, x2, y2 = edges
-    return [float(min(x1.min(), x2.min())), float(y1.min()), float(max(x1.max(), x2.max())),
-            float(y2.max())]
+def _iter_features(text: str, name: str):
+    """The Features of a GeoJSON text, one at a time: a FeatureCollection's ``features``
+    array is decoded element by element (a whole-slide export holds ~10^6 cells: decoding it
+    at once would hold every coordinate as a Python float, ~10x the file's size), a list of
+    Features likewise, and a single Feature whole."""
+    dec = json.JSONDecoder()
+
+    def decode(pos):
+        try:
+            return dec.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"{name}: not a GeoJSON file ({exc})") from None
+
+    def expect(pos, chars):
+        pos = _skip_ws(text, pos)
+        if pos >= len(text) or text[pos] not in chars:
+            line = text.count("\n", 0, pos) + 1
+            raise FileFormatError(f"{name}: not a GeoJSON file (expected {chars!r} at line "
+                                  f"{line})")
+        return pos
+
+    def array(pos):  # pos just after '['
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == "]":
+            return pos + 1
+        while True:
+            item, pos = decode(_skip_ws(text, pos))
+            yield item
+            pos = expect(pos, ",]")
+            if text[pos] == "]":
+                return pos + 1
+            pos += 1
+
+    def end(pos):
+        if _skip_ws(text, pos) != len(text):
+            raise FileFormatError(f"{name}: not a GeoJSON file (extra data after the "
+                                  "top-level value)")
+
+    pos = expect(0, "[{")
+    if text[pos] == "[":
+        end((yield from array(pos + 1)))
+        return
+    top, pos = {}, _skip_ws(text, pos + 1)
+    if pos < len(text) and text[pos] == "}":
+        pos += 1
+    else:
+        while True:
+            key, pos = decode(expect(pos, '"'))
+            pos = expect(pos, ":") + 1
+            pos = _skip_ws(text, pos)
+            if key == "features" and text.startswith("[", pos):
+                top["features"] = True
+                pos = yield from array(pos + 1)
+            else:
+                top[key], pos = decode(pos)
+            pos = expect(pos, ",}") + 1
+            if text[pos - 1] == "}":
+                break
+    end(pos)
+    if "features" not in top:
+        if top.get("type") != "Feature":
+            raise FileFormatError(f"{name}: expected a FeatureCollection, a Feature or a "
+                                  "list of Features")
+        yield top
 
 
 def read_label_objects(path) -> LabelObjects:
     """The cells and nuclei of a GeoJSON file (a FeatureCollection, a list of Features or
-    one Feature): see the module docstring for which features and outlines are read.
+    one Feature): see the module docstring for which features and outlines are read. The
+    file is decoded one feature at a time (memory: the file's text plus the outlines).
 
     Raises
     ------
@@ -103,55 +207,49 @@ def read_label_objects(path) -> LabelObjects:
     FileFormatError
         Not JSON, or a feature or geometry that is not GeoJSON (named by its index).
     """
-    from qdmed.imaging._regions import _object_type
+    from qdmed.imaging._regions import _object_type, _polygons, _ring
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"objects file {str(p)!r} does not exist")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise FileFormatError(f"{p.name}: not a GeoJSON file ({exc})") from None
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        feats = doc.get("features")
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        feats = [doc]
-    else:
-        feats = doc
-    if not isinstance(feats, list):
-        raise FileFormatError(f"{p.name}: expected a FeatureCollection, a Feature or a list "
-                              "of Features")
-    nuclei, cells = [], []
-    skipped = 0
-    for i, f in enumerate(feats):
+    rings = {"nuclei": ([], []), "cells": ([], [])}  # rings, and the object of each
+    n = skipped = 0
+
+    def add(kind, geom, where) -> bool:
+        got = [_ring(r, where) for poly in _polygons(geom, where) for r in poly]
+        rings[kind][0].extend(got)
+        rings[kind][1].extend([n] * len(got))
+        return bool(got)
+
+    for i, f in enumerate(_iter_features(text, p.name)):
         where = f"{p.name}: feature {i}"
         if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
             raise FileFormatError(f"{where}: not a GeoJSON Feature with a geometry")
         props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
-        kind = _object_type(f, props)
-        if kind not in _OBJECT_TYPES:
+        if _object_type(f, props) not in _OBJECT_TYPES:
             skipped += 1
             continue
-        outline = _outline_edges(f["geometry"], where)
         nucleus = f.get("nucleusGeometry")
-        if kind == "cell" or nucleus is not None:
-            nuc = None if nucleus is None else _outline_edges(nucleus, f"{where} nucleus")
-            cell = outline
+        if _object_type(f, props) == "cell" or nucleus is not None:
+            got = add("cells", f["geometry"], where)
+            got = (nucleus is not None and add("nuclei", nucleus, f"{where} nucleus")) or got
         else:
-            nuc, cell = outline, None
-        if nuc is None and cell is None:
+            got = add("nuclei", f["geometry"], where)
+        if got:
+            n += 1
+        else:
             skipped += 1
-            continue
-        nuclei.append(nuc)
-        cells.append(cell)
-    if not nuclei:
+    del text
+    if n == 0:
         raise InputError(f"{p.name} holds no cell or detection with an outline ({skipped} "
                          "other features skipped: annotations, TMA cores, points, lines)")
-    has_cells = any(c is not None for c in cells)
-    boxes = {"nuclei": np.array([_box(e) for e in nuclei], dtype=float).reshape(-1, 4)}
-    if has_cells:
-        boxes["cells"] = np.array([_box(e) for e in cells], dtype=float).reshape(-1, 4)
-    return LabelObjects(str(p), tuple(nuclei), tuple(cells) if has_cells else None, boxes)
+    nuclei = Outlines.from_rings(*rings["nuclei"], n=n)
+    cells = Outlines.from_rings(*rings["cells"], n=n) if rings["cells"][0] else None
+    return LabelObjects(str(p), nuclei, cells)
 
 
 def _fill_numpy(out, oy, ox, x1, y1, x2, y2, label):
@@ -179,56 +277,58 @@ def _fill_numpy(out, oy, ox, x1, y1, x2, y2, label):
 @lazy_kernel
 def _fill_kernel():
     @njit_cached(nogil=True)
-    def fill(out, oy, ox, x1, y1, x2, y2, label, xs):  # pragma: no cover - runs compiled
+    def fill(out, oy, ox, x1, y1, x2, y2, offsets, objects, xs):  # pragma: no cover
         h, w = out.shape
-        ylo = y1.min()
-        yhi = y2.max()
-        r0 = max(0, math.ceil(ylo - 0.5) - oy)
-        r1 = min(h, math.ceil(yhi - 0.5) - oy)
-        for r in range(r0, r1):
-            yc = oy + r + 0.5
-            n = 0
-            for e in range(x1.shape[0]):
-                if y1[e] <= yc and yc < y2[e]:
-                    x = x1[e] + (yc - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
-                    j = n  # insertion sort: a row crosses a handful of edges
-                    while j > 0 and xs[j - 1] > x:
-                        xs[j] = xs[j - 1]
-                        j -= 1
-                    xs[j] = x
-                    n += 1
-            for k in range(0, n - 1, 2):
-                c0 = max(0, math.ceil(xs[k] - 0.5) - ox)
-                c1 = min(w, math.ceil(xs[k + 1] - 0.5) - ox)
-                for c in range(c0, c1):
-                    out[r, c] = label
+        for i in objects:  # in order: a later object takes the pixels it shares
+            s, e = offsets[i], offsets[i + 1]
+            ylo, yhi = np.inf, -np.inf
+            for k in range(s, e):
+                ylo = min(ylo, y1[k])
+                yhi = max(yhi, y2[k])
+            r0 = max(0, math.ceil(ylo - 0.5) - oy)
+            r1 = min(h, math.ceil(yhi - 0.5) - oy)
+            for r in range(r0, r1):
+                yc = oy + r + 0.5
+                n = 0
+                for k in range(s, e):
+                    if y1[k] <= yc and yc < y2[k]:
+                        x = x1[k] + (yc - y1[k]) * (x2[k] - x1[k]) / (y2[k] - y1[k])
+                        j = n  # insertion sort: a row crosses a handful of edges
+                        while j > 0 and xs[j - 1] > x:
+                            xs[j] = xs[j - 1]
+                            j -= 1
+                        xs[j] = x
+                        n += 1
+                for k in range(0, n - 1, 2):
+                    c0 = max(0, math.ceil(xs[k] - 0.5) - ox)
+                    c1 = min(w, math.ceil(xs[k + 1] - 0.5) - ox)
+                    for c in range(c0, c1):
+                        out[r, c] = i + 1
         return out
 
     return fill
 
 
-def rasterize_objects(outlines, boxes, y0: int, y1: int, x0: int, x1: int,
+def rasterize_objects(outlines: Outlines, y0: int, y1: int, x0: int, x1: int,
                       method: str = "auto") -> np.ndarray:
     """The int32 labels of the image window ``[y0:y1, x0:x1]``: object ``k`` of
-    `outlines` (edge tuples or None, see :class:`LabelObjects`) is drawn with id ``k + 1``,
-    in order (a later object takes the pixels it shares with an earlier one). ``method``:
-    'numba', 'numpy' (the reference) or 'auto'."""
-    out = np.zeros((y1 - y0, x1 - x0), dtype=np.int32)
+    `outlines` is drawn with id ``k + 1``, in order (a later object takes the pixels it
+    shares with an earlier one). ``method``: 'numba', 'numpy' (the reference) or 'auto'."""
     if method not in ("auto", "numba", "numpy"):
         raise InputError(f"unknown method {method!r}; accepted: auto, numba, numpy")
-    use_numba = method == "numba" or (method == "auto" and numba_available())
-    # a box overlapping the window (pixel centres: edges at +-0.5 px never fill a pixel)
-    with np.errstate(invalid="ignore"):
-        hit = np.flatnonzero((boxes[:, 0] < x1) & (boxes[:, 2] > x0)
-                             & (boxes[:, 1] < y1) & (boxes[:, 3] > y0))
-    if use_numba and hit.size:
-        fill = _fill_kernel()
-        xs = np.empty(max(int(outlines[i][0].shape[0]) for i in hit) + 1)
-        for i in hit:
-            fill(out, y0, x0, *outlines[i], np.int32(i + 1), xs)
-    else:
-        for i in hit:
-            _fill_numpy(out, y0, x0, *outlines[i], np.int32(i + 1))
+    out = np.zeros((y1 - y0, x1 - x0), dtype=np.int32)
+    b = outlines.boxes
+    with np.errstate(invalid="ignore"):  # NaN boxes (no outline) never overlap
+        hit = np.flatnonzero((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0))
+    if not hit.size:
+        return out
+    o = outlines
+    if method == "numba" or (method == "auto" and numba_available()):
+        xs = np.empty(int(np.max(o.offsets[hit + 1] - o.offsets[hit])) + 1)
+        return _fill_kernel()(out, y0, x0, o.x1, o.y1, o.x2, o.y2, o.offsets, hit, xs)
+    for i in hit:
+        s = slice(o.offsets[i], o.offsets[i + 1])
+        _fill_numpy(out, y0, x0, o.x1[s], o.y1[s], o.x2[s], o.y2[s], np.int32(i + 1))
     return out
 
 
@@ -255,7 +355,7 @@ def write_object_labels(objects: LabelObjects, shape_yx, out_path, *,
             for y, x in starts:
                 y1, x1 = min(ny, y + block), min(nx, x + block)
                 planes = [rasterize_objects(objects.nuclei if k == "nuclei" else objects.cells,
-                                            objects.boxes[k], y, y1, x, x1) for k in kinds]
+                                            y, y1, x, x1) for k in kinds]
                 writer.write(y, x, np.stack(planes, axis=-1))
                 advance()
         return writer.finish({"qdmed_version": __version__, "objects": objects.to_dict(),
