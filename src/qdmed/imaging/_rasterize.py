@@ -400,10 +400,10 @@ def labels_from_objects(path, shape_yx, out_dir, *, pixel_size_um: float | None 
             done = {}
         if done.get("source_ident") == ident:
             return target
+    objects = read_label_objects(src)  # before the folder is made: bad files leave none
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return write_object_labels(read_label_objects(src), shape_yx, target,
-                               pixel_size_um=pixel_size_um, progress=progress,
-                               extra={"source_ident": ident})
+    return write_object_labels(objects, shape_yx, target, pixel_size_um=pixel_size_um,
+                               progress=progress, extra={"source_ident": ident})
 
 
 def objects_as_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
