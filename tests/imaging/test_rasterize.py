@@ -154,23 +154,30 @@ def test_detections_only_and_bad_files(tmp_path):
     p.write_text(json.dumps([det, line]))
     objs = read_label_objects(p)
     assert objs.cells is None and objs.to_dict() == {"source": str(p), "n_objects": 1,
-                                                     "n_nuclei": 1, "n_cells": 0}
+                                                     "n_nuclei": 1, "n_cells": 0,
+                                                     "n_skipped": 1}  # the line
     lab = rasterize_objects(objs.nuclei, 0, 8, 0, 8)
     assert lab.sum() == 16 and (lab[1:5, 1:5] == 1).all()
     # read one feature at a time whatever the layout: keys around "features", one Feature
-    for i, doc in enumerate((
-            '{"bbox": [0, 0, 9, 9], "features": [%s, %s], "type": "FeatureCollection"}',
-            ' {"type": "FeatureCollection",\n "features" : [ %s ,\n%s ] }\n',
-            '%s')):
-        text = doc % ((json.dumps(det), json.dumps(line)) if doc.count("%s") == 2
-                      else json.dumps(det))
-        (tmp_path / f"l{i}.geojson").write_text(text)
+    d, ln = json.dumps(det), json.dumps(line)
+    for i, text in enumerate((
+            '{"bbox": [0, 0, 9, 9], "features": [' + d + ", " + ln
+            + '], "type": "FeatureCollection"}',
+            ' {"type": "FeatureCollection",\n "features" : [ ' + d + " ,\n" + ln + " ] }\n",
+            "\ufeff" + d)):  # with a byte-order mark
+        (tmp_path / f"l{i}.geojson").write_text(text, encoding="utf-8")
         assert read_label_objects(tmp_path / f"l{i}.geojson").to_dict()["n_nuclei"] == 1
-    for text, match in (('{"type": "FeatureCollection", "features": [%s' % json.dumps(det),
-                         "not a GeoJSON file"),
-                        ('[%s] []' % json.dumps(det), "extra data"),
+    for text, match in (('{"type": "FeatureCollection", "features": [' + d, "not a GeoJSON"),
+                        ("[" + d + "] []", "extra data"),
+                        ("[" * 100000, "nested too deeply"),
                         ('{"type": "Polygon"}', "expected a FeatureCollection")):
         (tmp_path / "t.geojson").write_text(text)
+        with pytest.raises(FileFormatError, match=match):
+            read_label_objects(tmp_path / "t.geojson")
+    far = dict(det, geometry={"type": "Polygon", "coordinates": [[[0, 0], [1e19, 0], [0, 5]]]})
+    nulls = dict(det, geometry={"type": "MultiPolygon", "coordinates": [None]})
+    for feat, match in ((far, "coordinates beyond"), (nulls, "a polygon must be a list")):
+        (tmp_path / "t.geojson").write_text(json.dumps([feat]))
         with pytest.raises(FileFormatError, match=match):
             read_label_objects(tmp_path / "t.geojson")
     (tmp_path / "bad.geojson").write_text("{not json")
@@ -183,6 +190,25 @@ def test_detections_only_and_bad_files(tmp_path):
     (tmp_path / "ring.geojson").write_text(json.dumps([det, bad_ring]))
     with pytest.raises(FileFormatError, match="feature 1: a ring"):
         read_label_objects(tmp_path / "ring.geojson")
+
+
+def test_a_file_with_cells_reads_only_its_cells(tmp_path):
+    """QuPath exports subcellular spots as detections beside the cells: with cells in the
+    file, only they are objects (a spot would cover its cell's nucleus); null geometries
+    (RFC 7946 allows them) are skipped."""
+    sq = lambda x0, y0, s: [[[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s]]]  # noqa: E731
+    cell = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": sq(0, 0, 12)},
+            "nucleusGeometry": {"type": "Polygon", "coordinates": sq(3, 3, 6)},
+            "properties": {"objectType": "cell"}}
+    spot = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": sq(5, 5, 2)},
+            "properties": {"objectType": "detection"}}
+    empty = {"type": "Feature", "geometry": None, "properties": {"objectType": "annotation"}}
+    p = tmp_path / "mixed.geojson"
+    p.write_text(json.dumps([spot, cell, empty, spot, cell]))
+    objs = read_label_objects(p)
+    assert objs.to_dict()["n_objects"] == 2 and objs.n_skipped == 3
+    nuc = rasterize_objects(objs.nuclei, 0, 12, 0, 12)
+    assert (nuc[3:9, 3:9] == 2).all() and nuc.sum() == 2 * 36  # the later cell on top
 
 
 def test_slide_analysed_from_qupath_cells(slide, tmp_path):
@@ -230,10 +256,22 @@ def test_cli_rasterize_and_cohort_folder_of_exports(slide, tmp_path):
                         str(tmp_path / "missing.geojson"), "--slide", str(slide.path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "does not exist" in r.stderr
-    for name in ("A.ome.tif.geojson", "B.geojson", "C_2.ome.tif.geojson"):
-        (tmp_path / name).touch()
-    stems = ["A", "B", "C", "C_2"]
-    assert labels_file(tmp_path, "A.ome.tif", stems).name == "A.ome.tif.geojson"
-    assert labels_file(tmp_path, "B.qptiff", stems).name == "B.geojson"
-    with pytest.raises(InputError, match="no nuclei label image C.tif"):
-        labels_file(tmp_path, "C.ome.tif", stems)
+    for out in (slide.path, path, tmp_path / "labels.tif"):  # never over an input
+        r = subprocess.run([sys.executable, "-m", "qdmed", "image", "rasterize", str(path),
+                            "--slide", str(slide.path), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+    assert read_slide(slide.path).channel_names == tuple(PANEL.channel_names)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("A.ome.tif.geojson", "B.geojson", "C_2.ome.tif.geojson", "D.geojson",
+                 "D_cp_masks.tif", "E_params.json"):
+        (masks / name).touch()
+    stems = ["A", "B", "C", "C_2", "D", "E"]
+    assert labels_file(masks, "A.ome.tif", stems).name == "A.ome.tif.geojson"
+    assert labels_file(masks, "B.qptiff", stems).name == "B.geojson"
+    # a label image wins over GeoJSON (a labels folder may hold annotations too)
+    assert labels_file(masks, "D.ome.tif", stems).name == "D_cp_masks.tif"
+    for name in ("C.ome.tif", "E.ome.tif"):
+        with pytest.raises(InputError, match="no nuclei label image"):
+            labels_file(masks, name, stems)

@@ -414,9 +414,12 @@ def rasterize(
     """Draw cells or detections exported from QuPath as GeoJSON (or any polygons) into a label
     image pixel-aligned with the slide, for --nuclei-labels / --cell-labels (which also take
     the GeoJSON itself)."""
+    from qdmed.errors import InputError
     from qdmed.imaging._rasterize import read_label_objects, write_object_labels
     from qdmed.imaging._slideio import read_slide
 
+    if Path(out).resolve() == Path(slide).resolve():
+        raise InputError(f"--out {out} is the slide itself: write the labels elsewhere")
     src = read_slide(slide)
     objs = read_label_objects(objects)
     path = write_object_labels(objs, src.shape[:2], out, pixel_size_um=src.pixel_size_um,
@@ -427,6 +430,7 @@ def rasterize(
         return print_json(d)
     print_kv(f"Objects {objects.name}", {
         "objects": d["n_objects"], "nuclei": d["n_nuclei"], "cells": d["n_cells"],
+        "features skipped": d["n_skipped"],
         "label image": f"{path} ({', '.join(d['channels'])}; "
                        f"{d['shape_yx'][0]} x {d['shape_yx'][1]} px)"})
     return None

@@ -93,26 +93,29 @@ def _labels_stem(name: str) -> str:
 
 def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> Path:
     """The label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
-    (``A.tif``, ``A.ome.zarr``...) or GeoJSON objects (``A.geojson``, QuPath's
-    ``A.ome.tif.geojson``), else the one ``<stem>_<anything>`` image (cellpose's
+    (``A.tif``, ``A.ome.zarr``...), else the one ``<stem>_<anything>`` image (cellpose's
     ``A_cp_masks.tif``, ``A_nuclei.tif``) that no longer slide stem among `stems` claims
-    (``A_2_cp_masks.tif`` belongs to slide ``A_2``, not ``A``). InputError when there is
-    none, or several; `what` ("nuclei" or "cell") names the labels in it."""
-    from qdmed.imaging._rasterize import OBJECT_SUFFIXES
-
+    (``A_2_cp_masks.tif`` belongs to slide ``A_2``, not ``A``); where there is no such
+    image, GeoJSON objects named alike (``A.geojson``, QuPath's ``A.ome.tif.geojson``).
+    InputError when there is none, or several; `what` ("nuclei" or "cell") names the
+    labels in it."""
     stem = slide_stem(slide_name)
     d = Path(labels_dir)
-    images = sorted(p for p in d.iterdir()
-                    if p.name.lower().endswith(SLIDE_SUFFIXES + OBJECT_SUFFIXES)
-                    and not p.name.startswith(".") and p.name != slide_name)  # not the slide
-    names = {p: _labels_stem(p.name) for p in images}
-    exact = [p for p in images if names[p] == stem]
-    if len(exact) == 1:
-        return exact[0]
+    files = sorted(p for p in d.iterdir() if not p.name.startswith(".")
+                   and p.name != slide_name)  # never the slide itself
     longer = [t for t in stems if t != stem and t.startswith(stem + "_")]
-    found = exact or [p for p in images if names[p].startswith(stem + "_")
-                      and not any(names[p] == t or names[p].startswith(t + "_")
-                                  for t in longer)]
+    found: list[Path] = []
+    # label images first; GeoJSON objects only where a slide has none (a labels folder may
+    # also hold annotations)
+    for suffixes in (SLIDE_SUFFIXES, (".geojson",)):
+        cands = [p for p in files if p.name.lower().endswith(suffixes)]
+        names = {p: _labels_stem(p.name) for p in cands}
+        exact = [p for p in cands if names[p] == stem]
+        found = exact or [p for p in cands if names[p].startswith(stem + "_")
+                          and not any(names[p] == t or names[p].startswith(t + "_")
+                                      for t in longer)]
+        if found:
+            break
     if len(found) == 1:
         return found[0]
     if not found:
@@ -280,6 +283,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         labels_file(nuclei_labels_dir, sp.name, stems)
                     cells = None if cell_labels_dir is None else \
                         labels_file(cell_labels_dir, sp.name, stems, "cell")
+                    if reg is not None and labels is not None and \
+                            Path(labels).resolve() == Path(reg).resolve():
+                        raise InputError(f"{reg.name} is found as both the annotations and "
+                                         "the nuclei labels: keep them in separate folders")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration, progress=False,
                                         client=client, gates=gates, regions=reg,

@@ -10,7 +10,9 @@ QuPath >= 0.4; 0.2-0.3 are read too). Features without an object type are taken 
 too (plain GeoJSON from other tools); annotations, TMA cores and tiles are skipped.
 
 Object ``k`` (1-based, in file order) gets id ``k`` in both channels of the written image,
-``nuclei`` and, when the file has cell outlines, ``cells``. A pixel belongs to a polygon when
+``nuclei`` and, when the file has cell outlines, ``cells``. A file holding cells has only
+its cells read as objects: its other detections (QuPath's subcellular spots) would cover the
+cells' nuclei. A pixel belongs to a polygon when
 its centre lies inside it (even-odd rule over the exterior ring and its holes, half-open
 like :mod:`qdmed.imaging._regions`' point test, so pixels on a shared edge go to one side
 only); where polygons overlap, the later object in the file takes the pixel. Outlines traced
@@ -43,6 +45,8 @@ __all__ = ["LabelObjects", "Outlines", "rasterize_objects", "read_label_objects"
 
 #: QuPath object types read as objects (normalised: lower case, no '_'); None: untyped.
 _OBJECT_TYPES = ("cell", "detection", None)
+#: Largest coordinate magnitude accepted, px (a whole slide is ~1e5 px across).
+_MAX_COORD = 1e9
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,11 +111,14 @@ class Outlines:
 @dataclass(frozen=True, eq=False)
 class LabelObjects:
     """Objects read from GeoJSON: their nucleus outlines and, when any object has one,
-    their cell outlines (None for detections only), object ``k`` with id ``k + 1``."""
+    their cell outlines (None for detections only), object ``k`` with id ``k + 1``. A file
+    with cells has its cells as objects and no others (QuPath's subcellular spots are
+    detections too); a file without, its detections and untyped polygons."""
 
     source: str
     nuclei: Outlines
     cells: Outlines | None
+    n_skipped: int = 0  # features not read as objects (annotations, points, other kinds)
 
     @property
     def n_objects(self) -> int:
@@ -120,7 +127,8 @@ class LabelObjects:
     def to_dict(self) -> dict:
         return {"source": self.source, "n_objects": self.n_objects,
                 "n_nuclei": self.nuclei.n_present,
-                "n_cells": 0 if self.cells is None else self.cells.n_present}
+                "n_cells": 0 if self.cells is None else self.cells.n_present,
+                "n_skipped": self.n_skipped}
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -141,6 +149,8 @@ def _iter_features(text: str, name: str):
             return dec.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise FileFormatError(f"{name}: not a GeoJSON file ({exc})") from None
+        except RecursionError:
+            raise FileFormatError(f"{name}: not a GeoJSON file (nested too deeply)") from None
 
     def expect(pos, chars):
         pos = _skip_ws(text, pos)
@@ -213,43 +223,68 @@ def read_label_objects(path) -> LabelObjects:
     if not p.is_file():
         raise InputError(f"objects file {str(p)!r} does not exist")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is tolerated
     except UnicodeDecodeError as exc:
         raise FileFormatError(f"{p.name}: not a GeoJSON file ({exc})") from None
-    rings = {"nuclei": ([], []), "cells": ([], [])}  # rings, and the object of each
-    n = skipped = 0
+    # rings of nucleus and of cell outlines, and the object (in file order) of each
+    rings = {"nuclei": ([], []), "cells": ([], [])}
+    is_cell: list[bool] = []
+    skipped = 0
 
     def add(kind, geom, where) -> bool:
-        got = [_ring(r, where) for poly in _polygons(geom, where) for r in poly]
+        got = []
+        for poly in _polygons(geom, where):
+            if not isinstance(poly, list):
+                raise FileFormatError(f"{where}: a polygon must be a list of rings")
+            got.extend(_ring(r, where) for r in poly)
         rings[kind][0].extend(got)
-        rings[kind][1].extend([n] * len(got))
+        rings[kind][1].extend([len(is_cell)] * len(got))
         return bool(got)
 
     for i, f in enumerate(_iter_features(text, p.name)):
         where = f"{p.name}: feature {i}"
-        if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
-            raise FileFormatError(f"{where}: not a GeoJSON Feature with a geometry")
+        if not isinstance(f, dict):
+            raise FileFormatError(f"{where}: not a GeoJSON Feature")
         props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
-        if _object_type(f, props) not in _OBJECT_TYPES:
+        kind = _object_type(f, props)
+        if kind not in _OBJECT_TYPES or f.get("geometry") is None:  # RFC 7946: may be null
             skipped += 1
             continue
         nucleus = f.get("nucleusGeometry")
-        if _object_type(f, props) == "cell" or nucleus is not None:
+        cell = kind == "cell" or nucleus is not None
+        if cell:
             got = add("cells", f["geometry"], where)
             got = (nucleus is not None and add("nuclei", nucleus, f"{where} nucleus")) or got
         else:
             got = add("nuclei", f["geometry"], where)
         if got:
-            n += 1
+            is_cell.append(cell)
         else:
             skipped += 1
     del text
-    if n == 0:
+    if not is_cell:
         raise InputError(f"{p.name} holds no cell or detection with an outline ({skipped} "
                          "other features skipped: annotations, TMA cores, points, lines)")
-    nuclei = Outlines.from_rings(*rings["nuclei"], n=n)
-    cells = Outlines.from_rings(*rings["cells"], n=n) if rings["cells"][0] else None
-    return LabelObjects(str(p), nuclei, cells)
+    keep = np.array(is_cell) if any(is_cell) else np.ones(len(is_cell), bool)
+    # with cells in the file, its other detections (QuPath's subcellular spots, tiles' own
+    # detections) are not objects: their outlines would cover the cells' nuclei
+    new_id = np.cumsum(keep) - 1
+    n = int(keep.sum())
+    outlines = {}
+    for kind, (rs, objs) in rings.items():
+        objs = np.asarray(objs, dtype=np.int64)
+        sel = keep[objs] if objs.size else np.zeros(0, bool)
+        outlines[kind] = Outlines.from_rings([r for r, k in zip(rs, sel, strict=True) if k],
+                                             new_id[objs[sel]], n=n)
+        if outlines[kind].x1.size and max(np.abs(outlines[kind].x1).max(),
+                                          np.abs(outlines[kind].x2).max(),
+                                          np.abs(outlines[kind].y1).max(),
+                                          np.abs(outlines[kind].y2).max()) > _MAX_COORD:
+            raise FileFormatError(f"{p.name}: coordinates beyond +-{_MAX_COORD:.0e} px: not "
+                                  "pixel coordinates of an image")
+    cells = outlines["cells"] if outlines["cells"].n_present else None
+    return LabelObjects(str(p), outlines["nuclei"], cells,
+                        skipped + int((~keep).sum()))
 
 
 def _fill_numpy(out, oy, ox, x1, y1, x2, y2, label):
@@ -338,11 +373,20 @@ def write_object_labels(objects: LabelObjects, shape_yx, out_path, *,
     """Write `objects` as an OME-Zarr label image of ``shape_yx`` (the slide's) at
     `out_path`, channels ``nuclei`` and, when there are cell outlines, ``cells``; block by
     block (memory bounded by one block), atomically (a temporary folder renamed at the end).
-    An object reaching beyond the image is cut at its edge."""
+    An object reaching beyond the image is cut at its edge. An existing Zarr image at
+    `out_path` is replaced; anything else there is refused."""
     from qdmed import __version__
     from qdmed.imaging._analyze import _progress
-    from qdmed.imaging._slideio import _ZarrImageWriter
+    from qdmed.imaging._slideio import _is_zarr_group, _ZarrImageWriter
 
+    out = Path(out_path)
+    if not out.name.lower().endswith(".zarr"):
+        raise InputError(f"the label image is written as OME-Zarr: its path must end in "
+                         f".zarr (e.g. labels.ome.zarr); got {out}")
+    if out.exists() and not _is_zarr_group(out):
+        raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
+    if Path(objects.source).resolve() == out.resolve():
+        raise InputError(f"{out} is the objects file itself: write the labels elsewhere")
     ny, nx = (int(v) for v in shape_yx)
     kinds = ["nuclei"] + ([] if objects.cells is None else ["cells"])
     writer = _ZarrImageWriter(Path(out_path), (ny, nx, len(kinds)), np.int32,
