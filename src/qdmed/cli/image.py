@@ -562,10 +562,14 @@ def analyze(
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
     given = d.get("labels")
     if given:
-        info["nuclei"] = f"from {given['nuclei']['file']}"
+        drawn = given.get("objects")
+        src = given["nuclei"]["file"] if not drawn else \
+            f"{drawn} (drawn into {given['nuclei']['file']})"
+        info["nuclei given"] = f"from {src}"
         if given["cells"]:
-            info["cells"] = (f"from {given['cells']['file']} "
-                             f"({given['cells_without_nucleus']} without a nucleus left out)")
+            info["cells given"] = (f"from {drawn or given['cells']['file']} "
+                                   f"({given['cells_without_nucleus']} without a nucleus left "
+                                   "out)")
     sat = d.get("saturation") or {}
     info["saturated cells"] = (f"{sat['percent_scored_cells_saturated']:.1f} % of scored "
                                f"(ceiling {sat['level_adu']:g}, {sat['source']})"
