@@ -221,7 +221,7 @@ def test_slide_analysed_from_qupath_cells(slide, tmp_path):
                       cell_labels=path, **RUN)
     assert a.summary["labels"]["objects"] == str(path)
     img = tmp_path / "a" / "given_labels.ome.zarr"
-    assert a.summary["labels"]["cells"]["file"] == str(img)
+    assert a.summary["labels"]["cells"]["file"] == str(img.resolve())
     b = analyze_slide(slide.path, PANEL, tmp_path / "b", tile=512, nuclei_labels=img,
                       labels_channel="nuclei", cell_labels=img, cell_labels_channel="cells",
                       **RUN)

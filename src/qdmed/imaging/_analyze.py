@@ -889,8 +889,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             mode = scheduler or ("local" if cluster is not None else "client")
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
             try:
-                futs = {run_client.submit(run_tile, str(path), panel_doc, settings_doc, boxes[i],
-                                          margin_px, i, outlines, labels, pure=False): i
+                # absolute paths: a worker of a remote cluster has its own working folder
+                futs = {run_client.submit(run_tile, str(path.resolve()), panel_doc,
+                                          settings_doc, boxes[i], margin_px, i, outlines, labels,
+                                          pure=False): i
                         for i in todo}
                 for fut in as_completed(futs):
                     save(futs[fut], *fut.result())

@@ -149,9 +149,9 @@ def open_label_image(path, channel, shape_yx, what: str, option: str, downsample
             raise InputError(f"{what} {name} have {lab.shape[2]} channels "
                              f"({', '.join(map(repr, lab.channel_names))}): say which to read "
                              f"({option})")
-        return LabelImage(str(Path(path)), 0, f)
-    return LabelImage(str(Path(path)), channel_index(channel, lab.channel_names,
-                                                     f"{what} {name}"), f)
+        return LabelImage(str(Path(path).resolve()), 0, f)  # absolute: read by workers
+    return LabelImage(str(Path(path).resolve()), channel_index(channel, lab.channel_names,
+                                                               f"{what} {name}"), f)
 
 
 def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
