@@ -220,6 +220,11 @@ def test_slide_analysed_from_qupath_cells(slide, tmp_path):
     a = analyze_slide(slide.path, PANEL, tmp_path / "a", tile=256, nuclei_labels=path,
                       cell_labels=path, **RUN)
     assert a.summary["labels"]["objects"] == str(path)
+    from qdmed.imaging._report import segmentation_paragraph
+
+    assert segmentation_paragraph(a.summary).startswith(
+        "Segmentation given: nuclei from s.ome.zarr.geojson (GeoJSON objects), cells from "
+        "s.ome.zarr.geojson (")
     img = tmp_path / "a" / "given_labels.ome.zarr"
     assert a.summary["labels"]["cells"]["file"] == str(img.resolve())
     b = analyze_slide(slide.path, PANEL, tmp_path / "b", tile=512, nuclei_labels=img,

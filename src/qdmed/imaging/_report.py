@@ -310,6 +310,32 @@ def receptor_paragraph(marker: str, status: dict) -> str:
             + "".join(f" Warning: {w}." for w in status.get("warnings") or ()))
 
 
+def segmentation_paragraph(s: dict) -> str:
+    """Where a slide's nuclei and cells came from (summary.json's settings and labels)."""
+    given = s.get("labels")
+    st = s.get("settings") or {}
+    if not given:
+        return (f"Segmentation: nuclei by {st.get('segmentation', 'watershed')} on the "
+                f"unmixed {st.get('nuclear_marker', 'nuclear')} channel, cells by "
+                "membrane-guided expansion.")
+
+    def source(li):
+        where = Path(li["file"]).name + (f", channel {li['channel']}" if li["channel"] else "")
+        if li.get("downsample", 1) != 1:
+            where += f", at a downsample of {li['downsample']}"
+        return where
+
+    drawn = given.get("objects")
+    text = ("Segmentation given: nuclei from " + (f"{Path(drawn).name} (GeoJSON objects)"
+                                                  if drawn else source(given["nuclei"])))
+    if given.get("cells"):
+        text += (", cells from " + (Path(drawn).name if drawn else source(given["cells"]))
+                 + f" ({given['cells_without_nucleus']} cells without a nucleus left out)")
+    else:
+        text += ", cells by membrane-guided expansion from them"
+    return text + "."
+
+
 def saturation_paragraph(sat: dict) -> str:
     """One line on detector saturation from a summary's ``saturation`` block."""
     if not sat["checked"]:
@@ -346,6 +372,7 @@ def write_slide_report(result, path=None) -> Path:
                           if k != "total") + " cells." if sel.get("excluded") else "")
                       + (f" Warning: {sel['warning']}." if sel.get("warning") else "")
                       + (f" Note: {sel['note']}." if sel.get("note") else ""))
+    rep.paragraph(segmentation_paragraph(s))
     sat = s.get("saturation")
     if sat:
         rep.paragraph(saturation_paragraph(sat))
