@@ -747,6 +747,9 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
     for start in range(0, n, CHUNK):
         na = 0
         for p in range(start, min(start + CHUNK, n)):
+            # indices masked non-negative (a no-op here) so that LLVM drops numba's
+            # negative-index wraparound from the loads (measured ~5 % of the kernel)
+            q = p & 0x7FFFFFFFFFFFFFFF
             @Z0@
             if not (s < np.inf) or vnonfinite(z) != 0:  # NaN/inf value, or overflow
                 bad += 1
@@ -767,7 +770,7 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
             nb = 0
             for q in range(na):
                 e = pm[q]
-                i = e >> 8
+                i = (e >> 8) & 0xFFFF  # < CHUNK; masked as q above
                 m = e & 255
                 r = i * 8
                 b = m * (K * 8)
@@ -784,6 +787,7 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
 """
 
 _SIMD_CHUNK = 4096  # pixels per chunk: its ~300 kB of scratch stay in the L2 cache
+assert _SIMD_CHUNK <= 0x10000  # a pixel's place in its chunk is masked to 16 bits
 
 
 def _two_chains(first: str, more: str, n: int) -> list[str]:
@@ -802,7 +806,7 @@ def _two_chains(first: str, more: str, n: int) -> list[str]:
 
 def _simd_kernel_source(k: int, c: int) -> str:
     """Source of the SIMD kernel for ``k <= 8`` components and ``c`` channels."""
-    z0 = [f"v{j} = np.float64(y[p, {j}])" for j in range(c)]
+    z0 = [f"v{j} = np.float64(y[q, {j}])" for j in range(c)]
     z0 += _two_chains("vmul(vsplat(v{j}), vload(pn, {j} * 8))",
                       "vfma(vsplat(v{j}), vload(pn, {j} * 8), {acc})", c)
     z0.append("z = w")
