@@ -133,6 +133,44 @@ def test_bad_inputs_exit_2(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
+    """Review findings: unmix onto its own slide, an existing file as an output folder,
+    malformed panels and calibrations, options that need another: one line, exit 2, before
+    any work is written."""
+    slide = tmp_path / "s.ome.zarr"
+    r = run("image", "simulate", "--size", "256", "--out", str(slide))
+    assert r.returncode == 0, r.stderr
+    for out, what in ((slide, "is an input"), (tmp_path / "u.tif", "must end in .zarr")):
+        r = run("image", "unmix", str(slide), "--out", str(out))
+        assert r.returncode == 2 and what in r.stderr, r.stderr
+    (tmp_path / "afile").write_text("x")
+    r = run("image", "analyze", str(slide), "--out", str(tmp_path / "afile"), "--no-progress")
+    assert r.returncode == 2 and "afile" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"gates": {"XYZ": {"compartment": "nucleus", "threshold": 1}}}))
+    r = run("image", "analyze", str(slide), "--out", str(tmp_path / "o"), "--calibration",
+            str(cal), "--no-progress")
+    assert r.returncode == 2 and "'XYZ', which is not a component" in r.stderr, r.stderr
+    assert not (tmp_path / "o" / "cells.parquet").exists()
+    cal.write_text(json.dumps({"gates": {"ER": {"compartment": "bogus", "threshold": 1}}}))
+    r = run("image", "analyze", str(slide), "--out", str(tmp_path / "o"), "--calibration",
+            str(cal), "--no-progress")
+    assert r.returncode == 2 and "compartment must be one of" in r.stderr, r.stderr
+    panel = tmp_path / "p.yaml"
+    panel.write_text("markers: {HER2: {label: Qdot 605}}\nchannels_nm: [[500, 600], "
+                     "[600, 700]]\nexcitation_nm: abc\n")
+    r = run("image", "unmix", str(slide), "--panel", str(panel), "--out",
+            str(tmp_path / "u.ome.zarr"))
+    assert r.returncode == 2 and "excitation_nm must be a number" in r.stderr, r.stderr
+    for args, what in ((("dab", "--example", "--marker", "ER"), "needs --regions"),
+                       (("simulate", "--out", str(tmp_path / "x.png")), "--out must be"),
+                       (("simulate", "--missing", "A-1"), "need --tma"),
+                       (("calibrate", "--control", f"a={tmp_path}", "--control", f"a={tmp_path}"),
+                        "given twice")):
+        r = run("image", *args)
+        assert r.returncode == 2 and what in r.stderr, (args, r.stderr)
+
+
 def test_saturated_slide_is_flagged(tmp_path):
     """An 8-bit detector (the simulated scene exceeds 255 counts): the OME-TIFF declares it,
     the analysis flags the cells and prints the warning."""

@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     except QdmedError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
+    except (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as exc:
+        # a path given that cannot serve (an existing file as an output folder, a folder as
+        # an output file, no permission): bad input, named by the path
+        where = exc.filename if exc.filename is not None else ""
+        typer.echo(f"error: {where}: {exc.strerror or exc}", err=True)
+        return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130

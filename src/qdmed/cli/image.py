@@ -287,15 +287,21 @@ def simulate(
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel; --tma for a
     tissue microarray (one preset per core; cores.geojson beside the truth)."""
+    from qdmed.errors import InputError
     from qdmed.imaging import simulate_field, simulate_slide, write_ome_tiff, write_truth
 
+    name = out.name.lower()
+    if not name.endswith((".zarr", ".tif", ".tiff")):
+        raise InputError(f"--out must be an OME-Zarr (.ome.zarr) or OME-TIFF (.ome.tif) path; "
+                         f"got {out}")
+    if tma is None and (presets is not None or missing is not None or rotation_deg != 0.0):
+        raise InputError("--presets, --missing and --rotation-deg describe a tissue "
+                         "microarray: they need --tma")
     p = _panel(panel_file)
     kw = dict(endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
               tissue_fraction=tissue_fraction, bit_depth=bit_depth, offset_adu=offset_adu)
-    name = out.name.lower()
     if tma is not None:
-        from qdmed.errors import InputError
         from qdmed.imaging._tma import cores_geojson, simulate_tma
         from qdmed.report import atomic_write_parquet, atomic_write_text
 
@@ -345,7 +351,7 @@ def library(
     panel_file: PANEL = None,
     unstained: Annotated[Path | None, typer.Option("--unstained", help="Unstained control slide: the autofluorescence endmember.")] = None,
     stained: Annotated[Path | None, typer.Option("--stained", help="Without an unstained control: estimate autofluorescence blindly from this stained slide.")] = None,
-    single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="LABEL=slide: a single-stain control (repeatable).")] = None,
+    single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="MARKER=slide (or the marker's label, e.g. 'Qdot 605=slide'): a single-stain control (repeatable).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of measured vs model spectra.")] = None,
     offset: Annotated[float, typer.Option("--offset", help="Detector dark level (counts) to subtract from the controls.")] = 0.0,
@@ -357,17 +363,20 @@ def library(
     from qdmed.errors import InputError
     from qdmed.imaging import spectral_library
 
+    pn = _panel(panel_file)
+    by_label = dict(zip(pn.labels, pn.markers, strict=True))  # a label names its marker
     stains = {}
     for item in single_stain or []:
         name, sep, path = (part.strip() for part in item.partition("="))
         if not sep or not name or not path:
-            raise InputError(f"--single-stain must be LABEL=slide, got {item!r}")
+            raise InputError(f"--single-stain must be MARKER=slide, got {item!r}")
+        name = by_label.get(name, name)
         if name in stains:
             raise InputError(f"--single-stain {name} is given twice ({stains[name]} and {path}); "
-                             f"give one control per label")
+                             f"give one control per marker")
         stains[name] = Path(path)
-    res = spectral_library(_panel(panel_file), unstained=unstained, stained=stained,
-                           single_stains=stains, offset=offset)
+    res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
+                           offset=offset)
     res.panel.to_file(out)
     if plot:
         _save_plot(plot, res.plot())
@@ -393,12 +402,15 @@ def unmix(slide: Path, panel_file: PANEL = None,
     """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
     from qdmed.imaging import AnalysisSettings, read_slide
     from qdmed.imaging._analyze import _write_unmixed, check_channels, panel_offset
+    from qdmed.imaging._slideio import check_zarr_output
 
+    check_zarr_output(out, [slide])
     p = _panel(panel_file)
     off = panel_offset(p, _offset(offset))
     s = read_slide(slide)
     p = check_channels(s, p)
-    _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out)
+    _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out,
+                   s.pixel_size_um)  # the slide's own, or none
     info = {"slide": str(slide), "out": str(out), "components": list(p.components)}
     return print_json(info) if json_ else print_kv("Unmixed", info)
 
@@ -414,12 +426,10 @@ def rasterize(
     """Draw cells or detections exported from QuPath as GeoJSON (or any polygons) into a label
     image pixel-aligned with the slide, for --nuclei-labels / --cell-labels (which also take
     the GeoJSON itself)."""
-    from qdmed.errors import InputError
     from qdmed.imaging._rasterize import read_label_objects, write_object_labels
-    from qdmed.imaging._slideio import read_slide
+    from qdmed.imaging._slideio import check_zarr_output, read_slide
 
-    if Path(out).resolve() == Path(slide).resolve():
-        raise InputError(f"--out {out} is the slide itself: write the labels elsewhere")
+    check_zarr_output(out, [slide, objects])
     src = read_slide(slide)
     objs = read_label_objects(objects)
     path = write_object_labels(objs, src.shape[:2], out, pixel_size_um=src.pixel_size_um,
@@ -695,21 +705,35 @@ def calibrate(
     from qdmed.report import atomic_write_text
 
     ctrls, cats, negs = {}, {}, {}
-    for c in control:
-        name, _, path = c.partition("=")
-        if not path:
-            raise InputError(f"--control must be NAME=cells.parquet, got {c!r}")
+
+    def pair(option, item, what, seen):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise InputError(f"{option} must be {what}, got {item!r}")
+        if key in seen:
+            raise InputError(f"{option} {key} is given twice; give it once")
+        return key, value
+
+    paths: dict[str, str] = {}
+    for c in control:  # every pair checked before any table is read
+        name, path = pair("--control", c, "NAME=cells.parquet", paths)
+        paths[name] = path
+    for name, path in paths.items():
         try:
             ctrls[name] = pd.read_parquet(path)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read control table {path!r}: {exc}") from exc
     for c in category or ():
-        name, _, cat = c.partition("=")
+        name, cat = pair("--category", c, "NAME=0|1+|2+|3+", cats)
+        if name not in ctrls:
+            raise InputError(f"--category {name}: no --control {name}=... was given "
+                             f"(controls: {', '.join(ctrls)})")
         cats[name] = cat
     for c in negative or ():
-        marker, _, name = c.partition("=")
-        if not name:
-            raise InputError(f"--negative must be MARKER=CONTROL_NAME, got {c!r}")
+        marker, name = pair("--negative", c, "MARKER=CONTROL_NAME", negs)
+        if name not in ctrls:
+            raise InputError(f"--negative {marker}={name}: no --control {name}=... was given "
+                             f"(controls: {', '.join(ctrls)})")
         negs[marker] = name
     doc = {}
     from qdmed.imaging._scoring import KNOWN_HER2_CONTROLS, _norm_name
@@ -804,7 +828,7 @@ def cohort(
         return None
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
-    typer.echo(f"cohort table: {res['cells']}; report: {res['report']}"
+    typer.echo(f"slides: {res['slides_table']}; cells: {res['cells']}; report: {res['report']}"
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
     for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []):
@@ -850,6 +874,9 @@ def dab(
         return print_json(d) if json_ else _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
+    if marker != "HER2":
+        raise InputError(f"--marker {marker} needs --regions: a single image is scored for "
+                         "HER2 (membrane OD, the HER2 rule)")
     if example:
         from skimage.data import immunohistochemistry
 
@@ -863,8 +890,12 @@ def dab(
             raise InputError(f"cannot read image {image}: {exc}") from exc
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5)
     d = sc.to_dict() if hasattr(sc, "to_dict") else {}
-    return print_json(d) if json_ else print_kv("DAB IHC", {k: v for k, v in d.items()
-                                                             if not isinstance(v, dict | list)})
+    if json_:
+        return print_json(d)
+    her2 = d.get("her2") or {}
+    info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
+    info.update({k: v for k, v in d.items() if not isinstance(v, dict | list)})
+    return print_kv("DAB IHC", info)
 
 
 def _od_cutoffs(text: str) -> tuple[float, ...]:

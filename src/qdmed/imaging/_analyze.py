@@ -374,6 +374,19 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     return df.reset_index(drop=True), feats, stats
 
 
+def check_calibration(panel, her2_calibration, gates) -> None:
+    """Refuse, before any tile is analysed, scoring rules for markers the panel lacks: every
+    gate's marker and the HER2 calibration's marker must be panel components."""
+    comps = list(panel.components)
+    for m in gates or {}:
+        if m not in comps:
+            raise InputError(f"a positivity gate is given for {m!r}, which is not a component "
+                             f"of the panel {comps}")
+    if her2_calibration is not None and her2_calibration.marker not in comps:
+        raise InputError(f"the HER2 calibration scores {her2_calibration.marker!r}, which is "
+                         f"not a component of the panel {comps}")
+
+
 def _label_names(labels) -> tuple[str, str]:
     """How a slide's given labels are named in errors (the defaults when there are none)."""
     return LABEL_NAMES if labels is None else labels.names()
@@ -796,6 +809,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     slide = read_slide(path)
     h, w, c = slide.shape
     panel = check_channels(slide, panel)
+    check_calibration(panel, her2_calibration, gates)
     s = settings or AnalysisSettings()
     if slide.pixel_size_um and settings is None:
         s = replace(s, pixel_size_um=float(slide.pixel_size_um))
@@ -968,7 +982,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             (tiles_dir / f"tile_{i:06d}.geojson.json" for i in range(len(boxes))),
             _classifier(her2))
     if write_unmixed:
-        _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr")
+        _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um)
     summary = {
         "qdmed_version": __version__,
         "slide": slide.to_dict(),
@@ -1117,9 +1131,10 @@ def start_client(scheduler: str | None, n_workers: int):
     return Client(cluster), cluster
 
 
-def _write_unmixed(slide, panel, s, dest):
+def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None):
     """Unmixed abundances of every component plus a ``residual`` channel (relative residual
-    ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block."""
+    ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block, recording
+    `pixel_size_um` (None: unknown)."""
     import dask.array as da
 
     from qdmed.imaging._nnls import unmix_nnls
@@ -1143,7 +1158,7 @@ def _write_unmixed(slide, panel, s, dest):
     data = slide.data.rechunk((1024, 1024, -1))  # = the writer's chunks: each block unmixed once
     ab = da.map_blocks(block, data, chunks=data.chunks[:2] + ((k + 1,),), dtype=np.float32)
     write_ome_zarr(dest, ab, channel_names=[*panel.components, "residual"],
-                   pixel_size_um=s.pixel_size_um)
+                   pixel_size_um=pixel_size_um)
 
 
 def marker_summary(cells, components) -> dict:

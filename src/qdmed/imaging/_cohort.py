@@ -192,6 +192,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     from qdmed.imaging._analyze import (
         analyze_slide,
         check_autofluorescence_option,
+        check_calibration,
         check_exclude_flagged,
         check_region_options,
         panel_offset,
@@ -203,6 +204,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
     check_autofluorescence_option(autofluorescence, panel)
+    check_calibration(panel, her2_calibration, gates)
     check_region_options(her2_region_um, her2_region_min_cells)
     from qdmed.imaging._detector import check_level
 
@@ -461,6 +463,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     atomic_write_text(out / "cohort.csv", buf.getvalue())
     write_cohort_report(summary, out)
     summary["report"] = str(out / "report.html")
+    summary["slides_table"] = str(out / "cohort.csv")
     return summary
 
 

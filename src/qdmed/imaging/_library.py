@@ -364,8 +364,8 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
     stains = {}
     for name, ctrl in single_stains.items():
         if name not in panel.components or name == "autofluorescence":
-            raise InputError(f"single-stain control {name!r} is not a label of the panel; "
-                             f"labels: {[m for m in panel.components if m != 'autofluorescence']}")
+            raise InputError(f"single-stain control {name!r} is not a marker of the panel; "
+                             f"markers: {[m for m in panel.components if m != 'autofluorescence']}")
         src = str(ctrl) if not hasattr(ctrl, "shape") else "array"
         stains[name] = (src, control_image(ctrl, panel, name=name) - off)
 

@@ -258,6 +258,9 @@ class Panel:
             doc = yaml.safe_load(p.read_text(encoding="utf-8"))
         except OSError as exc:
             raise InputError(f"cannot read panel file {p}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(f"{p}: not a UTF-8 text (YAML) file ({exc.reason} at byte "
+                                  f"{exc.start})") from exc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise FileFormatError(f"{p}:{' line ' + str(mark.line + 1) if mark else ''} "
@@ -296,6 +299,8 @@ class Panel:
                         f"{source}: markers.{m} needs a catalog 'label' (e.g. Qdot 605), "
                         "'peak_nm' (+ 'fwhm_nm') or a 'spectrum'")
                 b = float(e.get("brightness", 1.0))
+            except FileFormatError:
+                raise  # already names the file and the entry
             except (TypeError, ValueError, KeyError) as exc:
                 if isinstance(exc, InputError):
                     raise FileFormatError(f"{source}: markers.{m}: {exc}") from exc
@@ -327,13 +332,23 @@ class Panel:
         except (TypeError, ValueError, KeyError) as exc:
             raise FileFormatError(f"{source}: autofluorescence must be null or a mapping with "
                                   f"peak_nm and fwhm_nm (or a spectrum) ({exc})") from exc
+        try:
+            excitation_nm = float(doc.get("excitation_nm", 405.0))
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(f"{source}: excitation_nm must be a number (nm); got "
+                                  f"{doc.get('excitation_nm')!r}") from exc
         panel = build_panel_from_spectra(markers, labels, spectra, channels, brightness=bright,
-                                         excitation_nm=float(doc.get("excitation_nm", 405.0)),
-                                         autofluorescence=af_s)
+                                         excitation_nm=excitation_nm, autofluorescence=af_s)
         meas = doc.get("measured_endmembers") or {}
         if not isinstance(meas, dict):
             raise FileFormatError(f"{source}: measured_endmembers must map component -> list")
-        return panel.with_measured(meas) if meas else panel
+        try:
+            return panel.with_measured(meas) if meas else panel
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise FileFormatError(f"{source}: {exc}") from exc
+            raise FileFormatError(f"{source}: measured_endmembers must map each component to "
+                                  f"one number per channel ({exc})") from exc
 
     def plot(self):
         import matplotlib.pyplot as plt

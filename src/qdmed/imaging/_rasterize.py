@@ -377,22 +377,15 @@ def write_object_labels(objects: LabelObjects, shape_yx, out_path, *,
     `out_path` is replaced; anything else there is refused."""
     from qdmed import __version__
     from qdmed.imaging._analyze import _progress
-    from qdmed.imaging._slideio import _is_zarr_group, _ZarrImageWriter
+    from qdmed.imaging._slideio import _ZarrImageWriter, check_zarr_output
 
-    out = Path(out_path)
-    if not out.name.lower().endswith(".zarr"):
-        raise InputError(f"the label image is written as OME-Zarr: its path must end in "
-                         f".zarr (e.g. labels.ome.zarr); got {out}")
-    if out.exists() and not _is_zarr_group(out):
-        raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
-    if Path(objects.source).resolve() == out.resolve():
-        raise InputError(f"{out} is the objects file itself: write the labels elsewhere")
+    out = check_zarr_output(out_path, [objects.source])
     ny, nx = (int(v) for v in shape_yx)
     kinds = ["nuclei"] + ([] if objects.cells is None else ["cells"])
-    writer = _ZarrImageWriter(Path(out_path), (ny, nx, len(kinds)), np.int32,
+    writer = _ZarrImageWriter(out, (ny, nx, len(kinds)), np.int32,
                               channel_names=tuple(kinds), pixel_size_um=pixel_size_um,
                               chunks=(min(block, 1024), min(block, 1024)), pyramid_levels=1,
-                              name=Path(out_path).name)
+                              name=out.name)
     starts = [(y, x) for y in range(0, ny, block) for x in range(0, nx, block)]
     try:
         with _progress(progress, len(starts), 0, "blocks") as advance:

@@ -305,6 +305,12 @@ class MarkerGate:
     control_cells: int | None = None
 
     def __post_init__(self):
+        if self.compartment not in _COMPARTMENTS:
+            raise InputError(f"compartment must be one of {', '.join(_COMPARTMENTS)}; got "
+                             f"{self.compartment!r}.")
+        if self.statistic not in _STATISTICS:
+            raise InputError(f"statistic must be one of {', '.join(_STATISTICS)}; got "
+                             f"{self.statistic!r}.")
         f = self.false_positive_percent
         if f is not None and not (isinstance(f, int | float) and not isinstance(f, bool)
                                   and math.isfinite(f) and 0 <= f < 100):

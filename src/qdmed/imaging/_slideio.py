@@ -622,6 +622,22 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
                      "label image, slide.ome.zarr/labels/nuclei)")
 
 
+def check_zarr_output(out, inputs=()) -> Path:
+    """An OME-Zarr output path that is safe to replace: ending in ``.zarr``, not an existing
+    file or non-Zarr folder, and none of `inputs` (a slide unmixed onto itself would be
+    gone). InputError otherwise."""
+    out = Path(out)
+    if not out.name.lower().endswith(".zarr"):
+        raise InputError(f"the output is written as OME-Zarr: its path must end in .zarr "
+                         f"(e.g. unmixed.ome.zarr); got {out}")
+    if out.exists() and not _is_zarr_group(out):
+        raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
+    for src in inputs:
+        if src is not None and Path(src).resolve() == out.resolve():
+            raise InputError(f"{out} is an input of this command: write the output elsewhere")
+    return out
+
+
 def _is_zarr_group(p: Path) -> bool:
     """A folder holding Zarr metadata (v2 or v3), whatever its name: e.g. the label images
     inside an OME-Zarr, ``labels/<name>``."""
