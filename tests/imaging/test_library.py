@@ -89,7 +89,7 @@ def test_library_errors():
     un, ss = _controls(96)
     with pytest.raises(InputError, match="unstained control .*single-stain controls, or both"):
         spectral_library(P)
-    with pytest.raises(InputError, match="not a label"):
+    with pytest.raises(InputError, match="not a marker"):
         spectral_library(P, single_stains={"Ki67": ss})
     with pytest.raises(InputError, match="channels"):
         spectral_library(P, unstained=un[..., :5])
@@ -117,8 +117,10 @@ def test_library_cli(tmp_path):
     q = Panel.from_file(out)
     assert _cos(q.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.9999
     assert (tmp_path / "lib.png").stat().st_size > 1000
+    her2_label = P.labels[P.markers.index("HER2")]  # a control named by its label
     res = run("--panel", str(tmp_path / "panel.yaml"), "--stained", str(tmp_path / "un.ome.zarr"),
-              "--single-stain", f"HER2={tmp_path / 'her2.ome.zarr'}", "--out", str(out), "--json")
+              "--single-stain", f"{her2_label}={tmp_path / 'her2.ome.zarr'}", "--out", str(out),
+              "--json")
     assert res.returncode == 0, res.stderr
     af = json.loads(res.stdout)["components"]["autofluorescence"]
     assert af["source"].startswith("blind: ") and af["angle_to_labels_deg"] > 0
@@ -126,9 +128,9 @@ def test_library_cli(tmp_path):
               str(tmp_path / "un.ome.zarr"))
     assert bad.returncode == 2 and "not both" in bad.stderr
     bad = run("--single-stain", "HER2")
-    assert bad.returncode == 2 and "LABEL=slide" in bad.stderr
+    assert bad.returncode == 2 and "MARKER=slide" in bad.stderr
     bad = run("--single-stain", f"Ki67={tmp_path / 'her2.ome.zarr'}")
-    assert bad.returncode == 2 and "not a label" in bad.stderr
+    assert bad.returncode == 2 and "not a marker" in bad.stderr
     h = f"HER2={tmp_path / 'her2.ome.zarr'}"
     bad = run("--single-stain", h, "--single-stain", h)
     assert bad.returncode == 2 and "given twice" in bad.stderr
