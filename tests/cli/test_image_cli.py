@@ -165,6 +165,7 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
     for args, what in ((("dab", "--example", "--marker", "ER"), "needs --regions"),
                        (("simulate", "--out", str(tmp_path / "x.png")), "--out must be"),
                        (("simulate", "--missing", "A-1"), "need --tma"),
+                       (("analyze", str(slide), "--workers", "0"), "n_workers (--workers)"),
                        (("calibrate", "--control", f"a={tmp_path}", "--control", f"a={tmp_path}"),
                         "given twice")):
         r = run("image", *args)

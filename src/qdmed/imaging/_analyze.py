@@ -806,6 +806,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_level(saturation_level)
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
+    check_n_workers(n_workers)
     slide = read_slide(path)
     h, w, c = slide.shape
     panel = check_channels(slide, panel)
@@ -1107,6 +1108,14 @@ def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
     # the run's fingerprint and throw finished tiles away on resume
     prof = np.round(prof, 9)
     return panel.with_measured({"autofluorescence": prof}), info
+
+
+def check_n_workers(n_workers) -> None:
+    """n_workers: None (as many as the cores) or a whole number >= 1."""
+    if n_workers is not None and (isinstance(n_workers, bool) or int(n_workers) != n_workers
+                                  or n_workers < 1):
+        raise InputError(f"n_workers (--workers) must be a whole number >= 1, or omitted for "
+                         f"one per core; got {n_workers!r}")
 
 
 def start_client(scheduler: str | None, n_workers: int):

@@ -194,6 +194,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_autofluorescence_option,
         check_calibration,
         check_exclude_flagged,
+        check_n_workers,
         check_region_options,
         panel_offset,
         scored_cells_of,
@@ -211,6 +212,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_level(saturation_level)  # bad values are refused before any slide is read
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
+    check_n_workers(n_workers)
     region_min_cells = check_min_cells(region_min_cells)
     # both maps before any slide is read; the case map's checks first, as they name it
     slide_cases, case_map_source, name_rx = _case_source(case_map, case_from_name, tma_map,
