@@ -163,6 +163,7 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
             str(tmp_path / "u.ome.zarr"))
     assert r.returncode == 2 and "excitation_nm must be a number" in r.stderr, r.stderr
     for args, what in ((("dab", "--example", "--marker", "ER"), "needs --regions"),
+                       (("dab", "--example", "--case-rule", "highest"), "need --regions"),
                        (("simulate", "--out", str(tmp_path / "x.png")), "--out must be"),
                        (("simulate", "--missing", "A-1"), "need --tma"),
                        (("analyze", str(slide), "--workers", "0"), "n_workers (--workers)"),

@@ -877,6 +877,9 @@ def dab(
     if marker != "HER2":
         raise InputError(f"--marker {marker} needs --regions: a single image is scored for "
                          "HER2 (membrane OD, the HER2 rule)")
+    if case_rule != "pooled" or region_min_cells != 100:
+        raise InputError("--case-rule and --region-min-cells score regions: they need "
+                         "--regions")
     if example:
         from skimage.data import immunohistochemistry
 
