@@ -260,6 +260,35 @@ def test_her2_ultralow_floor_and_total_load_with_stained_mean():
     assert s.total_her2_load == pytest.approx((4 * 2.0 + 96 * 0.2) * 30.0)
 
 
+def test_her2_review_findings_few_cells_and_patterns_the_guideline_does_not_name():
+    """A category from fewer than 100 cells carries a warning; staining stronger than faint
+    in <= 10 % is 0 (ultralow: membrane staining in > 0 and <= 10 %) named for review, and a
+    1+ reached with stronger staining says so rather than calling it all faint."""
+    few = score_her2(her2_cells((20, "intense", True), n_total=50), CAL)
+    assert few.category == "3+" and "50 cells only" in few.warnings[0]
+    assert few.to_dict()["warnings"] == list(few.warnings)
+    assert score_her2(her2_cells((20, "intense", True)), CAL).warnings == ()
+    s = score_her2(her2_cells((9, "wm", False)), CAL)
+    assert s.category == "0" and s.her2_ultralow and "not name: review" in s.rule
+    s = score_her2(her2_cells((10, "wm", True), (20, "faint", False)), CAL)
+    assert s.category == "1+" and "faint in 20.0 %, stronger in 10.0 %" in s.rule
+
+
+def test_regions_grade_her2_on_cells_with_a_membrane_only():
+    """A region needs min_cells cells with a gradable HER2 membrane, not just rows; a region
+    with none is reported, not a crash (review finding)."""
+    from qdmed.imaging._region_scores import _scored_row
+
+    df = her2_cells((50, "intense", True))
+    df.loc[3:, "HER2_membrane_mean"] = np.nan  # 3 of 100 cells with a membrane value
+    row = _scored_row({"status": "ok"}, df, "core", 100, CAL, None)
+    assert row.get("her2_category") is None
+    assert "HER2 not scored: 3 of 100 cells have a gradable membrane" in row["message"]
+    df["HER2_membrane_mean"] = np.nan
+    row = _scored_row({"status": "ok"}, df, "core", 100, CAL, None)
+    assert "0 of 100 cells" in row["message"]
+
+
 def test_her2_errors():
     with pytest.raises(InputError, match="no cells"):
         score_her2(her2_cells().iloc[:0], CAL)
@@ -346,6 +375,10 @@ def test_calibration_errors():
         calibrate_her2({"a": control(1.0)}, categories={"a": "4+"})
     with pytest.raises(InputError, match="at least"):
         calibrate_her2({"a": control(1.0, n=3), "b": control(50.0)}, categories={"a": "0", "b": "3+"})
+    # below 0.9, a 0 control would score 1+ with its own calibration
+    with pytest.raises(InputError, match=r"faint_quantile must be in \[0.9, 1\)"):
+        calibrate_her2({"a": control(1.0), "b": control(50.0)}, categories={"a": "0", "b": "3+"},
+                       faint_quantile=0.85)
 
 
 # ----------------------------------------------------------------------- kappa

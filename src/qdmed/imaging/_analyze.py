@@ -489,7 +489,7 @@ class SlideResult:
 
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus", "cases_scored")
+WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus", "cases_scored", "her2")
 
 
 def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
@@ -962,6 +962,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         selection["note"] = ("a tissue microarray: the slide-level scores pool every core (every "
                              "patient); each core's are in regions.csv")
     her2, scored = score_cells(scored_cells, her2_calibration, gates)
+    if her2_calibration is not None and her2 is None and len(scored_cells) \
+            and not selection.get("warning"):
+        selection["warning"] = (f"none of the {len(scored_cells)} scored cells has a gradable "
+                                "HER2 membrane value: HER2 was not scored")
     het = None
     (out / "her2_regions.geojson").unlink(missing_ok=True)
     if her2 is not None and not tma:  # squares across a TMA would mix patients' cores

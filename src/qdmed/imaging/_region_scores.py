@@ -7,8 +7,9 @@ patients, and each core gets its own HER2 category, marker percentages and recep
 et al., Int J Nanomedicine 9, 1039-1048 (2014), doi:10.2147/IJN.S58270). A core is scored as a
 slide is (:func:`qdmed.imaging.score_her2`, :func:`qdmed.imaging.score_markers`),
 on the cells whose centroid lies in it; a core with fewer than ``min_cells`` scored cells
-gets no scores (status ``"too few cells"``): a category from a handful of cells is noise, as
-the ASCO/CAP ER/PgR rule's 100-nuclei floor recognises.
+gets no scores (status ``"too few cells"``): a category from a handful of cells is noise (100 by
+default, a qdmed choice: the guidelines set no number), and its HER2 category needs as many
+cells with a measurable membrane.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 from qdmed.errors import InputError
 from qdmed.imaging._detector import WARN_PERCENT_CELLS
 
-#: Scored cells a region needs to be scored (as ER/PgR status needs 100 nuclei).
+#: Scored cells a region needs to be scored (a qdmed choice, as an ER/PR status needs 100
+#: nuclei in :mod:`qdmed.imaging._receptors`).
 REGION_MIN_CELLS = 100
 
 #: Columns of a region row before the per-marker ones.
@@ -68,10 +70,21 @@ def receptor_notes(markers: dict | None) -> list[str]:
     return [f"{m}: {w}" for m, st in status.items() for w in st.get("warnings", [])]
 
 
+def her2_measurable(cells, her2_calibration) -> int:
+    """Cells with a HER2 value the calibration can grade (cells without a membrane have
+    none)."""
+    c = her2_calibration
+    col = f"{c.marker}_{c.compartment}_{c.statistic}"
+    if cells is None or col not in cells.columns:
+        return 0
+    return int(np.count_nonzero(np.isfinite(np.asarray(cells[col], dtype=np.float64))))
+
+
 def score_cells(cells, her2_calibration=None, gates=None):
-    """(HER2 score or None, marker score dict or None) of a cell table, as a slide is scored."""
+    """(HER2 score or None, marker score dict or None) of a cell table, as a slide is scored;
+    no HER2 score when no cell has a gradable HER2 value."""
     her2 = markers = None
-    if her2_calibration is not None and len(cells):
+    if her2_calibration is not None and her2_measurable(cells, her2_calibration):
         from qdmed.imaging._scoring import score_her2
 
         her2 = score_her2(cells, her2_calibration, nan_policy="omit")
@@ -93,9 +106,16 @@ def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_cali
                           f"{n} scored cells, fewer than the {min_cells} a {what} needs "
                           "(region_min_cells): not scored")
         return row
+    notes = []
+    if her2_calibration is not None:
+        k = her2_measurable(cells, her2_calibration)
+        if k < min_cells:  # HER2 left out: too few cells with a membrane to grade
+            notes.append(f"HER2 not scored: {k} of {n} cells have a gradable membrane, fewer "
+                         f"than the {min_cells} a {what} needs")
+            her2_calibration = None
     her2, markers = score_cells(cells, her2_calibration, gates)
     row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
-    row["message"] = "; ".join(receptor_notes(markers))
+    row["message"] = "; ".join(notes + receptor_notes(markers))
     return row
 
 

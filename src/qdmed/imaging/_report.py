@@ -449,6 +449,8 @@ def write_slide_report(result, path=None) -> Path:
                                      "percent_cells_1plus", "percent_cells_2plus",
                                      "percent_cells_3plus", "mean_membrane_intensity",
                                      "total_her2_load", "percent_positive_area") if k in h})
+        for w in h.get("warnings") or []:
+            rep.paragraph(f"Warning: {w}.")
         rep.paragraph("Categories follow the ASCO/CAP rules (Wolff et al., J Clin Oncol 2018, "
                       "doi:10.1200/JCO.2018.77.8738) with intensity cut-offs from control cell "
                       "lines: a research measure, not a clinical test.", cls="muted")

@@ -573,8 +573,9 @@ def calibrate_her2(
         Column used (default ``HER2_membrane_stained_mean``: the mean over the stained
         part of the membrane, the intensity a pathologist grades; ``"mean"`` uses the
         whole membrane ring).
-    faint_quantile : float in (0.5, 1)
-        Quantile defining the faint cut-off (see Notes).
+    faint_quantile : float in [0.9, 1)
+        Quantile defining the faint cut-off (see Notes); at least 0.9, so that a 0 control
+        scores 0 with its own calibration (at most 10 % of its cells read as stained).
     scale : {'log', 'linear'}
         Scale on which cut-offs are interpolated between control medians.
     min_cells : int
@@ -622,8 +623,10 @@ def calibrate_her2(
     if scale not in ("log", "linear"):
         raise UnknownNameError(f"Unknown scale {scale!r}; accepted: 'log', 'linear'.")
     q = _finite("faint_quantile", faint_quantile)
-    if not 0.5 < q < 1:
-        raise InputError(f"faint_quantile must be in (0.5, 1); got {faint_quantile!r}.")
+    if not 0.9 <= q < 1:
+        raise InputError(f"faint_quantile must be in [0.9, 1); got {faint_quantile!r}: below "
+                         "0.9 more than 10 % of a 0 control's cells would read as stained, and "
+                         "the 0 control itself would score 1+.")
     if not isinstance(control_cells, Mapping) or not control_cells:
         raise InputError("control_cells must be a non-empty mapping name -> per-cell DataFrame.")
     given = {k: _category(v) for k, v in (categories or {}).items()}
@@ -768,6 +771,7 @@ class Her2Score:
     parameters: tuple
     cells: Any = field(repr=False, compare=False)
     reference: str = REF_WOLFF_2018
+    warnings: tuple = ()
 
     def to_dict(self, *, include_cells: bool = False) -> dict[str, Any]:
         """JSON-safe dict; ``include_cells=True`` adds the per-cell table as lists."""
@@ -776,6 +780,7 @@ class Her2Score:
         d["parameters"] = dict(self.parameters)
         if include_cells:
             d["cells"] = {c: self.cells[c].tolist() for c in self.cells.columns}
+        d["warnings"] = list(self.warnings)
         return to_jsonable(d)
 
     def report(self) -> str:
@@ -791,6 +796,10 @@ class Her2Score:
             + (f"; {', '.join(flags)}" if flags else "")
         )
 
+
+#: Scored cells below which a HER2 category carries a warning (a qdmed choice, the floor of a
+#: region's scores and of an ER/PR status; the guideline sets no number).
+HER2_FEW_CELLS = 100
 
 #: Slide category of each branch of :func:`her2_rule_branch` (index into HER2_CATEGORIES),
 #: and the branches that flag a 0 as HER2-ultralow.
@@ -972,14 +981,20 @@ def score_her2(
         f"unusual pattern: intense complete staining in only {p_ic:.1f} % ({n_ic} cells) "
         f"<= {pc:g} %",
         f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %",
-        f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %",
+        (f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
+         if p_stained - p_faint < 0.05 else
+         f"membrane staining in {p_stained:.1f} % > {pc:g} % of cells (faint in {p_faint:.1f} "
+         f"%, stronger in {p_stained - p_faint:.1f} %, too few or too incomplete for 2+)"),
         # intense complete cells below the unusual-2+ floor are not null-population noise
         # (the noise floor is about faint readings): never call such a slide HER2-null
         f"membrane staining in {p_stained:.1f} % <= {pc:g} % of cells, including intense "
         f"complete staining in {p_ic:.2f} % ({n_ic} cells), at or below the {imp:g} % floor "
         "of the unusual 2+ pattern: review these cells (ultralow)",
         f"membrane staining (at least faint) in {p_stained:.1f} % <= {pc:g} % of cells, above "
-        f"the {ulp:g} % null noise floor (ultralow)",
+        f"the {ulp:g} % null noise floor (ultralow)"
+        + ("" if p_stained - p_faint < 0.05 else
+           f"; stronger than faint in {p_stained - p_faint:.1f} %, a pattern the guideline "
+           "does not name: review"),
         f"membrane staining in {p_stained:.1f} %, within the {ulp:g} % of null cells expected "
         "above the faint cut-off (null)",
         "no membrane staining (null)",
@@ -1013,6 +1028,9 @@ def score_her2(
         if col in df.columns:
             cells[col] = np.asarray(df[col], dtype=np.float64)
     cat_pct = [pct(cell_cat == k) for k in range(4)]
+    warnings = () if n >= HER2_FEW_CELLS else (
+        f"scored on {n} cells only: a category from so few cells is unreliable (qdmed asks "
+        f"{HER2_FEW_CELLS}, as for a region or an ER/PR status)",)
     return Her2Score(
         category=cat,
         result=result,
@@ -1035,6 +1053,7 @@ def score_her2(
         total_her2_load=load,
         percent_positive_area=ppa,
         calibration=calibration,
+        warnings=warnings,
         parameters=(
             ("completeness_complete", cc),
             ("percent_cutoff", pc),
