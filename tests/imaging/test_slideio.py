@@ -372,3 +372,55 @@ def test_contiguous_tiff_regions_read_through_a_memory_map(tmp_path, byteorder):
     r = s.read_region(10, 250, 20, 180)
     assert r.dtype == np.uint32 and r.dtype.isnative
     np.testing.assert_array_equal(r, np.moveaxis(a, 0, -1)[10:250, 20:180])
+
+
+def test_review_findings_zarr_metadata_units_outputs_and_tiff_quirks(tmp_path):
+    """NGFF lengths in any unit the spec names (unknown ones refused), malformed datasets and
+    undecodable chunks named, never a raw error; the writer never replaces what is not a
+    Zarr image; a 72-dpi editor resolution is no pixel size; LZW tiles decode."""
+    import zarr
+
+    img = np.arange(64 * 48 * 2, dtype=np.uint16).reshape(64, 48, 2)
+    z = write_ome_zarr(tmp_path / "u.ome.zarr", img, pixel_size_um=0.5)
+
+    def set_unit(unit, path="0"):
+        g = zarr.open_group(str(z), mode="r+")
+        ms = g.attrs["multiscales"]
+        for a in ms[0]["axes"]:
+            if a["name"] in ("x", "y"):
+                a["unit"] = unit
+        ms[0]["datasets"][0]["coordinateTransformations"] = [
+            {"type": "scale", "scale": [1.0, 5e-7, 5e-7] if unit == "meter" else
+             [1.0, 0.5, 0.5]}]
+        ms[0]["datasets"][0]["path"] = path
+        g.attrs["multiscales"] = ms
+
+    set_unit("meter")
+    assert read_slide(z).pixel_size_um == pytest.approx(0.5)
+    set_unit("parsec")
+    with pytest.raises(FileFormatError, match="unit 'parsec' is not a length unit"):
+        read_slide(z)
+    set_unit("micrometer", path="nowhere")
+    with pytest.raises(FileFormatError, match="'nowhere' does not exist"):
+        read_slide(z)
+    # a chunk that does not decode
+    good = write_ome_zarr(tmp_path / "c.ome.zarr", img)
+    chunk = next(f for f in (good / "0").rglob("*") if f.is_file() and not f.name.startswith("."))
+    chunk.write_bytes(b"\x02\x01garbage-garbage-garbage")
+    with pytest.raises(FileFormatError, match="cannot decode the region"):
+        read_slide(good).read_region(0, 64, 0, 48)
+    # the writer refuses to replace a plain folder or a file
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "precious.csv").write_text("1")
+    for dest in (tmp_path / "keep", tmp_path / "x.ome.tif"):
+        if dest.suffix == ".tif":
+            dest.write_bytes(b"tiff")
+        with pytest.raises(InputError, match="must end in .zarr|not a Zarr image"):
+            write_ome_zarr(dest, img)
+    assert (tmp_path / "keep" / "precious.csv").read_text() == "1"
+    # an image editor's 72 dpi is not a pixel size; LZW tiles decode (imagecodecs)
+    tifffile.imwrite(tmp_path / "dpi.tif", img[..., 0], resolution=(72, 72),
+                     resolutionunit="INCH", compression="lzw")
+    s = read_slide(tmp_path / "dpi.tif")
+    assert s.pixel_size_um is None
+    np.testing.assert_array_equal(s.read_region(0, 64, 0, 48)[..., 0], img[..., 0])

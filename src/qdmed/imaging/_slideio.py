@@ -57,7 +57,8 @@ SLIDE_SUFFIXES = _TIFF_SUFFIXES + _ZARR_SUFFIXES
 #: lengths in um: pixel sizes (OME, NGFF, ImageJ's unit) and wavelengths (OME; x 1e3 for nm)
 _UNIT_TO_UM = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0,
                "microns": 1.0, "nm": 1e-3, "nanometer": 1e-3, "Å": 1e-4, "angstrom": 1e-4,
-               "pm": 1e-6, "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "m": 1e6}
+               "pm": 1e-6, "picometer": 1e-6, "mm": 1e3, "millimeter": 1e3, "cm": 1e4,
+               "centimeter": 1e4, "dm": 1e5, "decimeter": 1e5, "m": 1e6, "meter": 1e6}
 _COLORS = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FF8000", "FFFFFF")
 
 
@@ -475,6 +476,7 @@ def write_ome_zarr(
         ``overwrite=False``.
     """
     p = _check_dest(path, overwrite)
+    check_zarr_output(p)  # never replaces a file or a folder that is not a Zarr image
     image = _check_image(image_yxc)
     ny, nx, nc = (int(s) for s in image.shape)
     names = _check_channel_names(channel_names, nc)
@@ -837,6 +839,11 @@ def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
     return {"names": names, "pixel_size_um": ps}
 
 
+#: Coarsest pixel size taken from a TIFF's X/YResolution tags, um (coarser: a print or
+#: screen resolution, taken as unknown).
+_MAX_TIFF_RESOLUTION_UM = 20.0
+
+
 def _tiff_resolution_um(page: Any) -> float | None:
     try:
         xres = page.tags["XResolution"].value
@@ -847,11 +854,10 @@ def _tiff_resolution_um(page: Any) -> float | None:
     if not num or not den:
         return None
     per_unit = num / den
-    if unit == 3:  # centimetre
-        return 1e4 / per_unit
-    if unit == 2:  # inch
-        return 25400.0 / per_unit
-    return None
+    ps = 1e4 / per_unit if unit == 3 else 25400.0 / per_unit if unit == 2 else None
+    # 72, 96, 300 dpi (353, 265, 85 um) are what image editors and screenshots write, not a
+    # microscope's sampling, which is finer than 20 um per pixel even for an overview scan
+    return ps if ps is not None and ps <= _MAX_TIFF_RESOLUTION_UM else None
 
 
 def _read_tiff(p: Path) -> SlideImage:
@@ -887,6 +893,8 @@ def _read_tiff(p: Path) -> SlideImage:
             names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
+        except FileFormatError:
+            raise  # names the file and the field already
         except _TIFF_PARSE_ERRORS as e:
             raise FileFormatError(f"{str(p)!r}: cannot parse the TIFF structure: "
                                   f"{type(e).__name__}: {e}") from e
@@ -972,8 +980,14 @@ def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.nda
             store = tf.series[0].aszarr(level=level)
             z = zarr.open_array(store, mode="r")
             return np.asarray(z[sel])
-    except (tifffile.TiffFileError, zlib.error, RuntimeError, *_TIFF_PARSE_ERRORS) as e:
-        # zlib.error / imagecodecs errors (RuntimeError subclasses): corrupted tile data
+    except (tifffile.TiffFileError, zlib.error, RuntimeError, ImportError,
+            *_TIFF_PARSE_ERRORS) as e:
+        # zlib.error / imagecodecs errors (RuntimeError subclasses): corrupted tile data;
+        # ImportError or a message naming imagecodecs: a codec that is not installed
+        if isinstance(e, ImportError) or "imagecodecs" in str(e):
+            raise FileFormatError(f"{path!r}: its tiles are compressed with a codec this "
+                                  "installation lacks (pip install imagecodecs): "
+                                  f"{type(e).__name__}: {e}") from e
         raise FileFormatError(f"{path!r}: cannot decode level {level} region {loc} "
                               f"(corrupted image data?): {type(e).__name__}: {e}") from e
 
@@ -998,6 +1012,8 @@ def _read_zarr(p: Path) -> SlideImage:
     axes = [a["name"] if isinstance(a, dict) else str(a) for a in m.get("axes", [])]
     levels, ps = [], None
     for i, ds in enumerate(m["datasets"]):
+        if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+            raise FileFormatError(f"{str(p)!r}: multiscales dataset {i} has no 'path'")
         try:
             arr = root[ds["path"]]
         except KeyError as e:
@@ -1010,12 +1026,7 @@ def _read_zarr(p: Path) -> SlideImage:
                                   f"'{ds['path']}' with {arr.ndim} dimensions")
         d = da.from_zarr(arr)
         if i == 0:
-            for t in ds.get("coordinateTransformations", []):
-                if t.get("type") == "scale":
-                    unit = next((a.get("unit") for a in m.get("axes", [])
-                                 if isinstance(a, dict) and a.get("name") == "x"), None)
-                    ps = float(t["scale"][axes.index("x")]) * _UNIT_TO_UM.get(unit, 1.0) \
-                        if unit is not None else None
+            ps = _ngff_pixel_size(ds, m, axes, p) if "x" in axes else None
         up = "".join(a.upper() for a in axes)
         perm, squeeze = _axes_to_yxc(up, tuple(arr.shape), p)
         d = d.reshape(tuple(s for j, s in enumerate(arr.shape) if j not in squeeze))
@@ -1035,6 +1046,27 @@ def _read_zarr(p: Path) -> SlideImage:
                       levels=tuple(levels), _direct=direct)
 
 
+def _ngff_pixel_size(ds: dict, m: dict, axes: list, p: Path) -> float | None:
+    """um per pixel along x from a dataset's scale transform and the x axis's unit (None
+    when either is absent)."""
+    for t in ds.get("coordinateTransformations", []) or []:
+        if not (isinstance(t, dict) and t.get("type") == "scale"):
+            continue
+        unit = next((a.get("unit") for a in m.get("axes", [])
+                     if isinstance(a, dict) and a.get("name") == "x"), None)
+        if unit is None:
+            return None
+        if unit not in _UNIT_TO_UM:
+            raise FileFormatError(f"{str(p)!r}: NGFF x axis unit {unit!r} is not a length "
+                                  f"unit qdmed knows ({', '.join(sorted(_UNIT_TO_UM))})")
+        try:
+            return float(t["scale"][axes.index("x")]) * _UNIT_TO_UM[unit]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise FileFormatError(f"{str(p)!r}: NGFF scale {t.get('scale')!r} does not give "
+                                  f"one number per axis {axes}") from exc
+    return None
+
+
 def _zarr_region_reader(arr: Any, axes: str, perm: tuple[int, ...], squeeze: set):
     """A function (y0, y1, x0, x1) -> (Y, X, C) numpy array reading ``arr`` (stored axes
     ``axes``) directly, with the same squeeze and permutation as the dask view."""
@@ -1042,7 +1074,13 @@ def _zarr_region_reader(arr: Any, axes: str, perm: tuple[int, ...], squeeze: set
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else
                     0 if j in squeeze else slice(None) for j, a in enumerate(axes))
-        a = np.asarray(arr[idx])
+        try:
+            a = np.asarray(arr[idx])
+        except (RuntimeError, ValueError, OSError, ImportError) as e:
+            # a chunk that does not decode (blosc/zstd errors are RuntimeErrors)
+            raise FileFormatError(f"{arr.store}: cannot decode the region y {y0}-{y1}, x "
+                                  f"{x0}-{x1} (corrupted chunk?): {type(e).__name__}: "
+                                  f"{e}") from e
         return np.transpose(a, perm) if a.ndim == 3 else a[:, :, None]
 
     return read
