@@ -105,6 +105,32 @@ def test_expand_cells_keeps_ids_and_contains_nuclei():
     assert (cells > 0).sum() > (truth > 0).sum()
 
 
+def test_membrane_guided_expansion_keeps_an_elongated_nucleus_whole():
+    """The reach trim (pixels too far from their nucleus's centroid) never cuts the nucleus
+    itself: a 4 x 60 um nucleus lies far beyond its equivalent radius at its ends (review
+    finding: hundreds of its pixels were left in no cell and its area read short)."""
+    import qdmed.imaging._cells as cells_mod
+
+    nuc = np.zeros((200, 200), np.int32)
+    nuc[96:104, 40:160] = 7  # 8 x 120 px at 0.5 um: 4 x 60 um
+    for numba in (True, False):
+        if not numba:  # the numpy reference path too
+            real = cells_mod.numba_available
+            cells_mod.numba_available = lambda: False
+        try:
+            cells = expand_cells(nuc, pixel_size_um=0.5, membrane_image=np.zeros(nuc.shape),
+                                 membrane_scale=1.0, max_expansion_um=8.0)
+        finally:
+            if not numba:
+                cells_mod.numba_available = real
+        assert np.all(cells[nuc > 0] == 7)
+        t = measure_cells(np.ones((200, 200, 1)), nuc, cells, marker_names=["M"],
+                          pixel_size_um=0.5)
+        # 960 px x 0.25 um^2, all of it: the cell surrounds the nucleus on every side
+        assert t["nucleus_area_um2"].iloc[0] == 240.0
+        assert t["cell_area_um2"].iloc[0] > 240.0
+
+
 def test_expand_cells_refuses_non_finite_membrane():
     _, truth = touching_nuclei()
     memb = np.zeros(truth.shape)

@@ -213,9 +213,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                              pixel_size_um=s.pixel_size_um, membrane_image=memb,
                              max_expansion_um=s.max_expansion_um,
                              membrane_scale=1.0 if s.membrane_scales else None,
-                             offset=tuple(offset))
-        if source_ids is not None:  # a given nucleus stays whole in its cell (the
-            cells = np.where(nuclei > 0, nuclei, cells)  # expansion trims long ones)
+                             offset=tuple(offset))  # every nucleus stays whole in its cell
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
                           offset=tuple(offset), completeness_threshold=s.completeness_threshold)

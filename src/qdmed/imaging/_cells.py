@@ -90,6 +90,8 @@ def _labels2d(name: str, labels) -> np.ndarray:
         raise InputError(f"{name} must be an integer label image; got dtype {arr.dtype}.")
     if arr.size and arr.min() < 0:
         raise InputError(f"{name} must hold non-negative label ids; got minimum {arr.min()}.")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
+        raise InputError(f"{name} hold ids up to {int(arr.max())}; accepted: ids below 2**63.")
     if arr.dtype == bool:
         return arr.astype(np.int32)
     return arr
@@ -487,14 +489,19 @@ def _trim_kernel():
                 cnt[v] += 1.0
                 sy[v] += i
                 sx[v] += j
+        rmax = np.zeros(nb)  # each nucleus's farthest pixel from its centroid
+        for i in range(h):
+            for j in range(w):
+                v = lab[i, j]
+                if v > 0:
+                    rmax[v] = max(rmax[v], np.hypot(i - sy[v] / cnt[v], j - sx[v] / cnt[v]))
         res = out.copy()
         for i in range(h):
             for j in range(w):
                 o = out[i, j]
                 if o <= 0 or o >= nb or cnt[o] == 0:
                     continue  # labels with no nucleus pixel: NaN distance, kept
-                d = np.hypot(i - sy[o] / cnt[o], j - sx[o] / cnt[o]) \
-                    - np.sqrt(cnt[o] / np.pi)
+                d = np.hypot(i - sy[o] / cnt[o], j - sx[o] / cnt[o]) - rmax[o]
                 if d > limit:
                     res[i, j] = 0
         return res
@@ -693,7 +700,7 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     land = land + float(distance_weight) * dist + 1e-9 * _global_tiebreak(lab.shape, offset)
     out = watershed(land, lab, mask=reach)
     # keep every cell within reach of its own nucleus (a flood can wrap round a neighbour):
-    # distance to the nucleus centroid minus its equivalent radius, vectorised over labels
+    # distance to the nucleus centroid minus its farthest pixel's, vectorised over labels
     if int(lab.max()) > 2 * lab.size:  # sparse ids: renumber so bincount stays small
         from skimage.segmentation import relabel_sequential
 
@@ -705,8 +712,11 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
 
 
 def _trim_reach(lab, out, reach_px):
-    """Drop pixels farther than ``reach_px`` from their own nucleus (centroid distance minus
-    equivalent radius); ``lab`` must hold small non-negative ids. One compiled pass per
+    """Drop pixels that cannot be within ``reach_px`` of their own nucleus: farther from its
+    centroid than its farthest pixel plus the reach (a bound by the triangle inequality, so
+    a pixel within reach of its nucleus is never dropped, whatever the nucleus's shape: an
+    equivalent-disc radius cut the ends of elongated nuclei, review finding); ``lab`` must
+    hold small non-negative ids. One compiled pass per
     sum (the numpy form is the reference and the fallback; tested identical)."""
     if numba_available():
         return _trim_kernel()(np.ascontiguousarray(lab), np.ascontiguousarray(out),
@@ -721,8 +731,11 @@ def _trim_reach_numpy(lab, out, reach_px):
     with np.errstate(invalid="ignore", divide="ignore"):
         cy = np.bincount(flat, weights=gy.ravel()) / cnt
         cx = np.bincount(flat, weights=gx.ravel()) / cnt
-    r_eq = np.sqrt(cnt / np.pi)
-    d_own = np.hypot(gy - cy[out], gx - cx[out]) - r_eq[out]
+    nz = flat > 0
+    rmax = np.zeros(cnt.size)  # each nucleus's farthest pixel from its centroid
+    np.maximum.at(rmax, flat[nz], np.hypot(gy.ravel()[nz] - cy[flat[nz]],
+                                           gx.ravel()[nz] - cx[flat[nz]]))
+    d_own = np.hypot(gy - cy[out], gx - cx[out]) - rmax[out]
     out = out.copy()
     out[(out > 0) & (d_own > reach_px + 1.0)] = 0
     return out
@@ -991,8 +1004,11 @@ def measure_cells(
         (row, column) of this image's top-left pixel in the slide; added to centroids.
     completeness_threshold : None, float or mapping marker -> float, abundance units
         A membrane pixel (or sector) counts as stained when its abundance exceeds this.
-        None derives, per marker, ``median + 3 * 1.4826 * MAD`` of the pixels outside all
-        cells (a robust 3-sigma background level); this needs at least
+        None derives, per marker, ``median + 3 * 1.4826 * MAD`` of the background: the
+        pixels outside all cells but near them (tissue between cells, not glass; narrowed to
+        tissue by an Otsu mask of the smoothed total signal where glass and tissue are clearly
+        bimodal), a robust 3-sigma background level, or its 99th percentile when the MAD is
+        0 (NNLS background is mostly exact zeros); this needs at least
         ``MIN_BACKGROUND_PIXELS`` such pixels. A mapping may leave markers out (those get the
         background rule). For HER2 scoring pass the calibration's faint cut-off here.
     completeness_method : {'sectors', 'pixels'}
