@@ -385,6 +385,18 @@ def check_calibration(panel, her2_calibration, gates) -> None:
                          f"not a component of the panel {comps}")
 
 
+def _remove_stale_temporaries(*folders: Path) -> None:
+    """Remove what a killed run left half-written in `folders`: the temporary files and
+    folders of atomic writes (``.<name>.*.tmp``, ``.<name>.tmp-*``; a half-written unmixed
+    image can be several GB). Two runs into one folder at once are not supported."""
+    for d in folders:
+        for f in list(d.glob(".*.tmp")) + list(d.glob(".*.tmp-*")):
+            if f.is_dir() and not f.is_symlink():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
+
+
 def _label_names(labels) -> tuple[str, str]:
     """How a slide's given labels are named in errors (the defaults when there are none)."""
     return LABEL_NAMES if labels is None else labels.names()
@@ -856,7 +868,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     tiles_dir.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(path, panel, s, tile, margin_px, outlines, labels)
     (out / "summary.json").unlink(missing_ok=True)  # written last: marks a complete output set
+    _remove_stale_temporaries(out, tiles_dir)
     # the folder holds this run's outputs only: optional ones an earlier run left are removed
+    (out / "report.html").unlink(missing_ok=True)  # written after the run, from its summary
     if not outlines:
         (out / "cells.geojson").unlink(missing_ok=True)
     (out / "her2_regions.geojson").unlink(missing_ok=True)  # rewritten when HER2 is scored
@@ -865,11 +879,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if not write_unmixed and (out / "unmixed.ome.zarr").is_dir():
         shutil.rmtree(out / "unmixed.ome.zarr")
     manifest = tiles_dir / "run.json"
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if not resume or old.get("fingerprint") != fp:
-            for f in tiles_dir.glob("tile_*"):
-                f.unlink()
+    old = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if not resume or old.get("fingerprint") != fp:  # no manifest: tiles of unknown origin
+        for f in tiles_dir.glob("tile_*"):
+            f.unlink()
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
     boxes = tile_grid((h, w), tile)
     def done(i):  # the parquet file is written last

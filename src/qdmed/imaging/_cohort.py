@@ -47,7 +47,8 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None) -
                          + (f"; matching {pattern!r}" if pattern is not None else "") + ")")
     seen: dict[str, str] = {}
     for p in slides:  # each slide's outputs go to slides/<stem>/: stems must differ
-        other = seen.setdefault(slide_stem(p.name), p.name)
+        # compared case aside: on macOS and Windows slides/A and slides/a are one folder
+        other = seen.setdefault(slide_stem(p.name).lower(), p.name)
         if other != p.name:
             raise InputError(f"slides {other!r} and {p.name!r} in {folder} share the name "
                              f"{slide_stem(p.name)!r}, and so would share an output folder; "
@@ -269,6 +270,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 stem = slide_stem(sp.name)
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
                        "message": ""}
+                for name in ("summary.json", "report.html"):  # an earlier run's, if this fails
+                    (out / "slides" / stem / name).unlink(missing_ok=True)
                 try:
                     reg = None
                     if regions_dir is not None:
@@ -376,6 +379,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     acquisition_warnings = _flag_exposure_differences(rows, exposures)
     if tables:
         atomic_write_parquet(out / "cells.parquet", pd.concat(tables, ignore_index=True))
+    else:  # no slide succeeded: an earlier run's table would contradict cohort.json
+        (out / "cells.parquet").unlink(missing_ok=True)
     (out / "regions.csv").unlink(missing_ok=True)
     (out / "cases.csv").unlink(missing_ok=True)
     case_rows = None

@@ -1,0 +1,57 @@
+"""An output folder holds one run's outputs: what a killed or earlier run left there (temporary
+files of atomic writes, a report, tiles without their run manifest, a cohort table when every
+slide now fails) never passes for this run's (review findings)."""
+
+import json
+
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import analyze_cohort, analyze_slide, breast_panel_5plex, simulate_slide
+
+PANEL = breast_panel_5plex()
+KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0,
+          channel_names=list(PANEL.channel_names))
+RUN = dict(scheduler="synchronous", progress=False, write_unmixed=False, outlines=False)
+
+
+def test_slide_folder_left_by_a_killed_or_earlier_run(tmp_path):
+    s = simulate_slide(tmp_path / "s.ome.zarr", (384, 384), preset="BT474", seed=2, tile=384,
+                       **KW)
+    out = tmp_path / "out"
+    first = analyze_slide(s.path, PANEL, out, tile=192, **RUN)
+    # a killed run's temporaries, an earlier report
+    (out / ".unmixed.ome.zarr.tmp-0123456789ab").mkdir()
+    (out / ".unmixed.ome.zarr.tmp-0123456789ab" / "0").write_bytes(b"x" * 100)
+    (out / "tiles" / ".tile_000001.parquet.abc.tmp").write_bytes(b"half")
+    (out / "report.html").write_text("<html>an earlier run</html>")
+    # tiles whose manifest is lost: of unknown origin, so not reused
+    (out / "tiles" / "run.json").unlink()
+    again = analyze_slide(s.path, PANEL, out, tile=192, **RUN)
+    assert again.summary["n_tiles_resumed"] == 0
+    assert again.summary["n_cells"] == first.summary["n_cells"]
+    left = sorted(p.name for p in out.rglob(".*"))
+    assert left == [] and not (out / "report.html").exists()
+    # with its manifest, a finished run is reused whole
+    assert analyze_slide(s.path, PANEL, out, tile=192, **RUN).summary["n_tiles_resumed"] == 4
+
+
+def test_cohort_whose_every_slide_now_fails_keeps_no_table(tmp_path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    simulate_slide(folder / "A.ome.zarr", (256, 256), preset="BT474", seed=1, tile=256, **KW)
+    out = tmp_path / "co"
+    res = analyze_cohort(folder, PANEL, out, **RUN)
+    assert res["n_ok"] == 1 and (out / "cells.parquet").exists()
+    assert (out / "slides" / "A" / "summary.json").exists()
+    regs = tmp_path / "regions"
+    regs.mkdir()  # no annotation file for A: it fails
+    res = analyze_cohort(folder, PANEL, out, regions_dir=regs, **RUN)
+    assert res["n_ok"] == 0 and res["cells"] is None
+    assert not (out / "cells.parquet").exists()
+    assert not (out / "slides" / "A" / "summary.json").exists()
+    assert json.loads((out / "cohort.json").read_text())["n_ok"] == 0
+    # slides whose names differ in case only would share a folder on macOS and Windows
+    simulate_slide(folder / "a.ome.zarr", (256, 256), preset="BT474", seed=2, tile=256, **KW)
+    with pytest.raises(InputError, match="share the name"):
+        analyze_cohort(folder, PANEL, tmp_path / "co2", **RUN)
