@@ -360,20 +360,14 @@ def library(
     """Spectral library from control slides: autofluorescence from an unstained section
     (or blindly from a stained one), each label from its single-stain section; writes the
     panel with measured endmembers."""
-    from qdmed.errors import InputError
     from qdmed.imaging import spectral_library
 
     pn = _panel(panel_file)
     by_label = dict(zip(pn.labels, pn.markers, strict=True))  # a label names its marker
     stains = {}
     for item in single_stain or []:
-        name, sep, path = (part.strip() for part in item.partition("="))
-        if not sep or not name or not path:
-            raise InputError(f"--single-stain must be MARKER=slide, got {item!r}")
-        name = by_label.get(name, name)
-        if name in stains:
-            raise InputError(f"--single-stain {name} is given twice ({stains[name]} and {path}); "
-                             f"give one control per marker")
+        name, path = _pair("--single-stain", item, "MARKER=slide")
+        name = _once("--single-stain", by_label.get(name, name), stains)
         stains[name] = Path(path)
     res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
                            offset=offset)
@@ -705,32 +699,25 @@ def calibrate(
     from qdmed.report import atomic_write_text
 
     ctrls, cats, negs = {}, {}, {}
-
-    def pair(option, item, what, seen):
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or not key or not value:
-            raise InputError(f"{option} must be {what}, got {item!r}")
-        if key in seen:
-            raise InputError(f"{option} {key} is given twice; give it once")
-        return key, value
-
     paths: dict[str, str] = {}
     for c in control:  # every pair checked before any table is read
-        name, path = pair("--control", c, "NAME=cells.parquet", paths)
-        paths[name] = path
+        name, path = _pair("--control", c, "NAME=cells.parquet")
+        paths[_once("--control", name, paths)] = path
     for name, path in paths.items():
         try:
             ctrls[name] = pd.read_parquet(path)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read control table {path!r}: {exc}") from exc
     for c in category or ():
-        name, cat = pair("--category", c, "NAME=0|1+|2+|3+", cats)
+        name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
+        _once("--category", name, cats)
         if name not in ctrls:
             raise InputError(f"--category {name}: no --control {name}=... was given "
                              f"(controls: {', '.join(ctrls)})")
         cats[name] = cat
     for c in negative or ():
-        marker, name = pair("--negative", c, "MARKER=CONTROL_NAME", negs)
+        marker, name = _pair("--negative", c, "MARKER=CONTROL_NAME")
+        _once("--negative", marker, negs)
         if name not in ctrls:
             raise InputError(f"--negative {marker}={name}: no --control {name}=... was given "
                              f"(controls: {', '.join(ctrls)})")
@@ -899,6 +886,25 @@ def dab(
     info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
     info.update({k: v for k, v in d.items() if not isinstance(v, dict | list)})
     return print_kv("DAB IHC", info)
+
+
+def _pair(option: str, item: str, form: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a repeatable option, both parts non-empty (stripped)."""
+    from qdmed.errors import InputError
+
+    key, sep, value = (part.strip() for part in item.partition("="))
+    if not sep or not key or not value:
+        raise InputError(f"{option} must be {form}, got {item!r}")
+    return key, value
+
+
+def _once(option: str, key: str, seen) -> str:
+    """`key`, refused when an earlier use of the repeatable option gave it already."""
+    from qdmed.errors import InputError
+
+    if key in seen:
+        raise InputError(f"{option} {key} is given twice; give it once")
+    return key
 
 
 def _od_cutoffs(text: str) -> tuple[float, ...]:

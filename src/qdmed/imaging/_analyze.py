@@ -31,6 +31,7 @@ from qdmed.imaging._given_labels import open_given_labels
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
     assign_regions,
+    check_count,
     check_min_cells,
     load_tma_map,
     score_cells,
@@ -1126,11 +1127,9 @@ def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
 
 
 def check_n_workers(n_workers) -> None:
-    """n_workers: None (as many as the cores) or a whole number >= 1."""
-    if n_workers is not None and (isinstance(n_workers, bool) or int(n_workers) != n_workers
-                                  or n_workers < 1):
-        raise InputError(f"n_workers (--workers) must be a whole number >= 1, or omitted for "
-                         f"one per core; got {n_workers!r}")
+    """n_workers: None (as many as the cores) or an integer >= 1."""
+    if n_workers is not None:
+        check_count(n_workers, "n_workers (--workers)", ", or omitted for one per core")
 
 
 def start_client(scheduler: str | None, n_workers: int):

@@ -714,10 +714,10 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
 def _trim_reach(lab, out, reach_px):
     """Drop pixels that cannot be within ``reach_px`` of their own nucleus: farther from its
     centroid than its farthest pixel plus the reach (a bound by the triangle inequality, so
-    a pixel within reach of its nucleus is never dropped, whatever the nucleus's shape: an
-    equivalent-disc radius cut the ends of elongated nuclei, review finding); ``lab`` must
-    hold small non-negative ids. One compiled pass per
-    sum (the numpy form is the reference and the fallback; tested identical)."""
+    a pixel within reach of its nucleus is never dropped, whatever the nucleus's shape; an
+    equivalent-disc radius would cut the ends of elongated nuclei); ``lab`` must hold small
+    non-negative ids. One compiled pass per sum (the numpy form is the reference and the
+    fallback; tested identical)."""
     if numba_available():
         return _trim_kernel()(np.ascontiguousarray(lab), np.ascontiguousarray(out),
                               float(reach_px) + 1.0)

@@ -89,16 +89,12 @@ class GivenLabels:
 
 
 def check_downsample(downsample) -> int:
-    """The label images' downsample factor: a whole number >= 1."""
-    try:
-        f = int(downsample)
-    except (TypeError, ValueError, OverflowError):
-        f = 0
-    if isinstance(downsample, (bool, np.bool_)) or f != downsample or f < 1:
-        raise InputError(f"labels_downsample must be a whole number >= 1 (slide pixels per "
-                         f"label pixel); got {downsample!r}. Labels exported at a fractional "
-                         "downsample must be resampled to a whole-number one first")
-    return f
+    """The label images' downsample factor: an integer >= 1."""
+    from qdmed.imaging._region_scores import check_count
+
+    return check_count(downsample, "labels_downsample",
+                       " (slide pixels per label pixel; labels exported at a fractional "
+                       "downsample must be resampled to a whole-number one first)")
 
 
 def _fits(n_label: int, n_slide: int, f: int) -> bool:

@@ -38,12 +38,17 @@ def natural_key(name) -> tuple:
                  for t in re.split(r"(\d+)", str(name)) if t)
 
 
+def check_count(value, name: str, why: str = "") -> int:
+    """``value`` checked as an integer >= 1 (not a bool, a float or a string); ``name`` and
+    ``why`` (e.g. what the count means) go into the error."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InputError(f"{name} must be a whole number >= 1{why}; got {value!r}")
+    return int(value)
+
+
 def check_min_cells(min_cells) -> int:
     """``min_cells`` checked: an integer >= 1."""
-    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or \
-            min_cells < 1:
-        raise InputError(f"region_min_cells must be an integer >= 1; got {min_cells!r}")
-    return int(min_cells)
+    return check_count(min_cells, "region_min_cells")
 
 
 def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
