@@ -7,6 +7,7 @@ module; the synthetic slides' true nuclei and cells, traced along their pixel ed
 drawn back, which must return the very same pixels."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -227,16 +228,22 @@ def test_slide_analysed_from_qupath_cells(slide, tmp_path):
         "s.ome.zarr.geojson (")
     img = tmp_path / "a" / "given_labels.ome.zarr"
     assert a.summary["labels"]["cells"]["file"] == str(img.resolve())
+    shutil.copytree(img, tmp_path / "b" / img.name)  # as if an earlier run had drawn it
     b = analyze_slide(slide.path, PANEL, tmp_path / "b", tile=512, nuclei_labels=img,
                       labels_channel="nuclei", cell_labels=img, cell_labels_channel="cells",
                       **RUN)
     ca, cb = a.cells(), b.cells()
     assert sorted(ca["cell_label"]) == sorted(cb["cell_label"])
+    assert not (tmp_path / "b" / img.name).exists()  # no objects file this time: not kept
     m = ca.merge(cb, on="cell_label", suffixes=("_a", "_b"))
     np.testing.assert_allclose(m["HER2_membrane_mean_a"], m["HER2_membrane_mean_b"], rtol=1e-9)
     again = analyze_slide(slide.path, PANEL, tmp_path / "a", tile=256, nuclei_labels=path,
                           cell_labels=path, **RUN)
     assert again.summary["n_tiles_resumed"] == a.summary["n_tiles"] == 4
+    # the folder's drawn labels given as a label image are an input: kept
+    analyze_slide(slide.path, PANEL, tmp_path / "a", tile=512, nuclei_labels=img,
+                  labels_channel="nuclei", **RUN)
+    assert img.is_dir()
     with pytest.raises(InputError, match="has no channels"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
                       labels_channel=0, **RUN)

@@ -398,6 +398,20 @@ def _remove_stale_temporaries(*folders: Path) -> None:
                 f.unlink(missing_ok=True)
 
 
+def _remove_stale_object_labels(out: Path, objects_file, nuclei_labels, cell_labels) -> None:
+    """Remove the label image an earlier run drew from GeoJSON objects
+    (``given_labels.ome.zarr``) when this run takes no objects file, unless this run reads
+    that very image as its labels."""
+    from qdmed.imaging._rasterize import GIVEN_LABELS_NAME
+
+    stale = out / GIVEN_LABELS_NAME
+    if objects_file is not None or not stale.is_dir() or stale.is_symlink():
+        return
+    used = {Path(p).resolve() for p in (nuclei_labels, cell_labels) if p is not None}
+    if stale.resolve() not in used:
+        shutil.rmtree(stale)
+
+
 def _label_names(labels) -> tuple[str, str]:
     """How a slide's given labels are named in errors (the defaults when there are none)."""
     return LABEL_NAMES if labels is None else labels.names()
@@ -879,6 +893,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     (out / "cases.csv").unlink(missing_ok=True)
     if not write_unmixed and (out / "unmixed.ome.zarr").is_dir():
         shutil.rmtree(out / "unmixed.ome.zarr")
+    _remove_stale_object_labels(out, objects_file, nuclei_labels, cell_labels)
     manifest = tiles_dir / "run.json"
     old = json.loads(manifest.read_text()) if manifest.exists() else {}
     if not resume or old.get("fingerprint") != fp:  # no manifest: tiles of unknown origin
