@@ -83,8 +83,23 @@ def test_binary_masks_and_ids_reused_per_tile_are_refused(slide, tmp_path):
             _, per_tile[y:y + 256, x:x + 256] = np.unique(block, return_inverse=True)
     with pytest.raises(InputError, match="numbered anew per tile"):
         nuclei_from_labels(per_tile, what="masks.tif")
+    # two fields numbered alike: most ids cover exactly two nuclei, far apart
+    halves = truth.copy()
+    for x in (0, truth.shape[1] // 2):
+        block = truth[:, x:x + truth.shape[1] // 2]
+        _, halves[:, x:x + truth.shape[1] // 2] = np.unique(block, return_inverse=True)
+    with pytest.raises(InputError, match="labels .* each cover two separate objects far "
+                       "apart: .*numbered anew per tile"):
+        nuclei_from_labels(halves, what="masks.tif")
     stray = truth.copy()
     stray[0:3, 0:3] = stray[truth > 0][0]  # a second piece of one nucleus, far from it
+    nuclei_from_labels(stray)
+    # ... and of three more (6 x 6 px pieces: > 1/20 of any nucleus, so each counts):
+    # still accepted, a segmenter's artefacts; the halves above give hundreds
+    ids = np.unique(truth[truth > 0])
+    assert np.bincount(truth.ravel())[1:].max() < 20 * 36
+    for k in range(3):
+        stray[100 * k:100 * k + 6, 1010:1016] = ids[k + 5]
     nuclei_from_labels(stray)
     # specks next to an object count as they would at the file's resolution, repeated 4x
     speck = np.zeros((60, 60), np.int32)

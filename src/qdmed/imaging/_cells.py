@@ -299,6 +299,10 @@ _SPREAD_PX = 64
 _MAX_PIECES = 2
 _PIECE_PX = 4
 _PIECE_FRACTION = 20
+#: Labels of exactly two regions further apart than the larger one is long that make ids
+#: reused (two tiles or fields numbered alike, where most ids cover two objects): one or a
+#: few such labels are a segmenter's stray pieces and accepted, this many are not chance.
+_MIN_FAR_PAIRS = 5
 
 
 def _check_one_object_per_id(labels: np.ndarray, ids: np.ndarray, what: str) -> None:
@@ -335,6 +339,43 @@ def _check_one_object_per_id(labels: np.ndarray, ids: np.ndarray, what: str) -> 
             "looks like a binary or semantic mask, or ids numbered anew per tile, not a "
             "label image with one id per object. Give each object its own id (for a "
             "binary mask, e.g. skimage.measure.label(mask)).")
+    if np.count_nonzero(pieces == 2) < _MIN_FAR_PAIRS:
+        return
+    far = _far_pairs(regions, owner, size, counts, edge, pieces == 2)
+    if far.size >= _MIN_FAR_PAIRS:
+        raise InputError(
+            f"{what}: {far.size} labels (e.g. {', '.join(str(int(ids[i - 1])) for i in far[:3])})"
+            " each cover two separate objects far apart: this looks like ids numbered anew "
+            "per tile or field, not a label image with one id per object. Number the "
+            "objects once over the whole image.")
+
+
+def _far_pairs(regions, owner, size, counts, edge, two) -> np.ndarray:
+    """Labels (indices into `two`, a mask over labels) whose two largest counted regions lie
+    further apart, along y or x, than the larger region's bounding box is long; pairs whose
+    regions both touch the window's edge are left out (they may join outside it)."""
+    from scipy import ndimage
+
+    cand = np.flatnonzero(counts & two[owner])
+    if cand.size < 2:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((-size[cand], owner[cand]))  # by label, largest region first
+    cand = cand[order]
+    lab = owner[cand]
+    first = np.r_[True, lab[1:] != lab[:-1]]
+    a = cand[first]  # each label's largest region
+    b = cand[np.flatnonzero(first) + 1]  # and its second (a label here has >= 2)
+    boxes = ndimage.find_objects(regions)
+    out = []
+    for ra, rb, k in zip(a, b, lab[first], strict=True):
+        if edge[ra] and edge[rb]:
+            continue
+        ba, bb = boxes[ra - 1], boxes[rb - 1]
+        gap = max(max(s2.start - s1.stop, s1.start - s2.stop)
+                  for s1, s2 in zip(ba, bb, strict=True))
+        if gap > max(s1.stop - s1.start for s1 in ba):
+            out.append(k)
+    return np.asarray(out, np.int64)
 
 
 def cells_from_labels(cell_labels, nuclei_labels, shape_yx=None, *,
