@@ -232,6 +232,56 @@ def test_downsampled_label_image_reads_back_block_by_block(tmp_path, size):
         np.testing.assert_array_equal(li.read(y0, y1, x0, x1), full[y0:y1, x0:x1])
 
 
+@pytest.mark.parametrize("factor", [2.5, 3.5714285714])
+def test_fractional_downsample_reads_each_pixel_centre(factor, tmp_path):
+    """Labels made at a fractional downsample (QuPath exports at requestedPixelSize /
+    pixelSize), checked against two independent makers of such files: a QuPath-style export
+    (a label pixel is the object's when its centre, in slide coordinates, is inside it) and
+    scikit-image's nearest-neighbour resize. Read back at full resolution, every slide pixel
+    further than one label pixel from an object's edge has the object's label."""
+    from scipy import ndimage
+    from skimage.transform import resize
+
+    from qdmed.imaging._given_labels import LabelImage
+
+    h, w = 301, 257
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5  # slide pixel centres
+    disks = [(60.3, 70.1, 31.0), (200.7, 90.2, 45.5), (150.2, 200.9, 38.2)]
+    truth = np.zeros((h, w), np.uint16)
+    for k, (cy, cx, r) in enumerate(disks, start=1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = k
+    shape = (round(h / factor), round(w / factor))  # QuPath: Math.round(width / downsample)
+    ly, lx = (np.mgrid[0:shape[0], 0:shape[1]] + 0.5) * factor  # label pixel centres
+    qupath = np.zeros(shape, np.uint16)
+    for k, (cy, cx, r) in enumerate(disks, start=1):
+        qupath[(ly - cy) ** 2 + (lx - cx) ** 2 < r * r] = k
+    rescaled = resize(truth, shape, order=0, preserve_range=True,
+                      anti_aliasing=False).astype(np.uint16)
+    edge = ndimage.morphological_gradient(truth, size=3) > 0
+    near = ndimage.binary_dilation(edge, iterations=int(np.ceil(factor)) + 1)
+    for name, lab in (("qupath", qupath), ("rescaled", rescaled)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", lab)
+        li = LabelImage(str(tmp_path / f"{name}.tif"), 0, factor)
+        whole = li.read(0, h, 0, w)
+        parts = [[li.read(y0, min(h, y0 + 97), x0, min(w, x0 + 61))
+                  for x0 in range(0, w, 61)] for y0 in range(0, h, 97)]
+        np.testing.assert_array_equal(np.block(parts), whole)  # any window, the same pixels
+        assert (whole[~near] == truth[~near]).all()
+        for k in range(1, 4):  # areas within the boundary band
+            assert abs(np.sum(whole == k) - np.sum(truth == k)) < np.sum(edge & (truth == k)) \
+                * factor
+    # exactly: QuPath draws label pixel j over slide coordinates [j f, (j + 1) f) (its
+    # Graphics2D scale 1/f), and each slide pixel's centre lies in the one it reads
+    ids = (np.arange(shape[0])[:, None] * 1000 + np.arange(shape[1])[None, :] + 1)
+    tifffile.imwrite(tmp_path / "ids.tif", ids.astype(np.uint32))
+    got = LabelImage(str(tmp_path / "ids.tif"), 0, factor).read(0, h, 0, w).astype(np.int64)
+    for j, c in (((got - 1) // 1000, yy), ((got - 1) % 1000, xx)):
+        inside = got > 0  # 0: beyond the file's last pixel (its size rounded down)
+        assert (j[inside] * factor <= c[inside] + 1e-9).all()
+        assert (c[inside] < (j[inside] + 1) * factor).all()
+        assert inside[:-int(np.ceil(factor)), :-int(np.ceil(factor))].all()
+
+
 def test_slide_with_labels_at_a_downsample(slide, tmp_path):
     """QuPath-style labels exported at downsample 2: every nucleus that survives the
     downsampling is found once, whatever the tiling, with 4 slide pixels per label pixel;
@@ -245,7 +295,7 @@ def test_slide_with_labels_at_a_downsample(slide, tmp_path):
     with pytest.raises(InputError, match="at a downsample of 3; their size points to .* 2"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
                       labels_downsample=3, **RUN)
-    with pytest.raises(InputError, match="labels_downsample must be a whole number"):
+    with pytest.raises(InputError, match="at a downsample of 2.5; their size points to .* 2"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
                       labels_downsample=2.5, **RUN)
     # the same as its nearest-neighbour upsampling given at full resolution, whatever the
@@ -280,8 +330,8 @@ def test_slide_with_labels_at_a_downsample(slide, tmp_path):
     with pytest.raises(InputError, match="points to a downsample of 1: give labels_downsample=1"):
         analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=full,
                       labels_downsample=4, **RUN)
-    for bad in (float("inf"), np.True_, 0, -2, "2"):
-        with pytest.raises(InputError, match="labels_downsample must be a whole number"):
+    for bad in (float("inf"), np.True_, 0, -2, "2", 0.5, float("nan")):
+        with pytest.raises(InputError, match="labels_downsample must be a number"):
             analyze_slide(slide.path, PANEL, tmp_path / "x", nuclei_labels=path,
                           labels_downsample=bad, **RUN)
 
@@ -327,6 +377,10 @@ def test_cli_nuclei_labels(slide, tmp_path):
     r = run("--out", str(tmp_path / "o2"), "--nuclei-labels", str(tmp_path / "missing.tif"))
     assert r.returncode == 2 and "missing.tif" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = run("--out", str(tmp_path / "o2"), "--nuclei-labels",
+            str(slide.path / "labels" / "nuclei"), "--labels-downsample", "2.5")
+    assert r.returncode == 2, r.stderr
+    assert "at a downsample of 2.5; their size points to a downsample of 1" in r.stderr
 
 
 def test_labels_file_matches_each_slide_to_its_own_masks(tmp_path):

@@ -659,7 +659,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   region_min_cells: int = 100, tma_map=None,
                   case_rule: str = "pooled", tumour_regions=None, nuclei_labels=None,
                   labels_channel=None, cell_labels=None,
-                  cell_labels_channel=None, labels_downsample: int = 1) -> SlideResult:
+                  cell_labels_channel=None, labels_downsample: float = 1) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -777,13 +777,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         ``given_labels.ome.zarr`` in `out_dir` (nuclei from detections or from cells'
         nucleus outlines; cells, when `cell_labels` names the same file, from the cell
         outlines) and read from there.
-    labels_downsample : int
-        Slide pixels per label pixel along each axis, when the label images were made at a
-        whole-number downsample of the slide (QuPath's labelled-image export at
-        ``downsample(4)``, cellpose run on a reduced image): each label pixel is repeated
-        over its block of slide pixels (nearest neighbour, from the top-left corner). A
-        label image whose size (or recorded pixel size) points to another factor is
-        refused, naming it.
+    labels_downsample : float
+        Slide pixels per label pixel along each axis (>= 1), when the label images were
+        made at a downsample of the slide (QuPath's labelled-image export at
+        ``downsample(4)`` or at ``requestedPixelSize / pixelSize``, cellpose run on a
+        reduced image): each slide pixel takes the label pixel holding its centre
+        (``floor((i + 0.5) / d)``; a whole-number factor repeats each label pixel over its
+        block from the top-left corner). A label image whose size (or recorded pixel size)
+        points to another factor is refused, naming it.
 
     Returns
     -------

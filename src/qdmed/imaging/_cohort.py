@@ -139,7 +139,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    pattern: str | None = None, case_map=None,
                    case_from_name: str | None = None, nuclei_labels_dir=None,
                    labels_channel=None, cell_labels_dir=None,
-                   cell_labels_channel=None, labels_downsample: int = 1) -> dict:
+                   cell_labels_channel=None, labels_downsample: float = 1) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -187,7 +187,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     holds each slide's whole cells, read as ``cell_labels`` (with ``cell_labels_channel``);
     it may be the nuclei folder itself when each slide has one file with both, as channels
     (Mesmer's nuclear and whole-cell masks). ``labels_downsample``: the label images'
-    whole-number downsample of their slides, as :func:`analyze_slide` takes it."""
+    downsample of their slides, as :func:`analyze_slide` takes it."""
     import pandas as pd
 
     from qdmed.imaging._analyze import (

@@ -6,16 +6,20 @@ A label image is any slide file qdmed reads (TIFF, OME-TIFF, OME-Zarr, an NGFF
 object; a file with several channels (Mesmer writes its whole-cell and nuclear masks
 together) names the one to read. Each tile reads its window of it, as of the slide.
 
-It is at the slide's full resolution, or at a whole-number downsample of it (QuPath's
-labelled-image export scripts set ``downsample(4)`` and the like; cellpose is often run on a
-reduced image): each label pixel then stands for a ``downsample x downsample`` block of
-slide pixels from the slide's top-left corner, read back by nearest-neighbour repetition
-(outlines become blocky, areas are multiples of the block). The factor is given, never
-guessed; a mismatched size suggests it.
+It is at the slide's full resolution, or at a downsample of it (QuPath's labelled-image
+export scripts set ``downsample(4)``, or ``requestedPixelSize / pixelSize`` such as 3.57;
+cellpose is often run on a reduced image). A slide pixel then takes the label of the label
+pixel holding its centre: slide pixel ``i`` reads label pixel ``floor((i + 0.5) / d)``, the
+pixel-centre rule of QuPath's export (its label pixel ``j`` is drawn over slide coordinates
+``[j d, (j + 1) d)``) and of scikit-image's ``rescale``. For a whole-number ``d`` each label
+pixel covers its ``d x d`` block from the slide's top-left corner. Outlines become blocky and
+areas whole numbers of blocks. The factor is given, never guessed; a mismatched size
+suggests it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,7 @@ class LabelImage:
 
     path: str
     channel: int
-    downsample: int = 1  # slide pixels per label pixel, along each axis
+    downsample: float = 1  # slide pixels per label pixel, along each axis (>= 1)
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """The labels of the slide window ``[y0:y1, x0:x1]`` as a (Y, X) array (slide
@@ -41,17 +45,16 @@ class LabelImage:
         from qdmed.imaging._slideio import read_slide
 
         src = read_slide(self.path)
-        f = self.downsample
-        if f == 1:
+        if self.downsample == 1:
             return src.read_region(y0, y1, x0, x1)[..., self.channel]
         h, w = src.shape[:2]
-        ly0, lx0 = min(h, y0 // f), min(w, x0 // f)
-        ly1, lx1 = min(h, -(-y1 // f)), min(w, -(-x1 // f))
-        block = src.read_region(ly0, ly1, lx0, lx1)[..., self.channel]
-        up = np.repeat(np.repeat(block, f, axis=0), f, axis=1)
-        up = up[y0 - ly0 * f: y1 - ly0 * f, x0 - lx0 * f: x1 - lx0 * f]
-        out = np.zeros((y1 - y0, x1 - x0), dtype=block.dtype)
-        out[: up.shape[0], : up.shape[1]] = up
+        iy, ix = label_index(y0, y1, self.downsample), label_index(x0, x1, self.downsample)
+        iy, ix = iy[iy < h], ix[ix < w]  # beyond the file's last pixel: background
+        out = np.zeros((y1 - y0, x1 - x0), dtype=src.dtype)
+        if iy.size and ix.size:
+            block = src.read_region(int(iy[0]), int(iy[-1]) + 1, int(ix[0]),
+                                    int(ix[-1]) + 1)[..., self.channel]
+            out[: iy.size, : ix.size] = block[np.ix_(iy - iy[0], ix - ix[0])]
         return out
 
     def to_dict(self) -> dict:
@@ -88,31 +91,57 @@ class GivenLabels:
                 "cells": None if self.cells is None else self.cells.to_dict()}
 
 
-def check_downsample(downsample) -> int:
-    """The label images' downsample factor: an integer >= 1."""
-    from qdmed.imaging._region_scores import check_count
-
-    return check_count(downsample, "labels_downsample",
-                       " (slide pixels per label pixel; labels exported at a fractional "
-                       "downsample must be resampled to a whole-number one first)")
+def label_index(c0: int, c1: int, downsample: float) -> np.ndarray:
+    """The label pixel holding the centre of each slide pixel ``c0..c1-1`` along one axis:
+    ``floor((c + 0.5) / downsample)`` (for a whole-number factor, exactly ``c // d``: the
+    quotient is at least ``0.5 / d`` from the next integer, far above rounding)."""
+    return np.floor((np.arange(c0, c1) + 0.5) / downsample).astype(np.int64)
 
 
-def _fits(n_label: int, n_slide: int, f: int) -> bool:
-    """A downsample by `f` of `n_slide` pixels has floor, rounded or ceil(n_slide / f)."""
-    return n_slide // f <= n_label <= -(-n_slide // f)
+def check_downsample(downsample) -> float:
+    """The label images' downsample factor: a finite number >= 1 (an int when whole, so that
+    whole factors read and print as before)."""
+    if isinstance(downsample, bool) or not isinstance(downsample, int | float | np.integer
+                                                      | np.floating):
+        raise InputError("labels_downsample must be a number >= 1 (slide pixels per label "
+                         f"pixel); got {downsample!r}")
+    f = float(downsample)
+    if not (np.isfinite(f) and 1 <= f <= 1e4):
+        raise InputError("labels_downsample must be a number from 1 to 10000 (slide pixels "
+                         f"per label pixel); got {downsample!r}")
+    return int(f) if f.is_integer() else f
 
 
-def _likely_downsample(lab_shape, shape_yx, lab_ps, slide_ps) -> int | None:
-    """The whole-number downsample a label image's size points to (the one its recorded
-    pixel size gives, when that fits the size too)."""
-    fits = [f for f in range(1, 129)
-            if all(_fits(n, m, f) for n, m in zip(lab_shape, shape_yx, strict=True))]
-    if lab_ps and slide_ps and round(lab_ps / slide_ps) in fits:
-        return round(lab_ps / slide_ps)
-    return fits[0] if fits else None
+def _fits(n_label: int, n_slide: int, f: float) -> bool:
+    """A downsample by `f` of `n_slide` pixels has floor, rounded (QuPath's export, scikit-
+    image's rescale) or ceil(n_slide / f) pixels."""
+    return math.floor(n_slide / f) <= n_label <= math.ceil(n_slide / f)
 
 
-def open_label_image(path, channel, shape_yx, what: str, option: str, downsample: int = 1,
+def _likely_downsample(lab_shape, shape_yx, lab_ps, slide_ps) -> float | None:
+    """The downsample a label image's size points to: the ratio of the recorded pixel sizes
+    when it fits the size, else the number with the fewest decimals (a whole number first)
+    that fits it: the factors fitting ``n`` label pixels for ``m`` slide pixels lie strictly
+    between ``m / (n + 1)`` and ``m / (n - 1)`` on each axis."""
+    pairs = list(zip(lab_shape, shape_yx, strict=True))
+
+    def fit(f):
+        return f >= 1 and all(_fits(n, m, f) for n, m in pairs)
+
+    if lab_ps and slide_ps and fit(r := float(f"{lab_ps / slide_ps:.10g}")):
+        return int(r) if r.is_integer() else r
+    if any(n < 1 for n, _ in pairs):
+        return None
+    lo = max(m / (n + 1) for n, m in pairs)
+    hi = min(m / (n - 1) if n > 1 else math.inf for n, m in pairs)
+    for decimals in range(7):
+        f = round((math.floor(lo * 10 ** decimals) + 1) / 10 ** decimals, decimals)
+        if f < hi and fit(f):
+            return int(f) if decimals == 0 else f
+    return None
+
+
+def open_label_image(path, channel, shape_yx, what: str, option: str, downsample: float = 1,
                      slide_pixel_size_um: float | None = None) -> LabelImage:
     """The channel of the label image at `path` to read, checked against the slide's (Y, X)
     shape at `downsample` (a mismatch names the factor the size points to, preferring the
@@ -136,7 +165,9 @@ def open_label_image(path, channel, shape_yx, what: str, option: str, downsample
             f"{shape_yx[0]} x {shape_yx[1]}: the labels must be pixel-aligned with the slide "
             f"at {at}" + ("" if hint is None or hint == f else
                           f"; their size points to a downsample of {hint}: give "
-                          f"labels_downsample={hint} (--labels-downsample {hint})"))
+                          f"labels_downsample={hint} (--labels-downsample {hint})" +
+                          ("" if isinstance(hint, int) else
+                           ", or the exact factor they were made at")))
     if lab.dtype.kind not in "iuf":
         raise InputError(f"{what} {name} are of type {lab.dtype}; a label image holds integer "
                          "ids (0 = background)")
