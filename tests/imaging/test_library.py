@@ -228,3 +228,37 @@ def test_library_blind_retries_with_measured_labels(monkeypatch):
     assert _cos(r.panel.endmembers[:, -1], TRUE[:, -1]) > 0.999
     with pytest.raises(InputError, match="stand-in"):
         spectral_library(P, stained=f.image)
+
+
+def test_library_leaves_out_saturated_pixels_and_warns_of_an_offset():
+    """Clipped pixels are left out of a control (named, with their share); a control whose
+    brightest pixels mostly clip is refused (measured on one whose HER2 membranes all clip
+    at 12 bits: using the unclipped top 10 % instead gave cosine 0.81 to the true spectrum,
+    since those pixels hold mostly autofluorescence). A floor in every channel of a control
+    is warned as an uncorrected detector offset (Waters 2009)."""
+    un, ss = _controls()
+    ceiling = float(np.percentile(ss.max(-1), 96))  # ~4 % of the pixels clip
+    clipped = np.minimum(ss, ceiling).astype(ss.dtype)
+    r = spectral_library(P, unstained=un, single_stains={"HER2": clipped},
+                         saturation_level=ceiling)
+    info = r.components["HER2"]
+    assert 3.0 < info["percent_saturated"] < 5.0 and info["n_bright_left_out"] > 0
+    assert any(w.startswith("HER2 control (array): 4 % of its pixels reach the detector's "
+                            "ceiling and are left out") for w in r.warnings)
+    assert _cos(r.panel.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.99999
+    assert r.components["autofluorescence"]["percent_saturated"] == 0.0
+    b = list(OFF)
+    b[K_HER2] = 1.0
+    hot = simulate_field((256, 256), preset="HER2-enriched", endmembers=TRUE, marker_names=NAMES,
+                         qd_brightness=b, autofluorescence=0.5, seed=2, bit_depth=12,
+                         photons_per_unit=8000)
+    with pytest.raises(InputError, match=r"HER2 single-stain control \(array\): 100 % of the "
+                       r"control's brightest pixels .* are saturated"):
+        spectral_library(P, single_stains={"HER2": hot.image}, saturation_level=4095)
+    # an uncorrected 100-count offset leaves a floor in every channel
+    r = spectral_library(P, unstained=un.astype(float) + 100.0)
+    assert r.components["autofluorescence"]["offset_issue"] == "uncorrected"
+    assert any(w.startswith("unstained control (array): every channel keeps a floor")
+               for w in r.warnings)
+    assert spectral_library(P, unstained=un).components["autofluorescence"][
+        "offset_issue"] is None

@@ -111,6 +111,9 @@ def test_yaml_emission_and_monolayers(tmp_path):
     f.write_text("core: {material: CdSe, emission_nm: 600}\nshell: {material: ZnS, monolayers: 3}\n")
     p = Probe.from_file(f)
     assert p.shell_thickness_nm == pytest.approx(3 * 0.5409 / 3**0.5, rel=1e-2)
+    # a thickness from monolayers (a numpy number) writes as plain YAML and reads back
+    q = Probe.from_file(p.to_file(tmp_path / "again.yaml"))
+    assert q.shell_thickness_nm == pytest.approx(p.shell_thickness_nm, rel=1e-6)
 
 
 @pytest.mark.parametrize(("text", "match"), [

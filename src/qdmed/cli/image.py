@@ -101,7 +101,10 @@ def _calibration(path):
 @app.command()
 def panel(
     markers: Annotated[str, typer.Option("--markers", help="Comma-separated biomarkers.")] = "HER2,ER,PR,EGFR,mTOR",
-    labels: Annotated[str, typer.Option("--labels", help="Comma-separated candidate labels (catalog Qdots).")] = "Qdot 525,Qdot 565,Qdot 605,Qdot 655,Qdot 705,Qdot 800",
+    labels: Annotated[str, typer.Option("--labels", help="Comma-separated candidate labels: catalog Qdots, or probe YAML files for custom QDs (qdmed design ... --out probe.yaml).")] = "Qdot 525,Qdot 565,Qdot 605,Qdot 655,Qdot 705,Qdot 800",
+    excitation_nm: Annotated[float, typer.Option("--excitation-nm", help="Excitation line (nm): labels it barely excites are not candidates; warned when it falls in a detection band.")] = 405.0,
+    brightness: Annotated[list[str] | None, typer.Option("--brightness", help="LABEL=RELATIVE_BRIGHTNESS (repeatable; default 1 each): brighter labels read with less noise and go to the least expressed markers when --expression is given.")] = None,
+    expression: Annotated[list[str] | None, typer.Option("--expression", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the brightest labels go to the least abundant markers.")] = None,
     channels: Annotated[int, typer.Option("--channels", help="Spectral detector channels.")] = 8,
     low_nm: Annotated[float, typer.Option("--low-nm")] = 440.0,
     high_nm: Annotated[float, typer.Option("--high-nm")] = 740.0,
@@ -136,7 +139,10 @@ def panel(
     mk = [m.strip() for m in markers.split(",") if m.strip()]
     fixed = {counterstain: counterstain} if counterstain else None
     p = design_panel(([counterstain] if counterstain else []) + mk,
-                     [x.strip() for x in labels.split(",") if x.strip()], bands, fixed=fixed)
+                     [_candidate_label(x.strip()) for x in labels.split(",") if x.strip()],
+                     bands, fixed=fixed, excitation_nm=excitation_nm,
+                     brightness=_numbers("--brightness", brightness, "LABEL=NUMBER"),
+                     expression=_numbers("--expression", expression, "MARKER=NUMBER"))
     if out:
         p.to_file(out)
     d = p.to_dict()
@@ -153,6 +159,36 @@ def panel(
                + ", ".join(f"{b} -> {t} {v:.2f}" for v, b, t in pairs))
     for w in d["warnings"]:
         typer.secho(f"! {w}", fg="yellow")
+
+
+def _candidate_label(item: str):
+    """A --labels entry: a catalog name, or a probe YAML file (a custom QD)."""
+    if item.lower().endswith((".yaml", ".yml")):
+        from qdmed.errors import InputError
+        from qdmed.probe import Probe
+
+        path = Path(item)
+        if not path.is_file():
+            raise InputError(f"--labels: probe file {item!r} does not exist")
+        probe = Probe.from_file(path)
+        return probe if probe.name else probe.with_(name=path.stem)
+    return item
+
+
+def _numbers(option: str, items: list[str] | None, form: str) -> dict[str, float] | None:
+    """Repeatable ``KEY=NUMBER`` options as a dict (None when not given)."""
+    from qdmed.errors import InputError
+
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        key, value = _pair(option, item, form)
+        try:
+            out[_once(option, key, out)] = float(value)
+        except ValueError:
+            raise InputError(f"{option} {key}: {value!r} is not a number") from None
+    return out
 
 
 def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None,
@@ -354,7 +390,8 @@ def library(
     single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="MARKER=slide (or the marker's label, e.g. 'Qdot 605=slide'): a single-stain control (repeatable).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
     plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of measured vs model spectra.")] = None,
-    offset: Annotated[float, typer.Option("--offset", help="Detector dark level (counts) to subtract from the controls.")] = 0.0,
+    offset: OFFSET = None,
+    saturation_level: SATURATION = None,
     json_: JSON = False,
 ):
     """Spectral library from control slides: autofluorescence from an unstained section
@@ -370,14 +407,15 @@ def library(
         name = _once("--single-stain", by_label.get(name, name), stains)
         stains[name] = Path(path)
     res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
-                           offset=offset)
+                           offset=_offset(offset), saturation_level=saturation_level)
     res.panel.to_file(out)
     if plot:
         _save_plot(plot, res.plot())
     info = {"out": str(out), "components": res.components, "warnings": list(res.warnings)}
     if json_:
         return print_json(info)
-    keys = {"n_pixels": "pixels", "cosine_to_model": "cos(model)",
+    keys = {"n_pixels": "pixels", "percent_saturated": "% saturated",
+            "cosine_to_model": "cos(model)",
             "background_fraction": "AF share", "angle_to_labels_deg": "angle to labels",
             "split_half_cosine": "split-half cos", "source": "control"}
     rows = [{"component": k, **{label: (round(d[kk], 4) if isinstance(d.get(kk), float)

@@ -20,6 +20,39 @@ DEFAULT_AF_FWHM_NM = 150.0
 #: (Thermo Fisher DAPI product data [M]); modelled as an energy-Gaussian, FWHM ~ 70 nm [M].
 DAPI_PEAK_NM = 461.0
 DAPI_FWHM_NM = 70.0
+#: DAPI absorbs in the UV (maximum 358 nm bound to DNA) and is used with UV or violet
+#: (405 nm) lasers, not blue (488 nm) ones (Beckman Coulter DAPI product data [M]); taken
+#: here as not excited above this wavelength [M].
+DAPI_MAX_EXCITATION_NM = 420.0
+#: Wavelengths a detection band may span: qdmed models spectra on 350-1000 nm; edges below
+#: this floor are taken for micrometres and refused.
+_BAND_FLOOR_NM = 200.0
+#: A component with less of its emission than this in all the channels together, or a
+#: channel with less than this share of the average channel's signal, has no signal.
+_MIN_DETECTED = 1e-3
+_BAND_CEILING_NM = 2000.0
+
+
+def check_bands(channels, source: str = "channels") -> list[tuple[float, float]]:
+    """Detection bands checked: (low_nm, high_nm) pairs of finite numbers, high > low, in
+    nanometres (200-2000 nm; smaller edges are refused as micrometres)."""
+    try:
+        bands = [(float(lo), float(hi)) for lo, hi in channels]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{source}: detection bands must be [low_nm, high_nm] pairs; got "
+                         f"{channels!r}") from exc
+    if not bands:
+        raise InputError(f"{source}: no detection band given")
+    for lo, hi in bands:
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise InputError(f"{source}: every band needs finite edges with high > low; got "
+                             f"{lo:g}-{hi:g} nm")
+        if lo < _BAND_FLOOR_NM or hi > _BAND_CEILING_NM:
+            hint = (" (these look like micrometres: give nanometres, e.g. 500-560)"
+                    if hi < _BAND_FLOOR_NM else "")
+            raise InputError(f"{source}: band {lo:g}-{hi:g} nm is outside "
+                             f"{_BAND_FLOOR_NM:.0f}-{_BAND_CEILING_NM:.0f} nm{hint}")
+    return bands
 
 
 def autofluorescence_spectrum(peak_nm=DEFAULT_AF_PEAK_NM, fwhm_nm=DEFAULT_AF_FWHM_NM,
@@ -34,7 +67,8 @@ def spectral_channels(n: int, low_nm: float, high_nm: float) -> list[tuple[float
         raise InputError(f"spectral detector needs n >= 1 and high > low, got n={n}, "
                          f"{low_nm}-{high_nm} nm")
     edges = np.linspace(low_nm, high_nm, n + 1)
-    return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return check_bands([(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)],
+                       "spectral detector")
 
 
 def mixing_matrix(spectra, channels, brightness=None) -> np.ndarray:
@@ -72,15 +106,42 @@ def spreading_matrix(endmembers) -> np.ndarray:
     return np.sqrt((p * p) @ a)
 
 
+def _normalized_columns(m: np.ndarray) -> np.ndarray | None:
+    """``m`` with unit-norm columns (None when a column is all zero)."""
+    norms = np.linalg.norm(m, axis=0, keepdims=True)
+    return None if np.any(norms == 0) else m / norms
+
+
+def noise_gains(m: np.ndarray) -> np.ndarray:
+    """Per component, the noise amplification of least-squares unmixing: the norm of its row
+    of ``pinv(m)`` times the norm of its column (1 for a column orthogonal to all others;
+    independent of each column's scale); infinite for a component with no signal."""
+    norms = np.linalg.norm(m, axis=0)
+    out = np.full(m.shape[1], np.inf)
+    ok = norms > 0  # a column without signal contributes nothing to the others
+    if ok.any():
+        out[ok] = np.sqrt(np.sum(np.linalg.pinv(m[:, ok] / norms[ok]) ** 2, axis=1))
+    return out
+
+
+def condition_number(m: np.ndarray) -> float:
+    """Condition number of the column-normalised mixing matrix: how well the spectra
+    separate, whatever the labels' brightness (scaling a column, a brighter label, changes
+    the plain condition number but not how separable the spectra are; the NNLS solver works
+    on the same normalised matrix). Infinite when a component has no signal."""
+    mn = _normalized_columns(m)
+    return float("inf") if mn is None else float(np.linalg.cond(mn))
+
+
 def _crosstalk(m: np.ndarray) -> dict:
-    mn = m / np.linalg.norm(m, axis=0, keepdims=True)
-    cos = mn.T @ mn
-    primary = np.argmax(m, axis=0)
-    spill = m[primary, :].T / m[primary, np.arange(m.shape[1])][:, None]  # row i: comp i
-    inv = np.linalg.pinv(m)
-    noise_gain = np.sqrt(np.sum(inv**2, axis=1)) * np.linalg.norm(m, axis=0)
-    return {"cosine": cos, "spillover": spill, "noise_gain": noise_gain,
-            "spreading": spreading_matrix(m), "condition_number": float(np.linalg.cond(m))}
+    norms = np.linalg.norm(m, axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mn = m / norms
+        cos = mn.T @ mn
+        primary = np.argmax(m, axis=0)
+        spill = m[primary, :].T / m[primary, np.arange(m.shape[1])][:, None]  # row i: comp i
+    return {"cosine": cos, "spillover": spill, "noise_gain": noise_gains(m),
+            "spreading": spreading_matrix(m), "condition_number": condition_number(m)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,6 +172,9 @@ class Panel:
     #: already-unmixed panels: the image channel (name, or 0-based index) of each component,
     #: in component order; empty for a spectral panel
     sources: tuple = ()
+    #: separability warning thresholds (kept when measured endmembers replace columns)
+    max_condition: float = 100.0
+    max_cosine: float = 0.98
 
     @property
     def unmixed(self) -> bool:
@@ -175,9 +239,7 @@ class Panel:
                 raise InputError(f"measured endmember {name!r} must be {len(self.channels)} "
                                  f"non-negative values (one per channel), not all zero; got {vec!r}")
             meas[name] = tuple(float(x) for x in v)
-        p = Panel(self.markers, self.labels, self.spectra, self.channels, self.brightness,
-                  self.excitation_nm, self.autofluorescence, self.warnings, tuple(meas.items()))
-        return _with_warnings(p)
+        return _with_warnings(replace(self, measured=tuple(meas.items())))
 
     def crosstalk(self) -> dict:
         return _crosstalk(self.endmembers)
@@ -229,8 +291,9 @@ class Panel:
                                 strict=True):
             e = {"label": lab, "peak_nm": round(s.peak_nm, 2), "fwhm_nm": round(s.fwhm_nm, 2),
                  "brightness": b}
-            if not _resolvable(lab):
-                e["spectrum"] = spec(s)
+            if not _resolvable(lab) or not _same_spectrum(_label_spectrum(lab, s.wavelength_nm),
+                                                          s):
+                e["spectrum"] = spec(s)  # a custom label, even one under a catalog name
             markers[m] = e
         af = None
         if self.autofluorescence is not None:
@@ -548,6 +611,13 @@ def _resolvable(label) -> bool:
     return True
 
 
+def _same_spectrum(a: Spectrum, b: Spectrum) -> bool:
+    """Whether two emission spectra on one grid have the same area-normalised shape."""
+    va, vb = a.normalized().values, b.normalized().values
+    return va.shape == vb.shape and bool(np.allclose(va, vb, rtol=1e-6,
+                                                     atol=1e-9 * float(np.max(np.abs(va)))))
+
+
 def _spectrum_from_doc(d, grid, label) -> Spectrum:
     if not isinstance(d, dict) or "wavelength_nm" not in d or "values" not in d:
         raise FileFormatError("a spectrum needs 'wavelength_nm' and 'values' lists")
@@ -577,36 +647,99 @@ def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=N
         raise InputError(f"{len(markers)} markers but {len(spectra)} spectra")
     if len(set(markers)) != len(markers):
         raise InputError(f"duplicate marker names in {markers}")
+    channels = check_bands(channels)
     n_comp = len(markers) + (autofluorescence is not None)
     if len(channels) < n_comp:
         raise InputError(f"{len(channels)} detection channels cannot separate {n_comp} components "
                          "(need at least as many channels as components)")
     b = tuple(float(x) for x in (brightness or [1.0] * len(markers)))
+    if any(not (np.isfinite(x) and x > 0) for x in b):
+        raise InputError(f"brightness must be > 0 for every marker; got {b}")
+    excitation_nm = float(excitation_nm)
+    if not (np.isfinite(excitation_nm) and _BAND_FLOOR_NM <= excitation_nm <= _BAND_CEILING_NM):
+        raise InputError(f"excitation_nm must be a wavelength in nm ({_BAND_FLOOR_NM:.0f}-"
+                         f"{_BAND_CEILING_NM:.0f}); got {excitation_nm:g}")
     panel = Panel(tuple(markers), tuple(labels), tuple(spectra), tuple(channels), b,
-                  float(excitation_nm), autofluorescence)
-    return _with_warnings(panel, max_condition=max_condition, max_cosine=max_cosine)
+                  excitation_nm, autofluorescence, max_condition=float(max_condition),
+                  max_cosine=float(max_cosine))
+    return _with_warnings(panel)
 
 
-def _with_warnings(panel: Panel, *, max_condition=100.0, max_cosine=0.98) -> Panel:
-    """The panel with separability warnings (cosine similarity, condition number)."""
-    ct = panel.crosstalk()
+def excitation_problem(label: str, spectrum: Spectrum, excitation_nm: float) -> str | None:
+    """Why a label is barely or not excited at `excitation_nm` (None when it is): DAPI above
+    :data:`DAPI_MAX_EXCITATION_NM`; any other label (a QD) at or above the blue half-maximum
+    of its emission band, since a QD absorbs below its emission band with its extinction
+    rising steeply toward the UV (qd-physics reference, section 3.1 [M]; any fluorophore
+    absorbs blue of its emission)."""
+    if str(label).strip().upper() == "DAPI":
+        if excitation_nm > DAPI_MAX_EXCITATION_NM:
+            return (f"DAPI is not excited at {excitation_nm:g} nm (it absorbs in the UV, "
+                    f"maximum 358 nm; used with UV or violet lasers, up to "
+                    f"~{DAPI_MAX_EXCITATION_NM:.0f} nm)")
+        return None
+    edge = spectrum.peak_nm - spectrum.fwhm_nm / 2
+    if excitation_nm >= edge:
+        return (f"{label} (emission peak {spectrum.peak_nm:.0f} nm) is barely or not excited "
+                f"at {excitation_nm:g} nm: a QD absorbs below its emission band (here below "
+                f"~{edge:.0f} nm), most strongly toward the UV")
+    return None
+
+
+def _with_warnings(panel: Panel) -> Panel:
+    """The panel with its warnings: separability (cosine similarity, condition number of the
+    column-normalised mixing matrix), components or channels without signal, labels the
+    excitation does not reach, and an excitation line inside a detection band."""
+    m = panel.endmembers
+    ct = _crosstalk(m)
     warns = []
     comps = panel.components
+    # a modelled column is the fraction of the (area-normalised) emission in each band, times
+    # the brightness; measured columns keep the model's scale
+    detected = m.sum(axis=0) / np.asarray(panel.brightness + (1.0,) * (m.shape[1]
+                                                                       - len(panel.brightness)))
+    for j in np.flatnonzero(~(detected >= _MIN_DETECTED)):
+        warns.append(f"{comps[j]} gives no signal in any channel (under {100 * _MIN_DETECTED:g} "
+                     f"% of its emission falls in {', '.join(panel.channel_names)}): check "
+                     "that the bands are in nm and cover its emission")
+    for i in np.flatnonzero(~(m.sum(axis=1) >= _MIN_DETECTED * m.sum() / m.shape[0])):
+        warns.append(f"channel {panel.channel_names[i]} collects no signal from any component")
     cos = ct["cosine"]
     for i, j in itertools.combinations(range(len(comps)), 2):
-        if cos[i, j] > max_cosine:
+        if cos[i, j] > panel.max_cosine:
             warns.append(f"{comps[i]} and {comps[j]} cannot be separated in these channels "
-                         f"(spectral cosine similarity {cos[i, j]:.3f} > {max_cosine})")
-    if ct["condition_number"] > max_condition:
+                         f"(spectral cosine similarity {cos[i, j]:.3f} > {panel.max_cosine})")
+    if ct["condition_number"] > panel.max_condition:
         warns.append(f"mixing matrix condition number {ct['condition_number']:.0f} > "
-                     f"{max_condition:.0f}: unmixing will amplify noise")
-    return Panel(panel.markers, panel.labels, panel.spectra, panel.channels, panel.brightness,
-                 panel.excitation_nm, panel.autofluorescence, tuple(warns), panel.measured)
+                     f"{panel.max_condition:.0f}: unmixing will amplify noise")
+    for lab, spec in zip(panel.labels, panel.spectra, strict=True):
+        why = excitation_problem(lab, spec, panel.excitation_nm)
+        if why:
+            warns.append(why)
+    for lo, hi in panel.channels:
+        if lo <= panel.excitation_nm <= hi:
+            warns.append(f"the excitation at {panel.excitation_nm:g} nm falls in the "
+                         f"{lo:.0f}-{hi:.0f} nm channel: its light reaches that detector "
+                         "unless a dichroic or notch filter blocks it")
+    return replace(panel, warnings=tuple(warns))
+
+
+def _label_name(label) -> str:
+    """A candidate label's name: a catalog name as given, a Probe's ``name``, a Spectrum's
+    ``label``."""
+    if isinstance(label, Spectrum):
+        name = label.label
+    else:
+        name = getattr(label, "name", label)
+    name = str(name or "").strip()
+    if not name:
+        raise InputError(f"a candidate label has no name: give each Probe a name and each "
+                         f"Spectrum a label ({type(label).__name__})")
+    return name
 
 
 def design_panel(markers, available, channels, *, expression=None, brightness=None,
                  excitation_nm=405.0, autofluorescence="default", fixed=None) -> Panel:
-    """Assign labels to markers so that the mixing matrix is best conditioned.
+    """Assign labels to markers so that every marker is read with the least noise.
 
     Parameters
     ----------
@@ -614,7 +747,9 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
         Biomarkers to label, e.g. ``["HER2", "ER", "PR", "EGFR", "mTOR"]``.
     available : list
         Candidate labels: catalog names (``"Qdot 605"``), :class:`qdmed.probe.Probe` objects
-        or emission :class:`Spectrum` objects.
+        or emission :class:`Spectrum` objects, named by the name, the Probe's ``name`` or
+        the Spectrum's ``label`` (a name given twice is taken once; two different labels
+        under one name are refused).
     channels : list of (low_nm, high_nm)
         Detection bands (filters, or :func:`spectral_channels` for a spectral detector).
     expression : dict, optional
@@ -623,43 +758,81 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     brightness : dict, optional
         Relative brightness per label name (default 1 each: no vendor extinction at 405 nm is
         verified in the catalog).
+    excitation_nm : float
+        The excitation line. Labels it barely or does not excite
+        (:func:`excitation_problem`) are not candidates; a fixed one is kept with a warning.
     autofluorescence : "default", Spectrum or None
     fixed : dict, optional
         Marker -> label pairs that must be kept (e.g. a nuclear counterstain: ``{"DAPI": "DAPI"}``).
 
-    Every subset of the candidates of the right size is scored by the condition number of the
-    mixing matrix (exhaustive: fine for the <= ~12 candidates of real panels); within the best
-    subset, labels are matched to markers by brightness and expression.
+    Every subset of the candidates of the right size is scored by its worst marker: the
+    largest of ``noise_gain / sqrt(brightness)`` over the markers (:func:`noise_gains` of the
+    mixing matrix, autofluorescence included; under shot noise a label ``b`` times brighter
+    gives ``sqrt(b)`` times the signal-to-noise), ties going to the better-conditioned
+    subset, then to the order the candidates are given in (exhaustive: fine for the <= ~12
+    candidates of real panels). Spectral separability does not depend on brightness, so a
+    brighter label never scores worse. Within the best subset, labels are matched to
+    markers by brightness and expression.
     """
     grid = default_grid(350, 1000, 0.5)
+    channels = check_bands(channels)
+    markers = list(markers)
     fixed = dict(fixed or {})
+    stray = [m for m in fixed if m not in markers]
+    if stray:
+        raise InputError(f"fixed labels for {', '.join(map(repr, stray))}, which "
+                         f"{'is' if len(stray) == 1 else 'are'} not among the markers {markers}")
     free = [m for m in markers if m not in fixed]
-    cands = [a for a in available if a not in fixed.values()]
-    if len(cands) < len(free):
-        raise InputError(f"{len(free)} markers but only {len(cands)} candidate labels")
-    spec = {str(getattr(a, "name", a) or a): _label_spectrum(a, grid) for a in cands}
+    taken = {_label_name(v).casefold() for v in fixed.values()}
+    spec: dict[str, Spectrum] = {}
+    skipped = []
+    for a in available:
+        name = _label_name(a)
+        if name.casefold() in taken:
+            continue
+        s = _label_spectrum(a, grid)
+        if name in spec:
+            if not np.allclose(spec[name].values, s.values, rtol=1e-6, atol=1e-12):
+                raise InputError(f"two different candidate labels are named {name!r}: give "
+                                 "each its own name")
+            continue
+        why = excitation_problem(name, s, float(excitation_nm))
+        if why:
+            skipped.append(why)
+            continue
+        spec[name] = s
     names = list(spec)
+    if len(names) < len(free):
+        raise InputError(f"{len(free)} markers but only {len(names)} usable candidate labels"
+                         + (f" ({'; '.join(skipped)})" if skipped else ""))
     bright = {n: float((brightness or {}).get(n, 1.0)) for n in names}
+    for n, v in bright.items():
+        if not (np.isfinite(v) and v > 0):
+            raise InputError(f"brightness of {n!r} must be > 0; got {v}")
     af = (autofluorescence_spectrum(wavelength_nm=grid) if autofluorescence == "default"
           else autofluorescence)
     fixed_specs = [_label_spectrum(v, grid) for v in fixed.values()]
+    n_fixed = len(fixed_specs)
     best = None
     for combo in itertools.combinations(names, len(free)):
         specs = fixed_specs + [spec[n] for n in combo] + ([af] if af is not None else [])
-        b = [1.0] * len(fixed_specs) + [bright[n] for n in combo] + ([1.0] if af else [])
-        cond = np.linalg.cond(mixing_matrix(specs, channels, b))
-        if best is None or cond < best[0]:
-            best = (cond, combo)
+        m = mixing_matrix(specs, channels)
+        gains = noise_gains(m)[: n_fixed + len(combo)]
+        b = np.array([1.0] * n_fixed + [bright[n] for n in combo])
+        score = (float(np.max(gains / np.sqrt(b))) if gains.size else 0.0,
+                 condition_number(m))
+        if best is None or score < best[0]:
+            best = (score, combo)
     combo = list(best[1])
-    # brightest label -> least expressed marker; ties keep wavelength order
+    # brightest label -> least expressed marker; ties keep the candidates' order
     expr = {m: float((expression or {}).get(m, 1.0)) for m in free}
     order_m = sorted(free, key=lambda m: expr[m])
     order_l = sorted(combo, key=lambda n: -bright[n]) if brightness else combo
     assign = dict(zip(order_m, order_l, strict=True)) if expression else dict(zip(free, combo, strict=True))
-    labels = [fixed[m] if m in fixed else assign[m] for m in markers]
+    labels = [_label_name(fixed[m]) if m in fixed else assign[m] for m in markers]
     spectra = [_label_spectrum(fixed[m], grid) if m in fixed else spec[assign[m]] for m in markers]
     b = [1.0 if m in fixed else bright[assign[m]] for m in markers]
-    return build_panel_from_spectra(list(markers), [str(x) for x in labels], spectra, channels,
+    return build_panel_from_spectra(markers, labels, spectra, channels,
                                     brightness=b, excitation_nm=excitation_nm,
                                     autofluorescence=af)
 
@@ -696,16 +869,36 @@ def endmember_from_control(image_yxc, *, percentile: float = 50.0,
     return prof
 
 
-def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0) -> np.ndarray:
+def valid_pixels(img: np.ndarray, valid, what: str) -> np.ndarray:
+    """The (N, C) pixels of a (Y, X, C) image where `valid` (None: all)."""
+    pix = img.reshape(-1, img.shape[2])
+    if valid is None:
+        return pix
+    v = np.asarray(valid, dtype=bool)
+    if v.shape != img.shape[:2]:
+        raise InputError(f"{what}: valid must be a (Y, X) mask of the image's shape "
+                         f"{img.shape[:2]}; got {v.shape}")
+    return pix[v.ravel()]
+
+
+def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0,
+                                  valid=None) -> np.ndarray:
     """Autofluorescence endmember (per channel, unit sum) from an unstained control image:
-    the channel profile of the tissue pixels (above the ``percentile`` of total intensity)."""
+    the channel profile of the tissue pixels (above the ``percentile`` of total intensity),
+    among the ``valid`` pixels if given (a (Y, X) mask, e.g. all but the saturated ones)."""
     img = np.asarray(image_yxc, float)
     if img.ndim != 3:
         raise InputError(f"control image must be (Y, X, C), got shape {img.shape}")
-    tot = img.sum(-1)
+    if not np.all(np.isfinite(img)):
+        raise InputError("the control image contains NaN or infinite values")
+    pix = valid_pixels(img, valid, "control image")
+    if pix.shape[0] < 20:
+        raise InputError(f"the control has {pix.shape[0]} usable pixels; need at least 20")
+    tot = pix.sum(-1)
     sel = tot > np.percentile(tot, percentile)
-    if sel.sum() < 10:
-        raise InputError("unstained control has too little signal to estimate autofluorescence")
-    prof = img[sel].mean(0)
+    prof = pix[sel].mean(0) if sel.sum() >= 10 else None
+    if prof is None or not prof.sum() > 0:
+        raise InputError("the control has too little signal for a channel profile (fewer "
+                         "than 10 pixels above the median, or none above zero)")
     return prof / prof.sum()
 

@@ -208,22 +208,25 @@ class Probe:
 
     def to_dict(self) -> dict:
         """The file layout (round-trips through :meth:`from_dict`)."""
+        # plain floats: numpy scalars (a shell given in monolayers) are not YAML
         d: dict = {"name": self.name,
-                   "core": {"material": self.core, "diameter_nm": round(self.core_diameter_nm, 6)}}
+                   "core": {"material": self.core,
+                            "diameter_nm": round(float(self.core_diameter_nm), 6)}}
         if self.shell:
-            d["shell"] = {"material": self.shell, "thickness_nm": self.shell_thickness_nm}
+            d["shell"] = {"material": self.shell,
+                          "thickness_nm": round(float(self.shell_thickness_nm), 6)}
         if self.coating:
             c = {"name": self.coating}
             if self.peg_mw:
-                c["peg_mw"] = self.peg_mw
-                c["grafting_density_per_nm2"] = self.peg_grafting_density_per_nm2
+                c["peg_mw"] = float(self.peg_mw)
+                c["grafting_density_per_nm2"] = float(self.peg_grafting_density_per_nm2)
             d["coating"] = c
         d["ligands"] = [{"name": n, "count": c} for n, c in self.ligands]
         d["targets"] = list(self.targets)
-        d["quantum_yield"] = self.quantum_yield
-        d["size_dispersion"] = self.size_dispersion
+        d["quantum_yield"] = float(self.quantum_yield)
+        d["size_dispersion"] = float(self.size_dispersion)
         if self.stokes_shift_meV is not None:
-            d["stokes_shift_meV"] = self.stokes_shift_meV
+            d["stokes_shift_meV"] = float(self.stokes_shift_meV)
         if self.sizing_model:
             d["sizing_model"] = self.sizing_model
         return d

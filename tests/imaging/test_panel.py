@@ -1,0 +1,170 @@
+"""Panel design: which labels, for which markers, under which excitation and detection.
+
+References: the noise gain and condition number are properties of least squares (a column
+orthogonal to the others has noise gain 1; scaling a column changes neither its noise gain
+nor the separability of the normalised spectra); the excitation rules follow the qd-physics
+reference (section 3.1: a QD is excited below its emission band) and DAPI's UV absorption
+(maximum 358 nm, used with UV or violet lasers)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import Panel, breast_panel_5plex, spectral_channels
+from qdmed.imaging._panel import (
+    autofluorescence_spectrum,
+    condition_number,
+    design_panel,
+    mixing_matrix,
+    noise_gains,
+)
+from qdmed.optics import default_grid, emission_spectrum, get_qdot
+from qdmed.probe import Probe
+
+QDOTS = ["Qdot 525", "Qdot 545", "Qdot 565", "Qdot 585", "Qdot 605", "Qdot 625", "Qdot 655",
+         "Qdot 705", "Qdot 800"]
+CH = spectral_channels(8, 440, 740)
+
+
+def test_noise_gain_and_condition_number_of_known_matrices():
+    eye = np.eye(4)[:, :3] * [1.0, 5.0, 0.2]  # orthogonal columns of any scale
+    np.testing.assert_allclose(noise_gains(eye), 1.0)
+    assert condition_number(eye) == pytest.approx(1.0)
+    two = np.array([[1.0, 1.0], [0.0, 0.1]])  # nearly parallel columns
+    cos = 1 / np.sqrt(1.01)
+    np.testing.assert_allclose(noise_gains(two), [1 / np.sqrt(1 - cos**2)] * 2)
+    assert condition_number(two) == pytest.approx(np.sqrt((1 + cos) / (1 - cos)))
+    dead = np.array([[1.0, 0.0], [0.0, 0.0]])
+    assert noise_gains(dead).tolist() == [1.0, np.inf] and condition_number(dead) == np.inf
+
+
+def test_brightness_never_counts_against_a_label():
+    """Scaling a column is brightness, not separability: the condition number and noise
+    gains of the panel do not change, and a label chosen at brightness 1 stays chosen when
+    brighter."""
+    base = design_panel(["DAPI", "HER2", "ER", "PR"], QDOTS, CH, fixed={"DAPI": "DAPI"})
+    for label in base.labels[1:]:
+        brighter = design_panel(["DAPI", "HER2", "ER", "PR"], QDOTS, CH, fixed={"DAPI": "DAPI"},
+                                brightness={label: 100.0})
+        assert label in brighter.labels
+        a, b = base.to_dict(), brighter.to_dict()
+        if sorted(base.labels) == sorted(brighter.labels):
+            assert b["condition_number"] == pytest.approx(a["condition_number"])
+    p = breast_panel_5plex()
+    scaled = design_panel(list(p.markers), list(p.labels[1:]), list(p.channels),
+                          fixed={"DAPI": "DAPI"}, brightness={"Qdot 605": 16, "Qdot 705": 4})
+    assert scaled.to_dict()["condition_number"] == pytest.approx(
+        p.to_dict()["condition_number"])
+    assert not any("condition number" in w for w in scaled.warnings)
+
+
+def test_design_picks_the_subset_with_the_best_worst_marker():
+    """Exhaustive: no other subset reads its worst marker with less noise."""
+    grid = default_grid(350, 1000, 0.5)
+    p = design_panel(["DAPI", "A", "B", "C"], QDOTS, CH, fixed={"DAPI": "DAPI"},
+                     brightness={"Qdot 800": 0.05})
+    dapi = emission_spectrum(461.0, 70.0, wavelength_nm=grid)
+    af = autofluorescence_spectrum(wavelength_nm=grid)
+
+    def worst(combo):
+        b = np.array([1.0] + [0.05 if n == "Qdot 800" else 1.0 for n in combo])
+        m = mixing_matrix([dapi] + [get_qdot(n).emission_spectrum(grid) for n in combo] + [af],
+                          CH)
+        return float(np.max(noise_gains(m)[:4] / np.sqrt(b)))
+
+    best = min(worst(c) for c in itertools.combinations(QDOTS, 3))
+    assert worst(p.labels[1:]) == pytest.approx(best)
+    assert "Qdot 800" not in p.labels  # 1/20 as bright: its marker would be the noisiest
+
+
+def test_excitation_decides_which_labels_can_be_used():
+    p = design_panel(["A", "B"], ["Qdot 525", "Qdot 605", "Qdot 655"], CH, excitation_nm=405)
+    assert not p.warnings
+    # 600 nm excites neither Qdot 525 nor Qdot 605 (emission bands above it): not candidates
+    with pytest.raises(InputError, match=r"only 1 usable .*Qdot 525 .*not excited at 600 nm"):
+        design_panel(["A", "B"], ["Qdot 525", "Qdot 605", "Qdot 655"], CH, excitation_nm=600)
+    q = design_panel(["A"], ["Qdot 525", "Qdot 655"], CH, excitation_nm=600)
+    assert q.labels == ("Qdot 655",)
+    # DAPI is kept when fixed, with a warning; a 488 nm line inside a band is warned
+    r = design_panel(["DAPI", "A"], ["Qdot 605"], CH, fixed={"DAPI": "DAPI"}, excitation_nm=488)
+    assert any(w.startswith("DAPI is not excited at 488 nm") for w in r.warnings)
+    assert any("488 nm falls in the 478-515 nm channel" in w for w in r.warnings)
+    assert r.to_dict()["excitation_nm"] == 488.0
+    with pytest.raises(InputError, match="excitation_nm must be a wavelength"):
+        design_panel(["A"], ["Qdot 605"], CH, excitation_nm=0.405)
+
+
+def test_candidates_named_once_and_by_their_own_names():
+    p = design_panel(["A", "B"], ["Qdot 605", "Qdot 605", "Qdot 705"], CH)
+    assert sorted(p.labels) == ["Qdot 605", "Qdot 705"]
+    with pytest.raises(InputError, match="2 markers but only 1 usable candidate"):
+        design_panel(["A", "B"], ["Qdot 605", "Qdot 605"], CH)
+    grid = default_grid(350, 1000, 0.5)
+    s590 = emission_spectrum(590, 30, wavelength_nm=grid, label="dye590")
+    s680 = emission_spectrum(680, 30, wavelength_nm=grid, label="dye680")
+    q = design_panel(["A", "B"], [s590, s680], CH)
+    assert sorted(q.labels) == ["dye590", "dye680"]
+    twin = emission_spectrum(600, 30, wavelength_nm=grid, label="dye590")
+    with pytest.raises(InputError, match="two different candidate labels are named 'dye590'"):
+        design_panel(["A", "B"], [s590, twin, s680], CH)
+    with pytest.raises(InputError, match="fixed labels for 'DAPI', which is not among"):
+        design_panel(["A", "B"], QDOTS, CH, fixed={"DAPI": "DAPI"})
+
+
+def test_custom_probe_under_a_catalog_name_round_trips(tmp_path):
+    """A probe named like a catalog product but emitting elsewhere keeps its own spectrum in
+    the panel file (before: reloaded as the catalog product, 15 nm off)."""
+    probe = Probe.from_emission("CdSe", 620, name="Qdot 605")
+    p = design_panel(["A", "B"], [probe, "Qdot 705"], CH)
+    q = Panel.from_file(p.to_file(tmp_path / "p.yaml"))
+    j = p.labels.index("Qdot 605")
+    assert q.spectra[j].peak_nm == pytest.approx(p.spectra[j].peak_nm, abs=0.6)
+    assert abs(q.spectra[j].peak_nm - get_qdot("Qdot 605").emission_peak_nm) > 10
+    np.testing.assert_allclose(q.endmembers, p.endmembers, atol=1e-3 * p.endmembers.max())
+    catalog = breast_panel_5plex()  # catalog labels are stored by name alone
+    doc = catalog.to_yaml_dict()
+    assert all("spectrum" not in e for e in doc["markers"].values())
+
+
+def test_bands_must_be_nanometres_and_collect_signal():
+    with pytest.raises(InputError, match="band 0.5-0.56 nm .*look like micrometres"):
+        design_panel(["A"], ["Qdot 605"], [(0.5, 0.56), (0.58, 0.64)])
+    with pytest.raises(InputError, match="high > low"):
+        design_panel(["A"], ["Qdot 605"], [(560, 500), (580, 640)])
+    p = design_panel(["A", "B"], ["Qdot 605", "Qdot 705"],
+                     [(500, 560), (580, 640), (660, 720), (1200, 1300)])
+    assert "channel 1200-1300nm collects no signal from any component" in p.warnings
+    # a label whose emission misses every band (1e-5 of it in the channels)
+    q = design_panel(["A", "B"], ["Qdot 525", "Qdot 605"], [(480, 520), (520, 540), (540, 550)],
+                     autofluorescence=None)
+    assert any(w.startswith("B gives no signal in any channel") for w in q.warnings)
+
+
+def test_cli_panel_options(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    probe = Probe.from_emission("CdSe", 590, name="custom590")
+    probe.to_file(tmp_path / "custom590.yaml")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "qdmed", "image", "panel", *args],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    r = run("--markers", "HER2,ER", "--labels", "custom590.yaml,Qdot 705,Qdot 655",
+            "--brightness", "Qdot 705=4", "--expression", "HER2=0.1", "--expression", "ER=1",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["labels"]["HER2"] == "Qdot 705"  # the brightest label to the scarcest marker
+    r = run("--excitation-nm", "488", "--json")
+    assert r.returncode == 0, r.stderr
+    assert any("DAPI is not excited" in w for w in json.loads(r.stdout)["warnings"])
+    for args, msg in ((("--brightness", "Qdot 705=x"), "not a number"),
+                      (("--labels", "missing.yaml"), "does not exist"),
+                      (("--filters", "0.50-0.56,0.58-0.64"), "micrometres")):
+        r = run(*args)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
