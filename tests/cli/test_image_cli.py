@@ -113,6 +113,8 @@ def test_bad_inputs_exit_2(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1
     r = run("image", "simulate", "--bit-depth", "20", "--out", str(tmp_path / "s.ome.tif"))
     assert r.returncode == 2 and "bit_depth must be an integer from 8 to 16" in r.stderr
+    r = run("image", "simulate", "--size", "9000", "--out", str(tmp_path / "big.ome.tif"))
+    assert r.returncode == 2 and "write larger slides as .ome.zarr" in r.stderr
     r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--exclude-flagged",
             "saturated,blurry")
     assert r.returncode == 2 and "exclude_flagged takes" in r.stderr and "'blurry'" in r.stderr
@@ -426,3 +428,20 @@ def test_already_unmixed_qptiff(tmp_path, write_qptiff):
         r = run(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_simulate_names_and_reproducible_bytes(tmp_path):
+    """The truth and panel beside a slide take its name without the image suffix (a.v1 and
+    a.v2 no longer share one truth folder); the same command writes the same OME-TIFF
+    bytes (its OME UUID comes from the parameters, not the clock)."""
+    for name in ("a.v1.ome.zarr", "a.v2.ome.zarr"):
+        r = run("image", "simulate", "--size", "128", "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+    for stem in ("a.v1", "a.v2"):
+        assert (tmp_path / f"{stem}-truth" / "truth.parquet").exists()
+        assert (tmp_path / f"{stem}-panel.yaml").exists()
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        r = run("image", "simulate", "--size", "160", "--out", "s.ome.tif", cwd=tmp_path / d)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "x" / "s.ome.tif").read_bytes() == (tmp_path / "y" / "s.ome.tif").read_bytes()

@@ -361,3 +361,49 @@ def test_slide_tiles_are_independent(tmp_path):
     with pytest.raises(InputError, match="region"):
         a.render_region(0, 700, 0, 10)
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_membrane_thinner_than_a_pixel_is_still_drawn():
+    """At 1.3 um per pixel a 1 um membrane is under a pixel: it is drawn one pixel wide
+    (before: no membrane pixel at all, so HER2 vanished while the truth said 3+)."""
+    f = field((256, 256), preset="SK-BR-3", noise=False, dtype="float32", pixel_size_um=1.3,
+              cell_density_per_mm2=1000)
+    mem = f.compartments == COMPARTMENT_CODES["membrane"]
+    assert mem.mean() > 0.05
+    assert f.abundances[..., MARKERS.index("HER2")][mem].mean() > 0
+    assert f.truth["HER2_membrane"].notna().mean() > 0.9
+
+
+def test_custom_presets_are_checked():
+    from qdmed.imaging._synthetic import MarkerLevel, Preset
+
+    def preset(mix, **markers):
+        return Preset("mine", "tumour", "d", "c", None, mix,
+                      {k: MarkerLevel(*v) for k, v in markers.items()})
+
+    ok = field((64, 64), preset=preset({"0": 0.5, "3+": 0.5}, ER=(0.5, 0.5, 0.3)))
+    assert set(ok.truth["her2_category"]) <= {"0", "3+"}
+    for mix, markers, match in (({"0": 0.5, "1+": 0.3}, {}, "sum to 1"),
+                                ({"0": -1, "3+": 2}, {}, ">= 0"),
+                                ({"4+": 1.0}, {}, "unknown HER2 categories"),
+                                ({"0": 1.0}, {"FOO": (0.5, 0.5, 0.3)}, "unknown markers"),
+                                ({"0": 1.0}, {"ER": (1.5, 0.5, 0.3)}, "positive_fraction")):
+        with pytest.raises(InputError, match=match):
+            field((64, 64), preset=preset(mix, **markers))
+
+
+def test_bit_depth_travels_with_an_ome_zarr(tmp_path):
+    """A 12-bit detector simulated to OME-Zarr is read back with its 4095 ceiling (NGFF has
+    no field: qdmed records it), as an OME-TIFF carries SignificantBits."""
+    from qdmed.imaging import write_ome_zarr
+
+    s = simulate_slide(tmp_path / "s.ome.zarr", (128, 128), preset="BT474", endmembers=E,
+                       marker_names=MARKERS, bit_depth=12, photons_per_unit=20000.0, seed=1)
+    r = read_slide(s.path)
+    assert r.significant_bits == 12 and int(r.data.max().compute()) == 4095
+    img = np.asarray(r.data)
+    w = read_slide(write_ome_zarr(tmp_path / "w.ome.zarr", img, significant_bits=12))
+    assert w.significant_bits == 12
+    assert read_slide(write_ome_zarr(tmp_path / "x.ome.zarr", img)).significant_bits is None
+    with pytest.raises(InputError, match="significant_bits must be an integer from 1"):
+        write_ome_zarr(tmp_path / "y.ome.zarr", img, significant_bits=17)

@@ -303,6 +303,20 @@ def presets(json_: JSON = False):
                              "description": v["description"]} for k, v in d.items()])
 
 
+#: Largest edge (px) of a slide simulated straight to OME-TIFF (rendered in memory).
+MAX_TIFF_SIMULATE_PX = 8192
+
+
+def _stem(out: Path) -> str:
+    """A slide's name without its image suffix (a.v1.ome.zarr -> a.v1): the stem of the
+    truth folder and panel file written beside it."""
+    name = out.name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Output slide: .ome.zarr or .ome.tif")] = Path("slide.ome.zarr"),
@@ -330,6 +344,13 @@ def simulate(
     if not name.endswith((".zarr", ".tif", ".tiff")):
         raise InputError(f"--out must be an OME-Zarr (.ome.zarr) or OME-TIFF (.ome.tif) path; "
                          f"got {out}")
+    if tma is None and not name.endswith(".zarr") and size > MAX_TIFF_SIMULATE_PX:
+        # the OME-TIFF route renders the whole field in memory (~110 bytes per pixel with
+        # its truth: 1.8 GB at 4096^2); OME-Zarr is written tile by tile
+        raise InputError(f"--size {size} to OME-TIFF would be rendered in memory (~"
+                         f"{110 * size * size / 1e9:.0f} GB); up to {MAX_TIFF_SIMULATE_PX} px "
+                         "is accepted: write larger slides as .ome.zarr (tile by tile)")
+    stem = _stem(out)
     if tma is None and (presets is not None or missing is not None or rotation_deg != 0.0):
         raise InputError("--presets, --missing and --rotation-deg describe a tissue "
                          "microarray: they need --tma")
@@ -350,7 +371,7 @@ def simulate(
                          presets=list(_names(presets or preset)),
                          core_diameter_um=core_diameter_um, missing=_names(missing),
                          rotation_deg=rotation_deg, **kw)
-        truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
+        truth_dir = out.parent / (stem + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_parquet(truth_dir / "truth.parquet", s.truth)
         atomic_write_text(truth_dir / "cores.geojson",
@@ -362,7 +383,7 @@ def simulate(
     elif name.endswith((".zarr",)):
         kw["preset"] = preset
         s = simulate_slide(out, (size, size), **kw)
-        truth_dir = out.parent / (out.name.split(".")[0] + "-truth")
+        truth_dir = out.parent / (stem + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
         from qdmed.report import atomic_write_parquet
 
@@ -370,15 +391,21 @@ def simulate(
         info = {"slide": str(out), "shape": list(s.shape), "n_cells": s.n_cells,
                 "truth": str(truth_dir / "truth.parquet")}
     else:
+        import uuid
+
         f = simulate_field((size, size), preset=preset, **kw)
+        # the file's OME UUID from the simulation's parameters (seed included): the same
+        # command writes the same bytes
+        ident = uuid.uuid5(uuid.NAMESPACE_URL, "qdmed-synthetic:" + json.dumps(
+            f.params, sort_keys=True, default=str))
         write_ome_tiff(out, f.image, channel_names=list(p.channel_names),
                        pixel_size_um=f.pixel_size_um,
-                       significant_bits=bit_depth if bit_depth < 16 else None)
-        truth_dir = write_truth(out.parent / (out.name.split(".")[0] + "-truth"), f)
+                       significant_bits=bit_depth if bit_depth < 16 else None, uuid=str(ident))
+        truth_dir = write_truth(out.parent / (stem + "-truth"), f)
         info = {"slide": str(out), "shape": list(f.image.shape), "n_cells": len(f.truth),
                 "truth": str(truth_dir)}
-    p.to_file(out.parent / (out.name.split(".")[0] + "-panel.yaml"))
-    info["panel"] = str(out.parent / (out.name.split(".")[0] + "-panel.yaml"))
+    p.to_file(out.parent / (stem + "-panel.yaml"))
+    info["panel"] = str(out.parent / (stem + "-panel.yaml"))
     return print_json(info) if json_ else print_kv("Simulated slide", info)
 
 

@@ -210,6 +210,7 @@ def write_ome_tiff(
     compression: str | None = "zlib",
     overwrite: bool = True,
     significant_bits: int | None = None,
+    uuid: str | None = None,
 ) -> Path:
     """Write a tiled, pyramidal OME-TIFF (one tiled page per channel, levels in SubIFDs).
 
@@ -237,6 +238,9 @@ def write_ome_tiff(
         Bits the detector filled, written as OME ``SignificantBits`` (e.g. 12 for a 12-bit
         camera stored as uint16): readers then know the saturation ceiling. Integer images
         only, at most the type's bits.
+    uuid : str, optional
+        The OME UUID of the file; default a fresh one (time and host). Give one derived
+        from the inputs (:func:`uuid.uuid5`) for byte-identical files from identical inputs.
 
     Returns
     -------
@@ -262,14 +266,15 @@ def write_ome_tiff(
     levels = _level_arrays(image, n_levels)
 
     metadata: dict[str, Any] = {"axes": "CYX", "Channel": {"Name": list(names)}}
+    if uuid is not None:  # else tifffile makes one from the time and host (uuid1)
+        import uuid as _uuid
+
+        try:
+            metadata["UUID"] = f"urn:uuid:{_uuid.UUID(str(uuid).split(':')[-1])}"
+        except ValueError:
+            raise InputError(f"uuid must be a UUID, got {uuid!r}") from None
     if significant_bits is not None:
-        dt = np.dtype(image.dtype)
-        if dt.kind not in "ui" or isinstance(significant_bits, bool) or not isinstance(
-                significant_bits, int | np.integer) or not 1 <= significant_bits <= dt.itemsize * 8:
-            raise InputError(f"significant_bits must be an integer from 1 to the image type's "
-                             f"bits ({dt.name}: {dt.itemsize * 8 if dt.kind in 'ui' else 'none, a float type'}), "
-                             f"got {significant_bits!r}")
-        metadata["SignificantBits"] = int(significant_bits)
+        metadata["SignificantBits"] = _check_significant_bits(significant_bits, image.dtype)
     kw: dict[str, Any] = {}
     if ps is not None:
         metadata.update(PhysicalSizeX=ps, PhysicalSizeXUnit="µm", PhysicalSizeY=ps,
@@ -317,10 +322,12 @@ class _ZarrImageWriter:
 
     def __init__(self, path: Path, shape_yxc: tuple[int, int, int], dtype: Any, *,
                  channel_names: tuple[str, ...], pixel_size_um: float | None,
-                 chunks: tuple[int, int], pyramid_levels: int, name: str) -> None:
+                 chunks: tuple[int, int], pyramid_levels: int, name: str,
+                 significant_bits: int | None = None) -> None:
         import zarr
 
         self.path = path
+        self.bits = significant_bits
         self.tmp = _tmp_sibling(path)
         self.shape = shape_yxc
         self.dtype = np.dtype(dtype)
@@ -414,6 +421,8 @@ class _ZarrImageWriter:
         self._build_pyramid()
         if self.dtype.kind in "ui":
             lo, hi = 0, int(np.iinfo(self.dtype).max)
+            if self.bits is not None and self.bits < self.dtype.itemsize * 8:
+                hi = 2 ** self.bits - 1
         else:
             lo, hi = 0, 1
         channels = [{"label": n, "color": _COLORS[i % len(_COLORS)], "active": True,
@@ -424,8 +433,12 @@ class _ZarrImageWriter:
             "omero": {"version": NGFF_VERSION, "name": self.name, "channels": channels,
                       "rdefs": {"model": "color"}},
         }
-        if extra_attrs:
-            attrs["qdmed"] = extra_attrs
+        own = dict(extra_attrs or {})
+        if self.bits is not None and self.dtype.kind in "ui" and \
+                self.bits < self.dtype.itemsize * 8:
+            own["significant_bits"] = int(self.bits)
+        if own:
+            attrs["qdmed"] = own
         self.root.attrs.update(attrs)
         _replace_dir(self.tmp, self.path)
         return self.path
@@ -444,6 +457,7 @@ def write_ome_zarr(
     chunks: tuple[int, int] = (1024, 1024),
     pyramid_levels: int | str = "auto",
     overwrite: bool = True,
+    significant_bits: int | None = None,
 ) -> Path:
     """Write an OME-Zarr image (NGFF 0.4 on Zarr format v2), chunk by chunk.
 
@@ -464,6 +478,11 @@ def write_ome_zarr(
         largest side fits in one chunk.
     overwrite : bool
         Replace an existing store (atomically: the new store is renamed into place).
+    significant_bits : int, optional
+        Bits the detector fills in an integer image (a 12-bit camera stored as uint16). NGFF
+        has no field for it: written as ``qdmed.significant_bits`` (read back by qdmed, which
+        then takes ``2**bits - 1`` as the saturation ceiling) and as the omero display
+        window's maximum.
 
     Returns
     -------
@@ -472,8 +491,8 @@ def write_ome_zarr(
     Raises
     ------
     InputError
-        Bad image, channel names, pixel size or chunks, or an existing store with
-        ``overwrite=False``.
+        Bad image, channel names, pixel size, chunks or significant bits, or an existing
+        store with ``overwrite=False``.
     """
     p = _check_dest(path, overwrite)
     check_zarr_output(p)  # never replaces a file or a folder that is not a Zarr image
@@ -483,8 +502,11 @@ def write_ome_zarr(
     ps = _check_pixel_size(pixel_size_um)
     chunks = _check_chunks(chunks)
     n_levels = _auto_levels((ny, nx), max(chunks), pyramid_levels)
+    bits = None if significant_bits is None else _check_significant_bits(significant_bits,
+                                                                          image.dtype)
     w = _ZarrImageWriter(p, (ny, nx, nc), image.dtype, channel_names=names, pixel_size_um=ps,
-                         chunks=chunks, pyramid_levels=n_levels, name=p.name)
+                         chunks=chunks, pyramid_levels=n_levels, name=p.name,
+                         significant_bits=bits)
     try:
         cy, cx = chunks
         for y0 in range(0, ny, cy):
@@ -497,6 +519,17 @@ def write_ome_zarr(
     except BaseException:
         w.abort()
         raise
+
+
+def _check_significant_bits(bits: Any, dtype: Any) -> int:
+    """The detector bits an integer image fills, checked against its type."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "ui" or isinstance(bits, bool) or not isinstance(
+            bits, int | np.integer) or not 1 <= bits <= dt.itemsize * 8:
+        raise InputError(f"significant_bits must be an integer from 1 to the image type's "
+                         f"bits ({dt.name}: {dt.itemsize * 8 if dt.kind in 'ui' else 'none, a float type'}), "
+                         f"got {bits!r}")
+    return int(bits)
 
 
 def _check_chunks(chunks: Any) -> tuple[int, int]:
@@ -1002,6 +1035,8 @@ def _read_zarr(p: Path) -> SlideImage:
         raise FileFormatError(f"{str(p)!r} is not a readable Zarr group: "
                               f"{type(e).__name__}: {e}") from e
     attrs = dict(root.attrs)
+    bits = attrs.get("qdmed", {}).get("significant_bits") if isinstance(
+        attrs.get("qdmed"), dict) else None  # qdmed's own record (NGFF has no field for it)
     if "ome" in attrs:  # NGFF 0.5 nests everything under "ome"
         attrs = dict(attrs["ome"])
     ms = attrs.get("multiscales")
@@ -1041,9 +1076,13 @@ def _read_zarr(p: Path) -> SlideImage:
         names = [c.get("label") for c in ch]
         if len(names) != nc or any(n is None for n in names):
             names = None
+    dt = levels[0].dtype
+    if not (isinstance(bits, int) and not isinstance(bits, bool) and dt.kind in "ui"
+            and 1 <= bits < dt.itemsize * 8):
+        bits = None
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p, format="ome-zarr",
-                      levels=tuple(levels), _direct=direct)
+                      levels=tuple(levels), significant_bits=bits, _direct=direct)
 
 
 def _ngff_pixel_size(ds: dict, m: dict, axes: list, p: Path) -> float | None:
