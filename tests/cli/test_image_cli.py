@@ -339,7 +339,13 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
 def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
     r = run("image", "dab", "--example", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["her2"]["category"] == "3+"
+    d = json.loads(r.stdout)
+    assert d["her2"]["category"] == "3+"
+    assert any("uncalibrated example" in w for w in d["warnings"])  # the default cut-offs
+    r = run("image", "dab", "--example", "--od-cutoffs", "0.1,0.25,0.5", "--background",
+            "241,241,241")
+    assert r.returncode == 0, r.stderr
+    assert "0.945, 0.945, 0.945" in r.stdout and "uncalibrated" not in r.stdout
     # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by
     # case, for `compare` against the QD-IHC cases
     slide, _ = brightfield_tma(tmp_path / "bf.ome.tif")

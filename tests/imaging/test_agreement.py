@@ -39,6 +39,39 @@ def test_perfect_agreement_and_numeric_labels():
     r = compare_her2([0, 1, 2, 3, 3], ["0", "1+", "2+", "3+", "3+"])
     assert r.percent_agreement == 100 and r.kappa == pytest.approx(1.0)
     assert r.kappa_quadratic == pytest.approx(1.0)
+    # a CSV column with a blank cell reads as floats: 3.0 is 3+
+    r = compare_her2(["0.0", "1.0", "2.0", "3.0"], ["0", "1+", "2+", "3+"])
+    assert r.percent_agreement == 100
+    with pytest.raises(InputError, match="'2.5'"):
+        compare_her2(["0", "2.5"], ["0", "1+"])
+
+
+def test_confidence_intervals():
+    """Wilson intervals of the agreement, checked against Newcombe's (1998) table (81/263:
+    0.2553-0.3662; 0/20: 0-0.1611); bootstrap intervals of the kappas around the estimates
+    (seeded: the same cases give the same interval); few cases warned."""
+    from qdmed.imaging._agreement import _kappas_of_tables, wilson_interval
+
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=5e-5)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=5e-5)
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 4, 60)
+    other = np.where(rng.random(60) < 0.8, truth, rng.integers(0, 4, 60))
+    cats = np.array(["0", "1+", "2+", "3+"])
+    r = compare_her2(list(cats[truth]), list(cats[other]))
+    table = np.array(r.table, float)
+    d = np.abs(np.arange(4)[:, None] - np.arange(4)[None, :]) / 3
+    assert _kappas_of_tables(table, d) == pytest.approx(r.kappa_linear)  # as cohen_kappa
+    for k in ("kappa", "kappa_linear", "kappa_quadratic"):
+        lo, hi = getattr(r, k + "_ci95")
+        assert lo < getattr(r, k) < hi and hi - lo < 0.5
+    lo, hi = r.percent_agreement_ci95
+    assert lo < r.percent_agreement < hi
+    assert compare_her2(list(cats[truth]), list(cats[other])).kappa_ci95 == r.kappa_ci95
+    assert not r.warnings
+    few = compare_her2(["0", "1+", "3+"], ["0", "1+", "3+"])
+    assert few.warnings and "only 3 cases" in few.warnings[0]
+    json.dumps(few.to_dict())
 
 
 def test_compare_errors_name_the_cases():

@@ -12,6 +12,7 @@ from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._brightfield import (
     RUIFROK_H_DAB,
     deconvolve_dab,
+    estimate_background,
     estimate_stain_vectors,
     score_dab,
     stain_matrix_from_vectors,
@@ -126,8 +127,16 @@ def test_bad_inputs():
         deconvolve_dab(np.zeros((4, 4)))
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         deconvolve_dab(np.full((2, 2, 3), 2.0))
-    with pytest.raises(InputError, match="uint8"):
-        deconvolve_dab(np.zeros((2, 2, 3), dtype=np.uint16))
+    with pytest.raises(InputError, match="8- or 16-bit"):
+        deconvolve_dab(np.zeros((2, 2, 3), dtype=np.int32))
+    with pytest.raises(InputError, match="transparent alpha"):
+        deconvolve_dab(np.zeros((2, 2, 4), dtype=np.uint8))
+    for bad in (0.0, 1.5, (1, 1), "white"):
+        with pytest.raises(InputError, match="background must be"):
+            deconvolve_dab(np.ones((2, 2, 3)), background=bad)
+    for cut in ((0, 0.1, 0.2), (-1, 0.1, 0.2)):
+        with pytest.raises(InputError, match="above 0"):
+            score_dab(np.ones((8, 8, 3)), od_cutoffs=cut)
     with pytest.raises(InputError, match="singular"):
         deconvolve_dab(np.ones((2, 2, 3)), stain_matrix=np.ones((3, 3)))
     with pytest.raises(InputError, match="parallel"):
@@ -182,3 +191,51 @@ def test_score_dab_with_no_measured_cell_has_no_her2(ihc, monkeypatch):
     s = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
     assert s.n_unmeasured == s.n_cells > 0 and s.her2 is None
     assert np.isnan(s.percent_0) and s.to_dict()["percent_0"] is None
+
+
+def _dab_removed(ihc):
+    """The real image with its DAB taken out (haematoxylin x 2.5): a DAB-negative field."""
+    sep = deconvolve_dab(ihc)
+    conc = np.stack([2.5 * sep.hematoxylin, 0 * sep.dab, sep.residual], axis=-1)
+    return np.clip(10.0 ** (-(conc @ RUIFROK_H_DAB)), 0, 1)
+
+
+def test_rgba_and_16_bit_images_read_as_their_rgb(ihc):
+    ref = deconvolve_dab(ihc).dab
+    rgba = np.concatenate([ihc, np.full(ihc.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(deconvolve_dab(rgba).dab, ref)
+    np.testing.assert_allclose(deconvolve_dab(ihc.astype(np.uint16) * 257).dab, ref,
+                               atol=1e-12)
+
+
+def test_white_level_per_channel(ihc):
+    """Ruifrok & Johnston divide each channel by its own glass intensity. A yellowish glass
+    (blue 10 % down) under the default white level reads as DAB and is warned; the white
+    level taken from the glass ('auto') removes it: the DAB-negative field scores 0 again."""
+    neg = _dab_removed(ihc)
+    cut = (0.05, 0.15, 0.3)
+    assert score_dab(neg, od_cutoffs=cut).her2.category == "0"
+    cast = neg * np.array([1.0, 0.98, 0.90])
+    glass = estimate_background(cast)
+    # the same glass pixels, cast (the brightest 1 % may swap a few: medians within 1e-4)
+    np.testing.assert_allclose(glass, np.array(estimate_background(neg)) * [1, 0.98, 0.9],
+                               rtol=1e-4)
+    plain = score_dab(cast, od_cutoffs=cut)
+    assert plain.her2.category != "0"  # the cast alone made it stained
+    assert any(w.startswith("the glass reads (") for w in plain.warnings)
+    auto = score_dab(cast, od_cutoffs=cut, background="auto")
+    assert auto.her2.category == "0" and not auto.warnings
+    d = auto.to_dict()
+    assert d["background"] == pytest.approx(list(glass)) and d["qdmed_version"]
+    assert d["pixel_size_um"] == 0.5
+    with pytest.raises(InputError, match="no glass to take the white level from"):
+        estimate_background(np.full((64, 64, 3), 0.3))
+
+
+def test_macenko_refuses_a_one_stain_image(ihc):
+    """A DAB-negative field holds one stain: Macenko would make up a second one (5 deg from
+    haematoxylin) and score it; refused, naming the published vectors instead."""
+    with pytest.raises(InputError, match="probably holds one stain"):
+        estimate_stain_vectors(_dab_removed(ihc))
+    with pytest.raises(InputError, match="probably holds one stain"):
+        score_dab(_dab_removed(ihc), od_cutoffs=(0.05, 0.15, 0.3), stain_matrix="macenko")

@@ -441,6 +441,16 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     assert (tmp_path / "dab" / "cases.csv").exists()
     assert json.loads((tmp_path / "dab" / "summary.json").read_text())["parameters"][
         "od_cutoffs"] == [0.05, 0.15, 0.3]
+    # Macenko vectors and the white level estimated once, on the slide: the core without DAB
+    # stays 0 (per core, it would have been given a made-up DAB vector)
+    m = analyze_dab_regions(p, cores, tmp_path / "mac", od_cutoffs=(0.05, 0.15, 0.3),
+                            stain_matrix="macenko", background="auto", min_cells=20,
+                            progress=False)
+    got_m = {r["region"]: r for r in m["regions_scored"]["regions"]}
+    assert got_m["A-3"]["her2_category"] == "0"
+    assert {got_m[c]["her2_category"] for c in ("A-1", "A-2", "B-1", "B-3")} <= {"2+", "3+"}
+    assert len(m["parameters"]["background"]) == 3
+    assert np.asarray(m["parameters"]["stain_matrix"]).shape == (3, 3)
     fluo = simulate_tma(tmp_path / "q.ome.zarr", rows=1, cols=1, presets=["luminal-A"],
                         core_diameter_um=80.0, tile=256, **KW)
     with pytest.raises(InputError, match="8-bit RGB brightfield slide; got 8 channels"):

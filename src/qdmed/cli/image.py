@@ -34,6 +34,13 @@ PATTERN = Annotated[str | None, typer.Option("--pattern", help="Only the slides 
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
 
+#: The --od-cutoffs default: an example, not a calibration (said so in every output).
+DAB_EXAMPLE_CUTOFFS = "0.05,0.15,0.3"
+UNCALIBRATED_DAB = ("the DAB OD cut-offs are the uncalibrated example 0.05, 0.15, 0.3: "
+                    "chromogen OD depends on the protocol and the scanner; calibrate them on "
+                    "control tissue (--od-cutoffs)")
+
+
 def _offset(text: str | None):
     """--offset: one number or comma-separated numbers (one per channel), or None."""
     from qdmed.errors import InputError
@@ -893,7 +900,8 @@ def cohort(
 def dab(
     image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
     example: Annotated[bool, typer.Option("--example", help="Use scikit-image's bundled IHC image.")] = False,
-    cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+.")] = "0.05,0.15,0.3",
+    cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+ (default 0.05,0.15,0.3: an uncalibrated example; calibrate on control tissue).")] = DAB_EXAMPLE_CUTOFFS,
+    background: Annotated[str | None, typer.Option("--background", help="White level (glass) per channel: 'auto' (from the image's glass) or R,G,B levels 0-255 as QuPath's 'Background' (default 255,255,255: white).")] = None,
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's, else 0.5).")] = None,
     regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
@@ -922,7 +930,10 @@ def dab(
                                 region_class=region_class, tumour_regions=tumour_regions,
                                 tma_map=tma_map, case_rule=case_rule,
                                 min_cells=region_min_cells, pixel_size_um=pixel_size_um,
-                                marker=marker, progress=not no_progress)
+                                marker=marker, background=_white_level(background),
+                                progress=not no_progress)
+        if cutoffs == DAB_EXAMPLE_CUTOFFS:
+            d["warnings"].append(UNCALIBRATED_DAB)
         return print_json(d) if json_ else _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
@@ -943,14 +954,21 @@ def dab(
             rgb = imread(image)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read image {image}: {exc}") from exc
-    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5)
-    d = sc.to_dict() if hasattr(sc, "to_dict") else {}
+    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5,
+                   background=_white_level(background))
+    d = sc.to_dict()
+    if cutoffs == DAB_EXAMPLE_CUTOFFS:
+        d["warnings"].append(UNCALIBRATED_DAB)
     if json_:
         return print_json(d)
     her2 = d.get("her2") or {}
     info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
     info.update({k: v for k, v in d.items() if not isinstance(v, dict | list)})
-    return print_kv("DAB IHC", info)
+    info["od_cutoffs"] = ", ".join(f"{v:g}" for v in d["od_cutoffs"])
+    info["background (R, G, B)"] = ", ".join(f"{v:.3f}" for v in d["background"])
+    print_kv("DAB IHC", info)
+    for w in d["warnings"]:
+        typer.echo(f"! {w}")
 
 
 def _pair(option: str, item: str, form: str) -> tuple[str, str]:
@@ -970,6 +988,22 @@ def _once(option: str, key: str, seen) -> str:
     if key in seen:
         raise InputError(f"{option} {key} is given twice; give it once")
     return key
+
+
+def _white_level(text: str | None):
+    """--background: None (white), 'auto', or R,G,B levels 0-255 as transmittances."""
+    from qdmed.errors import InputError
+
+    if text is None or text.strip().lower() == "auto":
+        return 1.0 if text is None else "auto"
+    try:
+        levels = [float(v) for v in text.replace(" ", ",").split(",") if v]
+    except ValueError:
+        levels = []
+    if len(levels) != 3 or not all(0 < v <= 255 for v in levels):
+        raise InputError(f"--background must be 'auto' or R,G,B levels in (0, 255], e.g. "
+                         f"240,240,242; got {text!r}")
+    return tuple(v / 255.0 for v in levels)
 
 
 def _od_cutoffs(text: str) -> tuple[float, ...]:
@@ -1035,13 +1069,22 @@ def compare(
         _save_plot(plot, res.plot())
     if json_:
         return print_json(d)
+    def with_ci(k):
+        lo, hi = d[k + "_ci95"]
+        return (f"{d[k]:.3g}" if d[k] is not None else "undefined") + (
+            f" (95 % CI {lo:.3g} to {hi:.3g})" if lo is not None and hi is not None else "")
+
     print_kv(f"HER2 agreement: {name_a} vs {name_b}",
-             {k: d[k] for k in ("n_cases", "percent_agreement", "kappa", "kappa_linear",
-                                "kappa_quadratic", "percent_agreement_negative_positive",
-                                "percent_agreement_null_low")})
+             {"n_cases": d["n_cases"],
+              **{k: with_ci(k) for k in ("percent_agreement", "kappa", "kappa_linear",
+                                         "kappa_quadratic")},
+              **{k: d[k] for k in ("percent_agreement_negative_positive",
+                                   "percent_agreement_null_low")}})
     rows = [{name_a + " \\ " + name_b: c, **dict(zip(d["categories"], map(str, r), strict=True))}
             for c, r in zip(d["categories"], d["table"], strict=True)]
     print_table("cross-table", rows)
     for why, cases in d["excluded"].items():
         typer.echo(f"excluded ({why}): {', '.join(cases[:10])}" + (" ..." if len(cases) > 10 else ""))
+    for w in d["warnings"]:
+        typer.echo(f"! {w}")
     return None

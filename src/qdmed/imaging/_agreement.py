@@ -49,6 +49,14 @@ class HER2Agreement:
         HER2-low therapy.
     excluded : dict
         Cases left out of a table comparison, by reason (:func:`compare_her2_tables`).
+    percent_agreement_ci95 : (float, float), %
+        Wilson score interval of the percent agreement (Wilson 1927; Newcombe 1998).
+    kappa_ci95, kappa_linear_ci95, kappa_quadratic_ci95 : (float, float)
+        Percentile bootstrap intervals of the kappas: the cases resampled with replacement
+        :data:`BOOTSTRAP_SAMPLES` times, seed :data:`BOOTSTRAP_SEED` (Efron & Tibshirani
+        1993); samples where kappa is undefined are left out (NaN when most are).
+    warnings : tuple of str
+        E.g. fewer than :data:`FEW_CASES` cases (wide intervals).
     """
 
     method_a: str
@@ -64,10 +72,19 @@ class HER2Agreement:
     percent_agreement_negative_positive: float
     percent_agreement_null_low: float
     excluded: dict = field(default_factory=dict)
+    percent_agreement_ci95: tuple = (float("nan"), float("nan"))
+    kappa_ci95: tuple = (float("nan"), float("nan"))
+    kappa_linear_ci95: tuple = (float("nan"), float("nan"))
+    kappa_quadratic_ci95: tuple = (float("nan"), float("nan"))
+    warnings: tuple = ()
     references: tuple = field(default=(
         "Cohen J (1960). A coefficient of agreement for nominal scales. Educ Psychol Meas "
         "20:37-46. doi:10.1177/001316446002000104",
         "Cohen J (1968). Weighted kappa. Psychol Bull 70:213-220. doi:10.1037/h0026256",
+        "Wilson EB (1927). Probable inference, the law of succession, and statistical "
+        "inference. J Am Stat Assoc 22:209-212. doi:10.1080/01621459.1927.10502953",
+        "Efron B, Tibshirani RJ (1993). An Introduction to the Bootstrap. Chapman & Hall. "
+        "doi:10.1201/9780429246593",
     ))
 
     @property
@@ -83,7 +100,12 @@ class HER2Agreement:
         d = {k: getattr(self, k) for k in (
             "method_a", "method_b", "percent_agreement", "kappa", "kappa_linear",
             "kappa_quadratic", "percent_agreement_negative_positive",
-            "percent_agreement_null_low", "references", "excluded")}
+            "percent_agreement_null_low", "references", "excluded",
+            "percent_agreement_ci95", "kappa_ci95", "kappa_linear_ci95",
+            "kappa_quadratic_ci95", "warnings")}
+        for k in ("percent_agreement_ci95", "kappa_ci95", "kappa_linear_ci95",
+                  "kappa_quadratic_ci95", "warnings"):
+            d[k] = list(d[k])
         d["n_cases"] = self.n_cases
         d["categories"] = list(HER2_CATEGORIES)
         d["table"] = [list(r) for r in self.table]
@@ -109,6 +131,57 @@ class HER2Agreement:
         ax.set_title(f"{self.n_cases} cases: agreement {self.percent_agreement:.0f} %, "
                      f"linear kappa {self.kappa_linear:.2f}", fontsize=9)
         return ax.figure
+
+
+#: Bootstrap of the kappa intervals: resamples and seed (fixed: the same cases give the
+#: same interval).
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+#: Fewer cases than this are warned: the intervals are wide.
+FEW_CASES = 20
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (Wilson 1927; Newcombe, Stat Med 17,
+    857-872, 1998, doi:10.1002/(SICI)1097-0258(19980430)17:8<857::AID-SIM777>3.0.CO;2-E)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (float(max(0.0, c - h)), float(min(1.0, c + h)))
+
+
+def _kappas_of_tables(tables: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of each (..., k, k) count table with disagreement weights ``weights``
+    (``1 - sum(w O) / sum(w E)``, as :func:`cohen_kappa`); NaN where undefined."""
+    o = tables / tables.sum(axis=(-2, -1), keepdims=True)
+    e = o.sum(-1)[..., :, None] * o.sum(-2)[..., None, :]
+    num, den = (o * weights).sum(axis=(-2, -1)), (e * weights).sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _kappa_intervals(ia: np.ndarray, ib: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap 95 % intervals of the three kappas (cases resampled)."""
+    n, k = ia.size, len(HER2_CATEGORIES)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    idx = rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))
+    cell = ia[idx] * k + ib[idx]
+    tables = np.zeros((BOOTSTRAP_SAMPLES, k * k))
+    np.add.at(tables, (np.repeat(np.arange(BOOTSTRAP_SAMPLES), n), cell.ravel()), 1)
+    tables = tables.reshape(BOOTSTRAP_SAMPLES, k, k)
+    d = np.abs(np.arange(k)[:, None] - np.arange(k)[None, :]) / (k - 1)
+    out = {}
+    for name, w in (("kappa", (d > 0).astype(float)), ("kappa_linear", d),
+                    ("kappa_quadratic", d * d)):
+        ks = _kappas_of_tables(tables, w)
+        ks = ks[np.isfinite(ks)]
+        out[name] = ((float("nan"), float("nan")) if ks.size < BOOTSTRAP_SAMPLES / 2 else
+                     tuple(float(v) for v in np.percentile(ks, [2.5, 97.5])))
+    return out
 
 
 def _categories(name: str, values, cases) -> list[str]:
@@ -171,7 +244,8 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
                              f"{len(vb)}.")
         cases = [str(i) for i in range(len(va))]
     if len(cases) < 2:
-        raise InputError(f"agreement needs at least 2 cases; got {len(cases)}.")
+        raise InputError(f"agreement needs at least 2 cases with a category in both; got "
+                         f"{len(cases)}.")
     ca, cb = _categories(method_a, va, cases), _categories(method_b, vb, cases)
     ia = np.array([HER2_CATEGORIES.index(c) for c in ca])
     ib = np.array([HER2_CATEGORIES.index(c) for c in cb])
@@ -182,6 +256,11 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
     def kappa(w):
         return float(cohen_kappa(ca, cb, weights=w, labels=HER2_CATEGORIES))
 
+    n = len(cases)
+    ci = _kappa_intervals(ia, ib)
+    lo, hi = wilson_interval(int(np.sum(ia == ib)), n)
+    warns = (f"only {n} cases: the agreement's confidence intervals are wide (kappa "
+             f"{ci['kappa'][0]:.2f} to {ci['kappa'][1]:.2f})",) if n < FEW_CASES else ()
     return HER2Agreement(
         method_a=method_a, method_b=method_b, cases=tuple(cases), a=tuple(ca), b=tuple(cb),
         table=tuple(tuple(int(v) for v in r) for r in table),
@@ -189,6 +268,9 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
         kappa=kappa(None), kappa_linear=kappa("linear"), kappa_quadratic=kappa("quadratic"),
         percent_agreement_negative_positive=float(100.0 * np.mean(call[ia] == call[ib])),
         percent_agreement_null_low=float(100.0 * np.mean((ia == 0) == (ib == 0))),
+        percent_agreement_ci95=(100.0 * lo, 100.0 * hi),
+        kappa_ci95=ci["kappa"], kappa_linear_ci95=ci["kappa_linear"],
+        kappa_quadratic_ci95=ci["kappa_quadratic"], warnings=warns,
     )
 
 
@@ -239,6 +321,11 @@ def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | No
                 "only in " + method_a: sorted(keys_a - keys_b),
                 "only in " + method_b: sorted(keys_b - keys_a)}
     common = [k for k in a if k in b]
+    if len(common) < 2:
+        left = "; ".join(f"{why}: {len(v)}" for why, v in excluded.items() if v)
+        raise InputError(f"agreement needs at least 2 cases with a HER2 category in both "
+                         f"tables; {len(common)} of them have one ({left}). The columns "
+                         f"compared are {column_a!r} and {column_b!r} (HER2 categories)")
     res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
                        method_a=method_a, method_b=method_b)
     return replace(res, excluded={k: v for k, v in excluded.items() if v})

@@ -21,6 +21,7 @@ __all__ = [
     "DabScore",
     "StainSeparation",
     "deconvolve_dab",
+    "estimate_background",
     "estimate_stain_vectors",
     "score_dab",
     "stain_matrix_from_vectors",
@@ -80,14 +81,24 @@ RUIFROK_H_DAB.setflags(write=False)
 
 
 def _rgb(rgb) -> np.ndarray:
-    """RGB as transmittance in (0, 1]: uint8 / 255, or float already in [0, 1]."""
+    """RGB as transmittance in (0, 1]: uint8 / 255, uint16 / 65535, or float already in
+    [0, 1]; an RGBA image's alpha is dropped when it is opaque everywhere."""
     a = np.asarray(rgb)
+    if a.ndim == 3 and a.shape[2] == 4:
+        full = np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0
+        if not np.all(a[..., 3] == full):
+            raise InputError("rgb has a transparent alpha channel (RGBA); give an opaque "
+                             "RGB image")
+        a = a[..., :3]
     if a.ndim != 3 or a.shape[2] != 3:
         raise InputError(f"rgb must be a (Y, X, 3) array; got shape {a.shape}.")
     if a.dtype == np.uint8:
         t = a.astype(np.float64) / 255.0
+    elif a.dtype == np.uint16:
+        t = a.astype(np.float64) / 65535.0
     elif np.issubdtype(a.dtype, np.integer):
-        raise InputError(f"integer rgb must be uint8 (0-255); got dtype {a.dtype}. Convert floats to [0, 1].")
+        raise InputError(f"integer rgb must be 8- or 16-bit (uint8, uint16); got dtype "
+                         f"{a.dtype}.")
     elif np.issubdtype(a.dtype, np.floating):
         t = a.astype(np.float64)
         if not np.all(np.isfinite(t)) or t.min() < 0 or t.max() > 1:
@@ -99,8 +110,60 @@ def _rgb(rgb) -> np.ndarray:
     return np.maximum(t, 1.0 / 255.0)
 
 
-def _optical_density(rgb, background: float) -> np.ndarray:
-    return -np.log10(_rgb(rgb) / background)
+def _optical_density(rgb, background) -> np.ndarray:
+    return -np.log10(np.minimum(_rgb(rgb) / background, 1.0))
+
+
+#: Glass is taken from the brightest pixels (this percentile of the summed transmittance and
+#: above) when at least GLASS_MIN_PIXELS of them read above GLASS_FLOOR in every channel.
+GLASS_PERCENTILE = 99.0
+GLASS_MIN_PIXELS = 100
+GLASS_FLOOR = 0.6
+#: The default white level (1, 1, 1) is warned when the glass reads below this in a channel
+#: (OD 0.022): a yellowish or unbalanced glass then reads as stain.
+GLASS_WARN = 0.95
+
+
+def estimate_background(rgb) -> tuple[float, float, float]:
+    """The white level (transmittance of unstained glass) of each RGB channel: the median
+    of the brightest pixels (at or above the 99th percentile of the summed transmittance),
+    as colour deconvolution divides each channel by its own glass intensity (Ruifrok &
+    Johnston 2001; QuPath keeps one background value per channel).
+
+    Raises
+    ------
+    InputError
+        No glass: fewer than 100 of the brightest pixels read above 0.6 in every channel
+        (tissue everywhere): give the background measured on glass instead.
+    """
+    t = _rgb(rgb).reshape(-1, 3)
+    tot = t.sum(1)
+    glass = t[tot >= np.percentile(tot, GLASS_PERCENTILE)] if t.size else t
+    glass = glass[np.all(glass > GLASS_FLOOR, axis=1)]
+    if glass.shape[0] < GLASS_MIN_PIXELS:
+        raise InputError("no glass to take the white level from (fewer than "
+                         f"{GLASS_MIN_PIXELS} of the brightest pixels read above "
+                         f"{GLASS_FLOOR} in every channel): give the background measured on "
+                         "glass (three transmittances, or R,G,B levels / 255)")
+    return tuple(float(v) for v in np.median(glass, axis=0))
+
+
+def _background(background, rgb=None) -> np.ndarray:
+    """The white level as (3,) transmittances in (0, 1]: one number for all channels, three
+    (R, G, B), or 'auto' (:func:`estimate_background` of `rgb`)."""
+    if isinstance(background, str):
+        if background != "auto" or rgb is None:
+            raise InputError(f"background must be 'auto', one transmittance or three (R, G, "
+                             f"B) in (0, 1]; got {background!r}.")
+        return np.asarray(estimate_background(rgb))
+    try:
+        bg = np.broadcast_to(np.asarray(background, dtype=np.float64), (3,)).copy()
+    except (TypeError, ValueError):
+        bg = np.array([np.nan])
+    if bg.shape != (3,) or not np.all((bg > 0) & (bg <= 1)):
+        raise InputError(f"background must be 'auto', one transmittance or three (R, G, B) "
+                         f"in (0, 1]; got {background!r}.")
+    return bg
 
 
 def _matrix(stain_matrix) -> np.ndarray:
@@ -121,8 +184,8 @@ class StainSeparation:
     hematoxylin, dab, residual : (Y, X) ndarray of float
         Concentrations such that ``OD = H h + D d + R r`` (h, d, r the unit stain rows).
     stain_matrix : (3, 3) ndarray
-    background : float
-        Transmittance taken as unstained glass (1 = pure white).
+    background : (float, float, float)
+        Transmittance of each RGB channel taken as unstained glass (1 = pure white).
     clipped : bool
         Whether negative concentrations were set to 0.
     """
@@ -131,17 +194,17 @@ class StainSeparation:
     dab: np.ndarray
     residual: np.ndarray
     stain_matrix: np.ndarray
-    background: float
+    background: tuple
     clipped: bool
 
     def to_rgb(self) -> np.ndarray:
         """Reconstruct the RGB image (float in [0, 1]) from the concentrations."""
         conc = np.stack([self.hematoxylin, self.dab, self.residual], axis=-1)
         od = conc @ self.stain_matrix
-        return np.clip(self.background * 10.0 ** (-od), 0.0, 1.0)
+        return np.clip(np.asarray(self.background) * 10.0 ** (-od), 0.0, 1.0)
 
 
-def deconvolve_dab(rgb, *, stain_matrix=None, background: float = 1.0, clip: bool = True) -> StainSeparation:
+def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True) -> StainSeparation:
     """Separate haematoxylin and DAB by colour deconvolution.
 
     Parameters
@@ -151,8 +214,10 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background: float = 1.0, clip: boo
     stain_matrix : (3, 3) array_like, optional
         Rows = unit OD vectors of haematoxylin, DAB, residual. Default
         :data:`RUIFROK_H_DAB`; :func:`estimate_stain_vectors` gives an image-specific one.
-    background : float in (0, 1]
-        Transmittance of unstained glass (white level); 1 for a white-balanced image.
+    background : float, (R, G, B) floats in (0, 1], or 'auto'
+        Transmittance of unstained glass (white level) of each channel; 1 for a
+        white-balanced image, 'auto' for :func:`estimate_background`. Pixels brighter than
+        it read as OD 0.
     clip : bool
         Set negative haematoxylin and DAB concentrations (noise, colours outside the stain
         cone) to 0; the residual (signed, orthogonal to both stains) is never clipped.
@@ -184,9 +249,7 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background: float = 1.0, clip: boo
     >>> float(deconvolve_dab(white).dab.max())
     0.0
     """
-    bg = float(background)
-    if not (0 < bg <= 1):
-        raise InputError(f"background must be a transmittance in (0, 1]; got {background!r}.")
+    bg = _background(background, rgb)
     m = _matrix(stain_matrix)
     od = _optical_density(rgb, bg)
     conc = od @ np.linalg.inv(m)
@@ -197,12 +260,25 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background: float = 1.0, clip: boo
         dab=conc[..., 1],
         residual=conc[..., 2],
         stain_matrix=m.copy(),
-        background=bg,
+        background=tuple(float(v) for v in bg),
         clipped=bool(clip),
     )
 
 
-def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, background: float = 1.0) -> np.ndarray:
+#: Macenko estimates checked: the two stains at least this far apart, each within
+#: MAX_FROM_REFERENCE_DEG of its published (Ruifrok) vector. One-stain images (DAB-negative
+#: tissue) otherwise give a made-up second stain (measured on a haematoxylin-only image:
+#: 5 deg apart, the "DAB" 37 deg from DAB's vector).
+MIN_STAIN_ANGLE_DEG = 15.0
+MAX_FROM_REFERENCE_DEG = 25.0
+
+
+def _angle_deg(u, v) -> float:
+    c = float(np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v)))
+    return math.degrees(math.acos(min(1.0, max(-1.0, c))))
+
+
+def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, background=1.0) -> np.ndarray:
     """Estimate H and DAB stain vectors from the image (Macenko et al. 2009).
 
     Parameters
@@ -212,8 +288,8 @@ def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, backg
         Pixels with OD below ``beta`` in any channel (near-transparent) are ignored.
     alpha : float, percent
         Robust extreme angles are the ``alpha`` and ``100 - alpha`` percentiles.
-    background : float in (0, 1]
-        Transmittance of unstained glass.
+    background : float, (R, G, B) floats in (0, 1], or 'auto'
+        Transmittance of unstained glass (see :func:`deconvolve_dab`).
 
     Returns
     -------
@@ -223,7 +299,9 @@ def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, backg
     Raises
     ------
     InputError
-        Fewer than 100 stained pixels, bad parameters, or degenerate (single-stain) data.
+        Fewer than 100 stained pixels, bad parameters, or single-stain data: the two
+        estimates closer than 15 degrees, or one more than 25 degrees from its published
+        vector (the image lacks that stain: use the published vectors).
 
     Notes
     -----
@@ -244,9 +322,7 @@ def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, backg
         raise InputError(f"beta must be a finite OD >= 0; got {beta!r}.")
     if not 0 <= a < 50:
         raise InputError(f"alpha must be a percentile in [0, 50); got {alpha!r}.")
-    bg = float(background)
-    if not (0 < bg <= 1):
-        raise InputError(f"background must be a transmittance in (0, 1]; got {background!r}.")
+    bg = _background(background, rgb)
     od = _optical_density(rgb, bg).reshape(-1, 3)
     od = od[np.all(od > b, axis=1)]
     if od.shape[0] < 100:
@@ -261,6 +337,20 @@ def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, backg
     v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
     v1, v2 = np.maximum(v1, 0.0), np.maximum(v2, 0.0)  # stain OD vectors are non-negative
     h, d = (v1, v2) if v1[0] / np.linalg.norm(v1) >= v2[0] / np.linalg.norm(v2) else (v2, v1)
+    if not (h.any() and d.any()):
+        raise InputError("the estimated stain vectors vanish: the image holds one stain; use "
+                         "the published vectors (stain_matrix='ruifrok')")
+    apart = _angle_deg(h, d)
+    off = {name: _angle_deg(v, RUIFROK_H_DAB[i]) for i, (name, v) in
+           enumerate((("haematoxylin", h), ("DAB", d)))}
+    worst = max(off, key=off.get)
+    if apart < MIN_STAIN_ANGLE_DEG or off[worst] > MAX_FROM_REFERENCE_DEG:
+        raise InputError(
+            f"the stain vectors estimated from this image are {apart:.1f} deg apart, the "
+            f"{worst} one {off[worst]:.1f} deg from its published vector (accepted: >= "
+            f"{MIN_STAIN_ANGLE_DEG:g} deg apart, each within {MAX_FROM_REFERENCE_DEG:g} deg): "
+            "the image probably holds one stain (e.g. DAB-negative tissue); use the published "
+            "vectors (stain_matrix='ruifrok') or vectors estimated on stained control tissue")
     return stain_matrix_from_vectors(h, d)
 
 
@@ -290,6 +380,13 @@ class DabScore:
     n_unmeasured : int
         Cells without a pixel in ``compartment`` (NaN mean): ``dab_class`` 'unmeasured', left
         out of the percentages and the H-score, as :func:`score_her2` leaves them out.
+    background : (float, float, float)
+        The white level (glass transmittance) of each RGB channel used.
+    pixel_size_um : float
+        The pixel size used (sets the nucleus size limits and the expansion).
+    warnings : tuple of str
+        E.g. glass that is not white under the default white level.
+    qdmed_version : str
     """
 
     n_cells: int
@@ -306,6 +403,10 @@ class DabScore:
     references: tuple[str, ...] = (_REF_RUIFROK,)
     her2: Any = field(default=None, repr=False, compare=False)
     n_unmeasured: int = 0
+    background: tuple = (1.0, 1.0, 1.0)  # white level used, per RGB channel
+    pixel_size_um: float | None = None
+    warnings: tuple[str, ...] = ()
+    qdmed_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
@@ -315,6 +416,8 @@ class DabScore:
         d["od_cutoffs"] = list(d["od_cutoffs"])
         d["stain_matrix"] = [list(r) for r in d["stain_matrix"]]
         d["references"] = list(d["references"])
+        d["background"] = list(d["background"])
+        d["warnings"] = list(d["warnings"])
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
@@ -324,9 +427,9 @@ def check_od_cutoffs(od_cutoffs) -> tuple[float, float, float]:
         t = tuple(float(x) for x in np.asarray(od_cutoffs, dtype=np.float64).ravel())
     except (TypeError, ValueError):
         t = ()
-    if len(t) != 3 or not all(math.isfinite(x) for x in t) or not (t[0] < t[1] < t[2]):
-        raise InputError(f"od_cutoffs must be three strictly increasing finite ODs (t1, t2, "
-                         f"t3); got {od_cutoffs!r}.")
+    if len(t) != 3 or not all(math.isfinite(x) for x in t) or not (0 < t[0] < t[1] < t[2]):
+        raise InputError(f"od_cutoffs must be three strictly increasing finite ODs above 0 "
+                         f"(t1, t2, t3; at t1 <= 0 no cell could be 0); got {od_cutoffs!r}.")
     return t
 
 
@@ -341,7 +444,7 @@ def score_dab(
     membrane_width_um: float = 1.0,
     min_area_um2: float = 10.0,
     max_area_um2: float = 400.0,
-    background: float = 1.0,
+    background=1.0,
 ) -> DabScore:
     """Segment cells on haematoxylin and score their DAB OD into 0 / 1+ / 2+ / 3+.
 
@@ -360,8 +463,10 @@ def score_dab(
         Compartment whose mean DAB OD is scored.
     expansion_um, membrane_width_um, min_area_um2, max_area_um2 : float
         Passed to :func:`expand_cells`, :func:`compartments`, :func:`segment_nuclei`.
-    background : float in (0, 1]
-        White level (transmittance of glass).
+    background : float, (R, G, B) floats in (0, 1], or 'auto'
+        White level (transmittance of glass) of each channel; 'auto' takes it from the
+        image's glass (:func:`estimate_background`). With the default 1, glass reading below
+        0.95 in a channel is warned (it then reads as stain).
 
     Returns
     -------
@@ -392,12 +497,25 @@ def score_dab(
         if stain_matrix == "ruifrok":
             m = RUIFROK_H_DAB
         elif stain_matrix == "macenko":
-            m = estimate_stain_vectors(rgb, background=background)
+            m = estimate_stain_vectors(rgb, background=_background(background, rgb))
         else:
             raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
     else:
         m = stain_matrix
-    sep = deconvolve_dab(rgb, stain_matrix=m, background=background)
+    bg = _background(background, rgb)
+    warnings = []
+    if isinstance(background, int | float) and background == 1.0:
+        try:
+            glass = estimate_background(rgb)
+        except InputError:
+            glass = None  # no glass in view: nothing to check
+        if glass is not None and min(glass) < GLASS_WARN:
+            warnings.append(
+                "the glass reads (" + ", ".join(f"{v:.3f}" for v in glass) + ") in R, G, B, "
+                "not white, so it reads as stain (DAB OD "
+                f"{float(deconvolve_dab(np.array([[glass]]), stain_matrix=m).dab[0, 0]):.3f} "
+                "on glass): give the white level (background='auto', --background auto)")
+    sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2, max_area_um2=max_area_um2
     )
@@ -447,4 +565,14 @@ def score_dab(
         references=refs,
         her2=her2,
         n_unmeasured=n - n_measured,
+        background=sep.background,
+        pixel_size_um=float(pixel_size_um),
+        warnings=tuple(warnings),
+        qdmed_version=_version(),
     )
+
+
+def _version() -> str:
+    from qdmed import __version__
+
+    return __version__

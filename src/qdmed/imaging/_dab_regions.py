@@ -37,11 +37,27 @@ def _polygon_boxes(reg) -> list[tuple[int, str, tuple[float, float, float, float
             for i, (r, label) in enumerate(zip(reg.polygons, reg.labels, strict=True))]
 
 
+#: Largest overview (pixels) read to estimate stain vectors or the white level of a slide.
+MAX_OVERVIEW_PIXELS = 4096 * 4096
+
+
+def _overview(img) -> np.ndarray:
+    """The slide's first pyramid level of at most MAX_OVERVIEW_PIXELS (its smallest, else
+    level 0 subsampled), as an (Y, X, 3) array."""
+    levels = getattr(img, "levels", None) or (img.data,)
+    pick = next((lv for lv in levels if lv.shape[0] * lv.shape[1] <= MAX_OVERVIEW_PIXELS),
+                levels[-1])
+    if pick.shape[0] * pick.shape[1] > MAX_OVERVIEW_PIXELS:
+        step = int(np.ceil(np.sqrt(pick.shape[0] * pick.shape[1] / MAX_OVERVIEW_PIXELS)))
+        pick = pick[::step, ::step]
+    return np.asarray(pick.compute() if hasattr(pick, "compute") else pick)
+
+
 def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ruifrok",
                         region_class: str | None = None, tumour_regions=None, tma_map=None,
                         case_rule: str = "pooled", min_cells: int = 100,
                         pixel_size_um: float | None = None, marker: str = "HER2",
-                        progress: bool = True) -> dict[str, Any]:
+                        background=1.0, progress: bool = True) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations).
 
     Parameters
@@ -60,7 +76,13 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         Membrane DAB OD cut-offs of the 1+, 2+ and 3+ classes (:func:`score_dab`; calibrate
         them on control tissue: no default is shipped).
     stain_matrix, region_class, tumour_regions, tma_map, case_rule, min_cells
-        As for :func:`score_dab` and :func:`qdmed.imaging.analyze_slide`.
+        As for :func:`score_dab` and :func:`qdmed.imaging.analyze_slide`. 'macenko'
+        estimates the stain vectors once, on the slide's overview (a pyramid level of at
+        most 4096^2 px), and scores every region with them (per region, a core without DAB
+        would get a made-up DAB vector).
+    background : float, (R, G, B) floats in (0, 1], or 'auto'
+        White level (glass transmittance) per channel, as for :func:`score_dab`; 'auto'
+        takes it once from the overview's glass.
     pixel_size_um : float, optional
         Overrides the slide's pixel size (um); a slide without one is read at 0.5 um/px
         with a warning.
@@ -126,6 +148,17 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    if isinstance(stain_matrix, str) and stain_matrix == "macenko" or \
+            isinstance(background, str):
+        overview = _overview(img)
+        if isinstance(background, str):
+            from qdmed.imaging._brightfield import _background
+
+            background = tuple(float(v) for v in _background(background, overview))
+        if isinstance(stain_matrix, str) and stain_matrix == "macenko":
+            from qdmed.imaging._brightfield import estimate_stain_vectors
+
+            stain_matrix = estimate_stain_vectors(overview, background=background)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     h, w = img.shape[:2]
@@ -142,7 +175,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                 continue
             crop = np.asarray(img.read_region(ya, yb, xa, xb))
             sc = score_dab(crop, od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
-                           compartment=compartment)
+                           compartment=compartment, background=background)
+            for warning in sc.warnings:
+                if warning not in warnings:
+                    warnings.append(warning)
             cells = sc.cells.copy()
             cells["centroid_x"] += xa
             cells["centroid_y"] += ya
@@ -188,6 +224,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "od_cutoffs": list(cut), "stain_matrix": stain_matrix
                               if isinstance(stain_matrix, str) else
                               np.asarray(stain_matrix).tolist(),
+                              "background": np.broadcast_to(np.asarray(
+                                  background, dtype=float), (3,)).tolist(),
                               "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM},

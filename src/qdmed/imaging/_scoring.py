@@ -445,9 +445,15 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
 # --------------------------------------------------------------------------- HER2
 def _category(value) -> str:
     s = str(value).strip()
+    try:  # 0-3 as numbers (a CSV column with a blank cell reads as floats: 3.0)
+        f = float(s)
+    except ValueError:
+        f = None
+    if f is not None and f in (0.0, 1.0, 2.0, 3.0):
+        s = str(int(f))
     if s in ("1", "2", "3"):
         s += "+"
-    if s in ("0+", "0.0"):
+    if s == "0+":
         s = "0"
     if s not in HER2_CATEGORIES:
         raise InputError(f"HER2 category must be one of {HER2_CATEGORIES}; got {value!r}.")
