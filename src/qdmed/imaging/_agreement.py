@@ -139,19 +139,6 @@ BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 #: Fewer cases than this are warned: the intervals are wide.
 FEW_CASES = 20
-_Z95 = 1.959963984540054
-
-
-def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (Wilson 1927; Newcombe, Stat Med 17,
-    857-872, 1998, doi:10.1002/(SICI)1097-0258(19980430)17:8<857::AID-SIM777>3.0.CO;2-E)."""
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (float(max(0.0, c - h)), float(min(1.0, c + h)))
 
 
 def _kappas_of_tables(tables: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -258,7 +245,10 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
 
     n = len(cases)
     ci = _kappa_intervals(ia, ib)
-    lo, hi = wilson_interval(int(np.sum(ia == ib)), n)
+    from qdmed.imaging._receptors import _wilson95
+
+    wil = _wilson95(int(np.sum(ia == ib)), n)
+    lo, hi = float(wil.low), float(wil.high)
     warns = (f"only {n} cases: the agreement's confidence intervals are wide (kappa "
              f"{ci['kappa'][0]:.2f} to {ci['kappa'][1]:.2f})",) if n < FEW_CASES else ()
     return HER2Agreement(

@@ -190,6 +190,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     downsample of their slides, as :func:`analyze_slide` takes it."""
     import pandas as pd
 
+    from qdmed import __version__
     from qdmed.imaging._analyze import (
         analyze_slide,
         check_autofluorescence_option,
@@ -318,7 +319,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
                     if exclude_flagged:  # cells left out of the scores by quality flags
                         row["n_excluded"] = res.summary["scored_cells"]["excluded"]["total"]
-                    notes = [res.summary["scored_cells"].get("warning") or ""]
+                    notes = [res.summary["scored_cells"].get("warning") or "",
+                             res.summary["scored_cells"].get("note") or ""]
+                    row["tma"] = bool(res.summary["scored_cells"].get("note"))
                     notes += receptor_notes(res.summary.get("markers_scored"))
                     notes += summary_warnings(res.summary)
                     # None where not checked (a float image without a detector ceiling)
@@ -427,7 +430,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         table = region_table(region_rows)
         table.insert(0, "slide", table.pop("slide"))
         atomic_write_text(out / "regions.csv", table.to_csv(index=False))
-    summary = {"folder": str(folder), "n_slides": len(slides),
+    summary = {"qdmed_version": __version__, "folder": str(folder),
+               "panel": panel.to_yaml_dict(), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
                "n_failed": sum(r["status"] != "ok" for r in rows),
                "slides": rows, "cells": str(out / "cells.parquet") if tables else None,
@@ -440,7 +444,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
                               else her2_calibration.to_dict(),
-                              "gates": None if not gates else sorted(gates),
+                              "gates": None if not gates else {
+                                  m: {"compartment": g.compartment, "threshold": g.threshold}
+                                  for m, g in sorted(gates.items())},
                               "outlines": outlines, "write_unmixed": write_unmixed,
                               "autofluorescence": autofluorescence,
                               "saturation_level": saturation_level,
@@ -466,6 +472,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "message"]
     table = pd.DataFrame(rows)
     table = table.reindex(columns=cols + [c for c in table.columns if c not in cols])
+    for c in table.columns:  # counts stay whole numbers where a failed slide has none
+        if c.startswith("n_") or c in ("her2_n_regions", "her2_n_regions_sparse"):
+            v = pd.to_numeric(table[c], errors="coerce")
+            if v.notna().any() and (v.dropna() % 1 == 0).all():
+                table[c] = v.astype("Int64")
     table.to_csv(buf, index=False)
     atomic_write_text(out / "cohort.csv", buf.getvalue())
     write_cohort_report(summary, out)

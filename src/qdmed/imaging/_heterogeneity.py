@@ -236,8 +236,10 @@ class Her2Heterogeneity:
                 color=HER2_COLOURS[r.category], measurements=meas))
         return {"type": "FeatureCollection", "features": feats}
 
-    def plot(self, ax=None):
-        """Map of the regional categories (sparse regions hatched grey)."""
+    def plot(self, ax=None, slide_mm=None):
+        """Map of the regional categories (sparse regions grey, squares without cells
+        white); ``slide_mm`` = (height, width) of the slide clips the map to it (the last
+        row and column of squares may reach past the slide's edge)."""
         import matplotlib.pyplot as plt
         import pandas as pd
         from matplotlib.colors import ListedColormap
@@ -269,6 +271,10 @@ class Her2Heterogeneity:
         handles = [Patch(color=_CAT_COLOURS[c], label=f"{c} ({self.percent_regions[c]:.0f} %)"
                          if self.n_regions else c) for c in HER2_CATEGORIES]
         handles.append(Patch(color="#d9d9d9", label=f"< {self.min_cells} cells"))
+        handles.append(Patch(facecolor="white", edgecolor="#999999", label="no cells"))
+        if slide_mm is not None:
+            ax.set_xlim(0, float(slide_mm[1]))
+            ax.set_ylim(float(slide_mm[0]), 0)
         ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0))
         ax.figure.tight_layout()

@@ -65,6 +65,9 @@ def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
         for m, v in markers["percent_positive"].items():
             row[f"{m}_percent_positive"] = v
         for m, st in (markers.get("receptor_status") or {}).items():
+            # the status is decided on the corrected percentage (the gate's noise floor
+            # removed), which the table must show beside the observed one
+            row[f"{m}_percent_positive_corrected"] = st.get("percent_positive_corrected")
             row[f"{m}_status"] = st["label"]
     return row
 

@@ -351,6 +351,22 @@ def saturation_paragraph(sat: dict) -> str:
     return text + "".join(f" Warning: {w.rstrip('.')}." for w in sat.get("warnings", []))
 
 
+def _plain_text(write):
+    """Run a report writer with matplotlib's math text off: slide, core and case names are
+    drawn as given (a '$' in a name was parsed as math and crashed the report)."""
+    import functools
+
+    @functools.wraps(write)
+    def wrapper(*args, **kwargs):
+        import matplotlib.pyplot as plt
+
+        with plt.rc_context({"text.parse_math": False}):
+            return write(*args, **kwargs)
+
+    return wrapper
+
+
+@_plain_text
 def write_slide_report(result, path=None) -> Path:
     """Write ``report.html`` beside the analysis outputs."""
     from qdmed.imaging._panel import Panel
@@ -444,11 +460,20 @@ def write_slide_report(result, path=None) -> Path:
     if s.get("her2"):
         h = s["her2"]
         rep.heading("HER2 (ASCO/CAP 2018 style, calibrated on controls)")
-        rep.table({k: h[k] for k in ("category", "result", "rule", "her2_low", "her2_ultralow",
-                                     "ish_reflex", "n_cells", "percent_cells_0",
-                                     "percent_cells_1plus", "percent_cells_2plus",
-                                     "percent_cells_3plus", "mean_membrane_intensity",
-                                     "total_her2_load", "percent_positive_area") if k in h})
+        cal = h.get("calibration") or {}
+        rep.table({**{k: h[k] for k in ("category", "result", "rule", "her2_low",
+                                        "her2_ultralow", "ish_reflex", "n_cells",
+                                        "percent_cells_0", "percent_cells_1plus",
+                                        "percent_cells_2plus", "percent_cells_3plus",
+                                        "mean_membrane_intensity", "total_her2_load",
+                                        "percent_positive_area") if k in h},
+                   **({"cut-offs (faint / weak-moderate / intense)": " / ".join(
+                       f"{cal[k]:.4g}" for k in ("faint", "weak_moderate", "intense")),
+                       "calibration": cal.get("rule", "")}
+                      if all(k in cal for k in ("faint", "weak_moderate", "intense")) else {})})
+        rep.paragraph("mean_membrane_intensity is the mean over the cells of their stained-"
+                      "membrane HER2 (the membrane pixels above the faint cut-off; cells.parquet "
+                      "HER2_membrane_stained_mean), the value the cut-offs grade.", cls="muted")
         for w in h.get("warnings") or []:
             rep.paragraph(f"Warning: {w}.")
         rep.paragraph("Categories follow the ASCO/CAP rules (Wolff et al., J Clin Oncol 2018, "
@@ -469,7 +494,15 @@ def write_slide_report(result, path=None) -> Path:
                           "by sampling alone: compare with the shuffled value and the "
                           "permutation p-value.", cls="muted")
             if het.n_regions:
-                rep.figure(het.plot(), "HER2 by region")
+                ps = s["settings"].get("pixel_size_um")
+                hw = s["slide"]["shape"][:2]
+                rep.figure(het.plot(slide_mm=None if not ps else
+                                    (hw[0] * ps / 1000, hw[1] * ps / 1000)), "HER2 by region")
+    elif "HER2" in s["panel"]["components"]:
+        rep.heading("HER2")
+        rep.paragraph("HER2 was not scored: no calibration was given. Categories need "
+                      "intensity cut-offs calibrated on control cell lines (qdmed image "
+                      "calibrate, then --calibration).")
     regions_section(rep, result)
     return rep.write(path or Path(result.out_dir) / "report.html")
 
@@ -481,7 +514,10 @@ def cohort_figure(rows: list[dict], name_key: str = "slide", what: str = "slides
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    scored = [r for r in rows if r.get("status") == "ok" and r.get("her2_category")]
+    # a TMA slide's own category pools every patient's cores: its cores and cases are the
+    # results (regions.csv, cases.csv), not the slide
+    scored = [r for r in rows if r.get("status") == "ok" and r.get("her2_category")
+              and not r.get("tma")]
     if not scored:
         return None
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6),
@@ -502,7 +538,7 @@ def cohort_figure(rows: list[dict], name_key: str = "slide", what: str = "slides
                       ha="right", fontsize=7)
     else:  # hundreds of names are unreadable: ranks instead (the table names them)
         a2.set_xlabel(f"{what}, ranked")
-    a2.set_ylabel("mean membrane HER2 per cell")
+    a2.set_ylabel("mean stained-membrane HER2 per cell")
     a2.set_title(f"continuous QD measure per {what.rstrip('s')}, coloured by category",
                  fontsize=9)
     fig.tight_layout()
@@ -520,6 +556,7 @@ def _case_rows(path) -> list[dict]:
             for r in table.to_dict("records")]
 
 
+@_plain_text
 def write_cohort_report(summary: dict, out_dir) -> Path:
     """``report.html`` of a cohort run: status and scores per slide (linked to each slide's
     own report), the distribution of HER2 categories and the continuous HER2 measure."""
@@ -536,7 +573,7 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     fig = cohort_figure(rows)
     if fig is not None:
         rep.heading("HER2")
-        rep.figure(fig, "HER2 categories and mean membrane HER2 per slide")
+        rep.figure(fig, "HER2 categories and mean stained-membrane HER2 per slide")
     het = [r for r in rows if r.get("status") == "ok"
            and r.get("her2_spatial_p_value") is not None]
     if het:
@@ -558,7 +595,13 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       "scored cells at the detector ceiling: " + (", ".join(saturated) or "none")
                       + "." + "".join(f" Warning: {w}." for w in
                                       summary.get("acquisition_warnings") or []))
-    status = {m: [r[f"{m}_status"] for r in rows if r.get(f"{m}_status")] for m in ("ER", "PR")}
+    status = {m: [r[f"{m}_status"] for r in rows if r.get(f"{m}_status") and not r.get("tma")]
+              for m in ("ER", "PR")}
+    tmas = [r["slide"] for r in rows if r.get("tma")]
+    if tmas:
+        rep.paragraph("Tissue microarrays (" + ", ".join(tmas) + "): their slide-level scores "
+                      "pool every patient's cores and are left out of the figures and counts "
+                      "here; their cores and cases are scored in regions.csv and cases.csv.")
     if any(status.values()):
         rep.heading("ER / PgR (ASCO/CAP 2020)")
         rep.table({m: {k: v.count(k) for k in sorted(set(v))} for m, v in status.items() if v})
@@ -580,7 +623,7 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                       "by `qdmed image compare cases.csv reads.csv --key case`).")
         fig = cohort_figure(cases, name_key="case", what="cases")
         if fig is not None:
-            rep.figure(fig, "HER2 categories and mean membrane HER2 per case")
+            rep.figure(fig, "HER2 categories and mean stained-membrane HER2 per case")
         rep.table(_columns(cases, _CASE_COLUMNS))
     rep.heading("Slides")
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "her2_low",
@@ -590,6 +633,6 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
     rep.table([{c: r.get(c, "") for c in cols} for r in rows])
     links = [r["slide"] for r in rows if r.get("status") == "ok"]
     if links:
-        rep.paragraph("Slide reports: " + ", ".join(
-            f"slides/{slide_stem(n)}/report.html" for n in links), cls="muted")
+        rep.links("Slide reports: ", [(n, f"slides/{slide_stem(n)}/report.html")
+                                      for n in links])
     return rep.write(out / "report.html")

@@ -22,6 +22,8 @@ img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
 
 
 def _fmt(v) -> str:
+    if v is None:  # not applicable / not scored: an empty cell, not the word None
+        return ""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):
@@ -82,6 +84,14 @@ class HtmlReport:
     def table(self, data):
         self.parts.append(dict_to_html_table(data) if isinstance(data, dict)
                           else records_to_html_table(list(data)))
+
+    def links(self, text: str, items) -> None:
+        """A muted paragraph of relative links: `text`, then ``(label, href)`` pairs."""
+        from urllib.parse import quote
+
+        self.parts.append(f"<p class='muted'>{html.escape(text)}" + ", ".join(
+            f"<a href='{html.escape(quote(href), quote=True)}'>{html.escape(label)}</a>"
+            for label, href in items) + "</p>")
 
     def figure(self, fig, alt="figure"):
         self.parts.append(figure_to_html(fig, alt=alt))

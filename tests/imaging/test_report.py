@@ -1,0 +1,43 @@
+"""What a reader of the reports and tables sees (review findings): names drawn as given,
+links that open, empty cells rather than 'None', whole counts, provenance."""
+
+import pandas as pd
+
+from qdmed.imaging import analyze_cohort, breast_panel_5plex, simulate_slide
+from qdmed.report import HtmlReport
+
+PANEL = breast_panel_5plex()
+KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons_per_unit=300.0,
+          channel_names=list(PANEL.channel_names))
+
+
+def test_cohort_report_with_odd_names_and_a_failed_slide(tmp_path):
+    """A '$' in a slide name was parsed as math by matplotlib and crashed the report (and
+    the cohort); a failed slide made cohort.csv's counts floats and printed 'None'."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    name = "x$1_{a$ & <b>.ome.zarr"
+    simulate_slide(folder / name, (256, 256), preset="BT474", seed=1, tile=256, **KW)
+    (folder / "broken.ome.tif").write_bytes(b"II*\x00garbage")
+    res = analyze_cohort(folder, PANEL, tmp_path / "out", scheduler="synchronous",
+                         progress=False, write_unmixed=False, outlines=False)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "x$1_{a$ &amp; &lt;b&gt;.ome.zarr" in html
+    assert "<a href='slides/x%241_%7Ba%24%20%26%20%3Cb%3E/report.html'>" in html
+    assert ">None<" not in html
+    slide_html = (tmp_path / "out" / "slides" / "x$1_{a$ & <b>" / "report.html").read_text()
+    assert "HER2 was not scored: no calibration was given" in slide_html
+    table = pd.read_csv(tmp_path / "out" / "cohort.csv", dtype=str, keep_default_na=False)
+    ok = table[table["status"] == "ok"].iloc[0]
+    assert ok["n_cells"].isdigit() and ok["n_scored"].isdigit()  # not 792.0
+    assert table[table["status"] == "failed"].iloc[0]["n_scored"] == ""
+    assert res["qdmed_version"] and res["panel"]["markers"]
+
+
+def test_html_report_links_and_empty_cells(tmp_path):
+    rep = HtmlReport("t")
+    rep.table([{"a": None, "b": 1.5}])
+    rep.links("see: ", [("s<1>", "slides/s 1/report.html")])
+    text = rep.render()
+    assert "<td></td><td>1.5</td>" in text
+    assert "<a href='slides/s%201/report.html'>s&lt;1&gt;</a>" in text
