@@ -138,6 +138,7 @@ def test_cell_features_and_streamed_collection(tmp_path):
     table = pd.DataFrame({"cell_id": [7000001, 7000002], "cell_area_um2": [50.0, 51.0],
                           "HER2_cell_mean": [1.0, 2.0], "HER2_membrane_mean": [3.0, np.nan],
                           "HER2_membrane_completeness": [0.5, 0.9],
+                          "HER2_membrane_stained_mean": [4.5, np.nan],
                           "ER_cell_mean": [0.1, 0.2], "ER_nucleus_mean": [0.4, 0.8]})
     feats = cell_features(cells, nuclei, table, [1, 2], table["cell_id"], 0, 0, "s.ome.tif")
     assert len(feats) == 2
@@ -149,7 +150,8 @@ def test_cell_features_and_streamed_collection(tmp_path):
     assert f["properties"]["metadata"] == {"cell_id": "7000001"}
     assert f["properties"]["measurements"] == {
         "Cell: Area um^2": 50.0, "HER2: Membrane: Mean": 3.0,
-        "HER2: Membrane: Completeness": 0.5, "ER: Nucleus: Mean": 0.4}
+        "HER2: Membrane: Completeness": 0.5, "HER2: Membrane: Stained mean": 4.5,
+        "ER: Nucleus: Mean": 0.4}
     assert "HER2: Membrane: Mean" not in feats[1]["properties"]["measurements"]  # NaN left out
     assert _area(f["nucleusGeometry"]["coordinates"][0]) < _area(f["geometry"]["coordinates"][0])
     # streamed collection, one tile file at a time, with classifications

@@ -54,6 +54,8 @@ def _measurement_columns(table) -> list[tuple[str, str]]:
             cols.append((f"{m}: {comp.capitalize()}: Mean", name))
         if f"{m}_membrane_completeness" in table.columns and comp == "membrane":
             cols.append((f"{m}: Membrane: Completeness", f"{m}_membrane_completeness"))
+            # the value the HER2 cut-offs grade (mean of the stained membrane pixels)
+            cols.append((f"{m}: Membrane: Stained mean", f"{m}_membrane_stained_mean"))
     return [(q, c) for q, c in cols if c in table.columns]
 
 
