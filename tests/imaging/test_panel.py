@@ -133,6 +133,11 @@ def test_bands_must_be_nanometres_and_collect_signal():
         design_panel(["A"], ["Qdot 605"], [(0.5, 0.56), (0.58, 0.64)])
     with pytest.raises(InputError, match="high > low"):
         design_panel(["A"], ["Qdot 605"], [(560, 500), (580, 640)])
+    from qdmed.errors import FileFormatError
+
+    with pytest.raises(FileFormatError, match="p.yaml: channels: band 0.5-0.56 nm"):
+        Panel.from_dict({"channels_nm": [[0.5, 0.56], [0.58, 0.64]], "autofluorescence": None,
+                         "markers": {"HER2": {"label": "Qdot 605"}}}, source="p.yaml")
     p = design_panel(["A", "B"], ["Qdot 605", "Qdot 705"],
                      [(500, 560), (580, 640), (660, 720), (1200, 1300)])
     assert "channel 1200-1300nm collects no signal from any component" in p.warnings

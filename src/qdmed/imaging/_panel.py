@@ -27,10 +27,10 @@ DAPI_MAX_EXCITATION_NM = 420.0
 #: Wavelengths a detection band may span: qdmed models spectra on 350-1000 nm; edges below
 #: this floor are taken for micrometres and refused.
 _BAND_FLOOR_NM = 200.0
+_BAND_CEILING_NM = 2000.0
 #: A component with less of its emission than this in all the channels together, or a
 #: channel with less than this share of the average channel's signal, has no signal.
 _MIN_DETECTED = 1e-3
-_BAND_CEILING_NM = 2000.0
 
 
 def check_bands(channels, source: str = "channels") -> list[tuple[float, float]]:
@@ -400,8 +400,12 @@ class Panel:
         except (TypeError, ValueError) as exc:
             raise FileFormatError(f"{source}: excitation_nm must be a number (nm); got "
                                   f"{doc.get('excitation_nm')!r}") from exc
-        panel = build_panel_from_spectra(markers, labels, spectra, channels, brightness=bright,
-                                         excitation_nm=excitation_nm, autofluorescence=af_s)
+        try:
+            panel = build_panel_from_spectra(markers, labels, spectra, channels,
+                                             brightness=bright, excitation_nm=excitation_nm,
+                                             autofluorescence=af_s)
+        except InputError as exc:  # bands in um, an excitation out of range...
+            raise FileFormatError(f"{source}: {exc}") from None
         meas = doc.get("measured_endmembers") or {}
         if not isinstance(meas, dict):
             raise FileFormatError(f"{source}: measured_endmembers must map component -> list")
