@@ -255,6 +255,45 @@ def test_distributed_cluster_gives_the_same_cells(slide, tmp_path, dask_cluster)
     pd.testing.assert_frame_equal(dist.cells(), local)
 
 
+def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
+    """An HTTP reply read as a Dask message asked for exabytes (MemoryError, an internal
+    error); a server that accepts and never answers hung the run: both are bad input."""
+    import threading
+
+    from qdmed.errors import InputError
+    from qdmed.imaging import _analyze as an
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve(reply):
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            if reply:
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" * 10)
+
+    threading.Thread(target=serve, args=(True,), daemon=True).start()
+    try:
+        with pytest.raises(InputError, match="is not a Dask scheduler"):
+            an.start_client(f"tcp://127.0.0.1:{port}", 1)
+    finally:
+        srv.close()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts (the kernel's backlog), never answers
+    monkeypatch.setattr(an, "CONNECT_TIMEOUT_S", 1)
+    try:
+        with pytest.raises(InputError, match="no Dask scheduler answered"):
+            an.start_client(f"tcp://127.0.0.1:{silent.getsockname()[1]}", 1)
+    finally:
+        silent.close()
+
+
 def test_unmixed_ome_zarr_is_written(slide, tmp_path):
     from qdmed.imaging import read_slide
 

@@ -1148,16 +1148,57 @@ def check_n_workers(n_workers) -> None:
         check_count(n_workers, "n_workers (--workers)", ", or omitted for one per core")
 
 
+#: Seconds to connect to a Dask scheduler and complete its handshake.
+CONNECT_TIMEOUT_S = 30
+
+
+def _connect(scheduler: str):
+    """A Dask client on the scheduler at `scheduler`, or InputError: nothing listening, or
+    something that is not a Dask scheduler (an HTTP server, the dashboard's port 8787: its
+    reply read as a Dask message asked for exabytes), or no answer to the handshake within
+    CONNECT_TIMEOUT_S (a server that accepts and never replies hung the run). The client is
+    made in a helper thread so that a handshake that never ends cannot hang the caller."""
+    import threading
+
+    from distributed import Client
+
+    done: dict = {}
+
+    def connect():
+        try:
+            done["client"] = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            done["error"] = exc
+
+    # a daemon thread: one stuck in a handshake does not keep the process alive at exit
+    t = threading.Thread(target=connect, name="qdmed-connect", daemon=True)
+    t.start()
+    wait_s = 1.5 * CONNECT_TIMEOUT_S + 1  # Client's own timeout first, where it applies
+    t.join(wait_s)
+    if t.is_alive():
+        raise InputError(f"no Dask scheduler answered at {scheduler} within "
+                         f"{wait_s:g} s (something accepts connections there "
+                         "but does not speak Dask's protocol; the scheduler's port is 8786 "
+                         "by default, its dashboard 8787)")
+    try:
+        if "error" in done:
+            raise done["error"]
+        return done["client"]
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any failed handshake is a bad address
+        raise InputError(f"{scheduler} is not a Dask scheduler (its handshake failed: "
+                         f"{type(exc).__name__}: {str(exc)[:120]}); the scheduler's port is "
+                         "8786 by default, its dashboard 8787") from None
+
+
 def start_client(scheduler: str | None, n_workers: int):
     """A Dask client on ``scheduler`` or on a new local cluster of ``n_workers`` processes
     (one thread each). Returns (client, cluster-or-None)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
-        try:
-            return Client(scheduler, timeout="30s"), None
-        except (OSError, TimeoutError) as exc:
-            raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
+        return _connect(scheduler), None
     try:
         cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
                                processes=True, dashboard_address=":0", silence_logs=40)
