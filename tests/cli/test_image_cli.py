@@ -446,6 +446,9 @@ def test_simulate_names_and_reproducible_bytes(tmp_path):
     for stem in ("a.v1", "a.v2"):
         assert (tmp_path / f"{stem}-truth" / "truth.parquet").exists()
         assert (tmp_path / f"{stem}-panel.yaml").exists()
+    # a.v1.ome.tif would replace a.v1.ome.zarr's truth: refused
+    r = run("image", "simulate", "--size", "128", "--out", str(tmp_path / "a.v1.ome.tif"))
+    assert r.returncode == 2 and "holds the truth of a.v1.ome.zarr" in r.stderr
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
         r = run("image", "simulate", "--size", "160", "--out", "s.ome.tif", cwd=tmp_path / d)

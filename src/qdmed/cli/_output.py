@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 from qdmed.report._json import to_jsonable
+
+#: Table width when the output is not a terminal (and COLUMNS is not set).
+WIDTH_WHEN_PIPED = 200
 
 
 def print_json(obj) -> None:
@@ -21,7 +25,12 @@ def print_table(title: str, rows: list[dict], columns: list[str] | None = None) 
         t.add_column(c)
     for r in rows:
         t.add_row(*[_cell(r.get(c, "")) for c in cols])
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # piped or redirected (a log, a notebook cell): rich's 80 columns would cut names
+        # short ('case1_...' for two different files); a wide table wraps instead
+        console = Console(width=WIDTH_WHEN_PIPED)
+    console.print(t)
 
 
 def print_kv(title: str, data: dict) -> None:

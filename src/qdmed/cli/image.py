@@ -340,6 +340,8 @@ def simulate(
     core_diameter_um: Annotated[float, typer.Option("--core-diameter-um", help="TMA: core diameter, um.")] = 600.0,
     missing: Annotated[str | None, typer.Option("--missing", help="TMA: cores lost from the section, e.g. B-2,C-5.")] = None,
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="TMA: the grid turned by this angle (degrees, within +-45).")] = 0.0,
+    only: Annotated[str | None, typer.Option("--only", help="Label only these markers (comma-separated), the others absent: a single-stain control (--only HER2) or a fluorescence-minus-one control (every marker but one).")] = None,
+    unstained: Annotated[bool, typer.Option("--unstained", help="No label at all: an unstained control (autofluorescence only).")] = False,
     json_: JSON = False,
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel; --tma for a
@@ -358,6 +360,14 @@ def simulate(
                          f"{110 * size * size / 1e9:.0f} GB); up to {MAX_TIFF_SIMULATE_PX} px "
                          "is accepted: write larger slides as .ome.zarr (tile by tile)")
     stem = _stem(out)
+    import glob
+
+    other = [q.name for q in out.parent.glob(f"{glob.escape(stem)}.*")
+             if q.name != out.name and _stem(q) == stem] if out.parent.is_dir() else []
+    if other and (out.parent / f"{stem}-truth").exists():
+        raise InputError(f"{stem}-truth/ beside {out.name} holds the truth of {other[0]}: "
+                         "give this slide another name (the truth and panel files are named "
+                         "after the slide without its suffix)")
     if tma is None and (presets is not None or missing is not None or rotation_deg != 0.0):
         raise InputError("--presets, --missing and --rotation-deg describe a tissue "
                          "microarray: they need --tma")
@@ -365,6 +375,15 @@ def simulate(
     kw = dict(endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
               tissue_fraction=tissue_fraction, bit_depth=bit_depth, offset_adu=offset_adu)
+    if unstained and only is not None:
+        raise InputError("--unstained has no label at all; --only keeps some: give one")
+    if unstained or only is not None:
+        keep = set() if unstained else set(_names(only))
+        unknown = sorted(keep - set(p.markers))
+        if unknown:
+            raise InputError(f"--only {', '.join(unknown)}: not a marker of the panel; "
+                             f"markers: {', '.join(p.markers)}")
+        kw["qd_brightness"] = [1.0 if m in keep else 0.0 for m in p.markers]
     if tma is not None:
         from qdmed.imaging._tma import cores_geojson, simulate_tma
         from qdmed.report import atomic_write_parquet, atomic_write_text
@@ -849,7 +868,7 @@ def cohort(
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     case_map: Annotated[Path | None, typer.Option("--case-map", help="CSV of slide,case: each slide's case (patient), for cases imaged as several fields or sections; cases.csv scores each case on the pooled cells of its slides.")] = None,
-    case_from_name: Annotated[str | None, typer.Option("--case-from-name", help="Each slide's case from its file name instead: a regular expression whose first group is the case, e.g. '^(.+?)_\\[' for inForm's <case>_[x,y]_component_data.tif.")] = None,
+    case_from_name: Annotated[str | None, typer.Option("--case-from-name", help="Each slide's case from its file name instead: a regular expression whose first group is the case, e.g. '^(.+?)_\\\\[' for inForm's <case>_\\[x,y]_component_data.tif.")] = None,  # Rich markup: brackets and the backslash escaped
     pattern: PATTERN = None,
     nuclei_labels_dir: Annotated[Path | None, typer.Option("--nuclei-labels-dir", help="Folder of each slide's nuclei segmented elsewhere: <stem>.tif (or .ome.tif, .ome.zarr) or one <stem>_*.tif such as cellpose's <stem>_cp_masks.tif; replaces qdmed's nuclear segmentation.")] = None,
     labels_channel: LABELS_CHANNEL = None,
@@ -963,7 +982,18 @@ def dab(
         return print_json(d)
     her2 = d.get("her2") or {}
     info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
-    info.update({k: v for k, v in d.items() if not isinstance(v, dict | list)})
+    bins = {"percent_0", "percent_1plus", "percent_2plus", "percent_3plus", "h_score"}
+    if her2:  # the HER2 rule's own per-cell categories (stained mean and completeness)
+        info.update({f"HER2 cells {c} (%)": her2.get(f"percent_cells_{k}")
+                     for c, k in (("0", "0"), ("1+", "1plus"), ("2+", "2plus"),
+                                  ("3+", "3plus"))})
+    info.update({k: v for k, v in d.items() if not isinstance(v, dict | list) and k not in bins})
+    # the H-score's classes: each cell's mean membrane OD against the cut-offs (not the
+    # HER2 rule's categories, which also weigh completeness)
+    info.update({f"H-score bin {c} (% of cells, mean OD)": d[k] for c, k in (
+        ("0", "percent_0"), ("1+", "percent_1plus"), ("2+", "percent_2plus"),
+        ("3+", "percent_3plus"))})
+    info["H-score"] = d["h_score"]
     info["od_cutoffs"] = ", ".join(f"{v:g}" for v in d["od_cutoffs"])
     info["background (R, G, B)"] = ", ".join(f"{v:.3f}" for v in d["background"])
     print_kv("DAB IHC", info)

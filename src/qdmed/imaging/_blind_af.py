@@ -107,6 +107,14 @@ __all__ = ["autofluorescence_blind", "half_sample_mode"]
 _MIN_BLOCKS = 50  # strongly autofluorescent blocks needed for the per-label modes
 _SPLIT_MIN_COSINE = 0.99  # two half-slide estimates less alike than this: warn
 _MIN_ANGLE_DEG = 4.0  # autofluorescence closer than this to the labels' span: warn
+
+
+def angle_to_span(profile, q) -> float:
+    """Angle (degrees) between a channel profile and the span of orthonormal columns `q`
+    (the label spectra's, from a QR factorisation): 0 when the labels can explain it."""
+    p = np.asarray(profile, dtype=np.float64)
+    outside = np.linalg.norm(p - q @ (q.T @ p)) / np.linalg.norm(p)
+    return float(np.degrees(np.arcsin(min(1.0, outside))))
 _MIN_STABILITY = 0.9  # mean residual turning by more than this with a label: warn
 _MIN_ZSCORE = 10.0  # mean autofluorescence abundance, in standard errors, below this: refuse
 _MAX_OFFSET_FRACTION = 0.15  # share of the residual not scaling with the AF above this: warn
@@ -356,8 +364,7 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         split = float("nan")
     offset_frac = _offset_fraction(d["residual"], tmap, tissue.reshape(tmap.shape))
     strata = _stratified(d["residual"], d["x"])
-    outside = np.linalg.norm(profile - q @ (q.T @ profile)) / np.linalg.norm(profile)
-    angle = float(np.degrees(np.arcsin(min(1.0, outside))))
+    angle = angle_to_span(profile, q)
     warnings = []
     if not split >= _SPLIT_MIN_COSINE:
         warnings.append(f"blind autofluorescence is unstable: the two halves of the slide give "

@@ -109,7 +109,8 @@ def read_control(control, panel: Panel | None = None, *, name: str = "control",
         raise InputError(f"{where}: the control contains NaN or infinite values")
     flat = img.reshape(-1, img.shape[2])
     stats = {"min": flat.min(0).tolist() if flat.size else None,
-             "nonpositive": (flat <= 0).sum(0).tolist(), "n_px": int(flat.shape[0])}
+             "nonpositive": (flat <= 0).sum(0).tolist(), "n_px": int(flat.shape[0]),
+             "integer": raw.dtype.kind in "ui"}
     return img, saturated, stats
 
 
@@ -348,7 +349,32 @@ def _control(control, panel: Panel, name: str, src: str, off, warnings: list, le
     summ = offset_summary(stats, given, panel.channel_names)
     for w in summ["warnings"]:
         warnings.append(f"{name} control ({src}): {w}")
-    return img - off, sat, {"percent_saturated": pct, "offset_issue": summ["issue"]}
+    return img - off, sat, {"percent_saturated": pct, "offset_issue": summ["issue"],
+                            "integer_counts": bool(stats["integer"])}
+
+
+#: An unstained control's tissue pixels share one spectrum: their variance beyond the
+#: first principal direction (uncentred) is shot noise, ~1x its Poisson expectation
+#: (measured 0.8-1.1 on synthetic unstained controls); a stained slide's is far above it
+#: (58-187), a single stain's too (19). Warned above this, with the mean profile within
+#: 4 degrees of the labels' span (stained slides 1.9-2.1 degrees).
+_MAX_EXCESS = 10.0
+
+
+def _excess_over_rank_one(img: np.ndarray, valid) -> float:
+    """Variance of the tissue pixels (above the median total) beyond their first principal
+    direction, relative to the shot noise expected of photon counts (variance = mean;
+    counts at a gain of about one count per photoelectron)."""
+    pix = img.reshape(-1, img.shape[-1])
+    if valid is not None:
+        pix = pix[np.asarray(valid).ravel()]
+    tot = pix.sum(1)
+    sel = pix[tot > np.percentile(tot, 50.0)] if pix.size else pix
+    if sel.shape[0] < 20:
+        return float("nan")
+    w = np.linalg.eigvalsh(sel.T @ sel / sel.shape[0])
+    noise = float(np.clip(sel.mean(0), 0, None).sum())
+    return float((w.sum() - w[-1]) / noise) if noise > 0 else float("nan")
 
 
 def _cos(u, v) -> float:
@@ -453,9 +479,22 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
             raise InputError(f"unstained control ({af_source}): {exc}") from None
         tot = img.sum(-1) if sat is None else img[~sat].sum(-1)
         measured["autofluorescence"] = af_prof
+        from qdmed.imaging._blind_af import _MIN_ANGLE_DEG, angle_to_span
+
+        q, _ = np.linalg.qr(_label_columns(panel, model)[0])
+        angle = angle_to_span(af_prof, q)
+        excess = _excess_over_rank_one(img, None if sat is None else ~sat) \
+            if checks["integer_counts"] else None
         comps["autofluorescence"] = {"source": af_source,
                                      "n_pixels": int((tot > np.percentile(tot, 50.0)).sum()),
-                                     **checks}
+                                     "angle_to_labels_deg": angle,
+                                     "excess_over_one_spectrum": excess, **checks}
+        if angle < _MIN_ANGLE_DEG and excess is not None and excess > _MAX_EXCESS:
+            warnings.append(
+                f"unstained control ({af_source}): its pixels vary in spectrum {excess:.0f}x "
+                f"more than shot noise around one spectrum, and their mean lies {angle:.1f} "
+                f"degrees from the span of the label spectra: it looks stained (labels in "
+                f"places); the autofluorescence measured from it holds labels")
     blind_img = None
     if stained is not None:
         if "autofluorescence" not in panel.components:

@@ -1218,9 +1218,10 @@ def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names
                              f"{channel_names!r}")
     br = np.broadcast_to(np.asarray(qd_brightness, dtype=np.float64), (k,)).copy() \
         if np.ndim(qd_brightness) == 0 or np.size(qd_brightness) == k else None
-    if br is None or not np.all(np.isfinite(br)) or np.any(br <= 0):
-        raise InputError(f"qd_brightness must be a positive number or {k} positive numbers "
-                         f"(one per marker), got {qd_brightness!r}")
+    if br is None or not np.all(np.isfinite(br)) or np.any(br < 0):
+        raise InputError(f"qd_brightness must be a number >= 0 or {k} of them (one per "
+                         f"marker; 0: the label is absent, as on a single-stain or unstained "
+                         f"control), got {qd_brightness!r}")
     if photobleaching is None:
         rate = np.zeros(k + 1)
     else:
@@ -1326,8 +1327,10 @@ def simulate_field(
     autofluorescence : float, abundance units
         Autofluorescence of stroma in tissue (cells: nucleus x0.35, cytoplasm/membrane x0.7),
         modulated by a smooth random field; exactly 0 on glass.
-    qd_brightness : float or (K,) floats
-        Relative brightness of each marker's QD conjugate: abundance = level x brightness.
+    qd_brightness : float or (K,) floats >= 0
+        Relative brightness of each marker's QD conjugate: abundance = level x brightness
+        (0: the label is absent, for single-stain, fluorescence-minus-one or unstained
+        controls).
     photons_per_unit : float, e-
         Expected photoelectrons per unit of ``abundances @ endmembers.T``.
     read_noise_e : float, e- rms
