@@ -78,6 +78,15 @@ def test_calibrate_gates_then_analyze(tmp_path):
             "--negative", "ER=MDA-MB-468", "--out", str(tmp_path / "cal.json"), "--json")
     assert r.returncode == 0, r.stderr
     assert "ER" in json.loads(r.stdout)["gates"]
+    # the control's analysis folder does as well as its cells.parquet
+    r = run("image", "calibrate", "--control", f"MDA-MB-468={tmp_path / 'neg'}",
+            "--negative", "ER=MDA-MB-468", "--out", str(tmp_path / "cal2.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gates"] == json.loads((tmp_path / "cal.json").read_text())[
+        "gates"]
+    r = run("image", "calibrate", "--control", f"MDA-MB-468={tmp_path / 'neg'}",
+            "--negative", "ERR=MDA-MB-468")
+    assert r.returncode == 2 and "known markers:" in r.stderr
     r = run("image", "analyze", str(tmp_path / "neg.ome.tif"), "--out", str(tmp_path / "again"),
             "--calibration", str(tmp_path / "cal.json"), "--no-progress", "--no-report", "--json",
             "--no-outlines", "--no-unmixed")
@@ -117,7 +126,7 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2 and "write larger slides as .ome.zarr" in r.stderr
     r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--exclude-flagged",
             "saturated,blurry")
-    assert r.returncode == 2 and "exclude_flagged takes" in r.stderr and "'blurry'" in r.stderr
+    assert r.returncode == 2 and "exclude_flagged (--exclude-flagged) takes" in r.stderr and "'blurry'" in r.stderr
     for value in ("1,2", "abc"):
         r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--offset", value)
         assert r.returncode == 2 and "offset must be" in r.stderr, r.stderr

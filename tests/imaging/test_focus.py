@@ -86,7 +86,7 @@ def test_blurred_patch_is_found_and_nothing_else(tmp_path):
     assert "% of its cells in out-of-focus tiles" in rows["blurred"]["message"]
     assert rows["sharp"]["percent_cells_out_of_focus"] == 0
     assert rows["sharp"]["area_mm2"] == pytest.approx(768 * 256 * 0.25e-6)
-    with pytest.raises(InputError, match="exclude_flagged takes saturated, out_of_focus"):
+    with pytest.raises(InputError, match=r"exclude_flagged \(--exclude-flagged\) takes saturated, out_of_focus"):
         analyze_slide(tmp_path / "blurred.ome.tif", PANEL, tmp_path / "b",
                       exclude_flagged=("blurred",))
     # the same scene in focus: no tile flagged

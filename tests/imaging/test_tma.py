@@ -317,7 +317,7 @@ def test_case_rules_pooled_and_highest_core():
         "P2", "P10"]  # cases in natural order
     with pytest.raises(InputError, match="needs the cores' own scores"):
         score_cases(cells, expected, rule="highest")
-    with pytest.raises(InputError, match="case_rule must be one of pooled, highest"):
+    with pytest.raises(InputError, match=r"case_rule \(--case-rule\) must be one of pooled, highest"):
         score_cases(cells, expected, rule="max")
 
 

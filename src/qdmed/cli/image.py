@@ -775,7 +775,7 @@ def qc(
 
 @app.command()
 def calibrate(
-    control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet (repeatable).")],
+    control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet, or NAME=the control's analysis folder (repeatable).")],
     category: Annotated[list[str] | None, typer.Option("--category", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
     negative: Annotated[list[str] | None, typer.Option("--negative", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
     out: Annotated[Path, typer.Option("--out")] = Path("calibration.json"),
@@ -795,6 +795,11 @@ def calibrate(
         name, path = _pair("--control", c, "NAME=cells.parquet")
         paths[_once("--control", name, paths)] = path
     for name, path in paths.items():
+        if Path(path).is_dir():  # a control's analysis folder: its cell table
+            if not (Path(path) / "cells.parquet").is_file():
+                raise InputError(f"--control {name}: {path} is a folder without cells.parquet "
+                                 "(give a control's analysis folder or its cells.parquet)")
+            path = str(Path(path) / "cells.parquet")
         try:
             ctrls[name] = pd.read_parquet(path)
         except (OSError, ValueError) as exc:

@@ -305,7 +305,8 @@ def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | No
     keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
     if not keys_a & keys_b:
         raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
-                         f"and {sorted(keys_b)[:3]}); key and key_b name the case columns.")
+                         f"and {sorted(keys_b)[:3]}); key and key_b (--key, --key-b) name the "
+                         "case columns.")
     excluded = {"no category in " + method_a: [k for k in miss_a if k in keys_b],
                 "no category in " + method_b: [k for k in miss_b if k in keys_a],
                 "only in " + method_a: sorted(keys_a - keys_b),

@@ -1066,7 +1066,8 @@ def check_exclude_flagged(flags) -> tuple[str, ...]:
     got = tuple(flags or ())
     bad = [f for f in got if f not in QC_FLAGS]
     if bad:
-        raise InputError(f"exclude_flagged takes {', '.join(QC_FLAGS)}; got {bad[0]!r}")
+        raise InputError(f"exclude_flagged (--exclude-flagged) takes {', '.join(QC_FLAGS)}; "
+                         f"got {bad[0]!r}")
     return tuple(f for f in QC_FLAGS if f in got)
 
 

@@ -618,7 +618,7 @@ def _segment_external(img, method):  # pragma: no cover - optional packages not 
         except ImportError as exc:
             raise InputError(
                 "method='cellpose' needs the optional package cellpose, which is not "
-                "installed; install it with `pip install qdmed[seg]` or use method='watershed'."
+                "installed; install it with `pip install qdmed[seg]` or use method='watershed' (--segmentation watershed)."
             ) from exc
         # cellpose >= 2: CellposeModel.eval returns (masks, flows, styles[, ...]);
         # cellpose 4 ignores model_type and uses its default (cpsam) model.
@@ -630,7 +630,7 @@ def _segment_external(img, method):  # pragma: no cover - optional packages not 
         raise InputError(
             "method='stardist' needs the optional package stardist, which is not installed; "
             "install it with `pip install stardist` (cellpose comes with "
-            "`pip install qdmed[seg]`) or use method='watershed'."
+            "`pip install qdmed[seg]`) or use method='watershed' (--segmentation watershed)."
         ) from exc
     lo, hi = np.percentile(img, [1.0, 99.8])
     norm = (img - lo) / max(hi - lo, 1e-12)

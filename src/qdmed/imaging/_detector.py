@@ -137,7 +137,7 @@ def saturation_level(dtype: Any, *, significant_bits: int | None = None,
                 f"OME SignificantBits {int(significant_bits)}"
         return float(np.iinfo(dt).max), f"{dt.name} maximum"
     return None, (f"not checked: a {dt.name} image has no known detector ceiling "
-                  "(give saturation_level)")
+                  "(give saturation_level, --saturation-level)")
 
 
 def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:

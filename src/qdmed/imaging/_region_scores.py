@@ -112,7 +112,7 @@ def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_cali
         row["status"] = "no cells" if n == 0 else "too few cells"
         row["message"] = ("no scored cells" if n == 0 else
                           f"{n} scored cells, fewer than the {min_cells} a {what} needs "
-                          "(region_min_cells): not scored")
+                          "(region_min_cells, --region-min-cells): not scored")
         return row
     notes = []
     if her2_calibration is not None:
@@ -408,7 +408,8 @@ def check_case_rule(rule, tma_map=True) -> str:
     """``rule`` checked: one of :data:`CASE_RULES`, and other than the default only with a
     TMA map (``tma_map``) to make cases."""
     if rule not in CASE_RULES:
-        raise InputError(f"case_rule must be one of {', '.join(CASE_RULES)}; got {rule!r}")
+        raise InputError(f"case_rule (--case-rule) must be one of {', '.join(CASE_RULES)}; got "
+                         f"{rule!r}")
     if rule != "pooled" and tma_map is None:
         raise InputError(f"case_rule {rule!r} needs a TMA map (--tma-map) to make cases")
     return rule
@@ -540,7 +541,7 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
                 row["status"] = "no cells" if row["n_scored"] == 0 else "too few cells"
                 row["message"] = ("no scored cells" if row["n_scored"] == 0 else
                                   f"no core has the {min_cells} scored cells a core needs "
-                                  "(region_min_cells): not scored")
+                                  "(region_min_cells, --region-min-cells): not scored")
         scored = [r for r in by_case.get(case, []) if r["status"] == "ok"
                   and r.get("her2_category") is not None]
         if scored:  # the cores' own categories, and whether they disagree

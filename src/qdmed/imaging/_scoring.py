@@ -1309,7 +1309,9 @@ def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping
             )
         if marker not in comps:
             raise UnknownNameError(
-                f"no compartment known for marker {marker!r}; pass compartments={{...}}."
+                f"no compartment known for marker {marker!r}; known markers: "
+                f"{', '.join(sorted(comps))} (from Python, give its compartment: "
+                f"compartments={{{marker!r}: 'nucleus'}})."
             )
         col = _column(controls[ctrl], marker, comps[marker], "mean")
         v = _values(controls[ctrl], col, "omit")
