@@ -113,8 +113,8 @@ def panel(
     brightness: Annotated[list[str] | None, typer.Option("--brightness", help="LABEL=RELATIVE_BRIGHTNESS (repeatable; default 1 each): brighter labels read with less noise and go to the least expressed markers when --expression is given.")] = None,
     expression: Annotated[list[str] | None, typer.Option("--expression", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the brightest labels go to the least abundant markers.")] = None,
     channels: Annotated[int, typer.Option("--channels", help="Spectral detector channels.")] = 8,
-    low_nm: Annotated[float, typer.Option("--low-nm")] = 440.0,
-    high_nm: Annotated[float, typer.Option("--high-nm")] = 740.0,
+    low_nm: Annotated[float, typer.Option("--low-nm", help="Spectral detector: the first channel's lower edge, nm.")] = 440.0,
+    high_nm: Annotated[float, typer.Option("--high-nm", help="Spectral detector: the last channel's upper edge, nm.")] = 740.0,
     filters: Annotated[str | None, typer.Option("--filters", help="Filter bands instead, e.g. 505-545,590-630.")] = None,
     counterstain: Annotated[str | None, typer.Option("--counterstain", help="Nuclear counterstain label.")] = "DAPI",
     components: Annotated[str | None, typer.Option("--components", help="An already-unmixed image instead (inForm component_data.tif, an unmixed QPTIFF): COMPONENT=CHANNEL pairs, comma-separated, e.g. 'DAPI=DAPI,HER2=Qdot 605,autofluorescence=Autofluorescence' (a channel by its name or 0-based index).")] = None,
@@ -306,7 +306,8 @@ def presets(json_: JSON = False):
     d = {k: v.to_dict() for k, v in list_presets().items()}
     if json_:
         return print_json(d)
-    print_table("Presets", [{"name": k, "kind": v["kind"], "HER2 mix": v["her2_mix"],
+    print_table("Presets", [{"name": k, "kind": v["kind"], "HER2 mix": ", ".join(
+                                 f"{c} {100 * f:.0f} %" for c, f in v["her2_mix"].items() if f),
                              "description": v["description"]} for k, v in d.items()])
 
 
@@ -327,12 +328,12 @@ def _stem(out: Path) -> str:
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Output slide: .ome.zarr or .ome.tif")] = Path("slide.ome.zarr"),
-    preset: Annotated[str, typer.Option("--preset")] = "her2-heterogeneous",
+    preset: Annotated[str, typer.Option("--preset", help="Expression preset (cell line or tumour subtype; qdmed image presets lists them).")] = "her2-heterogeneous",
     size: Annotated[int, typer.Option("--size", help="Edge length, px.")] = 2048,
     panel_file: PANEL = None,
     photons: Annotated[float, typer.Option("--photons", help="Photoelectrons per unit abundance.")] = 300.0,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    tissue_fraction: Annotated[float, typer.Option("--tissue-fraction")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same slide.")] = 0,
+    tissue_fraction: Annotated[float, typer.Option("--tissue-fraction", help="Share of the field covered by tissue, 0-1 (the rest is glass).")] = 1.0,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="Detector ADC bits (8-16): counts above 2^bits - 1 saturate there.")] = 16,
     offset_adu: Annotated[float, typer.Option("--offset", help="Detector offset (dark level) added to every count, as a camera that is not dark-corrected records it.")] = 0.0,
     tma: Annotated[str | None, typer.Option("--tma", help="A tissue microarray of ROWSxCOLS cores (e.g. 4x6) instead of one tissue; OME-Zarr only. --size is then ignored.")] = None,
@@ -360,6 +361,7 @@ def simulate(
                          f"{110 * size * size / 1e9:.0f} GB); up to {MAX_TIFF_SIMULATE_PX} px "
                          "is accepted: write larger slides as .ome.zarr (tile by tile)")
     stem = _stem(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its output folder
     import glob
 
     other = [q.name for q in out.parent.glob(f"{glob.escape(stem)}.*")
@@ -571,7 +573,7 @@ def tma(
     if json_:
         return print_json(d)
     print_kv(f"TMA {slide.name}", {
-        "grid": f"{d['n_rows']} x {d['n_cols']}, turned {d['rotation_deg']:.1f} deg"
+        "grid": f"{d['n_rows']} x {d['n_cols']}, turned {round(d['rotation_deg'], 1) + 0.0:.1f} deg"
                 + (" (brightfield)" if d["brightfield"] else ""),
         "cores found": d["n_found"],
         "missing": ", ".join(c["name"] for c in d["cores"] if c["missing"]) or "none",
@@ -778,7 +780,7 @@ def calibrate(
     control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet, or NAME=the control's analysis folder (repeatable).")],
     category: Annotated[list[str] | None, typer.Option("--category", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
     negative: Annotated[list[str] | None, typer.Option("--negative", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
-    out: Annotated[Path, typer.Option("--out")] = Path("calibration.json"),
+    out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
     json_: JSON = False,
 ):
     """Calibrate on control cell lines: HER2 intensity cut-offs (controls of known IHC score)
@@ -852,11 +854,11 @@ def calibrate(
 def cohort(
     folder: Path,
     panel_file: PANEL = None,
-    out: Annotated[Path, typer.Option("--out")] = Path("qdmed-cohort"),
-    tile: Annotated[int, typer.Option("--tile")] = 2048,
+    out: Annotated[Path, typer.Option("--out", help="Output folder: cohort.csv, cells.parquet, report.html, slides/<name>/.")] = Path("qdmed-cohort"),
+    tile: Annotated[int, typer.Option("--tile", help="Tile edge, px (each tile is read with a margin and analysed on its own).")] = 2048,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:port), or 'synchronous' to run the slides one after another in this process.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers")] = None,
-    calibration: Annotated[Path | None, typer.Option("--calibration")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Dask worker processes of the local cluster (default: the CPU count).")] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration JSON from qdmed image calibrate: HER2 cut-offs and positivity gates.")] = None,
     regions_dir: Annotated[Path | None, typer.Option("--regions-dir", help="Folder of annotations or TMA cores, one file per slide (<slide stem>.geojson, .json or .qptma): score only the cells inside them.")] = None,
     tumour_regions_dir: Annotated[Path | None, typer.Option("--tumour-regions-dir", help="Folder of tumour annotations, one per slide, to narrow each slide's regions down to (as analyze --tumour-regions).")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
@@ -1087,8 +1089,8 @@ def compare(
     key_b: Annotated[str | None, typer.Option("--key-b", help="Case column of TABLE_B (default: --key).")] = None,
     column_a: Annotated[str, typer.Option("--column-a", help="HER2 category column of TABLE_A.")] = "her2_category",
     column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B.")] = "her2_category",
-    name_a: Annotated[str, typer.Option("--name-a")] = "QD-IHC",
-    name_b: Annotated[str, typer.Option("--name-b")] = "DAB IHC",
+    name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table).")] = "QD-IHC",
+    name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns).")] = "DAB IHC",
     plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of the cross-table.")] = None,
     json_: JSON = False,
 ):

@@ -152,7 +152,7 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with _progress(progress, len(slides), 0) as advance:
+    with _progress(progress, len(slides), 0, "slides") as advance:
         for sp in slides:
             row: dict[str, Any] = {"slide": sp.name, "status": "ok", "message": "",
                                    "warnings": []}
