@@ -98,8 +98,11 @@ def spreading_matrix(endmembers) -> np.ndarray:
     single-stain pixels of abundance 300: DAPI into HER2, 99th percentile 11
     against 53 unconstrained; ER into PR, 100-pixel means 1.4 +- 0.2 against 0 +- 0.4).
     Read ``S`` as a ranking of which pairs matter, not as the per-cell spread of NNLS
-    means. Diagonal: the component's own
-    shot-noise factor.
+    means. Diagonal: the component's own shot-noise factor. Scale: per square root of
+    ``j``'s abundance in the panel's column units (area-normalised emission times
+    brightness), not per square root of ``j``'s signal in its primary detector as
+    cytometry's spillover spreading matrices are normalised, so the values are not
+    comparable with a cytometer's SSM; the ranking of pairs can differ from it too.
     """
     a = np.asarray(endmembers, dtype=np.float64)
     p = np.linalg.pinv(a)

@@ -156,15 +156,29 @@ def overlay_figure(result, max_px: int = 900):
     if result.her2 is not None and len(cells):
         cats = result.her2.cells.set_index("cell_id")["category"].reindex(cells["cell_id"])
         col = [_CAT_COLOURS.get(str(c), "#999999") for c in cats]
-        axes[1].set_title("cells by per-cell HER2 category (0 blue ... 3+ red)", fontsize=9)
+        axes[1].set_title("cells by per-cell HER2 category", fontsize=9)
     else:
         col = "#ffffff"
         axes[1].set_title("cell centroids", fontsize=9)
     if len(cells):
-        axes[1].scatter(cells["centroid_x"] / factor, cells["centroid_y"] / factor, s=2, c=col)
+        axes[1].scatter(cells["centroid_x"] / factor, cells["centroid_y"] / factor, s=4, c=col)
+        if result.her2 is not None:
+            for cat, colour in _CAT_COLOURS.items():
+                axes[1].scatter([], [], s=20, c=colour, label=f"HER2 {cat}")
+            axes[1].legend(fontsize=7, loc="upper right", framealpha=0.8)
+    ps = result.summary.get("settings", {}).get("pixel_size_um")
     for a in axes:
-        a.set_xlabel(f"x (px / {factor:g})")
-        a.set_ylabel(f"y (px / {factor:g})")
+        if ps:  # ticks in um on the thumbnail's pixel grid
+            from matplotlib.ticker import FuncFormatter
+
+            fmt = FuncFormatter(lambda v, _pos: f"{v * factor * ps:.0f}")
+            a.xaxis.set_major_formatter(fmt)
+            a.yaxis.set_major_formatter(fmt)
+            a.set_xlabel("x (um)")
+            a.set_ylabel("y (um)")
+        else:
+            a.set_xlabel(f"x (px / {factor:g})")
+            a.set_ylabel(f"y (px / {factor:g})")
     fig.tight_layout()
     return fig
 
