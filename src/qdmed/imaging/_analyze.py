@@ -342,6 +342,12 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     stats = channel_stats(region[core], s.saturation_level)
     stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
                               fa.nuclei[core])
+    if not panel.unmixed:  # does the panel explain this tile's cells? (qdmed.imaging._fit)
+        from qdmed.imaging._fit import residual_sample
+
+        stats["fit"] = residual_sample(region[core], fa.abundances[core], fa.cells[core],
+                                       panel.endmembers, panel_offset(panel, s.offset_adu),
+                                       s.saturation_level)
     if given_cells is not None:
         stats["cells_without_nucleus"] = _cells_left_out(given_cells, fa.cells, (py0, px0),
                                                          box)
@@ -514,7 +520,8 @@ class SlideResult:
 
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus", "cases_scored", "her2")
+WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus", "fit", "cases_scored",
+                  "her2")
 
 
 def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
@@ -800,6 +807,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         saturation_summary,
     )
     from qdmed.imaging._detector import saturation_level as ceiling
+    from qdmed.imaging._fit import fit_summary
     from qdmed.imaging._focus import focus_summary, qc_geojson
     from qdmed.imaging._slideio import read_slide
     from qdmed.report import (
@@ -1041,6 +1049,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "saturation": saturation,
         "offset": offset_summary(detector_stats, off, slide.channel_names, qc),
         "focus": focus,
+        "fit": None if panel.unmixed else fit_summary([q.get("fit") for q in qc]),
         "elapsed_s": time.perf_counter() - t0,
         "outputs": {"cells": "cells.parquet",
                     "geojson": "cells.geojson" if outlines else None,

@@ -428,6 +428,13 @@ def write_slide_report(result, path=None) -> Path:
                       + "".join(f" Warning: {w.rstrip('.')}." for w in foc["warnings"]))
         if foc["out_of_focus_tiles"]:
             rep.figure(focus_figure(foc, tuple(s["slide"]["shape"][:2])), "focus by tile")
+    fit = s.get("fit") or {}
+    if fit.get("ratio") is not None:
+        rep.paragraph(f"Fit of the panel: the unmixing residual per square root of the counts "
+                      f"is {fit['ratio']:.2f}x as large in the brightest cells as in dim pixels "
+                      f"(shot noise alone: about 0.4-0.7; a label the panel lacks or a wrong "
+                      f"spectrum: far above 1; {fit['n_samples']} cell pixels sampled)."
+                      + "".join(f" Warning: {w.rstrip('.')}." for w in fit["warnings"]))
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
     if panel.unmixed:
