@@ -73,6 +73,9 @@ def test_confidence_intervals():
     assert not r.warnings
     few = compare_her2(["0", "1+", "3+"], ["0", "1+", "3+"])
     assert few.warnings and "only 3 cases" in few.warnings[0]
+    # perfect agreement: the bootstrap has no spread, the interval is not estimable (it
+    # read 1.00 to 1.00 before)
+    assert all(np.isnan(v) for v in few.kappa_ci95) and "cannot be estimated" in few.warnings[0]
     json.dumps(few.to_dict())
 
 

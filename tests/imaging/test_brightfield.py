@@ -230,6 +230,8 @@ def test_white_level_per_channel(ihc):
     assert d["pixel_size_um"] == 0.5
     with pytest.raises(InputError, match="no glass to take the white level from"):
         estimate_background(np.full((64, 64, 3), 0.3))
+    with pytest.raises(InputError, match="no glass"):  # pale tissue, no glass in view
+        estimate_background(ihc[0:128, 96:224])
 
 
 def test_macenko_refuses_a_one_stain_image(ihc):

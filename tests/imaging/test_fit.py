@@ -21,15 +21,15 @@ def _without(marker):
 
 def test_a_label_missing_from_the_panel_is_flagged(tmp_path):
     """MCF-7 (PR+ in ~60 % of cells) analysed without PR in the panel: the HER2 call moved
-    from 1+ to 0 in a user's run with no warning; now the fit says so (measured ratio 16
-    against 0.5 with the right panel)."""
+    from 1+ to 0 in a user's run with no warning; now the fit says so (measured: 0.000 of
+    the brightest cells' signal unexplained with the right panel, ~0.45 without PR)."""
     s = simulate_slide(tmp_path / "s.ome.zarr", (512, 512), preset="MCF-7",
                        endmembers=P.endmembers, marker_names=list(P.markers),
                        channel_names=list(P.channel_names), seed=4, tile=512)
     right = analyze_slide(s.path, P, tmp_path / "a", tile=256, **RUN).summary["fit"]
-    assert right["ratio"] < 1.0 and not right["warnings"] and right["n_samples"] == 4 * 512
+    assert right["misfit"] < 0.02 and not right["warnings"] and right["n_samples"] == 4 * 512
     wrong = analyze_slide(s.path, _without("PR"), tmp_path / "b", tile=256, **RUN).summary
-    assert wrong["fit"]["ratio"] > 5
+    assert wrong["fit"]["misfit"] > 0.3
     assert any(w.startswith("fit: the panel does not explain the brightest cells")
                for w in _warnings(wrong))
 
@@ -40,14 +40,24 @@ def _warnings(summary):
     return summary_warnings(summary)
 
 
-def test_fit_summary_needs_enough_samples():
+def test_misfit_is_free_of_gain_and_photon_count():
+    """Shot noise alone (any gain, any brightness) leaves no misfit; a model that leaves a
+    fixed share of the signal unexplained shows that share, at any photon count."""
     rng = np.random.default_rng(0)
-    counts = rng.uniform(10, 1000, 150)
-    d = fit_summary([{"counts": counts.tolist(), "residual": np.sqrt(counts).tolist()}, None])
-    assert d["ratio"] is None and d["n_samples"] == 150 and not d["warnings"]
     counts = 10 ** rng.uniform(1, 5, 1000)  # 10-100,000 counts
-    shot = fit_summary([{"counts": counts.tolist(),
-                         "residual": (0.5 * np.sqrt(counts)).tolist()}])
-    assert abs(shot["ratio"] - 1.0) < 1e-9 and not shot["warnings"]
-    misfit = fit_summary([{"counts": counts.tolist(), "residual": (0.1 * counts).tolist()}])
-    assert misfit["ratio"] > 3 and misfit["warnings"]
+    norms = counts / np.sqrt(8)  # a flat 8-channel spectrum
+    for gain in (1.0, 16.0):
+        shot = fit_summary([{"counts": counts.tolist(), "norm": norms.tolist(),
+                             "residual": (np.sqrt(gain * counts)).tolist()}])
+        assert shot["misfit"] < 1e-9 and not shot["warnings"]
+    for scale in (0.01, 1.0, 100.0):  # photons per unit
+        c = counts * scale
+        miss = np.hypot(0.3 * c / np.sqrt(8), np.sqrt(c))  # 30 % unexplained + shot noise
+        d = fit_summary([{"counts": c.tolist(), "norm": (c / np.sqrt(8)).tolist(),
+                          "residual": miss.tolist()}])
+        assert abs(d["misfit"] - 0.3) < 0.03 and d["warnings"]
+    few = fit_summary([{"counts": [1.0] * 150, "norm": [1.0] * 150, "residual": [1.0] * 150},
+                       None])
+    assert few["misfit"] is None and few["n_samples"] == 150
+    old = fit_summary([{"counts": [1.0], "residual": [1.0]}])  # a tile from before
+    assert "earlier qdmed" in old["note"]

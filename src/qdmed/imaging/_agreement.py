@@ -54,7 +54,8 @@ class HER2Agreement:
     kappa_ci95, kappa_linear_ci95, kappa_quadratic_ci95 : (float, float)
         Percentile bootstrap intervals of the kappas: the cases resampled with replacement
         :data:`BOOTSTRAP_SAMPLES` times, seed :data:`BOOTSTRAP_SEED` (Efron & Tibshirani
-        1993); samples where kappa is undefined are left out (NaN when most are).
+        1993); samples where kappa is undefined are left out (NaN when most are, or when
+        the resampled kappas do not vary: perfect agreement, one category).
     warnings : tuple of str
         E.g. fewer than :data:`FEW_CASES` cases (wide intervals).
     """
@@ -166,7 +167,10 @@ def _kappa_intervals(ia: np.ndarray, ib: np.ndarray) -> dict[str, tuple[float, f
                     ("kappa_quadratic", d * d)):
         ks = _kappas_of_tables(tables, w)
         ks = ks[np.isfinite(ks)]
-        out[name] = ((float("nan"), float("nan")) if ks.size < BOOTSTRAP_SAMPLES / 2 else
+        # not estimable: most resamples undefined, or no spread at all (perfect agreement,
+        # or every case in one category: the percentile bootstrap collapses to a point)
+        out[name] = ((float("nan"), float("nan"))
+                     if ks.size < BOOTSTRAP_SAMPLES / 2 or np.ptp(ks) == 0 else
                      tuple(float(v) for v in np.percentile(ks, [2.5, 97.5])))
     return out
 
@@ -249,8 +253,11 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
 
     wil = _wilson95(int(np.sum(ia == ib)), n)
     lo, hi = float(wil.low), float(wil.high)
-    warns = (f"only {n} cases: the agreement's confidence intervals are wide (kappa "
-             f"{ci['kappa'][0]:.2f} to {ci['kappa'][1]:.2f})",) if n < FEW_CASES else ()
+    lo_k, hi_k = ci["kappa"]
+    warns = (f"only {n} cases: the agreement's confidence intervals are wide"
+             + (f" (kappa {lo_k:.2f} to {hi_k:.2f})" if np.isfinite(lo_k) else
+                " (kappa's cannot be estimated by resampling so few)"),) \
+        if n < FEW_CASES else ()
     return HER2Agreement(
         method_a=method_a, method_b=method_b, cases=tuple(cases), a=tuple(ca), b=tuple(cb),
         table=tuple(tuple(int(v) for v in r) for r in table),

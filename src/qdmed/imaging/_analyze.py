@@ -42,7 +42,7 @@ from qdmed.imaging._slideio import file_ident
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, so a resumed run never mixes tiles written by another version.
-TILE_FORMAT = 3
+TILE_FORMAT = 4  # 4: fit samples in the quality-control file
 
 
 @dataclass(frozen=True)
@@ -1173,19 +1173,30 @@ def _connect(scheduler: str):
     from distributed import Client
 
     done: dict = {}
+    lock = threading.Lock()
 
     def connect():
         try:
-            done["client"] = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             done["error"] = exc
+            return
+        with lock:
+            if done.get("abandoned"):  # the caller gave up: close it, leak nothing
+                client.close()
+            else:
+                done["client"] = client
 
     # a daemon thread: one stuck in a handshake does not keep the process alive at exit
     t = threading.Thread(target=connect, name="qdmed-connect", daemon=True)
     t.start()
     wait_s = 1.5 * CONNECT_TIMEOUT_S + 1  # Client's own timeout first, where it applies
     t.join(wait_s)
-    if t.is_alive():
+    with lock:
+        late = t.is_alive()
+        if late:
+            done["abandoned"] = True
+    if late:
         raise InputError(f"no Dask scheduler answered at {scheduler} within "
                          f"{wait_s:g} s (something accepts connections there "
                          "but does not speak Dask's protocol; the scheduler's port is 8786 "

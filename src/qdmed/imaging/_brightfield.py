@@ -118,7 +118,11 @@ def _optical_density(rgb, background) -> np.ndarray:
 #: above) when at least GLASS_MIN_PIXELS of them read above GLASS_FLOOR in every channel.
 GLASS_PERCENTILE = 99.0
 GLASS_MIN_PIXELS = 100
-GLASS_FLOOR = 0.6
+GLASS_FLOOR = 0.8
+#: ... and when they are flat: each channel's spread (standard deviation over the mean)
+#: among them below this (pale tissue is textured; a 128^2 crop of scikit-image's IHC
+#: image without glass read 0.90/0.85/0.80 and was taken for glass with a floor of 0.6).
+GLASS_MAX_SPREAD = 0.03
 #: The default white level (1, 1, 1) is warned when the glass reads below this in a channel
 #: (OD 0.022): a yellowish or unbalanced glass then reads as stain.
 GLASS_WARN = 0.95
@@ -133,18 +137,20 @@ def estimate_background(rgb) -> tuple[float, float, float]:
     Raises
     ------
     InputError
-        No glass: fewer than 100 of the brightest pixels read above 0.6 in every channel
-        (tissue everywhere): give the background measured on glass instead.
+        No glass: fewer than 100 of the brightest pixels read above 0.8 in every channel,
+        or they are not flat (pale tissue): give the background measured on glass instead.
     """
     t = _rgb(rgb).reshape(-1, 3)
     tot = t.sum(1)
     glass = t[tot >= np.percentile(tot, GLASS_PERCENTILE)] if t.size else t
     glass = glass[np.all(glass > GLASS_FLOOR, axis=1)]
-    if glass.shape[0] < GLASS_MIN_PIXELS:
-        raise InputError("no glass to take the white level from (fewer than "
-                         f"{GLASS_MIN_PIXELS} of the brightest pixels read above "
-                         f"{GLASS_FLOOR} in every channel): give the background measured on "
-                         "glass (three transmittances, or R,G,B levels / 255)")
+    spread = (glass.std(axis=0) / glass.mean(axis=0)).max() if glass.shape[0] else np.inf
+    if glass.shape[0] < GLASS_MIN_PIXELS or not spread < GLASS_MAX_SPREAD:
+        raise InputError("no glass to take the white level from (the brightest 1 % of the "
+                         f"pixels need {GLASS_MIN_PIXELS} or more above {GLASS_FLOOR} in every "
+                         f"channel, flat within {100 * GLASS_MAX_SPREAD:g} %): give the "
+                         "background measured on glass (three transmittances, or R,G,B "
+                         "levels / 255)")
     return tuple(float(v) for v in np.median(glass, axis=0))
 
 
@@ -445,6 +451,7 @@ def score_dab(
     min_area_um2: float = 10.0,
     max_area_um2: float = 400.0,
     background=1.0,
+    check_glass: bool = True,
 ) -> DabScore:
     """Segment cells on haematoxylin and score their DAB OD into 0 / 1+ / 2+ / 3+.
 
@@ -466,7 +473,8 @@ def score_dab(
     background : float, (R, G, B) floats in (0, 1], or 'auto'
         White level (transmittance of glass) of each channel; 'auto' takes it from the
         image's glass (:func:`estimate_background`). With the default 1, glass reading below
-        0.95 in a channel is warned (it then reads as stain).
+        0.95 in a channel is warned (it then reads as stain), unless ``check_glass`` is
+        False (a slide's regions: checked once on the slide).
 
     Returns
     -------
@@ -504,17 +512,8 @@ def score_dab(
         m = stain_matrix
     bg = _background(background, rgb)
     warnings = []
-    if isinstance(background, int | float) and background == 1.0:
-        try:
-            glass = estimate_background(rgb)
-        except InputError:
-            glass = None  # no glass in view: nothing to check
-        if glass is not None and min(glass) < GLASS_WARN:
-            warnings.append(
-                "the glass reads (" + ", ".join(f"{v:.3f}" for v in glass) + ") in R, G, B, "
-                "not white, so it reads as stain (DAB OD "
-                f"{float(deconvolve_dab(np.array([[glass]]), stain_matrix=m).dab[0, 0]):.3f} "
-                "on glass): give the white level (background='auto', --background auto)")
+    if check_glass and isinstance(background, int | float) and background == 1.0:
+        warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2, max_area_um2=max_area_um2
@@ -570,6 +569,21 @@ def score_dab(
         warnings=tuple(warnings),
         qdmed_version=_version(),
     )
+
+
+def glass_warnings(rgb, stain_matrix=None) -> list[str]:
+    """A warning when the image's glass (:func:`estimate_background`) reads below
+    :data:`GLASS_WARN` in a channel under the default white level; none without glass."""
+    try:
+        glass = estimate_background(rgb)
+    except InputError:
+        return []  # no glass in view: nothing to check
+    if min(glass) >= GLASS_WARN:
+        return []
+    od = float(deconvolve_dab(np.array([[glass]]), stain_matrix=_matrix(stain_matrix)).dab[0, 0])
+    return ["the glass reads (" + ", ".join(f"{v:.3f}" for v in glass) + ") in R, G, B, not "
+            f"white, so it reads as stain (DAB OD {od:.3f} on glass): give the white level "
+            "(background='auto', --background auto)"]
 
 
 def _version() -> str:

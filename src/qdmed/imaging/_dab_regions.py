@@ -148,8 +148,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    default_white = not isinstance(background, str) and np.all(np.asarray(background) == 1.0)
     if isinstance(stain_matrix, str) and stain_matrix == "macenko" or \
-            isinstance(background, str):
+            isinstance(background, str) or default_white:
         overview = _overview(img)
         if isinstance(background, str):
             from qdmed.imaging._brightfield import _background
@@ -159,6 +160,11 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
             from qdmed.imaging._brightfield import estimate_stain_vectors
 
             stain_matrix = estimate_stain_vectors(overview, background=background)
+        if default_white:  # once for the slide, not once per region
+            from qdmed.imaging._brightfield import glass_warnings
+
+            warnings += glass_warnings(overview, None if isinstance(stain_matrix, str)
+                                       else stain_matrix)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     h, w = img.shape[:2]
@@ -175,10 +181,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                 continue
             crop = np.asarray(img.read_region(ya, yb, xa, xb))
             sc = score_dab(crop, od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
-                           compartment=compartment, background=background)
-            for warning in sc.warnings:
-                if warning not in warnings:
-                    warnings.append(warning)
+                           compartment=compartment, background=background, check_glass=False)
             cells = sc.cells.copy()
             cells["centroid_x"] += xa
             cells["centroid_y"] += ya

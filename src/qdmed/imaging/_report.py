@@ -429,11 +429,11 @@ def write_slide_report(result, path=None) -> Path:
         if foc["out_of_focus_tiles"]:
             rep.figure(focus_figure(foc, tuple(s["slide"]["shape"][:2])), "focus by tile")
     fit = s.get("fit") or {}
-    if fit.get("ratio") is not None:
-        rep.paragraph(f"Fit of the panel: the unmixing residual per square root of the counts "
-                      f"is {fit['ratio']:.2f}x as large in the brightest cells as in dim pixels "
-                      f"(shot noise alone: about 0.4-0.7; a label the panel lacks or a wrong "
-                      f"spectrum: far above 1; {fit['n_samples']} cell pixels sampled)."
+    if fit.get("misfit") is not None:
+        rep.paragraph(f"Fit of the panel: {100 * fit['misfit']:.1f} % of the brightest cells' "
+                      f"signal is left unexplained beyond the noise (right panels on synthetic "
+                      f"fields: 0.0 %; a label the panel lacks: 39-47 %; "
+                      f"{fit['n_samples']} cell pixels sampled)."
                       + "".join(f" Warning: {w.rstrip('.')}." for w in fit["warnings"]))
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
