@@ -701,6 +701,9 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     cases = {r["case"]: r for r in res.summary["cases_scored"]["cases"]}
     assert sorted(cases) == ["P1", "P2", "P3", "P9"]  # every mapped case has a row:
     assert (cases["P3"]["status"], cases["P3"]["cores"]) == ("no cells", "B-2")  # lost core
+    assert cases["P3"]["n_cores_missing"] == 1 and "1 of 1 cores missing (B-2)" in \
+        cases["P3"]["message"]
+    assert cases["P1"]["n_cores_missing"] == 0
     # a core the regions file does not hold (a row left out of the grid's labels)
     assert cases["P9"]["status"] == "no cells"
     assert cases["P9"]["message"].endswith("; core C-1 not in the regions file")
@@ -715,7 +718,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert (cases["P1"]["her2_core_categories"], cases["P1"]["her2_cores_discordant"]) == (
         "A-1:3+;B-1:0", True)
     assert (tmp_path / "out" / "cases.csv").read_text().startswith(
-        "case,status,n_cores,cores,n_scored,her2_category,message")
+        "case,status,n_cores,n_cores_missing,cores,n_scored,her2_category,message")
     # per case against a pathologist's reads (P2 read 0 where QD-IHC says 1+)
     from qdmed.imaging import compare_her2_tables
 

@@ -549,15 +549,24 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
                                                    for r in scored)
             row["her2_cores_discordant"] = (len({r["her2_category"] for r in scored}) > 1
                                             if len(scored) > 1 else None)
+        lost = [_core_key(r) for r in by_case.get(case, []) if r["status"] == "missing"]
+        if region_rows is not None:
+            row["n_cores_missing"] = len(lost)
         extra = (notes or {}).get(case, [])
+        if lost:  # a case with a core lost from the section is scored on the rest
+            extra = [f"{len(lost)} of {len(cores)} cores missing ({', '.join(lost)})", *extra]
         row["message"] = "; ".join(m for m in (row["message"], *extra) if m)
         rows.append(row)
     return rows
 
 
 def case_table(rows: list[dict[str, Any]]):
-    """The case rows as a DataFrame, :data:`CASE_COLUMNS` first."""
-    return _ordered_table(rows, CASE_COLUMNS)
+    """The case rows as a DataFrame, :data:`CASE_COLUMNS` first (``n_cores_missing``, for
+    TMA cases, beside ``n_cores``)."""
+    first = CASE_COLUMNS
+    if any("n_cores_missing" in r for r in rows):
+        first = (*CASE_COLUMNS[:3], "n_cores_missing", *CASE_COLUMNS[3:])
+    return _ordered_table(rows, first)
 
 
 def cases_summary(rows: list[dict[str, Any]], warnings=(), rule: str = "pooled"
