@@ -72,11 +72,25 @@ def test_design_picks_the_subset_with_the_best_worst_marker():
         b = np.array([1.0] + [0.05 if n == "Qdot 800" else 1.0 for n in combo])
         m = mixing_matrix([dapi] + [get_qdot(n).emission_spectrum(grid) for n in combo] + [af],
                           CH)
-        return float(np.max(noise_gains(m)[:4] / np.sqrt(b)))
+        signal = b * m.sum(axis=0)[:4]  # brightness x share of the emission detected
+        return float(np.max(noise_gains(m)[:4] / np.sqrt(signal)))
 
     best = min(worst(c) for c in itertools.combinations(QDOTS, 3))
     assert worst(p.labels[1:]) == pytest.approx(best)
     assert "Qdot 800" not in p.labels  # 1/20 as bright: its marker would be the noisiest
+
+
+def test_labels_mostly_outside_the_channels_are_not_picked():
+    """The CLI's default candidates include Qdot 800, whose emission barely reaches a
+    detector ending at 740 nm: scored by the signal it gives, it is not picked (it was, on
+    spectral separability alone), and a panel that holds it is warned."""
+    p = design_panel(["DAPI", "HER2", "ER", "PR", "EGFR", "mTOR"],
+                     ["Qdot 525", "Qdot 565", "Qdot 605", "Qdot 655", "Qdot 705", "Qdot 800"],
+                     CH, fixed={"DAPI": "DAPI"})
+    assert "Qdot 800" not in p.labels
+    q = design_panel(["A"], ["Qdot 800"], CH)
+    assert any(w.startswith("A: only ") and "of its label's emission falls in the channels"
+               in w for w in q.warnings)
 
 
 def test_excitation_decides_which_labels_can_be_used():

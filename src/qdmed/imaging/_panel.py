@@ -31,6 +31,8 @@ _BAND_CEILING_NM = 2000.0
 #: A component with less of its emission than this in all the channels together, or a
 #: channel with less than this share of the average channel's signal, has no signal.
 _MIN_DETECTED = 1e-3
+#: A label with less of its emission than this in the channels is warned as weak.
+_WEAK_DETECTED = 0.25
 
 
 def check_bands(channels, source: str = "channels") -> list[tuple[float, float]]:
@@ -708,6 +710,10 @@ def _with_warnings(panel: Panel) -> Panel:
         warns.append(f"{comps[j]} gives no signal in any channel (under {100 * _MIN_DETECTED:g} "
                      f"% of its emission falls in {', '.join(panel.channel_names)}): check "
                      "that the bands are in nm and cover its emission")
+    for j in np.flatnonzero((detected >= _MIN_DETECTED) & (detected < _WEAK_DETECTED)):
+        if comps[j] != "autofluorescence" and not panel.measured:
+            warns.append(f"{comps[j]}: only {100 * detected[j]:.0f} % of its label's emission "
+                         "falls in the channels: its signal is that much weaker")
     for i in np.flatnonzero(~(m.sum(axis=1) >= _MIN_DETECTED * m.sum() / m.shape[0])):
         warns.append(f"channel {panel.channel_names[i]} collects no signal from any component")
     cos = ct["cosine"]
@@ -773,9 +779,11 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
         Marker -> label pairs that must be kept (e.g. a nuclear counterstain: ``{"DAPI": "DAPI"}``).
 
     Every subset of the candidates of the right size is scored by its worst marker: the
-    largest of ``noise_gain / sqrt(brightness)`` over the markers (:func:`noise_gains` of the
-    mixing matrix, autofluorescence included; under shot noise a label ``b`` times brighter
-    gives ``sqrt(b)`` times the signal-to-noise), ties going to the better-conditioned
+    largest of ``noise_gain / sqrt(signal)`` over the markers (:func:`noise_gains` of the
+    mixing matrix, autofluorescence included; ``signal`` is the brightness times the share
+    of the label's emission that falls in the channels; under shot noise a label giving
+    ``b`` times the signal gives ``sqrt(b)`` times the signal-to-noise), ties going to the
+    better-conditioned
     subset, then to the order the candidates are given in (exhaustive: fine for the <= ~12
     candidates of real panels). Spectral separability does not depend on brightness, so a
     brighter label never scores worse. Within the best subset, labels are matched to
@@ -825,7 +833,10 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
         specs = fixed_specs + [spec[n] for n in combo] + ([af] if af is not None else [])
         m = mixing_matrix(specs, channels)
         gains = noise_gains(m)[: n_fixed + len(combo)]
-        b = np.array([1.0] * n_fixed + [bright[n] for n in combo])
+        # the signal a label gives: its brightness times the share of its emission that
+        # falls in the channels (a Qdot 800 read by bands ending at 740 nm gives a sliver)
+        b = np.array([1.0] * n_fixed + [bright[n] for n in combo]) * \
+            m.sum(axis=0)[: n_fixed + len(combo)]
         score = (float(np.max(gains / np.sqrt(b))) if gains.size else 0.0,
                  condition_number(m))
         if best is None or score < best[0]:
