@@ -292,6 +292,16 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
             an.start_client(f"tcp://127.0.0.1:{silent.getsockname()[1]}", 1)
     finally:
         silent.close()
+    import dask
+
+    deadline = time.time() + 10  # the abandoned handshake ends on its own timeout
+    while dask.config.get("scheduler", None) == "dask.distributed" and time.time() < deadline:
+        time.sleep(0.1)
+    # no failed client is left as dask's scheduler (later computations would need it)
+    assert dask.config.get("scheduler", None) != "dask.distributed"
+    import dask.array as da
+
+    assert int(da.ones(4, chunks=2).sum().compute()) == 4
 
 
 def test_unmixed_ome_zarr_is_written(slide, tmp_path):

@@ -1175,10 +1175,21 @@ def _connect(scheduler: str):
     done: dict = {}
     lock = threading.Lock()
 
+    import dask
+
+    before = dask.config.get("scheduler", None)
+
     def connect():
         try:
             client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            # a Client that fails after setting itself as dask's scheduler leaves the
+            # setting behind: every later dask computation in this process then asks for
+            # a client that does not exist (seen in the test suite)
+            if before is None:
+                dask.config.config.pop("scheduler", None)
+            else:
+                dask.config.set(scheduler=before)
             done["error"] = exc
             return
         with lock:
