@@ -194,6 +194,8 @@ def test_saturated_slide_is_flagged(tmp_path):
             "--no-progress", "--no-report", "--no-unmixed")
     assert r.returncode == 0, r.stderr
     assert "OME SignificantBits 8" in r.stdout and "! saturation:" in r.stdout
+    # the panel's fit is printed, and clipped pixels are saturation's, not a misfit's
+    assert "panel fit" in r.stdout and "! fit:" not in r.stdout
     sat = json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"]
     assert sat["level_adu"] == 255 and sat["percent_scored_cells_saturated"] > 1
 

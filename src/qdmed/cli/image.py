@@ -672,6 +672,10 @@ def analyze(
                                f"(ceiling {sat['level_adu']:g}, {sat['source']})"
                                if sat.get("percent_scored_cells_saturated") is not None
                                else sat.get("source", "not checked"))
+    fit = d.get("fit") or {}
+    if fit.get("misfit") is not None:  # qdmed.imaging._fit: does the panel explain the cells?
+        info["panel fit"] = (f"{100 * fit['misfit']:.1f} % of the brightest cells' signal "
+                             "unexplained beyond noise")
     if d["her2"]:
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]
