@@ -60,7 +60,8 @@ def read_control(control, panel: Panel | None = None, *, name: str = "control",
         value, or ``2**SignificantBits - 1``; :func:`qdmed.imaging._detector.saturation_level`);
         None when the ceiling is unknown (float data). ``saturation_level`` (counts), when
         given, is the ceiling (a 12-bit camera stored as uint16 without metadata saying
-        so). On a downsampled pyramid level, a
+        so). On a downsampled pyramid level (found by one pass over the full-resolution
+        level: for a whole-slide control, a read of the whole slide), a
         pixel whose full-resolution block holds a saturated pixel (a 2x2 mean hides it).
     stats : dict
         ``min`` (each channel's lowest raw count), ``nonpositive`` (pixels <= 0 per channel)
