@@ -61,3 +61,4 @@ def test_misfit_is_free_of_gain_and_photon_count():
     assert few["misfit"] is None and few["n_samples"] == 150
     old = fit_summary([{"counts": [1.0], "residual": [1.0]}])  # a tile from before
     assert "earlier qdmed" in old["note"]
+
