@@ -317,12 +317,10 @@ MAX_TIFF_SIMULATE_PX = 8192
 
 def _stem(out: Path) -> str:
     """A slide's name without its image suffix (a.v1.ome.zarr -> a.v1): the stem of the
-    truth folder and panel file written beside it."""
-    name = out.name
-    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif"):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+    truth folder and panel file written beside it (the whole name if nothing is left)."""
+    from qdmed.imaging._cohort import slide_stem
+
+    return slide_stem(out.name) or out.name
 
 
 @app.command()

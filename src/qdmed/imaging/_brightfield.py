@@ -501,16 +501,16 @@ def score_dab(
     t = check_od_cutoffs(od_cutoffs)
     if compartment not in COMPARTMENTS:
         raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {COMPARTMENTS}.")
+    bg = _background(background, rgb)  # once: 'auto' reads the glass
     if isinstance(stain_matrix, str):
         if stain_matrix == "ruifrok":
             m = RUIFROK_H_DAB
         elif stain_matrix == "macenko":
-            m = estimate_stain_vectors(rgb, background=_background(background, rgb))
+            m = estimate_stain_vectors(rgb, background=bg)
         else:
             raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
     else:
         m = stain_matrix
-    bg = _background(background, rgb)
     warnings = []
     if check_glass and isinstance(background, int | float) and background == 1.0:
         warnings += glass_warnings(rgb, m)

@@ -44,12 +44,9 @@ MAX_OVERVIEW_PIXELS = 4096 * 4096
 def _overview(img) -> np.ndarray:
     """The slide's first pyramid level of at most MAX_OVERVIEW_PIXELS (its smallest, else
     level 0 subsampled), as an (Y, X, 3) array."""
-    levels = getattr(img, "levels", None) or (img.data,)
-    pick = next((lv for lv in levels if lv.shape[0] * lv.shape[1] <= MAX_OVERVIEW_PIXELS),
-                levels[-1])
-    if pick.shape[0] * pick.shape[1] > MAX_OVERVIEW_PIXELS:
-        step = int(np.ceil(np.sqrt(pick.shape[0] * pick.shape[1] / MAX_OVERVIEW_PIXELS)))
-        pick = pick[::step, ::step]
+    from qdmed.imaging._slideio import small_level
+
+    pick = small_level(img, MAX_OVERVIEW_PIXELS)[2]
     return np.asarray(pick.compute() if hasattr(pick, "compute") else pick)
 
 

@@ -11,10 +11,6 @@ synthetic MCF-7 fields (cell pixels): 0.000 with the right panel at 30-1000 phot
 and gain 1 or 4; 0.39-0.47 with the PR label left out of the panel (0.39 at 30 photons, where
 the bright/dim ratio of z fell to 2.5 and a ratio test missed it). Warned above 0.1.
 
-The same measure, with the first principal direction of an unstained control's pixels as the
-model, tells an unstained section (one spectrum in every pixel) from a stained one (labels in
-places): :func:`qdmed.imaging._library`.
-
 inForm and QuPath show the residual image; this turns it into a number per slide.
 """
 

@@ -70,7 +70,7 @@ def read_control(control, panel: Panel | None = None, *, name: str = "control",
     from qdmed.imaging._analyze import check_channels
     from qdmed.imaging._detector import check_level
     from qdmed.imaging._detector import saturation_level as ceiling_of
-    from qdmed.imaging._slideio import SlideImage, read_slide
+    from qdmed.imaging._slideio import SlideImage, read_slide, small_level
 
     given = check_level(saturation_level)
     src = control
@@ -80,19 +80,12 @@ def read_control(control, panel: Panel | None = None, *, name: str = "control",
         if panel is not None:
             check_channels(src, panel)
         ceiling, _ = ceiling_of(src.dtype, significant_bits=src.significant_bits, level=given)
-        levels = src.levels or (src.data,)
-        k = next((i for i, lv in enumerate(levels) if lv.shape[0] * lv.shape[1]
-                  <= MAX_CONTROL_PIXELS), len(levels) - 1)
-        pick = levels[k]
-        step = 1
-        if pick.shape[0] * pick.shape[1] > MAX_CONTROL_PIXELS:  # no small level: subsample
-            step = int(np.ceil(np.sqrt(pick.shape[0] * pick.shape[1] / MAX_CONTROL_PIXELS)))
-            pick = pick[::step, ::step]
+        k, step, pick = small_level(src, MAX_CONTROL_PIXELS)
         raw = np.asarray(pick.compute() if hasattr(pick, "compute") else pick)
         saturated = None
         if ceiling is not None:
             saturated = (raw >= ceiling).any(-1) if k == 0 else _block_saturation(
-                levels[0], ceiling, raw.shape[:2], step)
+                (src.levels or (src.data,))[0], ceiling, raw.shape[:2], step)
         where = str(src.path)
     else:
         raw = np.asarray(src)

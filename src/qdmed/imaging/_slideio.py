@@ -621,6 +621,18 @@ class SlideImage:
                 "exposure_ms": None if self.exposure_ms is None else list(self.exposure_ms)}
 
 
+def small_level(slide: SlideImage, max_pixels: int) -> tuple[int, int, Any]:
+    """``(level, step, array)``: the slide's first pyramid level with at most `max_pixels`
+    pixels (Y x X), or, when none is that small, its smallest level subsampled every
+    `step` pixels; `array` is that level (lazy), subsampled."""
+    levels = slide.levels or (slide.data,)
+    k = next((i for i, lv in enumerate(levels) if lv.shape[0] * lv.shape[1] <= max_pixels),
+             len(levels) - 1)
+    pick, n = levels[k], levels[k].shape[0] * levels[k].shape[1]
+    step = 1 if n <= max_pixels else int(np.ceil(np.sqrt(n / max_pixels)))
+    return k, step, pick[::step, ::step] if step > 1 else pick
+
+
 def read_slide(path: str | os.PathLike) -> SlideImage:
     """Open an OME-TIFF/TIFF (``.ome.tif``, ``.tif``, ``.tiff``, ``.qptiff``) or OME-Zarr
     (``.zarr``, ``.ome.zarr``, or any folder holding a Zarr group, such as an NGFF label

@@ -173,16 +173,48 @@ _HER2_MARKER_SLOT = 8  # uniforms 8..11: HER2 category, intensity, completeness,
 _MARKER_SLOT0 = 12     # uniforms 12+2i, 13+2i: marker i (registry order) positivity, level
 
 
+def _check_preset(p: Preset) -> None:
+    """A user's Preset checked as the built-in ones are: known HER2 categories with
+    non-negative shares summing to 1, known markers, fractions in [0, 1], levels >= 0."""
+    mix = dict(p.her2_mix)
+    bad = sorted(set(mix) - set(HER2_CATEGORIES))
+    if bad:
+        raise InputError(f"preset {p.name!r}: unknown HER2 categories {bad}; accepted: "
+                         f"{', '.join(HER2_CATEGORIES)}")
+    try:
+        vals = [float(v) for v in mix.values()]
+    except (TypeError, ValueError):
+        vals = [math.nan]
+    if not all(math.isfinite(v) and v >= 0 for v in vals) or abs(sum(vals) - 1) > 1e-6:
+        raise InputError(f"preset {p.name!r}: her2_mix shares must be >= 0 and sum to 1; got "
+                         f"{mix}")
+    unknown = sorted(set(p.markers) - (set(_MARKERS) - {"HER2"}))
+    if unknown:
+        raise InputError(f"preset {p.name!r}: unknown markers {unknown} (HER2 is set by "
+                         f"her2_mix); accepted: {', '.join(m for m in _MARKERS if m != 'HER2')}")
+    for m, lv in p.markers.items():
+        ok = isinstance(lv, MarkerLevel) and 0 <= lv.positive_fraction <= 1 and \
+            lv.level >= 0 and lv.cv >= 0
+        if not ok:
+            raise InputError(f"preset {p.name!r}: marker {m!r} needs a MarkerLevel with "
+                             f"positive_fraction in [0, 1] and level, cv >= 0; got {lv!r}")
+    if p.her2_patch_um is not None and not (math.isfinite(p.her2_patch_um)
+                                            and p.her2_patch_um > 0):
+        raise InputError(f"preset {p.name!r}: her2_patch_um must be > 0 um or None; got "
+                         f"{p.her2_patch_um!r}")
+
+
 def _register_preset(name: str, kind: str, description: str, citation: str, doi: str | None,
                      her2_mix: dict[str, float], her2_patch_um: float | None = None,
                      **markers: tuple[float, float, float]) -> None:
     mix = {c: float(her2_mix.get(c, 0.0)) for c in HER2_CATEGORIES}
-    assert set(her2_mix) <= set(HER2_CATEGORIES) and abs(sum(mix.values()) - 1) < 1e-9, name
     markers.setdefault("DAPI", (1.0, 1.0, 0.15))  # every nucleus takes the counterstain
     lv = {k.replace("_", "-"): MarkerLevel(*v) for k, v in markers.items()}
-    assert set(lv) <= set(_MARKERS) - {"HER2"}, name
-    _PRESETS[name] = Preset(name, kind, description, citation, doi,
-                            MappingProxyType(mix), MappingProxyType(lv), her2_patch_um)
+    preset = Preset(name, kind, description, citation, doi, MappingProxyType(mix),
+                    MappingProxyType(lv), her2_patch_um)
+    assert set(her2_mix) <= set(HER2_CATEGORIES), name  # unknown keys would be dropped above
+    _check_preset(preset)  # as a user's preset is checked
+    _PRESETS[name] = preset
 
 
 _NEVE = ("Neve RM et al. (2006) Cancer Cell 10:515-527; Subik K et al. (2010) Breast Cancer "
@@ -287,37 +319,6 @@ def _get_preset(preset: str | Preset) -> Preset:
 
 
 # --------------------------------------------------------------------------- validation
-def _check_preset(p: Preset) -> None:
-    """A user's Preset checked as the built-in ones are: known HER2 categories with
-    non-negative shares summing to 1, known markers, fractions in [0, 1], levels >= 0."""
-    mix = dict(p.her2_mix)
-    bad = sorted(set(mix) - set(HER2_CATEGORIES))
-    if bad:
-        raise InputError(f"preset {p.name!r}: unknown HER2 categories {bad}; accepted: "
-                         f"{', '.join(HER2_CATEGORIES)}")
-    try:
-        vals = [float(v) for v in mix.values()]
-    except (TypeError, ValueError):
-        vals = [math.nan]
-    if not all(math.isfinite(v) and v >= 0 for v in vals) or abs(sum(vals) - 1) > 1e-6:
-        raise InputError(f"preset {p.name!r}: her2_mix shares must be >= 0 and sum to 1; got "
-                         f"{mix}")
-    unknown = sorted(set(p.markers) - (set(_MARKERS) - {"HER2"}))
-    if unknown:
-        raise InputError(f"preset {p.name!r}: unknown markers {unknown} (HER2 is set by "
-                         f"her2_mix); accepted: {', '.join(m for m in _MARKERS if m != 'HER2')}")
-    for m, lv in p.markers.items():
-        ok = isinstance(lv, MarkerLevel) and 0 <= lv.positive_fraction <= 1 and \
-            lv.level >= 0 and lv.cv >= 0
-        if not ok:
-            raise InputError(f"preset {p.name!r}: marker {m!r} needs a MarkerLevel with "
-                             f"positive_fraction in [0, 1] and level, cv >= 0; got {lv!r}")
-    if p.her2_patch_um is not None and not (math.isfinite(p.her2_patch_um)
-                                            and p.her2_patch_um > 0):
-        raise InputError(f"preset {p.name!r}: her2_patch_um must be > 0 um or None; got "
-                         f"{p.her2_patch_um!r}")
-
-
 def _shape2(shape: Any) -> tuple[int, int]:
     try:
         h, w = (int(s) for s in shape)
