@@ -357,6 +357,8 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
             "241,241,241")
     assert r.returncode == 0, r.stderr
     assert "0.945, 0.945, 0.945" in r.stdout and "uncalibrated" not in r.stdout
+    r = run("image", "dab", "--example", "--plot", str(tmp_path / "dab.png"))
+    assert r.returncode == 0 and (tmp_path / "dab.png").read_bytes()[:4] == b"\x89PNG"
     # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by
     # case, for `compare` against the QD-IHC cases
     slide, _ = brightfield_tma(tmp_path / "bf.ome.tif")
@@ -370,12 +372,31 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
     assert r.returncode == 0, r.stderr
     assert "DAB IHC (HER2) by region" in r.stdout and "Cases (cases.csv)" in r.stdout
     assert (tmp_path / "dab" / "cases.csv").read_text().startswith("case,status,n_cores")
-    for bad, said in ((["--example", "--tma-map", str(tmp_path / "map.csv")], "need --regions"),
+    # the whole slide tile by tile (--out without --regions): one region, the slide
+    r = run("image", "dab", str(slide), "--out", str(tmp_path / "whole"), "--tile", "256",
+            "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["tiled_regions"][0]["n_tiles"] == 12 and d["n_cells"] > 150
+    assert [row["region"] for row in d["regions_scored"]["regions"]] == ["bf.ome.tif"]
+    r = run("image", "dab", str(slide), "--out", str(tmp_path / "whole"), "--tile", "256",
+            "--no-progress")
+    assert r.returncode == 0 and "bf.ome.tif: 12 tiles, nuclei at haematoxylin OD >" in r.stdout
+    assert (tmp_path / "whole" / "report.html").exists()
+    for bad, said in ((["--example", "--tma-map", str(tmp_path / "map.csv")], "not --example"),
+                      ([str(slide), "--tma-map", str(tmp_path / "map.csv")], "need regions"),
                       (["--example", "--regions", str(tmp_path / "cores.geojson")],
                        "not --example"),
                       ([str(slide), "--regions", str(tmp_path / "cores.geojson"),
                         "--od-cutoffs", "0.3,0.1"], "od_cutoffs must be three")):
         r = run("image", "dab", *bad, "--out", str(tmp_path / "x"))
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+    for bad, said in ((["--example", "--tma-map", str(tmp_path / "map.csv")], "need --regions"),
+                      ([str(slide), "--workers", "2"], "need --out"),
+                      ([str(slide), "--out", str(tmp_path / "x"), "--plot",
+                        str(tmp_path / "x.png")], "in the output folder's report.html"),
+                      ([str(slide), "--tile", "512"], "need --out")):
+        r = run("image", "dab", *bad)
         assert r.returncode == 2 and said in r.stderr, r.stderr
 
 
@@ -465,3 +486,24 @@ def test_simulate_names_and_reproducible_bytes(tmp_path):
         r = run("image", "simulate", "--size", "160", "--out", "s.ome.tif", cwd=tmp_path / d)
         assert r.returncode == 0, r.stderr
     assert (tmp_path / "x" / "s.ome.tif").read_bytes() == (tmp_path / "y" / "s.ome.tif").read_bytes()
+
+
+def test_dab_image_too_large_for_memory_is_refused(tmp_path, monkeypatch, brightfield_tma):
+    # `qdmed image dab IMAGE` scores in memory (~120 bytes per pixel): an image above the
+    # limit is refused from its header, before it is read, with the tile-by-tile way out
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    import qdmed.cli.image as cli_image
+    from qdmed.errors import InputError
+
+    png = tmp_path / "field.png"
+    Image.fromarray(np.full((300, 200, 3), 255, np.uint8)).save(png)
+    slide, _ = brightfield_tma(tmp_path / "bf.ome.tif")
+    assert cli_image._read_brightfield_image(png).shape == (300, 200, 3)
+    monkeypatch.setattr(cli_image, "MAX_DAB_IN_MEMORY_PIXELS", 200 * 299)
+    for path, size in ((png, "200 x 300 px"), (slide, "960 x 660 px")):
+        with pytest.raises(InputError, match=f"is {size}, too large to score in memory.*"
+                                             "give --out DIR"):
+            cli_image._read_brightfield_image(path)

@@ -938,36 +938,50 @@ def dab(
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     region_min_cells: REGION_CELLS = 100,
-    out: Annotated[Path, typer.Option("--out", help="Output folder with --regions.")] = Path("qdmed-dab"),
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (cells.parquet, regions.csv, summary.json): with --regions (default qdmed-dab), or alone to score a whole slide tile by tile as one region.")] = None,
+    tile: Annotated[int, typer.Option("--tile", help="With --out: regions larger than this (px) are scored tile by tile.")] = 2048,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the image with its cells by DAB class and the OD histogram (with --out: report.html has it).")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = 1,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Conventional DAB IHC: colour deconvolution, per-cell DAB OD, 0/1+/2+/3+, H-score;
-    with --regions, a brightfield TMA core by core and case by case."""
+    with --regions, a brightfield TMA core by core and case by case; with --out alone, a
+    whole slide tile by tile."""
     from qdmed.errors import InputError
     from qdmed.imaging import score_dab
 
     if example == (image is not None):
         raise InputError("give an image path or --example")
-    if regions is not None:
+    if plot is not None and (regions is not None or out is not None):
+        raise InputError("--plot draws a single image's cells; with --regions or --out the "
+                         "figures are in the output folder's report.html")
+    if regions is not None or out is not None:
         if example:
-            raise InputError("--regions scores a slide given by its path, not --example")
+            raise InputError("--regions and --out score a slide given by its path, not "
+                             "--example")
         from qdmed.imaging._dab_regions import analyze_dab_regions
 
+        out = out or Path("qdmed-dab")
         d = analyze_dab_regions(image, regions, out, od_cutoffs=_od_cutoffs(cutoffs),
                                 region_class=region_class, tumour_regions=tumour_regions,
                                 tma_map=tma_map, case_rule=case_rule,
                                 min_cells=region_min_cells, pixel_size_um=pixel_size_um,
                                 marker=marker, background=_white_level(background),
+                                tile=tile, n_workers=workers, scheduler=scheduler,
                                 progress=not no_progress)
         if cutoffs == DAB_EXAMPLE_CUTOFFS:
             d["warnings"].append(UNCALIBRATED_DAB)
         return print_json(d) if json_ else _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
+    if scheduler is not None or workers != 1 or tile != 2048:
+        raise InputError("--scheduler, --workers and --tile score a slide tile by tile: "
+                         "they need --out (or --regions)")
     if marker != "HER2":
-        raise InputError(f"--marker {marker} needs --regions: a single image is scored for "
-                         "HER2 (membrane OD, the HER2 rule)")
+        raise InputError(f"--marker {marker} needs --regions or --out: a single image is "
+                         "scored for HER2 (membrane OD, the HER2 rule)")
     if case_rule != "pooled" or region_min_cells != 100:
         raise InputError("--case-rule and --region-min-cells score regions: they need "
                          "--regions")
@@ -976,14 +990,11 @@ def dab(
 
         rgb = immunohistochemistry()
     else:
-        from skimage.io import imread
-
-        try:
-            rgb = imread(image)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read image {image}: {exc}") from exc
+        rgb = _read_brightfield_image(image)
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5,
                    background=_white_level(background))
+    if plot is not None:
+        _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()
     if cutoffs == DAB_EXAMPLE_CUTOFFS:
         d["warnings"].append(UNCALIBRATED_DAB)
@@ -1008,6 +1019,47 @@ def dab(
     print_kv("DAB IHC", info)
     for w in d["warnings"]:
         typer.echo(f"! {w}")
+
+
+#: Largest image `qdmed image dab IMAGE` scores in memory (~120 bytes per pixel: ~8 GB);
+#: a larger one is scored tile by tile with --out.
+MAX_DAB_IN_MEMORY_PIXELS = 8192 * 8192
+
+
+def _read_brightfield_image(image: Path):
+    """An RGB image read whole for `qdmed image dab`, refused with the way out when it is too
+    large to score in memory (its size read from the header first)."""
+    from PIL import Image
+
+    from qdmed.errors import InputError
+
+    size = None
+    try:
+        with Image.open(image) as im:
+            width, height = im.size
+        size = f"{width} x {height} px" if width * height > MAX_DAB_IN_MEMORY_PIXELS else None
+    except Image.DecompressionBombError:  # PIL's own limit, above ours
+        size = f"over {2 * Image.MAX_IMAGE_PIXELS // 10**6} Mpx"
+    except (OSError, ValueError):
+        try:  # a whole-slide TIFF or OME-Zarr PIL does not open
+            from qdmed.imaging import read_slide
+
+            height, width = read_slide(image).shape[:2]
+            size = f"{width} x {height} px" if width * height > MAX_DAB_IN_MEMORY_PIXELS \
+                else None
+        except (OSError, ValueError):
+            pass  # unreadable: imread says why
+    if size is not None:
+        raise InputError(f"{image} is {size}, too large to score in memory (over "
+                         f"{MAX_DAB_IN_MEMORY_PIXELS // 2**20} Mpx, ~120 bytes per pixel): "
+                         "give --out DIR to score it tile by tile as one region, or "
+                         "--regions to score its regions")
+    from skimage.io import imread
+
+    try:
+        return imread(image)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {image}: {exc}") from exc
 
 
 def _pair(option: str, item: str, form: str) -> tuple[str, str]:
@@ -1055,7 +1107,7 @@ def _od_cutoffs(text: str) -> tuple[float, ...]:
 
 
 def _print_dab_regions(slide, out, d) -> None:
-    """The tables of `qdmed image dab SLIDE --regions ...`."""
+    """The tables of `qdmed image dab SLIDE --regions ...` (or `--out` alone)."""
     rows = d["regions_scored"]["regions"]
     m = d["parameters"]["marker"]
     score = ["her2_category"] if m == "HER2" else [f"{m}_percent_positive", f"{m}_status"]
@@ -1067,9 +1119,14 @@ def _print_dab_regions(slide, out, d) -> None:
         print_table("Cases (cases.csv)", cases,
                     [c for c in ("case", "status", "cores", "n_scored", *score)
                      if any(c in r for r in cases)])
+    for t in d.get("tiled_regions") or []:
+        thr = t["hematoxylin_threshold_od"]
+        typer.echo(f"{t['region']}: {t['n_tiles']} tiles, nuclei at haematoxylin OD > "
+                   + (f"{thr:.3f}" if thr is not None else "none (no nuclei stand out)"))
     for w in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
         typer.echo(f"! {w}")
-    typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}")
+    typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}; "
+               f"report: {d['report']}")
 
 
 def _save_plot(path: Path, fig) -> None:

@@ -426,6 +426,14 @@ class DabScore:
         d["warnings"] = list(d["warnings"])
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
+    def plot(self, rgb=None):
+        """The image (``rgb``, the one scored; None: cells only) with each cell's centroid
+        coloured by its DAB class, beside the histogram of its DAB OD against the cut-offs."""
+        from qdmed.imaging._dab_report import dab_figure
+
+        return dab_figure(None if rgb is None else _rgb(rgb), self.cells, self.od_cutoffs,
+                          self.compartment, pixel_size_um=self.pixel_size_um)
+
 
 def check_od_cutoffs(od_cutoffs) -> tuple[float, float, float]:
     """DAB OD cut-offs checked: three strictly increasing finite ODs (t1, t2, t3)."""
@@ -452,6 +460,8 @@ def score_dab(
     max_area_um2: float = 400.0,
     background=1.0,
     check_glass: bool = True,
+    nuclear_threshold: str | float = "otsu",
+    offset: tuple[int, int] = (0, 0),
 ) -> DabScore:
     """Segment cells on haematoxylin and score their DAB OD into 0 / 1+ / 2+ / 3+.
 
@@ -516,8 +526,8 @@ def score_dab(
         warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     nuclei = segment_nuclei(
-        sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2, max_area_um2=max_area_um2
-    )
+        sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2,
+        max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=offset)
     cells = expand_cells(nuclei, expansion_um=expansion_um, pixel_size_um=pixel_size_um)
     ab = np.stack([sep.hematoxylin, sep.dab], axis=-1)
     df = measure_cells(

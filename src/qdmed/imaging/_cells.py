@@ -456,10 +456,38 @@ def otsu_foreground_threshold(image) -> float:
     lo, hi = a[a <= t], a[a > t]
     if lo.size < 2 or hi.size == 0:
         return float("inf")
-    sd = float(lo.std())
-    if sd > 0 and (float(hi.mean()) - float(lo.mean())) < MIN_OTSU_SEPARATION * sd:
+    return t if _stands_out(float(lo.mean()), float(lo.std()), float(hi.mean())) else float("inf")
+
+
+def _stands_out(mean_lo: float, sd_lo: float, mean_hi: float) -> bool:
+    """Whether Otsu's upper class stands ``MIN_OTSU_SEPARATION`` lower-class standard
+    deviations above the lower one (a foreground, not noise)."""
+    return not (sd_lo > 0 and mean_hi - mean_lo < MIN_OTSU_SEPARATION * sd_lo)
+
+
+def histogram_otsu_threshold(counts, sums, squares, centres) -> float:
+    """:func:`otsu_foreground_threshold` of an image given as a histogram: per bin its pixel
+    count, the sum and the sum of squares of its values, and its centre (an image too large
+    to hold, histogrammed piece by piece). Otsu's threshold is a bin centre (as
+    scikit-image's ``threshold_otsu(hist=...)``); the class statistics are exact sums over
+    the bins on either side."""
+    from skimage.filters import threshold_otsu
+
+    counts = np.asarray(counts, dtype=np.float64)
+    sums, squares = np.asarray(sums, np.float64), np.asarray(squares, np.float64)
+    centres = np.asarray(centres, dtype=np.float64)
+    used = np.flatnonzero(counts)
+    if used.size < 2:
         return float("inf")
-    return t
+    t = float(threshold_otsu(hist=(counts[used[0]:used[-1] + 1],
+                                   centres[used[0]:used[-1] + 1])))
+    lo = centres <= t
+    n_lo, n_hi = counts[lo].sum(), counts[~lo].sum()
+    if n_lo < 2 or n_hi == 0:
+        return float("inf")
+    mean_lo = sums[lo].sum() / n_lo
+    sd_lo = float(np.sqrt(max(squares[lo].sum() / n_lo - mean_lo ** 2, 0.0)))
+    return t if _stands_out(mean_lo, sd_lo, sums[~lo].sum() / n_hi) else float("inf")
 
 
 def _global_tiebreak(shape, offset) -> np.ndarray:

@@ -50,25 +50,201 @@ def _overview(img) -> np.ndarray:
     return np.asarray(pick.compute() if hasattr(pick, "compute") else pick)
 
 
+#: Pieces larger than this (pixels across, margin included) are scored tile by tile, so
+#: that memory is that of one tile (~120 bytes per pixel: 0.6 GB at 2048^2), whatever the
+#: region's size: a whole section, or a tumour annotation across it.
+TILE_PX = 2048
+#: Slide read around each tile's core: the nuclei (up to 400 um^2, radius 11 um) and their
+#: 5 um expansion of the cells it owns lie inside, with the neighbours they compete with
+#: (as analyze_slide's default margin).
+TILE_MARGIN_UM = 40.0
+
+
+def check_tile(tile) -> int:
+    """The tile size checked: an integer of at least 256 pixels."""
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 256:
+        raise InputError(f"tile must be an integer of at least 256 pixels (--tile); got "
+                         f"{tile!r}")
+    return int(tile)
+
+
+def _whole_slide(name: str, h: int, w: int):
+    """The slide as one region named after it (QuPath coordinates: its outer pixel edges)."""
+    from qdmed.imaging._regions import Regions
+
+    ring = np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]], dtype=np.float64)
+    return Regions(source=name, polygons=((ring,),), classes=(None,), labels=(name,),
+                   kinds=("annotation",), order=(name,), centers=((name, w / 2, h / 2),))
+
+
+#: Bins of the haematoxylin histogram a tiled piece's threshold is taken from.
+HIST_BINS = 4096
+
+
+def _open(slide):
+    """The slide itself, or read from its path (a Dask worker gets the path)."""
+    from qdmed.imaging._slideio import read_slide
+
+    return slide if hasattr(slide, "read_region") else read_slide(slide)
+
+
+def _hematoxylin_top(stain_matrix, background) -> float:
+    """The largest haematoxylin OD an 8-bit pixel can give (transmittance floored at
+    1/255): the top of the threshold histogram."""
+    from qdmed.imaging._brightfield import _background, _matrix
+
+    od_max = np.maximum(-np.log10(1.0 / 255.0 / _background(background)), 0.0)
+    return float(np.abs(np.linalg.inv(_matrix(stain_matrix))[:, 0]) @ od_max)
+
+
+def _tile_histogram(slide, window, core, ps: float, stain_matrix, background,
+                    top: float) -> np.ndarray:
+    """(3, HIST_BINS): per bin of [0, top], the count, sum and sum of squares of the
+    smoothed haematoxylin OD over a tile's core (smoothed with its margin, as in the whole
+    image)."""
+    from scipy import ndimage as ndi
+
+    from qdmed.imaging._brightfield import deconvolve_dab
+
+    ya, yb, xa, xb = window
+    cy0, cy1, cx0, cx1 = core
+    sep = deconvolve_dab(np.asarray(_open(slide).read_region(ya, yb, xa, xb)),
+                         stain_matrix=stain_matrix, background=background)
+    sm = ndi.gaussian_filter(sep.hematoxylin, 0.5 / ps)[cy0 - ya:cy1 - ya,
+                                                         cx0 - xa:cx1 - xa].ravel()
+    k = np.minimum((sm * (HIST_BINS / top)).astype(np.int64), HIST_BINS - 1)
+    return np.stack([np.bincount(k, minlength=HIST_BINS).astype(np.float64),
+                     np.bincount(k, weights=sm, minlength=HIST_BINS),
+                     np.bincount(k, weights=sm * sm, minlength=HIST_BINS)])
+
+
+def _piece_threshold(histograms, top: float) -> float:
+    """The haematoxylin OD threshold of a tiled piece, as :func:`score_dab` takes it on a
+    piece in one image: Otsu's, with the test that nuclei stand out (else +inf; as
+    :func:`~qdmed.imaging._cells.otsu_foreground_threshold`), on the smoothed haematoxylin
+    OD of all its tile cores (the sum of their :func:`_tile_histogram`). A threshold per
+    tile would differ between tiles of mostly glass and of dense tissue."""
+    from qdmed.imaging._cells import histogram_otsu_threshold
+
+    counts, sums, squares = np.sum(histograms, axis=0)
+    return histogram_otsu_threshold(counts, sums, squares,
+                                    (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS))
+
+
+def _score_crop(slide, window, core, polygon, label: str, threshold, regions_source: str,
+                score_kw: dict):
+    """The cells of one job (:func:`_jobs`): :func:`score_dab` on its window, in slide
+    coordinates, kept when their centroid lies in the polygon piece and, for a tile, in its
+    core (a cell belongs to the one tile whose core holds its centroid)."""
+    from qdmed.imaging._brightfield import score_dab
+    from qdmed.imaging._regions import Regions
+
+    ya, yb, xa, xb = window
+    crop = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
+    sc = score_dab(crop, check_glass=False, nuclear_threshold=threshold, offset=(ya, xa),
+                   **score_kw)
+    cells = sc.cells.copy()
+    cells["centroid_x"] += xa
+    cells["centroid_y"] += ya
+    ps = score_kw["pixel_size_um"]
+    for ax in ("x", "y"):
+        if f"centroid_{ax}_um" in cells:
+            cells[f"centroid_{ax}_um"] = cells[f"centroid_{ax}"] * ps
+    piece = Regions(source=regions_source, polygons=(polygon,), classes=(None,),
+                    labels=(label,))
+    keep = piece.contains_cells(cells) if len(cells) else np.zeros(0, bool)
+    if core is not None and len(cells):
+        cy, cx = cells["centroid_y"].to_numpy(), cells["centroid_x"].to_numpy()
+        keep &= (cy >= core[0]) & (cy < core[1]) & (cx >= core[2]) & (cx < core[3])
+    cells["region"] = label
+    return cells[keep]
+
+
+def _run(fn, calls, client, advance) -> list:
+    """``fn(*args)`` for each args of `calls`, in order: in this process, or on the Dask
+    `client`'s workers; `advance` after each."""
+    if client is None:
+        out = []
+        for args in calls:
+            out.append(fn(*args))
+            advance()
+        return out
+    from distributed import as_completed
+
+    futs = {client.submit(fn, *args, pure=False): k for k, args in enumerate(calls)}
+    out = [None] * len(calls)
+    for fut in as_completed(futs):
+        out[futs[fut]] = fut.result()
+        advance()
+    return out
+
+
+def _jobs(img, reg, ps: float, tile: int):
+    """The crops to score: per polygon piece (:func:`_polygon_boxes`), its bounding box with
+    MARGIN_UM of slide around it when that fits in ``tile`` pixels (its own Otsu
+    threshold, 'otsu'); else its core tiles, each read with TILE_MARGIN_UM around it (the
+    piece's threshold, None until :func:`_piece_threshold` gives it). Each job is (piece
+    index, region name, window (y0, y1, x0, x1), core (y0, y1, x0, x1) or None,
+    threshold)."""
+    from qdmed.imaging._analyze import tile_grid
+
+    h, w = img.shape[:2]
+    margin = MARGIN_UM / ps
+    tile_margin = int(np.ceil(TILE_MARGIN_UM / ps))
+    jobs = []
+    for i, label, (x0, x1, y0, y1) in _polygon_boxes(reg):
+        # QuPath coordinates are pixel index + 0.5
+        ya, yb = max(int(np.floor(y0 - 0.5 - margin)), 0), min(int(np.ceil(y1 + margin)), h)
+        xa, xb = max(int(np.floor(x0 - 0.5 - margin)), 0), min(int(np.ceil(x1 + margin)), w)
+        if yb - ya < 8 or xb - xa < 8:
+            continue
+        if yb - ya <= tile and xb - xa <= tile:
+            jobs.append((i, label, (ya, yb, xa, xb), None, "otsu"))
+            continue
+        ya, yb = max(int(np.floor(y0 - 0.5)), 0), min(int(np.ceil(y1)), h)
+        xa, xb = max(int(np.floor(x0 - 0.5)), 0), min(int(np.ceil(x1)), w)
+        for ty0, ty1, tx0, tx1 in tile_grid((yb - ya, xb - xa), tile):
+            core = (ya + ty0, ya + ty1, xa + tx0, xa + tx1)
+            window = (max(core[0] - tile_margin, 0), min(core[1] + tile_margin, h),
+                      max(core[2] - tile_margin, 0), min(core[3] + tile_margin, w))
+            jobs.append((i, label, window, core, None))
+    return jobs
+
+def _tiled_regions(jobs) -> list[dict[str, Any]]:
+    """Per tiled piece: its region, its tiles and the haematoxylin threshold they shared."""
+    out: dict[int, dict[str, Any]] = {}
+    for i, label, _, core, threshold in jobs:
+        if core is not None:
+            d = out.setdefault(i, {"region": label, "n_tiles": 0,
+                                   "hematoxylin_threshold_od": threshold})
+            d["n_tiles"] += 1
+    return list(out.values())
+
+
 def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ruifrok",
                         region_class: str | None = None, tumour_regions=None, tma_map=None,
                         case_rule: str = "pooled", min_cells: int = 100,
                         pixel_size_um: float | None = None, marker: str = "HER2",
-                        background=1.0, progress: bool = True) -> dict[str, Any]:
-    """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations).
+                        background=1.0, tile: int = TILE_PX, n_workers: int = 1,
+                        scheduler: str | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations),
+    or as a whole.
 
     Parameters
     ----------
     slide : path or SlideImage
         An 8-bit RGB brightfield slide (TIFF, OME-TIFF, OME-Zarr).
-    regions : path
+    regions : path or None
         The regions (GeoJSON, or a QuPath ``.qptma`` TMA grid; :func:`read_regions`), e.g.
         the cores that :func:`find_tma_cores` found on this slide. A file of TMA cores and
-        annotations together scores each core on its cells in the annotations.
+        annotations together scores each core on its cells in the annotations. None: the
+        whole slide is one region, named after its file.
     out_dir : path
         Gets ``cells.parquet`` (every cell of the regions, with ``region``, ``dab_class``
-        and, with a map, ``case``), ``regions.csv``, ``cases.csv`` (with a map) and
-        ``summary.json``.
+        and, with a map, ``case``), ``regions.csv``, ``cases.csv`` (with a map),
+        ``summary.json`` and ``report.html`` (the slide's overview with the cells by DAB
+        class, the OD histogram against the cut-offs, the tables).
     od_cutoffs : (t1, t2, t3), OD
         Membrane DAB OD cut-offs of the 1+, 2+ and 3+ classes (:func:`score_dab`; calibrate
         them on control tissue: no default is shipped).
@@ -90,6 +266,21 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         percent positive per region and case and, for ER and PR, the ASCO/CAP 2020 status
         (:func:`qdmed.imaging.receptor_status`); ``t1``-``t3`` also give the H-score
         classes of the cells' ``dab_class``.
+    tile : int, px
+        A region larger than this across (with its margin) is scored tile by tile
+        (:data:`TILE_PX`; memory ~120 bytes per pixel of a tile), each tile read with
+        :data:`TILE_MARGIN_UM` of slide around it and owning the cells whose centroid lies
+        in it, all tiles of a region segmented at one haematoxylin threshold: Otsu's on the
+        region's tile-sized window with the most haematoxylin (a region that fits in one
+        tile gets its own Otsu threshold, as :func:`score_dab` takes).
+    n_workers : int
+        Score the crops on a local Dask cluster of this many processes (1: in this
+        process). Memory is that of ``n_workers`` tiles at a time.
+    scheduler : str, optional
+        Address of a Dask scheduler (``tcp://host:8786``) whose workers score the crops
+        (they read the slide by its absolute path); 'synchronous': in this process.
+    progress : bool
+        Show a progress bar (per region, or per tile when a region is tiled).
 
     Returns
     -------
@@ -106,14 +297,14 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
     from qdmed import __version__
     from qdmed.imaging._analyze import _progress
-    from qdmed.imaging._brightfield import check_od_cutoffs, score_dab
+    from qdmed.imaging._brightfield import check_od_cutoffs
     from qdmed.imaging._region_scores import (
         assign_regions,
         check_min_cells,
         load_tma_map,
         score_slide_regions,
     )
-    from qdmed.imaging._regions import Regions, regions_and_tumour
+    from qdmed.imaging._regions import regions_and_tumour
     from qdmed.imaging._scoring import Her2Calibration
     from qdmed.imaging._slideio import read_slide
     from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
@@ -121,6 +312,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     t0 = time.perf_counter()
     cut = check_od_cutoffs(od_cutoffs)
     min_cells = check_min_cells(min_cells)
+    if regions is None and (tma_map is not None or region_class is not None):
+        raise InputError("a TMA map and a region class need regions (the whole slide is "
+                         "scored as one region without them)")
     tma_map, map_source = load_tma_map(tma_map, case_rule)
     from qdmed.imaging._scoring import MarkerGate
     from qdmed.imaging._synthetic import list_markers
@@ -131,11 +325,17 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                          f"{', '.join(m for m in known if m != 'DAPI')}")
     compartment = known[marker].compartment
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
+    tile = check_tile(tile)
+    from qdmed.imaging._analyze import check_n_workers
+
+    check_n_workers(n_workers)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     name = Path(getattr(img, "path", slide)).name
     if img.dtype != np.uint8 or img.shape[-1] != 3:
         raise InputError(f"{name}: DAB IHC needs an 8-bit RGB brightfield slide; got "
                          f"{img.shape[-1]} channels of {img.dtype}")
+    if reg is None:
+        reg = _whole_slide(name, *img.shape[:2])
     warnings = []
     if pixel_size_um is not None and not (isinstance(pixel_size_um, float | int)
                                           and pixel_size_um > 0):
@@ -164,34 +364,42 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                                        else stain_matrix)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    h, w = img.shape[:2]
-    margin = MARGIN_UM / ps
-    tables = []
-    boxes = _polygon_boxes(reg)
-    with _progress(progress, len(boxes), 0, "regions") as advance:
-        for i, label, (x0, x1, y0, y1) in boxes:
-            # QuPath coordinates are pixel index + 0.5
-            ya, yb = max(int(np.floor(y0 - 0.5 - margin)), 0), min(int(np.ceil(y1 + margin)), h)
-            xa, xb = max(int(np.floor(x0 - 0.5 - margin)), 0), min(int(np.ceil(x1 + margin)), w)
-            if yb - ya < 8 or xb - xa < 8:
-                advance()
-                continue
-            crop = np.asarray(img.read_region(ya, yb, xa, xb))
-            sc = score_dab(crop, od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
-                           compartment=compartment, background=background, check_glass=False)
-            cells = sc.cells.copy()
-            cells["centroid_x"] += xa
-            cells["centroid_y"] += ya
-            for ax in ("x", "y"):
-                if f"centroid_{ax}_um" in cells:
-                    cells[f"centroid_{ax}_um"] = cells[f"centroid_{ax}"] * ps
-            # a cell belongs to the piece whose crop found it, if its centroid lies in it
-            piece = Regions(source=reg.source, polygons=(reg.polygons[i],), classes=(None,),
-                            labels=(label,))
-            cells["region"] = label
-            tables.append(cells[piece.contains_cells(cells) if len(cells) else
-                                np.zeros(0, bool)])
-            advance()
+    m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
+    jobs = _jobs(img, reg, ps, tile)
+    tiled = [k for k, job in enumerate(jobs) if job[3] is not None]
+    score_kw = dict(od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
+                    compartment=compartment, background=background)
+    own_client = cluster = None
+    if (scheduler not in (None, "synchronous") or n_workers > 1) and jobs:
+        from qdmed.imaging._analyze import start_client
+
+        own_client, cluster = start_client(scheduler, min(n_workers, len(jobs)))
+        # absolute path: a worker of a remote cluster has its own working folder
+        source = str(Path(img.path).resolve())
+    else:
+        source = img
+    # a tiled piece is read twice: its threshold, then its cells
+    try:
+        with _progress(progress, len(jobs) + len(tiled), 0,
+                       "tiles" if tiled else "regions") as advance:
+            top = _hematoxylin_top(m, background)
+            hists = _run(_tile_histogram, [(source, jobs[k][2], jobs[k][3], ps, m,
+                                            background, top) for k in tiled],
+                         own_client, advance)
+            thresholds = {i: _piece_threshold([hh for k, hh in zip(tiled, hists, strict=True)
+                                               if jobs[k][0] == i], top)
+                          for i in dict.fromkeys(jobs[k][0] for k in tiled)}
+            jobs = [(i, label, wd, core, thresholds[i] if core is not None else t)
+                    for i, label, wd, core, t in jobs]
+            tables = _run(_score_crop, [(source, wd, core, reg.polygons[i], label, t,
+                                         reg.source, score_kw)
+                                        for i, label, wd, core, t in jobs],
+                          own_client, advance)
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if cluster is not None:
+            cluster.close()
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": []})
     if len(cells):  # pieces of one region that overlap find their shared cells twice
@@ -218,7 +426,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
                "n_scored": int(len(scored)), "pixel_size_um": ps,
-               "parameters": {"regions": str(regions), "region_class": region_class,
+               "tiled_regions": _tiled_regions(jobs),
+               "parameters": {"regions": None if regions is None else str(regions),
+                              "region_class": region_class,
                               "tumour_regions": None if tumour_regions is None
                               else str(tumour_regions),
                               "od_cutoffs": list(cut), "stain_matrix": stain_matrix
@@ -228,8 +438,14 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                                   background, dtype=float), (3,)).tolist(),
                               "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
-                              "min_cells": min_cells, "margin_um": MARGIN_UM},
+                              "min_cells": min_cells, "margin_um": MARGIN_UM,
+                              "tile_px": tile, "tile_margin_um": TILE_MARGIN_UM},
                "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
-               "elapsed_s": round(time.perf_counter() - t0, 2)}
-    atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=1))
-    return to_jsonable(summary)
+               "elapsed_s": round(time.perf_counter() - t0, 2),
+               "report": str(out / "report.html")}
+    summary = to_jsonable(summary)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    from qdmed.imaging._dab_report import write_dab_report
+
+    write_dab_report(summary, out, img, reg)
+    return summary
