@@ -164,3 +164,36 @@ def test_dab_report_and_plot(tmp_path, brightfield_tma):
     assert [ln.get_xdata()[0] for ln in right.lines] == list(CUT)
     assert len(sc.plot().axes[0].images) == 0  # cells only
 
+
+
+def test_killed_dab_run_resumes_from_its_finished_crops(tmp_path, ihc_slide, monkeypatch):
+    # a run killed after 5 of 16 tiles: the rerun scores the 11 left and writes what an
+    # uninterrupted run writes; other parameters throw the finished crops away
+    import qdmed.imaging._dab_regions as dr
+
+    path, _ = ihc_slide
+    full = analyze_dab_regions(path, None, tmp_path / "full", od_cutoffs=CUT, tile=256,
+                               progress=False)
+    real, calls = dr._score_crop, []
+
+    def dies_after_five(*args):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(dr, "_score_crop", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=CUT, tile=256,
+                            progress=False)
+    assert len(list((tmp_path / "k" / "tiles").glob("job_*.parquet"))) == 5
+    monkeypatch.setattr(dr, "_score_crop", real)
+    again = analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=CUT, tile=256,
+                                progress=False)
+    assert (again["n_crops"], again["n_crops_resumed"]) == (16, 5)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "k" / "cells.parquet"),
+                                  pd.read_parquet(tmp_path / "full" / "cells.parquet"))
+    assert again["tiled_regions"] == full["tiled_regions"]
+    other = analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=(0.1, 0.2, 0.4),
+                                tile=256, progress=False)
+    assert other["n_crops_resumed"] == 0

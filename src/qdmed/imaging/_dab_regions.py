@@ -160,23 +160,54 @@ def _score_crop(slide, window, core, polygon, label: str, threshold, regions_sou
     return cells[keep]
 
 
-def _run(fn, calls, client, advance) -> list:
+def _run(fn, calls, client, advance, save=None) -> list:
     """``fn(*args)`` for each args of `calls`, in order: in this process, or on the Dask
-    `client`'s workers; `advance` after each."""
+    `client`'s workers; ``save(j, result)`` (if given) and `advance` as each finishes."""
+    out = [None] * len(calls)
+
+    def done(j, result):
+        out[j] = result
+        if save is not None:
+            save(j, result)
+        advance()
+
     if client is None:
-        out = []
-        for args in calls:
-            out.append(fn(*args))
-            advance()
+        for j, args in enumerate(calls):
+            done(j, fn(*args))
         return out
     from distributed import as_completed
 
-    futs = {client.submit(fn, *args, pure=False): k for k, args in enumerate(calls)}
-    out = [None] * len(calls)
+    futs = {client.submit(fn, *args, pure=False): j for j, args in enumerate(calls)}
     for fut in as_completed(futs):
-        out[futs[fut]] = fut.result()
-        advance()
+        done(futs[fut], fut.result())
     return out
+
+
+#: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
+DAB_TILE_FORMAT = 1
+
+
+def _fingerprint(img, reg, jobs, score_kw) -> str:
+    """Identity of a run's crops: the slide file, the regions' polygons and names, the
+    crops and the scoring parameters (finished crops are reused only under the same)."""
+    import hashlib
+
+    from qdmed.imaging._slideio import file_ident
+
+    path = Path(img.path).resolve() if getattr(img, "path", None) else None
+    polys = hashlib.sha256()
+    for poly, label in zip(reg.polygons, reg.labels, strict=True):
+        polys.update(label.encode())
+        for ring in poly:
+            polys.update(np.ascontiguousarray(ring, dtype=np.float64).tobytes())
+    doc = {"format": DAB_TILE_FORMAT, "path": str(path),
+           "ident": file_ident(path) if path is not None else None,
+           "shape": list(img.shape), "polygons": polys.hexdigest(),
+           "jobs": [[i, label, list(wd), None if core is None else list(core)]
+                    for i, label, wd, core, _ in jobs],
+           "score": {k: (np.asarray(v).tolist() if not isinstance(v, str) else v)
+                     for k, v in score_kw.items()}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _jobs(img, reg, ps: float, tile: int):
@@ -226,7 +257,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                         case_rule: str = "pooled", min_cells: int = 100,
                         pixel_size_um: float | None = None, marker: str = "HER2",
                         background=1.0, tile: int = TILE_PX, n_workers: int = 1,
-                        scheduler: str | None = None,
+                        scheduler: str | None = None, resume: bool = True,
                         progress: bool = True) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations),
     or as a whole.
@@ -244,7 +275,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         Gets ``cells.parquet`` (every cell of the regions, with ``region``, ``dab_class``
         and, with a map, ``case``), ``regions.csv``, ``cases.csv`` (with a map),
         ``summary.json`` and ``report.html`` (the slide's overview with the cells by DAB
-        class, the OD histogram against the cut-offs, the tables).
+        class, the OD histogram against the cut-offs, the tables); ``tiles/`` keeps each
+        finished crop's cells, for resuming.
     od_cutoffs : (t1, t2, t3), OD
         Membrane DAB OD cut-offs of the 1+, 2+ and 3+ classes (:func:`score_dab`; calibrate
         them on control tissue: no default is shipped).
@@ -279,6 +311,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     scheduler : str, optional
         Address of a Dask scheduler (``tcp://host:8786``) whose workers score the crops
         (they read the slide by its absolute path); 'synchronous': in this process.
+    resume : bool
+        Reuse the crops a killed run finished (``tiles/`` in ``out_dir``) when the slide,
+        the regions and the parameters are the same; False scores every crop again.
     progress : bool
         Show a progress bar (per region, or per tile when a region is tiled).
 
@@ -369,37 +404,63 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     tiled = [k for k, job in enumerate(jobs) if job[3] is not None]
     score_kw = dict(od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
                     compartment=compartment, background=background)
+    tiles_dir = out / "tiles"
+    tiles_dir.mkdir(exist_ok=True)
+    from qdmed.imaging._analyze import _remove_stale_temporaries
+
+    _remove_stale_temporaries(out, tiles_dir)
+    fp = _fingerprint(img, reg, jobs, score_kw)
+    manifest = tiles_dir / "run.json"
+    old = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if not resume or old.get("fingerprint") != fp:  # no manifest: crops of unknown origin
+        for f in list(tiles_dir.glob("job_*")) + [tiles_dir / "thresholds.json"]:
+            f.unlink(missing_ok=True)
+    atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
+
+    def job_file(k):
+        return tiles_dir / f"job_{k:06d}.parquet"
+
+    thr_file = tiles_dir / "thresholds.json"
+    thresholds = ({int(i): (np.inf if t is None else t) for i, t in
+                   json.loads(thr_file.read_text()).items()} if thr_file.exists() else None)
+    todo = [k for k in range(len(jobs)) if not job_file(k).exists()]
+    n_resumed = len(jobs) - len(todo)
+    passes = len(todo) + (len(tiled) if thresholds is None else 0)
     own_client = cluster = None
-    if (scheduler not in (None, "synchronous") or n_workers > 1) and jobs:
+    if (scheduler not in (None, "synchronous") or n_workers > 1) and todo:
         from qdmed.imaging._analyze import start_client
 
-        own_client, cluster = start_client(scheduler, min(n_workers, len(jobs)))
+        own_client, cluster = start_client(scheduler, min(n_workers, len(todo)))
         # absolute path: a worker of a remote cluster has its own working folder
         source = str(Path(img.path).resolve())
     else:
         source = img
     # a tiled piece is read twice: its threshold, then its cells
     try:
-        with _progress(progress, len(jobs) + len(tiled), 0,
+        with _progress(progress, len(jobs) + len(tiled), len(jobs) + len(tiled) - passes,
                        "tiles" if tiled else "regions") as advance:
-            top = _hematoxylin_top(m, background)
-            hists = _run(_tile_histogram, [(source, jobs[k][2], jobs[k][3], ps, m,
-                                            background, top) for k in tiled],
-                         own_client, advance)
-            thresholds = {i: _piece_threshold([hh for k, hh in zip(tiled, hists, strict=True)
-                                               if jobs[k][0] == i], top)
-                          for i in dict.fromkeys(jobs[k][0] for k in tiled)}
+            if thresholds is None:
+                top = _hematoxylin_top(m, background)
+                hists = _run(_tile_histogram, [(source, jobs[k][2], jobs[k][3], ps, m,
+                                                background, top) for k in tiled],
+                             own_client, advance)
+                thresholds = {i: _piece_threshold(
+                    [hh for k, hh in zip(tiled, hists, strict=True) if jobs[k][0] == i], top)
+                    for i in dict.fromkeys(jobs[k][0] for k in tiled)}
+                atomic_write_text(thr_file, json.dumps(to_jsonable(
+                    {str(i): t for i, t in thresholds.items()})))
             jobs = [(i, label, wd, core, thresholds[i] if core is not None else t)
                     for i, label, wd, core, t in jobs]
-            tables = _run(_score_crop, [(source, wd, core, reg.polygons[i], label, t,
-                                         reg.source, score_kw)
-                                        for i, label, wd, core, t in jobs],
-                          own_client, advance)
+            _run(_score_crop, [(source, jobs[k][2], jobs[k][3], reg.polygons[jobs[k][0]],
+                                jobs[k][1], jobs[k][4], reg.source, score_kw) for k in todo],
+                 own_client, advance,
+                 lambda j, df: atomic_write_parquet(job_file(todo[j]), df))
     finally:
         if own_client is not None:
             own_client.close()
         if cluster is not None:
             cluster.close()
+    tables = [pd.read_parquet(job_file(k)) for k in range(len(jobs))]
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": []})
     if len(cells):  # pieces of one region that overlap find their shared cells twice
@@ -441,6 +502,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "min_cells": min_cells, "margin_um": MARGIN_UM,
                               "tile_px": tile, "tile_margin_um": TILE_MARGIN_UM},
                "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
+               "n_crops": len(jobs), "n_crops_resumed": n_resumed,
                "elapsed_s": round(time.perf_counter() - t0, 2),
                "report": str(out / "report.html")}
     summary = to_jsonable(summary)
