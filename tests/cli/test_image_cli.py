@@ -377,7 +377,7 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
             "--no-progress", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["tiled_regions"][0]["n_tiles"] == 12 and d["n_cells"] > 150
+    assert d["thresholds"][0]["n_tiles"] == 12 and d["n_cells"] > 150
     assert [row["region"] for row in d["regions_scored"]["regions"]] == ["bf.ome.tif"]
     r = run("image", "dab", str(slide), "--out", str(tmp_path / "whole"), "--tile", "256",
             "--no-progress")
@@ -503,7 +503,8 @@ def test_dab_image_too_large_for_memory_is_refused(tmp_path, monkeypatch, bright
     slide, _ = brightfield_tma(tmp_path / "bf.ome.tif")
     assert cli_image._read_brightfield_image(png).shape == (300, 200, 3)
     monkeypatch.setattr(cli_image, "MAX_DAB_IN_MEMORY_PIXELS", 200 * 299)
-    for path, size in ((png, "200 x 300 px"), (slide, "960 x 660 px")):
+    for path, size, way in ((png, "200 x 300 px", "save it as a tiled TIFF"),
+                            (slide, "960 x 660 px", "give --out DIR to score it tile by tile")):
         with pytest.raises(InputError, match=f"is {size}, too large to score in memory.*"
-                                             "give --out DIR"):
+                                             + way):
             cli_image._read_brightfield_image(path)

@@ -423,18 +423,28 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     cells = pd.read_parquet(tmp_path / "dab" / "cells.parquet")
     assert cells["cell_id"].is_unique and set(cells["region"]) == {"A-1", "A-2", "A-3", "B-1",
                                                                    "B-3"}
-    # the cells of a core are those score_dab finds on that core alone
-    from qdmed.imaging import read_slide, score_dab
+    # the cells of a core are those score_dab finds on the core cut with its 40 um (80 px)
+    # margin, at the core's threshold (Otsu's over its bounding box)
+    from qdmed.imaging import read_regions, read_slide, score_dab
 
-    a1 = next(c for c in found.cores if c["name"] == "A-1")
-    r0 = int(a1["radius_px"]) + 30
-    y0, x0 = int(a1["center_y"]) - r0, int(a1["center_x"]) - r0
-    alone = score_dab(read_slide(p).read_region(y0, y0 + 2 * r0, x0, x0 + 2 * r0),
-                      od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5).cells
-    inside = np.hypot(alone["centroid_x"] + x0 - a1["center_x"],
-                      alone["centroid_y"] + y0 - a1["center_y"]) <= a1["radius_px"]
-    assert got["A-1"]["n_cells"] == pytest.approx(int(inside.sum()), rel=0.1)
-    assert (cells["region"] == "A-1").sum() == got["A-1"]["n_cells"] >= 30
+    reg = read_regions(cores)
+    ring = reg.polygons[0][0]
+    assert reg.labels[0] == "A-1"
+    ya, yb = int(np.floor(ring[:, 1].min() - 0.5)), int(np.ceil(ring[:, 1].max()))
+    xa, xb = int(np.floor(ring[:, 0].min() - 0.5)), int(np.ceil(ring[:, 0].max()))
+    y0, x0 = max(ya - 80, 0), max(xa - 80, 0)
+    thr = {t["region"]: t["hematoxylin_threshold_od"] for t in d["thresholds"]}
+    alone = score_dab(read_slide(p).read_region(y0, yb + 80, x0, xb + 80),
+                      od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5,
+                      nuclear_threshold=thr["A-1"], offset=(y0, x0)).cells
+    alone["centroid_x"] += x0
+    alone["centroid_y"] += y0
+    from qdmed.imaging._regions import Regions
+
+    a1 = Regions(source="", polygons=(reg.polygons[0],), classes=(None,), labels=("A-1",))
+    inside = a1.contains_cells(alone)
+    assert got["A-1"]["n_cells"] == int(inside.sum()) >= 30
+    assert (cells["region"] == "A-1").sum() == got["A-1"]["n_cells"]
     cases = {r["case"]: r for r in d["cases_scored"]["cases"]}
     assert (cases["P1"]["cores"], cases["P3"]["her2_category"], cases["P4"]["status"]) == (
         "A-1;B-1", "0", "no cells")

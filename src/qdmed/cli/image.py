@@ -939,10 +939,10 @@ def dab(
     case_rule: CASE_RULE = "pooled",
     region_min_cells: REGION_CELLS = 100,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (cells.parquet, regions.csv, summary.json): with --regions (default qdmed-dab), or alone to score a whole slide tile by tile as one region.")] = None,
-    tile: Annotated[int, typer.Option("--tile", help="With --out: regions larger than this (px) are scored tile by tile.")] = 2048,
+    tile: Annotated[int | None, typer.Option("--tile", help="With --out: regions larger than this (px) are scored tile by tile (default 2048).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the image with its cells by DAB class and the OD histogram (with --out: report.html has it).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = 1,
+    workers: Annotated[int | None, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -961,7 +961,7 @@ def dab(
         if example:
             raise InputError("--regions and --out score a slide given by its path, not "
                              "--example")
-        from qdmed.imaging._dab_regions import analyze_dab_regions
+        from qdmed.imaging._dab_regions import TILE_PX, analyze_dab_regions
 
         out = out or Path("qdmed-dab")
         d = analyze_dab_regions(image, regions, out, od_cutoffs=_od_cutoffs(cutoffs),
@@ -969,14 +969,16 @@ def dab(
                                 tma_map=tma_map, case_rule=case_rule,
                                 min_cells=region_min_cells, pixel_size_um=pixel_size_um,
                                 marker=marker, background=_white_level(background),
-                                tile=tile, n_workers=workers, scheduler=scheduler,
+                                tile=TILE_PX if tile is None else tile,
+                                n_workers=1 if workers is None else workers,
+                                scheduler=scheduler,
                                 progress=not no_progress)
         if cutoffs == DAB_EXAMPLE_CUTOFFS:
             d["warnings"].append(UNCALIBRATED_DAB)
         return print_json(d) if json_ else _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
-    if scheduler is not None or workers != 1 or tile != 2048:
+    if scheduler is not None or workers is not None or tile is not None:
         raise InputError("--scheduler, --workers and --tile score a slide tile by tile: "
                          "they need --out (or --regions)")
     if marker != "HER2":
@@ -1033,27 +1035,30 @@ def _read_brightfield_image(image: Path):
 
     from qdmed.errors import InputError
 
-    size = None
-    try:
-        with Image.open(image) as im:
-            width, height = im.size
-        size = f"{width} x {height} px" if width * height > MAX_DAB_IN_MEMORY_PIXELS else None
-    except Image.DecompressionBombError:  # PIL's own limit, above ours
-        size = f"over {2 * Image.MAX_IMAGE_PIXELS // 10**6} Mpx"
-    except (OSError, ValueError):
-        try:  # a whole-slide TIFF or OME-Zarr PIL does not open
-            from qdmed.imaging import read_slide
+    size, slide = None, False
+    try:  # a file qdmed reads as a slide can be scored tile by tile with --out
+        from qdmed.imaging import read_slide
 
-            height, width = read_slide(image).shape[:2]
-            size = f"{width} x {height} px" if width * height > MAX_DAB_IN_MEMORY_PIXELS \
-                else None
+        height, width = read_slide(image).shape[:2]
+        slide = True
+    except (OSError, ValueError):
+        try:
+            with Image.open(image) as im:
+                width, height = im.size
+        except Image.DecompressionBombError:  # PIL's own limit, above ours
+            size = f"over {2 * Image.MAX_IMAGE_PIXELS // 10**6} Mpx"
         except (OSError, ValueError):
-            pass  # unreadable: imread says why
+            width = height = 0  # unreadable: imread says why
+    if size is None and width * height > MAX_DAB_IN_MEMORY_PIXELS:
+        size = f"{width} x {height} px"
     if size is not None:
+        way = ("give --out DIR to score it tile by tile as one region, or --regions to score "
+               "its regions" if slide else "tiles are read from slide files: save it as a "
+               "tiled TIFF (e.g. vips tiffsave IMAGE out.tif --tile --pyramid) and give that "
+               "with --out DIR")
         raise InputError(f"{image} is {size}, too large to score in memory (over "
                          f"{MAX_DAB_IN_MEMORY_PIXELS // 2**20} Mpx, ~120 bytes per pixel): "
-                         "give --out DIR to score it tile by tile as one region, or "
-                         "--regions to score its regions")
+                         + way)
     from skimage.io import imread
 
     try:
@@ -1119,10 +1124,18 @@ def _print_dab_regions(slide, out, d) -> None:
         print_table("Cases (cases.csv)", cases,
                     [c for c in ("case", "status", "cores", "n_scored", *score)
                      if any(c in r for r in cases)])
-    for t in d.get("tiled_regions") or []:
-        thr = t["hematoxylin_threshold_od"]
-        typer.echo(f"{t['region']}: {t['n_tiles']} tiles, nuclei at haematoxylin OD > "
-                   + (f"{thr:.3f}" if thr is not None else "none (no nuclei stand out)"))
+    thr = d.get("thresholds") or []
+    for t in thr if len(thr) <= 3 else [t for t in thr if t["n_tiles"]][:3]:
+        v = t["hematoxylin_threshold_od"]
+        typer.echo(f"{t['region']}: " + (f"{t['n_tiles']} tiles, " if t["n_tiles"] else "")
+                   + (f"nuclei at haematoxylin OD > {v:.3f}" if v is not None else
+                      "no nuclei stand out from the haematoxylin (no cells)"))
+    if len(thr) > 3:
+        vs = [t["hematoxylin_threshold_od"] for t in thr
+              if t["hematoxylin_threshold_od"] is not None]
+        if vs:
+            typer.echo(f"nuclei at haematoxylin OD > {min(vs):.3f}-{max(vs):.3f} (one Otsu "
+                       f"threshold per region: summary.json 'thresholds')")
     for w in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
         typer.echo(f"! {w}")
     typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}; "

@@ -8,12 +8,14 @@ Each region (TMA core) is cut from the slide with a margin, its cells are found 
 by :func:`qdmed.imaging.score_dab` (colour deconvolution, nuclei on haematoxylin, per-cell
 membrane DAB OD), and the cells whose centroid lies in it are scored by the ASCO/CAP-style
 HER2 rule with the OD cut-offs as intensity classes: the same rule, region table and case
-rules as for QD signal (:mod:`qdmed.imaging._region_scores`). Memory is that of one core.
+rules as for QD signal (:mod:`qdmed.imaging._region_scores`). A whole section, or a
+region larger than a tile, is cut into tiles; memory is that of one crop (a core, a tile).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,10 @@ from qdmed.errors import InputError
 
 __all__ = ["analyze_dab_regions"]
 
-#: Glass kept around each region's bounding box, um: cells at its edge are segmented whole.
-MARGIN_UM = 15.0
+#: Slide read around each crop (a region's bounding box, or a tile of it), um: the nuclei
+#: (up to 400 um^2, radius 11 um) and the 5 um expansion of the cells it owns lie inside,
+#: with the neighbours they compete with (as analyze_slide's default margin).
+MARGIN_UM = 40.0
 
 
 def _polygon_boxes(reg) -> list[tuple[int, str, tuple[float, float, float, float]]]:
@@ -54,11 +58,6 @@ def _overview(img) -> np.ndarray:
 #: that memory is that of one tile (~120 bytes per pixel: 0.6 GB at 2048^2), whatever the
 #: region's size: a whole section, or a tumour annotation across it.
 TILE_PX = 2048
-#: Slide read around each tile's core: the nuclei (up to 400 um^2, radius 11 um) and their
-#: 5 um expansion of the cells it owns lie inside, with the neighbours they compete with
-#: (as analyze_slide's default margin).
-TILE_MARGIN_UM = 40.0
-
 
 def check_tile(tile) -> int:
     """The tile size checked: an integer of at least 256 pixels."""
@@ -97,50 +96,53 @@ def _hematoxylin_top(stain_matrix, background) -> float:
     return float(np.abs(np.linalg.inv(_matrix(stain_matrix))[:, 0]) @ od_max)
 
 
-def _tile_histogram(slide, window, core, ps: float, stain_matrix, background,
+def _crop_histogram(slide, window, core, ps: float, stain_matrix, background,
                     top: float) -> np.ndarray:
     """(3, HIST_BINS): per bin of [0, top], the count, sum and sum of squares of the
-    smoothed haematoxylin OD over a tile's core (smoothed with its margin, as in the whole
-    image)."""
-    from scipy import ndimage as ndi
-
-    from qdmed.imaging._brightfield import deconvolve_dab
+    smoothed haematoxylin OD of the tissue of a crop's core (glass left out; smoothed with
+    its margin, as in the whole image: :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`)."""
+    from qdmed.imaging._brightfield import deconvolve_dab, tissue_hematoxylin
 
     ya, yb, xa, xb = window
-    cy0, cy1, cx0, cx1 = core
-    sep = deconvolve_dab(np.asarray(_open(slide).read_region(ya, yb, xa, xb)),
-                         stain_matrix=stain_matrix, background=background)
-    sm = ndi.gaussian_filter(sep.hematoxylin, 0.5 / ps)[cy0 - ya:cy1 - ya,
-                                                         cx0 - xa:cx1 - xa].ravel()
+    core = (slice(core[0] - ya, core[1] - ya), slice(core[2] - xa, core[3] - xa))
+    rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
+    sep = deconvolve_dab(rgb, stain_matrix=stain_matrix, background=background)
+    smooth, tissue = tissue_hematoxylin(rgb, sep, ps)
+    sm = smooth[core][tissue[core]]
     k = np.minimum((sm * (HIST_BINS / top)).astype(np.int64), HIST_BINS - 1)
     return np.stack([np.bincount(k, minlength=HIST_BINS).astype(np.float64),
                      np.bincount(k, weights=sm, minlength=HIST_BINS),
                      np.bincount(k, weights=sm * sm, minlength=HIST_BINS)])
 
 
-def _piece_threshold(histograms, top: float) -> float:
-    """The haematoxylin OD threshold of a tiled piece, as :func:`score_dab` takes it on a
-    piece in one image: Otsu's, with the test that nuclei stand out (else +inf; as
-    :func:`~qdmed.imaging._cells.otsu_foreground_threshold`), on the smoothed haematoxylin
-    OD of all its tile cores (the sum of their :func:`_tile_histogram`). A threshold per
-    tile would differ between tiles of mostly glass and of dense tissue."""
+def _region_threshold(histogram, top: float) -> float:
+    """A region's haematoxylin OD threshold: Otsu's, with the test that nuclei stand out
+    (else +inf; as :func:`~qdmed.imaging._cells.otsu_foreground_threshold`), on the
+    smoothed haematoxylin OD of the tissue of all its crops (the sum of their
+    :func:`_crop_histogram`), as :func:`score_dab` takes it on one image. One threshold per region, whatever its
+    tiling: a threshold per tile would differ between tiles of mostly glass and of dense
+    tissue, and the tile size would change the cells."""
     from qdmed.imaging._cells import histogram_otsu_threshold
 
-    counts, sums, squares = np.sum(histograms, axis=0)
+    counts, sums, squares = histogram
     return histogram_otsu_threshold(counts, sums, squares,
                                     (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS))
 
 
-def _score_crop(slide, window, core, polygon, label: str, threshold, regions_source: str,
-                score_kw: dict):
-    """The cells of one job (:func:`_jobs`): :func:`score_dab` on its window, in slide
+def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
+                regions_source: str, score_kw: dict):
+    """The cells of one crop (:func:`_jobs`): :func:`score_dab` on its window, in slide
     coordinates, kept when their centroid lies in the polygon piece and, for a tile, in its
-    core (a cell belongs to the one tile whose core holds its centroid)."""
+    core (a cell belongs to the one tile whose core holds its centroid), and when they do
+    not reach an edge of the window inside the slide (an object longer than the margin,
+    such as a haematoxylin-stained strand, is cut there: the whole image would hold it
+    whole); ``piece`` recorded for :func:`_first_piece_owns`."""
     from qdmed.imaging._brightfield import score_dab
     from qdmed.imaging._regions import Regions
 
     ya, yb, xa, xb = window
-    crop = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
+    slide = _open(slide)
+    crop = np.asarray(slide.read_region(ya, yb, xa, xb))
     sc = score_dab(crop, check_glass=False, nuclear_threshold=threshold, offset=(ya, xa),
                    **score_kw)
     cells = sc.cells.copy()
@@ -150,24 +152,49 @@ def _score_crop(slide, window, core, polygon, label: str, threshold, regions_sou
     for ax in ("x", "y"):
         if f"centroid_{ax}_um" in cells:
             cells[f"centroid_{ax}_um"] = cells[f"centroid_{ax}"] * ps
-    piece = Regions(source=regions_source, polygons=(polygon,), classes=(None,),
-                    labels=(label,))
-    keep = piece.contains_cells(cells) if len(cells) else np.zeros(0, bool)
-    if core is not None and len(cells):
+    poly = Regions(source=regions_source, polygons=(polygon,), classes=(None,),
+                   labels=(label,))
+    keep = poly.contains_cells(cells) if len(cells) else np.zeros(0, bool)
+    if len(cells):
         cy, cx = cells["centroid_y"].to_numpy(), cells["centroid_x"].to_numpy()
         keep &= (cy >= core[0]) & (cy < core[1]) & (cx >= core[2]) & (cx < core[3])
+        h, w = slide.shape[:2]
+        lab = sc.labels
+        edges = [e for e, inner in ((lab[0], ya > 0), (lab[-1], yb < h), (lab[:, 0], xa > 0),
+                                    (lab[:, -1], xb < w)) if inner]
+        if edges:
+            keep &= ~np.isin(cells["cell_id"].to_numpy(), np.concatenate(edges))
     cells["region"] = label
+    cells["piece"] = np.int64(piece)
     return cells[keep]
 
 
-def _run(fn, calls, client, advance, save=None) -> list:
-    """``fn(*args)`` for each args of `calls`, in order: in this process, or on the Dask
-    `client`'s workers; ``save(j, result)`` (if given) and `advance` as each finishes."""
-    out = [None] * len(calls)
+def _first_piece_owns(cells, reg):
+    """The rows of ``cells`` (with their crop's ``piece``) whose centroid's first
+    containing polygon, in file order, is that piece: a cell in two overlapping pieces of
+    one region, or in two overlapping regions, is counted once, where
+    :func:`~qdmed.imaging._region_scores.assign_regions` puts it."""
+    from qdmed.imaging._regions import Regions
+
+    if not len(cells):
+        return cells
+    pieces = Regions(source=reg.source, polygons=reg.polygons,
+                     classes=(None,) * len(reg.polygons),
+                     labels=tuple(str(k) for k in range(len(reg.polygons))))
+    owner = pieces.region_index_cells(cells)
+    return cells[owner == cells["piece"].to_numpy()]
+
+
+def _run(fn, calls, client, advance, save=None) -> list | None:
+    """``fn(*args)`` for each args of `calls`: in this process, or on the Dask `client`'s
+    workers; ``save(j, result)`` and `advance` as each finishes. The results in order, or
+    None when `save` takes them (nothing kept)."""
+    out = [None] * len(calls) if save is None else None
 
     def done(j, result):
-        out[j] = result
-        if save is not None:
+        if save is None:
+            out[j] = result
+        else:
             save(j, result)
         advance()
 
@@ -184,7 +211,7 @@ def _run(fn, calls, client, advance, save=None) -> list:
 
 
 #: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
-DAB_TILE_FORMAT = 1
+DAB_TILE_FORMAT = 2
 
 
 def _fingerprint(img, reg, jobs, score_kw) -> str:
@@ -204,51 +231,54 @@ def _fingerprint(img, reg, jobs, score_kw) -> str:
            "ident": file_ident(path) if path is not None else None,
            "shape": list(img.shape), "polygons": polys.hexdigest(),
            "jobs": [[i, label, list(wd), None if core is None else list(core)]
-                    for i, label, wd, core, _ in jobs],
+                    for i, label, wd, core in jobs],
            "score": {k: (np.asarray(v).tolist() if not isinstance(v, str) else v)
                      for k, v in score_kw.items()}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _jobs(img, reg, ps: float, tile: int):
-    """The crops to score: per polygon piece (:func:`_polygon_boxes`), its bounding box with
-    MARGIN_UM of slide around it when that fits in ``tile`` pixels (its own Otsu
-    threshold, 'otsu'); else its core tiles, each read with TILE_MARGIN_UM around it (the
-    piece's threshold, None until :func:`_piece_threshold` gives it). Each job is (piece
-    index, region name, window (y0, y1, x0, x1), core (y0, y1, x0, x1) or None,
-    threshold)."""
-    from qdmed.imaging._analyze import tile_grid
+def _even_grid(start: int, stop: int, tile: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into the fewest pieces of at most ``tile``, of (nearly) equal size
+    (no sliver of a few pixels beside full tiles, each read with a whole margin)."""
+    n = -(-(stop - start) // tile)
+    edges = [start + (stop - start) * j // n for j in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
+
+def _jobs(img, reg, ps: float, tile: int) -> list:
+    """The crops to score: per polygon piece (:func:`_polygon_boxes`), its bounding box cut
+    into the fewest core tiles of at most ``tile`` pixels (:func:`_even_grid`; one for a
+    TMA core), each read with MARGIN_UM of slide around it. Each job is (piece index,
+    region name, window (y0, y1, x0, x1), core (y0, y1, x0, x1))."""
     h, w = img.shape[:2]
-    margin = MARGIN_UM / ps
-    tile_margin = int(np.ceil(TILE_MARGIN_UM / ps))
+    margin = int(np.ceil(MARGIN_UM / ps))
     jobs = []
     for i, label, (x0, x1, y0, y1) in _polygon_boxes(reg):
         # QuPath coordinates are pixel index + 0.5
-        ya, yb = max(int(np.floor(y0 - 0.5 - margin)), 0), min(int(np.ceil(y1 + margin)), h)
-        xa, xb = max(int(np.floor(x0 - 0.5 - margin)), 0), min(int(np.ceil(x1 + margin)), w)
-        if yb - ya < 8 or xb - xa < 8:
-            continue
-        if yb - ya <= tile and xb - xa <= tile:
-            jobs.append((i, label, (ya, yb, xa, xb), None, "otsu"))
-            continue
         ya, yb = max(int(np.floor(y0 - 0.5)), 0), min(int(np.ceil(y1)), h)
         xa, xb = max(int(np.floor(x0 - 0.5)), 0), min(int(np.ceil(x1)), w)
-        for ty0, ty1, tx0, tx1 in tile_grid((yb - ya, xb - xa), tile):
-            core = (ya + ty0, ya + ty1, xa + tx0, xa + tx1)
-            window = (max(core[0] - tile_margin, 0), min(core[1] + tile_margin, h),
-                      max(core[2] - tile_margin, 0), min(core[3] + tile_margin, w))
-            jobs.append((i, label, window, core, None))
+        if yb - ya < 8 or xb - xa < 8:
+            continue
+        for cy0, cy1 in _even_grid(ya, yb, tile):
+            for cx0, cx1 in _even_grid(xa, xb, tile):
+                window = (max(cy0 - margin, 0), min(cy1 + margin, h),
+                          max(cx0 - margin, 0), min(cx1 + margin, w))
+                jobs.append((i, label, window, (cy0, cy1, cx0, cx1)))
     return jobs
 
-def _tiled_regions(jobs) -> list[dict[str, Any]]:
-    """Per tiled piece: its region, its tiles and the haematoxylin threshold they shared."""
-    out: dict[int, dict[str, Any]] = {}
-    for i, label, _, core, threshold in jobs:
-        if core is not None:
-            d = out.setdefault(i, {"region": label, "n_tiles": 0,
-                                   "hematoxylin_threshold_od": threshold})
-            d["n_tiles"] += 1
+
+def _thresholds_summary(jobs, thresholds) -> list[dict[str, Any]]:
+    """Per region: its crops, how many are tiles of a piece cut in several, and its
+    haematoxylin threshold."""
+    per_piece: dict[int, int] = {}
+    for i, _, _, _ in jobs:
+        per_piece[i] = per_piece.get(i, 0) + 1
+    out: dict[str, dict[str, Any]] = {}
+    for i, label, _, _ in jobs:
+        d = out.setdefault(label, {"region": label, "n_crops": 0, "n_tiles": 0,
+                                   "hematoxylin_threshold_od": thresholds[label]})
+        d["n_crops"] += 1
+        d["n_tiles"] += per_piece[i] > 1
     return list(out.values())
 
 
@@ -256,7 +286,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                         region_class: str | None = None, tumour_regions=None, tma_map=None,
                         case_rule: str = "pooled", min_cells: int = 100,
                         pixel_size_um: float | None = None, marker: str = "HER2",
-                        background=1.0, tile: int = TILE_PX, n_workers: int = 1,
+                        background=1.0, tile: int = TILE_PX, n_workers: int | None = 1,
                         scheduler: str | None = None, resume: bool = True,
                         progress: bool = True) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations),
@@ -299,15 +329,19 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         (:func:`qdmed.imaging.receptor_status`); ``t1``-``t3`` also give the H-score
         classes of the cells' ``dab_class``.
     tile : int, px
-        A region larger than this across (with its margin) is scored tile by tile
-        (:data:`TILE_PX`; memory ~120 bytes per pixel of a tile), each tile read with
-        :data:`TILE_MARGIN_UM` of slide around it and owning the cells whose centroid lies
-        in it, all tiles of a region segmented at one haematoxylin threshold: Otsu's on the
-        region's tile-sized window with the most haematoxylin (a region that fits in one
-        tile gets its own Otsu threshold, as :func:`score_dab` takes).
-    n_workers : int
+        Each polygon piece's bounding box is cut into the fewest tiles of at most this size
+        (:data:`TILE_PX`: a TMA core is one; memory ~120 bytes per pixel of a tile), each
+        read with :data:`MARGIN_UM` of slide around it and owning the cells whose centroid
+        lies in it; a cell reaching an edge of its window inside the slide (an object longer
+        than the margin) is left out. Every region is segmented at one haematoxylin
+        threshold whatever its tiling: Otsu's over its pieces' bounding boxes (a histogram
+        built crop by crop; +inf, no cells, when no nuclei stand out), so the tile size
+        changes no threshold. Where pieces or regions overlap, a cell belongs to the first
+        polygon holding its centroid (as
+        :func:`~qdmed.imaging._region_scores.assign_regions` places it).
+    n_workers : int or None
         Score the crops on a local Dask cluster of this many processes (1: in this
-        process). Memory is that of ``n_workers`` tiles at a time.
+        process; None: one per core). Memory is that of ``n_workers`` crops at a time.
     scheduler : str, optional
         Address of a Dask scheduler (``tcp://host:8786``) whose workers score the crops
         (they read the slide by its absolute path); 'synchronous': in this process.
@@ -401,7 +435,6 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     out.mkdir(parents=True, exist_ok=True)
     m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
     jobs = _jobs(img, reg, ps, tile)
-    tiled = [k for k, job in enumerate(jobs) if job[3] is not None]
     score_kw = dict(od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
                     compartment=compartment, background=background)
     tiles_dir = out / "tiles"
@@ -421,38 +454,39 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         return tiles_dir / f"job_{k:06d}.parquet"
 
     thr_file = tiles_dir / "thresholds.json"
-    thresholds = ({int(i): (np.inf if t is None else t) for i, t in
+    thresholds = ({r: (np.inf if t is None else t) for r, t in
                    json.loads(thr_file.read_text()).items()} if thr_file.exists() else None)
     todo = [k for k in range(len(jobs)) if not job_file(k).exists()]
     n_resumed = len(jobs) - len(todo)
-    passes = len(todo) + (len(tiled) if thresholds is None else 0)
+    # every crop is read twice: for its region's threshold, then for its cells
+    passes = len(todo) + (len(jobs) if thresholds is None else 0)
     own_client = cluster = None
-    if (scheduler not in (None, "synchronous") or n_workers > 1) and todo:
+    workers = n_workers or os.cpu_count() or 1
+    if scheduler != "synchronous" and (scheduler or (workers > 1 and passes > 1)):
         from qdmed.imaging._analyze import start_client
 
-        own_client, cluster = start_client(scheduler, min(n_workers, len(todo)))
+        own_client, cluster = start_client(scheduler, min(workers, passes))
         # absolute path: a worker of a remote cluster has its own working folder
         source = str(Path(img.path).resolve())
     else:
         source = img
-    # a tiled piece is read twice: its threshold, then its cells
     try:
-        with _progress(progress, len(jobs) + len(tiled), len(jobs) + len(tiled) - passes,
-                       "tiles" if tiled else "regions") as advance:
+        with _progress(progress, 2 * len(jobs), 2 * len(jobs) - passes,
+                       "crops"
+                       ) as advance:
             if thresholds is None:
                 top = _hematoxylin_top(m, background)
-                hists = _run(_tile_histogram, [(source, jobs[k][2], jobs[k][3], ps, m,
-                                                background, top) for k in tiled],
-                             own_client, advance)
-                thresholds = {i: _piece_threshold(
-                    [hh for k, hh in zip(tiled, hists, strict=True) if jobs[k][0] == i], top)
-                    for i in dict.fromkeys(jobs[k][0] for k in tiled)}
-                atomic_write_text(thr_file, json.dumps(to_jsonable(
-                    {str(i): t for i, t in thresholds.items()})))
-            jobs = [(i, label, wd, core, thresholds[i] if core is not None else t)
-                    for i, label, wd, core, t in jobs]
-            _run(_score_crop, [(source, jobs[k][2], jobs[k][3], reg.polygons[jobs[k][0]],
-                                jobs[k][1], jobs[k][4], reg.source, score_kw) for k in todo],
+                sums = {label: np.zeros((3, HIST_BINS)) for _, label, _, _ in jobs}
+
+                def add(j, hist):  # summed as they come: one histogram per region held
+                    sums[jobs[j][1]] += hist
+                _run(_crop_histogram, [(source, wd, core, ps, m, background, top)
+                                       for _, _, wd, core in jobs], own_client, advance, add)
+                thresholds = {r: _region_threshold(hh, top) for r, hh in sums.items()}
+                atomic_write_text(thr_file, json.dumps(to_jsonable(thresholds)))
+            _run(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
+                                reg.polygons[jobs[k][0]], jobs[k][1], thresholds[jobs[k][1]],
+                                reg.source, score_kw) for k in todo],
                  own_client, advance,
                  lambda j, df: atomic_write_parquet(job_file(todo[j]), df))
     finally:
@@ -462,11 +496,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
             cluster.close()
     tables = [pd.read_parquet(job_file(k)) for k in range(len(jobs))]
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        {"centroid_x": [], "centroid_y": [], "dab_class": []})
-    if len(cells):  # pieces of one region that overlap find their shared cells twice
-        cells = cells.loc[~cells[["region", "centroid_x", "centroid_y"]].round(1)
-                          .duplicated()].reset_index(drop=True)
-    cells = cells.drop(columns="region", errors="ignore")
+        {"centroid_x": [], "centroid_y": [], "dab_class": [], "piece": []})
+    del tables
+    cells = _first_piece_owns(cells, reg).drop(columns=["region", "piece"], errors="ignore")
+    cells = cells.reset_index(drop=True)
     cells["cell_id"] = np.arange(len(cells), dtype=np.int64)  # unique over the slide
     assign_regions(cells, reg, name, tumour=tumour, tma_map=tma_map)
     scored = cells[cells["in_region"].to_numpy()]
@@ -487,7 +520,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
                "n_scored": int(len(scored)), "pixel_size_um": ps,
-               "tiled_regions": _tiled_regions(jobs),
+               "thresholds": _thresholds_summary(jobs, thresholds),
                "parameters": {"regions": None if regions is None else str(regions),
                               "region_class": region_class,
                               "tumour_regions": None if tumour_regions is None
@@ -500,7 +533,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM,
-                              "tile_px": tile, "tile_margin_um": TILE_MARGIN_UM},
+                              "tile_px": tile},
                "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
                "n_crops": len(jobs), "n_crops_resumed": n_resumed,
                "elapsed_s": round(time.perf_counter() - t0, 2),

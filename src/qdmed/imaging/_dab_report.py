@@ -126,12 +126,18 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
         + (p["stain_matrix"] if isinstance(p["stain_matrix"], str) else "given (3 x 3)")
         + "; white level (R, G, B) " + ", ".join(f"{v:.3f}" for v in p["background"])
         + f"; {summary['pixel_size_um']:g} um/px; {summary['elapsed_s']:.1f} s.")
-    for t in summary.get("tiled_regions") or []:
-        thr = t["hematoxylin_threshold_od"]
-        rep.paragraph(f"{t['region']}: scored in {t['n_tiles']} tiles of {p['tile_px']} px "
-                      f"({p['tile_margin_um']:g} um margins), nuclei at haematoxylin OD > "
-                      + (f"{thr:.3f}" if thr is not None else "none (no nuclei stand out)")
-                      + " (Otsu over the whole region).")
+    thr = summary.get("thresholds") or []
+    tiled = [t for t in thr if t["n_tiles"]]
+    if tiled:
+        rep.paragraph("Tiled: " + "; ".join(
+            f"{t['region']} in {t['n_tiles']} tiles" for t in tiled[:20])
+            + (f"; {len(tiled) - 20} more" if len(tiled) > 20 else "")
+            + f" (tiles of at most {p['tile_px']} px, read with {p['margin_um']:g} um "
+            "margins).")
+    if thr:
+        rep.paragraph("Nuclei: haematoxylin OD above each region's threshold, Otsu's over "
+                      "the region's pixels smoothed over 0.5 um (see the regions table; "
+                      "none: no nuclei stand out from the haematoxylin, no cells).")
     rep.flags(summary.get("warnings") or [])
     rgb, factor = _overview(img)
     rep.figure(dab_figure(rgb, scored, p["od_cutoffs"], p["compartment"], factor=factor,
@@ -147,9 +153,11 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
         if fig is not None:
             rep.figure(fig, "regions")
     if rows:
+        by = {t["region"]: t["hematoxylin_threshold_od"] for t in thr}
+        rows = [{**r, "hematoxylin_threshold_od": by.get(r["region"], "")} for r in rows]
         rep.heading("Regions")
         rep.table(_columns(rows, ("region", "case", "status", "n_cells", "n_scored", *score,
-                                  "message")))
+                                  "hematoxylin_threshold_od", "message")))
     cases = (summary.get("cases_scored") or {}).get("cases") or []
     if cases:
         rep.heading("Cases")
