@@ -115,7 +115,12 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
 
     out = Path(out_dir)
     p = summary["parameters"]
-    cells = pd.read_parquet(out / "cells.parquet")
+    want = ["centroid_x", "centroid_y", "dab_class", f"DAB_{p['compartment']}_mean",
+            "in_region"]  # only what is drawn: a whole slide holds millions of cells
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(out / "cells.parquet").names)
+    cells = pd.read_parquet(out / "cells.parquet", columns=[c for c in want if c in have])
     scored = cells[cells["in_region"].to_numpy()] if "in_region" in cells else cells
     rep = HtmlReport(f"qdmed DAB IHC: {Path(summary['slide']).name}",
                      provenance={"slide": summary["slide"], "parameters": p})
