@@ -150,18 +150,21 @@ def test_histogram_otsu_matches_the_image_otsu():
                                     np.r_[1.0, 2, 3]) == np.inf  # one value
 
 
-
-def test_dab_report_and_plot(tmp_path, brightfield_tma):
-    # report.html beside the tables: the overview with the cells by DAB class, the OD
-    # histogram against the cut-offs, the regions' map and table
-    import json as _json
-
+def _tma_and_cores(tmp_path, brightfield_tma):
+    """The synthetic brightfield TMA (conftest) and the GeoJSON of the cores found on it."""
     from qdmed.imaging import find_tma_cores
 
     p, _ = brightfield_tma(tmp_path / "bf.ome.tif")
     found, _ = find_tma_cores(p)
     cores = tmp_path / "cores.geojson"
-    cores.write_text(_json.dumps(found.to_geojson()))
+    cores.write_text(json.dumps(found.to_geojson()))
+    return p, cores
+
+
+def test_dab_report_and_plot(tmp_path, brightfield_tma):
+    # report.html beside the tables: the overview with the cells by DAB class, the OD
+    # histogram against the cut-offs, the regions' map and table
+    p, cores = _tma_and_cores(tmp_path, brightfield_tma)
     d = analyze_dab_regions(p, cores, tmp_path / "dab", od_cutoffs=CUT, min_cells=20,
                             progress=False)
     html = (tmp_path / "dab" / "report.html").read_text()
@@ -216,14 +219,7 @@ def test_tile_size_changes_no_threshold_and_no_cell(tmp_path, brightfield_tma):
     # review finding: a core's threshold once depended on whether it was tiled (A-2 went
     # from 2+ to 3+ with --tile 256); now every region has one threshold, Otsu's over its
     # crop box, whatever the tiling
-    import json as _json
-
-    from qdmed.imaging import find_tma_cores
-
-    p, _ = brightfield_tma(tmp_path / "bf.ome.tif")
-    found, _ = find_tma_cores(p)
-    cores = tmp_path / "cores.geojson"
-    cores.write_text(_json.dumps(found.to_geojson()))
+    p, cores = _tma_and_cores(tmp_path, brightfield_tma)
     whole = analyze_dab_regions(p, cores, tmp_path / "a", od_cutoffs=CUT, min_cells=20,
                                 progress=False)
     tiled = analyze_dab_regions(p, cores, tmp_path / "b", od_cutoffs=CUT, min_cells=20,
