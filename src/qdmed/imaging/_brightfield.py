@@ -136,20 +136,67 @@ GLASS_OD = -math.log10(GLASS_WARN)
 NUCLEAR_SMOOTHING_UM = 0.5
 
 
-def tissue_hematoxylin(rgb, sep: StainSeparation, pixel_size_um: float
+def tissue_hematoxylin(rgb, sep: StainSeparation, pixel_size_um: float, glass=None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """An image's haematoxylin OD smoothed over :data:`NUCLEAR_SMOOTHING_UM`, and its
-    tissue: the pixels where some channel's OD, smoothed alike, reaches :data:`GLASS_OD`.
-    The nuclear threshold is Otsu's split of the tissue's values (:func:`score_dab`; a
-    slide's regions histogram them crop by crop)."""
+    tissue: the pixels where some channel, smoothed alike, absorbs :data:`GLASS_OD` or more
+    against ``glass`` (the glass's transmittance per channel; default the white level of
+    ``sep``). The nuclear threshold is Otsu's split of the tissue's values
+    (:func:`score_dab`; a slide's regions histogram them crop by crop)."""
     from scipy import ndimage as ndi
 
     sigma = NUCLEAR_SMOOTHING_UM / pixel_size_um
-    od = _optical_density(rgb, np.asarray(sep.background))
+    od = _optical_density(rgb, np.asarray(sep.background if glass is None else glass))
     tissue = np.zeros(od.shape[:2], dtype=bool)
     for c in range(3):
         tissue |= ndi.gaussian_filter(od[..., c], sigma) >= GLASS_OD
     return ndi.gaussian_filter(sep.hematoxylin, sigma), tissue
+
+
+#: Bins of the haematoxylin histograms nuclear thresholds are taken from, over [0, the
+#: largest OD an 8-bit pixel can give]: one image at once and a slide's regions crop by
+#: crop get the same split.
+HIST_BINS = 4096
+
+
+def hematoxylin_top(stain_matrix, background) -> float:
+    """The largest haematoxylin OD an 8-bit pixel can give (transmittance floored at
+    1/255) under these stain vectors and white level: the top of the threshold histogram."""
+    od_max = np.maximum(-np.log10(1.0 / 255.0 / _background(background)), 0.0)
+    return float(np.abs(np.linalg.inv(_matrix(stain_matrix))[:, 0]) @ od_max)
+
+
+def hematoxylin_histogram(values, top: float) -> np.ndarray:
+    """(3, HIST_BINS): per bin of [0, top], the count, sum and sum of squares of `values`
+    (summed over pieces of an image, the histogram of the whole)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    k = np.minimum((v * (HIST_BINS / top)).astype(np.int64), HIST_BINS - 1)
+    return np.stack([np.bincount(k, minlength=HIST_BINS).astype(np.float64),
+                     np.bincount(k, weights=v, minlength=HIST_BINS),
+                     np.bincount(k, weights=v * v, minlength=HIST_BINS)])
+
+
+def histogram_threshold(histogram, top: float) -> float:
+    """The nuclear threshold of a :func:`hematoxylin_histogram`: Otsu's split, with the
+    test that nuclei stand out (+inf otherwise; :func:`qdmed.imaging._cells.histogram_otsu_threshold`)."""
+    from qdmed.imaging._cells import histogram_otsu_threshold
+
+    counts, sums, squares = histogram
+    return histogram_otsu_threshold(counts, sums, squares,
+                                    (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS))
+
+
+def glass_level(rgb, background, white) -> np.ndarray:
+    """The glass's transmittance per channel, to tell glass from tissue: the white level
+    when one was given (``background`` not the default 1), else the image's own glass
+    (:func:`estimate_background`; a glass reading 0.945 under the default white is glass
+    all the same), else, with no glass in view, the white level ``white``."""
+    if not (isinstance(background, int | float) and background == 1.0):
+        return np.asarray(white, dtype=np.float64)
+    try:
+        return np.asarray(estimate_background(rgb))
+    except InputError:
+        return np.asarray(white, dtype=np.float64)
 
 
 def estimate_background(rgb) -> tuple[float, float, float]:
@@ -410,6 +457,9 @@ class DabScore:
     n_unmeasured : int
         Cells without a pixel in ``compartment`` (NaN mean): ``dab_class`` 'unmeasured', left
         out of the percentages and the H-score, as :func:`score_her2` leaves them out.
+    nuclear_threshold_od : float
+        The smoothed haematoxylin OD nuclei were segmented above (+inf, None in
+        :meth:`to_dict`: no nuclei stood out).
     background : (float, float, float)
         The white level (glass transmittance) of each RGB channel used.
     pixel_size_um : float
@@ -437,6 +487,7 @@ class DabScore:
     pixel_size_um: float | None = None
     warnings: tuple[str, ...] = ()
     qdmed_version: str = ""
+    nuclear_threshold_od: float = math.nan  # +inf: no nuclei stood out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
@@ -486,6 +537,7 @@ def score_dab(
     check_glass: bool = True,
     nuclear_threshold: str | float = "otsu",
     offset: tuple[int, int] = (0, 0),
+    glass=None,
 ) -> DabScore:
     """Segment cells on haematoxylin and score their DAB OD into 0 / 1+ / 2+ / 3+.
 
@@ -513,9 +565,13 @@ def score_dab(
         Warn about non-white glass under the default white level (see ``background``).
     nuclear_threshold : 'otsu' or float, OD
         Haematoxylin OD (smoothed over 0.5 um) above which a pixel is nucleus: Otsu's
-        threshold of this image's tissue (:func:`tissue_hematoxylin`: glass left out; +inf
+        split of this image's tissue (:func:`tissue_hematoxylin`: glass left out; from a
+        :func:`hematoxylin_histogram`, as a slide's regions take it crop by crop; +inf
         when no nuclei stand out), or a value fixed for a whole region so that its tiles
         are segmented alike (:func:`segment_nuclei`'s ``threshold``; +inf finds none).
+    glass : float or (R, G, B), optional
+        The glass's transmittance, telling glass from tissue for the Otsu split (default
+        :func:`glass_level`: the white level when given, else the image's own glass).
     offset : (int, int), px
         Where this image's first pixel lies on its slide (a tile's corner): touching nuclei
         are split with a tie-breaker of slide coordinates, so that a tile splits them as
@@ -567,10 +623,11 @@ def score_dab(
         warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down
-        from qdmed.imaging._cells import otsu_foreground_threshold
-
-        smooth, tissue = tissue_hematoxylin(rgb, sep, pixel_size_um)
-        nuclear_threshold = otsu_foreground_threshold(smooth[tissue])
+        g = glass_level(rgb, background, bg) if glass is None else _background(glass)
+        smooth, tissue = tissue_hematoxylin(rgb, sep, pixel_size_um, g)
+        top = hematoxylin_top(m, bg)
+        nuclear_threshold = histogram_threshold(hematoxylin_histogram(smooth[tissue], top),
+                                                top)
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2,
         max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=offset)
@@ -620,6 +677,7 @@ def score_dab(
         references=refs,
         her2=her2,
         n_unmeasured=n - n_measured,
+        nuclear_threshold_od=float(nuclear_threshold),
         background=sep.background,
         pixel_size_um=float(pixel_size_um),
         warnings=tuple(warnings),

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from qdmed.errors import InputError
+from qdmed.errors import InputError, UnknownNameError
 
 __all__ = ["analyze_dab_regions"]
 
@@ -56,9 +56,10 @@ def _overview(img) -> np.ndarray:
     return np.asarray(pick.compute() if hasattr(pick, "compute") else pick)
 
 
-#: Pieces larger than this (pixels across, margin included) are scored tile by tile, so
-#: that memory is that of one tile (~120 bytes per pixel: 0.6 GB at 2048^2), whatever the
-#: region's size: a whole section, or a tumour annotation across it.
+#: A piece's bounding box is cut into tiles of at most this (pixels across; each read with
+#: its margin), so that memory is that of one tile (~120 bytes per pixel: ~0.7 GB at 2048^2
+#: with 40 um margins), whatever the region's size: a whole section, or a tumour
+#: annotation across it.
 TILE_PX = 2048
 
 def check_tile(tile) -> int:
@@ -78,8 +79,6 @@ def _whole_slide(name: str, h: int, w: int):
                    kinds=("annotation",), order=(name,), centers=((name, w / 2, h / 2),))
 
 
-#: Bins of the haematoxylin histogram a tiled piece's threshold is taken from.
-HIST_BINS = 4096
 
 
 def _open(slide):
@@ -89,46 +88,23 @@ def _open(slide):
     return slide if hasattr(slide, "read_region") else read_slide(slide)
 
 
-def _hematoxylin_top(stain_matrix, background) -> float:
-    """The largest haematoxylin OD an 8-bit pixel can give (transmittance floored at
-    1/255): the top of the threshold histogram."""
-    from qdmed.imaging._brightfield import _background, _matrix
-
-    od_max = np.maximum(-np.log10(1.0 / 255.0 / _background(background)), 0.0)
-    return float(np.abs(np.linalg.inv(_matrix(stain_matrix))[:, 0]) @ od_max)
-
-
-def _crop_histogram(slide, window, core, ps: float, stain_matrix, background,
+def _crop_histogram(slide, window, core, ps: float, stain_matrix, background, glass,
                     top: float) -> np.ndarray:
-    """(3, HIST_BINS): per bin of [0, top], the count, sum and sum of squares of the
-    smoothed haematoxylin OD of the tissue of a crop's core (glass left out; smoothed with
-    its margin, as in the whole image: :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`)."""
-    from qdmed.imaging._brightfield import deconvolve_dab, tissue_hematoxylin
+    """The :func:`~qdmed.imaging._brightfield.hematoxylin_histogram` of the tissue of a
+    crop's core (glass left out; smoothed with its margin, as in the whole image:
+    :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`)."""
+    from qdmed.imaging._brightfield import (
+        deconvolve_dab,
+        hematoxylin_histogram,
+        tissue_hematoxylin,
+    )
 
     ya, yb, xa, xb = window
     core = (slice(core[0] - ya, core[1] - ya), slice(core[2] - xa, core[3] - xa))
     rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
     sep = deconvolve_dab(rgb, stain_matrix=stain_matrix, background=background)
-    smooth, tissue = tissue_hematoxylin(rgb, sep, ps)
-    sm = smooth[core][tissue[core]]
-    k = np.minimum((sm * (HIST_BINS / top)).astype(np.int64), HIST_BINS - 1)
-    return np.stack([np.bincount(k, minlength=HIST_BINS).astype(np.float64),
-                     np.bincount(k, weights=sm, minlength=HIST_BINS),
-                     np.bincount(k, weights=sm * sm, minlength=HIST_BINS)])
-
-
-def _region_threshold(histogram, top: float) -> float:
-    """A region's haematoxylin OD threshold: Otsu's, with the test that nuclei stand out
-    (else +inf; as :func:`~qdmed.imaging._cells.otsu_foreground_threshold`), on the
-    smoothed haematoxylin OD of the tissue of all its crops (the sum of their
-    :func:`_crop_histogram`), as :func:`score_dab` takes it on one image. One threshold per region, whatever its
-    tiling: a threshold per tile would differ between tiles of mostly glass and of dense
-    tissue, and the tile size would change the cells."""
-    from qdmed.imaging._cells import histogram_otsu_threshold
-
-    counts, sums, squares = histogram
-    return histogram_otsu_threshold(counts, sums, squares,
-                                    (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS))
+    smooth, tissue = tissue_hematoxylin(rgb, sep, ps, glass)
+    return hematoxylin_histogram(smooth[core][tissue[core]], top)
 
 
 def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
@@ -171,19 +147,21 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
     return cells[keep]
 
 
-def _first_piece_owns(cells, reg):
+def _first_piece_owns(cells, reg, pieces):
     """The rows of ``cells`` (with their crop's ``piece``) whose centroid's first
-    containing polygon, in file order, is that piece: a cell in two overlapping pieces of
-    one region, or in two overlapping regions, is counted once, where
-    :func:`~qdmed.imaging._region_scores.assign_regions` puts it."""
+    containing polygon, in file order, among the scored ``pieces`` (indices of
+    ``reg.polygons``; a piece too small to crop scores nothing and claims nothing) is that
+    piece: a cell in two overlapping pieces of one region, or in two overlapping regions,
+    is counted once, where :func:`~qdmed.imaging._region_scores.assign_regions` puts it."""
     from qdmed.imaging._regions import Regions
 
     if not len(cells):
         return cells
-    pieces = Regions(source=reg.source, polygons=reg.polygons,
-                     classes=(None,) * len(reg.polygons),
-                     labels=tuple(str(k) for k in range(len(reg.polygons))))
-    owner = pieces.region_index_cells(cells)
+    pieces = sorted(set(pieces))
+    owners = Regions(source=reg.source, polygons=tuple(reg.polygons[i] for i in pieces),
+                     classes=(None,) * len(pieces), labels=tuple(str(i) for i in pieces))
+    k = owners.region_index_cells(cells)
+    owner = np.where(k >= 0, np.asarray(pieces + [-1])[k], -1)
     return cells[owner == cells["piece"].to_numpy()]
 
 
@@ -351,13 +329,15 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         Reuse the crops a killed run finished (``tiles/`` in ``out_dir``) when the slide,
         the regions and the parameters are the same; False scores every crop again.
     progress : bool
-        Show a progress bar (per region, or per tile when a region is tiled).
+        Show a progress bar (per crop, twice: its region's threshold, then its cells).
 
     Returns
     -------
     dict
         The summary (also ``summary.json``): ``regions_scored`` and ``cases_scored`` as an
-        analysed QD slide's, the parameters and the qdmed version.
+        analysed QD slide's; ``thresholds``, per region its crops, tiles and haematoxylin
+        threshold (None: no nuclei stood out); ``n_crops`` and ``n_crops_resumed``; the
+        parameters (with the glass level told from tissue) and the qdmed version.
 
     Raises
     ------
@@ -368,7 +348,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
     from qdmed import __version__
     from qdmed.imaging._analyze import _progress
-    from qdmed.imaging._brightfield import check_od_cutoffs
+    from qdmed.imaging._brightfield import (
+        HIST_BINS,
+        check_od_cutoffs,
+        hematoxylin_top,
+        histogram_threshold,
+    )
     from qdmed.imaging._region_scores import (
         assign_regions,
         check_min_cells,
@@ -416,13 +401,22 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    from qdmed.imaging._brightfield import _background, _matrix, glass_level
+
+    if isinstance(stain_matrix, str):
+        if stain_matrix not in ("ruifrok", "macenko"):
+            raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: "
+                                   "'ruifrok', 'macenko' or a (3, 3) array.")
+    else:
+        stain_matrix = _matrix(stain_matrix)
+    if not isinstance(background, str):
+        _background(background)  # checked before any pixel is read
     default_white = not isinstance(background, str) and np.all(np.asarray(background) == 1.0)
+    glass = None
     if isinstance(stain_matrix, str) and stain_matrix == "macenko" or \
             isinstance(background, str) or default_white:
         overview = _overview(img)
         if isinstance(background, str):
-            from qdmed.imaging._brightfield import _background
-
             background = tuple(float(v) for v in _background(background, overview))
         if isinstance(stain_matrix, str) and stain_matrix == "macenko":
             from qdmed.imaging._brightfield import estimate_stain_vectors
@@ -433,12 +427,16 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
             warnings += glass_warnings(overview, None if isinstance(stain_matrix, str)
                                        else stain_matrix)
+            # glass told from tissue by the slide's own glass (it may read below white)
+            glass = tuple(float(v) for v in glass_level(overview, 1.0, _background(1.0)))
+    if glass is None:
+        glass = tuple(float(v) for v in _background(background))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
     jobs = _jobs(img, reg, ps, tile)
     score_kw = dict(od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
-                    compartment=compartment, background=background)
+                    compartment=compartment, background=background, glass=glass)
     tiles_dir = out / "tiles"
     tiles_dir.mkdir(exist_ok=True)
     from qdmed.imaging._analyze import _remove_stale_temporaries
@@ -477,14 +475,14 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                        "crops"
                        ) as advance:
             if thresholds is None:
-                top = _hematoxylin_top(m, background)
+                top = hematoxylin_top(m, background)
                 sums = {label: np.zeros((3, HIST_BINS)) for _, label, _, _ in jobs}
 
                 def add(j, hist):  # summed as they come: one histogram per region held
                     sums[jobs[j][1]] += hist
-                _run(_crop_histogram, [(source, wd, core, ps, m, background, top)
+                _run(_crop_histogram, [(source, wd, core, ps, m, background, glass, top)
                                        for _, _, wd, core in jobs], own_client, advance, add)
-                thresholds = {r: _region_threshold(hh, top) for r, hh in sums.items()}
+                thresholds = {r: histogram_threshold(hh, top) for r, hh in sums.items()}
                 atomic_write_text(thr_file, json.dumps(to_jsonable(thresholds)))
             _run(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
                                 reg.polygons[jobs[k][0]], jobs[k][1], thresholds[jobs[k][1]],
@@ -500,7 +498,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": [], "piece": []})
     del tables
-    cells = _first_piece_owns(cells, reg).drop(columns=["region", "piece"], errors="ignore")
+    cells = _first_piece_owns(cells, reg, [j[0] for j in jobs]).drop(
+        columns=["region", "piece"], errors="ignore")
     cells = cells.reset_index(drop=True)
     cells["cell_id"] = np.arange(len(cells), dtype=np.int64)  # unique over the slide
     assign_regions(cells, reg, name, tumour=tumour, tma_map=tma_map)
@@ -535,7 +534,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM,
-                              "tile_px": tile},
+                              "tile_px": tile, "glass": list(glass)},
                "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
                "n_crops": len(jobs), "n_crops_resumed": n_resumed,
                "elapsed_s": round(time.perf_counter() - t0, 2),

@@ -140,9 +140,10 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
             + f" (tiles of at most {p['tile_px']} px, read with {p['margin_um']:g} um "
             "margins).")
     if thr:
-        rep.paragraph("Nuclei: haematoxylin OD above each region's threshold, Otsu's over "
-                      "the region's pixels smoothed over 0.5 um (see the regions table; "
-                      "none: no nuclei stand out from the haematoxylin, no cells).")
+        rep.paragraph("Nuclei: haematoxylin OD (smoothed over 0.5 um) above each region's "
+                      "threshold, Otsu's split of the tissue of its bounding boxes, glass "
+                      "left out (see the regions table; none: no nuclei stand out from the "
+                      "haematoxylin, no cells).")
     rep.flags(summary.get("warnings") or [])
     rgb, factor = _overview(img)
     rep.figure(dab_figure(rgb, scored, p["od_cutoffs"], p["compartment"], factor=factor,
@@ -158,7 +159,8 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
         if fig is not None:
             rep.figure(fig, "regions")
     if rows:
-        by = {t["region"]: t["hematoxylin_threshold_od"] for t in thr}
+        by = {t["region"]: "none" if t["hematoxylin_threshold_od"] is None else
+              t["hematoxylin_threshold_od"] for t in thr}
         rows = [{**r, "hematoxylin_threshold_od": by.get(r["region"], "")} for r in rows]
         rep.heading("Regions")
         rep.table(_columns(rows, ("region", "case", "status", "n_cells", "n_scored", *score,
