@@ -356,6 +356,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     )
     from qdmed.imaging._region_scores import (
         assign_regions,
+        check_count,
         check_min_cells,
         load_tma_map,
         score_slide_regions,
@@ -382,9 +383,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     compartment = known[marker].compartment
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     tile = check_tile(tile)
-    from qdmed.imaging._analyze import check_n_workers
-
-    check_n_workers(n_workers)
+    if n_workers is not None:  # 1 (in this process) unless asked; None: one per core
+        check_count(n_workers, "n_workers (--workers)", " (1: in this process)")
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     name = Path(getattr(img, "path", slide)).name
     if img.dtype != np.uint8 or img.shape[-1] != 3:
