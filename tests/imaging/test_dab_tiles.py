@@ -373,3 +373,33 @@ def test_a_bad_stain_matrix_is_refused_before_any_pixel_is_read(tmp_path, ihc_sl
     with pytest.raises(InputError, match="stain_matrix must be a finite"):
         analyze_dab_regions(path, None, tmp_path / "x", od_cutoffs=CUT,
                             stain_matrix=np.eye(2))
+
+
+def test_killed_tma_run_resumes_with_each_cores_own_threshold(tmp_path, brightfield_tma,
+                                                              monkeypatch):
+    # a core (a region of one crop) takes its threshold from its own read, kept beside its
+    # cells: a run killed after two cores resumes with the same thresholds and cells
+    import qdmed.imaging._dab_regions as dr
+
+    p, cores = _tma_and_cores(tmp_path, brightfield_tma)
+    full = analyze_dab_regions(p, cores, tmp_path / "full", od_cutoffs=CUT, min_cells=20,
+                               progress=False)
+    assert all(t["n_crops"] == 1 for t in full["thresholds"])
+    real, calls = dr._score_crop, []
+
+    def dies_after_two(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(dr, "_score_crop", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_dab_regions(p, cores, tmp_path / "k", od_cutoffs=CUT, min_cells=20,
+                            progress=False)
+    monkeypatch.setattr(dr, "_score_crop", real)
+    again = analyze_dab_regions(p, cores, tmp_path / "k", od_cutoffs=CUT, min_cells=20,
+                                progress=False)
+    assert again["n_crops_resumed"] == 2 and again["thresholds"] == full["thresholds"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "k" / "cells.parquet"),
+                                  pd.read_parquet(tmp_path / "full" / "cells.parquet"))

@@ -89,10 +89,11 @@ def _open(slide):
 
 
 def _crop_histogram(slide, window, core, ps: float, stain_matrix, background, glass,
-                    top: float) -> np.ndarray:
+                    top: float, rgb=None) -> np.ndarray:
     """The :func:`~qdmed.imaging._brightfield.hematoxylin_histogram` of the tissue of a
     crop's core (glass left out; smoothed with its margin, as in the whole image:
-    :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`)."""
+    :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`); ``rgb``: the window already
+    read."""
     from qdmed.imaging._brightfield import (
         deconvolve_dab,
         hematoxylin_histogram,
@@ -101,26 +102,35 @@ def _crop_histogram(slide, window, core, ps: float, stain_matrix, background, gl
 
     ya, yb, xa, xb = window
     core = (slice(core[0] - ya, core[1] - ya), slice(core[2] - xa, core[3] - xa))
-    rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
+    if rgb is None:
+        rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
     sep = deconvolve_dab(rgb, stain_matrix=stain_matrix, background=background)
     smooth, tissue = tissue_hematoxylin(rgb, sep, ps, glass)
     return hematoxylin_histogram(smooth[core][tissue[core]], top)
 
 
 def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
-                regions_source: str, score_kw: dict):
+                regions_source: str, score_kw: dict, top: float):
     """The cells of one crop (:func:`_jobs`): :func:`score_dab` on its window, in slide
     coordinates, kept when their centroid lies in the polygon piece and, for a tile, in its
     core (a cell belongs to the one tile whose core holds its centroid), and when they do
     not reach an edge of the window inside the slide (an object longer than the margin,
     such as a haematoxylin-stained strand, is cut there: the whole image would hold it
-    whole); ``piece`` recorded for :func:`_first_piece_owns`."""
-    from qdmed.imaging._brightfield import score_dab
+    whole); ``piece`` recorded for :func:`_first_piece_owns`. ``threshold`` None: the
+    region is this crop alone, its threshold taken here, from the same read, as the
+    threshold pass would (:func:`_crop_histogram`). Returns (cells, threshold)."""
+    from qdmed.imaging._brightfield import histogram_threshold, score_dab
     from qdmed.imaging._regions import Regions
 
     ya, yb, xa, xb = window
     slide = _open(slide)
     crop = np.asarray(slide.read_region(ya, yb, xa, xb))
+    if threshold is None:
+        k = score_kw
+        m = None if isinstance(k["stain_matrix"], str) else k["stain_matrix"]  # 'ruifrok'
+        threshold = histogram_threshold(_crop_histogram(
+            None, window, core, k["pixel_size_um"], m, k["background"], k["glass"], top,
+            crop), top)
     sc = score_dab(crop, check_glass=False, nuclear_threshold=threshold, offset=(ya, xa),
                    **score_kw)
     cells = sc.cells.copy()
@@ -144,7 +154,7 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
             keep &= ~np.isin(cells["cell_id"].to_numpy(), np.concatenate(edges))
     cells["region"] = label
     cells["piece"] = np.int64(piece)
-    return cells[keep]
+    return cells[keep], float(threshold)
 
 
 def _first_piece_owns(cells, reg, pieces):
@@ -191,7 +201,7 @@ def _run(fn, calls, client, advance, save=None) -> list | None:
 
 
 #: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
-DAB_TILE_FORMAT = 2
+DAB_TILE_FORMAT = 3
 
 
 def _fingerprint(img, reg, jobs, score_kw) -> str:
@@ -329,7 +339,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         Reuse the crops a killed run finished (``tiles/`` in ``out_dir``) when the slide,
         the regions and the parameters are the same; False scores every crop again.
     progress : bool
-        Show a progress bar (per crop, twice: its region's threshold, then its cells).
+        Show a progress bar (per crop; the crops of regions in several are read twice:
+        for the region's threshold, then for their cells).
 
     Returns
     -------
@@ -453,13 +464,24 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     def job_file(k):
         return tiles_dir / f"job_{k:06d}.parquet"
 
-    thr_file = tiles_dir / "thresholds.json"
-    thresholds = ({r: (np.inf if t is None else t) for r, t in
-                   json.loads(thr_file.read_text()).items()} if thr_file.exists() else None)
-    todo = [k for k in range(len(jobs)) if not job_file(k).exists()]
+    def thr_file(k):  # the threshold a one-crop region's crop took
+        return tiles_dir / f"job_{k:06d}.threshold.json"
+
+    # regions of several crops (pieces, tiles) get their threshold from a first pass over
+    # all of them; a region of one crop (a TMA core) takes it from the crop's own read
+    n_crops = {label: 0 for _, label, _, _ in jobs}
+    for _, label, _, _ in jobs:
+        n_crops[label] += 1
+    shared = [k for k, job in enumerate(jobs) if n_crops[job[1]] > 1]
+    shared_file = tiles_dir / "thresholds.json"
+    thresholds = None if shared else {}
+    if shared and shared_file.exists():
+        thresholds = {r: (np.inf if t is None else t)
+                      for r, t in json.loads(shared_file.read_text()).items()}
+    todo = [k for k in range(len(jobs))
+            if not (job_file(k).exists() and (n_crops[jobs[k][1]] > 1 or thr_file(k).exists()))]
     n_resumed = len(jobs) - len(todo)
-    # every crop is read twice: for its region's threshold, then for its cells
-    passes = len(todo) + (len(jobs) if thresholds is None else 0)
+    passes = len(todo) + (len(shared) if thresholds is None else 0)
     own_client = cluster = None
     workers = n_workers or os.cpu_count() or 1
     if scheduler != "synchronous" and (scheduler or (workers > 1 and passes > 1)):
@@ -470,30 +492,41 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         source = str(Path(img.path).resolve())
     else:
         source = img
+    top = hematoxylin_top(m, background)
+
+    def save(j, result):
+        k = todo[j]
+        if n_crops[jobs[k][1]] == 1:
+            atomic_write_text(thr_file(k), json.dumps(to_jsonable({"threshold": result[1]})))
+        atomic_write_parquet(job_file(k), result[0])
+
     try:
-        with _progress(progress, 2 * len(jobs), 2 * len(jobs) - passes,
-                       "crops"
-                       ) as advance:
+        with _progress(progress, len(jobs) + len(shared), len(jobs) + len(shared) - passes,
+                       "crops") as advance:
             if thresholds is None:
-                top = hematoxylin_top(m, background)
-                sums = {label: np.zeros((3, HIST_BINS)) for _, label, _, _ in jobs}
+                sums = {jobs[k][1]: np.zeros((3, HIST_BINS)) for k in shared}
 
                 def add(j, hist):  # summed as they come: one histogram per region held
-                    sums[jobs[j][1]] += hist
-                _run(_crop_histogram, [(source, wd, core, ps, m, background, glass, top)
-                                       for _, _, wd, core in jobs], own_client, advance, add)
+                    sums[jobs[shared[j]][1]] += hist
+                _run(_crop_histogram, [(source, jobs[k][2], jobs[k][3], ps, m, background,
+                                        glass, top) for k in shared], own_client, advance,
+                     add)
                 thresholds = {r: histogram_threshold(hh, top) for r, hh in sums.items()}
-                atomic_write_text(thr_file, json.dumps(to_jsonable(thresholds)))
+                atomic_write_text(shared_file, json.dumps(to_jsonable(thresholds)))
             _run(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
-                                reg.polygons[jobs[k][0]], jobs[k][1], thresholds[jobs[k][1]],
-                                reg.source, score_kw) for k in todo],
-                 own_client, advance,
-                 lambda j, df: atomic_write_parquet(job_file(todo[j]), df))
+                                reg.polygons[jobs[k][0]], jobs[k][1],
+                                thresholds.get(jobs[k][1]), reg.source, score_kw, top)
+                               for k in todo],
+                 own_client, advance, save)
     finally:
         if own_client is not None:
             own_client.close()
         if cluster is not None:
             cluster.close()
+    for k, (_, label, _, _) in enumerate(jobs):
+        if n_crops[label] == 1:
+            t = json.loads(thr_file(k).read_text())["threshold"]
+            thresholds[label] = np.inf if t is None else t
     tables = [pd.read_parquet(job_file(k)) for k in range(len(jobs))]
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": [], "piece": []})
