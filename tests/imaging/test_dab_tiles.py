@@ -174,35 +174,39 @@ def test_dab_report_and_plot(tmp_path, brightfield_tma):
     assert len(sc.plot().axes[0].images) == 0  # cells only
 
 
-
-def test_killed_dab_run_resumes_from_its_finished_crops(tmp_path, ihc_slide, monkeypatch):
-    # a run killed after 5 of 16 tiles: the rerun scores the 11 left and writes what an
-    # uninterrupted run writes; other parameters throw the finished crops away
+def _killed_and_resumed(tmp_path, monkeypatch, after: int, run):
+    """``run(out)`` uninterrupted, then killed after ``after`` crops and run again into one
+    folder: (uninterrupted summary, resumed summary), their cells and thresholds equal."""
     import qdmed.imaging._dab_regions as dr
 
-    path, _ = ihc_slide
-    full = analyze_dab_regions(path, None, tmp_path / "full", od_cutoffs=CUT, tile=256,
-                               progress=False)
+    full = run(tmp_path / "full")
     real, calls = dr._score_crop, []
 
-    def dies_after_five(*args):
-        if len(calls) == 5:
+    def dies(*args):
+        if len(calls) == after:
             raise KeyboardInterrupt
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(dr, "_score_crop", dies_after_five)
+    monkeypatch.setattr(dr, "_score_crop", dies)
     with pytest.raises(KeyboardInterrupt):
-        analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=CUT, tile=256,
-                            progress=False)
-    assert len(list((tmp_path / "k" / "tiles").glob("job_*.parquet"))) == 5
+        run(tmp_path / "k")
+    assert len(list((tmp_path / "k" / "tiles").glob("job_*.parquet"))) == after
     monkeypatch.setattr(dr, "_score_crop", real)
-    again = analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=CUT, tile=256,
-                                progress=False)
-    assert (again["n_crops"], again["n_crops_resumed"]) == (16, 5)
+    again = run(tmp_path / "k")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "k" / "cells.parquet"),
                                   pd.read_parquet(tmp_path / "full" / "cells.parquet"))
     assert again["thresholds"] == full["thresholds"]
+    return full, again
+
+
+def test_killed_dab_run_resumes_from_its_finished_crops(tmp_path, ihc_slide, monkeypatch):
+    # a run killed after 5 of 16 tiles: the rerun scores the 11 left and writes what an
+    # uninterrupted run writes; other parameters throw the finished crops away
+    path, _ = ihc_slide
+    _, again = _killed_and_resumed(tmp_path, monkeypatch, 5, lambda out: analyze_dab_regions(
+        path, None, out, od_cutoffs=CUT, tile=256, progress=False))
+    assert (again["n_crops"], again["n_crops_resumed"]) == (16, 5)
     other = analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=(0.1, 0.2, 0.4),
                                 tile=256, progress=False)
     assert other["n_crops_resumed"] == 0
@@ -379,27 +383,8 @@ def test_killed_tma_run_resumes_with_each_cores_own_threshold(tmp_path, brightfi
                                                               monkeypatch):
     # a core (a region of one crop) takes its threshold from its own read, kept beside its
     # cells: a run killed after two cores resumes with the same thresholds and cells
-    import qdmed.imaging._dab_regions as dr
-
     p, cores = _tma_and_cores(tmp_path, brightfield_tma)
-    full = analyze_dab_regions(p, cores, tmp_path / "full", od_cutoffs=CUT, min_cells=20,
-                               progress=False)
+    full, again = _killed_and_resumed(tmp_path, monkeypatch, 2, lambda out: (
+        analyze_dab_regions(p, cores, out, od_cutoffs=CUT, min_cells=20, progress=False)))
     assert all(t["n_crops"] == 1 for t in full["thresholds"])
-    real, calls = dr._score_crop, []
-
-    def dies_after_two(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(dr, "_score_crop", dies_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        analyze_dab_regions(p, cores, tmp_path / "k", od_cutoffs=CUT, min_cells=20,
-                            progress=False)
-    monkeypatch.setattr(dr, "_score_crop", real)
-    again = analyze_dab_regions(p, cores, tmp_path / "k", od_cutoffs=CUT, min_cells=20,
-                                progress=False)
-    assert again["n_crops_resumed"] == 2 and again["thresholds"] == full["thresholds"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "k" / "cells.parquet"),
-                                  pd.read_parquet(tmp_path / "full" / "cells.parquet"))
+    assert again["n_crops_resumed"] == 2
