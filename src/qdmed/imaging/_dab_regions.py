@@ -62,6 +62,7 @@ def _overview(img) -> np.ndarray:
 #: annotation across it.
 TILE_PX = 2048
 
+
 def check_tile(tile) -> int:
     """The tile size checked: an integer of at least 256 pixels."""
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 256:
@@ -77,8 +78,6 @@ def _whole_slide(name: str, h: int, w: int):
     ring = np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]], dtype=np.float64)
     return Regions(source=name, polygons=((ring,),), classes=(None,), labels=(name,),
                    kinds=("annotation",), order=(name,), centers=((name, w / 2, h / 2),))
-
-
 
 
 def _open(slide):
