@@ -388,3 +388,38 @@ def test_killed_tma_run_resumes_with_each_cores_own_threshold(tmp_path, brightfi
         analyze_dab_regions(p, cores, out, od_cutoffs=CUT, min_cells=20, progress=False)))
     assert all(t["n_crops"] == 1 for t in full["thresholds"])
     assert again["n_crops_resumed"] == 2
+
+
+def test_a_region_is_thresholded_on_its_own_tissue(tmp_path, ihc_slide):
+    # review suggestion: Otsu's split over the tissue inside the region's polygon, not its
+    # bounding box (a thin or diagonal annotation would be thresholded on the tissue around
+    # it); the same value tiled or not, and as computed here on the whole image
+    from qdmed.imaging._brightfield import (
+        glass_level,
+        hematoxylin_histogram,
+        hematoxylin_top,
+        histogram_threshold,
+        tissue_hematoxylin,
+    )
+    from qdmed.imaging._regions import Regions
+
+    path, img = ihc_slide
+    tri = [[100, 100], [950, 180], [180, 950], [100, 100]]
+    geo = _write(tmp_path / "t.geojson", [{"type": "Feature", "properties": {"name": "T"},
+                                           "geometry": {"type": "Polygon",
+                                                        "coordinates": [tri]}}])
+    got = [analyze_dab_regions(path, geo, tmp_path / f"t{tile}", od_cutoffs=CUT, tile=tile,
+                               min_cells=1, progress=False)["thresholds"][0]
+           for tile in (2048, 300)]
+    assert (got[0]["n_tiles"], got[1]["n_tiles"]) == (0, 9)
+    sep = deconvolve_dab(img)
+    smooth, tissue = tissue_hematoxylin(img, sep, 0.5, glass_level(img, 1.0, 1.0))
+    yy, xx = np.mgrid[:1024, :1024]
+    reg = Regions(source="", polygons=((np.array(tri, float),),), classes=(None,),
+                  labels=("T",))
+    inside = reg.region_index(xx.ravel() + 0.5, yy.ravel() + 0.5).reshape(1024, 1024) >= 0
+    top = hematoxylin_top(None, 1.0)
+    want = histogram_threshold(hematoxylin_histogram(smooth[tissue & inside], top), top)
+    box = histogram_threshold(hematoxylin_histogram(smooth[tissue], top), top)
+    assert got[0]["hematoxylin_threshold_od"] == got[1]["hematoxylin_threshold_od"] == want
+    assert want != box  # the bounding box (here the whole image) would give another

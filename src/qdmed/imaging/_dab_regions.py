@@ -87,25 +87,30 @@ def _open(slide):
     return slide if hasattr(slide, "read_region") else read_slide(slide)
 
 
-def _crop_histogram(slide, window, core, ps: float, stain_matrix, background, glass,
-                    top: float, rgb=None) -> np.ndarray:
-    """The :func:`~qdmed.imaging._brightfield.hematoxylin_histogram` of the tissue of a
-    crop's core (glass left out; smoothed with its margin, as in the whole image:
-    :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`); ``rgb``: the window already
+def _crop_histogram(slide, window, core, polygon, ps: float, stain_matrix, background,
+                    glass, top: float, rgb=None) -> np.ndarray:
+    """The :func:`~qdmed.imaging._brightfield.hematoxylin_histogram` of the tissue inside
+    the polygon piece in a crop's core (glass left out; smoothed with its margin, as in
+    the whole image: :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`; a pixel is in
+    the polygon when its centre is, by the scanline fill of
+    :func:`~qdmed.imaging._rasterize.rasterize_objects`); ``rgb``: the window already
     read."""
     from qdmed.imaging._brightfield import (
         deconvolve_dab,
         hematoxylin_histogram,
         tissue_hematoxylin,
     )
+    from qdmed.imaging._rasterize import Outlines, rasterize_objects
 
     ya, yb, xa, xb = window
-    core = (slice(core[0] - ya, core[1] - ya), slice(core[2] - xa, core[3] - xa))
+    cy0, cy1, cx0, cx1 = core
+    inside = rasterize_objects(Outlines.from_rings([list(polygon)]), cy0, cy1, cx0, cx1) > 0
+    core = (slice(cy0 - ya, cy1 - ya), slice(cx0 - xa, cx1 - xa))
     if rgb is None:
         rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
     sep = deconvolve_dab(rgb, stain_matrix=stain_matrix, background=background)
     smooth, tissue = tissue_hematoxylin(rgb, sep, ps, glass)
-    return hematoxylin_histogram(smooth[core][tissue[core]], top)
+    return hematoxylin_histogram(smooth[core][tissue[core] & inside], top)
 
 
 def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
@@ -128,8 +133,8 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
         k = score_kw
         m = None if isinstance(k["stain_matrix"], str) else k["stain_matrix"]  # 'ruifrok'
         threshold = histogram_threshold(_crop_histogram(
-            None, window, core, k["pixel_size_um"], m, k["background"], k["glass"], top,
-            crop), top)
+            None, window, core, polygon, k["pixel_size_um"], m, k["background"], k["glass"],
+            top, crop), top)
     sc = score_dab(crop, check_glass=False, nuclear_threshold=threshold, offset=(ya, xa),
                    **score_kw)
     cells = sc.cells.copy()
@@ -200,7 +205,7 @@ def _run(fn, calls, client, advance, save=None) -> list | None:
 
 
 #: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
-DAB_TILE_FORMAT = 3
+DAB_TILE_FORMAT = 4
 
 
 def _fingerprint(img, reg, jobs, score_kw) -> str:
@@ -323,8 +328,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         read with :data:`MARGIN_UM` of slide around it and owning the cells whose centroid
         lies in it; a cell reaching an edge of its window inside the slide (an object longer
         than the margin) is left out. Every region is segmented at one haematoxylin
-        threshold whatever its tiling: Otsu's over its pieces' bounding boxes (a histogram
-        built crop by crop; +inf, no cells, when no nuclei stand out), so the tile size
+        threshold whatever its tiling: Otsu's over the tissue inside its polygons (a
+        histogram built crop by crop; +inf, no cells, when no nuclei stand out), so the tile size
         changes no threshold. Where pieces or regions overlap, a cell belongs to the first
         polygon holding its centroid (as
         :func:`~qdmed.imaging._region_scores.assign_regions` places it).
@@ -507,9 +512,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
                 def add(j, hist):  # summed as they come: one histogram per region held
                     sums[jobs[shared[j]][1]] += hist
-                _run(_crop_histogram, [(source, jobs[k][2], jobs[k][3], ps, m, background,
-                                        glass, top) for k in shared], own_client, advance,
-                     add)
+                _run(_crop_histogram, [(source, jobs[k][2], jobs[k][3],
+                                        reg.polygons[jobs[k][0]], ps, m, background, glass,
+                                        top) for k in shared], own_client, advance, add)
                 thresholds = {r: histogram_threshold(hh, top) for r, hh in sums.items()}
                 atomic_write_text(shared_file, json.dumps(to_jsonable(thresholds)))
             _run(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],

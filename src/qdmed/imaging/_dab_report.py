@@ -141,7 +141,7 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
             "margins).")
     if thr:
         rep.paragraph("Nuclei: haematoxylin OD (smoothed over 0.5 um) above each region's "
-                      "threshold, Otsu's split of the tissue of its bounding boxes, glass "
+                      "threshold, Otsu's split of the tissue inside its polygons, glass "
                       "left out (see the regions table; none: no nuclei stand out from the "
                       "haematoxylin, no cells).")
     rep.flags(summary.get("warnings") or [])
