@@ -215,7 +215,7 @@ def test_killed_dab_run_resumes_from_its_finished_crops(tmp_path, ihc_slide, mon
 def test_tile_size_changes_no_threshold_and_no_cell(tmp_path, brightfield_tma):
     # review finding: a core's threshold once depended on whether it was tiled (A-2 went
     # from 2+ to 3+ with --tile 256); now every region has one threshold, Otsu's over its
-    # crop box, whatever the tiling
+    # polygons, whatever the tiling
     p, cores = _tma_and_cores(tmp_path, brightfield_tma)
     whole = analyze_dab_regions(p, cores, tmp_path / "a", od_cutoffs=CUT, min_cells=20,
                                 progress=False)

@@ -424,7 +424,7 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     assert cells["cell_id"].is_unique and set(cells["region"]) == {"A-1", "A-2", "A-3", "B-1",
                                                                    "B-3"}
     # the cells of a core are those score_dab finds on the core cut with its 40 um (80 px)
-    # margin, at the core's threshold (Otsu's over its bounding box)
+    # margin, at the core's threshold (Otsu's over its tissue)
     from qdmed.imaging import read_regions, read_slide, score_dab
 
     reg = read_regions(cores)
