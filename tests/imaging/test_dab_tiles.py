@@ -163,7 +163,7 @@ def test_dab_report_and_plot(tmp_path, brightfield_tma):
     html = (tmp_path / "dab" / "report.html").read_text()
     assert d["report"] == str(tmp_path / "dab" / "report.html")
     assert html.count("<img") == 2 and "A-3" in html and "cells by DAB class" in html
-    assert "uncalibrated" not in html  # the CLI's warning, not the function's
+    assert "uncalibrated example" in html  # CUT is the CLI's example: said in the report
     from skimage.data import immunohistochemistry
 
     sc = score_dab(immunohistochemistry(), od_cutoffs=CUT)

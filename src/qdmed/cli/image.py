@@ -34,11 +34,9 @@ PATTERN = Annotated[str | None, typer.Option("--pattern", help="Only the slides 
 SATURATION = Annotated[float | None, typer.Option("--saturation-level", help="Detector ceiling, counts (e.g. 4095 for a 12-bit camera stored as uint16). Default: the OME SignificantBits ceiling, else the integer type's maximum.")]
 
 
-#: The --od-cutoffs default: an example, not a calibration (said so in every output).
+#: The --od-cutoffs default: an example, not a calibration (every result says so:
+#: qdmed.imaging._brightfield.EXAMPLE_OD_CUTOFFS).
 DAB_EXAMPLE_CUTOFFS = "0.05,0.15,0.3"
-UNCALIBRATED_DAB = ("the DAB OD cut-offs are the uncalibrated example 0.05, 0.15, 0.3: "
-                    "chromogen OD depends on the protocol and the scanner; calibrate them on "
-                    "control tissue (--od-cutoffs)")
 
 
 def _offset(text: str | None):
@@ -973,8 +971,6 @@ def dab(
                                 n_workers=1 if workers is None else workers,
                                 scheduler=scheduler,
                                 progress=not no_progress)
-        if cutoffs == DAB_EXAMPLE_CUTOFFS:
-            d["warnings"].append(UNCALIBRATED_DAB)
         return print_json(d) if json_ else _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
@@ -998,8 +994,6 @@ def dab(
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()
-    if cutoffs == DAB_EXAMPLE_CUTOFFS:
-        d["warnings"].append(UNCALIBRATED_DAB)
     if json_:
         return print_json(d)
     her2 = d.get("her2") or {}

@@ -510,6 +510,20 @@ class DabScore:
                           self.compartment, pixel_size_um=self.pixel_size_um)
 
 
+#: Example DAB OD cut-offs (the CLI's default), not a calibration: a result scored with
+#: them says so (:func:`uncalibrated_warnings`).
+EXAMPLE_OD_CUTOFFS = (0.05, 0.15, 0.3)
+
+
+def uncalibrated_warnings(od_cutoffs) -> list[str]:
+    """The warning of a result scored with :data:`EXAMPLE_OD_CUTOFFS`, else none."""
+    if tuple(float(v) for v in od_cutoffs) != EXAMPLE_OD_CUTOFFS:
+        return []
+    return ["the DAB OD cut-offs are the uncalibrated example 0.05, 0.15, 0.3: chromogen OD "
+            "depends on the protocol and the scanner; calibrate them on control tissue "
+            "(od_cutoffs, --od-cutoffs)"]
+
+
 def check_od_cutoffs(od_cutoffs) -> tuple[float, float, float]:
     """DAB OD cut-offs checked: three strictly increasing finite ODs (t1, t2, t3)."""
     try:
@@ -618,7 +632,7 @@ def score_dab(
             raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
     else:
         m = stain_matrix
-    warnings = []
+    warnings = uncalibrated_warnings(t)
     if check_glass and isinstance(background, int | float) and background == 1.0:
         warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)

@@ -407,7 +407,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                          f"{img.shape[-1]} channels of {img.dtype}")
     if reg is None:
         reg = _whole_slide(name, *img.shape[:2])
-    warnings = []
+    from qdmed.imaging._brightfield import uncalibrated_warnings
+
+    warnings = uncalibrated_warnings(cut)
     if pixel_size_um is not None and not (isinstance(pixel_size_um, float | int)
                                           and pixel_size_um > 0):
         raise InputError(f"pixel_size_um must be a positive number (um); got "
