@@ -958,10 +958,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     n_used = 1
     mode = "in-process"
     with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
+        run_client = None
         if todo and scheduler != "synchronous" and (client is not None or scheduler
                                                      or len(todo) > 1):
-            from distributed import as_completed
-
             run_client = client
             if run_client is None:
                 own_client, cluster = start_client(scheduler, n_workers or min(
@@ -969,25 +968,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 run_client = own_client
             mode = scheduler or ("local" if cluster is not None else "client")
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
-            try:
-                # absolute paths: a worker of a remote cluster has its own working folder
-                futs = {run_client.submit(run_tile, str(path.resolve()), panel_doc,
-                                          settings_doc, boxes[i], margin_px, i, outlines, labels,
-                                          pure=False): i
-                        for i in todo}
-                for fut in as_completed(futs):
-                    save(futs[fut], *fut.result())
-                    advance()
-            finally:
-                if own_client is not None:
-                    own_client.close()
-                if cluster is not None:
-                    cluster.close()
-        else:
-            for i in todo:
-                save(i, *run_tile(str(path), panel_doc, settings_doc, boxes[i], margin_px, i,
-                                  outlines, labels))
-                advance()
+        try:
+            # absolute paths: a worker of a remote cluster has its own working folder
+            src = str(path.resolve()) if run_client is not None else str(path)
+            run_jobs(run_tile, [(src, panel_doc, settings_doc, boxes[i], margin_px, i,
+                                 outlines, labels) for i in todo],
+                     run_client, advance, lambda j, result: save(todo[j], *result))
+        finally:
+            close_client(own_client, cluster)
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
     qc = [json.loads((tiles_dir / f"tile_{i:06d}.qc.json").read_text())
@@ -1253,6 +1241,39 @@ def _connect(scheduler: str):
         raise InputError(f"{scheduler} is not a Dask scheduler (its handshake failed: "
                          f"{type(exc).__name__}: {str(exc)[:120]}); the scheduler's port is "
                          "8786 by default, its dashboard 8787") from None
+
+
+def run_jobs(fn, calls, client, advance, save=None) -> list | None:
+    """``fn(*args)`` for each args of `calls`: in this process (``client`` None), or on the
+    Dask `client`'s workers; ``save(j, result)`` and `advance` as each finishes. The results
+    in order, or None when `save` takes them (nothing kept: a slide's tiles)."""
+    out = [None] * len(calls) if save is None else None
+
+    def done(j, result):
+        if save is None:
+            out[j] = result
+        else:
+            save(j, result)
+        advance()
+
+    if client is None:
+        for j, args in enumerate(calls):
+            done(j, fn(*args))
+        return out
+    from distributed import as_completed
+
+    futs = {client.submit(fn, *args, pure=False): j for j, args in enumerate(calls)}
+    for fut in as_completed(futs):
+        done(futs[fut], fut.result())
+    return out
+
+
+def close_client(client, cluster) -> None:
+    """Close what :func:`start_client` opened (either may be None)."""
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 def start_client(scheduler: str | None, n_workers: int):

@@ -176,6 +176,17 @@ def hematoxylin_histogram(values, top: float) -> np.ndarray:
                      np.bincount(k, weights=v * v, minlength=HIST_BINS)])
 
 
+def tissue_histogram(rgb, sep: StainSeparation, pixel_size_um: float, glass, top: float,
+                     where=None) -> np.ndarray:
+    """The :func:`hematoxylin_histogram` of an image's tissue (:func:`tissue_hematoxylin`),
+    only where ``where`` (a boolean image) is True when given: what the nuclear threshold
+    is Otsu's split of, for one image at once or summed over a region's crops."""
+    smooth, tissue = tissue_hematoxylin(rgb, sep, pixel_size_um, glass)
+    if where is not None:
+        tissue &= where
+    return hematoxylin_histogram(smooth[tissue], top)
+
+
 def histogram_threshold(histogram, top: float) -> float:
     """The nuclear threshold of a :func:`hematoxylin_histogram`: Otsu's split, with the
     test that nuclei stand out (+inf otherwise; :func:`qdmed.imaging._cells.histogram_otsu_threshold`)."""
@@ -552,6 +563,7 @@ def score_dab(
     nuclear_threshold: str | float = "otsu",
     offset: tuple[int, int] = (0, 0),
     glass=None,
+    otsu_where=None,
 ) -> DabScore:
     """Segment cells on haematoxylin and score their DAB OD into 0 / 1+ / 2+ / 3+.
 
@@ -586,6 +598,9 @@ def score_dab(
     glass : float or (R, G, B), optional
         The glass's transmittance, telling glass from tissue for the Otsu split (default
         :func:`glass_level`: the white level when given, else the image's own glass).
+    otsu_where : (Y, X) bool array, optional
+        With ``nuclear_threshold='otsu'``: the split is taken over the tissue of these
+        pixels only (a region's polygon inside its crop); default the whole image.
     offset : (int, int), px
         Where this image's first pixel lies on its slide (a tile's corner): touching nuclei
         are split with a tie-breaker of slide coordinates, so that a tile splits them as
@@ -638,10 +653,9 @@ def score_dab(
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down
         g = glass_level(rgb, background, bg) if glass is None else _background(glass)
-        smooth, tissue = tissue_hematoxylin(rgb, sep, pixel_size_um, g)
         top = hematoxylin_top(m, bg)
-        nuclear_threshold = histogram_threshold(hematoxylin_histogram(smooth[tissue], top),
-                                                top)
+        nuclear_threshold = histogram_threshold(
+            tissue_histogram(rgb, sep, pixel_size_um, g, top, otsu_where), top)
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2,
         max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=offset)

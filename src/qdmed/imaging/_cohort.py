@@ -198,6 +198,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_exclude_flagged,
         check_n_workers,
         check_region_options,
+        close_client,
         panel_offset,
         scored_cells_of,
         start_client,
@@ -374,10 +375,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 rows.append(row)
                 advance()
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        close_client(client, cluster)
     _flag_blurred_slides(rows)
     acquisition_warnings = _flag_exposure_differences(rows, exposures)
     if tables:

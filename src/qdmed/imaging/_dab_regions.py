@@ -87,55 +87,54 @@ def _open(slide):
     return slide if hasattr(slide, "read_region") else read_slide(slide)
 
 
-def _crop_histogram(slide, window, core, polygon, ps: float, stain_matrix, background,
-                    glass, top: float, rgb=None) -> np.ndarray:
-    """The :func:`~qdmed.imaging._brightfield.hematoxylin_histogram` of the tissue inside
-    the polygon piece in a crop's core (glass left out; smoothed with its margin, as in
-    the whole image: :func:`~qdmed.imaging._brightfield.tissue_hematoxylin`; a pixel is in
-    the polygon when its centre is, by the scanline fill of
-    :func:`~qdmed.imaging._rasterize.rasterize_objects`); ``rgb``: the window already
-    read."""
-    from qdmed.imaging._brightfield import (
-        deconvolve_dab,
-        hematoxylin_histogram,
-        tissue_hematoxylin,
-    )
+def _in_piece(polygon, window, core) -> np.ndarray:
+    """A crop's window as booleans: the pixels of its core whose centre lies in the polygon
+    piece (the scanline fill of :func:`~qdmed.imaging._rasterize.rasterize_objects`): the
+    pixels whose tissue sets the region's threshold."""
     from qdmed.imaging._rasterize import Outlines, rasterize_objects
 
     ya, yb, xa, xb = window
     cy0, cy1, cx0, cx1 = core
-    inside = rasterize_objects(Outlines.from_rings([list(polygon)]), cy0, cy1, cx0, cx1) > 0
-    core = (slice(cy0 - ya, cy1 - ya), slice(cx0 - xa, cx1 - xa))
-    if rgb is None:
-        rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
+    where = np.zeros((yb - ya, xb - xa), dtype=bool)
+    where[cy0 - ya:cy1 - ya, cx0 - xa:cx1 - xa] = rasterize_objects(
+        Outlines.from_rings([list(polygon)]), cy0, cy1, cx0, cx1) > 0
+    return where
+
+
+def _crop_histogram(slide, window, core, polygon, ps: float, stain_matrix, background,
+                    glass, top: float) -> np.ndarray:
+    """The :func:`~qdmed.imaging._brightfield.tissue_histogram` of a crop's pixels in the
+    polygon piece and in its core (smoothed with the margin, as in the whole image; glass
+    left out): summed over a region's crops, the histogram its threshold is split from."""
+    from qdmed.imaging._brightfield import deconvolve_dab, tissue_histogram
+
+    ya, yb, xa, xb = window
+    rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
     sep = deconvolve_dab(rgb, stain_matrix=stain_matrix, background=background)
-    smooth, tissue = tissue_hematoxylin(rgb, sep, ps, glass)
-    return hematoxylin_histogram(smooth[core][tissue[core] & inside], top)
+    return tissue_histogram(rgb, sep, ps, glass, top, _in_piece(polygon, window, core))
 
 
 def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
-                regions_source: str, score_kw: dict, top: float):
+                regions_source: str, score_kw: dict):
     """The cells of one crop (:func:`_jobs`): :func:`score_dab` on its window, in slide
     coordinates, kept when their centroid lies in the polygon piece and, for a tile, in its
     core (a cell belongs to the one tile whose core holds its centroid), and when they do
     not reach an edge of the window inside the slide (an object longer than the margin,
     such as a haematoxylin-stained strand, is cut there: the whole image would hold it
     whole); ``piece`` recorded for :func:`_first_piece_owns`. ``threshold`` None: the
-    region is this crop alone, its threshold taken here, from the same read, as the
-    threshold pass would (:func:`_crop_histogram`). Returns (cells, threshold)."""
-    from qdmed.imaging._brightfield import histogram_threshold, score_dab
+    region is this crop alone, its threshold Otsu's split of the same pixels the threshold
+    pass would take (:func:`_in_piece`), by score_dab from this read. Returns (cells, the
+    threshold used)."""
+    from qdmed.imaging._brightfield import score_dab
     from qdmed.imaging._regions import Regions
 
     ya, yb, xa, xb = window
     slide = _open(slide)
     crop = np.asarray(slide.read_region(ya, yb, xa, xb))
-    if threshold is None:
-        k = score_kw
-        m = None if isinstance(k["stain_matrix"], str) else k["stain_matrix"]  # 'ruifrok'
-        threshold = histogram_threshold(_crop_histogram(
-            None, window, core, polygon, k["pixel_size_um"], m, k["background"], k["glass"],
-            top, crop), top)
-    sc = score_dab(crop, check_glass=False, nuclear_threshold=threshold, offset=(ya, xa),
+    sc = score_dab(crop, check_glass=False, offset=(ya, xa),
+                   nuclear_threshold="otsu" if threshold is None else threshold,
+                   otsu_where=None if threshold is not None else _in_piece(polygon, window,
+                                                                         core),
                    **score_kw)
     cells = sc.cells.copy()
     cells["centroid_x"] += xa
@@ -158,7 +157,7 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
             keep &= ~np.isin(cells["cell_id"].to_numpy(), np.concatenate(edges))
     cells["region"] = label
     cells["piece"] = np.int64(piece)
-    return cells[keep], float(threshold)
+    return cells[keep], sc.nuclear_threshold_od
 
 
 def _first_piece_owns(cells, reg, pieces):
@@ -177,31 +176,6 @@ def _first_piece_owns(cells, reg, pieces):
     k = owners.region_index_cells(cells)
     owner = np.where(k >= 0, np.asarray(pieces + [-1])[k], -1)
     return cells[owner == cells["piece"].to_numpy()]
-
-
-def _run(fn, calls, client, advance, save=None) -> list | None:
-    """``fn(*args)`` for each args of `calls`: in this process, or on the Dask `client`'s
-    workers; ``save(j, result)`` and `advance` as each finishes. The results in order, or
-    None when `save` takes them (nothing kept)."""
-    out = [None] * len(calls) if save is None else None
-
-    def done(j, result):
-        if save is None:
-            out[j] = result
-        else:
-            save(j, result)
-        advance()
-
-    if client is None:
-        for j, args in enumerate(calls):
-            done(j, fn(*args))
-        return out
-    from distributed import as_completed
-
-    futs = {client.submit(fn, *args, pure=False): j for j, args in enumerate(calls)}
-    for fut in as_completed(futs):
-        done(futs[fut], fut.result())
-    return out
 
 
 #: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
@@ -362,7 +336,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     import pandas as pd
 
     from qdmed import __version__
-    from qdmed.imaging._analyze import _progress
+    from qdmed.imaging._analyze import _progress, close_client, run_jobs
     from qdmed.imaging._brightfield import (
         HIST_BINS,
         check_od_cutoffs,
@@ -498,7 +472,6 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         source = str(Path(img.path).resolve())
     else:
         source = img
-    top = hematoxylin_top(m, background)
 
     def save(j, result):
         k = todo[j]
@@ -510,25 +483,23 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         with _progress(progress, len(jobs) + len(shared), len(jobs) + len(shared) - passes,
                        "crops") as advance:
             if thresholds is None:
+                top = hematoxylin_top(m, background)
                 sums = {jobs[k][1]: np.zeros((3, HIST_BINS)) for k in shared}
 
                 def add(j, hist):  # summed as they come: one histogram per region held
                     sums[jobs[shared[j]][1]] += hist
-                _run(_crop_histogram, [(source, jobs[k][2], jobs[k][3],
+                run_jobs(_crop_histogram, [(source, jobs[k][2], jobs[k][3],
                                         reg.polygons[jobs[k][0]], ps, m, background, glass,
                                         top) for k in shared], own_client, advance, add)
                 thresholds = {r: histogram_threshold(hh, top) for r, hh in sums.items()}
                 atomic_write_text(shared_file, json.dumps(to_jsonable(thresholds)))
-            _run(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
+            run_jobs(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
                                 reg.polygons[jobs[k][0]], jobs[k][1],
-                                thresholds.get(jobs[k][1]), reg.source, score_kw, top)
+                                thresholds.get(jobs[k][1]), reg.source, score_kw)
                                for k in todo],
                  own_client, advance, save)
     finally:
-        if own_client is not None:
-            own_client.close()
-        if cluster is not None:
-            cluster.close()
+        close_client(own_client, cluster)
     for k, (_, label, _, _) in enumerate(jobs):
         if n_crops[label] == 1:
             t = json.loads(thr_file(k).read_text())["threshold"]
