@@ -115,6 +115,13 @@ GAIGALAS2014 = Reference(
     "nanocrystals. J. Res. Natl. Inst. Stand. Technol. 2014, 119, 610-628",
     "10.6028/jres.119.026",
 )
+MOONEY2013 = Reference(
+    "mooney2013",
+    "Mooney, J.; Kambhampati, P. Get the basics right: Jacobian conversion of wavelength and "
+    "energy scales for quantitative analysis of emission spectra. J. Phys. Chem. Lett. 2013, "
+    "4, 3316-3318",
+    "10.1021/jz401508t",
+)
 CHOI2007 = Reference(
     "choi2007",
     "Choi, H. S.; Liu, W.; Misra, P.; Tanaka, E.; Zimmer, J. P.; Itty Ipe, B.; Bawendi, M. G.; "

@@ -44,10 +44,38 @@ def test_row33_qdot_photophysics_from_gaigalas():
 def test_emission_spectrum_lineshape():
     s = emission_spectrum(605, 25, wavelength_nm=np.arange(450, 800, 0.1))
     assert s.integral() == pytest.approx(1.0, rel=1e-4)
-    # Gaussian in energy: the per-nm density carries the Jacobian hc/lambda^2, which moves
-    # its maximum slightly to the blue of the energy centre (by < 1 nm for a 25 nm line)
-    assert 604.0 < s.peak_nm <= 605.0
-    assert s.fwhm_nm == pytest.approx(25, rel=0.01)
+    # the per-nm curve (what a spectrometer records) peaks at the given emission maximum
+    assert s.peak_nm == pytest.approx(605.0, abs=0.05)
+    # symmetric two-sided conversion of the width: the per-nm FWHM is within 0.35 %
+    assert s.fwhm_nm == pytest.approx(25, rel=0.0035)
+
+
+def test_emission_is_gaussian_in_energy_after_the_jacobian():
+    # Mooney & Kambhampati, J Phys Chem Lett 2013 (doi 10.1021/jz401508t): an emission
+    # spectrum per nm times lambda^2 / hc is the spectrum per unit energy. That one is a
+    # Gaussian of the given FWHM, centred at E_p - 2 sigma^2 / E_p (E_p = hc / peak), the
+    # centre whose per-nm curve has its maximum at the peak.
+    from qdmed.constants import HC_EV_NM
+    from qdmed.optics import gaussian_in_energy
+
+    wl = np.arange(600.0, 1100.0, 0.01)
+    per_nm = gaussian_in_energy(wl, 800.0, 150.0)
+    assert wl[np.argmax(per_nm)] == pytest.approx(800.0, abs=0.01)
+    e = HC_EV_NM / wl
+    per_ev = per_nm * wl**2 / HC_EV_NM
+    sigma = 0.150 / (2 * np.sqrt(2 * np.log(2)))
+    e0 = HC_EV_NM / 800.0 - 2 * sigma**2 / (HC_EV_NM / 800.0)
+    assert e[np.argmax(per_ev)] == pytest.approx(e0, abs=2e-5)
+    half = e[per_ev >= per_ev.max() / 2]
+    assert half.max() - half.min() == pytest.approx(0.150, abs=1e-4)
+    with pytest.raises(InputError, match="cannot peak"):
+        gaussian_in_energy(wl, 800.0, 5000.0)
+
+
+def test_catalog_spectra_peak_at_the_vendor_maximum():
+    for name, q in qdot_catalog().items():
+        s = q.emission_spectrum(np.arange(450.0, 1000.0, 0.02))
+        assert s.peak_nm == pytest.approx(q.emission_peak_nm, abs=0.02), name
 
 
 def test_spectrum_validation():

@@ -315,9 +315,11 @@ def brightness(extinction_M_cm, quantum_yield):
 
 
 def emission_spectrum(peak_nm, fwhm_nm, *, wavelength_nm=None, label="") -> Spectrum:
-    """Emission spectrum with a Gaussian lineshape in energy, unit area over wavelength.
+    """Emission spectrum with a Gaussian lineshape in energy, unit area over wavelength,
+    whose per-nm maximum lies at ``peak_nm`` (see :func:`gaussian_in_energy`).
 
-    ``fwhm_nm`` is converted to energy at the peak (exact two-sided conversion).
+    ``fwhm_nm`` is converted to energy about the peak (exact two-sided conversion); the per-nm
+    curve's FWHM then matches it to within 0.35 % for the catalog's lines (25-80 nm wide).
     """
     from qdmed.constants import fwhm_nm_to_mev
 
