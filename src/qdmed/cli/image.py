@@ -10,7 +10,7 @@ import typer
 
 from qdmed.cli._output import print_json, print_kv, print_table
 
-app = typer.Typer(help="Multiplexed QD imaging: panel, simulate, unmix, analyze, cohort.",
+app = typer.Typer(help="Multiplexed QD imaging (panel design, spectral library, unmixing, per-cell analysis, HER2 scoring, cohorts) and conventional DAB IHC beside it.",
                   no_args_is_help=True)
 
 JSON = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
