@@ -107,3 +107,19 @@ def _control_calibration(panel, *, size=640, **simulate_kw):
 @pytest.fixture(scope="session")
 def control_calibration():
     return _control_calibration
+
+
+@pytest.fixture(scope="session")
+def vignetted_ihc():
+    """scikit-image's IHC image framed in glass (242/255), the image and a blank field
+    (250/255 at the centre) recorded through an illumination falling to 56 % at the corners."""
+    import skimage.data
+
+    n = 768
+    img = np.full((n, n, 3), 242, np.uint8)
+    img[128:640, 128:640] = skimage.data.immunohistochemistry()
+    yy, xx = np.mgrid[:n, :n]
+    shade = 1 - 0.22 * ((yy - n / 2) ** 2 + (xx - n / 2) ** 2) / (n / 2) ** 2
+    blank = np.rint(250 * shade[..., None] * np.ones(3)).astype(np.uint8)
+    seen = np.rint(img * (blank / 250.0)).astype(np.uint8)
+    return img, seen, blank

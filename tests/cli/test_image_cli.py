@@ -508,3 +508,27 @@ def test_dab_image_too_large_for_memory_is_refused(tmp_path, monkeypatch, bright
         with pytest.raises(InputError, match=f"is {size}, too large to score in memory.*"
                                              + way):
             cli_image._read_brightfield_image(path)
+
+
+def test_dab_flat_field(tmp_path, vignetted_ihc):
+    # a vignetted camera image and its blank field as PNGs: corrected before scoring
+    from PIL import Image
+
+    _, seen, blank = vignetted_ihc
+    Image.fromarray(seen).save(tmp_path / "img.png")
+    Image.fromarray(blank).save(tmp_path / "blank.png")
+    r = run("image", "dab", str(tmp_path / "img.png"), "--background", "auto", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "blank field" in " ".join(json.loads(r.stdout)["warnings"])
+    r = run("image", "dab", str(tmp_path / "img.png"), "--flat-field",
+            str(tmp_path / "blank.png"), "--background", "auto", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_cells"] > 250
+    for bad, what in (((str(tmp_path / "img.png"), "--dark-field", str(tmp_path / "blank.png")),
+                       "goes with --flat-field"),
+                      ((str(tmp_path / "img.png"), "--flat-field", str(tmp_path / "blank.png"),
+                        "--out", str(tmp_path / "o")), "single camera image"),
+                      ((str(tmp_path / "img.png"), "--flat-field", str(tmp_path / "nope.png")),
+                       "nope.png")):
+        r = run("image", "dab", *bad)
+        assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -939,6 +939,8 @@ def dab(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (cells.parquet, regions.csv, summary.json): with --regions (default qdmed-dab), or alone to score a whole slide tile by tile as one region.")] = None,
     tile: Annotated[int | None, typer.Option("--tile", help="With --out: regions larger than this (px) are scored tile by tile (default 2048).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the image with its cells by DAB class and the OD histogram (with --out: report.html has it).")] = None,
+    flat_field: Annotated[Path | None, typer.Option("--flat-field", help="A blank field (glass, no tissue) taken with the same camera, light and exposure: corrects uneven illumination (vignetting) of a camera image before scoring.")] = None,
+    dark_field: Annotated[Path | None, typer.Option("--dark-field", help="With --flat-field: the camera's image with the light off (same exposure).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = None,
     no_progress: NOPROG = False,
@@ -955,10 +957,17 @@ def dab(
     if plot is not None and (regions is not None or out is not None):
         raise InputError("--plot draws a single image's cells; with --regions or --out the "
                          "figures are in the output folder's report.html")
+    if dark_field is not None and flat_field is None:
+        raise InputError("--dark-field goes with --flat-field (the blank field it is "
+                         "subtracted from)")
     if regions is not None or out is not None:
         if example:
             raise InputError("--regions and --out score a slide given by its path, not "
                              "--example")
+        if flat_field is not None:
+            raise InputError("--flat-field corrects a single camera image; slide scanners "
+                             "correct their tiles' shading themselves (drop --flat-field, "
+                             "or score the image without --regions/--out)")
         from qdmed.imaging._dab_regions import TILE_PX, analyze_dab_regions
 
         out = out or Path("qdmed-dab")
@@ -989,6 +998,12 @@ def dab(
         rgb = immunohistochemistry()
     else:
         rgb = _read_brightfield_image(image)
+    if flat_field is not None:
+        from qdmed.imaging import flat_field_correct
+
+        rgb = flat_field_correct(rgb, _read_brightfield_image(flat_field),
+                                 dark=None if dark_field is None
+                                 else _read_brightfield_image(dark_field))
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5,
                    background=_white_level(background))
     if plot is not None:

@@ -71,6 +71,7 @@ from qdmed.imaging._scoring import (
     score_markers,
     score_positivity,
 )
+from qdmed.imaging._shading import flat_field_correct
 from qdmed.imaging._slideio import read_slide, write_ome_tiff, write_ome_zarr, write_truth
 from qdmed.imaging._synthetic import (
     SyntheticField,
@@ -101,7 +102,7 @@ __all__ = [
     "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score",
     "half_sample_mode", "kkt_violation",
     "list_markers", "list_presets", "spreading_matrix", "marker_summary", "measure_cells", "mixing_matrix",
-    "percent_positive", "phenotype", "read_slide", "score_dab", "score_her2",
+    "percent_positive", "phenotype", "read_slide", "flat_field_correct", "score_dab", "score_her2",
     "score_markers", "score_positivity", "segment_nuclei", "simulate_field", "simulate_slide",
     "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",

@@ -654,8 +654,10 @@ def score_dab(
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down
         g = glass_level(rgb, background, bg) if glass is None else _background(glass)
         top = hematoxylin_top(m, bg)
-        nuclear_threshold = histogram_threshold(
-            tissue_histogram(rgb, sep, pixel_size_um, g, top, otsu_where), top)
+        hist = tissue_histogram(rgb, sep, pixel_size_um, g, top, otsu_where)
+        nuclear_threshold = histogram_threshold(hist, top)
+        if not math.isfinite(nuclear_threshold) and hist[0].sum() >= NO_NUCLEI_WARN_PIXELS:
+            warnings.append(no_nuclei_warning(int(hist[0].sum())))
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2,
         max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=offset)
@@ -711,6 +713,19 @@ def score_dab(
         warnings=tuple(warnings),
         qdmed_version=_version(),
     )
+
+
+#: Tissue pixels (after glass is left out) from which an image with no nuclei standing out
+#: is warned rather than taken as empty.
+NO_NUCLEI_WARN_PIXELS = 1000
+
+
+def no_nuclei_warning(n_tissue: int) -> str:
+    """Why an image with tissue gave no cells, and the usual cause."""
+    return (f"no nuclei stand out of the haematoxylin of {n_tissue} tissue pixels (Otsu's "
+            "split), so no cells were scored: if the illumination is uneven (darker "
+            "corners), the glass there reads as tissue: correct the image with a blank "
+            "field (flat_field_correct; qdmed image dab --flat-field)")
 
 
 def glass_warnings(rgb, stain_matrix=None) -> list[str]:
