@@ -25,6 +25,27 @@ def test_size_json():
     assert d["results"][0]["diameter_nm"] == pytest.approx(4.583, rel=1e-3)
 
 
+def test_extinction_model_and_linewidth_reach_the_relation():
+    # --model chooses the extinction relation and --sizing-model the sizing curve (both
+    # were named --model, so the README's Jasieniak example ran the Yu power law); the
+    # Jasieniak relation with its linewidth as the Python call (Jasieniak et al. 2009)
+    r = run("optics", "extinction", "CdSe", "--peak", "550", "--model", "jasieniak2009",
+            "--sizing-model", "jasieniak2009", "--hwhm-ev", "0.08", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["extinction_M_cm"] == pytest.approx(1.430e5, rel=1e-3)
+    assert (d["model"], d["sizing_model"]) == ("jasieniak2009-CdSe", "jasieniak2009-CdSe")
+    r = run("optics", "concentration", "CdSe", "--peak", "550", "--absorbance", "0.1",
+            "--model", "jasieniak2009", "--sizing-model", "jasieniak2009", "--hwhm-ev", "0.08",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    # c = A / (eps l)
+    assert json.loads(r.stdout)["concentration_uM"] == pytest.approx(0.1 / 1.430e5 * 1e6,
+                                                                      rel=1e-3)
+    r = run("optics", "extinction", "CdSe", "--peak", "550", "--hwhm-ev", "0.08")
+    assert r.returncode == 2 and "hwhm_ev is used only by" in r.stderr
+
+
 def test_design_json_issue_example():
     r = run("design", "--material", "CdSe", "--shell", "ZnS:0.9", "--emission", "605",
             "--coating", "dhla-peg:2000", "--ligand", "igg:2", "--json")

@@ -41,6 +41,12 @@ def test_row14_jasieniak_linewidth_normalisation():
     kw = dict(peak_nm=550, model="jasieniak2009", sizing_model="jasieniak2009")
     assert extinction_first_exciton("CdSe", hwhm_ev=0.06, **kw) == pytest.approx(1.906e5, rel=1e-3)
     assert extinction_first_exciton("CdSe", hwhm_ev=0.08, **kw) == pytest.approx(1.430e5, rel=1e-3)
+    # the Yu relations do not depend on the linewidth: a linewidth given to them is refused,
+    # not ignored
+    with pytest.raises(InputError, match="hwhm_ev is used only by jasieniak2009-CdSe"):
+        extinction_first_exciton("CdSe", peak_nm=550, hwhm_ev=0.08)
+    with pytest.raises(InputError, match="hwhm_ev must be positive"):
+        extinction_first_exciton("CdSe", hwhm_ev=0.0, **kw)
 
 
 def test_row18_pbs_400nm_and_row43_inas():

@@ -13,6 +13,9 @@ app = typer.Typer(help="QD optics: sizing curves, extinction, concentration, EMA
 
 JSON = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 MODEL = Annotated[str | None, typer.Option("--model", help="Sizing curve (see `optics models`).")]
+SIZING = Annotated[str | None, typer.Option("--sizing-model", help="Sizing curve that gives the diameter from the peak or back (see `optics models`).")]
+EXTINCTION = Annotated[str | None, typer.Option("--model", help="Extinction relation, e.g. yu2003-power (default for Cd chalcogenides), yu2003-energy, jasieniak2009 (see `optics models`).")]
+HWHM = Annotated[float | None, typer.Option("--hwhm-ev", help="Low-energy half width of the sample's first-exciton band, eV (the jasieniak2009 relation only).")]
 EXTRAP = Annotated[bool, typer.Option("--extrapolate", help="Evaluate outside the validity range (warns).")]
 
 
@@ -86,9 +89,9 @@ def peak(material: str, diameter_nm: Annotated[list[float], typer.Argument(help=
 def extinction(material: str,
                peak_nm: Annotated[float | None, typer.Option("--peak", help="First-exciton peak, nm.")] = None,
                diameter_nm: Annotated[float | None, typer.Option("--diameter", help="Diameter, nm.")] = None,
-               model: Annotated[str | None, typer.Option("--model", help="Extinction model.")] = None,
-               sizing_model: MODEL = None,
-               hwhm_ev: Annotated[float | None, typer.Option("--hwhm-ev", help="First-exciton HWHM, eV (Jasieniak).")] = None,
+               model: EXTINCTION = None,
+               sizing_model: SIZING = None,
+               hwhm_ev: HWHM = None,
                extrapolate: EXTRAP = False, json_: JSON = False):
     """Molar extinction coefficient at the first exciton, M^-1 cm^-1."""
     from qdmed.optics import extinction_first_exciton
@@ -97,8 +100,22 @@ def extinction(material: str,
                                    model=model, hwhm_ev=hwhm_ev, sizing_model=sizing_model,
                                    extrapolate=extrapolate)
     out = {"material": material, "peak_nm": peak_nm, "diameter_nm": diameter_nm,
-           "model": model, "extinction_M_cm": eps}
+           **_models_used(material, model, sizing_model, peak_nm, diameter_nm, extrapolate),
+           "hwhm_ev": hwhm_ev, "extinction_M_cm": eps}
     return print_json(out) if json_ else print_kv("Extinction", out)
+
+
+def _models_used(material, model, sizing_model, peak_nm, diameter_nm, extrapolate) -> dict:
+    """The extinction relation used and, where the diameter came from the peak, the sizing
+    curve and that diameter (so that a result says what it rests on)."""
+    from qdmed.optics import extinction_model, get_curve
+
+    out = {"model": extinction_model(material, model).name}
+    if diameter_nm is None and peak_nm is not None:
+        curve = get_curve(material, sizing_model)
+        out["sizing_model"] = curve.name
+        out["diameter_nm"] = float(curve.diameter_from_peak(peak_nm, extrapolate=extrapolate))
+    return out
 
 
 @app.command()
@@ -107,26 +124,26 @@ def concentration(material: str,
                   peak_nm: Annotated[float | None, typer.Option("--peak", help="First-exciton peak, nm.")] = None,
                   diameter_nm: Annotated[float | None, typer.Option("--diameter", help="Diameter, nm.")] = None,
                   path_length_cm: Annotated[float, typer.Option("--path-length-cm")] = 1.0,
-                  model: Annotated[str | None, typer.Option("--model", help="Extinction model.")] = None,
-                  sizing_model: MODEL = None,
-                  hwhm_ev: Annotated[float | None, typer.Option("--hwhm-ev")] = None,
+                  model: EXTINCTION = None,
+                  sizing_model: SIZING = None,
+                  hwhm_ev: HWHM = None,
                   json_: JSON = False):
     """Nanocrystal concentration from first-exciton absorbance (Beer-Lambert)."""
     from qdmed.materials import get_material
     from qdmed.optics import (
         concentration_from_absorbance,
         extinction_first_exciton,
-        get_curve,
         mass_concentration_mg_per_ml,
         particles_per_ml,
     )
 
     eps = extinction_first_exciton(material, diameter_nm=diameter_nm, peak_nm=peak_nm,
                                    model=model, hwhm_ev=hwhm_ev, sizing_model=sizing_model)
-    if diameter_nm is None:
-        diameter_nm = float(get_curve(material, sizing_model).diameter_from_peak(peak_nm))
+    used = _models_used(material, model, sizing_model, peak_nm, diameter_nm, False)
+    diameter_nm = used.pop("diameter_nm", diameter_nm)
     c = concentration_from_absorbance(absorbance, eps, path_length_cm=path_length_cm)
-    out = {"material": material, "extinction_M_cm": eps, "diameter_nm": diameter_nm,
+    out = {"material": material, **used, "hwhm_ev": hwhm_ev, "extinction_M_cm": eps,
+           "diameter_nm": diameter_nm,
            "concentration_uM": c * 1e6, "particles_per_ml": particles_per_ml(c),
            "inorganic_mg_per_ml": mass_concentration_mg_per_ml(
                c, diameter_nm, get_material(material).density_g_cm3)}

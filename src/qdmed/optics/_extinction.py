@@ -122,8 +122,8 @@ _DEFAULT_FIRST_EXCITON = {
     "CdS": "yu2003-power-CdS",
     "InAs": "yu2005-1S-InAs",
 }
-# A sizing curve's own extinction relation is preferred when the curve is chosen explicitly.
-_BY_SIZING = {"jasieniak2009-CdSe": "jasieniak2009-CdSe"}
+#: The relations that use the sample's first-exciton linewidth (``hwhm_ev``).
+_USES_HWHM = frozenset({"jasieniak2009-CdSe"})
 
 
 def extinction_models(material: str | None = None) -> dict[str, ExtinctionModel]:
@@ -162,6 +162,12 @@ def _resolve(material, model, where):
     )
 
 
+def extinction_model(material, model=None) -> ExtinctionModel:
+    """The first-exciton extinction relation :func:`extinction_first_exciton` uses for
+    ``material`` and ``model`` (None: the material's default)."""
+    return _resolve(material, model, "first_exciton")
+
+
 def extinction_first_exciton(material, *, diameter_nm=None, peak_nm=None, model=None,
                              hwhm_ev=None, sizing_model=None, extrapolate=False):
     """Molar extinction coefficient at the first-exciton peak, M^-1 cm^-1.
@@ -198,6 +204,10 @@ def extinction_first_exciton(material, *, diameter_nm=None, peak_nm=None, model=
     """
     m = _resolve(material, model, "first_exciton")
     if hwhm_ev is not None:
+        if m.name not in _USES_HWHM:
+            raise InputError(f"hwhm_ev is used only by {', '.join(sorted(_USES_HWHM))} "
+                             f"(model='jasieniak2009'); {m.name} does not depend on the "
+                             "linewidth: drop hwhm_ev or choose that model")
         hwhm_ev = float(_as_float_array(hwhm_ev, "hwhm_ev"))
     d, lam = _diameter_and_peak(m.material, diameter_nm, peak_nm, sizing_model, extrapolate,
                                 need_peak=m.needs_peak)
