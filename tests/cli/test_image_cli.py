@@ -532,3 +532,42 @@ def test_dab_flat_field(tmp_path, vignetted_ihc):
                        "nope.png")):
         r = run("image", "dab", *bad)
         assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_new_user_mistakes_are_named(tmp_path):
+    """Mistakes a new user made following the README, each one line and exit code 2 (or a
+    warning where the run is valid but its result is empty)."""
+    import numpy as np
+    import skimage.data
+    import tifffile
+
+    # a fluorescence-minus-one control simulated without DAPI: simulate says so, and the
+    # analysis (0 cells) says why instead of passing an empty table on to calibrate
+    r = run("image", "simulate", "--preset", "BT-474", "--only", "HER2,ER", "--size", "256",
+            "--out", str(tmp_path / "fmo.ome.tif"), "--json")
+    assert r.returncode == 0, r.stderr  # BT-474 is the preset BT474
+    assert "DAPI is not in --only" in json.loads(r.stdout)["warnings"][0]
+    r = run("image", "analyze", str(tmp_path / "fmo.ome.tif"), "--out", str(tmp_path / "fmo"),
+            "--no-progress")
+    assert r.returncode == 0 and "no nuclei stand out on the nuclear channel (DAPI)" in r.stdout
+    # a file that is not a calibration
+    (tmp_path / "summary.json").write_text(json.dumps({"n_cells": 3}))
+    r = run("image", "analyze", str(tmp_path / "fmo.ome.tif"), "--calibration",
+            str(tmp_path / "summary.json"), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "not a calibration" in r.stderr and "n_cells" in r.stderr
+    # DAB on a truncated compressed TIFF, on a fluorescence slide, at pixel size 0
+    tifffile.imwrite(tmp_path / "ihc.tif", skimage.data.immunohistochemistry(),
+                     compression="zlib", tile=(128, 128))
+    data = (tmp_path / "ihc.tif").read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) // 2])
+    for args, said in (((str(tmp_path / "trunc.tif"),), "is truncated"),
+                       ((str(tmp_path / "fmo.ome.tif"),), "got 8 channels of uint16"),
+                       ((str(tmp_path / "ihc.tif"), "--pixel-size-um", "0"),
+                        "pixel_size_um must be a positive number")):
+        r = run("image", "dab", *args)
+        assert r.returncode == 2 and said in r.stderr and "internal error" not in r.stderr, \
+            r.stderr
+    r = run("image", "dab", str(tmp_path / "ihc.tif"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["n_cells"] > 200
+    assert np.array_equal(tifffile.imread(tmp_path / "ihc.tif"),
+                          skimage.data.immunohistochemistry())

@@ -82,8 +82,11 @@ def _calibration(path):
         raise InputError(f"cannot read calibration file {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise FileFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
-    if not isinstance(doc, dict):
-        raise FileFormatError(f"{path}: expected a JSON object with 'her2' and/or 'gates'")
+    if not isinstance(doc, dict) or not (doc.get("her2") or doc.get("gates")):
+        found = (f"keys: {', '.join(sorted(doc)[:8]) or 'none'}" if isinstance(doc, dict)
+                 else f"a JSON {type(doc).__name__}")
+        raise FileFormatError(f"{path}: not a calibration (from qdmed image calibrate): "
+                              f"expected a JSON object with 'her2' and/or 'gates', got {found}")
     her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
     raw = doc.get("gates") or {}
     if not isinstance(raw, dict):
@@ -337,7 +340,7 @@ def simulate(
     core_diameter_um: Annotated[float, typer.Option("--core-diameter-um", help="TMA: core diameter, um.")] = 600.0,
     missing: Annotated[str | None, typer.Option("--missing", help="TMA: cores lost from the section, e.g. B-2,C-5.")] = None,
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="TMA: the grid turned by this angle (degrees, within +-45).")] = 0.0,
-    only: Annotated[str | None, typer.Option("--only", help="Label only these markers (comma-separated), the others absent: a single-stain control (--only HER2) or a fluorescence-minus-one control (every marker but one).")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Label only these (comma-separated; the counterstain is a label too), the others absent: a single-stain control (--only HER2) or a fluorescence-minus-one control (every label but one: --only DAPI,HER2,ER,EGFR,mTOR).")] = None,
     unstained: Annotated[bool, typer.Option("--unstained", help="No label at all: an unstained control (autofluorescence only).")] = False,
     json_: JSON = False,
 ):
@@ -382,6 +385,11 @@ def simulate(
             raise InputError(f"--only {', '.join(unknown)}: not a marker of the panel; "
                              f"markers: {', '.join(p.markers)}")
         kw["qd_brightness"] = [1.0 if m in keep else 0.0 for m in p.markers]
+    notes = []
+    if only is not None and len(keep) > 1 and "DAPI" in p.markers and "DAPI" not in keep:
+        notes.append("DAPI is not in --only: this section has no nuclear counterstain, so "
+                     "no cells can be found on it (a fluorescence-minus-one control keeps "
+                     "it: --only DAPI," + ",".join(sorted(keep)) + ")")
     if tma is not None:
         from qdmed.imaging._tma import cores_geojson, simulate_tma
         from qdmed.report import atomic_write_parquet, atomic_write_text
@@ -430,7 +438,11 @@ def simulate(
                 "truth": str(truth_dir)}
     p.to_file(out.parent / (stem + "-panel.yaml"))
     info["panel"] = str(out.parent / (stem + "-panel.yaml"))
-    return print_json(info) if json_ else print_kv("Simulated slide", info)
+    if json_:
+        return print_json({**info, "warnings": notes})
+    print_kv("Simulated slide", info)
+    for w in notes:
+        typer.echo(f"! {w}")
 
 
 @app.command()
@@ -1004,7 +1016,7 @@ def dab(
         rgb = flat_field_correct(rgb, _read_brightfield_image(flat_field),
                                  dark=None if dark_field is None
                                  else _read_brightfield_image(dark_field))
-    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=pixel_size_um or 0.5,
+    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=0.5 if pixel_size_um is None else pixel_size_um,
                    background=_white_level(background))
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
@@ -1039,18 +1051,24 @@ MAX_DAB_IN_MEMORY_PIXELS = 8192 * 8192
 
 def _read_brightfield_image(image: Path):
     """An RGB image read whole for `qdmed image dab`, refused with the way out when it is too
-    large to score in memory (its size read from the header first)."""
+    large to score in memory (its size read from the header first). A file qdmed reads as a
+    slide (TIFF, OME-TIFF, OME-Zarr) is read by the slide reader, which names a truncated or
+    corrupted file and a fluorescence slide; other images (PNG, JPEG) by scikit-image."""
     from PIL import Image
 
     from qdmed.errors import InputError
 
-    size, slide = None, False
+    size, slide = None, None
     try:  # a file qdmed reads as a slide can be scored tile by tile with --out
         from qdmed.imaging import read_slide
 
-        height, width = read_slide(image).shape[:2]
-        slide = True
-    except (OSError, ValueError):
+        slide = read_slide(image)
+        height, width = slide.shape[:2]
+    except (OSError, ValueError) as exc:
+        if Path(image).suffix.lower() in (".tif", ".tiff", ".zarr", ".btf", ".qptiff"):
+            raise  # a slide file that does not read: the slide reader says why
+        if not Path(image).exists():
+            raise InputError(f"no such image: {image}") from exc
         try:
             with Image.open(image) as im:
                 width, height = im.size
@@ -1062,18 +1080,26 @@ def _read_brightfield_image(image: Path):
         size = f"{width} x {height} px"
     if size is not None:
         way = ("give --out DIR to score it tile by tile as one region, or --regions to score "
-               "its regions" if slide else "tiles are read from slide files: save it as a "
-               "tiled TIFF (e.g. vips tiffsave IMAGE out.tif --tile --pyramid) and give that "
-               "with --out DIR")
+               "its regions" if slide is not None else "tiles are read from slide files: "
+               "save it as a tiled TIFF (e.g. vips tiffsave IMAGE out.tif --tile --pyramid) "
+               "and give that with --out DIR")
         raise InputError(f"{image} is {size}, too large to score in memory (over "
                          f"{MAX_DAB_IN_MEMORY_PIXELS // 2**20} Mpx, ~120 bytes per pixel): "
                          + way)
+    if slide is not None:
+        import numpy as np
+
+        if slide.dtype != np.uint8 or slide.shape[-1] != 3:
+            raise InputError(f"{Path(image).name}: DAB IHC needs an 8-bit RGB brightfield "
+                             f"image; got {slide.shape[-1]} channels of {slide.dtype} (a "
+                             "fluorescence slide is analysed by qdmed image analyze)")
+        return slide.read_region(0, height, 0, width)
     from skimage.io import imread
 
     try:
         return imread(image)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read image {image}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder's error (zlib, JPEG...) is bad input
+        raise InputError(f"cannot read image {image}: {type(exc).__name__}: {exc}") from exc
 
 
 def _pair(option: str, item: str, form: str) -> tuple[str, str]:

@@ -546,12 +546,28 @@ class SlideResult:
 
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("autofluorescence", "saturation", "offset", "focus", "fit", "tiling",
-                  "cases_scored", "her2")
+WARNING_BLOCKS = ("segmentation", "autofluorescence", "saturation", "offset", "focus", "fit",
+                  "tiling", "cases_scored", "her2")
 #: Tiles whose reads (core plus margins) add up to more than this many times the slide's
 #: area are warned: most of the time then goes to margins (a user's --tile 100 took 184 s
 #: where 2048 took 25 s, the same cells).
 MAX_READ_FACTOR = 4.0
+
+
+def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool) -> dict:
+    """How the cells were found, and a warning when none were: a control imaged without its
+    counterstain (a single-stain or fluorescence-minus-one section with no DAPI) looks like
+    a slide without tissue, and its empty table would otherwise pass unremarked."""
+    warnings = []
+    if n_cells == 0:
+        warnings.append(
+            "no cells: the given label images hold none" if given_labels else
+            f"no cells: no nuclei stand out on the nuclear channel ({nuclear_marker}). A "
+            "control without the counterstain has none to segment (a fluorescence-minus-one "
+            f"control keeps {nuclear_marker}: qdmed image simulate --only {nuclear_marker},"
+            "...); or the slide has no tissue")
+    return {"nuclear_marker": nuclear_marker, "given_labels": given_labels,
+            "warnings": warnings}
 
 
 def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
@@ -1058,6 +1074,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_tiles_resumed": len(boxes) - len(todo),
         "n_workers": n_used, "scheduler": "synchronous" if scheduler == "synchronous" else mode,
         "n_cells": int(len(cells)),
+        "segmentation": segmentation_summary(len(cells), s.nuclear_marker, labels is not None),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": None if her2 is None else her2.to_dict(),
         "her2_heterogeneity": None if het is None else het.to_dict(),

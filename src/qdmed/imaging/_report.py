@@ -402,7 +402,8 @@ def write_slide_report(result, path=None) -> Path:
                           if k != "total") + " cells." if sel.get("excluded") else "")
                       + (f" Warning: {sel['warning']}." if sel.get("warning") else "")
                       + (f" Note: {sel['note']}." if sel.get("note") else ""))
-    rep.paragraph(segmentation_paragraph(s))
+    rep.paragraph(segmentation_paragraph(s) + "".join(
+        f" Warning: {w.rstrip('.')}." for w in (s.get("segmentation") or {}).get("warnings", [])))
     sat = s.get("saturation")
     if sat:
         rep.paragraph(saturation_paragraph(sat))

@@ -313,9 +313,18 @@ def _get_preset(preset: str | Preset) -> Preset:
     if isinstance(preset, Preset):
         _check_preset(preset)
         return preset
-    if preset not in _PRESETS:
-        raise UnknownNameError(f"unknown preset {preset!r}; accepted: {', '.join(_PRESETS)}")
-    return _PRESETS[preset]
+    if preset in _PRESETS:
+        return _PRESETS[preset]
+    # cell lines are written with and without hyphens (BT-474, BT474; MCF7, MCF-7)
+    key = _preset_key(preset)
+    for name, p in _PRESETS.items():
+        if _preset_key(name) == key:
+            return p
+    raise UnknownNameError(f"unknown preset {preset!r}; accepted: {', '.join(_PRESETS)}")
+
+
+def _preset_key(name) -> str:
+    return str(name).lower().replace("-", "").replace(" ", "").replace("_", "")
 
 
 # --------------------------------------------------------------------------- validation
