@@ -142,6 +142,34 @@ def test_custom_probe_under_a_catalog_name_round_trips(tmp_path):
     assert all("spectrum" not in e for e in doc["markers"].values())
 
 
+def test_options_and_entries_that_would_be_ignored_are_refused(tmp_path):
+    """Typos a user made: a brightness for a label that is not a candidate, an expression
+    for a marker not in the panel, a catalog label's peak edited in the panel file, a
+    misspelt catalog name; each silently changed nothing before."""
+    from qdmed.errors import FileFormatError
+
+    with pytest.raises(InputError, match="brightness given for 'Qdot 70', not among"):
+        design_panel(["A", "B"], QDOTS, CH, brightness={"Qdot 70": 4.0})
+    with pytest.raises(InputError, match="expression given for 'HER3', not among the markers"):
+        design_panel(["A", "B"], QDOTS, CH, expression={"HER3": 0.1})
+    doc = breast_panel_5plex().to_yaml_dict()
+    # as written (peaks and widths for reading), and as older files wrote them (up to 2.9 nm
+    # blue of the catalog's peak), the file reads back
+    Panel.from_dict(doc)
+    doc["markers"]["ER"]["peak_nm"] -= 2.9
+    Panel.from_dict(doc)
+    doc["markers"]["ER"]["peak_nm"] = 700
+    with pytest.raises(FileFormatError, match=r"markers.ER: .* is a catalog label .*peak_nm 700 "
+                                              "would not be used"):
+        Panel.from_dict(doc)
+    doc["markers"]["ER"] = {"label": "Qdot 566", "peak_nm": 566}
+    with pytest.raises(FileFormatError, match="'Qdot 566' is not a catalog Qdot"):
+        Panel.from_dict(doc)
+    doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566}  # a custom label
+    assert Panel.from_dict(doc).spectra[list(doc["markers"]).index("ER")].peak_nm == \
+        pytest.approx(566, abs=0.5)
+
+
 def test_bands_must_be_nanometres_and_collect_signal():
     with pytest.raises(InputError, match="band 0.5-0.56 nm .*look like micrometres"):
         design_panel(["A"], ["Qdot 605"], [(0.5, 0.56), (0.58, 0.64)])

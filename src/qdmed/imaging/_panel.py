@@ -359,7 +359,9 @@ class Panel:
                     s = _spectrum_from_doc(e["spectrum"], grid, str(e.get("label", m)))
                 elif "label" in e and _resolvable(e["label"]):
                     s = _label_spectrum(e["label"], grid)
+                    _check_catalog_entry(e, s)
                 elif "peak_nm" in e:
+                    _check_custom_name(e.get("label"))
                     s = emission_spectrum(float(e["peak_nm"]), float(e.get("fwhm_nm", 30.0)),
                                           wavelength_nm=grid, label=str(e.get("label", m)))
                 else:
@@ -604,6 +606,35 @@ def _unmixed_from_dict(doc: dict, source: str) -> Panel:
         raise FileFormatError(f"{source}: {e}") from None
 
 
+#: A catalog label's peak_nm / fwhm_nm in a panel file are for reading only; values further
+#: than this from the catalog's spectrum are refused, not ignored (they were edited to be
+#: used). Panel files written before the emission lineshape peaked at the catalog's maximum
+#: hold peaks up to 2.9 nm blue of it (Qdot 800): 3 nm keeps them readable.
+CATALOG_ENTRY_TOLERANCE_NM = 3.0
+
+
+def _check_catalog_entry(e: dict, s: Spectrum) -> None:
+    """A panel entry naming a catalog label (or DAPI): its peak_nm and fwhm_nm, if given, must
+    agree with the catalog spectrum (``ValueError`` naming both otherwise)."""
+    for key, have in (("peak_nm", s.peak_nm), ("fwhm_nm", s.fwhm_nm)):
+        if key in e:
+            given = float(e[key])  # not a number: the caller names the entry
+            if not abs(given - have) <= CATALOG_ENTRY_TOLERANCE_NM:
+                raise InputError(f"{e['label']} is a catalog label ({key} {have:.1f}); {key} "
+                                 f"{given:g} would not be used: drop {key}, or give the label "
+                                 "a name of its own to make a custom label of it")
+
+
+def _check_custom_name(label) -> None:
+    """A custom label (peak_nm, no spectrum) named like a catalog Qdot that is not one: a
+    misspelt catalog name, which would silently become a made-up spectrum."""
+    if isinstance(label, str) and label.strip().lower().startswith("qdot"):
+        from qdmed.optics import qdot_catalog
+
+        raise InputError(f"{label!r} is not a catalog Qdot ({', '.join(qdot_catalog())}); "
+                         "correct the name, or give a custom label a name of its own")
+
+
 def _resolvable(label) -> bool:
     """True for labels qdmed can rebuild by name (catalog Qdots, DAPI)."""
     from qdmed.errors import UnknownNameError
@@ -817,6 +848,15 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
             continue
         spec[name] = s
     names = list(spec)
+    known = {_label_name(a) for a in available} | {_label_name(v) for v in fixed.values()}
+    stray = [n for n in (brightness or {}) if n not in known]
+    if stray:
+        raise InputError(f"brightness given for {', '.join(map(repr, stray))}, not among the "
+                         f"candidate labels ({', '.join(sorted(known))})")
+    stray = [m for m in (expression or {}) if m not in markers]
+    if stray:
+        raise InputError(f"expression given for {', '.join(map(repr, stray))}, not among the "
+                         f"markers ({', '.join(markers)})")
     if len(names) < len(free):
         raise InputError(f"{len(free)} markers but only {len(names)} usable candidate labels"
                          + (f" ({'; '.join(skipped)})" if skipped else ""))
