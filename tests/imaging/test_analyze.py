@@ -304,6 +304,29 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
     assert int(da.ones(4, chunks=2).sum().compute()) == 4
 
 
+def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
+    """A bad tile size or scheduler, or a scheduler that does not answer, used to leave
+    out/tiles/run.json behind."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import _analyze as an
+
+    with pytest.raises(InputError, match="tile must be >= 64 px"):
+        analyze_slide(slide.path, PANEL, tmp_path / "a", tile=0, progress=False)
+    with pytest.raises(InputError, match="must be a Dask scheduler's address"):
+        analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts, never answers
+    monkeypatch.setattr(an, "CONNECT_TIMEOUT_S", 1)
+    try:
+        with pytest.raises(InputError, match="no Dask scheduler answered"):
+            analyze_slide(slide.path, PANEL, tmp_path / "c", tile=512, progress=False,
+                          scheduler=f"tcp://127.0.0.1:{silent.getsockname()[1]}")
+    finally:
+        silent.close()
+    assert not any((tmp_path / n).exists() for n in "abc")
+
+
 def test_unmixed_ome_zarr_is_written(slide, tmp_path):
     from qdmed.imaging import read_slide
 

@@ -887,8 +887,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
+    check_scheduler(scheduler)
     slide = read_slide(path)
     h, w, c = slide.shape
+    boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
     panel = check_channels(slide, panel)
     check_calibration(panel, her2_calibration, gates)
     s = settings or AnalysisSettings()
@@ -935,6 +937,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                               label_names=_label_names(labels))
     out = Path(out_dir)
     tiles_dir = out / "tiles"
+    created = not out.exists()  # removed again if the run fails before its first tile
     tiles_dir.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(path, panel, s, tile, margin_px, outlines, labels)
     (out / "summary.json").unlink(missing_ok=True)  # written last: marks a complete output set
@@ -955,7 +958,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         for f in tiles_dir.glob("tile_*"):
             f.unlink()
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
-    boxes = tile_grid((h, w), tile)
+
     def done(i):  # the parquet file is written last
         ok = (tiles_dir / f"tile_{i:06d}.parquet").exists()
         return ok and (tiles_dir / f"tile_{i:06d}.qc.json").exists() and (
@@ -979,8 +982,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                                      or len(todo) > 1):
             run_client = client
             if run_client is None:
-                own_client, cluster = start_client(scheduler, n_workers or min(
-                    os.cpu_count() or 1, len(todo)))
+                try:
+                    own_client, cluster = start_client(scheduler, n_workers or min(
+                        os.cpu_count() or 1, len(todo)))
+                except InputError:  # no scheduler: leave no folder this run made behind
+                    if created and len(todo) == len(boxes):
+                        shutil.rmtree(out, ignore_errors=True)
+                    raise
                 run_client = own_client
             mode = scheduler or ("local" if cluster is not None else "client")
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
@@ -1283,6 +1291,16 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     for fut in as_completed(futs):
         done(futs[fut], fut.result())
     return out
+
+
+def check_scheduler(scheduler) -> None:
+    """A Dask scheduler's address (``tcp://host:8786``, any ``scheme://``), 'synchronous'
+    or None, checked before a run writes anything."""
+    if scheduler is None or scheduler == "synchronous":
+        return
+    if not isinstance(scheduler, str) or "://" not in scheduler:
+        raise InputError(f"scheduler (--scheduler) must be a Dask scheduler's address such as "
+                         f"tcp://host:8786, or 'synchronous'; got {scheduler!r}")
 
 
 def close_client(client, cluster) -> None:

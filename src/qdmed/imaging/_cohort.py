@@ -198,6 +198,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_exclude_flagged,
         check_n_workers,
         check_region_options,
+        check_scheduler,
         close_client,
         panel_offset,
         scored_cells_of,
@@ -256,15 +257,16 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
         slide_cases, case_map_source = _cases_from_names(name_rx, slides)
+    check_scheduler(scheduler)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows, tables, region_rows, case_cells = [], [], [], []
     exposures: dict[str, tuple] = {}  # slide -> (channel names, exposure ms per channel)
     client = cluster = None
     sync = scheduler == "synchronous"  # every slide in this process, as analyze_slide's
-    if slides and not sync:
+    if slides and not sync:  # before the output folder: no scheduler, no folder
         client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
     try:
+        out.mkdir(parents=True, exist_ok=True)
         from qdmed.imaging._analyze import _progress
 
         with _progress(progress, len(slides), 0, "slides") as advance:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -336,7 +337,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     import pandas as pd
 
     from qdmed import __version__
-    from qdmed.imaging._analyze import _progress, close_client, run_jobs
+    from qdmed.imaging._analyze import _progress, check_scheduler, close_client, run_jobs
     from qdmed.imaging._brightfield import (
         HIST_BINS,
         check_od_cutoffs,
@@ -372,6 +373,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     compartment = known[marker].compartment
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     tile = check_tile(tile)
+    check_scheduler(scheduler)
     if n_workers is not None:  # 1 (in this process) unless asked; None: one per core
         check_count(n_workers, "n_workers (--workers)", " (1: in this process)")
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
@@ -423,6 +425,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if glass is None:
         glass = tuple(float(v) for v in _background(background))
     out = Path(out_dir)
+    created = not out.exists()  # removed again if no scheduler answers
     out.mkdir(parents=True, exist_ok=True)
     m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
     jobs = _jobs(img, reg, ps, tile)
@@ -467,7 +470,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if scheduler != "synchronous" and (scheduler or (workers > 1 and passes > 1)):
         from qdmed.imaging._analyze import start_client
 
-        own_client, cluster = start_client(scheduler, min(workers, passes))
+        try:
+            own_client, cluster = start_client(scheduler, min(workers, passes))
+        except InputError:  # leave no folder this run made behind
+            if created and not n_resumed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         # absolute path: a worker of a remote cluster has its own working folder
         source = str(Path(img.path).resolve())
     else:
