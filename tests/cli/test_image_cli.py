@@ -567,6 +567,9 @@ def test_new_user_mistakes_are_named(tmp_path):
         r = run("image", "dab", *args)
         assert r.returncode == 2 and said in r.stderr and "internal error" not in r.stderr, \
             r.stderr
+    r = run("image", "calibrate", "--control", f"X={tmp_path / 'nofile.parquet'}",
+            "--negative", "ER=X")
+    assert r.returncode == 2 and "--control X: no such file" in r.stderr, r.stderr
     r = run("image", "dab", str(tmp_path / "ihc.tif"), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["n_cells"] > 200
     assert np.array_equal(tifffile.imread(tmp_path / "ihc.tif"),

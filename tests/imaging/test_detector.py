@@ -249,7 +249,7 @@ def test_offset_values():
     assert check_offset(None, 3) is None and check_offset(0, 3) is None
     np.testing.assert_array_equal(check_offset(5, 3), [5.0, 5.0, 5.0])
     np.testing.assert_array_equal(check_offset([1, 2, 3], 3), [1.0, 2.0, 3.0])
-    for bad in ([1, 2], "x", float("nan"), [[1, 2, 3]]):
+    for bad in ([1, 2], "x", float("nan"), [[1, 2, 3]], -5, [1, -2, 3]):  # a dark level >= 0
         with pytest.raises(InputError, match="offset must be one number or 3 numbers"):
             check_offset(bad, 3)
 

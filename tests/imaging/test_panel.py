@@ -210,7 +210,12 @@ def test_cli_panel_options(tmp_path):
     r = run("--excitation-nm", "488", "--json")
     assert r.returncode == 0, r.stderr
     assert any("DAPI is not excited" in w for w in json.loads(r.stdout)["warnings"])
+    r = run("--excitation-nm", "800")
+    assert r.returncode == 2 and "left out: Qdot 525, Qdot 565" in r.stderr
+    assert len(r.stderr) < 400  # one reason, not one per label
     for args, msg in ((("--brightness", "Qdot 705=x"), "not a number"),
+                      (("--counterstain", "Hoechst"), "accepted: DAPI"),
+                      (("--markers", ""), "--markers names no marker"),
                       (("--labels", "missing.yaml"), "does not exist"),
                       (("--filters", "0.50-0.56,0.58-0.64"), "micrometres")):
         r = run(*args)

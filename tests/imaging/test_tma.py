@@ -183,7 +183,12 @@ def test_tma_map_reading_and_its_errors(tmp_path):
             ("core,case\nA-1,\n", InputError, "line 2: empty core or case"),
             ("core,case\n", InputError, "no rows"),
             ("core,case\nA-1,P1,block1\n", FileFormatError, "line 2: 3 fields for the 2 "),
-            ("core,case,case\nA-1,P1,P2\n", FileFormatError, "appear more than once")):
+            ("core,case,case\nA-1,P1,P2\n", FileFormatError, "appear more than once"),
+            # a GeoJSON given for the map: named as such, not its 50 "columns" listed
+            ('{"type": "FeatureCollection", "features": []}\n', FileFormatError,
+             "it reads as JSON"),
+            (",".join(f"c{i}" for i in range(50)) + "\n1\n", InputError,
+             r"no column 'core'; columns: \['c0', .*'c7', \.\.\. \(50 columns\)\]")):
         p.write_text(text)
         with pytest.raises(error, match=match):
             read_tma_map(p)

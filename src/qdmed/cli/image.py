@@ -145,6 +145,19 @@ def panel(
     else:
         bands = spectral_channels(channels, low_nm, high_nm)
     mk = [m.strip() for m in markers.split(",") if m.strip()]
+    if not mk:
+        raise InputError(f"--markers names no marker (comma-separated, e.g. HER2,ER,PR); got "
+                         f"{markers!r}")
+    if counterstain and counterstain.strip().upper() != "DAPI":
+        from qdmed.errors import UnknownNameError
+        from qdmed.optics import get_qdot, qdot_catalog
+
+        try:
+            get_qdot(counterstain)
+        except UnknownNameError:
+            raise UnknownNameError(
+                f"unknown counterstain {counterstain!r}; accepted: DAPI (Hoechst 33342 emits "
+                f"close to it) or a catalog Qdot ({', '.join(qdot_catalog())})") from None
     fixed = {counterstain: counterstain} if counterstain else None
     p = design_panel(([counterstain] if counterstain else []) + mk,
                      [_candidate_label(x.strip()) for x in labels.split(",") if x.strip()],
@@ -816,8 +829,12 @@ def calibrate(
             path = str(Path(path) / "cells.parquet")
         try:
             ctrls[name] = pd.read_parquet(path)
+        except FileNotFoundError as exc:
+            raise InputError(f"--control {name}: no such file {path!r} (give a control's "
+                             "analysis folder or its cells.parquet)") from exc
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read control table {path!r}: {exc}") from exc
+            raise InputError(f"--control {name}: cannot read {path!r} as a cells table: "
+                             f"{type(exc).__name__}: {exc}") from exc
     for c in category or ():
         name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
         _once("--category", name, cats)

@@ -41,13 +41,17 @@ def read_csv_strings(path, what: str = "", columns=()):
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise FileFormatError(f"{name}: not a CSV table (no header line)")
     header = [c.strip() for c in rows[0]]
+    if header[0].lstrip().startswith(("{", "[")):
+        raise FileFormatError(f"{name}: not a CSV table (it reads as JSON: a GeoJSON or "
+                              f"JSON file given where a CSV table with columns "
+                              f"{', '.join(columns) or '...'} is expected)")
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:
         raise FileFormatError(f"{name}: column(s) {repeated} appear more than once")
     for line, row in zip(ends[1:], rows[1:], strict=True):
         if len(row) > len(header):
             raise FileFormatError(f"{name}, line {line}: {len(row)} fields for the "
-                                  f"{len(header)} columns of the header {header} (a value "
+                                  f"{len(header)} columns of the header {_short(header)} (a value "
                                   f"holding a comma, as inForm field names do, must be "
                                   f"quoted: \"a,b\")")
     try:
@@ -61,5 +65,12 @@ def read_csv_strings(path, what: str = "", columns=()):
     df.attrs["lines"] = lines if len(lines) == len(df) else list(range(2, len(df) + 2))
     for col in columns:
         if col not in df.columns:
-            raise InputError(f"{name}: no column {col!r}; columns: {list(df.columns)}")
+            raise InputError(f"{name}: no column {col!r}; columns: {_short(list(df.columns))}")
     return df
+
+
+def _short(names: list, most: int = 8, width: int = 40) -> str:
+    """A header for an error line: at most `most` names of at most `width` characters."""
+    shown = [n if len(n) <= width else n[: width - 3] + "..." for n in map(str, names[:most])]
+    more = f", ... ({len(names)} columns)" if len(names) > most else ""
+    return "[" + ", ".join(repr(n) for n in shown) + more + "]"

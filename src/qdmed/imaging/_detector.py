@@ -83,9 +83,10 @@ def check_offset(offset: Any, n_channels: int) -> np.ndarray | None:
         off = np.asarray(offset, dtype=np.float64)
     except (TypeError, ValueError):
         off = np.array([np.nan])
-    if off.shape not in ((), (n_channels,)) or not np.all(np.isfinite(off)):
+    if off.shape not in ((), (n_channels,)) or not np.all(np.isfinite(off)) or np.any(off < 0):
         raise InputError(f"offset must be one number or {n_channels} numbers (one per "
-                         f"channel), counts; got {offset!r}")
+                         f"channel), counts >= 0 (the detector's dark level, subtracted); got "
+                         f"{offset!r}")
     off = np.broadcast_to(off, (n_channels,)).astype(np.float64)
     return None if not off.any() else off
 

@@ -844,7 +844,7 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
             continue
         why = excitation_problem(name, s, float(excitation_nm))
         if why:
-            skipped.append(why)
+            skipped.append((name, why))
             continue
         spec[name] = s
     names = list(spec)
@@ -859,7 +859,9 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
                          f"markers ({', '.join(markers)})")
     if len(names) < len(free):
         raise InputError(f"{len(free)} markers but only {len(names)} usable candidate labels"
-                         + (f" ({'; '.join(skipped)})" if skipped else ""))
+                         + (f" (left out: {', '.join(n for n, _ in skipped)}; "
+                            f"{skipped[0][1]}{'; and so on' if len(skipped) > 1 else ''})"
+                            if skipped else ""))
     bright = {n: float((brightness or {}).get(n, 1.0)) for n in names}
     for n, v in bright.items():
         if not (np.isfinite(v) and v > 0):
