@@ -160,8 +160,13 @@ def test_tissue_free_and_partial():
 
 
 def test_bad_input():
-    with pytest.raises(UnknownNameError, match="unknown preset 'MCF7'"):
-        field(preset="MCF7")
+    with pytest.raises(UnknownNameError, match="unknown preset 'MCF-10A'"):
+        field(preset="MCF-10A")
+    # cell lines are written with and without hyphens: MCF7 is the preset MCF-7
+    from qdmed.imaging._synthetic import _get_preset
+
+    assert _get_preset("MCF7") is list_presets()["MCF-7"]
+    assert _get_preset("bt-474") is list_presets()["BT474"]
     with pytest.raises(UnknownNameError, match="HER3"):
         field(marker_names=("HER3",), endmembers=E[:, :2])
     with pytest.raises(InputError, match=r"endmembers must be \(n_channels, K\+1\)"):
