@@ -572,5 +572,12 @@ def test_new_user_mistakes_are_named(tmp_path):
     assert r.returncode == 2 and "--control X: no such file" in r.stderr, r.stderr
     r = run("image", "dab", str(tmp_path / "ihc.tif"), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["n_cells"] > 200
+    # a slide file's own pixel size is used (it was 0.5 whatever the file said)
+    from qdmed.imaging import write_ome_tiff
+
+    write_ome_tiff(tmp_path / "ihc25.ome.tif", skimage.data.immunohistochemistry(),
+                   pixel_size_um=0.25)
+    r = run("image", "dab", str(tmp_path / "ihc25.ome.tif"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["pixel_size_um"] == 0.25
     assert np.array_equal(tifffile.imread(tmp_path / "ihc.tif"),
                           skimage.data.immunohistochemistry())

@@ -304,6 +304,23 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
     assert int(da.ones(4, chunks=2).sum().compute()) == 4
 
 
+def test_settings_without_a_pixel_size_take_the_slides(tmp_path):
+    """Settings given without a pixel size used the 0.5 um default on a 0.25 um slide (the
+    slide's own reached the run only with settings=None)."""
+    from qdmed.imaging import AnalysisSettings, simulate_field, write_ome_tiff
+
+    f = simulate_field((256, 256), preset="BT474", seed=3, **KW)
+    write_ome_tiff(tmp_path / "s.ome.tif", f.image, channel_names=list(PANEL.channel_names),
+                   pixel_size_um=0.25)
+    for settings, want in ((None, 0.25), (AnalysisSettings(unmix_weights="poisson"), 0.25),
+                           (AnalysisSettings(pixel_size_um=0.5), 0.5)):
+        r = analyze_slide(tmp_path / "s.ome.tif", PANEL, tmp_path / f"o{want}", tile=256,
+                          settings=settings, progress=False, write_unmixed=False,
+                          outlines=False)
+        assert r.summary["settings"]["pixel_size_um"] == want
+    assert AnalysisSettings().with_pixel_size().pixel_size_um == 0.5
+
+
 def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
     """A bad tile size or scheduler, or a scheduler that does not answer, used to leave
     out/tiles/run.json behind."""

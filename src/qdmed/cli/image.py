@@ -1027,6 +1027,8 @@ def dab(
         rgb = immunohistochemistry()
     else:
         rgb = _read_brightfield_image(image)
+        if pixel_size_um is None:  # the slide's own, where its file records one
+            pixel_size_um = _recorded_pixel_size(image)
     if flat_field is not None:
         from qdmed.imaging import flat_field_correct
 
@@ -1064,6 +1066,16 @@ def dab(
 #: Largest image `qdmed image dab IMAGE` scores in memory (~120 bytes per pixel: ~8 GB);
 #: a larger one is scored tile by tile with --out.
 MAX_DAB_IN_MEMORY_PIXELS = 8192 * 8192
+
+
+def _recorded_pixel_size(image: Path) -> float | None:
+    """The pixel size (um) a slide file records, None for none or a plain image."""
+    from qdmed.imaging import read_slide
+
+    try:
+        return read_slide(image).pixel_size_um
+    except (OSError, ValueError):
+        return None
 
 
 def _read_brightfield_image(image: Path):

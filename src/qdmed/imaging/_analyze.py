@@ -40,6 +40,8 @@ from qdmed.imaging._region_scores import (
 from qdmed.imaging._slideio import file_ident
 
 CELL_ID_STRIDE = 1_000_000
+#: um per pixel where neither the settings nor the slide give one (a 20x scan).
+DEFAULT_PIXEL_SIZE_UM = 0.5
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, so a resumed run never mixes tiles written by another version.
 TILE_FORMAT = 4  # 4: fit samples in the quality-control file
@@ -47,9 +49,12 @@ TILE_FORMAT = 4  # 4: fit samples in the quality-control file
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """Parameters of the per-cell analysis (all recorded in the outputs)."""
+    """Parameters of the per-cell analysis (all recorded in the outputs).
 
-    pixel_size_um: float = 0.5
+    ``pixel_size_um`` None (the default): the slide's own (:func:`analyze_slide`), else
+    :data:`DEFAULT_PIXEL_SIZE_UM` (an array given to :func:`analyze_field`)."""
+
+    pixel_size_um: float | None = None
     nuclear_marker: str = "DAPI"
     expansion_um: float = 5.0
     membrane_markers: tuple = ("HER2", "EGFR", "CA125", "claudin-4")
@@ -72,6 +77,13 @@ class AnalysisSettings:
     #: (optional packages), or 'labels' (a label image segmented elsewhere, given to
     #: analyze_field as ``nuclei`` or to analyze_slide as ``nuclei_labels``)
     segmentation: str = "watershed"
+
+    def with_pixel_size(self, recorded: float | None = None) -> AnalysisSettings:
+        """These settings with ``pixel_size_um`` given: as set, else ``recorded`` (a
+        slide's own), else :data:`DEFAULT_PIXEL_SIZE_UM`."""
+        if self.pixel_size_um is not None:
+            return self
+        return replace(self, pixel_size_um=float(recorded or DEFAULT_PIXEL_SIZE_UM))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -174,7 +186,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         saturation_level,
     )
 
-    s = settings or AnalysisSettings()
+    s = (settings or AnalysisSettings()).with_pixel_size()
     if cells is not None and nuclei is None:
         raise InputError("cell labels need nuclei labels too (analyze_field(nuclei=...)): the "
                          "nucleus compartment comes from them")
@@ -274,6 +286,7 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
     reference region and return settings that fix them, so every tile uses the same values
     (``nuclei``, ``cells``: the region's labels when they were segmented elsewhere, named
     in errors by ``label_names``)."""
+    settings = settings.with_pixel_size()
     ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
                      weights=settings.unmix_weights, offset_adu=settings.offset_adu)
     comps = panel.components
@@ -893,9 +906,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
     panel = check_channels(slide, panel)
     check_calibration(panel, her2_calibration, gates)
-    s = settings or AnalysisSettings()
-    if slide.pixel_size_um and settings is None:
-        s = replace(s, pixel_size_um=float(slide.pixel_size_um))
+    # the slide's own pixel size unless the settings give one (they did not reach it when
+    # settings were given: a 0.25 um slide was segmented at 0.5 um)
+    s = (settings or AnalysisSettings()).with_pixel_size(slide.pixel_size_um)
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
 
     objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None
