@@ -203,6 +203,19 @@ def test_library_blind_autofluorescence_with_single_stains():
             autofluorescence=0.0, seed=3).image)
 
 
+def test_a_saturated_stained_slide_is_warned():
+    """saturation_level reached the single stains and unstained controls but not the
+    stained slide of a blind estimate, which it left unchecked."""
+    f = simulate_field((384, 384), preset="HER2-enriched", endmembers=TRUE, marker_names=NAMES,
+                       autofluorescence=0.5, seed=5)
+    level = float(np.percentile(f.image.max(-1), 99.0))  # ~1 % of the pixels at it
+    clipped = np.minimum(f.image, level).astype(f.image.dtype)
+    r = spectral_library(P, stained=clipped, saturation_level=level)
+    assert any("reach the detector's ceiling" in w for w in r.warnings)
+    assert not any("reach the detector's ceiling" in w
+                   for w in spectral_library(P, stained=f.image).warnings)
+
+
 def test_library_blind_retries_with_measured_labels(monkeypatch):
     """Review finding: when the blind estimate with the model's label spectra is refused,
     single stains are measured with the model autofluorescence and the estimate retried with

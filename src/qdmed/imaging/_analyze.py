@@ -930,7 +930,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     off = panel_offset(panel, s.offset_adu if offset_adu is None else offset_adu)
     s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
     panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um,
-                                             off)
+                                             off, s.saturation_level)
     r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,
                                                                    s.expansion_um)
     if margin_um < r_max + 2.0:
@@ -1182,7 +1182,7 @@ def check_autofluorescence_option(how: str, panel: Panel) -> None:
 
 
 def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
-                            offset=None) -> tuple[Panel, dict | None]:
+                            offset=None, saturation_level=None) -> tuple[Panel, dict | None]:
     """The panel to analyse `slide` with, and how its autofluorescence column was had
     (`how` checked by :func:`check_autofluorescence_option`)."""
     has_af = "autofluorescence" in panel.components
@@ -1193,12 +1193,14 @@ def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
         if panel.unmixed:
             return panel, {"source": "image component (already unmixed)"}
         return panel, {"source": "panel (measured)" if measured else "panel (model)"}
-    from qdmed.imaging._library import _blind, blind_image
+    from qdmed.imaging._library import _blind, blind_image, stained_saturation_warnings
 
     img, _ = blind_image(slide, panel)
+    clipped = stained_saturation_warnings(slide, img, saturation_level, str(slide.path))
     if offset is not None:
         img = img - offset
     prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", pixel_size_um)
+    info["warnings"] = [*info["warnings"], *clipped]
     if measured:
         info["replaced"] = "panel (measured)"
         info["warnings"] = [*info["warnings"], "this replaces the autofluorescence the panel "

@@ -319,6 +319,35 @@ def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
                   **info}
 
 
+def stained_saturation_warnings(stained, img: np.ndarray, level, source: str) -> list[str]:
+    """A warning when more than :data:`WARN_PERCENT_SATURATED` % of the pixels of `img` (the
+    window :func:`blind_image` read from `stained`) have a channel at the detector's
+    ceiling: ``level`` when given, else the slide's (SignificantBits) or its type's."""
+    pct = _stained_saturation(stained, img, level)
+    if pct is None or not pct > WARN_PERCENT_SATURATED:
+        return []
+    return [f"stained slide ({source}): {pct:.2g} % of the pixels the blind estimate reads "
+            "reach the detector's ceiling; a clipped channel distorts the spectra of their "
+            "blocks (they are not left out of the blind estimate): give an unstained "
+            "control, or a slide exposed without saturation"]
+
+
+def _stained_saturation(stained, img: np.ndarray, level=None) -> float | None:
+    from qdmed.imaging._detector import check_level
+    from qdmed.imaging._detector import saturation_level as ceiling_of
+    from qdmed.imaging._slideio import SlideImage, read_slide
+
+    src = stained
+    if isinstance(stained, (str, bytes)) or hasattr(stained, "__fspath__"):
+        src = read_slide(stained)
+    bits = src.significant_bits if isinstance(src, SlideImage) else None
+    ceiling, _ = ceiling_of(np.asarray(img).dtype, significant_bits=bits,
+                            level=check_level(level))
+    if ceiling is None or img.ndim != 3 or not img.size:
+        return None
+    return float(100.0 * (np.asarray(img) >= ceiling).any(-1).mean())
+
+
 #: Percent of a control's pixels at the detector's ceiling above which the library warns
 #: (they are left out either way).
 WARN_PERCENT_SATURATED = 0.1
@@ -507,6 +536,8 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
                              "to the panel before giving a stained slide")
         af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
         blind_img, blind_px = blind_image(stained, panel)
+        warnings += stained_saturation_warnings(stained, blind_img, saturation_level,
+                                                af_source.removeprefix("blind: "))
         blind_img = blind_img - off
         try:
             af_prof, info = _blind(blind_img, panel, model, af_source, blind_px)
