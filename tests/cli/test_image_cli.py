@@ -570,6 +570,18 @@ def test_new_user_mistakes_are_named(tmp_path):
     r = run("image", "calibrate", "--control", f"X={tmp_path / 'nofile.parquet'}",
             "--negative", "ER=X")
     assert r.returncode == 2 and "--control X: no such file" in r.stderr, r.stderr
+    # a --category that cannot be used, and a control used by nothing, were dropped silently
+    import pandas as pd
+
+    pd.DataFrame({"HER2_membrane_mean": [1.0]}).to_parquet(tmp_path / "t.parquet")
+    t = tmp_path / "t.parquet"
+    for args, said in ((("--control", f"MCF7={t}", "--category", "MCF7=1+", "--negative",
+                         "ER=MCF7"), "need two or more controls of known HER2 category"),
+                       (("--control", f"A={t}", "--control", f"B={t}", "--negative", "ER=A"),
+                        "--control B: used by nothing")):
+        r = run("image", "calibrate", *args, "--out", str(tmp_path / "cal.json"))
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+    assert not (tmp_path / "cal.json").exists()
     r = run("image", "dab", str(tmp_path / "ihc.tif"), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["n_cells"] > 200
     # a slide file's own pixel size is used (it was 0.5 whatever the file said)

@@ -854,6 +854,15 @@ def calibrate(
 
     known = {_norm_name(k) for k in KNOWN_HER2_CONTROLS}
     her2_ctrls = {n: t for n, t in ctrls.items() if n in cats or _norm_name(n) in known}
+    if cats and len(her2_ctrls) < 2:
+        raise InputError(f"HER2 cut-offs need two or more controls of known HER2 category "
+                         f"(--category NAME=..., or a cell line of the known table: "
+                         f"{', '.join(KNOWN_HER2_CONTROLS)}); got {', '.join(her2_ctrls)}")
+    used = set(negs.values()) | (set(her2_ctrls) if len(her2_ctrls) >= 2 else set())
+    unused = [n for n in ctrls if n not in used]
+    if unused and (used or cats):
+        raise InputError(f"--control {', '.join(unused)}: used by nothing; give it a HER2 "
+                         "--category NAME=0|1+|2+|3+ or name it in --negative MARKER=NAME")
     if len(her2_ctrls) >= 2:
         try:
             doc["her2"] = calibrate_her2(her2_ctrls, categories=cats or None).to_dict()
