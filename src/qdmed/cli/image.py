@@ -19,14 +19,14 @@ NOPROG = Annotated[bool, typer.Option("--no-progress", help="No progress bar.")]
 NO_OUTLINES = Annotated[bool, typer.Option("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
 NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
-REGION_UM = Annotated[float, typer.Option("--her2-region-um", help="Side (um) of the square regions scored one by one to map HER2 heterogeneity.")]
-REGION_MIN = Annotated[int, typer.Option("--her2-region-min-cells", help="Scored cells a heterogeneity region needs.")]
+REGION_UM = Annotated[float | None, typer.Option("--her2-region-um", help="With --calibration: side (um) of the square regions scored one by one to map HER2 heterogeneity (default 500).")]
+REGION_MIN = Annotated[int | None, typer.Option("--her2-region-min-cells", help="With --calibration: scored cells a heterogeneity region needs (default 100).")]
 OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
 EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
 PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
 TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case from its cores (--case-rule).")]
 CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
-REGION_CELLS = Annotated[int, typer.Option("--region-min-cells", help="Scored cells a region needs to be scored on its own.")]
+REGION_CELLS = Annotated[int | None, typer.Option("--region-min-cells", help="With regions scored one by one: scored cells a region needs to be scored on its own (default 100).")]
 LABELS_CHANNEL = Annotated[str | None, typer.Option("--labels-channel", help="The channel of the nuclei label images holding the nuclei, by name or 0-based index, when they have several.")]
 LABELS_DOWNSAMPLE = Annotated[float, typer.Option("--labels-downsample", help="Slide pixels per label pixel when the label images were made at a downsample of the slide (e.g. a QuPath export at downsample 4, or 3.5714 = 0.9 um / 0.252 um); each slide pixel takes the label pixel holding its centre.")]
 CELL_LABELS_CHANNEL = Annotated[str | None, typer.Option("--cell-labels-channel", help="The channel of the cell label images holding the cells, by name or 0-based index, when they have several.")]
@@ -56,6 +56,27 @@ def _offset(text: str | None):
 def _flags(text: str | None) -> tuple[str, ...]:
     """--exclude-flagged: comma-separated flag names (out-of-focus = out_of_focus)."""
     return () if not text else tuple(t.strip().replace("-", "_") for t in text.split(","))
+
+
+def _region_options(her2, calibration, regions, her2_region_um, her2_region_min_cells,
+                    region_min_cells) -> dict:
+    """The HER2-map and region options for analyze/cohort, refused where they would do
+    nothing: the HER2 map needs HER2 cut-offs (--calibration), per-region scores need
+    regions."""
+    from qdmed.errors import InputError
+
+    if (her2_region_um is not None or her2_region_min_cells is not None) and her2 is None:
+        raise InputError("--her2-region-um and --her2-region-min-cells map HER2 region by "
+                         "region, which needs HER2 cut-offs: give --calibration with them"
+                         + (f" ({calibration} has positivity gates only)" if calibration
+                            else ""))
+    if region_min_cells is not None and regions is None:
+        raise InputError("--region-min-cells applies to regions scored one by one: give "
+                         "--regions (--regions-dir for a cohort)")
+    return {"her2_region_um": 500.0 if her2_region_um is None else her2_region_um,
+            "her2_region_min_cells": 100 if her2_region_min_cells is None
+            else her2_region_min_cells,
+            "region_min_cells": 100 if region_min_cells is None else region_min_cells}
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -622,13 +643,13 @@ def analyze(
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
     autofluorescence: AUTOFLUOR = "panel",
-    her2_region_um: REGION_UM = 500.0,
-    her2_region_min_cells: REGION_MIN = 100,
+    her2_region_um: REGION_UM = None,
+    her2_region_min_cells: REGION_MIN = None,
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
     exclude_flagged: EXCLUDE = None,
     per_region: PER_REGION = None,
-    region_min_cells: REGION_CELLS = 100,
+    region_min_cells: REGION_CELLS = None,
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     nuclei_labels: Annotated[Path | None, typer.Option("--nuclei-labels", help="Nuclei segmented elsewhere (cellpose, StarDist, Mesmer, QuPath...): a label image (TIFF, OME-TIFF, OME-Zarr or an NGFF labels folder) pixel-aligned with the slide, 0 = background. Replaces qdmed's nuclear segmentation; cells.parquet gets nucleus_label.")] = None,
@@ -660,11 +681,11 @@ def analyze(
                         progress=not no_progress, settings=settings, regions=regions,
                         region_class=region_class, outlines=not no_outlines,
                         write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
-                        her2_region_um=her2_region_um,
-                        her2_region_min_cells=her2_region_min_cells,
+                        **_region_options(her2, calibration, regions, her2_region_um,
+                                          her2_region_min_cells, region_min_cells),
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         exclude_flagged=_flags(exclude_flagged), per_region=per_region,
-                        region_min_cells=region_min_cells, tma_map=tma_map,
+                        tma_map=tma_map,
                         case_rule=case_rule, tumour_regions=tumour_regions,
                         nuclei_labels=nuclei_labels, labels_channel=_index_or_name(labels_channel),
                         cell_labels=cell_labels,
@@ -903,13 +924,13 @@ def cohort(
     no_outlines: NO_OUTLINES = False,
     no_unmixed: NO_UNMIXED = False,
     autofluorescence: AUTOFLUOR = "panel",
-    her2_region_um: REGION_UM = 500.0,
-    her2_region_min_cells: REGION_MIN = 100,
+    her2_region_um: REGION_UM = None,
+    her2_region_min_cells: REGION_MIN = None,
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
     exclude_flagged: EXCLUDE = None,
     per_region: PER_REGION = None,
-    region_min_cells: REGION_CELLS = 100,
+    region_min_cells: REGION_CELLS = None,
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     case_map: Annotated[Path | None, typer.Option("--case-map", help="CSV of slide,case: each slide's case (patient), for cases imaged as several fields or sections; cases.csv scores each case on the pooled cells of its slides.")] = None,
@@ -932,11 +953,11 @@ def cohort(
                          progress=not no_progress, regions_dir=regions_dir,
                          region_class=region_class, outlines=not no_outlines,
                          write_unmixed=not no_unmixed, autofluorescence=autofluorescence,
-                         her2_region_um=her2_region_um,
-                         her2_region_min_cells=her2_region_min_cells,
+                         **_region_options(her2, calibration, regions_dir, her2_region_um,
+                                           her2_region_min_cells, region_min_cells),
                          saturation_level=saturation_level, offset_adu=_offset(offset),
                          exclude_flagged=_flags(exclude_flagged), per_region=per_region,
-                         region_min_cells=region_min_cells, tma_map=tma_map,
+                         tma_map=tma_map,
                          case_rule=case_rule, tumour_regions_dir=tumour_regions_dir, pattern=pattern,
                          case_map=case_map, case_from_name=case_from_name,
                          nuclei_labels_dir=nuclei_labels_dir,
@@ -973,7 +994,7 @@ def dab(
     marker: Annotated[str, typer.Option("--marker", help="With --regions: the antigen the DAB stains. HER2: membrane OD, the HER2 rule; ER, PR, AR...: its compartment's OD, positive from the first cut-off, percent positive and ER/PgR status.")] = "HER2",
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
-    region_min_cells: REGION_CELLS = 100,
+    region_min_cells: REGION_CELLS = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (cells.parquet, regions.csv, summary.json): with --regions (default qdmed-dab), or alone to score a whole slide tile by tile as one region.")] = None,
     tile: Annotated[int | None, typer.Option("--tile", help="With --out: regions larger than this (px) are scored tile by tile (default 2048).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the image with its cells by DAB class and the OD histogram (with --out: report.html has it).")] = None,
@@ -1012,7 +1033,8 @@ def dab(
         d = analyze_dab_regions(image, regions, out, od_cutoffs=_od_cutoffs(cutoffs),
                                 region_class=region_class, tumour_regions=tumour_regions,
                                 tma_map=tma_map, case_rule=case_rule,
-                                min_cells=region_min_cells, pixel_size_um=pixel_size_um,
+                                min_cells=100 if region_min_cells is None else region_min_cells,
+                                pixel_size_um=pixel_size_um,
                                 marker=marker, background=_white_level(background),
                                 tile=TILE_PX if tile is None else tile,
                                 n_workers=1 if workers is None else workers,
@@ -1027,7 +1049,7 @@ def dab(
     if marker != "HER2":
         raise InputError(f"--marker {marker} needs --regions or --out: a single image is "
                          "scored for HER2 (membrane OD, the HER2 rule)")
-    if case_rule != "pooled" or region_min_cells != 100:
+    if case_rule != "pooled" or region_min_cells is not None:
         raise InputError("--case-rule and --region-min-cells score regions: they need "
                          "--regions")
     if example:
