@@ -106,6 +106,17 @@ def test_yaml_roundtrip(tmp_path):
     assert Probe.from_file(g).shell == "ZnS"
 
 
+def test_grafting_density_round_trips_with_the_default_peg(tmp_path):
+    # a density given for a coating's default PEG was dropped on writing (12.8 -> 10.8 nm)
+    f = tmp_path / "g.yaml"
+    f.write_text("core: {material: CdSe, diameter_nm: 4}\n"
+                 "coating: {name: dhla-peg, grafting_density_per_nm2: 1.5}\n")
+    p = Probe.from_file(f)
+    q = Probe.from_file(p.to_file(tmp_path / "g2.yaml"))
+    assert q.peg_grafting_density_per_nm2 == 1.5
+    assert q.hydrodynamic_diameter_nm == pytest.approx(p.hydrodynamic_diameter_nm, rel=1e-9)
+
+
 def test_yaml_emission_and_monolayers(tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("core: {material: CdSe, emission_nm: 600}\nshell: {material: ZnS, monolayers: 3}\n")
@@ -121,6 +132,15 @@ def test_yaml_emission_and_monolayers(tmp_path):
     ("core: CdSe\n", "core"),
     ("core: {material: CdSe, diameter_nm: 4}\ncolour: red\n", "unknown field"),
     ("- 1\n- 2\n", "mapping"),
+    # misspelt or conflicting keys inside a field were ignored
+    ("core: {material: CdSe, diameter_nm: 4, emission_nm: 650}\n", "core: give diameter_nm or"),
+    ("core: {material: CdSe, diameter: 4}\n", "core: unknown field"),
+    ("core: {material: CdSe, diameter_nm: 4}\nshell: {material: ZnS, thickness_nm: 0.9, "
+     "monolayers: 5}\n", "shell: give thickness_nm or monolayers, not both"),
+    ("core: {material: CdSe, diameter_nm: 4}\ncoating: {name: dhla-peg, pegmw: 2000}\n",
+     "coating: unknown field"),
+    ("core: {material: CdSe, diameter_nm: 4}\nligands: [{name: igg, cout: 2}]\n",
+     r"ligands\[0\]: unknown field"),
 ])
 def test_malformed_yaml(tmp_path, text, match):
     f = tmp_path / "bad.yaml"

@@ -145,18 +145,26 @@ class Probe:
         if not isinstance(core, dict) or "material" not in core:
             raise FileFormatError(f"{source}: field 'core' must be a mapping with 'material' and "
                                   "'diameter_nm' or 'emission_nm'")
+        _check_keys(core, "core", {"material", "diameter_nm", "emission_nm"}, source,
+                    one_of=("diameter_nm", "emission_nm"))
         kw = {"name": str(doc.get("name", "")), "extrapolate": bool(doc.get("extrapolate", False))}
         shell = doc.get("shell")
         if shell:
             if not isinstance(shell, dict) or "material" not in shell:
                 raise FileFormatError(f"{source}: field 'shell' must be a mapping with 'material' "
                                       "and 'thickness_nm' (or 'monolayers')")
+            _check_keys(shell, "shell", {"material", "thickness_nm", "monolayers"}, source,
+                        one_of=("thickness_nm", "monolayers"))
             kw["shell"] = shell["material"]
             kw["shell_thickness_nm"] = _shell_thickness(shell, source)
         coat = doc.get("coating")
         if coat:
             if isinstance(coat, str):
                 coat = {"name": coat}
+            if not isinstance(coat, dict):
+                raise FileFormatError(f"{source}: field 'coating' must be a name or a mapping "
+                                      "with 'name'")
+            _check_keys(coat, "coating", {"name", "peg_mw", "grafting_density_per_nm2"}, source)
             kw["coating"] = coat.get("name")
             if "peg_mw" in coat:
                 kw["peg_mw"] = float(coat["peg_mw"])
@@ -167,6 +175,7 @@ class Probe:
             if not isinstance(lig, dict) or "name" not in lig:
                 raise FileFormatError(f"{source}: ligands[{i}] must be a mapping with 'name' and "
                                       "'count'")
+            _check_keys(lig, f"ligands[{i}]", {"name", "count", "target"}, source)
             ligs.append((lig["name"], int(lig.get("count", 1))))
             if lig.get("target") and lig["target"] not in targets:
                 targets.append(lig["target"])
@@ -219,7 +228,8 @@ class Probe:
             c = {"name": self.coating}
             if self.peg_mw:
                 c["peg_mw"] = float(self.peg_mw)
-                c["grafting_density_per_nm2"] = float(self.peg_grafting_density_per_nm2)
+            # the coating's default PEG is grafted at this density too (it was dropped)
+            c["grafting_density_per_nm2"] = float(self.peg_grafting_density_per_nm2)
             d["coating"] = c
         d["ligands"] = [{"name": n, "count": c} for n, c in self.ligands]
         d["targets"] = list(self.targets)
@@ -426,6 +436,20 @@ class Probe:
         from qdmed.probe._sheet import probe_sheet
 
         return probe_sheet(self, dose_mg_per_kg=dose_mg_per_kg, temperature_C=temperature_C)
+
+
+def _check_keys(entry: dict, where: str, accepted: set, source: str, one_of=()) -> None:
+    """A probe file's mapping holds only `accepted` keys, and at most one of `one_of`
+    (FileFormatError naming the file and the field: a misspelt or conflicting key would be
+    ignored)."""
+    unknown = sorted(set(entry) - accepted)
+    if unknown:
+        raise FileFormatError(f"{source}: {where}: unknown field(s) {', '.join(unknown)}; "
+                              f"accepted: {', '.join(sorted(accepted))}")
+    both = [k for k in one_of if k in entry]
+    if len(both) > 1:
+        raise FileFormatError(f"{source}: {where}: give {' or '.join(one_of)}, not both "
+                              f"(the second would be ignored)")
 
 
 def _shell_thickness(shell: dict, source: str) -> float:
