@@ -331,17 +331,23 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
         analyze_slide(slide.path, PANEL, tmp_path / "a", tile=0, progress=False)
     with pytest.raises(InputError, match="must be a Dask scheduler's address"):
         analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(4)  # accepts, never answers
-    monkeypatch.setattr(an, "CONNECT_TIMEOUT_S", 1)
-    try:
-        with pytest.raises(InputError, match="no Dask scheduler answered"):
-            analyze_slide(slide.path, PANEL, tmp_path / "c", tile=512, progress=False,
-                          scheduler=f"tcp://127.0.0.1:{silent.getsockname()[1]}")
-    finally:
-        silent.close()
+
+
+    def no_scheduler(scheduler, n_workers):  # as _connect answers (tested above, for real)
+        raise InputError(f"no Dask scheduler answered at {scheduler}")
+
+    # (not a silent socket here: an abandoned handshake left in this process made the next
+    # connection test hang)
+    monkeypatch.setattr(an, "start_client", no_scheduler)
+    with pytest.raises(InputError, match="no Dask scheduler answered"):
+        analyze_slide(slide.path, PANEL, tmp_path / "c", tile=512, progress=False,
+                      scheduler="tcp://127.0.0.1:1")
     assert not any((tmp_path / n).exists() for n in "abc")
+    (tmp_path / "d").mkdir()  # a folder the user made is left in place
+    with pytest.raises(InputError, match="no Dask scheduler answered"):
+        analyze_slide(slide.path, PANEL, tmp_path / "d", tile=512, progress=False,
+                      scheduler="tcp://127.0.0.1:1")
+    assert (tmp_path / "d").is_dir()
 
 
 def test_unmixed_ome_zarr_is_written(slide, tmp_path):

@@ -1240,7 +1240,10 @@ def _connect(scheduler: str):
 
     def connect():
         try:
-            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+            # not dask's default client: a handshake that never ends (abandoned below) left
+            # it registered, and every later dask computation in the process waited on it
+            # forever; qdmed's jobs are submitted to it by name
+            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             # a Client that fails after setting itself as dask's scheduler leaves the
             # setting behind: every later dask computation in this process then asks for
@@ -1303,7 +1306,7 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     from distributed import as_completed
 
     futs = {client.submit(fn, *args, pure=False): j for j, args in enumerate(calls)}
-    for fut in as_completed(futs):
+    for fut in as_completed(futs, loop=client.loop):  # qdmed's clients are not the default
         done(futs[fut], fut.result())
     return out
 
@@ -1342,7 +1345,7 @@ def start_client(scheduler: str | None, n_workers: int):
             "must run under `if __name__ == \"__main__\":` (each worker process imports the "
             "script, which would start the analysis again); or pass "
             "scheduler='synchronous' to run in this process.") from exc
-    return Client(cluster), cluster
+    return Client(cluster, set_as_default=False), cluster
 
 
 def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None):
