@@ -165,6 +165,14 @@ def test_options_and_entries_that_would_be_ignored_are_refused(tmp_path):
     doc["markers"]["ER"] = {"label": "Qdot 566", "peak_nm": 566}
     with pytest.raises(FileFormatError, match="'Qdot 566' is not a catalog Qdot"):
         Panel.from_dict(doc)
+    # misspelt fields: a marker's width, the autofluorescence switched off
+    doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566, "fwhm": 20}
+    with pytest.raises(FileFormatError, match="markers.ER: unknown field.*fwhm.*accepted"):
+        Panel.from_dict(doc)
+    bad = dict(doc, autofluoresence=None)
+    bad["markers"] = dict(doc["markers"], ER={"label": "dye 566", "peak_nm": 566})
+    with pytest.raises(FileFormatError, match="unknown field.*autofluoresence"):
+        Panel.from_dict(bad)
     doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566}  # a custom label
     assert Panel.from_dict(doc).spectra[list(doc["markers"]).index("ER")].peak_nm == \
         pytest.approx(566, abs=0.5)

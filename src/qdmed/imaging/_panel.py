@@ -346,6 +346,7 @@ class Panel:
         if not isinstance(doc, dict) or "markers" not in doc or "channels_nm" not in doc:
             raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm' (a "
                                   f"spectral panel) or 'components' (an already-unmixed image)")
+        _panel_keys(doc, "", _PANEL_KEYS, source)
         if not isinstance(doc["markers"], dict) or not doc["markers"]:
             raise FileFormatError(f"{source}: 'markers' must map marker names to "
                                   "{label: ...} or {peak_nm: ..., fwhm_nm: ...}")
@@ -354,6 +355,7 @@ class Panel:
         for m, e in doc["markers"].items():
             if not isinstance(e, dict):
                 raise FileFormatError(f"{source}: markers.{m} must be a mapping")
+            _panel_keys(e, f"markers.{m}", _MARKER_KEYS, source)
             try:
                 if "spectrum" in e:
                     s = _spectrum_from_doc(e["spectrum"], grid, str(e.get("label", m)))
@@ -392,6 +394,8 @@ class Panel:
         try:
             if af is None:
                 af_s = None
+            elif isinstance(af, dict) and set(af) - _AF_KEYS:
+                _panel_keys(af, "autofluorescence", _AF_KEYS, source)
             elif isinstance(af, dict) and "spectrum" in af:
                 s = _spectrum_from_doc(af["spectrum"], grid, "autofluorescence")
                 af_s = Spectrum(s.wavelength_nm, s.values, "autofluorescence", "autofluorescence")
@@ -611,6 +615,22 @@ def _unmixed_from_dict(doc: dict, source: str) -> Panel:
 #: used). Panel files written before the emission lineshape peaked at the catalog's maximum
 #: hold peaks up to 2.9 nm blue of it (Qdot 800): 3 nm keeps them readable.
 CATALOG_ENTRY_TOLERANCE_NM = 3.0
+
+
+#: The fields of a spectral panel file, of a marker entry and of the autofluorescence entry:
+#: any other is refused (a misspelt 'autofluoresence: null' kept the model autofluorescence,
+#: a marker's 'fwhm: 20' the 30 nm default).
+_PANEL_KEYS = frozenset({"excitation_nm", "channels_nm", "markers", "autofluorescence",
+                         "measured_endmembers"})
+_MARKER_KEYS = frozenset({"label", "peak_nm", "fwhm_nm", "spectrum", "brightness"})
+_AF_KEYS = frozenset({"peak_nm", "fwhm_nm", "spectrum"})
+
+
+def _panel_keys(entry: dict, where: str, accepted: frozenset, source: str) -> None:
+    unknown = sorted(map(str, set(entry) - accepted))
+    if unknown:
+        raise FileFormatError(f"{source}: {where + ': ' if where else ''}unknown field(s) "
+                              f"{', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
 
 
 def _check_catalog_entry(e: dict, s: Spectrum) -> None:
