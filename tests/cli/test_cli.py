@@ -46,6 +46,13 @@ def test_extinction_model_and_linewidth_reach_the_relation():
     assert r.returncode == 2 and "hwhm_ev is used only by" in r.stderr
 
 
+def test_design_file_with_options_is_refused(tmp_path):
+    r = run("design", "--material", "CdSe", "--emission", "605", "--out", str(tmp_path / "p.yaml"))
+    assert r.returncode == 0, r.stderr
+    r = run("design", "--file", str(tmp_path / "p.yaml"), "--qy", "0.9", "--emission", "700")
+    assert r.returncode == 2 and "--emission, --qy would not be used" in r.stderr, r.stderr
+
+
 def test_design_json_issue_example():
     r = run("design", "--material", "CdSe", "--shell", "ZnS:0.9", "--emission", "605",
             "--coating", "dhla-peg:2000", "--ligand", "igg:2", "--json")

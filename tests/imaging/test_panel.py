@@ -152,6 +152,9 @@ def test_options_and_entries_that_would_be_ignored_are_refused(tmp_path):
         design_panel(["A", "B"], QDOTS, CH, brightness={"Qdot 70": 4.0})
     with pytest.raises(InputError, match="expression given for 'HER3', not among the markers"):
         design_panel(["A", "B"], QDOTS, CH, expression={"HER3": 0.1})
+    with pytest.raises(InputError, match="brightness of 'DAPI': a label fixed"):
+        design_panel(["DAPI", "A"], QDOTS + ["DAPI"], CH, fixed={"DAPI": "DAPI"},
+                     brightness={"DAPI": 5.0})
     doc = breast_panel_5plex().to_yaml_dict()
     # as written (peaks and widths for reading), and as older files wrote them (up to 2.9 nm
     # blue of the catalog's peak), the file reads back

@@ -45,6 +45,8 @@ def test_row14_jasieniak_linewidth_normalisation():
     # not ignored
     with pytest.raises(InputError, match="hwhm_ev is used only by jasieniak2009-CdSe"):
         extinction_first_exciton("CdSe", peak_nm=550, hwhm_ev=0.08)
+    with pytest.raises(InputError, match="sizing_model 'peng1998' would not be used"):
+        extinction_first_exciton("InAs", diameter_nm=4.0, sizing_model="peng1998")
     with pytest.raises(InputError, match="hwhm_ev must be positive"):
         extinction_first_exciton("CdSe", hwhm_ev=0.0, **kw)
 

@@ -166,3 +166,19 @@ def test_peg_without_named_coating_resists_corona():
     p = Probe("CdSe", 3.0, peg_mw=2000)
     assert p.resists_protein_adsorption
     assert p.serum_hydrodynamic_diameter_nm == p.hydrodynamic_diameter_nm
+
+
+def test_sheet_plot_draws_on_given_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sheet = Probe("CdSe", 4.0, shell="ZnS", shell_thickness_nm=0.9).sheet()
+    fig, axes = plt.subplots(1, 2)
+    assert sheet.plot(axes) is fig  # ax was accepted and never read before
+    assert axes[0].lines and axes[1].patches
+    assert len(sheet.plot().axes) == 2
+    with pytest.raises(InputError, match="two matplotlib Axes"):
+        sheet.plot(axes[:1])
+    plt.close("all")

@@ -18,7 +18,7 @@ def design(
     coating: Annotated[str | None, typer.Option("--coating", help="COATING[:PEG_MW], e.g. dhla-peg:2000.")] = None,
     ligand: Annotated[list[str] | None, typer.Option("--ligand", help="LIGAND[:COUNT], repeatable, e.g. igg:2.")] = None,
     target: Annotated[list[str] | None, typer.Option("--target", help="Biomarker recognised, e.g. HER2.")] = None,
-    quantum_yield: Annotated[float, typer.Option("--qy", help="Quantum yield, 0-1.")] = 0.5,
+    quantum_yield: Annotated[float | None, typer.Option("--qy", help="Quantum yield, 0-1 (default 0.5).")] = None,
     dose_mg_per_kg: Annotated[float, typer.Option("--dose-mg-per-kg", help="Dose of inorganic QD mass.")] = 1.0,
     stokes_shift_meV: Annotated[float | None, typer.Option("--stokes-mev", help="Measured Stokes shift, meV.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="Probe YAML/JSON file.")] = None,
@@ -31,11 +31,20 @@ def design(
     from qdmed.probe import Probe, monolayer_thickness_nm, parse_layer_spec
 
     if file is not None:
+        given = [opt for opt, v in (
+            ("--material", material), ("--emission", emission_nm), ("--diameter", diameter_nm),
+            ("--shell", shell), ("--coating", coating), ("--ligand", ligand),
+            ("--target", target), ("--qy", quantum_yield), ("--stokes-mev", stokes_shift_meV),
+            ("--extrapolate", extrapolate or None)) if v]
+        if given:
+            raise InputError(f"--file holds the whole probe; {', '.join(given)} would not be "
+                             "used: edit the file, or design from the options without --file")
         probe = Probe.from_file(file)
     else:
         if not material:
             raise InputError("give --material (and --emission or --diameter) or --file")
-        kw: dict = {"quantum_yield": quantum_yield, "stokes_shift_meV": stokes_shift_meV,
+        kw: dict = {"quantum_yield": 0.5 if quantum_yield is None else quantum_yield,
+                    "stokes_shift_meV": stokes_shift_meV,
                     "extrapolate": extrapolate, "targets": tuple(target or ())}
         if shell:
             name, val = parse_layer_spec(shell, "--shell")

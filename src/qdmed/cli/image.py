@@ -153,6 +153,9 @@ def panel(
         if filters:
             raise InputError("--filters describes a spectral panel's detection; --components "
                              "an already-unmixed image's channels: give one of them")
+        if brightness or expression:
+            raise InputError("--brightness and --expression rank labels for a spectral "
+                             "panel; with --components the image's channels are the markers")
         return _unmixed_panel_command(components, slide, out, json_)
     if slide is not None:
         raise InputError("--slide goes with --components (an already-unmixed image)")
@@ -371,7 +374,7 @@ def simulate(
     offset_adu: Annotated[float, typer.Option("--offset", help="Detector offset (dark level) added to every count, as a camera that is not dark-corrected records it.")] = 0.0,
     tma: Annotated[str | None, typer.Option("--tma", help="A tissue microarray of ROWSxCOLS cores (e.g. 4x6) instead of one tissue; OME-Zarr only. --size is then ignored.")] = None,
     presets: Annotated[str | None, typer.Option("--presets", help="TMA: presets of the cores, comma-separated, repeated over the cores row by row (default: --preset).")] = None,
-    core_diameter_um: Annotated[float, typer.Option("--core-diameter-um", help="TMA: core diameter, um.")] = 600.0,
+    core_diameter_um: Annotated[float | None, typer.Option("--core-diameter-um", help="TMA: core diameter, um (default 600).")] = None,
     missing: Annotated[str | None, typer.Option("--missing", help="TMA: cores lost from the section, e.g. B-2,C-5.")] = None,
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="TMA: the grid turned by this angle (degrees, within +-45).")] = 0.0,
     only: Annotated[str | None, typer.Option("--only", help="Label only these (comma-separated; the counterstain is a label too), the others absent: a single-stain control (--only HER2) or a fluorescence-minus-one control (every label but one: --only DAPI,HER2,ER,EGFR,mTOR).")] = None,
@@ -403,9 +406,10 @@ def simulate(
         raise InputError(f"{stem}-truth/ beside {out.name} holds the truth of {other[0]}: "
                          "give this slide another name (the truth and panel files are named "
                          "after the slide without its suffix)")
-    if tma is None and (presets is not None or missing is not None or rotation_deg != 0.0):
-        raise InputError("--presets, --missing and --rotation-deg describe a tissue "
-                         "microarray: they need --tma")
+    if tma is None and (presets is not None or missing is not None or rotation_deg != 0.0
+                        or core_diameter_um is not None):
+        raise InputError("--presets, --missing, --rotation-deg and --core-diameter-um "
+                         "describe a tissue microarray: they need --tma")
     p = _panel(panel_file)
     kw = dict(endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
@@ -435,7 +439,8 @@ def simulate(
             raise InputError(f"--tma writes OME-Zarr: --out must end in .ome.zarr; got {out}")
         s = simulate_tma(out, rows=int(grid[0]), cols=int(grid[1]),
                          presets=list(_names(presets or preset)),
-                         core_diameter_um=core_diameter_um, missing=_names(missing),
+                         core_diameter_um=600.0 if core_diameter_um is None
+                         else core_diameter_um, missing=_names(missing),
                          rotation_deg=rotation_deg, **kw)
         truth_dir = out.parent / (stem + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)

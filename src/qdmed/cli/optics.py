@@ -110,11 +110,14 @@ def _models_used(material, model, sizing_model, peak_nm, diameter_nm, extrapolat
     curve and that diameter (so that a result says what it rests on)."""
     from qdmed.optics import extinction_model, get_curve
 
-    out = {"model": extinction_model(material, model).name}
+    m = extinction_model(material, model)
+    out = {"model": m.name}
     if diameter_nm is None and peak_nm is not None:
         curve = get_curve(material, sizing_model)
         out["sizing_model"] = curve.name
         out["diameter_nm"] = float(curve.diameter_from_peak(peak_nm, extrapolate=extrapolate))
+    elif m.needs_peak:  # the curve gives the peak (or checks the size) the relation takes
+        out["sizing_model"] = get_curve(material, sizing_model).name
     return out
 
 

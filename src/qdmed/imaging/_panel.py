@@ -877,6 +877,12 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     if stray:
         raise InputError(f"expression given for {', '.join(map(repr, stray))}, not among the "
                          f"markers ({', '.join(markers)})")
+    fixed_labels = {_label_name(v) for v in fixed.values()}
+    unused = [f"brightness of {n!r}" for n in (brightness or {}) if n in fixed_labels] + \
+        [f"expression of {m!r}" for m in (expression or {}) if m in fixed]
+    if unused:
+        raise InputError(f"{', '.join(unused)}: a label fixed to its marker (the counterstain) "
+                         "is not assigned, so this would not be used")
     if len(names) < len(free):
         raise InputError(f"{len(free)} markers but only {len(names)} usable candidate labels"
                          + (f" (left out: {', '.join(n for n, _ in skipped)}; "

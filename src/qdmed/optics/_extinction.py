@@ -274,6 +274,9 @@ def _diameter_and_peak(material, diameter_nm, peak_nm, sizing_model, extrapolate
     if (diameter_nm is None) == (peak_nm is None):
         raise InputError("give exactly one of diameter_nm and peak_nm")
     if diameter_nm is not None and not need_peak:  # size-only relation: no sizing curve
+        if sizing_model is not None:
+            raise InputError(f"sizing_model {sizing_model!r} would not be used: the diameter "
+                             "is given and this relation depends on the size only")
         return _as_float_array(diameter_nm, "diameter_nm"), None
     curve = get_curve(material, sizing_model)
     if diameter_nm is not None:

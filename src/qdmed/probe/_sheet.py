@@ -39,14 +39,24 @@ class ProbeSheet:
 
         return dict_to_html_table(self.data)
 
-    def plot(self, ax=None):
-        """Emission spectrum and the layer diagram (two panels)."""
+    def plot(self, axes=None):
+        """Emission spectrum and the layer diagram (two panels): on ``axes`` (two matplotlib
+        Axes of one figure) when given, else on a new figure. Returns the figure."""
         import matplotlib.pyplot as plt
         import numpy as np
 
+        from qdmed.errors import InputError
         from qdmed.optics import gaussian_in_energy
 
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        own = axes is None
+        if own:
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        else:
+            axes = list(np.ravel(axes))
+            if len(axes) != 2:
+                raise InputError(f"axes must be two matplotlib Axes (spectrum, layers); got "
+                                 f"{len(axes)}")
+            fig = axes[0].figure
         o = self.data["optics"]
         half = max(100.0, 4 * o["emission_fwhm_nm"])
         lo = max(300.0, min(o["emission_peak_nm"], o["absorption_peak_nm"]) - half)
@@ -71,8 +81,9 @@ class ProbeSheet:
         ax2.set_aspect("equal")
         ax2.set_xlabel("nm")
         ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-        fig.suptitle(self.data["probe"].get("name") or "probe")
-        fig.tight_layout()
+        if own:  # a caller's figure keeps its own title and layout
+            fig.suptitle(self.data["probe"].get("name") or "probe")
+            fig.tight_layout()
         return fig
 
 
