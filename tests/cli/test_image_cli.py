@@ -501,7 +501,7 @@ def test_dab_image_too_large_for_memory_is_refused(tmp_path, monkeypatch, bright
     png = tmp_path / "field.png"
     Image.fromarray(np.full((300, 200, 3), 255, np.uint8)).save(png)
     slide, _ = brightfield_tma(tmp_path / "bf.ome.tif")
-    assert cli_image._read_brightfield_image(png).shape == (300, 200, 3)
+    assert cli_image._read_brightfield_image(png)[0].shape == (300, 200, 3)
     monkeypatch.setattr(cli_image, "MAX_DAB_IN_MEMORY_PIXELS", 200 * 299)
     for path, size, way in ((png, "200 x 300 px", "save it as a tiled TIFF"),
                             (slide, "960 x 660 px", "give --out DIR to score it tile by tile")):

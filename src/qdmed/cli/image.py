@@ -1062,15 +1062,15 @@ def dab(
 
         rgb = immunohistochemistry()
     else:
-        rgb = _read_brightfield_image(image)
+        rgb, recorded = _read_brightfield_image(image)
         if pixel_size_um is None:  # the slide's own, where its file records one
-            pixel_size_um = _recorded_pixel_size(image)
+            pixel_size_um = recorded
     if flat_field is not None:
         from qdmed.imaging import flat_field_correct
 
-        rgb = flat_field_correct(rgb, _read_brightfield_image(flat_field),
+        rgb = flat_field_correct(rgb, _read_brightfield_image(flat_field)[0],
                                  dark=None if dark_field is None
-                                 else _read_brightfield_image(dark_field))
+                                 else _read_brightfield_image(dark_field)[0])
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=0.5 if pixel_size_um is None else pixel_size_um,
                    background=_white_level(background))
     if plot is not None:
@@ -1104,21 +1104,12 @@ def dab(
 MAX_DAB_IN_MEMORY_PIXELS = 8192 * 8192
 
 
-def _recorded_pixel_size(image: Path) -> float | None:
-    """The pixel size (um) a slide file records, None for none or a plain image."""
-    from qdmed.imaging import read_slide
-
-    try:
-        return read_slide(image).pixel_size_um
-    except (OSError, ValueError):
-        return None
-
-
 def _read_brightfield_image(image: Path):
-    """An RGB image read whole for `qdmed image dab`, refused with the way out when it is too
-    large to score in memory (its size read from the header first). A file qdmed reads as a
-    slide (TIFF, OME-TIFF, OME-Zarr) is read by the slide reader, which names a truncated or
-    corrupted file and a fluorescence slide; other images (PNG, JPEG) by scikit-image."""
+    """An RGB image read whole for `qdmed image dab`, and the pixel size (um) its file
+    records (None for none), refused with the way out when it is too large to score in
+    memory (its size read from the header first). A file qdmed reads as a slide (TIFF,
+    OME-TIFF, OME-Zarr) is read by the slide reader, which names a truncated or corrupted
+    file and a fluorescence slide; other images (PNG, JPEG) by scikit-image."""
     from PIL import Image
 
     from qdmed.errors import InputError
@@ -1158,11 +1149,11 @@ def _read_brightfield_image(image: Path):
             raise InputError(f"{Path(image).name}: DAB IHC needs an 8-bit RGB brightfield "
                              f"image; got {slide.shape[-1]} channels of {slide.dtype} (a "
                              "fluorescence slide is analysed by qdmed image analyze)")
-        return slide.read_region(0, height, 0, width)
+        return slide.read_region(0, height, 0, width), slide.pixel_size_um
     from skimage.io import imread
 
     try:
-        return imread(image)
+        return imread(image), None
     except Exception as exc:  # noqa: BLE001 - any decoder's error (zlib, JPEG...) is bad input
         raise InputError(f"cannot read image {image}: {type(exc).__name__}: {exc}") from exc
 
