@@ -552,9 +552,17 @@ def test_new_user_mistakes_are_named(tmp_path):
     assert r.returncode == 0 and "no nuclei stand out on the nuclear channel (DAPI)" in r.stdout
     # options that would do nothing here
     for args, said in ((("--her2-region-um", "50"), "needs HER2 cut-offs"),
-                       (("--region-min-cells", "3"), "give --regions")):
+                       (("--region-min-cells", "3"), "give --regions"),
+                       (("--workers", "4", "--scheduler", "synchronous"),
+                        "starts local worker processes")):
         r = run("image", "analyze", str(tmp_path / "fmo.ome.tif"), *args, "--out",
                 str(tmp_path / "o3"))
+        assert r.returncode == 2 and said in r.stderr, r.stderr
+    for args, said in ((("info", str(tmp_path / "fmo.ome.tif"), "--pattern", "*.zarr"),
+                        "--pattern picks slides in a folder"),
+                       (("panel", "--filters", "505-545,590-630", "--channels", "4"),
+                        "give one of them")):
+        r = run("image", *args)
         assert r.returncode == 2 and said in r.stderr, r.stderr
     # a file that is not a calibration
     (tmp_path / "summary.json").write_text(json.dumps({"n_cells": 3}))

@@ -299,10 +299,16 @@ def test_an_object_longer_than_the_margin_is_not_counted_per_tile(tmp_path):
 
 def test_dask_options_as_analyze_slide(tmp_path, ihc_slide):
     # review finding: n_workers=None (one per core) crashed; scheduler='synchronous' with
-    # n_workers=2 tried to connect to a scheduler called 'synchronous'
+    # n_workers=2 tried to connect to a scheduler called 'synchronous' (then ran in this
+    # process, the workers ignored: now the contradiction is refused, as for analyze_slide)
     path, _ = ihc_slide
-    a = analyze_dab_regions(path, None, tmp_path / "a", od_cutoffs=CUT, tile=512,
+    with pytest.raises(InputError, match="starts local worker processes; scheduler "
+                                         "'synchronous' runs in this process"):
+        analyze_dab_regions(path, None, tmp_path / "x", od_cutoffs=CUT, tile=512,
                             scheduler="synchronous", n_workers=2, progress=False)
+    assert not (tmp_path / "x").exists()
+    a = analyze_dab_regions(path, None, tmp_path / "a", od_cutoffs=CUT, tile=512,
+                            scheduler="synchronous", progress=False)
     b = analyze_dab_regions(path, None, tmp_path / "b", od_cutoffs=CUT, tile=512,
                             n_workers=None, progress=False)
     assert a["n_cells"] == b["n_cells"] > 1000

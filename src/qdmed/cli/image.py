@@ -79,6 +79,14 @@ def _region_options(her2, calibration, regions, her2_region_um, her2_region_min_
             "region_min_cells": 100 if region_min_cells is None else region_min_cells}
 
 
+def _no_pattern(pattern, path) -> None:
+    """--pattern picks slides in a folder; for one slide it would do nothing."""
+    from qdmed.errors import InputError
+
+    if pattern is not None:
+        raise InputError(f"--pattern picks slides in a folder; {path} is one slide")
+
+
 def _names(text: str | None) -> tuple[str, ...]:
     """Comma-separated names (core names, presets), as given."""
     return () if not text else tuple(t.strip() for t in text.split(",") if t.strip())
@@ -134,9 +142,9 @@ def panel(
     excitation_nm: Annotated[float, typer.Option("--excitation-nm", help="Excitation line (nm): labels it barely excites are not candidates; warned when it falls in a detection band.")] = 405.0,
     brightness: Annotated[list[str] | None, typer.Option("--brightness", help="LABEL=RELATIVE_BRIGHTNESS (repeatable; default 1 each): brighter labels read with less noise and go to the least expressed markers when --expression is given.")] = None,
     expression: Annotated[list[str] | None, typer.Option("--expression", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the brightest labels go to the least abundant markers.")] = None,
-    channels: Annotated[int, typer.Option("--channels", help="Spectral detector channels.")] = 8,
-    low_nm: Annotated[float, typer.Option("--low-nm", help="Spectral detector: the first channel's lower edge, nm.")] = 440.0,
-    high_nm: Annotated[float, typer.Option("--high-nm", help="Spectral detector: the last channel's upper edge, nm.")] = 740.0,
+    channels: Annotated[int | None, typer.Option("--channels", help="Spectral detector channels (default 8).")] = None,
+    low_nm: Annotated[float | None, typer.Option("--low-nm", help="Spectral detector: the first channel's lower edge, nm (default 440).")] = None,
+    high_nm: Annotated[float | None, typer.Option("--high-nm", help="Spectral detector: the last channel's upper edge, nm (default 740).")] = None,
     filters: Annotated[str | None, typer.Option("--filters", help="Filter bands instead, e.g. 505-545,590-630.")] = None,
     counterstain: Annotated[str | None, typer.Option("--counterstain", help="Nuclear counterstain label.")] = "DAPI",
     components: Annotated[str | None, typer.Option("--components", help="An already-unmixed image instead (inForm component_data.tif, an unmixed QPTIFF): COMPONENT=CHANNEL pairs, comma-separated, e.g. 'DAPI=DAPI,HER2=Qdot 605,autofluorescence=Autofluorescence' (a channel by its name or 0-based index).")] = None,
@@ -159,6 +167,10 @@ def panel(
         return _unmixed_panel_command(components, slide, out, json_)
     if slide is not None:
         raise InputError("--slide goes with --components (an already-unmixed image)")
+    detector = (channels, low_nm, high_nm)
+    if filters and any(v is not None for v in detector):
+        raise InputError("--filters gives the detection bands; --channels, --low-nm and "
+                         "--high-nm describe a spectral detector instead: give one of them")
     if filters:
         try:
             bands = [tuple(float(v) for v in b.split("-")) for b in filters.split(",")]
@@ -167,7 +179,9 @@ def panel(
         if any(len(b) != 2 or b[1] <= b[0] for b in bands):
             raise InputError(f"--filters bands must be LOW-HIGH with HIGH > LOW, got {filters!r}")
     else:
-        bands = spectral_channels(channels, low_nm, high_nm)
+        bands = spectral_channels(8 if channels is None else channels,
+                                  440.0 if low_nm is None else low_nm,
+                                  740.0 if high_nm is None else high_nm)
     mk = [m.strip() for m in markers.split(",") if m.strip()]
     if not mk:
         raise InputError(f"--markers names no marker (comma-separated, e.g. HER2,ER,PR); got "
@@ -326,6 +340,7 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
             for r in rows], ["slide", "status", "format", "shape_yxc", "dtype",
                              "pixel_size_um", "exposures_ms", "message"])
         return None
+    _no_pattern(pattern, slide)
     d = {"slide": str(slide), **_slide_info(read_slide(slide))}
     if json_:
         return print_json(d)
@@ -787,6 +802,8 @@ def qc(
     from qdmed.imaging._qc import qc_folder, qc_slide
 
     p = _panel(panel_file)
+    if not _slide_folder(path):
+        _no_pattern(pattern, path)
     if _slide_folder(path):
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),

@@ -900,7 +900,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
-    check_scheduler(scheduler)
+    check_scheduler(scheduler, n_workers)
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
@@ -1311,14 +1311,21 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     return out
 
 
-def check_scheduler(scheduler) -> None:
+def check_scheduler(scheduler, n_workers=None) -> None:
     """A Dask scheduler's address (``tcp://host:8786``, any ``scheme://``), 'synchronous'
-    or None, checked before a run writes anything."""
-    if scheduler is None or scheduler == "synchronous":
+    or None, checked before a run writes anything; local workers (``n_workers`` above 1)
+    only without one (a cluster has its own workers, 'synchronous' runs in this process)."""
+    if scheduler is None:
         return
-    if not isinstance(scheduler, str) or "://" not in scheduler:
+    if scheduler != "synchronous" and (not isinstance(scheduler, str) or "://" not in scheduler):
         raise InputError(f"scheduler (--scheduler) must be a Dask scheduler's address such as "
                          f"tcp://host:8786, or 'synchronous'; got {scheduler!r}")
+    if isinstance(n_workers, int) and n_workers > 1:
+        raise InputError(f"n_workers (--workers) {n_workers} starts local worker processes; "
+                         + ("scheduler 'synchronous' runs in this process"
+                            if scheduler == "synchronous" else
+                            f"the cluster at {scheduler} has its own workers")
+                         + ": give one of them")
 
 
 def close_client(client, cluster) -> None:

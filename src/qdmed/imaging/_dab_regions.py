@@ -373,7 +373,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     compartment = known[marker].compartment
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     tile = check_tile(tile)
-    check_scheduler(scheduler)
+    check_scheduler(scheduler, n_workers)
     if n_workers is not None:  # 1 (in this process) unless asked; None: one per core
         check_count(n_workers, "n_workers (--workers)", " (1: in this process)")
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
