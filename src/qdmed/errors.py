@@ -31,6 +31,15 @@ class FileFormatError(InputError):
     """A malformed, truncated or inconsistent input file (message names file and field)."""
 
 
+def check_fields(entry: dict, accepted, source: str, where: str = "") -> None:
+    """Refuse fields of an input file's mapping outside `accepted` (FileFormatError naming
+    the file, the mapping and what is accepted): a misspelt field would be ignored."""
+    unknown = sorted(map(str, set(entry) - set(accepted)))
+    if unknown:
+        raise FileFormatError(f"{source}: {where + ': ' if where else ''}unknown field(s) "
+                              f"{', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
+
+
 class ConvergenceError(QdmedError):
     """A numerical method did not converge where the caller asked for strictness."""
 

@@ -333,12 +333,12 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
         analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)
 
 
-    def no_scheduler(scheduler, n_workers):  # as _connect answers (tested above, for real)
+    def no_scheduler(scheduler):  # as _connect answers (tested above, for real)
         raise InputError(f"no Dask scheduler answered at {scheduler}")
 
     # (not a silent socket here: an abandoned handshake left in this process made the next
     # connection test hang)
-    monkeypatch.setattr(an, "start_client", no_scheduler)
+    monkeypatch.setattr(an, "_connect", no_scheduler)
     with pytest.raises(InputError, match="no Dask scheduler answered"):
         analyze_slide(slide.path, PANEL, tmp_path / "c", tile=512, progress=False,
                       scheduler="tcp://127.0.0.1:1")

@@ -995,13 +995,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                                      or len(todo) > 1):
             run_client = client
             if run_client is None:
-                try:
-                    own_client, cluster = start_client(scheduler, n_workers or min(
-                        os.cpu_count() or 1, len(todo)))
-                except InputError:  # no scheduler: leave no folder this run made behind
-                    if created and len(todo) == len(boxes):
-                        shutil.rmtree(out, ignore_errors=True)
-                    raise
+                own_client, cluster = start_client(
+                    scheduler, n_workers or min(os.cpu_count() or 1, len(todo)),
+                    made=out if created else None)
                 run_client = own_client
             mode = scheduler or ("local" if cluster is not None else "client")
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
@@ -1336,13 +1332,20 @@ def close_client(client, cluster) -> None:
         cluster.close()
 
 
-def start_client(scheduler: str | None, n_workers: int):
+def start_client(scheduler: str | None, n_workers: int, made: Path | None = None):
     """A Dask client on ``scheduler`` or on a new local cluster of ``n_workers`` processes
-    (one thread each). Returns (client, cluster-or-None)."""
+    (one thread each). Returns (client, cluster-or-None). When no scheduler answers, the
+    output folder ``made`` (one the run created, nothing finished in it yet) is removed, so
+    that a refused run leaves nothing behind."""
     from distributed import Client, LocalCluster
 
     if scheduler:
-        return _connect(scheduler), None
+        try:
+            return _connect(scheduler), None
+        except InputError:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
     try:
         cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
                                processes=True, dashboard_address=":0", silence_logs=40)

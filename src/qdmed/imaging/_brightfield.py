@@ -630,10 +630,11 @@ def score_dab(
     from qdmed.imaging._cells import COMPARTMENTS, expand_cells, measure_cells, segment_nuclei
 
     t = check_od_cutoffs(od_cutoffs)
-    if isinstance(pixel_size_um, bool) or not (isinstance(pixel_size_um, int | float | np.floating)
-                                               and 0 < pixel_size_um < math.inf):
-        raise InputError(f"pixel_size_um must be a positive number (um per pixel); got "
-                         f"{pixel_size_um!r}.")
+    from qdmed.imaging._slideio import _check_pixel_size
+
+    pixel_size_um = _check_pixel_size(pixel_size_um)
+    if pixel_size_um is None:
+        raise InputError("pixel_size_um must be a positive number (um per pixel), got None")
     if not (nuclear_threshold == "otsu" or (
             isinstance(nuclear_threshold, int | float | np.floating)
             and not isinstance(nuclear_threshold, bool) and nuclear_threshold >= 0)):

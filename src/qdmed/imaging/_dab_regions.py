@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -353,7 +352,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     )
     from qdmed.imaging._regions import regions_and_tumour
     from qdmed.imaging._scoring import Her2Calibration
-    from qdmed.imaging._slideio import read_slide
+    from qdmed.imaging._slideio import _check_pixel_size, read_slide
     from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
 
     t0 = time.perf_counter()
@@ -386,11 +385,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     from qdmed.imaging._brightfield import uncalibrated_warnings
 
     warnings = uncalibrated_warnings(cut)
-    if pixel_size_um is not None and not (isinstance(pixel_size_um, float | int)
-                                          and pixel_size_um > 0):
-        raise InputError(f"pixel_size_um must be a positive number (um); got "
-                         f"{pixel_size_um!r}")
-    ps = pixel_size_um or img.pixel_size_um
+    ps = _check_pixel_size(pixel_size_um) or img.pixel_size_um
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
@@ -425,7 +420,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if glass is None:
         glass = tuple(float(v) for v in _background(background))
     out = Path(out_dir)
-    created = not out.exists()  # removed again if no scheduler answers
+    created = not out.exists()  # removed again if no scheduler answers (start_client)
     out.mkdir(parents=True, exist_ok=True)
     m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
     jobs = _jobs(img, reg, ps, tile)
@@ -470,12 +465,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if scheduler != "synchronous" and (scheduler or (workers > 1 and passes > 1)):
         from qdmed.imaging._analyze import start_client
 
-        try:
-            own_client, cluster = start_client(scheduler, min(workers, passes))
-        except InputError:  # leave no folder this run made behind
-            if created and not n_resumed:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+        own_client, cluster = start_client(scheduler, min(workers, passes),
+                                           made=out if created else None)
         # absolute path: a worker of a remote cluster has its own working folder
         source = str(Path(img.path).resolve())
     else:

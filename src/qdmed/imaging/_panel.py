@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdmed.errors import FileFormatError, InputError
+from qdmed.errors import FileFormatError, InputError, check_fields
 from qdmed.optics import Spectrum, default_grid, emission_spectrum
 
 #: Default tissue autofluorescence under violet excitation: a broad band peaking near 520 nm
@@ -346,7 +346,7 @@ class Panel:
         if not isinstance(doc, dict) or "markers" not in doc or "channels_nm" not in doc:
             raise FileFormatError(f"{source}: a panel needs 'markers' and 'channels_nm' (a "
                                   f"spectral panel) or 'components' (an already-unmixed image)")
-        _panel_keys(doc, "", _PANEL_KEYS, source)
+        check_fields(doc, _PANEL_KEYS, source)
         if not isinstance(doc["markers"], dict) or not doc["markers"]:
             raise FileFormatError(f"{source}: 'markers' must map marker names to "
                                   "{label: ...} or {peak_nm: ..., fwhm_nm: ...}")
@@ -355,7 +355,7 @@ class Panel:
         for m, e in doc["markers"].items():
             if not isinstance(e, dict):
                 raise FileFormatError(f"{source}: markers.{m} must be a mapping")
-            _panel_keys(e, f"markers.{m}", _MARKER_KEYS, source)
+            check_fields(e, _MARKER_KEYS, source, f"markers.{m}")
             try:
                 if "spectrum" in e:
                     s = _spectrum_from_doc(e["spectrum"], grid, str(e.get("label", m)))
@@ -391,11 +391,11 @@ class Panel:
             raise FileFormatError(f"{source}: every channel needs high > low nm, got {channels}")
         af = doc.get("autofluorescence", {"peak_nm": DEFAULT_AF_PEAK_NM,
                                          "fwhm_nm": DEFAULT_AF_FWHM_NM})
+        if isinstance(af, dict):
+            check_fields(af, _AF_KEYS, source, "autofluorescence")
         try:
             if af is None:
                 af_s = None
-            elif isinstance(af, dict) and set(af) - _AF_KEYS:
-                _panel_keys(af, "autofluorescence", _AF_KEYS, source)
             elif isinstance(af, dict) and "spectrum" in af:
                 s = _spectrum_from_doc(af["spectrum"], grid, "autofluorescence")
                 af_s = Spectrum(s.wavelength_nm, s.values, "autofluorescence", "autofluorescence")
@@ -624,13 +624,6 @@ _PANEL_KEYS = frozenset({"excitation_nm", "channels_nm", "markers", "autofluores
                          "measured_endmembers"})
 _MARKER_KEYS = frozenset({"label", "peak_nm", "fwhm_nm", "spectrum", "brightness"})
 _AF_KEYS = frozenset({"peak_nm", "fwhm_nm", "spectrum"})
-
-
-def _panel_keys(entry: dict, where: str, accepted: frozenset, source: str) -> None:
-    unknown = sorted(map(str, set(entry) - accepted))
-    if unknown:
-        raise FileFormatError(f"{source}: {where + ': ' if where else ''}unknown field(s) "
-                              f"{', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
 
 
 def _check_catalog_entry(e: dict, s: Spectrum) -> None:

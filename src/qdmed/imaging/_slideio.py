@@ -83,9 +83,13 @@ def _check_channel_names(channel_names: Sequence[str] | None, n: int) -> tuple[s
 
 
 def _check_pixel_size(pixel_size_um: float | None) -> float | None:
+    """A pixel size (um) checked: a finite number above 0 (None stays None: unknown)."""
     if pixel_size_um is None:
         return None
-    ps = float(pixel_size_um)
+    try:
+        ps = float("nan") if isinstance(pixel_size_um, bool) else float(pixel_size_um)
+    except (TypeError, ValueError):
+        ps = float("nan")
     if not np.isfinite(ps) or ps <= 0:
         raise InputError(f"pixel_size_um must be a positive number (um per pixel), got "
                          f"{pixel_size_um!r}")

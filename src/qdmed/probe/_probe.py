@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdmed.errors import FileFormatError, InputError
+from qdmed.errors import FileFormatError, InputError, check_fields
 from qdmed.materials import TOXIC_ELEMENTS, get_material
 from qdmed.probe._surface import get_coating, get_ligand, peg_layer
 from qdmed.references import CHOI2007, CHOI2010
@@ -135,12 +135,7 @@ class Probe:
             raise FileFormatError(f"{source}: a probe file must hold a mapping, got {type(doc).__name__}")
         known = {"name", "core", "shell", "coating", "ligands", "quantum_yield",
                  "size_dispersion", "stokes_shift_meV", "sizing_model", "targets", "extrapolate"}
-        unknown = set(doc) - known
-        if unknown:
-            raise FileFormatError(
-                f"{source}: unknown field(s) {', '.join(sorted(unknown))}; accepted: "
-                f"{', '.join(sorted(known))}"
-            )
+        check_fields(doc, known, source)
         core = doc.get("core")
         if not isinstance(core, dict) or "material" not in core:
             raise FileFormatError(f"{source}: field 'core' must be a mapping with 'material' and "
@@ -442,10 +437,7 @@ def _check_keys(entry: dict, where: str, accepted: set, source: str, one_of=()) 
     """A probe file's mapping holds only `accepted` keys, and at most one of `one_of`
     (FileFormatError naming the file and the field: a misspelt or conflicting key would be
     ignored)."""
-    unknown = sorted(set(entry) - accepted)
-    if unknown:
-        raise FileFormatError(f"{source}: {where}: unknown field(s) {', '.join(unknown)}; "
-                              f"accepted: {', '.join(sorted(accepted))}")
+    check_fields(entry, accepted, source, where)
     both = [k for k in one_of if k in entry]
     if len(both) > 1:
         raise FileFormatError(f"{source}: {where}: give {' or '.join(one_of)}, not both "
