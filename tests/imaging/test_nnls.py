@@ -365,11 +365,64 @@ def test_simd_kernel_edges_of_k_agree_with_scipy(k):
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_vtranspose8_is_the_transpose():
+    from numba import njit
+
+    from qdmed.imaging._simd import vload_row, vstore, vtranspose8
+
+    @njit
+    def transpose(a, out):
+        cols = vtranspose8(vload_row(a, 0, 0), vload_row(a, 1, 0), vload_row(a, 2, 0),
+                           vload_row(a, 3, 0), vload_row(a, 4, 0), vload_row(a, 5, 0),
+                           vload_row(a, 6, 0), vload_row(a, 7, 0))
+        for i in range(8):
+            vstore(out, 8 * i, cols[i])
+
+    a = np.arange(64.0).reshape(8, 8) * 1.5 - 7.0
+    out = np.empty(64)
+    transpose(a, out)
+    np.testing.assert_array_equal(out.reshape(8, 8), a.T)
+    for dtype in (np.float32, np.uint16, np.uint8):  # loaded exactly as float64
+        b = np.arange(64).reshape(8, 8).astype(dtype) * 3
+        transpose(b, out)
+        np.testing.assert_array_equal(out.reshape(8, 8), b.T.astype(np.float64))
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize(("c", "k"), [(8, 3), (16, 8)])
+def test_eight_pixels_per_vector_path_agrees_with_scipy(c, k):
+    """Channel counts that are multiples of 8 compute z0 eight pixels at a time (a pixel per
+    lane, rows transposed in 8 x 8 blocks); the last pixels of a chunk and of each thread's
+    range (here 8 * m + 5) take the pixel-per-vector path. Every stored dtype, and a NaN
+    or an infinite pixel inside a block of eight, are handled as by the other path."""
+    rng = np.random.default_rng(c + k)
+    a = rng.random((c, k)) + 0.05
+    n = 2 * 8192 + 8 * 37 + 5
+    x_true = rng.gamma(2.0, 1.0, (n, k)) * (rng.random((n, k)) > 0.4)
+    y = np.rint(np.maximum(x_true @ a.T * 20 + rng.normal(scale=3.0, size=(n, c)), 0))
+    x = unmix_nnls(y, a, method="numba")
+    pick = np.r_[0:200, 8187:8200, n - 300:n]  # chunk and range boundaries, the tail
+    ref = scipy_nnls(a, y[pick])
+    np.testing.assert_allclose(x[pick], ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    assert kkt_violation(y, a, x).max() < 1e-9
+    for dtype in (np.float32, np.uint16, np.uint8):
+        yd = np.minimum(y, 255).astype(dtype)
+        np.testing.assert_allclose(unmix_nnls(yd, a, method="numba"),
+                                   unmix_nnls(yd.astype(np.float64), a, method="numpy"),
+                                   rtol=0, atol=1e-9 * np.abs(x).max())
+    for bad in (np.nan, -np.inf):
+        yb = y.copy()
+        yb[8 * 5 + 3, c - 1] = bad
+        with pytest.raises(InputError, match="1 NaN or infinite"):
+            unmix_nnls(yb, a, method="numba")
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
 def test_simd_leftover_pixels_go_to_the_safeguarded_scalar_kernel():
     """Pixels still infeasible after the SIMD kernel's lockstep passes are solved by the
-    scalar kernel (Murty's rule, then all passive sets): with no pass at all every
-    constrained pixel takes that route, across both threads' pixel ranges, and the answer is
-    the same as the normal path's and scipy's."""
+    scalar kernel (Murty's rule, then all passive sets): with no pass after the first step
+    (taken by every pixel), every pixel that step leaves infeasible takes that route, across
+    both threads' pixel ranges, and the answer is the same as the normal path's and scipy's."""
     from qdmed.imaging._nnls import _prepare, _solve_scalar, _solve_simd
 
     a, _, y = realistic(2 * 8192 + 601, seed=21)

@@ -16,9 +16,16 @@ order of their values, i.e. all over the image, and each pass of its radix sort 
 keys into 2048 places at once; prefetching a few steps ahead made the flood ~30 % and the
 sort ~20-30 % faster on a 2208^2 tile (measured).
 
-Only what the NNLS kernel and the watershed flood need is here. Arrays given to :func:`vload`, :func:`vstore` and
-:func:`vstore_row` must be C-contiguous float64 and the caller keeps every access in bounds
-(no checks: these are inner-loop primitives).
+:func:`vload_row` and :func:`vtranspose8` let the NNLS kernel put one pixel in each lane
+instead: eight pixel rows loaded (and converted to float64 from the slide's uint16, uint8 or
+float32 as they are loaded) and transposed into one vector per channel, so that the
+unconstrained solutions of eight pixels take K vectors of C multiply-adds with scalar
+coefficients, without a broadcast per channel and pixel.
+
+Only what the NNLS kernel and the watershed flood need is here. Arrays given to
+:func:`vload`, :func:`vstore` and :func:`vstore_row` must be C-contiguous float64 (those
+given to :func:`vload_row` C-contiguous float64, float32, uint16 or uint8), and the caller
+keeps every access in bounds (no checks: these are inner-loop primitives).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["f64x8", "prefetch", "prefetch_write", "vadd", "vfma", "vload", "vltmask", "vmax0", "vmul",
-           "vnonfinite", "vsplat", "vstore", "vstore_row"]
+__all__ = ["f64x8", "prefetch", "prefetch_write", "vabs", "vadd", "vfma", "vload", "vload_row",
+           "vltmask", "vmax0", "vmul", "vnonfinite", "vsplat", "vstore", "vstore_row",
+           "vtranspose8"]
 
 LANES = 8
 _VT = ir.VectorType(ir.DoubleType(), LANES)
@@ -87,6 +95,63 @@ def vload(typingctx, arr, index):
         return builder.load(_element_ptr(context, builder, sig.args[0], *args), align=8)
 
     return f64x8(arr, index), codegen
+
+
+_ROW_TYPES = {types.float64: None, types.float32: "fpext", types.uint16: "uitofp",
+              types.uint8: "uitofp"}
+
+
+@intrinsic
+def vload_row(typingctx, arr, row, col):
+    """Lanes ``arr[row, col : col + 8]`` of a C-contiguous 2-D array as float64 (float64,
+    float32, uint16 or uint8 elements, converted exactly)."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"
+            and arr.dtype in _ROW_TYPES):
+        raise TypeError(f"expected a C-contiguous 2-D float64, float32, uint16 or uint8 "
+                        f"array, got {arr}")
+
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ncol = builder.extract_value(ary.shape, 1)
+        row_ = context.cast(builder, args[1], sig.args[1], types.intp)
+        col_ = context.cast(builder, args[2], sig.args[2], types.intp)
+        ptr = builder.gep(ary.data, [builder.add(builder.mul(row_, ncol), col_)])
+        elem = context.get_data_type(aryty.dtype)
+        vec = ir.VectorType(elem, LANES)
+        v = builder.load(builder.bitcast(ptr, vec.as_pointer()), align=aryty.dtype.bitwidth // 8)
+        how = _ROW_TYPES[aryty.dtype]
+        return v if how is None else getattr(builder, how)(v, _VT)
+
+    return f64x8(arr, row, col), codegen
+
+
+@intrinsic
+def vtranspose8(typingctx, r0, r1, r2, r3, r4, r5, r6, r7):
+    """The 8 x 8 transpose of eight vectors: lane ``j`` of result ``i`` is lane ``i`` of
+    ``r_j``. Three rounds of two-input shuffles (24 in all: unpack pairs, then swap
+    128-bit, then 256-bit halves), which LLVM lowers to the target's permutes."""
+    def codegen(context, builder, sig, args):
+        def shuf(a, b, mask):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES), mask))
+
+        lo1, hi1 = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
+        lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        lo3, hi3 = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+        t = []
+        for i in range(0, 8, 2):  # t[2i]: lanes 0, 2, 4, 6 of rows i, i+1 interleaved
+            t += [shuf(args[i], args[i + 1], lo1), shuf(args[i], args[i + 1], hi1)]
+        u = [None] * 8  # u[c]: columns c and c + 4 of rows 0-3 (c < 4) or 4-7 (c >= 4)
+        for base in (0, 4):
+            u[base + 0] = shuf(t[base + 0], t[base + 2], lo2)
+            u[base + 2] = shuf(t[base + 0], t[base + 2], hi2)
+            u[base + 1] = shuf(t[base + 1], t[base + 3], lo2)
+            u[base + 3] = shuf(t[base + 1], t[base + 3], hi2)
+        cols = [shuf(u[c], u[c + 4], lo3) for c in range(4)]
+        cols += [shuf(u[c], u[c + 4], hi3) for c in range(4)]
+        return context.make_tuple(builder, sig.return_type, cols)
+
+    return types.UniTuple(f64x8, LANES)(*([f64x8] * LANES)), codegen
 
 
 @intrinsic
@@ -206,6 +271,16 @@ def vfma(typingctx, a, b, c):
         return builder.call(_intrinsic_fn(builder, "llvm.fma.v8f64", _VT, [_VT] * 3), args)
 
     return f64x8(f64x8, f64x8, f64x8), codegen
+
+
+@intrinsic
+def vabs(typingctx, a):
+    """Lane-wise ``|a|``."""
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_intrinsic_fn(builder, "llvm.fabs.v8f64", _VT, [_VT]), args)
+
+    return f64x8(f64x8), codegen
 
 
 @intrinsic
