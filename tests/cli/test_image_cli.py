@@ -27,7 +27,9 @@ def test_simulate_analyze_cohort(tmp_path):
     assert s["n_cells"] > 50 and (tmp_path / "one" / "report.html").exists()
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
             "--no-progress", "--json")
-    assert r.returncode == 0, r.stderr
+    # written for the good slide, but exit code 3: a pipeline must not take it as complete
+    assert r.returncode == 3, r.stderr
+    assert "1 of 2 slides failed" in r.stderr
     c = json.loads(r.stdout)
     status = {row["slide"]: row["status"] for row in c["slides"]}
     assert status == {"a.ome.tif": "ok", "broken.ome.tif": "failed"}
@@ -35,6 +37,7 @@ def test_simulate_analyze_cohort(tmp_path):
     html = (tmp_path / "co" / "report.html").read_text()
     assert "broken.ome.tif" in html and "slides/a/report.html" in html
     assert c["report"].endswith("report.html") and c["parameters"]["tile"] == 2048
+    (cohort / "broken.ome.tif").unlink()  # the runs below test other options
     # per-slide tumour annotations (<stem>.geojson): scored on the cells inside them (the
     # left half here); tiles are reused from the run above
     regs = tmp_path / "regions"
@@ -234,6 +237,19 @@ def test_a_folder_whose_every_slide_fails_exits_2(tmp_path):
         assert r.returncode == 2, (cmd, r.stdout[-500:], r.stderr[-500:])
 
 
+def test_qc_of_a_folder_with_one_unreadable_slide_exits_3(tmp_path):
+    """The good slide's results are written and the exit code says the run is incomplete
+    (it was 0: a pipeline took the run as complete)."""
+    r = run("image", "simulate", "--size", "256", "--out", str(tmp_path / "a.ome.tif"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "x.ome.tif").write_bytes(b"II*\x00garbage")
+    for extra in ((), ("--json",)):
+        r = run("image", "qc", str(tmp_path), "--out", str(tmp_path / "q"), "--no-progress",
+                *extra)
+        assert r.returncode == 3, (r.stdout[-500:], r.stderr[-500:])
+        assert "1 of 2 slides failed" in r.stderr and (tmp_path / "q" / "qc.csv").exists()
+
+
 def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     folder = tmp_path / "tmas"
     folder.mkdir()
@@ -286,13 +302,14 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--tma-map",
             str(tmp_path / "map.csv"), "--out", str(tmp_path / "co"), "--workers", "1",
             "--no-progress", "--no-unmixed", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3, r.stderr  # results written, one slide failed
     c = json.loads(r.stdout)
     assert c["n_cases"] == 2 and c["parameters"]["tma_map"].endswith("map.csv")
     assert c["case_warnings"] == [f"TMA map slides not in {folder}: blockX"]
     cases = (tmp_path / "co" / "cases.csv").read_text().splitlines()
     assert [line.split(",")[:3] for line in cases[1:]] == [["P1", "ok", "2"], ["P2", "ok", "1"]]
     assert cases[1].endswith("core A-1 on failed slide tma2.ome.tif")
+    (folder / "tma2.ome.tif").unlink()
     # the highest-core rule across the cohort (the slides resume from their finished tiles):
     # one case of both cores takes the more ER-positive core's percentage; a mapped core
     # that no regions file holds keeps its case

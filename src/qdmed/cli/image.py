@@ -776,6 +776,23 @@ def analyze(
         typer.echo(f"! {w}")
 
 
+#: Exit code of a folder command (cohort, qc) that wrote its results but some slides failed.
+EXIT_SOME_FAILED = 3
+
+
+def _folder_exit(res: dict) -> None:
+    """End a folder command: exit 2 when no slide could be read (nothing to show), 3 when
+    some failed (the others' results are written; a pipeline must not take the run as
+    complete), else 0."""
+    if res["n_ok"] == 0:
+        raise typer.Exit(2)
+    if res["n_failed"]:
+        typer.echo(f"error: {res['n_failed']} of {res['n_ok'] + res['n_failed']} slides "
+                   "failed (status 'failed' and the reason in the table); the others' "
+                   f"results are written. Exit code {EXIT_SOME_FAILED}.", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def _index_or_name(channel: str | None) -> str | int | None:
     """A channel given on the command line: a 0-based index when it is all (ASCII) digits,
     else a name."""
@@ -798,7 +815,10 @@ def qc(
     json_: JSON = False,
 ):
     """Quality control before analysis: saturation, detector offset, out-of-focus tiles
-    (no segmentation; a fraction of the analysis time)."""
+    (no segmentation; a fraction of the analysis time).
+
+    For a folder: exit code 3 when some slides could not be read (the others' results are
+    written), 2 when none could."""
     from qdmed.imaging._qc import qc_folder, qc_slide
 
     p = _panel(panel_file)
@@ -810,9 +830,7 @@ def qc(
                         progress=not no_progress, pattern=pattern)
         if json_:
             print_json(res)
-            if res["n_ok"] == 0:
-                raise typer.Exit(2)
-            return None
+            return _folder_exit(res)
         print_table(f"QC {path}", res["slides"], ["slide", "status", "focus_median_blur",
                                                   "n_tiles_out_of_focus", "slide_out_of_focus",
                                                   "percent_saturated_worst_channel",
@@ -821,9 +839,7 @@ def qc(
             for m in row["warnings"]:
                 typer.echo(f"! {row['slide']}: {m}")
         typer.echo(f"per-slide table: {Path(res['out']) / 'qc.csv'}")
-        if res["n_ok"] == 0:
-            raise typer.Exit(2)
-        return None
+        return _folder_exit(res)
     d = qc_slide(path, p, out, tile=tile, saturation_level=saturation_level,
                  offset_adu=_offset(offset), progress=not no_progress)
     if json_:
@@ -966,7 +982,9 @@ def cohort(
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
-    """Analyse every slide in FOLDER; one table for all slides, per-slide status."""
+    """Analyse every slide in FOLDER; one table for all slides, per-slide status.
+
+    Exit code 3 when some slides failed (the others' results are written), 2 when all did."""
     from qdmed.imaging._cohort import analyze_cohort
 
     her2, gates = _calibration(calibration)
@@ -989,9 +1007,7 @@ def cohort(
                          labels_downsample=labels_downsample)
     if json_:
         print_json(res)
-        if res["n_ok"] == 0:
-            raise typer.Exit(2)
-        return None
+        return _folder_exit(res)
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
     typer.echo(f"slides: {res['slides_table']}; cells: {res['cells']}; report: {res['report']}"
@@ -999,8 +1015,7 @@ def cohort(
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
     for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []):
         typer.echo(f"! {w}")
-    if res["n_ok"] == 0:
-        raise typer.Exit(2)
+    return _folder_exit(res)
 
 
 @app.command()
