@@ -211,9 +211,14 @@ def test_a_saturated_stained_slide_is_warned():
     level = float(np.percentile(f.image.max(-1), 99.0))  # ~1 % of the pixels at it
     clipped = np.minimum(f.image, level).astype(f.image.dtype)
     r = spectral_library(P, stained=clipped, saturation_level=level)
-    assert any("reach the detector's ceiling" in w for w in r.warnings)
-    assert not any("reach the detector's ceiling" in w
-                   for w in spectral_library(P, stained=f.image).warnings)
+    assert any("reach the detector's ceiling" in w and "are left out" in w for w in r.warnings)
+    # the blocks holding a saturated pixel are left out of the estimate, which stays that of
+    # the unclipped slide (measured 1 - cosine 1.1e-5)
+    unclipped = spectral_library(P, stained=f.image)
+    assert r.components["autofluorescence"]["n_blocks_left_out"] > 100
+    assert _cos(r.panel.endmembers[:, -1], unclipped.panel.endmembers[:, -1]) > 0.9999
+    assert not any("reach the detector's ceiling" in w for w in unclipped.warnings)
+    assert unclipped.components["autofluorescence"]["n_blocks_left_out"] == 0
 
 
 def test_library_blind_retries_with_measured_labels(monkeypatch):
@@ -228,11 +233,11 @@ def test_library_blind_retries_with_measured_labels(monkeypatch):
     real = _library._blind
     calls = []
 
-    def refuse_model_labels(img, panel, endmembers, source, px=None):
+    def refuse_model_labels(img, panel, endmembers, source, px=None, valid=None):
         calls.append(np.array_equal(endmembers, panel.endmembers))
         if calls[-1]:
             raise InputError("no autofluorescence found outside the labels' span (stand-in)")
-        return real(img, panel, endmembers, source, px)
+        return real(img, panel, endmembers, source, px, valid)
 
     monkeypatch.setattr(_library, "_blind", refuse_model_labels)
     r = spectral_library(P, stained=f.image, single_stains={"HER2": ss})

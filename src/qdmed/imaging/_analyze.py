@@ -1189,13 +1189,14 @@ def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
         if panel.unmixed:
             return panel, {"source": "image component (already unmixed)"}
         return panel, {"source": "panel (measured)" if measured else "panel (model)"}
-    from qdmed.imaging._library import _blind, blind_image, stained_saturation_warnings
+    from qdmed.imaging._library import _blind, blind_image, stained_saturation
 
     img, _ = blind_image(slide, panel)
-    clipped = stained_saturation_warnings(slide, img, saturation_level, str(slide.path))
+    clipped, valid = stained_saturation(slide, img, saturation_level, str(slide.path))
     if offset is not None:
         img = img - offset
-    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", pixel_size_um)
+    prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", pixel_size_um,
+                        valid)
     info["warnings"] = [*info["warnings"], *clipped]
     if measured:
         info["replaced"] = "panel (measured)"

@@ -159,6 +159,19 @@ def _block_means(img: np.ndarray, b: int) -> np.ndarray:
                                                                   dtype=np.float64)
 
 
+def _valid_blocks(valid, shape: tuple[int, int], b: int) -> np.ndarray:
+    """Flattened flags of the ``b x b`` blocks (as :func:`_block_means` lays them out)
+    whose pixels are all valid; all True without a mask."""
+    h2, w2 = shape[0] // b * b, shape[1] // b * b
+    if valid is None:
+        return np.ones((h2 // b) * (w2 // b), dtype=bool)
+    m = np.asarray(valid)
+    if m.shape != tuple(shape) or m.dtype != bool:
+        raise InputError(f"valid must be a boolean (Y, X) mask of the image's shape "
+                         f"{tuple(shape)}; got {m.dtype} {m.shape}")
+    return m[:h2, :w2].reshape(h2 // b, b, w2 // b, b).all(axis=(1, 3)).ravel()
+
+
 def _estimate(y: np.ndarray, labels: np.ndarray, pinv: np.ndarray, q: np.ndarray):
     """``f = v + L c`` (unclipped) from block means ``y`` (n, C), with the details."""
     r = y - (y @ q) @ q.T
@@ -246,7 +259,7 @@ def _unit(f: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
-                           block_px: int = 4, offset=0.0) -> tuple[np.ndarray, dict]:
+                           block_px: int = 4, offset=0.0, valid=None) -> tuple[np.ndarray, dict]:
     """Autofluorescence endmember (per channel, unit sum) estimated from a stained image,
     given the label spectra; see the module docstring for the method and its limits.
 
@@ -267,6 +280,10 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         Give full-resolution pixels (a pyramid level 4x down with 4 px blocks is 16 px).
     offset : float or (C,) floats, counts
         Detector dark level subtracted first (a flat offset would be taken for signal).
+    valid : (Y, X) bool array, optional
+        Pixels that may be used; a block holding any other pixel is left out of the
+        estimate (e.g. ``~saturated``: a channel clipped at the detector's ceiling bends a
+        block's spectrum away from any mixture of the true ones).
 
     Returns
     -------
@@ -283,8 +300,10 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         ``clipped_fraction``, ``label_in_span`` (``c`` per label: the label spectrum's weight
         in the autofluorescence, per unit of its part outside the span),
         ``offset_fraction`` (share of the mean residual that does not scale with the
-        autofluorescence; above 0.15 a constant background is suspected), ``label_stability`` (per label: cosine between the mean residuals of blocks with
-        little and much of it; below 0.9 a label spectrum is suspect) and ``warnings``
+        autofluorescence; above 0.15 a constant background is suspected),
+        ``label_stability`` (per label: cosine between the mean residuals of blocks with
+        little and much of it; below 0.9 a label spectrum is suspect),
+        ``n_blocks_left_out`` (blocks holding a pixel outside `valid`) and ``warnings``
         (list of str).
 
     Raises
@@ -328,22 +347,24 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         raise InputError("label_endmembers are degenerate (a zero or linearly dependent "
                          "spectrum): their span is not defined")
     blocks = _block_means(img, int(block_px)) - off
-    if blocks.shape[0] * blocks.shape[1] < 2 * _MIN_BLOCKS:
-        raise InputError(f"image too small for blind autofluorescence: {blocks.shape[0]} x "
-                         f"{blocks.shape[1]} blocks of {block_px} px (need >= "
-                         f"{2 * _MIN_BLOCKS})")
+    ok = _valid_blocks(valid, img.shape[:2], int(block_px))
+    if int(ok.sum()) < 2 * _MIN_BLOCKS:
+        left = f" ({int(ok.size - ok.sum())} left out as not valid)" if not ok.all() else ""
+        raise InputError(f"image too small for blind autofluorescence: {int(ok.sum())} "
+                         f"blocks of {block_px} px{left} (need >= {2 * _MIN_BLOCKS})")
     q, _ = np.linalg.qr(lab)
     pinv = np.linalg.pinv(lab)
     y = blocks.reshape(-1, c)
-    f, d = _estimate(y, lab, pinv, q)
+    f, d = _estimate(y[ok], lab, pinv, q)
     v = f - lab @ d["c"]
-    tmap = (d["residual"] @ v).reshape(blocks.shape[:2])
+    resid = y - (y @ q) @ q.T  # every block's, for the maps
+    tmap = (resid @ v).reshape(blocks.shape[:2])
     coherence = _neighbour_correlation(tmap)
     # the autofluorescence abundance must be there: its mean over the tissue blocks (total
     # signal above 5 % of the 99th percentile; glass would dilute it), in standard errors
     # (noise alone: |z| of order 1, the sign having been chosen positive)
     total = y.sum(axis=1)
-    tissue = total > 0.05 * np.quantile(total, 0.99)
+    tissue = (total > 0.05 * np.quantile(total[ok], 0.99)) & ok
     tt = tmap.ravel()[tissue]
     zscore = float(tt.mean() / (tt.std() / np.sqrt(tt.size))) if tt.size > 1 and \
         tt.std() > 0 else 0.0
@@ -356,13 +377,13 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
     by, bx = np.indices(blocks.shape[:2])
     even = ((by + bx) % 2 == 0).ravel()
     try:
-        halves = [_unit(_estimate(y[part], lab, pinv, q)[0])[0]
+        halves = [_unit(_estimate(y[part & ok], lab, pinv, q)[0])[0]
                   for part in (even, ~even)]
         split = float(halves[0] @ halves[1] / np.linalg.norm(halves[0])
                       / np.linalg.norm(halves[1]))
     except InputError:  # a half without enough strongly autofluorescent blocks
         split = float("nan")
-    offset_frac = _offset_fraction(d["residual"], tmap, tissue.reshape(tmap.shape))
+    offset_frac = _offset_fraction(resid, tmap, tissue.reshape(tmap.shape))
     strata = _stratified(d["residual"], d["x"])
     angle = angle_to_span(profile, q)
     warnings = []
@@ -405,5 +426,5 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
             "residual_rank1_fraction": d["rank1"], "clipped_fraction": clipped,
             "label_in_span": dict(zip(names, (float(v) for v in d["c"]), strict=True)),
             "label_stability": dict(zip(names, strata, strict=True)),
-            "warnings": warnings}
+            "n_blocks_left_out": int(ok.size - ok.sum()), "warnings": warnings}
     return profile, info

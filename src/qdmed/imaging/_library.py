@@ -302,9 +302,10 @@ def _label_columns(panel: Panel, endmembers: np.ndarray) -> tuple[np.ndarray, li
 
 
 def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
-           pixel_size_um: float | None = None):
+           pixel_size_um: float | None = None, valid: np.ndarray | None = None):
     """Blind autofluorescence of a stained image with the labels' columns of `endmembers`,
-    in blocks of ~2 um where the pixel size is known (else 4 px)."""
+    in blocks of ~2 um where the pixel size is known (else 4 px); blocks holding a pixel
+    outside `valid` (saturated ones) are left out."""
     from qdmed.imaging._blind_af import autofluorescence_blind
 
     labels, names = _label_columns(panel, endmembers)
@@ -312,27 +313,35 @@ def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
     known = pixel_size_um is not None and 0.05 <= pixel_size_um <= 5.0
     block = max(1, int(round(_BLIND_BLOCK_UM / pixel_size_um))) if known else 4
     try:
-        prof, info = autofluorescence_blind(img, labels, label_names=names, block_px=block)
+        prof, info = autofluorescence_blind(img, labels, label_names=names, block_px=block,
+                                            valid=valid)
     except InputError as exc:
         raise InputError(f"stained slide ({source.removeprefix('blind: ')}): {exc}") from None
     return prof, {"source": source, "n_pixels": info["n_blocks"] * info["block_px"] ** 2,
                   **info}
 
 
-def stained_saturation_warnings(stained, img: np.ndarray, level, source: str) -> list[str]:
-    """A warning when more than :data:`WARN_PERCENT_SATURATED` % of the pixels of `img` (the
-    window :func:`blind_image` read from `stained`) have a channel at the detector's
-    ceiling: ``level`` when given, else the slide's (SignificantBits) or its type's."""
-    pct = _stained_saturation(stained, img, level)
-    if pct is None or not pct > WARN_PERCENT_SATURATED:
-        return []
+def stained_saturation(stained, img: np.ndarray, level,
+                       source: str) -> tuple[list[str], np.ndarray | None]:
+    """The pixels of `img` (the window :func:`blind_image` read from `stained`) below the
+    detector's ceiling (``level`` when given, else the slide's SignificantBits or its
+    type's), None when no ceiling is known; and a warning when more than
+    :data:`WARN_PERCENT_SATURATED` % of them reach it. The blind estimate leaves the blocks
+    holding a saturated pixel out (a clipped channel bends a block's spectrum)."""
+    sat = _stained_saturated(stained, img, level)
+    if sat is None:
+        return [], None
+    pct = float(100.0 * sat.mean())
+    if not pct > WARN_PERCENT_SATURATED:
+        return [], ~sat
     return [f"stained slide ({source}): {pct:.2g} % of the pixels the blind estimate reads "
-            "reach the detector's ceiling; a clipped channel distorts the spectra of their "
-            "blocks (they are not left out of the blind estimate): give an unstained "
-            "control, or a slide exposed without saturation"]
+            "reach the detector's ceiling; the blocks holding them are left out of the "
+            "estimate (a clipped channel distorts their spectra), which leaves it fewer "
+            "places: an unstained control, or a slide exposed without saturation, is "
+            "better"], ~sat
 
 
-def _stained_saturation(stained, img: np.ndarray, level=None) -> float | None:
+def _stained_saturated(stained, img: np.ndarray, level=None) -> np.ndarray | None:
     from qdmed.imaging._detector import check_level
     from qdmed.imaging._detector import saturation_level as ceiling_of
     from qdmed.imaging._slideio import SlideImage, read_slide
@@ -345,7 +354,7 @@ def _stained_saturation(stained, img: np.ndarray, level=None) -> float | None:
                             level=check_level(level))
     if ceiling is None or img.ndim != 3 or not img.size:
         return None
-    return float(100.0 * (np.asarray(img) >= ceiling).any(-1).mean())
+    return (np.asarray(img) >= ceiling).any(-1)
 
 
 #: Percent of a control's pixels at the detector's ceiling above which the library warns
@@ -536,11 +545,13 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
                              "to the panel before giving a stained slide")
         af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
         blind_img, blind_px = blind_image(stained, panel)
-        warnings += stained_saturation_warnings(stained, blind_img, saturation_level,
-                                                af_source.removeprefix("blind: "))
+        clipped, blind_valid = stained_saturation(stained, blind_img, saturation_level,
+                                                  af_source.removeprefix("blind: "))
+        warnings += clipped
         blind_img = blind_img - off
         try:
-            af_prof, info = _blind(blind_img, panel, model, af_source, blind_px)
+            af_prof, info = _blind(blind_img, panel, model, af_source, blind_px,
+                                   blind_valid)
             measured["autofluorescence"] = af_prof
             comps["autofluorescence"] = info
         except InputError:
@@ -591,7 +602,8 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         while rounds < _BLIND_ROUNDS:
             rounds += 1
             labels = panel.with_measured({**measured, **profs}).endmembers
-            new_af, info = _blind(blind_img, panel, labels, af_source, blind_px)
+            new_af, info = _blind(blind_img, panel, labels, af_source, blind_px,
+                                  blind_valid)
             change = 1.0 - _cos(new_af, af_prof)
             af_prof = new_af
             measured["autofluorescence"] = af_prof
