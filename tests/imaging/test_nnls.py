@@ -345,7 +345,7 @@ def test_generated_kernel_cache_and_its_fallback(monkeypatch, tmp_path):
     kern = _build_numba_kernel(2)  # compiled in memory
     x = np.empty((200, 2))
     z0 = y @ prep.pn
-    kern(z0, y, prep.u, prep.d, prep.rtol, 16, x)
+    kern(z0, y, prep.u, prep.d, prep.rtol, prep.smax, 16, x)
     assert np.allclose(x, unmix_nnls(y, a2, method="numpy"), rtol=0, atol=1e-9)
 
 
@@ -458,6 +458,36 @@ def test_finite_pixels_whose_products_overflow_raise(k):
     y[0, 0] = 1e308
     with pytest.raises(InputError, match="1 NaN or infinite"):
         unmix_nnls(y, a, method="numba", max_condition=1e6)
+
+
+@pytest.mark.parametrize("c", [3, 8, 10])  # scalar-path reading, blocks of eight, SIMD
+@pytest.mark.parametrize("how", ["numba", "numpy", "poisson", "selection"])
+def test_abundances_beyond_float64_are_refused_not_inf(c, how):
+    """A count of 1e308 in a channel whose endmember entry is 0.05: the exact abundance
+    (2e309) is not a float64. Every path returned inf for it (the numpy one with an
+    overflow warning); all refuse the pixel now, with the count of such pixels."""
+    a = np.vstack([[0.05, 0.0], [0.0, 1.0], [0.0, 0.5], np.full((c - 3, 2), 0.01)])
+    if how == "selection":  # every component one channel of its own
+        a = np.zeros((c, 2))
+        a[0, 0], a[1, 1] = 0.05, 1.0
+    y = np.ones((20, c))
+    y[3, 0] = 1e308
+    kw = {"weights": "poisson", "method": "numpy"} if how == "poisson" else \
+        {"method": "numba" if how == "numba" else "numpy"}
+    if how == "numba" and not HAS_NUMBA:
+        pytest.skip("numba not installed")
+    if how == "poisson":
+        y[3, :] = 1e308  # every channel: the weights cannot down-weight it away
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="1 NaN or infinite pixel"):
+            unmix_nnls(y, a, **kw)
+    y[3, 0] = 1e6  # large, but representable: solved
+    y[3, :] = np.where(np.arange(c) == 0, 1e6, 1.0)
+    x = unmix_nnls(y, a, **kw)
+    assert np.all(np.isfinite(x))
+    if how != "poisson":
+        np.testing.assert_allclose(x[3], nnls(a, y[3])[0], rtol=1e-9, atol=1e-6)
 
 
 @pytest.mark.parametrize("weighted", [False, True])

@@ -99,6 +99,7 @@ class _Prepared:
     members: np.ndarray  # (2^K, K) int64: indices in passive set m (first nmem[m] valid)
     nmem: np.ndarray  # (2^K,) int64: size of passive set m
     rtol: float  # relative tolerance of the KKT sign tests
+    smax: float  # largest ||y||_1 whose products cannot overflow (larger pixels are refused)
     cond: float  # condition number of the column-normalised endmember matrix
     # the SIMD kernel's pn, u, d with every K-vector padded to 8 lanes, flattened (K <= 8)
     simd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -230,7 +231,22 @@ def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
     for arr in (a, norms, an, pn, gram, t, u, d, memidx, nmem, *simd):
         arr.setflags(write=False)
     return _Prepared(a=a, norms=norms, an=an, pn=pn, gram=gram, t=t, u=u, d=d, members=memidx,
-                     nmem=nmem, rtol=float(rtol), cond=cond, simd=simd or None)
+                     nmem=nmem, rtol=float(rtol), smax=_largest_safe_sum(pn, t, u, d),
+                     cond=cond, simd=simd or None)
+
+
+def _largest_safe_sum(pn, t, u, d) -> float:
+    """The largest ``||y||_1`` for which no product of the solvers can overflow: every
+    intermediate is bounded by ``||y||_1`` times K times the largest table entries it goes
+    through (z0 = y pn, w = z0 U, or b = A_n^T y with ``|A_n| <= 1`` and z = b T; then
+    x = w d), with a margin of 64. Pixels above it are refused as overflowing, rather than
+    returned as inf, or as 0 where an overflow made a NaN that max(., 0) dropped (found:
+    a count of 1e308 in a channel whose endmember entry is 0.05 gave an abundance of inf).
+    For any panel of real spectra it lies far above any detector's counts."""
+    k = pn.shape[1]
+    scale = k * max(float(np.abs(pn).max()) * float(np.abs(u).max()), float(np.abs(t).max()))
+    scale *= max(1.0, float(np.abs(d).max()))
+    return float(np.finfo(np.float64).max / (64.0 * max(scale, 1.0)))
 
 
 def _padded_tables(pn, u, d) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -273,11 +289,12 @@ def _check_nonfinite(y: np.ndarray) -> None:
             _raise_nonfinite(count, y.shape[0])
 
 
-def _check_overflow(z, tol, xp=np) -> None:
+def _check_overflow(z, tol, xp=np, tmax=np.inf) -> None:
     """Refuse finite pixels whose products overflowed (their unconstrained solution ``z`` or
-    their tolerance is not finite), as the compiled kernels do, instead of returning inf or
-    NaN abundances."""
-    bad = ~(xp.isfinite(tol) & xp.all(xp.isfinite(z), axis=1))
+    their tolerance is not finite) or could (tolerance above `tmax`, ``rtol`` times the
+    tables' :func:`_largest_safe_sum`), as the compiled kernels do, instead of returning
+    inf or NaN abundances."""
+    bad = ~((tol <= tmax) & xp.all(xp.isfinite(z), axis=1))
     count = int(bad.sum())
     if count:
         _raise_nonfinite(count, z.shape[0])
@@ -323,7 +340,7 @@ def _resolve_method(method: str, weighted: bool) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
+def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int, tmax: float = np.inf):
     """Block principal pivoting for ``n`` pixels; returns (z, masks) at the solution.
 
     ``zfun(idx, masks)`` returns the KKT vector ``z`` (n_idx, K) of the pixels ``idx`` for
@@ -344,7 +361,7 @@ def _bpp_driver(n: int, k: int, zfun, tol, xp, max_iter: int):
         if it == 0:  # the unconstrained solution of every pixel: refuse overflowed ones
             with np.errstate(over="ignore", invalid="ignore"):
                 z = zfun(act, masks)
-            _check_overflow(z, tol, xp)
+            _check_overflow(z, tol, xp, tmax)
         else:
             z = zfun(act, masks)
         infeas = z < -tol[act, None]
@@ -401,7 +418,8 @@ def _solve_shared_numpy(y: np.ndarray, prep: _Prepared, xp=np) -> Any:
             z[sel] = ba[sel] @ t[m]
         return z
 
-    z, masks = _bpp_driver(y.shape[0], k, zfun, tol, xp, _max_iter(k))
+    z, masks = _bpp_driver(y.shape[0], k, zfun, tol, xp, _max_iter(k),
+                           prep.rtol * prep.smax)
     d = xp.asarray(prep.d)
     return xp.maximum(z, 0.0) * d[masks]
 
@@ -432,7 +450,11 @@ def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.n
 
     z, masks = _bpp_driver(y.shape[0], k, zfun, tol, np, _max_iter(k))
     s = ((masks[:, None] >> bitk) & 1).astype(bool)
-    return np.where(s, np.maximum(z, 0.0), 0.0) / dn
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.where(s, np.maximum(z, 0.0), 0.0) / dn
+    # per-pixel Gram matrices: no table bound; an abundance too large for float64 is refused
+    _check_overflow(x, np.zeros(x.shape[0]))
+    return x
 
 
 def _to_numpy(a):
@@ -550,7 +572,7 @@ def _numba_kernel(k: int, kind: str = "scalar", c: int = 0):
 # the safeguarded scalar pivoting from scratch: Murty's single-exchange backup rule, then, if
 # needed, a check of every passive set, which always terminates.
 _KERNEL_SOURCE = """
-def kernel(zin, y, u, d, rtol, max_iter, x):
+def kernel(zin, y, u, d, rtol, smax, max_iter, x):
     n = zin.shape[0]
     c = y.shape[1]
     full = (1 << K) - 1
@@ -575,6 +597,11 @@ def kernel(zin, y, u, d, rtol, max_iter, x):
         for ch in range(c):  # tolerance scale ||y||_1 (the row is still in cache)
             s += abs(np.float64(yp[ch]))
         tol = -rtol * s
+        if not (s <= smax):  # so large that the pivoting's products could overflow
+            bad += 1
+            for i in range(K):
+                xp[i] = np.nan
+            continue
         @W_EQ_Z@
         inf = @INF@
         @X_STORE@
@@ -749,7 +776,7 @@ def _compile_generated(name: str, source: str):  # pragma: no cover - body runs 
 #    passes (none in the benchmark's 100,000) are returned in `left` for the scalar kernel's
 #    safeguarded pivoting.
 _SIMD_SOURCE = """
-def kernel(y, pn, u, d, rtol, passes, x, left):
+def kernel(y, pn, u, d, rtol, smax, passes, x, left):
     n = y.shape[0]
     full = (1 << K) - 1
     bad = 0
@@ -758,6 +785,7 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
     tb = np.empty(CHUNK)  # their (negative) tolerance
     pm = np.empty(CHUNK, dtype=np.int64)  # infeasible pixels: place << 8 | next set
     nrtol = vsplat(-rtol)
+    tlim = -rtol * smax  # the tolerance of the largest ||y||_1 accepted
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
         blocks = @BLOCKS@
@@ -775,7 +803,8 @@ def kernel(y, pn, u, d, rtol, passes, x, left):
             r = i * 8
             z = vload(zb, r)
             tol = tb[i]
-            if not (tol > -np.inf) or vnonfinite(z) != 0:  # NaN/inf value, or overflow
+            # NaN/inf value, or one so large that the products (could) overflow
+            if not (tol >= tlim) or vnonfinite(z) != 0:
                 bad += 1
             m = full ^ (vltmask(z, tol) & full)
             b = m * (K * 8)
@@ -912,7 +941,8 @@ def _solve_simd(y: np.ndarray, prep: _Prepared, passes: int = _LOCKSTEP_PASSES) 
     x = np.empty((n, k))
     left = np.empty(n, dtype=np.int64)
     edges = _ranges(n)
-    results = _run_ranges(kernel, [(y[i:j], pn, u, d, prep.rtol, passes, x[i:j], left[i:j])
+    results = _run_ranges(kernel, [(y[i:j], pn, u, d, prep.rtol, prep.smax, passes, x[i:j],
+                                    left[i:j])
                                    for i, j in zip(edges[:-1], edges[1:], strict=True)])
     bad = sum(int(r[0]) for r in results)
     if bad:
@@ -935,7 +965,7 @@ def _solve_scalar(y: np.ndarray, prep: _Prepared) -> np.ndarray:
     kernel = _numba_kernel(k)
     n = y.shape[0]
     x = np.empty((n, k))
-    args = (prep.u, prep.d, prep.rtol, _max_iter(k))
+    args = (prep.u, prep.d, prep.rtol, prep.smax, _max_iter(k))
     count = 0
     for s in range(0, n, _CHUNK):
         e = min(s + _CHUNK, n)
@@ -1123,7 +1153,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         # that channel divided by its entry, clipped at zero (on the CPU whatever `device`:
         # it is a copy)
         _check_nonfinite(y)
-        x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)], 0.0)
+        with np.errstate(over="ignore"):
+            x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)], 0.0)
+        _check_overflow(x, np.zeros(x.shape[0]))  # a count / a tiny entry above float64's range
     elif device == "gpu":
         x = _solve_gpu(y, prep, w)
     elif w is not None:
