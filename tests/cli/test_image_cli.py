@@ -235,6 +235,7 @@ def test_a_folder_whose_every_slide_fails_exits_2(tmp_path):
                 ("cohort", str(tmp_path), "--out", str(tmp_path / "c"), "--workers", "1")):
         r = run("image", *cmd, "--no-progress")
         assert r.returncode == 2, (cmd, r.stdout[-500:], r.stderr[-500:])
+        assert "error: none of the 1 slides could be analysed" in r.stderr, r.stderr
 
 
 def test_qc_of_a_folder_with_one_unreadable_slide_exits_3(tmp_path):

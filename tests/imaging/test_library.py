@@ -216,6 +216,13 @@ def test_a_saturated_stained_slide_is_warned():
     # the unclipped slide (measured 1 - cosine 1.1e-5)
     unclipped = spectral_library(P, stained=f.image)
     assert r.components["autofluorescence"]["n_blocks_left_out"] > 100
+    # an integer array at its type's ceiling, without saturation_level: found as such (the
+    # ceiling was looked for in the float64 copy, so nothing was left out; review finding)
+    u16 = np.round(np.minimum(f.image * (65535 / level), 65535)).astype(np.uint16)
+    r16 = spectral_library(P, stained=u16)
+    assert r16.components["autofluorescence"]["n_blocks_left_out"] == \
+        r.components["autofluorescence"]["n_blocks_left_out"]
+    assert any("reach the detector's ceiling" in w for w in r16.warnings)
     assert _cos(r.panel.endmembers[:, -1], unclipped.panel.endmembers[:, -1]) > 0.9999
     assert not any("reach the detector's ceiling" in w for w in unclipped.warnings)
     assert unclipped.components["autofluorescence"]["n_blocks_left_out"] == 0

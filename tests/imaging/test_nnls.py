@@ -490,6 +490,26 @@ def test_abundances_beyond_float64_are_refused_not_inf(c, how):
         np.testing.assert_allclose(x[3], nnls(a, y[3])[0], rtol=1e-9, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_big_endian_pixels_and_huge_residual_norms(method):
+    """Big-endian arrays (tifffile keeps a big-endian TIFF's byte order) are read as their
+    values (the compiled path raised a numba TypingError); residual norms of pixels above
+    ~1e154, whose squares overflow, are computed from scaled rows (they were inf and NaN
+    with a warning; review findings)."""
+    a, _, y = realistic(300, seed=4)
+    y16 = np.rint(np.maximum(y, 0)).astype(np.uint16)
+    for yy in (y, y16, y.astype(np.float32)):
+        np.testing.assert_array_equal(unmix_nnls(yy.astype(yy.dtype.newbyteorder(">")), a,
+                                                 method=method), unmix_nnls(yy, a, method=method))
+    big = y[:5] * 1e155
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = unmix_nnls(big, a, method=method, return_residual=True)
+    ref = unmix_nnls(y[:5], a, method=method, return_residual=True)
+    np.testing.assert_allclose(r.residual_norm, ref.residual_norm * 1e155, rtol=1e-9)
+    np.testing.assert_allclose(r.relative_residual, ref.relative_residual, rtol=1e-9)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_numpy_path_refuses_overflowing_pixels_like_the_kernels(weighted):
     """The numpy path returned inf abundances (with overflow warnings) for a 1e308 pixel;

@@ -785,6 +785,8 @@ def _folder_exit(res: dict) -> None:
     some failed (the others' results are written; a pipeline must not take the run as
     complete), else 0."""
     if res["n_ok"] == 0:
+        typer.echo(f"error: none of the {res['n_failed']} slides could be analysed (each "
+                   "slide's reason is in the table)", err=True)
         raise typer.Exit(2)
     if res["n_failed"]:
         typer.echo(f"error: {res['n_failed']} of {res['n_ok'] + res['n_failed']} slides "

@@ -349,12 +349,17 @@ def _stained_saturated(stained, img: np.ndarray, level=None) -> np.ndarray | Non
     src = stained
     if isinstance(stained, (str, bytes)) or hasattr(stained, "__fspath__"):
         src = read_slide(stained)
-    bits = src.significant_bits if isinstance(src, SlideImage) else None
-    ceiling, _ = ceiling_of(np.asarray(img).dtype, significant_bits=bits,
-                            level=check_level(level))
-    if ceiling is None or img.ndim != 3 or not img.size:
+    if isinstance(src, SlideImage):  # img: the window read from it, in its own dtype
+        raw, bits = np.asarray(img), src.significant_bits
+    else:  # an array: img is its float64 copy, so the ceiling comes from the array's dtype
+        raw, bits = np.asarray(src), None
+    if raw.dtype.kind not in "uif" or raw.shape != np.shape(img) or raw.ndim != 3 \
+            or not raw.size:
         return None
-    return (np.asarray(img) >= ceiling).any(-1)
+    ceiling, _ = ceiling_of(raw.dtype, significant_bits=bits, level=check_level(level))
+    if ceiling is None:
+        return None
+    return (raw >= ceiling).any(-1)
 
 
 #: Percent of a control's pixels at the detector's ceiling above which the library warns

@@ -272,6 +272,8 @@ def _check_pixels(pixels: Any, n_channels: int, name: str = "pixels") -> np.ndar
                          f"with {n_channels} channels.")
     if y.dtype.type not in _NATIVE_DTYPES:
         y = y.astype(np.float64)
+    elif not y.dtype.isnative:  # big-endian (tifffile keeps a big-endian TIFF's byte order)
+        y = y.astype(y.dtype.newbyteorder("="))
     return np.ascontiguousarray(y)
 
 
@@ -1228,7 +1230,7 @@ def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
     yn = np.empty(n)
     if w is None and numba_available():
         _residual_kernel()(y, np.ascontiguousarray(a), x, rn, yn)
-        return _finish_result(x, rn, yn)
+        return _rescaled(_finish_result(x, rn, yn), y, a, w)
     step = 1 << 16  # chunks keep the temporaries in cache (a whole slide tile is ~5e6 px)
     for i in range(0, n, step):
         yf = y[i:i + step].astype(np.float64, copy=False)
@@ -1240,13 +1242,38 @@ def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
             ww = w[i:i + step]
             rn[i:i + step] = np.einsum("nc,nc,nc->n", ww, r, r)
             yn[i:i + step] = np.einsum("nc,nc,nc->n", ww, yf, yf)
-    return _finish_result(x, rn, yn)
+    return _rescaled(_finish_result(x, rn, yn), y, a, w)
+
+
+def _rescaled(res: UnmixResult, y: np.ndarray, a: np.ndarray, w) -> UnmixResult:
+    """`res` with the norms of pixels whose squares overflowed (norms above ~1e154, which
+    the abundances' bound still accepts) computed again from the rows scaled by their
+    largest count."""
+    rn, yn = res.residual_norm, res.relative_residual  # relative_residual: rn / ||y||
+    big = np.flatnonzero(~np.isfinite(rn) | ~np.isfinite(yn))
+    if not big.size:
+        return res
+    yf = y[big].astype(np.float64)
+    r = res.abundances[big] @ a.T - yf
+    if w is not None:
+        sw = np.sqrt(w[big])
+        yf, r = yf * sw, r * sw
+    s = np.abs(yf).max(axis=1)
+    s[s == 0] = 1.0
+    rb = s * np.linalg.norm(r / s[:, None], axis=1)
+    yb = s * np.linalg.norm(yf / s[:, None], axis=1)
+    rn = rn.copy()
+    rel = yn.copy()
+    rn[big] = rb
+    rel[big] = np.divide(rb, yb, out=np.zeros_like(rb), where=yb > 0)
+    return UnmixResult(abundances=res.abundances, residual_norm=rn, relative_residual=rel)
 
 
 def _finish_result(x, rn, yn) -> UnmixResult:
     np.sqrt(rn, out=rn)
     np.sqrt(yn, out=yn)
-    rel = np.divide(rn, yn, out=np.zeros_like(rn), where=yn > 0)
+    with np.errstate(invalid="ignore"):  # inf / inf: a square overflowed (see _rescaled)
+        rel = np.divide(rn, yn, out=np.zeros_like(rn), where=yn > 0)
     return UnmixResult(abundances=x, residual_norm=rn, relative_residual=rel)
 
 
