@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 
 def run(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "qdmed", *args], capture_output=True,
@@ -185,6 +187,38 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
                         "given twice")):
         r = run("image", *args)
         assert r.returncode == 2 and what in r.stderr, (args, r.stderr)
+
+
+def test_unmixed_image_rounded_to_fewer_bits(tmp_path):
+    """--unmixed-bits 10: every value within 2**-11 relative of the exact float32 (numcodecs
+    BitRound, round to nearest), a plain float32 OME-Zarr, and a smaller one; bad bit counts
+    and --unmixed-bits without an unmixed image are refused before any work."""
+    import zarr
+
+    slide = tmp_path / "s.ome.tif"
+    assert run("image", "simulate", "--size", "512", "--out", str(slide)).returncode == 0
+    for bits, out in ((None, "exact.ome.zarr"), (10, "b10.ome.zarr")):
+        extra = () if bits is None else ("--unmixed-bits", str(bits))
+        r = run("image", "unmix", str(slide), "--out", str(tmp_path / out), "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["keep_bits"] == bits
+    exact = np.asarray(zarr.open_group(str(tmp_path / "exact.ome.zarr"), mode="r")["0"])
+    b10 = np.asarray(zarr.open_group(str(tmp_path / "b10.ome.zarr"), mode="r")["0"])
+    assert b10.dtype == np.float32 and b10.shape == exact.shape
+    assert np.all(np.abs(b10 - exact) <= 2.0 ** -11 * np.abs(exact))
+    assert np.any(b10 != exact) and np.all((b10 == 0) == (exact == 0))
+
+    def size(d):
+        return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+    assert size(tmp_path / "b10.ome.zarr") < 0.85 * size(tmp_path / "exact.ome.zarr")
+    for args, what in ((("unmix", str(slide), "--out", str(tmp_path / "x.ome.zarr"),
+                         "--unmixed-bits", "0"), "from 1 to 23"),
+                       (("analyze", str(slide), "--out", str(tmp_path / "a"), "--no-unmixed",
+                         "--unmixed-bits", "10"), "is not written")):
+        r = run("image", *args)
+        assert r.returncode == 2 and what in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "x.ome.zarr").exists() and not (tmp_path / "a").exists()
 
 
 def test_saturated_slide_is_flagged(tmp_path):

@@ -715,7 +715,8 @@ def panel_offset(panel: Panel, offset_adu):
 def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | None = None,
                   tile: int = 2048, margin_um: float = 40.0, scheduler: str | None = None,
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
-                  write_unmixed: bool = True, progress: bool = True, resume: bool = True,
+                  write_unmixed: bool = True, unmixed_keep_bits: int | None = None,
+                  progress: bool = True, resume: bool = True,
                   reference_region_px: int = 1024, client=None, gates=None,
                   regions=None, region_class: str | None = None,
                   autofluorescence: str = "panel", her2_region_um: float = 500.0,
@@ -739,6 +740,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         ``unmixed.ome.zarr`` (if ``write_unmixed``) and ``tiles/`` (finished tiles, for resume).
         A ``cells.geojson`` or ``unmixed.ome.zarr`` an earlier run left there is removed when
         this run does not write it, so the folder never mixes two runs' outputs.
+    unmixed_keep_bits : int, optional
+        Round the unmixed image's float32 values to this many mantissa bits (1-23; relative
+        error at most ``2**-(bits + 1)``, 10 bits: 4.9e-4, far below the counts' shot noise)
+        so that it compresses better: lossy, for viewing; the cell table is computed from
+        the exact abundances either way. Default: exact float32.
     tile : int, px
         Core tile size.
     margin_um : float, um
@@ -901,6 +907,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
     check_scheduler(scheduler, n_workers)
+    check_keep_bits(unmixed_keep_bits, write_unmixed)
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
@@ -1074,7 +1081,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             (tiles_dir / f"tile_{i:06d}.geojson.json" for i in range(len(boxes))),
             _classifier(her2))
     if write_unmixed:
-        _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um)
+        _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um,
+                       unmixed_keep_bits)
     summary = {
         "qdmed_version": __version__,
         "slide": slide.to_dict(),
@@ -1111,6 +1119,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                     "regions": "regions.csv" if by_region is not None else None,
                     "cases": "cases.csv" if by_case is not None else None,
                     "unmixed": "unmixed.ome.zarr" if write_unmixed else None},
+        "unmixed_keep_bits": unmixed_keep_bits if write_unmixed else None,
     }
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2,
                                                       sort_keys=True))
@@ -1359,10 +1368,28 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
     return Client(cluster, set_as_default=False), cluster
 
 
-def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None):
+def check_keep_bits(keep_bits, write_unmixed: bool = True) -> None:
+    """unmixed_keep_bits: None, or an integer 1-23 (float32 mantissa bits) for an unmixed
+    image that is written."""
+    if keep_bits is None:
+        return
+    if isinstance(keep_bits, bool) or not isinstance(keep_bits, int | np.integer) or \
+            not 1 <= keep_bits <= 23:
+        raise InputError(f"unmixed_keep_bits (--unmixed-bits) must be an integer from 1 to 23 "
+                         f"(the float32 mantissa bits kept), or omitted for exact values; got "
+                         f"{keep_bits!r}")
+    if not write_unmixed:
+        raise InputError("unmixed_keep_bits (--unmixed-bits) rounds the unmixed image, which "
+                         "is not written (write_unmixed=False, --no-unmixed)")
+
+
+def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None,
+                   keep_bits: int | None = None):
     """Unmixed abundances of every component plus a ``residual`` channel (relative residual
     ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block, recording
-    `pixel_size_um` (None: unknown)."""
+    `pixel_size_um` (None: unknown); with `keep_bits`, values rounded to that many mantissa
+    bits (numcodecs' BitRound, applied before writing so that the file is plain float32 for
+    any reader: measured 135 -> 76 MB for a 2048^2 8-channel slide at 10 bits)."""
     import dask.array as da
 
     from qdmed.imaging._nnls import unmix_nnls
@@ -1381,6 +1408,11 @@ def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None):
         out = np.empty((y, x, k + 1), np.float32)
         out[..., :k] = r.abundances.reshape(y, x, k)
         out[..., k] = r.relative_residual.reshape(y, x)
+        if keep_bits is not None:
+            from numcodecs import BitRound
+
+            out = np.asarray(BitRound(keepbits=keep_bits).encode(out)).view(np.float32)
+            out = out.reshape(y, x, k + 1)
         return out
 
     data = slide.data.rechunk((1024, 1024, -1))  # = the writer's chunks: each block unmixed once

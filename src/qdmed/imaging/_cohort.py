@@ -130,7 +130,8 @@ def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> 
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, progress=True, regions_dir=None,
                    region_class: str | None = None, outlines: bool = True,
-                   write_unmixed: bool = True, autofluorescence: str = "panel",
+                   write_unmixed: bool = True, unmixed_keep_bits: int | None = None,
+                   autofluorescence: str = "panel",
                    her2_region_um: float = 500.0, her2_region_min_cells: int = 100,
                    saturation_level: float | None = None, offset_adu=None,
                    exclude_flagged: tuple = (), per_region: bool | None = None,
@@ -152,8 +153,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     :func:`regions_file`), optionally only those of class
     ``region_class`` (see :func:`qdmed.imaging.analyze_slide`); a slide without such a file
     is reported as failed rather than scored on all its cells, so that every score of the
-    cohort refers to the same kind of selection. ``outlines``, ``write_unmixed`` and
-    ``autofluorescence`` are passed to :func:`qdmed.imaging.analyze_slide` for every slide (a
+    cohort refers to the same kind of selection. ``outlines``, ``write_unmixed`` (and
+    ``unmixed_keep_bits``) and ``autofluorescence`` are passed to :func:`qdmed.imaging.analyze_slide` for every slide (a
     whole-slide unmixed image is several GB: a large cohort may want neither; ``'blind'``
     estimates each slide's own autofluorescence), and so are ``her2_region_um`` and
     ``her2_region_min_cells`` (the HER2 heterogeneity regions; the table gets each slide's
@@ -196,6 +197,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_autofluorescence_option,
         check_calibration,
         check_exclude_flagged,
+        check_keep_bits,
         check_n_workers,
         check_region_options,
         check_scheduler,
@@ -217,6 +219,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
+    check_keep_bits(unmixed_keep_bits, write_unmixed)
     region_min_cells = check_min_cells(region_min_cells)
     # both maps before any slide is read; the case map's checks first, as they name it
     slide_cases, case_map_source, name_rx = _case_source(case_map, case_from_name, tma_map,
@@ -304,6 +307,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         scheduler="synchronous" if sync else None,
                                         region_class=region_class, outlines=outlines,
                                         write_unmixed=write_unmixed,
+                                        unmixed_keep_bits=unmixed_keep_bits,
                                         autofluorescence=autofluorescence,
                                         her2_region_um=her2_region_um,
                                         her2_region_min_cells=her2_region_min_cells,
@@ -448,6 +452,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                   m: {"compartment": g.compartment, "threshold": g.threshold}
                                   for m, g in sorted(gates.items())},
                               "outlines": outlines, "write_unmixed": write_unmixed,
+                              "unmixed_keep_bits": unmixed_keep_bits,
                               "autofluorescence": autofluorescence,
                               "saturation_level": saturation_level,
                               "exclude_flagged": list(exclude_flagged),
