@@ -762,13 +762,13 @@ def _compile_generated(name: str, source: str):  # pragma: no cover - body runs 
 #    pixels at a time with one pixel per lane: their rows are loaded as vectors and
 #    transposed (8 x 8 blocks) into one vector per channel, so z0 is K vectors of C
 #    multiply-adds with scalar coefficients and ||y||_1 a vector sum, then transposed back
-#    into one row per pixel (measured: ~30 % faster than a pixel per vector, which spends
+#    into one row per pixel (measured: 15-30 % faster than a pixel per vector, which spends
 #    a broadcast per channel and sums ||y||_1 in scalars). Other channel counts, and the
 #    chunk's last pixels when fewer than 8 remain, take a pixel per vector: the channel loop
 #    unrolled in two independent multiply-add chains.
 # 2. The first block-principal-pivoting step of every pixel, branch-free: z0's infeasible
 #    lanes leave the passive set and the step is taken whatever they are (a feasible pixel
-#    takes the step of the full set, U = I, which returns z0 itself); measured ~10 % faster
+#    takes the step of the full set, U = I, which returns z0 itself); measured 10-22 % faster
 #    overall than listing the infeasible pixels first, since ~80 % of them are.
 # 3. The pixels still infeasible are pivoted in lockstep passes, as in the scalar kernel
 #    above. A pixel's z0 and tolerance stay where step 1 wrote them (indexed by its place in
