@@ -598,7 +598,7 @@ def test_blind_autofluorescence_reads_full_resolution_pixels(slide, monkeypatch)
 
     monkeypatch.setattr(_library, "MAX_CONTROL_PIXELS", 256 * 256)
     s = read_slide(slide.path)
-    img, px = _library.blind_image(s, PANEL)
+    img, px, _ = _library.blind_image(s, PANEL)
     assert px == s.pixel_size_um and img.shape == (256, 256, len(PANEL.channels))
     from qdmed.imaging._analyze import reference_origin
 

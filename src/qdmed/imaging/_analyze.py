@@ -1200,8 +1200,8 @@ def _slide_autofluorescence(slide, panel: Panel, how: str, pixel_size_um: float,
         return panel, {"source": "panel (measured)" if measured else "panel (model)"}
     from qdmed.imaging._library import _blind, blind_image, stained_saturation
 
-    img, _ = blind_image(slide, panel)
-    clipped, valid = stained_saturation(slide, img, saturation_level, str(slide.path))
+    img, _, saturated = blind_image(slide, panel, saturation_level)
+    clipped, valid = stained_saturation(saturated, str(slide.path))
     if offset is not None:
         img = img - offset
     prof, info = _blind(img, panel, panel.endmembers, f"blind: {slide.path}", pixel_size_um,

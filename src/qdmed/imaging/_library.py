@@ -129,22 +129,29 @@ def _block_saturation(level0, ceiling: float, shape_yx, step: int) -> np.ndarray
     return out
 
 
-def blind_image(stained, panel: Panel) -> tuple[np.ndarray, float | None]:
-    """The pixels blind autofluorescence is estimated from, and their size in um (None if
-    unknown): an array as given, or from a slide the window of at most
+def blind_image(stained, panel: Panel, saturation_level=None
+                ) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+    """The pixels blind autofluorescence is estimated from, their size in um (None if
+    unknown) and which of them are saturated (a channel at the detector's ceiling:
+    ``saturation_level`` when given, else the slide's SignificantBits or its type's; None
+    when no ceiling is known). An array as given, or from a slide the window of at most
     ``MAX_CONTROL_PIXELS`` with the most signal outside the labels' span, at full
     resolution. Not a downsampled pyramid level, as for the controls: the estimate needs
     blocks smaller than the tissue's structure (measured on a 2048^2 synthetic field at
     0.5 um per pixel: blocks of 4-8 px gave cosine 0.9999 to the rendered spectrum, 16 px
     0.45 and 32 px 0.74; a level 8x down averages 8 px already)."""
     from qdmed.imaging._analyze import check_channels, reference_origin
+    from qdmed.imaging._detector import check_level
+    from qdmed.imaging._detector import saturation_level as ceiling_of
     from qdmed.imaging._slideio import SlideImage, read_slide
 
     src = stained
     if isinstance(stained, (str, bytes)) or hasattr(stained, "__fspath__"):
         src = read_slide(stained)
-    if not isinstance(src, SlideImage):
-        return control_image(src, panel, name="stained"), None
+    if not isinstance(src, SlideImage):  # as a control array, saturation from its own dtype
+        img, saturated, _ = read_control(src, panel, name="stained",
+                                         saturation_level=saturation_level)
+        return img, None, saturated
     check_channels(src, panel)
     h, w, _ = src.shape
     side = int(np.sqrt(MAX_CONTROL_PIXELS))
@@ -158,7 +165,9 @@ def blind_image(stained, panel: Panel) -> tuple[np.ndarray, float | None]:
     img = np.asarray(src.read_region(y0, min(h, y0 + side), x0, min(w, x0 + side)))
     if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
         raise InputError(f"{src.path}: the stained slide contains NaN or infinite values")
-    return img, src.pixel_size_um
+    ceiling, _ = ceiling_of(src.dtype, significant_bits=src.significant_bits,
+                            level=check_level(saturation_level))
+    return img, src.pixel_size_um, None if ceiling is None else (img >= ceiling).any(-1)
 
 
 def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percentile=90.0,
@@ -321,45 +330,22 @@ def _blind(img: np.ndarray, panel: Panel, endmembers: np.ndarray, source: str,
                   **info}
 
 
-def stained_saturation(stained, img: np.ndarray, level,
+def stained_saturation(saturated: np.ndarray | None,
                        source: str) -> tuple[list[str], np.ndarray | None]:
-    """The pixels of `img` (the window :func:`blind_image` read from `stained`) below the
-    detector's ceiling (``level`` when given, else the slide's SignificantBits or its
-    type's), None when no ceiling is known; and a warning when more than
-    :data:`WARN_PERCENT_SATURATED` % of them reach it. The blind estimate leaves the blocks
-    holding a saturated pixel out (a clipped channel bends a block's spectrum)."""
-    sat = _stained_saturated(stained, img, level)
-    if sat is None:
+    """The pixels the blind estimate may use (those not `saturated`, as :func:`blind_image`
+    found them; None when no ceiling is known), and a warning when more than
+    :data:`WARN_PERCENT_SATURATED` % of them are saturated. The blind estimate leaves the
+    blocks holding a saturated pixel out (a clipped channel bends a block's spectrum)."""
+    if saturated is None:
         return [], None
-    pct = float(100.0 * sat.mean())
+    pct = float(100.0 * saturated.mean()) if saturated.size else 0.0
     if not pct > WARN_PERCENT_SATURATED:
-        return [], ~sat
+        return [], ~saturated
     return [f"stained slide ({source}): {pct:.2g} % of the pixels the blind estimate reads "
             "reach the detector's ceiling; the blocks holding them are left out of the "
             "estimate (a clipped channel distorts their spectra), which leaves it fewer "
             "places: an unstained control, or a slide exposed without saturation, is "
-            "better"], ~sat
-
-
-def _stained_saturated(stained, img: np.ndarray, level=None) -> np.ndarray | None:
-    from qdmed.imaging._detector import check_level
-    from qdmed.imaging._detector import saturation_level as ceiling_of
-    from qdmed.imaging._slideio import SlideImage, read_slide
-
-    src = stained
-    if isinstance(stained, (str, bytes)) or hasattr(stained, "__fspath__"):
-        src = read_slide(stained)
-    if isinstance(src, SlideImage):  # img: the window read from it, in its own dtype
-        raw, bits = np.asarray(img), src.significant_bits
-    else:  # an array: img is its float64 copy, so the ceiling comes from the array's dtype
-        raw, bits = np.asarray(src), None
-    if raw.dtype.kind not in "uif" or raw.shape != np.shape(img) or raw.ndim != 3 \
-            or not raw.size:
-        return None
-    ceiling, _ = ceiling_of(raw.dtype, significant_bits=bits, level=check_level(level))
-    if ceiling is None:
-        return None
-    return (raw >= ceiling).any(-1)
+            "better"], ~saturated
 
 
 #: Percent of a control's pixels at the detector's ceiling above which the library warns
@@ -549,9 +535,8 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
             raise InputError("the panel has no autofluorescence component to estimate; add one "
                              "to the panel before giving a stained slide")
         af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
-        blind_img, blind_px = blind_image(stained, panel)
-        clipped, blind_valid = stained_saturation(stained, blind_img, saturation_level,
-                                                  af_source.removeprefix("blind: "))
+        blind_img, blind_px, blind_sat = blind_image(stained, panel, saturation_level)
+        clipped, blind_valid = stained_saturation(blind_sat, af_source.removeprefix("blind: "))
         warnings += clipped
         blind_img = blind_img - off
         try:

@@ -20,8 +20,8 @@ passive set (the FCNNLS idea of Van Benthem & Keenan) and is the reference, and 
 kernel, compiled lazily on first use and parallel over chunks of pixels, that is the fast
 path (explicitly vectorised, one 8-lane vector per pixel, for up to 8 components; when the
 channel count is a multiple of 8 the unconstrained solutions are computed eight pixels at a
-time, one per lane; see :mod:`qdmed.imaging._simd`). A Poisson-weighted variant (per-pixel Gram matrices) uses the
-numpy path.
+time, one per lane; see :mod:`qdmed.imaging._simd`). A Poisson-weighted variant (per-pixel
+Gram matrices) uses the numpy path.
 
 Public functions: :func:`unmix_nnls`, :func:`unmix_lstsq`, :func:`unmix_block`,
 :func:`kkt_violation`; result type :class:`UnmixResult`.
@@ -454,8 +454,7 @@ def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.n
     s = ((masks[:, None] >> bitk) & 1).astype(bool)
     with np.errstate(over="ignore", invalid="ignore"):
         x = np.where(s, np.maximum(z, 0.0), 0.0) / dn
-    # per-pixel Gram matrices: no table bound; an abundance too large for float64 is refused
-    _check_overflow(x, np.zeros(x.shape[0]))
+    _check_nonfinite(x)  # per-pixel Gram matrices, no table bound: refused if beyond float64
     return x
 
 
@@ -1157,7 +1156,7 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         _check_nonfinite(y)
         with np.errstate(over="ignore"):
             x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)], 0.0)
-        _check_overflow(x, np.zeros(x.shape[0]))  # a count / a tiny entry above float64's range
+        _check_nonfinite(x)  # a count over a tiny entry can exceed float64
     elif device == "gpu":
         x = _solve_gpu(y, prep, w)
     elif w is not None:
@@ -1230,7 +1229,7 @@ def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
     yn = np.empty(n)
     if w is None and numba_available():
         _residual_kernel()(y, np.ascontiguousarray(a), x, rn, yn)
-        return _rescaled(_finish_result(x, rn, yn), y, a, w)
+        return _finish_result(x, rn, yn, y, a, w)
     step = 1 << 16  # chunks keep the temporaries in cache (a whole slide tile is ~5e6 px)
     for i in range(0, n, step):
         yf = y[i:i + step].astype(np.float64, copy=False)
@@ -1242,38 +1241,27 @@ def _result(y: np.ndarray, a: np.ndarray, x: np.ndarray, w) -> UnmixResult:
             ww = w[i:i + step]
             rn[i:i + step] = np.einsum("nc,nc,nc->n", ww, r, r)
             yn[i:i + step] = np.einsum("nc,nc,nc->n", ww, yf, yf)
-    return _rescaled(_finish_result(x, rn, yn), y, a, w)
+    return _finish_result(x, rn, yn, y, a, w)
 
 
-def _rescaled(res: UnmixResult, y: np.ndarray, a: np.ndarray, w) -> UnmixResult:
-    """`res` with the norms of pixels whose squares overflowed (norms above ~1e154, which
-    the abundances' bound still accepts) computed again from the rows scaled by their
-    largest count."""
-    rn, yn = res.residual_norm, res.relative_residual  # relative_residual: rn / ||y||
-    big = np.flatnonzero(~np.isfinite(rn) | ~np.isfinite(yn))
-    if not big.size:
-        return res
-    yf = y[big].astype(np.float64)
-    r = res.abundances[big] @ a.T - yf
-    if w is not None:
-        sw = np.sqrt(w[big])
-        yf, r = yf * sw, r * sw
-    s = np.abs(yf).max(axis=1)
-    s[s == 0] = 1.0
-    rb = s * np.linalg.norm(r / s[:, None], axis=1)
-    yb = s * np.linalg.norm(yf / s[:, None], axis=1)
-    rn = rn.copy()
-    rel = yn.copy()
-    rn[big] = rb
-    rel[big] = np.divide(rb, yb, out=np.zeros_like(rb), where=yb > 0)
-    return UnmixResult(abundances=res.abundances, residual_norm=rn, relative_residual=rel)
-
-
-def _finish_result(x, rn, yn) -> UnmixResult:
+def _finish_result(x, rn, yn, y, a, w) -> UnmixResult:
+    """The result from the squared norms ``rn`` (residual) and ``yn`` (pixel); a pixel
+    whose squares overflowed (norms above ~1e154, which the abundances' bound still accepts)
+    gets its norms again from its row scaled by its largest count."""
     np.sqrt(rn, out=rn)
     np.sqrt(yn, out=yn)
-    with np.errstate(invalid="ignore"):  # inf / inf: a square overflowed (see _rescaled)
-        rel = np.divide(rn, yn, out=np.zeros_like(rn), where=yn > 0)
+    big = np.flatnonzero(~np.isfinite(rn) | ~np.isfinite(yn))
+    if big.size:
+        yf = y[big].astype(np.float64)
+        r = x[big] @ a.T - yf
+        if w is not None:
+            sw = np.sqrt(w[big])
+            yf, r = yf * sw, r * sw
+        s = np.abs(yf).max(axis=1)
+        s[s == 0] = 1.0
+        rn[big] = s * np.linalg.norm(r / s[:, None], axis=1)
+        yn[big] = s * np.linalg.norm(yf / s[:, None], axis=1)
+    rel = np.divide(rn, yn, out=np.zeros_like(rn), where=yn > 0)
     return UnmixResult(abundances=x, residual_norm=rn, relative_residual=rel)
 
 
