@@ -201,7 +201,7 @@ def test_unmixed_image_rounded_to_fewer_bits(tmp_path):
         extra = () if bits is None else ("--unmixed-bits", str(bits))
         r = run("image", "unmix", str(slide), "--out", str(tmp_path / out), "--json", *extra)
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["keep_bits"] == bits
+        assert json.loads(r.stdout)["unmixed_keep_bits"] == bits
     exact = np.asarray(zarr.open_group(str(tmp_path / "exact.ome.zarr"), mode="r")["0"])
     b10 = np.asarray(zarr.open_group(str(tmp_path / "b10.ome.zarr"), mode="r")["0"])
     assert b10.dtype == np.float32 and b10.shape == exact.shape

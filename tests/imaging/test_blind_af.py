@@ -97,6 +97,16 @@ def test_blocks_with_invalid_pixels_are_left_out():
     assert _cos(prof, e[:, -1]) > 0.999
     _, kept = autofluorescence_blind(clipped, e[:, :-1])
     assert kept["n_blocks_left_out"] == 0
+    # what lies in left-out blocks changes no diagnostic: the right half replaced by noise
+    left = np.zeros(sat.shape, bool)
+    left[:, :192] = True
+    noisy = f.image.copy()
+    noisy[:, 192:] = np.random.default_rng(2).poisson(50.0, noisy[:, 192:].shape)
+    _, a = autofluorescence_blind(f.image, e[:, :-1], valid=left)
+    _, b = autofluorescence_blind(noisy, e[:, :-1], valid=left)
+    assert a["n_blocks_left_out"] == b["n_blocks_left_out"] == 96 * 48
+    for key in ("map_coherence", "signal_zscore", "split_half_cosine", "offset_fraction"):
+        assert a[key] == pytest.approx(b[key], rel=1e-9), key
     with pytest.raises(InputError, match="boolean"):
         autofluorescence_blind(clipped, e[:, :-1], valid=np.ones((10, 10), bool))
     with pytest.raises(InputError, match="left out as not valid"):

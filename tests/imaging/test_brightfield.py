@@ -223,6 +223,9 @@ def test_white_level_per_channel(ihc):
     plain = score_dab(cast, od_cutoffs=cut)
     assert plain.her2.category != "0"  # the cast alone made it stained
     assert any(w.startswith("the glass reads (") for w in plain.warnings)
+    # the default white level spelled out (as `--background 255,255,255` gives it) alike
+    spelled = score_dab(cast, od_cutoffs=cut, background=(1.0, 1.0, 1.0))
+    assert spelled.warnings == plain.warnings
     auto = score_dab(cast, od_cutoffs=cut, background="auto")
     assert auto.her2.category == "0"
     # no glass warning left; the example cut-offs are said to be one

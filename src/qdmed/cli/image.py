@@ -568,7 +568,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
     _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out,
                    s.pixel_size_um, unmixed_bits)  # the slide's own pixel size, or none
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
-            "keep_bits": unmixed_bits}
+            "unmixed_keep_bits": unmixed_bits}
     return print_json(info) if json_ else print_kv("Unmixed", info)
 
 

@@ -213,19 +213,21 @@ def _stratified(r: np.ndarray, x: np.ndarray) -> list[float]:
     return out
 
 
-def _offset_fraction(r: np.ndarray, tmap: np.ndarray, tissue: np.ndarray) -> float:
+def _offset_fraction(r: np.ndarray, tmap: np.ndarray, tissue: np.ndarray,
+                     ok: np.ndarray) -> float:
     """Share of the mean tissue residual that does not scale with the autofluorescence: the
     intercept of ``r = a + b t`` over the tissue blocks, relative to the mean residual.
     Autofluorescence alone gives ``r = t f_perp`` (no intercept); an uncorrected detector
     offset adds a constant. ``t`` is noisy, which would bias an ordinary regression's
     intercept, so the slope is the instrumental-variable one, with the mean ``t`` of the four
     neighbouring blocks as the instrument: it follows the block's autofluorescence (tissue
-    autofluorescence is spatially coherent) but not the block's own noise."""
+    autofluorescence is spatially coherent) but not the block's own noise. Only tissue
+    blocks whose four neighbours are `ok` (valid) take part."""
     h, w = tmap.shape
     if h < 3 or w < 3:
         return 0.0
     nb = (tmap[:-2, 1:-1] + tmap[2:, 1:-1] + tmap[1:-1, :-2] + tmap[1:-1, 2:]) / 4.0
-    inner = tissue[1:-1, 1:-1]
+    inner = tissue[1:-1, 1:-1] & ok[:-2, 1:-1] & ok[2:, 1:-1] & ok[1:-1, :-2] & ok[1:-1, 2:]
     rr = r.reshape(h, w, -1)[1:-1, 1:-1][inner]
     tt = tmap[1:-1, 1:-1][inner]
     zz = nb[inner] - nb[inner].mean()
@@ -237,11 +239,13 @@ def _offset_fraction(r: np.ndarray, tmap: np.ndarray, tissue: np.ndarray) -> flo
     return float(np.linalg.norm(intercept) / np.linalg.norm(rr.mean(axis=0)))
 
 
-def _neighbour_correlation(m: np.ndarray) -> float:
-    """Correlation of a map with itself shifted by one block (both axes pooled): tissue
-    autofluorescence is spatially coherent, noise is not."""
-    a = np.concatenate([m[:, :-1].ravel(), m[:-1, :].ravel()])
-    b = np.concatenate([m[:, 1:].ravel(), m[1:, :].ravel()])
+def _neighbour_correlation(m: np.ndarray, ok: np.ndarray) -> float:
+    """Correlation of a map with itself shifted by one block (both axes pooled), over the
+    pairs of neighbours that are both `ok`: tissue autofluorescence is spatially coherent,
+    noise is not."""
+    pair = np.concatenate([(ok[:, :-1] & ok[:, 1:]).ravel(), (ok[:-1, :] & ok[1:, :]).ravel()])
+    a = np.concatenate([m[:, :-1].ravel(), m[:-1, :].ravel()])[pair]
+    b = np.concatenate([m[:, 1:].ravel(), m[1:, :].ravel()])[pair]
     if a.size < 2 or a.std() == 0 or b.std() == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
@@ -294,7 +298,7 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         ``split_half_cosine`` (cosine between the estimates from the two halves of a
         checkerboard of blocks), ``signal_zscore`` (mean autofluorescence abundance in
         standard errors; refused below 10), ``map_coherence`` (correlation of the
-        autofluorescence map between neighbouring blocks: noise and a flat offset give ~0;
+        autofluorescence map between neighbouring valid blocks: noise and a flat offset give ~0;
         warned below 0.05), ``residual_rank1_fraction`` (share of the residual energy
         along the autofluorescence direction; 1 with one residual dimension),
         ``clipped_fraction``, ``label_in_span`` (``c`` per label: the label spectrum's weight
@@ -359,7 +363,7 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
     v = f - lab @ d["c"]
     resid = y - (y @ q) @ q.T  # every block's, for the maps
     tmap = (resid @ v).reshape(blocks.shape[:2])
-    coherence = _neighbour_correlation(tmap)
+    coherence = _neighbour_correlation(tmap, ok.reshape(tmap.shape))
     # the autofluorescence abundance must be there: its mean over the tissue blocks (total
     # signal above 5 % of the 99th percentile; glass would dilute it), in standard errors
     # (noise alone: |z| of order 1, the sign having been chosen positive)
@@ -383,7 +387,8 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
                       / np.linalg.norm(halves[1]))
     except InputError:  # a half without enough strongly autofluorescent blocks
         split = float("nan")
-    offset_frac = _offset_fraction(resid, tmap, tissue.reshape(tmap.shape))
+    offset_frac = _offset_fraction(resid, tmap, tissue.reshape(tmap.shape),
+                                   ok.reshape(tmap.shape))
     strata = _stratified(d["residual"], d["x"])
     angle = angle_to_span(profile, q)
     warnings = []
