@@ -230,9 +230,9 @@ def test_saturated_slide_is_flagged(tmp_path):
     r = run("image", "analyze", str(tmp_path / "s8.ome.tif"), "--out", str(tmp_path / "a"),
             "--no-progress", "--no-report", "--no-unmixed")
     assert r.returncode == 0, r.stderr
-    assert "OME SignificantBits 8" in r.stdout and "! saturation:" in r.stdout
+    assert "OME SignificantBits 8" in r.stdout and "! saturation:" in r.stderr
     # the panel's fit is printed, and clipped pixels are saturation's, not a misfit's
-    assert "panel fit" in r.stdout and "! fit:" not in r.stdout
+    assert "panel fit" in r.stdout and "! fit:" not in r.stderr
     sat = json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"]
     assert sat["level_adu"] == 255 and sat["percent_scored_cells_saturated"] > 1
 
@@ -249,7 +249,7 @@ def test_detector_offset(tmp_path):
         assert r.returncode == 0, r.stderr
         off = json.loads((tmp_path / name / "summary.json").read_text())["offset"]
         assert off["suspected"] is (name == "plain")
-        assert ("! offset:" in r.stdout) is (name == "plain")
+        assert ("! offset:" in r.stderr) is (name == "plain")
     assert set(off["offset_adu"].values()) == {100.0}
     # quality control alone, on the slide and on its folder
     r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--json", "--no-progress")
@@ -257,7 +257,7 @@ def test_detector_offset(tmp_path):
     assert json.loads(r.stdout)["offset"]["suspected"] is True
     r = run("image", "qc", str(tmp_path), "--out", str(tmp_path / "qc"), "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "! raw.ome.tif: offset:" in r.stdout and (tmp_path / "qc" / "qc.csv").exists()
+    assert "! raw.ome.tif: offset:" in r.stderr and (tmp_path / "qc" / "qc.csv").exists()
     r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--offset", "1,2")
     assert r.returncode == 2 and "offset must be" in r.stderr
 

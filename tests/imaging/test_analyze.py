@@ -125,6 +125,14 @@ def test_channel_mismatch_and_degenerate_library(tmp_path):
     assert any("cannot be separated" in w for w in dup.warnings)
     with pytest.raises(InputError, match="condition"):
         unmix_nnls(np.ones((4, 4)), dup.endmembers)
+    # ... and a slide's analysis refuses it up front, naming the markers
+    four = tmp_path / "four.ome.tif"
+    write_ome_tiff(four, np.zeros((64, 64, 4), np.uint16),
+                   channel_names=[f"c{i}" for i in range(4)], pixel_size_um=0.5)
+    with pytest.raises(InputError, match=r"cannot be unmixed: nearly collinear: A and B "
+                                         r"\(cosine 1\.000000\).*labels of different colours"):
+        analyze_slide(four, dup, tmp_path / "out4", progress=False)
+    assert not (tmp_path / "out4").exists()
 
 
 def test_truncated_tiff_is_a_file_format_error(tmp_path):

@@ -15,6 +15,14 @@ def print_json(obj) -> None:
     print(json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
 
 
+def print_warning(text: str) -> None:
+    """A warning as one line ``! text`` on stderr (yellow on a terminal), so that a table or
+    JSON on stdout stays clean when redirected and the warning is still seen."""
+    import typer
+
+    typer.secho(f"! {text}", fg="yellow", err=True)
+
+
 def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import print_json, print_table
+from qdmed.cli._output import print_json, print_table, print_warning
 
 
 def design(
@@ -102,5 +102,5 @@ def design(
     ])
     print_table("Layers", h["layers"], ["name", "thickness_nm", "outer_diameter_nm", "model"])
     for f in d["flags"]:
-        typer.secho(f"! {f}", fg="yellow")
+        print_warning(f)
     typer.echo(f"Stokes shift: {o['stokes_shift_source']}")

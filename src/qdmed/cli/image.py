@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import print_json, print_kv, print_table
+from qdmed.cli._output import print_json, print_kv, print_table, print_warning
 
 app = typer.Typer(help="Multiplexed QD imaging (panel design, spectral library, unmixing, per-cell analysis, HER2 scoring, cohorts) and conventional DAB IHC beside it.",
                   no_args_is_help=True)
@@ -218,7 +218,7 @@ def panel(
     typer.echo("largest spillover spreading (bright -> spread into, per sqrt abundance): "
                + ", ".join(f"{b} -> {t} {v:.2f}" for v, b, t in pairs))
     for w in d["warnings"]:
-        typer.secho(f"! {w}", fg="yellow")
+        print_warning(w)
 
 
 def _candidate_label(item: str):
@@ -291,8 +291,8 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
 
     nuc = AnalysisSettings().nuclear_marker
     if nuc not in p.components:
-        typer.secho(f"! no {nuc} component: the analyses segment nuclei on {nuc}; map the "
-                    f"nuclear counterstain's channel to it ({nuc}=CHANNEL)", fg="yellow")
+        print_warning(f"no {nuc} component: the analyses segment nuclei on {nuc}; map the "
+                      f"nuclear counterstain's channel to it ({nuc}=CHANNEL)")
 
 
 def _slide_folder(path: Path) -> bool:
@@ -497,7 +497,7 @@ def simulate(
         return print_json({**info, "warnings": notes})
     print_kv("Simulated slide", info)
     for w in notes:
-        typer.echo(f"! {w}")
+        print_warning(w)
 
 
 @app.command()
@@ -541,7 +541,7 @@ def library(
             for k, d in res.components.items()]
     print_table("Spectral library", rows)
     for w in res.warnings:
-        typer.echo(f"! {w}")
+        print_warning(w)
     typer.echo(f"wrote {out}")
 
 
@@ -569,7 +569,11 @@ def unmix(slide: Path, panel_file: PANEL = None,
                    s.pixel_size_um, unmixed_bits)  # the slide's own pixel size, or none
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits}
-    return print_json(info) if json_ else print_kv("Unmixed", info)
+    if json_:
+        return print_json({**info, "warnings": list(p.warnings)})
+    print_kv("Unmixed", info)
+    for w in p.warnings:  # the panel's: labels that cannot be separated, ill-conditioning
+        print_warning(w)
 
 
 @app.command()
@@ -650,7 +654,7 @@ def tma(
         "core diameter (um)": d["core_diameter_um"], "cores": str(out),
         **({"QuPath TMA grid": str(qptma)} if qptma is not None else {})})
     for w in d["warnings"]:
-        typer.echo(f"! {w}")
+        print_warning(w)
     return None
 
 
@@ -783,7 +787,7 @@ def analyze(
         print_table("Cases (cases.csv)", d["cases_scored"]["cases"],
                     ["case", "status", "cores", "n_scored", "her2_category"])
     for w in summary_warnings(d):
-        typer.echo(f"! {w}")
+        print_warning(w)
 
 
 #: Exit code of a folder command (cohort, qc) that wrote its results but some slides failed.
@@ -849,7 +853,7 @@ def qc(
                                                   "offset_suspected"])
         for row in res["slides"]:
             for m in row["warnings"]:
-                typer.echo(f"! {row['slide']}: {m}")
+                print_warning(f"{row['slide']}: {m}")
         typer.echo(f"per-slide table: {Path(res['out']) / 'qc.csv'}")
         return _folder_exit(res)
     d = qc_slide(path, p, out, tile=tile, saturation_level=saturation_level,
@@ -868,7 +872,7 @@ def qc(
         "tiles out of focus": f"{len(foc['out_of_focus_tiles'])} of {foc['n_tiles_measured']} measured",
         "elapsed_s": d["elapsed_s"]})
     for m in d["warnings"]:
-        typer.echo(f"! {m}")
+        print_warning(m)
 
 
 @app.command()
@@ -1028,7 +1032,7 @@ def cohort(
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
     for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []):
-        typer.echo(f"! {w}")
+        print_warning(w)
     return _folder_exit(res)
 
 
@@ -1142,7 +1146,7 @@ def dab(
     info["background (R, G, B)"] = ", ".join(f"{v:.3f}" for v in d["background"])
     print_kv("DAB IHC", info)
     for w in d["warnings"]:
-        typer.echo(f"! {w}")
+        print_warning(w)
 
 
 #: Largest image `qdmed image dab IMAGE` scores in memory (~120 bytes per pixel: ~8 GB);
@@ -1274,7 +1278,7 @@ def _print_dab_regions(slide, out, d) -> None:
             typer.echo(f"nuclei at haematoxylin OD > {min(vs):.3f}-{max(vs):.3f} (one Otsu "
                        f"threshold per region: summary.json 'thresholds')")
     for w in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
-        typer.echo(f"! {w}")
+        print_warning(w)
     typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}; "
                f"report: {d['report']}")
 
@@ -1332,5 +1336,5 @@ def compare(
     for why, cases in d["excluded"].items():
         typer.echo(f"excluded ({why}): {', '.join(cases[:10])}" + (" ..." if len(cases) > 10 else ""))
     for w in d["warnings"]:
-        typer.echo(f"! {w}")
+        print_warning(w)
     return None

@@ -659,7 +659,9 @@ def check_channels(slide, panel: Panel) -> Panel:
     the slide names its channels by wavelength band (``440-478nm``) or gives their OME
     emission wavelengths, by band. An
     already-unmixed panel is returned bound to the slide's channel names (every component's
-    channel found, :func:`qdmed.imaging.bind_unmixed`)."""
+    channel found, :func:`qdmed.imaging.bind_unmixed`). A spectral panel whose spectra the
+    unmixing would refuse (nearly collinear: two markers on one QD colour) is refused here
+    with the markers named."""
     from qdmed.imaging._panel import bind_unmixed
 
     if panel.unmixed:
@@ -695,6 +697,9 @@ def check_channels(slide, panel: Panel) -> Panel:
                     f"{slide.path}: channel {i} ({slide.channel_names[i]}) has emission "
                     f"wavelength {e:g} nm (OME metadata), outside the panel's band "
                     f"{lo:.0f}-{hi:.0f}nm; give the panel the slide was acquired with")
+    from qdmed.imaging._nnls import check_unmixable
+
+    check_unmixable(panel.endmembers, panel.components)  # named here, not as columns later
     return panel
 
 

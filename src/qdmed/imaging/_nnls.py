@@ -141,23 +141,60 @@ def _check_endmember_values(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _degeneracy_message(an: np.ndarray, cond: float, max_condition: float) -> str:
+def _degeneracy_message(an: np.ndarray, cond: float, max_condition: float,
+                        names=None) -> str:
     c, k = an.shape
     cos = an.T @ an
+    col = (lambda i: f"column {i}") if names is None else (lambda i: str(names[i]))
     pairs = [(abs(cos[i, j]), i, j) for i in range(k) for j in range(i + 1, k)]
     pairs = sorted((p for p in pairs if p[0] > 0.99), reverse=True)
     if pairs:
-        what = "; ".join(f"columns {i} and {j} (cosine {v:.6f})" for v, i, j in pairs[:5])
+        what = "; ".join(f"{col(i)} and {col(j)} (cosine {v:.6f})" for v, i, j in pairs[:5])
         what = f"nearly collinear: {what}"
     else:
         _, _, vt = np.linalg.svd(an, full_matrices=True)
         v = np.abs(vt[-1]) if k <= c else np.abs(vt[min(c, k) - 1])
-        cols = [int(i) for i in np.flatnonzero(v > 0.2 * v.max())]
-        what = f"columns {cols} are nearly linearly dependent"
+        cols = ", ".join(col(int(i)) for i in np.flatnonzero(v > 0.2 * v.max()))
+        what = f"{cols} are nearly linearly dependent"
     extra = f" (only {c} channels for {k} components)" if k > c else ""
-    return (f"endmembers are rank-deficient or degenerate{extra}: condition number of the "
-            f"column-normalised matrix is {cond:.3g}, above max_condition={max_condition:.3g}; "
-            f"{what}.")
+    if names is None:
+        return (f"endmembers are rank-deficient or degenerate{extra}: condition number of "
+                f"the column-normalised matrix is {cond:.3g}, above max_condition="
+                f"{max_condition:.3g}; {what}.")
+    return (f"the panel's spectra cannot be unmixed{extra}: {what}; condition number of the "
+            f"column-normalised mixing matrix {cond:.3g} > {max_condition:.3g}. Give these "
+            f"markers labels of different colours, or check the controls they were measured "
+            f"from.")
+
+
+def _normalised_condition(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Column norms, column-normalised endmembers and their condition number (inf when
+    rank-deficient); an all-zero column is refused."""
+    c, k = a.shape
+    norms = np.sqrt(np.sum(a * a, axis=0))
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise InputError(f"endmembers are degenerate: column(s) {zero.tolist()} are all zero.")
+    an = a / norms
+    sv = np.linalg.svd(an, compute_uv=False)
+    return norms, an, float(np.inf) if k > c or sv[-1] == 0 else float(sv[0] / sv[-1])
+
+
+def check_unmixable(endmembers, names, max_condition: float = 1e4) -> None:
+    """Refuse, naming the components (`names`), endmembers that :func:`unmix_nnls` would
+    refuse with the same `max_condition` (its default): non-finite, negative, all-zero,
+    nearly collinear or linearly dependent columns."""
+    a = _check_endmember_values(_check_endmembers(endmembers))
+    if len(names) != a.shape[1]:
+        raise InputError(f"{len(names)} names for {a.shape[1]} endmember columns")
+    norms = np.sqrt(np.sum(a * a, axis=0))
+    if np.any(norms == 0):
+        raise InputError("the panel's spectra cannot be unmixed: "
+                         + ", ".join(str(names[i]) for i in np.flatnonzero(norms == 0))
+                         + " give no signal in any channel")
+    _, an, cond = _normalised_condition(a)
+    if not cond <= max_condition:
+        raise InputError(_degeneracy_message(an, cond, max_condition, names))
 
 
 def _check_max_condition(max_condition: float) -> None:
@@ -191,13 +228,7 @@ def _prepare(endmembers: Any, max_condition: float) -> _Prepared:
 def _build_tables(a: np.ndarray, max_condition: float) -> _Prepared:
     a = np.array(a, dtype=np.float64, copy=True)  # frozen below: never freeze the caller's array
     c, k = a.shape
-    norms = np.sqrt(np.sum(a * a, axis=0))
-    zero = np.flatnonzero(norms == 0)
-    if zero.size:
-        raise InputError(f"endmembers are degenerate: column(s) {zero.tolist()} are all zero.")
-    an = a / norms
-    sv = np.linalg.svd(an, compute_uv=False)
-    cond = float(np.inf) if k > c or sv[-1] == 0 else float(sv[0] / sv[-1])
+    norms, an, cond = _normalised_condition(a)
     if not cond <= max_condition:
         raise InputError(_degeneracy_message(an, cond, max_condition))
     gram = an.T @ an
