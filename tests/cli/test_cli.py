@@ -109,3 +109,36 @@ def test_demo_quick_prints_the_her2_result_and_writes_the_report(tmp_path):
     assert len(html) > 10_000 and "Autofluorescence without an unstained control" in html
     assert "Quality control (as in every analysis)" in html
     assert "Tissue microarray, scored core by core" in html
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """A Ctrl-C: typer turns it into Exit(130), which click hands back silently; the user
+    is told "interrupted" (one line, no traceback)."""
+    import qdmed.imaging
+    from qdmed.cli import main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qdmed.imaging, "list_presets", interrupted)
+    assert main(["image", "presets"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_local_workers_ignore_ctrl_c():
+    """The local cluster's worker processes are started with SIGINT ignored: a Ctrl-C at the
+    terminal reaches the whole process group, and each worker printed its own
+    KeyboardInterrupt traceback (tens of lines); the main process stops the run instead."""
+    import signal
+
+    from qdmed.imaging._analyze import start_client
+
+    before = signal.getsignal(signal.SIGINT)
+    client, cluster = start_client(None, 1)
+    try:
+        assert signal.getsignal(signal.SIGINT) is before  # restored here
+        got = list(client.run(lambda: int(signal.getsignal(signal.SIGINT))).values())
+        assert got == [int(signal.SIG_IGN)]
+    finally:
+        client.close()
+        cluster.close()

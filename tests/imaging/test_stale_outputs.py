@@ -55,3 +55,21 @@ def test_cohort_whose_every_slide_now_fails_keeps_no_table(tmp_path):
     simulate_slide(folder / "a.ome.zarr", (256, 256), preset="BT474", seed=2, tile=256, **KW)
     with pytest.raises(InputError, match="share the name"):
         analyze_cohort(folder, PANEL, tmp_path / "co2", **RUN)
+
+
+def test_cohort_rerun_on_another_folder_names_the_folders_left(tmp_path):
+    """A cohort run into a folder an earlier run of other slides used: the earlier slides'
+    folders are neither removed (they may be wanted) nor passed off as this run's: they are
+    named in a warning."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, name in ((first, "B"), (second, "A")):
+        folder.mkdir()
+        simulate_slide(folder / f"{name}.ome.zarr", (256, 256), preset="BT474", seed=1,
+                       tile=256, **KW)
+    out = tmp_path / "co"
+    assert analyze_cohort(first, PANEL, out, **RUN)["output_warnings"] == []
+    res = analyze_cohort(second, PANEL, out, **RUN)
+    assert [r["slide"] for r in res["slides"]] == ["A.ome.zarr"]
+    assert len(res["output_warnings"]) == 1 and "1 slide folder(s) an earlier run left are " \
+        "not slides of this cohort (nor in its tables): B;" in res["output_warnings"][0]
+    assert (out / "slides" / "B" / "summary.json").exists()

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         # with standalone_mode=False click returns a command's typer.Exit code instead of
         # raising it (click 8.5): pass it on
         rc = app(args=argv, prog_name="qdmed", standalone_mode=False)
+        if rc == 130:  # typer turns a Ctrl-C into Exit(130), which click returns here
+            typer.echo("interrupted", err=True)
         return rc if isinstance(rc, int) else 0
     except InputError as exc:
         typer.echo(f"error: {exc}", err=True)

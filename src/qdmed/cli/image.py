@@ -146,7 +146,7 @@ def panel(
     channels: Annotated[int | None, typer.Option("--channels", help="Spectral detector channels (default 8).")] = None,
     low_nm: Annotated[float | None, typer.Option("--low-nm", help="Spectral detector: the first channel's lower edge, nm (default 440).")] = None,
     high_nm: Annotated[float | None, typer.Option("--high-nm", help="Spectral detector: the last channel's upper edge, nm (default 740).")] = None,
-    filters: Annotated[str | None, typer.Option("--filters", help="Filter bands instead, e.g. 505-545,590-630.")] = None,
+    filters: Annotated[str | None, typer.Option("--filters", help="Filter bands instead, e.g. 440-480,505-545,590-630,660-720 (nm; at least one per component, the counterstain and autofluorescence included).")] = None,
     counterstain: Annotated[str | None, typer.Option("--counterstain", help="Nuclear counterstain label.")] = "DAPI",
     components: Annotated[str | None, typer.Option("--components", help="An already-unmixed image instead (inForm component_data.tif, an unmixed QPTIFF): COMPONENT=CHANNEL pairs, comma-separated, e.g. 'DAPI=DAPI,HER2=Qdot 605,autofluorescence=Autofluorescence' (a channel by its name or 0-based index).")] = None,
     slide: Annotated[Path | None, typer.Option("--slide", help="With --components: check the channels against this image and record its channel names.")] = None,
@@ -176,7 +176,7 @@ def panel(
         try:
             bands = [tuple(float(v) for v in b.split("-")) for b in filters.split(",")]
         except ValueError:
-            raise InputError(f"--filters must look like 505-545,590-630 (nm), got {filters!r}") from None
+            raise InputError(f"--filters must look like 440-480,505-545,590-630,660-720 (nm), got {filters!r}") from None
         if any(len(b) != 2 or b[1] <= b[0] for b in bands):
             raise InputError(f"--filters bands must be LOW-HIGH with HIGH > LOW, got {filters!r}")
     else:
@@ -1031,7 +1031,8 @@ def cohort(
     typer.echo(f"slides: {res['slides_table']}; cells: {res['cells']}; report: {res['report']}"
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
-    for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []):
+    for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []) + \
+            (res.get("output_warnings") or []):
         print_warning(w)
     return _folder_exit(res)
 
@@ -1205,7 +1206,10 @@ def _read_brightfield_image(image: Path):
     try:
         return imread(image), None
     except Exception as exc:  # noqa: BLE001 - any decoder's error (zlib, JPEG...) is bad input
-        raise InputError(f"cannot read image {image}: {type(exc).__name__}: {exc}") from exc
+        why = (str(exc).strip().splitlines() or [""])[0]  # imageio lists its backends below
+        raise InputError(f"cannot read image {image}: {type(exc).__name__}: {why} (accepted: "
+                         "an image Pillow reads, such as PNG, JPEG or BMP, or a TIFF or "
+                         "OME-Zarr slide)") from exc
 
 
 def _pair(option: str, item: str, form: str) -> tuple[str, str]:

@@ -1361,6 +1361,15 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
             raise
+    import signal
+    import threading
+
+    # the worker processes are started with Ctrl-C (SIGINT) ignored, which they inherit
+    # (Python keeps an ignored SIGINT ignored): a Ctrl-C at the terminal reaches the whole
+    # process group, and each worker would print its own KeyboardInterrupt traceback; this
+    # process stops the run and closes them instead
+    ignore = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
     try:
         cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
                                processes=True, dashboard_address=":0", silence_logs=40)
@@ -1370,6 +1379,9 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
             "must run under `if __name__ == \"__main__\":` (each worker process imports the "
             "script, which would start the analysis again); or pass "
             "scheduler='synchronous' to run in this process.") from exc
+    finally:
+        if ignore:
+            signal.signal(signal.SIGINT, old)
     return Client(cluster, set_as_default=False), cluster
 
 

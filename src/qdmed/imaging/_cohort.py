@@ -434,6 +434,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         table = region_table(region_rows)
         table.insert(0, "slide", table.pop("slide"))
         atomic_write_text(out / "regions.csv", table.to_csv(index=False))
+    slides_dir = out / "slides"
+    stale = sorted(d.name for d in slides_dir.iterdir() if d.is_dir() and
+                   d.name not in set(stems)) if slides_dir.is_dir() else []
+    output_warnings = [f"{slides_dir}: {len(stale)} slide folder(s) an earlier run left are "
+                       f"not slides of this cohort (nor in its tables): "
+                       f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; remove "
+                       "them, or give another output folder"] if stale else []
     summary = {"qdmed_version": __version__, "folder": str(folder),
                "panel": panel.to_yaml_dict(), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
@@ -444,6 +451,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "n_cases": None if case_rows is None else len(case_rows),
                "case_warnings": case_warnings,
                "acquisition_warnings": acquisition_warnings,
+               "output_warnings": output_warnings,
                "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
