@@ -43,7 +43,7 @@ def test_extinction_model_and_linewidth_reach_the_relation():
     assert json.loads(r.stdout)["concentration_uM"] == pytest.approx(0.1 / 1.430e5 * 1e6,
                                                                       rel=1e-3)
     r = run("optics", "extinction", "CdSe", "--peak", "550", "--hwhm-ev", "0.08")
-    assert r.returncode == 2 and "hwhm_ev is used only by" in r.stderr
+    assert r.returncode == 2 and "hwhm_ev (--hwhm-ev) is used only by" in r.stderr
 
 
 def test_design_file_with_options_is_refused(tmp_path):
@@ -142,3 +142,27 @@ def test_local_workers_ignore_ctrl_c():
     finally:
         client.close()
         cluster.close()
+
+
+def test_library_parameter_named_with_the_option_typed():
+    from qdmed.cli import _with_option
+
+    msg = "shape must be two positive integers (Y, X) in px, got (0, 0)"
+    assert _with_option(msg, ["image", "simulate", "--size", "0"]) == \
+        "shape (--size) must be two positive integers (Y, X) in px, got (0, 0)"
+    assert _with_option("pixel_size_um must be > 0", ["dab", "--pixel-size-um=0"]) == \
+        "pixel_size_um (--pixel-size-um) must be > 0"
+    # not typed (a value from a file), already named, or not a parameter: unchanged
+    assert _with_option(msg, ["image", "simulate"]) == msg
+    assert _with_option("n_workers (--workers) must be", ["--workers", "0"]) == \
+        "n_workers (--workers) must be"
+    assert _with_option("slide.tif: not a TIFF", ["--size", "1"]) == "slide.tif: not a TIFF"
+
+
+def test_a_file_given_as_output_folder_is_named(tmp_path):
+    from qdmed.cli import _file_in_path
+
+    (tmp_path / "afile").write_text("x")
+    assert _file_in_path(tmp_path / "afile" / "tiles") == str(tmp_path / "afile")
+    assert _file_in_path(tmp_path / "nothing" / "tiles") is None
+    assert _file_in_path("") is None

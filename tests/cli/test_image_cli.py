@@ -123,10 +123,10 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2
     for cmd in (("analyze", str(tmp_path / "missing.ome.zarr")), ("cohort", str(tmp_path))):
         r = run("image", *cmd, "--saturation-level", "-5", "--no-progress")
-        assert r.returncode == 2 and "saturation_level must be a positive" in r.stderr
+        assert r.returncode == 2 and "saturation_level (--saturation-level) must be a positive" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     r = run("image", "simulate", "--bit-depth", "20", "--out", str(tmp_path / "s.ome.tif"))
-    assert r.returncode == 2 and "bit_depth must be an integer from 8 to 16" in r.stderr
+    assert r.returncode == 2 and "bit_depth (--bit-depth) must be an integer from 8 to 16" in r.stderr
     r = run("image", "simulate", "--size", "9000", "--out", str(tmp_path / "big.ome.tif"))
     assert r.returncode == 2 and "write larger slides as .ome.zarr" in r.stderr
     r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--exclude-flagged",
@@ -134,7 +134,7 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2 and "exclude_flagged (--exclude-flagged) takes" in r.stderr and "'blurry'" in r.stderr
     for value in ("1,2", "abc"):
         r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--offset", value)
-        assert r.returncode == 2 and "offset must be" in r.stderr, r.stderr
+        assert r.returncode == 2 and "offset (--offset) must be" in r.stderr, r.stderr
     # malformed calibration files: one line naming the file and the gate, before any slide
     for doc, what in (({"gates": [1, 2]}, "'gates' must map"),
                       ({"gates": {"ER": "x"}}, "gate 'ER' needs"),
@@ -259,7 +259,7 @@ def test_detector_offset(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "! raw.ome.tif: offset:" in r.stderr and (tmp_path / "qc" / "qc.csv").exists()
     r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--offset", "1,2")
-    assert r.returncode == 2 and "offset must be" in r.stderr
+    assert r.returncode == 2 and "offset (--offset) must be" in r.stderr
 
 
 def test_a_folder_whose_every_slide_fails_exits_2(tmp_path):
@@ -440,7 +440,7 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
                       (["--example", "--regions", str(tmp_path / "cores.geojson")],
                        "not --example"),
                       ([str(slide), "--regions", str(tmp_path / "cores.geojson"),
-                        "--od-cutoffs", "0.3,0.1"], "od_cutoffs must be three")):
+                        "--od-cutoffs", "0.3,0.1"], "od_cutoffs (--od-cutoffs) must be three")):
         r = run("image", "dab", *bad, "--out", str(tmp_path / "x"))
         assert r.returncode == 2 and said in r.stderr, r.stderr
     for bad, said in ((["--example", "--tma-map", str(tmp_path / "map.csv")], "need --regions"),
@@ -629,7 +629,7 @@ def test_new_user_mistakes_are_named(tmp_path):
     for args, said in (((str(tmp_path / "trunc.tif"),), "is truncated"),
                        ((str(tmp_path / "fmo.ome.tif"),), "got 8 channels of uint16"),
                        ((str(tmp_path / "ihc.tif"), "--pixel-size-um", "0"),
-                        "pixel_size_um must be a positive number")):
+                        "pixel_size_um (--pixel-size-um) must be a positive number")):
         r = run("image", "dab", *args)
         assert r.returncode == 2 and said in r.stderr and "internal error" not in r.stderr, \
             r.stderr

@@ -168,6 +168,11 @@ def test_options_and_entries_that_would_be_ignored_are_refused(tmp_path):
     doc["markers"]["ER"] = {"label": "Qdot 566", "peak_nm": 566}
     with pytest.raises(FileFormatError, match="'Qdot 566' is not a catalog Qdot"):
         Panel.from_dict(doc)
+    doc["markers"]["ER"] = {"label": "Qdot 606"}  # no peak: the catalog's names are listed
+    with pytest.raises(FileFormatError, match=r"markers.ER: label 'Qdot 606' is not in the "
+                                              r"catalog \(catalog labels: DAPI, Qdot 525, .*"
+                                              r"Qdot 605, .*give its 'peak_nm'"):
+        Panel.from_dict(doc)
     # misspelt fields: a marker's width, the autofluorescence switched off
     doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566, "fwhm": 20}
     with pytest.raises(FileFormatError, match="markers.ER: unknown field.*fwhm.*accepted"):

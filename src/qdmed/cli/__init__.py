@@ -37,6 +37,33 @@ def _register():
     app.add_typer(image.app, name="image")
 
 
+#: Library parameters whose command-line option has another name.
+_OPTION_OF = {"shape": "--size", "photons_per_unit": "--photons", "rows": "--tma",
+              "cols": "--tma", "offset_adu": "--offset", "n_workers": "--workers"}
+
+
+def _with_option(message: str, argv: list[str]) -> str:
+    """An error message that starts with a library parameter's name (``shape must be...``)
+    names the option the user typed too (``shape (--size) must be...``), when that option
+    was given."""
+    name, sep, rest = message.partition(" ")
+    if not sep or not name.isidentifier() or rest.startswith("("):
+        return message
+    option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
+    given = any(a == option or a.startswith(option + "=") for a in argv)
+    return f"{name} ({option}) {rest}" if given else message
+
+
+def _file_in_path(path) -> str | None:
+    """The first part of `path` that is an existing file (where a folder was needed)."""
+    from pathlib import Path
+
+    if not path:
+        return None
+    p = Path(path)
+    return next((str(q) for q in reversed([p, *p.parents]) if q.is_file()), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
     from qdmed.errors import ExtrapolationWarning, InputError, QdmedError
@@ -52,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo("interrupted", err=True)
         return rc if isinstance(rc, int) else 0
     except InputError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_with_option(str(exc), sys.argv[1:] if argv is None else argv)}",
+                   err=True)
         return 2
     except QdmedError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -62,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         # a path given that cannot serve (an existing file as an output folder, a folder as
         # an output file, no permission): bad input, named by the path
         where = exc.filename if exc.filename is not None else ""
-        typer.echo(f"error: {where}: {exc.strerror or exc}", err=True)
+        file = _file_in_path(where) if isinstance(exc, NotADirectoryError) else None
+        if file is not None:  # e.g. an existing file given as an output folder (--out)
+            typer.echo(f"error: {file} is a file where a folder is needed (was a file "
+                       "given as the output folder?)", err=True)
+        else:
+            typer.echo(f"error: {where}: {exc.strerror or exc}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -12,12 +12,13 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("qdmed-demo"),
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Smaller imaging field (for tests).")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ):
     """Run the built-in demo and write qdmed-demo/report.html."""
     from qdmed.cli._output import print_json, print_kv, print_table
     from qdmed.demo import run_demo
 
-    summary = run_demo(out, quick=quick)
+    summary = run_demo(out, quick=quick, progress=not no_progress)
     if json_:
         return print_json(summary)
     rows = [{"probe": name, "emission_nm": p.get("emission_peak_nm"),

@@ -1028,7 +1028,9 @@ def cohort(
         return _folder_exit(res)
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
-    typer.echo(f"slides: {res['slides_table']}; cells: {res['cells']}; report: {res['report']}"
+    typer.echo(f"slides: {res['slides_table']}; cells: "
+               + (res["cells"] or "none (no slide was analysed)")
+               + f"; report: {res['report']}"
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
     for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []) + \
@@ -1068,7 +1070,8 @@ def dab(
     from qdmed.imaging import score_dab
 
     if example == (image is not None):
-        raise InputError("give an image path or --example")
+        raise InputError("give an image path or --example, not both" if example else
+                         "give an image path, or --example for scikit-image's IHC image")
     if plot is not None and (regions is not None or out is not None):
         raise InputError("--plot draws a single image's cells; with --regions or --out the "
                          "figures are in the output folder's report.html")

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 
-def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
+def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: None) -> dict:
+    """The demo's imaging sections; ``advance(i)`` as each next stage (3-6 of
+    :data:`qdmed.demo._run.DEMO_STEPS`) begins."""
     from qdmed.imaging import (
         analyze_field,
         analyze_slide,
@@ -59,6 +61,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
                   "(MDA-MB-468 for HER2/ER/PR, MCF-7 for EGFR):")
     rep.table({m: {"compartment": g.compartment, "threshold": g.threshold}
                for m, g in gates.items()})
+    advance(3)
     # the tumour field, written as OME-TIFF and analysed like any slide
     field = simulate_field((size, size), preset="her2-heterogeneous", seed=3, **kw)
     slide_path = out / "tumour.ome.tif"
@@ -110,8 +113,11 @@ def imaging_section(rep, out: Path, *, quick: bool = False) -> dict:
                   f"blur effect {foc['median']:.3f} (Crete 2007; sharp ~0.31 at 0.5 um/px), "
                   f"{qc['out_of_focus_tiles']} tile(s) out of focus.")
     rep.paragraph(f"Full slide report: {res.out_dir / 'report.html'}", cls="muted")
+    advance(4)
     blind = _blind_af_demo(rep, panel, kw, 384 if quick else 512)
+    advance(5)
     tma = _tma_demo(rep, out, panel, kw, cal, gates)
+    advance(6)
     # conventional DAB IHC for comparison (scikit-image's bundled real IHC image)
     from skimage.data import immunohistochemistry
 

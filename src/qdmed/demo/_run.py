@@ -46,14 +46,27 @@ def sizing_figure():
     return fig
 
 
-def run_demo(out, *, quick: bool = False) -> dict:
-    """Write ``out/report.html`` (+ probe YAML files and summary.json); return the summary."""
+#: The demo's stages, as its progress bar counts them.
+DEMO_STEPS = ("sizing curves", "probe design", "imaging: controls and HER2 calibration",
+              "imaging: tumour field analysis", "imaging: blind autofluorescence",
+              "imaging: tissue microarray", "DAB IHC")
+
+
+def run_demo(out, *, quick: bool = False, progress: bool = False) -> dict:
+    """Write ``out/report.html`` (+ probe YAML files and summary.json); return the summary.
+    ``progress``: a progress bar over :data:`DEMO_STEPS` on stderr."""
+    from qdmed.imaging._analyze import _progress
+
+    with _progress(progress, len(DEMO_STEPS), 0, DEMO_STEPS[0]) as advance:
+        return _run_demo(Path(out), quick, advance)
+
+
+def _run_demo(out: Path, quick: bool, advance) -> dict:
     import json
 
     from qdmed.optics import models
     from qdmed.report import HtmlReport, atomic_write_text
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep = HtmlReport("qdmed demo")
     rep.paragraph("Every number below is computed by qdmed from cited registries; values "
@@ -65,6 +78,7 @@ def run_demo(out, *, quick: bool = False) -> dict:
                 "diameter range (nm)": "{:.2f}-{:.2f}".format(*v.diameter_range_nm),
                 "reference": str(v.reference)} for k, v in models().items()])
     summary = {"probes": {}}
+    advance(DEMO_STEPS[1])
     rep.heading("2. Probe design")
     for probe in example_probes():
         sheet = probe.sheet(dose_mg_per_kg=1.0)
@@ -93,8 +107,11 @@ def run_demo(out, *, quick: bool = False) -> dict:
         from qdmed.demo._imaging import imaging_section
     except ImportError:  # imaging stage not installed in this build
         imaging_section = None
+    advance(DEMO_STEPS[2])
     if imaging_section is not None:
-        summary["imaging"] = imaging_section(rep, out, quick=quick)
+        summary["imaging"] = imaging_section(rep, out, quick=quick,
+                                             advance=lambda i: advance(DEMO_STEPS[i]))
+    advance()  # the last stage done
     report = rep.write(out / "report.html")
     summary["report"] = str(report)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True,

@@ -1452,14 +1452,15 @@ def marker_summary(cells, components) -> dict:
 
 
 class _progress:
-    """A rich progress bar on stderr (silent when disabled)."""
+    """A rich progress bar on stderr (silent when disabled). Entering gives ``advance``,
+    which counts one more done and, given a text, shows it as what is now running."""
 
     def __init__(self, enabled, total, done, what: str = "tiles"):
         self.enabled, self.total, self.done, self.what = enabled, total, done, what
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
+            return lambda what=None: None
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -1468,7 +1469,8 @@ class _progress:
                           console=Console(stderr=True), transient=False)
         self.p.__enter__()
         self.task = self.p.add_task(self.what, total=self.total, completed=self.done)
-        return lambda: self.p.advance(self.task)
+        return lambda what=None: self.p.update(self.task, advance=1,
+                                               **({} if what is None else {"description": what}))
 
     def __exit__(self, *exc):
         if self.enabled:

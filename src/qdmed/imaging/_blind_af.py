@@ -253,7 +253,7 @@ def _neighbour_correlation(m: np.ndarray, ok: np.ndarray) -> float:
 
 def _unit(f: np.ndarray) -> tuple[np.ndarray, float]:
     """Clip at 0 and scale to unit sum; also the clipped share of the L1 norm."""
-    neg = float(-f[f < 0].sum() / np.abs(f).sum()) if np.abs(f).sum() > 0 else 1.0
+    neg = float(-f[f < 0].sum() / np.abs(f).sum()) + 0.0 if np.abs(f).sum() > 0 else 1.0
     g = np.clip(f, 0.0, None)
     if not g.sum() > 0:
         raise InputError("the blind autofluorescence spectrum is negative in every channel: "

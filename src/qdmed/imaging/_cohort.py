@@ -37,6 +37,9 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None) -
     import fnmatch
 
     d = Path(folder)
+    if d.name.lower().endswith(SLIDE_SUFFIXES) and d.exists():
+        raise InputError(f"{str(d)!r} is one slide, not a folder of slides: give the "
+                         "folder holding it (one slide is analysed by qdmed image analyze)")
     if not d.is_dir():
         raise InputError(f"cohort folder {str(d)!r} does not exist or is not a folder")
     slides = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
@@ -478,7 +481,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,
-                              "her2_region_min_cells": her2_region_min_cells}}
+                              "her2_region_min_cells": her2_region_min_cells},
+               # written below, after this file: named here so that it lists every output
+               "slides_table": str(out / "cohort.csv"), "report": str(out / "report.html")}
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
     buf = io.StringIO()
@@ -493,8 +498,6 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     table.to_csv(buf, index=False)
     atomic_write_text(out / "cohort.csv", buf.getvalue())
     write_cohort_report(summary, out)
-    summary["report"] = str(out / "report.html")
-    summary["slides_table"] = str(out / "cohort.csv")
     return summary
 
 

@@ -246,7 +246,7 @@ def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percen
                          "autofluorescence")
     # signal removed by clipping: AF over-subtracted where the label is widespread (the dim
     # pixels then hold label too) or the AF profile does not fit this tissue
-    clipped = float(-raw[raw < 0].sum() / mb.sum())
+    clipped = float(-raw[raw < 0].sum() / mb.sum()) + 0.0  # + 0.0: never -0.0
     return prof / prof.sum(), {"n_pixels": int(bright.sum()),
                                "n_bright_left_out": int(top.sum() - bright.sum()),
                                "background_fraction": float(alpha * a.sum() / mb.sum()),

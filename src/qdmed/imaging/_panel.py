@@ -366,6 +366,11 @@ class Panel:
                     _check_custom_name(e.get("label"))
                     s = emission_spectrum(float(e["peak_nm"]), float(e.get("fwhm_nm", 30.0)),
                                           wavelength_nm=grid, label=str(e.get("label", m)))
+                elif "label" in e:  # a name qdmed cannot rebuild, and no spectrum
+                    raise FileFormatError(
+                        f"{source}: markers.{m}: label {e['label']!r} is not in the catalog "
+                        f"(catalog labels: DAPI, {', '.join(_catalog_names())}); for another "
+                        "label give its 'peak_nm' (+ 'fwhm_nm') or a 'spectrum'")
                 else:
                     raise FileFormatError(
                         f"{source}: markers.{m} needs a catalog 'label' (e.g. Qdot 605), "
@@ -646,6 +651,13 @@ def _check_custom_name(label) -> None:
 
         raise InputError(f"{label!r} is not a catalog Qdot ({', '.join(qdot_catalog())}); "
                          "correct the name, or give a custom label a name of its own")
+
+
+def _catalog_names() -> list[str]:
+    """The catalog's QD products (by emission peak, as the catalog lists them)."""
+    from qdmed.optics import qdot_catalog
+
+    return list(qdot_catalog())
 
 
 def _resolvable(label) -> bool:
