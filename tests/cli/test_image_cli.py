@@ -409,7 +409,7 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
     r = run("image", "dab", "--example", "--od-cutoffs", "0.1,0.25,0.5", "--background",
             "241,241,241")
     assert r.returncode == 0, r.stderr
-    assert "0.945, 0.945, 0.945" in r.stdout and "uncalibrated" not in r.stdout + r.stderr
+    assert "241.0, 241.0, 241.0" in r.stdout and "uncalibrated" not in r.stdout + r.stderr
     r = run("image", "dab", "--example", "--plot", str(tmp_path / "dab.png"))
     assert r.returncode == 0 and (tmp_path / "dab.png").read_bytes()[:4] == b"\x89PNG"
     # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by

@@ -534,7 +534,7 @@ def library(
         return print_json(info)
     keys = {"n_pixels": "pixels", "percent_saturated": "% saturated",
             "cosine_to_model": "cos(model)",
-            "background_fraction": "AF share", "angle_to_labels_deg": "angle to labels",
+            "background_fraction": "AF share", "angle_to_labels_deg": "angle to labels (deg)",
             "split_half_cosine": "split-half cos", "source": "control"}
     rows = [{"component": k, **{label: (round(d[kk], 4) if isinstance(d.get(kk), float)
                                         else d.get(kk, "-")) for kk, label in keys.items()}}
@@ -1136,18 +1136,19 @@ def dab(
     info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
     bins = {"percent_0", "percent_1plus", "percent_2plus", "percent_3plus", "h_score"}
     if her2:  # the HER2 rule's own per-cell categories (stained mean and completeness)
-        info.update({f"HER2 cells {c} (%)": her2.get(f"percent_cells_{k}")
+        info.update({f"HER2 rule: cells {c} (%)": her2.get(f"percent_cells_{k}")
                      for c, k in (("0", "0"), ("1+", "1plus"), ("2+", "2plus"),
                                   ("3+", "3plus"))})
     info.update({k: v for k, v in d.items() if not isinstance(v, dict | list) and k not in bins})
     # the H-score's classes: each cell's mean membrane OD against the cut-offs (not the
     # HER2 rule's categories, which also weigh completeness)
-    info.update({f"H-score bin {c} (% of cells, mean OD)": d[k] for c, k in (
+    info.update({f"H-score class {c} (% of cells by mean OD)": d[k] for c, k in (
         ("0", "percent_0"), ("1+", "percent_1plus"), ("2+", "percent_2plus"),
         ("3+", "percent_3plus"))})
     info["H-score"] = d["h_score"]
     info["od_cutoffs"] = ", ".join(f"{v:g}" for v in d["od_cutoffs"])
-    info["background (R, G, B)"] = ", ".join(f"{v:.3f}" for v in d["background"])
+    # as --background takes it: levels 0-255 (QuPath's 'Background')
+    info["background (R, G, B; 0-255)"] = ", ".join(f"{255 * v:.1f}" for v in d["background"])
     print_kv("DAB IHC", info)
     for w in d["warnings"]:
         print_warning(w)

@@ -952,6 +952,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             f"would be cut. Use margin_um >= {r_max + 2.0:.0f}"
         )
     margin_px = int(np.ceil(margin_um / s.pixel_size_um))
+    tiling = tiling_summary((h, w), tile, margin_px)
+    for text in tiling["warnings"]:  # said now as well as in the summary: the run may be long
+        import warnings
+
+        from qdmed.errors import QdmedWarning
+
+        warnings.warn(text, QdmedWarning, stacklevel=2)
     # global thresholds from a reference region: the brightest (most tissue) window
     ry0, rx0 = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry0, min(h, ry0 + reference_region_px), rx0,
@@ -1100,7 +1107,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             else sum(int(q.get("cells_without_nucleus", 0)) for q in qc)},
         "autofluorescence": af_info,
         "tile_px": tile, "margin_px": margin_px, "n_tiles": len(boxes),
-        "tiling": tiling_summary((h, w), tile, margin_px),
+        "tiling": tiling,
         "n_tiles_resumed": len(boxes) - len(todo),
         "n_workers": n_used, "scheduler": "synchronous" if scheduler == "synchronous" else mode,
         "n_cells": int(len(cells)),

@@ -145,17 +145,19 @@ def _degeneracy_message(an: np.ndarray, cond: float, max_condition: float,
                         names=None) -> str:
     c, k = an.shape
     cos = an.T @ an
-    col = (lambda i: f"column {i}") if names is None else (lambda i: str(names[i]))
     pairs = [(abs(cos[i, j]), i, j) for i in range(k) for j in range(i + 1, k)]
     pairs = sorted((p for p in pairs if p[0] > 0.99), reverse=True)
     if pairs:
-        what = "; ".join(f"{col(i)} and {col(j)} (cosine {v:.6f})" for v, i, j in pairs[:5])
+        what = "; ".join((f"columns {i} and {j}" if names is None else
+                          f"{names[i]} and {names[j]}") + f" (cosine {v:.6f})"
+                         for v, i, j in pairs[:5])
         what = f"nearly collinear: {what}"
     else:
         _, _, vt = np.linalg.svd(an, full_matrices=True)
         v = np.abs(vt[-1]) if k <= c else np.abs(vt[min(c, k) - 1])
-        cols = ", ".join(col(int(i)) for i in np.flatnonzero(v > 0.2 * v.max()))
-        what = f"{cols} are nearly linearly dependent"
+        cols = [int(i) for i in np.flatnonzero(v > 0.2 * v.max())]
+        what = (f"columns {cols}" if names is None else ", ".join(str(names[i]) for i in cols)) \
+            + " are nearly linearly dependent"
     extra = f" (only {c} channels for {k} components)" if k > c else ""
     if names is None:
         return (f"endmembers are rank-deficient or degenerate{extra}: condition number of "
