@@ -660,3 +660,11 @@ def test_new_user_mistakes_are_named(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["pixel_size_um"] == 0.25
     assert np.array_equal(tifffile.imread(tmp_path / "ihc.tif"),
                           skimage.data.immunohistochemistry())
+
+
+def test_plot_must_be_a_png_and_is_checked_first(tmp_path):
+    """--plot x.txt wrote a PNG named .txt after the work was done; it is refused first."""
+    r = run("image", "library", "--unstained", str(tmp_path / "missing.ome.zarr"), "--plot",
+            str(tmp_path / "lib.txt"), "--out", str(tmp_path / "lib.yaml"))
+    assert r.returncode == 2 and "--plot writes a PNG image" in r.stderr, r.stderr
+    assert not (tmp_path / "lib.txt").exists() and not (tmp_path / "lib.yaml").exists()

@@ -93,6 +93,16 @@ def _names(text: str | None) -> tuple[str, ...]:
     return () if not text else tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _png_path(path: Path | None) -> Path | None:
+    """--plot: a .png file name (checked as the command starts, before any work)."""
+    if path is not None and path.suffix.lower() != ".png":
+        from qdmed.errors import InputError
+
+        raise InputError(f"--plot writes a PNG image: give a file name ending in .png; got "
+                         f"{str(path)!r}")
+    return path
+
+
 def _panel(path):
     from qdmed.imaging import Panel, breast_panel_5plex
 
@@ -507,7 +517,7 @@ def library(
     stained: Annotated[Path | None, typer.Option("--stained", help="Without an unstained control: estimate autofluorescence blindly from this stained slide.")] = None,
     single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="MARKER=slide (or the marker's label, e.g. 'Qdot 605=slide'): a single-stain control (repeatable).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
-    plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of measured vs model spectra.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of measured vs model spectra.")] = None,
     offset: OFFSET = None,
     saturation_level: SATURATION = None,
     json_: JSON = False,
@@ -611,7 +621,7 @@ def rasterize(
 def tma(
     slide: Path,
     out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
-    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the grid over the slide overview.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the grid over the slide overview.")] = None,
     qptma: Annotated[Path | None, typer.Option("--qptma", help="Also write QuPath's TMA grid file (.qptma): dropped on the open image in QuPath, it sets a real TMA grid (TMA data viewer).")] = None,
     core_diameter_um: Annotated[float | None, typer.Option("--core-diameter-um", help="Nominal core diameter, um (default: the median of the cores found).")] = None,
     row_labels: Annotated[str | None, typer.Option("--row-labels", help="The array's row labels, top to bottom, as in QuPath: A-J, 1-10, or a list 'A B C E' (default A, B, C, ...). As many as the rows found: a lost first or last row is refused with the labels to give.")] = None,
@@ -1055,7 +1065,7 @@ def dab(
     region_min_cells: REGION_CELLS = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (cells.parquet, regions.csv, summary.json): with --regions (default qdmed-dab), or alone to score a whole slide tile by tile as one region.")] = None,
     tile: Annotated[int | None, typer.Option("--tile", help="With --out: regions larger than this (px) are scored tile by tile (default 2048).")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of the image with its cells by DAB class and the OD histogram (with --out: report.html has it).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the image with its cells by DAB class and the OD histogram (with --out: report.html has it).")] = None,
     flat_field: Annotated[Path | None, typer.Option("--flat-field", help="A blank field (glass, no tissue) taken with the same camera, light and exposure: corrects uneven illumination (vignetting) of a camera image before scoring.")] = None,
     dark_field: Annotated[Path | None, typer.Option("--dark-field", help="With --flat-field: the camera's image with the light off (same exposure).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
@@ -1312,7 +1322,7 @@ def compare(
     column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B.")] = "her2_category",
     name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table).")] = "QD-IHC",
     name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns).")] = "DAB IHC",
-    plot: Annotated[Path | None, typer.Option("--plot", help="Save a PNG of the cross-table.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of the cross-table.")] = None,
     json_: JSON = False,
 ):
     """Case-by-case agreement of two HER2 scorings: cross-table, % agreement, Cohen's kappa.
