@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _register()
     warnings.simplefilter("default", ExtrapolationWarning)
-    warnings.formatwarning = lambda m, c, *a, **k: f"warning: {m}\n"
+    warnings.formatwarning = lambda m, c, *a, **k: f"! {m}\n"  # as print_warning
     try:
         # with standalone_mode=False click returns a command's typer.Exit code instead of
         # raising it (click 8.5): pass it on
