@@ -157,6 +157,8 @@ def test_library_parameter_named_with_the_option_typed():
     assert _with_option("n_workers (--workers) must be", ["--workers", "0"]) == \
         "n_workers (--workers) must be"
     assert _with_option("slide.tif: not a TIFF", ["--size", "1"]) == "slide.tif: not a TIFF"
+    said = "tile must be a multiple of 256 pixels (--tile); got 100"  # named once only
+    assert _with_option(said, ["--tile", "100"]) == said
 
 
 def test_a_file_given_as_output_folder_is_named(tmp_path):
@@ -166,3 +168,9 @@ def test_a_file_given_as_output_folder_is_named(tmp_path):
     assert _file_in_path(tmp_path / "afile" / "tiles") == str(tmp_path / "afile")
     assert _file_in_path(tmp_path / "nothing" / "tiles") is None
     assert _file_in_path("") is None
+    # as the CLI meets it: an output under an existing file (mkdir: FileExistsError)
+    r = subprocess.run([sys.executable, "-m", "qdmed", "image", "simulate", "--size", "64",
+                        "--out", str(tmp_path / "afile" / "x.ome.tif")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'afile'} is a file where a " \
+        "folder is needed (was a file given as the output folder?)\n", r.stderr

@@ -903,12 +903,21 @@ def test_tiles_that_mostly_read_margins_are_warned():
 
 def test_tiles_that_mostly_read_margins_are_warned_before_the_run(tmp_path):
     """The warning comes as the run starts (a Python warning: the CLI prints it at once),
-    not only in the summary written when it ends."""
+    not only in the summary written when it ends: turned into an error, it stops the run
+    before anything is written."""
+    import warnings
+
     from qdmed.errors import QdmedWarning
 
     f = simulate_field((256, 256), preset="MCF-7", seed=1, **KW)
     path = tmp_path / "s.ome.tif"
     write_ome_tiff(path, f.image, channel_names=list(PANEL.channel_names), pixel_size_um=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QdmedWarning)
+        with pytest.raises(QdmedWarning, match="tiles of 64 px"):
+            analyze_slide(path, PANEL, tmp_path / "first", tile=64, scheduler="synchronous",
+                          progress=False)
+    assert not (tmp_path / "first").exists()
     with pytest.warns(QdmedWarning, match=r"tiles of 64 px with a 80 px margin read 7\.6x"):
         res = analyze_slide(path, PANEL, tmp_path / "out", tile=64, scheduler="synchronous",
                             progress=False, write_unmixed=False, outlines=False)

@@ -186,3 +186,22 @@ def test_half_sample_mode_small_samples_and_ties():
         half_sample_mode(["a", "b"])
     with pytest.raises(InputError, match="finite"):
         half_sample_mode([])
+
+
+def test_diagnostics_not_measurable_say_so():
+    """With most blocks left out, the offset fraction cannot be measured: NaN (it read 0.0,
+    "no offset"); a mask leaving a checkerboard of blocks gives halves without blocks,
+    which the split-half cosine reports as NaN (it raised an IndexError)."""
+    p, e = _panel_with_af(8, 560.0, 180.0)
+    f = simulate_field((384, 384), preset="BT474", endmembers=e, marker_names=list(p.markers),
+                       seed=1)
+    valid = np.ones((384, 384), bool)
+    valid[:, 3::8] = False  # a bad pixel column in every other block column
+    _, info = autofluorescence_blind(f.image + 100.0, e[:, :-1], valid=valid, offset=0.0)
+    assert info["n_blocks_left_out"] == 96 * 48
+    assert np.isnan(info["offset_fraction"])
+    checker = np.ones((384, 384), bool)
+    by, bx = np.indices((96, 96))
+    checker[np.kron((by + bx) % 2 == 1, np.ones((4, 4), bool))] = False
+    _, info = autofluorescence_blind(f.image, e[:, :-1], valid=checker)
+    assert np.isnan(info["split_half_cosine"]) and info["n_blocks_left_out"] == 96 * 48

@@ -318,7 +318,9 @@ def test_a_single_stain_given_as_unstained_is_warned():
     one spectrum (the label's) and the excess over one spectrum misses it at
     `qdmed image simulate`'s 300 photons per unit (measured 1.13x for HER2 on this field,
     under the 2x warned); the mean spectra of its dim and bright tissue differ (cosine
-    measured 0.717 HER2, 0.582 ER), an unstained control's do not (0.99999 above)."""
+    measured 0.717 HER2, 0.582 ER), an unstained control's do not (0.99999 above), and
+    what the bright tissue has in addition is the label's spectrum (cosine 1.00 against
+    its part orthogonal to the dim tissue's), which the warning names."""
     for marker in ("HER2", "ER"):
         b = [0.0] * len(NAMES)
         b[NAMES.index(marker)] = 1.0
@@ -329,4 +331,37 @@ def test_a_single_stain_given_as_unstained_is_warned():
         assert any("it looks stained" in w for w in af.warnings), marker
         if marker == "HER2":
             assert af.components["autofluorescence"]["excess_over_one_spectrum"] < 2.0
-            assert any("(a single-stain control?)" in w for w in af.warnings)
+            assert any("by a spectrum like HER2's (cosine 1.00): it looks stained (a "
+                       "single-stain control?)" in w for w in af.warnings), af.warnings
+
+
+def test_genuine_unstained_controls_are_not_taken_for_stained():
+    """Glass (its read noise once passed for dim tissue: cosine 0.89 on a 30 % tissue
+    field) and few photons leave an unstained control unwarned (measured 0.99996 at 300
+    photons per unit and 30 % tissue, 0.9986 at 50 and 30 %); bright places of a second,
+    broad autofluorescence (3 % of the field, peak 620 nm, FWHM 150 nm; cosine 0.93) are
+    warned as such, not as a label."""
+    from qdmed.imaging._panel import autofluorescence_spectrum, mixing_matrix
+
+    none = [0.0] * len(NAMES)
+    for photons, tissue in ((300.0, 0.3), (50.0, 0.3)):
+        f = simulate_field((512, 512), preset="BT474", endmembers=P.endmembers,
+                           marker_names=NAMES, qd_brightness=none, seed=4,
+                           photons_per_unit=photons, tissue_fraction=tissue, offset_adu=100.0)
+        r = spectral_library(P, unstained=f.image, offset=100.0)
+        assert r.components["autofluorescence"]["dim_bright_cosine"] > 0.995
+        assert not r.warnings, r.warnings
+    f = simulate_field((512, 512), preset="BT474", endmembers=P.endmembers, marker_names=NAMES,
+                       qd_brightness=none, seed=4, photons_per_unit=100.0)
+    img = f.image.astype(float)
+    rng = np.random.default_rng(0)
+    other = mixing_matrix([autofluorescence_spectrum(620.0, 150.0)], P.channels)[:, 0]
+    spots = np.zeros(img.shape[:2], bool)
+    for y, x in rng.integers(0, 512, (60, 2)):
+        spots[max(0, y - 6):y + 6, max(0, x - 6):x + 6] = True
+    img[spots] += rng.poisson(other / other.sum() * img.sum(-1).mean() * 3,
+                              (int(spots.sum()), len(other)))
+    r = spectral_library(P, unstained=img)
+    assert 0.9 < r.components["autofluorescence"]["dim_bright_cosine"] < 0.98
+    assert len(r.warnings) == 1 and "by no label's spectrum: its autofluorescence is not " \
+        "one spectrum" in r.warnings[0]

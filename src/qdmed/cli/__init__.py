@@ -50,12 +50,16 @@ def _with_option(message: str, argv: list[str]) -> str:
     if not sep or not name.isidentifier() or rest.startswith("("):
         return message
     option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
+    if f"({option})" in message:  # the message names it already
+        return message
     given = any(a == option or a.startswith(option + "=") for a in argv)
     return f"{name} ({option}) {rest}" if given else message
 
 
 def _file_in_path(path) -> str | None:
-    """The first part of `path` that is an existing file (where a folder was needed)."""
+    """The first part of `path` that is an existing file (where a folder was needed): for
+    ``mkdir`` of ``afile/x`` Python reports the missing folder as ``FileExistsError`` on
+    ``afile`` itself, a deeper path as ``NotADirectoryError``."""
     from pathlib import Path
 
     if not path:
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         # a path given that cannot serve (an existing file as an output folder, a folder as
         # an output file, no permission): bad input, named by the path
         where = exc.filename if exc.filename is not None else ""
-        file = _file_in_path(where) if isinstance(exc, NotADirectoryError) else None
+        file = _file_in_path(where) if isinstance(exc, NotADirectoryError | FileExistsError) \
+            else None
         if file is not None:  # e.g. an existing file given as an output folder (--out)
             typer.echo(f"error: {file} is a file where a folder is needed (was a file "
                        "given as the output folder?)", err=True)

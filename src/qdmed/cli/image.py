@@ -565,6 +565,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
         _write_unmixed,
         check_channels,
         check_keep_bits,
+        check_unmixable,
         panel_offset,
     )
     from qdmed.imaging._slideio import check_zarr_output
@@ -575,6 +576,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
     off = panel_offset(p, _offset(offset))
     s = read_slide(slide)
     p = check_channels(s, p)
+    check_unmixable(p)
     _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out,
                    s.pixel_size_um, unmixed_bits)  # the slide's own pixel size, or none
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),

@@ -659,9 +659,7 @@ def check_channels(slide, panel: Panel) -> Panel:
     the slide names its channels by wavelength band (``440-478nm``) or gives their OME
     emission wavelengths, by band. An
     already-unmixed panel is returned bound to the slide's channel names (every component's
-    channel found, :func:`qdmed.imaging.bind_unmixed`). A spectral panel whose spectra the
-    unmixing would refuse (nearly collinear: two markers on one QD colour) is refused here
-    with the markers named."""
+    channel found, :func:`qdmed.imaging.bind_unmixed`)."""
     from qdmed.imaging._panel import bind_unmixed
 
     if panel.unmixed:
@@ -697,10 +695,18 @@ def check_channels(slide, panel: Panel) -> Panel:
                     f"{slide.path}: channel {i} ({slide.channel_names[i]}) has emission "
                     f"wavelength {e:g} nm (OME metadata), outside the panel's band "
                     f"{lo:.0f}-{hi:.0f}nm; give the panel the slide was acquired with")
-    from qdmed.imaging._nnls import check_unmixable
-
-    check_unmixable(panel.endmembers, panel.components)  # named here, not as columns later
     return panel
+
+
+def check_unmixable(panel: Panel) -> None:
+    """Refuse, naming the markers, a spectral panel whose spectra the unmixing would refuse
+    (nearly collinear: two markers on one QD colour); an already-unmixed panel passes. Not
+    part of :func:`check_channels`: a spectral library is measured for such a panel too
+    (measured spectra may separate what the model's do not)."""
+    if not panel.unmixed:
+        from qdmed.imaging._nnls import check_unmixable as check
+
+        check(panel.endmembers, panel.components)
 
 
 def panel_offset(panel: Panel, offset_adu):
@@ -917,6 +923,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
     panel = check_channels(slide, panel)
+    check_unmixable(panel)
     check_calibration(panel, her2_calibration, gates)
     # the slide's own pixel size unless the settings give one (they did not reach it when
     # settings were given: a 0.25 um slide was segmented at 0.5 um)
@@ -1374,9 +1381,14 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
     # the worker processes are started with Ctrl-C (SIGINT) ignored, which they inherit
     # (Python keeps an ignored SIGINT ignored): a Ctrl-C at the terminal reaches the whole
     # process group, and each worker would print its own KeyboardInterrupt traceback; this
-    # process stops the run and closes them instead
-    ignore = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
+    # process stops the run and closes them instead. (POSIX only: Windows does not pass an
+    # ignored SIGINT on; nor does a worker the nanny restarts later. A Ctrl-C during the
+    # ~1 s start is lost.)
+    old = signal.getsignal(signal.SIGINT) \
+        if threading.current_thread() is threading.main_thread() else None
+    ignore = old is not None  # None: a handler installed from C (an embedding host): kept
+    if ignore:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
                                processes=True, dashboard_address=":0", silence_logs=40)

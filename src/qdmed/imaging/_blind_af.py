@@ -174,6 +174,9 @@ def _valid_blocks(valid, shape: tuple[int, int], b: int) -> np.ndarray:
 
 def _estimate(y: np.ndarray, labels: np.ndarray, pinv: np.ndarray, q: np.ndarray):
     """``f = v + L c`` (unclipped) from block means ``y`` (n, C), with the details."""
+    if y.shape[0] < _MIN_BLOCKS:  # e.g. a half of a slide with most blocks left out
+        raise InputError(f"too few blocks to estimate the autofluorescence blindly: "
+                         f"{y.shape[0]} (need >= {_MIN_BLOCKS})")
     r = y - (y @ q) @ q.T
     ev, evec = np.linalg.eigh(r.T @ r)
     v = evec[:, -1]
@@ -222,18 +225,21 @@ def _offset_fraction(r: np.ndarray, tmap: np.ndarray, tissue: np.ndarray,
     intercept, so the slope is the instrumental-variable one, with the mean ``t`` of the four
     neighbouring blocks as the instrument: it follows the block's autofluorescence (tissue
     autofluorescence is spatially coherent) but not the block's own noise. Only tissue
-    blocks whose four neighbours are `ok` (valid) take part."""
+    blocks whose four neighbours are `ok` (valid) take part; NaN when fewer than
+    ``3 * _MIN_BLOCKS`` do (not measurable, which is not the same as no offset)."""
     h, w = tmap.shape
     if h < 3 or w < 3:
-        return 0.0
+        return float("nan")
     nb = (tmap[:-2, 1:-1] + tmap[2:, 1:-1] + tmap[1:-1, :-2] + tmap[1:-1, 2:]) / 4.0
     inner = tissue[1:-1, 1:-1] & ok[:-2, 1:-1] & ok[2:, 1:-1] & ok[1:-1, :-2] & ok[1:-1, 2:]
+    if int(inner.sum()) < 3 * _MIN_BLOCKS:
+        return float("nan")  # not measurable here (too few such blocks): not "no offset"
     rr = r.reshape(h, w, -1)[1:-1, 1:-1][inner]
     tt = tmap[1:-1, 1:-1][inner]
     zz = nb[inner] - nb[inner].mean()
     den = float((tt - tt.mean()) @ zz)
-    if tt.size < 3 * _MIN_BLOCKS or not den > 0:
-        return 0.0
+    if not den > 0:
+        return float("nan")
     slope = (rr - rr.mean(axis=0)).T @ zz / den
     intercept = rr.mean(axis=0) - slope * tt.mean()
     return float(np.linalg.norm(intercept) / np.linalg.norm(rr.mean(axis=0)))
@@ -304,7 +310,8 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         ``clipped_fraction``, ``label_in_span`` (``c`` per label: the label spectrum's weight
         in the autofluorescence, per unit of its part outside the span),
         ``offset_fraction`` (share of the mean residual that does not scale with the
-        autofluorescence; above 0.15 a constant background is suspected),
+        autofluorescence; above 0.15 a constant background is suspected; NaN where too few
+        tissue blocks with valid neighbours leave it unmeasured),
         ``label_stability`` (per label: cosine between the mean residuals of blocks with
         little and much of it; below 0.9 a label spectrum is suspect),
         ``n_blocks_left_out`` (blocks holding a pixel outside `valid`) and ``warnings``

@@ -273,6 +273,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # written last (cohort.json after the tables, the report from it): an earlier run's
+        # would pass for this one's if this run stopped before writing its own
+        (out / "cohort.json").unlink(missing_ok=True)
+        (out / "report.html").unlink(missing_ok=True)
         from qdmed.imaging._analyze import _progress
 
         with _progress(progress, len(slides), 0, "slides") as advance:
@@ -438,8 +442,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         table.insert(0, "slide", table.pop("slide"))
         atomic_write_text(out / "regions.csv", table.to_csv(index=False))
     slides_dir = out / "slides"
+    # names compared case aside, as find_slides does (one folder on macOS and Windows)
+    ours = {stem.lower() for stem in stems}
     stale = sorted(d.name for d in slides_dir.iterdir() if d.is_dir() and
-                   d.name not in set(stems)) if slides_dir.is_dir() else []
+                   d.name.lower() not in ours) if slides_dir.is_dir() else []
     output_warnings = [f"{slides_dir}: {len(stale)} slide folder(s) an earlier run left are "
                        f"not slides of this cohort (nor in its tables): "
                        f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; remove "
@@ -482,10 +488,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,
                               "her2_region_min_cells": her2_region_min_cells},
-               # written below, after this file: named here so that it lists every output
                "slides_table": str(out / "cohort.csv"), "report": str(out / "report.html")}
-    atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
-                                                     default=str))
     buf = io.StringIO()
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "message"]
     table = pd.DataFrame(rows)
@@ -497,6 +500,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 table[c] = v.astype("Int64")
     table.to_csv(buf, index=False)
     atomic_write_text(out / "cohort.csv", buf.getvalue())
+    # the last data output, so its presence marks a complete set (the report is drawn from it)
+    atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
+                                                     default=str))
     write_cohort_report(summary, out)
     return summary
 

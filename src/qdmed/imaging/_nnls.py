@@ -186,9 +186,12 @@ def check_unmixable(endmembers, names, max_condition: float = 1e4) -> None:
     """Refuse, naming the components (`names`), endmembers that :func:`unmix_nnls` would
     refuse with the same `max_condition` (its default): non-finite, negative, all-zero,
     nearly collinear or linearly dependent columns."""
-    a = _check_endmember_values(_check_endmembers(endmembers))
+    a = _check_endmembers(endmembers)
     if len(names) != a.shape[1]:
         raise InputError(f"{len(names)} names for {a.shape[1]} endmember columns")
+    if _selection_columns(a) is not None:  # channels taken as they are (any number)
+        return
+    a = _check_endmember_values(a)
     norms = np.sqrt(np.sum(a * a, axis=0))
     if np.any(norms == 0):
         raise InputError("the panel's spectra cannot be unmixed: "
