@@ -418,8 +418,8 @@ def _cos(u, v) -> float:
 
 #: An unstained control's dim and bright tissue share one spectrum (autofluorescence varies
 #: in amount, not in colour): :func:`_dim_bright` compares their mean spectra. Measured on
-#: synthetic BT474 controls (1024^2): unstained 0.9999 (also with 70 % glass and a
-#: subtracted offset, or 50 photons per unit); HER2-only 0.72, ER-only 0.58 (the HER2
+#: synthetic BT474 controls (256^2-1024^2): unstained 0.9986-0.99999 (with 70 % glass and
+#: a subtracted offset, or 50 photons per unit); HER2-only 0.72-0.75, ER-only 0.58 (the HER2
 #: control's excess over one spectrum, 1.0x, had missed it: its bright pixels are nearly
 #: all label). Warned below this.
 _MIN_UNSTAINED_COSINE = 0.98
@@ -431,10 +431,10 @@ _STAIN_COSINE = 0.9
 def _dim_bright(img: np.ndarray, valid) -> tuple[float, np.ndarray, np.ndarray] | None:
     """Cosine between the mean spectra of the dimmer half of the tissue and of its brightest
     tenth, the bright spectrum's part orthogonal to the dim one (unit norm; zero when they
-    are parallel), and the dim spectrum (unit norm). Places are ranked and told from glass by their total smoothed over
-    7 x 7 px (a pixel's own total would let glass read noise pass for dim tissue): tissue
-    above a fifth of the 99th percentile; `valid` pixels only. None with fewer than 1000
-    tissue pixels."""
+    are parallel), and the dim spectrum (unit norm). Places are ranked, and told from glass,
+    by their total smoothed over 7 x 7 px (a pixel's own total would let glass read noise
+    pass for dim tissue): tissue above a fifth of the 99th percentile; `valid` pixels only.
+    None with fewer than 1000 tissue pixels."""
     from scipy import ndimage as ndi
 
     tot = ndi.uniform_filter(img.sum(-1, dtype=np.float64), 7, mode="nearest")
