@@ -41,3 +41,26 @@ def test_html_report_links_and_empty_cells(tmp_path):
     text = rep.render()
     assert "<td></td><td>1.5</td>" in text
     assert "<a href='slides/s%201/report.html'>s&lt;1&gt;</a>" in text
+
+
+def test_her2_figure_ticks_are_plain_numbers_in_the_reports():
+    """The reports draw with math text off (names as given); the HER2 scatter's log axis
+    then printed its ticks as '$\\mathdefault{10^{2}}$': they are plain numbers."""
+    import matplotlib.pyplot as plt
+
+    from qdmed.imaging import analyze_field, calibrate_her2, score_her2, simulate_field
+    from qdmed.imaging._report import her2_figure
+
+    kw = {k: v for k, v in KW.items() if k != "channel_names"}
+    controls = {name: analyze_field(simulate_field((384, 384), preset=name, seed=s, **kw).image,
+                                    PANEL).table
+                for name, s in (("MDA-MB-468", 1), ("MCF-7", 2), ("BT474", 3))}
+    cal = calibrate_her2(controls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+    her2 = score_her2(controls["BT474"], cal)
+    with plt.rc_context({"text.parse_math": False}):
+        fig = her2_figure(her2)
+        fig.canvas.draw()
+        ticks = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert ticks and not any("$" in t or "mathdefault" in t for t in ticks), ticks
+    assert "100" in ticks

@@ -208,6 +208,7 @@ def histogram_figure(cells, components):
 
 def her2_figure(her2):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     c = her2.cells
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -222,6 +223,9 @@ def her2_figure(her2):
         ax.axhline(v, color="grey", lw=0.8, ls="--")
         ax.text(0.01, v, name, fontsize=7, va="bottom")
     ax.set_yscale("symlog", linthresh=max(cut[0] / 2, 1e-6))
+    # plain numbers: the reports draw with math text off (names as given), and the log
+    # formatter's ticks are math text ('$\\mathdefault{10^{2}}$' was printed as such)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("membrane completeness (fraction of perimeter)")
     ax.set_ylabel("stained-membrane HER2 (abundance)")
     ax.legend(fontsize=7, frameon=False)
