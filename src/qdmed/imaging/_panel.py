@@ -464,7 +464,7 @@ class Panel:
         axes[1].set_yticks(range(len(self.channels)), self.channel_names, fontsize=7)
         axes[1].set_xticks(range(len(self.components)), self.components, rotation=45, fontsize=7)
         axes[1].set_title(f"mixing matrix (cond = {self.crosstalk()['condition_number']:.1f})")
-        fig.colorbar(im, ax=axes[1])
+        fig.colorbar(im, ax=axes[1]).set_label("relative to its peak channel", fontsize=8)
         ssm = self.crosstalk()["spreading"]
         off = ssm - np.diag(np.diag(ssm))
         im2 = axes[2].imshow(off, cmap="magma", aspect="auto")
@@ -481,7 +481,7 @@ class Panel:
                         axes[2].text(j, i, f"{off[i, j]:.2f}", ha="center", va="center",
                                      fontsize=6, color="w" if off[i, j] < 0.6 * off.max()
                                      else "k")
-        fig.colorbar(im2, ax=axes[2])
+        fig.colorbar(im2, ax=axes[2]).set_label("spread (per sqrt abundance)", fontsize=8)
         fig.tight_layout()
         return fig
 
