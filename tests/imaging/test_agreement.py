@@ -158,3 +158,19 @@ def test_cohort_report_figure_and_page(tmp_path):
     html = write_cohort_report(summary, tmp_path).read_text()
     assert "ER / PgR (ASCO/CAP 2020)" in html and "low positive (borderline)" in html
     assert "(permutation p &lt; 0.05, uncorrected for the 2 slides tested): a.ome.tif." in html
+
+
+def test_one_scoring_in_one_category_is_named_as_the_reason():
+    """Every DAB case 3+: kappa is 0 whatever QD-IHC says, which the warning now says (it
+    blamed the number of cases, also with many)."""
+    qd = ["0", "1+", "2+", "3+"] * 3
+    few = compare_her2(dict(enumerate(qd)), dict(enumerate(["3+"] * 12)))
+    assert few.warnings == ("only 12 cases; one scoring put every case in one category: "
+                            "kappa is 0 or undefined whatever the other says (compare the "
+                            "percent agreement instead)",)
+    assert all(np.isnan(v) for v in few.kappa_ci95)  # it read (-0.00, 0.00)
+    many = compare_her2(dict(enumerate(qd * 3)), dict(enumerate(["3+"] * 36)))
+    assert many.warnings == ("one scoring put every case in one category: kappa is 0 or "
+                             "undefined whatever the other says (compare the percent "
+                             "agreement instead)",)
+    assert many.kappa == pytest.approx(0.0) and many.percent_agreement == pytest.approx(25.0)

@@ -1197,8 +1197,10 @@ def _read_brightfield_image(image: Path):
                 width, height = im.size
         except Image.DecompressionBombError:  # PIL's own limit, above ours
             size = f"over {2 * Image.MAX_IMAGE_PIXELS // 10**6} Mpx"
-        except (OSError, ValueError):
-            width = height = 0  # unreadable: imread says why
+        except (OSError, ValueError) as exc2:
+            raise InputError(f"cannot read image {image}: not an image Pillow can read "
+                             f"({type(exc2).__name__}; accepted: PNG, JPEG, BMP and other "
+                             "formats Pillow reads, or a TIFF or OME-Zarr slide)") from exc2
     if size is None and width * height > MAX_DAB_IN_MEMORY_PIXELS:
         size = f"{width} x {height} px"
     if size is not None:

@@ -253,11 +253,18 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
 
     wil = _wilson95(int(np.sum(ia == ib)), n)
     lo, hi = float(wil.low), float(wil.high)
-    lo_k, hi_k = ci["kappa"]
-    warns = (f"only {n} cases: the agreement's confidence intervals are wide"
-             + (f" (kappa {lo_k:.2f} to {hi_k:.2f})" if np.isfinite(lo_k) else
-                " (kappa's cannot be estimated by resampling so few)"),) \
-        if n < FEW_CASES else ()
+    one_sided = len(set(ia.tolist())) == 1 or len(set(ib.tolist())) == 1
+    if one_sided:  # kappa is 0 or undefined by construction: its interval says nothing
+        ci = {name: (float("nan"), float("nan")) for name in ci}
+        warns = ((f"only {n} cases; " if n < FEW_CASES else "")
+                 + "one scoring put every case in one category: kappa is 0 or undefined "
+                 "whatever the other says (compare the percent agreement instead)",)
+    else:
+        lo_k, hi_k = ci["kappa"]
+        warns = (f"only {n} cases: the agreement's confidence intervals are wide"
+                 + (f" (kappa {lo_k:.2f} to {hi_k:.2f})" if np.isfinite(lo_k) else
+                    " (kappa's cannot be estimated by resampling so few)"),) \
+            if n < FEW_CASES else ()
     return HER2Agreement(
         method_a=method_a, method_b=method_b, cases=tuple(cases), a=tuple(ca), b=tuple(cb),
         table=tuple(tuple(int(v) for v in r) for r in table),
