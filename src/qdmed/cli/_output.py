@@ -1,4 +1,5 @@
-"""Printing helpers shared by CLI commands: JSON (sorted keys) to stdout, rich tables."""
+"""Printing helpers shared by CLI commands: JSON (sorted keys) to stdout, rich tables,
+warnings; and :func:`flag`, the boolean option as every command declares it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ WIDTH_WHEN_PIPED = 200
 
 def print_json(obj) -> None:
     print(json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
+
+
+def flag(*decls: str, help: str):  # noqa: A002 - typer's own parameter name
+    """A boolean option (``--json``, ``--per-region/--no-per-region``): Typer's help would
+    show a ``<bool>`` value column beside it, which a flag does not take (empty metavar)."""
+    import typer
+
+    return typer.Option(*decls, metavar="", help=help)
 
 
 def print_warning(text: str) -> None:

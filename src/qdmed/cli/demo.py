@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from qdmed.cli._output import flag
+
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("qdmed-demo"),
-    json_: Annotated[bool, typer.Option("--json", metavar="", help="Print the summary as JSON.")] = False,
-    quick: Annotated[bool, typer.Option("--quick", metavar="", help="Smaller imaging field (for tests).")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", metavar="", help="No progress bar.")] = False,
+    json_: Annotated[bool, flag("--json", help="Print the summary as JSON.")] = False,
+    quick: Annotated[bool, flag("--quick", help="Smaller imaging field (for tests).")] = False,
+    no_progress: Annotated[bool, flag("--no-progress", help="No progress bar.")] = False,
 ):
     """Run the built-in demo and write qdmed-demo/report.html."""
     from qdmed.cli._output import print_json, print_kv, print_table

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import print_json, print_table, print_warning
+from qdmed.cli._output import flag, print_json, print_table, print_warning
 
 
 def design(
@@ -23,8 +23,8 @@ def design(
     stokes_shift_meV: Annotated[float | None, typer.Option("--stokes-mev", help="Measured Stokes shift, meV.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="Probe YAML/JSON file.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the probe file (YAML/JSON) here.")] = None,
-    extrapolate: Annotated[bool, typer.Option("--extrapolate", metavar="", help="Allow sizes outside the sizing curve's range.")] = False,
-    json_: Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable JSON on stdout.")] = False,
+    extrapolate: Annotated[bool, flag("--extrapolate", help="Allow sizes outside the sizing curve's range.")] = False,
+    json_: Annotated[bool, flag("--json", help="Machine-readable JSON on stdout.")] = False,
 ):
     """Design a QD probe and print its sheet (optics, hydrodynamic size, clearance, metals)."""
     from qdmed.errors import InputError

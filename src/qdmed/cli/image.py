@@ -8,23 +8,23 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import print_json, print_kv, print_table, print_warning
+from qdmed.cli._output import flag, print_json, print_kv, print_table, print_warning
 
 app = typer.Typer(help="Multiplexed QD imaging (panel design, spectral library, unmixing, per-cell analysis, HER2 scoring, cohorts) and conventional DAB IHC beside it.",
                   no_args_is_help=True)
 
-JSON = Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable JSON on stdout.")]
+JSON = Annotated[bool, flag("--json", help="Machine-readable JSON on stdout.")]
 PANEL = Annotated[Path | None, typer.Option("--panel", help="Panel YAML (default: the built-in 5-plex breast panel).")]
-NOPROG = Annotated[bool, typer.Option("--no-progress", metavar="", help="No progress bar.")]
-NO_OUTLINES = Annotated[bool, typer.Option("--no-outlines", metavar="", help="Skip cells.geojson (QuPath cell outlines).")]
-NO_UNMIXED = Annotated[bool, typer.Option("--no-unmixed", metavar="", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
+NOPROG = Annotated[bool, flag("--no-progress", help="No progress bar.")]
+NO_OUTLINES = Annotated[bool, flag("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
+NO_UNMIXED = Annotated[bool, flag("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
 UNMIXED_BITS = Annotated[int | None, typer.Option("--unmixed-bits", help="Round unmixed.ome.zarr's float32 values to this many mantissa bits (1-23; 10: relative error <= 4.9e-4) so it compresses better (2048^2 px x 8 channels: 135 -> 76 MB at 10): lossy, for viewing; cells.parquet is exact either way.")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 REGION_UM = Annotated[float | None, typer.Option("--her2-region-um", help="With --calibration: side (um) of the square regions scored one by one to map HER2 heterogeneity (default 500).")]
 REGION_MIN = Annotated[int | None, typer.Option("--her2-region-min-cells", help="With --calibration: scored cells a heterogeneity region needs (default 100).")]
 OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
 EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
-PER_REGION = Annotated[bool | None, typer.Option("--per-region/--no-per-region", metavar="", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
+PER_REGION = Annotated[bool | None, flag("--per-region/--no-per-region", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
 TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case from its cores (--case-rule).")]
 CASE_RULE = Annotated[str, typer.Option("--case-rule", help="How a case's cores make its scores: pooled (their cells scored as one slide) or highest (its highest-scoring core; per marker, its most positive core).")]
 REGION_CELLS = Annotated[int | None, typer.Option("--region-min-cells", help="With regions scored one by one: scored cells a region needs to be scored on its own (default 100).")]
@@ -404,7 +404,7 @@ def simulate(
     missing: Annotated[str | None, typer.Option("--missing", help="TMA: cores lost from the section, e.g. B-2,C-5.")] = None,
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="TMA: the grid turned by this angle (degrees, within +-45).")] = 0.0,
     only: Annotated[str | None, typer.Option("--only", help="Label only these (comma-separated; the counterstain is a label too), the others absent: a single-stain control (--only HER2) or a fluorescence-minus-one control (every label but one: --only DAPI,HER2,ER,EGFR,mTOR).")] = None,
-    unstained: Annotated[bool, typer.Option("--unstained", metavar="", help="No label at all: an unstained control (autofluorescence only).")] = False,
+    unstained: Annotated[bool, flag("--unstained", help="No label at all: an unstained control (autofluorescence only).")] = False,
     json_: JSON = False,
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel; --tma for a
@@ -629,7 +629,7 @@ def tma(
     row_labels: Annotated[str | None, typer.Option("--row-labels", help="The array's row labels, top to bottom, as in QuPath: A-J, 1-10, or a list 'A B C E' (default A, B, C, ...). As many as the rows found: a lost first or last row is refused with the labels to give.")] = None,
     col_labels: Annotated[str | None, typer.Option("--col-labels", help="The array's column labels, left to right: 1-16, A-P, or a list (default 1, 2, 3, ...).")] = None,
     label_order: Annotated[str, typer.Option("--label-order", help="Core names row label first (row-first: A-1) or column label first (column-first: 1-A).")] = "row-first",
-    brightfield: Annotated[bool | None, typer.Option("--brightfield/--fluorescence", metavar="", help="Tissue darker than the glass (brightfield, found by optical density) or brighter (fluorescence). Default: brightfield for 8-bit RGB slides.")] = None,
+    brightfield: Annotated[bool | None, flag("--brightfield/--fluorescence", help="Tissue darker than the glass (brightfield, found by optical density) or brighter (fluorescence). Default: brightfield for 8-bit RGB slides.")] = None,
     json_: JSON = False,
 ):
     """Dearray a tissue microarray: find its cores and name them by row and column, for
@@ -679,8 +679,8 @@ def analyze(
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, tcp://host:port.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Local Dask workers.")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
-    no_report: Annotated[bool, typer.Option("--no-report", metavar="", help="Skip the HTML report.")] = False,
-    poisson: Annotated[bool, typer.Option("--poisson", metavar="", help="Poisson-weighted NNLS (slower).")] = False,
+    no_report: Annotated[bool, flag("--no-report", help="Skip the HTML report.")] = False,
+    poisson: Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
     regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath) or TMA cores (GeoJSON or QuPath .qptma): score only the cells inside them.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations (GeoJSON) to narrow --regions down to: e.g. the tumour drawn inside TMA cores, scored core by core. A --regions file holding cores and annotations together is split so without this.")] = None,
@@ -1054,7 +1054,7 @@ def cohort(
 @app.command()
 def dab(
     image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
-    example: Annotated[bool, typer.Option("--example", metavar="", help="Use scikit-image's bundled IHC image.")] = False,
+    example: Annotated[bool, flag("--example", help="Use scikit-image's bundled IHC image.")] = False,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+ (default 0.05,0.15,0.3: an uncalibrated example; calibrate on control tissue).")] = DAB_EXAMPLE_CUTOFFS,
     background: Annotated[str | None, typer.Option("--background", help="White level (glass) per channel: 'auto' (from the image's glass) or R,G,B levels 0-255 as QuPath's 'Background' (default 255,255,255: white).")] = None,
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's, else 0.5).")] = None,

@@ -6,17 +6,17 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import print_json, print_kv, print_table
+from qdmed.cli._output import flag, print_json, print_kv, print_table
 
 app = typer.Typer(help="QD optics: sizing curves, extinction, concentration, EMA, catalog.",
                   no_args_is_help=True)
 
-JSON = Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable JSON on stdout.")]
+JSON = Annotated[bool, flag("--json", help="Machine-readable JSON on stdout.")]
 MODEL = Annotated[str | None, typer.Option("--model", help="Sizing curve (see `optics models`).")]
 SIZING = Annotated[str | None, typer.Option("--sizing-model", help="Sizing curve that gives the diameter from the peak or back (see `optics models`).")]
 EXTINCTION = Annotated[str | None, typer.Option("--model", help="Extinction relation, e.g. yu2003-power (default for Cd chalcogenides), yu2003-energy, jasieniak2009 (see `optics models`).")]
 HWHM = Annotated[float | None, typer.Option("--hwhm-ev", help="Low-energy half width of the sample's first-exciton band, eV (the jasieniak2009 relation only).")]
-EXTRAP = Annotated[bool, typer.Option("--extrapolate", metavar="", help="Evaluate outside the validity range (warns).")]
+EXTRAP = Annotated[bool, flag("--extrapolate", help="Evaluate outside the validity range (warns).")]
 
 
 @app.command()

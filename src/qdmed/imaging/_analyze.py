@@ -960,12 +960,13 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         )
     margin_px = int(np.ceil(margin_um / s.pixel_size_um))
     tiling = tiling_summary((h, w), tile, margin_px)
-    for text in tiling["warnings"]:  # said now as well as in the summary: the run may be long
+    if tiling["warnings"]:  # said now as well as in the summary: the run may be long
         import warnings
 
         from qdmed.errors import QdmedWarning
 
-        warnings.warn(text, QdmedWarning, stacklevel=2)
+        for text in tiling["warnings"]:
+            warnings.warn(text, QdmedWarning, stacklevel=2)
     # global thresholds from a reference region: the brightest (most tissue) window
     ry0, rx0 = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry0, min(h, ry0 + reference_region_px), rx0,

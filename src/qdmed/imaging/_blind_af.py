@@ -304,8 +304,8 @@ def autofluorescence_blind(image_yxc, label_endmembers, *, label_names=None,
         ``split_half_cosine`` (cosine between the estimates from the two halves of a
         checkerboard of blocks), ``signal_zscore`` (mean autofluorescence abundance in
         standard errors; refused below 10), ``map_coherence`` (correlation of the
-        autofluorescence map between neighbouring valid blocks: noise and a flat offset give ~0;
-        warned below 0.05), ``residual_rank1_fraction`` (share of the residual energy
+        autofluorescence map between neighbouring valid blocks: noise and a flat offset give
+        ~0; warned below 0.05), ``residual_rank1_fraction`` (share of the residual energy
         along the autofluorescence direction; 1 with one residual dimension),
         ``clipped_fraction``, ``label_in_span`` (``c`` per label: the label spectrum's weight
         in the autofluorescence, per unit of its part outside the span),

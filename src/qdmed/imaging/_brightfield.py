@@ -585,8 +585,9 @@ def score_dab(
     background : float, (R, G, B) floats in (0, 1], or 'auto'
         White level (transmittance of glass) of each channel; 'auto' takes it from the
         image's glass (:func:`estimate_background`). With the default 1 (however spelled:
-        1.0 or (1, 1, 1)), glass reading below 0.95 in a channel is warned (it then reads as stain), unless ``check_glass`` is
-        False (a slide's regions: checked once on the slide).
+        1.0 or (1, 1, 1)), glass reading below 0.95 in a channel is warned (it then reads
+        as stain), unless ``check_glass`` is False (a slide's regions: checked once on the
+        slide).
     check_glass : bool
         Warn about non-white glass under the default white level (see ``background``).
     nuclear_threshold : 'otsu' or float, OD
@@ -653,7 +654,7 @@ def score_dab(
     else:
         m = stain_matrix
     warnings = uncalibrated_warnings(t)
-    if check_glass and not isinstance(background, str) and np.all(bg == 1.0):  # white, any spelling
+    if check_glass and not isinstance(background, str) and np.all(bg == 1.0):  # white
         warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down

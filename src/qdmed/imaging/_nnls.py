@@ -169,14 +169,18 @@ def _degeneracy_message(an: np.ndarray, cond: float, max_condition: float,
             f"from.")
 
 
-def _normalised_condition(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def _normalised_condition(a: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray, float]:
     """Column norms, column-normalised endmembers and their condition number (inf when
-    rank-deficient); an all-zero column is refused."""
+    rank-deficient); an all-zero column is refused (by its name, given `names`)."""
     c, k = a.shape
     norms = np.sqrt(np.sum(a * a, axis=0))
     zero = np.flatnonzero(norms == 0)
-    if zero.size:
+    if zero.size and names is None:
         raise InputError(f"endmembers are degenerate: column(s) {zero.tolist()} are all zero.")
+    if zero.size:
+        raise InputError("the panel's spectra cannot be unmixed: "
+                         + ", ".join(str(names[i]) for i in zero)
+                         + " give no signal in any channel")
     an = a / norms
     sv = np.linalg.svd(an, compute_uv=False)
     return norms, an, float(np.inf) if k > c or sv[-1] == 0 else float(sv[0] / sv[-1])
@@ -191,13 +195,7 @@ def check_unmixable(endmembers, names, max_condition: float = 1e4) -> None:
         raise InputError(f"{len(names)} names for {a.shape[1]} endmember columns")
     if _selection_columns(a) is not None:  # channels taken as they are (any number)
         return
-    a = _check_endmember_values(a)
-    norms = np.sqrt(np.sum(a * a, axis=0))
-    if np.any(norms == 0):
-        raise InputError("the panel's spectra cannot be unmixed: "
-                         + ", ".join(str(names[i]) for i in np.flatnonzero(norms == 0))
-                         + " give no signal in any channel")
-    _, an, cond = _normalised_condition(a)
+    _, an, cond = _normalised_condition(_check_endmember_values(a), names)
     if not cond <= max_condition:
         raise InputError(_degeneracy_message(an, cond, max_condition, names))
 
