@@ -174,3 +174,31 @@ def test_a_file_given_as_output_folder_is_named(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'afile'} is a file where a " \
         "folder is needed (was a file given as the output folder?)\n", r.stderr
+
+
+def test_numpy_floating_point_notices_hidden_unless_filters_chosen(monkeypatch):
+    # a numpy notice ("invalid value encountered in reduce") names a machine operation and
+    # depends on the CPU; qdmed's own warnings are still shown, as one line "! text"
+    import warnings
+
+    import numpy as np
+
+    from qdmed.cli import _warning_filters
+    from qdmed.errors import QdmedWarning
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # put back after
+
+    def shown(options):
+        monkeypatch.setattr(sys, "warnoptions", options)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.resetwarnings()
+            _warning_filters()
+            np.add.reduce(np.array([np.inf, -np.inf]))  # inf - inf: numpy's "invalid value"
+            warnings.warn("the panel is poorly conditioned", QdmedWarning, stacklevel=1)
+            return [warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                    for w in seen]
+
+    assert shown([]) == ["! the panel is poorly conditioned\n"]
+    # python -W or PYTHONWARNINGS: the user's filters decide
+    assert shown(["default"]) == ["! invalid value encountered in reduce\n",
+                                  "! the panel is poorly conditioned\n"]
