@@ -611,6 +611,37 @@ def test_new_user_mistakes_are_named(tmp_path):
         r = run("image", "analyze", str(tmp_path / "fmo.ome.tif"), *args, "--out",
                 str(tmp_path / "o3"))
         assert r.returncode == 2 and said in r.stderr, r.stderr
+    # a --scheduler that answers but is not Dask (an HTTP server): the error came after 2 s,
+    # then the failed client hung the exit ~60 s and printed a traceback
+    import socket
+    import threading
+    import time
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(c)
+            c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 8)
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.perf_counter()
+    try:
+        r = run("image", "analyze", str(tmp_path / "fmo.ome.tif"), "--out", str(tmp_path / "o4"),
+                "--scheduler", f"tcp://127.0.0.1:{srv.getsockname()[1]}", "--no-progress")
+    finally:
+        srv.close()
+        for c in accepted:
+            c.close()
+    assert r.returncode == 2 and "is not a Dask scheduler" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and time.perf_counter() - t0 < 25
     for args, said in ((("info", str(tmp_path / "fmo.ome.tif"), "--pattern", "*.zarr"),
                         "--pattern picks slides in a folder"),
                        (("panel", "--filters", "505-545,590-630", "--channels", "4"),

@@ -261,6 +261,46 @@ def test_distributed_cluster_gives_the_same_cells(slide, tmp_path, dask_cluster)
                          scheduler=dask_cluster, progress=False, write_unmixed=False)
     assert dist.summary["n_workers"] == 2
     pd.testing.assert_frame_equal(dist.cells(), local)
+    # a worker's address, given for the scheduler's, is named as such
+    from qdmed.errors import InputError
+    from qdmed.imaging._scheduler import identify
+
+    info = identify(dask_cluster)
+    assert info["type"] == "Scheduler" and len(info["workers"]) == 2
+    worker = next(iter(info["workers"]))
+    with pytest.raises(InputError, match="is a Dask Worker, not the scheduler"):
+        analyze_slide(slide.path, PANEL, tmp_path / "w", tile=512, scheduler=worker,
+                      progress=False)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_scheduler_without_workers_is_named(tmp_path, monkeypatch):
+    """A run on a scheduler that no worker had joined waited forever."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import _scheduler
+
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    p = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "dask"), "scheduler",
+                          "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.time() + 30
+        while True:  # until it listens
+            try:
+                assert _scheduler.identify(addr, 5)["workers"] == {}
+                break
+            except InputError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        monkeypatch.setattr(_scheduler, "WORKERS_TIMEOUT_S", 1)
+        with pytest.raises(InputError, match="has no workers .* start some with `dask worker"):
+            _scheduler.connect(addr)
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
 
 
 def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
@@ -270,11 +310,14 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
 
     from qdmed.errors import InputError
     from qdmed.imaging import _analyze as an
+    from qdmed.imaging import _scheduler
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(4)
     port = srv.getsockname()[1]
+
+    accepted = []
 
     def serve(reply):
         while True:
@@ -282,6 +325,7 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
                 c, _ = srv.accept()
             except OSError:
                 return
+            accepted.append(c)  # closed at the end (a dropped socket warns)
             if reply:
                 c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" * 10)
 
@@ -291,10 +335,12 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
             an.start_client(f"tcp://127.0.0.1:{port}", 1)
     finally:
         srv.close()
+        for c in accepted:
+            c.close()
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # accepts (the kernel's backlog), never answers
-    monkeypatch.setattr(an, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(_scheduler, "CONNECT_TIMEOUT_S", 1)
     try:
         with pytest.raises(InputError, match="no Dask scheduler answered"):
             an.start_client(f"tcp://127.0.0.1:{silent.getsockname()[1]}", 1)
@@ -333,28 +379,22 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
     """A bad tile size or scheduler, or a scheduler that does not answer, used to leave
     out/tiles/run.json behind."""
     from qdmed.errors import InputError
-    from qdmed.imaging import _analyze as an
 
     with pytest.raises(InputError, match="tile must be >= 64 px"):
         analyze_slide(slide.path, PANEL, tmp_path / "a", tile=0, progress=False)
     with pytest.raises(InputError, match="must be a Dask scheduler's address"):
         analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)
-
-
-    def no_scheduler(scheduler):  # as _connect answers (tested above, for real)
-        raise InputError(f"no Dask scheduler answered at {scheduler}")
-
-    # (not a silent socket here: an abandoned handshake left in this process made the next
-    # connection test hang)
-    monkeypatch.setattr(an, "_connect", no_scheduler)
-    with pytest.raises(InputError, match="no Dask scheduler answered"):
+    closed = f"tcp://127.0.0.1:{_free_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="nothing listens there"):
         analyze_slide(slide.path, PANEL, tmp_path / "c", tile=512, progress=False,
-                      scheduler="tcp://127.0.0.1:1")
+                      scheduler=closed)
+    assert time.perf_counter() - t0 < 10  # said at once (distributed retried for 30 s)
     assert not any((tmp_path / n).exists() for n in "abc")
     (tmp_path / "d").mkdir()  # a folder the user made is left in place
-    with pytest.raises(InputError, match="no Dask scheduler answered"):
+    with pytest.raises(InputError, match="nothing listens there"):
         analyze_slide(slide.path, PANEL, tmp_path / "d", tile=512, progress=False,
-                      scheduler="tcp://127.0.0.1:1")
+                      scheduler=closed)
     assert (tmp_path / "d").is_dir()
 
 

@@ -1243,75 +1243,6 @@ def check_n_workers(n_workers) -> None:
         check_count(n_workers, "n_workers (--workers)", ", or omitted for one per core")
 
 
-#: Seconds to connect to a Dask scheduler and complete its handshake.
-CONNECT_TIMEOUT_S = 30
-
-
-def _connect(scheduler: str):
-    """A Dask client on the scheduler at `scheduler`, or InputError: nothing listening, or
-    something that is not a Dask scheduler (an HTTP server, the dashboard's port 8787: its
-    reply read as a Dask message asked for exabytes), or no answer to the handshake within
-    CONNECT_TIMEOUT_S (a server that accepts and never replies hung the run). The client is
-    made in a helper thread so that a handshake that never ends cannot hang the caller."""
-    import threading
-
-    from distributed import Client
-
-    done: dict = {}
-    lock = threading.Lock()
-
-    import dask
-
-    before = dask.config.get("scheduler", None)
-
-    def connect():
-        try:
-            # not dask's default client: a handshake that never ends (abandoned below) left
-            # it registered, and every later dask computation in the process waited on it
-            # forever; qdmed's jobs are submitted to it by name
-            client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-            # a Client that fails after setting itself as dask's scheduler leaves the
-            # setting behind: every later dask computation in this process then asks for
-            # a client that does not exist (seen in the test suite)
-            if before is None:
-                dask.config.config.pop("scheduler", None)
-            else:
-                dask.config.set(scheduler=before)
-            done["error"] = exc
-            return
-        with lock:
-            if done.get("abandoned"):  # the caller gave up: close it, leak nothing
-                client.close()
-            else:
-                done["client"] = client
-
-    # a daemon thread: one stuck in a handshake does not keep the process alive at exit
-    t = threading.Thread(target=connect, name="qdmed-connect", daemon=True)
-    t.start()
-    wait_s = 1.5 * CONNECT_TIMEOUT_S + 1  # Client's own timeout first, where it applies
-    t.join(wait_s)
-    with lock:
-        late = t.is_alive()
-        if late:
-            done["abandoned"] = True
-    if late:
-        raise InputError(f"no Dask scheduler answered at {scheduler} within "
-                         f"{wait_s:g} s (something accepts connections there "
-                         "but does not speak Dask's protocol; the scheduler's port is 8786 "
-                         "by default, its dashboard 8787)")
-    try:
-        if "error" in done:
-            raise done["error"]
-        return done["client"]
-    except (OSError, TimeoutError) as exc:
-        raise InputError(f"cannot connect to the Dask scheduler at {scheduler}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - any failed handshake is a bad address
-        raise InputError(f"{scheduler} is not a Dask scheduler (its handshake failed: "
-                         f"{type(exc).__name__}: {str(exc)[:120]}); the scheduler's port is "
-                         "8786 by default, its dashboard 8787") from None
-
-
 def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     """``fn(*args)`` for each args of `calls`: in this process (``client`` None), or on the
     Dask `client`'s workers; ``save(j, result)`` and `advance` as each finishes. The results
@@ -1369,9 +1300,11 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
     that a refused run leaves nothing behind."""
     from distributed import Client, LocalCluster
 
+    from qdmed.imaging._scheduler import connect
+
     if scheduler:
         try:
-            return _connect(scheduler), None
+            return connect(scheduler), None
         except InputError:
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
