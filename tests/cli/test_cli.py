@@ -202,3 +202,19 @@ def test_numpy_floating_point_notices_hidden_unless_filters_chosen(monkeypatch):
     # python -W or PYTHONWARNINGS: the user's filters decide
     assert shown(["default"]) == ["! invalid value encountered in reduce\n",
                                   "! the panel is poorly conditioned\n"]
+
+
+def test_help_reads_whole_at_80_columns():
+    """Typer's rich help cut --her2-region-min-cells to --her2-region-min-cel... at 80
+    columns, showed <bool> beside flags and kept the docstrings' line breaks in the command
+    lists: the help is click's plain text, each command listed by a short line."""
+    env = {**os.environ, "COLUMNS": "80"}
+    out = {args: subprocess.run([sys.executable, "-m", "qdmed", *args, "--help"],
+                                capture_output=True, text=True, env=env, check=True).stdout
+           for args in ((), ("image",), ("optics",), ("image", "analyze"))}
+    assert "--her2-region-min-cells <int>" in out[("image", "analyze")]
+    for text in out.values():
+        assert "<bool>" not in text and "…" not in text
+        assert all(len(line) <= 80 for line in text.splitlines())
+        listed = text.partition("Commands:\n")[2].splitlines()
+        assert all(not line.endswith("...") for line in listed), listed

@@ -12,7 +12,7 @@ import typer
 
 from qdmed import __version__
 
-app = typer.Typer(help="qdmed: quantum-dot cancer nanomedicine toolkit.", no_args_is_help=True,
+app = typer.Typer(rich_markup_mode=None, help="qdmed: quantum-dot cancer nanomedicine toolkit.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
 
@@ -32,9 +32,11 @@ def _register():
     from qdmed.cli import demo, design, image, optics
 
     app.add_typer(optics.app, name="optics")
-    app.command(name="design")(design.design)
+    app.command(name="design", short_help="Design a QD probe and print its sheet.")(
+        design.design)
     app.command(name="demo")(demo.demo)
-    app.add_typer(image.app, name="image")
+    app.add_typer(image.app, name="image",
+                  short_help="Multiplexed QD imaging, HER2 scoring, DAB IHC.")
 
 
 #: Library parameters whose command-line option has another name.

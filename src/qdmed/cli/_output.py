@@ -18,7 +18,7 @@ def print_json(obj) -> None:
 
 def flag(*decls: str, help: str):  # noqa: A002 - typer's own parameter name
     """A boolean option (``--json``, ``--per-region/--no-per-region``): Typer's help would
-    show a ``<bool>`` value column beside it, which a flag does not take (empty metavar)."""
+    show a ``<bool>`` value beside it, which a flag does not take (empty metavar)."""
     import typer
 
     return typer.Option(*decls, metavar="", help=help)

@@ -10,7 +10,7 @@ import typer
 
 from qdmed.cli._output import flag, print_json, print_kv, print_table, print_warning
 
-app = typer.Typer(help="Multiplexed QD imaging (panel design, spectral library, unmixing, per-cell analysis, HER2 scoring, cohorts) and conventional DAB IHC beside it.",
+app = typer.Typer(rich_markup_mode=None, help="Multiplexed QD imaging (panel design, spectral library, unmixing, per-cell analysis, HER2 scoring, cohorts) and conventional DAB IHC beside it.",
                   no_args_is_help=True)
 
 JSON = Annotated[bool, flag("--json", help="Machine-readable JSON on stdout.")]
@@ -146,13 +146,13 @@ def _calibration(path):
     return her2, gates or None
 
 
-@app.command()
+@app.command(short_help="Assign QDs to markers; mixing matrix, condition, spillover.")
 def panel(
     markers: Annotated[str, typer.Option("--markers", help="Comma-separated biomarkers.")] = "HER2,ER,PR,EGFR,mTOR",
     labels: Annotated[str, typer.Option("--labels", help="Comma-separated candidate labels: catalog Qdots, or probe YAML files for custom QDs (qdmed design ... --out probe.yaml).")] = "Qdot 525,Qdot 565,Qdot 605,Qdot 655,Qdot 705,Qdot 800",
     excitation_nm: Annotated[float, typer.Option("--excitation-nm", help="Excitation line (nm): labels it barely excites are not candidates; warned when it falls in a detection band.")] = 405.0,
-    brightness: Annotated[list[str] | None, typer.Option("--brightness", help="LABEL=RELATIVE_BRIGHTNESS (repeatable; default 1 each): brighter labels read with less noise and go to the least expressed markers when --expression is given.")] = None,
-    expression: Annotated[list[str] | None, typer.Option("--expression", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the brightest labels go to the least abundant markers.")] = None,
+    brightness: Annotated[list[str] | None, typer.Option("--brightness", metavar="<label=x>", help="LABEL=RELATIVE_BRIGHTNESS (repeatable; default 1 each): brighter labels read with less noise and go to the least expressed markers when --expression is given.")] = None,
+    expression: Annotated[list[str] | None, typer.Option("--expression", metavar="<marker=x>", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the brightest labels go to the least abundant markers.")] = None,
     channels: Annotated[int | None, typer.Option("--channels", help="Spectral detector channels (default 8).")] = None,
     low_nm: Annotated[float | None, typer.Option("--low-nm", help="Spectral detector: the first channel's lower edge, nm (default 440).")] = None,
     high_nm: Annotated[float | None, typer.Option("--high-nm", help="Spectral detector: the last channel's upper edge, nm (default 740).")] = None,
@@ -323,7 +323,7 @@ def _slide_info(s) -> dict:
             "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None}
 
 
-@app.command()
+@app.command(short_help="What a slide file (or a folder of slides) holds.")
 def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of slides.")],
          pattern: PATTERN = None, json_: JSON = False):
     """What a slide file holds: format, size, type, channel names, pixel size, pyramid,
@@ -362,7 +362,7 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
                        for k, v in d.items()})
 
 
-@app.command()
+@app.command(short_help="List the synthetic expression presets.")
 def presets(json_: JSON = False):
     """List the synthetic expression presets (cell lines, tumour subtypes)."""
     from qdmed.imaging import list_presets
@@ -387,7 +387,7 @@ def _stem(out: Path) -> str:
     return slide_stem(out.name) or out.name
 
 
-@app.command()
+@app.command(short_help="Simulate a multiplexed QD slide or TMA, truth beside it.")
 def simulate(
     out: Annotated[Path, typer.Option("--out", help="Output slide: .ome.zarr or .ome.tif")] = Path("slide.ome.zarr"),
     preset: Annotated[str, typer.Option("--preset", help="Expression preset (cell line or tumour subtype; qdmed image presets lists them).")] = "her2-heterogeneous",
@@ -510,12 +510,12 @@ def simulate(
         print_warning(w)
 
 
-@app.command()
+@app.command(short_help="Spectral library from unstained and single-stain controls.")
 def library(
     panel_file: PANEL = None,
     unstained: Annotated[Path | None, typer.Option("--unstained", help="Unstained control slide: the autofluorescence endmember.")] = None,
     stained: Annotated[Path | None, typer.Option("--stained", help="Without an unstained control: estimate autofluorescence blindly from this stained slide.")] = None,
-    single_stain: Annotated[list[str] | None, typer.Option("--single-stain", help="MARKER=slide (or the marker's label, e.g. 'Qdot 605=slide'): a single-stain control (repeatable).")] = None,
+    single_stain: Annotated[list[str] | None, typer.Option("--single-stain", metavar="<marker=slide>", help="MARKER=slide (or the marker's label, e.g. 'Qdot 605=slide'): a single-stain control (repeatable).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the panel with measured endmembers here.")] = Path("panel-measured.yaml"),
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of measured vs model spectra.")] = None,
     offset: OFFSET = None,
@@ -555,7 +555,7 @@ def library(
     typer.echo(f"wrote {out}")
 
 
-@app.command()
+@app.command(short_help="Exact NNLS unmixing of a slide into OME-Zarr.")
 def unmix(slide: Path, panel_file: PANEL = None,
           out: Annotated[Path, typer.Option("--out", help="Unmixed OME-Zarr.")] = Path("unmixed.ome.zarr"),
           offset: OFFSET = None, unmixed_bits: UNMIXED_BITS = None, json_: JSON = False):
@@ -588,7 +588,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
         print_warning(w)
 
 
-@app.command()
+@app.command(short_help="Draw QuPath cells or detections into a label image.")
 def rasterize(
     objects: Path,
     slide: Annotated[Path, typer.Option("--slide", help="The slide the objects were drawn on: the label image gets its size and pixel size.")],
@@ -619,7 +619,7 @@ def rasterize(
     return None
 
 
-@app.command()
+@app.command(short_help="Dearray a tissue microarray: find and name its cores.")
 def tma(
     slide: Path,
     out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
@@ -670,7 +670,7 @@ def tma(
     return None
 
 
-@app.command()
+@app.command(short_help="Analyse one slide: unmix, segment, measure, score.")
 def analyze(
     slide: Path,
     panel_file: PANEL = None,
@@ -830,7 +830,7 @@ def _index_or_name(channel: str | None) -> str | int | None:
     return int(c) if c.isascii() and c.isdigit() else c
 
 
-@app.command()
+@app.command(short_help="Quality control before analysis (no segmentation).")
 def qc(
     path: Annotated[Path, typer.Argument(help="A slide, or a folder of slides.")],
     panel_file: PANEL = None,
@@ -887,11 +887,11 @@ def qc(
         print_warning(m)
 
 
-@app.command()
+@app.command(short_help="HER2 cut-offs and marker gates from control cell lines.")
 def calibrate(
-    control: Annotated[list[str], typer.Option("--control", help="NAME=cells.parquet, or NAME=the control's analysis folder (repeatable).")],
-    category: Annotated[list[str] | None, typer.Option("--category", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
-    negative: Annotated[list[str] | None, typer.Option("--negative", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
+    control: Annotated[list[str], typer.Option("--control", metavar="<name=path>", help="NAME=cells.parquet, or NAME=the control's analysis folder (repeatable).")],
+    category: Annotated[list[str] | None, typer.Option("--category", metavar="<name=score>", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
+    negative: Annotated[list[str] | None, typer.Option("--negative", metavar="<marker=name>", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
     json_: JSON = False,
 ):
@@ -975,7 +975,7 @@ def calibrate(
         print_table("Positivity gates", [{"marker": m, **g} for m, g in doc["gates"].items()])
 
 
-@app.command()
+@app.command(short_help="Analyse every slide in a folder; one table for all.")
 def cohort(
     folder: Path,
     panel_file: PANEL = None,
@@ -1051,7 +1051,7 @@ def cohort(
     return _folder_exit(res)
 
 
-@app.command()
+@app.command(short_help="Conventional DAB IHC by colour deconvolution.")
 def dab(
     image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
     example: Annotated[bool, flag("--example", help="Use scikit-image's bundled IHC image.")] = False,
@@ -1316,7 +1316,7 @@ def _save_plot(path: Path, fig) -> None:
         raise InputError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
 
 
-@app.command()
+@app.command(short_help="Agreement of two HER2 scorings: cross-table and kappa.")
 def compare(
     table_a: Annotated[Path, typer.Argument(help="CSV with one row per case, e.g. cohort.csv of `qdmed image cohort`.")],
     table_b: Annotated[Path, typer.Argument(help="CSV of the other scoring (DAB IHC, a pathologist's reads).")],

@@ -8,7 +8,7 @@ import typer
 
 from qdmed.cli._output import flag, print_json, print_kv, print_table
 
-app = typer.Typer(help="QD optics: sizing curves, extinction, concentration, EMA, catalog.",
+app = typer.Typer(rich_markup_mode=None, help="QD optics: sizing curves, extinction, concentration, EMA, catalog.",
                   no_args_is_help=True)
 
 JSON = Annotated[bool, flag("--json", help="Machine-readable JSON on stdout.")]
@@ -35,7 +35,7 @@ def materials(json_: JSON = False):
     print_table("Materials (values at 300 K; `--json` for sources and ranges)", rows)
 
 
-@app.command()
+@app.command(short_help="Sizing curves and extinction relations, with sources.")
 def models(json_: JSON = False):
     """List the sizing curves and extinction relations with references and ranges."""
     from qdmed.optics import extinction_models
@@ -85,7 +85,7 @@ def peak(material: str, diameter_nm: Annotated[list[float], typer.Argument(help=
     print_table(f"{curve.material} peak from size ({curve.name})", rows)
 
 
-@app.command()
+@app.command(short_help="Molar extinction coefficient at the first exciton.")
 def extinction(material: str,
                peak_nm: Annotated[float | None, typer.Option("--peak", help="First-exciton peak, nm.")] = None,
                diameter_nm: Annotated[float | None, typer.Option("--diameter", help="Diameter, nm.")] = None,
@@ -121,7 +121,7 @@ def _models_used(material, model, sizing_model, peak_nm, diameter_nm, extrapolat
     return out
 
 
-@app.command()
+@app.command(short_help="Nanocrystal concentration from first-exciton absorbance.")
 def concentration(material: str,
                   absorbance: Annotated[float, typer.Option("--absorbance", help="Absorbance at the first exciton.")],
                   peak_nm: Annotated[float | None, typer.Option("--peak", help="First-exciton peak, nm.")] = None,
@@ -153,7 +153,7 @@ def concentration(material: str,
     return print_json(out) if json_ else print_kv("Concentration", out)
 
 
-@app.command()
+@app.command(short_help="Brus-equation gap (educational).")
 def brus(material: str, diameter_nm: float, json_: JSON = False):
     """Brus-equation gap (educational; see the docs for where it fails)."""
     from qdmed.optics import bohr_radius_nm, brus_gap_ev
@@ -163,7 +163,7 @@ def brus(material: str, diameter_nm: float, json_: JSON = False):
     return print_json(out) if json_ else print_kv(f"Brus {material}", out)
 
 
-@app.command()
+@app.command(short_help="Core/shell gap and band alignment (type I / II).")
 def coreshell(core: str, core_diameter_nm: float, shell: str, shell_thickness_nm: float,
               json_: JSON = False):
     """Core/shell effective-mass gap and band alignment (type I / quasi-type II / type II)."""
