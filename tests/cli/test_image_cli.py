@@ -85,8 +85,10 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert "ER" in json.loads(r.stdout)["gates"]
     # the control's analysis folder does as well as its cells.parquet
     r = run("image", "calibrate", "--control", f"MDA-MB-468={tmp_path / 'neg'}",
-            "--negative", "ER=MDA-MB-468", "--out", str(tmp_path / "cal2.json"), "--json")
+            "--negative", "ER=MDA-MB-468", "--out", str(tmp_path / "cal2.json"), "--json",
+            "--plot", str(tmp_path / "cal.png"))
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(r.stdout)["gates"] == json.loads((tmp_path / "cal.json").read_text())[
         "gates"]
     r = run("image", "calibrate", "--control", f"MDA-MB-468={tmp_path / 'neg'}",
@@ -103,11 +105,12 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"] < 5
 
 
-def test_panel_json():
-    r = run("image", "panel", "--json")
+def test_panel_json(tmp_path):
+    r = run("image", "panel", "--json", "--plot", str(tmp_path / "panel.png"))
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["components"][-1] == "autofluorescence" and d["condition_number"] < 100
+    assert (tmp_path / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bad_inputs_exit_2(tmp_path):

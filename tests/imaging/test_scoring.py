@@ -340,6 +340,43 @@ def test_calibration_with_1plus_and_2plus_controls():
     assert cal.intense == pytest.approx((m2 + m3) / 2)
 
 
+def test_calibration_figure_shows_the_cutoffs_and_where_they_came_from():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qdmed.imaging import MarkerGate, plot_calibration
+
+    ctrls = {"ZR-75-1": control(4.0), "x2": control(12.0, seed=2), "BT-474": control(50.0, seed=3)}
+    cal = calibrate_her2(ctrls, categories={"x2": "2+"})
+    neg = control(2.0, seed=4).assign(ER_nucleus_mean=lambda d: d["HER2_membrane_mean"])
+    gate = MarkerGate("nucleus", float(np.quantile(neg["ER_nucleus_mean"], 0.99)))
+    fig = plot_calibration({**ctrls, "neg": neg}, her2=cal, gates={"ER": gate},
+                           negatives={"ER": "neg"})
+    dist, anchors, gated = fig.axes
+    # the three cut-offs as vertical lines where the calibration put them
+    xs = sorted(line.get_xdata()[0] for line in dist.lines)
+    assert xs == pytest.approx(list(cal.cutoffs))
+    # the anchors: (0.5, faint) and each score's control median; cut-offs at 1.5 and 2.5
+    pts = anchors.lines[1]
+    m = [np.median(ctrls[k]["HER2_membrane_stained_mean"]) for k in ("ZR-75-1", "x2", "BT-474")]
+    assert list(pts.get_xdata()) == [0.5, 1.0, 2.0, 3.0]
+    assert list(pts.get_ydata()) == pytest.approx([cal.faint, *m])
+    assert list(anchors.lines[2].get_ydata()) == pytest.approx([cal.weak_moderate, cal.intense])
+    assert gated.lines[0].get_xdata()[0] == pytest.approx(gate.threshold)
+    assert "1.0 % above" in " ".join(t.get_text() for t in gated.texts)
+    plt.close(fig)
+    # tables that are not the calibration's, a gate without its control: said so
+    with pytest.raises(InputError, match="not the ones this calibration was drawn from"):
+        plot_calibration({**ctrls, "x2": control(20.0, seed=2)}, her2=cal)
+    with pytest.raises(InputError, match="need their negative control"):
+        plot_calibration(ctrls, gates={"ER": gate})
+    with pytest.raises(InputError, match="nothing to plot"):
+        plot_calibration(ctrls)
+    plt.close("all")
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     low=st.floats(0.1, 10.0),

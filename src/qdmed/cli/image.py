@@ -161,6 +161,7 @@ def panel(
     components: Annotated[str | None, typer.Option("--components", help="An already-unmixed image instead (inForm component_data.tif, an unmixed QPTIFF): COMPONENT=CHANNEL pairs, comma-separated, e.g. 'DAPI=DAPI,HER2=Qdot 605,autofluorescence=Autofluorescence' (a channel by its name or 0-based index).")] = None,
     slide: Annotated[Path | None, typer.Option("--slide", help="With --components: check the channels against this image and record its channel names.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the panel YAML here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the labels' spectra over the detection bands, the mixing matrix and the spillover spreading.")] = None,
     json_: JSON = False,
 ):
     """Assign QDs to markers to minimise crosstalk; report mixing matrix and spillover.
@@ -175,7 +176,7 @@ def panel(
         if brightness or expression:
             raise InputError("--brightness and --expression rank labels for a spectral "
                              "panel; with --components the image's channels are the markers")
-        return _unmixed_panel_command(components, slide, out, json_)
+        return _unmixed_panel_command(components, slide, out, plot, json_)
     if slide is not None:
         raise InputError("--slide goes with --components (an already-unmixed image)")
     detector = (channels, low_nm, high_nm)
@@ -215,6 +216,8 @@ def panel(
                      expression=_numbers("--expression", expression, "MARKER=NUMBER"))
     if out:
         p.to_file(out)
+    if plot is not None:
+        _save_plot(plot, p.plot())
     d = p.to_dict()
     if json_:
         return print_json(d)
@@ -262,7 +265,7 @@ def _numbers(option: str, items: list[str] | None, form: str) -> dict[str, float
 
 
 def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None,
-                           json_: bool):
+                           plot: Path | None, json_: bool):
     from qdmed.errors import InputError
     from qdmed.imaging import bind_unmixed, read_slide, unmixed_panel
 
@@ -285,6 +288,8 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
         p = bind_unmixed(p, names, where=str(slide))
     if out:
         p.to_file(out)
+    if plot is not None:
+        _save_plot(plot, p.plot())
     d = p.to_dict()
     if json_:
         return print_json(d)
@@ -893,6 +898,8 @@ def calibrate(
     category: Annotated[list[str] | None, typer.Option("--category", metavar="<name=score>", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
     negative: Annotated[list[str] | None, typer.Option("--negative", metavar="<marker=name>", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
+    faint_quantile: Annotated[float, typer.Option("--faint-quantile", help="HER2: the faint cut-off is this quantile of the 0 control (or 1 minus it of a 1+ control); 0.9-0.999.")] = 0.95,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the controls under the cut-offs (and how they were placed) and of each negative control under its gate.")] = None,
     json_: JSON = False,
 ):
     """Calibrate on control cell lines: HER2 intensity cut-offs (controls of known IHC score)
@@ -950,20 +957,32 @@ def calibrate(
     if unused and (used or cats):
         raise InputError(f"--control {', '.join(unused)}: used by nothing; give it a HER2 "
                          "--category NAME=0|1+|2+|3+ or name it in --negative MARKER=NAME")
+    her2 = gates = None
     if len(her2_ctrls) >= 2:
         try:
-            doc["her2"] = calibrate_her2(her2_ctrls, categories=cats or None).to_dict()
+            her2 = calibrate_her2(her2_ctrls, categories=cats or None,
+                                  faint_quantile=faint_quantile)
         except InputError as exc:
+            if "categor" not in str(exc):
+                raise
             raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
+        doc["her2"] = her2.to_dict()
     if negs:
+        gates = gates_from_negative_controls(ctrls, negs)
         doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold,
                             "false_positive_percent": g.false_positive_percent,
                             "control_cells": g.control_cells}
-                        for m, g in gates_from_negative_controls(ctrls, negs).items()}
+                        for m, g in gates.items()}
     if not doc:
         raise InputError("nothing to calibrate: give --category for HER2 controls and/or "
                          "--negative MARKER=CONTROL for positivity gates")
+    if plot is not None:  # drawn first: a figure that cannot be made leaves no calibration
+        from qdmed.imaging import plot_calibration
+
+        fig = plot_calibration(ctrls, her2=her2, gates=gates, negatives=negs)
     atomic_write_text(out, json.dumps(doc, indent=2, sort_keys=True))
+    if plot is not None:
+        _save_plot(plot, fig)
     if json_:
         return print_json(doc)
     if "her2" in doc:

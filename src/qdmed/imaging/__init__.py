@@ -27,6 +27,7 @@ from qdmed.imaging._brightfield import (
     estimate_stain_vectors,
     score_dab,
 )
+from qdmed.imaging._calibration_plot import plot_calibration
 from qdmed.imaging._cells import (
     cells_from_labels,
     compartments,
@@ -108,5 +109,5 @@ __all__ = [
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
     "find_tma_cores", "simulate_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
-    "analyze_cohort", "cells_from_labels", "nuclei_from_labels",
+    "analyze_cohort", "cells_from_labels", "nuclei_from_labels", "plot_calibration",
 ]

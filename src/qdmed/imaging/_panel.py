@@ -450,7 +450,7 @@ class Panel:
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
         for i, (m, s) in enumerate(zip(self.markers, self.spectra, strict=True)):
             axes[0].plot(s.wavelength_nm, s.normalized("peak").values, color=f"C{i}",
-                         label=f"{m}: {self.labels[i]}")
+                         label=m if self.labels[i] == m else f"{m}: {self.labels[i]}")
         if self.autofluorescence is not None:
             af = self.autofluorescence.normalized("peak")
             axes[0].plot(af.wavelength_nm, af.values, "k--", label="autofluorescence")

@@ -1,0 +1,171 @@
+"""The figure of a calibration on control cell lines: what the cut-offs and gates were
+drawn from, so that a pathologist can see that each control sits where its score says."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+
+
+def _plain_ticks(axis) -> None:
+    """Plain numbers on a log axis (the log formatter writes math text, e.g. 2x10^2)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _log_bins(values: list[np.ndarray], n: int = 60) -> np.ndarray:
+    """Log-spaced bin edges over the positive values of all arrays."""
+    pos = np.concatenate([v[v > 0] for v in values]) if values else np.zeros(0)
+    if pos.size == 0:
+        return np.geomspace(1e-3, 1.0, n + 1)
+    lo, hi = np.quantile(pos, [0.001, 0.999])
+    hi = max(hi, lo * 1.01)
+    return np.geomspace(lo / 1.5, hi * 1.5, n + 1)
+
+
+def plot_calibration(control_cells: Mapping[str, Any], her2=None, gates=None,
+                     negatives: Mapping[str, str] | None = None):
+    """Figure of a calibration with the control cells it came from.
+
+    Parameters
+    ----------
+    control_cells : mapping name -> per-cell table (cells.parquet of each control)
+    her2 : Her2Calibration, optional
+        From :func:`qdmed.imaging.calibrate_her2`. Drawn as each control's distribution of
+        the calibrated column (log axis, coloured by the control's score) under the three
+        cut-offs, and the anchors (score, intensity) with the interpolation that placed the
+        weak-to-moderate and intense cut-offs at scores 1.5 and 2.5.
+    gates : mapping marker -> MarkerGate, optional
+        From :func:`qdmed.imaging.gates_from_negative_controls`; with ``negatives`` (marker ->
+        control name), each gated marker's negative control with its gate and the share of
+        its cells above.
+    """
+    import matplotlib.pyplot as plt
+
+    gates = dict(gates or {})
+    negatives = dict(negatives or {})
+    missing = [m for m in gates if m not in negatives]
+    if missing:
+        raise InputError(f"gates of {', '.join(missing)} need their negative control "
+                         "(negatives={marker: control name})")
+    if her2 is None and not gates:
+        raise InputError("nothing to plot: give a HER2 calibration and/or gates")
+    n = (2 if her2 is not None else 0) + len(gates)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + (1.4 if her2 is not None else 0), 3.8),
+                             squeeze=False)
+    axes = list(axes[0])
+    if her2 is not None:
+        _her2_panels(axes[0], axes[1], her2, control_cells)
+        axes = axes[2:]
+    for ax, (marker, g) in zip(axes, gates.items(), strict=True):
+        _gate_panel(ax, marker, g, negatives[marker], control_cells)
+    fig.tight_layout()
+    return fig
+
+
+def _her2_panels(ax, ax2, cal, control_cells) -> None:
+    col = f"{cal.marker}_{cal.compartment}_{cal.statistic}"
+    ctrls = sorted(cal.controls, key=lambda c: ("0", "1+", "2+", "3+").index(c[1]))
+    if not ctrls:
+        raise InputError("this HER2 calibration lists no controls (explicit cut-offs): "
+                         "nothing to draw it from")
+    vals = []
+    for name, *_ in ctrls:
+        if name not in control_cells:
+            raise InputError(f"the calibration's control {name!r} is not among the cell "
+                             f"tables given ({', '.join(control_cells)})")
+        df = control_cells[name]
+        if col not in df.columns:
+            raise InputError(f"control {name!r}: no column {col} in its cell table")
+        v = np.asarray(df[col], dtype=np.float64)
+        vals.append(v[np.isfinite(v)])
+    from qdmed.imaging._report import _CAT_COLOURS
+
+    bins = _log_bins(vals)
+    for (name, cat, n, _med, _), v in zip(ctrls, vals, strict=True):
+        c = _CAT_COLOURS.get(cat, "grey")
+        pos = v[v > 0]
+        w = np.full(pos.size, 100.0 / max(v.size, 1))  # percent of the control's cells
+        ax.hist(pos, bins=bins, weights=w, histtype="stepfilled", alpha=0.3, color=c)
+        ax.hist(pos, bins=bins, weights=w, histtype="step", color=c,
+                label=f"{name} ({cat}, {n} cells)")
+    ax.set_xscale("log")
+    _plain_ticks(ax.xaxis)
+    for x, txt in ((cal.faint, "faint"), (cal.weak_moderate, "weak-moderate"),
+                   (cal.intense, "intense")):
+        ax.axvline(x, color="k", lw=1, ls="--")
+        ax.text(x, 0.98, f" {txt} {x:.3g}", transform=ax.get_xaxis_transform(),
+                fontsize=7, va="top", ha="right", rotation=90)
+    ax.set_xlim(bins[0], bins[-1])
+    ax.set_xlabel(f"{col} (abundance units, log)")
+    ax.set_ylabel("% of the control's cells per bin")
+    ax.set_title("HER2 controls and the cut-offs", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=min(len(ctrls), 2))  # below: the cut-off lines stay readable
+    # the anchors: (0.5, faint), (s, median of the s-controls), interpolated at 1.5 and 2.5
+    xs, ys = [0.5], [cal.faint]
+    for s, cat in ((1, "1+"), (2, "2+"), (3, "3+")):
+        pooled = [v for (_, c, *_), v in zip(ctrls, vals, strict=True) if c == cat]
+        if pooled:
+            xs.append(float(s))
+            ys.append(float(np.median(np.concatenate(pooled))))
+    log = cal.scale == "log" and min(ys) > 0
+
+    def through(at):
+        return np.exp(np.interp(at, xs, np.log(ys))) if log else np.interp(at, xs, ys)
+
+    if not np.allclose(through([1.5, 2.5]), [cal.weak_moderate, cal.intense], rtol=1e-6):
+        raise InputError("the cell tables given are not the ones this calibration was drawn "
+                         f"from: their medians place the cut-offs at {through(1.5):.4g} and "
+                         f"{through(2.5):.4g}, the calibration has {cal.weak_moderate:.4g} and "
+                         f"{cal.intense:.4g}")
+    grid = np.linspace(0.5, 3.0, 101)
+    line = through(grid)
+    ax2.plot(grid, line, color="0.4", lw=1)
+    ax2.plot(xs, ys, "ko", ms=5, label="anchors: faint cut-off, control medians")
+    ax2.plot([1.5, 2.5], [cal.weak_moderate, cal.intense], "s", color="C3", ms=6,
+             label="cut-offs at scores 1.5 and 2.5")
+    for x, y in zip((0.5, 1.5, 2.5), cal.cutoffs, strict=True):
+        ax2.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(6, -10),
+                     fontsize=7)
+    if log:
+        ax2.set_yscale("log")
+        _plain_ticks(ax2.yaxis)
+    ax2.set_xticks([0.5, 1, 1.5, 2, 2.5, 3], ["0.5", "1+", "1.5", "2+", "2.5", "3+"])
+    ax2.set_xlabel("HER2 score")
+    ax2.set_ylabel(f"{col}" + (" (log)" if log else ""))
+    scale = "log" if log else "linear"
+    ax2.set_title(f"how the cut-offs were placed ({scale} interpolation)", fontsize=10)
+    ax2.legend(fontsize=7, frameon=False, loc="upper left")
+
+
+def _gate_panel(ax, marker: str, gate, control: str, control_cells) -> None:
+    if control not in control_cells:
+        raise InputError(f"the negative control {control!r} of {marker} is not among the "
+                         f"cell tables given ({', '.join(control_cells)})")
+    col = f"{marker}_{gate.compartment}_{gate.statistic}"
+    df = control_cells[control]
+    if col not in df.columns:
+        raise InputError(f"control {control!r}: no column {col} in its cell table")
+    v = np.asarray(df[col], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    above = 100.0 * float(np.mean(v >= gate.threshold)) if v.size else math.nan
+    lo, hi = (np.quantile(v, [0.001, 0.999]) if v.size else (0.0, 1.0))
+    span = max(hi - lo, abs(gate.threshold) * 0.1, 1e-9)
+    bins = np.linspace(min(lo, gate.threshold) - 0.1 * span,
+                       max(hi, gate.threshold) + 0.1 * span, 61)
+    ax.hist(v, bins=bins, color="0.6", alpha=0.8)
+    ax.axvline(gate.threshold, color="C3", lw=1.2, ls="--")
+    ax.text(gate.threshold, 0.98, f" gate {gate.threshold:.3g}\n {above:.1f} % above",
+            transform=ax.get_xaxis_transform(), fontsize=7, va="top", ha="left")
+    ax.set_xlabel(f"{col} (abundance units)")
+    ax.set_ylabel("cells")
+    ax.set_title(f"{marker}: negative control {control} ({v.size} cells)", fontsize=10)
