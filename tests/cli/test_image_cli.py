@@ -256,9 +256,13 @@ def test_detector_offset(tmp_path):
         assert ("! offset:" in r.stderr) is (name == "plain")
     assert set(off["offset_adu"].values()) == {100.0}
     # quality control alone, on the slide and on its folder
-    r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--json", "--no-progress")
+    r = run("image", "qc", str(tmp_path / "raw.ome.tif"), "--json", "--no-progress",
+            "--plot", str(tmp_path / "focus.png"))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["offset"]["suspected"] is True
+    assert (tmp_path / "focus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = run("image", "qc", str(tmp_path), "--plot", str(tmp_path / "f.png"))
+    assert r.returncode == 2 and "--plot draws one slide's tiles" in r.stderr
     r = run("image", "qc", str(tmp_path), "--out", str(tmp_path / "qc"), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "! raw.ome.tif: offset:" in r.stderr and (tmp_path / "qc" / "qc.csv").exists()

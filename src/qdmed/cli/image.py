@@ -844,6 +844,7 @@ def qc(
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
     pattern: PATTERN = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="One slide: PNG of its tiles' blur, out-of-focus tiles outlined.")] = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -852,11 +853,15 @@ def qc(
 
     For a folder: exit code 3 when some slides could not be read (the others' results are
     written), 2 when none could."""
+    from qdmed.errors import InputError
     from qdmed.imaging._qc import qc_folder, qc_slide
 
     p = _panel(panel_file)
     if not _slide_folder(path):
         _no_pattern(pattern, path)
+    elif plot is not None:
+        raise InputError("--plot draws one slide's tiles; for a folder, give one of its "
+                         "slides (each slide's qc.json is under slides/ in --out)")
     if _slide_folder(path):
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
@@ -875,6 +880,10 @@ def qc(
         return _folder_exit(res)
     d = qc_slide(path, p, out, tile=tile, saturation_level=saturation_level,
                  offset_adu=_offset(offset), progress=not no_progress)
+    if plot is not None:
+        from qdmed.imaging._focus import focus_figure
+
+        _save_plot(plot, focus_figure(d["focus"], tuple(d["slide"]["shape"][:2])))
     if json_:
         return print_json(d)
     sat, foc = d["saturation"], d["focus"]
