@@ -20,6 +20,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
         cohen_kappa,
         f1_at_iou,
         gates_from_negative_controls,
+        plot_calibration,
         score_dab,
         simulate_field,
         write_ome_tiff,
@@ -51,9 +52,9 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
         f = simulate_field((size // 2 + 256,) * 2, preset=name, seed=seed, **kw)
         controls[name] = analyze_field(f.image, panel).table
     cal = calibrate_her2(controls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
-    gates = gates_from_negative_controls(
-        controls, {"HER2": "MDA-MB-468", "ER": "MDA-MB-468", "PR": "MDA-MB-468",
-                   "EGFR": "MCF-7"})
+    negatives = {"HER2": "MDA-MB-468", "ER": "MDA-MB-468", "PR": "MDA-MB-468",
+                 "EGFR": "MCF-7"}
+    gates = gates_from_negative_controls(controls, negatives)
     rep.paragraph("HER2 intensity cut-offs calibrated on control cell lines (MDA-MB-468 as 0, "
                   "MCF-7 as 1+, BT474 as 3+):")
     rep.table(cal.to_dict())
@@ -61,6 +62,8 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
                   "(MDA-MB-468 for HER2/ER/PR, MCF-7 for EGFR):")
     rep.table({m: {"compartment": g.compartment, "threshold": g.threshold}
                for m, g in gates.items()})
+    rep.figure(plot_calibration(controls, her2=cal, gates=gates, negatives=negatives),
+               "the controls under the HER2 cut-offs and the gates")
     advance(3)
     # the tumour field, written as OME-TIFF and analysed like any slide
     field = simulate_field((size, size), preset="her2-heterogeneous", seed=3, **kw)

@@ -59,13 +59,17 @@ def plot_calibration(control_cells: Mapping[str, Any], her2=None, gates=None,
     if her2 is None and not gates:
         raise InputError("nothing to plot: give a HER2 calibration and/or gates")
     n = (2 if her2 is not None else 0) + len(gates)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n + (1.4 if her2 is not None else 0), 3.8),
+    cols = min(n, 3)  # rows of three panels at most
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.0 * rows + 0.4),
                              squeeze=False)
-    axes = list(axes[0])
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
     if her2 is not None:
         _her2_panels(axes[0], axes[1], her2, control_cells)
         axes = axes[2:]
-    for ax, (marker, g) in zip(axes, gates.items(), strict=True):
+    for ax, (marker, g) in zip(axes, gates.items(), strict=False):
         _gate_panel(ax, marker, g, negatives[marker], control_cells)
     fig.tight_layout()
     return fig
