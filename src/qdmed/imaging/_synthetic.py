@@ -594,7 +594,21 @@ def _render_geometry(g: _Geometry, y0: int, y1: int, x0: int, x1: int) -> dict[s
     comp[incell] = 2
     comp[incell & ((mx != lab) | (mn != lab))] = 3
     comp[nuc > 0] = 1
+    if g.discs.size:  # TMA: a core is punched out of the block, cutting its edge cells
+        inside = _disc_mask(g, y0, y1, x0, x1)
+        lab, nuc, comp = (np.where(inside, a, 0).astype(a.dtype) for a in (lab, nuc, comp))
     return {"cells": lab, "nuclei": nuc, "compartments": comp}
+
+
+def _disc_mask(g: _Geometry, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Pixels of region [y0:y1, x0:x1] inside any TMA core (``g.discs``)."""
+    cy, cx, r = g.discs.T
+    near = (cy + r >= y0) & (cy - r <= y1) & (cx + r >= x0) & (cx - r <= x1)
+    yy, xx = np.ogrid[y0:y1, x0:x1]
+    disc = np.zeros((y1 - y0, x1 - x0), bool)
+    for dy, dx, dr in g.discs[near]:
+        disc |= (yy - dy) ** 2 + (xx - dx) ** 2 <= dr * dr
+    return disc
 
 
 def _tissue_maps(g: _Geometry, y0: int, y1: int, x0: int, x1: int
@@ -610,12 +624,7 @@ def _tissue_maps(g: _Geometry, y0: int, y1: int, x0: int, x1: int
         f = _field_on_pixels(g.tissue_modes, 16.0, y0, y1, x0, x1, g.ps)
         tissue, soft = f > g.tissue_thr, np.clip((f - g.tissue_thr) / 0.5, 0.0, 1.0)
     if g.discs.size:
-        cy, cx, r = g.discs.T
-        near = (cy + r >= y0) & (cy - r <= y1) & (cx + r >= x0) & (cx - r <= x1)
-        yy, xx = np.ogrid[y0:y1, x0:x1]
-        disc = np.zeros(shp, bool)
-        for dy, dx, dr in g.discs[near]:
-            disc |= (yy - dy) ** 2 + (xx - dx) ** 2 <= dr * dr
+        disc = _disc_mask(g, y0, y1, x0, x1)
         tissue, soft = tissue & disc, soft * disc
     return tissue, soft
 
