@@ -44,6 +44,12 @@ class ConvergenceError(QdmedError):
     """A numerical method did not converge where the caller asked for strictness."""
 
 
+#: numpy's floating-point notices ("invalid value encountered in reduce"): RuntimeWarnings
+#: that name a machine operation, not anything a user can act on, and depend on the CPU.
+#: The command line hides them (and has its Dask workers hide them).
+NUMPY_FP_NOTICE = r"(invalid value|divide by zero|overflow|underflow) encountered in "
+
+
 class QdmedWarning(UserWarning):
     """Base class of qdmed warnings."""
 

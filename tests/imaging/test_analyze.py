@@ -274,9 +274,10 @@ def test_distributed_cluster_gives_the_same_cells(slide, tmp_path, dask_cluster)
     assert not (tmp_path / "w").exists()
 
 
-def test_a_scheduler_without_workers_is_named(tmp_path, monkeypatch):
-    """A run on a scheduler that no worker had joined waited forever."""
-    from qdmed.errors import InputError
+def test_a_scheduler_without_workers_is_said_while_the_run_waits(tmp_path):
+    """A run on a scheduler that no worker had joined waited without a word. It still waits
+    (an adaptive cluster starts workers once jobs are submitted), and says so."""
+    from qdmed.errors import InputError, QdmedWarning
     from qdmed.imaging import _scheduler
 
     port = _free_port()
@@ -295,12 +296,46 @@ def test_a_scheduler_without_workers_is_named(tmp_path, monkeypatch):
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
-        monkeypatch.setattr(_scheduler, "WORKERS_TIMEOUT_S", 1)
-        with pytest.raises(InputError, match="has no workers .* start some with `dask worker"):
-            _scheduler.connect(addr)
+        client = _scheduler.connect(addr)
+        try:
+            with pytest.warns(QdmedWarning, match="no Dask worker has joined .* `dask worker"):
+                timer = _scheduler.watch_for_workers(client, 0.2)
+                timer.join(10)
+        finally:
+            client.close()
     finally:
         p.terminate()
         p.wait(timeout=10)
+
+
+def test_scheduler_addresses_checked_before_connecting():
+    from qdmed.errors import InputError
+    from qdmed.imaging._scheduler import _host_port
+
+    assert _host_port("tcp://[::1]:8786") == ("::1", 8786)
+    assert _host_port("tls://host.example:8786/") == ("host.example", 8786)
+    assert _host_port("inproc://10.0.0.1/1234/5") is None
+    for bad, said in (("tcp://::1:8786", "IPv6 address goes in brackets"),
+                      ("tcp://:8786", "give a host and a port"),
+                      ("tcp://127.0.0.1", "give a host and a port")):
+        with pytest.raises(InputError, match=said):
+            _host_port(bad)
+
+
+def test_workers_hide_numpy_notices_when_the_command_line_does():
+    import warnings
+
+    from qdmed.errors import NUMPY_FP_NOTICE
+    from qdmed.imaging._scheduler import numpy_notices_hidden, run_hiding_numpy_notices
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert not numpy_notices_hidden()
+        warnings.filterwarnings("ignore", message=NUMPY_FP_NOTICE, category=RuntimeWarning)
+        assert numpy_notices_hidden()
+        warnings.simplefilter("always")  # as a worker process: its own filters
+        assert run_hiding_numpy_notices(np.add.reduce, np.array([np.inf, -np.inf])) != 0
+        assert seen == []
 
 
 def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
@@ -340,7 +375,7 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)  # accepts (the kernel's backlog), never answers
-    monkeypatch.setattr(_scheduler, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(_scheduler, "HANDSHAKE_TIMEOUT_S", 1)
     try:
         with pytest.raises(InputError, match="no Dask scheduler answered"):
             an.start_client(f"tcp://127.0.0.1:{silent.getsockname()[1]}", 1)

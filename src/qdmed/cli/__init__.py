@@ -70,23 +70,18 @@ def _file_in_path(path) -> str | None:
     return next((str(q) for q in reversed([p, *p.parents]) if q.is_file()), None)
 
 
-# numpy's floating-point notices name a machine operation ("invalid value encountered in
-# reduce"), not anything a user can act on, and depend on the CPU: one came from a dearray
-# run on a CI machine although no NaN or infinity reaches a numpy reduction there (checked
-# by tracing every reduction on this machine). The library's own tests still turn them into
-# errors (pyproject: filterwarnings = error).
-_NUMPY_FP = r"(invalid value|divide by zero|overflow|underflow) encountered in "
-
-
 def _warning_filters() -> None:
     """The command line's warning filters: qdmed's extrapolation warnings shown each time,
     numpy's floating-point notices hidden unless the user chose filters (``python -W`` or
     ``PYTHONWARNINGS``, which fill ``sys.warnoptions``), each warning one line ``! text``."""
-    from qdmed.errors import ExtrapolationWarning
+    from qdmed.errors import NUMPY_FP_NOTICE, ExtrapolationWarning
 
     warnings.simplefilter("default", ExtrapolationWarning)
     if not sys.warnoptions:
-        warnings.filterwarnings("ignore", message=_NUMPY_FP, category=RuntimeWarning)
+        # one came from a dearray run on a CI machine although no NaN or infinity reaches a
+        # numpy reduction there (every reduction traced on this machine); the library's own
+        # tests still turn them into errors (pyproject: filterwarnings = error)
+        warnings.filterwarnings("ignore", message=NUMPY_FP_NOTICE, category=RuntimeWarning)
     warnings.formatwarning = lambda m, c, *a, **k: f"! {m}\n"  # as print_warning
 
 

@@ -907,7 +907,7 @@ def calibrate(
     category: Annotated[list[str] | None, typer.Option("--category", metavar="<name=score>", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
     negative: Annotated[list[str] | None, typer.Option("--negative", metavar="<marker=name>", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
-    faint_quantile: Annotated[float, typer.Option("--faint-quantile", help="HER2: the faint cut-off is this quantile of the 0 control (or 1 minus it of a 1+ control); 0.9-0.999.")] = 0.95,
+    faint_quantile: Annotated[float, typer.Option("--faint-quantile", help="HER2: the faint cut-off is this quantile of the 0 control (or 1 minus it of a 1+ control); at least 0.9, below 1.")] = 0.95,
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the controls under the cut-offs (and how they were placed) and of each negative control under its gate.")] = None,
     json_: JSON = False,
 ):
@@ -1029,7 +1029,7 @@ def cohort(
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     case_map: Annotated[Path | None, typer.Option("--case-map", help="CSV of slide,case: each slide's case (patient), for cases imaged as several fields or sections; cases.csv scores each case on the pooled cells of its slides.")] = None,
-    case_from_name: Annotated[str | None, typer.Option("--case-from-name", help="Each slide's case from its file name instead: a regular expression whose first group is the case, e.g. '^(.+?)_\\\\[' for inForm's <case>_\\[x,y]_component_data.tif.")] = None,  # Rich markup: brackets and the backslash escaped
+    case_from_name: Annotated[str | None, typer.Option("--case-from-name", help="Each slide's case from its file name instead: a regular expression whose first group is the case, e.g. '^(.+?)_\\[' for inForm's <case>_[x,y]_component_data.tif.")] = None,
     pattern: PATTERN = None,
     nuclei_labels_dir: Annotated[Path | None, typer.Option("--nuclei-labels-dir", help="Folder of each slide's nuclei segmented elsewhere: <stem>.tif (or .ome.tif, .ome.zarr) or one <stem>_*.tif such as cellpose's <stem>_cp_masks.tif; replaces qdmed's nuclear segmentation.")] = None,
     labels_channel: LABELS_CHANNEL = None,

@@ -1262,9 +1262,21 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
         return out
     from distributed import as_completed
 
-    futs = {client.submit(fn, *args, pure=False): j for j, args in enumerate(calls)}
-    for fut in as_completed(futs, loop=client.loop):  # qdmed's clients are not the default
-        done(futs[fut], fut.result())
+    from qdmed.imaging._scheduler import (
+        numpy_notices_hidden,
+        run_hiding_numpy_notices,
+        watch_for_workers,
+    )
+
+    hide = numpy_notices_hidden()  # the command line's filters do not reach the workers
+    futs = {(client.submit(run_hiding_numpy_notices, fn, *args, pure=False) if hide
+             else client.submit(fn, *args, pure=False)): j for j, args in enumerate(calls)}
+    watch = watch_for_workers(client)
+    try:
+        for fut in as_completed(futs, loop=client.loop):  # qdmed's clients: not the default
+            done(futs[fut], fut.result())
+    finally:
+        watch.cancel()
     return out
 
 
