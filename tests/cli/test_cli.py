@@ -211,8 +211,11 @@ def test_help_reads_whole_at_80_columns():
     env = {**os.environ, "COLUMNS": "80"}
     out = {args: subprocess.run([sys.executable, "-m", "qdmed", *args, "--help"],
                                 capture_output=True, text=True, env=env, check=True).stdout
-           for args in ((), ("image",), ("optics",), ("image", "analyze"))}
+           for args in ((), ("image",), ("optics",), ("image", "analyze"),
+                        ("image", "cohort"))}
     assert "--her2-region-min-cells <int>" in out[("image", "analyze")]
+    # no markup escapes left from the rich help: the example expression reads as typed
+    assert "'^(.+?)_\\['" in out[("image", "cohort")]
     for text in out.values():
         assert "<bool>" not in text and "…" not in text
         assert all(len(line) <= 80 for line in text.splitlines())

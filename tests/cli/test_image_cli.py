@@ -111,6 +111,11 @@ def test_panel_json(tmp_path):
     d = json.loads(r.stdout)
     assert d["components"][-1] == "autofluorescence" and d["condition_number"] < 100
     assert (tmp_path / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a plot that cannot be written is refused before the panel is written
+    r = run("image", "panel", "--out", str(tmp_path / "p.yaml"), "--plot",
+            str(tmp_path / "panel.png" / "x.png"))
+    assert r.returncode == 2 and "panel.png is a file where a folder is needed" in r.stderr
+    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_bad_inputs_exit_2(tmp_path):

@@ -368,12 +368,26 @@ def test_calibration_figure_shows_the_cutoffs_and_where_they_came_from():
     assert "1.0 % above" in " ".join(t.get_text() for t in gated.texts)
     plt.close(fig)
     # tables that are not the calibration's, a gate without its control: said so
-    with pytest.raises(InputError, match="not the ones this calibration was drawn from"):
+    with pytest.raises(InputError, match="'x2': its cell table is not the one"):
         plot_calibration({**ctrls, "x2": control(20.0, seed=2)}, her2=cal)
+    low = ctrls["ZR-75-1"].copy()  # same cells and median, another low tail (faint cut-off)
+    tail = low["HER2_membrane_stained_mean"] < low["HER2_membrane_stained_mean"].quantile(0.1)
+    low.loc[tail, "HER2_membrane_stained_mean"] *= 0.5
+    with pytest.raises(InputError, match="put the faint cut-off at .* not the tables"):
+        plot_calibration({**ctrls, "ZR-75-1": low}, her2=cal)
+    with pytest.raises(InputError, match="'neg': no cell has a value of ER_nucleus_mean"):
+        plot_calibration({**ctrls, "neg": neg.assign(ER_nucleus_mean=np.nan)},
+                         gates={"ER": gate}, negatives={"ER": "neg"})
     with pytest.raises(InputError, match="need their negative control"):
         plot_calibration(ctrls, gates={"ER": gate})
     with pytest.raises(InputError, match="nothing to plot"):
         plot_calibration(ctrls)
+    # background-subtracted intensities at or below zero: a linear axis shows every cell
+    shifted = {k: v.assign(HER2_membrane_stained_mean=v["HER2_membrane_stained_mean"] - 5)
+               for k, v in ctrls.items()}
+    lin = calibrate_her2(shifted, categories={"x2": "2+"}, scale="linear")
+    fig = plot_calibration(shifted, her2=lin)
+    assert fig.axes[0].get_xscale() == "linear" and fig.axes[0].get_xlim()[0] < lin.faint
     plt.close("all")
 
 

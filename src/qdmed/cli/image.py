@@ -94,12 +94,22 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 
 def _png_path(path: Path | None) -> Path | None:
-    """--plot: a .png file name (checked as the command starts, before any work)."""
-    if path is not None and path.suffix.lower() != ".png":
-        from qdmed.errors import InputError
+    """--plot: a .png file name where a file can be written (checked as the command starts,
+    before any work or output: a plot that cannot be written left the command's other
+    outputs behind with exit code 2)."""
+    if path is None:
+        return path
+    from qdmed.cli import _file_in_path
+    from qdmed.errors import InputError
 
+    if path.suffix.lower() != ".png":
         raise InputError(f"--plot writes a PNG image: give a file name ending in .png; got "
                          f"{str(path)!r}")
+    if path.is_dir():
+        raise InputError(f"--plot {path} is a folder; give a file name ending in .png")
+    blocking = _file_in_path(path.parent)
+    if blocking is not None:
+        raise InputError(f"--plot {path}: {blocking} is a file where a folder is needed")
     return path
 
 
@@ -883,7 +893,8 @@ def qc(
     if plot is not None:
         from qdmed.imaging._focus import focus_figure
 
-        _save_plot(plot, focus_figure(d["focus"], tuple(d["slide"]["shape"][:2])))
+        _save_plot(plot, focus_figure(d["focus"], tuple(d["slide"]["shape"][:2]),
+                                      name=Path(path).name))
     if json_:
         return print_json(d)
     sat, foc = d["saturation"], d["focus"]

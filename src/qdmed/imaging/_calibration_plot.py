@@ -3,7 +3,6 @@ drawn from, so that a pathologist can see that each control sits where its score
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,7 +74,42 @@ def plot_calibration(control_cells: Mapping[str, Any], her2=None, gates=None,
     return fig
 
 
+def _finite_column(df, col: str, name: str) -> np.ndarray:
+    if col not in df.columns:
+        raise InputError(f"control {name!r}: no column {col} in its cell table")
+    v = np.asarray(df[col], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise InputError(f"control {name!r}: no cell has a value of {col}")
+    return v
+
+
+def _check_drawn_from(cal, ctrls, vals) -> None:
+    """InputError unless the tables are those the calibration was drawn from: each
+    control's cell count and median, and the faint cut-off from the lowest-scored ones."""
+    for (name, _cat, n, med, _), v in zip(ctrls, vals, strict=True):
+        if v.size != n or not np.isclose(np.median(v), med, rtol=1e-9, atol=0.0):
+            raise InputError(f"control {name!r}: its cell table is not the one this "
+                             f"calibration was drawn from ({v.size} cells, median "
+                             f"{np.median(v):.4g}; the calibration has {n} cells, median "
+                             f"{med:.4g})")
+    low = ctrls[0][1]
+    if cal.faint_quantile is not None and low in ("0", "1+"):
+        pooled = np.concatenate([v for (_, c, *_), v in zip(ctrls, vals, strict=True)
+                                 if c == low])
+        q = cal.faint_quantile if low == "0" else 1.0 - cal.faint_quantile
+        faint = float(np.quantile(pooled, q))
+        if not np.isclose(faint, cal.faint, rtol=1e-9, atol=0.0):
+            raise InputError(f"the {low} controls' cells put the faint cut-off at "
+                             f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
+                             "tables it was drawn from")
+
+
 def _her2_panels(ax, ax2, cal, control_cells) -> None:
+    from matplotlib.ticker import NullLocator
+
+    from qdmed.imaging._report import _CAT_COLOURS
+
     col = f"{cal.marker}_{cal.compartment}_{cal.statistic}"
     ctrls = sorted(cal.controls, key=lambda c: ("0", "1+", "2+", "3+").index(c[1]))
     if not ctrls:
@@ -86,34 +120,8 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
         if name not in control_cells:
             raise InputError(f"the calibration's control {name!r} is not among the cell "
                              f"tables given ({', '.join(control_cells)})")
-        df = control_cells[name]
-        if col not in df.columns:
-            raise InputError(f"control {name!r}: no column {col} in its cell table")
-        v = np.asarray(df[col], dtype=np.float64)
-        vals.append(v[np.isfinite(v)])
-    from qdmed.imaging._report import _CAT_COLOURS
-
-    bins = _log_bins(vals)
-    for (name, cat, n, _med, _), v in zip(ctrls, vals, strict=True):
-        c = _CAT_COLOURS.get(cat, "grey")
-        pos = v[v > 0]
-        w = np.full(pos.size, 100.0 / max(v.size, 1))  # percent of the control's cells
-        ax.hist(pos, bins=bins, weights=w, histtype="stepfilled", alpha=0.3, color=c)
-        ax.hist(pos, bins=bins, weights=w, histtype="step", color=c,
-                label=f"{name} ({cat}, {n} cells)")
-    ax.set_xscale("log")
-    _plain_ticks(ax.xaxis)
-    for x, txt in ((cal.faint, "faint"), (cal.weak_moderate, "weak-moderate"),
-                   (cal.intense, "intense")):
-        ax.axvline(x, color="k", lw=1, ls="--")
-        ax.text(x, 0.98, f" {txt} {x:.3g}", transform=ax.get_xaxis_transform(),
-                fontsize=7, va="top", ha="right", rotation=90)
-    ax.set_xlim(bins[0], bins[-1])
-    ax.set_xlabel(f"{col} (abundance units, log)")
-    ax.set_ylabel("% of the control's cells per bin")
-    ax.set_title("HER2 controls and the cut-offs", fontsize=10)
-    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-              ncol=min(len(ctrls), 2))  # below: the cut-off lines stay readable
+        vals.append(_finite_column(control_cells[name], col, name))
+    _check_drawn_from(cal, ctrls, vals)
     # the anchors: (0.5, faint), (s, median of the s-controls), interpolated at 1.5 and 2.5
     xs, ys = [0.5], [cal.faint]
     for s, cat in ((1, "1+"), (2, "2+"), (3, "3+")):
@@ -122,15 +130,47 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
             xs.append(float(s))
             ys.append(float(np.median(np.concatenate(pooled))))
     log = cal.scale == "log" and min(ys) > 0
+    if log:
+        bins = _log_bins(vals)
+    else:  # intensities at or below zero: a linear axis shows them all
+        allv = np.concatenate([*vals, cal.cutoffs])
+        lo, hi = np.quantile(allv, [0.001, 0.999])
+        lo, hi = min(lo, *cal.cutoffs), max(hi, *cal.cutoffs)
+        pad = 0.05 * max(hi - lo, 1e-9)
+        bins = np.linspace(lo - pad, hi + pad, 61)
+    seen: dict[str, int] = {}
+    for (name, cat, n, _med, _), v in zip(ctrls, vals, strict=True):
+        c = _CAT_COLOURS.get(cat, "grey")
+        style = ("-", "--", ":", "-.")[seen.get(cat, 0) % 4]  # controls of one score apart
+        seen[cat] = seen.get(cat, 0) + 1
+        shown = v[v > 0] if log else v
+        hidden = v.size - shown.size
+        w = np.full(shown.size, 100.0 / v.size)  # percent of the control's cells
+        ax.hist(shown, bins=bins, weights=w, histtype="stepfilled", alpha=0.25, color=c)
+        ax.hist(shown, bins=bins, weights=w, histtype="step", color=c, linestyle=style,
+                label=f"{name} ({cat}, {n} cells"
+                      + (f"; {hidden} at or below 0 not shown)" if hidden else ")"))
+    if log:
+        ax.set_xscale("log")
+        _plain_ticks(ax.xaxis)
+    for x in cal.cutoffs:
+        ax.axvline(x, color="k", lw=1, ls="--")
+    ax.set_xlim(bins[0], bins[-1])
+    # the cut-offs named on a second axis above the plot, clear of the histograms
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(list(cal.cutoffs), [f"{t} {x:.3g}" for t, x in zip(
+        ("faint", "weak-moderate", "intense"), cal.cutoffs, strict=True)], fontsize=7,
+        rotation=30, ha="left")
+    top.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(f"{col} (abundance units{', log' if log else ''})")
+    ax.set_ylabel("% of the control's cells per bin")
+    ax.set_title("HER2 controls and the cut-offs", fontsize=10, pad=34)
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              ncol=min(len(ctrls), 2))  # below: the cut-off lines stay readable
 
     def through(at):
         return np.exp(np.interp(at, xs, np.log(ys))) if log else np.interp(at, xs, ys)
 
-    if not np.allclose(through([1.5, 2.5]), [cal.weak_moderate, cal.intense], rtol=1e-6):
-        raise InputError("the cell tables given are not the ones this calibration was drawn "
-                         f"from: their medians place the cut-offs at {through(1.5):.4g} and "
-                         f"{through(2.5):.4g}, the calibration has {cal.weak_moderate:.4g} and "
-                         f"{cal.intense:.4g}")
     grid = np.linspace(0.5, 3.0, 101)
     line = through(grid)
     ax2.plot(grid, line, color="0.4", lw=1)
@@ -155,21 +195,22 @@ def _gate_panel(ax, marker: str, gate, control: str, control_cells) -> None:
     if control not in control_cells:
         raise InputError(f"the negative control {control!r} of {marker} is not among the "
                          f"cell tables given ({', '.join(control_cells)})")
+    from matplotlib.ticker import MaxNLocator
+
     col = f"{marker}_{gate.compartment}_{gate.statistic}"
-    df = control_cells[control]
-    if col not in df.columns:
-        raise InputError(f"control {control!r}: no column {col} in its cell table")
-    v = np.asarray(df[col], dtype=np.float64)
-    v = v[np.isfinite(v)]
-    above = 100.0 * float(np.mean(v >= gate.threshold)) if v.size else math.nan
-    lo, hi = (np.quantile(v, [0.001, 0.999]) if v.size else (0.0, 1.0))
+    v = _finite_column(control_cells[control], col, control)
+    above = 100.0 * float(np.mean(v >= gate.threshold))
+    lo, hi = np.quantile(v, [0.001, 0.999])
     span = max(hi - lo, abs(gate.threshold) * 0.1, 1e-9)
-    bins = np.linspace(min(lo, gate.threshold) - 0.1 * span,
-                       max(hi, gate.threshold) + 0.1 * span, 61)
-    ax.hist(v, bins=bins, color="0.6", alpha=0.8)
+    lo, hi = min(lo, gate.threshold) - 0.1 * span, max(hi, gate.threshold) + 0.1 * span
+    ax.hist(v, bins=np.linspace(lo, hi, 61), color="0.6", alpha=0.8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.axvline(gate.threshold, color="C3", lw=1.2, ls="--")
-    ax.text(gate.threshold, 0.98, f" gate {gate.threshold:.3g}\n {above:.1f} % above",
-            transform=ax.get_xaxis_transform(), fontsize=7, va="top", ha="left")
+    right = (gate.threshold - lo) / (hi - lo) > 0.6  # the label on the roomier side
+    ax.text(gate.threshold, 0.98, f"gate {gate.threshold:.3g} \n{above:.1f} % above "
+            if right else f" gate {gate.threshold:.3g}\n {above:.1f} % above",
+            transform=ax.get_xaxis_transform(), fontsize=7, va="top",
+            ha="right" if right else "left")
     ax.set_xlabel(f"{col} (abundance units)")
     ax.set_ylabel("cells")
     ax.set_title(f"{marker}: negative control {control} ({v.size} cells)", fontsize=10)

@@ -182,15 +182,19 @@ def qc_geojson(focus: dict) -> dict:
     return {"type": "FeatureCollection", "features": feats}
 
 
-def focus_figure(focus: dict, shape_yx: tuple[int, int]):
-    """Map of the tiles' blur (grey: not measured; outlined red: out of focus)."""
+def focus_figure(focus: dict, shape_yx: tuple[int, int], name: str | None = None):
+    """Map of the tiles' blur (grey: not measured; outlined red: out of focus) of the slide
+    ``name``. The colours span at least 0.05 blur units, so that tiles differing by a few
+    thousandths do not look patchy."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     fig, ax = plt.subplots(figsize=(5.5, 5.5 * shape_yx[0] / max(shape_yx[1], 1) + 0.6))
     vals = [t["blur"] for t in focus["tiles"] if t["blur"] is not None]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
-    hi = max(hi, lo + 1e-6)
+    if hi - lo < 0.05:
+        mid = (hi + lo) / 2
+        lo, hi = mid - 0.025, mid + 0.025
     cmap = plt.get_cmap("viridis")
     for t in focus["tiles"]:
         y0, y1, x0, x1 = t["box_px"]
@@ -205,6 +209,8 @@ def focus_figure(focus: dict, shape_yx: tuple[int, int]):
     ax.set_ylabel("y (px)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
     fig.colorbar(sm, ax=ax, label="blur effect (Crete 2007)", shrink=0.8)
-    ax.set_title(f"Focus by tile: {len(focus['out_of_focus_tiles'])} out of focus (red)")
+    ax.set_title((f"{name}: " if name else "")
+                 + f"focus by tile, {len(focus['out_of_focus_tiles'])} out of focus (red)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
