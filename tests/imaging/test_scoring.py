@@ -340,6 +340,23 @@ def test_calibration_with_1plus_and_2plus_controls():
     assert cal.intense == pytest.approx((m2 + m3) / 2)
 
 
+def test_controls_scored_with_their_own_calibration():
+    from qdmed.imaging import her2_controls_scored
+
+    ctrls = {"MDA-MB-468": control(1.0), "MCF-7": control(4.0, seed=1),
+             "BT-474": control(50.0, seed=2)}
+    cal = calibrate_her2(ctrls, categories={"MDA-MB-468": "0", "MCF-7": "1+"})
+    assert her2_controls_scored(cal, ctrls) == {
+        "MDA-MB-468": {"category": "0", "scored": "0"},
+        "MCF-7": {"category": "1+", "scored": "1+"},
+        "BT-474": {"category": "3+", "scored": "3+"}}
+    # a 3+ line whose membranes read half stained: intense but incomplete is 2+ (Wolff 2018)
+    ctrls["BT-474"] = ctrls["BT-474"].assign(HER2_membrane_completeness=0.5)
+    assert her2_controls_scored(cal, ctrls)["BT-474"] == {"category": "3+", "scored": "2+"}
+    with pytest.raises(UnknownNameError, match="'MCF-7' is not among"):
+        her2_controls_scored(cal, {"MDA-MB-468": ctrls["MDA-MB-468"]})
+
+
 def test_calibration_figure_shows_the_cutoffs_and_where_they_came_from():
     import matplotlib
 

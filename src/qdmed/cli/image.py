@@ -987,6 +987,14 @@ def calibrate(
                 raise
             raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
         doc["her2"] = her2.to_dict()
+        from qdmed.imaging import her2_controls_scored
+
+        doc["controls_scored"] = her2_controls_scored(her2, her2_ctrls)
+        doc["warnings"] = [f"control {n} ({v['category']}) scores {v['scored']} with these "
+                           "cut-offs: check its cells (membrane completeness, segmentation) "
+                           "or its known score"
+                           for n, v in doc["controls_scored"].items()
+                           if v["scored"] != v["category"]]
     if negs:
         gates = gates_from_negative_controls(ctrls, negs)
         doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold,
@@ -1009,9 +1017,13 @@ def calibrate(
         h = doc["her2"]
         print_kv(f"HER2 calibration -> {out}", {"faint": h["faint"], "weak_moderate":
                                                  h["weak_moderate"], "intense": h["intense"],
-                                                 "rule": h["rule"]})
+                                                 "rule": h["rule"], "controls scored with it":
+                                                 ", ".join(f"{n} {v['scored']}" for n, v in
+                                                           doc["controls_scored"].items())})
     if "gates" in doc:
         print_table("Positivity gates", [{"marker": m, **g} for m, g in doc["gates"].items()])
+    for w in doc.get("warnings", ()):
+        print_warning(w)
 
 
 @app.command(short_help="Analyse every slide in a folder; one table for all.")

@@ -66,6 +66,7 @@ from qdmed.imaging._scoring import (
     f1_at_iou,
     gates_from_negative_controls,
     h_score,
+    her2_controls_scored,
     percent_positive,
     phenotype,
     score_her2,
@@ -109,5 +110,5 @@ __all__ = [
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
     "find_tma_cores", "simulate_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
-    "analyze_cohort", "cells_from_labels", "nuclei_from_labels", "plot_calibration",
+    "analyze_cohort", "cells_from_labels", "nuclei_from_labels", "plot_calibration", "her2_controls_scored",
 ]

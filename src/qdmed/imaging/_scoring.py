@@ -714,6 +714,22 @@ def calibrate_her2(
     )
 
 
+def her2_controls_scored(calibration: Her2Calibration,
+                         control_cells: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Each control of a calibration scored with it: name -> ``{"category": its known
+    score, "scored": the category :func:`score_her2` gives}``. A control that does not
+    score its own category (e.g. a 3+ line whose membranes read incomplete) means the
+    cut-offs or the control are not what they should be."""
+    out = {}
+    for name, cat, *_ in calibration.controls:
+        if name not in control_cells:
+            raise UnknownNameError(f"the calibration's control {name!r} is not among the "
+                                   f"cell tables given ({', '.join(control_cells)})")
+        got = score_her2(control_cells[name], calibration, nan_policy="omit")
+        out[name] = {"category": cat, "scored": got.category}
+    return out
+
+
 @dataclass(frozen=True)
 class Her2Score:
     """Slide-level ASCO/CAP 2018-style HER2 score of a cell population.
