@@ -12,8 +12,10 @@ import typer
 
 from qdmed import __version__
 
-app = typer.Typer(rich_markup_mode=None, help="qdmed: quantum-dot cancer nanomedicine toolkit.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+# rich_markup_mode=None: click's plain help, which keeps long option names whole at 80
+# columns (Typer's rich tables cut them) and shows no <bool> beside flags
+app = typer.Typer(help="qdmed: quantum-dot cancer nanomedicine toolkit.", no_args_is_help=True,
+                  rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=False)
 
 
 def _version(value: bool):
