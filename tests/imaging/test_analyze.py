@@ -272,6 +272,23 @@ def test_distributed_cluster_gives_the_same_cells(slide, tmp_path, dask_cluster)
         analyze_slide(slide.path, PANEL, tmp_path / "w", tile=512, scheduler=worker,
                       progress=False)
     assert not (tmp_path / "w").exists()
+    # a cluster that cannot read the jobs (started from another environment, or before
+    # qdmed was updated): a module only this process can import stands in for it
+    from qdmed.imaging._analyze import run_jobs
+    from qdmed.imaging._scheduler import connect
+
+    (tmp_path / "only_here.py").write_text("def job(v):\n    return v\n")
+    sys.path.insert(0, str(tmp_path))
+    client = connect(dask_cluster)
+    try:
+        import only_here
+
+        with pytest.raises(InputError, match="could not read qdmed's jobs: it runs another"):
+            run_jobs(only_here.job, [(1,)], client, lambda: None)
+    finally:
+        client.close()
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("only_here", None)
 
 
 def test_a_scheduler_without_workers_is_said_while_the_run_waits(tmp_path):

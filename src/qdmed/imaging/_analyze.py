@@ -1263,6 +1263,7 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     from distributed import as_completed
 
     from qdmed.imaging._scheduler import (
+        cluster_mismatch,
         numpy_notices_hidden,
         run_hiding_numpy_notices,
         watch_for_workers,
@@ -1275,6 +1276,10 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     try:
         for fut in as_completed(futs, loop=client.loop):  # qdmed's clients: not the default
             done(futs[fut], fut.result())
+    except RuntimeError as exc:
+        if "deserialization of the task graph" not in str(exc):
+            raise
+        raise InputError(cluster_mismatch(client)) from None
     finally:
         watch.cancel()
     return out

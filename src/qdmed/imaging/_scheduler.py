@@ -192,6 +192,27 @@ def watch_for_workers(client, wait_s: float | None = None):
     return timer
 
 
+def cluster_mismatch(client) -> str:
+    """Why a cluster's scheduler could not read qdmed's jobs (distributed says "Error during
+    deserialization of the task graph"): it runs another environment or another qdmed
+    (seen with a scheduler started before qdmed was updated)."""
+    import platform
+
+    import distributed
+
+    from qdmed import __version__
+
+    try:
+        address = client.scheduler.address
+    except Exception:  # noqa: BLE001 - the message stands without it
+        address = "the scheduler"
+    return (f"the Dask scheduler at {address} could not read qdmed's jobs: it runs another "
+            f"Python environment or another qdmed than this one (qdmed {__version__}, "
+            f"Python {platform.python_version()}, distributed {distributed.__version__}); "
+            "start the scheduler and its workers from this environment (and again after "
+            "updating qdmed)")
+
+
 def numpy_notices_hidden() -> bool:
     """Whether this process hides numpy's floating-point notices (the command line does,
     :data:`qdmed.errors.NUMPY_FP_NOTICE`): its workers are then told to hide them too."""
