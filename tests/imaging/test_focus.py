@@ -145,6 +145,18 @@ def test_qc_of_a_folder(tmp_path):
     assert rows["sharp.ome.tif"]["warnings"] == []
     assert (tmp_path / "qc" / "qc.csv").read_text().startswith("slide,status,message")
     assert (tmp_path / "qc" / "slides" / "raw" / "qc.json").exists()
+    # the figure: a bar per slide in each panel, the unreadable slide marked as failed
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qdmed.imaging._qc import qc_folder_figure
+
+    fig = qc_folder_figure(res)
+    assert [len(ax.patches) for ax in fig.axes] == [3, 3, 3]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["failed"]
+    plt.close(fig)
     # the offset given: nothing left to warn
     res = qc_folder(folder, PANEL, tmp_path / "qc2", tile=256, progress=False, offset_adu=100)
     assert {r["slide"]: r.get("offset_suspected") for r in res["slides"]}["raw.ome.tif"] is False

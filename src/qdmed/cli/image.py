@@ -854,7 +854,7 @@ def qc(
     saturation_level: SATURATION = None,
     offset: OFFSET = None,
     pattern: PATTERN = None,
-    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="One slide: PNG of its tiles' blur, out-of-focus tiles outlined.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG: a slide's tiles by blur (out-of-focus tiles outlined); for a folder, each slide's blur, tiles out of focus and saturation.")] = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -863,19 +863,19 @@ def qc(
 
     For a folder: exit code 3 when some slides could not be read (the others' results are
     written), 2 when none could."""
-    from qdmed.errors import InputError
     from qdmed.imaging._qc import qc_folder, qc_slide
 
     p = _panel(panel_file)
     if not _slide_folder(path):
         _no_pattern(pattern, path)
-    elif plot is not None:
-        raise InputError("--plot draws one slide's tiles; for a folder, give one of its "
-                         "slides (each slide's qc.json is under slides/ in --out)")
     if _slide_folder(path):
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
                         progress=not no_progress, pattern=pattern)
+        if plot is not None:
+            from qdmed.imaging._qc import qc_folder_figure
+
+            _save_plot(plot, qc_folder_figure(res))
         if json_:
             print_json(res)
             return _folder_exit(res)

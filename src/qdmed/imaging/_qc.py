@@ -22,7 +22,7 @@ import numpy as np
 
 from qdmed.errors import InputError, QdmedError
 
-__all__ = ["qc_folder", "qc_slide"]
+__all__ = ["qc_folder", "qc_folder_figure", "qc_slide"]
 
 
 def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=None,
@@ -189,3 +189,56 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     atomic_write_text(out / "qc.csv", buf.getvalue())
     summary["out"] = str(out)
     return summary
+
+
+def qc_folder_figure(summary: dict):
+    """Figure of a folder's quality control (:func:`qc_folder`'s summary), one bar per
+    slide: its median blur against the cohort's outlier threshold (slides above it in red,
+    :func:`qdmed.imaging._focus.blur_outliers`), the share of its tiles out of focus, and
+    the share of pixels at the detector ceiling in its worst channel. Slides that could
+    not be read are marked as such."""
+    import matplotlib.pyplot as plt
+
+    from qdmed.imaging._focus import blur_outliers
+
+    rows = summary["slides"]
+    if not rows:
+        raise InputError("no slide in this quality control: nothing to draw")
+    names = [r["slide"] for r in rows]
+    ok = [r["status"] == "ok" for r in rows]
+
+    def values(key):
+        return [float(r[key]) if r.get(key) is not None and ok[i] else np.nan
+                for i, r in enumerate(rows)]
+
+    blur = values("focus_median_blur")
+    _, _, thr, flagged = blur_outliers(blur)
+    tiles = [100.0 * r["n_tiles_out_of_focus"] / r["n_tiles"]
+             if ok[i] and r.get("n_tiles") else np.nan for i, r in enumerate(rows)]
+    sat = values("percent_saturated_worst_channel")
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(3, 1, figsize=(max(6.0, 0.35 * len(rows) + 2.0), 7.5),
+                             sharex=True)
+    axes[0].bar(x, np.nan_to_num(blur), color=["C3" if f else "C0" for f in flagged])
+    title = f"Quality control of {summary.get('folder', 'the folder')}: {len(rows)} slides"
+    if thr is not None:
+        axes[0].axhline(thr, color="C3", ls="--", lw=1)
+        title += f"\ndashed: the cohort's blur threshold {thr:.3f} (slides above it in red)"
+    axes[0].set_ylabel("median blur\n(0 sharp)")
+    axes[0].set_title(title, fontsize=9)
+    axes[1].bar(x, np.nan_to_num(tiles), color="C1")
+    axes[1].set_ylabel("tiles out of\nfocus (%)")
+    axes[2].bar(x, np.nan_to_num(sat), color="C2")
+    axes[2].set_ylabel("saturated pixels,\nworst channel (%)")
+    for ax, v in zip(axes[1:], (tiles, sat), strict=True):  # 0-1 % at least: no negative axis
+        ax.set_ylim(0, max(1.0, 1.15 * float(np.nanmax(v))) if np.isfinite(v).any() else 1.0)
+    for i in np.nonzero(~np.asarray(ok))[0]:
+        for ax in axes:
+            ax.text(i, 0, "failed", rotation=90, ha="center", va="bottom", fontsize=7,
+                    color="0.4")
+    if len(rows) <= 80:
+        axes[2].set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    else:  # hundreds of names are unreadable: positions instead (qc.csv names them)
+        axes[2].set_xlabel("slides, in qc.csv's order")
+    fig.tight_layout()
+    return fig
