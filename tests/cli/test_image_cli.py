@@ -207,10 +207,12 @@ def test_unmixed_image_rounded_to_fewer_bits(tmp_path):
     slide = tmp_path / "s.ome.tif"
     assert run("image", "simulate", "--size", "512", "--out", str(slide)).returncode == 0
     for bits, out in ((None, "exact.ome.zarr"), (10, "b10.ome.zarr")):
-        extra = () if bits is None else ("--unmixed-bits", str(bits))
+        extra = ("--plot", str(tmp_path / "u.png")) if bits is None else \
+            ("--unmixed-bits", str(bits))
         r = run("image", "unmix", str(slide), "--out", str(tmp_path / out), "--json", *extra)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["unmixed_keep_bits"] == bits
+    assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     exact = np.asarray(zarr.open_group(str(tmp_path / "exact.ome.zarr"), mode="r")["0"])
     b10 = np.asarray(zarr.open_group(str(tmp_path / "b10.ome.zarr"), mode="r")["0"])
     assert b10.dtype == np.float32 and b10.shape == exact.shape

@@ -2,6 +2,7 @@
 links that open, empty cells rather than 'None', whole counts, provenance."""
 
 import pandas as pd
+import pytest
 
 from qdmed.imaging import analyze_cohort, breast_panel_5plex, simulate_slide
 from qdmed.report import HtmlReport
@@ -64,3 +65,28 @@ def test_her2_figure_ticks_are_plain_numbers_in_the_reports():
     plt.close(fig)
     assert ticks and not any("$" in t or "mathdefault" in t for t in ticks), ticks
     assert "100" in ticks
+
+
+def test_unmixed_figure_shows_every_channel_on_its_own_scale(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from qdmed.imaging import write_ome_zarr
+    from qdmed.imaging._report import unmixed_figure
+
+    rng = np.random.default_rng(0)
+    img = np.stack([rng.uniform(0, 10, (64, 64)), rng.uniform(0, 1000, (64, 64)),
+                    rng.uniform(0, 0.3, (64, 64))], axis=-1).astype(np.float32)
+    write_ome_zarr(tmp_path / "u.ome.zarr", img, channel_names=["DAPI", "HER2", "residual"],
+                   pyramid_levels=1)
+    fig = unmixed_figure(tmp_path / "u.ome.zarr")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title().split(" ")[0] for ax in shown] == ["DAPI", "HER2", "residual"]
+    # each component from 0 to its own 99.5th percentile; the residual from 0 to 1
+    lims = [v for ax in shown for v in ax.images[0].get_clim()]
+    assert lims == pytest.approx([0, np.percentile(img[..., 0], 99.5), 0,
+                                  np.percentile(img[..., 1], 99.5), 0, 1.0], rel=1e-5)
+    plt.close(fig)

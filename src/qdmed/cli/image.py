@@ -573,7 +573,9 @@ def library(
 @app.command(short_help="Exact NNLS unmixing of a slide into OME-Zarr.")
 def unmix(slide: Path, panel_file: PANEL = None,
           out: Annotated[Path, typer.Option("--out", help="Unmixed OME-Zarr.")] = Path("unmixed.ome.zarr"),
-          offset: OFFSET = None, unmixed_bits: UNMIXED_BITS = None, json_: JSON = False):
+          offset: OFFSET = None, unmixed_bits: UNMIXED_BITS = None,
+          plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of every unmixed channel and the residual, side by side.")] = None,
+          json_: JSON = False):
     """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
     from qdmed.imaging import AnalysisSettings, read_slide
     from qdmed.imaging._analyze import (
@@ -594,6 +596,10 @@ def unmix(slide: Path, panel_file: PANEL = None,
     check_unmixable(p)
     _write_unmixed(s, p, AnalysisSettings(offset_adu=None if off is None else tuple(off)), out,
                    s.pixel_size_um, unmixed_bits)  # the slide's own pixel size, or none
+    if plot is not None:
+        from qdmed.imaging._report import unmixed_figure
+
+        _save_plot(plot, unmixed_figure(out))
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits}
     if json_:

@@ -183,6 +183,38 @@ def overlay_figure(result, max_px: int = 900):
     return fig
 
 
+def unmixed_figure(unmixed_path, max_px: int = 600):
+    """Every channel of an unmixed OME-Zarr (each component's abundance and the relative
+    residual) side by side on its coarsest level up to ``max_px`` across, each scaled from
+    0 to its own 99.5th percentile (the residual from 0 to 1, the share of a pixel's signal
+    the panel does not explain)."""
+    import matplotlib.pyplot as plt
+
+    img, factor, names = _thumbnail(Path(unmixed_path), max_px)
+    k = img.shape[-1]
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows * img.shape[0]
+                                                  / max(img.shape[1], 1) + 0.5),
+                             squeeze=False)
+    for j, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if j >= k:
+            continue
+        ch = img[..., j]
+        resid = names[j] == "residual"
+        top = 1.0 if resid else float(np.percentile(ch, 99.5))
+        im = ax.imshow(ch, cmap="magma" if resid else "gray", vmin=0,
+                       vmax=top if top > 0 else 1.0)
+        ax.set_title(names[j] + (" (relative)" if resid else f" (0-{top:.3g})"), fontsize=8)
+        if resid:
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    scale = "full resolution" if factor == 1 else f"1/{factor:g} scale"
+    fig.suptitle(f"{Path(unmixed_path).name}: every channel at {scale}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def histogram_figure(cells, components):
     import matplotlib.pyplot as plt
 
