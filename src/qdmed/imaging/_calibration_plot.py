@@ -74,9 +74,12 @@ def plot_calibration(control_cells: Mapping[str, Any], her2=None, gates=None,
     return fig
 
 
-def _finite_column(df, col: str, name: str) -> np.ndarray:
-    if col not in df.columns:
-        raise InputError(f"control {name!r}: no column {col} in its cell table")
+def _finite_column(df, marker: str, compartment: str, statistic: str, name: str
+                   ) -> np.ndarray:
+    """The finite values of a control's column (as :func:`calibrate_her2` reads them)."""
+    from qdmed.imaging._scoring import _column
+
+    col = _column(df, marker, compartment, statistic)
     v = np.asarray(df[col], dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -84,31 +87,36 @@ def _finite_column(df, col: str, name: str) -> np.ndarray:
     return v
 
 
-def _check_drawn_from(cal, ctrls, vals) -> None:
-    """InputError unless the tables are those the calibration was drawn from: each
-    control's cell count and median, and the faint cut-off from the lowest-scored ones."""
+def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
+    """The calibration's anchors, (0.5, faint cut-off) and (s, median of the s controls),
+    from the tables given; InputError unless they are those it was drawn from (each
+    control's cell count and median, and the faint cut-off where its rule is recorded)."""
+    from qdmed.imaging._scoring import HER2_CATEGORIES, her2_faint_cutoff, her2_median_anchors
+
     for (name, _cat, n, med, _), v in zip(ctrls, vals, strict=True):
         if v.size != n or not np.isclose(np.median(v), med, rtol=1e-9, atol=0.0):
             raise InputError(f"control {name!r}: its cell table is not the one this "
                              f"calibration was drawn from ({v.size} cells, median "
                              f"{np.median(v):.4g}; the calibration has {n} cells, median "
                              f"{med:.4g})")
-    low = ctrls[0][1]
-    if cal.faint_quantile is not None and low in ("0", "1+"):
-        pooled = np.concatenate([v for (_, c, *_), v in zip(ctrls, vals, strict=True)
-                                 if c == low])
-        q = cal.faint_quantile if low == "0" else 1.0 - cal.faint_quantile
-        faint = float(np.quantile(pooled, q))
+    by_score: dict[int, list[np.ndarray]] = {}
+    for (_, cat, *_), v in zip(ctrls, vals, strict=True):
+        by_score.setdefault(HER2_CATEGORIES.index(cat), []).append(v)
+    if cal.faint_quantile is not None:
+        faint = her2_faint_cutoff(by_score, cal.faint_quantile)
         if not np.isclose(faint, cal.faint, rtol=1e-9, atol=0.0):
-            raise InputError(f"the {low} controls' cells put the faint cut-off at "
+            raise InputError(f"the {ctrls[0][1]} controls' cells put the faint cut-off at "
                              f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
                              "tables it was drawn from")
+    xs, ys = her2_median_anchors(by_score)
+    return [0.5, *xs], [cal.faint, *ys]
 
 
 def _her2_panels(ax, ax2, cal, control_cells) -> None:
     from matplotlib.ticker import NullLocator
 
     from qdmed.imaging._report import _CAT_COLOURS
+    from qdmed.imaging._scoring import interpolate_anchors
 
     col = f"{cal.marker}_{cal.compartment}_{cal.statistic}"
     ctrls = sorted(cal.controls, key=lambda c: ("0", "1+", "2+", "3+").index(c[1]))
@@ -120,15 +128,10 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
         if name not in control_cells:
             raise InputError(f"the calibration's control {name!r} is not among the cell "
                              f"tables given ({', '.join(control_cells)})")
-        vals.append(_finite_column(control_cells[name], col, name))
-    _check_drawn_from(cal, ctrls, vals)
+        vals.append(_finite_column(control_cells[name], cal.marker, cal.compartment,
+                                   cal.statistic, name))
     # the anchors: (0.5, faint), (s, median of the s-controls), interpolated at 1.5 and 2.5
-    xs, ys = [0.5], [cal.faint]
-    for s, cat in ((1, "1+"), (2, "2+"), (3, "3+")):
-        pooled = [v for (_, c, *_), v in zip(ctrls, vals, strict=True) if c == cat]
-        if pooled:
-            xs.append(float(s))
-            ys.append(float(np.median(np.concatenate(pooled))))
+    xs, ys = _anchors_drawn_from(cal, ctrls, vals)
     log = cal.scale == "log" and min(ys) > 0
     if log:
         bins = _log_bins(vals)
@@ -168,12 +171,8 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
     ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
               ncol=min(len(ctrls), 2))  # below: the cut-off lines stay readable
 
-    def through(at):
-        return np.exp(np.interp(at, xs, np.log(ys))) if log else np.interp(at, xs, ys)
-
     grid = np.linspace(0.5, 3.0, 101)
-    line = through(grid)
-    ax2.plot(grid, line, color="0.4", lw=1)
+    ax2.plot(grid, interpolate_anchors(grid, xs, ys, log=log), color="0.4", lw=1)
     ax2.plot(xs, ys, "ko", ms=5, label="anchors: faint cut-off, control medians")
     ax2.plot([1.5, 2.5], [cal.weak_moderate, cal.intense], "s", color="C3", ms=6,
              label="cut-offs at scores 1.5 and 2.5")
@@ -198,7 +197,8 @@ def _gate_panel(ax, marker: str, gate, control: str, control_cells) -> None:
     from matplotlib.ticker import MaxNLocator
 
     col = f"{marker}_{gate.compartment}_{gate.statistic}"
-    v = _finite_column(control_cells[control], col, control)
+    v = _finite_column(control_cells[control], marker, gate.compartment, gate.statistic,
+                       control)
     above = 100.0 * float(np.mean(v >= gate.threshold))
     lo, hi = np.quantile(v, [0.001, 0.999])
     span = max(hi - lo, abs(gate.threshold) * 0.1, 1e-9)

@@ -147,7 +147,7 @@ def connect(address: str):
     from distributed import Client
 
     reply = identify(address)
-    if reply.get("type") == "Worker" or "Scheduler" not in str(reply.get("type")):
+    if "Scheduler" not in str(reply.get("type")):  # a Worker, a Nanny...
         theirs = reply.get("scheduler")
         raise InputError(f"{address} is a Dask {reply.get('type')}, not the scheduler: give "
                          + (f"its scheduler's address, {theirs}" if theirs else

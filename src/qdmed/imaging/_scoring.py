@@ -554,6 +554,33 @@ class Her2Calibration:
         return cls(**kw)
 
 
+def her2_faint_cutoff(values_by_score: Mapping[int, list[np.ndarray]],
+                      faint_quantile: float) -> float:
+    """:func:`calibrate_her2`'s faint cut-off from the cell values of its controls by score
+    (0-3): the ``faint_quantile`` quantile of the pooled 0 controls, or ``1 -
+    faint_quantile`` of the pooled 1+ controls when no 0 control is given."""
+    low = min(values_by_score)
+    q = faint_quantile if low == 0 else 1 - faint_quantile
+    return float(np.quantile(np.concatenate(values_by_score[low]), q))
+
+
+def her2_median_anchors(values_by_score: Mapping[int, list[np.ndarray]]
+                        ) -> tuple[list[float], list[float]]:
+    """The anchors (s, median of the pooled s controls) of :func:`calibrate_her2` for every
+    score s >= 1 present (the first anchor, (0.5, faint cut-off), is not among them)."""
+    scores = [s for s in sorted(values_by_score) if s >= 1]
+    return ([float(s) for s in scores],
+            [float(np.median(np.concatenate(values_by_score[s]))) for s in scores])
+
+
+def interpolate_anchors(at, xs, ys, *, log: bool) -> np.ndarray:
+    """Piecewise-linear interpolation of the anchors at scores ``at``: in log(intensity)
+    (``log``) or in intensity."""
+    if log:
+        return np.exp(np.interp(at, xs, np.log(ys)))
+    return np.interp(at, xs, ys)
+
+
 def calibrate_her2(
     control_cells: Mapping[str, Any],
     *,
@@ -666,30 +693,25 @@ def calibrate_her2(
         raise InputError(f"calibration needs a 0 or 1+ control; got only scores {[HER2_CATEGORIES[s] for s in scores]}.")
     if scores[-1] != 3:
         raise InputError(f"calibration needs a 3+ control; got scores {[HER2_CATEGORIES[s] for s in scores]}.")
-    low_vals = np.concatenate(pooled[low])
     q_used = q if low == 0 else 1 - q
-    faint = float(np.quantile(low_vals, q_used))
+    faint = her2_faint_cutoff(pooled, q)
+    xs, ys = her2_median_anchors(pooled)
+    xs, ys = [0.5, *xs], [faint, *ys]
     for row in info:
         if HER2_CATEGORIES.index(row[1]) == low:
             row[4] = faint
-    xs = [0.5] + [float(s) for s in scores if s >= 1]
-    ys = [faint] + [float(np.median(np.concatenate(pooled[s]))) for s in scores if s >= 1]
     if not all(a < b for a, b in zip(ys[:-1], ys[1:], strict=True)):
         raise InputError(
             "controls are not ordered like their scores: anchors score->intensity "
             f"{dict(zip(xs, ys, strict=True))} (faint cut-off at 0.5, control medians at their "
             "scores) must increase with the score."
         )
-    if scale == "log":
-        if min(ys) <= 0:
-            raise InputError(
-                f"scale='log' needs positive anchors (faint cut-off and control medians); got {ys}. "
-                "Use scale='linear' or background-subtracted intensities."
-            )
-        fy = np.log(ys)
-        wm, it = np.exp(np.interp([1.5, 2.5], xs, fy))
-    else:
-        wm, it = np.interp([1.5, 2.5], xs, ys)
+    if scale == "log" and min(ys) <= 0:
+        raise InputError(
+            f"scale='log' needs positive anchors (faint cut-off and control medians); got {ys}. "
+            "Use scale='linear' or background-subtracted intensities."
+        )
+    wm, it = interpolate_anchors([1.5, 2.5], xs, ys, log=scale == "log")
     if not faint < wm < it:
         raise InputError(
             "controls are not ordered like their scores: derived cut-offs "
