@@ -60,6 +60,24 @@ def test_white_is_zero_od():
     assert not sep.dab.any() and not sep.hematoxylin.any()
 
 
+def test_deconvolution_matches_scikit_image(ihc):
+    """scikit-image's ``separate_stains(rgb, hdx_from_rgb)`` (Ruifrok & Johnston's H-DAB
+    vectors) scales the optical density by 1/-log10(1e-6) = 1/6 (it divides log(rgb) by
+    log(1e-6)) and clips negative amounts to 0, so qdmed's clipped H and DAB ODs are six
+    times its values. Differences up to 2.5e-5 (H) and 1.8e-3 (DAB) remain because
+    scikit-image does not normalise its third (residual) row, which the DAB channel leans
+    on most. Pixels with a channel at 0 (9 of 262,144) are left out: scikit-image floors
+    the transmittance at 1e-6, qdmed at 1/255 (the darkest an 8-bit pixel can record)."""
+    from skimage.color import hdx_from_rgb, separate_stains
+
+    ref = 6.0 * separate_stains(ihc, hdx_from_rgb)
+    sep = deconvolve_dab(ihc)
+    ok = ihc.min(axis=-1) > 0
+    assert ok.sum() == ihc.shape[0] * ihc.shape[1] - 9
+    np.testing.assert_allclose(sep.hematoxylin[ok], ref[..., 0][ok], atol=1e-4)
+    np.testing.assert_allclose(sep.dab[ok], ref[..., 1][ok], atol=3e-3)
+
+
 def test_real_ihc_dab_nonnegative_and_round_trip(ihc):
     sep = deconvolve_dab(ihc)
     assert sep.dab.min() >= 0 and sep.hematoxylin.min() >= 0
@@ -237,6 +255,22 @@ def test_white_level_per_channel(ihc):
         estimate_background(np.full((64, 64, 3), 0.3))
     with pytest.raises(InputError, match="no glass"):  # pale tissue, no glass in view
         estimate_background(ihc[0:128, 96:224])
+
+
+def test_default_white_level_however_spelled(ihc):
+    """The default white level 1 reads the glass from the image whatever its spelling: a
+    field framed by off-white glass (0.945, as a slide scanner's slightly grey glass) gives
+    the same cells and nuclear threshold with 1.0, (1, 1, 1), [1.0, 1.0, 1.0] or
+    np.float64(1) (a tuple used to be taken for a measured white level, so the grey glass
+    counted as tissue in the nuclear Otsu split)."""
+    framed = np.full((1024, 1024, 3), 0.945)
+    framed[256:768, 256:768] = ihc / 255.0
+    cut = (0.05, 0.15, 0.3)
+    ref = score_dab(framed, od_cutoffs=cut)
+    for spelled in ((1, 1, 1), [1.0, 1.0, 1.0], np.float64(1.0), np.ones(3)):
+        got = score_dab(framed, od_cutoffs=cut, background=spelled)
+        assert got.n_cells == ref.n_cells
+        assert got.nuclear_threshold_od == ref.nuclear_threshold_od
 
 
 def test_macenko_refuses_a_one_stain_image(ihc):

@@ -479,6 +479,32 @@ def test_cohen_kappa_weighted_hand_computed():
     assert cohen_kappa(ha, hb, weights="linear", labels=labels[:3]) == pytest.approx(1 - 120 / 366)
 
 
+def test_cohen_kappa_her2_scale_matches_scikit_learn():
+    """A 4 x 4 table of HER2 scores in which neither rater used 2+. Reference values from
+    scikit-learn 1.9.1, ``cohen_kappa_score(a, b, weights=w, labels=['0', '1+', '2+',
+    '3+'])``: 0.6666666666666667 (unweighted), 0.7506925207756233 (linear),
+    0.8148148148148149 (quadratic). Without ``labels`` scikit-learn spans only the observed
+    categories (linear 0.7238658777120316, quadratic 0.7840755735492577): a 1+/3+
+    disagreement would weigh one step instead of two. qdmed takes the HER2 scale when every
+    label is a HER2 category."""
+    cats = ["0", "1+", "2+", "3+"]
+    table = np.array([[20, 5, 0, 1], [4, 15, 0, 2], [0, 0, 0, 0], [0, 1, 0, 12]])
+    a, b = [], []
+    for i in range(4):
+        for j in range(4):
+            a += [cats[i]] * table[i, j]
+            b += [cats[j]] * table[i, j]
+    for weights, ref in ((None, 0.6666666666666667), ("linear", 0.7506925207756233),
+                         ("quadratic", 0.8148148148148149)):
+        assert cohen_kappa(a, b, weights=weights) == pytest.approx(ref, abs=1e-12)
+        assert cohen_kappa(a, b, weights=weights, labels=cats) == pytest.approx(ref, abs=1e-12)
+    observed = ["0", "1+", "3+"]  # the observed categories only, given explicitly
+    assert cohen_kappa(a, b, weights="linear", labels=observed) == \
+        pytest.approx(0.7238658777120316, abs=1e-12)
+    assert cohen_kappa(a, b, weights="quadratic", labels=observed) == \
+        pytest.approx(0.7840755735492577, abs=1e-12)
+
+
 def test_cohen_kappa_edges():
     assert cohen_kappa([1, 2, 3], [1, 2, 3]) == 1.0
     assert np.isnan(cohen_kappa([1, 1], [1, 1]))

@@ -2,9 +2,10 @@
 against a pathologist, two calibrations), as method-comparison studies report it.
 
 QD-IHC papers compare their categories with conventional DAB IHC and FISH case by case
-(Chen C et al., Biomaterials 2009; Yang XQ et al., Int J Nanomedicine 2011: kappa 0.848
-against IHC; imaging reference, section 2.2): a cross-table of categories, the overall
-agreement, and Cohen's kappa, weighted for the ordered 0 < 1+ < 2+ < 3+ scale.
+(Chen C et al., Biomaterials 2009, for HER2; Yang XQ et al., Int J Nanomedicine 2011, for
+EGFR: kappa 0.848 against IHC; imaging reference, section 2.2): a cross-table of
+categories, the overall agreement, and Cohen's kappa, weighted for the ordered
+0 < 1+ < 2+ < 3+ scale.
 """
 
 from __future__ import annotations

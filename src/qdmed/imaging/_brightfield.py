@@ -197,12 +197,23 @@ def histogram_threshold(histogram, top: float) -> float:
                                     (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS))
 
 
+def is_default_white(background) -> bool:
+    """Whether `background` is the default white level 1, however it is written (1, 1.0,
+    (1, 1, 1), a numpy scalar or array of ones); 'auto' and any other level are not."""
+    if isinstance(background, str):
+        return False
+    try:
+        return bool(np.all(np.asarray(background, dtype=np.float64) == 1.0))
+    except (TypeError, ValueError):
+        return False
+
+
 def glass_level(rgb, background, white) -> np.ndarray:
     """The glass's transmittance per channel, to tell glass from tissue: the white level
     when one was given (``background`` not the default 1), else the image's own glass
     (:func:`estimate_background`; a glass reading 0.945 under the default white is glass
     all the same), else, with no glass in view, the white level ``white``."""
-    if not (isinstance(background, int | float) and background == 1.0):
+    if not is_default_white(background):
         return np.asarray(white, dtype=np.float64)
     try:
         return np.asarray(estimate_background(rgb))
@@ -654,7 +665,7 @@ def score_dab(
     else:
         m = stain_matrix
     warnings = uncalibrated_warnings(t)
-    if check_glass and not isinstance(background, str) and np.all(bg == 1.0):  # white
+    if check_glass and is_default_white(background):
         warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down

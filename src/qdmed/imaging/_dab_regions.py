@@ -389,7 +389,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if not ps:
         ps = 0.5
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
-    from qdmed.imaging._brightfield import _background, _matrix, glass_level
+    from qdmed.imaging._brightfield import _background, _matrix, glass_level, is_default_white
 
     if isinstance(stain_matrix, str):
         if stain_matrix not in ("ruifrok", "macenko"):
@@ -399,7 +399,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         stain_matrix = _matrix(stain_matrix)
     if not isinstance(background, str):
         _background(background)  # checked before any pixel is read
-    default_white = not isinstance(background, str) and np.all(np.asarray(background) == 1.0)
+    default_white = is_default_white(background)
     glass = None
     if isinstance(stain_matrix, str) and stain_matrix == "macenko" or \
             isinstance(background, str) or default_white:

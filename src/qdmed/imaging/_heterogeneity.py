@@ -149,6 +149,9 @@ class Her2Heterogeneity:
     spatial_p_value : float
         Share of the permutations whose tumour-level index reaches the slide's,
         ``(b + 1) / (m + 1)``; small when the regions differ beyond chance placement.
+        One-sided: it tests for a larger index than chance. Clustering that leaves the
+        index where chance puts it (e.g. 3+ and 0 regions where random placement gives
+        3+ and 2+ regions, both about ln 2) is not detected: read the map too.
     regions : pandas.DataFrame
         One row per region holding cells: ``row``, ``col``, ``x0_um``, ``y0_um``,
         ``n_cells``, ``scored``, ``category`` (object; None when sparse), ``ultralow``,

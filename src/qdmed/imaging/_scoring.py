@@ -1121,8 +1121,12 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
         Disagreement weights ``|i-j|/(k-1)`` or ``((i-j)/(k-1))^2`` over the ordered
         categories; None is unweighted kappa.
     labels : sequence, optional
-        Ordered categories (needed for weighted kappa when sorting would misorder them);
-        default: sorted union of the observed labels.
+        The ordered categories of the scale. Default: the HER2 scale ``0, 1+, 2+, 3+``
+        when every label is one of its categories, else the sorted union of the observed
+        labels (as scikit-learn's ``cohen_kappa_score``). Weighted kappa depends on it: a
+        1+/3+ disagreement weighs two steps on the HER2 scale, but one if nobody used 2+
+        and the scale were taken from the observed labels; give ``labels`` for any other
+        ordinal scale with categories that may go unused.
 
     Returns
     -------
@@ -1162,6 +1166,8 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
         raise InputError("a and b are empty; kappa needs at least one item.")
     if labels is None:
         cats = np.unique(np.concatenate([a, b]))
+        if set(cats.tolist()) <= set(HER2_CATEGORIES):
+            cats = np.asarray(HER2_CATEGORIES)
     else:
         cats = np.asarray(list(labels))
         if np.unique(cats).size != cats.size:
