@@ -244,6 +244,14 @@ def test_saturated_slide_is_flagged(tmp_path):
     assert "OME SignificantBits 8" in r.stdout and "! saturation:" in r.stderr
     # the panel's fit is printed, and clipped pixels are saturation's, not a misfit's
     assert "panel fit" in r.stdout and "! fit:" not in r.stderr
+    # --json: the analysis's warnings (nested by block in the summary) listed at the top
+    # level as well, and printed as without --json
+    r = run("image", "analyze", str(tmp_path / "s8.ome.tif"), "--out", str(tmp_path / "a"),
+            "--no-progress", "--no-report", "--no-unmixed", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["warnings"] == [f"saturation: {w}" for w in d["saturation"]["warnings"]]
+    assert d["warnings"] and all(f"! {w}" in r.stderr for w in d["warnings"])
     sat = json.loads((tmp_path / "a" / "summary.json").read_text())["saturation"]
     assert sat["level_adu"] == 255 and sat["percent_scored_cells_saturated"] > 1
 
@@ -420,6 +428,8 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
     d = json.loads(r.stdout)
     assert d["her2"]["category"] == "3+"
     assert any("uncalibrated example" in w for w in d["warnings"])  # the default cut-offs
+    # with --json the warnings are printed too, as without it
+    assert r.stderr.splitlines() == [f"! {w}" for w in d["warnings"]]
     r = run("image", "dab", "--example", "--od-cutoffs", "0.1,0.25,0.5", "--background",
             "241,241,241")
     assert r.returncode == 0, r.stderr

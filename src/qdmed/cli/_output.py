@@ -16,6 +16,16 @@ def print_json(obj) -> None:
     print(json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
 
 
+def print_json_warned(obj: dict, warnings) -> None:
+    """A command's JSON with its warnings: each printed to stderr as without ``--json``
+    (:func:`print_warning`) and listed under the JSON's top-level ``"warnings"``, so that a
+    script reading ``d["warnings"]`` sees the warnings of every command alike."""
+    warnings = list(warnings)
+    for w in warnings:
+        print_warning(w)
+    print_json({**obj, "warnings": warnings})
+
+
 def flag(*decls: str, help: str):  # noqa: A002 - typer's own parameter name
     """A boolean option (``--json``, ``--per-region/--no-per-region``): Typer's help would
     show a ``<bool>`` value beside it, which a flag does not take (empty metavar)."""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import flag, print_json, print_table, print_warning
+from qdmed.cli._output import flag, print_json_warned, print_table, print_warning
 
 
 def design(
@@ -81,9 +81,9 @@ def design(
     sheet = probe.sheet(dose_mg_per_kg=dose_mg_per_kg)
     if out is not None:
         probe.to_file(out)
-    if json_:
-        return print_json(sheet.to_dict())
     d = sheet.to_dict()
+    if json_:
+        return print_json_warned(d, d["flags"])
     o, h = d["optics"], d["hydrodynamics"]
     print_table(f"Probe sheet: {probe.name or probe.core}", [
         {"quantity": "core diameter (nm)", "value": probe.core_diameter_nm},

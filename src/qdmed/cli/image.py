@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from qdmed.cli._output import flag, print_json, print_kv, print_table, print_warning
+from qdmed.cli._output import (
+    flag,
+    print_json,
+    print_json_warned,
+    print_kv,
+    print_table,
+    print_warning,
+)
 
 app = typer.Typer(rich_markup_mode=None, help="Multiplexed QD imaging (panel design, spectral library, unmixing, per-cell analysis, HER2 scoring, cohorts) and conventional DAB IHC beside it.",
                   no_args_is_help=True)
@@ -230,7 +237,7 @@ def panel(
         _save_plot(plot, p.plot())
     d = p.to_dict()
     if json_:
-        return print_json(d)
+        return print_json_warned(d, d["warnings"])
     print_table("Panel", [{"marker": m, "label": d["labels"][m], "peak_nm": d["label_peaks_nm"][m],
                            "noise_gain": g} for m, g in zip(p.markers, d["noise_gain"], strict=False)])
     typer.echo(f"condition number {d['condition_number']:.1f}; channels {', '.join(p.channel_names)}")
@@ -300,9 +307,15 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
         p.to_file(out)
     if plot is not None:
         _save_plot(plot, p.plot())
+    from qdmed.imaging import AnalysisSettings
+
+    nuc = AnalysisSettings().nuclear_marker
+    warns = [] if nuc in p.components else [
+        f"no {nuc} component: the analyses segment nuclei on {nuc}; map the nuclear "
+        f"counterstain's channel to it ({nuc}=CHANNEL)"]
     d = p.to_dict()
     if json_:
-        return print_json(d)
+        return print_json_warned(d, [*d.get("warnings", []), *warns])
     idx = p.source_channels() if names else [None] * len(p.components)
     print_table("Already-unmixed panel", [
         {"component": c, "image channel": names[i] if names else str(src),
@@ -312,12 +325,8 @@ def _unmixed_panel_command(components: str, slide: Path | None, out: Path | None
         unused = [n for i, n in enumerate(names) if i not in idx]
         typer.echo(f"{slide.name}: {len(names)} channels"
                    + (f"; not analysed: {', '.join(unused)}" if unused else ""))
-    from qdmed.imaging import AnalysisSettings
-
-    nuc = AnalysisSettings().nuclear_marker
-    if nuc not in p.components:
-        print_warning(f"no {nuc} component: the analyses segment nuclei on {nuc}; map the "
-                      f"nuclear counterstain's channel to it ({nuc}=CHANNEL)")
+    for w in [*d.get("warnings", []), *warns]:
+        print_warning(w)
 
 
 def _slide_folder(path: Path) -> bool:
@@ -519,7 +528,7 @@ def simulate(
     p.to_file(out.parent / (stem + "-panel.yaml"))
     info["panel"] = str(out.parent / (stem + "-panel.yaml"))
     if json_:
-        return print_json({**info, "warnings": notes})
+        return print_json_warned(info, notes)
     print_kv("Simulated slide", info)
     for w in notes:
         print_warning(w)
@@ -554,9 +563,9 @@ def library(
     res.panel.to_file(out)
     if plot:
         _save_plot(plot, res.plot())
-    info = {"out": str(out), "components": res.components, "warnings": list(res.warnings)}
+    info = {"out": str(out), "components": res.components}
     if json_:
-        return print_json(info)
+        return print_json_warned(info, res.warnings)
     keys = {"n_pixels": "pixels", "percent_saturated": "% saturated",
             "cosine_to_model": "cos(model)",
             "background_fraction": "AF share", "angle_to_labels_deg": "angle to labels (deg)",
@@ -603,7 +612,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits}
     if json_:
-        return print_json({**info, "warnings": list(p.warnings)})
+        return print_json_warned(info, p.warnings)
     print_kv("Unmixed", info)
     for w in p.warnings:  # the panel's: labels that cannot be separated, ill-conditioning
         print_warning(w)
@@ -678,7 +687,7 @@ def tma(
     d["geojson"] = str(out)
     d["qptma"] = None if qptma is None else str(qptma)
     if json_:
-        return print_json(d)
+        return print_json_warned(d, d["warnings"])
     print_kv(f"TMA {slide.name}", {
         "grid": f"{d['n_rows']} x {d['n_cols']}, turned {round(d['rotation_deg'], 1) + 0.0:.1f} deg"
                 + (" (brightfield)" if d["brightfield"] else ""),
@@ -762,7 +771,7 @@ def analyze(
         write_slide_report(res)
     d = res.to_dict()
     if json_:
-        return print_json(d)
+        return print_json_warned(d, summary_warnings(d))
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
             "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
@@ -883,7 +892,8 @@ def qc(
 
             _save_plot(plot, qc_folder_figure(res))
         if json_:
-            print_json(res)
+            print_json_warned(res, [f"{row['slide']}: {m}" for row in res["slides"]
+                                    for m in row["warnings"]])
             return _folder_exit(res)
         print_table(f"QC {path}", res["slides"], ["slide", "status", "focus_median_blur",
                                                   "n_tiles_out_of_focus", "slide_out_of_focus",
@@ -902,7 +912,7 @@ def qc(
         _save_plot(plot, focus_figure(d["focus"], tuple(d["slide"]["shape"][:2]),
                                       name=Path(path).name))
     if json_:
-        return print_json(d)
+        return print_json_warned(d, d["warnings"])
     sat, foc = d["saturation"], d["focus"]
     worst = max(sat["percent_saturated_pixels"].items(), key=lambda kv: kv[1],
                 default=("none", 0.0))
@@ -1018,7 +1028,7 @@ def calibrate(
     if plot is not None:
         _save_plot(plot, fig)
     if json_:
-        return print_json(doc)
+        return print_json_warned(doc, doc.get("warnings", ()))
     if "her2" in doc:
         h = doc["her2"]
         print_kv(f"HER2 calibration -> {out}", {"faint": h["faint"], "weak_moderate":
@@ -1093,7 +1103,7 @@ def cohort(
                          cell_labels_channel=_index_or_name(cell_labels_channel),
                          labels_downsample=labels_downsample)
     if json_:
-        print_json(res)
+        print_json_warned(res, _cohort_warnings(res))
         return _folder_exit(res)
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
@@ -1102,10 +1112,14 @@ def cohort(
                + f"; report: {res['report']}"
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
-    for w in (res.get("acquisition_warnings") or []) + (res.get("case_warnings") or []) + \
-            (res.get("output_warnings") or []):
+    for w in _cohort_warnings(res):
         print_warning(w)
     return _folder_exit(res)
+
+
+def _cohort_warnings(res: dict) -> list[str]:
+    return [*(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
+            *(res.get("output_warnings") or [])]
 
 
 @app.command(short_help="Conventional DAB IHC by colour deconvolution.")
@@ -1168,7 +1182,9 @@ def dab(
                                 n_workers=1 if workers is None else workers,
                                 scheduler=scheduler,
                                 progress=not no_progress)
-        return print_json(d) if json_ else _print_dab_regions(image, out, d)
+        if json_:
+            return print_json_warned(d, _dab_region_warnings(d))
+        return _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
     if scheduler is not None or workers is not None or tile is not None:
@@ -1200,7 +1216,7 @@ def dab(
         _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()
     if json_:
-        return print_json(d)
+        return print_json_warned(d, d["warnings"])
     her2 = d.get("her2") or {}
     info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
     bins = {"percent_0", "percent_1plus", "percent_2plus", "percent_3plus", "h_score"}
@@ -1331,6 +1347,10 @@ def _od_cutoffs(text: str) -> tuple[float, ...]:
         raise InputError(f"--od-cutoffs must be three numbers, got {text!r}") from None
 
 
+def _dab_region_warnings(d: dict) -> list[str]:
+    return [*d["warnings"], *(d["cases_scored"] or {}).get("warnings", [])]
+
+
 def _print_dab_regions(slide, out, d) -> None:
     """The tables of `qdmed image dab SLIDE --regions ...` (or `--out` alone)."""
     rows = d["regions_scored"]["regions"]
@@ -1356,7 +1376,7 @@ def _print_dab_regions(slide, out, d) -> None:
         if vs:
             typer.echo(f"nuclei at haematoxylin OD > {min(vs):.3f}-{max(vs):.3f} (one Otsu "
                        f"threshold per region: summary.json 'thresholds')")
-    for w in d["warnings"] + (d["cases_scored"] or {}).get("warnings", []):
+    for w in _dab_region_warnings(d):
         print_warning(w)
     typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}; "
                f"report: {d['report']}")
@@ -1397,7 +1417,7 @@ def compare(
     if plot is not None:
         _save_plot(plot, res.plot())
     if json_:
-        return print_json(d)
+        return print_json_warned(d, d["warnings"])
     def with_ci(k):
         lo, hi = d[k + "_ci95"]
         return (f"{d[k]:.3g}" if d[k] is not None else "undefined") + (
