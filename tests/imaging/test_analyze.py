@@ -383,7 +383,9 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
 
     threading.Thread(target=serve, args=(True,), daemon=True).start()
     try:
-        with pytest.raises(InputError, match="is not a Dask scheduler"):
+        # the HTTP reply read as a Dask frame's length asked for exbibytes (MemoryError)
+        with pytest.raises(InputError, match=r"is not a Dask scheduler \(its handshake "
+                           r"failed: what it sent is not a Dask message \(MemoryError\)\)"):
             an.start_client(f"tcp://127.0.0.1:{port}", 1)
     finally:
         srv.close()

@@ -1013,29 +1013,30 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             atomic_write_bytes(tiles_dir / f"tile_{i:06d}.geojson.json", json.dumps(feats).encode())
         atomic_write_parquet(tiles_dir / f"tile_{i:06d}.parquet", df)
 
-    own_client = cluster = None
+    own_client = cluster = run_client = None
     n_used = 1
     mode = "in-process"
-    with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
-        run_client = None
-        if todo and scheduler != "synchronous" and (client is not None or scheduler
-                                                     or len(todo) > 1):
-            run_client = client
-            if run_client is None:
-                own_client, cluster = start_client(
-                    scheduler, n_workers or min(os.cpu_count() or 1, len(todo)),
-                    made=out if created else None)
-                run_client = own_client
-            mode = scheduler or ("local" if cluster is not None else "client")
+    # the cluster before the progress bar: a scheduler that cannot be used is said alone
+    if todo and scheduler != "synchronous" and (client is not None or scheduler
+                                                 or len(todo) > 1):
+        run_client = client
+        if run_client is None:
+            own_client, cluster = start_client(
+                scheduler, n_workers or min(os.cpu_count() or 1, len(todo)),
+                made=out if created else None)
+            run_client = own_client
+        mode = scheduler or ("local" if cluster is not None else "client")
+    try:
+        if run_client is not None:
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
-        try:
+        with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
             # absolute paths: a worker of a remote cluster has its own working folder
             src = str(path.resolve()) if run_client is not None else str(path)
             run_jobs(run_tile, [(src, panel_doc, settings_doc, boxes[i], margin_px, i,
                                  outlines, labels) for i in todo],
                      run_client, advance, lambda j, result: save(todo[j], *result))
-        finally:
-            close_client(own_client, cluster)
+    finally:
+        close_client(own_client, cluster)
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
     parts = [p for p in parts if len(p)] or parts[:1]
     qc = [json.loads((tiles_dir / f"tile_{i:06d}.qc.json").read_text())

@@ -133,7 +133,16 @@ def identify(address: str, timeout_s: float | None = None) -> dict:
                          f"{_reason(error)}{hint}")
     reply = done.get("reply")
     if error is not None or not isinstance(reply, dict) or "type" not in reply:
-        why = _reason(error) if error is not None else f"it answered {str(reply)[:80]!r}"
+        # errors other than the connection's come from reading the reply: bytes that are
+        # not Dask's frames (an HTTP reply read as a frame length asked numpy for 3 EiB)
+        # the first public class of the error (numpy's _ArrayMemoryError is a MemoryError)
+        kind = next(c for c in type(error).__mro__
+                    if not any(p.startswith("_") for p in f"{c.__module__}.{c.__qualname__}"
+                               .split(".")))
+        name = kind.__qualname__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__qualname__}"
+        why = (f"what it sent is not a Dask message ({name})"
+               if error is not None else f"it answered {str(reply)[:80]!r}")
         raise InputError(f"{address} is not a Dask scheduler (its handshake failed: {why}); "
                          f"{_PORTS}")
     return reply
