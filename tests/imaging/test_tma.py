@@ -107,8 +107,20 @@ def test_dearrayer_bad_input(tmp_path):
         find_tma_cores(tmp_path / "x.ome.zarr", core_diameter_um=-1)
     s = simulate_tma(tmp_path / "glass.ome.zarr", rows=1, cols=2, presets=["luminal-A"],
                      core_diameter_um=100.0, missing=["A-1", "A-2"], tile=512, **KW)
-    with pytest.raises(InputError, match="no tissue"):
+    with pytest.raises(InputError, match="no cores found to dearray.*glass alone"):
         find_tma_cores(s.path)
+    # a whole section (tissue everywhere) is not a TMA: said so, not "no tissue"
+    from qdmed.imaging import simulate_slide
+
+    whole = simulate_slide(tmp_path / "section.ome.zarr", (512, 512), preset="luminal-A",
+                           seed=2, tile=512, **KW)
+    with pytest.raises(InputError, match="no cores found to dearray.*tissue everywhere, as "
+                                         "in a whole section rather than a TMA"):
+        find_tma_cores(whole.path)
+    # a simulated whole slide is OME-Zarr: a TIFF name is refused, not made a folder
+    with pytest.raises(InputError, match="written as OME-Zarr.*ending in .zarr"):
+        simulate_slide(tmp_path / "section.ome.tif", (256, 256), preset="luminal-A", **KW)
+    assert not (tmp_path / "section.ome.tif").exists()
 
 
 @pytest.mark.parametrize(("rows", "cols", "missing", "rotation"), [
@@ -404,7 +416,7 @@ def test_dearrayer_on_a_brightfield_tma(tmp_path, brightfield_tma):
     for c in found.cores:
         ty, tx = truth[c["name"]]
         assert math.hypot(c["center_x"] - tx, c["center_y"] - ty) < (30 if c["missing"] else 6)
-    with pytest.raises(InputError, match="no signal stands above the glass|no tissue"):
+    with pytest.raises(InputError, match="no cores found to dearray|no tissue"):
         find_tma_cores(p, brightfield=False)  # glass is the bright part: no dark tissue
 
 

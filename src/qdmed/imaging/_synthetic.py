@@ -1495,6 +1495,11 @@ def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 16:
         raise InputError(f"tile must be an integer >= 16 px, got {tile!r}")
     tile = int(tile)
+    if str(path).lower().endswith((".tif", ".tiff", ".qptiff", ".svs", ".ndpi")):
+        # a folder named like a TIFF would then be refused by every reader as "a directory"
+        raise InputError(f"{path}: a simulated whole slide is written as OME-Zarr (a folder); "
+                         "give a path ending in .zarr (e.g. slide.ome.zarr), or simulate a "
+                         "field (simulate_field) and write it with write_ome_tiff")
     p = _check_dest(path, overwrite)
     sc = _make_scene(gp, sp)
     h, w = gp["shape"]

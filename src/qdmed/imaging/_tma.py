@@ -685,8 +685,9 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     # a slide of glass alone splits its noise in two (classes ~1.6 SD apart): tissue must
     # stand 5 SD of the glass's smoothed signal above it
     if glass.size > 1 and np.median(sm[tissue]) - np.median(glass) < 5 * glass.std():
-        raise InputError(f"{getattr(img, 'path', 'the slide')}: no tissue found to dearray "
-                         "(no signal stands above the glass)")
+        raise InputError(f"{getattr(img, 'path', 'the slide')}: no cores found to dearray: "
+                         "no part of the slide stands apart from the rest (glass alone, or "
+                         "tissue everywhere, as in a whole section rather than a TMA)")
     # closing bridges gaps of a few um between cells of one core (a torn core's pieces are
     # joined by the grid below): wider closing would join neighbouring cores
     tissue = ndi.binary_fill_holes(ndi.binary_closing(
