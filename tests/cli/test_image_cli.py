@@ -700,6 +700,12 @@ def test_new_user_mistakes_are_named(tmp_path):
     t = tmp_path / "t.parquet"
     for args, said in ((("--control", f"MCF7={t}", "--category", "MCF7=1+", "--negative",
                          "ER=MCF7"), "need two or more controls of known HER2 category"),
+                       # known lines alone: which are known, and which are not in the table
+                       # ("nothing to calibrate: give --category" was said before)
+                       (("--control", f"BT-474={t}"), "known here: BT-474 (3+)"),
+                       (("--control", f"SK-BR-3={t}", "--control", f"MDA-MB-468={t}"),
+                        "known here: MDA-MB-468 (0); not in the table: SK-BR-3 (give its "
+                        "--category"),
                        (("--control", f"A={t}", "--control", f"B={t}", "--negative", "ER=A"),
                         "--control B: used by nothing")):
         r = run("image", "calibrate", *args, "--out", str(tmp_path / "cal.json"))

@@ -931,7 +931,7 @@ def qc(
 @app.command(short_help="HER2 cut-offs and marker gates from control cell lines.")
 def calibrate(
     control: Annotated[list[str], typer.Option("--control", metavar="<name=path>", help="NAME=cells.parquet, or NAME=the control's analysis folder (repeatable).")],
-    category: Annotated[list[str] | None, typer.Option("--category", metavar="<name=score>", help="NAME=0|1+|2+|3+ for controls not in the known table.")] = None,
+    category: Annotated[list[str] | None, typer.Option("--category", metavar="<name=score>", help="NAME=0|1+|2+|3+ for controls not in the known table (HERmark Table 1: BT-474 3+, ZR-75-1 1+, MDA-MB-231, MDA-MB-468, MDA-MB-435 and A431 0).")] = None,
     negative: Annotated[list[str] | None, typer.Option("--negative", metavar="<marker=name>", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
     faint_quantile: Annotated[float, typer.Option("--faint-quantile", help="HER2: the faint cut-off is this quantile of the 0 control (or 1 minus it of a 1+ control); at least 0.9, below 1.")] = 0.95,
@@ -982,12 +982,18 @@ def calibrate(
     doc = {}
     from qdmed.imaging._scoring import KNOWN_HER2_CONTROLS, _norm_name
 
-    known = {_norm_name(k) for k in KNOWN_HER2_CONTROLS}
+    known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
     her2_ctrls = {n: t for n, t in ctrls.items() if n in cats or _norm_name(n) in known}
-    if cats and len(her2_ctrls) < 2:
-        raise InputError(f"HER2 cut-offs need two or more controls of known HER2 category "
-                         f"(--category NAME=..., or a cell line of the known table: "
-                         f"{', '.join(KNOWN_HER2_CONTROLS)}); got {', '.join(her2_ctrls)}")
+    if len(her2_ctrls) < 2 and (cats or not negs):  # HER2 asked for, or nothing else
+        got = [f"{n} ({cats.get(n) or known[_norm_name(n)]})" for n in her2_ctrls]
+        other = [n for n in ctrls if n not in her2_ctrls]
+        raise InputError(
+            "HER2 cut-offs need two or more controls of known HER2 category, a 0 or 1+ and a "
+            "3+ (--category NAME=0|1+|2+|3+, or a cell line of the known table, HERmark "
+            f"Table 1: {', '.join(f'{k} {v}' for k, v in KNOWN_HER2_CONTROLS.items())}); "
+            f"known here: {', '.join(got) or 'none'}"
+            + (f"; not in the table: {', '.join(other)} (give its --category, or name it "
+               "in --negative MARKER=NAME)" if other else ""))
     used = set(negs.values()) | (set(her2_ctrls) if len(her2_ctrls) >= 2 else set())
     unused = [n for n in ctrls if n not in used]
     if unused and (used or cats):
@@ -1017,9 +1023,6 @@ def calibrate(
                             "false_positive_percent": g.false_positive_percent,
                             "control_cells": g.control_cells}
                         for m, g in gates.items()}
-    if not doc:
-        raise InputError("nothing to calibrate: give --category for HER2 controls and/or "
-                         "--negative MARKER=CONTROL for positivity gates")
     if plot is not None:  # drawn first: a figure that cannot be made leaves no calibration
         from qdmed.imaging import plot_calibration
 
