@@ -119,6 +119,12 @@ def test_channel_mismatch_and_degenerate_library(tmp_path):
     write_ome_tiff(path, img, channel_names=[f"c{i}" for i in range(5)], pixel_size_um=0.5)
     with pytest.raises(InputError, match="5 channels"):
         analyze_slide(path, PANEL, tmp_path / "out", progress=False)
+    # an 8-bit RGB image (brightfield) is pointed to the DAB scoring
+    rgb = tmp_path / "rgb.ome.tif"
+    write_ome_tiff(rgb, np.zeros((64, 64, 3), np.uint8), pixel_size_um=0.5)
+    with pytest.raises(InputError, match=r"looks like brightfield: DAB IHC is scored by "
+                                         r"`qdmed image dab`"):
+        analyze_slide(rgb, PANEL, tmp_path / "out", progress=False)
     # the same QD twice: the panel warns and unmixing refuses the degenerate library
     dup = Panel.from_dict({"markers": {"A": {"label": "Qdot 605"}, "B": {"label": "Qdot 605"}},
                            "channels_nm": [[500, 550], [550, 600], [600, 650], [650, 700]]})

@@ -180,8 +180,17 @@ def test_cores_and_annotations_in_one_file(tmp_path):
     assert reg.mixes_cores_and_annotations and not reg.is_tma
     cores, tumour = reg.subset(cores=True), reg.subset(cores=False)
     assert (cores.names, cores.missing, cores.is_tma) == (("A-1",), ("A-2",), True)
-    assert tumour.names == ("region 3",) and tumour.classes == ("Tumor",)
+    # an unnamed annotation is named by its class, as QuPath shows it
+    assert tumour.names == ("Tumor 1",) and tumour.classes == ("Tumor",)
     assert [c[0] for c in cores.centers] == ["A-1", "A-2"]
+    # unnamed annotations: "<class> <k>" by their order among their class's, "region <n>"
+    # (order among all regions) when unclassified; a name in use is primed
+    q = tmp_path / "named.geojson"
+    q.write_text(json.dumps([feat("annotation", cls="Tumor"), feat("annotation", cls="Stroma"),
+                             feat("annotation", "Tumor 2"), feat("annotation", cls="Tumor"),
+                             feat("annotation")]))
+    assert read_regions(q).names == ("Tumor 1", "Stroma 1", "Tumor 2", "Tumor 2'",
+                                     "region 5")
     with pytest.raises(InputError, match=r"no annotation classified 'Necrosis'.*2 TMA core\(s\)"):
         read_regions(p, "Necrosis")
     # split for scoring: annotations of two classes need the class that is the tumour

@@ -67,6 +67,28 @@ def test_her2_figure_ticks_are_plain_numbers_in_the_reports():
     assert "100" in ticks
 
 
+def test_overview_axes_are_labelled_at_round_micrometres():
+    """A thumbnail 600 px wide at 7.998 um per thumbnail pixel (a slide overview): ticks at
+    0, 1000, 2000 ... um, not at round thumbnail pixels (0, 800, 1600, 2399 ... um)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from qdmed.imaging._report import um_axes
+
+    fig, ax = plt.subplots()
+    ax.imshow(np.zeros((600, 600)))
+    um_axes(ax, 7.998)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+    labels = [f"{t * 7.998:.0f}" for t in shown]
+    assert labels == ["0", "1000", "2000", "3000", "4000"]
+    assert [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi] \
+        == labels
+    assert ax.get_xlabel() == "x (um)"
+    plt.close(fig)
+
+
 def test_unmixed_figure_shows_every_channel_on_its_own_scale(tmp_path):
     import matplotlib
 

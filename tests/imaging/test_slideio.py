@@ -154,6 +154,29 @@ def test_ome_zarr_round_trip(tmp_path, image):
         np.testing.assert_array_equal(la.compute(), lb.compute())
 
 
+def test_ome_zarr_display_windows_follow_the_data(tmp_path):
+    """omero windows (what napari and other NGFF viewers show from black to full colour):
+    start 0, end the data's 99.9th percentile; min/max the type's range for integers, the
+    values written for floats. They spanned the whole type before: unmixed abundances in
+    the hundreds under a 0-1 window showed saturated, counts of hundreds under 0-65535
+    black."""
+    import zarr
+
+    rng = np.random.default_rng(4)
+    counts = rng.gamma(2.0, [50.0, 5.0], (600, 700, 2))
+    p = write_ome_zarr(tmp_path / "f.ome.zarr", counts, chunks=(256, 256))
+    for c, w in enumerate(w["window"] for w in zarr.open_group(str(p), mode="r")
+                          .attrs["omero"]["channels"]):
+        top = _downsample2(_downsample2(counts))[..., c]  # the coarsest level, read whole
+        assert (w["start"], w["min"]) == (0.0, 0.0)
+        assert w["end"] == pytest.approx(np.percentile(top, 99.9))
+        assert w["max"] == pytest.approx(counts[..., c].max())  # every value written
+    p = write_ome_zarr(tmp_path / "u.ome.zarr", counts.astype(np.uint16), chunks=(256, 256),
+                       significant_bits=12)
+    w = zarr.open_group(str(p), mode="r").attrs["omero"]["channels"][0]["window"]
+    assert (w["min"], w["max"], w["start"]) == (0, 4095, 0) and 100 < w["end"] < 4095
+
+
 def test_zarr_without_ngff_metadata(tmp_path):
     import zarr
 

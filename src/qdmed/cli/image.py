@@ -613,7 +613,8 @@ def unmix(slide: Path, panel_file: PANEL = None,
             "unmixed_keep_bits": unmixed_bits}
     if json_:
         return print_json_warned(info, p.warnings)
-    print_kv("Unmixed", info)
+    print_kv("Unmixed", {**info, "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None
+                         else unmixed_bits})
     for w in p.warnings:  # the panel's: labels that cannot be separated, ill-conditioning
         print_warning(w)
 
@@ -798,6 +799,8 @@ def analyze(
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
+    elif her2 is None:
+        info["HER2 category"] = "not scored: no --calibration (qdmed image calibrate)"
     for m, st in ((d.get("markers_scored") or {}).get("receptor_status") or {}).items():
         corr = ("corrected for the gate's noise floor" if st["gate_false_positive_percent"]
                 is not None else "not corrected: gate of unknown origin")
@@ -1394,6 +1397,7 @@ def _save_plot(path: Path, fig) -> None:
         atomic_write_bytes(path, figure_png(fig))
     except OSError as exc:
         raise InputError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
+    typer.echo(f"plot written to {path}", err=True)  # stderr: stdout may be --json's
 
 
 @app.command(short_help="Agreement of two HER2 scorings: cross-table and kappa.")

@@ -678,11 +678,13 @@ def check_channels(slide, panel: Panel) -> Panel:
                     f"{pb[0]:.0f}-{pb[1]:.0f}nm; give the panel the slide was acquired with"
                 )
     if c != len(panel.channels):
+        rgb = c == 3 and np.dtype(slide.dtype) == np.uint8
         raise InputError(
             f"{slide.path}: the image has {c} channels ({', '.join(slide.channel_names)}) but "
             f"the panel has {len(panel.channels)} detection channels "
             f"({', '.join(panel.channel_names)}); give the panel the slide was acquired with"
-        )
+            + ("; an 8-bit RGB image looks like brightfield: DAB IHC is scored by `qdmed "
+               "image dab` (score_dab)" if rgb else ""))
     em = slide.emission_nm
     if em is not None:
         # an emission wavelength may be given as a band's centre or either edge (or a dye's

@@ -338,6 +338,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["tma"] = bool(res.summary["scored_cells"].get("note"))
                     notes += receptor_notes(res.summary.get("markers_scored"))
                     notes += summary_warnings(res.summary)
+                    if her2_calibration is None:  # an empty category would say nothing
+                        notes.append("HER2 not scored: no calibration given "
+                                     "(her2_calibration, --calibration)")
                     # None where not checked (a float image without a detector ceiling)
                     row["percent_scored_cells_saturated"] = res.summary["saturation"].get(
                         "percent_scored_cells_saturated")

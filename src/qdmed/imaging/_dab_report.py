@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qdmed.imaging._report import _CAT_COLOURS, _columns, _plain_text, regions_map_figure
+from qdmed.imaging._report import (
+    _CAT_COLOURS,
+    _columns,
+    _plain_text,
+    regions_map_figure,
+    um_axes,
+)
 
 #: Most cells drawn on an overview (a random subset, seed 0, beyond it; said in the title).
 MAX_CELLS_DRAWN = 100_000
@@ -70,13 +76,7 @@ def dab_figure(rgb, cells, od_cutoffs, compartment: str, *, factor: float = 1.0,
                  + (f" ({MAX_CELLS_DRAWN} drawn at random)" if n > MAX_CELLS_DRAWN else ""),
                  fontsize=9)
     if pixel_size_um:
-        from matplotlib.ticker import FuncFormatter
-
-        fmt = FuncFormatter(lambda v, _pos: f"{v * factor * pixel_size_um:.0f}")
-        ax.xaxis.set_major_formatter(fmt)
-        ax.yaxis.set_major_formatter(fmt)
-        ax.set_xlabel("x (um)")
-        ax.set_ylabel("y (um)")
+        um_axes(ax, factor * pixel_size_um)
     ax = axes[1]
     col = f"DAB_{compartment}_mean"
     v = cells[col].to_numpy(dtype=np.float64) if col in cells else np.zeros(0)

@@ -41,8 +41,10 @@ class Regions:
         Classification name of each polygon's feature (None if unclassified).
     labels : tuple of str
         Name of each polygon's region: the feature's ``properties.name`` (QuPath writes a TMA
-        core's name, e.g. "A-1", and an annotation's name there), else ``"region <n>"`` by
-        the feature's order among the regions read (primed if that name is in use).
+        core's name, e.g. "A-1", and an annotation's name there), else its class and its
+        order among that class's unnamed regions (``"Tumor 1"``, ``"Tumor 2"``, as QuPath
+        shows an unnamed annotation by its class), or ``"region <n>"`` by the feature's
+        order among the regions read when unclassified (primed if that name is in use).
         Polygons of one feature share a label, and so do annotations given the same name
         (one region in several pieces); TMA core names must be unique.
     kinds : tuple of str
@@ -359,7 +361,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
                 raise InputError(f"{p}: TMA core name {label!r} is used by features "
                                  f"{core_features[label]} and {i}; core names must be unique")
             core_features[label] = i
-        key = label if label is not None else ("unnamed", i)
+        key = label if label is not None else ("unnamed", i, name)
         if key not in order:
             order.append(key)
         geoms = _polygons(f.get("geometry") or {}, where)
@@ -378,13 +380,18 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             classes.append(name)
             labels.append(key)
             kinds.append(kind)
-    # unnamed regions: "region <n>" by their order among the regions, never a name in use
+    # unnamed regions: named by their class as QuPath shows them ("Tumor 1", "Tumor 2",
+    # "Stroma 1" by their order among that class's), "region <n>" by their order among the
+    # regions when unclassified; never a name in use
     used = {k for k in order if isinstance(k, str)}
-    auto, n = {}, 0
+    auto, n, per_class = {}, 0, {}
     for k in order:
         n += 1
         if not isinstance(k, str):
-            name = f"region {n}"
+            cls = k[2]
+            if cls:
+                per_class[cls] = per_class.get(cls, 0) + 1
+            name = f"{cls} {per_class[cls]}" if cls else f"region {n}"
             while name in used:
                 name += "'"
             auto[k] = name

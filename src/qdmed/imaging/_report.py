@@ -168,14 +168,8 @@ def overlay_figure(result, max_px: int = 900):
             axes[1].legend(fontsize=7, loc="upper right", framealpha=0.8)
     ps = result.summary.get("settings", {}).get("pixel_size_um")
     for a in axes:
-        if ps:  # ticks in um on the thumbnail's pixel grid
-            from matplotlib.ticker import FuncFormatter
-
-            fmt = FuncFormatter(lambda v, _pos: f"{v * factor * ps:.0f}")
-            a.xaxis.set_major_formatter(fmt)
-            a.yaxis.set_major_formatter(fmt)
-            a.set_xlabel("x (um)")
-            a.set_ylabel("y (um)")
+        if ps:
+            um_axes(a, factor * ps)
         else:
             a.set_xlabel(f"x (px / {factor:g})")
             a.set_ylabel(f"y (px / {factor:g})")
@@ -694,3 +688,27 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
         rep.links("Slide reports: ", [(n, f"slides/{slide_stem(n)}/report.html")
                                       for n in links])
     return rep.write(out / "report.html")
+
+
+def um_axes(ax, um_per_unit: float) -> None:
+    """Label an image's axes in um when its data units (a thumbnail's pixels) are
+    ``um_per_unit`` um each: ticks at round um values (0, 1000, 2000 ...), not at round
+    pixel counts shown in um (0, 800, 1600, 2399 ...)."""
+    from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator
+
+    class _UmLocator(Locator):
+        def __init__(self):
+            self.nice = MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10])
+
+        def __call__(self):
+            lo, hi = sorted(self.axis.get_view_interval())
+            return self.tick_values(lo, hi)
+
+        def tick_values(self, vmin, vmax):
+            return self.nice.tick_values(vmin * um_per_unit, vmax * um_per_unit) / um_per_unit
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(_UmLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v * um_per_unit:.0f}"))
+    ax.set_xlabel("x (um)")
+    ax.set_ylabel("y (um)")

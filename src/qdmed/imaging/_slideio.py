@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 import zlib
@@ -353,6 +354,10 @@ class _ZarrImageWriter:
         # level l is filled while level 0 is written as long as every block can be halved
         # exactly (even origin, even size or touching the far edge); else rebuilt in finish()
         self.incremental = [True] * pyramid_levels
+        # each channel's smallest and largest value written at full resolution (the display
+        # windows' range, _windows); blocks may come from several threads
+        self._range = np.array([[np.inf] * nc, [-np.inf] * nc])
+        self._range_lock = threading.Lock()
 
     def _create(self, group: Any, name: str, shape: tuple[int, ...], dtype: Any,
                 chunks: tuple[int, ...]) -> Any:
@@ -369,6 +374,12 @@ class _ZarrImageWriter:
         by, bx = block_yxc.shape[:2]
         arr = self.levels[level]
         arr[:, y0:y0 + by, x0:x0 + bx] = np.moveaxis(block_yxc, 2, 0)
+        if level == 0 and block_yxc.size:
+            flat = block_yxc.reshape(-1, block_yxc.shape[2])
+            lo, hi = np.fmin.reduce(flat, axis=0), np.fmax.reduce(flat, axis=0)  # NaN skipped
+            with self._range_lock:
+                np.fmin(self._range[0], lo, out=self._range[0])
+                np.fmax(self._range[1], hi, out=self._range[1])
         nxt = level + 1
         if nxt >= self.n_levels or not self.incremental[nxt]:
             return
@@ -423,15 +434,9 @@ class _ZarrImageWriter:
 
     def finish(self, extra_attrs: dict[str, Any] | None = None) -> Path:
         self._build_pyramid()
-        if self.dtype.kind in "ui":
-            lo, hi = 0, int(np.iinfo(self.dtype).max)
-            if self.bits is not None and self.bits < self.dtype.itemsize * 8:
-                hi = 2 ** self.bits - 1
-        else:
-            lo, hi = 0, 1
         channels = [{"label": n, "color": _COLORS[i % len(_COLORS)], "active": True,
-                     "window": {"min": lo, "max": hi, "start": lo, "end": hi}}
-                    for i, n in enumerate(self.names)]
+                     "window": w} for i, (n, w) in enumerate(zip(self.names, self._windows(),
+                                                                strict=True))]
         attrs: dict[str, Any] = {
             "multiscales": self._multiscales(self.n_levels, True, self.name),
             "omero": {"version": NGFF_VERSION, "name": self.name, "channels": channels,
@@ -446,6 +451,39 @@ class _ZarrImageWriter:
         self.root.attrs.update(attrs)
         _replace_dir(self.tmp, self.path)
         return self.path
+
+    #: Pixels per channel read (from the coarsest level, strided) to set the display windows.
+    WINDOW_SAMPLE_PX = 1 << 20
+
+    def _windows(self) -> list[dict[str, float]]:
+        """Each channel's omero display window: ``min``/``max`` the value range (an integer
+        type's, or up to its significant bits; the data's for floats, which have no fixed
+        range), ``start``/``end`` what a viewer shows from black to full colour: 0 (or the
+        data's minimum, if negative) to the data's 99.9th percentile, from the coarsest
+        level (at most WINDOW_SAMPLE_PX pixels). A window spanning the whole type (0-65535
+        for counts in the hundreds, 0-1 for unmixed abundances in the hundreds) showed
+        channels black or saturated."""
+        top = self.levels[-1]
+        nc, ny, nx = top.shape
+        step = max(1, int(np.ceil(np.sqrt(ny * nx / self.WINDOW_SAMPLE_PX))))
+        out = []
+        for c in range(nc):
+            v = np.asarray(top[c, ::step, ::step], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            dhi = float(np.percentile(v, 99.9)) if v.size else 0.0
+            dmin, dmax = (float(x) for x in self._range[:, c])
+            if self.dtype.kind in "ui":
+                lo, hi = 0, int(np.iinfo(self.dtype).max)
+                if self.bits is not None and self.bits < self.dtype.itemsize * 8:
+                    hi = 2 ** self.bits - 1
+            elif np.isfinite(dmin) and np.isfinite(dmax):  # the values written
+                lo, hi = min(0.0, dmin), max(dmax, 0.0)
+            else:  # nothing finite written
+                lo, hi = 0.0, 1.0
+            start = lo if self.dtype.kind in "ui" else min(0.0, lo)
+            end = dhi if dhi > start else (hi if hi > start else start + 1)
+            out.append({"min": lo, "max": max(hi, end), "start": start, "end": end})
+        return out
 
     def abort(self) -> None:
         if self.tmp.exists():
