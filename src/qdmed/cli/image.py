@@ -708,7 +708,7 @@ def analyze(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("qdmed-analysis"),
     tile: Annotated[int, typer.Option("--tile", help="Tile edge, px.")] = 2048,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, tcp://host:port.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Local Dask workers.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Local Dask worker processes (default: the CPU count, at most one per tile).")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
     no_report: Annotated[bool, flag("--no-report", help="Skip the HTML report.")] = False,
     poisson: Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
@@ -867,7 +867,7 @@ def _index_or_name(channel: str | None) -> str | int | None:
 def qc(
     path: Annotated[Path, typer.Argument(help="A slide, or a folder of slides.")],
     panel_file: PANEL = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (qc.json, qc_regions.geojson; for a folder also qc.csv and slides/).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (qc.json, qc_regions.geojson; for a folder also qc.csv and slides/). Default: qdmed-qc for a folder; for one slide, results are printed and written only when given.")] = None,
     tile: Annotated[int, typer.Option("--tile", help="Tile edge, px (as the analysis's).")] = 2048,
     saturation_level: SATURATION = None,
     offset: OFFSET = None,

@@ -425,7 +425,9 @@ def check_calibration(panel, her2_calibration, gates) -> None:
     for m in gates or {}:
         if m not in comps:
             raise InputError(f"a positivity gate is given for {m!r}, which is not a component "
-                             f"of the panel {comps}")
+                             f"of the panel {comps}: the calibration was made with another "
+                             "panel, and its intensities (unmixed with other spectra) do not "
+                             "carry over; calibrate on controls analysed with this panel")
     if her2_calibration is not None and her2_calibration.marker not in comps:
         raise InputError(f"the HER2 calibration scores {her2_calibration.marker!r}, which is "
                          f"not a component of the panel {comps}")
