@@ -188,8 +188,10 @@ def unmixed_figure(unmixed_path, max_px: int = 600):
     k = img.shape[-1]
     cols = min(k, 4)
     rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows * img.shape[0]
-                                                  / max(img.shape[1], 1) + 0.5),
+    # each panel its colour bar (the same size for all) and room for its title above
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, (3.3 * img.shape[0]
+                                                               / max(img.shape[1], 1) + 0.45)
+                                                  * rows + 0.4),
                              squeeze=False)
     for j, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
@@ -200,9 +202,9 @@ def unmixed_figure(unmixed_path, max_px: int = 600):
         top = 1.0 if resid else float(np.percentile(ch, 99.5))
         im = ax.imshow(ch, cmap="magma" if resid else "gray", vmin=0,
                        vmax=top if top > 0 else 1.0)
-        ax.set_title(names[j] + (" (relative)" if resid else f" (0-{top:.3g})"), fontsize=8)
-        if resid:
-            fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(names[j] + (" (relative)" if resid else ""), fontsize=8)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+        bar.ax.tick_params(labelsize=7)
     scale = "full resolution" if factor == 1 else f"1/{factor:g} scale"
     fig.suptitle(f"{Path(unmixed_path).name}: every channel at {scale}", fontsize=9)
     fig.tight_layout()
