@@ -94,9 +94,10 @@ def test_a_large_annotation_is_tiled_and_keeps_to_its_outline(tmp_path, ihc_slid
     d = analyze_dab_regions(path, geo, tmp_path / "r", od_cutoffs=CUT, tile=300,
                             min_cells=20, progress=False)
     (tiled,) = d["thresholds"]
-    # its pixels 99..899 x 99..699 (QuPath coordinates are index + 0.5): 801 x 601 px,
-    # 3 x 3 tiles of at most 300
-    assert tiled["region"] == "T" and tiled["n_tiles"] == 9
+    # its pixels are those whose centres (index + 0.5 in QuPath coordinates) lie in it:
+    # 100..899 x 100..699, 800 x 600 px, 3 x 2 tiles of at most 300 (the box took a pixel
+    # more on either side, 801 x 601 px, and cut it into 3 x 3)
+    assert tiled["region"] == "T" and tiled["n_tiles"] == 6
     cells = pd.read_parquet(tmp_path / "r" / "cells.parquet")
     x, y = cells["centroid_x"] + 0.5, cells["centroid_y"] + 0.5  # QuPath coordinates
     assert ((x >= 100) & (x <= 900) & (y >= 100) & (y <= 700)).all()

@@ -148,7 +148,12 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
     keep = poly.contains_cells(cells) if len(cells) else np.zeros(0, bool)
     if len(cells):
         cy, cx = cells["centroid_y"].to_numpy(), cells["centroid_x"].to_numpy()
-        keep &= (cy >= core[0]) & (cy < core[1]) & (cx >= core[2]) & (cx < core[3])
+        # the core decides between tiles of the piece; at the piece's own edges the polygon
+        # alone does (a centroid may lie within half a pixel outside the pixels it covers)
+        ext = polygon[0]
+        lo_y, hi_y, lo_x, hi_x = _pixel_span(ext[:, 1], ext[:, 0])
+        keep &= ((cy >= core[0]) | (core[0] <= lo_y)) & ((cy < core[1]) | (core[1] >= hi_y))
+        keep &= ((cx >= core[2]) | (core[2] <= lo_x)) & ((cx < core[3]) | (core[3] >= hi_x))
         h, w = slide.shape[:2]
         lab = sc.labels
         edges = [e for e, inner in ((lab[0], ya > 0), (lab[-1], yb < h), (lab[:, 0], xa > 0),
@@ -205,6 +210,14 @@ def _fingerprint(img, reg, jobs, score_kw) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _pixel_span(ys, xs) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1), ends excluded: the pixels whose centres lie within the extent of
+    QuPath coordinates ``ys``, ``xs`` (pixel index + 0.5 at a pixel's centre). A 2048 px
+    square is 2048 pixels, one 2048 px tile (one pixel more on either side made it 2 x 2)."""
+    return (int(np.ceil(np.min(ys) - 0.5)), int(np.floor(np.max(ys) - 0.5)) + 1,
+            int(np.ceil(np.min(xs) - 0.5)), int(np.floor(np.max(xs) - 0.5)) + 1)
+
+
 def _even_grid(start: int, stop: int, tile: int) -> list[tuple[int, int]]:
     """[start, stop) cut into the fewest pieces of at most ``tile``, of (nearly) equal size
     (no sliver of a few pixels beside full tiles, each read with a whole margin)."""
@@ -222,9 +235,8 @@ def _jobs(img, reg, ps: float, tile: int) -> list:
     margin = int(np.ceil(MARGIN_UM / ps))
     jobs = []
     for i, label, (x0, x1, y0, y1) in _polygon_boxes(reg):
-        # QuPath coordinates are pixel index + 0.5
-        ya, yb = max(int(np.floor(y0 - 0.5)), 0), min(int(np.ceil(y1)), h)
-        xa, xb = max(int(np.floor(x0 - 0.5)), 0), min(int(np.ceil(x1)), w)
+        ya, yb, xa, xb = _pixel_span(np.array([y0, y1]), np.array([x0, x1]))
+        ya, yb, xa, xb = max(ya, 0), min(yb, h), max(xa, 0), min(xb, w)
         if yb - ya < 8 or xb - xa < 8:
             continue
         for cy0, cy1 in _even_grid(ya, yb, tile):
