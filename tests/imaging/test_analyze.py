@@ -343,6 +343,15 @@ def test_scheduler_addresses_checked_before_connecting():
                       ("tcp://127.0.0.1", "give a host and a port")):
         with pytest.raises(InputError, match=said):
             _host_port(bad)
+    # the dashboard's web address given for the scheduler's; an unknown scheme is named by
+    # distributed, not taken for a server's reply
+    from qdmed.imaging._analyze import check_scheduler
+    from qdmed.imaging._scheduler import identify
+
+    with pytest.raises(InputError, match="is a web address .* tcp://HOST:8786"):
+        check_scheduler("http://127.0.0.1:8787")
+    with pytest.raises(InputError, match="unknown address scheme 'foo'"):
+        identify("foo://127.0.0.1:1", 2)
 
 
 def test_workers_hide_numpy_notices_when_the_command_line_does():

@@ -180,7 +180,7 @@ def test_cores_and_annotations_in_one_file(tmp_path):
     assert reg.mixes_cores_and_annotations and not reg.is_tma
     cores, tumour = reg.subset(cores=True), reg.subset(cores=False)
     assert (cores.names, cores.missing, cores.is_tma) == (("A-1",), ("A-2",), True)
-    # an unnamed annotation is named by its class, as QuPath shows it
+    # an unnamed annotation is named by its class (and its order among that class's)
     assert tumour.names == ("Tumor 1",) and tumour.classes == ("Tumor",)
     assert [c[0] for c in cores.centers] == ["A-1", "A-2"]
     # unnamed annotations: "<class> <k>" by their order among their class's, "region <n>"
@@ -191,6 +191,11 @@ def test_cores_and_annotations_in_one_file(tmp_path):
                              feat("annotation")]))
     assert read_regions(q).names == ("Tumor 1", "Stroma 1", "Tumor 2", "Tumor 2'",
                                      "region 5")
+    # a name is the same whichever class is read: "Tumor 1" is a Stroma annotation's here
+    q.write_text(json.dumps([feat("annotation", "Tumor 1", cls="Stroma"),
+                             feat("annotation", cls="Tumor"), feat("annotation", cls="Tumor")]))
+    assert read_regions(q).names == ("Tumor 1", "Tumor 1'", "Tumor 2")
+    assert read_regions(q, "Tumor").names == ("Tumor 1'", "Tumor 2")
     with pytest.raises(InputError, match=r"no annotation classified 'Necrosis'.*2 TMA core\(s\)"):
         read_regions(p, "Necrosis")
     # split for scoring: annotations of two classes need the class that is the tumour

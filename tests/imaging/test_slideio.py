@@ -156,21 +156,25 @@ def test_ome_zarr_round_trip(tmp_path, image):
 
 def test_ome_zarr_display_windows_follow_the_data(tmp_path):
     """omero windows (what napari and other NGFF viewers show from black to full colour):
-    start 0, end the data's 99.9th percentile; min/max the type's range for integers, the
-    values written for floats. They spanned the whole type before: unmixed abundances in
-    the hundreds under a 0-1 window showed saturated, counts of hundreds under 0-65535
-    black."""
+    start 0, end the full-resolution data's 99.9th percentile (from every pixel here: fewer
+    than the sample's 2^20); min/max the type's range for integers, the finite values
+    written for floats. They spanned the whole type before: unmixed abundances in the
+    hundreds under a 0-1 window showed saturated, counts of hundreds under 0-65535 black.
+    A single infinite or negative pixel neither voids the range nor sets the black level."""
     import zarr
 
     rng = np.random.default_rng(4)
     counts = rng.gamma(2.0, [50.0, 5.0], (600, 700, 2))
-    p = write_ome_zarr(tmp_path / "f.ome.zarr", counts, chunks=(256, 256))
+    odd = counts.copy()
+    odd[0, 0, 1], odd[1, 1, 1] = np.inf, -3.0
+    p = write_ome_zarr(tmp_path / "f.ome.zarr", odd, chunks=(256, 256))
     for c, w in enumerate(w["window"] for w in zarr.open_group(str(p), mode="r")
                           .attrs["omero"]["channels"]):
-        top = _downsample2(_downsample2(counts))[..., c]  # the coarsest level, read whole
-        assert (w["start"], w["min"]) == (0.0, 0.0)
-        assert w["end"] == pytest.approx(np.percentile(top, 99.9))
-        assert w["max"] == pytest.approx(counts[..., c].max())  # every value written
+        assert w["start"] == 0.0 and w["min"] == (0.0 if c == 0 else -3.0)
+        assert w["end"] == pytest.approx(np.percentile(odd[..., c][np.isfinite(odd[..., c])],
+                                                       99.9))
+        assert w["max"] == pytest.approx(np.nanmax(np.where(np.isfinite(odd[..., c]),
+                                                            odd[..., c], np.nan)))
     p = write_ome_zarr(tmp_path / "u.ome.zarr", counts.astype(np.uint16), chunks=(256, 256),
                        significant_bits=12)
     w = zarr.open_group(str(p), mode="r").attrs["omero"]["channels"][0]["window"]

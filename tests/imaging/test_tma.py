@@ -120,7 +120,10 @@ def test_dearrayer_bad_input(tmp_path):
     # a simulated whole slide is OME-Zarr: a TIFF name is refused, not made a folder
     with pytest.raises(InputError, match="written as OME-Zarr.*ending in .zarr"):
         simulate_slide(tmp_path / "section.ome.tif", (256, 256), preset="luminal-A", **KW)
+    with pytest.raises(InputError, match="slide or TMA is written as OME-Zarr"):
+        simulate_tma(tmp_path / "tma.ome.tiff", rows=1, cols=1, presets=["luminal-A"], **KW)
     assert not (tmp_path / "section.ome.tif").exists()
+    assert not (tmp_path / "tma.ome.tiff").exists()
 
 
 @pytest.mark.parametrize(("rows", "cols", "missing", "rotation"), [

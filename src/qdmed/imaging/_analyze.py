@@ -1299,6 +1299,10 @@ def check_scheduler(scheduler, n_workers=None) -> None:
     if scheduler != "synchronous" and (not isinstance(scheduler, str) or "://" not in scheduler):
         raise InputError(f"scheduler (--scheduler) must be a Dask scheduler's address such as "
                          f"tcp://host:8786, or 'synchronous'; got {scheduler!r}")
+    scheme = scheduler.partition("://")[0].lower()
+    if scheme in ("http", "https"):  # the dashboard's page, which a browser shows
+        raise InputError(f"{scheduler} is a web address (the Dask dashboard's, port 8787 by "
+                         "default); the scheduler's address is tcp://HOST:8786")
     if isinstance(n_workers, int) and n_workers > 1:
         raise InputError(f"n_workers (--workers) {n_workers} starts local worker processes; "
                          + ("scheduler 'synchronous' runs in this process"
@@ -1357,7 +1361,11 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
     finally:
         if ignore:
             signal.signal(signal.SIGINT, old)
-    return Client(cluster, set_as_default=False), cluster
+    try:
+        return Client(cluster, set_as_default=False), cluster
+    except BaseException:  # a Ctrl-C or a failed client: the workers are not left behind
+        cluster.close()
+        raise
 
 
 def check_keep_bits(keep_bits, write_unmixed: bool = True) -> None:

@@ -42,9 +42,9 @@ class Regions:
     labels : tuple of str
         Name of each polygon's region: the feature's ``properties.name`` (QuPath writes a TMA
         core's name, e.g. "A-1", and an annotation's name there), else its class and its
-        order among that class's unnamed regions (``"Tumor 1"``, ``"Tumor 2"``, as QuPath
-        shows an unnamed annotation by its class), or ``"region <n>"`` by the feature's
-        order among the regions read when unclassified (primed if that name is in use).
+        order among that class's unnamed regions (``"Tumor 1"``, ``"Tumor 2"``), or
+        ``"region <n>"`` by the feature's order among the regions read when unclassified
+        (primed if a feature of the file has that name).
         Polygons of one feature share a label, and so do annotations given the same name
         (one region in several pieces); TMA core names must be unique.
     kinds : tuple of str
@@ -380,10 +380,14 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             classes.append(name)
             labels.append(key)
             kinds.append(kind)
-    # unnamed regions: named by their class as QuPath shows them ("Tumor 1", "Tumor 2",
-    # "Stroma 1" by their order among that class's), "region <n>" by their order among the
-    # regions when unclassified; never a name in use
-    used = {k for k in order if isinstance(k, str)}
+    # unnamed regions: named by their class and their order among that class's ("Tumor 1",
+    # "Tumor 2", "Stroma 1"), "region <n>" by their order among the regions when
+    # unclassified; never a name any feature of the file uses, read or not (so that a
+    # region's name does not depend on region_class)
+    used = {k for k in order if isinstance(k, str)} | {
+        str(f["properties"]["name"]).strip() for f in feats
+        if isinstance(f, dict) and isinstance(f.get("properties"), dict)
+        and isinstance(f["properties"].get("name"), str)}
     auto, n, per_class = {}, 0, {}
     for k in order:
         n += 1

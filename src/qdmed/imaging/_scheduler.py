@@ -76,6 +76,22 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
 
 
+def _unreadable(error: BaseException | None) -> bool:
+    """Whether `error` is what reading bytes that are not Dask's frames raises (in
+    distributed's handshake or the reply): a frame length read from text asks for exbibytes
+    (MemoryError), too few bytes for a header (struct.error), or msgpack cannot decode."""
+    import struct
+
+    kinds: list[type] = [MemoryError, struct.error, UnicodeDecodeError]
+    try:
+        from msgpack import exceptions as mp
+
+        kinds += [mp.UnpackException, mp.ExtraData, mp.FormatError, mp.StackError]
+    except ImportError:  # pragma: no cover - distributed depends on msgpack
+        pass
+    return isinstance(error, tuple(kinds))
+
+
 def identify(address: str, timeout_s: float | None = None) -> dict:
     """What answers at a Dask address: its reply to Dask's ``identity`` request (a dict with
     ``type`` 'Scheduler' or 'Worker', ``id``, ``workers``...), or InputError naming what
@@ -133,16 +149,17 @@ def identify(address: str, timeout_s: float | None = None) -> dict:
                          f"{_reason(error)}{hint}")
     reply = done.get("reply")
     if error is not None or not isinstance(reply, dict) or "type" not in reply:
-        # errors other than the connection's come from reading the reply: bytes that are
-        # not Dask's frames (an HTTP reply read as a frame length asked numpy for 3 EiB)
-        # the first public class of the error (numpy's _ArrayMemoryError is a MemoryError)
-        kind = next(c for c in type(error).__mro__
-                    if not any(p.startswith("_") for p in f"{c.__module__}.{c.__qualname__}"
-                               .split(".")))
-        name = kind.__qualname__ if kind.__module__ == "builtins" else \
-            f"{kind.__module__}.{kind.__qualname__}"
-        why = (f"what it sent is not a Dask message ({name})"
-               if error is not None else f"it answered {str(reply)[:80]!r}")
+        if _unreadable(error):  # bytes that are not Dask's frames (an HTTP reply read as a
+            # frame length asked numpy for 3 EiB): named by the error's first public class
+            # (numpy's _ArrayMemoryError is a MemoryError)
+            kind = next(c for c in type(error).__mro__
+                        if not any(p.startswith("_")
+                                   for p in f"{c.__module__}.{c.__qualname__}".split(".")))
+            name = kind.__qualname__ if kind.__module__ == "builtins" else \
+                f"{kind.__module__}.{kind.__qualname__}"
+            why = f"what it sent is not a Dask message ({name})"
+        else:
+            why = _reason(error) if error is not None else f"it answered {str(reply)[:80]!r}"
         raise InputError(f"{address} is not a Dask scheduler (its handshake failed: {why}); "
                          f"{_PORTS}")
     return reply

@@ -325,6 +325,9 @@ def _tile_iter(level: Any, tile: int) -> Iterator[np.ndarray]:
 class _ZarrImageWriter:
     """Create an NGFF 0.4 image in a temporary folder, fill level 0, then finish it."""
 
+    #: Full-resolution pixels per channel sampled (a regular grid) for the display windows.
+    WINDOW_SAMPLE_PX = 1 << 20
+
     def __init__(self, path: Path, shape_yxc: tuple[int, int, int], dtype: Any, *,
                  channel_names: tuple[str, ...], pixel_size_um: float | None,
                  chunks: tuple[int, int], pyramid_levels: int, name: str,
@@ -354,9 +357,13 @@ class _ZarrImageWriter:
         # level l is filled while level 0 is written as long as every block can be halved
         # exactly (even origin, even size or touching the far edge); else rebuilt in finish()
         self.incremental = [True] * pyramid_levels
-        # each channel's smallest and largest value written at full resolution (the display
-        # windows' range, _windows); blocks may come from several threads
+        # each channel's smallest and largest finite value written at full resolution, and
+        # a sample of its pixels on a global grid of at most WINDOW_SAMPLE_PX (the display
+        # windows, _windows); blocks may come from several threads
+        ny0, nx0, _ = shape_yxc
         self._range = np.array([[np.inf] * nc, [-np.inf] * nc])
+        self._sample_step = max(1, int(np.ceil(np.sqrt(ny0 * nx0 / self.WINDOW_SAMPLE_PX))))
+        self._samples: list[np.ndarray] = []
         self._range_lock = threading.Lock()
 
     def _create(self, group: Any, name: str, shape: tuple[int, ...], dtype: Any,
@@ -376,10 +383,15 @@ class _ZarrImageWriter:
         arr[:, y0:y0 + by, x0:x0 + bx] = np.moveaxis(block_yxc, 2, 0)
         if level == 0 and block_yxc.size:
             flat = block_yxc.reshape(-1, block_yxc.shape[2])
-            lo, hi = np.fmin.reduce(flat, axis=0), np.fmax.reduce(flat, axis=0)  # NaN skipped
+            if flat.dtype.kind == "f":  # NaN and infinities left out of the range
+                flat = np.where(np.isfinite(flat), flat, np.nan)
+            lo, hi = np.fmin.reduce(flat, axis=0), np.fmax.reduce(flat, axis=0)
+            st = self._sample_step
+            sample = block_yxc[(-y0) % st::st, (-x0) % st::st].reshape(-1, block_yxc.shape[2])
             with self._range_lock:
                 np.fmin(self._range[0], lo, out=self._range[0])
                 np.fmax(self._range[1], hi, out=self._range[1])
+                self._samples.append(sample.copy())
         nxt = level + 1
         if nxt >= self.n_levels or not self.incremental[nxt]:
             return
@@ -452,35 +464,35 @@ class _ZarrImageWriter:
         _replace_dir(self.tmp, self.path)
         return self.path
 
-    #: Pixels per channel read (from the coarsest level, strided) to set the display windows.
-    WINDOW_SAMPLE_PX = 1 << 20
-
     def _windows(self) -> list[dict[str, float]]:
-        """Each channel's omero display window: ``min``/``max`` the value range (an integer
-        type's, or up to its significant bits; the data's for floats, which have no fixed
-        range), ``start``/``end`` what a viewer shows from black to full colour: 0 (or the
-        data's minimum, if negative) to the data's 99.9th percentile, from the coarsest
-        level (at most WINDOW_SAMPLE_PX pixels). A window spanning the whole type (0-65535
-        for counts in the hundreds, 0-1 for unmixed abundances in the hundreds) showed
-        channels black or saturated."""
-        top = self.levels[-1]
-        nc, ny, nx = top.shape
-        step = max(1, int(np.ceil(np.sqrt(ny * nx / self.WINDOW_SAMPLE_PX))))
+        """Each channel's omero display window. ``start``/``end``, what a viewer shows from
+        black to full colour: the data's 0.1th percentile (0 if that is positive) to its
+        99.9th, from a sample of the full-resolution pixels on a regular grid (at most
+        WINDOW_SAMPLE_PX; a coarse pyramid level's averages would put ``end`` far below the
+        bright cells). ``min``/``max``, the values possible: an integer type's range (up to
+        its significant bits), for floats the finite values written. A window spanning the
+        whole type (0-65535 for counts in the hundreds, 0-1 for unmixed abundances in the
+        hundreds) showed channels black or saturated."""
+        nc = self.shape[2]
+        sample = (np.concatenate(self._samples).astype(np.float64) if self._samples
+                  else np.zeros((0, nc)))
         out = []
         for c in range(nc):
-            v = np.asarray(top[c, ::step, ::step], dtype=np.float64)
+            v = sample[:, c]
             v = v[np.isfinite(v)]
-            dhi = float(np.percentile(v, 99.9)) if v.size else 0.0
+            dlo, dhi = (float(x) for x in np.percentile(v, [0.1, 99.9])) if v.size \
+                else (0.0, 0.0)
             dmin, dmax = (float(x) for x in self._range[:, c])
             if self.dtype.kind in "ui":
-                lo, hi = 0, int(np.iinfo(self.dtype).max)
+                info = np.iinfo(self.dtype)
+                lo, hi = int(info.min), int(info.max)
                 if self.bits is not None and self.bits < self.dtype.itemsize * 8:
                     hi = 2 ** self.bits - 1
             elif np.isfinite(dmin) and np.isfinite(dmax):  # the values written
                 lo, hi = min(0.0, dmin), max(dmax, 0.0)
             else:  # nothing finite written
                 lo, hi = 0.0, 1.0
-            start = lo if self.dtype.kind in "ui" else min(0.0, lo)
+            start = max(min(0.0, dlo), lo)
             end = dhi if dhi > start else (hi if hi > start else start + 1)
             out.append({"min": lo, "max": max(hi, end), "start": start, "end": end})
         return out

@@ -1497,9 +1497,9 @@ def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_
     tile = int(tile)
     if str(path).lower().endswith((".tif", ".tiff", ".qptiff", ".svs", ".ndpi")):
         # a folder named like a TIFF would then be refused by every reader as "a directory"
-        raise InputError(f"{path}: a simulated whole slide is written as OME-Zarr (a folder); "
-                         "give a path ending in .zarr (e.g. slide.ome.zarr), or simulate a "
-                         "field (simulate_field) and write it with write_ome_tiff")
+        raise InputError(f"{path}: a simulated slide or TMA is written as OME-Zarr (a "
+                         "folder); give a path ending in .zarr (e.g. slide.ome.zarr). An "
+                         "OME-TIFF: a field from simulate_field, written by write_ome_tiff")
     p = _check_dest(path, overwrite)
     sc = _make_scene(gp, sp)
     h, w = gp["shape"]
