@@ -103,6 +103,20 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert not (tmp_path / "again" / "unmixed.ome.zarr").exists()
     # the negative control scored with its own 99th-percentile gate: ~1 % positive
     assert json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"] < 5
+    # a gate far above the tissue (none of ~100 nuclei pass, where its noise floor predicts
+    # 10 %): the receptor warning is said by analyze too, in full (it was only in
+    # summary.json)
+    cal = json.loads((tmp_path / "cal.json").read_text())
+    cal["gates"]["ER"] = {**cal["gates"]["ER"], "threshold": 1e9,
+                          "false_positive_percent": 10.0, "control_cells": 100000}
+    (tmp_path / "high.json").write_text(json.dumps(cal))
+    r = run("image", "analyze", str(tmp_path / "neg.ome.tif"), "--out", str(tmp_path / "hi"),
+            "--calibration", str(tmp_path / "high.json"), "--no-progress", "--no-report",
+            "--json", "--no-outlines", "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    said = [w for w in json.loads(r.stdout)["warnings"] if w.startswith("ER: ")]
+    assert len(said) == 1 and "quieter than the control's" in said[0]
+    assert f"! {said[0]}" in r.stderr
 
 
 def test_panel_json(tmp_path):

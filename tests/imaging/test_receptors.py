@@ -100,6 +100,12 @@ def test_fewer_positives_than_the_noise_floor_is_warned():
     st = receptor_status(_cells(0, 1000), gate)["ER"]
     assert st.status == "negative" and st.warnings and "quieter" in st.warnings[0]
     assert not receptor_status(_cells(10, 1000), gate)["ER"].warnings
+    # the short form for a table's message column (regions.csv, cohort.csv)
+    from qdmed.imaging._region_scores import receptor_notes
+
+    assert st.notes == ("fewer nuclei pass the gate (0.00 %) than its noise floor (1 %): "
+                        "gate too high here? (summary.json)",)
+    assert receptor_notes({"receptor_status": {"ER": st.to_dict()}}) == [f"ER: {st.notes[0]}"]
 
 
 def test_bad_input():

@@ -771,8 +771,11 @@ def analyze(
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
+    from qdmed.imaging._region_scores import receptor_notes
+
+    warns = summary_warnings(d) + receptor_notes(d.get("markers_scored"), brief=False)
     if json_:
-        return print_json_warned(d, summary_warnings(d))
+        return print_json_warned(d, warns)
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
             "tiles": d["n_tiles"], "resumed tiles": d["n_tiles_resumed"],
             "workers": d["n_workers"], "elapsed_s": d["elapsed_s"], "out": str(out)}
@@ -831,7 +834,7 @@ def analyze(
     if d.get("cases_scored"):
         print_table("Cases (cases.csv)", d["cases_scored"]["cases"],
                     ["case", "status", "cores", "n_scored", "her2_category"])
-    for w in summary_warnings(d):
+    for w in warns:
         print_warning(w)
 
 

@@ -108,6 +108,9 @@ class ReceptorStatus:
     warnings : tuple of str
         E.g. fewer positives than the gate's noise floor predicts (the correction's
         assumption fails).
+    notes : tuple of str
+        The same warnings in a few words, for a table's message column (regions.csv,
+        cohort.csv), where the full text repeated on most rows hid the others.
     """
 
     marker: str
@@ -121,6 +124,7 @@ class ReceptorStatus:
     ci95_percent: tuple
     rule: str
     warnings: tuple = ()
+    notes: tuple = ()
     reference: str = f"{REF_ALLISON_2020}; {REF_ROGAN_GLADEN_1978}; {REF_WILSON_1927}"
 
     @property
@@ -211,8 +215,10 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
         cuts, names = _RULES[m]
         # percentages to 1e-9 %: the cut-offs are decimal, the arithmetic binary
         pc, lo, hi = round(100.0 * p, 9), round(100.0 * lo, 9), round(100.0 * hi, 9)
-        warnings = []
+        warnings, notes = [], []
         if f is not None and float(ci.high) < f_lo:
+            notes.append(f"fewer nuclei pass the gate ({100.0 * k / n:.2f} %) than its noise "
+                         f"floor ({100 * f:.3g} %): gate too high here? (summary.json)")
             warnings.append(
                 f"fewer nuclei pass the gate ({100.0 * k / n:.2f} %, 95 % CI up to "
                 f"{100 * float(ci.high):.2f} %) than its noise floor predicts for negative "
@@ -242,6 +248,7 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
                                 n_cells=n, n_positive=k, percent_positive=100.0 * k / n,
                                 gate_false_positive_percent=None if f is None else 100.0 * f,
                                 percent_positive_corrected=pc,
-                                ci95_percent=(lo, hi), rule=rule, warnings=tuple(warnings))
+                                ci95_percent=(lo, hi), rule=rule, warnings=tuple(warnings),
+                                notes=tuple(notes))
     return out
 

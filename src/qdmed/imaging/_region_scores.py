@@ -72,10 +72,14 @@ def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
     return row
 
 
-def receptor_notes(markers: dict | None) -> list[str]:
-    """The receptor-status warnings of a marker score dict, each prefixed by its marker."""
+def receptor_notes(markers: dict | None, brief: bool = True) -> list[str]:
+    """The receptor-status warnings of a marker score dict, each prefixed by its marker: in
+    their short form (``notes``, for a table's message column; the full ``warnings`` of a
+    dict without it), or in full (``brief=False``)."""
     status = (markers or {}).get("receptor_status") or {}
-    return [f"{m}: {w}" for m, st in status.items() for w in st.get("warnings", [])]
+    return [f"{m}: {w}" for m, st in status.items()
+            for w in (st.get("notes", st.get("warnings", [])) if brief
+                      else st.get("warnings", []))]
 
 
 def her2_measurable(cells, her2_calibration) -> int:
