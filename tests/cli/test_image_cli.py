@@ -70,6 +70,18 @@ def test_simulate_analyze_cohort(tmp_path):
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--autofluorescence",
             "unstained", "--no-progress")
     assert r.returncode == 2 and "'panel' or 'blind'" in r.stderr
+    # the analysis settings analyze takes, for every slide of a cohort too
+    r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "cp"), "--workers", "1",
+            "--no-progress", "--json", "--poisson", "--no-outlines", "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["parameters"]["settings"]["unmix_weights"] == "poisson"
+    slide_summary = json.loads((tmp_path / "cp" / "slides" / "a" / "summary.json").read_text())
+    assert slide_summary["settings"]["unmix_weights"] == "poisson"
+    assert slide_summary["settings"]["pixel_size_um"] == 0.5  # the slide's own
+    r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "cq"), "--segmentation",
+            "otsu", "--no-progress")
+    assert r.returncode == 2 and "unknown segmentation 'otsu'" in r.stderr, r.stderr
+    assert not (tmp_path / "cq").exists()
 
 
 def test_calibrate_gates_then_analyze(tmp_path):

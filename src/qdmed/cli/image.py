@@ -25,6 +25,8 @@ PANEL = Annotated[Path | None, typer.Option("--panel", help="Panel YAML (default
 NOPROG = Annotated[bool, flag("--no-progress", help="No progress bar.")]
 NO_OUTLINES = Annotated[bool, flag("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
 NO_UNMIXED = Annotated[bool, flag("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
+POISSON = Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower).")]
+SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")]
 UNMIXED_BITS = Annotated[int | None, typer.Option("--unmixed-bits", help="Round unmixed.ome.zarr's float32 values to this many mantissa bits (1-23; 10: relative error <= 4.9e-4) so it compresses better (2048^2 px x 8 channels: 135 -> 76 MB at 10): lossy, for viewing; cells.parquet is exact either way.")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 REGION_UM = Annotated[float | None, typer.Option("--her2-region-um", help="With --calibration: side (um) of the square regions scored one by one to map HER2 heterogeneity (default 500).")]
@@ -711,7 +713,7 @@ def analyze(
     workers: Annotated[int | None, typer.Option("--workers", help="Local Dask worker processes (default: the CPU count, at most one per tile).")] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration", help="HER2 calibration JSON (qdmed image calibrate).")] = None,
     no_report: Annotated[bool, flag("--no-report", help="Skip the HTML report.")] = False,
-    poisson: Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower).")] = False,
+    poisson: POISSON = False,
     regions: Annotated[Path | None, typer.Option("--regions", help="GeoJSON annotations (e.g. invasive tumour, exported from QuPath) or TMA cores (GeoJSON or QuPath .qptma): score only the cells inside them.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class (e.g. Tumor).")] = None,
     tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations (GeoJSON) to narrow --regions down to: e.g. the tumour drawn inside TMA cores, scored core by core. A --regions file holding cores and annotations together is split so without this.")] = None,
@@ -733,7 +735,7 @@ def analyze(
     cell_labels: Annotated[Path | None, typer.Option("--cell-labels", help="Whole cells segmented elsewhere too (with --nuclei-labels; may be the same file, another channel): they replace qdmed's cell expansion. cells.parquet gets cell_label.")] = None,
     cell_labels_channel: CELL_LABELS_CHANNEL = None,
     labels_downsample: LABELS_DOWNSAMPLE = 1,
-    segmentation: Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")] = "watershed",
+    segmentation: SEGMENTATION = "watershed",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -1084,15 +1086,20 @@ def cohort(
     cell_labels_dir: Annotated[Path | None, typer.Option("--cell-labels-dir", help="Folder of each slide's whole cells segmented elsewhere too (found like the nuclei; may be the nuclei folder when each file holds both, as channels); replaces qdmed's cell expansion.")] = None,
     cell_labels_channel: CELL_LABELS_CHANNEL = None,
     labels_downsample: LABELS_DOWNSAMPLE = 1,
+    poisson: POISSON = False,
+    segmentation: SEGMENTATION = "watershed",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Analyse every slide in FOLDER; one table for all slides, per-slide status.
 
     Exit code 3 when some slides failed (the others' results are written), 2 when all did."""
+    from qdmed.imaging import AnalysisSettings
     from qdmed.imaging._cohort import analyze_cohort
 
     her2, gates = _calibration(calibration)
+    settings = None if not poisson and segmentation == "watershed" else AnalysisSettings(
+        unmix_weights="poisson" if poisson else None, segmentation=segmentation)
     res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress, regions_dir=regions_dir,
@@ -1110,7 +1117,7 @@ def cohort(
                          labels_channel=_index_or_name(labels_channel),
                          cell_labels_dir=cell_labels_dir,
                          cell_labels_channel=_index_or_name(cell_labels_channel),
-                         labels_downsample=labels_downsample)
+                         labels_downsample=labels_downsample, settings=settings)
     if json_:
         print_json_warned(res, _cohort_warnings(res))
         return _folder_exit(res)

@@ -143,7 +143,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    pattern: str | None = None, case_map=None,
                    case_from_name: str | None = None, nuclei_labels_dir=None,
                    labels_channel=None, cell_labels_dir=None,
-                   cell_labels_channel=None, labels_downsample: float = 1) -> dict:
+                   cell_labels_channel=None, labels_downsample: float = 1,
+                   settings=None) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -191,7 +192,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     holds each slide's whole cells, read as ``cell_labels`` (with ``cell_labels_channel``);
     it may be the nuclei folder itself when each slide has one file with both, as channels
     (Mesmer's nuclear and whole-cell masks). ``labels_downsample``: the label images'
-    downsample of their slides, as :func:`analyze_slide` takes it."""
+    downsample of their slides, as :func:`analyze_slide` takes it. ``settings``
+    (:class:`~qdmed.imaging.AnalysisSettings`, e.g. Poisson-weighted unmixing or another
+    segmentation) apply to every slide, each at its own pixel size unless they give one."""
     import pandas as pd
 
     from qdmed import __version__
@@ -223,6 +226,12 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
+    if settings is not None:  # checked once, not slide by slide
+        from qdmed.imaging._given_labels import SEGMENTATIONS
+
+        if settings.segmentation not in SEGMENTATIONS:
+            raise InputError(f"unknown segmentation {settings.segmentation!r}; accepted: "
+                             f"{', '.join(SEGMENTATIONS)}")
     region_min_cells = check_min_cells(region_min_cells)
     # both maps before any slide is read; the case map's checks first, as they name it
     slide_cases, case_map_source, name_rx = _case_source(case_map, case_from_name, tma_map,
@@ -327,7 +336,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         tumour_regions=tum, nuclei_labels=labels,
                                         labels_channel=labels_channel, cell_labels=cells,
                                         cell_labels_channel=cell_labels_channel,
-                                        labels_downsample=labels_downsample)
+                                        labels_downsample=labels_downsample,
+                                        settings=settings)
                     write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
@@ -487,6 +497,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else str(cell_labels_dir),
                               "cell_labels_channel": cell_labels_channel,
                               "labels_downsample": labels_downsample,
+                              "settings": None if settings is None else settings.to_dict(),
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,
