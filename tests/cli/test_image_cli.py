@@ -449,6 +449,12 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
 
 
 def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
+    # the example brightfield TMA, written for a new user to try the DAB commands on
+    r = run("image", "dab", "--example-tma", str(tmp_path / "ex.ome.tif"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["missing"] == "B-2" and (tmp_path / "ex.ome.tif").is_file()
+    r = run("image", "dab", "--example-tma", str(tmp_path / "ex2.ome.tif"), "--example")
+    assert r.returncode == 2 and "give it alone" in r.stderr
     r = run("image", "dab", "--example", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

@@ -409,6 +409,20 @@ def test_qupath_tma_grid_file_round_trip_and_errors(tmp_path):
         cores_qptma(cores, 2, 2)
 
 
+def test_example_brightfield_tma_and_its_bad_input(tmp_path):
+    from qdmed.imaging import example_brightfield_tma
+
+    p, centres = example_brightfield_tma(tmp_path / "ex.ome.tif", missing=(), no_dab=())
+    assert list(centres) == ["A-1", "A-2", "A-3", "B-1", "B-2", "B-3"]
+    found, _ = find_tma_cores(p)  # by its optical density (8-bit RGB)
+    assert found.n_found == 6 and not any(c["missing"] for c in found.cores)
+    with pytest.raises(InputError, match=r"outside the example's 2 x 3 grid"):
+        example_brightfield_tma(tmp_path / "x.ome.tif", missing=("C-1",))
+    with pytest.raises(InputError, match="written as an OME-TIFF"):
+        example_brightfield_tma(tmp_path / "x.png")
+    assert not (tmp_path / "x.ome.tif").exists() and not (tmp_path / "x.png").exists()
+
+
 def test_dearrayer_on_a_brightfield_tma(tmp_path, brightfield_tma):
     # tissue absorbs: found by its optical density (auto for 8-bit RGB), as QuPath's
     # dearrayer does for brightfield

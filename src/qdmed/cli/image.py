@@ -1142,6 +1142,7 @@ def _cohort_warnings(res: dict) -> list[str]:
 def dab(
     image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
     example: Annotated[bool, flag("--example", help="Use scikit-image's bundled IHC image.")] = False,
+    example_tma: Annotated[Path | None, typer.Option("--example-tma", help="Write an example brightfield H-DAB TMA here (OME-TIFF: 2 x 3 cores cut from scikit-image's IHC image, B-2 lost, A-3 without DAB) to try the DAB commands on, and stop.")] = None,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+ (default 0.05,0.15,0.3: an uncalibrated example; calibrate on control tissue).")] = DAB_EXAMPLE_CUTOFFS,
     background: Annotated[str | None, typer.Option("--background", help="White level (glass) per channel: 'auto' (from the image's glass) or R,G,B levels 0-255 as QuPath's 'Background' (default 255,255,255: white).")] = None,
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's, else 0.5).")] = None,
@@ -1168,6 +1169,22 @@ def dab(
     from qdmed.errors import InputError
     from qdmed.imaging import score_dab
 
+    if example_tma is not None:
+        if example or image is not None:
+            raise InputError("--example-tma writes an example slide and stops: give it alone")
+        from qdmed.imaging import example_brightfield_tma
+
+        path, centres = example_brightfield_tma(example_tma)
+        info = {"slide": str(path), "cores": ", ".join(centres), "missing": "B-2",
+                "without DAB": "A-3", "pixel_size_um": 0.5}
+        if json_:
+            return print_json(info)
+        print_kv("Example brightfield TMA", info)
+        typer.echo(f"next: qdmed image tma {path} --out dab_cores.geojson, then qdmed image "
+                   f"dab {path} --regions dab_cores.geojson --region-min-cells 20 --out dab/ "
+                   "(its small cores hold ~60 cells each, fewer than the 100 a region needs "
+                   "by default)")
+        return None
     if example == (image is not None):
         raise InputError("give an image path or --example, not both" if example else
                          "give an image path, or --example for scikit-image's IHC image")

@@ -88,6 +88,7 @@ from qdmed.imaging._tma import (
     TmaCores,
     core_name,
     cores_geojson,
+    example_brightfield_tma,
     find_tma_cores,
     simulate_tma,
     tma_labels,
@@ -109,6 +110,6 @@ __all__ = [
     "simulate_tissue", "single_stain_endmember", "spectral_channels", "spectral_library", "tile_grid", "unmix_block", "unmix_image",
     "unmix_lstsq", "unmix_nnls", "write_ome_tiff", "write_ome_zarr", "write_truth",
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
-    "find_tma_cores", "simulate_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
+    "find_tma_cores", "simulate_tma", "example_brightfield_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
     "analyze_cohort", "cells_from_labels", "nuclei_from_labels", "plot_calibration", "her2_controls_scored",
 ]
