@@ -1172,11 +1172,18 @@ def dab(
     if example_tma is not None:
         if example or image is not None:
             raise InputError("--example-tma writes an example slide and stops: give it alone")
-        from qdmed.imaging import example_brightfield_tma
+        from qdmed.imaging._tma import (
+            EXAMPLE_BF_MISSING,
+            EXAMPLE_BF_NO_DAB,
+            EXAMPLE_BF_PIXEL_UM,
+            example_brightfield_tma,
+        )
 
         path, centres = example_brightfield_tma(example_tma)
-        info = {"slide": str(path), "cores": ", ".join(centres), "missing": "B-2",
-                "without DAB": "A-3", "pixel_size_um": 0.5}
+        info = {"slide": str(path), "cores": ", ".join(centres),
+                "missing": ", ".join(EXAMPLE_BF_MISSING),
+                "without DAB": ", ".join(EXAMPLE_BF_NO_DAB),
+                "pixel_size_um": EXAMPLE_BF_PIXEL_UM}
         if json_:
             return print_json(info)
         print_kv("Example brightfield TMA", info)

@@ -181,6 +181,13 @@ def open_label_image(path, channel, shape_yx, what: str, option: str, downsample
                                                                f"{what} {name}"), f)
 
 
+def check_segmentation(segmentation) -> None:
+    """Refuse a settings.segmentation (--segmentation) that is none of SEGMENTATIONS."""
+    if segmentation not in SEGMENTATIONS:
+        raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
+                         f"{', '.join(SEGMENTATIONS)}")
+
+
 def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
                       shape_yx, segmentation: str, downsample=1,
                       slide_pixel_size_um: float | None = None) -> GivenLabels | None:
@@ -188,9 +195,7 @@ def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_ch
     segmentation method against them; both label images are at `downsample` (slide pixels
     per label pixel)."""
     downsample = check_downsample(downsample)
-    if segmentation not in SEGMENTATIONS:
-        raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
-                         f"{', '.join(SEGMENTATIONS)}")
+    check_segmentation(segmentation)
     if nuclei_labels is None:
         for value, name in ((labels_channel, "labels_channel (--labels-channel)"),
                             (cell_labels, "cell_labels (--cell-labels)"),

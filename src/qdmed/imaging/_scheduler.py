@@ -76,20 +76,24 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:160]}" if text else type(error).__name__
 
 
-def _unreadable(error: BaseException | None) -> bool:
-    """Whether `error` is what reading bytes that are not Dask's frames raises (in
-    distributed's handshake or the reply): a frame length read from text asks for exbibytes
-    (MemoryError), too few bytes for a header (struct.error), or msgpack cannot decode."""
+def _unreadable(error: BaseException | None) -> str | None:
+    """The name of `error`'s kind when it is what reading bytes that are not Dask's frames
+    raises (in distributed's handshake or the reply): a frame length read from text asks
+    for exbibytes (MemoryError; numpy's own subclass), too few bytes for a header
+    (struct.error), or msgpack cannot decode; else None."""
     import struct
 
-    kinds: list[type] = [MemoryError, struct.error, UnicodeDecodeError]
+    kinds: list[tuple[type, str]] = [(MemoryError, "MemoryError"),
+                                     (struct.error, "struct.error"),
+                                     (UnicodeDecodeError, "UnicodeDecodeError")]
     try:
         from msgpack import exceptions as mp
 
-        kinds += [mp.UnpackException, mp.ExtraData, mp.FormatError, mp.StackError]
+        kinds += [(k, f"msgpack {k.__name__}") for k in (mp.UnpackException, mp.ExtraData,
+                                                        mp.FormatError, mp.StackError)]
     except ImportError:  # pragma: no cover - distributed depends on msgpack
         pass
-    return isinstance(error, tuple(kinds))
+    return next((name for kind, name in kinds if isinstance(error, kind)), None)
 
 
 def identify(address: str, timeout_s: float | None = None) -> dict:
@@ -149,15 +153,9 @@ def identify(address: str, timeout_s: float | None = None) -> dict:
                          f"{_reason(error)}{hint}")
     reply = done.get("reply")
     if error is not None or not isinstance(reply, dict) or "type" not in reply:
-        if _unreadable(error):  # bytes that are not Dask's frames (an HTTP reply read as a
-            # frame length asked numpy for 3 EiB): named by the error's first public class
-            # (numpy's _ArrayMemoryError is a MemoryError)
-            kind = next(c for c in type(error).__mro__
-                        if not any(p.startswith("_")
-                                   for p in f"{c.__module__}.{c.__qualname__}".split(".")))
-            name = kind.__qualname__ if kind.__module__ == "builtins" else \
-                f"{kind.__module__}.{kind.__qualname__}"
-            why = f"what it sent is not a Dask message ({name})"
+        unreadable = _unreadable(error)
+        if unreadable:  # an HTTP reply read as a frame length asked numpy for 3 EiB
+            why = f"what it sent is not a Dask message ({unreadable})"
         else:
             why = _reason(error) if error is not None else f"it answered {str(reply)[:80]!r}"
         raise InputError(f"{address} is not a Dask scheduler (its handshake failed: {why}); "

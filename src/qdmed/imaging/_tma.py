@@ -347,10 +347,12 @@ def tma_layout(rows: int, cols: int, *, core_diameter_um: float = 600.0,
 #: The example brightfield TMA (:func:`example_brightfield_tma`): 2 x 3 cores 240 px across
 #: (120 um at 0.5 um/px), 300 px apart, on white glass.
 EXAMPLE_BF_ROWS, EXAMPLE_BF_COLS, EXAMPLE_BF_CORE_PX, EXAMPLE_BF_PITCH_PX = 2, 3, 240, 300
+#: Its pixel size (um), and its cores lost and without DAB by default.
+EXAMPLE_BF_PIXEL_UM, EXAMPLE_BF_MISSING, EXAMPLE_BF_NO_DAB = 0.5, ("B-2",), ("A-3",)
 
 
-def example_brightfield_tma(path, *, missing: Sequence[str] = ("B-2",),
-                            no_dab: Sequence[str] = ("A-3",)) -> tuple[Path, dict]:
+def example_brightfield_tma(path, *, missing: Sequence[str] = EXAMPLE_BF_MISSING,
+                            no_dab: Sequence[str] = EXAMPLE_BF_NO_DAB) -> tuple[Path, dict]:
     """Write an example brightfield H-DAB tissue microarray (8-bit RGB OME-TIFF, 0.5 um/px)
     to try the DAB commands on (dearraying, DAB scoring core by core and case by case): 2 x
     3 cores cut as discs from scikit-image's bundled IHC image (``skimage.data.
@@ -401,7 +403,7 @@ def example_brightfield_tma(path, *, missing: Sequence[str] = ("B-2",),
                                                      80 + 90 * r:80 + 90 * r + d]
             tile = img[cy - d // 2:cy + d // 2, cx - d // 2:cx + d // 2]
             tile[disc] = src[disc]
-    return write_ome_tiff(path, img, pixel_size_um=0.5), centres
+    return write_ome_tiff(path, img, pixel_size_um=EXAMPLE_BF_PIXEL_UM), centres
 
 
 def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembers: Any,
