@@ -67,6 +67,99 @@ def write_qptiff():
     return _write_qptiff
 
 
+def _write_svs(path, image_rgb, *, mpp="0.4990", tile=256, levels=2):
+    """An Aperio SVS in the page order OpenSlide's and tifffile's readers expect: the
+    full-resolution tiled JPEG page (its ImageDescription "Aperio Image Library ...|AppMag =
+    20|MPP = ..."; no MPP field when `mpp` is None), the stripped thumbnail, the reduced
+    levels (each 4x smaller), then the label (LZW, NewSubfileType 1) and the macro (JPEG,
+    NewSubfileType 9)."""
+    import tifffile
+
+    img = np.asarray(image_rgb)
+    h, w = img.shape[:2]
+    mpp_field = "" if mpp is None else f"|MPP = {mpp}"
+    head = "Aperio Image Library v12.0.15 \r\n"
+    kw = dict(photometric="rgb", metadata=None)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, tile=(tile, tile), compression="jpeg", **kw, description=(
+            f"{head}{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q=70|AppMag = 20"
+            f"|StripeWidth = 2040|ScanScope ID = SS1234{mpp_field}|Left = 25.1|Top = 19.0"))
+        thumb = np.ascontiguousarray(img[::8, ::8])
+        tw.write(thumb, compression="jpeg", **kw, description=(
+            f"{head}{w}x{h} -> {thumb.shape[1]}x{thumb.shape[0]} - |AppMag = 20{mpp_field}"))
+        for lv in range(1, levels):
+            red = np.ascontiguousarray(img[::4 ** lv, ::4 ** lv])
+            tw.write(red, tile=(tile, tile), compression="jpeg", **kw, description=(
+                f"{head}{w}x{h} -> {red.shape[1]}x{red.shape[0]} - |AppMag = 20{mpp_field}"))
+        tw.write(np.full((200, 300, 3), 240, np.uint8), compression="lzw", subfiletype=1,
+                 description=f"{head}label 300x200", **kw)
+        tw.write(np.full((300, 600, 3), 200, np.uint8), compression="jpeg", subfiletype=9,
+                 description=f"{head}macro 600x300", **kw)
+    return path
+
+
+@pytest.fixture
+def write_svs():
+    return _write_svs
+
+
+def _write_ndpi(path, levels_rgb, *, pixel_size_um=0.4536, magnification=20.0):
+    """A Hamamatsu NDPI laid out as NanoZoomer scanners write it and as OpenSlide and
+    tifffile read it: a classic little-endian TIFF header and 12-byte IFD entries, but an
+    8-byte offset to the first IFD and to each next one, each IFD followed by the high 32
+    bits of its entries' values; Make/Model/Software, the resolution in pixels per cm, the
+    Hamamatsu tags 65420 (file format) and 65421 (magnification; -1 marks the macro, added
+    last); one JPEG strip per page (no McuStarts: the small pages of real files)."""
+    import struct
+
+    import imagecodecs
+
+    buf = bytearray(b"II" + struct.pack("<H", 42) + b"\0" * 8)
+    w0 = levels_rgb[0].shape[1]
+    pages = [(np.asarray(im), pixel_size_um * w0 / im.shape[1], magnification * im.shape[1] / w0)
+             for im in levels_rgb]
+    pages.append((np.full((200, 500, 3), 200, np.uint8), None, -1.0))
+
+    def blob(b):
+        off = len(buf)
+        buf.extend(b + b"\0" * (len(b) % 2))
+        return struct.pack("<I", off)
+
+    next_at = 4  # where the offset to the next IFD goes
+    for im, ps, mag in pages:
+        jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(im), level=95)
+        strip = len(buf)
+        buf.extend(jpeg)
+        h, w = im.shape[:2]
+        u32 = lambda v: struct.pack("<I", v)  # noqa: E731
+        u16 = lambda v: struct.pack("<HH", v, 0)  # noqa: E731
+        tags = [(256, 4, 1, u32(w)), (257, 4, 1, u32(h)),
+                (258, 3, 3, blob(struct.pack("<3H", 8, 8, 8))), (259, 3, 1, u16(7)),
+                (262, 3, 1, u16(2)), (271, 2, 10, blob(b"Hamamatsu\0")),
+                (272, 2, 7, blob(b"C13210\0")), (273, 4, 1, u32(strip)), (277, 3, 1, u16(3)),
+                (278, 4, 1, u32(h)), (279, 4, 1, u32(len(jpeg))),
+                (305, 2, 15, blob(b"NDP.scan 3.4.0\0")),
+                (65420, 4, 1, u32(1)), (65421, 11, 1, struct.pack("<f", mag))]
+        if ps is not None:
+            res = blob(struct.pack("<II", round(1e7 / ps), 1000))  # pixels per cm
+            tags += [(282, 5, 1, res), (283, 5, 1, res), (296, 3, 1, u16(3))]
+        tags.sort()
+        struct.pack_into("<Q", buf, next_at, len(buf))
+        buf.extend(struct.pack("<H", len(tags)))
+        for code, typ, count, val in tags:
+            buf.extend(struct.pack("<HHI", code, typ, count) + val)
+        next_at = len(buf)
+        buf.extend(b"\0" * (8 + 4 * len(tags)))  # next IFD (0: last), high bits (0: < 4 GB)
+    with open(path, "wb") as f:
+        f.write(bytes(buf))
+    return path
+
+
+@pytest.fixture
+def write_ndpi():
+    return _write_ndpi
+
+
 def _control_calibration(panel, *, size=640, **simulate_kw):
     """HER2 cut-offs calibrated on synthetic control cell lines of known IHC score
     (MDA-MB-468 0, MCF-7 1+, BT474 3+), simulated with `simulate_kw` and analysed with

@@ -762,3 +762,29 @@ def test_plot_must_be_a_png_and_is_checked_first(tmp_path):
             str(tmp_path / "lib.txt"), "--out", str(tmp_path / "lib.yaml"))
     assert r.returncode == 2 and "--plot writes a PNG image" in r.stderr, r.stderr
     assert not (tmp_path / "lib.txt").exists() and not (tmp_path / "lib.yaml").exists()
+
+
+def test_dab_reads_scanner_whole_slide_files(tmp_path, write_svs, write_ndpi):
+    # Aperio SVS and Hamamatsu NDPI brightfield scans: scored in memory with the pixel size
+    # their files record, and tile by tile with --out; a format qdmed does not read is named
+    # with the way to convert it (not Pillow's "cannot identify image file")
+    from skimage.data import immunohistochemistry
+
+    img = np.ascontiguousarray(np.tile(immunohistochemistry(), (2, 2, 1)))
+    svs = write_svs(tmp_path / "case.svs", img, mpp="0.2520")
+    ndpi = write_ndpi(tmp_path / "case.ndpi", [img, np.ascontiguousarray(img[::4, ::4])],
+                      pixel_size_um=0.2270)
+    n = {}
+    for path, ps in ((svs, 0.252), (ndpi, 0.227)):
+        r = run("image", "dab", str(path), "--od-cutoffs", "0.05,0.15,0.3", "--json")
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert abs(d["pixel_size_um"] - ps) < 1e-6 and d["n_cells"] > 300
+        n[path.suffix] = d["n_cells"]
+    r = run("image", "dab", str(svs), "--od-cutoffs", "0.05,0.15,0.3", "--out",
+            str(tmp_path / "t"), "--tile", "512", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_cells"] == n[".svs"]  # tile by tile: the same cells
+    (tmp_path / "x.scn").write_bytes(b"II*\x00")
+    r = run("image", "dab", str(tmp_path / "x.scn"))
+    assert r.returncode == 2 and "Leica SCN" in r.stderr and "bfconvert" in r.stderr

@@ -261,6 +261,66 @@ def test_qptiff_channel_names_levels_and_pixel_size(tmp_path, write_qptiff, soft
         np.testing.assert_array_equal(s.levels[1].compute(), img[::2, ::2])
 
 
+def _ihc_2x2():
+    from skimage.data import immunohistochemistry
+
+    return np.ascontiguousarray(np.tile(immunohistochemistry(), (2, 2, 1)))  # 1024^2 RGB
+
+
+def test_aperio_svs_pyramid_and_mpp(tmp_path, write_svs):
+    """An Aperio SVS (the page order OpenSlide documents: full resolution, thumbnail, reduced
+    levels, label, macro) is read as its pyramid alone, with the pixel size of its
+    ImageDescription's MPP field (OpenSlide's aperio.MPP), whatever its suffix."""
+    img = _ihc_2x2()
+    p = write_svs(tmp_path / "case 7.svs", img, mpp="0.4990")
+    s = read_slide(p)
+    assert (s.format, s.shape, s.dtype, s.pixel_size_um) == ("svs", (1024, 1024, 3),
+                                                             np.uint8, 0.499)
+    assert [lv.shape for lv in s.levels] == [(1024, 1024, 3), (256, 256, 3)]
+    with tifffile.TiffFile(p) as tf:  # the JPEG tiles as tifffile decodes the page itself
+        ref, ref1 = tf.pages[0].asarray(), tf.pages[2].asarray()
+    np.testing.assert_array_equal(s.read_region(100, 700, 250, 1024), ref[100:700, 250:])
+    np.testing.assert_array_equal(s.levels[1].compute(), ref1)
+    assert np.abs(ref.astype(int) - img).mean() < 3  # JPEG: close to the image
+    # an Aperio file saved as .tif is still an SVS
+    assert read_slide(write_svs(tmp_path / "aperio.tif", img[:512, :512])).format == "svs"
+    # no MPP field: no pixel size (never a guess); an MPP that is no length: refused
+    assert read_slide(write_svs(tmp_path / "nompp.svs", img[:256, :256], mpp=None,
+                                levels=1)).pixel_size_um is None
+    for bad in ("abc", "0", "-0.25", "250"):
+        with pytest.raises(FileFormatError, match=rf"bad.svs.*MPP = '{bad}'.*accepted"):
+            read_slide(write_svs(tmp_path / "bad.svs", img[:256, :256], mpp=bad, levels=1))
+
+
+def test_hamamatsu_ndpi_pyramid_and_pixel_size(tmp_path, write_ndpi):
+    """A Hamamatsu NDPI (64-bit IFD offsets): its pyramid without the macro image, and the
+    pixel size of its resolution tags in pixels per cm (as OpenSlide reads NDPI)."""
+    import imagecodecs
+
+    img = _ihc_2x2()
+    small = np.ascontiguousarray(img[::4, ::4])
+    p = write_ndpi(tmp_path / "case.ndpi", [img, small], pixel_size_um=0.4536)
+    s = read_slide(p)
+    assert (s.format, s.shape, s.pixel_size_um) == ("ndpi", (1024, 1024, 3),
+                                                    pytest.approx(0.4536, rel=1e-6))
+    assert [lv.shape for lv in s.levels] == [(1024, 1024, 3), (256, 256, 3)]
+    # the strips decoded by imagecodecs alone, outside any TIFF reader
+    ref = imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(img, level=95))
+    np.testing.assert_array_equal(s.read_region(10, 1000, 300, 777), ref[10:1000, 300:777])
+    np.testing.assert_array_equal(s.levels[1].compute(), imagecodecs.jpeg8_decode(
+        imagecodecs.jpeg8_encode(small, level=95)))
+
+
+@pytest.mark.parametrize("suffix,vendor", [(".scn", "Leica SCN"), (".mrxs", "MIRAX"),
+                                           (".bif", "Ventana BIF")])
+def test_other_whole_slide_formats_are_refused_with_the_way_to_convert(tmp_path, suffix,
+                                                                       vendor):
+    p = tmp_path / f"slide{suffix}"
+    p.write_bytes(b"II*\0")
+    with pytest.raises(InputError, match=rf"{vendor}.*convert it to OME-TIFF.*bfconvert"):
+        read_slide(p)
+
+
 def test_qptiff_with_malformed_or_nameless_xml(tmp_path, write_qptiff):
     img = np.zeros((32, 32, 2), np.float32)
     p = write_qptiff(tmp_path / "a_component_data.tif", img, ["DAPI", "X"])

@@ -1288,7 +1288,7 @@ def _read_brightfield_image(image: Path):
     """An RGB image read whole for `qdmed image dab`, and the pixel size (um) its file
     records (None for none), refused with the way out when it is too large to score in
     memory (its size read from the header first). A file qdmed reads as a slide (TIFF,
-    OME-TIFF, OME-Zarr) is read by the slide reader, which names a truncated or corrupted
+    OME-TIFF, Aperio SVS, Hamamatsu NDPI, OME-Zarr) is read by the slide reader, which names a truncated or corrupted
     file and a fluorescence slide; other images (PNG, JPEG) by scikit-image."""
     from PIL import Image
 
@@ -1297,11 +1297,12 @@ def _read_brightfield_image(image: Path):
     size, slide = None, None
     try:  # a file qdmed reads as a slide can be scored tile by tile with --out
         from qdmed.imaging import read_slide
+        from qdmed.imaging._slideio import is_slide_path
 
         slide = read_slide(image)
         height, width = slide.shape[:2]
     except (OSError, ValueError) as exc:
-        if Path(image).suffix.lower() in (".tif", ".tiff", ".zarr", ".btf", ".qptiff"):
+        if is_slide_path(image):
             raise  # a slide file that does not read: the slide reader says why
         if not Path(image).exists():
             raise InputError(f"no such image: {image}") from exc

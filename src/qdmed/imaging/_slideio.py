@@ -51,7 +51,11 @@ __all__ = [
 ]
 
 NGFF_VERSION = "0.4"
-_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".qptiff")
+_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".btf", ".qptiff", ".svs", ".ndpi")
+#: whole-slide formats tifffile parses but whose layout qdmed has not been checked on: the
+#: way to read them is a conversion to OME-TIFF
+_CONVERT_SUFFIXES = {".scn": "Leica SCN", ".bif": "Ventana BIF", ".mrxs": "3DHISTECH MIRAX",
+                     ".vsi": "Olympus VSI", ".czi": "Zeiss CZI", ".dcm": "DICOM WSI"}
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 #: every suffix read_slide opens (compound suffixes first, as slide names are cut by them)
 SLIDE_SUFFIXES = _TIFF_SUFFIXES + _ZARR_SUFFIXES
@@ -613,7 +617,9 @@ class SlideImage:
     path : pathlib.Path
     format : str
         ``'ome-tiff'``, ``'qptiff'`` (Akoya/PerkinElmer: Vectra, Polaris/PhenoImager scans and
-        inForm ``component_data.tif`` exports), ``'imagej-tiff'`` (saved by ImageJ/Fiji:
+        inForm ``component_data.tif`` exports), ``'svs'`` (Aperio/Leica brightfield scans:
+        pixel size from the ImageDescription's ``MPP``), ``'ndpi'`` (Hamamatsu NanoZoomer:
+        pixel size from the resolution tags), ``'imagej-tiff'`` (saved by ImageJ/Fiji:
         channel names from its slice labels, pixel size from its unit), ``'tiff'`` or
         ``'ome-zarr'``.
     levels : tuple of dask arrays
@@ -688,9 +694,12 @@ def small_level(slide: SlideImage, max_pixels: int) -> tuple[int, int, Any]:
 
 
 def read_slide(path: str | os.PathLike) -> SlideImage:
-    """Open an OME-TIFF/TIFF (``.ome.tif``, ``.tif``, ``.tiff``, ``.qptiff``) or OME-Zarr
-    (``.zarr``, ``.ome.zarr``, or any folder holding a Zarr group, such as an NGFF label
-    image) lazily.
+    """Open an OME-TIFF/TIFF (``.ome.tif``, ``.tif``, ``.tiff``, ``.btf``, ``.qptiff``), an
+    Aperio ``.svs`` or Hamamatsu ``.ndpi`` whole-slide image (their pyramid, without the
+    label, macro and thumbnail images), or an OME-Zarr (``.zarr``, ``.ome.zarr``, or any
+    folder holding a Zarr group, such as an NGFF label image) lazily. Other whole-slide
+    formats (Leica SCN, Ventana BIF, MIRAX, VSI, CZI, DICOM) are refused with the way to
+    convert them to OME-TIFF.
 
     Parameters
     ----------
@@ -705,7 +714,8 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
     Raises
     ------
     InputError
-        The path does not exist or has an unsupported suffix.
+        The path does not exist or has an unsupported suffix (or is a whole-slide format
+        to convert first).
     FileFormatError
         The file is not a readable TIFF/OME-Zarr, is truncated, or has inconsistent metadata
         (the message names the file and what is wrong).
@@ -718,6 +728,11 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
         return _read_tiff(p)
     if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
         return _read_zarr(p)
+    if p.suffix.lower() in _CONVERT_SUFFIXES:
+        raise InputError(f"slide file {str(p)!r} is a {_CONVERT_SUFFIXES[p.suffix.lower()]} "
+                         "slide, which qdmed does not read: convert it to OME-TIFF first (e.g. "
+                         "bfconvert -pyramid-resolutions 4 -tilex 512 -tiley 512 SLIDE "
+                         "slide.ome.tif, or QuPath's File > Export images > OME TIFF)")
     raise InputError(f"slide file {str(p)!r} has an unsupported suffix; accepted: "
                      f"{', '.join(SLIDE_SUFFIXES)}, or a Zarr image group (e.g. an NGFF "
                      "label image, slide.ome.zarr/labels/nuclei)")
@@ -737,6 +752,15 @@ def check_zarr_output(out, inputs=()) -> Path:
         if src is not None and Path(src).resolve() == out.resolve():
             raise InputError(f"{out} is an input of this command: write the output elsewhere")
     return out
+
+
+def is_slide_path(path: str | os.PathLike) -> bool:
+    """Whether :func:`read_slide` claims `path` by its name: a suffix it reads, or a
+    whole-slide format it refuses with the way to convert it (so its error is the one to
+    show, not another reader's)."""
+    p = Path(path)
+    return (p.name.lower().endswith(SLIDE_SUFFIXES) or p.suffix.lower() in _CONVERT_SUFFIXES
+            or _is_zarr_group(p))
 
 
 def _is_zarr_group(p: Path) -> bool:
@@ -959,6 +983,29 @@ def _tiff_resolution_um(page: Any) -> float | None:
     return ps if ps is not None and ps <= _MAX_TIFF_RESOLUTION_UM else None
 
 
+def _svs_mpp(page: Any, p: Path) -> float | None:
+    """Pixel size (um) of an Aperio SVS slide: the ``MPP`` field of the first page's
+    ImageDescription (``Aperio Image Library ... |AppMag = 20|MPP = 0.4990``), as OpenSlide
+    reads it (its ``aperio.MPP`` property, Goode et al. 2013, J Pathol Inform 4:27,
+    doi:10.4103/2153-3539.119005); None when absent. A value that is not a positive number
+    of at most 20 um is refused, naming the file and the field."""
+    # the description is "header|key = value|key = value..."; parsed here because tifffile's
+    # parser of it is not part of its public API
+    fields = dict(f.split("=", 1) for f in page.description.split("|")[1:] if "=" in f)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    if "MPP" not in fields:
+        return None
+    try:
+        mpp = float(fields["MPP"])
+    except ValueError:
+        mpp = None
+    if mpp is None or not 0 < mpp <= _MAX_TIFF_RESOLUTION_UM:
+        raise FileFormatError(f"{str(p)!r}: the Aperio ImageDescription field "
+                              f"MPP = {fields['MPP']!r} is not a pixel size in um (accepted: "
+                              f"a number in (0, {_MAX_TIFF_RESOLUTION_UM:g}])")
+    return mpp
+
+
 def _read_tiff(p: Path) -> SlideImage:
     size = p.stat().st_size
     with _LogCapture() as log, _tiff_open(p) as tf:
@@ -983,9 +1030,12 @@ def _read_tiff(p: Path) -> SlideImage:
             dtype = np.dtype(series.dtype)
             is_ome = bool(tf.is_ome)
             info = _ome_info(tf.ome_metadata if is_ome else None, p)
-            qpi = not is_ome and _qpi_xml(series.pages[0]) is not None
-            imagej = not is_ome and not qpi and bool(tf.is_imagej)
-            if qpi:
+            svs, ndpi = bool(tf.is_svs), bool(tf.is_ndpi)
+            qpi = not (is_ome or svs or ndpi) and _qpi_xml(series.pages[0]) is not None
+            imagej = not (is_ome or qpi or svs or ndpi) and bool(tf.is_imagej)
+            if svs:
+                info["pixel_size_um"] = _svs_mpp(series.pages[0], p)
+            elif qpi:
                 info.update(_qpi_channels(series.pages, p))
             elif imagej:
                 info.update(_imagej_info(tf.imagej_metadata or {}, series.pages[0]))
@@ -1024,8 +1074,8 @@ def _read_tiff(p: Path) -> SlideImage:
         bits = None  # the whole type is used (or a float image): no narrower ceiling
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
-                      format="ome-tiff" if is_ome else "qptiff" if qpi
-                      else "imagej-tiff" if imagej else "tiff",
+                      format="ome-tiff" if is_ome else "qptiff" if qpi else "svs" if svs
+                      else "ndpi" if ndpi else "imagej-tiff" if imagej else "tiff",
                       levels=tuple(levels), significant_bits=bits,
                       emission_nm=tuple(emission) if emission else None,
                       exposure_ms=tuple(exposure) if exposure else None)
