@@ -785,6 +785,19 @@ def test_dab_reads_scanner_whole_slide_files(tmp_path, write_svs, write_ndpi):
             str(tmp_path / "t"), "--tile", "512", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n_cells"] == n[".svs"]  # tile by tile: the same cells
+    # a scan whose JPEG tiles are damaged: one line naming the file and where, then exit 2
+    # (nothing else on stderr: test_corrupted_tile_data_raises checks the reads left behind)
+    import tifffile
+
+    with tifffile.TiffFile(svs) as tf:
+        off = int(tf.pages[0].dataoffsets[5])
+    data = bytearray(svs.read_bytes())
+    data[off:off + 4000] = bytes(4000)
+    (tmp_path / "bad.svs").write_bytes(bytes(data))
+    r = run("image", "dab", str(tmp_path / "bad.svs"))
+    assert r.returncode == 2
+    assert "bad.svs': cannot decode level 0 region" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     (tmp_path / "x.scn").write_bytes(b"II*\x00")
     r = run("image", "dab", str(tmp_path / "x.scn"))
     assert r.returncode == 2 and "Leica SCN" in r.stderr and "bfconvert" in r.stderr

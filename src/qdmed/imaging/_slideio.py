@@ -23,6 +23,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -1109,6 +1110,30 @@ def _tiff_level_dask(p: Path, level: int, shape: tuple[int, ...], dtype: np.dtyp
         path=str(p), level=level)
 
 
+@functools.cache
+def _tiff_store_class() -> type:
+    """tifffile's Zarr store of a TIFF series, whose chunks that fail to decode are recorded
+    (read as missing) instead of raised inside zarr's event loop. Raised there, the error
+    left the region's other chunk reads pending, and a command that then exited on the
+    error printed "Task was destroyed but it is pending!" for each of them; recorded, every
+    read finishes and the caller raises the first error."""
+    from tifffile.zarr import ZarrTiffStore
+
+    class _RecordingTiffStore(ZarrTiffStore):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.errors: list[BaseException] = []
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            try:
+                return await super().get(key, prototype, byte_range)
+            except Exception as e:  # noqa: BLE001 - any decoder's error, raised by the caller
+                self.errors.append(e)
+                return None
+
+    return _RecordingTiffStore
+
+
 def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.ndarray:
     import tifffile
     import zarr
@@ -1126,9 +1151,12 @@ def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.nda
                 mm = np.memmap(path, dtype=series.dtype.newbyteorder(tf.byteorder), mode="r",
                                offset=series.dataoffset, shape=series.shape)
                 return np.array(mm[sel], dtype=series.dtype)  # native byte order
-            store = tf.series[0].aszarr(level=level)
+            store = _tiff_store_class()(tf.series[0], level=level)
             z = zarr.open_array(store, mode="r")
-            return np.asarray(z[sel])
+            out = np.asarray(z[sel])
+            if store.errors:
+                raise store.errors[0]
+            return out
     except (tifffile.TiffFileError, zlib.error, RuntimeError, ImportError,
             *_TIFF_PARSE_ERRORS) as e:
         # zlib.error / imagecodecs errors (RuntimeError subclasses): corrupted tile data;
