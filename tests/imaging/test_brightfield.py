@@ -280,3 +280,20 @@ def test_macenko_refuses_a_one_stain_image(ihc):
         estimate_stain_vectors(_dab_removed(ihc))
     with pytest.raises(InputError, match="probably holds one stain"):
         score_dab(_dab_removed(ihc), od_cutoffs=(0.05, 0.15, 0.3), stain_matrix="macenko")
+
+
+def test_8bit_optical_density_table_gives_the_computed_values():
+    # 8-bit RGB takes its OD from a table of the 256 values per channel: the very numbers
+    # the per-pixel formula gives (the same floating-point operations), glass levels
+    # included, and zero floored at 1/255
+    from skimage.data import immunohistochemistry
+
+    from qdmed.imaging._brightfield import _optical_density
+
+    rgb = immunohistochemistry().copy()
+    rgb[0, :4] = [[0, 0, 0], [255, 255, 255], [1, 254, 128], [241, 242, 243]]
+    for bg in (np.ones(3), np.array([0.945, 0.95, 0.94]), np.array([1.0, 0.5, 0.9])):
+        table = _optical_density(rgb, bg)
+        formula = _optical_density(rgb.astype(np.float64) / 255.0, bg)  # not the table
+        np.testing.assert_array_equal(table, formula)
+    assert _optical_density(rgb, np.ones(3))[0, 0, 0] == np.log10(255.0)

@@ -430,3 +430,34 @@ def test_a_region_is_thresholded_on_its_own_tissue(tmp_path, ihc_slide):
     box = histogram_threshold(hematoxylin_histogram(smooth[tissue], top), top)
     assert got[0]["hematoxylin_threshold_od"] == got[1]["hematoxylin_threshold_od"] == want
     assert want != box  # the bounding box (here the whole image) would give another
+
+
+def test_glass_tiles_are_not_scored_and_the_cells_are_the_same(tmp_path, monkeypatch):
+    # a slide three quarters glass: the tiles of glass alone add nothing to the threshold's
+    # histogram and are not read a second time to be scored (their darkest values rule out
+    # any nucleus), and the slide still has score_dab's cells of the whole image
+    from skimage.data import immunohistochemistry
+
+    from qdmed.imaging._slideio import SlideImage
+
+    img = np.full((1024, 1024, 3), 242, np.uint8)
+    img[512:, 512:] = immunohistochemistry()
+    path = write_ome_tiff(tmp_path / "section.ome.tif", img, pixel_size_um=0.5)
+    reads = []
+    read = SlideImage.read_region
+    monkeypatch.setattr(SlideImage, "read_region",
+                        lambda self, *box: reads.append(box) or read(self, *box))
+    d = analyze_dab_regions(path, None, tmp_path / "t", od_cutoffs=CUT, tile=256,
+                            min_cells=20, progress=False)
+    (thr,) = d["thresholds"]
+    assert thr["n_tiles"] == 16
+    # 16 reads for the threshold, then those of the 9 tiles whose window (80 px of margin)
+    # reaches the tissue: the 7 of glass alone are not read again
+    assert len([b for b in reads if b[1] - b[0] < 1024]) == 16 + 9
+    sc = score_dab(img, od_cutoffs=CUT, pixel_size_um=0.5)
+    assert sc.nuclear_threshold_od == thr["hematoxylin_threshold_od"]
+    cells = pd.read_parquet(tmp_path / "t" / "cells.parquet")
+    b, dist = _matched(cells, sc.cells)
+    assert len(cells) == len(sc.cells) == d["n_cells"] > 200 and dist.max() < 1e-9
+    np.testing.assert_allclose(cells["DAB_membrane_mean"], b["DAB_membrane_mean"],
+                               rtol=1e-12, atol=1e-12)

@@ -105,17 +105,61 @@ def _crop_histogram(slide, window, core, polygon, ps: float, stain_matrix, backg
                     glass, top: float) -> np.ndarray:
     """The :func:`~qdmed.imaging._brightfield.tissue_histogram` of a crop's pixels in the
     polygon piece and in its core (smoothed with the margin, as in the whole image; glass
-    left out): summed over a region's crops, the histogram its threshold is split from."""
-    from qdmed.imaging._brightfield import deconvolve_dab, tissue_histogram
+    left out): summed over a region's crops, the histogram its threshold is split from;
+    and the crop's darkest value per channel (:func:`_darkest`), which tells the scoring
+    pass whether it needs to read the crop again."""
+    from qdmed.imaging._brightfield import (
+        GLASS_OD,
+        HIST_BINS,
+        deconvolve_dab,
+        tissue_histogram,
+    )
 
     ya, yb, xa, xb = window
     rgb = np.asarray(_open(slide).read_region(ya, yb, xa, xb))
+    darkest = _darkest(rgb)
+    if np.all(_largest_od(darkest, glass) < GLASS_OD * (1 - 1e-9)):
+        # glass alone: its smoothed OD (a weighted mean) stays below the tissue cut-off, so
+        # tissue_histogram would count nothing (2048^2 of glass: ~1.5 s of deconvolution
+        # and smoothing saved)
+        return np.zeros((3, HIST_BINS)), darkest
     sep = deconvolve_dab(rgb, stain_matrix=stain_matrix, background=background)
-    return tissue_histogram(rgb, sep, ps, glass, top, _in_piece(polygon, window, core))
+    return (tissue_histogram(rgb, sep, ps, glass, top, _in_piece(polygon, window, core)),
+            darkest)
+
+
+def _darkest(rgb) -> np.ndarray:
+    """An RGB image's darkest value of each channel, (3,) in its dtype."""
+    return np.asarray(rgb).reshape(-1, 3).min(axis=0)
+
+
+def _largest_od(darkest, level) -> np.ndarray:
+    """Each channel's largest OD over an image against the white level `level`: that of
+    its darkest value (:func:`_darkest`; OD falls as the value rises)."""
+    from qdmed.imaging._brightfield import _optical_density
+
+    return _optical_density(np.asarray(darkest)[None, None, :],
+                            np.asarray(level, dtype=np.float64))[0, 0]
+
+
+def _no_nucleus_above(darkest, threshold: float, score_kw: dict) -> bool:
+    """Whether no pixel of an image whose darkest values are `darkest` can reach the
+    haematoxylin OD `threshold`, so that :func:`score_dab` segments no nucleus in it: its
+    haematoxylin, OD times the inverse stain matrix's first column, is at most the positive
+    weights times each channel's largest OD (the ODs are >= 0), and smoothing (a weighted
+    mean) adds nothing. Glass and pale tissue take this way, which skips their
+    deconvolution and segmentation."""
+    from qdmed.imaging._brightfield import RUIFROK_H_DAB, _background
+
+    m = score_kw["stain_matrix"]
+    m = RUIFROK_H_DAB if isinstance(m, str) else np.asarray(m, dtype=np.float64)
+    w = np.maximum(np.linalg.inv(m)[:, 0], 0.0)
+    bound = float(w @ _largest_od(darkest, _background(score_kw["background"])))
+    return bound * (1 + 1e-9) + 1e-12 < threshold  # a margin for rounding
 
 
 def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
-                regions_source: str, score_kw: dict):
+                regions_source: str, score_kw: dict, darkest=None):
     """The cells of one crop (:func:`_jobs`): :func:`score_dab` on its window, in slide
     coordinates, kept when their centroid lies in the polygon piece and, for a tile, in its
     core (a cell belongs to the one tile whose core holds its centroid), and when they do
@@ -123,14 +167,25 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
     such as a haematoxylin-stained strand, is cut there: the whole image would hold it
     whole); ``piece`` recorded for :func:`_first_piece_owns`. ``threshold`` None: the
     region is this crop alone, its threshold Otsu's split of the same pixels the threshold
-    pass would take (:func:`_in_piece`), by score_dab from this read. Returns (cells, the
-    threshold used)."""
+    pass would take (:func:`_in_piece`), by score_dab from this read. ``darkest``: the
+    crop's darkest values from the threshold pass, when it had one; a crop in which no
+    nucleus can reach the threshold (:func:`_no_nucleus_above`) is then not read again.
+    Returns (cells, the threshold used)."""
     from qdmed.imaging._brightfield import score_dab
     from qdmed.imaging._regions import Regions
 
     ya, yb, xa, xb = window
     slide = _open(slide)
-    crop = np.asarray(slide.read_region(ya, yb, xa, xb))
+    if threshold is not None and darkest is not None and _no_nucleus_above(
+            darkest, threshold, score_kw):
+        crop = None  # known from the threshold pass: not read again
+    else:
+        crop = np.asarray(slide.read_region(ya, yb, xa, xb))
+        if threshold is not None and _no_nucleus_above(_darkest(crop), threshold, score_kw):
+            crop = None
+    if crop is None:  # no cells: the table score_dab gives of a white corner (its columns)
+        dt = slide.dtype
+        crop = np.full((32, 32, 3), np.iinfo(dt).max if dt.kind in "ui" else 1.0, dt)
     sc = score_dab(crop, check_glass=False, offset=(ya, xa),
                    nuclear_threshold="otsu" if threshold is None else threshold,
                    otsu_where=None if threshold is not None else _in_piece(polygon, window,
@@ -490,6 +545,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
             atomic_write_text(thr_file(k), json.dumps(to_jsonable({"threshold": result[1]})))
         atomic_write_parquet(job_file(k), result[0])
 
+    darkest = {}  # crop -> its darkest values, from the threshold pass
     try:
         with _progress(progress, len(jobs) + len(shared), len(jobs) + len(shared) - passes,
                        "crops") as advance:
@@ -497,8 +553,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                 top = hematoxylin_top(m, background)
                 sums = {jobs[k][1]: np.zeros((3, HIST_BINS)) for k in shared}
 
-                def add(j, hist):  # summed as they come: one histogram per region held
-                    sums[jobs[shared[j]][1]] += hist
+                def add(j, res):  # summed as they come: one histogram per region held
+                    sums[jobs[shared[j]][1]] += res[0]
+                    darkest[shared[j]] = res[1]
                 run_jobs(_crop_histogram, [(source, jobs[k][2], jobs[k][3],
                                         reg.polygons[jobs[k][0]], ps, m, background, glass,
                                         top) for k in shared], own_client, advance, add)
@@ -506,8 +563,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                 atomic_write_text(shared_file, json.dumps(to_jsonable(thresholds)))
             run_jobs(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
                                 reg.polygons[jobs[k][0]], jobs[k][1],
-                                thresholds.get(jobs[k][1]), reg.source, score_kw)
-                               for k in todo],
+                                thresholds.get(jobs[k][1]), reg.source, score_kw,
+                                darkest.get(k)) for k in todo],
                  own_client, advance, save)
     finally:
         close_client(own_client, cluster)
