@@ -1288,8 +1288,9 @@ def _read_brightfield_image(image: Path):
     """An RGB image read whole for `qdmed image dab`, and the pixel size (um) its file
     records (None for none), refused with the way out when it is too large to score in
     memory (its size read from the header first). A file qdmed reads as a slide (TIFF,
-    OME-TIFF, Aperio SVS, Hamamatsu NDPI, OME-Zarr) is read by the slide reader, which names a truncated or corrupted
-    file and a fluorescence slide; other images (PNG, JPEG) by scikit-image."""
+    OME-TIFF, Aperio SVS, Hamamatsu NDPI, OME-Zarr) is read by the slide reader, which
+    names a truncated or corrupted file and a fluorescence slide; other images (PNG, JPEG)
+    by scikit-image."""
     from PIL import Image
 
     from qdmed.errors import InputError

@@ -102,7 +102,7 @@ def _in_piece(polygon, window, core) -> np.ndarray:
 
 
 def _crop_histogram(slide, window, core, polygon, ps: float, stain_matrix, background,
-                    glass, top: float) -> np.ndarray:
+                    glass, top: float) -> tuple[np.ndarray, np.ndarray]:
     """The :func:`~qdmed.imaging._brightfield.tissue_histogram` of a crop's pixels in the
     polygon piece and in its core (smoothed with the margin, as in the whole image; glass
     left out): summed over a region's crops, the histogram its threshold is split from;
