@@ -796,8 +796,38 @@ def test_dab_reads_scanner_whole_slide_files(tmp_path, write_svs, write_ndpi):
     (tmp_path / "bad.svs").write_bytes(bytes(data))
     r = run("image", "dab", str(tmp_path / "bad.svs"))
     assert r.returncode == 2
-    assert "bad.svs': cannot decode level 0 region" in r.stderr
+    assert "bad.svs': cannot decode level 0 at y 0-1024, x 0-1024 px" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # tile by tile on two worker processes: the same one line (the workers' own error logs
+    # of the failed task are silenced), and the output folder the run made is gone again
+    r = run("image", "dab", str(tmp_path / "bad.svs"), "--out", str(tmp_path / "o"),
+            "--tile", "512", "--workers", "2", "--no-progress")
+    assert r.returncode == 2 and "cannot decode level 0 at y" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o").exists()
     (tmp_path / "x.scn").write_bytes(b"II*\x00")
     r = run("image", "dab", str(tmp_path / "x.scn"))
     assert r.returncode == 2 and "Leica SCN" in r.stderr and "bfconvert" in r.stderr
+
+
+def test_analyze_of_a_corrupted_slide_leaves_no_folder(tmp_path):
+    # the run fails on its first read: one line, exit 2, and no output folder is left
+    # (test_stale_outputs checks a folder made and then removed); one given is kept
+    import tifffile
+
+    slide = tmp_path / "s.ome.tif"
+    r = run("image", "simulate", "--size", "512", "--out", str(slide))
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(slide) as tf:
+        page = tf.series[0].pages[0]
+        off, n = int(page.dataoffsets[0]), int(page.databytecounts[0])
+    data = bytearray(slide.read_bytes())
+    data[off:off + n] = bytes(n)
+    slide.write_bytes(bytes(data))
+    r = run("image", "analyze", str(slide), "--out", str(tmp_path / "a"), "--no-progress")
+    assert r.returncode == 2 and "cannot decode level 0 at y" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "kept").mkdir()
+    r = run("image", "analyze", str(slide), "--out", str(tmp_path / "kept"), "--no-progress")
+    assert r.returncode == 2 and (tmp_path / "kept").is_dir()

@@ -73,3 +73,50 @@ def test_cohort_rerun_on_another_folder_names_the_folders_left(tmp_path):
     assert len(res["output_warnings"]) == 1 and "1 slide folder(s) an earlier run left are " \
         "not slides of this cohort (nor in its tables): B;" in res["output_warnings"][0]
     assert (out / "slides" / "B" / "summary.json").exists()
+
+
+def test_a_run_that_fails_before_any_tile_is_done_leaves_no_folder(tmp_path, monkeypatch):
+    # nothing finished to resume from: the folder the run made goes (a corrupted slide used
+    # to leave tiles/run.json alone); once a tile is done, it stays for the resume
+    import qdmed.imaging._analyze as an
+
+    s = simulate_slide(tmp_path / "s.ome.zarr", (384, 384), preset="BT474", seed=2, tile=384,
+                       **KW)
+    run_tile, calls = an.run_tile, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) > failing.after:
+            raise OSError("the tile's bytes could not be read")
+        return run_tile(*args)
+
+    monkeypatch.setattr(an, "run_tile", failing)
+    failing.after = 0
+    with pytest.raises(OSError, match="could not be read"):
+        analyze_slide(s.path, PANEL, tmp_path / "out", tile=192, **RUN)
+    assert not (tmp_path / "out").exists()
+    failing.after, calls[:] = 2, []
+    with pytest.raises(OSError, match="could not be read"):
+        analyze_slide(s.path, PANEL, tmp_path / "out", tile=192, **RUN)
+    assert len(list((tmp_path / "out" / "tiles").glob("tile_*.parquet"))) == 2
+    monkeypatch.setattr(an, "run_tile", run_tile)
+    res = analyze_slide(s.path, PANEL, tmp_path / "out", tile=192, **RUN)
+    assert res.summary["n_tiles_resumed"] == 2
+
+
+def test_a_dab_run_that_fails_before_any_crop_is_done_leaves_no_folder(tmp_path, monkeypatch):
+    from skimage.data import immunohistochemistry
+
+    import qdmed.imaging._dab_regions as dr
+    from qdmed.imaging import write_ome_tiff
+
+    path = write_ome_tiff(tmp_path / "ihc.ome.tif", immunohistochemistry(), pixel_size_um=0.5)
+
+    def failing(*args):
+        raise OSError("the crop's bytes could not be read")
+
+    monkeypatch.setattr(dr, "_crop_histogram", failing)
+    with pytest.raises(OSError, match="could not be read"):
+        dr.analyze_dab_regions(path, None, tmp_path / "d", od_cutoffs=(0.05, 0.15, 0.3),
+                               tile=256, progress=False)
+    assert not (tmp_path / "d").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -1039,6 +1040,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             run_jobs(run_tile, [(src, panel_doc, settings_doc, boxes[i], margin_px, i,
                                  outlines, labels) for i in todo],
                      run_client, advance, lambda j, result: save(todo[j], *result))
+    except BaseException:
+        remove_unstarted(out, created, tiles_dir.glob("tile_*.parquet"))
+        raise
     finally:
         close_client(own_client, cluster)
     parts = [pd.read_parquet(tiles_dir / f"tile_{i:06d}.parquet") for i in range(len(boxes))]
@@ -1319,6 +1323,14 @@ def close_client(client, cluster) -> None:
         cluster.close()
 
 
+def remove_unstarted(out: Path, created: bool, finished) -> None:
+    """After a run failed (or was stopped): the output folder the run created is removed
+    when none of the `finished` files exists (nothing to resume from), so that a run that
+    fails on its first tile, such as one on a corrupted slide, leaves no folder behind."""
+    if created and not any(Path(f).exists() for f in finished):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def start_client(scheduler: str | None, n_workers: int, made: Path | None = None):
     """A Dask client on ``scheduler`` or on a new local cluster of ``n_workers`` processes
     (one thread each). Returns (client, cluster-or-None). When no scheduler answers, the
@@ -1350,8 +1362,12 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
     if ignore:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        # a failed task's error reaches the caller through its future, which says it in one
+        # line; the workers' own ERROR logs of it (a traceback each, then the connection
+        # errors of the cluster closed under them) would print ~15 lines before that line
         cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
-                               processes=True, dashboard_address=":0", silence_logs=40)
+                               processes=True, dashboard_address=":0",
+                               silence_logs=logging.CRITICAL)
     except RuntimeError as exc:  # workers are spawned: each imports the caller's script
         raise RuntimeError(
             "Dask could not start its worker processes. Called from a script, the analysis "

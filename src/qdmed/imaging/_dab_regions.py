@@ -487,7 +487,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     if glass is None:
         glass = tuple(float(v) for v in _background(background))
     out = Path(out_dir)
-    created = not out.exists()  # removed again if no scheduler answers (start_client)
+    created = not out.exists()  # removed again if the run fails before any crop is done
     out.mkdir(parents=True, exist_ok=True)
     m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
     jobs = _jobs(img, reg, ps, tile)
@@ -566,6 +566,11 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                                 thresholds.get(jobs[k][1]), reg.source, score_kw,
                                 darkest.get(k)) for k in todo],
                  own_client, advance, save)
+    except BaseException:
+        from qdmed.imaging._analyze import remove_unstarted
+
+        remove_unstarted(out, created, [shared_file, *map(job_file, range(len(jobs)))])
+        raise
     finally:
         close_client(own_client, cluster)
     for k, (_, label, _, _) in enumerate(jobs):

@@ -1107,7 +1107,7 @@ def _tiff_level_dask(p: Path, level: int, shape: tuple[int, ...], dtype: np.dtyp
     chunks = [min(s, 2048) if i in (yi, xi) else s for i, s in enumerate(shape)]
     return da.map_blocks(_read_tiff_block, dtype=dtype, chunks=da.core.normalize_chunks(
         tuple(chunks), shape), meta=np.empty((0,) * len(shape), dtype),
-        path=str(p), level=level)
+        path=str(p), level=level, axes=axes)
 
 
 @functools.cache
@@ -1134,7 +1134,8 @@ def _tiff_store_class() -> type:
     return _RecordingTiffStore
 
 
-def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.ndarray:
+def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any = None
+                     ) -> np.ndarray:
     import tifffile
     import zarr
 
@@ -1165,7 +1166,10 @@ def _read_tiff_block(*, path: str, level: int, block_info: Any = None) -> np.nda
             raise FileFormatError(f"{path!r}: its tiles are compressed with a codec this "
                                   "installation lacks (pip install imagecodecs): "
                                   f"{type(e).__name__}: {e}") from e
-        raise FileFormatError(f"{path!r}: cannot decode level {level} region {loc} "
+        where = ", ".join(f"{a.lower()} {lo}-{hi}" for a, (lo, hi) in zip(axes, loc,
+                                                                         strict=False)
+                          if a in "YX") or str(loc)
+        raise FileFormatError(f"{path!r}: cannot decode level {level} at {where} px "
                               f"(corrupted image data?): {type(e).__name__}: {e}") from e
 
 
