@@ -808,6 +808,23 @@ def test_dab_reads_scanner_whole_slide_files(tmp_path, write_svs, write_ndpi):
     (tmp_path / "x.scn").write_bytes(b"II*\x00")
     r = run("image", "dab", str(tmp_path / "x.scn"))
     assert r.returncode == 2 and "Leica SCN" in r.stderr and "bfconvert" in r.stderr
+    # a folder of them, with a conversion beside its original (same stem: fine for a
+    # listing, which writes nothing) and the file qdmed does not read, named with its way
+    from qdmed.imaging import write_ome_tiff
+
+    write_ome_tiff(tmp_path / "case.ome.tif", img[:256, :256], pixel_size_um=0.252)
+    r = run("image", "info", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {d["slide"]: d for d in json.loads(r.stdout)}
+    assert {k: v["status"] for k, v in rows.items()} == {
+        "bad.svs": "ok", "case.ndpi": "ok", "case.ome.tif": "ok", "case.svs": "ok",
+        "x.scn": "unreadable"}
+    assert rows["case.svs"]["channels"] == ["R", "G", "B"]
+    assert rows["case.svs"]["format"] == "svs" and rows["case.ndpi"]["format"] == "ndpi"
+    assert "Leica SCN" in rows["x.scn"]["message"]
+    r = run("image", "info", str(svs))
+    assert r.returncode == 0 and "levels (width x height)" in r.stdout
+    assert "1024 x 1024, 256 x 256" in r.stdout and "exposure" not in r.stdout
 
 
 def test_analyze_of_a_corrupted_slide_leaves_no_folder(tmp_path):

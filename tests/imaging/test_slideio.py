@@ -395,14 +395,14 @@ def test_ome_emission_wavelengths_are_read_and_checked_against_the_panel(tmp_pat
 
 def test_brightfield_qptiff_is_read_as_rgb(tmp_path, write_qptiff):
     """A brightfield QPTIFF is one RGB page (Bio-Formats' VectraReader notes): its one
-    <Name> does not name three channels, which keep the default names."""
+    <Name> does not name three channels, which are named as the RGB samples they are."""
     rgb = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     with tifffile.TiffWriter(tmp_path / "bf.qptiff") as tw:
         tw.write(rgb, photometric="rgb", software="PerkinElmer-QPI", metadata=None,
                  description=write_qptiff.description("Brightfield", "FullResolution"))
     s = read_slide(tmp_path / "bf.qptiff")
-    assert s.format == "qptiff" and s.shape == (48, 64, 3) and s.channel_names == ("C0", "C1",
-                                                                                  "C2")
+    assert s.format == "qptiff" and s.shape == (48, 64, 3) and s.channel_names == ("R", "G",
+                                                                                  "B")
     np.testing.assert_array_equal(s.read_region(0, 48, 0, 64), rgb)
 
 

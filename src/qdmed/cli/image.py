@@ -358,10 +358,18 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
     from qdmed.imaging import read_slide
 
     if _slide_folder(slide):
-        from qdmed.imaging._cohort import find_slides
+        import fnmatch
 
+        from qdmed.imaging._cohort import find_slides
+        from qdmed.imaging._slideio import CONVERT_SUFFIXES
+
+        # and the whole-slide files qdmed does not read, each with the way to convert it
+        others = [p for p in slide.iterdir() if p.suffix.lower() in CONVERT_SUFFIXES
+                  and not p.name.startswith(".") and (pattern is None or fnmatch.fnmatch(
+                      p.name.lower(), pattern.lower()))]
         rows = []
-        for sp in find_slides(slide, required=True, pattern=pattern):
+        for sp in sorted({*find_slides(slide, required=not others, pattern=pattern,
+                                       distinct_stems=False), *others}):
             try:
                 s = read_slide(sp)
             except QdmedError as exc:
@@ -381,11 +389,13 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
     d = {"slide": str(slide), **_slide_info(read_slide(slide))}
     if json_:
         return print_json(d)
-    print_kv("Slide", {k: (", ".join(v) if k == "channels" else
-                           ", ".join(f"{x:g}" for x in v) if k in ("emission_nm",
-                                                                   "exposure_ms") and v else
-                           " ".join(f"{a}x{b}" for a, b in v) if k == "levels" else v)
-                       for k, v in d.items()})
+    # levels as width x height, as scanners and QuPath give image sizes; the rows a
+    # brightfield scan leaves empty (detector bits, emission, exposure) are left out
+    print_kv("Slide", {("levels (width x height)" if k == "levels" else k): (
+        ", ".join(v) if k == "channels" else
+        ", ".join(f"{x:g}" for x in v) if k in ("emission_nm", "exposure_ms") else
+        ", ".join(f"{b} x {a}" for a, b in v) if k == "levels" else v)
+        for k, v in d.items() if v is not None or k == "pixel_size_um"})
 
 
 @app.command(short_help="List the synthetic expression presets.")
@@ -1140,7 +1150,7 @@ def _cohort_warnings(res: dict) -> list[str]:
 
 @app.command(short_help="Conventional DAB IHC by colour deconvolution.")
 def dab(
-    image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG/TIFF/JPEG), or with --regions a brightfield slide (TIFF, OME-TIFF, OME-Zarr).")] = None,
+    image: Annotated[Path | None, typer.Argument(help="RGB brightfield image (PNG, JPEG, TIFF), or a brightfield slide (TIFF, OME-TIFF, Aperio SVS, Hamamatsu NDPI, OME-Zarr), scored tile by tile with --out or region by region with --regions.")] = None,
     example: Annotated[bool, flag("--example", help="Use scikit-image's bundled IHC image.")] = False,
     example_tma: Annotated[Path | None, typer.Option("--example-tma", help="Write an example brightfield H-DAB TMA here (OME-TIFF: 2 x 3 cores cut from scikit-image's IHC image, B-2 lost, A-3 without DAB) to try the DAB commands on, and stop.")] = None,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+ (default 0.05,0.15,0.3: an uncalibrated example; calibrate on control tissue).")] = DAB_EXAMPLE_CUTOFFS,

@@ -29,11 +29,14 @@ from qdmed.imaging._region_scores import (
 from qdmed.imaging._slideio import SLIDE_SUFFIXES
 
 
-def find_slides(folder, *, required: bool = False, pattern: str | None = None) -> list[Path]:
+def find_slides(folder, *, required: bool = False, pattern: str | None = None,
+                distinct_stems: bool = True) -> list[Path]:
     """Slides directly inside ``folder`` (OME-TIFF/TIFF/QPTIFF files and OME-Zarr folders),
     sorted; ``pattern``: only names matching this shell pattern, case ignored (e.g.
     ``*_component_data.tif`` in an inForm export folder, which also holds composite
-    images and segmentation maps); ``required``: InputError when there is none."""
+    images and segmentation maps); ``required``: InputError when there is none;
+    ``distinct_stems``: InputError when two slides share a name stem (their outputs would
+    share a folder; a listing that writes nothing passes False)."""
     import fnmatch
 
     d = Path(folder)
@@ -49,7 +52,7 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None) -
         raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)}"
                          + (f"; matching {pattern!r}" if pattern is not None else "") + ")")
     seen: dict[str, str] = {}
-    for p in slides:  # each slide's outputs go to slides/<stem>/: stems must differ
+    for p in slides if distinct_stems else ():  # outputs go to slides/<stem>/: stems differ
         # compared case aside: on macOS and Windows slides/A and slides/a are one folder
         other = seen.setdefault(slide_stem(p.name).lower(), p.name)
         if other != p.name:

@@ -55,7 +55,7 @@ NGFF_VERSION = "0.4"
 _TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".btf", ".qptiff", ".svs", ".ndpi")
 #: whole-slide formats tifffile parses but whose layout qdmed has not been checked on: the
 #: way to read them is a conversion to OME-TIFF
-_CONVERT_SUFFIXES = {".scn": "Leica SCN", ".bif": "Ventana BIF", ".mrxs": "3DHISTECH MIRAX",
+CONVERT_SUFFIXES = {".scn": "Leica SCN", ".bif": "Ventana BIF", ".mrxs": "3DHISTECH MIRAX",
                      ".vsi": "Olympus VSI", ".czi": "Zeiss CZI", ".dcm": "DICOM WSI"}
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 #: every suffix read_slide opens (compound suffixes first, as slide names are cut by them)
@@ -612,7 +612,8 @@ class SlideImage:
     data : dask.array.Array, shape (Y, X, C)
         Full-resolution image; nothing is read until computed.
     channel_names : tuple of str
-        From the file, else ``C0 .. C{n-1}``.
+        From the file; else ``R, G, B`` for an RGB TIFF (a brightfield scan), else
+        ``C0 .. C{n-1}``.
     pixel_size_um : float or None
         um per pixel, from OME/NGFF metadata or TIFF resolution tags; None if absent.
     path : pathlib.Path
@@ -729,8 +730,8 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
         return _read_tiff(p)
     if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
         return _read_zarr(p)
-    if p.suffix.lower() in _CONVERT_SUFFIXES:
-        raise InputError(f"slide file {str(p)!r} is a {_CONVERT_SUFFIXES[p.suffix.lower()]} "
+    if p.suffix.lower() in CONVERT_SUFFIXES:
+        raise InputError(f"slide file {str(p)!r} is a {CONVERT_SUFFIXES[p.suffix.lower()]} "
                          "slide, which qdmed does not read: convert it to OME-TIFF first (e.g. "
                          "bfconvert -pyramid-resolutions 4 -tilex 512 -tiley 512 SLIDE "
                          "slide.ome.tif, or QuPath's File > Export images > OME TIFF)")
@@ -760,7 +761,7 @@ def is_slide_path(path: str | os.PathLike) -> bool:
     whole-slide format it refuses with the way to convert it (so its error is the one to
     show, not another reader's)."""
     p = Path(path)
-    return (p.name.lower().endswith(SLIDE_SUFFIXES) or p.suffix.lower() in _CONVERT_SUFFIXES
+    return (p.name.lower().endswith(SLIDE_SUFFIXES) or p.suffix.lower() in CONVERT_SUFFIXES
             or _is_zarr_group(p))
 
 
@@ -1043,10 +1044,14 @@ def _read_tiff(p: Path) -> SlideImage:
             names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
+            # an RGB (or YCbCr-coded) brightfield image: its samples are red, green, blue
+            rgb = int(series.pages[0].photometric) in (2, 6) and \
+                int(series.pages[0].samplesperpixel) == 3
         except FileFormatError:
             raise  # names the file and the field already
         except _TIFF_PARSE_ERRORS as e:
-            raise FileFormatError(f"{str(p)!r}: cannot parse the TIFF structure: "
+            raise FileFormatError(f"{str(p)!r}: cannot parse the TIFF structure (a "
+                                  f"truncated or corrupted file? it has {size} bytes): "
                                   f"{type(e).__name__}: {e}") from e
         bad = [r for r in log.records if r.levelno >= logging.ERROR
                or "corrupt" in r.getMessage().lower()]
@@ -1073,6 +1078,8 @@ def _read_tiff(p: Path) -> SlideImage:
                           for v in (info["emission_nm"], info["exposure_ms"]))
     if bits is not None and not (dtype.kind in "ui" and bits < dtype.itemsize * 8):
         bits = None  # the whole type is used (or a float image): no narrower ceiling
+    if names is None and rgb and nc == 3:
+        names = ("R", "G", "B")
     return SlideImage(data=levels[0], channel_names=tuple(names) if names else
                       _default_channel_names(nc), pixel_size_um=ps, path=p,
                       format="ome-tiff" if is_ome else "qptiff" if qpi else "svs" if svs
