@@ -306,6 +306,27 @@ def test_aperio_svs_pyramid_and_mpp(tmp_path, write_svs):
             read_slide(write_svs(tmp_path / "bad.svs", img[:256, :256], mpp=bad, levels=1))
 
 
+def test_aperio_jpeg2000_tiles(tmp_path):
+    """Aperio's own JPEG 2000 tiles (TIFF compression 33005, RGB; older scans and archives):
+    an SVS whose tiles are JPEG 2000 codestreams, its Compression tag set to 33005 as Aperio
+    writes it, decodes to the pixels (lossless here)."""
+    import struct
+
+    img = _ihc_2x2()
+    p = tmp_path / "j2k.svs"
+    tifffile.imwrite(p, img, tile=(256, 256), photometric="rgb", compression="jpeg2000",
+                     metadata=None, description="Aperio Image Library v10.0.51\r\n1024x1024 "
+                     "[0,0 1024x1024] (256x256) J2K/KDU Q=30|AppMag = 40|MPP = 0.2520")
+    with tifffile.TiffFile(p) as tf:
+        off = tf.pages[0].tags["Compression"].valueoffset
+    data = bytearray(p.read_bytes())
+    struct.pack_into("<H", data, off, 33005)
+    p.write_bytes(bytes(data))
+    s = read_slide(p)
+    assert (s.format, s.pixel_size_um) == ("svs", 0.252)
+    np.testing.assert_array_equal(s.read_region(0, 1024, 0, 1024), img)
+
+
 def test_hamamatsu_ndpi_pyramid_and_pixel_size(tmp_path, write_ndpi):
     """A Hamamatsu NDPI (64-bit IFD offsets): its pyramid without the macro image, and the
     pixel size of its resolution tags in pixels per cm (as OpenSlide reads NDPI)."""
