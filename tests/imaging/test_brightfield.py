@@ -297,3 +297,20 @@ def test_8bit_optical_density_table_gives_the_computed_values():
         formula = _optical_density(rgb.astype(np.float64) / 255.0, bg)  # not the table
         np.testing.assert_array_equal(table, formula)
     assert _optical_density(rgb, np.ones(3))[0, 0, 0] == np.log10(255.0)
+
+
+def test_tissue_area_is_the_stained_area_glass_left_out():
+    # a 200 x 200 px block of pale stain on white glass, 0.5 um/px (largest OD 0.128, in
+    # green): tissue is where the OD smoothed over 0.5 um (1 px) reaches 0.022, i.e. the
+    # block and the pixels along its sides (0.5 px from the step: 0.128 x Phi(-0.5) =
+    # 0.039), not the next ones (0.128 x Phi(-1.5) = 0.009) nor the corners (0.128 x
+    # Phi(-0.5)^2 = 0.012): 200^2 + 4 x 200 px. With a given threshold no split is taken
+    # and no area is said
+    img = np.full((400, 400, 3), 255, np.uint8)
+    img[100:300, 100:300] = (200, 190, 210)
+    sc = score_dab(img, od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5)
+    assert sc.tissue_area_um2 == (200 * 200 + 4 * 200) * 0.25
+    assert sc.to_dict()["tissue_area_um2"] == sc.tissue_area_um2
+    fixed = score_dab(img, od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5,
+                      nuclear_threshold=0.2)
+    assert fixed.tissue_area_um2 is None

@@ -198,6 +198,9 @@ def _killed_and_resumed(tmp_path, monkeypatch, after: int, run):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "k" / "cells.parquet"),
                                   pd.read_parquet(tmp_path / "full" / "cells.parquet"))
     assert again["thresholds"] == full["thresholds"]
+    # and each region's tissue area, kept with its threshold
+    assert [r.get("tissue_area_mm2") for r in again["regions_scored"]["regions"]] == \
+        [r.get("tissue_area_mm2") for r in full["regions_scored"]["regions"]]
     return full, again
 
 
@@ -395,6 +398,11 @@ def test_killed_tma_run_resumes_with_each_cores_own_threshold(tmp_path, brightfi
         analyze_dab_regions(p, cores, out, od_cutoffs=CUT, min_cells=20, progress=False)))
     assert all(t["n_crops"] == 1 for t in full["thresholds"])
     assert again["n_crops_resumed"] == 2
+    # a core's tissue, from its own read: about its disc of 240 px (0.0113 mm2 at 0.5 um/px),
+    # none for the lost core
+    area = {r["region"]: r["tissue_area_mm2"] for r in full["regions_scored"]["regions"]}
+    assert area.pop("B-2") is None
+    assert all(0.8 * 0.0113 < a < 1.1 * 0.0113 for a in area.values()), area
 
 
 def test_a_region_is_thresholded_on_its_own_tissue(tmp_path, ihc_slide):
@@ -459,5 +467,11 @@ def test_glass_tiles_are_not_scored_and_the_cells_are_the_same(tmp_path, monkeyp
     cells = pd.read_parquet(tmp_path / "t" / "cells.parquet")
     b, dist = _matched(cells, sc.cells)
     assert len(cells) == len(sc.cells) == d["n_cells"] > 200 and dist.max() < 1e-9
+    # the slide's tissue, glass left out: what the whole image's threshold was split from,
+    # within the IHC block's 0.0655 mm2 (its pale lumina read as glass)
+    (row,) = d["regions_scored"]["regions"]
+    assert row["tissue_area_mm2"] == pytest.approx(sc.tissue_area_um2 / 1e6, rel=1e-12)
+    assert 0.8 * 0.065536 < row["tissue_area_mm2"] <= 0.065536 == row["area_mm2"] / 4
+    assert row["cells_per_tissue_mm2"] == pytest.approx(len(cells) / row["tissue_area_mm2"])
     np.testing.assert_allclose(cells["DAB_membrane_mean"], b["DAB_membrane_mean"],
                                rtol=1e-12, atol=1e-12)

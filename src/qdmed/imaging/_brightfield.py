@@ -495,6 +495,10 @@ class DabScore:
         The white level (glass transmittance) of each RGB channel used.
     pixel_size_um : float
         The pixel size used (sets the nucleus size limits and the expansion).
+    tissue_area_um2 : float or None
+        Area of the tissue the nuclear threshold was split from (:func:`tissue_hematoxylin`:
+        pixels where some channel absorbs at least :data:`GLASS_OD` against the glass, in
+        ``otsu_where`` when given); None when the threshold was given.
     warnings : tuple of str
         E.g. glass that is not white under the default white level.
     qdmed_version : str
@@ -519,6 +523,7 @@ class DabScore:
     warnings: tuple[str, ...] = ()
     qdmed_version: str = ""
     nuclear_threshold_od: float = math.nan  # +inf: no nuclei stood out
+    tissue_area_um2: float | None = None  # None: the threshold was given, not split
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
@@ -677,11 +682,13 @@ def score_dab(
     if check_glass and is_default_white(background):
         warnings += glass_warnings(rgb, m)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
+    tissue_um2 = None
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down
         g = glass_level(rgb, background, bg) if glass is None else _background(glass)
         top = hematoxylin_top(m, bg)
         hist = tissue_histogram(rgb, sep, pixel_size_um, g, top, otsu_where)
         nuclear_threshold = histogram_threshold(hist, top)
+        tissue_um2 = float(hist[0].sum()) * pixel_size_um ** 2
         if not math.isfinite(nuclear_threshold) and hist[0].sum() >= NO_NUCLEI_WARN_PIXELS:
             warnings.append(no_nuclei_warning(int(hist[0].sum())))
     nuclei = segment_nuclei(
@@ -736,6 +743,7 @@ def score_dab(
         nuclear_threshold_od=float(nuclear_threshold),
         background=sep.background,
         pixel_size_um=float(pixel_size_um),
+        tissue_area_um2=tissue_um2,
         warnings=tuple(warnings),
         qdmed_version=_version(),
     )

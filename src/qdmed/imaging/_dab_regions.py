@@ -170,7 +170,8 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
     pass would take (:func:`_in_piece`), by score_dab from this read. ``darkest``: the
     crop's darkest values from the threshold pass, when it had one; a crop in which no
     nucleus can reach the threshold (:func:`_no_nucleus_above`) is then not read again.
-    Returns (cells, the threshold used)."""
+    Returns (cells, the threshold used, the tissue area in um^2 its split was taken over:
+    None when the threshold was given)."""
     from qdmed.imaging._brightfield import score_dab
     from qdmed.imaging._regions import Regions
 
@@ -217,7 +218,7 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
             keep &= ~np.isin(cells["cell_id"].to_numpy(), np.concatenate(edges))
     cells["region"] = label
     cells["piece"] = np.int64(piece)
-    return cells[keep], sc.nuclear_threshold_od
+    return cells[keep], sc.nuclear_threshold_od, sc.tissue_area_um2
 
 
 def _first_piece_owns(cells, reg, pieces):
@@ -502,7 +503,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     manifest = tiles_dir / "run.json"
     old = json.loads(manifest.read_text()) if manifest.exists() else {}
     if not resume or old.get("fingerprint") != fp:  # no manifest: crops of unknown origin
-        for f in list(tiles_dir.glob("job_*")) + [tiles_dir / "thresholds.json"]:
+        for f in [*tiles_dir.glob("job_*"), tiles_dir / "thresholds.json",
+                  tiles_dir / "tissue.json"]:
             f.unlink(missing_ok=True)
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
 
@@ -519,10 +521,14 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         n_crops[label] += 1
     shared = [k for k, job in enumerate(jobs) if n_crops[job[1]] > 1]
     shared_file = tiles_dir / "thresholds.json"
+    tissue_file = tiles_dir / "tissue.json"  # the tissue area each threshold was split from
     thresholds = None if shared else {}
+    tissue_um2: dict[str, float] = {}
     if shared and shared_file.exists():
         thresholds = {r: (np.inf if t is None else t)
                       for r, t in json.loads(shared_file.read_text()).items()}
+        if tissue_file.exists():
+            tissue_um2 = json.loads(tissue_file.read_text())
     todo = [k for k in range(len(jobs))
             if not (job_file(k).exists() and (n_crops[jobs[k][1]] > 1 or thr_file(k).exists()))]
     n_resumed = len(jobs) - len(todo)
@@ -542,7 +548,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     def save(j, result):
         k = todo[j]
         if n_crops[jobs[k][1]] == 1:
-            atomic_write_text(thr_file(k), json.dumps(to_jsonable({"threshold": result[1]})))
+            atomic_write_text(thr_file(k), json.dumps(to_jsonable(
+                {"threshold": result[1], "tissue_um2": result[2]})))
         atomic_write_parquet(job_file(k), result[0])
 
     darkest = {}  # crop -> its darkest values, from the threshold pass
@@ -560,6 +567,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                                         reg.polygons[jobs[k][0]], ps, m, background, glass,
                                         top) for k in shared], own_client, advance, add)
                 thresholds = {r: histogram_threshold(hh, top) for r, hh in sums.items()}
+                tissue_um2 = {r: float(hh[0].sum()) * ps * ps for r, hh in sums.items()}
+                atomic_write_text(tissue_file, json.dumps(tissue_um2))  # before: resumed
                 atomic_write_text(shared_file, json.dumps(to_jsonable(thresholds)))
             run_jobs(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
                                 reg.polygons[jobs[k][0]], jobs[k][1],
@@ -575,8 +584,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         close_client(own_client, cluster)
     for k, (_, label, _, _) in enumerate(jobs):
         if n_crops[label] == 1:
-            t = json.loads(thr_file(k).read_text())["threshold"]
-            thresholds[label] = np.inf if t is None else t
+            d = json.loads(thr_file(k).read_text())
+            thresholds[label] = np.inf if d["threshold"] is None else d["threshold"]
+            if d.get("tissue_um2") is not None:
+                tissue_um2[label] = d["tissue_um2"]
     tables = [pd.read_parquet(job_file(k)) for k in range(len(jobs))]
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": [], "piece": []})
@@ -599,7 +610,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         gates = {marker: MarkerGate(compartment, cut[0])}
     by_region, by_case = score_slide_regions(
         cells, scored, reg, name, out, tumour=tumour, tma_map=tma_map, case_rule=case_rule,
-        her2_calibration=cal, gates=gates, pixel_size_um=ps, min_cells=min_cells)
+        her2_calibration=cal, gates=gates, pixel_size_um=ps, min_cells=min_cells,
+        tissue_area_mm2={r: a / 1e6 for r, a in tissue_um2.items()})
     atomic_write_parquet(out / "cells.parquet", cells)
     summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),

@@ -164,7 +164,7 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
         rows = [{**r, "hematoxylin_threshold_od": by.get(r["region"], "")} for r in rows]
         rep.heading("Regions")
         rep.table(_columns(rows, ("region", "case", "status", "n_cells", "n_scored", *score,
-                                  "hematoxylin_threshold_od", "message")))
+                                  "tissue_area_mm2", "hematoxylin_threshold_od", "message")))
     cases = (summary.get("cases_scored") or {}).get("cases") or []
     if cases:
         rep.heading("Cases")

@@ -614,17 +614,26 @@ def _largest_line(names) -> int | None:
 def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumour=None,
                         tma_map: dict | None = None, case_rule: str = "pooled",
                         her2_calibration=None, gates=None, pixel_size_um=None,
-                        min_cells: int = REGION_MIN_CELLS) -> tuple[dict, dict | None]:
+                        min_cells: int = REGION_MIN_CELLS,
+                        tissue_area_mm2: dict[str, float] | None = None
+                        ) -> tuple[dict, dict | None]:
     """A slide's regions scored one by one (:func:`score_regions`, ``regions.csv`` in
     ``out``) and, with a TMA map, its cases (:func:`score_cases`, ``cases.csv``): the
     summary's ``regions_scored`` and ``cases_scored`` blocks (the latter None without a
-    map). ``cells`` carry :func:`assign_regions`' columns."""
+    map). ``cells`` carry :func:`assign_regions`' columns. ``tissue_area_mm2``: each
+    region's area of tissue, glass left out (brightfield: :func:`~qdmed.imaging._dab_regions.analyze_dab_regions`),
+    which adds ``tissue_area_mm2`` and ``cells_per_tissue_mm2`` to its row."""
     from qdmed.report import atomic_write_text
 
     out = Path(out)
     rows = score_regions(cells, scored_cells, reg.names, reg.missing, order=reg.order,
                          centers=reg.centers, areas=reg.areas, pixel_size_um=pixel_size_um,
                          her2_calibration=her2_calibration, gates=gates, min_cells=min_cells)
+    if tissue_area_mm2 is not None:
+        for r in rows:
+            a = tissue_area_mm2.get(r["region"])
+            r["tissue_area_mm2"] = a
+            r["cells_per_tissue_mm2"] = r["n_cells"] / a if a else None
     if tumour is not None:  # say why a region with cells has none to score
         in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
         for r in rows:
