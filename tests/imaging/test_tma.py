@@ -414,8 +414,16 @@ def test_example_brightfield_tma_and_its_bad_input(tmp_path):
 
     p, centres = example_brightfield_tma(tmp_path / "ex.ome.tif", missing=(), no_dab=())
     assert list(centres) == ["A-1", "A-2", "A-3", "B-1", "B-2", "B-3"]
-    found, _ = find_tma_cores(p)  # by its optical density (8-bit RGB)
+    found, overview = find_tma_cores(p)  # by its optical density (8-bit RGB)
     assert found.n_found == 6 and not any(c["missing"] for c in found.cores)
+    # the overview to draw the grid on is the slide in colour (block means of its 0-255
+    # values: the glass 255 as written), the plot draws it as such
+    assert overview.ndim == 3 and overview.shape[2] == 3 and overview.max() == 255
+    import matplotlib.pyplot as plt
+
+    fig = found.plot(overview)
+    assert fig.axes[0].images[0].get_array().shape[2] == 3
+    plt.close(fig)
     with pytest.raises(InputError, match=r"outside the example's 2 x 3 grid"):
         example_brightfield_tma(tmp_path / "x.ome.tif", missing=("C-1",))
     with pytest.raises(InputError, match="written as an OME-TIFF"):

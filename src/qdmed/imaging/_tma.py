@@ -561,8 +561,8 @@ class TmaCores:
                            image_name=Path(str(image_path)).name)
 
     def plot(self, overview=None, ax=None):
-        """The grid over the slide overview: found cores circled and named, missing ones
-        dashed."""
+        """The grid over the slide overview (as :func:`find_tma_cores` returns it: RGB for
+        a brightfield slide): found cores circled and named, missing ones dashed."""
         import matplotlib.pyplot as plt
         from matplotlib.patches import Circle
 
@@ -570,15 +570,22 @@ class TmaCores:
             _, ax = plt.subplots(figsize=(8, 8 * max(self.n_rows, 1) / max(self.n_cols, 1)
                                           if self.n_cols else 6))
         f = self.overview_um_per_px / self.pixel_size_um
-        if overview is not None:
+        if overview is not None and np.ndim(overview) == 3:  # a brightfield slide, in RGB
+            ov = np.asarray(overview, dtype=np.float64)
+            ax.imshow(np.clip(ov / (255.0 if ov.max() > 1.0 else 1.0), 0.0, 1.0))
+        elif overview is not None:
             ax.imshow(np.log1p(np.maximum(overview, 0)), cmap="gray")
+        import matplotlib.patheffects as pe
+
         for c in self.cores:
             xy = ((c["center_x"] + 0.5) / f - 0.5, (c["center_y"] + 0.5) / f - 0.5)
             ax.add_patch(Circle(xy, c["radius_px"] / f, fill=False,
                                 ec="#999999" if c["missing"] else "#ff7f0e",
                                 ls="--" if c["missing"] else "-", lw=1))
+            # outlined, so that a name reads on pale and dark tissue alike
             ax.text(*xy, c["name"], color="#ff7f0e" if not c["missing"] else "#999999",
-                    ha="center", va="center", fontsize=7)
+                    ha="center", va="center", fontsize=7, fontweight="bold",
+                    path_effects=[pe.withStroke(linewidth=2, foreground="black")])
         ax.set_title(f"{self.n_found} cores found, {len(self.cores) - self.n_found} missing "
                      f"({self.n_rows} x {self.n_cols} grid)", fontsize=9)
         ax.set_axis_off()
@@ -698,7 +705,9 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     Returns
     -------
     (TmaCores, overview)
-        The cores, and the overview image they were found on (for :meth:`TmaCores.plot`).
+        The cores, and the overview image they were found on (for :meth:`TmaCores.plot`):
+        a brightfield slide's in RGB (0-255, as scanned), a fluorescence slide's smoothed
+        log signal.
 
     Raises
     ------
@@ -732,8 +741,12 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
     if brightfield is None:
         brightfield = bool(img.dtype == np.uint8 and img.shape[-1] == 3)
-    ov, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX,
-                           score_fn=_optical_density if brightfield else None)
+    if brightfield:  # the RGB overview to show, and its optical density to dearray
+        shown, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX, score_fn=np.asarray)
+        ov = _optical_density(shown)
+    else:
+        ov, f = slide_overview(img, OVERVIEW_PX, min_px=OVERVIEW_PX)
+        shown = ov
     um_px = f * ps
     sm = ndi.gaussian_filter(np.log1p(np.maximum(ov, 0.0)), sigma=max(1.0, 4.0 / um_px))
     if not np.isfinite(sm).all() or sm.max() - sm.min() < 1e-9:
@@ -838,4 +851,5 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         warnings.append(f"fewer than half of the {n_rows} x {n_cols} grid positions hold a "
                         "core: is the grid rotated, or is this not a TMA?")
     return TmaCores(tuple(cores), n_rows, n_cols, float(d_px * um_px), float(ps),
-                    float(um_px), tuple(warnings), math.degrees(theta), brightfield), sm
+                    float(um_px), tuple(warnings), math.degrees(theta), brightfield), \
+        (shown if brightfield else sm)
