@@ -796,13 +796,13 @@ def test_dab_reads_scanner_whole_slide_files(tmp_path, write_svs, write_ndpi):
     (tmp_path / "bad.svs").write_bytes(bytes(data))
     r = run("image", "dab", str(tmp_path / "bad.svs"))
     assert r.returncode == 2
-    assert "bad.svs': cannot decode level 0 at y 0-1024, x 0-1024 px" in r.stderr
+    assert "bad.svs': cannot decode level 0 within y 0-1024, x 0-1024 px" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     # tile by tile on two worker processes: the same one line (the workers' own error logs
     # of the failed task are silenced), and the output folder the run made is gone again
     r = run("image", "dab", str(tmp_path / "bad.svs"), "--out", str(tmp_path / "o"),
             "--tile", "512", "--workers", "2", "--no-progress")
-    assert r.returncode == 2 and "cannot decode level 0 at y" in r.stderr
+    assert r.returncode == 2 and "cannot decode level 0 within y" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "o").exists()
     (tmp_path / "x.scn").write_bytes(b"II*\x00")
@@ -822,6 +822,11 @@ def test_dab_reads_scanner_whole_slide_files(tmp_path, write_svs, write_ndpi):
     assert rows["case.svs"]["channels"] == ["R", "G", "B"]
     assert rows["case.svs"]["format"] == "svs" and rows["case.ndpi"]["format"] == "ndpi"
     assert "Leica SCN" in rows["x.scn"]["message"]
+    # a fluorescence cohort of this folder: the scans are not slides to analyse (and the
+    # one beside its conversion does not clash with it)
+    from qdmed.imaging._cohort import find_slides
+
+    assert [p.name for p in find_slides(tmp_path)] == ["case.ome.tif"]
     r = run("image", "info", str(svs))
     assert r.returncode == 0 and "levels (width x height)" in r.stdout
     assert "1024 x 1024, 256 x 256" in r.stdout and "exposure" not in r.stdout
@@ -842,7 +847,7 @@ def test_analyze_of_a_corrupted_slide_leaves_no_folder(tmp_path):
     data[off:off + n] = bytes(n)
     slide.write_bytes(bytes(data))
     r = run("image", "analyze", str(slide), "--out", str(tmp_path / "a"), "--no-progress")
-    assert r.returncode == 2 and "cannot decode level 0 at y" in r.stderr, r.stderr
+    assert r.returncode == 2 and "cannot decode level 0 within y" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "a").exists()
     (tmp_path / "kept").mkdir()

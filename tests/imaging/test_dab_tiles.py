@@ -199,8 +199,10 @@ def _killed_and_resumed(tmp_path, monkeypatch, after: int, run):
                                   pd.read_parquet(tmp_path / "full" / "cells.parquet"))
     assert again["thresholds"] == full["thresholds"]
     # and each region's tissue area, kept with its threshold
-    assert [r.get("tissue_area_mm2") for r in again["regions_scored"]["regions"]] == \
-        [r.get("tissue_area_mm2") for r in full["regions_scored"]["regions"]]
+    areas = [r.get("tissue_area_mm2") for r in again["regions_scored"]["regions"]]
+    assert areas == [r.get("tissue_area_mm2") for r in full["regions_scored"]["regions"]]
+    assert all(a > 0 for a, r in zip(areas, again["regions_scored"]["regions"], strict=True)
+               if r["status"] != "missing")
     return full, again
 
 

@@ -298,12 +298,17 @@ def test_aperio_svs_pyramid_and_mpp(tmp_path, write_svs):
     assert np.abs(ref.astype(int) - img).mean() < 3  # JPEG: close to the image
     # an Aperio file saved as .tif is still an SVS
     assert read_slide(write_svs(tmp_path / "aperio.tif", img[:512, :512])).format == "svs"
-    # no MPP field: no pixel size (never a guess); an MPP that is no length: refused
+    # no MPP field: no pixel size (never a guess); an MPP that is no length: warned, and
+    # unknown (so that the pixel size can be given; the scan is read all the same)
     assert read_slide(write_svs(tmp_path / "nompp.svs", img[:256, :256], mpp=None,
                                 levels=1)).pixel_size_um is None
+    from qdmed.errors import QdmedWarning
+
     for bad in ("abc", "0", "-0.25", "250"):
-        with pytest.raises(FileFormatError, match=rf"bad.svs.*MPP = '{bad}'.*accepted"):
-            read_slide(write_svs(tmp_path / "bad.svs", img[:256, :256], mpp=bad, levels=1))
+        with pytest.warns(QdmedWarning, match=rf"bad.svs.*MPP = '{bad}' is not a pixel"):
+            s = read_slide(write_svs(tmp_path / "bad.svs", img[:256, :256], mpp=bad,
+                                     levels=1))
+        assert s.pixel_size_um is None and s.shape == (256, 256, 3)
 
 
 def test_aperio_jpeg2000_tiles(tmp_path):
@@ -346,13 +351,14 @@ def test_hamamatsu_ndpi_pyramid_and_pixel_size(tmp_path, write_ndpi):
         imagecodecs.jpeg8_encode(small, level=95)))
 
 
-@pytest.mark.parametrize("suffix,vendor", [(".scn", "Leica SCN"), (".mrxs", "MIRAX"),
-                                           (".bif", "Ventana BIF")])
+@pytest.mark.parametrize("suffix,vendor,tool", [
+    (".scn", "Leica SCN", "bfconvert"), (".bif", "Ventana BIF", "bfconvert"),
+    (".mrxs", "MIRAX", "QuPath")])  # Bio-Formats does not read MIRAX; OpenSlide does
 def test_other_whole_slide_formats_are_refused_with_the_way_to_convert(tmp_path, suffix,
-                                                                       vendor):
+                                                                       vendor, tool):
     p = tmp_path / f"slide{suffix}"
     p.write_bytes(b"II*\0")
-    with pytest.raises(InputError, match=rf"{vendor}.*convert it to OME-TIFF.*bfconvert"):
+    with pytest.raises(InputError, match=rf"{vendor}.*convert it to OME-TIFF.*{tool}"):
         read_slide(p)
 
 

@@ -369,7 +369,7 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
                       p.name.lower(), pattern.lower()))]
         rows = []
         for sp in sorted({*find_slides(slide, required=not others, pattern=pattern,
-                                       distinct_stems=False), *others}):
+                                       distinct_stems=False, scans=True), *others}):
             try:
                 s = read_slide(sp)
             except QdmedError as exc:

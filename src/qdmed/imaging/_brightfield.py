@@ -113,10 +113,12 @@ def _rgb(rgb) -> np.ndarray:
 def _optical_density(rgb, background) -> np.ndarray:
     """Per-channel OD ``-log10(min(I / I0, 1))`` of an RGB image (intensities floored at
     1/255, :func:`_rgb`). An 8-bit RGB image is looked up in a table of its 256 values per
-    channel, computed by the same operations: the same numbers, 6x faster on a 2048^2
-    field (0.38 -> 0.065 s, measured), which matters on a whole slide."""
+    channel, computed by the same operations: the same numbers, 3-6x faster on a 2048^2
+    field (0.38 -> 0.065 s and 0.25 -> 0.078 s, measured on two days), which matters on
+    a whole slide. Any other white level (a per-pixel one) takes the formula."""
     a = np.asarray(rgb)
-    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3:
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 and \
+            np.ndim(background) <= 1 and np.size(background) in (1, 3):
         v = np.maximum(np.arange(256, dtype=np.float64) / 255.0, 1.0 / 255.0)
         table = -np.log10(np.minimum(v[:, None] / np.broadcast_to(background, (3,)), 1.0))
         return table[a, np.arange(3)]

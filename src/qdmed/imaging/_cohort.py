@@ -26,17 +26,19 @@ from qdmed.imaging._region_scores import (
     score_cases,
     score_fields,
 )
-from qdmed.imaging._slideio import SLIDE_SUFFIXES
+from qdmed.imaging._slideio import SCAN_SUFFIXES, SLIDE_SUFFIXES
 
 
 def find_slides(folder, *, required: bool = False, pattern: str | None = None,
-                distinct_stems: bool = True) -> list[Path]:
+                distinct_stems: bool = True, scans: bool = False) -> list[Path]:
     """Slides directly inside ``folder`` (OME-TIFF/TIFF/QPTIFF files and OME-Zarr folders),
     sorted; ``pattern``: only names matching this shell pattern, case ignored (e.g.
     ``*_component_data.tif`` in an inForm export folder, which also holds composite
     images and segmentation maps); ``required``: InputError when there is none;
     ``distinct_stems``: InputError when two slides share a name stem (their outputs would
-    share a folder; a listing that writes nothing passes False)."""
+    share a folder; a listing that writes nothing passes False); ``scans``: brightfield
+    scans (Aperio SVS, Hamamatsu NDPI) too, which a fluorescence cohort leaves out (a
+    scan beside its conversion is not a second slide to analyse)."""
     import fnmatch
 
     d = Path(folder)
@@ -46,6 +48,7 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None,
     if not d.is_dir():
         raise InputError(f"cohort folder {str(d)!r} does not exist or is not a folder")
     slides = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
+                    and (scans or not p.name.lower().endswith(SCAN_SUFFIXES))
                     and not p.name.startswith(".")
                     and (pattern is None or fnmatch.fnmatch(p.name.lower(), pattern.lower())))
     if required and not slides:

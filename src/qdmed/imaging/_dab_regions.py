@@ -81,10 +81,18 @@ def _whole_slide(name: str, h: int, w: int):
 
 
 def _open(slide):
-    """The slide itself, or read from its path (a Dask worker gets the path)."""
+    """The slide itself, or read from its path (a Dask worker gets the path; what its
+    metadata warns of was said when the run opened it)."""
+    import warnings
+
+    from qdmed.errors import QdmedWarning
     from qdmed.imaging._slideio import read_slide
 
-    return slide if hasattr(slide, "read_region") else read_slide(slide)
+    if hasattr(slide, "read_region"):
+        return slide
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QdmedWarning)
+        return read_slide(slide)
 
 
 def _in_piece(polygon, window, core) -> np.ndarray:

@@ -52,11 +52,14 @@ __all__ = [
 ]
 
 NGFF_VERSION = "0.4"
-_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".btf", ".qptiff", ".svs", ".ndpi")
-#: whole-slide formats tifffile parses but whose layout qdmed has not been checked on: the
-#: way to read them is a conversion to OME-TIFF
+#: brightfield whole-slide scans read_slide reads (Aperio, Hamamatsu): for the DAB commands
+#: and listings, not among the fluorescence slides a cohort folder is searched for
+SCAN_SUFFIXES = (".svs", ".ndpi")
+_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".btf", ".qptiff", *SCAN_SUFFIXES)
+#: whole-slide formats qdmed does not read (some are not TIFF at all): each is refused with
+#: a way to convert it to OME-TIFF
 CONVERT_SUFFIXES = {".scn": "Leica SCN", ".bif": "Ventana BIF", ".mrxs": "3DHISTECH MIRAX",
-                     ".vsi": "Olympus VSI", ".czi": "Zeiss CZI", ".dcm": "DICOM WSI"}
+                    ".vsi": "Olympus VSI", ".czi": "Zeiss CZI", ".dcm": "DICOM WSI"}
 _ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 #: every suffix read_slide opens (compound suffixes first, as slide names are cut by them)
 SLIDE_SUFFIXES = _TIFF_SUFFIXES + _ZARR_SUFFIXES
@@ -612,7 +615,7 @@ class SlideImage:
     data : dask.array.Array, shape (Y, X, C)
         Full-resolution image; nothing is read until computed.
     channel_names : tuple of str
-        From the file; else ``R, G, B`` for an RGB TIFF (a brightfield scan), else
+        From the file; else ``R, G, B`` for an 8-bit RGB TIFF (a brightfield scan), else
         ``C0 .. C{n-1}``.
     pixel_size_um : float or None
         um per pixel, from OME/NGFF metadata or TIFF resolution tags; None if absent.
@@ -731,10 +734,15 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
     if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
         return _read_zarr(p)
     if p.suffix.lower() in CONVERT_SUFFIXES:
+        # Bio-Formats reads SCN, BIF, VSI, CZI and DICOM; MIRAX is read by OpenSlide (in
+        # QuPath, or libvips)
+        how = ("QuPath's File > Export images > OME TIFF, or vips tiffsave SLIDE slide.tif "
+               "--tile --pyramid" if p.suffix.lower() == ".mrxs" else
+               "bfconvert -pyramid-resolutions 4 -tilex 512 -tiley 512 SLIDE slide.ome.tif, "
+               "or QuPath's File > Export images > OME TIFF")
         raise InputError(f"slide file {str(p)!r} is a {CONVERT_SUFFIXES[p.suffix.lower()]} "
-                         "slide, which qdmed does not read: convert it to OME-TIFF first (e.g. "
-                         "bfconvert -pyramid-resolutions 4 -tilex 512 -tiley 512 SLIDE "
-                         "slide.ome.tif, or QuPath's File > Export images > OME TIFF)")
+                         f"slide, which qdmed does not read: convert it to OME-TIFF first "
+                         f"(e.g. {how})")
     raise InputError(f"slide file {str(p)!r} has an unsupported suffix; accepted: "
                      f"{', '.join(SLIDE_SUFFIXES)}, or a Zarr image group (e.g. an NGFF "
                      "label image, slide.ome.zarr/labels/nuclei)")
@@ -989,8 +997,8 @@ def _svs_mpp(page: Any, p: Path) -> float | None:
     """Pixel size (um) of an Aperio SVS slide: the ``MPP`` field of the first page's
     ImageDescription (``Aperio Image Library ... |AppMag = 20|MPP = 0.4990``), as OpenSlide
     reads it (its ``aperio.MPP`` property, Goode et al. 2013, J Pathol Inform 4:27,
-    doi:10.4103/2153-3539.119005); None when absent. A value that is not a positive number
-    of at most 20 um is refused, naming the file and the field."""
+    doi:10.4103/2153-3539.119005); None when absent, and, with a warning naming the file
+    and the field, when it is not a positive number of at most 20 um."""
     # the description is "header|key = value|key = value..."; parsed here because tifffile's
     # parser of it is not part of its public API
     fields = dict(f.split("=", 1) for f in page.description.split("|")[1:] if "=" in f)
@@ -1002,9 +1010,17 @@ def _svs_mpp(page: Any, p: Path) -> float | None:
     except ValueError:
         mpp = None
     if mpp is None or not 0 < mpp <= _MAX_TIFF_RESOLUTION_UM:
-        raise FileFormatError(f"{str(p)!r}: the Aperio ImageDescription field "
-                              f"MPP = {fields['MPP']!r} is not a pixel size in um (accepted: "
-                              f"a number in (0, {_MAX_TIFF_RESOLUTION_UM:g}])")
+        # warned and read as unknown rather than refused: the pixel size can then be given
+        # (pixel_size_um, --pixel-size-um), and the rest of the scan is sound
+        import warnings
+
+        from qdmed.errors import QdmedWarning
+
+        warnings.warn(f"{str(p)!r}: the Aperio ImageDescription field MPP = "
+                      f"{fields['MPP']!r} is not a pixel size in um (a number in (0, "
+                      f"{_MAX_TIFF_RESOLUTION_UM:g}]): the pixel size is unknown; give it "
+                      "(--pixel-size-um)", QdmedWarning, stacklevel=3)
+        return None
     return mpp
 
 
@@ -1044,9 +1060,11 @@ def _read_tiff(p: Path) -> SlideImage:
             names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
             if ps is None:
                 ps = _tiff_resolution_um(series.pages[0])
-            # an RGB (or YCbCr-coded) brightfield image: its samples are red, green, blue
+            # an 8-bit RGB (or YCbCr-coded) brightfield image: its samples are red, green,
+            # blue (tifffile writes any (Y, X, 3) array as RGB: a 16-bit three-channel
+            # fluorescence stack keeps C0-C2)
             rgb = int(series.pages[0].photometric) in (2, 6) and \
-                int(series.pages[0].samplesperpixel) == 3
+                int(series.pages[0].samplesperpixel) == 3 and dtype == np.uint8
         except FileFormatError:
             raise  # names the file and the field already
         except _TIFF_PARSE_ERRORS as e:
@@ -1176,7 +1194,7 @@ def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any =
         where = ", ".join(f"{a.lower()} {lo}-{hi}" for a, (lo, hi) in zip(axes, loc,
                                                                          strict=False)
                           if a in "YX") or str(loc)
-        raise FileFormatError(f"{path!r}: cannot decode level {level} at {where} px "
+        raise FileFormatError(f"{path!r}: cannot decode level {level} within {where} px "
                               f"(corrupted image data?): {type(e).__name__}: {e}") from e
 
 
