@@ -621,8 +621,9 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
     ``out``) and, with a TMA map, its cases (:func:`score_cases`, ``cases.csv``): the
     summary's ``regions_scored`` and ``cases_scored`` blocks (the latter None without a
     map). ``cells`` carry :func:`assign_regions`' columns. ``tissue_area_mm2``: each
-    region's area of tissue, glass left out (brightfield: :func:`~qdmed.imaging._dab_regions.analyze_dab_regions`),
-    which adds ``tissue_area_mm2`` and ``cells_per_tissue_mm2`` to its row."""
+    region's area of tissue, glass left out (brightfield, from
+    :func:`~qdmed.imaging._dab_regions.analyze_dab_regions`), which adds
+    ``tissue_area_mm2`` and ``cells_per_tissue_mm2`` to its row."""
     from qdmed.report import atomic_write_text
 
     out = Path(out)
