@@ -632,7 +632,14 @@ def test_dab_flat_field(tmp_path, vignetted_ihc):
     r = run("image", "dab", str(tmp_path / "img.png"), "--flat-field",
             str(tmp_path / "blank.png"), "--background", "auto", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["n_cells"] > 250
+    d = json.loads(r.stdout)
+    assert d["n_cells"] > 250
+    # a PNG records no pixel size: the default is said, as for a slide scored tile by tile
+    assert "the image declares no pixel size: 0.5 um/px assumed" in " ".join(d["warnings"])
+    r = run("image", "dab", str(tmp_path / "img.png"), "--flat-field",
+            str(tmp_path / "blank.png"), "--background", "auto", "--pixel-size-um", "0.5",
+            "--json")
+    assert "declares no pixel size" not in " ".join(json.loads(r.stdout)["warnings"])
     for bad, what in (((str(tmp_path / "img.png"), "--dark-field", str(tmp_path / "blank.png")),
                        "goes with --flat-field"),
                       ((str(tmp_path / "img.png"), "--flat-field", str(tmp_path / "blank.png"),

@@ -1265,6 +1265,9 @@ def dab(
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()
+    if pixel_size_um is None and not example:  # as a slide scored tile by tile says it
+        d["warnings"].append("the image declares no pixel size: 0.5 um/px assumed (give "
+                             "--pixel-size-um)")
     if json_:
         return print_json_warned(d, d["warnings"])
     her2 = d.get("her2") or {}
