@@ -1260,14 +1260,17 @@ def dab(
         rgb = flat_field_correct(rgb, _read_brightfield_image(flat_field)[0],
                                  dark=None if dark_field is None
                                  else _read_brightfield_image(dark_field)[0])
-    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=0.5 if pixel_size_um is None else pixel_size_um,
+    from qdmed.imaging._slideio import pixel_size_or_default
+
+    # the example is scikit-image's IHC image, which records none (0.5 um/px, as documented)
+    ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um")
+    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps,
                    background=_white_level(background))
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()
-    if pixel_size_um is None and not example:  # as a slide scored tile by tile says it
-        d["warnings"].append("the image declares no pixel size: 0.5 um/px assumed (give "
-                             "--pixel-size-um)")
+    if not example:  # as a slide scored tile by tile says it
+        d["warnings"] += ps_warnings
     if json_:
         return print_json_warned(d, d["warnings"])
     her2 = d.get("her2") or {}

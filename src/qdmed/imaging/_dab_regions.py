@@ -428,7 +428,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     )
     from qdmed.imaging._regions import regions_and_tumour
     from qdmed.imaging._scoring import Her2Calibration
-    from qdmed.imaging._slideio import _check_pixel_size, read_slide
+    from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
     from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
 
     t0 = time.perf_counter()
@@ -460,11 +460,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         reg = _whole_slide(name, *img.shape[:2])
     from qdmed.imaging._brightfield import uncalibrated_warnings
 
-    warnings = uncalibrated_warnings(cut)
-    ps = _check_pixel_size(pixel_size_um) or img.pixel_size_um
-    if not ps:
-        ps = 0.5
-        warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    ps, warnings = pixel_size_or_default(_check_pixel_size(pixel_size_um)
+                                         or img.pixel_size_um,
+                                         hint="pixel_size_um, --pixel-size-um")
+    warnings = uncalibrated_warnings(cut) + warnings
     from qdmed.imaging._brightfield import _background, _matrix, glass_level, is_default_white
 
     if isinstance(stain_matrix, str):

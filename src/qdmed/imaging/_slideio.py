@@ -686,6 +686,22 @@ class SlideImage:
                 "exposure_ms": None if self.exposure_ms is None else list(self.exposure_ms)}
 
 
+#: um per pixel assumed for an image that records no pixel size (a 20x scan's), said so
+DEFAULT_PIXEL_SIZE_UM = 0.5
+
+
+def pixel_size_or_default(pixel_size_um: float | None, what: str = "slide",
+                          hint: str | None = None) -> tuple[float, list[str]]:
+    """``(pixel size, warnings)``: the given pixel size, or :data:`DEFAULT_PIXEL_SIZE_UM`
+    with the warning that it was assumed (`what`: the slide or the image; `hint`: how to
+    give it, where the caller takes one)."""
+    if pixel_size_um is not None:  # a bad one is the caller's to refuse (0: no default)
+        return pixel_size_um, []
+    return DEFAULT_PIXEL_SIZE_UM, [f"the {what} declares no pixel size: "
+                                   f"{DEFAULT_PIXEL_SIZE_UM:g} um/px assumed"
+                                   + (f" (give {hint})" if hint else "")]
+
+
 def small_level(slide: SlideImage, max_pixels: int) -> tuple[int, int, Any]:
     """``(level, step, array)``: the slide's first pyramid level with at most `max_pixels`
     pixels (Y x X), or, when none is that small, its smallest level subsampled every

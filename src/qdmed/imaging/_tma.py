@@ -719,7 +719,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     from skimage.filters import threshold_otsu, threshold_triangle
 
     from qdmed.imaging._analyze import slide_overview
-    from qdmed.imaging._slideio import read_slide
+    from qdmed.imaging._slideio import pixel_size_or_default, read_slide
 
     if not (isinstance(min_area_fraction, float | int) and 0 < min_area_fraction < 1):
         raise InputError(f"min_area_fraction must be in (0, 1); got {min_area_fraction!r}")
@@ -734,11 +734,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         if spec is not None:
             tma_labels(spec, what)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
-    warnings = []
-    ps = img.pixel_size_um
-    if not ps:
-        ps = 0.5
-        warnings.append("the slide declares no pixel size: 0.5 um/px assumed")
+    ps, warnings = pixel_size_or_default(img.pixel_size_um)
     if brightfield is None:
         brightfield = bool(img.dtype == np.uint8 and img.shape[-1] == 3)
     if brightfield:  # the RGB overview to show, and its optical density to dearray
