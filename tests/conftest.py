@@ -103,13 +103,49 @@ def write_svs():
     return _write_svs
 
 
-def _write_ndpi(path, levels_rgb, *, pixel_size_um=0.4536, magnification=20.0):
+def _jpeg_with_restarts(rgb, mcu_interval, subsampling):
+    """A baseline JPEG of `rgb` with a restart marker every `mcu_interval` MCUs (Pillow's
+    encoder), and the offsets of its restart intervals' entropy-coded data (NDPI
+    McuStarts): after the SOS segment, then after each RSTn marker."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(
+        b, "JPEG", quality=95, subsampling=subsampling, restart_marker_blocks=mcu_interval)
+    jpeg = b.getvalue()
+    i = 2  # after SOI: marker segments up to and including SOS
+    while True:
+        marker, length = struct.unpack(">HH", jpeg[i:i + 4])
+        i += 2 + length
+        if marker == 0xFFDA:
+            break
+    starts = [i]
+    while (i := jpeg.find(b"\xff", i)) >= 0:
+        if 0xD0 <= jpeg[i + 1] <= 0xD7:  # RSTn (0xFF00 is a stuffed byte, 0xFFFF fill)
+            starts.append(i + 2)
+        i += 1 if jpeg[i + 1] == 0xFF else 2
+    return jpeg, starts
+
+
+def _write_ndpi(path, levels_rgb, *, pixel_size_um=0.4536, magnification=20.0,
+                mcu_interval=None, subsampling=2):
     """A Hamamatsu NDPI laid out as NanoZoomer scanners write it and as OpenSlide and
     tifffile read it: a classic little-endian TIFF header and 12-byte IFD entries, but an
     8-byte offset to the first IFD and to each next one, each IFD followed by the high 32
     bits of its entries' values; Make/Model/Software, the resolution in pixels per cm, the
     Hamamatsu tags 65420 (file format) and 65421 (magnification; -1 marks the macro, added
-    last); one JPEG strip per page (no McuStarts: the small pages of real files)."""
+    last); one JPEG strip per page.
+
+    With `mcu_interval`, level 0 is written as the scanners write their large pages: one
+    JPEG with a restart marker every `mcu_interval` MCUs (chroma `subsampling` as Pillow
+    takes it: 2 is 4:2:0, 0 is 4:4:4), and the NDPI tag McuStarts (65426) giving the
+    offset, from the strip's start, of each restart interval's entropy-coded data: the
+    first just after the scan header, the others just after their RST marker, as OpenSlide
+    checks them (Goode et al., J Pathol Inform 2013; openslide-vendor-hamamatsu.c). tifffile
+    reads such a page as tiles of one interval each."""
     import struct
 
     import imagecodecs
@@ -126,8 +162,12 @@ def _write_ndpi(path, levels_rgb, *, pixel_size_um=0.4536, magnification=20.0):
         return struct.pack("<I", off)
 
     next_at = 4  # where the offset to the next IFD goes
-    for im, ps, mag in pages:
-        jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(im), level=95)
+    for i, (im, ps, mag) in enumerate(pages):
+        mcu_starts = None
+        if mcu_interval is not None and i == 0:
+            jpeg, mcu_starts = _jpeg_with_restarts(im, mcu_interval, subsampling)
+        else:
+            jpeg = imagecodecs.jpeg8_encode(np.ascontiguousarray(im), level=95)
         strip = len(buf)
         buf.extend(jpeg)
         h, w = im.shape[:2]
@@ -140,6 +180,9 @@ def _write_ndpi(path, levels_rgb, *, pixel_size_um=0.4536, magnification=20.0):
                 (278, 4, 1, u32(h)), (279, 4, 1, u32(len(jpeg))),
                 (305, 2, 15, blob(b"NDP.scan 3.4.0\0")),
                 (65420, 4, 1, u32(1)), (65421, 11, 1, struct.pack("<f", mag))]
+        if mcu_starts is not None:
+            tags.append((65426, 4, len(mcu_starts),
+                         blob(struct.pack(f"<{len(mcu_starts)}I", *mcu_starts))))
         if ps is not None:
             res = blob(struct.pack("<II", round(1e7 / ps), 1000))  # pixels per cm
             tags += [(282, 5, 1, res), (283, 5, 1, res), (296, 3, 1, u16(3))]
@@ -153,6 +196,9 @@ def _write_ndpi(path, levels_rgb, *, pixel_size_um=0.4536, magnification=20.0):
     with open(path, "wb") as f:
         f.write(bytes(buf))
     return path
+
+
+_write_ndpi.jpeg_with_restarts = _jpeg_with_restarts  # level 0's JPEG, for references
 
 
 @pytest.fixture

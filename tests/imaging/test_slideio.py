@@ -351,6 +351,39 @@ def test_hamamatsu_ndpi_pyramid_and_pixel_size(tmp_path, write_ndpi):
         imagecodecs.jpeg8_encode(small, level=95)))
 
 
+@pytest.mark.parametrize("subsampling", [0, 2])
+def test_ndpi_level_read_by_its_restart_intervals(tmp_path, write_ndpi, subsampling):
+    """A NanoZoomer's large level: one JPEG with restart markers, read by the intervals its
+    McuStarts tag locates (tiles one MCU row tall). The colours are the stream's (YCbCr
+    decoded to RGB, as OpenSlide and a decode of the whole JPEG give them); tifffile alone
+    read these tiles' YCbCr samples as RGB. With 4:4:4 chroma the pixels equal the whole
+    JPEG's decode; with 4:2:0, chroma upsampling cannot look across an interval's edge, so
+    pixels within 2 px of one (or of the image's bottom edge, which cuts an interval) may
+    differ, as in any reader that decodes by intervals, and all others are equal."""
+    import imagecodecs
+
+    img = _ihc_2x2()[:1000]  # the last MCU row partly outside the image
+    p = write_ndpi(tmp_path / "big.ndpi", [img, np.ascontiguousarray(img[::4, ::4])],
+                   mcu_interval=4, subsampling=subsampling)
+    with tifffile.TiffFile(p) as tf:
+        page = tf.pages[0]
+        th, tw = page.tilelength, page.tilewidth
+    assert (th, tw) == ((8, 32) if subsampling == 0 else (16, 64))
+    s = read_slide(p)
+    assert (s.format, s.shape) == ("ndpi", (1000, 1024, 3))
+    got = s.read_region(0, 1000, 0, 1024)
+    ref = imagecodecs.jpeg8_decode(write_ndpi.jpeg_with_restarts(img, 4, subsampling)[0])
+    assert np.abs(got.astype(int) - img).mean() < 2.0  # a JPEG of the image at q95
+    yy, xx = np.mgrid[:1000, :1024]
+    inner = ((yy % th >= 2) & (yy % th < th - 2) & (xx % tw >= 2) & (xx % tw < tw - 2)
+             & (yy < 1000 - 2))  # nor the image's last rows, mid-interval (1000 = 62.5 x 16)
+    if subsampling == 0:
+        np.testing.assert_array_equal(got, ref)
+    else:
+        np.testing.assert_array_equal(got[inner], ref[inner])
+        assert np.abs(got.astype(int) - ref).mean() < 0.5
+
+
 @pytest.mark.parametrize("suffix,vendor,tool", [
     (".scn", "Leica SCN", "bfconvert"), (".bif", "Ventana BIF", "bfconvert"),
     (".mrxs", "MIRAX", "QuPath")])  # Bio-Formats does not read MIRAX; OpenSlide does

@@ -1175,6 +1175,26 @@ def _tiff_store_class() -> type:
     return _RecordingTiffStore
 
 
+def _ndpi_jpeg_colours_as_openslide(page: Any) -> None:
+    """Let an NDPI page read by its restart intervals decode its colours as its JPEG stream
+    says, as OpenSlide (libjpeg's default) and tifffile's whole-page read do.
+
+    A NanoZoomer writes a large level as one JPEG with restart markers, and the offsets of
+    its intervals in the tag McuStarts; tifffile then reads the page as tiles of one
+    interval each, with the stream's header. To choose the tiles' colour space it asks
+    whether the JPEG is JFIF by reading the bytes at the first tile's offset, which for
+    such a page is entropy-coded data, never the JFIF marker; with the page's Photometric
+    tag RGB, it then decodes YCbCr samples as RGB (a grey tissue read green-violet: found
+    with ``_write_ndpi(mcu_interval=...)`` in the tests, tifffile 2026.3.3). Marked YCbCr,
+    the decoder is told nothing and reads the header's markers (JFIF or Adobe), as for
+    the page's other readers."""
+    import tifffile
+
+    if (getattr(page, "is_ndpi", False) and getattr(page, "jpegheader", None) is not None
+            and page.photometric == tifffile.PHOTOMETRIC.RGB):
+        page.photometric = tifffile.PHOTOMETRIC.YCBCR
+
+
 def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any = None
                      ) -> np.ndarray:
     import tifffile
@@ -1193,6 +1213,7 @@ def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any =
                 mm = np.memmap(path, dtype=series.dtype.newbyteorder(tf.byteorder), mode="r",
                                offset=series.dataoffset, shape=series.shape)
                 return np.array(mm[sel], dtype=series.dtype)  # native byte order
+            _ndpi_jpeg_colours_as_openslide(tf.series[0].levels[level].keyframe)
             store = _tiff_store_class()(tf.series[0], level=level)
             z = zarr.open_array(store, mode="r")
             out = np.asarray(z[sel])
