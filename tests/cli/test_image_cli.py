@@ -626,9 +626,11 @@ def test_dab_flat_field(tmp_path, vignetted_ihc):
     _, seen, blank = vignetted_ihc
     Image.fromarray(seen).save(tmp_path / "img.png")
     Image.fromarray(blank).save(tmp_path / "blank.png")
-    r = run("image", "dab", str(tmp_path / "img.png"), "--background", "auto", "--json")
+    r = run("image", "dab", str(tmp_path / "img.png"), "--json")
     assert r.returncode == 0, r.stderr
     assert "blank field" in " ".join(json.loads(r.stdout)["warnings"])
+    r = run("image", "dab", str(tmp_path / "img.png"), "--background", "auto")
+    assert r.returncode == 2 and "correct the image with a blank field" in r.stderr
     r = run("image", "dab", str(tmp_path / "img.png"), "--flat-field",
             str(tmp_path / "blank.png"), "--background", "auto", "--json")
     assert r.returncode == 0, r.stderr
