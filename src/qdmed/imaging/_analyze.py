@@ -563,7 +563,7 @@ class SlideResult:
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
 WARNING_BLOCKS = ("segmentation", "autofluorescence", "saturation", "offset", "focus", "fit",
-                  "tiling", "cases_scored", "her2")
+                  "tiling", "scored_cells", "cases_scored", "her2")
 #: Tiles whose reads (core plus margins) add up to more than this many times the slide's
 #: area are warned: most of the time then goes to margins (a user's --tile 100 took 184 s
 #: where 2048 took 25 s, the same cells).
@@ -1067,9 +1067,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                  "cells whose centroid lies in the regions"
                  + ("" if tumour is None else " and in the tumour annotations"),
                  "regions": None if reg is None else reg.to_dict(),
-                 "tumour": None if tumour is None else tumour.to_dict()}
+                 "tumour": None if tumour is None else tumour.to_dict(), "warnings": []}
     if reg is not None and len(cells) and not len(scored_cells):
-        selection["warning"] = (f"none of the {len(cells)} cells lies in the regions: nothing "
+        selection["warnings"].append(f"none of the {len(cells)} cells lies in the regions: nothing "
                                 "was scored (do the annotations belong to this slide?)")
     if exclude_flagged:
         before = len(scored_cells)
@@ -1077,7 +1077,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         selection["cells"] += ", less " + " and ".join(
             f"{k.replace('_', ' ')} cells" for k in exclude_flagged)
         if before and not len(scored_cells):
-            selection["warning"] = (f"every one of the {before} cells to score carries a "
+            selection["warnings"].append(f"every one of the {before} cells to score carries a "
                                     "flag left out (exclude_flagged): nothing was scored")
     selection["n_scored"] = int(len(scored_cells))
     tma = reg is not None and reg.is_tma
@@ -1086,8 +1086,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                              "patient); each core's are in regions.csv")
     her2, scored = score_cells(scored_cells, her2_calibration, gates)
     if her2_calibration is not None and her2 is None and len(scored_cells) \
-            and not selection.get("warning"):
-        selection["warning"] = (f"none of the {len(scored_cells)} scored cells has a gradable "
+            and not selection["warnings"]:
+        selection["warnings"].append(f"none of the {len(scored_cells)} scored cells has a gradable "
                                 "HER2 membrane value: HER2 was not scored")
     het = None
     (out / "her2_regions.geojson").unlink(missing_ok=True)

@@ -347,8 +347,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
                     if exclude_flagged:  # cells left out of the scores by quality flags
                         row["n_excluded"] = res.summary["scored_cells"]["excluded"]["total"]
-                    notes = [res.summary["scored_cells"].get("warning") or "",
-                             res.summary["scored_cells"].get("note") or ""]
+                    notes = [res.summary["scored_cells"].get("note") or ""]
                     row["tma"] = bool(res.summary["scored_cells"].get("note"))
                     notes += receptor_notes(res.summary.get("markers_scored"))
                     notes += summary_warnings(res.summary)

@@ -427,12 +427,12 @@ def write_slide_report(result, path=None) -> Path:
     sel = s.get("scored_cells") or {}
     if sel:
         src = (sel.get("regions") or {}).get("source")
-        rep.paragraph(f"Scores use {sel['n_scored']} {sel['cells']}"
+        rep.paragraph(f"Scores use {sel['n_scored']} cells: {sel['cells']}"
                       + (f" ({Path(src).name})." if src else ".")
                       + (" Left out: " + ", ".join(
                           f"{v} {k.replace('_', ' ')}" for k, v in sel["excluded"].items()
                           if k != "total") + " cells." if sel.get("excluded") else "")
-                      + (f" Warning: {sel['warning']}." if sel.get("warning") else "")
+                      + "".join(f" Warning: {w}." for w in sel.get("warnings") or ())
                       + (f" Note: {sel['note']}." if sel.get("note") else ""))
     rep.paragraph(segmentation_paragraph(s) + "".join(
         f" Warning: {w.rstrip('.')}." for w in (s.get("segmentation") or {}).get("warnings", [])))
