@@ -444,6 +444,35 @@ def test_settings_without_a_pixel_size_take_the_slides(tmp_path):
     assert AnalysisSettings().with_pixel_size().pixel_size_um == 0.5
 
 
+def test_a_slide_without_a_pixel_size_is_warned_and_can_be_given_one(tmp_path):
+    """A review found a slide recording no pixel size analysed at 0.5 um/px unsaid (areas
+    and densities off by the square of the scale). It is now warned among the slide's
+    warnings (which the CLI prints), and a given pixel size is used and not warned."""
+    from qdmed.imaging import AnalysisSettings, simulate_field, write_ome_tiff
+    from qdmed.imaging._analyze import summary_warnings
+    from qdmed.imaging._qc import qc_slide
+
+    f = simulate_field((256, 256), preset="BT474", seed=3, **KW)
+    path = write_ome_tiff(tmp_path / "nops.ome.tif", f.image,
+                          channel_names=list(PANEL.channel_names))
+    kw = dict(tile=256, progress=False, write_unmixed=False, outlines=False)
+    r = analyze_slide(path, PANEL, tmp_path / "a", **kw)
+    assert r.summary["settings"]["pixel_size_um"] == 0.5
+    assert [w for w in summary_warnings(r.summary) if w.startswith("slide: ")] == [
+        "slide: the slide declares no pixel size: 0.5 um/px assumed (give --pixel-size-um, "
+        "or AnalysisSettings(pixel_size_um=...))"]
+    g = analyze_slide(path, PANEL, tmp_path / "b", settings=AnalysisSettings(pixel_size_um=0.25),
+                      **kw)
+    assert g.summary["settings"]["pixel_size_um"] == 0.25 and not g.summary["slide"]["warnings"]
+    with pytest.raises(InputError, match="pixel_size_um must be a positive number"):
+        analyze_slide(path, PANEL, tmp_path / "c", settings=AnalysisSettings(pixel_size_um=0),
+                      **kw)
+    q = qc_slide(path, PANEL, tile=256)
+    assert q["pixel_size_um"] == 0.5 and q["warnings"][0].startswith(
+        "slide: the slide declares no pixel size")
+    assert not qc_slide(path, PANEL, tile=256, pixel_size_um=0.25)["slide"]["warnings"]
+
+
 def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
     """A bad tile size or scheduler, or a scheduler that does not answer, used to leave
     out/tiles/run.json behind."""

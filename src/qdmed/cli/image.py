@@ -26,6 +26,7 @@ NOPROG = Annotated[bool, flag("--no-progress", help="No progress bar.")]
 NO_OUTLINES = Annotated[bool, flag("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
 NO_UNMIXED = Annotated[bool, flag("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
 POISSON = Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower).")]
+PIXEL_SIZE = Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's own; one that records none is read at 0.5 um/px, warned: areas and densities scale with its square).")]
 SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")]
 UNMIXED_BITS = Annotated[int | None, typer.Option("--unmixed-bits", help="Round unmixed.ome.zarr's float32 values to this many mantissa bits (1-23; 10: relative error <= 4.9e-4) so it compresses better (2048^2 px x 8 channels: 135 -> 76 MB at 10): lossy, for viewing; cells.parquet is exact either way.")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
@@ -746,24 +747,26 @@ def analyze(
     cell_labels_channel: CELL_LABELS_CHANNEL = None,
     labels_downsample: LABELS_DOWNSAMPLE = 1,
     segmentation: SEGMENTATION = "watershed",
+    pixel_size_um: PIXEL_SIZE = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
-    from qdmed.imaging import AnalysisSettings, analyze_slide, read_slide
+    from qdmed.imaging import AnalysisSettings, analyze_slide
     from qdmed.imaging._analyze import check_exclude_flagged, panel_offset, summary_warnings
     from qdmed.imaging._detector import check_level
     from qdmed.imaging._report import write_slide_report
+    from qdmed.imaging._slideio import _check_pixel_size
 
     panel = _panel(panel_file)
     check_level(saturation_level)  # options are checked before the slide is opened
     panel_offset(panel, _offset(offset))
     check_exclude_flagged(_flags(exclude_flagged))
     her2, gates = _calibration(calibration)
-    px = read_slide(slide).pixel_size_um or 0.5
-    settings = AnalysisSettings(pixel_size_um=px, unmix_weights="poisson" if poisson else None,
-                                segmentation=segmentation)
+    settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um),
+                                unmix_weights="poisson" if poisson else None,
+                                segmentation=segmentation)  # pixel size None: the slide's
     res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         progress=not no_progress, settings=settings, regions=regions,
@@ -888,6 +891,7 @@ def qc(
     offset: OFFSET = None,
     pattern: PATTERN = None,
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG: a slide's tiles by blur (out-of-focus tiles outlined); for a folder, each slide's blur, tiles out of focus and saturation.")] = None,
+    pixel_size_um: PIXEL_SIZE = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -904,7 +908,8 @@ def qc(
     if _slide_folder(path):
         res = qc_folder(path, p, out or Path("qdmed-qc"), tile=tile,
                         saturation_level=saturation_level, offset_adu=_offset(offset),
-                        progress=not no_progress, pattern=pattern)
+                        progress=not no_progress, pattern=pattern,
+                        pixel_size_um=pixel_size_um)
         if plot is not None:
             from qdmed.imaging._qc import qc_folder_figure
 
@@ -923,7 +928,8 @@ def qc(
         typer.echo(f"per-slide table: {Path(res['out']) / 'qc.csv'}")
         return _folder_exit(res)
     d = qc_slide(path, p, out, tile=tile, saturation_level=saturation_level,
-                 offset_adu=_offset(offset), progress=not no_progress)
+                 offset_adu=_offset(offset), progress=not no_progress,
+                 pixel_size_um=pixel_size_um)
     if plot is not None:
         from qdmed.imaging._focus import focus_figure
 
@@ -1098,6 +1104,7 @@ def cohort(
     labels_downsample: LABELS_DOWNSAMPLE = 1,
     poisson: POISSON = False,
     segmentation: SEGMENTATION = "watershed",
+    pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel of every slide (default: each slide's own; one that records none is read at 0.5 um/px, warned).")] = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -1108,8 +1115,12 @@ def cohort(
     from qdmed.imaging._cohort import analyze_cohort
 
     her2, gates = _calibration(calibration)
-    settings = None if not poisson and segmentation == "watershed" else AnalysisSettings(
-        unmix_weights="poisson" if poisson else None, segmentation=segmentation)
+    from qdmed.imaging._slideio import _check_pixel_size
+
+    settings = None if not poisson and segmentation == "watershed" and pixel_size_um is None \
+        else AnalysisSettings(unmix_weights="poisson" if poisson else None,
+                              segmentation=segmentation,
+                              pixel_size_um=_check_pixel_size(pixel_size_um))
     res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          progress=not no_progress, regions_dir=regions_dir,
@@ -1155,7 +1166,7 @@ def dab(
     example_tma: Annotated[Path | None, typer.Option("--example-tma", help="Write an example brightfield H-DAB TMA here (OME-TIFF: 2 x 3 cores cut from scikit-image's IHC image, B-2 lost, A-3 without DAB) to try the DAB commands on, and stop.")] = None,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+ (default 0.05,0.15,0.3: an uncalibrated example; calibrate on control tissue).")] = DAB_EXAMPLE_CUTOFFS,
     background: Annotated[str | None, typer.Option("--background", help="White level (glass) per channel: 'auto' (from the image's glass) or R,G,B levels 0-255 as QuPath's 'Background' (default 255,255,255: white).")] = None,
-    pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's, else 0.5).")] = None,
+    pixel_size_um: PIXEL_SIZE = None,
     regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
     tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations to narrow --regions down to (as analyze --tumour-regions).")] = None,

@@ -38,11 +38,9 @@ from qdmed.imaging._region_scores import (
     score_cells,
     score_slide_regions,
 )
-from qdmed.imaging._slideio import file_ident
+from qdmed.imaging._slideio import DEFAULT_PIXEL_SIZE_UM, file_ident
 
 CELL_ID_STRIDE = 1_000_000
-#: um per pixel where neither the settings nor the slide give one (a 20x scan).
-DEFAULT_PIXEL_SIZE_UM = 0.5
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, so a resumed run never mixes tiles written by another version.
 TILE_FORMAT = 4  # 4: fit samples in the quality-control file
@@ -562,8 +560,8 @@ class SlideResult:
 
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("segmentation", "autofluorescence", "saturation", "offset", "focus", "fit",
-                  "tiling", "scored_cells", "cases_scored", "her2")
+WARNING_BLOCKS = ("slide", "segmentation", "autofluorescence", "saturation", "offset", "focus",
+                  "fit", "tiling", "scored_cells", "cases_scored", "her2")
 #: Tiles whose reads (core plus margins) add up to more than this many times the slide's
 #: area are warned: most of the time then goes to margins (a user's --tile 100 took 184 s
 #: where 2048 took 25 s, the same cells).
@@ -761,6 +759,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         error at most ``2**-(bits + 1)``, 10 bits: 4.9e-4, far below the counts' shot noise)
         so that it compresses better: lossy, for viewing; the cell table is computed from
         the exact abundances either way. Default: exact float32.
+    settings : AnalysisSettings, optional
+        Its ``pixel_size_um`` (None by default) is the slide's own; a slide that records
+        none is read at :data:`DEFAULT_PIXEL_SIZE_UM`, warned in the summary's ``slide``
+        block (areas and densities scale with the square of the pixel size).
     tile : int, px
         Core tile size.
     margin_um : float, um
@@ -890,7 +892,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     from qdmed.imaging._detector import saturation_level as ceiling
     from qdmed.imaging._fit import fit_summary
     from qdmed.imaging._focus import focus_summary, qc_geojson
-    from qdmed.imaging._slideio import read_slide
+    from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
     from qdmed.report import (
         atomic_write_bytes,
         atomic_write_parquet,
@@ -932,7 +934,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_calibration(panel, her2_calibration, gates)
     # the slide's own pixel size unless the settings give one (they did not reach it when
     # settings were given: a 0.25 um slide was segmented at 0.5 um)
-    s = (settings or AnalysisSettings()).with_pixel_size(slide.pixel_size_um)
+    s = settings or AnalysisSettings()
+    _check_pixel_size(s.pixel_size_um)
+    # an assumed pixel size is said: areas and densities scale with its square
+    ps_warnings = [] if s.pixel_size_um is not None else pixel_size_or_default(
+        slide.pixel_size_um, hint="--pixel-size-um, or AnalysisSettings(pixel_size_um=...)")[1]
+    s = s.with_pixel_size(slide.pixel_size_um)
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
 
     objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None
@@ -1114,7 +1121,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                        unmixed_keep_bits)
     summary = {
         "qdmed_version": __version__,
-        "slide": slide.to_dict(),
+        "slide": {**slide.to_dict(), "warnings": ps_warnings},
         "panel": panel.to_dict(),
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),

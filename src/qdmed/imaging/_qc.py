@@ -26,7 +26,8 @@ __all__ = ["qc_folder", "qc_folder_figure", "qc_slide"]
 
 
 def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=None,
-             offset_adu=None, progress: bool = False, reference_region_px: int = 1024) -> dict:
+             offset_adu=None, progress: bool = False, reference_region_px: int = 1024,
+             pixel_size_um: float | None = None) -> dict:
     """Quality control of one slide: the ``saturation``, ``offset`` and ``focus`` blocks of
     an analysis summary (without the per-cell numbers), per tile.
 
@@ -40,6 +41,9 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         Tile edge; use the analysis's tile so that the tiles judged are the same.
     saturation_level, offset_adu
         As in :func:`qdmed.imaging.analyze_slide`.
+    pixel_size_um : float, um, optional
+        Default: the slide's own, else 0.5 um/px (warned in the ``slide`` block); it sets
+        the nuclear smoothing the tiles' blur is judged on.
 
     Returns
     -------
@@ -70,10 +74,11 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     )
     from qdmed.imaging._focus import focus_summary, qc_geojson, tile_blur
     from qdmed.imaging._panel import Panel
-    from qdmed.imaging._slideio import read_slide
+    from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
     from qdmed.report import atomic_write_text, to_jsonable
 
     t0 = time.perf_counter()
+    _check_pixel_size(pixel_size_um)
     check_level(saturation_level)
     off = panel_offset(panel, offset_adu)
     # the panel as an analysis's tiles get it (through its file form, whose rounding moves
@@ -84,7 +89,8 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     h, w, _ = slide.shape
     level, source = ceiling(slide.dtype, significant_bits=slide.significant_bits,
                             level=saturation_level)
-    ps = float(slide.pixel_size_um or 0.5)
+    ps, ps_warnings = pixel_size_or_default(pixel_size_um or slide.pixel_size_um,
+                                            hint="--pixel-size-um")
     k = _nuclear_index(panel)
     ry, rx = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry, min(h, ry + reference_region_px), rx,
@@ -101,7 +107,8 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
             advance()
     merged = merge_channel_stats(stats)
     d: dict[str, Any] = {
-        "qdmed_version": __version__, "slide": slide.to_dict(), "tile_px": int(tile),
+        "qdmed_version": __version__, "slide": {**slide.to_dict(), "warnings": ps_warnings},
+        "pixel_size_um": float(ps), "tile_px": int(tile),
         "nuclear_threshold": float(thr),
         "saturation": saturation_summary(level, source, merged, slide.channel_names, None,
                                          None),
@@ -130,7 +137,8 @@ def _nuclear_index(panel) -> int:
 
 
 def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None,
-              offset_adu=None, progress: bool = True, pattern: str | None = None) -> dict:
+              offset_adu=None, progress: bool = True, pattern: str | None = None,
+              pixel_size_um: float | None = None) -> dict:
     """:func:`qc_slide` for every slide of ``folder`` (matching ``pattern``, see
     :func:`qdmed.imaging._cohort.find_slides`; a slide that cannot be read is
     reported, not fatal), plus slides out of focus as a whole against the others (their
@@ -142,8 +150,10 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     from qdmed.imaging._analyze import _progress, panel_offset, tile_grid
     from qdmed.imaging._cohort import _flag_blurred_slides, find_slides, slide_stem
     from qdmed.imaging._detector import check_level
+    from qdmed.imaging._slideio import _check_pixel_size
     from qdmed.report import atomic_write_text
 
+    _check_pixel_size(pixel_size_um)
     check_level(saturation_level)
     panel_offset(panel, offset_adu)
     tile_grid((64, 64), tile)  # a bad tile is refused before any slide is read
@@ -158,7 +168,8 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                                    "warnings": []}
             try:
                 d = qc_slide(sp, panel, out / "slides" / slide_stem(sp.name), tile=tile,
-                             saturation_level=saturation_level, offset_adu=offset_adu)
+                             saturation_level=saturation_level, offset_adu=offset_adu,
+                             pixel_size_um=pixel_size_um)
                 sat, offs, foc = d["saturation"], d["offset"], d["focus"]
                 row.update(
                     saturation_level=sat["level_adu"],
@@ -180,12 +191,17 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                "n_ok": sum(r["status"] == "ok" for r in rows),
                "n_failed": sum(r["status"] != "ok" for r in rows), "slides": rows,
                "parameters": {"tile": tile, "saturation_level": saturation_level,
+                              "pixel_size_um": pixel_size_um,
                               "offset_adu": None if offset_adu is None
                               else np.asarray(offset_adu, dtype=float).tolist()}}
     atomic_write_text(out / "qc.json", json.dumps(summary, indent=2, sort_keys=True,
                                                  default=str))
     buf = io.StringIO()
-    pd.DataFrame(rows).drop(columns="warnings").to_csv(buf, index=False)
+    table = pd.DataFrame(rows).drop(columns="warnings")
+    for col in ("n_tiles", "n_tiles_out_of_focus"):  # counts stay integers beside failed rows
+        if col in table:
+            table[col] = table[col].astype("Int64")
+    table.to_csv(buf, index=False)
     atomic_write_text(out / "qc.csv", buf.getvalue())
     summary["out"] = str(out)
     return summary
