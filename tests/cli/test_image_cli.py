@@ -115,6 +115,26 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert not (tmp_path / "again" / "unmixed.ome.zarr").exists()
     # the negative control scored with its own 99th-percentile gate: ~1 % positive
     assert json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"] < 5
+    # the calibration records the scale its controls were analysed on (from their
+    # summary.json); the same slide matches it, an 8-bit export of it does not and is warned
+    # (a review scored an 8-bit export 2+ where the 16-bit slide was 3+, unsaid)
+    scale = json.loads((tmp_path / "cal.json").read_text())["controls_intensity_scale"]
+    assert scale["dtype"] == "uint16" and scale["unmixed"] == "its spectra"
+    assert not [w for w in json.loads(r.stdout)["warnings"] if w.startswith("calibration:")]
+    import numpy as np
+
+    from qdmed.imaging import read_slide, write_ome_tiff
+
+    src = read_slide(tmp_path / "neg.ome.tif")
+    write_ome_tiff(tmp_path / "neg8.ome.tif", (np.asarray(src.data) >> 8).astype(np.uint8),
+                   channel_names=list(src.channel_names), pixel_size_um=src.pixel_size_um)
+    r = run("image", "analyze", str(tmp_path / "neg8.ome.tif"), "--out", str(tmp_path / "n8"),
+            "--calibration", str(tmp_path / "cal.json"), "--no-progress", "--no-report",
+            "--json", "--no-outlines", "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    said = [w for w in json.loads(r.stdout)["warnings"] if w.startswith("calibration:")]
+    assert len(said) == 1 and "pixel type uint8 here, uint16 in the controls" in said[0]
+    assert f"! {said[0]}" in r.stderr
     # a gate far above the tissue (none of ~100 nuclei pass, where its noise floor predicts
     # 10 %): the receptor warning is said by analyze too, in full (it was only in
     # summary.json)

@@ -130,40 +130,14 @@ def _panel(path):
 
 
 def _calibration(path):
-    """(Her2Calibration or None, gates or None) from a `qdmed image calibrate` JSON file."""
+    """(Her2Calibration or None, gates or None, the controls' intensity scale or None) from
+    a `qdmed image calibrate` JSON file."""
     if path is None:
-        return None, None
-    from qdmed.errors import FileFormatError, InputError
-    from qdmed.imaging import Her2Calibration, MarkerGate
+        return None, None, None
+    from qdmed.imaging import load_calibration
 
-    try:
-        doc = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read calibration file {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise FileFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
-    if not isinstance(doc, dict) or not (doc.get("her2") or doc.get("gates")):
-        found = (f"keys: {', '.join(sorted(doc)[:8]) or 'none'}" if isinstance(doc, dict)
-                 else f"a JSON {type(doc).__name__}")
-        raise FileFormatError(f"{path}: not a calibration (from qdmed image calibrate): "
-                              f"expected a JSON object with 'her2' and/or 'gates', got {found}")
-    her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
-    raw = doc.get("gates") or {}
-    if not isinstance(raw, dict):
-        raise FileFormatError(f"{path}: 'gates' must map marker names to gate objects; got "
-                              f"{type(raw).__name__}")
-    gates = {}
-    for m, g in raw.items():
-        try:
-            gates[m] = MarkerGate(g["compartment"], float(g["threshold"]),
-                                  false_positive_percent=g.get("false_positive_percent"),
-                                  control_cells=g.get("control_cells"))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise FileFormatError(f"{path}: gate {m!r} needs 'compartment' and a numeric "
-                                  f"'threshold' ({type(exc).__name__}: {exc})") from None
-        except ValueError as exc:  # InputError included: the field it names is in the message
-            raise FileFormatError(f"{path}: gate {m!r}: {exc}") from None
-    return her2, gates or None
+    c = load_calibration(path)
+    return c.her2, c.gates, c.intensity_scale
 
 
 @app.command(short_help="Assign QDs to markers; mixing matrix, condition, spillover.")
@@ -763,12 +737,13 @@ def analyze(
     check_level(saturation_level)  # options are checked before the slide is opened
     panel_offset(panel, _offset(offset))
     check_exclude_flagged(_flags(exclude_flagged))
-    her2, gates = _calibration(calibration)
+    her2, gates, scale = _calibration(calibration)
     settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um),
                                 unmix_weights="poisson" if poisson else None,
                                 segmentation=segmentation)  # pixel size None: the slide's
     res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
+                        calibration_scale=scale,
                         progress=not no_progress, settings=settings, regions=regions,
                         region_class=region_class, outlines=not no_outlines,
                         write_unmixed=not no_unmixed, unmixed_keep_bits=unmixed_bits,
@@ -968,6 +943,7 @@ def calibrate(
 
     from qdmed.errors import InputError
     from qdmed.imaging import calibrate_her2, gates_from_negative_controls
+    from qdmed.imaging._calibration_file import control_summary, controls_scale
     from qdmed.report import atomic_write_text
 
     ctrls, cats, negs = {}, {}, {}
@@ -1003,7 +979,8 @@ def calibrate(
             raise InputError(f"--negative {marker}={name}: no --control {name}=... was given "
                              f"(controls: {', '.join(ctrls)})")
         negs[marker] = name
-    doc = {}
+    scale, scale_warnings = controls_scale({n: control_summary(p) for n, p in paths.items()})
+    doc: dict = {"controls_intensity_scale": scale}
     from qdmed.imaging._scoring import KNOWN_HER2_CONTROLS, _norm_name
 
     known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
@@ -1036,11 +1013,12 @@ def calibrate(
         from qdmed.imaging import her2_controls_scored
 
         doc["controls_scored"] = her2_controls_scored(her2, her2_ctrls)
-        doc["warnings"] = [f"control {n} ({v['category']}) scores {v['scored']} with these "
-                           "cut-offs: check its cells (membrane completeness, segmentation) "
-                           "or its known score"
-                           for n, v in doc["controls_scored"].items()
-                           if v["scored"] != v["category"]]
+        doc["warnings"] = scale_warnings + [
+            f"control {n} ({v['category']}) scores {v['scored']} with these "
+            "cut-offs: check its cells (membrane completeness, segmentation) or its known score"
+            for n, v in doc["controls_scored"].items() if v["scored"] != v["category"]]
+    else:
+        doc["warnings"] = scale_warnings
     if negs:
         gates = gates_from_negative_controls(ctrls, negs)
         doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold,
@@ -1114,7 +1092,7 @@ def cohort(
     from qdmed.imaging import AnalysisSettings
     from qdmed.imaging._cohort import analyze_cohort
 
-    her2, gates = _calibration(calibration)
+    her2, gates, scale = _calibration(calibration)
     from qdmed.imaging._slideio import _check_pixel_size
 
     settings = None if not poisson and segmentation == "watershed" and pixel_size_um is None \
@@ -1123,6 +1101,7 @@ def cohort(
                               pixel_size_um=_check_pixel_size(pixel_size_um))
     res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
+                         calibration_scale=scale,
                          progress=not no_progress, regions_dir=regions_dir,
                          region_class=region_class, outlines=not no_outlines,
                          write_unmixed=not no_unmixed, unmixed_keep_bits=unmixed_bits,

@@ -27,6 +27,7 @@ from qdmed.imaging._brightfield import (
     estimate_stain_vectors,
     score_dab,
 )
+from qdmed.imaging._calibration_file import Calibration, load_calibration
 from qdmed.imaging._calibration_plot import plot_calibration
 from qdmed.imaging._cells import (
     cells_from_labels,
@@ -101,6 +102,7 @@ __all__ = [
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
     "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
+    "Calibration", "load_calibration",
     "compartments", "deconvolve_dab", "design_panel", "endmember_from_control", "estimate_stain_vectors",
     "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score",
     "half_sample_mode", "kkt_violation",

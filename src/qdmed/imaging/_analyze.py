@@ -560,8 +560,8 @@ class SlideResult:
 
 
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("slide", "segmentation", "autofluorescence", "saturation", "offset", "focus",
-                  "fit", "tiling", "scored_cells", "cases_scored", "her2")
+WARNING_BLOCKS = ("slide", "calibration", "segmentation", "autofluorescence", "saturation",
+                  "offset", "focus", "fit", "tiling", "scored_cells", "cases_scored", "her2")
 #: Tiles whose reads (core plus margins) add up to more than this many times the slide's
 #: area are warned: most of the time then goes to margins (a user's --tile 100 took 184 s
 #: where 2048 took 25 s, the same cells).
@@ -740,7 +740,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                   region_min_cells: int = 100, tma_map=None,
                   case_rule: str = "pooled", tumour_regions=None, nuclei_labels=None,
                   labels_channel=None, cell_labels=None,
-                  cell_labels_channel=None, labels_downsample: float = 1) -> SlideResult:
+                  cell_labels_channel=None, labels_downsample: float = 1,
+                  calibration_scale: dict | None = None) -> SlideResult:
     """Analyse a whole slide tile by tile.
 
     Parameters
@@ -775,6 +776,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         Workers of the local cluster (default: min(cores, tiles)).
     her2_calibration : Her2Calibration, optional
         Enables the slide-level HER2 category.
+    calibration_scale : dict, optional
+        The intensity scale the calibration's controls were analysed on
+        (:func:`~qdmed.imaging.load_calibration`'s ``intensity_scale``): a slide on another
+        (another panel or labels, an already-unmixed export, another pixel type or
+        exposure) is warned in the summary's ``calibration`` block.
     resume : bool
         Reuse finished tiles of an interrupted run with the same inputs and settings.
     client : distributed.Client, optional
@@ -932,6 +938,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     panel = check_channels(slide, panel)
     check_unmixable(panel)
     check_calibration(panel, her2_calibration, gates)
+    from qdmed.imaging._calibration_file import intensity_scale, scale_warnings
+
+    calibration = {"intensity_scale": calibration_scale, "warnings": scale_warnings(
+        calibration_scale, intensity_scale(panel.to_dict(), slide.to_dict()))} \
+        if her2_calibration is not None or gates else None
     # the slide's own pixel size unless the settings give one (they did not reach it when
     # settings were given: a 0.25 um slide was segmented at 0.5 um)
     s = settings or AnalysisSettings()
@@ -1122,6 +1133,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     summary = {
         "qdmed_version": __version__,
         "slide": {**slide.to_dict(), "warnings": ps_warnings},
+        "calibration": calibration,
         "panel": panel.to_dict(),
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),

@@ -137,7 +137,8 @@ def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> 
 
 
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
-                   her2_calibration=None, gates=None, progress=True, regions_dir=None,
+                   her2_calibration=None, gates=None, calibration_scale=None,
+                   progress=True, regions_dir=None,
                    region_class: str | None = None, outlines: bool = True,
                    write_unmixed: bool = True, unmixed_keep_bits: int | None = None,
                    autofluorescence: str = "panel",
@@ -200,7 +201,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     (Mesmer's nuclear and whole-cell masks). ``labels_downsample``: the label images'
     downsample of their slides, as :func:`analyze_slide` takes it. ``settings``
     (:class:`~qdmed.imaging.AnalysisSettings`, e.g. Poisson-weighted unmixing or another
-    segmentation) apply to every slide, each at its own pixel size unless they give one."""
+    segmentation) apply to every slide, each at its own pixel size unless they give one.
+    ``calibration_scale``: the intensity scale of the calibration's controls
+    (:func:`~qdmed.imaging.load_calibration`), against which each slide's is checked."""
     import pandas as pd
 
     from qdmed import __version__
@@ -322,7 +325,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         raise InputError(f"{reg.name} is found as both the annotations and "
                                          "the nuclei labels: keep them in separate folders")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
-                                        her2_calibration=her2_calibration, progress=False,
+                                        her2_calibration=her2_calibration,
+                                        calibration_scale=calibration_scale, progress=False,
                                         client=client, gates=gates, regions=reg,
                                         scheduler="synchronous" if sync else None,
                                         region_class=region_class, outlines=outlines,

@@ -1,0 +1,179 @@
+"""The calibration file of ``qdmed image calibrate`` (:func:`load_calibration`), and the
+intensity scale its controls were made on against the slides it is applied to.
+
+HER2 cut-offs and positivity gates are abundances: numbers whose scale is set by how the
+controls were imaged and unmixed (the QD each marker carries, the detection bands or an
+export already unmixed, the detector's bit depth and exposure). Applied to a slide on
+another scale, they score it wrong and say nothing: a review scored one field HER2 3+,
+ER+ and PR+ unmixed from its spectra and HER2 0, ER- and PR- from an inForm-style
+component export of the same field with a calibration made on the spectral controls.
+``qdmed image calibrate`` records the controls' scale from their analysis summaries, and
+:func:`scale_warnings` compares a slide's with it before the slide is analysed.
+
+Warned rather than refused: a lab may rescale deliberately (a normalised export).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdmed.errors import FileFormatError, InputError
+
+#: Fields of the scale compared, and how a difference is said.
+_FIELDS = {
+    "unmixed": "analysed from {}",
+    "labels": "labels (marker: QD) {}",
+    "channels_nm": "detection bands {}",
+    "dtype": "pixel type {}",
+    "significant_bits": "significant bits {}",
+    "exposure_ms": "exposure times (ms) {}",
+}
+
+
+def intensity_scale(panel_dict: dict, slide_dict: dict) -> dict:
+    """What sets the scale of a slide's abundances, from an analysis summary's ``panel``
+    and ``slide`` blocks (or ``Panel.to_dict()`` and ``SlideImage.to_dict()``)."""
+    unmixed = bool(panel_dict.get("unmixed"))
+    return {"unmixed": "an already-unmixed export" if unmixed else "its spectra",
+            "labels": panel_dict.get("labels"),
+            "channels_nm": None if unmixed else panel_dict.get("channels_nm"),
+            "dtype": slide_dict.get("dtype"),
+            "significant_bits": slide_dict.get("significant_bits"),
+            "exposure_ms": slide_dict.get("exposure_ms")}
+
+
+def _differs(field: str, a: Any, b: Any) -> bool:
+    if a is None or b is None:  # unknown on one side (exposure, significant bits): unsaid
+        return field in ("unmixed", "labels", "dtype") and a != b
+    if field == "exposure_ms":
+        return len(a) != len(b) or any(abs(x - y) > 0.01 * max(abs(x), abs(y))
+                                       for x, y in zip(a, b, strict=False))
+    if field == "channels_nm":
+        return [list(map(float, c)) for c in a] != [list(map(float, c)) for c in b]
+    return a != b
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {x}" for k, x in v.items())
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        return ", ".join(f"{c[0]:g}-{c[1]:g}" for c in v)
+    return str(v)
+
+
+def differences(a: dict, b: dict) -> list[tuple[str, Any, Any]]:
+    """``(field, a's value, b's value)`` for every field of two scales that differs."""
+    return [(f, a.get(f), b.get(f)) for f in _FIELDS if _differs(f, a.get(f), b.get(f))]
+
+
+def controls_scale(summaries: dict[str, dict | None]) -> tuple[dict | None, list[str]]:
+    """The controls' common scale from their analysis summaries (name -> summary, None
+    where a control's table came without one), and warnings where controls differ among
+    themselves. None when no control's summary is known."""
+    known = {n: intensity_scale(s["panel"], s["slide"]) for n, s in summaries.items()
+             if s is not None and "panel" in s and "slide" in s}
+    if not known:
+        return None, []
+    warnings = []
+    first, ref = next(iter(known.items()))
+    for name, sc in known.items():
+        for field, x, y in differences(ref, sc):
+            warnings.append(f"controls {first} and {name} differ in "
+                            f"{_FIELDS[field].format('')}({_show(x)} against {_show(y)}): "
+                            "their intensities are not on one scale")
+    missing = [n for n, s in summaries.items() if n not in known]
+    if missing:
+        warnings.append(f"control(s) {', '.join(missing)} came without their analysis "
+                        "summary.json: the scale recorded is the other controls'")
+    return ref, warnings
+
+
+def scale_warnings(calibrated: dict | None, here: dict) -> list[str]:
+    """Warnings where a slide's scale (:func:`intensity_scale`) differs from the one the
+    calibration's controls were analysed on (none when that is unknown)."""
+    if not calibrated:
+        return []
+    diffs = differences(calibrated, here)
+    if not diffs:
+        return []
+    said = "; ".join(f"{_FIELDS[f].format('')}{_show(y)} here, {_show(x)} in the controls"
+                     for f, x, y in diffs)
+    return [f"the calibration's controls were imaged or analysed otherwise ({said}): its "
+            "cut-offs and gates are abundances on the controls' scale and do not carry over; "
+            "calibrate on controls imaged and analysed as this slide"]
+
+
+def control_summary(table_path: str | Path) -> dict | None:
+    """The analysis summary.json beside a control's cells.parquet (None if absent or not
+    an analysis summary)."""
+    p = Path(table_path)
+    f = (p if p.is_dir() else p.parent) / "summary.json"
+    try:
+        doc = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and "panel" in doc and "slide" in doc else None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration file: HER2 cut-offs (:class:`~qdmed.imaging.Her2Calibration`, or
+    None), positivity gates (marker -> :class:`~qdmed.imaging.MarkerGate`, or None) and the
+    intensity scale of the controls they were made on (:func:`intensity_scale`; None when
+    the controls' tables came without their analysis summaries)."""
+
+    her2: Any
+    gates: dict | None
+    intensity_scale: dict | None
+    path: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path,
+                "her2": None if self.her2 is None else self.her2.to_dict(),
+                "gates": None if self.gates is None else {
+                    m: {"compartment": g.compartment, "threshold": g.threshold,
+                        "false_positive_percent": g.false_positive_percent,
+                        "control_cells": g.control_cells} for m, g in self.gates.items()},
+                "intensity_scale": self.intensity_scale}
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a calibration JSON written by ``qdmed image calibrate``: its HER2 cut-offs, its
+    positivity gates and its controls' intensity scale, to pass to
+    :func:`~qdmed.imaging.analyze_slide` (``her2_calibration=c.her2, gates=c.gates,
+    calibration_scale=c.intensity_scale``)."""
+    from qdmed.imaging._scoring import Her2Calibration, MarkerGate
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read calibration file {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
+    if not isinstance(doc, dict) or not (doc.get("her2") or doc.get("gates")):
+        found = (f"keys: {', '.join(sorted(doc)[:8]) or 'none'}" if isinstance(doc, dict)
+                 else f"a JSON {type(doc).__name__}")
+        raise FileFormatError(f"{path}: not a calibration (from qdmed image calibrate): "
+                              f"expected a JSON object with 'her2' and/or 'gates', got {found}")
+    her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
+    raw = doc.get("gates") or {}
+    if not isinstance(raw, dict):
+        raise FileFormatError(f"{path}: 'gates' must map marker names to gate objects; got "
+                              f"{type(raw).__name__}")
+    gates = {}
+    for m, g in raw.items():
+        try:
+            gates[m] = MarkerGate(g["compartment"], float(g["threshold"]),
+                                  false_positive_percent=g.get("false_positive_percent"),
+                                  control_cells=g.get("control_cells"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise FileFormatError(f"{path}: gate {m!r} needs 'compartment' and a numeric "
+                                  f"'threshold' ({type(exc).__name__}: {exc})") from None
+        except ValueError as exc:  # InputError included: the field it names is in the message
+            raise FileFormatError(f"{path}: gate {m!r}: {exc}") from None
+    scale = doc.get("controls_intensity_scale")
+    return Calibration(her2, gates or None, scale if isinstance(scale, dict) else None,
+                       str(path))

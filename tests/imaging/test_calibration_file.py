@@ -1,0 +1,81 @@
+"""The calibration file and the intensity scale of its controls (_calibration_file)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qdmed.errors import FileFormatError
+from qdmed.imaging import load_calibration
+from qdmed.imaging._calibration_file import (
+    controls_scale,
+    intensity_scale,
+    scale_warnings,
+)
+
+SPECTRAL = {"labels": {"HER2": "Qdot 525", "ER": "Qdot 565"},
+            "channels_nm": [[440, 478], [478, 515], [515, 552]]}
+EXPORT = {"unmixed": True, "labels": {"DAPI": "DAPI", "HER2": "Qdot 525", "ER": "Qdot 565"}}
+SLIDE16 = {"dtype": "uint16", "significant_bits": 12, "exposure_ms": [10.0, 20.0, 20.0]}
+
+
+def _summary(panel, slide):
+    return {"panel": panel, "slide": slide}
+
+
+def test_a_slide_on_the_controls_scale_is_not_warned():
+    sc = intensity_scale(SPECTRAL, SLIDE16)
+    assert scale_warnings(sc, intensity_scale(SPECTRAL, SLIDE16)) == []
+    # an exposure known on one side only, or within 1 %, is not a difference
+    assert scale_warnings(sc, intensity_scale(SPECTRAL, {**SLIDE16, "exposure_ms": None})) == []
+    assert scale_warnings(sc, intensity_scale(
+        SPECTRAL, {**SLIDE16, "exposure_ms": [10.05, 20.0, 20.0]})) == []
+    assert scale_warnings(None, sc) == []  # a calibration of unknown scale: nothing to say
+
+
+def test_an_export_another_pixel_type_or_exposure_is_warned():
+    sc = intensity_scale(SPECTRAL, SLIDE16)
+    (w,) = scale_warnings(sc, intensity_scale(EXPORT, {**SLIDE16, "dtype": "float32"}))
+    assert "analysed from an already-unmixed export here, its spectra in the controls" in w
+    assert "pixel type float32 here, uint16 in the controls" in w
+    assert "do not carry over" in w
+    (w,) = scale_warnings(sc, intensity_scale(
+        SPECTRAL, {**SLIDE16, "exposure_ms": [10.0, 40.0, 20.0]}))
+    assert "exposure times (ms) [10.0, 40.0, 20.0] here, [10.0, 20.0, 20.0] in the controls" in w
+    other = {**SPECTRAL, "labels": {"HER2": "Qdot 605", "ER": "Qdot 565"}}
+    (w,) = scale_warnings(sc, intensity_scale(other, SLIDE16))
+    assert "labels (marker: QD) HER2: Qdot 605, ER: Qdot 565 here" in w
+
+
+def test_controls_on_different_scales_are_warned_at_calibration():
+    same, warns = controls_scale({"BT474": _summary(SPECTRAL, SLIDE16),
+                                  "MCF-7": _summary(SPECTRAL, SLIDE16)})
+    assert same == intensity_scale(SPECTRAL, SLIDE16) and warns == []
+    _, warns = controls_scale({"BT474": _summary(SPECTRAL, SLIDE16),
+                               "MCF-7": _summary(SPECTRAL, {**SLIDE16, "dtype": "uint8"})})
+    assert warns == ["controls BT474 and MCF-7 differ in pixel type (uint16 against uint8): "
+                     "their intensities are not on one scale"]
+    sc, warns = controls_scale({"BT474": _summary(SPECTRAL, SLIDE16), "MCF-7": None})
+    assert sc is not None and "MCF-7 came without their analysis summary.json" in warns[0]
+    assert controls_scale({"BT474": None}) == (None, [])
+
+
+def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
+    """The public loader (a review found the README's Python example dropping the gates)."""
+    doc = {"her2": {"marker": "HER2", "faint": 1.0, "weak_moderate": 2.0, "intense": 3.0},
+           "gates": {"ER": {"compartment": "nucleus", "threshold": 4.5}},
+           "controls_intensity_scale": intensity_scale(SPECTRAL, SLIDE16)}
+    p = tmp_path / "cal.json"
+    p.write_text(json.dumps(doc))
+    c = load_calibration(p)
+    assert c.her2.marker == "HER2" and c.her2.intense == 3.0
+    assert c.gates["ER"].threshold == 4.5 and c.gates["ER"].compartment == "nucleus"
+    assert c.intensity_scale["dtype"] == "uint16"
+    assert c.to_dict()["gates"]["ER"]["threshold"] == 4.5
+    p.write_text(json.dumps({"gates": {"ER": {"threshold": 1}}}))
+    with pytest.raises(FileFormatError, match="gate 'ER' needs 'compartment'"):
+        load_calibration(p)
+    p.write_text("[1, 2]")
+    with pytest.raises(FileFormatError, match="not a calibration"):
+        load_calibration(p)
