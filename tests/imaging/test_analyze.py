@@ -125,6 +125,22 @@ def test_channel_mismatch_and_degenerate_library(tmp_path):
     with pytest.raises(InputError, match=r"looks like brightfield: DAB IHC is scored by "
                                          r"`qdmed image dab`"):
         analyze_slide(rgb, PANEL, tmp_path / "out", progress=False)
+    # an image unmixed already (qdmed's own unmixed.ome.zarr: one channel per component and
+    # a residual, 8 like the panel's bands) is refused, pointing to a components panel
+    comps = tmp_path / "unmixed.ome.tif"
+    write_ome_tiff(comps, np.zeros((64, 64, 8), np.float32), pixel_size_um=0.5,
+                   channel_names=[*PANEL.components, "residual"])
+    with pytest.raises(InputError, match=r"named as unmixed components or labels \(DAPI, "
+                                         r"HER2.*residual\).*panel --components"):
+        analyze_slide(comps, PANEL, tmp_path / "out", progress=False)
+    # a spectral slide naming one band after its dye is not taken for one
+    from qdmed.imaging import read_slide
+    from qdmed.imaging._analyze import check_channels
+
+    one = tmp_path / "dapi_band.ome.tif"
+    write_ome_tiff(one, np.zeros((64, 64, 8), np.uint16), pixel_size_um=0.5,
+                   channel_names=["DAPI", *[f"c{i}" for i in range(1, 8)]])
+    assert check_channels(read_slide(one), PANEL) is PANEL
     # the same QD twice: the panel warns and unmixing refuses the degenerate library
     dup = Panel.from_dict({"markers": {"A": {"label": "Qdot 605"}, "B": {"label": "Qdot 605"}},
                            "channels_nm": [[500, 550], [550, 600], [600, 650], [650, 700]]})

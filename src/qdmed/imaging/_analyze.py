@@ -666,6 +666,18 @@ def check_channels(slide, panel: Panel) -> Panel:
     if panel.unmixed:
         return bind_unmixed(panel, slide.channel_names, where=str(slide.path))
     c = slide.shape[-1]
+    # an image already unmixed (qdmed's unmixed.ome.zarr, an inForm component export) with
+    # as many channels as the panel has bands ran as if they were bands (a review found it
+    # scored with a fit warning only): channels named as components or labels are refused.
+    # At least two and half of them, as a spectral slide may name a band after its dye.
+    names = {n.casefold() for n in (*panel.components, *map(str, panel.labels), "residual")}
+    as_components = [n for n in slide.channel_names if n.casefold() in names]
+    if len(as_components) >= max(2, c / 2):
+        raise InputError(
+            f"{slide.path}: its channels are named as unmixed components or labels "
+            f"({', '.join(as_components)}), not detection bands: an image unmixed already "
+            "is analysed with a components panel (qdmed image panel --components "
+            "'DAPI=DAPI,HER2=...' --slide IMAGE; unmixed_panel), not unmixed again")
     if c == len(panel.channels):
         bands = [_band(n) for n in slide.channel_names]
         if all(b is not None for b in bands):
