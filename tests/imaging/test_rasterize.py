@@ -193,6 +193,31 @@ def test_detections_only_and_bad_files(tmp_path):
         read_label_objects(tmp_path / "ring.geojson")
 
 
+def test_objects_off_the_slide_are_counted_and_most_off_refused(tmp_path):
+    """A review drew a 2048^2 slide's cells on its 1024^2 crop: 803 of 3141 drawn and
+    "objects 3141" said. Objects wholly outside are counted; most of them outside (another
+    image, or a downsampled export) is refused, naming the slide's size and the objects'."""
+    from qdmed.imaging._rasterize import check_on_image, n_outside, write_object_labels
+
+    def square(x, y):
+        return {"type": "Feature", "properties": {"objectType": "detection"},
+                "geometry": {"type": "Polygon", "coordinates": [
+                    [[x, y], [x + 4, y], [x + 4, y + 4], [x, y + 4], [x, y]]]}}
+
+    p = tmp_path / "o.geojson"
+    # 3 on a 64^2 slide, one across its right edge (drawn in part), 2 wholly beyond it
+    p.write_text(json.dumps([square(2, 2), square(30, 30), square(50, 10), square(62, 20),
+                             square(64, 0), square(100, 100)]))
+    objs = read_label_objects(p)
+    assert n_outside(objs.nuclei, (64, 64)) == 2 and check_on_image(objs, (64, 64)) == 2
+    out = write_object_labels(objs, (64, 64), tmp_path / "l.ome.zarr")
+    assert read_slide(out).read_region(0, 64, 0, 64)[..., 0].max() == 4
+    with pytest.raises(InputError, match=r"4 of its 6 objects lie wholly outside the slide "
+                                         r"\(32 x 32 px; the objects span x 2-104"):
+        write_object_labels(objs, (32, 32), tmp_path / "m.ome.zarr")
+    assert not (tmp_path / "m.ome.zarr").exists()
+
+
 def test_a_file_with_cells_reads_only_its_cells(tmp_path):
     """QuPath exports subcellular spots as detections beside the cells: with cells in the
     file, only they are objects (a spot would cover its cell's nucleus); null geometries

@@ -617,7 +617,7 @@ def rasterize(
     """Draw cells or detections exported from QuPath as GeoJSON (or any polygons) into a label
     image pixel-aligned with the slide, for --nuclei-labels / --cell-labels (which also take
     the GeoJSON itself)."""
-    from qdmed.imaging._rasterize import read_label_objects, write_object_labels
+    from qdmed.imaging._rasterize import n_outside, read_label_objects, write_object_labels
     from qdmed.imaging._slideio import check_zarr_output, read_slide
 
     check_zarr_output(out, [slide, objects])
@@ -625,15 +625,20 @@ def rasterize(
     objs = read_label_objects(objects)
     path = write_object_labels(objs, src.shape[:2], out, pixel_size_um=src.pixel_size_um,
                                progress=not no_progress)
-    d = {**objs.to_dict(), "labels": str(path), "shape_yx": list(src.shape[:2]),
+    d = {**objs.to_dict(), "n_outside": n_outside(objs.nuclei, src.shape[:2]),
+         "labels": str(path), "shape_yx": list(src.shape[:2]),
          "channels": ["nuclei"] + ([] if objs.cells is None else ["cells"])}
+    warns = [f"{d['n_outside']} of the {d['n_nuclei']} objects lie wholly outside the slide "
+             f"({src.shape[1]} x {src.shape[0]} px) and are not drawn"] if d["n_outside"] else []
     if json_:
-        return print_json(d)
+        return print_json_warned(d, warns)
     print_kv(f"Objects {objects.name}", {
         "objects": d["n_objects"], "nuclei": d["n_nuclei"], "cells": d["n_cells"],
-        "features skipped": d["n_skipped"],
+        "outside the slide": d["n_outside"], "features skipped": d["n_skipped"],
         "label image": f"{path} ({', '.join(d['channels'])}; "
                        f"{d['shape_yx'][0]} x {d['shape_yx'][1]} px)"})
+    for w in warns:
+        print_warning(w)
     return None
 
 

@@ -367,18 +367,50 @@ def rasterize_objects(outlines: Outlines, y0: int, y1: int, x0: int, x1: int,
     return out
 
 
+def n_outside(outlines: Outlines, shape_yx) -> int:
+    """How many objects lie wholly outside an image of ``shape_yx`` (their bounding box
+    misses its ``[0, width] x [0, height]`` px)."""
+    ny, nx = (float(v) for v in shape_yx)
+    b = outlines.boxes
+    present = ~np.isnan(b[:, 0])
+    out = (b[:, 0] >= nx) | (b[:, 2] <= 0) | (b[:, 1] >= ny) | (b[:, 3] <= 0)
+    return int(np.count_nonzero(present & out))
+
+
+def check_on_image(objects: LabelObjects, shape_yx) -> int:
+    """The number of objects wholly outside the image (drawn as nothing), or InputError
+    when more than half are: the objects were drawn on another image, or at another
+    downsample (a review drew a 2048^2 slide's 3141 cells on its 1024^2 crop: 803 drawn,
+    "3141" said)."""
+    n = objects.nuclei.n_present
+    out = n_outside(objects.nuclei, shape_yx)
+    if n and out > n / 2:
+        ny, nx = (int(v) for v in shape_yx)
+        b = objects.nuclei.boxes
+        raise InputError(
+            f"{objects.source}: {out} of its {n} objects lie wholly outside the slide "
+            f"({nx} x {ny} px; the objects span x {np.nanmin(b[:, 0]):.0f}-"
+            f"{np.nanmax(b[:, 2]):.0f}, y {np.nanmin(b[:, 1]):.0f}-{np.nanmax(b[:, 3]):.0f} "
+            "px): were they drawn on another image, or exported at a downsample? Objects "
+            "are full-resolution pixel coordinates of this slide")
+    return out
+
+
 def write_object_labels(objects: LabelObjects, shape_yx, out_path, *,
                         pixel_size_um: float | None = None, block: int = 2048,
                         progress: bool = False, extra: dict | None = None) -> Path:
     """Write `objects` as an OME-Zarr label image of ``shape_yx`` (the slide's) at
     `out_path`, channels ``nuclei`` and, when there are cell outlines, ``cells``; block by
     block (memory bounded by one block), atomically (a temporary folder renamed at the end).
-    An object reaching beyond the image is cut at its edge. An existing Zarr image at
-    `out_path` is replaced; anything else there is refused."""
+    An object reaching beyond the image is cut at its edge; objects wholly outside it are
+    counted (``n_outside`` in the image's ``qdmed.objects``), and refused when more than
+    half are (:func:`check_on_image`). An existing Zarr image at `out_path` is replaced;
+    anything else there is refused."""
     from qdmed import __version__
     from qdmed.imaging._analyze import _progress
     from qdmed.imaging._slideio import _ZarrImageWriter, check_zarr_output
 
+    outside = check_on_image(objects, shape_yx)
     out = check_zarr_output(out_path, [objects.source])
     ny, nx = (int(v) for v in shape_yx)
     kinds = ["nuclei"] + ([] if objects.cells is None else ["cells"])
@@ -395,7 +427,8 @@ def write_object_labels(objects: LabelObjects, shape_yx, out_path, *,
                                             y, y1, x, x1) for k in kinds]
                 writer.write(y, x, np.stack(planes, axis=-1))
                 advance()
-        return writer.finish({"qdmed_version": __version__, "objects": objects.to_dict(),
+        return writer.finish({"qdmed_version": __version__,
+                              "objects": {**objects.to_dict(), "n_outside": outside},
                               "rule": "pixel centre inside (even-odd); later objects on top",
                               **(extra or {})})
     except BaseException:
