@@ -35,6 +35,9 @@ def test_simulate_analyze_cohort(tmp_path):
     c = json.loads(r.stdout)
     status = {row["slide"]: row["status"] for row in c["slides"]}
     assert status == {"a.ome.tif": "ok", "broken.ome.tif": "failed"}
+    # the failed slide's error among the warnings, in the JSON and on stderr
+    (said,) = [w for w in c["warnings"] if w.startswith("broken.ome.tif: failed: ")]
+    assert f"! {said}" in r.stderr
     assert (tmp_path / "co" / "cells.parquet").exists()
     html = (tmp_path / "co" / "report.html").read_text()
     assert "broken.ome.tif" in html and "slides/a/report.html" in html

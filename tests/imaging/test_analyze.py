@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -510,6 +511,12 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
         analyze_slide(slide.path, PANEL, tmp_path / "d", tile=512, progress=False,
                       scheduler=closed)
     assert (tmp_path / "d").is_dir()
+    # the output folder is not the slide (a Zarr group) nor inside it (a review's analysis
+    # wrote itself, unmixed image included, into the slide's group)
+    for out in (slide.path, Path(slide.path) / "analysis"):
+        with pytest.raises(InputError, match="write the output elsewhere"):
+            analyze_slide(slide.path, PANEL, out, tile=512, progress=False)
+    assert not (Path(slide.path) / "analysis").exists()
 
 
 def test_unmixed_ome_zarr_is_written(slide, tmp_path):

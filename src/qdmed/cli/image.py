@@ -1139,7 +1139,11 @@ def cohort(
 
 
 def _cohort_warnings(res: dict) -> list[str]:
-    return [*(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
+    """The cohort's warnings, each failed slide's error first (a review found them in the
+    table only, and with --json nowhere but the slides' rows)."""
+    return [*(f"{r['slide']}: failed: {r['message']}" for r in res.get("slides") or ()
+              if r.get("status") == "failed"),
+            *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
             *(res.get("output_warnings") or [])]
 
 

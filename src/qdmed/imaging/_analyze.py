@@ -910,7 +910,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     from qdmed.imaging._detector import saturation_level as ceiling
     from qdmed.imaging._fit import fit_summary
     from qdmed.imaging._focus import focus_summary, qc_geojson
-    from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
+    from qdmed.imaging._slideio import (
+        _check_pixel_size,
+        check_output_folder,
+        pixel_size_or_default,
+        read_slide,
+    )
     from qdmed.report import (
         atomic_write_bytes,
         atomic_write_parquet,
@@ -944,6 +949,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_n_workers(n_workers)
     check_scheduler(scheduler, n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
+    check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels])
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written

@@ -780,6 +780,21 @@ def check_zarr_output(out, inputs=()) -> Path:
     return out
 
 
+def check_output_folder(out, inputs=()) -> Path:
+    """An output folder that is none of `inputs` and not inside one (a Zarr slide is a
+    folder: a review's ``analyze s.ome.zarr --out s.ome.zarr`` wrote the analysis, unmixed
+    image included, into the slide's own group). InputError otherwise."""
+    out = Path(out).resolve()
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src).resolve()
+        if out == src or (src.is_dir() and src in out.parents):
+            raise InputError(f"the output folder {out} is {'' if out == src else 'inside '}"
+                             f"the input {src}: write the output elsewhere")
+    return Path(out)
+
+
 def is_slide_path(path: str | os.PathLike) -> bool:
     """Whether :func:`read_slide` claims `path` by its name: a suffix it reads, or a
     whole-slide format it refuses with the way to convert it (so its error is the one to
