@@ -242,7 +242,13 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
                        (("simulate", "--missing", "A-1"), "need --tma"),
                        (("analyze", str(slide), "--workers", "0"), "n_workers (--workers)"),
                        (("calibrate", "--control", f"a={tmp_path}", "--control", f"a={tmp_path}"),
-                        "given twice")):
+                        "given twice"),
+                       # a review: "4+" was answered by "need a 0 or 1+ and a 3+ control"
+                       (("calibrate", "--control", f"X={tmp_path}", "--category", "X=4+"),
+                        "--category X=4+: HER2 category must be one of"),
+                       # ... and HER2 twice was answered with DAPI among the duplicates
+                       (("panel", "--markers", "HER2,HER2"),
+                        "marker names given more than once: HER2 (markers: DAPI, HER2, HER2)")):
         r = run("image", *args)
         assert r.returncode == 2 and what in r.stderr, (args, r.stderr)
 

@@ -32,7 +32,7 @@ UNMIXED_BITS = Annotated[int | None, typer.Option("--unmixed-bits", help="Round 
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 REGION_UM = Annotated[float | None, typer.Option("--her2-region-um", help="With --calibration: side (um) of the square regions scored one by one to map HER2 heterogeneity (default 500).")]
 REGION_MIN = Annotated[int | None, typer.Option("--her2-region-min-cells", help="With --calibration: scored cells a heterogeneity region needs (default 100).")]
-OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted before unmixing: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
+OFFSET = Annotated[str | None, typer.Option("--offset", help="Detector offset (dark level), counts, subtracted from every pixel first: one number or one per channel (comma-separated). For images that are not dark-corrected.")]
 EXCLUDE = Annotated[str | None, typer.Option("--exclude-flagged", help="Leave cells with these quality flags out of the scores: saturated, out_of_focus (comma-separated). cells.parquet keeps them.")]
 PER_REGION = Annotated[bool | None, flag("--per-region/--no-per-region", help="Score every region (TMA core or named annotation) on its own: regions.csv. Default: on for TMA cores.")]
 TMA_MAP = Annotated[Path | None, typer.Option("--tma-map", help="CSV of core,case[,slide]: each core's case (patient); cases.csv scores every case from its cores (--case-rule).")]
@@ -949,6 +949,7 @@ def calibrate(
     from qdmed.errors import InputError
     from qdmed.imaging import calibrate_her2, gates_from_negative_controls
     from qdmed.imaging._calibration_file import control_summary, controls_scale
+    from qdmed.imaging._scoring import _category
     from qdmed.report import atomic_write_text
 
     ctrls, cats, negs = {}, {}, {}
@@ -956,6 +957,16 @@ def calibrate(
     for c in control:  # every pair checked before any table is read
         name, path = _pair("--control", c, "NAME=cells.parquet")
         paths[_once("--control", name, paths)] = path
+    for c in category or ():
+        name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
+        _once("--category", name, cats)
+        if name not in paths:
+            raise InputError(f"--category {name}: no --control {name}=... was given "
+                             f"(controls: {', '.join(paths)})")
+        try:  # a category that is none is said as such, before the controls are counted
+            cats[name] = _category(cat)
+        except ValueError as exc:
+            raise InputError(f"--category {name}={cat}: {exc}") from None
     for name, path in paths.items():
         if Path(path).is_dir():  # a control's analysis folder: its cell table
             if not (Path(path) / "cells.parquet").is_file():
@@ -970,13 +981,6 @@ def calibrate(
         except (OSError, ValueError) as exc:
             raise InputError(f"--control {name}: cannot read {path!r} as a cells table: "
                              f"{type(exc).__name__}: {exc}") from exc
-    for c in category or ():
-        name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
-        _once("--category", name, cats)
-        if name not in ctrls:
-            raise InputError(f"--category {name}: no --control {name}=... was given "
-                             f"(controls: {', '.join(ctrls)})")
-        cats[name] = cat
     for c in negative or ():
         marker, name = _pair("--negative", c, "MARKER=CONTROL_NAME")
         _once("--negative", marker, negs)

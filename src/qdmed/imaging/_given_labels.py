@@ -185,7 +185,8 @@ def check_segmentation(segmentation) -> None:
     """Refuse a settings.segmentation (--segmentation) that is none of SEGMENTATIONS."""
     if segmentation not in SEGMENTATIONS:
         raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
-                         f"{', '.join(SEGMENTATIONS)}")
+                         f"{', '.join(SEGMENTATIONS[:-1])} (and 'labels', which giving "
+                         "nuclei label images sets: --nuclei-labels, nuclei_labels)")
 
 
 def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,

@@ -558,7 +558,9 @@ def unmixed_panel(components: dict, *, image_channels=None) -> Panel:
     if af is not None:
         srcs.append(af)
     if len(set(names)) != len(names):
-        raise InputError(f"duplicate component names in {names}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"component names given more than once: {', '.join(twice)} "
+                         f"(components: {', '.join(names)})")
     keys = [s if isinstance(s, int) else _norm_channel(s) for s in srcs]
     dup = sorted({str(s) for s, k in zip(srcs, keys, strict=True) if keys.count(k) > 1})
     if dup:
@@ -711,7 +713,9 @@ def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=N
     if len(markers) != len(spectra):
         raise InputError(f"{len(markers)} markers but {len(spectra)} spectra")
     if len(set(markers)) != len(markers):
-        raise InputError(f"duplicate marker names in {markers}")
+        twice = sorted({m for m in markers if list(markers).count(m) > 1})
+        raise InputError(f"marker names given more than once: {', '.join(twice)} (markers: "
+                         f"{', '.join(markers)})")
     channels = check_bands(channels)
     n_comp = len(markers) + (autofluorescence is not None)
     if len(channels) < n_comp:

@@ -1216,8 +1216,10 @@ def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names
     names = tuple(str(m) for m in marker_names)
     for m in names:
         if m not in _MARKERS:
-            raise UnknownNameError(f"unknown marker {m!r} in marker_names; accepted: "
-                                   f"{', '.join(_MARKERS)}")
+            raise UnknownNameError(
+                f"the synthetic tissue has no expression model for marker {m!r} (marker_names, "
+                f"the panel's markers); it models {', '.join(_MARKERS)}: simulate a panel of "
+                "those (a panel of other markers is analysed on real slides)")
     if len(set(names)) != len(names):
         raise InputError(f"marker_names must be unique, got {list(names)}")
     k = len(names)
