@@ -117,7 +117,14 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert not (tmp_path / "again" / "cells.geojson").exists()
     assert not (tmp_path / "again" / "unmixed.ome.zarr").exists()
     # the negative control scored with its own 99th-percentile gate: ~1 % positive
-    assert json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"] < 5
+    pct = json.loads(r.stdout)["markers_scored"]["percent_positive"]["ER"]
+    assert pct < 5
+    # each cell's positivity in cells.parquet, counting as the slide's percent
+    import pandas as pd
+    import pytest
+
+    er = pd.read_parquet(tmp_path / "again" / "cells.parquet")["ER_positive"]
+    assert str(er.dtype) == "boolean" and 100 * er.sum() / er.notna().sum() == pytest.approx(pct)
     # the calibration records the scale its controls were analysed on (from their
     # summary.json); the same slide matches it, an 8-bit export of it does not and is warned
     # (a review scored an 8-bit export 2+ where the 16-bit slide was 3+, unsaid)

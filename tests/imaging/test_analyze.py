@@ -641,6 +641,11 @@ def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
                for f in gj["features"]}
     assert classes and all(v == f"HER2 {per_cell[k]}" for k, v in classes.items())
     assert res.summary["her2"]["category"] == res.her2.category
+    # ... and cells.parquet: each scored cell's category (a review found it in the GeoJSON
+    # only), missing for the others
+    got = res.cells().set_index("cell_id")["her2_category"]
+    assert got.loc[per_cell.index].tolist() == per_cell.astype(str).tolist()
+    assert got.drop(per_cell.index).isna().all()
     # HER2 heterogeneity by region: the slide's 512 um side in 256 um squares, each scored
     het = res.summary["her2_heterogeneity"]
     assert het["region_um"] == 256.0 and het["n_regions"] == 4

@@ -32,6 +32,7 @@ from qdmed.imaging._given_labels import open_given_labels
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
     assign_regions,
+    cell_results,
     check_count,
     check_min_cells,
     load_tma_map,
@@ -1093,7 +1094,6 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                           s.pixel_size_um, left_out="out_of_focus" in exclude_flagged)
     cells["out_of_focus"] = np.isin(cells["tile"].to_numpy(), focus["out_of_focus_tiles"])
     scored_cells = scored_cells_of(cells)  # with the flag
-    atomic_write_parquet(out / "cells.parquet", cells)
     atomic_write_text(out / "qc_regions.geojson", json.dumps(qc_geojson(focus)))
     detector_stats = merge_channel_stats(qc)
     saturation = saturation_summary(sat_level, sat_source, detector_stats, slide.channel_names,
@@ -1125,6 +1125,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             and not selection["warnings"]:
         selection["warnings"].append(f"none of the {len(scored_cells)} scored cells has a gradable "
                                 "HER2 membrane value: HER2 was not scored")
+    # each cell's own results beside its measures (written once they are known)
+    atomic_write_parquet(out / "cells.parquet", cells.assign(
+        **cell_results(cells, scored_cells, her2, gates)))
     het = None
     (out / "her2_regions.geojson").unlink(missing_ok=True)
     if her2 is not None and not tma:  # squares across a TMA would mix patients' cores

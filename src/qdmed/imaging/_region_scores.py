@@ -107,6 +107,46 @@ def score_cells(cells, her2_calibration=None, gates=None):
     return her2, markers
 
 
+def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
+    """Each cell's own results, as columns for ``cells`` (aligned on its index): the HER2
+    category of the scored cells (``her2_category``: '0'...'3+'; missing for cells not
+    scored or without a gradable membrane), each gated marker's positivity
+    (``<marker>_positive``, nullable boolean: missing where not scored or not measured),
+    and with HER2, ER and PR gated the breast phenotype (``phenotype``). QuPath gives each
+    cell its class the same way; a review found them only in cells.geojson."""
+    import pandas as pd
+
+    out: dict[str, Any] = {}
+    if her2 is not None and "cell_id" in her2.cells.columns:
+        cat = dict(zip(her2.cells["cell_id"].astype(np.int64).tolist(),
+                       her2.cells["category"].astype(str).tolist(), strict=True))
+        out["her2_category"] = pd.Series(
+            [cat.get(int(i)) for i in cells["cell_id"]], index=cells.index, dtype="string")
+    if gates:
+        from qdmed.imaging._scoring import _column, _gate, phenotype, score_positivity
+
+        for m, g in gates.items():
+            g = _gate(m, g)
+            col = pd.Series(pd.NA, index=cells.index, dtype="boolean")
+            if len(scored_cells):
+                pos = np.asarray(score_positivity(scored_cells, marker=m,
+                                                  compartment=g.compartment,
+                                                  threshold=g.threshold,
+                                                  statistic=g.statistic), dtype=bool)
+                measured = np.isfinite(np.asarray(
+                    scored_cells[_column(scored_cells, m, g.compartment, g.statistic)],
+                    dtype=np.float64))
+                col.loc[scored_cells.index[measured]] = pos[measured]
+            out[f"{m}_positive"] = col
+        if {"HER2", "ER", "PR"} <= set(gates):
+            ph = pd.Series(pd.NA, index=cells.index, dtype="string")
+            if len(scored_cells):
+                ph.loc[scored_cells.index] = phenotype(scored_cells, "breast",
+                                                       gates=gates).astype(str).to_numpy()
+            out["phenotype"] = ph
+    return out
+
+
 def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_calibration,
                 gates) -> dict[str, Any]:
     """``row`` completed with the scores of ``cells`` (None: no cells), or with the status
