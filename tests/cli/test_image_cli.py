@@ -75,9 +75,13 @@ def test_simulate_analyze_cohort(tmp_path):
     assert r.returncode == 2 and "'panel' or 'blind'" in r.stderr
     # the analysis settings analyze takes, for every slide of a cohort too
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "cp"), "--workers", "1",
-            "--no-progress", "--json", "--poisson", "--no-outlines", "--no-unmixed")
+            "--no-progress", "--json", "--poisson", "--no-outlines", "--no-unmixed",
+            "--no-report")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["parameters"]["settings"]["unmix_weights"] == "poisson"
+    assert json.loads(r.stdout)["report"] is None  # --no-report: neither the cohort's ...
+    assert not (tmp_path / "cp" / "report.html").exists()
+    assert not (tmp_path / "cp" / "slides" / "a" / "report.html").exists()  # ... nor a slide's
     slide_summary = json.loads((tmp_path / "cp" / "slides" / "a" / "summary.json").read_text())
     assert slide_summary["settings"]["unmix_weights"] == "poisson"
     assert slide_summary["settings"]["pixel_size_um"] == 0.5  # the slide's own

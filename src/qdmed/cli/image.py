@@ -1092,6 +1092,7 @@ def cohort(
     poisson: POISSON = False,
     segmentation: SEGMENTATION = "watershed",
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel of every slide (default: each slide's own; one that records none is read at 0.5 um/px, warned).")] = None,
+    no_report: Annotated[bool, flag("--no-report", help="Skip the HTML reports (the cohort's and each slide's).")] = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -1126,7 +1127,8 @@ def cohort(
                          labels_channel=_index_or_name(labels_channel),
                          cell_labels_dir=cell_labels_dir,
                          cell_labels_channel=_index_or_name(cell_labels_channel),
-                         labels_downsample=labels_downsample, settings=settings)
+                         labels_downsample=labels_downsample, settings=settings,
+                         report=not no_report)
     if json_:
         print_json_warned(res, _cohort_warnings(res))
         return _folder_exit(res)
@@ -1134,7 +1136,7 @@ def cohort(
                                                    "her2_category", "message"])
     typer.echo(f"slides: {res['slides_table']}; cells: "
                + (res["cells"] or "none (no slide was analysed)")
-               + f"; report: {res['report']}"
+               + (f"; report: {res['report']}" if res["report"] else "")
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
     for w in _cohort_warnings(res):

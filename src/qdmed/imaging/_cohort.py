@@ -151,7 +151,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                    case_from_name: str | None = None, nuclei_labels_dir=None,
                    labels_channel=None, cell_labels_dir=None,
                    cell_labels_channel=None, labels_downsample: float = 1,
-                   settings=None) -> dict:
+                   settings=None, report: bool = True) -> dict:
     """Analyse all slides of ``folder`` (those matching ``pattern``, see
     :func:`find_slides`); returns the cohort summary (also written as
     ``cohort.json``), with ``cells.parquet`` holding every cell of every slide (column
@@ -203,7 +203,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     (:class:`~qdmed.imaging.AnalysisSettings`, e.g. Poisson-weighted unmixing or another
     segmentation) apply to every slide, each at its own pixel size unless they give one.
     ``calibration_scale``: the intensity scale of the calibration's controls
-    (:func:`~qdmed.imaging.load_calibration`), against which each slide's is checked."""
+    (:func:`~qdmed.imaging.load_calibration`), against which each slide's is checked.
+    ``report=False`` writes no HTML report (the cohort's nor the slides')."""
     import pandas as pd
 
     from qdmed import __version__
@@ -346,7 +347,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                         cell_labels_channel=cell_labels_channel,
                                         labels_downsample=labels_downsample,
                                         settings=settings)
-                    write_slide_report(res)
+                    if report:
+                        write_slide_report(res)
                     row["n_cells"] = res.summary["n_cells"]
                     row["n_scored"] = res.summary["scored_cells"]["n_scored"]
                     if exclude_flagged:  # cells left out of the scores by quality flags
@@ -509,7 +511,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                               else np.asarray(offset_adu, dtype=float).tolist(),
                               "her2_region_um": her2_region_um,
                               "her2_region_min_cells": her2_region_min_cells},
-               "slides_table": str(out / "cohort.csv"), "report": str(out / "report.html")}
+               "slides_table": str(out / "cohort.csv"),
+               "report": str(out / "report.html") if report else None}
     buf = io.StringIO()
     cols = ["slide", "status", "n_cells", "n_scored", "her2_category", "message"]
     table = pd.DataFrame(rows)
@@ -524,7 +527,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     # the last data output, so its presence marks a complete set (the report is drawn from it)
     atomic_write_text(out / "cohort.json", json.dumps(summary, indent=2, sort_keys=True,
                                                      default=str))
-    write_cohort_report(summary, out)
+    if report:
+        write_cohort_report(summary, out)
     return summary
 
 
