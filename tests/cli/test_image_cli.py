@@ -259,7 +259,10 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
                         "--category X=4+: HER2 category must be one of"),
                        # ... and HER2 twice was answered with DAPI among the duplicates
                        (("panel", "--markers", "HER2,HER2"),
-                        "marker names given more than once: HER2 (markers: DAPI, HER2, HER2)")):
+                        "marker names given more than once: HER2 (markers: DAPI, HER2, HER2)"),
+                       # more markers than default candidates: the catalog's others named
+                       (("panel", "--markers", "HER2,ER,PR,EGFR,mTOR,Ki67,CD8,AR"),
+                        "catalog Qdots not given are Qdot 545, Qdot 585, Qdot 625")):
         r = run("image", *args)
         assert r.returncode == 2 and what in r.stderr, (args, r.stderr)
 
