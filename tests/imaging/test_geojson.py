@@ -136,6 +136,7 @@ def test_cell_features_and_streamed_collection(tmp_path):
         cells[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = lid
         nuclei[(yy - cy) ** 2 + (xx - cx) ** 2 < 16] = lid
     table = pd.DataFrame({"cell_id": [7000001, 7000002], "cell_area_um2": [50.0, 51.0],
+                          "nucleus_area_um2": [12.0, 13.0],
                           "HER2_cell_mean": [1.0, 2.0], "HER2_membrane_mean": [3.0, np.nan],
                           "HER2_membrane_completeness": [0.5, 0.9],
                           "HER2_membrane_stained_mean": [4.5, np.nan],
@@ -149,7 +150,7 @@ def test_cell_features_and_streamed_collection(tmp_path):
     assert f["properties"]["name"] == "7000001"
     assert f["properties"]["metadata"] == {"cell_id": "7000001"}
     assert f["properties"]["measurements"] == {
-        "Cell: Area um^2": 50.0, "HER2: Membrane: Mean": 3.0,
+        "Cell: Area um^2": 50.0, "Nucleus: Area um^2": 12.0, "HER2: Membrane: Mean": 3.0,
         "HER2: Membrane: Completeness": 0.5, "HER2: Membrane: Stained mean": 4.5,
         "ER: Nucleus: Mean": 0.4}
     assert "HER2: Membrane: Mean" not in feats[1]["properties"]["measurements"]  # NaN left out

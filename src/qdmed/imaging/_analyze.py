@@ -44,7 +44,7 @@ from qdmed.imaging._slideio import DEFAULT_PIXEL_SIZE_UM, file_ident
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, so a resumed run never mixes tiles written by another version.
-TILE_FORMAT = 4  # 4: fit samples in the quality-control file
+TILE_FORMAT = 5  # 4: fit samples in the quality-control file; 5: nucleus area in GeoJSON
 
 
 @dataclass(frozen=True)

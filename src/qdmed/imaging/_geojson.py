@@ -10,7 +10,8 @@ origin at the top-left corner of the top-left pixel.
 
 qdmed writes, per cell: a deterministic UUID (uuid5 of the slide name and the cell id, so a
 re-run gives the same ids), ``name`` and ``metadata.cell_id`` = the ``cell_id`` of
-cells.parquet (the join key), the nucleus outline, the cell's area and the mean of every
+cells.parquet (the join key), the nucleus outline, the cell's and nucleus's areas (named
+as QuPath names its own) and the mean of every
 component in the compartment where it is scored as measurements, and, once the slide is
 scored, its per-cell HER2 category as the classification.
 
@@ -43,7 +44,7 @@ def _measurement_columns(table) -> list[tuple[str, str]]:
     """(QuPath measurement name, table column) pairs kept in the GeoJSON."""
     from qdmed.imaging._scoring import MARKER_COMPARTMENTS
 
-    cols = [("Cell: Area um^2", "cell_area_um2")]
+    cols = [("Cell: Area um^2", "cell_area_um2"), ("Nucleus: Area um^2", "nucleus_area_um2")]
     for col in table.columns:
         if not col.endswith("_cell_mean"):
             continue
