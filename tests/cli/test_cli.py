@@ -53,6 +53,23 @@ def test_design_file_with_options_is_refused(tmp_path):
     assert r.returncode == 2 and "--emission, --qy would not be used" in r.stderr, r.stderr
 
 
+def test_designed_probes_get_distinct_names(tmp_path):
+    """A review's two custom labels were both named "CdSe/ZnS", which a panel refuses, and
+    design had no --name: the default name now carries the emission peak."""
+    import yaml
+
+    for nm in (605, 640):
+        r = run("design", "--material", "CdSe", "--shell", "ZnS:0.9", "--emission", str(nm),
+                "--target", "HER2", "--out", str(tmp_path / f"p{nm}.yaml"))
+        assert r.returncode == 0, r.stderr
+    names = [yaml.safe_load((tmp_path / f"p{nm}.yaml").read_text())["name"] for nm in (605, 640)]
+    assert names == ["CdSe/ZnS 605nm anti-HER2", "CdSe/ZnS 640nm anti-HER2"]
+    r = run("design", "--file", str(tmp_path / "p605.yaml"), "--name", "QD605-HER2", "--out",
+            str(tmp_path / "n.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load((tmp_path / "n.yaml").read_text())["name"] == "QD605-HER2"
+
+
 def test_design_json_issue_example():
     r = run("design", "--material", "CdSe", "--shell", "ZnS:0.9", "--emission", "605",
             "--coating", "dhla-peg:2000", "--ligand", "igg:2", "--json")

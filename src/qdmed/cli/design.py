@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,7 @@ def design(
     quantum_yield: Annotated[float | None, typer.Option("--qy", help="Quantum yield, 0-1 (default 0.5).")] = None,
     dose_mg_per_kg: Annotated[float, typer.Option("--dose-mg-per-kg", help="Dose of inorganic QD mass.")] = 1.0,
     stokes_shift_meV: Annotated[float | None, typer.Option("--stokes-mev", help="Measured Stokes shift, meV.")] = None,
+    probe_name: Annotated[str | None, typer.Option("--name", help="The probe's name (default: core/shell, emission peak and targets, e.g. 'CdSe/ZnS 605nm anti-HER2'); a panel's labels need distinct names.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="Probe YAML/JSON file.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the probe file (YAML/JSON) here.")] = None,
     extrapolate: Annotated[bool, flag("--extrapolate", help="Allow sizes outside the sizing curve's range.")] = False,
@@ -40,6 +42,8 @@ def design(
             raise InputError(f"--file holds the whole probe; {', '.join(given)} would not be "
                              "used: edit the file, or design from the options without --file")
         probe = Probe.from_file(file)
+        if probe_name is not None:
+            probe = dataclasses.replace(probe, name=probe_name)
     else:
         if not material:
             raise InputError("give --material (and --emission or --diameter) or --file")
@@ -72,12 +76,16 @@ def design(
             except ValueError:
                 raise InputError(f"--ligand count {val!r} is not an integer") from None
         kw["ligands"] = tuple(ligs)
-        kw["name"] = f"{material}{'/' + kw['shell'] if 'shell' in kw else ''}" + (
-            f" anti-{'/'.join(target)}" if target else "")
         if (emission_nm is None) == (diameter_nm is None):
             raise InputError("give exactly one of --emission and --diameter")
         probe = (Probe.from_emission(material, emission_nm, **kw) if emission_nm is not None
                  else Probe(material, diameter_nm, **kw))
+        # the emission peak in the default name: two probes of one material told apart (a
+        # review's two custom labels were both "CdSe/ZnS", which a panel refuses)
+        peak = probe.sheet(dose_mg_per_kg=dose_mg_per_kg).to_dict()["optics"]["emission_peak_nm"]
+        probe = dataclasses.replace(probe, name=probe_name if probe_name is not None else (
+            f"{material}{'/' + kw['shell'] if 'shell' in kw else ''} {peak:.0f}nm"
+            + (f" anti-{'/'.join(target)}" if target else "")))
     sheet = probe.sheet(dose_mg_per_kg=dose_mg_per_kg)
     if out is not None:
         probe.to_file(out)
