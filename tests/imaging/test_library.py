@@ -134,6 +134,15 @@ def test_library_cli(tmp_path):
     h = f"HER2={tmp_path / 'her2.ome.zarr'}"
     bad = run("--single-stain", h, "--single-stain", h)
     assert bad.returncode == 2 and "given twice" in bad.stderr
+    # the HER2 section given as ER's control too: the two measured spectra are one, and the
+    # panel every analysis would refuse is not written (a review got it written, warned)
+    out.unlink()
+    bad = run("--panel", str(tmp_path / "panel.yaml"), "--unstained", str(tmp_path / "un.ome.zarr"),
+              "--single-stain", h, "--single-stain", f"ER={tmp_path / 'her2.ome.zarr'}",
+              "--out", str(out))
+    assert bad.returncode == 2 and "the measured library is not written" in bad.stderr, bad.stderr
+    assert "HER2 and ER" in bad.stderr or "ER and HER2" in bad.stderr, bad.stderr
+    assert not out.exists()
 
 
 def test_library_names_the_failing_control_and_handles_offset():

@@ -547,9 +547,18 @@ def library(
         stains[name] = Path(path)
     res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
                            offset=_offset(offset), saturation_level=saturation_level)
-    res.panel.to_file(out)
-    if plot:
+    if plot:  # drawn first: it shows what is wrong with a library refused below
         _save_plot(plot, res.plot())
+    from qdmed.errors import InputError
+    from qdmed.imaging._analyze import check_unmixable
+
+    try:  # a panel every analysis would refuse is not written (a review got one written)
+        check_unmixable(res.panel)
+    except InputError as exc:
+        raise InputError(f"the measured library is not written: {exc}"
+                         + (f" (from the controls: {'; '.join(res.warnings)})"
+                            if res.warnings else "")) from None
+    res.panel.to_file(out)
     info = {"out": str(out), "components": res.components}
     if json_:
         return print_json_warned(info, res.warnings)
