@@ -129,6 +129,15 @@ def _panel(path):
     return Panel.from_file(path) if path else breast_panel_5plex()
 
 
+def _given_control(what: str, name: str, controls) -> None:
+    """Refuse an option (`what`) naming a control that no --control gave."""
+    if name not in controls:
+        from qdmed.errors import InputError
+
+        raise InputError(f"{what}: no --control {name}=... was given "
+                         f"(controls: {', '.join(controls)})")
+
+
 def _calibration(path):
     """(Her2Calibration or None, gates or None, the controls' intensity scale or None) from
     a `qdmed image calibrate` JSON file."""
@@ -969,9 +978,7 @@ def calibrate(
     for c in category or ():
         name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
         _once("--category", name, cats)
-        if name not in paths:
-            raise InputError(f"--category {name}: no --control {name}=... was given "
-                             f"(controls: {', '.join(paths)})")
+        _given_control(f"--category {name}", name, paths)
         try:  # a category that is none is said as such, before the controls are counted
             cats[name] = _category(cat)
         except ValueError as exc:
@@ -993,9 +1000,7 @@ def calibrate(
     for c in negative or ():
         marker, name = _pair("--negative", c, "MARKER=CONTROL_NAME")
         _once("--negative", marker, negs)
-        if name not in ctrls:
-            raise InputError(f"--negative {marker}={name}: no --control {name}=... was given "
-                             f"(controls: {', '.join(ctrls)})")
+        _given_control(f"--negative {marker}={name}", name, ctrls)
         negs[marker] = name
     scale, scale_warnings = controls_scale({n: control_summary(p) for n, p in paths.items()})
     doc: dict = {"controls_intensity_scale": scale}
