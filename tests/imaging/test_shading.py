@@ -21,7 +21,7 @@ def test_flat_field_restores_the_cells_of_an_even_image(vignetted_ihc):
     assert raw.n_cells < even.n_cells / 2
     assert any("blank field" in w for w in raw.warnings)
     # nor is any of its glass flat enough to take a white level from: refused, saying so
-    # (its brightest box means lie in the shaded tissue square, spread 3.4-3.6 %)
+    # (its brightest box means lie in the shaded tissue square, robust spread 1.4 %)
     with pytest.raises(InputError, match="no glass is flat: correct the image with a blank"):
         score_dab(seen, od_cutoffs=CUTOFFS, background="auto")
     t = flat_field_correct(seen, blank)
