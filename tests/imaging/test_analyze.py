@@ -517,6 +517,13 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
         with pytest.raises(InputError, match="write the output elsewhere"):
             analyze_slide(slide.path, PANEL, out, tile=512, progress=False)
     assert not (Path(slide.path) / "analysis").exists()
+    # nor is an input where the run writes or removes one of its outputs (the same review
+    # analysed analysis/unmixed.ome.zarr into analysis/: the slide was removed unread)
+    inside = tmp_path / "e" / "unmixed.ome.zarr"
+    shutil.copytree(slide.path, inside)
+    with pytest.raises(InputError, match=r"is where this run writes unmixed.ome.zarr in"):
+        analyze_slide(inside, PANEL, tmp_path / "e", tile=512, progress=False)
+    assert (inside / "zarr.json").exists() or (inside / ".zattrs").exists()
 
 
 def test_unmixed_ome_zarr_is_written(slide, tmp_path):

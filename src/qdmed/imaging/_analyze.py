@@ -560,6 +560,11 @@ class SlideResult:
         return self.summary
 
 
+#: What an analysis writes or removes in its output folder (an input there would be lost;
+#: given_labels.ome.zarr is kept when it is the run's own labels).
+OUTPUT_NAMES = ("cells.parquet", "cells.geojson", "summary.json", "report.html", "regions.csv",
+                "cases.csv", "her2_regions.geojson", "qc_regions.geojson", "unmixed.ome.zarr",
+                "tiles")
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
 WARNING_BLOCKS = ("slide", "calibration", "segmentation", "autofluorescence", "saturation",
                   "offset", "focus", "fit", "tiling", "scored_cells", "cases_scored", "her2")
@@ -950,7 +955,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_n_workers(n_workers)
     check_scheduler(scheduler, n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
-    check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels])
+    check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels],
+                        owned=OUTPUT_NAMES)
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written

@@ -780,10 +780,13 @@ def check_zarr_output(out, inputs=()) -> Path:
     return out
 
 
-def check_output_folder(out, inputs=()) -> Path:
+def check_output_folder(out, inputs=(), owned=()) -> Path:
     """An output folder that is none of `inputs` and not inside one (a Zarr slide is a
     folder: a review's ``analyze s.ome.zarr --out s.ome.zarr`` wrote the analysis, unmixed
-    image included, into the slide's own group). InputError otherwise."""
+    image included, into the slide's own group), and where no input lies at (or inside) a
+    name the run writes or removes, `owned` (the same review analysed
+    ``analysis/unmixed.ome.zarr`` with ``--out analysis``: the slide was removed before it
+    was read). InputError otherwise."""
     out = Path(out).resolve()
     for src in inputs:
         if src is None:
@@ -792,6 +795,11 @@ def check_output_folder(out, inputs=()) -> Path:
         if out == src or (src.is_dir() and src in out.parents):
             raise InputError(f"the output folder {out} is {'' if out == src else 'inside '}"
                              f"the input {src}: write the output elsewhere")
+        for name in owned:
+            target = out / name
+            if src == target or target in src.parents:
+                raise InputError(f"the input {src} is where this run writes {name} in {out}: "
+                                 "move it, or write the output elsewhere")
     return Path(out)
 
 
