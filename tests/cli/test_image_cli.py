@@ -133,7 +133,7 @@ def test_calibrate_gates_then_analyze(tmp_path):
     # summary.json); the same slide matches it, an 8-bit export of it does not and is warned
     # (a review scored an 8-bit export 2+ where the 16-bit slide was 3+, unsaid)
     scale = json.loads((tmp_path / "cal.json").read_text())["controls_intensity_scale"]
-    assert scale["dtype"] == "uint16" and scale["unmixed"] == "its spectra"
+    assert scale["dtype"] == "uint16" and scale["unmixed"] == "the detector's spectra"
     assert not [w for w in json.loads(r.stdout)["warnings"] if w.startswith("calibration:")]
     import numpy as np
 
@@ -144,7 +144,7 @@ def test_calibrate_gates_then_analyze(tmp_path):
                    channel_names=list(src.channel_names), pixel_size_um=src.pixel_size_um)
     said = _analyzed_warnings(tmp_path / "neg8.ome.tif", tmp_path / "n8", tmp_path / "cal.json",
                               "calibration:")
-    assert len(said) == 1 and "pixel type uint8 here, uint16 in the controls" in said[0]
+    assert len(said) == 1 and "pixel type: uint8 here, uint16 in the controls" in said[0]
     # a gate far above the tissue (none of ~100 nuclei pass, where its noise floor predicts
     # 10 %): the receptor warning is said by analyze too, in full (it was only in
     # summary.json)

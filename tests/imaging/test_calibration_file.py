@@ -17,7 +17,8 @@ from qdmed.imaging._calibration_file import (
 SPECTRAL = {"labels": {"HER2": "Qdot 525", "ER": "Qdot 565"},
             "channels_nm": [[440, 478], [478, 515], [515, 552]]}
 EXPORT = {"unmixed": True, "labels": {"DAPI": "DAPI", "HER2": "Qdot 525", "ER": "Qdot 565"}}
-SLIDE16 = {"dtype": "uint16", "significant_bits": 12, "exposure_ms": [10.0, 20.0, 20.0]}
+SLIDE16 = {"dtype": "uint16", "significant_bits": 12, "exposure_ms": [10.0, 20.0, 20.0],
+           "channel_names": ["440-478nm", "478-515nm", "515-552nm"]}
 
 
 def _summary(panel, slide):
@@ -37,15 +38,39 @@ def test_a_slide_on_the_controls_scale_is_not_warned():
 def test_an_export_another_pixel_type_or_exposure_is_warned():
     sc = intensity_scale(SPECTRAL, SLIDE16)
     (w,) = scale_warnings(sc, intensity_scale(EXPORT, {**SLIDE16, "dtype": "float32"}))
-    assert "analysed from an already-unmixed export here, its spectra in the controls" in w
-    assert "pixel type float32 here, uint16 in the controls" in w
+    assert ("what was analysed: an already-unmixed export here, the detector's spectra in "
+            "the controls") in w
+    assert "pixel type: float32 here, uint16 in the controls" in w
     assert "do not carry over" in w
     (w,) = scale_warnings(sc, intensity_scale(
         SPECTRAL, {**SLIDE16, "exposure_ms": [10.0, 40.0, 20.0]}))
-    assert "exposure times (ms) [10.0, 40.0, 20.0] here, [10.0, 20.0, 20.0] in the controls" in w
+    assert ("exposure times (ms): 440-478nm: 10, 478-515nm: 40, 515-552nm: 20 here, "
+            "440-478nm: 10, 478-515nm: 20, 515-552nm: 20 in the controls") in w
     other = {**SPECTRAL, "labels": {"HER2": "Qdot 605", "ER": "Qdot 565"}}
     (w,) = scale_warnings(sc, intensity_scale(other, SLIDE16))
-    assert "labels (marker: QD) HER2: Qdot 605, ER: Qdot 565 here" in w
+    assert "labels (marker: QD): HER2: Qdot 605, ER: Qdot 565 here" in w
+    # significant bits are metadata exporters write differently: not compared
+    assert scale_warnings(sc, intensity_scale(SPECTRAL, {**SLIDE16, "significant_bits": 16})) == []
+
+
+def test_exposures_are_compared_by_channel_name_and_for_counts_only():
+    """A review: float exports (which no longer scale with exposure) were warned for their
+    exposures, and exposures were compared by position where components are bound by name."""
+    comps = {"unmixed": True, "labels": {"DAPI": "DAPI", "HER2": "Opal 570"}}
+    f32 = {"dtype": "float32", "channel_names": ["DAPI", "Opal 570"]}
+    assert scale_warnings(intensity_scale(comps, {**f32, "exposure_ms": [5.0, 40.0]}),
+                          intensity_scale(comps, {**f32, "exposure_ms": [5.0, 80.0]})) == []
+    u16 = {"dtype": "uint16", "channel_names": ["DAPI", "Opal 570"], "exposure_ms": [5.0, 40.0]}
+    swapped = {"dtype": "uint16", "channel_names": ["Opal 570", "DAPI"],
+               "exposure_ms": [40.0, 5.0]}  # the same exposures, channels in another order
+    assert scale_warnings(intensity_scale(comps, u16), intensity_scale(comps, swapped)) == []
+    (w,) = scale_warnings(intensity_scale(comps, u16), intensity_scale(
+        comps, {**u16, "exposure_ms": [5.0, 80.0]}))
+    assert "exposure times (ms): DAPI: 5, Opal 570: 80 here" in w
+    # an export's components are read from channels, not labels: said as such
+    (w,) = scale_warnings(intensity_scale(comps, u16), intensity_scale(
+        {**comps, "labels": {"DAPI": "DAPI", "HER2": "Opal 620"}}, u16))
+    assert "components' channels: DAPI: DAPI, HER2: Opal 620 here" in w
 
 
 def test_controls_on_different_scales_are_warned_at_calibration():
@@ -54,7 +79,7 @@ def test_controls_on_different_scales_are_warned_at_calibration():
     assert same == intensity_scale(SPECTRAL, SLIDE16) and warns == []
     _, warns = controls_scale({"BT474": _summary(SPECTRAL, SLIDE16),
                                "MCF-7": _summary(SPECTRAL, {**SLIDE16, "dtype": "uint8"})})
-    assert warns == ["controls BT474 and MCF-7 differ in pixel type (uint16 against uint8): "
+    assert warns == ["controls BT474 and MCF-7 differ in pixel type: uint16 against uint8; "
                      "their intensities are not on one scale"]
     sc, warns = controls_scale({"BT474": _summary(SPECTRAL, SLIDE16), "MCF-7": None})
     assert sc is not None and "MCF-7 came without their analysis summary.json" in warns[0]

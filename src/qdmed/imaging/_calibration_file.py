@@ -3,7 +3,7 @@ intensity scale its controls were made on against the slides it is applied to.
 
 HER2 cut-offs and positivity gates are abundances: numbers whose scale is set by how the
 controls were imaged and unmixed (the QD each marker carries, the detection bands or an
-export already unmixed, the detector's bit depth and exposure). Applied to a slide on
+export already unmixed, the pixel type and the exposures). Applied to a slide on
 another scale, they score it wrong and say nothing: a review scored one field HER2 3+,
 ER+ and PR+ unmixed from its spectra and HER2 0, ER- and PR- from an inForm-style
 component export of the same field with a calibration made on the spectral controls.
@@ -22,35 +22,44 @@ from typing import Any
 
 from qdmed.errors import FileFormatError, InputError
 
-#: Fields of the scale compared, and how a difference is said.
+#: Fields of the scale compared, named as a difference is said.
 _FIELDS = {
-    "unmixed": "analysed from {}",
-    "labels": "labels (marker: QD) {}",
-    "channels_nm": "detection bands {}",
-    "dtype": "pixel type {}",
-    "significant_bits": "significant bits {}",
-    "exposure_ms": "exposure times (ms) {}",
+    "unmixed": "what was analysed",
+    "labels": "labels (marker: QD)",
+    "component_channels": "components' channels",
+    "channels_nm": "detection bands",
+    "dtype": "pixel type",
+    "exposure_ms": "exposure times (ms)",
 }
 
 
 def intensity_scale(panel_dict: dict, slide_dict: dict) -> dict:
     """What sets the scale of a slide's abundances, from an analysis summary's ``panel``
-    and ``slide`` blocks (or ``Panel.to_dict()`` and ``SlideImage.to_dict()``)."""
+    and ``slide`` blocks (or ``Panel.to_dict()`` and ``SlideImage.to_dict()``). Exposures
+    are kept by channel name, and only for integer images: a float image (unmixed, or
+    normalised to counts per time) no longer scales with its exposure, as the cohort's own
+    comparison of exposures takes it."""
+    import numpy as np
+
     unmixed = bool(panel_dict.get("unmixed"))
-    return {"unmixed": "an already-unmixed export" if unmixed else "its spectra",
-            "labels": panel_dict.get("labels"),
+    dtype = slide_dict.get("dtype")
+    exposure = slide_dict.get("exposure_ms")
+    names = slide_dict.get("channel_names") or []
+    integer = dtype is not None and np.dtype(dtype).kind in "ui"
+    return {"unmixed": "an already-unmixed export" if unmixed else "the detector's spectra",
+            "labels": None if unmixed else panel_dict.get("labels"),
+            "component_channels": panel_dict.get("labels") if unmixed else None,
             "channels_nm": None if unmixed else panel_dict.get("channels_nm"),
-            "dtype": slide_dict.get("dtype"),
-            "significant_bits": slide_dict.get("significant_bits"),
-            "exposure_ms": slide_dict.get("exposure_ms")}
+            "dtype": dtype,
+            "exposure_ms": dict(zip(map(str, names), map(float, exposure), strict=False))
+            if integer and exposure and len(exposure) == len(names) else None}
 
 
 def _differs(field: str, a: Any, b: Any) -> bool:
-    if a is None or b is None:  # unknown on one side (exposure, significant bits): unsaid
-        return field in ("unmixed", "labels", "dtype") and a != b
-    if field == "exposure_ms":
-        return len(a) != len(b) or any(abs(x - y) > 0.01 * max(abs(x), abs(y))
-                                       for x, y in zip(a, b, strict=False))
+    if a is None or b is None:  # unknown on one side (exposures): unsaid
+        return field in ("unmixed", "dtype") and a != b
+    if field == "exposure_ms":  # the channels both name
+        return any(abs(a[k] - b[k]) > 0.01 * max(abs(a[k]), abs(b[k])) for k in a if k in b)
     if field == "channels_nm":
         return [list(map(float, c)) for c in a] != [list(map(float, c)) for c in b]
     return a != b
@@ -58,7 +67,8 @@ def _differs(field: str, a: Any, b: Any) -> bool:
 
 def _show(v: Any) -> str:
     if isinstance(v, dict):
-        return ", ".join(f"{k}: {x}" for k, x in v.items())
+        return ", ".join(f"{k}: {x:g}" if isinstance(x, float) else f"{k}: {x}"
+                         for k, x in v.items())
     if isinstance(v, list) and v and isinstance(v[0], list):
         return ", ".join(f"{c[0]:g}-{c[1]:g}" for c in v)
     return str(v)
@@ -81,9 +91,9 @@ def controls_scale(summaries: dict[str, dict | None]) -> tuple[dict | None, list
     first, ref = next(iter(known.items()))
     for name, sc in known.items():
         for field, x, y in differences(ref, sc):
-            warnings.append(f"controls {first} and {name} differ in "
-                            f"{_FIELDS[field].format('')}({_show(x)} against {_show(y)}): "
-                            "their intensities are not on one scale")
+            warnings.append(f"controls {first} and {name} differ in {_FIELDS[field]}: "
+                            f"{_show(x)} against {_show(y)}; their intensities are not on "
+                            "one scale")
     missing = [n for n, s in summaries.items() if n not in known]
     if missing:
         warnings.append(f"control(s) {', '.join(missing)} came without their analysis "
@@ -99,7 +109,7 @@ def scale_warnings(calibrated: dict | None, here: dict) -> list[str]:
     diffs = differences(calibrated, here)
     if not diffs:
         return []
-    said = "; ".join(f"{_FIELDS[f].format('')}{_show(y)} here, {_show(x)} in the controls"
+    said = "; ".join(f"{_FIELDS[f]}: {_show(y)} here, {_show(x)} in the controls"
                      for f, x, y in diffs)
     return [f"the calibration's controls were imaged or analysed otherwise ({said}): its "
             "cut-offs and gates are abundances on the controls' scale and do not carry over; "
