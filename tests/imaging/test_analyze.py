@@ -134,14 +134,15 @@ def test_channel_mismatch_and_degenerate_library(tmp_path):
     with pytest.raises(InputError, match=r"named as unmixed components or labels \(DAPI, "
                                          r"HER2.*residual\).*panel --components"):
         analyze_slide(comps, PANEL, tmp_path / "out", progress=False)
-    # a spectral slide naming one band after its dye is not taken for one
+    # detector counts whose bands are named after their dyes are not taken for components
+    # (a review: uint16 bands named DAPI, Qdot 525, ... with emission wavelengths)
     from qdmed.imaging import read_slide
     from qdmed.imaging._analyze import check_channels
 
-    one = tmp_path / "dapi_band.ome.tif"
-    write_ome_tiff(one, np.zeros((64, 64, 8), np.uint16), pixel_size_um=0.5,
-                   channel_names=["DAPI", *[f"c{i}" for i in range(1, 8)]])
-    assert check_channels(read_slide(one), PANEL) is PANEL
+    dyes = tmp_path / "dye_bands.ome.tif"
+    write_ome_tiff(dyes, np.zeros((64, 64, 8), np.uint16), pixel_size_um=0.5,
+                   channel_names=[*PANEL.labels, "740nm-A", "740nm-B"])
+    assert check_channels(read_slide(dyes), PANEL) is PANEL
     # the same QD twice: the panel warns and unmixing refuses the degenerate library
     dup = Panel.from_dict({"markers": {"A": {"label": "Qdot 605"}, "B": {"label": "Qdot 605"}},
                            "channels_nm": [[500, 550], [550, 600], [600, 650], [650, 700]]})

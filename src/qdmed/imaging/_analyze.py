@@ -674,11 +674,13 @@ def check_channels(slide, panel: Panel) -> Panel:
     c = slide.shape[-1]
     # an image already unmixed (qdmed's unmixed.ome.zarr, an inForm component export) with
     # as many channels as the panel has bands ran as if they were bands (a review found it
-    # scored with a fit warning only): channels named as components or labels are refused.
-    # At least two and half of them, as a spectral slide may name a band after its dye.
+    # scored with a fit warning only): float channels named as components or labels are
+    # refused, at least two and half of them. Not detector counts (integers), nor channels
+    # with emission wavelengths: a spectral slide may name its bands after their dyes.
     names = {n.casefold() for n in (*panel.components, *map(str, panel.labels), "residual")}
     as_components = [n for n in slide.channel_names if n.casefold() in names]
-    if len(as_components) >= max(2, c / 2):
+    if len(as_components) >= max(2, c / 2) and slide.emission_nm is None \
+            and np.dtype(slide.dtype).kind == "f":
         raise InputError(
             f"{slide.path}: its channels are named as unmixed components or labels "
             f"({', '.join(as_components)}), not detection bands: an image unmixed already "

@@ -113,7 +113,8 @@ def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
     scored or without a gradable membrane), each gated marker's positivity
     (``<marker>_positive``, nullable boolean: missing where not scored or not measured),
     and with HER2, ER and PR gated the breast phenotype (``phenotype``). QuPath gives each
-    cell its class the same way; a review found them only in cells.geojson."""
+    cell its class the same way; a review found the HER2 class in cells.geojson only, and
+    the positivity nowhere per cell."""
     import pandas as pd
 
     out: dict[str, Any] = {}
