@@ -245,7 +245,23 @@ def test_slide_analysed_from_qupath_cells(slide, tmp_path):
     _qupath_cells(path, cells, nuclei, 0.0)
     a = analyze_slide(slide.path, PANEL, tmp_path / "a", tile=256, nuclei_labels=path,
                       cell_labels=path, **RUN)
-    assert a.summary["labels"]["objects"] == str(path)
+    assert a.summary["labels"]["objects"] == str(path) and a.summary["labels"]["warnings"] == []
+    # a few objects off the slide are drawn as nothing, and said (a review found them only
+    # in the label image's attributes)
+    doc = json.loads(path.read_text())
+    feats = doc["features"] if isinstance(doc, dict) else doc
+    ring = [[900, 900], [904, 900], [904, 904], [900, 904], [900, 900]]
+    far = {"type": "Feature", "properties": {"objectType": "cell"},
+           "geometry": {"type": "Polygon", "coordinates": [ring]},
+           "nucleusGeometry": {"type": "Polygon", "coordinates": [ring]}}
+    extra = tmp_path / "extra.geojson"
+    extra.write_text(json.dumps([*feats, far, far, far]))
+    e = analyze_slide(slide.path, PANEL, tmp_path / "e", tile=512, nuclei_labels=extra, **RUN)
+    from qdmed.imaging._analyze import summary_warnings
+
+    assert [w for w in summary_warnings(e.summary) if w.startswith("labels: ")] == [
+        f"labels: 3 of the {len(feats) - 1 + 3} objects of extra.geojson lie wholly outside the "  # noqa: E501 - its annotation is skipped
+        "slide and are not drawn"]
     from qdmed.imaging._report import segmentation_paragraph
 
     assert segmentation_paragraph(a.summary).startswith(

@@ -445,6 +445,20 @@ def _remove_stale_temporaries(*folders: Path) -> None:
                 f.unlink(missing_ok=True)
 
 
+def _objects_outside_warnings(image, objects_file: str) -> list[str]:
+    """The warning that some objects of a GeoJSON file lie wholly outside the slide (its
+    label image records how many; most of them outside is refused when it is drawn)."""
+    import zarr
+
+    try:
+        objs = zarr.open_group(str(image), mode="r").attrs.get("qdmed", {}).get("objects", {})
+    except Exception:  # noqa: BLE001 - a label image without the record: nothing to say
+        return []
+    n, out = int(objs.get("n_nuclei") or 0), int(objs.get("n_outside") or 0)
+    return [f"{out} of the {n} objects of {Path(objects_file).name} lie wholly outside the "
+            "slide and are not drawn"] if out else []
+
+
 def _remove_stale_object_labels(out: Path, objects_file, nuclei_labels, cell_labels) -> None:
     """Remove the label image an earlier run drew from GeoJSON objects
     (``given_labels.ome.zarr``) when this run takes no objects file, unless this run reads
@@ -566,8 +580,9 @@ OUTPUT_NAMES = ("cells.parquet", "cells.geojson", "summary.json", "report.html",
                 "cases.csv", "her2_regions.geojson", "qc_regions.geojson", "unmixed.ome.zarr",
                 "tiles")
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
-WARNING_BLOCKS = ("slide", "calibration", "segmentation", "autofluorescence", "saturation",
-                  "offset", "focus", "fit", "tiling", "scored_cells", "cases_scored", "her2")
+WARNING_BLOCKS = ("slide", "calibration", "labels", "segmentation", "autofluorescence",
+                  "saturation", "offset", "focus", "fit", "tiling", "scored_cells",
+                  "cases_scored", "her2")
 #: Tiles whose reads (core plus margins) add up to more than this many times the slide's
 #: area are warned: most of the time then goes to margins (a user's --tile 100 took 184 s
 #: where 2048 took 25 s, the same cells).
@@ -988,6 +1003,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                (h, w), s.segmentation, labels_downsample, slide.pixel_size_um)
     if labels is not None:
         s = replace(s, segmentation="labels")
+    labels_warnings = [] if objects_file is None else _objects_outside_warnings(nuclei_labels,
+                                                                                objects_file)
     sat_level, sat_source = ceiling(
         slide.dtype, significant_bits=slide.significant_bits,
         level=s.saturation_level if saturation_level is None else saturation_level)
@@ -1167,7 +1184,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "panel_file": panel.to_yaml_dict(),
         "settings": s.to_dict(),
         "labels": None if labels is None else {
-            **labels.to_dict(), "objects": objects_file,
+            **labels.to_dict(), "objects": objects_file, "warnings": labels_warnings,
             "cells_without_nucleus": None if labels.cells is None
             else sum(int(q.get("cells_without_nucleus", 0)) for q in qc)},
         "autofluorescence": af_info,
