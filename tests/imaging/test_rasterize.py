@@ -259,9 +259,10 @@ def test_slide_analysed_from_qupath_cells(slide, tmp_path):
     e = analyze_slide(slide.path, PANEL, tmp_path / "e", tile=512, nuclei_labels=extra, **RUN)
     from qdmed.imaging._analyze import summary_warnings
 
+    n = len(feats) - 1 + 3  # its annotation is not an object
     assert [w for w in summary_warnings(e.summary) if w.startswith("labels: ")] == [
-        f"labels: 3 of the {len(feats) - 1 + 3} objects of extra.geojson lie wholly outside the "  # noqa: E501 - its annotation is skipped
-        "slide and are not drawn"]
+        f"labels: 3 of the {n} objects of extra.geojson lie wholly outside the slide and are "
+        "not drawn"]
     from qdmed.imaging._report import segmentation_paragraph
 
     assert segmentation_paragraph(a.summary).startswith(

@@ -895,15 +895,17 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     if len(names) < len(free):
         from qdmed.optics import qdot_catalog
 
-        more = [q for q in qdot_catalog() if q not in known and q.casefold() not in taken]
+        # catalog Qdots not given that this excitation would take, to suggest
+        more = [q for q in qdot_catalog() if q not in known and q.casefold() not in taken
+                and not excitation_problem(q, _label_spectrum(q, grid), float(excitation_nm))]
         raise InputError(f"{len(free)} markers but only {len(names)} usable candidate labels"
                          + (f" (left out: {', '.join(n for n, _ in skipped)}; "
                             f"{skipped[0][1]}{'; and so on' if len(skipped) > 1 else ''})"
                             if skipped else "")
                          + (f": add candidates (--labels, available): catalog Qdots not given "
                             f"are {', '.join(more)}, or custom probes (qdmed design --out)"
-                            if more else ": add custom probes to the candidates (qdmed design "
-                            "--out; --labels, available)"))
+                            if more else "" if skipped else ": add custom probes to the "
+                            "candidates (qdmed design --out; --labels, available)"))
     bright = {n: float((brightness or {}).get(n, 1.0)) for n in names}
     for n, v in bright.items():
         if not (np.isfinite(v) and v > 0):
