@@ -1130,16 +1130,18 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                  "regions": None if reg is None else reg.to_dict(),
                  "tumour": None if tumour is None else tumour.to_dict(), "warnings": []}
     if reg is not None and len(cells) and not len(scored_cells):
-        selection["warnings"].append(f"none of the {len(cells)} cells lies in the regions: nothing "
-                                "was scored (do the annotations belong to this slide?)")
+        selection["warnings"].append(f"none of the {len(cells)} cells lies in the regions: "
+                                     "nothing was scored (do the annotations belong to this "
+                                     "slide?)")
     if exclude_flagged:
         before = len(scored_cells)
         scored_cells, selection["excluded"] = _drop_flagged(scored_cells, exclude_flagged)
         selection["cells"] += ", less " + " and ".join(
             f"{k.replace('_', ' ')} cells" for k in exclude_flagged)
         if before and not len(scored_cells):
-            selection["warnings"].append(f"every one of the {before} cells to score carries a "
-                                    "flag left out (exclude_flagged): nothing was scored")
+            selection["warnings"].append(f"every one of the {before} cells to score carries "
+                                         "a flag left out (exclude_flagged): nothing was "
+                                         "scored")
     selection["n_scored"] = int(len(scored_cells))
     tma = reg is not None and reg.is_tma
     if per_region and tma:
@@ -1148,8 +1150,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     her2, scored = score_cells(scored_cells, her2_calibration, gates)
     if her2_calibration is not None and her2 is None and len(scored_cells) \
             and not selection["warnings"]:
-        selection["warnings"].append(f"none of the {len(scored_cells)} scored cells has a gradable "
-                                "HER2 membrane value: HER2 was not scored")
+        selection["warnings"].append(f"none of the {len(scored_cells)} scored cells has a "
+                                     "gradable HER2 membrane value: HER2 was not scored")
     # each cell's own results beside its measures (written once they are known)
     atomic_write_parquet(out / "cells.parquet", cells.assign(
         **cell_results(cells, scored_cells, her2, gates)))
