@@ -157,6 +157,28 @@ def test_calibrate_gates_then_analyze(tmp_path):
     assert len(said) == 1 and "quieter than the control's" in said[0]
 
 
+def test_a_calibration_with_her2_gives_its_gates_to_a_panel_without_her2(tmp_path):
+    """A review found a calibration holding HER2 cut-offs and gates refused whole on an
+    ER/PR panel; its gates are now used, and the HER2 cut-offs said to be left out."""
+    r = run("image", "panel", "--markers", "ER,PR", "--out", str(tmp_path / "erpr.yaml"))
+    assert r.returncode == 0, r.stderr
+    r = run("image", "simulate", "--panel", str(tmp_path / "erpr.yaml"), "--size", "256",
+            "--preset", "MCF-7", "--out", str(tmp_path / "s.ome.tif"))
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "cal.json").write_text(json.dumps({
+        "her2": {"marker": "HER2", "faint": 1.0, "weak_moderate": 2.0, "intense": 3.0},
+        "gates": {"ER": {"compartment": "nucleus", "threshold": 0.5}}}))
+    r = run("image", "analyze", str(tmp_path / "s.ome.tif"), "--panel",
+            str(tmp_path / "erpr.yaml"), "--calibration", str(tmp_path / "cal.json"), "--out",
+            str(tmp_path / "a"), "--no-progress", "--no-report", "--json", "--no-outlines",
+            "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["warnings"][0] == ("the calibration's HER2 cut-offs score HER2, which the panel "
+                                "lacks: only its positivity gates are used")
+    assert d["markers_scored"]["percent_positive"]["ER"] is not None and d["her2"] is None
+
+
 def _analyzed_warnings(slide, out, calibration, prefix: str) -> list[str]:
     """The warnings starting with `prefix` of `analyze --json` run on `slide`, each also
     printed on stderr."""
@@ -262,8 +284,8 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
                        (("calibrate", "--control", f"X={tmp_path}", "--category", "X=4+"),
                         "--category X=4+: HER2 category must be one of"),
                        # ... and HER2 twice was answered with DAPI among the duplicates
-                       (("panel", "--markers", "HER2,HER2"),
-                        "marker names given more than once: HER2 (markers: DAPI, HER2, HER2)"),
+                       (("panel", "--markers", "HER2,ER,HER2"),
+                        "--markers names HER2 more than once: HER2,ER,HER2"),
                        # more markers than default candidates: the catalog's others named
                        (("panel", "--markers", "HER2,ER,PR,EGFR,mTOR,Ki67,CD8,AR"),
                         "catalog Qdots not given are Qdot 545, Qdot 585, Qdot 625")):

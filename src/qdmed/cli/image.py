@@ -138,6 +138,18 @@ def _given_control(what: str, name: str, controls) -> None:
                          f"(controls: {', '.join(controls)})")
 
 
+def _calibration_for(panel, path):
+    """:func:`_calibration` for a panel, and its warnings: a calibration whose HER2 cut-offs
+    score a marker the panel lacks (an ER/PR panel) but which holds positivity gates gives
+    its gates alone, said so (a review found the whole file refused there)."""
+    her2, gates, scale = _calibration(path)
+    if her2 is not None and gates and her2.marker not in panel.components:
+        return None, gates, scale, [
+            f"the calibration's HER2 cut-offs score {her2.marker}, which the panel lacks: "
+            "only its positivity gates are used"]
+    return her2, gates, scale, []
+
+
 def _calibration(path):
     """(Her2Calibration or None, gates or None, the controls' intensity scale or None) from
     a `qdmed image calibrate` JSON file."""
@@ -201,6 +213,9 @@ def panel(
     if not mk:
         raise InputError(f"--markers names no marker (comma-separated, e.g. HER2,ER,PR); got "
                          f"{markers!r}")
+    twice = sorted({m for m in mk if mk.count(m) > 1})
+    if twice:  # said of the markers given (the panel adds the counterstain)
+        raise InputError(f"--markers names {', '.join(twice)} more than once: {markers}")
     if counterstain and counterstain.strip().upper() != "DAPI":
         from qdmed.errors import UnknownNameError
         from qdmed.optics import get_qdot, qdot_catalog
@@ -760,7 +775,7 @@ def analyze(
     check_level(saturation_level)  # options are checked before the slide is opened
     panel_offset(panel, _offset(offset))
     check_exclude_flagged(_flags(exclude_flagged))
-    her2, gates, scale = _calibration(calibration)
+    her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
     settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um),
                                 unmix_weights="poisson" if poisson else None,
                                 segmentation=segmentation)  # pixel size None: the slide's
@@ -786,7 +801,8 @@ def analyze(
     d = res.to_dict()
     from qdmed.imaging._region_scores import receptor_notes
 
-    warns = summary_warnings(d) + receptor_notes(d.get("markers_scored"), brief=False)
+    warns = cal_warnings + summary_warnings(d) + receptor_notes(d.get("markers_scored"),
+                                                                brief=False)
     if json_:
         return print_json_warned(d, warns)
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],
@@ -1116,14 +1132,15 @@ def cohort(
     from qdmed.imaging import AnalysisSettings
     from qdmed.imaging._cohort import analyze_cohort
 
-    her2, gates, scale = _calibration(calibration)
+    panel = _panel(panel_file)
+    her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
     from qdmed.imaging._slideio import _check_pixel_size
 
     settings = None if not poisson and segmentation == "watershed" and pixel_size_um is None \
         else AnalysisSettings(unmix_weights="poisson" if poisson else None,
                               segmentation=segmentation,
                               pixel_size_um=_check_pixel_size(pixel_size_um))
-    res = analyze_cohort(folder, _panel(panel_file), out, tile=tile, scheduler=scheduler,
+    res = analyze_cohort(folder, panel, out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          calibration_scale=scale,
                          progress=not no_progress, regions_dir=regions_dir,
@@ -1144,7 +1161,7 @@ def cohort(
                          labels_downsample=labels_downsample, settings=settings,
                          report=not no_report)
     if json_:
-        print_json_warned(res, _cohort_warnings(res))
+        print_json_warned(res, cal_warnings + _cohort_warnings(res))
         return _folder_exit(res)
     print_table(f"Cohort {folder}", res["slides"], ["slide", "status", "n_cells", "n_scored",
                                                    "her2_category", "message"])
@@ -1153,7 +1170,7 @@ def cohort(
                + (f"; report: {res['report']}" if res["report"] else "")
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
-    for w in _cohort_warnings(res):
+    for w in cal_warnings + _cohort_warnings(res):
         print_warning(w)
     return _folder_exit(res)
 
