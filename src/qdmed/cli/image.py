@@ -139,26 +139,21 @@ def _given_control(what: str, name: str, controls) -> None:
 
 
 def _calibration_for(panel, path):
-    """:func:`_calibration` for a panel, and its warnings: a calibration whose HER2 cut-offs
-    score a marker the panel lacks (an ER/PR panel) but which holds positivity gates gives
-    its gates alone, said so (a review found the whole file refused there)."""
-    her2, gates, scale = _calibration(path)
-    if her2 is not None and gates and her2.marker not in panel.components:
-        return None, gates, scale, [
-            f"the calibration's HER2 cut-offs score {her2.marker}, which the panel lacks: "
-            "only its positivity gates are used"]
-    return her2, gates, scale, []
-
-
-def _calibration(path):
-    """(Her2Calibration or None, gates or None, the controls' intensity scale or None) from
-    a `qdmed image calibrate` JSON file."""
+    """(Her2Calibration or None, gates or None, the controls' intensity scale or None,
+    warnings) from a `qdmed image calibrate` JSON file, for a panel: a calibration whose
+    HER2 cut-offs score a marker the panel lacks (an ER/PR panel) but which holds
+    positivity gates gives its gates alone, said so (a review found the whole file refused
+    there)."""
     if path is None:
-        return None, None, None
+        return None, None, None, []
     from qdmed.imaging import load_calibration
 
     c = load_calibration(path)
-    return c.her2, c.gates, c.intensity_scale
+    if c.her2 is not None and c.gates and c.her2.marker not in panel.components:
+        return None, c.gates, c.intensity_scale, [
+            f"the calibration's HER2 cut-offs score {c.her2.marker}, which the panel lacks: "
+            "only its positivity gates are used"]
+    return c.her2, c.gates, c.intensity_scale, []
 
 
 @app.command(short_help="Assign QDs to markers; mixing matrix, condition, spillover.")
@@ -650,7 +645,12 @@ def rasterize(
     """Draw cells or detections exported from QuPath as GeoJSON (or any polygons) into a label
     image pixel-aligned with the slide, for --nuclei-labels / --cell-labels (which also take
     the GeoJSON itself)."""
-    from qdmed.imaging._rasterize import n_outside, read_label_objects, write_object_labels
+    from qdmed.imaging._rasterize import (
+        n_outside,
+        outside_warnings,
+        read_label_objects,
+        write_object_labels,
+    )
     from qdmed.imaging._slideio import check_zarr_output, read_slide
 
     check_zarr_output(out, [slide, objects])
@@ -661,8 +661,7 @@ def rasterize(
     d = {**objs.to_dict(), "n_outside": n_outside(objs.nuclei, src.shape[:2]),
          "labels": str(path), "shape_yx": list(src.shape[:2]),
          "channels": ["nuclei"] + ([] if objs.cells is None else ["cells"])}
-    warns = [f"{d['n_outside']} of the {d['n_nuclei']} objects lie wholly outside the slide "
-             f"({src.shape[1]} x {src.shape[0]} px) and are not drawn"] if d["n_outside"] else []
+    warns = outside_warnings(d["n_outside"], d["n_nuclei"], objects)
     if json_:
         return print_json_warned(d, warns)
     print_kv(f"Objects {objects.name}", {
@@ -1060,10 +1059,7 @@ def calibrate(
         doc["warnings"] = scale_warnings
     if negs:
         gates = gates_from_negative_controls(ctrls, negs)
-        doc["gates"] = {m: {"compartment": g.compartment, "threshold": g.threshold,
-                            "false_positive_percent": g.false_positive_percent,
-                            "control_cells": g.control_cells}
-                        for m, g in gates.items()}
+        doc["gates"] = {m: g.to_dict() for m, g in gates.items()}
     if plot is not None:  # drawn first: a figure that cannot be made leaves no calibration
         from qdmed.imaging import plot_calibration
 

@@ -35,6 +35,7 @@ from qdmed.imaging._region_scores import (
     cell_results,
     check_count,
     check_min_cells,
+    her2_categories,
     load_tma_map,
     score_cells,
     score_slide_regions,
@@ -454,9 +455,10 @@ def _objects_outside_warnings(image, objects_file: str) -> list[str]:
         objs = zarr.open_group(str(image), mode="r").attrs.get("qdmed", {}).get("objects", {})
     except Exception:  # noqa: BLE001 - a label image without the record: nothing to say
         return []
-    n, out = int(objs.get("n_nuclei") or 0), int(objs.get("n_outside") or 0)
-    return [f"{out} of the {n} objects of {Path(objects_file).name} lie wholly outside the "
-            "slide and are not drawn"] if out else []
+    from qdmed.imaging._rasterize import outside_warnings
+
+    return outside_warnings(int(objs.get("n_outside") or 0), int(objs.get("n_nuclei") or 0),
+                            objects_file)
 
 
 def _remove_stale_object_labels(out: Path, objects_file, nuclei_labels, cell_labels) -> None:
@@ -539,12 +541,10 @@ def _nucleus_centroids(nuclei, ids, oy, ox):
 
 def _classifier(her2):
     """cell_id -> (QuPath class name, RGB) from the per-cell HER2 categories, or None."""
-    if her2 is None or "cell_id" not in her2.cells.columns:
+    cat = her2_categories(her2)
+    if cat is None:
         return None
     from qdmed.imaging._geojson import HER2_COLOURS
-
-    cat = dict(zip(her2.cells["cell_id"].astype(np.int64).tolist(),
-                   her2.cells["category"].astype(str).tolist(), strict=True))
 
     def classify(ids):
         return {i: (f"HER2 {cat[i]}", HER2_COLOURS[cat[i]]) for i in ids if i in cat}
@@ -988,11 +988,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     # the slide's own pixel size unless the settings give one (they did not reach it when
     # settings were given: a 0.25 um slide was segmented at 0.5 um)
     s = settings or AnalysisSettings()
-    _check_pixel_size(s.pixel_size_um)
-    # an assumed pixel size is said: areas and densities scale with its square
-    ps_warnings = [] if s.pixel_size_um is not None else pixel_size_or_default(
-        slide.pixel_size_um, hint="--pixel-size-um, or AnalysisSettings(pixel_size_um=...)")[1]
-    s = s.with_pixel_size(slide.pixel_size_um)
+    ps_warnings = []
+    if _check_pixel_size(s.pixel_size_um) is None:
+        # an assumed pixel size is said: areas and densities scale with its square
+        ps, ps_warnings = pixel_size_or_default(
+            slide.pixel_size_um, hint="--pixel-size-um, or AnalysisSettings(pixel_size_um=...)")
+        s = replace(s, pixel_size_um=float(ps))
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
 
     objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None

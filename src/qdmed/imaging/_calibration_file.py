@@ -144,9 +144,7 @@ class Calibration:
         return {"path": self.path,
                 "her2": None if self.her2 is None else self.her2.to_dict(),
                 "gates": None if self.gates is None else {
-                    m: {"compartment": g.compartment, "threshold": g.threshold,
-                        "false_positive_percent": g.false_positive_percent,
-                        "control_cells": g.control_cells} for m, g in self.gates.items()},
+                    m: g.to_dict() for m, g in self.gates.items()},
                 "intensity_scale": self.intensity_scale}
 
 

@@ -377,6 +377,13 @@ def n_outside(outlines: Outlines, shape_yx) -> int:
     return int(np.count_nonzero(present & out))
 
 
+def outside_warnings(n_out: int, n: int, source) -> list[str]:
+    """The warning that `n_out` of the `n` objects of `source` lie wholly outside the slide
+    (none when none do)."""
+    return [f"{n_out} of the {n} objects of {Path(source).name} lie wholly outside the slide "
+            "and are not drawn"] if n_out else []
+
+
 def check_on_image(objects: LabelObjects, shape_yx) -> int:
     """The number of objects wholly outside the image (drawn as nothing), or InputError
     when more than half are: the objects were drawn on another image, or at another

@@ -107,6 +107,15 @@ def score_cells(cells, her2_calibration=None, gates=None):
     return her2, markers
 
 
+def her2_categories(her2) -> dict[int, str] | None:
+    """cell_id -> HER2 category ('0'...'3+') of a slide's HER2 score's cells (None when
+    there is no score or its cells carry no id)."""
+    if her2 is None or "cell_id" not in her2.cells.columns:
+        return None
+    return dict(zip(her2.cells["cell_id"].astype(np.int64).tolist(),
+                    her2.cells["category"].astype(str).tolist(), strict=True))
+
+
 def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
     """Each cell's own results, as columns for ``cells`` (aligned on its index): the HER2
     category of the scored cells (``her2_category``: '0'...'3+'; missing for cells not
@@ -118,9 +127,8 @@ def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
     import pandas as pd
 
     out: dict[str, Any] = {}
-    if her2 is not None and "cell_id" in her2.cells.columns:
-        cat = dict(zip(her2.cells["cell_id"].astype(np.int64).tolist(),
-                       her2.cells["category"].astype(str).tolist(), strict=True))
+    cat = her2_categories(her2)
+    if cat is not None:
         out["her2_category"] = pd.Series(
             [cat.get(int(i)) for i in cells["cell_id"]], index=cells.index, dtype="string")
     if gates:

@@ -321,6 +321,12 @@ class MarkerGate:
                               or n < 1):
             raise InputError(f"control_cells must be an integer >= 1 or None; got {n!r}.")
 
+    def to_dict(self) -> dict:
+        """The gate as a calibration file holds it (its statistic is the mean)."""
+        return {"compartment": self.compartment, "threshold": self.threshold,
+                "false_positive_percent": self.false_positive_percent,
+                "control_cells": self.control_cells}
+
 
 def _gate(marker: str, g) -> MarkerGate:
     """A MarkerGate from a MarkerGate or a (compartment, threshold[, statistic]) tuple."""
@@ -1373,10 +1379,7 @@ def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
     the breast phenotypes (:data:`BREAST_RULES`); when ER or PR is gated, its ASCO/CAP 2020
     status (:func:`qdmed.imaging.receptor_status`) under ``receptor_status``."""
     gates = {m: _gate(m, g) for m, g in gates.items()}
-    out: dict[str, Any] = {"gates": {m: {"compartment": g.compartment, "threshold": g.threshold,
-                                         "statistic": g.statistic,
-                                         "false_positive_percent": g.false_positive_percent,
-                                         "control_cells": g.control_cells}
+    out: dict[str, Any] = {"gates": {m: {**g.to_dict(), "statistic": g.statistic}
                                      for m, g in gates.items()},
                            "percent_positive": {}}
     for m, g in gates.items():

@@ -766,17 +766,15 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
 
 def check_zarr_output(out, inputs=()) -> Path:
     """An OME-Zarr output path that is safe to replace: ending in ``.zarr``, not an existing
-    file or non-Zarr folder, and none of `inputs` (a slide unmixed onto itself would be
-    gone). InputError otherwise."""
+    file or non-Zarr folder, and neither one of `inputs` nor inside one (a slide unmixed onto
+    itself would be gone; :func:`check_output_folder`). InputError otherwise."""
     out = Path(out)
     if not out.name.lower().endswith(".zarr"):
         raise InputError(f"the output is written as OME-Zarr: its path must end in .zarr "
                          f"(e.g. unmixed.ome.zarr); got {out}")
     if out.exists() and not _is_zarr_group(out):
         raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
-    for src in inputs:
-        if src is not None and Path(src).resolve() == out.resolve():
-            raise InputError(f"{out} is an input of this command: write the output elsewhere")
+    check_output_folder(out, inputs)
     return out
 
 
@@ -793,8 +791,8 @@ def check_output_folder(out, inputs=(), owned=()) -> Path:
             continue
         src = Path(src).resolve()
         if out == src or (src.is_dir() and src in out.parents):
-            raise InputError(f"the output folder {out} is {'' if out == src else 'inside '}"
-                             f"the input {src}: write the output elsewhere")
+            raise InputError(f"{out} is {'' if out == src else 'inside '}an input of this "
+                             f"command ({src}): write the output elsewhere")
         for name in owned:
             target = out / name
             if src == target or target in src.parents:
