@@ -82,7 +82,7 @@ def design(
                  else Probe(material, diameter_nm, **kw))
         # the emission peak in the default name: two probes of one material told apart (a
         # review's two custom labels were both "CdSe/ZnS", which a panel refuses)
-        peak = probe.sheet(dose_mg_per_kg=dose_mg_per_kg).to_dict()["optics"]["emission_peak_nm"]
+        peak = probe.emission().emission_peak_nm
         probe = dataclasses.replace(probe, name=probe_name if probe_name is not None else (
             f"{material}{'/' + kw['shell'] if 'shell' in kw else ''} {peak:.0f}nm"
             + (f" anti-{'/'.join(target)}" if target else "")))
