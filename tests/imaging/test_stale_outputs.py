@@ -120,3 +120,36 @@ def test_a_dab_run_that_fails_before_any_crop_is_done_leaves_no_folder(tmp_path,
         dr.analyze_dab_regions(path, None, tmp_path / "d", od_cutoffs=(0.05, 0.15, 0.3),
                                tile=256, progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_folder_that_is_no_earlier_runs_is_left_alone(tmp_path):
+    """``analyze --out .`` removed the user's own report.html (and would remove a tiles
+    folder's tile_* files): a folder holding the run's output names without any file only
+    such a run writes is refused, untouched (analyze, cohort, DAB slide)."""
+    from qdmed.imaging._dab_regions import analyze_dab_regions
+
+    s = simulate_slide(tmp_path / "s.ome.zarr", (256, 256), preset="BT474", seed=2, tile=256,
+                       **KW)
+    mine = tmp_path / "mine"
+    (mine / "tiles").mkdir(parents=True)
+    (mine / "report.html").write_text("my own report")
+    (mine / "tiles" / "tile_01.png").write_bytes(b"my own tile")
+    with pytest.raises(InputError, match=r"holds report.html, tiles, which this run replaces "
+                                         r"or removes, and is not an earlier run's"):
+        analyze_slide(s.path, PANEL, mine, **RUN)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (tmp_path / "s.ome.zarr").rename(folder / "s.ome.zarr")
+    with pytest.raises(InputError, match=r"holds report.html, which .* \(it has no cohort.csv "
+                                         r"or cohort.json\)"):
+        analyze_cohort(folder, PANEL, mine, **RUN)
+    with pytest.raises(InputError, match=r"holds report.html, tiles, which"):
+        analyze_dab_regions(folder / "s.ome.zarr", None, mine, od_cutoffs=(0.1, 0.2, 0.3))
+    assert sorted(p.name for p in mine.rglob("*")) == ["report.html", "tile_01.png", "tiles"]
+    assert (mine / "report.html").read_text() == "my own report"
+    # an earlier run's folder is still rerun into, its report replaced
+    out = tmp_path / "out"
+    analyze_slide(folder / "s.ome.zarr", PANEL, out, **RUN)
+    (out / "report.html").write_text("an earlier run's report")
+    analyze_slide(folder / "s.ome.zarr", PANEL, out, **RUN)
+    assert not (out / "report.html").exists()  # RUN writes no report

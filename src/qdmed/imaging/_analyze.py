@@ -579,6 +579,9 @@ class SlideResult:
 OUTPUT_NAMES = ("cells.parquet", "cells.geojson", "summary.json", "report.html", "regions.csv",
                 "cases.csv", "her2_regions.geojson", "qc_regions.geojson", "unmixed.ome.zarr",
                 "tiles")
+#: Files only an analysis writes: a folder holding some of OUTPUT_NAMES without them is
+#: someone else's (check_output_folder). summary.json stays when a user removes tiles/.
+OUTPUT_MARKS = ("tiles/run.json", "summary.json")
 #: Summary blocks whose warnings the CLI, cohort and QC tables repeat (prefixed by the name).
 WARNING_BLOCKS = ("slide", "calibration", "labels", "segmentation", "autofluorescence",
                   "saturation", "offset", "focus", "fit", "tiling", "scored_cells",
@@ -973,7 +976,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_scheduler(scheduler, n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
     check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels],
-                        owned=OUTPUT_NAMES)
+                        owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written

@@ -136,6 +136,14 @@ def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> 
                      "masks as separate files go in separate folders)")
 
 
+#: What a cohort run writes or removes in its output folder, and the files only such a run
+#: writes (check_output_folder: a folder holding the first without the second is someone
+#: else's; a killed run has removed cohort.json but left its slides' tiles).
+OUTPUT_NAMES = ("cohort.csv", "cohort.json", "report.html", "cells.parquet", "regions.csv",
+                "cases.csv", "slides")
+OUTPUT_MARKS = ("cohort.csv", "cohort.json", "slides/*/tiles/run.json", "slides/*/summary.json")
+
+
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, calibration_scale=None,
                    progress=True, regions_dir=None,
@@ -277,6 +285,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     if labels_downsample != 1 and nuclei_labels_dir is None:
         raise InputError("labels_downsample needs a nuclei labels folder (--nuclei-labels-dir)")
     slides = find_slides(folder, required=True, pattern=pattern)
+    from qdmed.imaging._slideio import check_output_folder
+
+    check_output_folder(out_dir, owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
     stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
         slide_cases, case_map_source = _cases_from_names(name_rx, slides)

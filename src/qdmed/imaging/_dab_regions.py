@@ -326,6 +326,14 @@ def _thresholds_summary(jobs, thresholds) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+#: What a DAB slide's run writes or removes in its output folder, and the files only such a
+#: run writes (check_output_folder: a folder holding the first without the second is
+#: someone else's).
+OUTPUT_NAMES = ("cells.parquet", "summary.json", "report.html", "regions.csv", "cases.csv",
+                "tiles")
+OUTPUT_MARKS = ("tiles/run.json", "summary.json")
+
+
 def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ruifrok",
                         region_class: str | None = None, tumour_regions=None, tma_map=None,
                         case_rule: str = "pooled", min_cells: int = 100,
@@ -451,6 +459,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     check_scheduler(scheduler, n_workers)
     if n_workers is not None:  # 1 (in this process) unless asked; None: one per core
         check_count(n_workers, "n_workers (--workers)", " (1: in this process)")
+    from qdmed.imaging._slideio import check_output_folder
+
+    check_output_folder(out_dir, [p for p in (getattr(slide, "path", slide), regions,
+                                              tumour_regions)
+                                  if isinstance(p, (str, os.PathLike))],
+                        owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     name = Path(getattr(img, "path", slide)).name
     if img.dtype != np.uint8 or img.shape[-1] != 3:

@@ -778,13 +778,17 @@ def check_zarr_output(out, inputs=()) -> Path:
     return out
 
 
-def check_output_folder(out, inputs=(), owned=()) -> Path:
+def check_output_folder(out, inputs=(), owned=(), marks=()) -> Path:
     """An output folder that is none of `inputs` and not inside one (a Zarr slide is a
     folder: a review's ``analyze s.ome.zarr --out s.ome.zarr`` wrote the analysis, unmixed
     image included, into the slide's own group), and where no input lies at (or inside) a
     name the run writes or removes, `owned` (the same review analysed
     ``analysis/unmixed.ome.zarr`` with ``--out analysis``: the slide was removed before it
-    was read). InputError otherwise."""
+    was read). With `marks` (glob patterns of files only such a run writes, e.g.
+    ``tiles/run.json``), an existing folder that holds one of `owned` but none of `marks`
+    is refused too: those files are not an earlier run's, and the run would replace or
+    remove them (``analyze --out .`` removed the user's own report.html, and a ``tiles``
+    folder's ``tile_*`` files). InputError otherwise."""
     out = Path(out).resolve()
     for src in inputs:
         if src is None:
@@ -798,6 +802,13 @@ def check_output_folder(out, inputs=(), owned=()) -> Path:
             if src == target or target in src.parents:
                 raise InputError(f"the input {src} is where this run writes {name} in {out}: "
                                  "move it, or write the output elsewhere")
+    if marks and out.is_dir():
+        found = [name for name in owned if (out / name).exists()]
+        if found and not any(next(out.glob(m), None) is not None for m in marks):
+            raise InputError(
+                f"{out} holds {', '.join(found)}, which this run replaces or removes, and "
+                f"is not an earlier run's output folder (it has no {' or '.join(marks[:2])}): "
+                "they are left alone; write the output elsewhere, or move them")
     return Path(out)
 
 
