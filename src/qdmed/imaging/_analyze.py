@@ -677,14 +677,29 @@ def _band(name: str):
     return (float(m.group(1)), float(m.group(2))) if m else None
 
 
-def check_channels(slide, panel: Panel) -> Panel:
+def _band_order(bands, channels) -> list[int] | None:
+    """For each of a slide's bands, the panel channel it is (within 1 nm at both edges),
+    when every band is one panel channel and each panel channel is taken once; else None."""
+    order = []
+    for lo, hi in bands:
+        hit = [j for j, (plo, phi) in enumerate(channels)
+               if abs(lo - plo) <= 1 and abs(hi - phi) <= 1]
+        if len(hit) != 1:
+            return None
+        order.append(hit[0])
+    return order if sorted(order) == list(range(len(channels))) else None
+
+
+def check_channels(slide, panel: Panel, *, reorder: bool = True) -> Panel:
     """The panel to analyse `slide` with, or InputError when their channels differ.
 
     A spectral panel is returned as it is after checking the channels: by count, and, when
     the slide names its channels by wavelength band (``440-478nm``) or gives their OME
-    emission wavelengths, by band. An
-    already-unmixed panel is returned bound to the slide's channel names (every component's
-    channel found, :func:`qdmed.imaging.bind_unmixed`)."""
+    emission wavelengths, by band. A slide whose channels are named as the panel's bands but
+    stored in another order gets the panel in its order (:meth:`Panel.in_channel_order`;
+    measured endmembers reordered alike) when `reorder`, else is refused naming the order.
+    An already-unmixed panel is returned bound to the slide's channel names (every
+    component's channel found, :func:`qdmed.imaging.bind_unmixed`)."""
     from qdmed.imaging._panel import bind_unmixed
 
     if panel.unmixed:
@@ -710,6 +725,14 @@ def check_channels(slide, panel: Panel) -> Panel:
             off = [(n, pb) for n, b, pb in zip(slide.channel_names, bands, panel.channels,
                                                strict=True)
                    if abs(b[0] - pb[0]) > 1 or abs(b[1] - pb[1]) > 1]
+            order = _band_order(bands, panel.channels) if off else None
+            if order is not None and not reorder:
+                raise InputError(
+                    f"{slide.path}: its channels are the panel's bands in another order "
+                    f"({', '.join(slide.channel_names)}; the panel's: "
+                    f"{', '.join(panel.channel_names)}); give them in the panel's order")
+            if order is not None:
+                panel, off = panel.in_channel_order(order), []
             if off:
                 n, pb = off[0]
                 raise InputError(

@@ -60,8 +60,9 @@ def _differs(field: str, a: Any, b: Any) -> bool:
         return field in ("unmixed", "dtype") and a != b
     if field == "exposure_ms":  # the channels both name
         return any(abs(a[k] - b[k]) > 0.01 * max(abs(a[k]), abs(b[k])) for k in a if k in b)
-    if field == "channels_nm":
-        return [list(map(float, c)) for c in a] != [list(map(float, c)) for c in b]
+    if field == "channels_nm":  # the same bands stored in another order are one scale
+        return sorted(map(tuple, (map(float, c) for c in a))) != \
+            sorted(map(tuple, (map(float, c) for c in b)))
     return a != b
 
 

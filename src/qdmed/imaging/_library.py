@@ -78,7 +78,7 @@ def read_control(control, panel: Panel | None = None, *, name: str = "control",
         src = read_slide(control)
     if isinstance(src, SlideImage):
         if panel is not None:
-            check_channels(src, panel)
+            check_channels(src, panel, reorder=False)
         ceiling, _ = ceiling_of(src.dtype, significant_bits=src.significant_bits, level=given)
         k, step, pick = small_level(src, MAX_CONTROL_PIXELS)
         raw = np.asarray(pick.compute() if hasattr(pick, "compute") else pick)
@@ -152,7 +152,7 @@ def blind_image(stained, panel: Panel, saturation_level=None
         img, saturated, _ = read_control(src, panel, name="stained",
                                          saturation_level=saturation_level)
         return img, None, saturated
-    check_channels(src, panel)
+    check_channels(src, panel, reorder=False)
     h, w, _ = src.shape
     side = int(np.sqrt(MAX_CONTROL_PIXELS))
     # the window with the most signal outside the labels' span (autofluorescence), not the

@@ -246,6 +246,21 @@ class Panel:
             meas[name] = tuple(float(x) for x in v)
         return _with_warnings(replace(self, measured=tuple(meas.items())))
 
+    def in_channel_order(self, order) -> Panel:
+        """A copy whose detection channels are reordered: channel ``i`` of the copy is
+        channel ``order[i]`` of this panel, and measured endmembers are reordered alike (the
+        same spectra, listed as an image stores its bands in another order)."""
+        if self.unmixed:
+            raise InputError("an already-unmixed panel is bound to its image's channels by "
+                             "name (bind_unmixed), not reordered")
+        order = [int(i) for i in order]
+        if sorted(order) != list(range(len(self.channels))):
+            raise InputError(f"a channel order must list each of the panel's "
+                             f"{len(self.channels)} channels once (0-based); got {order}")
+        return replace(self, channels=tuple(self.channels[i] for i in order),
+                       measured=tuple((name, tuple(vec[i] for i in order))
+                                      for name, vec in self.measured))
+
     def crosstalk(self) -> dict:
         return _crosstalk(self.endmembers)
 
