@@ -120,6 +120,8 @@ def test_demo_quick_prints_the_her2_result_and_writes_the_report(tmp_path):
     assert "blind autofluorescence" in r.stdout
     assert "quality control (saturated cells; offset; blur)" in r.stdout
     assert "0.0 %; none;" in r.stdout  # the demo's 16-bit, dark-corrected field
+    # HER2 3+ with ER and PR positive (printed above it): HR+/HER2+ (Howlader et al. 2014)
+    assert "positive / positive" in r.stdout and "HR+/HER2+" in r.stdout
     # the TMA's dearrayed cores get the categories their tumours get as whole slides
     assert "A-1 3+ (HER2-enriched)" in r.stdout and "(her2-ultralow)" in r.stdout
     html = (tmp_path / "demo" / "report.html").read_text()

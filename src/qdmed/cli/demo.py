@@ -37,6 +37,7 @@ def demo(
             "per-cell kappa vs truth": im.get("kappa_vs_truth"),
             "ER / PR (ASCO/CAP 2020)": " / ".join((im.get("receptor_status") or {}).values())
             or None,
+            "subtype (HER2 with ER/PR)": im.get("subtype"),
             "HER2 by 128 um region": ", ".join(
                 f"{c} {p:.0f} %" for c, p in
                 (im.get("her2_heterogeneity") or {}).get("percent_regions", {}).items() if p > 0)

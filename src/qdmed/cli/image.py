@@ -839,6 +839,8 @@ def analyze(
             st["label"]
             + (f", {st['percent_positive_corrected']:.1f} % positive ({corr})"
                if st["percent_positive_corrected"] is not None else ""))
+    if d.get("subtype"):
+        info["subtype (HER2 IHC with ER/PR)"] = d["subtype"]["label"]
     het = d.get("her2_heterogeneity")
     if het and het["n_regions"]:
         info["HER2 regions"] = ", ".join(

@@ -106,6 +106,9 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
                "phenotypes (cells)": scored.get("phenotypes", {})})
     for m, v in (scored.get("receptor_status") or {}).items():
         rep.paragraph(receptor_paragraph(m, v))
+    if res.summary.get("subtype"):
+        rep.paragraph(f"Subtype (HER2 IHC category with ER/PgR status; Howlader et al. 2014): "
+                      f"{res.summary['subtype']['label']}.")
     sat, offs, foc = (res.summary[k] for k in ("saturation", "offset", "focus"))
     qc = {"percent_scored_cells_saturated": sat.get("percent_scored_cells_saturated"),
           "offset_suspected": offs["suspected"], "focus_median_blur": foc["median"],
@@ -144,6 +147,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
             "phenotypes": scored.get("phenotypes", {}), "blind_autofluorescence": blind,
             "receptor_status": {m: v["label"]
                                 for m, v in (scored.get("receptor_status") or {}).items()},
+            "subtype": (res.summary.get("subtype") or {}).get("label"),
             "her2_heterogeneity": het.to_dict(include_regions=False), "quality_control": qc,
             "tma": tma}
 

@@ -76,6 +76,7 @@ from qdmed.imaging._scoring import (
 )
 from qdmed.imaging._shading import flat_field_correct
 from qdmed.imaging._slideio import read_slide, write_ome_tiff, write_ome_zarr, write_truth
+from qdmed.imaging._subtype import BreastSubtype, breast_subtype
 from qdmed.imaging._synthetic import (
     SyntheticField,
     SyntheticSlide,
@@ -97,7 +98,7 @@ from qdmed.imaging._tma import (
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
-    "Her2Heterogeneity", "Her2Score", "ReceptorStatus", "receptor_status", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables",
+    "Her2Heterogeneity", "Her2Score", "ReceptorStatus", "receptor_status", "BreastSubtype", "breast_subtype", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
     "autofluorescence_from_control",

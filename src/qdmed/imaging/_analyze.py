@@ -39,6 +39,7 @@ from qdmed.imaging._region_scores import (
     load_tma_map,
     score_cells,
     score_slide_regions,
+    subtype_of,
 )
 from qdmed.imaging._slideio import DEFAULT_PIXEL_SIZE_UM, file_ident
 
@@ -1205,6 +1206,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if write_unmixed:
         _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um,
                        unmixed_keep_bits)
+    her2_d = None if her2 is None else her2.to_dict()
     summary = {
         "qdmed_version": __version__,
         "slide": {**slide.to_dict(), "warnings": ps_warnings},
@@ -1224,9 +1226,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_cells": int(len(cells)),
         "segmentation": segmentation_summary(len(cells), s.nuclear_marker, labels is not None),
         "marker_summary": marker_summary(cells, panel.components),
-        "her2": None if her2 is None else her2.to_dict(),
+        "her2": her2_d,
         "her2_heterogeneity": None if het is None else het.to_dict(),
         "markers_scored": scored,
+        "subtype": subtype_of(her2_d, scored),
         "scored_cells": selection,
         "regions_scored": by_region,
         "cases_scored": by_case,

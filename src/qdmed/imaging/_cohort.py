@@ -25,6 +25,7 @@ from qdmed.imaging._region_scores import (
     region_table,
     score_cases,
     score_fields,
+    subtype_field,
 )
 from qdmed.imaging._slideio import SCAN_SUFFIXES, SLIDE_SUFFIXES
 
@@ -400,6 +401,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         row["her2_spatial_p_value"] = het["spatial_p_value"]
                         row["her2_cell_level_shannon"] = het["cell_level_shannon_mean"]
                     row.update(score_fields(None, res.summary.get("markers_scored")))
+                    row.update(subtype_field(res.summary["her2"],
+                                             res.summary.get("markers_scored")))
                     by_region = res.summary.get("regions_scored")
                     if by_region:
                         row["n_regions"] = by_region["n_regions"]

@@ -69,7 +69,24 @@ def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
             # removed), which the table must show beside the observed one
             row[f"{m}_percent_positive_corrected"] = st.get("percent_positive_corrected")
             row[f"{m}_status"] = st["label"]
-    return row
+    return row | subtype_field(her2, markers)
+
+
+def subtype_of(her2: dict | None, markers: dict | None) -> dict | None:
+    """The breast subtype (:func:`qdmed.imaging.breast_subtype`, as a dict) of a HER2 score
+    dict and a marker score dict, when HER2 is scored and ER or PR has a status."""
+    status = (markers or {}).get("receptor_status") or {}
+    if not her2 or not status:
+        return None
+    from qdmed.imaging._subtype import breast_subtype
+
+    return breast_subtype(her2["category"], status).to_dict()
+
+
+def subtype_field(her2: dict | None, markers: dict | None) -> dict[str, Any]:
+    """``{"subtype": label}`` for a table row (cohort.csv, regions.csv, cases.csv), or {}."""
+    sub = subtype_of(her2, markers)
+    return {} if sub is None else {"subtype": sub["label"]}
 
 
 def receptor_notes(markers: dict | None, brief: bool = True) -> list[str]:
@@ -523,7 +540,13 @@ def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
         row[f"{m}_percent_positive"] = best[f"{m}_percent_positive"]
         if f"{m}_status" in best:
             row[f"{m}_status"] = best[f"{m}_status"]
-    return row
+    # the case's subtype from its own HER2 and receptor statuses (cores may differ)
+    status = {m: {"status": str(row[f"{m}_status"]).removesuffix(" (borderline)"),
+                  "borderline": str(row[f"{m}_status"]).endswith(" (borderline)")}
+              for m in ("ER", "PR") if row.get(f"{m}_status") is not None}
+    return row | subtype_field({"category": row["her2_category"]}
+                               if row.get("her2_category") is not None else None,
+                               {"receptor_status": status})
 
 
 def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,

@@ -511,6 +511,17 @@ def write_slide_report(result, path=None) -> Path:
                           "share of negative cells each gate calls positive; borderline when "
                           "the Wilson 95 % interval reaches a cut-off. A research measure, "
                           "not a clinical test.", cls="muted")
+    if s.get("subtype"):
+        sub = s["subtype"]
+        rep.heading("Subtype (HER2 IHC category with ER and PgR status)")
+        rep.table({"subtype": sub["label"], "HER2 status": sub["her2_status"],
+                   "HR status": sub["hr_status"], "rule": sub["rule"]})
+        for n in sub.get("notes") or []:
+            rep.paragraph(f"Note: {n}.")
+        rep.paragraph("Joint hormone-receptor / HER2 groups (Howlader et al., J Natl Cancer "
+                      "Inst 2014, doi:10.1093/jnci/dju055) from the HER2 category (ASCO/CAP "
+                      "2018) and the ER/PgR status (ASCO/CAP 2020) above: a research measure, "
+                      "as they are.", cls="muted")
     if s.get("her2"):
         h = s["her2"]
         rep.heading("HER2 (ASCO/CAP 2018 style, calibrated on controls)")

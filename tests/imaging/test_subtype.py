@@ -1,0 +1,61 @@
+"""Joint HR/HER2 breast subtype: the HER2 status of each IHC category (ASCO/CAP 2018, Wolff
+et al., J Clin Oncol 2018;36:2105, doi:10.1200/JCO.2018.77.8738: 3+ positive, 2+ equivocal,
+0 and 1+ negative), HR positive when ER (positive or low positive) or PgR is positive
+(ASCO/CAP 2020, Allison et al., doi:10.1200/JCO.19.02309), and the four groups of Howlader et
+al. (J Natl Cancer Inst 2014;106:dju055, doi:10.1093/jnci/dju055)."""
+
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import breast_subtype
+
+
+def st(status, borderline=False):
+    return {"status": status, "borderline": borderline}
+
+
+NEG, POS, LOW = st("negative"), st("positive"), st("low positive")
+
+
+@pytest.mark.parametrize(("her2", "er", "pr", "subtype", "hr"), [
+    ("3+", POS, POS, "HR+/HER2+", "positive"),
+    ("3+", NEG, NEG, "HR-/HER2+", "negative"),
+    ("3+", NEG, POS, "HR+/HER2+", "positive"),  # PgR alone makes HR positive
+    ("1+", POS, NEG, "HR+/HER2-", "positive"),
+    ("0", LOW, NEG, "HR+/HER2-", "positive"),  # ER low positive is reported positive
+    ("0", NEG, NEG, "triple negative", "negative"),
+    ("1+", NEG, NEG, "triple negative", "negative"),  # HER2-low is HER2 negative
+    ("2+", POS, NEG, "HR+/HER2 equivocal", "positive"),
+    ("2+", NEG, NEG, "HR-/HER2 equivocal", "negative"),
+    ("1+", NEG, st("insufficient cells"), "HER2-, HR undetermined", "undetermined"),
+    ("3+", NEG, None, "HER2+, HR undetermined", "undetermined"),
+    ("0", None, POS, "HR+/HER2-", "positive"),  # a positive PgR decides without ER
+])
+def test_subtype_rules(her2, er, pr, subtype, hr):
+    rs = {k: v for k, v in (("ER", er), ("PR", pr)) if v is not None}
+    r = breast_subtype(her2, rs)
+    assert (r.subtype, r.hr_status) == (subtype, hr)
+    assert r.her2_status == {"0": "negative", "1+": "negative", "2+": "equivocal",
+                             "3+": "positive"}[her2]
+
+
+def test_borderline_and_notes():
+    # triple negative with ER near its 1 % cut-off
+    r = breast_subtype("0", {"ER": st("negative", True), "PR": NEG})
+    assert r.label == "triple negative (borderline)"
+    # HR positive on a borderline ER, but PgR is surely positive: not borderline
+    assert not breast_subtype("1+", {"ER": st("low positive", True), "PR": POS}).borderline
+    assert breast_subtype("1+", {"ER": st("low positive", True), "PR": NEG}).borderline
+    low = breast_subtype("0", {"ER": LOW, "PR": NEG})
+    assert any("ER low positive" in n for n in low.notes)
+    eq = breast_subtype("2+", {"ER": POS, "PR": POS})
+    assert any("in situ hybridisation" in n for n in eq.notes)
+    d = eq.to_dict()
+    assert d["label"] == "HR+/HER2 equivocal" and "10.1093/jnci/dju055" in d["reference"]
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(InputError, match="HER2 category '4\\+'"):
+        breast_subtype("4+", {"ER": POS})
+    with pytest.raises(InputError, match="receptor status 'weak'"):
+        breast_subtype("0", {"ER": st("weak")})
