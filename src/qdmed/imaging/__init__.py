@@ -38,6 +38,7 @@ from qdmed.imaging._cells import (
     segment_nuclei,
 )
 from qdmed.imaging._cohort import analyze_cohort
+from qdmed.imaging._dab_regions import analyze_dab_regions
 from qdmed.imaging._heterogeneity import Her2Heterogeneity, her2_heterogeneity, shannon_index
 from qdmed.imaging._library import LibraryResult, single_stain_endmember, spectral_library
 from qdmed.imaging._nnls import UnmixResult, kkt_violation, unmix_block, unmix_lstsq, unmix_nnls
@@ -104,7 +105,7 @@ __all__ = [
     "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
     "Calibration", "load_calibration",
-    "compartments", "deconvolve_dab", "design_panel", "endmember_from_control", "estimate_stain_vectors",
+    "compartments", "deconvolve_dab", "analyze_dab_regions", "design_panel", "endmember_from_control", "estimate_stain_vectors",
     "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score",
     "half_sample_mode", "kkt_violation",
     "list_markers", "list_presets", "spreading_matrix", "marker_summary", "measure_cells", "mixing_matrix",
