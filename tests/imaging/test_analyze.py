@@ -640,9 +640,12 @@ def test_bad_heterogeneity_regions_are_refused_before_reading(tmp_path):
 
 
 def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
+    from qdmed.imaging import MarkerGate
+
     res = analyze_slide(slide.path, PANEL, tmp_path / "her2", tile=512, scheduler="synchronous",
                         progress=False, write_unmixed=False, her2_calibration=calibration,
-                        her2_region_um=256, her2_region_min_cells=30)
+                        her2_region_um=256, her2_region_min_cells=30,
+                        gates={"ER": MarkerGate("nucleus", 1.0), "PR": MarkerGate("nucleus", 1.0)})
     gj = json.loads((tmp_path / "her2" / "cells.geojson").read_text())
     per_cell = res.her2.cells.set_index("cell_id")["category"]
     classes = {int(f["properties"]["name"]): f["properties"]["classification"]["name"]
@@ -654,6 +657,17 @@ def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
     got = res.cells().set_index("cell_id")["her2_category"]
     assert got.loc[per_cell.index].tolist() == per_cell.astype(str).tolist()
     assert got.drop(per_cell.index).isna().all()
+    # the phenotypes' HER2 is the cell's category (ASCO/CAP 2018 per cell), no HER2 gate
+    # needed: no 0 or 1+ cell is called HER2+, every 2+ cell waits on it (a review found 29 %
+    # of an MCF-7 slide's cells, all 1+, called "luminal HER2+" by a HER2 gate)
+    t = res.cells().set_index("cell_id")
+    ph, cat = t["phenotype"], t["her2_category"]
+    her2_pos = ph.isin(["luminal HER2+", "HER2-enriched"])
+    assert not (her2_pos & cat.isin(["0", "1+"])).any()
+    assert (ph[cat == "2+"] == "HER2 2+ (equivocal)").all() and (cat == "2+").sum() > 0
+    assert (her2_pos | (ph == "unmeasured"))[cat == "3+"].all() and her2_pos.sum() > 0
+    assert (ph[cat.isna() & t["phenotype"].notna()] == "unmeasured").all()
+    assert "category" in res.summary["markers_scored"]["phenotype_her2"]
     # HER2 heterogeneity by region: the slide's 512 um side in 256 um squares, each scored
     het = res.summary["her2_heterogeneity"]
     assert het["region_um"] == 256.0 and het["n_regions"] == 4

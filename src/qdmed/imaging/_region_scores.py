@@ -120,7 +120,9 @@ def score_cells(cells, her2_calibration=None, gates=None):
     if gates:
         from qdmed.imaging._scoring import score_markers
 
-        markers = score_markers(cells, gates)
+        # the phenotypes' HER2 from the cells' categories when HER2 is scored
+        markers = score_markers(cells, gates, her2_category=None if her2 is None else
+                                her2.cells["category"].reindex(cells.index))
     return her2, markers
 
 
@@ -138,9 +140,10 @@ def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
     category of the scored cells (``her2_category``: '0'...'3+'; missing for cells not
     scored or without a gradable membrane), each gated marker's positivity
     (``<marker>_positive``, nullable boolean: missing where not scored or not measured),
-    and with HER2, ER and PR gated the breast phenotype (``phenotype``). QuPath gives each
-    cell its class the same way; a review found the HER2 class in cells.geojson only, and
-    the positivity nowhere per cell."""
+    and with ER and PR gated and HER2 gated or scored the breast phenotype (``phenotype``;
+    HER2 from the cell's category when HER2 is scored, :func:`qdmed.imaging.phenotype`).
+    QuPath gives each cell its class the same way; a review found the HER2 class in
+    cells.geojson only, and the positivity nowhere per cell."""
     import pandas as pd
 
     out: dict[str, Any] = {}
@@ -149,7 +152,13 @@ def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
         out["her2_category"] = pd.Series(
             [cat.get(int(i)) for i in cells["cell_id"]], index=cells.index, dtype="string")
     if gates:
-        from qdmed.imaging._scoring import _column, _gate, phenotype, score_positivity
+        from qdmed.imaging._scoring import (
+            _column,
+            _gate,
+            phenotype,
+            phenotype_markers_given,
+            score_positivity,
+        )
 
         for m, g in gates.items():
             g = _gate(m, g)
@@ -164,11 +173,14 @@ def cell_results(cells, scored_cells, her2=None, gates=None) -> dict[str, Any]:
                     dtype=np.float64))
                 col.loc[scored_cells.index[measured]] = pos[measured]
             out[f"{m}_positive"] = col
-        if {"HER2", "ER", "PR"} <= set(gates):
+        if phenotype_markers_given(gates, cat):
             ph = pd.Series(pd.NA, index=cells.index, dtype="string")
             if len(scored_cells):
-                ph.loc[scored_cells.index] = phenotype(scored_cells, "breast",
-                                                       gates=gates).astype(str).to_numpy()
+                her2_cat = None if cat is None else [cat.get(int(i))
+                                                     for i in scored_cells["cell_id"]]
+                ph.loc[scored_cells.index] = phenotype(
+                    scored_cells, "breast", gates=gates,
+                    her2_category=her2_cat).astype(str).to_numpy()
             out["phenotype"] = ph
     return out
 

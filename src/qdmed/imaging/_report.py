@@ -503,6 +503,8 @@ def write_slide_report(result, path=None) -> Path:
                    for m, g in ms["gates"].items()})
         if ms.get("phenotypes"):
             rep.table({"phenotypes (cells)": ms["phenotypes"]})
+            if ms.get("phenotype_her2"):
+                rep.paragraph(f"HER2 in the phenotypes: {ms['phenotype_her2']}.", cls="muted")
         for m, st in (ms.get("receptor_status") or {}).items():
             rep.paragraph(receptor_paragraph(m, st))
         if ms.get("receptor_status"):

@@ -353,8 +353,13 @@ BREAST_RULES = MappingProxyType(
 )
 
 
+#: Label of cells whose phenotype waits on a HER2 2+ (equivocal) category (phenotype's
+#: ``her2_category``): ASCO/CAP 2018 calls 2+ neither positive nor negative.
+HER2_EQUIVOCAL_PHENOTYPE = "HER2 2+ (equivocal)"
+
+
 def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, MarkerGate], default: str = "other",
-              unmeasured: str = "unmeasured"):
+              unmeasured: str = "unmeasured", her2_category=None):
     """Assign each cell the first phenotype whose marker rule it satisfies.
 
     Parameters
@@ -374,6 +379,14 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
         satisfies (or it satisfies none). A cell whose first satisfied rule does not need
         the NaN marker keeps that phenotype (e.g. HER2+ ER+ with PR NaN is luminal HER2+);
         HER2- ER- with PR NaN is not triple negative but unmeasured.
+    her2_category : sequence of {'0', '1+', '2+', '3+', None}, optional
+        Each cell's HER2 category (:attr:`Her2Score.cells`, aligned with ``cells_df``). When
+        given, the rules' HER2 is the category as ASCO/CAP 2018 reads it (Wolff et al., J
+        Clin Oncol 2018, doi:10.1200/JCO.2018.77.8738), not a gate: 3+ positive, 0 and 1+
+        negative, 2+ undecided (cells that wait on it are labelled
+        :data:`HER2_EQUIVOCAL_PHENOTYPE`), None unmeasured. A HER2 gate at a HER2-0
+        control's 99th percentile passes most 1+ cells: a review found 29 % of an MCF-7
+        (1+) slide's cells called "luminal HER2+", every one of them 1+.
 
     Returns
     -------
@@ -406,6 +419,18 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
         raise InputError(f"rules must be a mapping name -> rule or 'breast'; got {type(rules).__name__}.")
     norm_gates = {m: _gate(m, g) for m, g in gates.items()}
     cache: dict[str, np.ndarray] = {}
+    equivocal = None
+    if her2_category is not None:
+        cat = np.array([None if pd.isna(c) else str(c) for c in her2_category], dtype=object)
+        if cat.shape != (len(cells_df),):
+            raise InputError(f"her2_category must give one category per cell ({len(cells_df)}); "
+                             f"got {cat.shape[0]}")
+        bad = sorted({str(c) for c in cat if c is not None and c not in HER2_CATEGORIES})
+        if bad:
+            raise InputError(f"her2_category holds {', '.join(bad)}; accepted: "
+                             f"{', '.join(HER2_CATEGORIES)} or None")
+        equivocal = cat == "2+"
+        cache["HER2"] = (cat == "3+", np.array([c is None for c in cat]) | equivocal)
 
     def positive(marker: str) -> np.ndarray:
         if marker not in cache:
@@ -443,7 +468,8 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
             false &= alt_false
         out[true & ~settled] = name
         undecided = ~true & ~false & ~settled
-        out[undecided] = unmeasured
+        out[undecided] = unmeasured if equivocal is None else np.where(
+            equivocal[undecided], HER2_EQUIVOCAL_PHENOTYPE, unmeasured)
         settled |= true | undecided
     return pd.Series(out, index=cells_df.index, name="phenotype")
 
@@ -1374,10 +1400,31 @@ def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping
     return gates
 
 
-def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
-    """Percent positive per gated marker; when HER2, ER and PR are all gated, the counts of
-    the breast phenotypes (:data:`BREAST_RULES`); when ER or PR is gated, its ASCO/CAP 2020
-    status (:func:`qdmed.imaging.receptor_status`) under ``receptor_status``."""
+def phenotype_markers_given(gates, her2_category=None) -> bool:
+    """Whether the breast phenotypes can be told: ER and PR gated, and HER2 gated or
+    categorised."""
+    return {"ER", "PR"} <= set(gates or {}) and (her2_category is not None
+                                                  or "HER2" in (gates or {}))
+
+
+def phenotype_her2(her2_category=None) -> str:
+    """What the breast phenotypes' HER2+ means, for a summary."""
+    if her2_category is not None:
+        return ("the cell's HER2 category (ASCO/CAP 2018 read per cell: 3+ positive, 0 and 1+ "
+                "negative, 2+ equivocal)")
+    return ("the HER2 gate (above a HER2-negative control's noise): 1+ cells pass it, so "
+            "HER2+ here is not ASCO/CAP HER2 positive; give a HER2 calibration (cut-offs) to "
+            "read it from the categories")
+
+
+def score_markers(cells_df, gates: Mapping[str, MarkerGate], *,
+                  her2_category=None) -> dict[str, Any]:
+    """Percent positive per gated marker; when ER and PR are gated and HER2 is gated or
+    its per-cell categories are given (``her2_category``, as for :func:`phenotype`, which
+    then decides the phenotypes' HER2), the counts of the breast phenotypes
+    (:data:`BREAST_RULES`) and what their HER2 is (``phenotype_her2``); when ER or PR is
+    gated, its ASCO/CAP 2020 status (:func:`qdmed.imaging.receptor_status`) under
+    ``receptor_status``."""
     gates = {m: _gate(m, g) for m, g in gates.items()}
     out: dict[str, Any] = {"gates": {m: {**g.to_dict(), "statistic": g.statistic}
                                      for m, g in gates.items()},
@@ -1387,9 +1434,10 @@ def score_markers(cells_df, gates: Mapping[str, MarkerGate]) -> dict[str, Any]:
             percent_positive(cells_df, marker=m, compartment=g.compartment,
                              threshold=g.threshold, statistic=g.statistic)
             if len(cells_df) else None)
-    if {"HER2", "ER", "PR"} <= set(gates) and len(cells_df):
-        ph = phenotype(cells_df, "breast", gates=gates)
+    if phenotype_markers_given(gates, her2_category) and len(cells_df):
+        ph = phenotype(cells_df, "breast", gates=gates, her2_category=her2_category)
         out["phenotypes"] = {str(k): int(v) for k, v in ph.value_counts().items()}
+        out["phenotype_her2"] = phenotype_her2(her2_category)
     if len(cells_df):
         from qdmed.imaging._receptors import receptor_status
 
