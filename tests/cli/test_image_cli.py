@@ -535,6 +535,10 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
             "241,241,241")
     assert r.returncode == 0, r.stderr
     assert "241.0, 241.0, 241.0" in r.stdout and "uncalibrated" not in r.stdout + r.stderr
+    # summary.json's transmittances pasted back: refused with the levels to give (a review
+    # got "internal error: ZeroDivisionError", exit 1)
+    r = run("image", "dab", "--example", "--background", "0.926,0.925,0.918")
+    assert r.returncode == 2 and "give 236.1,235.9,234.1" in r.stderr
     r = run("image", "dab", "--example", "--plot", str(tmp_path / "dab.png"))
     assert r.returncode == 0 and (tmp_path / "dab.png").read_bytes()[:4] == b"\x89PNG"
     # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by

@@ -305,6 +305,49 @@ def test_default_white_level_however_spelled(ihc):
         assert got.nuclear_threshold_od == ref.nuclear_threshold_od
 
 
+def test_a_given_white_level_is_checked_against_the_glass(ihc):
+    """A white level given (a QuPath 'Background' from another scanner) is checked against
+    the image's glass as the default is: a review moved the H-score of scikit-image's IHC
+    image (glass 236/236/234) from 179 to 190 with 250,250,250, unsaid. Glass below 0.95 of
+    the white reads as stain; a white below the glass (by more than 1/0.95) clips it, and
+    every OD reads low. Levels 0-255 given as transmittances are refused, naming the scale;
+    a level below 0.1 is no glass's (0.926 / 255 made the OD range zero: a crash)."""
+    cut = (0.05, 0.15, 0.3)
+
+    def said(bg):
+        return [w for w in score_dab(ihc, od_cutoffs=cut, background=bg).warnings
+                if "cut-offs" not in w]
+
+    assert said(tuple(np.array([236, 236, 234]) / 255)) == []
+    assert said(tuple(np.array([245, 245, 245]) / 255)) == []  # within 0.95 (OD 0.016)
+    w = said(tuple(np.array([250, 250, 250]) / 255))
+    assert len(w) == 1 and "below the white level (250.0, 250.0, 250.0)" in w[0]
+    w = said(tuple(np.array([220, 220, 220]) / 255))
+    assert len(w) == 1 and "the glass is clipped and every OD reads low by up to 0.031" in w[0]
+    assert said("auto") == []
+    with pytest.raises(InputError, match=r"levels 0-255, as QuPath's 'Background', are "
+                                         r"divided by 255"):
+        score_dab(ihc, od_cutoffs=cut, background=(236, 236, 234))
+    with pytest.raises(InputError, match="below 0.1 in a channel: no glass"):
+        score_dab(ihc, od_cutoffs=cut, background=(0.926 / 255, 0.925 / 255, 0.918 / 255))
+
+
+def test_stain_vectors_are_taken_as_directions(ihc):
+    """Rows of the stain matrix are scaled to unit length (Ruifrok & Johnston 2001; QuPath
+    normalises the vectors it is given): raw stain ODs, or the published vectors doubled,
+    give the published vectors' result (a review's doubled rows moved the H-score from 179
+    to 136, unsaid)."""
+    from qdmed.imaging._brightfield import RUIFROK_H_DAB
+
+    cut = (0.05, 0.15, 0.3)
+    ref = score_dab(ihc, od_cutoffs=cut, background="auto")
+    for m in (2 * RUIFROK_H_DAB, RUIFROK_H_DAB * np.array([[0.3], [0.7], [5.0]])):
+        got = score_dab(ihc, od_cutoffs=cut, background="auto", stain_matrix=m)
+        assert (got.n_cells, got.h_score) == (ref.n_cells, pytest.approx(ref.h_score, abs=1e-9))
+    with pytest.raises(InputError, match="singular"):
+        score_dab(ihc, od_cutoffs=cut, stain_matrix=np.zeros((3, 3)))
+
+
 def test_macenko_refuses_a_one_stain_image(ihc):
     """A DAB-negative field holds one stain: Macenko would make up a second one (5 deg from
     haematoxylin) and score it; refused, naming the published vectors instead."""

@@ -1424,9 +1424,18 @@ def _white_level(text: str | None):
         levels = [float(v) for v in text.replace(" ", ",").split(",") if v]
     except ValueError:
         levels = []
+    if len(levels) == 3 and all(0 < v <= 1 for v in levels):
+        raise InputError(f"--background takes R,G,B levels 0-255 (QuPath's 'Background'), "
+                         f"and {text!r} look like transmittances 0-1, as summary.json's "
+                         f"'background' records them: give "
+                         f"{','.join(f'{255 * v:.1f}' for v in levels)} (its "
+                         "'background_levels_255'), or 'auto'")
     if len(levels) != 3 or not all(0 < v <= 255 for v in levels):
         raise InputError(f"--background must be 'auto' or R,G,B levels in (0, 255], e.g. "
                          f"240,240,242; got {text!r}")
+    if min(levels) < 25.5:
+        raise InputError(f"--background {text!r}: a level below 25.5 (a tenth of 255) is no "
+                         "glass's; give the glass's R,G,B levels 0-255, or 'auto'")
     return tuple(v / 255.0 for v in levels)
 
 

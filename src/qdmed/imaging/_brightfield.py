@@ -152,9 +152,13 @@ GLASS_FLOOR = 0.8
 #: (SD 1.5 %), a 128^2 crop of the IHC image without glass 1.4 %, the IHC image framed in
 #: glass and vignetted to 56 % at the corners 1.4 %.
 GLASS_MAX_SPREAD = 0.01
-#: The default white level (1, 1, 1) is warned when the glass reads below this in a channel
-#: (OD 0.022): a yellowish or unbalanced glass then reads as stain.
+#: The white level is warned when the glass reads below this share of it in a channel (OD
+#: 0.022): a yellowish or unbalanced glass then reads as stain; or above its inverse: the
+#: white level is below the glass, which is clipped, and every OD reads low.
 GLASS_WARN = 0.95
+#: The lowest white level (transmittance) taken: glass is never this dark, and a level
+#: 0-255 given twice divided (0.926 / 255) made every OD's range zero.
+MIN_WHITE = 0.1
 #: A pixel is glass when every channel's OD, smoothed over NUCLEAR_SMOOTHING_UM, is below
 #: this (transmittance above GLASS_WARN of the white level): left out of the Otsu split of
 #: the haematoxylin, which glass would pull down (the same tissue found 27 % fewer cells on
@@ -306,7 +310,14 @@ def _background(background, rgb=None) -> np.ndarray:
         bg = np.array([np.nan])
     if bg.shape != (3,) or not np.all((bg > 0) & (bg <= 1)):
         raise InputError(f"background must be 'auto', one transmittance or three (R, G, B) "
-                         f"in (0, 1]; got {background!r}.")
+                         f"in (0, 1]; got {background!r}"
+                         + (" (levels 0-255, as QuPath's 'Background', are divided by 255)"
+                            if bg.shape == (3,) and np.all(bg > 1) else "") + ".")
+    if np.any(bg < MIN_WHITE):
+        raise InputError(f"background {background!r} is below {MIN_WHITE:g} in a channel: no "
+                         "glass transmits so little light (a level of 0-255 given as a "
+                         "transmittance twice divided?); give the glass's transmittance, "
+                         "or 'auto'")
     return bg
 
 
@@ -314,9 +325,13 @@ def _matrix(stain_matrix) -> np.ndarray:
     m = RUIFROK_H_DAB if stain_matrix is None else np.asarray(stain_matrix, dtype=np.float64)
     if m.shape != (3, 3) or not np.all(np.isfinite(m)):
         raise InputError(f"stain_matrix must be a finite (3, 3) array (rows H, DAB, residual); got shape {m.shape}.")
-    if abs(np.linalg.det(m)) < 1e-9:
+    norms = np.linalg.norm(m, axis=1)
+    if not np.all(norms > 0) or abs(np.linalg.det(m / norms[:, None])) < 1e-9:
         raise InputError("stain_matrix is singular; its three rows must be linearly independent.")
-    return m
+    # each row a stain's OD direction, of unit length (Ruifrok & Johnston 2001; QuPath
+    # normalises the vectors it is given): rows given as raw ODs (twice the unit vector)
+    # scaled every stain's OD and moved the H-score from 179 to 136, unsaid (a review)
+    return m / norms[:, None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -356,7 +371,8 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True)
     rgb : (Y, X, 3) uint8 or float in [0, 1]
         Brightfield image.
     stain_matrix : (3, 3) array_like, optional
-        Rows = unit OD vectors of haematoxylin, DAB, residual. Default
+        Rows = OD vectors of haematoxylin, DAB, residual (each scaled to unit length, as
+        QuPath scales the vectors it is given; raw ODs of a stain may be given). Default
         :data:`RUIFROK_H_DAB`; :func:`estimate_stain_vectors` gives an image-specific one.
     background : float, (R, G, B) floats in (0, 1], or 'auto'
         Transmittance of unstained glass (white level) of each channel; 1 for a
@@ -570,6 +586,8 @@ class DabScore:
         d["stain_matrix"] = [list(r) for r in d["stain_matrix"]]
         d["references"] = list(d["references"])
         d["background"] = list(d["background"])
+        # as --background and QuPath's 'Background' take it
+        d["background_levels_255"] = [round(255.0 * v, 2) for v in d["background"]]
         d["warnings"] = list(d["warnings"])
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
@@ -645,12 +663,13 @@ def score_dab(
         Passed to :func:`expand_cells`, :func:`compartments`, :func:`segment_nuclei`.
     background : float, (R, G, B) floats in (0, 1], or 'auto'
         White level (transmittance of glass) of each channel; 'auto' takes it from the
-        image's glass (:func:`estimate_background`). With the default 1 (however spelled:
-        1.0 or (1, 1, 1)), glass reading below 0.95 in a channel is warned (it then reads
-        as stain), unless ``check_glass`` is False (a slide's regions: checked once on the
-        slide).
+        image's glass (:func:`estimate_background`). A white level given (the default 1
+        included) is checked against the image's glass, when it has some: glass reading
+        below 0.95 of it in a channel is warned (it then reads as stain), and above 1/0.95
+        (the glass clipped, every OD low) too (:func:`glass_warnings`), unless
+        ``check_glass`` is False (a slide's regions: checked once on the slide).
     check_glass : bool
-        Warn about non-white glass under the default white level (see ``background``).
+        Check a given white level against the glass (see ``background``).
     nuclear_threshold : 'otsu' or float, OD
         Haematoxylin OD (smoothed over 0.5 um) above which a pixel is nucleus: Otsu's
         split of this image's tissue (:func:`tissue_hematoxylin`: glass left out; from a
@@ -715,8 +734,8 @@ def score_dab(
     else:
         m = stain_matrix
     warnings = uncalibrated_warnings(t)
-    if check_glass and is_default_white(background):
-        warnings += glass_warnings(rgb, m)
+    if check_glass and not isinstance(background, str):
+        warnings += glass_warnings(rgb, m, bg)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
     tissue_um2 = None
     if nuclear_threshold == "otsu":  # on the tissue: glass would pull the split down
@@ -798,19 +817,34 @@ def no_nuclei_warning(n_tissue: int) -> str:
             "field (flat_field_correct; qdmed image dab --flat-field)")
 
 
-def glass_warnings(rgb, stain_matrix=None) -> list[str]:
+def glass_warnings(rgb, stain_matrix=None, background=1.0) -> list[str]:
     """A warning when the image's glass (:func:`estimate_background`) reads below
-    :data:`GLASS_WARN` in a channel under the default white level; none without glass."""
+    :data:`GLASS_WARN` of the white level `background` in a channel (it reads as stain), or
+    above its inverse (a white level given below the glass: the glass is clipped and every
+    OD reads low); none without glass, nor for 'auto' (the glass itself). A review found
+    a QuPath background from another scanner (250 for this glass's 236) moved the H-score
+    from 179 to 190 unsaid, where the default white was warned."""
+    if isinstance(background, str):
+        return []
     try:
-        glass = estimate_background(rgb)
+        glass = np.asarray(estimate_background(rgb))
     except InputError:
         return []  # no glass in view: nothing to check
-    if min(glass) >= GLASS_WARN:
-        return []
-    od = float(deconvolve_dab(np.array([[glass]]), stain_matrix=_matrix(stain_matrix)).dab[0, 0])
-    return ["the glass reads (" + ", ".join(f"{v:.3f}" for v in glass) + ") in R, G, B, not "
-            f"white, so it reads as stain (DAB OD {od:.3f} on glass): give the white level "
-            "(background='auto', --background auto)"]
+    white = _background(background)
+    ratio = glass / white
+    levels = ", ".join(f"{255 * v:.1f}" for v in glass)
+    given = ", ".join(f"{255 * v:.1f}" for v in white)
+    if ratio.min() < GLASS_WARN:
+        od = float(deconvolve_dab(np.array([[ratio]]),
+                                  stain_matrix=_matrix(stain_matrix)).dab[0, 0])
+        return [f"the glass reads ({levels}) in R, G, B levels 0-255, below the white level "
+                f"({given}), so it reads as stain (DAB OD {od:.3f} on glass): give the "
+                "glass's level (background='auto', --background auto)"]
+    if ratio.max() > 1.0 / GLASS_WARN:
+        return [f"the white level ({given}, R, G, B levels 0-255) is below the glass "
+                f"({levels}): the glass is clipped and every OD reads low by up to "
+                f"{np.log10(ratio.max()):.3f}: give the glass's level (--background auto)"]
+    return []
 
 
 def _version() -> str:

@@ -490,22 +490,21 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         _background(background)  # checked before any pixel is read
     default_white = is_default_white(background)
     glass = None
-    if isinstance(stain_matrix, str) and stain_matrix == "macenko" or \
-            isinstance(background, str) or default_white:
-        overview = _overview(img)
-        if isinstance(background, str):
-            background = tuple(float(v) for v in _background(background, overview))
-        if isinstance(stain_matrix, str) and stain_matrix == "macenko":
-            from qdmed.imaging._brightfield import estimate_stain_vectors
+    # the overview: the white level is read from its glass ('auto') or checked against it
+    overview = _overview(img)
+    if isinstance(background, str):
+        background = tuple(float(v) for v in _background(background, overview))
+    else:  # once for the slide, not once per region
+        from qdmed.imaging._brightfield import glass_warnings
 
-            stain_matrix = estimate_stain_vectors(overview, background=background)
-        if default_white:  # once for the slide, not once per region
-            from qdmed.imaging._brightfield import glass_warnings
+        warnings += glass_warnings(overview, None if isinstance(stain_matrix, str)
+                                   else stain_matrix, background)
+    if isinstance(stain_matrix, str) and stain_matrix == "macenko":
+        from qdmed.imaging._brightfield import estimate_stain_vectors
 
-            warnings += glass_warnings(overview, None if isinstance(stain_matrix, str)
-                                       else stain_matrix)
-            # glass told from tissue by the slide's own glass (it may read below white)
-            glass = tuple(float(v) for v in glass_level(overview, 1.0, _background(1.0)))
+        stain_matrix = estimate_stain_vectors(overview, background=background)
+    if default_white:  # glass told from tissue by the slide's own glass (below white)
+        glass = tuple(float(v) for v in glass_level(overview, 1.0, _background(1.0)))
     if glass is None:
         glass = tuple(float(v) for v in _background(background))
     out = Path(out_dir)
@@ -647,6 +646,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               np.asarray(stain_matrix).tolist(),
                               "background": np.broadcast_to(np.asarray(
                                   background, dtype=float), (3,)).tolist(),
+                              "background_levels_255": [round(255.0 * float(v), 2) for v in
+                                                        np.broadcast_to(np.asarray(
+                                                            background, dtype=float), (3,))],
                               "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM,

@@ -129,7 +129,8 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
         f"its mean {p['compartment']} DAB OD, cut-offs "
         + ", ".join(f"{v:g}" for v in p["od_cutoffs"]) + " OD (1+, 2+, 3+); stain vectors "
         + (p["stain_matrix"] if isinstance(p["stain_matrix"], str) else "given (3 x 3)")
-        + "; white level (R, G, B) " + ", ".join(f"{v:.3f}" for v in p["background"])
+        + "; white level (R, G, B levels 0-255, as --background takes it) "
+        + ", ".join(f"{255 * v:.1f}" for v in p["background"])
         + f"; {summary['pixel_size_um']:g} um/px; {summary['elapsed_s']:.1f} s.")
     thr = summary.get("thresholds") or []
     tiled = [t for t in thr if t["n_tiles"]]
