@@ -367,6 +367,13 @@ def test_calibration_with_1plus_and_2plus_controls():
     m1, m2, m3 = (np.median(ctrls[k]["HER2_membrane_mean"]) for k in ("ZR-75-1", "x2", "BT-474"))
     assert cal.weak_moderate == pytest.approx((m1 + m2) / 2)
     assert cal.intense == pytest.approx((m2 + m3) / 2)
+    # no 0 control: said (a review calibrated on MCF-7 and BT-474, and a HER2-0 line scored
+    # 1+: the 1+ line's 5 % quantile lay among its HER2-0 cells); kept through to_dict
+    assert len(cal.warnings) == 1 and cal.warnings[0].startswith("no 0 control")
+    assert Her2Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))).warnings == \
+        cal.warnings
+    with_0 = calibrate_her2({"MDA-MB-468": control(1.0), **ctrls}, categories={"x2": "2+"})
+    assert with_0.warnings == ()
 
 
 def test_controls_scored_with_their_own_calibration():

@@ -1053,7 +1053,7 @@ def calibrate(
         from qdmed.imaging import her2_controls_scored
 
         doc["controls_scored"] = her2_controls_scored(her2, her2_ctrls)
-        doc["warnings"] = scale_warnings + [
+        doc["warnings"] = scale_warnings + list(her2.warnings) + [
             f"control {n} ({v['category']}) scores {v['scored']} with these "
             "cut-offs: check its cells (membrane completeness, segmentation) or its known score"
             for n, v in doc["controls_scored"].items() if v["scored"] != v["category"]]

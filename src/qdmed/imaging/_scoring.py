@@ -517,6 +517,8 @@ class Her2Calibration:
     faint_quantile : float or None
     controls : tuple
         ``(name, category, n_cells, median, faint_quantile_value_or_nan)`` per control.
+    warnings : tuple of str
+        What the calibration could not check (e.g. no 0 control).
     """
 
     faint: float
@@ -529,6 +531,7 @@ class Her2Calibration:
     scale: str = ""
     faint_quantile: float | None = None
     controls: tuple = ()
+    warnings: tuple = ()
 
     def __post_init__(self):
         vals = (self.faint, self.weak_moderate, self.intense)
@@ -583,6 +586,7 @@ class Her2Calibration:
             (c["name"], c["category"], c["n_cells"], c["median"], c.get("faint_quantile_value"))
             for c in d.get("controls") or ()
         )
+        kw["warnings"] = tuple(str(w) for w in d.get("warnings") or ())
         return cls(**kw)
 
 
@@ -754,6 +758,15 @@ def calibrate_her2(
         f"faint = q{q_used:g} of the {HER2_CATEGORIES[low]} control; weak_moderate / intense = "
         f"{scale} interpolation of anchors (0.5, faint), (s, median of s-controls) at scores 1.5 / 2.5"
     )
+    warnings = []
+    if low == 1:
+        # a 1+ line holds HER2-0 cells (MCF-7 about 30 %): its low quantile may lie among
+        # them, and a review's HER2-0 line (MDA-MB-468) then scored 1+, i.e. HER2-low
+        warnings.append(
+            f"no 0 control: the faint cut-off ({faint:.4g}) is the {100 * q_used:g} % "
+            f"quantile of the 1+ control, which may lie among its HER2-0 cells (a 1+ line "
+            "such as MCF-7 holds some); a HER2-0 tissue may then score 1+ (HER2-low). Give "
+            "a 0 control (e.g. MDA-MB-468) as well")
     return Her2Calibration(
         faint=faint,
         weak_moderate=float(wm),
@@ -765,6 +778,7 @@ def calibrate_her2(
         scale=scale,
         faint_quantile=q,
         controls=tuple(tuple(r) for r in info),
+        warnings=tuple(warnings),
     )
 
 
