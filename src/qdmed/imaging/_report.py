@@ -539,7 +539,8 @@ def write_slide_report(result, path=None) -> Path:
                        "calibration": cal.get("rule", "")}
                       if all(k in cal for k in ("faint", "weak_moderate", "intense")) else {})})
         rep.paragraph("mean_membrane_intensity is the mean over the cells of their stained-"
-                      "membrane HER2 (the membrane pixels above the faint cut-off; cells.parquet "
+                      "membrane HER2 (the membrane pixels above the slide's completeness "
+                      "threshold, settings.completeness_threshold; cells.parquet "
                       "HER2_membrane_stained_mean), the value the cut-offs grade.", cls="muted")
         for w in h.get("warnings") or []:
             rep.paragraph(f"Warning: {w}.")
