@@ -479,6 +479,9 @@ def test_a_slide_without_a_pixel_size_is_warned_and_can_be_given_one(tmp_path):
     assert [w for w in summary_warnings(r.summary) if w.startswith("slide: ")] == [
         "slide: the slide declares no pixel size: 0.5 um/px assumed (give --pixel-size-um, "
         "or AnalysisSettings(pixel_size_um=...))"]
+    # ... and in the result's warnings, as the command line prints them
+    assert r.warnings[:1] == [w for w in summary_warnings(r.summary) if w.startswith("slide: ")]
+    assert r.warnings == summary_warnings(r.summary)  # no receptor gated here
     g = analyze_slide(path, PANEL, tmp_path / "b", settings=AnalysisSettings(pixel_size_um=0.25),
                       **kw)
     assert g.summary["settings"]["pixel_size_um"] == 0.25 and not g.summary["slide"]["warnings"]

@@ -765,7 +765,7 @@ def analyze(
     """Analyse one slide: unmix, segment, measure every cell; cells.parquet, summary.json,
     cells.geojson, unmixed.ome.zarr and report.html in --out."""
     from qdmed.imaging import AnalysisSettings, analyze_slide
-    from qdmed.imaging._analyze import check_exclude_flagged, panel_offset, summary_warnings
+    from qdmed.imaging._analyze import check_exclude_flagged, panel_offset
     from qdmed.imaging._detector import check_level
     from qdmed.imaging._report import write_slide_report
     from qdmed.imaging._slideio import _check_pixel_size
@@ -798,10 +798,7 @@ def analyze(
     if not no_report:
         write_slide_report(res)
     d = res.to_dict()
-    from qdmed.imaging._region_scores import receptor_notes
-
-    warns = cal_warnings + summary_warnings(d) + receptor_notes(d.get("markers_scored"),
-                                                                brief=False)
+    warns = cal_warnings + res.warnings
     if json_:
         return print_json_warned(d, warns)
     info = {"cells": d["n_cells"], "scored cells": d["scored_cells"]["n_scored"],

@@ -571,6 +571,16 @@ class SlideResult:
 
         return pd.read_parquet(self.cells_path)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of the analysis, as the command line prints them (``"<block>:
+        <warning>"``, then the receptor-status warnings in full): they live in the summary's
+        blocks, where a Python user had to look for them one by one (a review)."""
+        from qdmed.imaging._region_scores import receptor_notes
+
+        return summary_warnings(self.summary) + receptor_notes(
+            self.summary.get("markers_scored"), brief=False)
+
     def to_dict(self) -> dict:
         return self.summary
 
