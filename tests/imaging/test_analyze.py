@@ -460,6 +460,12 @@ def test_settings_without_a_pixel_size_take_the_slides(tmp_path):
                           outlines=False)
         assert r.summary["settings"]["pixel_size_um"] == want
     assert AnalysisSettings().with_pixel_size().pixel_size_um == 0.5
+    # a field in memory records no pixel size: the one assumed is said (a review's 0.25 um
+    # field read cells 2.8x too large, unsaid), and none when the settings give it
+    fa = analyze_field(f.image, PANEL)
+    assert fa.settings.pixel_size_um == 0.5 and len(fa.warnings) == 1
+    assert "0.5 um/px assumed" in fa.warnings[0] and fa.to_dict()["warnings"] == list(fa.warnings)
+    assert analyze_field(f.image, PANEL, AnalysisSettings(pixel_size_um=0.25)).warnings == ()
 
 
 def test_a_slide_without_a_pixel_size_is_warned_and_can_be_given_one(tmp_path):

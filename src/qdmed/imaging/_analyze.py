@@ -109,13 +109,15 @@ class FieldAnalysis:
     #: detector ceiling (``level_adu``, ``source``) and per-channel saturated pixels
     #: (:func:`qdmed.imaging._detector.channel_stats`) of the field
     saturation: dict | None = None
+    #: what the analysis assumed (a pixel size the settings did not give)
+    warnings: tuple = ()
 
     def to_dict(self) -> dict:
         return {"n_cells": int(len(self.table)), "components": list(self.components),
                 "settings": self.settings.to_dict(),
                 "median_relative_residual": None if self.residual is None
                 else float(np.median(self.residual)),
-                "saturation": self.saturation}
+                "saturation": self.saturation, "warnings": list(self.warnings)}
 
 
 def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False,
@@ -151,7 +153,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 
 
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
-                  offset=(0, 0), residual: bool = True,
+                  origin_px=(0, 0), residual: bool = True,
                   detector_stats: bool = True, nuclei=None, cells=None,
                   label_names: tuple[str, str] = LABEL_NAMES
                   ) -> FieldAnalysis:
@@ -168,7 +170,12 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     expansion too (:func:`qdmed.imaging._cells.cells_from_labels`: each cell's nucleus is
     the nuclear pixels inside it; a cell without any is left out, counted in
     ``table.attrs['cells_without_nucleus']``); the table also gets ``cell_label``.
-    ``label_names`` name the two in errors (e.g. with their files).
+    ``label_names`` name the two in errors (e.g. with their files). ``origin_px`` (y, x) is
+    the field's top-left pixel in a larger image (a slide's tile): the table's centroids and
+    the segmentation's tie-breaks are in that image's pixels. Settings without a pixel size
+    take 0.5 um/px, said in ``FieldAnalysis.warnings``: an array records none, and areas,
+    expansion and membrane width scale with it (a review's 0.25 um field read cells 2.8x
+    too large).
 
     The table gets ``saturated_fraction`` (share of each cell's pixels with a channel at the
     detector ceiling, ``settings.saturation_level`` or the integer type's maximum; absent for
@@ -188,7 +195,12 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         saturation_level,
     )
 
-    s = (settings or AnalysisSettings()).with_pixel_size()
+    s = settings or AnalysisSettings()
+    warnings = () if s.pixel_size_um is not None else (
+        f"the settings give no pixel size: {DEFAULT_PIXEL_SIZE_UM} um/px assumed (areas, "
+        "expansion and membrane width scale with it; AnalysisSettings(pixel_size_um=...))",)
+    s = s.with_pixel_size()
+    offset = tuple(int(v) for v in origin_px)
     if cells is not None and nuclei is None:
         raise InputError("cell labels need nuclei labels too (analyze_field(nuclei=...)): the "
                          "nucleus compartment comes from them")
@@ -244,7 +256,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         table["saturated_fraction"] = frac[table["cell_id"].to_numpy()].astype(np.float32)
     sat = {"level_adu": level, "source": source,
            **(channel_stats(image, level) if detector_stats else {})}
-    return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat)
+    return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat, warnings)
 
 
 def membrane_scales(abundances, components, membrane_markers) -> dict:
@@ -376,7 +388,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
     nuclei, given_cells = (None, None) if labels is None else labels.read(py0, py1, px0, px1)
-    fa = analyze_field(region, panel, s, offset=(py0, px0), residual=False,
+    fa = analyze_field(region, panel, s, origin_px=(py0, px0), residual=False,
                        detector_stats=False, nuclei=nuclei, cells=given_cells,
                        label_names=_label_names(labels))
     core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
