@@ -692,6 +692,24 @@ def test_dab_image_too_large_for_memory_is_refused(tmp_path, monkeypatch, bright
             cli_image._read_brightfield_image(path)
 
 
+def test_dab_reads_a_16_bit_rgb_image_in_memory(tmp_path):
+    # a 16-bit RGB TIFF was refused as "a fluorescence slide" (a review): scored in memory
+    # as its 8-bit original; tile by tile it is refused, saying to convert it
+    import pytest
+    import tifffile
+    from skimage.data import immunohistochemistry
+
+    img = immunohistochemistry()
+    tifffile.imwrite(tmp_path / "ihc16.tif", img.astype(np.uint16) * 257, photometric="rgb")
+    tifffile.imwrite(tmp_path / "ihc8.tif", img, photometric="rgb")
+    got = [json.loads(run("image", "dab", str(tmp_path / f"ihc{b}.tif"), "--json").stdout)
+           for b in (16, 8)]
+    assert got[0]["n_cells"] == got[1]["n_cells"] > 200
+    assert got[0]["h_score"] == pytest.approx(got[1]["h_score"], abs=1e-9)
+    r = run("image", "dab", str(tmp_path / "ihc16.tif"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "convert it to 8 bits per channel" in r.stderr
+
+
 def test_dab_flat_field(tmp_path, vignetted_ihc):
     # a vignetted camera image and its blank field as PNGs: corrected before scoring
     from PIL import Image

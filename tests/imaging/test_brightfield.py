@@ -332,6 +332,20 @@ def test_a_given_white_level_is_checked_against_the_glass(ihc):
         score_dab(ihc, od_cutoffs=cut, background=(0.926 / 255, 0.925 / 255, 0.918 / 255))
 
 
+def test_bit_depth_is_said_when_the_data_do_not_fill_their_type(ihc):
+    """Full-range 16-bit RGB scores as its 8-bit original; 12-bit data stored in 16 bits
+    (divided by 65535 as 16-bit) reads as dark stain everywhere and is said so (a review got
+    no cells and a warning about uneven light)."""
+    cut = (0.05, 0.15, 0.3)
+    ref = score_dab(ihc, od_cutoffs=cut)
+    full = score_dab(ihc.astype(np.uint16) * 257, od_cutoffs=cut)
+    assert (full.n_cells, full.h_score) == (ref.n_cells, pytest.approx(ref.h_score, abs=1e-9))
+    assert not any("brightest pixel" in w for w in full.warnings)
+    twelve = (ihc.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    w = score_dab(twelve, od_cutoffs=cut).warnings
+    assert any(x.startswith("the brightest pixel reads 4095 of the uint16's 65535") for x in w)
+
+
 def test_stain_vectors_are_taken_as_directions(ihc):
     """Rows of the stain matrix are scaled to unit length (Ruifrok & Johnston 2001; QuPath
     normalises the vectors it is given): raw stain ODs, or the published vectors doubled,

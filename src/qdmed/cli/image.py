@@ -1376,9 +1376,12 @@ def _read_brightfield_image(image: Path):
     if slide is not None:
         import numpy as np
 
-        if slide.dtype != np.uint8 or slide.shape[-1] != 3:
-            raise InputError(f"{Path(image).name}: DAB IHC needs an 8-bit RGB brightfield "
-                             f"image; got {slide.shape[-1]} channels of {slide.dtype} (a "
+        if slide.shape[-1] == 3 and slide.dtype not in (np.uint8, np.uint16):
+            raise InputError(f"{Path(image).name}: DAB IHC needs an 8- or 16-bit RGB "
+                             f"brightfield image; got RGB of {slide.dtype}")
+        if slide.shape[-1] != 3:
+            raise InputError(f"{Path(image).name}: DAB IHC needs an RGB brightfield image; "
+                             f"got {slide.shape[-1]} channels of {slide.dtype} (a "
                              "fluorescence slide is analysed by qdmed image analyze)")
         return slide.read_region(0, height, 0, width), slide.pixel_size_um
     from skimage.io import imread

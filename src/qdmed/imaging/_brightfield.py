@@ -733,7 +733,7 @@ def score_dab(
             raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
     else:
         m = stain_matrix
-    warnings = uncalibrated_warnings(t)
+    warnings = uncalibrated_warnings(t) + dynamic_range_warnings(rgb)
     if check_glass and not isinstance(background, str):
         warnings += glass_warnings(rgb, m, bg)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
@@ -815,6 +815,23 @@ def no_nuclei_warning(n_tissue: int) -> str:
             "split), so no cells were scored: if the illumination is uneven (darker "
             "corners), the glass there reads as tissue: correct the image with a blank "
             "field (flat_field_correct; qdmed image dab --flat-field)")
+
+
+def dynamic_range_warnings(rgb) -> list[str]:
+    """A warning when an image's brightest pixel reads below an eighth of its type's full
+    scale (glass should read near the top): 12-bit data stored in 16 bits is divided by
+    65535 as if it were 16-bit, and reads as dark stain (a review's gave no cells, and a
+    warning about uneven light)."""
+    a = np.asarray(rgb)
+    if a.size == 0 or a.dtype.kind not in "uif":
+        return []
+    full = float(np.iinfo(a.dtype).max) if a.dtype.kind in "ui" else 1.0
+    top = float(a[..., :3].max())
+    if top >= full / 8:
+        return []
+    return [f"the brightest pixel reads {top:g} of the {a.dtype}'s {full:g}: glass should "
+            "read near the top, so every pixel reads as dark stain. Data of fewer bits stored "
+            "in this type (12-bit in 16: multiply by 16), or a dark exposure? Scale it first"]
 
 
 def glass_warnings(rgb, stain_matrix=None, background=1.0) -> list[str]:

@@ -468,8 +468,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
     name = Path(getattr(img, "path", slide)).name
     if img.dtype != np.uint8 or img.shape[-1] != 3:
-        raise InputError(f"{name}: DAB IHC needs an 8-bit RGB brightfield slide; got "
-                         f"{img.shape[-1]} channels of {img.dtype}")
+        raise InputError(f"{name}: DAB IHC of a slide by tiles or regions needs an 8-bit RGB "
+                         f"brightfield slide; got {img.shape[-1]} channels of {img.dtype}"
+                         + (": convert it to 8 bits per channel (an image small enough is "
+                            "scored whole in memory at 16 bits: qdmed image dab IMAGE, "
+                            "score_dab)" if img.shape[-1] == 3 else
+                            " (a fluorescence slide is analysed by qdmed image analyze)"))
     if reg is None:
         reg = _whole_slide(name, *img.shape[:2])
     from qdmed.imaging._brightfield import uncalibrated_warnings
