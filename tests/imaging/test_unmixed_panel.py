@@ -176,3 +176,22 @@ def test_unmixed_panel_refuses_what_needs_spectra(tmp_path, write_qptiff):
                                          r"channel 'HER2-QD'"):
         analyze_slide(p, unmixed_panel({"DAPI": "DAPI", "HER2": "HER2-QD"}), tmp_path / "o",
                       progress=False)
+
+
+def test_a_component_taken_by_its_place_from_a_named_channel_is_warned(tmp_path, write_qptiff):
+    """unmixed_panel({"ER": 2}) in Python reads channel 2 of each slide, whatever it holds:
+    a review's export with PR at index 2 was read as ER, unsaid. Said when the channel has a
+    name of its own; not for channels named by their place, nor for a panel bound to an
+    image (read by name), nor for components given by name."""
+    from qdmed.imaging._analyze import positional_warnings
+
+    p = unmixed_panel({"DAPI": "DAPI", "ER": 3})
+    w = positional_warnings(p, CHANNELS)
+    assert len(w) == 1 and w[0].startswith("component ER is channel 3 ('Qdot 605') by its place")
+    assert positional_warnings(p, ["C0", "C1", "Channel 2", "3"]) == []
+    assert positional_warnings(bind_unmixed(p, CHANNELS), CHANNELS) == []
+    assert positional_warnings(unmixed_panel(MAPPING), CHANNELS) == []
+    img = write_qptiff(tmp_path / "c.qptiff", np.zeros((64, 64, 8), np.float32), CHANNELS)
+    res = analyze_slide(img, p, tmp_path / "o", tile=64, scheduler="synchronous",
+                        progress=False, write_unmixed=False, outlines=False)
+    assert [x for x in res.warnings if "by its place" in x] == [f"slide: {w[0]}"]

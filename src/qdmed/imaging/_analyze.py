@@ -785,6 +785,27 @@ def check_channels(slide, panel: Panel, *, reorder: bool = True) -> Panel:
     return panel
 
 
+def positional_warnings(panel: Panel, channel_names) -> list[str]:
+    """Warnings for an already-unmixed panel, never bound to an image's names, that takes a
+    component from a named channel by its index: on a slide whose channels come in another
+    order it reads another marker's channel (a review read PR as ER, unsaid). Channels named
+    only by their place (C0, Channel 1, 2) are not warned."""
+    import re
+
+    if not panel.unmixed or panel.channels:
+        return []
+    names = [str(n) for n in channel_names]
+    out = []
+    for comp, src in zip(panel.components, panel.sources, strict=True):
+        if isinstance(src, int) and 0 <= src < len(names) and not re.fullmatch(
+                r"\s*(c|ch|channel)?\s*[-_ ]?\d+\s*", names[src], flags=re.I):
+            out.append(f"component {comp} is channel {src} ({names[src]!r}) by its place, as "
+                       "the panel gives it: name the channel instead (or bind the panel to "
+                       "an image, image_channels / qdmed image panel --slide), so that a "
+                       "slide whose channels come in another order is refused, not misread")
+    return out
+
+
 def check_unmixable(panel: Panel) -> None:
     """Refuse, naming the markers, a spectral panel whose spectra the unmixing would refuse
     (nearly collinear: two markers on one QD colour); an already-unmixed panel passes. Not
@@ -1026,6 +1047,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
+    ps_warnings = positional_warnings(panel, slide.channel_names)
     panel = check_channels(slide, panel)
     check_unmixable(panel)
     check_calibration(panel, her2_calibration, gates)
@@ -1037,12 +1059,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     # the slide's own pixel size unless the settings give one (they did not reach it when
     # settings were given: a 0.25 um slide was segmented at 0.5 um)
     s = settings or AnalysisSettings()
-    ps_warnings = []
     if _check_pixel_size(s.pixel_size_um) is None:
         # an assumed pixel size is said: areas and densities scale with its square
-        ps, ps_warnings = pixel_size_or_default(
+        ps, assumed = pixel_size_or_default(
             slide.pixel_size_um, hint="--pixel-size-um, or AnalysisSettings(pixel_size_um=...)")
         s = replace(s, pixel_size_um=float(ps))
+        ps_warnings = assumed + ps_warnings
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
 
     objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None
