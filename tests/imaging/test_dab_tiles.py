@@ -59,6 +59,11 @@ def test_tiled_slide_has_the_cells_of_the_whole_image(tmp_path, ihc_slide):
         np.testing.assert_allclose(cells[col], b[col], rtol=1e-12, atol=1e-12)
     (row,) = d["regions_scored"]["regions"]
     assert row["region"] == "ihc.ome.tif" and row["her2_category"] == "3+"
+    # the region's H-score and DAB classes, as score_dab gives them for the whole image (a
+    # review found regions.csv without them, where QuPath gives them per core)
+    assert row["h_score"] == pytest.approx(sc.h_score, abs=1e-9)
+    assert [row[f"dab_percent_{k}"] for k in ("0", "1plus", "2plus", "3plus")] == \
+        pytest.approx([sc.percent_0, sc.percent_1plus, sc.percent_2plus, sc.percent_3plus])
     assert d["parameters"]["regions"] is None and d["parameters"]["tile_px"] == 256
     # in one tile (the default 2048 px) the slide is one crop, at the same threshold: the
     # same cells
@@ -70,6 +75,23 @@ def test_tiled_slide_has_the_cells_of_the_whole_image(tmp_path, ihc_slide):
     assert len(crop) == len(cells) and dist.max() < 1e-9
     np.testing.assert_allclose(cells["DAB_membrane_mean"], b["DAB_membrane_mean"],
                                rtol=1e-12)
+
+
+def test_region_table_columns_do_not_follow_the_first_row():
+    # a missing core first gave another column order than a scored core first (a review)
+    from qdmed.imaging._region_scores import region_table
+
+    scored = {"region": "A-1", "status": "ok", "n_cells": 9, "her2_category": "3+",
+              "message": "", "h_score": 120.0, "dab_percent_0": 10.0, "area_mm2": 0.1}
+    missing = {"region": "A-2", "status": "missing", "n_cells": 0, "message": ""}
+    a, b = region_table([missing, scored]), region_table([scored, missing])
+    assert list(a.columns) == list(b.columns)
+    # a case under the "highest" rule takes its H-score from its highest core, named
+    from qdmed.imaging._region_scores import _highest_core_fields
+
+    low = {**scored, "region": "B-1", "h_score": 40.0, "dab_percent_0": 60.0}
+    got = _highest_core_fields([low, scored])
+    assert (got["h_score"], got["dab_percent_0"], got["h_score_core"]) == (120.0, 10.0, "A-1")
 
 
 def test_tiles_on_two_dask_workers_give_the_same_cells(tmp_path, ihc_slide):

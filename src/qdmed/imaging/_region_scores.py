@@ -205,8 +205,32 @@ def _scored_row(row: dict[str, Any], cells, what: str, min_cells: int, her2_cali
             her2_calibration = None
     her2, markers = score_cells(cells, her2_calibration, gates)
     row.update(score_fields(None if her2 is None else her2.to_dict(), markers))
+    row.update(dab_class_fields(cells))
     row["message"] = "; ".join(notes + receptor_notes(markers))
     return row
+
+
+#: DAB classes of brightfield cells (``dab_class``) and their table fields.
+DAB_CLASS_FIELDS = {"0": "dab_percent_0", "1+": "dab_percent_1plus", "2+": "dab_percent_2plus",
+                    "3+": "dab_percent_3plus"}
+
+
+def dab_class_fields(cells) -> dict[str, Any]:
+    """The H-score and the percent of cells per DAB class (0, 1+, 2+, 3+ by the mean OD of
+    the scored compartment, cells without one left out) of brightfield cells carrying
+    ``dab_class``, as :func:`qdmed.imaging.score_dab` gives them for one image: H-score =
+    1 x %1+ + 2 x %2+ + 3 x %3+ (0-300; McCarty et al., Arch Pathol Lab Med 1985). A
+    review found regions and cases without them, as QuPath's TMA workflow gives them per
+    core. {} for cells without ``dab_class`` (QD slides) or none measured."""
+    if cells is None or "dab_class" not in cells.columns:
+        return {}
+    c = cells["dab_class"].astype(str)
+    c = c[c != "unmeasured"]
+    if not len(c):
+        return {}
+    pct = {k: 100.0 * float((c == k).mean()) for k in DAB_CLASS_FIELDS}
+    return {"h_score": pct["1+"] + 2 * pct["2+"] + 3 * pct["3+"],
+            **{f: pct[k] for k, f in DAB_CLASS_FIELDS.items()}}
 
 
 def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(),
@@ -310,11 +334,16 @@ def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...]):
-    """The rows as a DataFrame, the ``first`` columns first."""
+    """The rows as a DataFrame, the ``first`` columns first, then those of the row with the
+    most fields in its order (a review found the order following the first row: a missing
+    core first gave another order than a scored one)."""
     import pandas as pd
 
     table = pd.DataFrame(rows)
-    return table.reindex(columns=list(first) + [c for c in table.columns if c not in first])
+    template = list(max(rows, key=len)) if rows else []
+    rest = [c for c in template if c not in first]
+    rest += [c for c in table.columns if c not in first and c not in rest]
+    return table.reindex(columns=list(first) + rest)
 
 
 def regions_summary(rows: list[dict[str, Any]], min_cells: int) -> dict[str, Any]:
@@ -552,6 +581,11 @@ def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
         row[f"{m}_percent_positive"] = best[f"{m}_percent_positive"]
         if f"{m}_status" in best:
             row[f"{m}_status"] = best[f"{m}_status"]
+    dab = [r for r in ok if _number(r.get("h_score")) > -np.inf]
+    if dab:  # brightfield: the H-score and its classes from the core of the highest
+        best = max(dab, key=lambda r: _number(r["h_score"]))
+        row.update({k: best[k] for k in ("h_score", *DAB_CLASS_FIELDS.values()) if k in best})
+        row["h_score_core"] = _core_key(best)
     # the case's subtype from its own HER2 and receptor statuses (cores may differ)
     status = {m: {"status": str(row[f"{m}_status"]).removesuffix(" (borderline)"),
                   "borderline": str(row[f"{m}_status"]).endswith(" (borderline)")}
