@@ -501,3 +501,50 @@ def test_glass_tiles_are_not_scored_and_the_cells_are_the_same(tmp_path, monkeyp
     assert row["cells_per_tissue_mm2"] == pytest.approx(len(cells) / row["tissue_area_mm2"])
     np.testing.assert_allclose(cells["DAB_membrane_mean"], b["DAB_membrane_mean"],
                                rtol=1e-12, atol=1e-12)
+
+
+def test_annotations_of_one_tumour_are_also_scored_pooled(tmp_path, ihc_slide):
+    """Annotations drawn in pieces of one tumour: each scored, and their cells pooled into
+    one score (a review found no total, where a QD slide's scores pool its regions); the
+    pooled H-score is that of every region's measured cells together. A TMA's cores are
+    patients: not pooled."""
+    path, _ = ihc_slide
+
+    def square(name, x0, y0, s=400):
+        ring = [[x0, y0], [x0 + s, y0], [x0 + s, y0 + s], [x0, y0 + s], [x0, y0]]
+        return {"type": "Feature", "properties": {"name": name},
+                "geometry": {"type": "Polygon", "coordinates": [ring]}}
+
+    geo = _write(tmp_path / "t.geojson", [square("T1", 50, 50), square("T2", 550, 550)])
+    d = analyze_dab_regions(path, geo, tmp_path / "o", od_cutoffs=CUT, min_cells=20,
+                            progress=False)
+    rows = d["regions_scored"]["regions"]
+    pooled = d["all_regions"]
+    assert [r["region"] for r in rows] == ["T1", "T2"] and pooled["region"] == "all regions"
+    assert pooled["n_scored"] == sum(r["n_scored"] for r in rows) > 100
+    cells = pd.read_parquet(tmp_path / "o" / "cells.parquet")
+    c = cells.loc[cells["in_region"], "dab_class"].astype(str)
+    c = c[c != "unmeasured"]
+    want = sum(k * 100 * float((c == cls).mean()) for k, cls in ((1, "1+"), (2, "2+"),
+                                                                 (3, "3+")))
+    assert pooled["h_score"] == pytest.approx(want, abs=1e-9)
+    assert pooled["her2_category"] in ("0", "1+", "2+", "3+")
+
+
+def test_a_region_of_tissue_without_nuclei_says_so(tmp_path):
+    """A region of stained tissue where no nucleus stands out (DAB alone, no haematoxylin)
+    read "no cells / no scored cells" unexplained (a review): its message names its tissue
+    area and that no nuclei were found in it."""
+    img = np.full((512, 512, 3), 250, np.uint8)
+    dab_only = 255 * 10 ** (-0.3 * np.array([0.268, 0.570, 0.776]))
+    img[100:400, 100:400] = np.rint(dab_only).astype(np.uint8)
+    path = write_ome_tiff(tmp_path / "dab.ome.tif", img, pixel_size_um=0.5, tile=256,
+                          channel_names=["R", "G", "B"])
+    ring = [[120, 120], [380, 120], [380, 380], [120, 380], [120, 120]]
+    geo = _write(tmp_path / "r.geojson", [{"type": "Feature", "properties": {"name": "P"},
+                                           "geometry": {"type": "Polygon",
+                                                        "coordinates": [ring]}}])
+    (row,) = analyze_dab_regions(path, geo, tmp_path / "o", od_cutoffs=CUT, min_cells=20,
+                                 progress=False)["regions_scored"]["regions"]
+    assert row["n_cells"] == 0 and row["tissue_area_mm2"] == pytest.approx(0.0169, rel=0.02)
+    assert row["message"].startswith("no nuclei found in its 0.0169 mm^2 of tissue")

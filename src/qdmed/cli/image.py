@@ -1456,10 +1456,16 @@ def _print_dab_regions(slide, out, d) -> None:
     """The tables of `qdmed image dab SLIDE --regions ...` (or `--out` alone)."""
     rows = d["regions_scored"]["regions"]
     m = d["parameters"]["marker"]
-    score = ["her2_category"] if m == "HER2" else [f"{m}_percent_positive", f"{m}_status"]
+    score = (["her2_category"] if m == "HER2" else [f"{m}_percent_positive", f"{m}_status"]) \
+        + ["h_score"]
     print_table(f"DAB IHC ({m}) by region: {Path(slide).name}", rows,
                 [c for c in ("region", "case", "status", "n_cells", "n_scored", *score,
                              "message") if any(c in r for r in rows)])
+    if d.get("all_regions"):
+        pooled = d["all_regions"]
+        print_table("All regions pooled (summary.json 'all_regions')", [pooled],
+                    [c for c in ("region", "status", "n_cells", "n_scored", *score, "message")
+                     if c in pooled])
     if d["cases_scored"]:
         cases = d["cases_scored"]["cases"]
         print_table("Cases (cases.csv)", cases,

@@ -636,6 +636,16 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         cells, scored, reg, name, out, tumour=tumour, tma_map=tma_map, case_rule=case_rule,
         her2_calibration=cal, gates=gates, pixel_size_um=ps, min_cells=min_cells,
         tissue_area_mm2={r: a / 1e6 for r, a in tissue_um2.items()})
+    all_regions = None
+    if len(reg.names) > 1 and not reg.is_tma:
+        # annotations of one tumour drawn in pieces: their cells pooled, as a QD slide's
+        # scores pool its regions' (a review found no total; a TMA's cores are patients)
+        from qdmed.imaging._region_scores import _scored_row
+
+        all_regions = _scored_row(
+            {"region": "all regions", "status": "ok", "n_cells": int(len(cells)),
+             "n_scored": int(len(scored)), "her2_category": None, "message": ""},
+            scored if len(scored) else None, "slide", min_cells, cal, gates)
     atomic_write_parquet(out / "cells.parquet", cells)
     summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
@@ -657,7 +667,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM,
                               "tile_px": tile, "glass": list(glass)},
-               "regions_scored": by_region, "cases_scored": by_case, "warnings": warnings,
+               "regions_scored": by_region, "cases_scored": by_case,
+               "all_regions": all_regions, "warnings": warnings,
                "n_crops": len(jobs), "n_crops_resumed": n_resumed,
                "elapsed_s": round(time.perf_counter() - t0, 2),
                "report": str(out / "report.html")}

@@ -753,6 +753,10 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
             a = tissue_area_mm2.get(r["region"])
             r["tissue_area_mm2"] = a
             r["cells_per_tissue_mm2"] = r["n_cells"] / a if a else None
+            if a and not r["n_cells"] and r["status"] != "missing":  # said, not left bare
+                r["message"] = "; ".join(m for m in (
+                    f"no nuclei found in its {a:.3g} mm^2 of tissue (pale, without "
+                    "haematoxylin, or out of focus?)", r["message"]) if m)
     if tumour is not None:  # say why a region with cells has none to score
         in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
         for r in rows:
