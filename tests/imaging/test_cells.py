@@ -402,3 +402,22 @@ def test_membrane_mask_kernel_equals_min_max_filters(seed, h, w, width):
     lab, _ = ndi.label(rng.random((h, w)) < 0.6)
     lab = lab.astype(np.int32)
     assert np.array_equal(_membrane_mask(lab, width), _membrane_mask_numpy(lab, width))
+
+
+def test_too_little_background_names_the_thresholds_to_give():
+    """A field without room between cells: the completeness thresholds cannot be derived.
+    The error names the components a mapping still leaves out and where to give them (it
+    named an argument analyze_field does not take; a review)."""
+    from qdmed.imaging import measure_cells
+
+    ab = np.ones((20, 20, 2))
+    nuc = np.zeros((20, 20), np.int32)
+    nuc[5:15, 5:15] = 1
+    cel = np.ones((20, 20), np.int32)
+    kw = dict(marker_names=["DAPI", "HER2"], pixel_size_um=0.5)
+    with pytest.raises(InputError, match=r"covering 'DAPI', 'HER2' \(AnalysisSettings\("
+                                         r"completeness_threshold=\.\.\.\)"):
+        measure_cells(ab, nuc, cel, **kw)
+    with pytest.raises(InputError, match=r"covering 'DAPI' \("):
+        measure_cells(ab, nuc, cel, completeness_threshold={"HER2": 1.0}, **kw)
+    assert len(measure_cells(ab, nuc, cel, completeness_threshold=1.0, **kw)) == 1

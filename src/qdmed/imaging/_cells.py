@@ -1029,10 +1029,13 @@ def _completeness_thresholds(ab, cells, marker_names, completeness_threshold,
             continue
         n_bg = int(bg.sum())
         if n_bg < MIN_BACKGROUND_PIXELS:
+            missing = [x for x in names if x not in given]
             raise InputError(
-                f"completeness_threshold=None derives the {m!r} threshold from pixels outside "
-                f"cells, but only {n_bg} exist (need >= {MIN_BACKGROUND_PIXELS}); pass "
-                "completeness_threshold explicitly (a number or {marker: number})."
+                f"the membrane completeness threshold of {m!r} is derived from pixels outside "
+                f"cells, but only {n_bg} exist (need >= {MIN_BACKGROUND_PIXELS}): give it, "
+                "as a number or a mapping component -> number covering "
+                f"{', '.join(map(repr, missing))} (AnalysisSettings(completeness_threshold="
+                "...), or measure_cells(completeness_threshold=...))."
             )
         vals = ab[..., k][bg]
         med = float(np.median(vals))

@@ -314,7 +314,8 @@ def _check_pixels(pixels: Any, n_channels: int, name: str = "pixels") -> np.ndar
 def _raise_nonfinite(count: int, n: int) -> None:
     raise InputError(f"pixels contain {count} NaN or infinite pixel(s) out of {n} (or values "
                      f"so large that the products overflow); mask or fill them before "
-                     f"unmixing (nan_policy is 'raise').")
+                     f"unmixing (e.g. numpy.nan_to_num, or 0 in the exporter for pixels "
+                     f"outside the scan).")
 
 
 def _check_nonfinite(y: np.ndarray) -> None:
