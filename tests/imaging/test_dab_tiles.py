@@ -548,3 +548,17 @@ def test_a_region_of_tissue_without_nuclei_says_so(tmp_path):
                                  progress=False)["regions_scored"]["regions"]
     assert row["n_cells"] == 0 and row["tissue_area_mm2"] == pytest.approx(0.0169, rel=0.02)
     assert row["message"].startswith("no nuclei found in its 0.0169 mm^2 of tissue")
+
+
+def test_ki67_index_is_the_percent_of_positive_nuclei(tmp_path, ihc_slide):
+    """Ki-67 (refused before: a review) is scored as a nuclear antigen: the percent of nuclei
+    at or above the first cut-off, the Ki-67 index (Nielsen et al., J Natl Cancer Inst 2021,
+    doi:10.1093/jnci/djaa201), counted here by hand from the cells' nuclear DAB OD."""
+    path, _ = ihc_slide
+    d = analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=CUT, marker="Ki67",
+                            min_cells=20, progress=False)
+    (row,) = d["regions_scored"]["regions"]
+    cells = pd.read_parquet(tmp_path / "k" / "cells.parquet")
+    v = cells.loc[cells["in_region"], "DAB_nucleus_mean"].dropna()
+    assert row["Ki67_percent_positive"] == pytest.approx(100 * float((v >= CUT[0]).mean()))
+    assert d["parameters"]["compartment"] == "nucleus" and "Ki67_status" not in row

@@ -166,6 +166,10 @@ for _args in (
     ("AR", "nucleus", "AR", "androgen receptor"),
     # nuclear counterstain (registered last so the other markers' random draws are unchanged)
     ("DAPI", "nucleus", "DNA", "nuclear counterstain (DAPI), present in every cell"),
+    # added after DAPI, for the same reason (no preset expresses it yet)
+    ("Ki67", "nucleus", "MKI67", "proliferation antigen, nuclear in cycling cells; the Ki-67 "
+     "index is the percent of positive tumour nuclei (Nielsen TO et al., J Natl Cancer Inst "
+     "2021;113:808-819, doi:10.1093/jnci/djaa201)"),
 ):
     _register_marker(*_args)
 
