@@ -1308,7 +1308,8 @@ def dab(
     info = {"HER2 category": her2.get("category"), "HER2 rule": her2.get("rule")} if her2 else {}
     bins = {"percent_0", "percent_1plus", "percent_2plus", "percent_3plus", "h_score"}
     if her2:  # the HER2 rule's own per-cell categories (stained mean and completeness)
-        info.update({f"HER2 rule: cells {c} (%)": her2.get(f"percent_cells_{k}")
+        info.update({f"HER2 rule: cells {c} by intensity and completeness (%)":
+                     her2.get(f"percent_cells_{k}")
                      for c, k in (("0", "0"), ("1+", "1plus"), ("2+", "2plus"),
                                   ("3+", "3plus"))})
     info.update({k: v for k, v in d.items() if not isinstance(v, dict | list) and k not in bins})
@@ -1535,8 +1536,12 @@ def compare(
              {"n_cases": d["n_cases"],
               **{k: with_ci(k) for k in ("percent_agreement", "kappa", "kappa_linear",
                                          "kappa_quadratic")},
-              **{k: d[k] for k in ("percent_agreement_negative_positive",
-                                   "percent_agreement_null_low")}})
+              # labelled by what they count (the first is three-way: a review read
+              # "negative_positive" as two)
+              "percent agreement on negative (0, 1+) / equivocal (2+) / positive (3+)":
+                  d["percent_agreement_negative_positive"],
+              "percent agreement on 0 / any staining (1+ or more)":
+                  d["percent_agreement_null_low"]})
     rows = [{name_a + " \\ " + name_b: c, **dict(zip(d["categories"], map(str, r), strict=True))}
             for c, r in zip(d["categories"], d["table"], strict=True)]
     print_table("cross-table", rows)
