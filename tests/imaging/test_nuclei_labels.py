@@ -180,6 +180,27 @@ def test_slide_tiles_own_each_given_nucleus_once(slide, tmp_path):
         np.testing.assert_allclose(m[f"{col}_a"], m[f"{col}_b"], rtol=1e-9)
     gj = json.loads((tmp_path / "tiled" / "cells.geojson").read_text())
     assert len(gj["features"]) == len(b)
+    assert not tiled.summary["labels"]["warnings"]  # the true nuclei lie on their DAPI
+
+
+def test_given_nuclei_off_their_stain_are_warned(slide, tmp_path):
+    """The true nuclei transposed (a review's cellpose masks on a square slide, used unsaid:
+    the cells' nuclear DAPI fell from ~900 to 21) hold about their area's share of the DAPI
+    signal, not several times it: warned among the labels' warnings."""
+    from qdmed.imaging import read_slide
+    from qdmed.imaging._analyze import labels_on_stain_warnings
+
+    truth = _truth_labels(slide)
+    tifffile.imwrite(tmp_path / "t.tif", np.ascontiguousarray(truth.T))
+    res = analyze_slide(slide.path, PANEL, tmp_path / "o", tile=1024, outlines=False,
+                        nuclei_labels=tmp_path / "t.tif", **RUN)
+    (w,) = [x for x in res.warnings if x.startswith("labels: the given nuclei do not lie")]
+    assert "transposed, flipped, or from another image?" in w
+    # the slide's own labels on its pixels: no warning; transposed: warned
+    ref = np.asarray(read_slide(slide.path).read_region(0, 512, 0, 512))
+    s = AnalysisSettings(pixel_size_um=0.5)
+    assert labels_on_stain_warnings(ref, PANEL, s, truth[:512, :512]) == []
+    assert labels_on_stain_warnings(ref, PANEL, s, truth[:512, :512].T) != []
 
 
 def test_labels_as_tiff_with_channels_and_resume(slide, tmp_path):

@@ -785,6 +785,38 @@ def check_channels(slide, panel: Panel, *, reorder: bool = True) -> Panel:
     return panel
 
 
+#: Given nuclei whose nuclear-stain enrichment (their share of the stain over their share
+#: of the area) is below this are warned: nuclei on their stain hold several times their
+#: area's share (3-5 on the synthetic slides), labels transposed or from another image
+#: about 1.
+MIN_NUCLEAR_ENRICHMENT = 1.5
+
+
+def labels_on_stain_warnings(image_yxc, panel: Panel, settings: AnalysisSettings,
+                             nuclei) -> list[str]:
+    """A warning when given nuclei do not lie on the nuclear stain of a reference region:
+    their share of its signal over their share of its area below
+    :data:`MIN_NUCLEAR_ENRICHMENT`. A review's cellpose masks, transposed on a square slide,
+    were used unsaid (the cells' nuclear DAPI fell from ~900 to 21)."""
+    lab = np.asarray(nuclei) > 0
+    area = float(lab.mean())
+    if not 0.0 < area < 1.0:
+        return []
+    ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
+                     weights=settings.unmix_weights, offset_adu=settings.offset_adu)
+    stain = ab[..., panel.components.index(settings.nuclear_marker)].astype(np.float64)
+    total = float(stain.sum())
+    if not total > 0:
+        return []
+    enrichment = float(stain[lab].sum()) / total / area
+    if enrichment >= MIN_NUCLEAR_ENRICHMENT:
+        return []
+    return [f"the given nuclei do not lie on the nuclear stain ({settings.nuclear_marker}): "
+            f"they hold {100 * float(stain[lab].sum()) / total:.0f} % of it on "
+            f"{100 * area:.0f} % of the area (x{enrichment:.2f}; nuclei on their stain hold "
+            "several times their share): transposed, flipped, or from another image?"]
+
+
 def positional_warnings(panel: Panel, channel_names) -> list[str]:
     """Warnings for an already-unmixed panel, never bound to an image's names, that takes a
     component from a named channel by its index: on a slide whose channels come in another
@@ -1114,6 +1146,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         ry0, ry0 + ref.shape[0], rx0, rx0 + ref.shape[1])
     s = fix_global_thresholds(ref, panel, s, nuclei=ref_nuclei, cells=ref_cells,
                               label_names=_label_names(labels))
+    if ref_nuclei is not None:
+        labels_warnings += labels_on_stain_warnings(ref, panel, s, ref_nuclei)
     out = Path(out_dir)
     tiles_dir = out / "tiles"
     created = not out.exists()  # removed again if the run fails before its first tile
