@@ -358,6 +358,13 @@ def test_calibration_rule_two_controls():
     assert s0.category == "0" and cal.null_stained_percent == pytest.approx(5.0)
     assert s0.percent_stained == pytest.approx(5.0) and not s0.her2_ultralow
     assert "null" in s0.rule
+    # the score's figure: one point per scored cell, the cut-offs drawn
+    import matplotlib.pyplot as plt
+
+    fig = s0.plot()
+    ax = fig.axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == s0.n_cells
+    plt.close(fig)
 
 
 def test_calibration_with_1plus_and_2plus_controls():

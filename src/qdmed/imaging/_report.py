@@ -249,7 +249,10 @@ def her2_figure(her2):
                                                        cal["intense"])
     for v, name in zip(cut, ("faint", "weak-moderate", "intense"), strict=True):
         ax.axhline(v, color="grey", lw=0.8, ls="--")
-        ax.text(0.01, v, name, fontsize=7, va="bottom")
+        # x in axes fraction: at x=0.01 in data units, cells all of completeness 1 put the
+        # names far outside the axes, and the layout failed
+        ax.text(0.01, v, name, fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
+    ax.set_xlim(-0.02, 1.02)  # completeness is a fraction
     ax.set_yscale("symlog", linthresh=max(cut[0] / 2, 1e-6))
     # plain numbers: the reports draw with math text off (names as given), and the log
     # formatter's ticks are math text ('$\\mathdefault{10^{2}}$' was printed as such)

@@ -873,6 +873,13 @@ class Her2Score:
         d["warnings"] = list(self.warnings)
         return to_jsonable(d)
 
+    def plot(self):
+        """Each scored cell's membrane intensity against its completeness, coloured by its
+        category, with the calibration's cut-offs (the figure of the slide's report)."""
+        from qdmed.imaging._report import her2_figure
+
+        return her2_figure(self)
+
     def report(self) -> str:
         """One-paragraph text summary."""
         flags = [f for f, on in (("HER2-low", self.her2_low is True),
