@@ -539,6 +539,13 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
     # got "internal error: ZeroDivisionError", exit 1)
     r = run("image", "dab", "--example", "--background", "0.926,0.925,0.918")
     assert r.returncode == 2 and "give 236.1,235.9,234.1" in r.stderr
+    # stain vectors from the command line (a review: only Python could give them): the
+    # published ones given as QuPath shows them, at any scale, score as the default
+    r = run("image", "dab", "--example", "--json", "--stains", "1.3,1.408,0.572;0.268,0.570,0.776")
+    assert r.returncode == 0, r.stderr
+    assert abs(json.loads(r.stdout)["h_score"] - d["h_score"]) < 1e-9
+    r = run("image", "dab", "--example", "--stains", "0.65,0.70")
+    assert r.returncode == 2 and "two OD vectors 'R,G,B;R,G,B'" in r.stderr
     r = run("image", "dab", "--example", "--plot", str(tmp_path / "dab.png"))
     assert r.returncode == 0 and (tmp_path / "dab.png").read_bytes()[:4] == b"\x89PNG"
     # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by

@@ -1186,6 +1186,7 @@ def dab(
     example_tma: Annotated[Path | None, typer.Option("--example-tma", help="Write an example brightfield H-DAB TMA here (OME-TIFF: 2 x 3 cores cut from scikit-image's IHC image, B-2 lost, A-3 without DAB) to try the DAB commands on, and stop.")] = None,
     cutoffs: Annotated[str, typer.Option("--od-cutoffs", help="DAB OD cut-offs for 1+,2+,3+ (default 0.05,0.15,0.3: an uncalibrated example; calibrate on control tissue).")] = DAB_EXAMPLE_CUTOFFS,
     background: Annotated[str | None, typer.Option("--background", help="White level (glass) per channel: 'auto' (from the image's glass) or R,G,B levels 0-255 as QuPath's 'Background' (default 255,255,255: white).")] = None,
+    stains: Annotated[str, typer.Option("--stains", help="Stain vectors: 'ruifrok' (published H-DAB), 'macenko' (estimated from the image; from the slide's overview with --out/--regions), or your own haematoxylin and DAB OD vectors 'R,G,B;R,G,B', as QuPath's 'Set stain vectors' shows them (each scaled to unit length).")] = "ruifrok",
     pixel_size_um: PIXEL_SIZE = None,
     regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
@@ -1259,6 +1260,7 @@ def dab(
                                 min_cells=100 if region_min_cells is None else region_min_cells,
                                 pixel_size_um=pixel_size_um,
                                 marker=marker, background=_white_level(background),
+                                stain_matrix=_stains(stains),
                                 tile=TILE_PX if tile is None else tile,
                                 n_workers=1 if workers is None else workers,
                                 scheduler=scheduler,
@@ -1296,7 +1298,7 @@ def dab(
     # the example is scikit-image's IHC image, which records none (0.5 um/px, as documented)
     ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um")
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps,
-                   background=_white_level(background))
+                   background=_white_level(background), stain_matrix=_stains(stains))
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()
@@ -1413,6 +1415,27 @@ def _once(option: str, key: str, seen) -> str:
     if key in seen:
         raise InputError(f"{option} {key} is given twice; give it once")
     return key
+
+
+def _stains(text: str):
+    """--stains: 'ruifrok', 'macenko', or haematoxylin and DAB OD vectors 'R,G,B;R,G,B'
+    (the residual the cross product, as QuPath completes them)."""
+    from qdmed.errors import InputError
+    from qdmed.imaging._brightfield import stain_matrix_from_vectors
+
+    t = text.strip().lower()
+    if t in ("ruifrok", "macenko"):
+        return t
+    try:
+        vecs = [[float(v) for v in part.replace(" ", ",").split(",") if v]
+                for part in text.split(";")]
+    except ValueError:
+        vecs = []
+    if len(vecs) != 2 or any(len(v) != 3 for v in vecs):
+        raise InputError(f"--stains must be 'ruifrok', 'macenko' or two OD vectors "
+                         f"'R,G,B;R,G,B' (haematoxylin; DAB), e.g. "
+                         f"'0.651,0.701,0.290;0.269,0.568,0.778'; got {text!r}")
+    return stain_matrix_from_vectors(vecs[0], vecs[1])
 
 
 def _white_level(text: str | None):
