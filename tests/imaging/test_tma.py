@@ -522,9 +522,9 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     assert got["A-1"]["ER_status"] == "insufficient cells" and "her2_category" not in {
         k for k, v in got["A-1"].items() if v is not None}
     assert er["parameters"]["compartment"] == "nucleus"
-    with pytest.raises(InputError, match="marker 'Ki67' is not a DAB antigen"):
+    with pytest.raises(InputError, match="marker 'CD8' is not a DAB antigen"):
         analyze_dab_regions(p, cores, tmp_path / "x", od_cutoffs=(0.05, 0.15, 0.3),
-                            marker="Ki67")
+                            marker="CD8")
     # a region on glass: no cells, and the cell table keeps its columns
     glass = tmp_path / "glass.geojson"
     glass.write_text(json.dumps([{"type": "Feature", "properties": {"name": "G"},
