@@ -500,6 +500,22 @@ def test_a_slide_without_a_pixel_size_is_warned_and_can_be_given_one(tmp_path):
     assert not qc_slide(path, PANEL, tile=256, pixel_size_um=0.25)["slide"]["warnings"]
 
 
+def test_the_calibrations_own_warnings_reach_the_slide(tmp_path):
+    """A calibration made without a 0 control says so in calibrate; the slides scored with
+    it said nothing (a review: a HER2-0 tissue scored 1+ unwarned). Its warnings are in the
+    slide's calibration block, printed with the others."""
+    from qdmed.imaging import Her2Calibration, simulate_field, write_ome_tiff
+
+    f = simulate_field((256, 256), preset="BT474", seed=3, **KW)
+    path = write_ome_tiff(tmp_path / "s.ome.tif", f.image, pixel_size_um=0.5,
+                          channel_names=list(PANEL.channel_names))
+    cal = Her2Calibration(faint=20.0, weak_moderate=60.0, intense=150.0,
+                          warnings=("no 0 control: the faint cut-off ...",))
+    r = analyze_slide(path, PANEL, tmp_path / "a", tile=256, progress=False,
+                      write_unmixed=False, outlines=False, her2_calibration=cal)
+    assert "calibration: no 0 control: the faint cut-off ..." in r.warnings
+
+
 def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
     """A bad tile size or scheduler, or a scheduler that does not answer, used to leave
     out/tiles/run.json behind."""
@@ -666,7 +682,7 @@ def test_slide_her2_classes_reach_the_geojson(slide, tmp_path, calibration):
     got = res.cells().set_index("cell_id")["her2_category"]
     assert got.loc[per_cell.index].tolist() == per_cell.astype(str).tolist()
     assert got.drop(per_cell.index).isna().all()
-    # the phenotypes' HER2 is the cell's category (ASCO/CAP 2018 per cell), no HER2 gate
+    # the phenotypes' HER2 is the cell's category (read as ASCO/CAP reads a tumour's), no gate
     # needed: no 0 or 1+ cell is called HER2+, every 2+ cell waits on it (a review found 29 %
     # of an MCF-7 slide's cells, all 1+, called "luminal HER2+" by a HER2 gate)
     t = res.cells().set_index("cell_id")

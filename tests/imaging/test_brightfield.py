@@ -341,9 +341,17 @@ def test_bit_depth_is_said_when_the_data_do_not_fill_their_type(ihc):
     full = score_dab(ihc.astype(np.uint16) * 257, od_cutoffs=cut)
     assert (full.n_cells, full.h_score) == (ref.n_cells, pytest.approx(ref.h_score, abs=1e-9))
     assert not any("brightest pixel" in w for w in full.warnings)
-    twelve = (ihc.astype(np.uint32) * 4095 // 255).astype(np.uint16)
-    w = score_dab(twelve, od_cutoffs=cut).warnings
-    assert any(x.startswith("the brightest pixel reads 4095 of the uint16's 65535") for x in w)
+    for bits in (12, 14):  # 14-bit at 16383 is said too (a second review)
+        top = 2 ** bits - 1
+        data = (ihc.astype(np.uint32) * top // 255).astype(np.uint16)
+        w = score_dab(data, od_cutoffs=cut).warnings
+        assert any(x.startswith(f"the brightest pixel reads {top} of the uint16's 65535")
+                   for x in w)
+    # with 'auto' no glass is found: the reason is the bit depth, not uneven light
+    with pytest.raises(InputError, match="'auto' reads the white level from the glass, but "
+                                         "the brightest pixel reads 4095"):
+        score_dab((ihc.astype(np.uint32) * 4095 // 255).astype(np.uint16), od_cutoffs=cut,
+                  background="auto")
 
 
 def test_stain_vectors_are_taken_as_directions(ihc):

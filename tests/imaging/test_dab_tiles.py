@@ -529,6 +529,11 @@ def test_annotations_of_one_tumour_are_also_scored_pooled(tmp_path, ihc_slide):
                                                                  (3, "3+")))
     assert pooled["h_score"] == pytest.approx(want, abs=1e-9)
     assert pooled["her2_category"] in ("0", "1+", "2+", "3+")
+    # annotations mapped to cases are patients (cores drawn by hand): not pooled (a review)
+    (tmp_path / "map.csv").write_text("core,case\nT1,P1\nT2,P2\n")
+    mapped = analyze_dab_regions(path, geo, tmp_path / "m", od_cutoffs=CUT, min_cells=20,
+                                 tma_map=tmp_path / "map.csv", progress=False)
+    assert mapped["all_regions"] is None and mapped["cases_scored"] is not None
 
 
 def test_a_region_of_tissue_without_nuclei_says_so(tmp_path):

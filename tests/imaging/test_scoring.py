@@ -108,8 +108,8 @@ def test_breast_phenotypes():
 
 
 def test_breast_phenotypes_take_her2_from_the_cells_categories():
-    """HER2 from each cell's category, as ASCO/CAP 2018 reads it (Wolff et al. 2018: 3+
-    positive, 0 and 1+ negative, 2+ equivocal), not from a gate: a review found 29 % of an
+    """HER2 from each cell's category, read as ASCO/CAP 2018 reads a tumour's (Wolff et al.
+    2018: 3+ positive, 0 and 1+ negative, 2+ equivocal), not from a gate: a review found 29 % of an
     MCF-7 (1+) slide's cells called "luminal HER2+" by a gate at a HER2-0 line's 99th
     percentile, every one of them 1+. No HER2 gate is then needed."""
     df = pd.DataFrame({"HER2_membrane_mean": [5.0] * 6,  # all above any HER2 gate

@@ -59,3 +59,30 @@ def test_bad_values_are_refused():
         breast_subtype("4+", {"ER": POS})
     with pytest.raises(InputError, match="receptor status 'weak'"):
         breast_subtype("0", {"ER": st("weak")})
+
+
+def test_borderline_is_about_the_1_percent_cutoff_only():
+    """Only the 1 % cut-off decides a receptor's part in the HR group (ASCO/CAP 2020): ER
+    at 12 % whose interval reaches 10 % is 'positive (borderline)' as a receptor status, but
+    the tumour is HR+ either way (a review found the subtype flagged); ER at 1.5 % whose
+    interval holds 1 % flags it. Statuses from receptor_status on counted nuclei."""
+    import pandas as pd
+
+    from qdmed.imaging import MarkerGate, receptor_status
+
+    gates = {"ER": MarkerGate("nucleus", 1.0), "PR": MarkerGate("nucleus", 1.0)}
+
+    def status(n_er):
+        cells = pd.DataFrame({"ER_nucleus_mean": [5.0] * n_er + [0.0] * (200 - n_er),
+                              "PR_nucleus_mean": [0.0] * 200})
+        return receptor_status(cells, gates)
+
+    twelve = status(24)
+    assert twelve["ER"].label == "positive (borderline)"  # its interval reaches 10 %
+    assert breast_subtype("0", twelve).label == "HR+/HER2-"
+    low = status(3)
+    assert low["ER"].status == "low positive" and low["ER"].ci95_percent[0] < 1.0
+    assert breast_subtype("0", low).label == "HR+/HER2- (borderline)"
+    # the same through the statuses' dicts (summary.json's)
+    assert breast_subtype("0", {m: s.to_dict() for m, s in twelve.items()}).label == \
+        "HR+/HER2-"

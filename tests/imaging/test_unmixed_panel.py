@@ -188,7 +188,7 @@ def test_a_component_taken_by_its_place_from_a_named_channel_is_warned(tmp_path,
     p = unmixed_panel({"DAPI": "DAPI", "ER": 3})
     w = positional_warnings(p, CHANNELS)
     assert len(w) == 1 and w[0].startswith("component ER is channel 3 ('Qdot 605') by its place")
-    assert positional_warnings(p, ["C0", "C1", "Channel 2", "3"]) == []
+    assert positional_warnings(p, ["C0", "Chan 1", "Channel 2", "Channel:0:3"]) == []
     assert positional_warnings(bind_unmixed(p, CHANNELS), CHANNELS) == []
     assert positional_warnings(unmixed_panel(MAPPING), CHANNELS) == []
     img = write_qptiff(tmp_path / "c.qptiff", np.zeros((64, 64, 8), np.float32), CHANNELS)

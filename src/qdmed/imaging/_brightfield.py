@@ -723,6 +723,10 @@ def score_dab(
                          f"{nuclear_threshold!r}.")
     if compartment not in COMPARTMENTS:
         raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {COMPARTMENTS}.")
+    range_warnings = dynamic_range_warnings(rgb)
+    if range_warnings and isinstance(background, str):  # 'auto' finds no glass: say why
+        raise InputError(f"background='auto' reads the white level from the glass, but "
+                         f"{range_warnings[0][0].lower()}{range_warnings[0][1:]}")
     bg = _background(background, rgb)  # once: 'auto' reads the glass
     if isinstance(stain_matrix, str):
         if stain_matrix == "ruifrok":
@@ -732,8 +736,8 @@ def score_dab(
         else:
             raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
     else:
-        m = stain_matrix
-    warnings = uncalibrated_warnings(t) + dynamic_range_warnings(rgb)
+        m = _matrix(stain_matrix)  # recorded as used: rows of unit length
+    warnings = uncalibrated_warnings(t) + range_warnings
     if check_glass and not isinstance(background, str):
         warnings += glass_warnings(rgb, m, bg)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)
@@ -818,20 +822,22 @@ def no_nuclei_warning(n_tissue: int) -> str:
 
 
 def dynamic_range_warnings(rgb) -> list[str]:
-    """A warning when an image's brightest pixel reads below an eighth of its type's full
-    scale (glass should read near the top): 12-bit data stored in 16 bits is divided by
-    65535 as if it were 16-bit, and reads as dark stain (a review's gave no cells, and a
-    warning about uneven light)."""
+    """A warning when an image's brightest pixel reads at most a quarter of its type's full
+    scale (glass should read near the top): 12- or 14-bit data stored in 16 bits is divided
+    by 65535 as if it were 16-bit, and reads as dark stain (a review's gave no cells and a
+    warning about uneven light; a second review's 14-bit data, at 16383, were not warned by
+    a first version's eighth)."""
     a = np.asarray(rgb)
     if a.size == 0 or a.dtype.kind not in "uif":
         return []
     full = float(np.iinfo(a.dtype).max) if a.dtype.kind in "ui" else 1.0
     top = float(a[..., :3].max())
-    if top >= full / 8:
+    if top > full / 4:
         return []
     return [f"the brightest pixel reads {top:g} of the {a.dtype}'s {full:g}: glass should "
             "read near the top, so every pixel reads as dark stain. Data of fewer bits stored "
-            "in this type (12-bit in 16: multiply by 16), or a dark exposure? Scale it first"]
+            "in this type (12-bit in 16: multiply by 16; 14-bit: by 4), or a dark exposure? "
+            "Scale it first"]
 
 
 def glass_warnings(rgb, stain_matrix=None, background=1.0) -> list[str]:

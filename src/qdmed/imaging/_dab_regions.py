@@ -637,9 +637,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         her2_calibration=cal, gates=gates, pixel_size_um=ps, min_cells=min_cells,
         tissue_area_mm2={r: a / 1e6 for r, a in tissue_um2.items()})
     all_regions = None
-    if len(reg.names) > 1 and not reg.is_tma:
+    if len(reg.names) > 1 and not reg.is_tma and tma_map is None:
         # annotations of one tumour drawn in pieces: their cells pooled, as a QD slide's
-        # scores pool its regions' (a review found no total; a TMA's cores are patients)
+        # scores pool its regions' (a review found no total). Not a TMA's cores, which are
+        # patients, nor annotations mapped to cases (cores drawn by hand, a second review)
         from qdmed.imaging._region_scores import _scored_row
 
         all_regions = _scored_row(

@@ -381,9 +381,11 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
         HER2- ER- with PR NaN is not triple negative but unmeasured.
     her2_category : sequence of {'0', '1+', '2+', '3+', None}, optional
         Each cell's HER2 category (:attr:`Her2Score.cells`, aligned with ``cells_df``). When
-        given, the rules' HER2 is the category as ASCO/CAP 2018 reads it (Wolff et al., J
-        Clin Oncol 2018, doi:10.1200/JCO.2018.77.8738), not a gate: 3+ positive, 0 and 1+
-        negative, 2+ undecided (cells that wait on it are labelled
+        given, the rules' HER2 is the category, not a gate, read per cell as ASCO/CAP 2018
+        reads a tumour's (Wolff et al., J Clin Oncol 2018, doi:10.1200/JCO.2018.77.8738;
+        the guideline scores tumours by their share of cells, and gives cells no status of
+        their own: this per-cell reading is qdmed's): 3+ positive, 0 and 1+ negative, 2+
+        undecided (cells that wait on it are labelled
         :data:`HER2_EQUIVOCAL_PHENOTYPE`), None unmeasured. A HER2 gate at a HER2-0
         control's 99th percentile passes most 1+ cells: a review found 29 % of an MCF-7
         (1+) slide's cells called "luminal HER2+", every one of them 1+.
@@ -765,8 +767,8 @@ def calibrate_her2(
         warnings.append(
             f"no 0 control: the faint cut-off ({faint:.4g}) is the {100 * q_used:g} % "
             f"quantile of the 1+ control, which may lie among its HER2-0 cells (a 1+ line "
-            "such as MCF-7 holds some); a HER2-0 tissue may then score 1+ (HER2-low). Give "
-            "a 0 control (e.g. MDA-MB-468) as well")
+            "holds some); a HER2-0 tissue may then score 1+ (HER2-low). Give a 0 control "
+            "(e.g. MDA-MB-468) as well")
     return Her2Calibration(
         faint=faint,
         weak_moderate=float(wm),
@@ -1431,8 +1433,8 @@ def phenotype_markers_given(gates, her2_category=None) -> bool:
 def phenotype_her2(her2_category=None) -> str:
     """What the breast phenotypes' HER2+ means, for a summary."""
     if her2_category is not None:
-        return ("the cell's HER2 category (ASCO/CAP 2018 read per cell: 3+ positive, 0 and 1+ "
-                "negative, 2+ equivocal)")
+        return ("the cell's HER2 category, read as ASCO/CAP 2018 reads a tumour's (3+ "
+                "positive, 0 and 1+ negative, 2+ equivocal; a per-cell reading of qdmed's)")
     return ("the HER2 gate (above a HER2-negative control's noise): 1+ cells pass it, so "
             "HER2+ here is not ASCO/CAP HER2 positive; give a HER2 calibration (cut-offs) to "
             "read it from the categories")

@@ -11,13 +11,15 @@ Rules, each from its guideline:
   :func:`qdmed.imaging.receptor_status`): HR positive when ER is positive or low positive,
   or PgR positive; HR negative when both are negative; undetermined otherwise (a receptor
   not gated, or with too few nuclei for a status).
-- **Subtype** (the four groups of Howlader et al. 2014, as SEER reports them): ``HR+/HER2-``,
-  ``HR+/HER2+``, ``HR-/HER2+`` and ``triple negative`` (HR- and HER2-); a HER2 2+ tumour is
-  ``HR+/HER2 equivocal`` or ``HR-/HER2 equivocal`` until ISH decides, and an undetermined
-  receptor status is said (``HER2-, HR undetermined``).
+- **Subtype**: the four groups of Howlader et al. 2014, as SEER reports them, ``HR+/HER2-``,
+  ``HR+/HER2+``, ``HR-/HER2+`` and ``triple negative`` (HR- and HER2-). For what the four
+  groups leave out, qdmed's own names: a HER2 2+ tumour is ``HR+/HER2 equivocal`` or
+  ``HR-/HER2 equivocal`` until ISH decides, and an undetermined receptor status is said
+  (``HER2-, HR undetermined``).
 
 Two flags, both reported: **borderline** when a receptor status that decides the HR group is
-borderline (its 95 % interval reaches a cut-off), and a note on **ER low positive** tumours,
+borderline (its 95 % interval holds the 1 % cut-off; ER's 10 % cut-off does not change the
+group), and a note on **ER low positive** tumours,
 which ASCO/CAP 2020 reports as positive while noting that their behaviour and their response
 to endocrine therapy resemble ER-negative tumours' (several trials count them as triple
 negative).
@@ -106,16 +108,24 @@ class BreastSubtype:
         return to_jsonable(d)
 
 
+#: The cut-off (% positive nuclei) that decides a receptor's part in the HR group: 1 %
+#: (ASCO/CAP 2020); ER's 10 % only splits low positive from positive, both HR positive.
+HR_CUTOFF_PERCENT = 1.0
+
+
 def _status(st) -> tuple[str, bool]:
-    """(status, borderline) of a ReceptorStatus or its dict; None: not gated."""
+    """(status, borderline for the HR group) of a ReceptorStatus or its dict; None: not
+    gated. Borderline when the 95 % interval of the corrected percentage (``ci95_percent``)
+    holds the 1 % cut-off; without an interval, the status's own borderline flag (which
+    also counts ER's 10 % cut-off: a review found HR+ flagged borderline at 12 % ER)."""
     if st is None:
         return "not gated", False
-    if isinstance(st, Mapping):
-        status, borderline = st.get("status"), bool(st.get("borderline"))
-    else:
-        status, borderline = st.status, bool(st.borderline)
+    get = st.get if isinstance(st, Mapping) else (lambda k, d=None: getattr(st, k, d))
+    status, borderline, ci = get("status"), bool(get("borderline")), get("ci95_percent")
     if status not in _RECEPTOR_STATUSES:
         raise InputError(f"receptor status {status!r} is none of {', '.join(_RECEPTOR_STATUSES)}")
+    if ci is not None and len(ci) == 2 and None not in ci:
+        borderline = float(ci[0]) <= HR_CUTOFF_PERCENT <= float(ci[1])
     return status, borderline
 
 
