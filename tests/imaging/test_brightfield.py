@@ -354,6 +354,24 @@ def test_bit_depth_is_said_when_the_data_do_not_fill_their_type(ihc):
                   background="auto")
 
 
+def test_a_single_field_scored_for_a_nuclear_antigen(ihc):
+    """One field scored for ER or Ki-67 (the command line refused it; a review): the
+    nucleus's DAB OD, the percent of nuclei at or above t1 (counted here by hand), ER's
+    ASCO/CAP 2020 status (> 10 % positive), no HER2 rule."""
+    cut = (0.05, 0.15, 0.3)
+    er = score_dab(ihc, od_cutoffs=cut, marker="ER")
+    v = er.cells["DAB_nucleus_mean"].dropna()
+    assert er.compartment == "nucleus" and er.her2 is None
+    assert er.percent_positive == pytest.approx(100 * float((v >= cut[0]).mean()))
+    assert er.receptor_status["status"] == ("positive" if er.percent_positive > 10 else
+                                            "low positive")
+    ki = score_dab(ihc, od_cutoffs=cut, marker="Ki67")
+    assert ki.percent_positive == er.percent_positive and ki.receptor_status is None
+    assert score_dab(ihc, od_cutoffs=cut).compartment == "membrane"  # HER2, as before
+    with pytest.raises(InputError, match="marker 'CD8' is not a DAB antigen"):
+        score_dab(ihc, od_cutoffs=cut, marker="CD8")
+
+
 def test_stain_vectors_are_taken_as_directions(ihc):
     """Rows of the stain matrix are scaled to unit length (Ruifrok & Johnston 2001; QuPath
     normalises the vectors it is given): raw stain ODs, or the published vectors doubled,

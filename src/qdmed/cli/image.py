@@ -1191,7 +1191,7 @@ def dab(
     regions: Annotated[Path | None, typer.Option("--regions", help="Score the slide region by region: TMA cores (GeoJSON or QuPath .qptma, e.g. from qdmed image tma) or named annotations; writes --out.")] = None,
     region_class: Annotated[str | None, typer.Option("--region-class", help="Use only annotations of this QuPath class.")] = None,
     tumour_regions: Annotated[Path | None, typer.Option("--tumour-regions", help="Tumour annotations to narrow --regions down to (as analyze --tumour-regions).")] = None,
-    marker: Annotated[str, typer.Option("--marker", help="With --regions: the antigen the DAB stains. HER2: membrane OD, the HER2 rule; ER, PR, AR...: its compartment's OD, positive from the first cut-off, percent positive and ER/PgR status.")] = "HER2",
+    marker: Annotated[str, typer.Option("--marker", help="The antigen the DAB stains. HER2: membrane OD, the HER2 rule; ER, PR, AR, Ki67...: its compartment's OD, positive from the first cut-off, percent positive (the Ki-67 index) and ER/PgR status.")] = "HER2",
     tma_map: TMA_MAP = None,
     case_rule: CASE_RULE = "pooled",
     region_min_cells: REGION_CELLS = None,
@@ -1273,9 +1273,6 @@ def dab(
     if scheduler is not None or workers is not None or tile is not None:
         raise InputError("--scheduler, --workers and --tile score a slide tile by tile: "
                          "they need --out (or --regions)")
-    if marker != "HER2":
-        raise InputError(f"--marker {marker} needs --regions or --out: a single image is "
-                         "scored for HER2 (membrane OD, the HER2 rule)")
     if case_rule != "pooled" or region_min_cells is not None:
         raise InputError("--case-rule and --region-min-cells score regions: they need "
                          "--regions")
@@ -1297,7 +1294,7 @@ def dab(
 
     # the example is scikit-image's IHC image, which records none (0.5 um/px, as documented)
     ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um")
-    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps,
+    sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps, marker=marker,
                    background=_white_level(background), stain_matrix=_stains(stains))
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
@@ -1321,6 +1318,11 @@ def dab(
         ("0", "percent_0"), ("1+", "percent_1plus"), ("2+", "percent_2plus"),
         ("3+", "percent_3plus"))})
     info["H-score"] = d["h_score"]
+    if d.get("receptor_status"):
+        st = d["receptor_status"]
+        info[f"{marker} (ASCO/CAP 2020)"] = (
+            f"{st['label']}, {st['percent_positive_corrected']:.1f} % positive (gate at the "
+            "first cut-off, not corrected)")
     info["od_cutoffs"] = ", ".join(f"{v:g}" for v in d["od_cutoffs"])
     # as --background takes it: levels 0-255 (QuPath's 'Background')
     info["background (R, G, B; 0-255)"] = ", ".join(f"{255 * v:.1f}" for v in d["background"])

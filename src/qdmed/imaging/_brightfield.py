@@ -554,6 +554,13 @@ class DabScore:
     warnings : tuple of str
         E.g. glass that is not white under the default white level.
     qdmed_version : str
+    marker : str
+        The antigen the DAB stains.
+    percent_positive : float, %
+        Measured cells at or above ``t1`` (any staining; the Ki-67 index for Ki-67).
+    receptor_status : dict or None
+        For ER and PR, the ASCO/CAP 2020 status (:func:`qdmed.imaging.receptor_status` with
+        the gate at ``t1``, of unknown noise floor: not corrected); None otherwise.
     """
 
     n_cells: int
@@ -576,6 +583,11 @@ class DabScore:
     qdmed_version: str = ""
     nuclear_threshold_od: float = math.nan  # +inf: no nuclei stood out
     tissue_area_um2: float | None = None  # None: the threshold was given, not split
+    marker: str = "HER2"
+    #: percent of the measured cells at or above t1 (the Ki-67 index for Ki-67)
+    percent_positive: float = math.nan
+    #: ER / PR: ASCO/CAP 2020 status (ReceptorStatus.to_dict()), None for other markers
+    receptor_status: Any = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
@@ -632,7 +644,8 @@ def score_dab(
     od_cutoffs,
     pixel_size_um: float = 0.5,
     stain_matrix="ruifrok",
-    compartment: str = "membrane",
+    compartment: str | None = None,
+    marker: str = "HER2",
     expansion_um: float = 5.0,
     membrane_width_um: float = 1.0,
     min_area_um2: float = 10.0,
@@ -640,7 +653,7 @@ def score_dab(
     background=1.0,
     check_glass: bool = True,
     nuclear_threshold: str | float = "otsu",
-    offset: tuple[int, int] = (0, 0),
+    origin_px: tuple[int, int] = (0, 0),
     glass=None,
     otsu_where=None,
 ) -> DabScore:
@@ -657,8 +670,13 @@ def score_dab(
     pixel_size_um : float, um per pixel
     stain_matrix : 'ruifrok', 'macenko' or (3, 3) array_like
         Published vectors, vectors estimated from this image, or your own.
-    compartment : {'membrane', 'cell', 'cytoplasm', 'nucleus'}
-        Compartment whose mean DAB OD is scored.
+    compartment : {'membrane', 'cell', 'cytoplasm', 'nucleus'}, optional
+        Compartment whose mean DAB OD is scored; default the marker's (membrane for HER2,
+        nucleus for ER, PR, AR and Ki67).
+    marker : str
+        The antigen the DAB stains (:func:`qdmed.imaging.list_markers`). ER and PR get their
+        ASCO/CAP 2020 status from the cells at or above ``t1``; any marker its percent
+        positive (a single field of ER or Ki-67 was refused from the command line; a review).
     expansion_um, membrane_width_um, min_area_um2, max_area_um2 : float
         Passed to :func:`expand_cells`, :func:`compartments`, :func:`segment_nuclei`.
     background : float, (R, G, B) floats in (0, 1], or 'auto'
@@ -682,7 +700,7 @@ def score_dab(
     otsu_where : (Y, X) bool array, optional
         With ``nuclear_threshold='otsu'``: the split is taken over the tissue of these
         pixels only (a region's polygon inside its crop); default the whole image.
-    offset : (int, int), px
+    origin_px : (y, x), px
         Where this image's first pixel lies on its slide (a tile's corner): touching nuclei
         are split with a tie-breaker of slide coordinates, so that a tile splits them as
         the whole slide would (:func:`segment_nuclei`); centroids stay in this image's
@@ -721,6 +739,14 @@ def score_dab(
             and not isinstance(nuclear_threshold, bool) and nuclear_threshold >= 0)):
         raise InputError(f"nuclear_threshold must be 'otsu' or a haematoxylin OD >= 0; got "
                          f"{nuclear_threshold!r}.")
+    from qdmed.imaging._synthetic import list_markers
+
+    known = list_markers()
+    if marker not in known or marker == "DAPI":
+        raise InputError(f"marker {marker!r} is not a DAB antigen qdmed knows; accepted: "
+                         f"{', '.join(m for m in known if m != 'DAPI')}")
+    if compartment is None:
+        compartment = known[marker].compartment
     if compartment not in COMPARTMENTS:
         raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {COMPARTMENTS}.")
     range_warnings = dynamic_range_warnings(rgb)
@@ -752,7 +778,7 @@ def score_dab(
             warnings.append(no_nuclei_warning(int(hist[0].sum())))
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2,
-        max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=offset)
+        max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=tuple(origin_px))
     cells = expand_cells(nuclei, expansion_um=expansion_um, pixel_size_um=pixel_size_um)
     ab = np.stack([sep.hematoxylin, sep.dab], axis=-1)
     df = measure_cells(
@@ -777,7 +803,7 @@ def score_dab(
            else np.full(4, np.nan))
     refs = (_REF_RUIFROK, _REF_MACENKO) if isinstance(stain_matrix, str) and stain_matrix == "macenko" else (_REF_RUIFROK,)
     her2 = None
-    if compartment == "membrane" and n_measured:
+    if compartment == "membrane" and n_measured and marker == "HER2":
         # the same ASCO/CAP rule as for QD signal, with the OD cut-offs as intensity classes
         from qdmed.imaging._scoring import Her2Calibration, score_her2
 
@@ -805,7 +831,23 @@ def score_dab(
         tissue_area_um2=tissue_um2,
         warnings=tuple(warnings),
         qdmed_version=_version(),
+        marker=marker,
+        percent_positive=float(100.0 - pct[0]) if n_measured else math.nan,
+        receptor_status=_receptor_status(df, marker, compartment, t[0]),
     )
+
+
+def _receptor_status(cells, marker: str, compartment: str, t1: float):
+    """ER / PR status (ASCO/CAP 2020) of DAB-scored cells, positive at or above ``t1``; None
+    for other markers or no measured cell."""
+    if marker not in ("ER", "PR"):
+        return None
+    from qdmed.imaging._receptors import receptor_status
+    from qdmed.imaging._scoring import MarkerGate
+
+    named = cells.rename(columns={f"DAB_{compartment}_mean": f"{marker}_{compartment}_mean"})
+    st = receptor_status(named, {marker: MarkerGate(compartment, t1)}, markers=(marker,))
+    return st[marker].to_dict() if marker in st else None
 
 
 #: Tissue pixels (after glass is left out) from which an image with no nuclei standing out

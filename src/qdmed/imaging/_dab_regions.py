@@ -195,7 +195,7 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
     if crop is None:  # no cells: the table score_dab gives of a white corner (its columns)
         dt = slide.dtype
         crop = np.full((32, 32, 3), np.iinfo(dt).max if dt.kind in "ui" else 1.0, dt)
-    sc = score_dab(crop, check_glass=False, offset=(ya, xa),
+    sc = score_dab(crop, check_glass=False, origin_px=(ya, xa),
                    nuclear_threshold="otsu" if threshold is None else threshold,
                    otsu_where=None if threshold is not None else _in_piece(polygon, window,
                                                                          core),
