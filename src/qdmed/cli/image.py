@@ -423,7 +423,7 @@ def simulate(
     preset: Annotated[str, typer.Option("--preset", help="Expression preset (cell line or tumour subtype; qdmed image presets lists them).")] = "her2-heterogeneous",
     size: Annotated[int, typer.Option("--size", help="Edge length, px.")] = 2048,
     panel_file: PANEL = None,
-    photons: Annotated[float, typer.Option("--photons", help="Photoelectrons per unit abundance.")] = 300.0,
+    photons: Annotated[float, typer.Option("--photons", help="Photoelectrons per unit abundance (Python's simulate_slide and simulate_field default to 1000: give the same value to both when their slides meet, e.g. controls and tissue for one calibration).")] = 300.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same slide.")] = 0,
     tissue_fraction: Annotated[float, typer.Option("--tissue-fraction", help="Share of the field covered by tissue, 0-1 (the rest is glass).")] = 1.0,
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="Detector ADC bits (8-16): counts above 2^bits - 1 saturate there.")] = 16,

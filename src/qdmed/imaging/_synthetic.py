@@ -1357,7 +1357,9 @@ def simulate_field(
         (0: the label is absent, for single-stain, fluorescence-minus-one or unstained
         controls).
     photons_per_unit : float, e-
-        Expected photoelectrons per unit of ``abundances @ endmembers.T``.
+        Expected photoelectrons per unit of ``abundances @ endmembers.T``. The command
+        line's ``qdmed image simulate`` defaults to 300: slides that meet (controls and the
+        tissue of one calibration) need the same value, which nothing checks.
     read_noise_e : float, e- rms
     gain_adu_per_e : float, ADU/e-
     offset_adu : float, ADU
