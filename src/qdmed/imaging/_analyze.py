@@ -796,10 +796,10 @@ def labels_on_stain_warnings(image_yxc, panel: Panel, settings: AnalysisSettings
     """A warning when given nuclei do not lie on the nuclear stain of a reference region:
     its mean inside them below :data:`MIN_NUCLEAR_CONTRAST` times its mean outside. A
     review's cellpose masks, transposed on a square slide, were used unsaid (the cells'
-    nuclear DAPI fell from ~900 to 21). Measured on the synthetic her2-heterogeneous slide:
-    the true nuclei x31, transposed x1.01 (1024^2 px, nuclei on 15 %). A ratio of means, not of shares: a share cannot
-    exceed 1 / the nuclei's area, so dense tissue (nuclei on 64 % of a review's region)
-    was warned whatever its masks."""
+    nuclear DAPI fell from ~900 to 21). Measured on the synthetic her2-heterogeneous slide
+    (1024^2 px, nuclei on 15 %): the true nuclei x31, transposed x1.01. A ratio of means,
+    not of shares: a share cannot exceed 1 / the nuclei's area, so dense tissue (nuclei on
+    64 % of a review's region) was warned whatever its masks."""
     lab = np.asarray(nuclei) > 0
     if lab.all() or not lab.any():
         return []
