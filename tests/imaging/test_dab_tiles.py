@@ -59,6 +59,23 @@ def test_tiled_slide_has_the_cells_of_the_whole_image(tmp_path, ihc_slide):
         np.testing.assert_allclose(cells[col], b[col], rtol=1e-12, atol=1e-12)
     (row,) = d["regions_scored"]["regions"]
     assert row["region"] == "ihc.ome.tif" and row["her2_category"] == "3+"
+    # cells.geojson for review in QuPath (a review found none): one cell object per row of
+    # cells.parquet, named by its cell_id, classified by its DAB class, its outline's area
+    # that of its pixels (traced along pixel edges, simplified within 0.4 px)
+    gj = json.loads((tmp_path / "t" / "cells.geojson").read_text())["features"]
+    by_id = cells.set_index("cell_id")
+    assert sorted(int(f["properties"]["name"]) for f in gj) == sorted(by_id.index.tolist())
+    assert all(f["properties"]["classification"]["name"] ==
+               f"DAB {by_id.loc[int(f['properties']['name']), 'dab_class']}" for f in gj)
+    assert all("nucleusGeometry" in f for f in gj)
+
+    def area(ring):
+        x, y = np.asarray(ring, float).T
+        return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+    ratio = [area(f["geometry"]["coordinates"][0]) * 0.25
+             / by_id.loc[int(f["properties"]["name"]), "cell_area_um2"] for f in gj]
+    assert abs(np.median(ratio) - 1) < 0.02
     # the region's H-score and DAB classes, as score_dab gives them for the whole image (a
     # review found regions.csv without them, where QuPath gives them per core)
     assert row["h_score"] == pytest.approx(sc.h_score, abs=1e-9)
@@ -92,6 +109,14 @@ def test_region_table_columns_do_not_follow_the_first_row():
     low = {**scored, "region": "B-1", "h_score": 40.0, "dab_percent_0": 60.0}
     got = _highest_core_fields([low, scored])
     assert (got["h_score"], got["dab_percent_0"], got["h_score_core"]) == (120.0, 10.0, "A-1")
+
+
+def test_dab_outlines_can_be_left_out(tmp_path, ihc_slide):
+    path, _ = ihc_slide
+    d = analyze_dab_regions(path, None, tmp_path / "n", od_cutoffs=CUT, min_cells=20,
+                            progress=False, outlines=False)
+    assert d["cells_geojson"] is None and not (tmp_path / "n" / "cells.geojson").exists()
+    assert not list((tmp_path / "n" / "tiles").glob("*.geojson.json"))
 
 
 def test_tiles_on_two_dask_workers_give_the_same_cells(tmp_path, ihc_slide):
@@ -219,6 +244,8 @@ def _killed_and_resumed(tmp_path, monkeypatch, after: int, run):
     again = run(tmp_path / "k")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "k" / "cells.parquet"),
                                   pd.read_parquet(tmp_path / "full" / "cells.parquet"))
+    assert (tmp_path / "k" / "cells.geojson").read_text() == \
+        (tmp_path / "full" / "cells.geojson").read_text()
     assert again["thresholds"] == full["thresholds"]
     # and each region's tissue area, kept with its threshold
     areas = [r.get("tissue_area_mm2") for r in again["regions_scored"]["regions"]]

@@ -481,7 +481,7 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     thr = {t["region"]: t["hematoxylin_threshold_od"] for t in d["thresholds"]}
     alone = score_dab(read_slide(p).read_region(y0, yb + 80, x0, xb + 80),
                       od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5,
-                      nuclear_threshold=thr["A-1"], offset=(y0, x0)).cells
+                      nuclear_threshold=thr["A-1"], origin_px=(y0, x0)).cells
     alone["centroid_x"] += x0
     alone["centroid_y"] += y0
     from qdmed.imaging._regions import Regions

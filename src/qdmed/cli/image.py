@@ -1202,6 +1202,7 @@ def dab(
     dark_field: Annotated[Path | None, typer.Option("--dark-field", help="With --flat-field: the camera's image with the light off (same exposure).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = None,
+    no_outlines: NO_OUTLINES = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -1260,7 +1261,7 @@ def dab(
                                 min_cells=100 if region_min_cells is None else region_min_cells,
                                 pixel_size_um=pixel_size_um,
                                 marker=marker, background=_white_level(background),
-                                stain_matrix=_stains(stains),
+                                stain_matrix=_stains(stains), outlines=not no_outlines,
                                 tile=TILE_PX if tile is None else tile,
                                 n_workers=1 if workers is None else workers,
                                 scheduler=scheduler,
@@ -1270,9 +1271,9 @@ def dab(
         return _print_dab_regions(image, out, d)
     if tma_map is not None or region_class is not None or tumour_regions is not None:
         raise InputError("--tma-map, --region-class and --tumour-regions need --regions")
-    if scheduler is not None or workers is not None or tile is not None:
-        raise InputError("--scheduler, --workers and --tile score a slide tile by tile: "
-                         "they need --out (or --regions)")
+    if scheduler is not None or workers is not None or tile is not None or no_outlines:
+        raise InputError("--scheduler, --workers, --tile and --no-outlines score a slide tile "
+                         "by tile: they need --out (or --regions)")
     if case_rule != "pooled" or region_min_cells is not None:
         raise InputError("--case-rule and --region-min-cells score regions: they need "
                          "--regions")
@@ -1511,8 +1512,9 @@ def _print_dab_regions(slide, out, d) -> None:
                        f"threshold per region: summary.json 'thresholds')")
     for w in _dab_region_warnings(d):
         print_warning(w)
-    typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}; "
-               f"report: {d['report']}")
+    typer.echo(f"regions: {Path(out) / 'regions.csv'}; cells: {Path(out) / 'cells.parquet'}"
+               + (f" and {d['cells_geojson']} (QuPath)" if d.get("cells_geojson") else "")
+               + f"; report: {d['report']}")
 
 
 def _save_plot(path: Path, fig) -> None:

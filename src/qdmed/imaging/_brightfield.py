@@ -588,11 +588,13 @@ class DabScore:
     percent_positive: float = math.nan
     #: ER / PR: ASCO/CAP 2020 status (ReceptorStatus.to_dict()), None for other markers
     receptor_status: Any = field(default=None, compare=False)
+    #: the nucleus labels the cells grew from (ids as ``labels``)
+    nuclei: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the summary fields (no per-cell table or labels)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)
-             if f.name not in ("cells", "labels", "her2")}
+             if f.name not in ("cells", "labels", "her2", "nuclei")}
         d["her2"] = None if self.her2 is None else self.her2.to_dict()
         d["od_cutoffs"] = list(d["od_cutoffs"])
         d["stain_matrix"] = [list(r) for r in d["stain_matrix"]]
@@ -834,6 +836,7 @@ def score_dab(
         marker=marker,
         percent_positive=float(100.0 - pct[0]) if n_measured else math.nan,
         receptor_status=_receptor_status(df, marker, compartment, t[0]),
+        nuclei=nuclei,
     )
 
 

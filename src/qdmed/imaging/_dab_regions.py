@@ -167,7 +167,8 @@ def _no_nucleus_above(darkest, threshold: float, score_kw: dict) -> bool:
 
 
 def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
-                regions_source: str, score_kw: dict, darkest=None):
+                regions_source: str, score_kw: dict, darkest=None, crop_index: int = -1,
+                outlines: bool = False):
     """The cells of one crop (:func:`_jobs`): :func:`score_dab` on its window, in slide
     coordinates, kept when their centroid lies in the polygon piece and, for a tile, in its
     core (a cell belongs to the one tile whose core holds its centroid), and when they do
@@ -179,7 +180,9 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
     crop's darkest values from the threshold pass, when it had one; a crop in which no
     nucleus can reach the threshold (:func:`_no_nucleus_above`) is then not read again.
     Returns (cells, the threshold used, the tissue area in um^2 its split was taken over:
-    None when the threshold was given)."""
+    None when the threshold was given, and with ``outlines`` the kept cells' QuPath
+    features, named by their crop-local id: ``crop`` = ``crop_index`` and ``crop_cell``
+    key them until the slide's cell ids are given)."""
     from qdmed.imaging._brightfield import score_dab
     from qdmed.imaging._regions import Regions
 
@@ -226,7 +229,55 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
             keep &= ~np.isin(cells["cell_id"].to_numpy(), np.concatenate(edges))
     cells["region"] = label
     cells["piece"] = np.int64(piece)
-    return cells[keep], sc.nuclear_threshold_od, sc.tissue_area_um2
+    cells["crop"] = np.int64(crop_index)
+    cells["crop_cell"] = cells["cell_id"].astype(np.int64)
+    kept = cells[keep]
+    feats = []
+    if outlines and len(kept):
+        from qdmed.imaging._geojson import cell_features
+
+        ids = kept["cell_id"].to_numpy()
+        feats = cell_features(sc.labels, sc.nuclei, kept, ids, ids, ya, xa, "")
+    return kept, sc.nuclear_threshold_od, sc.tissue_area_um2, feats
+
+
+def _write_outlines(path, cells, parts, slide_name: str, compartment: str) -> None:
+    """cells.geojson of a DAB slide, streamed from its crops' features (``parts``, in crop
+    order): each kept cell (``crop``, ``crop_cell`` -> ``cell_id``) named by its cell id
+    with QuPath's deterministic UUID, its region in the metadata, its mean DAB OD in the
+    scored compartment among the measurements and its DAB class as the classification, so
+    that QuPath shows the classes for review (a review found DAB output without outlines,
+    where the QD side has them); cells a piece further up owns are left out, as in
+    cells.parquet."""
+    from qdmed.imaging._geojson import HER2_COLOURS, cell_uuid, write_feature_collection
+
+    col = f"DAB_{compartment}_mean"
+    groups = {int(k): g.set_index("crop_cell") for k, g in cells.groupby("crop")} \
+        if len(cells) else {}
+    meas = f"DAB: {compartment.capitalize()}: Mean"
+
+    def transform(k, feats):
+        g = groups.get(k)
+        kept = []
+        for f in feats if g is not None else ():
+            local = int(f["properties"]["name"])
+            if local not in g.index:
+                continue
+            row = g.loc[local]
+            gid = int(row["cell_id"])
+            cls = str(row["dab_class"])
+            f["id"] = cell_uuid(slide_name, gid)
+            props = f["properties"]
+            props["name"] = str(gid)
+            props["metadata"] = {"cell_id": str(gid), "region": str(row["region"])}
+            if np.isfinite(row[col]):
+                props["measurements"][meas] = float(row[col])
+            props["classification"] = {"name": f"DAB {cls}",
+                                       "color": HER2_COLOURS.get(cls, [200, 200, 200])}
+            kept.append(f)
+        return kept
+
+    write_feature_collection(path, parts, transform=transform)
 
 
 def _first_piece_owns(cells, reg, pieces):
@@ -248,10 +299,10 @@ def _first_piece_owns(cells, reg, pieces):
 
 
 #: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
-DAB_TILE_FORMAT = 4
+DAB_TILE_FORMAT = 5
 
 
-def _fingerprint(img, reg, jobs, score_kw) -> str:
+def _fingerprint(img, reg, jobs, score_kw, outlines: bool = False) -> str:
     """Identity of a run's crops: the slide file, the regions' polygons and names, the
     crops and the scoring parameters (finished crops are reused only under the same)."""
     import hashlib
@@ -270,7 +321,7 @@ def _fingerprint(img, reg, jobs, score_kw) -> str:
            "jobs": [[i, label, list(wd), None if core is None else list(core)]
                     for i, label, wd, core in jobs],
            "score": {k: (np.asarray(v).tolist() if not isinstance(v, str) else v)
-                     for k, v in score_kw.items()}}
+                     for k, v in score_kw.items()}, "outlines": bool(outlines)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -329,8 +380,8 @@ def _thresholds_summary(jobs, thresholds) -> list[dict[str, Any]]:
 #: What a DAB slide's run writes or removes in its output folder, and the files only such a
 #: run writes (check_output_folder: a folder holding the first without the second is
 #: someone else's).
-OUTPUT_NAMES = ("cells.parquet", "summary.json", "report.html", "regions.csv", "cases.csv",
-                "tiles")
+OUTPUT_NAMES = ("cells.parquet", "cells.geojson", "summary.json", "report.html",
+                "regions.csv", "cases.csv", "tiles")
 OUTPUT_MARKS = ("tiles/run.json", "summary.json")
 
 
@@ -340,7 +391,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                         pixel_size_um: float | None = None, marker: str = "HER2",
                         background=1.0, tile: int = TILE_PX, n_workers: int | None = 1,
                         scheduler: str | None = None, resume: bool = True,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, outlines: bool = True) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations),
     or as a whole.
 
@@ -523,7 +574,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     from qdmed.imaging._analyze import _remove_stale_temporaries
 
     _remove_stale_temporaries(out, tiles_dir)
-    fp = _fingerprint(img, reg, jobs, score_kw)
+    fp = _fingerprint(img, reg, jobs, score_kw, outlines)
     manifest = tiles_dir / "run.json"
     old = json.loads(manifest.read_text()) if manifest.exists() else {}
     if not resume or old.get("fingerprint") != fp:  # no manifest: crops of unknown origin
@@ -537,6 +588,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
     def thr_file(k):  # the threshold a one-crop region's crop took
         return tiles_dir / f"job_{k:06d}.threshold.json"
+
+    def outline_file(k):  # the crop's cells as QuPath features, before their final ids
+        return tiles_dir / f"job_{k:06d}.geojson.json"
 
     # regions of several crops (pieces, tiles) get their threshold from a first pass over
     # all of them; a region of one crop (a TMA core) takes it from the crop's own read
@@ -554,7 +608,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         if tissue_file.exists():
             tissue_um2 = json.loads(tissue_file.read_text())
     todo = [k for k in range(len(jobs))
-            if not (job_file(k).exists() and (n_crops[jobs[k][1]] > 1 or thr_file(k).exists()))]
+            if not (job_file(k).exists() and (n_crops[jobs[k][1]] > 1 or thr_file(k).exists())
+                    and (not outlines or outline_file(k).exists()))]
     n_resumed = len(jobs) - len(todo)
     passes = len(todo) + (len(shared) if thresholds is None else 0)
     own_client = cluster = None
@@ -574,7 +629,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         if n_crops[jobs[k][1]] == 1:
             atomic_write_text(thr_file(k), json.dumps(to_jsonable(
                 {"threshold": result[1], "tissue_um2": result[2]})))
-        atomic_write_parquet(job_file(k), result[0])
+        if outlines:
+            atomic_write_text(outline_file(k), json.dumps(result[3]))
+        atomic_write_parquet(job_file(k), result[0])  # last: marks the crop done
 
     darkest = {}  # crop -> its darkest values, from the threshold pass
     try:
@@ -597,7 +654,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
             run_jobs(_score_crop, [(source, jobs[k][2], jobs[k][3], jobs[k][0],
                                 reg.polygons[jobs[k][0]], jobs[k][1],
                                 thresholds.get(jobs[k][1]), reg.source, score_kw,
-                                darkest.get(k)) for k in todo],
+                                darkest.get(k), k, outlines) for k in todo],
                  own_client, advance, save)
     except BaseException:
         from qdmed.imaging._analyze import remove_unstarted
@@ -647,6 +704,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
             {"region": "all regions", "status": "ok", "n_cells": int(len(cells)),
              "n_scored": int(len(scored)), "her2_category": None, "message": ""},
             scored if len(scored) else None, "slide", min_cells, cal, gates)
+    if outlines:
+        _write_outlines(out / "cells.geojson", cells,
+                        [outline_file(k) for k in range(len(jobs))], name, compartment)
+    else:  # an earlier run's would pass for this one's
+        (out / "cells.geojson").unlink(missing_ok=True)
+    cells = cells.drop(columns=["crop", "crop_cell"], errors="ignore")
     atomic_write_parquet(out / "cells.parquet", cells)
     summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
@@ -672,7 +735,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                "all_regions": all_regions, "warnings": warnings,
                "n_crops": len(jobs), "n_crops_resumed": n_resumed,
                "elapsed_s": round(time.perf_counter() - t0, 2),
-               "report": str(out / "report.html")}
+               "report": str(out / "report.html"),
+               "cells_geojson": str(out / "cells.geojson") if outlines else None}
     summary = to_jsonable(summary)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     from qdmed.imaging._dab_report import write_dab_report

@@ -30,7 +30,7 @@ import numpy as np
 
 from qdmed.imaging._outlines import label_outlines
 
-__all__ = ["cell_features", "write_feature_collection"]
+__all__ = ["cell_features", "cell_uuid", "write_feature_collection"]
 
 #: Namespace of the deterministic per-cell UUIDs.
 _NAMESPACE = uuid.UUID("5d7c1f7e-3b0e-4f43-9a53-6a1d0c9e2b11")
@@ -77,7 +77,7 @@ def cell_features(cells, nuclei, table, local_ids, global_ids, oy: int, ox: int,
             continue
         m = {q: float(values[c][row]) for q, c in meas if np.isfinite(values[c][row])}
         feat = {"type": "Feature",
-                "id": str(uuid.uuid5(_NAMESPACE, f"{slide_name}:{gid}")),
+                "id": cell_uuid(slide_name, gid),
                 "geometry": {"type": "Polygon", "coordinates": [ring]},
                 "properties": {"objectType": "cell", "name": str(gid),
                                "metadata": {"cell_id": str(gid)}, "measurements": m}}
@@ -87,17 +87,26 @@ def cell_features(cells, nuclei, table, local_ids, global_ids, oy: int, ox: int,
     return feats
 
 
-def write_feature_collection(path, parts: Iterable, classify: Callable | None = None) -> None:
+def cell_uuid(slide_name: str, cell_id: int) -> str:
+    """The deterministic UUID of a slide's cell in the GeoJSON (a re-run gives the same)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{slide_name}:{int(cell_id)}"))
+
+
+def write_feature_collection(path, parts: Iterable, classify: Callable | None = None,
+                             transform: Callable | None = None) -> None:
     """Stream a FeatureCollection to ``path`` atomically from per-tile feature files (JSON
-    arrays), one tile in memory at a time. ``classify(cell_ids) -> mapping cell_id ->
-    (name, rgb)`` adds QuPath classifications."""
+    arrays), one tile in memory at a time. ``transform(part index, features) -> features``
+    edits each file's features first (e.g. gives them their final ids); ``classify(cell_ids)
+    -> mapping cell_id -> (name, rgb)`` adds QuPath classifications."""
     from qdmed.report import atomic_open
 
     with atomic_open(path) as fh:
         fh.write(b'{"type": "FeatureCollection", "features": [')
         first = True
-        for part in parts:
+        for i, part in enumerate(parts):
             feats = json.loads(part.read_text())
+            if transform is not None:
+                feats = transform(i, feats)
             if not feats:
                 continue
             if classify is not None:
