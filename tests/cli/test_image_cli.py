@@ -273,7 +273,8 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
     r = run("image", "unmix", str(slide), "--panel", str(panel), "--out",
             str(tmp_path / "u.ome.zarr"))
     assert r.returncode == 2 and "excitation_nm must be a number" in r.stderr, r.stderr
-    for args, what in ((("dab", "--example", "--marker", "ER"), "needs --regions"),
+    # (one field is now scored for any antigen: --marker ER alone is no longer refused)
+    for args, what in ((("dab", "--example", "--no-outlines"), "they need --out"),
                        (("dab", "--example", "--case-rule", "highest"), "need --regions"),
                        (("simulate", "--out", str(tmp_path / "x.png")), "--out must be"),
                        (("simulate", "--missing", "A-1"), "need --tma"),
