@@ -547,6 +547,15 @@ def test_dab_image_and_brightfield_tma(tmp_path, brightfield_tma):
     assert abs(json.loads(r.stdout)["h_score"] - d["h_score"]) < 1e-9
     r = run("image", "dab", "--example", "--stains", "0.65,0.70")
     assert r.returncode == 2 and "two OD vectors 'R,G,B;R,G,B'" in r.stderr
+    # DAB given first: refused (it scored 25 cells instead of 279; a review); a vector
+    # refused by the stain matrix names the option
+    r = run("image", "dab", "--example", "--stains", "0.269,0.568,0.778;0.651,0.701,0.290")
+    assert r.returncode == 2 and "give haematoxylin first" in r.stderr
+    r = run("image", "dab", "--example", "--stains", "-0.65,0.70,0.29;0.27,0.57,0.78")
+    assert r.returncode == 2 and r.stderr.startswith("error: --stains '-0.65")
+    # one field for ER: the count beside the status, two decimals (0.96 % read as 1.0 %)
+    r = run("image", "dab", "--example", "--marker", "ER")
+    assert r.returncode == 0 and "251 of 283 nuclei (88.69 %)" in r.stdout
     r = run("image", "dab", "--example", "--plot", str(tmp_path / "dab.png"))
     assert r.returncode == 0 and (tmp_path / "dab.png").read_bytes()[:4] == b"\x89PNG"
     # a brightfield TMA: dearrayed (optical density), then DAB scored core by core, case by

@@ -834,7 +834,8 @@ def analyze(
                 is not None else "not corrected: gate of unknown origin")
         info[f"{m} (ASCO/CAP 2020)"] = (
             st["label"]
-            + (f", {st['percent_positive_corrected']:.1f} % positive ({corr})"
+            # two decimals: 0.96 % printed as 1.0 % read as the cut-off itself (a review)
+            + (f", {st['percent_positive_corrected']:.2f} % positive ({corr})"
                if st["percent_positive_corrected"] is not None else ""))
     if d.get("subtype"):
         info["subtype (HER2 IHC with ER/PR)"] = d["subtype"]["label"]
@@ -1312,7 +1313,8 @@ def dab(
                      her2.get(f"percent_cells_{k}")
                      for c, k in (("0", "0"), ("1+", "1plus"), ("2+", "2plus"),
                                   ("3+", "3plus"))})
-    info.update({k: v for k, v in d.items() if not isinstance(v, dict | list) and k not in bins})
+    info.update({k: v for k, v in d.items() if not isinstance(v, dict | list) and k not in bins
+                 and k not in ("her2", "receptor_status")})  # said above when there
     # the H-score's classes: each cell's mean membrane OD against the cut-offs (not the
     # HER2 rule's categories, which also weigh completeness)
     info.update({f"H-score class {c} (% of cells by mean OD)": d[k] for c, k in (
@@ -1322,8 +1324,8 @@ def dab(
     if d.get("receptor_status"):
         st = d["receptor_status"]
         info[f"{marker} (ASCO/CAP 2020)"] = (
-            f"{st['label']}, {st['percent_positive_corrected']:.1f} % positive (gate at the "
-            "first cut-off, not corrected)")
+            f"{st['label']}, {st['n_positive']} of {st['n_cells']} nuclei "
+            f"({st['percent_positive_corrected']:.2f} %) at or above the first cut-off")
     info["od_cutoffs"] = ", ".join(f"{v:g}" for v in d["od_cutoffs"])
     # as --background takes it: levels 0-255 (QuPath's 'Background')
     info["background (R, G, B; 0-255)"] = ", ".join(f"{255 * v:.1f}" for v in d["background"])
@@ -1429,6 +1431,7 @@ def _stains(text: str):
     t = text.strip().lower()
     if t in ("ruifrok", "macenko"):
         return t
+    from qdmed.errors import QdmedError
     try:
         vecs = [[float(v) for v in part.replace(" ", ",").split(",") if v]
                 for part in text.split(";")]
@@ -1438,7 +1441,16 @@ def _stains(text: str):
         raise InputError(f"--stains must be 'ruifrok', 'macenko' or two OD vectors "
                          f"'R,G,B;R,G,B' (haematoxylin; DAB), e.g. "
                          f"'0.651,0.701,0.290;0.269,0.568,0.778'; got {text!r}")
-    return stain_matrix_from_vectors(vecs[0], vecs[1])
+    h, dab = vecs
+    if h[0] < h[2] and dab[2] < dab[0]:  # blue-purple H absorbs red most, brown DAB blue
+        raise InputError(f"--stains {text!r}: the first vector absorbs more blue than red "
+                         "and the second more red than blue, as DAB and haematoxylin do: give "
+                         "haematoxylin first (swapped, a field read 25 cells instead of 279; "
+                         "a review)")
+    try:
+        return stain_matrix_from_vectors(h, dab)
+    except QdmedError as exc:
+        raise type(exc)(f"--stains {text!r}: {exc}") from None
 
 
 def _white_level(text: str | None):
