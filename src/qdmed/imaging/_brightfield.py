@@ -741,14 +741,9 @@ def score_dab(
             and not isinstance(nuclear_threshold, bool) and nuclear_threshold >= 0)):
         raise InputError(f"nuclear_threshold must be 'otsu' or a haematoxylin OD >= 0; got "
                          f"{nuclear_threshold!r}.")
-    from qdmed.imaging._synthetic import list_markers
-
-    known = list_markers()
-    if marker not in known or marker == "DAPI":
-        raise InputError(f"marker {marker!r} is not a DAB antigen qdmed knows; accepted: "
-                         f"{', '.join(m for m in known if m != 'DAPI')}")
+    own = dab_antigen_compartment(marker)
     if compartment is None:
-        compartment = known[marker].compartment
+        compartment = own
     if compartment not in COMPARTMENTS:
         raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {COMPARTMENTS}.")
     range_warnings = dynamic_range_warnings(rgb)
@@ -838,6 +833,19 @@ def score_dab(
         receptor_status=_receptor_status(df, marker, compartment, t[0]),
         nuclei=nuclei,
     )
+
+
+def dab_antigen_compartment(marker: str) -> str:
+    """The compartment a DAB antigen is scored in (:func:`qdmed.imaging.list_markers`:
+    membrane for HER2, nucleus for ER, PR, AR and Ki67...); InputError naming the antigens
+    known for one that is not (the counterstain DAPI included)."""
+    from qdmed.imaging._synthetic import list_markers
+
+    known = list_markers()
+    if marker not in known or marker == "DAPI":
+        raise InputError(f"marker {marker!r} is not a DAB antigen qdmed knows; accepted: "
+                         f"{', '.join(m for m in known if m != 'DAPI')}")
+    return known[marker].compartment
 
 
 def _receptor_status(cells, marker: str, compartment: str, t1: float):

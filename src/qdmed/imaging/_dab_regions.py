@@ -497,14 +497,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         raise InputError("a TMA map and a region class need regions (the whole slide is "
                          "scored as one region without them)")
     tma_map, map_source = load_tma_map(tma_map, case_rule)
+    from qdmed.imaging._brightfield import dab_antigen_compartment
     from qdmed.imaging._scoring import MarkerGate
-    from qdmed.imaging._synthetic import list_markers
 
-    known = list_markers()
-    if marker not in known or marker == "DAPI":
-        raise InputError(f"marker {marker!r} is not a DAB antigen qdmed knows; accepted: "
-                         f"{', '.join(m for m in known if m != 'DAPI')}")
-    compartment = known[marker].compartment
+    compartment = dab_antigen_compartment(marker)
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     tile = check_tile(tile)
     check_scheduler(scheduler, n_workers)
