@@ -1551,12 +1551,28 @@ def compare(
     column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B.")] = "her2_category",
     name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table).")] = "QD-IHC",
     name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns).")] = "DAB IHC",
-    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of the cross-table.")] = None,
+    measure: Annotated[bool, flag("--measure", help="Compare the columns as numbers (ER or PR % positive, a Ki-67 index, an H-score): bias and 95 % limits of agreement (Bland-Altman), Lin's concordance. Give --column-a (and --column-b).")] = False,
+    status: Annotated[str | None, typer.Option("--status", help="With --measure: also compare the status the values give: ER or PR (ASCO/CAP 2020), or cut-offs such as 5,30 (a value on a cut-off takes the higher status).")] = None,
+    unit: Annotated[str, typer.Option("--unit", help="With --measure: the values' unit, for the table and plot (e.g. %).")] = "",
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of the cross-table (with --measure: the scatter and Bland-Altman plots).")] = None,
     json_: JSON = False,
 ):
-    """Case-by-case agreement of two HER2 scorings: cross-table, % agreement, Cohen's kappa.
+    """Case-by-case agreement of two scorings of the same cases.
+
+    HER2 categories (default): cross-table, % agreement, Cohen's kappa. With --measure, a
+    number per case (e.g. ER % positive against a pathologist's %): bias, limits of
+    agreement, Lin's concordance and, with --status, the statuses' agreement.
 
     Cases are matched on --key by slide stem (A.ome.tif and A are the same case)."""
+    if measure:
+        return _compare_measure(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
+                                column_b=column_b, name_a=name_a, name_b=name_b,
+                                status=status, unit=unit, plot=plot, json_=json_)
+    if status is not None or unit:
+        from qdmed.errors import InputError
+
+        raise InputError("--status and --unit go with --measure (numbers per case); HER2 "
+                         "categories are compared without them.")
     from qdmed.imaging import compare_her2_tables
 
     res = compare_her2_tables(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
@@ -1584,6 +1600,79 @@ def compare(
     rows = [{name_a + " \\ " + name_b: c, **dict(zip(d["categories"], map(str, r), strict=True))}
             for c, r in zip(d["categories"], d["table"], strict=True)]
     print_table("cross-table", rows)
+    for why, cases in d["excluded"].items():
+        typer.echo(f"excluded ({why}): {', '.join(cases[:10])}" + (" ..." if len(cases) > 10 else ""))
+    for w in d["warnings"]:
+        print_warning(w)
+    return None
+
+
+def _status_option(status: str | None):
+    """--status: a rule name (ER, PR) or comma-separated cut-offs."""
+    from qdmed.errors import InputError
+
+    if status is None or status.strip().upper() in ("ER", "PR", "PGR"):
+        return status
+    try:
+        return [float(v) for v in status.split(",")]
+    except ValueError:
+        raise InputError(f"--status {status!r}: give ER, PR or cut-offs such as 1,10.") from None
+
+
+def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a, name_b,
+                     status, unit, plot, json_):
+    from qdmed.errors import InputError
+    from qdmed.imaging import compare_measure_tables
+
+    if column_a == "her2_category" and column_b == "her2_category":
+        raise InputError("--measure compares numbers: name the columns with --column-a (and "
+                         "--column-b), e.g. --column-a ER_percent_positive --column-b "
+                         "er_percent.")
+    if column_b == "her2_category":
+        column_b = column_a  # only --column-a given: the same column in both tables
+    res = compare_measure_tables(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
+                                 column_b=column_b, method_a=name_a, method_b=name_b,
+                                 unit=unit, status_rule=_status_option(status))
+    d = res.to_dict()
+    if plot is not None:
+        _save_plot(plot, res.plot())
+    if json_:
+        return print_json_warned(d, d["warnings"])
+
+    def ci(v, lo_hi):
+        lo, hi = lo_hi
+        return f"{v:.3g}" + (f" (95 % CI {lo:.3g} to {hi:.3g})" if lo is not None else "") \
+            if v is not None else "undefined"
+
+    u = f" {unit}" if unit else ""
+    print_kv(f"{d['measure']}: {name_a} vs {name_b}", {
+        "n_cases": d["n_cases"],
+        f"mean {name_a}{u}": d["mean_a"], f"mean {name_b}{u}": d["mean_b"],
+        f"bias ({name_a} - {name_b}){u}": ci(d["bias"], d["bias_ci95"]),
+        f"SD of the differences{u}": d["sd_difference"],
+        f"95 % limits of agreement{u}": "{:.3g} to {:.3g}".format(*d["limits_of_agreement"]),
+        "  lower limit's 95 % CI": "{:.3g} to {:.3g}".format(*d["lower_limit_ci95"]),
+        "  upper limit's 95 % CI": "{:.3g} to {:.3g}".format(*d["upper_limit_ci95"]),
+        "trend of the differences with the level (per unit, p)":
+            "undefined" if d["difference_slope"] is None else
+            f"{d['difference_slope']:+.3g} (p = {d['difference_slope_p']:.3g})",
+        "Pearson r": d["pearson_r"],
+        "Lin's concordance (CCC)": ci(d["ccc"], d["ccc_ci95"]),
+        "bias correction factor C_b": d["bias_correction_factor"]})
+    st = d["status"]
+    if st is not None:
+        print_kv(f"status: {st['rule']}", {
+            "percent agreement": ci(st["percent_agreement"], st["percent_agreement_ci95"]),
+            "kappa": "undefined" if st["kappa"] is None else f"{st['kappa']:.3g}",
+            **({"kappa (linear weights)": "undefined" if st["kappa_linear"] is None else
+                f"{st['kappa_linear']:.3g}"} if len(st["labels"]) > 2 else {})})
+        print_table("status cross-table", [
+            {name_a + " \\ " + name_b: c, **dict(zip(st["labels"], map(str, r), strict=True))}
+            for c, r in zip(st["labels"], st["table"], strict=True)])
+    if d["outside_limits"]:
+        typer.echo("outside the limits of agreement: " + ", ".join(
+            f"{o['case']} ({o['difference']:+.3g})" for o in d["outside_limits"][:10])
+            + (" ..." if len(d["outside_limits"]) > 10 else ""))
     for why, cases in d["excluded"].items():
         typer.echo(f"excluded ({why}): {', '.join(cases[:10])}" + (" ..." if len(cases) > 10 else ""))
     for w in d["warnings"]:

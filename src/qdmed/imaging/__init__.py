@@ -41,6 +41,12 @@ from qdmed.imaging._cohort import analyze_cohort
 from qdmed.imaging._dab_regions import analyze_dab_regions
 from qdmed.imaging._heterogeneity import Her2Heterogeneity, her2_heterogeneity, shannon_index
 from qdmed.imaging._library import LibraryResult, single_stain_endmember, spectral_library
+from qdmed.imaging._measure_agreement import (
+    MeasureAgreement,
+    StatusAgreement,
+    compare_measure,
+    compare_measure_tables,
+)
 from qdmed.imaging._nnls import UnmixResult, kkt_violation, unmix_block, unmix_lstsq, unmix_nnls
 from qdmed.imaging._panel import (
     Panel,
@@ -99,7 +105,8 @@ from qdmed.imaging._tma import (
 
 __all__ = [
     "AnalysisSettings", "DabScore", "FieldAnalysis", "HER2Agreement", "HScore", "Her2Calibration",
-    "Her2Heterogeneity", "Her2Score", "ReceptorStatus", "receptor_status", "BreastSubtype", "breast_subtype", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables",
+    "Her2Heterogeneity", "Her2Score", "ReceptorStatus", "receptor_status", "BreastSubtype", "breast_subtype", "compare_her2", "her2_heterogeneity", "shannon_index", "compare_her2_tables", "MeasureAgreement", "StatusAgreement", "compare_measure",
+    "compare_measure_tables",
     "LibraryResult", "MarkerGate", "Panel", "SlideResult", "StainSeparation", "SyntheticField", "SyntheticSlide",
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
     "autofluorescence_from_control",

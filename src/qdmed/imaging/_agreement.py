@@ -183,8 +183,14 @@ def _categories(name: str, values, cases) -> list[str]:
         try:
             out.append(_category(cat))
         except InputError:
+            try:
+                float(str(cat).strip().rstrip("%"))
+                hint = (" A column of numbers (a percentage, an H-score) is compared with "
+                        "compare_measure (`qdmed image compare --measure`).")
+            except ValueError:
+                hint = ""
             raise InputError(f"{name}: case {case!r} has HER2 category {cat!r}; accepted: "
-                             f"{list(HER2_CATEGORIES)} (also 0/1/2/3).") from None
+                             f"{list(HER2_CATEGORIES)} (also 0/1/2/3).{hint}") from None
     return out
 
 

@@ -139,6 +139,14 @@ class ReceptorStatus:
         return to_jsonable(d)
 
 
+def rule_class(cuts, percent: float) -> int:
+    """Index of the ASCO/CAP 2020 class of ``percent`` for a rule's cut-offs (``_RULES``).
+
+    "1 % to 100 % ... positive", "1 % to 10 % ... low positive": a cut-off belongs to the
+    higher class, except 10 %, the top of ER low positive."""
+    return int(sum(percent >= c if c == 1.0 else percent > c for c in cuts))
+
+
 def _wilson95(k: int, n: int):
     """Wilson score 95 % interval of k successes in n (``.low``, ``.high``; scipy)."""
     from scipy.stats import binomtest
@@ -229,9 +237,7 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
             status, borderline = "insufficient cells", False
             rule = f"{n} nuclei with a value, fewer than the {min_cells} needed for a status"
         else:
-            # "1 % to 100 % ... positive", "1 % to 10 % ... low positive": a cut-off belongs
-            # to the higher category except 10 %, the top of ER low positive
-            status = names[int(sum(pc >= c if c == 1.0 else pc > c for c in cuts))]
+            status = names[rule_class(cuts, pc)]
             borderline = any(lo <= c <= hi for c in cuts)
             floor = ("" if f is None else
                      f", corrected for the gate's {100 * f:.3g} % noise floor"

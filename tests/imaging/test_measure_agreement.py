@@ -1,0 +1,186 @@
+"""Agreement of two measurements of one continuous quantity (ER % positive against a
+pathologist's %, an H-score): Bland-Altman limits, Lin's CCC, status agreement, and
+`qdmed image compare --measure`."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import cohen_kappa, compare_measure, compare_measure_tables
+
+# Bland JM, Altman DG, Lancet 1986 (doi:10.1016/S0140-6736(86)90837-8), Table 1: peak
+# expiratory flow rate (l/min) of 17 subjects, first reading with the Wright and with the
+# mini Wright peak flow meter.
+WRIGHT = [494, 395, 516, 434, 476, 557, 413, 442, 650, 433, 417, 656, 267, 478, 178, 423, 427]
+MINI = [512, 430, 520, 428, 500, 600, 364, 380, 658, 445, 432, 626, 260, 477, 259, 350, 451]
+
+
+def test_bland_altman_1986_worked_example():
+    r = compare_measure(WRIGHT, MINI, method_a="Wright", method_b="mini Wright",
+                        measure="PEFR", unit="l/min")
+    # the paper: mean difference -2.1 l/min, SD 38.8, r = 0.94, and its 95 % interval of
+    # the bias -2.1 +- 2.12 x 9.4 = -22.0 to 17.8 (t on 16 degrees of freedom)
+    assert r.bias == pytest.approx(-2.1, abs=0.05)
+    assert r.sd_difference == pytest.approx(38.8, abs=0.05)
+    assert r.pearson_r == pytest.approx(0.94, abs=0.005)
+    assert r.bias_ci95 == pytest.approx((-22.0, 17.8), abs=0.06)
+    # the paper's limits are mean +- 2 SD of the rounded values: -79.7 to 75.5; qdmed's
+    # use 1.96 SD (Bland & Altman 1999)
+    assert r.bias - 2 * r.sd_difference == pytest.approx(-79.7, abs=0.1)
+    assert r.bias + 2 * r.sd_difference == pytest.approx(75.5, abs=0.1)
+    lo, hi = r.limits_of_agreement
+    assert lo == pytest.approx(r.bias - 1.96 * r.sd_difference)
+    assert hi == pytest.approx(r.bias + 1.96 * r.sd_difference)
+    # Bland & Altman 1999 (section 2.2): SE of a limit sqrt(s^2/n + 1.96^2 s^2 / (2(n-1)))
+    se = r.sd_difference * np.sqrt(1 / 17 + 1.96 ** 2 / 32)
+    assert r.lower_limit_ci95 == pytest.approx((lo - 2.1199 * se, lo + 2.1199 * se), abs=0.01)
+    # ... of which the 1986 paper's sqrt(3 s^2 / n) = 16.3 is the large-n form
+    assert np.sqrt(3 * 38.8 ** 2 / 17) == pytest.approx(16.3, abs=0.05)
+    assert 16.3 < se < 17.0
+    # subject 15 (178 against 259) is the one pair outside the limits
+    assert [o["case"] for o in r.outside_limits()] == ["14"]
+    assert r.difference_slope_p > 0.05  # no trend with the level
+    assert len(r.warnings) == 1 and "only 17 cases" in r.warnings[0]
+    json.dumps(r.to_dict())
+    assert r.plot() is not None
+
+
+def test_lin_ccc_is_r_times_cb_and_closed_form_for_a_shift():
+    rng = np.random.default_rng(3)
+    x = rng.normal(30, 10, 40)
+    y = 0.8 * x + 5 + rng.normal(0, 3, 40)
+    r = compare_measure(x, y)
+    assert r.ccc == pytest.approx(r.pearson_r * r.bias_correction_factor)
+    assert r.pearson_r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    # Lin 1989: y = x + c has r = 1 and rho_c = 2 s^2 / (2 s^2 + c^2) (variances over n)
+    s2 = np.var(x)
+    r2 = compare_measure(x, x + 4.0)
+    assert r2.ccc == pytest.approx(2 * s2 / (2 * s2 + 16.0))
+    assert r2.pearson_r == pytest.approx(1.0)
+    assert np.isnan(r2.ccc_ci95[0])  # |r| = 1: Lin's variance is undefined
+    assert r2.bias == pytest.approx(-4.0) and r2.sd_difference == pytest.approx(0.0, abs=1e-12)
+
+
+def test_lin_ccc_interval_covers_the_true_value():
+    """Coverage of the z-transform interval (Lin 1989, 2000) on bivariate normal samples
+    of 50 with a location and a scale shift: close to the nominal 95 %."""
+    rng = np.random.default_rng(11)
+    rho, mu_a, mu_b, sa, sb = 0.9, 0.0, 0.3, 1.0, 1.2
+    true = 2 * rho * sa * sb / (sa ** 2 + sb ** 2 + (mu_a - mu_b) ** 2)
+    cov = [[sa ** 2, rho * sa * sb], [rho * sa * sb, sb ** 2]]
+    hits = 0
+    reps = 400
+    for _ in range(reps):
+        ab = rng.multivariate_normal([mu_a, mu_b], cov, 50)
+        lo, hi = compare_measure(ab[:, 0], ab[:, 1]).ccc_ci95
+        hits += lo <= true <= hi
+    assert 0.92 <= hits / reps <= 0.98
+
+
+def test_er_status_agreement_follows_asco_cap_2020():
+    # 10 % is ER low positive (1-10 %), 1 % is positive at all (ASCO/CAP 2020)
+    qd = {"a": 0.5, "b": 1.0, "c": 10.0, "d": 10.5, "e": 60.0}
+    path = {"a": 0.0, "b": 2.0, "c": 12.0, "d": 10.0, "e": 70.0}
+    r = compare_measure(qd, path, status_rule="ER", unit="%")
+    st = r.status
+    assert st.labels == ("negative", "low positive", "positive")
+    assert st.a == ("negative", "low positive", "low positive", "positive", "positive")
+    assert st.b == ("negative", "low positive", "positive", "low positive", "positive")
+    assert st.percent_agreement == pytest.approx(60.0)
+    assert st.kappa == pytest.approx(cohen_kappa(list(st.a), list(st.b),
+                                                 labels=list(st.labels)))
+    assert np.array(st.table).sum() == 5 and np.trace(np.array(st.table)) == 3
+    d = r.to_dict()
+    assert [x["case"] for x in d["status_disagreements"]] == ["c", "d"]
+    pr = compare_measure(qd, path, status_rule="PgR").status
+    assert pr.labels == ("negative", "positive") and pr.percent_agreement == 100.0
+
+
+def test_cutoffs_take_the_higher_status_on_the_cut():
+    r = compare_measure([4.0, 5.0, 29.0, 30.0], [5.0, 5.0, 30.0, 31.0], status_rule=(5, 30))
+    assert r.status.labels == ("< 5", "5 to < 30", ">= 30")
+    assert r.status.a == ("< 5", "5 to < 30", "5 to < 30", ">= 30")
+    assert r.status.b == ("5 to < 30", "5 to < 30", ">= 30", ">= 30")
+
+
+def test_bad_inputs_are_refused_with_the_value_named():
+    with pytest.raises(InputError, match="case 'b' has the value 'high'"):
+        compare_measure({"a": 1, "b": "high", "c": 3}, {"a": 1, "b": 2, "c": 3})
+    with pytest.raises(InputError, match="at least 3 cases"):
+        compare_measure([1, 2], [1, 2])
+    with pytest.raises(InputError, match="only in qdmed: \\['c'\\]"):
+        compare_measure({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 2, "d": 3})
+    with pytest.raises(InputError, match="increasing order"):
+        compare_measure([1, 2, 3], [1, 2, 3], status_rule=(10, 1))
+    with pytest.raises(InputError, match="rule 'HER2' is not known"):
+        compare_measure([1, 2, 3], [1, 2, 3], status_rule="HER2")
+    with pytest.raises(InputError, match="finite number"):
+        compare_measure([1, float("nan"), 3], [1, 2, 3])
+
+
+def test_fractions_against_percentages_are_warned():
+    r = compare_measure([0.02, 0.3, 0.9, 0.5], [2.0, 30.0, 90.0, 50.0], unit="%")
+    assert any("fractions (0-1)" in w for w in r.warnings)
+
+
+def test_tables_join_by_slide_stem_and_list_excluded(tmp_path):
+    a = tmp_path / "cohort.csv"
+    a.write_text("slide,ER_percent_positive,status\n"
+                 "S1.ome.tif,12.5,ok\nS2.ome.tif,0.4,ok\nS3.ome.tif,55,ok\nS4.ome.tif,,failed\n"
+                 "S5.ome.tif,7,ok\nS9.ome.tif,3,ok\n")
+    b = tmp_path / "reads.csv"
+    b.write_text("case,er\nS1,10%\nS2,0%\nS3,60 %\nS4,5\nS5,5\nS6,1\n")
+    r = compare_measure_tables(a, b, column_a="ER_percent_positive", column_b="er",
+                               key_b="case", unit="%", status_rule="ER")
+    assert r.cases == ("S1", "S2", "S3", "S5")
+    assert r.b == (10.0, 0.0, 60.0, 5.0)
+    assert r.excluded == {"no value in qdmed": ["S4"], "only in qdmed": ["S9"],
+                          "only in pathologist": ["S6"]}
+    assert r.measure == "ER_percent_positive / er"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("case,er\nS1,ten\nS2,0\nS3,1\n")
+    with pytest.raises(InputError, match=r"bad.csv, line 2: er = 'ten' for case 'S1'"):
+        compare_measure_tables(a, bad, column_a="ER_percent_positive", column_b="er",
+                               key_b="case")
+
+
+def test_compare_measure_cli(tmp_path):
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    a.write_text("slide,ER_percent_positive\n" + "".join(
+        f"S{i},{v}\n" for i, v in enumerate([0.2, 3, 12, 45, 80, 95])))
+    b.write_text("slide,ER_percent_positive\n" + "".join(
+        f"S{i},{v}\n" for i, v in enumerate([0, 5, 10, 50, 80, 90])))
+    base = [sys.executable, "-m", "qdmed", "image", "compare", str(a), str(b)]
+    r = subprocess.run([*base, "--measure", "--column-a", "ER_percent_positive",
+                        "--status", "ER", "--unit", "%", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["n_cases"] == 6 and d["status"]["labels"] == ["negative", "low positive",
+                                                            "positive"]
+    assert d["bias"] == pytest.approx(np.mean([0.2, -2, 2, -5, 0, 5]))
+    png = tmp_path / "ba.png"
+    r = subprocess.run([*base, "--measure", "--column-a", "ER_percent_positive",
+                        "--status", "5,30", "--plot", str(png)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "limits of agreement" in r.stdout and ">= 30" in r.stdout and png.stat().st_size
+    # bad input: one line, exit 2
+    for extra, msg in ((["--measure"], "name the columns"),
+                       (["--status", "ER"], "go with --measure"),
+                       (["--measure", "--column-a", "ER_percent_positive", "--status", "x,1"],
+                        "--status 'x,1'")):
+        r = subprocess.run([*base, *extra], capture_output=True, text=True)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_her2_compare_of_numbers_points_to_measure():
+    from qdmed.imaging import compare_her2
+
+    with pytest.raises(InputError, match="compare --measure"):
+        compare_her2([12.5, 3.0], ["1+", "2+"])
