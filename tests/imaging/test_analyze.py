@@ -514,6 +514,21 @@ def test_the_calibrations_own_warnings_reach_the_slide(tmp_path):
     r = analyze_slide(path, PANEL, tmp_path / "a", tile=256, progress=False,
                       write_unmixed=False, outlines=False, her2_calibration=cal)
     assert "calibration: no 0 control: the faint cut-off ..." in r.warnings
+    # the report's figures from Python (SlideResult.plot)
+    import matplotlib.pyplot as plt
+
+    for what in ("histograms", "her2"):
+        plt.close(r.plot(what))
+    with pytest.raises(InputError, match="write_unmixed=False"):
+        r.plot()
+    with pytest.raises(InputError, match="'map' is not known; accepted: overview"):
+        r.plot("map")
+    u = analyze_slide(path, PANEL, tmp_path / "b", tile=256, progress=False, outlines=False)
+    fig = u.plot()
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    with pytest.raises(InputError, match="no HER2 score"):
+        u.plot("her2")
 
 
 def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):

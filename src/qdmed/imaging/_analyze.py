@@ -596,6 +596,42 @@ class SlideResult:
     def to_dict(self) -> dict:
         return self.summary
 
+    def plot(self, what: str = "overview"):
+        """A figure of the slide's report.
+
+        Parameters
+        ----------
+        what : {'overview', 'histograms', 'her2'}
+            ``'overview'``: the unmixed markers' composite beside every cell coloured by its
+            HER2 category (needs ``unmixed.ome.zarr``: not with ``write_unmixed=False``);
+            ``'histograms'``: each marker's per-cell mean abundance by compartment;
+            ``'her2'``: each scored cell's membrane intensity against its completeness,
+            with the cut-offs (:meth:`Her2Score.plot`; needs a HER2 score).
+
+        Raises
+        ------
+        InputError
+            An unknown ``what``, or a figure whose data the analysis did not produce.
+        """
+        from qdmed.imaging import _report
+
+        kinds = ("overview", "histograms", "her2")
+        if what not in kinds:
+            raise InputError(f"plot {what!r} is not known; accepted: {', '.join(kinds)}.")
+        if what == "overview":
+            if not (self.out_dir / "unmixed.ome.zarr").exists():
+                raise InputError(f"no unmixed image in {self.out_dir} (analysed with "
+                                 "write_unmixed=False): the overview draws it; plot "
+                                 "'histograms' or 'her2' instead.")
+            return _report.overlay_figure(self)
+        if what == "histograms":
+            return _report.histogram_figure(self.cells(),
+                                            self.summary["panel"]["components"])
+        if self.her2 is None:
+            raise InputError("this analysis has no HER2 score (no calibration given, or no "
+                             "HER2 in the panel): plot 'overview' or 'histograms' instead.")
+        return self.her2.plot()
+
 
 #: What an analysis writes or removes in its output folder (an input there would be lost;
 #: given_labels.ome.zarr is kept when it is the run's own labels).
