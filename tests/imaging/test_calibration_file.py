@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -104,3 +105,62 @@ def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
     p.write_text("[1, 2]")
     with pytest.raises(FileFormatError, match="not a calibration"):
         load_calibration(p)
+
+
+def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
+    """calibrate_her2 on bare tables records no scale, so a slide imaged otherwise was
+    scored unwarned from Python; calibrate_controls on the controls' analyses records it,
+    as `qdmed image calibrate` does, and saves the same file."""
+    import matplotlib.pyplot as plt
+
+    from qdmed.errors import InputError
+    from qdmed.imaging import (
+        analyze_slide,
+        breast_panel_5plex,
+        calibrate_controls,
+        simulate_field,
+        write_ome_tiff,
+    )
+
+    panel = breast_panel_5plex()
+    kw = dict(endmembers=panel.endmembers, marker_names=list(panel.markers),
+              photons_per_unit=300.0)
+    res = {}
+    for name, preset in (("MDA-MB-468", "MDA-MB-468"), ("BT-474", "BT474")):
+        f = simulate_field((320, 320), preset=preset, seed=5, **kw)
+        p = write_ome_tiff(tmp_path / f"{preset}.ome.tif", f.image, pixel_size_um=0.5,
+                           channel_names=list(panel.channel_names))
+        res[name] = analyze_slide(p, panel, tmp_path / preset, tile=320, progress=False,
+                                  write_unmixed=False, outlines=False)
+    cal = calibrate_controls(res, negatives={"ER": "MDA-MB-468"})
+    assert cal.her2 is not None and set(cal.gates) == {"ER"}
+    assert cal.intensity_scale["dtype"] == "uint16"
+    assert cal.controls_scored["BT-474"] == {"category": "3+", "scored": "3+"}
+    # a folder and a SlideResult give the same calibration
+    by_folder = calibrate_controls({n: r.out_dir for n, r in res.items()},
+                                   negatives={"ER": "MDA-MB-468"})
+    assert by_folder.document() == cal.document()
+    saved = cal.save(tmp_path / "cal.json")
+    assert load_calibration(saved.path).document() == cal.document()
+    plt.close(cal.plot())
+    with pytest.raises(InputError, match="holds no control cells"):
+        load_calibration(saved.path).plot()
+    # bare tables: no scale, said when mixed with analyses
+    bare = calibrate_controls({n: r.cells() for n, r in res.items()})
+    assert bare.intensity_scale is None
+    mixed = calibrate_controls({"MDA-MB-468": res["MDA-MB-468"].cells(),
+                                "BT-474": res["BT-474"]})
+    assert any("came without their analysis summary" in w for w in mixed.warnings)
+    # the scale reaches a slide imaged otherwise (a float32 export of the same field)
+    f = simulate_field((320, 320), preset="MCF-7", seed=6, **kw)
+    p = write_ome_tiff(tmp_path / "mcf7.ome.tif", f.image.astype("float32"),
+                       pixel_size_um=0.5, channel_names=list(panel.channel_names))
+    r = analyze_slide(p, panel, tmp_path / "mcf7", tile=320, progress=False,
+                      write_unmixed=False, outlines=False, her2_calibration=cal.her2,
+                      gates=cal.gates, calibration_scale=cal.intensity_scale)
+    assert any("pixel type: float32 here, uint16 in the controls" in w for w in r.warnings)
+    for bad, said in (({"categories": {"X": "1+"}}, "category X=1+: no control X"),
+                      ({"negatives": {"ER": "X"}}, "negative ER=X: no control X"),
+                      ({"categories": {"BT-474": "4+"}}, "category BT-474=4+")):
+        with pytest.raises(InputError, match=re.escape(said)):
+            calibrate_controls(res, **bad)

@@ -129,15 +129,6 @@ def _panel(path):
     return Panel.from_file(path) if path else breast_panel_5plex()
 
 
-def _given_control(what: str, name: str, controls) -> None:
-    """Refuse an option (`what`) naming a control that no --control gave."""
-    if name not in controls:
-        from qdmed.errors import InputError
-
-        raise InputError(f"{what}: no --control {name}=... was given "
-                         f"(controls: {', '.join(controls)})")
-
-
 def _calibration_for(panel, path):
     """(Her2Calibration or None, gates or None, the controls' intensity scale or None,
     warnings) from a `qdmed image calibrate` JSON file, for a panel: a calibration whose
@@ -977,96 +968,35 @@ def calibrate(
 ):
     """Calibrate on control cell lines: HER2 intensity cut-offs (controls of known IHC score)
     and marker positivity gates (controls known negative for a marker)."""
-    import pandas as pd
-
     from qdmed.errors import InputError
-    from qdmed.imaging import calibrate_her2, gates_from_negative_controls
-    from qdmed.imaging._calibration_file import control_summary, controls_scale
-    from qdmed.imaging._scoring import _category
-    from qdmed.report import atomic_write_text
+    from qdmed.imaging import calibrate_controls
 
-    ctrls, cats, negs = {}, {}, {}
     paths: dict[str, str] = {}
+    cats: dict[str, str] = {}
+    negs: dict[str, str] = {}
     for c in control:  # every pair checked before any table is read
         name, path = _pair("--control", c, "NAME=cells.parquet")
         paths[_once("--control", name, paths)] = path
     for c in category or ():
         name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
-        _once("--category", name, cats)
-        _given_control(f"--category {name}", name, paths)
-        try:  # a category that is none is said as such, before the controls are counted
-            cats[name] = _category(cat)
-        except ValueError as exc:
-            raise InputError(f"--category {name}={cat}: {exc}") from None
-    for name, path in paths.items():
-        if Path(path).is_dir():  # a control's analysis folder: its cell table
-            if not (Path(path) / "cells.parquet").is_file():
-                raise InputError(f"--control {name}: {path} is a folder without cells.parquet "
-                                 "(give a control's analysis folder or its cells.parquet)")
-            path = str(Path(path) / "cells.parquet")
-        try:
-            ctrls[name] = pd.read_parquet(path)
-        except FileNotFoundError as exc:
-            raise InputError(f"--control {name}: no such file {path!r} (give a control's "
-                             "analysis folder or its cells.parquet)") from exc
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--control {name}: cannot read {path!r} as a cells table: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        cats[_once("--category", name, cats)] = cat
     for c in negative or ():
         marker, name = _pair("--negative", c, "MARKER=CONTROL_NAME")
-        _once("--negative", marker, negs)
-        _given_control(f"--negative {marker}={name}", name, ctrls)
-        negs[marker] = name
-    scale, scale_warnings = controls_scale({n: control_summary(p) for n, p in paths.items()})
-    doc: dict = {"controls_intensity_scale": scale}
-    from qdmed.imaging._scoring import KNOWN_HER2_CONTROLS, _norm_name
-
-    known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
-    her2_ctrls = {n: t for n, t in ctrls.items() if n in cats or _norm_name(n) in known}
-    if len(her2_ctrls) < 2 and (cats or not negs):  # HER2 asked for, or nothing else
-        got = [f"{n} ({cats.get(n) or known[_norm_name(n)]})" for n in her2_ctrls]
-        other = [n for n in ctrls if n not in her2_ctrls]
-        raise InputError(
-            "HER2 cut-offs need two or more controls of known HER2 category, a 0 or 1+ and a "
-            "3+ (--category NAME=0|1+|2+|3+, or a cell line of the known table, HERmark "
-            f"Table 1: {', '.join(f'{k} {v}' for k, v in KNOWN_HER2_CONTROLS.items())}); "
-            f"known here: {', '.join(got) or 'none'}"
-            + (f"; not in the table: {', '.join(other)} (give its --category, or name it "
-               "in --negative MARKER=NAME)" if other else ""))
-    used = set(negs.values()) | (set(her2_ctrls) if len(her2_ctrls) >= 2 else set())
-    unused = [n for n in ctrls if n not in used]
-    if unused and (used or cats):
-        raise InputError(f"--control {', '.join(unused)}: used by nothing; give it a HER2 "
-                         "--category NAME=0|1+|2+|3+ or name it in --negative MARKER=NAME")
-    her2 = gates = None
-    if len(her2_ctrls) >= 2:
-        try:
-            her2 = calibrate_her2(her2_ctrls, categories=cats or None,
-                                  faint_quantile=faint_quantile)
-        except InputError as exc:
-            if "categor" not in str(exc):
-                raise
-            raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
-        doc["her2"] = her2.to_dict()
-        from qdmed.imaging import her2_controls_scored
-
-        doc["controls_scored"] = her2_controls_scored(her2, her2_ctrls)
-        doc["warnings"] = scale_warnings + list(her2.warnings) + [
-            f"control {n} ({v['category']}) scores {v['scored']} with these "
-            "cut-offs: check its cells (membrane completeness, segmentation) or its known score"
-            for n, v in doc["controls_scored"].items() if v["scored"] != v["category"]]
-    else:
-        doc["warnings"] = scale_warnings
-    if negs:
-        gates = gates_from_negative_controls(ctrls, negs)
-        doc["gates"] = {m: g.to_dict() for m, g in gates.items()}
-    if plot is not None:  # drawn first: a figure that cannot be made leaves no calibration
-        from qdmed.imaging import plot_calibration
-
-        fig = plot_calibration(ctrls, her2=her2, gates=gates, negatives=negs)
-    atomic_write_text(out, json.dumps(doc, indent=2, sort_keys=True))
+        negs[_once("--negative", marker, negs)] = name
+    try:
+        cal = calibrate_controls(paths, categories=cats, negatives=negs,
+                                 faint_quantile=faint_quantile)
+    except InputError as exc:
+        # messages that start with control, category or negative get their option from
+        # the error printer; calibrate_her2's own say where a category comes from here
+        if "categor" not in str(exc) or str(exc).startswith(("control ", "category ")):
+            raise
+        raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
+    fig = cal.plot() if plot is not None else None  # drawn first: no figure, no calibration
+    cal = cal.save(out)
     if plot is not None:
         _save_plot(plot, fig)
+    doc = cal.document()
     if json_:
         return print_json_warned(doc, doc.get("warnings", ()))
     if "her2" in doc:

@@ -27,6 +27,7 @@ from qdmed.imaging._brightfield import (
     estimate_stain_vectors,
     score_dab,
 )
+from qdmed.imaging._calibrate import calibrate_controls
 from qdmed.imaging._calibration_file import Calibration, load_calibration
 from qdmed.imaging._calibration_plot import plot_calibration
 from qdmed.imaging._cells import (
@@ -111,7 +112,7 @@ __all__ = [
     "UnmixResult", "analyze_field", "analyze_slide", "autofluorescence_blind",
     "autofluorescence_from_control",
     "autofluorescence_spectrum", "breast_panel_5plex", "calibrate_her2", "cohen_kappa",
-    "Calibration", "load_calibration",
+    "Calibration", "load_calibration", "calibrate_controls",
     "compartments", "deconvolve_dab", "analyze_dab_regions", "design_panel", "endmember_from_control", "estimate_stain_vectors",
     "expand_cells", "f1_at_iou", "gates_from_negative_controls", "fix_global_thresholds", "h_score",
     "half_sample_mode", "kkt_violation",

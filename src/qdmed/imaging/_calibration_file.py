@@ -16,7 +16,7 @@ Warned rather than refused: a lab may rescale deliberately (a normalised export)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,8 @@ def controls_scale(summaries: dict[str, dict | None]) -> tuple[dict | None, list
     warnings = []
     first, ref = next(iter(known.items()))
     for name, sc in known.items():
-        for field, x, y in differences(ref, sc):
-            warnings.append(f"controls {first} and {name} differ in {_FIELDS[field]}: "
+        for what, x, y in differences(ref, sc):
+            warnings.append(f"controls {first} and {name} differ in {_FIELDS[what]}: "
                             f"{_show(x)} against {_show(y)}; their intensities are not on "
                             "one scale")
     missing = [n for n, s in summaries.items() if n not in known]
@@ -131,22 +131,71 @@ def control_summary(table_path: str | Path) -> dict | None:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A calibration file: HER2 cut-offs (:class:`~qdmed.imaging.Her2Calibration`, or
-    None), positivity gates (marker -> :class:`~qdmed.imaging.MarkerGate`, or None) and the
+    """A calibration: HER2 cut-offs (:class:`~qdmed.imaging.Her2Calibration`, or None),
+    positivity gates (marker -> :class:`~qdmed.imaging.MarkerGate`, or None) and the
     intensity scale of the controls they were made on (:func:`intensity_scale`; None when
-    the controls' tables came without their analysis summaries)."""
+    the controls' tables came without their analysis summaries).
+
+    Made by :func:`~qdmed.imaging.calibrate_controls` (``qdmed image calibrate``) or read
+    by :func:`load_calibration`. ``controls_scored`` gives each HER2 control scored with
+    the cut-offs, ``warnings`` what the calibration found wrong; ``path`` is the file it
+    was read from or saved to ("" for neither)."""
 
     her2: Any
     gates: dict | None
     intensity_scale: dict | None
     path: str
+    controls_scored: dict | None = None
+    warnings: tuple = ()
+    #: the controls' cell tables and marker -> negative control (made here, not read from
+    #: a file), for :meth:`plot`
+    controls: dict | None = field(default=None, compare=False, repr=False)
+    negatives: dict | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"path": self.path,
                 "her2": None if self.her2 is None else self.her2.to_dict(),
                 "gates": None if self.gates is None else {
                     m: g.to_dict() for m, g in self.gates.items()},
-                "intensity_scale": self.intensity_scale}
+                "intensity_scale": self.intensity_scale,
+                "controls_scored": self.controls_scored,
+                "warnings": list(self.warnings)}
+
+    def document(self) -> dict:
+        """The calibration file's JSON object (what :meth:`save` writes and
+        :func:`load_calibration` reads)."""
+        doc: dict = {"controls_intensity_scale": self.intensity_scale,
+                     "warnings": list(self.warnings)}
+        if self.her2 is not None:
+            doc["her2"] = self.her2.to_dict()
+            doc["controls_scored"] = self.controls_scored
+        if self.gates:
+            doc["gates"] = {m: g.to_dict() for m, g in self.gates.items()}
+        return doc
+
+    def save(self, path: str | Path) -> Calibration:
+        """Write the calibration file atomically; returns the calibration with its path."""
+        from qdmed.report import atomic_write_text
+
+        try:
+            atomic_write_text(path, json.dumps(self.document(), indent=2, sort_keys=True))
+        except OSError as exc:
+            raise InputError(f"cannot write the calibration to {path}: "
+                             f"{exc.strerror or exc}") from None
+        return replace(self, path=str(path))
+
+    def plot(self):
+        """The controls under the HER2 cut-offs and each negative control under its gate
+        (:func:`~qdmed.imaging.plot_calibration`); needs the controls' cells, which a
+        calibration read from a file does not hold."""
+        if self.controls is None:
+            raise InputError("this calibration holds no control cells (read from a file): "
+                             "plot_calibration(control_cells, her2=c.her2, gates=c.gates, "
+                             "negatives=...) draws it with the controls' tables")
+        from qdmed.imaging._calibration_plot import plot_calibration
+
+        return plot_calibration(self.controls, her2=self.her2, gates=self.gates,
+                                negatives=self.negatives)
 
 
 def load_calibration(path: str | Path) -> Calibration:
@@ -184,5 +233,7 @@ def load_calibration(path: str | Path) -> Calibration:
         except ValueError as exc:  # InputError included: the field it names is in the message
             raise FileFormatError(f"{path}: gate {m!r}: {exc}") from None
     scale = doc.get("controls_intensity_scale")
+    scored, warns = doc.get("controls_scored"), doc.get("warnings")
     return Calibration(her2, gates or None, scale if isinstance(scale, dict) else None,
-                       str(path))
+                       str(path), controls_scored=scored if isinstance(scored, dict) else None,
+                       warnings=tuple(map(str, warns)) if isinstance(warns, list) else ())

@@ -1,0 +1,150 @@
+"""A whole calibration from control analyses, as ``qdmed image calibrate`` makes it: HER2
+cut-offs from controls of known IHC score, positivity gates from controls negative for a
+marker, and the controls' intensity scale, against which every slide scored with it is
+checked (:mod:`qdmed.imaging._calibration_file`).
+
+:func:`~qdmed.imaging.calibrate_her2` and
+:func:`~qdmed.imaging.gates_from_negative_controls` take bare cell tables, which carry no
+scale: a calibration made with them is applied to a slide imaged otherwise unwarned. Given
+the controls' analyses (:class:`~qdmed.imaging.SlideResult` objects or their folders),
+:func:`calibrate_controls` records the scale too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from qdmed.errors import InputError
+
+__all__ = ["calibrate_controls"]
+
+
+def _control_table(name: str, value: Any):
+    """(cells table, analysis summary or None) of one control: a SlideResult, an analysis
+    folder, a cells.parquet path, or a table."""
+    import pandas as pd
+
+    from qdmed.imaging._analyze import SlideResult
+    from qdmed.imaging._calibration_file import control_summary
+
+    if isinstance(value, SlideResult):
+        return value.cells(), value.summary
+    if isinstance(value, pd.DataFrame):
+        return value, None
+    if not isinstance(value, str | Path):
+        raise InputError(f"control {name}: a SlideResult, an analysis folder, a cells.parquet "
+                         f"path or a pandas table is needed; got {type(value).__name__}")
+    path = Path(value)
+    if path.is_dir():  # a control's analysis folder: its cell table
+        if not (path / "cells.parquet").is_file():
+            raise InputError(f"control {name}: {path} is a folder without cells.parquet "
+                             "(give a control's analysis folder or its cells.parquet)")
+        path = path / "cells.parquet"
+    try:
+        cells = pd.read_parquet(path)
+    except FileNotFoundError as exc:
+        raise InputError(f"control {name}: no such file {str(path)!r} (give a control's "
+                         "analysis folder or its cells.parquet)") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"control {name}: cannot read {str(path)!r} as a cells table: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    return cells, control_summary(path)
+
+
+def calibrate_controls(controls: Mapping[str, Any], *,
+                       categories: Mapping[str, Any] | None = None,
+                       negatives: Mapping[str, str] | None = None,
+                       faint_quantile: float = 0.95):
+    """Calibrate on control cell lines: HER2 cut-offs, positivity gates, and the intensity
+    scale the controls were imaged and analysed on.
+
+    Parameters
+    ----------
+    controls : mapping name -> SlideResult, analysis folder, cells.parquet path or table
+        The controls' analyses. A bare table (pandas) carries no scale: the calibration
+        then records the other controls' (warned), or none.
+    categories : mapping name -> '0' | '1+' | '2+' | '3+', optional
+        HER2 score of controls not in the known table
+        (:data:`~qdmed.imaging._scoring.KNOWN_HER2_CONTROLS`, HERmark Table 1).
+    negatives : mapping marker -> control name, optional
+        A control negative for the marker: its positivity gate is that control's 99th
+        percentile (:func:`~qdmed.imaging.gates_from_negative_controls`).
+    faint_quantile : float
+        See :func:`~qdmed.imaging.calibrate_her2`.
+
+    Returns
+    -------
+    Calibration
+        ``her2``, ``gates``, ``intensity_scale``, ``controls_scored`` (each HER2 control
+        scored with the cut-offs), ``warnings``; pass it to
+        :func:`~qdmed.imaging.analyze_slide` as ``her2_calibration=c.her2, gates=c.gates,
+        calibration_scale=c.intensity_scale``, and :meth:`Calibration.save` writes the
+        file ``qdmed image analyze --calibration`` reads.
+
+    Raises
+    ------
+    InputError
+        A control that cannot be read, a category or negative naming no given control, an
+        unknown category, fewer than two HER2 controls of known category where HER2 cut-offs
+        are asked for (categories given, or nothing else), or a control used by nothing.
+    """
+    from qdmed.imaging._calibration_file import Calibration, controls_scale
+    from qdmed.imaging._scoring import (
+        KNOWN_HER2_CONTROLS,
+        _category,
+        _norm_name,
+        calibrate_her2,
+        gates_from_negative_controls,
+        her2_controls_scored,
+    )
+
+    names = [str(n) for n in controls]
+    cats, negs = {}, dict(negatives or {})
+    for name, cat in (categories or {}).items():
+        if name not in controls:
+            raise InputError(f"category {name}={cat}: no control {name} was given "
+                             f"(controls: {', '.join(names)})")
+        try:  # a category that is none is said as such, before the controls are counted
+            cats[name] = _category(cat)
+        except ValueError as exc:
+            raise InputError(f"category {name}={cat}: {exc}") from None
+    for marker, name in negs.items():
+        if name not in controls:
+            raise InputError(f"negative {marker}={name}: no control {name} was given "
+                             f"(controls: {', '.join(names)})")
+    tables, summaries = {}, {}
+    for name, value in controls.items():
+        tables[name], summaries[name] = _control_table(name, value)
+    scale, warnings = controls_scale(summaries)
+    known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
+    her2_ctrls = {n: t for n, t in tables.items() if n in cats or _norm_name(n) in known}
+    if len(her2_ctrls) < 2 and (cats or not negs):  # HER2 asked for, or nothing else
+        got = [f"{n} ({cats.get(n) or known[_norm_name(n)]})" for n in her2_ctrls]
+        other = [n for n in tables if n not in her2_ctrls]
+        raise InputError(
+            "HER2 cut-offs need two or more controls of known HER2 category, a 0 or 1+ and a "
+            "3+ (give their categories, or cell lines of the known table, HERmark Table 1: "
+            f"{', '.join(f'{k} {v}' for k, v in KNOWN_HER2_CONTROLS.items())}); known here: "
+            f"{', '.join(got) or 'none'}"
+            + (f"; not in the table: {', '.join(other)} (give its category, or name it as "
+               "a marker's negative control)" if other else ""))
+    used = set(negs.values()) | (set(her2_ctrls) if len(her2_ctrls) >= 2 else set())
+    unused = [n for n in tables if n not in used]
+    if unused and (used or cats):
+        raise InputError(f"control {', '.join(unused)}: used by nothing; give it a HER2 "
+                         "category (0, 1+, 2+, 3+) or name it as a marker's negative control")
+    her2 = gates = scored = None
+    if len(her2_ctrls) >= 2:
+        her2 = calibrate_her2(her2_ctrls, categories=cats or None,
+                              faint_quantile=faint_quantile)
+        scored = her2_controls_scored(her2, her2_ctrls)
+        warnings = warnings + list(her2.warnings) + [
+            f"control {n} ({v['category']}) scores {v['scored']} with these "
+            "cut-offs: check its cells (membrane completeness, segmentation) or its known score"
+            for n, v in scored.items() if v["scored"] != v["category"]]
+    if negs:
+        gates = gates_from_negative_controls(tables, negs)
+    return Calibration(her2, gates, scale, "", controls_scored=scored,
+                       warnings=tuple(warnings), controls=tables, negatives=negs)
