@@ -529,6 +529,17 @@ def test_the_calibrations_own_warnings_reach_the_slide(tmp_path):
     plt.close(fig)
     with pytest.raises(InputError, match="no HER2 score"):
         u.plot("her2")
+    # the panel's own warnings reach the slide's (only `qdmed image panel` said them)
+    from dataclasses import replace
+
+    from qdmed.imaging._panel import _with_warnings
+
+    strict = _with_warnings(replace(PANEL, max_cosine=0.2))
+    assert strict.warnings
+    p = analyze_slide(path, strict, tmp_path / "c", tile=256, progress=False,
+                      write_unmixed=False, outlines=False)
+    assert [w for w in p.warnings if w.startswith("panel: ")] == \
+        [f"panel: {w}" for w in strict.warnings]
 
 
 def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):

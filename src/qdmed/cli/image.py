@@ -1060,6 +1060,8 @@ def cohort(
 
     panel = _panel(panel_file)
     her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
+    # the panel's warnings once for the cohort (each slide's summary holds them too)
+    cal_warnings = [f"panel: {w}" for w in panel.warnings] + cal_warnings
     from qdmed.imaging._slideio import _check_pixel_size
 
     settings = None if not poisson and segmentation == "watershed" and pixel_size_um is None \

@@ -586,11 +586,14 @@ class SlideResult:
     @property
     def warnings(self) -> list[str]:
         """Every warning of the analysis, as the command line prints them (``"<block>:
-        <warning>"``, then the receptor-status warnings in full): they live in the summary's
-        blocks, where a Python user had to look for them one by one (a review)."""
+        <warning>"``, the panel's first, then the receptor-status warnings in full): they
+        live in the summary's blocks, where a Python user had to look for them one by one
+        (a review)."""
         from qdmed.imaging._region_scores import receptor_notes
 
-        return summary_warnings(self.summary) + receptor_notes(
+        # the panel's own (separability, excitation) first: the CLI's panel command said
+        # them, but a slide analysed with the panel did not
+        return summary_warnings(self.summary, ("panel", *WARNING_BLOCKS)) + receptor_notes(
             self.summary.get("markers_scored"), brief=False)
 
     def to_dict(self) -> dict:
