@@ -187,7 +187,7 @@ def square_cells():
 
 def test_measure_cells_exact_compartment_means_and_totals():
     ab, nuclei, cells = square_cells()
-    df = measure_cells(ab, nuclei, cells, marker_names=["A", "B"], pixel_size_um=0.5, offset=(100, 1000),
+    df = measure_cells(ab, nuclei, cells, marker_names=["A", "B"], pixel_size_um=0.5, origin_px=(100, 1000),
                        completeness_threshold=0.5)
     assert list(df.columns) == measurement_columns(["A", "B"])
     assert df["cell_id"].tolist() == [3, 7]

@@ -200,7 +200,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         f"the settings give no pixel size: {DEFAULT_PIXEL_SIZE_UM} um/px assumed (areas, "
         "expansion and membrane width scale with it; AnalysisSettings(pixel_size_um=...))",)
     s = s.with_pixel_size()
-    offset = tuple(int(v) for v in origin_px)
+    origin = tuple(int(v) for v in origin_px)
     if cells is not None and nuclei is None:
         raise InputError("cell labels need nuclei labels too (analyze_field(nuclei=...)): the "
                          "nucleus compartment comes from them")
@@ -232,7 +232,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                                 min_area_um2=s.min_nucleus_area_um2,
                                 max_area_um2=s.max_nucleus_area_um2, method=s.segmentation,
                                 threshold=s.nuclear_threshold if s.nuclear_threshold is not None
-                                else "otsu", offset=tuple(offset))
+                                else "otsu", origin_px=origin)
     if cells is None:
         scales = s.membrane_scales or membrane_scales(ab, comps, s.membrane_markers)
         memb = membrane_signal(ab, comps, scales)
@@ -240,10 +240,10 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                              pixel_size_um=s.pixel_size_um, membrane_image=memb,
                              max_expansion_um=s.max_expansion_um,
                              membrane_scale=1.0 if s.membrane_scales else None,
-                             offset=tuple(offset))  # every nucleus stays whole in its cell
+                             origin_px=origin)  # every nucleus stays whole in its cell
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
-                          offset=tuple(offset), completeness_threshold=s.completeness_threshold)
+                          origin_px=origin, completeness_threshold=s.completeness_threshold)
     if source_ids is not None:
         table["nucleus_label"] = source_ids[table["cell_id"].to_numpy()]
     if cell_ids is not None:

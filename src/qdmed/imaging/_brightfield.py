@@ -775,7 +775,7 @@ def score_dab(
             warnings.append(no_nuclei_warning(int(hist[0].sum())))
     nuclei = segment_nuclei(
         sep.hematoxylin, pixel_size_um=pixel_size_um, min_area_um2=min_area_um2,
-        max_area_um2=max_area_um2, threshold=nuclear_threshold, offset=tuple(origin_px))
+        max_area_um2=max_area_um2, threshold=nuclear_threshold, origin_px=tuple(origin_px))
     cells = expand_cells(nuclei, expansion_um=expansion_um, pixel_size_um=pixel_size_um)
     ab = np.stack([sep.hematoxylin, sep.dab], axis=-1)
     df = measure_cells(

@@ -12,7 +12,7 @@ Column convention of :func:`measure_cells` (one row per cell, inForm-like
 column                            meaning
 ================================  ==========================================================
 ``cell_id``                       label id of the cell (same id as its nucleus)
-``centroid_y``, ``centroid_x``    cell centroid, global pixel coordinates (``offset`` added)
+``centroid_y``, ``centroid_x``    cell centroid, global pixel coordinates (``origin_px`` added)
 ``centroid_y_um``, ``centroid_x_um``  the same in um (pixel coordinate x ``pixel_size_um``)
 ``cell_area_um2``                 cell area (all compartments)
 ``nucleus_area_um2`` etc.         area of the nucleus / cytoplasm / membrane compartment
@@ -116,7 +116,7 @@ def segment_nuclei(
     smoothing_um: float = 0.5,
     h_um: float = 0.25,
     local_block_um: float = 25.0,
-    offset: tuple[int, int] = (0, 0),
+    origin_px: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
 
@@ -147,6 +147,9 @@ def segment_nuclei(
         split when each is at least ``h_um`` "thicker" than the neck between them.
     local_block_um : float, um
         Window of the local threshold.
+    origin_px : (int, int)
+        (row, column) of this image's first pixel in the slide: the watershed's tie-breaker
+        is taken from slide coordinates, so a tile splits nuclei as the whole slide does.
 
     Returns
     -------
@@ -211,7 +214,7 @@ def segment_nuclei(
 
     if method == "watershed":
         labels = _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
-                                   offset)
+                                   origin_px)
     else:
         labels = _segment_external(img, method)
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
@@ -679,7 +682,7 @@ def _filter_sizes(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarra
 def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.5,
                  membrane_image=None, max_expansion_um: float = 8.0,
                  distance_weight: float = 0.2, membrane_scale: float | None = None,
-                 offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+                 origin_px: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Cells grown from their nuclei, by a fixed distance or guided by a membrane stain.
 
     Parameters
@@ -706,7 +709,7 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         Divisor of the smoothed membrane signal; default its 99th percentile within reach of
         a nucleus. Tiled analyses pass one slide-wide value so that borders do not depend on
         the tile.
-    offset : (int, int)
+    origin_px : (int, int)
         Global (y, x) position of this image's first pixel. The membrane landscape gets a
         tie-breaker of ~1e-9 derived from global coordinates, so that the watershed never
         meets exactly equal values and its result does not depend on where a tile starts.
@@ -766,7 +769,7 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         scale = float(np.percentile(sm[reach], 99)) if reach.any() else 0.0
     land = sm / scale if scale > 0 else np.zeros_like(sm)
     dist = d_nuc / reach_px
-    land = land + float(distance_weight) * dist + 1e-9 * _global_tiebreak(lab.shape, offset)
+    land = land + float(distance_weight) * dist + 1e-9 * _global_tiebreak(lab.shape, origin_px)
     out = watershed(land, lab, mask=reach)
     # keep every cell within reach of its own nucleus (a flood can wrap round a neighbour):
     # distance to the nucleus centroid minus its farthest pixel's, vectorised over labels
@@ -1054,7 +1057,7 @@ def measure_cells(
     marker_names: Sequence[str],
     pixel_size_um: float = 0.5,
     membrane_width_um: float = 1.0,
-    offset: tuple[int, int] = (0, 0),
+    origin_px: tuple[int, int] = (0, 0),
     completeness_threshold: float | Mapping[str, float] | None = None,
     completeness_method: str = "sectors",
     n_sectors: int = 36,
@@ -1072,7 +1075,7 @@ def measure_cells(
     pixel_size_um : float, um per pixel
     membrane_width_um : float, um
         See :func:`compartments`.
-    offset : (int, int), pixels
+    origin_px : (int, int), pixels
         (row, column) of this image's top-left pixel in the slide; added to centroids.
     completeness_threshold : None, float or mapping marker -> float, abundance units
         A membrane pixel (or sector) counts as stained when its abundance exceeds this.
@@ -1141,9 +1144,9 @@ def measure_cells(
         raise InputError(f"n_sectors must be a positive integer; got {n_sectors!r}.")
     n_sectors = int(n_sectors)
     try:
-        oy, ox = (float(offset[0]), float(offset[1]))
+        oy, ox = (float(origin_px[0]), float(origin_px[1]))
     except (TypeError, ValueError, IndexError):
-        raise InputError(f"offset must be a pair (row, column); got {offset!r}.") from None
+        raise InputError(f"origin_px must be a pair (row, column); got {origin_px!r}.") from None
     px = _positive("pixel_size_um", pixel_size_um)
     px2 = px * px
     if not np.all(np.isfinite(ab)):
