@@ -61,7 +61,12 @@ def test_lin_ccc_is_r_times_cb_and_closed_form_for_a_shift():
     r2 = compare_measure(x, x + 4.0)
     assert r2.ccc == pytest.approx(2 * s2 / (2 * s2 + 16.0))
     assert r2.pearson_r == pytest.approx(1.0)
-    assert np.isnan(r2.ccc_ci95[0])  # |r| = 1: Lin's variance is undefined
+    # r = 1: Lin's variance keeps its bias terms, so the interval is defined (a review: it
+    # was NaN), and holds rho_c
+    lo, hi = r2.ccc_ci95
+    assert lo < r2.ccc < hi < 1.0
+    r3 = compare_measure(x, x)  # rho_c = 1: atanh(1), no interval
+    assert r3.ccc == pytest.approx(1.0) and np.isnan(r3.ccc_ci95[0])
     assert r2.bias == pytest.approx(-4.0) and r2.sd_difference == pytest.approx(0.0, abs=1e-12)
 
 
@@ -125,6 +130,16 @@ def test_bad_inputs_are_refused_with_the_value_named():
 def test_fractions_against_percentages_are_warned():
     r = compare_measure([0.02, 0.3, 0.9, 0.5], [2.0, 30.0, 90.0, 50.0], unit="%")
     assert any("fractions (0-1)" in w for w in r.warnings)
+    # an ER rule means percentages too; a low-ER cohort (0.8 against 3) is not warned
+    r = compare_measure([0.005, 0.3, 0.95, 0.5], [0.0, 30.0, 90.0, 50.0], status_rule="ER")
+    assert any("fractions (0-1)" in w for w in r.warnings)
+    r = compare_measure([0.1, 0.5, 0.8, 0.2], [0.0, 1.0, 3.0, 0.5], status_rule="ER")
+    assert not any("fractions" in w for w in r.warnings)
+    # a percentage outside 0-100 is refused
+    with pytest.raises(InputError, match="case '3' has 150 %"):
+        compare_measure([5, 10, 20, 150], [0, 10, 20, 100], unit="%")
+    with pytest.raises(InputError, match="case '0' has -5 %"):
+        compare_measure([-5, 10, 20], [0, 10, 20], status_rule="ER")
 
 
 def test_tables_join_by_slide_stem_and_list_excluded(tmp_path):
@@ -145,6 +160,29 @@ def test_tables_join_by_slide_stem_and_list_excluded(tmp_path):
     bad.write_text("case,er\nS1,ten\nS2,0\nS3,1\n")
     with pytest.raises(InputError, match=r"bad.csv, line 2: er = 'ten' for case 'S1'"):
         compare_measure_tables(a, bad, column_a="ER_percent_positive", column_b="er",
+                               key_b="case")
+    # R's NA and Excel's #N/A leave a case out; blank trailing rows (an Excel export) are
+    # skipped; an infinite value is refused
+    na = tmp_path / "na.csv"
+    na.write_text("case,er\nS1,10\nS2,0\nS3,#N/A\nS5,NA\nS9,3\n,\n,\n")
+    r = compare_measure_tables(a, na, column_a="ER_percent_positive", column_b="er",
+                               key_b="case")
+    assert r.cases == ("S1", "S2", "S9")
+    assert r.excluded == {"no value in pathologist": ["S3", "S5"], "only in qdmed": ["S4"]}
+    dup = tmp_path / "dup.csv"
+    dup.write_text("case,er\nS1,10\nS2,1\nS1.ome.tif,3\n")
+    with pytest.raises(InputError, match=r"dup.csv, lines 2 and 4: 'S1' and 'S1.ome.tif'"):
+        compare_measure_tables(a, dup, column_a="ER_percent_positive", column_b="er",
+                               key_b="case")
+    inf = tmp_path / "inf.csv"
+    inf.write_text("case,er\nS1,inf\nS2,1\nS3,3\n")
+    with pytest.raises(InputError, match=r"inf.csv, line 2: er = 'inf' .* not finite"):
+        compare_measure_tables(a, inf, column_a="ER_percent_positive", column_b="er",
+                               key_b="case")
+    head = tmp_path / "head.csv"
+    head.write_text("case,er\n")
+    with pytest.raises(InputError, match="no rows under the header"):
+        compare_measure_tables(a, head, column_a="ER_percent_positive", column_b="er",
                                key_b="case")
 
 
@@ -170,8 +208,10 @@ def test_compare_measure_cli(tmp_path):
                        text=True)
     assert r.returncode == 0, r.stderr
     assert "limits of agreement" in r.stdout and ">= 30" in r.stdout and png.stat().st_size
+    assert "a vs b" in r.stdout  # named by the tables' files
     # bad input: one line, exit 2
-    for extra, msg in ((["--measure"], "name the columns"),
+    for extra, msg in ((["--measure"], "name TABLE_A's column with --column-a"),
+                       (["--measure", "--column-b", "x"], "with --column-a"),
                        (["--status", "ER"], "go with --measure"),
                        (["--measure", "--column-a", "ER_percent_positive", "--status", "x,1"],
                         "--status 'x,1'")):

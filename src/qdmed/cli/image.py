@@ -1479,12 +1479,12 @@ def compare(
     table_b: Annotated[Path, typer.Argument(help="CSV of the other scoring (DAB IHC, a pathologist's reads).")],
     key: Annotated[str, typer.Option("--key", help="Case column of TABLE_A (and of TABLE_B unless --key-b).")] = "slide",
     key_b: Annotated[str | None, typer.Option("--key-b", help="Case column of TABLE_B (default: --key).")] = None,
-    column_a: Annotated[str, typer.Option("--column-a", help="HER2 category column of TABLE_A.")] = "her2_category",
-    column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B.")] = "her2_category",
-    name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table).")] = "QD-IHC",
-    name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns).")] = "DAB IHC",
-    measure: Annotated[bool, flag("--measure", help="Compare the columns as numbers (ER or PR % positive, a Ki-67 index, an H-score): bias and 95 % limits of agreement (Bland-Altman), Lin's concordance. Give --column-a (and --column-b).")] = False,
-    status: Annotated[str | None, typer.Option("--status", help="With --measure: also compare the status the values give: ER or PR (ASCO/CAP 2020), or cut-offs such as 5,30 (a value on a cut-off takes the higher status).")] = None,
+    column_a: Annotated[str, typer.Option("--column-a", help="HER2 category column of TABLE_A (with --measure: its number column, needed).")] = "her2_category",
+    column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B (with --measure: its number column; default --column-a).")] = "her2_category",
+    name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table). Default QD-IHC; with --measure, TABLE_A's file name.")] = "QD-IHC",
+    name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns). Default DAB IHC; with --measure, TABLE_B's file name.")] = "DAB IHC",
+    measure: Annotated[bool, flag("--measure", help="Compare the columns as numbers (ER or PR % positive, a Ki-67 index, an H-score): bias (A - B) and 95 % limits of agreement (Bland-Altman), Lin's concordance. Give --column-a (and --column-b).")] = False,
+    status: Annotated[str | None, typer.Option("--status", help="With --measure: also compare the status the values give: ER or PR (ASCO/CAP 2020, percentages), or cut-offs such as 1,10 (a value on a cut-off takes the higher status: for Ki-67's <= 5 % low, >= 30 % high give 5.0001,30).")] = None,
     unit: Annotated[str, typer.Option("--unit", help="With --measure: the values' unit, for the table and plot (e.g. %).")] = "",
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of the cross-table (with --measure: the scatter and Bland-Altman plots).")] = None,
     json_: JSON = False,
@@ -1556,12 +1556,16 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
     from qdmed.errors import InputError
     from qdmed.imaging import compare_measure_tables
 
-    if column_a == "her2_category" and column_b == "her2_category":
-        raise InputError("--measure compares numbers: name the columns with --column-a (and "
-                         "--column-b), e.g. --column-a ER_percent_positive --column-b "
-                         "er_percent.")
+    if column_a == "her2_category":
+        raise InputError("--measure compares numbers: name TABLE_A's column with --column-a "
+                         "(and TABLE_B's with --column-b when it differs), e.g. --column-a "
+                         "ER_percent_positive --column-b er_percent.")
     if column_b == "her2_category":
         column_b = column_a  # only --column-a given: the same column in both tables
+    if (name_a, name_b) == ("QD-IHC", "DAB IHC"):  # the HER2 defaults: name by the files
+        name_a, name_b = Path(table_a).stem, Path(table_b).stem
+        if name_a == name_b:
+            name_a, name_b = str(table_a), str(table_b)
     res = compare_measure_tables(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
                                  column_b=column_b, method_a=name_a, method_b=name_b,
                                  unit=unit, status_rule=_status_option(status))
@@ -1588,9 +1592,10 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
         "trend of the differences with the level (per unit, p)":
             "undefined" if d["difference_slope"] is None else
             f"{d['difference_slope']:+.3g} (p = {d['difference_slope_p']:.3g})",
-        "Pearson r": d["pearson_r"],
+        "Pearson r": "undefined" if d["pearson_r"] is None else d["pearson_r"],
         "Lin's concordance (CCC)": ci(d["ccc"], d["ccc_ci95"]),
-        "bias correction factor C_b": d["bias_correction_factor"]})
+        "bias correction factor C_b": "undefined" if d["bias_correction_factor"] is None
+        else d["bias_correction_factor"]})
     st = d["status"]
     if st is not None:
         print_kv(f"status: {st['rule']}", {

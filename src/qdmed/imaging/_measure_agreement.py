@@ -54,6 +54,12 @@ REF_LIN_1989 = (
 FEW_CASES = 20
 #: z of the 95 % limits of agreement (Bland & Altman 1999).
 LOA_Z = 1.96
+#: One method's values all at most 1 and the other's this many times larger: fractions
+#: compared with percentages (a factor 100) is warned; a low-ER cohort (0.8 against 3) not.
+FRACTION_RATIO = 20.0
+#: Table cells read as missing (the case left out), as pandas reads them: R writes NA,
+#: Excel #N/A.
+MISSING = frozenset({"", "na", "n/a", "#n/a", "nan", "null", "none", "-"})
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ class MeasureAgreement:
         Lin's concordance correlation coefficient.
     ccc_ci95 : (float, float)
         From Fisher's z with Lin's asymptotic variance (NaN where undefined: fewer than 3
-        cases, or |rho_c| or |r| equal to 1).
+        cases, |rho_c| equal to 1, or r equal to 0).
     bias_correction_factor : float
         Lin's ``C_b = rho_c / r``: 1 when the best-fit line is the line of equality.
     status : StatusAgreement or None
@@ -194,38 +200,52 @@ class MeasureAgreement:
         return to_jsonable(d)
 
     def plot(self):
-        """Two panels: the values against each other with the line of equality, and the
-        Bland-Altman plot (difference against mean, with the bias, the limits of agreement
-        and their 95 % intervals shaded)."""
+        """Two panels: the values against each other with the line of equality (and the
+        status cut-offs), and the Bland-Altman plot (difference against mean, with the
+        bias, the limits of agreement and their 95 % intervals shaded)."""
         import matplotlib.pyplot as plt
 
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 4.0))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 4.0))
         a, b = np.asarray(self.a), np.asarray(self.b)
         u = f" ({self.unit})" if self.unit else ""
+        # many cases: small translucent points, so that density shows
+        dots = dict(s=14 if a.size <= 200 else 4, alpha=1.0 if a.size <= 200 else 0.35,
+                    color="C0", lw=0)
         lo_v, hi_v = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
         pad = 0.05 * (hi_v - lo_v or 1.0)
         ax1.plot([lo_v - pad, hi_v + pad], [lo_v - pad, hi_v + pad], color="0.5", lw=1,
-                 label="equality")
-        ax1.scatter(a, b, s=14, color="C0")
-        for c in () if self.status is None else self.status.cutoffs:
+                 label="line of equality")
+        ax1.scatter(a, b, **dots)
+        for i, c in enumerate(() if self.status is None else self.status.cutoffs):
             if lo_v - pad <= c <= hi_v + pad:
-                ax1.axvline(c, color="C2", lw=0.8, ls=":")
+                ax1.axvline(c, color="C2", lw=0.8, ls=":",
+                            label="status cut-offs" if i == 0 else None)
                 ax1.axhline(c, color="C2", lw=0.8, ls=":")
+        ax1.legend(fontsize=7, frameon=False, loc="upper left")
         ax1.set_xlabel(f"{self.method_a}{u}")
         ax1.set_ylabel(f"{self.method_b}{u}")
-        ax1.set_title(f"{self.measure}: {self.n_cases} cases, CCC {self.ccc:.3f}",
-                      fontsize=9)
+        ccc = "undefined" if not np.isfinite(self.ccc) else f"{self.ccc:.3f}"
+        ax1.set_title(f"{self.measure}: {self.n_cases} cases, Lin's CCC {ccc}", fontsize=9)
         m, d = (a + b) / 2.0, a - b
-        ax2.scatter(m, d, s=14, color="C0")
+        ax2.scatter(m, d, **dots)
         ax2.axhline(0.0, color="0.5", lw=0.8)
-        for v, ci, name in ((self.bias, self.bias_ci95, "bias"),
-                            (self.limits_of_agreement[0], self.lower_limit_ci95, "-1.96 SD"),
-                            (self.limits_of_agreement[1], self.upper_limit_ci95, "+1.96 SD")):
-            ax2.axhline(v, color="C3", lw=1, ls="-" if name == "bias" else "--")
-            if np.all(np.isfinite(ci)):
+        lines = ((self.bias, self.bias_ci95, "bias", "-"),
+                 (self.limits_of_agreement[1], self.upper_limit_ci95, "+1.96 SD", "--"),
+                 (self.limits_of_agreement[0], self.lower_limit_ci95, "-1.96 SD", "--"))
+        for v, ci, _, ls in lines:
+            ax2.axhline(v, color="C3", lw=1, ls=ls)
+            if np.all(np.isfinite(ci)) and ci[1] > ci[0]:
                 ax2.axhspan(ci[0], ci[1], color="C3", alpha=0.12, lw=0)
-            ax2.annotate(f"{name} {v:.3g}", (1.0, v), xycoords=("axes fraction", "data"),
-                         ha="right", va="bottom", fontsize=7, color="C3")
+        # the values named in the right margin, outside the data; limits that coincide
+        # (no spread) are named once
+        said: list[float] = []
+        span = float(np.ptp(d)) or 1.0
+        for v, _, name, _ in lines:
+            if all(abs(v - w) > 0.04 * span for w in said):
+                ax2.annotate(f"{name}\n{v:.3g}", (1.01, v),
+                             xycoords=("axes fraction", "data"), ha="left", va="center",
+                             fontsize=7, color="C3", annotation_clip=False)
+                said.append(v)
         ax2.set_xlabel(f"mean of the two{u}")
         ax2.set_ylabel(f"{self.method_a} - {self.method_b}{u}")
         ax2.set_title("Bland-Altman: bias and 95 % limits of agreement", fontsize=9)
@@ -319,7 +339,7 @@ def _lin_ccc(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple, float, float]:
         return rc, nan2, float("nan"), float("nan")
     r = float(sab / np.sqrt(sa2 * sb2))
     cb = rc / r if r != 0 else float("nan")
-    if n < 3 or abs(rc) >= 1.0 - 1e-12 or abs(r) >= 1.0 - 1e-12 or r == 0:
+    if n < 3 or abs(rc) >= 1.0 - 1e-12 or r == 0:  # atanh(+-1): no interval
         return rc, nan2, r, cb
     u = (ma - mb) / np.sqrt(np.sqrt(sa2 * sb2))
     one = 1.0 - rc * rc
@@ -353,8 +373,12 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
     status_rule : 'ER', 'PR', sequence of float, or None
         Also compare the statuses the values give: ``'ER'`` or ``'PR'`` for the ASCO/CAP
         2020 percentage rules, or cut-offs in increasing order (a value on a cut-off takes
-        the higher status), e.g. ``(5, 30)`` for Ki-67 (IKWG: <= 5 % low, >= 30 % high, so
-        give 5.000001 to keep 5 % low).
+        the higher status), e.g. ``(5.0001, 30)`` for Ki-67 (International Ki67 Working
+        Group, Nielsen et al. 2021: <= 5 % low, >= 30 % high).
+
+    With ``unit="%"`` or an ER/PR rule the values are percentages: one outside 0-100 is
+    refused, and one method's values all at most 1 against the other's 20 times larger
+    is warned (fractions against percentages).
 
     Returns
     -------
@@ -364,7 +388,8 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
     ------
     InputError
         Different case sets or lengths, fewer than 3 cases, a value that is not a finite
-        number (case named), equal method names, or a bad status rule.
+        number (case named), a percentage outside 0-100, equal method names, or a bad status
+        rule.
 
     Examples
     --------
@@ -396,6 +421,13 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
         raise InputError(f"agreement of a measurement needs at least 3 cases with a value "
                          f"from both methods; got {len(cases)}.")
     x, y = _values(method_a, va, cases), _values(method_b, vb, cases)
+    if unit == "%" or isinstance(status_rule, str):  # a percentage (ER and PR rules are)
+        for name, v in ((method_a, x), (method_b, y)):
+            bad = np.flatnonzero((v < 0) | (v > 100))
+            if bad.size:
+                raise InputError(f"{name}: case {cases[bad[0]]!r} has {v[bad[0]]:g} %; a "
+                                 f"percentage is between 0 and 100 ({bad.size} case(s) "
+                                 "outside).")
     from scipy import stats
 
     n = x.size
@@ -421,11 +453,13 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
                      f"mean, p = {slope_p:.3g}): the limits of agreement are not the same "
                      "across the range (Bland & Altman 1999, section 3)")
     big_a, big_b = float(np.max(np.abs(x))), float(np.max(np.abs(y)))
-    if unit == "%" and max(big_a, big_b) > 1.0 and min(big_a, big_b) <= 1.0 and \
-            np.ptp(np.concatenate([x, y])) > 0:
+    if 0.0 < min(big_a, big_b) <= 1.0 and \
+            max(big_a, big_b) >= FRACTION_RATIO * min(big_a, big_b) and \
+            (unit == "%" or isinstance(status_rule, str)):
         small = method_a if big_a <= 1.0 else method_b
-        warns.append(f"every value of {small} is at most 1 while the other's reach "
-                     f"{max(big_a, big_b):.3g}: fractions (0-1) compared with percentages?")
+        warns.append(f"every value of {small} is at most {min(big_a, big_b):.3g} while the "
+                     f"other's reach {max(big_a, big_b):.3g}: fractions (0-1) compared with "
+                     "percentages?")
     return MeasureAgreement(
         method_a=method_a, method_b=method_b, measure=measure, unit=unit,
         cases=tuple(cases), a=tuple(float(v) for v in x), b=tuple(float(v) for v in y),
@@ -441,33 +475,44 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
 
 
 def _values_csv(path, key: str, column: str) -> tuple[dict, list]:
-    """{case: number} from a CSV table and the cases with an empty cell; a cell that is
-    not a number is refused with its line."""
+    """{case: number} from a CSV table and the cases with a missing cell (:data:`MISSING`);
+    rows without a case are skipped (a spreadsheet's trailing blank rows), and a cell that
+    is not a number is refused with its line."""
     from qdmed.imaging._cohort import slide_stem
     from qdmed.imaging._csvtable import read_csv_strings
 
     df = read_csv_strings(path, columns=(key, column))
-    seen: dict[str, str] = {}
+    if not len(df):
+        raise InputError(f"{path}: no rows under the header (columns {list(df.columns)})")
+    seen: dict[str, tuple] = {}
     vals, empty = {}, []
-    for line, raw, v in zip(df.attrs["lines"], df[key], df[column], strict=True):
+    for line, raw, cell in zip(df.attrs["lines"], df[key], df[column], strict=True):
+        if not str(raw).strip():
+            continue
         k = slide_stem(str(raw).strip())
         if k in seen:
-            raise InputError(f"{path}: {seen[k]!r} and {raw!r} in column {key!r} name the same "
-                             f"case {k!r}")
-        seen[k] = raw
-        v = v.strip().rstrip("%").strip()
-        if v == "":
+            raise InputError(f"{path}, lines {seen[k][1]} and {line}: {seen[k][0]!r} and "
+                             f"{raw!r} in column {key!r} name the same case {k!r}")
+        seen[k] = (raw, line)
+        v = cell.strip()
+        if v.endswith("%"):
+            v = v[:-1].strip()
+            if not v:
+                raise InputError(f"{path}, line {line}: {column} = {cell!r} for case {k!r} "
+                                 "has no number")
+        if v.lower() in MISSING:
             empty.append(k)
             continue
         try:
             f = float(v)
         except ValueError:
-            raise InputError(f"{path}, line {line}: {column} = {v!r} for case {k!r} is not a "
-                             "number; give numbers (a trailing % is allowed) or leave the "
-                             "cell empty to leave the case out") from None
+            raise InputError(f"{path}, line {line}: {column} = {cell!r} for case {k!r} is "
+                             "not a number; give numbers (a trailing % is allowed), or leave "
+                             "the cell empty (or NA) to leave the case out") from None
         if not np.isfinite(f):
-            empty.append(k)
-            continue
+            raise InputError(f"{path}, line {line}: {column} = {cell!r} for case {k!r} is "
+                             "not finite (an error upstream?); give a number or leave the "
+                             "cell empty")
         vals[k] = f
     return vals, empty
 
@@ -478,15 +523,16 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
                            unit: str = "", status_rule=None) -> MeasureAgreement:
     """:func:`compare_measure` on two CSV tables with one row per case (e.g. ``cohort.csv``
     and a pathologist's reads), joined on their case columns by slide stem (``A.ome.tif``
-    and ``A`` are one case). Cells may end in ``%``. Cases with an empty or NaN cell in one
-    table, or present in only one table, are left out and listed in ``excluded``.
+    and ``A`` are one case). Cells may end in ``%``. Cases with a missing cell in one table
+    (empty, NA, N/A, #N/A, nan), or present in only one table, are left out and listed in
+    ``excluded``; rows without a case are skipped.
 
     Raises
     ------
     InputError
-        Unreadable file, missing column (the columns present named), a cell that is not a
-        number (file, line and value named), two rows naming one case, or fewer than 3
-        cases in common.
+        Unreadable file, missing column (the columns present named), no rows, a cell that
+        is not a number or not finite (file, line and value named), two rows naming one
+        case (both lines named), or fewer than 3 cases in common.
     """
     column_b = column_b or column_a
     a, miss_a = _values_csv(table_a, key, column_a)
