@@ -283,7 +283,7 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
                         "given twice"),
                        # a review: "4+" was answered by "need a 0 or 1+ and a 3+ control"
                        (("calibrate", "--control", f"X={tmp_path}", "--category", "X=4+"),
-                        "X=4+: HER2 category must be one of"),
+                        "--category X=4+: HER2 category must be one of"),
                        # ... and HER2 twice was answered with DAPI among the duplicates
                        (("panel", "--markers", "HER2,ER,HER2"),
                         "--markers names HER2 more than once: HER2,ER,HER2"),
@@ -841,7 +841,7 @@ def test_new_user_mistakes_are_named(tmp_path):
             r.stderr
     r = run("image", "calibrate", "--control", f"X={tmp_path / 'nofile.parquet'}",
             "--negative", "ER=X")
-    assert r.returncode == 2 and "control (--control) X: no such file" in r.stderr, r.stderr
+    assert r.returncode == 2 and "--control X: no such file" in r.stderr, r.stderr
     # a --category that cannot be used, and a control used by nothing, were dropped silently
     import pandas as pd
 
@@ -854,9 +854,9 @@ def test_new_user_mistakes_are_named(tmp_path):
                        (("--control", f"BT-474={t}"), "known here: BT-474 (3+)"),
                        (("--control", f"SK-BR-3={t}", "--control", f"MDA-MB-468={t}"),
                         "known here: MDA-MB-468 (0); not in the table: SK-BR-3 (give its "
-                        "category"),
+                        "--category"),
                        (("--control", f"A={t}", "--control", f"B={t}", "--negative", "ER=A"),
-                        "control (--control) B: used by nothing")):
+                        "--control B: used by nothing; give it a HER2 --category NAME=0|1+|2+|3+")):
         r = run("image", "calibrate", *args, "--out", str(tmp_path / "cal.json"))
         assert r.returncode == 2 and said in r.stderr, r.stderr
     assert not (tmp_path / "cal.json").exists()

@@ -142,12 +142,14 @@ def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
     assert by_folder.document() == cal.document()
     saved = cal.save(tmp_path / "cal.json")
     assert load_calibration(saved.path).document() == cal.document()
+    assert load_calibration(saved.path) == saved  # (a 3+ control's NaN read back as None)
     plt.close(cal.plot())
     with pytest.raises(InputError, match="holds no control cells"):
         load_calibration(saved.path).plot()
     # bare tables: no scale, said when mixed with analyses
     bare = calibrate_controls({n: r.cells() for n, r in res.items()})
     assert bare.intensity_scale is None
+    assert any("records no intensity scale" in w for w in bare.warnings)
     mixed = calibrate_controls({"MDA-MB-468": res["MDA-MB-468"].cells(),
                                 "BT-474": res["BT-474"]})
     assert any("came without their analysis summary" in w for w in mixed.warnings)
@@ -164,3 +166,14 @@ def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
                       ({"categories": {"BT-474": "4+"}}, "category BT-474=4+")):
         with pytest.raises(InputError, match=re.escape(said)):
             calibrate_controls(res, **bad)
+
+
+def test_another_excitation_is_warned():
+    """A QD's brightness follows its absorption at the excitation line: controls excited
+    at 405 nm and a slide at 488 nm are on different scales (a review found it unsaid)."""
+    sc = intensity_scale({**SPECTRAL, "excitation_nm": 405.0}, SLIDE16)
+    (w,) = scale_warnings(sc, intensity_scale({**SPECTRAL, "excitation_nm": 488.0}, SLIDE16))
+    assert "excitation (nm): 488.0 here, 405.0 in the controls" in w
+    # a calibration of an older qdmed (no excitation recorded) is not warned for it
+    old = {k: v for k, v in sc.items() if k != "excitation_nm"}
+    assert scale_warnings(old, sc) == []

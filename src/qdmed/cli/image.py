@@ -987,15 +987,10 @@ def calibrate(
         cal = calibrate_controls(paths, categories=cats, negatives=negs,
                                  faint_quantile=faint_quantile)
     except InputError as exc:
-        # messages that start with control, category or negative get their option from
-        # the error printer; calibrate_her2's own say where a category comes from here
-        if "categor" not in str(exc) or str(exc).startswith(("control ", "category ")):
-            raise
-        raise type(exc)(f"{exc} (command line: --category NAME=0|1+|2+|3+)") from exc
-    fig = cal.plot() if plot is not None else None  # drawn first: no figure, no calibration
+        raise type(exc)(_calibrate_message(str(exc))) from exc
+    if plot is not None:  # the plot first: a plot that cannot be written leaves no calibration
+        _save_plot(plot, cal.plot())
     cal = cal.save(out)
-    if plot is not None:
-        _save_plot(plot, fig)
     doc = cal.document()
     if json_:
         return print_json_warned(doc, doc.get("warnings", ()))
@@ -1010,6 +1005,33 @@ def calibrate(
         print_table("Positivity gates", [{"marker": m, **g} for m, g in doc["gates"].items()])
     for w in doc.get("warnings", ()):
         print_warning(w)
+
+
+#: calibrate_controls' words for its arguments, as the command line gives them.
+_CALIBRATE_WORDS = (
+    ("give its category, or name it as a marker's negative control",
+     "give its --category, or name it in --negative MARKER=NAME"),
+    ("give it a HER2 category (0, 1+, 2+, 3+) or name it as a marker's negative control",
+     "give it a HER2 --category NAME=0|1+|2+|3+ or name it in --negative MARKER=NAME"),
+    ("(give their categories, or cell lines", "(--category NAME=0|1+|2+|3+, or cell lines"),
+    ("no compartment known for marker", "--negative: no compartment known for marker"),
+)
+
+
+def _calibrate_message(msg: str) -> str:
+    """A calibrate_controls error as the command line says it: its arguments named as the
+    options that give them (``control X`` as ``--control X``)."""
+    for word in ("control", "category", "negative"):
+        if msg.startswith(word + " "):
+            msg = "--" + msg
+            break
+    for python, cli in _CALIBRATE_WORDS:
+        msg = msg.replace(python, cli)
+    if "categor" in msg and "--category" not in msg:  # calibrate_her2's own
+        msg += " (command line: --category NAME=0|1+|2+|3+)"
+    if msg.startswith("negative control ") and "--negative" not in msg:
+        msg += " (command line: --negative MARKER=NAME)"
+    return msg
 
 
 @app.command(short_help="Analyse every slide in a folder; one table for all.")

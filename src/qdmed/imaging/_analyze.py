@@ -605,34 +605,37 @@ class SlideResult:
         Parameters
         ----------
         what : {'overview', 'histograms', 'her2'}
-            ``'overview'``: the unmixed markers' composite beside every cell coloured by its
-            HER2 category (needs ``unmixed.ome.zarr``: not with ``write_unmixed=False``);
-            ``'histograms'``: each marker's per-cell mean abundance by compartment;
-            ``'her2'``: each scored cell's membrane intensity against its completeness,
-            with the cut-offs (:meth:`Her2Score.plot`; needs a HER2 score).
+            ``'overview'``: the unmixed markers' composite beside the cells, coloured by
+            their HER2 category when HER2 was scored (centroids otherwise; needs
+            ``unmixed.ome.zarr``: not with ``write_unmixed=False``); ``'histograms'``: each
+            marker's per-cell mean abundance by compartment; ``'her2'``: each scored cell's
+            membrane intensity against its completeness, with the cut-offs
+            (:meth:`Her2Score.plot`; needs a HER2 score).
 
         Raises
         ------
         InputError
-            An unknown ``what``, or a figure whose data the analysis did not produce.
+            An unknown ``what``, or a figure whose data the analysis did not produce (the
+            figures it can draw named).
         """
         from qdmed.imaging import _report
 
-        kinds = ("overview", "histograms", "her2")
-        if what not in kinds:
-            raise InputError(f"plot {what!r} is not known; accepted: {', '.join(kinds)}.")
-        if what == "overview":
-            if not (self.out_dir / "unmixed.ome.zarr").exists():
-                raise InputError(f"no unmixed image in {self.out_dir} (analysed with "
-                                 "write_unmixed=False): the overview draws it; plot "
-                                 "'histograms' or 'her2' instead.")
+        have = {"overview": (self.out_dir / "unmixed.ome.zarr").exists(), "histograms": True,
+                "her2": self.her2 is not None}
+        key = str(what).strip().lower()
+        if key not in have:
+            raise InputError(f"plot {what!r} is not known; accepted: {', '.join(have)}.")
+        if not have[key]:
+            why = (f"no unmixed image in {self.out_dir} (analysed with write_unmixed=False)"
+                   if key == "overview" else "this analysis has no HER2 score (no "
+                   "calibration given, or no HER2 in the panel)")
+            raise InputError(f"{why}; plot {' or '.join(repr(k) for k, v in have.items() if v)} "
+                             "instead.")
+        if key == "overview":
             return _report.overlay_figure(self)
-        if what == "histograms":
+        if key == "histograms":
             return _report.histogram_figure(self.cells(),
                                             self.summary["panel"]["components"])
-        if self.her2 is None:
-            raise InputError("this analysis has no HER2 score (no calibration given, or no "
-                             "HER2 in the panel): plot 'overview' or 'histograms' instead.")
         return self.her2.plot()
 
 

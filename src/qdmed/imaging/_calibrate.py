@@ -36,19 +36,20 @@ def _control_table(name: str, value: Any):
     if not isinstance(value, str | Path):
         raise InputError(f"control {name}: a SlideResult, an analysis folder, a cells.parquet "
                          f"path or a pandas table is needed; got {type(value).__name__}")
-    path = Path(value)
+    path, said = Path(value), str(value)  # messages give the path as the user wrote it
     if path.is_dir():  # a control's analysis folder: its cell table
         if not (path / "cells.parquet").is_file():
-            raise InputError(f"control {name}: {path} is a folder without cells.parquet "
+            raise InputError(f"control {name}: {said} is a folder without cells.parquet "
                              "(give a control's analysis folder or its cells.parquet)")
         path = path / "cells.parquet"
+        said = str(path)
     try:
         cells = pd.read_parquet(path)
     except FileNotFoundError as exc:
-        raise InputError(f"control {name}: no such file {str(path)!r} (give a control's "
+        raise InputError(f"control {name}: no such file {said!r} (give a control's "
                          "analysis folder or its cells.parquet)") from exc
     except (OSError, ValueError) as exc:
-        raise InputError(f"control {name}: cannot read {str(path)!r} as a cells table: "
+        raise InputError(f"control {name}: cannot read {said!r} as a cells table: "
                          f"{type(exc).__name__}: {exc}") from exc
     return cells, control_summary(path)
 
@@ -56,7 +57,8 @@ def _control_table(name: str, value: Any):
 def calibrate_controls(controls: Mapping[str, Any], *,
                        categories: Mapping[str, Any] | None = None,
                        negatives: Mapping[str, str] | None = None,
-                       faint_quantile: float = 0.95):
+                       faint_quantile: float = 0.95, quantile: float = 0.99,
+                       compartments: Mapping[str, str] | None = None):
     """Calibrate on control cell lines: HER2 cut-offs, positivity gates, and the intensity
     scale the controls were imaged and analysed on.
 
@@ -73,6 +75,11 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         percentile (:func:`~qdmed.imaging.gates_from_negative_controls`).
     faint_quantile : float
         See :func:`~qdmed.imaging.calibrate_her2`.
+    quantile : float in (0.5, 1)
+        The gates' quantile of their negative control.
+    compartments : mapping marker -> compartment, optional
+        The compartment gated for markers qdmed does not know (see
+        :func:`~qdmed.imaging.gates_from_negative_controls`).
 
     Returns
     -------
@@ -118,6 +125,11 @@ def calibrate_controls(controls: Mapping[str, Any], *,
     for name, value in controls.items():
         tables[name], summaries[name] = _control_table(name, value)
     scale, warnings = controls_scale(summaries)
+    if scale is None:
+        warnings = [*warnings, "no control came with its analysis (summary.json): the "
+                    "calibration records no intensity scale, so a slide imaged or analysed "
+                    "otherwise will not be warned; give the controls' analyses "
+                    "(SlideResults or folders)"]
     known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
     her2_ctrls = {n: t for n, t in tables.items() if n in cats or _norm_name(n) in known}
     if len(her2_ctrls) < 2 and (cats or not negs):  # HER2 asked for, or nothing else
@@ -145,6 +157,7 @@ def calibrate_controls(controls: Mapping[str, Any], *,
             "cut-offs: check its cells (membrane completeness, segmentation) or its known score"
             for n, v in scored.items() if v["scored"] != v["category"]]
     if negs:
-        gates = gates_from_negative_controls(tables, negs)
+        gates = gates_from_negative_controls(tables, negs, quantile=quantile,
+                                             compartments=compartments)
     return Calibration(her2, gates, scale, "", controls_scored=scored,
                        warnings=tuple(warnings), controls=tables, negatives=negs)

@@ -493,7 +493,7 @@ def histogram_otsu_threshold(counts, sums, squares, centres) -> float:
     return t if _stands_out(mean_lo, sd_lo, sums[~lo].sum() / n_hi) else float("inf")
 
 
-def _global_tiebreak(shape, offset) -> np.ndarray:
+def _global_tiebreak(shape, origin_px) -> np.ndarray:
     """A pseudo-random value in [0, 1) per pixel, a function of global coordinates only.
 
     Added (scaled by ~1e-9) to watershed landscapes so that no two pixels have exactly equal
@@ -506,13 +506,13 @@ def _global_tiebreak(shape, offset) -> np.ndarray:
     # the numpy form is the reference and the fallback without numba (tested identical).
     if numba_available():
         out = np.empty(shape, dtype=np.float64)
-        return _tiebreak_kernel()(int(offset[0]), int(offset[1]), out)
-    return _tiebreak_numpy(shape, offset)
+        return _tiebreak_kernel()(int(origin_px[0]), int(origin_px[1]), out)
+    return _tiebreak_numpy(shape, origin_px)
 
 
-def _tiebreak_numpy(shape, offset) -> np.ndarray:
-    gy = (np.arange(shape[0], dtype=np.int64) + int(offset[0])).astype(np.uint64)
-    gx = (np.arange(shape[1], dtype=np.int64) + int(offset[1])).astype(np.uint64)
+def _tiebreak_numpy(shape, origin_px) -> np.ndarray:
+    gy = (np.arange(shape[0], dtype=np.int64) + int(origin_px[0])).astype(np.uint64)
+    gx = (np.arange(shape[1], dtype=np.int64) + int(origin_px[1])).astype(np.uint64)
     mask32 = np.uint64(0xFFFFFFFF)
     v = ((gy & mask32) << np.uint64(32))[:, None] | (gx & mask32)[None, :]
     v += np.uint64(0x9E3779B97F4A7C15)
@@ -598,7 +598,8 @@ def _fill_holes(mask):
     return ~outer[bg]
 
 
-def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um, offset=(0, 0)):
+def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
+                      origin_px=(0, 0)):
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
 
@@ -638,7 +639,7 @@ def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um, of
     dist = ndi.gaussian_filter(distance_transform_edt(mask), 1.0)
     h = max(h_um / px, 1e-6)
     markers, _ = ndi.label(h_maxima(dist, h))
-    land = -dist + 1e-9 * _global_tiebreak(dist.shape, offset)
+    land = -dist + 1e-9 * _global_tiebreak(dist.shape, origin_px)
     return watershed(land, markers, mask=mask).astype(np.int32)
 
 

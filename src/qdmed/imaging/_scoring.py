@@ -518,7 +518,7 @@ class Her2Calibration:
         Interpolation scale used by :func:`calibrate_her2` ('log' or 'linear'), or ''.
     faint_quantile : float or None
     controls : tuple
-        ``(name, category, n_cells, median, faint_quantile_value_or_nan)`` per control.
+        ``(name, category, n_cells, median, faint_quantile_value or None)`` per control.
     warnings : tuple of str
         What the calibration could not check (e.g. no 0 control).
     """
@@ -724,7 +724,7 @@ def calibrate_her2(
             raise InputError(f"control {name!r} has {v.size} measurable cells; need at least {min_cells}.")
         s = HER2_CATEGORIES.index(cat)
         pooled.setdefault(s, []).append(v)
-        info.append([name, cat, int(v.size), float(np.median(v)), math.nan])
+        info.append([name, cat, int(v.size), float(np.median(v)), None])
     scores = sorted(pooled)
     low = scores[0]
     if low > 1:
