@@ -156,34 +156,27 @@ def test_tables_join_by_slide_stem_and_list_excluded(tmp_path):
     assert r.excluded == {"no value in qdmed": ["S4"], "only in qdmed": ["S9"],
                           "only in pathologist": ["S6"]}
     assert r.measure == "ER_percent_positive / er"
-    bad = tmp_path / "bad.csv"
-    bad.write_text("case,er\nS1,ten\nS2,0\nS3,1\n")
-    with pytest.raises(InputError, match=r"bad.csv, line 2: er = 'ten' for case 'S1'"):
-        compare_measure_tables(a, bad, column_a="ER_percent_positive", column_b="er",
-                               key_b="case")
+
+    def reads(name, text, **kw):
+        (tmp_path / name).write_text(text)
+        return compare_measure_tables(a, tmp_path / name, column_a="ER_percent_positive",
+                                      column_b="er", key_b="case", **kw)
+
     # R's NA and Excel's #N/A leave a case out; blank trailing rows (an Excel export) are
-    # skipped; an infinite value is refused
-    na = tmp_path / "na.csv"
-    na.write_text("case,er\nS1,10\nS2,0\nS3,#N/A\nS5,NA\nS9,3\n,\n,\n")
-    r = compare_measure_tables(a, na, column_a="ER_percent_positive", column_b="er",
-                               key_b="case")
+    # skipped
+    r = reads("na.csv", "case,er\nS1,10\nS2,0\nS3,#N/A\nS5,NA\nS9,3\n,\n,\n")
     assert r.cases == ("S1", "S2", "S9")
     assert r.excluded == {"no value in pathologist": ["S3", "S5"], "only in qdmed": ["S4"]}
-    dup = tmp_path / "dup.csv"
-    dup.write_text("case,er\nS1,10\nS2,1\nS1.ome.tif,3\n")
-    with pytest.raises(InputError, match=r"dup.csv, lines 2 and 4: 'S1' and 'S1.ome.tif'"):
-        compare_measure_tables(a, dup, column_a="ER_percent_positive", column_b="er",
-                               key_b="case")
-    inf = tmp_path / "inf.csv"
-    inf.write_text("case,er\nS1,inf\nS2,1\nS3,3\n")
-    with pytest.raises(InputError, match=r"inf.csv, line 2: er = 'inf' .* not finite"):
-        compare_measure_tables(a, inf, column_a="ER_percent_positive", column_b="er",
-                               key_b="case")
-    head = tmp_path / "head.csv"
-    head.write_text("case,er\n")
-    with pytest.raises(InputError, match="no rows under the header"):
-        compare_measure_tables(a, head, column_a="ER_percent_positive", column_b="er",
-                               key_b="case")
+    for name, text, said in (
+            ("bad.csv", "case,er\nS1,ten\nS2,0\nS3,1\n",
+             r"bad.csv, line 2: er = 'ten' for case 'S1'"),
+            ("dup.csv", "case,er\nS1,10\nS2,1\nS1.ome.tif,3\n",
+             r"dup.csv, lines 2 and 4: 'S1' and 'S1.ome.tif'"),
+            ("inf.csv", "case,er\nS1,inf\nS2,1\nS3,3\n",
+             r"inf.csv, line 2: er = 'inf' .* not finite"),  # an error upstream
+            ("head.csv", "case,er\n", "no rows under the header")):
+        with pytest.raises(InputError, match=said):
+            reads(name, text)
 
 
 def test_compare_measure_cli(tmp_path):

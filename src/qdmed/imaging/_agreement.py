@@ -222,28 +222,8 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
     >>> round(r.percent_agreement, 1), r.disagreements()
     (66.7, [{'case': 'p2', 'QD-IHC': '0', 'DAB IHC': '1+'}])
     """
-    if method_a == method_b:
-        raise InputError(f"the two methods need different names; both are {method_a!r}.")
-    if isinstance(a, Mapping) != isinstance(b, Mapping):
-        raise InputError("a and b must both be mappings case -> category or both sequences.")
-    if isinstance(a, Mapping):
-        only_a = sorted(set(map(str, a)) - set(map(str, b)))
-        only_b = sorted(set(map(str, b)) - set(map(str, a)))
-        if only_a or only_b:
-            raise InputError(f"the two scorings must cover the same cases; only in "
-                             f"{method_a}: {only_a[:10]}, only in {method_b}: {only_b[:10]}.")
-        cases = [str(k) for k in a]
-        bs = {str(k): v for k, v in b.items()}
-        va, vb = [a[k] for k in a], [bs[c] for c in cases]
-    else:
-        va, vb = list(a), list(b)
-        if len(va) != len(vb):
-            raise InputError(f"a and b must have one category per case; got {len(va)} and "
-                             f"{len(vb)}.")
-        cases = [str(i) for i in range(len(va))]
-    if len(cases) < 2:
-        raise InputError(f"agreement needs at least 2 cases with a category in both; got "
-                         f"{len(cases)}.")
+    cases, va, vb = paired_cases(a, b, method_a=method_a, method_b=method_b,
+                                 item="category", fewest=2)
     ca, cb = _categories(method_a, va, cases), _categories(method_b, vb, cases)
     ia = np.array([HER2_CATEGORIES.index(c) for c in ca])
     ib = np.array([HER2_CATEGORIES.index(c) for c in cb])
@@ -285,6 +265,76 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
     )
 
 
+def paired_cases(a, b, *, method_a: str, method_b: str, item: str, fewest: int
+                 ) -> tuple[list[str], list, list]:
+    """(cases, a's entries, b's entries) of two methods' results: two mappings case ->
+    entry, joined on their keys (both must hold the same cases), or two sequences in one
+    case order (cases named by position, from 0). ``item`` names an entry in errors
+    ("category", "value").
+
+    Raises
+    ------
+    InputError
+        Equal method names, a mapping and a sequence, different case sets (the cases named)
+        or lengths, or fewer than ``fewest`` cases.
+    """
+    if method_a == method_b:
+        raise InputError(f"the two methods need different names; both are {method_a!r}.")
+    if isinstance(a, Mapping) != isinstance(b, Mapping):
+        raise InputError(f"a and b must both be mappings case -> {item} or both sequences.")
+    if isinstance(a, Mapping):
+        only_a = sorted(set(map(str, a)) - set(map(str, b)))
+        only_b = sorted(set(map(str, b)) - set(map(str, a)))
+        if only_a or only_b:
+            raise InputError(f"the two methods must cover the same cases; only in "
+                             f"{method_a}: {only_a[:10]}, only in {method_b}: {only_b[:10]}.")
+        cases = [str(k) for k in a]
+        bs = {str(k): v for k, v in b.items()}
+        va, vb = [a[k] for k in a], [bs[c] for c in cases]
+    else:
+        va, vb = list(a), list(b)
+        if len(va) != len(vb):
+            raise InputError(f"a and b must have one {item} per case; got {len(va)} and "
+                             f"{len(vb)}.")
+        cases = [str(i) for i in range(len(va))]
+    if len(cases) < fewest:
+        raise InputError(f"agreement needs at least {fewest} cases with a {item} from both "
+                         f"methods; got {len(cases)}.")
+    return cases, va, vb
+
+
+def joined_tables(a: dict, miss_a: list, b: dict, miss_b: list, *, table_a, table_b,
+                  method_a: str, method_b: str, item: str, columns: tuple, fewest: int
+                  ) -> tuple[list[str], dict]:
+    """The cases two tables share with an entry in both (in ``a``'s order), and those left
+    out by reason (``{"no <item> in <method>": [...], "only in <method>": [...]}``, empty
+    reasons dropped), from each table's ``{case: entry}`` and its cases without one.
+
+    Raises
+    ------
+    InputError
+        The tables share no case (examples from both named), or fewer than ``fewest`` have
+        an entry in both (the reasons counted, the ``columns`` named).
+    """
+    keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
+    if not keys_a & keys_b:
+        raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
+                         f"and {sorted(keys_b)[:3]}); key and key_b (--key, --key-b) name the "
+                         "case columns.")
+    excluded = {f"no {item} in {method_a}": [k for k in miss_a if k in keys_b],
+                f"no {item} in {method_b}": [k for k in miss_b if k in keys_a],
+                "only in " + method_a: sorted(keys_a - keys_b),
+                "only in " + method_b: sorted(keys_b - keys_a)}
+    excluded = {k: v for k, v in excluded.items() if v}
+    common = [k for k in a if k in b]
+    if len(common) < fewest:
+        left = "; ".join(f"{why}: {len(v)}" for why, v in excluded.items())
+        raise InputError(f"agreement needs at least {fewest} cases with a {item} in both "
+                         f"tables; {len(common)} of them have one ({left}). The columns "
+                         f"compared are {columns[0]!r} and {columns[1]!r}")
+    return common, excluded
+
+
 def _categories_csv(path, key: str, column: str) -> tuple[dict, list]:
     """{case: category} from a CSV table, and the cases without a category (e.g. slides
     that failed). Cases are slide stems, so ``A.ome.tif`` and ``A`` are the same case."""
@@ -323,21 +373,9 @@ def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | No
     """
     a, miss_a = _categories_csv(table_a, key, column_a)
     b, miss_b = _categories_csv(table_b, key_b or key, column_b)
-    keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
-    if not keys_a & keys_b:
-        raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
-                         f"and {sorted(keys_b)[:3]}); key and key_b (--key, --key-b) name the "
-                         "case columns.")
-    excluded = {"no category in " + method_a: [k for k in miss_a if k in keys_b],
-                "no category in " + method_b: [k for k in miss_b if k in keys_a],
-                "only in " + method_a: sorted(keys_a - keys_b),
-                "only in " + method_b: sorted(keys_b - keys_a)}
-    common = [k for k in a if k in b]
-    if len(common) < 2:
-        left = "; ".join(f"{why}: {len(v)}" for why, v in excluded.items() if v)
-        raise InputError(f"agreement needs at least 2 cases with a HER2 category in both "
-                         f"tables; {len(common)} of them have one ({left}). The columns "
-                         f"compared are {column_a!r} and {column_b!r} (HER2 categories)")
+    common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
+                                     method_a=method_a, method_b=method_b, item="category",
+                                     columns=(column_a, column_b), fewest=2)
     res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
                        method_a=method_a, method_b=method_b)
-    return replace(res, excluded={k: v for k, v in excluded.items() if v})
+    return replace(res, excluded=excluded)

@@ -398,28 +398,10 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
     >>> round(r.bias, 2), r.status.percent_agreement
     (-1.15, 75.0)
     """
-    if method_a == method_b:
-        raise InputError(f"the two methods need different names; both are {method_a!r}.")
-    if isinstance(a, Mapping) != isinstance(b, Mapping):
-        raise InputError("a and b must both be mappings case -> value or both sequences.")
-    if isinstance(a, Mapping):
-        only_a = sorted(set(map(str, a)) - set(map(str, b)))
-        only_b = sorted(set(map(str, b)) - set(map(str, a)))
-        if only_a or only_b:
-            raise InputError(f"the two methods must cover the same cases; only in "
-                             f"{method_a}: {only_a[:10]}, only in {method_b}: {only_b[:10]}.")
-        cases = [str(k) for k in a]
-        bs = {str(k): v for k, v in b.items()}
-        va, vb = [a[k] for k in a], [bs[c] for c in cases]
-    else:
-        va, vb = list(a), list(b)
-        if len(va) != len(vb):
-            raise InputError(f"a and b must have one value per case; got {len(va)} and "
-                             f"{len(vb)}.")
-        cases = [str(i) for i in range(len(va))]
-    if len(cases) < 3:
-        raise InputError(f"agreement of a measurement needs at least 3 cases with a value "
-                         f"from both methods; got {len(cases)}.")
+    from qdmed.imaging._agreement import paired_cases
+
+    cases, va, vb = paired_cases(a, b, method_a=method_a, method_b=method_b, item="value",
+                                 fewest=3)
     x, y = _values(method_a, va, cases), _values(method_b, vb, cases)
     if unit == "%" or isinstance(status_rule, str):  # a percentage (ER and PR rules are)
         for name, v in ((method_a, x), (method_b, y)):
@@ -535,25 +517,15 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
         case (both lines named), or fewer than 3 cases in common.
     """
     column_b = column_b or column_a
+    from qdmed.imaging._agreement import joined_tables
+
     a, miss_a = _values_csv(table_a, key, column_a)
     b, miss_b = _values_csv(table_b, key_b or key, column_b)
-    keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
-    if not keys_a & keys_b:
-        raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
-                         f"and {sorted(keys_b)[:3]}); key and key_b (--key, --key-b) name the "
-                         "case columns.")
-    excluded = {"no value in " + method_a: [k for k in miss_a if k in keys_b],
-                "no value in " + method_b: [k for k in miss_b if k in keys_a],
-                "only in " + method_a: sorted(keys_a - keys_b),
-                "only in " + method_b: sorted(keys_b - keys_a)}
-    common = [k for k in a if k in b]
-    if len(common) < 3:
-        left = "; ".join(f"{why}: {len(v)}" for why, v in excluded.items() if v)
-        raise InputError(f"agreement needs at least 3 cases with a value in both tables; "
-                         f"{len(common)} have one ({left}). The columns compared are "
-                         f"{column_a!r} and {column_b!r}")
+    common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
+                                     method_a=method_a, method_b=method_b, item="value",
+                                     columns=(column_a, column_b), fewest=3)
     measure = column_a if column_a == column_b else f"{column_a} / {column_b}"
     res = compare_measure({k: a[k] for k in common}, {k: b[k] for k in common},
                           method_a=method_a, method_b=method_b, measure=measure, unit=unit,
                           status_rule=status_rule)
-    return replace(res, excluded={k: v for k, v in excluded.items() if v})
+    return replace(res, excluded=excluded)
