@@ -421,3 +421,23 @@ def test_too_little_background_names_the_thresholds_to_give():
     with pytest.raises(InputError, match=r"covering 'DAPI' \("):
         measure_cells(ab, nuc, cel, completeness_threshold={"HER2": 1.0}, **kw)
     assert len(measure_cells(ab, nuc, cel, completeness_threshold=1.0, **kw)) == 1
+
+
+def test_the_old_offset_keyword_still_works_with_a_deprecation_warning():
+    """segment_nuclei, expand_cells and measure_cells called the tile origin ``offset``
+    (elsewhere the detector's dark level); it is ``origin_px`` now, and ``offset`` still
+    gives the same result for a while, with a DeprecationWarning."""
+    ab, nuclei, cells = square_cells()
+    new = measure_cells(ab, nuclei, cells, marker_names=["A", "B"], origin_px=(100, 1000),
+                        completeness_threshold=0.5)
+    with pytest.warns(DeprecationWarning, match="renamed origin_px"):
+        old = measure_cells(ab, nuclei, cells, marker_names=["A", "B"], offset=(100, 1000),
+                            completeness_threshold=0.5)
+    assert old.equals(new)
+    with pytest.warns(DeprecationWarning, match=r"expand_cells\(offset=\.\.\.\)"):
+        grown = expand_cells(nuclei, expansion_um=1.0, offset=(5, 5))
+    assert np.array_equal(grown, expand_cells(nuclei, expansion_um=1.0, origin_px=(5, 5)))
+    img = (nuclei > 0).astype(float)
+    with pytest.warns(DeprecationWarning, match="segment_nuclei"):
+        seg = segment_nuclei(img, offset=(3, 4))
+    assert np.array_equal(seg, segment_nuclei(img, origin_px=(3, 4)))

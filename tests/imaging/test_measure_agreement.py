@@ -38,6 +38,7 @@ def test_bland_altman_1986_worked_example():
     # Bland & Altman 1999 (section 2.2): SE of a limit sqrt(s^2/n + 1.96^2 s^2 / (2(n-1)))
     se = r.sd_difference * np.sqrt(1 / 17 + 1.96 ** 2 / 32)
     assert r.lower_limit_ci95 == pytest.approx((lo - 2.1199 * se, lo + 2.1199 * se), abs=0.01)
+    assert r.upper_limit_ci95 == pytest.approx((hi - 2.1199 * se, hi + 2.1199 * se), abs=0.01)
     # ... of which the 1986 paper's sqrt(3 s^2 / n) = 16.3 is the large-n form
     assert np.sqrt(3 * 38.8 ** 2 / 17) == pytest.approx(16.3, abs=0.05)
     assert 16.3 < se < 17.0
@@ -68,6 +69,7 @@ def test_lin_ccc_is_r_times_cb_and_closed_form_for_a_shift():
     r3 = compare_measure(x, x)  # rho_c = 1: atanh(1), no interval
     assert r3.ccc == pytest.approx(1.0) and np.isnan(r3.ccc_ci95[0])
     assert r2.bias == pytest.approx(-4.0) and r2.sd_difference == pytest.approx(0.0, abs=1e-12)
+    assert r2.outside_limits() == []  # rounding in x + 4 - x is no difference (a review)
 
 
 def test_lin_ccc_interval_covers_the_true_value():
@@ -96,6 +98,10 @@ def test_er_status_agreement_follows_asco_cap_2020():
     assert st.a == ("negative", "low positive", "low positive", "positive", "positive")
     assert st.b == ("negative", "low positive", "positive", "low positive", "positive")
     assert st.percent_agreement == pytest.approx(60.0)
+    # by hand: p_o = 3/5, marginals (1, 2, 2)/5 both, p_e = 9/25: (0.6 - 0.36) / 0.64;
+    # linear weights 0 / 0.5 / 1: sum w O = 0.2, sum w E = 0.4
+    assert st.kappa == pytest.approx(0.375)
+    assert st.kappa_linear == pytest.approx(0.5)
     assert st.kappa == pytest.approx(cohen_kappa(list(st.a), list(st.b),
                                                  labels=list(st.labels)))
     assert np.array(st.table).sum() == 5 and np.trace(np.array(st.table)) == 3
@@ -156,6 +162,19 @@ def test_tables_join_by_slide_stem_and_list_excluded(tmp_path):
     assert r.excluded == {"no value in qdmed": ["S4"], "only in qdmed": ["S9"],
                           "only in pathologist": ["S6"]}
     assert r.measure == "ER_percent_positive / er"
+    assert not r.warnings[1:]
+    # the observed percentage compared for a status, where cohort.csv has the corrected one
+    # qdmed reads its status from: warned
+    a2 = tmp_path / "cohort2.csv"
+    a2.write_text("slide,ER_percent_positive,ER_percent_positive_corrected\n"
+                  "S1,1.98,0.99\nS2,12,11\nS3,40,39.5\n")
+    r = compare_measure_tables(a2, b, column_a="ER_percent_positive", column_b="er",
+                               key_b="case", status_rule="ER")
+    assert any("ER_percent_positive_corrected (its gate's noise floor removed)" in w
+               for w in r.warnings)
+    r = compare_measure_tables(a2, b, column_a="ER_percent_positive_corrected",
+                               column_b="er", key_b="case", status_rule="ER")
+    assert not any("observed percentage" in w for w in r.warnings)
 
     def reads(name, text, **kw):
         (tmp_path / name).write_text(text)
@@ -212,8 +231,28 @@ def test_compare_measure_cli(tmp_path):
         assert r.returncode == 2 and msg in r.stderr, r.stderr
 
 
-def test_her2_compare_of_numbers_points_to_measure():
-    from qdmed.imaging import compare_her2
+def test_her2_compare_of_numbers_points_to_measure(tmp_path):
+    from qdmed.imaging import compare_her2, compare_her2_tables
 
     with pytest.raises(InputError, match="compare --measure"):
         compare_her2([12.5, 3.0], ["1+", "2+"])
+    # NA and #N/A cells leave a case out of the HER2 comparison too
+    (tmp_path / "a.csv").write_text("slide,her2_category\nA,3+\nB,0\nC,1+\nD,2+\n")
+    (tmp_path / "b.csv").write_text("slide,her2_category\nA,3+\nB,NA\nC,1+\nD,#N/A\n")
+    r = compare_her2_tables(tmp_path / "a.csv", tmp_path / "b.csv")
+    assert r.cases == ("A", "C") and r.excluded == {"no category in DAB IHC": ["B", "D"]}
+
+
+def test_calibrate_messages_name_the_options():
+    """calibrate_controls' messages as the command line says them (qdmed.cli.image)."""
+    from qdmed.cli.image import _calibrate_message
+
+    assert _calibrate_message("category X=1+: no control X was given (controls: A)") == \
+        "--category X=1+: no --control X=... was given (controls: A)"
+    assert _calibrate_message("control B: used by nothing; give it a HER2 category (0, 1+, "
+                              "2+, 3+) or name it as a marker's negative control") == \
+        ("--control B: used by nothing; give it a HER2 --category NAME=0|1+|2+|3+ or name it "
+         "in --negative MARKER=NAME")
+    # the gates' own "negative control ..." is not an option
+    said = _calibrate_message("negative control 'X' has 3 cells with ER_nucleus_mean")
+    assert said.startswith("negative control 'X'") and "--negative MARKER=NAME" in said

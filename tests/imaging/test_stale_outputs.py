@@ -42,6 +42,7 @@ def test_cohort_whose_every_slide_now_fails_keeps_no_table(tmp_path):
     simulate_slide(folder / "A.ome.zarr", (256, 256), preset="BT474", seed=1, tile=256, **KW)
     out = tmp_path / "co"
     res = analyze_cohort(folder, PANEL, out, **RUN)
+    assert res["panel_warnings"] == list(PANEL.warnings)  # the panel's own, said once
     assert res["n_ok"] == 1 and (out / "cells.parquet").exists()
     assert (out / "slides" / "A" / "summary.json").exists()
     regs = tmp_path / "regions"

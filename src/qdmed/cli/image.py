@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -1020,16 +1021,16 @@ _CALIBRATE_WORDS = (
 
 def _calibrate_message(msg: str) -> str:
     """A calibrate_controls error as the command line says it: its arguments named as the
-    options that give them (``control X`` as ``--control X``)."""
-    for word in ("control", "category", "negative"):
-        if msg.startswith(word + " "):
-            msg = "--" + msg
-            break
+    options that give them (``control X: ...`` as ``--control X: ...``, ``no control X``
+    as ``no --control X=...``). Tested message by message (tests/cli), so that a library
+    message edited out of these forms is seen."""
+    msg = re.sub(r"^(control|category|negative) (?!control )", r"--\1 ", msg)
+    msg = re.sub(r"no control (\S+) was given", r"no --control \1=... was given", msg)
     for python, cli in _CALIBRATE_WORDS:
         msg = msg.replace(python, cli)
     if "categor" in msg and "--category" not in msg:  # calibrate_her2's own
         msg += " (command line: --category NAME=0|1+|2+|3+)"
-    if msg.startswith("negative control ") and "--negative" not in msg:
+    if msg.startswith("negative control ") and "--negative" not in msg:  # the gates'
         msg += " (command line: --negative MARKER=NAME)"
     return msg
 
@@ -1082,8 +1083,6 @@ def cohort(
 
     panel = _panel(panel_file)
     her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
-    # the panel's warnings once for the cohort (each slide's summary holds them too)
-    cal_warnings = [f"panel: {w}" for w in panel.warnings] + cal_warnings
     from qdmed.imaging._slideio import _check_pixel_size
 
     settings = None if not poisson and segmentation == "watershed" and pixel_size_um is None \
@@ -1128,7 +1127,8 @@ def cohort(
 def _cohort_warnings(res: dict) -> list[str]:
     """The cohort's warnings, each failed slide's error first (a review found them in the
     table only, and with --json nowhere but the slides' rows)."""
-    return [*(f"{r['slide']}: failed: {r['message']}" for r in res.get("slides") or ()
+    return [*(f"panel: {w}" for w in res.get("panel_warnings") or ()),
+            *(f"{r['slide']}: failed: {r['message']}" for r in res.get("slides") or ()
               if r.get("status") == "failed"),
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
             *(res.get("output_warnings") or [])]
@@ -1581,13 +1581,15 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
     if column_a == "her2_category":
         raise InputError("--measure compares numbers: name TABLE_A's column with --column-a "
                          "(and TABLE_B's with --column-b when it differs), e.g. --column-a "
-                         "ER_percent_positive --column-b er_percent.")
+                         "ER_percent_positive_corrected --column-b er_percent.")
     if column_b == "her2_category":
         column_b = column_a  # only --column-a given: the same column in both tables
-    if (name_a, name_b) == ("QD-IHC", "DAB IHC"):  # the HER2 defaults: name by the files
-        name_a, name_b = Path(table_a).stem, Path(table_b).stem
-        if name_a == name_b:
-            name_a, name_b = str(table_a), str(table_b)
+    # a name left at its HER2 default is the table's file name
+    stems = (Path(table_a).stem, Path(table_b).stem)
+    if stems[0] == stems[1]:
+        stems = (str(table_a), str(table_b))
+    name_a = stems[0] if name_a == "QD-IHC" else name_a
+    name_b = stems[1] if name_b == "DAB IHC" else name_b
     res = compare_measure_tables(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
                                  column_b=column_b, method_a=name_a, method_b=name_b,
                                  unit=unit, status_rule=_status_option(status))

@@ -335,6 +335,16 @@ def joined_tables(a: dict, miss_a: list, b: dict, miss_b: list, *, table_a, tabl
     return common, excluded
 
 
+#: Table cells read as missing (the case left out), as pandas reads them: R writes NA,
+#: Excel #N/A.
+MISSING = frozenset({"", "na", "n/a", "#n/a", "nan", "null", "none", "-"})
+
+
+def is_missing(cell: str) -> bool:
+    """A table cell that says "no value" (:data:`MISSING`, any case, spaces ignored)."""
+    return cell.strip().lower() in MISSING
+
+
 def _categories_csv(path, key: str, column: str) -> tuple[dict, list]:
     """{case: category} from a CSV table, and the cases without a category (e.g. slides
     that failed). Cases are slide stems, so ``A.ome.tif`` and ``A`` are the same case."""
@@ -350,7 +360,8 @@ def _categories_csv(path, key: str, column: str) -> tuple[dict, list]:
                              f"case {k!r}")
         seen[k] = raw
     cats = {k: v.strip() for k, v in zip(keys, df[column], strict=True)}
-    return {k: v for k, v in cats.items() if v != ""}, [k for k, v in cats.items() if v == ""]
+    return ({k: v for k, v in cats.items() if not is_missing(v)},
+            [k for k, v in cats.items() if is_missing(v)])
 
 
 def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | None = None,
@@ -360,8 +371,8 @@ def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | No
     a cohort run and a pathologist's reads), joined on their case columns ``key`` and
     ``key_b`` (default ``key``) by slide stem (``A.ome.tif`` and ``A`` are one case).
 
-    Cases without a category in one table (a failed slide) or present in only one table
-    are left out and listed in :attr:`HER2Agreement.excluded`.
+    Cases without a category in one table (a failed slide: an empty, NA or #N/A cell) or
+    present in only one table are left out and listed in :attr:`HER2Agreement.excluded`.
 
     Raises
     ------

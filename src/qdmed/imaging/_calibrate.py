@@ -71,8 +71,9 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         HER2 score of controls not in the known table
         (:data:`~qdmed.imaging._scoring.KNOWN_HER2_CONTROLS`, HERmark Table 1).
     negatives : mapping marker -> control name, optional
-        A control negative for the marker: its positivity gate is that control's 99th
-        percentile (:func:`~qdmed.imaging.gates_from_negative_controls`).
+        A control negative for the marker: its positivity gate is that control's
+        ``quantile`` (99th percentile by default;
+        :func:`~qdmed.imaging.gates_from_negative_controls`).
     faint_quantile : float
         See :func:`~qdmed.imaging.calibrate_her2`.
     quantile : float in (0.5, 1)
@@ -128,8 +129,8 @@ def calibrate_controls(controls: Mapping[str, Any], *,
     if scale is None:
         warnings = [*warnings, "no control came with its analysis (summary.json): the "
                     "calibration records no intensity scale, so a slide imaged or analysed "
-                    "otherwise will not be warned; give the controls' analyses "
-                    "(SlideResults or folders)"]
+                    "otherwise will not be warned; give the controls' analyses (their "
+                    "folders), not bare cell tables"]
     known = {_norm_name(k): v for k, v in KNOWN_HER2_CONTROLS.items()}
     her2_ctrls = {n: t for n, t in tables.items() if n in cats or _norm_name(n) in known}
     if len(her2_ctrls) < 2 and (cats or not negs):  # HER2 asked for, or nothing else

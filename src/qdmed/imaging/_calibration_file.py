@@ -28,7 +28,6 @@ _FIELDS = {
     "labels": "labels (marker: QD)",
     "component_channels": "components' channels",
     "channels_nm": "detection bands",
-    "excitation_nm": "excitation (nm)",
     "dtype": "pixel type",
     "exposure_ms": "exposure times (ms)",
 }
@@ -51,9 +50,6 @@ def intensity_scale(panel_dict: dict, slide_dict: dict) -> dict:
             "labels": None if unmixed else panel_dict.get("labels"),
             "component_channels": panel_dict.get("labels") if unmixed else None,
             "channels_nm": None if unmixed else panel_dict.get("channels_nm"),
-            # the QDs' brightness follows their absorption at the excitation line
-            "excitation_nm": None if unmixed or panel_dict.get("excitation_nm") is None
-            else float(panel_dict["excitation_nm"]),
             "dtype": dtype,
             "exposure_ms": dict(zip(map(str, names), map(float, exposure), strict=False))
             if integer and exposure and len(exposure) == len(names) else None}

@@ -65,6 +65,18 @@ MIN_BACKGROUND_PIXELS = 100
 
 
 # --------------------------------------------------------------------------- validation
+def _origin(origin_px, offset, fn: str):
+    """``origin_px``, or ``offset`` (its old name, deprecated) when that was given."""
+    if offset is None:
+        return origin_px
+    import warnings
+
+    warnings.warn(f"{fn}(offset=...) is renamed origin_px=... (the tile's origin in pixels; "
+                  "elsewhere 'offset' is the detector's dark level); offset= will be removed",
+                  DeprecationWarning, stacklevel=3)
+    return offset
+
+
 def _positive(name: str, value: float) -> float:
     try:
         v = float(value)
@@ -117,6 +129,7 @@ def segment_nuclei(
     h_um: float = 0.25,
     local_block_um: float = 25.0,
     origin_px: tuple[int, int] = (0, 0),
+    offset: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
 
@@ -150,6 +163,8 @@ def segment_nuclei(
     origin_px : (int, int)
         (row, column) of this image's first pixel in the slide: the watershed's tie-breaker
         is taken from slide coordinates, so a tile splits nuclei as the whole slide does.
+    offset : (int, int), deprecated
+        The old name of ``origin_px``.
 
     Returns
     -------
@@ -212,6 +227,7 @@ def segment_nuclei(
     if img.size == 0 or np.ptp(img) == 0:
         return np.zeros(img.shape, dtype=np.int32)
 
+    origin_px = _origin(origin_px, offset, "segment_nuclei")
     if method == "watershed":
         labels = _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
                                    origin_px)
@@ -683,7 +699,8 @@ def _filter_sizes(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarra
 def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.5,
                  membrane_image=None, max_expansion_um: float = 8.0,
                  distance_weight: float = 0.2, membrane_scale: float | None = None,
-                 origin_px: tuple[int, int] = (0, 0)) -> np.ndarray:
+                 origin_px: tuple[int, int] = (0, 0),
+                 offset: tuple[int, int] | None = None) -> np.ndarray:
     """Cells grown from their nuclei, by a fixed distance or guided by a membrane stain.
 
     Parameters
@@ -714,6 +731,8 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         Global (y, x) position of this image's first pixel. The membrane landscape gets a
         tie-breaker of ~1e-9 derived from global coordinates, so that the watershed never
         meets exactly equal values and its result does not depend on where a tile starts.
+    offset : (int, int), deprecated
+        The old name of ``origin_px``.
 
     Returns
     -------
@@ -740,6 +759,8 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     13
     """
     from skimage.segmentation import expand_labels
+
+    origin_px = _origin(origin_px, offset, "expand_cells")
 
     lab = _labels2d("nuclei", nuclei)
     px = _positive("pixel_size_um", pixel_size_um)
@@ -1062,6 +1083,7 @@ def measure_cells(
     completeness_threshold: float | Mapping[str, float] | None = None,
     completeness_method: str = "sectors",
     n_sectors: int = 36,
+    offset: tuple[int, int] | None = None,
 ):
     """Per-cell, per-compartment, per-marker measurements (one row per cell).
 
@@ -1078,6 +1100,8 @@ def measure_cells(
         See :func:`compartments`.
     origin_px : (int, int), pixels
         (row, column) of this image's top-left pixel in the slide; added to centroids.
+    offset : (int, int), deprecated
+        The old name of ``origin_px``.
     completeness_threshold : None, float or mapping marker -> float, abundance units
         A membrane pixel (or sector) counts as stained when its abundance exceeds this.
         None derives, per marker, ``median + 3 * 1.4826 * MAD`` of the background: the
@@ -1144,6 +1168,7 @@ def measure_cells(
     if int(n_sectors) != n_sectors or n_sectors < 1:
         raise InputError(f"n_sectors must be a positive integer; got {n_sectors!r}.")
     n_sectors = int(n_sectors)
+    origin_px = _origin(origin_px, offset, "measure_cells")
     try:
         oy, ox = (float(origin_px[0]), float(origin_px[1]))
     except (TypeError, ValueError, IndexError):

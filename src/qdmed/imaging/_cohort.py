@@ -494,6 +494,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "regions": str(out / "regions.csv") if region_rows else None,
                "cases": None if case_rows is None else str(out / "cases.csv"),
                "n_cases": None if case_rows is None else len(case_rows),
+               "panel_warnings": list(panel.warnings),
                "case_warnings": case_warnings,
                "acquisition_warnings": acquisition_warnings,
                "output_warnings": output_warnings,

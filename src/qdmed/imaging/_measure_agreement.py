@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._agreement import is_missing, joined_tables, paired_cases
 from qdmed.report import to_jsonable
 
 __all__ = ["MeasureAgreement", "StatusAgreement", "compare_measure", "compare_measure_tables"]
@@ -57,9 +58,6 @@ LOA_Z = 1.96
 #: One method's values all at most 1 and the other's this many times larger: fractions
 #: compared with percentages (a factor 100) is warned; a low-ER cohort (0.8 against 3) not.
 FRACTION_RATIO = 20.0
-#: Table cells read as missing (the case left out), as pandas reads them: R writes NA,
-#: Excel #N/A.
-MISSING = frozenset({"", "na", "n/a", "#n/a", "nan", "null", "none", "-"})
 
 
 @dataclass(frozen=True)
@@ -181,9 +179,12 @@ class MeasureAgreement:
         """Cases whose difference lies outside the limits of agreement: ``[{case, a, b,
         difference}]``, the cases to look at first."""
         lo, hi = self.limits_of_agreement
+        # rounding is not a difference: x + 4 - x differs from 4 in the last bits, and with
+        # no spread those bits put cases "outside" (a review)
+        tol = 1e-9 * max(1.0, *map(abs, self.a), *map(abs, self.b))
         return [{"case": c, self.method_a: x, self.method_b: y, "difference": x - y}
                 for c, x, y in zip(self.cases, self.a, self.b, strict=True)
-                if not lo <= x - y <= hi]
+                if not lo - tol <= x - y <= hi + tol]
 
     def to_dict(self) -> dict[str, Any]:
         skip = ("cases", "a", "b", "status")
@@ -398,8 +399,6 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
     >>> round(r.bias, 2), r.status.percent_agreement
     (-1.15, 75.0)
     """
-    from qdmed.imaging._agreement import paired_cases
-
     cases, va, vb = paired_cases(a, b, method_a=method_a, method_b=method_b, item="value",
                                  fewest=3)
     x, y = _values(method_a, va, cases), _values(method_b, vb, cases)
@@ -456,10 +455,10 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
         warnings=tuple(warns))
 
 
-def _values_csv(path, key: str, column: str) -> tuple[dict, list]:
-    """{case: number} from a CSV table and the cases with a missing cell (:data:`MISSING`);
+def _values_csv(path, key: str, column: str) -> tuple[dict, list, list]:
+    """{case: number} from a CSV table and the cases with a missing cell (:func:`is_missing`);
     rows without a case are skipped (a spreadsheet's trailing blank rows), and a cell that
-    is not a number is refused with its line."""
+    is not a number is refused with its line. Third: the table's columns."""
     from qdmed.imaging._cohort import slide_stem
     from qdmed.imaging._csvtable import read_csv_strings
 
@@ -482,7 +481,7 @@ def _values_csv(path, key: str, column: str) -> tuple[dict, list]:
             if not v:
                 raise InputError(f"{path}, line {line}: {column} = {cell!r} for case {k!r} "
                                  "has no number")
-        if v.lower() in MISSING:
+        if is_missing(v):
             empty.append(k)
             continue
         try:
@@ -496,7 +495,7 @@ def _values_csv(path, key: str, column: str) -> tuple[dict, list]:
                              "not finite (an error upstream?); give a number or leave the "
                              "cell empty")
         vals[k] = f
-    return vals, empty
+    return vals, empty, list(df.columns)
 
 
 def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | None = None,
@@ -517,10 +516,8 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
         case (both lines named), or fewer than 3 cases in common.
     """
     column_b = column_b or column_a
-    from qdmed.imaging._agreement import joined_tables
-
-    a, miss_a = _values_csv(table_a, key, column_a)
-    b, miss_b = _values_csv(table_b, key_b or key, column_b)
+    a, miss_a, cols_a = _values_csv(table_a, key, column_a)
+    b, miss_b, cols_b = _values_csv(table_b, key_b or key, column_b)
     common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
                                      method_a=method_a, method_b=method_b, item="value",
                                      columns=(column_a, column_b), fewest=3)
@@ -528,4 +525,13 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
     res = compare_measure({k: a[k] for k in common}, {k: b[k] for k in common},
                           method_a=method_a, method_b=method_b, measure=measure, unit=unit,
                           status_rule=status_rule)
-    return replace(res, excluded=excluded)
+    # qdmed reads ER/PR status from the percentage corrected for its gate's noise floor: the
+    # observed one, compared for the status, shows disagreements qdmed's own status has not
+    # (a review: 1.98 % observed, 0.99 % corrected, "negative" in cohort.csv)
+    warns = tuple(
+        f"{col} is the observed percentage; qdmed reads its status from {col}_corrected "
+        "(its gate's noise floor removed): compare that column for the status"
+        for col, cols in ((column_a, cols_a), (column_b, cols_b))
+        if isinstance(status_rule, str) and col.endswith("_percent_positive")
+        and f"{col}_corrected" in cols)
+    return replace(res, excluded=excluded, warnings=res.warnings + tuple(dict.fromkeys(warns)))
