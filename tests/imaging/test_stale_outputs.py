@@ -141,9 +141,16 @@ def test_a_folder_that_is_no_earlier_runs_is_left_alone(tmp_path):
     folder = tmp_path / "slides"
     folder.mkdir()
     (tmp_path / "s.ome.zarr").rename(folder / "s.ome.zarr")
-    with pytest.raises(InputError, match=r"holds report.html, which .* \(it has no cohort.csv "
-                                         r"or cohort.json\)"):
+    with pytest.raises(InputError, match=r"holds report.html, which .* \(it has no "
+                                         r"cohort.json or slides/\*/tiles/run.json\)"):
         analyze_cohort(folder, PANEL, mine, **RUN)
+    # a table of the user's named cohort.csv is no earlier run's either (it was replaced)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "cohort.csv").write_text("slide,her2\nmine,3+\n")
+    with pytest.raises(InputError, match=r"holds cohort.csv, which"):
+        analyze_cohort(folder, PANEL, own, **RUN)
+    assert (own / "cohort.csv").read_text() == "slide,her2\nmine,3+\n"
     with pytest.raises(InputError, match=r"holds report.html, tiles, which"):
         analyze_dab_regions(folder / "s.ome.zarr", None, mine, od_cutoffs=(0.1, 0.2, 0.3))
     assert sorted(p.name for p in mine.rglob("*")) == ["report.html", "tile_01.png", "tiles"]

@@ -139,10 +139,12 @@ def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> 
 
 #: What a cohort run writes or removes in its output folder, and the files only such a run
 #: writes (check_output_folder: a folder holding the first without the second is someone
-#: else's; a killed run has removed cohort.json but left its slides' tiles).
+#: else's; a killed run has removed cohort.json but left its slides' tiles). cohort.csv is
+#: no mark: a user's own table of that name made the folder pass for a run's, and was
+#: replaced.
 OUTPUT_NAMES = ("cohort.csv", "cohort.json", "report.html", "cells.parquet", "regions.csv",
                 "cases.csv", "slides")
-OUTPUT_MARKS = ("cohort.csv", "cohort.json", "slides/*/tiles/run.json", "slides/*/summary.json")
+OUTPUT_MARKS = ("cohort.json", "slides/*/tiles/run.json", "slides/*/summary.json")
 
 
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
