@@ -117,6 +117,14 @@ def test_dab_outlines_can_be_left_out(tmp_path, ihc_slide):
                             progress=False, outlines=False)
     assert d["cells_geojson"] is None and not (tmp_path / "n" / "cells.geojson").exists()
     assert not list((tmp_path / "n" / "tiles").glob("*.geojson.json"))
+    # asked for later, outlines rescore the crops that have none; left out again, nothing
+    # is rescored (the switch rescored every crop: it was part of the run's fingerprint)
+    kw = dict(od_cutoffs=CUT, min_cells=20, progress=False)
+    on = analyze_dab_regions(path, None, tmp_path / "n", **kw)
+    assert on["n_crops_resumed"] == 0 and (tmp_path / "n" / "cells.geojson").exists()
+    off = analyze_dab_regions(path, None, tmp_path / "n", outlines=False, **kw)
+    assert off["n_crops_resumed"] == off["n_crops"]
+    assert off["regions_scored"] == on["regions_scored"] == d["regions_scored"]
 
 
 def test_tiles_on_two_dask_workers_give_the_same_cells(tmp_path, ihc_slide):

@@ -302,9 +302,11 @@ def _first_piece_owns(cells, reg, pieces):
 DAB_TILE_FORMAT = 5
 
 
-def _fingerprint(img, reg, jobs, score_kw, outlines: bool = False) -> str:
+def _fingerprint(img, reg, jobs, score_kw) -> str:
     """Identity of a run's crops: the slide file, the regions' polygons and names, the
-    crops and the scoring parameters (finished crops are reused only under the same)."""
+    crops and the scoring parameters (finished crops are reused only under the same).
+    Not whether outlines are written: they only add a file per crop, and a crop without
+    one is scored again when they are asked for (turning them off rescored every crop)."""
     import hashlib
 
     from qdmed.imaging._slideio import file_ident
@@ -321,7 +323,7 @@ def _fingerprint(img, reg, jobs, score_kw, outlines: bool = False) -> str:
            "jobs": [[i, label, list(wd), None if core is None else list(core)]
                     for i, label, wd, core in jobs],
            "score": {k: (np.asarray(v).tolist() if not isinstance(v, str) else v)
-                     for k, v in score_kw.items()}, "outlines": bool(outlines)}
+                     for k, v in score_kw.items()}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -570,7 +572,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     from qdmed.imaging._analyze import _remove_stale_temporaries
 
     _remove_stale_temporaries(out, tiles_dir)
-    fp = _fingerprint(img, reg, jobs, score_kw, outlines)
+    fp = _fingerprint(img, reg, jobs, score_kw)
     manifest = tiles_dir / "run.json"
     old = json.loads(manifest.read_text()) if manifest.exists() else {}
     if not resume or old.get("fingerprint") != fp:  # no manifest: crops of unknown origin
