@@ -34,6 +34,14 @@ def test_slide_folder_left_by_a_killed_or_earlier_run(tmp_path):
     assert left == [] and not (out / "report.html").exists()
     # with its manifest, a finished run is reused whole
     assert analyze_slide(s.path, PANEL, out, tile=192, **RUN).summary["n_tiles_resumed"] == 4
+    # outlines asked for re-run the tiles without them; left out again, no tile is re-run
+    # (the switch re-ran every tile: it was part of the run's fingerprint)
+    kw = {**RUN, "outlines": True}
+    on = analyze_slide(s.path, PANEL, out, tile=192, **kw)
+    assert on.summary["n_tiles_resumed"] == 0 and (out / "cells.geojson").exists()
+    off = analyze_slide(s.path, PANEL, out, tile=192, **{**kw, "outlines": False})
+    assert off.summary["n_tiles_resumed"] == 4 and not (out / "cells.geojson").exists()
+    assert off.cells().equals(on.cells())
 
 
 def test_cohort_whose_every_slide_now_fails_keeps_no_table(tmp_path):

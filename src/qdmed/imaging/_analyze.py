@@ -679,13 +679,14 @@ def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
 
 
 def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, margin_px,
-                 outlines, labels=None) -> str:
+                 labels=None) -> str:
     """Identity of a run: input file (:func:`~qdmed.imaging._slideio.file_ident`), panel,
-    settings, tiling, outputs and the label images read (:meth:`GivenLabels.ident`)."""
+    settings, tiling and the label images read (:meth:`GivenLabels.ident`). Not whether
+    outlines are written: they only add a file per tile, and a tile without one is
+    analysed again when they are asked for (turning them off re-ran every tile)."""
     doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": file_ident(path),
            "panel": panel.to_yaml_dict(),
-           "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px,
-           "outlines": bool(outlines)}
+           "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px}
     if labels is not None:
         doc["labels"] = labels.ident()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -1195,7 +1196,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     tiles_dir = out / "tiles"
     created = not out.exists()  # removed again if the run fails before its first tile
     tiles_dir.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(path, panel, s, tile, margin_px, outlines, labels)
+    fp = _fingerprint(path, panel, s, tile, margin_px, labels)
     (out / "summary.json").unlink(missing_ok=True)  # written last: marks a complete output set
     _remove_stale_temporaries(out, tiles_dir)
     # the folder holds this run's outputs only: optional ones an earlier run left are removed
