@@ -665,8 +665,9 @@ def _segment_external(img, method):  # pragma: no cover - optional packages not 
             from cellpose import models
         except ImportError as exc:
             raise InputError(
-                "method='cellpose' needs the optional package cellpose, which is not "
-                "installed; install it with `pip install qdmed[seg]` or use method='watershed' (--segmentation watershed)."
+                "segmentation method 'cellpose' (--segmentation cellpose) needs the optional "
+                "package cellpose, which is not installed; install it with `pip install "
+                "qdmed[seg]` or use method='watershed' (--segmentation watershed)."
             ) from exc
         # cellpose >= 2: CellposeModel.eval returns (masks, flows, styles[, ...]);
         # cellpose 4 ignores model_type and uses its default (cpsam) model.
@@ -676,7 +677,8 @@ def _segment_external(img, method):  # pragma: no cover - optional packages not 
         from stardist.models import StarDist2D
     except ImportError as exc:
         raise InputError(
-            "method='stardist' needs the optional package stardist, which is not installed; "
+            "segmentation method 'stardist' (--segmentation stardist) needs the optional "
+            "package stardist, which is not installed; "
             "install it with `pip install stardist` (cellpose comes with "
             "`pip install qdmed[seg]`) or use method='watershed' (--segmentation watershed)."
         ) from exc
