@@ -272,7 +272,7 @@ def _values(name: str, values, cases) -> np.ndarray:
 def _status_rule(rule) -> tuple[str, tuple, tuple, Any]:
     """(words, cut-offs, labels, classify) of a status rule: 'ER', 'PR' (ASCO/CAP 2020) or cut-offs
     (a value on a cut-off goes to the higher status)."""
-    from qdmed.imaging._receptors import _RULES, rule_class
+    from qdmed.imaging._receptors import _RULES, RULE_WORDS, rule_class
 
     if isinstance(rule, str):
         key = rule.strip().upper().replace("PGR", "PR")
@@ -280,8 +280,7 @@ def _status_rule(rule) -> tuple[str, tuple, tuple, Any]:
             raise InputError(f"status rule {rule!r} is not known; accepted: "
                              f"{', '.join(_RULES)} (ASCO/CAP 2020), or cut-offs as numbers.")
         cuts, names = _RULES[key]
-        words = ("ASCO/CAP 2020 ER: < 1 % negative, 1-10 % low positive, > 10 % positive"
-                 if key == "ER" else "ASCO/CAP 2020 PgR: < 1 % negative, >= 1 % positive")
+        words = f"ASCO/CAP 2020 {'PgR' if key == 'PR' else key}: {RULE_WORDS[key]}"
         return words, cuts, tuple(names), lambda v: rule_class(cuts, round(float(v), 9))
     try:
         cuts = tuple(float(c) for c in rule)

@@ -77,6 +77,11 @@ _RULES = {
     "ER": ((1.0, 10.0), ("negative", "low positive", "positive")),
     "PR": ((1.0,), ("negative", "positive")),
 }
+#: Each rule in words, as results report it.
+RULE_WORDS = {
+    "ER": "< 1 % negative, 1-10 % low positive, > 10 % positive",
+    "PR": "< 1 % negative, >= 1 % positive",
+}
 
 
 @dataclass(frozen=True)
@@ -245,9 +250,7 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
                         "control cells)" if g.control_cells else "")
                      + f" from {100.0 * k / n:.2f} % observed")
             rule = (f"{pc:.2f} % of {n} nuclei positive{floor} (95 % CI "
-                    f"{lo:.2f}-{hi:.2f} %): {status} (ASCO/CAP 2020: "
-                    + ("< 1 % negative, 1-10 % low positive, > 10 % positive" if m == "ER"
-                       else "< 1 % negative, >= 1 % positive") + ")"
+                    f"{lo:.2f}-{hi:.2f} %): {status} (ASCO/CAP 2020: {RULE_WORDS[m]})"
                     + ("; the gate's noise floor is unknown: not corrected" if f is None
                        else ""))
         out[m] = ReceptorStatus(marker=m, status=status, borderline=bool(borderline),
