@@ -178,6 +178,14 @@ def test_library_parameter_named_with_the_option_typed():
     assert _with_option("slide.tif: not a TIFF", ["--size", "1"]) == "slide.tif: not a TIFF"
     said = "tile must be a multiple of 256 pixels (--tile); got 100"  # named once only
     assert _with_option(said, ["--tile", "100"]) == said
+    # going on with what the option gave: said as typed
+    argv = ["calibrate", "--control", "BT-474=bt/", "--category=X=4+"]
+    assert _with_option("control BT-474: no such file 'bt/'", argv) == \
+        "--control BT-474: no such file 'bt/'"
+    assert _with_option("category X=4+: not a HER2 category", argv) == \
+        "--category X=4+: not a HER2 category"
+    assert _with_option("control Y: no such file", argv) == \
+        "control (--control) Y: no such file"
 
 
 def test_a_file_given_as_output_folder_is_named(tmp_path):

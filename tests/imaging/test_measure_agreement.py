@@ -245,14 +245,21 @@ def test_her2_compare_of_numbers_points_to_measure(tmp_path):
 
 def test_calibrate_messages_name_the_options():
     """calibrate_controls' messages as the command line says them (qdmed.cli.image)."""
+    from qdmed.cli import _with_option
     from qdmed.cli.image import _calibrate_message
 
-    assert _calibrate_message("category X=1+: no control X was given (controls: A)") == \
+    argv = ["image", "calibrate", "--control", "A=a/", "--control", "B=b/", "--category",
+            "X=1+", "--negative", "ER=A"]
+
+    def printed(msg):  # as the command raises it and the error printer prints it
+        return _with_option(_calibrate_message(msg), argv)
+
+    assert printed("category X=1+: no control X was given (controls: A)") == \
         "--category X=1+: no --control X=... was given (controls: A)"
-    assert _calibrate_message("control B: used by nothing; give it a HER2 category (0, 1+, "
-                              "2+, 3+) or name it as a marker's negative control") == \
+    assert printed("control B: used by nothing; give it a HER2 category (0, 1+, 2+, 3+) or "
+                   "name it as a marker's negative control") == \
         ("--control B: used by nothing; give it a HER2 --category NAME=0|1+|2+|3+ or name it "
          "in --negative MARKER=NAME")
-    # the gates' own "negative control ..." is not an option
-    said = _calibrate_message("negative control 'X' has 3 cells with ER_nucleus_mean")
-    assert said.startswith("negative control 'X'") and "--negative MARKER=NAME" in said
+    # the gates' own "negative control ..." is not what --negative gave
+    said = printed("negative control 'X' has 3 cells with ER_nucleus_mean")
+    assert not said.startswith("--negative") and "--negative MARKER=NAME" in said

@@ -49,14 +49,20 @@ _OPTION_OF = {"shape": "--size", "photons_per_unit": "--photons", "rows": "--tma
 def _with_option(message: str, argv: list[str]) -> str:
     """An error message that starts with a library parameter's name (``shape must be...``)
     names the option the user typed too (``shape (--size) must be...``), when that option
-    was given."""
+    was given. One that goes on with what the user gave that option (``control X: ...``
+    for ``--control X=path``) is said as they typed it (``--control X: ...``)."""
     name, sep, rest = message.partition(" ")
     if not sep or not name.isidentifier() or rest.startswith("("):
         return message
     option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
     if f"({option})" in message:  # the message names it already
         return message
-    given = any(a == option or a.startswith(option + "=") for a in argv)
+    values = [b for a, b in zip(argv, argv[1:], strict=False) if a == option] + \
+        [a[len(option) + 1:] for a in argv if a.startswith(option + "=")]
+    given = values or option in argv
+    head = rest.split(":", 1)[0] if ":" in rest else ""
+    if head and any(v == head or v.startswith(head + "=") for v in values):
+        return f"{option} {rest}"
     return f"{name} ({option}) {rest}" if given else message
 
 

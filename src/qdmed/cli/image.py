@@ -1020,15 +1020,16 @@ _CALIBRATE_WORDS = (
 
 
 def _calibrate_message(msg: str) -> str:
-    """A calibrate_controls error as the command line says it: its arguments named as the
-    options that give them (``control X: ...`` as ``--control X: ...``, ``no control X``
-    as ``no --control X=...``). Tested message by message (tests/cli), so that a library
-    message edited out of these forms is seen."""
-    msg = re.sub(r"^(control|category|negative) (?!control )", r"--\1 ", msg)
+    """A calibrate_controls error as the command line says it: its arguments' hints named
+    as the options that give them (``no control X`` as ``no --control X=...``; a leading
+    ``control X:`` becomes ``--control X:`` in the error printer, ``_with_option``). Tested
+    message by message (tests/cli), so that a library message edited out of these forms is
+    seen."""
     msg = re.sub(r"no control (\S+) was given", r"no --control \1=... was given", msg)
     for python, cli in _CALIBRATE_WORDS:
         msg = msg.replace(python, cli)
-    if "categor" in msg and "--category" not in msg:  # calibrate_her2's own
+    if "categor" in msg and "--category" not in msg and not msg.startswith("category "):
+        # calibrate_her2's own (a message on --category's value is named by the printer)
         msg += " (command line: --category NAME=0|1+|2+|3+)"
     if msg.startswith("negative control ") and "--negative" not in msg:  # the gates'
         msg += " (command line: --negative MARKER=NAME)"
