@@ -1640,3 +1640,90 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
     for w in d["warnings"]:
         print_warning(w)
     return None
+
+
+@app.command(short_help="Where the cell classes lie: distances, neighbours, enrichment.")
+def spatial(
+    cells: Annotated[Path, typer.Argument(help="An analysis folder (its cells.parquet), a cells.parquet, or a CSV / tab-separated cells table (give --xy).")],
+    by: Annotated[str, typer.Option("--by", help="Class column(s), comma-separated: phenotype, her2_category, region, or <marker>_positive (read <marker>+ / <marker>-); several are combined (ER_positive,PR_positive gives ER+ PR- ...).")] = "phenotype",
+    radius_um: Annotated[float, typer.Option("--radius-um", help="Neighbourhood radius, centroid to centroid (um).")] = 20.0,
+    within: Annotated[str, typer.Option("--within", help="Column of groups (TMA core, case): neighbours found and classes shuffled within each. auto: case, else region, else none; none: the whole table.")] = "auto",
+    permutations: Annotated[int, typer.Option("--permutations", help="Shuffles of the classes over the cells for the enrichment z-scores and p-values (0: none).")] = 999,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles.")] = 0,
+    xy: Annotated[str, typer.Option("--xy", help="Centroid columns in um, X,Y (QuPath: 'Centroid X µm,Centroid Y µm').")] = "centroid_x_um,centroid_y_um",
+    table: Annotated[Path | None, typer.Option("--table", help="Write the (from, to) table as CSV.")] = None,
+    cells_out: Annotated[Path | None, typer.Option("--cells-out", help="Write each cell's nearest distance to, and neighbours of, every class (.parquet or .csv).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the cells by class, the enrichment z-scores and the median nearest distances.")] = None,
+    no_progress: NOPROG = False,
+    json_: JSON = False,
+):
+    """Nearest distances, neighbours within a radius and neighbourhood enrichment (against
+    the classes shuffled over the cells) between the cell classes of an analysis.
+
+    z > 0: the "to" class lies within the radius of the "from" class more often than
+    chance placement gives; z < 0, less. Research measures: no guideline sets a cut-off."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import spatial_analysis, spatial_cells
+    from qdmed.imaging._cells_table import read_cells_table
+    from qdmed.report import atomic_write_parquet, atomic_write_text
+
+    by_cols = _names(by)
+    xy_cols = tuple(t.strip() for t in xy.split(","))
+    if len(xy_cols) != 2 or not all(xy_cols):
+        raise InputError(f"--xy {xy!r}: give the two centroid columns (um) as X,Y")
+    for opt, path, kinds in (("--table", table, (".csv",)),
+                             ("--cells-out", cells_out, (".parquet", ".csv"))):
+        if path is not None and path.suffix.lower() not in kinds:
+            raise InputError(f"{opt} {str(path)!r}: give a file name ending in "
+                             f"{' or '.join(kinds)}")
+    grp = None if within.strip().lower() == "none" else within.strip()
+    frame, _ = read_cells_table(cells)
+    res = spatial_analysis(frame, by_cols, radius_um=radius_um, within=grp,
+                           n_permutations=permutations, seed=seed, xy_columns=xy_cols,
+                           progress=not no_progress and not json_)
+    if plot is not None:
+        _save_plot(plot, res.plot())
+    if table is not None:
+        atomic_write_text(table, res.table().to_csv(index=False))
+        typer.echo(f"table written to {table}", err=True)
+    if cells_out is not None:
+        per_cell = spatial_cells(frame, by_cols, radius_um=radius_um, within=grp,
+                                 xy_columns=xy_cols)
+        if "cell_id" in frame.columns:
+            per_cell.insert(0, "cell_id", frame["cell_id"])
+        if cells_out.suffix.lower() == ".csv":
+            atomic_write_text(cells_out, per_cell.to_csv(index=False))
+        else:
+            atomic_write_parquet(cells_out, per_cell)
+        typer.echo(f"per-cell table written to {cells_out}", err=True)
+    d = res.to_dict()
+    if json_:
+        return print_json_warned(d, d["warnings"])
+    print_kv(f"spatial: {cells}", {
+        "classes (cells)": ", ".join(f"{c} ({n})" for c, n in zip(d["classes"], d["n_cells"],
+                                                                   strict=True)),
+        "cells without a class (left out)": d["n_unclassified"],
+        "radius (um)": d["radius_um"],
+        "groups (shuffled within)": f"{d['n_groups']} ({d['within']})" if d["within"]
+        else "1 (the whole table)",
+        "neighbour pairs within the radius": d["n_pairs"],
+        "permutations (seed)": f"{d['n_permutations']} ({d['seed']})"})
+
+    def num(v, fmt):
+        return "-" if v is None else fmt.format(v)
+
+    rows = [{"from": r["from"], "to": r["to"],
+             "median nearest (um)": num(r["nearest_median_um"], "{:.1f}"),
+             "% with one within": num(None if r["fraction_within"] is None
+                                      else 100 * r["fraction_within"], "{:.0f}"),
+             "neighbours (expected)": f"{num(r['mean_neighbours'], '{:.2f}')} "
+                                      f"({num(r['expected_neighbours'], '{:.2f}')})",
+             "z": num(r["z"], "{:+.1f}"),
+             "p enriched / depleted": f"{num(r['p_enrichment'], '{:.2g}')} / "
+                                      f"{num(r['p_depletion'], '{:.2g}')}"}
+            for r in res.table().astype(object).where(res.table().notna(), None)
+            .to_dict("records")]
+    print_table(f"from -> to within {d['radius_um']:g} um", rows)
+    for w in d["warnings"]:
+        print_warning(w)
+    return None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qdmed.errors import InputError
+from qdmed.imaging._cells_table import read_cells_table
 
 __all__ = ["calibrate_controls"]
 
@@ -36,21 +37,8 @@ def _control_table(name: str, value: Any):
     if not isinstance(value, str | Path):
         raise InputError(f"control {name}: a SlideResult, an analysis folder, a cells.parquet "
                          f"path or a pandas table is needed; got {type(value).__name__}")
-    path, said = Path(value), str(value)  # messages give the path as the user wrote it
-    if path.is_dir():  # a control's analysis folder: its cell table
-        if not (path / "cells.parquet").is_file():
-            raise InputError(f"control {name}: {said} is a folder without cells.parquet "
-                             "(give a control's analysis folder or its cells.parquet)")
-        path = path / "cells.parquet"
-        said = str(path)
-    try:
-        cells = pd.read_parquet(path)
-    except FileNotFoundError as exc:
-        raise InputError(f"control {name}: no such file {said!r} (give a control's "
-                         "analysis folder or its cells.parquet)") from exc
-    except (OSError, ValueError) as exc:
-        raise InputError(f"control {name}: cannot read {said!r} as a cells table: "
-                         f"{type(exc).__name__}: {exc}") from exc
+    cells, path = read_cells_table(value, prefix=f"control {name}: ", whose="a control's",
+                                   text=False)
     return cells, control_summary(path)
 
 

@@ -1,0 +1,43 @@
+"""Reading a cells table a user names: an analysis folder (its ``cells.parquet``), a
+``.parquet`` file, or a CSV / tab-separated export of another tool (QuPath's detection
+measurements, inForm's ``cell_seg_data.txt``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qdmed.errors import FileFormatError, InputError
+
+#: Suffixes read as text tables, with their separator (None: sniffed by pandas).
+TEXT_TABLES = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+
+
+def read_cells_table(path, *, prefix: str = "", whose: str = "an", text: bool = True):
+    """``(cells, parquet path or None)`` of ``path``.
+
+    ``prefix`` starts every error message (e.g. ``"control X: "``); ``whose`` names whose
+    analysis folder is wanted in them ("a control's"); ``text=False`` refuses text tables
+    (only qdmed's own analyses). The path is said as the user wrote it.
+    """
+    import pandas as pd
+
+    p, said = Path(path), str(path)
+    wanted = (f"give {whose} analysis folder or its cells.parquet"
+              + (", or a CSV / tab-separated cells table" if text else ""))
+    if p.is_dir():
+        if not (p / "cells.parquet").is_file():
+            raise InputError(f"{prefix}{said} is a folder without cells.parquet ({wanted})")
+        p = p / "cells.parquet"
+        said = str(p)
+    suffix = p.suffix.lower()
+    try:
+        if text and suffix in TEXT_TABLES:
+            return pd.read_csv(p, sep=TEXT_TABLES[suffix], encoding="utf-8-sig"), None
+        return pd.read_parquet(p), p
+    except FileNotFoundError as exc:
+        raise InputError(f"{prefix}no such file {said!r} ({wanted})") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{prefix}cannot read {said!r} as a cells table: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{prefix}cannot read {said!r} as a cells table: "
+                         f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,628 @@
+"""Where the cell classes lie against each other: nearest-neighbour distances, neighbours
+within a radius, and neighbourhood enrichment against random labelling.
+
+Multiplexing is done to see cells *in place*: whether HER2 3+ cells form nests or are
+scattered among 0 cells, whether ER-negative cells cluster. Image analysts read this with
+three measures, which qdmed computes on the cell centroids (um) of a cells table:
+
+- **nearest distance** from every cell to the nearest other cell of each class, as QuPath's
+  "Detect centroid distances 2D" and phenoptr's ``find_nearest_distance`` give it for inForm
+  tables; summarised per pair of classes (from, to) by its median;
+- **neighbours within a radius**: the number of cells of each class whose centroids lie
+  within ``radius_um`` of a cell's (phenoptr's ``count_within``), and the share of cells of
+  one class with at least one of the other within it;
+- **neighbourhood enrichment**: the number of (from, to) neighbour pairs within the radius
+  against what the same cells, with their classes shuffled over their positions, give
+  (histoCAT, Schapiro et al. 2017; squidpy's ``nhood_enrichment``, Palla et al. 2022).
+  Shuffling keeps the tissue's shape and its cell density, which a test against complete
+  spatial randomness in a rectangle does not (tissue is not a rectangle). The expected count
+  is exact (the join-count expectation under random labelling, Cliff & Ord 1981): an ordered
+  pair of neighbours (x, y) carries classes (a, b) with probability
+  ``n_a (n_b - [a = b]) / (n (n - 1))``, so ``E = 2 P n_a (n_b - [a = b]) / (n (n - 1))``
+  summed over the groups for ``P`` neighbour pairs among ``n`` cells. The permutations give
+  the spread: ``z = (observed - expected) / SD``, and the one-sided permutation p-values of
+  enrichment and of depletion, ``(b + 1) / (m + 1)`` (Phipson & Smyth 2010).
+
+Classes are shuffled within each group (``within``: the TMA core, the case, a region):
+cores of a TMA are different patients, and shuffling across them would call two classes
+"enriched" only because one core has more of both.
+
+The radius is the analyst's choice; no guideline fixes it. The default, 20 um, reaches a
+cell's first ring of neighbours in epithelium (centroids of touching tumour cells lie about
+10-15 um apart) and not much beyond. These are descriptive research measures: no guideline
+defines a spatial cut-off for breast cancer biomarkers.
+
+References
+----------
+.. [1] P. J. Clark, F. C. Evans (1954). Distance to nearest neighbor as a measure of spatial
+   relationships in populations. Ecology 35(4), 445-453. doi:10.2307/1931034
+.. [2] D. Schapiro, H. W. Jackson, S. Raghuraman, et al. (2017). histoCAT: analysis of cell
+   phenotypes and interactions in multiplex image cytometry data. Nat. Methods 14, 873-876.
+   doi:10.1038/nmeth.4391
+.. [3] G. Palla, H. Spitzer, M. Klein, et al. (2022). Squidpy: a scalable framework for
+   spatial omics analysis. Nat. Methods 19, 171-178. doi:10.1038/s41592-021-01358-2
+.. [4] A. D. Cliff, J. K. Ord (1981). Spatial Processes: Models & Applications. Pion, London.
+.. [5] B. Phipson, G. K. Smyth (2010). Permutation p-values should never be zero. Stat.
+   Appl. Genet. Mol. Biol. 9(1), 39. doi:10.2202/1544-6115.1585
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qdmed.errors import InputError
+from qdmed.imaging._heterogeneity import REF_PHIPSON_SMYTH_2010
+from qdmed.report._json import to_jsonable
+
+__all__ = ["SpatialResult", "spatial_analysis", "spatial_cells"]
+
+REF_CLARK_EVANS_1954 = (
+    "Clark PJ, Evans FC. Distance to nearest neighbor as a measure of spatial relationships "
+    "in populations. Ecology 1954;35(4):445-453. doi:10.2307/1931034")
+REF_SCHAPIRO_2017 = (
+    "Schapiro D, Jackson HW, Raghuraman S, et al. histoCAT: analysis of cell phenotypes and "
+    "interactions in multiplex image cytometry data. Nat Methods 2017;14:873-876. "
+    "doi:10.1038/nmeth.4391")
+REF_PALLA_2022 = (
+    "Palla G, Spitzer H, Klein M, et al. Squidpy: a scalable framework for spatial omics "
+    "analysis. Nat Methods 2022;19:171-178. doi:10.1038/s41592-021-01358-2")
+REF_CLIFF_ORD_1981 = (
+    "Cliff AD, Ord JK. Spatial Processes: Models & Applications. Pion, London, 1981 "
+    "(join-count statistics under non-free sampling)")
+
+#: Radius of the neighbourhood (um): a cell's first ring of neighbours in epithelium.
+DEFAULT_RADIUS_UM = 20.0
+#: Label permutations of the enrichment test (histoCAT's 999).
+DEFAULT_PERMUTATIONS = 999
+#: A class with fewer cells than this is warned: its measures rest on few cells.
+FEW_CELLS = 20
+#: Columns looked for, in this order, when ``within`` is 'auto'.
+AUTO_WITHIN = ("case", "region")
+#: Cell centroid columns (um) of a qdmed cells table.
+XY_COLUMNS = ("centroid_x_um", "centroid_y_um")
+#: The map in :meth:`SpatialResult.plot` draws at most this many cells (a seeded sample).
+PLOT_MAX_CELLS = 200_000
+
+
+@dataclass(frozen=True)
+class _Classified:
+    """The classified cells, sorted by group: positions (um), class codes, group codes and
+    each group's [start, stop) slice; ``index`` maps them back to the table's rows."""
+
+    xy: np.ndarray
+    label: np.ndarray
+    group: np.ndarray
+    bounds: np.ndarray
+    classes: tuple[str, ...]
+    groups: tuple[str, ...]
+    index: np.ndarray
+    n_unclassified: int
+    by: tuple[str, ...]
+    within: str | None
+
+
+def _class_text(cells, col: str) -> Any:
+    """One column's class per cell as strings (missing: NA): a boolean ``<marker>_positive``
+    column reads ``<marker>+`` / ``<marker>-``."""
+    import pandas as pd
+
+    s = cells[col]
+    if pd.api.types.is_bool_dtype(s.dtype):
+        name = col[: -len("_positive")] if col.endswith("_positive") else col
+        out = pd.Series(pd.NA, index=s.index, dtype="string")
+        known = s.notna()
+        out[known] = np.where(s[known].astype(bool), f"{name}+", f"{name}-")
+        return out
+    if pd.api.types.is_float_dtype(s.dtype):
+        raise InputError(f"class column {col!r} holds numbers (dtype {s.dtype}); give a "
+                         "column of classes (phenotype, her2_category, region) or a "
+                         "<marker>_positive column")
+    out = s.astype("string")
+    return out.mask(out.str.strip().isin(["", "nan", "NaN", "None", "<NA>"]))
+
+
+def _classify(cells, by, within, xy_columns) -> _Classified:
+    import pandas as pd
+
+    if not isinstance(cells, pd.DataFrame):
+        raise InputError(f"cells must be a pandas table (a cells.parquet read with "
+                         f"pandas.read_parquet); got {type(cells).__name__}")
+    by = (by,) if isinstance(by, str) else tuple(by)
+    if not by:
+        raise InputError("by: name at least one class column (e.g. phenotype)")
+    missing = [c for c in (*by, *xy_columns) if c not in cells.columns]
+    if missing:
+        have = [c for c in cells.columns if c in ("phenotype", "her2_category", "region")
+                or str(c).endswith("_positive")]
+        raise InputError(f"the cells table has no column {', '.join(map(repr, missing))}; "
+                         + (f"class columns it has: {', '.join(have)}" if have else
+                            "it has no phenotype, her2_category or <marker>_positive column")
+                         + (f" (centroids are read from {xy_columns[0]!r}, "
+                            f"{xy_columns[1]!r} in um)" if set(missing) & set(xy_columns)
+                            else ""))
+    if within == "auto":
+        within = next((c for c in AUTO_WITHIN if c in cells.columns), None)
+    elif within is not None and within not in cells.columns:
+        raise InputError(f"within={within!r}: the cells table has no such column (give a "
+                         f"column of groups such as region or case, or None)")
+    text = None
+    for col in by:
+        t = _class_text(cells, col)
+        text = t if text is None else text + " " + t
+    group = (cells[within].astype("string") if within is not None
+             else pd.Series("all", index=cells.index, dtype="string"))
+    xy = cells[list(xy_columns)].to_numpy(dtype=np.float64)
+    keep = (text.notna() & group.notna()).to_numpy()
+    bad = keep & ~np.all(np.isfinite(xy), axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"cell at row {row} (cell_id "
+                         f"{cells['cell_id'].iloc[row] if 'cell_id' in cells else row}) has a "
+                         f"centroid that is not a finite number ({xy[row].tolist()} um in "
+                         f"{xy_columns[0]}, {xy_columns[1]})")
+    classes = tuple(sorted(text[keep].unique()))
+    groups = tuple(sorted(group[keep].unique()))
+    lab = pd.Categorical(text[keep], categories=classes).codes.astype(np.int64)
+    gcode = pd.Categorical(group[keep], categories=groups).codes.astype(np.int64)
+    rows = np.flatnonzero(keep)
+    order = np.argsort(gcode, kind="stable")
+    bounds = np.searchsorted(gcode[order], np.arange(len(groups) + 1))
+    return _Classified(xy=xy[rows][order], label=lab[order], group=gcode[order],
+                       bounds=bounds, classes=classes, groups=groups, index=rows[order],
+                       n_unclassified=int((~keep).sum()), by=by, within=within)
+
+
+def _check_radius(radius_um) -> float:
+    try:
+        r = float(radius_um)
+    except (TypeError, ValueError):
+        raise InputError(f"radius_um must be a number of um; got {radius_um!r}") from None
+    if not (math.isfinite(r) and r > 0):
+        raise InputError(f"radius_um must be a positive, finite number of um; got {radius_um!r}")
+    return r
+
+
+def _pairs(c: _Classified, radius_um: float) -> np.ndarray:
+    """(P, 2) neighbour pairs i < j within ``radius_um`` of each other in the same group
+    (indices into the sorted cells)."""
+    from scipy.spatial import cKDTree
+
+    out = []
+    for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True):
+        if g1 - g0 > 1:
+            p = cKDTree(c.xy[g0:g1]).query_pairs(radius_um, output_type="ndarray")
+            out.append(p.astype(np.int64) + g0)
+    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
+
+
+def _nearest(c: _Classified) -> np.ndarray:
+    """(n, K) distance (um) from each cell to the nearest other cell of each class in its
+    group (NaN: none there)."""
+    from scipy.spatial import cKDTree
+
+    k = len(c.classes)
+    d = np.full((len(c.label), k), np.nan)
+    for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True):
+        xy, lab = c.xy[g0:g1], c.label[g0:g1]
+        for j in range(k):
+            mine = lab == j
+            if not mine.any():
+                continue
+            dist, _ = cKDTree(xy[mine]).query(xy, k=2)
+            # a cell of class j finds itself first (distance 0): take its second
+            near = np.where(mine, dist[:, 1], dist[:, 0])
+            d[g0:g1, j] = np.where(np.isfinite(near), near, np.nan)
+    return d
+
+
+def _neighbour_counts(c: _Classified, pairs: np.ndarray) -> np.ndarray:
+    """(n, K) number of cells of each class within the radius of each cell (itself not)."""
+    n, k = len(c.label), len(c.classes)
+    i, j = pairs[:, 0], pairs[:, 1]
+    flat = np.bincount(i * k + c.label[j], minlength=n * k) + \
+        np.bincount(j * k + c.label[i], minlength=n * k)
+    return flat.reshape(n, k)
+
+
+def spatial_cells(cells, by: str | Sequence[str] = "phenotype", *,
+                  radius_um: float = DEFAULT_RADIUS_UM, within: str | None = "auto",
+                  xy_columns: tuple[str, str] = XY_COLUMNS):
+    """Per cell: the distance to the nearest other cell of each class, and the number of
+    cells of each class within ``radius_um``.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        A cells table (``cells.parquet`` of ``qdmed image analyze``, or any table with
+        centroids in um).
+    by : str or sequence of str
+        Class column(s): ``phenotype``, ``her2_category``, or a ``<marker>_positive``
+        column (read ``<marker>+`` / ``<marker>-``); several columns are combined
+        (``["ER_positive", "PR_positive"]`` gives ``ER+ PR-`` ...). Cells with a missing
+        class take no part.
+    radius_um : float, um
+        Neighbourhood radius (centroid to centroid).
+    within : str or None
+        Column of groups (TMA core, case): distances and neighbours only within a cell's
+        group. ``'auto'`` (default): ``case`` if the table has it, else ``region``, else
+        none.
+    xy_columns : (str, str)
+        Centroid columns in um.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Same index as ``cells``; ``class``, then ``nearest_um:<class>`` (NaN: no other cell
+        of that class in the group, or the cell unclassified) and ``within:<class>`` (counts;
+        missing for unclassified cells) for each class.
+    """
+    import pandas as pd
+
+    r = _check_radius(radius_um)
+    c = _classify(cells, by, within, xy_columns)
+    near = _nearest(c)
+    counts = _neighbour_counts(c, _pairs(c, r))
+    out = pd.DataFrame(index=cells.index)
+    cls = pd.Series(pd.NA, index=cells.index, dtype="string")
+    cls.iloc[c.index] = np.asarray(c.classes, dtype=object)[c.label] if c.classes else []
+    out["class"] = cls
+    for j, name in enumerate(c.classes):
+        col = np.full(len(cells), np.nan)
+        col[c.index] = near[:, j]
+        out[f"nearest_um:{name}"] = col
+    for j, name in enumerate(c.classes):
+        col = pd.array([pd.NA] * len(cells), dtype="Int64")
+        col[c.index] = counts[:, j]
+        out[f"within:{name}"] = col
+    return out
+
+
+def _group_expectation(c: _Classified, pairs: np.ndarray) -> np.ndarray:
+    """(G, K, K) exact expected ordered neighbour counts under random labelling within
+    each group (Cliff & Ord 1981): ``2 P_g n_a (n_b - [a = b]) / (n_g (n_g - 1))``."""
+    g_n, k = len(c.groups), len(c.classes)
+    p_g = np.bincount(c.group[pairs[:, 0]], minlength=g_n).astype(np.float64)
+    n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
+    n_g = n_ga.sum(axis=1).astype(np.float64)
+    denom = n_g * (n_g - 1)
+    pair_classes = n_ga[:, :, None] * (n_ga[:, None, :] - np.eye(k, dtype=np.int64)[None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = np.where(denom[:, None, None] > 0,
+                     2 * p_g[:, None, None] * pair_classes / denom[:, None, None], 0.0)
+    return e
+
+
+def _ordered_counts(label: np.ndarray, pairs: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) ordered neighbour counts: [a, b] = pairs with one end a and the other b,
+    counted both ways (so [a, a] counts each a-a pair twice, and [a, b] / n_a is the mean
+    number of b cells within the radius of an a cell)."""
+    li, lj = label[pairs[:, 0]], label[pairs[:, 1]]
+    m = np.bincount(li * k + lj, minlength=k * k) + np.bincount(lj * k + li, minlength=k * k)
+    return m.reshape(k, k)
+
+
+def _permuted(label: np.ndarray, bounds: np.ndarray, rng) -> np.ndarray:
+    """The labels shuffled within each group (the cells are sorted by group)."""
+    out = label.copy()
+    for g0, g1 in zip(bounds[:-1], bounds[1:], strict=True):
+        if g1 - g0 > 1:
+            out[g0:g1] = rng.permutation(out[g0:g1])
+    return out
+
+
+def _matrix(a) -> tuple:
+    return tuple(tuple(None if not math.isfinite(v) else float(v) for v in row) for row in a)
+
+
+@dataclass(frozen=True)
+class SpatialResult:
+    """Nearest distances, neighbours within a radius and neighbourhood enrichment between
+    the cell classes of one table (:func:`spatial_analysis`). Matrices are indexed
+    [from class][to class] in the order of ``classes``; None where undefined.
+
+    Attributes
+    ----------
+    by : tuple of str
+        Class column(s).
+    classes : tuple of str
+    n_cells : tuple of int
+        Cells of each class.
+    n_unclassified : int
+        Cells without a class (or group), left out.
+    radius_um : float, um
+    within : str or None
+        Column whose groups the classes were shuffled (and neighbours found) within.
+    n_groups : int
+    n_pairs : int
+        Neighbour pairs within the radius (unordered).
+    nearest_median_um, nearest_mean_um : matrices, um
+        Median and mean over the "from" cells of the distance to the nearest other "to"
+        cell (from cells without one in their group left out).
+    nearest_n : matrix
+        The "from" cells those are over: the ones with another "to" cell in their group.
+    fraction_within : matrix
+        Share of "from" cells with at least one "to" cell within the radius.
+    mean_neighbours : matrix
+        Mean number of "to" cells within the radius of a "from" cell.
+    expected_neighbours : matrix
+        The same, expected when the classes are shuffled over the cells (exact).
+    z : matrix
+        ``(observed - expected) / SD`` of the neighbour count, SD over the permutations
+        (symmetric; None without permutations or where the SD is 0).
+    p_enrichment, p_depletion : matrices
+        One-sided permutation p-values, ``(b + 1) / (m + 1)`` (None without permutations).
+    n_permutations, seed : int
+    warnings : tuple of str
+    references : tuple of str
+    """
+
+    by: tuple[str, ...]
+    classes: tuple[str, ...]
+    n_cells: tuple[int, ...]
+    n_unclassified: int
+    radius_um: float
+    within: str | None
+    n_groups: int
+    n_pairs: int
+    nearest_median_um: tuple
+    nearest_mean_um: tuple
+    nearest_n: tuple
+    fraction_within: tuple
+    mean_neighbours: tuple
+    expected_neighbours: tuple
+    z: tuple
+    p_enrichment: tuple
+    p_depletion: tuple
+    n_permutations: int
+    seed: int | None
+    warnings: tuple[str, ...] = ()
+    references: tuple[str, ...] = (REF_CLARK_EVANS_1954, REF_SCHAPIRO_2017, REF_PALLA_2022,
+                                   REF_CLIFF_ORD_1981, REF_PHIPSON_SMYTH_2010)
+    _map: Any = field(default=None, repr=False, compare=False)
+
+    def table(self):
+        """One row per (from, to) pair of classes (a pandas table)."""
+        import pandas as pd
+
+        rows = []
+        for a, fa in enumerate(self.classes):
+            for b, tb in enumerate(self.classes):
+                rows.append({
+                    "from": fa, "to": tb, "n_from": self.n_cells[a], "n_to": self.n_cells[b],
+                    "nearest_median_um": self.nearest_median_um[a][b],
+                    "nearest_mean_um": self.nearest_mean_um[a][b],
+                    "nearest_n": self.nearest_n[a][b],
+                    "fraction_within": self.fraction_within[a][b],
+                    "mean_neighbours": self.mean_neighbours[a][b],
+                    "expected_neighbours": self.expected_neighbours[a][b],
+                    "z": self.z[a][b], "p_enrichment": self.p_enrichment[a][b],
+                    "p_depletion": self.p_depletion[a][b]})
+        return pd.DataFrame(rows, columns=[
+            "from", "to", "n_from", "n_to", "nearest_median_um", "nearest_mean_um",
+            "nearest_n", "fraction_within", "mean_neighbours", "expected_neighbours", "z",
+            "p_enrichment", "p_depletion"])
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in (
+            "by", "classes", "n_cells", "n_unclassified", "radius_um", "within", "n_groups",
+            "n_pairs", "nearest_median_um", "nearest_mean_um", "nearest_n", "fraction_within",
+            "mean_neighbours", "expected_neighbours", "z", "p_enrichment", "p_depletion",
+            "n_permutations", "seed", "warnings", "references")}
+        return to_jsonable(d)
+
+    def plot(self, fig=None):
+        """Three panels: the cells by class (at most :data:`PLOT_MAX_CELLS`, a seeded
+        sample), the enrichment z-scores, and the median nearest distances."""
+        import matplotlib.pyplot as plt
+
+        k = len(self.classes)
+        if fig is None:
+            fig = plt.figure(figsize=(15, 4.8), layout="constrained")
+        axes = fig.subplots(1, 3)
+        self._plot_map(axes[0])
+        size = max(6.0, 11.0 - 0.5 * k)
+        for ax, mat, title, cmap, fmt in (
+                (axes[1], self.z, f"enrichment z within {self.radius_um:g} um", "RdBu_r",
+                 "{:+.1f}"),
+                (axes[2], self.nearest_median_um, "median nearest distance (um)",
+                 "viridis_r", "{:.0f}")):
+            a = np.array([[np.nan if v is None else v for v in row] for row in mat],
+                         dtype=np.float64).reshape(k, k)
+            finite = a[np.isfinite(a)]
+            if cmap == "RdBu_r":
+                lim = max(2.0, float(np.abs(finite).max())) if finite.size else 2.0
+                im = ax.imshow(a, cmap=cmap, vmin=-lim, vmax=lim)
+            else:
+                im = ax.imshow(a, cmap=cmap)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            for (r, c), v in np.ndenumerate(a):
+                ax.text(c, r, "-" if not np.isfinite(v) else fmt.format(v), ha="center",
+                        va="center", fontsize=size)
+            ax.set_xticks(range(k), self.classes, rotation=40, ha="right", fontsize=size + 1)
+            ax.set_yticks(range(k), self.classes, fontsize=size + 1)
+            ax.set_xlabel("to")
+            ax.set_ylabel("from")
+            ax.set_title(title)
+        return fig
+
+    def _plot_map(self, ax) -> None:
+        xy, lab = self._map if self._map is not None else (np.zeros((0, 2)), np.zeros(0, int))
+        cmap = plt_cmap(len(self.classes))
+        dot = float(np.clip(20000.0 / max(len(lab), 1), 0.3, 8.0))  # fewer cells, larger dots
+        for j, name in enumerate(self.classes):
+            m = lab == j
+            ax.scatter(xy[m, 0] / 1000, xy[m, 1] / 1000, s=dot, color=cmap(j), label=name,
+                       rasterized=True, linewidths=0)
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+        ax.set_xlabel("x (mm)")
+        ax.set_ylabel("y (mm)")
+        n = sum(self.n_cells)
+        ax.set_title("cells by class" + (f" ({len(lab):,} of {n:,} drawn)"
+                                         if len(lab) < n else ""))
+        if self.classes:
+            ax.legend(markerscale=max(1.0, 6.0 / dot ** 0.5), fontsize=7, frameon=False,
+                      loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+
+
+def plt_cmap(k: int):
+    """Qualitative colours for ``k`` classes."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+
+
+def _check_permutations(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise InputError(f"n_permutations must be a whole number >= 0; got {n!r}")
+    return int(n)
+
+
+def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
+                     radius_um: float = DEFAULT_RADIUS_UM, within: str | None = "auto",
+                     n_permutations: int = DEFAULT_PERMUTATIONS, seed: int | None = 0,
+                     xy_columns: tuple[str, str] = XY_COLUMNS,
+                     progress: bool = False) -> SpatialResult:
+    """Nearest distances, neighbours within a radius and neighbourhood enrichment between
+    the cell classes of a cells table (see the module's notes for the measures).
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        A cells table with centroids in um (``cells.parquet`` of ``qdmed image analyze``).
+    by : str or sequence of str
+        Class column(s), as in :func:`spatial_cells` (default ``phenotype``).
+    radius_um : float, um
+        Neighbourhood radius, centroid to centroid (default 20 um).
+    within : str or None
+        Column of groups: neighbours are found, and classes shuffled, only within a group
+        (TMA core, case). ``'auto'``: ``case`` if present, else ``region``, else none.
+    n_permutations : int
+        Shuffles of the classes for the z-scores and p-values (0: none).
+    seed : int or None
+        Seed of the shuffles.
+    xy_columns : (str, str)
+        Centroid columns in um.
+    progress : bool
+        A progress bar of the permutations on stderr.
+
+    Examples
+    --------
+    Two classes in two halves of a grid: each class's cells neighbour their own, not the
+    other's.
+
+    >>> import numpy as np, pandas as pd
+    >>> yy, xx = np.mgrid[0:20, 0:20] * 10.0
+    >>> cells = pd.DataFrame({"centroid_x_um": xx.ravel(), "centroid_y_um": yy.ravel(),
+    ...                       "phenotype": np.where(xx.ravel() < 100, "A", "B")})
+    >>> res = spatial_analysis(cells, radius_um=10.5, n_permutations=99, seed=1)
+    >>> res.nearest_median_um[0][0], res.mean_neighbours[0][1]
+    (10.0, 0.1)
+    >>> res.z[0][1] < -5 < 5 < res.z[0][0]
+    True
+    """
+    r = _check_radius(radius_um)
+    n_perm = _check_permutations(n_permutations)
+    c = _classify(cells, by, within, xy_columns)
+    k, g_n = len(c.classes), len(c.groups)
+    pairs = _pairs(c, r)
+    near = _nearest(c)
+    counts = _neighbour_counts(c, pairs)
+    n_a = np.bincount(c.label, minlength=k)
+    obs = _ordered_counts(c.label, pairs, k).astype(np.float64)
+    exp = _group_expectation(c, pairs).sum(axis=0)
+    # permutations: sums of (count - expected) and its square, and the tail counts
+    s1 = np.zeros((k, k))
+    s2 = np.zeros((k, k))
+    ge = np.zeros((k, k), dtype=np.int64)
+    le = np.zeros((k, k), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    from qdmed.imaging._analyze import _progress
+
+    with _progress(progress and n_perm > 0 and len(pairs) > 0, n_perm, 0,
+                   "permutations") as advance:
+        for _ in range(n_perm):
+            lab = _permuted(c.label, c.bounds, rng)
+            m = _ordered_counts(lab, pairs, k)
+            dev = m - exp
+            s1 += dev
+            s2 += dev * dev
+            ge += m >= obs
+            le += m <= obs
+            advance()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if n_perm > 1:
+            mean_dev = s1 / n_perm
+            sd = np.sqrt(np.maximum(s2 / n_perm - mean_dev ** 2, 0.0) * n_perm / (n_perm - 1))
+            z = np.where(sd > 0, (obs - exp) / sd, np.nan)
+        else:
+            z = np.full((k, k), np.nan)
+        p_hi = (ge + 1) / (n_perm + 1) if n_perm else np.full((k, k), np.nan)
+        p_lo = (le + 1) / (n_perm + 1) if n_perm else np.full((k, k), np.nan)
+        per_from = np.maximum(n_a, 1)[:, None]
+        mean_nb = np.where(n_a[:, None] > 0, obs / per_from, np.nan)
+        exp_nb = np.where(n_a[:, None] > 0, exp / per_from, np.nan)
+    med = np.full((k, k), np.nan)
+    mean = np.full((k, k), np.nan)
+    used = np.zeros((k, k), dtype=np.int64)
+    frac = np.full((k, k), np.nan)
+    for a in range(k):
+        mine = c.label == a
+        for b in range(k):
+            d = near[mine, b]
+            d = d[np.isfinite(d)]
+            used[a, b] = d.size
+            if d.size:
+                med[a, b], mean[a, b] = float(np.median(d)), float(d.mean())
+            if mine.any():
+                frac[a, b] = float(np.mean(counts[mine, b] > 0))
+    warnings = _warnings(c, n_a, near, r, pairs, n_perm)
+    sample = _map_sample(c, seed)
+    return SpatialResult(
+        by=c.by, classes=c.classes, n_cells=tuple(int(v) for v in n_a),
+        n_unclassified=c.n_unclassified, radius_um=r, within=c.within, n_groups=g_n,
+        n_pairs=int(len(pairs)), nearest_median_um=_matrix(med), nearest_mean_um=_matrix(mean),
+        nearest_n=tuple(tuple(int(v) for v in row) for row in used),
+        fraction_within=_matrix(frac), mean_neighbours=_matrix(mean_nb),
+        expected_neighbours=_matrix(exp_nb), z=_matrix(z),
+        p_enrichment=_matrix(p_hi), p_depletion=_matrix(p_lo), n_permutations=n_perm,
+        seed=seed, warnings=tuple(warnings), _map=sample)
+
+
+def _map_sample(c: _Classified, seed) -> tuple[np.ndarray, np.ndarray]:
+    n = len(c.label)
+    if n <= PLOT_MAX_CELLS:
+        return c.xy, c.label
+    pick = np.sort(np.random.default_rng(seed).choice(n, PLOT_MAX_CELLS, replace=False))
+    return c.xy[pick], c.label[pick]
+
+
+def _warnings(c: _Classified, n_a, near, r, pairs, n_perm) -> list[str]:
+    out = []
+    if not c.classes:
+        out.append(f"no cell has a class in {', '.join(c.by)}: nothing to measure")
+        return out
+    few = [f"{name} ({int(n)})" for name, n in zip(c.classes, n_a, strict=True)
+           if n < FEW_CELLS]
+    if few:
+        out.append(f"classes with fewer than {FEW_CELLS} cells: {', '.join(few)}; their "
+                   "distances and enrichment rest on few cells")
+    if len(c.label) > 1:
+        nn = np.nanmin(near, axis=1) if near.size else np.array([])
+        nn = nn[np.isfinite(nn)]
+        if nn.size and np.median(nn) > r:
+            out.append(f"the median distance from a cell to its nearest neighbour is "
+                       f"{np.median(nn):.3g} um, beyond the radius ({r:g} um): most cells have "
+                       "no neighbour within it; give a larger radius_um")
+    if len(pairs) == 0 and len(c.label) > 1:
+        out.append(f"no two cells lie within {r:g} um of each other: no neighbours, no "
+                   "enrichment")
+    if 0 < n_perm < 99:
+        out.append(f"{n_perm} permutations: the z-scores' SD and the p-values are coarse "
+                   "(p cannot fall below 1 / (permutations + 1)); give 999")
+    return out

@@ -1,0 +1,256 @@
+"""Spatial analysis of cell classes: nearest distances, neighbours within a radius and
+neighbourhood enrichment, checked against point-process theory (Clark & Evans 1954), exact
+enumeration of the labellings, and hand-computed cases; and `qdmed image spatial`."""
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import spatial_analysis, spatial_cells
+from qdmed.imaging._spatial import _classify, _group_expectation, _ordered_counts, _pairs
+
+
+def _table(x, y, cls, **extra):
+    return pd.DataFrame({"cell_id": np.arange(1, len(x) + 1), "centroid_x_um": x,
+                         "centroid_y_um": y, "phenotype": cls, **extra})
+
+
+def _poisson(lam_per_um2, side_um, seed):
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(lam_per_um2 * side_um ** 2)
+    return rng.uniform(0, side_um, n), rng.uniform(0, side_um, n)
+
+
+def test_poisson_pattern_matches_clark_evans_1954():
+    # Clark PJ, Evans FC, Ecology 1954;35:445 (doi:10.2307/1931034): in a Poisson pattern
+    # of density rho the mean nearest-neighbour distance is 1 / (2 sqrt(rho)), with SE
+    # 0.26136 / sqrt(N rho); and the distribution G(r) = 1 - exp(-rho pi r^2). Cells far
+    # enough from the edges (30 um: P(d > 30) = exp(-28)) see the whole neighbourhood.
+    lam, side = 0.01, 2000.0
+    x, y = _poisson(lam, side, seed=7)
+    cells = _table(x, y, ["A"] * len(x))
+    per = spatial_cells(cells, radius_um=10.0)
+    inner = ((x > 30) & (x < side - 30) & (y > 30) & (y < side - 30))
+    d = per["nearest_um:A"].to_numpy()[inner]
+    n = inner.sum()
+    se = 0.26136 / math.sqrt(n * lam)
+    assert abs(d.mean() - 1 / (2 * math.sqrt(lam))) < 4 * se  # 5 um, SE 0.013 um
+    g5 = 1 - math.exp(-lam * math.pi * 25)  # 0.544
+    assert abs(np.mean(d <= 5.0) - g5) < 4 * math.sqrt(g5 * (1 - g5) / n)
+    # neighbours within r of a typical point of a Poisson process: rho pi r^2 (Slivnyak);
+    # the variance of the mean count is ~ 2 rho pi r^2 / n (each pair counted twice)
+    counts = per["within:A"].to_numpy(dtype=float)[inner]
+    mu = lam * math.pi * 100
+    assert abs(counts.mean() - mu) < 4.5 * math.sqrt(2 * mu / n)
+
+
+def test_counts_and_distances_against_brute_force():
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(0, 200, 300), rng.uniform(0, 200, 300)
+    cls = rng.choice(["A", "B", "C"], 300)
+    per = spatial_cells(_table(x, y, cls), radius_um=15.0)
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(d, np.inf)
+    for c in "ABC":
+        to = cls == c
+        assert np.allclose(per[f"nearest_um:{c}"], d[:, to].min(axis=1))
+        assert np.array_equal(per[f"within:{c}"].to_numpy(dtype=int),
+                              (d[:, to] <= 15.0).sum(axis=1))
+    assert list(per["class"]) == list(cls)
+
+
+def test_hand_computed_line_of_three_cells():
+    # A at 0, B at 10, A at 30 um; radius 15: one pair (A-B). Random labelling of 3 cells
+    # (2 A, 1 B) with 1 pair: E[ordered A-B] = 2 * 1 * 2 * 1 / (3 * 2) = 2/3, E[A-A] = 2/3
+    cells = _table([0.0, 10.0, 30.0], [0.0, 0.0, 0.0], ["A", "B", "A"])
+    r = spatial_analysis(cells, radius_um=15.0, n_permutations=0, within=None)
+    assert r.classes == ("A", "B") and r.n_cells == (2, 1) and r.n_pairs == 1
+    assert r.nearest_median_um == ((30.0, 15.0), (10.0, None))  # the lone B has no other B
+    assert r.nearest_n == ((2, 2), (1, 0))
+    assert r.mean_neighbours == ((0.0, 0.5), (1.0, 0.0))
+    assert r.fraction_within == ((0.0, 0.5), (1.0, 0.0))
+    assert np.allclose(r.expected_neighbours, ((1 / 3, 1 / 3), (2 / 3, 0.0)))
+    assert r.z == ((None, None), (None, None)) and r.p_enrichment[0][0] is None
+
+
+def _exhaustive_mean(labels, groups, pairs, k):
+    """Mean ordered neighbour counts over every labelling within groups (enumerated)."""
+    idx = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    total, count = np.zeros((k, k)), 0
+    for perms in itertools.product(*(itertools.permutations(labels[i]) for i in idx)):
+        lab = labels.copy()
+        for i, p in zip(idx, perms, strict=True):
+            lab[i] = p
+        total += _ordered_counts(lab, pairs, k)
+        count += 1
+    return total / count
+
+
+def test_expected_neighbours_is_the_mean_over_every_labelling():
+    # the join-count expectation under random labelling (Cliff & Ord 1981) is the exact
+    # mean over all permutations of the labels within each group: enumerated here
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(0, 30, 9), rng.uniform(0, 30, 9)
+    cells = _table(x, y, ["A", "B", "C", "A", "B", "A", "C", "A", "B"],
+                   region=["r1"] * 5 + ["r2"] * 4)
+    c = _classify(cells, ("phenotype",), "region", ("centroid_x_um", "centroid_y_um"))
+    pairs = _pairs(c, 15.0)
+    assert len(pairs) > 3
+    exact = _exhaustive_mean(c.label, c.group, pairs, len(c.classes))
+    assert np.allclose(_group_expectation(c, pairs).sum(axis=0), exact, rtol=1e-12)
+
+
+def test_segregated_classes_are_enriched_with_their_own():
+    yy, xx = np.mgrid[0:30, 0:30] * 12.0
+    cls = np.where(xx.ravel() < 180, "tumour", "stroma")
+    r = spatial_analysis(_table(xx.ravel(), yy.ravel(), cls), radius_um=13.0,
+                         n_permutations=199, seed=2)
+    (ss, st), (ts, tt) = r.z
+    assert ss > 10 and tt > 10 and st < -10 and ts < -10 and st == ts
+    assert r.p_enrichment[0][0] == pytest.approx(1 / 200)  # none of 199 reach it
+    assert r.p_depletion[0][1] == pytest.approx(1 / 200)
+
+
+def test_random_labels_give_no_enrichment():
+    rng = np.random.default_rng(11)
+    x, y = _poisson(0.005, 800.0, seed=11)
+    cls = rng.choice(["A", "B", "C"], len(x), p=[0.5, 0.3, 0.2])
+    r = spatial_analysis(_table(x, y, cls), radius_um=20.0, n_permutations=299, seed=1)
+    z = np.array(r.z, dtype=float)
+    assert np.all(np.abs(z) < 4)
+    # the permutations' mean is the exact expectation: observed ~ expected
+    assert np.allclose(r.mean_neighbours, r.expected_neighbours, atol=0.1)
+
+
+def test_groups_keep_neighbours_and_shuffles_apart():
+    # two TMA cores imaged at the same coordinates: with within=region no cell of one is a
+    # neighbour of the other's; 'auto' finds the region (or the case) column
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 300, 200), rng.uniform(0, 300, 200)
+    one = _table(x, y, rng.choice(["A", "B"], 200))
+    both = pd.concat([one.assign(region="A-1"), one.assign(region="A-2")], ignore_index=True)
+    alone = spatial_analysis(one, radius_um=25.0, n_permutations=0)
+    grouped = spatial_analysis(both, radius_um=25.0, n_permutations=0)
+    assert grouped.within == "region" and grouped.n_groups == 2
+    assert grouped.n_pairs == 2 * alone.n_pairs
+    assert np.allclose(grouped.mean_neighbours, alone.mean_neighbours)
+    assert np.allclose(grouped.nearest_median_um, alone.nearest_median_um)
+    pooled = spatial_analysis(both, radius_um=25.0, n_permutations=0, within=None)
+    assert pooled.within is None and pooled.n_pairs > 4 * alone.n_pairs  # x2 + the copies
+    assert spatial_analysis(both.assign(case="c1"), n_permutations=0).within == "case"
+
+
+def test_class_from_marker_columns_and_missing_classes():
+    cells = _table([0.0, 10.0, 20.0, 30.0], [0.0] * 4, [None] * 4,
+                   ER_positive=pd.array([True, False, None, True], dtype="boolean"),
+                   PR_positive=pd.array([True, True, True, False], dtype="boolean"))
+    per = spatial_cells(cells, ["ER_positive", "PR_positive"], radius_um=10.5, within=None)
+    assert list(per["class"].astype(object).where(per["class"].notna(), None)) == \
+        ["ER+ PR+", "ER- PR+", None, "ER+ PR-"]
+    assert per["nearest_um:ER- PR+"].iloc[0] == 10.0
+    assert np.isnan(per["nearest_um:ER+ PR+"].iloc[2])  # unclassified: not measured
+    r = spatial_analysis(cells, ["ER_positive", "PR_positive"], n_permutations=0)
+    assert r.n_unclassified == 1 and sum(r.n_cells) == 3
+    # a phenotype column of missing values only: nothing to measure, said, no crash
+    empty = spatial_analysis(cells, n_permutations=10)
+    assert empty.classes == () and "no cell has a class" in empty.warnings[0]
+
+
+def test_warnings_for_few_cells_and_a_short_radius():
+    yy, xx = np.mgrid[0:10, 0:10] * 30.0
+    cls = np.array(["A"] * 95 + ["B"] * 5)
+    r = spatial_analysis(_table(xx.ravel(), yy.ravel(), cls), radius_um=10.0,
+                         n_permutations=20)
+    text = " ".join(r.warnings)
+    assert "fewer than 20 cells: B (5)" in text
+    assert "nearest neighbour is 30 um, beyond the radius" in text
+    assert "no two cells lie within 10 um" in text
+    assert "20 permutations" in text
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"by": "missing"}, "no column 'missing'; class columns it has: phenotype"),
+    ({"by": "area_um2"}, "holds numbers"),
+    ({"radius_um": 0}, "radius_um must be a positive"),
+    ({"radius_um": "ten"}, "radius_um must be a number"),
+    ({"n_permutations": -1}, "n_permutations must be a whole number"),
+    ({"n_permutations": 9.5}, "n_permutations must be a whole number"),
+    ({"within": "core"}, "within='core': the cells table has no such column"),
+    ({"xy_columns": ("X", "Y")}, "no column 'X', 'Y'"),
+])
+def test_bad_input_is_named(kwargs, match):
+    cells = _table([0.0, 5.0], [0.0, 0.0], ["A", "B"], area_um2=[1.0, 2.0])
+    with pytest.raises(InputError, match=match):
+        spatial_analysis(cells, **kwargs)
+
+
+def test_non_finite_centroid_names_the_cell():
+    cells = _table([0.0, np.nan], [0.0, 0.0], ["A", "B"])
+    with pytest.raises(InputError, match=r"row 1 \(cell_id 2\).*not a finite number"):
+        spatial_analysis(cells)
+    with pytest.raises(InputError, match="pandas table"):
+        spatial_analysis(np.zeros((2, 2)))
+
+
+def test_result_is_reproducible_and_serialises():
+    rng = np.random.default_rng(8)
+    cells = _table(rng.uniform(0, 200, 150), rng.uniform(0, 200, 150),
+                   rng.choice(["A", "B"], 150))
+    a = spatial_analysis(cells, n_permutations=50, seed=4)
+    assert a == spatial_analysis(cells, n_permutations=50, seed=4)
+    d = json.loads(json.dumps(a.to_dict()))
+    assert d["classes"] == ["A", "B"] and d["n_permutations"] == 50
+    t = a.table()
+    assert len(t) == 4 and list(t["from"]) == ["A", "A", "B", "B"]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = a.plot()
+    assert len(fig.axes) >= 3
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "qdmed", "image", "spatial", *args],
+                          capture_output=True, text=True)
+
+
+def test_spatial_cli_on_a_qupath_style_table(tmp_path):
+    rng = np.random.default_rng(2)
+    t = pd.DataFrame({"Centroid X µm": rng.uniform(0, 300, 120),
+                      "Centroid Y µm": rng.uniform(0, 300, 120),
+                      "Class": rng.choice(["Tumor", "Stroma"], 120)})
+    src = tmp_path / "detections.tsv"
+    t.to_csv(src, sep="\t", index=False)
+    out = [tmp_path / "pairs.csv", tmp_path / "per_cell.parquet", tmp_path / "s.png"]
+    r = _cli(str(src), "--by", "Class", "--xy", "Centroid X µm,Centroid Y µm",
+             "--permutations", "99", "--table", str(out[0]), "--cells-out", str(out[1]),
+             "--plot", str(out[2]), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["classes"] == ["Stroma", "Tumor"] and d["n_permutations"] == 99
+    assert all(p.is_file() for p in out)
+    assert len(pd.read_csv(out[0])) == 4
+    per = pd.read_parquet(out[1])
+    assert list(per.columns[:2]) == ["class", "nearest_um:Stroma"] and len(per) == 120
+
+
+def test_spatial_cli_bad_input_is_one_line(tmp_path):
+    src = tmp_path / "cells.csv"
+    _table([0.0, 5.0], [0.0, 0.0], ["A", "B"]).to_csv(src, index=False)
+    for extra, match in ((["--by", "nope"], "no column 'nope'"),
+                         (["--table", str(tmp_path / "t.txt")], "--table"),
+                         (["--xy", "a"], "--xy 'a'"),
+                         (["--radius-um", "-1"], "(--radius-um) must be a positive")):
+        r = _cli(str(src), *extra)
+        assert r.returncode == 2, (extra, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and match in lines[0], r.stderr
+    r = _cli(str(tmp_path / "none.parquet"))
+    assert r.returncode == 2 and "no such file" in r.stderr
