@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from qdmed.errors import InputError
-from qdmed.imaging import spatial_analysis, spatial_cells
+from qdmed.imaging import spatial_analysis, spatial_by_group, spatial_cells
 from qdmed.imaging._spatial import _classify, _group_expectation, _ordered_counts, _pairs
 
 
@@ -102,7 +102,7 @@ def test_expected_neighbours_is_the_mean_over_every_labelling():
                    region=["r1"] * 5 + ["r2"] * 4)
     c = _classify(cells, ("phenotype",), "region", ("centroid_x_um", "centroid_y_um"))
     pairs = _pairs(c, 15.0)
-    assert len(pairs) > 3
+    assert pairs.shape[1] > 3
     exact = _exhaustive_mean(c.label, c.group, pairs, len(c.classes))
     assert np.allclose(_group_expectation(c, pairs).sum(axis=0), exact, rtol=1e-12)
 
@@ -145,6 +145,28 @@ def test_groups_keep_neighbours_and_shuffles_apart():
     pooled = spatial_analysis(both, radius_um=25.0, n_permutations=0, within=None)
     assert pooled.within is None and pooled.n_pairs > 4 * alone.n_pairs  # x2 + the copies
     assert spatial_analysis(both.assign(case="c1"), n_permutations=0).within == "case"
+
+
+def test_each_group_on_its_own():
+    rng = np.random.default_rng(9)
+    parts = []
+    for core, kinds in (("A-1", ["A", "B"]), ("A-2", ["A", "C"]), ("B-1", ["B", "C"])):
+        x, y = rng.uniform(0, 250, 150), rng.uniform(0, 250, 150)
+        parts.append(_table(x, y, rng.choice(kinds, 150), region=core))
+    cells = pd.concat(parts, ignore_index=True)
+    res = spatial_by_group(cells, n_permutations=49, seed=3)
+    assert list(res) == ["A-1", "A-2", "B-1"]
+    assert all(r.classes == ("A", "B", "C") for r in res.values())
+    assert res["A-1"].n_cells[2] == 0 and res["A-1"].nearest_median_um[0][2] is None
+    assert not any("C (0)" in w for w in res["A-1"].warnings)  # absent is not "few"
+    alone = spatial_analysis(parts[1], n_permutations=49, classes=("A", "B", "C"))
+    assert alone.mean_neighbours == res["A-2"].mean_neighbours
+    assert alone.nearest_median_um == res["A-2"].nearest_median_um
+    # a group's shuffles do not depend on the other groups
+    without = spatial_by_group(cells[cells.region != "A-1"], n_permutations=49, seed=3)
+    assert without["B-1"].z == res["B-1"].z and without["A-2"].z != res["B-1"].z
+    with pytest.raises(InputError, match="needs a column of groups"):
+        spatial_by_group(cells.drop(columns="region"))
 
 
 def test_class_from_marker_columns_and_missing_classes():
@@ -252,5 +274,7 @@ def test_spatial_cli_bad_input_is_one_line(tmp_path):
         assert r.returncode == 2, (extra, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and match in lines[0], r.stderr
+    r = _cli(str(src), "--per-group")
+    assert r.returncode == 2 and "--per-group writes one row per group" in r.stderr
     r = _cli(str(tmp_path / "none.parquet"))
     assert r.returncode == 2 and "no such file" in r.stderr

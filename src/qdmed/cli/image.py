@@ -1651,7 +1651,8 @@ def spatial(
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffles of the classes over the cells for the enrichment z-scores and p-values (0: none).")] = 999,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles.")] = 0,
     xy: Annotated[str, typer.Option("--xy", help="Centroid columns in um, X,Y (QuPath: 'Centroid X µm,Centroid Y µm').")] = "centroid_x_um,centroid_y_um",
-    table: Annotated[Path | None, typer.Option("--table", help="Write the (from, to) table as CSV.")] = None,
+    per_group: Annotated[bool, flag("--per-group", help="Also analyse every group (TMA core, case; see --within) on its own: one row per group and (from, to) pair in --table, which it needs.")] = False,
+    table: Annotated[Path | None, typer.Option("--table", help="Write the (from, to) table as CSV (with --per-group, a group column and one row per group and pair).")] = None,
     cells_out: Annotated[Path | None, typer.Option("--cells-out", help="Write each cell's nearest distance to, and neighbours of, every class (.parquet or .csv).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the cells by class, the enrichment z-scores and the median nearest distances.")] = None,
     no_progress: NOPROG = False,
@@ -1663,7 +1664,7 @@ def spatial(
     z > 0: the "to" class lies within the radius of the "from" class more often than
     chance placement gives; z < 0, less. Research measures: no guideline sets a cut-off."""
     from qdmed.errors import InputError
-    from qdmed.imaging import spatial_analysis, spatial_cells
+    from qdmed.imaging import spatial_analysis, spatial_by_group, spatial_cells
     from qdmed.imaging._cells_table import read_cells_table
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
@@ -1677,14 +1678,27 @@ def spatial(
             raise InputError(f"{opt} {str(path)!r}: give a file name ending in "
                              f"{' or '.join(kinds)}")
     grp = None if within.strip().lower() == "none" else within.strip()
+    if per_group and (table is None or grp is None):
+        raise InputError("--per-group writes one row per group and pair: give --table "
+                         "FILE.csv" if table is None else "--per-group needs groups: give "
+                         "--within COLUMN (or auto), not none")
     frame, _ = read_cells_table(cells)
     res = spatial_analysis(frame, by_cols, radius_um=radius_um, within=grp,
                            n_permutations=permutations, seed=seed, xy_columns=xy_cols,
                            progress=not no_progress and not json_)
+    groups = None
+    if per_group:
+        import pandas as pd
+
+        groups = spatial_by_group(frame, by_cols, within=grp, radius_um=radius_um,
+                                  n_permutations=permutations, seed=seed, xy_columns=xy_cols,
+                                  progress=not no_progress and not json_)
+        long = pd.concat({g: r.table() for g, r in groups.items()}, names=["group", "row"])
+        long = long.reset_index(level="row", drop=True).reset_index()
     if plot is not None:
         _save_plot(plot, res.plot())
     if table is not None:
-        atomic_write_text(table, res.table().to_csv(index=False))
+        atomic_write_text(table, (long if per_group else res.table()).to_csv(index=False))
         typer.echo(f"table written to {table}", err=True)
     if cells_out is not None:
         per_cell = spatial_cells(frame, by_cols, radius_um=radius_um, within=grp,
@@ -1697,8 +1711,12 @@ def spatial(
             atomic_write_parquet(cells_out, per_cell)
         typer.echo(f"per-cell table written to {cells_out}", err=True)
     d = res.to_dict()
+    group_warnings = [] if groups is None else [
+        f"{res.within} {g}: {w}" for g, r in groups.items() for w in r.warnings]
+    if groups is not None:
+        d["per_group"] = {g: r.to_dict() for g, r in groups.items()}
     if json_:
-        return print_json_warned(d, d["warnings"])
+        return print_json_warned(d, d["warnings"] + group_warnings)
     print_kv(f"spatial: {cells}", {
         "classes (cells)": ", ".join(f"{c} ({n})" for c, n in zip(d["classes"], d["n_cells"],
                                                                    strict=True)),
@@ -1715,7 +1733,7 @@ def spatial(
     rows = [{"from": r["from"], "to": r["to"],
              "median nearest (um)": num(r["nearest_median_um"], "{:.1f}"),
              "% with one within": num(None if r["fraction_within"] is None
-                                      else 100 * r["fraction_within"], "{:.0f}"),
+                                      else 100 * r["fraction_within"], "{:.3g}"),
              "neighbours (expected)": f"{num(r['mean_neighbours'], '{:.2f}')} "
                                       f"({num(r['expected_neighbours'], '{:.2f}')})",
              "z": num(r["z"], "{:+.1f}"),
@@ -1723,7 +1741,13 @@ def spatial(
                                       f"{num(r['p_depletion'], '{:.2g}')}"}
             for r in res.table().astype(object).where(res.table().notna(), None)
             .to_dict("records")]
-    print_table(f"from -> to within {d['radius_um']:g} um", rows)
+    print_table(f"from -> to within {d['radius_um']:g} um" + (
+        f", all {d['n_groups']} groups (shuffled within each)" if groups else ""), rows)
     for w in d["warnings"]:
         print_warning(w)
+    for w in group_warnings[:10]:
+        print_warning(w)
+    if len(group_warnings) > 10:
+        print_warning(f"... and {len(group_warnings) - 10} more warnings of single groups "
+                      "(--json lists them)")
     return None

@@ -84,7 +84,12 @@ from qdmed.imaging._scoring import (
 )
 from qdmed.imaging._shading import flat_field_correct
 from qdmed.imaging._slideio import read_slide, write_ome_tiff, write_ome_zarr, write_truth
-from qdmed.imaging._spatial import SpatialResult, spatial_analysis, spatial_cells
+from qdmed.imaging._spatial import (
+    SpatialResult,
+    spatial_analysis,
+    spatial_by_group,
+    spatial_cells,
+)
 from qdmed.imaging._subtype import BreastSubtype, breast_subtype
 from qdmed.imaging._synthetic import (
     SyntheticField,
@@ -125,5 +130,5 @@ __all__ = [
     "Regions", "read_regions", "score_regions", "TmaCores", "core_name", "cores_geojson",
     "find_tma_cores", "simulate_tma", "example_brightfield_tma", "tma_labels", "unmixed_panel", "bind_unmixed",
     "analyze_cohort", "cells_from_labels", "nuclei_from_labels", "plot_calibration", "her2_controls_scored",
-    "SpatialResult", "spatial_analysis", "spatial_cells",
+    "SpatialResult", "spatial_analysis", "spatial_by_group", "spatial_cells",
 ]

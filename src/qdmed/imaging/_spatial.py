@@ -49,6 +49,7 @@ References
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,7 @@ from qdmed.errors import InputError
 from qdmed.imaging._heterogeneity import REF_PHIPSON_SMYTH_2010
 from qdmed.report._json import to_jsonable
 
-__all__ = ["SpatialResult", "spatial_analysis", "spatial_cells"]
+__all__ = ["SpatialResult", "spatial_analysis", "spatial_by_group", "spatial_cells"]
 
 REF_CLARK_EVANS_1954 = (
     "Clark PJ, Evans FC. Distance to nearest neighbor as a measure of spatial relationships "
@@ -126,7 +127,7 @@ def _class_text(cells, col: str) -> Any:
     return out.mask(out.str.strip().isin(["", "nan", "NaN", "None", "<NA>"]))
 
 
-def _classify(cells, by, within, xy_columns) -> _Classified:
+def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     import pandas as pd
 
     if not isinstance(cells, pd.DataFrame):
@@ -157,7 +158,10 @@ def _classify(cells, by, within, xy_columns) -> _Classified:
     group = (cells[within].astype("string") if within is not None
              else pd.Series("all", index=cells.index, dtype="string"))
     xy = cells[list(xy_columns)].to_numpy(dtype=np.float64)
-    keep = (text.notna() & group.notna()).to_numpy()
+    known = text.notna() & group.notna()
+    if classes is not None:  # cells of other classes are left out
+        known &= text.isin(classes).fillna(False)
+    keep = known.to_numpy(dtype=bool)
     bad = keep & ~np.all(np.isfinite(xy), axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -165,7 +169,8 @@ def _classify(cells, by, within, xy_columns) -> _Classified:
                          f"{cells['cell_id'].iloc[row] if 'cell_id' in cells else row}) has a "
                          f"centroid that is not a finite number ({xy[row].tolist()} um in "
                          f"{xy_columns[0]}, {xy_columns[1]})")
-    classes = tuple(sorted(text[keep].unique()))
+    if classes is None:
+        classes = tuple(sorted(text[keep].unique()))
     groups = tuple(sorted(group[keep].unique()))
     lab = pd.Categorical(text[keep], categories=classes).codes.astype(np.int64)
     gcode = pd.Categorical(group[keep], categories=groups).codes.astype(np.int64)
@@ -188,8 +193,8 @@ def _check_radius(radius_um) -> float:
 
 
 def _pairs(c: _Classified, radius_um: float) -> np.ndarray:
-    """(P, 2) neighbour pairs i < j within ``radius_um`` of each other in the same group
-    (indices into the sorted cells)."""
+    """(2, P) neighbour pairs i < j within ``radius_um`` of each other in the same group
+    (indices into the sorted cells; rows contiguous, as the permutations index them)."""
     from scipy.spatial import cKDTree
 
     out = []
@@ -197,7 +202,8 @@ def _pairs(c: _Classified, radius_um: float) -> np.ndarray:
         if g1 - g0 > 1:
             p = cKDTree(c.xy[g0:g1]).query_pairs(radius_um, output_type="ndarray")
             out.append(p.astype(np.int64) + g0)
-    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int64)
+    return np.ascontiguousarray(np.concatenate(out).T) if out else \
+        np.zeros((2, 0), dtype=np.int64)
 
 
 def _nearest(c: _Classified) -> np.ndarray:
@@ -213,7 +219,7 @@ def _nearest(c: _Classified) -> np.ndarray:
             mine = lab == j
             if not mine.any():
                 continue
-            dist, _ = cKDTree(xy[mine]).query(xy, k=2)
+            dist, _ = cKDTree(xy[mine]).query(xy, k=2, workers=-1)
             # a cell of class j finds itself first (distance 0): take its second
             near = np.where(mine, dist[:, 1], dist[:, 0])
             d[g0:g1, j] = np.where(np.isfinite(near), near, np.nan)
@@ -223,7 +229,7 @@ def _nearest(c: _Classified) -> np.ndarray:
 def _neighbour_counts(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     """(n, K) number of cells of each class within the radius of each cell (itself not)."""
     n, k = len(c.label), len(c.classes)
-    i, j = pairs[:, 0], pairs[:, 1]
+    i, j = pairs
     flat = np.bincount(i * k + c.label[j], minlength=n * k) + \
         np.bincount(j * k + c.label[i], minlength=n * k)
     return flat.reshape(n, k)
@@ -286,7 +292,7 @@ def _group_expectation(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     """(G, K, K) exact expected ordered neighbour counts under random labelling within
     each group (Cliff & Ord 1981): ``2 P_g n_a (n_b - [a = b]) / (n_g (n_g - 1))``."""
     g_n, k = len(c.groups), len(c.classes)
-    p_g = np.bincount(c.group[pairs[:, 0]], minlength=g_n).astype(np.float64)
+    p_g = np.bincount(c.group[pairs[0]], minlength=g_n).astype(np.float64)
     n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
     n_g = n_ga.sum(axis=1).astype(np.float64)
     denom = n_g * (n_g - 1)
@@ -301,9 +307,8 @@ def _ordered_counts(label: np.ndarray, pairs: np.ndarray, k: int) -> np.ndarray:
     """(K, K) ordered neighbour counts: [a, b] = pairs with one end a and the other b,
     counted both ways (so [a, a] counts each a-a pair twice, and [a, b] / n_a is the mean
     number of b cells within the radius of an a cell)."""
-    li, lj = label[pairs[:, 0]], label[pairs[:, 1]]
-    m = np.bincount(li * k + lj, minlength=k * k) + np.bincount(lj * k + li, minlength=k * k)
-    return m.reshape(k, k)
+    m = np.bincount(label[pairs[0]] * k + label[pairs[1]], minlength=k * k).reshape(k, k)
+    return m + m.T
 
 
 def _permuted(label: np.ndarray, bounds: np.ndarray, rng) -> np.ndarray:
@@ -487,7 +492,8 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
                      radius_um: float = DEFAULT_RADIUS_UM, within: str | None = "auto",
                      n_permutations: int = DEFAULT_PERMUTATIONS, seed: int | None = 0,
                      xy_columns: tuple[str, str] = XY_COLUMNS,
-                     progress: bool = False) -> SpatialResult:
+                     progress: bool = False, classes: Sequence[str] | None = None
+                     ) -> SpatialResult:
     """Nearest distances, neighbours within a radius and neighbourhood enrichment between
     the cell classes of a cells table (see the module's notes for the measures).
 
@@ -510,6 +516,9 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
         Centroid columns in um.
     progress : bool
         A progress bar of the permutations on stderr.
+    classes : sequence of str, optional
+        The classes to report, in this order (default: those present, sorted): a class
+        no cell has is reported with 0 cells. Cells of other classes are left out.
 
     Examples
     --------
@@ -528,7 +537,8 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     """
     r = _check_radius(radius_um)
     n_perm = _check_permutations(n_permutations)
-    c = _classify(cells, by, within, xy_columns)
+    c = _classify(cells, by, within, xy_columns,
+                  None if classes is None else tuple(map(str, classes)))
     k, g_n = len(c.classes), len(c.groups)
     pairs = _pairs(c, r)
     near = _nearest(c)
@@ -544,7 +554,7 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     rng = np.random.default_rng(seed)
     from qdmed.imaging._analyze import _progress
 
-    with _progress(progress and n_perm > 0 and len(pairs) > 0, n_perm, 0,
+    with _progress(progress and n_perm > 0 and pairs.shape[1] > 0, n_perm, 0,
                    "permutations") as advance:
         for _ in range(n_perm):
             lab = _permuted(c.label, c.bounds, rng)
@@ -586,7 +596,7 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     return SpatialResult(
         by=c.by, classes=c.classes, n_cells=tuple(int(v) for v in n_a),
         n_unclassified=c.n_unclassified, radius_um=r, within=c.within, n_groups=g_n,
-        n_pairs=int(len(pairs)), nearest_median_um=_matrix(med), nearest_mean_um=_matrix(mean),
+        n_pairs=int(pairs.shape[1]), nearest_median_um=_matrix(med), nearest_mean_um=_matrix(mean),
         nearest_n=tuple(tuple(int(v) for v in row) for row in used),
         fraction_within=_matrix(frac), mean_neighbours=_matrix(mean_nb),
         expected_neighbours=_matrix(exp_nb), z=_matrix(z),
@@ -608,7 +618,7 @@ def _warnings(c: _Classified, n_a, near, r, pairs, n_perm) -> list[str]:
         out.append(f"no cell has a class in {', '.join(c.by)}: nothing to measure")
         return out
     few = [f"{name} ({int(n)})" for name, n in zip(c.classes, n_a, strict=True)
-           if n < FEW_CELLS]
+           if 0 < n < FEW_CELLS]  # a class absent here (per group) is no warning
     if few:
         out.append(f"classes with fewer than {FEW_CELLS} cells: {', '.join(few)}; their "
                    "distances and enrichment rest on few cells")
@@ -619,10 +629,49 @@ def _warnings(c: _Classified, n_a, near, r, pairs, n_perm) -> list[str]:
             out.append(f"the median distance from a cell to its nearest neighbour is "
                        f"{np.median(nn):.3g} um, beyond the radius ({r:g} um): most cells have "
                        "no neighbour within it; give a larger radius_um")
-    if len(pairs) == 0 and len(c.label) > 1:
+    if pairs.shape[1] == 0 and len(c.label) > 1:
         out.append(f"no two cells lie within {r:g} um of each other: no neighbours, no "
                    "enrichment")
     if 0 < n_perm < 99:
         out.append(f"{n_perm} permutations: the z-scores' SD and the p-values are coarse "
                    "(p cannot fall below 1 / (permutations + 1)); give 999")
+    return out
+
+
+def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *, within: str = "auto",
+                     radius_um: float = DEFAULT_RADIUS_UM,
+                     n_permutations: int = DEFAULT_PERMUTATIONS, seed: int | None = 0,
+                     xy_columns: tuple[str, str] = XY_COLUMNS,
+                     progress: bool = False) -> dict[str, SpatialResult]:
+    """:func:`spatial_analysis` of each group (TMA core, case) on its own: the measures of
+    one patient's core, where the pooled analysis mixes the cores.
+
+    Every group reports the same classes (those of the whole table; a class a group lacks
+    has 0 cells there). Each group shuffles with its own seed, drawn from ``seed`` and the
+    group's name, so a group's result does not depend on the others.
+
+    Returns
+    -------
+    dict group -> SpatialResult
+        ``pandas.concat({g: r.table() for g, r in res.items()}, names=["group"])`` makes
+        one long table.
+    """
+    c = _classify(cells, by, within, xy_columns)
+    if c.within is None:
+        raise InputError(f"within={within!r}: per-group analysis needs a column of groups "
+                         "(region, case); the cells table has neither")
+    grp = cells[c.within].astype("string")
+    out = {}
+    from qdmed.imaging._analyze import _progress
+
+    with _progress(progress, len(c.groups), 0, "groups") as advance:
+        for g in c.groups:
+            # the group's own seed, from its name: independent of the other groups
+            sub_seed = None if seed is None else int(np.random.SeedSequence(
+                [int(seed), zlib.crc32(str(g).encode("utf-8"))]).generate_state(1)[0])
+            out[g] = spatial_analysis(cells[(grp == g).fillna(False).to_numpy(dtype=bool)],
+                                      c.by, radius_um=radius_um, within=None,
+                                      n_permutations=n_permutations, seed=sub_seed,
+                                      xy_columns=xy_columns, classes=c.classes)
+            advance(str(g))
     return out
