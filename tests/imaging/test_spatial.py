@@ -138,13 +138,23 @@ def test_groups_keep_neighbours_and_shuffles_apart():
     both = pd.concat([one.assign(region="A-1"), one.assign(region="A-2")], ignore_index=True)
     alone = spatial_analysis(one, radius_um=25.0, n_permutations=0)
     grouped = spatial_analysis(both, radius_um=25.0, n_permutations=0)
-    assert grouped.within == "region" and grouped.n_groups == 2
+    assert grouped.within == ("region",) and grouped.n_groups == 2
     assert grouped.n_pairs == 2 * alone.n_pairs
     assert np.allclose(grouped.mean_neighbours, alone.mean_neighbours)
     assert np.allclose(grouped.nearest_median_um, alone.nearest_median_um)
     pooled = spatial_analysis(both, radius_um=25.0, n_permutations=0, within=None)
     assert pooled.within is None and pooled.n_pairs > 4 * alone.n_pairs  # x2 + the copies
-    assert spatial_analysis(both.assign(case="c1"), n_permutations=0).within == "case"
+    assert spatial_analysis(both.assign(case="c1"), n_permutations=0).within == ("case",)
+    # a cohort's table: two slides that share coordinates never pair across slides
+    cohort = pd.concat([one.assign(slide="s1"), one.assign(slide="s2")], ignore_index=True)
+    by_slide = spatial_analysis(cohort, radius_um=25.0, n_permutations=0)
+    assert by_slide.within == ("slide",) and by_slide.n_pairs == 2 * alone.n_pairs
+    both_cols = spatial_analysis(cohort.assign(region="A-1"), n_permutations=0)
+    assert both_cols.within == ("slide", "region") and both_cols.n_groups == 2
+    per = spatial_by_group(cohort.assign(region="A-1"), n_permutations=0)
+    assert list(per) == ["s1 / A-1", "s2 / A-1"]
+    with pytest.raises(InputError, match="no column 'core'"):
+        spatial_analysis(cohort, within=["slide", "core"])
 
 
 def test_each_group_on_its_own():
@@ -204,7 +214,8 @@ def test_warnings_for_few_cells_and_a_short_radius():
     ({"radius_um": "ten"}, "radius_um must be a number"),
     ({"n_permutations": -1}, "n_permutations must be a whole number"),
     ({"n_permutations": 9.5}, "n_permutations must be a whole number"),
-    ({"within": "core"}, "within='core': the cells table has no such column"),
+    ({"within": "core"}, "within='core': the cells table has no column 'core'"),
+    ({"within": []}, "name at least one column of groups"),
     ({"xy_columns": ("X", "Y")}, "no column 'X', 'Y'"),
 ])
 def test_bad_input_is_named(kwargs, match):

@@ -1647,7 +1647,7 @@ def spatial(
     cells: Annotated[Path, typer.Argument(help="An analysis folder (its cells.parquet), a cells.parquet, or a CSV / tab-separated cells table (give --xy).")],
     by: Annotated[str, typer.Option("--by", help="Class column(s), comma-separated: phenotype, her2_category, region, or <marker>_positive (read <marker>+ / <marker>-); several are combined (ER_positive,PR_positive gives ER+ PR- ...).")] = "phenotype",
     radius_um: Annotated[float, typer.Option("--radius-um", help="Neighbourhood radius, centroid to centroid (um).")] = 20.0,
-    within: Annotated[str, typer.Option("--within", help="Column of groups (TMA core, case): neighbours found and classes shuffled within each. auto: case, else region, else none; none: the whole table.")] = "auto",
+    within: Annotated[str, typer.Option("--within", help="Column(s) of groups, comma-separated (slide, TMA core, case): neighbours found and classes shuffled within each. auto: slide if the table has it (a cohort's cells.parquet), and case, else region; none: the whole table.")] = "auto",
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffles of the classes over the cells for the enrichment z-scores and p-values (0: none).")] = 999,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles.")] = 0,
     xy: Annotated[str, typer.Option("--xy", help="Centroid columns in um, X,Y (QuPath: 'Centroid X µm,Centroid Y µm').")] = "centroid_x_um,centroid_y_um",
@@ -1677,11 +1677,11 @@ def spatial(
         if path is not None and path.suffix.lower() not in kinds:
             raise InputError(f"{opt} {str(path)!r}: give a file name ending in "
                              f"{' or '.join(kinds)}")
-    grp = None if within.strip().lower() == "none" else within.strip()
+    grp = {"none": None, "auto": "auto"}.get(within.strip().lower(), _names(within))
     if per_group and (table is None or grp is None):
         raise InputError("--per-group writes one row per group and pair: give --table "
                          "FILE.csv" if table is None else "--per-group needs groups: give "
-                         "--within COLUMN (or auto), not none")
+                         "--within COLUMNS (or auto), not none")
     frame, _ = read_cells_table(cells)
     res = spatial_analysis(frame, by_cols, radius_um=radius_um, within=grp,
                            n_permutations=permutations, seed=seed, xy_columns=xy_cols,
@@ -1712,7 +1712,7 @@ def spatial(
         typer.echo(f"per-cell table written to {cells_out}", err=True)
     d = res.to_dict()
     group_warnings = [] if groups is None else [
-        f"{res.within} {g}: {w}" for g, r in groups.items() for w in r.warnings]
+        f"{' / '.join(res.within)} {g}: {w}" for g, r in groups.items() for w in r.warnings]
     if groups is not None:
         d["per_group"] = {g: r.to_dict() for g, r in groups.items()}
     if json_:
@@ -1722,7 +1722,8 @@ def spatial(
                                                                    strict=True)),
         "cells without a class (left out)": d["n_unclassified"],
         "radius (um)": d["radius_um"],
-        "groups (shuffled within)": f"{d['n_groups']} ({d['within']})" if d["within"]
+        "groups (shuffled within)": f"{d['n_groups']} ({' / '.join(d['within'])})"
+        if d["within"]
         else "1 (the whole table)",
         "neighbour pairs within the radius": d["n_pairs"],
         "permutations (seed)": f"{d['n_permutations']} ({d['seed']})"})

@@ -25,7 +25,9 @@ three measures, which qdmed computes on the cell centroids (um) of a cells table
 
 Classes are shuffled within each group (``within``: the TMA core, the case, a region):
 cores of a TMA are different patients, and shuffling across them would call two classes
-"enriched" only because one core has more of both.
+"enriched" only because one core has more of both. Neighbours and nearest cells are looked
+for within a group too, so a cohort's table (``slide`` column) never pairs cells of two
+slides that share coordinates.
 
 The radius is the analyst's choice; no guideline fixes it. The default, 20 um, reaches a
 cell's first ring of neighbours in epithelium (centroids of touching tumour cells lie about
@@ -82,7 +84,8 @@ DEFAULT_RADIUS_UM = 20.0
 DEFAULT_PERMUTATIONS = 999
 #: A class with fewer cells than this is warned: its measures rest on few cells.
 FEW_CELLS = 20
-#: Columns looked for, in this order, when ``within`` is 'auto'.
+#: ``within='auto'``: the slide (when the table has a ``slide`` column, as a cohort's
+#: cells.parquet), and the first of these it has.
 AUTO_WITHIN = ("case", "region")
 #: Cell centroid columns (um) of a qdmed cells table.
 XY_COLUMNS = ("centroid_x_um", "centroid_y_um")
@@ -104,7 +107,7 @@ class _Classified:
     index: np.ndarray
     n_unclassified: int
     by: tuple[str, ...]
-    within: str | None
+    within: tuple[str, ...] | None
 
 
 def _class_text(cells, col: str) -> Any:
@@ -146,17 +149,15 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
                          + (f" (centroids are read from {xy_columns[0]!r}, "
                             f"{xy_columns[1]!r} in um)" if set(missing) & set(xy_columns)
                             else ""))
-    if within == "auto":
-        within = next((c for c in AUTO_WITHIN if c in cells.columns), None)
-    elif within is not None and within not in cells.columns:
-        raise InputError(f"within={within!r}: the cells table has no such column (give a "
-                         f"column of groups such as region or case, or None)")
+    within = _within_columns(cells, within)
     text = None
     for col in by:
         t = _class_text(cells, col)
         text = t if text is None else text + " " + t
-    group = (cells[within].astype("string") if within is not None
-             else pd.Series("all", index=cells.index, dtype="string"))
+    group = pd.Series("all", index=cells.index, dtype="string")
+    for i, col in enumerate(within or ()):
+        g = cells[col].astype("string")
+        group = g if i == 0 else group + " / " + g
     xy = cells[list(xy_columns)].to_numpy(dtype=np.float64)
     known = text.notna() & group.notna()
     if classes is not None:  # cells of other classes are left out
@@ -180,6 +181,24 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     return _Classified(xy=xy[rows][order], label=lab[order], group=gcode[order],
                        bounds=bounds, classes=classes, groups=groups, index=rows[order],
                        n_unclassified=int((~keep).sum()), by=by, within=within)
+
+
+def _within_columns(cells, within) -> tuple[str, ...] | None:
+    """The group columns ``within`` names (None: one group)."""
+    if within is None:
+        return None
+    if isinstance(within, str) and within == "auto":
+        cols = (("slide",) if "slide" in cells.columns else ()) + tuple(
+            next(([c] for c in AUTO_WITHIN if c in cells.columns), []))
+        return cols or None
+    cols = (within,) if isinstance(within, str) else tuple(within)
+    missing = [c for c in cols if c not in cells.columns]
+    if missing or not cols:
+        raise InputError(f"within={within!r}: the cells table has no column "
+                         f"{', '.join(map(repr, missing))} (give columns of groups such as "
+                         "slide, region or case, 'auto', or None)" if missing else
+                         "within: name at least one column of groups, 'auto', or None")
+    return cols
 
 
 def _check_radius(radius_um) -> float:
@@ -253,10 +272,10 @@ def spatial_cells(cells, by: str | Sequence[str] = "phenotype", *,
         class take no part.
     radius_um : float, um
         Neighbourhood radius (centroid to centroid).
-    within : str or None
-        Column of groups (TMA core, case): distances and neighbours only within a cell's
-        group. ``'auto'`` (default): ``case`` if the table has it, else ``region``, else
-        none.
+    within : str, sequence of str, 'auto' or None
+        Column(s) of groups (slide, TMA core, case): distances and neighbours only within a
+        cell's group. ``'auto'`` (default): ``slide`` if the table has it (a cohort's
+        cells), and ``case`` if it has it, else ``region``; None: the whole table.
     xy_columns : (str, str)
         Centroid columns in um.
 
@@ -340,8 +359,8 @@ class SpatialResult:
     n_unclassified : int
         Cells without a class (or group), left out.
     radius_um : float, um
-    within : str or None
-        Column whose groups the classes were shuffled (and neighbours found) within.
+    within : tuple of str or None
+        Columns whose groups the classes were shuffled (and neighbours found) within.
     n_groups : int
     n_pairs : int
         Neighbour pairs within the radius (unordered).
@@ -371,7 +390,7 @@ class SpatialResult:
     n_cells: tuple[int, ...]
     n_unclassified: int
     radius_um: float
-    within: str | None
+    within: tuple[str, ...] | None
     n_groups: int
     n_pairs: int
     nearest_median_um: tuple
@@ -505,9 +524,10 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
         Class column(s), as in :func:`spatial_cells` (default ``phenotype``).
     radius_um : float, um
         Neighbourhood radius, centroid to centroid (default 20 um).
-    within : str or None
-        Column of groups: neighbours are found, and classes shuffled, only within a group
-        (TMA core, case). ``'auto'``: ``case`` if present, else ``region``, else none.
+    within : str, sequence of str, 'auto' or None
+        Column(s) of groups: neighbours are found, and classes shuffled, only within a
+        group (slide, TMA core, case). ``'auto'``: ``slide`` if present, and ``case`` if
+        present, else ``region``; None: the whole table.
     n_permutations : int
         Shuffles of the classes for the z-scores and p-values (0: none).
     seed : int or None
@@ -638,7 +658,8 @@ def _warnings(c: _Classified, n_a, near, r, pairs, n_perm) -> list[str]:
     return out
 
 
-def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *, within: str = "auto",
+def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *,
+                     within: str | Sequence[str] = "auto",
                      radius_um: float = DEFAULT_RADIUS_UM,
                      n_permutations: int = DEFAULT_PERMUTATIONS, seed: int | None = 0,
                      xy_columns: tuple[str, str] = XY_COLUMNS,
@@ -659,8 +680,10 @@ def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *, within: st
     c = _classify(cells, by, within, xy_columns)
     if c.within is None:
         raise InputError(f"within={within!r}: per-group analysis needs a column of groups "
-                         "(region, case); the cells table has neither")
-    grp = cells[c.within].astype("string")
+                         "(slide, region, case); the cells table has none")
+    grp = cells[c.within[0]].astype("string")
+    for col in c.within[1:]:
+        grp = grp + " / " + cells[col].astype("string")
     out = {}
     from qdmed.imaging._analyze import _progress
 
