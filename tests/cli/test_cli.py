@@ -128,6 +128,9 @@ def test_demo_quick_prints_the_her2_result_and_writes_the_report(tmp_path):
     assert len(html) > 10_000 and "Autofluorescence without an unstained control" in html
     assert "Quality control (as in every analysis)" in html
     assert "Tissue microarray, scored core by core" in html
+    # the synthetic tumour's clones are patches: every phenotype neighbours its own kind
+    assert "phenotypes with their own kind within 20 um (z)" in r.stdout
+    assert "Where the phenotypes lie" in html
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):

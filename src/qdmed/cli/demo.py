@@ -42,6 +42,10 @@ def demo(
                 f"{c} {p:.0f} %" for c, p in
                 (im.get("her2_heterogeneity") or {}).get("percent_regions", {}).items() if p > 0)
             or None,
+            "phenotypes with their own kind within 20 um (z)": ", ".join(
+                f"{c} {z:+.1f}" for c, z in
+                (im.get("spatial") or {}).get("z_with_own_kind", {}).items()
+                if z is not None) or None,
             "blind autofluorescence, cosine to truth (model's)": (
                 f"{im['blind_autofluorescence']['cosine_blind_to_truth']:.4f} "
                 f"({im['blind_autofluorescence']['cosine_model_to_truth']:.3f})"

@@ -109,6 +109,7 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
     if res.summary.get("subtype"):
         rep.paragraph(f"Subtype (HER2 IHC category with ER/PgR status; Howlader et al. 2014): "
                       f"{res.summary['subtype']['label']}.")
+    spatial = _spatial_demo(rep, res.cells())
     sat, offs, foc = (res.summary[k] for k in ("saturation", "offset", "focus"))
     qc = {"percent_scored_cells_saturated": sat.get("percent_scored_cells_saturated"),
           "offset_suspected": offs["suspected"], "focus_median_blur": foc["median"],
@@ -149,7 +150,25 @@ def imaging_section(rep, out: Path, *, quick: bool = False, advance=lambda i: No
                                 for m, v in (scored.get("receptor_status") or {}).items()},
             "subtype": (res.summary.get("subtype") or {}).get("label"),
             "her2_heterogeneity": het.to_dict(include_regions=False), "quality_control": qc,
-            "tma": tma}
+            "spatial": spatial, "tma": tma}
+
+
+def _spatial_demo(rep, cells) -> dict:
+    """Where the phenotypes lie: each with its own kind within 20 um, against the same cells
+    with their phenotypes shuffled (:func:`qdmed.imaging.spatial_analysis`)."""
+    from qdmed.imaging import spatial_analysis
+
+    sp = spatial_analysis(cells, by="phenotype", radius_um=20.0, seed=0)
+    own = {c: sp.z[i][i] for i, c in enumerate(sp.classes)}
+    rep.paragraph(
+        "Where the phenotypes lie (qdmed image spatial): neighbours within 20 um against the "
+        f"same cells with their phenotypes shuffled {sp.n_permutations} times (histoCAT's "
+        "neighbourhood enrichment). z of each phenotype with its own kind: " + ", ".join(
+            f"{c} {'-' if z is None else f'{z:+.1f}'}" for c, z in own.items())
+        + ". The synthetic tumour's clones are patches, so each phenotype neighbours its own.")
+    rep.figure(sp.plot(), "Phenotypes in space")
+    return {"radius_um": sp.radius_um, "n_permutations": sp.n_permutations,
+            "z_with_own_kind": own, "warnings": list(sp.warnings)}
 
 
 #: The demo TMA: one row of three 300 um cores, each a tumour preset (a patient).
