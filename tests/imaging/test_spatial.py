@@ -33,8 +33,9 @@ def test_poisson_pattern_matches_clark_evans_1954():
     # of density rho the mean nearest-neighbour distance is 1 / (2 sqrt(rho)), with SE
     # 0.26136 / sqrt(N rho); and the distribution G(r) = 1 - exp(-rho pi r^2). Cells far
     # enough from the edges (30 um: P(d > 30) = exp(-28)) see the whole neighbourhood.
-    lam, side = 0.01, 2000.0
-    x, y = _poisson(lam, side, seed=7)
+    x, y = _poisson(0.01, 2000.0, seed=7)
+    side = 2000.0
+    lam = len(x) / side ** 2  # the observed density, as Clark & Evans define rho
     cells = _table(x, y, ["A"] * len(x))
     per = spatial_cells(cells, radius_um=10.0)
     inner = ((x > 30) & (x < side - 30) & (y > 30) & (y < side - 30))
@@ -174,7 +175,7 @@ def test_each_group_on_its_own():
     assert alone.nearest_median_um == res["A-2"].nearest_median_um
     # a group's shuffles do not depend on the other groups
     without = spatial_by_group(cells[cells.region != "A-1"], n_permutations=49, seed=3)
-    assert without["B-1"].z == res["B-1"].z and without["A-2"].z != res["B-1"].z
+    assert without["B-1"].z == res["B-1"].z and without["A-2"].z == res["A-2"].z
     with pytest.raises(InputError, match="needs a column of groups"):
         spatial_by_group(cells.drop(columns="region"))
 
@@ -209,17 +210,17 @@ def test_warnings_for_few_cells_and_a_short_radius():
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"by": "missing"}, "no column 'missing'; class columns it has: phenotype"),
-    ({"by": "area_um2"}, "holds numbers"),
+    ({"by": "area_um2"}, "holds numbers that are not whole"),
     ({"radius_um": 0}, "radius_um must be a positive"),
     ({"radius_um": "ten"}, "radius_um must be a number"),
     ({"n_permutations": -1}, "n_permutations must be a whole number"),
     ({"n_permutations": 9.5}, "n_permutations must be a whole number"),
-    ({"within": "core"}, "within='core': the cells table has no column 'core'"),
+    ({"within": "core"}, "within 'core': the cells table has no column 'core'"),
     ({"within": []}, "name at least one column of groups"),
     ({"xy_columns": ("X", "Y")}, "no column 'X', 'Y'"),
 ])
 def test_bad_input_is_named(kwargs, match):
-    cells = _table([0.0, 5.0], [0.0, 0.0], ["A", "B"], area_um2=[1.0, 2.0])
+    cells = _table([0.0, 5.0], [0.0, 0.0], ["A", "B"], area_um2=[1.5, 2.0])
     with pytest.raises(InputError, match=match):
         spatial_analysis(cells, **kwargs)
 
@@ -289,3 +290,94 @@ def test_spatial_cli_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and "--per-group writes one row per group" in r.stderr
     r = _cli(str(tmp_path / "none.parquet"))
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_p_values_against_every_labelling():
+    # the permutation p-value estimates the exact tail probability over all labellings;
+    # enumerated here for 8 cells (3 A, 3 B, 2 C: 560 distinct labellings)
+    rng = np.random.default_rng(12)
+    x, y = rng.uniform(0, 40, 8), rng.uniform(0, 40, 8)
+    cls = np.array(["A", "A", "B", "A", "C", "B", "B", "C"])
+    cells = _table(x, y, cls)
+    c = _classify(cells, ("phenotype",), None, ("centroid_x_um", "centroid_y_um"))
+    pairs = _pairs(c, 18.0)
+    obs = _ordered_counts(c.label, pairs, 3)
+    counts = np.array([_ordered_counts(np.array(p), pairs, 3)
+                       for p in set(itertools.permutations(c.label))])
+    exact_hi = (counts >= obs).mean(axis=0)
+    r = spatial_analysis(cells, radius_um=18.0, n_permutations=20000, seed=0, within=None)
+    got = np.array(r.p_enrichment, dtype=float)
+    assert np.allclose(got, exact_hi, atol=0.015)
+
+
+def test_spatial_cells_keeps_the_tables_index():
+    rng = np.random.default_rng(6)
+    cells = _table(rng.uniform(0, 100, 40), rng.uniform(0, 100, 40), rng.choice(["A", "B"], 40))
+    cells.index = rng.permutation(np.arange(1000, 1040))
+    cells.loc[cells.index[3], "phenotype"] = None
+    sub = cells.iloc[::2]
+    per = spatial_cells(sub, radius_um=30.0)
+    assert per.index.equals(sub.index)
+    x, y = sub["centroid_x_um"].to_numpy(), sub["centroid_y_um"].to_numpy()
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    np.fill_diagonal(d, np.inf)
+    known = sub["phenotype"].notna().to_numpy()
+    to_a = known & (sub["phenotype"] == "A").to_numpy()
+    assert np.allclose(per["nearest_um:A"].to_numpy()[known], d[known][:, to_a].min(axis=1))
+
+
+def test_what_the_classes_and_groups_are_read_from(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 60
+    base = _table(rng.uniform(0, 200, n), rng.uniform(0, 200, n), rng.choice(["A", "B"], n))
+    # booleans with a gap, through a CSV (an object column of True/False/NaN)
+    base["ER_positive"] = pd.array(rng.choice([True, False], n), dtype="boolean")
+    base.loc[0, "ER_positive"] = pd.NA
+    base.to_csv(tmp_path / "c.csv", index=False)
+    back = pd.read_csv(tmp_path / "c.csv")
+    assert back["ER_positive"].dtype == object
+    r = spatial_analysis(back, by=["ER_positive", "phenotype"], n_permutations=0)
+    assert r.classes == ("ER+ A", "ER+ B", "ER- A", "ER- B") and r.n_unclassified == 1
+    # cluster ids with gaps (floats): whole numbers, sorted as numbers
+    ids = np.array([2.0, 10.0, 1.0, np.nan] * 15)
+    r = spatial_analysis(base.assign(cluster=ids), by="cluster", n_permutations=0)
+    assert r.classes == ("1", "2", "10")
+    with pytest.raises(InputError, match="not whole"):
+        spatial_analysis(base.assign(cluster=ids + 0.5), by="cluster")
+    with pytest.raises(InputError, match="has no values"):
+        spatial_analysis(base.assign(cluster=np.nan), by="cluster")
+    with pytest.raises(InputError, match="60 distinct classes"):
+        spatial_analysis(base, by="cell_id")
+    # values holding a space are joined by ' | ': ('A B', 'C') and ('A', 'B C') stay apart
+    two = base.assign(u=np.where(np.arange(n) % 2, "A B", "A"),
+                      v=np.where(np.arange(n) % 2, "C", "B C"))
+    assert spatial_analysis(two, by=["u", "v"], n_permutations=0).classes == \
+        ("A B | C", "A | B C")
+    # a blank group is no group: its cells are left out, and said
+    grp = base.assign(region=np.where(np.arange(n) < 10, "", "A-1"))
+    r = spatial_analysis(grp, n_permutations=0)
+    assert r.n_groups == 1 and r.n_ungrouped == 10 and "10 cells with a class have no " \
+        "region" in r.warnings[0]
+    # a class column is no group column: 'auto' leaves it out, an explicit one is refused
+    assert spatial_analysis(grp, by="region", n_permutations=0).within is None
+    with pytest.raises(InputError, match="is a class column too"):
+        spatial_analysis(grp, by="region", within="region")
+    with pytest.raises(InputError, match="seed must be a whole number"):
+        spatial_analysis(base, seed=-1)
+    with pytest.raises(InputError, match="name a class twice"):
+        spatial_analysis(base, classes=["A", "A"])
+    with pytest.raises(InputError, match="centroid column 'centroid_x_um' is not numbers"):
+        spatial_analysis(base.assign(centroid_x_um=base["centroid_x_um"].map(
+            lambda v: f"{v:.1f}".replace(".", ","))))
+
+
+def test_untestable_pairs_have_no_p_and_duplicates_are_warned():
+    # A only in core 1, B only in core 2: A-B pairs can never form, whatever the shuffle
+    cells = pd.concat([_table([0.0, 10, 20], [0.0] * 3, ["A"] * 3, region="1"),
+                       _table([0.0, 10, 20], [0.0] * 3, ["B"] * 3, region="2")])
+    r = spatial_analysis(cells, radius_um=15.0, n_permutations=50)
+    assert r.z[0][1] is None and r.p_enrichment[0][1] is None and r.p_depletion[0][1] is None
+    dup = _table([0.0, 0.0, 10.0, 30.0], [0.0] * 4, ["A", "A", "B", "B"])
+    r = spatial_analysis(dup, radius_um=15.0, n_permutations=0)
+    assert r.nearest_median_um[0][0] == 0.0
+    assert any("2 cells share their centroid" in w for w in r.warnings)

@@ -43,7 +43,8 @@ def _register():
 
 #: Library parameters whose command-line option has another name.
 _OPTION_OF = {"shape": "--size", "photons_per_unit": "--photons", "rows": "--tma",
-              "cols": "--tma", "offset_adu": "--offset", "n_workers": "--workers"}
+              "cols": "--tma", "offset_adu": "--offset", "n_workers": "--workers",
+              "n_permutations": "--permutations"}
 
 
 def _with_option(message: str, argv: list[str]) -> str:

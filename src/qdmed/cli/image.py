@@ -1721,6 +1721,8 @@ def spatial(
         "classes (cells)": ", ".join(f"{c} ({n})" for c, n in zip(d["classes"], d["n_cells"],
                                                                    strict=True)),
         "cells without a class (left out)": d["n_unclassified"],
+        **({"cells without a group (left out)": d["n_ungrouped"]} if d["n_ungrouped"]
+           else {}),
         "radius (um)": d["radius_um"],
         "groups (shuffled within)": f"{d['n_groups']} ({' / '.join(d['within'])})"
         if d["within"]
@@ -1732,7 +1734,10 @@ def spatial(
         return "-" if v is None else fmt.format(v)
 
     rows = [{"from": r["from"], "to": r["to"],
-             "median nearest (um)": num(r["nearest_median_um"], "{:.1f}"),
+             "median nearest (um)": num(r["nearest_median_um"], "{:.1f}") + (
+                 f" ({r['nearest_n']} of {r['n_from']})"
+                 if r["nearest_median_um"] is not None and r["nearest_n"] < r["n_from"]
+                 else ""),
              "% with one within": num(None if r["fraction_within"] is None
                                       else 100 * r["fraction_within"], "{:.3g}"),
              "neighbours (expected)": f"{num(r['mean_neighbours'], '{:.2f}')} "

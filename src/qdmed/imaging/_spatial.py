@@ -51,6 +51,7 @@ References
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,28 +107,81 @@ class _Classified:
     groups: tuple[str, ...]
     index: np.ndarray
     n_unclassified: int
+    n_ungrouped: int
     by: tuple[str, ...]
     within: tuple[str, ...] | None
 
 
+#: Text read as a missing class or group.
+_BLANK = ("", "nan", "NaN", "None", "<NA>", "NA", "N/A")
+#: Text read as true / false in a marker column (a CSV's booleans).
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+#: More distinct classes than this is refused: not a class column (the matrices grow as K^2).
+MAX_CLASSES = 50
+
+
+def _text(s) -> Any:
+    """A column as stripped strings, blanks missing."""
+    out = s.astype("string").str.strip()
+    return out.mask(out.isin(_BLANK))
+
+
 def _class_text(cells, col: str) -> Any:
-    """One column's class per cell as strings (missing: NA): a boolean ``<marker>_positive``
-    column reads ``<marker>+`` / ``<marker>-``."""
+    """One column's class per cell as strings (missing: NA): a boolean column (or a CSV's
+    True/False) reads ``<marker>+`` / ``<marker>-`` for ``<marker>_positive``; whole
+    numbers (cluster ids, also as floats with gaps) read as integers."""
     import pandas as pd
 
     s = cells[col]
-    if pd.api.types.is_bool_dtype(s.dtype):
-        name = col[: -len("_positive")] if col.endswith("_positive") else col
+    name = col[: -len("_positive")] if col.endswith("_positive") else col
+    text = _text(s)
+    low = text.str.lower()
+    if pd.api.types.is_bool_dtype(s.dtype) or (
+            len(low.dropna()) and low.dropna().isin(_TRUE + _FALSE).all()
+            and not pd.api.types.is_numeric_dtype(s.dtype)):
         out = pd.Series(pd.NA, index=s.index, dtype="string")
-        known = s.notna()
-        out[known] = np.where(s[known].astype(bool), f"{name}+", f"{name}-")
+        out[low.isin(_TRUE).fillna(False)] = f"{name}+"
+        out[low.isin(_FALSE).fillna(False)] = f"{name}-"
         return out
     if pd.api.types.is_float_dtype(s.dtype):
-        raise InputError(f"class column {col!r} holds numbers (dtype {s.dtype}); give a "
-                         "column of classes (phenotype, her2_category, region) or a "
-                         "<marker>_positive column")
-    out = s.astype("string")
-    return out.mask(out.str.strip().isin(["", "nan", "NaN", "None", "<NA>"]))
+        v = s.to_numpy(dtype=np.float64)
+        known = np.isfinite(v)
+        if not known.any():
+            raise InputError(f"class column {col!r} has no values (every cell empty)")
+        if not np.all(v[known] == np.round(v[known])):
+            raise InputError(f"class column {col!r} holds numbers that are not whole (dtype "
+                             f"{s.dtype}); give a column of classes (phenotype, "
+                             "her2_category, a cluster id) or a <marker>_positive column")
+        out = pd.Series(pd.NA, index=s.index, dtype="string")
+        out[known] = [str(int(x)) for x in v[known]]
+        return out
+    return text
+
+
+def _natural(text: str):
+    """Sort key putting '2' before '10' (cluster ids, core names such as A-2, A-10)."""
+    return [(0, int(t), "") if i % 2 else (1, 0, t)
+            for i, t in enumerate(re.split(r"(\d+)", text))]
+
+
+def _combined(cells, by) -> Any:
+    """The class per cell of one or several columns (joined by a space: ``ER+ PR-``; by
+    `` | `` where a value holds a space, so that two pairs of values never read alike)."""
+    parts = [_class_text(cells, col) for col in by]
+    if len(parts) == 1:
+        return parts[0]
+    sep = " | " if any(p.str.contains(" ", regex=False).any() for p in parts) else " "
+    text = parts[0]
+    for p in parts[1:]:
+        text = text + sep + p
+    return text
+
+
+def _check_columns(cells, cols, what: str) -> None:
+    dup = sorted({str(c) for c in cols if (cells.columns == c).sum() > 1})
+    if dup:
+        raise InputError(f"the cells table has more than one column named "
+                         f"{', '.join(map(repr, dup))} ({what}): rename them")
 
 
 def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
@@ -149,30 +203,42 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
                          + (f" (centroids are read from {xy_columns[0]!r}, "
                             f"{xy_columns[1]!r} in um)" if set(missing) & set(xy_columns)
                             else ""))
-    within = _within_columns(cells, within)
-    text = None
-    for col in by:
-        t = _class_text(cells, col)
-        text = t if text is None else text + " " + t
+    within = _within_columns(cells, within, by)
+    _check_columns(cells, (*by, *xy_columns, *(within or ())), "class, centroid or group")
+    for col in xy_columns:
+        if not pd.api.types.is_numeric_dtype(cells[col].dtype) or \
+                pd.api.types.is_bool_dtype(cells[col].dtype):
+            bad = next((v for v in cells[col] if not isinstance(v, int | float)), None)
+            raise InputError(f"centroid column {col!r} is not numbers (e.g. {bad!r}); give "
+                             "centroids in um as numbers (a decimal point, not a comma)")
+    text = _combined(cells, by)
     group = pd.Series("all", index=cells.index, dtype="string")
     for i, col in enumerate(within or ()):
-        g = cells[col].astype("string")
+        g = _text(cells[col])
         group = g if i == 0 else group + " / " + g
     xy = cells[list(xy_columns)].to_numpy(dtype=np.float64)
-    known = text.notna() & group.notna()
+    classed = text.notna()
     if classes is not None:  # cells of other classes are left out
-        known &= text.isin(classes).fillna(False)
-    keep = known.to_numpy(dtype=bool)
+        classes = tuple(map(str, classes))
+        if len(set(classes)) != len(classes):
+            raise InputError(f"classes {list(classes)} name a class twice")
+        classed &= text.isin(classes).fillna(False)
+    keep = (classed & group.notna()).to_numpy(dtype=bool)
     bad = keep & ~np.all(np.isfinite(xy), axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"cell at row {row} (cell_id "
-                         f"{cells['cell_id'].iloc[row] if 'cell_id' in cells else row}) has a "
-                         f"centroid that is not a finite number ({xy[row].tolist()} um in "
-                         f"{xy_columns[0]}, {xy_columns[1]})")
+        ident = f" (cell_id {cells['cell_id'].iloc[row]})" if "cell_id" in cells else ""
+        raise InputError(f"cell at row {row}{ident} has a centroid that is not a finite "
+                         f"number ({xy[row].tolist()} um in {xy_columns[0]}, "
+                         f"{xy_columns[1]})")
     if classes is None:
-        classes = tuple(sorted(text[keep].unique()))
-    groups = tuple(sorted(group[keep].unique()))
+        classes = tuple(sorted(text[keep].unique(), key=_natural))
+        if len(classes) > MAX_CLASSES:
+            raise InputError(f"{' and '.join(map(repr, by))} give {len(classes)} distinct "
+                             f"classes (more than {MAX_CLASSES}): is it a column of classes? "
+                             "Give phenotype, her2_category, a cluster id or "
+                             "<marker>_positive columns")
+    groups = tuple(sorted(group[keep].unique(), key=_natural))
     lab = pd.Categorical(text[keep], categories=classes).codes.astype(np.int64)
     gcode = pd.Categorical(group[keep], categories=groups).codes.astype(np.int64)
     rows = np.flatnonzero(keep)
@@ -180,24 +246,33 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     bounds = np.searchsorted(gcode[order], np.arange(len(groups) + 1))
     return _Classified(xy=xy[rows][order], label=lab[order], group=gcode[order],
                        bounds=bounds, classes=classes, groups=groups, index=rows[order],
-                       n_unclassified=int((~keep).sum()), by=by, within=within)
+                       n_unclassified=int((~classed).sum()),
+                       n_ungrouped=int((classed & group.isna()).sum()), by=by, within=within)
 
 
-def _within_columns(cells, within) -> tuple[str, ...] | None:
-    """The group columns ``within`` names (None: one group)."""
+def _within_columns(cells, within, by=()) -> tuple[str, ...] | None:
+    """The group columns ``within`` names (None: one group). 'auto' leaves out a column
+    that is a class column; a group column named as a class column too is refused (each
+    group would hold one class: nothing to compare)."""
     if within is None:
         return None
     if isinstance(within, str) and within == "auto":
-        cols = (("slide",) if "slide" in cells.columns else ()) + tuple(
-            next(([c] for c in AUTO_WITHIN if c in cells.columns), []))
+        cand = [c for c in AUTO_WITHIN if c in cells.columns and c not in by]
+        cols = (("slide",) if "slide" in cells.columns and "slide" not in by else ()) + \
+            tuple(cand[:1])
         return cols or None
     cols = (within,) if isinstance(within, str) else tuple(within)
     missing = [c for c in cols if c not in cells.columns]
     if missing or not cols:
-        raise InputError(f"within={within!r}: the cells table has no column "
+        raise InputError(f"within {','.join(cols)!r}: the cells table has no column "
                          f"{', '.join(map(repr, missing))} (give columns of groups such as "
-                         "slide, region or case, 'auto', or None)" if missing else
-                         "within: name at least one column of groups, 'auto', or None")
+                         "slide, region or case, 'auto', or none)" if missing else
+                         "within: name at least one column of groups, 'auto', or none")
+    both = [c for c in cols if c in by]
+    if both:
+        raise InputError(f"within {','.join(cols)!r}: {', '.join(map(repr, both))} is a class column "
+                         "too, so each group would hold one class; give another group "
+                         "column, or none")
     return cols
 
 
@@ -357,7 +432,9 @@ class SpatialResult:
     n_cells : tuple of int
         Cells of each class.
     n_unclassified : int
-        Cells without a class (or group), left out.
+        Cells without a class, left out.
+    n_ungrouped : int
+        Cells with a class but no group (an empty ``within`` value), left out.
     radius_um : float, um
     within : tuple of str or None
         Columns whose groups the classes were shuffled (and neighbours found) within.
@@ -379,7 +456,9 @@ class SpatialResult:
         ``(observed - expected) / SD`` of the neighbour count, SD over the permutations
         (symmetric; None without permutations or where the SD is 0).
     p_enrichment, p_depletion : matrices
-        One-sided permutation p-values, ``(b + 1) / (m + 1)`` (None without permutations).
+        One-sided permutation p-values, ``(b + 1) / (m + 1)`` (None without permutations,
+        and where no shuffle changes the count: a class absent, or two classes that never
+        share a group).
     n_permutations, seed : int
     warnings : tuple of str
     references : tuple of str
@@ -389,6 +468,7 @@ class SpatialResult:
     classes: tuple[str, ...]
     n_cells: tuple[int, ...]
     n_unclassified: int
+    n_ungrouped: int
     radius_um: float
     within: tuple[str, ...] | None
     n_groups: int
@@ -433,7 +513,8 @@ class SpatialResult:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in (
-            "by", "classes", "n_cells", "n_unclassified", "radius_um", "within", "n_groups",
+            "by", "classes", "n_cells", "n_unclassified", "n_ungrouped", "radius_um",
+            "within", "n_groups",
             "n_pairs", "nearest_median_um", "nearest_mean_um", "nearest_n", "fraction_within",
             "mean_neighbours", "expected_neighbours", "z", "p_enrichment", "p_depletion",
             "n_permutations", "seed", "warnings", "references")}
@@ -455,6 +536,9 @@ class SpatialResult:
                  "{:+.1f}"),
                 (axes[2], self.nearest_median_um, "median nearest distance (um)",
                  "viridis_r", "{:.0f}")):
+            if not k:
+                ax.set_axis_off()
+                continue
             a = np.array([[np.nan if v is None else v for v in row] for row in mat],
                          dtype=np.float64).reshape(k, k)
             finite = a[np.isfinite(a)]
@@ -476,6 +560,11 @@ class SpatialResult:
 
     def _plot_map(self, ax) -> None:
         xy, lab = self._map if self._map is not None else (np.zeros((0, 2)), np.zeros(0, int))
+        if not len(lab):
+            ax.text(0.5, 0.5, "no cells with a class", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+            return
         cmap = plt_cmap(len(self.classes))
         dot = float(np.clip(20000.0 / max(len(lab), 1), 0.3, 8.0))  # fewer cells, larger dots
         for j, name in enumerate(self.classes):
@@ -505,6 +594,13 @@ def _check_permutations(n) -> int:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
         raise InputError(f"n_permutations must be a whole number >= 0; got {n!r}")
     return int(n)
+
+
+def _check_seed(seed) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)
+                             or seed < 0):
+        raise InputError(f"seed must be a whole number >= 0 (or None); got {seed!r}")
+    return None if seed is None else int(seed)
 
 
 def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
@@ -557,6 +653,7 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     """
     r = _check_radius(radius_um)
     n_perm = _check_permutations(n_permutations)
+    seed = _check_seed(seed)
     c = _classify(cells, by, within, xy_columns,
                   None if classes is None else tuple(map(str, classes)))
     k, g_n = len(c.classes), len(c.groups)
@@ -592,8 +689,10 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
             z = np.where(sd > 0, (obs - exp) / sd, np.nan)
         else:
             z = np.full((k, k), np.nan)
-        p_hi = (ge + 1) / (n_perm + 1) if n_perm else np.full((k, k), np.nan)
-        p_lo = (le + 1) / (n_perm + 1) if n_perm else np.full((k, k), np.nan)
+        # no shuffle changes the count (SD 0): nothing was tested
+        testable = sd > 0 if n_perm > 1 else np.zeros((k, k), dtype=bool)
+        p_hi = np.where(testable, (ge + 1) / (n_perm + 1), np.nan)
+        p_lo = np.where(testable, (le + 1) / (n_perm + 1), np.nan)
         per_from = np.maximum(n_a, 1)[:, None]
         mean_nb = np.where(n_a[:, None] > 0, obs / per_from, np.nan)
         exp_nb = np.where(n_a[:, None] > 0, exp / per_from, np.nan)
@@ -611,11 +710,11 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
                 med[a, b], mean[a, b] = float(np.median(d)), float(d.mean())
             if mine.any():
                 frac[a, b] = float(np.mean(counts[mine, b] > 0))
-    warnings = _warnings(c, n_a, near, r, pairs, n_perm)
+    warnings = _warnings(c, n_a, near, r, pairs, n_perm, used, testable)
     sample = _map_sample(c, seed)
     return SpatialResult(
         by=c.by, classes=c.classes, n_cells=tuple(int(v) for v in n_a),
-        n_unclassified=c.n_unclassified, radius_um=r, within=c.within, n_groups=g_n,
+        n_unclassified=c.n_unclassified, n_ungrouped=c.n_ungrouped, radius_um=r, within=c.within, n_groups=g_n,
         n_pairs=int(pairs.shape[1]), nearest_median_um=_matrix(med), nearest_mean_um=_matrix(mean),
         nearest_n=tuple(tuple(int(v) for v in row) for row in used),
         fraction_within=_matrix(frac), mean_neighbours=_matrix(mean_nb),
@@ -632,8 +731,11 @@ def _map_sample(c: _Classified, seed) -> tuple[np.ndarray, np.ndarray]:
     return c.xy[pick], c.label[pick]
 
 
-def _warnings(c: _Classified, n_a, near, r, pairs, n_perm) -> list[str]:
+def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable) -> list[str]:
     out = []
+    if c.n_ungrouped:
+        out.append(f"{c.n_ungrouped} cells with a class have no {' / '.join(c.within)} "
+                   "(empty): left out")
     if not c.classes:
         out.append(f"no cell has a class in {', '.join(c.by)}: nothing to measure")
         return out
@@ -642,9 +744,25 @@ def _warnings(c: _Classified, n_a, near, r, pairs, n_perm) -> list[str]:
     if few:
         out.append(f"classes with fewer than {FEW_CELLS} cells: {', '.join(few)}; their "
                    "distances and enrichment rest on few cells")
+    k = len(c.classes)
+    thin = [f"{c.classes[a]} -> {c.classes[b]} ({min(used[a, b], used[b, a])})"
+            for a in range(k) for b in range(a, k)
+            if testable[a, b] and 0 < n_a[a] and min(used[a, b], used[b, a]) < FEW_CELLS
+            and min(n_a[a], n_a[b]) >= FEW_CELLS]
+    if thin:
+        where = " / ".join(c.within or ("group",))
+        out.append(f"pairs resting on few cells: in the {where}s holding both classes, "
+                   f"fewer than {FEW_CELLS} cells of one of them (their number in brackets): "
+                   f"{', '.join(thin[:8])}{' ...' if len(thin) > 8 else ''}; their z, p and "
+                   "distances rest on those cells")
     if len(c.label) > 1:
-        nn = np.nanmin(near, axis=1) if near.size else np.array([])
+        finite = np.isfinite(near)
+        nn = np.where(finite, near, np.inf).min(axis=1) if near.size else np.array([])
         nn = nn[np.isfinite(nn)]
+        if nn.size and np.any(nn == 0):
+            out.append(f"{int(np.sum(nn == 0))} cells share their centroid with another "
+                       "cell (duplicate detections, e.g. from overlapping tiles?): they "
+                       "count as neighbours at distance 0")
         if nn.size and np.median(nn) > r:
             out.append(f"the median distance from a cell to its nearest neighbour is "
                        f"{np.median(nn):.3g} um, beyond the radius ({r:g} um): most cells have "
@@ -677,10 +795,11 @@ def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *,
         ``pandas.concat({g: r.table() for g, r in res.items()}, names=["group"])`` makes
         one long table.
     """
+    seed = _check_seed(seed)
     c = _classify(cells, by, within, xy_columns)
     if c.within is None:
-        raise InputError(f"within={within!r}: per-group analysis needs a column of groups "
-                         "(slide, region, case); the cells table has none")
+        raise InputError("within: a per-group analysis needs a column of groups (slide, "
+                         "region or case), and the cells table has none to choose")
     grp = cells[c.within[0]].astype("string")
     for col in c.within[1:]:
         grp = grp + " / " + cells[col].astype("string")
