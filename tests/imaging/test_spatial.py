@@ -47,7 +47,7 @@ def test_poisson_pattern_matches_clark_evans_1954():
     assert abs(np.mean(d <= 5.0) - g5) < 4 * math.sqrt(g5 * (1 - g5) / n)
     # neighbours within r of a typical point of a Poisson process: rho pi r^2 (Slivnyak);
     # the variance of the mean count is ~ 2 rho pi r^2 / n (each pair counted twice)
-    counts = per["within:A"].to_numpy(dtype=float)[inner]
+    counts = per["n_within_10um:A"].to_numpy(dtype=float)[inner]
     mu = lam * math.pi * 100
     assert abs(counts.mean() - mu) < 4.5 * math.sqrt(2 * mu / n)
 
@@ -62,7 +62,7 @@ def test_counts_and_distances_against_brute_force():
     for c in "ABC":
         to = cls == c
         assert np.allclose(per[f"nearest_um:{c}"], d[:, to].min(axis=1))
-        assert np.array_equal(per[f"within:{c}"].to_numpy(dtype=int),
+        assert np.array_equal(per[f"n_within_15um:{c}"].to_numpy(dtype=int),
                               (d[:, to] <= 15.0).sum(axis=1))
     assert list(per["class"]) == list(cls)
 
@@ -271,8 +271,10 @@ def test_spatial_cli_on_a_qupath_style_table(tmp_path):
     assert d["classes"] == ["Stroma", "Tumor"] and d["n_permutations"] == 99
     assert all(p.is_file() for p in out)
     assert len(pd.read_csv(out[0])) == 4
-    per = pd.read_parquet(out[1])
-    assert list(per.columns[:2]) == ["class", "nearest_um:Stroma"] and len(per) == 120
+    per = pd.read_parquet(out[1])  # with the centroids that join it back
+    assert list(per.columns[:4]) == ["Centroid X µm", "Centroid Y µm", "class",
+                                     "nearest_um:Stroma"] and len(per) == 120
+    assert "n_within_20um:Tumor" in per.columns
 
 
 def test_spatial_cli_bad_input_is_one_line(tmp_path):
@@ -288,6 +290,18 @@ def test_spatial_cli_bad_input_is_one_line(tmp_path):
         assert len(lines) == 1 and match in lines[0], r.stderr
     r = _cli(str(src), "--per-group")
     assert r.returncode == 2 and "--per-group writes one row per group" in r.stderr
+    # outputs checked before any work: never the input, never each other
+    for extra, match in ((["--cells-out", str(src)], "is the cells table read"),
+                         (["--table", str(tmp_path / "o.csv"), "--cells-out",
+                           str(tmp_path / "o.csv")], "name the same file"),
+                         (["--table", str(tmp_path)], "give a file name ending in .csv")):
+        r = _cli(str(src), *extra)
+        assert r.returncode == 2 and match in r.stderr, r.stderr
+    assert src.read_text().startswith("cell_id,")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("centroid_x_um,centroid_y_um,phenotype\n0,0,caf\u00e9\n".encode("cp1252"))
+    r = _cli(str(latin))
+    assert r.returncode == 2 and "is not UTF-8 text" in r.stderr
     r = _cli(str(tmp_path / "none.parquet"))
     assert r.returncode == 2 and "no such file" in r.stderr
 
@@ -381,3 +395,41 @@ def test_untestable_pairs_have_no_p_and_duplicates_are_warned():
     r = spatial_analysis(dup, radius_um=15.0, n_permutations=0)
     assert r.nearest_median_um[0][0] == 0.0
     assert any("2 cells share their centroid" in w for w in r.warnings)
+
+
+def test_per_group_uses_the_whole_tables_classes():
+    # one core's phenotypes hold no space, another's do: the ' | ' separator is the whole
+    # table's, so every core's cells keep their class (a review lost a core's 203 cells)
+    a = _table([0.0, 10, 20, 30], [0.0] * 4, ["HER2-enriched"] * 4, region="A-1 ")
+    b = _table([0.0, 10, 20, 30], [0.0] * 4, ["luminal HER2+", "luminal HER2+",
+                                              "HER2-enriched", "luminal HER2+"], region="A-2")
+    cells = pd.concat([a, b], ignore_index=True).assign(
+        ER_positive=[True, False, True, False] * 2)
+    res = spatial_by_group(cells, by=["phenotype", "ER_positive"], radius_um=15.0,
+                           n_permutations=0)
+    assert list(res) == ["A-1", "A-2"]  # group names stripped
+    assert [sum(r.n_cells) for r in res.values()] == [4, 4]
+    assert res["A-1"].classes[0] == "HER2-enriched | ER+"
+
+
+def test_auto_groups_by_image_and_then_core():
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(0, 200, 80), rng.uniform(0, 200, 80)
+    one = _table(x, y, rng.choice(["A", "B"], 80))
+    # a cohort of a whole section (no regions) and a TMA: the section is one group
+    cohort = pd.concat([one.assign(slide="section", region=pd.NA),
+                        one.assign(slide="tma", region=np.where(x < 100, "A-1", "A-2"))],
+                       ignore_index=True)
+    r = spatial_analysis(cohort, radius_um=20.0, n_permutations=0)
+    assert r.within == ("slide", "region") and r.n_ungrouped == 0
+    assert set(spatial_by_group(cohort, n_permutations=0)) == {"section", "tma / A-1",
+                                                               "tma / A-2"}
+    # the cores split neighbours of one image: the pairs left uncounted are said
+    assert any("lie across two slide / region groups of one image" in w for w in r.warnings)
+    # a QuPath project export: images by the Image column
+    qp = pd.concat([one.assign(Image="a.svs"), one.assign(Image="b.svs")], ignore_index=True)
+    r = spatial_analysis(qp, n_permutations=0)
+    assert r.within == ("Image",) and r.n_groups == 2
+    # images pooled on request are warned: their coordinates overlap
+    pooled = spatial_analysis(qp, n_permutations=0, within=None)
+    assert any("hold cells of several Image values" in w for w in pooled.warnings)

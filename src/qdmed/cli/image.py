@@ -1486,14 +1486,7 @@ def _print_dab_regions(slide, out, d) -> None:
 
 def _save_plot(path: Path, fig) -> None:
     """PNG of ``fig`` written atomically; an unwritable path is bad input (exit 2)."""
-    from qdmed.errors import InputError
-    from qdmed.report import atomic_write_bytes, figure_png
-
-    try:
-        atomic_write_bytes(path, figure_png(fig))
-    except OSError as exc:
-        raise InputError(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
-    typer.echo(f"plot written to {path}", err=True)  # stderr: stdout may be --json's
+    _write_output(path, "plot", fig)
 
 
 @app.command(short_help="Agreement of two HER2 scorings: cross-table and kappa.")
@@ -1645,13 +1638,13 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
 @app.command(short_help="Where the cell classes lie: distances, neighbours, enrichment.")
 def spatial(
     cells: Annotated[Path, typer.Argument(help="An analysis folder (its cells.parquet), a cells.parquet, or a CSV / tab-separated cells table (give --xy).")],
-    by: Annotated[str, typer.Option("--by", help="Class column(s), comma-separated: phenotype, her2_category, region, or <marker>_positive (read <marker>+ / <marker>-); several are combined (ER_positive,PR_positive gives ER+ PR- ...).")] = "phenotype",
+    by: Annotated[str, typer.Option("--by", help="Class column(s), comma-separated: phenotype, her2_category, <marker>_positive (read <marker>+ / <marker>-), dab_class (a DAB analysis), a cluster id, or QuPath's Classification; several are combined (ER_positive,PR_positive gives ER+ PR- ...).")] = "phenotype",
     radius_um: Annotated[float, typer.Option("--radius-um", help="Neighbourhood radius, centroid to centroid (um).")] = 20.0,
-    within: Annotated[str, typer.Option("--within", help="Column(s) of groups, comma-separated (slide, TMA core, case): neighbours found and classes shuffled within each. auto: slide if the table has it (a cohort's cells.parquet), and case, else region; none: the whole table.")] = "auto",
+    within: Annotated[str, typer.Option("--within", help="Column(s) of groups, comma-separated (slide, TMA core, case): neighbours found and classes shuffled within each. auto: the image (slide, QuPath's Image or inForm's Sample Name, when the table has one), and case, else region (cells without one: their image alone); none: the whole table. QuPath TMA: Image,Parent.")] = "auto",
     permutations: Annotated[int, typer.Option("--permutations", help="Shuffles of the classes over the cells for the enrichment z-scores and p-values (0: none).")] = 999,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles.")] = 0,
     xy: Annotated[str, typer.Option("--xy", help="Centroid columns in um, X,Y (QuPath: 'Centroid X µm,Centroid Y µm').")] = "centroid_x_um,centroid_y_um",
-    per_group: Annotated[bool, flag("--per-group", help="Also analyse every group (TMA core, case; see --within) on its own: one row per group and (from, to) pair in --table, which it needs.")] = False,
+    per_group: Annotated[bool, flag("--per-group", help="Also analyse every group (TMA core, case, slide; see --within) on its own: one row per group and (from, to) pair in --table (or under per_group with --json).")] = False,
     table: Annotated[Path | None, typer.Option("--table", help="Write the (from, to) table as CSV (with --per-group, a group column and one row per group and pair).")] = None,
     cells_out: Annotated[Path | None, typer.Option("--cells-out", help="Write each cell's nearest distance to, and neighbours of, every class (.parquet or .csv).")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the cells by class, the enrichment z-scores and the median nearest distances.")] = None,
@@ -1666,50 +1659,50 @@ def spatial(
     from qdmed.errors import InputError
     from qdmed.imaging import spatial_analysis, spatial_by_group, spatial_cells
     from qdmed.imaging._cells_table import read_cells_table
-    from qdmed.report import atomic_write_parquet, atomic_write_text
 
     by_cols = _names(by)
     xy_cols = tuple(t.strip() for t in xy.split(","))
     if len(xy_cols) != 2 or not all(xy_cols):
         raise InputError(f"--xy {xy!r}: give the two centroid columns (um) as X,Y")
-    for opt, path, kinds in (("--table", table, (".csv",)),
-                             ("--cells-out", cells_out, (".parquet", ".csv"))):
-        if path is not None and path.suffix.lower() not in kinds:
-            raise InputError(f"{opt} {str(path)!r}: give a file name ending in "
-                             f"{' or '.join(kinds)}")
+    _spatial_outputs(cells, table, cells_out)
     grp = {"none": None, "auto": "auto"}.get(within.strip().lower(), _names(within))
-    if per_group and (table is None or grp is None):
+    if per_group and table is None and not json_:
         raise InputError("--per-group writes one row per group and pair: give --table "
-                         "FILE.csv" if table is None else "--per-group needs groups: give "
-                         "--within COLUMNS (or auto), not none")
+                         "FILE.csv (or --json)")
+    if per_group and grp is None:
+        raise InputError("--per-group needs groups: give --within COLUMNS (or auto), not none")
     frame, _ = read_cells_table(cells)
-    res = spatial_analysis(frame, by_cols, radius_um=radius_um, within=grp,
-                           n_permutations=permutations, seed=seed, xy_columns=xy_cols,
-                           progress=not no_progress and not json_)
+    show = not no_progress and not json_
     groups = None
-    if per_group:
-        import pandas as pd
-
+    if per_group:  # first: a table without groups fails before the pooled run
         groups = spatial_by_group(frame, by_cols, within=grp, radius_um=radius_um,
                                   n_permutations=permutations, seed=seed, xy_columns=xy_cols,
-                                  progress=not no_progress and not json_)
-        long = pd.concat({g: r.table() for g, r in groups.items()}, names=["group", "row"])
-        long = long.reset_index(level="row", drop=True).reset_index()
+                                  progress=show)
+    res = spatial_analysis(frame, by_cols, radius_um=radius_um, within=grp,
+                           n_permutations=permutations, seed=seed, xy_columns=xy_cols,
+                           progress=show)
+    # everything computed before anything is written
+    outputs = []
     if plot is not None:
-        _save_plot(plot, res.plot())
+        outputs.append((plot, "plot", res.plot()))
     if table is not None:
-        atomic_write_text(table, (long if per_group else res.table()).to_csv(index=False))
-        typer.echo(f"table written to {table}", err=True)
+        import pandas as pd
+
+        rows = res.table() if groups is None else pd.concat(
+            {g: r.table() for g, r in groups.items()}, names=["group", "row"]
+        ).reset_index(level="row", drop=True).reset_index()
+        outputs.append((table, "table", rows.to_csv(index=False)))
     if cells_out is not None:
         per_cell = spatial_cells(frame, by_cols, radius_um=radius_um, within=grp,
                                  xy_columns=xy_cols)
-        if "cell_id" in frame.columns:
-            per_cell.insert(0, "cell_id", frame["cell_id"])
-        if cells_out.suffix.lower() == ".csv":
-            atomic_write_text(cells_out, per_cell.to_csv(index=False))
-        else:
-            atomic_write_parquet(cells_out, per_cell)
-        typer.echo(f"per-cell table written to {cells_out}", err=True)
+        # what joins it back: ids, the images and groups, the centroids
+        keep = [c for c in ("cell_id", "Object ID", "Cell ID", "slide", "Image",
+                            "Sample Name", *(res.within or ()), *xy_cols)
+                if c in frame.columns]
+        per_cell = frame[list(dict.fromkeys(keep))].join(per_cell)
+        outputs.append((cells_out, "per-cell table", per_cell))
+    for path, what, data in outputs:
+        _write_output(path, what, data)
     d = res.to_dict()
     group_warnings = [] if groups is None else [
         f"{' / '.join(res.within)} {g}: {w}" for g, r in groups.items() for w in r.warnings]
@@ -1749,6 +1742,11 @@ def spatial(
             .to_dict("records")]
     print_table(f"from -> to within {d['radius_um']:g} um" + (
         f", all {d['n_groups']} groups (shuffled within each)" if groups else ""), rows)
+    typer.echo("median nearest: from a 'from' cell to the nearest other 'to' cell (over the "
+               "'from' cells with one in their group: n of all when fewer); % with one "
+               "within: 'from' cells with a 'to' cell within the radius; neighbours: mean "
+               "'to' cells within the radius of a 'from' cell (expected: with the classes "
+               "shuffled); z > 0: nearer than chance, z < 0: apart")
     for w in d["warnings"]:
         print_warning(w)
     for w in group_warnings[:10]:
@@ -1757,3 +1755,51 @@ def spatial(
         print_warning(f"... and {len(group_warnings) - 10} more warnings of single groups "
                       "(--json lists them)")
     return None
+
+
+def _spatial_outputs(source: Path, table: Path | None, cells_out: Path | None) -> None:
+    """--table and --cells-out checked before any work: their suffixes, writable places,
+    and neither the input nor each other."""
+    from qdmed.cli import _file_in_path
+    from qdmed.errors import InputError
+
+    given = [(o, p, k) for o, p, k in (("--table", table, (".csv",)),
+                                       ("--cells-out", cells_out, (".parquet", ".csv")))
+             if p is not None]
+    src = Path(source)
+    src = src / "cells.parquet" if src.is_dir() else src
+    for opt, path, kinds in given:
+        if path.suffix.lower() not in kinds:
+            raise InputError(f"{opt} {str(path)!r}: give a file name ending in "
+                             f"{' or '.join(kinds)}")
+        if path.is_dir():
+            raise InputError(f"{opt} {path} is a folder; give a file name")
+        blocking = _file_in_path(path.parent)
+        if blocking is not None:
+            raise InputError(f"{opt} {path}: {blocking} is a file where a folder is needed")
+        if path.resolve() == src.resolve():
+            raise InputError(f"{opt} {path} is the cells table read: it would be replaced; "
+                             "give another file name")
+    if len(given) == 2 and given[0][1].resolve() == given[1][1].resolve():
+        raise InputError(f"--table and --cells-out name the same file ({table}); give two")
+
+
+def _write_output(path: Path, what: str, data) -> None:
+    """One output written atomically (a figure as PNG, text, or a table as Parquet or
+    CSV by its suffix); an unwritable path is bad input naming the path."""
+    from qdmed.errors import InputError
+    from qdmed.report import atomic_write_bytes, atomic_write_parquet, figure_png
+
+    try:
+        if isinstance(data, str):
+            atomic_write_bytes(path, data.encode("utf-8"))
+        elif hasattr(data, "to_parquet"):
+            if path.suffix.lower() == ".csv":
+                atomic_write_bytes(path, data.to_csv(index=False).encode("utf-8"))
+            else:
+                atomic_write_parquet(path, data)
+        else:
+            atomic_write_bytes(path, figure_png(data))
+    except OSError as exc:
+        raise InputError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from None
+    typer.echo(f"{what} written to {path}", err=True)  # stderr: stdout may be --json's

@@ -36,7 +36,10 @@ def read_cells_table(path, *, prefix: str = "", whose: str = "an", text: bool = 
         return pd.read_parquet(p), p
     except FileNotFoundError as exc:
         raise InputError(f"{prefix}no such file {said!r} ({wanted})") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise FileFormatError(f"{prefix}{said!r} is not UTF-8 text: save it as UTF-8 (in "
+                              "Excel: CSV UTF-8)") from None
+    except pd.errors.ParserError as exc:
         raise FileFormatError(f"{prefix}cannot read {said!r} as a cells table: {exc}") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{prefix}cannot read {said!r} as a cells table: "

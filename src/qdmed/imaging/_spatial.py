@@ -54,7 +54,7 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -85,8 +85,10 @@ DEFAULT_RADIUS_UM = 20.0
 DEFAULT_PERMUTATIONS = 999
 #: A class with fewer cells than this is warned: its measures rest on few cells.
 FEW_CELLS = 20
-#: ``within='auto'``: the slide (when the table has a ``slide`` column, as a cohort's
-#: cells.parquet), and the first of these it has.
+#: ``within='auto'``: the image (the first of these the table has: a cohort's
+#: cells.parquet, a QuPath project's export, an inForm table of several fields) ...
+IMAGE_COLUMNS = ("slide", "Image", "Sample Name")
+#: ... and the first of these it has (a cell without one is grouped by its image alone).
 AUTO_WITHIN = ("case", "region")
 #: Cell centroid columns (um) of a qdmed cells table.
 XY_COLUMNS = ("centroid_x_um", "centroid_y_um")
@@ -110,6 +112,12 @@ class _Classified:
     n_ungrouped: int
     by: tuple[str, ...]
     within: tuple[str, ...] | None
+    #: each sorted cell's image (its value in the table's first IMAGE_COLUMNS column, or 0
+    #: without one): cells of one image share a coordinate frame
+    image: np.ndarray
+    image_column: str | None
+    #: cells without a class, by group name
+    unclassified_by_group: dict
 
 
 #: Text read as a missing class or group.
@@ -193,17 +201,8 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     by = (by,) if isinstance(by, str) else tuple(by)
     if not by:
         raise InputError("by: name at least one class column (e.g. phenotype)")
-    missing = [c for c in (*by, *xy_columns) if c not in cells.columns]
-    if missing:
-        have = [c for c in cells.columns if c in ("phenotype", "her2_category", "region")
-                or str(c).endswith("_positive")]
-        raise InputError(f"the cells table has no column {', '.join(map(repr, missing))}; "
-                         + (f"class columns it has: {', '.join(have)}" if have else
-                            "it has no phenotype, her2_category or <marker>_positive column")
-                         + (f" (centroids are read from {xy_columns[0]!r}, "
-                            f"{xy_columns[1]!r} in um)" if set(missing) & set(xy_columns)
-                            else ""))
-    within = _within_columns(cells, within, by)
+    _check_present(cells, by, xy_columns)
+    within, auto = _within_columns(cells, within, by)
     _check_columns(cells, (*by, *xy_columns, *(within or ())), "class, centroid or group")
     for col in xy_columns:
         if not pd.api.types.is_numeric_dtype(cells[col].dtype) or \
@@ -212,10 +211,7 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
             raise InputError(f"centroid column {col!r} is not numbers (e.g. {bad!r}); give "
                              "centroids in um as numbers (a decimal point, not a comma)")
     text = _combined(cells, by)
-    group = pd.Series("all", index=cells.index, dtype="string")
-    for i, col in enumerate(within or ()):
-        g = _text(cells[col])
-        group = g if i == 0 else group + " / " + g
+    group = _group_text(cells, within, auto)
     xy = cells[list(xy_columns)].to_numpy(dtype=np.float64)
     classed = text.notna()
     if classes is not None:  # cells of other classes are left out
@@ -244,23 +240,67 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     rows = np.flatnonzero(keep)
     order = np.argsort(gcode, kind="stable")
     bounds = np.searchsorted(gcode[order], np.arange(len(groups) + 1))
+    image_col = next((col for col in IMAGE_COLUMNS if col in cells.columns and col not in by),
+                     None)
+    image = np.zeros(len(rows), dtype=np.int64)
+    if image_col is not None:
+        image = pd.Categorical(_text(cells[image_col])[keep]).codes.astype(np.int64)[order]
+    lost = (~classed & group.notna()).to_numpy(dtype=bool)
     return _Classified(xy=xy[rows][order], label=lab[order], group=gcode[order],
                        bounds=bounds, classes=classes, groups=groups, index=rows[order],
                        n_unclassified=int((~classed).sum()),
-                       n_ungrouped=int((classed & group.isna()).sum()), by=by, within=within)
+                       n_ungrouped=int((classed & group.isna()).sum()), by=by, within=within,
+                       image=image, image_column=image_col,
+                       unclassified_by_group=group[lost].value_counts().to_dict())
 
 
-def _within_columns(cells, within, by=()) -> tuple[str, ...] | None:
-    """The group columns ``within`` names (None: one group). 'auto' leaves out a column
-    that is a class column; a group column named as a class column too is refused (each
-    group would hold one class: nothing to compare)."""
+def _check_present(cells, by, xy_columns) -> None:
+    """The class and centroid columns exist; the error lists what the table has."""
+    missing = [c for c in (*by, *xy_columns) if c not in cells.columns]
+    if not missing:
+        return
+    cols = [str(c) for c in cells.columns]
+    have = [c for c in cols if c in ("phenotype", "her2_category", "dab_class",
+                                      "Classification", "Class") or c.endswith("_positive")]
+    hint = ""
+    if set(missing) & set(by):
+        hint = (f"; class columns it has: {', '.join(have)}" if have else
+                f"; its columns: {', '.join(cols[:12])}{' ...' if len(cols) > 12 else ''}")
+    if set(missing) & set(xy_columns):
+        like = [c for c in cols if any(w in c.lower() for w in (
+            "centroid", "position", " x", " y", "_x", "_y"))] or cols[:12]
+        hint += (f"; centroids are read from {xy_columns[0]!r} and {xy_columns[1]!r} (um, "
+                 f"--xy); columns it has: {', '.join(like)}")
+    raise InputError(f"the cells table has no column {', '.join(map(repr, missing))}{hint}")
+
+
+def _group_text(cells, within, auto: bool):
+    """Each cell's group name: the ``within`` columns' values joined by " / ". With
+    'auto', a cell without a case or region is grouped by its image alone (a slide
+    without regions in a cohort with TMAs); otherwise it has no group."""
+    import pandas as pd
+
+    if not within:
+        return pd.Series("all", index=cells.index, dtype="string")
+    parts = [_text(cells[col]) for col in within]
+    group = parts[0]
+    for part in parts[1:]:
+        joined = group + " / " + part
+        group = joined.fillna(group) if auto else joined
+    return group
+
+
+def _within_columns(cells, within, by=()) -> tuple[tuple[str, ...] | None, bool]:
+    """The group columns ``within`` names (None: one group), and whether they were chosen
+    by 'auto'. 'auto' leaves out a column that is a class column; a group column named as
+    a class column too is refused (each group would hold one class: nothing to compare)."""
     if within is None:
-        return None
+        return None, False
     if isinstance(within, str) and within == "auto":
+        image = [c for c in IMAGE_COLUMNS if c in cells.columns and c not in by]
         cand = [c for c in AUTO_WITHIN if c in cells.columns and c not in by]
-        cols = (("slide",) if "slide" in cells.columns and "slide" not in by else ()) + \
-            tuple(cand[:1])
-        return cols or None
+        cols = tuple(image[:1]) + tuple(cand[:1])
+        return (cols or None), True
     cols = (within,) if isinstance(within, str) else tuple(within)
     missing = [c for c in cols if c not in cells.columns]
     if missing or not cols:
@@ -273,7 +313,7 @@ def _within_columns(cells, within, by=()) -> tuple[str, ...] | None:
         raise InputError(f"within {','.join(cols)!r}: {', '.join(map(repr, both))} is a class column "
                          "too, so each group would hold one class; give another group "
                          "column, or none")
-    return cols
+    return cols, False
 
 
 def _check_radius(radius_um) -> float:
@@ -358,8 +398,9 @@ def spatial_cells(cells, by: str | Sequence[str] = "phenotype", *,
     -------
     pandas.DataFrame
         Same index as ``cells``; ``class``, then ``nearest_um:<class>`` (NaN: no other cell
-        of that class in the group, or the cell unclassified) and ``within:<class>`` (counts;
-        missing for unclassified cells) for each class.
+        of that class in the group, or the cell unclassified) and ``n_within_<r>um:<class>``
+        (counts, e.g. ``n_within_20um:HER2-enriched``; missing for unclassified cells) for
+        each class.
     """
     import pandas as pd
 
@@ -378,7 +419,7 @@ def spatial_cells(cells, by: str | Sequence[str] = "phenotype", *,
     for j, name in enumerate(c.classes):
         col = pd.array([pd.NA] * len(cells), dtype="Int64")
         col[c.index] = counts[:, j]
-        out[f"within:{name}"] = col
+        out[f"n_within_{r:g}um:{name}"] = col
     return out
 
 
@@ -545,21 +586,30 @@ class SpatialResult:
             if cmap == "RdBu_r":
                 lim = max(2.0, float(np.abs(finite).max())) if finite.size else 2.0
                 im = ax.imshow(a, cmap=cmap, vmin=-lim, vmax=lim)
-            else:
-                im = ax.imshow(a, cmap=cmap)
+            else:  # distances from 0: 11.45 and 11.49 um look alike
+                im = ax.imshow(a, cmap=cmap, vmin=0.0,
+                               vmax=float(finite.max()) if finite.size else 1.0)
             fig.colorbar(im, ax=ax, shrink=0.8)
             for (r, c), v in np.ndenumerate(a):
+                rgb = im.cmap(im.norm(v))[:3] if np.isfinite(v) else (1.0, 1.0, 1.0)
+                dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 0.5
                 ax.text(c, r, "-" if not np.isfinite(v) else fmt.format(v), ha="center",
-                        va="center", fontsize=size)
-            ax.set_xticks(range(k), self.classes, rotation=40, ha="right", fontsize=size + 1)
-            ax.set_yticks(range(k), self.classes, fontsize=size + 1)
+                        va="center", fontsize=size, color="white" if dark else "black")
+            names = [_short(n) for n in self.classes]
+            ax.set_xticks(range(k), names, rotation=40, ha="right", fontsize=size + 1)
+            ax.set_yticks(range(k), names, fontsize=size + 1)
             ax.set_xlabel("to")
             ax.set_ylabel("from")
             ax.set_title(title)
         return fig
 
     def _plot_map(self, ax) -> None:
-        xy, lab = self._map if self._map is not None else (np.zeros((0, 2)), np.zeros(0, int))
+        xy, lab, img = self._map if self._map is not None else (
+            np.zeros((0, 2)), np.zeros(0, int), np.zeros(0, int))
+        n_img = len(np.unique(img))
+        if n_img > 1:  # images share coordinates: the one with most cells alone
+            one = img == np.bincount(img).argmax()
+            xy, lab = xy[one], lab[one]
         if not len(lab):
             ax.text(0.5, 0.5, "no cells with a class", ha="center", va="center",
                     transform=ax.transAxes)
@@ -569,25 +619,33 @@ class SpatialResult:
         dot = float(np.clip(20000.0 / max(len(lab), 1), 0.3, 8.0))  # fewer cells, larger dots
         for j, name in enumerate(self.classes):
             m = lab == j
-            ax.scatter(xy[m, 0] / 1000, xy[m, 1] / 1000, s=dot, color=cmap(j), label=name,
-                       rasterized=True, linewidths=0)
+            ax.scatter(xy[m, 0] / 1000, xy[m, 1] / 1000, s=dot, color=cmap(j),
+                       label=_short(name), rasterized=True, linewidths=0)
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.set_xlabel("x (mm)")
         ax.set_ylabel("y (mm)")
         n = sum(self.n_cells)
-        ax.set_title("cells by class" + (f" ({len(lab):,} of {n:,} drawn)"
-                                         if len(lab) < n else ""))
+        ax.set_title("cells by class" + (
+            f" (the largest of {n_img} images)" if n_img > 1 else
+            f" ({len(lab):,} of {n:,} drawn)" if len(lab) < n else ""))
         if self.classes:
             ax.legend(markerscale=max(1.0, 6.0 / dot ** 0.5), fontsize=7, frameon=False,
-                      loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+                      loc="center left", bbox_to_anchor=(1.02, 0.5))
 
 
 def plt_cmap(k: int):
-    """Qualitative colours for ``k`` classes."""
+    """Colours for ``k`` classes: qualitative up to 20, then spread over turbo."""
     import matplotlib
 
-    return matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    if k <= 20:
+        return matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return matplotlib.colormaps["turbo"].resampled(k)
+
+
+def _short(name: str, most: int = 28) -> str:
+    """A class name cut for a tick label or legend."""
+    return name if len(name) <= most else name[: most - 1] + "\u2026"
 
 
 def _check_permutations(n) -> int:
@@ -656,6 +714,28 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     seed = _check_seed(seed)
     c = _classify(cells, by, within, xy_columns,
                   None if classes is None else tuple(map(str, classes)))
+    return _analyse(c, r, n_perm, seed, progress, cut=_cut_pairs(c, r))
+
+
+def _cut_pairs(c: _Classified, r: float) -> int:
+    """Pairs of cells within ``r`` of each other in one image but in two groups (adjacent
+    annotations), which the groups leave uncounted."""
+    from scipy.spatial import cKDTree
+
+    if c.within is None or len(c.groups) < 2:
+        return 0
+    n = 0
+    for img in np.unique(c.image):
+        at = np.flatnonzero(c.image == img)
+        if len(np.unique(c.group[at])) > 1:
+            p = cKDTree(c.xy[at]).query_pairs(r, output_type="ndarray")
+            n += int(np.sum(c.group[at][p[:, 0]] != c.group[at][p[:, 1]]))
+    return n
+
+
+def _analyse(c: _Classified, r: float, n_perm: int, seed, progress: bool,
+             cut: int = 0) -> SpatialResult:
+    """The measures of the classified cells ``c`` (see :func:`spatial_analysis`)."""
     k, g_n = len(c.classes), len(c.groups)
     pairs = _pairs(c, r)
     near = _nearest(c)
@@ -711,6 +791,17 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
             if mine.any():
                 frac[a, b] = float(np.mean(counts[mine, b] > 0))
     warnings = _warnings(c, n_a, near, r, pairs, n_perm, used, testable)
+    mixed = sum(len(np.unique(c.image[g0:g1])) > 1
+                for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True))
+    if mixed:
+        warnings.insert(0, f"{mixed} group(s) hold cells of several {c.image_column} values, "
+                        "whose coordinates overlap: their cells are paired across images; "
+                        f"give within {c.image_column} first")
+    if cut:
+        warnings.insert(0, f"{cut} neighbour pairs within {r:g} um lie across two "
+                        f"{' / '.join(c.within)} groups of one image and are not counted "
+                        "(adjacent annotations?); give within the image column alone to "
+                        "count them")
     sample = _map_sample(c, seed)
     return SpatialResult(
         by=c.by, classes=c.classes, n_cells=tuple(int(v) for v in n_a),
@@ -723,12 +814,24 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
         seed=seed, warnings=tuple(warnings), _map=sample)
 
 
-def _map_sample(c: _Classified, seed) -> tuple[np.ndarray, np.ndarray]:
+def _one_group(c: _Classified, gi: int) -> _Classified:
+    """The cells of group ``gi`` alone, classified as in the whole table (same classes)."""
+    g0, g1 = int(c.bounds[gi]), int(c.bounds[gi + 1])
+    name = c.groups[gi]
+    return replace(c, xy=c.xy[g0:g1], label=c.label[g0:g1],
+                   group=np.zeros(g1 - g0, dtype=np.int64), bounds=np.array([0, g1 - g0]),
+                   groups=(name,), index=c.index[g0:g1],
+                   n_unclassified=int(c.unclassified_by_group.get(name, 0)), n_ungrouped=0,
+                   image=np.zeros(g1 - g0, dtype=np.int64),
+                   unclassified_by_group={name: c.unclassified_by_group.get(name, 0)})
+
+
+def _map_sample(c: _Classified, seed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(c.label)
     if n <= PLOT_MAX_CELLS:
-        return c.xy, c.label
+        return c.xy, c.label, c.image
     pick = np.sort(np.random.default_rng(seed).choice(n, PLOT_MAX_CELLS, replace=False))
-    return c.xy[pick], c.label[pick]
+    return c.xy[pick], c.label[pick], c.image[pick]
 
 
 def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable) -> list[str]:
@@ -795,25 +898,21 @@ def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *,
         ``pandas.concat({g: r.table() for g, r in res.items()}, names=["group"])`` makes
         one long table.
     """
+    r = _check_radius(radius_um)
+    n_perm = _check_permutations(n_permutations)
     seed = _check_seed(seed)
     c = _classify(cells, by, within, xy_columns)
     if c.within is None:
         raise InputError("within: a per-group analysis needs a column of groups (slide, "
                          "region or case), and the cells table has none to choose")
-    grp = cells[c.within[0]].astype("string")
-    for col in c.within[1:]:
-        grp = grp + " / " + cells[col].astype("string")
     out = {}
     from qdmed.imaging._analyze import _progress
 
     with _progress(progress, len(c.groups), 0, "groups") as advance:
-        for g in c.groups:
+        for gi, g in enumerate(c.groups):
             # the group's own seed, from its name: independent of the other groups
             sub_seed = None if seed is None else int(np.random.SeedSequence(
-                [int(seed), zlib.crc32(str(g).encode("utf-8"))]).generate_state(1)[0])
-            out[g] = spatial_analysis(cells[(grp == g).fillna(False).to_numpy(dtype=bool)],
-                                      c.by, radius_um=radius_um, within=None,
-                                      n_permutations=n_permutations, seed=sub_seed,
-                                      xy_columns=xy_columns, classes=c.classes)
+                [seed, zlib.crc32(str(g).encode("utf-8"))]).generate_state(1)[0])
+            out[g] = _analyse(_one_group(c, gi), r, n_perm, sub_seed, False)
             advance(str(g))
     return out
