@@ -110,17 +110,27 @@ def _png_path(path: Path | None) -> Path | None:
     outputs behind with exit code 2)."""
     if path is None:
         return path
+    return _output_path("--plot", path, (".png",), "--plot writes a PNG image: give a file "
+                        f"name ending in .png; got {str(path)!r}")
+
+
+def _output_path(option: str, path: Path, suffixes: tuple[str, ...],
+                 wrong_suffix: str | None = None) -> Path:
+    """An output file name checked before any work: its suffix (``wrong_suffix``: the
+    message when it is not one of ``suffixes``), not a folder, and in a folder that can
+    be made."""
     from qdmed.cli import _file_in_path
     from qdmed.errors import InputError
 
-    if path.suffix.lower() != ".png":
-        raise InputError(f"--plot writes a PNG image: give a file name ending in .png; got "
-                         f"{str(path)!r}")
+    kinds = " or ".join(suffixes)
+    if path.suffix.lower() not in suffixes:
+        raise InputError(wrong_suffix or f"{option} {str(path)!r}: give a file name ending "
+                         f"in {kinds}")
     if path.is_dir():
-        raise InputError(f"--plot {path} is a folder; give a file name ending in .png")
+        raise InputError(f"{option} {path} is a folder; give a file name ending in {kinds}")
     blocking = _file_in_path(path.parent)
     if blocking is not None:
-        raise InputError(f"--plot {path}: {blocking} is a file where a folder is needed")
+        raise InputError(f"{option} {path}: {blocking} is a file where a folder is needed")
     return path
 
 
@@ -1760,7 +1770,6 @@ def spatial(
 def _spatial_outputs(source: Path, table: Path | None, cells_out: Path | None) -> None:
     """--table and --cells-out checked before any work: their suffixes, writable places,
     and neither the input nor each other."""
-    from qdmed.cli import _file_in_path
     from qdmed.errors import InputError
 
     given = [(o, p, k) for o, p, k in (("--table", table, (".csv",)),
@@ -1769,14 +1778,7 @@ def _spatial_outputs(source: Path, table: Path | None, cells_out: Path | None) -
     src = Path(source)
     src = src / "cells.parquet" if src.is_dir() else src
     for opt, path, kinds in given:
-        if path.suffix.lower() not in kinds:
-            raise InputError(f"{opt} {str(path)!r}: give a file name ending in "
-                             f"{' or '.join(kinds)}")
-        if path.is_dir():
-            raise InputError(f"{opt} {path} is a folder; give a file name")
-        blocking = _file_in_path(path.parent)
-        if blocking is not None:
-            raise InputError(f"{opt} {path}: {blocking} is a file where a folder is needed")
+        _output_path(opt, path, kinds)
         if path.resolve() == src.resolve():
             raise InputError(f"{opt} {path} is the cells table read: it would be replaced; "
                              "give another file name")
