@@ -338,6 +338,12 @@ def test_spatial_cells_keeps_the_tables_index():
     known = sub["phenotype"].notna().to_numpy()
     to_a = known & (sub["phenotype"] == "A").to_numpy()
     assert np.allclose(per["nearest_um:A"].to_numpy()[known], d[known][:, to_a].min(axis=1))
+    # two slides' tables stacked without a new index (each label twice): row by row
+    twice = pd.concat([sub.assign(slide="s1"), sub.assign(slide="s2")])
+    per2 = spatial_cells(twice, radius_um=30.0)
+    assert len(per2) == 2 * len(sub) and per2.index.equals(twice.index)
+    assert np.allclose(per2["nearest_um:A"].to_numpy()[:len(sub)][known],
+                       per["nearest_um:A"].to_numpy()[known])
 
 
 def test_what_the_classes_and_groups_are_read_from(tmp_path):

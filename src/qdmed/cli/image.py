@@ -1695,9 +1695,9 @@ def spatial(
     outputs = []
     if plot is not None:
         outputs.append((plot, "plot", res.plot()))
-    if table is not None:
-        import pandas as pd
+    import pandas as pd
 
+    if table is not None:
         rows = res.table() if groups is None else pd.concat(
             {g: r.table() for g, r in groups.items()}, names=["group", "row"]
         ).reset_index(level="row", drop=True).reset_index()
@@ -1709,7 +1709,8 @@ def spatial(
         keep = [c for c in ("cell_id", "Object ID", "Cell ID", "slide", "Image",
                             "Sample Name", *(res.within or ()), *xy_cols)
                 if c in frame.columns]
-        per_cell = frame[list(dict.fromkeys(keep))].join(per_cell)
+        per_cell = pd.concat([frame[list(dict.fromkeys(keep))].reset_index(drop=True),
+                              per_cell.reset_index(drop=True)], axis=1)  # row by row
         outputs.append((cells_out, "per-cell table", per_cell))
     for path, what, data in outputs:
         _write_output(path, what, data)
@@ -1756,7 +1757,7 @@ def spatial(
                "'from' cells with one in their group: n of all when fewer); % with one "
                "within: 'from' cells with a 'to' cell within the radius; neighbours: mean "
                "'to' cells within the radius of a 'from' cell (expected: with the classes "
-               "shuffled); z > 0: nearer than chance, z < 0: apart")
+               "shuffled); z > 0: more neighbours than chance gives, z < 0: fewer")
     for w in d["warnings"]:
         print_warning(w)
     for w in group_warnings[:10]:

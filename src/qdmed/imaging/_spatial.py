@@ -7,7 +7,9 @@ three measures, which qdmed computes on the cell centroids (um) of a cells table
 
 - **nearest distance** from every cell to the nearest other cell of each class, as QuPath's
   "Detect centroid distances 2D" and phenoptr's ``find_nearest_distance`` give it for inForm
-  tables; summarised per pair of classes (from, to) by its median;
+  tables; summarised per pair of classes (from, to) by its median. For scale: in a Poisson
+  pattern of density rho the mean nearest distance is ``1 / (2 sqrt(rho))`` (Clark & Evans
+  1954), 6.1 um at one cell per 150 um^2 (the tests check it);
 - **neighbours within a radius**: the number of cells of each class whose centroids lie
   within ``radius_um`` of a cell's (phenoptr's ``count_within``), and the share of cells of
   one class with at least one of the other within it;
