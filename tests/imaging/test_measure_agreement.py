@@ -263,3 +263,16 @@ def test_calibrate_messages_name_the_options():
     # the gates' own "negative control ..." is not what --negative gave
     said = printed("negative control 'X' has 3 cells with ER_nucleus_mean")
     assert not said.startswith("--negative") and "--negative MARKER=NAME" in said
+
+
+def test_ki67_status_by_the_ikwg_2021_cut_offs():
+    # Nielsen TO et al., J Natl Cancer Inst 2021 (doi:10.1093/jnci/djaa201): Ki-67 <= 5 %
+    # or >= 30 % estimates prognosis; 5 % is low, 30 % high, the values between intermediate
+    a = {"p1": 5.0, "p2": 5.5, "p3": 29.9, "p4": 30.0, "p5": 2.0, "p6": 45.0}
+    b = {"p1": 4.0, "p2": 6.0, "p3": 31.0, "p4": 30.0, "p5": 6.0, "p6": 50.0}
+    st = compare_measure(a, b, status_rule="Ki-67", unit="%").status
+    assert st.labels == ("low", "intermediate", "high")
+    assert st.a == ("low", "intermediate", "intermediate", "high", "low", "high")
+    assert st.b == ("low", "intermediate", "high", "high", "intermediate", "high")
+    assert "<= 5 % low" in st.rule and ">= 30 % high" in st.rule
+    assert compare_measure(a, b, status_rule="KI67").status.table == st.table

@@ -1510,7 +1510,7 @@ def compare(
     name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table). Default QD-IHC; with --measure, TABLE_A's file name.")] = "QD-IHC",
     name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns). Default DAB IHC; with --measure, TABLE_B's file name.")] = "DAB IHC",
     measure: Annotated[bool, flag("--measure", help="Compare the columns as numbers (ER or PR % positive, a Ki-67 index, an H-score): bias (A - B) and 95 % limits of agreement (Bland-Altman), Lin's concordance. Give --column-a (and --column-b).")] = False,
-    status: Annotated[str | None, typer.Option("--status", help="With --measure: also compare the status the values give: ER or PR (ASCO/CAP 2020, percentages), or cut-offs such as 1,10 (a value on a cut-off takes the higher status: for Ki-67's <= 5 % low, >= 30 % high give 5.0001,30).")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="With --measure: also compare the status the values give: ER or PR (ASCO/CAP 2020, percentages), Ki67 (IKWG 2021: <= 5 % low, >= 30 % high), or cut-offs such as 1,10 (a value on a cut-off takes the higher status).")] = None,
     unit: Annotated[str, typer.Option("--unit", help="With --measure: the values' unit, for the table and plot (e.g. %).")] = "",
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of the cross-table (with --measure: the scatter and Bland-Altman plots).")] = None,
     json_: JSON = False,
@@ -1569,12 +1569,14 @@ def _status_option(status: str | None):
     """--status: a rule name (ER, PR) or comma-separated cut-offs."""
     from qdmed.errors import InputError
 
-    if status is None or status.strip().upper() in ("ER", "PR", "PGR"):
+    if status is None or status.strip().upper().replace("-", "") in ("ER", "PR", "PGR",
+                                                                     "KI67"):
         return status
     try:
         return [float(v) for v in status.split(",")]
     except ValueError:
-        raise InputError(f"--status {status!r}: give ER, PR or cut-offs such as 1,10.") from None
+        raise InputError(f"--status {status!r}: give ER, PR, Ki67 or cut-offs such as "
+                         "1,10.") from None
 
 
 def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a, name_b,

@@ -269,16 +269,35 @@ def _values(name: str, values, cases) -> np.ndarray:
     return out
 
 
+#: The Ki-67 index by the International Ki67 in Breast Cancer Working Group (Nielsen TO et
+#: al., J Natl Cancer Inst 2021;113(7):808-819, doi:10.1093/jnci/djaa201): in T1-2, N0-1,
+#: ER-positive, HER2-negative breast cancer, Ki-67 <= 5 % or >= 30 % can be used to
+#: estimate prognosis; the values between are not reliably told apart. 5 % takes the lower
+#: class, 30 % the higher.
+KI67_CUTOFFS = (5.0, 30.0)
+KI67_LABELS = ("low", "intermediate", "high")
+KI67_WORDS = ("IKWG 2021 Ki-67 (T1-2 N0-1 ER+ HER2- breast cancer, prognosis): <= 5 % low, "
+              "5-30 % intermediate (not reliably told apart), >= 30 % high")
+
+
+def _ki67_class(v: float) -> int:
+    return 0 if v <= KI67_CUTOFFS[0] else 1 if v < KI67_CUTOFFS[1] else 2
+
+
 def _status_rule(rule) -> tuple[str, tuple, tuple, Any]:
-    """(words, cut-offs, labels, classify) of a status rule: 'ER', 'PR' (ASCO/CAP 2020) or cut-offs
-    (a value on a cut-off goes to the higher status)."""
+    """(words, cut-offs, labels, classify) of a status rule: 'ER', 'PR' (ASCO/CAP 2020),
+    'Ki67' (IKWG 2021) or cut-offs (a value on a cut-off goes to the higher status)."""
     from qdmed.imaging._receptors import _RULES, RULE_WORDS, rule_class
 
     if isinstance(rule, str):
-        key = rule.strip().upper().replace("PGR", "PR")
+        key = rule.strip().upper().replace("PGR", "PR").replace("-", "")
+        if key == "KI67":
+            return (KI67_WORDS, KI67_CUTOFFS, KI67_LABELS,
+                    lambda v: _ki67_class(round(float(v), 9)))
         if key not in _RULES:
             raise InputError(f"status rule {rule!r} is not known; accepted: "
-                             f"{', '.join(_RULES)} (ASCO/CAP 2020), or cut-offs as numbers.")
+                             f"{', '.join(_RULES)} (ASCO/CAP 2020), Ki67 (IKWG 2021), or "
+                             "cut-offs as numbers.")
         cuts, names = _RULES[key]
         words = f"ASCO/CAP 2020 {'PgR' if key == 'PR' else key}: {RULE_WORDS[key]}"
         return words, cuts, tuple(names), lambda v: rule_class(cuts, round(float(v), 9))
@@ -286,7 +305,7 @@ def _status_rule(rule) -> tuple[str, tuple, tuple, Any]:
         cuts = tuple(float(c) for c in rule)
     except (TypeError, ValueError):
         raise InputError(f"status cut-offs {rule!r}: numbers are needed, e.g. (1, 10), or "
-                         "a rule name ER or PR.") from None
+                         "a rule name ER, PR or Ki67.") from None
     if not cuts or any(not np.isfinite(c) for c in cuts) or \
             any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
         raise InputError(f"status cut-offs {list(rule)}: give one or more finite numbers in "
@@ -370,11 +389,11 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
     measure, unit : str
         What was measured and its unit, for tables and the plot (e.g. ``"ER % positive"``,
         ``"%"``).
-    status_rule : 'ER', 'PR', sequence of float, or None
+    status_rule : 'ER', 'PR', 'Ki67', sequence of float, or None
         Also compare the statuses the values give: ``'ER'`` or ``'PR'`` for the ASCO/CAP
-        2020 percentage rules, or cut-offs in increasing order (a value on a cut-off takes
-        the higher status), e.g. ``(5.0001, 30)`` for Ki-67 (International Ki67 Working
-        Group, Nielsen et al. 2021: <= 5 % low, >= 30 % high).
+        2020 percentage rules, ``'Ki67'`` for the International Ki67 Working Group's
+        (Nielsen et al. 2021: <= 5 % low, >= 30 % high, intermediate between), or cut-offs
+        in increasing order (a value on a cut-off takes the higher status).
 
     With ``unit="%"`` or an ER/PR rule the values are percentages: one outside 0-100 is
     refused, and one method's values all at most 1 against the other's 20 times larger
@@ -528,8 +547,9 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
     # observed one, compared for the status, shows disagreements qdmed's own status has not
     # (a review: 1.98 % observed, 0.99 % corrected, "negative" in cohort.csv)
     warns = tuple(
-        f"{col} is the observed percentage; qdmed reads its status from {col}_corrected "
-        "(its gate's noise floor removed): compare that column for the status"
+        f"{col} is the observed percentage; {col}_corrected (its gate's noise floor "
+        "removed) is what qdmed reads its own ER/PgR status from: compare that column for "
+        "the status"
         for col, cols in ((column_a, cols_a), (column_b, cols_b))
         if isinstance(status_rule, str) and col.endswith("_percent_positive")
         and f"{col}_corrected" in cols)
