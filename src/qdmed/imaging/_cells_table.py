@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qdmed.errors import FileFormatError, InputError
 
-#: Suffixes read as text tables, with their separator (None: sniffed by pandas).
+#: Suffixes read as text tables, with their separator.
 TEXT_TABLES = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 
 
