@@ -31,18 +31,20 @@ REGION_COLUMNS = ("region", "status", "n_cells", "n_scored", "her2_category", "m
 
 
 def natural_key(name) -> tuple:
-    """Sort key reading the digits in a name as numbers ("P2" before "P10")."""
+    """Sort key reading the digits in a name as numbers ("P2" before "P10"). The runs of
+    decimal digits are every other part of the split (``str.isdigit`` is also true of
+    "²", which ``int`` refuses)."""
     import re
 
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t)
-                 for t in re.split(r"(\d+)", str(name)) if t)
+    return tuple((0, int(t), "") if i % 2 else (1, 0, t)
+                 for i, t in enumerate(re.split(r"(\d+)", str(name))) if t)
 
 
-def check_count(value, name: str, why: str = "") -> int:
-    """``value`` checked as an integer >= 1 (not a bool, a float or a string); ``name`` and
-    ``why`` (e.g. what the count means) go into the error."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InputError(f"{name} must be a whole number >= 1{why}; got {value!r}")
+def check_count(value, name: str, why: str = "", least: int = 1) -> int:
+    """``value`` checked as an integer >= ``least`` (not a bool, a float or a string);
+    ``name`` and ``why`` (e.g. what the count means) go into the error."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise InputError(f"{name} must be a whole number >= {least}{why}; got {value!r}")
     return int(value)
 
 

@@ -53,7 +53,6 @@ References
 from __future__ import annotations
 
 import math
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -62,7 +61,9 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging._agreement import MISSING
 from qdmed.imaging._heterogeneity import REF_PHIPSON_SMYTH_2010
+from qdmed.imaging._region_scores import check_count, natural_key
 from qdmed.report._json import to_jsonable
 
 __all__ = ["SpatialResult", "spatial_analysis", "spatial_by_group", "spatial_cells"]
@@ -122,8 +123,6 @@ class _Classified:
     unclassified_by_group: dict
 
 
-#: Text read as a missing class or group.
-_BLANK = ("", "nan", "NaN", "None", "<NA>", "NA", "N/A")
 #: Text read as true / false in a marker column (a CSV's booleans).
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 #: More distinct classes than this is refused: not a class column (the matrices grow as K^2).
@@ -131,9 +130,10 @@ MAX_CLASSES = 50
 
 
 def _text(s) -> Any:
-    """A column as stripped strings, blanks missing."""
+    """A column as stripped strings, blanks and "no value" cells (:data:`MISSING`, as in
+    the agreement tables) missing."""
     out = s.astype("string").str.strip()
-    return out.mask(out.isin(_BLANK))
+    return out.mask(out.str.lower().isin(MISSING))
 
 
 def _class_text(cells, col: str) -> Any:
@@ -166,12 +166,6 @@ def _class_text(cells, col: str) -> Any:
         out[known] = [str(int(x)) for x in v[known]]
         return out
     return text
-
-
-def _natural(text: str):
-    """Sort key putting '2' before '10' (cluster ids, core names such as A-2, A-10)."""
-    return [(0, int(t), "") if i % 2 else (1, 0, t)
-            for i, t in enumerate(re.split(r"(\d+)", text))]
 
 
 def _combined(cells, by) -> Any:
@@ -230,13 +224,13 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
                          f"number ({xy[row].tolist()} um in {xy_columns[0]}, "
                          f"{xy_columns[1]})")
     if classes is None:
-        classes = tuple(sorted(text[keep].unique(), key=_natural))
+        classes = tuple(sorted(text[keep].unique(), key=natural_key))
         if len(classes) > MAX_CLASSES:
             raise InputError(f"{' and '.join(map(repr, by))} give {len(classes)} distinct "
                              f"classes (more than {MAX_CLASSES}): is it a column of classes? "
                              "Give phenotype, her2_category, a cluster id or "
                              "<marker>_positive columns")
-    groups = tuple(sorted(group[keep].unique(), key=_natural))
+    groups = tuple(sorted(group[keep].unique(), key=natural_key))
     lab = pd.Categorical(text[keep], categories=classes).codes.astype(np.int64)
     gcode = pd.Categorical(group[keep], categories=groups).codes.astype(np.int64)
     rows = np.flatnonzero(keep)
@@ -650,19 +644,6 @@ def _short(name: str, most: int = 28) -> str:
     return name if len(name) <= most else name[: most - 1] + "\u2026"
 
 
-def _check_permutations(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-        raise InputError(f"n_permutations must be a whole number >= 0; got {n!r}")
-    return int(n)
-
-
-def _check_seed(seed) -> int | None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)
-                             or seed < 0):
-        raise InputError(f"seed must be a whole number >= 0 (or None); got {seed!r}")
-    return None if seed is None else int(seed)
-
-
 def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
                      radius_um: float = DEFAULT_RADIUS_UM, within: str | None = "auto",
                      n_permutations: int = DEFAULT_PERMUTATIONS, seed: int | None = 0,
@@ -712,8 +693,8 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     True
     """
     r = _check_radius(radius_um)
-    n_perm = _check_permutations(n_permutations)
-    seed = _check_seed(seed)
+    n_perm = check_count(n_permutations, "n_permutations", least=0)
+    seed = None if seed is None else check_count(seed, "seed", " (or None)", least=0)
     c = _classify(cells, by, within, xy_columns,
                   None if classes is None else tuple(map(str, classes)))
     return _analyse(c, r, n_perm, seed, progress, cut=_cut_pairs(c, r))
@@ -901,8 +882,8 @@ def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *,
         one long table.
     """
     r = _check_radius(radius_um)
-    n_perm = _check_permutations(n_permutations)
-    seed = _check_seed(seed)
+    n_perm = check_count(n_permutations, "n_permutations", least=0)
+    seed = None if seed is None else check_count(seed, "seed", " (or None)", least=0)
     c = _classify(cells, by, within, xy_columns)
     if c.within is None:
         raise InputError("within: a per-group analysis needs a column of groups (slide, "
