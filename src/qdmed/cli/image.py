@@ -1778,8 +1778,9 @@ def _spatial_outputs(source: Path, table: Path | None, cells_out: Path | None) -
     given = [(o, p, k) for o, p, k in (("--table", table, (".csv",)),
                                        ("--cells-out", cells_out, (".parquet", ".csv")))
              if p is not None]
-    src = Path(source)
-    src = src / "cells.parquet" if src.is_dir() else src
+    from qdmed.imaging._cells_table import cells_table_path
+
+    src = cells_table_path(source)
     for opt, path, kinds in given:
         _output_path(opt, path, kinds)
         if path.resolve() == src.resolve():

@@ -12,6 +12,13 @@ from qdmed.errors import FileFormatError, InputError
 TEXT_TABLES = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 
 
+def cells_table_path(path) -> Path:
+    """The file a cells table is read from: an analysis folder's ``cells.parquet``, or
+    ``path`` itself."""
+    p = Path(path)
+    return p / "cells.parquet" if p.is_dir() else p
+
+
 def read_cells_table(path, *, prefix: str = "", whose: str = "an", text: bool = True):
     """``(cells, parquet path or None)`` of ``path``.
 
@@ -25,9 +32,9 @@ def read_cells_table(path, *, prefix: str = "", whose: str = "an", text: bool = 
     wanted = (f"give {whose} analysis folder or its cells.parquet"
               + (", or a CSV / tab-separated cells table" if text else ""))
     if p.is_dir():
-        if not (p / "cells.parquet").is_file():
+        p = cells_table_path(p)
+        if not p.is_file():
             raise InputError(f"{prefix}{said} is a folder without cells.parquet ({wanted})")
-        p = p / "cells.parquet"
         said = str(p)
     suffix = p.suffix.lower()
     try:
