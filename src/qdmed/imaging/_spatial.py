@@ -718,51 +718,73 @@ def _cut_pairs(c: _Classified, r: float) -> int:
 
 def _analyse(c: _Classified, r: float, n_perm: int, seed, progress: bool,
              cut: int = 0) -> SpatialResult:
-    """The measures of the classified cells ``c`` (see :func:`spatial_analysis`)."""
-    k, g_n = len(c.classes), len(c.groups)
+    """The measures of the classified cells ``c`` (see :func:`spatial_analysis`); ``cut``:
+    the pairs its groups leave uncounted (:func:`_cut_pairs`), for the warnings."""
+    k = len(c.classes)
     pairs = _pairs(c, r)
     near = _nearest(c)
-    counts = _neighbour_counts(c, pairs)
     n_a = np.bincount(c.label, minlength=k)
     obs = _ordered_counts(c.label, pairs, k).astype(np.float64)
     exp = _group_expectation(c, pairs).sum(axis=0)
-    # permutations: sums of (count - expected) and its square, and the tail counts
-    s1 = np.zeros((k, k))
-    s2 = np.zeros((k, k))
-    ge = np.zeros((k, k), dtype=np.int64)
-    le = np.zeros((k, k), dtype=np.int64)
-    rng = np.random.default_rng(seed)
+    z, p_hi, p_lo, testable = _shuffled(c, pairs, obs, exp, n_perm, seed, progress)
+    med, mean, used, frac = _distances(c, near, _neighbour_counts(c, pairs))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_from = np.where(n_a > 0, n_a, np.nan)[:, None]
+        mean_nb, exp_nb = obs / per_from, exp / per_from
+    return SpatialResult(
+        by=c.by, classes=c.classes, n_cells=tuple(int(v) for v in n_a),
+        n_unclassified=c.n_unclassified, n_ungrouped=c.n_ungrouped, radius_um=r,
+        within=c.within, n_groups=len(c.groups), n_pairs=int(pairs.shape[1]),
+        nearest_median_um=_matrix(med), nearest_mean_um=_matrix(mean),
+        nearest_n=tuple(tuple(int(v) for v in row) for row in used),
+        fraction_within=_matrix(frac), mean_neighbours=_matrix(mean_nb),
+        expected_neighbours=_matrix(exp_nb), z=_matrix(z),
+        p_enrichment=_matrix(p_hi), p_depletion=_matrix(p_lo), n_permutations=n_perm,
+        seed=seed, warnings=tuple(_warnings(c, n_a, near, r, pairs, n_perm, used, testable,
+                                            cut)),
+        _map=_map_sample(c, seed))
+
+
+def _shuffled(c: _Classified, pairs, obs, exp, n_perm: int, seed, progress: bool):
+    """``(z, p_enrichment, p_depletion, testable)`` of the observed counts against
+    ``n_perm`` shuffles of the classes within the groups: z from the shuffles' SD (the
+    sums of their deviations from the exact expectation), one-sided p ``(b + 1) / (m + 1)``;
+    NaN where no shuffle changes the count (``testable`` False)."""
     from qdmed.imaging._analyze import _progress
 
+    k = len(c.classes)
+    s1, s2 = np.zeros((k, k)), np.zeros((k, k))
+    ge, le = np.zeros((k, k), dtype=np.int64), np.zeros((k, k), dtype=np.int64)
+    rng = np.random.default_rng(seed)
     with _progress(progress and n_perm > 0 and pairs.shape[1] > 0, n_perm, 0,
                    "permutations") as advance:
         for _ in range(n_perm):
-            lab = _permuted(c.label, c.bounds, rng)
-            m = _ordered_counts(lab, pairs, k)
+            m = _ordered_counts(_permuted(c.label, c.bounds, rng), pairs, k)
             dev = m - exp
             s1 += dev
             s2 += dev * dev
             ge += m >= obs
             le += m <= obs
             advance()
+    if n_perm < 2:
+        nan = np.full((k, k), np.nan)
+        return nan, nan, nan, np.zeros((k, k), dtype=bool)
+    mean_dev = s1 / n_perm
+    sd = np.sqrt(np.maximum(s2 / n_perm - mean_dev ** 2, 0.0) * n_perm / (n_perm - 1))
+    testable = sd > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        if n_perm > 1:
-            mean_dev = s1 / n_perm
-            sd = np.sqrt(np.maximum(s2 / n_perm - mean_dev ** 2, 0.0) * n_perm / (n_perm - 1))
-            z = np.where(sd > 0, (obs - exp) / sd, np.nan)
-        else:
-            z = np.full((k, k), np.nan)
-        # no shuffle changes the count (SD 0): nothing was tested
-        testable = sd > 0 if n_perm > 1 else np.zeros((k, k), dtype=bool)
-        p_hi = np.where(testable, (ge + 1) / (n_perm + 1), np.nan)
-        p_lo = np.where(testable, (le + 1) / (n_perm + 1), np.nan)
-        per_from = np.maximum(n_a, 1)[:, None]
-        mean_nb = np.where(n_a[:, None] > 0, obs / per_from, np.nan)
-        exp_nb = np.where(n_a[:, None] > 0, exp / per_from, np.nan)
-    med = np.full((k, k), np.nan)
-    mean = np.full((k, k), np.nan)
+        z = np.where(testable, (obs - exp) / sd, np.nan)
+    return (z, np.where(testable, (ge + 1) / (n_perm + 1), np.nan),
+            np.where(testable, (le + 1) / (n_perm + 1), np.nan), testable)
+
+
+def _distances(c: _Classified, near, counts):
+    """Per (from, to): median and mean nearest distance over the "from" cells with a "to"
+    cell in their group, their number, and the share of "from" cells with a "to" cell
+    within the radius."""
+    k = len(c.classes)
+    med, mean, frac = (np.full((k, k), np.nan) for _ in range(3))
     used = np.zeros((k, k), dtype=np.int64)
-    frac = np.full((k, k), np.nan)
     for a in range(k):
         mine = c.label == a
         for b in range(k):
@@ -773,28 +795,7 @@ def _analyse(c: _Classified, r: float, n_perm: int, seed, progress: bool,
                 med[a, b], mean[a, b] = float(np.median(d)), float(d.mean())
             if mine.any():
                 frac[a, b] = float(np.mean(counts[mine, b] > 0))
-    warnings = _warnings(c, n_a, near, r, pairs, n_perm, used, testable)
-    mixed = sum(len(np.unique(c.image[g0:g1])) > 1
-                for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True))
-    if mixed:
-        warnings.insert(0, f"{mixed} group(s) hold cells of several {c.image_column} values, "
-                        "whose coordinates overlap: their cells are paired across images; "
-                        f"give within {c.image_column} first")
-    if cut:
-        warnings.insert(0, f"{cut} neighbour pairs within {r:g} um lie across two "
-                        f"{' / '.join(c.within)} groups of one image and are not counted "
-                        "(adjacent annotations?); give within the image column alone to "
-                        "count them")
-    sample = _map_sample(c, seed)
-    return SpatialResult(
-        by=c.by, classes=c.classes, n_cells=tuple(int(v) for v in n_a),
-        n_unclassified=c.n_unclassified, n_ungrouped=c.n_ungrouped, radius_um=r, within=c.within, n_groups=g_n,
-        n_pairs=int(pairs.shape[1]), nearest_median_um=_matrix(med), nearest_mean_um=_matrix(mean),
-        nearest_n=tuple(tuple(int(v) for v in row) for row in used),
-        fraction_within=_matrix(frac), mean_neighbours=_matrix(mean_nb),
-        expected_neighbours=_matrix(exp_nb), z=_matrix(z),
-        p_enrichment=_matrix(p_hi), p_depletion=_matrix(p_lo), n_permutations=n_perm,
-        seed=seed, warnings=tuple(warnings), _map=sample)
+    return med, mean, used, frac
 
 
 def _one_group(c: _Classified, gi: int) -> _Classified:
@@ -817,8 +818,20 @@ def _map_sample(c: _Classified, seed) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return c.xy[pick], c.label[pick], c.image[pick]
 
 
-def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable) -> list[str]:
+def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable,
+              cut: int = 0) -> list[str]:
     out = []
+    if cut:
+        out.append(f"{cut} neighbour pairs within {r:g} um lie across two "
+                   f"{' / '.join(c.within)} groups of one image and are not counted "
+                   "(adjacent annotations?); give within the image column alone to count "
+                   "them")
+    mixed = sum(len(np.unique(c.image[g0:g1])) > 1
+                for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True))
+    if mixed:
+        out.append(f"{mixed} group(s) hold cells of several {c.image_column} values, whose "
+                   "coordinates overlap: their cells are paired across images; give "
+                   f"within {c.image_column} first")
     if c.n_ungrouped:
         out.append(f"{c.n_ungrouped} cells with a class have no {' / '.join(c.within)} "
                    "(empty): left out")
