@@ -1700,10 +1700,10 @@ def spatial(
     import pandas as pd
 
     if table is not None:
-        rows = res.table() if groups is None else pd.concat(
+        pairs = res.table() if groups is None else pd.concat(
             {g: r.table() for g, r in groups.items()}, names=["group", "row"]
         ).reset_index(level="row", drop=True).reset_index()
-        outputs.append((table, "table", rows.to_csv(index=False)))
+        outputs.append((table, "table", pairs.to_csv(index=False)))
     if cells_out is not None:
         per_cell = spatial_cells(frame, by_cols, radius_um=radius_um, within=grp,
                                  xy_columns=xy_cols)
