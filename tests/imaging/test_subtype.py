@@ -86,3 +86,32 @@ def test_borderline_is_about_the_1_percent_cutoff_only():
     # the same through the statuses' dicts (summary.json's)
     assert breast_subtype("0", {m: s.to_dict() for m, s in twelve.items()}).label == \
         "HR+/HER2-"
+
+
+def test_a_case_under_the_highest_core_rule_keeps_each_status_with_its_interval():
+    """cases.csv under --case-rule highest: each receptor's status comes with the corrected
+    percentage it was read from and its interval, and the case's subtype is flagged only by
+    the 1 % cut-off (a review: ER at 12 % whose interval reaches 10 % flagged the case
+    'HR+/HER2- (borderline)', and ER_percent_positive_corrected was missing beside a status
+    read from it)."""
+    import pandas as pd
+
+    from qdmed.imaging import MarkerGate, receptor_status
+    from qdmed.imaging._region_scores import _highest_core_fields, score_fields
+
+    gates = {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=1.0, control_cells=500),
+             "PR": MarkerGate("nucleus", 1.0)}
+    cells = pd.DataFrame({"ER_nucleus_mean": [5.0] * 26 + [0.0] * 174,
+                          "PR_nucleus_mean": [0.0] * 200})
+    status = receptor_status(cells, gates)
+    assert status["ER"].label == "positive (borderline)"  # 12.1 % corrected, CI reaches 10
+    markers = {"percent_positive": {m: s.percent_positive for m, s in status.items()},
+               "receptor_status": {m: s.to_dict() for m, s in status.items()}}
+    core = {"region": "A1", "her2_category": "1+", "her2_ultralow": False,
+            "her2_mean_membrane": 1.0, **score_fields(None, markers)}
+    assert core["ER_percent_positive_ci95_low"] == status["ER"].ci95_percent[0]
+    row = _highest_core_fields([core])
+    assert row["ER_percent_positive_corrected"] == status["ER"].percent_positive_corrected
+    assert row["ER_percent_positive_ci95_high"] == status["ER"].ci95_percent[1]
+    assert row["ER_status"] == "positive (borderline)"
+    assert row["subtype"] == breast_subtype("1+", status).label == "HR+/HER2-"

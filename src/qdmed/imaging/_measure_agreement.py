@@ -277,7 +277,7 @@ def _values(name: str, values, cases) -> np.ndarray:
 KI67_CUTOFFS = (5.0, 30.0)
 KI67_LABELS = ("low", "intermediate", "high")
 KI67_WORDS = ("IKWG 2021 Ki-67 (T1-2 N0-1 ER+ HER2- breast cancer, prognosis): <= 5 % low, "
-              "5-30 % intermediate (not reliably told apart), >= 30 % high")
+              "> 5 to < 30 % intermediate (not reliably told apart), >= 30 % high")
 
 
 def _ki67_class(v: float) -> int:

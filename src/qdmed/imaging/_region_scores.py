@@ -53,6 +53,13 @@ def check_min_cells(min_cells) -> int:
     return check_count(min_cells, "region_min_cells")
 
 
+def receptor_fields(marker: str) -> tuple[str, ...]:
+    """The table columns of a receptor status beside ``{marker}_percent_positive``."""
+    return tuple(f"{marker}_{k}" for k in ("percent_positive_corrected",
+                                           "percent_positive_ci95_low",
+                                           "percent_positive_ci95_high", "status"))
+
+
 def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
     """The flat table fields of a HER2 score dict (:meth:`Her2Score.to_dict`) and a marker
     score dict (:func:`score_markers`): one row of cohort.csv or regions.csv."""
@@ -70,6 +77,8 @@ def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
             # the status is decided on the corrected percentage (the gate's noise floor
             # removed), which the table must show beside the observed one
             row[f"{m}_percent_positive_corrected"] = st.get("percent_positive_corrected")
+            ci = st.get("ci95_percent") or (None, None)
+            row[f"{m}_percent_positive_ci95_low"], row[f"{m}_percent_positive_ci95_high"] = ci
             row[f"{m}_status"] = st["label"]
     return row | subtype_field(her2, markers)
 
@@ -580,9 +589,10 @@ def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
         best = max(have, key=lambda r: (
             not str(r.get(f"{m}_status", "")).startswith("insufficient"),
             _number(r[f"{m}_percent_positive"])))
-        row[f"{m}_percent_positive"] = best[f"{m}_percent_positive"]
-        if f"{m}_status" in best:
-            row[f"{m}_status"] = best[f"{m}_status"]
+        # the status with the percentage it was read from and its interval (a review found
+        # the corrected one left out, and the case's subtype flagged by ER's 10 % cut-off)
+        row.update({k: best[k] for k in (f"{m}_percent_positive", *receptor_fields(m))
+                    if k in best})
     dab = [r for r in ok if _number(r.get("h_score")) > -np.inf]
     if dab:  # brightfield: the H-score and its classes from the core of the highest
         best = max(dab, key=lambda r: _number(r["h_score"]))
@@ -590,7 +600,9 @@ def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
         row["h_score_core"] = _core_key(best)
     # the case's subtype from its own HER2 and receptor statuses (cores may differ)
     status = {m: {"status": str(row[f"{m}_status"]).removesuffix(" (borderline)"),
-                  "borderline": str(row[f"{m}_status"]).endswith(" (borderline)")}
+                  "borderline": str(row[f"{m}_status"]).endswith(" (borderline)"),
+                  "ci95_percent": (row.get(f"{m}_percent_positive_ci95_low"),
+                                   row.get(f"{m}_percent_positive_ci95_high"))}
               for m in ("ER", "PR") if row.get(f"{m}_status") is not None}
     return row | subtype_field({"category": row["her2_category"]}
                                if row.get("her2_category") is not None else None,

@@ -10,7 +10,7 @@ Rules, each from its guideline:
 - **Hormone-receptor (HR) status** from ER and PgR (ASCO/CAP 2020, Allison et al.;
   :func:`qdmed.imaging.receptor_status`): HR positive when ER is positive or low positive,
   or PgR positive; HR negative when both are negative; undetermined otherwise (a receptor
-  not gated, or with too few nuclei for a status).
+  not gated, without measured nuclei, or with too few nuclei for a status).
 - **Subtype**: the four groups of Howlader et al. 2014, as SEER reports them, ``HR+/HER2-``,
   ``HR+/HER2+``, ``HR-/HER2+`` and ``triple negative`` (HR- and HER2-). For what the four
   groups leave out, qdmed's own names: a HER2 2+ tumour is ``HR+/HER2 equivocal`` or
@@ -19,10 +19,10 @@ Rules, each from its guideline:
 
 Two flags, both reported: **borderline** when a receptor status that decides the HR group is
 borderline (its 95 % interval holds the 1 % cut-off; ER's 10 % cut-off does not change the
-group), and a note on **ER low positive** tumours,
-which ASCO/CAP 2020 reports as positive while noting that their behaviour and their response
-to endocrine therapy resemble ER-negative tumours' (several trials count them as triple
-negative).
+group), and a note on **ER low positive** tumours (whatever the PgR), which ASCO/CAP 2020
+reports as positive with a comment: the data on endocrine therapy for them are limited but
+suggest possible benefit, and such tumours are heterogeneous, often with gene expression
+profiles closer to ER-negative ones (several trials count them as triple negative).
 
 qdmed's HER2 category is a QD-IHC measure in the style of the ASCO/CAP IHC categories
 (calibrated on control cell lines), not a validated clinical test: the subtype is a research
@@ -49,6 +49,7 @@ from typing import Any
 
 from qdmed.errors import InputError
 from qdmed.imaging._receptors import REF_ALLISON_2020
+from qdmed.imaging._scoring import _category
 from qdmed.report._json import to_jsonable
 
 __all__ = ["BreastSubtype", "breast_subtype"]
@@ -65,6 +66,15 @@ REF_HOWLADER_2014 = (
 )
 
 #: HER2 IHC category -> HER2 status (ASCO/CAP 2018).
+#: What ASCO/CAP 2020 (Allison et al.) asks a report of an ER Low Positive result to say, in
+#: qdmed's words: limited data, which suggest possible benefit from endocrine therapy (the
+#: patient is eligible for it), and tumours heterogeneous in behaviour and biology, often
+#: with gene expression profiles closer to ER-negative ones.
+ER_LOW_COMMENT = ("ER low positive (1-10 %): reported as positive; data on endocrine therapy "
+                  "for such tumours are limited but suggest possible benefit, and the tumours "
+                  "are heterogeneous, often with gene expression closer to ER-negative ones "
+                  "(ASCO/CAP 2020)")
+
 HER2_STATUS = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}
 _RECEPTOR_STATUSES = ("negative", "low positive", "positive", "insufficient cells")
 
@@ -114,12 +124,12 @@ HR_CUTOFF_PERCENT = 1.0
 
 
 def _status(st) -> tuple[str, bool]:
-    """(status, borderline for the HR group) of a ReceptorStatus or its dict; None: not
-    gated. Borderline when the 95 % interval of the corrected percentage (``ci95_percent``)
+    """(status, borderline for the HR group) of a ReceptorStatus or its dict; None: no
+    status (the receptor not gated, or no nucleus with a value for it). Borderline when the 95 % interval of the corrected percentage (``ci95_percent``)
     holds the 1 % cut-off; without an interval, the status's own borderline flag (which
     also counts ER's 10 % cut-off: a review found HR+ flagged borderline at 12 % ER)."""
-    if st is None:
-        return "not gated", False
+    if st is None:  # receptor_status leaves out a receptor without gate or measured nuclei
+        return "without status (not gated or no nuclei measured)", False
     get = st.get if isinstance(st, Mapping) else (lambda k, d=None: getattr(st, k, d))
     status, borderline, ci = get("status"), bool(get("borderline")), get("ci95_percent")
     if status not in _RECEPTOR_STATUSES:
@@ -157,9 +167,12 @@ def breast_subtype(her2_category: str, receptor_status: Mapping[str, Any]) -> Br
     >>> breast_subtype("3+", {"ER": {"status": "low positive", "borderline": False}}).subtype
     'HR+/HER2+'
     """
-    her2 = HER2_STATUS.get(str(her2_category))
-    if her2 is None:
-        raise InputError(f"HER2 category {her2_category!r} is none of {', '.join(HER2_STATUS)}")
+    try:  # 3, "3" and 3.0 (a CSV column) read as 3+, as the HER2 calibration reads them
+        her2_category = _category(her2_category)
+    except InputError:
+        raise InputError(f"HER2 category {her2_category!r} is none of "
+                         f"{', '.join(HER2_STATUS)}") from None
+    her2 = HER2_STATUS[her2_category]
     er, er_b = _status(receptor_status.get("ER"))
     pr, pr_b = _status(receptor_status.get("PR"))
     positive = [(m, b) for m, s, b in (("ER", er, er_b), ("PR", pr, pr_b))
@@ -182,9 +195,8 @@ def breast_subtype(her2_category: str, receptor_status: Mapping[str, Any]) -> Br
     if her2 == "equivocal":
         notes.append("HER2 2+ is equivocal: its status is decided by in situ hybridisation "
                      "(ASCO/CAP 2018)")
-    if er == "low positive" and pr != "positive":
-        notes.append("ER low positive (1-10 %): reported as positive, though such tumours "
-                     "behave much like ER-negative ones (ASCO/CAP 2020)")
+    if er == "low positive":  # the comment ASCO/CAP 2020 asks every such report to carry
+        notes.append(ER_LOW_COMMENT)
     if hr == "undetermined":
         notes.append(f"HR status undetermined: ER {er}, PR {pr}")
     rule = (f"HER2 {her2_category} -> {her2} (ASCO/CAP 2018); ER {er}, PR {pr} -> HR {hr} "
