@@ -558,16 +558,17 @@ class Her2Calibration:
     def null_stained_percent(self) -> float:
         """Percent of HER2-null (0) cells that read as at least faint under this calibration.
 
-        When the faint cut-off is the ``faint_quantile`` quantile of a 0 control, by
-        construction ``100 (1 - faint_quantile)`` % of that control's cells lie above it: the
-        noise floor below which "some staining" cannot be told from a null population. 0 for
-        explicit cut-offs or a faint cut-off taken from a 1+ control.
+        When the faint cut-off is the ``faint_quantile`` quantile of the pooled 0 controls,
+        about ``100 (1 - faint_quantile)`` % of null cells lie above it by construction
+        (:func:`gate_noise_floor_percent` of the pooled controls' size, the order-statistics
+        expectation): the noise floor below which "some staining" cannot be told from a null
+        population. 0 for explicit cut-offs or a faint cut-off taken from a 1+ control.
         """
         lows = [c for c in self.controls
                 if c[1] == "0" and c[4] is not None and math.isfinite(float(c[4]))]
         if not lows or self.faint_quantile is None:
             return 0.0
-        return float(100.0 * (1.0 - float(self.faint_quantile)))
+        return gate_noise_floor_percent(sum(int(c[2]) for c in lows), float(self.faint_quantile))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (controls as a list of dicts)."""
@@ -976,7 +977,7 @@ def score_her2(
         guideline number; 0 gives the literal rule). The rule text states the count.
     ultralow_min_percent : float, %, optional
         Stained (at least faint) cells above this percentage flag a 0 as HER2-ultralow.
-        Default: the calibration's :attr:`Her2Calibration.null_stained_percent` (5 % with a
+        Default: the calibration's :attr:`Her2Calibration.null_stained_percent` (~5 % with a
         faint cut-off at the 95th percentile of a 0 control), since that share of truly null
         cells reads as faint by construction.
     cell_mask : array_like of bool, optional
