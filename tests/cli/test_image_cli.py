@@ -89,6 +89,15 @@ def test_simulate_analyze_cohort(tmp_path):
             "otsu", "--no-progress")
     assert r.returncode == 2 and "unknown segmentation 'otsu'" in r.stderr, r.stderr
     assert not (tmp_path / "cq").exists()
+    # a cellpose model that is not a file, and a model for the watershed: one line each,
+    # before any slide is read
+    for extra, said in ((["--segmentation", "cellpose"], "is not a file"),
+                        ([], "is for cellpose or stardist")):
+        r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "cr"), *extra,
+                "--segmentation-model", str(tmp_path / "none.pt"), "--no-progress")
+        assert r.returncode == 2 and said in r.stderr and len(r.stderr.splitlines()) == 1, \
+            r.stderr
+        assert not (tmp_path / "cr").exists()
 
 
 def test_calibrate_gates_then_analyze(tmp_path):

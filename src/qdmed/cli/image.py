@@ -28,7 +28,9 @@ NO_OUTLINES = Annotated[bool, flag("--no-outlines", help="Skip cells.geojson (Qu
 NO_UNMIXED = Annotated[bool, flag("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
 POISSON = Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower).")]
 PIXEL_SIZE = Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's own; one that records none is read at 0.5 um/px, warned: areas and densities scale with its square).")]
-SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained models).")]
+SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained nuclear models, or --segmentation-model).")]
+SEG_MODEL = Annotated[Path | None, typer.Option("--segmentation-model", help="cellpose or StarDist weights on disk instead of the pretrained nuclear model (downloaded on first use, which needs internet): a cellpose model file, or a StarDist model folder (config.json, weights_best.h5). A lab's own model, or the pretrained one copied for offline use.")]
+SEG_PIXEL = Annotated[float, typer.Option("--segmentation-pixel-size", help="um per pixel at which cellpose or StarDist see the slide (resampled for them; labels come back in slide pixels): 0.5, where QuPath runs the pretrained StarDist model and cellpose's 17 px nuclei are 8.5 um; for a model of your own, the pixel size it was trained at.")]
 UNMIXED_BITS = Annotated[int | None, typer.Option("--unmixed-bits", help="Round unmixed.ome.zarr's float32 values to this many mantissa bits (1-23; 10: relative error <= 4.9e-4) so it compresses better (2048^2 px x 8 channels: 135 -> 76 MB at 10): lossy, for viewing; cells.parquet is exact either way.")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
 REGION_UM = Annotated[float | None, typer.Option("--her2-region-um", help="With --calibration: side (um) of the square regions scored one by one to map HER2 heterogeneity (default 500).")]
@@ -760,6 +762,8 @@ def analyze(
     cell_labels_channel: CELL_LABELS_CHANNEL = None,
     labels_downsample: LABELS_DOWNSAMPLE = 1,
     segmentation: SEGMENTATION = "watershed",
+    segmentation_model: SEG_MODEL = None,
+    segmentation_pixel_size: SEG_PIXEL = 0.5,
     pixel_size_um: PIXEL_SIZE = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -779,7 +783,9 @@ def analyze(
     her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
     settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um),
                                 unmix_weights="poisson" if poisson else None,
-                                segmentation=segmentation)  # pixel size None: the slide's
+                                segmentation=segmentation,  # pixel size None: the slide's
+                                **_segmentation_model(segmentation_model,
+                                                      segmentation_pixel_size))
     res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
                         n_workers=workers, her2_calibration=her2, gates=gates,
                         calibration_scale=scale,
@@ -1081,6 +1087,8 @@ def cohort(
     labels_downsample: LABELS_DOWNSAMPLE = 1,
     poisson: POISSON = False,
     segmentation: SEGMENTATION = "watershed",
+    segmentation_model: SEG_MODEL = None,
+    segmentation_pixel_size: SEG_PIXEL = 0.5,
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel of every slide (default: each slide's own; one that records none is read at 0.5 um/px, warned).")] = None,
     no_report: Annotated[bool, flag("--no-report", help="Skip the HTML reports (the cohort's and each slide's).")] = False,
     no_progress: NOPROG = False,
@@ -1096,10 +1104,11 @@ def cohort(
     her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
     from qdmed.imaging._slideio import _check_pixel_size
 
+    seg = _segmentation_model(segmentation_model, segmentation_pixel_size)
     settings = None if not poisson and segmentation == "watershed" and pixel_size_um is None \
-        else AnalysisSettings(unmix_weights="poisson" if poisson else None,
-                              segmentation=segmentation,
-                              pixel_size_um=_check_pixel_size(pixel_size_um))
+        and not seg else AnalysisSettings(unmix_weights="poisson" if poisson else None,
+                                          segmentation=segmentation,
+                                          pixel_size_um=_check_pixel_size(pixel_size_um), **seg)
     res = analyze_cohort(folder, panel, out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          calibration_scale=scale,
@@ -1450,6 +1459,17 @@ def _od_cutoffs(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"--od-cutoffs must be three numbers, got {text!r}") from None
+
+
+def _segmentation_model(model: Path | None, pixel_size: float) -> dict:
+    """The settings of --segmentation-model and --segmentation-pixel-size (those not at
+    their defaults)."""
+    from qdmed.imaging._cells import _positive
+
+    out: dict = {} if model is None else {"segmentation_model": str(model)}
+    if _positive("--segmentation-pixel-size", pixel_size) != 0.5:
+        out["segmentation_pixel_size_um"] = float(pixel_size)
+    return out
 
 
 def _dab_region_warnings(d: dict) -> list[str]:

@@ -28,7 +28,7 @@ import numpy as np
 from qdmed.errors import InputError
 from qdmed.imaging._cells import LABEL_NAMES
 from qdmed.imaging._geojson import cell_features, write_feature_collection
-from qdmed.imaging._given_labels import open_given_labels
+from qdmed.imaging._given_labels import check_segmentation_model, open_given_labels
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
     assign_regions,
@@ -79,6 +79,11 @@ class AnalysisSettings:
     #: (optional packages), or 'labels' (a label image segmented elsewhere, given to
     #: analyze_field as ``nuclei`` or to analyze_slide as ``nuclei_labels``)
     segmentation: str = "watershed"
+    #: cellpose or StarDist weights on disk (a cellpose model file, a StarDist model
+    #: folder) instead of the pretrained nuclear model; None: the pretrained one
+    segmentation_model: str | None = None
+    #: pixel size (um) cellpose or StarDist see the image at (see _external_seg)
+    segmentation_pixel_size_um: float = 0.5
 
     def with_pixel_size(self, recorded: float | None = None) -> AnalysisSettings:
         """These settings with ``pixel_size_um`` given: as set, else ``recorded`` (a
@@ -231,6 +236,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                                 pixel_size_um=s.pixel_size_um,
                                 min_area_um2=s.min_nucleus_area_um2,
                                 max_area_um2=s.max_nucleus_area_um2, method=s.segmentation,
+                                model=s.segmentation_model,
+                                model_pixel_size_um=s.segmentation_pixel_size_um,
                                 threshold=s.nuclear_threshold if s.nuclear_threshold is not None
                                 else "otsu", origin_px=origin)
     if cells is None:
@@ -1151,6 +1158,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                (h, w), s.segmentation, labels_downsample, slide.pixel_size_um)
     if labels is not None:
         s = replace(s, segmentation="labels")
+    check_segmentation_model(s.segmentation, s.segmentation_model,  # before any tile
+                             s.segmentation_pixel_size_um)
     labels_warnings = [] if objects_file is None else _objects_outside_warnings(nuclei_labels,
                                                                                 objects_file)
     sat_level, sat_source = ceiling(

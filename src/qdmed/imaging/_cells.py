@@ -130,6 +130,8 @@ def segment_nuclei(
     local_block_um: float = 25.0,
     origin_px: tuple[int, int] = (0, 0),
     offset: tuple[int, int] | None = None,
+    model: str | None = None,
+    model_pixel_size_um: float = 0.5,
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
 
@@ -144,10 +146,11 @@ def segment_nuclei(
         Use ``max_area_um2=np.inf`` to keep everything large.
     method : {'watershed', 'cellpose', 'stardist'}
         ``'watershed'`` is the scikit-image pipeline below. ``'cellpose'`` and ``'stardist'``
-        are thin adapters to the optional packages (``pip install qdmed[seg]`` for cellpose,
-        ``pip install stardist`` for StarDist); they are not exercised by qdmed's test suite,
-        pretrained weights are fetched by those packages on first use, and the size filter
-        is applied to their output too.
+        run the optional packages' nuclear models (``pip install qdmed[seg]`` for cellpose,
+        ``pip install qdmed[stardist]`` for StarDist; see
+        :mod:`qdmed.imaging._external_seg`): pretrained weights are fetched by those
+        packages on first use, the image is seen by the model at ``model_pixel_size_um``,
+        and the size filter is applied to their output too.
     threshold : {'otsu', 'local'} or float
         Foreground threshold on the smoothed image: global Otsu; ``'local'``, the Bernsen
         mid-range ``(max + min) / 2`` of a ``local_block_um`` square window (for uneven
@@ -165,6 +168,13 @@ def segment_nuclei(
         is taken from slide coordinates, so a tile splits nuclei as the whole slide does.
     offset : (int, int), deprecated
         The old name of ``origin_px``.
+    model : path, optional
+        cellpose or StarDist weights on disk (a cellpose model file, a StarDist model folder)
+        instead of the pretrained nuclear model: a lab's own model, or offline use.
+    model_pixel_size_um : float, um per pixel
+        The pixel size cellpose or StarDist see the image at (0.5: where QuPath runs the
+        pretrained StarDist model, and cellpose's 17 px nuclei are 8.5 um); for a model of
+        one's own, the pixel size it was trained at.
 
     Returns
     -------
@@ -218,6 +228,10 @@ def segment_nuclei(
         )
     if method not in _SEG_METHODS:
         raise UnknownNameError(f"Unknown segmentation method {method!r}; accepted: {_SEG_METHODS}.")
+    if model is not None and method == "watershed":
+        raise InputError("a segmentation model is for method 'cellpose' or 'stardist'; the "
+                         "watershed takes none")
+    model_px = _positive("model_pixel_size_um", model_pixel_size_um)
     if not np.all(np.isfinite(img)):
         raise InputError("nuclear_image contains NaN or infinite values; accepted: finite values.")
     if smoothing_um < 0 or h_um < 0:
@@ -232,7 +246,9 @@ def segment_nuclei(
         labels = _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
                                    origin_px)
     else:
-        labels = _segment_external(img, method)
+        from qdmed.imaging._external_seg import segment_external
+
+        labels = segment_external(img, method, px, model, model_px)
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
 
 
@@ -659,35 +675,6 @@ def _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
     return watershed(land, markers, mask=mask).astype(np.int32)
 
 
-def _segment_external(img, method):  # pragma: no cover - optional packages not installed in CI
-    if method == "cellpose":
-        try:
-            from cellpose import models
-        except ImportError as exc:
-            raise InputError(
-                "segmentation method 'cellpose' (--segmentation cellpose) needs the optional "
-                "package cellpose, which is not installed; install it with `pip install "
-                "qdmed[seg]` or use method='watershed' (--segmentation watershed)."
-            ) from exc
-        # cellpose >= 2: CellposeModel.eval returns (masks, flows, styles[, ...]);
-        # cellpose 4 ignores model_type and uses its default (cpsam) model.
-        model = models.CellposeModel(gpu=False, model_type="nuclei")
-        return np.asarray(model.eval(img, diameter=None)[0], dtype=np.int32)
-    try:
-        from stardist.models import StarDist2D
-    except ImportError as exc:
-        raise InputError(
-            "segmentation method 'stardist' (--segmentation stardist) needs the optional "
-            "package stardist, which is not installed; "
-            "install it with `pip install stardist` (cellpose comes with "
-            "`pip install qdmed[seg]`) or use method='watershed' (--segmentation watershed)."
-        ) from exc
-    lo, hi = np.percentile(img, [1.0, 99.8])
-    norm = (img - lo) / max(hi - lo, 1e-12)
-    model = StarDist2D.from_pretrained("2D_versatile_fluo")
-    return np.asarray(model.predict_instances(norm)[0], dtype=np.int32)
-
-
 def _filter_sizes(labels: np.ndarray, min_px: float, max_px: float) -> np.ndarray:
     if labels.max() == 0:
         return np.zeros(labels.shape, dtype=np.int32)
@@ -735,6 +722,13 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         meets exactly equal values and its result does not depend on where a tile starts.
     offset : (int, int), deprecated
         The old name of ``origin_px``.
+    model : path, optional
+        cellpose or StarDist weights on disk (a cellpose model file, a StarDist model folder)
+        instead of the pretrained nuclear model: a lab's own model, or offline use.
+    model_pixel_size_um : float, um per pixel
+        The pixel size cellpose or StarDist see the image at (0.5: where QuPath runs the
+        pretrained StarDist model, and cellpose's 17 px nuclei are 8.5 um); for a model of
+        one's own, the pixel size it was trained at.
 
     Returns
     -------

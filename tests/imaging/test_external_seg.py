@@ -1,0 +1,224 @@
+"""The cellpose and StarDist adapters (qdmed.imaging._external_seg), on stand-ins with the
+packages' call signatures (cellpose 3.1 ``CellposeModel(gpu, model_type | pretrained_model)``
+and ``eval(img, diameter) -> (masks, flows, styles)`` rescaling by ``diam_mean / diameter``;
+StarDist 0.9 ``StarDist2D.from_pretrained`` / ``StarDist2D(None, name, basedir)`` and
+``predict_instances(img, scale) -> (labels, details)``; both read in their installed
+sources), so that what qdmed asks of them is checked without their weights, which need
+internet. The last tests run the real packages with random weights when they are
+installed (not in CI)."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from qdmed.errors import InputError
+from qdmed.imaging import _external_seg as ext
+from qdmed.imaging import segment_nuclei
+
+
+def _image(n=64):
+    yy, xx = np.mgrid[:n, :n]
+    img = np.zeros((n, n))
+    for cy, cx in ((16, 16), (40, 44)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = 1.0
+    return img
+
+
+def _discs(img):
+    from scipy import ndimage as ndi
+
+    return ndi.label(img > 0.5)[0]
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Stand-ins for cellpose.models and stardist.models recording their calls."""
+    calls = []
+
+    class CellposeModel:
+        def __init__(self, gpu=True, model_type=None, pretrained_model=None):
+            assert gpu is False  # the CPU path is the default
+            calls.append(("cellpose load", model_type, pretrained_model))
+            self.diam_mean = 17.0
+
+        def eval(self, img, diameter=None):
+            calls.append(("cellpose eval", diameter, img.shape))
+            return _discs(img).astype(np.uint16), None, None
+
+    class StarDist2D:
+        def __init__(self, config, name=None, basedir=None):
+            calls.append(("stardist load", name, basedir))
+
+        @classmethod
+        def from_pretrained(cls, name):
+            calls.append(("stardist pretrained", name))
+            return cls(None)
+
+        def predict_instances(self, img, scale=None):
+            calls.append(("stardist predict", scale, float(img.min()), float(img.max())))
+            return _discs(img).astype(np.int32), {}
+
+    cp, cpm = types.ModuleType("cellpose"), types.ModuleType("cellpose.models")
+    cpm.CellposeModel, cp.models = CellposeModel, cpm
+    sd, sdm = types.ModuleType("stardist"), types.ModuleType("stardist.models")
+    sdm.StarDist2D, sd.models = StarDist2D, sdm
+    for name, mod in (("cellpose", cp), ("cellpose.models", cpm), ("stardist", sd),
+                      ("stardist.models", sdm)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    ext._load.cache_clear()
+    yield calls
+    ext._load.cache_clear()
+
+
+@pytest.mark.parametrize("method", ["cellpose", "stardist"])
+def test_the_pretrained_nuclear_models_and_the_size_filter(fake, method):
+    img = _image()
+    img[:3, :3] = 1.0  # a 9-px speck: removed by the nucleus size filter (2.25 um^2)
+    lab = segment_nuclei(img, pixel_size_um=0.5, method=method, min_area_um2=5.0)
+    assert lab.dtype == np.int32 and lab.max() == 2 and lab[:3, :3].max() == 0
+    assert fake[0] == (("cellpose load", "nuclei", None) if method == "cellpose" else
+                       ("stardist pretrained", "2D_versatile_fluo"))
+
+
+def test_models_see_the_image_at_their_pixel_size(fake):
+    img = _image()
+    for px in (0.5, 0.25):
+        lab = segment_nuclei(img, pixel_size_um=px, method="cellpose", min_area_um2=1.0)
+        assert lab.dtype == np.int32 and lab.max() == 2
+    # cellpose 3 rescales by diam_mean / diameter: 17 / 17 = 1 at 0.5 um per pixel, and
+    # 17 / 34 = 0.5 at 0.25 (nuclei twice as many pixels across are halved)
+    assert [c[1] for c in fake if c[0] == "cellpose eval"] == [17.0, 34.0]
+    segment_nuclei(img, pixel_size_um=0.25, method="stardist", min_area_um2=1.0)
+    segment_nuclei(img, pixel_size_um=0.5, method="stardist", min_area_um2=1.0)
+    segment_nuclei(img, pixel_size_um=0.25, method="stardist", min_area_um2=1.0,
+                   model_pixel_size_um=0.25)
+    pred = [c for c in fake if c[0] == "stardist predict"]
+    assert [c[1] for c in pred] == [0.5, None, None]  # StarDist zooms the image by `scale`
+    assert all((c[2], c[3]) == pytest.approx((0.0, 1.0), abs=0.01) for c in pred)
+    # each model loaded once in the process, whatever the number of images
+    assert [c[0] for c in fake].count("cellpose load") == 1
+    assert [c[0] for c in fake].count("stardist pretrained") == 1
+
+
+def test_cellpose_4_is_given_its_own_reference_size(fake, monkeypatch):
+    # cellpose 4 rescales to 30 px and its model has no diam_mean
+    model = ext.load_segmentation_model("cellpose")
+    monkeypatch.delattr(model, "diam_mean")
+    segment_nuclei(_image(), pixel_size_um=0.25, method="cellpose", min_area_um2=1.0)
+    assert [c[1] for c in fake if c[0] == "cellpose eval"] == [60.0]
+
+
+def test_models_on_disk(fake, tmp_path):
+    f = tmp_path / "my_nuclei_model"
+    f.write_bytes(b"weights")
+    segment_nuclei(_image(), method="cellpose", model=f, min_area_um2=1.0)
+    assert ("cellpose load", None, str(f.resolve())) in fake
+    folder = tmp_path / "sd" / "my_model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="holds no weights"):  # StarDist would run random
+        segment_nuclei(_image(), method="stardist", model=folder)
+    (folder / "weights_best.h5").write_bytes(b"weights")
+    segment_nuclei(_image(), method="stardist", model=folder, min_area_um2=1.0)
+    assert ("stardist load", "my_model", str(folder.parent.resolve())) in fake
+    # a path that is not a model is refused before the package is asked (cellpose 3 would
+    # fall back to another model unsaid)
+    n = len(fake)
+    for method, bad in (("cellpose", tmp_path / "missing"), ("cellpose", tmp_path),
+                        ("stardist", tmp_path / "missing")):
+        with pytest.raises(InputError, match="is not a"):
+            segment_nuclei(_image(), method=method, model=bad)
+    assert len(fake) == n
+    with pytest.raises(InputError, match="the watershed takes none"):
+        segment_nuclei(_image(), model=f)
+
+
+def test_a_model_that_cannot_be_loaded_is_said(fake, monkeypatch):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(sys.modules["cellpose.models"].CellposeModel, "__init__", offline)
+    with pytest.raises(InputError, match="cellpose could not load its model 'nuclei' "
+                                         r"\(URLError.*offline, give weights on disk"):
+        segment_nuclei(_image(), method="cellpose")
+
+    def bare(*a, **k):  # StarDist's failed download: a bare Exception
+        raise Exception("URL fetch failure on https://github.com/...")
+
+    monkeypatch.setattr(sys.modules["stardist.models"].StarDist2D, "from_pretrained", bare)
+    with pytest.raises(InputError, match="StarDist could not load its model "
+                                         "'2D_versatile_fluo'.*URL fetch failure"):
+        segment_nuclei(_image(), method="stardist")
+
+
+def test_a_package_not_installed_is_said(monkeypatch):
+    ext._load.cache_clear()
+    for name in ("cellpose", "cellpose.models", "stardist", "stardist.models"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    with pytest.raises(InputError, match=r"needs the optional package cellpose.*qdmed\[seg\]"):
+        segment_nuclei(_image(), method="cellpose")
+    with pytest.raises(InputError, match=r"package stardist.*qdmed\[stardist\]"):
+        segment_nuclei(_image(), method="stardist")
+    ext._load.cache_clear()
+
+
+def test_a_slide_checks_its_segmentation_before_any_tile(tmp_path, monkeypatch):
+    from qdmed.imaging import AnalysisSettings, analyze_slide, breast_panel_5plex, simulate_slide
+
+    ext._load.cache_clear()
+    monkeypatch.setitem(sys.modules, "cellpose", None)
+    panel = breast_panel_5plex()
+    slide = tmp_path / "s.ome.zarr"
+    simulate_slide(slide, (128, 128), preset="BT474", seed=1, endmembers=panel.endmembers,
+                   marker_names=list(panel.markers), tile=128, write_labels=False)
+    for settings, message in ((AnalysisSettings(segmentation="cellpose"),
+                               "needs the optional package cellpose"),
+                              (AnalysisSettings(segmentation_model=str(tmp_path)),
+                               "is for cellpose or stardist"),
+                              (AnalysisSettings(segmentation="stardist",
+                                                segmentation_pixel_size_um=0),
+                               "segmentation_pixel_size_um")):
+        with pytest.raises(InputError, match=message):
+            analyze_slide(slide, panel, tmp_path / "out", settings=settings, progress=False)
+        assert not (tmp_path / "out").exists()  # said before any tile
+    ext._load.cache_clear()
+
+
+# ---------------------------------------------------------------- the real packages, if any
+# the packages' own deprecations (Keras under numpy 2) are theirs, not qdmed's
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_real_cellpose_with_random_weights(tmp_path, monkeypatch):
+    """cellpose 3 offline: a model of random weights saved and loaded from disk runs on a
+    float64 image and gives labels of its shape (no weights are downloaded)."""
+    models = pytest.importorskip("cellpose.models")
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
+    path = tmp_path / "random_nuclei"
+    try:
+        models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=17.0).net \
+            .save_model(str(path))
+    except (TypeError, ValueError) as exc:  # cellpose 4 trains no model from scratch
+        pytest.skip(f"cellpose without random-weight models: {exc}")
+    ext._load.cache_clear()
+    lab = segment_nuclei(_image(128), pixel_size_um=0.25, method="cellpose", model=path)
+    assert lab.shape == (128, 128) and lab.dtype == np.int32
+    ext._load.cache_clear()
+
+
+# the packages' own deprecations (Keras under numpy 2) are theirs, not qdmed's
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_real_stardist_with_random_weights(tmp_path):
+    """StarDist offline: a random-weight model saved to a folder and loaded from it runs at
+    another pixel size and gives labels of the image's shape."""
+    sdm = pytest.importorskip("stardist.models")
+    m = sdm.StarDist2D(sdm.Config2D(n_rays=16, grid=(2, 2), n_channel_in=1), name="rand",
+                       basedir=str(tmp_path))
+    m.keras_model.save_weights(str(m.logdir / "weights_best.h5"))
+    ext._load.cache_clear()
+    lab = segment_nuclei(_image(128), pixel_size_um=0.25, method="stardist",
+                         model=tmp_path / "rand", min_area_um2=0.0)
+    assert lab.shape == (128, 128) and lab.dtype == np.int32
+    ext._load.cache_clear()
