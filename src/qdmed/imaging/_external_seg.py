@@ -37,6 +37,7 @@ References
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ __all__ = ["MODEL_PIXEL_SIZE_UM", "load_segmentation_model", "segment_external"]
 
 #: Pixel size (um) the pretrained nuclear models are run at (QuPath's StarDist convention).
 MODEL_PIXEL_SIZE_UM = 0.5
+#: One model call at a time in a process: a Dask worker of a user's cluster may run tiles in
+#: several threads, and neither package documents its models as safe to share between
+#: threads (both use every core within a call).
+_CALL_LOCK = threading.Lock()
 #: cellpose 4's fixed object size in pixels (its ``diameter`` rescales to it).
 _CELLPOSE4_DIAMETER_PX = 30.0
 _INSTALL = {"cellpose": "`pip install qdmed[seg]`",
@@ -138,11 +143,13 @@ def segment_external(img: np.ndarray, method: str, pixel_size_um: float, model=N
         # the diameter (image pixels) whose rescaling, ref / diameter, is `zoom`: cellpose 3
         # rescales to the model's diam_mean (17 px for nuclei), cellpose 4 to 30 px
         ref = getattr(m, "diam_mean", None) or _CELLPOSE4_DIAMETER_PX
-        masks = m.eval(img, diameter=float(ref) / zoom)[0]
+        with _CALL_LOCK:
+            masks = m.eval(img, diameter=float(ref) / zoom)[0]
     else:
         lo, hi = np.percentile(img, [1.0, 99.8])
         norm = (img - lo) / max(hi - lo, 1e-12)
-        masks = m.predict_instances(norm, scale=None if zoom == 1 else zoom)[0]
+        with _CALL_LOCK:
+            masks = m.predict_instances(norm, scale=None if zoom == 1 else zoom)[0]
     masks = np.asarray(masks)
     if masks.shape != img.shape:
         raise InputError(f"{method} returned labels of shape {masks.shape} for an image of "
