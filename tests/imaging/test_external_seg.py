@@ -189,14 +189,16 @@ def test_a_slide_checks_its_segmentation_before_any_tile(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- the real packages, if any
-# the packages' own deprecations (Keras under numpy 2) are theirs, not qdmed's
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+# the packages' own warnings (Keras under numpy 2, torch's sparse checks) are theirs
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                            "ignore::UserWarning")
 def test_real_cellpose_with_random_weights(tmp_path, monkeypatch):
     """cellpose 3 offline: a model of random weights saved and loaded from disk runs on a
     float64 image and gives labels of its shape (no weights are downloaded)."""
     models = pytest.importorskip("cellpose.models")
     monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
     path = tmp_path / "random_nuclei"
+    pytest.importorskip("torch").manual_seed(0)
     try:
         models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=17.0).net \
             .save_model(str(path))
@@ -208,8 +210,9 @@ def test_real_cellpose_with_random_weights(tmp_path, monkeypatch):
     ext._load.cache_clear()
 
 
-# the packages' own deprecations (Keras under numpy 2) are theirs, not qdmed's
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+# the packages' own warnings (Keras under numpy 2, torch's sparse checks) are theirs
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                            "ignore::UserWarning")
 def test_real_stardist_with_random_weights(tmp_path):
     """StarDist offline: a random-weight model saved to a folder and loaded from it runs at
     another pixel size and gives labels of the image's shape."""
