@@ -43,7 +43,8 @@ def fake(monkeypatch, tmp_path):
             calls.append(("cellpose load", model_type, pretrained_model))
             self.diam_mean = 17.0
 
-        def eval(self, img, diameter=None):
+        def eval(self, img, diameter=None, normalize=True):
+            assert normalize is False  # qdmed normalises (one range for a slide's tiles)
             calls.append(("cellpose eval", diameter, img.shape))
             return _discs(img).astype(np.uint16), None, None
 
@@ -100,6 +101,45 @@ def test_models_see_the_image_at_their_pixel_size(fake):
     # each model loaded once in the process, whatever the number of images
     assert [c[0] for c in fake].count("cellpose load") == 1
     assert [c[0] for c in fake].count("stardist pretrained") == 1
+
+
+def test_one_normalisation_for_every_tile_of_a_slide(fake):
+    """A tile normalised alone stretches its noise over the whole range, where the models
+    dream up nuclei (QuPath 2022 hackathon, discussion 6): a slide's tiles get its reference
+    region's range instead (fix_global_thresholds)."""
+    noise = np.random.default_rng(3).normal(0.05, 0.01, (64, 64)).clip(0)
+    ext.segment_external(noise, "stardist", 0.5)
+    ext.segment_external(noise, "stardist", 0.5, value_range=(0.0, 1.0))
+    own, fixed = [c[3] for c in fake if c[0] == "stardist predict"]
+    assert own >= 1.0 and fixed < 0.15  # the noise fills the range, or stays near 0
+    with pytest.raises(InputError, match="low < high"):
+        ext.segment_external(noise, "stardist", 0.5, value_range=(1.0, 1.0))
+    assert ext.nuclear_range(np.ones((8, 8))) is None
+
+
+def test_a_slide_fixes_the_models_range_on_its_reference_region(fake):
+    from dataclasses import replace
+
+    from qdmed.imaging import (
+        AnalysisSettings,
+        breast_panel_5plex,
+        fix_global_thresholds,
+        simulate_field,
+        unmix_image,
+    )
+
+    panel = breast_panel_5plex()
+    field = simulate_field((256, 256), preset="BT474", seed=4, endmembers=panel.endmembers,
+                           marker_names=list(panel.markers))
+    s = AnalysisSettings(segmentation="stardist").with_pixel_size()
+    fixed = fix_global_thresholds(field.image, panel, s)
+    dapi = unmix_image(field.image, panel)[..., panel.components.index("DAPI")]
+    assert fixed.segmentation_range == pytest.approx(ext.nuclear_range(dapi))
+    assert fixed.to_dict()["segmentation_range"] == list(fixed.segmentation_range)
+    given = replace(s, segmentation_range=(0.0, 2.0))  # a range given is kept
+    assert fix_global_thresholds(field.image, panel, given).segmentation_range == (0.0, 2.0)
+    assert fix_global_thresholds(field.image, panel, s.__class__().with_pixel_size()) \
+        .segmentation_range is None  # the watershed has its own threshold
 
 
 def test_cellpose_4_is_given_its_own_reference_size(fake, monkeypatch):
@@ -225,3 +265,57 @@ def test_real_stardist_with_random_weights(tmp_path):
                          model=tmp_path / "rand", min_area_um2=0.0)
     assert lab.shape == (128, 128) and lab.dtype == np.int32
     ext._load.cache_clear()
+
+
+def test_a_cellpose_model_of_ones_own_is_given_its_training_size(fake, tmp_path):
+    """cellpose 3 trains on images rescaled so that their nuclei, diam_labels px across,
+    become diam_mean px: a model of one's own sees the image as in training with diameter
+    diam_labels / zoom (a review: diam_mean / zoom gave nuclei 2.5 times too small)."""
+    f = tmp_path / "own"
+    f.write_bytes(b"weights")
+    m = ext.load_segmentation_model("cellpose", f)
+    m.diam_mean, m.diam_labels = 30.0, 12.0
+    segment_nuclei(_image(), pixel_size_um=0.25, method="cellpose", model=f,
+                   model_pixel_size_um=0.5, min_area_um2=1.0)
+    assert [c[1] for c in fake if c[0] == "cellpose eval"] == [24.0]  # 12 px at 0.5 um
+
+
+def test_a_model_is_named_by_its_absolute_path_and_its_files(fake, tmp_path, monkeypatch):
+    from qdmed.imaging._given_labels import check_segmentation_model
+
+    f = tmp_path / "own"
+    f.write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    # every worker of a cluster, wherever it runs, reads the same file (a review: a relative
+    # path failed on workers started in another folder)
+    assert check_segmentation_model("cellpose", "own") == str(f.resolve())
+    before = ext.model_ident("cellpose", f)
+    f.write_bytes(b"other weights")  # retrained under the same name: another model
+    assert ext.model_ident("cellpose", f) != before
+    for method, model, px in (("watershed", f, 0.5), ("watershed", None, 0.4)):
+        with pytest.raises(InputError, match="is for cellpose or stardist"):
+            check_segmentation_model(method, model, px)
+
+
+def test_images_too_small_for_a_nucleus_get_no_labels(fake):
+    for shape, px in (((1, 1), 0.5), ((3, 7), 0.1), ((1, 50), 0.5), ((40, 7), 0.5)):
+        lab = segment_nuclei(np.random.default_rng(0).random(shape), pixel_size_um=px,
+                             method="cellpose")
+        assert lab.shape == shape and lab.max() == 0
+    assert not [c for c in fake if c[0] == "cellpose eval"]  # never asked
+
+
+def test_a_file_that_is_no_model_is_said_in_one_line(fake, monkeypatch, tmp_path):
+    import pickle
+
+    def unpickle(*a, **k):
+        raise pickle.UnpicklingError("Weights only load failed.\n" + "torch advice\n" * 40)
+
+    monkeypatch.setattr(sys.modules["cellpose.models"].CellposeModel, "__init__", unpickle)
+    f = tmp_path / "notes.txt"
+    f.write_text("not a model")
+    with pytest.raises(InputError) as err:
+        segment_nuclei(_image(), method="cellpose", model=f)
+    assert str(err.value) == (f"cellpose could not load {str(f.resolve())!r}: is it a "
+                              "cellpose model file? (UnpicklingError: Weights only load "
+                              "failed.)")

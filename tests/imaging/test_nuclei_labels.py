@@ -141,18 +141,21 @@ def test_field_with_true_nuclei_measures_every_true_nucleus():
 def test_optional_segmenters_are_reached_from_the_settings(monkeypatch):
     """settings.segmentation picks cellpose/StarDist (not installed here: the adapter is
     replaced by a stand-in that records the call and returns the true nuclei)."""
-    import qdmed.imaging._cells as cells_mod
+    import qdmed.imaging._external_seg as ext
 
     f = simulate_field((256, 256), preset="BT474", seed=4, **KW)
     seen = []
 
-    def fake(img, method):
-        seen.append((method, img.shape))
+    def fake(img, method, *args):
+        seen.append((method, img.shape, *args))
         return f.nuclei
 
-    monkeypatch.setattr(cells_mod, "_segment_external", fake)
-    fa = analyze_field(f.image, PANEL, AnalysisSettings(segmentation="stardist"))
-    assert seen == [("stardist", (256, 256))]
+    monkeypatch.setattr(ext, "segment_external", fake)
+    settings = AnalysisSettings(segmentation="stardist", segmentation_pixel_size_um=0.4,
+                                segmentation_range=(0.0, 3.0))
+    fa = analyze_field(f.image, PANEL, settings)
+    # (method, shape, pixel size, model, the model's pixel size, the nuclear range)
+    assert seen == [("stardist", (256, 256), 0.5, None, 0.4, (0.0, 3.0))]
     assert fa.settings.segmentation == "stardist" and len(fa.table) > 0
 
 

@@ -84,6 +84,9 @@ class AnalysisSettings:
     segmentation_model: str | None = None
     #: pixel size (um) cellpose or StarDist see the image at (see _external_seg)
     segmentation_pixel_size_um: float = 0.5
+    #: nuclear intensities (low, high) cellpose or StarDist get as 0 and 1; None: each
+    #: image's own percentiles (a slide fixes them on its reference region)
+    segmentation_range: tuple | None = None
 
     def with_pixel_size(self, recorded: float | None = None) -> AnalysisSettings:
         """These settings with ``pixel_size_um`` given: as set, else ``recorded`` (a
@@ -97,6 +100,8 @@ class AnalysisSettings:
         d["membrane_markers"] = list(self.membrane_markers)
         if isinstance(self.offset_adu, tuple | list):
             d["offset_adu"] = [float(v) for v in self.offset_adu]
+        if self.segmentation_range is not None:
+            d["segmentation_range"] = [float(v) for v in self.segmentation_range]
         return d
 
 
@@ -238,6 +243,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                                 max_area_um2=s.max_nucleus_area_um2, method=s.segmentation,
                                 model=s.segmentation_model,
                                 model_pixel_size_um=s.segmentation_pixel_size_um,
+                                model_range=s.segmentation_range,
                                 threshold=s.nuclear_threshold if s.nuclear_threshold is not None
                                 else "otsu", origin_px=origin)
     if cells is None:
@@ -317,6 +323,12 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
     thr = settings.nuclear_threshold
     if thr is None:
         thr = nuclear_otsu(ab[..., comps.index(settings.nuclear_marker)], settings.pixel_size_um)
+    if settings.segmentation in ("cellpose", "stardist") and settings.segmentation_range is None:
+        # one normalisation for every tile (a tile normalised alone stretches its noise)
+        from qdmed.imaging._external_seg import nuclear_range
+
+        settings = replace(settings, segmentation_range=nuclear_range(
+            ab[..., comps.index(settings.nuclear_marker)]))
     scales = settings.membrane_scales
     if scales is None:
         scales = membrane_scales(ab, comps, settings.membrane_markers)
@@ -664,20 +676,29 @@ WARNING_BLOCKS = ("slide", "calibration", "labels", "segmentation", "autofluores
 MAX_READ_FACTOR = 4.0
 
 
-def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool) -> dict:
-    """How the cells were found, and a warning when none were: a control imaged without its
-    counterstain (a single-stain or fluorescence-minus-one section with no DAPI) looks like
-    a slide without tissue, and its empty table would otherwise pass unremarked."""
+def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
+                         method: str = "watershed") -> dict:
+    """How the cells were found (with cellpose or StarDist, the package's version), and a
+    warning when none were: a control imaged without its counterstain (a single-stain or
+    fluorescence-minus-one section with no DAPI) looks like a slide without tissue, and its
+    empty table would otherwise pass unremarked."""
     warnings = []
+    found = ("no nuclei stand out on" if method in ("watershed", "labels") else
+             f"{method} found no nuclei on")
     if n_cells == 0:
         warnings.append(
             "no cells: the given label images hold none" if given_labels else
-            f"no cells: no nuclei stand out on the nuclear channel ({nuclear_marker}). A "
+            f"no cells: {found} the nuclear channel ({nuclear_marker}). A "
             "control without the counterstain has none to segment (a fluorescence-minus-one "
             f"control keeps {nuclear_marker}: qdmed image simulate --only {nuclear_marker},"
             "...); or the slide has no tissue")
-    return {"nuclear_marker": nuclear_marker, "given_labels": given_labels,
-            "warnings": warnings}
+    out = {"nuclear_marker": nuclear_marker, "given_labels": given_labels,
+           "warnings": warnings}
+    if method in ("cellpose", "stardist"):
+        from qdmed.imaging._external_seg import package_version
+
+        out["package"] = package_version(method)
+    return out
 
 
 def summary_warnings(summary: dict, blocks=WARNING_BLOCKS) -> list[str]:
@@ -696,6 +717,10 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px}
     if labels is not None:
         doc["labels"] = labels.ident()
+    if settings.segmentation_model is not None:  # weights replaced under the same name
+        from qdmed.imaging._external_seg import model_ident
+
+        doc["segmentation_model"] = model_ident(settings.segmentation, settings.segmentation_model)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -1158,8 +1183,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                (h, w), s.segmentation, labels_downsample, slide.pixel_size_um)
     if labels is not None:
         s = replace(s, segmentation="labels")
-    check_segmentation_model(s.segmentation, s.segmentation_model,  # before any tile
-                             s.segmentation_pixel_size_um)
+    # before any tile; the model's path made absolute for every worker (and the summary)
+    s = replace(s, segmentation_model=check_segmentation_model(
+        s.segmentation, s.segmentation_model, s.segmentation_pixel_size_um))
     labels_warnings = [] if objects_file is None else _objects_outside_warnings(nuclei_labels,
                                                                                 objects_file)
     sat_level, sat_source = ceiling(
@@ -1355,7 +1381,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_tiles_resumed": len(boxes) - len(todo),
         "n_workers": n_used, "scheduler": "synchronous" if scheduler == "synchronous" else mode,
         "n_cells": int(len(cells)),
-        "segmentation": segmentation_summary(len(cells), s.nuclear_marker, labels is not None),
+        "segmentation": segmentation_summary(len(cells), s.nuclear_marker, labels is not None,
+                                             s.segmentation),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": her2_d,
         "her2_heterogeneity": None if het is None else het.to_dict(),

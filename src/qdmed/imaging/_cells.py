@@ -132,6 +132,7 @@ def segment_nuclei(
     offset: tuple[int, int] | None = None,
     model: str | None = None,
     model_pixel_size_um: float = 0.5,
+    model_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
 
@@ -175,6 +176,9 @@ def segment_nuclei(
         The pixel size cellpose or StarDist see the image at (0.5: where QuPath runs the
         pretrained StarDist model, and cellpose's 17 px nuclei are 8.5 um); for a model of
         one's own, the pixel size it was trained at.
+    model_range : (low, high), optional
+        The nuclear intensities cellpose or StarDist get as 0 and 1 (a slide's, fixed for
+        all its tiles); None: the image's own 1st and 99.8th percentiles.
 
     Returns
     -------
@@ -248,7 +252,7 @@ def segment_nuclei(
     else:
         from qdmed.imaging._external_seg import segment_external
 
-        labels = segment_external(img, method, px, model, model_px)
+        labels = segment_external(img, method, px, model, model_px, model_range)
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
 
 

@@ -248,11 +248,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     check_n_workers(n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
     if settings is not None:  # checked once, not slide by slide
+        from dataclasses import replace
+
         from qdmed.imaging._given_labels import check_segmentation, check_segmentation_model
 
         check_segmentation(settings.segmentation)
-        check_segmentation_model(settings.segmentation, settings.segmentation_model,
-                                 settings.segmentation_pixel_size_um)
+        settings = replace(settings, segmentation_model=check_segmentation_model(
+            settings.segmentation, settings.segmentation_model,
+            settings.segmentation_pixel_size_um))
     region_min_cells = check_min_cells(region_min_cells)
     # both maps before any slide is read; the case map's checks first, as they name it
     slide_cases, case_map_source, name_rx = _case_source(case_map, case_from_name, tma_map,

@@ -21,9 +21,13 @@ Three things the thin calls of these packages leave to their user, done here:
   with ``config.json`` and its weights. A path that does not exist is refused here, since
   cellpose 3 would fall back to another model unsaid and StarDist run with random weights.
 
-StarDist's input is normalised as StarDist and QuPath do by default: the image's 1st and
-99.8th percentiles to 0 and 1 (per tile on a slide, as QuPath's default does); cellpose
-normalises its input itself (1st to 99th percentile).
+**Intensity.** The input is normalised as StarDist and QuPath do by default, the 1st and
+99.8th percentiles of the nuclear channel to 0 and 1, and cellpose is given it so
+(``normalize=False``). On a slide the two values are the reference region's (the window
+with most tissue, :func:`qdmed.imaging.fix_global_thresholds`) for every tile: a tile
+normalised alone, QuPath's default, stretches the noise of an empty or sparse tile over
+the whole range, where the models "dream up" nuclei (QuPath's 2022 hackathon, discussion
+6; StarDist itself normalises a whole image before tiling it).
 
 References
 ----------
@@ -38,16 +42,20 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from qdmed.errors import InputError
 
-__all__ = ["MODEL_PIXEL_SIZE_UM", "load_segmentation_model", "segment_external"]
+__all__ = ["MODEL_PIXEL_SIZE_UM", "load_segmentation_model", "model_ident", "nuclear_range",
+           "package_version", "resolve_model", "segment_external"]
 
 #: Pixel size (um) the pretrained nuclear models are run at (QuPath's StarDist convention).
 MODEL_PIXEL_SIZE_UM = 0.5
+#: Percentiles of the nuclear channel mapped to 0 and 1 (StarDist's and QuPath's defaults).
+NORM_PERCENTILES = (1.0, 99.8)
 #: One model call at a time in a process: a Dask worker of a user's cluster may run tiles in
 #: several threads, and neither package documents its models as safe to share between
 #: threads (both use every core within a call).
@@ -56,9 +64,18 @@ _CALL_LOCK = threading.Lock()
 _CELLPOSE4_DIAMETER_PX = 30.0
 _INSTALL = {"cellpose": "`pip install qdmed[seg]`",
             "stardist": "`pip install qdmed[stardist]`"}
-_MODEL_HELP = ("their pretrained weights are downloaded on first use; offline, give weights "
+_MODEL_HELP = ("its pretrained weights are downloaded on first use; offline, give weights "
                "on disk with model= (--segmentation-model): for cellpose a model file, for "
                "StarDist a model folder with config.json and weights_best.h5")
+#: Fewer model pixels across than this hold no whole nucleus (16 px at 0.5 um is 8 um), and
+#: cellpose fails on them (an image resized to nothing): no labels.
+MIN_MODEL_PX = 16
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception said in one line (torch's unpickling errors run to a page)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _missing(method: str, exc: ImportError) -> InputError:
@@ -84,8 +101,38 @@ def _model_path(method: str, model) -> Path:
     return p
 
 
+def resolve_model(method: str, model) -> str | None:
+    """``model`` (a cellpose model file, a StarDist model folder) checked and made absolute,
+    so that every process of a run, on any machine of a cluster, reads the same one (and a
+    summary names it); None stays None."""
+    return None if model is None else str(_model_path(method, model).resolve())
+
+
+def model_ident(method: str, model) -> list | None:
+    """What identifies the weights at ``model`` for a resumed run and the model cache: the
+    size and modification time of the cellpose file, or of the StarDist folder's config and
+    weight files (weights replaced under the same name are another model)."""
+    if model is None:
+        return None
+    p = _model_path(method, model)
+    files = [p] if p.is_file() else sorted(
+        f for f in p.iterdir() if f.suffix in (".json", ".h5", ".hdf5") and f.is_file())
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def package_version(method: str) -> str | None:
+    """``"<package> <version>"`` of the installed cellpose or StarDist (None: not installed),
+    for a summary."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{method} {version(method)}"
+    except PackageNotFoundError:
+        return None
+
+
 @functools.lru_cache(maxsize=4)
-def _load(method: str, path: str | None):
+def _load(method: str, path: str | None, ident: str = ""):
     if method == "cellpose":
         try:
             from cellpose import models
@@ -96,9 +143,11 @@ def _load(method: str, path: str | None):
                 return models.CellposeModel(gpu=False, model_type="nuclei")
             return models.CellposeModel(gpu=False, pretrained_model=path)
         except Exception as exc:  # a download without network, a file of another kind...
-            raise InputError(f"cellpose could not load its model "
-                             f"{'nuclei' if path is None else path!r} ({type(exc).__name__}: "
-                             f"{exc}); {_MODEL_HELP}") from exc
+            raise InputError(
+                "cellpose could not load its model 'nuclei' " f"({_first_line(exc)}); {_MODEL_HELP}"
+                if path is None else
+                f"cellpose could not load {path!r}: is it a cellpose model file? "
+                f"({_first_line(exc)})") from exc
     try:
         from stardist.models import StarDist2D
     except ImportError as exc:
@@ -109,9 +158,10 @@ def _load(method: str, path: str | None):
         p = Path(path)
         return StarDist2D(None, name=p.name, basedir=str(p.parent))
     except Exception as exc:  # StarDist raises a bare Exception when the download fails
-        raise InputError(f"StarDist could not load its model "
-                         f"{'2D_versatile_fluo' if path is None else path!r} "
-                         f"({type(exc).__name__}: {exc}); {_MODEL_HELP}") from exc
+        raise InputError(
+            f"StarDist could not load its model '2D_versatile_fluo' ({_first_line(exc)}); "
+            f"{_MODEL_HELP}" if path is None else
+            f"StarDist could not load the model folder {path!r} ({_first_line(exc)})") from exc
 
 
 def load_segmentation_model(method: str, model=None):
@@ -128,29 +178,63 @@ def load_segmentation_model(method: str, model=None):
     if method not in _INSTALL:
         raise InputError(f"no external segmentation {method!r}; accepted: "
                          f"{', '.join(_INSTALL)}")
-    path = None if model is None else str(_model_path(method, model).resolve())
-    return _load(method, path)
+    path = resolve_model(method, model)
+    return _load(method, path, repr(model_ident(method, path)))
+
+
+def _cellpose_diameter(m, model, zoom: float) -> float:
+    """The ``diameter`` (image pixels) that makes cellpose see the image as at the model's
+    pixel size (``zoom`` model pixels per image pixel). cellpose 3 rescales an image by
+    ``diam_mean / diameter``: for its pretrained model, whose nuclei are ``diam_mean`` (17)
+    px at the model's pixel size, the diameter is ``diam_mean / zoom``; a model of one's own
+    was trained on images whose nuclei were ``diam_labels`` px (each rescaled to
+    ``diam_mean``, cellpose's default), so its diameter is ``diam_labels / zoom`` (a review
+    found such a model given nuclei 2.5 times too small). cellpose 4 rescales to 30 px."""
+    ref = getattr(m, "diam_mean", None)
+    if ref is None:
+        return _CELLPOSE4_DIAMETER_PX / zoom
+    labels = getattr(m, "diam_labels", None)
+    if model is not None and labels is not None and float(labels) > 0:
+        ref = labels
+    return float(ref) / zoom
+
+
+def nuclear_range(img) -> tuple[float, float] | None:
+    """The nuclear intensities mapped to 0 and 1 for the models (:data:`NORM_PERCENTILES` of
+    the image), or None when the image has no spread (nothing to normalise by)."""
+    lo, hi = (float(v) for v in np.percentile(np.asarray(img, dtype=np.float64),
+                                               NORM_PERCENTILES))
+    return (lo, hi) if hi > lo else None
 
 
 def segment_external(img: np.ndarray, method: str, pixel_size_um: float, model=None,
-                     model_pixel_size_um: float = MODEL_PIXEL_SIZE_UM) -> np.ndarray:
+                     model_pixel_size_um: float = MODEL_PIXEL_SIZE_UM,
+                     value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Nuclei of a 2-D nuclear image by cellpose or StarDist, the image seen by the model at
-    ``model_pixel_size_um`` (see the module notes); labels in the image's pixels (int32).
+    ``model_pixel_size_um`` and normalised by ``value_range`` (low, high: to 0 and 1; None:
+    the image's own :func:`nuclear_range`); see the module notes. Labels in the image's
+    pixels (int32).
     """
     m = load_segmentation_model(method, model)
     zoom = float(pixel_size_um) / float(model_pixel_size_um)  # model pixels per image pixel
-    if method == "cellpose":
-        # the diameter (image pixels) whose rescaling, ref / diameter, is `zoom`: cellpose 3
-        # rescales to the model's diam_mean (17 px for nuclei), cellpose 4 to 30 px
-        ref = getattr(m, "diam_mean", None) or _CELLPOSE4_DIAMETER_PX
-        with _CALL_LOCK:
-            masks = m.eval(img, diameter=float(ref) / zoom)[0]
-    else:
-        lo, hi = np.percentile(img, [1.0, 99.8])
-        norm = (img - lo) / max(hi - lo, 1e-12)
-        with _CALL_LOCK:
+    if min(img.shape) * zoom < MIN_MODEL_PX:
+        return np.zeros(img.shape, dtype=np.int32)
+    lo, hi = value_range if value_range is not None else (nuclear_range(img) or (0.0, 1.0))
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise InputError(f"the nuclear intensity range for {method} must be finite with low < "
+                         f"high; got ({lo!r}, {hi!r})")
+    norm = (np.asarray(img, dtype=np.float64) - lo) / (hi - lo)
+    with _CALL_LOCK, warnings.catch_warnings():
+        # torch's notice on its sparse tensors (cellpose's mask building) is no news to a user
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        if method == "cellpose":
+            masks = m.eval(norm, diameter=_cellpose_diameter(m, model, zoom),
+                           normalize=False)[0]
+        else:
             masks = m.predict_instances(norm, scale=None if zoom == 1 else zoom)[0]
     masks = np.asarray(masks)
+    if masks.size == img.size:  # cellpose squeezes an image one pixel wide
+        masks = masks.reshape(img.shape)
     if masks.shape != img.shape:
         raise InputError(f"{method} returned labels of shape {masks.shape} for an image of "
                          f"shape {img.shape}")

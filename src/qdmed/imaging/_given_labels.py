@@ -189,21 +189,28 @@ def check_segmentation(segmentation) -> None:
                          "nuclei label images sets: --nuclei-labels, nuclei_labels)")
 
 
-def check_segmentation_model(segmentation: str, model, pixel_size_um: float = 0.5) -> None:
+def check_segmentation_model(segmentation: str, model, pixel_size_um: float = 0.5
+                             ) -> str | None:
     """A cellpose or StarDist segmentation loaded before any tile, so that a package not
     installed, a model path that is not one or a download that fails is said at once (and
-    the model is loaded once in this process); a model for another method is refused, and
-    the pixel size the model sees the slide at checked."""
+    the model is loaded once in this process), and its model's path made absolute (for
+    workers in other folders or on other machines); returned. A model or a model pixel size
+    for another method is refused."""
     from qdmed.imaging._cells import _positive
 
     _positive("segmentation_pixel_size_um (--segmentation-pixel-size)", pixel_size_um)
     if segmentation in ("cellpose", "stardist"):
-        from qdmed.imaging._external_seg import load_segmentation_model
+        from qdmed.imaging._external_seg import load_segmentation_model, resolve_model
 
         load_segmentation_model(segmentation, model)
-    elif model is not None:
-        raise InputError(f"a segmentation model (--segmentation-model) is for cellpose or "
-                         f"stardist; segmentation {segmentation!r} takes none")
+        return resolve_model(segmentation, model)
+    for given, what in ((model is not None, "a segmentation model (--segmentation-model)"),
+                        (pixel_size_um != 0.5, "a segmentation pixel size "
+                                               "(--segmentation-pixel-size)")):
+        if given:
+            raise InputError(f"{what} is for cellpose or stardist; segmentation "
+                             f"{segmentation!r} takes none")
+    return None
 
 
 def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,
