@@ -726,13 +726,6 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         meets exactly equal values and its result does not depend on where a tile starts.
     offset : (int, int), deprecated
         The old name of ``origin_px``.
-    model : path, optional
-        cellpose or StarDist weights on disk (a cellpose model file, a StarDist model folder)
-        instead of the pretrained nuclear model: a lab's own model, or offline use.
-    model_pixel_size_um : float, um per pixel
-        The pixel size cellpose or StarDist see the image at (0.5: where QuPath runs the
-        pretrained StarDist model, and cellpose's 17 px nuclei are 8.5 um); for a model of
-        one's own, the pixel size it was trained at.
 
     Returns
     -------
