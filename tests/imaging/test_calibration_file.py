@@ -170,3 +170,27 @@ def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
         with pytest.raises(InputError, match=re.escape(said)):
             calibrate_controls(res, **bad)
 
+
+
+def test_a_file_written_before_the_floor_took_the_controls_size(tmp_path):
+    """Calibration files written before recorded a gate's noise floor as 100 (1 - q) % (1 %
+    at the 99th percentile, whatever the control's size); read back, the floor is the
+    order-statistics expectation of the control's cells, and the recomputation is said.
+    Files written now say their floor's rule and are read as written."""
+    import json
+
+    from qdmed.imaging import MarkerGate, gate_noise_floor_percent, load_calibration
+
+    old = {"gates": {"ER": {"compartment": "nucleus", "threshold": 2.0,
+                            "false_positive_percent": 1.0, "control_cells": 100}}}
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps(old))
+    cal = load_calibration(f)
+    assert cal.gates["ER"].false_positive_percent == gate_noise_floor_percent(100, 0.99)
+    assert any("recorded as 1 %" in w and "is 1.97 % from its 100 control cells" in w
+               for w in cal.warnings)
+    new = {"gates": {"ER": MarkerGate("nucleus", 2.0, false_positive_percent=1.97,
+                                      control_cells=100).to_dict()}}
+    f.write_text(json.dumps(new))
+    cal = load_calibration(f)
+    assert cal.gates["ER"].false_positive_percent == 1.97 and not cal.warnings

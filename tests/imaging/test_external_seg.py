@@ -114,7 +114,11 @@ def test_one_normalisation_for_every_tile_of_a_slide(fake):
     assert own >= 1.0 and fixed < 0.15  # the noise fills the range, or stays near 0
     with pytest.raises(InputError, match="low < high"):
         ext.segment_external(noise, "stardist", 0.5, value_range=(1.0, 1.0))
-    assert ext.nuclear_range(np.ones((8, 8))) is None
+    assert ext.nuclear_range(np.ones((8, 8)), "stardist") is None
+    # each package's own percentiles: cellpose's normalize99, StarDist's 1 and 99.8
+    ramp = np.arange(1001.0)
+    assert ext.nuclear_range(ramp, "cellpose") == (10.0, 990.0)
+    assert ext.nuclear_range(ramp, "stardist") == (10.0, 998.0)
 
 
 def test_a_slide_fixes_the_models_range_on_its_reference_region(fake):
@@ -134,7 +138,7 @@ def test_a_slide_fixes_the_models_range_on_its_reference_region(fake):
     s = AnalysisSettings(segmentation="stardist").with_pixel_size()
     fixed = fix_global_thresholds(field.image, panel, s)
     dapi = unmix_image(field.image, panel)[..., panel.components.index("DAPI")]
-    assert fixed.segmentation_range == pytest.approx(ext.nuclear_range(dapi))
+    assert fixed.segmentation_range == pytest.approx(ext.nuclear_range(dapi, "stardist"))
     assert fixed.to_dict()["segmentation_range"] == list(fixed.segmentation_range)
     given = replace(s, segmentation_range=(0.0, 2.0))  # a range given is kept
     assert fix_global_thresholds(field.image, panel, given).segmentation_range == (0.0, 2.0)
@@ -295,6 +299,12 @@ def test_a_model_is_named_by_its_absolute_path_and_its_files(fake, tmp_path, mon
     for method, model, px in (("watershed", f, 0.5), ("watershed", None, 0.4)):
         with pytest.raises(InputError, match="is for cellpose or stardist"):
             check_segmentation_model(method, model, px)
+
+
+def test_the_command_line_default_is_the_models_pixel_size():
+    from qdmed.cli.image import _MODEL_PX
+
+    assert _MODEL_PX == ext.MODEL_PIXEL_SIZE_UM
 
 
 def test_images_too_small_for_a_nucleus_get_no_labels(fake):

@@ -30,6 +30,9 @@ POISSON = Annotated[bool, flag("--poisson", help="Poisson-weighted NNLS (slower)
 PIXEL_SIZE = Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's own; one that records none is read at 0.5 um/px, warned: areas and densities scale with its square).")]
 SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained nuclear models, or --segmentation-model).")]
 SEG_MODEL = Annotated[Path | None, typer.Option("--segmentation-model", help="cellpose or StarDist weights on disk instead of the pretrained nuclear model (downloaded on first use, which needs internet): a cellpose model file, or a StarDist model folder (config.json, weights_best.h5). A lab's own model, or the pretrained one copied for offline use.")]
+#: qdmed.imaging._external_seg.MODEL_PIXEL_SIZE_UM (not imported here: the command line
+#: imports the imaging package only when a command runs)
+_MODEL_PX = 0.5
 SEG_PIXEL = Annotated[float, typer.Option("--segmentation-pixel-size", help="um per pixel at which cellpose or StarDist see the slide (resampled for them; labels come back in slide pixels): 0.5, where QuPath runs the pretrained StarDist model and cellpose's 17 px nuclei are 8.5 um; for a model of your own, the pixel size it was trained at.")]
 UNMIXED_BITS = Annotated[int | None, typer.Option("--unmixed-bits", help="Round unmixed.ome.zarr's float32 values to this many mantissa bits (1-23; 10: relative error <= 4.9e-4) so it compresses better (2048^2 px x 8 channels: 135 -> 76 MB at 10): lossy, for viewing; cells.parquet is exact either way.")]
 AUTOFLUOR = Annotated[str, typer.Option("--autofluorescence", help="'panel' (the panel's column) or 'blind' (estimated from each slide itself).")]
@@ -763,7 +766,7 @@ def analyze(
     labels_downsample: LABELS_DOWNSAMPLE = 1,
     segmentation: SEGMENTATION = "watershed",
     segmentation_model: SEG_MODEL = None,
-    segmentation_pixel_size: SEG_PIXEL = 0.5,
+    segmentation_pixel_size: SEG_PIXEL = _MODEL_PX,
     pixel_size_um: PIXEL_SIZE = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -1088,7 +1091,7 @@ def cohort(
     poisson: POISSON = False,
     segmentation: SEGMENTATION = "watershed",
     segmentation_model: SEG_MODEL = None,
-    segmentation_pixel_size: SEG_PIXEL = 0.5,
+    segmentation_pixel_size: SEG_PIXEL = _MODEL_PX,
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel of every slide (default: each slide's own; one that records none is read at 0.5 um/px, warned).")] = None,
     no_report: Annotated[bool, flag("--no-report", help="Skip the HTML reports (the cohort's and each slide's).")] = False,
     no_progress: NOPROG = False,
@@ -1464,10 +1467,8 @@ def _od_cutoffs(text: str) -> tuple[float, ...]:
 def _segmentation_model(model: Path | None, pixel_size: float) -> dict:
     """The settings of --segmentation-model and --segmentation-pixel-size (those not at
     their defaults)."""
-    from qdmed.imaging._cells import _positive
-
     out: dict = {} if model is None else {"segmentation_model": str(model)}
-    if _positive("--segmentation-pixel-size", pixel_size) != 0.5:
+    if pixel_size != _MODEL_PX:  # checked with the settings, before any slide
         out["segmentation_pixel_size_um"] = float(pixel_size)
     return out
 

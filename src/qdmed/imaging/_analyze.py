@@ -27,6 +27,13 @@ import numpy as np
 
 from qdmed.errors import InputError
 from qdmed.imaging._cells import LABEL_NAMES
+from qdmed.imaging._external_seg import (
+    EXTERNAL_METHODS,
+    MODEL_PIXEL_SIZE_UM,
+    model_ident,
+    nuclear_range,
+    package_version,
+)
 from qdmed.imaging._geojson import cell_features, write_feature_collection
 from qdmed.imaging._given_labels import check_segmentation_model, open_given_labels
 from qdmed.imaging._panel import Panel
@@ -83,7 +90,7 @@ class AnalysisSettings:
     #: folder) instead of the pretrained nuclear model; None: the pretrained one
     segmentation_model: str | None = None
     #: pixel size (um) cellpose or StarDist see the image at (see _external_seg)
-    segmentation_pixel_size_um: float = 0.5
+    segmentation_pixel_size_um: float = MODEL_PIXEL_SIZE_UM
     #: nuclear intensities (low, high) cellpose or StarDist get as 0 and 1; None: each
     #: image's own percentiles (a slide fixes them on its reference region)
     segmentation_range: tuple | None = None
@@ -323,12 +330,10 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
     thr = settings.nuclear_threshold
     if thr is None:
         thr = nuclear_otsu(ab[..., comps.index(settings.nuclear_marker)], settings.pixel_size_um)
-    if settings.segmentation in ("cellpose", "stardist") and settings.segmentation_range is None:
+    if settings.segmentation in EXTERNAL_METHODS and settings.segmentation_range is None:
         # one normalisation for every tile (a tile normalised alone stretches its noise)
-        from qdmed.imaging._external_seg import nuclear_range
-
         settings = replace(settings, segmentation_range=nuclear_range(
-            ab[..., comps.index(settings.nuclear_marker)]))
+            ab[..., comps.index(settings.nuclear_marker)], settings.segmentation))
     scales = settings.membrane_scales
     if scales is None:
         scales = membrane_scales(ab, comps, settings.membrane_markers)
@@ -694,9 +699,7 @@ def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
             "...); or the slide has no tissue")
     out = {"nuclear_marker": nuclear_marker, "given_labels": given_labels,
            "warnings": warnings}
-    if method in ("cellpose", "stardist"):
-        from qdmed.imaging._external_seg import package_version
-
+    if method in EXTERNAL_METHODS:
         out["package"] = package_version(method)
     return out
 
@@ -717,9 +720,8 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px}
     if labels is not None:
         doc["labels"] = labels.ident()
-    if settings.segmentation_model is not None:  # weights replaced under the same name
-        from qdmed.imaging._external_seg import model_ident
-
+    if settings.segmentation in EXTERNAL_METHODS:  # another package version, other weights
+        doc["segmentation_package"] = package_version(settings.segmentation)
         doc["segmentation_model"] = model_ident(settings.segmentation, settings.segmentation_model)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 

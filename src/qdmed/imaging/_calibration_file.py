@@ -203,7 +203,7 @@ def load_calibration(path: str | Path) -> Calibration:
     positivity gates and its controls' intensity scale, to pass to
     :func:`~qdmed.imaging.analyze_slide` (``her2_calibration=c.her2, gates=c.gates,
     calibration_scale=c.intensity_scale``)."""
-    from qdmed.imaging._scoring import Her2Calibration, MarkerGate
+    from qdmed.imaging._scoring import Her2Calibration, MarkerGate, gate_noise_floor_percent
 
     try:
         doc = json.loads(Path(path).read_text())
@@ -221,12 +221,20 @@ def load_calibration(path: str | Path) -> Calibration:
     if not isinstance(raw, dict):
         raise FileFormatError(f"{path}: 'gates' must map marker names to gate objects; got "
                               f"{type(raw).__name__}")
-    gates = {}
+    gates, floor_notes = {}, []
     for m, g in raw.items():
         try:
+            fp, nc = g.get("false_positive_percent"), g.get("control_cells")
+            if fp is not None and nc is not None and "floor_rule" not in g:
+                # written before the floor took the control's size: it recorded 100 (1 - q)
+                new = gate_noise_floor_percent(nc, 1.0 - float(fp) / 100.0)
+                floor_notes.append(f"gate {m}: its noise floor, recorded as {fp:.3g} % (100 "
+                                   f"(1 - quantile)), is {new:.3g} % from its {nc} control "
+                                   "cells (order statistics; recomputed: recalibrate to record "
+                                   "it)")
+                fp = new
             gates[m] = MarkerGate(g["compartment"], float(g["threshold"]),
-                                  false_positive_percent=g.get("false_positive_percent"),
-                                  control_cells=g.get("control_cells"))
+                                  false_positive_percent=fp, control_cells=nc)
         except (KeyError, TypeError, AttributeError) as exc:
             raise FileFormatError(f"{path}: gate {m!r} needs 'compartment' and a numeric "
                                   f"'threshold' ({type(exc).__name__}: {exc})") from None
@@ -236,4 +244,5 @@ def load_calibration(path: str | Path) -> Calibration:
     scored, warns = doc.get("controls_scored"), doc.get("warnings")
     return Calibration(her2, gates or None, scale if isinstance(scale, dict) else None,
                        str(path), controls_scored=scored if isinstance(scored, dict) else None,
-                       warnings=tuple(map(str, warns)) if isinstance(warns, list) else ())
+                       warnings=(*(map(str, warns) if isinstance(warns, list) else ()),
+                                 *floor_notes))

@@ -41,6 +41,7 @@ import numpy as np
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._cellsums import compartment_totals, pixels_by_component, sector_totals
 from qdmed.imaging._distance import distance_transform_edt
+from qdmed.imaging._external_seg import EXTERNAL_METHODS, MODEL_PIXEL_SIZE_UM, segment_external
 from qdmed.imaging._jit import lazy_kernel, njit_cached, numba_available
 from qdmed.imaging._watershed import watershed
 
@@ -58,7 +59,7 @@ __all__ = [
 
 #: Compartment names, in column order.
 COMPARTMENTS = ("nucleus", "cytoplasm", "membrane", "cell")
-_SEG_METHODS = ("watershed", "cellpose", "stardist")
+_SEG_METHODS = ("watershed", *EXTERNAL_METHODS)
 _COMPLETENESS_METHODS = ("sectors", "pixels")
 #: Fewest pixels outside cells from which a background completeness threshold is derived.
 MIN_BACKGROUND_PIXELS = 100
@@ -131,7 +132,7 @@ def segment_nuclei(
     origin_px: tuple[int, int] = (0, 0),
     offset: tuple[int, int] | None = None,
     model: str | None = None,
-    model_pixel_size_um: float = 0.5,
+    model_pixel_size_um: float = MODEL_PIXEL_SIZE_UM,
     model_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Segment nuclei on a nuclear (counterstain) channel.
@@ -250,8 +251,6 @@ def segment_nuclei(
         labels = _watershed_nuclei(img, px, threshold, smoothing_um, h_um, local_block_um,
                                    origin_px)
     else:
-        from qdmed.imaging._external_seg import segment_external
-
         labels = segment_external(img, method, px, model, model_px, model_range)
     return _filter_sizes(labels, min_a / px**2, max_a / px**2)
 

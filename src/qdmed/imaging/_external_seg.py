@@ -21,8 +21,9 @@ Three things the thin calls of these packages leave to their user, done here:
   with ``config.json`` and its weights. A path that does not exist is refused here, since
   cellpose 3 would fall back to another model unsaid and StarDist run with random weights.
 
-**Intensity.** The input is normalised as StarDist and QuPath do by default, the 1st and
-99.8th percentiles of the nuclear channel to 0 and 1, and cellpose is given it so
+**Intensity.** The input is normalised as each package does by default, percentiles of the
+nuclear channel to 0 and 1: the 1st and 99.8th for StarDist (as QuPath does too), the 1st
+and 99th for cellpose (its ``normalize99``), which is given the image so
 (``normalize=False``). On a slide the two values are the reference region's (the window
 with most tissue, :func:`qdmed.imaging.fix_global_thresholds`) for every tile: a tile
 normalised alone, QuPath's default, stretches the noise of an empty or sparse tile over
@@ -54,8 +55,11 @@ __all__ = ["MODEL_PIXEL_SIZE_UM", "load_segmentation_model", "model_ident", "nuc
 
 #: Pixel size (um) the pretrained nuclear models are run at (QuPath's StarDist convention).
 MODEL_PIXEL_SIZE_UM = 0.5
-#: Percentiles of the nuclear channel mapped to 0 and 1 (StarDist's and QuPath's defaults).
-NORM_PERCENTILES = (1.0, 99.8)
+#: Percentiles of the nuclear channel mapped to 0 and 1: each package's default (StarDist's,
+#: as QuPath's; cellpose's normalize99), as their models were trained and are run.
+NORM_PERCENTILES = {"cellpose": (1.0, 99.0), "stardist": (1.0, 99.8)}
+#: The segmentations done by these packages.
+EXTERNAL_METHODS = tuple(NORM_PERCENTILES)
 #: One model call at a time in a process: a Dask worker of a user's cluster may run tiles in
 #: several threads, and neither package documents its models as safe to share between
 #: threads (both use every core within a call).
@@ -199,11 +203,12 @@ def _cellpose_diameter(m, model, zoom: float) -> float:
     return float(ref) / zoom
 
 
-def nuclear_range(img) -> tuple[float, float] | None:
-    """The nuclear intensities mapped to 0 and 1 for the models (:data:`NORM_PERCENTILES` of
-    the image), or None when the image has no spread (nothing to normalise by)."""
+def nuclear_range(img, method: str) -> tuple[float, float] | None:
+    """The nuclear intensities mapped to 0 and 1 for ``method``'s model (its
+    :data:`NORM_PERCENTILES` of the image), or None when the image has no spread (nothing
+    to normalise by)."""
     lo, hi = (float(v) for v in np.percentile(np.asarray(img, dtype=np.float64),
-                                               NORM_PERCENTILES))
+                                               NORM_PERCENTILES[method]))
     return (lo, hi) if hi > lo else None
 
 
@@ -219,7 +224,8 @@ def segment_external(img: np.ndarray, method: str, pixel_size_um: float, model=N
     zoom = float(pixel_size_um) / float(model_pixel_size_um)  # model pixels per image pixel
     if min(img.shape) * zoom < MIN_MODEL_PX:
         return np.zeros(img.shape, dtype=np.int32)
-    lo, hi = value_range if value_range is not None else (nuclear_range(img) or (0.0, 1.0))
+    lo, hi = value_range if value_range is not None else (nuclear_range(img, method)
+                                                          or (0.0, 1.0))
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise InputError(f"the nuclear intensity range for {method} must be finite with low < "
                          f"high; got ({lo!r}, {hi!r})")

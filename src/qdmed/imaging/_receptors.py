@@ -106,7 +106,8 @@ class ReceptorStatus:
     percent_positive : float, %
         Observed.
     gate_false_positive_percent : float or None, %
-        The gate's noise floor (percent of negative-control cells above it); None when the
+        The gate's noise floor: the expected percent of truly negative cells at or above it
+        (:func:`qdmed.imaging.gate_noise_floor_percent` of its control); None when the
         gate's origin is unknown (no correction).
     percent_positive_corrected : float, %
         Rogan-Gladen corrected (sensitivity 1); equal to the observed one without a known

@@ -328,10 +328,15 @@ class MarkerGate:
             raise InputError(f"control_cells must be an integer >= 1 or None; got {n!r}.")
 
     def to_dict(self) -> dict:
-        """The gate as a calibration file holds it (its statistic is the mean)."""
-        return {"compartment": self.compartment, "threshold": self.threshold,
-                "false_positive_percent": self.false_positive_percent,
-                "control_cells": self.control_cells}
+        """The gate as a calibration file holds it (its statistic is the mean); a floor
+        estimated on control cells says its rule (:data:`FLOOR_RULE`), which files written
+        before it lack (their floor was ``100 (1 - quantile)``)."""
+        d = {"compartment": self.compartment, "threshold": self.threshold,
+             "false_positive_percent": self.false_positive_percent,
+             "control_cells": self.control_cells}
+        if self.control_cells is not None and self.false_positive_percent is not None:
+            d["floor_rule"] = FLOOR_RULE
+        return d
 
 
 def _gate(marker: str, g) -> MarkerGate:
@@ -1097,11 +1102,11 @@ def score_her2(
         f"complete staining in {p_ic:.2f} % ({n_ic} cells), at or below the {imp:g} % floor "
         "of the unusual 2+ pattern: review these cells (ultralow)",
         f"membrane staining (at least faint) in {p_stained:.1f} % <= {pc:g} % of cells, above "
-        f"the {ulp:g} % null noise floor (ultralow)"
+        f"the {ulp:.3g} % null noise floor (ultralow)"
         + ("" if p_stained - p_faint < 0.05 else
            f"; stronger than faint in {p_stained - p_faint:.1f} %, a pattern the guideline "
            "does not name: review"),
-        f"membrane staining in {p_stained:.1f} %, within the {ulp:g} % of null cells expected "
+        f"membrane staining in {p_stained:.1f} %, within the {ulp:.3g} % of null cells expected "
         "above the faint cut-off (null)",
         "no membrane staining (null)",
     )[branch]
@@ -1434,6 +1439,10 @@ def gates_from_negative_controls(controls: Mapping[str, Any], negatives: Mapping
     return gates
 
 
+#: How a gate's noise floor is estimated from its control (recorded in calibration files).
+FLOOR_RULE = "order statistics: (n (1 - q) + q) / (n + 1)"
+
+
 def gate_noise_floor_percent(n_cells: int, quantile: float) -> float:
     """Percent of truly negative cells at or above a gate set at the ``quantile`` of ``n_cells``
     negative-control cells (``numpy.quantile``'s linear interpolation): ``100 (n (1 - q) +
@@ -1457,7 +1466,12 @@ def gate_noise_floor_percent(n_cells: int, quantile: float) -> float:
     >>> gate_noise_floor_percent(100, 0.99), gate_noise_floor_percent(10, 0.99)
     (1.97029703, 9.909090909)
     """
-    n, q = int(n_cells), float(quantile)
+    from qdmed.imaging._region_scores import check_count
+
+    n = check_count(n_cells, "n_cells", " (control cells)")
+    q = float(quantile)
+    if not 0.0 < q < 1.0:  # NaN fails too
+        raise InputError(f"quantile must be in (0, 1); got {quantile!r}.")
     return round(100.0 * (n * (1.0 - q) + q) / (n + 1), 9)
 
 

@@ -43,6 +43,7 @@ References
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,6 @@ REF_HOWLADER_2014 = (
     "doi:10.1093/jnci/dju055"
 )
 
-#: HER2 IHC category -> HER2 status (ASCO/CAP 2018).
 #: What ASCO/CAP 2020 (Allison et al.) asks a report of an ER Low Positive result to say, in
 #: qdmed's words: limited data, which suggest possible benefit from endocrine therapy (the
 #: patient is eligible for it), and tumours heterogeneous in behaviour and biology, often
@@ -75,6 +75,7 @@ ER_LOW_COMMENT = ("ER low positive (1-10 %): reported as positive; data on endoc
                   "are heterogeneous, often with gene expression closer to ER-negative ones "
                   "(ASCO/CAP 2020)")
 
+#: HER2 IHC category -> HER2 status (ASCO/CAP 2018).
 HER2_STATUS = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}
 _RECEPTOR_STATUSES = ("negative", "low positive", "positive", "insufficient cells")
 
@@ -125,16 +126,18 @@ HR_CUTOFF_PERCENT = 1.0
 
 def _status(st) -> tuple[str, bool]:
     """(status, borderline for the HR group) of a ReceptorStatus or its dict; None: no
-    status (the receptor not gated, or no nucleus with a value for it). Borderline when the 95 % interval of the corrected percentage (``ci95_percent``)
+    status, "not available" (the receptor not gated, or no nucleus with a value for it).
+    Borderline when the 95 % interval of the corrected percentage (``ci95_percent``)
     holds the 1 % cut-off; without an interval, the status's own borderline flag (which
     also counts ER's 10 % cut-off: a review found HR+ flagged borderline at 12 % ER)."""
     if st is None:  # receptor_status leaves out a receptor without gate or measured nuclei
-        return "without status (not gated or no nuclei measured)", False
+        return "not available", False
     get = st.get if isinstance(st, Mapping) else (lambda k, d=None: getattr(st, k, d))
     status, borderline, ci = get("status"), bool(get("borderline")), get("ci95_percent")
     if status not in _RECEPTOR_STATUSES:
         raise InputError(f"receptor status {status!r} is none of {', '.join(_RECEPTOR_STATUSES)}")
-    if ci is not None and len(ci) == 2 and None not in ci:
+    if ci is not None and len(ci) == 2 and all(
+            v is not None and math.isfinite(float(v)) for v in ci):
         borderline = float(ci[0]) <= HR_CUTOFF_PERCENT <= float(ci[1])
     return status, borderline
 
