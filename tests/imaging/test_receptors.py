@@ -220,3 +220,30 @@ def test_gate_noise_floor_refuses_what_is_no_count_or_quantile():
                  (10, float("nan"))):
         with pytest.raises(InputError, match="n_cells|quantile"):
             gate_noise_floor_percent(n, q)
+
+
+def test_fewer_positives_than_the_floor_is_an_exact_beta_binomial_test():
+    """The count of a tissue of the control's negatives above the gate is beta-binomial (the
+    share above an order statistic is Beta, Wilks 1941): 0 of 1000 against a 1.22 % floor
+    from 450 control cells is warned (p = 0.0016; a review found 0 of 1000 against a 1 %
+    floor from 450 cells missed by comparing two 95 % intervals), 8 of 1000 is not; tumours
+    drawn from the control's own distribution are warned in at most the test's 2.5 % (4
+    binomial SD over 300 draws)."""
+    from scipy.stats import betabinom
+
+    from qdmed.imaging import gate_noise_floor_percent
+
+    f = gate_noise_floor_percent(450, 0.99)
+    gate = {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=f, control_cells=450)}
+    st = receptor_status(_cells(0, 1000), gate)["ER"]
+    p0 = betabinom.pmf(0, 1000, f / 100 * 451, (1 - f / 100) * 451)
+    assert p0 < 0.025 and f"p = {p0:.2g}" in st.warnings[0]
+    assert not receptor_status(_cells(8, 1000), gate)["ER"].warnings
+    rng = np.random.default_rng(5)
+    warned = 0
+    for _ in range(300):
+        ctrl = pd.DataFrame({"ER_nucleus_mean": rng.standard_normal(200)})
+        tumour = pd.DataFrame({"ER_nucleus_mean": rng.standard_normal(1000)})
+        gates = gates_from_negative_controls({"neg": ctrl}, {"ER": "neg"})
+        warned += bool(receptor_status(tumour, gates, markers=("ER",))["ER"].warnings)
+    assert warned / 300 <= 0.025 + 4 * np.sqrt(0.025 * 0.975 / 300)
