@@ -329,3 +329,20 @@ def test_a_file_that_is_no_model_is_said_in_one_line(fake, monkeypatch, tmp_path
     assert str(err.value) == (f"cellpose could not load {str(f.resolve())!r}: is it a "
                               "cellpose model file? (UnpicklingError: Weights only load "
                               "failed.)")
+
+
+def test_the_summary_and_report_name_the_package_and_its_model(monkeypatch):
+    import qdmed.imaging._analyze as analyze
+    from qdmed.imaging._report import segmentation_paragraph
+
+    monkeypatch.setattr(analyze, "package_version", lambda method: "cellpose 4.2.1")
+    s = analyze.segmentation_summary(5, "DAPI", False, "cellpose")
+    assert s["package"] == "cellpose 4.2.1" and "ran its cpsam model" in s["warnings"][0]
+    assert not analyze.segmentation_summary(5, "DAPI", False, "cellpose", "/m/own")["warnings"]
+    text = segmentation_paragraph({"settings": {"segmentation": "stardist",
+                                                "segmentation_model": "/a/b/my_model",
+                                                "segmentation_pixel_size_um": 0.4,
+                                                "nuclear_marker": "DAPI"},
+                                   "segmentation": {"package": "stardist 0.9.2"}})
+    assert text.startswith("Segmentation: nuclei by stardist 0.9.2 (the model my_model, seen "
+                           "at 0.4 um per pixel) on the unmixed DAPI channel")

@@ -682,7 +682,7 @@ MAX_READ_FACTOR = 4.0
 
 
 def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
-                         method: str = "watershed") -> dict:
+                         method: str = "watershed", model: str | None = None) -> dict:
     """How the cells were found (with cellpose or StarDist, the package's version), and a
     warning when none were: a control imaged without its counterstain (a single-stain or
     fluorescence-minus-one section with no DAPI) looks like a slide without tissue, and its
@@ -701,6 +701,10 @@ def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
            "warnings": warnings}
     if method in EXTERNAL_METHODS:
         out["package"] = package_version(method)
+        if method == "cellpose" and model is None and \
+                str(out["package"]).startswith("cellpose 4"):
+            warnings.append("cellpose 4 has no 'nuclei' model: it ran its cpsam model (install "
+                            "cellpose 3, qdmed[seg], for the nuclear model)")
     return out
 
 
@@ -1384,7 +1388,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_workers": n_used, "scheduler": "synchronous" if scheduler == "synchronous" else mode,
         "n_cells": int(len(cells)),
         "segmentation": segmentation_summary(len(cells), s.nuclear_marker, labels is not None,
-                                             s.segmentation),
+                                             s.segmentation, s.segmentation_model),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": her2_d,
         "her2_heterogeneity": None if het is None else het.to_dict(),

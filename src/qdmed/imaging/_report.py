@@ -364,7 +364,14 @@ def segmentation_paragraph(s: dict) -> str:
     given = s.get("labels")
     st = s.get("settings") or {}
     if not given:
-        return (f"Segmentation: nuclei by {st.get('segmentation', 'watershed')} on the "
+        method = st.get("segmentation", "watershed")
+        package = (s.get("segmentation") or {}).get("package")
+        if package:  # cellpose or StarDist: which model, at which pixel size
+            model = st.get("segmentation_model")
+            which = f"the model {Path(model).name}" if model else "its pretrained nuclear model"
+            method = (f"{package} ({which}, seen at "
+                      f"{st.get('segmentation_pixel_size_um', 0.5):g} um per pixel)")
+        return (f"Segmentation: nuclei by {method} on the "
                 f"unmixed {st.get('nuclear_marker', 'nuclear')} channel, cells by "
                 "membrane-guided expansion.")
 
