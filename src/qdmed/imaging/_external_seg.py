@@ -148,7 +148,7 @@ def _load(method: str, path: str | None, ident: str = ""):
             return models.CellposeModel(gpu=False, pretrained_model=path)
         except Exception as exc:  # a download without network, a file of another kind...
             raise InputError(
-                "cellpose could not load its model 'nuclei' " f"({_first_line(exc)}); {_MODEL_HELP}"
+                f"cellpose could not load its model 'nuclei' ({_first_line(exc)}); {_MODEL_HELP}"
                 if path is None else
                 f"cellpose could not load {path!r}: is it a cellpose model file? "
                 f"({_first_line(exc)})") from exc
