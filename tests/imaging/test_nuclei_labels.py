@@ -141,7 +141,7 @@ def test_field_with_true_nuclei_measures_every_true_nucleus():
 def test_optional_segmenters_are_reached_from_the_settings(monkeypatch):
     """settings.segmentation picks cellpose/StarDist (not installed here: the adapter is
     replaced by a stand-in that records the call and returns the true nuclei)."""
-    import qdmed.imaging._external_seg as ext
+    import qdmed.imaging._cells as cells_mod
 
     f = simulate_field((256, 256), preset="BT474", seed=4, **KW)
     seen = []
@@ -150,7 +150,7 @@ def test_optional_segmenters_are_reached_from_the_settings(monkeypatch):
         seen.append((method, img.shape, *args))
         return f.nuclei
 
-    monkeypatch.setattr(ext, "segment_external", fake)
+    monkeypatch.setattr(cells_mod, "segment_external", fake)
     settings = AnalysisSettings(segmentation="stardist", segmentation_pixel_size_um=0.4,
                                 segmentation_range=(0.0, 3.0))
     fa = analyze_field(f.image, PANEL, settings)
