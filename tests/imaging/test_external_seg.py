@@ -285,7 +285,7 @@ def test_a_cellpose_model_of_ones_own_is_given_its_training_size(fake, tmp_path)
 
 
 def test_a_model_is_named_by_its_absolute_path_and_its_files(fake, tmp_path, monkeypatch):
-    from qdmed.imaging._given_labels import check_segmentation_model
+    from qdmed.imaging._external_seg import check_segmentation_model
 
     f = tmp_path / "own"
     f.write_bytes(b"weights")

@@ -30,12 +30,13 @@ from qdmed.imaging._cells import LABEL_NAMES
 from qdmed.imaging._external_seg import (
     EXTERNAL_METHODS,
     MODEL_PIXEL_SIZE_UM,
+    check_segmentation_model,
     model_ident,
     nuclear_range,
     package_version,
 )
 from qdmed.imaging._geojson import cell_features, write_feature_collection
-from qdmed.imaging._given_labels import check_segmentation_model, open_given_labels
+from qdmed.imaging._given_labels import open_given_labels
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
     assign_regions,

@@ -250,7 +250,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     if settings is not None:  # checked once, not slide by slide
         from dataclasses import replace
 
-        from qdmed.imaging._given_labels import check_segmentation, check_segmentation_model
+        from qdmed.imaging._external_seg import check_segmentation_model
+        from qdmed.imaging._given_labels import check_segmentation
 
         check_segmentation(settings.segmentation)
         settings = replace(settings, segmentation_model=check_segmentation_model(

@@ -50,8 +50,9 @@ import numpy as np
 
 from qdmed.errors import InputError
 
-__all__ = ["MODEL_PIXEL_SIZE_UM", "load_segmentation_model", "model_ident", "nuclear_range",
-           "package_version", "resolve_model", "segment_external"]
+__all__ = ["MODEL_PIXEL_SIZE_UM", "check_segmentation_model", "load_segmentation_model",
+           "model_ident", "nuclear_range", "package_version", "resolve_model",
+           "segment_external"]
 
 #: Pixel size (um) the pretrained nuclear models are run at (QuPath's StarDist convention).
 MODEL_PIXEL_SIZE_UM = 0.5
@@ -184,6 +185,28 @@ def load_segmentation_model(method: str, model=None):
                          f"{', '.join(_INSTALL)}")
     path = resolve_model(method, model)
     return _load(method, path, repr(model_ident(method, path)))
+
+
+def check_segmentation_model(segmentation: str, model,
+                             pixel_size_um: float = MODEL_PIXEL_SIZE_UM) -> str | None:
+    """A cellpose or StarDist segmentation loaded before any tile, so that a package not
+    installed, a model path that is not one or a download that fails is said at once (and
+    the model is loaded once in this process), and its model's path made absolute (for
+    workers in other folders or on other machines); returned. A model or a model pixel size
+    for another method is refused."""
+    from qdmed.imaging._cells import _positive
+
+    _positive("segmentation_pixel_size_um (--segmentation-pixel-size)", pixel_size_um)
+    if segmentation in EXTERNAL_METHODS:
+        load_segmentation_model(segmentation, model)
+        return resolve_model(segmentation, model)
+    for given, what in ((model is not None, "a segmentation model (--segmentation-model)"),
+                        (pixel_size_um != MODEL_PIXEL_SIZE_UM, "a segmentation pixel size "
+                                               "(--segmentation-pixel-size)")):
+        if given:
+            raise InputError(f"{what} is for cellpose or stardist; segmentation "
+                             f"{segmentation!r} takes none")
+    return None
 
 
 def _cellpose_diameter(m, model, zoom: float) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from qdmed.errors import InputError
-from qdmed.imaging._external_seg import EXTERNAL_METHODS, MODEL_PIXEL_SIZE_UM
+from qdmed.imaging._external_seg import EXTERNAL_METHODS
 
 #: settings.segmentation values: qdmed's own watershed, the optional packages, or labels
 SEGMENTATIONS = ("watershed", *EXTERNAL_METHODS, "labels")
@@ -188,30 +188,6 @@ def check_segmentation(segmentation) -> None:
         raise InputError(f"unknown segmentation {segmentation!r}; accepted: "
                          f"{', '.join(SEGMENTATIONS[:-1])} (and 'labels', which giving "
                          "nuclei label images sets: --nuclei-labels, nuclei_labels)")
-
-
-def check_segmentation_model(segmentation: str, model,
-                             pixel_size_um: float = MODEL_PIXEL_SIZE_UM) -> str | None:
-    """A cellpose or StarDist segmentation loaded before any tile, so that a package not
-    installed, a model path that is not one or a download that fails is said at once (and
-    the model is loaded once in this process), and its model's path made absolute (for
-    workers in other folders or on other machines); returned. A model or a model pixel size
-    for another method is refused."""
-    from qdmed.imaging._cells import _positive
-
-    _positive("segmentation_pixel_size_um (--segmentation-pixel-size)", pixel_size_um)
-    if segmentation in EXTERNAL_METHODS:
-        from qdmed.imaging._external_seg import load_segmentation_model, resolve_model
-
-        load_segmentation_model(segmentation, model)
-        return resolve_model(segmentation, model)
-    for given, what in ((model is not None, "a segmentation model (--segmentation-model)"),
-                        (pixel_size_um != MODEL_PIXEL_SIZE_UM, "a segmentation pixel size "
-                                               "(--segmentation-pixel-size)")):
-        if given:
-            raise InputError(f"{what} is for cellpose or stardist; segmentation "
-                             f"{segmentation!r} takes none")
-    return None
 
 
 def open_given_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_channel,

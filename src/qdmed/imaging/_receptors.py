@@ -169,25 +169,29 @@ def _wilson95(k: int, n: int):
     return binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
 
 
+def _floor_beta(f: float, n_control: int) -> tuple[float, float]:
+    """Beta(a, b) of a gate's noise floor ``f`` (a fraction, > 0) estimated on ``n_control``
+    cells: Beta(f (n + 1), (1 - f) (n + 1)), the distribution of the share of a population
+    above an order statistic (Wilks 1941; its mean is ``f``, see
+    :func:`qdmed.imaging.gate_noise_floor_percent`)."""
+    return f * (n_control + 1), (1.0 - f) * (n_control + 1)
+
+
 def _floor95(f: float, n_control: int) -> tuple[float, float]:
     """95 % interval of a gate's noise floor ``f`` (a fraction) estimated on ``n_control``
-    cells: the 2.5 and 97.5 % points of Beta(f (n + 1), (1 - f) (n + 1)), the distribution of
-    the share of a population above an order statistic (Wilks 1941; its mean is ``f``, see
-    :func:`qdmed.imaging.gate_noise_floor_percent`)."""
+    cells: the 2.5 and 97.5 % points of its :func:`_floor_beta`."""
     from scipy.stats import beta
 
-    a, b = f * (n_control + 1), (1.0 - f) * (n_control + 1)
     if f <= 0:  # no cell above the gate expected: the floor is 0, exactly
         return 0.0, 0.0
-    lo, hi = beta.ppf([0.025, 0.975], a, b)
+    lo, hi = beta.ppf([0.025, 0.975], *_floor_beta(f, n_control))
     return float(lo), min(float(hi), 1.0 - 1e-12)
 
 
 def _fewer_than_floor_p(k: int, n: int, f: float, n_control: int | None) -> float:
     """One-sided p-value of ``k`` or fewer of ``n`` nuclei passing a gate whose noise floor
     is ``f`` if every nucleus were a negative like the control's: the share of such cells
-    above the gate is Beta(f (n_c + 1), (1 - f)(n_c + 1)) (:func:`_floor95`), so the count is
-    beta-binomial, exactly; binomial with a floor of unknown control size. Positive nuclei
+    above the gate is Beta (:func:`_floor_beta`), so the count is beta-binomial, exactly; binomial with a floor of unknown control size. Positive nuclei
     only raise the count, so a small p says the tissue's negatives are quieter than the
     control's. (It replaces comparing two 95 % intervals, which missed 0 of 1000 against a
     1 % floor from 450 cells: a review.)"""
@@ -196,7 +200,7 @@ def _fewer_than_floor_p(k: int, n: int, f: float, n_control: int | None) -> floa
     if f <= 0:
         return 1.0
     if n_control:
-        return float(betabinom.cdf(k, n, f * (n_control + 1), (1.0 - f) * (n_control + 1)))
+        return float(betabinom.cdf(k, n, *_floor_beta(f, n_control)))
     return float(binom.cdf(k, n, f))
 
 

@@ -75,11 +75,10 @@ def score_fields(her2: dict | None, markers: dict | None) -> dict[str, Any]:
             row[f"{m}_percent_positive"] = v
         for m, st in (markers.get("receptor_status") or {}).items():
             # the status is decided on the corrected percentage (the gate's noise floor
-            # removed), which the table must show beside the observed one
-            row[f"{m}_percent_positive_corrected"] = st.get("percent_positive_corrected")
-            ci = st.get("ci95_percent") or (None, None)
-            row[f"{m}_percent_positive_ci95_low"], row[f"{m}_percent_positive_ci95_high"] = ci
-            row[f"{m}_status"] = st["label"]
+            # removed), which the table must show beside the observed one, with its interval
+            low, high = st.get("ci95_percent") or (None, None)
+            row.update(zip(receptor_fields(m), (st.get("percent_positive_corrected"), low,
+                                                high, st["label"]), strict=True))
     return row | subtype_field(her2, markers)
 
 
