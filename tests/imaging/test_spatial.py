@@ -14,7 +14,13 @@ import pytest
 
 from qdmed.errors import InputError
 from qdmed.imaging import spatial_analysis, spatial_by_group, spatial_cells
-from qdmed.imaging._spatial import _classify, _group_expectation, _ordered_counts, _pairs
+from qdmed.imaging._spatial import (
+    _classify,
+    _group_expectation,
+    _group_variance,
+    _ordered_counts,
+    _pairs,
+)
 
 
 def _table(x, y, cls, **extra):
@@ -78,20 +84,28 @@ def test_hand_computed_line_of_three_cells():
     assert r.mean_neighbours == ((0.0, 0.5), (1.0, 0.0))
     assert r.fraction_within == ((0.0, 0.5), (1.0, 0.0))
     assert np.allclose(r.expected_neighbours, ((1 / 3, 1 / 3), (2 / 3, 0.0)))
-    assert r.z == ((None, None), (None, None)) and r.p_enrichment[0][0] is None
+    # the three places of the B: ordered A-B counts 1, 1, 0 (mean 2/3, variance 2/9), A-A
+    # counts 0, 0, 2 (mean 2/3, variance 8/9); a lone B never neighbours a B (no z)
+    h = 1 / math.sqrt(2)
+    assert np.allclose(np.array(r.z, dtype=float), ((-h, h), (h, np.nan)), equal_nan=True)
+    assert r.p_enrichment[0][0] is None  # no permutations
 
 
-def _exhaustive_mean(labels, groups, pairs, k):
-    """Mean ordered neighbour counts over every labelling within groups (enumerated)."""
+def _exhaustive_moments(labels, groups, pairs, k):
+    """Mean and variance of the ordered neighbour counts over every labelling within
+    groups (enumerated)."""
     idx = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    total, count = np.zeros((k, k)), 0
+    total, square, count = np.zeros((k, k)), np.zeros((k, k)), 0
     for perms in itertools.product(*(itertools.permutations(labels[i]) for i in idx)):
         lab = labels.copy()
         for i, p in zip(idx, perms, strict=True):
             lab[i] = p
-        total += _ordered_counts(lab, pairs, k)
+        m = _ordered_counts(lab, pairs, k)
+        total += m
+        square += m * m
         count += 1
-    return total / count
+    mean = total / count
+    return mean, square / count - mean ** 2
 
 
 def test_expected_neighbours_is_the_mean_over_every_labelling():
@@ -104,8 +118,57 @@ def test_expected_neighbours_is_the_mean_over_every_labelling():
     c = _classify(cells, ("phenotype",), "region", ("centroid_x_um", "centroid_y_um"))
     pairs = _pairs(c, 15.0)
     assert pairs.shape[1] > 3
-    exact = _exhaustive_mean(c.label, c.group, pairs, len(c.classes))
+    exact, var = _exhaustive_moments(c.label, c.group, pairs, len(c.classes))
     assert np.allclose(_group_expectation(c, pairs).sum(axis=0), exact, rtol=1e-12)
+    # and so is the join-count variance under non-free sampling (Cliff & Ord 1981)
+    assert np.allclose(_group_variance(c, pairs), var, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("radius", [8.0, 14.0, 25.0, 100.0])
+def test_join_count_variance_is_the_variance_over_every_labelling(radius):
+    # one group of 8 cells, 3 classes (3 A, 3 B, 2 C: 560 labellings), radii from sparse
+    # neighbours to every pair (where no count can change: variance 0)
+    rng = np.random.default_rng(int(radius))
+    x, y = rng.uniform(0, 40, 8), rng.uniform(0, 40, 8)
+    cells = _table(x, y, list("AAABBBCC"))
+    c = _classify(cells, ("phenotype",), None, ("centroid_x_um", "centroid_y_um"))
+    pairs = _pairs(c, radius)
+    _, var = _exhaustive_moments(c.label, c.group, pairs, len(c.classes))
+    assert np.allclose(_group_variance(c, pairs), var, rtol=1e-9, atol=1e-9)
+    if radius == 100.0:
+        assert pairs.shape[1] == 28 and np.all(_group_variance(c, pairs) == 0)
+
+
+def test_rare_class_z_is_exact_and_does_not_depend_on_the_seed():
+    # two B cells side by side among 1600 on a 10 um grid (radius 10.5: 3120 pairs). The
+    # B-B count is 2 (ordered) with probability 3120 / C(1600, 2), else 0: z is exact
+    # (the shuffles, all 0, once gave z ~1e10 from a rounding residue)
+    yy, xx = np.mgrid[0:40, 0:40] * 10.0
+    cls = np.array(["A"] * 1600, dtype=object)
+    cls[[0, 1]] = "B"
+    cells = _table(xx.ravel(), yy.ravel(), cls)
+    p = 3120 / (1600 * 1599 / 2)
+    z_exact = (2 - 2 * p) / (2 * math.sqrt(p * (1 - p)))
+    for seed in (0, 1, 2):
+        r = spatial_analysis(cells, radius_um=10.5, n_permutations=199, seed=seed,
+                             within=None)
+        assert r.n_pairs == 3120
+        assert r.z[1][1] == pytest.approx(z_exact, rel=1e-9)  # 20.2
+        # shuffles reaching 2: binomial(199, 0.0024), mean 0.49; more than 5: p < 1e-5
+        assert 1 / 200 <= r.p_enrichment[1][1] <= 6 / 200
+
+
+def test_too_many_pairs_are_refused_and_groups_of_two_images_warned():
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(0, 3000, 20000), rng.uniform(0, 3000, 20000)
+    cells = _table(x, y, rng.choice(["A", "B"], 20000))
+    # 20,000 cells within 3 mm of each other: ~2e8 pairs of the 5e7 allowed
+    with pytest.raises(InputError, match="radius_um=3000: about .* neighbour pairs"):
+        spatial_analysis(cells, radius_um=3000.0, n_permutations=0, within=None)
+    # one case on two slides sharing coordinates: each group's own result warns as well
+    two = pd.concat([cells[:300].assign(slide="s1"), cells[:300].assign(slide="s2")])
+    per = spatial_by_group(two.assign(case="c1"), within="case", n_permutations=0)
+    assert any("several slide values" in w for w in per["c1"].warnings)
 
 
 def test_segregated_classes_are_enriched_with_their_own():

@@ -1674,7 +1674,7 @@ def spatial(
     by: Annotated[str, typer.Option("--by", help="Class column(s), comma-separated: phenotype, her2_category, <marker>_positive (read <marker>+ / <marker>-), dab_class (a DAB analysis), a cluster id, or QuPath's Classification; several are combined (ER_positive,PR_positive gives ER+ PR- ...).")] = "phenotype",
     radius_um: Annotated[float, typer.Option("--radius-um", help="Neighbourhood radius, centroid to centroid (um).")] = 20.0,
     within: Annotated[str, typer.Option("--within", help="Column(s) of groups, comma-separated (slide, TMA core, case): neighbours found and classes shuffled within each. auto: the image (slide, QuPath's Image or inForm's Sample Name, when the table has one), and case, else region (cells without one: their image alone); none: the whole table. QuPath TMA: Image,Parent.")] = "auto",
-    permutations: Annotated[int, typer.Option("--permutations", help="Shuffles of the classes over the cells for the enrichment z-scores and p-values (0: none).")] = 999,
+    permutations: Annotated[int, typer.Option("--permutations", help="Shuffles of the classes over the cells for the enrichment p-values (0: none; the z-scores are exact without them).")] = 999,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shuffles.")] = 0,
     xy: Annotated[str, typer.Option("--xy", help="Centroid columns in um, X,Y (QuPath: 'Centroid X µm,Centroid Y µm').")] = "centroid_x_um,centroid_y_um",
     per_group: Annotated[bool, flag("--per-group", help="Also analyse every group (TMA core, case, slide; see --within) on its own: one row per group and (from, to) pair in --table (or under per_group with --json).")] = False,

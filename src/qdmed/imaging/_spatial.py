@@ -9,7 +9,8 @@ three measures, which qdmed computes on the cell centroids (um) of a cells table
   "Detect centroid distances 2D" and phenoptr's ``find_nearest_distance`` give it for inForm
   tables; summarised per pair of classes (from, to) by its median. For scale: in a Poisson
   pattern of density rho the mean nearest distance is ``1 / (2 sqrt(rho))`` (Clark & Evans
-  1954), 6.1 um at one cell per 150 um^2 (the tests check it);
+  1954), 6.1 um at one cell per 150 um^2 (the tests check the formula on a Poisson
+  pattern);
 - **neighbours within a radius**: the number of cells of each class whose centroids lie
   within ``radius_um`` of a cell's (phenoptr's ``count_within``), and the share of cells of
   one class with at least one of the other within it;
@@ -21,9 +22,13 @@ three measures, which qdmed computes on the cell centroids (um) of a cells table
   is exact (the join-count expectation under random labelling, Cliff & Ord 1981): an ordered
   pair of neighbours (x, y) carries classes (a, b) with probability
   ``n_a (n_b - [a = b]) / (n (n - 1))``, so ``E = 2 P n_a (n_b - [a = b]) / (n (n - 1))``
-  summed over the groups for ``P`` neighbour pairs among ``n`` cells. The permutations give
-  the spread: ``z = (observed - expected) / SD``, and the one-sided permutation p-values of
-  enrichment and of depletion, ``(b + 1) / (m + 1)`` (Phipson & Smyth 2010).
+  summed over the groups for ``P`` neighbour pairs among ``n`` cells; so is its variance
+  (Cliff & Ord's join-count variance under non-free sampling, from the pairs and the pairs
+  of pairs sharing a cell), which gives ``z = (observed - expected) / SD``: the SD that
+  histoCAT and squidpy estimate from their permutations, without the permutations' noise
+  (a rare class's z changed with the seed). The permutations give the one-sided p-values
+  of enrichment and of depletion, ``(b + 1) / (m + 1)`` (Phipson & Smyth 2010), which hold
+  where z, being far from normal for rare classes, does not.
 
 Classes are shuffled within each group (``within``: the TMA core, the case, a region):
 cores of a TMA are different patients, and shuffling across them would call two classes
@@ -95,6 +100,9 @@ IMAGE_COLUMNS = ("slide", "Image", "Sample Name")
 AUTO_WITHIN = ("case", "region")
 #: Cell centroid columns (um) of a qdmed cells table.
 XY_COLUMNS = ("centroid_x_um", "centroid_y_um")
+#: More neighbour pairs than this (estimated) is refused: ~16 bytes each, held and
+#: counted again in every permutation (20 um around 1e6 cells: ~4e6 pairs).
+MAX_PAIRS = 50_000_000
 #: The map in :meth:`SpatialResult.plot` draws at most this many cells (a seeded sample).
 PLOT_MAX_CELLS = 200_000
 
@@ -322,16 +330,41 @@ def _check_radius(radius_um) -> float:
     return r
 
 
+def _trees_within(blocks, radius_um: float) -> list:
+    """A k-d tree of each block of centroids, once the pairs within ``radius_um`` they
+    would hold are estimated (from up to 2,000 cells of each block) and found below
+    :data:`MAX_PAIRS`: a radius near the tissue's size asks for every pair of cells."""
+    from scipy.spatial import cKDTree
+
+    trees, est, n = [], 0.0, 0
+    for xy in blocks:
+        tree = cKDTree(xy)
+        trees.append(tree)
+        if len(xy) < 2:
+            continue
+        pick = np.random.default_rng(0).choice(len(xy), min(len(xy), 2000), replace=False)
+        per_cell = tree.query_ball_point(xy[pick], radius_um, return_length=True) - 1
+        est += len(xy) * float(np.mean(per_cell)) / 2
+        n += len(xy)
+    if est > MAX_PAIRS:
+        raise InputError(
+            f"radius_um={radius_um:g}: about {est:.2g} neighbour pairs among {n:,} cells, "
+            f"more than {MAX_PAIRS:,} (each takes memory and time in every permutation); "
+            f"give a smaller radius (the default {DEFAULT_RADIUS_UM:g} um reaches a cell's "
+            "first ring of neighbours)")
+    return trees
+
+
 def _pairs(c: _Classified, radius_um: float) -> np.ndarray:
     """(2, P) neighbour pairs i < j within ``radius_um`` of each other in the same group
     (indices into the sorted cells; rows contiguous, as the permutations index them)."""
-    from scipy.spatial import cKDTree
-
+    bounds = [(int(g0), int(g1)) for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True)
+              if g1 - g0 > 1]
     out = []
-    for g0, g1 in zip(c.bounds[:-1], c.bounds[1:], strict=True):
-        if g1 - g0 > 1:
-            p = cKDTree(c.xy[g0:g1]).query_pairs(radius_um, output_type="ndarray")
-            out.append(p.astype(np.int64) + g0)
+    for (g0, _), tree in zip(bounds, _trees_within([c.xy[g0:g1] for g0, g1 in bounds],
+                                                   radius_um), strict=True):
+        p = tree.query_pairs(radius_um, output_type="ndarray")
+        out.append(p.astype(np.int64) + g0)
     return np.ascontiguousarray(np.concatenate(out).T) if out else \
         np.zeros((2, 0), dtype=np.int64)
 
@@ -434,6 +467,53 @@ def _group_expectation(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     return e
 
 
+def _group_variance(c: _Classified, pairs: np.ndarray) -> np.ndarray:
+    """(K, K) exact variance of the ordered neighbour counts under random labelling within
+    each group (join counts under non-free sampling, Cliff & Ord 1981), summed over the
+    independent groups.
+
+    With ``P`` pairs in a group, ``T1 = sum_i d_i (d_i - 1)`` ordered pairs of pairs sharing
+    a cell (``d_i``: cell i's neighbours) and ``T2 = P (P - 1) - T1`` disjoint ones, a count
+    of indicators X over the pairs has ``Var = P (p - p^2) + T1 (p3 - p^2) + T2 (p4 - p^2)``,
+    p, p3, p4 the chance that one pair, two pairs sharing a cell, two disjoint pairs all
+    carry the classes. Each difference is written in closed form, with no cancellation (the
+    differences of the falling-factorial ratios factor through ``n - n_a``); what is left
+    below 1e-9 of the terms' size is taken as 0 (a radius holding every pair of the group:
+    the count cannot change)."""
+    g_n, k = len(c.groups), len(c.classes)
+    n_cells = len(c.label)
+    deg = (np.bincount(pairs[0], minlength=n_cells)
+           + np.bincount(pairs[1], minlength=n_cells)).astype(np.float64)
+    p_g = np.bincount(c.group[pairs[0]], minlength=g_n).astype(np.float64)
+    t1 = np.bincount(c.group, weights=deg * (deg - 1), minlength=g_n)
+    t2 = p_g * (p_g - 1) - t1
+    n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
+    n = n_ga.sum(axis=1).astype(np.float64)[:, None, None]
+    a = n_ga.astype(np.float64)[:, :, None]
+    b = n_ga.astype(np.float64)[:, None, :]
+    p_, t1_, t2_ = (v[:, None, None] for v in (p_g, t1, t2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n2, n3, n4 = n * (n - 1), n * (n - 1) * (n - 2), n * (n - 1) * (n - 2) * (n - 3)
+        # a class with itself: X = both ends of class a; the ordered count is 2 X
+        p2 = a * (a - 1) / n2
+        same = [p_ * p2 * (n - a) * (n + a - 1) / n2,
+                t1_ * p2 * (n - a) * (a * n - 2 * n - 2 * a + 2) / n3,
+                -t2_ * p2 * (n - a) * (4 * a * n - 6 * n - 6 * a + 6) / n4]
+        # two classes: X = one end a, the other b
+        q = 2 * a * b / n2
+        cross = [p_ * q * (n2 - 2 * a * b) / n2,
+                 t1_ * a * b * ((a + b - 2) * n2 - 4 * a * b * (n - 2)) / (n2 * n3),
+                 t2_ * 4 * a * b * ((a - 1) * (b - 1) * n2 - a * b * (n - 2) * (n - 3))
+                 / (n2 * n4)]
+    eye = np.eye(k, dtype=bool)[None]
+    terms = [np.where(eye, 4 * s, x) for s, x in zip(same, cross, strict=True)]
+    terms = [np.where(np.isfinite(t), t, 0.0) for t in terms]  # groups too small: 0
+    var = sum(terms)
+    size = sum(np.abs(t) for t in terms)
+    var = np.where(var > 1e-9 * size, var, 0.0)
+    return var.sum(axis=0)
+
+
 def _ordered_counts(label: np.ndarray, pairs: np.ndarray, k: int) -> np.ndarray:
     """(K, K) ordered neighbour counts: [a, b] = pairs with one end a and the other b,
     counted both ways (so [a, a] counts each a-a pair twice, and [a, b] / n_a is the mean
@@ -469,7 +549,8 @@ class SpatialResult:
     n_cells : tuple of int
         Cells of each class.
     n_unclassified : int
-        Cells without a class, left out.
+        Cells without a class, or of a class not among ``classes`` when those were given:
+        left out.
     n_ungrouped : int
         Cells with a class but no group (an empty ``within`` value), left out.
     radius_um : float, um
@@ -490,12 +571,15 @@ class SpatialResult:
     expected_neighbours : matrix
         The same, expected when the classes are shuffled over the cells (exact).
     z : matrix
-        ``(observed - expected) / SD`` of the neighbour count, SD over the permutations
-        (symmetric; None without permutations or where the SD is 0).
+        ``(observed - expected) / SD`` of the neighbour count, the SD exact under random
+        labelling within the groups (symmetric; None where the count cannot change:
+        a class absent or alone, a radius holding every pair). For a rare class the count
+        is far from normal: read its p-values.
     p_enrichment, p_depletion : matrices
         One-sided permutation p-values, ``(b + 1) / (m + 1)`` (None without permutations,
-        and where no shuffle changes the count: a class absent, or two classes that never
-        share a group).
+        and where the pair cannot occur: a class absent, two classes that never share a
+        group, one cell of a class for the class with itself, or no neighbours in the
+        groups holding both).
     n_permutations, seed : int
     warnings : tuple of str
     references : tuple of str
@@ -703,16 +787,14 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
 def _cut_pairs(c: _Classified, r: float) -> int:
     """Pairs of cells within ``r`` of each other in one image but in two groups (adjacent
     annotations), which the groups leave uncounted."""
-    from scipy.spatial import cKDTree
-
     if c.within is None or len(c.groups) < 2:
         return 0
+    ats = [np.flatnonzero(c.image == img) for img in np.unique(c.image)]
+    ats = [at for at in ats if len(np.unique(c.group[at])) > 1]
     n = 0
-    for img in np.unique(c.image):
-        at = np.flatnonzero(c.image == img)
-        if len(np.unique(c.group[at])) > 1:
-            p = cKDTree(c.xy[at]).query_pairs(r, output_type="ndarray")
-            n += int(np.sum(c.group[at][p[:, 0]] != c.group[at][p[:, 1]]))
+    for at, tree in zip(ats, _trees_within([c.xy[at] for at in ats], r), strict=True):
+        p = tree.query_pairs(r, output_type="ndarray")
+        n += int(np.sum(c.group[at][p[:, 0]] != c.group[at][p[:, 1]]))
     return n
 
 
@@ -726,7 +808,13 @@ def _analyse(c: _Classified, r: float, n_perm: int, seed, progress: bool,
     n_a = np.bincount(c.label, minlength=k)
     obs = _ordered_counts(c.label, pairs, k).astype(np.float64)
     exp = _group_expectation(c, pairs).sum(axis=0)
-    z, p_hi, p_lo, testable = _shuffled(c, pairs, obs, exp, n_perm, seed, progress)
+    # z from the exact SD under random labelling (what the permutations' SD estimates: a
+    # rare class's few non-zero shuffles made that z change with the seed, 112 to 158)
+    var = _group_variance(c, pairs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(var > 0, (obs - exp) / np.sqrt(var), np.nan)
+    p_hi, p_lo = _shuffled(c, pairs, obs, n_perm, seed, progress)
+    testable = _possible(c, pairs)
     med, mean, used, frac = _distances(c, near, _neighbour_counts(c, pairs))
     with np.errstate(invalid="ignore", divide="ignore"):
         per_from = np.where(n_a > 0, n_a, np.nan)[:, None]
@@ -745,37 +833,37 @@ def _analyse(c: _Classified, r: float, n_perm: int, seed, progress: bool,
         _map=_map_sample(c, seed))
 
 
-def _shuffled(c: _Classified, pairs, obs, exp, n_perm: int, seed, progress: bool):
-    """``(z, p_enrichment, p_depletion, testable)`` of the observed counts against
-    ``n_perm`` shuffles of the classes within the groups: z from the shuffles' SD (the
-    sums of their deviations from the exact expectation), one-sided p ``(b + 1) / (m + 1)``;
-    NaN where no shuffle changes the count (``testable`` False)."""
+def _possible(c: _Classified, pairs: np.ndarray) -> np.ndarray:
+    """(K, K) whether a (from, to) neighbour pair can occur under shuffling: some group
+    has neighbour pairs and cells of both classes (two cells of the class, for a class
+    with itself)."""
+    g_n, k = len(c.groups), len(c.classes)
+    p_g = np.bincount(c.group[pairs[0]], minlength=g_n)
+    n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
+    both = (n_ga[:, :, None] > 0) & (n_ga[:, None, :] > 0)
+    both[:, np.arange(k), np.arange(k)] = n_ga >= 2
+    return np.any(both & (p_g > 0)[:, None, None], axis=0)
+
+
+def _shuffled(c: _Classified, pairs, obs, n_perm: int, seed, progress: bool):
+    """``(p_enrichment, p_depletion)`` of the observed counts against ``n_perm`` shuffles
+    of the classes within the groups, one-sided ``(b + 1) / (m + 1)``; NaN without
+    permutations and where the pair cannot occur (:func:`_possible`)."""
     from qdmed.imaging._analyze import _progress
 
     k = len(c.classes)
-    s1, s2 = np.zeros((k, k)), np.zeros((k, k))
     ge, le = np.zeros((k, k), dtype=np.int64), np.zeros((k, k), dtype=np.int64)
     rng = np.random.default_rng(seed)
     with _progress(progress and n_perm > 0 and pairs.shape[1] > 0, n_perm, 0,
                    "permutations") as advance:
         for _ in range(n_perm):
             m = _ordered_counts(_permuted(c.label, c.bounds, rng), pairs, k)
-            dev = m - exp
-            s1 += dev
-            s2 += dev * dev
             ge += m >= obs
             le += m <= obs
             advance()
-    if n_perm < 2:
-        nan = np.full((k, k), np.nan)
-        return nan, nan, nan, np.zeros((k, k), dtype=bool)
-    mean_dev = s1 / n_perm
-    sd = np.sqrt(np.maximum(s2 / n_perm - mean_dev ** 2, 0.0) * n_perm / (n_perm - 1))
-    testable = sd > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.where(testable, (obs - exp) / sd, np.nan)
-    return (z, np.where(testable, (ge + 1) / (n_perm + 1), np.nan),
-            np.where(testable, (le + 1) / (n_perm + 1), np.nan), testable)
+    ok = _possible(c, pairs) & (n_perm > 0)
+    return (np.where(ok, (ge + 1) / (n_perm + 1), np.nan),
+            np.where(ok, (le + 1) / (n_perm + 1), np.nan))
 
 
 def _distances(c: _Classified, near, counts):
@@ -806,7 +894,7 @@ def _one_group(c: _Classified, gi: int) -> _Classified:
                    group=np.zeros(g1 - g0, dtype=np.int64), bounds=np.array([0, g1 - g0]),
                    groups=(name,), index=c.index[g0:g1],
                    n_unclassified=int(c.unclassified_by_group.get(name, 0)), n_ungrouped=0,
-                   image=np.zeros(g1 - g0, dtype=np.int64),
+                   image=c.image[g0:g1],  # several images in one group are warned
                    unclassified_by_group={name: c.unclassified_by_group.get(name, 0)})
 
 
@@ -870,8 +958,8 @@ def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable,
         out.append(f"no two cells lie within {r:g} um of each other: no neighbours, no "
                    "enrichment")
     if 0 < n_perm < 99:
-        out.append(f"{n_perm} permutations: the z-scores' SD and the p-values are coarse "
-                   "(p cannot fall below 1 / (permutations + 1)); give 999")
+        out.append(f"{n_perm} permutations: the p-values are coarse (p cannot fall "
+                   "below 1 / (permutations + 1)); give 999")
     return out
 
 
