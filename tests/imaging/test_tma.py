@@ -536,3 +536,48 @@ def test_dab_tma_scored_core_by_core_and_case_by_case(tmp_path, brightfield_tma)
     assert g["regions_scored"]["regions"][0]["status"] == "no cells"
     assert {"centroid_x", "dab_class"} <= set(pd.read_parquet(tmp_path / "g" /
                                                               "cells.parquet").columns)
+
+
+def _disc_slide(tmp_path, shape_yx, discs, name="discs.ome.tif"):
+    """A 2-channel fluorescence slide at 1 um/px: glass (10 +- 1) and tissue discs
+    (y, x, radius px) 200 brighter."""
+    from qdmed.imaging._slideio import write_ome_tiff
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(10, 1, (*shape_yx, 2)).clip(0).astype(np.float32)
+    yy, xx = np.mgrid[:shape_yx[0], :shape_yx[1]]
+    for y, x, r in discs:
+        img[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] += 200
+    path = tmp_path / name
+    write_ome_tiff(path, img, pixel_size_um=1.0)
+    return path
+
+
+def test_missing_core_placed_when_whole_cores_fill_one_row_alone(tmp_path):
+    # row A whole cores (radius 60 px, 200 px apart); row B broken cores (a third of a
+    # core each) and B-2 lost: the grid's step between rows comes from the broken ones
+    # (the whole cores' fit alone put B-2 on A-2)
+    discs = [(100, 100 + 200 * j, 60) for j in range(4)] + [(300, x, 35) for x in (100, 500,
+                                                                                 700)]
+    cores, _ = find_tma_cores(_disc_slide(tmp_path, (420, 820), discs))
+    b2 = next(c for c in cores.cores if c["name"] == "B-2")
+    assert b2["missing"] and b2["center_y"] == pytest.approx(300, abs=2)
+    assert b2["center_x"] == pytest.approx(300, abs=2)
+
+
+def test_a_core_torn_into_small_pieces_is_one_core(tmp_path):
+    # one row: cores at x = 100, 300, 700 and one torn into two pieces (each 0.17 of a
+    # core, under the 0.2 debris limit; 0.35 together) at 880 and 940: a core, A-5
+    discs = [(100, 100, 60), (100, 300, 60), (100, 700, 60), (100, 880, 25), (100, 940, 25)]
+    cores, _ = find_tma_cores(_disc_slide(tmp_path, (220, 1020), discs))
+    by = {c["name"]: c for c in cores.cores}
+    assert list(by) == ["A-1", "A-2", "A-3", "A-4", "A-5"] and by["A-3"]["missing"]
+    assert not by["A-5"]["missing"] and by["A-5"]["center_x"] == pytest.approx(910, abs=2)
+    assert by["A-5"]["area_fraction"] == pytest.approx(2 * 25 ** 2 / 60.6 ** 2, rel=0.1)
+    assert any("core A-5: 2 pieces merged" in w for w in cores.warnings)
+    # debris strung along the gap between two cores (9 specks of 0.03 of a core, 12 px
+    # apart, 0.25 together, spread over more than a core's diameter) is no core
+    specks = [(150, 100, 60), (150, 300, 60), (150, 500, 60)] + [
+        (10 + 32 * i, 200, 10) for i in range(9)]
+    cores, _ = find_tma_cores(_disc_slide(tmp_path, (300, 620), specks, "specks.ome.tif"))
+    assert [c["name"] for c in cores.cores] == ["A-1", "A-2", "A-3"]

@@ -508,8 +508,9 @@ class TmaCores:
     cores : tuple of dict
         Per grid position, row-major: ``name`` ("A-1"), ``row``, ``col``, ``center_x``,
         ``center_y`` and ``radius_px`` (pixel-index coordinates of the full-resolution
-        slide), ``area_fraction`` (tissue area over the median core's) and ``missing``
-        (no tissue found at that grid position: its centre is the grid's).
+        slide), ``area_fraction`` (tissue area over a core's: the median large piece's, or
+        ``core_diameter_um``'s when given) and ``missing`` (no tissue found at that grid
+        position: its centre is the grid's).
     n_rows, n_cols : int
     core_diameter_um : float
         Median diameter of the cores found (equivalent-area circle).
@@ -646,6 +647,43 @@ def grid_angle(y, x) -> float:
     return float(np.angle(np.mean(np.exp(4j * a))) / 4.0)
 
 
+def _join_torn_pieces(lab: np.ndarray, area, cy, cx, d_px: float, least: float
+                      ) -> tuple[np.ndarray, dict[int, int]]:
+    """The pieces of a core torn into pieces each smaller than ``least`` (px^2, the debris
+    limit), relabelled as one: pieces of at least 2 % of a core whose centres lie within
+    0.75 core diameters of one another (linked), together ``least`` or more, with every
+    centre within a core's radius of their joint centre (debris spread between cores is
+    not a core). Returns the labels and {joined label: its number of pieces}.
+    (``area``, ``cy``, ``cx``: of labels 1, 2, ...)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    small = np.flatnonzero((area < least) & (area >= 0.02 * math.pi * d_px ** 2 / 4))
+    if small.size < 2:
+        return lab, {}
+    pairs = cKDTree(np.column_stack([cy[small], cx[small]])).query_pairs(
+        0.75 * d_px, output_type="ndarray")
+    if not len(pairs):
+        return lab, {}
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])),
+                       shape=(small.size, small.size))
+    _, comp = connected_components(graph, directed=False)
+    lut = np.arange(int(lab.max()) + 1)
+    joined = {}
+    for k in np.unique(comp):
+        mem = small[comp == k]
+        w = area[mem]
+        if mem.size < 2 or w.sum() < least:
+            continue
+        y0, x0 = np.average(cy[mem], weights=w), np.average(cx[mem], weights=w)
+        if np.hypot(cy[mem] - y0, cx[mem] - x0).max() > d_px / 2:
+            continue
+        lut[mem + 1] = mem[0] + 1
+        joined[int(mem[0]) + 1] = int(mem.size)
+    return (lut[lab] if joined else lab), joined
+
+
 def _optical_density(rgb: np.ndarray) -> np.ndarray:
     """Summed optical density of an 8-bit brightfield (Y, X, 3) image, glass ~0: tissue
     absorbs, so it stands above the glass as fluorescent tissue does above the dark."""
@@ -667,9 +705,11 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     grid's frame, rows are clusters of the centres' y coordinates and columns of their x
     coordinates (a gap of more than half a core diameter starts a new row or column).
     Pieces falling in one grid cell (a core torn in sectioning) are merged; pieces smaller
-    than ``min_area_fraction`` of the median core (debris) are dropped; grid positions
-    without tissue are returned as missing cores at the grid's position (fitted by least
-    squares to the whole cores), including whole rows or columns without a core inside the
+    than ``min_area_fraction`` of a core (debris) are dropped, unless a few of them lie
+    together within one core's extent and reach it together (a core torn into small
+    pieces); grid positions without tissue are returned as missing cores at the grid's
+    position (fitted by least squares to the whole cores, or to every core when the whole
+    ones hold a single row or column), including whole rows or columns without a core inside the
     grid (a gap of k steps between neighbouring rows leaves k - 1 empty ones; warned). A
     first or last row or column lost entirely cannot be seen from the slide: give the array's
     labels (``row_labels``, ``col_labels``), and a grid short of a row or column is refused
@@ -775,6 +815,12 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     else:
         d_px = core_diameter_um / um_px
     core_area = math.pi * d_px * d_px / 4.0
+    lab, joined = _join_torn_pieces(lab, area, cy, cx, d_px, min_area_fraction * core_area)
+    if joined:  # the pieces of a torn core as one
+        idx = np.unique(lab[lab > 0])
+        area = ndi.sum_labels(np.ones_like(lab), lab, idx).astype(float)
+        cy, cx = (np.asarray(v) for v in zip(*ndi.center_of_mass(tissue, lab, idx),
+                                              strict=True))
     keep = area >= min_area_fraction * core_area
     if not keep.any():
         raise InputError(f"no tissue piece is as large as {min_area_fraction:g} of a core "
@@ -803,6 +849,10 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     # squares): places the missing cores and refines the angle of the nearest-neighbour mean
     design = np.column_stack([np.ones(row.size), row, col]).astype(float)
     fit_on = big if big.sum() >= 3 else np.ones(row.size, bool)
+    if np.linalg.matrix_rank(design[fit_on]) < np.linalg.matrix_rank(design):
+        # the whole cores span one row (or column) alone: their fit knows no step across
+        # (least squares' minimum-norm answer, 0, put a missing core on another row's)
+        fit_on = np.ones(row.size, bool)
     coef_y, coef_x = (np.linalg.lstsq(design[fit_on], v[fit_on], rcond=None)[0]
                       for v in (cy, cx))
     if n_cols > 1 and np.unique(col[fit_on]).size > 1:
@@ -840,8 +890,9 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
             if a > 1.6 * core_area:
                 warnings.append(f"core {name}: tissue of {a / core_area:.1f} cores in one piece "
                                 "(touching cores, or a smear): check the grid")
-            if int(m.sum()) > 1:
-                warnings.append(f"core {name}: {int(m.sum())} pieces merged (a torn core, or "
+            pieces = int(m.sum()) - 1 + sum(joined.get(int(i), 1) for i in ids[m])
+            if pieces > 1:
+                warnings.append(f"core {name}: {pieces} pieces merged (a torn core, or "
                                 "neighbours closer than half a diameter)")
     if n_rows * n_cols > 1 and sum(not c["missing"] for c in cores) < 0.5 * n_rows * n_cols:
         warnings.append(f"fewer than half of the {n_rows} x {n_cols} grid positions hold a "
