@@ -115,6 +115,12 @@ def test_tile_blur_needs_nuclei_and_summary_needs_tiles():
     # one measured tile: its value compares the slide with others, but no tile is judged
     assert d["median"] == 0.3 and d["threshold"] is None and d["out_of_focus_tiles"] == []
     assert d["n_tiles_measured"] == 1
+    # flat windows (nuclei at the detector's ceiling) have no edges to judge: skipped, not
+    # read as "all blur" (skimage's blur_effect gives a constant image 1)
+    flat = np.full((1100, 1100), 5.0)
+    flat[:550, :550] = rng.random((550, 550))
+    assert tile_blur(flat, np.ones((1100, 1100), int)) < 0.5  # its noisy quarter: sharp
+    assert tile_blur(np.full((600, 600), 5.0), np.ones((600, 600), int)) is None
 
 
 def test_a_slide_blurred_all_over_stands_out_in_its_cohort():

@@ -105,6 +105,9 @@ def test_bad_input():
     for bad in (-1, 1.5):
         with pytest.raises(InputError, match="n_permutations"):
             her2_heterogeneity(sc, n_permutations=bad)
+    for bad in (-1, 1.5, "a", True):
+        with pytest.raises(InputError, match="seed must be a whole number"):
+            her2_heterogeneity(sc, seed=bad)
     no_xy = score_her2(cells.drop(columns=["centroid_x_um"]), CAL)
     with pytest.raises(InputError, match="centroid_x_um"):
         her2_heterogeneity(no_xy)

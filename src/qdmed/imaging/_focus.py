@@ -84,9 +84,14 @@ def tile_blur(nuclear: np.ndarray, nuclei: np.ndarray, *,
             continue  # a thin strip at the slide's edge reads sharper (0.26 for 20 px)
         if np.count_nonzero(lab[y0:y1, x0:x1]) < MIN_NUCLEUS_COVER * (y1 - y0) * (x1 - x0):
             continue
+        win = img[y0:y1, x0:x1]
+        if not np.isfinite(win).all() or win.min() == win.max():
+            continue  # no edges to judge (blur_effect calls a flat window 1, "all blur")
         # a contiguous copy: the float32 filters' rounding then does not depend on how the
         # caller's array is laid out (a view of a (Y, X, K) stack gave differences of 1e-8)
-        vals.append(float(blur_effect(np.ascontiguousarray(img[y0:y1, x0:x1]))))
+        b = float(blur_effect(np.ascontiguousarray(win)))
+        if np.isfinite(b):
+            vals.append(b)
     return float(np.median(vals)) if vals else None
 
 
