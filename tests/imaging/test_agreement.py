@@ -111,9 +111,20 @@ def test_compare_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["n_cases"] == 3 and d["percent_agreement"] == pytest.approx(200 / 3)
-    assert d["excluded"] == {"no category in QD-IHC": ["s3"], "only in QD-IHC": ["s5"],
-                             "only in DAB IHC": ["s6"]}
+    # the scorings are named by their files unless --name-a / --name-b are given
+    assert d["excluded"] == {"no category in cohort": ["s3"], "only in cohort": ["s5"],
+                             "only in dab2": ["s6"]}
     assert (tmp_path / "x.png").stat().st_size > 1000
+    r = subprocess.run([*args, "--name-a", "QD-IHC", "--name-b", "pathologist"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "HER2 agreement: QD-IHC vs pathologist" in r.stdout
+    # a category that is none is named with its file and column, whatever the scoring
+    reads = tmp_path / "reads.csv"
+    reads.write_text("slide,score\ns1,Positive\ns2,1+\n")
+    r = subprocess.run([*args[:5], str(a), str(reads), "--column-b", "score"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and f"{reads}, column 'score': case 's1' has HER2 category " \
+        "'Positive'" in r.stderr
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0 and "cross-table" in r.stdout and "excluded" in r.stdout
     # cohort.csv names slide files, a pathologist's table names cases: matched by stem

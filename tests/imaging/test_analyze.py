@@ -552,6 +552,12 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
         analyze_slide(slide.path, PANEL, tmp_path / "a", tile=0, progress=False)
     with pytest.raises(InputError, match="must be a Dask scheduler's address"):
         analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)
+    # host:port is a tcp address, as Dask's Client takes it
+    from qdmed.imaging._analyze import check_scheduler
+
+    assert check_scheduler("10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+    assert check_scheduler("[::1]:8786") == "tcp://[::1]:8786"
+    assert check_scheduler("tls://h:8786") == "tls://h:8786" and check_scheduler(None) is None
     closed = f"tcp://127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()
     with pytest.raises(InputError, match="nothing listens there"):

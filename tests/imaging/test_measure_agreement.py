@@ -276,3 +276,22 @@ def test_ki67_status_by_the_ikwg_2021_cut_offs():
     assert st.b == ("low", "intermediate", "high", "high", "intermediate", "high")
     assert "<= 5 % low" in st.rule and ">= 30 % high" in st.rule
     assert compare_measure(a, b, status_rule="KI67").status.table == st.table
+
+
+def test_cases_with_too_few_cells_for_a_status_are_left_out(tmp_path):
+    # a DAB ER table whose P2 has 59 nuclei: its percentage is written, its status is
+    # "insufficient cells"; neither its value nor a status made from it is compared
+    from qdmed.imaging import compare_measure_tables
+
+    (tmp_path / "qd.csv").write_text(
+        "case,ER_percent_positive_corrected,ER_status\n"
+        "P1,40,positive\nP2,0.5,negative\nP3,80,positive\nP4,0,negative\nP5,5,low positive\n")
+    (tmp_path / "dab.csv").write_text(
+        "case,ER_percent_positive_corrected,ER_status\n"
+        "P1,35,positive\nP2,30,insufficient cells\nP3,70,positive\nP4,,\nP5,4,low positive\n")
+    r = compare_measure_tables(tmp_path / "qd.csv", tmp_path / "dab.csv", key="case",
+                               column_a="ER_percent_positive_corrected", status_rule="ER",
+                               method_a="qd", method_b="dab")
+    assert r.cases == ("P1", "P3", "P5")
+    assert r.excluded == {"no value in dab": ["P4"], "insufficient cells in dab": ["P2"]}
+    assert sum(map(sum, r.status.table)) == 3

@@ -514,6 +514,13 @@ def simulate(
                 "cores": f"{tma} ({len(_names(missing))} missing)",
                 "truth": str(truth_dir / "truth.parquet"),
                 "cores_truth": str(truth_dir / "cores.geojson")}
+        n_present = int(grid[0]) * int(grid[1]) - len(_names(missing))
+        per_core = s.n_cells / max(n_present, 1)
+        if per_core < 100:  # a core is scored on its own from 100 cells by default
+            least = max(10, int(0.6 * per_core) // 10 * 10)
+            info["note"] = (f"about {per_core:.0f} cells a core, fewer than the 100 a core "
+                            "needs by default to be scored on its own: give analyze and "
+                            f"cohort --region-min-cells {least}")
     elif name.endswith((".zarr",)):
         kw["preset"] = preset
         s = simulate_slide(out, (size, size), **kw)
@@ -1528,8 +1535,8 @@ def compare(
     key_b: Annotated[str | None, typer.Option("--key-b", help="Case column of TABLE_B (default: --key).")] = None,
     column_a: Annotated[str, typer.Option("--column-a", help="HER2 category column of TABLE_A (with --measure: its number column, needed).")] = "her2_category",
     column_b: Annotated[str, typer.Option("--column-b", help="HER2 category column of TABLE_B (with --measure: its number column; default --column-a).")] = "her2_category",
-    name_a: Annotated[str, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table). Default QD-IHC; with --measure, TABLE_A's file name.")] = "QD-IHC",
-    name_b: Annotated[str, typer.Option("--name-b", help="Name of the second table's scoring (columns). Default DAB IHC; with --measure, TABLE_B's file name.")] = "DAB IHC",
+    name_a: Annotated[str | None, typer.Option("--name-a", help="Name of the first table's scoring (rows of the cross-table), e.g. QD-IHC. Default: TABLE_A's file name.")] = None,
+    name_b: Annotated[str | None, typer.Option("--name-b", help="Name of the second table's scoring (columns), e.g. 'DAB IHC' or 'pathologist'. Default: TABLE_B's file name.")] = None,
     measure: Annotated[bool, flag("--measure", help="Compare the columns as numbers (ER or PR % positive, a Ki-67 index, an H-score): bias (A - B) and 95 % limits of agreement (Bland-Altman), Lin's concordance. Give --column-a (and --column-b).")] = False,
     status: Annotated[str | None, typer.Option("--status", help="With --measure: also compare the status the values give: ER or PR (ASCO/CAP 2020, percentages), Ki67 (IKWG 2021: <= 5 % low, >= 30 % high), or cut-offs such as 1,10 (a value on a cut-off takes the higher status).")] = None,
     unit: Annotated[str, typer.Option("--unit", help="With --measure: the values' unit, for the table and plot (e.g. %).")] = "",
@@ -1543,6 +1550,12 @@ def compare(
     agreement, Lin's concordance and, with --status, the statuses' agreement.
 
     Cases are matched on --key by slide stem (A.ome.tif and A are the same case)."""
+    # a name not given is the table's file name (its path where the two names are alike)
+    stems = (Path(table_a).stem, Path(table_b).stem)
+    if stems[0] == stems[1]:
+        stems = (str(table_a), str(table_b))
+    name_a = stems[0] if name_a is None else name_a
+    name_b = stems[1] if name_b is None else name_b
     if measure:
         return _compare_measure(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
                                 column_b=column_b, name_a=name_a, name_b=name_b,
@@ -1611,12 +1624,6 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
                          "ER_percent_positive_corrected --column-b er_percent.")
     if column_b == "her2_category":
         column_b = column_a  # only --column-a given: the same column in both tables
-    # a name left at its HER2 default is the table's file name
-    stems = (Path(table_a).stem, Path(table_b).stem)
-    if stems[0] == stems[1]:
-        stems = (str(table_a), str(table_b))
-    name_a = stems[0] if name_a == "QD-IHC" else name_a
-    name_b = stems[1] if name_b == "DAB IHC" else name_b
     res = compare_measure_tables(table_a, table_b, key=key, key_b=key_b, column_a=column_a,
                                  column_b=column_b, method_a=name_a, method_b=name_b,
                                  unit=unit, status_rule=_status_option(status))

@@ -384,6 +384,8 @@ def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | No
     """
     a, miss_a = _categories_csv(table_a, key, column_a)
     b, miss_b = _categories_csv(table_b, key_b or key, column_b)
+    for path, col, cats in ((table_a, column_a, a), (table_b, column_b, b)):
+        _categories(f"{path}, column {col!r}", cats.values(), cats)  # named by their file
     common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
                                      method_a=method_a, method_b=method_b, item="category",
                                      columns=(column_a, column_b), fewest=2)

@@ -1153,7 +1153,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     panel_offset(panel, offset_adu)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
-    check_scheduler(scheduler, n_workers)
+    scheduler = check_scheduler(scheduler, n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
     check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels],
                         owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
@@ -1556,12 +1556,19 @@ def run_jobs(fn, calls, client, advance, save=None) -> list | None:
     return out
 
 
-def check_scheduler(scheduler, n_workers=None) -> None:
-    """A Dask scheduler's address (``tcp://host:8786``, any ``scheme://``), 'synchronous'
-    or None, checked before a run writes anything; local workers (``n_workers`` above 1)
-    only without one (a cluster has its own workers, 'synchronous' runs in this process)."""
+def check_scheduler(scheduler, n_workers=None) -> str | None:
+    """A Dask scheduler's address (``tcp://host:8786``, any ``scheme://``; ``host:8786``
+    is taken as tcp, as Dask's Client takes it), 'synchronous' or None, checked before a
+    run writes anything, and returned with its scheme; local workers (``n_workers`` above
+    1) only without one (a cluster has its own workers, 'synchronous' runs in this
+    process)."""
+    import re
+
     if scheduler is None:
-        return
+        return None
+    if isinstance(scheduler, str) and re.fullmatch(r"(\[[^\]]+\]|[^\s/:\[\]]+):\d+",
+                                                   scheduler.strip()):
+        scheduler = "tcp://" + scheduler.strip()
     if scheduler != "synchronous" and (not isinstance(scheduler, str) or "://" not in scheduler):
         raise InputError(f"scheduler (--scheduler) must be a Dask scheduler's address such as "
                          f"tcp://host:8786, or 'synchronous'; got {scheduler!r}")
@@ -1575,6 +1582,7 @@ def check_scheduler(scheduler, n_workers=None) -> None:
                             if scheduler == "synchronous" else
                             f"the cluster at {scheduler} has its own workers")
                          + ": give one of them")
+    return scheduler
 
 
 def close_client(client, cluster) -> None:

@@ -300,7 +300,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
         slide_cases, case_map_source = _cases_from_names(name_rx, slides)
-    check_scheduler(scheduler, n_workers)
+    scheduler = check_scheduler(scheduler, n_workers)
     out = Path(out_dir)
     rows, tables, region_rows, case_cells = [], [], [], []
     exposures: dict[str, tuple] = {}  # slide -> (channel names, exposure ms per channel)

@@ -505,7 +505,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     compartment = dab_antigen_compartment(marker)
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)
     tile = check_tile(tile)
-    check_scheduler(scheduler, n_workers)
+    scheduler = check_scheduler(scheduler, n_workers)
     if n_workers is not None:  # 1 (in this process) unless asked; None: one per core
         check_count(n_workers, "n_workers (--workers)", " (1: in this process)")
     from qdmed.imaging._slideio import check_output_folder

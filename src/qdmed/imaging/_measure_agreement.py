@@ -473,19 +473,33 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
         warnings=tuple(warns))
 
 
-def _values_csv(path, key: str, column: str) -> tuple[dict, list, list]:
+def _status_column(column: str) -> str | None:
+    """The status column qdmed writes beside a receptor percentage column
+    (``ER_percent_positive_corrected`` -> ``ER_status``), else None."""
+    import re
+
+    m = re.fullmatch(r"(.+?)_percent_positive(?:_corrected)?", column)
+    return f"{m.group(1)}_status" if m else None
+
+
+def _values_csv(path, key: str, column: str) -> tuple[dict, list, list, list]:
     """{case: number} from a CSV table and the cases with a missing cell (:func:`is_missing`);
     rows without a case are skipped (a spreadsheet's trailing blank rows), and a cell that
-    is not a number is refused with its line. Third: the table's columns."""
+    is not a number is refused with its line. Third: the table's columns. Fourth: the
+    cases qdmed's own status beside the percentage calls "insufficient cells" (too few
+    cells for a status: their percentage is not read), which are among the missing."""
     from qdmed.imaging._cohort import slide_stem
     from qdmed.imaging._csvtable import read_csv_strings
 
     df = read_csv_strings(path, columns=(key, column))
     if not len(df):
         raise InputError(f"{path}: no rows under the header (columns {list(df.columns)})")
+    st = _status_column(column)
+    status = df[st] if st in df.columns else [""] * len(df)
     seen: dict[str, tuple] = {}
-    vals, empty = {}, []
-    for line, raw, cell in zip(df.attrs["lines"], df[key], df[column], strict=True):
+    vals, empty, few = {}, [], []
+    for line, raw, cell, why in zip(df.attrs["lines"], df[key], df[column], status,
+                                    strict=True):
         if not str(raw).strip():
             continue
         k = slide_stem(str(raw).strip())
@@ -493,6 +507,10 @@ def _values_csv(path, key: str, column: str) -> tuple[dict, list, list]:
             raise InputError(f"{path}, lines {seen[k][1]} and {line}: {seen[k][0]!r} and "
                              f"{raw!r} in column {key!r} name the same case {k!r}")
         seen[k] = (raw, line)
+        if str(why).strip().lower() == "insufficient cells":
+            empty.append(k)
+            few.append(k)
+            continue
         v = cell.strip()
         if v.endswith("%"):
             v = v[:-1].strip()
@@ -513,7 +531,7 @@ def _values_csv(path, key: str, column: str) -> tuple[dict, list, list]:
                              "not finite (an error upstream?); give a number or leave the "
                              "cell empty")
         vals[k] = f
-    return vals, empty, list(df.columns)
+    return vals, empty, list(df.columns), few
 
 
 def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | None = None,
@@ -524,7 +542,10 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
     and a pathologist's reads), joined on their case columns by slide stem (``A.ome.tif``
     and ``A`` are one case). Cells may end in ``%``. Cases with a missing cell in one table
     (empty, NA, N/A, #N/A, nan), or present in only one table, are left out and listed in
-    ``excluded``; rows without a case are skipped.
+    ``excluded``; rows without a case are skipped. So are the cases whose status, in
+    qdmed's column beside a receptor percentage (``ER_status`` beside
+    ``ER_percent_positive_corrected``), is "insufficient cells": their percentage rests on
+    too few cells to be read.
 
     Raises
     ------
@@ -534,11 +555,18 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
         case (both lines named), or fewer than 3 cases in common.
     """
     column_b = column_b or column_a
-    a, miss_a, cols_a = _values_csv(table_a, key, column_a)
-    b, miss_b, cols_b = _values_csv(table_b, key_b or key, column_b)
+    a, miss_a, cols_a, few_a = _values_csv(table_a, key, column_a)
+    b, miss_b, cols_b, few_b = _values_csv(table_b, key_b or key, column_b)
     common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
                                      method_a=method_a, method_b=method_b, item="value",
                                      columns=(column_a, column_b), fewest=3)
+    for method, few in ((method_a, few_a), (method_b, few_b)):  # said by their reason
+        left = excluded.pop(f"no value in {method}", [])
+        named = [k for k in left if k in few]
+        if len(named) < len(left):
+            excluded[f"no value in {method}"] = [k for k in left if k not in few]
+        if named:
+            excluded[f"insufficient cells in {method}"] = named
     measure = column_a if column_a == column_b else f"{column_a} / {column_b}"
     res = compare_measure({k: a[k] for k in common}, {k: b[k] for k in common},
                           method_a=method_a, method_b=method_b, measure=measure, unit=unit,
