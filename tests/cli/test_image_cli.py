@@ -435,6 +435,12 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     grid = read_regions(tmp_path / "tma1.qptma")  # QuPath's TMA grid file, read back
     assert grid.names == read_regions(regs / "tma1.geojson").names == ("A-1", "A-2")
     assert (tmp_path / "grid.png").stat().st_size > 0
+    # --qptma alone writes the grid file only (the default cores.geojson was replaced)
+    r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--qptma", "only.qptma", "--json",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["geojson"] is None and (tmp_path / "only.qptma").exists()
+    assert not (tmp_path / "cores.geojson").exists()
     # the array's own labels, QuPath's notation and label order
     r = run("image", "tma", str(folder / "tma1.ome.zarr"), "--out", str(tmp_path / "l.json"),
             "--row-labels", "7", "--col-labels", "b-a", "--label-order", "column-first",

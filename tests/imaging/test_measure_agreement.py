@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from qdmed.errors import InputError
@@ -295,3 +296,27 @@ def test_cases_with_too_few_cells_for_a_status_are_left_out(tmp_path):
     assert r.cases == ("P1", "P3", "P5")
     assert r.excluded == {"no value in dab": ["P4"], "insufficient cells in dab": ["P2"]}
     assert sum(map(sum, r.status.table)) == 3
+
+
+def test_a_marker_of_ones_own_is_gated_with_its_compartment(tmp_path):
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"cell_id": np.arange(1, 301), "CD8_membrane_mean": rng.gamma(2, 1, 300)}
+                 ).to_parquet(tmp_path / "neg.parquet")
+    base = [sys.executable, "-m", "qdmed", "image", "calibrate", "--control",
+            f"neg={tmp_path / 'neg.parquet'}", "--negative", "CD8=neg", "--out",
+            str(tmp_path / "cal.json")]
+    r = subprocess.run(base, capture_output=True, text=True)
+    assert r.returncode == 2 and "give --compartment CD8=nucleus, or cytoplasm" in r.stderr
+    r = subprocess.run([*base, "--compartment", "CD8=membrane"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    gate = json.loads((tmp_path / "cal.json").read_text())["gates"]["CD8"]
+    assert gate["compartment"] == "membrane"
+    r = subprocess.run([*base, "--compartment", "CD8=nuc"], capture_output=True, text=True)
+    assert r.returncode == 2 and "nucleus, cytoplasm, membrane or cell" in r.stderr
+    # a typo of a known marker's name is warned as the panel is made
+    from qdmed.imaging._panel import _marker_name_warnings
+
+    assert "named like 'ER': a typo?" in _marker_name_warnings(["ERR"])[0]
+    assert "named like 'HER2'" in _marker_name_warnings(["her2"])[0]
+    assert _marker_name_warnings(["CD8", "ER", "HER3", "A", "B", "autofluorescence"]) == []

@@ -127,6 +127,31 @@ def test_candidates_named_once_and_by_their_own_names():
         design_panel(["A", "B"], QDOTS, CH, fixed={"DAPI": "DAPI"})
 
 
+def test_a_probe_made_for_a_target_labels_that_target_only():
+    # an anti-EGFR conjugate is no label for ER (the README's panel put it there)
+    def probe(nm, target):
+        return Probe.from_emission("CdSe", nm, shell="ZnS", shell_thickness_nm=0.9,
+                                   ligands=(("igg", 2),), targets=(target,),
+                                   name=f"qd{nm} anti-{target}")
+
+    egfr = probe(640, "EGFR")
+    p = design_panel(["HER2", "ER"], ["Qdot 605", "Qdot 705", egfr], CH)
+    assert sorted(p.labels) == ["Qdot 605", "Qdot 705"]
+    p = design_panel(["HER2", "EGFR", "ER"], ["Qdot 565", "Qdot 705", egfr], CH)
+    assert dict(zip(p.markers, p.labels, strict=False))["EGFR"] == "qd640 anti-EGFR"
+    # whatever the candidates' order and the markers' expression
+    p = design_panel(["EGFR", "HER2"], [egfr, "Qdot 525"], CH,
+                     expression={"EGFR": 1.0, "HER2": 0.1}, brightness={"Qdot 525": 3})
+    assert dict(zip(p.markers, p.labels, strict=False)) == {"EGFR": "qd640 anti-EGFR",
+                                                           "HER2": "Qdot 525"}
+    with pytest.raises(InputError, match="2 markers but only 1 usable.*targets EGFR, not "
+                                         "among the markers"):
+        design_panel(["HER2", "ER"], ["Qdot 605", egfr], CH)
+    # two probes for one marker cannot both be used
+    with pytest.raises(InputError, match="cannot each take one of them"):
+        design_panel(["EGFR", "ER"], [egfr, probe(580, "EGFR")], CH)
+
+
 def test_custom_probe_under_a_catalog_name_round_trips(tmp_path):
     """A probe named like a catalog product but emitting elsewhere keeps its own spectrum in
     the panel file (before: reloaded as the catalog product, 15 nm off)."""

@@ -72,6 +72,10 @@ def test_row38_ligand_budget_reports_choi2010_limit():
     assert b["model_max_count"] >= 1
     many = p.with_(ligands=(("folic-acid", 12),))
     assert any("5-10" in f for f in many.flags())
+    # a target named without anything on the surface to bind it is said
+    bare = p.with_(targets=("EGFR",))
+    assert any("targets EGFR but carries no ligand" in f for f in bare.flags())
+    assert not any("carries no ligand" in f for f in many.with_(targets=("FR",)).flags())
 
 
 def test_heavy_metal_dose():

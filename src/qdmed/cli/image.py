@@ -691,7 +691,7 @@ def rasterize(
 @app.command(short_help="Dearray a tissue microarray: find and name its cores.")
 def tma(
     slide: Path,
-    out: Annotated[Path, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing).")] = Path("cores.geojson"),
+    out: Annotated[Path | None, typer.Option("--out", help="Cores as GeoJSON (QuPath annotations named A-1, A-2, ...; missing ones flagged isMissing). Default cores.geojson, unless --qptma alone is given.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the grid over the slide overview.")] = None,
     qptma: Annotated[Path | None, typer.Option("--qptma", help="Also write QuPath's TMA grid file (.qptma): dropped on the open image in QuPath, it sets a real TMA grid (TMA data viewer).")] = None,
     core_diameter_um: Annotated[float | None, typer.Option("--core-diameter-um", help="Nominal core diameter, um (default: the median of the cores found).")] = None,
@@ -713,17 +713,20 @@ def tma(
     if qptma is not None and qptma.suffix.lower() != ".qptma":
         raise InputError(f"--qptma must end in .qptma (QuPath reads it by that suffix); got "
                          f"{qptma}")
+    if out is None and qptma is None:
+        out = Path("cores.geojson")
     cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um,
                                      row_labels=row_labels, col_labels=col_labels,
                                      row_first=label_order == "row-first",
                                      brightfield=brightfield)
-    atomic_write_text(out, json.dumps(cores.to_geojson()))
+    if out is not None:  # --qptma alone writes no cores.geojson (it replaced one unsaid)
+        atomic_write_text(out, json.dumps(cores.to_geojson()))
     if qptma is not None:
         atomic_write_text(qptma, cores.to_qptma(Path(slide).resolve()))
     if plot is not None:
         _save_plot(plot, cores.plot(overview))
     d = cores.to_dict()
-    d["geojson"] = str(out)
+    d["geojson"] = None if out is None else str(out)
     d["qptma"] = None if qptma is None else str(qptma)
     if json_:
         return print_json_warned(d, d["warnings"])
@@ -732,7 +735,8 @@ def tma(
                 + (" (brightfield)" if d["brightfield"] else ""),
         "cores found": d["n_found"],
         "missing": ", ".join(c["name"] for c in d["cores"] if c["missing"]) or "none",
-        "core diameter (um)": d["core_diameter_um"], "cores": str(out),
+        "core diameter (um)": d["core_diameter_um"],
+        **({"cores": str(out)} if out is not None else {}),
         **({"QuPath TMA grid": str(qptma)} if qptma is not None else {})})
     for w in d["warnings"]:
         print_warning(w)
@@ -989,6 +993,7 @@ def calibrate(
     category: Annotated[list[str] | None, typer.Option("--category", metavar="<name=score>", help="NAME=0|1+|2+|3+ for controls not in the known table (HERmark Table 1: BT-474 3+, ZR-75-1 1+, MDA-MB-231, MDA-MB-468, MDA-MB-435 and A431 0).")] = None,
     negative: Annotated[list[str] | None, typer.Option("--negative", metavar="<marker=name>", help="MARKER=NAME: a control negative for MARKER (positivity gate at its 99th percentile).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
+    compartment: Annotated[list[str] | None, typer.Option("--compartment", metavar="<marker=compartment>", help="MARKER=nucleus|cytoplasm|membrane|cell: where a --negative marker qdmed does not know is read (known: HER2, EGFR, CA125, claudin-4 membrane; ER, PR, AR nucleus; mTOR, PSA cytoplasm).")] = None,
     faint_quantile: Annotated[float, typer.Option("--faint-quantile", help="HER2: the faint cut-off is this quantile of the 0 control (or 1 minus it of a 1+ control); at least 0.9, below 1.")] = 0.95,
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the controls under the cut-offs (and how they were placed) and of each negative control under its gate.")] = None,
     json_: JSON = False,
@@ -1010,9 +1015,16 @@ def calibrate(
     for c in negative or ():
         marker, name = _pair("--negative", c, "MARKER=CONTROL_NAME")
         negs[_once("--negative", marker, negs)] = name
+    comps: dict[str, str] = {}
+    for c in compartment or ():
+        marker, where = _pair("--compartment", c, "MARKER=nucleus|cytoplasm|membrane|cell")
+        if where not in ("nucleus", "cytoplasm", "membrane", "cell"):
+            raise InputError(f"--compartment {c!r}: the compartment is nucleus, cytoplasm, "
+                             "membrane or cell")
+        comps[_once("--compartment", marker, comps)] = where
     try:
         cal = calibrate_controls(paths, categories=cats, negatives=negs,
-                                 faint_quantile=faint_quantile)
+                                 faint_quantile=faint_quantile, compartments=comps or None)
     except InputError as exc:
         raise type(exc)(_calibrate_message(str(exc))) from exc
     if plot is not None:  # the plot first: a plot that cannot be written leaves no calibration
@@ -1052,6 +1064,8 @@ def _calibrate_message(msg: str) -> str:
     message by message (tests/cli), so that a library message edited out of these forms is
     seen."""
     msg = re.sub(r"no control (\S+) was given", r"no --control \1=... was given", msg)
+    msg = re.sub(r"\(from Python, give its compartment: compartments=\{'(.+?)': 'nucleus'\}\)",
+                 r"(give --compartment \1=nucleus, or cytoplasm, membrane, cell)", msg)
     for python, cli in _CALIBRATE_WORDS:
         msg = msg.replace(python, cli)
     if "categor" in msg and "--category" not in msg and not msg.startswith("category "):

@@ -474,15 +474,17 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         case_rows = score_cases(pooled, expected, her2_calibration=her2_calibration,
                                 gates=gates, min_cells=region_min_cells, notes=notes,
                                 rule=case_rule, region_rows=region_rows)
-        atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
+        atomic_write_text(out / "cases.csv", case_table(
+            case_rows, her2_calibration is not None).to_csv(index=False))
     if slide_cases is not None:
         case_rows, more = _score_slide_cases(slide_cases, slides, rows, case_cells,
                                              her2_calibration=her2_calibration, gates=gates,
                                              min_cells=region_min_cells)
         case_warnings += more
-        atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
+        atomic_write_text(out / "cases.csv", case_table(
+            case_rows, her2_calibration is not None).to_csv(index=False))
     if region_rows:
-        table = region_table(region_rows)
+        table = region_table(region_rows, her2_calibration is not None)
         table.insert(0, "slide", table.pop("slide"))
         atomic_write_text(out / "regions.csv", table.to_csv(index=False))
     slides_dir = out / "slides"

@@ -674,7 +674,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     cells = _first_piece_owns(cells, reg, [j[0] for j in jobs]).drop(
         columns=["region", "piece"], errors="ignore")
     cells = cells.reset_index(drop=True)
-    cells["cell_id"] = np.arange(len(cells), dtype=np.int64)  # unique over the slide
+    # unique over the slide, from 1 as a fluorescence analysis numbers its cells
+    cells["cell_id"] = np.arange(1, len(cells) + 1, dtype=np.int64)
     assign_regions(cells, reg, name, tumour=tumour, tma_map=tma_map)
     scored = cells[cells["in_region"].to_numpy()]
     cal = gates = None

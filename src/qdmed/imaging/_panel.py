@@ -808,7 +808,39 @@ def _with_warnings(panel: Panel) -> Panel:
             warns.append(f"the excitation at {panel.excitation_nm:g} nm falls in the "
                          f"{lo:.0f}-{hi:.0f} nm channel: its light reaches that detector "
                          "unless a dichroic or notch filter blocks it")
+    warns += _marker_name_warnings(panel.markers)
     return replace(panel, warnings=tuple(warns))
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """``a`` and ``b`` differ by one letter added, dropped or changed (a digit changed for
+    a digit is another marker of a family: HER3 is no typo of HER2)."""
+    if len(a) == len(b):
+        diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+        return len(diff) == 1 and not (diff[0][0].isdigit() and diff[0][1].isdigit())
+    short, long_ = sorted((a, b), key=len)
+    return len(long_) - len(short) == 1 and any(
+        long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def _marker_name_warnings(markers) -> list[str]:
+    """A marker named like, but not as, one whose compartment qdmed knows (ERR, Her2): a
+    typo, which shows only when the marker is gated (no compartment known). A marker of
+    one's own unlike any (CD8, HER3) is not warned; nor are names of one or two letters
+    (A, B: a test's markers) unless only their case differs."""
+    from qdmed.imaging._scoring import MARKER_COMPARTMENTS
+
+    out = []
+    for m in map(str, markers):
+        if m in MARKER_COMPARTMENTS or m == "autofluorescence":
+            continue
+        like = [k for k in MARKER_COMPARTMENTS if m.upper() == k.upper()
+                or (len(m) >= 3 and _one_edit(m.upper(), k.upper()))]
+        if like:
+            out.append(f"marker {m!r} is not one qdmed knows the compartment of, but is named "
+                       f"like {like[0]!r}: a typo? (a marker of your own is gated with "
+                       f"calibrate --compartment {m}=nucleus|cytoplasm|membrane|cell)")
+    return out
 
 
 def _label_name(label) -> str:
@@ -837,7 +869,9 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
         Candidate labels: catalog names (``"Qdot 605"``), :class:`qdmed.probe.Probe` objects
         or emission :class:`Spectrum` objects, named by the name, the Probe's ``name`` or
         the Spectrum's ``label`` (a name given twice is taken once; two different labels
-        under one name are refused).
+        under one name are refused). A Probe with ``targets`` (an antibody conjugate) labels
+        one of its targets only, and is left out when none is among the markers; catalog
+        Qdots and spectra (secondary reagents) label any marker.
     channels : list of (low_nm, high_nm)
         Detection bands (filters, or :func:`spectral_channels` for a spectral detector).
     expression : dict, optional
@@ -875,11 +909,20 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     free = [m for m in markers if m not in fixed]
     taken = {_label_name(v).casefold() for v in fixed.values()}
     spec: dict[str, Spectrum] = {}
+    # a probe made for its targets (an anti-EGFR conjugate) labels those markers only
+    targets: dict[str, list[str]] = {}
     skipped = []
     for a in available:
         name = _label_name(a)
         if name.casefold() in taken:
             continue
+        aims = {str(t).casefold() for t in getattr(a, "targets", ()) or ()}
+        if aims:
+            targets[name] = [m for m in free if m.casefold() in aims]
+            if not targets[name]:
+                skipped.append((name, f"{name} targets {', '.join(a.targets)}, not among the "
+                                      "markers to label"))
+                continue
         s = _label_spectrum(a, grid)
         if name in spec:
             if not np.allclose(spec[name].values, s.values, rtol=1e-6, atol=1e-12):
@@ -931,6 +974,8 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     n_fixed = len(fixed_specs)
     best = None
     for combo in itertools.combinations(names, len(free)):
+        if _target_matching(combo, targets) is None:
+            continue  # two probes for one marker: no assignment
         specs = fixed_specs + [spec[n] for n in combo] + ([af] if af is not None else [])
         m = mixing_matrix(specs, channels)
         gains = noise_gains(m)[: n_fixed + len(combo)]
@@ -942,18 +987,47 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
                  condition_number(m))
         if best is None or score < best[0]:
             best = (score, combo)
+    if best is None:
+        raise InputError(f"the probes made for their targets cannot each take one of them "
+                         f"({'; '.join(f'{n}: {t}' for n, t in targets.items())}) with "
+                         f"{len(free)} markers to label: add candidates, or drop a probe")
     combo = list(best[1])
-    # brightest label -> least expressed marker; ties keep the candidates' order
-    expr = {m: float((expression or {}).get(m, 1.0)) for m in free}
-    order_m = sorted(free, key=lambda m: expr[m])
-    order_l = sorted(combo, key=lambda n: -bright[n]) if brightness else combo
-    assign = dict(zip(order_m, order_l, strict=True)) if expression else dict(zip(free, combo, strict=True))
+    # probes made for a target go to it; of the others, the brightest label to the least
+    # expressed marker, ties keeping the candidates' order
+    assign = {m: n for n, m in _target_matching(combo, targets).items()}
+    rest_m = [m for m in free if m not in assign]
+    rest_l = [n for n in combo if n not in targets]
+    expr = {m: float((expression or {}).get(m, 1.0)) for m in rest_m}
+    order_m = sorted(rest_m, key=lambda m: expr[m])
+    order_l = sorted(rest_l, key=lambda n: -bright[n]) if brightness else rest_l
+    assign |= (dict(zip(order_m, order_l, strict=True)) if expression
+               else dict(zip(rest_m, rest_l, strict=True)))
     labels = [_label_name(fixed[m]) if m in fixed else assign[m] for m in markers]
     spectra = [_label_spectrum(fixed[m], grid) if m in fixed else spec[assign[m]] for m in markers]
     b = [1.0 if m in fixed else bright[assign[m]] for m in markers]
     return build_panel_from_spectra(markers, labels, spectra, channels,
                                     brightness=b, excitation_nm=excitation_nm,
                                     autofluorescence=af)
+
+
+def _target_matching(combo, targets: dict[str, list[str]]) -> dict[str, str] | None:
+    """Each probe of ``combo`` made for targets given one of them, no marker twice
+    ({label: marker}), or None where none exists (backtracking: a panel holds a few)."""
+    aimed = [n for n in combo if n in targets]
+
+    def place(i: int, used: dict[str, str]) -> dict[str, str] | None:
+        if i == len(aimed):
+            return dict(used)
+        for m in targets[aimed[i]]:
+            if m not in used.values():
+                used[aimed[i]] = m
+                found = place(i + 1, used)
+                if found is not None:
+                    return found
+                del used[aimed[i]]
+        return None
+
+    return place(0, {})
 
 
 def breast_panel_5plex(n_channels: int = 8) -> Panel:

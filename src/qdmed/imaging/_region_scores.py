@@ -327,9 +327,11 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
     return sorted(rows, key=lambda r: place.get(r["region"], len(place)))
 
 
-def region_table(rows: list[dict[str, Any]]):
-    """The rows as a DataFrame, :data:`REGION_COLUMNS` first."""
-    return _ordered_table(rows, REGION_COLUMNS)
+def region_table(rows: list[dict[str, Any]], her2: bool = True):
+    """The rows as a DataFrame, :data:`REGION_COLUMNS` first; without ``her2_category``
+    where no HER2 is scored (``her2`` False: an ER, PR or Ki-67 run, whose empty HER2
+    column misled)."""
+    return _ordered_table(rows, REGION_COLUMNS, her2)
 
 
 def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -343,13 +345,17 @@ def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"by_status": status, "her2_categories": dict(sorted(cats.items()))}
 
 
-def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...]):
+def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...], her2: bool = True):
     """The rows as a DataFrame, the ``first`` columns first, then those of the row with the
     most fields in its order (a review found the order following the first row: a missing
-    core first gave another order than a scored one)."""
+    core first gave another order than a scored one); ``her2`` False leaves out the
+    ``her2_category`` column."""
     import pandas as pd
 
     table = pd.DataFrame(rows)
+    if not her2:
+        first = tuple(c for c in first if c != "her2_category")
+        table = table.drop(columns="her2_category", errors="ignore")
     template = list(max(rows, key=len)) if rows else []
     rest = [c for c in template if c not in first]
     rest += [c for c in table.columns if c not in first and c not in rest]
@@ -695,13 +701,13 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
     return rows
 
 
-def case_table(rows: list[dict[str, Any]]):
+def case_table(rows: list[dict[str, Any]], her2: bool = True):
     """The case rows as a DataFrame, :data:`CASE_COLUMNS` first (``n_cores_missing``, for
-    TMA cases, beside ``n_cores``)."""
+    TMA cases, beside ``n_cores``); ``her2`` as :func:`region_table`'s."""
     first = CASE_COLUMNS
     if any("n_cores_missing" in r for r in rows):
         first = (*CASE_COLUMNS[:3], "n_cores_missing", *CASE_COLUMNS[3:])
-    return _ordered_table(rows, first)
+    return _ordered_table(rows, first, her2)
 
 
 def cases_summary(rows: list[dict[str, Any]], warnings=(), rule: str = "pooled"
@@ -792,7 +798,8 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
         case_rows = score_cases(scored_cells, expected, her2_calibration=her2_calibration,
                                 gates=gates, min_cells=min_cells, rule=case_rule,
                                 region_rows=rows, notes=notes)
-        atomic_write_text(out / "cases.csv", case_table(case_rows).to_csv(index=False))
+        atomic_write_text(out / "cases.csv", case_table(
+            case_rows, her2_calibration is not None).to_csv(index=False))
         unmapped = [r["region"] for r in rows if r["case"] is None]
         warn = [] if not unmapped else [
             f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map (e.g. "
@@ -813,5 +820,6 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
                         "blocks together (qdmed image cohort), which finds each core on its "
                         "own block")
         by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)
-    atomic_write_text(out / "regions.csv", region_table(rows).to_csv(index=False))
+    atomic_write_text(out / "regions.csv", region_table(
+        rows, her2_calibration is not None).to_csv(index=False))
     return regions_summary(rows, min_cells), by_case

@@ -406,6 +406,9 @@ class Probe:
         if n_small > CHOI2010_LIGAND_LIMIT[1]:
             f.append(f"{n_small} small-molecule ligands per QD exceeds the 5-10 compatible with "
                      "renal clearance (Choi 2010)")
+        if self.targets and not self.ligands:
+            f.append(f"targets {', '.join(self.targets)} but carries no ligand: nothing on the "
+                     "surface binds them (give its antibody or fragment, e.g. --ligand igg:2)")
         return f
 
     # -- optics --------------------------------------------------------------------------
