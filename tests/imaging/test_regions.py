@@ -216,3 +216,15 @@ def test_cores_and_annotations_in_one_file(tmp_path):
     cores.write_text(json.dumps([feat("tmaCore", "A-1", cls="Tumor", isMissing=False),
                                  feat("tmaCore", "A-2", cls="Normal", isMissing=False)]))
     assert read_regions(cores, "Tumor").names == ("A-1",)
+
+
+def test_a_slides_regions_file_by_its_names(tmp_path):
+    from qdmed.imaging._cohort import regions_file
+
+    for name in ("A.geojson", "B.ome.geojson", "C.ome.tif.geojson", "D.qptma"):
+        (tmp_path / name).write_text("{}")
+    assert regions_file(tmp_path, "A.ome.zarr").name == "A.geojson"
+    assert regions_file(tmp_path, "B.ome.zarr").name == "B.ome.geojson"
+    assert regions_file(tmp_path, "C.ome.tif").name == "C.ome.tif.geojson"
+    assert regions_file(tmp_path, "D.svs").name == "D.qptma"
+    assert regions_file(tmp_path, "E.ome.zarr") is None

@@ -395,7 +395,8 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
     print_kv("Slide", {("levels (width x height)" if k == "levels" else k): (
         ", ".join(v) if k == "channels" else
         ", ".join(f"{x:g}" for x in v) if k in ("emission_nm", "exposure_ms") else
-        ", ".join(f"{b} x {a}" for a, b in v) if k == "levels" else v)
+        ", ".join(f"{b} x {a}" for a, b in v) if k == "levels" else
+        " x ".join(map(str, v)) if k == "shape_yxc" else v)  # as a folder's table writes it
         for k, v in d.items() if v is not None or k == "pixel_size_um"})
 
 

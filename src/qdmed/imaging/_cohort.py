@@ -77,11 +77,12 @@ def slide_stem(name: str) -> str:
 
 def regions_file(regions_dir, slide_name: str) -> Path | None:
     """The annotation file of a slide in ``regions_dir``: ``<stem>.geojson``,
-    ``<stem>.json`` or ``<stem>.qptma`` (a QuPath TMA grid), or the full slide name plus one
-    of them (``A.ome.tif.geojson``, as a QuPath export script that appends to the image name
-    writes it, or QuPath's own ``A.ome.tif.qptma``); None if none exists."""
+    ``<stem>.json`` or ``<stem>.qptma`` (a QuPath TMA grid), the same after ``<stem>.ome``
+    (``A.ome.geojson``: an export that strips the last suffix only), or the full slide name
+    plus one of them (``A.ome.tif.geojson``, as a QuPath export script that appends to the
+    image name writes it, or QuPath's own ``A.ome.tif.qptma``); None if none exists."""
     stem = slide_stem(slide_name)
-    for base in dict.fromkeys((stem, slide_name)):
+    for base in dict.fromkeys((stem, f"{stem}.ome", slide_name)):
         for suf in (".geojson", ".json", ".qptma"):
             p = Path(regions_dir) / f"{base}{suf}"
             if p.is_file():

@@ -637,7 +637,8 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
 
     With ``region_rows``, each case also gets ``her2_core_categories`` (its scored cores'
     own categories, "A-1:3+;B-1:0") and ``her2_cores_discordant`` (they differ: a
-    heterogeneous tumour, or a core that missed it), whatever the rule.
+    heterogeneous tumour, or a core that missed it; empty for a case of one scored core),
+    whatever the rule.
 
     ``expected`` (:func:`expected_cores`) lists every case's mapped cores, so that a case
     with nothing to score (its cores lost, or every cell excluded) still gets a row, with
