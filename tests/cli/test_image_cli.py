@@ -985,3 +985,34 @@ def test_analyze_of_a_corrupted_slide_leaves_no_folder(tmp_path):
     (tmp_path / "kept").mkdir()
     r = run("image", "analyze", str(slide), "--out", str(tmp_path / "kept"), "--no-progress")
     assert r.returncode == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_outputs_never_written_over_the_inputs(tmp_path):
+    # a review's `tma t.ome.tif --out t.ome.tif` replaced the slide with GeoJSON, calibrate
+    # wrote over a control's cells.parquet and library over its own panel (all exit 0)
+    import numpy as np
+    import pandas as pd
+
+    from qdmed.imaging import write_ome_tiff
+
+    slide = tmp_path / "t.ome.tif"
+    write_ome_tiff(slide, np.zeros((64, 64, 3), np.uint8))
+    before = slide.read_bytes()
+    r = run("image", "tma", str(slide), "--out", str(slide))
+    assert r.returncode == 2 and "is an input of this command" in r.stderr
+    assert slide.read_bytes() == before
+    cells = tmp_path / "c0" / "cells.parquet"
+    cells.parent.mkdir()
+    pd.DataFrame({"cell_id": [1, 2], "ER_nucleus_mean": [1.0, 2.0]}).to_parquet(cells)
+    before = cells.read_bytes()
+    r = run("image", "calibrate", "--control", f"A={cells.parent}", "--negative", "ER=A",
+            "--out", str(cells))
+    assert r.returncode == 2 and "is an input of this command" in r.stderr
+    assert cells.read_bytes() == before
+    r = run("image", "panel", "--markers", "HER2,ER", "--out", str(tmp_path / "p.yaml"))
+    assert r.returncode == 0, r.stderr
+    panel = (tmp_path / "p.yaml").read_text()
+    r = run("image", "library", "--panel", str(tmp_path / "p.yaml"), "--unstained",
+            str(slide), "--out", str(tmp_path / "p.yaml"))
+    assert r.returncode == 2 and "is an input of this command" in r.stderr
+    assert (tmp_path / "p.yaml").read_text() == panel

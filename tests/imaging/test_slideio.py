@@ -585,3 +585,46 @@ def test_review_findings_zarr_metadata_units_outputs_and_tiff_quirks(tmp_path):
     s = read_slide(tmp_path / "dpi.tif")
     assert s.pixel_size_um is None
     np.testing.assert_array_equal(s.read_region(0, 64, 0, 48)[..., 0], img[..., 0])
+
+
+@pytest.mark.parametrize("bad", ["0.0", "nan", "-.5", "1e9"])
+def test_a_pixel_size_that_is_no_size_is_refused_unless_one_is_given(tmp_path, bad):
+    # PhysicalSizeX 0 divided by zero, NaN failed as an integer, -0.5 was named as an
+    # internal setting (a review): the file and its field are named, and a given pixel size
+    # is used instead
+    from qdmed.imaging import analyze_slide, breast_panel_5plex
+    from qdmed.imaging._slideio import pixel_size_or_default
+
+    good = tmp_path / "good.ome.tif"
+    panel = breast_panel_5plex()
+    write_ome_tiff(good, np.zeros((64, 64, 8), np.uint16), pixel_size_um=0.5,
+                   channel_names=list(panel.channel_names))
+    path = tmp_path / "bad.ome.tif"
+    path.write_bytes(good.read_bytes().replace(b'PhysicalSizeX="0.5"',
+                                               f'PhysicalSizeX="{bad}"'.encode()))
+    s = read_slide(path)
+    assert s.pixel_size_um is None and "OME PhysicalSizeX reads" in s.pixel_size_note
+    with pytest.raises(InputError, match=r"bad.ome.tif'?: the pixel size in OME PhysicalSizeX "
+                                         r"reads .* um, which is no pixel size.*give the "
+                                         r"slide's pixel size \(--pixel-size-um\)"):
+        pixel_size_or_default(s.pixel_size_um, hint="--pixel-size-um",
+                              note=s.pixel_size_note)
+    with pytest.raises(InputError, match="which is no pixel size"):
+        analyze_slide(path, panel, tmp_path / "out", progress=False)
+    assert read_slide(good).pixel_size_note is None
+
+
+def test_a_strip_thinner_than_an_overview_block(tmp_path):
+    # 3 x 5000 px: block means of 5 px left no rows (dask: "Empty tuples are not allowed")
+    from qdmed.imaging._analyze import reference_origin, slide_overview
+
+    for shape in ((3, 5000, 2), (5000, 3, 2)):
+        path = tmp_path / f"strip{shape[0]}.ome.tif"
+        write_ome_tiff(path, np.ones(shape, np.uint16), pixel_size_um=0.5,
+                       pyramid_levels=1)
+        s = read_slide(path)
+        ov, f = slide_overview(s, 1024)
+        assert ov.shape == ((1, 1000) if shape[0] == 3 else (1000, 1)) and f == 5
+        assert ov.min() == ov.max() == 2  # the strip's own values, repeated: no zeros
+        y0, x0 = reference_origin(s, 256)
+        assert 0 <= y0 <= max(0, shape[0] - 256) and 0 <= x0 <= max(0, shape[1] - 256)

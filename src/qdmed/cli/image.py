@@ -347,7 +347,8 @@ def _slide_info(s) -> dict:
             "levels": [list(lv.shape[:2]) for lv in (s.levels or (s.data,))],
             "significant_bits": s.significant_bits,
             "emission_nm": list(s.emission_nm) if s.emission_nm else None,
-            "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None}
+            "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None,
+            "pixel_size_note": s.pixel_size_note}
 
 
 @app.command(short_help="What a slide file (or a folder of slides) holds.")
@@ -579,6 +580,10 @@ def library(
         name, path = _pair("--single-stain", item, "MARKER=slide")
         name = _once("--single-stain", by_label.get(name, name), stains)
         stains[name] = Path(path)
+    from qdmed.imaging._slideio import check_output_folder
+
+    # the panel written over its own file, or into a control slide, is refused up front
+    check_output_folder(out, [panel_file, unstained, stained, *stains.values()])
     res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
                            offset=_offset(offset), saturation_level=saturation_level)
     if plot:  # drawn first: it shows what is wrong with a library refused below
@@ -716,6 +721,11 @@ def tma(
                          f"{qptma}")
     if out is None and qptma is None:
         out = Path("cores.geojson")
+    from qdmed.imaging._slideio import check_output_folder
+
+    for path in (out, qptma, plot):  # none of them over the slide (or inside a Zarr one)
+        if path is not None:
+            check_output_folder(path, [slide])
     cores, overview = find_tma_cores(slide, core_diameter_um=core_diameter_um,
                                      row_labels=row_labels, col_labels=col_labels,
                                      row_first=label_order == "row-first",
@@ -1016,6 +1026,12 @@ def calibrate(
     for c in negative or ():
         marker, name = _pair("--negative", c, "MARKER=CONTROL_NAME")
         negs[_once("--negative", marker, negs)] = name
+    from qdmed.imaging._slideio import check_output_folder
+
+    for path in paths.values():  # the calibration over a control's own files
+        src = Path(path)
+        for read in ([src / "cells.parquet", src / "summary.json"] if src.is_dir() else [src]):
+            check_output_folder(out, [read])
     comps: dict[str, str] = {}
     for c in compartment or ():
         marker, where = _pair("--compartment", c, "MARKER=nucleus|cytoplasm|membrane|cell")

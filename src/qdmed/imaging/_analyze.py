@@ -746,6 +746,9 @@ def slide_overview(slide, max_px: int = 1024, score_fn=None, min_px: int = 64
     if k > 1:
         import dask.array as da
 
+        if min(low.shape[:2]) < k:  # a strip thinner than one block: its edge repeated
+            low = da.pad(da.asarray(low), ((0, max(0, k - low.shape[0])),
+                                           (0, max(0, k - low.shape[1])), (0, 0)), mode="edge")
         ly, lx = (low.shape[0] // k) * k, (low.shape[1] // k) * k
         low = da.coarsen(np.mean, low[:ly, :lx].astype(np.float32), {0: k, 1: k},
                          trim_excess=True)
@@ -1177,7 +1180,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if _check_pixel_size(s.pixel_size_um) is None:
         # an assumed pixel size is said: areas and densities scale with its square
         ps, assumed = pixel_size_or_default(
-            slide.pixel_size_um, hint="--pixel-size-um, or AnalysisSettings(pixel_size_um=...)")
+            slide.pixel_size_um, hint="--pixel-size-um, or AnalysisSettings(pixel_size_um=...)",
+            note=slide.pixel_size_note)
         s = replace(s, pixel_size_um=float(ps))
         ps_warnings = assumed + ps_warnings
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels

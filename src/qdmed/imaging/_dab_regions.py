@@ -529,7 +529,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
     ps, warnings = pixel_size_or_default(_check_pixel_size(pixel_size_um)
                                          or img.pixel_size_um,
-                                         hint="pixel_size_um, --pixel-size-um")
+                                         hint="pixel_size_um, --pixel-size-um",
+                                         note=img.pixel_size_note)
     warnings = uncalibrated_warnings(cut) + warnings
     from qdmed.imaging._brightfield import _background, _matrix, glass_level, is_default_white
 

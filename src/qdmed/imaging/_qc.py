@@ -90,7 +90,8 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     level, source = ceiling(slide.dtype, significant_bits=slide.significant_bits,
                             level=saturation_level)
     ps, ps_warnings = pixel_size_or_default(pixel_size_um or slide.pixel_size_um,
-                                            hint="--pixel-size-um")
+                                            hint="--pixel-size-um",
+                                            note=slide.pixel_size_note)
     k = _nuclear_index(panel)
     ry, rx = reference_origin(slide, reference_region_px)
     ref = slide.read_region(ry, min(h, ry + reference_region_px), rx,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -34,7 +35,7 @@ import uuid
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -652,6 +653,10 @@ class SlideImage:
     significant_bits: int | None = None
     emission_nm: tuple[float, ...] | None = None
     exposure_ms: tuple[float, ...] | None = None
+    #: what was wrong with the pixel size the file records, when it records one that is no
+    #: size (0, NaN, negative: ``pixel_size_um`` is then None), for the error that asks for
+    #: one (:func:`pixel_size_or_default`)
+    pixel_size_note: str | None = None
     _direct: Any = field(default=None, repr=False, compare=False)
 
     def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -690,13 +695,24 @@ class SlideImage:
 DEFAULT_PIXEL_SIZE_UM = 0.5
 
 
+#: Largest pixel size (um) a file's metadata is believed: a slide overview camera's is
+#: tens of um; more is a unit error (nm read as um) or a broken field.
+MAX_PIXEL_SIZE_UM = 1000.0
+
+
 def pixel_size_or_default(pixel_size_um: float | None, what: str = "slide",
-                          hint: str | None = None) -> tuple[float, list[str]]:
+                          hint: str | None = None, note: str | None = None
+                          ) -> tuple[float, list[str]]:
     """``(pixel size, warnings)``: the given pixel size, or :data:`DEFAULT_PIXEL_SIZE_UM`
     with the warning that it was assumed (`what`: the slide or the image; `hint`: how to
-    give it, where the caller takes one)."""
+    give it, where the caller takes one). ``note``: the slide's
+    :attr:`SlideImage.pixel_size_note`: a file that records a pixel size that is no size is
+    refused (nothing is assumed for it) unless one is given."""
     if pixel_size_um is not None:  # a bad one is the caller's to refuse (0: no default)
         return pixel_size_um, []
+    if note:
+        raise InputError(note + (f"; give the {what}'s pixel size ({hint})" if hint else
+                                 "; correct the file's metadata"))
     return DEFAULT_PIXEL_SIZE_UM, [f"the {what} declares no pixel size: "
                                    f"{DEFAULT_PIXEL_SIZE_UM:g} um/px assumed"
                                    + (f" (give {hint})" if hint else "")]
@@ -712,6 +728,26 @@ def small_level(slide: SlideImage, max_pixels: int) -> tuple[int, int, Any]:
     pick, n = levels[k], levels[k].shape[0] * levels[k].shape[1]
     step = 1 if n <= max_pixels else int(np.ceil(np.sqrt(n / max_pixels)))
     return k, step, pick[::step, ::step] if step > 1 else pick
+
+
+#: Where each format records its pixel size, for the messages.
+_PIXEL_SIZE_FIELD = {"ome-tiff": "OME PhysicalSizeX", "qptiff": "the TIFF resolution tags",
+                     "svs": "the ImageDescription's MPP", "ndpi": "the TIFF resolution tags",
+                     "imagej-tiff": "ImageJ's spacing and unit",
+                     "tiff": "the TIFF resolution tags",
+                     "ome-zarr": "the NGFF coordinateTransformations scale"}
+
+
+def _checked_pixel_size(slide: SlideImage) -> SlideImage:
+    """The slide with a pixel size that is no size (0, NaN, negative, above
+    :data:`MAX_PIXEL_SIZE_UM`) taken as not recorded, and said in ``pixel_size_note``."""
+    ps = slide.pixel_size_um
+    if ps is None or (math.isfinite(ps) and 0 < ps <= MAX_PIXEL_SIZE_UM):
+        return slide
+    where = _PIXEL_SIZE_FIELD.get(slide.format, "its metadata")
+    return replace(slide, pixel_size_um=None, pixel_size_note=(
+        f"{str(slide.path)!r}: the pixel size in {where} reads {ps:g} um, which is no pixel "
+        f"size (a positive size up to {MAX_PIXEL_SIZE_UM:g} um)"))
 
 
 def read_slide(path: str | os.PathLike) -> SlideImage:
@@ -746,9 +782,9 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
         raise InputError(f"slide file {str(p)!r} does not exist")
     name = p.name.lower()
     if name.endswith(_TIFF_SUFFIXES):
-        return _read_tiff(p)
+        return _checked_pixel_size(_read_tiff(p))
     if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
-        return _read_zarr(p)
+        return _checked_pixel_size(_read_zarr(p))
     if p.suffix.lower() in CONVERT_SUFFIXES:
         # Bio-Formats reads SCN, BIF, VSI, CZI and DICOM; MIRAX is read by OpenSlide (in
         # QuPath, or libvips)
@@ -1286,6 +1322,8 @@ def _read_zarr(p: Path) -> SlideImage:
         raise FileFormatError(f"{str(p)!r}: missing NGFF field 'multiscales' (with "
                               f"'datasets') in the group attributes")
     m = ms[0]
+    if not isinstance(m["datasets"], list) or not m["datasets"]:
+        raise FileFormatError(f"{str(p)!r}: NGFF multiscales 'datasets' lists no array")
     axes = [a["name"] if isinstance(a, dict) else str(a) for a in m.get("axes", [])]
     levels, ps = [], None
     for i, ds in enumerate(m["datasets"]):

@@ -774,7 +774,8 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
         if spec is not None:
             tma_labels(spec, what)
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
-    ps, warnings = pixel_size_or_default(img.pixel_size_um)
+    ps, warnings = pixel_size_or_default(img.pixel_size_um,
+                                         note=getattr(img, "pixel_size_note", None))
     if brightfield is None:
         brightfield = bool(img.dtype == np.uint8 and img.shape[-1] == 3)
     if brightfield:  # the RGB overview to show, and its optical density to dearray
