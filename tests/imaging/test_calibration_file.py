@@ -105,6 +105,23 @@ def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
     p.write_text("[1, 2]")
     with pytest.raises(FileFormatError, match="not a calibration"):
         load_calibration(p)
+    # hand-edited cut-offs (a review): a string crashed the scoring, True read as 1, -5
+    # scored a HER2-0 control 1+, an unknown statistic was warned about elsewhere
+    for field, bad, said in (("faint", "35.1", "must be finite numbers"),
+                             ("faint", True, "must be finite numbers"),
+                             ("faint", -5.0, "the faint HER2 cut-off must be above 0"),
+                             ("statistic", "max", "statistic must be one of"),
+                             ("compartment", "nucleolus", "compartment must be one of")):
+        p.write_text(json.dumps({"her2": {**doc["her2"], field: bad}}))
+        with pytest.raises(FileFormatError, match=f"cal.json: 'her2': .*{said}"):
+            load_calibration(p)
+    p.write_bytes(b'{"her2": {"faint": 1, "weak_moderate": 2, "intense": 3, "rule": "\xff"}}')
+    with pytest.raises(FileFormatError, match="not a UTF-8 text"):
+        load_calibration(p)
+    p.write_text('{"gates": {"ER": {"compartment": "nucleus", "threshold": 1}}, '
+                 '"gates": {}}')
+    with pytest.raises(FileFormatError, match="key 'gates' is given twice"):
+        load_calibration(p)
 
 
 def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):

@@ -261,3 +261,24 @@ def test_cli_panel_options(tmp_path):
                       (("--filters", "0.50-0.56,0.58-0.64"), "micrometres")):
         r = run(*args)
         assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+
+def test_a_key_given_twice_in_a_panel_or_probe_file_is_refused(tmp_path):
+    # a panel edited to give HER2 a second line lost ER's and read HER2 from ER's label,
+    # exit 0 (a review): PyYAML keeps the last of two equal keys unless told
+    from qdmed.errors import FileFormatError
+
+    p = design_panel(["HER2", "ER"], QDOTS, CH)
+    p.to_file(tmp_path / "p.yaml")
+    text = (tmp_path / "p.yaml").read_text()
+    assert "\n  ER:" in text
+    (tmp_path / "dup.yaml").write_text(text.replace("\n  ER:", "\n  HER2:", 1))
+    with pytest.raises(FileFormatError, match=r"dup.yaml: line \d+ malformed YAML: key "
+                                              r"'HER2' is given twice \(lines \d+ and \d+\)"):
+        Panel.from_file(tmp_path / "dup.yaml")
+    (tmp_path / "probe.yaml").write_text("core: CdSe\ncore: InP\ndiameter_nm: 3\n")
+    with pytest.raises(FileFormatError, match="key 'core' is given twice"):
+        Probe.from_file(tmp_path / "probe.yaml")
+    (tmp_path / "probe.json").write_text('{"core": "CdSe", "core": "InP"}')
+    with pytest.raises(FileFormatError, match="key 'core' is given twice"):
+        Probe.from_file(tmp_path / "probe.json")

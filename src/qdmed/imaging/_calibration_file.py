@@ -203,20 +203,30 @@ def load_calibration(path: str | Path) -> Calibration:
     positivity gates and its controls' intensity scale, to pass to
     :func:`~qdmed.imaging.analyze_slide` (``her2_calibration=c.her2, gates=c.gates,
     calibration_scale=c.intensity_scale``)."""
+    from qdmed._documents import unique_json_pairs
     from qdmed.imaging._scoring import Her2Calibration, MarkerGate, gate_noise_floor_percent
 
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text(encoding="utf-8"),
+                         object_pairs_hook=unique_json_pairs)
     except OSError as exc:
         raise InputError(f"cannot read calibration file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{path}: not a UTF-8 text (JSON) file ({exc.reason} at byte "
+                              f"{exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise FileFormatError(f"{path}: line {exc.lineno}: malformed JSON ({exc.msg})") from exc
+    except ValueError as exc:  # a repeated key
+        raise FileFormatError(f"{path}: {exc}") from exc
     if not isinstance(doc, dict) or not (doc.get("her2") or doc.get("gates")):
         found = (f"keys: {', '.join(sorted(doc)[:8]) or 'none'}" if isinstance(doc, dict)
                  else f"a JSON {type(doc).__name__}")
         raise FileFormatError(f"{path}: not a calibration (from qdmed image calibrate): "
                               f"expected a JSON object with 'her2' and/or 'gates', got {found}")
-    her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
+    try:
+        her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
+    except (InputError, TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path}: 'her2': {exc}") from None
     raw = doc.get("gates") or {}
     if not isinstance(raw, dict):
         raise FileFormatError(f"{path}: 'gates' must map marker names to gate objects; got "

@@ -337,8 +337,10 @@ class Panel:
         import yaml
 
         p = Path(path)
+        from qdmed._documents import safe_load_unique
+
         try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+            doc = safe_load_unique(p.read_text(encoding="utf-8"))
         except OSError as exc:
             raise InputError(f"cannot read panel file {p}: {exc.strerror}") from exc
         except UnicodeDecodeError as exc:
@@ -347,7 +349,8 @@ class Panel:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise FileFormatError(f"{p}:{' line ' + str(mark.line + 1) if mark else ''} "
-                                  f"malformed YAML") from exc
+                                  f"malformed YAML" + (f": {exc.problem}" if getattr(
+                                      exc, "problem", None) else "")) from exc
         return cls.from_dict(doc, source=str(p))
 
     @classmethod

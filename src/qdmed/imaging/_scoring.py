@@ -548,11 +548,29 @@ class Her2Calibration:
 
     def __post_init__(self):
         vals = (self.faint, self.weak_moderate, self.intense)
-        if not all(math.isfinite(float(v)) for v in vals) or not (vals[0] < vals[1] < vals[2]):
+        # numbers only: "35.1" compared with a float crashed; True read as 1
+        if not all(isinstance(v, int | float | np.integer | np.floating)
+                   and not isinstance(v, bool) for v in vals) \
+                or not all(math.isfinite(float(v)) for v in vals) \
+                or not (vals[0] < vals[1] < vals[2]):
             raise InputError(
-                "HER2 cut-offs must be finite and strictly increasing faint < weak_moderate < "
-                f"intense; got {vals}."
+                "HER2 cut-offs must be finite numbers, strictly increasing faint < "
+                f"weak_moderate < intense; got {vals}."
             )
+        if vals[0] <= 0:  # a hand-edited -5 scored a HER2-0 control 1+ (a review)
+            raise InputError(
+                f"the faint HER2 cut-off must be above 0 (intensities and optical densities "
+                f"are not negative: at or below 0 every cell, unstained ones too, reads as at "
+                f"least faint); got {vals[0]!r}."
+            )
+        if self.compartment not in _COMPARTMENTS:
+            raise InputError(f"compartment must be one of {', '.join(_COMPARTMENTS)}; got "
+                             f"{self.compartment!r}.")
+        if self.statistic not in _STATISTICS:
+            raise InputError(f"statistic must be one of {', '.join(_STATISTICS)}; got "
+                             f"{self.statistic!r}.")
+        if not isinstance(self.marker, str) or not self.marker:
+            raise InputError(f"marker must be a marker's name; got {self.marker!r}.")
 
     @property
     def cutoffs(self) -> tuple[float, float, float]:

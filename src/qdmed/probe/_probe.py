@@ -195,14 +195,20 @@ class Probe:
         """Read a probe from a YAML or JSON file."""
         import yaml
 
+        from qdmed._documents import safe_load_unique, unique_json_pairs
+
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise InputError(f"cannot read probe file {p}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise FileFormatError(f"{p}: not a UTF-8 text (YAML or JSON) file ({exc.reason} "
+                                  f"at byte {exc.start})") from exc
         try:
-            doc = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
+            doc = (json.loads(text, object_pairs_hook=unique_json_pairs)
+                   if p.suffix.lower() == ".json" else safe_load_unique(text))
+        except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError, a repeated name
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else (
                 f" line {exc.lineno}" if hasattr(exc, "lineno") else "")
