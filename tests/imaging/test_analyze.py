@@ -552,6 +552,11 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
         analyze_slide(slide.path, PANEL, tmp_path / "a", tile=0, progress=False)
     with pytest.raises(InputError, match="must be a Dask scheduler's address"):
         analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)
+    # an offset at the detector's ceiling leaves no count (it said only "no nuclei")
+    with pytest.raises(InputError, match=r"offset \(--offset\) 70000 is at or above "
+                                         r"s.ome.zarr's detector ceiling 65535"):
+        analyze_slide(slide.path, PANEL, tmp_path / "o", offset_adu=70000, progress=False)
+    assert not (tmp_path / "o").exists()
     # host:port is a tcp address, as Dask's Client takes it
     from qdmed.imaging._analyze import check_scheduler
 

@@ -282,3 +282,11 @@ def test_a_key_given_twice_in_a_panel_or_probe_file_is_refused(tmp_path):
     (tmp_path / "probe.json").write_text('{"core": "CdSe", "core": "InP"}')
     with pytest.raises(FileFormatError, match="key 'core' is given twice"):
         Probe.from_file(tmp_path / "probe.json")
+
+
+def test_expression_and_brightness_must_be_positive_numbers():
+    for bad in (float("nan"), -1.0, 0.0, "high"):
+        with pytest.raises(InputError, match="expression of 'HER2' must be a finite number"):
+            design_panel(["HER2", "ER"], QDOTS, CH, expression={"HER2": bad})
+    with pytest.raises(InputError, match="brightness of 'Qdot 705' must be a finite number"):
+        design_panel(["HER2", "ER"], QDOTS, CH, brightness={"Qdot 705": float("inf")})

@@ -628,3 +628,17 @@ def test_a_strip_thinner_than_an_overview_block(tmp_path):
         assert ov.min() == ov.max() == 2  # the strip's own values, repeated: no zeros
         y0, x0 = reference_origin(s, 256)
         assert 0 <= y0 <= max(0, shape[0] - 256) and 0 <= x0 <= max(0, shape[1] - 256)
+
+
+def test_pixels_that_are_not_square_are_refused(tmp_path):
+    # PhysicalSizeY 2.0 with X 0.5 was read as 0.5 x 0.5 um: areas 4x off, unsaid
+    good = tmp_path / "good.ome.tif"
+    write_ome_tiff(good, np.zeros((64, 64, 2), np.uint16), pixel_size_um=0.5)
+    path = tmp_path / "tall.ome.tif"
+    path.write_bytes(good.read_bytes().replace(b'PhysicalSizeY="0.5"', b'PhysicalSizeY="2.0"'))
+    with pytest.raises(FileFormatError, match=r"0.5 um wide \(OME PhysicalSizeX\) but 2 um "
+                                              r"high .*resample"):
+        read_slide(path)
+    with pytest.raises(InputError, match="up to 1000"):
+        write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((8, 8, 1), np.uint16),
+                       pixel_size_um=1e9)

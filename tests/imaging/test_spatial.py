@@ -292,6 +292,9 @@ def test_non_finite_centroid_names_the_cell():
     cells = _table([0.0, np.nan], [0.0, 0.0], ["A", "B"])
     with pytest.raises(InputError, match=r"row 1 \(cell_id 2\).*not a finite number"):
         spatial_analysis(cells)
+    far = _table([-1e308, 1e308], [0.0, 0.0], ["A", "B"])  # overflowed the k-d tree
+    with pytest.raises(InputError, match=r"row 0 \(cell_id 1\).*within 1e\+06 um"):
+        spatial_analysis(far)
     with pytest.raises(InputError, match="pandas table"):
         spatial_analysis(np.zeros((2, 2)))
 

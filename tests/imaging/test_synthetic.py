@@ -412,3 +412,15 @@ def test_bit_depth_travels_with_an_ome_zarr(tmp_path):
     assert read_slide(write_ome_zarr(tmp_path / "x.ome.zarr", img)).significant_bits is None
     with pytest.raises(InputError, match="significant_bits must be an integer from 1"):
         write_ome_zarr(tmp_path / "y.ome.zarr", img, significant_bits=17)
+
+
+def test_a_scene_too_large_to_hold_its_cells_is_refused(tmp_path):
+    # --size 100000000 grew 130 MB/s until killed (a review): refused up front, unwritten
+    from qdmed.errors import InputError
+    from qdmed.imaging import breast_panel_5plex, simulate_slide
+
+    p = breast_panel_5plex()
+    with pytest.raises(InputError, match=r"would hold ~7.5e\+12 cells"):
+        simulate_slide(tmp_path / "x.ome.zarr", (10 ** 8, 10 ** 8), preset="BT474",
+                       endmembers=p.endmembers, marker_names=list(p.markers))
+    assert not (tmp_path / "x.ome.zarr").exists()

@@ -581,3 +581,18 @@ def test_a_core_torn_into_small_pieces_is_one_core(tmp_path):
         (10 + 32 * i, 200, 10) for i in range(9)]
     cores, _ = find_tma_cores(_disc_slide(tmp_path, (300, 620), specks, "specks.ome.tif"))
     assert [c["name"] for c in cores.cores] == ["A-1", "A-2", "A-3"]
+
+
+def test_dab_regions_outside_the_slide_are_said(tmp_path, brightfield_tma):
+    # analyze warns when no cell lies in the regions; DAB scoring said nothing (a review)
+    from qdmed.imaging import analyze_dab_regions
+
+    p, _ = brightfield_tma(tmp_path / "bf.ome.tif")
+    ring = [[50000, 50000], [50300, 50000], [50300, 50300], [50000, 50300], [50000, 50000]]
+    (tmp_path / "far.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+         "properties": {"objectType": "annotation", "name": "far"}}]}))
+    d = analyze_dab_regions(p, tmp_path / "far.geojson", tmp_path / "dab",
+                            od_cutoffs=(0.05, 0.15, 0.3), progress=False)
+    assert any("1 of the 1 regions lie outside the slide's" in w and "(far;" in w
+               for w in d["warnings"])

@@ -1208,6 +1208,11 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                          f"{path.name} has none ({sat_source}): give saturation_level "
                          "(--saturation-level)")
     off = panel_offset(panel, s.offset_adu if offset_adu is None else offset_adu)
+    if off is not None and sat_level is not None and float(np.max(off)) >= sat_level:
+        # every count would read 0 or less: the run found no nuclei and said only that
+        raise InputError(f"offset (--offset) {float(np.max(off)):g} is at or above "
+                         f"{path.name}'s detector ceiling {sat_level:g}: every count would "
+                         "read 0 or less (the camera's dark level is a few hundred counts)")
     s = replace(s, offset_adu=None if off is None else tuple(off.tolist()))
     panel, af_info = _slide_autofluorescence(slide, panel, autofluorescence, s.pixel_size_um,
                                              off, s.saturation_level)

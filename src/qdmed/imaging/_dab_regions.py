@@ -566,6 +566,13 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     out.mkdir(parents=True, exist_ok=True)
     m = None if isinstance(stain_matrix, str) else np.asarray(stain_matrix, dtype=np.float64)
     jobs = _jobs(img, reg, ps, tile)
+    off = [n for n in reg.names if n not in {j[1] for j in jobs} and n not in reg.missing]
+    if off:  # as analyze says it (its cells lie in no region): a review found no word here
+        h, w = img.shape[:2]
+        warnings.append(f"{len(off)} of the {len(reg.names)} regions lie outside the slide's "
+                        f"{w} x {h} px (or hold under 8 px of it): not scored ("
+                        f"{', '.join(off[:5])}{' ...' if len(off) > 5 else ''}; do the "
+                        "annotations belong to this slide?)")
     score_kw = dict(od_cutoffs=cut, pixel_size_um=ps, stain_matrix=stain_matrix,
                     compartment=compartment, background=background, glass=glass)
     tiles_dir = out / "tiles"

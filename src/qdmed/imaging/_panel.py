@@ -970,7 +970,16 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     bright = {n: float((brightness or {}).get(n, 1.0)) for n in names}
     for n, v in bright.items():
         if not (np.isfinite(v) and v > 0):
-            raise InputError(f"brightness of {n!r} must be > 0; got {v}")
+            raise InputError(f"brightness of {n!r} must be a finite number > 0; got "
+                             f"{(brightness or {}).get(n)!r}")
+    for m, v in (expression or {}).items():  # NaN or -1 changed the assignment, unsaid
+        try:
+            ok = not isinstance(v, bool) and np.isfinite(float(v)) and float(v) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"expression of {m!r} must be a finite number > 0 (a relative "
+                             f"abundance); got {v!r}")
     af = (autofluorescence_spectrum(wavelength_nm=grid) if autofluorescence == "default"
           else autofluorescence)
     fixed_specs = [_label_spectrum(v, grid) for v in fixed.values()]

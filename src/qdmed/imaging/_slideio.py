@@ -92,6 +92,11 @@ def _check_channel_names(channel_names: Sequence[str] | None, n: int) -> tuple[s
     return names
 
 
+#: Largest pixel size (um) a file's metadata or a caller is believed: a slide overview camera's is
+#: tens of um; more is a unit error (nm read as um) or a broken field.
+MAX_PIXEL_SIZE_UM = 1000.0
+
+
 def _check_pixel_size(pixel_size_um: float | None) -> float | None:
     """A pixel size (um) checked: a finite number above 0 (None stays None: unknown)."""
     if pixel_size_um is None:
@@ -100,9 +105,9 @@ def _check_pixel_size(pixel_size_um: float | None) -> float | None:
         ps = float("nan") if isinstance(pixel_size_um, bool) else float(pixel_size_um)
     except (TypeError, ValueError):
         ps = float("nan")
-    if not np.isfinite(ps) or ps <= 0:
-        raise InputError(f"pixel_size_um must be a positive number (um per pixel), got "
-                         f"{pixel_size_um!r}")
+    if not np.isfinite(ps) or ps <= 0 or ps > MAX_PIXEL_SIZE_UM:
+        raise InputError(f"pixel_size_um must be a positive number (um per pixel) up to "
+                         f"{MAX_PIXEL_SIZE_UM:g}, got {pixel_size_um!r}")
     return ps
 
 
@@ -695,11 +700,6 @@ class SlideImage:
 DEFAULT_PIXEL_SIZE_UM = 0.5
 
 
-#: Largest pixel size (um) a file's metadata is believed: a slide overview camera's is
-#: tens of um; more is a unit error (nm read as um) or a broken field.
-MAX_PIXEL_SIZE_UM = 1000.0
-
-
 def pixel_size_or_default(pixel_size_um: float | None, what: str = "slide",
                           hint: str | None = None, note: str | None = None
                           ) -> tuple[float, list[str]]:
@@ -966,6 +966,18 @@ def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
         except ValueError as e:
             raise FileFormatError(f"{str(p)!r}: OME PhysicalSizeX "
                                   f"{pixels.get('PhysicalSizeX')!r} is not a number") from e
+        try:
+            ps_y = float(pixels.get("PhysicalSizeY")) * _UNIT_TO_UM.get(
+                pixels.get("PhysicalSizeYUnit", "µm"), np.nan)
+        except (TypeError, ValueError):
+            ps_y = None  # absent or unreadable: X's is taken, as before
+        if ps_y is not None and ps > 0 and np.isfinite(ps_y) and abs(ps_y / ps - 1) > 0.01:
+            # areas and distances are read on square pixels: 0.5 x 2 um ones were taken as
+            # 0.5 x 0.5 um, areas 4x off, unsaid (a review)
+            raise FileFormatError(f"{str(p)!r}: its pixels are {ps:g} um wide (OME "
+                                  f"PhysicalSizeX) but {ps_y:g} um high (PhysicalSizeY): "
+                                  "qdmed measures on square pixels; resample the image to "
+                                  "square ones first")
     if names and any(n is None for n in names):
         names = None
     bits = pixels.get("SignificantBits")

@@ -133,6 +133,8 @@ class _Classified:
 
 #: Text read as true / false in a marker column (a CSV's booleans).
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+#: Centroids beyond this (um: a metre) are no place on a slide, refused.
+MAX_COORDINATE_UM = 1e6
 #: More distinct classes than this is refused: not a class column (the matrices grow as K^2).
 MAX_CLASSES = 50
 
@@ -224,13 +226,14 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
             raise InputError(f"classes {list(classes)} name a class twice")
         classed &= text.isin(classes).fillna(False)
     keep = (classed & group.notna()).to_numpy(dtype=bool)
-    bad = keep & ~np.all(np.isfinite(xy), axis=1)
+    # beyond a metre a centroid is no position on a slide (1e308 overflowed the k-d tree)
+    bad = keep & ~np.all(np.isfinite(xy) & (np.abs(xy) < MAX_COORDINATE_UM), axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         ident = f" (cell_id {cells['cell_id'].iloc[row]})" if "cell_id" in cells else ""
         raise InputError(f"cell at row {row}{ident} has a centroid that is not a finite "
-                         f"number ({xy[row].tolist()} um in {xy_columns[0]}, "
-                         f"{xy_columns[1]})")
+                         f"number within {MAX_COORDINATE_UM:g} um ({xy[row].tolist()} um in "
+                         f"{xy_columns[0]}, {xy_columns[1]})")
     if classes is None:
         classes = tuple(sorted(text[keep].unique(), key=natural_key))
         if len(classes) > MAX_CLASSES:

@@ -1417,6 +1417,11 @@ def simulate_field(
                           params=_provenance(gp, sp))
 
 
+#: Most cells a simulated slide or TMA may hold: its cell list is held in memory (~1.4 kB a
+#: cell, 2.8 GB here; a 32k x 32k slide at 0.5 um/px holds ~800,000).
+MAX_SIMULATED_CELLS = 2_000_000
+
+
 def simulate_slide(
     path: str | os.PathLike,
     shape: tuple[int, int],
@@ -1508,9 +1513,16 @@ def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_
         raise InputError(f"{path}: a simulated slide or TMA is written as OME-Zarr (a "
                          "folder); give a path ending in .zarr (e.g. slide.ome.zarr). An "
                          "OME-TIFF: a field from simulate_field, written by write_ome_tiff")
+    h, w = gp["shape"]
+    n_cells = (h * w * (gp["pixel_size_um"] / 1000.0) ** 2 * gp["cell_density_per_mm2"]
+               * gp["tissue_fraction"])
+    if n_cells > MAX_SIMULATED_CELLS:  # the cell list is held whole (~1.4 kB a cell)
+        raise InputError(f"a {h} x {w} px scene would hold ~{n_cells:.3g} cells (~"
+                         f"{1.4e3 * n_cells / 1e9:.3g} GB of cell list in memory); up to "
+                         f"{MAX_SIMULATED_CELLS:,} are simulated (a 16k x 16k slide holds "
+                         "~200,000): give a smaller size or grid")
     p = _check_dest(path, overwrite)
     sc = _make_scene(gp, sp)
-    h, w = gp["shape"]
     nc = sp["endmembers"].shape[0]
     n_levels = _auto_levels((h, w), tile, pyramid_levels)
     params = _provenance(gp, sp)
