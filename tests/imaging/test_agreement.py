@@ -125,6 +125,19 @@ def test_compare_cli(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and f"{reads}, column 'score': case 's1' has HER2 category " \
         "'Positive'" in r.stderr
+    # a case only the reads hold is left out, whatever it says (a master sheet's "not
+    # evaluable" was refused: a review)
+    reads.write_text("slide,score\ns1,3+\ns2,0\nZ,not evaluable\n")
+    r = subprocess.run([*args[:5], str(a), str(reads), "--column-b", "score", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["excluded"]["only in reads"] == ["Z"]
+    # two readers in one sheet: named by their columns
+    two = tmp_path / "two.csv"
+    two.write_text("slide,p1,p2\ns1,3+,3+\ns2,0,1+\ns3,1+,1+\n")
+    r = subprocess.run([*args[:5], str(two), str(two), "--column-a", "p1", "--column-b",
+                        "p2"], capture_output=True, text=True)
+    assert r.returncode == 0 and "HER2 agreement: p1 vs p2" in r.stdout, r.stderr
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0 and "cross-table" in r.stdout and "excluded" in r.stdout
     # cohort.csv names slide files, a pathologist's table names cases: matched by stem

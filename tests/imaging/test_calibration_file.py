@@ -105,11 +105,11 @@ def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
     p.write_text("[1, 2]")
     with pytest.raises(FileFormatError, match="not a calibration"):
         load_calibration(p)
-    # hand-edited cut-offs (a review): a string crashed the scoring, True read as 1, -5
-    # scored a HER2-0 control 1+, an unknown statistic was warned about elsewhere
+    # hand-edited cut-offs (a review): a string crashed the scoring, True read as 1, an
+    # unknown statistic was warned about elsewhere (a cut-off below 0 is allowed: the
+    # background-subtracted membrane values it may be read on go below 0)
     for field, bad, said in (("faint", "35.1", "must be finite numbers"),
                              ("faint", True, "must be finite numbers"),
-                             ("faint", -5.0, "the faint HER2 cut-off must be above 0"),
                              ("statistic", "max", "statistic must be one of"),
                              ("compartment", "nucleolus", "compartment must be one of")):
         p.write_text(json.dumps({"her2": {**doc["her2"], field: bad}}))

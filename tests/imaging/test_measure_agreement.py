@@ -314,9 +314,14 @@ def test_a_marker_of_ones_own_is_gated_with_its_compartment(tmp_path):
     assert gate["compartment"] == "membrane"
     r = subprocess.run([*base, "--compartment", "CD8=nuc"], capture_output=True, text=True)
     assert r.returncode == 2 and "nucleus, cytoplasm, membrane or cell" in r.stderr
+    r = subprocess.run([*base, "--compartment", "CD8=membrane", "--compartment",
+                        "CD4=membrane"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--compartment CD4: no --negative gates it" in r.stderr
     # a typo of a known marker's name is warned as the panel is made
     from qdmed.imaging._panel import _marker_name_warnings
 
     assert "named like 'ER': a typo?" in _marker_name_warnings(["ERR"])[0]
-    assert "named like 'HER2'" in _marker_name_warnings(["her2"])[0]
-    assert _marker_name_warnings(["CD8", "ER", "HER3", "A", "B", "autofluorescence"]) == []
+    assert all("named like 'HER2'" in w for w in _marker_name_warnings(["her2", "HER-2"]))
+    # markers of their own, one letter from a known one (a review found them warned)
+    assert _marker_name_warnings(["CD8", "ER", "HER3", "A", "B", "PSMA", "ERK", "ERG", "CAR",
+                                  "PRL", "ERa", "autofluorescence"]) == []

@@ -612,6 +612,17 @@ def test_a_pixel_size_that_is_no_size_is_refused_unless_one_is_given(tmp_path, b
     with pytest.raises(InputError, match="which is no pixel size"):
         analyze_slide(path, panel, tmp_path / "out", progress=False)
     assert read_slide(good).pixel_size_note is None
+    if bad == "0.0":  # DAB IHC of one image said "declares no pixel size" (a review)
+        import subprocess
+        import sys
+
+        rgb = tmp_path / "rgb.ome.tif"
+        write_ome_tiff(rgb, np.full((64, 64, 3), 200, np.uint8), pixel_size_um=0.5)
+        rgb.write_bytes(rgb.read_bytes().replace(b'PhysicalSizeX="0.5"',
+                                                 b'PhysicalSizeX="0.0"'))
+        r = subprocess.run([sys.executable, "-m", "qdmed", "image", "dab", str(rgb),
+                            "--od-cutoffs", "0.05,0.15,0.3"], capture_output=True, text=True)
+        assert r.returncode == 2 and "which is no pixel size" in r.stderr, r.stderr
 
 
 def test_a_strip_thinner_than_an_overview_block(tmp_path):
@@ -642,3 +653,17 @@ def test_pixels_that_are_not_square_are_refused(tmp_path):
     with pytest.raises(InputError, match="up to 1000"):
         write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((8, 8, 1), np.uint16),
                        pixel_size_um=1e9)
+
+
+def test_ome_xml_cut_short_is_said(tmp_path):
+    # an ImageDescription holding the first 500 characters of its OME-XML was read as a
+    # plain TIFF (channels C0..C7, no pixel size) without a word (a review)
+    good = tmp_path / "good.ome.tif"
+    write_ome_tiff(good, np.zeros((32, 32, 2), np.uint16), pixel_size_um=0.5)
+    with tifffile.TiffFile(good) as tf:
+        xml = tf.ome_metadata
+    cut = tmp_path / "cut.ome.tif"
+    tifffile.imwrite(cut, np.zeros((2, 32, 32), np.uint16), description=xml[:500],
+                     metadata=None)
+    with pytest.raises(FileFormatError, match="the OME-XML in ImageDescription is malformed"):
+        read_slide(cut)

@@ -505,3 +505,35 @@ def test_auto_groups_by_image_and_then_core():
     # images pooled on request are warned: their coordinates overlap
     pooled = spatial_analysis(qp, n_permutations=0, within=None)
     assert any("hold cells of several Image values" in w for w in pooled.warnings)
+
+
+def test_a_radius_holding_all_pairs_but_one_keeps_its_small_variance():
+    # 3,000 cells within a radius of each other but u and v: A-A (ordered, twice the
+    # unordered count) is 2 C(1500, 2) - 2 [u, v both A], variance 4 p (1 - p) with
+    # p = 1500 * 1499 / (3000 * 2999); a tolerance of 1e-9 of the terms zeroed it (a review)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(-1, 1, 2998), [-6.0, 6.0]])
+    y = np.concatenate([rng.uniform(-1, 1, 2998), [0.0, 0.0]])
+    cells = _table(x, y, ["A", "B"] * 1500)
+    c = _classify(cells, ("phenotype",), None, ("centroid_x_um", "centroid_y_um"))
+    pairs = _pairs(c, 10.0)
+    assert pairs.shape[1] == 3000 * 2999 // 2 - 1
+    p = 1500 * 1499 / (3000 * 2999)
+    var = _group_variance(c, pairs)
+    # the terms (~1e12) cancel to it: rounding leaves ~1e-6 of it here, plenty for a z
+    assert var[0, 0] == pytest.approx(4 * p * (1 - p), rel=1e-4)  # 0.7498
+
+
+def test_cut_pairs_too_many_to_count_are_said_not_refused(monkeypatch):
+    # cases sharing one coordinate frame (no image column) hold more pairs across them
+    # than within: the within-case analysis runs, and the uncounted cut pairs are said
+    import qdmed.imaging._spatial as sp
+
+    monkeypatch.setattr(sp, "MAX_PAIRS", 20_000)
+    rng = np.random.default_rng(1)
+    parts = [_table(rng.uniform(0, 300, 600), rng.uniform(0, 300, 600),
+                    rng.choice(["A", "B"], 600), case=f"c{i}") for i in range(8)]
+    r = spatial_analysis(pd.concat(parts, ignore_index=True), within="case",
+                         n_permutations=0)
+    assert r.n_groups == 8 and r.n_pairs < 20_000
+    assert any("too many to count" in w for w in r.warnings)

@@ -575,6 +575,23 @@ def test_a_core_torn_into_small_pieces_is_one_core(tmp_path):
     assert not by["A-5"]["missing"] and by["A-5"]["center_x"] == pytest.approx(910, abs=2)
     assert by["A-5"]["area_fraction"] == pytest.approx(2 * 25 ** 2 / 60.6 ** 2, rel=0.1)
     assert any("core A-5: 2 pieces merged" in w for w in cores.warnings)
+    # a core torn along its diagonal in two large halves (not joined as small pieces,
+    # merged by the grid) is 2 pieces, not 3 (a review)
+    from qdmed.imaging._slideio import write_ome_tiff
+
+    img = np.random.default_rng(0).normal(10, 1, (420, 1020, 2)).clip(0).astype(np.float32)
+    yy, xx = np.mgrid[:420, :1020]
+    for y in (100, 300):
+        for x in (100, 300, 500, 700, 900):
+            disc = (yy - y) ** 2 + (xx - x) ** 2 <= 60 ** 2
+            if (y, x) == (300, 500):
+                disc &= np.abs((xx - x) - (yy - y)) / np.sqrt(2) > 7  # a 14 px tear
+            img[disc] += 200
+    write_ome_tiff(tmp_path / "halves.ome.tif", img, pixel_size_um=1.0)
+    cores, _ = find_tma_cores(tmp_path / "halves.ome.tif")
+    assert (cores.n_rows, cores.n_cols, cores.n_found) == (2, 5, 10)
+    assert [w for w in cores.warnings if "pieces merged" in w] == [
+        "core B-3: 2 pieces merged (a torn core, or neighbours closer than half a diameter)"]
     # debris strung along the gap between two cores (9 specks of 0.03 of a core, 12 px
     # apart, 0.25 together, spread over more than a core's diameter) is no core
     specks = [(150, 100, 60), (150, 300, 60), (150, 500, 60)] + [

@@ -1039,6 +1039,10 @@ def calibrate(
             raise InputError(f"--compartment {c!r}: the compartment is nucleus, cytoplasm, "
                              "membrane or cell")
         comps[_once("--compartment", marker, comps)] = where
+    unused = [m for m in comps if m not in negs]
+    if unused:
+        raise InputError(f"--compartment {', '.join(unused)}: no --negative gates "
+                         f"{'it' if len(unused) == 1 else 'them'}, so it would not be used")
     try:
         cal = calibrate_controls(paths, categories=cats, negatives=negs,
                                  faint_quantile=faint_quantile, compartments=comps or None)
@@ -1298,7 +1302,7 @@ def dab(
 
         rgb = immunohistochemistry()
     else:
-        rgb, recorded = _read_brightfield_image(image)
+        rgb, recorded, note = _read_brightfield_image(image)
         if pixel_size_um is None:  # the slide's own, where its file records one
             pixel_size_um = recorded
     if flat_field is not None:
@@ -1310,7 +1314,8 @@ def dab(
     from qdmed.imaging._slideio import pixel_size_or_default
 
     # the example is scikit-image's IHC image, which records none (0.5 um/px, as documented)
-    ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um")
+    ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um",
+                                            note=None if example else note)
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps, marker=marker,
                    background=_white_level(background), stain_matrix=_stains(stains))
     if plot is not None:
@@ -1355,8 +1360,9 @@ MAX_DAB_IN_MEMORY_PIXELS = 8192 * 8192
 
 
 def _read_brightfield_image(image: Path):
-    """An RGB image read whole for `qdmed image dab`, and the pixel size (um) its file
-    records (None for none), refused with the way out when it is too large to score in
+    """An RGB image read whole for `qdmed image dab`, the pixel size (um) its file records
+    (None for none) and the slide's ``pixel_size_note`` (a recorded size that is no size),
+    refused with the way out when it is too large to score in
     memory (its size read from the header first). A file qdmed reads as a slide (TIFF,
     OME-TIFF, Aperio SVS, Hamamatsu NDPI, OME-Zarr) is read by the slide reader, which
     names a truncated or corrupted file and a fluorescence slide; other images (PNG, JPEG)
@@ -1406,11 +1412,12 @@ def _read_brightfield_image(image: Path):
             raise InputError(f"{Path(image).name}: DAB IHC needs an RGB brightfield image; "
                              f"got {slide.shape[-1]} channels of {slide.dtype} (a "
                              "fluorescence slide is analysed by qdmed image analyze)")
-        return slide.read_region(0, height, 0, width), slide.pixel_size_um
+        return slide.read_region(0, height, 0, width), slide.pixel_size_um, \
+            slide.pixel_size_note
     from skimage.io import imread
 
     try:
-        return imread(image), None
+        return imread(image), None, None
     except Exception as exc:  # noqa: BLE001 - any decoder's error (zlib, JPEG...) is bad input
         why = (str(exc).strip().splitlines() or [""])[0]  # imageio lists its backends below
         raise InputError(f"cannot read image {image}: {type(exc).__name__}: {why} (accepted: "
@@ -1581,9 +1588,12 @@ def compare(
     agreement, Lin's concordance and, with --status, the statuses' agreement.
 
     Cases are matched on --key by slide stem (A.ome.tif and A are the same case)."""
-    # a name not given is the table's file name (its path where the two names are alike)
+    # a name not given is the table's file name (its path where the two names are alike;
+    # two columns of one table, e.g. two readers in one sheet: the columns' names)
     stems = (Path(table_a).stem, Path(table_b).stem)
-    if stems[0] == stems[1]:
+    if Path(table_a).resolve() == Path(table_b).resolve():
+        stems = (column_a, column_b)
+    elif stems[0] == stems[1]:
         stems = (str(table_a), str(table_b))
     name_a = stems[0] if name_a is None else name_a
     name_b = stems[1] if name_b is None else name_b

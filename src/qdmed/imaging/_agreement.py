@@ -279,7 +279,8 @@ def paired_cases(a, b, *, method_a: str, method_b: str, item: str, fewest: int
         or lengths, or fewer than ``fewest`` cases.
     """
     if method_a == method_b:
-        raise InputError(f"the two methods need different names; both are {method_a!r}.")
+        raise InputError(f"the two methods need different names; both are {method_a!r} "
+                         "(method_a, method_b; --name-a, --name-b).")
     if isinstance(a, Mapping) != isinstance(b, Mapping):
         raise InputError(f"a and b must both be mappings case -> {item} or both sequences.")
     if isinstance(a, Mapping):
@@ -384,11 +385,13 @@ def compare_her2_tables(table_a, table_b, *, key: str = "slide", key_b: str | No
     """
     a, miss_a = _categories_csv(table_a, key, column_a)
     b, miss_b = _categories_csv(table_b, key_b or key, column_b)
-    for path, col, cats in ((table_a, column_a, a), (table_b, column_b, b)):
-        _categories(f"{path}, column {col!r}", cats.values(), cats)  # named by their file
     common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
                                      method_a=method_a, method_b=method_b, item="category",
                                      columns=(column_a, column_b), fewest=2)
+    for path, col, cats in ((table_a, column_a, a), (table_b, column_b, b)):
+        # the compared cases' categories, named by their file (a case only one table holds,
+        # e.g. "not evaluable" in a pathologist's master sheet, is left out, not refused)
+        _categories(f"{path}, column {col!r}", [cats[k] for k in common], common)
     res = compare_her2({k: a[k] for k in common}, {k: b[k] for k in common},
                        method_a=method_a, method_b=method_b)
     return replace(res, excluded=excluded)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -815,22 +816,31 @@ def _with_warnings(panel: Panel) -> Panel:
     return replace(panel, warnings=tuple(warns))
 
 
-def _one_edit(a: str, b: str) -> bool:
-    """``a`` and ``b`` differ by one letter added, dropped or changed (a digit changed for
-    a digit is another marker of a family: HER3 is no typo of HER2)."""
-    if len(a) == len(b):
-        diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+def _like_typo(name: str, known: str) -> bool:
+    """``name`` reads as a typo of ``known`` (both upper-cased): the same but for hyphens,
+    underscores and spaces (HER-2, CLAUDIN4), a letter doubled (ERR for ER, at any
+    length), or, from four letters on, one letter changed or dropped (HEP2). A letter
+    added that is not a doubling makes another marker (PSMA is not PSA, ERK not ER, CAR
+    not AR), as does a digit changed for a digit (HER3)."""
+    name, known = (re.sub(r"[-_ ]", "", v) for v in (name, known))
+    if name == known:
+        return True
+    if len(name) == len(known) + 1:
+        return any(name[i] == name[i - 1] and name[:i] + name[i + 1:] == known
+                   for i in range(1, len(name)))
+    if len(name) < 4:
+        return False
+    if len(name) == len(known):
+        diff = [(x, y) for x, y in zip(name, known, strict=True) if x != y]
         return len(diff) == 1 and not (diff[0][0].isdigit() and diff[0][1].isdigit())
-    short, long_ = sorted((a, b), key=len)
-    return len(long_) - len(short) == 1 and any(
-        long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+    return len(name) + 1 == len(known) and any(
+        known[:i] + known[i + 1:] == name for i in range(len(known)))
 
 
 def _marker_name_warnings(markers) -> list[str]:
     """A marker named like, but not as, one whose compartment qdmed knows (ERR, Her2): a
     typo, which shows only when the marker is gated (no compartment known). A marker of
-    one's own unlike any (CD8, HER3) is not warned; nor are names of one or two letters
-    (A, B: a test's markers) unless only their case differs."""
+    one's own (CD8, HER3, PSMA, ERK: :func:`_like_typo`) is not warned."""
     from qdmed.imaging._scoring import MARKER_COMPARTMENTS
 
     out = []
@@ -838,7 +848,7 @@ def _marker_name_warnings(markers) -> list[str]:
         if m in MARKER_COMPARTMENTS or m == "autofluorescence":
             continue
         like = [k for k in MARKER_COMPARTMENTS if m.upper() == k.upper()
-                or (len(m) >= 3 and _one_edit(m.upper(), k.upper()))]
+                or _like_typo(m.upper(), k.upper())]
         if like:
             out.append(f"marker {m!r} is not one qdmed knows the compartment of, but is named "
                        f"like {like[0]!r}: a typo? (a marker of your own is gated with "

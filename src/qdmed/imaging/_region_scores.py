@@ -356,7 +356,7 @@ def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...], her2: boo
     if not her2:
         first = tuple(c for c in first if c != "her2_category")
         table = table.drop(columns="her2_category", errors="ignore")
-    template = list(max(rows, key=len)) if rows else []
+    template = [c for c in (max(rows, key=len) if rows else []) if c in table.columns]
     rest = [c for c in template if c not in first]
     rest += [c for c in table.columns if c not in first and c not in rest]
     return table.reindex(columns=list(first) + rest)

@@ -557,12 +557,6 @@ class Her2Calibration:
                 "HER2 cut-offs must be finite numbers, strictly increasing faint < "
                 f"weak_moderate < intense; got {vals}."
             )
-        if vals[0] <= 0:  # a hand-edited -5 scored a HER2-0 control 1+ (a review)
-            raise InputError(
-                f"the faint HER2 cut-off must be above 0 (intensities and optical densities "
-                f"are not negative: at or below 0 every cell, unstained ones too, reads as at "
-                f"least faint); got {vals[0]!r}."
-            )
         if self.compartment not in _COMPARTMENTS:
             raise InputError(f"compartment must be one of {', '.join(_COMPARTMENTS)}; got "
                              f"{self.compartment!r}.")

@@ -971,7 +971,8 @@ def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
                 pixels.get("PhysicalSizeYUnit", "µm"), np.nan)
         except (TypeError, ValueError):
             ps_y = None  # absent or unreadable: X's is taken, as before
-        if ps_y is not None and ps > 0 and np.isfinite(ps_y) and abs(ps_y / ps - 1) > 0.01:
+        if ps_y is not None and 0 < ps <= MAX_PIXEL_SIZE_UM and np.isfinite(ps_y) \
+                and abs(ps_y / ps - 1) > 0.01:
             # areas and distances are read on square pixels: 0.5 x 2 um ones were taken as
             # 0.5 x 0.5 um, areas 4x off, unsaid (a review)
             raise FileFormatError(f"{str(p)!r}: its pixels are {ps:g} um wide (OME "
@@ -1143,6 +1144,10 @@ def _read_tiff(p: Path) -> SlideImage:
                             f"up to byte {end} but the file has {size} bytes")
             dtype = np.dtype(series.dtype)
             is_ome = bool(tf.is_ome)
+            if not is_ome:  # OME-XML cut short: tifffile then reads a plain TIFF, unsaid
+                head = (getattr(series.pages[0], "description", "") or "").lstrip()[:2000]
+                if head.startswith("<OME") or (head.startswith("<?xml") and "<OME" in head):
+                    _ome_info(series.pages[0].description, p)  # says what is malformed
             info = _ome_info(tf.ome_metadata if is_ome else None, p)
             svs, ndpi = bool(tf.is_svs), bool(tf.is_ndpi)
             qpi = not (is_ome or svs or ndpi) and _qpi_xml(series.pages[0]) is not None

@@ -333,10 +333,11 @@ def _check_radius(radius_um) -> float:
     return r
 
 
-def _trees_within(blocks, radius_um: float) -> list:
+def _trees_within(blocks, radius_um: float, refuse: bool = True) -> list | None:
     """A k-d tree of each block of centroids, once the pairs within ``radius_um`` they
     would hold are estimated (from up to 2,000 cells of each block) and found below
-    :data:`MAX_PAIRS`: a radius near the tissue's size asks for every pair of cells."""
+    :data:`MAX_PAIRS`: a radius near the tissue's size asks for every pair of cells
+    (refused; None with ``refuse`` False)."""
     from scipy.spatial import cKDTree
 
     trees, est, n = [], 0.0, 0
@@ -350,6 +351,8 @@ def _trees_within(blocks, radius_um: float) -> list:
         est += len(xy) * float(np.mean(per_cell)) / 2
         n += len(xy)
     if est > MAX_PAIRS:
+        if not refuse:
+            return None
         raise InputError(
             f"radius_um={radius_um:g}: about {est:.2g} neighbour pairs among {n:,} cells, "
             f"more than {MAX_PAIRS:,} (each takes memory and time in every permutation); "
@@ -481,8 +484,10 @@ def _group_variance(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     p, p3, p4 the chance that one pair, two pairs sharing a cell, two disjoint pairs all
     carry the classes. Each difference is written in closed form, with no cancellation (the
     differences of the falling-factorial ratios factor through ``n - n_a``); what is left
-    below 1e-9 of the terms' size is taken as 0 (a radius holding every pair of the group:
-    the count cannot change)."""
+    below 64 machine epsilons of the terms' size (rounding: ~1e-16 of it was measured) is
+    taken as 0 (a radius holding every pair of the group, or a regular graph: the count
+    cannot change). A radius holding all but a few pairs of a large group keeps its small
+    variance (1e-9 of the terms' size zeroed 0.75 among 3,000 cells: a review)."""
     g_n, k = len(c.groups), len(c.classes)
     n_cells = len(c.label)
     deg = (np.bincount(pairs[0], minlength=n_cells)
@@ -513,7 +518,7 @@ def _group_variance(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     terms = [np.where(np.isfinite(t), t, 0.0) for t in terms]  # groups too small: 0
     var = sum(terms)
     size = sum(np.abs(t) for t in terms)
-    var = np.where(var > 1e-9 * size, var, 0.0)
+    var = np.where(var > 64 * np.finfo(float).eps * size, var, 0.0)
     return var.sum(axis=0)
 
 
@@ -787,22 +792,26 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     return _analyse(c, r, n_perm, seed, progress, cut=_cut_pairs(c, r))
 
 
-def _cut_pairs(c: _Classified, r: float) -> int:
+def _cut_pairs(c: _Classified, r: float) -> int | None:
     """Pairs of cells within ``r`` of each other in one image but in two groups (adjacent
-    annotations), which the groups leave uncounted."""
+    annotations), which the groups leave uncounted; None where they are too many to
+    count (groups overlapping in one coordinate frame)."""
     if c.within is None or len(c.groups) < 2:
         return 0
     ats = [np.flatnonzero(c.image == img) for img in np.unique(c.image)]
     ats = [at for at in ats if len(np.unique(c.group[at])) > 1]
+    trees = _trees_within([c.xy[at] for at in ats], r, refuse=False)
+    if trees is None:  # groups sharing one frame (cases without an image column) hold
+        return None    # more pairs across them than within: not counted (a review)
     n = 0
-    for at, tree in zip(ats, _trees_within([c.xy[at] for at in ats], r), strict=True):
+    for at, tree in zip(ats, trees, strict=True):
         p = tree.query_pairs(r, output_type="ndarray")
         n += int(np.sum(c.group[at][p[:, 0]] != c.group[at][p[:, 1]]))
     return n
 
 
 def _analyse(c: _Classified, r: float, n_perm: int, seed, progress: bool,
-             cut: int = 0) -> SpatialResult:
+             cut: int | None = 0) -> SpatialResult:
     """The measures of the classified cells ``c`` (see :func:`spatial_analysis`); ``cut``:
     the pairs its groups leave uncounted (:func:`_cut_pairs`), for the warnings."""
     k = len(c.classes)
@@ -910,9 +919,14 @@ def _map_sample(c: _Classified, seed) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable,
-              cut: int = 0) -> list[str]:
+              cut: int | None = 0) -> list[str]:
     out = []
-    if cut:
+    if cut is None:
+        out.append(f"the pairs within {r:g} um across {' / '.join(c.within)} groups of one "
+                   f"image were too many to count (over {MAX_PAIRS:,}: groups sharing one "
+                   "coordinate frame?): if they are annotations side by side, pairs across "
+                   "their borders are not counted")
+    elif cut:
         out.append(f"{cut} neighbour pairs within {r:g} um lie across two "
                    f"{' / '.join(c.within)} groups of one image and are not counted "
                    "(adjacent annotations?); give within the image column alone to count "

@@ -891,7 +891,7 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
             if a > 1.6 * core_area:
                 warnings.append(f"core {name}: tissue of {a / core_area:.1f} cores in one piece "
                                 "(touching cores, or a smear): check the grid")
-            pieces = int(m.sum()) - 1 + sum(joined.get(int(i), 1) for i in ids[m])
+            pieces = sum(joined.get(int(i), 1) for i in ids[m])
             if pieces > 1:
                 warnings.append(f"core {name}: {pieces} pieces merged (a torn core, or "
                                 "neighbours closer than half a diameter)")
