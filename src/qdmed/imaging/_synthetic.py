@@ -1514,7 +1514,10 @@ def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_
                          "folder); give a path ending in .zarr (e.g. slide.ome.zarr). An "
                          "OME-TIFF: a field from simulate_field, written by write_ome_tiff")
     h, w = gp["shape"]
-    n_cells = (h * w * (gp["pixel_size_um"] / 1000.0) ** 2 * gp["cell_density_per_mm2"]
+    discs = gp.get("discs")  # a TMA's tissue is its cores
+    area_px = (float(np.sum(np.pi * discs[:, 2] ** 2)) if discs is not None and len(discs)
+               else h * w)
+    n_cells = (area_px * (gp["pixel_size_um"] / 1000.0) ** 2 * gp["cell_density_per_mm2"]
                * gp["tissue_fraction"])
     if n_cells > MAX_SIMULATED_CELLS:  # the cell list is held whole (~1.4 kB a cell)
         raise InputError(f"a {h} x {w} px scene would hold ~{n_cells:.3g} cells (~"
