@@ -607,3 +607,16 @@ def test_parallel_pieces_run_serially_when_the_pool_is_shut_down(monkeypatch):
     monkeypatch.setattr(_nnls, "_executor", lambda: dead)
     monkeypatch.setattr(_nnls, "_n_threads", lambda: 4)
     assert _nnls._run_ranges(lambda i: -i, [(i,) for i in range(5)]) == [0, -1, -2, -3, -4]
+
+
+def test_well_conditioned_panels_skip_the_second_check():
+    # the channel-space check costs ~20x the compiled solver's time: it switched on at cond
+    # ~17 (its gate read rtol, which grows with cond^2: a review), not above 300
+    from qdmed.imaging import breast_panel_5plex
+    from qdmed.imaging._nnls import RECHECK_COND, _prepare, _recheck_in_channel_space
+
+    prep = _prepare(breast_panel_5plex().endmembers, 1e4)
+    assert prep.cond < 20 < RECHECK_COND == 300
+    y = np.ones((3, prep.a.shape[0]))
+    x = np.zeros((3, prep.a.shape[1]))  # not the solution: left as it is below the gate
+    assert _recheck_in_channel_space(y, prep, x, None) is x
