@@ -1084,8 +1084,8 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         biases abundances low at low counts, by about a count per channel (K. J. Mighell,
         ApJ 518:380, 1999, doi:10.1086/307253; measured with 3 labels in 8 channels: -9 %
         at ~7 counts per channel, -1.7 % at ~35, -0.1 % at ~350; unweighted NNLS is
-        unbiased there). Use it where counts are high, for its lower variance. Weighted problems have a Gram
-        matrix per pixel and always run on the (slower) numpy path.
+        unbiased there). Use it where counts are high, for its lower variance. Weighted
+        problems have a Gram matrix per pixel and always run on the (slower) numpy path.
     return_residual : bool
         If True return an :class:`UnmixResult` with residual norms; else the abundances.
     method : {'auto', 'numba', 'numpy'}
@@ -1103,8 +1103,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         condition number in its rounding, and the pixels that fail are solved by
         scipy.optimize.nnls. Measured against it (8 channels, 5 labels, two made nearly
         collinear, 3,000 pixels): agreement to 2e-12 of ``||y||`` at cond 200, 2e-10 at
-        1.2e3, 1.5e-9 at 9.9e3; hence the default 1e4. A panel that ill-conditioned cannot separate its
-        labels anyway (:func:`qdmed.imaging.design_panel` warns above 100).
+        1.2e3, 1.5e-9 at 9.9e3; hence the default 1e4. A panel that ill-conditioned
+        cannot separate its labels anyway (:func:`qdmed.imaging.design_panel` warns above
+        100).
 
     Returns
     -------
@@ -1197,8 +1198,7 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         # it is a copy)
         _check_nonfinite(y)
         with np.errstate(over="ignore"):
-            x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)],
-                           0.0)
+            x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)], 0.0)
         _check_nonfinite(x)  # a count over a tiny entry can exceed float64
     elif device == "gpu":
         x = _solve_gpu(y, prep, w)
