@@ -1028,16 +1028,17 @@ def calibrate(
         negs[_once("--negative", marker, negs)] = name
     from qdmed.imaging._slideio import check_output_folder
 
-    for path in paths.values():  # the calibration over a control's own files
-        src = Path(path)
-        for read in ([src / "cells.parquet", src / "summary.json"] if src.is_dir() else [src]):
-            check_output_folder(out, [read])
+    # not over a control's own files (a folder's: those calibrate reads)
+    check_output_folder(out, [f for src in map(Path, paths.values()) for f in (
+        (src / "cells.parquet", src / "summary.json") if src.is_dir() else (src,))])
+    from qdmed.imaging._cells import COMPARTMENTS
+
     comps: dict[str, str] = {}
     for c in compartment or ():
-        marker, where = _pair("--compartment", c, "MARKER=nucleus|cytoplasm|membrane|cell")
-        if where not in ("nucleus", "cytoplasm", "membrane", "cell"):
-            raise InputError(f"--compartment {c!r}: the compartment is nucleus, cytoplasm, "
-                             "membrane or cell")
+        marker, where = _pair("--compartment", c, "MARKER=" + "|".join(COMPARTMENTS))
+        if where not in COMPARTMENTS:
+            raise InputError(f"--compartment {c!r}: the compartment is "
+                             f"{', '.join(COMPARTMENTS[:-1])} or {COMPARTMENTS[-1]}")
         comps[_once("--compartment", marker, comps)] = where
     unused = [m for m in comps if m not in negs]
     if unused:

@@ -397,9 +397,10 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0, min_cells: 
     if not isinstance(her2, Her2Score):
         raise InputError(f"her2 must be a Her2Score; got {type(her2).__name__}.")
     ru, min_cells, n_perm = check_region_args(region_um, min_cells, n_permutations)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)
-                             or seed < 0):
-        raise InputError(f"seed must be a whole number >= 0 (or None); got {seed!r}.")
+    if seed is not None:
+        from qdmed.imaging._region_scores import check_count
+
+        seed = check_count(seed, "seed", " (or None)", least=0)
     c = her2.cells
     missing = [k for k in ("centroid_x_um", "centroid_y_um") if k not in c.columns]
     if missing:

@@ -86,6 +86,17 @@ KNOWN_HER2_CONTROLS = MappingProxyType(
 
 
 # --------------------------------------------------------------------------- helpers
+def _check_column_parts(compartment, statistic) -> None:
+    """A gate's or a HER2 calibration's compartment and statistic (the cell table column
+    they read, :func:`_column`) checked."""
+    if compartment not in _COMPARTMENTS:
+        raise InputError(f"compartment must be one of {', '.join(_COMPARTMENTS)}; got "
+                         f"{compartment!r}.")
+    if statistic not in _STATISTICS:
+        raise InputError(f"statistic must be one of {', '.join(_STATISTICS)}; got "
+                         f"{statistic!r}.")
+
+
 def _column(df, marker: str, compartment: str, statistic: str = "mean") -> str:
     if compartment not in _COMPARTMENTS:
         raise UnknownNameError(f"Unknown compartment {compartment!r}; accepted: {_COMPARTMENTS}.")
@@ -306,17 +317,12 @@ class MarkerGate:
     control_cells: int | None = None
 
     def __post_init__(self):
-        if self.compartment not in _COMPARTMENTS:
-            raise InputError(f"compartment must be one of {', '.join(_COMPARTMENTS)}; got "
-                             f"{self.compartment!r}.")
+        _check_column_parts(self.compartment, self.statistic)
         t = self.threshold
         # a NaN threshold called every cell negative, unsaid (a review)
         if isinstance(t, bool) or not isinstance(t, int | float | np.integer | np.floating) \
                 or not math.isfinite(t):
             raise InputError(f"a gate's threshold must be a finite number; got {t!r}.")
-        if self.statistic not in _STATISTICS:
-            raise InputError(f"statistic must be one of {', '.join(_STATISTICS)}; got "
-                             f"{self.statistic!r}.")
         f = self.false_positive_percent
         if f is not None and not (isinstance(f, int | float) and not isinstance(f, bool)
                                   and math.isfinite(f) and 0 <= f < 100):
@@ -557,12 +563,7 @@ class Her2Calibration:
                 "HER2 cut-offs must be finite numbers, strictly increasing faint < "
                 f"weak_moderate < intense; got {vals}."
             )
-        if self.compartment not in _COMPARTMENTS:
-            raise InputError(f"compartment must be one of {', '.join(_COMPARTMENTS)}; got "
-                             f"{self.compartment!r}.")
-        if self.statistic not in _STATISTICS:
-            raise InputError(f"statistic must be one of {', '.join(_STATISTICS)}; got "
-                             f"{self.statistic!r}.")
+        _check_column_parts(self.compartment, self.statistic)
         if not isinstance(self.marker, str) or not self.marker:
             raise InputError(f"marker must be a marker's name; got {self.marker!r}.")
 

@@ -458,12 +458,20 @@ def spatial_cells(cells, by: str | Sequence[str] = "phenotype", *,
     return out
 
 
-def _group_expectation(c: _Classified, pairs: np.ndarray) -> np.ndarray:
-    """(G, K, K) exact expected ordered neighbour counts under random labelling within
-    each group (Cliff & Ord 1981): ``2 P_g n_a (n_b - [a = b]) / (n_g (n_g - 1))``."""
+def _group_counts(c: _Classified, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(P_g, n_ga)``: each group's neighbour pairs (G,) and its cells of each class
+    (G, K), which the shuffles keep."""
     g_n, k = len(c.groups), len(c.classes)
     p_g = np.bincount(c.group[pairs[0]], minlength=g_n).astype(np.float64)
     n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
+    return p_g, n_ga
+
+
+def _group_expectation(c: _Classified, pairs: np.ndarray) -> np.ndarray:
+    """(G, K, K) exact expected ordered neighbour counts under random labelling within
+    each group (Cliff & Ord 1981): ``2 P_g n_a (n_b - [a = b]) / (n_g (n_g - 1))``."""
+    k = len(c.classes)
+    p_g, n_ga = _group_counts(c, pairs)
     n_g = n_ga.sum(axis=1).astype(np.float64)
     denom = n_g * (n_g - 1)
     pair_classes = n_ga[:, :, None] * (n_ga[:, None, :] - np.eye(k, dtype=np.int64)[None])
@@ -492,10 +500,9 @@ def _group_variance(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     n_cells = len(c.label)
     deg = (np.bincount(pairs[0], minlength=n_cells)
            + np.bincount(pairs[1], minlength=n_cells)).astype(np.float64)
-    p_g = np.bincount(c.group[pairs[0]], minlength=g_n).astype(np.float64)
+    p_g, n_ga = _group_counts(c, pairs)
     t1 = np.bincount(c.group, weights=deg * (deg - 1), minlength=g_n)
     t2 = p_g * (p_g - 1) - t1
-    n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
     n = n_ga.sum(axis=1).astype(np.float64)[:, None, None]
     a = n_ga.astype(np.float64)[:, :, None]
     b = n_ga.astype(np.float64)[:, None, :]
@@ -849,9 +856,8 @@ def _possible(c: _Classified, pairs: np.ndarray) -> np.ndarray:
     """(K, K) whether a (from, to) neighbour pair can occur under shuffling: some group
     has neighbour pairs and cells of both classes (two cells of the class, for a class
     with itself)."""
-    g_n, k = len(c.groups), len(c.classes)
-    p_g = np.bincount(c.group[pairs[0]], minlength=g_n)
-    n_ga = np.bincount(c.group * k + c.label, minlength=g_n * k).reshape(g_n, k)
+    k = len(c.classes)
+    p_g, n_ga = _group_counts(c, pairs)
     both = (n_ga[:, :, None] > 0) & (n_ga[:, None, :] > 0)
     both[:, np.arange(k), np.arange(k)] = n_ga >= 2
     return np.any(both & (p_g > 0)[:, None, None], axis=0)
