@@ -75,10 +75,11 @@ def test_simulate_analyze_cohort(tmp_path):
     assert r.returncode == 2 and "'panel' or 'blind'" in r.stderr
     # the analysis settings analyze takes, for every slide of a cohort too
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "cp"), "--workers", "1",
-            "--no-progress", "--json", "--poisson", "--no-outlines", "--no-unmixed",
-            "--no-report")
+            "--no-progress", "--json", "--poisson", "--read-noise", "2", "--no-outlines",
+            "--no-unmixed", "--no-report")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["parameters"]["settings"]["unmix_weights"] == "poisson"
+    assert json.loads(r.stdout)["parameters"]["settings"]["read_noise_adu"] == 2.0
     assert json.loads(r.stdout)["report"] is None  # --no-report: neither the cohort's ...
     assert not (tmp_path / "cp" / "report.html").exists()
     assert not (tmp_path / "cp" / "slides" / "a" / "report.html").exists()  # ... nor a slide's
@@ -335,6 +336,38 @@ def test_unmixed_image_rounded_to_fewer_bits(tmp_path):
         r = run("image", *args)
         assert r.returncode == 2 and what in r.stderr, (args, r.stderr)
     assert not (tmp_path / "x.ome.zarr").exists() and not (tmp_path / "a").exists()
+
+
+def test_poisson_unmixing_from_the_command_line(tmp_path):
+    """--poisson writes the Poisson maximum-likelihood abundances (unmix_nnls's, with the
+    read noise given); --read-noise is checked, and refused without --poisson."""
+    from qdmed.imaging import breast_panel_5plex, read_slide, unmix_nnls
+
+    slide = tmp_path / "s.ome.tif"
+    assert run("image", "simulate", "--size", "256", "--out", str(slide)).returncode == 0
+    outs = {}
+    for name, extra in (("plain", ()), ("poisson", ("--poisson", "--read-noise", "3"))):
+        r = run("image", "unmix", str(slide), "--out", str(tmp_path / f"{name}.ome.zarr"),
+                "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        outs[name] = (json.loads(r.stdout),
+                      np.asarray(read_slide(tmp_path / f"{name}.ome.zarr").data))
+    assert outs["plain"][0]["weights"] == "none" and "read_noise_adu" not in outs["plain"][0]
+    assert outs["poisson"][0]["weights"] == "poisson"
+    assert outs["poisson"][0]["read_noise_adu"] == 3.0
+    plain, ml = outs["plain"][1], outs["poisson"][1]
+    img = np.asarray(read_slide(slide).data).reshape(-1, 8)
+    a = breast_panel_5plex().endmembers
+    want = unmix_nnls(img, a, weights="poisson", read_noise=3.0).astype(np.float32)
+    got = ml.reshape(img.shape[0], -1)[:, :a.shape[1]]  # then the residual
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * want.max())
+    assert not np.array_equal(ml, plain)
+    for extra, said in ((("--read-noise", "2"), "is used by --poisson only"),
+                        (("--poisson", "--read-noise", "0"), "must be a finite number of counts")):
+        r = run("image", "unmix", str(slide), "--out", str(tmp_path / "x.ome.zarr"), *extra)
+        assert r.returncode == 2 and said in r.stderr and len(r.stderr.splitlines()) == 1, \
+            r.stderr
+    assert not (tmp_path / "x.ome.zarr").exists()
 
 
 def test_saturated_slide_is_flagged(tmp_path):

@@ -76,7 +76,11 @@ class AnalysisSettings:
     completeness_threshold: dict | None = None
     membrane_scales: dict | None = None
     unmix_method: str = "auto"
-    unmix_weights: str | None = None  # None (ordinary NNLS) or "poisson" (1/max(y, 1) weights)
+    #: None (ordinary NNLS) or "poisson" (Poisson maximum likelihood, read noise included;
+    #: see qdmed.imaging._poisson)
+    unmix_weights: str | None = None
+    #: detector read noise, counts RMS, of "poisson" unmixing; None: 1 count
+    read_noise_adu: float | None = None
     #: detector ceiling, counts; None: the image type's maximum (or the OME SignificantBits
     #: ceiling of a slide file); float images are then not checked (see _detector)
     saturation_level: float | None = None
@@ -102,6 +106,11 @@ class AnalysisSettings:
         if self.pixel_size_um is not None:
             return self
         return replace(self, pixel_size_um=float(recorded or DEFAULT_PIXEL_SIZE_UM))
+
+    def unmix_options(self) -> dict:
+        """The keyword arguments of :func:`~qdmed.imaging.unmix_nnls` these settings fix."""
+        return {"method": self.unmix_method, "weights": self.unmix_weights,
+                "read_noise": self.read_noise_adu}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,13 +148,12 @@ class FieldAnalysis:
 
 
 def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False,
-                weights=None, offset_adu=None):
+                weights=None, offset_adu=None, read_noise=None):
     """Exact NNLS unmixing of a (Y, X, C) image with the panel's endmembers -> (Y, X, K).
 
-    ``weights="poisson"`` solves the Poisson-weighted problem (weights 1/max(y, 1) per pixel
-    and channel: the observed counts standing for their variance), exactly but on a slower
-    path; it biases abundances low at low counts (-9 % at ~7 counts per channel, -0.1 % at
-    ~350: :func:`~qdmed.imaging.unmix_nnls`).
+    ``weights="poisson"`` gives the Poisson maximum-likelihood abundances with a read noise
+    of ``read_noise`` counts RMS (default 1; :func:`~qdmed.imaging.unmix_nnls`), exactly but
+    on a slower path: unbiased at low counts, where weights 1/max(y, 1) are not.
     ``offset_adu`` (one number or one per channel, counts) is the detector's offset,
     subtracted first (:mod:`qdmed.imaging._detector`)."""
     from qdmed.imaging._nnls import unmix_nnls
@@ -165,7 +173,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
         img = img.astype(ft) - off.astype(ft)
     y, x, c = img.shape
     res = unmix_nnls(img.reshape(-1, c), panel.endmembers, method=method,
-                     return_residual=return_residual, weights=weights)
+                     return_residual=return_residual, weights=weights, read_noise=read_noise)
     if return_residual:
         return (res.abundances.reshape(y, x, -1).astype(np.float32),
                 res.relative_residual.reshape(y, x).astype(np.float32))
@@ -234,11 +242,11 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
     if residual:
-        ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method, return_residual=True,
-                                weights=s.unmix_weights, offset_adu=s.offset_adu)
+        ab, resid = unmix_image(image_yxc, panel, return_residual=True,
+                                offset_adu=s.offset_adu, **s.unmix_options())
     else:
-        ab, resid = unmix_image(image_yxc, panel, method=s.unmix_method,
-                                weights=s.unmix_weights, offset_adu=s.offset_adu), None
+        ab, resid = unmix_image(image_yxc, panel, offset_adu=s.offset_adu,
+                                **s.unmix_options()), None
     source_ids = cell_ids = None
     lost = 0
     if cells is not None:
@@ -324,8 +332,8 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
     (``nuclei``, ``cells``: the region's labels when they were segmented elsewhere, named
     in errors by ``label_names``)."""
     settings = settings.with_pixel_size()
-    ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
-                     weights=settings.unmix_weights, offset_adu=settings.offset_adu)
+    ab = unmix_image(image_yxc, panel, offset_adu=settings.offset_adu,
+                     **settings.unmix_options())
     comps = panel.components
     if settings.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {settings.nuclear_marker!r} is not in the panel "
@@ -890,8 +898,8 @@ def labels_on_stain_warnings(image_yxc, panel: Panel, settings: AnalysisSettings
     lab = np.asarray(nuclei) > 0
     if lab.all() or not lab.any():
         return []
-    ab = unmix_image(image_yxc, panel, method=settings.unmix_method,
-                     weights=settings.unmix_weights, offset_adu=settings.offset_adu)
+    ab = unmix_image(image_yxc, panel, offset_adu=settings.offset_adu,
+                     **settings.unmix_options())
     stain = ab[..., panel.components.index(settings.nuclear_marker)].astype(np.float64)
     inside, outside = float(stain[lab].mean()), float(stain[~lab].mean())
     if not inside > 0 or inside >= MIN_NUCLEAR_CONTRAST * outside:
@@ -1700,8 +1708,7 @@ def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None,
         y, x, c = b.shape
         if off is not None:
             b = b.astype(np.float32) - off.astype(np.float32)
-        r = unmix_nnls(b.reshape(-1, c), em, method=s.unmix_method, return_residual=True,
-                       weights=s.unmix_weights)
+        r = unmix_nnls(b.reshape(-1, c), em, return_residual=True, **s.unmix_options())
         out = np.empty((y, x, k + 1), np.float32)
         out[..., :k] = r.abundances.reshape(y, x, k)
         out[..., k] = r.relative_residual.reshape(y, x)

@@ -20,8 +20,9 @@ passive set (the FCNNLS idea of Van Benthem & Keenan) and is the reference, and 
 kernel, compiled lazily on first use and parallel over chunks of pixels, that is the fast
 path (explicitly vectorised, one 8-lane vector per pixel, for up to 8 components; when the
 channel count is a multiple of 8 the unconstrained solutions are computed eight pixels at a
-time, one per lane; see :mod:`qdmed.imaging._simd`). A Poisson-weighted variant (per-pixel
-Gram matrices) uses the numpy path.
+time, one per lane; see :mod:`qdmed.imaging._simd`). Weighted problems (per-pixel Gram
+matrices) use the numpy path; Poisson maximum likelihood (:mod:`qdmed.imaging._poisson`) takes
+Newton steps, each a weighted NNLS, compiled or on that path.
 
 Public functions: :func:`unmix_nnls`, :func:`unmix_lstsq`, :func:`unmix_block`,
 :func:`kkt_violation`; result type :class:`UnmixResult`.
@@ -337,13 +338,26 @@ def _check_overflow(z, tol, xp=np, tmax=np.inf) -> None:
         _raise_nonfinite(count, z.shape[0])
 
 
-def _resolve_weights(weights: Any, y: np.ndarray, endmember_shape: tuple) -> np.ndarray | None:
+def _is_poisson(weights: Any) -> bool:
+    """True for ``weights='poisson'``; another string is refused."""
+    if not isinstance(weights, str):
+        return False
+    if weights != "poisson":
+        raise InputError(f"weights must be None, 'poisson' or an array; got {weights!r}.")
+    return True
+
+
+def _resolve_weights(weights: Any, y: np.ndarray, a: np.ndarray,
+                     x: np.ndarray | None = None, read_noise=None) -> np.ndarray | None:
+    """The weight array of `weights` for the pixels `y` and endmembers `a`; ``'poisson'``
+    takes them at the solution `x` (the inverse expected variances there)."""
+    from qdmed.imaging._poisson import poisson_weights
+
+    if _is_poisson(weights):
+        return poisson_weights(x, a, _read_noise(read_noise, True))
+    _read_noise(read_noise, False)
     if weights is None:
         return None
-    if isinstance(weights, str):
-        if weights != "poisson":
-            raise InputError(f"weights must be None, 'poisson' or an array; got {weights!r}.")
-        return 1.0 / np.maximum(y.astype(np.float64), 1.0)
     w = np.asarray(weights)
     if w.dtype.kind not in "fiu":
         raise InputError(f"weights must be a real numeric array; got dtype {w.dtype}.")
@@ -351,11 +365,24 @@ def _resolve_weights(weights: Any, y: np.ndarray, endmember_shape: tuple) -> np.
         w = np.broadcast_to(w.astype(np.float64), y.shape)
     except ValueError:
         raise InputError(f"weights shape {np.shape(weights)} does not broadcast to pixels "
-                         f"shape {y.shape} (endmembers shape {endmember_shape}).") from None
+                         f"shape {y.shape} (endmembers shape {a.shape}).") from None
     if not np.all(np.isfinite(w)) or not np.all(w > 0):
         raise InputError(f"weights must be finite and strictly positive; got minimum "
                          f"{np.nanmin(w):.6g}.")
     return w
+
+
+def _read_noise(read_noise, poisson: bool) -> float | None:
+    """The read noise (counts RMS) of Poisson unmixing: the default when None; refused
+    with other weights, which it would not change."""
+    from qdmed.imaging._poisson import DEFAULT_READ_NOISE, check_read_noise
+
+    if not poisson:
+        if read_noise is not None:
+            raise InputError(f"read_noise={read_noise!r} is used by weights='poisson' only; "
+                             f"got weights other than 'poisson'.")
+        return None
+    return DEFAULT_READ_NOISE if read_noise is None else check_read_noise(read_noise)
 
 
 def _resolve_method(method: str, weighted: bool) -> str:
@@ -1057,7 +1084,7 @@ class UnmixResult:
 
 
 def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, method="auto",
-               device="cpu", max_condition=1e4):
+               device="cpu", max_condition=1e4, read_noise=None):
     """Exact non-negative least-squares unmixing of every pixel.
 
     Solves, independently for each pixel ``y`` (a row of `pixels`),
@@ -1079,13 +1106,20 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         Notes) and condition number (of the column-normalised matrix) at most
         `max_condition`.
     weights : None, 'poisson' or array_like broadcastable to (n_pixels, n_channels)
-        Per-pixel-per-channel weights ``w > 0``. ``'poisson'`` uses ``w = 1 / max(y, 1)``,
-        the observed counts standing for the Poisson variance (Neyman's chi^2), which
-        biases abundances low at low counts, by about a count per channel (K. J. Mighell,
-        ApJ 518:380, 1999, doi:10.1086/307253; measured with 3 labels in 8 channels: -9 %
-        at ~7 counts per channel, -1.7 % at ~35, -0.1 % at ~350; unweighted NNLS is
-        unbiased there). Use it where counts are high, for its lower variance. Weighted
-        problems have a Gram matrix per pixel and always run on the (slower) numpy path.
+        Per-pixel-per-channel weights ``w > 0``. ``'poisson'`` gives the Poisson
+        maximum-likelihood abundances, read noise included (the shifted-Poisson model,
+        :mod:`qdmed.imaging._poisson`): ``x >= 0`` maximising
+        ``sum_c (y_c + s) log((A x)_c + s) - (A x)_c`` with ``s = read_noise^2``, i.e. the
+        weighted NNLS with ``w = 1 / (A x + s)`` at its own solution, reached by reweighting
+        from the unweighted one with a line search. `pixels` must be counts proportional to
+        photons (offset subtracted). Unbiased where the observed counts as weights
+        (``1 / max(y, 1)``, Neyman's chi^2) are not (K. J. Mighell, ApJ 518:380, 1999,
+        doi:10.1086/307253); measured with 3 labels in 8 channels at ~5 counts per
+        channel: mean abundances within 0.3 % of the truth, standard deviations up to 4 %
+        below unweighted NNLS's. Other weighted problems have a Gram matrix per pixel and
+        run on the numpy path; Poisson unmixing runs compiled (4-5 Newton steps, ~10 us a
+        pixel on one core: ~50x unweighted NNLS, measured on a simulated 5-plex), or on
+        the numpy loop (method='numpy', or above a condition number of 300).
     return_residual : bool
         If True return an :class:`UnmixResult` with residual norms; else the abundances.
     method : {'auto', 'numba', 'numpy'}
@@ -1094,6 +1128,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     device : {'cpu', 'gpu'}
         ``'gpu'`` runs the numpy algorithm on CuPy arrays (needs ``pip install qdmed[gpu]``;
         unweighted only); the result is returned as a numpy array.
+    read_noise : float, optional
+        Read noise of the detector in counts RMS, with ``weights='poisson'`` only (default
+        1.0).
     max_condition : float
         Largest accepted condition number of the column-normalised endmember matrix. The
         Gram form squares it: rounding errors are about ``cond^2 * 1e-16`` relative to
@@ -1190,7 +1227,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     y = _check_pixels(pixels, a.shape[0])
     if device not in _DEVICES:
         raise InputError(f"device must be one of {_DEVICES}; got {device!r}.")
-    w = _resolve_weights(weights, y, a.shape)
+    poisson = _is_poisson(weights)
+    noise = _read_noise(read_noise, poisson)
+    w = None if poisson else _resolve_weights(weights, y, a)
     how = _resolve_method(method, w is not None)
     if sel is not None:
         # the problem separates per component: its exact solution, weighted or not, is
@@ -1201,7 +1240,9 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
             x = np.maximum(y[:, sel].astype(np.float64) / a[sel, np.arange(sel.size)], 0.0)
         _check_nonfinite(x)  # a count over a tiny entry can exceed float64
     elif device == "gpu":
-        x = _solve_gpu(y, prep, w)
+        x = _solve_gpu(y, prep, "poisson" if poisson else w)
+    elif poisson:
+        x = _solve_poisson(y, prep, how, noise)
     elif w is not None:
         _check_nonfinite(y)
         x = _solve_weighted_numpy(y.astype(np.float64, copy=False), w, prep)
@@ -1210,11 +1251,40 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     else:
         _check_nonfinite(y)
         x = _solve_shared_numpy(y, prep)
-    if prep is not None:
+    if prep is not None and not poisson:  # the Poisson iterations check every step
         x = _recheck_in_channel_space(y, prep, x, w)
     if not return_residual:
         return x
+    if poisson:
+        w = _resolve_weights("poisson", y, a, x, noise)
     return _result(y, a if prep is None else prep.a, x, w)
+
+
+def _solve_poisson(y: np.ndarray, prep: _Prepared, how: str, read_noise: float) -> np.ndarray:
+    """Poisson maximum likelihood (:mod:`qdmed.imaging._poisson`) from the unweighted
+    solution, each reweighted step solved exactly and checked in channel space."""
+    from qdmed.imaging import _poisson
+
+    _check_nonfinite(y)
+    x = _solve_numba(y, prep) if how == "numba" else \
+        _solve_shared_numpy(y.astype(np.float64, copy=False), prep)
+    x = _recheck_in_channel_space(y, prep, x, None)
+    if how == "numba" and prep.cond <= RECHECK_COND:
+        edges = _ranges(y.shape[0])
+        iters = np.empty(y.shape[0], np.int64)
+        args = (np.ascontiguousarray(prep.a), read_noise ** 2, _poisson.RTOL, prep.rtol,
+                _poisson.MAX_ITER)
+        left = sum(_run_ranges(_poisson.newton_kernel(), [
+            (y[i:j], args[0], x[i:j], *args[1:], iters[i:j])
+            for i, j in zip(edges[:-1], edges[1:], strict=True)]))
+        if left:
+            _poisson.warn_not_converged(left, y.shape[0])
+        return x
+
+    def weighted(yi, wi):
+        return _recheck_in_channel_space(yi, prep, _solve_weighted_numpy(yi, wi, prep), wi)
+
+    return _poisson.solve_poisson_ml(y, prep.a, x, read_noise, weighted)
 
 
 #: Above this condition number of the column-normalised matrix every solution's KKT
@@ -1398,7 +1468,7 @@ def unmix_lstsq(pixels, endmembers):
 
 
 def unmix_block(block, endmembers, *, weights=None, method="auto", device="cpu",
-                max_condition=1e4):
+                max_condition=1e4, read_noise=None):
     """NNLS-unmix an image block with channels last: (..., C) -> (..., K).
 
     Meant for ``dask.array.map_blocks`` over tiles of a multiplexed image (the channel axis
@@ -1412,7 +1482,7 @@ def unmix_block(block, endmembers, *, weights=None, method="auto", device="cpu",
         Mixing matrix, as in :func:`unmix_nnls`.
     weights : None, 'poisson' or array_like broadcastable to `block`
         As in :func:`unmix_nnls`.
-    method, device, max_condition
+    method, device, max_condition, read_noise
         As in :func:`unmix_nnls`.
 
     Returns
@@ -1447,11 +1517,11 @@ def unmix_block(block, endmembers, *, weights=None, method="auto", device="cpu",
             raise InputError(f"weights shape {np.shape(weights)} does not broadcast to block "
                              f"shape {arr.shape}.") from None
     x = unmix_nnls(flat, a, weights=w, method=method, device=device,
-                   max_condition=max_condition)
+                   max_condition=max_condition, read_noise=read_noise)
     return x.reshape(*lead, a.shape[1])
 
 
-def kkt_violation(pixels, endmembers, abundances, *, weights=None):
+def kkt_violation(pixels, endmembers, abundances, *, weights=None, read_noise=None):
     """Largest scale-free violation of the NNLS optimality (KKT) conditions per pixel.
 
     Parameters
@@ -1461,7 +1531,10 @@ def kkt_violation(pixels, endmembers, abundances, *, weights=None):
     abundances : array_like, shape (n_pixels, n_components)
         A candidate solution ``x``.
     weights : None, 'poisson' or array_like
-        As in :func:`unmix_nnls` (KKT of the weighted problem).
+        As in :func:`unmix_nnls` (KKT of the weighted problem; ``'poisson'``: of the
+        Poisson likelihood, with the weights ``1 / (A x + read_noise^2)`` of `abundances`).
+    read_noise : float, optional
+        As in :func:`unmix_nnls`.
 
     Returns
     -------
@@ -1499,7 +1572,9 @@ def kkt_violation(pixels, endmembers, abundances, *, weights=None):
         raise InputError(f"abundances must have shape (n_pixels, n_components) = "
                          f"{(y.shape[0], a.shape[1])}; got {x.shape} (pixels shape {y.shape},"
                          f" endmembers shape {a.shape}).")
-    w = _resolve_weights(weights, y, a.shape)
+    w = _resolve_weights(weights, y, a, x, read_noise)
+    if _is_poisson(weights):  # counts below -read_noise^2 are taken as it (_poisson)
+        y = np.maximum(y, -_read_noise(read_noise, True) ** 2)
     r = x @ a.T - y
     if w is None:
         g = r @ a
