@@ -352,8 +352,9 @@ def test_poisson_unmixing_from_the_command_line(tmp_path):
         assert r.returncode == 0, r.stderr
         outs[name] = (json.loads(r.stdout),
                       np.asarray(read_slide(tmp_path / f"{name}.ome.zarr").data))
-    assert outs["plain"][0]["weights"] == "none" and "read_noise_adu" not in outs["plain"][0]
-    assert outs["poisson"][0]["weights"] == "poisson"
+    assert outs["plain"][0]["unmix_weights"] is None
+    assert outs["plain"][0]["read_noise_adu"] is None
+    assert outs["poisson"][0]["unmix_weights"] == "poisson"
     assert outs["poisson"][0]["read_noise_adu"] == 3.0
     plain, ml = outs["plain"][1], outs["poisson"][1]
     img = np.asarray(read_slide(slide).data).reshape(-1, 8)
@@ -363,7 +364,8 @@ def test_poisson_unmixing_from_the_command_line(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * want.max())
     assert not np.array_equal(ml, plain)
     for extra, said in ((("--read-noise", "2"), "is used by --poisson only"),
-                        (("--poisson", "--read-noise", "0"), "must be a finite number of counts")):
+                        (("--poisson", "--read-noise", "0"), "--read-noise must be from 0.1 to"),
+                        (("--poisson", "--read-noise", "1e300"), "must be from 0.1")):
         r = run("image", "unmix", str(slide), "--out", str(tmp_path / "x.ome.zarr"), *extra)
         assert r.returncode == 2 and said in r.stderr and len(r.stderr.splitlines()) == 1, \
             r.stderr
@@ -678,6 +680,14 @@ def test_already_unmixed_qptiff(tmp_path, write_qptiff):
     assert r.returncode == 0, r.stderr
     assert abs(json.loads(r.stdout)["n_cells"] - len(f.truth)) <= 0.03 * len(f.truth)
     assert "unmixed before qdmed read it" in (tmp_path / "one" / "report.html").read_text()
+    # its channels are components, not detector counts: no Poisson model of their noise
+    for cmd, where in (("analyze", slide), ("cohort", tmp_path / "co"),
+                       ("unmix", slide)):
+        r = run("image", cmd, str(where), "--panel", str(tmp_path / "up.yaml"), "--poisson",
+                "--out", str(tmp_path / "pois"), "--no-progress"
+                if cmd != "unmix" else "--json")
+        assert r.returncode == 2 and "already unmixed" in r.stderr, (cmd, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "pois").exists()
     # an inForm export folder also holds composite images: --pattern picks the components;
     # a second case recorded with twice the HER2 exposure is not flagged: float component
     # images no longer scale with exposure (only raw integer counts are compared)

@@ -26,8 +26,8 @@ PANEL = Annotated[Path | None, typer.Option("--panel", help="Panel YAML (default
 NOPROG = Annotated[bool, flag("--no-progress", help="No progress bar.")]
 NO_OUTLINES = Annotated[bool, flag("--no-outlines", help="Skip cells.geojson (QuPath cell outlines).")]
 NO_UNMIXED = Annotated[bool, flag("--no-unmixed", help="Skip unmixed.ome.zarr (the slide report then has no image overview).")]
-POISSON = Annotated[bool, flag("--poisson", help="Poisson maximum-likelihood unmixing (read noise included, see --read-noise): unbiased at low counts, standard deviations a few % below plain NNLS; ~50x slower (~10 us a pixel on one core). Counts must be proportional to photons (offset subtracted).")]
-READ_NOISE = Annotated[float | None, typer.Option("--read-noise", help="With --poisson: the detector's read noise, counts RMS (default 1).")]
+POISSON = Annotated[bool, flag("--poisson", help="Poisson maximum-likelihood unmixing (read noise included, see --read-noise): unbiased at low counts where every label is present; where labels are absent the non-negativity bias is larger than plain NNLS's (README). 50-400x slower (~10 us a pixel on one core). Counts must be proportional to photons (offset subtracted).")]
+READ_NOISE = Annotated[float | None, typer.Option("--read-noise", help="With --poisson: the detector's read noise, counts RMS, 0.1 to 1000 (default 1).")]
 PIXEL_SIZE = Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's own; one that records none is read at 0.5 um/px, warned: areas and densities scale with its square).")]
 SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained nuclear models, or --segmentation-model).")]
 SEG_MODEL = Annotated[Path | None, typer.Option("--segmentation-model", help="cellpose or StarDist weights on disk instead of the pretrained nuclear model (downloaded on first use, which needs internet): a cellpose model file, or a StarDist model folder (config.json, weights_best.h5). A lab's own model, or the pretrained one copied for offline use.")]
@@ -68,7 +68,7 @@ def _unmix_options(poisson: bool, read_noise: float | None) -> dict:
     if not poisson:
         return {}
     return {"unmix_weights": "poisson", "read_noise_adu": None if read_noise is None
-            else check_read_noise(read_noise)}
+            else check_read_noise(read_noise, "--read-noise")}
 
 
 def _offset(text: str | None):
@@ -642,6 +642,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
         _write_unmixed,
         check_channels,
         check_keep_bits,
+        check_unmix_weights,
         check_unmixable,
         panel_offset,
     )
@@ -656,6 +657,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
     p = check_channels(s, p)
     check_unmixable(p)
     settings = AnalysisSettings(offset_adu=None if off is None else tuple(off), **weights)
+    check_unmix_weights(p, settings.unmix_weights)
     _write_unmixed(s, p, settings, out, s.pixel_size_um, unmixed_bits)  # the slide's own
     # pixel size, or none
     if plot is not None:
@@ -663,8 +665,8 @@ def unmix(slide: Path, panel_file: PANEL = None,
 
         _save_plot(plot, unmixed_figure(out))
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
-            "unmixed_keep_bits": unmixed_bits, "weights": settings.unmix_weights or "none",
-            **({"read_noise_adu": settings.read_noise_adu or 1.0} if poisson else {})}
+            "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
+            "read_noise_adu": settings.read_noise_adu}
     if json_:
         return print_json_warned(info, p.warnings)
     print_kv("Unmixed", {**info, "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None

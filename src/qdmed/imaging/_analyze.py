@@ -107,6 +107,21 @@ class AnalysisSettings:
             return self
         return replace(self, pixel_size_um=float(recorded or DEFAULT_PIXEL_SIZE_UM))
 
+    def __post_init__(self):
+        from qdmed.imaging._poisson import DEFAULT_READ_NOISE, check_read_noise
+
+        if self.unmix_weights not in (None, "poisson"):
+            raise InputError(f"unmix_weights must be None (plain NNLS) or 'poisson'; got "
+                             f"{self.unmix_weights!r}")
+        if self.unmix_weights is None:
+            if self.read_noise_adu is not None:
+                raise InputError(f"read_noise_adu={self.read_noise_adu!r} is used by "
+                                 f"unmix_weights='poisson' only")
+        else:  # the read noise used is recorded, the default too
+            object.__setattr__(self, "read_noise_adu", DEFAULT_READ_NOISE
+                               if self.read_noise_adu is None
+                               else check_read_noise(self.read_noise_adu, "read_noise_adu"))
+
     def unmix_options(self) -> dict:
         """The keyword arguments of :func:`~qdmed.imaging.unmix_nnls` these settings fix."""
         return {"method": self.unmix_method, "weights": self.unmix_weights,
@@ -167,6 +182,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
             f"image has shape {img.shape} but the panel has {len(panel.channels)} detection "
             f"channels ({', '.join(panel.channel_names)}): the channel axis must match"
         )
+    check_unmix_weights(panel, weights)
     off = panel_offset(panel, offset_adu)
     if off is not None:  # float32 holds every count exactly; float64 input stays float64
         ft = np.result_type(img.dtype, np.float32)
@@ -183,7 +199,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
 def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = None, *,
                   origin_px=(0, 0), residual: bool = True,
                   detector_stats: bool = True, nuclei=None, cells=None,
-                  label_names: tuple[str, str] = LABEL_NAMES
+                  label_names: tuple[str, str] = LABEL_NAMES, abundances=None
                   ) -> FieldAnalysis:
     """Analyse one field held in memory: unmix, segment nuclei on the nuclear marker, grow
     cells, measure every marker in every compartment. ``residual=False`` skips the
@@ -198,7 +214,9 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     expansion too (:func:`qdmed.imaging._cells.cells_from_labels`: each cell's nucleus is
     the nuclear pixels inside it; a cell without any is left out, counted in
     ``table.attrs['cells_without_nucleus']``); the table also gets ``cell_label``.
-    ``label_names`` name the two in errors (e.g. with their files). ``origin_px`` (y, x) is
+    ``label_names`` name the two in errors (e.g. with their files). ``abundances`` (the
+    field's (Y, X, K) :func:`unmix_image` with these settings, with ``residual=False``)
+    skips unmixing it again. ``origin_px`` (y, x) is
     the field's top-left pixel in a larger image (a slide's tile): the table's centroids and
     the segmentation's tie-breaks are in that image's pixels. Settings without a pixel size
     take 0.5 um/px, said in ``FieldAnalysis.warnings``: an array records none, and areas,
@@ -241,7 +259,12 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     if s.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
-    if residual:
+    if abundances is not None and not residual:  # unmixed already, with these settings
+        ab, resid = np.asarray(abundances), None
+        if ab.shape != (*np.shape(image_yxc)[:2], len(comps)):
+            raise InputError(f"abundances must be the field's unmixed image, shape "
+                             f"{(*np.shape(image_yxc)[:2], len(comps))}; got {ab.shape}")
+    elif residual:
         ab, resid = unmix_image(image_yxc, panel, return_residual=True,
                                 offset_adu=s.offset_adu, **s.unmix_options())
     else:
@@ -361,7 +384,7 @@ def fix_global_thresholds(image_yxc, panel: Panel, settings: AnalysisSettings, *
         fa = analyze_field(image_yxc, panel, replace(settings, nuclear_threshold=thr,
                                                      membrane_scales=scales or None),
                            residual=False, detector_stats=False, nuclei=nuclei,
-                           cells=cells, label_names=label_names)
+                           cells=cells, label_names=label_names, abundances=ab)
         comp = dict(fa.table.attrs.get("completeness_threshold", {})) or None
     return replace(settings, nuclear_threshold=thr, completeness_threshold=comp,
                    membrane_scales=scales or None)
@@ -943,6 +966,15 @@ def check_unmixable(panel: Panel) -> None:
         check(panel.endmembers, panel.components)
 
 
+def check_unmix_weights(panel: Panel, weights) -> None:
+    """Refuse Poisson unmixing for an already-unmixed panel: its image holds components,
+    not the detector counts whose Poisson noise the weights model."""
+    if panel.unmixed and isinstance(weights, str) and weights == "poisson":
+        raise InputError("Poisson unmixing models raw detector counts; this panel's image is "
+                         "already unmixed (its channels are components), so leave out "
+                         "--poisson (unmix_weights='poisson')")
+
+
 def panel_offset(panel: Panel, offset_adu):
     """A detector offset checked against the panel's channels (None for none): an
     already-unmixed panel's image is not detector counts, so an offset is refused there."""
@@ -1164,6 +1196,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_region_options(her2_region_um, her2_region_min_cells)
     check_level(saturation_level)
     panel_offset(panel, offset_adu)
+    check_unmix_weights(panel, None if settings is None else settings.unmix_weights)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
     scheduler = check_scheduler(scheduler, n_workers)

@@ -229,6 +229,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         check_n_workers,
         check_region_options,
         check_scheduler,
+        check_unmix_weights,
         close_client,
         panel_offset,
         scored_cells_of,
@@ -245,6 +246,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
     check_level(saturation_level)  # bad values are refused before any slide is read
     panel_offset(panel, offset_adu)
+    check_unmix_weights(panel, None if settings is None else settings.unmix_weights)
     exclude_flagged = check_exclude_flagged(exclude_flagged)
     check_n_workers(n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
