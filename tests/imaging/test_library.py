@@ -156,6 +156,12 @@ def test_library_names_the_failing_control_and_handles_offset():
     assert _cos(r.panel.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.9999
     with pytest.raises(InputError, match="offset must be"):
         spectral_library(P, unstained=un, offset=[1.0, 2.0])
+    # an offset larger than the dark level: channels below zero named with the offset (the
+    # negative profile failed later, as the single stain's negative autofluorescence)
+    with pytest.raises(InputError, match=r"^unstained control \(array\): the control's tissue "
+                                         r"reads below zero on average \(counts; 440-478nm: "):
+        spectral_library(P, unstained=un.astype(float) + 20.0,
+                         single_stains={"HER2": ss.astype(float) + 20.0}, offset=30.0)
 
 
 def test_library_warns_when_label_is_everywhere():

@@ -549,7 +549,8 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         img, sat, checks = _control(unstained, panel, "unstained", af_source, off, warnings,
                                     saturation_level)
         try:
-            af_prof = autofluorescence_from_control(img, valid=None if sat is None else ~sat)
+            af_prof = autofluorescence_from_control(img, valid=None if sat is None else ~sat,
+                                                    channel_names=panel.channel_names)
         except InputError as exc:
             raise InputError(f"unstained control ({af_source}): {exc}") from None
         tot = img.sum(-1) if sat is None else img[~sat].sum(-1)

@@ -1097,10 +1097,15 @@ def valid_pixels(img: np.ndarray, valid, what: str) -> np.ndarray:
 
 
 def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0,
-                                  valid=None) -> np.ndarray:
+                                  valid=None, channel_names=None) -> np.ndarray:
     """Autofluorescence endmember (per channel, unit sum) from an unstained control image:
     the channel profile of the tissue pixels (above the ``percentile`` of total intensity),
-    among the ``valid`` pixels if given (a (Y, X) mask, e.g. all but the saturated ones)."""
+    among the ``valid`` pixels if given (a (Y, X) mask, e.g. all but the saturated ones).
+
+    A channel whose tissue mean is below zero (an offset larger than the detector's dark
+    level subtracted, or subtracted from a dark-corrected image) is refused, named (by
+    ``channel_names`` if given): its profile would be negative and fail later as a
+    negative endmember, the offset unnamed (a review)."""
     img = np.asarray(image_yxc, float)
     if img.ndim != 3:
         raise InputError(f"control image must be (Y, X, C), got shape {img.shape}")
@@ -1114,6 +1119,15 @@ def autofluorescence_from_control(image_yxc, *, percentile: float = 50.0,
     prof = pix[sel].mean(0) if sel.sum() >= 10 else None
     if prof is None or not prof.sum() > 0:
         raise InputError("the control has too little signal for a channel profile (fewer "
-                         "than 10 pixels above the median, or none above zero)")
+                         "than 10 pixels above the median, or none above zero: an offset "
+                         "larger than the detector's dark level subtracted?)")
+    below = np.flatnonzero(prof < 0)
+    if below.size:
+        names = [str(channel_names[i]) if channel_names is not None else f"channel {i}"
+                 for i in below]
+        said = ", ".join(f"{n}: {prof[i]:.3g}" for n, i in zip(names, below, strict=True))
+        raise InputError(f"the control's tissue reads below zero on average (counts; {said}): "
+                         f"an offset larger than the detector's dark level was subtracted "
+                         f"(--offset), or the image was dark-corrected already")
     return prof / prof.sum()
 
