@@ -516,9 +516,10 @@ def _solve_weighted_numpy(y: np.ndarray, w: np.ndarray, prep: _Prepared) -> np.n
             x = np.linalg.solve(mat, rhs[:, :, None])[:, :, 0]
         except np.linalg.LinAlgError:
             span = float(np.max(np.log10(w.max(axis=1) / w.min(axis=1))))
-            raise SingularWeightsError(f"the weights make a pixel's weighted endmembers singular: one "
-                             f"channel's weight dominates (weights span up to 1e{span:.0f} "
-                             f"within a pixel); keep them within ~1e8 of each other") from None
+            raise SingularWeightsError(
+                f"the weights make a pixel's weighted endmembers singular: one channel's "
+                f"weight dominates (weights span up to 1e{span:.0f} within a pixel); keep "
+                f"them within ~1e8 of each other") from None
         grad = np.einsum("nkl,nl->nk", gi, x) - b[idx]
         return np.where(s, x, grad)
 
@@ -1129,10 +1130,11 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
         standard deviations up to 4 % below unweighted NNLS's. Where a label is absent
         its estimate is biased up by the constraint ``x >= 0``, more than unweighted
         NNLS's (a simulated 5-plex field at 300 photons per unit: membrane HER2 +10 of 273
-        counts against +5, autofluorescence -35 of 51 against -24). Other weighted problems have a Gram matrix per pixel and
-        run on the numpy path; Poisson unmixing runs compiled (4-5 Newton steps, ~10 us a
-        pixel on one core: 50-400x unweighted NNLS, measured on a simulated 5-plex), or on
-        the numpy loop (method='numpy', or above a condition number of 300).
+        counts against +5, autofluorescence -35 of 51 against -24). Other weighted
+        problems have a Gram matrix per pixel and run on the numpy path; Poisson
+        unmixing runs compiled (4-5 Newton steps, ~10 us a pixel on one core: 50-400x
+        unweighted NNLS, measured on a simulated 5-plex), or on the numpy loop
+        (method='numpy', or above a condition number of 300).
     return_residual : bool
         If True return an :class:`UnmixResult` with residual norms; else the abundances.
     method : {'auto', 'numba', 'numpy'}
