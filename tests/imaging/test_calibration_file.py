@@ -54,6 +54,24 @@ def test_an_export_another_pixel_type_or_exposure_is_warned():
     assert scale_warnings(sc, intensity_scale(SPECTRAL, {**SLIDE16, "significant_bits": 16})) == []
 
 
+def test_the_unmixing_is_part_of_the_scale():
+    """Poisson maximum likelihood moves dim abundances (a review: an ER gate 4.11 with
+    plain NNLS, 5.55 with --poisson): controls unmixed one way and a slide the other are
+    warned; a calibration made before the unmixing was recorded says nothing."""
+    plain, poisson = {"unmix_weights": None}, {"unmix_weights": "poisson",
+                                               "read_noise_adu": 2.0}
+    sc = intensity_scale(SPECTRAL, SLIDE16, plain)
+    assert sc["unmixing"] == "plain NNLS"
+    assert scale_warnings(sc, intensity_scale(SPECTRAL, SLIDE16, plain)) == []
+    (w,) = scale_warnings(sc, intensity_scale(SPECTRAL, SLIDE16, poisson))
+    assert ("unmixing: Poisson maximum likelihood (read noise 2 counts) here, plain NNLS in "
+            "the controls") in w
+    assert scale_warnings(intensity_scale(SPECTRAL, SLIDE16),
+                          intensity_scale(SPECTRAL, SLIDE16, poisson)) == []
+    # an export already unmixed is not unmixed again: nothing to compare
+    assert intensity_scale(EXPORT, SLIDE16, poisson)["unmixing"] is None
+
+
 def test_exposures_are_compared_by_channel_name_and_for_counts_only():
     """A review: float exports (which no longer scale with exposure) were warned for their
     exposures, and exposures were compared by position where components are bound by name."""

@@ -1215,7 +1215,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     # the calibration's own warnings (no 0 control) reach every slide scored with it
     calibration = {"intensity_scale": calibration_scale, "warnings": list(
         getattr(her2_calibration, "warnings", ())) + scale_warnings(
-        calibration_scale, intensity_scale(panel.to_dict(), slide.to_dict()))} \
+        calibration_scale, intensity_scale(panel.to_dict(), slide.to_dict(),
+                                           (settings or AnalysisSettings()).to_dict()))} \
         if her2_calibration is not None or gates else None
     # the slide's own pixel size unless the settings give one (they did not reach it when
     # settings were given: a 0.25 um slide was segmented at 0.5 um)

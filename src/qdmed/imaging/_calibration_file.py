@@ -30,15 +30,20 @@ _FIELDS = {
     "channels_nm": "detection bands",
     "dtype": "pixel type",
     "exposure_ms": "exposure times (ms)",
+    "unmixing": "unmixing",
 }
 
 
-def intensity_scale(panel_dict: dict, slide_dict: dict) -> dict:
-    """What sets the scale of a slide's abundances, from an analysis summary's ``panel``
-    and ``slide`` blocks (or ``Panel.to_dict()`` and ``SlideImage.to_dict()``). Exposures
-    are kept by channel name, and only for integer images: a float image (unmixed, or
-    normalised to counts per time) no longer scales with its exposure, as the cohort's own
-    comparison of exposures takes it."""
+def intensity_scale(panel_dict: dict, slide_dict: dict, settings_dict: dict | None = None
+                    ) -> dict:
+    """What sets the scale of a slide's abundances, from an analysis summary's ``panel``,
+    ``slide`` and ``settings`` blocks (or ``Panel.to_dict()``, ``SlideImage.to_dict()``
+    and ``AnalysisSettings.to_dict()``). Exposures are kept by channel name, and only for
+    integer images: a float image (unmixed, or normalised to counts per time) no longer
+    scales with its exposure, as the cohort's own comparison of exposures takes it. The
+    unmixing (plain NNLS or Poisson maximum likelihood) moves dim abundances, hence the
+    cut-offs (a review: an ER gate 4.11 plain, 5.55 Poisson); None where the settings are
+    not known (a calibration made before it was recorded)."""
     import numpy as np
 
     unmixed = bool(panel_dict.get("unmixed"))
@@ -52,7 +57,15 @@ def intensity_scale(panel_dict: dict, slide_dict: dict) -> dict:
             "channels_nm": None if unmixed else panel_dict.get("channels_nm"),
             "dtype": dtype,
             "exposure_ms": dict(zip(map(str, names), map(float, exposure), strict=False))
-            if integer and exposure and len(exposure) == len(names) else None}
+            if integer and exposure and len(exposure) == len(names) else None,
+            "unmixing": None if settings_dict is None or unmixed else _unmixing(settings_dict)}
+
+
+def _unmixing(settings_dict: dict) -> str:
+    if settings_dict.get("unmix_weights") == "poisson":
+        return (f"Poisson maximum likelihood (read noise "
+                f"{float(settings_dict.get('read_noise_adu') or 1.0):g} counts)")
+    return "plain NNLS"
 
 
 def _differs(field: str, a: Any, b: Any) -> bool:
@@ -84,8 +97,8 @@ def controls_scale(summaries: dict[str, dict | None]) -> tuple[dict | None, list
     """The controls' common scale from their analysis summaries (name -> summary, None
     where a control's table came without one), and warnings where controls differ among
     themselves. None when no control's summary is known."""
-    known = {n: intensity_scale(s["panel"], s["slide"]) for n, s in summaries.items()
-             if s is not None and "panel" in s and "slide" in s}
+    known = {n: intensity_scale(s["panel"], s["slide"], s.get("settings"))
+             for n, s in summaries.items() if s is not None and "panel" in s and "slide" in s}
     if not known:
         return None, []
     warnings = []
