@@ -364,6 +364,12 @@ def test_poisson_unmixing_from_the_command_line(tmp_path):
     got = ml.reshape(img.shape[0], -1)[:, :a.shape[1]]  # then the residual
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * want.max())
     assert not np.array_equal(ml, plain)
+    import zarr
+
+    how = zarr.open_group(str(tmp_path / "poisson.ome.zarr"), mode="r").attrs["qdmed"][
+        "unmixing"]  # how the unmixed image was made, in it
+    assert how["unmix_weights"] == "poisson" and how["read_noise_adu"] == 3.0
+    assert "weighted by 1 / (A x + read_noise^2)" in how["residual"]
     for extra, said in ((("--read-noise", "2"), "is used by --poisson only"),
                         (("--poisson", "--read-noise", "0"), "--read-noise must be from 0.1 to"),
                         (("--poisson", "--read-noise", "1e300"), "must be from 0.1")):

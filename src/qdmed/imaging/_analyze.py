@@ -1755,8 +1755,16 @@ def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None,
 
     data = slide.data.rechunk((1024, 1024, -1))  # = the writer's chunks: each block unmixed once
     ab = da.map_blocks(block, data, chunks=data.chunks[:2] + ((k + 1,),), dtype=np.float32)
+    from qdmed import __version__
+
+    how = {"qdmed_version": __version__, "unmix_weights": s.unmix_weights,
+           "read_noise_adu": s.read_noise_adu, "offset_adu": None if off is None
+           else [float(v) for v in np.broadcast_to(off, (len(panel.channels),))],
+           "unmixed_keep_bits": keep_bits,
+           "residual": "||y - A x|| / ||y||" + (", each channel weighted by 1 / (A x + "
+                                                "read_noise^2)" if s.unmix_weights else "")}
     write_ome_zarr(dest, ab, channel_names=[*panel.components, "residual"],
-                   pixel_size_um=pixel_size_um)
+                   pixel_size_um=pixel_size_um, attrs={"unmixing": how})
 
 
 def marker_summary(cells, components) -> dict:

@@ -526,6 +526,7 @@ def write_ome_zarr(
     pyramid_levels: int | str = "auto",
     overwrite: bool = True,
     significant_bits: int | None = None,
+    attrs: dict | None = None,
 ) -> Path:
     """Write an OME-Zarr image (NGFF 0.4 on Zarr format v2), chunk by chunk.
 
@@ -551,6 +552,9 @@ def write_ome_zarr(
         has no field for it: written as ``qdmed.significant_bits`` (read back by qdmed, which
         then takes ``2**bits - 1`` as the saturation ceiling) and as the omero display
         window's maximum.
+    attrs : dict, optional
+        More JSON-safe entries of the root's ``qdmed`` attribute (e.g. how an unmixed image
+        was made).
 
     Returns
     -------
@@ -583,7 +587,7 @@ def write_ome_zarr(
                 if _is_dask(block):
                     block = block.compute()
                 w.write(y0, x0, np.asarray(block))
-        return w.finish()
+        return w.finish(attrs)
     except BaseException:
         w.abort()
         raise
