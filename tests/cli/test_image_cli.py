@@ -27,6 +27,8 @@ def test_simulate_analyze_cohort(tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["n_cells"] > 50 and (tmp_path / "one" / "report.html").exists()
+    assert "Unmixing: exact non-negative least squares per pixel." in \
+        (tmp_path / "one" / "report.html").read_text()
     r = run("image", "cohort", str(cohort), "--out", str(tmp_path / "co"), "--workers", "1",
             "--no-progress", "--json")
     # written for the good slide, but exit code 3: a pipeline must not take it as complete

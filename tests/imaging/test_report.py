@@ -112,3 +112,15 @@ def test_unmixed_figure_shows_every_channel_on_its_own_scale(tmp_path):
     assert lims == pytest.approx([0, np.percentile(img[..., 0], 99.5), 0,
                                   np.percentile(img[..., 1], 99.5), 0, 1.0], rel=1e-5)
     plt.close(fig)
+
+
+def test_the_unmixing_is_said_in_the_report():
+    """How a slide was unmixed is said in words (it was in the provenance JSON only)."""
+    from qdmed.imaging._report import unmixing_paragraph
+
+    assert unmixing_paragraph({"settings": {}}) == \
+        "Unmixing: exact non-negative least squares per pixel."
+    said = unmixing_paragraph({"settings": {"unmix_weights": "poisson", "read_noise_adu": 2.5}})
+    assert said.startswith("Unmixing: Poisson maximum likelihood per pixel (read noise 2.5 "
+                           "counts)")
+    assert unmixing_paragraph({"panel": {"unmixed": True}, "settings": {}}) is None

@@ -359,6 +359,19 @@ def receptor_paragraph(marker: str, status: dict) -> str:
             + "".join(f" Warning: {w}." for w in status.get("warnings") or ()))
 
 
+def unmixing_paragraph(s: dict) -> str | None:
+    """How a slide was unmixed (summary.json's settings); None for an image unmixed before
+    qdmed read it."""
+    if (s.get("panel") or {}).get("unmixed"):
+        return None
+    st = s.get("settings") or {}
+    if st.get("unmix_weights") == "poisson":
+        return ("Unmixing: Poisson maximum likelihood per pixel (read noise "
+                f"{float(st.get('read_noise_adu') or 1.0):g} counts), abundances >= 0; the "
+                "residual map weights each channel by 1 / its expected variance.")
+    return "Unmixing: exact non-negative least squares per pixel."
+
+
 def segmentation_paragraph(s: dict) -> str:
     """Where a slide's nuclei and cells came from (summary.json's settings and labels)."""
     given = s.get("labels")
@@ -444,6 +457,9 @@ def write_slide_report(result, path=None) -> Path:
                           if k != "total") + " cells." if sel.get("excluded") else "")
                       + "".join(f" Warning: {w}." for w in sel.get("warnings") or ())
                       + (f" Note: {sel['note']}." if sel.get("note") else ""))
+    how = unmixing_paragraph(s)
+    if how:
+        rep.paragraph(how)
     rep.paragraph(segmentation_paragraph(s) + "".join(
         f" Warning: {w.rstrip('.')}." for w in (s.get("segmentation") or {}).get("warnings", [])))
     sat = s.get("saturation")
