@@ -690,13 +690,12 @@ def test_already_unmixed_qptiff(tmp_path, write_qptiff):
     assert abs(json.loads(r.stdout)["n_cells"] - len(f.truth)) <= 0.03 * len(f.truth)
     assert "unmixed before qdmed read it" in (tmp_path / "one" / "report.html").read_text()
     # its channels are components, not detector counts: no Poisson model of their noise
-    for cmd, where in (("analyze", slide), ("cohort", tmp_path / "co"),
-                       ("unmix", slide)):
+    for cmd, where, out in (("analyze", slide, "pois"), ("cohort", tmp_path / "co", "pois"),
+                            ("unmix", slide, "pois.ome.zarr")):
         r = run("image", cmd, str(where), "--panel", str(tmp_path / "up.yaml"), "--poisson",
-                "--out", str(tmp_path / "pois"), "--no-progress"
-                if cmd != "unmix" else "--json")
+                "--out", str(tmp_path / out), "--no-progress" if cmd != "unmix" else "--json")
         assert r.returncode == 2 and "already unmixed" in r.stderr, (cmd, r.stderr)
-        assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "pois").exists()
+        assert len(r.stderr.splitlines()) == 1 and not (tmp_path / out).exists()
     # an inForm export folder also holds composite images: --pattern picks the components;
     # a second case recorded with twice the HER2 exposure is not flagged: float component
     # images no longer scale with exposure (only raw integer counts are compared)

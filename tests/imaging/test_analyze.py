@@ -1177,3 +1177,21 @@ def test_tiles_that_mostly_read_margins_are_warned_before_the_run(tmp_path):
         res = analyze_slide(path, PANEL, tmp_path / "out", tile=64, scheduler="synchronous",
                             progress=False, write_unmixed=False, outlines=False)
     assert res.summary["tiling"]["warnings"][0].startswith("tiles of 64 px")
+
+
+def test_analyze_field_takes_abundances_unmixed_already():
+    """The reference region's abundances are passed on rather than unmixed twice; given
+    abundances give the same table, and are refused with the residual map (which needs the
+    unmixing) or in another shape."""
+    from qdmed.imaging import AnalysisSettings, simulate_field, unmix_image
+
+    f = simulate_field((128, 128), preset="BT474", seed=5, **KW)
+    s = AnalysisSettings(pixel_size_um=0.5)
+    ab = unmix_image(f.image, PANEL)
+    a = analyze_field(f.image, PANEL, s, residual=False)
+    b = analyze_field(f.image, PANEL, s, residual=False, abundances=ab)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    with pytest.raises(InputError, match="residual=False only"):
+        analyze_field(f.image, PANEL, s, abundances=ab)
+    with pytest.raises(InputError, match="abundances must be the field's unmixed image"):
+        analyze_field(f.image, PANEL, s, residual=False, abundances=ab[:, :-1])

@@ -760,15 +760,54 @@ def test_well_conditioned_panels_skip_the_second_check():
 def test_analysis_settings_check_and_record_the_read_noise():
     """The read noise Poisson unmixing uses is recorded, the default too; one given without
     Poisson weights, or out of range, is refused when the settings are made."""
+    from dataclasses import replace
+
     from qdmed.imaging import AnalysisSettings
 
-    assert AnalysisSettings(unmix_weights="poisson").read_noise_adu == 1.0
+    s = AnalysisSettings(unmix_weights="poisson")
+    assert s.to_dict()["read_noise_adu"] == 1.0 and s.unmix_options()["read_noise"] == 1.0
+    assert AnalysisSettings(**s.to_dict()).to_dict() == s.to_dict()  # the summary's
+    assert replace(s, unmix_weights=None).to_dict()["read_noise_adu"] is None  # back to plain
     assert AnalysisSettings(unmix_weights="poisson", read_noise_adu=3).to_dict()[
         "read_noise_adu"] == 3.0
-    assert AnalysisSettings().read_noise_adu is None
+    assert AnalysisSettings().to_dict()["read_noise_adu"] is None
     with pytest.raises(InputError, match="used by unmix_weights='poisson' only"):
         AnalysisSettings(read_noise_adu=2.0)
     with pytest.raises(InputError, match="read_noise_adu must be from 0.1"):
         AnalysisSettings(unmix_weights="poisson", read_noise_adu=-1)
     with pytest.raises(InputError, match="None \\(plain NNLS\\) or 'poisson'"):
         AnalysisSettings(unmix_weights="gauss")
+
+
+def test_unmixing_described_old_poisson_summaries_too():
+    """Summaries of qdmed's earlier --poisson (observed counts as weights) recorded no read
+    noise: they are described as what they were, and a calibration on them is warned
+    against a slide unmixed by maximum likelihood (a review)."""
+    from qdmed.imaging import AnalysisSettings
+    from qdmed.imaging._calibration_file import intensity_scale, scale_warnings
+    from qdmed.imaging._poisson import describe_unmixing
+
+    old = {"unmix_weights": "poisson"}
+    assert describe_unmixing(old).startswith("Poisson-weighted NNLS (weights 1 / max(counts")
+    assert describe_unmixing({}) == "plain NNLS"
+    new = AnalysisSettings(unmix_weights="poisson").to_dict()
+    assert describe_unmixing(new) == "Poisson maximum likelihood (read noise 1 counts)"
+    panel = {"labels": {"HER2": "Qdot 605"}, "channels_nm": [[590, 620]]}
+    slide = {"dtype": "uint16"}
+    (w,) = scale_warnings(intensity_scale(panel, slide, old), intensity_scale(panel, slide, new))
+    assert "Poisson maximum likelihood (read noise 1 counts) here, Poisson-weighted" in w
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_poisson_on_an_ill_conditioned_panel(method):
+    """Above a condition number of 300 the compiled Poisson kernel is not used: the numpy
+    loop, each step checked in channel space, serves both methods; its solution is the
+    likelihood's (its own weighted NNLS solution to rounding)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((16, 4))
+    a[:, 1] = np.abs(a[:, 0] + rng.normal(size=16) / 1e3)  # cond ~1.6e3
+    y = rng.poisson(rng.random((400, 4)) @ a.T * 50).astype(float)
+    x = unmix_nnls(y, a, weights="poisson", method=method)
+    assert kkt_violation(y, a, x, weights="poisson").max() < 1e-9
+    np.testing.assert_allclose(x, unmix_nnls(y, a, weights="poisson", method="numpy"),
+                               rtol=0, atol=1e-9 * np.abs(x).max())

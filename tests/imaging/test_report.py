@@ -121,6 +121,6 @@ def test_the_unmixing_is_said_in_the_report():
     assert unmixing_paragraph({"settings": {}}) == \
         "Unmixing: exact non-negative least squares per pixel."
     said = unmixing_paragraph({"settings": {"unmix_weights": "poisson", "read_noise_adu": 2.5}})
-    assert said.startswith("Unmixing: Poisson maximum likelihood per pixel (read noise 2.5 "
-                           "counts)")
+    assert said.startswith("Unmixing: Poisson maximum likelihood (read noise 2.5 counts) "
+                           "per pixel")
     assert unmixing_paragraph({"panel": {"unmixed": True}, "settings": {}}) is None

@@ -59,16 +59,10 @@ DAB_EXAMPLE_CUTOFFS = "0.05,0.15,0.3"
 
 def _unmix_options(poisson: bool, read_noise: float | None) -> dict:
     """The settings of --poisson and --read-noise (checked before any slide is read)."""
-    from qdmed.errors import InputError
-    from qdmed.imaging._poisson import check_read_noise
+    from qdmed.imaging._poisson import read_noise_for
 
-    if read_noise is not None and not poisson:
-        raise InputError(f"--read-noise {read_noise:g} is used by --poisson only; add "
-                         f"--poisson or leave it out")
-    if not poisson:
-        return {}
-    return {"unmix_weights": "poisson", "read_noise_adu": None if read_noise is None
-            else check_read_noise(read_noise, "--read-noise")}
+    noise = read_noise_for(poisson, read_noise, "--read-noise", "--poisson")
+    return {"unmix_weights": "poisson", "read_noise_adu": noise} if poisson else {}
 
 
 def _offset(text: str | None):
@@ -666,7 +660,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
         _save_plot(plot, unmixed_figure(out))
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
-            "read_noise_adu": settings.read_noise_adu}
+            "read_noise_adu": settings.to_dict()["read_noise_adu"]}
     if json_:
         return print_json_warned(info, p.warnings)
     print_kv("Unmixed", {**info, "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None

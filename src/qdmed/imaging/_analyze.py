@@ -108,27 +108,26 @@ class AnalysisSettings:
         return replace(self, pixel_size_um=float(recorded or DEFAULT_PIXEL_SIZE_UM))
 
     def __post_init__(self):
-        from qdmed.imaging._poisson import DEFAULT_READ_NOISE, check_read_noise
-
         if self.unmix_weights not in (None, "poisson"):
             raise InputError(f"unmix_weights must be None (plain NNLS) or 'poisson'; got "
                              f"{self.unmix_weights!r}")
-        if self.unmix_weights is None:
-            if self.read_noise_adu is not None:
-                raise InputError(f"read_noise_adu={self.read_noise_adu!r} is used by "
-                                 f"unmix_weights='poisson' only")
-        else:  # the read noise used is recorded, the default too
-            object.__setattr__(self, "read_noise_adu", DEFAULT_READ_NOISE
-                               if self.read_noise_adu is None
-                               else check_read_noise(self.read_noise_adu, "read_noise_adu"))
+        self._read_noise()  # checked when made
+
+    def _read_noise(self) -> float | None:
+        """The read noise Poisson unmixing uses (the default when none is set), else None."""
+        from qdmed.imaging._poisson import read_noise_for
+
+        return read_noise_for(self.unmix_weights == "poisson", self.read_noise_adu,
+                              "read_noise_adu", "unmix_weights='poisson'")
 
     def unmix_options(self) -> dict:
         """The keyword arguments of :func:`~qdmed.imaging.unmix_nnls` these settings fix."""
         return {"method": self.unmix_method, "weights": self.unmix_weights,
-                "read_noise": self.read_noise_adu}
+                "read_noise": self._read_noise()}
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["read_noise_adu"] = self._read_noise()  # the one used is recorded, the default too
         d["membrane_markers"] = list(self.membrane_markers)
         if isinstance(self.offset_adu, tuple | list):
             d["offset_adu"] = [float(v) for v in self.offset_adu]
@@ -259,7 +258,10 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     if s.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
-    if abundances is not None and not residual:  # unmixed already, with these settings
+    if abundances is not None and residual:
+        raise InputError("analyze_field takes abundances (unmixed already) with "
+                         "residual=False only: the residual map needs the unmixing itself")
+    if abundances is not None:  # unmixed already, with these settings
         ab, resid = np.asarray(abundances), None
         if ab.shape != (*np.shape(image_yxc)[:2], len(comps)):
             raise InputError(f"abundances must be the field's unmixed image, shape "
@@ -756,6 +758,8 @@ def _fingerprint(path: Path, panel: Panel, settings: AnalysisSettings, tile, mar
     doc = {"tile_format": TILE_FORMAT, "path": str(path.resolve()), "ident": file_ident(path),
            "panel": panel.to_yaml_dict(),
            "settings": settings.to_dict(), "tile": tile, "margin_px": margin_px}
+    if doc["settings"]["read_noise_adu"] is None:  # plain NNLS: runs begun before it resume
+        del doc["settings"]["read_noise_adu"]
     if labels is not None:
         doc["labels"] = labels.ident()
     if settings.segmentation in EXTERNAL_METHODS:  # another package version, other weights
@@ -1758,7 +1762,7 @@ def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None,
     from qdmed import __version__
 
     how = {"qdmed_version": __version__, "unmix_weights": s.unmix_weights,
-           "read_noise_adu": s.read_noise_adu, "offset_adu": None if off is None
+           "read_noise_adu": s.to_dict()["read_noise_adu"], "offset_adu": None if off is None
            else [float(v) for v in np.broadcast_to(off, (len(panel.channels),))],
            "unmixed_keep_bits": keep_bits,
            "residual": "||y - A x|| / ||y||" + (", each channel weighted by 1 / (A x + "

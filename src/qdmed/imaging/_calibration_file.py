@@ -62,10 +62,9 @@ def intensity_scale(panel_dict: dict, slide_dict: dict, settings_dict: dict | No
 
 
 def _unmixing(settings_dict: dict) -> str:
-    if settings_dict.get("unmix_weights") == "poisson":
-        return (f"Poisson maximum likelihood (read noise "
-                f"{float(settings_dict.get('read_noise_adu') or 1.0):g} counts)")
-    return "plain NNLS"
+    from qdmed.imaging._poisson import describe_unmixing
+
+    return describe_unmixing(settings_dict)
 
 
 def _differs(field: str, a: Any, b: Any) -> bool:

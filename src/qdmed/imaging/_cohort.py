@@ -212,7 +212,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     it may be the nuclei folder itself when each slide has one file with both, as channels
     (Mesmer's nuclear and whole-cell masks). ``labels_downsample``: the label images'
     downsample of their slides, as :func:`analyze_slide` takes it. ``settings``
-    (:class:`~qdmed.imaging.AnalysisSettings`, e.g. Poisson-weighted unmixing or another
+    (:class:`~qdmed.imaging.AnalysisSettings`, e.g. Poisson maximum-likelihood unmixing or another
     segmentation) apply to every slide, each at its own pixel size unless they give one.
     ``calibration_scale``: the intensity scale of the calibration's controls
     (:func:`~qdmed.imaging.load_calibration`), against which each slide's is checked.

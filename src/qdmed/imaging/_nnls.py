@@ -375,14 +375,9 @@ def _resolve_weights(weights: Any, y: np.ndarray, a: np.ndarray,
 def _read_noise(read_noise, poisson: bool) -> float | None:
     """The read noise (counts RMS) of Poisson unmixing: the default when None; refused
     with other weights, which it would not change."""
-    from qdmed.imaging._poisson import DEFAULT_READ_NOISE, check_read_noise
+    from qdmed.imaging._poisson import read_noise_for
 
-    if not poisson:
-        if read_noise is not None:
-            raise InputError(f"read_noise={read_noise!r} is used by weights='poisson' only; "
-                             f"got weights other than 'poisson'.")
-        return None
-    return DEFAULT_READ_NOISE if read_noise is None else check_read_noise(read_noise)
+    return read_noise_for(poisson, read_noise)
 
 
 def _resolve_method(method: str, weighted: bool) -> str:

@@ -66,8 +66,9 @@ import numpy as np
 from qdmed.errors import InputError, QdmedWarning
 from qdmed.imaging._jit import lazy_kernel, njit_cached
 
-__all__ = ["DEFAULT_READ_NOISE", "MAX_ITER", "RTOL", "check_read_noise", "neg_log_likelihood",
-           "newton_kernel", "poisson_weights", "solve_poisson_ml", "warn_not_converged"]
+__all__ = ["DEFAULT_READ_NOISE", "MAX_ITER", "RTOL", "check_read_noise", "describe_unmixing",
+           "neg_log_likelihood", "newton_kernel", "poisson_weights", "read_noise_for",
+           "solve_poisson_ml", "warn_not_converged"]
 
 #: Read noise (counts RMS) assumed by default: its square is the variance added to every
 #: channel's expected count. Scientific CMOS cameras read 1-2 e- RMS; a larger one is given.
@@ -90,7 +91,9 @@ _CHUNK = 1 << 16  # pixels per weighted solve: its per-pixel Gram matrices stay 
 
 def check_read_noise(read_noise, name: str = "read_noise") -> float:
     """`read_noise` as a float; a clear error naming `name` unless a number of counts (RMS)
-    from :data:`MIN_READ_NOISE` to :data:`MAX_READ_NOISE`."""
+    from :data:`MIN_READ_NOISE` to :data:`MAX_READ_NOISE` (the range validated: a review
+    found wrong abundances from a read noise of ~3e-3 counts before the stop test on the
+    likelihood's decrease, and an overflow beyond ~1e154)."""
     try:
         if isinstance(read_noise, bool | np.bool_):
             raise TypeError
@@ -100,11 +103,34 @@ def check_read_noise(read_noise, name: str = "read_noise") -> float:
             from None
     if not MIN_READ_NOISE <= value <= MAX_READ_NOISE:  # NaN fails too
         raise InputError(f"{name} must be from {MIN_READ_NOISE:g} to {MAX_READ_NOISE:g} counts "
-                         f"(RMS); got {read_noise!r} (the Poisson weights are 1 / (A x + "
-                         f"{name}^2): a detector reads ~1-20 counts; below "
-                         f"{MIN_READ_NOISE:g} the weights of dark channels overflow the "
-                         f"solver, above {MAX_READ_NOISE:g} they are those of plain NNLS).")
+                         f"(RMS), the range validated; got {read_noise!r} (a detector reads "
+                         f"~1-20 counts; at 1000 the Poisson weights are those of plain NNLS).")
     return value
+
+
+def read_noise_for(poisson: bool, read_noise, name: str = "read_noise",
+                   weights: str = "weights='poisson'") -> float | None:
+    """The read noise Poisson unmixing uses (the default when `read_noise` is None), None
+    without Poisson weights; a read noise given without them is refused (it would change
+    nothing), the option and the weights named as the caller calls them."""
+    if not poisson:
+        if read_noise is not None:
+            raise InputError(f"{name} {read_noise!r} is used by {weights} only; add it or "
+                             f"leave {name} out")
+        return None
+    return DEFAULT_READ_NOISE if read_noise is None else check_read_noise(read_noise, name)
+
+
+def describe_unmixing(settings_dict: dict) -> str:
+    """How a slide was unmixed, in words, from its analysis settings (``to_dict()``).
+    Settings without a read noise under ``'poisson'`` are from qdmed before Poisson maximum
+    likelihood (2026-12), whose ``--poisson`` weighted by the observed counts."""
+    if settings_dict.get("unmix_weights") != "poisson":
+        return "plain NNLS"
+    noise = settings_dict.get("read_noise_adu")
+    if noise is None:
+        return "Poisson-weighted NNLS (weights 1 / max(counts, 1), qdmed before 2026-12)"
+    return f"Poisson maximum likelihood (read noise {float(noise):g} counts)"
 
 
 def poisson_weights(abundances, endmembers, read_noise: float = DEFAULT_READ_NOISE
@@ -163,7 +189,7 @@ def warn_not_converged(count: int, n: int) -> None:
     """Warn that `count` of `n` pixels were still moving after :data:`MAX_ITER` steps."""
     warnings.warn(f"Poisson unmixing: {count} of {n} pixels still moved after {MAX_ITER} "
                   f"Newton steps (by more than {RTOL:g} of their largest expected count); "
-                  f"their last step is kept.", QdmedWarning, stacklevel=4)
+                  f"their last step is kept.", QdmedWarning, stacklevel=2)
 
 
 def _armijo_steps(y: np.ndarray, mu0: np.ndarray, ad: np.ndarray, s: float,

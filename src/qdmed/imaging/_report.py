@@ -364,10 +364,11 @@ def unmixing_paragraph(s: dict) -> str | None:
     qdmed read it."""
     if (s.get("panel") or {}).get("unmixed"):
         return None
+    from qdmed.imaging._poisson import describe_unmixing
+
     st = s.get("settings") or {}
     if st.get("unmix_weights") == "poisson":
-        return ("Unmixing: Poisson maximum likelihood per pixel (read noise "
-                f"{float(st.get('read_noise_adu') or 1.0):g} counts), abundances >= 0; the "
+        return (f"Unmixing: {describe_unmixing(st)} per pixel, abundances >= 0; the "
                 "residual map weights each channel by 1 / its expected variance.")
     return "Unmixing: exact non-negative least squares per pixel."
 
