@@ -229,6 +229,13 @@ def test_offset_is_subtracted_and_an_uncorrected_one_is_suspected():
     assert 85 <= min(s1["channel_min"].values()) <= 100
     assert not s2["suspected"] and max(s2["floor_after_offset"].values()) < 0
     assert s2["issue"] is None and set(s2["percent_pixels_at_or_below_zero"].values()) == {0}
+    # with Poisson unmixing's read noise (the simulation's: 2 e-, gain 1) an offset 10 counts
+    # too large is said (floor -19; no raw zero shows it); the right one (floor -9) is not
+    stats1 = channel_stats(f1.image, None)
+    assert offset_summary(stats1, check_offset(100, 8), names, read_noise=2.0)["issue"] is None
+    s4 = offset_summary(stats1, check_offset(110, 8), names, read_noise=2.0)
+    assert s4["issue"] == "below the read noise" and s4["suspected"]
+    assert "the offset is larger than the detector's dark level" in s4["warnings"][0]
     padded = f1.image.copy()
     padded[:64, :64] = 0  # 1.6 % of the slide unscanned, 0 in every channel: not signal
     s2p = offset_summary(channel_stats(padded, None), check_offset(100, 8), names)

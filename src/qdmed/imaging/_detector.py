@@ -72,6 +72,10 @@ OFFSET_FLOOR_SPREAD = 2.0
 #: An offset is given, yet at least this fraction of the raw pixels reads 0 or less in
 #: every channel it is taken from: the image was dark-corrected already (over-subtraction).
 OFFSET_ZERO_FRACTION = 1e-3
+#: With Poisson unmixing's read noise known, a floor (after the offset) this many read-noise
+#: SDs below zero, and a count more, is warned: the lowest of ~4 million Gaussian values
+#: lies ~5.3 SDs below their mean.
+READ_NOISE_FLOOR_SDS = 8.0
 
 
 def check_offset(offset: Any, n_channels: int) -> np.ndarray | None:
@@ -347,7 +351,7 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
 
 
 def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
-                   tiles: list[dict] | None = None) -> dict:
+                   tiles: list[dict] | None = None, read_noise: float | None = None) -> dict:
     """The ``offset`` block of a slide summary: the offset subtracted, each channel's lowest
     raw count, the floor left after the offset, the percent of raw pixels at or below 0,
     and ``issue``: "uncorrected" when every channel keeps a floor (see the module notes),
@@ -358,7 +362,13 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
 
     With the tiles' own stats (`tiles`), the floor is the 10th percentile of the tiles'
     minima (the lowest of them below ten tiles), so that one dead or padded pixel does not
-    hide an offset on a large slide; else the slide's minimum."""
+    hide an offset on a large slide; else the slide's minimum.
+
+    With `read_noise` (counts RMS, that of Poisson unmixing), a floor more than
+    :data:`READ_NOISE_FLOOR_SDS` read-noise SDs (and a count) below zero is "below the read
+    noise": an offset larger than the dark level, or a read noise larger than given; Poisson
+    unmixing takes counts below ``-read_noise^2`` as it (a review: an offset 10 counts too
+    large, floor -22 at read noise 1, unsaid: no raw zero is read)."""
     names = list(channel_names)
     off = np.zeros(len(names)) if offset is None else np.asarray(offset, dtype=np.float64)
     mins = stats.get("min")
@@ -394,6 +404,16 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                 "--offset out for dark-corrected images")
             return d  # zeros leave no floor: the uncorrected test cannot hold
     lo, hi = float(floor.min()), float(floor.max())
+    if read_noise is not None and lo < -READ_NOISE_FLOOR_SDS * read_noise - 1.0:
+        d["suspected"], d["issue"] = True, "below the read noise"
+        d["warnings"].append(
+            f"the darkest tiles read down to {lo:g} counts ({names[int(np.argmin(floor))]})"
+            + (" after the offset given" if offset is not None else "")
+            + f", more than {READ_NOISE_FLOOR_SDS:g} read-noise SDs ({read_noise:g} counts) "
+            "below zero: the offset is larger than the detector's dark level, or the read "
+            "noise is larger than given (--read-noise). Poisson unmixing takes counts below "
+            "-read_noise^2 as it, which raises dim abundances")
+        return d
     if lo >= OFFSET_FLOOR_COUNTS and hi <= OFFSET_FLOOR_SPREAD * lo:
         d["suspected"], d["issue"] = True, "uncorrected"
         d["warnings"].append(
