@@ -660,7 +660,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
         _save_plot(plot, unmixed_figure(out))
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
-            "read_noise_adu": settings.to_dict()["read_noise_adu"]}
+            "read_noise_adu": settings.read_noise_used()}
     if json_:
         return print_json_warned(info, p.warnings)
     print_kv("Unmixed", {**info, "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None

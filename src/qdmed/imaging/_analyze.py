@@ -111,9 +111,9 @@ class AnalysisSettings:
         if self.unmix_weights not in (None, "poisson"):
             raise InputError(f"unmix_weights must be None (plain NNLS) or 'poisson'; got "
                              f"{self.unmix_weights!r}")
-        self._read_noise()  # checked when made
+        self.read_noise_used()  # checked when made
 
-    def _read_noise(self) -> float | None:
+    def read_noise_used(self) -> float | None:
         """The read noise Poisson unmixing uses (the default when none is set), else None."""
         from qdmed.imaging._poisson import read_noise_for
 
@@ -123,11 +123,11 @@ class AnalysisSettings:
     def unmix_options(self) -> dict:
         """The keyword arguments of :func:`~qdmed.imaging.unmix_nnls` these settings fix."""
         return {"method": self.unmix_method, "weights": self.unmix_weights,
-                "read_noise": self._read_noise()}
+                "read_noise": self.read_noise_used()}
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["read_noise_adu"] = self._read_noise()  # the one used is recorded, the default too
+        d["read_noise_adu"] = self.read_noise_used()  # the one used is recorded, the default too
         d["membrane_markers"] = list(self.membrane_markers)
         if isinstance(self.offset_adu, tuple | list):
             d["offset_adu"] = [float(v) for v in self.offset_adu]
@@ -1457,7 +1457,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "cases_scored": by_case,
         "saturation": saturation,
         "offset": offset_summary(detector_stats, off, slide.channel_names, qc,
-                                 read_noise=s.unmix_options()["read_noise"]),
+                                 read_noise=s.read_noise_used()),
         "focus": focus,
         "fit": None if panel.unmixed else fit_summary([q.get("fit") for q in qc]),
         "elapsed_s": time.perf_counter() - t0,
@@ -1763,7 +1763,7 @@ def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None,
     from qdmed import __version__
 
     how = {"qdmed_version": __version__, "unmix_weights": s.unmix_weights,
-           "read_noise_adu": s.to_dict()["read_noise_adu"], "offset_adu": None if off is None
+           "read_noise_adu": s.read_noise_used(), "offset_adu": None if off is None
            else [float(v) for v in np.broadcast_to(off, (len(panel.channels),))],
            "unmixed_keep_bits": keep_bits,
            "residual": "||y - A x|| / ||y||" + (", each channel weighted by 1 / (A x + "

@@ -46,6 +46,8 @@ def intensity_scale(panel_dict: dict, slide_dict: dict, settings_dict: dict | No
     not known (a calibration made before it was recorded)."""
     import numpy as np
 
+    from qdmed.imaging._poisson import describe_unmixing
+
     unmixed = bool(panel_dict.get("unmixed"))
     dtype = slide_dict.get("dtype")
     exposure = slide_dict.get("exposure_ms")
@@ -58,13 +60,8 @@ def intensity_scale(panel_dict: dict, slide_dict: dict, settings_dict: dict | No
             "dtype": dtype,
             "exposure_ms": dict(zip(map(str, names), map(float, exposure), strict=False))
             if integer and exposure and len(exposure) == len(names) else None,
-            "unmixing": None if settings_dict is None or unmixed else _unmixing(settings_dict)}
-
-
-def _unmixing(settings_dict: dict) -> str:
-    from qdmed.imaging._poisson import describe_unmixing
-
-    return describe_unmixing(settings_dict)
+            "unmixing": None if settings_dict is None or unmixed
+            else describe_unmixing(settings_dict)}
 
 
 def _differs(field: str, a: Any, b: Any) -> bool:

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
+from qdmed.imaging import _poisson
 from qdmed.imaging._jit import generated_module, lazy_kernel, njit_cached, numba_available
 
 __all__ = ["MAX_COMPONENTS", "UnmixResult", "kkt_violation", "unmix_block", "unmix_lstsq",
@@ -351,11 +352,9 @@ def _resolve_weights(weights: Any, y: np.ndarray, a: np.ndarray,
                      x: np.ndarray | None = None, read_noise=None) -> np.ndarray | None:
     """The weight array of `weights` for the pixels `y` and endmembers `a`; ``'poisson'``
     takes them at the solution `x` (the inverse expected variances there)."""
-    from qdmed.imaging._poisson import poisson_weights
-
     if _is_poisson(weights):
-        return poisson_weights(x, a, _read_noise(read_noise, True))
-    _read_noise(read_noise, False)
+        return _poisson.poisson_weights(x, a, _poisson.read_noise_for(True, read_noise))
+    _poisson.read_noise_for(False, read_noise)
     if weights is None:
         return None
     w = np.asarray(weights)
@@ -370,14 +369,6 @@ def _resolve_weights(weights: Any, y: np.ndarray, a: np.ndarray,
         raise InputError(f"weights must be finite and strictly positive; got minimum "
                          f"{np.nanmin(w):.6g}.")
     return w
-
-
-def _read_noise(read_noise, poisson: bool) -> float | None:
-    """The read noise (counts RMS) of Poisson unmixing: the default when None; refused
-    with other weights, which it would not change."""
-    from qdmed.imaging._poisson import read_noise_for
-
-    return read_noise_for(poisson, read_noise)
 
 
 def _resolve_method(method: str, weighted: bool) -> str:
@@ -1239,7 +1230,7 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
     if device not in _DEVICES:
         raise InputError(f"device must be one of {_DEVICES}; got {device!r}.")
     poisson = _is_poisson(weights)
-    noise = _read_noise(read_noise, poisson)
+    noise = _poisson.read_noise_for(poisson, read_noise)
     w = None if poisson else _resolve_weights(weights, y, a)
     how = _resolve_method(method, w is not None)
     if sel is not None:
@@ -1274,20 +1265,16 @@ def unmix_nnls(pixels, endmembers, *, weights=None, return_residual=False, metho
 def _solve_poisson(y: np.ndarray, prep: _Prepared, how: str, read_noise: float) -> np.ndarray:
     """Poisson maximum likelihood (:mod:`qdmed.imaging._poisson`) from the unweighted
     solution, each reweighted step solved exactly and checked in channel space."""
-    from qdmed.imaging import _poisson
-
     _check_nonfinite(y)
     x = _solve_numba(y, prep) if how == "numba" else \
         _solve_shared_numpy(y.astype(np.float64, copy=False), prep)
     x = _recheck_in_channel_space(y, prep, x, None)
     if how == "numba" and prep.cond <= RECHECK_COND:
         edges = _ranges(y.shape[0])
-        iters = np.empty(y.shape[0], np.int64)
-        args = (np.ascontiguousarray(prep.a), read_noise ** 2, _poisson.RTOL, prep.rtol,
-                _poisson.MAX_ITER)
+        a = np.ascontiguousarray(prep.a)
+        args = (read_noise ** 2, _poisson.RTOL, prep.rtol, _poisson.MAX_ITER)
         left = sum(_run_ranges(_poisson.newton_kernel(), [
-            (y[i:j], args[0], x[i:j], *args[1:], iters[i:j])
-            for i, j in zip(edges[:-1], edges[1:], strict=True)]))
+            (y[i:j], a, x[i:j], *args) for i, j in zip(edges[:-1], edges[1:], strict=True)]))
         if left:
             _poisson.warn_not_converged(left, y.shape[0])
         return x
@@ -1592,7 +1579,7 @@ def kkt_violation(pixels, endmembers, abundances, *, weights=None, read_noise=No
                          f" endmembers shape {a.shape}).")
     w = _resolve_weights(weights, y, a, x, read_noise)
     if _is_poisson(weights):  # counts below -read_noise^2 are taken as it (_poisson)
-        y = np.maximum(y, -_read_noise(read_noise, True) ** 2)
+        y = np.maximum(y, -_poisson.read_noise_for(True, read_noise) ** 2)
     r = x @ a.T - y
     if w is None:
         g = r @ a

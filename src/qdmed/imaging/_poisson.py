@@ -221,9 +221,9 @@ def newton_kernel():
     The numpy loop is the reference; this kernel serves panels whose condition number the
     Gram form's rounding allows (``unmix_nnls`` checks them in channel space above
     ``RECHECK_COND`` instead). Returns the number of pixels still moving after
-    ``max_iter`` steps; ``iters`` gets each pixel's step count."""
+    ``max_iter`` steps."""
     @njit_cached(nogil=True)
-    def kernel(y, a, x, s, rtol, gtol, max_iter, iters):  # pragma: no cover - compiled
+    def kernel(y, a, x, s, rtol, gtol, max_iter):  # pragma: no cover - compiled
         n, c = y.shape
         k = a.shape[1]
         eps = 2.220446049250313e-16
@@ -383,7 +383,6 @@ def newton_kernel():
                     x[p, j] = max(x[p, j] + t * (xs[j] / dn[j] - x[p, j]), 0.0)
                 if not moving:
                     break
-            iters[p] = it
             if moving:
                 left += 1
         return left
