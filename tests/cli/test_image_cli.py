@@ -1067,3 +1067,21 @@ def test_outputs_never_written_over_the_inputs(tmp_path):
             str(slide), "--out", str(tmp_path / "p.yaml"))
     assert r.returncode == 2 and "is an input of this command" in r.stderr
     assert (tmp_path / "p.yaml").read_text() == panel
+
+
+def test_info_says_an_ome_zarr_slide_misses_chunks(tmp_path):
+    """A slide folder copied partway (an OME-Zarr missing a chunk file) reads as dark
+    tissue there; `image info` of the folder flags it in the slide's row, the others ok."""
+    from qdmed.imaging import write_ome_zarr
+
+    img = np.ones((64, 64, 2), np.uint16)
+    for name in ("a.ome.zarr", "b.ome.zarr"):
+        write_ome_zarr(tmp_path / name, img, channel_names=["DAPI", "HER2"], chunks=(32, 32))
+    (tmp_path / "b.ome.zarr" / "0" / "1" / "1" / "0").unlink()
+    r = run("image", "info", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {d["slide"]: d for d in json.loads(r.stdout)}
+    assert (rows["a.ome.zarr"]["status"], rows["a.ome.zarr"]["message"]) == ("ok", "")
+    assert rows["b.ome.zarr"]["status"] == "warning"
+    assert "1 of 8 chunks" in rows["b.ome.zarr"]["message"] and \
+        "(channel HER2, y 32-64, x 0-32)" in rows["b.ome.zarr"]["message"]

@@ -7,6 +7,7 @@ are the accuracy the pipeline must keep (photon budget 300 e- per unit abundance
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -498,6 +499,30 @@ def test_a_slide_without_a_pixel_size_is_warned_and_can_be_given_one(tmp_path):
     assert q["pixel_size_um"] == 0.5 and q["warnings"][0].startswith(
         "slide: the slide declares no pixel size")
     assert not qc_slide(path, PANEL, tile=256, pixel_size_um=0.25)["slide"]["warnings"]
+
+
+def test_absent_ome_zarr_chunks_reach_the_analysis_and_qc_warnings(tmp_path):
+    """A chunk missing from an OME-Zarr slide (a copy stopped partway) read as dark tissue
+    unsaid; it is now among the slide's warnings of the analysis and of the QC."""
+    from qdmed.errors import QdmedWarning
+    from qdmed.imaging import simulate_field, write_ome_zarr
+    from qdmed.imaging._analyze import summary_warnings
+    from qdmed.imaging._qc import qc_slide
+
+    f = simulate_field((256, 256), preset="BT474", seed=3, **KW)
+    path = write_ome_zarr(tmp_path / "s.ome.zarr", f.image, pixel_size_um=0.5,
+                          channel_names=list(PANEL.channel_names), chunks=(128, 128))
+    (path / "0" / "2" / "1" / "1").unlink()
+    kw = dict(tile=256, progress=False, write_unmixed=False, outlines=False)
+    with pytest.warns(QdmedWarning, match="chunks"):
+        r = analyze_slide(path, PANEL, tmp_path / "a", **kw)
+    said = [w for w in summary_warnings(r.summary) if w.startswith("slide: ")]
+    assert len(said) == 1 and re.search(
+        rf"1 of {4 * len(PANEL.channel_names)} chunks .*\(channel "
+        rf"{PANEL.channel_names[2]}, y 128-256, x 128-256\)", said[0])
+    with pytest.warns(QdmedWarning, match="chunks"):
+        q = qc_slide(path, PANEL, tile=256)
+    assert q["slide"]["warnings"] == [said[0].removeprefix("slide: ")]
 
 
 def test_the_calibrations_own_warnings_reach_the_slide(tmp_path):

@@ -193,6 +193,42 @@ def test_zarr_without_ngff_metadata(tmp_path):
     assert s.channel_names == ("C0", "C1") and s.pixel_size_um is None
 
 
+def test_absent_ome_zarr_chunks_are_warned_not_read_silently_as_dark(tmp_path):
+    """Zarr reads an absent chunk as the fill value: a slide copied partway read as dark
+    tissue without a word. qdmed's writer stores every chunk (zeros too: zarr skips them by
+    default), so its own images are never warned; a chunk removed afterwards is, by channel
+    and region. Label images (0 = background, mostly empty) are not checked."""
+    import warnings
+
+    import zarr
+
+    from qdmed.errors import QdmedWarning
+
+    img = np.zeros((512, 512, 3), np.uint16)
+    img[:100, :100] = 7  # most chunks all zero
+    p = write_ome_zarr(tmp_path / "s.ome.zarr", img, channel_names=NAMES, chunks=(256, 256))
+    assert read_slide(p).warnings == ()  # every chunk stored, the zero ones too
+    (p / "0" / "1" / "1" / "0").unlink()  # channel QD605, y 256-512, x 0-256
+    with pytest.warns(QdmedWarning, match=r"1 of 12 chunks .* not stored \(channel QD605, "
+                      r"y 256-512, x 0-256\).*fill value 0") as rec:
+        s = read_slide(p)
+    assert s.warnings == (str(rec[0].message),)
+    np.testing.assert_array_equal(s.read_region(0, 512, 0, 512), img)  # zeros, as zarr reads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_slide(p, labels=True).warnings == ()
+    # an image written by zarr's defaults (empty chunks skipped) is warned too: the reader
+    # cannot tell a skipped chunk from a lost one, and says both
+    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=2)
+    a = g.create_array("0", shape=(1, 64, 64), chunks=(1, 32, 32), dtype="uint8")
+    a[:] = np.pad(np.ones((1, 32, 32), np.uint8), ((0, 0), (0, 32), (0, 32)))
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "cyx"],
+                               "datasets": [{"path": "0"}]}]
+    with pytest.warns(QdmedWarning, match=r"3 of 4 chunks .*\(channel C0, y 0-32, x 32-64; "
+                      r"channel C0, y 32-64, x 0-32; channel C0, y 32-64, x 32-64\).*skips"):
+        read_slide(tmp_path / "z.zarr")
+
+
 def test_write_truth_round_trip(tmp_path):
     e = np.array([[1.0, 0.1, 0.2], [0.1, 1.0, 0.3]])
     f = simulate_field((128, 160), preset="BT474", endmembers=e, marker_names=["HER2", "ER"],

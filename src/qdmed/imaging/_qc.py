@@ -108,7 +108,8 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
             advance()
     merged = merge_channel_stats(stats)
     d: dict[str, Any] = {
-        "qdmed_version": __version__, "slide": {**slide.to_dict(), "warnings": ps_warnings},
+        "qdmed_version": __version__, "slide": {**slide.to_dict(),
+                                                "warnings": [*slide.warnings, *ps_warnings]},
         "pixel_size_um": float(ps), "tile_px": int(tile),
         "nuclear_threshold": float(thr),
         "saturation": saturation_summary(level, source, merged, slide.channel_names, None,

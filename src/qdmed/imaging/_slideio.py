@@ -386,9 +386,12 @@ class _ZarrImageWriter:
 
         chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape, strict=True))
         comp = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+        # every chunk stored, zeros too (zarr skips chunks of the fill value by default): a
+        # reader then tells a chunk lost in a copy from a dark one (_missing_chunks_warning)
         return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
                                   compressors=comp, fill_value=0,
-                                  chunk_key_encoding={"name": "v2", "separator": "/"})
+                                  chunk_key_encoding={"name": "v2", "separator": "/"},
+                                  config={"write_empty_chunks": True})
 
     def write(self, y0: int, x0: int, block_yxc: np.ndarray, level: int = 0) -> None:
         """Write a (Y, X, C) block at (y0, x0) of ``level`` and its reduced versions."""
@@ -666,6 +669,9 @@ class SlideImage:
     #: size (0, NaN, negative: ``pixel_size_um`` is then None), for the error that asks for
     #: one (:func:`pixel_size_or_default`)
     pixel_size_note: str | None = None
+    #: what reading the file found wrong without refusing it (an OME-Zarr's absent chunks,
+    #: read as the fill value); also warned (QdmedWarning) when read
+    warnings: tuple[str, ...] = ()
     _direct: Any = field(default=None, repr=False, compare=False)
 
     def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -754,7 +760,7 @@ def _checked_pixel_size(slide: SlideImage) -> SlideImage:
         f"size (a positive size up to {MAX_PIXEL_SIZE_UM:g} um)"))
 
 
-def read_slide(path: str | os.PathLike) -> SlideImage:
+def read_slide(path: str | os.PathLike, *, labels: bool = False) -> SlideImage:
     """Open an OME-TIFF/TIFF (``.ome.tif``, ``.tif``, ``.tiff``, ``.btf``, ``.qptiff``), an
     Aperio ``.svs`` or Hamamatsu ``.ndpi`` whole-slide image (their pyramid, without the
     label, macro and thumbnail images), or an OME-Zarr (``.zarr``, ``.ome.zarr``, or any
@@ -765,6 +771,10 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
     Parameters
     ----------
     path : str or path-like
+    labels : bool
+        The file is a label image (0 = background): an OME-Zarr's absent chunks are then
+        read as background unremarked (writers skip empty chunks, and a label image is
+        mostly empty); an image's are warned (:attr:`SlideImage.warnings`).
 
     Returns
     -------
@@ -788,7 +798,7 @@ def read_slide(path: str | os.PathLike) -> SlideImage:
     if name.endswith(_TIFF_SUFFIXES):
         return _checked_pixel_size(_read_tiff(p))
     if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
-        return _checked_pixel_size(_read_zarr(p))
+        return _checked_pixel_size(_read_zarr(p, check_chunks=not labels))
     if p.suffix.lower() in CONVERT_SUFFIXES:
         # Bio-Formats reads SCN, BIF, VSI, CZI and DICOM; MIRAX is read by OpenSlide (in
         # QuPath, or libvips)
@@ -1324,7 +1334,7 @@ def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any =
                               f"(corrupted image data?): {type(e).__name__}: {e}") from e
 
 
-def _read_zarr(p: Path) -> SlideImage:
+def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
     import dask.array as da
     import zarr
 
@@ -1370,6 +1380,7 @@ def _read_zarr(p: Path) -> SlideImage:
         levels.append(d)
         if i == 0:
             direct = _zarr_region_reader(arr, up, perm, squeeze)
+            arr0, up0 = arr, up
     nc = int(levels[0].shape[2])
     names = None
     ch = attrs.get("omero", {}).get("channels")
@@ -1377,13 +1388,68 @@ def _read_zarr(p: Path) -> SlideImage:
         names = [c.get("label") for c in ch]
         if len(names) != nc or any(n is None for n in names):
             names = None
+    names = tuple(names) if names else _default_channel_names(nc)
+    missing = _missing_chunks_warning(arr0, p, m["datasets"][0]["path"], up0,
+                                      names) if check_chunks else None
     dt = levels[0].dtype
     if not (isinstance(bits, int) and not isinstance(bits, bool) and dt.kind in "ui"
             and 1 <= bits < dt.itemsize * 8):
         bits = None
-    return SlideImage(data=levels[0], channel_names=tuple(names) if names else
-                      _default_channel_names(nc), pixel_size_um=ps, path=p, format="ome-zarr",
-                      levels=tuple(levels), significant_bits=bits, _direct=direct)
+    return SlideImage(data=levels[0], channel_names=names, pixel_size_um=ps, path=p,
+                      format="ome-zarr",
+                      levels=tuple(levels), significant_bits=bits, _direct=direct,
+                      warnings=() if missing is None else (missing,))
+
+
+#: Absent chunks named (their regions) in the warning; the rest are counted.
+_MISSING_CHUNKS_NAMED = 3
+
+
+def _missing_chunks_warning(arr: Any, p: Path, ds_path: str, axes: str,
+                            channel_names: Sequence[str]) -> str | None:
+    """A warning, also issued (QdmedWarning), when the full-resolution array of an OME-Zarr
+    stores fewer chunks than its grid holds; None when it stores all.
+
+    Zarr reads an absent chunk as the array's fill value, by design: a writer may skip
+    chunks holding only that value (zarr-python's default, ``write_empty_chunks=False``),
+    but a copy stopped partway, or a deleted file, reads the same way, as dark tissue
+    (no cells, no signal) without an error. qdmed's own writer stores every chunk, so an
+    image it wrote is never warned. The regions of the first
+    :data:`_MISSING_CHUNKS_NAMED` absent chunks are named when the store is a local folder
+    and unsharded."""
+    n_total, n_stored = int(arr.nchunks), int(arr.nchunks_initialized)
+    if n_stored >= n_total:
+        return None
+    import itertools
+    import warnings
+
+    from qdmed.errors import QdmedWarning
+
+    where = []
+    folder = p / ds_path
+    if getattr(arr, "shards", None) is None and folder.is_dir():
+        grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+        for coords in itertools.product(*grid):
+            key = arr.metadata.encode_chunk_key(coords)
+            if not (folder / key).is_file():
+                where.append(", ".join(
+                    f"{a.lower()} {k * c}-{min((k + 1) * c, s)}" if a in "YX" else
+                    "channel " + "/".join(channel_names[k * c:(k + 1) * c]) if a == "C"
+                    else f"{a.lower()} {k * c}" + (f"-{min((k + 1) * c, s) - 1}" if c > 1
+                                                   else "")
+                    for a, k, c, s in zip(axes, coords, arr.chunks, arr.shape, strict=True)
+                    if a in "YXC" or s > 1))
+                if len(where) == _MISSING_CHUNKS_NAMED:
+                    break
+    n_missing = n_total - n_stored
+    named = "; ".join(where) + ("; ..." if n_missing > len(where) else "") if where else ""
+    text = (f"{str(p)!r}: {n_missing} of {n_total} chunks of the full-resolution array "
+            f"'{ds_path}' are not stored{f' ({named})' if named else ''}; Zarr reads them as "
+            f"the fill value {np.asarray(arr.fill_value).item()!r}. A writer that skips empty chunks leaves them "
+            "out; a copy stopped partway or a deleted file does too, and its tissue then "
+            "reads as dark (no cells there): copy the image again if it should be whole")
+    warnings.warn(text, QdmedWarning, stacklevel=4)
+    return text
 
 
 def _ngff_pixel_size(ds: dict, m: dict, axes: list, p: Path) -> float | None:
