@@ -222,8 +222,18 @@ def test_rgba_and_16_bit_images_read_as_their_rgb(ihc):
     ref = deconvolve_dab(ihc).dab
     rgba = np.concatenate([ihc, np.full(ihc.shape[:2] + (1,), 255, np.uint8)], axis=-1)
     np.testing.assert_array_equal(deconvolve_dab(rgba).dab, ref)
-    np.testing.assert_allclose(deconvolve_dab(ihc.astype(np.uint16) * 257).dab, ref,
-                               atol=1e-12)
+    u16 = ihc.astype(np.uint16) * 257
+    zero = (ihc == 0).any(axis=-1)  # 9 pixels whose blue reads 0
+    assert zero.sum() == 9
+    np.testing.assert_allclose(deconvolve_dab(u16).dab[~zero], ref[~zero], atol=1e-12)
+    # a 0 has no OD: it reads one level of its type, as QuPath's makeOD floors a value at
+    # 1 of its white value: OD log10(255) in 8 bits, log10(65535) in 16 (floored at 1/255,
+    # a 16-bit scan's darkest stain was capped at OD 2.4)
+    from qdmed.imaging._brightfield import _optical_density
+
+    assert _optical_density(ihc, 1.0)[..., 2][zero] == pytest.approx(np.log10(255.0))
+    assert _optical_density(u16, 1.0)[..., 2][zero] == pytest.approx(np.log10(65535.0))
+    assert _optical_density(u16[:1, :1] * 0 + 1, 1.0).max() == pytest.approx(np.log10(65535.0))
 
 
 def test_white_level_per_channel(ihc):

@@ -80,9 +80,20 @@ RUIFROK_H_DAB = stain_matrix_from_vectors((0.650, 0.704, 0.286), (0.268, 0.570, 
 RUIFROK_H_DAB.setflags(write=False)
 
 
+def _floor(dtype) -> float:
+    """The transmittance a pixel reading 0 is taken as (0 has no optical density): one
+    level of its type, 1/255 for 8-bit and 1/65535 for 16-bit RGB, as QuPath's
+    ``ColorDeconvolutionHelper.makeOD`` floors a value at 1 of its white value (Bankhead et
+    al., Sci Rep 2017;7:16878, doi:10.1038/s41598-017-17204-5); 1/255 for a float image,
+    most often an 8-bit scan divided by 255. A 16-bit zero floored at 1/255 capped the
+    darkest stain at OD 2.4 where the scanner's range reaches 4.8."""
+    return 1.0 / 65535.0 if np.dtype(dtype) == np.uint16 else 1.0 / 255.0
+
+
 def _rgb(rgb) -> np.ndarray:
     """RGB as transmittance in (0, 1]: uint8 / 255, uint16 / 65535, or float already in
-    [0, 1]; an RGBA image's alpha is dropped when it is opaque everywhere."""
+    [0, 1], floored at :func:`_floor`; an RGBA image's alpha is dropped when it is opaque
+    everywhere."""
     a = np.asarray(rgb)
     if a.ndim == 3 and a.shape[2] == 4:
         full = np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0
@@ -106,13 +117,13 @@ def _rgb(rgb) -> np.ndarray:
                 f"float rgb must be finite and within [0, 1]; got min {np.nanmin(t)} and max {np.nanmax(t)}."
             )
     else:
-        raise InputError(f"rgb must be uint8 or float; got dtype {a.dtype}.")
-    return np.maximum(t, 1.0 / 255.0)
+        raise InputError(f"rgb must be uint8, uint16 or float; got dtype {a.dtype}.")
+    return np.maximum(t, _floor(a.dtype))
 
 
 def _optical_density(rgb, background) -> np.ndarray:
     """Per-channel OD ``-log10(min(I / I0, 1))`` of an RGB image (intensities floored at
-    1/255, :func:`_rgb`). An 8-bit RGB image is looked up in a table of its 256 values per
+    one level of the type, :func:`_floor`). An 8-bit RGB image is looked up in a table of its 256 values per
     channel, computed by the same operations: the same numbers, 3-6x faster on a 2048^2
     field (0.38 -> 0.065 s and 0.25 -> 0.078 s, measured on two days), which matters on
     a whole slide. Any other white level (a per-pixel one) takes the formula."""
@@ -194,7 +205,10 @@ HIST_BINS = 4096
 
 def hematoxylin_top(stain_matrix, background) -> float:
     """The largest haematoxylin OD an 8-bit pixel can give (transmittance floored at
-    1/255) under these stain vectors and white level: the top of the threshold histogram."""
+    1/255) under these stain vectors and white level: the top of the threshold histogram.
+    A 16-bit image's darker pixels fall in its last bin, their values kept in its sums
+    (:func:`hematoxylin_histogram`): the split is the one its 8-bit copy would get, bar
+    those pixels' values, far above any split between nuclei and the rest."""
     od_max = np.maximum(-np.log10(1.0 / 255.0 / _background(background)), 0.0)
     return float(np.abs(np.linalg.inv(_matrix(stain_matrix))[:, 0]) @ od_max)
 
@@ -368,7 +382,7 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True)
 
     Parameters
     ----------
-    rgb : (Y, X, 3) uint8 or float in [0, 1]
+    rgb : (Y, X, 3) uint8, uint16 or float in [0, 1]
         Brightfield image.
     stain_matrix : (3, 3) array_like, optional
         Rows = OD vectors of haematoxylin, DAB, residual (each scaled to unit length, as
@@ -393,7 +407,8 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True)
 
     Notes
     -----
-    ``OD_c = -log10(I_c / I0)`` per channel (intensities floored at 1/255), then
+    ``OD_c = -log10(I_c / I0)`` per channel (intensities floored at one level of the
+    type: 1/255 for 8-bit and float images, 1/65535 for 16-bit), then
     ``C = OD M^-1`` (Ruifrok & Johnston 2001). Unlike :func:`skimage.color.rgb2hed`, the
     output is in base-10 OD units (rgb2hed divides natural-log OD by ``-log(1e-6)``).
 
@@ -443,7 +458,7 @@ def estimate_stain_vectors(rgb, *, beta: float = 0.15, alpha: float = 1.0, backg
 
     Parameters
     ----------
-    rgb : (Y, X, 3) uint8 or float in [0, 1]
+    rgb : (Y, X, 3) uint8, uint16 or float in [0, 1]
     beta : float, OD
         Pixels with OD below ``beta`` in any channel (near-transparent) are ignored.
     alpha : float, percent
@@ -663,7 +678,7 @@ def score_dab(
 
     Parameters
     ----------
-    rgb : (Y, X, 3) uint8 or float in [0, 1]
+    rgb : (Y, X, 3) uint8, uint16 or float in [0, 1]
         Brightfield H-DAB image.
     od_cutoffs : (t1, t2, t3), strictly increasing, OD
         Cell class 1+ for ``t1 <= OD < t2``, 2+ for ``t2 <= OD < t3``, 3+ for ``OD >= t3``.
