@@ -546,7 +546,7 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert cases.loc["P1", "cores"] == "tma1.ome.zarr:A-1;tma1.ome.zarr:A-2"
     assert cases.loc["P1", "n_cores_scored"] == (regions["status"] == "ok").sum() == 2
     assert cases.loc["P1", "ER_percent_positive"] == regions["ER_percent_positive"].max()
-    assert cases.loc["P7", "status"] == "no cells"
+    assert cases.loc["P7", "status"] == "no cells" and cases.loc["P7", "n_cores_missing"] == 1
     html = (tmp_path / "co" / "report.html").read_text()
     assert "Cases (TMA map)" in html and "highest-scoring core" in html and "P7" in html
     # tumour drawn in the left half of core A-1 only, one file per slide: A-2 has nothing

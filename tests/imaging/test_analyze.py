@@ -1049,7 +1049,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
         cases["P3"]["message"]
     assert cases["P1"]["n_cores_missing"] == 0
     # a core the regions file does not hold (a row left out of the grid's labels)
-    assert cases["P9"]["status"] == "no cells"
+    assert cases["P9"]["status"] == "no cells" and cases["P9"]["n_cores_missing"] == 1
     assert cases["P9"]["message"].endswith("; core C-1 not in the regions file")
     assert any("not in the regions file (C-1)" in w
                for w in res.summary["cases_scored"]["warnings"])
@@ -1087,6 +1087,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert by["P1"]["n_cores_scored"] == 2 and by["P1"]["n_scored"] == len(p1)
     assert (by["P2"]["her2_category"], by["P3"]["status"]) == ("1+", "no cells")
     assert by["P9"]["message"].endswith("; core C-1 not in the regions file")
+    assert (by["P9"]["n_cores_missing"], by["P3"]["n_cores_missing"]) == (1, 1)
     assert not any("covers several TMA blocks" in w for w in hi["warnings"])  # one lost core
     # a slide-less map of two blocks of the same size (2 x 2) given to one of them: the
     # other block's cores, more than a lost row or column holds, are flagged as such

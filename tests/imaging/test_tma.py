@@ -233,6 +233,16 @@ def test_cases_pool_their_cores_cells():
     assert [(r["case"], r["status"], r["n_cores"]) for r in rows] == [
         ("P1", "ok", 2), ("P7", "no cells", 1)]
     assert rows[1]["message"].endswith("; core C-4 on failed slide s3")
+    # with the cores' rows: a core lost from the section (status missing) and a mapped core
+    # no regions file holds both count as missing (the second was counted 0 beside its note)
+    regions = [{"slide": "s1", "region": "A-1", "case": "P1", "status": "ok"},
+               {"slide": "s2", "region": "B-1", "case": "P1", "status": "missing"}]
+    rows = score_cases(cells, {"P1": ["s1:A-1", "s2:B-1"], "P7": ["s1:C-3"]}, min_cells=100,
+                       notes={"P7": ["core s1:C-3 not in the regions file"]},
+                       region_rows=regions)
+    assert [(r["case"], r["n_cores"], r["n_cores_missing"]) for r in rows] == [
+        ("P1", 2, 1), ("P7", 1, 1)]
+    assert rows[0]["message"] == "1 of 2 cores missing (s2:B-1)"
 
 
 def test_labels_in_qupaths_notation():

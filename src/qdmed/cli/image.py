@@ -631,7 +631,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
           offset: OFFSET = None, unmixed_bits: UNMIXED_BITS = None,
           poisson: POISSON = False, read_noise: READ_NOISE = None,
           plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of every unmixed channel and the residual, side by side.")] = None,
-          json_: JSON = False):
+          no_progress: NOPROG = False, json_: JSON = False):
     """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
     from qdmed.imaging import AnalysisSettings, read_slide
     from qdmed.imaging._analyze import (
@@ -654,8 +654,8 @@ def unmix(slide: Path, panel_file: PANEL = None,
     check_unmixable(p)
     settings = AnalysisSettings(offset_adu=None if off is None else tuple(off), **weights)
     check_unmix_weights(p, settings.unmix_weights)
-    _write_unmixed(s, p, settings, out, s.pixel_size_um, unmixed_bits)  # the slide's own
-    # pixel size, or none
+    _write_unmixed(s, p, settings, out, s.pixel_size_um, unmixed_bits,  # the slide's own
+                   progress=not no_progress)  # pixel size, or none
     if plot is not None:
         from qdmed.imaging._report import unmixed_figure
 

@@ -693,7 +693,10 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
                                             if len(scored) > 1 else None)
         lost = [_core_key(r) for r in by_case.get(case, []) if r["status"] == "missing"]
         if region_rows is not None:
-            row["n_cores_missing"] = len(lost)
+            # lost from the section, and mapped cores no regions file holds (their notes
+            # say which: not in the regions file, or on a failed slide)
+            held = {_core_key(r) for r in by_case.get(case, [])}
+            row["n_cores_missing"] = len(lost) + sum(c not in held for c in cores)
         extra = (notes or {}).get(case, [])
         if lost:  # a case with a core lost from the section is scored on the rest
             extra = [f"{len(lost)} of {len(cores)} cores missing ({', '.join(lost)})", *extra]

@@ -530,6 +530,7 @@ def write_ome_zarr(
     overwrite: bool = True,
     significant_bits: int | None = None,
     attrs: dict | None = None,
+    advance: Any = None,
 ) -> Path:
     """Write an OME-Zarr image (NGFF 0.4 on Zarr format v2), chunk by chunk.
 
@@ -558,6 +559,9 @@ def write_ome_zarr(
     attrs : dict, optional
         More JSON-safe entries of the root's ``qdmed`` attribute (e.g. how an unmixed image
         was made).
+    advance : callable, optional
+        Called with no argument after each (Y, X) chunk is written, all channels (a
+        progress bar's step: ``ceil(Y / chunks[0]) * ceil(X / chunks[1])`` calls).
 
     Returns
     -------
@@ -590,6 +594,8 @@ def write_ome_zarr(
                 if _is_dask(block):
                     block = block.compute()
                 w.write(y0, x0, np.asarray(block))
+                if advance is not None:
+                    advance()
         return w.finish(attrs)
     except BaseException:
         w.abort()
