@@ -146,7 +146,7 @@ def test_calibrate_gates_then_analyze(tmp_path):
     # (a review scored an 8-bit export 2+ where the 16-bit slide was 3+, unsaid)
     scale = json.loads((tmp_path / "cal.json").read_text())["controls_intensity_scale"]
     assert scale["dtype"] == "uint16" and scale["unmixed"] == "the detector's spectra"
-    assert scale["unmixing"] == "plain NNLS"
+    assert scale["unmixing"] == "plain NNLS" and scale["excitation_nm"] == 405.0
     assert not [w for w in json.loads(r.stdout)["warnings"] if w.startswith("calibration:")]
     import numpy as np
 

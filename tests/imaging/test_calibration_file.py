@@ -50,6 +50,14 @@ def test_an_export_another_pixel_type_or_exposure_is_warned():
     other = {**SPECTRAL, "labels": {"HER2": "Qdot 605", "ER": "Qdot 565"}}
     (w,) = scale_warnings(sc, intensity_scale(other, SLIDE16))
     assert "labels (marker: QD): HER2: Qdot 605, ER: Qdot 565 here" in w
+    # the excitation sets the labels' brightness: a panel declaring another laser is warned;
+    # a calibration that recorded none (made before it was recorded) says nothing
+    sc405 = intensity_scale({**SPECTRAL, "excitation_nm": 405.0}, SLIDE16)
+    (w,) = scale_warnings(sc405, intensity_scale({**SPECTRAL, "excitation_nm": 488}, SLIDE16))
+    assert "excitation (nm): 488 here, 405 in the controls" in w
+    assert scale_warnings(sc, intensity_scale({**SPECTRAL, "excitation_nm": 488}, SLIDE16)) \
+        == []
+    assert intensity_scale({**EXPORT, "excitation_nm": 405.0}, SLIDE16)["excitation_nm"] is None
     # significant bits are metadata exporters write differently: not compared
     assert scale_warnings(sc, intensity_scale(SPECTRAL, {**SLIDE16, "significant_bits": 16})) == []
 

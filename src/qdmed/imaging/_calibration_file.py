@@ -28,6 +28,7 @@ _FIELDS = {
     "labels": "labels (marker: QD)",
     "component_channels": "components' channels",
     "channels_nm": "detection bands",
+    "excitation_nm": "excitation (nm)",
     "dtype": "pixel type",
     "exposure_ms": "exposure times (ms)",
     "unmixing": "unmixing",
@@ -43,7 +44,9 @@ def intensity_scale(panel_dict: dict, slide_dict: dict, settings_dict: dict | No
     scales with its exposure, as the cohort's own comparison of exposures takes it. The
     unmixing (plain NNLS or Poisson maximum likelihood) moves dim abundances, hence the
     cut-offs (a review: an ER gate 4.11 plain, 5.55 Poisson); None where the settings are
-    not known (a calibration made before it was recorded)."""
+    not known (a calibration made before it was recorded). The panel's excitation
+    wavelength sets each QD's brightness (its absorption there) and the autofluorescence;
+    None where the panel records none (a calibration made before it was recorded)."""
     import numpy as np
 
     from qdmed.imaging._poisson import describe_unmixing
@@ -57,6 +60,9 @@ def intensity_scale(panel_dict: dict, slide_dict: dict, settings_dict: dict | No
             "labels": None if unmixed else panel_dict.get("labels"),
             "component_channels": panel_dict.get("labels") if unmixed else None,
             "channels_nm": None if unmixed else panel_dict.get("channels_nm"),
+            # the labels' brightness (absorption) and the autofluorescence's change with it
+            "excitation_nm": None if unmixed or panel_dict.get("excitation_nm") is None
+            else float(panel_dict["excitation_nm"]),
             "dtype": dtype,
             "exposure_ms": dict(zip(map(str, names), map(float, exposure), strict=False))
             if integer and exposure and len(exposure) == len(names) else None,
@@ -76,6 +82,8 @@ def _differs(field: str, a: Any, b: Any) -> bool:
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
     if isinstance(v, dict):
         return ", ".join(f"{k}: {x:g}" if isinstance(x, float) else f"{k}: {x}"
                          for k, x in v.items())
