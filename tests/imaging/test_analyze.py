@@ -513,15 +513,18 @@ def test_absent_ome_zarr_chunks_reach_the_analysis_and_qc_warnings(tmp_path):
     path = write_ome_zarr(tmp_path / "s.ome.zarr", f.image, pixel_size_um=0.5,
                           channel_names=list(PANEL.channel_names), chunks=(128, 128))
     (path / "0" / "2" / "1" / "1").unlink()
-    kw = dict(tile=256, progress=False, write_unmixed=False, outlines=False)
-    with pytest.warns(QdmedWarning, match="chunks"):
+    kw = dict(tile=128, progress=False, write_unmixed=False, outlines=False,
+              scheduler="synchronous")
+    with pytest.warns(QdmedWarning, match="chunks") as rec:
         r = analyze_slide(path, PANEL, tmp_path / "a", **kw)
+    # said once, when the run opens the slide, not again by each of its 4 tiles
+    assert sum("chunks" in str(w.message) for w in rec) == 1
     said = [w for w in summary_warnings(r.summary) if w.startswith("slide: ")]
     assert len(said) == 1 and re.search(
         rf"1 of {4 * len(PANEL.channel_names)} chunks .*\(channel "
         rf"{PANEL.channel_names[2]}, y 128-256, x 128-256\)", said[0])
     with pytest.warns(QdmedWarning, match="chunks"):
-        q = qc_slide(path, PANEL, tile=256)
+        q = qc_slide(path, PANEL, tile=128)
     assert q["slide"]["warnings"] == [said[0].removeprefix("slide: ")]
 
 

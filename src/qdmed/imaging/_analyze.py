@@ -439,7 +439,7 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     from qdmed.imaging._focus import tile_blur
     from qdmed.imaging._slideio import read_slide
 
-    slide = read_slide(path)
+    slide = read_slide(path, check_chunks=False)  # checked when the run opened it
     panel = Panel.from_dict(panel_doc)
     s = AnalysisSettings(**settings_doc)
     h, w, _ = slide.shape

@@ -92,7 +92,7 @@ def _open(slide):
         return slide
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QdmedWarning)
-        return read_slide(slide)
+        return read_slide(slide, check_chunks=False)
 
 
 def _in_piece(polygon, window, core) -> np.ndarray:

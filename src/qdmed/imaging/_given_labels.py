@@ -45,7 +45,7 @@ class LabelImage:
         pixels; beyond a downsampled file's last pixel, background)."""
         from qdmed.imaging._slideio import read_slide
 
-        src = read_slide(self.path, labels=True)
+        src = read_slide(self.path, check_chunks=False)
         if self.downsample == 1:
             return src.read_region(y0, y1, x0, x1)[..., self.channel]
         h, w = src.shape[:2]
@@ -155,7 +155,7 @@ def open_label_image(path, channel, shape_yx, what: str, option: str, downsample
     name = Path(path).name
     if not Path(path).exists():
         raise InputError(f"{what} file {str(path)!r} does not exist")
-    lab = read_slide(path, labels=True)
+    lab = read_slide(path, check_chunks=False)
     f = downsample
     if not all(_fits(n, m, f) for n, m in zip(lab.shape[:2], shape_yx, strict=True)):
         at = "full resolution" if f == 1 else f"a downsample of {f}"

@@ -510,7 +510,7 @@ def objects_as_labels(nuclei_labels, labels_channel, cell_labels, cell_labels_ch
         return image, "nuclei", None, None
     from qdmed.imaging._slideio import read_slide
 
-    if "cells" not in read_slide(image, labels=True).channel_names:
+    if "cells" not in read_slide(image, check_chunks=False).channel_names:
         raise InputError(f"{Path(nuclei_labels).name} holds no cell outlines (detections "
                          "only): drop --cell-labels, and cells grow from the nuclei")
     return image, "nuclei", image, "cells"

@@ -17,7 +17,7 @@ def _thumbnail(unmixed_path: Path, max_px: int = 900):
     """A low-resolution (Y, X, K) level of the unmixed OME-Zarr and its downsampling factor."""
     from qdmed.imaging._slideio import read_slide
 
-    s = read_slide(unmixed_path)
+    s = read_slide(unmixed_path, check_chunks=False)
     best = s.levels[0] if s.levels else s.data
     for lev in (s.levels or (s.data,)):
         best = lev
@@ -66,7 +66,7 @@ def core_gallery_figure(result, rows: list[dict], target_px: int = 96, max_cores
     shown = placed[:max_cores]
     if not path.exists() or not shown or not any(r.get("area_mm2") for r in shown):
         return None
-    s = read_slide(path)
+    s = read_slide(path, check_chunks=False)  # said when the slide was analysed
     ps = s.pixel_size_um or 0.5
     levels = list(s.levels or (s.data,))
     d_med = 2e3 * np.sqrt(np.median([r["area_mm2"] for r in shown if r.get("area_mm2")])

@@ -766,7 +766,7 @@ def _checked_pixel_size(slide: SlideImage) -> SlideImage:
         f"size (a positive size up to {MAX_PIXEL_SIZE_UM:g} um)"))
 
 
-def read_slide(path: str | os.PathLike, *, labels: bool = False) -> SlideImage:
+def read_slide(path: str | os.PathLike, *, check_chunks: bool = True) -> SlideImage:
     """Open an OME-TIFF/TIFF (``.ome.tif``, ``.tif``, ``.tiff``, ``.btf``, ``.qptiff``), an
     Aperio ``.svs`` or Hamamatsu ``.ndpi`` whole-slide image (their pyramid, without the
     label, macro and thumbnail images), or an OME-Zarr (``.zarr``, ``.ome.zarr``, or any
@@ -777,10 +777,11 @@ def read_slide(path: str | os.PathLike, *, labels: bool = False) -> SlideImage:
     Parameters
     ----------
     path : str or path-like
-    labels : bool
-        The file is a label image (0 = background): an OME-Zarr's absent chunks are then
-        read as background unremarked (writers skip empty chunks, and a label image is
-        mostly empty); an image's are warned (:attr:`SlideImage.warnings`).
+    check_chunks : bool
+        Count an OME-Zarr's stored chunks, and warn of absent ones
+        (:attr:`SlideImage.warnings`). False for a label image (0 = background: writers
+        skip empty chunks, and a label image is mostly empty), or a slide checked already
+        when it was first opened (each tile job reopens it).
 
     Returns
     -------
@@ -804,7 +805,7 @@ def read_slide(path: str | os.PathLike, *, labels: bool = False) -> SlideImage:
     if name.endswith(_TIFF_SUFFIXES):
         return _checked_pixel_size(_read_tiff(p))
     if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
-        return _checked_pixel_size(_read_zarr(p, check_chunks=not labels))
+        return _checked_pixel_size(_read_zarr(p, check_chunks=check_chunks))
     if p.suffix.lower() in CONVERT_SUFFIXES:
         # Bio-Formats reads SCN, BIF, VSI, CZI and DICOM; MIRAX is read by OpenSlide (in
         # QuPath, or libvips)
