@@ -234,6 +234,18 @@ def test_rgba_and_16_bit_images_read_as_their_rgb(ihc):
     assert _optical_density(ihc, 1.0)[..., 2][zero] == pytest.approx(np.log10(255.0))
     assert _optical_density(u16, 1.0)[..., 2][zero] == pytest.approx(np.log10(65535.0))
     assert _optical_density(u16[:1, :1] * 0 + 1, 1.0).max() == pytest.approx(np.log10(65535.0))
+    # every 16-bit level below 257 resolved (was floored at 1/255: OD 2.407 for 128)
+    assert _optical_density(np.full((1, 1, 3), 128, np.uint16), 1.0)[0, 0, 0] == \
+        pytest.approx(np.log10(65535 / 128))
+    # the same OD whether or not a blank of full scale divides the image (a review: a blue
+    # of 300/65535 read 1.858 directly and 1.927 after flat_field_correct, whose float
+    # result was floored at 1/255); an 8-bit image's likewise at 1/255
+    from qdmed.imaging import flat_field_correct
+
+    for img, full in ((u16, 65535), (ihc, 255)):
+        flat = flat_field_correct(img, np.full_like(img, full))
+        np.testing.assert_allclose(_optical_density(flat, 1.0), _optical_density(img, 1.0),
+                                   rtol=0, atol=1e-12)
 
 
 def test_white_level_per_channel(ihc):
@@ -419,7 +431,9 @@ def test_8bit_optical_density_table_gives_the_computed_values():
     rgb[0, :4] = [[0, 0, 0], [255, 255, 255], [1, 254, 128], [241, 242, 243]]
     for bg in (np.ones(3), np.array([0.945, 0.95, 0.94]), np.array([1.0, 0.5, 0.9])):
         table = _optical_density(rgb, bg)
-        formula = _optical_density(rgb.astype(np.float64) / 255.0, bg)  # not the table
+        # not the table: the formula on the same levels, 0 floored at 1/255 (a float image
+        # is floored at 1/65535, as one from 16-bit data may hold values below 1/255)
+        formula = _optical_density(np.maximum(rgb.astype(np.float64) / 255.0, 1 / 255), bg)
         np.testing.assert_array_equal(table, formula)
     assert _optical_density(rgb, np.ones(3))[0, 0, 0] == np.log10(255.0)
 

@@ -635,7 +635,6 @@ def unmix(slide: Path, panel_file: PANEL = None,
     """Exact NNLS unmixing of a slide into per-component abundances (OME-Zarr)."""
     from qdmed.imaging import AnalysisSettings, read_slide
     from qdmed.imaging._analyze import (
-        _write_unmixed,
         check_channels,
         check_keep_bits,
         check_unmix_weights,
@@ -643,6 +642,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
         panel_offset,
     )
     from qdmed.imaging._slideio import check_zarr_output
+    from qdmed.imaging._unmixed_out import write_unmixed
 
     check_keep_bits(unmixed_bits)
     check_zarr_output(out, [slide])
@@ -654,8 +654,8 @@ def unmix(slide: Path, panel_file: PANEL = None,
     check_unmixable(p)
     settings = AnalysisSettings(offset_adu=None if off is None else tuple(off), **weights)
     check_unmix_weights(p, settings.unmix_weights)
-    _write_unmixed(s, p, settings, out, s.pixel_size_um, unmixed_bits,  # the slide's own
-                   progress=not no_progress)  # pixel size, or none
+    write_unmixed(s, p, settings, out, s.pixel_size_um, unmixed_bits,  # the slide's own
+                  progress=not no_progress)  # pixel size, or none
     if plot is not None:
         from qdmed.imaging._report import unmixed_figure
 

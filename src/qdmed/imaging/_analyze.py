@@ -49,7 +49,16 @@ from qdmed.imaging._region_scores import (
     score_slide_regions,
     subtype_of,
 )
+from qdmed.imaging._scheduler import is_local_client
 from qdmed.imaging._slideio import DEFAULT_PIXEL_SIZE_UM, file_ident
+from qdmed.imaging._unmixed_out import (
+    MARK_SUFFIX,
+    STAGE_NAME,
+    open_stage,
+    stage_tile,
+    unmixed_block,
+    write_unmixed,
+)
 
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
@@ -429,12 +438,14 @@ def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
 
 
 def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int,
-             index: int, outlines: bool = False, labels=None):
+             index: int, outlines: bool = False, labels=None, stage: str | None = None):
     """One tile job (runs on a Dask worker): returns (cell table, GeoJSON features, the
     tile core's quality-control numbers: per-channel saturation counts and ``blur``).
     ``labels``: the slide's :class:`~qdmed.imaging._given_labels.GivenLabels` (nuclei, and
     maybe cells, segmented elsewhere), read over the same window instead of segmenting;
-    the quality-control numbers then count ``cells_without_nucleus``."""
+    the quality-control numbers then count ``cells_without_nucleus``. ``stage``: the
+    staging array of the unmixed image (:mod:`qdmed.imaging._unmixed_out`), where the
+    core's abundances and residual are written."""
     from qdmed.imaging._detector import channel_stats
     from qdmed.imaging._focus import tile_blur
     from qdmed.imaging._slideio import read_slide
@@ -448,10 +459,17 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     px0, px1 = max(0, x0 - margin_px), min(w, x1 + margin_px)
     region = slide.read_region(py0, py1, px0, px1)
     nuclei, given_cells = (None, None) if labels is None else labels.read(py0, py1, px0, px1)
+    core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+    ab = None
+    if stage is not None:  # the unmixed image's pixels from this unmixing, not a second one
+        from qdmed.imaging._unmixed_out import stage_tile, unmixed_block
+
+        block = unmixed_block(region, panel, s)
+        stage_tile(stage, box, block[core])
+        ab = np.ascontiguousarray(block[..., :-1])
     fa = analyze_field(region, panel, s, origin_px=(py0, px0), residual=False,
                        detector_stats=False, nuclei=nuclei, cells=given_cells,
-                       label_names=_label_names(labels))
-    core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
+                       label_names=_label_names(labels), abundances=ab)
     stats = channel_stats(region[core], s.saturation_level)
     stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
                               fa.nuclei[core])
@@ -1313,7 +1331,17 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if not resume or old.get("fingerprint") != fp:  # no manifest: tiles of unknown origin
         for f in tiles_dir.glob("tile_*"):
             f.unlink()
+        shutil.rmtree(tiles_dir / STAGE_NAME, ignore_errors=True)
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
+
+    def mark(i):  # the tile's core is in the unmixed image's staging array
+        return tiles_dir / f"tile_{i:06d}{MARK_SUFFIX}"
+
+    if write_unmixed:
+        _, made = open_stage(tiles_dir, (h, w), len(panel.components) + 1, tile)
+        if made:  # marks of another array's tiles
+            for i in range(len(boxes)):
+                mark(i).unlink(missing_ok=True)
 
     def done(i):  # the parquet file is written last
         ok = (tiles_dir / f"tile_{i:06d}.parquet").exists()
@@ -1324,6 +1352,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     panel_doc, settings_doc = panel.to_yaml_dict(), s.to_dict()
 
     def save(i, df, feats, stats):
+        if stage is not None:  # the job wrote its core there
+            atomic_write_text(mark(i), "")
         atomic_write_text(tiles_dir / f"tile_{i:06d}.qc.json", json.dumps(stats))
         if outlines:
             atomic_write_bytes(tiles_dir / f"tile_{i:06d}.geojson.json", json.dumps(feats).encode())
@@ -1342,6 +1372,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                 made=out if created else None)
             run_client = own_client
         mode = scheduler or ("local" if cluster is not None else "client")
+    # the tile jobs stage the unmixed image's pixels where they surely see this machine's
+    # folders: in this process or a local cluster's; others' tiles are unmixed here after
+    stage = str((tiles_dir / STAGE_NAME).resolve()) if write_unmixed and (
+        run_client is None or cluster is not None or is_local_client(run_client)) else None
     try:
         if run_client is not None:
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
@@ -1349,7 +1383,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             # absolute paths: a worker of a remote cluster has its own working folder
             src = str(path.resolve()) if run_client is not None else str(path)
             run_jobs(run_tile, [(src, panel_doc, settings_doc, boxes[i], margin_px, i,
-                                 outlines, labels) for i in todo],
+                                 outlines, labels, stage) for i in todo],
                      run_client, advance, lambda j, result: save(todo[j], *result))
     except BaseException:
         remove_unstarted(out, created, tiles_dir.glob("tile_*.parquet"))
@@ -1425,8 +1459,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             (tiles_dir / f"tile_{i:06d}.geojson.json" for i in range(len(boxes))),
             _classifier(her2))
     if write_unmixed:
-        _write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um,
-                       unmixed_keep_bits, progress=progress)
+        # the panel as the tiles read it (through its file form, whose rounding moves
+        # abundances by ~1e-5 relative): the image is the cells' unmixing, wherever made
+        _write_staged_unmixed(slide, Panel.from_dict(panel_doc), s, out, boxes, mark,
+                              unmixed_keep_bits, progress)
     her2_d = None if her2 is None else her2.to_dict()
     summary = {
         "qdmed_version": __version__,
@@ -1727,60 +1763,28 @@ def check_keep_bits(keep_bits, write_unmixed: bool = True) -> None:
                          "is not written (write_unmixed=False, --no-unmixed)")
 
 
-#: Side (px) of unmixed.ome.zarr's chunks, each unmixed as one block.
-UNMIXED_CHUNK_PX = 1024
+def _write_staged_unmixed(slide, panel, s, out: Path, boxes, mark, keep_bits, progress
+                          ) -> None:
+    """unmixed.ome.zarr from the staging array the tiles wrote (tiles without their mark
+    unmixed here first), then the staging array and marks removed (marks first: a mark
+    without its array would copy zeros)."""
+    from qdmed.report import atomic_write_text
 
-
-def _write_unmixed(slide, panel, s, dest, pixel_size_um: float | None,
-                   keep_bits: int | None = None, progress: bool = False):
-    """Unmixed abundances of every component plus a ``residual`` channel (relative residual
-    ||y - A x|| / ||y||, the goodness-of-fit map) as OME-Zarr, block by block, recording
-    `pixel_size_um` (None: unknown); with `keep_bits`, values rounded to that many mantissa
-    bits (numcodecs' BitRound, applied before writing so that the file is plain float32 for
-    any reader: measured 135 -> 76 MB for a 2048^2 8-channel slide at 10 bits).
-    With ``progress``, a bar counts the chunks: a pass over the whole slide (an analysis's
-    second, after its tiles), minutes on a whole slide with Poisson weights."""
-    import dask.array as da
-
-    from qdmed.imaging._nnls import unmix_nnls
-    from qdmed.imaging._slideio import write_ome_zarr
-
-    em = panel.endmembers
-    k = len(panel.components)
-    off = panel_offset(panel, s.offset_adu)
-
-    def block(b):
-        y, x, c = b.shape
-        if off is not None:
-            b = b.astype(np.float32) - off.astype(np.float32)
-        r = unmix_nnls(b.reshape(-1, c), em, return_residual=True, **s.unmix_options())
-        out = np.empty((y, x, k + 1), np.float32)
-        out[..., :k] = r.abundances.reshape(y, x, k)
-        out[..., k] = r.relative_residual.reshape(y, x)
-        if keep_bits is not None:
-            from numcodecs import BitRound
-
-            out = np.asarray(BitRound(keepbits=keep_bits).encode(out)).view(np.float32)
-            out = out.reshape(y, x, k + 1)
-        return out
-
-    # = the writer's chunks: each block unmixed once
-    data = slide.data.rechunk((UNMIXED_CHUNK_PX, UNMIXED_CHUNK_PX, -1))
-    ab = da.map_blocks(block, data, chunks=data.chunks[:2] + ((k + 1,),), dtype=np.float32)
-    from qdmed import __version__
-
-    how = {"qdmed_version": __version__, "unmix_weights": s.unmix_weights,
-           "read_noise_adu": s.read_noise_used(), "offset_adu": None if off is None
-           else [float(v) for v in np.broadcast_to(off, (len(panel.channels),))],
-           "unmixed_keep_bits": keep_bits,
-           "residual": "||y - A x|| / ||y||" + (", each channel weighted by 1 / (A x + "
-                                                "read_noise^2)" if s.unmix_weights else "")}
-    h, w = slide.shape[:2]
-    with _progress(progress, -(-h // UNMIXED_CHUNK_PX) * -(-w // UNMIXED_CHUNK_PX), 0,
-                   f"{Path(dest).name} (chunks)") as advance:
-        write_ome_zarr(dest, ab, channel_names=[*panel.components, "residual"],
-                       pixel_size_um=pixel_size_um, attrs={"unmixing": how},
-                       chunks=(UNMIXED_CHUNK_PX, UNMIXED_CHUNK_PX), advance=advance)
+    stage = out / "tiles" / STAGE_NAME
+    missing = [i for i in range(len(boxes)) if not mark(i).exists()]
+    with _progress(progress and bool(missing), len(missing), 0,
+                   "tiles unmixed for unmixed.ome.zarr") as advance:
+        for i in missing:
+            y0, y1, x0, x1 = boxes[i]
+            stage_tile(str(stage), boxes[i],
+                       unmixed_block(slide.read_region(y0, y1, x0, x1), panel, s))
+            atomic_write_text(mark(i), "")
+            advance()
+    write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um, keep_bits,
+                  progress=progress, staged=stage)
+    for i in range(len(boxes)):
+        mark(i).unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def marker_summary(cells, components) -> dict:

@@ -81,13 +81,16 @@ RUIFROK_H_DAB.setflags(write=False)
 
 
 def _floor(dtype) -> float:
-    """The transmittance a pixel reading 0 is taken as (0 has no optical density): one
+    """The lowest transmittance a pixel is taken to read (0 has no optical density): one
     level of its type, 1/255 for 8-bit and 1/65535 for 16-bit RGB, as QuPath's
     ``ColorDeconvolutionHelper.makeOD`` floors a value at 1 of its white value (Bankhead et
-    al., Sci Rep 2017;7:16878, doi:10.1038/s41598-017-17204-5); 1/255 for a float image,
-    most often an 8-bit scan divided by 255. A 16-bit zero floored at 1/255 capped the
-    darkest stain at OD 2.4 where the scanner's range reaches 4.8."""
-    return 1.0 / 65535.0 if np.dtype(dtype) == np.uint16 else 1.0 / 255.0
+    al., Sci Rep 2017;7:16878, doi:10.1038/s41598-017-17204-5). A float image may come from
+    16-bit data (:func:`~qdmed.imaging.flat_field_correct` of a 16-bit image): 1/65535 too
+    (one from 8-bit data holds nothing between 0 and 1/255: only its zeros read darker, as
+    the 16-bit ones do; flat_field_correct floors an 8-bit image's result at 1/255). Every
+    16-bit level below 257 was floored at 1/255, capping the darkest stain at OD 2.4 where
+    the scanner's range reaches 4.8."""
+    return 1.0 / 255.0 if np.dtype(dtype) == np.uint8 else 1.0 / 65535.0
 
 
 def _rgb(rgb) -> np.ndarray:
@@ -408,7 +411,7 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True)
     Notes
     -----
     ``OD_c = -log10(I_c / I0)`` per channel (intensities floored at one level of the
-    type: 1/255 for 8-bit and float images, 1/65535 for 16-bit), then
+    type: 1/255 for 8-bit images, 1/65535 for 16-bit and float ones), then
     ``C = OD M^-1`` (Ruifrok & Johnston 2001). Unlike :func:`skimage.color.rgb2hed`, the
     output is in base-10 OD units (rgb2hed divides natural-log OD by ``-log(1e-6)``).
 

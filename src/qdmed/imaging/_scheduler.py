@@ -250,3 +250,14 @@ def run_hiding_numpy_notices(fn, *args):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=NUMPY_FP_NOTICE, category=RuntimeWarning)
         return fn(*args)
+
+
+def is_local_client(client) -> bool:
+    """Whether a Dask client's workers surely run on this machine, seeing its folders: the
+    client of a :class:`distributed.LocalCluster` made in this process (a cohort's, given
+    to each slide's analysis). A client of a scheduler elsewhere may have workers anywhere."""
+    try:
+        from distributed import LocalCluster
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return False
+    return isinstance(getattr(client, "cluster", None), LocalCluster)

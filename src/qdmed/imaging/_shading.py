@@ -48,7 +48,9 @@ GLASS_LIKE = 0.8
 
 
 def flat_field_correct(rgb, blank, *, dark=None, blank_sigma_px: float = 0.0) -> np.ndarray:
-    """The transmittance image ``(rgb - dark) / (blank - dark)``, clipped to [0, 1].
+    """The transmittance image ``(rgb - dark) / (blank - dark)``, clipped to [one level of
+    the image's type, 1] (1/255 for 8-bit, 1/65535 for 16-bit and float images: the floor
+    colour deconvolution reads them at).
 
     Parameters
     ----------
@@ -67,7 +69,7 @@ def flat_field_correct(rgb, blank, *, dark=None, blank_sigma_px: float = 0.0) ->
 
     Returns
     -------
-    (Y, X, 3) float64 ndarray in [0, 1]
+    (Y, X, 3) float64 ndarray in (0, 1]
         Transmittance; glass reads 1 wherever it lies when the blank is bright glass of the
         same exposure. Score it with the default white level (``score_dab(t, ...)``), or
         ``background='auto'`` when the blank was the light path with no slide (the glass
@@ -126,4 +128,8 @@ def flat_field_correct(rgb, blank, *, dark=None, blank_sigma_px: float = 0.0) ->
                       "is clipped to 1 and the tissue's OD reads low by about "
                       f"{np.log10(level.max()):.3f}: record the blank like the image",
                       QdmedWarning, stacklevel=2)
-    return np.clip(t, 0.0, 1.0)
+    # floored at one level of the image's type, as the image itself is read: the same
+    # OD whether or not a blank of full scale divides it
+    from qdmed.imaging._brightfield import _floor
+
+    return np.clip(t, _floor(np.asarray(rgb).dtype), 1.0)
