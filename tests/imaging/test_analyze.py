@@ -1100,7 +1100,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     cases = {r["case"]: r for r in res.summary["cases_scored"]["cases"]}
     assert sorted(cases) == ["P1", "P2", "P3", "P9"]  # every mapped case has a row:
     assert (cases["P3"]["status"], cases["P3"]["cores"]) == ("no cells", "B-2")  # lost core
-    assert cases["P3"]["n_cores_missing"] == 1 and "1 of 1 cores missing (B-2)" in \
+    assert cases["P3"]["n_cores_missing"] == 1 and "1 of 1 cores missing (B-2 lost from the section)" in \
         cases["P3"]["message"]
     assert cases["P1"]["n_cores_missing"] == 0
     # a core the regions file does not hold (a row left out of the grid's labels)

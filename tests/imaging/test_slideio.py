@@ -194,39 +194,61 @@ def test_zarr_without_ngff_metadata(tmp_path):
 
 
 def test_absent_ome_zarr_chunks_are_warned_not_read_silently_as_dark(tmp_path):
-    """Zarr reads an absent chunk as the fill value: a slide copied partway read as dark
-    tissue without a word. qdmed's writer stores every chunk (zeros too: zarr skips them by
-    default), so its own images are never warned; a chunk removed afterwards is, by channel
-    and region. Label images (0 = background, mostly empty) are not checked."""
+    """Zarr reads an absent chunk as the fill value: a slide missing one read as dark
+    tissue without a word. A chunk whose area the coarser level shows signal in is lost,
+    and warned by channel and region; one whose area is empty there too was skipped by its
+    writer (zarr's default for chunks of the fill value: glass around a section) and is
+    not warned; without a coarser level the two cannot be told apart and absent chunks are
+    warned as either. Chunk files of zero bytes (a copy cut short) are warned too. qdmed's
+    writer stores every chunk, zeros too."""
     import warnings
 
     import zarr
 
     from qdmed.errors import QdmedWarning
 
-    img = np.zeros((512, 512, 3), np.uint16)
-    img[:100, :100] = 7  # most chunks all zero
+    img = np.random.default_rng(0).integers(1, 4000, (512, 512, 3)).astype(np.uint16)
+    img[:, 384:] = 0  # glass: whole chunks of zeros, stored all the same
     p = write_ome_zarr(tmp_path / "s.ome.zarr", img, channel_names=NAMES, chunks=(256, 256))
-    assert read_slide(p).warnings == ()  # every chunk stored, the zero ones too
+    assert read_slide(p).warnings == ()
     (p / "0" / "1" / "1" / "0").unlink()  # channel QD605, y 256-512, x 0-256
     with pytest.warns(QdmedWarning, match=r"1 of 12 chunks .* not stored \(channel QD605, "
-                      r"y 256-512, x 0-256\).*fill value 0") as rec:
+                      r"y 256-512, x 0-256\) where the coarser levels show signal: lost") \
+            as rec:
         s = read_slide(p)
     assert s.warnings == (str(rec[0].message),)
-    np.testing.assert_array_equal(s.read_region(0, 512, 0, 512), img)  # zeros, as zarr reads
+    got = s.read_region(0, 512, 0, 512)
+    assert (got[256:, :256, 1] == 0).all()  # zeros, as zarr reads them
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_slide(p, check_chunks=False).warnings == ()
-    # an image written by zarr's defaults (empty chunks skipped) is warned too: the reader
-    # cannot tell a skipped chunk from a lost one, and says both
-    g = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=2)
-    a = g.create_array("0", shape=(1, 64, 64), chunks=(1, 32, 32), dtype="uint8")
-    a[:] = np.pad(np.ones((1, 32, 32), np.uint8), ((0, 0), (0, 32), (0, 32)))
-    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "cyx"],
-                               "datasets": [{"path": "0"}]}]
+    (p / "0" / "0" / "0" / "0").write_bytes(b"")  # a copy cut short
+    with pytest.warns(QdmedWarning, match=r"1 chunks are empty files \(channel QD525, "
+                      r"y 0-256, x 0-256\)"):
+        read_slide(p)
+
+    # written by zarr's defaults: chunks of zeros skipped. With a coarser level showing
+    # nothing there, they are not warned; with no coarser level, they are, as either
+    def by_zarr(name, levels):
+        g = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
+        a = np.zeros((1, 64, 64), np.uint8)
+        a[:, :32, :32] = 9
+        for lev in range(levels):
+            z = g.create_array(str(lev), shape=a.shape, chunks=(1, 32 >> lev, 32 >> lev),
+                               dtype="uint8")
+            z[:] = a
+            a = a[:, ::2, ::2]
+        g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "cyx"],
+                                   "datasets": [{"path": str(v)} for v in range(levels)]}]
+        return tmp_path / name
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_slide(by_zarr("pyr.zarr", 2)).warnings == ()
     with pytest.warns(QdmedWarning, match=r"3 of 4 chunks .*\(channel C0, y 0-32, x 32-64; "
-                      r"channel C0, y 32-64, x 0-32; channel C0, y 32-64, x 32-64\).*skips"):
-        read_slide(tmp_path / "z.zarr")
+                      r"channel C0, y 32-64, x 0-32; channel C0, y 32-64, x 32-64\) \(with "
+                      r"no coarser level"):
+        read_slide(by_zarr("flat.zarr", 1))
 
 
 def test_write_truth_round_trip(tmp_path):

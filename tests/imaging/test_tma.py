@@ -242,7 +242,9 @@ def test_cases_pool_their_cores_cells():
                        region_rows=regions)
     assert [(r["case"], r["n_cores"], r["n_cores_missing"]) for r in rows] == [
         ("P1", 2, 1), ("P7", 1, 1)]
-    assert rows[0]["message"] == "1 of 2 cores missing (s2:B-1)"
+    assert rows[0]["message"] == "1 of 2 cores missing (s2:B-1 lost from the section)"
+    assert rows[1]["message"] == ("no scored cells; 1 of 1 cores missing; core s1:C-3 not in "
+                                  "the regions file")
 
 
 def test_labels_in_qupaths_notation():

@@ -357,7 +357,7 @@ def _slide_info(s) -> dict:
             "significant_bits": s.significant_bits,
             "emission_nm": list(s.emission_nm) if s.emission_nm else None,
             "exposure_ms": list(s.exposure_ms) if s.exposure_ms else None,
-            "pixel_size_note": s.pixel_size_note, "warnings": list(s.warnings)}
+            "pixel_size_note": s.pixel_size_note}
 
 
 @app.command(short_help="What a slide file (or a folder of slides) holds.")
@@ -386,9 +386,9 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
             except QdmedError as exc:
                 rows.append({"slide": sp.name, "status": "unreadable", "message": str(exc)})
                 continue
-            # what reading found wrong (an OME-Zarr's absent chunks) in the row's message
-            rows.append({"slide": sp.name, "status": "warning" if s.warnings else "ok",
-                         "message": "; ".join(s.warnings), **_slide_info(s)})
+            # what reading found wrong (an OME-Zarr's lost chunks) in the row's message
+            rows.append({"slide": sp.name, "status": "ok", **_slide_info(s),
+                         **({"message": "; ".join(s.warnings)} if s.warnings else {})})
         if json_:
             return print_json(rows)
         print_table(f"Slides in {slide} (channel names: --json, or one slide)", [
@@ -399,7 +399,9 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
                              "pixel_size_um", "exposures_ms", "message"])
         return None
     _no_pattern(pattern, slide)
-    d = {"slide": str(slide), **_slide_info(read_slide(slide))}
+    src = read_slide(slide)
+    d = {"slide": str(slide), **_slide_info(src),
+         **({"warnings": list(src.warnings)} if src.warnings else {})}
     if json_:
         return print_json(d)
     # levels as width x height, as scanners and QuPath give image sizes; the rows a

@@ -692,14 +692,17 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
             row["her2_cores_discordant"] = (len({r["her2_category"] for r in scored}) > 1
                                             if len(scored) > 1 else None)
         lost = [_core_key(r) for r in by_case.get(case, []) if r["status"] == "missing"]
+        n_missing = len(lost)
         if region_rows is not None:
-            # lost from the section, and mapped cores no regions file holds (their notes
-            # say which: not in the regions file, or on a failed slide)
+            # lost from the section, and mapped cores no regions file holds (the notes say
+            # which and why: not in the regions file, or on a failed slide)
             held = {_core_key(r) for r in by_case.get(case, [])}
-            row["n_cores_missing"] = len(lost) + sum(c not in held for c in cores)
+            n_missing += sum(c not in held for c in cores)
+            row["n_cores_missing"] = n_missing
         extra = (notes or {}).get(case, [])
-        if lost:  # a case with a core lost from the section is scored on the rest
-            extra = [f"{len(lost)} of {len(cores)} cores missing ({', '.join(lost)})", *extra]
+        if n_missing:  # a case with cores missing is scored on the rest
+            extra = [f"{n_missing} of {len(cores)} cores missing" + (
+                f" ({', '.join(lost)} lost from the section)" if lost else ""), *extra]
         row["message"] = "; ".join(m for m in (row["message"], *extra) if m)
         rows.append(row)
     return rows

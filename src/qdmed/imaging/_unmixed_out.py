@@ -130,10 +130,18 @@ def write_unmixed(slide, panel, settings, dest, pixel_size_um: float | None,
         z = zarr.open_array(str(staged), mode="r")
         data = da.from_zarr(z).transpose(1, 2, 0).rechunk((cs, cs, -1))
         ab = data.map_blocks(_bit_round, keep_bits, dtype=np.float32)
-    else:
-        data = slide.data.rechunk((cs, cs, -1))  # = the writer's chunks: each unmixed once
-        ab = da.map_blocks(lambda b: _bit_round(unmixed_block(b, panel, settings), keep_bits),
-                           data, chunks=data.chunks[:2] + ((k1,),), dtype=np.float32)
+    else:  # the writer's chunks, each read (read_region: a chunk that does not decode is
+        # a FileFormatError naming it) and unmixed once
+        h, w = (int(v) for v in slide.shape[:2])
+
+        def block(block_info=None):
+            (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+            return _bit_round(unmixed_block(slide.read_region(y0, y1, x0, x1), panel,
+                                            settings), keep_bits)
+
+        sizes = [tuple(min(cs, n - i) for i in range(0, n, cs)) for n in (h, w)]
+        ab = da.map_blocks(block, chunks=(*sizes, (k1,)), dtype=np.float32,
+                           meta=np.empty((0, 0, 0), np.float32))
     h, w = (int(v) for v in ab.shape[:2])
     with _progress(progress, -(-h // cs) * -(-w // cs), 0,
                    f"{Path(dest).name} (chunks)") as advance:
