@@ -501,6 +501,59 @@ def test_a_slide_without_a_pixel_size_is_warned_and_can_be_given_one(tmp_path):
     assert not qc_slide(path, PANEL, tile=256, pixel_size_um=0.25)["slide"]["warnings"]
 
 
+def test_an_output_folder_of_slides_or_of_another_slides_analysis_is_refused(tmp_path):
+    """A review's ``analyze slide --out slides/`` wrote its outputs among the slides (a
+    later qc of the folder read unmixed.ome.zarr as a slide), and an analysis written into
+    a control's folder replaced the control's unsaid. Both are refused before any work;
+    the same slide's folder is a resumption, as before."""
+    from qdmed.imaging import simulate_field, write_ome_zarr
+
+    f = simulate_field((128, 128), preset="BT474", seed=3, **KW)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    kw = dict(pixel_size_um=0.5, channel_names=list(PANEL.channel_names))
+    a = write_ome_zarr(folder / "a.ome.zarr", f.image, **kw)
+    b = write_ome_zarr(tmp_path / "b.ome.zarr", f.image, **kw)
+    run = dict(tile=128, progress=False, write_unmixed=False, outlines=False)
+    with pytest.raises(InputError, match=r"slides holds slides \(a.ome.zarr\): write the "
+                                         "output to a folder of its own"):
+        analyze_slide(a, PANEL, folder, **run)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.ome.zarr"]
+    analyze_slide(a, PANEL, tmp_path / "out", **run)
+    analyze_slide(a, PANEL, tmp_path / "out", **run)  # the same slide again: resumed
+    with pytest.raises(InputError, match=r"holds the analysis of another slide "
+                                         r"\(a.ome.zarr\); this run of b.ome.zarr"):
+        analyze_slide(b, PANEL, tmp_path / "out", **run)
+
+
+def test_regions_wholly_outside_the_slide_are_warned(tmp_path):
+    """A review analysed a slide with another slide's cores: four of five read "no cells"
+    unsaid. Regions wholly outside the slide are now named among the selection's warnings."""
+    from qdmed.imaging import simulate_field, write_ome_zarr
+    from qdmed.imaging._analyze import summary_warnings
+
+    f = simulate_field((128, 128), preset="BT474", seed=3, **KW)
+    path = write_ome_zarr(tmp_path / "s.ome.zarr", f.image, pixel_size_um=0.5,
+                          channel_names=list(PANEL.channel_names))
+
+    def square(name, x, y, d=60):
+        return {"type": "Feature", "properties": {"objectType": "annotation", "name": name},
+                "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + d, y],
+                                                                 [x + d, y + d], [x, y + d],
+                                                                 [x, y]]]}}
+
+    regions = tmp_path / "r.geojson"
+    regions.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        square("in", 10, 10), square("edge", 100, 100), square("far", 500, 20),
+        square("below", 20, 900)]}))
+    r = analyze_slide(path, PANEL, tmp_path / "a", tile=128, progress=False,
+                      write_unmixed=False, outlines=False, regions=regions)
+    said = [w for w in summary_warnings(r.summary) if "wholly outside" in w]
+    assert said == ["scored_cells: 2 of the 4 regions lie wholly outside the slide's 128 x "
+                    "128 px (far, below): nothing of them is scored; do the annotations "
+                    "belong to this slide?"]
+
+
 def test_absent_ome_zarr_chunks_reach_the_analysis_and_qc_warnings(tmp_path):
     """A chunk missing from an OME-Zarr slide (a copy stopped partway) read as dark tissue
     unsaid; it is now among the slide's warnings of the analysis and of the QC."""
@@ -542,6 +595,13 @@ def test_the_calibrations_own_warnings_reach_the_slide(tmp_path):
     r = analyze_slide(path, PANEL, tmp_path / "a", tile=256, progress=False,
                       write_unmixed=False, outlines=False, her2_calibration=cal)
     assert "calibration: no 0 control: the faint cut-off ..." in r.warnings
+    # ... and at the top of the slide's report (a review: a calibration of another panel
+    # was said on stderr only, beside an ER 99 % of a 62 % truth)
+    from qdmed.imaging._report import write_slide_report
+
+    html = write_slide_report(r).read_text()
+    assert "calibration: no 0 control: the faint cut-off ..." in html
+    assert html.index("no 0 control") < html.index("Panel</h2>")
     # the report's figures from Python (SlideResult.plot)
     import matplotlib.pyplot as plt
 
@@ -877,11 +937,23 @@ def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibrat
                         her2_calibration=calibration, regions=far)
     assert res.summary["n_tiles_resumed"] == res.summary["n_tiles"]
     assert res.summary["scored_cells"]["n_scored"] == 0 and res.her2 is None
-    assert [w[:12] for w in res.summary["scored_cells"]["warnings"]] == ["none of the "]
+    # (wholly outside the slide: said as such, which says why none of its cells is scored)
+    assert [w[:52] for w in res.summary["scored_cells"]["warnings"]] == [
+        "1 of the 1 regions lie wholly outside the slide's 10"]
     # and it is among the warnings the CLI prints (a review found it only in summary.json)
     from qdmed.imaging._analyze import summary_warnings
 
-    assert any(w.startswith("scored_cells: none of the") for w in summary_warnings(res.summary))
+    assert any(w.startswith("scored_cells: 1 of the 1 regions lie wholly outside")
+               for w in summary_warnings(res.summary))
+    # a region on the slide that holds no cell: none of the cells lies in the regions
+    glass = tmp_path / "glass.geojson"
+    ring = [[1, 1], [3, 1], [3, 3], [1, 3], [1, 1]]
+    glass.write_text(json.dumps({"type": "Feature", "properties": {},
+                                 "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+    res = analyze_slide(slide.path, PANEL, tmp_path / "reg", tile=512, scheduler="synchronous",
+                        progress=False, write_unmixed=False, outlines=False,
+                        her2_calibration=calibration, regions=glass)
+    assert [w[:12] for w in res.summary["scored_cells"]["warnings"]] == ["none of the "]
     with pytest.raises(InputError, match="needs a regions file"):
         analyze_slide(slide.path, PANEL, tmp_path / "reg2", region_class="Tumor")
 

@@ -269,7 +269,7 @@ def test_white_level_per_channel(ihc):
     auto = score_dab(cast, od_cutoffs=cut, background="auto")
     assert auto.her2.category == "0"
     # no glass warning left; the example cut-offs are said to be one
-    assert [w[:40] for w in auto.warnings] == ["the DAB OD cut-offs are the uncalibrated"]
+    assert [w[:40] for w in auto.warnings] == ["the DAB OD cut-offs 0.05, 0.15, 0.3 are "]
     d = auto.to_dict()
     assert d["background"] == pytest.approx(list(glass)) and d["qdmed_version"]
     assert d["pixel_size_um"] == 0.5

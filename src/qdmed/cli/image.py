@@ -667,7 +667,11 @@ def unmix(slide: Path, panel_file: PANEL = None,
             "read_noise_adu": settings.read_noise_used()}
     if json_:
         return print_json_warned(info, p.warnings)
-    print_kv("Unmixed", {**info, "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None
+    from qdmed.imaging._poisson import describe_unmixing
+
+    shown = {k: v for k, v in info.items() if k not in ("unmix_weights", "read_noise_adu")}
+    print_kv("Unmixed", {**shown, "unmixing": describe_unmixing(settings.to_dict()),
+                         "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None
                          else unmixed_bits})
     for w in p.warnings:  # the panel's: labels that cannot be separated, ill-conditioning
         print_warning(w)

@@ -525,6 +525,21 @@ def check_calibration(panel, her2_calibration, gates) -> None:
                          f"not a component of the panel {comps}")
 
 
+def _check_same_slide(out_dir, path: Path) -> None:
+    """Refuse an output folder holding a finished analysis of another slide (by file name:
+    a slide moved keeps its analysis): the run would replace it unsaid (a review's slip
+    wrote a slide's analysis over a HER2 control's)."""
+    try:
+        doc = json.loads((Path(out_dir) / "summary.json").read_text())
+        before = Path(str(doc["slide"]["path"])).name
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not an analysis's
+        return
+    if before != Path(path).name:
+        raise InputError(f"{out_dir} holds the analysis of another slide ({before}); this run "
+                         f"of {Path(path).name} would replace it: write the output elsewhere, "
+                         "or remove that folder first")
+
+
 def _remove_stale_temporaries(*folders: Path) -> None:
     """Remove what a killed run left half-written in `folders`: the temporary files and
     folders of atomic writes (``.<name>.*.tmp``, ``.<name>.tmp-*``; a half-written unmixed
@@ -1225,6 +1240,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_keep_bits(unmixed_keep_bits, write_unmixed)
     check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels],
                         owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
+    _check_same_slide(out_dir, path)
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
@@ -1412,7 +1428,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                  + ("" if tumour is None else " and in the tumour annotations"),
                  "regions": None if reg is None else reg.to_dict(),
                  "tumour": None if tumour is None else tumour.to_dict(), "warnings": []}
-    if reg is not None and len(cells) and not len(scored_cells):
+    outside = () if reg is None else reg.outside((h, w))
+    if outside:  # no cells there: said, as the DAB regions say it (a review: "no cells" only)
+        selection["warnings"].append(
+            f"{len(outside)} of the {len(reg.names)} regions lie wholly outside the slide's "
+            f"{w} x {h} px ({', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}): "
+            "nothing of them is scored; do the annotations belong to this slide?")
+    if reg is not None and len(cells) and not len(scored_cells) and \
+            len(outside) < len(reg.names):  # all outside: said above
         selection["warnings"].append(f"none of the {len(cells)} cells lies in the regions: "
                                      "nothing was scored (do the annotations belong to this "
                                      "slide?)")

@@ -641,9 +641,9 @@ def uncalibrated_warnings(od_cutoffs) -> list[str]:
     """The warning of a result scored with :data:`EXAMPLE_OD_CUTOFFS`, else none."""
     if tuple(float(v) for v in od_cutoffs) != EXAMPLE_OD_CUTOFFS:
         return []
-    return ["the DAB OD cut-offs are the uncalibrated example 0.05, 0.15, 0.3: chromogen OD "
-            "depends on the protocol and the scanner; calibrate them on control tissue "
-            "(od_cutoffs, --od-cutoffs)"]
+    return ["the DAB OD cut-offs 0.05, 0.15, 0.3 are the uncalibrated example (the default, "
+            "or given equal to it): chromogen OD depends on the protocol and the scanner; "
+            "calibrate cut-offs on control tissue and give those (od_cutoffs, --od-cutoffs)"]
 
 
 def check_od_cutoffs(od_cutoffs) -> tuple[float, float, float]:

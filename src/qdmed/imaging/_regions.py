@@ -75,6 +75,20 @@ class Regions:
         """The regions' names, each once, in file order."""
         return tuple(dict.fromkeys(self.labels))
 
+    def outside(self, shape_yx) -> tuple[str, ...]:
+        """The present regions none of whose polygons' bounding boxes meets the slide's
+        ``[0, width) x [0, height)`` px: wholly outside it (annotations of another slide,
+        or of a level other than full resolution)."""
+        h, w = (float(v) for v in shape_yx)
+        labels = self.labels or ("region 1",) * len(self.polygons)
+        meets = set()
+        for rings, label in zip(self.polygons, labels, strict=True):
+            if len(rings):
+                (x0, y0), (x1, y1) = rings[0].min(axis=0), rings[0].max(axis=0)
+                if x1 > 0 and y1 > 0 and x0 < w and y0 < h:
+                    meets.add(label)
+        return tuple(n for n in dict.fromkeys(labels) if n not in meets)
+
     @property
     def is_tma(self) -> bool:
         """True when every region is a TMA core (a QuPath TMA grid export)."""

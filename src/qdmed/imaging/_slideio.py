@@ -860,6 +860,15 @@ def check_output_folder(out, inputs=(), owned=(), marks=()) -> Path:
                 raise InputError(f"the input {src} is where this run writes {name} in {out}: "
                                  "move it, or write the output elsewhere")
     if marks and out.is_dir():
+        # a run's outputs among slides: a later cohort or qc of that folder read its
+        # unmixed.ome.zarr as a slide (a review's analyze --out slides/)
+        slides = sorted(p.name for p in out.iterdir() if p.name not in owned
+                        and not p.name.startswith(".") and is_slide_path(p))
+        if slides:
+            raise InputError(f"{out} holds slides ({', '.join(slides[:3])}"
+                             f"{' ...' if len(slides) > 3 else ''}): write the output to a "
+                             "folder of its own (a later cohort or qc of this folder would "
+                             "read its outputs as slides)")
         found = [name for name in owned if (out / name).exists()]
         if found and not any(next(out.glob(m), None) is not None for m in marks):
             raise InputError(
