@@ -457,6 +457,7 @@ def simulate(
     rotation_deg: Annotated[float, typer.Option("--rotation-deg", help="TMA: the grid turned by this angle (degrees, within +-45).")] = 0.0,
     only: Annotated[str | None, typer.Option("--only", help="Label only these (comma-separated; the counterstain is a label too), the others absent: a single-stain control (--only HER2) or a fluorescence-minus-one control (every label but one: --only DAPI,HER2,ER,EGFR,mTOR).")] = None,
     unstained: Annotated[bool, flag("--unstained", help="No label at all: an unstained control (autofluorescence only).")] = False,
+    no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Simulate a multiplexed QD slide (with ground truth beside it) from a panel; --tma for a
@@ -519,7 +520,7 @@ def simulate(
                          presets=list(_names(presets or preset)),
                          core_diameter_um=600.0 if core_diameter_um is None
                          else core_diameter_um, missing=_names(missing),
-                         rotation_deg=rotation_deg, **kw)
+                         rotation_deg=rotation_deg, progress=not no_progress, **kw)
         truth_dir = out.parent / (stem + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_parquet(truth_dir / "truth.parquet", s.truth)
@@ -538,7 +539,7 @@ def simulate(
                             f"cohort --region-min-cells {least}")
     elif name.endswith((".zarr",)):
         kw["preset"] = preset
-        s = simulate_slide(out, (size, size), **kw)
+        s = simulate_slide(out, (size, size), progress=not no_progress, **kw)
         truth_dir = out.parent / (stem + "-truth")
         truth_dir.mkdir(parents=True, exist_ok=True)
         from qdmed.report import atomic_write_parquet

@@ -1451,6 +1451,7 @@ def simulate_slide(
     cell_radius_um: float | tuple[float, float] = (10.0, 1.5),
     membrane_thickness_um: float = 1.0,
     tissue_fraction: float = 1.0,
+    progress: bool = False,
 ) -> SyntheticSlide:
     """Simulate a whole-slide-sized image tile by tile, straight into an OME-Zarr store.
 
@@ -1496,13 +1497,15 @@ def simulate_slide(
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
                        offset_adu, photobleaching, noise, dtype, bit_depth)
     return _write_scene(path, gp, sp, tile=tile, pyramid_levels=pyramid_levels,
-                        write_labels=write_labels, overwrite=overwrite)
+                        write_labels=write_labels, overwrite=overwrite, progress=progress)
 
 
 def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_levels,
-                 write_labels, overwrite, extra: dict[str, Any] | None = None
-                 ) -> SyntheticSlide:
-    """Render a scene tile by tile into an OME-Zarr store (:func:`simulate_slide`)."""
+                 write_labels, overwrite, extra: dict[str, Any] | None = None,
+                 progress: bool = False) -> SyntheticSlide:
+    """Render a scene tile by tile into an OME-Zarr store (:func:`simulate_slide`); with
+    ``progress``, a bar counts the tiles (a 4096^2 slide takes about a minute)."""
+    from qdmed.imaging._analyze import _progress
     from qdmed.imaging._slideio import _auto_levels, _check_dest, _ZarrImageWriter
 
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 16:
@@ -1545,15 +1548,18 @@ def _write_scene(path, gp: dict[str, Any], sp: dict[str, Any], *, tile, pyramid_
         lab_arr = writer.add_label("cells") if write_labels else None
         nuc_arr = writer.add_label("nuclei") if write_labels else None
         acc = _TruthAccumulator(sc.geometry.n, sp["marker_names"])
-        for y0 in range(0, h, tile):
-            for x0 in range(0, w, tile):
-                y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-                r = _render(sc, y0, y1, x0, x1, want_abundances=False)
-                writer.write(y0, x0, r["image"])
-                if lab_arr is not None:
-                    lab_arr[y0:y1, x0:x1] = r["cells"]
-                    nuc_arr[y0:y1, x0:x1] = r["nuclei"]
-                acc.add(r, y0, x0)
+        with _progress(progress, -(-h // tile) * -(-w // tile), 0,
+                       f"{p.name} (tiles)") as advance:
+            for y0 in range(0, h, tile):
+                for x0 in range(0, w, tile):
+                    y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+                    r = _render(sc, y0, y1, x0, x1, want_abundances=False)
+                    writer.write(y0, x0, r["image"])
+                    if lab_arr is not None:
+                        lab_arr[y0:y1, x0:x1] = r["cells"]
+                        nuc_arr[y0:y1, x0:x1] = r["nuclei"]
+                    acc.add(r, y0, x0)
+                    advance()
         truth = acc.table(sc.geometry, sc.expression)
         writer.finish(extra_attrs={"synthetic": params})
     except BaseException:

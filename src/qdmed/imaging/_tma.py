@@ -486,7 +486,7 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
     slide = _write_scene(path, gp, sp, tile=opts["tile"],
                          pyramid_levels=opts["pyramid_levels"],
                          write_labels=opts["write_labels"], overwrite=opts["overwrite"],
-                         extra={"tma": {"rows": rows, "cols": cols,
+                         progress=opts["progress"], extra={"tma": {"rows": rows, "cols": cols,
                                         "core_diameter_um": float(core_diameter_um),
                                         "rotation_deg": float(rotation_deg),
                                         "cores": cores}})
