@@ -213,27 +213,32 @@ def test_tiles_stitch_without_duplicates_or_cuts(slide, tmp_path):
     assert "HER2: Membrane: Mean" in f0["properties"]["measurements"]
 
 
-def test_resume_after_kill_gives_identical_output(slide, tmp_path, monkeypatch):
+def _die_at_tile(monkeypatch, n: int) -> None:
+    """Make the analysis's tile job raise KeyboardInterrupt at its `n`-th call: a run killed
+    there (``monkeypatch.undo()`` gives the real job back)."""
     import qdmed.imaging._analyze as an
 
-    ref = analyze_slide(slide.path, PANEL, tmp_path / "ref", tile=512, scheduler="synchronous",
-                        progress=False, write_unmixed=False).cells()
-    real = an.run_tile
-    calls = {"n": 0}
+    real, calls = an.run_tile, {"n": 0}
 
     def dying(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == n:
             raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
     monkeypatch.setattr(an, "run_tile", dying)
+
+
+def test_resume_after_kill_gives_identical_output(slide, tmp_path, monkeypatch):
+    ref = analyze_slide(slide.path, PANEL, tmp_path / "ref", tile=512, scheduler="synchronous",
+                        progress=False, write_unmixed=False).cells()
+    _die_at_tile(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         analyze_slide(slide.path, PANEL, tmp_path / "run", tile=512, scheduler="synchronous",
                       progress=False, write_unmixed=False)
     assert not (tmp_path / "run" / "cells.parquet").exists()  # nothing half-written
     assert len(list((tmp_path / "run" / "tiles").glob("tile_*.parquet"))) == 2
-    monkeypatch.setattr(an, "run_tile", real)
+    monkeypatch.undo()
     res = analyze_slide(slide.path, PANEL, tmp_path / "run", tile=512, scheduler="synchronous",
                         progress=False, write_unmixed=False)
     assert res.summary["n_tiles_resumed"] == 2
@@ -722,21 +727,11 @@ def test_unmixed_ome_zarr_is_the_tiles_unmixing(slide, tmp_path, monkeypatch):
         np.asarray(read_slide(again.out_dir / "unmixed.ome.zarr").data), want)
     pd.testing.assert_frame_equal(again.cells(), res.cells())
     # a run killed at its third tile keeps the two staged cores (marked) for its resumption
-    import qdmed.imaging._analyze as an
-
-    real, calls = an.run_tile, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
-
-    monkeypatch.setattr(an, "run_tile", dying)
+    _die_at_tile(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         analyze_slide(slide.path, PANEL, tmp_path / "w", **kw)
     assert len(list((tmp_path / "w" / "tiles").glob("tile_*.unmixed"))) == 2
-    monkeypatch.setattr(an, "run_tile", real)
+    monkeypatch.undo()
     resumed = analyze_slide(slide.path, PANEL, tmp_path / "w", **kw)
     assert resumed.summary["n_tiles_resumed"] == 2
     np.testing.assert_array_equal(
