@@ -923,13 +923,16 @@ def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibrat
     assert res.summary["her2"]["n_cells"] == int(inside.sum())
     # annotations that miss every cell: nothing scored, and the summary says so (the tiles
     # are reused: regions select cells after the analysis, outside the run fingerprint)
-    far = tmp_path / "far.geojson"
-    ring = [[5000, 5000], [5100, 5000], [5100, 5100], [5000, 5100], [5000, 5000]]
-    far.write_text(json.dumps({"type": "Feature", "properties": {},
-                               "geometry": {"type": "Polygon", "coordinates": [ring]}}))
-    res = analyze_slide(slide.path, PANEL, tmp_path / "reg", tile=512, scheduler="synchronous",
-                        progress=False, write_unmixed=False, outlines=False,
-                        her2_calibration=calibration, regions=far)
+    def scored_in_square(name, x0, x1):
+        f = tmp_path / f"{name}.geojson"
+        ring = [[x0, x0], [x1, x0], [x1, x1], [x0, x1], [x0, x0]]
+        f.write_text(json.dumps({"type": "Feature", "properties": {},
+                                 "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+        return analyze_slide(slide.path, PANEL, tmp_path / "reg", tile=512,
+                             scheduler="synchronous", progress=False, write_unmixed=False,
+                             outlines=False, her2_calibration=calibration, regions=f)
+
+    res = scored_in_square("far", 5000, 5100)
     assert res.summary["n_tiles_resumed"] == res.summary["n_tiles"]
     assert res.summary["scored_cells"]["n_scored"] == 0 and res.her2 is None
     # (wholly outside the slide: said as such, which says why none of its cells is scored)
@@ -941,13 +944,7 @@ def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibrat
     assert any(w.startswith("scored_cells: 1 of the 1 regions lie wholly outside")
                for w in summary_warnings(res.summary))
     # a region on the slide that holds no cell: none of the cells lies in the regions
-    glass = tmp_path / "glass.geojson"
-    ring = [[1, 1], [3, 1], [3, 3], [1, 3], [1, 1]]
-    glass.write_text(json.dumps({"type": "Feature", "properties": {},
-                                 "geometry": {"type": "Polygon", "coordinates": [ring]}}))
-    res = analyze_slide(slide.path, PANEL, tmp_path / "reg", tile=512, scheduler="synchronous",
-                        progress=False, write_unmixed=False, outlines=False,
-                        her2_calibration=calibration, regions=glass)
+    res = scored_in_square("glass", 1, 3)
     assert [w[:12] for w in res.summary["scored_cells"]["warnings"]] == ["none of the "]
     with pytest.raises(InputError, match="needs a regions file"):
         analyze_slide(slide.path, PANEL, tmp_path / "reg2", region_class="Tumor")
