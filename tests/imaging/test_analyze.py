@@ -736,6 +736,21 @@ def test_unmixed_ome_zarr_is_the_tiles_unmixing(slide, tmp_path, monkeypatch):
     assert resumed.summary["n_tiles_resumed"] == 2
     np.testing.assert_array_equal(
         np.asarray(read_slide(resumed.out_dir / "unmixed.ome.zarr").data), want)
+    # killed again, then finished without the image: its stage is not left behind (a review
+    # found it kept, as large as the image)
+    _die_at_tile(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_slide(slide.path, PANEL, tmp_path / "x", **kw)
+    assert (tmp_path / "x" / "tiles" / STAGE_NAME).is_dir()
+    monkeypatch.undo()
+    analyze_slide(slide.path, PANEL, tmp_path / "x", **{**kw, "write_unmixed": False})
+    assert not (tmp_path / "x" / "tiles" / STAGE_NAME).exists()
+    assert not list((tmp_path / "x" / "tiles").glob("*.unmixed"))
+    # staging chunks: a divisor of the tile (one owner each), the largest up to 1024
+    from qdmed.imaging._unmixed_out import stage_chunk_px
+
+    assert [stage_chunk_px(t) for t in (512, 1024, 2048, 4096, 2100, 3000, 2053)] == [
+        512, 1024, 1024, 1024, 700, 1000, 2053]
 
 
 def test_positivity_gates_from_negative_controls():

@@ -1198,6 +1198,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     from qdmed.imaging._detector import saturation_level as ceiling
     from qdmed.imaging._fit import fit_summary
     from qdmed.imaging._focus import focus_summary, qc_geojson
+    from qdmed.imaging._rasterize import GIVEN_LABELS_NAME
     from qdmed.imaging._slideio import (
         _check_pixel_size,
         check_output_folder,
@@ -1239,7 +1240,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     scheduler = check_scheduler(scheduler, n_workers)
     check_keep_bits(unmixed_keep_bits, write_unmixed)
     check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels],
-                        owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
+                        owned=OUTPUT_NAMES, marks=OUTPUT_MARKS, written=(GIVEN_LABELS_NAME,))
     _check_same_slide(out_dir, path)
     slide = read_slide(path)
     h, w, c = slide.shape
@@ -1353,11 +1354,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     def mark(i):  # the tile's core is in the unmixed image's staging array
         return tiles_dir / f"tile_{i:06d}{MARK_SUFFIX}"
 
+    made = True
     if write_unmixed:
         _, made = open_stage(tiles_dir, (h, w), len(panel.components) + 1, tile)
-        if made:  # marks of another array's tiles
-            for i in range(len(boxes)):
-                mark(i).unlink(missing_ok=True)
+    else:  # an earlier run's stage (a review: left behind, as big as the image)
+        shutil.rmtree(tiles_dir / STAGE_NAME, ignore_errors=True)
+    if made:  # marks of another array's tiles, or of none
+        for i in range(len(boxes)):
+            mark(i).unlink(missing_ok=True)
 
     def done(i):  # the parquet file is written last
         ok = (tiles_dir / f"tile_{i:06d}.parquet").exists()

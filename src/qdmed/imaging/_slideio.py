@@ -592,7 +592,10 @@ def write_ome_zarr(
             for x0 in range(0, nx, cx):
                 block = image[y0:y0 + cy, x0:x0 + cx, :]
                 if _is_dask(block):
-                    block = block.compute()
+                    # computed here, not on a default distributed client's workers, which may
+                    # not see the files it reads (an analysis's staged unmixed image read as
+                    # zeros there, unsaid: a review)
+                    block = block.compute(scheduler="threads")
                 w.write(y0, x0, np.asarray(block))
                 if advance is not None:
                     advance()
@@ -835,7 +838,7 @@ def check_zarr_output(out, inputs=()) -> Path:
     return out
 
 
-def check_output_folder(out, inputs=(), owned=(), marks=()) -> Path:
+def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:
     """An output folder that is none of `inputs` and not inside one (a Zarr slide is a
     folder: a review's ``analyze s.ome.zarr --out s.ome.zarr`` wrote the analysis, unmixed
     image included, into the slide's own group), and where no input lies at (or inside) a
@@ -845,7 +848,9 @@ def check_output_folder(out, inputs=(), owned=(), marks=()) -> Path:
     ``tiles/run.json``), an existing folder that holds one of `owned` but none of `marks`
     is refused too: those files are not an earlier run's, and the run would replace or
     remove them (``analyze --out .`` removed the user's own report.html, and a ``tiles``
-    folder's ``tile_*`` files). InputError otherwise."""
+    folder's ``tile_*`` files). With `marks`, a folder holding slides or label images
+    (other than `owned` and `written`: more images the run writes there, such as the label
+    image it draws from a GeoJSON objects file) is refused too. InputError otherwise."""
     out = Path(out).resolve()
     for src in inputs:
         if src is None:
@@ -862,7 +867,7 @@ def check_output_folder(out, inputs=(), owned=(), marks=()) -> Path:
     if marks and out.is_dir():
         # a run's outputs among slides: a later cohort or qc of that folder read its
         # unmixed.ome.zarr as a slide (a review's analyze --out slides/)
-        slides = sorted(p.name for p in out.iterdir() if p.name not in owned
+        slides = sorted(p.name for p in out.iterdir() if p.name not in (*owned, *written)
                         and not p.name.startswith(".") and is_slide_path(p))
         if slides:
             raise InputError(f"{out} holds slides ({', '.join(slides[:3])}"
@@ -1432,7 +1437,7 @@ def _stored_chunk_files(folder: Path) -> tuple[set[str], set[str]]:
     16384^2 x 8 slide of 256 px chunks (a review), 0.5 s so."""
     stored: set[str] = set()
     empty: set[str] = set()
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = Path(root).relative_to(folder).as_posix()
         for f in files:
@@ -1450,14 +1455,17 @@ def _stored_chunk_files(folder: Path) -> tuple[set[str], set[str]]:
 
 def _coarse_signal(levels: Sequence[Any], chunk_yx: tuple[int, int], fill: Any):
     """A function (y0, y1, x0, x1, c0, c1) -> whether the coarsest level fine enough to
-    place a full-resolution chunk (at least one of its pixels per chunk) holds anything
-    but the fill value over that region; None without such a level small enough to read
+    place a full-resolution chunk (at least two of its pixels per chunk side) holds
+    anything but the fill value over that region; None without such a level small enough to read
     whole (:data:`_COARSE_MAX_VALUES`), or when it cannot be read."""
     h0, w0 = (int(v) for v in levels[0].shape[:2])
     best = None
     for lev in levels[1:]:
-        fy, fx = h0 / int(lev.shape[0]), w0 / int(lev.shape[1])
-        if fy <= chunk_yx[0] and fx <= chunk_yx[1] and int(np.prod(lev.shape)) \
+        # whole factors: a level of floor-halved sizes (250 -> 125 -> 62) is 4x, not 4.03x,
+        # whose fractional steps looked one coarse pixel into the neighbouring chunk
+        fy = max(1, round(h0 / int(lev.shape[0])))
+        fx = max(1, round(w0 / int(lev.shape[1])))
+        if 2 * fy <= chunk_yx[0] and 2 * fx <= chunk_yx[1] and int(np.prod(lev.shape)) \
                 <= _COARSE_MAX_VALUES:
             best = (lev, fy, fx)
     if best is None:
@@ -1472,9 +1480,10 @@ def _coarse_signal(levels: Sequence[Any], chunk_yx: tuple[int, int], fill: Any):
         has = ~np.isnan(data)
 
     def signal(y0, y1, x0, x1, c0, c1) -> bool:
-        ya, yb = int(y0 // fy), max(int(y0 // fy) + 1, int(math.ceil(y1 / fy)))
-        xa, xb = int(x0 // fx), max(int(x0 // fx) + 1, int(math.ceil(x1 / fx)))
-        return bool(has[ya:yb, xa:xb, c0:c1].any())
+        # the coarse pixels made from this region only (wholly inside it)
+        ya, yb = -(-y0 // fy), y1 // fy
+        xa, xb = -(-x0 // fx), x1 // fx
+        return bool(has[ya:max(ya + 1, yb), xa:max(xa + 1, xb), c0:c1].any())
 
     return signal
 

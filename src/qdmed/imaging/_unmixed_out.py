@@ -38,12 +38,21 @@ def unmixed_block(image_yxc, panel, settings) -> np.ndarray:
     return np.concatenate([ab, resid[..., None]], axis=2)
 
 
+#: The staging array's chunks are at least this side (px) unless the tile has no divisor
+#: between it and UNMIXED_CHUNK_PX.
+STAGE_MIN_CHUNK_PX = 256
+
+
 def stage_chunk_px(tile: int) -> int:
     """The staging array's chunk side: a divisor of the tile, so that every chunk belongs
-    to one tile (tiles write theirs at once from several processes), and 1024 where the
-    tile is a multiple of it (the image's chunks then read whole chunks)."""
-    return UNMIXED_CHUNK_PX if tile > UNMIXED_CHUNK_PX and tile % UNMIXED_CHUNK_PX == 0 \
-        else tile
+    to one tile (tiles write theirs at once from several processes); the largest up to
+    1024 (the image's chunk: a tile of 2100 px stages in 700 px chunks, as a tile of 2048
+    in 1024; one chunk a tile decompressed each 8 times per image chunk, a review), the
+    tile itself when it has none from 256."""
+    if tile <= UNMIXED_CHUNK_PX:
+        return tile
+    return next((d for d in range(UNMIXED_CHUNK_PX, STAGE_MIN_CHUNK_PX - 1, -1)
+                 if tile % d == 0), tile)
 
 
 def open_stage(tiles_dir: Path, shape_yx: tuple[int, int], n_channels: int, tile: int):
