@@ -462,8 +462,6 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     core = (slice(y0 - py0, y1 - py0), slice(x0 - px0, x1 - px0))
     ab = None
     if stage is not None:  # the unmixed image's pixels from this unmixing, not a second one
-        from qdmed.imaging._unmixed_out import stage_tile, unmixed_block
-
         block = unmixed_block(region, panel, s)
         stage_tile(stage, box, block[core])
         ab = np.ascontiguousarray(block[..., :-1])

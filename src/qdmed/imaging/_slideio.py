@@ -1456,8 +1456,8 @@ def _stored_chunk_files(folder: Path) -> tuple[set[str], set[str]]:
 def _coarse_signal(levels: Sequence[Any], chunk_yx: tuple[int, int], fill: Any):
     """A function (y0, y1, x0, x1, c0, c1) -> whether the coarsest level fine enough to
     place a full-resolution chunk (at least two of its pixels per chunk side) holds
-    anything but the fill value over that region; None without such a level small enough to read
-    whole (:data:`_COARSE_MAX_VALUES`), or when it cannot be read."""
+    anything but the fill value over that region; None without such a level small enough
+    to read whole (:data:`_COARSE_MAX_VALUES`), or when it cannot be read."""
     h0, w0 = (int(v) for v in levels[0].shape[:2])
     best = None
     for lev in levels[1:]:
@@ -1472,7 +1472,7 @@ def _coarse_signal(levels: Sequence[Any], chunk_yx: tuple[int, int], fill: Any):
         return None
     lev, fy, fx = best
     try:
-        data = np.asarray(lev)
+        data = np.asarray(lev.compute(scheduler="threads"))  # here, not on a cluster
     except Exception:  # noqa: BLE001 - a coarse level that does not read: no judgement
         return None
     has = data != fill
@@ -1523,14 +1523,13 @@ def _missing_chunks_warning(arr: Any, p: Path, ds_path: str, axes: str,
     yi, xi = axes.index("Y"), axes.index("X")
     ci = axes.find("C")
     signal = None
-    lost, absent, bad = [], 0, []
+    lost, bad = [], []
     for coords in itertools.product(*grid):
         key = arr.metadata.encode_chunk_key(coords)
         if key in stored:
             if key in empty:
                 bad.append(coords)
             continue
-        absent += 1
         if signal is None:
             signal = _coarse_signal(levels, (block[yi], block[xi]), fill) or False
         lo = [k * c for k, c in zip(coords, block, strict=True)]

@@ -1477,6 +1477,8 @@ def simulate_slide(
     write_labels : bool
         Also write ``labels/cells`` and ``labels/nuclei`` (NGFF labels, int32).
     overwrite : bool
+    progress : bool
+        A progress bar of the tiles rendered, on stderr.
     Other parameters
         As in :func:`simulate_field`.
 
