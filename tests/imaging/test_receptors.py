@@ -106,7 +106,8 @@ def test_fewer_positives_than_the_noise_floor_is_warned():
     from qdmed.imaging._region_scores import receptor_notes
 
     assert st.notes == ("fewer nuclei pass the gate (0.00 %) than its noise floor (1 %): "
-                        "gate too high here? (summary.json)",)
+                        "this tissue is quieter than the gate's control, whose correction "
+                        "does not apply here (summary.json)",)
     assert receptor_notes({"receptor_status": {"ER": st.to_dict()}}) == [f"ER: {st.notes[0]}"]
 
 

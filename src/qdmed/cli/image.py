@@ -657,24 +657,31 @@ def unmix(slide: Path, panel_file: PANEL = None,
     check_unmixable(p)
     settings = AnalysisSettings(offset_adu=None if off is None else tuple(off), **weights)
     check_unmix_weights(p, settings.unmix_weights)
+    samples: list = []  # does the panel explain the pixels? (as analyze checks its cells)
     write_unmixed(s, p, settings, out, s.pixel_size_um, unmixed_bits,  # the slide's own
-                  progress=not no_progress)  # pixel size, or none
+                  progress=not no_progress, fit_samples=samples)  # pixel size, or none
+    from qdmed.imaging._fit import fit_summary
+
+    fit = None if p.unmixed else fit_summary(samples)
     if plot is not None:
         from qdmed.imaging._report import unmixed_figure
 
         _save_plot(plot, unmixed_figure(out))
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
-            "read_noise_adu": settings.read_noise_used()}
+            "read_noise_adu": settings.read_noise_used(),
+            "misfit": None if fit is None else fit["misfit"]}
+    warned = [*p.warnings, *([] if fit is None else fit["warnings"])]
     if json_:
-        return print_json_warned(info, p.warnings)
+        return print_json_warned(info, warned)
     from qdmed.imaging._poisson import describe_unmixing
 
     shown = {k: v for k, v in info.items() if k not in ("unmix_weights", "read_noise_adu")}
     print_kv("Unmixed", {**shown, "unmixing": describe_unmixing(settings.to_dict()),
                          "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None
                          else unmixed_bits})
-    for w in p.warnings:  # the panel's: labels that cannot be separated, ill-conditioning
+    # the panel's (labels that cannot be separated, ill-conditioning) and its fit's
+    for w in warned:
         print_warning(w)
 
 

@@ -276,8 +276,11 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
         warnings, notes = [], []
         p_low = None if f is None else _fewer_than_floor_p(k, n, f, g.control_cells)
         if p_low is not None and p_low < 0.025:
+            # said as what it is: the tissue quieter than the gate's control (a new user
+            # read "gate too high here?" on a truly negative slide as an error)
             notes.append(f"fewer nuclei pass the gate ({100.0 * k / n:.2f} %) than its noise "
-                         f"floor ({100 * f:.3g} %): gate too high here? (summary.json)")
+                         f"floor ({100 * f:.3g} %): this tissue is quieter than the gate's "
+                         "control, whose correction does not apply here (summary.json)")
             warnings.append(
                 f"fewer nuclei pass the gate ({k} of {n}, {100.0 * k / n:.2f} %) than its "
                 f"noise floor predicts for negative cells ({100 * f:.3g} %; one-sided p = "
