@@ -60,7 +60,9 @@ def test_region_errors_name_the_file_and_feature(tmp_path):
         read_regions(p)
     p = _write(tmp_path / "t.geojson", [_feat({"type": "Polygon",
                                                "coordinates": [_square(0, 0, 5, 5)]}, "Tumor")])
-    with pytest.raises(InputError, match="classified 'Necrosis'"):
+    # the classes the file has are named (a review: "Tumour" against "Tumor", unnamed)
+    with pytest.raises(InputError, match=r"classified 'Necrosis' \(the file's classes: "
+                                         r"'Tumor'\)"):
         read_regions(p, region_class="Necrosis")
     with pytest.raises(InputError, match="cannot read"):
         read_regions(tmp_path / "missing.geojson")

@@ -353,6 +353,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     centres: dict = {}
     core_features: dict[str, int] = {}
     skipped = 0
+    seen_classes: set = set()  # of the regions the class picks from (said when none match)
     for i, f in enumerate(feats):
         where = f"{p}: feature {i}"
         if not isinstance(f, dict):
@@ -365,6 +366,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             skipped += 1
             continue  # cells, detections, tiles: objects, not regions
         name = _class_name(props.get("classification"))
+        if kind == "annotation" or not annotated:
+            seen_classes.add(name)
         if region_class is not None and name != region_class and not (
                 kind == "tmacore" and annotated):
             continue
@@ -418,8 +421,12 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     labels = [auto.get(k, k) for k in labels]
     missing = [auto.get(k, k) for k in missing]
     centers = tuple((auto.get(k, k), *xy) for k, xy in centres.items())
+    # the classes there are, for a class that matched none (a review: "Tumour" against a
+    # file of "Tumor" was refused without them)
+    known = ", ".join(sorted(repr(c) for c in seen_classes if c)) or "none classified"
     if not polys:
-        what = f" classified {region_class!r}" if region_class is not None else ""
+        what = (f" classified {region_class!r} (the file's classes: {known})"
+                if region_class is not None else "")
         extra = (f", {skipped} of them cells, detections or other objects that are not "
                  "regions" if skipped else "")
         if missing:
@@ -427,7 +434,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
                          f"with ({len(feats)} features read{extra}).")
     if region_class is not None and annotated and all(k == "tmacore" for k in kinds):
-        raise InputError(f"{p}: no annotation classified {region_class!r} (beside TMA cores "
+        raise InputError(f"{p}: no annotation classified {region_class!r} (the "
+                         f"annotations' classes: {known}; beside TMA cores "
                          f"the class picks the annotations, e.g. tumour inside the cores; "
                          f"{len(set(labels) | set(missing))} TMA core(s) read, kept whatever "
                          "their class)")
