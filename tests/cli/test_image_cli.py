@@ -859,6 +859,8 @@ def test_new_user_mistakes_are_named(tmp_path):
             "--out", str(tmp_path / "fmo.ome.tif"), "--json")
     assert r.returncode == 0, r.stderr  # BT-474 is the preset BT474
     assert "DAPI is not in --only" in json.loads(r.stdout)["warnings"][0]
+    r = run("image", "simulate", "--only", "her2", "--out", str(tmp_path / "x.ome.tif"))
+    assert r.returncode == 2 and "(names are case-sensitive: HER2?)" in r.stderr, r.stderr
     r = run("image", "analyze", str(tmp_path / "fmo.ome.tif"), "--out", str(tmp_path / "fmo"),
             "--no-progress")
     assert r.returncode == 0 and "no nuclei stand out on the nuclear channel (DAPI)" in r.stderr

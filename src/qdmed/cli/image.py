@@ -499,8 +499,12 @@ def simulate(
         keep = set() if unstained else set(_names(only))
         unknown = sorted(keep - set(p.markers))
         if unknown:
+            folded = {m.lower(): m for m in p.markers}
+            meant = [folded[u.lower()] for u in unknown if u.lower() in folded]
             raise InputError(f"--only {', '.join(unknown)}: not a marker of the panel; "
-                             f"markers: {', '.join(p.markers)}")
+                             f"markers: {', '.join(p.markers)}" + (
+                                 f" (names are case-sensitive: {', '.join(meant)}?)"
+                                 if meant else ""))
         kw["qd_brightness"] = [1.0 if m in keep else 0.0 for m in p.markers]
     notes = []
     if only is not None and len(keep) > 1 and "DAPI" in p.markers and "DAPI" not in keep:
