@@ -475,6 +475,9 @@ def test_qc_of_a_folder_with_one_unreadable_slide_exits_3(tmp_path):
                 *extra)
         assert r.returncode == 3, (r.stdout[-500:], r.stderr[-500:])
         assert "1 of 2 slides failed" in r.stderr and (tmp_path / "q" / "qc.csv").exists()
+        # its error names the file once (it read "x.ome.tif: '.../x.ome.tif': ...")
+        said = [ln for ln in r.stderr.splitlines() if "x.ome.tif" in ln]
+        assert said and not any(ln.count("x.ome.tif") > 1 for ln in said), said
 
 
 def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):

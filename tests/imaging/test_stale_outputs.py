@@ -57,6 +57,8 @@ def test_cohort_whose_every_slide_now_fails_keeps_no_table(tmp_path):
     regs.mkdir()  # no annotation file for A: it fails
     res = analyze_cohort(folder, PANEL, out, regions_dir=regs, **RUN)
     assert res["n_ok"] == 0 and res["cells"] is None
+    assert (f"no annotation file A.geojson (or .json, .qptma; A.ome.geojson; or "
+            f"A.ome.zarr.geojson) in {regs}") in json.dumps(res["slides"])
     assert not (out / "cells.parquet").exists()
     assert not (out / "slides" / "A" / "summary.json").exists()
     assert json.loads((out / "cohort.json").read_text())["n_ok"] == 0

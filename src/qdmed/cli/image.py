@@ -349,6 +349,12 @@ def _slide_folder(path: Path) -> bool:
     return path.is_dir() and not path.name.lower().endswith(SLIDE_SUFFIXES) and not zarr_store
 
 
+def _named(slide: str, message: str) -> str:
+    """A slide's message prefixed by its name, unless it names the slide already (an error
+    giving the file's path read "a.ome.zarr: slides/a.ome.zarr: ...")."""
+    return message if slide in message else f"{slide}: {message}"
+
+
 def _slide_info(s) -> dict:
     """What `qdmed image info` says of one slide (a SlideImage)."""
     return {"format": s.format, "shape_yxc": list(s.shape), "dtype": str(s.dtype),
@@ -997,7 +1003,7 @@ def qc(
 
             _save_plot(plot, qc_folder_figure(res))
         if json_:
-            print_json_warned(res, [f"{row['slide']}: {m}" for row in res["slides"]
+            print_json_warned(res, [_named(row["slide"], m) for row in res["slides"]
                                     for m in row["warnings"]])
             return _folder_exit(res)
         print_table(f"QC {path}", res["slides"], ["slide", "status", "focus_median_blur",
@@ -1006,7 +1012,7 @@ def qc(
                                                   "offset_suspected"])
         for row in res["slides"]:
             for m in row["warnings"]:
-                print_warning(f"{row['slide']}: {m}")
+                print_warning(_named(row["slide"], m))
         typer.echo(f"per-slide table: {Path(res['out']) / 'qc.csv'}")
         return _folder_exit(res)
     d = qc_slide(path, p, out, tile=tile, saturation_level=saturation_level,

@@ -331,9 +331,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     if regions_dir is not None:
                         reg = regions_file(regions_dir, sp.name)
                         if reg is None:
+                            # every name regions_file accepts (a review missed .ome.geojson)
                             raise InputError(f"no annotation file {stem}.geojson (or .json, "
-                                             f".qptma, or {sp.name}.geojson) in "
-                                             f"{regions_dir}")
+                                             f".qptma; {stem}.ome.geojson; or "
+                                             f"{sp.name}.geojson) in {regions_dir}")
                     tum = None
                     if tumour_regions_dir is not None:
                         tum = regions_file(tumour_regions_dir, sp.name)
