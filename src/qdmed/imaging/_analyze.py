@@ -52,12 +52,12 @@ from qdmed.imaging._region_scores import (
 from qdmed.imaging._scheduler import is_local_client
 from qdmed.imaging._slideio import DEFAULT_PIXEL_SIZE_UM, file_ident
 from qdmed.imaging._unmixed_out import (
-    MARK_SUFFIX,
     STAGE_NAME,
+    mark_path,
     open_stage,
     stage_tile,
     unmixed_block,
-    write_unmixed,
+    write_staged_unmixed,
 )
 
 CELL_ID_STRIDE = 1_000_000
@@ -527,11 +527,13 @@ def _check_same_slide(out_dir, path: Path) -> None:
     """Refuse an output folder holding a finished analysis of another slide (by file name:
     a slide moved keeps its analysis): the run would replace it unsaid (a review's slip
     wrote a slide's analysis over a HER2 control's)."""
-    try:
-        doc = json.loads((Path(out_dir) / "summary.json").read_text())
-        before = Path(str(doc["slide"]["path"])).name
-    except (OSError, ValueError, KeyError, TypeError):  # none, or not an analysis's
+    from qdmed.imaging._calibration_file import control_summary
+
+    doc = control_summary(out_dir) if Path(out_dir).is_dir() else None
+    slide = doc["slide"] if doc is not None else None
+    if not isinstance(slide, dict) or "path" not in slide:  # none, or not an analysis's
         return
+    before = Path(str(slide["path"])).name
     if before != Path(path).name:
         raise InputError(f"{out_dir} holds the analysis of another slide ({before}); this run "
                          f"of {Path(path).name} would replace it: write the output elsewhere, "
@@ -1350,7 +1352,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
 
     def mark(i):  # the tile's core is in the unmixed image's staging array
-        return tiles_dir / f"tile_{i:06d}{MARK_SUFFIX}"
+        return mark_path(tiles_dir, i)
 
     made = True
     if write_unmixed:
@@ -1486,8 +1488,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if write_unmixed:
         # the panel as the tiles read it (through its file form, whose rounding moves
         # abundances by ~1e-5 relative): the image is the cells' unmixing, wherever made
-        _write_staged_unmixed(slide, Panel.from_dict(panel_doc), s, out, boxes, mark,
-                              unmixed_keep_bits, progress)
+        write_staged_unmixed(slide, Panel.from_dict(panel_doc), s, out, boxes,
+                             unmixed_keep_bits, progress)
     her2_d = None if her2 is None else her2.to_dict()
     summary = {
         "qdmed_version": __version__,
@@ -1786,30 +1788,6 @@ def check_keep_bits(keep_bits, write_unmixed: bool = True) -> None:
     if not write_unmixed:
         raise InputError("unmixed_keep_bits (--unmixed-bits) rounds the unmixed image, which "
                          "is not written (write_unmixed=False, --no-unmixed)")
-
-
-def _write_staged_unmixed(slide, panel, s, out: Path, boxes, mark, keep_bits, progress
-                          ) -> None:
-    """unmixed.ome.zarr from the staging array the tiles wrote (tiles without their mark
-    unmixed here first), then the staging array and marks removed (marks first: a mark
-    without its array would copy zeros)."""
-    from qdmed.report import atomic_write_text
-
-    stage = out / "tiles" / STAGE_NAME
-    missing = [i for i in range(len(boxes)) if not mark(i).exists()]
-    with _progress(progress and bool(missing), len(missing), 0,
-                   "tiles unmixed for unmixed.ome.zarr") as advance:
-        for i in missing:
-            y0, y1, x0, x1 = boxes[i]
-            stage_tile(str(stage), boxes[i],
-                       unmixed_block(slide.read_region(y0, y1, x0, x1), panel, s))
-            atomic_write_text(mark(i), "")
-            advance()
-    write_unmixed(slide, panel, s, out / "unmixed.ome.zarr", s.pixel_size_um, keep_bits,
-                  progress=progress, staged=stage)
-    for i in range(len(boxes)):
-        mark(i).unlink(missing_ok=True)
-    shutil.rmtree(stage, ignore_errors=True)
 
 
 def marker_summary(cells, components) -> dict:

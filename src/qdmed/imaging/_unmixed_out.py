@@ -28,6 +28,11 @@ STAGE_NAME = "unmixed.zarr"
 MARK_SUFFIX = ".unmixed"
 
 
+def mark_path(tiles_dir: Path, index: int) -> Path:
+    """The mark of tile `index`: its core is in the staging array."""
+    return Path(tiles_dir) / f"tile_{index:06d}{MARK_SUFFIX}"
+
+
 def unmixed_block(image_yxc, panel, settings) -> np.ndarray:
     """(Y, X, K + 1) float32: the abundances of a (Y, X, C) block and its relative residual
     (``||y - A x|| / ||y||``, weighted as the unmixing is), unmixed as the analysis's tiles
@@ -176,3 +181,29 @@ def write_unmixed(slide, panel, settings, dest, pixel_size_um: float | None,
                               pixel_size_um=pixel_size_um,
                               attrs={"unmixing": unmixing_record(panel, settings, keep_bits)},
                               chunks=(cs, cs), advance=advance)
+
+
+def write_staged_unmixed(slide, panel, settings, out: Path, boxes, keep_bits: int | None,
+                         progress: bool) -> None:
+    """An analysis's ``unmixed.ome.zarr`` in `out` from the staging array its tiles
+    (`boxes`) wrote, tiles without their mark unmixed here first; then the staging array
+    and marks removed (marks first: a mark without its array would copy zeros)."""
+    from qdmed.imaging._analyze import _progress
+    from qdmed.report import atomic_write_text
+
+    tiles = Path(out) / "tiles"
+    stage = tiles / STAGE_NAME
+    missing = [i for i in range(len(boxes)) if not mark_path(tiles, i).exists()]
+    with _progress(progress and bool(missing), len(missing), 0,
+                   "tiles unmixed for unmixed.ome.zarr") as advance:
+        for i in missing:
+            y0, y1, x0, x1 = boxes[i]
+            stage_tile(str(stage), boxes[i],
+                       unmixed_block(slide.read_region(y0, y1, x0, x1), panel, settings))
+            atomic_write_text(mark_path(tiles, i), "")
+            advance()
+    write_unmixed(slide, panel, settings, Path(out) / "unmixed.ome.zarr",
+                  settings.pixel_size_um, keep_bits, progress=progress, staged=stage)
+    for i in range(len(boxes)):
+        mark_path(tiles, i).unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
