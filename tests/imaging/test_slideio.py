@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -371,17 +372,20 @@ def test_aperio_svs_pyramid_and_mpp(tmp_path, write_svs):
     assert np.abs(ref.astype(int) - img).mean() < 3  # JPEG: close to the image
     # an Aperio file saved as .tif is still an SVS
     assert read_slide(write_svs(tmp_path / "aperio.tif", img[:512, :512])).format == "svs"
-    # no MPP field: no pixel size (never a guess); an MPP that is no length: warned, and
-    # unknown (so that the pixel size can be given; the scan is read all the same)
-    assert read_slide(write_svs(tmp_path / "nompp.svs", img[:256, :256], mpp=None,
-                                levels=1)).pixel_size_um is None
-    from qdmed.errors import QdmedWarning
+    # no MPP field: no pixel size (never a guess); an MPP that is no length: unknown, and
+    # said in the slide's note (the scan is read all the same): as for every format, no
+    # default is assumed for it, the size must be given
+    s = read_slide(write_svs(tmp_path / "nompp.svs", img[:256, :256], mpp=None, levels=1))
+    assert s.pixel_size_um is None and s.pixel_size_note is None
+    from qdmed.imaging._slideio import pixel_size_or_default
 
+    assert pixel_size_or_default(None, note=s.pixel_size_note)[0] == 0.5  # assumed, warned
     for bad in ("abc", "0", "-0.25", "250"):
-        with pytest.warns(QdmedWarning, match=rf"bad.svs.*MPP = '{bad}' is not a pixel"):
-            s = read_slide(write_svs(tmp_path / "bad.svs", img[:256, :256], mpp=bad,
-                                     levels=1))
+        s = read_slide(write_svs(tmp_path / "bad.svs", img[:256, :256], mpp=bad, levels=1))
         assert s.pixel_size_um is None and s.shape == (256, 256, 3)
+        assert re.search(rf"bad.svs.*MPP = '{bad}' is not a pixel", s.pixel_size_note)
+        with pytest.raises(InputError, match=r"MPP = .*give the slide's pixel size"):
+            pixel_size_or_default(None, hint="--pixel-size-um", note=s.pixel_size_note)
 
 
 def test_aperio_jpeg2000_tiles(tmp_path):

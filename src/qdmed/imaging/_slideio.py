@@ -1125,39 +1125,34 @@ def _tiff_resolution_um(page: Any) -> float | None:
     return ps if ps is not None and ps <= _MAX_TIFF_RESOLUTION_UM else None
 
 
-def _svs_mpp(page: Any, p: Path) -> float | None:
-    """Pixel size (um) of an Aperio SVS slide: the ``MPP`` field of the first page's
-    ImageDescription (``Aperio Image Library ... |AppMag = 20|MPP = 0.4990``), as OpenSlide
-    reads it (its ``aperio.MPP`` property, Goode et al. 2013, J Pathol Inform 4:27,
-    doi:10.4103/2153-3539.119005); None when absent, and, with a warning naming the file
-    and the field, when it is not a positive number of at most 20 um."""
+def _svs_mpp(page: Any, p: Path) -> tuple[float | None, str | None]:
+    """``(pixel size in um, note)`` of an Aperio SVS slide: the ``MPP`` field of the first
+    page's ImageDescription (``Aperio Image Library ... |AppMag = 20|MPP = 0.4990``), as
+    OpenSlide reads it (its ``aperio.MPP`` property, Goode et al. 2013, J Pathol Inform 4:27,
+    doi:10.4103/2153-3539.119005). ``(None, None)`` when absent; ``(None, note)`` when it is
+    not a positive number of at most 20 um: the note (naming the file and the field) is the
+    slide's :attr:`SlideImage.pixel_size_note`, so that, as for every format, a recorded
+    size that is no size is refused unless one is given, never replaced by a default."""
     # the description is "header|key = value|key = value..."; parsed here because tifffile's
     # parser of it is not part of its public API
     fields = dict(f.split("=", 1) for f in page.description.split("|")[1:] if "=" in f)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     if "MPP" not in fields:
-        return None
+        return None, None
     try:
         mpp = float(fields["MPP"])
     except ValueError:
         mpp = None
     if mpp is None or not 0 < mpp <= _MAX_TIFF_RESOLUTION_UM:
-        # warned and read as unknown rather than refused: the pixel size can then be given
-        # (pixel_size_um, --pixel-size-um), and the rest of the scan is sound
-        import warnings
-
-        from qdmed.errors import QdmedWarning
-
-        warnings.warn(f"{str(p)!r}: the Aperio ImageDescription field MPP = "
-                      f"{fields['MPP']!r} is not a pixel size in um (a number in (0, "
-                      f"{_MAX_TIFF_RESOLUTION_UM:g}]): the pixel size is unknown; give it "
-                      "(--pixel-size-um)", QdmedWarning, stacklevel=3)
-        return None
-    return mpp
+        return None, (f"{str(p)!r}: the Aperio ImageDescription field MPP = {fields['MPP']!r} "
+                      f"is not a pixel size in um (a number in (0, "
+                      f"{_MAX_TIFF_RESOLUTION_UM:g}])")
+    return mpp, None
 
 
 def _read_tiff(p: Path) -> SlideImage:
     size = p.stat().st_size
+    note = None  # SlideImage.pixel_size_note
     with _LogCapture() as log, _tiff_open(p) as tf:
         try:
             series = tf.series[0]
@@ -1188,7 +1183,7 @@ def _read_tiff(p: Path) -> SlideImage:
             qpi = not (is_ome or svs or ndpi) and _qpi_xml(series.pages[0]) is not None
             imagej = not (is_ome or qpi or svs or ndpi) and bool(tf.is_imagej)
             if svs:
-                info["pixel_size_um"] = _svs_mpp(series.pages[0], p)
+                info["pixel_size_um"], note = _svs_mpp(series.pages[0], p)
             elif qpi:
                 info.update(_qpi_channels(series.pages, p))
             elif imagej:
@@ -1240,7 +1235,8 @@ def _read_tiff(p: Path) -> SlideImage:
                       else "ndpi" if ndpi else "imagej-tiff" if imagej else "tiff",
                       levels=tuple(levels), significant_bits=bits,
                       emission_nm=tuple(emission) if emission else None,
-                      exposure_ms=tuple(exposure) if exposure else None)
+                      exposure_ms=tuple(exposure) if exposure else None,
+                      pixel_size_note=note)
 
 
 def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:
