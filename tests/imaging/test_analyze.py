@@ -239,6 +239,14 @@ def test_resume_after_kill_gives_identical_output(slide, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "cells.parquet").exists()  # nothing half-written
     assert len(list((tmp_path / "run" / "tiles").glob("tile_*.parquet"))) == 2
     monkeypatch.undo()
+    # another slide's run into the folder would throw the two finished tiles away: refused
+    other = tmp_path / ("other" + "".join(slide.path.suffixes))
+    (shutil.copytree if slide.path.is_dir() else shutil.copyfile)(slide.path, other)
+    with pytest.raises(InputError, match=r"holds an unfinished analysis of another slide \("
+                                         + slide.path.name.replace(".", r"\.")
+                                         + r", 2 tile\(s\) done"):
+        analyze_slide(other, PANEL, tmp_path / "run", tile=512, scheduler="synchronous",
+                      progress=False, write_unmixed=False)
     res = analyze_slide(slide.path, PANEL, tmp_path / "run", tile=512, scheduler="synchronous",
                         progress=False, write_unmixed=False)
     assert res.summary["n_tiles_resumed"] == 2

@@ -2,6 +2,7 @@
 scoring the whole image at once, memory of one tile."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -273,6 +274,35 @@ def test_killed_dab_run_resumes_from_its_finished_crops(tmp_path, ihc_slide, mon
     other = analyze_dab_regions(path, None, tmp_path / "k", od_cutoffs=(0.1, 0.2, 0.4),
                                 tile=256, progress=False)
     assert other["n_crops_resumed"] == 0
+
+
+def test_another_slides_dab_run_into_the_folder_is_refused(tmp_path, ihc_slide, monkeypatch):
+    # a killed run's finished crops, then its finished analysis, are not thrown away or
+    # replaced by a run of another slide (a run of the same slide resumes, as above)
+    import qdmed.imaging._dab_regions as dr
+
+    path, _ = ihc_slide
+    other = shutil.copyfile(path, tmp_path / "other.ome.tif")
+    real, calls = dr._score_crop, []
+
+    def dies(*args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(dr, "_score_crop", dies)
+    run = dict(od_cutoffs=CUT, tile=256, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_dab_regions(path, None, tmp_path / "k", **run)
+    monkeypatch.setattr(dr, "_score_crop", real)
+    with pytest.raises(InputError, match=r"holds an unfinished analysis of another slide "
+                                         r"\(ihc.ome.tif, 3 crop\(s\) done"):
+        analyze_dab_regions(other, None, tmp_path / "k", **run)
+    assert analyze_dab_regions(path, None, tmp_path / "k", **run)["n_crops_resumed"] == 3
+    with pytest.raises(InputError, match=r"holds the analysis of another slide "
+                                         r"\(ihc.ome.tif\); this run of other.ome.tif"):
+        analyze_dab_regions(other, None, tmp_path / "k", **run)
 
 
 def test_tile_size_changes_no_threshold_and_no_cell(tmp_path, brightfield_tma):

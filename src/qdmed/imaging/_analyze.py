@@ -523,23 +523,6 @@ def check_calibration(panel, her2_calibration, gates) -> None:
                          f"not a component of the panel {comps}")
 
 
-def _check_same_slide(out_dir, path: Path) -> None:
-    """Refuse an output folder holding a finished analysis of another slide (by file name:
-    a slide moved keeps its analysis): the run would replace it unsaid (a review's slip
-    wrote a slide's analysis over a HER2 control's)."""
-    from qdmed.imaging._calibration_file import control_summary
-
-    doc = control_summary(out_dir) if Path(out_dir).is_dir() else None
-    slide = doc["slide"] if doc is not None else None
-    if not isinstance(slide, dict) or "path" not in slide:  # none, or not an analysis's
-        return
-    before = Path(str(slide["path"])).name
-    if before != Path(path).name:
-        raise InputError(f"{out_dir} holds the analysis of another slide ({before}); this run "
-                         f"of {Path(path).name} would replace it: write the output elsewhere, "
-                         "or remove that folder first")
-
-
 def _remove_stale_temporaries(*folders: Path) -> None:
     """Remove what a killed run left half-written in `folders`: the temporary files and
     folders of atomic writes (``.<name>.*.tmp``, ``.<name>.tmp-*``; a half-written unmixed
@@ -1202,6 +1185,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     from qdmed.imaging._slideio import (
         _check_pixel_size,
         check_output_folder,
+        check_same_slide,
         pixel_size_or_default,
         read_slide,
     )
@@ -1241,7 +1225,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_keep_bits(unmixed_keep_bits, write_unmixed)
     check_output_folder(out_dir, [path, regions, tumour_regions, nuclei_labels, cell_labels],
                         owned=OUTPUT_NAMES, marks=OUTPUT_MARKS, written=(GIVEN_LABELS_NAME,))
-    _check_same_slide(out_dir, path)
+    check_same_slide(out_dir, path.name, "tile_*.parquet")
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
@@ -1349,7 +1333,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         for f in tiles_dir.glob("tile_*"):
             f.unlink()
         shutil.rmtree(tiles_dir / STAGE_NAME, ignore_errors=True)
-    atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
+    # the slide's name: another slide's run into this folder is refused (check_same_slide)
+    atomic_write_text(manifest, json.dumps({"fingerprint": fp, "slide": path.name}))
 
     def mark(i):  # the tile's core is in the unmixed image's staging array
         return mark_path(tiles_dir, i)

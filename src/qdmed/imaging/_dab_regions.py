@@ -508,14 +508,15 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     scheduler = check_scheduler(scheduler, n_workers)
     if n_workers is not None:  # 1 (in this process) unless asked; None: one per core
         check_count(n_workers, "n_workers (--workers)", " (1: in this process)")
-    from qdmed.imaging._slideio import check_output_folder
+    from qdmed.imaging._slideio import check_output_folder, check_same_slide
 
     check_output_folder(out_dir, [p for p in (getattr(slide, "path", slide), regions,
                                               tumour_regions)
                                   if isinstance(p, (str, os.PathLike))],
                         owned=OUTPUT_NAMES, marks=OUTPUT_MARKS)
+    name = Path(getattr(slide, "path", slide)).name
+    check_same_slide(out_dir, name, "job_*.parquet", "crop")
     img = slide if hasattr(slide, "read_region") else read_slide(slide)
-    name = Path(getattr(img, "path", slide)).name
     if img.dtype != np.uint8 or img.shape[-1] != 3:
         raise InputError(f"{name}: DAB IHC of a slide by tiles or regions needs an 8-bit RGB "
                          f"brightfield slide; got {img.shape[-1]} channels of {img.dtype}"
@@ -587,7 +588,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         for f in [*tiles_dir.glob("job_*"), tiles_dir / "thresholds.json",
                   tiles_dir / "tissue.json"]:
             f.unlink(missing_ok=True)
-    atomic_write_text(manifest, json.dumps({"fingerprint": fp}))
+    # the slide's name: another slide's run into this folder is refused (check_same_slide)
+    atomic_write_text(manifest, json.dumps({"fingerprint": fp, "slide": name}))
 
     def job_file(k):
         return tiles_dir / f"job_{k:06d}.parquet"

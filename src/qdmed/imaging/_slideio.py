@@ -883,6 +883,37 @@ def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:
     return Path(out)
 
 
+def check_same_slide(out, slide_name: str, done: str, what: str = "tile") -> None:
+    """Refuse an output folder holding the analysis of another slide (by file name: a slide
+    moved keeps its analysis), finished (its ``summary.json``) or unfinished (a killed run's
+    ``tiles/run.json`` and its files matching the glob `done` in ``tiles/``, each a finished
+    `what`): the run would replace it, or throw the finished tiles away, unsaid (a review's
+    slip wrote a slide's analysis over a HER2 control's). The same slide's folder is
+    resumed, as before."""
+    out = Path(out)
+    try:  # summary.json's "slide": the path (DAB), or the slide's dict with it (analyze)
+        before = json.loads((out / "summary.json").read_text())["slide"]
+        before = Path(str(before["path"] if isinstance(before, dict) else before)).name
+    except (OSError, ValueError, TypeError, KeyError):  # none, or not an analysis's
+        before = None
+    if before is not None:
+        if before != slide_name:
+            raise InputError(f"{out} holds the analysis of another slide ({before}); this "
+                             f"run of {slide_name} would replace it: write the output "
+                             "elsewhere, or remove that folder first")
+        return
+    try:  # a killed run's tiles (earlier releases recorded no slide name: not checked)
+        before = json.loads((out / "tiles" / "run.json").read_text()).get("slide")
+    except (OSError, ValueError, AttributeError):
+        return
+    n = sum(1 for _ in (out / "tiles").glob(done))
+    if isinstance(before, str) and before != slide_name and n:
+        raise InputError(f"{out} holds an unfinished analysis of another slide ({before}, "
+                         f"{n} {what}(s) done: running it again resumes them); this run of "
+                         f"{slide_name} would throw them away: write the output elsewhere, or "
+                         "remove that folder first")
+
+
 def is_slide_path(path: str | os.PathLike) -> bool:
     """Whether :func:`read_slide` claims `path` by its name: a suffix it reads, or a
     whole-slide format it refuses with the way to convert it (so its error is the one to
