@@ -1237,8 +1237,8 @@ def _cohort_warnings(res: dict) -> list[str]:
     """The cohort's warnings, each failed slide's error first (a review found them in the
     table only, and with --json nowhere but the slides' rows)."""
     return [*(f"panel: {w}" for w in res.get("panel_warnings") or ()),
-            *(f"{r['slide']}: failed: {r['message']}" for r in res.get("slides") or ()
-              if r.get("status") == "failed"),
+            *(_named(r["slide"], f"failed: {r['message']}") for r in res.get("slides") or ()
+              if r.get("status") == "failed"),  # once: an error names its file already
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
             *(res.get("output_warnings") or [])]
 
