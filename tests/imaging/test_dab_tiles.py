@@ -221,6 +221,29 @@ def test_dab_report_and_plot(tmp_path, brightfield_tma):
     assert d["report"] == str(tmp_path / "dab" / "report.html")
     assert html.count("<img") == 2 and "A-3" in html and "cells by DAB class" in html
     assert "uncalibrated example" in html  # CUT is the CLI's example: said in the report
+    # another antigen's cores are mapped too, by their status (the map was HER2's only)
+    er = analyze_dab_regions(p, cores, tmp_path / "er", od_cutoffs=CUT, min_cells=20,
+                             marker="ER", progress=False)
+    assert (tmp_path / "er" / "report.html").read_text().count("<img") == 2
+    from matplotlib.colors import to_hex
+
+    from qdmed.imaging._report import _STATUS_COLOURS, regions_map_figure
+
+    # (its ~55 cells a core are too few for a receptor status: grey, and said)
+    rows = er["regions_scored"]["regions"]
+    assert {r.get("ER_status") for r in rows} == {"insufficient cells", None}
+    for r, status in zip(rows, ("negative", "low positive", "positive (borderline)",
+                                "positive", None, "insufficient cells"), strict=True):
+        r["ER_status"] = status  # B-2 is missing
+    ax = regions_map_figure(rows, "ER_status", "ER status").axes[0]
+    drawn = [to_hex(c.get_facecolors()[0]) for c in ax.collections  # (missing: hollow)
+             if len(c.get_offsets()) and len(c.get_facecolors())]
+    assert drawn == [_STATUS_COLOURS[k] for k in ("negative", "low positive", "positive",
+                                                  "positive")] + ["#bbbbbb"]
+    assert [t.get_text().split("\n")[1] for t in ax.texts] == [
+        "negative", "low positive", "positive (borderline)", "positive", "missing",
+        "insufficient cells"]
+    assert ax.get_legend().get_title().get_text() == "ER status"
     from skimage.data import immunohistochemistry
 
     sc = score_dab(immunohistochemistry(), od_cutoffs=CUT)

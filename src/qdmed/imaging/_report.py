@@ -264,27 +264,39 @@ def her2_figure(her2):
     return fig
 
 
-def regions_map_figure(rows: list[dict]):
+#: Colours of the receptor statuses on a map of regions (as the HER2 categories': negative
+#: as 0, positive as 3+).
+_STATUS_COLOURS = {"negative": "#3b4cc0", "low positive": "#f7a35c", "positive": "#b40426"}
+
+
+def regions_map_figure(rows: list[dict], key: str = "her2_category", title: str = "HER2"):
     """Where the regions lie (their centres; a TMA's grid), each marked by its HER2
-    category (grey: not scored; hollow: missing) and named; None without centres."""
+    category (``key`` 'her2_category') or a receptor's status (``key`` '{marker}_status',
+    e.g. 'ER_status'; ``title`` the legend's) (grey: not scored; hollow: missing) and
+    named; None without centres."""
     import matplotlib.pyplot as plt
 
     pts = [r for r in rows if np.isfinite(r.get("center_x_um", np.nan))]
     if not pts:
         return None
+    colours = _CAT_COLOURS if key == "her2_category" else _STATUS_COLOURS
+    dark = {colours[k] for k in (next(iter(colours)), list(colours)[-1])}  # white text
     fig, ax = plt.subplots(figsize=(6, 5))
     for r in pts:
-        c = r.get("her2_category")
+        shown = r.get(key)
+        c = str(shown).removesuffix(" (borderline)")  # a status near its cut-off: coloured
+        c = c if c in colours else None  # as it reads; 'insufficient cells': by the status
         x, y = r["center_x_um"], r["center_y_um"]
         if r["status"] == "missing":
             ax.scatter(x, y, s=500, facecolors="none", edgecolors="#999999", linestyles="--")
         else:
-            ax.scatter(x, y, s=500, c=_CAT_COLOURS.get(c, "#bbbbbb"), edgecolors="k",
+            ax.scatter(x, y, s=500, c=colours.get(c, "#bbbbbb"), edgecolors="k",
                        linewidths=0.5)
-        dark = c in ("0", "3+")
-        ax.annotate(f"{r['region']}\n{c or r['status']}", (x, y), ha="center", va="center",
-                    fontsize=6, color="white" if dark else "black")
-    for c, colour in _CAT_COLOURS.items():
+        ax.annotate(f"{r['region']}\n{r['status'] if shown is None else shown}", (x, y),
+                    ha="center",
+                    va="center", fontsize=6,
+                    color="white" if colours.get(c) in dark else "black")
+    for c, colour in colours.items():
         ax.scatter([], [], s=40, c=colour, label=c)
     ax.scatter([], [], s=40, c="#bbbbbb", label="not scored")
     ax.invert_yaxis()
@@ -293,7 +305,7 @@ def regions_map_figure(rows: list[dict]):
     ax.set_xlabel("x (um)")
     ax.set_ylabel("y (um)")
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5),
-              title="HER2", title_fontsize=7)
+              title=title, title_fontsize=7)
     fig.tight_layout()
     return fig
 
