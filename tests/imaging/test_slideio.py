@@ -744,3 +744,133 @@ def test_ome_xml_cut_short_is_said(tmp_path):
                      metadata=None)
     with pytest.raises(FileFormatError, match="the OME-XML in ImageDescription is malformed"):
         read_slide(cut)
+
+
+def test_non_square_pixels_are_refused_in_every_format(tmp_path):
+    # a review: only OME-TIFF refused them; Zarr, plain and ImageJ TIFF read X's size
+    import zarr
+
+    img = np.zeros((64, 48, 2), np.uint16)
+    z = write_ome_zarr(tmp_path / "z.ome.zarr", img, pixel_size_um=0.5)
+    g = zarr.open_group(str(z), mode="r+")
+    ms = g.attrs["multiscales"]
+    ms[0]["datasets"][0]["coordinateTransformations"] = [{"type": "scale",
+                                                          "scale": [1.0, 1.0, 0.5]}]
+    g.attrs["multiscales"] = ms
+    with pytest.raises(FileFormatError, match=r"0.5 um wide \(NGFF x scale\) but 1 um high"):
+        read_slide(z)
+    tifffile.imwrite(tmp_path / "t.tif", img[..., 0], resolution=(1e4 / 0.5, 1e4 / 1.0),
+                     resolutionunit="CENTIMETER")
+    with pytest.raises(FileFormatError, match=r"0.5 um wide \(the TIFF XResolution\) but 1 "):
+        read_slide(tmp_path / "t.tif")
+    tifffile.imwrite(tmp_path / "ij.tif", img.transpose(2, 0, 1)[None, None], imagej=True,
+                     resolution=(2.0, 1.0), metadata={"axes": "TZCYX", "unit": "um"})
+    with pytest.raises(FileFormatError, match=r"0.5 um wide \(the ImageJ XResolution\) but 1"):
+        read_slide(tmp_path / "ij.tif")
+    tifffile.imwrite(tmp_path / "sq.tif", img[..., 0], resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")  # square: read as before
+    assert read_slide(tmp_path / "sq.tif").pixel_size_um == pytest.approx(0.5)
+
+
+def test_ngff_scale_of_the_multiscales_applies_to_every_level(tmp_path):
+    # NGFF 0.4: transforms of the multiscales apply after each dataset's own (a review: a
+    # 0.25 um slide whose writer kept its scale there read as 1 um, areas 16x off)
+    import zarr
+
+    z = write_ome_zarr(tmp_path / "z.ome.zarr", np.zeros((64, 48, 2), np.uint16),
+                       pixel_size_um=0.5)
+    g = zarr.open_group(str(z), mode="r+")
+    ms = g.attrs["multiscales"]
+    for ds in ms[0]["datasets"]:
+        ds["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]
+    ms[0]["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, 0.25, 0.25]}]
+    g.attrs["multiscales"] = ms
+    assert read_slide(z).pixel_size_um == pytest.approx(0.25)
+
+
+def test_a_depth_or_time_axis_is_not_read_as_channels(tmp_path):
+    # a review analysed 8 focal planes (ZYX) as 8 spectral channels: 204 cells, unsaid
+    import zarr
+
+    stack = np.zeros((8, 32, 32), np.uint16)
+    for axes, word in (("ZYX", "Z"), ("TYX", "time")):
+        tifffile.imwrite(tmp_path / f"{axes}.ome.tif", stack, metadata={"axes": axes})
+        with pytest.raises(FileFormatError, match=rf"a {word}.* axis of 8 planes, not "
+                                                  r"channels: .*project the stack"):
+            read_slide(tmp_path / f"{axes}.ome.tif")
+    z = write_ome_zarr(tmp_path / "z.ome.zarr", stack.transpose(1, 2, 0))
+    g = zarr.open_group(str(z), mode="r+")
+    ms = g.attrs["multiscales"]
+    ms[0]["axes"][0] = {"name": "z", "type": "space", "unit": "micrometer"}
+    g.attrs["multiscales"] = ms
+    with pytest.raises(FileFormatError, match=r"a Z \(depth\) axis of 8 planes"):
+        read_slide(z)
+    ms[0]["axes"][0] = {"name": "lambda", "type": "channel"}  # named otherwise: by its type
+    g.attrs["multiscales"] = ms
+    assert read_slide(z).shape == (32, 32, 8)
+
+
+def test_malformed_ngff_metadata_is_one_clear_error_or_default_names(tmp_path):
+    # a review: "omero": [] and friends were internal errors (AttributeError, KeyError)
+    import zarr
+
+    from qdmed.errors import QdmedWarning
+
+    z = write_ome_zarr(tmp_path / "z.ome.zarr", np.zeros((32, 32, 2), np.uint16),
+                       channel_names=["DAPI", "HER2"])
+    g = zarr.open_group(str(z), mode="r+")
+    good = dict(g.attrs)
+    for omero, why in (([], "is not an object"), ({"channels": "abc"}, "is not an object"),
+                       ({"channels": [{"label": "DAPI"}]}, "names 1 channels but the image "
+                                                           "has 2"),
+                       ({"channels": [{"label": "DAPI"}, {"label": ""}]},
+                        "has a channel without a usable 'label'")):
+        g.attrs["omero"] = omero
+        with pytest.warns(QdmedWarning, match=f"NGFF 'omero' block {why}"):
+            s = read_slide(z)
+        assert s.channel_names == ("C0", "C1") and any("omero" in w for w in s.warnings)
+    g.attrs["omero"] = {"channels": [{"label": 5}, {"label": 6.5}]}  # numbers: as text
+    assert read_slide(z).channel_names == ("5", "6.5")
+    g.attrs.update(good)
+    ms = g.attrs["multiscales"]
+    ms[0]["axes"][1] = {"type": "space"}
+    g.attrs["multiscales"] = ms
+    with pytest.raises(FileFormatError, match=r"NGFF axis 1 \(\{'type': 'space'\}\) has no "
+                                              r"'name'"):
+        read_slide(z)
+
+
+def test_several_images_in_one_ome_tiff_or_bioformats2raw_zarr(tmp_path):
+    # bfconvert writes a slide's label and overview as images of their own, often first:
+    # a review's file was read as its 100 x 200 macro image, unsaid. The largest is read,
+    # and the others named
+    import zarr
+
+    from qdmed.errors import QdmedWarning
+
+    scan = (np.arange(8 * 64 * 80) % 997).astype(np.uint16).reshape(8, 64, 80)
+    with tifffile.TiffWriter(tmp_path / "multi.ome.tif", ome=True) as tw:
+        tw.write(np.zeros((20, 40, 3), np.uint8), photometric="rgb",
+                 metadata={"Name": "macro image"})
+        tw.write(scan, metadata={"axes": "CYX", "Name": "scan", "PhysicalSizeX": 0.5,
+                                 "PhysicalSizeY": 0.5,
+                                 "Channel": {"Name": [f"ch{i}" for i in range(8)]}})
+    with pytest.warns(QdmedWarning, match=r"holds 2 images \(0: macro image \(40 x 20 px\); "
+                                          r"1: scan \(80 x 64 px\)\): image 1, the largest"):
+        s = read_slide(tmp_path / "multi.ome.tif")
+    assert s.shape == (64, 80, 8) and s.pixel_size_um == 0.5 and s.channel_names[0] == "ch0"
+    np.testing.assert_array_equal(s.read_region(0, 64, 0, 80), scan.transpose(1, 2, 0))
+    assert "holds 2 images" in s.warnings[0]
+    # bioformats2raw's layout: the images are groups 0, 1, ... beside an OME group
+    b2r = tmp_path / "b2r.ome.zarr"
+    root = zarr.open_group(str(b2r), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    root.create_group("OME").attrs["series"] = ["0", "1"]
+    for name, im, ps in (("0", np.zeros((16, 16, 3), np.uint8), None),
+                         ("1", scan.transpose(1, 2, 0), 0.5)):
+        write_ome_zarr(tmp_path / "i.ome.zarr", im, pixel_size_um=ps).rename(b2r / name)
+    with pytest.warns(QdmedWarning, match=r"holds 2 images in bioformats2raw's layout .*"
+                                          r"image 1, the largest, is read"):
+        s = read_slide(b2r)
+    assert s.shape == (64, 80, 8) and s.path == b2r and s.pixel_size_um == 0.5
+    np.testing.assert_array_equal(s.read_region(0, 64, 0, 80), scan.transpose(1, 2, 0))

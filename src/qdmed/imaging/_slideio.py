@@ -784,7 +784,8 @@ def read_slide(path: str | os.PathLike, *, check_chunks: bool = True) -> SlideIm
         Count an OME-Zarr's stored chunks, and warn of absent ones
         (:attr:`SlideImage.warnings`). False for a label image (0 = background: writers
         skip empty chunks, and a label image is mostly empty), or a slide checked already
-        when it was first opened (each tile job reopens it).
+        when it was first opened (each tile job reopens it): what reading finds is then
+        recorded in :attr:`SlideImage.warnings` but not warned again (QdmedWarning).
 
     Returns
     -------
@@ -805,10 +806,17 @@ def read_slide(path: str | os.PathLike, *, check_chunks: bool = True) -> SlideIm
     if not p.exists():
         raise InputError(f"slide file {str(p)!r} does not exist")
     name = p.name.lower()
-    if name.endswith(_TIFF_SUFFIXES):
-        return _checked_pixel_size(_read_tiff(p))
-    if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
-        return _checked_pixel_size(_read_zarr(p, check_chunks=check_chunks))
+    if name.endswith(_TIFF_SUFFIXES) or name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
+        import warnings
+
+        from qdmed.errors import QdmedWarning
+
+        with warnings.catch_warnings():
+            if not check_chunks:  # a reopening: warned when it was first opened
+                warnings.simplefilter("ignore", QdmedWarning)
+            if name.endswith(_TIFF_SUFFIXES):
+                return _checked_pixel_size(_read_tiff(p))
+            return _checked_pixel_size(_read_zarr(p, check_chunks=check_chunks))
     if p.suffix.lower() in CONVERT_SUFFIXES:
         # Bio-Formats reads SCN, BIF, VSI, CZI and DICOM; MIRAX is read by OpenSlide (in
         # QuPath, or libvips)
@@ -1003,9 +1011,10 @@ def _ome_exposure_ms(pixels: Any, n_channels: int) -> list[float] | None:
         range(n_channels)) else None
 
 
-def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
-    """From OME-XML: channel ``names``, ``pixel_size_um``, significant ``bits``,
-    ``emission_nm`` and ``exposure_ms`` per channel (each None where absent)."""
+def _ome_info(xml: str | None, p: Path, image: int = 0) -> dict[str, Any]:
+    """From OME-XML, of its `image`-th Image: channel ``names``, ``pixel_size_um``,
+    significant ``bits``, ``emission_nm`` and ``exposure_ms`` per channel (each None where
+    absent)."""
     none = {"names": None, "pixel_size_um": None, "bits": None, "emission_nm": None,
             "exposure_ms": None}
     if not xml:
@@ -1015,8 +1024,10 @@ def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
     except ET.ParseError as e:
         raise FileFormatError(f"{str(p)!r}: the OME-XML in ImageDescription is malformed: "
                               f"{e}") from e
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"),
-                  None)
+    images = [el for el in root if el.tag.endswith("}Image") or el.tag == "Image"]
+    within = images[image] if image < len(images) else root
+    pixels = next((el for el in within.iter() if el.tag.endswith("}Pixels")
+                   or el.tag == "Pixels"), None)
     if pixels is None:
         return none
     channels = [ch for ch in pixels if ch.tag.endswith("Channel")]
@@ -1037,14 +1048,7 @@ def _ome_info(xml: str | None, p: Path) -> dict[str, Any]:
                 pixels.get("PhysicalSizeYUnit", "µm"), np.nan)
         except (TypeError, ValueError):
             ps_y = None  # absent or unreadable: X's is taken, as before
-        if ps_y is not None and 0 < ps <= MAX_PIXEL_SIZE_UM and np.isfinite(ps_y) \
-                and abs(ps_y / ps - 1) > 0.01:
-            # areas and distances are read on square pixels: 0.5 x 2 um ones were taken as
-            # 0.5 x 0.5 um, areas 4x off, unsaid (a review)
-            raise FileFormatError(f"{str(p)!r}: its pixels are {ps:g} um wide (OME "
-                                  f"PhysicalSizeX) but {ps_y:g} um high (PhysicalSizeY): "
-                                  "qdmed measures on square pixels; resample the image to "
-                                  "square ones first")
+        _check_square(ps, ps_y, p, "OME PhysicalSizeX", "PhysicalSizeY")
     if names and any(n is None for n in names):
         names = None
     bits = pixels.get("SignificantBits")
@@ -1113,7 +1117,7 @@ def _qpi_channels(pages: Sequence[Any], p: Path) -> dict[str, Any]:
     return {"names": names, "exposure_ms": exposure or None}
 
 
-def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
+def _imagej_info(md: dict, page: Any, p: Path) -> dict[str, Any]:
     """Channel ``names`` and ``pixel_size_um`` of an ImageJ/Fiji TIFF: the slice labels
     (``Labels``, one per channel of a channel stack) and the resolution tags, which ImageJ
     writes as pixels per ``unit`` (its ImageDescription) with the TIFF ResolutionUnit
@@ -1124,15 +1128,40 @@ def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
     ps = None
     unit = str(md.get("unit", "")).strip()
     try:
-        xres = page.tags["XResolution"].value
         rel = int(page.tags["ResolutionUnit"].value) == 1
     except KeyError:
-        xres, rel = None, False
+        rel = False
+    xres, yres = (_resolution_per_unit(page, t) for t in ("XResolution", "YResolution"))
     if rel and xres and unit in _UNIT_TO_UM:
-        num, den = xres if isinstance(xres, tuple) else (xres, 1)
-        if num and den:
-            ps = den / num * _UNIT_TO_UM[unit]
+        ps = _UNIT_TO_UM[unit] / xres
+        _check_square(ps, _UNIT_TO_UM[unit] / yres if yres else None, p,
+                      "the ImageJ XResolution", "YResolution")
     return {"names": names, "pixel_size_um": ps}
+
+
+def _check_square(ps_x: float | None, ps_y: float | None, p: Path, x_field: str,
+                  y_field: str) -> None:
+    """Refuse pixels whose recorded height differs from their width by over 1 %: areas
+    and distances are measured on square pixels (0.5 x 2 um ones were taken as 0.5 x 0.5
+    um, areas 4x off, unsaid: a review, for OME-TIFF, then Zarr and plain and ImageJ TIFF).
+    Either size absent, or no size (0, NaN: said elsewhere), is not checked."""
+    if ps_x is None or ps_y is None or not (0 < ps_x <= MAX_PIXEL_SIZE_UM) or \
+            not (0 < ps_y <= MAX_PIXEL_SIZE_UM) or abs(ps_y / ps_x - 1) <= 0.01:
+        return
+    raise FileFormatError(f"{str(p)!r}: its pixels are {ps_x:g} um wide ({x_field}) but "
+                          f"{ps_y:g} um high ({y_field}): qdmed measures on square pixels; "
+                          "resample the image to square ones first")
+
+
+def _resolution_per_unit(page: Any, tag: str) -> float | None:
+    """A TIFF page's X/YResolution tag as a number (pixels per resolution unit), None when
+    absent or no number."""
+    try:
+        v = page.tags[tag].value
+    except KeyError:
+        return None
+    num, den = v if isinstance(v, tuple) else (v, 1)
+    return num / den if num and den else None
 
 
 #: Coarsest pixel size taken from a TIFF's X/YResolution tags, um (coarser: a print or
@@ -1140,20 +1169,22 @@ def _imagej_info(md: dict, page: Any) -> dict[str, Any]:
 _MAX_TIFF_RESOLUTION_UM = 20.0
 
 
-def _tiff_resolution_um(page: Any) -> float | None:
+def _tiff_resolution_um(page: Any, p: Path) -> float | None:
     try:
-        xres = page.tags["XResolution"].value
         unit = int(page.tags["ResolutionUnit"].value)
     except KeyError:
         return None
-    num, den = xres if isinstance(xres, tuple) else (xres, 1)
-    if not num or not den:
+    um = 1e4 if unit == 3 else 25400.0 if unit == 2 else None  # per centimetre, per inch
+    xres, yres = (_resolution_per_unit(page, t) for t in ("XResolution", "YResolution"))
+    if um is None or not xres:
         return None
-    per_unit = num / den
-    ps = 1e4 / per_unit if unit == 3 else 25400.0 / per_unit if unit == 2 else None
+    ps = um / xres
     # 72, 96, 300 dpi (353, 265, 85 um) are what image editors and screenshots write, not a
     # microscope's sampling, which is finer than 20 um per pixel even for an overview scan
-    return ps if ps is not None and ps <= _MAX_TIFF_RESOLUTION_UM else None
+    if ps > _MAX_TIFF_RESOLUTION_UM:
+        return None
+    _check_square(ps, um / yres if yres else None, p, "the TIFF XResolution", "YResolution")
+    return ps
 
 
 def _svs_mpp(page: Any, p: Path) -> tuple[float | None, str | None]:
@@ -1184,9 +1215,11 @@ def _svs_mpp(page: Any, p: Path) -> tuple[float | None, str | None]:
 def _read_tiff(p: Path) -> SlideImage:
     size = p.stat().st_size
     note = None  # SlideImage.pixel_size_note
+    warned: list[str] = []  # SlideImage.warnings
     with _LogCapture() as log, _tiff_open(p) as tf:
         try:
-            series = tf.series[0]
+            si = _ome_image_read(tf, p, warned)
+            series = tf.series[si]
             axes = series.axes
             level_shapes = [tuple(lv.shape) for lv in series.levels]
             for lv_i, lv in enumerate(series.levels):
@@ -1209,7 +1242,7 @@ def _read_tiff(p: Path) -> SlideImage:
                 head = (getattr(series.pages[0], "description", "") or "").lstrip()[:2000]
                 if head.startswith("<OME") or (head.startswith("<?xml") and "<OME" in head):
                     _ome_info(series.pages[0].description, p)  # says what is malformed
-            info = _ome_info(tf.ome_metadata if is_ome else None, p)
+            info = _ome_info(tf.ome_metadata if is_ome else None, p, si)
             svs, ndpi = bool(tf.is_svs), bool(tf.is_ndpi)
             qpi = not (is_ome or svs or ndpi) and _qpi_xml(series.pages[0]) is not None
             imagej = not (is_ome or qpi or svs or ndpi) and bool(tf.is_imagej)
@@ -1218,10 +1251,10 @@ def _read_tiff(p: Path) -> SlideImage:
             elif qpi:
                 info.update(_qpi_channels(series.pages, p))
             elif imagej:
-                info.update(_imagej_info(tf.imagej_metadata or {}, series.pages[0]))
+                info.update(_imagej_info(tf.imagej_metadata or {}, series.pages[0], p))
             names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
             if ps is None:
-                ps = _tiff_resolution_um(series.pages[0])
+                ps = _tiff_resolution_um(series.pages[0], p)
             # an 8-bit RGB (or YCbCr-coded) brightfield image: its samples are red, green,
             # blue (tifffile writes any (Y, X, 3) array as RGB: a 16-bit three-channel
             # fluorescence stack keeps C0-C2)
@@ -1241,7 +1274,7 @@ def _read_tiff(p: Path) -> SlideImage:
     perm, squeeze = _axes_to_yxc(axes, level_shapes[0], p)
     levels = []
     for lv_i, shp in enumerate(level_shapes):
-        arr = _tiff_level_dask(p, lv_i, shp, dtype, axes)
+        arr = _tiff_level_dask(p, lv_i, shp, dtype, axes, si)
         arr = arr.reshape(tuple(s for i, s in enumerate(shp) if i not in squeeze))
         arr = arr.transpose(perm) if arr.ndim == 3 else arr[:, :, None]
         levels.append(arr)
@@ -1267,7 +1300,71 @@ def _read_tiff(p: Path) -> SlideImage:
                       levels=tuple(levels), significant_bits=bits,
                       emission_nm=tuple(emission) if emission else None,
                       exposure_ms=tuple(exposure) if exposure else None,
-                      pixel_size_note=note)
+                      pixel_size_note=note, warnings=tuple(warned))
+
+
+def _ome_image_read(tf: Any, p: Path, warned: list[str]) -> int:
+    """Which image (tifffile series) of a TIFF is read: the first, or, in an OME-TIFF of
+    several images (bfconvert writes a slide's scenes, label and overview each as one,
+    and one of those is often the first), the largest in Y x X, said in a warning (also
+    issued, QdmedWarning) naming them all. A review read a multi-image file's 100 x 200
+    macro image as the slide, unsaid."""
+    series = tf.series
+    if not tf.is_ome or len(series) < 2:
+        return 0
+    import warnings
+
+    from qdmed.errors import QdmedWarning
+
+    def yx(se) -> tuple[int, int]:
+        dims = dict(zip(se.axes, se.shape, strict=True))
+        return int(dims.get("Y", 1)), int(dims.get("X", 1))
+
+    sizes = [yx(se) for se in series]
+    try:
+        images = sum(1 for el in ET.fromstring(tf.ome_metadata) if el.tag.endswith("Image"))
+    except ET.ParseError:
+        images = 0
+    # the OME Image of a series is known by its place only when each Image is one series
+    si = max(range(len(series)), key=lambda i: sizes[i][0] * sizes[i][1]) \
+        if images == len(series) else 0
+    listed = "; ".join(f"{i}: {series[i].name or 'unnamed'} ({w} x {h} px)"
+                       for i, (h, w) in enumerate(sizes[:8])) + (
+        "; ..." if len(series) > 8 else "")
+    text = (f"{str(p)!r} holds {len(series)} images ({listed}): image {si}, the "
+            + ("largest" if images == len(series) else "first") + ", is read; to analyse "
+            "another, write it to a file of its own (e.g. bfconvert -series N)")
+    warnings.warn(text, QdmedWarning, stacklevel=4)
+    warned.append(text)
+    return si
+
+
+#: Axis letters (tifffile's; NGFF axes mapped to them, :func:`_ngff_axis_letter`) taken as
+#: the channel axis: channel, sample, a generic sequence, unknown, and wavelength (a lambda
+#: stack: spectral channels).
+_CHANNEL_AXES = "CSIQE"
+#: Other axes named in the refusal.
+_OTHER_AXES = {"Z": "a Z (depth) axis", "T": "a time axis", "A": "an angle axis",
+               "P": "a phase axis", "R": "a tile axis", "M": "a mosaic axis",
+               "H": "a lifetime axis", "L": "an exposure axis", "V": "an event axis"}
+
+
+def _ngff_axis_letter(axis: Any, i: int, p: Path) -> str:
+    """The tifffile-style letter of NGFF axis `axis` (a dict with ``name`` and optional
+    ``type``, or a bare name as NGFF 0.3 wrote them): X, Y, C (channel), T (time), Z
+    (another space axis), Q (unknown)."""
+    name = axis.get("name") if isinstance(axis, dict) else axis
+    if not isinstance(name, str) or not name:
+        raise FileFormatError(f"{str(p)!r}: NGFF axis {i} ({axis!r}) has no 'name'")
+    kind = axis.get("type") if isinstance(axis, dict) else None
+    n = name.lower()
+    if n in ("x", "y"):
+        return n.upper()
+    if n in ("c", "channel") or kind == "channel":
+        return "C"
+    if n in ("t", "time") or kind == "time":
+        return "T"
+    return "Z" if n == "z" or kind == "space" else "Q"
 
 
 def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int, ...], set]:
@@ -1280,14 +1377,23 @@ def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int,
     if len(others) > 1:
         raise FileFormatError(f"{str(p)!r}: image axes {axes!r} with shape {shape} have more "
                               f"than one non-singleton non-spatial axis; expected one channel "
-                              f"axis (C, S, I or Q)")
+                              f"axis (C, S, I, Q or E)")
+    if others and others[0] not in _CHANNEL_AXES:
+        # a Z-stack or a time series read as spectral channels was analysed unsaid (a
+        # review: 204 cells from 8 focal planes)
+        what = _OTHER_AXES.get(others[0], f"an axis {others[0]!r}")
+        n = shape[axes.index(others[0])]
+        raise FileFormatError(f"{str(p)!r}: image axes {axes!r} with shape {shape} have "
+                              f"{what} of {n} planes, not channels: qdmed reads one plane of "
+                              "channels (C); project the stack or take one plane first (e.g. "
+                              "Fiji's Z Project, or bfconvert -z / -timepoint)")
     if not others:
         return (kept.index("Y"), kept.index("X")), squeeze
     return (kept.index("Y"), kept.index("X"), kept.index(others[0])), squeeze
 
 
 def _tiff_level_dask(p: Path, level: int, shape: tuple[int, ...], dtype: np.dtype,
-                     axes: str) -> Any:
+                     axes: str, series: int = 0) -> Any:
     """Lazy dask array of one TIFF level, read through tifffile's zarr store per chunk."""
     import dask.array as da
 
@@ -1295,7 +1401,7 @@ def _tiff_level_dask(p: Path, level: int, shape: tuple[int, ...], dtype: np.dtyp
     chunks = [min(s, 2048) if i in (yi, xi) else s for i, s in enumerate(shape)]
     return da.map_blocks(_read_tiff_block, dtype=dtype, chunks=da.core.normalize_chunks(
         tuple(chunks), shape), meta=np.empty((0,) * len(shape), dtype),
-        path=str(p), level=level, axes=axes)
+        path=str(p), level=level, axes=axes, series=series)
 
 
 @functools.cache
@@ -1342,8 +1448,8 @@ def _ndpi_jpeg_colours_as_openslide(page: Any) -> None:
         page.photometric = tifffile.PHOTOMETRIC.YCBCR
 
 
-def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any = None
-                     ) -> np.ndarray:
+def _read_tiff_block(*, path: str, level: int, axes: str = "", series: int = 0,
+                     block_info: Any = None) -> np.ndarray:
     import tifffile
     import zarr
 
@@ -1351,17 +1457,18 @@ def _read_tiff_block(*, path: str, level: int, axes: str = "", block_info: Any =
     sel = tuple(slice(a, b) for a, b in loc)
     try:
         with tifffile.TiffFile(path) as tf:
-            series = tf.series[0].levels[level]
-            if series.dataoffset is not None:
+            se = tf.series[series]
+            lev = se.levels[level]
+            if lev.dataoffset is not None:
                 # uncompressed and contiguous (ImageJ stacks, cellpose masks, tifffile's
                 # default): one strip, or none, so the zarr store's chunk would be the whole
                 # image; a memory map reads the block's bytes only (a 512^2 window of an
                 # 8192^2 uint32 mask: 1.6 s -> ms, measured)
-                mm = np.memmap(path, dtype=series.dtype.newbyteorder(tf.byteorder), mode="r",
-                               offset=series.dataoffset, shape=series.shape)
-                return np.array(mm[sel], dtype=series.dtype)  # native byte order
-            _ndpi_jpeg_colours_as_openslide(tf.series[0].levels[level].keyframe)
-            store = _tiff_store_class()(tf.series[0], level=level)
+                mm = np.memmap(path, dtype=lev.dtype.newbyteorder(tf.byteorder), mode="r",
+                               offset=lev.dataoffset, shape=lev.shape)
+                return np.array(mm[sel], dtype=lev.dtype)  # native byte order
+            _ndpi_jpeg_colours_as_openslide(lev.keyframe)
+            store = _tiff_store_class()(se, level=level)
             z = zarr.open_array(store, mode="r")
             out = np.asarray(z[sel])
             if store.errors:
@@ -1394,16 +1501,22 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
     attrs = dict(root.attrs)
     bits = attrs.get("qdmed", {}).get("significant_bits") if isinstance(
         attrs.get("qdmed"), dict) else None  # qdmed's own record (NGFF has no field for it)
-    if "ome" in attrs:  # NGFF 0.5 nests everything under "ome"
+    if "ome" in attrs and isinstance(attrs["ome"], dict):  # NGFF 0.5 nests it under "ome"
         attrs = dict(attrs["ome"])
     ms = attrs.get("multiscales")
+    if not ms and "bioformats2raw.layout" in attrs:
+        return _read_bioformats2raw(p, root, check_chunks)
     if not ms or not isinstance(ms, list) or "datasets" not in ms[0]:
         raise FileFormatError(f"{str(p)!r}: missing NGFF field 'multiscales' (with "
                               f"'datasets') in the group attributes")
     m = ms[0]
     if not isinstance(m["datasets"], list) or not m["datasets"]:
         raise FileFormatError(f"{str(p)!r}: NGFF multiscales 'datasets' lists no array")
-    axes = [a["name"] if isinstance(a, dict) else str(a) for a in m.get("axes", [])]
+    given = m.get("axes", [])
+    if not isinstance(given, list):
+        raise FileFormatError(f"{str(p)!r}: NGFF multiscales 'axes' is not a list: {given!r}")
+    up = "".join(_ngff_axis_letter(a, i, p) for i, a in enumerate(given))
+    axes = [a["name"] if isinstance(a, dict) else a for a in given]
     levels, ps = [], None
     for i, ds in enumerate(m["datasets"]):
         if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
@@ -1415,13 +1528,13 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
                                   f"not exist") from e
         if not axes:
             axes = ["c", "y", "x"][-arr.ndim:] if arr.ndim <= 3 else []
+            up = "".join(axes).upper()
         if len(axes) != arr.ndim:
             raise FileFormatError(f"{str(p)!r}: NGFF axes {axes} do not match array "
                                   f"'{ds['path']}' with {arr.ndim} dimensions")
         d = da.from_zarr(arr)
         if i == 0:
             ps = _ngff_pixel_size(ds, m, axes, p) if "x" in axes else None
-        up = "".join(a.upper() for a in axes)
         perm, squeeze = _axes_to_yxc(up, tuple(arr.shape), p)
         d = d.reshape(tuple(s for j, s in enumerate(arr.shape) if j not in squeeze))
         d = d.transpose(perm) if d.ndim == 3 else d[:, :, None]
@@ -1430,12 +1543,7 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
             direct = _zarr_region_reader(arr, up, perm, squeeze)
             arr0, up0 = arr, up
     nc = int(levels[0].shape[2])
-    names = None
-    ch = attrs.get("omero", {}).get("channels")
-    if ch:
-        names = [c.get("label") for c in ch]
-        if len(names) != nc or any(n is None for n in names):
-            names = None
+    names, warned = _omero_names(attrs.get("omero"), nc, p)
     names = tuple(names) if names else _default_channel_names(nc)
     missing = _missing_chunks_warning(arr0, p, m["datasets"][0]["path"], up0, names,
                                       levels) if check_chunks else None
@@ -1446,7 +1554,74 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
     return SlideImage(data=levels[0], channel_names=names, pixel_size_um=ps, path=p,
                       format="ome-zarr",
                       levels=tuple(levels), significant_bits=bits, _direct=direct,
-                      warnings=() if missing is None else (missing,))
+                      warnings=tuple(warned) + (() if missing is None else (missing,)))
+
+
+def _read_bioformats2raw(p: Path, root: Any, check_chunks: bool) -> SlideImage:
+    """An OME-Zarr in bioformats2raw's layout (NGFF "bioformats2raw.layout" 3): its images
+    are the groups the ``OME`` group's ``series`` attribute lists, else ``0``, ``1``, ...
+    The one read is the largest in Y x X (as of a multi-image OME-TIFF,
+    :func:`_ome_image_read`), said in a warning where there are several; the slide keeps
+    the folder's path (a review was told "missing NGFF field 'multiscales'")."""
+    try:
+        listed = root["OME"].attrs.get("series")
+    except Exception:  # noqa: BLE001 - no OME group: the numbered groups
+        listed = None
+    if not (isinstance(listed, list) and listed and all(isinstance(x, str) for x in listed)):
+        listed = []
+        while (p / str(len(listed))).is_dir():
+            listed.append(str(len(listed)))
+    if not listed:
+        raise FileFormatError(f"{str(p)!r}: a bioformats2raw layout without images (no "
+                              "series in its OME group, no group 0)")
+    images = [_read_zarr(p / name, check_chunks=False) for name in listed]
+    si = max(range(len(images)), key=lambda i: images[i].shape[0] * images[i].shape[1])
+    slide = _read_zarr(p / listed[si], check_chunks=check_chunks) if check_chunks else \
+        images[si]
+    warned = []
+    if len(images) > 1:
+        shown = "; ".join(f"{listed[i]} ({im.shape[1]} x {im.shape[0]} px)"
+                          for i, im in enumerate(images[:8])) + (
+            "; ..." if len(images) > 8 else "")
+        text = (f"{str(p)!r} holds {len(images)} images in bioformats2raw's layout ({shown})"
+                f": image {listed[si]}, the largest, is read; to analyse another, give its "
+                f"folder ({p / listed[0]}, ...)")
+        import warnings
+
+        from qdmed.errors import QdmedWarning
+
+        warnings.warn(text, QdmedWarning, stacklevel=4)
+        warned.append(text)
+    return replace(slide, path=p, warnings=(*warned, *slide.warnings))
+
+
+def _omero_names(omero: Any, nc: int, p: Path) -> tuple[list[str] | None, list[str]]:
+    """``(names, warnings)``: the channel names of NGFF's ``omero`` block (each channel's
+    ``label``; numbers as text), or None, said in a warning (also issued, QdmedWarning)
+    where the block is there but gives no usable name per channel (a malformed block was an
+    internal error: a review). No block, or channels without labels: None, unsaid."""
+    if omero is None:
+        return None, []
+    ch = omero.get("channels") if isinstance(omero, dict) else None
+    labels = ([c.get("label") if isinstance(c, dict) else None for c in ch]
+              if isinstance(ch, list) else None)
+    if labels is not None and all(x is None for x in labels):
+        return None, []
+    if labels is not None and len(labels) == nc and all(
+            isinstance(x, str | int | float) and not isinstance(x, bool) and str(x).strip()
+            for x in labels):
+        return [str(x) for x in labels], []
+    why = ("is not an object with a 'channels' list" if labels is None else
+           f"names {len(labels)} channels but the image has {nc}" if len(labels) != nc else
+           "has a channel without a usable 'label'")
+    text = (f"{str(p)!r}: the NGFF 'omero' block {why}: channels named "
+            f"{', '.join(_default_channel_names(nc)[:3])}{', ...' if nc > 3 else ''}")
+    import warnings
+
+    from qdmed.errors import QdmedWarning
+
+    warnings.warn(text, QdmedWarning, stacklevel=4)
+    return None, [text]
 
 
 #: Absent or empty chunks named (their regions) in the warning; the rest are counted.
@@ -1597,25 +1772,50 @@ def _missing_chunks_warning(arr: Any, p: Path, ds_path: str, axes: str,
     return text
 
 
-def _ngff_pixel_size(ds: dict, m: dict, axes: list, p: Path) -> float | None:
-    """um per pixel along x from a dataset's scale transform and the x axis's unit (None
-    when either is absent)."""
-    for t in ds.get("coordinateTransformations", []) or []:
+def _ngff_scale(transforms: Any, n: int, p: Path, where: str) -> list[float] | None:
+    """The ``scale`` of an NGFF ``coordinateTransformations`` list (one number per axis),
+    or None when it has none."""
+    for t in transforms if isinstance(transforms, list) else []:
         if not (isinstance(t, dict) and t.get("type") == "scale"):
             continue
-        unit = next((a.get("unit") for a in m.get("axes", [])
-                     if isinstance(a, dict) and a.get("name") == "x"), None)
-        if unit is None:
-            return None
-        if unit not in _UNIT_TO_UM:
-            raise FileFormatError(f"{str(p)!r}: NGFF x axis unit {unit!r} is not a length "
-                                  f"unit qdmed knows ({', '.join(sorted(_UNIT_TO_UM))})")
         try:
-            return float(t["scale"][axes.index("x")]) * _UNIT_TO_UM[unit]
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise FileFormatError(f"{str(p)!r}: NGFF scale {t.get('scale')!r} does not give "
-                                  f"one number per axis {axes}") from exc
+            vals = [float(v) for v in t["scale"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FileFormatError(f"{str(p)!r}: NGFF scale {t.get('scale')!r} ({where}) is "
+                                  "not a list of numbers") from exc
+        if len(vals) != n:
+            raise FileFormatError(f"{str(p)!r}: NGFF scale {t['scale']!r} ({where}) does not "
+                                  f"give one number per axis ({n})")
+        return vals
     return None
+
+
+def _ngff_pixel_size(ds: dict, m: dict, axes: list, p: Path) -> float | None:
+    """um per pixel along x: the dataset's scale transform times the multiscales' own
+    (NGFF 0.4: transforms there apply to every level after the dataset's; a review read
+    a 0.25 um slide as 1 um where the writer kept its scale there), in the x axis's unit;
+    None when either the dataset's scale or the unit is absent. Pixels whose y size
+    differs are refused (:func:`_check_square`)."""
+    own = _ngff_scale(ds.get("coordinateTransformations"), len(axes), p,
+                      f"dataset {ds.get('path')!r}")
+    if own is None:
+        return None
+    top = _ngff_scale(m.get("coordinateTransformations"), len(axes), p, "multiscales") or \
+        [1.0] * len(axes)
+    units = {a.get("name"): a.get("unit") for a in m.get("axes", []) if isinstance(a, dict)}
+    unit = units.get("x")
+    if unit is None:
+        return None
+    if unit not in _UNIT_TO_UM:
+        raise FileFormatError(f"{str(p)!r}: NGFF x axis unit {unit!r} is not a length "
+                              f"unit qdmed knows ({', '.join(sorted(_UNIT_TO_UM))})")
+    xi = axes.index("x")
+    ps = own[xi] * top[xi] * _UNIT_TO_UM[unit]
+    if "y" in axes and units.get("y") in _UNIT_TO_UM:
+        yi = axes.index("y")
+        _check_square(ps, own[yi] * top[yi] * _UNIT_TO_UM[units["y"]], p, "NGFF x scale",
+                      "y scale")
+    return ps
 
 
 def _zarr_region_reader(arr: Any, axes: str, perm: tuple[int, ...], squeeze: set):
