@@ -150,7 +150,7 @@ def test_cell_features_and_streamed_collection(tmp_path):
     assert f["properties"]["name"] == "7000001"
     assert f["properties"]["metadata"] == {"cell_id": "7000001"}
     assert f["properties"]["measurements"] == {
-        "Cell: Area um^2": 50.0, "Nucleus: Area um^2": 12.0, "HER2: Membrane: Mean": 3.0,
+        "Cell: Area \u00b5m^2": 50.0, "Nucleus: Area \u00b5m^2": 12.0, "HER2: Membrane: Mean": 3.0,
         "HER2: Membrane: Completeness": 0.5, "HER2: Membrane: Stained mean": 4.5,
         "ER: Nucleus: Mean": 0.4}
     assert "HER2: Membrane: Mean" not in feats[1]["properties"]["measurements"]  # NaN left out

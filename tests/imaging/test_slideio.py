@@ -874,3 +874,13 @@ def test_several_images_in_one_ome_tiff_or_bioformats2raw_zarr(tmp_path):
         s = read_slide(b2r)
     assert s.shape == (64, 80, 8) and s.path == b2r and s.pixel_size_um == 0.5
     np.testing.assert_array_equal(s.read_region(0, 64, 0, 80), scan.transpose(1, 2, 0))
+
+
+def test_an_rgb_ome_tiff_whose_one_channel_has_a_name(tmp_path):
+    # OME: an interleaved RGB plane is one Channel (SamplesPerPixel 3), a name is legal
+    rgb = np.random.default_rng(0).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgbn.ome.tif", rgb, photometric="rgb",
+                     metadata={"axes": "YXS", "Channel": {"Name": ["Brightfield"]}})
+    s = read_slide(tmp_path / "rgbn.ome.tif")
+    assert s.channel_names == ("R", "G", "B")
+    np.testing.assert_array_equal(s.read_region(0, 32, 0, 40), rgb)

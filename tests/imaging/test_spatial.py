@@ -341,6 +341,13 @@ def test_spatial_cli_on_a_qupath_style_table(tmp_path):
     assert list(per.columns[:4]) == ["Centroid X µm", "Centroid Y µm", "class",
                                      "nearest_um:Stroma"] and len(per) == 120
     assert "n_within_20um:Tumor" in per.columns
+    # typed with the Greek mu (U+03BC) instead of QuPath's micro sign (U+00B5), which look
+    # alike: the same columns (a review was told its column was missing)
+    r = _cli(str(src), "--by", "Class", "--xy", "Centroid X \u03bcm,Centroid Y \u03bcm",
+             "--permutations", "99", "--cells-out", str(out[1]), "--json")
+    assert r.returncode == 0, r.stderr
+    assert list(pd.read_parquet(out[1]).columns[:2]) == ["Centroid X \u00b5m",
+                                                         "Centroid Y \u00b5m"]
 
 
 def test_spatial_cli_bad_input_is_one_line(tmp_path):

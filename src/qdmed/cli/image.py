@@ -1797,6 +1797,10 @@ def spatial(
     if per_group and grp is None:
         raise InputError("--per-group needs groups: give --within COLUMNS (or auto), not none")
     frame, _ = read_cells_table(cells)
+    from qdmed.imaging._spatial import _as_named
+
+    xy_cols = _as_named(frame, xy_cols)  # as the table spells them (its micro sign), so
+    by_cols = _as_named(frame, tuple(by_cols))  # that the per-cell table keeps them
     show = not no_progress and not json_
     groups = None
     if per_group:  # first: a table without groups fails before the pooled run

@@ -44,7 +44,10 @@ def _measurement_columns(table) -> list[tuple[str, str]]:
     """(QuPath measurement name, table column) pairs kept in the GeoJSON."""
     from qdmed.imaging._scoring import MARKER_COMPARTMENTS
 
-    cols = [("Cell: Area um^2", "cell_area_um2"), ("Nucleus: Area um^2", "nucleus_area_um2")]
+    # QuPath's own names, with its micro sign (U+00B5: GeneralTools.micrometerSymbol), so
+    # that they line up with QuPath's measurements and the scripts keyed on them
+    cols = [("Cell: Area \u00b5m^2", "cell_area_um2"),
+            ("Nucleus: Area \u00b5m^2", "nucleus_area_um2")]
     for col in table.columns:
         if not col.endswith("_cell_mean"):
             continue

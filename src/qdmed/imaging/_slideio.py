@@ -1283,6 +1283,11 @@ def _read_tiff(p: Path) -> SlideImage:
         # a brightfield QPTIFF: one RGB page, one <Name> for its three samples; an ImageJ
         # stack whose labels are per plane of a Z or T series
         names = None
+    if rgb and nc == 3 and names is not None and len(names) == 1:
+        # OME puts an interleaved RGB plane in one Channel (SamplesPerPixel 3), which may
+        # have a name ("Brightfield"): its samples are red, green, blue (a review's was
+        # refused as "names 1 channels but the image has 3")
+        names = None
     if names is not None and len(names) != nc:
         raise FileFormatError(f"{str(p)!r}: OME-XML names {len(names)} channels but the image "
                               f"has {nc}")

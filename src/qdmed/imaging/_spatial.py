@@ -198,15 +198,36 @@ def _check_columns(cells, cols, what: str) -> None:
                          f"{', '.join(map(repr, dup))} ({what}): rename them")
 
 
+def _as_named(cells, names: tuple) -> tuple:
+    """Each of `names` as the table spells it where they differ only in Unicode form: the
+    micro sign of QuPath's "Centroid X \u00b5m" (U+00B5) and the Greek mu (U+03BC) a
+    keyboard gives look alike (a review was told the column it typed was missing, beside
+    the one it had); NFKC makes them one. A name matching no column, or more than one, is
+    left as given (refused as missing, or ambiguous, later)."""
+    import unicodedata
+
+    def key(v) -> str:
+        return unicodedata.normalize("NFKC", v) if isinstance(v, str) else v
+
+    cols = {}
+    for c in cells.columns:
+        cols.setdefault(key(c), []).append(c)
+    return tuple(n if n in cells.columns or len(cols.get(key(n), ())) != 1
+                 else cols[key(n)][0] for n in names)
+
+
 def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     import pandas as pd
 
     if not isinstance(cells, pd.DataFrame):
         raise InputError(f"cells must be a pandas table (a cells.parquet read with "
                          f"pandas.read_parquet); got {type(cells).__name__}")
-    by = (by,) if isinstance(by, str) else tuple(by)
+    by = _as_named(cells, (by,) if isinstance(by, str) else tuple(by))
     if not by:
         raise InputError("by: name at least one class column (e.g. phenotype)")
+    xy_columns = _as_named(cells, tuple(xy_columns))
+    if within is not None and not (isinstance(within, str) and within == "auto"):
+        within = _as_named(cells, (within,) if isinstance(within, str) else tuple(within))
     _check_present(cells, by, xy_columns)
     within, auto = _within_columns(cells, within, by)
     _check_columns(cells, (*by, *xy_columns, *(within or ())), "class, centroid or group")
