@@ -56,6 +56,10 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
     assert cases.loc["P4", "status"] == "no cells"
     p4 = next(r for r in res["slides"] if r["slide"] == "P4_f1.ome.tif")
     assert p4["n_cells"] == 0 and "no case" not in p4["message"]
+    # and its row says so (a review's empty section read "ok"): not a failure
+    assert p4["status"] == "no cells" and p4["message"].startswith("no cells found")
+    assert (res["n_ok"], res["n_no_cells"], res["n_failed"]) == (4, 1, 0)
+    assert "slide P4_f1.ome.tif has no cells" in cases.loc["P4", "message"]
     # a slide without a case: noted on its row, left out of the cases
     x = next(r for r in res["slides"] if r["slide"] == "X_f1.ome.tif")
     assert "no case in the case map" in x["message"]

@@ -168,6 +168,16 @@ def test_qc_of_a_folder(tmp_path):
     assert {r["slide"]: r.get("offset_suspected") for r in res["slides"]}["raw.ome.tif"] is False
 
 
+def test_qc_of_a_section_without_nuclei_says_so(tmp_path):
+    # a review's empty section read "ok", with no message
+    path = write_ome_tiff(tmp_path / "empty.ome.tif", np.zeros((256, 256, 8), np.uint16),
+                          channel_names=list(PANEL.channel_names), pixel_size_um=0.5)
+    qc = qc_slide(path, PANEL, tile=256)
+    assert qc["warnings"][0].startswith("no nuclei: the nuclear channel (DAPI) shows none")
+    assert not any(w.startswith("no nuclei") for w in qc_slide(
+        _slide(tmp_path, "sharp"), PANEL, tile=256)["warnings"])
+
+
 def test_qc_folder_refuses_bad_options_and_clashing_names(tmp_path):
     folder = tmp_path / "slides"
     folder.mkdir()

@@ -949,12 +949,12 @@ def _folder_exit(res: dict) -> None:
     """End a folder command: exit 2 when no slide could be read (nothing to show), 3 when
     some failed (the others' results are written; a pipeline must not take the run as
     complete), else 0."""
-    if res["n_ok"] == 0:
+    if res["n_ok"] + res.get("n_no_cells", 0) == 0:
         typer.echo(f"error: none of the {res['n_failed']} slides could be analysed (each "
                    "slide's reason is in the table)", err=True)
         raise typer.Exit(2)
     if res["n_failed"]:
-        typer.echo(f"error: {res['n_failed']} of {res['n_ok'] + res['n_failed']} slides "
+        typer.echo(f"error: {res['n_failed']} of {res['n_slides']} slides "
                    "failed (status 'failed' and the reason in the table); the others' "
                    f"results are written. Exit code {EXIT_SOME_FAILED}.", err=True)
         raise typer.Exit(EXIT_SOME_FAILED)

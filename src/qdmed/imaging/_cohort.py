@@ -397,6 +397,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     if sl.get("exposure_ms") and np.dtype(sl["dtype"]).kind in "ui":
                         exposures[sp.name] = (sl["channel_names"], sl["exposure_ms"])
                     row["n_tiles_out_of_focus"] = len(foc.get("out_of_focus_tiles", []))
+                    if not row["n_cells"]:  # README: ok / failed / no cells (a review
+                        # found an empty section's row "ok", its scores blank)
+                        row["status"] = "no cells"
+                        notes.insert(0, "no cells found (a section without tissue, or no "
+                                        "nuclei in the nuclear channel?)")
                     row["message"] = "; ".join(n for n in notes if n)
                     row.update(score_fields(res.summary["her2"], None))
                     het = res.summary.get("her2_heterogeneity")
@@ -451,7 +456,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         pooled = pd.concat(case_cells, ignore_index=True) if case_cells else \
             pd.DataFrame({"case": [], "region": [], "slide": []})
         # cases whose cores lie on a failed slide are flagged, not shown as complete
-        failed = {map_slide(r["slide"]): r["slide"] for r in rows if r["status"] != "ok"}
+        failed = {map_slide(r["slide"]): r["slide"] for r in rows if r["status"] == "failed"}
         notes: dict[str, list[str]] = {}
         expected = expected_cores(region_rows)
         held: dict[str, set[str]] = {}
@@ -503,7 +508,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     summary = {"qdmed_version": __version__, "folder": str(folder),
                "panel": panel.to_yaml_dict(), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
-               "n_failed": sum(r["status"] != "ok" for r in rows),
+               "n_failed": sum(r["status"] == "failed" for r in rows),
+               "n_no_cells": sum(r["status"] == "no cells" for r in rows),
                "slides": rows, "cells": str(out / "cells.parquet") if tables else None,
                "regions": str(out / "regions.csv") if region_rows else None,
                "cases": None if case_rows is None else str(out / "cases.csv"),
@@ -615,7 +621,7 @@ def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], 
     import pandas as pd
 
     found = {map_slide(sp.name): sp.name for sp in slides}
-    failed = {map_slide(r["slide"]) for r in rows if r["status"] != "ok"}
+    failed = {map_slide(r["slide"]): r["status"] for r in rows if r["status"] != "ok"}
     expected: dict[str, list[str]] = {}
     notes: dict[str, list[str]] = {}
     for stem, case in slide_cases.items():
@@ -623,7 +629,9 @@ def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], 
         if stem not in found:
             notes.setdefault(case, []).append(f"slide {stem} not among the slides analysed")
         elif stem in failed:
-            notes.setdefault(case, []).append(f"slide {found[stem]} failed")
+            notes.setdefault(case, []).append(
+                f"slide {found[stem]} " + ("failed" if failed[stem] == "failed" else
+                                           "has no cells"))
     pooled = pd.concat(case_cells, ignore_index=True) if case_cells else \
         pd.DataFrame({"case": [], "slide": []})
     case_rows = score_cases(pooled, expected, her2_calibration=her2_calibration, gates=gates,

@@ -118,6 +118,10 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         "focus": focus_summary(blur, boxes, None, None, ps),
     }
     d["warnings"] = summary_warnings(d)
+    if not np.isfinite(d["nuclear_threshold"]):  # a review's empty section read "ok"
+        d["warnings"].insert(0, f"no nuclei: the nuclear channel ({panel.components[k]}) "
+                                "shows none to threshold where the slide has the most signal "
+                                "(a section without tissue, or no nuclear stain?)")
     d["elapsed_s"] = time.perf_counter() - t0
     if out_dir is not None:
         out = Path(out_dir)

@@ -678,7 +678,9 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
                      provenance={"folder": summary["folder"], "parameters":
                                  summary.get("parameters", {})})
     rep.paragraph(f"{summary['n_slides']} slides: {summary['n_ok']} analysed, "
-                  f"{summary['n_failed']} failed. One table for all cells: cells.parquet "
+                  + (f"{summary['n_no_cells']} without cells, " if summary.get("n_no_cells")
+                     else "")
+                  + f"{summary['n_failed']} failed. One table for all cells: cells.parquet "
                   "(column 'slide'); per-slide table: cohort.csv.")
     fig = cohort_figure(rows)
     if fig is not None:
