@@ -192,6 +192,14 @@ def test_a_calibration_with_her2_gives_its_gates_to_a_panel_without_her2(tmp_pat
     assert d["warnings"][0] == ("the calibration's HER2 cut-offs score HER2, which the panel "
                                 "lacks: only its positivity gates are used")
     assert d["markers_scored"]["percent_positive"]["ER"] is not None and d["her2"] is None
+    # the table says why HER2 is not scored (it said "no --calibration", one being given)
+    r = run("image", "analyze", str(tmp_path / "s.ome.tif"), "--panel",
+            str(tmp_path / "erpr.yaml"), "--calibration", str(tmp_path / "cal.json"), "--out",
+            str(tmp_path / "a"), "--no-progress", "--no-report", "--no-outlines",
+            "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    row = next(ln for ln in r.stdout.splitlines() if "HER2 category" in ln)  # (wrapped)
+    assert "not scored: the calibration has" in row and "--calibration" not in row
 
 
 def _analyzed_warnings(slide, out, calibration, prefix: str) -> list[str]:

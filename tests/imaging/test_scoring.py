@@ -210,6 +210,15 @@ def test_her2_asco_cap_table(groups, category, low, ultralow, rule_word):
     assert rule_word in s.rule
 
 
+def test_her2_1plus_rule_says_whether_the_faint_staining_was_complete():
+    # a review: 50 % faint complete cells read "faint/barely perceptible incomplete staining"
+    s = score_her2(her2_cells((50, "faint", True)), CAL)
+    assert s.category == "1+" and "incomplete" not in s.rule
+    assert "complete in 50.0 %" in s.rule
+    assert "incomplete staining in 50.0 %" in score_her2(her2_cells((50, "faint", False)),
+                                                          CAL).rule
+
+
 def test_her2_per_cell_categories_and_continuous_measures():
     df = her2_cells((10, "intense", True), (10, "intense", False), (20, "wm", True), (30, "faint", False))
     s = score_her2(df, CAL)

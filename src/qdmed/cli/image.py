@@ -902,8 +902,10 @@ def analyze(
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
-    elif her2 is None:
+    elif calibration is None:
         info["HER2 category"] = "not scored: no --calibration (qdmed image calibrate)"
+    else:  # gates alone, or HER2 cut-offs of a marker the panel lacks (then warned)
+        info["HER2 category"] = "not scored: the calibration has no HER2 cut-offs for this panel"
     for m, st in ((d.get("markers_scored") or {}).get("receptor_status") or {}).items():
         corr = ("corrected for the gate's noise floor" if st["gate_false_positive_percent"]
                 is not None else "not corrected: gate of unknown origin")

@@ -1096,6 +1096,8 @@ def score_her2(
 
     p_ic, p_wmc, p_mii, p_stained = (pct(m) for m in staining_patterns(klass, complete))
     p_faint = pct(klass == 1)
+    p_faint_complete = pct((klass == 1) & complete)  # said in the 1+ rule (a review read
+    # "incomplete" of a slide's complete faint staining)
     branch = int(her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, pc, imp, ipc, ulp))
     cat = HER2_CATEGORIES[_BRANCH_CATEGORY[branch]]
     n_ic = int(np.count_nonzero((klass == 3) & complete))
@@ -1105,7 +1107,11 @@ def score_her2(
         f"unusual pattern: intense complete staining in only {p_ic:.1f} % ({n_ic} cells) "
         f"<= {pc:g} %",
         f"unusual pattern: moderate-to-intense incomplete staining in {p_mii:.1f} % > {ipc:g} %",
-        (f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
+        ((f"faint/barely perceptible incomplete staining in {p_stained:.1f} % > {pc:g} %"
+          if p_faint_complete < 0.05 else
+          f"faint/barely perceptible staining in {p_stained:.1f} % > {pc:g} %, complete in "
+          f"{p_faint_complete:.1f} % (faint is 1+ whether complete or not: 2+ needs "
+          "weak-to-moderate complete staining)")
          if p_stained - p_faint < 0.05 else
          f"membrane staining in {p_stained:.1f} % > {pc:g} % of cells (faint in {p_faint:.1f} "
          f"%, stronger in {p_stained - p_faint:.1f} %, too few or too incomplete for 2+)"),
