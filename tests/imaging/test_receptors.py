@@ -107,7 +107,14 @@ def test_fewer_positives_than_the_noise_floor_is_warned():
 
     assert st.notes == ("fewer nuclei pass the gate (0.00 %) than its noise floor (1 %): "
                         "this tissue is quieter than the gate's control, whose correction "
-                        "does not apply here (summary.json)",)
+                        "does not apply here: not corrected (summary.json)",)
+    # so the observed share and its Wilson interval stand (corrected, the interval of 0 of
+    # 1000 collapsed to "0.00-0.00 %": a review)
+    assert not st.corrected and st.percent_positive_corrected == 0.0
+    assert st.ci95_percent[0] == 0.0 and st.ci95_percent[1] == pytest.approx(
+        100 * 1.96 ** 2 / (1000 + 1.96 ** 2), rel=1e-3)  # Wilson's upper bound at k = 0
+    assert "not corrected for the gate's 1 % noise floor" in st.rule
+    assert receptor_status(_cells(10, 1000), gate)["ER"].corrected
     assert receptor_notes({"receptor_status": {"ER": st.to_dict()}}) == [f"ER: {st.notes[0]}"]
 
 

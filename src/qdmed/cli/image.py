@@ -907,8 +907,9 @@ def analyze(
     else:  # gates alone, or HER2 cut-offs of a marker the panel lacks (then warned)
         info["HER2 category"] = "not scored: the calibration has no HER2 cut-offs for this panel"
     for m, st in ((d.get("markers_scored") or {}).get("receptor_status") or {}).items():
-        corr = ("corrected for the gate's noise floor" if st["gate_false_positive_percent"]
-                is not None else "not corrected: gate of unknown origin")
+        corr = ("corrected for the gate's noise floor" if st.get("corrected") else
+                "not corrected: gate of unknown origin" if st["gate_false_positive_percent"]
+                is None else "not corrected: fewer pass than the gate's noise floor")
         info[f"{m} (ASCO/CAP 2020)"] = (
             st["label"]
             # two decimals: 0.96 % printed as 1.0 % read as the cut-off itself (a review)
