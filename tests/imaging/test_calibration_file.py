@@ -179,6 +179,14 @@ def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
     assert cal.her2 is not None and set(cal.gates) == {"ER"}
     assert cal.intensity_scale["dtype"] == "uint16"
     assert cal.controls_scored["BT-474"] == {"category": "3+", "scored": "3+"}
+    assert not [w for w in cal.warnings if "gate" in w]
+    # an ER-positive line named ER's negative control (a review): its gate, ~90x the
+    # ER-negative line's level, would call ER-rich tissue negative; warned
+    wrong = calibrate_controls(res, negatives={"ER": "BT-474"})
+    (said,) = [w for w in wrong.warnings if w.startswith("the ER gate")]
+    assert "99th percentile of BT-474) is" in said and "is BT-474 negative for ER?" in said
+    ratio = float(said.split(" is ")[1].split("x that")[0])
+    assert ratio > 20
     # a folder and a SlideResult give the same calibration
     by_folder = calibrate_controls({n: r.out_dir for n, r in res.items()},
                                    negatives={"ER": "MDA-MB-468"})

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from qdmed.errors import InputError
 from qdmed.imaging._cells_table import read_cells_table
 
@@ -40,6 +42,42 @@ def _control_table(name: str, value: Any):
     cells, path = read_cells_table(value, prefix=f"control {name}: ", whose="a control's",
                                    text=False)
     return cells, control_summary(path)
+
+
+#: A gate this many times another control's level of the marker (at the gate's quantile)
+#: is warned: its negative control is likely positive for the marker.
+NEGATIVE_GATE_RATIO = 5.0
+
+
+def _positive_negative_warnings(tables, negs, gates, quantile: float) -> list[str]:
+    """A warning per gate whose negative control reads far above another control for that
+    marker: the gate is more than :data:`NEGATIVE_GATE_RATIO` times that control's same
+    quantile. A positive line named negative (a review: BT-474, ER-positive, as ER's
+    negative control) gives a gate above most positive nuclei, and ER-rich tissue reads ER
+    negative; a true negative control's level is the floor of the others' (a stained
+    negative line sits at most a few times above a fluorescence-minus-one section)."""
+    from qdmed.imaging._scoring import _column, _values
+
+    out = []
+    for marker, ctrl in negs.items():
+        g = gates[marker]
+        for name, t in tables.items():
+            if name == ctrl:
+                continue
+            try:
+                v = _values(t, _column(t, marker, g.compartment, "mean"), "omit")
+            except (InputError, KeyError):  # that control lacks the marker's column
+                continue
+            if v.size < 10:
+                continue
+            level = float(np.quantile(v, quantile))
+            if level > 0 and g.threshold > NEGATIVE_GATE_RATIO * level:
+                out.append(f"the {marker} gate ({g.threshold:.4g}, the {100 * quantile:g}th "
+                           f"percentile of {ctrl}) is {g.threshold / level:.0f}x that of "
+                           f"{name} ({level:.4g}): is {ctrl} negative for {marker}? A gate "
+                           f"from a positive control calls {marker}-rich tissue negative")
+                break
+    return out
 
 
 def calibrate_controls(controls: Mapping[str, Any], *,
@@ -148,5 +186,6 @@ def calibrate_controls(controls: Mapping[str, Any], *,
     if negs:
         gates = gates_from_negative_controls(tables, negs, quantile=quantile,
                                              compartments=compartments)
+        warnings = warnings + _positive_negative_warnings(tables, negs, gates, quantile)
     return Calibration(her2, gates, scale, "", controls_scored=scored,
                        warnings=tuple(warnings), controls=tables, negatives=negs)
