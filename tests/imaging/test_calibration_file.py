@@ -180,6 +180,23 @@ def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
     assert cal.intensity_scale["dtype"] == "uint16"
     assert cal.controls_scored["BT-474"] == {"category": "3+", "scored": "3+"}
     assert not [w for w in cal.warnings if "gate" in w]
+    # the controls' nuclear level is recorded, and a slide imaged brighter is warned from
+    # its nuclei where its metadata are silent (a review: 1000 photons per unit against
+    # the controls' 300, no exposure recorded, read ER and PR 100 % positive, unsaid)
+    level = cal.intensity_scale["nuclear_level"]
+    assert level["marker"] == "DAPI" and set(level["by_control"]) == set(res)
+    for photons, warned in ((300.0, False), (1000.0, True)):
+        f = simulate_field((320, 320), preset="BT474", seed=6,
+                           **{**kw, "photons_per_unit": photons})
+        p = write_ome_tiff(tmp_path / f"s{photons:g}.ome.tif", f.image, pixel_size_um=0.5,
+                           channel_names=list(panel.channel_names))
+        r = analyze_slide(p, panel, tmp_path / f"s{photons:g}", tile=320, progress=False,
+                          write_unmixed=False, outlines=False, her2_calibration=cal.her2,
+                          gates=cal.gates, calibration_scale=cal.intensity_scale)
+        said = [w for w in r.warnings if "nuclei read DAPI" in w]
+        assert bool(said) is warned, said
+    ratio = float(said[0].split("read DAPI ")[1].split("x the")[0])
+    assert ratio == pytest.approx(1000 / 300, abs=0.15) and "brighter" in said[0]
     # an ER-positive line named ER's negative control (a review): its gate, ~90x the
     # ER-negative line's level, would call ER-rich tissue negative; warned
     wrong = calibrate_controls(res, negatives={"ER": "BT-474"})

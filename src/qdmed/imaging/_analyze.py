@@ -1442,6 +1442,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if per_region and tma:
         selection["note"] = ("a tissue microarray: the slide-level scores pool every core (every "
                              "patient); each core's are in regions.csv")
+    if calibration is not None:  # the slide's nuclei against the controls'
+        from qdmed.imaging._calibration_file import nuclear_level_warnings
+
+        calibration["warnings"] += nuclear_level_warnings(calibration_scale, cells)
     her2, scored = score_cells(scored_cells, her2_calibration, gates)
     if her2_calibration is not None and her2 is None and len(scored_cells) \
             and not selection["warnings"]:

@@ -124,7 +124,8 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         unknown category, fewer than two HER2 controls of known category where HER2 cut-offs
         are asked for (categories given, or nothing else), or a control used by nothing.
     """
-    from qdmed.imaging._calibration_file import Calibration, controls_scale
+    from qdmed.imaging._analyze import AnalysisSettings
+    from qdmed.imaging._calibration_file import Calibration, controls_scale, nuclear_level
     from qdmed.imaging._scoring import (
         KNOWN_HER2_CONTROLS,
         _category,
@@ -152,6 +153,9 @@ def calibrate_controls(controls: Mapping[str, Any], *,
     for name, value in controls.items():
         tables[name], summaries[name] = _control_table(name, value)
     scale, warnings = controls_scale(summaries)
+    level = nuclear_level(tables, AnalysisSettings().nuclear_marker)
+    if scale is not None and level is not None:  # checked on each slide's nuclei
+        scale = {**scale, "nuclear_level": level}
     if scale is None:
         warnings = [*warnings, "no control came with its analysis (summary.json): the "
                     "calibration records no intensity scale, so a slide imaged or analysed "

@@ -119,6 +119,56 @@ def controls_scale(summaries: dict[str, dict | None]) -> tuple[dict | None, list
     return ref, warnings
 
 
+#: The nuclear stain's median level of a slide's nuclei against the controls': beyond this
+#: factor either way the slide is warned as imaged or stained on another scale.
+NUCLEAR_LEVEL_FACTOR = 2.0
+
+
+def nuclear_level(tables: dict, marker: str) -> dict | None:
+    """The controls' level of the nuclear stain (`marker`, e.g. DAPI): the median of each
+    control's median nucleus mean, with each control's; None where no control has it.
+    Recorded in the calibration's intensity scale: the one measure every slide shares with
+    the controls whatever it expresses, so that a slide imaged or stained brighter or
+    dimmer is seen in its data where its metadata are silent (a review: a slide simulated
+    at 1000 photons per unit against controls at 300, no exposure recorded, read HER2 2+,
+    ER and PR 100 % positive, truth 1+ and 0 %, unsaid)."""
+    import numpy as np
+
+    col = f"{marker}_nucleus_mean"
+    by = {str(n): float(np.nanmedian(t[col])) for n, t in tables.items()
+          if col in t.columns and np.isfinite(t[col]).any()}
+    if not by:
+        return None
+    return {"marker": marker, "column": col, "median": float(np.median(list(by.values()))),
+            "by_control": by}
+
+
+def nuclear_level_warnings(calibrated: dict | None, cells) -> list[str]:
+    """The warning where the slide's nuclei (`cells`, its cells table) read the nuclear
+    stain more than :data:`NUCLEAR_LEVEL_FACTOR` times above or below the controls' level
+    (:func:`nuclear_level`, in the calibration's scale); none where either is unknown.
+    Cell lines and tissue differ somewhat in it (ploidy, compaction, section), hence the
+    wide factor: what it catches is a slide on another scale."""
+    import numpy as np
+
+    ref = (calibrated or {}).get("nuclear_level")
+    if not ref or ref.get("column") not in getattr(cells, "columns", ()) or not len(cells):
+        return []
+    v = np.asarray(cells[ref["column"]], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size or not ref["median"] > 0:
+        return []
+    here = float(np.median(v))
+    r = here / ref["median"]
+    if 1 / NUCLEAR_LEVEL_FACTOR <= r <= NUCLEAR_LEVEL_FACTOR:
+        return []
+    return [f"this slide's nuclei read {ref['marker']} {r:.2g}x the calibration's controls' "
+            f"(median nucleus mean {here:.4g} against {ref['median']:.4g}): imaged or "
+            f"stained {'brighter' if r > 1 else 'dimmer'} than the controls? Its cut-offs "
+            "and gates are abundances on the controls' scale: scores here may be shifted "
+            "(calibrate on controls imaged and stained as this slide)"]
+
+
 def scale_warnings(calibrated: dict | None, here: dict) -> list[str]:
     """Warnings where a slide's scale (:func:`intensity_scale`) differs from the one the
     calibration's controls were analysed on (none when that is unknown)."""
