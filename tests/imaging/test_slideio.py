@@ -884,3 +884,26 @@ def test_an_rgb_ome_tiff_whose_one_channel_has_a_name(tmp_path):
     s = read_slide(tmp_path / "rgbn.ome.tif")
     assert s.channel_names == ("R", "G", "B")
     np.testing.assert_array_equal(s.read_region(0, 32, 0, 40), rgb)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_rgb_ome_tiff_written_as_one_interleaved_plane(tmp_path, lazy):
+    # the example brightfield TMA was written as 3 grey channels: QuPath and Bio-Formats
+    # opened it as fluorescence, without colour deconvolution (a review)
+    import dask.array as da
+
+    rgb = np.random.default_rng(1).integers(0, 255, (100, 140, 3), dtype=np.uint8)
+    src = da.from_array(rgb, chunks=(32, 32, 3)) if lazy else rgb
+    p = write_ome_tiff(tmp_path / "bf.ome.tif", src, pixel_size_um=0.5, tile=32, rgb=True)
+    with tifffile.TiffFile(p) as tf:
+        page = tf.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel == 3
+        assert 'SamplesPerPixel="3"' in tf.ome_metadata
+    s = read_slide(p)
+    grey = read_slide(write_ome_tiff(tmp_path / "grey.ome.tif", rgb, tile=32))
+    assert s.channel_names == ("R", "G", "B") and len(s.levels) == len(grey.levels) == 4
+    np.testing.assert_array_equal(s.read_region(0, 100, 0, 140), rgb)
+    for a, b in zip(s.levels, grey.levels, strict=True):  # the same pyramid
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(InputError, match="3 channels of uint8; got 3 of uint16"):
+        write_ome_tiff(tmp_path / "x.ome.tif", rgb.astype(np.uint16), rgb=True)

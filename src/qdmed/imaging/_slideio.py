@@ -230,6 +230,7 @@ def write_ome_tiff(
     overwrite: bool = True,
     significant_bits: int | None = None,
     uuid: str | None = None,
+    rgb: bool = False,
 ) -> Path:
     """Write a tiled, pyramidal OME-TIFF (one tiled page per channel, levels in SubIFDs).
 
@@ -260,6 +261,11 @@ def write_ome_tiff(
     uuid : str, optional
         The OME UUID of the file; default a fresh one (time and host). Give one derived
         from the inputs (:func:`uuid.uuid5`) for byte-identical files from identical inputs.
+    rgb : bool
+        Write an 8-bit three-channel image as one interleaved RGB plane (photometric RGB,
+        one OME Channel of three samples), as brightfield scans are: QuPath and Bio-Formats
+        then open it as an RGB brightfield image (colour deconvolution, stain estimation),
+        not as three grey channels. `channel_names` are not written (red, green, blue).
 
     Returns
     -------
@@ -278,13 +284,17 @@ def write_ome_tiff(
     image = _check_image(image_yxc)
     ny, nx, nc = (int(s) for s in image.shape)
     names = _check_channel_names(channel_names, nc)
+    if rgb and (nc != 3 or image.dtype != np.uint8):
+        raise InputError(f"rgb=True writes an 8-bit RGB image: 3 channels of uint8; got {nc} "
+                         f"of {image.dtype}")
     ps = _check_pixel_size(pixel_size_um)
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 16 or tile % 16:
         raise InputError(f"tile must be a positive multiple of 16 px, got {tile!r}")
     n_levels = _auto_levels((ny, nx), int(tile), pyramid_levels)
     levels = _level_arrays(image, n_levels)
 
-    metadata: dict[str, Any] = {"axes": "CYX", "Channel": {"Name": list(names)}}
+    metadata: dict[str, Any] = {"axes": "YXS"} if rgb else {
+        "axes": "CYX", "Channel": {"Name": list(names)}}
     if uuid is not None:  # else tifffile makes one from the time and host (uuid1)
         import uuid as _uuid
 
@@ -304,11 +314,13 @@ def write_ome_tiff(
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
             for i, lev in enumerate(levels):
                 ly, lx = int(lev.shape[0]), int(lev.shape[1])
-                data = _tile_iter(lev, int(tile)) if _is_dask(lev) else np.moveaxis(lev, 2, 0)
-                common = {"tile": (int(tile), int(tile)), "photometric": "minisblack",
+                data = _tile_iter(lev, int(tile), rgb) if _is_dask(lev) else \
+                    lev if rgb else np.moveaxis(lev, 2, 0)
+                common = {"tile": (int(tile), int(tile)),
+                          "photometric": "rgb" if rgb else "minisblack",
                           "compression": compression}
                 if _is_dask(lev):
-                    common.update(shape=(nc, ly, lx), dtype=lev.dtype)
+                    common.update(shape=(ly, lx, nc) if rgb else (nc, ly, lx), dtype=lev.dtype)
                 if i == 0:
                     tif.write(data, subifds=n_levels - 1, metadata=metadata, **common, **kw)
                 else:
@@ -325,9 +337,16 @@ def write_ome_tiff(
     return p
 
 
-def _tile_iter(level: Any, tile: int) -> Iterator[np.ndarray]:
-    """Tiles of a (Y, X, C) dask array in TIFF order: channel, tile row, tile column."""
+def _tile_iter(level: Any, tile: int, rgb: bool = False) -> Iterator[np.ndarray]:
+    """Tiles of a (Y, X, C) dask array in TIFF order: channel, tile row, tile column (or,
+    `rgb`, tile row and column of the interleaved samples)."""
     ny, nx, nc = level.shape
+    if rgb:
+        for y0 in range(0, ny, tile):
+            strip = np.asarray(level[y0:y0 + tile].compute())
+            for x0 in range(0, nx, tile):
+                yield strip[:, x0:x0 + tile]
+        return
     for c in range(nc):
         for y0 in range(0, ny, tile):
             strip = np.asarray(level[y0:y0 + tile, :, c].compute())

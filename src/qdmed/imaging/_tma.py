@@ -403,7 +403,8 @@ def example_brightfield_tma(path, *, missing: Sequence[str] = EXAMPLE_BF_MISSING
                                                      80 + 90 * r:80 + 90 * r + d]
             tile = img[cy - d // 2:cy + d // 2, cx - d // 2:cx + d // 2]
             tile[disc] = src[disc]
-    return write_ome_tiff(path, img, pixel_size_um=EXAMPLE_BF_PIXEL_UM), centres
+    # one RGB plane, as brightfield scans are (QuPath opens it as brightfield H-DAB)
+    return write_ome_tiff(path, img, pixel_size_um=EXAMPLE_BF_PIXEL_UM, rgb=True), centres
 
 
 def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembers: Any,
