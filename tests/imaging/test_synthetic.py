@@ -349,6 +349,15 @@ def test_slide_tiles_are_independent(tmp_path):
     root = zarr.open_group(str(a.path), mode="r")
     np.testing.assert_array_equal(root["labels/cells/0"][:], f.cells)
     np.testing.assert_array_equal(root["labels/nuclei/0"][:], f.nuclei)
+    # NGFF: each label image has its image's levels (every other pixel: ids, not means)
+    levels = len(root.attrs["multiscales"][0]["datasets"])
+    assert levels > 1
+    for name in ("cells", "nuclei"):
+        ms = root[f"labels/{name}"].attrs["multiscales"][0]
+        assert len(ms["datasets"]) == levels
+        np.testing.assert_array_equal(root[f"labels/{name}/1"][:],
+                                      getattr(f, name)[::2, ::2])
+        assert root[f"labels/{name}/{levels - 1}"].shape == root[str(levels - 1)].shape[1:]
     # a region straddling tile borders rendered alone equals the full render
     r = a.render_region(200, 520, 230, 610)
     np.testing.assert_array_equal(r["cells"], f.cells[200:520, 230:610])
