@@ -907,3 +907,14 @@ def test_rgb_ome_tiff_written_as_one_interleaved_plane(tmp_path, lazy):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(InputError, match="3 channels of uint8; got 3 of uint16"):
         write_ome_tiff(tmp_path / "x.ome.tif", rgb.astype(np.uint16), rgb=True)
+
+
+def test_ome_pixel_unit_pixel_is_no_physical_size(tmp_path):
+    # OME UnitsLength "pixel": no physical size recorded (was refused as an unknown unit)
+    path = tmp_path / "px.ome.tif"
+    tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint16), metadata={
+        "axes": "CYX", "PhysicalSizeX": 1.0, "PhysicalSizeXUnit": "pixel",
+        "PhysicalSizeY": 1.0, "PhysicalSizeYUnit": "pixel"})
+    assert b'PhysicalSizeXUnit="pixel"' in path.read_bytes()
+    s = read_slide(path)
+    assert s.pixel_size_um is None and s.pixel_size_note is None

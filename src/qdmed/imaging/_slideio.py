@@ -1073,7 +1073,10 @@ def _ome_info(xml: str | None, p: Path, image: int = 0) -> dict[str, Any]:
     channels = [ch for ch in pixels if ch.tag.endswith("Channel")]
     names = [ch.get("Name") for ch in channels]
     ps = None
-    if pixels.get("PhysicalSizeX") is not None:
+    # OME's non-physical length units (UnitsLength "pixel", "reference frame"): no physical
+    # size recorded, as when the field is absent (a review's file was refused whole)
+    if pixels.get("PhysicalSizeX") is not None and \
+            pixels.get("PhysicalSizeXUnit") not in ("pixel", "reference frame"):
         unit = pixels.get("PhysicalSizeXUnit", "µm")
         if unit not in _UNIT_TO_UM:
             raise FileFormatError(f"{str(p)!r}: OME PhysicalSizeXUnit {unit!r} is not one of "
