@@ -200,6 +200,23 @@ def test_a_calibration_with_her2_gives_its_gates_to_a_panel_without_her2(tmp_pat
     assert r.returncode == 0, r.stderr
     row = next(ln for ln in r.stdout.splitlines() if "HER2 category" in ln)  # (wrapped)
     assert "not scored: the calibration has" in row and "--calibration" not in row
+    # HER2 cut-offs the panel can use, but no cell to score: said as such (a review read
+    # "the calibration has no HER2 cut-offs for this panel" there)
+    import numpy as np
+
+    from qdmed.imaging import breast_panel_5plex, write_ome_tiff
+
+    p5 = breast_panel_5plex()
+    p5.to_file(tmp_path / "p5.yaml")
+    write_ome_tiff(tmp_path / "empty.ome.tif", np.zeros((128, 128, 8), np.uint16),
+                   channel_names=list(p5.channel_names), pixel_size_um=0.5)
+    r = run("image", "analyze", str(tmp_path / "empty.ome.tif"), "--panel",
+            str(tmp_path / "p5.yaml"), "--calibration", str(tmp_path / "cal.json"), "--out",
+            str(tmp_path / "e"), "--no-progress", "--no-report", "--no-outlines",
+            "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    row = next(ln for ln in r.stdout.splitlines() if "HER2 category" in ln)
+    assert "not scored: no cell to score" in row
 
 
 def _analyzed_warnings(slide, out, calibration, prefix: str) -> list[str]:

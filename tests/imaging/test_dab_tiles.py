@@ -244,6 +244,11 @@ def test_dab_report_and_plot(tmp_path, brightfield_tma):
         "negative", "low positive", "positive (borderline)", "positive", "missing",
         "insufficient cells"]
     assert ax.get_legend().get_title().get_text() == "ER status"
+    # PgR's rule has no "low positive": its map's legend neither
+    for r in rows:
+        r["PR_status"] = r.pop("ER_status", None)
+    legend = regions_map_figure(rows, "PR_status", "PR status").axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["negative", "positive", "not scored"]
     from skimage.data import immunohistochemistry
 
     sc = score_dab(immunohistochemistry(), od_cutoffs=CUT)

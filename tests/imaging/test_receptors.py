@@ -106,15 +106,24 @@ def test_fewer_positives_than_the_noise_floor_is_warned():
     from qdmed.imaging._region_scores import receptor_notes
 
     assert st.notes == ("fewer nuclei pass the gate (0.00 %) than its noise floor (1 %): "
-                        "this tissue is quieter than the gate's control, whose correction "
-                        "does not apply here: not corrected (summary.json)",)
-    # so the observed share and its Wilson interval stand (corrected, the interval of 0 of
-    # 1000 collapsed to "0.00-0.00 %": a review)
-    assert not st.corrected and st.percent_positive_corrected == 0.0
-    assert st.ci95_percent[0] == 0.0 and st.ci95_percent[1] == pytest.approx(
-        100 * 1.96 ** 2 / (1000 + 1.96 ** 2), rel=1e-3)  # Wilson's upper bound at k = 0
-    assert "not corrected for the gate's 1 % noise floor" in st.rule
-    assert receptor_status(_cells(10, 1000), gate)["ER"].corrected
+                        "this tissue is quieter than the gate's control: the corrected "
+                        "share is a lower bound, its interval reaching the observed share's "
+                        "(summary.json)",)
+    # the true share lies between the corrected (0) and the observed one: the interval
+    # reaches the observed share's Wilson upper bound (it collapsed to "0.00-0.00 %" on 0
+    # of 1000: a review)
+    assert st.percent_positive_corrected == 0.0 and st.ci95_percent[0] == 0.0
+    assert st.ci95_percent[1] == pytest.approx(100 * 1.96 ** 2 / (1000 + 1.96 ** 2),
+                                               rel=1e-3)  # Wilson's upper bound at k = 0
+    # and the status never falls as more nuclei pass (a first fix reported the observed
+    # share there: 1.25 % read low positive, 4.5 % negative, under a 5 % floor)
+    g5 = {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=5.0, control_cells=1000)}
+    seen = [receptor_status(_cells(k, 2000), g5)["ER"] for k in range(0, 400, 5)]
+    order = ("negative", "low positive", "positive")
+    ranks = [order.index(s.status) for s in seen]
+    assert ranks == sorted(ranks) and seen[5].status == "negative"  # 25 of 2000
+    assert [s.percent_positive_corrected for s in seen] == sorted(
+        s.percent_positive_corrected for s in seen)
     assert receptor_notes({"receptor_status": {"ER": st.to_dict()}}) == [f"ER: {st.notes[0]}"]
 
 

@@ -918,3 +918,94 @@ def test_ome_pixel_unit_pixel_is_no_physical_size(tmp_path):
     assert b'PhysicalSizeXUnit="pixel"' in path.read_bytes()
     s = read_slide(path)
     assert s.pixel_size_um is None and s.pixel_size_note is None
+
+
+def _fiji_plain_stack(path, stack):
+    """A TIFF as Fiji saves a plain (non-hyper) stack: a page per slice, its description
+    "ImageJ=...\nimages=N\nslices=N" without hyperstack=true."""
+    with tifffile.TiffWriter(path) as tw:
+        for i, page in enumerate(stack):
+            tw.write(page, photometric="minisblack", contiguous=True, metadata=None,
+                     description=f"ImageJ=1.54f\nimages={len(stack)}\nslices={len(stack)}\n"
+                                 "unit=micron\n" if i == 0 else None)
+    return path
+
+
+def test_fiji_plain_stack_is_read_as_channels_and_said(tmp_path):
+    # Fiji saves "Images to Stack" (a spectral series, say) as slices, which tifffile reads
+    # as Z: read as channels, said; a hyperstack's Z is refused (a review: refused both)
+    from qdmed.errors import QdmedWarning
+
+    stack = (np.arange(3 * 16 * 16) % 251).astype(np.uint16).reshape(3, 16, 16)
+    p = _fiji_plain_stack(tmp_path / "fiji.tif", stack)
+    with pytest.warns(QdmedWarning, match=r"an ImageJ stack of 3 slices without hyperstack "
+                                          r"dimensions is read as channels"):
+        s = read_slide(p)
+    assert s.shape == (16, 16, 3) and len(s.warnings) == 1
+    np.testing.assert_array_equal(s.read_region(0, 16, 0, 16), stack.transpose(1, 2, 0))
+    tifffile.imwrite(tmp_path / "hyper.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(FileFormatError, match=r"a Z \(depth\) axis of 3 planes"):
+        read_slide(tmp_path / "hyper.tif")
+
+
+def test_reopening_a_slide_records_but_does_not_warn(tmp_path):
+    # read_slide(check_chunks=False) (tile jobs) passes a flag down: a warnings filter set
+    # there was not thread-safe and left QdmedWarning ignored for good (a review)
+    import warnings
+
+    p = _fiji_plain_stack(tmp_path / "fiji.tif", np.zeros((3, 16, 16), np.uint16))
+    before = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = read_slide(p, check_chunks=False)  # no warning raised
+    assert s.warnings and warnings.filters == before
+
+
+def test_a_16bit_rgb_ome_tiff_with_one_named_channel(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 4000, (16, 20, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.ome.tif", rgb, photometric="rgb",
+                     metadata={"axes": "YXS", "Channel": {"Name": ["Brightfield"]}})
+    s = read_slide(tmp_path / "rgb16.ome.tif")  # was "names 1 channels but the image has 3"
+    assert s.shape == (16, 20, 3)
+    np.testing.assert_array_equal(s.read_region(0, 16, 0, 20), rgb)
+
+
+def test_bioformats2raw_with_an_unreadable_series(tmp_path):
+    # sizes come from metadata: another series qdmed cannot read (a Z-stack overview, a
+    # listed path that is no image) does not keep the slide from being read (a review)
+    import zarr
+
+    from qdmed.errors import QdmedWarning
+
+    b2r = tmp_path / "b2r.ome.zarr"
+    root = zarr.open_group(str(b2r), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    root.create_group("OME").attrs["series"] = ["0", "1", "2"]
+    scan = np.ones((48, 64, 2), np.uint16)
+    write_ome_zarr(tmp_path / "i.ome.zarr", scan, pixel_size_um=0.5).rename(b2r / "0")
+    z = write_ome_zarr(tmp_path / "z.ome.zarr", np.zeros((16, 16, 5), np.uint16))
+    g = zarr.open_group(str(z), mode="r+")
+    ms = g.attrs["multiscales"]
+    ms[0]["axes"][0] = {"name": "z", "type": "space"}
+    g.attrs["multiscales"] = ms
+    z.rename(b2r / "1")
+    (b2r / "2").write_text("not an image")
+    with pytest.warns(QdmedWarning, match=r"holds 3 images .*0 \(64 x 48 px\); 1 \(16 x 16 "
+                                          r"px\); 2 \(not an image qdmed reads\)\): image 0"):
+        s = read_slide(b2r)
+    assert s.shape == (48, 64, 2) and s.pixel_size_um == 0.5
+
+
+def test_svs_with_a_bad_mpp_takes_no_size_from_other_tags(tmp_path, write_svs):
+    # a bad MPP is the scanner's word on the size: the TIFF resolution tags do not replace
+    # it (a review got 0.25 um from them beside the note saying the size is invalid)
+    from skimage.data import immunohistochemistry
+
+    img = immunohistochemistry()[:256, :256]
+    with tifffile.TiffFile(write_svs(tmp_path / "bad.svs", img, mpp="0", levels=1)) as tf:
+        desc = tf.pages[0].description  # "Aperio Image Library ...|MPP = 0"
+    tifffile.imwrite(tmp_path / "tags.svs", img, description=desc, resolution=(4e4, 4e4),
+                     resolutionunit="CENTIMETER", tile=(256, 256), metadata=None,
+                     photometric="rgb")  # resolution tags of 0.25 um
+    s = read_slide(tmp_path / "tags.svs")
+    assert s.format == "svs" and s.pixel_size_um is None and "MPP = '0'" in s.pixel_size_note

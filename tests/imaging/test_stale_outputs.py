@@ -86,6 +86,34 @@ def test_cohort_rerun_on_another_folder_names_the_folders_left(tmp_path):
     assert (out / "slides" / "B" / "summary.json").exists()
 
 
+def test_cohort_rerun_with_another_file_of_a_slides_stem(tmp_path):
+    """A cohort's slides converted (A.ome.zarr -> A.ome.tif) and run again into its folder:
+    slides/A is the cohort's own, analysed again (a review's rerun found its summary gone
+    and the slide refused as "an unfinished analysis of another slide")."""
+    import shutil
+
+    from qdmed.imaging import read_slide, write_ome_tiff
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+    s = simulate_slide(first / "A.ome.zarr", (256, 256), preset="BT474", seed=1, tile=256,
+                       **KW)
+    src = read_slide(s.path)
+    write_ome_tiff(second / "A.ome.tif", src.data, channel_names=list(src.channel_names),
+                   pixel_size_um=src.pixel_size_um)
+    out = tmp_path / "co"
+    one = analyze_cohort(first, PANEL, out, **RUN)
+    two = analyze_cohort(second, PANEL, out, **RUN)
+    assert [r["status"] for r in two["slides"]] == ["ok"], two["slides"]
+    assert two["slides"][0]["n_cells"] == one["slides"][0]["n_cells"]
+    assert (out / "slides" / "A" / "summary.json").exists()
+    # analysed alone into that folder, the other file is still refused (not a cohort's)
+    shutil.copytree(out / "slides" / "A", tmp_path / "alone")
+    with pytest.raises(InputError, match=r"holds the analysis of another slide \(A.ome.tif\)"):
+        analyze_slide(first / "A.ome.zarr", PANEL, tmp_path / "alone", progress=False)
+
+
 def test_a_run_that_fails_before_any_tile_is_done_leaves_no_folder(tmp_path, monkeypatch):
     # nothing finished to resume from: the folder the run made goes (a corrupted slide used
     # to leave tiles/run.json alone); once a tile is done, it stays for the resume

@@ -904,12 +904,13 @@ def analyze(
         info["HER2-ultralow"] = d["her2"]["her2_ultralow"]
     elif calibration is None:
         info["HER2 category"] = "not scored: no --calibration (qdmed image calibrate)"
-    else:  # gates alone, or HER2 cut-offs of a marker the panel lacks (then warned)
+    elif her2 is None:  # gates alone, or HER2 cut-offs of a marker the panel lacks (warned)
         info["HER2 category"] = "not scored: the calibration has no HER2 cut-offs for this panel"
+    else:  # no cell to score (no cells, none in the regions, no membrane value): warned
+        info["HER2 category"] = "not scored: no cell to score (see the warnings)"
     for m, st in ((d.get("markers_scored") or {}).get("receptor_status") or {}).items():
-        corr = ("corrected for the gate's noise floor" if st.get("corrected") else
-                "not corrected: gate of unknown origin" if st["gate_false_positive_percent"]
-                is None else "not corrected: fewer pass than the gate's noise floor")
+        corr = ("corrected for the gate's noise floor" if st["gate_false_positive_percent"]
+                is not None else "not corrected: gate of unknown origin")
         info[f"{m} (ASCO/CAP 2020)"] = (
             st["label"]
             # two decimals: 0.96 % printed as 1.0 % read as the cut-off itself (a review)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from qdmed.imaging._region_scores import (
     score_fields,
     subtype_field,
 )
-from qdmed.imaging._slideio import SCAN_SUFFIXES, SLIDE_SUFFIXES
+from qdmed.imaging._slideio import SCAN_SUFFIXES, SLIDE_SUFFIXES, recorded_slide
 
 
 def find_slides(folder, *, required: bool = False, pattern: str | None = None,
@@ -324,8 +325,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 stem = slide_stem(sp.name)
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
                        "message": ""}
+                own = out / "slides" / stem
+                if recorded_slide(own)[0] not in (None, sp.name):
+                    # another slide of this stem (A.tif, now A.ome.tif): the cohort's own
+                    # folder, cleared (analyze_slide refuses another slide's folder)
+                    shutil.rmtree(own, ignore_errors=True)
                 for name in ("summary.json", "report.html"):  # an earlier run's, if this fails
-                    (out / "slides" / stem / name).unlink(missing_ok=True)
+                    (own / name).unlink(missing_ok=True)
                 try:
                     reg = None
                     if regions_dir is not None:

@@ -156,8 +156,9 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
     score = ("her2_category", "her2_low", "her2_ultralow") if m == "HER2" else (
         f"{m}_percent_positive", f"{m}_status")
     if len(rows) > 1:
+        # HER2 by category, ER and PgR by status; other antigens have no status to map
         fig = regions_map_figure(rows) if m == "HER2" else regions_map_figure(
-            rows, f"{m}_status", f"{m} status")
+            rows, f"{m}_status", f"{m} status") if m in ("ER", "PR") else None
         if fig is not None:
             rep.figure(fig, "regions")
     if rows:

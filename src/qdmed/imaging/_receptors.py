@@ -114,11 +114,13 @@ class ReceptorStatus:
         gate's origin is unknown (no correction).
     percent_positive_corrected : float, %
         Rogan-Gladen corrected (sensitivity 1); equal to the observed one without a known
-        noise floor, or where fewer nuclei pass the gate than its noise floor predicts (the
-        correction's assumption fails: ``corrected`` False, warned).
+        noise floor.
     ci95_percent : (float, float), %
         Wilson 95 % interval of the observed proportion, corrected the same way (widened
-        by the noise floor's own interval where the gate's control size is known).
+        by the noise floor's own interval where the gate's control size is known). Where
+        fewer nuclei pass the gate than its noise floor predicts (the tissue's negatives
+        quieter than the control's: warned), the true share lies between the corrected and
+        the observed one, and the interval reaches up to the observed share's.
     rule : str
         The guideline rule that decided, with the numbers.
     warnings : tuple of str
@@ -127,8 +129,6 @@ class ReceptorStatus:
     notes : tuple of str
         The same warnings in a few words, for a table's message column (regions.csv,
         cohort.csv), where the full text repeated on most rows hid the others.
-    corrected : bool
-        Whether the percentage and its interval are corrected for the gate's noise floor.
     """
 
     marker: str
@@ -143,7 +143,6 @@ class ReceptorStatus:
     rule: str
     warnings: tuple = ()
     notes: tuple = ()
-    corrected: bool = False
     reference: str = f"{REF_ALLISON_2020}; {REF_ROGAN_GLADEN_1978}; {REF_WILSON_1927}"
 
     @property
@@ -275,27 +274,31 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
             f_lo, f_hi = _floor95(f, int(g.control_cells))
         lo, hi = _corrected(float(ci.low), f_hi), _corrected(float(ci.high), f_lo)
         cuts, names = _RULES[m]
-        warnings, notes = [], []
         p_low = None if f is None else _fewer_than_floor_p(k, n, f, g.control_cells)
         quieter = p_low is not None and p_low < 0.025
-        if quieter:  # the correction's assumption fails: the observed share and its
-            # interval stand (corrected, a review's 0 of 792 read "95 % CI 0.00-0.00 %")
-            p, lo, hi = k / n, float(ci.low), float(ci.high)
+        if quieter:
+            # the tissue's false positives are fewer than the control's: the true share
+            # lies between the corrected one (all the floor false) and the observed one
+            # (none false), so the interval reaches the observed share's upper bound (it
+            # collapsed to "0.00-0.00 %" on 0 of 792 nuclei: a review). The estimate stays
+            # the corrected one, so a status never falls as more nuclei pass
+            hi = max(hi, float(ci.high))
         # percentages to 1e-9 %: the cut-offs are decimal, the arithmetic binary
         pc, lo, hi = round(100.0 * p, 9), round(100.0 * lo, 9), round(100.0 * hi, 9)
+        warnings, notes = [], []
         if quieter:
             # said as what it is: the tissue quieter than the gate's control (a new user
             # read "gate too high here?" on a truly negative slide as an error)
             notes.append(f"fewer nuclei pass the gate ({100.0 * k / n:.2f} %) than its noise "
                          f"floor ({100 * f:.3g} %): this tissue is quieter than the gate's "
-                         "control, whose correction does not apply here: not corrected "
-                         "(summary.json)")
+                         "control: the corrected share is a lower bound, its interval "
+                         "reaching the observed share's (summary.json)")
             warnings.append(
                 f"fewer nuclei pass the gate ({k} of {n}, {100.0 * k / n:.2f} %) than its "
                 f"noise floor predicts for negative cells ({100 * f:.3g} %; one-sided p = "
                 f"{p_low:.2g}): the tumour's negative cells are quieter than the control's, "
-                "so the correction's assumption does not hold and the observed share is "
-                "reported (the gate may be too high for this tissue)")
+                "so the correction's assumption does not hold: its interval reaches up to the "
+                "observed share's (the gate may be too high for this tissue)")
         if n < min_cells:
             status, borderline = "insufficient cells", False
             rule = f"{n} nuclei with a value, fewer than the {min_cells} needed for a status"
@@ -303,8 +306,6 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
             status = names[rule_class(cuts, pc)]
             borderline = any(lo <= c <= hi for c in cuts)
             floor = ("" if f is None else
-                     f", not corrected for the gate's {100 * f:.3g} % noise floor, which "
-                     "this tissue stays under" if quieter else
                      f", corrected for the gate's {100 * f:.3g} % noise floor"
                      + (f" ({100 * f_lo:.2f}-{100 * f_hi:.2f} % from {g.control_cells} "
                         "control cells)" if g.control_cells else "")
@@ -318,6 +319,6 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
                                 gate_false_positive_percent=None if f is None else 100.0 * f,
                                 percent_positive_corrected=pc,
                                 ci95_percent=(lo, hi), rule=rule, warnings=tuple(warnings),
-                                notes=tuple(notes), corrected=f is not None and not quieter)
+                                notes=tuple(notes))
     return out
 

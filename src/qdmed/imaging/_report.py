@@ -265,7 +265,8 @@ def her2_figure(her2):
 
 
 #: Colours of the receptor statuses on a map of regions (as the HER2 categories': negative
-#: as 0, positive as 3+).
+#: as 0, positive as 3+); each marker's map shows the statuses its rule has (PgR no "low
+#: positive").
 _STATUS_COLOURS = {"negative": "#3b4cc0", "low positive": "#f7a35c", "positive": "#b40426"}
 
 
@@ -279,7 +280,13 @@ def regions_map_figure(rows: list[dict], key: str = "her2_category", title: str 
     pts = [r for r in rows if np.isfinite(r.get("center_x_um", np.nan))]
     if not pts:
         return None
-    colours = _CAT_COLOURS if key == "her2_category" else _STATUS_COLOURS
+    if key == "her2_category":
+        colours = _CAT_COLOURS
+    else:  # the statuses of the marker's ASCO/CAP rule (ER three, PgR two)
+        from qdmed.imaging._receptors import _RULES
+
+        rule = _RULES.get(key.removesuffix("_status"))
+        colours = {k: v for k, v in _STATUS_COLOURS.items() if rule is None or k in rule[1]}
     dark = {colours[k] for k in (next(iter(colours)), list(colours)[-1])}  # white text
     fig, ax = plt.subplots(figsize=(6, 5))
     for r in pts:

@@ -846,17 +846,13 @@ def read_slide(path: str | os.PathLike, *, check_chunks: bool = True) -> SlideIm
     if not p.exists():
         raise InputError(f"slide file {str(p)!r} does not exist")
     name = p.name.lower()
-    if name.endswith(_TIFF_SUFFIXES) or name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
-        import warnings
-
-        from qdmed.errors import QdmedWarning
-
-        with warnings.catch_warnings():
-            if not check_chunks:  # a reopening: warned when it was first opened
-                warnings.simplefilter("ignore", QdmedWarning)
-            if name.endswith(_TIFF_SUFFIXES):
-                return _checked_pixel_size(_read_tiff(p))
-            return _checked_pixel_size(_read_zarr(p, check_chunks=check_chunks))
+    # a reopening (check_chunks False) records what reading finds without warning it again:
+    # a flag passed down, not a warnings filter (catch_warnings is not thread-safe: a
+    # review's threads left QdmedWarning ignored for good)
+    if name.endswith(_TIFF_SUFFIXES):
+        return _checked_pixel_size(_read_tiff(p, warn=check_chunks))
+    if name.endswith(_ZARR_SUFFIXES) or _is_zarr_group(p):
+        return _checked_pixel_size(_read_zarr(p, check_chunks=check_chunks))
     if p.suffix.lower() in CONVERT_SUFFIXES:
         # Bio-Formats reads SCN, BIF, VSI, CZI and DICOM; MIRAX is read by OpenSlide (in
         # QuPath, or libvips)
@@ -931,31 +927,41 @@ def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:
     return Path(out)
 
 
+def recorded_slide(out) -> tuple[str | None, bool]:
+    """``(slide name, finished)`` of the analysis an output folder holds: from its
+    ``summary.json`` (finished; its "slide" the path, as DAB writes it, or the slide's dict
+    with it, as analyze does), else from a killed run's ``tiles/run.json``; ``(None,
+    False)`` for none (or a manifest of a release that recorded no slide)."""
+    out = Path(out)
+    try:
+        before = json.loads((out / "summary.json").read_text())["slide"]
+        return Path(str(before["path"] if isinstance(before, dict) else before)).name, True
+    except (OSError, ValueError, TypeError, KeyError):  # none, or not an analysis's
+        pass
+    try:
+        before = json.loads((out / "tiles" / "run.json").read_text()).get("slide")
+    except (OSError, ValueError, AttributeError):
+        return None, False
+    return (before if isinstance(before, str) else None), False
+
+
 def check_same_slide(out, slide_name: str, done: str, what: str = "tile") -> None:
     """Refuse an output folder holding the analysis of another slide (by file name: a slide
     moved keeps its analysis), finished (its ``summary.json``) or unfinished (a killed run's
     ``tiles/run.json`` and its files matching the glob `done` in ``tiles/``, each a finished
     `what`): the run would replace it, or throw the finished tiles away, unsaid (a review's
     slip wrote a slide's analysis over a HER2 control's). The same slide's folder is
-    resumed, as before."""
-    out = Path(out)
-    try:  # summary.json's "slide": the path (DAB), or the slide's dict with it (analyze)
-        before = json.loads((out / "summary.json").read_text())["slide"]
-        before = Path(str(before["path"] if isinstance(before, dict) else before)).name
-    except (OSError, ValueError, TypeError, KeyError):  # none, or not an analysis's
-        before = None
-    if before is not None:
-        if before != slide_name:
-            raise InputError(f"{out} holds the analysis of another slide ({before}); this "
-                             f"run of {slide_name} would replace it: write the output "
-                             "elsewhere, or remove that folder first")
+    resumed, as before. (A cohort owns its slides' folders and clears another slide's
+    there itself.)"""
+    before, finished = recorded_slide(out)
+    if before is None or before == slide_name:
         return
-    try:  # a killed run's tiles (earlier releases recorded no slide name: not checked)
-        before = json.loads((out / "tiles" / "run.json").read_text()).get("slide")
-    except (OSError, ValueError, AttributeError):
-        return
-    n = sum(1 for _ in (out / "tiles").glob(done))
-    if isinstance(before, str) and before != slide_name and n:
+    if finished:
+        raise InputError(f"{out} holds the analysis of another slide ({before}); this run of "
+                         f"{slide_name} would replace it: write the output elsewhere, or "
+                         "remove that folder first")
+    n = sum(1 for _ in (Path(out) / "tiles").glob(done))
+    if n:
         raise InputError(f"{out} holds an unfinished analysis of another slide ({before}, "
                          f"{n} {what}(s) done: running it again resumes them); this run of "
                          f"{slide_name} would throw them away: write the output elsewhere, or "
@@ -1255,13 +1261,25 @@ def _svs_mpp(page: Any, p: Path) -> tuple[float | None, str | None]:
     return mpp, None
 
 
-def _read_tiff(p: Path) -> SlideImage:
+def _said(text: str, warned: list[str], warn: bool) -> None:
+    """Record what reading a slide found (:attr:`SlideImage.warnings`), and warn it
+    (QdmedWarning) unless the slide is being reopened (``warn`` False)."""
+    warned.append(text)
+    if warn:
+        import warnings
+
+        from qdmed.errors import QdmedWarning
+
+        warnings.warn(text, QdmedWarning, stacklevel=4)
+
+
+def _read_tiff(p: Path, warn: bool = True) -> SlideImage:
     size = p.stat().st_size
     note = None  # SlideImage.pixel_size_note
     warned: list[str] = []  # SlideImage.warnings
     with _LogCapture() as log, _tiff_open(p) as tf:
         try:
-            si = _ome_image_read(tf, p, warned)
+            si = _ome_image_read(tf, p, warned, warn)
             series = tf.series[si]
             axes = series.axes
             level_shapes = [tuple(lv.shape) for lv in series.levels]
@@ -1289,6 +1307,19 @@ def _read_tiff(p: Path) -> SlideImage:
             svs, ndpi = bool(tf.is_svs), bool(tf.is_ndpi)
             qpi = not (is_ome or svs or ndpi) and _qpi_xml(series.pages[0]) is not None
             imagej = not (is_ome or qpi or svs or ndpi) and bool(tf.is_imagej)
+            if imagej and not (tf.imagej_metadata or {}).get("hyperstack"):
+                # Fiji saves a plain stack (Images to Stack of a spectral series, say) as
+                # slices, which tifffile reads as Z: read as channels, as before the Z
+                # refusal, and said (a review's spectral stack was refused as a Z-stack)
+                depth = [(a, n) for a, n in zip(axes, level_shapes[0], strict=True)
+                         if a in "ZT" and n > 1]
+                if len(depth) == 1:
+                    axes = axes.replace(depth[0][0], "I")
+                    _said(f"{str(p)!r}: an ImageJ stack of {depth[0][1]} slices without "
+                          "hyperstack dimensions is read as channels (if they are focal "
+                          "planes or time points, project them first; Fiji's Image > "
+                          "Hyperstacks > Stack to Hyperstack records which they are)",
+                          warned, warn)
             if svs:
                 info["pixel_size_um"], note = _svs_mpp(series.pages[0], p)
             elif qpi:
@@ -1296,13 +1327,14 @@ def _read_tiff(p: Path) -> SlideImage:
             elif imagej:
                 info.update(_imagej_info(tf.imagej_metadata or {}, series.pages[0], p))
             names, ps, bits = info["names"], info["pixel_size_um"], info["bits"]
-            if ps is None:
+            if ps is None and note is None:  # (a bad MPP is not replaced by other tags)
                 ps = _tiff_resolution_um(series.pages[0], p)
             # an 8-bit RGB (or YCbCr-coded) brightfield image: its samples are red, green,
             # blue (tifffile writes any (Y, X, 3) array as RGB: a 16-bit three-channel
             # fluorescence stack keeps C0-C2)
-            rgb = int(series.pages[0].photometric) in (2, 6) and \
-                int(series.pages[0].samplesperpixel) == 3 and dtype == np.uint8
+            rgb_plane = int(series.pages[0].photometric) in (2, 6) and \
+                int(series.pages[0].samplesperpixel) == 3  # 16-bit RGB too
+            rgb = rgb_plane and dtype == np.uint8
         except FileFormatError:
             raise  # names the file and the field already
         except _TIFF_PARSE_ERRORS as e:
@@ -1326,7 +1358,7 @@ def _read_tiff(p: Path) -> SlideImage:
         # a brightfield QPTIFF: one RGB page, one <Name> for its three samples; an ImageJ
         # stack whose labels are per plane of a Z or T series
         names = None
-    if rgb and nc == 3 and names is not None and len(names) == 1:
+    if rgb_plane and nc == 3 and names is not None and len(names) == 1:
         # OME puts an interleaved RGB plane in one Channel (SamplesPerPixel 3), which may
         # have a name ("Brightfield"): its samples are red, green, blue (a review's was
         # refused as "names 1 channels but the image has 3")
@@ -1351,7 +1383,7 @@ def _read_tiff(p: Path) -> SlideImage:
                       pixel_size_note=note, warnings=tuple(warned))
 
 
-def _ome_image_read(tf: Any, p: Path, warned: list[str]) -> int:
+def _ome_image_read(tf: Any, p: Path, warned: list[str], warn: bool = True) -> int:
     """Which image (tifffile series) of a TIFF is read: the first, or, in an OME-TIFF of
     several images (bfconvert writes a slide's scenes, label and overview each as one,
     and one of those is often the first), the largest in Y x X, said in a warning (also
@@ -1360,9 +1392,6 @@ def _ome_image_read(tf: Any, p: Path, warned: list[str]) -> int:
     series = tf.series
     if not tf.is_ome or len(series) < 2:
         return 0
-    import warnings
-
-    from qdmed.errors import QdmedWarning
 
     def yx(se) -> tuple[int, int]:
         dims = dict(zip(se.axes, se.shape, strict=True))
@@ -1382,8 +1411,7 @@ def _ome_image_read(tf: Any, p: Path, warned: list[str]) -> int:
     text = (f"{str(p)!r} holds {len(series)} images ({listed}): image {si}, the "
             + ("largest" if images == len(series) else "first") + ", is read; to analyse "
             "another, write it to a file of its own (e.g. bfconvert -series N)")
-    warnings.warn(text, QdmedWarning, stacklevel=4)
-    warned.append(text)
+    _said(text, warned, warn)
     return si
 
 
@@ -1591,7 +1619,7 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
             direct = _zarr_region_reader(arr, up, perm, squeeze)
             arr0, up0 = arr, up
     nc = int(levels[0].shape[2])
-    names, warned = _omero_names(attrs.get("omero"), nc, p)
+    names, warned = _omero_names(attrs.get("omero"), nc, p, check_chunks)
     names = tuple(names) if names else _default_channel_names(nc)
     missing = _missing_chunks_warning(arr0, p, m["datasets"][0]["path"], up0, names,
                                       levels) if check_chunks else None
@@ -1609,8 +1637,10 @@ def _read_bioformats2raw(p: Path, root: Any, check_chunks: bool) -> SlideImage:
     """An OME-Zarr in bioformats2raw's layout (NGFF "bioformats2raw.layout" 3): its images
     are the groups the ``OME`` group's ``series`` attribute lists, else ``0``, ``1``, ...
     The one read is the largest in Y x X (as of a multi-image OME-TIFF,
-    :func:`_ome_image_read`), said in a warning where there are several; the slide keeps
-    the folder's path (a review was told "missing NGFF field 'multiscales'")."""
+    :func:`_ome_image_read`; sizes from each image's metadata, so that an image qdmed could
+    not read, a Z-stack overview, say, does not keep the slide from being read), said in a
+    warning where there are several; the slide keeps the folder's path (a review was told
+    "missing NGFF field 'multiscales'")."""
     try:
         listed = root["OME"].attrs.get("series")
     except Exception:  # noqa: BLE001 - no OME group: the numbered groups
@@ -1619,31 +1649,46 @@ def _read_bioformats2raw(p: Path, root: Any, check_chunks: bool) -> SlideImage:
         listed = []
         while (p / str(len(listed))).is_dir():
             listed.append(str(len(listed)))
-    if not listed:
-        raise FileFormatError(f"{str(p)!r}: a bioformats2raw layout without images (no "
-                              "series in its OME group, no group 0)")
-    images = [_read_zarr(p / name, check_chunks=False) for name in listed]
-    si = max(range(len(images)), key=lambda i: images[i].shape[0] * images[i].shape[1])
-    slide = _read_zarr(p / listed[si], check_chunks=check_chunks) if check_chunks else \
-        images[si]
-    warned = []
-    if len(images) > 1:
-        shown = "; ".join(f"{listed[i]} ({im.shape[1]} x {im.shape[0]} px)"
-                          for i, im in enumerate(images[:8])) + (
-            "; ..." if len(images) > 8 else "")
-        text = (f"{str(p)!r} holds {len(images)} images in bioformats2raw's layout ({shown})"
-                f": image {listed[si]}, the largest, is read; to analyse another, give its "
-                f"folder ({p / listed[0]}, ...)")
-        import warnings
-
-        from qdmed.errors import QdmedWarning
-
-        warnings.warn(text, QdmedWarning, stacklevel=4)
-        warned.append(text)
+    sizes = {name: _ngff_yx(p / name) for name in listed}
+    known = [name for name in listed if sizes[name] is not None]
+    if not known:
+        raise FileFormatError(f"{str(p)!r}: a bioformats2raw layout without a readable image "
+                              f"(series {', '.join(listed[:5]) or 'none'}: none is an NGFF "
+                              "image with y and x axes)")
+    best = max(known, key=lambda name: sizes[name][0] * sizes[name][1])
+    slide = _read_zarr(p / best, check_chunks=check_chunks)
+    warned: list[str] = []
+    if len(listed) > 1:
+        shown = "; ".join(f"{name} ({sizes[name][1]} x {sizes[name][0]} px)"
+                          if sizes[name] else f"{name} (not an image qdmed reads)"
+                          for name in listed[:8]) + ("; ..." if len(listed) > 8 else "")
+        _said(f"{str(p)!r} holds {len(listed)} images in bioformats2raw's layout ({shown}): "
+              f"image {best}, the largest, is read; to analyse another, give its folder "
+              f"({p / listed[0]}, ...)", warned, check_chunks)
     return replace(slide, path=p, warnings=(*warned, *slide.warnings))
 
 
-def _omero_names(omero: Any, nc: int, p: Path) -> tuple[list[str] | None, list[str]]:
+def _ngff_yx(p: Path) -> tuple[int, int] | None:
+    """(height, width) of the full-resolution array of the NGFF image at `p`, from its
+    metadata (axes named y and x, or the last two); None where it is no such image."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(p), mode="r")
+        attrs = dict(g.attrs)
+        attrs = dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
+        m = attrs["multiscales"][0]
+        shape = g[m["datasets"][0]["path"]].shape
+        names = [a.get("name") if isinstance(a, dict) else a for a in m.get("axes") or []]
+        if len(names) == len(shape) and "y" in names and "x" in names:
+            return int(shape[names.index("y")]), int(shape[names.index("x")])
+        return (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 else None
+    except Exception:  # noqa: BLE001 - anything unreadable: not a candidate
+        return None
+
+
+def _omero_names(omero: Any, nc: int, p: Path, warn: bool = True
+                 ) -> tuple[list[str] | None, list[str]]:
     """``(names, warnings)``: the channel names of NGFF's ``omero`` block (each channel's
     ``label``; numbers as text), or None, said in a warning (also issued, QdmedWarning)
     where the block is there but gives no usable name per channel (a malformed block was an
@@ -1664,12 +1709,9 @@ def _omero_names(omero: Any, nc: int, p: Path) -> tuple[list[str] | None, list[s
            "has a channel without a usable 'label'")
     text = (f"{str(p)!r}: the NGFF 'omero' block {why}: channels named "
             f"{', '.join(_default_channel_names(nc)[:3])}{', ...' if nc > 3 else ''}")
-    import warnings
-
-    from qdmed.errors import QdmedWarning
-
-    warnings.warn(text, QdmedWarning, stacklevel=4)
-    return None, [text]
+    warned: list[str] = []
+    _said(text, warned, warn)
+    return None, warned
 
 
 #: Absent or empty chunks named (their regions) in the warning; the rest are counted.
