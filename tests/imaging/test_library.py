@@ -67,7 +67,7 @@ def test_library_recovers_rendered_spectra():
     # each column keeps the model's scale (abundances stay comparable)
     np.testing.assert_allclose(r.panel.endmembers.sum(0), E.sum(0), rtol=1e-9)
     assert r.components["HER2"]["background_fraction"] > 0.05
-    assert not r.warnings  # HER2 cosine to the model 0.993 > 0.9; AF never warns
+    assert not r.warnings  # HER2 cosine to the model 0.993 > 0.95; AF never warns
     fig = r.plot()
     assert fig.axes
 
@@ -405,3 +405,17 @@ def test_single_stain_on_a_field_mostly_of_glass(unsigned):
         share = np.linalg.lstsq(np.c_[her2, af], prof, rcond=None)[0]
         assert abs(share[1]) < 0.05, (glass, share, info)  # measured 0.02-0.03
         assert info["background_fraction"] > 0.3  # AF found and subtracted
+
+
+def test_a_neighbouring_qd_measured_for_the_label_is_warned():
+    # the model check's cosine: 0.9 let a QD 20 nm off pass (cosine 0.905 on these bands)
+    j = K_HER2
+    shifted = mixing_matrix([emission_spectrum(P.spectra[j].peak_nm + 20.0, 34.0)],
+                            P.channels)[:, 0]
+    rng = np.random.default_rng(4)
+    af = E[:, -1] / E[:, -1].sum()
+    lab = (rng.random((192, 192)) < 0.2)
+    img = rng.poisson(100 * af + lab[..., None] * 400 * shifted / shifted.sum())
+    r = spectral_library(P, single_stains={"HER2": img})
+    assert r.components["HER2"]["cosine_to_model"] < 0.95  # measured 0.889
+    assert any("HER2: measured spectrum differs" in w for w in r.warnings)
