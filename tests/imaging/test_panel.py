@@ -290,3 +290,33 @@ def test_expression_and_brightness_must_be_positive_numbers():
             design_panel(["HER2", "ER"], QDOTS, CH, expression={"HER2": bad})
     with pytest.raises(InputError, match="brightness of 'Qdot 705' must be a finite number"):
         design_panel(["HER2", "ER"], QDOTS, CH, brightness={"Qdot 705": float("inf")})
+
+
+def test_the_least_noisy_label_goes_to_the_scarcest_marker():
+    """A review: with expression alone the scarce marker took the first-listed label
+    (Qdot 525, on the autofluorescence peak: noise 2.78x per unit signal against 1.08x for
+    Qdot 705), and with Qdot 525 made 1.3x brighter, still it (2.4 against 1.15). The
+    label read with the least noise per unit signal now goes to the scarcest marker,
+    whatever the candidates' order."""
+    from qdmed.imaging._panel import noise_gains
+
+    markers = ["HER2", "ER", "PR", "EGFR", "mTOR"]
+    qd = ["Qdot 525", "Qdot 565", "Qdot 605", "Qdot 655", "Qdot 705"]
+    chans = spectral_channels(8, 440.0, 740.0)
+    for bright in (None, {"Qdot 525": 1.3}):
+        picks = set()
+        for order in (qd, qd[::-1]):
+            p = design_panel(markers, order, chans, expression={"HER2": 0.05},
+                             brightness=bright)
+            picks.add(dict(zip(p.markers, p.labels, strict=True))["HER2"])
+        assert len(picks) == 1  # the candidates' order does not decide
+        (her2,) = picks
+        a = p.endmembers
+        # a column's sum is the label's signal: its brightness times its share in the bands
+        share = mixing_matrix([p.spectra[i] for i in range(len(markers))], chans).sum(0)
+        signal = np.array([(bright or {}).get(n, 1.0) for n in p.labels]) * share
+        np.testing.assert_allclose(a.sum(0)[: len(markers)] / signal,
+                                   a.sum(0)[0] / signal[0], rtol=1e-9)
+        g = noise_gains(a)[: len(markers)]
+        score = dict(zip(p.labels, g / np.sqrt(a.sum(0)[: len(markers)]), strict=True))
+        assert her2 != "Qdot 525" and score[her2] == min(score.values())

@@ -178,7 +178,7 @@ def panel(
     labels: Annotated[str, typer.Option("--labels", help="Comma-separated candidate labels: catalog Qdots, or probe YAML files for custom QDs (qdmed design ... --out probe.yaml).")] = "Qdot 525,Qdot 565,Qdot 605,Qdot 655,Qdot 705,Qdot 800",
     excitation_nm: Annotated[float, typer.Option("--excitation-nm", help="Excitation line (nm): labels it barely excites are not candidates; warned when it falls in a detection band.")] = 405.0,
     brightness: Annotated[list[str] | None, typer.Option("--brightness", metavar="<label=x>", help="LABEL=RELATIVE_BRIGHTNESS (repeatable; default 1 each): brighter labels read with less noise and go to the least expressed markers when --expression is given.")] = None,
-    expression: Annotated[list[str] | None, typer.Option("--expression", metavar="<marker=x>", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the brightest labels go to the least abundant markers.")] = None,
+    expression: Annotated[list[str] | None, typer.Option("--expression", metavar="<marker=x>", help="MARKER=RELATIVE_ABUNDANCE (repeatable): the labels read with the least noise (brightness, and the unmixing's noise gain) go to the least abundant markers.")] = None,
     channels: Annotated[int | None, typer.Option("--channels", help="Spectral detector channels (default 8).")] = None,
     low_nm: Annotated[float | None, typer.Option("--low-nm", help="Spectral detector: the first channel's lower edge, nm (default 440).")] = None,
     high_nm: Annotated[float | None, typer.Option("--high-nm", help="Spectral detector: the last channel's upper edge, nm (default 740).")] = None,
