@@ -320,3 +320,7 @@ def test_the_least_noisy_label_goes_to_the_scarcest_marker():
         g = noise_gains(a)[: len(markers)]
         score = dict(zip(p.labels, g / np.sqrt(a.sum(0)[: len(markers)]), strict=True))
         assert her2 != "Qdot 525" and score[her2] == min(score.values())
+    # expressions that do not differ assign as none do: in the candidates' order (a review:
+    # expression={"ER": 1.0}, the default, reordered the labels)
+    plain = design_panel(markers, qd, chans)
+    assert design_panel(markers, qd, chans, expression={"ER": 1.0}).labels == plain.labels

@@ -124,6 +124,14 @@ def test_fewer_positives_than_the_noise_floor_is_warned():
     assert ranks == sorted(ranks) and seen[5].status == "negative"  # 25 of 2000
     assert [s.percent_positive_corrected for s in seen] == sorted(
         s.percent_positive_corrected for s in seen)
+    # nor the interval's upper bound as one more nucleus passes (a review of the first
+    # widening: 36 of 1000 under a 5 % floor gave 0-4.94 %, 37 gave 0-0.06 %)
+    for floor, cells in ((5.0, None), (5.0, 2000), (12.0, None)):
+        g = {"ER": MarkerGate("nucleus", 1.0, false_positive_percent=floor,
+                              control_cells=cells)}
+        his = [receptor_status(_cells(k, 1000), g)["ER"].ci95_percent[1]
+               for k in range(0, 160, 1)]
+        assert his == sorted(his), (floor, cells)
     assert receptor_notes({"receptor_status": {"ER": st.to_dict()}}) == [f"ER: {st.notes[0]}"]
 
 

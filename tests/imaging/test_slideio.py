@@ -920,14 +920,14 @@ def test_ome_pixel_unit_pixel_is_no_physical_size(tmp_path):
     assert s.pixel_size_um is None and s.pixel_size_note is None
 
 
-def _fiji_plain_stack(path, stack):
+def _fiji_plain_stack(path, stack, extra=""):
     """A TIFF as Fiji saves a plain (non-hyper) stack: a page per slice, its description
-    "ImageJ=...\nimages=N\nslices=N" without hyperstack=true."""
+    "ImageJ=...\nimages=N\nslices=N" without hyperstack=true (`extra`: more lines)."""
     with tifffile.TiffWriter(path) as tw:
         for i, page in enumerate(stack):
             tw.write(page, photometric="minisblack", contiguous=True, metadata=None,
                      description=f"ImageJ=1.54f\nimages={len(stack)}\nslices={len(stack)}\n"
-                                 "unit=micron\n" if i == 0 else None)
+                                 f"unit=micron\n{extra}" if i == 0 else None)
     return path
 
 
@@ -946,6 +946,11 @@ def test_fiji_plain_stack_is_read_as_channels_and_said(tmp_path):
     tifffile.imwrite(tmp_path / "hyper.tif", stack, imagej=True, metadata={"axes": "ZYX"})
     with pytest.raises(FileFormatError, match=r"a Z \(depth\) axis of 3 planes"):
         read_slide(tmp_path / "hyper.tif")
+    # a plain stack with a Z spacing is a focal series (Fiji writes no hyperstack flag for
+    # one channel): refused as a Z-stack, not read as channels (a review)
+    p = _fiji_plain_stack(tmp_path / "focal.tif", stack, extra="spacing=0.5\n")
+    with pytest.raises(FileFormatError, match=r"a Z \(depth\) axis of 3 planes"):
+        read_slide(p)
 
 
 def test_reopening_a_slide_records_but_does_not_warn(tmp_path):

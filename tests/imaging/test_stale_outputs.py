@@ -108,8 +108,21 @@ def test_cohort_rerun_with_another_file_of_a_slides_stem(tmp_path):
     assert [r["status"] for r in two["slides"]] == ["ok"], two["slides"]
     assert two["slides"][0]["n_cells"] == one["slides"][0]["n_cells"]
     assert (out / "slides" / "A" / "summary.json").exists()
+    # another kind of analysis in a slide's folder (a DAB one, its summary naming the slide
+    # by path) is not the cohort's to clear: that slide is refused, the folder left (a
+    # review's cohort removed it whole)
+    dab = out / "slides" / "A"
+    shutil.rmtree(dab)
+    dab.mkdir()
+    (dab / "summary.json").write_text(json.dumps({"slide": "/scans/A.svs"}))
+    (dab / "regions.csv").write_text("region\n")
+    three = analyze_cohort(second, PANEL, out, **RUN)
+    assert [r["status"] for r in three["slides"]] == ["failed"]
+    assert "holds the analysis of another slide (A.svs)" in three["slides"][0]["message"]
+    assert (dab / "regions.csv").exists()
+    analyze_cohort(second, PANEL, tmp_path / "co2", **RUN)  # a clean copy of its folder
+    shutil.copytree(tmp_path / "co2" / "slides" / "A", tmp_path / "alone")
     # analysed alone into that folder, the other file is still refused (not a cohort's)
-    shutil.copytree(out / "slides" / "A", tmp_path / "alone")
     with pytest.raises(InputError, match=r"holds the analysis of another slide \(A.ome.tif\)"):
         analyze_slide(first / "A.ome.zarr", PANEL, tmp_path / "alone", progress=False)
 

@@ -149,6 +149,18 @@ OUTPUT_NAMES = ("cohort.csv", "cohort.json", "report.html", "cells.parquet", "re
 OUTPUT_MARKS = ("cohort.json", "slides/*/tiles/run.json", "slides/*/summary.json")
 
 
+def _is_analysis(folder: Path) -> bool:
+    """Whether `folder` holds an `analyze` run's outputs (as a cohort writes per slide): its
+    summary.json names the slide as analyze does (a dict), or, killed, its tiles are
+    analyze's (tile_*, no DAB job_* crops)."""
+    try:
+        return isinstance(json.loads((folder / "summary.json").read_text())["slide"], dict)
+    except (OSError, ValueError, TypeError, KeyError):
+        tiles = folder / "tiles"
+        return next(tiles.glob("job_*"), None) is None and next(tiles.glob("tile_*"), None) \
+            is not None
+
+
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, calibration_scale=None,
                    progress=True, regions_dir=None,
@@ -326,12 +338,15 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
                        "message": ""}
                 own = out / "slides" / stem
-                if recorded_slide(own)[0] not in (None, sp.name):
-                    # another slide of this stem (A.tif, now A.ome.tif): the cohort's own
+                foreign = recorded_slide(own)[0] not in (None, sp.name)
+                if foreign and _is_analysis(own):
+                    # another slide of this stem (A.tif, now A.ome.tif): a cohort's slide
                     # folder, cleared (analyze_slide refuses another slide's folder)
                     shutil.rmtree(own, ignore_errors=True)
-                for name in ("summary.json", "report.html"):  # an earlier run's, if this fails
-                    (own / name).unlink(missing_ok=True)
+                elif not foreign:  # (any other analysis there, a DAB one, is left whole,
+                    # and analyze_slide refuses the slide: a review's cohort removed it)
+                    for name in ("summary.json", "report.html"):  # an earlier run's, if
+                        (own / name).unlink(missing_ok=True)  # this fails
                 try:
                     reg = None
                     if regions_dir is not None:

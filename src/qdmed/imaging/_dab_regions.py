@@ -82,17 +82,13 @@ def _whole_slide(name: str, h: int, w: int):
 
 def _open(slide):
     """The slide itself, or read from its path (a Dask worker gets the path; what its
-    metadata warns of was said when the run opened it)."""
-    import warnings
-
-    from qdmed.errors import QdmedWarning
+    metadata warns of was said when the run opened it: check_chunks=False does not warn
+    again, without a warnings filter, which threads would leave set: a review)."""
     from qdmed.imaging._slideio import read_slide
 
     if hasattr(slide, "read_region"):
         return slide
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", QdmedWarning)
-        return read_slide(slide, check_chunks=False)
+    return read_slide(slide, check_chunks=False)
 
 
 def _in_piece(polygon, window, core) -> np.ndarray:

@@ -1037,7 +1037,8 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     noise = {n: float(g / np.sqrt(bright[n] * sg)) for n, g, sg in zip(combo, gains, signal,
                                                                         strict=True)}
     order_l = sorted(rest_l, key=lambda n: noise[n])
-    assign |= (dict(zip(order_m, order_l, strict=True)) if expression
+    # expressions that do not differ (none given, or all equal) leave the candidates' order
+    assign |= (dict(zip(order_m, order_l, strict=True)) if len(set(expr.values())) > 1
                else dict(zip(rest_m, rest_l, strict=True)))
     labels = [_label_name(fixed[m]) if m in fixed else assign[m] for m in markers]
     spectra = [_label_spectrum(fixed[m], grid) if m in fixed else spec[assign[m]] for m in markers]

@@ -1261,16 +1261,17 @@ def _svs_mpp(page: Any, p: Path) -> tuple[float | None, str | None]:
     return mpp, None
 
 
-def _said(text: str, warned: list[str], warn: bool) -> None:
+def _said(text: str, warned: list[str], warn: bool, stacklevel: int = 5) -> None:
     """Record what reading a slide found (:attr:`SlideImage.warnings`), and warn it
-    (QdmedWarning) unless the slide is being reopened (``warn`` False)."""
+    (QdmedWarning) unless the slide is being reopened (``warn`` False); `stacklevel` points
+    the warning at read_slide's caller (5 from a reader's helper, 4 from the reader)."""
     warned.append(text)
     if warn:
         import warnings
 
         from qdmed.errors import QdmedWarning
 
-        warnings.warn(text, QdmedWarning, stacklevel=4)
+        warnings.warn(text, QdmedWarning, stacklevel=stacklevel)
 
 
 def _read_tiff(p: Path, warn: bool = True) -> SlideImage:
@@ -1307,19 +1308,23 @@ def _read_tiff(p: Path, warn: bool = True) -> SlideImage:
             svs, ndpi = bool(tf.is_svs), bool(tf.is_ndpi)
             qpi = not (is_ome or svs or ndpi) and _qpi_xml(series.pages[0]) is not None
             imagej = not (is_ome or qpi or svs or ndpi) and bool(tf.is_imagej)
-            if imagej and not (tf.imagej_metadata or {}).get("hyperstack"):
+            md = (tf.imagej_metadata or {}) if imagej else {}
+            if imagej and not md.get("hyperstack") and not md.get("spacing") and \
+                    not md.get("finterval"):
                 # Fiji saves a plain stack (Images to Stack of a spectral series, say) as
                 # slices, which tifffile reads as Z: read as channels, as before the Z
-                # refusal, and said (a review's spectral stack was refused as a Z-stack)
+                # refusal, and said (a review's spectral stack was refused as a Z-stack).
+                # A stack with a Z spacing or a frame interval is a focal or time series,
+                # refused as such; so is one with another axis beside (channels and slices)
                 depth = [(a, n) for a, n in zip(axes, level_shapes[0], strict=True)
-                         if a in "ZT" and n > 1]
-                if len(depth) == 1:
+                         if a not in "YX" and n > 1]
+                if len(depth) == 1 and depth[0][0] in "ZT":
                     axes = axes.replace(depth[0][0], "I")
                     _said(f"{str(p)!r}: an ImageJ stack of {depth[0][1]} slices without "
                           "hyperstack dimensions is read as channels (if they are focal "
                           "planes or time points, project them first; Fiji's Image > "
                           "Hyperstacks > Stack to Hyperstack records which they are)",
-                          warned, warn)
+                          warned, warn, stacklevel=4)
             if svs:
                 info["pixel_size_um"], note = _svs_mpp(series.pages[0], p)
             elif qpi:
