@@ -149,18 +149,6 @@ OUTPUT_NAMES = ("cohort.csv", "cohort.json", "report.html", "cells.parquet", "re
 OUTPUT_MARKS = ("cohort.json", "slides/*/tiles/run.json", "slides/*/summary.json")
 
 
-def _is_analysis(folder: Path) -> bool:
-    """Whether `folder` holds an `analyze` run's outputs (as a cohort writes per slide): its
-    summary.json names the slide as analyze does (a dict), or, killed, its tiles are
-    analyze's (tile_*, no DAB job_* crops)."""
-    try:
-        return isinstance(json.loads((folder / "summary.json").read_text())["slide"], dict)
-    except (OSError, ValueError, TypeError, KeyError):
-        tiles = folder / "tiles"
-        return next(tiles.glob("job_*"), None) is None and next(tiles.glob("tile_*"), None) \
-            is not None
-
-
 def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_workers=None,
                    her2_calibration=None, gates=None, calibration_scale=None,
                    progress=True, regions_dir=None,
@@ -338,8 +326,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 row = {"slide": sp.name, "status": "ok", "n_cells": 0, "her2_category": None,
                        "message": ""}
                 own = out / "slides" / stem
-                foreign = recorded_slide(own)[0] not in (None, sp.name)
-                if foreign and _is_analysis(own):
+                before, _, by_analyze = recorded_slide(own)
+                foreign = before not in (None, sp.name)
+                if foreign and by_analyze:
                     # another slide of this stem (A.tif, now A.ome.tif): a cohort's slide
                     # folder, cleared (analyze_slide refuses another slide's folder)
                     shutil.rmtree(own, ignore_errors=True)

@@ -1010,10 +1010,10 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
         # falls in the channels (a Qdot 800 read by bands ending at 740 nm gives a sliver)
         b = np.array([1.0] * n_fixed + [bright[n] for n in combo]) * \
             m.sum(axis=0)[: n_fixed + len(combo)]
-        score = (float(np.max(gains / np.sqrt(b))) if gains.size else 0.0,
-                 condition_number(m))
+        per_label = gains / np.sqrt(b)  # each label's noise per unit signal
+        score = (float(np.max(per_label)) if gains.size else 0.0, condition_number(m))
         if best is None or score < best[0]:
-            best = (score, combo)
+            best = (score, combo, dict(zip(combo, per_label[n_fixed:], strict=True)))
     if best is None:
         raise InputError(f"the probes made for their targets cannot each take one of them "
                          f"({'; '.join(f'{n}: {t}' for n, t in targets.items())}) with "
@@ -1030,12 +1030,7 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     rest_l = [n for n in combo if n not in targets]
     expr = {m: float((expression or {}).get(m, 1.0)) for m in rest_m}
     order_m = sorted(rest_m, key=lambda m: expr[m])
-    specs = fixed_specs + [spec[n] for n in combo] + ([af] if af is not None else [])
-    m_best = mixing_matrix(specs, channels)
-    gains = noise_gains(m_best)[n_fixed: n_fixed + len(combo)]
-    signal = m_best.sum(axis=0)[n_fixed: n_fixed + len(combo)]
-    noise = {n: float(g / np.sqrt(bright[n] * sg)) for n, g, sg in zip(combo, gains, signal,
-                                                                        strict=True)}
+    noise = best[2]  # each label's noise per unit signal, as the subset was scored
     order_l = sorted(rest_l, key=lambda n: noise[n])
     # expressions that do not differ (none given, or all equal) leave the candidates' order
     assign |= (dict(zip(order_m, order_l, strict=True)) if len(set(expr.values())) > 1

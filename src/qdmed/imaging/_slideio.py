@@ -927,22 +927,28 @@ def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:
     return Path(out)
 
 
-def recorded_slide(out) -> tuple[str | None, bool]:
-    """``(slide name, finished)`` of the analysis an output folder holds: from its
-    ``summary.json`` (finished; its "slide" the path, as DAB writes it, or the slide's dict
-    with it, as analyze does), else from a killed run's ``tiles/run.json``; ``(None,
-    False)`` for none (or a manifest of a release that recorded no slide)."""
+def recorded_slide(out) -> tuple[str | None, bool, bool]:
+    """``(slide name, finished, by analyze)`` of the analysis an output folder holds: from
+    its ``summary.json`` (finished; its "slide" the slide's dict with its path, as analyze
+    writes it, or the path, as DAB does), else from a killed run's ``tiles/run.json`` (by
+    analyze when its tiles are analyze's, ``tile_*``, not DAB's ``job_*`` crops);
+    ``(None, False, False)`` for none (or a manifest of a release that recorded no
+    slide)."""
     out = Path(out)
     try:
         before = json.loads((out / "summary.json").read_text())["slide"]
-        return Path(str(before["path"] if isinstance(before, dict) else before)).name, True
+        return (Path(str(before["path"] if isinstance(before, dict) else before)).name, True,
+                isinstance(before, dict))
     except (OSError, ValueError, TypeError, KeyError):  # none, or not an analysis's
         pass
+    tiles = out / "tiles"
     try:
-        before = json.loads((out / "tiles" / "run.json").read_text()).get("slide")
+        before = json.loads((tiles / "run.json").read_text()).get("slide")
     except (OSError, ValueError, AttributeError):
-        return None, False
-    return (before if isinstance(before, str) else None), False
+        return None, False, False
+    by_analyze = next(tiles.glob("job_*"), None) is None and \
+        next(tiles.glob("tile_*"), None) is not None
+    return (before if isinstance(before, str) else None), False, by_analyze
 
 
 def check_same_slide(out, slide_name: str, done: str, what: str = "tile") -> None:
@@ -953,7 +959,7 @@ def check_same_slide(out, slide_name: str, done: str, what: str = "tile") -> Non
     slip wrote a slide's analysis over a HER2 control's). The same slide's folder is
     resumed, as before. (A cohort owns its slides' folders and clears another slide's
     there itself.)"""
-    before, finished = recorded_slide(out)
+    before, finished, _ = recorded_slide(out)
     if before is None or before == slide_name:
         return
     if finished:
@@ -1402,22 +1408,32 @@ def _ome_image_read(tf: Any, p: Path, warned: list[str], warn: bool = True) -> i
         dims = dict(zip(se.axes, se.shape, strict=True))
         return int(dims.get("Y", 1)), int(dims.get("X", 1))
 
-    sizes = [yx(se) for se in series]
     try:
         images = sum(1 for el in ET.fromstring(tf.ome_metadata) if el.tag.endswith("Image"))
     except ET.ParseError:
         images = 0
+    largest, listed = _largest_image(
+        [f"{i}: {se.name or 'unnamed'}" for i, se in enumerate(series)],
+        [yx(se) for se in series])
     # the OME Image of a series is known by its place only when each Image is one series
-    si = max(range(len(series)), key=lambda i: sizes[i][0] * sizes[i][1]) \
-        if images == len(series) else 0
-    listed = "; ".join(f"{i}: {series[i].name or 'unnamed'} ({w} x {h} px)"
-                       for i, (h, w) in enumerate(sizes[:8])) + (
-        "; ..." if len(series) > 8 else "")
+    si = largest if images == len(series) else 0
     text = (f"{str(p)!r} holds {len(series)} images ({listed}): image {si}, the "
             + ("largest" if images == len(series) else "first") + ", is read; to analyse "
             "another, write it to a file of its own (e.g. bfconvert -series N)")
     _said(text, warned, warn)
     return si
+
+
+def _largest_image(labels: list[str], sizes: list[tuple[int, int] | None]) -> tuple[int, str]:
+    """Of a file's images (`labels`, their (Y, X) `sizes`, None for one that cannot be
+    read), the index of the largest, and the first 8 listed as "label (W x H px)" for the
+    warning that names them (a multi-image OME-TIFF, a bioformats2raw OME-Zarr)."""
+    largest = max((i for i, s in enumerate(sizes) if s is not None),
+                  key=lambda i: sizes[i][0] * sizes[i][1])
+    listed = "; ".join(f"{lab} ({s[1]} x {s[0]} px)" if s else
+                       f"{lab} (not an image qdmed reads)"
+                       for lab, s in zip(labels[:8], sizes[:8], strict=True))
+    return largest, listed + ("; ..." if len(labels) > 8 else "")
 
 
 #: Axis letters (tifffile's; NGFF axes mapped to them, :func:`_ngff_axis_letter`) taken as
@@ -1582,8 +1598,7 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
     attrs = dict(root.attrs)
     bits = attrs.get("qdmed", {}).get("significant_bits") if isinstance(
         attrs.get("qdmed"), dict) else None  # qdmed's own record (NGFF has no field for it)
-    if "ome" in attrs and isinstance(attrs["ome"], dict):  # NGFF 0.5 nests it under "ome"
-        attrs = dict(attrs["ome"])
+    attrs = _ngff_attrs(attrs)
     ms = attrs.get("multiscales")
     if not ms and "bioformats2raw.layout" in attrs:
         return _read_bioformats2raw(p, root, check_chunks)
@@ -1654,23 +1669,25 @@ def _read_bioformats2raw(p: Path, root: Any, check_chunks: bool) -> SlideImage:
         listed = []
         while (p / str(len(listed))).is_dir():
             listed.append(str(len(listed)))
-    sizes = {name: _ngff_yx(p / name) for name in listed}
-    known = [name for name in listed if sizes[name] is not None]
-    if not known:
+    sizes = [_ngff_yx(p / name) for name in listed]
+    if all(s is None for s in sizes):
         raise FileFormatError(f"{str(p)!r}: a bioformats2raw layout without a readable image "
                               f"(series {', '.join(listed[:5]) or 'none'}: none is an NGFF "
                               "image with y and x axes)")
-    best = max(known, key=lambda name: sizes[name][0] * sizes[name][1])
+    largest, shown = _largest_image(listed, sizes)
+    best = listed[largest]
     slide = _read_zarr(p / best, check_chunks=check_chunks)
     warned: list[str] = []
     if len(listed) > 1:
-        shown = "; ".join(f"{name} ({sizes[name][1]} x {sizes[name][0]} px)"
-                          if sizes[name] else f"{name} (not an image qdmed reads)"
-                          for name in listed[:8]) + ("; ..." if len(listed) > 8 else "")
         _said(f"{str(p)!r} holds {len(listed)} images in bioformats2raw's layout ({shown}): "
               f"image {best}, the largest, is read; to analyse another, give its folder "
               f"({p / listed[0]}, ...)", warned, check_chunks)
     return replace(slide, path=p, warnings=(*warned, *slide.warnings))
+
+
+def _ngff_attrs(attrs: dict) -> dict:
+    """A group's NGFF attributes: NGFF 0.5 nests them under "ome"."""
+    return dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
 
 
 def _ngff_yx(p: Path) -> tuple[int, int] | None:
@@ -1680,9 +1697,7 @@ def _ngff_yx(p: Path) -> tuple[int, int] | None:
 
     try:
         g = zarr.open_group(str(p), mode="r")
-        attrs = dict(g.attrs)
-        attrs = dict(attrs["ome"]) if isinstance(attrs.get("ome"), dict) else attrs
-        m = attrs["multiscales"][0]
+        m = _ngff_attrs(dict(g.attrs))["multiscales"][0]
         shape = g[m["datasets"][0]["path"]].shape
         names = [a.get("name") if isinstance(a, dict) else a for a in m.get("axes") or []]
         if len(names) == len(shape) and "y" in names and "x" in names:
