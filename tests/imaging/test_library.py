@@ -134,14 +134,14 @@ def test_library_cli(tmp_path):
     h = f"HER2={tmp_path / 'her2.ome.zarr'}"
     bad = run("--single-stain", h, "--single-stain", h)
     assert bad.returncode == 2 and "given twice" in bad.stderr
-    # the HER2 section given as ER's control too: the two measured spectra are one, and the
-    # panel every analysis would refuse is not written (a review got it written, warned)
+    # the HER2 section given as ER's control too: no library is written (a review got one
+    # written, warned; it was refused as two equal spectra, and each label's own dark
+    # channels now make the two differ, ER's a wrong one)
     out.unlink()
     bad = run("--panel", str(tmp_path / "panel.yaml"), "--unstained", str(tmp_path / "un.ome.zarr"),
               "--single-stain", h, "--single-stain", f"ER={tmp_path / 'her2.ome.zarr'}",
               "--out", str(out))
-    assert bad.returncode == 2 and "the measured library is not written" in bad.stderr, bad.stderr
-    assert "HER2 and ER" in bad.stderr or "ER and HER2" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "given for both HER2 and ER" in bad.stderr, bad.stderr
     assert not out.exists()
 
 
@@ -180,7 +180,7 @@ def test_a_label_everywhere_is_measured_from_its_label_free_channels():
                          single_stains={"HER2": img})
     info = r.components["HER2"]
     assert info["autofluorescence_scale_from"] == "3 label-free channels"
-    assert _cos(r.panel.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.9999  # measured 0.9999996
+    assert _cos(r.panel.endmembers[:, K_HER2], TRUE[:, K_HER2]) > 0.9999  # measured 0.9999998
     assert info["clipped_fraction"] < 1e-3 and not r.warnings
     # the dim-tissue way (no label model) over-subtracts, and its result says so
     _, dim = single_stain_endmember(img, af)
@@ -222,55 +222,85 @@ def test_single_stain_autofluorescence_is_removed_on_glass_and_grainy_tissue(kin
         for way, model in (("label-free", E[:, k]), ("dim", None)):
             prof, info = single_stain_endmember(img, af, label_model=model)
             share[way] = np.linalg.lstsq(np.c_[lab, af], prof, rcond=None)[0][1]
-        assert abs(share["label-free"]) < 0.025, (k, share)  # measured |share| <= 0.016
+        assert abs(share["label-free"]) < 0.025, (k, share)  # measured |share| <= 0.012
         assert info["autofluorescence_scale_from"] == "dim tissue"
         if kind != "tissue":  # the dim way fails here (measured 0.54-0.78); 0.017 on tissue
             assert share["dim"] > 0.4, (k, share)
 
 
-def test_single_stain_with_a_label_off_its_model():
-    """A label 20 nm redder than its model: a channel the model calls dark holds label, and
-    least squares over those channels alone would subtract too much autofluorescence (the
-    label's spectrum then reads -0.23 of it); the scale is kept from emptying any of them
-    below zero, and the misfit shows."""
+@pytest.mark.parametrize("kind", ["tissue", "grainy"])
+def test_single_stain_off_its_model_with_an_offset_error_or_few_photons(kind):
+    """The label's true peak 10 nm off its model (a label-free channel then holds some of
+    it), the detector offset wrong by 2 counts either way, or a tenth of the photons (the
+    read noise that choosing the brightest pixels selects is a floor in every channel): the
+    label keeps within a few percent of autofluorescence, and its misfit is not warned."""
     from qdmed.imaging._library import single_stain_endmember
     from qdmed.imaging._panel import mixing_matrix
 
     k = NAMES.index("ER")
-    img, af, lab = _single_stain("grainy", k)
-    shifted = mixing_matrix([emission_spectrum(P.spectra[k].peak_nm + 20.0, 30.0)],
-                            P.channels)[:, 0]
-    prof, info = single_stain_endmember(img, af, label_model=shifted)
-    assert info["autofluorescence_scale_from"] == "4 label-free channels"
-    assert abs(np.linalg.lstsq(np.c_[lab, af], prof, rcond=None)[0][1]) < 0.025  # 0.012
-    assert info["autofluorescence_misfit"] > 0.1  # measured 0.12
+    img, af, lab = _single_stain(kind, k)
+
+    def share(prof):
+        return np.linalg.lstsq(np.c_[lab, af], prof, rcond=None)[0][1]
+
+    for dpeak in (-10.0, 10.0):
+        model = mixing_matrix([emission_spectrum(P.spectra[k].peak_nm + dpeak, 30.0)],
+                              P.channels)[:, 0]
+        prof, _ = single_stain_endmember(img, af, label_model=model)
+        assert abs(share(prof)) < 0.025, dpeak  # measured 0.001 (tissue), -0.012 (grainy)
+    for off in (-2.0, 2.0):
+        prof, info = single_stain_endmember(img + off, af, label_model=E[:, k])
+        assert abs(share(prof)) < 0.025, off  # measured as without the error
+        assert info["floor"] == pytest.approx(off, abs=0.5)  # -2.20 and 1.80 (grainy)
+        assert info["autofluorescence_misfit"] < 0.1
+    rng = np.random.default_rng(5)
+    dim = rng.poisson(img.clip(0, None) / 10.0) + rng.normal(0, 3, img.shape)
+    prof, info = single_stain_endmember(dim, af, label_model=E[:, k])
+    assert abs(share(prof)) < 0.06 and info["autofluorescence_misfit"] < 0.1
 
 
 def test_single_stain_with_the_model_autofluorescence_warns_its_misfit():
     """No unstained control: the panel's model autofluorescence (520 nm peak) against tissue
     whose autofluorescence peaks at 575 nm. Its label-free channels do not fit it (misfit
-    0.31-0.98 over the six labels; the rendered profile 0.001-0.010), and that is said."""
+    0.59-0.72 over the labels and fields; the rendered profile up to 0.021), and that is
+    said."""
     img, _, _ = _single_stain("small cells on glass", K_HER2)
     r = spectral_library(P, single_stains={"HER2": img})
-    assert r.components["HER2"]["autofluorescence_misfit"] > 0.5  # measured 0.98
+    assert r.components["HER2"]["autofluorescence_misfit"] > 0.3
     assert any("label-free channels do not fit the autofluorescence profile (from panel "
-               "model" in w for w in r.warnings), r.warnings
+               "model" in w and "give an unstained control" in w for w in r.warnings), r.warnings
 
 
-def test_an_unstained_section_on_glass_given_as_a_single_stain_is_refused():
-    """Glass passed for dim tissue, so the bright tissue read 'label'; with the
-    autofluorescence scaled in the bright pixels themselves, 1.3 % is left."""
-    from qdmed.imaging._library import single_stain_endmember
-
+def test_an_unstained_section_on_glass_given_as_a_single_stain_is_warned():
+    """Glass passed for dim tissue, so the bright tissue read as label; with the
+    autofluorescence scaled in the bright pixels themselves, what is left is noise, unlike
+    the label's model."""
     rng = np.random.default_rng(2)
     af = TRUE[:, -1] / TRUE[:, -1].sum()
     on = np.mgrid[:256, :256][1] >= 0.7 * 256
     un = rng.poisson(on[..., None] * 200 * af) + rng.normal(0, 3, (256, 256, 8))
-    with pytest.raises(InputError, match=r"shows no label: after removing autofluorescence "
-                                         r"\(3 label-free channels\) 1\.\d % of its brightest"):
-        single_stain_endmember(un, af, label_model=E[:, K_HER2])
-    with pytest.raises(InputError, match="label_model must be 8 non-negative"):
-        single_stain_endmember(un, af, label_model=np.zeros(8))
+    r = spectral_library(P, single_stains={"HER2": un},
+                         unstained=rng.poisson(np.ones((128, 128, 1)) * 200 * af))
+    assert r.components["HER2"]["background_fraction"] > 0.9  # measured 0.97
+    assert any(w.startswith("HER2: measured spectrum differs from the model (cosine 0.")
+               for w in r.warnings), r.warnings  # measured 0.26
+
+
+def test_unstained_control_mostly_of_glass():
+    """An unstained pellet (30 % tissue): its pixels above the median were a third glass,
+    whose noise floor flattened the autofluorescence profile; single stains measured with
+    it were then warned of a misfit (0.12-0.57, a review) though right."""
+    from qdmed.imaging._panel import autofluorescence_from_control
+
+    rng = np.random.default_rng(4)
+    af = TRUE[:, -1] / TRUE[:, -1].sum()
+    on = np.mgrid[:256, :256][1] >= 0.7 * 256
+    un = np.clip(np.round(rng.poisson(on[..., None] * 100 * af)
+                          + rng.normal(0, 3, (256, 256, 8))), 0, None)
+    # measured 0.99961, as the tissue's own mean (0.99964: the clip at 0 of the weakest
+    # channels' read noise); the pixels above the median, a third glass, 0.99767
+    assert _cos(autofluorescence_from_control(un), af) > 0.999
+    assert _cos(autofluorescence_from_control(un[:, 180:, :]), af) > 0.999  # all tissue
 
 
 def test_library_checks_slide_bands_like_analyze(tmp_path):
@@ -487,5 +517,5 @@ def test_a_neighbouring_qd_measured_for_the_label_is_warned():
     lab = (rng.random((192, 192)) < 0.2)
     img = rng.poisson(100 * af + lab[..., None] * 400 * shifted / shifted.sum())
     r = spectral_library(P, single_stains={"HER2": img})
-    assert r.components["HER2"]["cosine_to_model"] < 0.95  # measured 0.889
+    assert r.components["HER2"]["cosine_to_model"] < 0.95  # measured 0.888
     assert any("HER2: measured spectrum differs" in w for w in r.warnings)

@@ -627,7 +627,8 @@ def library(
         return print_json_warned(info, res.warnings)
     keys = {"n_pixels": "pixels", "percent_saturated": "% saturated",
             "cosine_to_model": "cos(model)",
-            "background_fraction": "AF share", "angle_to_labels_deg": "angle to labels (deg)",
+            "background_fraction": "AF share", "autofluorescence_misfit": "AF misfit",
+            "angle_to_labels_deg": "angle to labels (deg)",
             "split_half_cosine": "split-half cos", "source": "control"}
     rows = [{"component": k, **{label: (round(d[kk], 4) if isinstance(d.get(kk), float)
                                         else d.get(kk, "-")) for kk, label in keys.items()}}
