@@ -27,7 +27,7 @@ Controls must be dark-corrected, or the detector offset given (``offset=``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -766,14 +766,17 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         stains[name] = (src, *_control(ctrl, panel, name, src, off, warnings,
                                        saturation_level))
 
+    optics = replace(panel, measured=()).endmembers if panel.measured else model
+
     def measure_stains(af):
         """Each single stain's profile with `af` removed: (profiles, infos, warnings)."""
         profs, infos, warns = {}, {}, []
         # without any autofluorescence profile the dim-tissue baseline is taken as flat
         bg = af if af is not None else np.full(c, 1.0 / c)
         for name, (src, img, sat, checks) in stains.items():
-            # the label's model tells its dark channels; a flat baseline is no AF profile
-            lm = model[:, panel.components.index(name)] if af is not None else None
+            # the label's optics model tells its dark channels (not a column measured before,
+            # whose residue would narrow them); a flat baseline is no AF profile
+            lm = optics[:, panel.components.index(name)] if af is not None else None
             try:
                 prof, info = single_stain_endmember(img, bg, bright_percentile=bright_percentile,
                                                     valid=None if sat is None else ~sat,
