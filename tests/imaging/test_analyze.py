@@ -537,6 +537,14 @@ def test_an_output_folder_of_slides_or_of_another_slides_analysis_is_refused(tmp
     with pytest.raises(InputError, match=r"holds the analysis of another slide "
                                          r"\(a.ome.zarr\); this run of b.ome.zarr"):
         analyze_slide(b, PANEL, tmp_path / "out", **run)
+    # a cohort into a slide's analysis: named as one (a review: "holds slides
+    # (unmixed.ome.zarr)", its own output taken for a slide)
+    from qdmed.imaging._cohort import analyze_cohort
+
+    analyze_slide(a, PANEL, tmp_path / "out2", tile=128, progress=False, outlines=False)
+    with pytest.raises(InputError, match=r"out2 holds the analysis of a slide \(a.ome.zarr\), "
+                                         "not this command's output"):
+        analyze_cohort(folder, PANEL, tmp_path / "out2", progress=False)
 
 
 def test_regions_wholly_outside_the_slide_are_warned(tmp_path):

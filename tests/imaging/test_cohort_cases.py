@@ -99,3 +99,42 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
     bad.write_text("slide,case\nP1_f1,P1\n\nP1_f1.ome.tif,P2\n")  # the file's line, blank
     with pytest.raises(InputError, match="line 4: slide 'P1_f1.ome.tif' is given two cases"):
         analyze_cohort(d, PANEL, tmp_path / "x", case_map=bad)
+
+
+def test_a_tma_map_without_slides_on_several_blocks_is_warned(tmp_path):
+    """Two TMA blocks with cores of the same names and a map without a slide column: both
+    blocks' A-1 were pooled into one case, and cores without a case were left out, unsaid
+    on the cohort's warnings (a review)."""
+    import json
+
+    d, regs = tmp_path / "tmas", tmp_path / "cores"
+    d.mkdir()
+    regs.mkdir()
+
+    def core(name, x0):
+        ring = [[x0, 10], [x0 + 100, 10], [x0 + 100, 110], [x0, 110], [x0, 10]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "tmacore", "name": name, "isMissing": False}}
+
+    for stem, seed in (("tma1", 1), ("tma2", 2)):
+        f = simulate_field((128, 256), preset="luminal-A", seed=seed, **KW)
+        write_ome_tiff(d / f"{stem}.ome.tif", f.image,
+                       channel_names=list(PANEL.channel_names), pixel_size_um=0.5)
+        (regs / f"{stem}.geojson").write_text(json.dumps(
+            {"type": "FeatureCollection", "features": [core("A-1", 10), core("A-2", 130)]}))
+    res = analyze_cohort(d, PANEL, tmp_path / "co", regions_dir=regs,
+                         tma_map={(None, "A-1"): "P1"}, region_min_cells=5, progress=False,
+                         scheduler="synchronous", outlines=False, write_unmixed=False)
+    w = res["case_warnings"]
+    assert any(x.startswith("1 core name(s) of the TMA map, given without a slide, are on "
+                            "several slides (e.g. A-1 on tma1.ome.tif, tma2.ome.tif)")
+               for x in w), w
+    assert any(x.startswith("2 core(s) have no case in the TMA map (e.g. tma1.ome.tif:A-2, "
+                            "tma2.ome.tif:A-2)") for x in w), w
+    # a map giving each block's core its slide says neither
+    res = analyze_cohort(d, PANEL, tmp_path / "co", regions_dir=regs,
+                         tma_map={("tma1", "A-1"): "P1", ("tma1", "A-2"): "P2",
+                                  ("tma2", "A-1"): "P3", ("tma2", "A-2"): "P4"},
+                         region_min_cells=5, progress=False, scheduler="synchronous",
+                         outlines=False, write_unmixed=False)
+    assert res["case_warnings"] == []

@@ -621,4 +621,9 @@ def test_review_cases_large_ids_long_nuclei_and_masks_beside_slides(tmp_path):
     # masks kept beside the slides: the slide is never its own label image
     for name in ("A.ome.tif", "A_cp_masks.tif"):
         (tmp_path / name).touch()
-    assert labels_file(tmp_path, "A.ome.tif", ["A"]).name == "A_cp_masks.tif"
+    assert labels_file(tmp_path, tmp_path / "A.ome.tif", ["A"]).name == "A_cp_masks.tif"
+    # a mask of the slide's own name in another folder is its mask (a review: passed over)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "A.ome.tif").touch()
+    assert labels_file(tmp_path / "masks", tmp_path / "A.ome.tif", ["A"]) == \
+        tmp_path / "masks" / "A.ome.tif"

@@ -324,3 +324,18 @@ def test_the_least_noisy_label_goes_to_the_scarcest_marker():
     # expression={"ER": 1.0}, the default, reordered the labels)
     plain = design_panel(markers, qd, chans)
     assert design_panel(markers, qd, chans, expression={"ER": 1.0}).labels == plain.labels
+
+
+def test_marker_names_equal_but_for_case_are_refused():
+    """``--markers HER2,her2`` built a panel of two HER2 markers, warned as a typo only (a
+    review): columns HER2_* and her2_* that most tables and QuPath read as one."""
+    from qdmed.imaging._panel import build_panel_from_spectra, unmixed_panel
+
+    spectra = [emission_spectrum(525.0, 30.0), emission_spectrum(605.0, 30.0)]
+    with pytest.raises(InputError, match=r"marker names given more than once \(case aside\): "
+                                         "HER2, her2"):
+        build_panel_from_spectra(["HER2", "her2"], ["a", "b"], spectra,
+                                 spectral_channels(8, 450, 750))
+    with pytest.raises(InputError, match=r"component names given more than once \(case "
+                                         r"aside\): ER, Er"):
+        unmixed_panel({"ER": 0, "Er": 1})

@@ -44,6 +44,13 @@ def test_polygon_with_hole_multipolygon_and_class_filter(tmp_path):
     # cell tables hold pixel-index centroids: QuPath's coordinate is +0.5
     cells = pd.DataFrame({"centroid_x": [99.4, 99.6], "centroid_y": [10.0, 10.0]})
     assert read_regions(p).contains_cells(cells).tolist() == [True, False]
+    # tumour and stroma scored together, unless a class is picked: said (a review: stroma
+    # was scored as tumour, unsaid)
+    from qdmed.imaging._regions import mixed_classes_warnings
+
+    (w,) = mixed_classes_warnings(reg, None)
+    assert "carry several classes (Stroma, Tumor) and all are scored" in w and "--region-class" in w
+    assert mixed_classes_warnings(tumour, "Tumor") == mixed_classes_warnings(reg, "Tumor") == []
 
 
 def test_region_errors_name_the_file_and_feature(tmp_path):

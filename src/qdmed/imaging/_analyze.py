@@ -1229,7 +1229,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
-    ps_warnings = [*slide.warnings, *positional_warnings(panel, slide.channel_names)]
+    from qdmed.imaging._regions import mixed_classes_warnings
+
+    ps_warnings = [*slide.warnings, *positional_warnings(panel, slide.channel_names),
+                   *mixed_classes_warnings(reg, region_class)]
     panel = check_channels(slide, panel)
     check_unmixable(panel)
     check_calibration(panel, her2_calibration, gates)

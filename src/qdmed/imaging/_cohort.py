@@ -104,18 +104,22 @@ def _labels_stem(name: str) -> str:
     return slide_stem(name)
 
 
-def labels_file(labels_dir, slide_name: str, stems=(), what: str = "nuclei") -> Path:
+def labels_file(labels_dir, slide, stems=(), what: str = "nuclei") -> Path:
     """The label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
     (``A.tif``, ``A.ome.zarr``...), else the one ``<stem>_<anything>`` image (cellpose's
     ``A_cp_masks.tif``, ``A_nuclei.tif``) that no longer slide stem among `stems` claims
     (``A_2_cp_masks.tif`` belongs to slide ``A_2``, not ``A``); where there is no such
     image, GeoJSON objects named alike (``A.geojson``, QuPath's ``A.ome.tif.geojson``).
     InputError when there is none, or several; `what` ("nuclei" or "cell") names the
-    labels in it."""
+    labels in it. `slide` is the slide's path: the slide itself, kept among its masks, is
+    never its own label image, while a mask of the slide's own name in another folder is
+    (a review: ``masks/A.ome.tif`` was passed over for slide ``A.ome.tif``)."""
+    slide_name = Path(slide).name
     stem = slide_stem(slide_name)
     d = Path(labels_dir)
+    own = Path(slide).resolve()
     files = sorted(p for p in d.iterdir() if not p.name.startswith(".")
-                   and p.name != slide_name)  # never the slide itself
+                   and not (p.name == slide_name and p.resolve() == own))
     longer = [t for t in stems if t != stem and t.startswith(stem + "_")]
     found: list[Path] = []
     # label images first; GeoJSON objects only where a slide has none (a labels folder may
@@ -352,9 +356,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                             raise InputError(f"no tumour annotation file {stem}.geojson (or "
                                              f".json) in {tumour_regions_dir}")
                     labels = None if nuclei_labels_dir is None else \
-                        labels_file(nuclei_labels_dir, sp.name, stems)
+                        labels_file(nuclei_labels_dir, sp, stems)
                     cells = None if cell_labels_dir is None else \
-                        labels_file(cell_labels_dir, sp.name, stems, "cell")
+                        labels_file(cell_labels_dir, sp, stems, "cell")
                     if reg is not None and labels is not None and \
                             Path(labels).resolve() == Path(reg).resolve():
                         raise InputError(f"{reg.name} is found as both the annotations and "
@@ -486,6 +490,26 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
             if stem in failed:
                 notes.setdefault(case, []).append(f"core {core} on failed slide {failed[stem]}")
                 expected.setdefault(case, []).append(f"{failed[stem]}:{core}")
+        # a row without a slide is the core of that name on every slide: two blocks' A-1
+        # pooled into one case, unsaid (a review: an HER2-enriched and a luminal A core)
+        on = {}
+        for r in region_rows:
+            if r["status"] != "missing" and (None, r["region"]) in tma_map and \
+                    (map_slide(r["slide"]), r["region"]) not in tma_map:
+                on.setdefault(r["region"], []).append(r["slide"])
+        shared = {c: sl for c, sl in on.items() if len(sl) > 1}
+        if shared:
+            c0 = sorted(shared)[0]
+            case_warnings.append(
+                f"{len(shared)} core name(s) of the TMA map, given without a slide, are on "
+                f"several slides (e.g. {c0} on {', '.join(shared[c0][:3])}): each case pools "
+                "them all; give the map's rows their slide (core,case,slide) if the blocks "
+                "hold other patients")
+        caseless = [f"{r['slide']}:{r['region']}" for r in region_rows
+                    if r["status"] != "missing" and r.get("case") is None]
+        if caseless:
+            case_warnings.append(f"{len(caseless)} core(s) have no case in the TMA map (e.g. "
+                                 f"{', '.join(caseless[:3])}): left out of cases.csv")
         named = {stem for stem, _ in tma_map if stem is not None}
         unknown = sorted(named - {map_slide(sp.name) for sp in slides})
         if unknown:

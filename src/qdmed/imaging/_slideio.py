@@ -913,6 +913,11 @@ def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:
         # unmixed.ome.zarr as a slide (a review's analyze --out slides/)
         slides = sorted(p.name for p in out.iterdir() if p.name not in (*owned, *written)
                         and not p.name.startswith(".") and is_slide_path(p))
+        before = recorded_slide(out)[0] if slides else None
+        if before is not None:  # a slide's analysis, whose unmixed image read as a slide
+            raise InputError(f"{out} holds the analysis of a slide ({before}), not this "
+                             "command's output: write the output elsewhere, or remove that "
+                             "folder first")
         if slides:
             raise InputError(f"{out} holds slides ({', '.join(slides[:3])}"
                              f"{' ...' if len(slides) > 3 else ''}): write the output to a "
