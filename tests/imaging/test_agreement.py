@@ -74,8 +74,11 @@ def test_confidence_intervals():
     few = compare_her2(["0", "1+", "3+"], ["0", "1+", "3+"])
     assert few.warnings and "only 3 cases" in few.warnings[0]
     # perfect agreement: the bootstrap has no spread, the interval is not estimable (it
-    # read 1.00 to 1.00 before)
-    assert all(np.isnan(v) for v in few.kappa_ci95) and "cannot be estimated" in few.warnings[0]
+    # read 1.00 to 1.00 before), and the warning says why, not "so few" (a review: 3 cases
+    # of which one differed got an interval)
+    assert all(np.isnan(v) for v in few.kappa_ci95)
+    assert "every case agrees, so kappa is 1 in every resample and has no interval; the " \
+        "percent agreement's is 44-100 %" in few.warnings[0]
     json.dumps(few.to_dict())
 
 

@@ -432,7 +432,8 @@ def test_an_address_that_is_not_a_dask_scheduler(monkeypatch):
     try:
         # the HTTP reply read as a Dask frame's length asked for exbibytes (MemoryError)
         with pytest.raises(InputError, match=r"is not a Dask scheduler \(its handshake "
-                           r"failed: what it sent is not a Dask message \(MemoryError\)\)"):
+                           r"failed: what it sent is not a Dask message \(read as a Dask "
+                           r"frame, its first bytes gave an impossible length\)\)"):
             an.start_client(f"tcp://127.0.0.1:{port}", 1)
     finally:
         srv.close()

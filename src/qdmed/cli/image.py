@@ -590,6 +590,7 @@ def library(
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of measured vs model spectra.")] = None,
     offset: OFFSET = None,
     saturation_level: SATURATION = None,
+    no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Spectral library from control slides: autofluorescence from an unstained section
@@ -609,7 +610,8 @@ def library(
     # the panel written over its own file, or into a control slide, is refused up front
     check_output_folder(out, [panel_file, unstained, stained, *stains.values()])
     res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
-                           offset=_offset(offset), saturation_level=saturation_level)
+                           offset=_offset(offset), saturation_level=saturation_level,
+                           progress=not no_progress)
     if plot:  # drawn first: it shows what is wrong with a library refused below
         _save_plot(plot, res.plot())
     from qdmed.errors import InputError

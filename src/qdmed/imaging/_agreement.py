@@ -248,9 +248,14 @@ def compare_her2(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequenc
                  "whatever the other says (compare the percent agreement instead)",)
     else:
         lo_k, hi_k = ci["kappa"]
-        warns = (f"only {n} cases: the agreement's confidence intervals are wide"
-                 + (f" (kappa {lo_k:.2f} to {hi_k:.2f})" if np.isfinite(lo_k) else
-                    " (kappa's cannot be estimated by resampling so few)"),) \
+        # every case agreeing, kappa is 1 in every resample: no interval, whatever n (a
+        # review read "cannot be estimated by resampling so few" at 6 cases against an
+        # interval at 3); the percent agreement's Wilson interval says how little it shows
+        why = (f" (kappa {lo_k:.2f} to {hi_k:.2f})" if np.isfinite(lo_k) else
+               f" (every case agrees, so kappa is 1 in every resample and has no interval; "
+               f"the percent agreement's is {100 * lo:.0f}-100 %)" if np.all(ia == ib) else
+               " (kappa's cannot be estimated by resampling so few)")
+        warns = (f"only {n} cases: the agreement's confidence intervals are wide{why}",) \
             if n < FEW_CASES else ()
     return HER2Agreement(
         method_a=method_a, method_b=method_b, cases=tuple(cases), a=tuple(ca), b=tuple(cb),

@@ -596,7 +596,8 @@ def _dim_bright(img: np.ndarray, valid) -> tuple[float, np.ndarray, np.ndarray] 
 
 def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stains=None,
                      bright_percentile: float = 90.0, min_cosine: float = 0.95,
-                     offset=0.0, saturation_level=None) -> LibraryResult:
+                     offset=0.0, saturation_level=None, progress: bool = False
+                     ) -> LibraryResult:
     """Measure endmembers from controls and return the panel with them.
 
     Parameters
@@ -635,6 +636,9 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         uint16); else an integer type's largest value or ``2**SignificantBits - 1``. Pixels
         with a channel at the ceiling are left out of every estimate (``percent_saturated``
         per control; warned above 0.1 %).
+    progress : bool
+        A progress bar on stderr, one step per control read (a 2048^2 control takes
+        seconds).
 
     Returns
     -------
@@ -658,6 +662,17 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
     >>> r.components["autofluorescence"]["cosine_to_model"] > 0.99
     True
     """
+    from qdmed.imaging._analyze import _progress
+
+    single_stains = _check_controls(panel, unstained, stained, single_stains)
+    n = (unstained is not None) + (stained is not None) + len(single_stains)
+    with _progress(progress, n, 0, "controls") as advance:  # after the checks: errors alone
+        return _spectral_library(panel, unstained, stained, single_stains, bright_percentile,
+                                 min_cosine, offset, saturation_level, advance)
+
+
+def _check_controls(panel: Panel, unstained, stained, single_stains) -> dict:
+    """The single stains as a dict, after the checks that need no control read."""
     if panel.unmixed:
         raise InputError("an already-unmixed panel has no spectra to measure from controls: "
                          "its image channels are the components")
@@ -669,6 +684,32 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         raise InputError("give either an unstained control or a stained slide for the "
                          "autofluorescence, not both (the unstained control is the direct "
                          "measurement)")
+    if "autofluorescence" not in panel.components:
+        if unstained is not None:
+            raise InputError("the panel has no autofluorescence component to measure; add one "
+                             "to the panel before giving an unstained control")
+        if stained is not None:
+            raise InputError("the panel has no autofluorescence component to estimate; add "
+                             "one to the panel before giving a stained slide")
+    seen: dict = {}  # one control for two labels: each label needs its own section
+    for name, ctrl in single_stains.items():
+        if name not in panel.components or name == "autofluorescence":
+            raise InputError(f"single-stain control {name!r} is not a marker of the panel; "
+                             f"markers: {[m for m in panel.components if m != 'autofluorescence']}")
+        key = ("array", id(ctrl)) if hasattr(ctrl, "shape") else ("path", _resolved(ctrl))
+        if key in seen:
+            raise InputError(f"the single-stain control {ctrl if key[0] == 'path' else ''}"
+                             f"{'' if key[0] == 'path' else '(one array)'} is given for "
+                             f"both {seen[key]} and {name}: each label needs its own "
+                             "single-stain section")
+        seen[key] = name
+    return single_stains
+
+
+def _spectral_library(panel, unstained, stained, single_stains, bright_percentile,
+                      min_cosine, offset, saturation_level, advance) -> LibraryResult:
+    """:func:`spectral_library`'s work (its arguments checked by :func:`_check_controls`),
+    calling ``advance()`` as each control is read."""
     c = len(panel.channels)
     off = check_offset(offset, c)
     if off is None:
@@ -684,9 +725,6 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
     else:
         af_prof, af_source = None, None
     if unstained is not None:
-        if "autofluorescence" not in panel.components:
-            raise InputError("the panel has no autofluorescence component to measure; add one "
-                             "to the panel before giving an unstained control")
         af_source = str(unstained) if not hasattr(unstained, "shape") else "array"
         img, sat, checks = _control(unstained, panel, "unstained", af_source, off, warnings,
                                     saturation_level)
@@ -704,6 +742,7 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         excess = _unstained_excess(img, None if sat is None else ~sat)
         db = _dim_bright(img, None if sat is None else ~sat)
         bright_cos = None if db is None else db[0]
+        advance()
         comps["autofluorescence"] = {"source": af_source,
                                      "n_pixels": int((tot > np.percentile(tot, 50.0)).sum()),
                                      "angle_to_labels_deg": angle,
@@ -738,11 +777,9 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
                     "measured is the tissue's mean")
     blind_img = None
     if stained is not None:
-        if "autofluorescence" not in panel.components:
-            raise InputError("the panel has no autofluorescence component to estimate; add one "
-                             "to the panel before giving a stained slide")
         af_source = "blind: " + (str(stained) if not hasattr(stained, "shape") else "array")
         blind_img, blind_px, blind_sat = blind_image(stained, panel, saturation_level)
+        advance()
         clipped, blind_valid = stained_saturation(blind_sat, af_source.removeprefix("blind: "))
         warnings += clipped
         blind_img = blind_img - off
@@ -758,22 +795,11 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
             # with the panel's model autofluorescence first, and the blind estimate is made
             # with the measured labels below (its error is raised if that fails too)
     stains = {}
-    seen: dict = {}  # one control for two labels: each label needs its own section
     for name, ctrl in single_stains.items():
-        key = ("array", id(ctrl)) if hasattr(ctrl, "shape") else ("path", _resolved(ctrl))
-        if key in seen:
-            raise InputError(f"the single-stain control {ctrl if key[0] == 'path' else ''}"
-                             f"{'' if key[0] == 'path' else '(one array)'} is given for "
-                             f"both {seen[key]} and {name}: each label needs its own "
-                             "single-stain section")
-        seen[key] = name
-    for name, ctrl in single_stains.items():
-        if name not in panel.components or name == "autofluorescence":
-            raise InputError(f"single-stain control {name!r} is not a marker of the panel; "
-                             f"markers: {[m for m in panel.components if m != 'autofluorescence']}")
         src = str(ctrl) if not hasattr(ctrl, "shape") else "array"
         stains[name] = (src, *_control(ctrl, panel, name, src, off, warnings,
                                        saturation_level))
+        advance()
 
     optics = replace(panel, measured=()).endmembers if panel.measured else model
 

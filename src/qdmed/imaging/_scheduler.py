@@ -83,14 +83,17 @@ def _unreadable(error: BaseException | None) -> str | None:
     (struct.error), or msgpack cannot decode; else None."""
     import struct
 
-    kinds: list[tuple[type, str]] = [(MemoryError, "MemoryError"),
-                                     (struct.error, "struct.error"),
-                                     (UnicodeDecodeError, "UnicodeDecodeError")]
+    # said as what they mean to a user, not by the exception's name (a review: "MemoryError"
+    # in a message about a network address)
+    kinds: list[tuple[type, str]] = [
+        (MemoryError, "read as a Dask frame, its first bytes gave an impossible length"),
+        (struct.error, "its bytes are not Dask's framing"),
+        (UnicodeDecodeError, "it sent text that is not Dask's")]
     try:
         from msgpack import exceptions as mp
 
-        kinds += [(k, f"msgpack {k.__name__}") for k in (mp.UnpackException, mp.ExtraData,
-                                                        mp.FormatError, mp.StackError)]
+        kinds += [(k, "its message is not Dask's msgpack") for k in (
+            mp.UnpackException, mp.ExtraData, mp.FormatError, mp.StackError)]
     except ImportError:  # pragma: no cover - distributed depends on msgpack
         pass
     return next((name for kind, name in kinds if isinstance(error, kind)), None)
