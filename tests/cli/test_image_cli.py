@@ -294,6 +294,19 @@ def test_outputs_never_replace_inputs_and_late_errors_come_first(tmp_path):
     for out, what in ((slide, "is an input"), (tmp_path / "u.tif", "must end in .zarr")):
         r = run("image", "unmix", str(slide), "--out", str(out))
         assert r.returncode == 2 and what in r.stderr, r.stderr
+    # another raw slide as the output: kept (a review's was replaced, label images and all);
+    # an earlier unmixed image is replaced
+    other = tmp_path / "other.ome.zarr"
+    other.mkdir()
+    (other / ".zattrs").write_text("{}")
+    r = run("image", "unmix", str(slide), "--out", str(other))
+    assert r.returncode == 2 and "is a Zarr image this command did not write" in r.stderr, \
+        r.stderr
+    assert sorted(p.name for p in other.iterdir()) == [".zattrs"]
+    for _ in range(2):
+        r = run("image", "unmix", str(slide), "--out", str(tmp_path / "u.ome.zarr"),
+                "--no-progress")
+        assert r.returncode == 0, r.stderr
     (tmp_path / "afile").write_text("x")
     r = run("image", "analyze", str(slide), "--out", str(tmp_path / "afile"), "--no-progress")
     assert r.returncode == 2 and "afile" in r.stderr and "Traceback" not in r.stderr, r.stderr

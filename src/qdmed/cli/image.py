@@ -661,7 +661,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
     from qdmed.imaging._unmixed_out import write_unmixed
 
     check_keep_bits(unmixed_bits)
-    check_zarr_output(out, [slide])
+    check_zarr_output(out, [slide], replaces="unmixing")
     weights = _unmix_options(poisson, read_noise)
     p = _panel(panel_file)
     off = panel_offset(p, _offset(offset))
@@ -717,7 +717,7 @@ def rasterize(
     )
     from qdmed.imaging._slideio import check_zarr_output, read_slide
 
-    check_zarr_output(out, [slide, objects])
+    check_zarr_output(out, [slide, objects], replaces="objects")
     src = read_slide(slide)
     objs = read_label_objects(objects)
     path = write_object_labels(objs, src.shape[:2], out, pixel_size_um=src.pixel_size_um,

@@ -418,7 +418,7 @@ def write_object_labels(objects: LabelObjects, shape_yx, out_path, *,
     from qdmed.imaging._slideio import _ZarrImageWriter, check_zarr_output
 
     outside = check_on_image(objects, shape_yx)
-    out = check_zarr_output(out_path, [objects.source])
+    out = check_zarr_output(out_path, [objects.source], replaces="objects")
     ny, nx = (int(v) for v in shape_yx)
     kinds = ["nuclei"] + ([] if objects.cells is None else ["cells"])
     writer = _ZarrImageWriter(out, (ny, nx, len(kinds)), np.int32,

@@ -868,10 +868,13 @@ def read_slide(path: str | os.PathLike, *, check_chunks: bool = True) -> SlideIm
                      "label image, slide.ome.zarr/labels/nuclei)")
 
 
-def check_zarr_output(out, inputs=()) -> Path:
+def check_zarr_output(out, inputs=(), replaces: str | None = None) -> Path:
     """An OME-Zarr output path that is safe to replace: ending in ``.zarr``, not an existing
     file or non-Zarr folder, and neither one of `inputs` nor inside one (a slide unmixed onto
-    itself would be gone; :func:`check_output_folder`). InputError otherwise."""
+    itself would be gone; :func:`check_output_folder`). With `replaces`, an existing Zarr
+    image is replaced only when its root's ``qdmed`` attribute holds that record (what the
+    command writes: ``unmixing``, ``objects``): a review's ``unmix --out`` onto another raw
+    slide replaced it, label images and all. InputError otherwise."""
     out = Path(out)
     if not out.name.lower().endswith(".zarr"):
         raise InputError(f"the output is written as OME-Zarr: its path must end in .zarr "
@@ -879,7 +882,26 @@ def check_zarr_output(out, inputs=()) -> Path:
     if out.exists() and not _is_zarr_group(out):
         raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
     check_output_folder(out, inputs)
+    if replaces is not None and out.exists() and replaces not in _qdmed_record(out):
+        raise InputError(f"{out} is a Zarr image this command did not write (it has no "
+                         f"qdmed {replaces!r} record): it is not overwritten; write the output "
+                         "elsewhere, or remove it first")
     return out
+
+
+def _qdmed_record(path: Path) -> dict:
+    """The root ``qdmed`` attribute of a Zarr group (v2 ``.zattrs`` or v3 ``zarr.json``);
+    empty when it has none or cannot be read."""
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            doc = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = doc.get(key, {}) if key and isinstance(doc, dict) else doc
+        rec = attrs.get("qdmed") if isinstance(attrs, dict) else None
+        if isinstance(rec, dict):
+            return rec
+    return {}
 
 
 def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:
