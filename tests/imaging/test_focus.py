@@ -187,3 +187,31 @@ def test_qc_folder_refuses_bad_options_and_clashing_names(tmp_path):
     (folder / "a.tif").write_bytes(p.read_bytes())
     with pytest.raises(InputError, match="share the name 'a'"):
         qc_folder(folder, PANEL, tmp_path / "qc", tile=256, progress=False)
+
+
+def test_qc_output_folders_are_checked_as_analyze_checks_them(tmp_path):
+    """A review's qc wrote qc.json into the slide's own Zarr group, into a folder of slides,
+    over a user's own qc.json, and its folder run among the slides: each is refused, and
+    qc run again into its own output is not."""
+    from qdmed.imaging import write_ome_zarr
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    tif = _slide(folder, "a")
+    zarr_slide = write_ome_zarr(tmp_path / "z.ome.zarr", np.zeros((64, 64, 8), np.uint16),
+                                channel_names=list(PANEL.channel_names), pixel_size_um=0.5)
+    with pytest.raises(InputError, match="is an input of this command"):
+        qc_slide(zarr_slide, PANEL, zarr_slide, tile=256)
+    with pytest.raises(InputError, match="holds slides"):
+        qc_slide(tif, PANEL, folder, tile=256)
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "qc.json").write_text("{}")
+    with pytest.raises(InputError, match="not an earlier run's output folder"):
+        qc_slide(tif, PANEL, own, tile=256)
+    assert (own / "qc.json").read_text() == "{}"
+    with pytest.raises(InputError, match="is an input of this command"):
+        qc_folder(folder, PANEL, folder, tile=256, progress=False)
+    for _ in range(2):  # its own output again
+        qc_slide(tif, PANEL, tmp_path / "q1", tile=256)
+        qc_folder(folder, PANEL, tmp_path / "q2", tile=256, progress=False)

@@ -81,6 +81,10 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     _check_pixel_size(pixel_size_um)
     check_level(saturation_level)
     off = panel_offset(panel, offset_adu)
+    if out_dir is not None:  # as analyze's (a review wrote qc.json into the slide's group)
+        from qdmed.imaging._slideio import check_output_folder
+
+        check_output_folder(out_dir, [path], owned=SLIDE_OUTPUTS, marks=SLIDE_OUTPUTS[1:])
     # the panel as an analysis's tiles get it (through its file form, whose rounding moves
     # abundances by ~1e-8): the blur of a tile then equals the analysis's exactly
     panel = Panel.from_dict(panel.to_yaml_dict())
@@ -131,6 +135,12 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
     return to_jsonable(d)
 
 
+#: What qc of a slide writes in its folder (the second only qc writes: a folder holding the
+#: first without it is someone else's), and what qc of a folder writes in its own.
+SLIDE_OUTPUTS = ("qc.json", "qc_regions.geojson")
+FOLDER_OUTPUTS = ("qc.csv", "qc.json", "slides")
+
+
 def _nuclear_index(panel) -> int:
     """Index of the nuclear marker among the panel's components, or InputError."""
     from qdmed.imaging._analyze import AnalysisSettings
@@ -164,6 +174,10 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     panel_offset(panel, offset_adu)
     tile_grid((64, 64), tile)  # a bad tile is refused before any slide is read
     _nuclear_index(panel)
+    from qdmed.imaging._slideio import check_output_folder
+
+    check_output_folder(out_dir, [folder], owned=FOLDER_OUTPUTS,
+                        marks=("slides/*/qc_regions.geojson",))
     slides = find_slides(folder, required=True, pattern=pattern)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
