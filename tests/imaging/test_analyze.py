@@ -111,6 +111,11 @@ def test_empty_and_tissue_free_images_give_zero_cells():
     assert len(analyze_field(blank, PANEL).table) == 0
     f = simulate_field((256, 256), preset="MCF-7", seed=1, tissue_fraction=0.0, **KW)
     assert len(analyze_field(f.image, PANEL).table) == 0
+    # images too small to derive a membrane threshold from, and no cell to need one (a
+    # review: a 3 x 3 crop was an error naming an option the CLI does not have)
+    for n in (1, 3, 8):
+        assert len(analyze_field(np.zeros((n, n, len(PANEL.channels)), np.uint16),
+                                 PANEL).table) == 0
 
 
 def test_channel_mismatch_and_degenerate_library(tmp_path):

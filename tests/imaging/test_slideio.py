@@ -730,6 +730,20 @@ def test_pixels_that_are_not_square_are_refused(tmp_path):
     with pytest.raises(InputError, match="up to 1000"):
         write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((8, 8, 1), np.uint16),
                        pixel_size_um=1e9)
+    # metres read as um (a review's 5e-7 ran an analysis for ever; 1e-9 asked for 30 GiB):
+    # refused when given, and not believed from a file
+    with pytest.raises(InputError, match=r"below 0.01 um.*another unit \(metres, mm\)"):
+        write_ome_tiff(tmp_path / "x.ome.tif", np.zeros((8, 8, 1), np.uint16),
+                       pixel_size_um=5e-7)
+    fine = write_ome_tiff(tmp_path / "fine.ome.tif", np.zeros((64, 64, 2), np.uint16),
+                          pixel_size_um=0.125)
+    metres = tmp_path / "metres.ome.tif"  # the same length: the OME-XML stays whole
+    metres.write_bytes(fine.read_bytes().replace(b'PhysicalSizeY="0.125"',
+                                                 b'PhysicalSizeY="5e-07"')
+                       .replace(b'PhysicalSizeX="0.125"', b'PhysicalSizeX="5e-07"'))
+    s = read_slide(metres)
+    assert s.pixel_size_um is None and "reads 5e-07 um, which is no pixel size (one from " \
+        "0.01 to 1000 um; another unit?)" in s.pixel_size_note
 
 
 def test_ome_xml_cut_short_is_said(tmp_path):

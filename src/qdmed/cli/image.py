@@ -389,8 +389,11 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
                                        distinct_stems=False, scans=True), *others}):
             try:
                 s = read_slide(sp)
-            except QdmedError as exc:
-                rows.append({"slide": sp.name, "status": "unreadable", "message": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - one slide's fault, not the folder's
+                from qdmed.imaging._cohort import _unexpected
+
+                rows.append({"slide": sp.name, "status": "unreadable", "message": str(exc)
+                             if isinstance(exc, QdmedError) else _unexpected(exc)})
                 continue
             # what reading found wrong (an OME-Zarr's lost chunks) in the row's message
             rows.append({"slide": sp.name, "status": "ok", **_slide_info(s),

@@ -1026,6 +1026,10 @@ def _completeness_thresholds(ab, cells, marker_names, completeness_threshold,
     if all(m in given for m in names):  # fixed thresholds (slide tiles): no background needed
         return {m: given[m] for m in names}
     bg = cells == 0
+    if bg.all() and bg.size < MIN_BACKGROUND_PIXELS:
+        # no cell to measure and too few pixels to derive one from (a review: a 3 x 3 blank
+        # image was an error, not zero cells): undefined, and never used
+        return {m: given.get(m, float("nan")) for m in names}
     if ring_px is not None and bg.any() and (~bg).any():
         # background = tissue between cells, not empty glass: pixels outside cells but within
         # a ring of them (on a slide with little tissue, glass would set every threshold to 0)

@@ -104,6 +104,14 @@ def _labels_stem(name: str) -> str:
     return slide_stem(name)
 
 
+def _unexpected(exc: Exception) -> str:
+    """A slide's failure that no check foresaw, as a table's message: what was raised and
+    its text (the file named where the error names one)."""
+    where = getattr(exc, "filename", None)
+    return (f"could not be read or analysed ({type(exc).__name__}: {exc})"
+            + (f" at {where}" if where and str(where) not in str(exc) else ""))
+
+
 def labels_file(labels_dir, slide, stems=(), what: str = "nuclei") -> Path:
     """The label image of a slide in ``labels_dir``: ``<stem>`` with an image suffix
     (``A.tif``, ``A.ome.zarr``...), else the one ``<stem>_<anything>`` image (cellpose's
@@ -452,6 +460,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                         case_cells.append(scored_cells_of(cells, exclude_flagged))
                 except QdmedError as exc:
                     row["status"], row["message"] = "failed", str(exc)
+                except Exception as exc:  # noqa: BLE001 - one slide's fault, not the cohort's
+                    # (a review: a Zarr of zero-sized chunks, or an unreadable chunk folder,
+                    # ended the run with no table); said as what it is
+                    row["status"], row["message"] = "failed", _unexpected(exc)
                 rows.append(row)
                 advance()
     finally:

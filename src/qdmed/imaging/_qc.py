@@ -201,9 +201,12 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                     focus_median_blur=foc["median"],
                     n_tiles=foc["n_tiles"], n_tiles_out_of_focus=len(foc["out_of_focus_tiles"]),
                     warnings=d["warnings"], message="; ".join(d["warnings"]))
-            except QdmedError as exc:
-                row["status"], row["message"] = "failed", str(exc)
-                row["warnings"] = [str(exc)]
+            except Exception as exc:  # noqa: BLE001 - one slide's fault, not the folder's
+                from qdmed.imaging._cohort import _unexpected
+
+                msg = str(exc) if isinstance(exc, QdmedError) else _unexpected(exc)
+                row["status"], row["message"] = "failed", msg
+                row["warnings"] = [msg]
             rows.append(row)
             advance()
     _flag_blurred_slides(rows)

@@ -95,10 +95,15 @@ def _check_channel_names(channel_names: Sequence[str] | None, n: int) -> tuple[s
 #: Largest pixel size (um) a file's metadata or a caller is believed: a slide overview camera's is
 #: tens of um; more is a unit error (nm read as um) or a broken field.
 MAX_PIXEL_SIZE_UM = 1000.0
+#: Smallest: a tenth of what light microscopy resolves (~0.2 um) over a little
+#: oversampling; less is a unit error (metres or mm read as um: a review's 5e-7 ran an
+#: analysis for ever, 1e-9 asked for 30 GiB).
+MIN_PIXEL_SIZE_UM = 0.01
 
 
 def _check_pixel_size(pixel_size_um: float | None) -> float | None:
-    """A pixel size (um) checked: a finite number above 0 (None stays None: unknown)."""
+    """A pixel size (um) checked: a finite number from :data:`MIN_PIXEL_SIZE_UM` to
+    :data:`MAX_PIXEL_SIZE_UM` (None stays None: unknown)."""
     if pixel_size_um is None:
         return None
     try:
@@ -108,6 +113,10 @@ def _check_pixel_size(pixel_size_um: float | None) -> float | None:
     if not np.isfinite(ps) or ps <= 0 or ps > MAX_PIXEL_SIZE_UM:
         raise InputError(f"pixel_size_um must be a positive number (um per pixel) up to "
                          f"{MAX_PIXEL_SIZE_UM:g}, got {pixel_size_um!r}")
+    if ps < MIN_PIXEL_SIZE_UM:
+        raise InputError(f"pixel_size_um {pixel_size_um!r} is below {MIN_PIXEL_SIZE_UM:g} "
+                         "um, finer than light microscopy resolves: is it in another unit "
+                         "(metres, mm)? Give it in um per pixel")
     return ps
 
 
@@ -799,14 +808,15 @@ _PIXEL_SIZE_FIELD = {"ome-tiff": "OME PhysicalSizeX", "qptiff": "the TIFF resolu
 
 def _checked_pixel_size(slide: SlideImage) -> SlideImage:
     """The slide with a pixel size that is no size (0, NaN, negative, above
-    :data:`MAX_PIXEL_SIZE_UM`) taken as not recorded, and said in ``pixel_size_note``."""
+    :data:`MAX_PIXEL_SIZE_UM` or below :data:`MIN_PIXEL_SIZE_UM`) taken as not recorded,
+    and said in ``pixel_size_note``."""
     ps = slide.pixel_size_um
-    if ps is None or (math.isfinite(ps) and 0 < ps <= MAX_PIXEL_SIZE_UM):
+    if ps is None or (math.isfinite(ps) and MIN_PIXEL_SIZE_UM <= ps <= MAX_PIXEL_SIZE_UM):
         return slide
     where = _PIXEL_SIZE_FIELD.get(slide.format, "its metadata")
     return replace(slide, pixel_size_um=None, pixel_size_note=(
         f"{str(slide.path)!r}: the pixel size in {where} reads {ps:g} um, which is no pixel "
-        f"size (a positive size up to {MAX_PIXEL_SIZE_UM:g} um)"))
+        f"size (one from {MIN_PIXEL_SIZE_UM:g} to {MAX_PIXEL_SIZE_UM:g} um; another unit?)"))
 
 
 def read_slide(path: str | os.PathLike, *, check_chunks: bool = True) -> SlideImage:
@@ -1646,9 +1656,18 @@ def _read_zarr(p: Path, check_chunks: bool = True) -> SlideImage:
             raise FileFormatError(f"{str(p)!r}: multiscales dataset {i} has no 'path'")
         try:
             arr = root[ds["path"]]
-        except KeyError as e:
+        except (KeyError, ValueError) as e:  # ValueError: a path out of the group ("../..")
             raise FileFormatError(f"{str(p)!r}: multiscales dataset path {ds['path']!r} does "
-                                  f"not exist") from e
+                                  f"not exist in the image") from e
+        if not hasattr(arr, "shape") or not hasattr(arr, "chunks"):
+            raise FileFormatError(f"{str(p)!r}: multiscales dataset path {ds['path']!r} is "
+                                  "a group, not an array")
+        # an empty axis or a chunk of no size (a review: ZeroDivisionError, or a reshape
+        # error, deep in the reading)
+        if any(int(v) < 1 for v in arr.shape) or any(int(v) < 1 for v in arr.chunks):
+            raise FileFormatError(f"{str(p)!r}: array '{ds['path']}' has shape "
+                                  f"{list(arr.shape)} and chunks {list(arr.chunks)}: every "
+                                  "axis needs a size and a chunk size of at least 1")
         if not axes:
             axes = ["c", "y", "x"][-arr.ndim:] if arr.ndim <= 3 else []
             up = "".join(axes).upper()
@@ -1827,6 +1846,10 @@ def _coarse_signal(levels: Sequence[Any], chunk_yx: tuple[int, int], fill: Any):
     return signal
 
 
+#: Largest chunk grid whose absent chunks are looked up one by one.
+_MAX_CHUNKS_CHECKED = 1_000_000
+
+
 def _missing_chunks_warning(arr: Any, p: Path, ds_path: str, axes: str,
                             channel_names: Sequence[str], levels: Sequence[Any]
                             ) -> str | None:
@@ -1858,6 +1881,15 @@ def _missing_chunks_warning(arr: Any, p: Path, ds_path: str, axes: str,
     stored, empty = _stored_chunk_files(folder)
     if len(stored) >= n_total and not empty:  # the common case: nothing to look up
         return None
+    what = "shards" if getattr(arr, "shards", None) else "chunks"
+    if n_total > _MAX_CHUNKS_CHECKED:  # not walked one by one (a review: 10^12 chunk keys)
+        text = (f"{str(p)!r}: {n_total - len(stored)} of {n_total} {what} of the "
+                f"full-resolution array '{ds_path}' are not stored (too many to check one by "
+                f"one against the coarser levels): Zarr reads them as "
+                f"{np.asarray(arr.fill_value).item()!r}; is the array's shape "
+                f"{list(arr.shape)} right?")
+        warnings.warn(text, QdmedWarning, stacklevel=4)
+        return text
     fill = np.asarray(arr.fill_value).item()
     yi, xi = axes.index("Y"), axes.index("X")
     ci = axes.find("C")
@@ -1891,7 +1923,6 @@ def _missing_chunks_warning(arr: Any, p: Path, ds_path: str, axes: str,
         shown = "; ".join(region(c) for c in items[:_MISSING_CHUNKS_NAMED])
         return shown + ("; ..." if len(items) > _MISSING_CHUNKS_NAMED else "")
 
-    what = "shards" if getattr(arr, "shards", None) else "chunks"
     parts = []
     if lost:
         parts.append(
