@@ -138,3 +138,32 @@ def test_a_tma_map_without_slides_on_several_blocks_is_warned(tmp_path):
                          region_min_cells=5, progress=False, scheduler="synchronous",
                          outlines=False, write_unmixed=False)
     assert res["case_warnings"] == []
+
+
+def test_a_slide_failing_in_an_unforeseen_way_does_not_end_the_cohort(tmp_path, monkeypatch):
+    """A review: one slide whose reading raised something other than qdmed's own errors (a
+    ZeroDivisionError of a malformed Zarr, a PermissionError inside a Zarr folder) ended the
+    cohort with no table. It is now that slide's failure, said by what was raised."""
+    import qdmed.imaging._analyze as an
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    for stem in ("a", "b"):
+        f = simulate_field((128, 128), preset="luminal-A", seed=1, **KW)
+        write_ome_tiff(d / f"{stem}.ome.tif", f.image, channel_names=list(PANEL.channel_names),
+                       pixel_size_um=0.5)
+    real = an.analyze_slide
+
+    def flaky(path, *a, **k):
+        if str(path).endswith("b.ome.tif"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(an, "analyze_slide", flaky)
+    res = analyze_cohort(d, PANEL, tmp_path / "co", progress=False, scheduler="synchronous",
+                         outlines=False, write_unmixed=False)
+    rows = {r["slide"]: r for r in res["slides"]}
+    assert rows["a.ome.tif"]["status"] == "ok" and rows["b.ome.tif"]["status"] == "failed"
+    assert rows["b.ome.tif"]["message"].startswith(
+        "could not be read or analysed (PermissionError: [Errno 13] Permission denied")
+    assert (tmp_path / "co" / "cohort.csv").exists()
