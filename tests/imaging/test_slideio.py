@@ -1028,3 +1028,17 @@ def test_svs_with_a_bad_mpp_takes_no_size_from_other_tags(tmp_path, write_svs):
                      photometric="rgb")  # resolution tags of 0.25 um
     s = read_slide(tmp_path / "tags.svs")
     assert s.format == "svs" and s.pixel_size_um is None and "MPP = '0'" in s.pixel_size_note
+
+
+def test_a_killed_write_leaves_no_copy_behind_its_next_write(tmp_path):
+    """A review: unmix killed left a hidden `.u.ome.zarr.tmp-<hex>` beside its output, which
+    no rerun removed (a half-written image can be GBs). The next write of that path removes
+    it; other files' temporaries are left alone."""
+    stale = tmp_path / ".u.ome.zarr.tmp-0123456789ab"
+    stale.mkdir()
+    (stale / "0").write_text("half")
+    other = tmp_path / ".v.ome.zarr.tmp-0123456789ab"
+    other.mkdir()
+    write_ome_zarr(tmp_path / "u.ome.zarr", np.zeros((16, 16, 2), np.uint16))
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "u.ome.zarr"]

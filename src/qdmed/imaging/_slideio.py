@@ -203,6 +203,20 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
 
 
+def _fresh_tmp_sibling(path: Path) -> Path:
+    """A temporary sibling to write ``path`` into, the ones a killed write of the same path
+    left removed first (a review: ``unmix`` killed left a hidden copy of its image that no
+    rerun removed). Two writes of one path at once are not supported."""
+    import glob
+
+    for old in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    return _tmp_sibling(path)
+
+
 def _replace_dir(tmp: Path, path: Path) -> None:
     """Move folder ``tmp`` to ``path``, replacing what is there (old copy removed last)."""
     old = None
@@ -318,7 +332,7 @@ def write_ome_tiff(
         metadata.update(PhysicalSizeX=ps, PhysicalSizeXUnit="µm", PhysicalSizeY=ps,
                         PhysicalSizeYUnit="µm")
         kw = {"resolution": (1e4 / ps, 1e4 / ps), "resolutionunit": "CENTIMETER"}
-    tmp = _tmp_sibling(p)
+    tmp = _fresh_tmp_sibling(p)
     try:
         with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
             for i, lev in enumerate(levels):
@@ -378,7 +392,7 @@ class _ZarrImageWriter:
 
         self.path = path
         self.bits = significant_bits
-        self.tmp = _tmp_sibling(path)
+        self.tmp = _fresh_tmp_sibling(path)
         self.shape = shape_yxc
         self.dtype = np.dtype(dtype)
         self.chunks = chunks
@@ -2046,7 +2060,7 @@ def write_truth(directory: str | os.PathLike, field: Any, *, abundances: bool = 
 
     def atomic(name: str, writer: Any) -> None:
         dest = d / name
-        tmp = _tmp_sibling(dest)
+        tmp = _fresh_tmp_sibling(dest)
         try:
             writer(tmp)
             os.replace(tmp, dest)
