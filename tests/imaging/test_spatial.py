@@ -278,6 +278,7 @@ def test_warnings_for_few_cells_and_a_short_radius():
     ({"radius_um": "ten"}, "radius_um must be a number"),
     ({"n_permutations": -1}, "n_permutations must be a whole number"),
     ({"n_permutations": 9.5}, "n_permutations must be a whole number"),
+    ({"n_permutations": 10**9}, r"from 0 to 99999 \(p-values resolve"),  # ran for days
     ({"within": "core"}, "within 'core': the cells table has no column 'core'"),
     ({"within": []}, "name at least one column of groups"),
     ({"xy_columns": ("X", "Y")}, "no column 'X', 'Y'"),

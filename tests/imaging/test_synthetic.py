@@ -162,6 +162,12 @@ def test_tissue_free_and_partial():
 def test_bad_input():
     with pytest.raises(UnknownNameError, match="unknown preset 'MCF-10A'"):
         field(preset="MCF-10A")
+    # past any detector (a review: 1e300 photons failed in numpy; a 1e12 offset saturated
+    # every pixel, unsaid)
+    with pytest.raises(InputError, match=r"photons_per_unit .*<= 1e\+06 \(a 16-bit pixel"):
+        field(photons_per_unit=1e300)
+    with pytest.raises(InputError, match=r"offset_adu .*<= 65535"):
+        field(offset_adu=1e12)
     # cell lines are written with and without hyphens: MCF7 is the preset MCF-7
     from qdmed.imaging._synthetic import _get_preset
 

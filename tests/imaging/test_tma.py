@@ -105,6 +105,8 @@ def test_dearrayer_bad_input(tmp_path):
         find_tma_cores(tmp_path / "x.ome.zarr", min_area_fraction=2)
     with pytest.raises(InputError, match="core_diameter_um"):
         find_tma_cores(tmp_path / "x.ome.zarr", core_diameter_um=-1)
+    with pytest.raises(InputError, match=r"from 60 to 20000 um \(cores are punched"):
+        find_tma_cores(tmp_path / "x.ome.zarr", core_diameter_um=0.001)  # a review: a grid
     s = simulate_tma(tmp_path / "glass.ome.zarr", rows=1, cols=2, presets=["luminal-A"],
                      core_diameter_um=100.0, missing=["A-1", "A-2"], tile=512, **KW)
     with pytest.raises(InputError, match="no cores found to dearray.*glass alone"):

@@ -40,11 +40,15 @@ def natural_key(name) -> tuple:
                  for i, t in enumerate(re.split(r"(\d+)", str(name))) if t)
 
 
-def check_count(value, name: str, why: str = "", least: int = 1) -> int:
-    """``value`` checked as an integer >= ``least`` (not a bool, a float or a string);
-    ``name`` and ``why`` (e.g. what the count means) go into the error."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
-        raise InputError(f"{name} must be a whole number >= {least}{why}; got {value!r}")
+def check_count(value, name: str, why: str = "", least: int = 1,
+                most: int | None = None) -> int:
+    """``value`` checked as an integer >= ``least`` (and <= ``most`` if given; not a bool,
+    a float or a string); ``name`` and ``why`` (e.g. what the count means) go into the
+    error."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least \
+            or (most is not None and value > most):
+        span = f">= {least}" if most is None else f"from {least} to {most}"
+        raise InputError(f"{name} must be a whole number {span}{why}; got {value!r}")
     return int(value)
 
 

@@ -89,6 +89,8 @@ REF_CLIFF_ORD_1981 = (
 
 #: Radius of the neighbourhood (um): a cell's first ring of neighbours in epithelium.
 DEFAULT_RADIUS_UM = 20.0
+#: Most label permutations taken (p-values then resolve 1e-5; ~0.1 s each on 10^6 cells).
+MAX_PERMUTATIONS = 99_999
 #: Label permutations of the enrichment test (histoCAT's 999).
 DEFAULT_PERMUTATIONS = 999
 #: A class with fewer cells than this is warned: its measures rest on few cells.
@@ -813,7 +815,8 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     True
     """
     r = _check_radius(radius_um)
-    n_perm = check_count(n_permutations, "n_permutations", least=0)
+    n_perm = check_count(n_permutations, "n_permutations", least=0, most=MAX_PERMUTATIONS,
+                         why=" (p-values resolve 1/(n+1); a review's 10^9 ran for days)")
     seed = None if seed is None else check_count(seed, "seed", " (or None)", least=0)
     c = _classify(cells, by, within, xy_columns,
                   None if classes is None else tuple(map(str, classes)))
@@ -1027,7 +1030,8 @@ def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *,
         one long table.
     """
     r = _check_radius(radius_um)
-    n_perm = check_count(n_permutations, "n_permutations", least=0)
+    n_perm = check_count(n_permutations, "n_permutations", least=0, most=MAX_PERMUTATIONS,
+                         why=" (p-values resolve 1/(n+1); a review's 10^9 ran for days)")
     seed = None if seed is None else check_count(seed, "seed", " (or None)", least=0)
     c = _classify(cells, by, within, xy_columns)
     if c.within is None:

@@ -348,13 +348,16 @@ def _shape2(shape: Any) -> tuple[int, int]:
     return h, w
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+def _positive(name: str, value: Any, *, allow_zero: bool = False,
+              most: float | None = None, why: str = "") -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
         v = float("nan")
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero) or (
+            most is not None and v > most):
         rng = ">= 0" if allow_zero else "> 0"
+        rng += "" if most is None else f" and <= {most:g}{why}"
         raise InputError(f"{name} must be a finite number {rng}, got {value!r}")
     return v
 
@@ -1278,10 +1281,15 @@ def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names
         "preset": pr, "marker_names": names, "channel_names": chn, "endmembers": e,
         "brightness": br, "bleach": bleach, "photobleaching": rate,
         "autofluorescence": _positive("autofluorescence", autofluorescence, allow_zero=True),
-        "photons_per_unit": _positive("photons_per_unit", photons_per_unit),
+        # a 16-bit pixel holds 65535: a million photons a unit is far past any detector
+        # (a review's 1e300 failed inside numpy's Poisson sampler)
+        "photons_per_unit": _positive("photons_per_unit", photons_per_unit, most=1e6,
+                                      why=" (a 16-bit pixel holds 65535 counts)"),
         "read_noise_e": _positive("read_noise_e", read_noise_e, allow_zero=True),
         "gain_adu_per_e": _positive("gain_adu_per_e", gain_adu_per_e),
-        "offset_adu": _positive("offset_adu", offset_adu, allow_zero=True),
+        "offset_adu": _positive("offset_adu", offset_adu, allow_zero=True, most=65535.0,
+                                why=" (a 16-bit pixel's ceiling; a review's 1e12 gave an "
+                                    "image saturated everywhere, unsaid)"),
         "noise": bool(noise), "dtype": np.dtype(dtype), "bit_depth": int(bit_depth),
     }
 

@@ -691,6 +691,10 @@ def _optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log10(np.clip(rgb, 1.0, 255.0) / 255.0).sum(axis=-1)
 
 
+#: The core diameters believed (um): TMA needles punch 0.6-2 mm cores; tenfold either way.
+MIN_CORE_UM, MAX_CORE_UM = 60.0, 20_000.0
+
+
 def find_tma_cores(slide, *, core_diameter_um: float | None = None,
                    min_area_fraction: float = 0.2, row_labels=None, col_labels=None,
                    row_first: bool = True, brightfield: bool | None = None
@@ -765,9 +769,11 @@ def find_tma_cores(slide, *, core_diameter_um: float | None = None,
     if not (isinstance(min_area_fraction, float | int) and 0 < min_area_fraction < 1):
         raise InputError(f"min_area_fraction must be in (0, 1); got {min_area_fraction!r}")
     if core_diameter_um is not None and not (
-            isinstance(core_diameter_um, float | int) and core_diameter_um > 0):
-        raise InputError(f"core_diameter_um must be a positive number (um); got "
-                         f"{core_diameter_um!r}")
+            isinstance(core_diameter_um, float | int) and not isinstance(core_diameter_um, bool)
+            and MIN_CORE_UM <= core_diameter_um <= MAX_CORE_UM):
+        # TMA cores are punched 0.6-2 mm across (a review's 0.001 um gave a 128 x 131 grid)
+        raise InputError(f"core_diameter_um must be from {MIN_CORE_UM:g} to {MAX_CORE_UM:g} "
+                         f"um (cores are punched 0.6-2 mm across); got {core_diameter_um!r}")
     for flag, v in (("row_first", row_first), ("brightfield", brightfield)):
         if not (isinstance(v, bool) or (flag == "brightfield" and v is None)):
             raise InputError(f"{flag} must be True or False; got {v!r}")
