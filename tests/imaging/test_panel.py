@@ -209,6 +209,14 @@ def test_options_and_entries_that_would_be_ignored_are_refused(tmp_path):
     doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566}  # a custom label
     assert Panel.from_dict(doc).spectra[list(doc["markers"]).index("ER")].peak_nm == \
         pytest.approx(566, abs=0.5)
+    # a custom label's peak and width named with their range (a review: fwhm_nm 1e9 was
+    # "fwhm_meV must be > 0, got -0.00496", peak_nm 1500 "spectrum is zero", true 1 nm)
+    for field, value, rng in (("fwhm_nm", 1e9, "1 to 300"), ("peak_nm", 1500, "350 to 1000"),
+                              ("peak_nm", True, "350 to 1000")):
+        doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566, field: value}
+        with pytest.raises(FileFormatError, match=rf"markers.ER.{field} must be a number of nm "
+                                                  rf"from {rng}; got {value!r}"):
+            Panel.from_dict(doc)
 
 
 def test_bands_must_be_nanometres_and_collect_signal():

@@ -384,7 +384,9 @@ class Panel:
                     _check_catalog_entry(e, s)
                 elif "peak_nm" in e:
                     _check_custom_name(e.get("label"))
-                    s = emission_spectrum(float(e["peak_nm"]), float(e.get("fwhm_nm", 30.0)),
+                    s = emission_spectrum(_band_value(e, "peak_nm", source, f"markers.{m}"),
+                                          _band_value(e, "fwhm_nm", source, f"markers.{m}",
+                                                      30.0),
                                           wavelength_nm=grid, label=str(e.get("label", m)))
                 elif "label" in e:  # a name qdmed cannot rebuild, and no spectrum
                     raise FileFormatError(
@@ -425,7 +427,9 @@ class Panel:
                 s = _spectrum_from_doc(af["spectrum"], grid, "autofluorescence")
                 af_s = Spectrum(s.wavelength_nm, s.values, "autofluorescence", "autofluorescence")
             elif isinstance(af, dict):
-                af_s = autofluorescence_spectrum(float(af["peak_nm"]), float(af["fwhm_nm"]), grid)
+                af_s = autofluorescence_spectrum(
+                    _band_value(af, "peak_nm", source, "autofluorescence"),
+                    _band_value(af, "fwhm_nm", source, "autofluorescence"), grid)
             else:
                 raise TypeError("not a mapping")
         except (TypeError, ValueError, KeyError) as exc:
@@ -651,6 +655,25 @@ CATALOG_ENTRY_TOLERANCE_NM = 3.0
 _PANEL_KEYS = frozenset({"excitation_nm", "channels_nm", "markers", "autofluorescence",
                          "measured_endmembers"})
 _MARKER_KEYS = frozenset({"label", "peak_nm", "fwhm_nm", "spectrum", "brightness"})
+#: What a panel file's peak_nm and fwhm_nm may be: the spectra's grid (nm), and a width
+#: from a laser line's to autofluorescence's broadest (a review: fwhm_nm 1e9 was said as
+#: "fwhm_meV must be > 0, got -0.00496", peak_nm 1500 as "spectrum is zero", true as 1 nm).
+_BAND_RANGES = {"peak_nm": (350.0, 1000.0), "fwhm_nm": (1.0, 300.0)}
+
+
+def _band_value(entry: dict, key: str, source: str, where: str,
+                default: float | None = None) -> float:
+    """``entry[key]`` (peak_nm or fwhm_nm) as a number of nm in :data:`_BAND_RANGES`, or
+    FileFormatError naming the file, the entry and the range."""
+    if key not in entry and default is not None:
+        return default
+    v = entry.get(key)
+    lo, hi = _BAND_RANGES[key]
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and lo <= float(v) <= hi
+    if not ok:
+        raise FileFormatError(f"{source}: {where}.{key} must be a number of nm from {lo:g} to "
+                              f"{hi:g}; got {v!r}")
+    return float(v)
 _AF_KEYS = frozenset({"peak_nm", "fwhm_nm", "spectrum"})
 
 
