@@ -1150,3 +1150,12 @@ def test_info_says_an_ome_zarr_slide_misses_chunks(tmp_path):
     assert rows["b.ome.zarr"]["status"] == "ok"  # readable: said in its message
     assert "1 of 8 chunks" in rows["b.ome.zarr"]["message"] and \
         "(channel HER2, y 32-64, x 0-32)" in rows["b.ome.zarr"]["message"]
+
+
+def test_an_output_file_named_as_a_folder_is_said_by_its_name(tmp_path):
+    """A review's panel --out FOLDER read "error: .../.FOLDER.k1712fru.tmp: Is a directory"."""
+    (tmp_path / "made").mkdir()
+    r = run("image", "panel", "--out", str(tmp_path / "made"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: {tmp_path / 'made'} is a folder: give the path of a file to write, in it or "
+        "elsewhere"), r.stderr

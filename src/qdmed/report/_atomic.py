@@ -23,6 +23,12 @@ def atomic_open(path) -> Iterator:
     """Binary file handle whose content replaces ``path`` only if the block completes (a
     temporary file in the same folder, renamed at the end): for outputs written in pieces."""
     p = Path(path)
+    if p.is_dir():  # said before anything is written, and by its own name (a review read
+        # "error: .../.pan.k1712fru.tmp: Is a directory" when --out named a folder)
+        from qdmed.errors import InputError
+
+        raise InputError(f"{p} is a folder: give the path of a file to write, in it or "
+                         "elsewhere")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
