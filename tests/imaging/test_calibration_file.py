@@ -137,7 +137,8 @@ def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
     for field, bad, said in (("faint", "35.1", "must be finite numbers"),
                              ("faint", True, "must be finite numbers"),
                              ("statistic", "max", "statistic must be one of"),
-                             ("compartment", "nucleolus", "compartment must be one of")):
+                             ("compartment", "nucleolus", "compartment must be one of"),
+                             ("scale", "cubic", "scale must be 'log', 'linear'")):
         p.write_text(json.dumps({"her2": {**doc["her2"], field: bad}}))
         with pytest.raises(FileFormatError, match=f"cal.json: 'her2': .*{said}"):
             load_calibration(p)

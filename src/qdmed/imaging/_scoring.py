@@ -566,6 +566,9 @@ class Her2Calibration:
         _check_column_parts(self.compartment, self.statistic)
         if not isinstance(self.marker, str) or not self.marker:
             raise InputError(f"marker must be a marker's name; got {self.marker!r}.")
+        if self.scale not in ("", "log", "linear"):  # a review's "cubic" passed, unused
+            raise InputError(f"scale must be 'log', 'linear' or '' (explicit cut-offs); got "
+                             f"{self.scale!r}.")
 
     @property
     def cutoffs(self) -> tuple[float, float, float]:
