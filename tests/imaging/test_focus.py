@@ -210,7 +210,7 @@ def test_qc_output_folders_are_checked_as_analyze_checks_them(tmp_path):
     with pytest.raises(InputError, match="not an earlier run's output folder"):
         qc_slide(tif, PANEL, own, tile=256)
     assert (own / "qc.json").read_text() == "{}"
-    with pytest.raises(InputError, match="is an input of this command"):
+    with pytest.raises(InputError, match="holds slides"):
         qc_folder(folder, PANEL, folder, tile=256, progress=False)
     for _ in range(2):  # its own output again
         qc_slide(tif, PANEL, tmp_path / "q1", tile=256)

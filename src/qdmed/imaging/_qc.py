@@ -176,8 +176,11 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
     _nuclear_index(panel)
     from qdmed.imaging._slideio import check_output_folder
 
-    check_output_folder(out_dir, [folder], owned=FOLDER_OUTPUTS,
-                        marks=("slides/*/qc_regions.geojson",))
+    # as a cohort's: the slides' folder itself holds slides (refused); a folder inside it
+    # is no slide to the next run (find_slides reads no plain subfolder)
+    # (qc.csv a mark too: a run whose every slide failed writes no slide folder)
+    check_output_folder(out_dir, owned=FOLDER_OUTPUTS,
+                        marks=("qc.csv", "slides/*/qc_regions.geojson"))
     slides = find_slides(folder, required=True, pattern=pattern)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
