@@ -211,6 +211,10 @@ def test_options_and_entries_that_would_be_ignored_are_refused(tmp_path):
         pytest.approx(566, abs=0.5)
     # a custom label's peak and width named with their range (a review: fwhm_nm 1e9 was
     # "fwhm_meV must be > 0, got -0.00496", peak_nm 1500 "spectrum is zero", true 1 nm)
+    for key in (True, None, 123):  # YAML's yes, null, 123: not marker names (a review)
+        bad = dict(doc, markers={**doc["markers"], key: {"label": "Qdot 705"}})
+        with pytest.raises(FileFormatError, match=rf"marker name {key!r} is not text"):
+            Panel.from_dict(bad)
     for field, value, rng in (("fwhm_nm", 1e9, "1 to 300"), ("peak_nm", 1500, "350 to 1000"),
                               ("peak_nm", True, "350 to 1000")):
         doc["markers"]["ER"] = {"label": "dye 566", "peak_nm": 566, field: value}

@@ -601,3 +601,14 @@ def test_f1_at_iou_low_threshold_one_to_one():
     assert empty.f1 == 0.0 and np.isnan(empty.precision)
     with pytest.raises(InputError, match="same shape"):
         f1_at_iou(pred[:, :5], true)
+
+
+def test_a_control_table_without_the_column_is_named():
+    """A review: calibrate with a control's cell table lacking HER2 said which column was
+    missing but not which control."""
+    from qdmed.imaging import calibrate_her2
+
+    bare = pd.DataFrame({"DAPI_nucleus_mean": [1.0, 2.0]})
+    with pytest.raises(UnknownNameError, match=r"^control 'MDA-MB-468': Column "
+                                               r"'HER2_membrane_stained_mean'"):
+        calibrate_her2({"MDA-MB-468": bare, "BT-474": bare})

@@ -373,6 +373,11 @@ class Panel:
         grid = default_grid(350, 1000, 0.5)
         markers, labels, spectra, bright = [], [], [], []
         for m, e in doc["markers"].items():
+            if not isinstance(m, str):  # YAML reads yes, null, 123 as non-text (a review
+                # got markers "True", "None" and "123")
+                raise FileFormatError(f"{source}: marker name {m!r} is not text (YAML reads "
+                                      "yes/no/on/off, null and numbers as such): quote it, "
+                                      "e.g. 'CD3': or \"yes\":")
             if not isinstance(e, dict):
                 raise FileFormatError(f"{source}: markers.{m} must be a mapping")
             check_fields(e, _MARKER_KEYS, source, f"markers.{m}")

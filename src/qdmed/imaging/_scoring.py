@@ -745,7 +745,10 @@ def calibrate_her2(
                 f"No known HER2 category for control {name!r}; pass categories={{{name!r}: '0'|'1+'|'2+'|'3+'}} "
                 f"or use one of {sorted(KNOWN_HER2_CONTROLS)}."
             )
-        col = _column(df, marker, compartment, statistic)
+        try:
+            col = _column(df, marker, compartment, statistic)
+        except InputError as exc:  # which control's table lacks it (a review: unnamed)
+            raise type(exc)(f"control {name!r}: {exc}") from None
         v = np.asarray(df[col], dtype=np.float64)
         v = v[np.isfinite(v)]
         if v.size < int(min_cells):
