@@ -338,6 +338,12 @@ def test_the_least_noisy_label_goes_to_the_scarcest_marker():
     assert design_panel(markers, qd, chans, expression={"ER": 1.0}).labels == plain.labels
 
 
+def test_a_spectral_detector_has_at_most_1024_channels():
+    with pytest.raises(InputError, match="100000 channels: at most 1024"):  # a review's
+        spectral_channels(100000, 450, 750)
+    assert len(spectral_channels(1024, 400, 750)) == 1024
+
+
 def test_marker_names_equal_but_for_case_are_refused():
     """``--markers HER2,her2`` built a panel of two HER2 markers, warned as a typo only (a
     review): columns HER2_* and her2_* that most tables and QuPath read as one."""

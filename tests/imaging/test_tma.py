@@ -265,7 +265,8 @@ def test_labels_in_qupaths_notation():
     for bad, match in [("A1-B2", "a range is of numbers"), ("a-C", "one case"),
                        ("A-C,E", "a range is of numbers"), ("\u00b2-\u00b3", "a range"),
                        ("", "none given"), ("A B A", "'A' is given twice"),
-                       (7, "must be a string"), (b"A-C", "must be a string")]:
+                       (7, "must be a string"), (b"A-C", "must be a string"),
+                       ("1-100000000", "100000000 labels; a TMA has at most 1000")]:
         with pytest.raises(InputError, match=match):
             tma_labels(bad)
 

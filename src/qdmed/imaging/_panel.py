@@ -64,11 +64,19 @@ def autofluorescence_spectrum(peak_nm=DEFAULT_AF_PEAK_NM, fwhm_nm=DEFAULT_AF_FWH
     return Spectrum(s.wavelength_nm, s.values, "autofluorescence", "autofluorescence")
 
 
+#: Most channels of a spectral detector (hyperspectral cameras record a few hundred).
+MAX_SPECTRAL_CHANNELS = 1024
+
+
 def spectral_channels(n: int, low_nm: float, high_nm: float) -> list[tuple[float, float]]:
     """Contiguous equal-width bands of a spectral detector with ``n`` channels."""
     if n < 1 or not high_nm > low_nm:
         raise InputError(f"spectral detector needs n >= 1 and high > low, got n={n}, "
                          f"{low_nm}-{high_nm} nm")
+    if n > MAX_SPECTRAL_CHANNELS:  # a review's 100000 passed
+        raise InputError(f"spectral detector of {n} channels: at most "
+                         f"{MAX_SPECTRAL_CHANNELS} (hyperspectral cameras record a few "
+                         "hundred bands)")
     edges = np.linspace(low_nm, high_nm, n + 1)
     return check_bands([(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)],
                        "spectral detector")

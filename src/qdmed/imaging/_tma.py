@@ -90,11 +90,19 @@ def tma_labels(spec: str | Sequence[str], what: str = "labels") -> tuple[str, ..
     return tuple(tokens)
 
 
+#: Most rows or columns a TMA's labels may name (arrays hold up to ~30 x 30 cores; 1000
+#: is far past any).
+MAX_GRID_LABELS = 1000
+
+
 def _label_range(token: str, what: str, spec) -> tuple[str, ...]:
     """A QuPath label range ("1-16", "01-16", "A-J", descending too) as its labels."""
     a, _, b = token.partition("-")
     if a.isascii() and b.isascii() and a.isdecimal() and b.isdecimal():
         i, j = int(a), int(b)
+        if abs(j - i) >= MAX_GRID_LABELS:  # a review's 1-100000000 ran out of memory
+            raise InputError(f"TMA {what} {spec!r}: {abs(j - i) + 1} labels; a TMA has at "
+                             f"most {MAX_GRID_LABELS} rows or columns")
         step = 1 if j >= i else -1
         width = len(a) if a.startswith("0") and len(a) > 1 else 0
         return tuple(str(k).zfill(width) for k in range(i, j + step, step))
