@@ -371,7 +371,6 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
          pattern: PATTERN = None, json_: JSON = False):
     """What a slide file holds: format, size, type, channel names, pixel size, pyramid,
     emission wavelengths and exposure times; for a folder, one row per slide."""
-    from qdmed.errors import QdmedError
     from qdmed.imaging import read_slide
 
     if _slide_folder(slide):
@@ -390,10 +389,10 @@ def info(slide: Annotated[Path, typer.Argument(help="A slide, or a folder of sli
             try:
                 s = read_slide(sp)
             except Exception as exc:  # noqa: BLE001 - one slide's fault, not the folder's
-                from qdmed.imaging._cohort import _unexpected
+                from qdmed.imaging._cohort import failure_message
 
-                rows.append({"slide": sp.name, "status": "unreadable", "message": str(exc)
-                             if isinstance(exc, QdmedError) else _unexpected(exc)})
+                rows.append({"slide": sp.name, "status": "unreadable",
+                             "message": failure_message(exc)})
                 continue
             # what reading found wrong (an OME-Zarr's lost chunks) in the row's message
             rows.append({"slide": sp.name, "status": "ok", **_slide_info(s),

@@ -538,13 +538,12 @@ def _remove_stale_temporaries(*folders: Path) -> None:
 def _objects_outside_warnings(image, objects_file: str) -> list[str]:
     """The warning that some objects of a GeoJSON file lie wholly outside the slide (its
     label image records how many; most of them outside is refused when it is drawn)."""
-    import zarr
-
-    try:
-        objs = zarr.open_group(str(image), mode="r").attrs.get("qdmed", {}).get("objects", {})
-    except Exception:  # noqa: BLE001 - a label image without the record: nothing to say
-        return []
     from qdmed.imaging._rasterize import outside_warnings
+    from qdmed.imaging._slideio import qdmed_record
+
+    objs = qdmed_record(image).get("objects")
+    if not isinstance(objs, dict):  # a label image without the record: nothing to say
+        return []
 
     return outside_warnings(int(objs.get("n_outside") or 0), int(objs.get("n_nuclei") or 0),
                             objects_file)

@@ -104,9 +104,11 @@ def _labels_stem(name: str) -> str:
     return slide_stem(name)
 
 
-def _unexpected(exc: Exception) -> str:
-    """A slide's failure that no check foresaw, as a table's message: what was raised and
-    its text (the file named where the error names one)."""
+def failure_message(exc: Exception) -> str:
+    """A slide's failure as a table's message: qdmed's own errors as they read; one no check
+    foresaw as what was raised and its text (the file named where the error names one)."""
+    if isinstance(exc, QdmedError):
+        return str(exc)
     where = getattr(exc, "filename", None)
     return (f"could not be read or analysed ({type(exc).__name__}: {exc})"
             + (f" at {where}" if where and str(where) not in str(exc) else ""))
@@ -458,12 +460,10 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     tables.append(cells)
                     if "case" in cells:  # this slide's scored cells, for the pooled cases
                         case_cells.append(scored_cells_of(cells, exclude_flagged))
-                except QdmedError as exc:
-                    row["status"], row["message"] = "failed", str(exc)
                 except Exception as exc:  # noqa: BLE001 - one slide's fault, not the cohort's
                     # (a review: a Zarr of zero-sized chunks, or an unreadable chunk folder,
                     # ended the run with no table); said as what it is
-                    row["status"], row["message"] = "failed", _unexpected(exc)
+                    row["status"], row["message"] = "failed", failure_message(exc)
                 rows.append(row)
                 advance()
     finally:

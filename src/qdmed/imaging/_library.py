@@ -209,8 +209,9 @@ def _af_in_label_free(mb: np.ndarray, a: np.ndarray, free: np.ndarray
     squares. Light of the label in one of three such channels (its peak 10 nm off its
     model) is left out this way; in two of three (another emitter in the control) it is
     not, and the floor takes it (a review: L1 0.04-0.24 to the label's spectrum at 1-5 % of
-    its peak there, warned at 5 % by its clipping). Bounding ``s`` by the smallest of the floor-corrected
-    ratios mended that but gave a label 10 nm off its model up to 51 %, so it is not done.
+    its peak there, warned at 5 % by its clipping). Bounding ``s`` by the smallest of the
+    floor-corrected ratios mended that but gave a label 10 nm off its model up to 51 %, so
+    it is not done.
     ``misfit`` is the residual's norm over all label-free channels relative to theirs; None
     where it cannot show one (one channel, or none above zero)."""
     af, mf = a[free], mb[free]
@@ -262,11 +263,11 @@ def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percen
     Assumed and not checked: the autofluorescence profile's shape is the tissue's (the
     panel's model profile on other tissue leaves 6-133 % for the Qdots, warned through the
     misfit, 0.59-0.72; for DAPI only through its clipping), and the label emits nothing in
-    F (see :func:`_af_in_label_free` for light of another emitter there). A label with a tail there loses it, unwarned:
-    a DAPI-like spectrum with a red tail (8 % of its peak at 600 nm) against the panel's
-    narrower DAPI model reads -14.5 %, a Qdot 525 with a 5 %-of-peak red tail -8 % (the
-    label's spectrum then lacks that share in its tail's channels, which the unmixing gives
-    to autofluorescence or a neighbouring label).
+    F (see :func:`_af_in_label_free` for light of another emitter there). A label with a
+    tail there loses it, unwarned: a DAPI-like spectrum with a red tail (8 % of its peak at
+    600 nm) against the panel's narrower DAPI model reads -14.5 %, a Qdot 525 with a
+    5 %-of-peak red tail -8 % (the label's spectrum then lacks that share in its tail's
+    channels, which the unmixing gives to autofluorescence or a neighbouring label).
 
     Parameters
     ----------
@@ -286,12 +287,13 @@ def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percen
         pixels are invalid the control cannot be used (InputError: re-acquire it).
     label_model : (C,) array, optional
         The label's modelled profile (the panel's column from the optics model, not a
-        measured one), which says which channels are dark to it. Without it, or where it leaves no channel with autofluorescence, ``s``
-        is scaled by least squares to the dim tissue's mean profile (25th-50th percentile of
-        the pixels above the field's 10th): the field must then be mostly tissue with the
-        label absent from most of it. On a control mostly of glass (a pellet, small cores)
-        that reference is glass, and the label keeps the tissue's autofluorescence (62 % of
-        it at 70 % glass on a synthetic control).
+        measured one), which says which channels are dark to it. Without it, or where it
+        leaves no channel with autofluorescence, ``s`` is scaled by least squares to the dim
+        tissue's mean profile (25th-50th percentile of the pixels above the field's 10th):
+        the field must then be mostly tissue with the label absent from most of it. On a
+        control mostly of glass (a pellet, small cores) that reference is glass, and the
+        label keeps the tissue's autofluorescence (62 % of it at 70 % glass on a synthetic
+        control).
 
     Returns
     -------
@@ -299,10 +301,10 @@ def single_stain_endmember(image_yxc, autofluorescence_profile, *, bright_percen
     info : dict
         ``n_pixels`` (bright pixels used), ``background_fraction`` (share of the bright
         pixels' signal attributed to autofluorescence and the floor, and subtracted; within
-        0-1), ``clipped_fraction``
-        (share removed by clipping negative channels to 0) and ``autofluorescence_scale_from``
-        (``"N label-free channel(s)"`` or ``"dim tissue"``), ``floor`` (counts, subtracted
-        from every channel; 0 the dim-tissue way) and ``autofluorescence_misfit``
+        0-1), ``clipped_fraction`` (share removed by clipping negative channels to 0),
+        ``autofluorescence_scale_from`` (``"N label-free channel(s)"`` or ``"dim tissue"``),
+        ``floor`` (counts, subtracted from every channel; 0 the dim-tissue way) and
+        ``autofluorescence_misfit``
         (``|m_F - s a_F - floor| / |m_F|`` over the label-free channels: large where the
         autofluorescence profile's shape does not fit this tissue or the label emits where
         its model does not; None the dim-tissue way or with one such channel).

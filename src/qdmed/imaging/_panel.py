@@ -594,11 +594,7 @@ def unmixed_panel(components: dict, *, image_channels=None) -> Panel:
         srcs.append(src)
     if af is not None:
         srcs.append(af)
-    folded = [n.casefold() for n in names]  # HER2 and her2: one marker, as tables read
-    if len(set(folded)) != len(folded):
-        twice = sorted({n for n in names if folded.count(n.casefold()) > 1})
-        raise InputError(f"component names given more than once (case aside): "
-                         f"{', '.join(twice)} (components: {', '.join(names)})")
+    _check_distinct(names, "component")
     keys = [s if isinstance(s, int) else _norm_channel(s) for s in srcs]
     dup = sorted({str(s) for s, k in zip(srcs, keys, strict=True) if keys.count(k) > 1})
     if dup:
@@ -668,6 +664,7 @@ CATALOG_ENTRY_TOLERANCE_NM = 3.0
 _PANEL_KEYS = frozenset({"excitation_nm", "channels_nm", "markers", "autofluorescence",
                          "measured_endmembers"})
 _MARKER_KEYS = frozenset({"label", "peak_nm", "fwhm_nm", "spectrum", "brightness"})
+_AF_KEYS = frozenset({"peak_nm", "fwhm_nm", "spectrum"})
 #: What a panel file's peak_nm and fwhm_nm may be: the spectra's grid (nm), and a width
 #: from a laser line's to autofluorescence's broadest (a review: fwhm_nm 1e9 was said as
 #: "fwhm_meV must be > 0, got -0.00496", peak_nm 1500 as "spectrum is zero", true as 1 nm).
@@ -687,7 +684,6 @@ def _band_value(entry: dict, key: str, source: str, where: str,
         raise FileFormatError(f"{source}: {where}.{key} must be a number of nm from {lo:g} to "
                               f"{hi:g}; got {v!r}")
     return float(v)
-_AF_KEYS = frozenset({"peak_nm", "fwhm_nm", "spectrum"})
 
 
 def _check_catalog_entry(e: dict, s: Spectrum) -> None:
@@ -763,17 +759,24 @@ def _label_spectrum(label, grid) -> Spectrum:
     return get_qdot(label).emission_spectrum(grid)
 
 
+def _check_distinct(names, what: str) -> None:
+    """InputError where two names are one but for case: HER2 and her2 give columns HER2_*
+    and her2_* that most tables and QuPath read as one (a review's --markers HER2,her2)."""
+    names = [str(n) for n in names]
+    folded = [n.casefold() for n in names]
+    if len(set(folded)) != len(folded):
+        twice = sorted({n for n in names if folded.count(n.casefold()) > 1})
+        raise InputError(f"{what} names given more than once (case aside): "
+                         f"{', '.join(twice)} ({what}s: {', '.join(names)})")
+
+
 def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=None,
                              excitation_nm=405.0, autofluorescence=None,
                              max_condition=100.0, max_cosine=0.98) -> Panel:
     """Assemble a Panel and attach separability warnings."""
     if len(markers) != len(spectra):
         raise InputError(f"{len(markers)} markers but {len(spectra)} spectra")
-    folded = [str(m).casefold() for m in markers]  # HER2 and her2: one marker's columns
-    if len(set(folded)) != len(folded):
-        twice = sorted({str(m) for m in markers if folded.count(str(m).casefold()) > 1})
-        raise InputError(f"marker names given more than once (case aside): "
-                         f"{', '.join(twice)} (markers: {', '.join(map(str, markers))})")
+    _check_distinct(markers, "marker")
     channels = check_bands(channels)
     n_comp = len(markers) + (autofluorescence is not None)
     if len(channels) < n_comp:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qdmed.errors import InputError, QdmedError
+from qdmed.errors import InputError
 
 __all__ = ["qc_folder", "qc_folder_figure", "qc_slide"]
 
@@ -205,9 +205,9 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                     n_tiles=foc["n_tiles"], n_tiles_out_of_focus=len(foc["out_of_focus_tiles"]),
                     warnings=d["warnings"], message="; ".join(d["warnings"]))
             except Exception as exc:  # noqa: BLE001 - one slide's fault, not the folder's
-                from qdmed.imaging._cohort import _unexpected
+                from qdmed.imaging._cohort import failure_message
 
-                msg = str(exc) if isinstance(exc, QdmedError) else _unexpected(exc)
+                msg = failure_message(exc)
                 row["status"], row["message"] = "failed", msg
                 row["warnings"] = [msg]
             rows.append(row)

@@ -460,9 +460,7 @@ def labels_from_objects(path, shape_yx, out_dir, *, pixel_size_um: float | None 
     ``<out_dir>/given_labels.ome.zarr`` (channels ``nuclei`` and maybe ``cells``), written
     unless it already holds this very file (same path, size and time) at this shape, so that
     a resumed analysis finds the same labels and keeps its finished tiles."""
-    import zarr
-
-    from qdmed.imaging._slideio import file_ident
+    from qdmed.imaging._slideio import file_ident, qdmed_record
 
     src = Path(path)
     if not src.is_file():
@@ -470,13 +468,8 @@ def labels_from_objects(path, shape_yx, out_dir, *, pixel_size_um: float | None 
     target = Path(out_dir) / GIVEN_LABELS_NAME
     ident = json.loads(json.dumps([str(src.resolve()), file_ident(src),
                                    [int(v) for v in shape_yx]]))
-    if target.is_dir():
-        try:
-            done = zarr.open_group(str(target), mode="r").attrs.get("qdmed", {})
-        except Exception:  # noqa: BLE001 - unreadable: written again below
-            done = {}
-        if done.get("source_ident") == ident:
-            return target
+    if target.is_dir() and qdmed_record(target).get("source_ident") == ident:
+        return target  # (unreadable, or another's: written again below)
     objects = read_label_objects(src)  # before the folder is made: bad files leave none
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return write_object_labels(objects, shape_yx, target, pixel_size_um=pixel_size_um,

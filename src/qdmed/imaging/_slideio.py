@@ -906,26 +906,24 @@ def check_zarr_output(out, inputs=(), replaces: str | None = None) -> Path:
     if out.exists() and not _is_zarr_group(out):
         raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
     check_output_folder(out, inputs)
-    if replaces is not None and out.exists() and replaces not in _qdmed_record(out):
+    if replaces is not None and out.exists() and replaces not in qdmed_record(out):
         raise InputError(f"{out} is a Zarr image this command did not write (it has no "
                          f"qdmed {replaces!r} record): it is not overwritten; write the output "
                          "elsewhere, or remove it first")
     return out
 
 
-def _qdmed_record(path: Path) -> dict:
-    """The root ``qdmed`` attribute of a Zarr group (v2 ``.zattrs`` or v3 ``zarr.json``);
-    empty when it has none or cannot be read."""
-    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
-        try:
-            doc = json.loads((path / name).read_text())
-        except (OSError, ValueError):
-            continue
-        attrs = doc.get(key, {}) if key and isinstance(doc, dict) else doc
-        rec = attrs.get("qdmed") if isinstance(attrs, dict) else None
-        if isinstance(rec, dict):
-            return rec
-    return {}
+def qdmed_record(path) -> dict:
+    """The root ``qdmed`` attribute of a Zarr image qdmed wrote (how it was made: an
+    unmixed image's ``unmixing``, a label image's ``objects``...); empty when it has none
+    or cannot be read."""
+    import zarr
+
+    try:
+        rec = zarr.open_group(str(path), mode="r").attrs.get("qdmed", {})
+    except Exception:  # noqa: BLE001 - not a readable Zarr group: no record
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def check_output_folder(out, inputs=(), owned=(), marks=(), written=()) -> Path:

@@ -346,6 +346,12 @@ def _within_columns(cells, within, by=()) -> tuple[tuple[str, ...] | None, bool]
     return cols, False
 
 
+def _check_permutations(n_permutations) -> int:
+    """The label permutations asked for: a whole number up to :data:`MAX_PERMUTATIONS`."""
+    return check_count(n_permutations, "n_permutations", least=0, most=MAX_PERMUTATIONS,
+                       why=" (p-values resolve 1/(n+1); a review's 10^9 ran for days)")
+
+
 def _check_radius(radius_um) -> float:
     try:
         r = float(radius_um)
@@ -815,8 +821,7 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
     True
     """
     r = _check_radius(radius_um)
-    n_perm = check_count(n_permutations, "n_permutations", least=0, most=MAX_PERMUTATIONS,
-                         why=" (p-values resolve 1/(n+1); a review's 10^9 ran for days)")
+    n_perm = _check_permutations(n_permutations)
     seed = None if seed is None else check_count(seed, "seed", " (or None)", least=0)
     c = _classify(cells, by, within, xy_columns,
                   None if classes is None else tuple(map(str, classes)))
@@ -1030,8 +1035,7 @@ def spatial_by_group(cells, by: str | Sequence[str] = "phenotype", *,
         one long table.
     """
     r = _check_radius(radius_um)
-    n_perm = check_count(n_permutations, "n_permutations", least=0, most=MAX_PERMUTATIONS,
-                         why=" (p-values resolve 1/(n+1); a review's 10^9 ran for days)")
+    n_perm = _check_permutations(n_permutations)
     seed = None if seed is None else check_count(seed, "seed", " (or None)", least=0)
     c = _classify(cells, by, within, xy_columns)
     if c.within is None:
