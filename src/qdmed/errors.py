@@ -40,6 +40,45 @@ def check_fields(entry: dict, accepted, source: str, where: str = "") -> None:
                               f"{', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}")
 
 
+def check_number(value, what: str, *, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, integer: bool = False, unit: str = "",
+                 error: type[InputError] = InputError) -> float | int:
+    """``value`` as a float (an int with ``integer=True``) when it is a finite number in
+    [lo, hi] (lo excluded with ``lo_open``); otherwise ``error`` saying ``what`` (the file
+    and field, e.g. ``"probe.yaml: ligands[0].count"``), the range and the value.
+
+    Text and booleans are refused, not converted: YAML reads ``yes`` as True, which
+    ``float`` made 1 nm, and ``1e9`` (YAML 1.1 wants ``1.0e+9``) as text, which ``int``
+    could not read (a review). A whole float (``2.0``) is an integer; ``2.5`` is not.
+    """
+    import math
+    import numbers
+
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+        math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo)) and \
+        (hi is None or value <= hi) and (not integer or float(value).is_integer())
+    if ok:
+        return int(value) if integer else float(value)
+    kind = "a whole number" if integer else "a number"
+    if lo is not None and hi is not None and not lo_open:
+        span = f" from {lo:g} to {hi:g}"
+    else:
+        span = "".join((f" {'>' if lo_open else '>='} {lo:g}" if lo is not None else "",
+                        " and" if lo is not None and hi is not None else "",
+                        f" <= {hi:g}" if hi is not None else ""))
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = (" (text, not a number: YAML reads 1e9 and 1.0e9 as text, 1.0e+9 as a "
+                    "number)"
+                    if "e" in value.lower() else " (text, not a number: leave out the quotes)")
+        except ValueError:
+            pass
+    raise error(f"{what} must be {kind}{' of ' + unit if unit else ''}{span}; got "
+                f"{value!r}{hint}")
+
+
 class ConvergenceError(QdmedError):
     """A numerical method did not converge where the caller asked for strictness."""
 

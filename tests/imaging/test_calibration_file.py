@@ -145,6 +145,16 @@ def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
     p.write_bytes(b'{"her2": {"faint": 1, "weak_moderate": 2, "intense": 3, "rule": "\xff"}}')
     with pytest.raises(FileFormatError, match="not a UTF-8 text"):
         load_calibration(p)
+    # a misspelt field was ignored (a review): at the top, in the cut-offs, in a gate
+    for bad, said in (({**doc, "gate": {}}, "cal.json: unknown field.s. gate; accepted"),
+                      ({"her2": {**doc["her2"], "feint": 1.5}},
+                       "cal.json: her2: unknown field.s. feint"),
+                      ({"gates": {"ER": {"compartment": "nucleus", "threshold": 1,
+                                         "treshold": 2}}},
+                       "cal.json: gates.ER: unknown field.s. treshold")):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(FileFormatError, match=said):
+            load_calibration(p)
     p.write_text('{"gates": {"ER": {"compartment": "nucleus", "threshold": 1}}, '
                  '"gates": {}}')
     with pytest.raises(FileFormatError, match="key 'gates' is given twice"):

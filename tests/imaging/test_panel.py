@@ -106,7 +106,7 @@ def test_excitation_decides_which_labels_can_be_used():
     assert any(w.startswith("DAPI is not excited at 488 nm") for w in r.warnings)
     assert any("488 nm falls in the 478-515 nm channel" in w for w in r.warnings)
     assert r.to_dict()["excitation_nm"] == 488.0
-    with pytest.raises(InputError, match="excitation_nm must be a wavelength"):
+    with pytest.raises(InputError, match="excitation_nm must be a number of nm from 200 to 2000"):
         design_panel(["A"], ["Qdot 605"], CH, excitation_nm=0.405)
 
 
@@ -230,7 +230,7 @@ def test_bands_must_be_nanometres_and_collect_signal():
         design_panel(["A"], ["Qdot 605"], [(560, 500), (580, 640)])
     from qdmed.errors import FileFormatError
 
-    with pytest.raises(FileFormatError, match="p.yaml: channels: band 0.5-0.56 nm"):
+    with pytest.raises(FileFormatError, match="p.yaml: channels_nm: band 0.5-0.56 nm"):
         Panel.from_dict({"channels_nm": [[0.5, 0.56], [0.58, 0.64]], "autofluorescence": None,
                          "markers": {"HER2": {"label": "Qdot 605"}}}, source="p.yaml")
     p = design_panel(["A", "B"], ["Qdot 605", "Qdot 705"],
@@ -296,12 +296,41 @@ def test_a_key_given_twice_in_a_panel_or_probe_file_is_refused(tmp_path):
         Probe.from_file(tmp_path / "probe.json")
 
 
+_P = ("channels_nm: [[500.0, 560.0], [580.0, 640.0]]\n"
+      "markers: {A: {label: Qdot 605, brightness: 1.0}}\nautofluorescence: null\n")
+
+
+@pytest.mark.parametrize(("old", "new", "match"), [
+    # a review: brightness 1e308 overflowed the simulated photons (an internal error), yes
+    # was read as 1, and a band edge or the excitation given as true as 1 nm
+    ("brightness: 1.0", "brightness: 1.0e+308",
+     r"p.yaml: markers.A.brightness must be a number > 0 and <= 1e\+06; got 1e\+308"),
+    ("brightness: 1.0", "brightness: yes", r"markers.A.brightness must be .*; got True"),
+    ("brightness: 1.0", "brightness: 1e3", r"got '1e3' \(text, not a number"),
+    ("[500.0, 560.0]", "[true, 560.0]", r"p.yaml: channels_nm: .* pairs of numbers"),
+    ("[500.0, 560.0]", "['500', 560.0]", r"p.yaml: channels_nm: .* pairs of numbers"),
+    ("autofluorescence: null", "autofluorescence: null\nexcitation_nm: yes",
+     r"p.yaml: excitation_nm must be a number of nm from 200 to 2000; got True"),
+])
+def test_panel_file_numbers_are_typed_and_bounded(tmp_path, old, new, match):
+    from qdmed.errors import FileFormatError
+
+    (tmp_path / "p.yaml").write_text(_P.replace(old, new))
+    with pytest.raises(FileFormatError, match=match):
+        Panel.from_file(tmp_path / "p.yaml")
+    (tmp_path / "p.yaml").write_text(_P)
+    assert Panel.from_file(tmp_path / "p.yaml").brightness == (1.0,)
+
+
 def test_expression_and_brightness_must_be_positive_numbers():
     for bad in (float("nan"), -1.0, 0.0, "high"):
-        with pytest.raises(InputError, match="expression of 'HER2' must be a finite number"):
+        with pytest.raises(InputError, match="expression of 'HER2' must be a number > 0"):
             design_panel(["HER2", "ER"], QDOTS, CH, expression={"HER2": bad})
-    with pytest.raises(InputError, match="brightness of 'Qdot 705' must be a finite number"):
+    with pytest.raises(InputError, match="brightness of 'Qdot 705' must be a number > 0"):
         design_panel(["HER2", "ER"], QDOTS, CH, brightness={"Qdot 705": float("inf")})
+    # a candidate not chosen is checked too (1e308 passed when Qdot 605 was not assigned)
+    with pytest.raises(InputError, match="brightness of 'Qdot 605' must be a number > 0"):
+        design_panel(["HER2"], QDOTS, CH, brightness={"Qdot 605": 1e308})
 
 
 def test_the_least_noisy_label_goes_to_the_scarcest_marker():

@@ -378,6 +378,20 @@ def test_spatial_cli_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and "is not UTF-8 text" in r.stderr
     r = _cli(str(tmp_path / "none.parquet"))
     assert r.returncode == 2 and "no such file" in r.stderr
+    # no class column and no centroids: the table's columns listed once, not twice
+    other = tmp_path / "other.csv"
+    other.write_text("cell_id,x,y,kind\n1,0,0,A\n")
+    r = _cli(str(other))
+    assert r.returncode == 2 and r.stderr.count("x, y, kind") == 1, r.stderr
+
+
+def test_spatial_of_a_header_only_table_says_it_has_no_cells(tmp_path):
+    # a header-only CSV's columns have no number type: not "'centroid_x_um' is not numbers"
+    src = tmp_path / "cells.csv"
+    src.write_text("cell_id,centroid_x_um,centroid_y_um,phenotype\n")
+    r = _cli(str(src), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "the table has no cells" in r.stderr and json.loads(r.stdout)["classes"] == []
 
 
 def test_p_values_against_every_labelling():

@@ -153,9 +153,55 @@ def test_malformed_yaml(tmp_path, text, match):
         Probe.from_file(f)
 
 
+_CORE = "core: {material: CdSe, diameter_nm: 4}\n"
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    # a review: YAML's yes was read as a 1 nm core, 2.5 antibodies as 2, and 1e9 (text to
+    # YAML 1.1) ended in an internal error; a 1e308 nm shell said "hydrodynamic_diameter_nm
+    # must be > 0, got inf", without the file
+    ("core: {material: CdSe, diameter_nm: yes}\n",
+     r"bad.yaml: core.diameter_nm must be a number of nm > 0 and <= 100; got True"),
+    ("core: {material: CdSe, diameter_nm: '4'}\n", r"got '4' \(text, not a number"),
+    ("core: {material: CdSe, emission_nm: 5000.0}\n",
+     r"core.emission_nm must be a number of nm from 300 to 3000"),
+    (_CORE + "ligands: [{name: igg, count: 2.5}]\n",
+     r"ligands\[0\].count must be a whole number from 0 to 10000; got 2.5"),
+    (_CORE + "ligands: [{name: igg, count: 1e9}]\n",
+     r"got '1e9' \(text, not a number: YAML reads 1e9 and 1.0e9 as text, 1.0e\+9"),
+    (_CORE + "shell: {material: ZnS, thickness_nm: 1.0e+308}\n",
+     r"shell.thickness_nm must be a number of nm from 0 to 50; got 1e\+308"),
+    (_CORE + "shell: {material: ZnS, monolayers: -1}\n", r"shell.monolayers must be"),
+    (_CORE + "coating: {name: dhla-peg, peg_mw: true}\n", r"coating.peg_mw must be a number"),
+    (_CORE + "coating: {name: dhla-peg, grafting_density_per_nm2: 0}\n",
+     r"coating.grafting_density_per_nm2 must be a number of chains/nm\^2 > 0"),
+    (_CORE + "quantum_yield: yes\n", r"bad.yaml: quantum_yield must be a number from 0 to 1"),
+    (_CORE + "size_dispersion: .nan\n", r"bad.yaml: size_dispersion must be a number"),
+    (_CORE + "stokes_shift_meV: -3\n", r"bad.yaml: stokes_shift_meV must be"),
+    (_CORE + "targets: [yes]\n", r"bad.yaml: targets must be a list of marker names"),
+    (_CORE + "ligands: [{name: igg, target: 5}]\n", r"ligands\[0\].target must be a list"),
+    (_CORE + "ligands: igg\n", r"bad.yaml: ligands must be a list"),
+    (_CORE + "name: yes\n", r"bad.yaml: name must be text; got True"),
+    (_CORE + "extrapolate: 'no'\n", r"bad.yaml: extrapolate must be true or false"),
+])
+def test_probe_file_numbers_and_names_are_typed_and_bounded(tmp_path, text, match):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(FileFormatError, match=match) as err:
+        Probe.from_file(f)
+    assert str(err.value).count("bad.yaml") == 1, err.value
+
+
 def test_bad_values():
     with pytest.raises(InputError):
         Probe("CdSe", -1.0)
+    with pytest.raises(InputError, match="core_diameter_nm must be a number"):
+        Probe("CdSe", True)
+    with pytest.raises(InputError, match="ligand count of 'igg' must be a whole number"):
+        Probe("CdSe", 4.0, ligands=(("igg", 2.5),))
+    assert Probe("CdSe", 4.0, ligands=(("igg", 2.0),)).ligands == (("igg", 2),)
+    with pytest.raises(InputError, match="shell_thickness_nm must be a number of nm from 0"):
+        Probe("CdSe", 4.0, shell="ZnS", shell_thickness_nm=1e308)
     with pytest.raises(UnknownNameError):
         Probe("CdSe", 4.0, coating="teflon")
     with pytest.raises(UnknownNameError):

@@ -29,8 +29,8 @@ def design(
     json_: Annotated[bool, flag("--json", help="Machine-readable JSON on stdout.")] = False,
 ):
     """Design a QD probe and print its sheet (optics, hydrodynamic size, clearance, metals)."""
-    from qdmed.errors import InputError
-    from qdmed.probe import Probe, monolayer_thickness_nm, parse_layer_spec
+    from qdmed.errors import InputError, check_number
+    from qdmed.probe import PROBE_BOUNDS, Probe, monolayer_thickness_nm, parse_layer_spec
 
     if file is not None:
         given = [opt for opt, v in (
@@ -56,17 +56,23 @@ def design(
                 raise InputError(f"--shell needs a thickness, e.g. {name}:0.9 (nm) or {name}:3ML")
             kw["shell"] = name
             try:
-                kw["shell_thickness_nm"] = (float(val[:-2]) * monolayer_thickness_nm(name)
-                                            if val.upper().endswith("ML") else float(val))
+                ml = val.upper().endswith("ML")
+                given = float(val[:-2] if ml else val)
             except ValueError:
                 raise InputError(f"--shell thickness {val!r} is not a number (nm) or NML") from None
+            given = check_number(given, f"--shell {'monolayers' if ml else 'thickness'}",
+                                 **PROBE_BOUNDS["monolayers" if ml else "shell_thickness_nm"])
+            kw["shell_thickness_nm"] = given * monolayer_thickness_nm(name) if ml else given
         if coating:
             name, val = parse_layer_spec(coating, "--coating")
             kw["coating"] = name
             if val is not None:
                 try:
-                    kw["peg_mw"] = float(val)
-                except ValueError:
+                    kw["peg_mw"] = check_number(float(val), "--coating PEG molecular weight",
+                                                **PROBE_BOUNDS["peg_mw"])
+                except ValueError as exc:
+                    if isinstance(exc, InputError):
+                        raise
                     raise InputError(f"--coating PEG molecular weight {val!r} is not a number") from None
         ligs = []
         for spec in ligand or ():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qdmed.errors import FileFormatError, InputError
+from qdmed.errors import FileFormatError, InputError, check_fields
 
 #: Fields of the scale compared, named as a difference is said.
 _FIELDS = {
@@ -231,7 +231,10 @@ class Calibration:
     def document(self) -> dict:
         """The calibration file's JSON object (what :meth:`save` writes and
         :func:`load_calibration` reads)."""
-        doc: dict = {"controls_intensity_scale": self.intensity_scale,
+        from qdmed import __version__
+
+        doc: dict = {"qdmed_version": __version__,
+                     "controls_intensity_scale": self.intensity_scale,
                      "warnings": list(self.warnings)}
         if self.her2 is not None:
             doc["her2"] = self.her2.to_dict()
@@ -265,13 +268,25 @@ class Calibration:
                                 negatives=self.negatives)
 
 
+#: The fields of a calibration file (:meth:`Calibration.document`) and of its gates.
+CALIBRATION_FIELDS = frozenset({"qdmed_version", "controls_intensity_scale", "warnings",
+                                "her2", "controls_scored", "gates"})
+GATE_FIELDS = frozenset({"compartment", "threshold", "false_positive_percent",
+                         "control_cells", "floor_rule"})
+
+
 def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration JSON written by ``qdmed image calibrate``: its HER2 cut-offs, its
     positivity gates and its controls' intensity scale, to pass to
     :func:`~qdmed.imaging.analyze_slide` (``her2_calibration=c.her2, gates=c.gates,
     calibration_scale=c.intensity_scale``)."""
     from qdmed._documents import unique_json_pairs
-    from qdmed.imaging._scoring import Her2Calibration, MarkerGate, gate_noise_floor_percent
+    from qdmed.imaging._scoring import (
+        HER2_CALIBRATION_FIELDS,
+        Her2Calibration,
+        MarkerGate,
+        gate_noise_floor_percent,
+    )
 
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"),
@@ -290,6 +305,10 @@ def load_calibration(path: str | Path) -> Calibration:
                  else f"a JSON {type(doc).__name__}")
         raise FileFormatError(f"{path}: not a calibration (from qdmed image calibrate): "
                               f"expected a JSON object with 'her2' and/or 'gates', got {found}")
+    # a misspelt field would be ignored: a "gate" beside "gates", a cut-off's "feint"
+    check_fields(doc, CALIBRATION_FIELDS, str(path))
+    if isinstance(doc.get("her2"), dict):
+        check_fields(doc["her2"], HER2_CALIBRATION_FIELDS, str(path), "her2")
     try:
         her2 = Her2Calibration.from_dict(doc["her2"]) if doc.get("her2") else None
     except (InputError, TypeError, ValueError) as exc:
@@ -300,6 +319,8 @@ def load_calibration(path: str | Path) -> Calibration:
                               f"{type(raw).__name__}")
     gates, floor_notes = {}, []
     for m, g in raw.items():
+        if isinstance(g, dict):
+            check_fields(g, GATE_FIELDS, str(path), f"gates.{m}")
         try:
             fp, nc = g.get("false_positive_percent"), g.get("control_cells")
             if fp is not None and nc is not None and "floor_rule" not in g:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdmed.errors import FileFormatError, InputError, check_fields
+from qdmed.errors import FileFormatError, InputError, check_fields, check_number
 from qdmed.optics import Spectrum, default_grid, emission_spectrum
 
 #: Default tissue autofluorescence under violet excitation: a broad band peaking near 520 nm
@@ -34,6 +34,9 @@ _BAND_CEILING_NM = 2000.0
 _MIN_DETECTED = 1e-3
 #: A label with less of its emission than this in the channels is warned as weak.
 _WEAK_DETECTED = 0.25
+#: A label's relative brightness (``check_number`` keywords): Qdots differ from one another
+#: by tens of times; 1e308 overflowed the simulated photon counts (a review).
+BRIGHTNESS_RANGE = {"lo": 0.0, "lo_open": True, "hi": 1e6}
 
 
 def check_bands(channels, source: str = "channels") -> list[tuple[float, float]]:
@@ -41,8 +44,11 @@ def check_bands(channels, source: str = "channels") -> list[tuple[float, float]]
     nanometres (200-2000 nm; smaller edges are refused as micrometres)."""
     try:
         bands = [(float(lo), float(hi)) for lo, hi in channels]
+        if any(isinstance(v, bool | str) for band in channels for v in band):
+            raise TypeError("an edge is text or true/false")  # float() took "440" and true
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{source}: detection bands must be [low_nm, high_nm] pairs; got "
+        raise InputError(f"{source}: detection bands must be [low_nm, high_nm] pairs of "
+                         f"numbers; got "
                          f"{channels!r}") from exc
     if not bands:
         raise InputError(f"{source}: no detection band given")
@@ -410,25 +416,22 @@ class Panel:
                     raise FileFormatError(
                         f"{source}: markers.{m} needs a catalog 'label' (e.g. Qdot 605), "
                         "'peak_nm' (+ 'fwhm_nm') or a 'spectrum'")
-                b = float(e.get("brightness", 1.0))
+                b = check_number(e.get("brightness", 1.0), f"{source}: markers.{m}.brightness",
+                                 **BRIGHTNESS_RANGE, error=FileFormatError)
             except FileFormatError:
                 raise  # already names the file and the entry
             except (TypeError, ValueError, KeyError) as exc:
                 if isinstance(exc, InputError):
                     raise FileFormatError(f"{source}: markers.{m}: {exc}") from exc
                 raise FileFormatError(f"{source}: markers.{m}: malformed entry ({exc})") from exc
-            if not b > 0:
-                raise FileFormatError(f"{source}: markers.{m}.brightness must be > 0, got {b}")
             markers.append(str(m))
             labels.append(str(e.get("label", f"{s.peak_nm:.0f} nm")))
             spectra.append(s)
             bright.append(b)
         try:
-            channels = [(float(a), float(b)) for a, b in doc["channels_nm"]]
-        except (TypeError, ValueError) as exc:
-            raise FileFormatError(f"{source}: channels_nm must be a list of [low, high] nm") from exc
-        if any(not hi > lo for lo, hi in channels):
-            raise FileFormatError(f"{source}: every channel needs high > low nm, got {channels}")
+            channels = check_bands(doc.get("channels_nm"), f"{source}: channels_nm")
+        except InputError as exc:
+            raise FileFormatError(str(exc)) from None
         af = doc.get("autofluorescence", {"peak_nm": DEFAULT_AF_PEAK_NM,
                                          "fwhm_nm": DEFAULT_AF_FWHM_NM})
         if isinstance(af, dict):
@@ -448,11 +451,9 @@ class Panel:
         except (TypeError, ValueError, KeyError) as exc:
             raise FileFormatError(f"{source}: autofluorescence must be null or a mapping with "
                                   f"peak_nm and fwhm_nm (or a spectrum) ({exc})") from exc
-        try:
-            excitation_nm = float(doc.get("excitation_nm", 405.0))
-        except (TypeError, ValueError) as exc:
-            raise FileFormatError(f"{source}: excitation_nm must be a number (nm); got "
-                                  f"{doc.get('excitation_nm')!r}") from exc
+        excitation_nm = check_number(doc.get("excitation_nm", 405.0), f"{source}: excitation_nm",
+                                     lo=_BAND_FLOOR_NM, hi=_BAND_CEILING_NM, unit="nm",
+                                     error=FileFormatError)
         try:
             panel = build_panel_from_spectra(markers, labels, spectra, channels,
                                              brightness=bright, excitation_nm=excitation_nm,
@@ -782,13 +783,10 @@ def build_panel_from_spectra(markers, labels, spectra, channels, *, brightness=N
     if len(channels) < n_comp:
         raise InputError(f"{len(channels)} detection channels cannot separate {n_comp} components "
                          "(need at least as many channels as components)")
-    b = tuple(float(x) for x in (brightness or [1.0] * len(markers)))
-    if any(not (np.isfinite(x) and x > 0) for x in b):
-        raise InputError(f"brightness must be > 0 for every marker; got {b}")
-    excitation_nm = float(excitation_nm)
-    if not (np.isfinite(excitation_nm) and _BAND_FLOOR_NM <= excitation_nm <= _BAND_CEILING_NM):
-        raise InputError(f"excitation_nm must be a wavelength in nm ({_BAND_FLOOR_NM:.0f}-"
-                         f"{_BAND_CEILING_NM:.0f}); got {excitation_nm:g}")
+    b = tuple(check_number(x, f"brightness of {m}", **BRIGHTNESS_RANGE)
+              for m, x in zip(markers, brightness or [1.0] * len(markers), strict=True))
+    excitation_nm = check_number(excitation_nm, "excitation_nm", lo=_BAND_FLOOR_NM,
+                                 hi=_BAND_CEILING_NM, unit="nm")
     panel = Panel(tuple(markers), tuple(labels), tuple(spectra), tuple(channels), b,
                   excitation_nm, autofluorescence, max_condition=float(max_condition),
                   max_cosine=float(max_cosine))
@@ -999,6 +997,10 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     if stray:
         raise InputError(f"brightness given for {', '.join(map(repr, stray))}, not among the "
                          f"candidate labels ({', '.join(sorted(known))})")
+    for n, v in (brightness or {}).items():
+        check_number(v, f"brightness of {n!r}", **BRIGHTNESS_RANGE)
+    for m, v in (expression or {}).items():  # NaN or -1 changed the assignment, unsaid
+        check_number(v, f"expression of {m!r}", **BRIGHTNESS_RANGE)
     stray = [m for m in (expression or {}) if m not in markers]
     if stray:
         raise InputError(f"expression given for {', '.join(map(repr, stray))}, not among the "
@@ -1024,18 +1026,6 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
                             if more else "" if skipped else ": add custom probes to the "
                             "candidates (qdmed design --out; --labels, available)"))
     bright = {n: float((brightness or {}).get(n, 1.0)) for n in names}
-    for n, v in bright.items():
-        if not (np.isfinite(v) and v > 0):
-            raise InputError(f"brightness of {n!r} must be a finite number > 0; got "
-                             f"{(brightness or {}).get(n)!r}")
-    for m, v in (expression or {}).items():  # NaN or -1 changed the assignment, unsaid
-        try:
-            ok = not isinstance(v, bool) and np.isfinite(float(v)) and float(v) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise InputError(f"expression of {m!r} must be a finite number > 0 (a relative "
-                             f"abundance); got {v!r}")
     af = (autofluorescence_spectrum(wavelength_nm=grid) if autofluorescence == "default"
           else autofluorescence)
     fixed_specs = [_label_spectrum(v, grid) for v in fixed.values()]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qdmed.errors import InputError, UnknownNameError
+from qdmed.errors import InputError, UnknownNameError, check_fields
 from qdmed.report._json import to_jsonable
 
 __all__ = [
@@ -603,6 +603,8 @@ class Her2Calibration:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Her2Calibration:
         """Inverse of :meth:`to_dict` (e.g. a calibration saved as JSON)."""
+        if isinstance(d, Mapping):  # a misspelt field would be ignored
+            check_fields(d, HER2_CALIBRATION_FIELDS, "HER2 calibration")
         try:
             kw = {k: d[k] for k in ("faint", "weak_moderate", "intense")}
         except (KeyError, TypeError):
@@ -619,6 +621,9 @@ class Her2Calibration:
         kw["warnings"] = tuple(str(w) for w in d.get("warnings") or ())
         return cls(**kw)
 
+
+#: The fields of a HER2 calibration's dict (:meth:`Her2Calibration.to_dict`).
+HER2_CALIBRATION_FIELDS = frozenset(Her2Calibration.__dataclass_fields__)
 
 def her2_faint_cutoff(values_by_score: Mapping[int, list[np.ndarray]],
                       faint_quantile: float) -> float:

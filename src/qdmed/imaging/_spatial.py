@@ -233,9 +233,9 @@ def _classify(cells, by, within, xy_columns, classes=None) -> _Classified:
     _check_present(cells, by, xy_columns)
     within, auto = _within_columns(cells, within, by)
     _check_columns(cells, (*by, *xy_columns, *(within or ())), "class, centroid or group")
-    for col in xy_columns:
-        if not pd.api.types.is_numeric_dtype(cells[col].dtype) or \
-                pd.api.types.is_bool_dtype(cells[col].dtype):
+    for col in xy_columns:  # a table of no rows has no type (a header-only CSV's: text)
+        if len(cells) and (not pd.api.types.is_numeric_dtype(cells[col].dtype)
+                           or pd.api.types.is_bool_dtype(cells[col].dtype)):
             bad = next((v for v in cells[col] if not isinstance(v, int | float)), None)
             raise InputError(f"centroid column {col!r} is not numbers (e.g. {bad!r}); give "
                              "centroids in um as numbers (a decimal point, not a comma)")
@@ -300,7 +300,8 @@ def _check_present(cells, by, xy_columns) -> None:
         like = [c for c in cols if any(w in c.lower() for w in (
             "centroid", "position", " x", " y", "_x", "_y"))] or cols[:12]
         hint += (f"; centroids are read from {xy_columns[0]!r} and {xy_columns[1]!r} (um, "
-                 f"--xy); columns it has: {', '.join(like)}")
+                 "--xy)" + ("" if "its columns" in hint else f"; columns it has: "
+                                                             f"{', '.join(like)}"))
     raise InputError(f"the cells table has no column {', '.join(map(repr, missing))}{hint}")
 
 
@@ -976,7 +977,9 @@ def _warnings(c: _Classified, n_a, near, r, pairs, n_perm, used, testable,
         out.append(f"{c.n_ungrouped} cells with a class have no {' / '.join(c.within)} "
                    "(empty): left out")
     if not c.classes:
-        out.append(f"no cell has a class in {', '.join(c.by)}: nothing to measure")
+        out.append("the table has no cells: nothing to measure" if not (
+            c.n_unclassified or c.n_ungrouped) else
+            f"no cell has a class in {', '.join(c.by)}: nothing to measure")
         return out
     few = [f"{name} ({int(n)})" for name, n in zip(c.classes, n_a, strict=True)
            if 0 < n < FEW_CELLS]  # a class absent here (per group) is no warning

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdmed.errors import FileFormatError, InputError, check_fields
+from qdmed.errors import FileFormatError, InputError, check_fields, check_number
 from qdmed.materials import TOXIC_ELEMENTS, get_material
 from qdmed.probe._surface import get_coating, get_ligand, peg_layer
 from qdmed.references import CHOI2007, CHOI2010
@@ -22,6 +22,25 @@ CORONA_INCREASE_NM = 15.0
 #: Upper limit of high-affinity small-molecule ligands per QD compatible with renal clearance
 #: (Choi et al., Nat. Nanotechnol. 2010, 5, 42, doi:10.1038/nnano.2009.314: "5-10 ligands").
 CHOI2010_LIGAND_LIMIT = (5, 10)
+
+#: What a probe's numbers may be (``check_number`` keywords). Beyond them no QD model here
+#: applies: QD cores are 2-10 nm (sizing curves end near 12 nm), giant shells ~7 nm, PEGs on
+#: QDs 0.35-40 kDa, a dense brush ~1 chain/nm^2, Stokes shifts tens of meV. A review's
+#: 1e308 nm shell overflowed the hydrodynamic diameter to inf, and YAML's ``yes`` was read
+#: as a 1 nm core.
+PROBE_BOUNDS = {
+    "core_diameter_nm": {"lo": 0.0, "lo_open": True, "hi": 100.0, "unit": "nm"},
+    "emission_nm": {"lo": 300.0, "hi": 3000.0, "unit": "nm"},
+    "shell_thickness_nm": {"lo": 0.0, "hi": 50.0, "unit": "nm"},
+    "monolayers": {"lo": 0.0, "hi": 150.0},
+    "peg_mw": {"lo": 0.0, "lo_open": True, "hi": 1e5, "unit": "g/mol"},
+    "peg_grafting_density_per_nm2": {"lo": 0.0, "lo_open": True, "hi": 10.0,
+                                     "unit": "chains/nm^2"},
+    "ligand_count": {"lo": 0, "hi": 10_000, "integer": True},
+    "quantum_yield": {"lo": 0.0, "hi": 1.0},
+    "size_dispersion": {"lo": 0.0, "hi": 0.5},
+    "stokes_shift_meV": {"lo": 0.0, "hi": 1000.0, "unit": "meV"},
+}
 
 
 @dataclass(frozen=True)
@@ -84,33 +103,28 @@ class Probe:
     def __post_init__(self):
         mat = get_material(self.core)
         object.__setattr__(self, "core", mat.symbol)
-        d = self.core_diameter_nm
-        if not (isinstance(d, int | float) and np.isfinite(d) and d > 0):
-            raise InputError(f"core_diameter_nm must be a positive number, got {d!r}")
+        for key in ("core_diameter_nm", "shell_thickness_nm", "peg_mw",
+                    "peg_grafting_density_per_nm2", "quantum_yield", "size_dispersion",
+                    "stokes_shift_meV"):
+            if getattr(self, key) is not None or key not in ("peg_mw", "stokes_shift_meV"):
+                object.__setattr__(self, key, check_number(getattr(self, key), key,
+                                                           **PROBE_BOUNDS[key]))
         if self.shell:
             object.__setattr__(self, "shell", get_material(self.shell).symbol)
-        t = self.shell_thickness_nm
-        if not (np.isfinite(t) and t >= 0):
-            raise InputError(f"shell_thickness_nm must be >= 0, got {t!r}")
-        if t > 0 and not self.shell:
+        if self.shell_thickness_nm > 0 and not self.shell:
             raise InputError("shell_thickness_nm > 0 needs a shell material")
         if self.coating:
             object.__setattr__(self, "coating", get_coating(self.coating).key)
-        if self.peg_mw is not None and not self.peg_mw > 0:
-            raise InputError(f"peg_mw must be > 0 g/mol, got {self.peg_mw!r}")
         norm = []
         for item in self.ligands:
             try:
                 lig, n = item
             except (TypeError, ValueError):
                 raise InputError(f"ligands must be (name, count) pairs, got {item!r}") from None
-            if not (isinstance(n, int | np.integer) and n >= 0):
-                raise InputError(f"ligand count must be an integer >= 0, got {n!r} for {lig!r}")
-            norm.append((get_ligand(lig).key, int(n)))
+            n = check_number(n, f"ligand count of {lig!r}", **PROBE_BOUNDS["ligand_count"])
+            norm.append((get_ligand(lig).key, n))
         object.__setattr__(self, "ligands", tuple(norm))
         object.__setattr__(self, "targets", tuple(self.targets))
-        if not 0 <= self.quantum_yield <= 1:
-            raise InputError(f"quantum_yield must be in [0, 1], got {self.quantum_yield!r}")
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -142,7 +156,16 @@ class Probe:
                                   "'diameter_nm' or 'emission_nm'")
         _check_keys(core, "core", {"material", "diameter_nm", "emission_nm"}, source,
                     one_of=("diameter_nm", "emission_nm"))
-        kw = {"name": str(doc.get("name", "")), "extrapolate": bool(doc.get("extrapolate", False))}
+        def number(v, field: str, key: str):
+            return check_number(v, f"{source}: {field}", **PROBE_BOUNDS[key],
+                                error=FileFormatError)
+
+        for key, kind in (("name", str), ("extrapolate", bool), ("sizing_model", str)):
+            if doc.get(key) is not None and not isinstance(doc[key], kind):
+                raise FileFormatError(f"{source}: {key} must be "
+                                      f"{'text' if kind is str else 'true or false'}; got "
+                                      f"{doc[key]!r}")
+        kw = {"name": doc.get("name") or "", "extrapolate": bool(doc.get("extrapolate", False))}
         shell = doc.get("shell")
         if shell:
             if not isinstance(shell, dict) or "material" not in shell:
@@ -162,29 +185,43 @@ class Probe:
             _check_keys(coat, "coating", {"name", "peg_mw", "grafting_density_per_nm2"}, source)
             kw["coating"] = coat.get("name")
             if "peg_mw" in coat:
-                kw["peg_mw"] = float(coat["peg_mw"])
+                kw["peg_mw"] = number(coat["peg_mw"], "coating.peg_mw", "peg_mw")
             if "grafting_density_per_nm2" in coat:
-                kw["peg_grafting_density_per_nm2"] = float(coat["grafting_density_per_nm2"])
-        ligs, targets = [], list(doc.get("targets") or [])
-        for i, lig in enumerate(doc.get("ligands") or []):
+                kw["peg_grafting_density_per_nm2"] = number(
+                    coat["grafting_density_per_nm2"], "coating.grafting_density_per_nm2",
+                    "peg_grafting_density_per_nm2")
+        ligs, targets = [], _text_list(doc.get("targets") or [], "targets", source)
+        ligands = doc.get("ligands") or []
+        if not isinstance(ligands, list):
+            raise FileFormatError(f"{source}: ligands must be a list of mappings with 'name' "
+                                  f"and 'count'; got {ligands!r}")
+        for i, lig in enumerate(ligands):
             if not isinstance(lig, dict) or "name" not in lig:
                 raise FileFormatError(f"{source}: ligands[{i}] must be a mapping with 'name' and "
                                       "'count'")
             _check_keys(lig, f"ligands[{i}]", {"name", "count", "target"}, source)
-            ligs.append((lig["name"], int(lig.get("count", 1))))
-            if lig.get("target") and lig["target"] not in targets:
-                targets.append(lig["target"])
+            ligs.append((lig["name"], number(lig.get("count", 1), f"ligands[{i}].count",
+                                             "ligand_count")))
+            target = _text_list([lig["target"]] if lig.get("target") else [],
+                                f"ligands[{i}].target", source)
+            targets += [t for t in target if t not in targets]
         kw["ligands"] = tuple(ligs)
         kw["targets"] = tuple(targets)
-        for k in ("quantum_yield", "size_dispersion", "stokes_shift_meV", "sizing_model"):
+        for k in ("quantum_yield", "size_dispersion", "stokes_shift_meV"):
             if doc.get(k) is not None:
-                kw[k] = doc[k]
+                kw[k] = number(doc[k], k, k)
+        if doc.get("sizing_model") is not None:
+            kw["sizing_model"] = doc["sizing_model"]
         try:
             if "diameter_nm" in core:
-                return cls(core=core["material"], core_diameter_nm=float(core["diameter_nm"]), **kw)
+                return cls(core=core["material"], core_diameter_nm=number(
+                    core["diameter_nm"], "core.diameter_nm", "core_diameter_nm"), **kw)
             if "emission_nm" in core:
-                return cls.from_emission(core["material"], float(core["emission_nm"]), **kw)
+                return cls.from_emission(core["material"], number(
+                    core["emission_nm"], "core.emission_nm", "emission_nm"), **kw)
         except (TypeError, ValueError) as exc:
+            if isinstance(exc, FileFormatError):
+                raise  # names the file already
             if isinstance(exc, InputError):
                 raise InputError(f"{source}: {exc}") from exc
             raise FileFormatError(f"{source}: {exc}") from exc
@@ -453,11 +490,23 @@ def _check_keys(entry: dict, where: str, accepted: set, source: str, one_of=()) 
                               f"(the second would be ignored)")
 
 
+def _text_list(items, where: str, source: str) -> list[str]:
+    """A probe file's list of names (targets): text only (YAML's ``yes`` is True)."""
+    if not isinstance(items, list) or not all(isinstance(t, str) and t.strip()
+                                               for t in items):
+        raise FileFormatError(f"{source}: {where} must be a list of marker names (text); "
+                              f"got {items!r}")
+    return list(items)
+
+
 def _shell_thickness(shell: dict, source: str) -> float:
     if "thickness_nm" in shell:
-        return float(shell["thickness_nm"])
+        return check_number(shell["thickness_nm"], f"{source}: shell.thickness_nm",
+                            **PROBE_BOUNDS["shell_thickness_nm"], error=FileFormatError)
     if "monolayers" in shell:
-        return float(shell["monolayers"]) * monolayer_thickness_nm(shell["material"])
+        return check_number(shell["monolayers"], f"{source}: shell.monolayers",
+                            **PROBE_BOUNDS["monolayers"], error=FileFormatError) \
+            * monolayer_thickness_nm(shell["material"])
     raise FileFormatError(f"{source}: shell needs 'thickness_nm' or 'monolayers'")
 
 
