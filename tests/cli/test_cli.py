@@ -147,6 +147,30 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "interrupted\n"
 
 
+def test_sigterm_is_one_line_and_exit_143(tmp_path):
+    """SIGTERM (kill, a batch scheduler's time limit) ended the run at once, unsaid, its
+    temporary files left (a review); it now stops as a Ctrl-C does, saying so."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys, threading\n"
+            "from qdmed.cli import main\n"
+            "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+            "sys.exit(main(['image', 'simulate', '--size', '6000', '--no-progress', "
+            f"'--out', {str(tmp_path / 's.ome.tif')!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 143 and r.stderr.strip().splitlines()[-1] == \
+        "terminated (SIGTERM)", r.stderr
+    assert not list(tmp_path.iterdir())  # nothing written half, no temporary left
+    # main called from Python gives its caller's handler back
+    from qdmed.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--version"]) == 0 and signal.getsignal(signal.SIGTERM) is before
+
+
 def test_local_workers_ignore_ctrl_c():
     """The local cluster's worker processes are started with SIGINT ignored: a Ctrl-C at the
     terminal reaches the whole process group, and each worker printed its own

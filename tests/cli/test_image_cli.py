@@ -854,6 +854,14 @@ def test_dab_reads_a_16_bit_rgb_image_in_memory(tmp_path):
     assert got[0]["h_score"] == pytest.approx(got[1]["h_score"], abs=1e-9)
     r = run("image", "dab", str(tmp_path / "ihc16.tif"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "convert it to 8 bits per channel" in r.stderr
+    # a grey-level PNG was said as "rgb must be a (Y, X, 3) array", without the file
+    from skimage.io import imsave
+
+    imsave(tmp_path / "grey.png", img[..., 0])
+    r = run("image", "dab", str(tmp_path / "grey.png"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: grey.png: DAB IHC needs an RGB brightfield image; got a grey-level image "
+        "(one channel) of uint8"), r.stderr
 
 
 def test_dab_flat_field(tmp_path, vignetted_ihc):

@@ -1,6 +1,7 @@
 """The ``qdmed`` command line: parses, calls one library function, prints.
 
-Exit codes: 0 success; 2 bad input (one line on stderr naming the value); 1 internal error.
+Exit codes: 0 success; 2 bad input (one line on stderr naming the value); 1 internal error;
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -94,8 +95,46 @@ def _warning_filters() -> None:
     warnings.formatwarning = lambda m, c, *a, **k: f"! {m}\n"  # as print_warning
 
 
+class _Terminated:
+    """Whether SIGTERM (``kill``, a batch scheduler's time limit) stopped the run."""
+
+    seen = False
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    # as a Ctrl-C, so that what a run holds is given back as on an interrupt (its Dask
+    # cluster closed, temporary files removed by their context managers); Python's default
+    # for SIGTERM ends the process at once, unsaid (a review)
+    _Terminated.seen = True
+    raise KeyboardInterrupt
+
+
+def _stopped() -> int:
+    """Say why the run stopped; its exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    if _Terminated.seen:
+        typer.echo("terminated (SIGTERM)", err=True)
+        return 128 + 15
+    typer.echo("interrupted", err=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    """Entry point; returns the exit code (0 ok, 2 bad input, 1 internal error, 130
+    interrupted, 143 terminated)."""
+    import signal
+    import threading
+
+    _Terminated.seen = False
+    if threading.current_thread() is not threading.main_thread():  # only it sets handlers
+        return _main(argv)
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:  # a caller's own handler back (main called from Python, a test)
+        signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: list[str] | None) -> int:
     from qdmed.errors import InputError, QdmedError
 
     _register()
@@ -105,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         # raising it (click 8.5): pass it on
         rc = app(args=argv, prog_name="qdmed", standalone_mode=False)
         if rc == 130:  # typer turns a Ctrl-C into Exit(130), which click returns here
-            typer.echo("interrupted", err=True)
+            return _stopped()
         return rc if isinstance(rc, int) else 0
     except InputError as exc:
         typer.echo(f"error: {_with_option(str(exc), sys.argv[1:] if argv is None else argv)}",
@@ -128,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             typer.echo(f"error: {where}: {exc.strerror or exc}", err=True)
         return 2
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
+        return _stopped()
     except Exception as exc:
         # click's exceptions, from click or typer's vendored copy, recognised by class name
         names = {c.__name__ for c in type(exc).__mro__}

@@ -1470,12 +1470,18 @@ def _read_brightfield_image(image: Path):
     from skimage.io import imread
 
     try:
-        return imread(image), None, None
+        rgb = imread(image)
     except Exception as exc:  # noqa: BLE001 - any decoder's error (zlib, JPEG...) is bad input
         why = (str(exc).strip().splitlines() or [""])[0]  # imageio lists its backends below
         raise InputError(f"cannot read image {image}: {type(exc).__name__}: {why} (accepted: "
                          "an image Pillow reads, such as PNG, JPEG or BMP, or a TIFF or "
                          "OME-Zarr slide)") from exc
+    if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):  # said here with the file's name
+        got = ("a grey-level image (one channel)" if rgb.ndim == 2 else
+               f"{rgb.shape[-1]} channels" if rgb.ndim == 3 else f"an array of {rgb.shape}")
+        raise InputError(f"{Path(image).name}: DAB IHC needs an RGB brightfield image; got "
+                         f"{got} of {rgb.dtype}")
+    return rgb, None, None
 
 
 def _pair(option: str, item: str, form: str) -> tuple[str, str]:
