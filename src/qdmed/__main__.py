@@ -1,7 +1,5 @@
 """``python -m qdmed``."""
 
-import sys
+from qdmed.cli import exit_with, main
 
-from qdmed.cli import main
-
-sys.exit(main())
+exit_with(main())

@@ -54,9 +54,12 @@ def check_number(value, what: str, *, lo: float | None = None, hi: float | None 
     import math
     import numbers
 
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
-        math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo)) and \
-        (hi is None or value <= hi) and (not integer or float(value).is_integer())
+    try:  # an integer of 400 digits is no float (OverflowError)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+            math.isfinite(value) and (lo is None or (value > lo if lo_open else value >= lo)) \
+            and (hi is None or value <= hi) and (not integer or float(value).is_integer())
+    except OverflowError:
+        ok = False
     if ok:
         return int(value) if integer else float(value)
     kind = "a whole number" if integer else "a number"
@@ -75,8 +78,11 @@ def check_number(value, what: str, *, lo: float | None = None, hi: float | None 
                     if "e" in value.lower() else " (text, not a number: leave out the quotes)")
         except ValueError:
             pass
+    shown = repr(value)
+    if len(shown) > 40:  # a 400-digit integer, a long text
+        shown = f"{shown[:24]}... ({len(shown)} characters)"
     raise error(f"{what} must be {kind}{' of ' + unit if unit else ''}{span}; got "
-                f"{value!r}{hint}")
+                f"{shown}{hint}")
 
 
 class ConvergenceError(QdmedError):

@@ -155,9 +155,9 @@ def test_sigterm_is_one_line_and_exit_143(tmp_path):
     import sys
 
     code = ("import os, signal, sys, threading\n"
-            "from qdmed.cli import main\n"
+            "from qdmed.cli import exit_with, main\n"
             "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-            "sys.exit(main(['image', 'simulate', '--size', '6000', '--no-progress', "
+            "exit_with(main(['image', 'simulate', '--size', '6000', '--no-progress', "
             f"'--out', {str(tmp_path / 's.ome.tif')!r}]))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300)
@@ -169,6 +169,35 @@ def test_sigterm_is_one_line_and_exit_143(tmp_path):
 
     before = signal.getsignal(signal.SIGTERM)
     assert main(["--version"]) == 0 and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interrupt_inside_compiled_code_is_an_interrupt(monkeypatch, capsys):
+    """numba turns a KeyboardInterrupt raised in its compiled functions into a SystemError
+    (a review: a SIGTERM there read "internal error: SystemError: CPUDispatcher(...)")."""
+    import qdmed.imaging
+    from qdmed.cli import main
+
+    def compiled():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(<function flood>) returned a result with an "
+                              "exception set") from exc
+
+    monkeypatch.setattr(qdmed.imaging, "list_presets", compiled)
+    assert main(["image", "presets"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_warning_is_said_once():
+    # a core outside its sizing curve's range was said five times, once per model call
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "qdmed", "design", "--material", "CdSe",
+                        "--diameter", "9", "--extrapolate"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stderr.count("outside the validity range") == 1, r.stderr
 
 
 def test_local_workers_ignore_ctrl_c():

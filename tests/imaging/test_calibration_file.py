@@ -145,6 +145,19 @@ def test_load_calibration_gives_cutoffs_gates_and_scale(tmp_path):
     p.write_bytes(b'{"her2": {"faint": 1, "weak_moderate": 2, "intense": 3, "rule": "\xff"}}')
     with pytest.raises(FileFormatError, match="not a UTF-8 text"):
         load_calibration(p)
+    # numbers as numbers: a gate's true and "5" were read as 1 and 5, a faint quantile of 5
+    # passed, a control without its category was an internal KeyError (a review)
+    for bad, said in (({"gates": {"ER": {"compartment": "nucleus", "threshold": True}}},
+                       "gate 'ER': a gate's threshold must be a finite number; got True"),
+                      ({"gates": {"ER": {"compartment": "nucleus", "threshold": "5"}}},
+                       "gate 'ER': a gate's threshold must be a finite number; got '5'"),
+                      ({"her2": {**doc["her2"], "faint_quantile": 5}},
+                       "'her2': faint_quantile must be a number from 0.9 to 1; got 5"),
+                      ({"her2": {**doc["her2"], "controls": [{"name": "BT-474"}]}},
+                       "'her2': each of a HER2 calibration's controls needs name, category")):
+        p.write_text(json.dumps(bad))
+        with pytest.raises(FileFormatError, match=said):
+            load_calibration(p)
     # a misspelt field was ignored (a review): at the top, in the cut-offs, in a gate
     for bad, said in (({**doc, "gate": {}}, "cal.json: unknown field.s. gate; accepted"),
                       ({"her2": {**doc["her2"], "feint": 1.5}},

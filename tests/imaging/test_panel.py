@@ -304,7 +304,7 @@ _P = ("channels_nm: [[500.0, 560.0], [580.0, 640.0]]\n"
     # a review: brightness 1e308 overflowed the simulated photons (an internal error), yes
     # was read as 1, and a band edge or the excitation given as true as 1 nm
     ("brightness: 1.0", "brightness: 1.0e+308",
-     r"p.yaml: markers.A.brightness must be a number > 0 and <= 1e\+06; got 1e\+308"),
+     r"p.yaml: markers.A.brightness must be a number > 0 and <= 1e\+12; got 1e\+308"),
     ("brightness: 1.0", "brightness: yes", r"markers.A.brightness must be .*; got True"),
     ("brightness: 1.0", "brightness: 1e3", r"got '1e3' \(text, not a number"),
     ("[500.0, 560.0]", "[true, 560.0]", r"p.yaml: channels_nm: .* pairs of numbers"),
@@ -331,6 +331,10 @@ def test_expression_and_brightness_must_be_positive_numbers():
     # a candidate not chosen is checked too (1e308 passed when Qdot 605 was not assigned)
     with pytest.raises(InputError, match="brightness of 'Qdot 605' must be a number > 0"):
         design_panel(["HER2"], QDOTS, CH, brightness={"Qdot 605": 1e308})
+    # a vendor's extinction and receptors per cell may be given as they are (a review: 8.8e6
+    # and 2e6 were refused at a bound of 1e6)
+    design_panel(["HER2", "ER"], QDOTS, CH, brightness={"Qdot 800": 8.8e6},
+                 expression={"HER2": 2e6, "ER": 1e4})
 
 
 def test_the_least_noisy_label_goes_to_the_scarcest_marker():

@@ -179,10 +179,15 @@ _CORE = "core: {material: CdSe, diameter_nm: 4}\n"
     (_CORE + "size_dispersion: .nan\n", r"bad.yaml: size_dispersion must be a number"),
     (_CORE + "stokes_shift_meV: -3\n", r"bad.yaml: stokes_shift_meV must be"),
     (_CORE + "targets: [yes]\n", r"bad.yaml: targets must be a list of marker names"),
-    (_CORE + "ligands: [{name: igg, target: 5}]\n", r"ligands\[0\].target must be a list"),
+    (_CORE + "ligands: [{name: igg, target: 5}]\n", r"ligands\[0\].target must be a marker"),
     (_CORE + "ligands: igg\n", r"bad.yaml: ligands must be a list"),
     (_CORE + "name: yes\n", r"bad.yaml: name must be text; got True"),
     (_CORE + "extrapolate: 'no'\n", r"bad.yaml: extrapolate must be true or false"),
+    # an integer of 400 digits is no float: it was an internal OverflowError
+    (_CORE + "ligands: [{name: igg, count: " + "9" * 400 + "}]\n",
+     r"ligands\[0\].count must be a whole number from 0 to 10000; got 9{24}\.\.\. \(400 "),
+    (_CORE + "ligands: [{name: igg, target: [HER2]}]\n",
+     r"ligands\[0\].target must be a marker name \(text\); got \['HER2'\]"),
 ])
 def test_probe_file_numbers_and_names_are_typed_and_bounded(tmp_path, text, match):
     f = tmp_path / "bad.yaml"
@@ -202,6 +207,24 @@ def test_bad_values():
     assert Probe("CdSe", 4.0, ligands=(("igg", 2.0),)).ligands == (("igg", 2),)
     with pytest.raises(InputError, match="shell_thickness_nm must be a number of nm from 0"):
         Probe("CdSe", 4.0, shell="ZnS", shell_thickness_nm=1e308)
+    # checked before the size is solved for (NaN ended in the solver's own message)
+    with pytest.raises(InputError, match="stokes_shift_meV must be a number of meV"):
+        Probe.from_emission("CdSe", 605, stokes_shift_meV=float("nan"))
+    # an empty target was written to a file that could not be read back
+    with pytest.raises(InputError, match="targets must be marker names"):
+        Probe("CdSe", 4.0, targets=("",))
+
+
+def test_an_extrapolated_probe_reads_back(tmp_path):
+    # to_dict left extrapolate out: the file of a 9 nm CdSe core could not be read back
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = Probe("CdSe", 9.0, extrapolate=True)
+        p.to_file(tmp_path / "p.yaml")
+        q = Probe.from_file(tmp_path / "p.yaml")
+    assert q.extrapolate and q.core_diameter_nm == 9.0
     with pytest.raises(UnknownNameError):
         Probe("CdSe", 4.0, coating="teflon")
     with pytest.raises(UnknownNameError):

@@ -34,11 +34,20 @@ def flag(*decls: str, help: str):  # noqa: A002 - typer's own parameter name
     return typer.Option(*decls, metavar="", help=help)
 
 
+#: The warnings said in this run (reset by ``qdmed.cli.main``): each is said once (a
+#: probe outside its sizing curve's range said the same line five times).
+SAID: set[str] = set()
+
+
 def print_warning(text: str) -> None:
     """A warning as one line ``! text`` on stderr (yellow on a terminal), so that a table or
-    JSON on stdout stays clean when redirected and the warning is still seen."""
+    JSON on stdout stays clean when redirected and the warning is still seen; a line said
+    before in this run is not said again."""
     import typer
 
+    if text in SAID:
+        return
+    SAID.add(text)
     typer.secho(f"! {text}", fg="yellow", err=True)
 
 

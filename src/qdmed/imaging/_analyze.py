@@ -1738,32 +1738,51 @@ def start_client(scheduler: str | None, n_workers: int, made: Path | None = None
     # process stops the run and closes them instead. (POSIX only: Windows does not pass an
     # ignored SIGINT on; nor does a worker the nanny restarts later. A Ctrl-C during the
     # ~1 s start is lost.)
-    old = signal.getsignal(signal.SIGINT) \
-        if threading.current_thread() is threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.getsignal(signal.SIGINT) if main else None
     ignore = old is not None  # None: a handler installed from C (an embedding host): kept
+    # a SIGTERM while the cluster starts is held until it has started, then delivered to
+    # this process's own handler with the cluster closed (a review: stopped inside Dask's
+    # start, the cluster's atexit and __del__ printed 19-50 lines of traceback)
+    old_term = signal.getsignal(signal.SIGTERM) if main else None
+    if old_term is signal.SIG_IGN:  # the process ignores it: nothing to hold
+        old_term = None
+    held: list[int] = []
     if ignore:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if old_term is not None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
     try:
-        # a failed task's error reaches the caller through its future, which says it in one
-        # line; the workers' own ERROR logs of it (a traceback each, then the connection
-        # errors of the cluster closed under them) would print ~15 lines before that line
-        cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
-                               processes=True, dashboard_address=":0",
-                               silence_logs=logging.CRITICAL)
-    except RuntimeError as exc:  # workers are spawned: each imports the caller's script
-        raise RuntimeError(
-            "Dask could not start its worker processes. Called from a script, the analysis "
-            "must run under `if __name__ == \"__main__\":` (each worker process imports the "
-            "script, which would start the analysis again); or pass "
-            "scheduler='synchronous' to run in this process.") from exc
+        try:
+            # a failed task's error reaches the caller through its future, which says it in
+            # one line; the workers' own ERROR logs of it (a traceback each, then the
+            # connection errors of the cluster closed under them) would print ~15 lines
+            # before that line
+            cluster = LocalCluster(n_workers=max(1, int(n_workers)), threads_per_worker=1,
+                                   processes=True, dashboard_address=":0",
+                                   silence_logs=logging.CRITICAL)
+        except RuntimeError as exc:  # workers are spawned: each imports the caller's script
+            raise RuntimeError(
+                "Dask could not start its worker processes. Called from a script, the "
+                "analysis must run under `if __name__ == \"__main__\":` (each worker process "
+                "imports the script, which would start the analysis again); or pass "
+                "scheduler='synchronous' to run in this process.") from exc
+        try:
+            client = Client(cluster, set_as_default=False)
+        except BaseException:  # a failed client: the workers are not left behind
+            cluster.close()
+            raise
     finally:
         if ignore:
             signal.signal(signal.SIGINT, old)
-    try:
-        return Client(cluster, set_as_default=False), cluster
-    except BaseException:  # a Ctrl-C or a failed client: the workers are not left behind
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if held:
+        client.close()
         cluster.close()
-        raise
+        signal.raise_signal(signal.SIGTERM)  # to the handler this process had
+        raise KeyboardInterrupt  # that handler let the run go on: it is stopped all the same
+    return client, cluster
 
 
 def check_keep_bits(keep_bits, write_unmixed: bool = True) -> None:

@@ -331,7 +331,8 @@ def load_calibration(path: str | Path) -> Calibration:
                                    "cells (order statistics; recomputed: recalibrate to record "
                                    "it)")
                 fp = new
-            gates[m] = MarkerGate(g["compartment"], float(g["threshold"]),
+            # the threshold as written: the gate refuses text and true (float made them 5, 1)
+            gates[m] = MarkerGate(g["compartment"], g["threshold"],
                                   false_positive_percent=fp, control_cells=nc)
         except (KeyError, TypeError, AttributeError) as exc:
             raise FileFormatError(f"{path}: gate {m!r} needs 'compartment' and a numeric "

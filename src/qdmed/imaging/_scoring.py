@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qdmed.errors import InputError, UnknownNameError, check_fields
+from qdmed.errors import InputError, UnknownNameError, check_fields, check_number
 from qdmed.report._json import to_jsonable
 
 __all__ = [
@@ -569,6 +569,10 @@ class Her2Calibration:
         if self.scale not in ("", "log", "linear"):  # a review's "cubic" passed, unused
             raise InputError(f"scale must be 'log', 'linear' or '' (explicit cut-offs); got "
                              f"{self.scale!r}.")
+        if self.faint_quantile is not None:  # as calibrate_her2 takes it (a file gave 5)
+            check_number(self.faint_quantile, "faint_quantile", lo=0.9, hi=1.0)
+            if self.faint_quantile == 1.0:
+                raise InputError("faint_quantile must be below 1; got 1.0.")
 
     @property
     def cutoffs(self) -> tuple[float, float, float]:
@@ -614,10 +618,15 @@ class Her2Calibration:
         for k in ("marker", "compartment", "statistic", "rule", "scale", "faint_quantile"):
             if k in d and d[k] is not None:
                 kw[k] = d[k]
-        kw["controls"] = tuple(
-            (c["name"], c["category"], c["n_cells"], c["median"], c.get("faint_quantile_value"))
-            for c in d.get("controls") or ()
-        )
+        try:
+            kw["controls"] = tuple(
+                (c["name"], c["category"], c["n_cells"], c["median"],
+                 c.get("faint_quantile_value"))
+                for c in d.get("controls") or ())
+        except (KeyError, TypeError, AttributeError):  # a control without its category...
+            raise InputError("each of a HER2 calibration's controls needs name, category, "
+                             "n_cells and median (and may give faint_quantile_value); got "
+                             f"{d.get('controls')!r}"[:300]) from None
         kw["warnings"] = tuple(str(w) for w in d.get("warnings") or ())
         return cls(**kw)
 

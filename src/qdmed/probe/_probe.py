@@ -125,6 +125,10 @@ class Probe:
             norm.append((get_ligand(lig).key, n))
         object.__setattr__(self, "ligands", tuple(norm))
         object.__setattr__(self, "targets", tuple(self.targets))
+        # marker names: a --target "" was written to a file that could not be read back
+        if any(not (isinstance(t, str) and t.strip()) for t in self.targets):
+            raise InputError(f"targets must be marker names (non-empty text); got "
+                             f"{list(self.targets)!r}")
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -132,6 +136,12 @@ class Probe:
         """Solve the core size for a target emission peak (nm) and build the probe."""
         from qdmed.optics import core_for_emission
 
+        # checked before the size is solved for them (a NaN Stokes shift ended in the
+        # solver's "function value is NaN", an infinite one in a 0.0-0.0 nm range)
+        check_number(emission_nm, "emission_nm", **PROBE_BOUNDS["emission_nm"])
+        for key in ("stokes_shift_meV", "size_dispersion", "shell_thickness_nm"):
+            if kwargs.get(key) is not None:
+                check_number(kwargs[key], key, **PROBE_BOUNDS[key])
         pred = core_for_emission(
             core, emission_nm, shell=kwargs.get("shell"),
             shell_thickness_nm=kwargs.get("shell_thickness_nm", 0.0),
@@ -202,9 +212,12 @@ class Probe:
             _check_keys(lig, f"ligands[{i}]", {"name", "count", "target"}, source)
             ligs.append((lig["name"], number(lig.get("count", 1), f"ligands[{i}].count",
                                              "ligand_count")))
-            target = _text_list([lig["target"]] if lig.get("target") else [],
-                                f"ligands[{i}].target", source)
-            targets += [t for t in target if t not in targets]
+            target = lig.get("target")
+            if target is not None and not (isinstance(target, str) and target.strip()):
+                raise FileFormatError(f"{source}: ligands[{i}].target must be a marker name "
+                                      f"(text); got {target!r}")
+            if target and target not in targets:
+                targets.append(target)
         kw["ligands"] = tuple(ligs)
         kw["targets"] = tuple(targets)
         for k in ("quantum_yield", "size_dispersion", "stokes_shift_meV"):
@@ -277,6 +290,8 @@ class Probe:
             d["stokes_shift_meV"] = float(self.stokes_shift_meV)
         if self.sizing_model:
             d["sizing_model"] = self.sizing_model
+        if self.extrapolate:  # a size outside the sizing curve's range reads back as written
+            d["extrapolate"] = True
         return d
 
     def to_file(self, path) -> Path:
