@@ -114,27 +114,6 @@ def test_macenko_on_real_ihc_close_to_published_vectors(ihc):
     assert np.all(est[:2] >= 0)
 
 
-def test_jpeg_copies_and_small_crops_of_the_real_image_find_their_nuclei(ihc, tmp_path):
-    """A review: the real image's 256 px crop saved as JPEG (quality 70-95) scored no cell
-    ("no nuclei stand out"), as did the whole image at quality 30 and a quarter of its
-    128 px crops: their haematoxylin's Otsu classes stood 3.27-3.6 lower-class standard
-    deviations apart, under the 3.6 the fluorescence's test asks (noise: 2.65)."""
-    from PIL import Image
-
-    from qdmed.imaging._brightfield import MIN_NUCLEAR_SEPARATION
-
-    assert MIN_NUCLEAR_SEPARATION < 3.27
-    crop = ihc[100:356, 100:356]
-    png = score_dab(crop, od_cutoffs=(0.1, 0.25, 0.5)).n_cells  # measured 79
-    for quality in (30, 70, 95):
-        Image.fromarray(crop).save(tmp_path / "c.jpg", quality=quality)
-        got = score_dab(np.asarray(Image.open(tmp_path / "c.jpg")), od_cutoffs=(0.1, 0.25, 0.5))
-        assert abs(got.n_cells - png) <= 0.2 * png, (quality, got.n_cells)  # measured 76-92
-    small = [score_dab(ihc[y:y + 128, x:x + 128], od_cutoffs=(0.1, 0.25, 0.5)).n_cells
-             for y in range(0, 385, 128) for x in range(0, 385, 128)]
-    assert min(small) > 0, small
-
-
 def test_score_dab_real_image(ihc):
     s = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
     # measured: 238 nuclei/cells. The field holds a few hundred nuclei (two gland profiles

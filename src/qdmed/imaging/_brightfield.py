@@ -201,15 +201,6 @@ def tissue_hematoxylin(rgb, sep: StainSeparation, pixel_size_um: float, glass=No
     return ndi.gaussian_filter(sep.hematoxylin, sigma), tissue
 
 
-#: Smallest separation of Otsu's two classes of a tissue's haematoxylin, in standard
-#: deviations of the lower class, for nuclei to stand out (qdmed.imaging._cells's test,
-#: with the fluorescence's 3.6 lowered): scikit-image's real IHC image measured 3.80 whole,
-#: 3.60 as a quality-30 JPEG, 3.44-3.49 as a 256 px crop saved as JPEG (quality 70-95) and
-#: 3.27-5.75 in 128 px crops, all holding nuclei (at 3.6 these scored no cell); Gaussian
-#: noise gives 2.65 and the shaded glass of an uncorrected vignetted image, read as tissue,
-#: 2.96. A skewed stroma without nuclei may pass any such test of a histogram.
-MIN_NUCLEAR_SEPARATION = 3.1
-
 #: Bins of the haematoxylin histograms nuclear thresholds are taken from, over [0, the
 #: largest OD an 8-bit pixel can give]: one image at once and a slide's regions crop by
 #: crop get the same split.
@@ -254,8 +245,7 @@ def histogram_threshold(histogram, top: float) -> float:
 
     counts, sums, squares = histogram
     return histogram_otsu_threshold(counts, sums, squares,
-                                    (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS),
-                                    min_separation=MIN_NUCLEAR_SEPARATION)
+                                    (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS))
 
 
 def is_default_white(background) -> bool:

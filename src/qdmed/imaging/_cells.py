@@ -497,21 +497,18 @@ def otsu_foreground_threshold(image) -> float:
     return t if _stands_out(float(lo.mean()), float(lo.std()), float(hi.mean())) else float("inf")
 
 
-def _stands_out(mean_lo: float, sd_lo: float, mean_hi: float,
-                min_separation: float = MIN_OTSU_SEPARATION) -> bool:
-    """Whether Otsu's upper class stands ``min_separation`` lower-class standard
+def _stands_out(mean_lo: float, sd_lo: float, mean_hi: float) -> bool:
+    """Whether Otsu's upper class stands ``MIN_OTSU_SEPARATION`` lower-class standard
     deviations above the lower one (a foreground, not noise)."""
-    return not (sd_lo > 0 and mean_hi - mean_lo < min_separation * sd_lo)
+    return not (sd_lo > 0 and mean_hi - mean_lo < MIN_OTSU_SEPARATION * sd_lo)
 
 
-def histogram_otsu_threshold(counts, sums, squares, centres, *,
-                             min_separation: float = MIN_OTSU_SEPARATION) -> float:
+def histogram_otsu_threshold(counts, sums, squares, centres) -> float:
     """:func:`otsu_foreground_threshold` of an image given as a histogram: per bin its pixel
     count, the sum and the sum of squares of its values, and its centre (an image too large
     to hold, histogrammed piece by piece). Otsu's threshold is a bin centre (as
     scikit-image's ``threshold_otsu(hist=...)``); the class statistics are exact sums over
-    the bins on either side; the split stands when its classes are ``min_separation``
-    lower-class standard deviations apart."""
+    the bins on either side."""
     from skimage.filters import threshold_otsu
 
     counts = np.asarray(counts, dtype=np.float64)
@@ -528,8 +525,7 @@ def histogram_otsu_threshold(counts, sums, squares, centres, *,
         return float("inf")
     mean_lo = sums[lo].sum() / n_lo
     sd_lo = float(np.sqrt(max(squares[lo].sum() / n_lo - mean_lo ** 2, 0.0)))
-    return t if _stands_out(mean_lo, sd_lo, sums[~lo].sum() / n_hi, min_separation) \
-        else float("inf")
+    return t if _stands_out(mean_lo, sd_lo, sums[~lo].sum() / n_hi) else float("inf")
 
 
 def _global_tiebreak(shape, origin_px) -> np.ndarray:
