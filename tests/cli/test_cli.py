@@ -200,6 +200,19 @@ def test_a_warning_is_said_once():
     assert r.returncode == 0 and r.stderr.count("outside the validity range") == 1, r.stderr
 
 
+def test_main_gives_the_callers_warning_settings_back(capsys):
+    # a review: after main() in a notebook, warnings lost their file and line, and a text
+    # main had said was hidden
+    import warnings
+
+    from qdmed.cli import main
+
+    before = (warnings.formatwarning, list(warnings.filters))
+    assert main(["design", "--material", "CdSe", "--diameter", "4"]) == 0
+    assert (warnings.formatwarning, list(warnings.filters)) == before
+    capsys.readouterr()
+
+
 def test_local_workers_ignore_ctrl_c():
     """The local cluster's worker processes are started with SIGINT ignored: a Ctrl-C at the
     terminal reaches the whole process group, and each worker printed its own

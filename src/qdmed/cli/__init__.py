@@ -141,16 +141,27 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    from qdmed.cli._output import SAID
+
     _Terminated.seen = False
-    if threading.current_thread() is not threading.main_thread():  # only it sets handlers
-        return _main(argv)
-    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    # the caller's warning settings back afterwards (main called from Python, a notebook, a
+    # test: a review's own warnings lost their file and line, and one said by the run was
+    # hidden)
+    formatting = warnings.formatwarning
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # one that came while an error was being said
-        return 128 + 15 if _Terminated.seen else 130
-    finally:  # a caller's own handler back (main called from Python, a test)
-        signal.signal(signal.SIGTERM, before)
+        with warnings.catch_warnings():
+            if threading.current_thread() is not threading.main_thread():  # only it sets
+                return _main(argv)                                         # handlers
+            before = signal.signal(signal.SIGTERM, _on_sigterm)
+            try:
+                return _main(argv)
+            except KeyboardInterrupt:  # one that came while an error was being said
+                return 128 + 15 if _Terminated.seen else 130
+            finally:  # a caller's own handler back
+                signal.signal(signal.SIGTERM, before)
+    finally:
+        warnings.formatwarning = formatting
+        SAID.clear()
 
 
 def _interrupted(exc: BaseException) -> bool:
