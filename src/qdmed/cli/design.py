@@ -68,12 +68,11 @@ def design(
             kw["coating"] = name
             if val is not None:
                 try:
-                    kw["peg_mw"] = check_number(float(val), "--coating PEG molecular weight",
-                                                **PROBE_BOUNDS["peg_mw"])
-                except ValueError as exc:
-                    if isinstance(exc, InputError):
-                        raise
+                    given = float(val)
+                except ValueError:
                     raise InputError(f"--coating PEG molecular weight {val!r} is not a number") from None
+                kw["peg_mw"] = check_number(given, "--coating PEG molecular weight",
+                                            **PROBE_BOUNDS["peg_mw"])
         ligs = []
         for spec in ligand or ():
             name, val = parse_layer_spec(spec, "--ligand")

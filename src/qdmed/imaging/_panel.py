@@ -681,13 +681,9 @@ def _band_value(entry: dict, key: str, source: str, where: str,
     FileFormatError naming the file, the entry and the range."""
     if key not in entry and default is not None:
         return default
-    v = entry.get(key)
     lo, hi = _BAND_RANGES[key]
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and lo <= float(v) <= hi
-    if not ok:
-        raise FileFormatError(f"{source}: {where}.{key} must be a number of nm from {lo:g} to "
-                              f"{hi:g}; got {v!r}")
-    return float(v)
+    return check_number(entry.get(key), f"{source}: {where}.{key}", lo=lo, hi=hi, unit="nm",
+                        error=FileFormatError)
 
 
 def _check_catalog_entry(e: dict, s: Spectrum) -> None:

@@ -293,6 +293,7 @@ def _check_present(cells, by, xy_columns) -> None:
     have = [c for c in cols if c in ("phenotype", "her2_category", "dab_class",
                                       "Classification", "Class") or c.endswith("_positive")]
     hint = ""
+    listed = bool(set(missing) & set(by)) and not have  # all its columns said already
     if set(missing) & set(by):
         hint = (f"; class columns it has: {', '.join(have)}" if have else
                 f"; its columns: {', '.join(cols[:12])}{' ...' if len(cols) > 12 else ''}")
@@ -300,8 +301,7 @@ def _check_present(cells, by, xy_columns) -> None:
         like = [c for c in cols if any(w in c.lower() for w in (
             "centroid", "position", " x", " y", "_x", "_y"))] or cols[:12]
         hint += (f"; centroids are read from {xy_columns[0]!r} and {xy_columns[1]!r} (um, "
-                 "--xy)" + ("" if "its columns" in hint else f"; columns it has: "
-                                                             f"{', '.join(like)}"))
+                 "--xy)" + ("" if listed else f"; columns it has: {', '.join(like)}"))
     raise InputError(f"the cells table has no column {', '.join(map(repr, missing))}{hint}")
 
 

@@ -35,8 +35,8 @@ from qdmed.probe._transport import (
 )
 
 __all__ = [
-    "CHOI2010_LIGAND_LIMIT", "CORONA_INCREASE_NM", "PROBE_BOUNDS", "RENAL_THRESHOLD_NM", "Layer", "PegLayer",
-    "Probe", "ProbeSheet", "SurfaceEntry", "coatings", "diffusion_coefficient_um2_s",
+    "CHOI2010_LIGAND_LIMIT", "CORONA_INCREASE_NM", "PROBE_BOUNDS", "RENAL_THRESHOLD_NM",
+    "Layer", "PegLayer", "Probe", "ProbeSheet", "SurfaceEntry", "coatings", "diffusion_coefficient_um2_s",
     "flory_radius_nm", "get_coating", "get_ligand", "hydrodynamic_diameter_from_diffusion_nm",
     "ligands", "monolayer_thickness_nm", "parse_layer_spec", "peg_layer", "probe_sheet",
     "water_viscosity_mPa_s",

@@ -166,10 +166,6 @@ class Probe:
                                   "'diameter_nm' or 'emission_nm'")
         _check_keys(core, "core", {"material", "diameter_nm", "emission_nm"}, source,
                     one_of=("diameter_nm", "emission_nm"))
-        def number(v, field: str, key: str):
-            return check_number(v, f"{source}: {field}", **PROBE_BOUNDS[key],
-                                error=FileFormatError)
-
         for key, kind in (("name", str), ("extrapolate", bool), ("sizing_model", str)):
             if doc.get(key) is not None and not isinstance(doc[key], kind):
                 raise FileFormatError(f"{source}: {key} must be "
@@ -195,10 +191,11 @@ class Probe:
             _check_keys(coat, "coating", {"name", "peg_mw", "grafting_density_per_nm2"}, source)
             kw["coating"] = coat.get("name")
             if "peg_mw" in coat:
-                kw["peg_mw"] = number(coat["peg_mw"], "coating.peg_mw", "peg_mw")
+                kw["peg_mw"] = _file_number(coat["peg_mw"], source, "coating.peg_mw",
+                                            "peg_mw")
             if "grafting_density_per_nm2" in coat:
-                kw["peg_grafting_density_per_nm2"] = number(
-                    coat["grafting_density_per_nm2"], "coating.grafting_density_per_nm2",
+                kw["peg_grafting_density_per_nm2"] = _file_number(
+                    coat["grafting_density_per_nm2"], source, "coating.grafting_density_per_nm2",
                     "peg_grafting_density_per_nm2")
         ligs, targets = [], _text_list(doc.get("targets") or [], "targets", source)
         ligands = doc.get("ligands") or []
@@ -210,8 +207,8 @@ class Probe:
                 raise FileFormatError(f"{source}: ligands[{i}] must be a mapping with 'name' and "
                                       "'count'")
             _check_keys(lig, f"ligands[{i}]", {"name", "count", "target"}, source)
-            ligs.append((lig["name"], number(lig.get("count", 1), f"ligands[{i}].count",
-                                             "ligand_count")))
+            ligs.append((lig["name"], _file_number(lig.get("count", 1), source,
+                                                   f"ligands[{i}].count", "ligand_count")))
             target = lig.get("target")
             if target is not None and not (isinstance(target, str) and target.strip()):
                 raise FileFormatError(f"{source}: ligands[{i}].target must be a marker name "
@@ -222,16 +219,16 @@ class Probe:
         kw["targets"] = tuple(targets)
         for k in ("quantum_yield", "size_dispersion", "stokes_shift_meV"):
             if doc.get(k) is not None:
-                kw[k] = number(doc[k], k, k)
+                kw[k] = _file_number(doc[k], source, k, k)
         if doc.get("sizing_model") is not None:
             kw["sizing_model"] = doc["sizing_model"]
         try:
             if "diameter_nm" in core:
-                return cls(core=core["material"], core_diameter_nm=number(
-                    core["diameter_nm"], "core.diameter_nm", "core_diameter_nm"), **kw)
+                return cls(core=core["material"], core_diameter_nm=_file_number(
+                    core["diameter_nm"], source, "core.diameter_nm", "core_diameter_nm"), **kw)
             if "emission_nm" in core:
-                return cls.from_emission(core["material"], number(
-                    core["emission_nm"], "core.emission_nm", "emission_nm"), **kw)
+                return cls.from_emission(core["material"], _file_number(
+                    core["emission_nm"], source, "core.emission_nm", "emission_nm"), **kw)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, FileFormatError):
                 raise  # names the file already
@@ -514,13 +511,19 @@ def _text_list(items, where: str, source: str) -> list[str]:
     return list(items)
 
 
+def _file_number(value, source: str, field: str, key: str) -> float | int:
+    """A probe file's number `field` within ``PROBE_BOUNDS[key]`` (FileFormatError naming
+    the file and the field)."""
+    return check_number(value, f"{source}: {field}", **PROBE_BOUNDS[key],
+                        error=FileFormatError)
+
+
 def _shell_thickness(shell: dict, source: str) -> float:
     if "thickness_nm" in shell:
-        return check_number(shell["thickness_nm"], f"{source}: shell.thickness_nm",
-                            **PROBE_BOUNDS["shell_thickness_nm"], error=FileFormatError)
+        return _file_number(shell["thickness_nm"], source, "shell.thickness_nm",
+                            "shell_thickness_nm")
     if "monolayers" in shell:
-        return check_number(shell["monolayers"], f"{source}: shell.monolayers",
-                            **PROBE_BOUNDS["monolayers"], error=FileFormatError) \
+        return _file_number(shell["monolayers"], source, "shell.monolayers", "monolayers") \
             * monolayer_thickness_nm(shell["material"])
     raise FileFormatError(f"{source}: shell needs 'thickness_nm' or 'monolayers'")
 
