@@ -862,6 +862,27 @@ def test_dab_reads_a_16_bit_rgb_image_in_memory(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: grey.png: DAB IHC needs an RGB brightfield image; got a grey-level image "
         "(one channel) of uint8"), r.stderr
+    # a CMYK JPEG was said as "rgb has a transparent alpha channel (RGBA)", without the
+    # file; a PNG with transparent pixels said it without the file
+    from PIL import Image
+
+    Image.fromarray(img).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    r = run("image", "dab", str(tmp_path / "cmyk.jpg"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: cmyk.jpg: a CMYK image (print colours); DAB IHC needs the RGB the scanner or "
+        "camera recorded: save it as RGB"), r.stderr
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    r = run("image", "dab", str(tmp_path / "clear.png"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: clear.png: the image has transparent pixels (an alpha channel below full); "
+        "give an opaque RGB image"), r.stderr
+    rgba[:10, :10, 3] = 255  # opaque everywhere: scored as its RGB
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    got = json.loads(run("image", "dab", str(tmp_path / "opaque.png"), "--json").stdout)
+    assert got["n_cells"] == json.loads(run("image", "dab", str(tmp_path / "ihc8.tif"),
+                                            "--json").stdout)["n_cells"]
 
 
 def test_dab_flat_field(tmp_path, vignetted_ihc):

@@ -1481,6 +1481,23 @@ def _read_brightfield_image(image: Path):
                f"{rgb.shape[-1]} channels" if rgb.ndim == 3 else f"an array of {rgb.shape}")
         raise InputError(f"{Path(image).name}: DAB IHC needs an RGB brightfield image; got "
                          f"{got} of {rgb.dtype}")
+    if rgb.shape[-1] == 4:  # said here with the file's name (a review: a CMYK JPEG read as
+        # "rgb has a transparent alpha channel", unnamed)
+        import numpy as np
+
+        try:
+            with Image.open(image) as im:
+                mode = im.mode
+        except (OSError, ValueError):
+            mode = None
+        if mode == "CMYK":  # converting without the file's colour profile would shift the
+            # stains' optical densities: the scanner's RGB is what deconvolution needs
+            raise InputError(f"{Path(image).name}: a CMYK image (print colours); DAB IHC needs "
+                             "the RGB the scanner or camera recorded: save it as RGB")
+        full = np.iinfo(rgb.dtype).max if np.issubdtype(rgb.dtype, np.integer) else 1.0
+        if not np.all(rgb[..., 3] == full):
+            raise InputError(f"{Path(image).name}: the image has transparent pixels (an alpha "
+                             "channel below full); give an opaque RGB image")
     return rgb, None, None
 
 

@@ -508,18 +508,24 @@ def otsu_foreground_threshold(image) -> float:
     return t if _stands_out(float(lo.mean()), float(lo.std()), float(hi.mean())) else float("inf")
 
 
-def _stands_out(mean_lo: float, sd_lo: float, mean_hi: float) -> bool:
-    """Whether Otsu's upper class stands ``MIN_OTSU_SEPARATION`` lower-class standard
-    deviations above the lower one (a foreground, not noise)."""
-    return not (sd_lo > 0 and mean_hi - mean_lo < MIN_OTSU_SEPARATION * sd_lo)
+def _stands_out(mean_lo: float, sd_lo: float, mean_hi: float,
+                min_separation: float | None = None) -> bool:
+    """Whether Otsu's upper class stands ``min_separation`` (default
+    ``MIN_OTSU_SEPARATION``) lower-class standard deviations above the lower one (a
+    foreground, not noise)."""
+    k = MIN_OTSU_SEPARATION if min_separation is None else float(min_separation)
+    return not (sd_lo > 0 and mean_hi - mean_lo < k * sd_lo)
 
 
-def histogram_otsu_threshold(counts, sums, squares, centres) -> float:
+def histogram_otsu_threshold(counts, sums, squares, centres, *,
+                             min_separation: float | None = None,
+                             min_difference: float = 0.0) -> float:
     """:func:`otsu_foreground_threshold` of an image given as a histogram: per bin its pixel
     count, the sum and the sum of squares of its values, and its centre (an image too large
     to hold, histogrammed piece by piece). Otsu's threshold is a bin centre (as
     scikit-image's ``threshold_otsu(hist=...)``); the class statistics are exact sums over
-    the bins on either side."""
+    the bins on either side. ``min_separation`` replaces ``MIN_OTSU_SEPARATION``; the
+    classes' means must also differ by ``min_difference`` (in the values' units)."""
     from skimage.filters import threshold_otsu
 
     counts = np.asarray(counts, dtype=np.float64)
@@ -536,7 +542,10 @@ def histogram_otsu_threshold(counts, sums, squares, centres) -> float:
         return float("inf")
     mean_lo = sums[lo].sum() / n_lo
     sd_lo = float(np.sqrt(max(squares[lo].sum() / n_lo - mean_lo ** 2, 0.0)))
-    return t if _stands_out(mean_lo, sd_lo, sums[~lo].sum() / n_hi) else float("inf")
+    mean_hi = sums[~lo].sum() / n_hi
+    if mean_hi - mean_lo < min_difference:
+        return float("inf")
+    return t if _stands_out(mean_lo, sd_lo, mean_hi, min_separation) else float("inf")
 
 
 def _global_tiebreak(shape, origin_px) -> np.ndarray:
