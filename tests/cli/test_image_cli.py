@@ -885,6 +885,35 @@ def test_dab_reads_a_16_bit_rgb_image_in_memory(tmp_path):
                                             "--json").stdout)["n_cells"]
 
 
+def test_dab_nuclear_threshold_for_a_faint_counterstain(tmp_path):
+    """A counterstain half as dark (every OD of the IHC image halved) gives no cells by
+    Otsu's split; --nuclear-threshold sets it, in memory and tile by tile alike."""
+    import tifffile
+    from skimage.data import immunohistochemistry
+
+    faint = np.rint(255 * (immunohistochemistry() / 255.0) ** 0.5).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "faint.tif", faint, photometric="rgb")
+    cut = ["--od-cutoffs", "0.05,0.12,0.25"]
+    d = json.loads(run("image", "dab", str(tmp_path / "faint.tif"), *cut, "--json").stdout)
+    assert d["n_cells"] == 0 and any("0.1 OD and 3 SD apart" in w for w in d["warnings"])
+    r = run("image", "dab", str(tmp_path / "faint.tif"), *cut, "--nuclear-threshold",
+            "0.055", "--json")
+    assert r.returncode == 0, r.stderr
+    mem = json.loads(r.stdout)
+    assert mem["n_cells"] > 250 and mem["nuclear_threshold_od"] == 0.055
+    r = run("image", "dab", str(tmp_path / "faint.tif"), *cut, "--nuclear-threshold",
+            "0.055", "--out", str(tmp_path / "o"), "--tile", "256", "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    tiles = json.loads(r.stdout)
+    assert tiles["parameters"]["nuclear_threshold_od"] == 0.055
+    assert tiles["thresholds"][0]["hematoxylin_threshold_od"] == 0.055
+    assert tiles["thresholds"][0]["n_tiles"] == 4 and tiles["n_cells"] == mem["n_cells"]
+    for bad in ("-1", "nan", "11"):
+        r = run("image", "dab", str(tmp_path / "faint.tif"), "--nuclear-threshold", bad)
+        assert r.returncode == 2 and r.stderr.startswith("error: --nuclear-threshold must"), \
+            r.stderr
+
+
 def test_dab_flat_field(tmp_path, vignetted_ihc):
     # a vignetted camera image and its blank field as PNGs: corrected before scoring
     from PIL import Image

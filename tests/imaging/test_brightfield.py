@@ -138,6 +138,20 @@ def test_nuclei_found_in_jpeg_copies_and_crops_not_in_textured_stroma(ihc):
                for w in s.warnings)
 
 
+def test_a_faint_counterstain_needs_its_threshold_given(ihc):
+    """Every OD of the IHC image halved (a counterstain half as dark): Otsu's classes lie
+    0.06 OD apart, under the 0.1 asked, so no cells and a warning that says why; the split
+    given by hand (half the whole image's Otsu split, 0.1095) finds them."""
+    faint = np.rint(255 * (ihc / 255.0) ** 0.5).astype(np.uint8)
+    kw = dict(od_cutoffs=(0.05, 0.12, 0.25), pixel_size_um=0.5)
+    s = score_dab(faint, **kw)
+    assert s.n_cells == 0 and np.isinf(s.nuclear_threshold_od)
+    assert any("0.1 OD and 3 SD apart" in w for w in s.warnings)
+    whole = score_dab(ihc, od_cutoffs=(0.1, 0.25, 0.5), pixel_size_um=0.5)
+    given = score_dab(faint, nuclear_threshold=whole.nuclear_threshold_od / 2, **kw)
+    assert given.n_cells >= 0.9 * whole.n_cells  # measured 275 of 283
+
+
 def test_macenko_on_real_ihc_close_to_published_vectors(ihc):
     est = estimate_stain_vectors(ihc)
     # measured: 9.3 deg (haematoxylin) and 5.0 deg (DAB) from the Ruifrok-Johnston vectors

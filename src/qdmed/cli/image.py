@@ -1275,6 +1275,7 @@ def dab(
     dark_field: Annotated[Path | None, typer.Option("--dark-field", help="With --flat-field: the camera's image with the light off (same exposure).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = None,
+    nuclear_threshold: Annotated[float | None, typer.Option("--nuclear-threshold", help="Haematoxylin OD that segments nuclei, instead of Otsu's split of the tissue (which needs its classes 0.1 OD and 3 SD apart: a fainter counterstain gives no cells).")] = None,
     no_outlines: NO_OUTLINES = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -1337,7 +1338,7 @@ def dab(
                                 stain_matrix=_stains(stains), outlines=not no_outlines,
                                 tile=TILE_PX if tile is None else tile,
                                 n_workers=1 if workers is None else workers,
-                                scheduler=scheduler,
+                                scheduler=scheduler, nuclear_threshold_od=nuclear_threshold,
                                 progress=not no_progress)
         if json_:
             return print_json_warned(d, _dab_region_warnings(d))
@@ -1369,8 +1370,15 @@ def dab(
     # the example is scikit-image's IHC image, which records none (0.5 um/px, as documented)
     ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um",
                                             note=None if example else note)
+    if nuclear_threshold is not None:
+        from qdmed.errors import check_number
+
+        nuclear_threshold = check_number(nuclear_threshold, "--nuclear-threshold", lo=0.0,
+                                         hi=10.0, unit="OD")
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps, marker=marker,
-                   background=_white_level(background), stain_matrix=_stains(stains))
+                   background=_white_level(background), stain_matrix=_stains(stains),
+                   nuclear_threshold="otsu" if nuclear_threshold is None
+                   else nuclear_threshold)
     if plot is not None:
         _save_plot(plot, sc.plot(rgb))
     d = sc.to_dict()

@@ -62,8 +62,10 @@ from qdmed.imaging._unmixed_out import (
 
 CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
-#: bump it when they change, so a resumed run never mixes tiles written by another version.
-TILE_FORMAT = 5  # 4: fit samples in the quality-control file; 5: nucleus area in GeoJSON
+#: bump it when they change, or when what they hold does (the segmentation, the measures),
+#: so a resumed run never mixes tiles written by another version.
+TILE_FORMAT = 6  # 4: fit samples in the quality-control file; 5: nucleus area in GeoJSON;
+# 6: cells end at a stained membrane facing stroma, the completeness threshold's noise fit
 
 
 @dataclass(frozen=True)

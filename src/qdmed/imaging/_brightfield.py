@@ -185,8 +185,8 @@ GLASS_OD = -math.log10(GLASS_WARN)
 #: P et al., Sci Rep 7, 16878 (2017), doi:10.1038/s41598-017-17204-5; WatershedCellDetection
 #: "threshold" 0.1), taken here between the two classes: stricter than QuPath, whose
 #: background (a local opening) lies below the lower class's mean. A counterstain whose
-#: classes lie closer gives no cells, with the warning (score_dab(nuclear_threshold=OD) sets
-#: the split by hand). The relative test alone let textured stroma through: a pink stroma
+#: classes lie closer gives no cells, with the warning (score_dab(nuclear_threshold=OD), qdmed
+#: image dab --nuclear-threshold, set the split by hand). The relative test alone let textured stroma through: a pink stroma
 #: without nuclei whose transmittance varies by 8-15 % (SD) gave 204-655 "nuclei" (classes
 #: 0.03-0.09 OD apart); scikit-image's real IHC image, its JPEG copies and crops measure
 #: 0.11-0.14.
@@ -912,9 +912,10 @@ def no_nuclei_warning(n_tissue: int) -> str:
     return (f"no nuclei stand out of the haematoxylin of {n_tissue} tissue pixels (Otsu's "
             f"split: its classes must lie {NUCLEAR_MIN_CONTRAST_OD:g} OD and "
             f"{NUCLEAR_MIN_SEPARATION:g} SD apart), so no cells were scored: if the "
-            "illumination is uneven (darker "
-            "corners), the glass there reads as tissue: correct the image with a blank "
-            "field (flat_field_correct; qdmed image dab --flat-field)")
+            "illumination is uneven (darker corners), the glass there reads as tissue: "
+            "correct the image with a blank field (flat_field_correct; qdmed image dab "
+            "--flat-field); if the counterstain is faint, give the nuclei's haematoxylin OD "
+            "(nuclear_threshold; --nuclear-threshold)")
 
 
 def dynamic_range_warnings(rgb) -> list[str]:

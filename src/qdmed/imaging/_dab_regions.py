@@ -294,11 +294,12 @@ def _first_piece_owns(cells, reg, pieces):
     return cells[owner == cells["piece"].to_numpy()]
 
 
-#: Bump when a saved crop's cell table changes (a resumed run never mixes formats).
-DAB_TILE_FORMAT = 5
+#: Bump when a saved crop's cell table changes, or which cells it holds (a resumed run never
+#: mixes formats nor segmentations). 6: nuclei need Otsu's classes 0.1 OD and 3 SDs apart.
+DAB_TILE_FORMAT = 6
 
 
-def _fingerprint(img, reg, jobs, score_kw) -> str:
+def _fingerprint(img, reg, jobs, score_kw, nuclear_threshold_od=None) -> str:
     """Identity of a run's crops: the slide file, the regions' polygons and names, the
     crops and the scoring parameters (finished crops are reused only under the same).
     Not whether outlines are written: they only add a file per crop, and a crop without
@@ -319,7 +320,8 @@ def _fingerprint(img, reg, jobs, score_kw) -> str:
            "jobs": [[i, label, list(wd), None if core is None else list(core)]
                     for i, label, wd, core in jobs],
            "score": {k: (np.asarray(v).tolist() if not isinstance(v, str) else v)
-                     for k, v in score_kw.items()}}
+                     for k, v in score_kw.items()},
+           "nuclear_threshold_od": nuclear_threshold_od}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -389,7 +391,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                         pixel_size_um: float | None = None, marker: str = "HER2",
                         background=1.0, tile: int = TILE_PX, n_workers: int | None = 1,
                         scheduler: str | None = None, resume: bool = True,
-                        progress: bool = True, outlines: bool = True) -> dict[str, Any]:
+                        progress: bool = True, outlines: bool = True,
+                        nuclear_threshold_od: float | None = None) -> dict[str, Any]:
     """Score a brightfield H-DAB slide region by region (TMA cores, or named annotations),
     or as a whole.
 
@@ -452,6 +455,11 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     progress : bool
         Show a progress bar (per crop; the crops of regions in several are read twice:
         for the region's threshold, then for their cells).
+    nuclear_threshold_od : float, optional
+        The haematoxylin OD that segments nuclei in every region, instead of Otsu's split
+        of each region's tissue (a counterstain too faint for its classes to lie
+        :data:`~qdmed.imaging._brightfield.NUCLEAR_MIN_CONTRAST_OD` apart gives no cells).
+        Every crop is then read twice: first for its tissue area.
 
     Returns
     -------
@@ -490,6 +498,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
     t0 = time.perf_counter()
     cut = check_od_cutoffs(od_cutoffs)
+    if nuclear_threshold_od is not None:
+        from qdmed.errors import check_number
+
+        nuclear_threshold_od = check_number(nuclear_threshold_od, "nuclear_threshold_od "
+                                            "(--nuclear-threshold)", lo=0.0, hi=10.0,
+                                            unit="OD")
     min_cells = check_min_cells(min_cells)
     if regions is None and (tma_map is not None or region_class is not None):
         raise InputError("a TMA map and a region class need regions (the whole slide is "
@@ -579,7 +593,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     from qdmed.imaging._analyze import _remove_stale_temporaries
 
     _remove_stale_temporaries(out, tiles_dir)
-    fp = _fingerprint(img, reg, jobs, score_kw)
+    fp = _fingerprint(img, reg, jobs, score_kw, nuclear_threshold_od)
     manifest = tiles_dir / "run.json"
     old = json.loads(manifest.read_text()) if manifest.exists() else {}
     if not resume or old.get("fingerprint") != fp:  # no manifest: crops of unknown origin
@@ -599,11 +613,16 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         return tiles_dir / f"job_{k:06d}.geojson.json"
 
     # regions of several crops (pieces, tiles) get their threshold from a first pass over
-    # all of them; a region of one crop (a TMA core) takes it from the crop's own read
+    # all of them; a region of one crop (a TMA core) takes it from the crop's own read. A
+    # threshold given: every crop has the first pass, for its region's tissue area
     n_crops = {label: 0 for _, label, _, _ in jobs}
     for _, label, _, _ in jobs:
         n_crops[label] += 1
-    shared = [k for k, job in enumerate(jobs) if n_crops[job[1]] > 1]
+
+    def pooled(k):  # whether crop k's region takes its threshold from the first pass
+        return nuclear_threshold_od is not None or n_crops[jobs[k][1]] > 1
+
+    shared = [k for k in range(len(jobs)) if pooled(k)]
     shared_file = tiles_dir / "thresholds.json"
     tissue_file = tiles_dir / "tissue.json"  # the tissue area each threshold was split from
     thresholds = None if shared else {}
@@ -614,7 +633,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         if tissue_file.exists():
             tissue_um2 = json.loads(tissue_file.read_text())
     todo = [k for k in range(len(jobs))
-            if not (job_file(k).exists() and (n_crops[jobs[k][1]] > 1 or thr_file(k).exists())
+            if not (job_file(k).exists() and (pooled(k) or thr_file(k).exists())
                     and (not outlines or outline_file(k).exists()))]
     n_resumed = len(jobs) - len(todo)
     passes = len(todo) + (len(shared) if thresholds is None else 0)
@@ -632,7 +651,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
 
     def save(j, result):
         k = todo[j]
-        if n_crops[jobs[k][1]] == 1:
+        if not pooled(k):
             atomic_write_text(thr_file(k), json.dumps(to_jsonable(
                 {"threshold": result[1], "tissue_um2": result[2]})))
         if outlines:
@@ -653,7 +672,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                 run_jobs(_crop_histogram, [(source, jobs[k][2], jobs[k][3],
                                         reg.polygons[jobs[k][0]], ps, m, background, glass,
                                         top) for k in shared], own_client, advance, add)
-                thresholds = {r: histogram_threshold(hh, top) for r, hh in sums.items()}
+                thresholds = {r: histogram_threshold(hh, top) if nuclear_threshold_od is None
+                              else nuclear_threshold_od for r, hh in sums.items()}
                 tissue_um2 = {r: float(hh[0].sum()) * ps * ps for r, hh in sums.items()}
                 atomic_write_text(tissue_file, json.dumps(tissue_um2))  # before: resumed
                 atomic_write_text(shared_file, json.dumps(to_jsonable(thresholds)))
@@ -670,7 +690,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     finally:
         close_client(own_client, cluster)
     for k, (_, label, _, _) in enumerate(jobs):
-        if n_crops[label] == 1:
+        if not pooled(k):
             d = json.loads(thr_file(k).read_text())
             thresholds[label] = np.inf if d["threshold"] is None else d["threshold"]
             if d.get("tissue_um2") is not None:
@@ -737,7 +757,9 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                               "marker": marker, "compartment": compartment,
                               "tma_map": map_source, "case_rule": case_rule,
                               "min_cells": min_cells, "margin_um": MARGIN_UM,
-                              "tile_px": tile, "glass": list(glass)},
+                              "tile_px": tile, "glass": list(glass),
+                              "nuclear_threshold_od": "otsu" if nuclear_threshold_od is None
+                              else nuclear_threshold_od},
                "regions_scored": by_region, "cases_scored": by_case,
                "all_regions": all_regions, "warnings": warnings,
                "n_crops": len(jobs), "n_crops_resumed": n_resumed,
