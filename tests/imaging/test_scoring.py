@@ -381,7 +381,11 @@ def test_calibration_with_1plus_and_2plus_controls():
     ctrls = {"ZR-75-1": control(4.0), "x2": control(12.0, seed=2), "BT-474": control(50.0, seed=3)}
     cal = calibrate_her2(ctrls, categories={"x2": "2+"}, scale="linear")
     assert cal.faint == pytest.approx(np.quantile(ctrls["ZR-75-1"]["HER2_membrane_mean"], 0.05))
-    m1, m2, m3 = (np.median(ctrls[k]["HER2_membrane_mean"]) for k in ("ZR-75-1", "x2", "BT-474"))
+    # each anchor: the median of the control's cells that read at least faint (here the
+    # 1+ control's upper 95 %; the others lie wholly above it)
+    m1, m2, m3 = (np.median(v[v >= cal.faint]) for v in (
+        ctrls[k]["HER2_membrane_mean"].to_numpy() for k in ("ZR-75-1", "x2", "BT-474")))
+    assert m1 > np.median(ctrls["ZR-75-1"]["HER2_membrane_mean"])
     assert cal.weak_moderate == pytest.approx((m1 + m2) / 2)
     assert cal.intense == pytest.approx((m2 + m3) / 2)
     # no 0 control: said (a review calibrated on MCF-7 and BT-474, and a HER2-0 line scored
@@ -428,9 +432,11 @@ def test_calibration_figure_shows_the_cutoffs_and_where_they_came_from():
     # the three cut-offs as vertical lines where the calibration put them
     xs = sorted(line.get_xdata()[0] for line in dist.lines)
     assert xs == pytest.approx(list(cal.cutoffs))
-    # the anchors: (0.5, faint) and each score's control median; cut-offs at 1.5 and 2.5
+    # the anchors: (0.5, faint) and each score's control median over its cells at or above
+    # the faint cut-off; cut-offs at 1.5 and 2.5
     pts = anchors.lines[1]
-    m = [np.median(ctrls[k]["HER2_membrane_stained_mean"]) for k in ("ZR-75-1", "x2", "BT-474")]
+    m = [np.median(v[v >= cal.faint]) for v in (ctrls[k]["HER2_membrane_stained_mean"]
+                                                 for k in ("ZR-75-1", "x2", "BT-474"))]
     assert list(pts.get_xdata()) == [0.5, 1.0, 2.0, 3.0]
     assert list(pts.get_ydata()) == pytest.approx([cal.faint, *m])
     assert list(anchors.lines[2].get_ydata()) == pytest.approx([cal.weak_moderate, cal.intense])
@@ -487,8 +493,9 @@ def test_calibration_errors():
     with pytest.raises(InputError, match="not ordered"):
         calibrate_her2({"a": control(50.0), "b": control(1.0)}, categories={"a": "0", "b": "3+"})
     # anchors out of order although the derived cut-offs would still increase: 1+ median
-    # below the 0 control's faint cut-off
-    with pytest.raises(InputError, match="not ordered"):
+    # below the 0 control's faint cut-off, 3 % of its cells above it (a 1+ case needs > 10 %)
+    with pytest.raises(InputError, match=r"not ordered like their scores: 3\.2 % of the 1\+ "
+                                         r"control's cells read at least faint"):
         calibrate_her2({"a": control(3.0, sigma=0.3), "b": control(2.9, seed=1),
                         "c": control(60.0, seed=2)},
                        categories={"a": "0", "b": "1+", "c": "3+"})

@@ -88,9 +88,10 @@ def _finite_column(df, marker: str, compartment: str, statistic: str, name: str
 
 
 def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
-    """The calibration's anchors, (0.5, faint cut-off) and (s, median of the s controls),
-    from the tables given; InputError unless they are those it was drawn from (each
-    control's cell count and median, and the faint cut-off where its rule is recorded)."""
+    """The calibration's anchors, (0.5, faint cut-off) and (s, median of the s controls'
+    cells at or above it), from the tables given; InputError unless they are those it was
+    drawn from (each control's cell count and median, and the faint cut-off where its rule
+    is recorded)."""
     from qdmed.imaging._scoring import HER2_CATEGORIES, her2_faint_cutoff, her2_median_anchors
 
     for (name, _cat, n, med, _), v in zip(ctrls, vals, strict=True):
@@ -108,7 +109,7 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
             raise InputError(f"the {ctrls[0][1]} controls' cells put the faint cut-off at "
                              f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
                              "tables it was drawn from")
-    xs, ys = her2_median_anchors(by_score)
+    xs, ys = her2_median_anchors(by_score, cal.faint)
     return [0.5, *xs], [cal.faint, *ys]
 
 
@@ -130,7 +131,8 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
                              f"tables given ({', '.join(control_cells)})")
         vals.append(_finite_column(control_cells[name], cal.marker, cal.compartment,
                                    cal.statistic, name))
-    # the anchors: (0.5, faint), (s, median of the s-controls), interpolated at 1.5 and 2.5
+    # the anchors: (0.5, faint), (s, median of the s-controls' cells at or above faint),
+    # interpolated at 1.5 and 2.5
     xs, ys = _anchors_drawn_from(cal, ctrls, vals)
     log = cal.scale == "log" and min(ys) > 0
     if log:
@@ -173,7 +175,8 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
 
     grid = np.linspace(0.5, 3.0, 101)
     ax2.plot(grid, interpolate_anchors(grid, xs, ys, log=log), color="0.4", lw=1)
-    ax2.plot(xs, ys, "ko", ms=5, label="anchors: faint cut-off, control medians")
+    ax2.plot(xs, ys, "ko", ms=5, label="anchors: faint cut-off, medians of the controls' "
+             "cells at or above it")
     ax2.plot([1.5, 2.5], [cal.weak_moderate, cal.intense], "s", color="C3", ms=6,
              label="cut-offs at scores 1.5 and 2.5")
     for x, y in zip((0.5, 1.5, 2.5), cal.cutoffs, strict=True):

@@ -644,13 +644,37 @@ def her2_faint_cutoff(values_by_score: Mapping[int, list[np.ndarray]],
     return float(np.quantile(np.concatenate(values_by_score[low]), q))
 
 
-def her2_median_anchors(values_by_score: Mapping[int, list[np.ndarray]]
+#: Least percent of a 1+ (2+, 3+) control's cells that must read at least faint: ASCO/CAP's
+#: 1+ is faint staining in more than 10 % of the cells (Wolff et al. 2018); a control at
+#: or under it would score 0 with the calibration drawn from it.
+MIN_STAINED_PERCENT_OF_POSITIVE = 10.0
+
+
+def her2_median_anchors(values_by_score: Mapping[int, list[np.ndarray]], faint: float
                         ) -> tuple[list[float], list[float]]:
-    """The anchors (s, median of the pooled s controls) of :func:`calibrate_her2` for every
-    score s >= 1 present (the first anchor, (0.5, faint cut-off), is not among them)."""
-    scores = [s for s in sorted(values_by_score) if s >= 1]
-    return ([float(s) for s in scores],
-            [float(np.median(np.concatenate(values_by_score[s]))) for s in scores])
+    """The anchors (s, median of the pooled s controls' cells at or above the faint
+    cut-off) of :func:`calibrate_her2` for every score s >= 1 present (the first anchor,
+    (0.5, faint cut-off), is not among them).
+
+    Raises InputError when no more than :data:`MIN_STAINED_PERCENT_OF_POSITIVE` % of a
+    score's cells read at least faint."""
+    xs, ys = [], []
+    for s in sorted(values_by_score):
+        if s < 1:
+            continue
+        v = np.concatenate(values_by_score[s])
+        stained = v[v >= faint]
+        pct = 100.0 * stained.size / max(v.size, 1)
+        if pct <= MIN_STAINED_PERCENT_OF_POSITIVE:
+            raise InputError(
+                f"controls are not ordered like their scores: {pct:.1f} % of the "
+                f"{HER2_CATEGORIES[s]} control's cells read at least faint ({faint:.4g}, "
+                f"from the {HER2_CATEGORIES[min(values_by_score)]} control); a "
+                f"{HER2_CATEGORIES[s]} line needs more than "
+                f"{MIN_STAINED_PERCENT_OF_POSITIVE:g} % (ASCO/CAP), or it would score 0")
+        xs.append(float(s))
+        ys.append(float(np.median(stained)))
+    return xs, ys
 
 
 def interpolate_anchors(at, xs, ys, *, log: bool) -> np.ndarray:
@@ -690,7 +714,7 @@ def calibrate_her2(
         Quantile defining the faint cut-off (see Notes); at least 0.9, so that a 0 control
         scores 0 with its own calibration (at most 10 % of its cells read as stained).
     scale : {'log', 'linear'}
-        Scale on which cut-offs are interpolated between control medians.
+        Scale on which cut-offs are interpolated between the anchors (see Notes).
     min_cells : int
         Fewest non-NaN cells a control must have.
 
@@ -715,8 +739,12 @@ def calibrate_her2(
        1+, the ``1 - faint_quantile`` quantile of its values (so ``faint_quantile`` of the
        1+ cells read as at least faint). A 0 or 1+ control is required.
     2. Anchors on the ordinal score axis: (0.5, faint cut-off) and, for every score
-       s >= 1 present, (s, median of the pooled cells of that score). A 3+ control is
-       required (no extrapolation).
+       s >= 1 present, (s, median of the pooled cells of that score that read at least
+       faint): a 1+ line's HER2-0 cells (30 % of MCF-7) say nothing of its 1+ intensity, and
+       its median over all cells fell on or below a 0 control's 95th percentile (a 0 case
+       may hold up to 10 % faint cells), so that the same controls were refused or not with
+       the size of their fields. More than 10 % of each such control's cells must read at
+       least faint (a 1+ case's definition). A 3+ control is required (no extrapolation).
     3. The weak-to-moderate and intense cut-offs are the class boundaries at scores 1.5
        and 2.5, by piecewise-linear interpolation of the anchors in ``log(intensity)``
        (``scale='log'``, since QD signal spans decades between HER2-low and amplified
@@ -778,7 +806,7 @@ def calibrate_her2(
         raise InputError(f"calibration needs a 3+ control; got scores {[HER2_CATEGORIES[s] for s in scores]}.")
     q_used = q if low == 0 else 1 - q
     faint = her2_faint_cutoff(pooled, q)
-    xs, ys = her2_median_anchors(pooled)
+    xs, ys = her2_median_anchors(pooled, faint)
     xs, ys = [0.5, *xs], [faint, *ys]
     for row in info:
         if HER2_CATEGORIES.index(row[1]) == low:
@@ -803,7 +831,8 @@ def calibrate_her2(
         )
     rule = (
         f"faint = q{q_used:g} of the {HER2_CATEGORIES[low]} control; weak_moderate / intense = "
-        f"{scale} interpolation of anchors (0.5, faint), (s, median of s-controls) at scores 1.5 / 2.5"
+        f"{scale} interpolation of anchors (0.5, faint), (s, median of the s-controls' cells "
+        "at or above faint) at scores 1.5 / 2.5"
     )
     warnings = []
     if low == 1:
