@@ -878,6 +878,34 @@ def test_dab_reads_a_16_bit_rgb_image_in_memory(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: clear.png: the image has transparent pixels (an alpha channel below full); "
         "give an opaque RGB image"), r.stderr
+    # a palette PNG with a transparent colour was scored as opaque; a 16-bit grey PNG with
+    # alpha was scored as RGBA (the decoder's); a CMYK or RGBA TIFF was called "a
+    # fluorescence slide" (a review)
+    pal = Image.fromarray(img).convert("P", palette=Image.ADAPTIVE, colors=255)
+    pal.save(tmp_path / "pal.png", transparency=0)
+    r = run("image", "dab", str(tmp_path / "pal.png"))
+    assert r.returncode == 2 and "pal.png: the image has transparent pixels" in r.stderr
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    la = np.dstack([img[..., 0].astype(np.uint16) * 257, np.full(img.shape[:2], 65535,
+                                                                  np.uint16)])
+    raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in la)
+    (tmp_path / "la16.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 512, 512, 16, 4, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    r = run("image", "dab", str(tmp_path / "la16.png"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: la16.png: DAB IHC needs an RGB brightfield image; got a grey-level image with "
+        "alpha (16-bit PNG)"), r.stderr
+    Image.fromarray(img).convert("CMYK").save(tmp_path / "cmyk.tif")
+    r = run("image", "dab", str(tmp_path / "cmyk.tif"))
+    assert r.returncode == 2 and "got 4 channels of uint8 (RGBA or CMYK? save it as RGB" in \
+        r.stderr, r.stderr
     rgba[:10, :10, 3] = 255  # opaque everywhere: scored as its RGB
     Image.fromarray(rgba).save(tmp_path / "opaque.png")
     got = json.loads(run("image", "dab", str(tmp_path / "opaque.png"), "--json").stdout)
@@ -886,16 +914,23 @@ def test_dab_reads_a_16_bit_rgb_image_in_memory(tmp_path):
 
 
 def test_dab_nuclear_threshold_for_a_faint_counterstain(tmp_path):
-    """A counterstain half as dark (every OD of the IHC image halved) gives no cells by
-    Otsu's split; --nuclear-threshold sets it, in memory and tile by tile alike."""
+    """A counterstain half as dark (every OD of the IHC image halved) saved as a quality-30
+    JPEG gives no cells by Otsu's split; --nuclear-threshold sets it, in memory and tile by
+    tile alike."""
+    import io
+
     import tifffile
+    from PIL import Image
     from skimage.data import immunohistochemistry
 
-    faint = np.rint(255 * (immunohistochemistry() / 255.0) ** 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(255 * (immunohistochemistry() / 255.0) ** 0.5).astype(
+        np.uint8)).save(buf, "JPEG", quality=30)
+    faint = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     tifffile.imwrite(tmp_path / "faint.tif", faint, photometric="rgb")
     cut = ["--od-cutoffs", "0.05,0.12,0.25"]
     d = json.loads(run("image", "dab", str(tmp_path / "faint.tif"), *cut, "--json").stdout)
-    assert d["n_cells"] == 0 and any("0.1 OD and 3 SD apart" in w for w in d["warnings"])
+    assert d["n_cells"] == 0 and any("--nuclear-threshold" in w for w in d["warnings"])
     r = run("image", "dab", str(tmp_path / "faint.tif"), *cut, "--nuclear-threshold",
             "0.055", "--json")
     assert r.returncode == 0, r.stderr

@@ -1275,7 +1275,7 @@ def dab(
     dark_field: Annotated[Path | None, typer.Option("--dark-field", help="With --flat-field: the camera's image with the light off (same exposure).")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="With --out: a Dask scheduler (tcp://host:port) whose workers score the tiles.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="With --out: local Dask worker processes (default 1: in this process).")] = None,
-    nuclear_threshold: Annotated[float | None, typer.Option("--nuclear-threshold", help="Haematoxylin OD that segments nuclei, instead of Otsu's split of the tissue (which needs its classes 0.1 OD and 3 SD apart: a fainter counterstain gives no cells).")] = None,
+    nuclear_threshold: Annotated[float | None, typer.Option("--nuclear-threshold", help="Haematoxylin OD that segments nuclei, instead of Otsu's split of the tissue (which a faint or noisy counterstain may not give: no cells, and a warning).")] = None,
     no_outlines: NO_OUTLINES = False,
     no_progress: NOPROG = False,
     json_: JSON = False,
@@ -1470,11 +1470,14 @@ def _read_brightfield_image(image: Path):
             raise InputError(f"{Path(image).name}: DAB IHC needs an 8- or 16-bit RGB "
                              f"brightfield image; got RGB of {slide.dtype}")
         if slide.shape[-1] != 3:
+            what = ("RGBA or CMYK? save it as RGB; " if slide.shape[-1] == 4 and slide.dtype in (
+                np.uint8, np.uint16) else "")
             raise InputError(f"{Path(image).name}: DAB IHC needs an RGB brightfield image; "
-                             f"got {slide.shape[-1]} channels of {slide.dtype} (a "
+                             f"got {slide.shape[-1]} channels of {slide.dtype} ({what}a "
                              "fluorescence slide is analysed by qdmed image analyze)")
         return slide.read_region(0, height, 0, width), slide.pixel_size_um, \
             slide.pixel_size_note
+    _check_image_mode(image)
     from skimage.io import imread
 
     try:
@@ -1489,24 +1492,51 @@ def _read_brightfield_image(image: Path):
                f"{rgb.shape[-1]} channels" if rgb.ndim == 3 else f"an array of {rgb.shape}")
         raise InputError(f"{Path(image).name}: DAB IHC needs an RGB brightfield image; got "
                          f"{got} of {rgb.dtype}")
-    if rgb.shape[-1] == 4:  # said here with the file's name (a review: a CMYK JPEG read as
-        # "rgb has a transparent alpha channel", unnamed)
+    if rgb.shape[-1] == 4:  # said here with the file's name (a review: unnamed)
         import numpy as np
 
-        try:
-            with Image.open(image) as im:
-                mode = im.mode
-        except (OSError, ValueError):
-            mode = None
-        if mode == "CMYK":  # converting without the file's colour profile would shift the
-            # stains' optical densities: the scanner's RGB is what deconvolution needs
-            raise InputError(f"{Path(image).name}: a CMYK image (print colours); DAB IHC needs "
-                             "the RGB the scanner or camera recorded: save it as RGB")
         full = np.iinfo(rgb.dtype).max if np.issubdtype(rgb.dtype, np.integer) else 1.0
         if not np.all(rgb[..., 3] == full):
-            raise InputError(f"{Path(image).name}: the image has transparent pixels (an alpha "
-                             "channel below full); give an opaque RGB image")
+            raise InputError(_TRANSPARENT.format(Path(image).name))
     return rgb, None, None
+
+
+_TRANSPARENT = ("{}: the image has transparent pixels (an alpha channel below full); give an "
+                "opaque RGB image")
+
+
+def _check_image_mode(image) -> None:
+    """Refuse, naming the file, what its decoder would hand on as RGB(A) although it is not a
+    colour brightfield image: a grey-level PNG with alpha (a 16-bit one was read as RGBA
+    and scored), a CMYK image (converting it without its colour profile would shift the
+    stains' optical densities), a palette image with a transparent colour (read as opaque
+    RGB). A review found each scored or said without the file."""
+    from PIL import Image
+
+    from qdmed.errors import InputError
+
+    name = Path(image).name
+    try:
+        with open(image, "rb") as f:
+            head = f.read(26)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 4:
+            # the decoder hands a 16-bit grey PNG with alpha on as RGBA: its colour type says
+            raise InputError(f"{name}: DAB IHC needs an RGB brightfield image; got a grey-level "
+                             f"image with alpha ({head[24]}-bit PNG)")
+        with Image.open(image) as im:
+            mode = im.mode
+            if mode == "CMYK":
+                raise InputError(f"{name}: a CMYK image (print colours); DAB IHC needs the RGB "
+                                 "the scanner or camera recorded: save it as RGB")
+            if mode in ("P", "PA") and (mode == "PA" or "transparency" in im.info):
+                import numpy as np
+
+                if np.asarray(im.convert("RGBA"))[..., 3].min() < 255:
+                    raise InputError(_TRANSPARENT.format(name))
+    except InputError:
+        raise
+    except (OSError, ValueError):
+        return  # not an image Pillow reads: the decoder that follows says why
 
 
 def _pair(option: str, item: str, form: str) -> tuple[str, str]:

@@ -179,24 +179,33 @@ MIN_WHITE = 0.1
 #: the haematoxylin, which glass would pull down (the same tissue found 27 % fewer cells on
 #: a field of 94 % glass than alone).
 GLASS_OD = -math.log10(GLASS_WARN)
-#: Least haematoxylin OD by which the mean of Otsu's upper class (nuclei) must exceed the
-#: lower's (the rest of the tissue) for a brightfield image to hold nuclei: QuPath's default
-#: nucleus threshold, a nucleus's mean haematoxylin OD above its local background (Bankhead
-#: P et al., Sci Rep 7, 16878 (2017), doi:10.1038/s41598-017-17204-5; WatershedCellDetection
-#: "threshold" 0.1), taken here between the two classes: stricter than QuPath, whose
-#: background (a local opening) lies below the lower class's mean. A counterstain whose
-#: classes lie closer gives no cells, with the warning (score_dab(nuclear_threshold=OD), qdmed
-#: image dab --nuclear-threshold, set the split by hand). The relative test alone let textured stroma through: a pink stroma
-#: without nuclei whose transmittance varies by 8-15 % (SD) gave 204-655 "nuclei" (classes
-#: 0.03-0.09 OD apart); scikit-image's real IHC image, its JPEG copies and crops measure
-#: 0.11-0.14.
+#: Nuclei are taken to stand out of a brightfield image's haematoxylin when Otsu's classes
+#: lie MIN_OTSU_SEPARATION (3.6) lower-class SDs apart, as any foreground, or at least
+#: NUCLEAR_MIN_SEPARATION SDs and NUCLEAR_MIN_CONTRAST_OD apart: JPEG noise and small crops
+#: widen the lower class, and scikit-image's real IHC image saved as a quality-30 JPEG, or
+#: cropped to 256 px at quality 70-95, measured 3.27-3.6 SDs (no cell scored) with its classes
+#: 0.11-0.14 OD apart (now 268 cells of 283, and 57-83 per crop). The OD is QuPath's default
+#: nucleus threshold, a nucleus's mean haematoxylin OD above its local background (Bankhead P
+#: et al., Sci Rep 7, 16878 (2017), doi:10.1038/s41598-017-17204-5; WatershedCellDetection
+#: "threshold" 0.1), taken here between the classes. A fainter counterstain separated by
+#: fewer than 3.6 SDs, and textures without nuclei separated by more (transmittance varying
+#: 15-20 % in nucleus-sized blobs), are not told from nuclei by these numbers alone: give the
+#: split (score_dab(nuclear_threshold=OD); qdmed image dab --nuclear-threshold).
 NUCLEAR_MIN_CONTRAST_OD = 0.1
-#: Otsu's class separation (in lower-class SDs, as :data:`qdmed.imaging._cells.
-#: MIN_OTSU_SEPARATION`) a brightfield image's haematoxylin needs beside
-#: NUCLEAR_MIN_CONTRAST_OD: above pure noise's 2.65, below the 3.27-3.6 of scikit-image's IHC
-#: image saved as a quality-30 JPEG or cropped to 256 px at quality 70-95, which the
-#: fluorescence threshold of 3.6 scored as no cell (now 268 cells of 283, and 57-83 per crop).
+#: See NUCLEAR_MIN_CONTRAST_OD: above pure noise's 2.65 SDs.
 NUCLEAR_MIN_SEPARATION = 3.0
+
+
+def nuclei_stand_out(mean_lo: float, sd_lo: float, mean_hi: float) -> bool:
+    """Whether Otsu's upper class of a brightfield image's haematoxylin (OD) is nuclei: see
+    :data:`NUCLEAR_MIN_CONTRAST_OD`."""
+    from qdmed.imaging._cells import _stands_out
+
+    return _stands_out(mean_lo, sd_lo, mean_hi) or (
+        mean_hi - mean_lo >= NUCLEAR_MIN_CONTRAST_OD
+        and _stands_out(mean_lo, sd_lo, mean_hi, NUCLEAR_MIN_SEPARATION))
+
+
 #: segment_nuclei's default smoothing (um), used by score_dab: the Otsu split is taken on
 #: the haematoxylin smoothed alike.
 NUCLEAR_SMOOTHING_UM = 0.5
@@ -258,16 +267,14 @@ def tissue_histogram(rgb, sep: StainSeparation, pixel_size_um: float, glass, top
 
 def histogram_threshold(histogram, top: float) -> float:
     """The nuclear threshold of a :func:`hematoxylin_histogram`: Otsu's split, with the
-    test that nuclei stand out (+inf otherwise; :func:`qdmed.imaging._cells.histogram_otsu_threshold`):
-    the classes' means :data:`NUCLEAR_MIN_SEPARATION` lower-class SDs and
-    :data:`NUCLEAR_MIN_CONTRAST_OD` apart."""
+    test that nuclei stand out (+inf otherwise; :func:`qdmed.imaging._cells.histogram_otsu_threshold`,
+    :func:`nuclei_stand_out`)."""
     from qdmed.imaging._cells import histogram_otsu_threshold
 
     counts, sums, squares = histogram
     return histogram_otsu_threshold(counts, sums, squares,
                                     (np.arange(HIST_BINS) + 0.5) * (top / HIST_BINS),
-                                    min_separation=NUCLEAR_MIN_SEPARATION,
-                                    min_difference=NUCLEAR_MIN_CONTRAST_OD)
+                                    stands_out=nuclei_stand_out)
 
 
 def is_default_white(background) -> bool:
@@ -909,9 +916,12 @@ NO_NUCLEI_WARN_PIXELS = 1000
 
 def no_nuclei_warning(n_tissue: int) -> str:
     """Why an image with tissue gave no cells, and the usual cause."""
+    from qdmed.imaging._cells import MIN_OTSU_SEPARATION
+
     return (f"no nuclei stand out of the haematoxylin of {n_tissue} tissue pixels (Otsu's "
-            f"split: its classes must lie {NUCLEAR_MIN_CONTRAST_OD:g} OD and "
-            f"{NUCLEAR_MIN_SEPARATION:g} SD apart), so no cells were scored: if the "
+            f"split: its classes must lie {MIN_OTSU_SEPARATION:g} SD apart, or "
+            f"{NUCLEAR_MIN_SEPARATION:g} SD and {NUCLEAR_MIN_CONTRAST_OD:g} OD), so no cells "
+            "were scored: if the "
             "illumination is uneven (darker corners), the glass there reads as tissue: "
             "correct the image with a blank field (flat_field_correct; qdmed image dab "
             "--flat-field); if the counterstain is faint, give the nuclei's haematoxylin OD "

@@ -295,7 +295,8 @@ def _first_piece_owns(cells, reg, pieces):
 
 
 #: Bump when a saved crop's cell table changes, or which cells it holds (a resumed run never
-#: mixes formats nor segmentations). 6: nuclei need Otsu's classes 0.1 OD and 3 SDs apart.
+#: mixes formats nor segmentations). 6: nuclei also where Otsu's classes lie 3 SDs and 0.1 OD
+#: apart (NUCLEAR_MIN_CONTRAST_OD).
 DAB_TILE_FORMAT = 6
 
 
@@ -457,8 +458,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         for the region's threshold, then for their cells).
     nuclear_threshold_od : float, optional
         The haematoxylin OD that segments nuclei in every region, instead of Otsu's split
-        of each region's tissue (a counterstain too faint for its classes to lie
-        :data:`~qdmed.imaging._brightfield.NUCLEAR_MIN_CONTRAST_OD` apart gives no cells).
+        of each region's tissue (which a faint or noisy counterstain may not give: see
+        :data:`~qdmed.imaging._brightfield.NUCLEAR_MIN_CONTRAST_OD`).
         Every crop is then read twice: first for its tissue area.
 
     Returns
