@@ -157,6 +157,20 @@ def test_a_nucleus_with_the_largest_id_keeps_its_cell():
     ref = expand_cells(nuc, membrane_image=ring, **kw)
     big = expand_cells(nuc * np.iinfo(np.int64).max, membrane_image=ring, **kw)
     assert ref.sum() > 400 and np.array_equal(big == np.iinfo(np.int64).max, ref == 1)
+    # four cells, ids 1, 2**63 - 1, 5 and 2**40: each as with ids 1-4 (a review: 2**40 was
+    # cast to int32, 0, and its cell took another's flood)
+    four = np.zeros((160, 160), np.int64)
+    rings = np.zeros((160, 160))
+    yy, xx = np.mgrid[:160, :160]
+    ids = [1, np.iinfo(np.int64).max, 5, 2 ** 40]
+    for k, (cy, cx) in enumerate([(40, 40), (40, 120), (120, 40), (120, 120)]):
+        four[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = k + 1
+        rings += np.abs(np.hypot(yy - cy, xx - cx) - 12) <= 1.0
+    plain = expand_cells(four, membrane_image=rings, **kw)
+    sparse = expand_cells(np.array(ids, np.int64)[np.maximum(four - 1, 0)] * (four > 0),
+                          membrane_image=rings, **kw)
+    for k, i in enumerate(ids):
+        assert np.array_equal(sparse == i, plain == k + 1), i
 
 
 def test_expand_cells_refuses_non_finite_membrane():

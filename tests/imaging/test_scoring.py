@@ -451,6 +451,13 @@ def test_calibration_figure_shows_the_cutoffs_and_where_they_came_from():
     low.loc[tail, "HER2_membrane_stained_mean"] *= 0.5
     with pytest.raises(InputError, match="put the faint cut-off at .* not the tables"):
         plot_calibration({**ctrls, "ZR-75-1": low}, her2=cal)
+    # a calibration whose cut-offs another rule placed (an older qdmed's anchors, the
+    # medians of all the controls' cells): said, not drawn off the curve (a review)
+    import dataclasses
+
+    older = dataclasses.replace(cal, weak_moderate=cal.weak_moderate * 0.9)
+    with pytest.raises(InputError, match=r"drawn by another rule \(an older qdmed\?\)"):
+        plot_calibration(ctrls, her2=older)
     with pytest.raises(InputError, match="'neg': no cell has a value of ER_nucleus_mean"):
         plot_calibration({**ctrls, "neg": neg.assign(ER_nucleus_mean=np.nan)},
                          gates={"ER": gate}, negatives={"ER": "neg"})

@@ -1519,7 +1519,8 @@ def _check_image_mode(image) -> None:
     try:
         with open(image, "rb") as f:
             head = f.read(26)
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 4:
+        if (len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+                and head[25] == 4):
             # the decoder hands a 16-bit grey PNG with alpha on as RGBA: its colour type says
             raise InputError(f"{name}: DAB IHC needs an RGB brightfield image; got a grey-level "
                              f"image with alpha ({head[24]}-bit PNG)")

@@ -189,7 +189,7 @@ GLASS_OD = -math.log10(GLASS_WARN)
 #: et al., Sci Rep 7, 16878 (2017), doi:10.1038/s41598-017-17204-5; WatershedCellDetection
 #: "threshold" 0.1), taken here between the classes. A fainter counterstain separated by
 #: fewer than 3.6 SDs, and textures without nuclei separated by more (transmittance varying
-#: 15-20 % in nucleus-sized blobs), are not told from nuclei by these numbers alone: give the
+#: 8-20 % in nucleus-sized blobs), are not told from nuclei by these numbers alone: give the
 #: split (score_dab(nuclear_threshold=OD); qdmed image dab --nuclear-threshold).
 NUCLEAR_MIN_CONTRAST_OD = 0.1
 #: See NUCLEAR_MIN_CONTRAST_OD: above pure noise's 2.65 SDs.

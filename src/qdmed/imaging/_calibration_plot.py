@@ -110,7 +110,19 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
                              f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
                              "tables it was drawn from")
     xs, ys = her2_median_anchors(by_score, cal.faint)
-    return [0.5, *xs], [cal.faint, *ys]
+    xs, ys = [0.5, *xs], [cal.faint, *ys]
+    from qdmed.imaging._scoring import interpolate_anchors
+
+    if cal.scale in ("log", "linear") and (cal.scale == "linear" or min(ys) > 0):
+        wm, it = interpolate_anchors([1.5, 2.5], xs, ys, log=cal.scale == "log")
+        if not np.allclose([wm, it], [cal.weak_moderate, cal.intense], rtol=1e-9, atol=0.0):
+            # a calibration drawn by another rule (before qdmed took each anchor from the
+            # cells at or above faint: a review found its cut-offs drawn off the curve)
+            raise InputError(
+                f"this calibration's cut-offs ({cal.weak_moderate:.4g}, {cal.intense:.4g}) are "
+                f"not those its controls' anchors give ({wm:.4g}, {it:.4g}): it was drawn by "
+                "another rule (an older qdmed?); calibrate again (qdmed image calibrate)")
+    return xs, ys
 
 
 def _her2_panels(ax, ax2, cal, control_cells) -> None:

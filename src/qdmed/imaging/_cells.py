@@ -732,7 +732,10 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
         cell covered: BT474 0.935 -> 0.954 / 0.946 -> 0.963, HER2-enriched 0.938 -> 0.958 /
         0.943 -> 0.957, MCF-7 0.844 -> 0.857 / 0.920 -> 0.918, MDA-MB-231 0.910 -> 0.942 /
         0.949 -> 0.958). Where the membrane image is noise alone (no stained membrane to
-        scale it), isolated cells lose 10-26 % of their area to the outside.
+        scale it), isolated cells lose area to the outside (a review: median 12 % on noise
+        about a level, 32 % when NNLS-clipped, 47 % about zero). Gaps deeper than a reach
+        into tissue take the cells' own flood, whose label may then reach past a membrane
+        into stroma in small clusters and round small holes.
     max_expansion_um : float, um
         Largest distance a cell may extend beyond its nucleus (membrane-guided mode).
     distance_weight : float
@@ -820,7 +823,9 @@ def expand_cells(nuclei, *, expansion_um: float = 5.0, pixel_size_um: float = 0.
     else:  # a nucleus holds the largest id: the outside takes the smallest id not in use
         ids = np.unique(lab)
         outside = int(np.setdiff1d(np.arange(1, ids.size + 2), ids)[0])
-    dtype = np.int64 if outside > np.iinfo(np.int32).max else np.int32
+    # int32 only when every id fits (a review: ids of 2**40 and 2**63 - 1 with the outside
+    # at 3 were cast to int32, 0 and -1)
+    dtype = np.int64 if max(top, outside) > np.iinfo(np.int32).max else np.int32
     # the outside competes with the cells only within a reach of the tissue beyond reach;
     # deeper, the cells' own flood decides, as without it. Unbounded, it crept along the
     # gaps between stained membranes deep into dense tissue from stroma far away, which a
