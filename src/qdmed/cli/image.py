@@ -1371,10 +1371,9 @@ def dab(
     ps, ps_warnings = pixel_size_or_default(pixel_size_um, "image", hint="--pixel-size-um",
                                             note=None if example else note)
     if nuclear_threshold is not None:
-        from qdmed.errors import check_number
+        from qdmed.imaging._brightfield import check_nuclear_threshold
 
-        nuclear_threshold = check_number(nuclear_threshold, "--nuclear-threshold", lo=0.0,
-                                         hi=10.0, unit="OD")
+        nuclear_threshold = check_nuclear_threshold(nuclear_threshold, "--nuclear-threshold")
     sc = score_dab(rgb, od_cutoffs=_od_cutoffs(cutoffs), pixel_size_um=ps, marker=marker,
                    background=_white_level(background), stain_matrix=_stains(stains),
                    nuclear_threshold="otsu" if nuclear_threshold is None

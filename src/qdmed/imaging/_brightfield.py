@@ -196,6 +196,14 @@ NUCLEAR_MIN_CONTRAST_OD = 0.1
 NUCLEAR_MIN_SEPARATION = 3.0
 
 
+def check_nuclear_threshold(value, what: str) -> float:
+    """A nuclear threshold given by hand (qdmed image dab --nuclear-threshold), a
+    haematoxylin OD from 0 to 10, or InputError saying ``what``."""
+    from qdmed.errors import check_number
+
+    return check_number(value, what, lo=0.0, hi=10.0, unit="OD")
+
+
 def nuclei_stand_out(mean_lo: float, sd_lo: float, mean_hi: float) -> bool:
     """Whether Otsu's upper class of a brightfield image's haematoxylin (OD) is nuclei: see
     :data:`NUCLEAR_MIN_CONTRAST_OD`."""

@@ -92,7 +92,12 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
     cells at or above it), from the tables given; InputError unless they are those it was
     drawn from (each control's cell count and median, and the faint cut-off where its rule
     is recorded)."""
-    from qdmed.imaging._scoring import HER2_CATEGORIES, her2_faint_cutoff, her2_median_anchors
+    from qdmed.imaging._scoring import (
+        HER2_CATEGORIES,
+        her2_faint_cutoff,
+        her2_median_anchors,
+        interpolate_anchors,
+    )
 
     for (name, _cat, n, med, _), v in zip(ctrls, vals, strict=True):
         if v.size != n or not np.isclose(np.median(v), med, rtol=1e-9, atol=0.0):
@@ -110,9 +115,6 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
                              f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
                              "tables it was drawn from")
     xs, ys = her2_median_anchors(by_score, cal.faint)
-    xs, ys = [0.5, *xs], [cal.faint, *ys]
-    from qdmed.imaging._scoring import interpolate_anchors
-
     if cal.scale in ("log", "linear") and (cal.scale == "linear" or min(ys) > 0):
         wm, it = interpolate_anchors([1.5, 2.5], xs, ys, log=cal.scale == "log")
         if not np.allclose([wm, it], [cal.weak_moderate, cal.intense], rtol=1e-9, atol=0.0):

@@ -500,11 +500,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     t0 = time.perf_counter()
     cut = check_od_cutoffs(od_cutoffs)
     if nuclear_threshold_od is not None:
-        from qdmed.errors import check_number
+        from qdmed.imaging._brightfield import check_nuclear_threshold
 
-        nuclear_threshold_od = check_number(nuclear_threshold_od, "nuclear_threshold_od "
-                                            "(--nuclear-threshold)", lo=0.0, hi=10.0,
-                                            unit="OD")
+        nuclear_threshold_od = check_nuclear_threshold(
+            nuclear_threshold_od, "nuclear_threshold_od (--nuclear-threshold)")
     min_cells = check_min_cells(min_cells)
     if regions is None and (tma_map is not None or region_class is not None):
         raise InputError("a TMA map and a region class need regions (the whole slide is "

@@ -652,13 +652,12 @@ MIN_STAINED_PERCENT_OF_POSITIVE = 10.0
 
 def her2_median_anchors(values_by_score: Mapping[int, list[np.ndarray]], faint: float
                         ) -> tuple[list[float], list[float]]:
-    """The anchors (s, median of the pooled s controls' cells at or above the faint
-    cut-off) of :func:`calibrate_her2` for every score s >= 1 present (the first anchor,
-    (0.5, faint cut-off), is not among them).
+    """The anchors of :func:`calibrate_her2`: (0.5, faint cut-off), then (s, median of the
+    pooled s controls' cells at or above the faint cut-off) for every score s >= 1 present.
 
     Raises InputError when no more than :data:`MIN_STAINED_PERCENT_OF_POSITIVE` % of a
     score's cells read at least faint."""
-    xs, ys = [], []
+    xs, ys = [0.5], [float(faint)]
     for s in sorted(values_by_score):
         if s < 1:
             continue
@@ -807,7 +806,6 @@ def calibrate_her2(
     q_used = q if low == 0 else 1 - q
     faint = her2_faint_cutoff(pooled, q)
     xs, ys = her2_median_anchors(pooled, faint)
-    xs, ys = [0.5, *xs], [faint, *ys]
     for row in info:
         if HER2_CATEGORIES.index(row[1]) == low:
             row[4] = faint
