@@ -87,7 +87,12 @@ def test_slide_her2_category(calibration, preset, expected):
     sc = score_her2(analyze_field(f.image, PANEL).table, calibration)
     assert sc.category == expected
     if preset == "her2-ultralow":
-        assert sc.her2_ultralow
+        # the faint cells are found: 5.3 % read at least faint (4.4 % true 1+, 95 % of them
+        # found; 1.2 % of true 0 cells). The ultralow flag needs more than the 0 control's
+        # share above the faint cut-off (5.29 %, README), so this 5 % tumour is not told from
+        # null. It was flagged (6.9 %) only while 2.9 % of its 0 cells read their faint
+        # neighbours' shared membrane (seeds 4 and 5 were not flagged then either)
+        assert 3.0 <= sc.percent_stained <= 8.0
     if preset == "triple-negative":
         assert sc.her2_low
 
@@ -101,14 +106,17 @@ def test_per_cell_her2_agreement(calibration):
     true = f.truth.set_index("cell_id").loc[tid[ok], "her2_category"]
     kappa = cohen_kappa(true.astype(str).to_numpy(), pred.astype(str).to_numpy(),
                         weights="linear")
-    # measured 0.774 (linear-weighted; 0.71-0.78 on seeds 1-6); 0.72 (0.65-0.73) while
-    # cells facing stroma grew past their membrane, their outer ring unstained, and the 1+
-    # anchor was all the 1+ line's cells'. The residual confusion is 0/1+ cells whose border
-    # with a stained neighbour is shared membrane, which pixels cannot attribute
-    assert kappa >= 0.7
-    # true 3+ cells read 3+: measured 0.879 (152 of 173; 0.82-0.94 on seeds 1-6); 0.803
-    # (0.76-0.88) before, the rest read 2+ as incomplete
+    # measured 0.904 (linear-weighted; 0.86-0.91 on seeds 1-6) with a membrane shared with a
+    # brighter neighbour left to it; 0.774 (0.71-0.78) with every junction counted for both
+    # cells, when 0/1+ cells bordering 3+ ones read their arc; 0.72 (0.65-0.73) while cells
+    # facing stroma grew past their membrane and the 1+ anchor was all the 1+ line's cells'
+    assert kappa >= 0.85
+    # true 1+ cells read 2+: measured 0.049 (4-10 % on seeds 1-6), 0.442 (35-52 %) before
     p3, t3 = pred.astype(str).to_numpy(), true.astype(str).to_numpy() == "3+"
+    t1 = true.astype(str).to_numpy() == "1+"
+    assert np.mean(p3[t1] == "2+") <= 0.15
+    # true 3+ cells read 3+: measured 0.873 (151 of 173; 0.82-0.93 on seeds 1-6); 0.803
+    # (0.76-0.88) before cells ended at a membrane facing stroma, the rest read 2+
     assert np.mean(p3[t3] == "3+") >= 0.85
 
 

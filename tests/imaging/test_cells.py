@@ -14,11 +14,14 @@ from skimage.draw import disk
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._cells import (
     COMPARTMENTS,
+    SHARED_MEMBRANE_RATIO,
+    _nearest_other_numpy,
     background_noise_threshold,
     compartments,
     expand_cells,
     measure_cells,
     measurement_columns,
+    nearest_other_cell,
     segment_nuclei,
 )
 from qdmed.imaging._scoring import f1_at_iou
@@ -456,3 +459,114 @@ def test_the_old_offset_keyword_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="segment_nuclei"):
         seg = segment_nuclei(img, offset=(3, 4))
     assert np.array_equal(seg, segment_nuclei(img, origin_px=(3, 4)))
+
+
+def _square_cells(grid, side=30, gap=10):
+    """Squares of ``side`` px in a ``grid`` (rows, cols) of touching cells framed by ``gap``
+    px of background; nuclei 6 px squares at their centres. Returns nuclei, cells, ids."""
+    gy, gx = grid
+    cells = np.zeros((2 * gap + gy * side, 2 * gap + gx * side), dtype=np.int32)
+    nuclei = np.zeros_like(cells)
+    ids = np.arange(1, gy * gx + 1).reshape(gy, gx)
+    for i in range(gy):
+        for j in range(gx):
+            y0, x0 = gap + i * side, gap + j * side
+            cells[y0:y0 + side, x0:x0 + side] = ids[i, j]
+            c = side // 2
+            nuclei[y0 + c - 3:y0 + c + 3, x0 + c - 3:x0 + c + 3] = ids[i, j]
+    return nuclei, cells, ids
+
+
+def _ring(cells, comp, cell_id):
+    return (cells == cell_id) & (comp.membrane > 0)
+
+
+@pytest.mark.parametrize("method", ["sectors", "pixels"])
+def test_shared_membrane_is_left_to_the_brighter_cell(method):
+    # cell 1 stained all round; the junction's unresolved stained line also lies over cell
+    # 2's ring on that side (a quarter of its perimeter); cell 2 is otherwise unstained
+    nuclei, cells, _ = _square_cells((1, 2))
+    comp = compartments(nuclei, cells)
+    ab = np.zeros(cells.shape + (1,))
+    ab[..., 0][_ring(cells, comp, 1)] = 10.0
+    rows, cols = np.indices(cells.shape)  # cell 2 is rows 10-39, columns 40-69
+    junction = _ring(cells, comp, 2) & (cols < 42) & (rows >= 12) & (rows < 38)
+    ab[..., 0][junction] = 10.0
+    kw = dict(marker_names=["HER2"], completeness_method=method, completeness_threshold=1.0)
+    both = measure_cells(ab, nuclei, cells, shared_membranes="both", **kw).set_index("cell_id")
+    own = measure_cells(ab, nuclei, cells, **kw).set_index("cell_id")
+    share = junction.sum() / _ring(cells, comp, 2).sum()
+    # counted for both cells, cell 2 reads an intense incomplete membrane (a 2+ pattern)
+    assert both.loc[2, "HER2_membrane_completeness"] == pytest.approx(share, abs=0.06)
+    assert both.loc[2, "HER2_membrane_stained_mean"] > 7  # sectors at the ends mix in 0s
+    assert both.loc[2, "HER2_membrane_ceded_fraction"] == 0.0
+    # left to cell 1, cell 2 reads unstained: completeness 0, its own ring's mean 0
+    # (what is ceded also holds the ring's corners, nearer the cell than the stroma)
+    assert own.loc[2, "HER2_membrane_ceded_fraction"] == pytest.approx(share, abs=0.03)
+    assert own.loc[2, "HER2_membrane_completeness"] == 0.0
+    assert own.loc[2, "HER2_membrane_stained_mean"] == 0.0
+    # cell 1 keeps its whole ring; compartment means still hold every pixel
+    assert own.loc[1, "HER2_membrane_completeness"] == 1.0
+    assert own.loc[1, "HER2_membrane_stained_mean"] == 10.0
+    assert own.loc[1, "HER2_membrane_ceded_fraction"] == 0.0
+    pd.testing.assert_series_equal(own["HER2_membrane_mean"], both["HER2_membrane_mean"])
+
+
+def test_shared_membrane_rule_keeps_equal_cells_and_cells_surrounded_by_brighter():
+    nuclei, cells, ids = _square_cells((3, 3), gap=0)
+    comp = compartments(nuclei, cells)
+    mem = comp.membrane > 0
+    centre = int(ids[1, 1])
+    kw = dict(marker_names=["HER2"], completeness_threshold=1.0)
+    # neighbours brighter than the ratio all round: the centre cell cannot be told from
+    # them, and keeps its whole ring
+    ab = np.where(mem, 10.0, 0.0)[..., None]
+    ab[..., 0][_ring(cells, comp, centre)] = 3.0
+    df = measure_cells(ab, nuclei, cells, **kw).set_index("cell_id")
+    assert df.loc[centre, "HER2_membrane_ceded_fraction"] == 0.0
+    assert df.loc[centre, "HER2_membrane_completeness"] == 1.0
+    assert df.loc[centre, "HER2_membrane_stained_mean"] == pytest.approx(3.0)
+    # neighbours brighter, but less than SHARED_MEMBRANE_RATIO times: nothing is ceded
+    ab[..., 0][_ring(cells, comp, centre)] = 10.0 / SHARED_MEMBRANE_RATIO * 1.01
+    df = measure_cells(ab, nuclei, cells, **kw)
+    assert (df["HER2_membrane_ceded_fraction"] == 0).all()
+    # nor to a neighbour below the completeness threshold
+    ab = np.where(mem, 0.9, 0.0)[..., None]
+    ab[..., 0][_ring(cells, comp, centre)] = 0.1
+    df = measure_cells(ab, nuclei, cells, **kw)
+    assert (df["HER2_membrane_ceded_fraction"] == 0).all()
+
+
+def test_nearest_other_cell_matches_numpy_reference():
+    rng = np.random.default_rng(4)
+    seeds = np.zeros((120, 150), dtype=np.int64)
+    seeds[rng.integers(0, 120, 60), rng.integers(0, 150, 60)] = np.arange(1, 61)
+    from skimage.segmentation import expand_labels
+
+    lab = expand_labels(seeds, 9)
+    mem = compartments(np.zeros_like(lab), lab, membrane_width_um=1.5).membrane > 0
+    pix = np.flatnonzero(mem)
+    got = nearest_other_cell(lab, pix, 3.0)
+    dy, dx = np.nonzero(np.ones((7, 7)))  # the reference with the same ordered offsets
+    d2 = (dy - 3) ** 2 + (dx - 3) ** 2
+    order = np.lexsort((dx, dy, d2))
+    order = order[(d2[order] > 0) & (d2[order] <= 9)]
+    ref = _nearest_other_numpy(lab, pix, (dy[order] - 3).astype(np.int64),
+                               (dx[order] - 3).astype(np.int64))
+    np.testing.assert_array_equal(got, ref)
+    assert (got >= 0).all() and (got != lab.ravel()[pix]).all()
+    # a hand case: the nearest other label, background (0) included
+    two = np.zeros((5, 6), dtype=np.int64)
+    two[:, :3], two[:, 3:5] = 1, 2
+    assert nearest_other_cell(two, np.array([2 * 6 + 2, 2 * 6 + 4, 2 * 6 + 0]), 2.0).tolist() == [2, 0, -1]
+
+
+def test_shared_membranes_option_is_checked():
+    from qdmed.imaging import AnalysisSettings
+
+    nuclei, cells, _ = _square_cells((1, 1))
+    with pytest.raises(UnknownNameError, match="shared_membranes"):
+        measure_cells(np.zeros(cells.shape + (1,)), nuclei, cells, marker_names=["HER2"],
+                      shared_membranes="dimmer")
+    with pytest.raises(UnknownNameError, match="accepted: \\('brighter', 'both'\\)"):
+        AnalysisSettings(shared_membranes="dimmer")

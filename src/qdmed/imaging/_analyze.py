@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdmed.errors import InputError
+from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._cells import LABEL_NAMES
 from qdmed.imaging._external_seg import (
     EXTERNAL_METHODS,
@@ -64,8 +64,9 @@ CELL_ID_STRIDE = 1_000_000
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, or when what they hold does (the segmentation, the measures),
 #: so a resumed run never mixes tiles written by another version.
-TILE_FORMAT = 6  # 4: fit samples in the quality-control file; 5: nucleus area in GeoJSON;
-# 6: cells end at a stained membrane facing stroma, the completeness threshold's noise fit
+TILE_FORMAT = 7  # 4: fit samples in the quality-control file; 5: nucleus area in GeoJSON;
+# 6: cells end at a stained membrane facing stroma, the completeness threshold's noise fit;
+# 7: membranes shared with a brighter neighbour left to it (the ceded_fraction column)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,10 @@ class AnalysisSettings:
     membrane_markers: tuple = ("HER2", "EGFR", "CA125", "claudin-4")
     max_expansion_um: float = 8.0
     membrane_width_um: float = 1.0
+    #: 'brighter' (a junction with a cell whose membrane is >= 1.5x brighter is left to it
+    #: in completeness and stained mean) or 'both' (counted for both cells); see
+    #: qdmed.imaging._cells, "Shared membranes"
+    shared_membranes: str = "brighter"
     min_nucleus_area_um2: float = 10.0
     max_nucleus_area_um2: float = 400.0
     nuclear_threshold: float | None = None
@@ -119,6 +124,9 @@ class AnalysisSettings:
         return replace(self, pixel_size_um=float(recorded or DEFAULT_PIXEL_SIZE_UM))
 
     def __post_init__(self):
+        if self.shared_membranes not in ("brighter", "both"):
+            raise UnknownNameError(f"Unknown shared_membranes {self.shared_membranes!r}; "
+                                   "accepted: ('brighter', 'both').")
         if self.unmix_weights not in (None, "poisson"):
             raise InputError(f"unmix_weights must be None (plain NNLS) or 'poisson'; got "
                              f"{self.unmix_weights!r}")
@@ -310,7 +318,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
                              origin_px=origin)  # every nucleus stays whole in its cell
     table = measure_cells(ab, nuclei, cells, marker_names=list(comps),
                           pixel_size_um=s.pixel_size_um, membrane_width_um=s.membrane_width_um,
-                          origin_px=origin, completeness_threshold=s.completeness_threshold)
+                          origin_px=origin, completeness_threshold=s.completeness_threshold,
+                          shared_membranes=s.shared_membranes)
     if source_ids is not None:
         table["nucleus_label"] = source_ids[table["cell_id"].to_numpy()]
     if cell_ids is not None:

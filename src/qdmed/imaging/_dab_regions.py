@@ -296,8 +296,8 @@ def _first_piece_owns(cells, reg, pieces):
 
 #: Bump when a saved crop's cell table changes, or which cells it holds (a resumed run never
 #: mixes formats nor segmentations). 6: nuclei also where Otsu's classes lie 3 SDs and 0.1 OD
-#: apart (NUCLEAR_MIN_CONTRAST_OD).
-DAB_TILE_FORMAT = 6
+#: apart (NUCLEAR_MIN_CONTRAST_OD); 7: membranes shared with a brighter neighbour left to it.
+DAB_TILE_FORMAT = 7
 
 
 def _fingerprint(img, reg, jobs, score_kw, nuclear_threshold_od=None) -> str:
