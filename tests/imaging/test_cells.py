@@ -535,6 +535,11 @@ def test_shared_membrane_rule_keeps_equal_cells_and_cells_surrounded_by_brighter
     ab[..., 0][_ring(cells, comp, centre)] = 0.1
     df = measure_cells(ab, nuclei, cells, **kw)
     assert (df["HER2_membrane_ceded_fraction"] == 0).all()
+    # nor between unstained cells when the threshold given is below 0 (a review: they
+    # ceded to each other)
+    df = measure_cells(np.zeros_like(ab), nuclei, cells, marker_names=["HER2"],
+                       completeness_threshold=-0.5)
+    assert (df["HER2_membrane_ceded_fraction"] == 0).all()
 
 
 def test_nearest_other_cell_matches_numpy_reference():

@@ -1060,7 +1060,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     tile : int, px
         Core tile size.
     margin_um : float, um
-        Overlap read around each tile (must exceed a cell diameter).
+        Overlap read around each tile (must exceed a cell diameter). With
+        ``settings.shared_membranes='brighter'`` a core cell's neighbours should be whole in
+        it too (about three cell radii): the default 40 um held on the synthetic slides.
     scheduler : str, optional
         Address of an existing Dask distributed scheduler (``tcp://host:8786``), or
         ``"synchronous"`` to run the tiles one after another in this process. Without it a
