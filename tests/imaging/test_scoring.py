@@ -626,3 +626,21 @@ def test_a_control_table_without_the_column_is_named():
     with pytest.raises(UnknownNameError, match=r"^control 'MDA-MB-468': Column "
                                                r"'HER2_membrane_stained_mean'"):
         calibrate_her2({"MDA-MB-468": bare, "BT-474": bare})
+
+
+def test_her2_stained_min_completeness_needs_visible_staining():
+    # 30 % of cells with a faint ring mean but under 10 % of their membrane stained (a
+    # brighter tissue's unstained cells): 1+ by intensity alone, 0 when staining must show
+    df = her2_cells((30, "faint", False))
+    df.loc[:29, "HER2_membrane_completeness"] = 0.05
+    assert score_her2(df, CAL).category == "1+"
+    s = score_her2(df, CAL, stained_min_completeness=0.1)
+    assert s.category == "0" and s.percent_stained == 0.0
+    assert dict(s.parameters)["stained_min_completeness"] == 0.1
+    assert (s.cells["intensity_class"].iloc[:30] == "none").all()
+    # cells with 40 % stained stay faint
+    assert score_her2(her2_cells((30, "faint", False)), CAL,
+                      stained_min_completeness=0.1).category == "1+"
+    for bad in (-0.1, 0.95, float("nan")):
+        with pytest.raises(InputError, match="stained_min_completeness"):
+            score_her2(df, CAL, stained_min_completeness=bad)
