@@ -882,6 +882,10 @@ def test_wrong_band_panel_is_refused(slide, tmp_path):
 def test_margin_smaller_than_a_cell_is_refused(slide, tmp_path):
     with pytest.raises(InputError, match="margin_um"):
         analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=10, progress=False)
+    # a cell is measured against its neighbours (shared membranes): twice the largest
+    # radius (19.3 um by default), unless every junction counts for both cells
+    with pytest.raises(InputError, match="twice the largest cell radius.*margin_um >= 39"):
+        analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=30, progress=False)
 
 
 def test_bad_heterogeneity_regions_are_refused_before_reading(tmp_path):
