@@ -644,3 +644,31 @@ def test_her2_stained_min_completeness_needs_visible_staining():
     for bad in (-0.1, 0.95, float("nan")):
         with pytest.raises(InputError, match="stained_min_completeness"):
             score_her2(df, CAL, stained_min_completeness=bad)
+
+
+def test_stained_group_of_a_0_control_is_named():
+    from qdmed.imaging._scoring import stained_group
+
+    rng = np.random.default_rng(2)
+    null = rng.normal(1.0, 0.1, 950)
+    # 5 % stained cells, as a synthetic MDA-MB-468 holds ~4 %: the 95th percentile falls
+    # at their edge, among them or below them with a cell or two
+    stained = rng.uniform(15, 30, 50)
+    share, first, last, alt = stained_group(np.concatenate([null, stained]), 0.95)
+    assert share == pytest.approx(0.05)
+    assert first == pytest.approx(stained.min()) and last == pytest.approx(null.max())
+    assert alt < 2 or alt > 15
+    # a group far from 5 %, or no gap, is no cliff
+    assert stained_group(np.concatenate([null, stained[:5]]), 0.95) is None  # 0.5 %
+    assert stained_group(null, 0.95) is None
+    assert stained_group(np.concatenate([null, rng.uniform(1.2, 30, 50)]), 0.95) is None
+    # calibrate_her2 says so, with both places of the cut-off
+    ctrl0 = pd.DataFrame({"HER2_membrane_stained_mean": np.concatenate([null, stained]),
+                          "HER2_membrane_completeness": 0.5})
+    ctrl1 = pd.DataFrame({"HER2_membrane_stained_mean": rng.uniform(20, 40, 300),
+                          "HER2_membrane_completeness": 0.5})
+    ctrl3 = pd.DataFrame({"HER2_membrane_stained_mean": rng.uniform(150, 250, 300),
+                          "HER2_membrane_completeness": 1.0})
+    cal = calibrate_her2({"A": ctrl0, "B": ctrl1, "C": ctrl3},
+                         categories={"A": "0", "B": "1+", "C": "3+"})
+    assert any("separate, stained group: 5.0 %" in w for w in cal.warnings), cal.warnings
