@@ -888,6 +888,21 @@ def test_margin_smaller_than_a_cell_is_refused(slide, tmp_path):
         analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=30, progress=False)
 
 
+def test_default_margin_follows_the_cell_size_settings(slide, tmp_path):
+    # a review: with larger cells than the default (2 r_max 41.2 um > 40) every slide of a
+    # cohort run, which takes no margin, failed; the default margin now grows with them
+    from qdmed.imaging import AnalysisSettings
+
+    s = AnalysisSettings(max_nucleus_area_um2=500.0)
+    with pytest.raises(InputError, match="margin_um >= 42"):
+        analyze_slide(slide.path, PANEL, tmp_path / "o", margin_um=40, settings=s,
+                      progress=False)
+    res = analyze_slide(slide.path, PANEL, tmp_path / "ok", settings=s, tile=2048,
+                        scheduler="synchronous", progress=False, outlines=False,
+                        write_unmixed=False)
+    assert len(res.cells()) > 0
+
+
 def test_bad_heterogeneity_regions_are_refused_before_reading(tmp_path):
     for kw, what in (({"her2_region_um": 0}, "her2_region_um"),
                      ({"her2_region_um": float("nan")}, "her2_region_um"),

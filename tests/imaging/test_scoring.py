@@ -636,6 +636,7 @@ def test_her2_stained_min_completeness_needs_visible_staining():
     assert score_her2(df, CAL).category == "1+"
     s = score_her2(df, CAL, stained_min_completeness=0.1)
     assert s.category == "0" and s.percent_stained == 0.0
+    assert "30.0 % of cells at or above the faint cut-off count as unstained" in s.rule
     assert dict(s.parameters)["stained_min_completeness"] == 0.1
     assert (s.cells["intensity_class"].iloc[:30] == "none").all()
     # cells with 40 % stained stay faint

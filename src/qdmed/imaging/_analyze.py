@@ -61,6 +61,9 @@ from qdmed.imaging._unmixed_out import (
 )
 
 CELL_ID_STRIDE = 1_000_000
+#: Tile margin of :func:`analyze_slide` (um) when none is given and the settings need no
+#: more: twice the largest cell radius of the default settings (19.3 um) and a little.
+DEFAULT_MARGIN_UM = 40.0
 #: Version of the per-tile files (parquet columns, GeoJSON features) in the run fingerprint:
 #: bump it when they change, or when what they hold does (the segmentation, the measures),
 #: so a resumed run never mixes tiles written by another version.
@@ -1020,7 +1023,7 @@ def panel_offset(panel: Panel, offset_adu):
 
 
 def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | None = None,
-                  tile: int = 2048, margin_um: float = 40.0, scheduler: str | None = None,
+                  tile: int = 2048, margin_um: float | None = None, scheduler: str | None = None,
                   n_workers: int | None = None, her2_calibration=None, outlines: bool = True,
                   write_unmixed: bool = True, unmixed_keep_bits: int | None = None,
                   progress: bool = True, resume: bool = True,
@@ -1059,13 +1062,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         block (areas and densities scale with the square of the pixel size).
     tile : int, px
         Core tile size.
-    margin_um : float, um
+    margin_um : float, um, optional
         Overlap read around each tile: at least the largest cell radius the settings
         allow (``r_max``, nucleus radius + expansion: 19.3 um by default) + 2 um, and with
         ``settings.shared_membranes='brighter'`` at least ``2 r_max`` (a core cell is
         measured against its neighbours; a neighbour cut by the window can still differ
         where cells reach ``r_max``, which needs ``3 r_max``: none did at 30-40 um on the
-        synthetic slides).
+        synthetic slides). None: :data:`DEFAULT_MARGIN_UM`, or what the settings need
+        where that is more (a cohort run, which takes no margin, with larger cells).
     scheduler : str, optional
         Address of an existing Dask distributed scheduler (``tcp://host:8786``), or
         ``"synchronous"`` to run the tiles one after another in this process. Without it a
@@ -1303,11 +1307,14 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                              off, s.saturation_level)
     r_max = float(np.sqrt(s.max_nucleus_area_um2 / np.pi)) + max(s.max_expansion_um,
                                                                    s.expansion_um)
+    if margin_um is None:  # the default, or what the settings need
+        margin_um = max(DEFAULT_MARGIN_UM, float(np.ceil(
+            2 * r_max if s.shared_membranes == "brighter" else r_max + 2.0)))
     if margin_um < r_max + 2.0:
         raise InputError(
             f"margin_um={margin_um:g} is smaller than the largest cell radius the settings allow "
             f"({r_max:.1f} um = nucleus radius + expansion) plus 2 um; cells at tile borders "
-            f"would be cut. Use margin_um >= {r_max + 2.0:.0f}"
+            f"would be cut. Use margin_um >= {np.ceil(r_max + 2.0):.0f}"
         )
     if s.shared_membranes == "brighter" and margin_um < 2 * r_max:
         # a core cell's membrane is measured against its neighbours' levels: their centres,

@@ -43,7 +43,8 @@ such a junction to the cell whose membrane is stained all round. With
 ``shared_membranes='brighter'`` (the default) :func:`measure_cells` does the same: each
 membrane pixel is matched to the nearest other cell across it, and pixels facing a cell
 whose membrane level (the median of its sector means) is at least
-:data:`SHARED_MEMBRANE_RATIO` times the cell's own, and above the completeness threshold,
+:data:`SHARED_MEMBRANE_RATIO` times the cell's own, and above the completeness threshold
+and 0,
 are left to that neighbour; completeness and stained mean are measured on the remaining
 pixels (all of them for a cell that faces brighter cells only, which cannot be told).
 The compartment means and totals still hold every pixel. This is qdmed's rule, not a
@@ -1173,7 +1174,7 @@ def _own_membrane(sec_sum, sec_count, n_sectors: int, mem_cell, across, threshol
                   ) -> np.ndarray | None:
     """Which membrane pixels count for their own cell under ``shared_membranes='brighter'``
     (:func:`measure_cells`): not those facing a neighbour whose level (median sector mean)
-    is above ``threshold`` and at least :data:`SHARED_MEMBRANE_RATIO` times the cell's; all
+    is above ``threshold`` and 0 and at least :data:`SHARED_MEMBRANE_RATIO` times the cell's; all
     of a cell's pixels when each faces such a neighbour. None when no pixel is left to a
     neighbour. ``mem_cell`` and ``across`` are dense cell indices (1..n; 0 no cell)."""
     n = sec_count.size // n_sectors
@@ -1349,7 +1350,7 @@ def measure_cells(
     shared_membranes : {'brighter', 'both'}
         ``'brighter'``: membrane pixels facing a neighbour whose membrane level is at least
         :data:`SHARED_MEMBRANE_RATIO` times the cell's own (and above the completeness
-        threshold) are left to that neighbour in completeness and stained mean (module
+        threshold and 0) are left to that neighbour in completeness and stained mean (module
         docstring, "Shared membranes"). ``'both'``: every membrane pixel counts for its
         cell, as before this option (a 0 or 1+ cell next to a 3+ one reads its arc).
 

@@ -1085,7 +1085,8 @@ def score_her2(
         the completeness threshold it was measured with): visible staining, not a ring
         mean above the faint cut-off. 0 (the default) grades the intensity alone; 0.1
         (``MIN_STAINED_FRACTION`` of measure_cells) suits images whose membrane sectors
-        resolve faint staining. See Notes.
+        resolve faint staining. NaN completeness counts as 0 (unstained) here. The rule text
+        says how many cells it set aside. See Notes.
     percent_cutoff : float, %
         The guideline's "> 10 % of tumour cells".
     incomplete_percent_cutoff : float, %
@@ -1136,8 +1137,8 @@ def score_her2(
     wrong without it (MDA-MB-468 and her2-ultralow fields read 1+) and none with 0.1; the
     component panel's per-cell kappa rose (0.88-0.91 against 0.87-0.90 on six
     heterogeneous fields). But on the noisy spectral panel (300 photons) the membrane
-    threshold (35) lies above a 1+ cell's membrane mean (27): half its 1+ cells read 0
-    (50-63 % read 1+ against 77-86 %), and a triple-negative TMA core with 15 % faint cells
+    threshold (35) lies above a 1+ cell's membrane mean (27): 50-63 % of true 1+ cells
+    read 1+ against 77-86 % (the rest mostly 0), and a triple-negative TMA core with 15 % faint cells
     scored 0 instead of 1+ (HER2-low missed). Hence not the default: use it where the
     membrane threshold lies well below the 1+ control's membrane mean.
     Per-cell category: none -> 0;
@@ -1212,7 +1213,8 @@ def score_her2(
     compl = np.asarray(df[ccol], dtype=np.float64)
     complete = np.nan_to_num(compl, nan=0.0) >= cc
     klass = np.searchsorted(np.asarray(calibration.cutoffs), inten, side="right")  # 0..3
-    klass[np.nan_to_num(compl, nan=0.0) < smc] = 0  # no visible staining
+    unseen = (klass > 0) & (np.nan_to_num(compl, nan=0.0) < smc)
+    klass[unseen] = 0  # no visible staining
     cell_cat = np.select(
         [klass == 0, klass == 1, klass == 2, (klass == 3) & complete, klass == 3],
         [0, 1, 2, 3, 2],
@@ -1226,6 +1228,9 @@ def score_her2(
     p_faint_complete = pct((klass == 1) & complete)  # said in the 1+ rule (a review read
     # "incomplete" of a slide's complete faint staining)
     branch = int(her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, pc, imp, ipc, ulp))
+    # cells at or above the faint cut-off left unstained by stained_min_completeness (a
+    # review: a slide turned 0 by it read "no membrane staining" and did not say why)
+    p_aside = pct(unseen) if smc > 0 else 0.0
     cat = HER2_CATEGORIES[_BRANCH_CATEGORY[branch]]
     n_ic = int(np.count_nonzero((klass == 3) & complete))
     rule = (
@@ -1256,6 +1261,9 @@ def score_her2(
         "above the faint cut-off (null)",
         "no membrane staining (null)",
     )[branch]
+    if p_aside > 0:
+        rule += (f"; {p_aside:.1f} % of cells at or above the faint cut-off count as unstained: "
+                 f"under {100 * smc:g} % of their membrane stained (stained_min_completeness)")
     result = {"0": "negative", "1+": "negative", "2+": "equivocal", "3+": "positive"}[cat]
 
     area_col = f"{c}_area_um2"
