@@ -44,9 +44,9 @@ such a junction to the cell whose membrane is stained all round. With
 membrane pixel is matched to the nearest other cell across it, and pixels facing a cell
 whose membrane level (the median of its sector means) is at least
 :data:`SHARED_MEMBRANE_RATIO` times the cell's own, and above the completeness threshold
-and 0,
-are left to that neighbour; completeness and stained mean are measured on the remaining
-pixels (all of them for a cell that faces brighter cells only, which cannot be told).
+and 0, are left to that neighbour; completeness and stained mean are measured on the
+remaining pixels (all of them for a cell that faces brighter cells only, which cannot be
+told).
 The compartment means and totals still hold every pixel. This is qdmed's rule, not a
 published one; the measured gain and its insensitivity to the ratio are in the docstring of
 :data:`SHARED_MEMBRANE_RATIO`. Its limits, from a review with junctions modelled as one
@@ -55,9 +55,10 @@ is the median of all its sectors, so a 0 cell with 3+ neighbours on two sides of
 0.77x their level and kept its junctions (2+ pattern), and with three sides read above
 them; a 2+ cell whose incomplete stained arc is its junction with a 3+ cell reads 0; a
 weaker 3+ cell beside a brighter one reports its stroma-side intensity while the brighter
-keeps the junction. In a tiled run a core cell's result depends on its neighbours being
-whole in the window read: at the default 40 um margin no cell differed from the untiled
-result on a 1024^2 synthetic slide, at 22-26 um 4-10 of ~790 did.
+keeps the junction. In a tiled run a core cell's result depends on its neighbours lying
+in the window read (``analyze_slide`` asks a margin of twice the largest cell radius): at
+the default 40 um no cell differed from the untiled result on a 1024^2 synthetic slide, at
+22-26 um 4-10 of ~790 did.
 """
 
 from __future__ import annotations
@@ -1174,8 +1175,8 @@ def _own_membrane(sec_sum, sec_count, n_sectors: int, mem_cell, across, threshol
                   ) -> np.ndarray | None:
     """Which membrane pixels count for their own cell under ``shared_membranes='brighter'``
     (:func:`measure_cells`): not those facing a neighbour whose level (median sector mean)
-    is above ``threshold`` and 0 and at least :data:`SHARED_MEMBRANE_RATIO` times the cell's; all
-    of a cell's pixels when each faces such a neighbour. None when no pixel is left to a
+    is above ``threshold`` and 0 and at least :data:`SHARED_MEMBRANE_RATIO` times the
+    cell's; all of a cell's pixels when each faces such a neighbour. None when no pixel is left to a
     neighbour. ``mem_cell`` and ``across`` are dense cell indices (1..n; 0 no cell)."""
     n = sec_count.size // n_sectors
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1487,7 +1488,7 @@ def measure_cells(
                 own_px = cnt.reshape(n, n_sectors).sum(axis=1)
                 own_mean = np.where(own_px > 0, ssum.reshape(n, n_sectors).sum(axis=1)
                                     / np.maximum(own_px, 1), np.nan)
-            data_ceded = np.where(careas["membrane"] > 0, 1 - own_px / careas["membrane"], np.nan)
+            ceded = np.where(careas["membrane"] > 0, 1 - own_px / careas["membrane"], np.nan)
             if completeness_method == "sectors":
                 stained = (cnt > 0) & (ssum > thr * cnt)
                 occupied = (cnt > 0).reshape(n, n_sectors).sum(axis=1)
@@ -1507,7 +1508,7 @@ def measure_cells(
             data[f"{m}_membrane_stained_mean"] = np.where(
                 (st_cnt > 0) & (compl >= MIN_STAINED_FRACTION), st_sum / np.maximum(st_cnt, 1),
                 own_mean)
-            data[f"{m}_membrane_ceded_fraction"] = data_ceded
+            data[f"{m}_membrane_ceded_fraction"] = ceded
     df = pd.DataFrame(data, columns=cols)
     df.attrs["completeness_threshold"] = thresholds
     return df

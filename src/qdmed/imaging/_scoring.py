@@ -1138,9 +1138,9 @@ def score_her2(
     component panel's per-cell kappa rose (0.88-0.91 against 0.87-0.90 on six
     heterogeneous fields). But on the noisy spectral panel (300 photons) the membrane
     threshold (35) lies above a 1+ cell's membrane mean (27): 50-63 % of true 1+ cells
-    read 1+ against 77-86 % (the rest mostly 0), and a triple-negative TMA core with 15 % faint cells
-    scored 0 instead of 1+ (HER2-low missed). Hence not the default: use it where the
-    membrane threshold lies well below the 1+ control's membrane mean.
+    read 1+ against 77-86 % (the rest mostly 0), and a triple-negative TMA core with 15 %
+    faint cells scored 0 instead of 1+ (HER2-low missed). Hence not the default: use it
+    where the membrane threshold lies well below the 1+ control's membrane mean.
     Per-cell category: none -> 0;
     faint (complete or not) -> 1+; weak-moderate or intense but incomplete -> 2+ (the
     unusual "moderate to intense but incomplete" pattern; with three intensity classes,
@@ -1230,7 +1230,7 @@ def score_her2(
     branch = int(her2_rule_branch(p_ic, p_wmc, p_mii, p_stained, pc, imp, ipc, ulp))
     # cells at or above the faint cut-off left unstained by stained_min_completeness (a
     # review: a slide turned 0 by it read "no membrane staining" and did not say why)
-    p_aside = pct(unseen) if smc > 0 else 0.0
+    p_aside = pct(unseen)  # none with the default 0
     cat = HER2_CATEGORIES[_BRANCH_CATEGORY[branch]]
     n_ic = int(np.count_nonzero((klass == 3) & complete))
     rule = (
