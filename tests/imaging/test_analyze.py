@@ -88,11 +88,13 @@ def test_slide_her2_category(calibration, preset, expected):
     assert sc.category == expected
     if preset == "her2-ultralow":
         # the faint cells are found: 5.3 % read at least faint (4.4 % true 1+, 95 % of them
-        # found; 1.2 % of true 0 cells). The ultralow flag needs more than the 0 control's
-        # share above the faint cut-off (5.29 %, README), so this 5 % tumour is not told from
-        # null. It was flagged (6.9 %) only while 2.9 % of its 0 cells read their faint
-        # neighbours' shared membrane (seeds 4 and 5 were not flagged then either)
+        # found; 1.2 % of true 0 cells), above the null floor of 2.77 %: the control's null
+        # cells, its 2.6 % stained group left out (5.29 % counting them as null, when this
+        # tumour was not told from null; seeds 4 and 5 are flagged too). It had been flagged
+        # (6.9 %) while 2.9 % of its 0 cells read their faint neighbours' shared membrane
         assert 3.0 <= sc.percent_stained <= 8.0
+        assert sc.her2_ultralow
+        assert calibration.null_stained_percent == pytest.approx(2.77, abs=0.01)
     if preset == "triple-negative":
         assert sc.her2_low
 

@@ -673,3 +673,33 @@ def test_stained_group_of_a_0_control_is_named():
     cal = calibrate_her2({"A": ctrl0, "B": ctrl1, "C": ctrl3},
                          categories={"A": "0", "B": "1+", "C": "3+"})
     assert any("separate, stained group: 5.0 %" in w for w in cal.warnings), cal.warnings
+
+
+def test_null_floor_leaves_the_0_controls_stained_group_out():
+    # a 0 control of 950 null cells and 30 stained ones (3 %): its 95th percentile lies
+    # among the null cells; the null floor counts the null cells above it only
+    from qdmed.imaging import gate_noise_floor_percent
+
+    rng = np.random.default_rng(5)
+    null = rng.normal(1.0, 0.1, 950)
+    ctrl0 = pd.DataFrame({"HER2_membrane_mean": np.concatenate([null, rng.uniform(15, 30, 30)]),
+                          "HER2_membrane_completeness": 0.5})
+    ctrl1 = pd.DataFrame({"HER2_membrane_mean": rng.uniform(20, 40, 300),
+                          "HER2_membrane_completeness": 0.5})
+    ctrl3 = pd.DataFrame({"HER2_membrane_mean": rng.uniform(150, 250, 300),
+                          "HER2_membrane_completeness": 1.0})
+    cal = calibrate_her2({"A": ctrl0, "B": ctrl1, "C": ctrl3}, statistic="mean",
+                         categories={"A": "0", "B": "1+", "C": "3+"})
+    n, q = 980, 0.95
+    assert cal.stained_group_percent == pytest.approx(100 * 30 / n)
+    # the cut-off's rank among all 980 cells, read among the 950 null ones
+    assert cal.null_stained_percent == pytest.approx(100 * (1 - ((n - 1) * q + 1) / 951), abs=1e-6)
+    assert cal.null_stained_percent < gate_noise_floor_percent(n, q)
+    # kept through a file, and an older calibration without it keeps the old floor
+    back = Her2Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.stained_group_percent == cal.stained_group_percent
+    old = cal.to_dict()
+    del old["stained_group_percent"]
+    assert Her2Calibration.from_dict(old).null_stained_percent == gate_noise_floor_percent(n, q)
+    with pytest.raises(InputError, match="stained_group_percent"):
+        Her2Calibration(1.0, 2.0, 3.0, stained_group_percent=40.0)

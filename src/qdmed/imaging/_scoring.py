@@ -538,6 +538,11 @@ class Her2Calibration:
         ``(name, category, n_cells, median, faint_quantile_value or None)`` per control.
     warnings : tuple of str
         What the calibration could not check (e.g. no 0 control).
+    stained_group_percent : float or None, %
+        Share of the pooled 0 controls' cells in a separate stained group at their top
+        (:func:`stained_group_share`; a 0 case may hold up to 10 % faint cells), which
+        :attr:`null_stained_percent` leaves out of the null population; None where there is
+        none (or for explicit cut-offs and older calibrations).
     """
 
     faint: float
@@ -551,6 +556,7 @@ class Her2Calibration:
     faint_quantile: float | None = None
     controls: tuple = ()
     warnings: tuple = ()
+    stained_group_percent: float | None = None
 
     def __post_init__(self):
         vals = (self.faint, self.weak_moderate, self.intense)
@@ -573,6 +579,8 @@ class Her2Calibration:
             check_number(self.faint_quantile, "faint_quantile", lo=0.9, hi=1.0)
             if self.faint_quantile == 1.0:
                 raise InputError("faint_quantile must be below 1; got 1.0.")
+        if self.stained_group_percent is not None:
+            check_number(self.stained_group_percent, "stained_group_percent", lo=0.0, hi=10.0)
 
     @property
     def cutoffs(self) -> tuple[float, float, float]:
@@ -587,13 +595,25 @@ class Her2Calibration:
         about ``100 (1 - faint_quantile)`` % of null cells lie above it by construction
         (:func:`gate_noise_floor_percent` of the pooled controls' size, the order-statistics
         expectation): the noise floor below which "some staining" cannot be told from a null
-        population. 0 for explicit cut-offs or a faint cut-off taken from a 1+ control.
+        population. Where the controls' top cells are a separate stained group
+        (:attr:`stained_group_percent`), those are not null: the cut-off's rank is taken
+        among the null cells below them (1 / (null cells + 1) when it lies above them all).
+        A synthetic MDA-MB-468 holds ~4 % 1+ cells; counted as null they had set the floor at
+        5.29 %, above the 1.2 % of truly 0 cells that read faint in a tumour field, so that
+        a tumour with 5 % faint cells was not flagged ultralow. 0 for explicit cut-offs or
+        a faint cut-off taken from a 1+ control.
         """
         lows = [c for c in self.controls
                 if c[1] == "0" and c[4] is not None and math.isfinite(float(c[4]))]
         if not lows or self.faint_quantile is None:
             return 0.0
-        return gate_noise_floor_percent(sum(int(c[2]) for c in lows), float(self.faint_quantile))
+        n = sum(int(c[2]) for c in lows)
+        q = float(self.faint_quantile)
+        if not self.stained_group_percent:
+            return gate_noise_floor_percent(n, q)
+        n_null = max(1, n - round(n * self.stained_group_percent / 100.0))
+        rank = (n - 1) * q + 1  # the cut-off's rank among all n (numpy's linear quantile)
+        return round(100.0 * max(1.0 - rank / (n_null + 1), 1.0 / (n_null + 1)), 9)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of all fields (controls as a list of dicts)."""
@@ -615,7 +635,8 @@ class Her2Calibration:
             raise InputError(
                 "a HER2 calibration needs numeric 'faint', 'weak_moderate' and 'intense' cut-offs"
             ) from None
-        for k in ("marker", "compartment", "statistic", "rule", "scale", "faint_quantile"):
+        for k in ("marker", "compartment", "statistic", "rule", "scale", "faint_quantile",
+                  "stained_group_percent"):
             if k in d and d[k] is not None:
                 kw[k] = d[k]
         try:
@@ -655,15 +676,11 @@ MIN_STAINED_PERCENT_OF_POSITIVE = 10.0
 STAINED_GROUP_GAP = 2.0
 
 
-def stained_group(values, faint_quantile: float) -> tuple[float, float, float, float] | None:
-    """A separate group of stained cells at the top of a 0 control whose share lies within
-    3 points of ``1 - faint_quantile``, where the faint cut-off (the control's
-    ``faint_quantile`` quantile) falls among or just below them depending on their exact
-    share: ``(share, group's lowest value, highest value below it, the cut-off on the other
-    side)`` or None. The group is what lies above the largest ratio (at least
-    :data:`STAINED_GROUP_GAP`) between consecutive positive values of the top 15 %, 1-10 %
-    of the cells and at least 3. On synthetic MDA-MB-468 controls (~4 % 1+ cells) the
-    cut-off was 1.4-2.0 below the group and 14-15 among it, with the field size."""
+def stained_group_share(values) -> tuple[float, float, float] | None:
+    """A separate group of stained cells at the top of a 0 control: ``(share, group's
+    lowest value, highest value below it)`` or None. The group is what lies above the
+    largest ratio (at least :data:`STAINED_GROUP_GAP`) between consecutive positive values
+    of the top 15 %, 1-10 % of the cells and at least 3."""
     v = np.sort(np.asarray(values, dtype=np.float64))
     v = v[np.isfinite(v)]
     n = v.size
@@ -674,17 +691,31 @@ def stained_group(values, faint_quantile: float) -> tuple[float, float, float, f
     ratio = np.where(lo > 0, hi / np.where(lo > 0, lo, 1.0), 0.0)
     k = int(np.argmax(ratio))
     m = top.size - k - 1  # cells in the group
-    share = m / n
-    spare = 1.0 - faint_quantile
-    if (ratio[k] < STAINED_GROUP_GAP or m < 3 or not 0.01 <= share <= 0.10
-            or abs(share - spare) > 0.03):
+    if ratio[k] < STAINED_GROUP_GAP or m < 3 or not 0.01 <= m / n <= 0.10:
         return None
+    return m / n, float(hi[k]), float(lo[k])
+
+
+def stained_group(values, faint_quantile: float) -> tuple[float, float, float, float] | None:
+    """A separate group of stained cells at the top of a 0 control whose share lies within
+    3 points of ``1 - faint_quantile``, where the faint cut-off (the control's
+    ``faint_quantile`` quantile) falls among or just below them depending on their exact
+    share: ``(share, group's lowest value, highest value below it, the cut-off on the other
+    side)`` or None (the group: :func:`stained_group_share`). On synthetic MDA-MB-468
+    controls (~4 % 1+ cells) the cut-off was 1.4-2.0 below the group and 14-15 among it,
+    with the field size."""
+    found = stained_group_share(values)
+    if found is None or abs(found[0] - (1.0 - faint_quantile)) > 0.03:
+        return None
+    share, first, last = found
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    m = round(share * v.size)
     cut = float(np.quantile(v, faint_quantile))
-    below = v[: n - m]
     # among the group the cut-off reads its lower part; below it, the rest's quantile
-    alt = (float(np.quantile(below, faint_quantile)) if cut >= hi[k]
-           else float(np.quantile(v[n - m:], 0.25)))
-    return share, float(hi[k]), float(lo[k]), alt
+    alt = (float(np.quantile(v[: v.size - m], faint_quantile)) if cut >= first
+           else float(np.quantile(v[v.size - m:], 0.25)))
+    return share, first, last, alt
 
 
 def her2_median_anchors(values_by_score: Mapping[int, list[np.ndarray]], faint: float
@@ -871,6 +902,7 @@ def calibrate_her2(
     )
     warnings = []
     group = stained_group(np.concatenate(pooled[0]), q) if low == 0 else None
+    found = stained_group_share(np.concatenate(pooled[0])) if low == 0 else None
     if group is not None:
         share, first, last_below, alt = group
         where = "among them" if faint >= first else "below them"
@@ -903,6 +935,7 @@ def calibrate_her2(
         faint_quantile=q,
         controls=tuple(tuple(r) for r in info),
         warnings=tuple(warnings),
+        stained_group_percent=None if found is None else round(100.0 * found[0], 9),
     )
 
 
