@@ -647,6 +647,17 @@ def test_her2_stained_min_completeness_needs_visible_staining():
             score_her2(df, CAL, stained_min_completeness=bad)
 
 
+def _calibrated_on(values0, rng, statistic: str):
+    """calibrate_her2 on a 0 control of ``values0`` and synthetic 1+ and 3+ controls."""
+    col = f"HER2_membrane_{statistic}"
+    ctrl = {"A": (values0, 0.5), "B": (rng.uniform(20, 40, 300), 0.5),
+            "C": (rng.uniform(150, 250, 300), 1.0)}
+    tables = {k: pd.DataFrame({col: v, "HER2_membrane_completeness": c})
+              for k, (v, c) in ctrl.items()}
+    return calibrate_her2(tables, statistic=statistic,
+                          categories={"A": "0", "B": "1+", "C": "3+"})
+
+
 def test_stained_group_of_a_0_control_is_named():
     from qdmed.imaging._scoring import stained_group
 
@@ -664,14 +675,7 @@ def test_stained_group_of_a_0_control_is_named():
     assert stained_group(null, 0.95) is None
     assert stained_group(np.concatenate([null, rng.uniform(1.2, 30, 50)]), 0.95) is None
     # calibrate_her2 says so, with both places of the cut-off
-    ctrl0 = pd.DataFrame({"HER2_membrane_stained_mean": np.concatenate([null, stained]),
-                          "HER2_membrane_completeness": 0.5})
-    ctrl1 = pd.DataFrame({"HER2_membrane_stained_mean": rng.uniform(20, 40, 300),
-                          "HER2_membrane_completeness": 0.5})
-    ctrl3 = pd.DataFrame({"HER2_membrane_stained_mean": rng.uniform(150, 250, 300),
-                          "HER2_membrane_completeness": 1.0})
-    cal = calibrate_her2({"A": ctrl0, "B": ctrl1, "C": ctrl3},
-                         categories={"A": "0", "B": "1+", "C": "3+"})
+    cal = _calibrated_on(np.concatenate([null, stained]), rng, "stained_mean")
     assert any("separate, stained group: 5.0 %" in w for w in cal.warnings), cal.warnings
 
 
@@ -682,14 +686,7 @@ def test_null_floor_leaves_the_0_controls_stained_group_out():
 
     rng = np.random.default_rng(5)
     null = rng.normal(1.0, 0.1, 950)
-    ctrl0 = pd.DataFrame({"HER2_membrane_mean": np.concatenate([null, rng.uniform(15, 30, 30)]),
-                          "HER2_membrane_completeness": 0.5})
-    ctrl1 = pd.DataFrame({"HER2_membrane_mean": rng.uniform(20, 40, 300),
-                          "HER2_membrane_completeness": 0.5})
-    ctrl3 = pd.DataFrame({"HER2_membrane_mean": rng.uniform(150, 250, 300),
-                          "HER2_membrane_completeness": 1.0})
-    cal = calibrate_her2({"A": ctrl0, "B": ctrl1, "C": ctrl3}, statistic="mean",
-                         categories={"A": "0", "B": "1+", "C": "3+"})
+    cal = _calibrated_on(np.concatenate([null, rng.uniform(15, 30, 30)]), rng, "mean")
     n, q = 980, 0.95
     assert cal.stained_group_percent == pytest.approx(100 * 30 / n)
     # the cut-off's rank among all 980 cells, read among the 950 null ones

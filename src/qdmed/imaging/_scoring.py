@@ -681,8 +681,7 @@ def stained_group_share(values) -> tuple[float, float, float] | None:
     lowest value, highest value below it)`` or None. The group is what lies above the
     largest ratio (at least :data:`STAINED_GROUP_GAP`) between consecutive positive values
     of the top 15 %, 1-10 % of the cells and at least 3."""
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    v = v[np.isfinite(v)]
+    v = _sorted_finite(values)
     n = v.size
     top = v[int(np.floor(0.85 * n)):]
     if top.size < 2:
@@ -704,12 +703,21 @@ def stained_group(values, faint_quantile: float) -> tuple[float, float, float, f
     side)`` or None (the group: :func:`stained_group_share`). On synthetic MDA-MB-468
     controls (~4 % 1+ cells) the cut-off was 1.4-2.0 below the group and 14-15 among it,
     with the field size."""
-    found = stained_group_share(values)
+    v = _sorted_finite(values)
+    return _near_cut(v, stained_group_share(v), faint_quantile)
+
+
+def _sorted_finite(values) -> np.ndarray:
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    return v[np.isfinite(v)]
+
+
+def _near_cut(v, found, faint_quantile: float) -> tuple[float, float, float, float] | None:
+    """:func:`stained_group` of the sorted finite values ``v`` whose group is ``found``
+    (:func:`stained_group_share`)."""
     if found is None or abs(found[0] - (1.0 - faint_quantile)) > 0.03:
         return None
     share, first, last = found
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    v = v[np.isfinite(v)]
     m = round(share * v.size)
     cut = float(np.quantile(v, faint_quantile))
     # among the group the cut-off reads its lower part; below it, the rest's quantile
@@ -901,8 +909,9 @@ def calibrate_her2(
         "at or above faint) at scores 1.5 / 2.5"
     )
     warnings = []
-    group = stained_group(np.concatenate(pooled[0]), q) if low == 0 else None
-    found = stained_group_share(np.concatenate(pooled[0])) if low == 0 else None
+    v0 = _sorted_finite(np.concatenate(pooled[0])) if low == 0 else None
+    found = None if v0 is None else stained_group_share(v0)  # also in the null floor
+    group = None if v0 is None else _near_cut(v0, found, q)
     if group is not None:
         share, first, last_below, alt = group
         where = "among them" if faint >= first else "below them"
