@@ -263,6 +263,12 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2 and "bit_depth (--bit-depth) must be an integer from 8 to 16" in r.stderr
     r = run("image", "simulate", "--size", "9000", "--out", str(tmp_path / "big.ome.tif"))
     assert r.returncode == 2 and "write larger slides as .ome.zarr" in r.stderr
+    r = run("image", "simulate", "--junctions", "one", "--out", str(tmp_path / "j.ome.tif"))
+    assert r.returncode == 2 and "junctions (--junctions) must be one of ['resolved', " \
+        "'shared']; got 'one'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run("image", "simulate", "--junctions", "shared", "--size", "128", "--out",
+            str(tmp_path / "j.ome.tif"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["n_cells"] > 5, r.stderr
     r = run("image", "analyze", str(tmp_path / "missing.ome.zarr"), "--exclude-flagged",
             "saturated,blurry")
     assert r.returncode == 2 and "exclude_flagged (--exclude-flagged) takes" in r.stderr and "'blurry'" in r.stderr

@@ -193,6 +193,8 @@ def test_bad_input():
         field((32, 32), dtype="int8")
     with pytest.raises(InputError, match="seed"):
         simulate_tissue((10, 10), seed=-1)
+    with pytest.raises(InputError, match=r"junctions must be one of \['resolved', 'shared'\]"):
+        simulate_tissue((10, 10), junctions="one")
 
 
 # --------------------------------------------------------------------------- expression
@@ -335,9 +337,10 @@ def test_shot_and_read_noise():
 
 
 # --------------------------------------------------------------------------- slides
-def test_slide_tiles_are_independent(tmp_path):
+@pytest.mark.parametrize("junctions", ["resolved", "shared"])
+def test_slide_tiles_are_independent(tmp_path, junctions):
     kw = {"preset": "her2-heterogeneous", "endmembers": E, "marker_names": MARKERS,
-          "seed": 21, "tissue_fraction": 0.8}
+          "seed": 21, "tissue_fraction": 0.8, "junctions": junctions}
     shape = (600, 700)
     a = simulate_slide(tmp_path / "a.ome.zarr", shape, tile=256, **kw)
     b = simulate_slide(tmp_path / "b.ome.zarr", shape, tile=384, **kw)
@@ -392,6 +395,66 @@ def test_membrane_thinner_than_a_pixel_is_still_drawn():
     assert mem.mean() > 0.05
     assert f.abundances[..., MARKERS.index("HER2")][mem].mean() > 0
     assert f.truth["HER2_membrane"].notna().mean() > 0.9
+
+
+def test_shared_junctions_are_one_line_showing_both_cells():
+    """junctions='shared': where two cells touch, the membrane is one line of the
+    membrane's width, half in each cell, and every pixel of it shows both cells' membranes
+    (two membranes 10-20 nm apart are one line at light-microscope resolution)."""
+    from scipy import ndimage as ndi
+
+    kw = dict(shape=(512, 512), noise=False, dtype="float32", photons_per_unit=1.0, seed=7,
+              tissue_fraction=0.8)
+    res, sha = field(**kw), field(junctions="shared", **kw)
+    assert sha.params["junctions"] == "shared" and res.params["junctions"] == "resolved"
+    # the same cells and expression; only the membranes differ
+    check_geometry(sha.nuclei, sha.cells, sha.compartments)
+    np.testing.assert_array_equal(sha.cells, res.cells)
+    np.testing.assert_array_equal(sha.nuclei, res.nuclei)
+    for col in ("her2_category", "her2_intensity", "her2_completeness", "HER2_level"):
+        pd.testing.assert_series_equal(sha.truth[col], res.truth[col])
+    lab, code = sha.cells, COMPARTMENT_CODES["membrane"]
+    mem_s, mem_r = sha.compartments == code, res.compartments == code
+    assert not (mem_s & ~mem_r).any()  # within the resolved rings
+    cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+    big = np.where(lab > 0, lab, lab.max() + 1)
+    touches = (lab > 0) & ((ndi.maximum_filter(lab, footprint=cross) != lab)
+                           | (ndi.minimum_filter(big, footprint=cross) != lab))
+    near_stroma = (lab > 0) & (ndi.minimum_filter(lab, footprint=np.ones((5, 5), bool)) == 0)
+    # a pixel touching another cell is membrane; a membrane pixel touches one or lies in
+    # the full ring (2 px) at stroma; between cells the line is 2 px: 1 px each side
+    inner = np.zeros(lab.shape, bool)  # a neighbour beyond the image's edge is not seen
+    inner[2:-2, 2:-2] = True
+    assert (mem_s[inner & touches & (sha.compartments != COMPARTMENT_CODES["nucleus"])]).all()
+    assert (touches | near_stroma)[mem_s & inner].all()
+    junction = mem_s & ~near_stroma
+    assert junction.sum() > 0.2 * mem_s.sum()  # measured 0.31 (tissue_fraction 0.8)
+    assert 0.4 < mem_s.sum() / mem_r.sum() < 0.9  # junctions lose half their width (0.75)
+    her2 = MARKERS.index("HER2")
+    a_s, a_r = sha.abundances[..., her2], res.abundances[..., her2]
+    # each junction carries both membranes: the image's total HER2 is kept (2 px of a + b
+    # against 2 px of a and 2 px of b), within the pixelisation of the lines' ends
+    assert a_s.sum() == pytest.approx(a_r.sum(), rel=0.05)  # measured 1.025x
+    # a 0 cell's side of a junction with a stained cell shows that cell's membrane: its
+    # truth's membrane mean is above 0 here, exactly 0 with resolved rings
+    t_s, t_r = (f.truth.set_index("cell_id") for f in (sha, res))
+    zero = t_s.index[t_s.her2_category == "0"]
+    assert (t_r.loc[zero, "HER2_membrane"] == 0).all()
+    lvl = t_s.her2_intensity.reindex(np.arange(lab.max() + 1), fill_value=0).to_numpy()
+    cat = t_s.her2_category.reindex(np.arange(lab.max() + 1), fill_value="").to_numpy()
+    # a 0 cell's junction pixels facing one stained cell only (no third cell or stroma
+    # within 2 px, no end of its stained arc within 3 px) read that cell's level
+    nb = ndi.maximum_filter(np.where(junction & (a_r > 0), lab, 0), footprint=cross)
+    two = inner.copy()
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            q = np.roll(lab, (dy, dx), axis=(0, 1))
+            two &= (q == lab) | (q == nb)
+    arc_end = ndi.binary_dilation(mem_r & (a_r == 0) & (cat[lab] != "0"), iterations=3)
+    pick = junction & (cat[lab] == "0") & (nb > 0) & two & ~arc_end
+    assert pick.sum() > 50
+    np.testing.assert_allclose(a_s[pick], lvl[nb[pick]], rtol=1e-5)
+    assert (t_s.loc[zero, "HER2_membrane"] > 0).mean() > 0.2  # measured 0.36
 
 
 def test_custom_presets_are_checked():

@@ -456,6 +456,7 @@ def simulate(
     photons: Annotated[float, typer.Option("--photons", help="Photoelectrons per unit abundance (Python's simulate_slide and simulate_field default to 1000: give the same value to both when their slides meet, e.g. controls and tissue for one calibration).")] = 300.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, the same slide.")] = 0,
     tissue_fraction: Annotated[float, typer.Option("--tissue-fraction", help="Share of the field covered by tissue, 0-1 (the rest is glass).")] = 1.0,
+    junctions: Annotated[str, typer.Option("--junctions", help="How touching cells' membranes are drawn: 'resolved' (two rings side by side, each cell's stain on its side) or 'shared' (one line showing both cells' membranes, as a microscope sees a junction; which cell it belongs to is left to the analysis).")] = "resolved",
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="Detector ADC bits (8-16): counts above 2^bits - 1 saturate there.")] = 16,
     offset_adu: Annotated[float, typer.Option("--offset", help="Detector offset (dark level) added to every count, as a camera that is not dark-corrected records it.")] = 0.0,
     tma: Annotated[str | None, typer.Option("--tma", help="A tissue microarray of ROWSxCOLS cores (e.g. 4x6) instead of one tissue; OME-Zarr only. --size is then ignored.")] = None,
@@ -500,7 +501,8 @@ def simulate(
     p = _panel(panel_file)
     kw = dict(endmembers=p.endmembers, marker_names=list(p.markers),
               channel_names=list(p.channel_names), photons_per_unit=photons, seed=seed,
-              tissue_fraction=tissue_fraction, bit_depth=bit_depth, offset_adu=offset_adu)
+              tissue_fraction=tissue_fraction, bit_depth=bit_depth, offset_adu=offset_adu,
+              junctions=junctions)
     if unstained and only is not None:
         raise InputError("--unstained has no label at all; --only keeps some: give one")
     if unstained or only is not None:

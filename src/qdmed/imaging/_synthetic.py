@@ -11,7 +11,14 @@ demonstrated on images generated here from a forward model:
    neighbour minus the membrane thickness, so nuclei never overlap and never touch a
    membrane. A cell is the Voronoi region of its centre limited to the cell radius; the
    membrane is the ring of cell pixels within ``membrane_thickness_um`` of another label
-   (a neighbour cell or stroma); the cytoplasm is the rest of the cell. A pixel's labels
+   (a neighbour cell or stroma); the cytoplasm is the rest of the cell. By default
+   (``junctions='resolved'``) two touching cells draw two such rings side by side, a
+   junction twice the membrane's width with each cell's stain on its own side. With
+   ``junctions='shared'`` the junction is one line of the membrane's width, half on each
+   side, and every pixel of it shows both cells' membranes (two membranes 10-20 nm apart
+   are not resolved by a light microscope): a HER2-0 cell's junction with a 3+ cell reads
+   3+ on both sides, and which cell a junction belongs to is for the analysis to decide.
+   Where a cell meets stroma its ring keeps the full width. A pixel's labels
    depend only on the global cell list, never on the tile being rendered. Tissue versus
    glass follows a smooth random field (a sum of 24 plane waves with wavelengths of
    150-800 um) thresholded to cover ``tissue_fraction`` of the area on average.
@@ -59,6 +66,7 @@ __all__ = [
     "COMPARTMENT_CODES",
     "HER2_CATEGORIES",
     "HER2_CATEGORY_MODEL",
+    "JUNCTIONS",
     "Marker",
     "MarkerLevel",
     "Preset",
@@ -73,6 +81,8 @@ __all__ = [
 ]
 
 COMPARTMENTS = ("nucleus", "cytoplasm", "membrane")
+#: How two touching cells' membranes are drawn (module docstring, Geometry).
+JUNCTIONS = ("resolved", "shared")
 #: Codes of the ``compartments`` image: 0 stroma/glass, 1 nucleus, 2 cytoplasm, 3 membrane.
 COMPARTMENT_CODES = MappingProxyType({"background": 0, "nucleus": 1, "cytoplasm": 2,
                                       "membrane": 3})
@@ -437,6 +447,7 @@ class _Geometry:
     af_modes: np.ndarray
     discs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # TMA cores: cy, cx, r px
     core: np.ndarray | None = None  # per cell: index into discs (TMA), else None
+    junctions: str = "resolved"     # JUNCTIONS: how two cells' membranes meet
 
     @property
     def n(self) -> int:
@@ -455,7 +466,7 @@ def _disc_index(discs: np.ndarray, y_px: np.ndarray, x_px: np.ndarray) -> np.nda
 def _build_geometry(shape: tuple[int, int], *, density: float, ps: float,
                     nucleus_radius: tuple[float, float], cell_radius: tuple[float, float],
                     membrane_um: float, tissue_fraction: float, seed: int,
-                    discs=None) -> _Geometry:
+                    discs=None, junctions: str = "resolved") -> _Geometry:
     from scipy.spatial import cKDTree
     from scipy.special import ndtri
 
@@ -535,7 +546,7 @@ def _build_geometry(shape: tuple[int, int], *, density: float, ps: float,
                      ring_px=membrane_um / ps, tissue_thr=thr, tissue_modes=tissue_modes,
                      af_modes=af_modes, discs=discs,
                      core=_disc_index(discs, y / ps - 0.5, x / ps - 0.5) if discs.size
-                     else None)
+                     else None, junctions=junctions)
 
 
 def _max_density(ps: float, membrane_um: float) -> float:
@@ -599,17 +610,34 @@ def _render_geometry(g: _Geometry, y0: int, y1: int, x0: int, x1: int) -> dict[s
     mx = ndi.maximum_filter(lab, footprint=fp, mode="nearest")
     mn = ndi.minimum_filter(lab, footprint=fp, mode="nearest")
     c = slice(mr, mr + (y1 - y0)), slice(mr, mr + (x1 - x0))
+    junction = None
+    if g.junctions == "shared":
+        # where two cells meet, each holds half the line (its side); at stroma the ring keeps
+        # its full width inside the cell
+        hp = _disk(max(1.0, g.ring_px / 2))
+        other = np.where(lab > 0, lab, np.iinfo(lab.dtype).max)
+        junction = ((ndi.maximum_filter(lab, footprint=hp, mode="nearest") != lab)
+                    | (ndi.minimum_filter(other, footprint=hp, mode="nearest") != lab))[c]
     lab, nuc, mx, mn = lab[c], nuc[c], mx[c], mn[c]
     nuc = np.where(nuc == lab, nuc, 0)  # guaranteed by construction; kept as a safeguard
     comp = np.zeros(lab.shape, np.uint8)
     incell = lab > 0
     comp[incell] = 2
-    comp[incell & ((mx != lab) | (mn != lab))] = 3
+    if junction is None:
+        comp[incell & ((mx != lab) | (mn != lab))] = 3
+    else:
+        junction &= incell
+        comp[junction | (incell & (mn == 0))] = 3
     comp[nuc > 0] = 1
     if g.discs.size:  # TMA: a core is punched out of the block, cutting its edge cells
         inside = _disc_mask(g, y0, y1, x0, x1)
         lab, nuc, comp = (np.where(inside, a, 0).astype(a.dtype) for a in (lab, nuc, comp))
-    return {"cells": lab, "nuclei": nuc, "compartments": comp}
+        if junction is not None:
+            junction &= inside
+    out = {"cells": lab, "nuclei": nuc, "compartments": comp}
+    if junction is not None:
+        out["junction"] = junction & (comp == 3)
+    return out
 
 
 def _disc_mask(g: _Geometry, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -745,7 +773,46 @@ def _patterns(g: _Geometry, ex: _Expression, geo: dict[str, np.ndarray], y0: int
             if mname == "HER2":
                 stained[yy[keep], xx[keep]] = True
         out.append(a)
+    if "junction" in geo:
+        _share_junctions(g, ex, geo, out)
     return out, stained
+
+
+def _share_junctions(g: _Geometry, ex: _Expression, geo: dict[str, np.ndarray],
+                     maps: list[np.ndarray]) -> None:
+    """``junctions='shared'``: each junction pixel of a membrane marker's map also shows
+    the neighbouring cell's membrane across the line (in place): the mean of that marker
+    over the other cells' junction pixels within the ring width, as drawn for them alone.
+    Two membranes 10-20 nm apart are one line at light-microscope resolution, so a
+    junction's signal is both cells' sum; pixels keep their cell. The pixels within a ring
+    width of the map's edge see only what the map holds (the caller pads the region)."""
+    lab, jun = geo["cells"], geo["junction"]
+    idx = [i for i, m in enumerate(ex.marker_names)
+           if COMPARTMENT_CODES[_MARKERS[m].compartment] == 3 and maps[i].any()]
+    if not idx or not jun.any():
+        return
+    r = int(math.floor(max(1.0, g.ring_px)))
+    fp = _disk(max(1.0, g.ring_px))
+    h, w = lab.shape
+    cnt = np.zeros(lab.shape, np.float32)
+    sums = [np.zeros(lab.shape, np.float32) for _ in idx]
+    for dy, dx in zip(*(np.nonzero(fp)), strict=True):
+        oy, ox = int(dy) - r, int(dx) - r
+        if oy == 0 and ox == 0:
+            continue
+        # pixel p = (y, x) looks at q = (y + oy, x + ox)
+        py = slice(max(0, -oy), h - max(0, oy))
+        px = slice(max(0, -ox), w - max(0, ox))
+        qy = slice(max(0, oy), h - max(0, -oy))
+        qx = slice(max(0, ox), w - max(0, -ox))
+        lp, lq = lab[py, px], lab[qy, qx]
+        ok = jun[py, px] & jun[qy, qx] & (lq != lp) & (lq > 0)
+        cnt[py, px] += ok
+        for sm, i in zip(sums, idx, strict=True):
+            sm[py, px] += np.where(ok, maps[i][qy, qx], np.float32(0))
+    has = cnt > 0
+    for sm, i in zip(sums, idx, strict=True):
+        maps[i][has] += sm[has] / cnt[has]
 
 
 @dataclass(frozen=True, eq=False)
@@ -773,8 +840,16 @@ def _render(sc: _Scene, y0: int, y1: int, x0: int, x1: int, *, want_abundances: 
     nb = _NOISE_BLOCK
     ay0, ax0 = (y0 // nb) * nb, (x0 // nb) * nb
     ay1, ax1 = -(-y1 // nb) * nb, -(-x1 // nb) * nb
-    geo = _render_geometry(g, ay0, ay1, ax0, ax1)
-    pats, stained = _patterns(g, sc.expression, geo, ay0, ax0)
+    if g.junctions == "shared":  # a junction pixel looks across the line: pad, then crop
+        pad = int(math.ceil(max(1.0, g.ring_px)))
+        geo = _render_geometry(g, ay0 - pad, ay1 + pad, ax0 - pad, ax1 + pad)
+        pats, stained = _patterns(g, sc.expression, geo, ay0 - pad, ax0 - pad)
+        cp = slice(pad, -pad), slice(pad, -pad)
+        geo = {k: v[cp] for k, v in geo.items()}
+        pats, stained = [p[cp] for p in pats], stained[cp]
+    else:
+        geo = _render_geometry(g, ay0, ay1, ax0, ax1)
+        pats, stained = _patterns(g, sc.expression, geo, ay0, ax0)
     tissue, soft = _tissue_maps(g, ay0, ay1, ax0, ax1)
     comp = geo["compartments"]
     shp = comp.shape
@@ -1120,10 +1195,13 @@ class SyntheticSlide:
 # --------------------------------------------------------------------------- public API
 def _geometry_params(shape: Any, cell_density_per_mm2: Any, pixel_size_um: Any,
                      nucleus_radius_um: Any, cell_radius_um: Any, membrane_thickness_um: Any,
-                     tissue_fraction: Any, seed: Any) -> dict[str, Any]:
+                     tissue_fraction: Any, seed: Any, junctions: Any = "resolved"
+                     ) -> dict[str, Any]:
     tf = _positive("tissue_fraction", tissue_fraction, allow_zero=True)
     if tf > 1:
         raise InputError(f"tissue_fraction must be in [0, 1], got {tissue_fraction!r}")
+    if not isinstance(junctions, str) or junctions not in JUNCTIONS:
+        raise InputError(f"junctions must be one of {list(JUNCTIONS)}; got {junctions!r}")
     return {
         "shape": _shape2(shape),
         "cell_density_per_mm2": _positive("cell_density_per_mm2", cell_density_per_mm2),
@@ -1133,6 +1211,7 @@ def _geometry_params(shape: Any, cell_density_per_mm2: Any, pixel_size_um: Any,
         "membrane_thickness_um": _positive("membrane_thickness_um", membrane_thickness_um),
         "tissue_fraction": tf,
         "seed": _seed(seed),
+        "junctions": junctions,
     }
 
 
@@ -1142,7 +1221,7 @@ def _geometry_from(p: dict[str, Any]) -> _Geometry:
                            cell_radius=p["cell_radius_um"],
                            membrane_um=p["membrane_thickness_um"],
                            tissue_fraction=p["tissue_fraction"], seed=p["seed"],
-                           discs=p.get("discs"))
+                           discs=p.get("discs"), junctions=p.get("junctions", "resolved"))
 
 
 def simulate_tissue(
@@ -1155,6 +1234,7 @@ def simulate_tissue(
     membrane_thickness_um: float = 1.0,
     tissue_fraction: float = 1.0,
     seed: int | None = 0,
+    junctions: str = "resolved",
 ) -> SyntheticTissue:
     """Simulate cell geometry: nuclei, cells and compartments.
 
@@ -1173,6 +1253,11 @@ def simulate_tissue(
         limited by this radius; gaps are stroma).
     membrane_thickness_um : float, um
         Width of the membrane ring.
+    junctions : {'resolved', 'shared'}
+        How two touching cells' membranes are drawn (module docstring, Geometry):
+        ``'resolved'`` (default), two rings side by side, each cell's stain on its side;
+        ``'shared'``, one line of ``membrane_thickness_um``, half in each cell, every pixel
+        of it showing both cells' membranes (as a light microscope sees a junction).
     tissue_fraction : float in [0, 1]
         Expected fraction of the area covered by tissue (a smooth random mask); 0 gives an
         empty slide with zero cells.
@@ -1197,7 +1282,8 @@ def simulate_tissue(
     ((256, 256), 'int32', True)
     """
     p = _geometry_params(shape, cell_density_per_mm2, pixel_size_um, nucleus_radius_um,
-                         cell_radius_um, membrane_thickness_um, tissue_fraction, seed)
+                         cell_radius_um, membrane_thickness_um, tissue_fraction, seed,
+                         junctions)
     g = _geometry_from(p)
     h, w = p["shape"]
     geo = _render_geometry(g, 0, h, 0, w)
@@ -1347,6 +1433,7 @@ def simulate_field(
     cell_radius_um: float | tuple[float, float] = (10.0, 1.5),
     membrane_thickness_um: float = 1.0,
     tissue_fraction: float = 1.0,
+    junctions: str = "resolved",
 ) -> SyntheticField:
     """Simulate one multiplexed QD field of view with ground truth.
 
@@ -1388,8 +1475,11 @@ def simulate_field(
         clipped there, i.e. saturated (12 for a 12-bit camera).
     seed : int or None
     pixel_size_um, cell_density_per_mm2, nucleus_radius_um, cell_radius_um,
-    membrane_thickness_um, tissue_fraction
-        Geometry, as in :func:`simulate_tissue`.
+    membrane_thickness_um, tissue_fraction, junctions
+        Geometry, as in :func:`simulate_tissue`. With ``junctions='shared'`` the truth's
+        membrane columns are the mean of what is drawn in the cell's membrane pixels,
+        its neighbours' share of the junctions included (a 0 cell beside 3+ cells reads
+        above 0); ``her2_*`` and ``{marker}_level`` keep the cell's own.
 
     Returns
     -------
@@ -1413,7 +1503,8 @@ def simulate_field(
     so a field equals the same region of :func:`simulate_slide` with the same parameters.
     """
     gp = _geometry_params(shape, cell_density_per_mm2, pixel_size_um, nucleus_radius_um,
-                          cell_radius_um, membrane_thickness_um, tissue_fraction, seed)
+                          cell_radius_um, membrane_thickness_um, tissue_fraction, seed,
+                          junctions)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
                        offset_adu, photobleaching, noise, dtype, bit_depth)
@@ -1465,6 +1556,7 @@ def simulate_slide(
     membrane_thickness_um: float = 1.0,
     tissue_fraction: float = 1.0,
     progress: bool = False,
+    junctions: str = "resolved",
 ) -> SyntheticSlide:
     """Simulate a whole-slide-sized image tile by tile, straight into an OME-Zarr store.
 
@@ -1507,7 +1599,8 @@ def simulate_slide(
         ``overwrite=False``.
     """
     gp = _geometry_params(shape, cell_density_per_mm2, pixel_size_um, nucleus_radius_um,
-                          cell_radius_um, membrane_thickness_um, tissue_fraction, seed)
+                          cell_radius_um, membrane_thickness_um, tissue_fraction, seed,
+                          junctions)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
                        offset_adu, photobleaching, noise, dtype, bit_depth)

@@ -470,7 +470,8 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
                          f"repeated in order); got {presets!r}")
     gp = _geometry_params((1, 1), opts["cell_density_per_mm2"], opts["pixel_size_um"],
                           opts["nucleus_radius_um"], opts["cell_radius_um"],
-                          opts["membrane_thickness_um"], opts["tissue_fraction"], opts["seed"])
+                          opts["membrane_thickness_um"], opts["tissue_fraction"], opts["seed"],
+                          opts["junctions"])
     shape, cores = tma_layout(rows, cols, core_diameter_um=core_diameter_um,
                               spacing_um=spacing_um, margin_um=margin_um,
                               position_jitter_um=position_jitter_um,
