@@ -145,8 +145,10 @@ def test_per_cell_her2_agreement_on_shared_junctions(control_calibration):
     # junction for both cells; with resolved rings 0.904 and 0.774
     assert kappa["brighter"] >= 0.85
     assert kappa["brighter"] >= kappa["both"] + 0.08
-    # true 0 cells read 2+ or 3+: none (both: none either; they read 1+, 15 % against 29 %)
-    assert np.mean(np.isin(p0["brighter"], ["2+", "3+"])) <= 0.02
+    # true 0 cells read 2+ or 3+: none (0-0.8 % on seeds 1-6) against 12.3 % (12-23 %)
+    # counting both, their 3+ neighbours' junctions read as theirs; 1+: 15.4 % (10-21 %)
+    hi = {rule: np.mean(np.isin(p, ["2+", "3+"])) for rule, p in p0.items()}
+    assert hi["brighter"] <= 0.02 and hi["both"] >= 0.08
     assert np.mean(p0["brighter"] != "0") < np.mean(p0["both"] != "0")
 
 
