@@ -263,6 +263,10 @@ def test_bad_inputs_exit_2(tmp_path):
     assert r.returncode == 2 and "bit_depth (--bit-depth) must be an integer from 8 to 16" in r.stderr
     r = run("image", "simulate", "--size", "9000", "--out", str(tmp_path / "big.ome.tif"))
     assert r.returncode == 2 and "write larger slides as .ome.zarr" in r.stderr
+    r = run("image", "calibrate", "--control", f"a={tmp_path / 'no.parquet'}", "--faint-rule",
+            "middle")
+    assert r.returncode == 2 and "faint_rule (--faint-rule) must be one of ['quantile', " \
+        "'gap']; got 'middle'" in r.stderr, r.stderr
     r = run("image", "simulate", "--junctions", "one", "--out", str(tmp_path / "j.ome.tif"))
     assert r.returncode == 2 and "junctions (--junctions) must be one of ['resolved', " \
         "'shared']; got 'one'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

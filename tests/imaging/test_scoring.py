@@ -647,15 +647,19 @@ def test_her2_stained_min_completeness_needs_visible_staining():
             score_her2(df, CAL, stained_min_completeness=bad)
 
 
-def _calibrated_on(values0, rng, statistic: str):
-    """calibrate_her2 on a 0 control of ``values0`` and synthetic 1+ and 3+ controls."""
+def _control_tables(values0, rng, statistic: str) -> dict:
+    """Cell tables of a 0 control of ``values0`` and synthetic 1+ and 3+ controls."""
     col = f"HER2_membrane_{statistic}"
     ctrl = {"A": (values0, 0.5), "B": (rng.uniform(20, 40, 300), 0.5),
             "C": (rng.uniform(150, 250, 300), 1.0)}
-    tables = {k: pd.DataFrame({col: v, "HER2_membrane_completeness": c})
-              for k, (v, c) in ctrl.items()}
-    return calibrate_her2(tables, statistic=statistic,
-                          categories={"A": "0", "B": "1+", "C": "3+"})
+    return {k: pd.DataFrame({col: v, "HER2_membrane_completeness": c})
+            for k, (v, c) in ctrl.items()}
+
+
+def _calibrated_on(values0, rng, statistic: str, **kw):
+    """calibrate_her2 on a 0 control of ``values0`` and synthetic 1+ and 3+ controls."""
+    return calibrate_her2(_control_tables(values0, rng, statistic), statistic=statistic,
+                          categories={"A": "0", "B": "1+", "C": "3+"}, **kw)
 
 
 def test_stained_group_of_a_0_control_is_named():
@@ -700,3 +704,43 @@ def test_null_floor_leaves_the_0_controls_stained_group_out():
     assert Her2Calibration.from_dict(old).null_stained_percent == gate_noise_floor_percent(n, q)
     with pytest.raises(InputError, match="stained_group_percent"):
         Her2Calibration(1.0, 2.0, 3.0, stained_group_percent=40.0)
+
+
+def test_gap_faint_cutoff_does_not_move_with_the_stained_share():
+    """faint_rule='gap': a 0 control's faint cut-off in the middle of the gap between its
+    null cells and a separate stained group, wherever the quantile would fall."""
+    from qdmed.imaging import plot_calibration
+
+    rng = np.random.default_rng(8)
+    null = rng.normal(1.0, 0.1, 950)
+    stained = rng.uniform(15, 30, 70)
+    quantile, gap = {}, {}
+    for k in (30, 50, 70):  # 3.1 %, 5.0 %, 6.9 % of the cells stained
+        v = np.concatenate([null, stained[:k]])
+        quantile[k] = _calibrated_on(v, np.random.default_rng(1), "mean")
+        cal = gap[k] = _calibrated_on(v, np.random.default_rng(1), "mean", faint_rule="gap")
+        assert cal.faint_from_gap and not quantile[k].faint_from_gap
+        assert cal.faint == pytest.approx(np.sqrt(stained[:k].min() * null.max()))
+        assert "middle of the gap" in cal.rule and not cal.warnings
+        # above every null cell: the floor is one in (null cells + 1)
+        assert cal.null_stained_percent == pytest.approx(100 / (950 + 1))
+        back = Her2Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+        assert back.faint_from_gap and back.null_stained_percent == cal.null_stained_percent
+        tables = _control_tables(v, np.random.default_rng(1), "mean")
+        plot_calibration(tables, her2=cal)  # the plot redraws the cut-off from the tables
+    # the quantile sits among the null cells or among the stained ones (the cliff); the
+    # gap's middle does not move with the share
+    assert quantile[30].faint < 2 and quantile[70].faint > 15
+    assert max(c.faint for c in gap.values()) / min(c.faint for c in gap.values()) < 1.2
+    # no separate group: the quantile, as before
+    alone = _calibrated_on(null, np.random.default_rng(1), "mean", faint_rule="gap")
+    assert not alone.faint_from_gap and alone.faint == pytest.approx(np.quantile(null, 0.95))
+    old = gap[50].to_dict()
+    del old["faint_from_gap"]
+    assert not Her2Calibration.from_dict(old).faint_from_gap
+    with pytest.raises(InputError, match="faint_from_gap needs"):
+        Her2Calibration(1.0, 2.0, 3.0, faint_from_gap=True)
+    with pytest.raises(InputError, match="faint_from_gap must be true or false"):
+        Her2Calibration(1.0, 2.0, 3.0, stained_group_percent=3.0, faint_from_gap="yes")
+    with pytest.raises(UnknownNameError, match=r"faint_rule must be one of \['quantile', 'gap'\]"):
+        _calibrated_on(null, rng, "mean", faint_rule="middle")

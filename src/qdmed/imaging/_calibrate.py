@@ -84,7 +84,8 @@ def calibrate_controls(controls: Mapping[str, Any], *,
                        categories: Mapping[str, Any] | None = None,
                        negatives: Mapping[str, str] | None = None,
                        faint_quantile: float = 0.95, quantile: float = 0.99,
-                       compartments: Mapping[str, str] | None = None):
+                       compartments: Mapping[str, str] | None = None,
+                       faint_rule: str = "quantile"):
     """Calibrate on control cell lines: HER2 cut-offs, positivity gates, and the intensity
     scale the controls were imaged and analysed on.
 
@@ -100,7 +101,7 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         A control negative for the marker: its positivity gate is that control's
         ``quantile`` (99th percentile by default;
         :func:`~qdmed.imaging.gates_from_negative_controls`).
-    faint_quantile : float
+    faint_quantile, faint_rule
         See :func:`~qdmed.imaging.calibrate_her2`.
     quantile : float in (0.5, 1)
         The gates' quantile of their negative control.
@@ -131,10 +132,12 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         _category,
         _norm_name,
         calibrate_her2,
+        check_faint_rule,
         gates_from_negative_controls,
         her2_controls_scored,
     )
 
+    check_faint_rule(faint_rule)  # before any control is read
     names = [str(n) for n in controls]
     cats, negs = {}, dict(negatives or {})
     for name, cat in (categories or {}).items():
@@ -181,7 +184,7 @@ def calibrate_controls(controls: Mapping[str, Any], *,
     her2 = gates = scored = None
     if len(her2_ctrls) >= 2:
         her2 = calibrate_her2(her2_ctrls, categories=cats or None,
-                              faint_quantile=faint_quantile)
+                              faint_quantile=faint_quantile, faint_rule=faint_rule)
         scored = her2_controls_scored(her2, her2_ctrls)
         warnings = warnings + list(her2.warnings) + [
             f"control {n} ({v['category']}) scores {v['scored']} with these "

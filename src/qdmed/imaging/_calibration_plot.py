@@ -109,7 +109,8 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
     for (_, cat, *_), v in zip(ctrls, vals, strict=True):
         by_score.setdefault(HER2_CATEGORIES.index(cat), []).append(v)
     if cal.faint_quantile is not None:
-        faint = her2_faint_cutoff(by_score, cal.faint_quantile)
+        faint = her2_faint_cutoff(by_score, cal.faint_quantile,
+                                  "gap" if cal.faint_from_gap else "quantile")
         if not np.isclose(faint, cal.faint, rtol=1e-9, atol=0.0):
             raise InputError(f"the {ctrls[0][1]} controls' cells put the faint cut-off at "
                              f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
