@@ -241,6 +241,13 @@ def test_calibrate_controls_in_python_records_the_controls_scale(tmp_path):
     plt.close(cal.plot())
     with pytest.raises(InputError, match="holds no control cells"):
         load_calibration(saved.path).plot()
+    # the gap rule travels through the file, with its floor, and the plot redraws its
+    # cut-off from the controls' cells
+    gap = calibrate_controls(res, faint_rule="gap")
+    assert gap.her2.faint_from_gap, gap.her2.rule
+    back = load_calibration(gap.save(tmp_path / "gap.json").path).her2
+    assert back == gap.her2 and back.null_stained_percent == gap.her2.null_stained_percent
+    plt.close(gap.plot())
     # bare tables: no scale, said when mixed with analyses
     bare = calibrate_controls({n: r.cells() for n, r in res.items()})
     assert bare.intensity_scale is None

@@ -732,12 +732,21 @@ def test_gap_faint_cutoff_does_not_move_with_the_stained_share():
     # gap's middle does not move with the share
     assert quantile[30].faint < 2 and quantile[70].faint > 15
     assert max(c.faint for c in gap.values()) / min(c.faint for c in gap.values()) < 1.2
-    # no separate group: the quantile, as before
+    # no separate group: the quantile, as before, and said
     alone = _calibrated_on(null, np.random.default_rng(1), "mean", faint_rule="gap")
     assert not alone.faint_from_gap and alone.faint == pytest.approx(np.quantile(null, 0.95))
-    old = gap[50].to_dict()
-    del old["faint_from_gap"]
-    assert not Her2Calibration.from_dict(old).faint_from_gap
+    assert any("no separate group" in w and "95 % quantile" in w for w in alone.warnings)
+    # written only when true: a quantile calibration still reads in a qdmed without it
+    assert "faint_from_gap" not in quantile[50].to_dict()
+    assert not Her2Calibration.from_dict(quantile[50].to_dict()).faint_from_gap
+    # a 1+ control under the gap's cut-off: the error says where the quantile would put it
+    dim = _control_tables(np.concatenate([null, stained[:50]]), np.random.default_rng(1),
+                          "mean")
+    dim["B"]["HER2_membrane_mean"] = np.random.default_rng(2).uniform(2.0, 4.6, 300)
+    with pytest.raises(InputError, match=r"middle of the gap .* faint_rule='quantile' puts "
+                                         r"it at their 95 % quantile"):
+        calibrate_her2(dim, statistic="mean", categories={"A": "0", "B": "1+", "C": "3+"},
+                       faint_rule="gap")
     with pytest.raises(InputError, match="faint_from_gap needs"):
         Her2Calibration(1.0, 2.0, 3.0, faint_from_gap=True)
     with pytest.raises(InputError, match="faint_from_gap must be true or false"):

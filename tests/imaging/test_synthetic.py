@@ -435,6 +435,17 @@ def test_shared_junctions_are_one_line_showing_both_cells():
     # each junction carries both membranes: the image's total HER2 is kept (2 px of a + b
     # against 2 px of a and 2 px of b), within the pixelisation of the lines' ends
     assert a_s.sum() == pytest.approx(a_r.sum(), rel=0.05)  # measured 1.025x
+    # a line under 2 px still takes a pixel on each side, both membranes spread over them
+    # (a 1 um membrane at 1.3 um per pixel: 1.000x; before the spread, 2x)
+    thin = dict(kw, pixel_size_um=1.3, cell_density_per_mm2=1000)
+    assert field(junctions="shared", **thin).abundances[..., her2].sum() == pytest.approx(
+        field(**thin).abundances[..., her2].sum(), rel=0.01)
+    # thicker membranes: the line's pixels scaled to carry the rings' signal (measured
+    # 1.05x at 3 px and 1.07x at 4 px)
+    for um in (1.5, 2.0):
+        thick = dict(kw, membrane_thickness_um=um)
+        assert field(junctions="shared", **thick).abundances[..., her2].sum() == \
+            pytest.approx(field(**thick).abundances[..., her2].sum(), rel=0.1)
     # a 0 cell's side of a junction with a stained cell shows that cell's membrane: its
     # truth's membrane mean is above 0 here, exactly 0 with resolved rings
     t_s, t_r = (f.truth.set_index("cell_id") for f in (sha, res))

@@ -535,7 +535,9 @@ class Her2Calibration:
         Interpolation scale used by :func:`calibrate_her2` ('log' or 'linear'), or ''.
     faint_quantile : float or None
     controls : tuple
-        ``(name, category, n_cells, median, faint_quantile_value or None)`` per control.
+        ``(name, category, n_cells, median, faint_quantile_value or None)`` per control:
+        the last is the faint cut-off drawn from the control (its quantile, or the gap's
+        middle with :attr:`faint_from_gap`).
     warnings : tuple of str
         What the calibration could not check (e.g. no 0 control).
     stained_group_percent : float or None, %
@@ -632,8 +634,12 @@ class Her2Calibration:
         return round(100.0 * max(1.0 - rank / (n_null + 1), 1.0 / (n_null + 1)), 9)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict of all fields (controls as a list of dicts)."""
+        """JSON-safe dict of all fields (controls as a list of dicts; ``faint_from_gap``
+        only when true, so that a calibration drawn by the quantile still reads in a qdmed
+        from before the field)."""
         d = asdict(self)
+        if not self.faint_from_gap:
+            del d["faint_from_gap"]
         d["controls"] = [
             dict(zip(("name", "category", "n_cells", "median", "faint_quantile_value"), c, strict=True))
             for c in self.controls
@@ -943,7 +949,15 @@ def calibrate_her2(
         raise InputError(f"calibration needs a 3+ control; got scores {[HER2_CATEGORIES[s] for s in scores]}.")
     q_used = q if low == 0 else 1 - q
     faint, v0, found, from_gap = _faint_cutoff(pooled, q, faint_rule)
-    xs, ys = her2_median_anchors(pooled, faint)
+    try:
+        xs, ys = her2_median_anchors(pooled, faint)
+    except InputError as exc:
+        if not from_gap:
+            raise
+        raise InputError(f"{exc}. The faint cut-off is the middle of the gap above the 0 "
+                         f"control's null cells (faint_rule='gap'); faint_rule='quantile' "
+                         f"puts it at their {100 * q:g} % quantile, "
+                         f"{float(np.quantile(v0, q)):.4g}") from None
     for row in info:
         if HER2_CATEGORIES.index(row[1]) == low:
             row[4] = faint
@@ -988,7 +1002,14 @@ def calibrate_her2(
             f"few {'fewer' if faint >= first else 'more'} stained cells it would lie {other} "
             f"(about {alt:.4g}), and faint cells would score differently: the cut-off moves "
             "with the control's composition (on synthetic MDA-MB-468, with the field size). "
-            "faint_rule='gap' puts it in the gap above the null cells, whatever their share")
+            "faint_rule='gap' (--faint-rule gap) puts it in the gap above the null cells, "
+            "whatever their share")
+    if faint_rule == "gap" and not from_gap:
+        warnings.append(
+            "faint_rule='gap' (--faint-rule gap): " + (
+                "no 0 control" if low != 0 else "the 0 control's top cells are no separate "
+                "group (1-10 % of its cells above a gap of 2x or more)")
+            + f"; the faint cut-off is the {100 * q_used:g} % quantile")
     if low == 1:
         # a 1+ line holds HER2-0 cells (MCF-7 about 30 %): its low quantile may lie among
         # them, and a review's HER2-0 line (MDA-MB-468) then scored 1+, i.e. HER2-low

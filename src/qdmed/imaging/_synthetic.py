@@ -49,6 +49,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -784,8 +785,10 @@ def _share_junctions(g: _Geometry, ex: _Expression, geo: dict[str, np.ndarray],
     the neighbouring cell's membrane across the line (in place): the mean of that marker
     over the other cells' junction pixels within the ring width, as drawn for them alone.
     Two membranes 10-20 nm apart are one line at light-microscope resolution, so a
-    junction's signal is both cells' sum; pixels keep their cell. The pixels within a ring
-    width of the map's edge see only what the map holds (the caller pads the region)."""
+    junction's signal is both cells' sum; pixels keep their cell. The line holds whole
+    pixels, so its pixels are scaled by :func:`_junction_spread` to carry what the two
+    resolved rings do. The pixels within a ring width of the map's edge see only what the
+    map holds (the caller pads the region)."""
     lab, jun = geo["cells"], geo["junction"]
     idx = [i for i, m in enumerate(ex.marker_names)
            if COMPARTMENT_CODES[_MARKERS[m].compartment] == 3 and maps[i].any()]
@@ -811,8 +814,45 @@ def _share_junctions(g: _Geometry, ex: _Expression, geo: dict[str, np.ndarray],
         for sm, i in zip(sums, idx, strict=True):
             sm[py, px] += np.where(ok, maps[i][qy, qx], np.float32(0))
     has = cnt > 0
+    # the line holds whole pixels: spread both membranes over them so that it carries what
+    # the two resolved rings do (a line under 2 px: half each)
+    spread = np.float32(_junction_spread(float(g.ring_px)))
     for sm, i in zip(sums, idx, strict=True):
         maps[i][has] += sm[has] / cnt[has]
+        if spread != 1:
+            maps[i][jun] *= spread
+
+
+@functools.lru_cache(maxsize=64)
+def _junction_spread(ring_px: float) -> float:
+    """Width of one cell's resolved ring over the width of the shared line, for a
+    straight junction averaged over its direction (0-85 degrees in steps of 5): the
+    shared line's pixels are scaled by it so that a junction carries both membranes'
+    signal as the two resolved rings do. The rings are pixels within ``ring_px`` of the
+    other cell (1 px at least), the line pixels within ``ring_px / 2`` on either side:
+    whole pixels, so that a line under 2 px still takes one on each side (0.5 here) and
+    diagonal steps count (3 px: 1.10). Rounded to 0.01 (2 px: 1). On synthetic cells,
+    whose junctions bend and meet, a junction then carries 0.91-1.0x the resolved rings'
+    signal for rings of 1-6 px (a field's whole HER2: 1.00-1.07x)."""
+    from scipy import ndimage as ndi
+
+    n = 64
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    fp_r, fp_s = _disk(max(1.0, ring_px)), _disk(max(1.0, ring_px / 2))
+    inner = (np.abs(yy) < n / 4) & (np.abs(xx) < n / 4)  # away from the square's edges
+    res = sha = 0
+    for deg in range(0, 90, 5):
+        t = math.radians(deg)
+        side = (xx * math.cos(t) + yy * math.sin(t)) < 0
+        lab = np.where(side, 1, 2)
+        for fp in (fp_r, fp_s):
+            near = (ndi.maximum_filter(lab, footprint=fp) != lab) | (
+                ndi.minimum_filter(lab, footprint=fp) != lab)
+            if fp is fp_r:
+                res += int((near & inner & side).sum())
+            else:
+                sha += int((near & inner).sum())
+    return round(res / sha, 2)
 
 
 @dataclass(frozen=True, eq=False)
