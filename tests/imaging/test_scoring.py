@@ -736,6 +736,14 @@ def test_gap_faint_cutoff_does_not_move_with_the_stained_share():
     alone = _calibrated_on(null, np.random.default_rng(1), "mean", faint_rule="gap")
     assert not alone.faint_from_gap and alone.faint == pytest.approx(np.quantile(null, 0.95))
     assert any("no separate group" in w and "95 % quantile" in w for w in alone.warnings)
+    no0 = _control_tables(null, np.random.default_rng(1), "mean")
+    no0.pop("A")  # a 1+ control the lowest: its 5 % quantile, said
+    low1 = calibrate_her2(no0, statistic="mean", categories={"B": "1+", "C": "3+"},
+                          faint_rule="gap")
+    assert not low1.faint_from_gap and any(w.startswith("faint_rule='gap' (--faint-rule "
+                                                        "gap): no 0 control; the faint "
+                                                        "cut-off is the 5 % quantile")
+                                           for w in low1.warnings), low1.warnings
     # written only when true: a quantile calibration still reads in a qdmed without it
     assert "faint_from_gap" not in quantile[50].to_dict()
     assert not Her2Calibration.from_dict(quantile[50].to_dict()).faint_from_gap
