@@ -751,8 +751,15 @@ def test_gap_faint_cutoff_does_not_move_with_the_stained_share():
     dim = _control_tables(np.concatenate([null, stained[:50]]), np.random.default_rng(1),
                           "mean")
     dim["B"]["HER2_membrane_mean"] = np.random.default_rng(2).uniform(2.0, 4.6, 300)
-    with pytest.raises(InputError, match=r"middle of the gap .* faint_rule='quantile' puts "
-                                         r"it at their 95 % quantile"):
+    with pytest.raises(InputError, match=r"middle of the gap .* faint_rule='quantile' "
+                                         r"\(--faint-rule quantile\) puts it at their 95 %"):
+        calibrate_her2(dim, statistic="mean", categories={"A": "0", "B": "1+", "C": "3+"},
+                       faint_rule="gap")
+    # ... and when it fell back to the quantile, the error says so
+    dim = _control_tables(null, np.random.default_rng(1), "mean")
+    dim["B"]["HER2_membrane_mean"] = np.random.default_rng(2).uniform(0.5, 1.1, 300)
+    with pytest.raises(InputError, match=r"found no separate stained group .* its 95 % "
+                                         r"quantile"):
         calibrate_her2(dim, statistic="mean", categories={"A": "0", "B": "1+", "C": "3+"},
                        faint_rule="gap")
     with pytest.raises(InputError, match="faint_from_gap needs"):

@@ -435,13 +435,18 @@ def test_shared_junctions_are_one_line_showing_both_cells():
     # each junction carries both membranes: the image's total HER2 is kept (2 px of a + b
     # against 2 px of a and 2 px of b), within the pixelisation of the lines' ends
     assert a_s.sum() == pytest.approx(a_r.sum(), rel=0.05)  # measured 1.025x
-    # a line under 2 px still takes a pixel on each side, both membranes spread over them
-    # (a 1 um membrane at 1.3 um per pixel: 1.000x; before the spread, 2x)
-    thin = dict(kw, pixel_size_um=1.3, cell_density_per_mm2=1000)
+    # a line under 1.4 px still takes a pixel on each side, both membranes spread over
+    # them (a 0.5 um membrane, 1 px: 1.000x; 1.48x before the spread, a review)
+    thin = dict(kw, membrane_thickness_um=0.5)
     assert field(junctions="shared", **thin).abundances[..., her2].sum() == pytest.approx(
-        field(**thin).abundances[..., her2].sum(), rel=0.01)
-    # thicker membranes: the line's pixels scaled to carry the rings' signal (measured
-    # 1.05x at 3 px and 1.07x at 4 px)
+        field(**thin).abundances[..., her2].sum(), rel=0.02)
+    # the spread: resolved ring over shared line, straight junctions over 0-85 degrees
+    from qdmed.imaging._synthetic import _junction_spread
+
+    assert [_junction_spread(r) for r in (1.0, 1.5, 2.0, 3.0, 20.0)] == [0.5, 0.72, 1.0,
+                                                                         1.1, 1.0]
+    # thicker membranes: the line carries the rings' signal (measured 1.05x at 3 px and
+    # 1.07x at 4 px)
     for um in (1.5, 2.0):
         thick = dict(kw, membrane_thickness_um=um)
         assert field(junctions="shared", **thick).abundances[..., her2].sum() == \

@@ -1059,7 +1059,7 @@ def calibrate(
     out: Annotated[Path, typer.Option("--out", help="Write the calibration (HER2 cut-offs and gates) here, for --calibration.")] = Path("calibration.json"),
     compartment: Annotated[list[str] | None, typer.Option("--compartment", metavar="<marker=compartment>", help="MARKER=nucleus|cytoplasm|membrane|cell: where a --negative marker qdmed does not know is read (known: HER2, EGFR, CA125, claudin-4 membrane; ER, PR, AR nucleus; mTOR, PSA cytoplasm).")] = None,
     faint_quantile: Annotated[float, typer.Option("--faint-quantile", help="HER2: the faint cut-off is this quantile of the 0 control (or 1 minus it of a 1+ control); at least 0.9, below 1.")] = 0.95,
-    faint_rule: Annotated[str, typer.Option("--faint-rule", help="HER2: 'quantile' takes --faint-quantile; 'gap' puts the faint cut-off in the middle of the gap between the 0 control's null cells and its stained ones where they stand apart (else the quantile): it does not move with their share, but lies higher, and dim 1+ cells may read 0.")] = "quantile",
+    faint_rule: Annotated[str, typer.Option("--faint-rule", help="HER2: 'quantile' takes --faint-quantile; 'gap' puts the faint cut-off in the middle of the gap between the 0 control's null cells and its stained ones where they stand apart (else the quantile): it does not move with their share, but where 1+ cells are dim against the noise it lies higher than the quantile and they may read 0.")] = "quantile",
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="PNG of the controls under the cut-offs (and how they were placed) and of each negative control under its gate.")] = None,
     json_: JSON = False,
 ):

@@ -952,12 +952,18 @@ def calibrate_her2(
     try:
         xs, ys = her2_median_anchors(pooled, faint)
     except InputError as exc:
-        if not from_gap:
-            raise
-        raise InputError(f"{exc}. The faint cut-off is the middle of the gap above the 0 "
-                         f"control's null cells (faint_rule='gap'); faint_rule='quantile' "
-                         f"puts it at their {100 * q:g} % quantile, "
-                         f"{float(np.quantile(v0, q)):.4g}") from None
+        if from_gap:
+            raise InputError(
+                f"{exc}. The faint cut-off is the middle of the gap above the 0 control's "
+                "null cells (faint_rule='gap', --faint-rule gap); faint_rule='quantile' "
+                f"(--faint-rule quantile) puts it at their {100 * q:g} % quantile, "
+                f"{float(np.quantile(v0, q)):.4g}") from None
+        if faint_rule == "gap":  # fell back: say so, or the user thinks the gap was used
+            raise InputError(
+                f"{exc}. faint_rule='gap' (--faint-rule gap) found no separate stained "
+                f"group at the top of the 0 control: the faint cut-off is its "
+                f"{100 * q_used:g} % quantile") from None
+        raise
     for row in info:
         if HER2_CATEGORIES.index(row[1]) == low:
             row[4] = faint

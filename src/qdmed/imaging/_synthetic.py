@@ -16,8 +16,9 @@ demonstrated on images generated here from a forward model:
    junction twice the membrane's width with each cell's stain on its own side. With
    ``junctions='shared'`` the junction is one line of the membrane's width, half on each
    side, and every pixel of it shows both cells' membranes (two membranes 10-20 nm apart
-   are not resolved by a light microscope): a HER2-0 cell's junction with a 3+ cell reads
-   3+ on both sides, and which cell a junction belongs to is for the analysis to decide.
+   are not resolved by a light microscope): a HER2-0 cell's junction with a 3+ cell shows
+   the 3+ membrane on both sides, and which cell a junction belongs to is for the
+   analysis to decide.
    Where a cell meets stroma its ring keeps the full width. A pixel's labels
    depend only on the global cell list, never on the tile being rendered. Tissue versus
    glass follows a smooth random field (a sum of 24 plane waves with wavelengths of
@@ -830,10 +831,14 @@ def _junction_spread(ring_px: float) -> float:
     shared line's pixels are scaled by it so that a junction carries both membranes'
     signal as the two resolved rings do. The rings are pixels within ``ring_px`` of the
     other cell (1 px at least), the line pixels within ``ring_px / 2`` on either side:
-    whole pixels, so that a line under 2 px still takes one on each side (0.5 here) and
-    diagonal steps count (3 px: 1.10). Rounded to 0.01 (2 px: 1). On synthetic cells,
-    whose junctions bend and meet, a junction then carries 0.91-1.0x the resolved rings'
-    signal for rings of 1-6 px (a field's whole HER2: 1.00-1.07x)."""
+    whole pixels, so that a line under 1.4 px still takes one on each side (0.5 here;
+    0.72 from 1.4 to 2 px, where diagonal steps count) and 3 px give 1.10. Rounded to 0.01
+    (2 px: 1). From 8 px on it is taken as 1: the pixels' steps then move it by a few %
+    (1.01-1.07 at 6-8 px), and a wider ring would not fit the square measured. On
+    synthetic cells, whose junctions bend and meet, a junction then carries 0.91-1.0x the
+    resolved rings' signal for rings of 1-6 px (a field's whole HER2: 1.00-1.11x)."""
+    if ring_px >= 8:  # the square below would cut wider rings off (a review: 0.5 at 40 px)
+        return 1.0
     from scipy import ndimage as ndi
 
     n = 64
