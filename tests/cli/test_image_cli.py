@@ -1262,3 +1262,31 @@ def test_an_output_file_named_as_a_folder_is_said_by_its_name(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == (
         f"error: {tmp_path / 'made'} is a folder: give the path of a file to write, in it or "
         "elsewhere"), r.stderr
+
+
+def test_calibrate_faint_rule_gap(tmp_path):
+    """--faint-rule gap: the faint cut-off in the middle of the gap between a 0 control's
+    null cells and its separate stained group, recorded in the calibration file."""
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    rng = np.random.default_rng(8)
+    null, stained = rng.normal(1.0, 0.1, 950), rng.uniform(15, 30, 50)
+    args = []
+    for name, v, cat, c in (("A", np.concatenate([null, stained]), "0", 0.5),
+                            ("B", rng.uniform(20, 40, 300), "1+", 0.5),
+                            ("C", rng.uniform(150, 250, 300), "3+", 1.0)):
+        pd.DataFrame({"cell_id": np.arange(1, v.size + 1), "HER2_membrane_stained_mean": v,
+                      "HER2_membrane_completeness": c}).to_parquet(tmp_path / f"{name}.parquet")
+        args += ["--control", f"{name}={tmp_path / f'{name}.parquet'}", "--category", f"{name}={cat}"]
+    r = run("image", "calibrate", *args, "--faint-rule", "gap", "--out",
+            str(tmp_path / "cal.json"), "--json")
+    assert r.returncode == 0, r.stderr
+    her2 = json.loads((tmp_path / "cal.json").read_text())["her2"]
+    assert her2["faint_from_gap"] is True and json.loads(r.stdout)["her2"] == her2
+    assert her2["faint"] == pytest.approx(np.sqrt(stained.min() * null.max()))
+    # the quantile (default) writes no faint_from_gap: older qdmed reads the file
+    r = run("image", "calibrate", *args, "--out", str(tmp_path / "q.json"))
+    assert r.returncode == 0, r.stderr
+    assert "faint_from_gap" not in json.loads((tmp_path / "q.json").read_text())["her2"]
