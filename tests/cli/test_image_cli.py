@@ -1267,7 +1267,6 @@ def test_an_output_file_named_as_a_folder_is_said_by_its_name(tmp_path):
 def test_calibrate_faint_rule_gap(tmp_path):
     """--faint-rule gap: the faint cut-off in the middle of the gap between a 0 control's
     null cells and its separate stained group, recorded in the calibration file."""
-    import numpy as np
     import pandas as pd
     import pytest
 
