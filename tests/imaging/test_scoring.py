@@ -709,6 +709,8 @@ def test_null_floor_leaves_the_0_controls_stained_group_out():
 def test_gap_faint_cutoff_does_not_move_with_the_stained_share():
     """faint_rule='gap': a 0 control's faint cut-off in the middle of the gap between its
     null cells and a separate stained group, wherever the quantile would fall."""
+    import matplotlib.pyplot as plt
+
     from qdmed.imaging import plot_calibration
 
     rng = np.random.default_rng(8)
@@ -727,7 +729,11 @@ def test_gap_faint_cutoff_does_not_move_with_the_stained_share():
         back = Her2Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
         assert back.faint_from_gap and back.null_stained_percent == cal.null_stained_percent
         tables = _control_tables(v, np.random.default_rng(1), "mean")
-        plot_calibration(tables, her2=cal)  # the plot redraws the cut-off from the tables
+        # the plot redraws the cut-off from the tables and shades the gap
+        fig = plot_calibration(tables, her2=cal)
+        said = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert any(t.startswith("gap below the 0 control's stained group") for t in said)
+        plt.close(fig)
     # the quantile sits among the null cells or among the stained ones (the cliff); the
     # gap's middle does not move with the share
     assert quantile[30].faint < 2 and quantile[70].faint > 15

@@ -175,6 +175,17 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
         _plain_ticks(ax.xaxis)
     for x in cal.cutoffs:
         ax.axvline(x, color="k", lw=1, ls="--")
+    if cal.stained_group_percent:
+        # where the 0 controls' stained group stands apart: the gap a quantile cut-off
+        # lands on either side of, and faint_rule='gap' cuts in the middle of
+        from qdmed.imaging._scoring import stained_group_share
+
+        found = stained_group_share(np.concatenate(
+            [v for (_, cat, *_), v in zip(ctrls, vals, strict=True) if cat == "0"]))
+        if found is not None:
+            ax.axvspan(found[2], found[1], color="0.6", alpha=0.2, lw=0,
+                       label=f"gap below the 0 control's stained group ({100 * found[0]:.1f}"
+                             " % of its cells)")
     ax.set_xlim(bins[0], bins[-1])
     # the cut-offs named on a second axis above the plot, clear of the histograms
     top = ax.secondary_xaxis("top")
@@ -186,7 +197,7 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
     ax.set_ylabel("% of the control's cells per bin")
     ax.set_title("HER2 controls and the cut-offs", fontsize=10, pad=34)
     ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-              ncol=min(len(ctrls), 2))  # below: the cut-off lines stay readable
+              ncol=2)  # below: the cut-off lines stay readable
 
     grid = np.linspace(0.5, 3.0, 101)
     ax2.plot(grid, interpolate_anchors(grid, xs, ys, log=log), color="0.4", lw=1)
