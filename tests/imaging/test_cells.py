@@ -564,6 +564,13 @@ def test_nearest_other_cell_matches_numpy_reference():
     two = np.zeros((5, 6), dtype=np.int64)
     two[:, :3], two[:, 3:5] = 1, 2
     assert nearest_other_cell(two, np.array([2 * 6 + 2, 2 * 6 + 4, 2 * 6 + 0]), 2.0).tolist() == [2, 0, -1]
+    # indices outside the image are refused (the compiled kernel would read past it)
+    for bad in ([30], [-1]):
+        with pytest.raises(InputError, match=r"pixel indices must lie in \[0, 30\)"):
+            nearest_other_cell(two, np.array(bad), 2.0)
+    with pytest.raises(InputError, match="2-D label image"):
+        nearest_other_cell(two.ravel(), np.array([0]), 2.0)
+    assert nearest_other_cell(two, np.array([], dtype=np.int64), 2.0).size == 0
 
 
 def test_shared_membranes_option_is_checked():

@@ -1205,6 +1205,13 @@ def nearest_other_cell(index, pixels, width_px: float) -> np.ndarray:
     reference."""
     index = np.ascontiguousarray(index)
     pixels = np.asarray(pixels, dtype=np.int64)
+    if index.ndim != 2:
+        raise InputError(f"nearest_other_cell needs a 2-D label image; got shape {index.shape}.")
+    if pixels.size and (pixels.min() < 0 or pixels.max() >= index.size):
+        # the compiled kernel does not check its bounds: it would read past the image
+        raise InputError(f"nearest_other_cell: pixel indices must lie in [0, {index.size}) "
+                         f"(flat indices into the {index.shape} labels); got "
+                         f"{int(pixels.min())} to {int(pixels.max())}.")
     fp = _disk_footprint(width_px)
     r = fp.shape[0] // 2
     dy, dx = np.nonzero(fp)
@@ -1213,7 +1220,7 @@ def nearest_other_cell(index, pixels, width_px: float) -> np.ndarray:
     order = np.lexsort((dx, dy, d2))
     order = order[d2[order] > 0]
     dy, dx = dy[order].astype(np.int64), dx[order].astype(np.int64)
-    if not numba_available() or index.ndim != 2:
+    if not numba_available():
         return _nearest_other_numpy(index, pixels, dy, dx)
     return _nearest_kernel()(index, pixels, dy, dx, np.full(pixels.size, -1, dtype=np.int64))
 
