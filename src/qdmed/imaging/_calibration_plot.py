@@ -87,16 +87,19 @@ def _finite_column(df, marker: str, compartment: str, statistic: str, name: str
     return v
 
 
-def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
+def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float], tuple | None]:
     """The calibration's anchors, (0.5, faint cut-off) and (s, median of the s controls'
-    cells at or above it), from the tables given; InputError unless they are those it was
-    drawn from (each control's cell count and median, and the faint cut-off where its rule
-    is recorded)."""
+    cells at or above it), from the tables given, and the 0 controls' stained group
+    (:func:`~qdmed.imaging._scoring.stained_group_share`, or None); InputError unless they
+    are those it was drawn from (each control's cell count and median, and the faint
+    cut-off where its rule is recorded)."""
     from qdmed.imaging._scoring import (
         HER2_CATEGORIES,
-        her2_faint_cutoff,
+        _faint_cutoff,
+        _sorted_finite,
         her2_median_anchors,
         interpolate_anchors,
+        stained_group_share,
     )
 
     for (name, _cat, n, med, _), v in zip(ctrls, vals, strict=True):
@@ -108,9 +111,10 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
     by_score: dict[int, list[np.ndarray]] = {}
     for (_, cat, *_), v in zip(ctrls, vals, strict=True):
         by_score.setdefault(HER2_CATEGORIES.index(cat), []).append(v)
+    group = None
     if cal.faint_quantile is not None:
-        faint = her2_faint_cutoff(by_score, cal.faint_quantile,
-                                  "gap" if cal.faint_from_gap else "quantile")
+        faint, _, group, _ = _faint_cutoff(by_score, cal.faint_quantile,
+                                           "gap" if cal.faint_from_gap else "quantile")
         if not np.isclose(faint, cal.faint, rtol=1e-9, atol=0.0):
             raise InputError(f"the {ctrls[0][1]} controls' cells put the faint cut-off at "
                              f"{faint:.4g}, this calibration has {cal.faint:.4g}: not the "
@@ -125,7 +129,9 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float]]:
                 f"this calibration's cut-offs ({cal.weak_moderate:.4g}, {cal.intense:.4g}) are "
                 f"not those its controls' anchors give ({wm:.4g}, {it:.4g}): it was drawn by "
                 "another rule (an older qdmed?); calibrate again (qdmed image calibrate)")
-    return xs, ys
+    if cal.faint_quantile is None and 0 in by_score:  # hand-written: not found above
+        group = stained_group_share(_sorted_finite(np.concatenate(by_score[0])))
+    return xs, ys, group
 
 
 def _her2_panels(ax, ax2, cal, control_cells) -> None:
@@ -148,7 +154,7 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
                                    cal.statistic, name))
     # the anchors: (0.5, faint), (s, median of the s-controls' cells at or above faint),
     # interpolated at 1.5 and 2.5
-    xs, ys = _anchors_drawn_from(cal, ctrls, vals)
+    xs, ys, group = _anchors_drawn_from(cal, ctrls, vals)
     log = cal.scale == "log" and min(ys) > 0
     if log:
         bins = _log_bins(vals)
@@ -175,17 +181,12 @@ def _her2_panels(ax, ax2, cal, control_cells) -> None:
         _plain_ticks(ax.xaxis)
     for x in cal.cutoffs:
         ax.axvline(x, color="k", lw=1, ls="--")
-    if cal.stained_group_percent:
+    if cal.stained_group_percent and group is not None:
         # where the 0 controls' stained group stands apart: the gap a quantile cut-off
         # lands on either side of, and faint_rule='gap' cuts in the middle of
-        from qdmed.imaging._scoring import stained_group_share
-
-        found = stained_group_share(np.concatenate(
-            [v for (_, cat, *_), v in zip(ctrls, vals, strict=True) if cat == "0"]))
-        if found is not None:
-            ax.axvspan(found[2], found[1], color="0.6", alpha=0.2, lw=0,
-                       label=f"gap below the 0 control's stained group ({100 * found[0]:.1f}"
-                             " % of its cells)")
+        ax.axvspan(group[2], group[1], color="0.6", alpha=0.2, lw=0,
+                   label=f"gap below the 0 control's stained group ({100 * group[0]:.1f}"
+                         " % of its cells)")
     ax.set_xlim(bins[0], bins[-1])
     # the cut-offs named on a second axis above the plot, clear of the histograms
     top = ax.secondary_xaxis("top")

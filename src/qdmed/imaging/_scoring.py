@@ -694,14 +694,15 @@ def her2_faint_cutoff(values_by_score: Mapping[int, list[np.ndarray]],
     faint_quantile`` of the pooled 1+ controls when no 0 control is given; with ``rule=
     'gap'``, the middle of the gap above the 0 controls' null cells where their top cells
     are a separate stained group (:func:`stained_group_share`)."""
+    check_faint_rule(rule)
     return _faint_cutoff(values_by_score, faint_quantile, rule)[0]
 
 
 def _faint_cutoff(values_by_score: Mapping[int, list[np.ndarray]], faint_quantile: float,
                   rule: str) -> tuple[float, np.ndarray | None, tuple | None, bool]:
     """``(faint cut-off, sorted finite 0-control values or None, their stained group or
-    None, whether the cut-off is the gap's middle)`` (:func:`her2_faint_cutoff`)."""
-    check_faint_rule(rule)
+    None, whether the cut-off is the gap's middle)`` (:func:`her2_faint_cutoff`; ``rule``
+    checked by the caller)."""
     low = min(values_by_score)
     pooled = np.concatenate(values_by_score[low])
     if low != 0:

@@ -885,16 +885,14 @@ def _render(sc: _Scene, y0: int, y1: int, x0: int, x1: int, *, want_abundances: 
     nb = _NOISE_BLOCK
     ay0, ax0 = (y0 // nb) * nb, (x0 // nb) * nb
     ay1, ax1 = -(-y1 // nb) * nb, -(-x1 // nb) * nb
-    if g.junctions == "shared":  # a junction pixel looks across the line: pad, then crop
-        pad = int(math.ceil(max(1.0, g.ring_px)))
-        geo = _render_geometry(g, ay0 - pad, ay1 + pad, ax0 - pad, ax1 + pad)
-        pats, stained = _patterns(g, sc.expression, geo, ay0 - pad, ax0 - pad)
+    # a shared junction's pixel looks across the line: render a ring wider, then crop
+    pad = int(math.ceil(max(1.0, g.ring_px))) if g.junctions == "shared" else 0
+    geo = _render_geometry(g, ay0 - pad, ay1 + pad, ax0 - pad, ax1 + pad)
+    pats, stained = _patterns(g, sc.expression, geo, ay0 - pad, ax0 - pad)
+    if pad:
         cp = slice(pad, -pad), slice(pad, -pad)
         geo = {k: v[cp] for k, v in geo.items()}
         pats, stained = [p[cp] for p in pats], stained[cp]
-    else:
-        geo = _render_geometry(g, ay0, ay1, ax0, ax1)
-        pats, stained = _patterns(g, sc.expression, geo, ay0, ax0)
     tissue, soft = _tissue_maps(g, ay0, ay1, ax0, ax1)
     comp = geo["compartments"]
     shp = comp.shape
