@@ -24,7 +24,7 @@ from qdmed.imaging._cells import (
     nearest_other_cell,
     segment_nuclei,
 )
-from qdmed.imaging._scoring import f1_at_iou
+from qdmed.imaging._segmentation_match import f1_at_iou
 
 
 def touching_nuclei(seed=0, shape=(256, 256), radius=9, noise=0.15):

@@ -1,4 +1,5 @@
-"""Tests of qdmed.imaging._scoring: positivity, H-score, phenotypes, HER2, kappa, F1."""
+"""Tests of qdmed.imaging._scoring, _her2_calibration, _her2_score, _kappa and _segmentation_match:
+positivity, H-score, phenotypes, HER2, kappa, F1."""
 
 from __future__ import annotations
 
@@ -11,19 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qdmed.errors import InputError, UnknownNameError
+from qdmed.imaging._her2_calibration import Her2Calibration, calibrate_her2
+from qdmed.imaging._her2_score import score_her2
+from qdmed.imaging._kappa import cohen_kappa
 from qdmed.imaging._scoring import (
     BREAST_RULES,
-    Her2Calibration,
     MarkerGate,
-    calibrate_her2,
-    cohen_kappa,
-    f1_at_iou,
     h_score,
     percent_positive,
     phenotype,
-    score_her2,
     score_positivity,
 )
+from qdmed.imaging._segmentation_match import f1_at_iou
 
 
 # ----------------------------------------------------------------------- positivity, H-score
@@ -663,7 +663,7 @@ def _calibrated_on(values0, rng, statistic: str, **kw):
 
 
 def test_stained_group_of_a_0_control_is_named():
-    from qdmed.imaging._scoring import stained_group
+    from qdmed.imaging._her2_calibration import stained_group
 
     rng = np.random.default_rng(2)
     null = rng.normal(1.0, 0.1, 950)

@@ -41,7 +41,10 @@ from qdmed.imaging._cells import (
 )
 from qdmed.imaging._cohort import analyze_cohort
 from qdmed.imaging._dab_regions import analyze_dab_regions
+from qdmed.imaging._her2_calibration import Her2Calibration, calibrate_her2
+from qdmed.imaging._her2_score import Her2Score, her2_controls_scored, score_her2
 from qdmed.imaging._heterogeneity import Her2Heterogeneity, her2_heterogeneity, shannon_index
+from qdmed.imaging._kappa import cohen_kappa
 from qdmed.imaging._library import LibraryResult, single_stain_endmember, spectral_library
 from qdmed.imaging._measure_agreement import (
     MeasureAgreement,
@@ -67,23 +70,17 @@ from qdmed.imaging._receptors import ReceptorStatus, receptor_status
 from qdmed.imaging._region_scores import score_regions
 from qdmed.imaging._regions import Regions, read_regions
 from qdmed.imaging._scoring import (
-    Her2Calibration,
-    Her2Score,
     HScore,
     MarkerGate,
-    calibrate_her2,
-    cohen_kappa,
-    f1_at_iou,
     gate_noise_floor_percent,
     gates_from_negative_controls,
     h_score,
-    her2_controls_scored,
     percent_positive,
     phenotype,
-    score_her2,
     score_markers,
     score_positivity,
 )
+from qdmed.imaging._segmentation_match import f1_at_iou
 from qdmed.imaging._shading import flat_field_correct
 from qdmed.imaging._slideio import read_slide, write_ome_tiff, write_ome_zarr, write_truth
 from qdmed.imaging._spatial import (

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
-from qdmed.imaging._scoring import HER2_CATEGORIES, _category, cohen_kappa
+from qdmed.imaging._kappa import cohen_kappa
+from qdmed.imaging._scoring import HER2_CATEGORIES, _category
 from qdmed.report import to_jsonable
 
 __all__ = ["HER2Agreement", "compare_her2", "compare_her2_tables"]

@@ -858,7 +858,8 @@ def score_dab(
     her2 = None
     if compartment == "membrane" and n_measured and marker == "HER2":
         # the same ASCO/CAP rule as for QD signal, with the OD cut-offs as intensity classes
-        from qdmed.imaging._scoring import Her2Calibration, score_her2
+        from qdmed.imaging._her2_calibration import Her2Calibration
+        from qdmed.imaging._her2_score import score_her2
 
         cal = Her2Calibration(faint=t[0], weak_moderate=t[1], intense=t[2], marker="DAB",
                               compartment="membrane", rule="explicit DAB OD cut-offs")

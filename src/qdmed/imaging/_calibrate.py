@@ -127,14 +127,13 @@ def calibrate_controls(controls: Mapping[str, Any], *,
     """
     from qdmed.imaging._analyze import AnalysisSettings
     from qdmed.imaging._calibration_file import Calibration, controls_scale, nuclear_level
+    from qdmed.imaging._her2_calibration import calibrate_her2, check_faint_rule
+    from qdmed.imaging._her2_score import her2_controls_scored
     from qdmed.imaging._scoring import (
         KNOWN_HER2_CONTROLS,
         _category,
         _norm_name,
-        calibrate_her2,
-        check_faint_rule,
         gates_from_negative_controls,
-        her2_controls_scored,
     )
 
     check_faint_rule(faint_rule)  # before any control is read

@@ -281,12 +281,8 @@ def load_calibration(path: str | Path) -> Calibration:
     :func:`~qdmed.imaging.analyze_slide` (``her2_calibration=c.her2, gates=c.gates,
     calibration_scale=c.intensity_scale``)."""
     from qdmed._documents import unique_json_pairs
-    from qdmed.imaging._scoring import (
-        HER2_CALIBRATION_FIELDS,
-        Her2Calibration,
-        MarkerGate,
-        gate_noise_floor_percent,
-    )
+    from qdmed.imaging._her2_calibration import HER2_CALIBRATION_FIELDS, Her2Calibration
+    from qdmed.imaging._scoring import MarkerGate, gate_noise_floor_percent
 
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"),

@@ -90,17 +90,17 @@ def _finite_column(df, marker: str, compartment: str, statistic: str, name: str
 def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float], tuple | None]:
     """The calibration's anchors, (0.5, faint cut-off) and (s, median of the s controls'
     cells at or above it), from the tables given, and the 0 controls' stained group
-    (:func:`~qdmed.imaging._scoring.stained_group_share`, or None); InputError unless they
+    (:func:`~qdmed.imaging._her2_calibration.stained_group_share`, or None); InputError unless they
     are those it was drawn from (each control's cell count and median, and the faint
     cut-off where its rule is recorded)."""
-    from qdmed.imaging._scoring import (
-        HER2_CATEGORIES,
+    from qdmed.imaging._her2_calibration import (
         _faint_cutoff,
         _sorted_finite,
         her2_median_anchors,
         interpolate_anchors,
         stained_group_share,
     )
+    from qdmed.imaging._scoring import HER2_CATEGORIES
 
     for (name, _cat, n, med, _), v in zip(ctrls, vals, strict=True):
         if v.size != n or not np.isclose(np.median(v), med, rtol=1e-9, atol=0.0):
@@ -137,8 +137,8 @@ def _anchors_drawn_from(cal, ctrls, vals) -> tuple[list[float], list[float], tup
 def _her2_panels(ax, ax2, cal, control_cells) -> None:
     from matplotlib.ticker import NullLocator
 
+    from qdmed.imaging._her2_calibration import interpolate_anchors
     from qdmed.imaging._report import _CAT_COLOURS
-    from qdmed.imaging._scoring import interpolate_anchors
 
     col = f"{cal.marker}_{cal.compartment}_{cal.statistic}"
     ctrls = sorted(cal.controls, key=lambda c: ("0", "1+", "2+", "3+").index(c[1]))

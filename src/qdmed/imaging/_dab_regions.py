@@ -485,6 +485,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         hematoxylin_top,
         histogram_threshold,
     )
+    from qdmed.imaging._her2_calibration import Her2Calibration
     from qdmed.imaging._region_scores import (
         assign_regions,
         check_count,
@@ -493,7 +494,6 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         score_slide_regions,
     )
     from qdmed.imaging._regions import regions_and_tumour
-    from qdmed.imaging._scoring import Her2Calibration
     from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
     from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
 

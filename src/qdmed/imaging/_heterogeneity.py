@@ -56,15 +56,14 @@ from typing import Any
 import numpy as np
 
 from qdmed.errors import InputError
-from qdmed.imaging._scoring import (
+from qdmed.imaging._her2_score import (
     _BRANCH_CATEGORY,
     _BRANCH_ULTRALOW,
-    _INTENSITY_CLASSES,
-    HER2_CATEGORIES,
     Her2Score,
     her2_rule_branch,
     staining_patterns,
 )
+from qdmed.imaging._scoring import _INTENSITY_CLASSES, HER2_CATEGORIES
 from qdmed.report._json import to_jsonable
 
 __all__ = ["Her2Heterogeneity", "her2_heterogeneity", "shannon_index"]
@@ -359,7 +358,7 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0, min_cells: 
     Notes
     -----
     Each region is scored by the slide's own rule and parameters
-    (:func:`qdmed.imaging._scoring.her2_rule_branch`, the same thresholds and ultralow noise
+    (:func:`qdmed.imaging._her2_score.her2_rule_branch`, the same thresholds and ultralow noise
     floor) on its cells alone. Cell-level heterogeneity is the Shannon index of the per-cell
     categories within each scored region (mean and maximum over regions); tumour-level
     heterogeneity is the Shannon index of the scored regions' categories, each region

@@ -319,8 +319,8 @@ def _status_rule(rule) -> tuple[str, tuple, tuple, Any]:
 
 
 def _status_agreement(rule, a: np.ndarray, b: np.ndarray) -> StatusAgreement:
+    from qdmed.imaging._kappa import cohen_kappa
     from qdmed.imaging._receptors import _wilson95
-    from qdmed.imaging._scoring import cohen_kappa
 
     words, cuts, labels, classify = _status_rule(rule)
     ia = np.array([classify(v) for v in a])

@@ -128,7 +128,7 @@ def score_cells(cells, her2_calibration=None, gates=None):
     no HER2 score when no cell has a gradable HER2 value."""
     her2 = markers = None
     if her2_calibration is not None and her2_measurable(cells, her2_calibration):
-        from qdmed.imaging._scoring import score_her2
+        from qdmed.imaging._her2_score import score_her2
 
         her2 = score_her2(cells, her2_calibration, nan_policy="omit")
     if gates:
