@@ -219,6 +219,47 @@ def test_a_calibration_with_her2_gives_its_gates_to_a_panel_without_her2(tmp_pat
     assert "not scored: no cell to score" in row
 
 
+def test_a_panel_beside_the_slide_is_named_when_no_panel_is_given(tmp_path):
+    """A review: a custom panel's slide analysed without --panel read each marker from
+    another QD's abundance, unsaid (the built-in panel holds every QD: a perfect fit). The
+    panel file simulate writes beside it is now named."""
+    r = run("image", "panel", "--markers", "HER2,ER,EGFR", "--labels",
+            "Qdot 605,Qdot 705,Qdot 655", "--out", str(tmp_path / "p3.yaml"))
+    assert r.returncode == 0, r.stderr
+    for name, panel in (("s", ["--panel", str(tmp_path / "p3.yaml")]), ("b", [])):
+        r = run("image", "simulate", *panel, "--size", "192", "--preset", "BT474",
+                "--out", str(tmp_path / f"{name}.ome.tif"))
+        assert r.returncode == 0, r.stderr
+    opts = ["--no-progress", "--no-report", "--json", "--no-outlines", "--no-unmixed"]
+    r = run("image", "analyze", str(tmp_path / "s.ome.tif"), "--out", str(tmp_path / "a"),
+            *opts)
+    assert r.returncode == 0, r.stderr
+    (w,) = [w for w in json.loads(r.stdout)["warnings"] if w.startswith("no --panel")]
+    assert w == (f"no --panel given: the built-in panel is used, but {tmp_path}/s-panel.yaml "
+                 "beside the slide labels its markers otherwise; if it is the slide's panel, "
+                 f"give --panel {tmp_path}/s-panel.yaml")
+    r = run("image", "unmix", str(tmp_path / "s.ome.tif"), "--out",
+            str(tmp_path / "u.ome.zarr"), "--no-progress", "--json")
+    assert r.returncode == 0, r.stderr
+    assert any(w.startswith("no --panel given") for w in json.loads(r.stdout)["warnings"])
+    import shutil
+
+    (tmp_path / "c").mkdir()
+    for f in ("s.ome.tif", "s-panel.yaml"):
+        shutil.copy(tmp_path / f, tmp_path / "c" / f)
+    r = run("image", "cohort", str(tmp_path / "c"), "--out", str(tmp_path / "co"), "--json",
+            "--no-progress", "--no-outlines", "--no-unmixed", "--scheduler", "synchronous")
+    assert r.returncode == 0, r.stderr
+    assert any(w.startswith("no --panel given") and "c/s-panel.yaml" in w
+               for w in json.loads(r.stdout)["warnings"])
+    # the panel given, or the built-in panel's own file beside the slide: nothing to say
+    for slide, panel in (("s", ["--panel", str(tmp_path / "s-panel.yaml")]), ("b", [])):
+        r = run("image", "analyze", str(tmp_path / f"{slide}.ome.tif"), *panel, "--out",
+                str(tmp_path / f"a{slide}"), *opts)
+        assert r.returncode == 0, r.stderr
+        assert not any(w.startswith("no --panel") for w in json.loads(r.stdout)["warnings"])
+
+
 def _analyzed_warnings(slide, out, calibration, prefix: str) -> list[str]:
     """The warnings starting with `prefix` of `analyze --json` run on `slide`, each also
     printed on stderr."""

@@ -293,3 +293,55 @@ def test_a_file_written_before_the_floor_took_the_controls_size(tmp_path):
     f.write_text(json.dumps(new))
     cal = load_calibration(f)
     assert cal.gates["ER"].false_positive_percent == 1.97 and not cal.warnings
+
+
+def test_a_scored_marker_labelled_with_another_qd_is_refused():
+    """A review: a HER2 1+ slide analysed with the built-in panel (HER2: Qdot 525) against
+    a calibration whose controls carried HER2 on Qdot 605 read 0, with only a warning. The
+    cut-offs are abundances of the other QD: refused before any tile is analysed."""
+    from qdmed.errors import InputError
+    from qdmed.imaging import MarkerGate, breast_panel_5plex, design_panel, spectral_channels
+    from qdmed.imaging._analyze import check_calibration
+    from qdmed.imaging._her2_calibration import Her2Calibration
+
+    builtin = breast_panel_5plex()
+    fixed = {"HER2": "Qdot 605", "ER": "Qdot 705", "EGFR": "Qdot 655"}
+    custom = design_panel(list(fixed), list(fixed.values()), spectral_channels(8, 440, 740),
+                          fixed=fixed)
+    cal = Her2Calibration(faint=1.0, weak_moderate=2.0, intense=4.0)
+    theirs = intensity_scale(custom.to_dict(), SLIDE16)
+    assert theirs["labels"]["HER2"] != builtin.to_dict()["labels"]["HER2"]
+    with pytest.raises(InputError, match=r"labelled otherwise \(HER2: Qdot 525 here, "
+                                         r"Qdot 605 in the controls\).*--panel"):
+        check_calibration(builtin, cal, None, theirs)
+    gate = {"ER": MarkerGate(threshold=1.0, compartment="nucleus")}
+    with pytest.raises(InputError, match=r"ER: Qdot 565 here, Qdot 705 in"):
+        check_calibration(builtin, None, gate, theirs)
+    # the controls' own panel, a calibration of unknown labels, and a marker not scored pass
+    check_calibration(custom, cal, gate, theirs)
+    check_calibration(builtin, cal, None, None)
+    check_calibration(builtin, None, None, theirs)
+
+
+def test_controls_on_different_scales_are_warned():
+    """A review: a BT-474 control imaged 3.3x brighter than the other controls moved the
+    intense cut-off from 158 to 385 and a 3+ slide scored 2+, unsaid (the slides' check
+    compares a slide with the controls' median)."""
+    import numpy as np
+    import pandas as pd
+
+    from qdmed.imaging._calibration_file import nuclear_level, nuclear_level_spread_warnings
+
+    def table(level):
+        return pd.DataFrame({"DAPI_nucleus_mean": np.full(20, level)})
+
+    level = nuclear_level({"MDA-MB-468": table(306.0), "MCF-7": table(310.0),
+                           "BT-474": table(1025.0)}, "DAPI")
+    (w,) = nuclear_level_spread_warnings(level)
+    assert w.startswith("control BT-474's nuclei read DAPI 3.3x control MDA-MB-468's "
+                        "(median nucleus mean 1025 against 306)")
+    # within the factor (cell lines differ somewhat), one control, or none: nothing
+    assert nuclear_level_spread_warnings(nuclear_level(
+        {"a": table(306.0), "b": table(600.0)}, "DAPI")) == []
+    assert nuclear_level_spread_warnings(nuclear_level({"a": table(306.0)}, "DAPI")) == []
+    assert nuclear_level_spread_warnings(None) == []

@@ -1,6 +1,8 @@
 """Cases imaged as several fields (a case map, slide -> case): each case scored on the pooled
 cells of its slides, as the whole tumour is scored."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,6 +23,9 @@ KW = dict(endmembers=PANEL.endmembers, marker_names=list(PANEL.markers), photons
 
 def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
     cal = control_calibration(PANEL, size=512, **KW)
+    # the calibration's own warnings are the cohort's: said once (a review found one in
+    # every slide's row, hiding the slides' own, and some 20 times in the report)
+    cal = replace(cal, warnings=(*cal.warnings, "the calibration's own warning"))
     d = tmp_path / "fields"
     d.mkdir()
     for name, preset, seed in (("P1_f1", "HER2-enriched", 1), ("P1_f2", "triple-negative", 2),
@@ -66,6 +71,11 @@ def test_fields_pooled_into_their_cases(tmp_path, control_calibration):
     assert any("1 slide(s) have no case (X_f1.ome.tif)" in w for w in res["case_warnings"])
     assert res["parameters"]["case_map"] == str(cmap)
     assert "Cases (case map)" in (tmp_path / "co" / "report.html").read_text()
+    assert res["calibration_warnings"] == list(cal.warnings)
+    assert not any("the calibration's own warning" in r["message"] for r in res["slides"])
+    # as a warning once (and in the parameters' record of the calibration)
+    assert (tmp_path / "co" / "report.html").read_text().count(
+        "Warning: the calibration&#x27;s own warning") == 1
     # the cases from the slides' names instead (as inForm names fields: <case>_[x,y]_...);
     # the same output folder: the slides' finished tiles are reused
     named = analyze_cohort(d, PANEL, tmp_path / "co", her2_calibration=cal,

@@ -154,6 +154,39 @@ def _panel(path):
     return Panel.from_file(path) if path else breast_panel_5plex()
 
 
+def _panel_beside(slide: Path) -> Path:
+    """The panel file `simulate` writes beside a slide: ``<stem>-panel.yaml``."""
+    return slide.parent / (_stem(slide) + "-panel.yaml")
+
+
+def _panels_beside(panel_file, sides) -> list[str]:
+    """Without --panel, the warning that a panel file lies beside a slide (`sides`:
+    :func:`_panel_beside` of each) labelling markers otherwise than the built-in panel (a
+    review: a custom panel's slide analysed without --panel read each marker from another
+    QD's abundance, unsaid: the built-in panel holds every QD, so the fit was perfect)."""
+    if panel_file is not None:
+        return []
+    builtin = _panel(None).to_dict()["labels"]
+    found = []
+    for side in sides:
+        if not side.is_file():
+            continue
+        try:
+            from qdmed.imaging import Panel
+
+            labels = Panel.from_file(side).to_dict().get("labels") or {}
+        except (ValueError, OSError):  # not a panel of ours: not this check's business
+            continue
+        if any(builtin.get(m) != q for m, q in labels.items()):
+            found.append(str(side))
+    if not found:
+        return []
+    return [f"no --panel given: the built-in panel is used, but {found[0]}"
+            + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+            + " beside the slide labels its markers otherwise; if it is the slide's panel, "
+            f"give --panel {found[0]}"]
+
+
 def _calibration_for(panel, path):
     """(Her2Calibration or None, gates or None, the controls' intensity scale or None,
     warnings) from a `qdmed image calibrate` JSON file, for a panel: a calibration whose
@@ -688,7 +721,8 @@ def unmix(slide: Path, panel_file: PANEL = None,
             "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
             "read_noise_adu": settings.read_noise_used(),
             "misfit": None if fit is None else fit["misfit"]}
-    warned = [*p.warnings, *([] if fit is None else fit["warnings"])]
+    warned = [*_panels_beside(panel_file, [_panel_beside(slide)]), *p.warnings,
+              *([] if fit is None else fit["warnings"])]
     if json_:
         return print_json_warned(info, warned)
     from qdmed.imaging._poisson import describe_unmixing
@@ -856,6 +890,7 @@ def analyze(
     panel_offset(panel, _offset(offset))
     check_exclude_flagged(_flags(exclude_flagged))
     her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
+    cal_warnings = _panels_beside(panel_file, [_panel_beside(slide)]) + cal_warnings
     settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um), **weights,
                                 segmentation=segmentation,  # pixel size None: the slide's
                                 **_segmentation_model(segmentation_model,
@@ -1205,6 +1240,9 @@ def cohort(
     weights = _unmix_options(poisson, read_noise)
     panel = _panel(panel_file)
     her2, gates, scale, cal_warnings = _calibration_for(panel, calibration)
+    if folder.is_dir():
+        cal_warnings = _panels_beside(panel_file, sorted(
+            folder.glob("*-panel.yaml"))) + cal_warnings
     from qdmed.imaging._slideio import _check_pixel_size
 
     seg = _segmentation_model(segmentation_model, segmentation_pixel_size)
@@ -1250,6 +1288,7 @@ def _cohort_warnings(res: dict) -> list[str]:
     """The cohort's warnings, each failed slide's error first (a review found them in the
     table only, and with --json nowhere but the slides' rows)."""
     return [*(f"panel: {w}" for w in res.get("panel_warnings") or ()),
+            *(f"calibration: {w}" for w in res.get("calibration_warnings") or ()),
             *(_named(r["slide"], f"failed: {r['message']}") for r in res.get("slides") or ()
               if r.get("status") == "failed"),  # once: an error names its file already
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),

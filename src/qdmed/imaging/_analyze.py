@@ -522,10 +522,30 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
     return df.reset_index(drop=True), feats, stats
 
 
-def check_calibration(panel, her2_calibration, gates) -> None:
+def check_calibration(panel, her2_calibration, gates, calibration_scale=None) -> None:
     """Refuse, before any tile is analysed, scoring rules for markers the panel lacks: every
-    gate's marker and the HER2 calibration's marker must be panel components."""
+    gate's marker and the HER2 calibration's marker must be panel components; and, where
+    the calibration recorded its controls' labels (``calibration_scale``, from
+    :func:`~qdmed.imaging.load_calibration`), a scored marker labelled with another QD here
+    than in the controls (its cut-offs are abundances of the other QD: a review's HER2
+    1+ slide, analysed with the built-in panel against controls of a custom one, read 0
+    with only a warning). Other differences of scale are warned
+    (:func:`~qdmed.imaging._calibration_file.scale_warnings`)."""
     comps = list(panel.components)
+    ours = panel.to_dict().get("labels") if not panel.unmixed else None
+    theirs = (calibration_scale or {}).get("labels")
+    if ours and theirs:
+        scored = [m for m in [*([her2_calibration.marker] if her2_calibration else []),
+                              *(gates or {})]
+                  if m in ours and m in theirs and ours[m] != theirs[m]]
+        if scored:
+            said = ", ".join(f"{m}: {ours[m]} here, {theirs[m]} in the controls"
+                             for m in dict.fromkeys(scored))
+            raise InputError(
+                f"the calibration's controls were labelled otherwise ({said}): its cut-offs "
+                "are abundances of another QD and do not carry over. Give the panel the "
+                "controls were analysed with (--panel), or calibrate on controls analysed "
+                "with this one")
     for m in gates or {}:
         if m not in comps:
             raise InputError(f"a positivity gate is given for {m!r}, which is not a component "
@@ -1254,7 +1274,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                    *mixed_classes_warnings(reg, region_class)]
     panel = check_channels(slide, panel)
     check_unmixable(panel)
-    check_calibration(panel, her2_calibration, gates)
+    check_calibration(panel, her2_calibration, gates, calibration_scale)
     from qdmed.imaging._calibration_file import intensity_scale, scale_warnings
 
     # the calibration's own warnings (no 0 control) reach every slide scored with it

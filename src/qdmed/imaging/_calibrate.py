@@ -126,7 +126,12 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         are asked for (categories given, or nothing else), or a control used by nothing.
     """
     from qdmed.imaging._analyze import AnalysisSettings
-    from qdmed.imaging._calibration_file import Calibration, controls_scale, nuclear_level
+    from qdmed.imaging._calibration_file import (
+        Calibration,
+        controls_scale,
+        nuclear_level,
+        nuclear_level_spread_warnings,
+    )
     from qdmed.imaging._her2_calibration import calibrate_her2, check_faint_rule
     from qdmed.imaging._her2_score import her2_controls_scored
     from qdmed.imaging._scoring import (
@@ -156,6 +161,7 @@ def calibrate_controls(controls: Mapping[str, Any], *,
         tables[name], summaries[name] = _control_table(name, value)
     scale, warnings = controls_scale(summaries)
     level = nuclear_level(tables, AnalysisSettings().nuclear_marker)
+    warnings = [*warnings, *nuclear_level_spread_warnings(level)]
     if scale is not None and level is not None:  # checked on each slide's nuclei
         scale = {**scale, "nuclear_level": level}
     if scale is None:

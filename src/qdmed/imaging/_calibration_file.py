@@ -143,6 +143,27 @@ def nuclear_level(tables: dict, marker: str) -> dict | None:
             "by_control": by}
 
 
+def nuclear_level_spread_warnings(level: dict | None) -> list[str]:
+    """The warning where the controls' own nuclear levels (:func:`nuclear_level`'s
+    ``by_control``) lie more than :data:`NUCLEAR_LEVEL_FACTOR` apart: one control imaged or
+    stained on another scale (a review: a BT-474 control simulated at 1000 photons per unit
+    among controls at 300 read DAPI 3.3x theirs, moved the intense cut-off from 158 to 385,
+    and a 3+ slide scored 2+, unsaid). The slides' check compares them with the controls'
+    median and cannot see it."""
+    by = (level or {}).get("by_control") or {}
+    by = {n: v for n, v in by.items() if v > 0}
+    if len(by) < 2:
+        return []
+    hi, lo = max(by, key=by.get), min(by, key=by.get)
+    r = by[hi] / by[lo]
+    if r <= NUCLEAR_LEVEL_FACTOR:
+        return []
+    return [f"control {hi}'s nuclei read {level['marker']} {r:.2g}x control {lo}'s (median "
+            f"nucleus mean {by[hi]:.4g} against {by[lo]:.4g}): imaged or stained on another "
+            "scale? The cut-offs come from the controls' intensities together: image and "
+            "stain them alike"]
+
+
 def nuclear_level_warnings(calibrated: dict | None, cells) -> list[str]:
     """The warning where the slide's nuclei (`cells`, its cells table) read the nuclear
     stain more than :data:`NUCLEAR_LEVEL_FACTOR` times above or below the controls' level

@@ -255,7 +255,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
     check_autofluorescence_option(autofluorescence, panel)
-    check_calibration(panel, her2_calibration, gates)
+    check_calibration(panel, her2_calibration, gates, calibration_scale)
+    cal_own = {f"calibration: {w}" for w in getattr(her2_calibration, "warnings", ())}
     check_region_options(her2_region_um, her2_region_min_cells)
     from qdmed.imaging._detector import check_level
 
@@ -404,7 +405,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                     notes = [res.summary["scored_cells"].get("note") or ""]
                     row["tma"] = bool(res.summary["scored_cells"].get("note"))
                     notes += receptor_notes(res.summary.get("markers_scored"))
-                    notes += summary_warnings(res.summary)
+                    # the calibration's own warnings are the cohort's, said once (a
+                    # review found one in every row, hiding the slides' own)
+                    notes += [n for n in summary_warnings(res.summary) if n not in cal_own]
                     if her2_calibration is None:  # an empty category would say nothing
                         notes.append("HER2 not scored: no calibration given "
                                      "(her2_calibration, --calibration)")
@@ -561,6 +564,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "cases": None if case_rows is None else str(out / "cases.csv"),
                "n_cases": None if case_rows is None else len(case_rows),
                "panel_warnings": list(panel.warnings),
+               "calibration_warnings": list(getattr(her2_calibration, "warnings", ())),
                "case_warnings": case_warnings,
                "acquisition_warnings": acquisition_warnings,
                "output_warnings": output_warnings,

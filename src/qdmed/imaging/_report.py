@@ -706,6 +706,9 @@ def write_cohort_report(summary: dict, out_dir) -> Path:
               if r.get("n_tiles_out_of_focus")]
     saturated = [f"{r['slide']} ({r['percent_scored_cells_saturated']:.1f} %)" for r in ok
                  if (r.get("percent_scored_cells_saturated") or 0) >= 1.0]
+    if summary.get("calibration_warnings"):  # once here, not in every slide's row
+        rep.heading("Calibration")
+        rep.paragraph(" ".join(f"Warning: {w}." for w in summary["calibration_warnings"]))
     if ok:
         rep.heading("Quality control")
         rep.paragraph("Slides out of focus as a whole (median blur above the cohort's): "
