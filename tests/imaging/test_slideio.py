@@ -641,10 +641,28 @@ def test_review_findings_zarr_metadata_units_outputs_and_tiff_quirks(tmp_path):
     set_unit("micrometer", path="nowhere")
     with pytest.raises(FileFormatError, match="'nowhere' does not exist"):
         read_slide(z)
-    # a chunk that does not decode
+    # a chunk that does not decode: named by its size against its Blosc header, before the
+    # decoder reads past its end (a review's truncated chunk crashed 2 reads of 21), on the
+    # full-resolution reads and on dask's (pyramid levels, overviews)
     good = write_ome_zarr(tmp_path / "c.ome.zarr", img)
     chunk = next(f for f in (good / "0").rglob("*") if f.is_file() and not f.name.startswith("."))
-    chunk.write_bytes(b"\x02\x01garbage-garbage-garbage")
+    key = chunk.relative_to(good).as_posix()
+    whole = chunk.read_bytes()
+    for bad, said in ((whole[:len(whole) // 2], f"its Blosc header says {len(whole)}"),
+                      (whole[:7], "less than a Blosc header")):
+        chunk.write_bytes(bad)
+        with pytest.raises(FileFormatError, match=rf"chunk {key} is {len(bad)} bytes, {said} "
+                                                  r"\(truncated or corrupted\)"):
+            read_slide(good).read_region(0, 64, 0, 48)
+        with pytest.raises(FileFormatError, match=rf"chunk {key} is {len(bad)} bytes"):
+            read_slide(good).data.compute()
+    chunk.write_bytes(whole)
+    np.testing.assert_array_equal(read_slide(good).read_region(0, 64, 0, 48),
+                                  read_slide(good).data[:64, :48].compute())
+    # its size as its header says, its compressed data scrambled: the decoder's own error
+    mid = len(whole) // 2
+    chunk.write_bytes(whole[:mid] + bytes(255 - b for b in whole[mid:mid + 64]) +
+                      whole[mid + 64:])
     with pytest.raises(FileFormatError, match="cannot decode the region"):
         read_slide(good).read_region(0, 64, 0, 48)
     # the writer refuses to replace a plain folder or a file
