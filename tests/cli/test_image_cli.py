@@ -663,6 +663,15 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
     assert cases.loc["P7", "status"] == "no cells" and cases.loc["P7", "n_cores_missing"] == 1
     html = (tmp_path / "co" / "report.html").read_text()
     assert "Cases (TMA map)" in html and "highest-scoring core" in html and "P7" in html
+    # the cases are printed as analyze prints them (a review found only the file's name)
+    assert [r["case"] for r in c["cases_scored"]["cases"]] == list(cases.index)
+    r = run("image", "cohort", str(folder), "--regions-dir", str(regs), "--tma-map",
+            str(tmp_path / "map.csv"), "--case-rule", "highest", "--out", str(tmp_path / "co"),
+            "--calibration", str(tmp_path / "gates.json"), "--workers", "1", "--no-progress",
+            "--no-unmixed")
+    assert r.returncode == 0, r.stderr
+    printed = r.stdout[r.stdout.index("Cases (cases.csv)"):]
+    assert "P1" in printed and "P7" in printed and "no cells" in printed
     # tumour drawn in the left half of core A-1 only, one file per slide: A-2 has nothing
     a1 = d["cores"][0]
     x, y, r = a1["center_x"] + 0.5, a1["center_y"] + 0.5, a1["radius_px"] + 5

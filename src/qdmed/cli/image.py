@@ -278,6 +278,7 @@ def panel(
                      expression=_numbers("--expression", expression, "MARKER=NUMBER"))
     if out:
         p.to_file(out)
+        typer.echo(f"panel written to {out}", err=True)  # as the plot (stdout: --json's)
     if plot is not None:
         _save_plot(plot, p.plot())
     d = p.to_dict()
@@ -610,6 +611,10 @@ def simulate(
                 "truth": str(truth_dir)}
     p.to_file(out.parent / (stem + "-panel.yaml"))
     info["panel"] = str(out.parent / (stem + "-panel.yaml"))
+    if tma is None:  # its registry name: BT-474 and bt474 are read as BT474 (a review)
+        from qdmed.imaging._synthetic import _get_preset
+
+        info = {"preset": _get_preset(preset).name, **info}
     if json_:
         return print_json_warned(info, notes)
     print_kv("Simulated slide", info)
@@ -1107,7 +1112,8 @@ def calibrate(
     cats: dict[str, str] = {}
     negs: dict[str, str] = {}
     for c in control:  # every pair checked before any table is read
-        name, path = _pair("--control", c, "NAME=cells.parquet")
+        name, path = _pair("--control", c, "NAME=FOLDER (the control's analysis) or "
+                           "NAME=cells.parquet")
         paths[_once("--control", name, paths)] = path
     for c in category or ():
         name, cat = _pair("--category", c, "NAME=0|1+|2+|3+")
@@ -1279,6 +1285,11 @@ def cohort(
                + (f"; report: {res['report']}" if res["report"] else "")
                + (f"; regions: {res['regions']}" if res["regions"] else "")
                + (f"; cases: {res['cases']} ({res['n_cases']})" if res["cases"] else ""))
+    if res.get("cases_scored"):
+        cases = res["cases_scored"]["cases"]
+        print_table("Cases (cases.csv)", cases,
+                    [c for c in ("case", "status", "cores", "n_scored", "her2_category")
+                     if any(c in r for r in cases)])
     for w in cal_warnings + _cohort_warnings(res):
         print_warning(w)
     return _folder_exit(res)

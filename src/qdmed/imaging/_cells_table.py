@@ -34,7 +34,11 @@ def read_cells_table(path, *, prefix: str = "", whose: str = "an", text: bool = 
     if p.is_dir():
         p = cells_table_path(p)
         if not p.is_file():
-            raise InputError(f"{prefix}{said} is a folder without cells.parquet ({wanted})")
+            slide = (Path(path) / ".zattrs").is_file() or (Path(path) / "zarr.json").is_file()
+            raise InputError(f"{prefix}{said} is " + (
+                "a slide (OME-Zarr), not its analysis: analyze it first (qdmed image analyze "
+                f"{said} --out FOLDER), then give FOLDER" if slide else
+                f"a folder without cells.parquet ({wanted})"))
         said = str(p)
     suffix = p.suffix.lower()
     try:

@@ -563,6 +563,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "regions": str(out / "regions.csv") if region_rows else None,
                "cases": None if case_rows is None else str(out / "cases.csv"),
                "n_cases": None if case_rows is None else len(case_rows),
+               # as analyze's summary: the table printed (a review found none for cohort)
+               "cases_scored": None if case_rows is None else {"cases": case_rows},
                "panel_warnings": list(panel.warnings),
                "calibration_warnings": list(getattr(her2_calibration, "warnings", ())),
                "case_warnings": case_warnings,
