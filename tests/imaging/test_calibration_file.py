@@ -321,6 +321,10 @@ def test_a_scored_marker_labelled_with_another_qd_is_refused():
     check_calibration(custom, cal, gate, theirs)
     check_calibration(builtin, cal, None, None)
     check_calibration(builtin, None, None, theirs)
+    # one catalog QD however spelled is one label (a review: "qdot 525" was refused)
+    spelled = {**builtin.to_dict()["labels"], "HER2": "qdot525 ", "ER": "565"}
+    check_calibration(builtin, cal, gate, {"labels": spelled})
+    assert scale_warnings({"labels": spelled}, {"labels": builtin.to_dict()["labels"]}) == []
 
 
 def test_controls_on_different_scales_are_warned():

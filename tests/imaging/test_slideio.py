@@ -659,6 +659,10 @@ def test_review_findings_zarr_metadata_units_outputs_and_tiff_quirks(tmp_path):
     chunk.write_bytes(whole)
     np.testing.assert_array_equal(read_slide(good).read_region(0, 64, 0, 48),
                                   read_slide(good).data[:64, :48].compute())
+    # bytes after the frame are not read: such a chunk decodes, as before the check
+    before = read_slide(good).read_region(0, 64, 0, 48)
+    chunk.write_bytes(whole + bytes(10))
+    np.testing.assert_array_equal(read_slide(good).read_region(0, 64, 0, 48), before)
     # its size as its header says, its compressed data scrambled: the decoder's own error
     mid = len(whole) // 2
     chunk.write_bytes(whole[:mid] + bytes(255 - b for b in whole[mid:mid + 64]) +

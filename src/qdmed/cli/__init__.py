@@ -181,8 +181,8 @@ def _quiet_pending_tasks() -> None:
     """Leave unsaid the chunk reads zarr had in flight when one failed: its event loop
     outlives the error, and asyncio logged each read still pending when the process ended
     ("Task was destroyed but it is pending!", a few lines after the error's one; a review
-    saw them on 3 of 6 runs over a truncated chunk). Only in the process that ends with the
-    error: a caller of :func:`main` keeps its own logging."""
+    saw them on 3 of 6 runs over a truncated chunk). Called by :func:`exit_with` only, as
+    the process ends with an error: a caller of :func:`main` keeps its own logging."""
     import logging
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -203,8 +203,6 @@ def _main(argv: list[str] | None) -> int:
     except InputError as exc:
         typer.echo(f"error: {_with_option(str(exc), sys.argv[1:] if argv is None else argv)}",
                    err=True)
-        if argv is None:  # the qdmed process itself, which ends now
-            _quiet_pending_tasks()
         return 2
     except QdmedError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -252,6 +250,8 @@ def exit_with(rc: int):
     interrupted by Ctrl-C, whatever caught it)."""
     import os
 
+    if rc:  # the error is said: the reads zarr left pending when it came need not be
+        _quiet_pending_tasks()
     if _Terminated.seen:
         for stream in (sys.stdout, sys.stderr):
             try:

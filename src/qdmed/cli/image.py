@@ -177,7 +177,10 @@ def _panels_beside(panel_file, sides) -> list[str]:
             labels = Panel.from_file(side).to_dict().get("labels") or {}
         except (ValueError, OSError):  # not a panel of ours: not this check's business
             continue
-        if any(builtin.get(m) != q for m, q in labels.items()):
+        from qdmed.imaging._panel import label_key
+
+        if any(m not in builtin or label_key(builtin[m]) != label_key(q)
+               for m, q in labels.items()):
             found.append(str(side))
     if not found:
         return []

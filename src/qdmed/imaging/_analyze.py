@@ -535,9 +535,11 @@ def check_calibration(panel, her2_calibration, gates, calibration_scale=None) ->
     ours = panel.to_dict().get("labels") if not panel.unmixed else None
     theirs = (calibration_scale or {}).get("labels")
     if ours and theirs:
+        from qdmed.imaging._panel import label_key
+
         scored = [m for m in [*([her2_calibration.marker] if her2_calibration else []),
                               *(gates or {})]
-                  if m in ours and m in theirs and ours[m] != theirs[m]]
+                  if m in ours and m in theirs and label_key(ours[m]) != label_key(theirs[m])]
         if scored:
             said = ", ".join(f"{m}: {ours[m]} here, {theirs[m]} in the controls"
                              for m in dict.fromkeys(scored))

@@ -75,6 +75,11 @@ def _differs(field: str, a: Any, b: Any) -> bool:
         return field in ("unmixed", "dtype") and a != b
     if field == "exposure_ms":  # the channels both name
         return any(abs(a[k] - b[k]) > 0.01 * max(abs(a[k]), abs(b[k])) for k in a if k in b)
+    if field == "labels":  # one QD however spelled (qdot 525, Qdot525) is one label
+        from qdmed.imaging._panel import label_key
+
+        return {k: label_key(v) for k, v in a.items()} != \
+            {k: label_key(v) for k, v in b.items()}
     if field == "channels_nm":  # the same bands stored in another order are one scale
         return sorted(map(tuple, (map(float, c) for c in a))) != \
             sorted(map(tuple, (map(float, c) for c in b)))

@@ -15,6 +15,7 @@ from qdmed.errors import InputError, QdmedError
 from qdmed.imaging._region_scores import (
     case_map_pairs,
     case_table,
+    cases_summary,
     check_case_rule,
     check_min_cells,
     cores_not_in_regions,
@@ -563,8 +564,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "regions": str(out / "regions.csv") if region_rows else None,
                "cases": None if case_rows is None else str(out / "cases.csv"),
                "n_cases": None if case_rows is None else len(case_rows),
-               # as analyze's summary: the table printed (a review found none for cohort)
-               "cases_scored": None if case_rows is None else {"cases": case_rows},
+               # analyze's block (the CLI prints its table: a review found none)
+               "cases_scored": None if case_rows is None else cases_summary(
+                   case_rows, case_warnings, rule=case_rule),
                "panel_warnings": list(panel.warnings),
                "calibration_warnings": list(getattr(her2_calibration, "warnings", ())),
                "case_warnings": case_warnings,

@@ -731,6 +731,19 @@ def _resolvable(label) -> bool:
     return True
 
 
+def label_key(label) -> str:
+    """A label's name as compared between panels: a catalog Qdot's catalog name however
+    spelled (``"qdot 525"``, ``"Qdot525"``, ``"525"`` -> ``"Qdot 525"``), ``"DAPI"``, else
+    the name stripped (a review: a panel file's ``qdot 525`` was refused as another QD than
+    the controls' ``Qdot 525``, its spectrum the same)."""
+    from qdmed.optics import get_qdot
+
+    s = str(label).strip()
+    if s.upper() == "DAPI":
+        return "DAPI"
+    return get_qdot(s).name if _resolvable(s) else s
+
+
 def _same_spectrum(a: Spectrum, b: Spectrum) -> bool:
     """Whether two emission spectra on one grid have the same area-normalised shape."""
     va, vb = a.normalized().values, b.normalized().values
