@@ -127,6 +127,12 @@ def test_breast_phenotypes_take_her2_from_the_cells_categories():
         phenotype(df, "breast", gates=gates, her2_category=["4+"] * 6)
     with pytest.raises(InputError, match="one category per cell"):
         phenotype(df, "breast", gates=gates, her2_category=["0"])
+    # categories as a pandas Series are aligned on the table's index (a review's categories
+    # of another selection were matched by position: 226 of 438 phenotypes changed, unsaid)
+    reversed_ = pd.Series(cats, index=df.index)[::-1]
+    assert phenotype(df, "breast", gates=gates, her2_category=reversed_).tolist() == got
+    with pytest.raises(InputError, match="her2_category is a pandas Series whose index"):
+        phenotype(df.iloc[1:], "breast", gates=gates, her2_category=pd.Series(cats[:5]))
     from qdmed.imaging import score_markers
 
     sm = score_markers(df, gates, her2_category=cats)
@@ -246,6 +252,15 @@ def test_her2_parameters_and_mask():
     mask = np.zeros(100, dtype=bool)
     mask[:10] = True
     assert score_her2(df, CAL, cell_mask=mask).category == "3+"  # 5 of 10 tumour cells
+    # a pandas Series is aligned on the table's index, not taken by position (a review's
+    # shuffled mask changed the result, unsaid); another index, or positions, are refused
+    shuffled = pd.Series(mask, index=df.index).sample(frac=1.0, random_state=0)
+    assert score_her2(df, CAL, cell_mask=shuffled).to_dict() == \
+        score_her2(df, CAL, cell_mask=mask).to_dict()
+    with pytest.raises(InputError, match="index is not the cell table's"):
+        score_her2(df, CAL, cell_mask=shuffled.iloc[:50])
+    with pytest.raises(InputError, match="cell_mask must be booleans.*got dtype int64"):
+        score_her2(df, CAL, cell_mask=np.arange(10, dtype=np.int64))
     # completeness just below the "complete" cut-off makes intense staining incomplete
     df2 = her2_cells((30, "intense", True))
     df2["HER2_membrane_completeness"] = 0.85

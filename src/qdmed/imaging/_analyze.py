@@ -127,6 +127,12 @@ class AnalysisSettings:
         return replace(self, pixel_size_um=float(recorded or DEFAULT_PIXEL_SIZE_UM))
 
     def __post_init__(self):
+        mm = self.membrane_markers
+        if isinstance(mm, str) or not isinstance(mm, tuple | list) or \
+                not all(isinstance(m, str) for m in mm):
+            raise InputError(f"membrane_markers must be a tuple of marker names, e.g. "
+                             f"('HER2',); got {mm!r}")
+        object.__setattr__(self, "membrane_markers", tuple(mm))  # a list from a file
         if self.shared_membranes not in ("brighter", "both"):
             raise UnknownNameError(f"Unknown shared_membranes {self.shared_membranes!r}; "
                                    "accepted: ('brighter', 'both').")
@@ -194,6 +200,7 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
     subtracted first (:mod:`qdmed.imaging._detector`)."""
     from qdmed.imaging._nnls import unmix_nnls
 
+    check_panel(panel)
     img = np.asarray(image_yxc)
     if panel.unmixed and not panel.channels:
         raise InputError("an already-unmixed panel must first be bound to the image's channel "
@@ -262,6 +269,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
         saturation_level,
     )
 
+    check_panel(panel)
+    check_settings(settings)
     s = settings or AnalysisSettings()
     warnings = () if s.pixel_size_um is not None else (
         f"the settings give no pixel size: {DEFAULT_PIXEL_SIZE_UM} um/px assumed (areas, "
@@ -280,6 +289,7 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     if s.nuclear_marker not in comps:
         raise InputError(f"nuclear marker {s.nuclear_marker!r} is not in the panel components "
                          f"{list(comps)}; add a nuclear counterstain (e.g. DAPI) to the panel")
+    warnings = (*warnings, *membrane_marker_warnings(s, comps))
     if abundances is not None and residual:
         raise InputError("analyze_field takes abundances (unmixed already) with "
                          "residual=False only: the residual map needs the unmixing itself")
@@ -336,6 +346,25 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     sat = {"level_adu": level, "source": source,
            **(channel_stats(image, level) if detector_stats else {})}
     return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat, warnings)
+
+
+def membrane_marker_warnings(settings: AnalysisSettings, components) -> list[str]:
+    """Membrane markers the settings name that the panel lacks, where the settings' list is
+    not the default (whose CA125 and claudin-4 most panels lack): none of them in the panel
+    is refused (cells would grow by distance alone, unsaid: a review's ``("HER-2",)``
+    moved HER2 membrane means by up to 822), some of them warned."""
+    given = tuple(settings.membrane_markers)
+    if given == AnalysisSettings.membrane_markers or not given:
+        return []
+    absent = [m for m in given if m not in components]
+    if len(absent) == len(given):
+        raise InputError(f"none of the settings' membrane_markers {list(given)} is a panel "
+                         f"component {list(components)}: name the panel's membrane markers "
+                         "(cells grow to the membranes they stain), or give () to grow cells "
+                         "by distance alone")
+    return [f"membrane marker(s) {', '.join(map(repr, absent))} of the settings are not "
+            f"panel components ({', '.join(components)}): cells grow to the others'"] \
+        if absent else []
 
 
 def membrane_scales(abundances, components, membrane_markers) -> dict:
@@ -531,6 +560,19 @@ def check_calibration(panel, her2_calibration, gates, calibration_scale=None) ->
     1+ slide, analysed with the built-in panel against controls of a custom one, read 0
     with only a warning). Other differences of scale are warned
     (:func:`~qdmed.imaging._calibration_file.scale_warnings`)."""
+    from qdmed.imaging._her2_calibration import Her2Calibration
+
+    if her2_calibration is not None and not isinstance(her2_calibration, Her2Calibration):
+        whole = hasattr(her2_calibration, "her2") and hasattr(her2_calibration, "gates")
+        raise InputError(
+            f"her2_calibration must be a Her2Calibration; got {type(her2_calibration).__name__}"
+            + (": give calibration.her2, with gates=calibration.gates and "
+               "calibration_scale=calibration.intensity_scale" if whole else ""))
+    from collections.abc import Mapping
+
+    if gates is not None and not isinstance(gates, Mapping):
+        raise InputError(f"gates must be a mapping marker -> MarkerGate; got "
+                         f"{type(gates).__name__}")
     comps = list(panel.components)
     ours = panel.to_dict().get("labels") if not panel.unmixed else None
     theirs = (calibration_scale or {}).get("labels")
@@ -1010,6 +1052,25 @@ def positional_warnings(panel: Panel, channel_names) -> list[str]:
     return out
 
 
+def check_panel(panel) -> None:
+    """InputError unless ``panel`` is a :class:`Panel` (a review's endmember matrix given
+    as the panel met an AttributeError)."""
+    if not isinstance(panel, Panel):
+        raise InputError(
+            f"panel must be a qdmed Panel (breast_panel_5plex(), design_panel(...), "
+            f"Panel.from_file(...)); got {type(panel).__name__}"
+            + (": for an endmember matrix alone, unmix_nnls(pixels, endmembers)"
+               if isinstance(panel, np.ndarray) else ""))
+
+
+def check_settings(settings) -> None:
+    """InputError unless ``settings`` is None or :class:`AnalysisSettings`."""
+    if settings is not None and not isinstance(settings, AnalysisSettings):
+        raise InputError(f"settings must be AnalysisSettings; got {type(settings).__name__}"
+                         + (": AnalysisSettings(**settings)" if isinstance(settings, dict)
+                            else ""))
+
+
 def check_unmixable(panel: Panel) -> None:
     """Refuse, naming the markers, a spectral panel whose spectra the unmixing would refuse
     (nearly collinear: two markers on one QD colour); an already-unmixed panel passes. Not
@@ -1238,6 +1299,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     )
 
     t0 = time.perf_counter()
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"path must be a slide file's path; got {type(path).__name__}: an "
+                         "image in memory is analysed by analyze_field, or written first "
+                         "(write_ome_zarr)")
+    check_panel(panel)
+    check_settings(settings)
     path = Path(path)
     if regions is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions file (GeoJSON "
@@ -1276,6 +1343,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                    *mixed_classes_warnings(reg, region_class)]
     panel = check_channels(slide, panel)
     check_unmixable(panel)
+    ps_warnings += membrane_marker_warnings(settings or AnalysisSettings(), panel.components)
     check_calibration(panel, her2_calibration, gates, calibration_scale)
     from qdmed.imaging._calibration_file import intensity_scale, scale_warnings
 
@@ -1295,6 +1363,12 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             note=slide.pixel_size_note)
         s = replace(s, pixel_size_um=float(ps))
         ps_warnings = assumed + ps_warnings
+    elif slide.pixel_size_um and abs(s.pixel_size_um / slide.pixel_size_um - 1) > 0.01:
+        # given and recorded differ: the given one is used, and said (a review: 0.25
+        # against a recorded 0.5 turned 435 cells into 307, unsaid)
+        ps_warnings = [f"the pixel size given, {s.pixel_size_um:g} um/px, is used instead of "
+                       f"the {slide.pixel_size_um:g} um/px {path.name} records: areas, "
+                       "expansion and membrane width follow the one given"] + ps_warnings
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
 
     objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None

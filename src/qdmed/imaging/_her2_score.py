@@ -25,6 +25,7 @@ from qdmed.imaging._scoring import (
     _finite,
     _percent,
     _values,
+    cell_mask_values,
 )
 from qdmed.report._json import to_jsonable
 
@@ -325,10 +326,7 @@ def score_her2(
         raise UnknownNameError(f"Column {ccol!r} is not in the cell table; run measure_cells with marker {m!r}.")
     df = cells_df
     if cell_mask is not None:
-        mask = np.asarray(cell_mask, dtype=bool)
-        if mask.shape != (len(df),):
-            raise InputError(f"cell_mask must have one boolean per cell ({len(df)}); got shape {mask.shape}.")
-        df = df[mask]
+        df = df[cell_mask_values(cell_mask, df)]
     inten = _values(df, icol, "propagate" if nan_policy == "omit" else nan_policy)
     keep = ~np.isnan(inten)  # 'raise' has raised on NaN; 'omit' drops those cells here
     df = df[keep]

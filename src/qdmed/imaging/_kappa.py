@@ -41,7 +41,8 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
     Raises
     ------
     InputError
-        Different lengths, empty input, labels outside ``labels``.
+        Different lengths, empty input, missing ratings (NaN, None), labels outside
+        ``labels``.
     UnknownNameError
         Unknown ``weights``.
 
@@ -61,12 +62,22 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
     """
     if weights not in (None, "linear", "quadratic"):
         raise UnknownNameError(f"Unknown weights {weights!r}; accepted: None, 'linear', 'quadratic'.")
+    a_in, b_in = a, b
     a = np.asarray(a)
     b = np.asarray(b)
     if a.ndim != 1 or a.shape != b.shape:
         raise InputError(f"a and b must be 1-D with the same length; got shapes {a.shape} and {b.shape}.")
     if a.size == 0:
         raise InputError("a and b are empty; kappa needs at least one item.")
+    for name, v in (("a", a_in), ("b", b_in)):
+        # a missing rating is no category (NaN was counted as one, as the string 'nan'
+        # next to strings: a review)
+        missing = np.array([x is None or (isinstance(x, float | np.floating) and x != x)
+                            for x in np.asarray(v, dtype=object).ravel().tolist()], dtype=bool)
+        if missing.any():
+            raise InputError(f"{name} holds {int(missing.sum())} missing rating(s) (NaN or "
+                             f"None), the first at item {int(np.argmax(missing))}: drop those "
+                             "items from both a and b")
     if labels is None:
         cats = np.unique(np.concatenate([a, b]))
         if set(cats.tolist()) <= set(HER2_CATEGORIES):

@@ -313,8 +313,10 @@ class Panel:
 
     def to_yaml_dict(self) -> dict:
         """The panel file layout. Catalog Qdots and DAPI are stored by name; other labels and
-        the autofluorescence store their sampled spectrum (1 nm grid), so that a saved panel
-        reloads with the same endmembers (peak/FWHM are written for reading only)."""
+        the autofluorescence store their sampled spectrum (1 nm grid, 6 significant digits),
+        so that a saved panel reloads with the same endmembers to those digits (the
+        built-in panel's to 2.1e-5 relative, measured; peak/FWHM are written for reading
+        only)."""
 
         if self.unmixed:
             doc = {"components": dict(zip(self.components, self.sources, strict=True))}
@@ -345,11 +347,18 @@ class Panel:
                 "measured_endmembers": {k: list(v) for k, v in self.measured}}
 
     def to_file(self, path) -> Path:
+        """Write the panel document (:meth:`to_yaml_dict`): YAML, or JSON for a ``.json``
+        path (a review found YAML in a .json file); :meth:`from_file` reads either."""
+        import json
+
         import yaml
 
         from qdmed.report import atomic_write_text
 
-        return atomic_write_text(path, yaml.safe_dump(self.to_yaml_dict(), sort_keys=False))
+        doc = self.to_yaml_dict()
+        text = (json.dumps(doc, indent=1) + "\n" if str(path).lower().endswith(".json")
+                else yaml.safe_dump(doc, sort_keys=False))
+        return atomic_write_text(path, text)
 
     @classmethod
     def from_file(cls, path) -> Panel:
@@ -375,6 +384,12 @@ class Panel:
     @classmethod
     def from_dict(cls, doc, *, source="<panel>") -> Panel:
         if isinstance(doc, dict) and "components" in doc:
+            if "mixing_matrix" in doc or "condition_number" in doc and "markers" in doc:
+                # a review's Panel.from_dict(p.to_dict()) read as a malformed panel
+                raise FileFormatError(f"{source}: this is Panel.to_dict()'s summary, not a "
+                                      "panel document: save a panel with to_file(path) or "
+                                      "to_yaml_dict(), and read it with Panel.from_file or "
+                                      "Panel.from_dict(p.to_yaml_dict())")
             if "channels_nm" in doc or "markers" in doc:
                 raise FileFormatError(f"{source}: a panel is spectral ('markers' and "
                                       f"'channels_nm') or already unmixed ('components'), "

@@ -131,6 +131,45 @@ def _finite(name: str, value) -> float:
     return v
 
 
+def per_cell(values, cells_df, name: str) -> np.ndarray:
+    """``values`` as one entry per row of ``cells_df``, in its row order. A pandas Series
+    is aligned on the table's index (a review: a shuffled mask Series, or categories of
+    another selection of cells, were matched by position, unsaid), and refused where its
+    labels are not the table's; anything else is taken in row order."""
+    import pandas as pd
+
+    if isinstance(values, pd.Series):
+        idx = cells_df.index
+        if not values.index.equals(idx):
+            missing = int((~idx.isin(values.index)).sum())
+            if values.index.has_duplicates or missing or len(values) != len(idx):
+                raise InputError(
+                    f"{name} is a pandas Series whose index is not the cell table's "
+                    f"({len(values)} labels for {len(idx)} cells, {missing} of the table's "
+                    "missing): give it indexed like the table, or as an array in the "
+                    "table's row order")
+            values = values.reindex(idx)
+        return values.to_numpy()
+    return np.asarray(values)
+
+
+def cell_mask_values(cell_mask, cells_df) -> np.ndarray:
+    """A ``cell_mask`` argument as one boolean per row of ``cells_df`` (:func:`per_cell`);
+    InputError for anything but booleans (row positions read as booleans dropped cell 0,
+    unsaid: a review)."""
+    m = per_cell(cell_mask, cells_df, "cell_mask")
+    if m.dtype == object and m.size and all(isinstance(v, bool | np.bool_) for v in m):
+        m = m.astype(bool)
+    if m.dtype != bool:
+        raise InputError(f"cell_mask must be booleans, one per cell; got dtype {m.dtype} "
+                         "(row positions or labels? select them with "
+                         "cells_df.index.isin(...))")
+    if m.shape != (len(cells_df),):
+        raise InputError(f"cell_mask must have one boolean per cell ({len(cells_df)}); "
+                         f"got shape {m.shape}.")
+    return m
+
+
 def _percent(name: str, value) -> float:
     v = _finite(name, value)
     if not 0 <= v <= 100:
@@ -434,7 +473,8 @@ def phenotype(cells_df, rules: Mapping | str = "breast", *, gates: Mapping[str, 
     cache: dict[str, np.ndarray] = {}
     equivocal = None
     if her2_category is not None:
-        cat = np.array([None if pd.isna(c) else str(c) for c in her2_category], dtype=object)
+        cat = np.array([None if pd.isna(c) else str(c) for c in
+                        per_cell(her2_category, cells_df, "her2_category")], dtype=object)
         if cat.shape != (len(cells_df),):
             raise InputError(f"her2_category must give one category per cell ({len(cells_df)}); "
                              f"got {cat.shape[0]}")

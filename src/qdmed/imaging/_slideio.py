@@ -124,6 +124,11 @@ def _is_dask(a: Any) -> bool:
     return type(a).__module__.startswith("dask.")
 
 
+#: An image of more channels than this and at most this many rows is taken for a
+#: channels-first array, and refused (spectral detectors give tens of channels).
+_MAX_CHANNELS_FIRST_GUESS = 64
+
+
 def _check_image(image_yxc: Any) -> Any:
     if not _is_dask(image_yxc):
         image_yxc = np.asarray(image_yxc)
@@ -133,6 +138,11 @@ def _check_image(image_yxc: Any) -> Any:
         raise InputError(f"image must be (Y, X, C) or (Y, X), got shape {image_yxc.shape}")
     if min(image_yxc.shape) < 1:
         raise InputError(f"image must not be empty, got shape {image_yxc.shape}")
+    ny, _, nc = image_yxc.shape
+    if nc > _MAX_CHANNELS_FIRST_GUESS and ny <= _MAX_CHANNELS_FIRST_GUESS:
+        # (8, 768, 768) was written as 768 channels of an 8-row image (a review)
+        raise InputError(f"image must be (Y, X, C); got shape {image_yxc.shape}, {nc} channels "
+                         f"of {ny} rows: channels first? Give np.moveaxis(image, 0, -1)")
     dt = np.dtype(image_yxc.dtype)
     if dt.kind not in "uif" or dt.itemsize > 8:
         raise InputError(f"image dtype must be an integer or float type, got {dt}")
@@ -305,6 +315,10 @@ def write_ome_tiff(
 
     p = _check_dest(path, overwrite)
     image = _check_image(image_yxc)
+    if np.dtype(image.dtype).itemsize > 4 and np.dtype(image.dtype).kind in "iu":
+        # tifffile's own error was no ValueError (OmeXmlError: a review)
+        raise InputError(f"OME-TIFF holds integers of at most 32 bits; got {image.dtype}: "
+                         "cast the image (e.g. to uint16 or float32), or write OME-Zarr")
     ny, nx, nc = (int(s) for s in image.shape)
     names = _check_channel_names(channel_names, nc)
     if rgb and (nc != 3 or image.dtype != np.uint8):
