@@ -127,3 +127,42 @@ def test_panel_documents_round_trip(tmp_path):
         # the spectra stored to 6 significant digits: within 1e-4 (measured 2.1e-5)
         np.testing.assert_allclose(back.endmembers, PANEL.endmembers, rtol=1e-4, atol=1e-9)
         assert back.components == PANEL.components
+
+
+def test_scoring_refuses_values_out_of_range_and_an_empty_field_is_said():
+    """A review: completeness 1.5 or -0.5 and infinite intensities were scored, and an
+    empty field read 0 cells with no warning."""
+    import pandas as pd
+
+    from qdmed.imaging import score_her2
+
+    cal = Her2Calibration(faint=1.0, weak_moderate=2.0, intense=4.0)
+    df = pd.DataFrame({"HER2_membrane_mean": [5.0, 5.0, 0.5],
+                       "HER2_membrane_completeness": [1.0, 1.5, np.nan]}, index=[7, 8, 9])
+    with pytest.raises(InputError, match=r"HER2_membrane_completeness must be a share in "
+                                         r"\[0, 1\].*1 cell\(s\) hold others, e\.g\. 1\.5 "
+                                         r"\(row 8\)"):
+        score_her2(df, cal)
+    df["HER2_membrane_completeness"] = [1.0, 0.9, np.nan]
+    assert score_her2(df, cal).n_cells == 3
+    df["HER2_membrane_mean"] = [5.0, np.inf, 0.5]
+    with pytest.raises(InputError, match=r"1 infinite value\(s\), e\.g\. at row 8"):
+        score_her2(df, cal)
+    fa = analyze_field(np.zeros((64, 64, 8), np.uint16), PANEL,
+                       AnalysisSettings(pixel_size_um=0.5))
+    assert len(fa.table) == 0 and fa.warnings[0].startswith(
+        "no cells: no nucleus was found in the nuclear channel (DAPI)")
+
+
+def test_design_panel_and_deconvolve_dab_take_what_their_siblings_take():
+    """design_panel("HER2", ...) read the string as 4 markers; deconvolve_dab refused the
+    'ruifrok' that score_dab takes (a review)."""
+    from skimage.data import immunohistochemistry
+
+    from qdmed.imaging import deconvolve_dab, design_panel, spectral_channels
+
+    with pytest.raises(InputError, match=r"markers must be a list, e\.g\. \['HER2'\]"):
+        design_panel("HER2", ["Qdot 605"], spectral_channels(8, 440, 740))
+    rgb = immunohistochemistry()[:64, :64]
+    np.testing.assert_array_equal(deconvolve_dab(rgb, stain_matrix="ruifrok").dab,
+                                  deconvolve_dab(rgb).dab)

@@ -77,6 +77,9 @@ def test_sparse_regions_are_not_scored():
     assert (het.n_regions, het.n_regions_sparse) == (1, 1)
     assert het.percent_regions == {"0": 0.0, "1+": 0.0, "2+": 0.0, "3+": 100.0}
     assert het.tumour_level_shannon == 0.0
+    # one scored region differs from nothing: no spatial test (p was 1, always: a review)
+    assert math.isnan(het.spatial_p_value) and math.isnan(het.tumour_level_shannon_null)
+    assert "One region: no spatial test" in het.report()
     sparse = het.regions[~het.regions["scored"]]
     assert sparse["category"].isna().all() and int(sparse["n_cells"].iloc[0]) == 5
     d = het.to_dict()

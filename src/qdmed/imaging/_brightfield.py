@@ -418,6 +418,20 @@ class StainSeparation:
         return np.clip(np.asarray(self.background) * 10.0 ** (-od), 0.0, 1.0)
 
 
+def stain_matrix_named(stain_matrix, rgb, background) -> np.ndarray:
+    """The stain matrix of ``stain_matrix``: ``'ruifrok'`` (Ruifrok and Johnston's H-DAB
+    vectors), ``'macenko'`` (estimated from ``rgb`` against ``background``,
+    :func:`estimate_stain_vectors`) or a (3, 3) array (rows made unit length)."""
+    if isinstance(stain_matrix, str):
+        if stain_matrix == "ruifrok":
+            return RUIFROK_H_DAB
+        if stain_matrix == "macenko":
+            return estimate_stain_vectors(rgb, background=background)
+        raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', "
+                               "'macenko' or a (3, 3) array.")
+    return _matrix(stain_matrix)  # recorded as used: rows of unit length
+
+
 def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True) -> StainSeparation:
     """Separate haematoxylin and DAB by colour deconvolution.
 
@@ -427,7 +441,8 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True)
         Brightfield image.
     stain_matrix : (3, 3) array_like, optional
         Rows = OD vectors of haematoxylin, DAB, residual (each scaled to unit length, as
-        QuPath scales the vectors it is given; raw ODs of a stain may be given). Default
+        QuPath scales the vectors it is given; raw ODs of a stain may be given), or a name:
+        ``'ruifrok'`` or ``'macenko'`` (:func:`stain_matrix_named`). Default
         :data:`RUIFROK_H_DAB`; :func:`estimate_stain_vectors` gives an image-specific one.
     background : float, (R, G, B) floats in (0, 1], or 'auto'
         Transmittance of unstained glass (white level) of each channel; 1 for a
@@ -466,7 +481,8 @@ def deconvolve_dab(rgb, *, stain_matrix=None, background=1.0, clip: bool = True)
     0.0
     """
     bg = _background(background, rgb)
-    m = _matrix(stain_matrix)
+    # by name as score_dab takes it (a review's 'ruifrok' met a float conversion error)
+    m = _matrix(None if stain_matrix is None else stain_matrix_named(stain_matrix, rgb, bg))
     od = _optical_density(rgb, bg)
     conc = od @ np.linalg.inv(m)
     if clip:
@@ -807,15 +823,7 @@ def score_dab(
         raise InputError(f"background='auto' reads the white level from the glass, but "
                          f"{range_warnings[0][0].lower()}{range_warnings[0][1:]}")
     bg = _background(background, rgb)  # once: 'auto' reads the glass
-    if isinstance(stain_matrix, str):
-        if stain_matrix == "ruifrok":
-            m = RUIFROK_H_DAB
-        elif stain_matrix == "macenko":
-            m = estimate_stain_vectors(rgb, background=bg)
-        else:
-            raise UnknownNameError(f"Unknown stain_matrix {stain_matrix!r}; accepted: 'ruifrok', 'macenko' or a (3, 3) array.")
-    else:
-        m = _matrix(stain_matrix)  # recorded as used: rows of unit length
+    m = stain_matrix_named(stain_matrix, rgb, bg)
     warnings = uncalibrated_warnings(t) + range_warnings
     if check_glass and not isinstance(background, str):
         warnings += glass_warnings(rgb, m, bg)

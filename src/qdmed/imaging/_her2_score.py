@@ -335,6 +335,15 @@ def score_her2(
     if n == 0:
         raise InputError("no cells to score (empty table, empty cell_mask, or all NaN).")
     compl = np.asarray(df[ccol], dtype=np.float64)
+    # shares and intensities out of range were scored unsaid (a review)
+    wrong = np.flatnonzero(~np.isnan(compl) & ((compl < 0) | (compl > 1)))
+    if wrong.size:
+        raise InputError(f"{ccol} must be a share in [0, 1] (NaN where unmeasured); "
+                         f"{wrong.size} cell(s) hold others, e.g. {float(compl[wrong[0]]):g} "
+                         f"(row {df.index[wrong[0]]})")
+    if np.isinf(inten).any():
+        raise InputError(f"{icol} holds {int(np.isinf(inten).sum())} infinite value(s), "
+                         f"e.g. at row {df.index[int(np.argmax(np.isinf(inten)))]}")
     complete = np.nan_to_num(compl, nan=0.0) >= cc
     klass = np.searchsorted(np.asarray(calibration.cutoffs), inten, side="right")  # 0..3
     unseen = (klass > 0) & (np.nan_to_num(compl, nan=0.0) < smc)

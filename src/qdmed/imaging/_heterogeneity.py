@@ -144,10 +144,12 @@ class Her2Heterogeneity:
         level tends to when the categories are spatially mixed).
     tumour_level_shannon_null, percent_regions_discordant_null : float
         Medians of the same measures with the cells' categories shuffled over their
-        positions: what sampling alone gives (NaN without permutations).
+        positions: what sampling alone gives (NaN without permutations, or with fewer than
+        two scored regions).
     spatial_p_value : float
         Share of the permutations whose tumour-level index reaches the slide's,
-        ``(b + 1) / (m + 1)``; small when the regions differ beyond chance placement.
+        ``(b + 1) / (m + 1)``; small when the regions differ beyond chance placement. NaN
+        with fewer than two scored regions (one region differs from nothing).
         One-sided: it tests for a larger index than chance. Clustering that leaves the
         index where chance puts it (e.g. 3+ and 0 regions where random placement gives
         3+ and 2+ regions, both about ln 2) is not detected: read the map too.
@@ -194,7 +196,8 @@ class Her2Heterogeneity:
                     f"{self.min_cells} scored cells.")
         cats = ", ".join(f"{c} {self.percent_regions[c]:.0f} %" for c in HER2_CATEGORIES
                          if self.percent_regions[c] > 0)
-        null = ("" if not math.isfinite(self.spatial_p_value) else
+        null = (" One region: no spatial test (it compares two or more)."
+                if self.n_regions == 1 else "" if not math.isfinite(self.spatial_p_value) else
                 f" Shuffling the cells over their places gives a tumour level of "
                 f"{self.tumour_level_shannon_null:.2f} and {self.percent_regions_discordant_null:.0f} "
                 f"% discordant regions by sampling alone (permutation p = "
@@ -448,7 +451,7 @@ def her2_heterogeneity(her2: Her2Score, *, region_um: float = 500.0, min_cells: 
     slide_code = HER2_CATEGORIES.index(her2.category)
     h_tumour, discordant = _tumour_level(rc, slide_code) if ns else (math.nan, math.nan)
     null_h = null_disc = p_value = math.nan
-    if ns and n_perm:
+    if ns >= 2 and n_perm:  # one region differs from nothing: p was 1, always (a review)
         rng = np.random.default_rng(seed)
         hs, ds = np.empty(n_perm), np.empty(n_perm)
         for i in range(n_perm):

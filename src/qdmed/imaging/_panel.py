@@ -984,6 +984,9 @@ def design_panel(markers, available, channels, *, expression=None, brightness=No
     """
     grid = default_grid(350, 1000, 0.5)
     channels = check_bands(channels)
+    for what, v in (("markers", markers), ("available", available)):
+        if isinstance(v, str):  # read as its characters (a review: "4 markers")
+            raise InputError(f"{what} must be a list, e.g. [{v!r}]; got the string {v!r}")
     markers = list(markers)
     fixed = dict(fixed or {})
     stray = [m for m in fixed if m not in markers]
