@@ -166,3 +166,43 @@ def test_design_panel_and_deconvolve_dab_take_what_their_siblings_take():
     rgb = immunohistochemistry()[:64, :64]
     np.testing.assert_array_equal(deconvolve_dab(rgb, stain_matrix="ruifrok").dab,
                                   deconvolve_dab(rgb).dab)
+
+
+def test_review_of_the_mistake_checks(tmp_path):
+    """A review: a Series mask on a table of repeated labels (fields concatenated without
+    ignore_index) took field 1's values twice and scored 2+ for 3+; pd.NA met a TypeError
+    in kappa; a 48-row hyperspectral strip was taken for channels first; a 0/1 mask from a
+    CSV was refused; the cohort met AttributeErrors slide by slide."""
+    import pandas as pd
+
+    from qdmed.imaging import score_her2, write_ome_zarr
+    from qdmed.imaging._cohort import analyze_cohort
+
+    cal = Her2Calibration(faint=1.0, weak_moderate=2.0, intense=4.0)
+    f1 = pd.DataFrame({"HER2_membrane_mean": [5.0] * 3 + [0.1] * 17,
+                       "HER2_membrane_completeness": [1.0] * 20})
+    f2 = pd.DataFrame({"HER2_membrane_mean": [0.1] * 20,
+                       "HER2_membrane_completeness": [1.0] * 20})
+    df = pd.concat([f1, f2])
+    field1 = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    assert score_her2(df, cal, cell_mask=field1).category == "3+"
+    with pytest.raises(InputError, match="the table's labels repeated"):
+        score_her2(df, cal, cell_mask=pd.Series(field1))
+    assert score_her2(df, cal, cell_mask=field1.astype(int)).n_cells == 20  # 0/1
+    with pytest.raises(InputError, match=r"holding missing values \(NA\).*fillna"):
+        score_her2(df, cal, cell_mask=pd.Series([True] * 39 + [None], dtype="boolean",
+                                                index=df.index))
+    with pytest.raises(InputError, match="a holds 1 missing rating"):
+        cohen_kappa(pd.Series(["0", pd.NA, "3+"], dtype="string"), ["0", "1+", "3+"])
+    (tmp_path / "s").mkdir()
+    strip = write_ome_zarr(tmp_path / "s" / "strip.ome.zarr", np.zeros((48, 512, 96),
+                                                                       np.uint16))
+    assert strip.is_dir()
+    # checked once, before any slide (the folder's one slide would fail, each on its own)
+    with pytest.raises(InputError, match="panel must be a qdmed Panel"):
+        analyze_cohort(tmp_path / "s", PANEL.endmembers, tmp_path / "co")
+    with pytest.raises(InputError, match="settings must be AnalysisSettings"):
+        analyze_cohort(tmp_path / "s", PANEL, tmp_path / "co", settings={"pixel_size_um": 0.5})
+    with pytest.raises(InputError, match="none of the settings' membrane_markers"):
+        analyze_cohort(tmp_path / "s", PANEL, tmp_path / "co",
+                       settings=AnalysisSettings(membrane_markers=("HER-2",)))

@@ -973,8 +973,11 @@ def analyze(
         info["HER2 regions"] = ", ".join(
             f"{c} {p:.0f} %" for c, p in het["percent_regions"].items() if p > 0)
         info["HER2 heterogeneity (Shannon, tumour level; shuffled; p)"] = (
-            f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null'] or 0:.2f}; "
-            f"{het['spatial_p_value'] or 1:.3g}")
+            f"{het['tumour_level_shannon']:.2f}; no spatial test (one region)"
+            if het["n_regions"] < 2 else f"{het['tumour_level_shannon']:.2f}; not shuffled"
+            if het["spatial_p_value"] is None else
+            f"{het['tumour_level_shannon']:.2f}; {het['tumour_level_shannon_null']:.2f}; "
+            f"{het['spatial_p_value']:.3g}")
     by_region = d.get("regions_scored")
     if d["scored_cells"].get("note"):
         info["note"] = d["scored_cells"]["note"]

@@ -347,9 +347,11 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
            **(channel_stats(image, level) if detector_stats else {})}
     if not len(table) and nuclei is not None and not np.any(nuclei):
         # said as a slide says it (a review: an empty field read 0 cells, warnings=())
-        warnings = (*warnings, f"no cells: no nucleus was found in the nuclear channel "
-                               f"({s.nuclear_marker}); a field without tissue, or a nuclear "
-                               "threshold above its nuclei?")
+        warnings = (*warnings, "no cells: the nuclei labels given are empty"
+                    if s.segmentation == "labels" else
+                    f"no cells: no nucleus was found in the nuclear channel "
+                    f"({s.nuclear_marker}); a field without tissue, or a nuclear threshold "
+                    "above its nuclei?")
     return FieldAnalysis(ab, resid, nuclei, cells, table, s, comps, sat, warnings)
 
 

@@ -237,16 +237,20 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
 
     from qdmed import __version__
     from qdmed.imaging._analyze import (
+        AnalysisSettings,
         analyze_slide,
         check_autofluorescence_option,
         check_calibration,
         check_exclude_flagged,
         check_keep_bits,
         check_n_workers,
+        check_panel,
         check_region_options,
         check_scheduler,
+        check_settings,
         check_unmix_weights,
         close_client,
+        membrane_marker_warnings,
         panel_offset,
         scored_cells_of,
         start_client,
@@ -255,6 +259,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     from qdmed.imaging._report import write_cohort_report, write_slide_report
     from qdmed.report import atomic_write_parquet, atomic_write_text
 
+    check_panel(panel)  # once here, not slide by slide (a review: AttributeErrors)
+    check_settings(settings)
+    membrane_marker_warnings(settings or AnalysisSettings(), panel.components)
     check_autofluorescence_option(autofluorescence, panel)
     check_calibration(panel, her2_calibration, gates, calibration_scale)
     cal_own = {f"calibration: {w}" for w in getattr(her2_calibration, "warnings", ())}

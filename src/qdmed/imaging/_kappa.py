@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from qdmed.errors import InputError, UnknownNameError
 from qdmed.imaging._scoring import HER2_CATEGORIES
@@ -72,8 +73,9 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
     for name, v in (("a", a_in), ("b", b_in)):
         # a missing rating is no category (NaN was counted as one, as the string 'nan'
         # next to strings: a review)
-        missing = np.array([x is None or (isinstance(x, float | np.floating) and x != x)
-                            for x in np.asarray(v, dtype=object).ravel().tolist()], dtype=bool)
+        if isinstance(v, np.ndarray) and v.dtype.kind in "biuU":
+            continue  # nothing missing can be held (U: numpy's own strings)
+        missing = np.asarray(pd.isna(np.asarray(v, dtype=object)), dtype=bool).ravel()
         if missing.any():
             raise InputError(f"{name} holds {int(missing.sum())} missing rating(s) (NaN or "
                              f"None), the first at item {int(np.argmax(missing))}: drop those "

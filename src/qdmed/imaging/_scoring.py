@@ -142,12 +142,16 @@ def per_cell(values, cells_df, name: str) -> np.ndarray:
         idx = cells_df.index
         if not values.index.equals(idx):
             missing = int((~idx.isin(values.index)).sum())
-            if values.index.has_duplicates or missing or len(values) != len(idx):
+            # a table of repeated labels (fields concatenated without ignore_index) cannot
+            # be aligned on: a review's mask took field 1's values for both fields
+            if idx.has_duplicates or values.index.has_duplicates or missing or \
+                    len(values) != len(idx) or not values.index.isin(idx).all():
                 raise InputError(
                     f"{name} is a pandas Series whose index is not the cell table's "
                     f"({len(values)} labels for {len(idx)} cells, {missing} of the table's "
-                    "missing): give it indexed like the table, or as an array in the "
-                    "table's row order")
+                    "missing" + (", the table's labels repeated" if idx.has_duplicates
+                                 else "") + "): give it indexed like the table, or as an "
+                    "array in the table's row order")
             values = values.reindex(idx)
         return values.to_numpy()
     return np.asarray(values)
@@ -157,13 +161,19 @@ def cell_mask_values(cell_mask, cells_df) -> np.ndarray:
     """A ``cell_mask`` argument as one boolean per row of ``cells_df`` (:func:`per_cell`);
     InputError for anything but booleans (row positions read as booleans dropped cell 0,
     unsaid: a review)."""
+    import pandas as pd
+
     m = per_cell(cell_mask, cells_df, "cell_mask")
     if m.dtype == object and m.size and all(isinstance(v, bool | np.bool_) for v in m):
         m = m.astype(bool)
+    if m.dtype.kind in "iu" and m.shape == (len(cells_df),) and np.isin(m, (0, 1)).all():
+        m = m.astype(bool)  # a 0/1 column (as a CSV stores booleans)
     if m.dtype != bool:
-        raise InputError(f"cell_mask must be booleans, one per cell; got dtype {m.dtype} "
-                         "(row positions or labels? select them with "
-                         "cells_df.index.isin(...))")
+        missing = m.dtype == object and any(v is None or v is pd.NA or v != v for v in m)
+        raise InputError(
+            f"cell_mask must be booleans (or 0/1), one per cell; got dtype {m.dtype}"
+            + (" holding missing values (NA): fill them, e.g. mask.fillna(False)" if missing
+               else " (row positions or labels? select them with cells_df.index.isin(...))"))
     if m.shape != (len(cells_df),):
         raise InputError(f"cell_mask must have one boolean per cell ({len(cells_df)}); "
                          f"got shape {m.shape}.")

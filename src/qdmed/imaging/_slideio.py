@@ -124,8 +124,9 @@ def _is_dask(a: Any) -> bool:
     return type(a).__module__.startswith("dask.")
 
 
-#: An image of more channels than this and at most this many rows is taken for a
-#: channels-first array, and refused (spectral detectors give tens of channels).
+#: An image of more channels than this, at most this many rows and over 4 channels a row
+#: is taken for a channels-first array, and refused (spectral detectors give tens of
+#: channels; a hyperspectral strip of 48 rows and 96 bands passes).
 _MAX_CHANNELS_FIRST_GUESS = 64
 
 
@@ -139,7 +140,7 @@ def _check_image(image_yxc: Any) -> Any:
     if min(image_yxc.shape) < 1:
         raise InputError(f"image must not be empty, got shape {image_yxc.shape}")
     ny, _, nc = image_yxc.shape
-    if nc > _MAX_CHANNELS_FIRST_GUESS and ny <= _MAX_CHANNELS_FIRST_GUESS:
+    if nc > _MAX_CHANNELS_FIRST_GUESS and ny <= _MAX_CHANNELS_FIRST_GUESS and nc > 4 * ny:
         # (8, 768, 768) was written as 768 channels of an 8-row image (a review)
         raise InputError(f"image must be (Y, X, C); got shape {image_yxc.shape}, {nc} channels "
                          f"of {ny} rows: channels first? Give np.moveaxis(image, 0, -1)")
