@@ -166,19 +166,18 @@ def _panels_beside(panel_file, sides) -> list[str]:
     QD's abundance, unsaid: the built-in panel holds every QD, so the fit was perfect)."""
     if panel_file is not None:
         return []
+    from qdmed.imaging import Panel
+    from qdmed.imaging._panel import label_key
+
     builtin = _panel(None).to_dict()["labels"]
     found = []
     for side in sides:
         if not side.is_file():
             continue
         try:
-            from qdmed.imaging import Panel
-
             labels = Panel.from_file(side).to_dict().get("labels") or {}
         except (ValueError, OSError):  # not a panel of ours: not this check's business
             continue
-        from qdmed.imaging._panel import label_key
-
         if any(m not in builtin or label_key(builtin[m]) != label_key(q)
                for m, q in labels.items()):
             found.append(str(side))

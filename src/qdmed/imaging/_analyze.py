@@ -567,6 +567,8 @@ def check_calibration(panel, her2_calibration, gates, calibration_scale=None) ->
     1+ slide, analysed with the built-in panel against controls of a custom one, read 0
     with only a warning). Other differences of scale are warned
     (:func:`~qdmed.imaging._calibration_file.scale_warnings`)."""
+    from collections.abc import Mapping
+
     from qdmed.imaging._her2_calibration import Her2Calibration
 
     if her2_calibration is not None and not isinstance(her2_calibration, Her2Calibration):
@@ -575,8 +577,6 @@ def check_calibration(panel, her2_calibration, gates, calibration_scale=None) ->
             f"her2_calibration must be a Her2Calibration; got {type(her2_calibration).__name__}"
             + (": give calibration.her2, with gates=calibration.gates and "
                "calibration_scale=calibration.intensity_scale" if whole else ""))
-    from collections.abc import Mapping
-
     if gates is not None and not isinstance(gates, Mapping):
         raise InputError(f"gates must be a mapping marker -> MarkerGate; got "
                          f"{type(gates).__name__}")
