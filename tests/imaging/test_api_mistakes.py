@@ -206,3 +206,32 @@ def test_review_of_the_mistake_checks(tmp_path):
     with pytest.raises(InputError, match="none of the settings' membrane_markers"):
         analyze_cohort(tmp_path / "s", PANEL, tmp_path / "co",
                        settings=AnalysisSettings(membrane_markers=("HER-2",)))
+
+
+def test_gates_and_calibrations_round_trip(tmp_path):
+    """MarkerGate(**g.to_dict()) met its floor_rule, and json.dump(c.to_dict()) was refused
+    by load_calibration with a list of unknown fields (a review)."""
+    import json
+
+    from qdmed.errors import FileFormatError
+    from qdmed.imaging import MarkerGate, load_calibration
+
+    g = MarkerGate("nucleus", 2.5, false_positive_percent=1.2, control_cells=400)
+    assert MarkerGate.from_dict(g.to_dict()) == g
+    assert MarkerGate.from_dict({"compartment": "membrane", "threshold": 1.0,
+                                 "statistic": "stained_mean"}).statistic == "stained_mean"
+    with pytest.raises(InputError, match="a gate needs 'compartment' and 'threshold'"):
+        MarkerGate.from_dict({"threshold": 1.0})
+    c0 = analyze_field(simulate_field((160, 160), preset="MDA-MB-468", seed=1, **KW).image,
+                       PANEL, AnalysisSettings(pixel_size_um=0.5)).table
+    c3 = analyze_field(simulate_field((160, 160), preset="BT474", seed=2, **KW).image,
+                       PANEL, AnalysisSettings(pixel_size_um=0.5)).table
+    from qdmed.imaging import score_markers
+
+    # a gate given as its dict is the gate
+    assert score_markers(c3, {"ER": g.to_dict()}) == score_markers(c3, {"ER": g})
+    cal = calibrate_controls({"MDA-MB-468": c0, "BT-474": c3})
+    (tmp_path / "summary.json").write_text(json.dumps(cal.to_dict(), default=str))
+    with pytest.raises(FileFormatError, match=r"Calibration.to_dict\(\)'s summary.*save"):
+        load_calibration(tmp_path / "summary.json")
+    assert load_calibration(cal.save(tmp_path / "c.json").path).her2 == cal.her2

@@ -327,6 +327,11 @@ def load_calibration(path: str | Path) -> Calibration:
                  else f"a JSON {type(doc).__name__}")
         raise FileFormatError(f"{path}: not a calibration (from qdmed image calibrate): "
                               f"expected a JSON object with 'her2' and/or 'gates', got {found}")
+    if {"intensity_scale", "path"} <= set(doc) and "controls_intensity_scale" not in doc:
+        # json.dump(c.to_dict()) (a review): the summary, not the file
+        raise FileFormatError(f"{path}: this is Calibration.to_dict()'s summary, not a "
+                              "calibration file: write one with Calibration.save(path) (or "
+                              "json.dump(c.document()))")
     # a misspelt field would be ignored: a "gate" beside "gates", a cut-off's "feint"
     check_fields(doc, CALIBRATION_FIELDS, str(path))
     if isinstance(doc.get("her2"), dict):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from qdmed.errors import InputError, UnknownNameError
+from qdmed.errors import InputError, UnknownNameError, check_fields
 from qdmed.report._json import to_jsonable
 
 __all__ = [
@@ -387,15 +387,31 @@ class MarkerGate:
             d["floor_rule"] = FLOOR_RULE
         return d
 
+    @classmethod
+    def from_dict(cls, d) -> MarkerGate:
+        """The gate of :meth:`to_dict`'s dict (``MarkerGate(**g.to_dict())`` met its
+        ``floor_rule``: a review); a ``statistic`` field is read too. A calibration file's
+        gates are read by :func:`~qdmed.imaging.load_calibration`, which also updates a
+        floor recorded before :data:`FLOOR_RULE`."""
+        if not isinstance(d, Mapping) or "compartment" not in d or "threshold" not in d:
+            raise InputError(f"a gate needs 'compartment' and 'threshold'; got {d!r}")
+        check_fields(d, ("compartment", "threshold", "statistic", "false_positive_percent",
+                         "control_cells", "floor_rule"), "<gate>")
+        return cls(d["compartment"], d["threshold"], d.get("statistic", "mean"),
+                   d.get("false_positive_percent"), d.get("control_cells"))
+
 
 def _gate(marker: str, g) -> MarkerGate:
-    """A MarkerGate from a MarkerGate or a (compartment, threshold[, statistic]) tuple."""
+    """A MarkerGate from a MarkerGate, a (compartment, threshold[, statistic]) tuple or a
+    dict (:meth:`MarkerGate.from_dict`)."""
     if isinstance(g, MarkerGate):
         return g
     if isinstance(g, (tuple, list)) and len(g) in (2, 3):
         return MarkerGate(*g)
-    raise InputError(f"gate for {marker!r} must be a MarkerGate or (compartment, threshold[, "
-                     f"statistic]); got {g!r}.")
+    if isinstance(g, Mapping):
+        return MarkerGate.from_dict(g)
+    raise InputError(f"gate for {marker!r} must be a MarkerGate, (compartment, threshold[, "
+                     f"statistic]) or a dict of them; got {g!r}.")
 
 
 #: Per-cell breast phenotypes (first matching rule wins), modelled on the St Gallen 2013
