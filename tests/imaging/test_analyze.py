@@ -1039,17 +1039,12 @@ def test_slide_scores_only_cells_in_the_tumour_regions(slide, tmp_path, calibrat
                              scheduler="synchronous", progress=False, write_unmixed=False,
                              outlines=False, her2_calibration=calibration, regions=f)
 
-    res = scored_in_square("far", 5000, 5100)
-    assert res.summary["n_tiles_resumed"] == res.summary["n_tiles"]
-    assert res.summary["scored_cells"]["n_scored"] == 0 and res.her2 is None
-    # (wholly outside the slide: said as such, which says why none of its cells is scored)
-    assert [w[:52] for w in res.summary["scored_cells"]["warnings"]] == [
-        "1 of the 1 regions lie wholly outside the slide's 10"]
-    # and it is among the warnings the CLI prints (a review found it only in summary.json)
-    from qdmed.imaging._analyze import summary_warnings
-
-    assert any(w.startswith("scored_cells: 1 of the 1 regions lie wholly outside")
-               for w in summary_warnings(res.summary))
+    # every region wholly outside the slide (annotations of another slide): refused before
+    # any tile (a review's run wrote tables of "no cells" and exited 0); some outside are
+    # warned (test_regions_wholly_outside_the_slide_are_warned)
+    with pytest.raises(InputError, match=r"every region of .*far.geojson lies wholly outside "
+                                         r"s.ome.zarr's 1024 x 1024 px"):
+        scored_in_square("far", 5000, 5100)
     # a region on the slide that holds no cell: none of the cells lies in the regions
     res = scored_in_square("glass", 1, 3)
     assert [w[:12] for w in res.summary["scored_cells"]["warnings"]] == ["none of the "]

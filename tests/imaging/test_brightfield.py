@@ -497,3 +497,18 @@ def test_tissue_area_is_the_stained_area_glass_left_out():
     fixed = score_dab(img, od_cutoffs=(0.05, 0.15, 0.3), pixel_size_um=0.5,
                       nuclear_threshold=0.2)
     assert fixed.tissue_area_um2 is None
+
+
+def test_od_cutoffs_no_pixel_can_reach_are_said():
+    """A review's --od-cutoffs 5,15,30 (hundredths typed as ODs) scored the 3+ example 0,
+    unsaid: an 8-bit image holds OD log10(255) = 2.41 at most."""
+    from qdmed.imaging._brightfield import unreachable_cutoff_warnings
+
+    ihc = skimage.data.immunohistochemistry()[:192, :192]
+    s = score_dab(ihc, od_cutoffs=(5, 15, 30), pixel_size_um=0.5)
+    assert any(w.startswith("DAB OD cut-off(s) 5, 15, 30 lie above the highest OD a uint8 "
+                            "image holds (2.41)") for w in s.warnings)
+    assert unreachable_cutoff_warnings((0.1, 0.5, 3.0), np.uint8)[0].startswith(
+        "DAB OD cut-off(s) 3 lie")
+    assert unreachable_cutoff_warnings((0.1, 0.5, 3.0), np.uint16) == []  # 4.82 at most
+    assert unreachable_cutoff_warnings((0.05, 0.15, 0.3), np.uint8) == []

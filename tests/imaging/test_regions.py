@@ -237,3 +237,34 @@ def test_a_slides_regions_file_by_its_names(tmp_path):
     assert regions_file(tmp_path, "C.ome.tif").name == "C.ome.tif.geojson"
     assert regions_file(tmp_path, "D.svs").name == "D.qptma"
     assert regions_file(tmp_path, "E.ome.zarr") is None
+
+
+def test_overlapping_regions_are_said(tmp_path):
+    """A review: a hotspot drawn inside a whole-core annotation read "no scored cells", as
+    every shared cell went to the core (the first in the file), unsaid."""
+    from qdmed.imaging._region_scores import overlap_warnings
+
+    def named(square, name):
+        f = _feat({"type": "Polygon", "coordinates": [square]})
+        f["properties"]["name"] = name
+        return f
+
+    p = _write(tmp_path / "o.geojson", [named(_square(0, 0, 100, 100), "whole A-1"),
+                                        named(_square(20, 20, 40, 40), "hotspot"),
+                                        named(_square(200, 0, 300, 100), "B-1")])
+    reg = read_regions(p)
+    # cells at pixel centres (QuPath's coordinates minus 0.5): 2 in the hotspot, 1 in the
+    # core only, 1 in B-1
+    cells = pd.DataFrame({"centroid_x": [24.5, 29.5, 79.5, 249.5],
+                          "centroid_y": [24.5, 29.5, 79.5, 49.5]})
+    assert reg.overlaps_cells(cells) == {("whole A-1", "hotspot"): 2}
+    (w,) = overlap_warnings(reg, cells)
+    assert w.startswith("regions overlap: 2 cell(s) of 'hotspot' lie in 'whole A-1', "
+                        "earlier in the file. A cell is scored in one region")
+    apart = _write(tmp_path / "a.geojson", [named(_square(0, 0, 100, 100), "A-1"),
+                                            named(_square(200, 0, 300, 100), "B-1")])
+    assert overlap_warnings(read_regions(apart), cells) == []
+    # pieces of one region (a MultiPolygon, two features of one name) are no overlap
+    same = _write(tmp_path / "s.geojson", [named(_square(0, 0, 100, 100), "A-1"),
+                                           named(_square(20, 20, 40, 40), "A-1")])
+    assert read_regions(same).overlaps_cells(cells) == {}

@@ -208,7 +208,11 @@ def test_groups_keep_neighbours_and_shuffles_apart():
     assert np.allclose(grouped.nearest_median_um, alone.nearest_median_um)
     pooled = spatial_analysis(both, radius_um=25.0, n_permutations=0, within=None)
     assert pooled.within is None and pooled.n_pairs > 4 * alone.n_pairs  # x2 + the copies
-    assert spatial_analysis(both.assign(case="c1"), n_permutations=0).within == ("case",)
+    # a TMA's cells carry their core (region) and their case: grouped by core, as a case's
+    # cores are separate pieces of tissue (a review: grouped by case, distances ran between
+    # two cores of a patient)
+    assert spatial_analysis(both.assign(case="c1"), n_permutations=0).within == ("region",)
+    assert spatial_analysis(one.assign(case="c1"), n_permutations=0).within == ("case",)
     # a cohort's table: two slides that share coordinates never pair across slides
     cohort = pd.concat([one.assign(slide="s1"), one.assign(slide="s2")], ignore_index=True)
     by_slide = spatial_analysis(cohort, radius_um=25.0, n_permutations=0)

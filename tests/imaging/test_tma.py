@@ -624,7 +624,20 @@ def test_dab_regions_outside_the_slide_are_said(tmp_path, brightfield_tma):
     (tmp_path / "far.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
          "properties": {"objectType": "annotation", "name": "far"}}]}))
-    d = analyze_dab_regions(p, tmp_path / "far.geojson", tmp_path / "dab",
+    # every region outside: refused, before the output folder is made (a review's run
+    # wrote "no cells" everywhere and exited 0)
+    with pytest.raises(InputError, match=r"every region of .*far.geojson lies wholly outside "
+                                         r"bf.ome.tif's"):
+        analyze_dab_regions(p, tmp_path / "far.geojson", tmp_path / "dab",
                             od_cutoffs=(0.05, 0.15, 0.3), progress=False)
-    assert any("1 of the 1 regions lie outside the slide's" in w and "(far;" in w
+    assert not (tmp_path / "dab").exists()
+    # some outside: scored where they meet the slide, the others said
+    near = [[10, 10], [200, 10], [200, 200], [10, 200], [10, 10]]
+    (tmp_path / "some.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [r]},
+         "properties": {"objectType": "annotation", "name": n}}
+        for r, n in ((near, "near"), (ring, "far"))]}))
+    d = analyze_dab_regions(p, tmp_path / "some.geojson", tmp_path / "dab",
+                            od_cutoffs=(0.05, 0.15, 0.3), progress=False)
+    assert any("1 of the 2 regions lie outside the slide's" in w and "(far;" in w
                for w in d["warnings"])

@@ -45,6 +45,7 @@ from qdmed.imaging._region_scores import (
     check_min_cells,
     her2_categories,
     load_tma_map,
+    overlap_warnings,
     score_cells,
     score_slide_regions,
     subtype_of,
@@ -1059,6 +1060,21 @@ def positional_warnings(panel: Panel, channel_names) -> list[str]:
     return out
 
 
+def check_regions_meet(reg, shape_yx, name: str) -> None:
+    """InputError, before any tile, where every region lies wholly outside the slide
+    (annotations of another slide, or in um or of a lower pyramid level): a review's run
+    wrote full tables of "no cells" and exited 0. Some outside are warned later."""
+    if reg is None or not reg.polygons:
+        return
+    present = list(dict.fromkeys(reg.labels or ("region 1",)))
+    off = reg.outside(shape_yx)
+    if present and len(off) == len(present):
+        h, w = shape_yx
+        raise InputError(f"every region of {reg.source} lies wholly outside {name}'s {w} x "
+                         f"{h} px: annotations of another slide, or in um or of a lower "
+                         "pyramid level? (QuPath exports full-resolution pixels)")
+
+
 def check_panel(panel) -> None:
     """InputError unless ``panel`` is a :class:`Panel` (a review's endmember matrix given
     as the panel met an AttributeError)."""
@@ -1352,6 +1368,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     check_unmixable(panel)
     ps_warnings += membrane_marker_warnings(settings or AnalysisSettings(), panel.components)
     check_calibration(panel, her2_calibration, gates, calibration_scale)
+    check_regions_meet(reg, slide.shape[:2], path.name)
     from qdmed.imaging._calibration_file import intensity_scale, scale_warnings
 
     # the calibration's own warnings (no 0 control) reach every slide scored with it
@@ -1538,6 +1555,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     qc = [json.loads((tiles_dir / f"tile_{i:06d}.qc.json").read_text())
           for i in range(len(boxes))]
     cells = pd.concat(parts, ignore_index=True).sort_values("cell_id").reset_index(drop=True)
+    overlapping = overlap_warnings(reg, cells)
     if reg is not None:
         assign_regions(cells, reg, path.name, tumour=tumour, per_region=per_region,
                        tma_map=tma_map)
@@ -1554,7 +1572,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                  "cells whose centroid lies in the regions"
                  + ("" if tumour is None else " and in the tumour annotations"),
                  "regions": None if reg is None else reg.to_dict(),
-                 "tumour": None if tumour is None else tumour.to_dict(), "warnings": []}
+                 "tumour": None if tumour is None else tumour.to_dict(),
+                 "warnings": list(overlapping)}
     outside = () if reg is None else reg.outside((h, w))
     if outside:  # no cells there: said, as the DAB regions say it (a review: "no cells" only)
         selection["warnings"].append(

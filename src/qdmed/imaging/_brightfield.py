@@ -700,6 +700,20 @@ def uncalibrated_warnings(od_cutoffs) -> list[str]:
             "calibrate cut-offs on control tissue and give those (od_cutoffs, --od-cutoffs)"]
 
 
+def unreachable_cutoff_warnings(od_cutoffs, dtype) -> list[str]:
+    """The warning where DAB OD cut-offs lie above the highest OD an image of ``dtype`` can
+    hold (``log10`` of its levels: 2.41 for 8 bits; :func:`_floor`): no cell reaches them
+    (a review's 5, 15, 30, hundredths typed as ODs, scored a 3+ example 0, unsaid)."""
+    top = -math.log10(_floor(dtype))
+    over = [f"{v:g}" for v in od_cutoffs if float(v) > top]
+    if not over:
+        return []
+    return [f"DAB OD cut-off(s) {', '.join(over)} lie above the highest OD a "
+            f"{np.dtype(dtype)} image holds ({top:.2f}): no cell can reach "
+            f"{'them' if len(over) > 1 else 'it'}; chromogen ODs are a few tenths (the "
+            "example's 0.05, 0.15, 0.3): were hundredths or percents given?"]
+
+
 def check_od_cutoffs(od_cutoffs) -> tuple[float, float, float]:
     """DAB OD cut-offs checked: three strictly increasing finite ODs (t1, t2, t3)."""
     try:
@@ -824,7 +838,8 @@ def score_dab(
                          f"{range_warnings[0][0].lower()}{range_warnings[0][1:]}")
     bg = _background(background, rgb)  # once: 'auto' reads the glass
     m = stain_matrix_named(stain_matrix, rgb, bg)
-    warnings = uncalibrated_warnings(t) + range_warnings
+    warnings = uncalibrated_warnings(t) + unreachable_cutoff_warnings(
+        t, np.asarray(rgb).dtype) + range_warnings
     if check_glass and not isinstance(background, str):
         warnings += glass_warnings(rgb, m, bg)
     sep = deconvolve_dab(rgb, stain_matrix=m, background=bg)

@@ -478,7 +478,13 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     import pandas as pd
 
     from qdmed import __version__
-    from qdmed.imaging._analyze import _progress, check_scheduler, close_client, run_jobs
+    from qdmed.imaging._analyze import (
+        _progress,
+        check_regions_meet,
+        check_scheduler,
+        close_client,
+        run_jobs,
+    )
     from qdmed.imaging._brightfield import (
         HIST_BINS,
         check_od_cutoffs,
@@ -491,6 +497,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         check_count,
         check_min_cells,
         load_tma_map,
+        overlap_warnings,
         score_slide_regions,
     )
     from qdmed.imaging._regions import regions_and_tumour
@@ -536,7 +543,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                             " (a fluorescence slide is analysed by qdmed image analyze)"))
     if reg is None:
         reg = _whole_slide(name, *img.shape[:2])
-    from qdmed.imaging._brightfield import uncalibrated_warnings
+    from qdmed.imaging._brightfield import uncalibrated_warnings, unreachable_cutoff_warnings
 
     ps, warnings = pixel_size_or_default(_check_pixel_size(pixel_size_um)
                                          or img.pixel_size_um,
@@ -544,7 +551,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                                          note=img.pixel_size_note)
     from qdmed.imaging._regions import mixed_classes_warnings
 
-    warnings = uncalibrated_warnings(cut) + warnings + mixed_classes_warnings(reg, region_class)
+    warnings = (uncalibrated_warnings(cut) + unreachable_cutoff_warnings(cut, img.dtype)
+                + warnings + mixed_classes_warnings(reg, region_class))
     from qdmed.imaging._brightfield import _background, _matrix, glass_level, is_default_white
 
     if isinstance(stain_matrix, str):
@@ -574,6 +582,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         glass = tuple(float(v) for v in glass_level(overview, 1.0, _background(1.0)))
     if glass is None:
         glass = tuple(float(v) for v in _background(background))
+    check_regions_meet(reg, img.shape[:2], name)  # before the output folder is made
     out = Path(out_dir)
     created = not out.exists()  # removed again if the run fails before any crop is done
     out.mkdir(parents=True, exist_ok=True)
@@ -699,6 +708,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     cells = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"centroid_x": [], "centroid_y": [], "dab_class": [], "piece": []})
     del tables
+    warnings += overlap_warnings(reg, cells)  # before the first piece takes each cell
     cells = _first_piece_owns(cells, reg, [j[0] for j in jobs]).drop(
         columns=["region", "piece"], errors="ignore")
     cells = cells.reset_index(drop=True)

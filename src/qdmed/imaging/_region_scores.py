@@ -730,6 +730,20 @@ def cases_summary(rows: list[dict[str, Any]], warnings=(), rule: str = "pooled"
             "warnings": list(warnings), "cases": rows}
 
 
+def overlap_warnings(reg, cells) -> list[str]:
+    """The warning where regions of different names overlap (:meth:`Regions.overlaps_cells`):
+    their shared cells are scored in the first one in the file only."""
+    pairs = reg.overlaps_cells(cells) if reg is not None and len(cells) else {}
+    if not pairs:
+        return []
+    said = "; ".join(f"{n} cell(s) of {b!r} lie in {a!r}, earlier in the file"
+                     for (a, b), n in list(pairs.items())[:3])
+    return [f"regions overlap: {said}" + (f" (and {len(pairs) - 3} more pairs)"
+                                          if len(pairs) > 3 else "")
+            + ". A cell is scored in one region, the first in the file that holds it: draw "
+            "regions apart, or score overlapping ones in separate runs"]
+
+
 def assign_regions(cells, reg, slide_name: str, *, tumour=None, per_region: bool = True,
                    tma_map: dict | None = None) -> None:
     """Columns of a cell table (in place) from its regions: ``in_region`` (the cells the

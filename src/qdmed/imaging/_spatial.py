@@ -98,8 +98,12 @@ FEW_CELLS = 20
 #: ``within='auto'``: the image (the first of these the table has: a cohort's
 #: cells.parquet, a QuPath project's export, an inForm table of several fields) ...
 IMAGE_COLUMNS = ("slide", "Image", "Sample Name")
-#: ... and the first of these it has (a cell without one is grouped by its image alone).
-AUTO_WITHIN = ("case", "region")
+#: ... and the first of these it has (a cell without one is grouped by its image alone):
+#: a TMA's core before its case, as a case's cores are separate pieces of tissue (a review:
+#: grouped by case, nearest distances ran between two cores of a patient, median 306 um
+#: against 52 um within cores, and a difference of composition between cores would read as
+#: clustering).
+AUTO_WITHIN = ("region", "case")
 #: Cell centroid columns (um) of a qdmed cells table.
 XY_COLUMNS = ("centroid_x_um", "centroid_y_um")
 #: More neighbour pairs than this (estimated) is refused: ~16 bytes each, held and
@@ -455,7 +459,8 @@ def spatial_cells(cells, by: str | Sequence[str] = "phenotype", *,
     within : str, sequence of str, 'auto' or None
         Column(s) of groups (slide, TMA core, case): distances and neighbours only within a
         cell's group. ``'auto'`` (default): ``slide`` if the table has it (a cohort's
-        cells), and ``case`` if it has it, else ``region``; None: the whole table.
+        cells), and ``region`` (a TMA core, an annotation) if it has it, else ``case``;
+        None: the whole table.
     xy_columns : (str, str)
         Centroid columns in um.
 
@@ -792,8 +797,8 @@ def spatial_analysis(cells, by: str | Sequence[str] = "phenotype", *,
         Neighbourhood radius, centroid to centroid (default 20 um).
     within : str, sequence of str, 'auto' or None
         Column(s) of groups: neighbours are found, and classes shuffled, only within a
-        group (slide, TMA core, case). ``'auto'``: ``slide`` if present, and ``case`` if
-        present, else ``region``; None: the whole table.
+        group (slide, TMA core, case). ``'auto'``: ``slide`` if present, and ``region`` if
+        present, else ``case``; None: the whole table.
     n_permutations : int
         Shuffles of the classes for the z-scores and p-values (0: none).
     seed : int or None
