@@ -202,3 +202,23 @@ def test_one_scoring_in_one_category_is_named_as_the_reason():
                              "undefined whatever the other says (compare the percent "
                              "agreement instead)",)
     assert many.kappa == pytest.approx(0.0) and many.percent_agreement == pytest.approx(25.0)
+
+
+def test_reads_saved_by_excel_or_qupath_are_said(tmp_path):
+    """A review: a semicolon CSV (European Excel) read "no column 'case'; columns:
+    ['case;score']", a tab-separated one likewise, Excel's 'sep=,' line read as the header,
+    and Windows-1252 text met a bare codec error."""
+    from qdmed.errors import FileFormatError
+    from qdmed.imaging import compare_her2_tables
+
+    ours = tmp_path / "ours.csv"
+    ours.write_text("case,her2_category\nP1,3+\nP2,0\nP3,1+\n")
+    files = {"semi.csv": (b"case;score\nP1;3+\n", "separated by semicolons, not commas"),
+             "tab.csv": (b"case\tscore\nP1\t3+\n", "separated by tabs, not commas"),
+             "sep.csv": (b"sep=,\ncase,score\nP1,3+\n", "Excel's 'sep=' line"),
+             "latin.csv": (b"case,score,comment\nP1,3+,caf\xe9\n", "not UTF-8 text: save it "
+                                                                   "as CSV UTF-8")}
+    for name, (data, said) in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FileFormatError, match=said):
+            compare_her2_tables(ours, tmp_path / name, key="case", column_b="score")

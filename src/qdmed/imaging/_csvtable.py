@@ -36,11 +36,24 @@ def read_csv_strings(path, what: str = "", columns=()):
                 ends.append(reader.line_num)  # the file line each row ends on
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        # Excel's plain "CSV" on a European Windows is Windows-1252 (a review)
+        raise FileFormatError(f"{name}: not UTF-8 text: save it as CSV UTF-8 (in Excel: "
+                              "Save As, 'CSV UTF-8 (Comma delimited)')") from None
+    except csv.Error as exc:
         raise FileFormatError(f"{name}: not a CSV table ({exc})") from None
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise FileFormatError(f"{name}: not a CSV table (no header line)")
     header = [c.strip() for c in rows[0]]
+    if [c.lower() for c in header[:1]] == ["sep="]:  # Excel's "sep=," first line
+        raise FileFormatError(f"{name}: its first line is Excel's 'sep=' line: remove it, "
+                              "so that the column names come first")
+    sep = next((s for s in (";", "\t") if len(header) == 1 and s in header[0]), None)
+    if sep is not None:  # European Excel writes ';', QuPath exports tabs (a review)
+        raise FileFormatError(
+            f"{name}: its fields are separated by {'semicolons' if sep == ';' else 'tabs'}, "
+            f"not commas (header {header[0]!r}): save it as CSV UTF-8 with commas"
+            + (" (a decimal comma, 90,5, is then written 90.5)" if sep == ";" else ""))
     if header[0].lstrip().startswith(("{", "[")):
         raise FileFormatError(f"{name}: not a CSV table (it reads as JSON: a GeoJSON or "
                               f"JSON file given where a CSV table with columns "
