@@ -222,3 +222,20 @@ def test_reads_saved_by_excel_or_qupath_are_said(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(FileFormatError, match=said):
             compare_her2_tables(ours, tmp_path / name, key="case", column_b="score")
+
+
+def test_case_names_alike_but_for_letter_case_are_said(tmp_path):
+    """A review: p1 against P1 was listed as two exclusions without a hint. Names are still
+    matched as written (a case is what its table calls it), and the pairs are said."""
+    from qdmed.imaging import compare_her2_tables
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("case,her2_category\nP1,3+\nP2,0\nP3,1+\np4,2+\n")
+    b.write_text("case,score\nP1,3+\nP2,0\nP3,1+\nP4,2+\n")
+    r = compare_her2_tables(a, b, key="case", column_b="score")
+    assert r.cases == ("P1", "P2", "P3")
+    assert r.excluded["named alike but for letter case, not matched"] == ["p4 / P4"]
+    b.write_text("case,score\np1,3+\np2,0\n")
+    with pytest.raises(InputError, match=r"share no case .*; 2 differ in letter case only "
+                                         r"\(e\.g\. P1 / p1\): names are matched as written"):
+        compare_her2_tables(a, b, key="case", column_b="score")

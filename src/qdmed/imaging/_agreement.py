@@ -324,14 +324,22 @@ def joined_tables(a: dict, miss_a: list, b: dict, miss_b: list, *, table_a, tabl
         an entry in both (the reasons counted, the ``columns`` named).
     """
     keys_a, keys_b = set(a) | set(miss_a), set(b) | set(miss_b)
+    # names that differ in letter case only are not matched (a case is named as written),
+    # but said (a review's p1 against P1 was listed as two exclusions, no hint)
+    folded = {k.casefold(): k for k in keys_b - keys_a}
+    by_case = sorted(f"{k} / {folded[k.casefold()]}" for k in keys_a - keys_b
+                     if k.casefold() in folded)
     if not keys_a & keys_b:
         raise InputError(f"{table_a} and {table_b} share no case (e.g. {sorted(keys_a)[:3]} "
                          f"and {sorted(keys_b)[:3]}); key and key_b (--key, --key-b) name the "
-                         "case columns.")
+                         "case columns" + (f"; {len(by_case)} differ in letter case only "
+                                           f"(e.g. {by_case[0]}): names are matched as "
+                                           "written" if by_case else "") + ".")
     excluded = {f"no {item} in {method_a}": [k for k in miss_a if k in keys_b],
                 f"no {item} in {method_b}": [k for k in miss_b if k in keys_a],
                 "only in " + method_a: sorted(keys_a - keys_b),
-                "only in " + method_b: sorted(keys_b - keys_a)}
+                "only in " + method_b: sorted(keys_b - keys_a),
+                "named alike but for letter case, not matched": by_case}
     excluded = {k: v for k, v in excluded.items() if v}
     common = [k for k in a if k in b]
     if len(common) < fewest:
