@@ -169,15 +169,18 @@ def _panels_beside(panel_file, sides) -> list[str]:
     from qdmed.imaging import Panel
     from qdmed.imaging._panel import label_key
 
-    builtin = _panel(None).to_dict()["labels"]
+    p = _panel(None)
+    builtin = dict(zip(p.markers, p.labels, strict=True))
     found = []
     for side in sides:
         if not side.is_file():
             continue
         try:
-            labels = Panel.from_file(side).to_dict().get("labels") or {}
+            side_panel = Panel.from_file(side)
         except (ValueError, OSError):  # not a panel of ours: not this check's business
             continue
+        labels = {} if side_panel.unmixed else dict(zip(side_panel.markers,
+                                                        side_panel.labels, strict=True))
         if any(m not in builtin or label_key(builtin[m]) != label_key(q)
                for m, q in labels.items()):
             found.append(str(side))

@@ -582,7 +582,7 @@ def check_calibration(panel, her2_calibration, gates, calibration_scale=None) ->
         raise InputError(f"gates must be a mapping marker -> MarkerGate; got "
                          f"{type(gates).__name__}")
     comps = list(panel.components)
-    ours = panel.to_dict().get("labels") if not panel.unmixed else None
+    ours = None if panel.unmixed else dict(zip(panel.markers, panel.labels, strict=True))
     theirs = (calibration_scale or {}).get("labels")
     if ours and theirs:
         from qdmed.imaging._panel import label_key
@@ -1060,21 +1060,6 @@ def positional_warnings(panel: Panel, channel_names) -> list[str]:
     return out
 
 
-def check_regions_meet(reg, shape_yx, name: str) -> None:
-    """InputError, before any tile, where every region lies wholly outside the slide
-    (annotations of another slide, or in um or of a lower pyramid level): a review's run
-    wrote full tables of "no cells" and exited 0. Some outside are warned later."""
-    if reg is None or not reg.polygons:
-        return
-    present = list(dict.fromkeys(reg.labels or ("region 1",)))
-    off = reg.outside(shape_yx)
-    if present and len(off) == len(present):
-        h, w = shape_yx
-        raise InputError(f"every region of {reg.source} lies wholly outside {name}'s {w} x "
-                         f"{h} px: annotations of another slide, or in um or of a lower "
-                         "pyramid level? (QuPath exports full-resolution pixels)")
-
-
 def check_panel(panel) -> None:
     """InputError unless ``panel`` is a :class:`Panel` (a review's endmember matrix given
     as the panel met an AttributeError)."""
@@ -1332,7 +1317,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if regions is None and region_class is not None:
         raise InputError(f"region_class={region_class!r} needs a regions file (GeoJSON "
                          "annotations, --regions); none was given.")
-    from qdmed.imaging._regions import regions_and_tumour
+    from qdmed.imaging._regions import check_regions_meet, regions_and_tumour
 
     # fail before any tile is analysed
     reg, tumour = regions_and_tumour(regions, tumour_regions, region_class)

@@ -480,7 +480,6 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     from qdmed import __version__
     from qdmed.imaging._analyze import (
         _progress,
-        check_regions_meet,
         check_scheduler,
         close_client,
         run_jobs,
@@ -500,7 +499,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         overlap_warnings,
         score_slide_regions,
     )
-    from qdmed.imaging._regions import regions_and_tumour
+    from qdmed.imaging._regions import check_regions_meet, regions_and_tumour
     from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
     from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
 

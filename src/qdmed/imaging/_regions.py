@@ -151,20 +151,10 @@ class Regions:
         if px.shape != py.shape:
             raise InputError(f"x and y must have the same length; got {px.size} and {py.size}.")
         where = np.full(px.size, -1, dtype=np.int64)
-        kernel = _pnpoly_kernel() if numba_available() else _pnpoly_numpy
         index = {name: i for i, name in enumerate(self.names)}
         labels = self.labels or ("region 1",) * len(self.polygons)
         for rings, label in zip(self.polygons, labels, strict=True):
-            ext = rings[0]
-            sel = np.flatnonzero((px >= ext[:, 0].min()) & (px <= ext[:, 0].max())
-                                 & (py >= ext[:, 1].min()) & (py <= ext[:, 1].max())
-                                 & (where < 0))
-            if sel.size == 0:
-                continue
-            e = _edges(rings)
-            hit = np.zeros(sel.size, dtype=bool)
-            kernel(px[sel], py[sel], e[0], e[1], e[2], e[3], hit)
-            where[sel[hit]] = index.get(label, 0)
+            where[_points_in(rings, px, py, where < 0)] = index.get(label, 0)
         return where
 
     def overlaps_cells(self, cells) -> dict[tuple[str, str], int]:
@@ -178,19 +168,10 @@ class Regions:
         labels = self.labels or ("region 1",) * len(self.polygons)
         if px.size == 0 or len(set(labels)) < 2:
             return {}
-        kernel = _pnpoly_kernel() if numba_available() else _pnpoly_numpy
         first = np.full(px.size, -1, dtype=np.int64)
         out: dict[tuple[str, str], int] = {}
         for i, (rings, label) in enumerate(zip(self.polygons, labels, strict=True)):
-            ext = rings[0]
-            sel = np.flatnonzero((px >= ext[:, 0].min()) & (px <= ext[:, 0].max())
-                                 & (py >= ext[:, 1].min()) & (py <= ext[:, 1].max()))
-            if sel.size == 0:
-                continue
-            e = _edges(rings)
-            hit = np.zeros(sel.size, dtype=bool)
-            kernel(px[sel], py[sel], e[0], e[1], e[2], e[3], hit)
-            inside = sel[hit]
+            inside = _points_in(rings, px, py)
             taken = inside[first[inside] >= 0]
             for j, n in zip(*np.unique(first[taken], return_counts=True), strict=True):
                 if labels[j] != label:
@@ -214,6 +195,39 @@ class Regions:
                 "classes": sorted({c for c in self.classes if c}),
                 "n_regions": len(self.names), "tma": self.is_tma,
                 "missing_cores": list(self.missing)}
+
+
+def _points_in(rings, px, py, among=None) -> np.ndarray:
+    """Indices of the points (``px``, ``py``; ``among``: a boolean mask of those to test,
+    default all) inside the polygon of ``rings`` (exterior first, then holes): a bounding
+    box first, then the crossing rule (:func:`_pnpoly_kernel`)."""
+    ext = rings[0]
+    box = ((px >= ext[:, 0].min()) & (px <= ext[:, 0].max())
+           & (py >= ext[:, 1].min()) & (py <= ext[:, 1].max()))
+    sel = np.flatnonzero(box if among is None else box & among)
+    if sel.size == 0:
+        return sel
+    e = _edges(rings)
+    hit = np.zeros(sel.size, dtype=bool)
+    kernel = _pnpoly_kernel() if numba_available() else _pnpoly_numpy
+    kernel(px[sel], py[sel], e[0], e[1], e[2], e[3], hit)
+    return sel[hit]
+
+
+def check_regions_meet(reg, shape_yx, name: str) -> None:
+    """InputError, before any tile, where every region lies wholly outside the slide
+    (:meth:`Regions.outside`: annotations of another slide, or in um or of a lower pyramid
+    level): a review's run wrote full tables of "no cells" and exited 0. Some outside are
+    warned by the analysis."""
+    if reg is None or not reg.polygons:
+        return
+    present = list(dict.fromkeys(reg.labels or ("region 1",)))
+    off = reg.outside(shape_yx)
+    if present and len(off) == len(present):
+        h, w = shape_yx
+        raise InputError(f"every region of {reg.source} lies wholly outside {name}'s {w} x "
+                         f"{h} px: annotations of another slide, or in um or of a lower "
+                         "pyramid level? (QuPath exports full-resolution pixels)")
 
 
 def _edges(rings) -> tuple[np.ndarray, ...]:

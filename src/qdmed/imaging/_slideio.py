@@ -2021,7 +2021,7 @@ def _blosc_chunk_check(arr: Any):
     """For a Zarr array on a local disk whose chunks are Blosc frames (Zarr v2 compressor
     ``blosc`` without filters, or Zarr v3 codecs ending in Blosc, unsharded): a function
     ``check(idx)`` refusing (FileFormatError, naming the chunk) any chunk under the
-    selection ``idx`` shorter than its Blosc header says; None otherwise.
+    selection ``idx`` (a tuple of slices and integers, one per axis) shorter than its Blosc header says; None otherwise.
 
     Why our own check: the Blosc decoder reads past a truncated chunk's end (numcodecs
     issue #228, open), and a review's chunk cut to 1000 bytes crashed the process
@@ -2046,7 +2046,11 @@ def _blosc_chunk_check(arr: Any):
         if not names or names[-1] != "BloscCodec" or "ShardingCodec" in names:
             return None
 
+    shape = tuple(int(n) for n in arr.shape)
+
     def check(idx: tuple) -> None:
+        idx = tuple(slice(*s.indices(n)[:2]) if isinstance(s, slice) else int(s)
+                    for s, n in zip(idx, shape, strict=True))  # bounds made explicit
         ranges = [range(s.start // c, (s.stop - 1) // c + 1) if isinstance(s, slice)
                   else (s // c,) for s, c in zip(idx, chunks, strict=True)]
         for coords in itertools.product(*ranges):
@@ -2094,8 +2098,7 @@ class _BloscChecked:
         idx = idx if isinstance(idx, tuple) else (idx,)
         idx = idx + (slice(None),) * (self.ndim - len(idx))
         if self.check is not None:
-            self.check(tuple(slice(*s.indices(n)[:2]) if isinstance(s, slice) else int(s)
-                             for s, n in zip(idx, self.shape, strict=True)))
+            self.check(idx)
         return self.arr[idx]
 
 
@@ -2121,8 +2124,7 @@ def _zarr_region_reader(arr: Any, axes: str, perm: tuple[int, ...], squeeze: set
         idx = tuple(slice(y0, y1) if a == "Y" else slice(x0, x1) if a == "X" else
                     0 if j in squeeze else slice(None) for j, a in enumerate(axes))
         if check is not None:
-            check(tuple(slice(*s.indices(n)[:2]) if isinstance(s, slice) else s
-                        for s, n in zip(idx, arr.shape, strict=True)))
+            check(idx)
         try:
             a = np.asarray(arr[idx])
         except (RuntimeError, ValueError, OSError, ImportError) as e:
