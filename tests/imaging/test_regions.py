@@ -129,6 +129,44 @@ def test_derived_qupath_class_names(tmp_path):
     assert reg.to_dict()["classes"] == ["Tumor: Positive"]
 
 
+def test_derived_classes_left_out_by_a_class_are_said(tmp_path):
+    """--region-class Tumor matches exactly: QuPath's derived 'Tumor: Positive' annotations
+    are left out, and now said (a pathologist's walk-through: they were dropped unsaid)."""
+    from qdmed.imaging._regions import region_warnings
+
+    derived = _feat({"type": "Polygon", "coordinates": [_square(20, 0, 30, 10)]})
+    derived["properties"]["classification"] = {"names": ["Tumor", "Positive"]}
+    p = _write(tmp_path / "d.geojson", [
+        _feat({"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]}, "Tumor"), derived,
+        _feat({"type": "Polygon", "coordinates": [_square(40, 0, 50, 10)]}, "Stroma")])
+    reg = read_regions(p, "Tumor")
+    assert reg.names == ("Tumor 1",)
+    (w,) = region_warnings(reg, None, "Tumor")
+    assert "'Tumor: Positive' (1)" in w and "matched exactly" in w and "Stroma" not in w
+    assert region_warnings(read_regions(p, "Stroma"), None, "Stroma") == []
+
+
+def test_lines_and_points_left_out_are_said(tmp_path):
+    """Annotations of lines or points only enclose no cell: left out, and said (beside
+    areas), or named in the error (alone)."""
+    from qdmed.imaging._regions import region_warnings
+
+    line = _feat({"type": "LineString", "coordinates": [[0, 0], [5, 5]]}, "Tumor")
+    point = _feat({"type": "Point", "coordinates": [3, 3]}, "Tumor")
+    area = _feat({"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]}, "Tumor")
+    reg = read_regions(_write(tmp_path / "l.geojson", [area, line, point, line]), "Tumor")
+    assert reg.names == ("Tumor 1",)
+    (w,) = region_warnings(reg, None, "Tumor")
+    assert "3 annotation(s) of lines or points only (2 LineString, 1 Point)" in w
+    # a tumour file's notes are said too, once each
+    assert region_warnings(reg, reg, "Tumor") == [w]
+    with pytest.raises(InputError, match="2 annotation.s. of lines or points only"):
+        read_regions(_write(tmp_path / "o.geojson", [line, point]))
+    empty = _feat({"type": "Polygon", "coordinates": [_square(0, 0, 10, 10)]})
+    empty_geom = {"type": "Feature", "geometry": None, "properties": {}}
+    assert read_regions(_write(tmp_path / "e.geojson", [empty, empty_geom])).notes == ()
+
+
 def test_geometry_collection_members_are_regions(tmp_path):
     geom = {"type": "GeometryCollection", "geometries": [
         {"type": "LineString", "coordinates": [[0, 0], [5, 5]]},

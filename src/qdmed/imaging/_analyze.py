@@ -1345,10 +1345,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     slide = read_slide(path)
     h, w, c = slide.shape
     boxes = tile_grid((h, w), tile)  # checks the tile size before anything is written
-    from qdmed.imaging._regions import mixed_classes_warnings
+    from qdmed.imaging._regions import region_warnings
 
     ps_warnings = [*slide.warnings, *positional_warnings(panel, slide.channel_names),
-                   *mixed_classes_warnings(reg, region_class)]
+                   *region_warnings(reg, tumour, region_class)]
     panel = check_channels(slide, panel)
     check_unmixable(panel)
     ps_warnings += membrane_marker_warnings(settings or AnalysisSettings(), panel.components)

@@ -548,10 +548,10 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
                                          or img.pixel_size_um,
                                          hint="pixel_size_um, --pixel-size-um",
                                          note=img.pixel_size_note)
-    from qdmed.imaging._regions import mixed_classes_warnings
+    from qdmed.imaging._regions import region_warnings
 
     warnings = (uncalibrated_warnings(cut) + unreachable_cutoff_warnings(cut, img.dtype)
-                + warnings + mixed_classes_warnings(reg, region_class))
+                + warnings + region_warnings(reg, tumour, region_class))
     from qdmed.imaging._brightfield import _background, _matrix, glass_level, is_default_white
 
     if isinstance(stain_matrix, str):

@@ -59,6 +59,11 @@ class Regions:
         Names of the regions marked missing (``properties.isMissing``, which QuPath writes
         on every TMA core: true for a core lost from the section): no tissue to score, so no
         polygon; listed so that a per-core table keeps their rows.
+    notes : tuple of str
+        What reading the file left out that a user would not guess: annotations of lines or
+        points only (they enclose no cell), and classes derived from the class asked for
+        (QuPath's ``"Tumor: Positive"`` beside ``region_class="Tumor"``, matched exactly).
+        Said as warnings by the analyses (:func:`region_warnings`).
     """
 
     source: str
@@ -69,6 +74,7 @@ class Regions:
     missing: tuple = ()
     order: tuple = ()
     centers: tuple = ()  # (name, x, y): centre of each region's first polygon, QuPath px
+    notes: tuple = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -110,7 +116,8 @@ class Regions:
                        classes=tuple(self.classes[i] for i in keep), labels=labels,
                        kinds=tuple(self.kinds[i] for i in keep), missing=missing,
                        order=tuple(n for n in self.order if n in names),
-                       centers=tuple(c for c in self.centers if c[0] in names))
+                       centers=tuple(c for c in self.centers if c[0] in names),
+                       notes=self.notes)
 
     @property
     def areas(self) -> dict[str, float]:
@@ -399,6 +406,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
     centres: dict = {}
     core_features: dict[str, int] = {}
     skipped = 0
+    lines: dict[str, int] = {}  # geometry type -> annotations of lines or points only
+    derived: dict[str, int] = {}  # class derived from region_class -> features
     seen_classes: set = set()  # of the regions the class picks from (said when none match)
     for i, f in enumerate(feats):
         where = f"{p}: feature {i}"
@@ -416,6 +425,8 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             seen_classes.add(name)
         if region_class is not None and name != region_class and not (
                 kind == "tmacore" and annotated):
+            if name is not None and region_class in name.split(": "):
+                derived[name] = derived.get(name, 0) + 1
             continue
         label = props.get("name")
         label = label.strip() if isinstance(label, str) and label.strip() else None
@@ -428,6 +439,10 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         if key not in order:
             order.append(key)
         geoms = _polygons(f.get("geometry") or {}, where)
+        if not geoms and f.get("geometry"):
+            shape = _geometry_types(f["geometry"])
+            if shape:  # lines or points: they enclose no cell (an empty geometry says nothing)
+                lines[shape] = lines.get(shape, 0) + 1
         for j, poly in enumerate(geoms):
             if not isinstance(poly, list) or not poly:
                 raise FileFormatError(f"{where}: polygon {j} has no rings")
@@ -475,6 +490,9 @@ def read_regions(path, region_class: str | None = None) -> Regions:
                 if region_class is not None else "")
         extra = (f", {skipped} of them cells, detections or other objects that are not "
                  "regions" if skipped else "")
+        if lines:
+            extra += (f"; {sum(lines.values())} annotation(s) of lines or points only, which "
+                      "enclose no cell")
         if missing:
             extra += f"; all {len(missing)} regions read are marked missing (isMissing)"
         raise InputError(f"{p}: no Polygon or MultiPolygon annotation{what} to select cells "
@@ -485,9 +503,39 @@ def read_regions(path, region_class: str | None = None) -> Regions:
                          f"the class picks the annotations, e.g. tumour inside the cores; "
                          f"{len(set(labels) | set(missing))} TMA core(s) read, kept whatever "
                          "their class)")
+    notes = []
+    if lines:
+        said = ", ".join(f"{n} {k}" for k, n in sorted(lines.items()))
+        notes.append(f"{p}: {sum(lines.values())} annotation(s) of lines or points only "
+                     f"({said}) left out: they enclose no cell; only areas (Polygon, "
+                     "MultiPolygon) select cells")
+    if derived:
+        said = ", ".join(f"{k!r} ({n})" for k, n in sorted(derived.items()))
+        notes.append(f"{p}: the class {region_class!r} is matched exactly, so the annotations "
+                     f"of the classes derived from it are left out: {said}; give one of them "
+                     "as the class (region_class, --region-class) to score it")
     return Regions(source=str(p), polygons=tuple(polys), classes=tuple(classes),
                    labels=tuple(labels), kinds=tuple(kinds), missing=tuple(missing),
-                   order=tuple(order), centers=centers)
+                   order=tuple(order), centers=centers, notes=tuple(notes))
+
+
+def _geometry_types(geom) -> str:
+    """The GeoJSON type of a geometry holding no area (``"LineString"``, ``"Point"``; a
+    GeometryCollection's members' types joined by "+"), "" for anything else."""
+    if not isinstance(geom, dict):
+        return ""
+    kind = geom.get("type")
+    if kind == "GeometryCollection" and isinstance(geom.get("geometries"), list):
+        return "+".join(sorted({_geometry_types(g) for g in geom["geometries"]} - {""}))
+    return kind if kind in ("LineString", "MultiLineString", "Point", "MultiPoint") else ""
+
+
+def region_warnings(reg: Regions | None, tumour: Regions | None,
+                    region_class: str | None) -> list[str]:
+    """What the analyses say about the regions read: their files' :attr:`Regions.notes`
+    (lines or points left out, derived classes not matched), and :func:`mixed_classes_warnings`."""
+    notes = [n for r in (reg, tumour) if r is not None for n in r.notes]
+    return list(dict.fromkeys(notes)) + mixed_classes_warnings(reg, region_class)
 
 
 def mixed_classes_warnings(reg: Regions | None, region_class: str | None) -> list[str]:
