@@ -1247,7 +1247,7 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     tma_map.write_text("core,case\nA-1,P1\nA-2,P2\nB-1,P1\nB-2,P3\nC-1,P9\n")
     res = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
                         scheduler="synchronous", progress=False, write_unmixed=False,
-                        outlines=False, her2_calibration=calibration, regions=cores,
+                        outlines=True, her2_calibration=calibration, regions=cores,
                         tma_map=tma_map)
     got = {r["region"]: (r["status"], r["her2_category"])
            for r in res.summary["regions_scored"]["regions"]}
@@ -1275,6 +1275,15 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert any("not in the regions file (C-1)" in w
                for w in res.summary["cases_scored"]["warnings"])
     p1 = cells[cells["region"].isin(["A-1", "B-1"])]
+    # QuPath shows each cell's core and case (its metadata), as cells.parquet holds them
+    feats = json.loads((tmp_path / "out" / "cells.geojson").read_text())["features"]
+    meta = {int(f["properties"]["metadata"]["cell_id"]): f["properties"]["metadata"]
+            for f in feats}
+    assert len(meta) == len(cells)
+    for _, c in cells.iterrows():
+        m = meta[int(c["cell_id"])]
+        assert m.get("region", "") == c["region"] and m.get("case") == c["case"]
+    assert {m.get("case") for m in meta.values()} >= {"P1", "P2"}
     assert cases["P1"]["cores"] == "A-1;B-1" and cases["P1"]["n_scored"] == len(p1)
     assert cases["P1"]["her2_category"] == score_her2(p1, calibration,
                                                       nan_policy="omit").category

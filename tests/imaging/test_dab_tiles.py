@@ -221,6 +221,7 @@ def test_dab_report_and_plot(tmp_path, brightfield_tma):
     assert d["report"] == str(tmp_path / "dab" / "report.html")
     assert html.count("<img") == 2 and "A-3" in html and "cells by DAB class" in html
     assert "uncalibrated example" in html  # CUT is the CLI's example: said in the report
+    assert "href='cells.geojson'" in html and "cases.csv" not in html  # no TMA map
     # another antigen's cores are mapped too, by their status (the map was HER2's only)
     er = analyze_dab_regions(p, cores, tmp_path / "er", od_cutoffs=CUT, min_cells=20,
                              marker="ER", progress=False)
@@ -627,6 +628,12 @@ def test_annotations_of_one_tumour_are_also_scored_pooled(tmp_path, ihc_slide):
     mapped = analyze_dab_regions(path, geo, tmp_path / "m", od_cutoffs=CUT, min_cells=20,
                                  tma_map=tmp_path / "map.csv", progress=False)
     assert mapped["all_regions"] is None and mapped["cases_scored"] is not None
+    # each cell's region and case in its QuPath metadata
+    feats = json.loads((tmp_path / "m" / "cells.geojson").read_text())["features"]
+    meta = {(f["properties"]["metadata"]["region"], f["properties"]["metadata"].get("case"))
+            for f in feats}
+    assert meta == {("T1", "P1"), ("T2", "P2")}
+    assert "href='cases.csv'" in (tmp_path / "m" / "report.html").read_text()
 
 
 def test_a_region_of_tissue_without_nuclei_says_so(tmp_path):

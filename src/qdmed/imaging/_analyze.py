@@ -35,7 +35,7 @@ from qdmed.imaging._external_seg import (
     nuclear_range,
     package_version,
 )
-from qdmed.imaging._geojson import cell_features, write_feature_collection
+from qdmed.imaging._geojson import cell_features, metadata_from, write_feature_collection
 from qdmed.imaging._given_labels import open_given_labels
 from qdmed.imaging._panel import Panel
 from qdmed.imaging._region_scores import (
@@ -1615,7 +1615,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         write_feature_collection(
             out / "cells.geojson",
             (tiles_dir / f"tile_{i:06d}.geojson.json" for i in range(len(boxes))),
-            _classifier(her2))
+            _classifier(her2), transform=metadata_from(cells))
     if write_unmixed:
         # the panel as the tiles read it (through its file form, whose rounding moves
         # abundances by ~1e-5 relative): the image is the cells' unmixing, wherever made

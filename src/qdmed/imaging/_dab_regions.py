@@ -240,7 +240,7 @@ def _score_crop(slide, window, core, piece: int, polygon, label: str, threshold,
 def _write_outlines(path, cells, parts, slide_name: str, compartment: str) -> None:
     """cells.geojson of a DAB slide, streamed from its crops' features (``parts``, in crop
     order): each kept cell (``crop``, ``crop_cell`` -> ``cell_id``) named by its cell id
-    with QuPath's deterministic UUID, its region in the metadata, its mean DAB OD in the
+    with QuPath's deterministic UUID, its region (and case) in the metadata, its mean DAB OD in the
     scored compartment among the measurements and its DAB class as the classification, so
     that QuPath shows the classes for review (a review found DAB output without outlines,
     where the QD side has them); cells a piece further up owns are left out, as in
@@ -266,6 +266,8 @@ def _write_outlines(path, cells, parts, slide_name: str, compartment: str) -> No
             props = f["properties"]
             props["name"] = str(gid)
             props["metadata"] = {"cell_id": str(gid), "region": str(row["region"])}
+            if isinstance(row.get("case"), str) and row["case"]:  # with a TMA map
+                props["metadata"]["case"] = row["case"]
             if np.isfinite(row[col]):
                 props["measurements"][meas] = float(row[col])
             props["classification"] = {"name": f"DAB {cls}",

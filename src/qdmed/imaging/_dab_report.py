@@ -173,6 +173,7 @@ def write_dab_report(summary: dict, out_dir, img, reg) -> Path:
         rep.heading("Cases")
         rep.table(_columns(cases, ("case", "status", "cores", "n_scored", *score)))
         rep.flags((summary.get("cases_scored") or {}).get("warnings") or [])
-    rep.links("Files: ", [("cells.parquet", "cells.parquet"), ("regions.csv", "regions.csv"),
-                          ("summary.json", "summary.json")])
+    files = ["cells.parquet", "regions.csv", *(("cases.csv",) if cases else ()),
+             *(("cells.geojson",) if (out / "cells.geojson").exists() else ()), "summary.json"]
+    rep.links("Files: ", [(f, f) for f in files])
     return rep.write(out / "report.html")

@@ -10,7 +10,8 @@ origin at the top-left corner of the top-left pixel.
 
 qdmed writes, per cell: a deterministic UUID (uuid5 of the slide name and the cell id, so a
 re-run gives the same ids), ``name`` and ``metadata.cell_id`` = the ``cell_id`` of
-cells.parquet (the join key), the nucleus outline, the cell's and nucleus's areas (named
+cells.parquet (the join key), with regions its ``metadata.region`` (and ``case`` with a TMA
+map), the nucleus outline, the cell's and nucleus's areas (named
 as QuPath names its own) and the mean of every
 component in the compartment where it is scored as measurements, and, once the slide is
 scored, its per-cell HER2 category as the classification.
@@ -30,7 +31,7 @@ import numpy as np
 
 from qdmed.imaging._outlines import label_outlines
 
-__all__ = ["cell_features", "cell_uuid", "write_feature_collection"]
+__all__ = ["cell_features", "cell_uuid", "metadata_from", "write_feature_collection"]
 
 #: Namespace of the deterministic per-cell UUIDs.
 _NAMESPACE = uuid.UUID("5d7c1f7e-3b0e-4f43-9a53-6a1d0c9e2b11")
@@ -122,6 +123,30 @@ def write_feature_collection(path, parts: Iterable, classify: Callable | None = 
             fh.write(body if first else b", " + body)
             first = False
         fh.write(b"]}")
+
+
+def metadata_from(cells, columns=("region", "case")) -> Callable | None:
+    """A ``transform`` for :func:`write_feature_collection` that writes the cells' ``region``
+    and ``case`` (those of ``columns`` the table holds, by ``cell_id``) in each feature's
+    metadata, so that QuPath shows a cell's TMA core and patient; None when the table holds
+    neither. A cell outside every region (``""``) or of no case gets no entry."""
+    cols = [c for c in columns if c in cells.columns]
+    if not cols or not len(cells):
+        return None
+    import pandas as pd
+
+    ids = cells["cell_id"].to_numpy()
+    lookup = {c: pd.Series(cells[c].to_numpy(dtype=object), index=ids) for c in cols}
+
+    def transform(_part, feats):
+        keys = [int(f["properties"]["name"]) for f in feats]
+        for c in cols:
+            for f, v in zip(feats, lookup[c].reindex(keys).tolist(), strict=True):
+                if isinstance(v, str) and v:
+                    f["properties"].setdefault("metadata", {})[c] = v
+        return feats
+
+    return transform
 
 
 def rectangle_ring(x0: float, y0: float, x1: float, y1: float) -> list:
