@@ -296,6 +296,17 @@ def test_cases_with_too_few_cells_for_a_status_are_left_out(tmp_path):
     assert r.cases == ("P1", "P3", "P5")
     assert r.excluded == {"no value in dab": ["P4"], "insufficient cells in dab": ["P2"]}
     assert sum(map(sum, r.status.table)) == 3
+    # too few cases left: the error counts them by their reason (it had said "no value"
+    # for the cases of insufficient cells, a pathologist's walk-through)
+    (tmp_path / "few.csv").write_text(
+        "case,ER_percent_positive_corrected,ER_status\n"
+        "P1,35,positive\nP2,30,insufficient cells\nP3,70,insufficient cells\nP4,,\n"
+        "P5,4,low positive\n")
+    with pytest.raises(InputError, match=r"2 of them have one \(no value in dab: 1; "
+                                         r"insufficient cells in dab: 2\)"):
+        compare_measure_tables(tmp_path / "qd.csv", tmp_path / "few.csv", key="case",
+                               column_a="ER_percent_positive_corrected", method_a="qd",
+                               method_b="dab")
 
 
 def test_a_marker_of_ones_own_is_gated_with_its_compartment(tmp_path):

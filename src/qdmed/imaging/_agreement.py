@@ -311,11 +311,13 @@ def paired_cases(a, b, *, method_a: str, method_b: str, item: str, fewest: int
 
 
 def joined_tables(a: dict, miss_a: list, b: dict, miss_b: list, *, table_a, table_b,
-                  method_a: str, method_b: str, item: str, columns: tuple, fewest: int
-                  ) -> tuple[list[str], dict]:
+                  method_a: str, method_b: str, item: str, columns: tuple, fewest: int,
+                  insufficient: tuple = ((), ())) -> tuple[list[str], dict]:
     """The cases two tables share with an entry in both (in ``a``'s order), and those left
     out by reason (``{"no <item> in <method>": [...], "only in <method>": [...]}``, empty
-    reasons dropped), from each table's ``{case: entry}`` and its cases without one.
+    reasons dropped), from each table's ``{case: entry}`` and its cases without one. Cases
+    of ``insufficient`` (per table, among its missing) are said as "insufficient cells in
+    <method>": their entry was left unread, not absent.
 
     Raises
     ------
@@ -335,8 +337,13 @@ def joined_tables(a: dict, miss_a: list, b: dict, miss_b: list, *, table_a, tabl
                          "case columns" + (f"; {len(by_case)} differ in letter case only "
                                            f"(e.g. {by_case[0]}): names are matched as "
                                            "written" if by_case else "") + ".")
-    excluded = {f"no {item} in {method_a}": [k for k in miss_a if k in keys_b],
-                f"no {item} in {method_b}": [k for k in miss_b if k in keys_a],
+    few_a, few_b = (set(f) for f in insufficient)
+    excluded = {f"no {item} in {method_a}": [k for k in miss_a if k in keys_b and k not in few_a],
+                f"insufficient cells in {method_a}": [k for k in miss_a if k in keys_b
+                                                      and k in few_a],
+                f"no {item} in {method_b}": [k for k in miss_b if k in keys_a and k not in few_b],
+                f"insufficient cells in {method_b}": [k for k in miss_b if k in keys_a
+                                                      and k in few_b],
                 "only in " + method_a: sorted(keys_a - keys_b),
                 "only in " + method_b: sorted(keys_b - keys_a),
                 "named alike but for letter case, not matched": by_case}

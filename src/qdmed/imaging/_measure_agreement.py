@@ -559,14 +559,8 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
     b, miss_b, cols_b, few_b = _values_csv(table_b, key_b or key, column_b)
     common, excluded = joined_tables(a, miss_a, b, miss_b, table_a=table_a, table_b=table_b,
                                      method_a=method_a, method_b=method_b, item="value",
-                                     columns=(column_a, column_b), fewest=3)
-    for method, few in ((method_a, few_a), (method_b, few_b)):  # said by their reason
-        left = excluded.pop(f"no value in {method}", [])
-        named = [k for k in left if k in few]
-        if len(named) < len(left):
-            excluded[f"no value in {method}"] = [k for k in left if k not in few]
-        if named:
-            excluded[f"insufficient cells in {method}"] = named
+                                     columns=(column_a, column_b), fewest=3,
+                                     insufficient=(few_a, few_b))
     measure = column_a if column_a == column_b else f"{column_a} / {column_b}"
     res = compare_measure({k: a[k] for k in common}, {k: b[k] for k in common},
                           method_a=method_a, method_b=method_b, measure=measure, unit=unit,
