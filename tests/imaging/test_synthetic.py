@@ -96,6 +96,30 @@ def test_deterministic_from_seed():
     assert isinstance(d.params["seed"], int)  # drawn seed recorded for reproduction
 
 
+def test_a_panel_gives_its_spectra_markers_and_channels(tmp_path):
+    """simulate_* take the panel the analysis takes (a Python walk-through: only endmembers
+    and marker_names were accepted); the same image as its three parts given by hand."""
+    from qdmed.imaging import breast_panel_5plex, unmixed_panel
+    from qdmed.imaging._tma import simulate_tma
+
+    p = breast_panel_5plex()
+    a = simulate_field((96, 96), preset="BT474", panel=p, seed=1)
+    b = simulate_field((96, 96), preset="BT474", endmembers=p.endmembers,
+                       marker_names=list(p.markers), channel_names=list(p.channel_names),
+                       seed=1)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.marker_names == p.markers and a.channel_names == p.channel_names
+    s = simulate_tma(tmp_path / "t.ome.zarr", rows=1, cols=1, presets=["BT474"], panel=p,
+                     core_diameter_um=100, seed=0)
+    assert read_slide(s.path).channel_names == p.channel_names
+    for kw, msg in ((dict(panel=p, marker_names=["HER2"]), "the panel or marker_names, not"),
+                    ({}, "give the panel to simulate"),
+                    (dict(panel=p.endmembers), r"must be a qdmed Panel .*got ndarray"),
+                    (dict(panel=unmixed_panel({"DAPI": 0, "HER2": 1})), "already-unmixed")):
+        with pytest.raises(InputError, match=msg):
+            simulate_field((64, 64), preset="BT474", **kw)
+
+
 def test_field_is_crop_independent_of_other_parameters_not_touching_geometry():
     # expression and optics do not move the cells
     a = field(preset="MCF-7")

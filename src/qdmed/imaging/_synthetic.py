@@ -1346,11 +1346,45 @@ def simulate_tissue(
                            cell_table=table, pixel_size_um=g.ps, params=to_jsonable(p))
 
 
+def _panel_spectra(panel: Any, endmembers: Any, marker_names: Any, channel_names: Any
+                   ) -> tuple[Any, Any, Any]:
+    """The endmembers, markers and channel names of a simulation: those of ``panel`` (a
+    spectral :class:`~qdmed.imaging.Panel` with an autofluorescence spectrum, the last
+    column), or as given. Both, or neither, is refused."""
+    if panel is None:
+        if endmembers is None or marker_names is None:
+            raise InputError("give the panel to simulate (panel=breast_panel_5plex(), or a "
+                             "Panel of design_panel / Panel.from_file), or endmembers and "
+                             "marker_names")
+        return endmembers, marker_names, channel_names
+    from qdmed.imaging._panel import Panel
+
+    if not isinstance(panel, Panel):
+        raise InputError(f"panel must be a qdmed Panel (breast_panel_5plex(), design_panel(...), "
+                         f"Panel.from_file(...)); got {type(panel).__name__}")
+    given = [n for n, v in (("endmembers", endmembers), ("marker_names", marker_names),
+                            ("channel_names", channel_names)) if v is not None]
+    if given:
+        raise InputError(f"give the panel or {', '.join(given)}, not both: the panel holds "
+                         "its endmembers, markers and channels")
+    if panel.unmixed:
+        raise InputError("an already-unmixed panel (unmixed_panel) has no spectra to "
+                         "simulate with: give a spectral panel")
+    if panel.autofluorescence is None:
+        raise InputError("the synthetic tissue draws autofluorescence: give a panel with an "
+                         "autofluorescence spectrum (design_panel's default, "
+                         "breast_panel_5plex())")
+    return panel.endmembers, list(panel.markers), list(panel.channel_names)
+
+
 def _scene_params(preset: Any, endmembers: Any, marker_names: Any, channel_names: Any,
                   autofluorescence: Any, qd_brightness: Any, photons_per_unit: Any,
                   read_noise_e: Any, gain_adu_per_e: Any, offset_adu: Any, photobleaching: Any,
-                  noise: Any, dtype: Any, bit_depth: Any = 16) -> dict[str, Any]:
+                  noise: Any, dtype: Any, bit_depth: Any = 16, panel: Any = None
+                  ) -> dict[str, Any]:
     pr = _get_preset(preset)
+    endmembers, marker_names, channel_names = _panel_spectra(panel, endmembers, marker_names,
+                                                             channel_names)
     if isinstance(marker_names, str) or marker_names is None:
         raise InputError(f"marker_names must be a sequence of marker names, got "
                          f"{marker_names!r}; known: {', '.join(_MARKERS)}")
@@ -1456,8 +1490,9 @@ def simulate_field(
     shape: tuple[int, int],
     *,
     preset: str | Preset,
-    endmembers: Any,
-    marker_names: Sequence[str],
+    panel: Any = None,
+    endmembers: Any = None,
+    marker_names: Sequence[str] | None = None,
     channel_names: Sequence[str] | None = None,
     autofluorescence: float = 0.3,
     qd_brightness: float | Sequence[float] = 1.0,
@@ -1485,6 +1520,9 @@ def simulate_field(
     shape : (int, int), px
     preset : str or Preset
         A name from :func:`list_presets` or a custom :class:`Preset`.
+    panel : Panel, optional
+        A spectral panel with an autofluorescence spectrum (e.g. ``breast_panel_5plex()``):
+        its endmembers, markers and channel names. Or give these three instead:
     endmembers : array (C, K+1)
         Detected signal per unit abundance of each component in each channel: columns are
         the markers in ``marker_names`` order, the last column autofluorescence.
@@ -1550,7 +1588,7 @@ def simulate_field(
                           junctions)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
-                       offset_adu, photobleaching, noise, dtype, bit_depth)
+                       offset_adu, photobleaching, noise, dtype, bit_depth, panel)
     sc = _make_scene(gp, sp)
     h, w = gp["shape"]
     r = _render(sc, 0, h, 0, w)
@@ -1574,8 +1612,9 @@ def simulate_slide(
     shape: tuple[int, int],
     *,
     preset: str | Preset,
-    endmembers: Any,
-    marker_names: Sequence[str],
+    panel: Any = None,
+    endmembers: Any = None,
+    marker_names: Sequence[str] | None = None,
     channel_names: Sequence[str] | None = None,
     tile: int = 1024,
     pyramid_levels: int | str = "auto",
@@ -1646,7 +1685,7 @@ def simulate_slide(
                           junctions)
     sp = _scene_params(preset, endmembers, marker_names, channel_names, autofluorescence,
                        qd_brightness, photons_per_unit, read_noise_e, gain_adu_per_e,
-                       offset_adu, photobleaching, noise, dtype, bit_depth)
+                       offset_adu, photobleaching, noise, dtype, bit_depth, panel)
     return _write_scene(path, gp, sp, tile=tile, pyramid_levels=pyramid_levels,
                         write_labels=write_labels, overwrite=overwrite, progress=progress)
 

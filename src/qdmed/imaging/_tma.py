@@ -415,8 +415,9 @@ def example_brightfield_tma(path, *, missing: Sequence[str] = EXAMPLE_BF_MISSING
     return write_ome_tiff(path, img, pixel_size_um=EXAMPLE_BF_PIXEL_UM, rgb=True), centres
 
 
-def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembers: Any,
-                 marker_names: Sequence[str], core_diameter_um: float = 600.0,
+def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], panel: Any = None,
+                 endmembers: Any = None, marker_names: Sequence[str] | None = None,
+                 core_diameter_um: float = 600.0,
                  spacing_um: float | None = None, margin_um: float | None = None,
                  position_jitter_um: float = 15.0, rotation_deg: float = 0.0,
                  missing: Sequence[str] = (), **kwargs):
@@ -431,7 +432,7 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
         The grid (cores named "A-1", "A-2", ..., "B-1", ...: :func:`core_name`).
     presets : sequence of preset names or Presets
         One per core in row-major order, or fewer, repeated over the cores in order.
-    endmembers, marker_names
+    panel, or endmembers and marker_names
         As in :func:`qdmed.imaging.simulate_field`.
     core_diameter_um, spacing_um, margin_um, position_jitter_um, rotation_deg
         The layout (:func:`tma_layout`).
@@ -459,7 +460,8 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
 
     # every option of simulate_slide, with its defaults (one list, kept with that function)
     opts = {k: p.default for k, p in inspect.signature(simulate_slide).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty}
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+            and k not in ("panel", "endmembers", "marker_names")}
     unknown = sorted(set(kwargs) - set(opts))
     if unknown:
         raise InputError(f"simulate_tma got unknown parameter(s) {unknown}; accepted: "
@@ -491,7 +493,7 @@ def simulate_tma(path, *, rows: int, cols: int, presets: Sequence[Any], endmembe
                        opts["autofluorescence"], opts["qd_brightness"],
                        opts["photons_per_unit"], opts["read_noise_e"], opts["gain_adu_per_e"],
                        opts["offset_adu"], opts["photobleaching"], opts["noise"], opts["dtype"],
-                       opts["bit_depth"])
+                       opts["bit_depth"], panel)
     sp["core_presets"] = tuple(pres[i] for i in present) or (pres[0],)
     slide = _write_scene(path, gp, sp, tile=opts["tile"],
                          pyramid_levels=opts["pyramid_levels"],
