@@ -198,7 +198,9 @@ def unmix_image(image_yxc, panel: Panel, *, method="auto", return_residual=False
     of ``read_noise`` counts RMS (default 1; :func:`~qdmed.imaging.unmix_nnls`), exactly but
     on a slower path: unbiased at low counts, where weights 1/max(y, 1) are not.
     ``offset_adu`` (one number or one per channel, counts) is the detector's offset,
-    subtracted first (:mod:`qdmed.imaging._detector`)."""
+    subtracted first (:mod:`qdmed.imaging._detector`). ``return_residual=True`` returns a
+    pair, the abundances and the (Y, X) relative residual ``||y - E a|| / ||y||`` (the
+    goodness-of-fit map; :class:`~qdmed.imaging._nnls.UnmixResult` for flat pixels)."""
     from qdmed.imaging._nnls import unmix_nnls
 
     check_panel(panel)
