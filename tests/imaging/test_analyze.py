@@ -625,11 +625,15 @@ def test_regions_wholly_outside_the_slide_are_warned(tmp_path):
         square("in", 10, 10), square("edge", 100, 100), square("far", 500, 20),
         square("below", 20, 900)]}))
     r = analyze_slide(path, PANEL, tmp_path / "a", tile=128, progress=False,
-                      write_unmixed=False, outlines=False, regions=regions)
+                      write_unmixed=False, outlines=False, regions=regions, per_region=True,
+                      region_min_cells=1)
     said = [w for w in summary_warnings(r.summary) if "wholly outside" in w]
     assert said == ["scored_cells: 2 of the 4 regions lie wholly outside the slide's 128 x "
                     "128 px (far, below): nothing of them is scored; do the annotations "
                     "belong to this slide?"]
+    rows = {x["region"]: x["message"] for x in r.summary["regions_scored"]["regions"]}
+    assert rows["far"].startswith("wholly outside the slide's 128 x 128 px")
+    assert rows["below"].startswith("wholly outside") and "outside" not in rows["in"]
 
 
 def test_absent_ome_zarr_chunks_reach_the_analysis_and_qc_warnings(tmp_path):

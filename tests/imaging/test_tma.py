@@ -641,3 +641,5 @@ def test_dab_regions_outside_the_slide_are_said(tmp_path, brightfield_tma):
                             od_cutoffs=(0.05, 0.15, 0.3), progress=False)
     assert any("1 of the 2 regions lie outside the slide's" in w and "(far;" in w
                for w in d["warnings"])
+    far_row = [r for r in d["regions_scored"]["regions"] if r["region"] == "far"][0]
+    assert far_row["message"].startswith("wholly outside the slide's")

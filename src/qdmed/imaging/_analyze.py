@@ -1612,7 +1612,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         by_region, by_case = score_slide_regions(
             cells, scored_cells, reg, path.name, out, tumour=tumour, tma_map=tma_map,
             case_rule=case_rule, her2_calibration=her2_calibration, gates=gates,
-            pixel_size_um=s.pixel_size_um, min_cells=region_min_cells)
+            pixel_size_um=s.pixel_size_um, min_cells=region_min_cells, shape_yx=(h, w))
     if outlines:  # streamed tile by tile: memory bounded whatever the number of cells
         write_feature_collection(
             out / "cells.geojson",

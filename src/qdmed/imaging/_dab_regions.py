@@ -730,7 +730,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     by_region, by_case = score_slide_regions(
         cells, scored, reg, name, out, tumour=tumour, tma_map=tma_map, case_rule=case_rule,
         her2_calibration=cal, gates=gates, pixel_size_um=ps, min_cells=min_cells,
-        tissue_area_mm2={r: a / 1e6 for r, a in tissue_um2.items()})
+        tissue_area_mm2={r: a / 1e6 for r, a in tissue_um2.items()},
+        shape_yx=img.shape[:2])
     all_regions = None
     if len(reg.names) > 1 and not reg.is_tma and tma_map is None:
         # annotations of one tumour drawn in pieces: their cells pooled, as a QD slide's

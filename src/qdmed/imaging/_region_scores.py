@@ -777,7 +777,8 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
                         tma_map: dict | None = None, case_rule: str = "pooled",
                         her2_calibration=None, gates=None, pixel_size_um=None,
                         min_cells: int = REGION_MIN_CELLS,
-                        tissue_area_mm2: dict[str, float] | None = None
+                        tissue_area_mm2: dict[str, float] | None = None,
+                        shape_yx: tuple[int, int] | None = None
                         ) -> tuple[dict, dict | None]:
     """A slide's regions scored one by one (:func:`score_regions`, ``regions.csv`` in
     ``out``) and, with a TMA map, its cases (:func:`score_cases`, ``cases.csv``): the
@@ -785,7 +786,9 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
     map). ``cells`` carry :func:`assign_regions`' columns. ``tissue_area_mm2``: each
     region's area of tissue, glass left out (brightfield, from
     :func:`~qdmed.imaging._dab_regions.analyze_dab_regions`), which adds
-    ``tissue_area_mm2`` and ``cells_per_tissue_mm2`` to its row."""
+    ``tissue_area_mm2`` and ``cells_per_tissue_mm2`` to its row. ``shape_yx``: the slide's
+    (height, width) px, so that a region wholly outside it says so in its row (not a bare
+    "no cells")."""
     from qdmed.report import atomic_write_text
 
     out = Path(out)
@@ -801,6 +804,13 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
                 r["message"] = "; ".join(m for m in (
                     f"no nuclei found in its {a:.3g} mm^2 of tissue (pale, without "
                     "haematoxylin, or out of focus?)", r["message"]) if m)
+    if shape_yx is not None:
+        off = set(reg.outside(shape_yx))
+        for r in rows:
+            if r["region"] in off and r["status"] != "missing":
+                r["message"] = "; ".join(m for m in (
+                    f"wholly outside the slide's {shape_yx[1]} x {shape_yx[0]} px",
+                    r["message"]) if m)
     if tumour is not None:  # say why a region with cells has none to score
         in_t = cells.groupby("region")["in_tumour"].sum() if len(cells) else {}
         for r in rows:
