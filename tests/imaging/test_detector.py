@@ -324,3 +324,25 @@ def test_excluding_saturated_cells_needs_a_ceiling(tmp_path):
     p = write_ome_tiff(tmp_path / "f.ome.tif", img, channel_names=list(PANEL.channel_names))
     with pytest.raises(InputError, match="needs a detector ceiling"):
         analyze_slide(p, PANEL, tmp_path / "o", exclude_flagged="saturated", progress=False)
+
+
+def test_a_channel_without_signal_is_warned(fields, tmp_path):
+    """A channel of one value everywhere (a microscopist's walk-through: 590-628 nm all 0
+    read HER2 at 0 of its truth with the fit at 0.0 %, unsaid) is named, integer or float."""
+    from qdmed.imaging._detector import dead_channels
+
+    names = list(PANEL.channel_names)
+    img = fields[0].image.copy()
+    img[..., 4] = 0
+    p = write_ome_tiff(tmp_path / "z.ome.tif", img, channel_names=names, pixel_size_um=0.5)
+    res = analyze_slide(p, PANEL, tmp_path / "a", tile=320, scheduler="synchronous",
+                        progress=False, outlines=False, write_unmixed=False)
+    assert res.summary["offset"]["dead_channels"] == [names[4]]
+    assert any(w.startswith(f"offset: channel(s) {names[4]} read one value in every pixel")
+               for w in res.warnings)
+    assert dead_channels(channel_stats(img.astype(np.float32), None), names) == [names[4]]
+    img[..., 2] = 7  # a constant other than 0
+    assert dead_channels(channel_stats(img, None), names) == [names[2], names[4]]
+    # a real slide's channels pass, however dim
+    assert dead_channels(channel_stats(fields[0].image, None), names) == []
+    assert dead_channels(channel_stats(fields[0].image.astype(np.float32), None), names) == []

@@ -350,6 +350,27 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
     return d
 
 
+def dead_channels(stats: dict, channel_names) -> list[str]:
+    """The channels of :func:`channel_stats` (merged) that hold one value in every pixel:
+    an integer channel whose maximum is its minimum, or any channel at or below 0 in at
+    least 99.9 % of the pixels where another channel is above 0 (a float image). A
+    microscopist's all-zero channel had read HER2 at 0 of its truth, the fit 0.0 %, unsaid:
+    an empty channel is fitted as well as a real one (the labels' signal goes elsewhere)."""
+    names = list(channel_names)
+    n = int(stats.get("n_px") or 0)
+    mins, maxs, nonpos = stats.get("min"), stats.get("max"), stats.get("nonpositive")
+    if not n or not mins or len(mins) != len(names):
+        return []
+    out = []
+    for c, name in enumerate(names):
+        if maxs and len(maxs) == len(names):
+            if maxs[c] == mins[c] and len(names) > 1:
+                out.append(name)
+        elif nonpos and len(nonpos) == len(names) and nonpos[c] >= 0.999 * n:
+            out.append(name)
+    return out
+
+
 def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                    tiles: list[dict] | None = None, read_noise: float | None = None) -> dict:
     """The ``offset`` block of a slide summary: the offset subtracted, each channel's lowest
@@ -378,6 +399,15 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                          "suspected": False, "issue": None, "warnings": []}
     if not mins or len(mins) != len(names):
         return d
+    dead = dead_channels(stats, names)
+    if dead:
+        d["dead_channels"] = dead
+        d["warnings"].append(
+            f"channel(s) {', '.join(dead)} read one value in every pixel (0, or a constant): "
+            "no signal was recorded there (a detector, filter or export fault?). The labels "
+            "that emit there are fitted from the other channels alone and read wrong, while "
+            "the fit looks good: re-acquire or re-export the channel, or use a panel without "
+            "it")
     low = np.asarray(mins, dtype=np.float64)
     tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
     if len(tile_mins) >= 2:

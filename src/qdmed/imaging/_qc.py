@@ -201,6 +201,7 @@ def qc_folder(folder, panel, out_dir, *, tile: int = 2048, saturation_level=None
                     if sat["checked"] else None,
                     clipping_suspected=",".join(sat["clipping_suspected"]) or None,
                     offset_suspected=offs["suspected"], offset_issue=offs["issue"],
+                    dead_channels=",".join(offs.get("dead_channels") or ()) or None,
                     focus_median_blur=foc["median"],
                     n_tiles=foc["n_tiles"], n_tiles_out_of_focus=len(foc["out_of_focus_tiles"]),
                     warnings=d["warnings"], message="; ".join(d["warnings"]))
