@@ -28,10 +28,45 @@ def test_a_label_missing_from_the_panel_is_flagged(tmp_path):
                        channel_names=list(P.channel_names), seed=4, tile=512)
     right = analyze_slide(s.path, P, tmp_path / "a", tile=256, **RUN).summary["fit"]
     assert right["misfit"] < 0.02 and not right["warnings"] and right["n_samples"] == 4 * 512
+    # per channel (module notes: at most 0.145 with right panels)
+    assert list(right["misfit_by_channel"]) == list(P.channel_names)
+    assert max(right["misfit_by_channel"].values()) < 0.3
     wrong = analyze_slide(s.path, _without("PR"), tmp_path / "b", tile=256, **RUN).summary
     assert wrong["fit"]["misfit"] > 0.3
     assert any(w.startswith("fit: the panel does not explain the brightest cells")
                for w in _warnings(wrong))
+
+
+def test_a_membrane_label_missing_from_the_panel_is_flagged(tmp_path):
+    """HER2 left out of the panel on a HER2 3+ slide: the brightest pixels overall are
+    nuclei, where nothing is missing, so the overall misfit stays ~0 (a microscopist's
+    walk-through: fit 0.0 %, unsaid); the channel where the model puts HER2's signal shows
+    it (measured at least 0.637 on HER2-expressing fields, module notes)."""
+    s = simulate_slide(tmp_path / "s.ome.zarr", (512, 512), preset="BT474", panel=P,
+                       photons_per_unit=300, seed=4, tile=512)
+    right = analyze_slide(s.path, P, tmp_path / "a", tile=256, **RUN).summary["fit"]
+    assert not right["warnings"] and max(right["misfit_by_channel"].values()) < 0.3
+    wrong = analyze_slide(s.path, _without("HER2"), tmp_path / "b", tile=256, **RUN).summary
+    fit = wrong["fit"]
+    worst = fit["worst_channel"]
+    assert fit["misfit"] < 0.1 and fit["misfit_by_channel"][worst] > 0.5
+    assert worst == "515-552nm"  # Qdot 525 (peak 525 nm), HER2's label in the built-in panel  # Qdot 525 (peak 525 nm), HER2's label in the built-in panel
+    assert any(w.startswith(f"fit: the panel does not explain the pixels brightest in {worst}")
+               for w in _warnings(wrong))
+
+
+def test_a_panel_of_as_many_components_as_channels_is_not_checked():
+    """Three labels in three bands fit every pixel exactly: no misfit is read (it had said
+    0.0 %, a pass, on a file whose channels were reversed), and that is said."""
+    rng = np.random.default_rng(1)
+    c = rng.uniform(10, 1000, 400)
+    d = fit_summary([{"counts": c.tolist(), "norm": c.tolist(), "residual": [0.0] * 400,
+                      "fitted": np.repeat(c / 3, 3).tolist(), "n_channels": 3,
+                      "n_components": 3}], ["a", "b", "c"])
+    assert d["misfit"] is None and d["warnings"] == [
+        "the fit cannot be checked: the panel has as many components as channels (3), so it "
+        "fits any pixel exactly; a label missing or a channel out of order cannot be seen in "
+        "the fit (a detector with more channels than labels can)"]
 
 
 def _warnings(summary):

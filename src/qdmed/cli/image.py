@@ -722,7 +722,7 @@ def unmix(slide: Path, panel_file: PANEL = None,
                   progress=not no_progress, fit_samples=samples)  # pixel size, or none
     from qdmed.imaging._fit import fit_summary
 
-    fit = None if p.unmixed else fit_summary(samples)
+    fit = None if p.unmixed else fit_summary(samples, p.channel_names)
     if plot is not None:
         from qdmed.imaging._report import unmixed_figure
 
@@ -730,14 +730,16 @@ def unmix(slide: Path, panel_file: PANEL = None,
     info = {"slide": str(slide), "out": str(out), "components": list(p.components),
             "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
             "read_noise_adu": settings.read_noise_used(),
-            "misfit": None if fit is None else fit["misfit"]}
+            "misfit": None if fit is None else fit["misfit"],
+            "misfit_by_channel": None if fit is None else fit["misfit_by_channel"]}
     warned = [*_panels_beside(panel_file, [_panel_beside(slide)]), *p.warnings,
               *([] if fit is None else fit["warnings"])]
     if json_:
         return print_json_warned(info, warned)
     from qdmed.imaging._poisson import describe_unmixing
 
-    shown = {k: v for k, v in info.items() if k not in ("unmix_weights", "read_noise_adu")}
+    shown = {k: v for k, v in info.items() if k not in ("unmix_weights", "read_noise_adu",
+                                                         "misfit_by_channel")}
     print_kv("Unmixed", {**shown, "unmixing": describe_unmixing(settings.to_dict()),
                          "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None
                          else unmixed_bits})
@@ -949,7 +951,10 @@ def analyze(
     fit = d.get("fit") or {}
     if fit.get("misfit") is not None:  # qdmed.imaging._fit: does the panel explain the cells?
         info["panel fit"] = (f"{100 * fit['misfit']:.1f} % of the brightest cells' signal "
-                             "unexplained beyond noise")
+                             "unexplained beyond noise" + (
+                                 f"; {100 * fit['misfit_by_channel'][fit['worst_channel']]:.1f}"
+                                 f" % in the pixels brightest in {fit['worst_channel']}"
+                                 if fit.get("worst_channel") else ""))
     if d["her2"]:
         info["HER2 category"] = d["her2"]["category"]
         info["HER2-low"] = d["her2"]["her2_low"]

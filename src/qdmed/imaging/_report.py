@@ -516,6 +516,11 @@ def write_slide_report(result, path=None) -> Path:
                       f"signal is left unexplained beyond the noise (right panels on synthetic "
                       f"fields: 0.0 %; a label the panel lacks: 39-47 %; "
                       f"{fit['n_samples']} cell pixels sampled)."
+                      + (f" Among the pixels brightest in {fit['worst_channel']}: "
+                         f"{100 * fit['misfit_by_channel'][fit['worst_channel']]:.1f} % "
+                         "(right panels: under 30 %; a membrane label the panel lacks, on "
+                         "cells that express it: over 60 %)."
+                         if fit.get("worst_channel") else "")
                       + "".join(f" Warning: {w.rstrip('.')}." for w in fit["warnings"]))
     rep.heading("Panel")
     panel = Panel.from_dict(s["panel_file"], source="summary.json")
