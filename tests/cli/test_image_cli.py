@@ -1285,6 +1285,10 @@ def test_outputs_never_written_over_the_inputs(tmp_path):
             str(slide), "--out", str(tmp_path / "p.yaml"))
     assert r.returncode == 2 and "is an input of this command" in r.stderr
     assert (tmp_path / "p.yaml").read_text() == panel
+    r = run("image", "library", "--panel", str(tmp_path / "p.yaml"), "--unstained",
+            str(slide), "--counterstain", "Hoechst", "--out", str(tmp_path / "q.yaml"))
+    assert r.returncode == 2 and "--counterstain Hoechst: not a marker of the panel" in \
+        r.stderr and not (tmp_path / "q.yaml").exists()
 
 
 def test_info_says_an_ome_zarr_slide_misses_chunks(tmp_path):

@@ -637,12 +637,14 @@ def library(
     plot: Annotated[Path | None, typer.Option("--plot", callback=_png_path, help="Save a PNG of measured vs model spectra.")] = None,
     offset: OFFSET = None,
     saturation_level: SATURATION = None,
+    counterstain: Annotated[str, typer.Option("--counterstain", help="The nuclear counterstain single stains may carry too (removed with its model spectrum where a control holds it); 'none': never removed.")] = "DAPI",
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
     """Spectral library from control slides: autofluorescence from an unstained section
-    (or blindly from a stained one), each label from its single-stain section; writes the
-    panel with measured endmembers."""
+    (or blindly from a stained one), each label from its single-stain section (a
+    counterstain they carry removed first); writes the panel with measured endmembers."""
+    from qdmed.errors import InputError
     from qdmed.imaging import spectral_library
 
     pn = _panel(panel_file)
@@ -656,12 +658,17 @@ def library(
 
     # the panel written over its own file, or into a control slide, is refused up front
     check_output_folder(out, [panel_file, unstained, stained, *stains.values()])
+    cs = None if counterstain.strip().lower() == "none" else counterstain.strip()
+    if cs is not None and cs not in pn.markers:
+        if counterstain != "DAPI":  # the default is ignored by a panel without DAPI
+            raise InputError(f"--counterstain {counterstain}: not a marker of the panel; "
+                             f"markers: {', '.join(pn.markers)} (or 'none')")
+        cs = None
     res = spectral_library(pn, unstained=unstained, stained=stained, single_stains=stains,
                            offset=_offset(offset), saturation_level=saturation_level,
-                           progress=not no_progress)
+                           progress=not no_progress, counterstain=cs)
     if plot:  # drawn first: it shows what is wrong with a library refused below
         _save_plot(plot, res.plot())
-    from qdmed.errors import InputError
     from qdmed.imaging._analyze import check_unmixable
 
     try:  # a panel every analysis would refuse is not written (a review got one written)
@@ -675,7 +682,7 @@ def library(
     if json_:
         return print_json_warned(info, res.warnings)
     keys = {"n_pixels": "pixels", "percent_saturated": "% saturated",
-            "cosine_to_model": "cos(model)",
+            "cosine_to_model": "cos(model)", "counterstain_share": "counterstain share",
             "background_fraction": "AF share", "autofluorescence_misfit": "AF misfit",
             "angle_to_labels_deg": "angle to labels (deg)",
             "split_half_cosine": "split-half cos", "source": "control"}
