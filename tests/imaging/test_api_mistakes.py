@@ -235,3 +235,22 @@ def test_gates_and_calibrations_round_trip(tmp_path):
     with pytest.raises(FileFormatError, match=r"Calibration.to_dict\(\)'s summary.*save"):
         load_calibration(tmp_path / "summary.json")
     assert load_calibration(cal.save(tmp_path / "c.json").path).her2 == cal.her2
+
+
+def test_a_pixel_wider_than_the_membrane_widens_the_default_ring(tmp_path):
+    """A 10x scan (1.3 um/px) was refused: the default 1 um membrane ring is narrower than a
+    pixel, and the error named no option the command line has. The default now widens to
+    one pixel, said; a width set by hand below a pixel is still refused."""
+    from qdmed.imaging import AnalysisSettings, analyze_field, simulate_field
+
+    f = simulate_field((128, 128), preset="BT474", panel=PANEL, photons_per_unit=300,
+                       pixel_size_um=1.3, seed=1)
+    fa = analyze_field(f.image, PANEL, AnalysisSettings(pixel_size_um=1.3))
+    assert fa.settings.membrane_width_um == 1.3 and len(fa.cells) > 20
+    assert any(w.startswith("at 1.3 um/px the membrane ring is one pixel") for w in fa.warnings)
+    with pytest.raises(InputError, match=r"membrane_width_um must be at least one pixel .*"
+                                         r"AnalysisSettings\(membrane_width_um"):
+        analyze_field(f.image, PANEL, AnalysisSettings(pixel_size_um=1.3, membrane_width_um=0.8))
+    fine = analyze_field(f.image, PANEL, AnalysisSettings(pixel_size_um=0.5))
+    assert fine.settings.membrane_width_um == 1.0 and not any(
+        "membrane ring" in w for w in fine.warnings)

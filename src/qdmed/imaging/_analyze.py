@@ -120,6 +120,21 @@ class AnalysisSettings:
     #: image's own percentiles (a slide fixes them on its reference region)
     segmentation_range: tuple | None = None
 
+    def coarse_membrane(self) -> tuple[AnalysisSettings, list[str]]:
+        """These settings (their pixel size known) with the default membrane width widened
+        to one pixel where a pixel is wider (a 10x scan at 1.3 um/px had been refused: the
+        1 um ring is narrower than a pixel), and the warning that says so; a width set by
+        hand is left to :func:`~qdmed.imaging._cells.compartments` to check."""
+        ps = self.pixel_size_um
+        default = type(self).__dataclass_fields__["membrane_width_um"].default
+        if ps is None or ps <= self.membrane_width_um or self.membrane_width_um != default:
+            return self, []
+        return replace(self, membrane_width_um=float(ps)), [
+            f"at {ps:g} um/px the membrane ring is one pixel, {ps:g} um wide (the default "
+            f"{default:g} um is narrower than a pixel): membrane means and completeness are "
+            "coarse, and HER2 cut-offs calibrated at a finer pixel size do not carry over; "
+            "image at 0.5 um/px or finer for membrane scoring"]
+
     def with_pixel_size(self, recorded: float | None = None) -> AnalysisSettings:
         """These settings with ``pixel_size_um`` given: as set, else ``recorded`` (a
         slide's own), else :data:`DEFAULT_PIXEL_SIZE_UM`."""
@@ -278,7 +293,8 @@ def analyze_field(image_yxc, panel: Panel, settings: AnalysisSettings | None = N
     warnings = () if s.pixel_size_um is not None else (
         f"the settings give no pixel size: {DEFAULT_PIXEL_SIZE_UM} um/px assumed (areas, "
         "expansion and membrane width scale with it; AnalysisSettings(pixel_size_um=...))",)
-    s = s.with_pixel_size()
+    s, coarse = s.with_pixel_size().coarse_membrane()
+    warnings = (*warnings, *coarse)
     origin = tuple(int(v) for v in origin_px)
     if cells is not None and nuclei is None:
         raise InputError("cell labels need nuclei labels too (analyze_field(nuclei=...)): the "
@@ -1380,6 +1396,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         ps_warnings = [f"the pixel size given, {s.pixel_size_um:g} um/px, is used instead of "
                        f"the {slide.pixel_size_um:g} um/px {path.name} records: areas, "
                        "expansion and membrane width follow the one given"] + ps_warnings
+    s, coarse = s.coarse_membrane()
+    ps_warnings += coarse
     from qdmed.imaging._rasterize import is_objects_file, objects_as_labels
 
     objects_file = str(nuclei_labels) if is_objects_file(nuclei_labels) else None

@@ -1042,7 +1042,9 @@ def compartments(
     width_px = _positive("membrane_width_um", membrane_width_um) / px
     if width_px < 1:
         raise InputError(
-            f"membrane_width_um must be at least one pixel ({px} um); got {membrane_width_um!r}."
+            f"membrane_width_um must be at least one pixel ({px} um); got {membrane_width_um!r} "
+            "(AnalysisSettings(membrane_width_um=...); left at its default, it widens to a "
+            "pixel itself)."
         )
     cel = _compact_dtype(cel)
     mem = _membrane_mask(cel, width_px)
