@@ -254,3 +254,22 @@ def test_a_pixel_wider_than_the_membrane_widens_the_default_ring(tmp_path):
     fine = analyze_field(f.image, PANEL, AnalysisSettings(pixel_size_um=0.5))
     assert fine.settings.membrane_width_um == 1.0 and not any(
         "membrane ring" in w for w in fine.warnings)
+
+
+def test_a_pixel_size_that_makes_nuclei_implausible_is_said(tmp_path):
+    """A slide recording 0.25 um/px for its 0.5 (a microscopist's walk-through: nuclei of
+    13.6 um^2 and 49 of 203 cells lost to the smallest nucleus area, unsaid)."""
+    from qdmed.imaging import analyze_slide, simulate_field, write_ome_tiff
+
+    f = simulate_field((384, 384), preset="BT474", panel=PANEL, photons_per_unit=300, seed=2)
+    names = list(PANEL.channel_names)
+    said = {}
+    for ps in (0.5, 0.25):
+        p = write_ome_tiff(tmp_path / f"s{ps}.ome.tif", f.image, pixel_size_um=ps,
+                           channel_names=names)
+        seg = analyze_slide(p, PANEL, tmp_path / f"a{ps}", progress=False, outlines=False,
+                            write_unmixed=False, scheduler="synchronous").summary["segmentation"]
+        said[ps] = (seg["median_nucleus_area_um2"], seg["warnings"])
+    assert 30 < said[0.5][0] < 70 and said[0.5][1] == []  # the simulator's 4 um radius: 50
+    assert said[0.25][0] < 15 and said[0.25][1][0].startswith(
+        "the nuclei's median area is") and "at 0.25 um/px" in said[0.25][1][0]
