@@ -346,3 +346,23 @@ def test_a_channel_without_signal_is_warned(fields, tmp_path):
     # a real slide's channels pass, however dim
     assert dead_channels(channel_stats(fields[0].image, None), names) == []
     assert dead_channels(channel_stats(fields[0].image.astype(np.float32), None), names) == []
+
+
+def test_unsigned_counts_stored_as_signed_are_said(fields, tmp_path):
+    """uint16 counts saved as int16 (a microscopist's walk-through: HER2 read at 0.36 of its
+    truth, warned only as clipping at 32760 with the wrong fix): the wrap is said; a
+    dark-corrected int16 image with small negatives (read noise) is not."""
+    from qdmed.imaging._detector import wrapped_warnings
+
+    names = list(PANEL.channel_names)
+    wrapped = (fields[0].image.astype(np.int64) * 120).clip(0, 65535).astype(np.uint16)
+    p = write_ome_tiff(tmp_path / "w.ome.tif", wrapped.view(np.int16), channel_names=names,
+                       pixel_size_um=0.5)
+    res = analyze_slide(p, PANEL, tmp_path / "a", tile=320, scheduler="synchronous",
+                        progress=False, outlines=False, write_unmixed=False)
+    assert res.summary["offset"]["issue"] == "signed"
+    assert any(w.startswith("offset: the int16 image holds values down to -") and
+               "image.view(np.uint16)" in w for w in res.warnings)
+    assert wrapped_warnings(np.int16, [-40, -3]) == []  # read noise about 0
+    assert wrapped_warnings(np.uint16, [0, 0]) == [] and wrapped_warnings(None, [-9e9]) == []
+    assert wrapped_warnings(np.int32, [-2 ** 31])  # any signed type

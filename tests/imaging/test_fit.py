@@ -91,6 +91,9 @@ def test_misfit_is_free_of_gain_and_photon_count():
         d = fit_summary([{"counts": c.tolist(), "norm": (c / np.sqrt(8)).tolist(),
                           "residual": miss.tolist()}])
         assert abs(d["misfit"] - 0.3) < 0.03 and d["warnings"]
+    none = fit_summary([{"counts": [], "norm": [], "residual": [], "fitted": [],
+                         "n_channels": 8, "n_components": 6}])  # a field without cells
+    assert none["misfit"] is None and none["n_samples"] == 0 and not none["warnings"]
     few = fit_summary([{"counts": [1.0] * 150, "norm": [1.0] * 150, "residual": [1.0] * 150},
                        None])
     assert few["misfit"] is None and few["n_samples"] == 150

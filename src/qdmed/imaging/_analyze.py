@@ -1694,7 +1694,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "cases_scored": by_case,
         "saturation": saturation,
         "offset": offset_summary(detector_stats, off, slide.channel_names, qc,
-                                 read_noise=s.read_noise_used()),
+                                 read_noise=s.read_noise_used(), dtype=slide.dtype),
         "focus": focus,
         "fit": None if panel.unmixed else fit_summary([q.get("fit") for q in qc],
                                                       panel.channel_names),

@@ -371,8 +371,30 @@ def dead_channels(stats: dict, channel_names) -> list[str]:
     return out
 
 
+def wrapped_warnings(dtype, mins) -> list[str]:
+    """The warning that a signed integer image holds values far below 0 (under a quarter of
+    its type's most negative): unsigned counts written as signed, so that those above the
+    signed maximum wrapped round to negatives (a microscopist's uint16 data saved as int16
+    read HER2 at 0.36 of its truth, warned only as clipping at 32760)."""
+    if dtype is None or np.dtype(dtype).kind != "i" or not mins:
+        return []
+    floor = np.iinfo(np.dtype(dtype)).min / 4
+    low = min(float(v) for v in mins)
+    if low >= floor:
+        return []
+    bits = 8 * np.dtype(dtype).itemsize
+    half = 2 ** (bits - 1)
+    return [f"the {np.dtype(dtype).name} image holds values down to {low:g}: unsigned counts "
+            f"stored as signed integers? Either those above {half - 1} wrapped round to "
+            f"negatives (re-save with numpy: image.view(np.uint{bits})), or every count was "
+            f"shifted by -{half} (re-save: (image.astype(np.int64) + {half})"
+            f".astype(np.uint{bits})). Unmixing reads them as they are, and every measure is "
+            "wrong"]
+
+
 def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
-                   tiles: list[dict] | None = None, read_noise: float | None = None) -> dict:
+                   tiles: list[dict] | None = None, read_noise: float | None = None,
+                   dtype=None) -> dict:
     """The ``offset`` block of a slide summary: the offset subtracted, each channel's lowest
     raw count, the floor left after the offset, the percent of raw pixels at or below 0,
     and ``issue``: "uncorrected" when every channel keeps a floor (see the module notes),
@@ -398,6 +420,11 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                          "floor_after_offset": None, "percent_pixels_at_or_below_zero": None,
                          "suspected": False, "issue": None, "warnings": []}
     if not mins or len(mins) != len(names):
+        return d
+    wrapped = wrapped_warnings(dtype, mins)
+    if wrapped:  # a wrapped image is no offset question: said alone
+        d["suspected"], d["issue"] = True, "signed"
+        d["warnings"] += wrapped
         return d
     dead = dead_channels(stats, names)
     if dead:

@@ -57,8 +57,8 @@ def misfit(counts, norms, residuals, fitted=None) -> dict[str, Any]:
     counts, norms, res = (np.asarray(v, dtype=np.float64) for v in (counts, norms, residuals))
     ok = (counts > 0) & (norms > 0)
     counts, norms, res = counts[ok], norms[ok], res[ok]
-    fit = None if fitted is None else np.asarray(fitted, dtype=np.float64).reshape(
-        ok.size, -1)[ok]
+    fit = None if fitted is None or not ok.size else np.asarray(
+        fitted, dtype=np.float64).reshape(ok.size, -1)[ok]
     d: dict[str, Any] = {"n": int(counts.size), "misfit": None, "misfit_by_channel": None,
                          "z_dim": None, "z_bright": None}
     if counts.size < MIN_SAMPLES:

@@ -118,7 +118,7 @@ def qc_slide(path, panel, out_dir=None, *, tile: int = 2048, saturation_level=No
         "nuclear_threshold": float(thr),
         "saturation": saturation_summary(level, source, merged, slide.channel_names, None,
                                          None),
-        "offset": offset_summary(merged, off, slide.channel_names, stats),
+        "offset": offset_summary(merged, off, slide.channel_names, stats, dtype=slide.dtype),
         "focus": focus_summary(blur, boxes, None, None, ps),
     }
     d["warnings"] = summary_warnings(d)
