@@ -43,6 +43,18 @@ def test_bands_in_another_order_are_matched_by_name(tmp_path):
     assert len(ca) == len(cb) > 50
     cols = [c for c in ca if c.endswith("_mean")]
     np.testing.assert_allclose(cb[cols].to_numpy(), ca[cols].to_numpy(), rtol=1e-9, atol=1e-9)
+    # named as --filters takes bands, without the unit: matched alike (they had been read
+    # by position, a microscopist's walk-through)
+    plain = [n.removesuffix("nm") for n in (PANEL.channel_names[i] for i in order)]
+    write_ome_zarr(tmp_path / "q.ome.zarr", data[..., order], channel_names=plain,
+                   pixel_size_um=s.pixel_size_um)
+    c = analyze_slide(tmp_path / "q.ome.zarr", panel, tmp_path / "c", **RUN)
+    np.testing.assert_allclose(pd.read_parquet(c.cells_path)[cols].to_numpy(),
+                               ca[cols].to_numpy(), rtol=1e-9, atol=1e-9)
+    from qdmed.imaging._analyze import _band
+
+    assert _band("590-630") == (590.0, 630.0) and _band("590 - 630 nm") == (590.0, 630.0)
+    assert _band("1-2") is None and _band("630-590") is None and _band("C1-2") is None
     # one intensity scale for a calibration: the same bands in another order
     assert differences(intensity_scale(a.summary["panel"], a.summary["slide"]),
                        intensity_scale(b.summary["panel"], b.summary["slide"])) == []

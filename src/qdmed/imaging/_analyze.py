@@ -956,11 +956,19 @@ def reference_origin(slide, size: int, score_fn=None) -> tuple[int, int]:
 
 
 def _band(name: str):
-    """(low, high) nm from a channel name like ``440-478nm``, else None."""
+    """(low, high) nm from a channel name like ``440-478nm``, else None; also without the
+    unit (``590-630``, as ``--filters`` takes bands: a microscopist's channels so named were
+    read by position, in the wrong order) when both lie within 200-2000 nm, low below
+    high."""
     import re
 
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*nm\s*", str(name))
-    return (float(m.group(1)), float(m.group(2))) if m else None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*(nm)?\s*", str(name))
+    if not m:
+        return None
+    lo, hi = float(m.group(1)), float(m.group(2))
+    if m.group(3) is None and not 200 <= lo < hi <= 2000:
+        return None
+    return lo, hi
 
 
 def _band_order(bands, channels) -> list[int] | None:
