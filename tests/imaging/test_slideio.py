@@ -1064,3 +1064,32 @@ def test_a_killed_write_leaves_no_copy_behind_its_next_write(tmp_path):
     write_ome_zarr(tmp_path / "u.ome.zarr", np.zeros((16, 16, 2), np.uint16))
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "u.ome.zarr"]
+
+
+def test_tiffs_saved_without_their_channel_axis_are_explained(tmp_path):
+    """A microscopist's walk-through: pages written one by one (8 series) read as one
+    channel ("the image has 1 channels"); a (Y, X, C) array saved without axes read as 512
+    channels of 8 px wide images, its error listing 512 names; a lambda stack saved as ZYX
+    told to be Z-projected. Each now says what the file is and how to save it."""
+    import tifffile
+
+    from qdmed.errors import FileFormatError
+
+    planes = np.random.default_rng(0).integers(0, 100, (8, 96, 96)).astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tw:
+        for pl in planes:
+            tw.write(pl, photometric="minisblack")
+    with pytest.raises(FileFormatError, match=r"holds 8 images of one 96 x 96 px plane each "
+                                              r"\(pages written one by one\)"):
+        read_slide(tmp_path / "pages.tif")
+    tifffile.imwrite(tmp_path / "stack.tif", planes, photometric="minisblack")  # one series
+    assert read_slide(tmp_path / "stack.tif").shape == (96, 96, 8)
+    yxc = np.moveaxis(np.concatenate([planes, planes], axis=1), 0, -1)  # (192, 96, 8)
+    tifffile.imwrite(tmp_path / "yxc.tif", yxc)  # no axes: tifffile's QYX
+    with pytest.raises(FileFormatError, match=r"would be 192 channels of 8 px wide images: a "
+                                              r"\(Y, X, C\) array of 8 channels saved without"):
+        read_slide(tmp_path / "yxc.tif")
+    tifffile.imwrite(tmp_path / "zyx.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(FileFormatError, match="spectral .lambda. stack saved so is its "
+                                              "channels: relabel the axis as C"):
+        read_slide(tmp_path / "zyx.tif")

@@ -955,6 +955,14 @@ def reference_origin(slide, size: int, score_fn=None) -> tuple[int, int]:
     return y0, x0
 
 
+def _first(names, n: int = 12) -> str:
+    """The first `n` of `names`, joined, and how many more (an error listed 512 names in
+    3187 characters)."""
+    names = list(names)
+    return ", ".join(map(str, names[:n])) + (f", ... ({len(names) - n} more)"
+                                             if len(names) > n else "")
+
+
 def _band(name: str):
     """(low, high) nm from a channel name like ``440-478nm``, else None; also without the
     unit (``590-630``, as ``--filters`` takes bands: a microscopist's channels so named were
@@ -1036,9 +1044,9 @@ def check_channels(slide, panel: Panel, *, reorder: bool = True) -> Panel:
     if c != len(panel.channels):
         rgb = c == 3 and np.dtype(slide.dtype) == np.uint8
         raise InputError(
-            f"{slide.path}: the image has {c} channels ({', '.join(slide.channel_names)}) but "
+            f"{slide.path}: the image has {c} channels ({_first(slide.channel_names)}) but "
             f"the panel has {len(panel.channels)} detection channels "
-            f"({', '.join(panel.channel_names)}); give the panel the slide was acquired with"
+            f"({_first(panel.channel_names)}); give the panel the slide was acquired with"
             + ("; an 8-bit RGB image looks like brightfield: DAB IHC is scored by `qdmed "
                "image dab` (score_dab)" if rgb else ""))
     em = slide.emission_nm

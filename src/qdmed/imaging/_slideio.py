@@ -1465,6 +1465,18 @@ def _ome_image_read(tf: Any, p: Path, warned: list[str], warn: bool = True) -> i
     issued, QdmedWarning) naming them all. A review read a multi-image file's 100 x 200
     macro image as the slide, unsaid."""
     series = tf.series
+    planes = [tuple(se.shape) for se in series if se.axes == "YX"]
+    if not tf.is_ome and len(series) >= 2 and len(planes) == len(series) and \
+            len(set(planes)) == 1:
+        # pages written one at a time: each its own series, the first read as a
+        # one-channel image (a microscopist's 8-band file: "the image has 1 channels")
+        h, w = planes[0]
+        raise FileFormatError(
+            f"{str(p)!r} holds {len(series)} images of one {w} x {h} px plane each (pages "
+            "written one by one), where qdmed reads one image of channels: if they are the "
+            "channels, save them as one image (numpy and tifffile: imwrite(path, "
+            "np.stack(planes), photometric='minisblack'); Fiji: Images to Stack, then Save "
+            "As Tiff)")
     if not tf.is_ome or len(series) < 2:
         return 0
 
@@ -1547,9 +1559,21 @@ def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int,
         raise FileFormatError(f"{str(p)!r}: image axes {axes!r} with shape {shape} have "
                               f"{what} of {n} planes, not channels: qdmed reads one plane of "
                               "channels (C); project the stack or take one plane first (e.g. "
-                              "Fiji's Z Project, or bfconvert -z / -timepoint)")
+                              "Fiji's Z Project, or bfconvert -z / -timepoint). A spectral "
+                              "(lambda) stack saved so is its channels: relabel the axis as C "
+                              "(Fiji: Image > Hyperstacks > Re-order Hyperstack; tifffile: "
+                              "imwrite(..., imagej=True, metadata={'axes': 'CYX'}))")
     if not others:
         return (kept.index("Y"), kept.index("X")), squeeze
+    n_c, n_x = shape[axes.index(others[0])], shape[axes.index("X")]
+    if others[0] in "QI" and n_c > 64 and n_x <= 64 and kept.index(others[0]) == 0:
+        # a (Y, X, C) array written without its axes: tifffile takes it as Q, Y, X (a
+        # microscopist's 8-channel control read as 512 channels of 512 x 8 px)
+        raise FileFormatError(
+            f"{str(p)!r}: image axes {axes!r} with shape {shape} would be {n_c} channels of "
+            f"{n_x} px wide images: a (Y, X, C) array of {n_x} channels saved without its "
+            "axes? Save it with them (tifffile: imwrite(path, a, photometric='minisblack', "
+            "planarconfig='contig'), or metadata={'axes': 'YXC'}), or as (C, Y, X)")
     return (kept.index("Y"), kept.index("X"), kept.index(others[0])), squeeze
 
 
