@@ -212,3 +212,31 @@ def test_a_folder_that_is_no_earlier_runs_is_left_alone(tmp_path):
     (out / "report.html").write_text("an earlier run's report")
     analyze_slide(folder / "s.ome.zarr", PANEL, out, **RUN)
     assert not (out / "report.html").exists()  # RUN writes no report
+
+
+def test_a_killed_cohort_rerun_leaves_no_earlier_table(tmp_path, monkeypatch):
+    """A cohort rerun (other settings) stopped during its slides: the earlier run's
+    cohort.csv and cells.parquet had stayed, looking current (a walk-through's killed rerun
+    kept the earlier calibration's tables); every table is written last and goes first."""
+    import qdmed.imaging._analyze as an
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i, preset in enumerate(("BT474", "MCF-7")):
+        simulate_slide(folder / f"s{i}.ome.zarr", (256, 256), preset=preset, seed=i, tile=256,
+                       **KW)
+    out = tmp_path / "co"
+    analyze_cohort(folder, PANEL, out, **RUN)
+    assert (out / "cohort.csv").exists() and (out / "cells.parquet").exists()
+    real = an.analyze_slide
+
+    def stopped(path, *a, **k):
+        if "s1" in str(path):
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(an, "analyze_slide", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_cohort(folder, PANEL, out, **RUN)
+    left = {p.name for p in out.iterdir()}
+    assert not left & {"cohort.csv", "cohort.json", "cells.parquet", "report.html"}

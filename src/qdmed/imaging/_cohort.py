@@ -337,10 +337,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         client, cluster = start_client(scheduler, n_workers or (os.cpu_count() or 1))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # written last (cohort.json after the tables, the report from it): an earlier run's
-        # would pass for this one's if this run stopped before writing its own
-        (out / "cohort.json").unlink(missing_ok=True)
-        (out / "report.html").unlink(missing_ok=True)
+        # written last (the tables, cohort.json after them, the report from it): an earlier
+        # run's would pass for this one's if this run stopped before writing its own (a
+        # walk-through's killed rerun left the earlier calibration's cohort.csv, cases.csv
+        # and cells.parquet); each slide's own summary records its run
+        for name in ("cohort.json", "report.html", "cohort.csv", "cells.parquet",
+                     "regions.csv", "cases.csv"):
+            (out / name).unlink(missing_ok=True)
         from qdmed.imaging._analyze import _progress
 
         with _progress(progress, len(slides), 0, "slides") as advance:
