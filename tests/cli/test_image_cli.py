@@ -631,11 +631,16 @@ def test_tma_simulate_dearray_and_cohort_per_core(tmp_path):
             "--no-progress", "--no-unmixed", "--json")
     assert r.returncode == 3, r.stderr  # results written, one slide failed
     c = json.loads(r.stdout)
-    assert c["n_cases"] == 2 and c["parameters"]["tma_map"].endswith("map.csv")
+    assert c["n_cases"] == 3 and c["parameters"]["tma_map"].endswith("map.csv")
     assert c["case_warnings"] == [f"TMA map slides not in {folder}: blockX"]
     cases = (tmp_path / "co" / "cases.csv").read_text().splitlines()
-    assert [line.split(",")[:3] for line in cases[1:]] == [["P1", "ok", "2"], ["P2", "ok", "1"]]
+    assert [line.split(",")[:3] for line in cases[1:]] == [["P1", "ok", "2"], ["P2", "ok", "1"],
+                                                           ["P9", "no cells", "1"]]
     assert cases[1].endswith("core A-1 on failed slide tma2.ome.tif")
+    # a case whose core lies on a slide not in the folder says so in its own row (a
+    # walk-through's case read "ok", complete, its other core on a misspelt slide)
+    assert cases[3].endswith("1 of 1 cores missing; core A-1 on slide blockX, not among the "
+                             "slides analysed\"")
     (folder / "tma2.ome.tif").unlink()
     # the highest-core rule across the cohort (the slides resume from their finished tiles):
     # one case of both cores takes the more ER-positive core's percentage; a mapped core

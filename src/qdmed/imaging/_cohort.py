@@ -540,6 +540,13 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         unknown = sorted(named - {map_slide(sp.name) for sp in slides})
         if unknown:
             case_warnings.append(f"TMA map slides not in {folder}: {', '.join(unknown[:5])}")
+            # their cores' cases are scored without them: said in each case's row, counted
+            # missing (a walk-through's P3 read ok, its one other core on a misspelt slide)
+            for (stem, core), case in tma_map.items():
+                if stem in unknown:
+                    notes.setdefault(case, []).append(
+                        f"core {core} on slide {stem}, not among the slides analysed")
+                    expected.setdefault(case, []).append(f"{stem}:{core}")
         case_rows = score_cases(pooled, expected, her2_calibration=her2_calibration,
                                 gates=gates, min_cells=region_min_cells, notes=notes,
                                 rule=case_rule, region_rows=region_rows)
