@@ -718,7 +718,7 @@ def test_a_run_refused_up_front_leaves_no_folder(slide, tmp_path, monkeypatch):
     out/tiles/run.json behind."""
     from qdmed.errors import InputError
 
-    with pytest.raises(InputError, match="tile must be >= 64 px"):
+    with pytest.raises(InputError, match="tile must be an integer >= 64 px"):
         analyze_slide(slide.path, PANEL, tmp_path / "a", tile=0, progress=False)
     with pytest.raises(InputError, match="must be a Dask scheduler's address"):
         analyze_slide(slide.path, PANEL, tmp_path / "b", scheduler="foo", progress=False)

@@ -240,3 +240,8 @@ def test_a_killed_cohort_rerun_leaves_no_earlier_table(tmp_path, monkeypatch):
         analyze_cohort(folder, PANEL, out, **RUN)
     left = {p.name for p in out.iterdir()}
     assert not left & {"cohort.csv", "cohort.json", "cells.parquet", "report.html"}
+    # a bad tile size is refused before any slide, and no folder is made (a walk-through's
+    # --tile 10 failed every slide one by one, writing tables of failures)
+    with pytest.raises(InputError, match=r"tile must be an integer >= 64 px \(--tile\), got 10"):
+        analyze_cohort(folder, PANEL, tmp_path / "co10", tile=10, **RUN)
+    assert not (tmp_path / "co10").exists()

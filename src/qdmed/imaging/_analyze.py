@@ -497,11 +497,18 @@ def tiling_summary(shape_yx, tile: int, margin_px: int) -> dict:
     return d
 
 
+def check_tile_px(tile) -> int:
+    """InputError unless ``tile`` is an integer of at least 64 px (a cohort checks it before
+    any slide: a walk-through's --tile 10 failed every slide one by one)."""
+    if isinstance(tile, bool) or not isinstance(tile, int | np.integer) or tile < 64:
+        raise InputError(f"tile must be an integer >= 64 px (--tile), got {tile!r}")
+    return int(tile)
+
+
 def tile_grid(shape_yx, tile: int) -> list[tuple[int, int, int, int]]:
     """Core tiles (y0, y1, x0, x1) covering the slide, row-major."""
     h, w = shape_yx
-    if tile < 64:
-        raise InputError(f"tile must be >= 64 px, got {tile}")
+    tile = check_tile_px(tile)
     return [(y, min(y + tile, h), x, min(x + tile, w))
             for y in range(0, h, tile) for x in range(0, w, tile)]
 

@@ -320,6 +320,9 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     labels_downsample = check_downsample(labels_downsample)
     if labels_downsample != 1 and nuclei_labels_dir is None:
         raise InputError("labels_downsample needs a nuclei labels folder (--nuclei-labels-dir)")
+    from qdmed.imaging._analyze import check_tile_px
+
+    tile = check_tile_px(tile)
     slides = find_slides(folder, required=True, pattern=pattern)
     from qdmed.imaging._slideio import check_output_folder
 
