@@ -245,3 +245,32 @@ def test_a_killed_cohort_rerun_leaves_no_earlier_table(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"tile must be an integer >= 64 px \(--tile\), got 10"):
         analyze_cohort(folder, PANEL, tmp_path / "co10", tile=10, **RUN)
     assert not (tmp_path / "co10").exists()
+
+
+def test_slides_in_subfolders_are_said(tmp_path):
+    """A cohort does not enter subfolders: their slides were left out without a word (a
+    walk-through), and a folder of subfolders alone read "no slides"; brightfield scans
+    were listed among the accepted suffixes."""
+    from qdmed.imaging._cohort import find_slides
+
+    top = tmp_path / "cohort"
+    (top / "batch1").mkdir(parents=True)
+    simulate_slide(top / "batch1" / "a.ome.zarr", (128, 128), preset="BT474", seed=1,
+                   tile=128, **KW)
+    (top / "case1.svs").write_bytes(b"II*\x00")
+    with pytest.raises(InputError, match=r"no slides in .*cohort \(accepted: [^)]*\); 1 in "
+                                         r"its subfolders \(batch1/a.ome.zarr\), which a "
+                                         r"cohort does not enter: give the subfolder; "
+                                         r"brightfield scans \(case1.svs\) are left out"):
+        find_slides(top, required=True)
+    simulate_slide(top / "b.ome.zarr", (128, 128), preset="BT474", seed=2, tile=128, **KW)
+    res = analyze_cohort(top, PANEL, tmp_path / "out", **RUN)
+    assert res["n_slides"] == 1 and res["input_warnings"] == [
+        f"1 slide(s) in subfolders of {top} are not analysed (batch1/a.ome.zarr): a cohort "
+        "reads the folder's own slides; give each subfolder as a cohort"]
+    # an analysis's output folder inside the cohort folder is no slide
+    analyze_slide(top / "b.ome.zarr", PANEL, top / "b-analysis", progress=False,
+                  outlines=False, scheduler="synchronous")
+    from qdmed.imaging._cohort import slides_in_subfolders
+
+    assert slides_in_subfolders(top) == ["batch1/a.ome.zarr"]

@@ -1323,7 +1323,7 @@ def _cohort_warnings(res: dict) -> list[str]:
             *(_named(r["slide"], f"failed: {r['message']}") for r in res.get("slides") or ()
               if r.get("status") == "failed"),  # once: an error names its file already
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
-            *(res.get("output_warnings") or [])]
+            *(res.get("output_warnings") or []), *(res.get("input_warnings") or [])]
 
 
 @app.command(short_help="Conventional DAB IHC by colour deconvolution.")

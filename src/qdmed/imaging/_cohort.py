@@ -55,8 +55,18 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None,
                     and not p.name.startswith(".")
                     and (pattern is None or fnmatch.fnmatch(p.name.lower(), pattern.lower())))
     if required and not slides:
-        raise InputError(f"no slides in {folder} (accepted: {', '.join(SLIDE_SUFFIXES)}"
-                         + (f"; matching {pattern!r}" if pattern is not None else "") + ")")
+        below = slides_in_subfolders(d, pattern, scans)
+        left = [p.name for p in d.iterdir() if not scans and not p.name.startswith(".")
+                and p.name.lower().endswith(SCAN_SUFFIXES)]
+        raise InputError(
+            f"no slides in {folder} (accepted: "
+            f"{', '.join(s for s in SLIDE_SUFFIXES if scans or s not in SCAN_SUFFIXES)}"
+            + (f"; matching {pattern!r}" if pattern is not None else "") + ")"
+            + (f"; {len(below)} in its subfolders ({', '.join(below[:3])}"
+               f"{' ...' if len(below) > 3 else ''}), which a cohort does not enter: give "
+               "the subfolder" if below else "")
+            + (f"; brightfield scans ({', '.join(left[:3])}) are left out of a fluorescence "
+               "cohort (DAB: qdmed image dab)" if left else ""))
     seen: dict[str, str] = {}
     for p in slides if distinct_stems else ():  # outputs go to slides/<stem>/: stems differ
         # compared case aside: on macOS and Windows slides/A and slides/a are one folder
@@ -66,6 +76,29 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None,
                              f"{slide_stem(p.name)!r}, and so would share an output folder; "
                              "rename one")
     return slides
+
+
+def slides_in_subfolders(folder, pattern: str | None = None, scans: bool = False
+                         ) -> list[str]:
+    """Slides one folder down (``sub/x.ome.zarr``), which :func:`find_slides` does not
+    enter: said, so that a cohort does not miss them unsaid (a walk-through's two batches
+    in subfolders were left out without a word)."""
+    import fnmatch
+
+    out = []
+    for sub in sorted(Path(folder).iterdir()):
+        if not sub.is_dir() or sub.name.startswith(".") or \
+                sub.name.lower().endswith(SLIDE_SUFFIXES) or \
+                any((sub / f).exists() for f in ("summary.json", "cohort.json")):
+            continue  # a slide, or an analysis's output (its unmixed.ome.zarr)
+        try:
+            names = sorted(q.name for q in sub.iterdir())
+        except OSError:
+            continue
+        out += [f"{sub.name}/{n}" for n in names if n.lower().endswith(SLIDE_SUFFIXES)
+                and (scans or not n.lower().endswith(SCAN_SUFFIXES)) and not n.startswith(".")
+                and (pattern is None or fnmatch.fnmatch(n.lower(), pattern.lower()))]
+    return out
 
 
 def slide_stem(name: str) -> str:
@@ -566,6 +599,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         table = region_table(region_rows, her2_calibration is not None)
         table.insert(0, "slide", table.pop("slide"))
         atomic_write_text(out / "regions.csv", table.to_csv(index=False))
+    below = slides_in_subfolders(folder, pattern)
+    input_warnings = [f"{len(below)} slide(s) in subfolders of {folder} are not analysed "
+                      f"({', '.join(below[:3])}{' ...' if len(below) > 3 else ''}): a cohort "
+                      "reads the folder's own slides; give each subfolder as a cohort"
+                      ] if below else []
     slides_dir = out / "slides"
     # names compared case aside, as find_slides does (one folder on macOS and Windows)
     ours = {stem.lower() for stem in stems}
@@ -592,6 +630,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                "case_warnings": case_warnings,
                "acquisition_warnings": acquisition_warnings,
                "output_warnings": output_warnings,
+               "input_warnings": input_warnings,
                "parameters": {"tile": tile, "regions_dir": None if regions_dir is None
                               else str(regions_dir), "region_class": region_class,
                               "her2_calibration": None if her2_calibration is None
