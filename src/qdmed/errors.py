@@ -89,6 +89,11 @@ class ConvergenceError(QdmedError):
     """A numerical method did not converge where the caller asked for strictness."""
 
 
+class ClusterLostError(QdmedError):
+    """The Dask cluster a run used went away (its scheduler killed or unreachable): no fault
+    of the slides; what finished is kept for the next run to resume from."""
+
+
 #: numpy's floating-point notices ("invalid value encountered in reduce"): RuntimeWarnings
 #: that name a machine operation, not anything a user can act on, and depend on the CPU.
 #: The command line hides them (and has its Dask workers hide them).

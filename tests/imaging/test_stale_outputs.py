@@ -274,3 +274,39 @@ def test_slides_in_subfolders_are_said(tmp_path):
     from qdmed.imaging._cohort import slides_in_subfolders
 
     assert slides_in_subfolders(top) == ["batch1/a.ome.zarr"]
+
+
+def test_a_lost_cluster_stops_the_cohort_without_blaming_the_slides(tmp_path, monkeypatch):
+    """A walk-through killed the Dask scheduler: the slide then analysed failed with a
+    multi-line cancellation and every later one "could not be read or analysed". A lost
+    cluster now ends the run with one error that says so (exit 1 on the command line)."""
+    import qdmed.imaging._analyze as an
+    from qdmed.errors import ClusterLostError
+    from qdmed.imaging._cohort import cluster_lost
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i in range(2):
+        simulate_slide(folder / f"s{i}.ome.zarr", (128, 128), preset="BT474", seed=i,
+                       tile=128, **KW)
+
+    class ClosedClientError(Exception):  # distributed's, by its name
+        pass
+
+    def lost(*a, **k):
+        raise ClosedClientError("Client is closed")
+
+    monkeypatch.setattr(an, "analyze_slide", lost)
+    with pytest.raises(ClusterLostError, match=r"the Dask cluster \(local\) was lost while "
+                                               r"s0.ome.zarr was analysed"):
+        analyze_cohort(folder, PANEL, tmp_path / "co", n_workers=1, progress=False,
+                       write_unmixed=False, outlines=False)
+    assert not (tmp_path / "co" / "cohort.csv").exists()
+
+    class Client:
+        status = "running"
+
+    assert not cluster_lost(ValueError("bad slide"), Client())
+    assert not cluster_lost(ClosedClientError("Client is closed"), None)  # no cluster
+    Client.status = "closed"
+    assert cluster_lost(OSError("could not read"), Client())

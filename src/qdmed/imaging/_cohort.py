@@ -101,6 +101,25 @@ def slides_in_subfolders(folder, pattern: str | None = None, scans: bool = False
     return out
 
 
+#: Dask's errors of a cluster gone away (distributed's class names: no import needed).
+_CLUSTER_ERRORS = ("ClosedClientError", "CommClosedError", "FutureCancelledError",
+                   "CancelledError", "TimeoutError")
+
+
+def cluster_lost(exc: BaseException, client) -> bool:
+    """Whether `exc`, met while `client` (a distributed Client, or None) ran a slide, is the
+    cluster going away rather than the slide's fault: a walk-through's killed scheduler
+    failed the slide being analysed with a multi-line cancellation and every later slide
+    as "could not be read or analysed", blaming the files."""
+    if client is None:
+        return False
+    names = {c.__name__ for c in type(exc).__mro__}
+    gone = getattr(client, "status", "running") not in ("running", "connecting")
+    return gone or (bool(names & set(_CLUSTER_ERRORS)) and (
+        "connection-lost" in str(exc) or "closed" in str(exc).lower()
+        or "ClosedClientError" in names or "CommClosedError" in names))
+
+
 def slide_stem(name: str) -> str:
     """The slide's name without its image suffix (``pt.A.ome.zarr`` -> ``pt.A``)."""
     low = name.lower()
@@ -513,6 +532,14 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                 except Exception as exc:  # noqa: BLE001 - one slide's fault, not the cohort's
                     # (a review: a Zarr of zero-sized chunks, or an unreadable chunk folder,
                     # ended the run with no table); said as what it is
+                    if cluster_lost(exc, client):  # the cluster's fault, not the slides'
+                        from qdmed.errors import ClusterLostError
+
+                        raise ClusterLostError(
+                            f"the Dask cluster ({scheduler or 'local'}) was lost while "
+                            f"{sp.name} was analysed ({type(exc).__name__}): the slides "
+                            "and tiles finished are kept; run the cohort again, into the same "
+                            "folder, to resume once the cluster is back") from None
                     row["status"], row["message"] = "failed", failure_message(exc)
                 rows.append(row)
                 advance()
