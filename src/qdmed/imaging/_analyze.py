@@ -1589,7 +1589,8 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     try:
         if run_client is not None:
             n_used = len(run_client.scheduler_info().get("workers", {})) or 1
-        with _progress(progress, len(boxes), len(boxes) - len(todo)) as advance:
+        with _progress(progress, len(boxes), len(boxes) - len(todo),
+                       f"{path.name}: tiles") as advance:
             # absolute paths: a worker of a remote cluster has its own working folder
             src = str(path.resolve()) if run_client is not None else str(path)
             run_jobs(run_tile, [(src, panel_doc, settings_doc, boxes[i], margin_px, i,
@@ -2022,26 +2023,46 @@ def marker_summary(cells, components) -> dict:
 
 class _progress:
     """A rich progress bar on stderr (silent when disabled). Entering gives ``advance``,
-    which counts one more done and, given a text, shows it as what is now running."""
+    which counts one more done and, given a text, shows it as what is now running. A bar
+    entered while another is shown is a line of that one's display, removed when done (a
+    cohort's slides, then the tiles of the slide running: a walk-through's cohort of large
+    slides showed 0/3 slides for minutes, as if stuck)."""
+
+    _shown: list = []  # the bars entered and not yet left, outermost first
 
     def __init__(self, enabled, total, done, what: str = "tiles"):
         self.enabled, self.total, self.done, self.what = enabled, total, done, what
+        self.nested = False
 
     def __enter__(self):
         if not self.enabled:
             return lambda what=None: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        if _progress._shown:  # a line of the bar already shown
+            self.p, self.nested = _progress._shown[-1].p, True
+        else:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeRemainingColumn,
+            )
 
-        self.p = Progress("[progress.description]{task.description}", BarColumn(),
-                          MofNCompleteColumn(), TimeRemainingColumn(),
-                          console=Console(stderr=True), transient=False)
-        self.p.__enter__()
-        self.task = self.p.add_task(self.what, total=self.total, completed=self.done)
+            self.p = Progress("[progress.description]{task.description}", BarColumn(),
+                              MofNCompleteColumn(), TimeRemainingColumn(),
+                              console=Console(stderr=True), transient=False)
+            self.p.__enter__()
+        self.task = self.p.add_task(("  " if self.nested else "") + self.what,
+                                    total=self.total, completed=self.done)
+        _progress._shown.append(self)
         return lambda what=None: self.p.update(self.task, advance=1,
                                                **({} if what is None else {"description": what}))
 
     def __exit__(self, *exc):
         if self.enabled:
-            self.p.__exit__(*exc)
+            _progress._shown.remove(self)
+            if self.nested:
+                self.p.remove_task(self.task)
+            else:
+                self.p.__exit__(*exc)
         return False

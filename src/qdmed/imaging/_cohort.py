@@ -442,7 +442,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                                          "the nuclei labels: keep them in separate folders")
                     res = analyze_slide(sp, panel, out / "slides" / stem, tile=tile,
                                         her2_calibration=her2_calibration,
-                                        calibration_scale=calibration_scale, progress=False,
+                                        calibration_scale=calibration_scale,
+                                        progress=progress,  # its tiles: a line of the bar
                                         client=client, gates=gates, regions=reg,
                                         scheduler="synchronous" if sync else None,
                                         region_class=region_class, outlines=outlines,
