@@ -1323,7 +1323,17 @@ def _cohort_warnings(res: dict) -> list[str]:
             *(_named(r["slide"], f"failed: {r['message']}") for r in res.get("slides") or ()
               if r.get("status") == "failed"),  # once: an error names its file already
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
-            *(res.get("output_warnings") or []), *(res.get("input_warnings") or [])]
+            *(res.get("output_warnings") or []), *(res.get("input_warnings") or []),
+            *_no_cells_said(res)]
+
+
+def _no_cells_said(res: dict) -> list[str]:
+    """A line for the slides of no cells (a walk-through's glass slide passed with exit 0,
+    said in the table only)."""
+    empty = [r["slide"] for r in res.get("slides") or () if r.get("status") == "no cells"]
+    return [f"{len(empty)} of {res['n_slides']} slides have no cells ({', '.join(empty[:3])}"
+            f"{' ...' if len(empty) > 3 else ''}): glass, or a section without the nuclear "
+            "counterstain? (their rows say why)"] if empty else []
 
 
 @app.command(short_help="Conventional DAB IHC by colour deconvolution.")
