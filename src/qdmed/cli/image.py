@@ -29,6 +29,7 @@ NO_UNMIXED = Annotated[bool, flag("--no-unmixed", help="Skip unmixed.ome.zarr (t
 POISSON = Annotated[bool, flag("--poisson", help="Poisson maximum-likelihood unmixing (read noise included, see --read-noise): unbiased at low counts where every label is present; where labels are absent the non-negativity bias is larger than plain NNLS's (README). 50-400x slower (~10 us a pixel on one core). Counts must be proportional to photons (offset subtracted).")]
 READ_NOISE = Annotated[float | None, typer.Option("--read-noise", help="With --poisson: the detector's read noise, counts RMS, 0.1 to 1000 (default 1).")]
 PIXEL_SIZE = Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel (default: the slide's own; one that records none is read at 0.5 um/px, warned: areas and densities scale with its square).")]
+NUC_THRESHOLD = Annotated[float | None, typer.Option("--nuclear-threshold", help="Nuclear abundance that segments nuclei on every tile, instead of Otsu's split of the brightest window (warned when it leaves nucleus-like objects out: an uneven stain).")]
 SEGMENTATION = Annotated[str, typer.Option("--segmentation", help="Nuclear segmentation: watershed (scikit-image, default), cellpose or stardist (optional packages, their pretrained nuclear models, or --segmentation-model).")]
 SEG_MODEL = Annotated[Path | None, typer.Option("--segmentation-model", help="cellpose or StarDist weights on disk instead of the pretrained nuclear model (downloaded on first use, which needs internet): a cellpose model file, or a StarDist model folder (config.json, weights_best.h5). A lab's own model, or the pretrained one copied for offline use.")]
 #: qdmed.imaging._external_seg.MODEL_PIXEL_SIZE_UM (not imported here: the command line
@@ -892,6 +893,7 @@ def analyze(
     segmentation_model: SEG_MODEL = None,
     segmentation_pixel_size: SEG_PIXEL = _MODEL_PX,
     pixel_size_um: PIXEL_SIZE = None,
+    nuclear_threshold: NUC_THRESHOLD = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -912,6 +914,7 @@ def analyze(
     cal_warnings = _panels_beside(panel_file, [_panel_beside(slide)]) + cal_warnings
     settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um), **weights,
                                 segmentation=segmentation,  # pixel size None: the slide's
+                                nuclear_threshold=_nuclear_threshold(nuclear_threshold),
                                 **_segmentation_model(segmentation_model,
                                                       segmentation_pixel_size))
     res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
@@ -1254,6 +1257,7 @@ def cohort(
     segmentation_pixel_size: SEG_PIXEL = _MODEL_PX,
     pixel_size_um: Annotated[float | None, typer.Option("--pixel-size-um", help="um per pixel of every slide (default: each slide's own; one that records none is read at 0.5 um/px, warned).")] = None,
     no_report: Annotated[bool, flag("--no-report", help="Skip the HTML reports (the cohort's and each slide's).")] = False,
+    nuclear_threshold: NUC_THRESHOLD = None,
     no_progress: NOPROG = False,
     json_: JSON = False,
 ):
@@ -1272,9 +1276,11 @@ def cohort(
     from qdmed.imaging._slideio import _check_pixel_size
 
     seg = _segmentation_model(segmentation_model, segmentation_pixel_size)
+    nuc = _nuclear_threshold(nuclear_threshold)
     settings = None if not weights and segmentation == "watershed" and pixel_size_um is None \
-        and not seg else AnalysisSettings(segmentation=segmentation, **weights,
-                                          pixel_size_um=_check_pixel_size(pixel_size_um), **seg)
+        and not seg and nuc is None else AnalysisSettings(
+            segmentation=segmentation, **weights, nuclear_threshold=nuc,
+            pixel_size_um=_check_pixel_size(pixel_size_um), **seg)
     res = analyze_cohort(folder, panel, out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
                          calibration_scale=scale,
@@ -1325,6 +1331,18 @@ def _cohort_warnings(res: dict) -> list[str]:
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
             *(res.get("output_warnings") or []), *(res.get("input_warnings") or []),
             *_no_cells_said(res)]
+
+
+def _nuclear_threshold(value: float | None) -> float | None:
+    """--nuclear-threshold checked: a positive finite nuclear abundance, or None."""
+    import math
+
+    from qdmed.errors import InputError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InputError(f"--nuclear-threshold must be a positive nuclear abundance; got "
+                         f"{value!r}")
+    return value
 
 
 def _no_cells_said(res: dict) -> list[str]:

@@ -545,8 +545,14 @@ def run_tile(path: str, panel_doc: dict, settings_doc: dict, box, margin_px: int
                        detector_stats=False, nuclei=nuclei, cells=given_cells,
                        label_names=_label_names(labels), abundances=ab)
     stats = channel_stats(region[core], s.saturation_level)
-    stats["blur"] = tile_blur(fa.abundances[core][..., fa.components.index(s.nuclear_marker)],
-                              fa.nuclei[core])
+    nuclear = fa.abundances[core][..., fa.components.index(s.nuclear_marker)]
+    stats["blur"] = tile_blur(nuclear, fa.nuclei[core])
+    if labels is None and s.segmentation == "watershed" and s.nuclear_threshold is not None:
+        from qdmed.imaging._cells import missed_nuclei
+
+        stats["missed_nuclei"] = missed_nuclei(
+            nuclear, s.nuclear_threshold, s.pixel_size_um,
+            min_area_um2=s.min_nucleus_area_um2, max_area_um2=s.max_nucleus_area_um2)
     if not panel.unmixed:  # does the panel explain this tile's cells? (qdmed.imaging._fit)
         from qdmed.imaging._fit import residual_sample
 
@@ -850,14 +856,17 @@ PLAUSIBLE_NUCLEUS_AREA_UM2 = (15.0, 250.0)
 
 def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
                          method: str = "watershed", model: str | None = None,
-                         nucleus_area_um2=None, pixel_size_um: float | None = None) -> dict:
+                         nucleus_area_um2=None, pixel_size_um: float | None = None,
+                         missed: int | None = None, threshold: float | None = None) -> dict:
     """How the cells were found (with cellpose or StarDist, the package's version), and a
     warning when none were: a control imaged without its counterstain (a single-stain or
     fluorescence-minus-one section with no DAPI) looks like a slide without tissue, and its
     empty table would otherwise pass unremarked. With the cells' ``nucleus_area_um2``, their
     median, warned outside :data:`PLAUSIBLE_NUCLEUS_AREA_UM2` (20 cells or more): a
     microscopist's slide recorded at 0.25 um/px for 0.5 had nuclei of 13.6 um^2 and lost 49
-    of 203 cells to the smallest nucleus area, unsaid."""
+    of 203 cells to the smallest nucleus area, unsaid. ``missed``: nucleus-like objects the
+    nuclear ``threshold`` left out over the tiles (:func:`~qdmed.imaging._cells.missed_nuclei`),
+    warned above 10 and a fifth of the cells found."""
     warnings = []
     found = ("no nuclei stand out on" if method in ("watershed", "labels") else
              f"{method} found no nuclei on")
@@ -870,6 +879,16 @@ def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
             "...); or the slide has no tissue")
     out = {"nuclear_marker": nuclear_marker, "given_labels": given_labels,
            "warnings": warnings}
+    if missed is not None:
+        out["missed_nuclei"] = int(missed)
+        if missed > max(10, 0.2 * n_cells):
+            warnings.append(
+                f"{missed} nucleus-like objects lie below the nuclear threshold "
+                f"({threshold:.4g}) and were left out ({n_cells} cells found): the nuclear "
+                "stain is uneven (a bright region, a fold or uneven illumination set the "
+                "threshold on the brightest window?); give a threshold that takes both "
+                "(nuclear_threshold, --nuclear-threshold: nuclear abundance units), or "
+                "correct the uneven illumination first")
     areas = np.asarray([] if nucleus_area_um2 is None else nucleus_area_um2, dtype=float)
     areas = areas[np.isfinite(areas) & (areas > 0)]
     if areas.size >= 20:
@@ -1707,7 +1726,10 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         "n_cells": int(len(cells)),
         "segmentation": segmentation_summary(
             len(cells), s.nuclear_marker, labels is not None, s.segmentation,
-            s.segmentation_model, cells.get("nucleus_area_um2"), s.pixel_size_um),
+            s.segmentation_model, cells.get("nucleus_area_um2"), s.pixel_size_um,
+            missed=None if not any("missed_nuclei" in q for q in qc)
+            else sum(int(q.get("missed_nuclei", 0)) for q in qc),
+            threshold=s.nuclear_threshold),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": her2_d,
         "her2_heterogeneity": None if het is None else het.to_dict(),

@@ -549,6 +549,40 @@ def otsu_foreground_threshold(image) -> float:
     return t if _stands_out(float(lo.mean()), float(lo.std()), float(hi.mean())) else float("inf")
 
 
+def missed_nuclei(nuclear, threshold: float, pixel_size_um: float, *,
+                  min_area_um2: float = 10.0, max_area_um2: float = 400.0,
+                  smoothing_um: float = 0.5) -> int:
+    """Nucleus-like objects a fixed nuclear ``threshold`` leaves out: the places of the
+    nuclear abundance (smoothed as :func:`segment_nuclei` smooths it) above the Otsu
+    threshold of the pixels below ``threshold`` (:func:`otsu_foreground_threshold`: a
+    second foreground under the first), of a nucleus's area, that touch no place above
+    ``threshold``. A slide-wide threshold set on a region 5-10x brighter than the rest (a
+    fold, uneven illumination) had left 167 of 202 nuclei out, unsaid (a microscopist's
+    walk-through); 0 on synthetic fields of six presets at 30 and 300 photons per unit,
+    whole or 40 % tissue."""
+    from scipy import ndimage as ndi
+
+    if not np.isfinite(threshold):
+        return 0
+    sm = ndi.gaussian_filter(np.asarray(nuclear, dtype=np.float64), smoothing_um / pixel_size_um)
+    above = sm > threshold
+    low = sm[~above]
+    if low.size < 2:
+        return 0
+    t2 = otsu_foreground_threshold(low)
+    if not np.isfinite(t2):
+        return 0
+    cand, n = ndi.label(sm > t2)
+    if n == 0:
+        return 0
+    touch = np.zeros(n + 1, bool)
+    touch[np.unique(cand[above])] = True
+    area = np.bincount(cand.ravel(), minlength=n + 1) * pixel_size_um ** 2
+    ok = ~touch & (area >= min_area_um2) & (area <= max_area_um2)
+    ok[0] = False
+    return int(ok.sum())
+
+
 def _stands_out(mean_lo: float, sd_lo: float, mean_hi: float,
                 min_separation: float = MIN_OTSU_SEPARATION) -> bool:
     """Whether Otsu's upper class stands ``min_separation`` lower-class standard deviations
