@@ -920,6 +920,8 @@ def check_zarr_output(out, inputs=(), replaces: str | None = None) -> Path:
                          f"(e.g. unmixed.ome.zarr); got {out}")
     if out.exists() and not _is_zarr_group(out):
         raise InputError(f"{out} exists and is not a Zarr image: it is not overwritten")
+    if not out.parent.exists():  # before any work (a progress bar had come first)
+        raise InputError(f"the folder of {str(out)!r} does not exist")
     check_output_folder(out, inputs)
     if replaces is not None and out.exists() and replaces not in qdmed_record(out):
         raise InputError(f"{out} is a Zarr image this command did not write (it has no "
