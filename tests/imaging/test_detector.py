@@ -366,3 +366,22 @@ def test_unsigned_counts_stored_as_signed_are_said(fields, tmp_path):
     assert wrapped_warnings(np.int16, [-40, -3]) == []  # read noise about 0
     assert wrapped_warnings(np.uint16, [0, 0]) == [] and wrapped_warnings(None, [-9e9]) == []
     assert wrapped_warnings(np.int32, [-2 ** 31])  # any signed type
+
+
+def test_float_images_clipped_below_their_type_are_flagged(fields):
+    """Float counts clipped at 4095 (a 12-bit camera's data saved as float32) were not
+    checked for a pile-up (integers only): they are now, and the same unclipped float image
+    passes (a microscopist's walk-through)."""
+    names = list(PANEL.channel_names)
+    raw = fields[0].image.astype(np.float32) * 16  # the brightest pixels pass 4095
+    clipped = np.minimum(raw, 4095.0)
+    got = saturation_summary(None, "none", channel_stats(clipped, None), names, None, None)
+    assert got["clipping_suspected"] and all(v["value"] == 4095
+                                             for v in got["clipping_suspected"].values())
+    assert any("largest value 4095 = 2^12 - 1" in w for w in got["warnings"])
+    free = saturation_summary(None, "none", channel_stats(raw + 0.25, None), names, None, None)
+    assert free["clipping_suspected"] == {}
+    # merged over tiles as over the whole image
+    parts = [channel_stats(clipped[:320], None), channel_stats(clipped[320:], None)]
+    assert saturation_summary(None, "none", merge_channel_stats(parts), names, None,
+                              None)["clipping_suspected"] == got["clipping_suspected"]

@@ -175,13 +175,17 @@ def channel_stats(image_yxc: np.ndarray, level: float | None) -> dict:
     out["nonpositive"] = [int(np.count_nonzero((flat[:, c] <= 0) & lit)) for c in range(nc)]
     out["saturated"] = ([0] * nc if level is None else
                         [int(np.count_nonzero(flat[:, c] >= level)) for c in range(nc)])
+    mx = flat.max(axis=0)
+    out["at_max"] = [int(np.count_nonzero(flat[:, c] == mx[c])) for c in range(nc)]
     if out["integer"]:
-        mx = flat.max(axis=0)
         out["max"] = mx.astype(np.int64).tolist()
-        out["at_max"] = [int(np.count_nonzero(flat[:, c] == mx[c])) for c in range(nc)]
         with np.errstate(over="ignore"):  # a maximum of 0 wraps round: nothing is below it
             below = mx - np.ones_like(mx)
         out["below_max"] = [int(np.count_nonzero(flat[:, c] == below[c])) for c in range(nc)]
+    else:  # float counts: within one count below the maximum (a clip shows as a tie at it)
+        out["max"] = mx.astype(np.float64).tolist()
+        out["below_max"] = [int(np.count_nonzero((flat[:, c] >= mx[c] - 1) & (flat[:, c] < mx[c])))
+                            for c in range(nc)]
     return out
 
 
@@ -238,7 +242,7 @@ def merge_channel_stats(parts: list[dict]) -> dict:
                            "min": [min(p["min"][c] for p in parts) for c in range(nc)]}
     if all("nonpositive" in p for p in parts):
         out["nonpositive"] = [sum(p["nonpositive"][c] for p in parts) for c in range(nc)]
-    if out["integer"]:
+    if all("max" in p for p in parts):  # (floats too, from this version on)
         mx = [max(p["max"][c] for p in parts) for c in range(nc)]
         at = [0] * nc
         below = [0] * nc
@@ -270,17 +274,21 @@ def cell_saturated_fraction(image_yxc: np.ndarray, cells: np.ndarray,
 
 def _pileups(stats: dict, level: float | None, channel_names) -> dict:
     out = {}
-    if not stats.get("integer") or "max" not in stats:
+    if "max" not in stats or "at_max" not in stats:
         return out
     for c, name in enumerate(channel_names):
         m, at, below = stats["max"][c], stats["at_max"][c], stats["below_max"][c]
         if (level is None or m < level) and m > 0 and at >= PILEUP_MIN_PIXELS \
                 and at >= PILEUP_RATIO * max(below, 1):
-            out[name] = {"value": int(m), "pixels": int(at), "pixels_one_below": int(below)}
+            out[name] = {"value": int(m) if float(m).is_integer() else float(m),
+                         "pixels": int(at), "pixels_one_below": int(below)}
     return out
 
 
-def _bits_note(value: int) -> str:
+def _bits_note(value) -> str:
+    if not float(value).is_integer():
+        return ""
+    value = int(value)
     b = (value + 1).bit_length() - 1
     return f" = 2^{b} - 1" if 2 ** b - 1 == value else ""
 
