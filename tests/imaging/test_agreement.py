@@ -70,6 +70,15 @@ def test_confidence_intervals():
     lo, hi = r.percent_agreement_ci95
     assert lo < r.percent_agreement < hi
     assert compare_her2(list(cats[truth]), list(cats[other])).kappa_ci95 == r.kappa_ci95
+    # the same cases in another order: the same interval (a walk-through's shuffled sheet
+    # had moved it in the third decimal)
+    perm = rng.permutation(60)
+    shuffled = compare_her2(list(cats[truth][perm]), list(cats[other][perm]))
+    assert shuffled.kappa_ci95 == r.kappa_ci95
+    assert shuffled.kappa_linear_ci95 == r.kappa_linear_ci95
+    # one case under keys of two types is refused, not counted twice
+    with pytest.raises(InputError, match="case '1' is given twice"):
+        compare_her2({1: "0", 2: "3+", "1": "1+"}, {"1": "0", "2": "3+"})
     assert not r.warnings
     few = compare_her2(["0", "1+", "3+"], ["0", "1+", "3+"])
     assert few.warnings and "only 3 cases" in few.warnings[0]

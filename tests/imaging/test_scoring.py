@@ -587,6 +587,35 @@ def test_cohen_kappa_her2_scale_matches_scikit_learn():
         pytest.approx(0.7840755735492577, abs=1e-12)
 
 
+def test_cohen_kappa_integer_and_ordered_categorical_scales():
+    """Integer ratings span every integer from the smallest to the largest, so HER2 read as
+    0-3 gives compare_her2's weighted kappa (a biostatistician's walk-through: 0.586 for
+    0.628 with nobody at 2); the same table as the HER2 strings (the scikit-learn reference
+    of test_cohen_kappa_her2_scale_matches_scikit_learn). An ordered Categorical's order is
+    its scale (it had been sorted alphabetically: -0.43 for 0.0)."""
+    import pandas as pd
+
+    table = np.array([[20, 5, 0, 1], [4, 15, 0, 2], [0, 0, 0, 0], [0, 1, 0, 12]])
+    a, b = [], []
+    for i in range(4):
+        for j in range(4):
+            a += [i] * table[i, j]
+            b += [j] * table[i, j]
+    assert cohen_kappa(a, b, weights="linear") == pytest.approx(0.7506925207756233, abs=1e-12)
+    assert cohen_kappa(np.array(a) + 5, np.array(b) + 5, weights="quadratic") == \
+        pytest.approx(0.8148148148148149, abs=1e-12)  # any origin
+    lo, mid, hi = "lo", "mid", "hi"
+    c = pd.Categorical([lo, hi, mid, lo], categories=[lo, mid, hi], ordered=True)
+    d = pd.Categorical([lo, mid, hi, hi], categories=[lo, mid, hi], ordered=True)
+    want = cohen_kappa([0, 2, 1, 0], [0, 1, 2, 2], weights="linear")
+    assert want == pytest.approx(0.0, abs=1e-12)
+    assert cohen_kappa(c, d, weights="linear") == pytest.approx(want, abs=1e-12)
+    assert cohen_kappa(pd.Series(c), pd.Series(d), weights="linear") == \
+        pytest.approx(want, abs=1e-12)
+    with pytest.raises(InputError, match="not both ordered Categoricals of the same"):
+        cohen_kappa(c, d.reorder_categories([hi, mid, lo]), weights="linear")
+
+
 def test_cohen_kappa_edges():
     assert cohen_kappa([1, 2, 3], [1, 2, 3]) == 1.0
     assert np.isnan(cohen_kappa([1, 1], [1, 1]))

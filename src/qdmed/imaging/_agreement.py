@@ -155,8 +155,13 @@ def _kappas_of_tables(tables: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _kappa_intervals(ia: np.ndarray, ib: np.ndarray) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap 95 % intervals of the three kappas (cases resampled)."""
+    """Percentile bootstrap 95 % intervals of the three kappas (cases resampled). The pairs
+    are put in one order first (by their categories), so that the same cases give the same
+    interval in whatever order they come (a walk-through's shuffled sheet moved it in the
+    third decimal)."""
     n, k = ia.size, len(HER2_CATEGORIES)
+    order = np.lexsort((ib, ia))
+    ia, ib = ia[order], ib[order]
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     idx = rng.integers(0, n, (BOOTSTRAP_SAMPLES, n))
     cell = ia[idx] * k + ib[idx]
@@ -290,6 +295,12 @@ def paired_cases(a, b, *, method_a: str, method_b: str, item: str, fewest: int
     if isinstance(a, Mapping) != isinstance(b, Mapping):
         raise InputError(f"a and b must both be mappings case -> {item} or both sequences.")
     if isinstance(a, Mapping):
+        for name, m in ((method_a, a), (method_b, b)):  # 1 and "1": one case, twice
+            keys = [str(k) for k in m]
+            if len(set(keys)) < len(keys):
+                dup = next(k for k in keys if keys.count(k) > 1)
+                raise InputError(f"{name}: case {dup!r} is given twice (keys of different "
+                                 "types, e.g. 1 and '1', name one case)")
         only_a = sorted(set(map(str, a)) - set(map(str, b)))
         only_b = sorted(set(map(str, b)) - set(map(str, a)))
         if only_a or only_b:

@@ -26,11 +26,13 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
         categories; None is unweighted kappa.
     labels : sequence, optional
         The ordered categories of the scale. Default: the HER2 scale ``0, 1+, 2+, 3+``
-        when every label is one of its categories, else the sorted union of the observed
-        labels (as scikit-learn's ``cohen_kappa_score``). Weighted kappa depends on it: a
-        1+/3+ disagreement weighs two steps on the HER2 scale, but one if nobody used 2+
-        and the scale were taken from the observed labels; give ``labels`` for any other
-        ordinal scale with categories that may go unused.
+        when every label is one of its categories; the categories of ordered pandas
+        Categoricals (in their order; both must have the same); every integer from the
+        smallest to the largest for integer ratings (a 1 against a 3 is two steps whether
+        or not anyone used 2, as ``compare_her2`` reads 0-3; scikit-learn's
+        ``cohen_kappa_score`` takes the observed labels' ranks, one step there); else the
+        sorted union of the observed labels. Weighted kappa depends on it: give ``labels``
+        for any other ordinal scale with categories that may go unused.
 
     Returns
     -------
@@ -80,10 +82,22 @@ def cohen_kappa(a, b, *, weights: str | None = None, labels: Sequence | None = N
             raise InputError(f"{name} holds {int(missing.sum())} missing rating(s) (NaN or "
                              f"None), the first at item {int(np.argmax(missing))}: drop those "
                              "items from both a and b")
+    ordered = [getattr(v, "cat", v) for v in (a_in, b_in)]
+    ordered = [getattr(v, "categories", None) if getattr(v, "ordered", False) else None
+               for v in ordered]
+    if labels is None and any(o is not None for o in ordered):
+        # an ordered Categorical's order is the scale (it had been sorted alphabetically,
+        # a walk-through: linear kappa -0.43 for 0.0)
+        if ordered[0] is None or ordered[1] is None or list(ordered[0]) != list(ordered[1]):
+            raise InputError("a and b are not both ordered Categoricals of the same "
+                             "categories: give labels (the scale, in order)")
+        labels = list(ordered[0])
     if labels is None:
         cats = np.unique(np.concatenate([a, b]))
         if set(cats.tolist()) <= set(HER2_CATEGORIES):
             cats = np.asarray(HER2_CATEGORIES)
+        elif cats.dtype.kind in "iu" and 0 < int(cats[-1]) - int(cats[0]) < 10_000:
+            cats = np.arange(int(cats[0]), int(cats[-1]) + 1)
     else:
         cats = np.asarray(list(labels))
         if np.unique(cats).size != cats.size:
