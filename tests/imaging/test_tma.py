@@ -335,6 +335,7 @@ def test_case_rules_pooled_and_highest_core():
     assert (p1["her2_category"], p1["her2_core"], p1["her2_mean_membrane"]) == ("2+", "B-1",
                                                                                 1.0)
     assert (p1["ER_percent_positive"], p1["ER_status"]) == (60.0, "positive")
+    assert p1["ER_core"] == "A-1"  # named, as her2_core: n_scored counts all the cores
     # the case's subtype from its own parts: HER2 2+ from B-1, ER positive from A-1 (Howlader
     # et al. 2014 groups; ASCO/CAP 2018: 2+ equivocal; no PR: ER positive decides HR)
     assert p1["subtype"] == "HR+/HER2 equivocal"

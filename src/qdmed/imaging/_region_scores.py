@@ -602,6 +602,8 @@ def _highest_core_fields(ok: list[dict[str, Any]]) -> dict[str, Any]:
         # the corrected one left out, and the case's subtype flagged by ER's 10 % cut-off)
         row.update({k: best[k] for k in (f"{m}_percent_positive", *receptor_fields(m))
                     if k in best})
+        row[f"{m}_core"] = _core_key(best)  # as her2_core: the case's n_scored is all its
+        # cores' cells, its scores each one core's (a walk-through read them as pooled)
     dab = [r for r in ok if _number(r.get("h_score")) > -np.inf]
     if dab:  # brightfield: the H-score and its classes from the core of the highest
         best = max(dab, key=lambda r: _number(r["h_score"]))
