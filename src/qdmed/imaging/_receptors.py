@@ -331,8 +331,10 @@ def receptor_status(cells_df, gates: Mapping[str, Any], *, markers=("ER", "PR"),
                      + (f" ({100 * f_lo:.2f}-{100 * f_hi:.2f} % from {g.control_cells} "
                         "control cells)" if g.control_cells else "")
                      + f" from {100.0 * k / n:.2f} % observed")
-            rule = (f"{pc:.2f} % of {n} nuclei positive{floor} (95 % CI "
-                    f"{lo:.2f}-{hi:.2f} %): {status} (ASCO/CAP 2020: {RULE_WORDS[m]})"
+            # the interval beside the share it bounds (after "observed" it read as the
+            # observed share's: a walk-through)
+            rule = (f"{pc:.2f} % (95 % CI {lo:.2f}-{hi:.2f} %) of {n} nuclei positive"
+                    f"{floor}: {status} (ASCO/CAP 2020: {RULE_WORDS[m]})"
                     + ("; the gate's noise floor is unknown: not corrected" if f is None
                        else ""))
         out[m] = ReceptorStatus(marker=m, status=status, borderline=bool(borderline),
