@@ -248,3 +248,16 @@ def test_case_names_alike_but_for_letter_case_are_said(tmp_path):
     with pytest.raises(InputError, match=r"share no case .*; 2 differ in letter case only "
                                          r"\(e\.g\. P1 / p1\): names are matched as written"):
         compare_her2_tables(a, b, key="case", column_b="score")
+
+
+def test_rows_without_a_case_are_skipped_in_her2_tables(tmp_path):
+    """A spreadsheet's trailing blank rows: two read as two rows naming the case '' (an
+    error), one as a case '' excluded (a walk-through); skipped now, as compare --measure
+    skips them."""
+    from qdmed.imaging import compare_her2_tables
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("case,her2_category\nP1,3+\nP2,0\nP3,1+\n,\n,\n")
+    b.write_text("case,score\nP1,3+\nP2,0\nP3,2+\n , \n")
+    r = compare_her2_tables(a, b, key="case", column_b="score")
+    assert r.cases == ("P1", "P2", "P3") and r.excluded == {}

@@ -385,6 +385,9 @@ def _categories_csv(path, key: str, column: str) -> tuple[dict, list]:
     from qdmed.imaging._csvtable import read_csv_strings
 
     df = read_csv_strings(path, columns=(key, column))
+    # rows without a case are skipped, as compare --measure skips them (a spreadsheet's
+    # trailing blank rows had read as two rows naming the case '')
+    df = df[[bool(str(k).strip()) for k in df[key]]]
     keys = [slide_stem(str(k).strip()) for k in df[key]]
     seen: dict[str, str] = {}
     for raw, k in zip(df[key], keys, strict=True):
