@@ -304,3 +304,23 @@ def test_nuclei_a_bright_region_leaves_below_the_threshold_are_said(tmp_path):
     assert plain["missed_nuclei"] == 0 and not plain["warnings"]
     assert missed_nuclei(np.zeros((64, 64)), 10.0, 0.5) == 0  # glass
     assert missed_nuclei(np.ones((64, 64)), np.inf, 0.5) == 0  # no threshold
+
+
+def test_summaries_record_the_software_versions(tmp_path):
+    """A statistician's walk-through: summary.json recorded qdmed's version only; the
+    packages that compute a result are recorded too (and in every report's provenance)."""
+    import json
+
+    import numpy
+
+    from qdmed.imaging import analyze_slide, simulate_slide
+
+    s = simulate_slide(tmp_path / "s.ome.zarr", (128, 128), preset="BT474", panel=PANEL,
+                       seed=1, tile=128)
+    analyze_slide(s.path, PANEL, tmp_path / "a", progress=False, outlines=False,
+                  write_unmixed=False, scheduler="synchronous")
+    env = json.loads((tmp_path / "a" / "summary.json").read_text())["environment"]
+    assert env["numpy"] == numpy.__version__ and "python" in env and "scikit-image" in env
+    from qdmed.report import HtmlReport
+
+    assert f'"numpy": "{numpy.__version__}"' in HtmlReport("t").render()

@@ -1385,6 +1385,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
         atomic_write_bytes,
         atomic_write_parquet,
         atomic_write_text,
+        environment,
         to_jsonable,
     )
 
@@ -1709,6 +1710,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     her2_d = None if her2 is None else her2.to_dict()
     summary = {
         "qdmed_version": __version__,
+        "environment": environment(),
         "slide": {**slide.to_dict(), "warnings": ps_warnings},
         "calibration": calibration,
         "panel": panel.to_dict(),

@@ -309,7 +309,7 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         summary_warnings,
     )
     from qdmed.imaging._report import write_cohort_report, write_slide_report
-    from qdmed.report import atomic_write_parquet, atomic_write_text
+    from qdmed.report import atomic_write_parquet, atomic_write_text, environment
 
     check_panel(panel)  # once here, not slide by slide (a review: AttributeErrors)
     check_settings(settings)
@@ -641,7 +641,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
                        f"not slides of this cohort (nor in its tables): "
                        f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; remove "
                        "them, or give another output folder"] if stale else []
-    summary = {"qdmed_version": __version__, "folder": str(folder),
+    summary = {"qdmed_version": __version__, "environment": environment(),
+               "folder": str(folder),
                "panel": panel.to_yaml_dict(), "n_slides": len(slides),
                "n_ok": sum(r["status"] == "ok" for r in rows),
                "n_failed": sum(r["status"] == "failed" for r in rows),

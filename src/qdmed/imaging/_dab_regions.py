@@ -503,7 +503,12 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
     )
     from qdmed.imaging._regions import check_regions_meet, regions_and_tumour
     from qdmed.imaging._slideio import _check_pixel_size, pixel_size_or_default, read_slide
-    from qdmed.report import atomic_write_parquet, atomic_write_text, to_jsonable
+    from qdmed.report import (
+        atomic_write_parquet,
+        atomic_write_text,
+        environment,
+        to_jsonable,
+    )
 
     t0 = time.perf_counter()
     cut = check_od_cutoffs(od_cutoffs)
@@ -750,7 +755,8 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         (out / "cells.geojson").unlink(missing_ok=True)
     cells = cells.drop(columns=["crop", "crop_cell"], errors="ignore")
     atomic_write_parquet(out / "cells.parquet", cells)
-    summary = {"qdmed_version": __version__, "slide": str(getattr(img, "path", slide)),
+    summary = {"qdmed_version": __version__, "environment": environment(),
+               "slide": str(getattr(img, "path", slide)),
                "kind": "DAB IHC (brightfield)", "n_cells": int(len(cells)),
                "n_scored": int(len(scored)), "pixel_size_um": ps,
                "thresholds": _thresholds_summary(jobs, thresholds),

@@ -7,6 +7,7 @@ from qdmed.report._atomic import (
     atomic_write_parquet,
     atomic_write_text,
 )
+from qdmed.report._environment import environment
 from qdmed.report._html import (
     HtmlReport,
     dict_to_html_table,
@@ -17,6 +18,6 @@ from qdmed.report._html import (
 from qdmed.report._json import to_jsonable
 
 __all__ = [
-    "HtmlReport", "atomic_open", "atomic_write_bytes", "atomic_write_parquet", "atomic_write_text",
+    "HtmlReport", "atomic_open", "environment", "atomic_write_bytes", "atomic_write_parquet", "atomic_write_text",
     "dict_to_html_table", "figure_png", "figure_to_html", "records_to_html_table", "to_jsonable",
 ]

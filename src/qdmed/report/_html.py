@@ -102,10 +102,11 @@ class HtmlReport:
 
     def render(self) -> str:
         from qdmed import __version__
+        from qdmed.report._environment import environment
 
         prov = {"qdmed_version": __version__,
                 "generated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-                **self.provenance}
+                "environment": environment(), **self.provenance}
         return (
             "<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
