@@ -323,4 +323,4 @@ def test_summaries_record_the_software_versions(tmp_path):
     assert env["numpy"] == numpy.__version__ and "python" in env and "scikit-image" in env
     from qdmed.report import HtmlReport
 
-    assert f'"numpy": "{numpy.__version__}"' in HtmlReport("t").render()
+    assert f"&quot;numpy&quot;: &quot;{numpy.__version__}&quot;" in HtmlReport("t").render()
