@@ -548,46 +548,46 @@ def test_a_measured_panel_measured_again_keeps_the_labels_dark_channels():
     assert _cos(r.panel.endmembers[:, k], TRUE[:, k]) > 0.9999  # measured 0.9999986
 
 
-@pytest.mark.parametrize("shift_nm", [0.0, 10.0])
-def test_a_counterstained_single_stain_is_measured_without_its_counterstain(shift_nm):
-    """A DAPI-counterstained ER single stain (a microscopist's walk-through: ER measured at
+@pytest.mark.parametrize(("marker", "shift_nm"), [("ER", 10.0), ("ER", -7.0), ("HER2", -7.0),
+                                                ("HER2", 7.0)])
+def test_a_counterstained_single_stain_is_measured_without_its_counterstain(marker, shift_nm):
+    """A DAPI-counterstained single stain (a microscopist's walk-through: ER measured at
     cosine 0.66 to its model, and 63 of 203 cells found with that library, unsaid): DAPI is
-    removed pixel by pixel with its model spectrum, and ER's own spectrum, 10 nm off the
-    model's, comes back. Measured: 0.691 (0 nm) and 0.705 (10 nm) to the truth without the
-    removal, 1.0000 with it."""
+    found in the channels where the label is dark and removed, and the label's own
+    spectrum, its batch off the model's, comes back. Measured without the removal: ER
+    0.69-0.71 to the truth. A counterstain-free stain is left alone, even HER2's Qdot 525
+    (the label nearest DAPI) 7 nm bluer than its model (a review: a fit on every channel
+    had found 8.5 % DAPI there and worsened the spectrum)."""
     from qdmed.imaging import simulate_field
     from qdmed.imaging._panel import build_panel_from_spectra
     from qdmed.optics import qdot_catalog
 
-    j = P.markers.index("ER")
+    j = P.markers.index(marker)
     spectra = list(P.spectra)
     spectra[j] = emission_spectrum(qdot_catalog()[P.labels[j]].emission_peak_nm + shift_nm,
-                                   25.0, label="ER's QD lot")
+                                   25.0, label="the QD's lot")
     true = build_panel_from_spectra(NAMES, list(P.labels), spectra, P.channels,
                                     brightness=list(P.brightness),
                                     autofluorescence=P.autofluorescence)
-    only = [1.0 if m in ("DAPI", "ER") else 0.0 for m in NAMES]
-    ctrl = simulate_field((512, 512), preset="BT474", panel=true, qd_brightness=only,
-                          photons_per_unit=300, seed=2).image
-    unst = simulate_field((512, 512), preset="BT474", panel=true, qd_brightness=[0.0] * 6,
-                          photons_per_unit=300, seed=3).image
-    r = spectral_library(P, unstained=unst, single_stains={"ER": ctrl})
-    got = r.panel.endmembers[:, j]
     want = true.endmembers[:, j]
-    assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.999
-    assert r.components["ER"]["counterstain_share"] > 0.3
-    assert any("holds the counterstain DAPI too" in w for w in r.warnings)
-    # without the removal (counterstain=None), the old result
-    old = spectral_library(P, unstained=unst, single_stains={"ER": ctrl},
-                           counterstain=None).panel.endmembers[:, j]
-    assert old @ want / np.linalg.norm(old) / np.linalg.norm(want) < 0.8
-    # a single stain without counterstain: nothing removed, nothing said
-    clean = simulate_field((512, 512), preset="BT474", panel=true, seed=2,
-                           qd_brightness=[1.0 if m == "ER" else 0.0 for m in NAMES],
-                           photons_per_unit=300).image
-    r = spectral_library(P, unstained=unst, single_stains={"ER": clean})
-    assert r.components["ER"]["counterstain_share"] < 0.05
-    assert not any("counterstain" in w for w in r.warnings)
+    unst = simulate_field((384, 384), preset="BT474", panel=true, qd_brightness=[0.0] * 6,
+                          photons_per_unit=300, seed=3).image
+    for dapi in (1.0, 0.0):
+        only = [1.0 if m == marker else dapi if m == "DAPI" else 0.0 for m in NAMES]
+        ctrl = simulate_field((384, 384), preset="BT474", panel=true, qd_brightness=only,
+                              photons_per_unit=300, seed=2).image
+        r = spectral_library(P, unstained=unst, single_stains={marker: ctrl})
+        assert _cos(r.panel.endmembers[:, j], want) > 0.999
+        share = r.components[marker]["counterstain_share"]
+        said = any("holds the counterstain DAPI too" in w for w in r.warnings)
+        assert (share > 0.1 and said) if dapi else (share < 0.05 and not said)
+    if marker == "ER":  # without the removal (counterstain=None), as before
+        old = spectral_library(P, unstained=unst, counterstain=None, single_stains={
+            marker: simulate_field((384, 384), preset="BT474", panel=true, seed=2,
+                                   photons_per_unit=300, qd_brightness=[
+                                       1.0 if m in ("DAPI", "ER") else 0.0 for m in NAMES]
+                                   ).image}).panel.endmembers[:, j]
+        assert _cos(old, want) < 0.8
 
 
 def test_another_labels_control_is_refused():

@@ -660,6 +660,7 @@ def library(
     # the panel written over its own file, or into a control slide, is refused up front
     check_output_folder(out, [panel_file, unstained, stained, *stains.values()])
     cs = None if counterstain.strip().lower() == "none" else counterstain.strip()
+    cs = {m.lower(): m for m in pn.markers}.get(str(cs).lower(), cs)  # dapi: DAPI
     if cs is not None and cs not in pn.markers:
         if counterstain != "DAPI":  # the default is ignored by a panel without DAPI
             raise InputError(f"--counterstain {counterstain}: not a marker of the panel; "

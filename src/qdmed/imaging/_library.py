@@ -610,28 +610,36 @@ OWN_LABEL_COSINE = 0.5
 def remove_counterstain(img: np.ndarray, label: np.ndarray, stain: np.ndarray,
                         autofluorescence: np.ndarray, bright_percentile: float = 90.0
                         ) -> tuple[np.ndarray, float | None]:
-    """A single-stain control less its counterstain: each pixel's NNLS abundances on the
-    label's, the counterstain's and the autofluorescence's (C,) profiles, and the
-    counterstain's part (abundance times profile) subtracted where the counterstain holds
+    """A single-stain control less its counterstain. The counterstain's abundance in each
+    pixel is fitted (NNLS, with the autofluorescence) on the channels where the label's
+    model is dark (at most 1 % of its peak): there the label, whatever its batch's exact
+    spectrum, adds nothing, so only a counterstain that is there is found. Where it holds
     more than :data:`COUNTERSTAIN_SHARE` of the brightest pixels' signal (those above
-    ``bright_percentile`` of the total, as :func:`single_stain_endmember` ranks them).
-    Returns the image (the input itself when nothing is removed) and that share (None for
-    an image of no signal). The label's model takes the label's signal only roughly (its
-    measured spectrum is what is sought); the counterstain (a nuclear dye in the blue)
-    lies far from it in spectrum, so its part is barely moved by that."""
+    ``bright_percentile`` of the total, as :func:`single_stain_endmember` ranks them), its
+    part (abundance times profile) is subtracted from every channel. Returns the image (the
+    input itself when nothing is removed) and that share (None when it cannot be told: an
+    image of no signal, or fewer than two label-dark channels, or the counterstain barely
+    in them).
+
+    Measured on synthetic BT474 single stains of the 5-plex panel, each label's batch 7 nm
+    bluer to 7 nm redder than its model: counterstain-free 0.007-0.038, with DAPI
+    0.109-0.906 (a fit on every channel had found 0.085 of DAPI in a counterstain-free
+    Qdot 525 stain 7 nm bluer, a review: the label's shift taken for DAPI)."""
     from qdmed.imaging._nnls import unmix_nnls
 
     a = np.asarray(img, dtype=np.float64)
     pix = a.reshape(-1, a.shape[-1])
-    e = np.stack([np.asarray(v, dtype=np.float64) for v in (label, stain, autofluorescence)],
-                 axis=1)
-    x = unmix_nnls(np.clip(pix, 0.0, None), e)
+    lab, cs, af = (np.asarray(v, dtype=np.float64) for v in (label, stain, autofluorescence))
+    dark = lab <= 0.01 * lab.max()
+    if dark.sum() < 2 or not cs[dark].max(initial=0.0) >= 0.25 * cs.max():
+        return img, None
+    x = unmix_nnls(np.clip(pix[:, dark], 0.0, None), np.stack([cs[dark], af[dark]], axis=1))
     tot = pix.sum(1)
     bright = tot >= np.percentile(tot, bright_percentile)
     signal = float(np.clip(pix[bright], 0.0, None).sum())
     if not signal > 0:
         return img, None
-    part = x[:, 1:2] * e[:, 1][None, :]
+    part = x[:, :1] * cs[None, :]
     share = float(part[bright].sum() / signal)
     if share <= COUNTERSTAIN_SHARE:
         return img, share
@@ -711,9 +719,9 @@ def spectral_library(panel: Panel, *, unstained=None, stained=None, single_stain
         The panel's nuclear counterstain, which single-stain sections often carry too (a
         HER2 single stain counterstained with DAPI, to find the cells): where a control
         holds it (more than :data:`COUNTERSTAIN_SHARE` of its brightest pixels' signal),
-        it is removed pixel by pixel with its model spectrum (NNLS of each pixel on the
-        label's, the counterstain's and the autofluorescence's model spectra) before the
-        label is measured, and said (``counterstain_share`` per component). A
+        it is removed pixel by pixel with its model spectrum, its abundance fitted in the
+        channels where the label is dark (:func:`remove_counterstain`), before the label is
+        measured, and said (``counterstain_share`` per component). A
         microscopist's DAPI-counterstained ER control had measured ER at cosine 0.66 to
         its model and the analysis then found 63 cells of 203, unsaid. None: never
         removed. Ignored when the panel lacks it.
