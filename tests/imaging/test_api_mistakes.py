@@ -324,3 +324,23 @@ def test_summaries_record_the_software_versions(tmp_path):
     from qdmed.report import HtmlReport
 
     assert f"&quot;numpy&quot;: &quot;{numpy.__version__}&quot;" in HtmlReport("t").render()
+
+
+def test_missed_nuclei_at_coarse_pixels_and_under_a_given_threshold(tmp_path):
+    """A review: at 1.3 um/px noise specks passed for 4020 missed nuclei beside 3015 cells,
+    and a threshold given by hand was blamed on an uneven stain. Neither now."""
+    from qdmed.imaging import AnalysisSettings, analyze_slide, simulate_slide
+
+    s = simulate_slide(tmp_path / "c.ome.zarr", (512, 512), preset="MCF-7", panel=PANEL,
+                       photons_per_unit=300, pixel_size_um=1.3, seed=5, tile=512)
+    run = dict(progress=False, outlines=False, write_unmixed=False, scheduler="synchronous",
+               tile=256)
+    seg = analyze_slide(s.path, PANEL, tmp_path / "a", **run).summary["segmentation"]
+    assert seg["missed_nuclei"] == 0
+    f = simulate_slide(tmp_path / "f.ome.zarr", (384, 384), preset="MCF-7", panel=PANEL,
+                       photons_per_unit=300, seed=3, tile=384)
+    high = analyze_slide(f.path, PANEL, tmp_path / "b", settings=AnalysisSettings(
+        nuclear_threshold=280.0), **run).summary["segmentation"]
+    assert high["missed_nuclei"] > 10
+    assert any("below the nuclear threshold given (280)" in w and "too high" in w
+               for w in high["warnings"])

@@ -857,7 +857,8 @@ PLAUSIBLE_NUCLEUS_AREA_UM2 = (15.0, 250.0)
 def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
                          method: str = "watershed", model: str | None = None,
                          nucleus_area_um2=None, pixel_size_um: float | None = None,
-                         missed: int | None = None, threshold: float | None = None) -> dict:
+                         missed: int | None = None, threshold: float | None = None,
+                         threshold_given: bool = False) -> dict:
     """How the cells were found (with cellpose or StarDist, the package's version), and a
     warning when none were: a control imaged without its counterstain (a single-stain or
     fluorescence-minus-one section with no DAPI) looks like a slide without tissue, and its
@@ -866,7 +867,8 @@ def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
     microscopist's slide recorded at 0.25 um/px for 0.5 had nuclei of 13.6 um^2 and lost 49
     of 203 cells to the smallest nucleus area, unsaid. ``missed``: nucleus-like objects the
     nuclear ``threshold`` left out over the tiles (:func:`~qdmed.imaging._cells.missed_nuclei`),
-    warned above 10 and a fifth of the cells found."""
+    warned above 10 and a fifth of the cells found (``threshold_given``: the user's
+    threshold, said as such)."""
     warnings = []
     found = ("no nuclei stand out on" if method in ("watershed", "labels") else
              f"{method} found no nuclei on")
@@ -881,7 +883,12 @@ def segmentation_summary(n_cells: int, nuclear_marker: str, given_labels: bool,
            "warnings": warnings}
     if missed is not None:
         out["missed_nuclei"] = int(missed)
-        if missed > max(10, 0.2 * n_cells):
+        if missed > max(10, 0.2 * n_cells) and threshold_given:
+            warnings.append(
+                f"{missed} nucleus-like objects lie below the nuclear threshold given "
+                f"({threshold:.4g}) and were left out ({n_cells} cells found): is it too high "
+                "for this slide? Leave it out for Otsu's, or give a lower one")
+        elif missed > max(10, 0.2 * n_cells):
             warnings.append(
                 f"{missed} nucleus-like objects lie below the nuclear threshold "
                 f"({threshold:.4g}) and were left out ({n_cells} cells found): the nuclear "
@@ -1531,6 +1538,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                             min(w, rx0 + reference_region_px))
     ref_nuclei, ref_cells = (None, None) if labels is None else labels.read(
         ry0, ry0 + ref.shape[0], rx0, rx0 + ref.shape[1])
+    threshold_given = s.nuclear_threshold is not None  # the user's, not Otsu's
     s = fix_global_thresholds(ref, panel, s, nuclei=ref_nuclei, cells=ref_cells,
                               label_names=_label_names(labels))
     if ref_nuclei is not None:
@@ -1731,7 +1739,7 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
             s.segmentation_model, cells.get("nucleus_area_um2"), s.pixel_size_um,
             missed=None if not any("missed_nuclei" in q for q in qc)
             else sum(int(q.get("missed_nuclei", 0)) for q in qc),
-            threshold=s.nuclear_threshold),
+            threshold=s.nuclear_threshold, threshold_given=threshold_given),
         "marker_summary": marker_summary(cells, panel.components),
         "her2": her2_d,
         "her2_heterogeneity": None if het is None else het.to_dict(),
