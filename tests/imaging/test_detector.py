@@ -343,6 +343,19 @@ def test_a_channel_without_signal_is_warned(fields, tmp_path):
     assert dead_channels(channel_stats(img.astype(np.float32), None), names) == [names[4]]
     img[..., 2] = 7  # a constant other than 0
     assert dead_channels(channel_stats(img, None), names) == [names[2], names[4]]
+    # floats: zero padding beside the image, a channel of signal in 25 px only, a float
+    # constant other than 0 (a review found the first and last missed, the second named)
+    f = fields[0].image.astype(np.float32)
+    padded = np.zeros((640, 900, 8), np.float32)
+    padded[:, :640] = f
+    padded[:, :640, 4] = 0
+    assert dead_channels(channel_stats(padded, None), names) == [names[4]]
+    sparse = f.copy()
+    sparse[..., 7] = 0
+    sparse[:5, :5, 7] = 50
+    assert dead_channels(channel_stats(sparse, None), names) == []
+    sparse[..., 2] = 100.0
+    assert dead_channels(channel_stats(sparse, None), names) == [names[2]]
     # a real slide's channels pass, however dim
     assert dead_channels(channel_stats(fields[0].image, None), names) == []
     assert dead_channels(channel_stats(fields[0].image.astype(np.float32), None), names) == []

@@ -360,8 +360,9 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
 
 def dead_channels(stats: dict, channel_names) -> list[str]:
     """The channels of :func:`channel_stats` (merged) that hold one value in every pixel:
-    an integer channel whose maximum is its minimum, or any channel at or below 0 in at
-    least 99.9 % of the pixels where another channel is above 0 (a float image). A
+    whose maximum is its minimum (integer or float); for stats without a maximum (a float
+    tile of an earlier version), a channel at or below 0 in at least 99.9 % of the
+    pixels. A
     microscopist's all-zero channel had read HER2 at 0 of its truth, the fit 0.0 %, unsaid:
     an empty channel is fitted as well as a real one (the labels' signal goes elsewhere)."""
     names = list(channel_names)
