@@ -274,6 +274,8 @@ def test_slides_in_subfolders_are_said(tmp_path):
     from qdmed.imaging._cohort import slides_in_subfolders
 
     assert slides_in_subfolders(top) == ["batch1/a.ome.zarr"]
+    # a folder the run uses otherwise (its labels, a review) is not said
+    assert slides_in_subfolders(top, skip=(top / "batch1",)) == []
 
 
 def test_a_lost_cluster_stops_the_cohort_without_blaming_the_slides(tmp_path, monkeypatch):

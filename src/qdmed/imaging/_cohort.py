@@ -78,16 +78,18 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None,
     return slides
 
 
-def slides_in_subfolders(folder, pattern: str | None = None, scans: bool = False
-                         ) -> list[str]:
+def slides_in_subfolders(folder, pattern: str | None = None, scans: bool = False,
+                         skip=()) -> list[str]:
     """Slides one folder down (``sub/x.ome.zarr``), which :func:`find_slides` does not
     enter: said, so that a cohort does not miss them unsaid (a walk-through's two batches
-    in subfolders were left out without a word)."""
+    in subfolders were left out without a word). ``skip``: folders the run uses otherwise
+    (its label images, annotations, output), never said."""
     import fnmatch
 
+    skipped = {Path(s).resolve() for s in skip if s is not None}
     out = []
     for sub in sorted(Path(folder).iterdir()):
-        if not sub.is_dir() or sub.name.startswith(".") or \
+        if not sub.is_dir() or sub.name.startswith(".") or sub.resolve() in skipped or \
                 sub.name.lower().endswith(SLIDE_SUFFIXES) or \
                 any((sub / f).exists() for f in ("summary.json", "cohort.json")):
             continue  # a slide, or an analysis's output (its unmixed.ome.zarr)
@@ -627,7 +629,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
         table = region_table(region_rows, her2_calibration is not None)
         table.insert(0, "slide", table.pop("slide"))
         atomic_write_text(out / "regions.csv", table.to_csv(index=False))
-    below = slides_in_subfolders(folder, pattern)
+    below = slides_in_subfolders(folder, pattern, skip=(
+        regions_dir, tumour_regions_dir, nuclei_labels_dir, cell_labels_dir, out_dir))
     input_warnings = [f"{len(below)} slide(s) in subfolders of {folder} are not analysed "
                       f"({', '.join(below[:3])}{' ...' if len(below) > 3 else ''}): a cohort "
                       "reads the folder's own slides; give each subfolder as a cohort"
