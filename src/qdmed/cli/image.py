@@ -740,7 +740,8 @@ def unmix(slide: Path, panel_file: PANEL = None,
             "unmixed_keep_bits": unmixed_bits, "unmix_weights": settings.unmix_weights,
             "read_noise_adu": settings.read_noise_used(),
             "misfit": None if fit is None else fit["misfit"],
-            "misfit_by_channel": None if fit is None else fit["misfit_by_channel"]}
+            "misfit_by_channel": None if fit is None else fit["misfit_by_channel"],
+            "worst_channel": None if fit is None else fit["worst_channel"]}
     warned = [*_panels_beside(panel_file, [_panel_beside(slide)]), *p.warnings,
               *([] if fit is None else fit["warnings"])]
     if json_:
@@ -748,7 +749,11 @@ def unmix(slide: Path, panel_file: PANEL = None,
     from qdmed.imaging._poisson import describe_unmixing
 
     shown = {k: v for k, v in info.items() if k not in ("unmix_weights", "read_noise_adu",
-                                                         "misfit_by_channel")}
+                                                         "misfit_by_channel", "worst_channel")}
+    if fit is not None and fit.get("worst_channel"):  # as analyze says it
+        w = fit["worst_channel"]
+        shown["misfit"] = (f"{fit['misfit']:.3g}; {fit['misfit_by_channel'][w]:.3g} in the "
+                           f"pixels brightest in {w}")
     print_kv("Unmixed", {**shown, "unmixing": describe_unmixing(settings.to_dict()),
                          "unmixed_keep_bits": "exact (float32)" if unmixed_bits is None
                          else unmixed_bits})

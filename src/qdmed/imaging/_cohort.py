@@ -603,7 +603,11 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
             case_warnings.append(f"{len(caseless)} core(s) have no case in the TMA map (e.g. "
                                  f"{', '.join(caseless[:3])}): left out of cases.csv")
         named = {stem for stem, _ in tma_map if stem is not None}
-        unknown = sorted(named - {map_slide(sp.name) for sp in slides})
+        # slides of the folder that --pattern leaves out are left out on purpose: their
+        # cases are not this run's (a review: they got rows of missing cores)
+        passed = {map_slide(sp.name) for sp in find_slides(folder, distinct_stems=False)
+                  } if pattern is not None else set()
+        unknown = sorted(named - {map_slide(sp.name) for sp in slides} - passed)
         if unknown:
             case_warnings.append(f"TMA map slides not in {folder}: {', '.join(unknown[:5])}")
             # their cores' cases are scored without them: said in each case's row, counted

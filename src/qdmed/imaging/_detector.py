@@ -430,11 +430,17 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
                          "suspected": False, "issue": None, "warnings": []}
     if not mins or len(mins) != len(names):
         return d
-    wrapped = wrapped_warnings(dtype, mins)
-    if wrapped:  # a wrapped image is no offset question: said alone
+    low = np.asarray(mins, dtype=np.float64)
+    tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
+    if len(tile_mins) >= 2:
+        low = np.percentile(np.asarray(tile_mins, dtype=np.float64), 10, axis=0,
+                            method="lower")
+    # judged on the tiles' minima as the floor is (one outlier pixel of a signed image is
+    # not a wrapped image, a review)
+    wrapped = wrapped_warnings(dtype, low.tolist())
+    if wrapped:
         d["suspected"], d["issue"] = True, "signed"
         d["warnings"] += wrapped
-        return d
     dead = dead_channels(stats, names)
     if dead:
         d["dead_channels"] = dead
@@ -444,11 +450,8 @@ def offset_summary(stats: dict, offset: np.ndarray | None, channel_names,
             "that emit there are fitted from the other channels alone and read wrong, while "
             "the fit looks good: re-acquire or re-export the channel, or use a panel without "
             "it")
-    low = np.asarray(mins, dtype=np.float64)
-    tile_mins = [t["min"] for t in tiles or () if t and t.get("n_px") and t.get("min")]
-    if len(tile_mins) >= 2:
-        low = np.percentile(np.asarray(tile_mins, dtype=np.float64), 10, axis=0,
-                            method="lower")
+    if wrapped:  # a wrapped image is no offset question
+        return d
     floor = low - off
     d["channel_min"] = dict(zip(names, (float(v) for v in mins), strict=True))
     d["floor_after_offset"] = dict(zip(names, floor.tolist(), strict=True))

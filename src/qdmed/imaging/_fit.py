@@ -133,7 +133,8 @@ def fit_summary(samples: list[dict | None], channel_names=None) -> dict[str, Any
                                  f"the noise of the dim half, warned above {MAX_MISFIT:g} "
                                  "(right panels on synthetic fields: 0.000); per channel, among "
                                  "its brightest fitted pixels, warned above "
-                                 f"{MAX_CHANNEL_MISFIT:g} (right panels: at most 0.19)"}
+                                 f"{MAX_CHANNEL_MISFIT:g} (right panels: at most 0.15 on "
+                                 "cells, 0.19 on all pixels)"}
     by = m["misfit_by_channel"]
     names = list(channel_names) if channel_names is not None and by is not None and \
         len(channel_names) == len(by) else [f"C{i}" for i in range(len(by or ()))]

@@ -1568,7 +1568,9 @@ def _axes_to_yxc(axes: str, shape: tuple[int, ...], p: Path) -> tuple[tuple[int,
     if not others:
         return (kept.index("Y"), kept.index("X")), squeeze
     n_c, n_x = shape[axes.index(others[0])], shape[axes.index("X")]
-    if others[0] in "QI" and n_c > 64 and n_x <= 64 and kept.index(others[0]) == 0:
+    n_y = shape[axes.index("Y")]
+    if others[0] in "QI" and n_c > 64 and n_x <= 64 and n_y >= 4 * n_x and \
+            kept.index(others[0]) == 0:  # (a real 70-band stack 100 x 48 px passes)
         # a (Y, X, C) array written without its axes: tifffile takes it as Q, Y, X (a
         # microscopist's 8-channel control read as 512 channels of 512 x 8 px)
         raise FileFormatError(
