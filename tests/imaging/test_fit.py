@@ -49,8 +49,8 @@ def test_a_membrane_label_missing_from_the_panel_is_flagged(tmp_path):
     wrong = analyze_slide(s.path, _without("HER2"), tmp_path / "b", tile=256, **RUN).summary
     fit = wrong["fit"]
     worst = fit["worst_channel"]
-    assert fit["misfit"] < 0.1 and fit["misfit_by_channel"][worst] > 0.5
-    assert worst == "515-552nm"  # Qdot 525 (peak 525 nm), HER2's label in the built-in panel  # Qdot 525 (peak 525 nm), HER2's label in the built-in panel
+    assert fit["misfit"] < 0.1 and fit["misfit_by_channel"][worst] > 0.6
+    assert worst == "515-552nm"  # Qdot 525 (peak 525 nm), HER2's label in the built-in panel
     assert any(w.startswith(f"fit: the panel does not explain the pixels brightest in {worst}")
                for w in _warnings(wrong))
 
