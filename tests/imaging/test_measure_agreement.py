@@ -336,3 +336,21 @@ def test_a_marker_of_ones_own_is_gated_with_its_compartment(tmp_path):
     # markers of their own, one letter from a known one (a review found them warned)
     assert _marker_name_warnings(["CD8", "ER", "HER3", "A", "B", "PSMA", "ERK", "ERG", "CAR",
                                   "PRL", "ERa", "autofluorescence"]) == []
+
+
+def test_a_qd_measure_against_the_dab_one_of_the_same_name_is_warned(tmp_path):
+    """total_her2_load is QD abundance in a QD table and DAB optical density in a DAB one
+    (a statistician's walk-through: compared without a word, CCC 0.0007)."""
+    from qdmed.imaging import compare_measure_tables
+
+    (tmp_path / "qd.csv").write_text("case,total_her2_load\nP1,600000\nP2,20000\nP3,300000\n"
+                                     "P4,90000\n")
+    (tmp_path / "dab.csv").write_text("case,total_her2_load,h_score\nP1,410,250\nP2,30,20\n"
+                                      "P3,220,160\nP4,80,60\n")
+    r = compare_measure_tables(tmp_path / "qd.csv", tmp_path / "dab.csv", key="case",
+                               column_a="total_her2_load")
+    assert any("one table is DAB IHC (optical density) and the other QD-IHC" in w
+               for w in r.warnings)
+    same = compare_measure_tables(tmp_path / "dab.csv", tmp_path / "dab.csv", key="case",
+                                  column_a="total_her2_load", method_b="again")
+    assert not any("DAB IHC" in w for w in same.warnings)

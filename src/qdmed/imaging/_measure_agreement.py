@@ -575,4 +575,13 @@ def compare_measure_tables(table_a, table_b, *, column_a: str, column_b: str | N
         for col, cols in ((column_a, cols_a), (column_b, cols_b))
         if isinstance(status_rule, str) and col.endswith("_percent_positive")
         and f"{col}_corrected" in cols)
+    # QD abundance against DAB optical density under one column name (qdmed's QD and DAB
+    # tables both write total_her2_load and her2_mean_membrane): other units, not one
+    # measure (a statistician's walk-through: CCC 0.0007, unsaid)
+    dab = ["h_score" in cols for cols in (cols_a, cols_b)]
+    if dab[0] != dab[1] and {column_a, column_b} & {"total_her2_load", "her2_mean_membrane"}:
+        warns += (f"one table is DAB IHC (optical density) and the other QD-IHC (QD "
+                  f"abundance): {measure} is in other units in each, so bias, limits and "
+                  "CCC compare nothing; compare categories or percentages across methods, "
+                  "or read the correlation only",)
     return replace(res, excluded=excluded, warnings=res.warnings + tuple(dict.fromkeys(warns)))
