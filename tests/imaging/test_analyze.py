@@ -1307,6 +1307,21 @@ def test_tma_cores_get_their_presets_her2_category(tma_slide, tmp_path, calibrat
     assert agree.n_cases == 2 and agree.percent_agreement == 50.0
     with pytest.raises(InputError, match="tma_map needs regions"):
         analyze_slide(tma_slide.path, PANEL, tmp_path / "x", tma_map=tma_map)
+    # every core with too few cells: the tables keep their score columns, empty (a
+    # statistician's scripts failed on such a run: the columns had depended on the data)
+    import pandas as pd
+
+    none = analyze_slide(tma_slide.path, PANEL, tmp_path / "none", tile=768,
+                         scheduler="synchronous", progress=False, write_unmixed=False,
+                         outlines=False, her2_calibration=calibration, regions=cores,
+                         tma_map=tma_map, region_min_cells=10 ** 6)
+    for name in ("regions.csv", "cases.csv"):
+        full = pd.read_csv(tmp_path / "out" / name)
+        empty = pd.read_csv(tmp_path / "none" / name)
+        assert set(full.columns) <= set(empty.columns), name
+        assert empty["total_her2_load"].isna().all()
+    assert {r["status"] for r in none.summary["regions_scored"]["regions"]} <= {
+        "too few cells", "missing"}
     # the other rule (Allott 2016's "any positive"): a case takes its highest core's result;
     # the run resumes from its finished tiles, so only the scoring is redone
     hi = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,

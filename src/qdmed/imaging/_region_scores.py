@@ -331,11 +331,11 @@ def score_regions(cells, scored_cells, names, missing=(), *, order=(), centers=(
     return sorted(rows, key=lambda r: place.get(r["region"], len(place)))
 
 
-def region_table(rows: list[dict[str, Any]], her2: bool = True):
+def region_table(rows: list[dict[str, Any]], her2: bool = True, scored: dict | None = None):
     """The rows as a DataFrame, :data:`REGION_COLUMNS` first; without ``her2_category``
     where no HER2 is scored (``her2`` False: an ER, PR or Ki-67 run, whose empty HER2
-    column misled)."""
-    return _ordered_table(rows, REGION_COLUMNS, her2)
+    column misled); ``scored`` as :func:`_ordered_table`'s."""
+    return _ordered_table(rows, REGION_COLUMNS, her2, scored)
 
 
 def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -349,18 +349,26 @@ def _tally(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"by_status": status, "her2_categories": dict(sorted(cats.items()))}
 
 
-def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...], her2: bool = True):
+def _ordered_table(rows: list[dict[str, Any]], first: tuple[str, ...], her2: bool = True,
+                   scored: dict | None = None):
     """The rows as a DataFrame, the ``first`` columns first, then those of the row with the
     most fields in its order (a review found the order following the first row: a missing
     core first gave another order than a scored one); ``her2`` False leaves out the
-    ``her2_category`` column."""
+    ``her2_category`` column. ``scored``: a scored row's fields, whose columns the table
+    holds (empty) when no row was scored, so that its columns do not depend on the data
+    (a statistician's scripts failed on a run whose every core had too few cells)."""
     import pandas as pd
 
     table = pd.DataFrame(rows)
     if not her2:
         first = tuple(c for c in first if c != "her2_category")
         table = table.drop(columns="her2_category", errors="ignore")
-    template = [c for c in (max(rows, key=len) if rows else []) if c in table.columns]
+    if scored and rows:
+        table = table.reindex(columns=list(dict.fromkeys([*table.columns, *scored])))
+        if not her2:
+            table = table.drop(columns="her2_category", errors="ignore")
+    template = [c for c in (max([*rows, *([scored] if scored and rows else [])], key=len)
+                            if rows else []) if c in table.columns]
     rest = [c for c in template if c not in first]
     rest += [c for c in table.columns if c not in first and c not in rest]
     return table.reindex(columns=list(first) + rest)
@@ -714,13 +722,13 @@ def score_cases(scored_cells, expected: dict[str, list[str]] | None = None, *,
     return rows
 
 
-def case_table(rows: list[dict[str, Any]], her2: bool = True):
+def case_table(rows: list[dict[str, Any]], her2: bool = True, scored: dict | None = None):
     """The case rows as a DataFrame, :data:`CASE_COLUMNS` first (``n_cores_missing``, for
-    TMA cases, beside ``n_cores``); ``her2`` as :func:`region_table`'s."""
+    TMA cases, beside ``n_cores``); ``her2`` and ``scored`` as :func:`region_table`'s."""
     first = CASE_COLUMNS
     if any("n_cores_missing" in r for r in rows):
         first = (*CASE_COLUMNS[:3], "n_cores_missing", *CASE_COLUMNS[3:])
-    return _ordered_table(rows, first, her2)
+    return _ordered_table(rows, first, her2, scored)
 
 
 def cases_summary(rows: list[dict[str, Any]], warnings=(), rule: str = "pooled"
@@ -836,7 +844,9 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
                                 gates=gates, min_cells=min_cells, rule=case_rule,
                                 region_rows=rows, notes=notes)
         atomic_write_text(out / "cases.csv", case_table(
-            case_rows, her2_calibration is not None).to_csv(index=False))
+            case_rows, her2_calibration is not None,
+            _case_fields(_scored_fields(case_rows, scored_cells, her2_calibration, gates),
+                         case_rule, her2_calibration is not None)).to_csv(index=False))
         unmapped = [r["region"] for r in rows if r["case"] is None]
         warn = [] if not unmapped else [
             f"{len(unmapped)} of the {len(rows)} cores have no case in the TMA map (e.g. "
@@ -858,5 +868,29 @@ def score_slide_regions(cells, scored_cells, reg, slide_name: str, out, *, tumou
                         "own block")
         by_case = cases_summary(case_rows, rule=case_rule, warnings=warn)
     atomic_write_text(out / "regions.csv", region_table(
-        rows, her2_calibration is not None).to_csv(index=False))
+        rows, her2_calibration is not None,
+        _scored_fields(rows, scored_cells, her2_calibration, gates)).to_csv(index=False))
     return regions_summary(rows, min_cells), by_case
+
+
+def _case_fields(scored: dict | None, rule: str, her2: bool) -> dict | None:
+    """A scored case row's fields (``scored``, a scored row's) with those a case adds from
+    its cores (:func:`score_cases`), for :func:`case_table`'s empty columns."""
+    if scored is None:
+        return None
+    extra = {"her2_core_categories": None, "her2_cores_discordant": None} if her2 else {}
+    if rule == "highest":
+        extra |= {"n_cores_scored": None, **({"her2_core": None} if her2 else {}),
+                  **{f"{k[:-len('_percent_positive')]}_core": None for k in scored
+                     if k.endswith("_percent_positive")}}
+    return scored | extra
+
+
+def _scored_fields(rows, scored_cells, her2_calibration, gates) -> dict | None:
+    """A scored row's fields (the slide's scored cells scored as one), when no row of
+    ``rows`` was scored: the columns its table then holds empty (:func:`_ordered_table`);
+    None when some row was, or there are no cells to score."""
+    if any(r.get("status") == "ok" for r in rows) or scored_cells is None or \
+            not len(scored_cells):
+        return None
+    return _scored_row({}, scored_cells, "slide", 0, her2_calibration, gates)
