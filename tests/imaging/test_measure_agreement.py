@@ -354,3 +354,13 @@ def test_a_qd_measure_against_the_dab_one_of_the_same_name_is_warned(tmp_path):
     same = compare_measure_tables(tmp_path / "dab.csv", tmp_path / "dab.csv", key="case",
                                   column_a="total_her2_load", method_b="again")
     assert not any("DAB IHC" in w for w in same.warnings)
+
+
+def test_an_undefined_status_kappa_is_said():
+    """Every case one status in both methods: the status kappa is undefined and said so,
+    as compare_her2 says its own (a statistician's walk-through: shown as 'undefined',
+    unexplained)."""
+    r = compare_measure({"a": 50, "b": 60, "c": 70}, {"a": 55, "b": 65, "c": 80},
+                        status_rule="ER", unit="%")
+    assert np.isnan(r.status.kappa) and any("status kappa is undefined" in w
+                                            for w in r.warnings)

@@ -459,6 +459,10 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
         warns.append(f"every value of {small} is at most {min(big_a, big_b):.3g} while the "
                      f"other's reach {max(big_a, big_b):.3g}: fractions (0-1) compared with "
                      "percentages?")
+    status = None if status_rule is None else _status_agreement(status_rule, x, y)
+    if status is not None and not np.isfinite(status.kappa):  # said, as compare_her2 says it
+        warns.append("every case has one status in both methods: the status kappa is "
+                     "undefined (compare the percent agreement instead)")
     return MeasureAgreement(
         method_a=method_a, method_b=method_b, measure=measure, unit=unit,
         cases=tuple(cases), a=tuple(float(v) for v in x), b=tuple(float(v) for v in y),
@@ -469,8 +473,7 @@ def compare_measure(a: Mapping[str, Any] | Sequence, b: Mapping[str, Any] | Sequ
         upper_limit_ci95=(hi - t * se_lim, hi + t * se_lim),
         difference_slope=slope, difference_slope_p=slope_p, pearson_r=r, ccc=rc,
         ccc_ci95=rc_ci, bias_correction_factor=cb,
-        status=None if status_rule is None else _status_agreement(status_rule, x, y),
-        warnings=tuple(warns))
+        status=status, warnings=tuple(warns))
 
 
 def _status_column(column: str) -> str | None:
