@@ -361,10 +361,10 @@ def saturation_summary(level: float | None, source: str, stats: dict, channel_na
 def dead_channels(stats: dict, channel_names) -> list[str]:
     """The channels of :func:`channel_stats` (merged) that hold one value in every pixel:
     whose maximum is its minimum (integer or float); for stats without a maximum (a float
-    tile of an earlier version), a channel at or below 0 in at least 99.9 % of the
-    pixels. A
-    microscopist's all-zero channel had read HER2 at 0 of its truth, the fit 0.0 %, unsaid:
-    an empty channel is fitted as well as a real one (the labels' signal goes elsewhere)."""
+    tile of an earlier version), a channel at or below 0 in at least 99.9 % of the pixels.
+    A microscopist's all-zero channel had read HER2 at 0 of its truth, the fit 0.0 %,
+    unsaid: an empty channel is fitted as well as a real one (the labels' signal goes
+    elsewhere)."""
     names = list(channel_names)
     n = int(stats.get("n_px") or 0)
     mins, maxs, nonpos = stats.get("min"), stats.get("max"), stats.get("nonpositive")
