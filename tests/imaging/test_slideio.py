@@ -1082,6 +1082,13 @@ def test_tiffs_saved_without_their_channel_axis_are_explained(tmp_path):
     with pytest.raises(FileFormatError, match=r"holds 8 images of one 96 x 96 px plane each "
                                               r"\(pages written one by one\)"):
         read_slide(tmp_path / "pages.tif")
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tw:  # and a thumbnail after them
+        for pl in planes:
+            tw.write(pl, photometric="minisblack")
+        tw.write(planes[0][::4, ::4], photometric="minisblack")
+    with pytest.raises(FileFormatError, match=r"holds 8 images of one 96 x 96 px plane each "
+                                              r"\(pages written one by one\) and 1 other"):
+        read_slide(tmp_path / "thumb.tif")
     tifffile.imwrite(tmp_path / "stack.tif", planes, photometric="minisblack")  # one series
     assert read_slide(tmp_path / "stack.tif").shape == (96, 96, 8)
     yxc = np.moveaxis(np.concatenate([planes, planes], axis=1), 0, -1)  # (192, 96, 8)

@@ -1467,18 +1467,20 @@ def _ome_image_read(tf: Any, p: Path, warned: list[str], warn: bool = True) -> i
     issued, QdmedWarning) naming them all. A review read a multi-image file's 100 x 200
     macro image as the slide, unsaid."""
     series = tf.series
-    planes = [tuple(se.shape) for se in series if se.axes == "YX"]
-    if not tf.is_ome and len(series) >= 2 and len(planes) == len(series) and \
-            len(set(planes)) == 1:
+    first = tuple(series[0].shape) if series else ()
+    alike = sum(se.axes == "YX" and tuple(se.shape) == first for se in series)
+    if not tf.is_ome and series and series[0].axes == "YX" and alike >= 2:
         # pages written one at a time: each its own series, the first read as a
-        # one-channel image (a microscopist's 8-band file: "the image has 1 channels")
-        h, w = planes[0]
+        # one-channel image (a microscopist's 8-band file: "the image has 1 channels"; a
+        # review: with a thumbnail after them, too)
+        h, w = first
+        others = len(series) - alike
         raise FileFormatError(
-            f"{str(p)!r} holds {len(series)} images of one {w} x {h} px plane each (pages "
-            "written one by one), where qdmed reads one image of channels: if they are the "
-            "channels, save them as one image (numpy and tifffile: imwrite(path, "
-            "np.stack(planes), photometric='minisblack'); Fiji: Images to Stack, then Save "
-            "As Tiff)")
+            f"{str(p)!r} holds {alike} images of one {w} x {h} px plane each (pages "
+            "written one by one)" + (f" and {others} other image(s)" if others else "")
+            + ", where qdmed reads one image of channels: if they are the channels, save "
+            "them as one image (numpy and tifffile: imwrite(path, np.stack(planes), "
+            "photometric='minisblack'); Fiji: Images to Stack, then Save As Tiff)")
     if not tf.is_ome or len(series) < 2:
         return 0
 
