@@ -1352,3 +1352,12 @@ def test_calibrate_faint_rule_gap(tmp_path):
     r = run("image", "calibrate", *args, "--out", str(tmp_path / "q.json"))
     assert r.returncode == 0, r.stderr
     assert "faint_from_gap" not in json.loads((tmp_path / "q.json").read_text())["her2"]
+
+
+def test_a_field_too_small_for_cells_is_said(tmp_path):
+    """simulate --size 10 wrote a field of one cut cell without a word (a walk-through)."""
+    r = run("image", "simulate", "--size", "32", "--out", str(tmp_path / "t.ome.tif"),
+            "--json")
+    assert r.returncode == 0, r.stderr
+    assert any("a 32 x 32 px field holds" in w and "--size 256" in w
+               for w in json.loads(r.stdout)["warnings"])

@@ -617,6 +617,10 @@ def simulate(
                 "truth": str(truth_dir)}
     p.to_file(out.parent / (stem + "-panel.yaml"))
     info["panel"] = str(out.parent / (stem + "-panel.yaml"))
+    if tma is None and size < 128:  # (a walk-through's --size 10 passed quietly)
+        notes.append(f"a {size} x {size} px field holds {info['n_cells']} cell(s), cut by its "
+                     "edges: a cell is some 20 um (40 px at 0.5 um/px) across; give --size "
+                     "256 or more for cells to analyse")
     if tma is None:  # its registry name: BT-474 and bt474 are read as BT474 (a review)
         from qdmed.imaging._synthetic import _get_preset
 
