@@ -364,3 +364,17 @@ def test_an_undefined_status_kappa_is_said():
                         status_rule="ER", unit="%")
     assert np.isnan(r.status.kappa) and any("status kappa is undefined" in w
                                             for w in r.warnings)
+
+
+def test_the_status_kappa_has_a_bootstrap_interval():
+    """As compare_her2's kappas have (a statistician's walk-through: the status kappa had
+    none); the same cases in another order, the same interval."""
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 100, 40)
+    b = np.clip(a + rng.normal(0, 8, 40), 0, 100)
+    r = compare_measure(list(a), list(b), status_rule="ER", unit="%").status
+    lo, hi = r.kappa_ci95
+    assert lo < r.kappa <= hi <= 1.0 and hi - lo < 1.0
+    perm = rng.permutation(40)
+    again = compare_measure(list(a[perm]), list(b[perm]), status_rule="ER", unit="%").status
+    assert again.kappa_ci95 == r.kappa_ci95 and again.kappa_linear_ci95 == r.kappa_linear_ci95

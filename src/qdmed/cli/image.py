@@ -1925,9 +1925,11 @@ def _compare_measure(table_a, table_b, *, key, key_b, column_a, column_b, name_a
     if st is not None:
         print_kv(f"status: {st['rule']}", {
             "percent agreement": ci(st["percent_agreement"], st["percent_agreement_ci95"]),
-            "kappa": "undefined" if st["kappa"] is None else f"{st['kappa']:.3g}",
+            "kappa": "undefined" if st["kappa"] is None else ci(st["kappa"],
+                                                                 st["kappa_ci95"]),
             **({"kappa (linear weights)": "undefined" if st["kappa_linear"] is None else
-                f"{st['kappa_linear']:.3g}"} if len(st["labels"]) > 2 else {})})
+                ci(st["kappa_linear"], st["kappa_linear_ci95"])}
+               if len(st["labels"]) > 2 else {})})
         print_table("status cross-table", [
             {name_a + " \\ " + name_b: c, **dict(zip(st["labels"], map(str, r), strict=True))}
             for c, r in zip(st["labels"], st["table"], strict=True)])

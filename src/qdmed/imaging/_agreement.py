@@ -154,12 +154,13 @@ def _kappas_of_tables(tables: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def _kappa_intervals(ia: np.ndarray, ib: np.ndarray) -> dict[str, tuple[float, float]]:
+def _kappa_intervals(ia: np.ndarray, ib: np.ndarray, k: int = len(HER2_CATEGORIES)
+                     ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap 95 % intervals of the three kappas (cases resampled). The pairs
     are put in one order first (by their categories), so that the same cases give the same
     interval in whatever order they come (a walk-through's shuffled sheet moved it in the
-    third decimal)."""
-    n, k = ia.size, len(HER2_CATEGORIES)
+    third decimal). ``k``: the categories of the scale (HER2's four; a status rule's)."""
+    n = ia.size
     order = np.lexsort((ib, ia))
     ia, ib = ia[order], ib[order]
     rng = np.random.default_rng(BOOTSTRAP_SEED)

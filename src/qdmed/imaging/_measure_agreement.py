@@ -82,6 +82,9 @@ class StatusAgreement:
         Linearly weighted over the ordered statuses (equal to ``kappa`` for two statuses).
     a, b : tuple of str
         Status per case.
+    kappa_ci95, kappa_linear_ci95 : (float, float)
+        Percentile bootstrap 95 % intervals (cases resampled, fixed seed), as
+        :func:`~qdmed.imaging.compare_her2` gives its own; NaN where not estimable.
     """
 
     rule: str
@@ -94,6 +97,8 @@ class StatusAgreement:
     kappa_linear: float
     a: tuple
     b: tuple
+    kappa_ci95: tuple = (float("nan"), float("nan"))
+    kappa_linear_ci95: tuple = (float("nan"), float("nan"))
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({k: (list(v) if isinstance(v, tuple) and k != "table" else v)
@@ -330,13 +335,17 @@ def _status_agreement(rule, a: np.ndarray, b: np.ndarray) -> StatusAgreement:
     np.add.at(table, (ia, ib), 1)
     la, lb = [labels[i] for i in ia], [labels[i] for i in ib]
     wil = _wilson95(int(np.sum(ia == ib)), ia.size)
+    from qdmed.imaging._agreement import _kappa_intervals
+
+    ci = _kappa_intervals(ia, ib, k)  # (a statistician's walk-through: none was given)
     return StatusAgreement(
         rule=words, cutoffs=tuple(cuts), labels=labels, table=tuple(tuple(int(v) for v in r) for r in table),
         percent_agreement=float(100.0 * np.mean(ia == ib)),
         percent_agreement_ci95=(100.0 * float(wil.low), 100.0 * float(wil.high)),
         kappa=float(cohen_kappa(la, lb, labels=labels)),
         kappa_linear=float(cohen_kappa(la, lb, weights="linear", labels=labels)),
-        a=tuple(la), b=tuple(lb))
+        a=tuple(la), b=tuple(lb), kappa_ci95=ci["kappa"],
+        kappa_linear_ci95=ci["kappa_linear"])
 
 
 def _lin_ccc(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple, float, float]:
