@@ -384,6 +384,8 @@ def analyze_cohort(folder, panel, out_dir, *, tile=2048, scheduler=None, n_worke
     stems = [slide_stem(p.name) for p in slides]
     if name_rx is not None:
         slide_cases, case_map_source = _cases_from_names(name_rx, slides)
+    elif slide_cases is not None:
+        slide_cases = _case_map_stems(slide_cases, slides)
     scheduler = check_scheduler(scheduler, n_workers)
     out = Path(out_dir)
     rows, tables, region_rows, case_cells = [], [], [], []
@@ -760,6 +762,24 @@ def _cases_from_names(rx, slides: list[Path]) -> tuple[dict[str, str], str]:
         raise InputError(f"case_from_name {rx.pattern!r} finds a case in no slide name (e.g. "
                          f"{slides[0].name!r})")
     return out, f"names: {rx.pattern}"
+
+
+def _case_map_stems(slide_cases: dict, slides: list[Path]) -> dict:
+    """A case map's slide names matched to the folder's slides as the folder's own names
+    are (letter case aside: one file on macOS and Windows), where exactly one slide
+    matches and the map does not name that slide as written too (a walk-through's
+    S1_LUMINAL-A for s1_luminal-A.ome.zarr was said as a slide not among those analysed)."""
+    found = {map_slide(sp.name) for sp in slides}
+    folded: dict[str, list[str]] = {}
+    for s in found:
+        folded.setdefault(s.casefold(), []).append(s)
+    out = {}
+    for stem, case in slide_cases.items():
+        hit = folded.get(str(stem).casefold(), [])
+        if stem not in found and len(hit) == 1 and hit[0] not in slide_cases:
+            stem = hit[0]
+        out[stem] = case
+    return out
 
 
 def _score_slide_cases(slide_cases: dict, slides: list[Path], rows: list[dict], case_cells,
