@@ -1067,6 +1067,7 @@ def test_new_user_mistakes_are_named(tmp_path):
     assert r.returncode == 0 and "no nuclei stand out on the nuclear channel (DAPI)" in r.stderr
     # options that would do nothing here
     for args, said in ((("--her2-region-um", "50"), "needs HER2 cut-offs"),
+                       (("--her2-region-um", "-1"), "must be a finite number >= 10 um"),
                        (("--region-min-cells", "3"), "give --regions"),
                        (("--workers", "4", "--scheduler", "synchronous"),
                         "starts local worker processes")):

@@ -91,7 +91,13 @@ def _region_options(her2, calibration, regions, her2_region_um, her2_region_min_
     nothing: the HER2 map needs HER2 cut-offs (--calibration), per-region scores need
     regions."""
     from qdmed.errors import InputError
+    from qdmed.imaging._heterogeneity import check_region_args
 
+    # the values first: a bad one is said as such, calibration or not (a walk-through's
+    # --her2-region-um -1 was told it needs a calibration)
+    check_region_args(500.0 if her2_region_um is None else her2_region_um,
+                      100 if her2_region_min_cells is None else her2_region_min_cells,
+                      prefix="her2_")
     if (her2_region_um is not None or her2_region_min_cells is not None) and her2 is None:
         raise InputError("--her2-region-um and --her2-region-min-cells map HER2 region by "
                          "region, which needs HER2 cut-offs: give --calibration with them"
