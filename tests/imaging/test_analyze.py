@@ -1470,3 +1470,32 @@ def test_analyze_field_takes_abundances_unmixed_already():
         analyze_field(f.image, PANEL, s, abundances=ab)
     with pytest.raises(InputError, match="abundances must be the field's unmixed image"):
         analyze_field(f.image, PANEL, s, residual=False, abundances=ab[:, :-1])
+
+
+def test_tma_cores_back_from_qupath_as_annotations_are_scored_as_cores(tma_slide, tmp_path,
+                                                                       calibration):
+    """qdmed's cores opened in QuPath and exported again lose isMissing (QuPath writes it
+    for its TMA core objects only): the TMA had been scored as one slide, its patients
+    pooled, unsaid (a QuPath user's walk-through). Annotations named as a grid's cores are
+    now scored one by one, and said."""
+    from qdmed.imaging._tma import find_tma_cores
+
+    found, _ = find_tma_cores(tma_slide.path)
+    doc = found.to_geojson()
+    for f in doc["features"]:
+        f["properties"].pop("isMissing", None)
+        f["properties"]["objectType"] = "annotation"
+    back = tmp_path / "back.geojson"
+    back.write_text(json.dumps(doc))
+    res = analyze_slide(tma_slide.path, PANEL, tmp_path / "out", tile=768,
+                        scheduler="synchronous", progress=False, write_unmixed=False,
+                        outlines=False, her2_calibration=calibration, regions=back)
+    got = {r["region"]: r["her2_category"] for r in res.summary["regions_scored"]["regions"]}
+    assert (got["A-1"], got["A-2"], got["B-1"]) == ("3+", "1+", "0")
+    assert any("annotations named as TMA cores" in w for w in res.warnings)
+    assert res.summary["her2_heterogeneity"] is None  # no squares across patients
+    plain = analyze_slide(tma_slide.path, PANEL, tmp_path / "plain", tile=768,
+                          scheduler="synchronous", progress=False, write_unmixed=False,
+                          outlines=False, her2_calibration=calibration, regions=back,
+                          per_region=False)
+    assert plain.summary["regions_scored"] is None

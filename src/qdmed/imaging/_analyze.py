@@ -1414,7 +1414,9 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
     if per_region and reg is None:
         raise InputError("per_region needs a regions file (GeoJSON annotations or TMA cores, "
                          "--regions); none was given.")
-    per_region = reg is not None and (reg.is_tma if per_region is None else bool(per_region))
+    grid_named = reg is not None and per_region is None and reg.named_like_tma
+    per_region = reg is not None and ((reg.is_tma or grid_named) if per_region is None
+                                      else bool(per_region))
     region_min_cells = check_min_cells(region_min_cells)
     if tma_map is not None and not per_region:
         raise InputError("tma_map needs regions scored one by one (TMA cores in --regions, "
@@ -1674,7 +1676,15 @@ def analyze_slide(path, panel: Panel, out_dir, *, settings: AnalysisSettings | N
                                          "a flag left out (exclude_flagged): nothing was "
                                          "scored")
     selection["n_scored"] = int(len(scored_cells))
-    tma = reg is not None and reg.is_tma
+    tma = reg is not None and (reg.is_tma or grid_named)
+    if grid_named:
+        selection["warnings"].append(
+            f"the regions are annotations named as TMA cores ({', '.join(reg.names[:4])}"
+            f"{' ...' if len(reg.names) > 4 else ''}): each is scored on its own, as a core "
+            "(regions.csv), and the slide's scores pool them; QuPath drops qdmed's isMissing "
+            "from cores it writes back as annotations, so a lost core reads as present: "
+            "give the TMA grid (the .qptma, or qdmed's own cores.geojson), or per_region "
+            "(--per-region / --no-per-region) to choose")
     if per_region and tma:
         selection["note"] = ("a tissue microarray: the slide-level scores pool every core (every "
                              "patient); each core's are in regions.csv")

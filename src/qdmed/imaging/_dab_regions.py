@@ -738,7 +738,7 @@ def analyze_dab_regions(slide, regions, out_dir, *, od_cutoffs, stain_matrix="ru
         tissue_area_mm2={r: a / 1e6 for r, a in tissue_um2.items()},
         shape_yx=img.shape[:2])
     all_regions = None
-    if len(reg.names) > 1 and not reg.is_tma and tma_map is None:
+    if len(reg.names) > 1 and not (reg.is_tma or reg.named_like_tma) and tma_map is None:
         # annotations of one tumour drawn in pieces: their cells pooled, as a QD slide's
         # scores pool its regions' (a review found no total). Not a TMA's cores, which are
         # patients, nor annotations mapped to cases (cores drawn by hand, a second review)

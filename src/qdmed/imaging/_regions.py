@@ -101,6 +101,20 @@ class Regions:
         return bool(self.kinds) and all(k == "tmacore" for k in self.kinds)
 
     @property
+    def named_like_tma(self) -> bool:
+        """True when the regions are annotations, four or more, every one named as a TMA
+        grid names its cores (``A-1``, ``1-A``, ``AB-12``): qdmed's own cores after a trip
+        through QuPath, which keeps ``isMissing`` for its TMA core objects only and writes
+        them back as plain annotations (a QuPath user's walk-through: a TMA then scored as
+        one slide, its patients pooled, unsaid)."""
+        import re
+
+        names = [n for n in dict.fromkeys(self.labels) if isinstance(n, str)]
+        grid = re.compile(r"[A-Za-z]{1,2}-\d{1,3}|\d{1,3}-[A-Za-z]{1,2}")
+        return (not self.is_tma and len(names) >= 4
+                and all(grid.fullmatch(n) for n in names))
+
+    @property
     def mixes_cores_and_annotations(self) -> bool:
         """True when the file holds TMA cores and annotations (e.g. tumour drawn inside the
         cores, exported with them from QuPath)."""
