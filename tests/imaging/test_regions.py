@@ -127,6 +127,12 @@ def test_derived_qupath_class_names(tmp_path):
     p = _write(tmp_path / "d.geojson", [f])
     reg = read_regions(p, region_class="Tumor: Positive")
     assert reg.to_dict()["classes"] == ["Tumor: Positive"]
+    # QuPath 0.2-0.3: the PathClass's fields, the parent nested
+    f["properties"]["classification"] = {"name": "Positive", "colorRGB": -1, "parentClass": {
+        "name": "Tumor", "colorRGB": -3670016}}
+    p = _write(tmp_path / "d03.geojson", [f])
+    assert read_regions(p, region_class="Tumor: Positive").to_dict()["classes"] == [
+        "Tumor: Positive"]
 
 
 def test_derived_classes_left_out_by_a_class_are_said(tmp_path):

@@ -332,13 +332,18 @@ def _object_type(feature: dict, props: dict) -> str | None:
 
 def _class_name(cls) -> str | None:
     """Classification name; QuPath writes a derived class ("Tumor: Positive") as
-    ``{"names": ["Tumor", "Positive"]}`` and a simple one as ``{"name": "Tumor"}``."""
+    ``{"names": ["Tumor", "Positive"]}`` and a simple one as ``{"name": "Tumor"}``; QuPath
+    0.2-0.3 serialised its PathClass fields, a derived class as ``{"name": "Positive",
+    "parentClass": {"name": "Tumor", ...}}`` (a QuPath user's walk-through: read as
+    "Positive" alone, tumour and stroma positives pooled)."""
     if isinstance(cls, str):
         return cls
     if not isinstance(cls, dict):
         return None
     if isinstance(cls.get("name"), str):
-        return cls["name"]
+        parent = _class_name(cls["parentClass"]) if isinstance(cls.get("parentClass"),
+                                                               dict) else None
+        return f"{parent}: {cls['name']}" if parent else cls["name"]
     names = cls.get("names")
     if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
         return ": ".join(names)
