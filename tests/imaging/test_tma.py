@@ -414,6 +414,15 @@ def test_qupath_tma_grid_file_round_trip_and_errors(tmp_path):
     r = read_regions(p)
     assert r.names == ("A-1", "B-2") and r.missing == ("A-2", "B-1")
     assert r.areas["B-2"] == pytest.approx(math.pi * 50 * 40, rel=2e-3)  # an ellipse
+    # written by QuPath on Windows: CRLF, and the image path in cp1252 (a walk-through's
+    # was refused as "not a QuPath TMA grid file")
+    p.write_bytes(p.read_text().replace("x\n", "C:\\Users\\M\u00fcller\\t.svs\n", 1)
+                  .replace("\n", "\r\n").encode("cp1252"))
+    w = read_regions(p)
+    assert (w.names, w.missing) == (r.names, r.missing)
+    # a GeoJSON with a byte-order mark (Windows editors)
+    q.write_bytes(b"\xef\xbb\xbf" + q.read_bytes())
+    assert read_regions(q).names == ("A-1",)
     for body, match in [("TMA grid width: 2\nX\tY\n", "no 'TMA grid width:'"),
                         ("TMA grid width: 2\nTMA grid height: 1\nX\tY\tWidth\n",
                          "no column Height"),

@@ -401,7 +401,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
         doc = read_qptma(p)
     else:
         try:
-            doc = json.loads(p.read_text())
+            doc = json.loads(p.read_text(encoding="utf-8-sig"))  # (a BOM: Windows editors)
         except OSError as e:
             raise InputError(f"cannot read regions file {p}: {e.strerror or e}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

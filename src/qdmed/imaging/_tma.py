@@ -223,11 +223,17 @@ def read_qptma(path) -> dict:
 
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read TMA grid file {p}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{p}: not a QuPath TMA grid file ({e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        # QuPath writes the grid in the platform's charset (Windows: cp1252, an image path
+        # with an accent; a QuPath user's walk-through): the grid itself is ASCII
+        text = raw.decode("cp1252", errors="replace")
+        if "TMA grid" not in text:
+            raise FileFormatError(f"{p}: not a QuPath TMA grid file (not text)") from None
     lines = text.splitlines()
     size: dict[str, int] = {}
     i = 0
