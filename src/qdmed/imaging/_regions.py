@@ -469,7 +469,7 @@ def read_regions(path, region_class: str | None = None) -> Regions:
             ext = _ring(geoms[0][0], f"{where}, polygon 0")
             ext = ext[:-1] if len(ext) > 3 and np.array_equal(ext[0], ext[-1]) else ext
             centres[key] = (float(ext[:, 0].mean()), float(ext[:, 1].mean()))
-        if props.get("isMissing") is True:  # QuPath's flag of a core lost from the section
+        if props.get("isMissing") is True or str(props.get("isMissing")).lower() == "true":  # QuPath's flag of a core lost from the section
             missing.append(key)  # (qdmed's dearrayer writes it on annotations too)
             continue
         for j, poly in enumerate(geoms):
