@@ -13,6 +13,7 @@ from qdmed.imaging import (
     calibrate_controls,
     cohen_kappa,
     simulate_field,
+    simulate_slide,
     unmix_image,
     write_ome_tiff,
 )
@@ -241,8 +242,6 @@ def test_a_pixel_wider_than_the_membrane_widens_the_default_ring(tmp_path):
     """A 10x scan (1.3 um/px) was refused: the default 1 um membrane ring is narrower than a
     pixel, and the error named no option the command line has. The default now widens to
     one pixel, said; a width set by hand below a pixel is still refused."""
-    from qdmed.imaging import AnalysisSettings, analyze_field, simulate_field
-
     f = simulate_field((128, 128), preset="BT474", panel=PANEL, photons_per_unit=300,
                        pixel_size_um=1.3, seed=1)
     fa = analyze_field(f.image, PANEL, AnalysisSettings(pixel_size_um=1.3))
@@ -259,8 +258,6 @@ def test_a_pixel_wider_than_the_membrane_widens_the_default_ring(tmp_path):
 def test_a_pixel_size_that_makes_nuclei_implausible_is_said(tmp_path):
     """A slide recording 0.25 um/px for its 0.5 (a microscopist's walk-through: nuclei of
     13.6 um^2 and 49 of 203 cells lost to the smallest nucleus area, unsaid)."""
-    from qdmed.imaging import analyze_slide, simulate_field, write_ome_tiff
-
     f = simulate_field((384, 384), preset="BT474", panel=PANEL, photons_per_unit=300, seed=2)
     names = list(PANEL.channel_names)
     said = {}
@@ -280,7 +277,6 @@ def test_nuclei_a_bright_region_leaves_below_the_threshold_are_said(tmp_path):
     Otsu threshold: 35 cells of 202 were found, unsaid (a microscopist's walk-through). The
     nucleus-like objects left below it are counted and warned; a threshold given by hand
     (nuclear_threshold, --nuclear-threshold) finds them all."""
-    from qdmed.imaging import AnalysisSettings, analyze_slide, simulate_field, write_ome_tiff
     from qdmed.imaging._cells import missed_nuclei
 
     f = simulate_field((512, 512), preset="BT474", panel=PANEL, photons_per_unit=300, seed=3)
@@ -311,26 +307,20 @@ def test_summaries_record_the_software_versions(tmp_path):
     packages that compute a result are recorded too (and in every report's provenance)."""
     import json
 
-    import numpy
-
-    from qdmed.imaging import analyze_slide, simulate_slide
-
     s = simulate_slide(tmp_path / "s.ome.zarr", (128, 128), preset="BT474", panel=PANEL,
                        seed=1, tile=128)
     analyze_slide(s.path, PANEL, tmp_path / "a", progress=False, outlines=False,
                   write_unmixed=False, scheduler="synchronous")
     env = json.loads((tmp_path / "a" / "summary.json").read_text())["environment"]
-    assert env["numpy"] == numpy.__version__ and "python" in env and "scikit-image" in env
+    assert env["numpy"] == np.__version__ and "python" in env and "scikit-image" in env
     from qdmed.report import HtmlReport
 
-    assert f"&quot;numpy&quot;: &quot;{numpy.__version__}&quot;" in HtmlReport("t").render()
+    assert f"&quot;numpy&quot;: &quot;{np.__version__}&quot;" in HtmlReport("t").render()
 
 
 def test_missed_nuclei_at_coarse_pixels_and_under_a_given_threshold(tmp_path):
     """A review: at 1.3 um/px noise specks passed for 4020 missed nuclei beside 3015 cells,
     and a threshold given by hand was blamed on an uneven stain. Neither now."""
-    from qdmed.imaging import AnalysisSettings, analyze_slide, simulate_slide
-
     s = simulate_slide(tmp_path / "c.ome.zarr", (512, 512), preset="MCF-7", panel=PANEL,
                        photons_per_unit=300, pixel_size_um=1.3, seed=5, tile=512)
     run = dict(progress=False, outlines=False, write_unmixed=False, scheduler="synchronous",

@@ -930,7 +930,7 @@ def analyze(
     cal_warnings = _panels_beside(panel_file, [_panel_beside(slide)]) + cal_warnings
     settings = AnalysisSettings(pixel_size_um=_check_pixel_size(pixel_size_um), **weights,
                                 segmentation=segmentation,  # pixel size None: the slide's
-                                nuclear_threshold=_nuclear_threshold(nuclear_threshold),
+                                nuclear_threshold=nuclear_threshold,
                                 **_segmentation_model(segmentation_model,
                                                       segmentation_pixel_size))
     res = analyze_slide(slide, panel, out, tile=tile, scheduler=scheduler,
@@ -1292,10 +1292,9 @@ def cohort(
     from qdmed.imaging._slideio import _check_pixel_size
 
     seg = _segmentation_model(segmentation_model, segmentation_pixel_size)
-    nuc = _nuclear_threshold(nuclear_threshold)
     settings = None if not weights and segmentation == "watershed" and pixel_size_um is None \
-        and not seg and nuc is None else AnalysisSettings(
-            segmentation=segmentation, **weights, nuclear_threshold=nuc,
+        and not seg and nuclear_threshold is None else AnalysisSettings(
+            segmentation=segmentation, **weights, nuclear_threshold=nuclear_threshold,
             pixel_size_um=_check_pixel_size(pixel_size_um), **seg)
     res = analyze_cohort(folder, panel, out, tile=tile, scheduler=scheduler,
                          n_workers=workers, her2_calibration=her2, gates=gates,
@@ -1347,18 +1346,6 @@ def _cohort_warnings(res: dict) -> list[str]:
             *(res.get("acquisition_warnings") or []), *(res.get("case_warnings") or []),
             *(res.get("output_warnings") or []), *(res.get("input_warnings") or []),
             *_no_cells_said(res)]
-
-
-def _nuclear_threshold(value: float | None) -> float | None:
-    """--nuclear-threshold checked: a positive finite nuclear abundance, or None."""
-    import math
-
-    from qdmed.errors import InputError
-
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise InputError(f"--nuclear-threshold must be a positive nuclear abundance; got "
-                         f"{value!r}")
-    return value
 
 
 def _no_cells_said(res: dict) -> list[str]:

@@ -156,6 +156,12 @@ class AnalysisSettings:
             raise InputError(f"unmix_weights must be None (plain NNLS) or 'poisson'; got "
                              f"{self.unmix_weights!r}")
         self.read_noise_used()  # checked when made
+        thr = self.nuclear_threshold  # a positive abundance; inf: Otsu found no foreground
+        if thr is not None and not (not isinstance(thr, bool | str) and thr == np.inf):
+            from qdmed.errors import check_number
+
+            check_number(thr, "nuclear_threshold (--nuclear-threshold)", lo=0.0, lo_open=True,
+                         unit="nuclear abundance units")
 
     def read_noise_used(self) -> float | None:
         """The read noise Poisson unmixing uses (the default when none is set), else None."""

@@ -42,18 +42,13 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None,
     share a folder; a listing that writes nothing passes False); ``scans``: brightfield
     scans (Aperio SVS, Hamamatsu NDPI) too, which a fluorescence cohort leaves out (a
     scan beside its conversion is not a second slide to analyse)."""
-    import fnmatch
-
     d = Path(folder)
     if d.name.lower().endswith(SLIDE_SUFFIXES) and d.exists():
         raise InputError(f"{str(d)!r} is one slide, not a folder of slides: give the "
                          "folder holding it (one slide is analysed by qdmed image analyze)")
     if not d.is_dir():
         raise InputError(f"cohort folder {str(d)!r} does not exist or is not a folder")
-    slides = sorted(p for p in d.iterdir() if p.name.lower().endswith(SLIDE_SUFFIXES)
-                    and (scans or not p.name.lower().endswith(SCAN_SUFFIXES))
-                    and not p.name.startswith(".")
-                    and (pattern is None or fnmatch.fnmatch(p.name.lower(), pattern.lower())))
+    slides = sorted(p for p in d.iterdir() if _is_slide_name(p.name, pattern, scans))
     if required and not slides:
         below = slides_in_subfolders(d, pattern, scans)
         left = [p.name for p in d.iterdir() if not scans and not p.name.startswith(".")
@@ -78,14 +73,24 @@ def find_slides(folder, *, required: bool = False, pattern: str | None = None,
     return slides
 
 
+def _is_slide_name(name: str, pattern: str | None, scans: bool) -> bool:
+    """Whether a folder entry's ``name`` is one :func:`find_slides` takes: a slide's
+    suffix (a brightfield scan's only with ``scans``), not hidden, and matching
+    ``pattern`` (a shell pattern, case ignored) when one is given."""
+    import fnmatch
+
+    low = name.lower()
+    return (low.endswith(SLIDE_SUFFIXES) and (scans or not low.endswith(SCAN_SUFFIXES))
+            and not name.startswith(".")
+            and (pattern is None or fnmatch.fnmatch(low, pattern.lower())))
+
+
 def slides_in_subfolders(folder, pattern: str | None = None, scans: bool = False,
                          skip=()) -> list[str]:
     """Slides one folder down (``sub/x.ome.zarr``), which :func:`find_slides` does not
     enter: said, so that a cohort does not miss them unsaid (a walk-through's two batches
     in subfolders were left out without a word). ``skip``: folders the run uses otherwise
     (its label images, annotations, output), never said."""
-    import fnmatch
-
     skipped = {Path(s).resolve() for s in skip if s is not None}
     out = []
     for sub in sorted(Path(folder).iterdir()):
@@ -97,9 +102,7 @@ def slides_in_subfolders(folder, pattern: str | None = None, scans: bool = False
             names = sorted(q.name for q in sub.iterdir())
         except OSError:
             continue
-        out += [f"{sub.name}/{n}" for n in names if n.lower().endswith(SLIDE_SUFFIXES)
-                and (scans or not n.lower().endswith(SCAN_SUFFIXES)) and not n.startswith(".")
-                and (pattern is None or fnmatch.fnmatch(n.lower(), pattern.lower()))]
+        out += [f"{sub.name}/{n}" for n in names if _is_slide_name(n, pattern, scans)]
     return out
 
 
